@@ -1,0 +1,45 @@
+"""User-facing errors. A mistake in a spec is a SpecError carrying where it happened; a bug is a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Loc:
+    """A position in a spec file (1-based line and column, as editors show them)."""
+
+    path: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}"
+
+
+class ArchcalcError(Exception):
+    """Base for errors caused by the user's input; the CLI turns these into a message and exit code 2."""
+
+
+class SpecError(ArchcalcError):
+    def __init__(self, loc: Loc | None, message: str) -> None:
+        self.loc = loc
+        self.message = message
+        super().__init__(f"{loc}: {message}" if loc else message)
+
+
+class StrictError(ArchcalcError):
+    """A warning promoted to an error by --strict."""
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' ; did you mean 'x'?' or a list of the valid choices when nothing is close."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean '{close[0]}'?"
+    if len(choices) <= 12:
+        return "; expected one of: " + ", ".join(choices)
+    return ""

@@ -1,0 +1,267 @@
+"""Pooling: max / average with a window, adaptive, and global."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from fractions import Fraction
+from typing import Any
+
+from archcalc.kinds.base import (
+    Arg,
+    Cost,
+    Example,
+    Kind,
+    LayerError,
+    RFStep,
+    Saved,
+    Shape,
+    fmt_axes,
+    fmt_pads,
+    numel,
+    per_axis,
+    register,
+    resolve_padding,
+    spatial_rank,
+    window_output,
+)
+
+_WINDOW = (
+    Arg("kernel_size", "ints", doc="window size", aliases=("kernel", "k"), minimum=1),
+    Arg("stride", "ints_or_none", None, "step between windows; defaults to kernel_size (non-overlapping)",
+        minimum=1),
+    Arg("padding", "padding", 0, "int, per axis, [before, after] pairs, 'valid' or 'same'", aliases=("pad",)),
+    Arg("ceil_mode", "bool", False, "round the output size up instead of down (PyTorch's rule: a window "
+        "starting in the right padding is dropped)"),
+)
+
+
+class _WindowPool(Kind):
+    torch_name = ""
+
+    def geometry(self, a: Mapping[str, Any], inp: Shape) -> tuple[Any, ...]:
+        rank = spatial_rank(self.name, inp)
+        k = per_axis(a["kernel_size"], rank, "kernel_size")
+        s = per_axis(a["stride"] if a["stride"] is not None else a["kernel_size"], rank, "stride")
+        d = per_axis(a.get("dilation", 1), rank, "dilation")
+        keff = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
+        pads = resolve_padding(a["padding"], inp[1:], keff, s)
+        return k, s, d, pads
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        k, s, d, pads = self.geometry(a, inp)
+        symmetric = all(p0 == p1 for p0, p1 in pads)
+        for ki, di, (p0, p1) in zip(k, d, pads):
+            # PyTorch: "pad should be at most half of effective kernel size".
+            if symmetric and p0 > (di * (ki - 1) + 1) // 2:
+                raise LayerError(f"{self.name}: padding {p0} is more than half the kernel {ki}; "
+                                 f"PyTorch allows at most {(di * (ki - 1) + 1) // 2}")
+        return (inp[0], *window_output(self.name, inp[1:], k, s, pads, d, warn, a["ceil_mode"]))
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        k, s, d, _ = self.geometry(a, inp)
+        return [RFStep(di * (ki - 1) + 1, Fraction(si)) for ki, si, di in zip(k, s, d)]
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        k, s, d, pads = self.geometry(a, inp)
+        text = f"{fmt_axes(k)}/{fmt_axes(s)} p{fmt_pads(pads)}"
+        if any(di != 1 for di in d):
+            text += f" d{fmt_axes(d)}"
+        return text + (" ceil" if a["ceil_mode"] else "")
+
+
+@register
+class MaxPool(_WindowPool):
+    name = "maxpool"
+    prefix = "pool"
+    doc = "Max pooling (nn.MaxPool1d/2d/3d by input rank). No parameters; output size as for conv."
+    full_rule = "prod(F) - 1 comparisons per output element"
+    args = _WINDOW + (Arg("dilation", "ints", 1, "spacing between window taps", minimum=1),)
+    examples = (
+        Example((96, 55, 55), {"kernel_size": 3, "stride": 2}),
+        Example((64, 112, 112), {"kernel_size": 3, "stride": 2, "padding": 1}),
+        Example((8, 13, 13), {"kernel_size": 2, "ceil_mode": True}),
+        Example((4, 20), {"kernel_size": 3, "stride": 2, "dilation": 2}),
+        Example((3, 6, 7, 7), {"kernel_size": 2}),
+        Example((5, 13, 12), {"kernel_size": 6, "stride": 5, "padding": "same"}),
+    )
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        k = per_axis(a["kernel_size"], len(inp) - 1, "kernel_size")
+        return Cost(full=numel(out) * (math.prod(k) - 1))
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # max_pool*_with_indices keeps its input and the int64 argmax indices.
+        _, _, _, pads = self.geometry(a, inp)
+        if all(p0 == p1 for p0, p1 in pads):
+            return Saved(input=True, extra=((numel(out), 8),))
+        padded = inp[0] * math.prod(w + p0 + p1 for w, (p0, p1) in zip(inp[1:], pads))
+        return Saved(extra=((padded, 0), (numel(out), 8)))
+
+    def build(self, a: Mapping[str, Any], inp: Shape) -> Any:
+        import torch.nn as nn
+
+        from archcalc import torchmods
+
+        k, s, d, pads = self.geometry(a, inp)
+        cls = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)[len(inp) - 2]
+        if all(p0 == p1 for p0, p1 in pads):
+            return cls(k, s, tuple(p for p, _ in pads), d, ceil_mode=a["ceil_mode"])
+        return torchmods.PaddedPool(cls(k, s, 0, d, ceil_mode=a["ceil_mode"]), pads, float("-inf"))
+
+
+@register
+class AvgPool(_WindowPool):
+    name = "avgpool"
+    doc = ("Average pooling (nn.AvgPool1d/2d/3d by input rank). No parameters. With asymmetric ('same') padding "
+           "the zeros are counted in the average, as count_include_pad does.")
+    full_rule = "prod(F) per output element (prod(F) - 1 additions and one division)"
+    args = _WINDOW + (Arg("count_include_pad", "bool", True, "count padded zeros in the average"),)
+    examples = (
+        Example((1024, 7, 7), {"kernel_size": 7, "stride": 1}),
+        Example((6, 28, 28), {"kernel_size": 2}),
+        Example((8, 9, 9), {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True,
+                            "count_include_pad": False}),
+        Example((4, 17), {"kernel_size": 4, "stride": 3}),
+        Example((2, 5, 8, 8), {"kernel_size": [1, 2, 2]}),
+    )
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        _, _, _, pads = self.geometry(a, inp)
+        if not all(p0 == p1 for p0, p1 in pads) and not a["count_include_pad"]:
+            raise LayerError("avgpool with asymmetric padding supports only count_include_pad: true")
+        return super().output(a, inp, warn)
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        k = per_axis(a["kernel_size"], len(inp) - 1, "kernel_size")
+        return Cost(full=numel(out) * math.prod(k))
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        _, _, _, pads = self.geometry(a, inp)
+        if all(p0 == p1 for p0, p1 in pads):
+            return Saved(input=True)
+        return Saved(extra=((inp[0] * math.prod(w + p0 + p1 for w, (p0, p1) in zip(inp[1:], pads)), 0),))
+
+    def build(self, a: Mapping[str, Any], inp: Shape) -> Any:
+        import torch.nn as nn
+
+        from archcalc import torchmods
+
+        k, s, _, pads = self.geometry(a, inp)
+        cls = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)[len(inp) - 2]
+        if all(p0 == p1 for p0, p1 in pads):
+            return cls(k, s, tuple(p for p, _ in pads), a["ceil_mode"], a["count_include_pad"])
+        return torchmods.PaddedPool(cls(k, s, 0, a["ceil_mode"]), pads, 0.0)
+
+
+class _Adaptive(Kind):
+    mode = ""
+
+    def sizes(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
+        rank = spatial_rank(self.name, inp)
+        return per_axis(a["output_size"], rank, "output_size")
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        return (inp[0], *self.sizes(a, inp))
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        # PyTorch's windows: start = floor(i*W/O), end = ceil((i+1)*W/O); the largest window is ceil(W/O) (+1
+        # when O does not divide W). With output 1 the window is the whole axis.
+        steps = []
+        for w, o in zip(inp[1:], out[1:]):
+            if o == 1:
+                steps.append(RFStep(whole=True))
+            else:
+                kernel = max(-(-((i + 1) * w) // o) - (i * w) // o for i in range(o))
+                steps.append(RFStep(kernel, Fraction(w, o)))
+        return steps
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"-> {fmt_axes(self.sizes(a, inp))}"
+
+    def _window_elements(self, inp: Shape, out: Shape) -> int:
+        total = 1
+        for w, o in zip(inp[1:], out[1:]):
+            total *= sum(-(-((i + 1) * w) // o) - (i * w) // o for i in range(o))
+        return total * inp[0]
+
+    def build(self, a: Mapping[str, Any], inp: Shape) -> Any:
+        import torch.nn as nn
+
+        size = self.sizes(a, inp)
+        if self.mode == "avg":
+            cls = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[len(inp) - 2]
+        else:
+            cls = (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)[len(inp) - 2]
+        return cls(size)
+
+
+@register
+class AdaptiveAvgPool(_Adaptive):
+    name = "adaptive_avgpool"
+    prefix = "avgpool"
+    mode = "avg"
+    doc = ("Adaptive average pooling to a fixed output_size (PyTorch's window rule). fvcore counts one flop per "
+           "input element, but only for the 2-D op (aten::adaptive_avg_pool2d).")
+    full_rule = "one addition per element of every window, plus one division per output element"
+    args = (Arg("output_size", "ints", doc="output size per spatial axis", aliases=("size", "out")),)
+    examples = (
+        Example((512, 7, 7), {"output_size": 7}),
+        Example((256, 13, 13), {"output_size": 6}),
+        Example((8, 10), {"output_size": 3}),
+        Example((4, 4, 6, 6), {"output_size": [1, 2, 2]}),
+    )
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(fvcore=numel(inp) if len(inp) == 3 else 0, full=self._window_elements(inp, out))
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        return Saved(input=True)
+
+
+@register
+class AdaptiveMaxPool(_Adaptive):
+    name = "adaptive_maxpool"
+    prefix = "maxpool"
+    mode = "max"
+    doc = "Adaptive max pooling to a fixed output_size (PyTorch's window rule)."
+    full_rule = "window elements - 1 comparisons per output element"
+    args = (Arg("output_size", "ints", doc="output size per spatial axis", aliases=("size", "out")),)
+    examples = (Example((16, 9, 9), {"output_size": 4}), Example((8, 10), {"output_size": 1}))
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(full=self._window_elements(inp, out) - numel(out))
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        return Saved(input=True, extra=((numel(out), 8),))
+
+
+@register
+class GlobalAvgPool(AdaptiveAvgPool):
+    name = "global_avgpool"
+    prefix = "avgpool"
+    doc = ("Global average pooling: adaptive average pooling to 1 per axis (output C x 1 x 1, as in PyTorch; "
+           "a following linear layer flattens it).")
+    args = ()
+    examples = (Example((2048, 7, 7)), Example((8, 10)), Example((4, 3, 5, 5)))
+
+    def sizes(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
+        return (1,) * spatial_rank(self.name, inp)
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return "global"
+
+
+@register
+class GlobalMaxPool(AdaptiveMaxPool):
+    name = "global_maxpool"
+    prefix = "maxpool"
+    doc = "Global max pooling: adaptive max pooling to 1 per axis (output C x 1 x 1)."
+    args = ()
+    examples = (Example((64, 7, 7)), Example((8, 10)))
+
+    def sizes(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
+        return (1,) * spatial_rank(self.name, inp)
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return "global"

@@ -1,0 +1,54 @@
+"""Number formatting for display. Counts stay integers everywhere else; units appear only here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction
+
+_SI = ("", " K", " M", " G", " T", " P")
+_BIN = (" B", " KiB", " MiB", " GiB", " TiB", " PiB")
+
+
+def grouped(n: int) -> str:
+    """1234567 -> '1,234,567'."""
+    return f"{n:,}"
+
+
+def _scaled(n: float, base: int, suffixes: Sequence[str], small: str) -> str:
+    if abs(n) < base:
+        return small
+    value, i = float(n), 0
+    while True:
+        rounded = abs(float(f"{value:.3g}"))  # three significant digits
+        text = f"{value:.0f}" if rounded >= 100 else f"{value:.1f}" if rounded >= 10 else f"{value:.2f}"
+        if abs(float(text)) < base or i == len(suffixes) - 1:
+            break
+        value /= base
+        i += 1
+    return text + suffixes[i]
+
+
+def si(n: int) -> str:
+    """A count with SI prefixes, three significant digits: 999 -> '999', 1000 -> '1.00 K', 15_470_264_320 ->
+    '15.5 G'."""
+    return _scaled(n, 1000, _SI, str(n))
+
+
+def nbytes(n: int) -> str:
+    """Bytes with binary prefixes (1 KiB = 1024 B, as the lecture tables' 'memory (KB)')."""
+    return _scaled(n, 1024, _BIN, f"{n} B")
+
+
+def dims(shape: Sequence[int]) -> str:
+    return "×".join(map(str, shape))
+
+
+def fraction(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
+
+def axes(values: Sequence[object]) -> str:
+    texts = [fraction(v) if isinstance(v, Fraction) else str(v) for v in values]
+    if not texts:
+        return "-"
+    return texts[0] if len(set(texts)) == 1 else "×".join(texts)
