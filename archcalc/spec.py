@@ -342,12 +342,13 @@ class _Parser:
         for key in body:
             if key not in ("args", "description", head, "shortcut", "after", "merge", "block", "first"):
                 raise SpecError(body.key_loc(key), f"block '{block_name}': unexpected key '{key}'")
-        if head == "layers":
-            inner = Map({"sequence": body["layers"]})
-            inner.loc, inner.key_locs, inner.value_locs = body.loc, {"sequence": body.key_loc("layers")}, \
-                {"sequence": body.value_loc("layers")}
-            body = inner
-            head = "sequence"
+        keep = [k for k in body if k not in ("args", "description")]
+        inner = Map({("sequence" if k == "layers" else k): body[k] for k in keep})
+        inner.loc = body.loc
+        inner.key_locs = {("sequence" if k == "layers" else k): body.key_loc(k) for k in keep}
+        inner.value_locs = {("sequence" if k == "layers" else k): body.value_loc(k) for k in keep}
+        body = inner
+        head = "sequence" if head == "layers" else head
         full_name = scope.child_name(name, block_name, loc)
         child = _Scope(full_name)
         if trainable is not None:

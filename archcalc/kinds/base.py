@@ -204,33 +204,44 @@ def resolve_padding(padding: Any, sizes: Sequence[int], kernels: Sequence[int],
     return tuple((p, p) if isinstance(p, int) else (p[0], p[1]) for p in values)
 
 
+AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+
+
 def window_output(kind: str, sizes: Sequence[int], kernels: Sequence[int], strides: Sequence[int],
                   pads: Sequence[tuple[int, int]], dilations: Sequence[int], warn: Callable[[str], None],
                   ceil_mode: bool = False) -> tuple[int, ...]:
     """Output size of a sliding window per axis: floor((W - F_eff + P_before + P_after) / S) + 1.
 
-    F_eff = D * (F - 1) + 1. With ceil_mode the division rounds up, but (as PyTorch documents for MaxPool2d) a
-    window that would start in the right padding is dropped.
+    F_eff = D * (F - 1) + 1 (PyTorch's Conv2d/MaxPool2d docs). With ceil_mode the division rounds up, but a
+    window that would start in the right padding is dropped (PyTorch's MaxPool2d rule).
+
+    Warns when (W - F + 2P)/S is not an integer and the windows leave real input positions at the end uncovered
+    (not when only padding is dropped, nor for kernels smaller than the stride, which skip positions by design).
     """
     out = []
+    notes: dict[str, list[str]] = {}
     for axis, (w, k, s, (p0, p1), d) in enumerate(zip(sizes, kernels, strides, pads, dilations)):
         keff = d * (k - 1) + 1
         span = w + p0 + p1 - keff
         if span < 0:
-            raise LayerError(f"{kind} kernel {keff} (effective, with dilation) is larger than the padded input "
-                             f"{w + p0 + p1} on axis {axis}; reduce the kernel or add padding")
+            raise LayerError(f"{kind} kernel {keff}{' (dilated)' if d > 1 else ''} is larger than the padded "
+                             f"input {w + p0 + p1} on axis {AXIS_NAMES[len(sizes)][axis]}; use a smaller kernel or "
+                             "more padding")
         if ceil_mode:
             o = -(-span // s) + 1
             if (o - 1) * s >= w + p0:
                 o -= 1
         else:
             o = span // s + 1
-            if span % s:
+            missed = span % s - p1
+            if missed > 0 and keff >= s:
                 padded = f"2*{p0}" if p0 == p1 else f"{p0}+{p1}"
-                warn(f"(W - F + 2P)/S = ({w} - {keff} + {padded})/{s} = {span}/{s} is not an integer on axis "
-                     f"{axis}; PyTorch floors it, so the output is {o} and the last {span % s} input "
-                     f"position(s) are never covered")
+                text = (f"(W - F + 2P)/S = ({w} - {keff} + {padded})/{s} = {span}/{s} is not an integer: PyTorch "
+                        f"floors it to an output of {o} and the last {missed} input position(s) are never covered")
+                notes.setdefault(text, []).append(AXIS_NAMES[len(sizes)][axis])
         out.append(o)
+    for text, axes in notes.items():
+        warn(f"on {'/'.join(axes)}: {text}")
     return tuple(out)
 
 

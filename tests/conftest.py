@@ -1,0 +1,34 @@
+"""Shared test helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from archcalc.analyze import Report, analyze
+from archcalc.resolve import bundled
+from archcalc.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def report_of(name_or_path: str, **kwargs: object) -> Report:
+    """Analyze a bundled spec by name (or a path)."""
+    specs = bundled()
+    path = specs[name_or_path] if name_or_path in specs else Path(name_or_path)
+    return analyze(load_spec(path), **kwargs)  # type: ignore[arg-type]
+
+
+def spec_text(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path):  # type: ignore[no-untyped-def]
+    def write(text: str, name: str = "spec.yaml") -> Path:
+        return spec_text(tmp_path, text, name)
+
+    return write
