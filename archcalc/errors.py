@@ -37,6 +37,8 @@ class StrictError(ArchcalcError):
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' ; did you mean 'x'?' or a list of the valid choices when nothing is close."""
     choices = sorted(set(choices))
+    if not choices:
+        return ""
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if close:
         return f"; did you mean '{close[0]}'?"

@@ -157,7 +157,8 @@ class _Parser:
             if text not in self.names:
                 from archcalc.errors import did_you_mean
 
-                raise ExprError(f"unknown name '{text}' in '{self.text}'{did_you_mean(text, self.names)}")
+                hint = did_you_mean(text, self.names) if self.names else " (no variables are defined here)"
+                raise ExprError(f"unknown name '{text}' in '{self.text}'{hint}")
             return self.names[text]
         if text == "(":
             value = self.expr()
