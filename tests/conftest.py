@@ -32,3 +32,12 @@ def write_spec(tmp_path: Path):  # type: ignore[no-untyped-def]
         return spec_text(tmp_path, text, name)
 
     return write
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--regen-golden", action="store_true", help="rewrite tests/golden/* from the current output")
+
+
+@pytest.fixture
+def regen_golden(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--regen-golden"))

@@ -1,0 +1,70 @@
+"""Golden rendered tables (fixed-width, colourless), plus the invariant that column sums equal printed totals.
+
+Regenerate after an intended change with `pytest tests/test_golden.py --regen-golden` and review the diff.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from archcalc import render
+from conftest import report_of
+
+GOLDEN = Path(__file__).parent / "golden"
+
+CASES = [
+    ("vgg16", {}, None),
+    ("resnet50", {}, 2),
+    ("resnet50", {"convention": "fvcore", "batch": 8, "dtype": "float16"}, 1),
+]
+
+
+def _render_table(name: str, kwargs: dict, depth: int | None) -> str:  # type: ignore[type-arg]
+    report = report_of(name, **kwargs)
+    console = Console(width=200, record=True, color_system=None, force_terminal=False, file=open("/dev/null", "w"))
+    console.print(render.calc_table(report, depth))
+    for line in render.summary_lines(report):
+        console.print(line, markup=False)
+    return console.export_text()
+
+
+def _id(name: str, kwargs: dict, depth: int | None) -> str:  # type: ignore[type-arg]
+    extra = "-".join(f"{k}{v}" for k, v in kwargs.items())
+    return f"{name}{'-' + extra if extra else ''}{f'-depth{depth}' if depth else ''}"
+
+
+def _check(path: Path, text: str, regen: bool) -> None:
+    if regen or not path.exists():
+        path.write_text(text, encoding="utf-8")
+        if not regen:
+            pytest.fail(f"golden file {path.name} was missing and has been written; review and commit it")
+    assert text == path.read_text(encoding="utf-8"), f"{path.name} changed; rerun with --regen-golden if intended"
+
+
+@pytest.mark.parametrize(("name", "kwargs", "depth"), CASES, ids=[_id(*c) for c in CASES])
+def test_table_golden(name, kwargs, depth, regen_golden) -> None:  # type: ignore[no-untyped-def]
+    text = _render_table(name, kwargs, depth)
+    _check(GOLDEN / f"{_id(name, kwargs, depth)}.txt", text, regen_golden)
+    # Invariant: the params column sums to the printed total (params are printed exactly, with separators).
+    rows = [line for line in text.splitlines() if line.startswith("│")]
+    params_col = 5
+    cells = [[c.strip() for c in line.split("│")] for line in rows]
+    body, footer = cells[:-1], cells[-1]
+    total = int(footer[params_col].replace(",", ""))
+    assert sum(int(c[params_col].replace(",", "")) for c in body) == total
+
+
+@pytest.mark.parametrize(("name", "kwargs", "depth"), CASES, ids=[_id(*c) for c in CASES])
+def test_markdown_golden(name, kwargs, depth, regen_golden) -> None:  # type: ignore[no-untyped-def]
+    text = render.calc_md(report_of(name, **kwargs), depth)
+    _check(GOLDEN / f"{_id(name, kwargs, depth)}.md", text, regen_golden)
+    # Invariant: params, MACs and FLOPs columns (exact integers in markdown) sum to the total row.
+    lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| layer")]
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    body, total = cells[:-1], cells[-1]
+    for col in (4, 5, 6):
+        assert sum(int(re.sub(r"[^\d]", "", c[col])) for c in body) == int(re.sub(r"[^\d]", "", total[col]))
