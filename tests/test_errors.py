@@ -85,9 +85,9 @@ def test_bad_spec_reports_location_and_exits_2(tmp_path, text, where, pattern) -
 
 
 def test_missing_file_and_unknown_bundled_name() -> None:
-    result = runner.invoke(app, ["calc", "vgg61"])
+    result = runner.invoke(app, ["calc", "vgg16x"])
     assert result.exit_code == 2
-    assert "no spec file or bundled spec named 'vgg61'; did you mean 'vgg16'" in result.stderr
+    assert "no spec file or bundled spec named 'vgg16x'; did you mean 'vgg16'" in result.stderr
 
 
 def test_bad_input_override() -> None:
