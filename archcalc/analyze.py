@@ -84,7 +84,7 @@ class Row:
     flops: int
     activation_bytes: int
     rf: tuple[int, ...]
-    jump: tuple[Fraction, ...]
+    jump: tuple[int | Fraction, ...]
     leaf: bool = True
     module: bool = True  # False for merge ops, which have no nn.Module
 
@@ -114,7 +114,7 @@ class Totals:
     weight_layers: int
     output: Shape
     rf: tuple[int, ...]
-    jump: tuple[Fraction, ...]
+    jump: tuple[int | Fraction, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +142,7 @@ def analyze(spec: Spec, batch: int = 1, dtype: str = "float32", convention: str 
     engine = _Engine(spec, batch, DTYPES[dtype], CONVENTIONS[convention].pick, strict)
     shape = tuple(input_shape) if input_shape else spec.input
     rank = len(shape) - 1
-    state = _RF(tuple([1] * rank), tuple([Fraction(1)] * rank))
+    state = _RF(tuple([1] * rank), tuple([1] * rank))
     tree, state = engine.seq(spec.root, shape, state, depth=0)
     rows = tuple(engine.rows)
     params = sum(r.params for r in rows)
@@ -172,7 +172,7 @@ def analyze(spec: Spec, batch: int = 1, dtype: str = "float32", convention: str 
 @dataclass(frozen=True, slots=True)
 class _RF:
     rf: tuple[int, ...]
-    jump: tuple[Fraction, ...]
+    jump: tuple[int | Fraction, ...]
 
 
 def _merge_rf(states: list[_RF]) -> _RF:

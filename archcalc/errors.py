@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Loc:
-    """A position in a spec file (1-based line and column, as editors show them)."""
+class Loc(NamedTuple):
+    """A position in a spec file (1-based line and column, as editors show them). A NamedTuple: one is made for
+    every value of a spec, so construction must be cheap."""
 
     path: str
     line: int

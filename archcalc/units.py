@@ -43,12 +43,14 @@ def dims(shape: Sequence[int]) -> str:
     return "×".join(map(str, shape))
 
 
-def fraction(value: Fraction) -> str:
+def fraction(value: int | Fraction) -> str:
+    if isinstance(value, int):
+        return str(value)
     return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
 
 
 def axes(values: Sequence[object]) -> str:
-    texts = [fraction(v) if isinstance(v, Fraction) else str(v) for v in values]
+    texts = [fraction(v) if isinstance(v, (int, Fraction)) else str(v) for v in values]
     if not texts:
         return "-"
     return texts[0] if len(set(texts)) == 1 else "×".join(texts)

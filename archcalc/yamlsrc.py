@@ -34,11 +34,16 @@ class Seq(list):  # type: ignore[type-arg]
 
 
 def _loc(path: str, node: yaml.Node) -> Loc:
-    return Loc(path, node.start_mark.line + 1, node.start_mark.column + 1)
+    mark = node.start_mark
+    return Loc(path, mark.line + 1, mark.column + 1)
+
+
+# libyaml's parser when PyYAML was built with it (10x faster on large specs); the constructors stay the safe ones.
+_BASE: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _make_loader(path: str) -> type[yaml.SafeLoader]:
-    class Loader(yaml.SafeLoader):
+    class Loader(_BASE):  # type: ignore[valid-type,misc]
         pass
 
     def construct_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Map:

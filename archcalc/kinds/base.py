@@ -71,7 +71,7 @@ class RFStep:
     """
 
     kernel: int = 1
-    stride: Fraction = Fraction(1)
+    stride: int | Fraction = 1  # a Fraction only where the grid gets finer (transposed conv, upsampling)
     whole: bool = False
 
 

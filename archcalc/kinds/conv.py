@@ -88,10 +88,15 @@ class Conv(Kind):
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
         k, s, d, _ = self.geometry(a, inp)
-        return [RFStep(di * (ki - 1) + 1, Fraction(si)) for ki, si, di in zip(k, s, d)]
+        return [RFStep(di * (ki - 1) + 1, si) for ki, si, di in zip(k, s, d)]
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
-        return Saved(input=True)
+        # The convolution keeps its input for the weight gradient. With asymmetric padding the input is first
+        # padded (F.pad keeps nothing: its backward is a slice), so what is kept is the padded copy.
+        _, _, _, pads = self.geometry(a, inp)
+        if all(p0 == p1 for p0, p1 in pads):
+            return Saved(input=True)
+        return Saved(extra=((inp[0] * math.prod(w + p0 + p1 for w, (p0, p1) in zip(inp[1:], pads)), 0),))
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         k, s, d, pads = self.geometry(a, inp)
