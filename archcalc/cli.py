@@ -203,9 +203,10 @@ def zoo(fmt: Annotated[KindsFmt, typer.Option("--format", "-f")] = KindsFmt.tabl
 
     entries = zoo_mod.entries()
     if fmt is KindsFmt.json:
+        import dataclasses
         import json
 
-        sys.stdout.write(json.dumps([e.__dict__ for e in entries], indent=2) + "\n")
+        sys.stdout.write(json.dumps([dataclasses.asdict(e) for e in entries], indent=2) + "\n")
         return
     if fmt is KindsFmt.md:
         sys.stdout.write("| spec | description | source |\n|---|---|---|\n")

@@ -1,0 +1,71 @@
+"""Kinds the zoo's torchvision specs need beyond the core set: ReLU6, hardswish, hardsigmoid, channel shuffle."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from archcalc.kinds.activation import _INPLACE, _Elementwise
+from archcalc.kinds.base import Arg, Cost, Example, Kind, LayerError, Saved, Shape, register
+
+
+@register
+class ReLU6(_Elementwise):
+    name = "relu6"
+    doc = "min(max(0, x), 6) (nn.ReLU6; MobileNetV2's activation)."
+    full_rule = "2 per element (two comparisons)"
+    per_element = 2
+    torch_cls = "ReLU6"
+    args = (_INPLACE,)
+
+
+@register
+class Hardswish(_Elementwise):
+    name = "hardswish"
+    doc = "x * relu6(x + 3) / 6 (nn.Hardswish; MobileNetV3's activation)."
+    full_rule = "5 per element (add, two comparisons, multiply, divide)"
+    per_element = 5
+    torch_cls = "Hardswish"
+    args = (_INPLACE,)
+
+
+@register
+class Hardsigmoid(_Elementwise):
+    name = "hardsigmoid"
+    doc = "relu6(x + 3) / 6 (nn.Hardsigmoid)."
+    full_rule = "4 per element (add, two comparisons, divide)"
+    per_element = 4
+    torch_cls = "Hardsigmoid"
+    args = (_INPLACE,)
+
+
+@register
+class ChannelShuffle(Kind):
+    name = "channel_shuffle"
+    doc = ("Channel shuffle (ShuffleNet; nn.ChannelShuffle): split the C channels into `groups` groups and "
+           "interleave them. A permutation: no parameters, no arithmetic.")
+    full_rule = "0 (a copy)"
+    args = (Arg("groups", "int", doc="number of channel groups", minimum=1),)
+    examples = (Example((16, 8, 8), {"groups": 2}), Example((12, 5, 5), {"groups": 3}))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        if len(inp) < 2:
+            raise LayerError("channel_shuffle needs a channels-first input with spatial axes")
+        if inp[0] % a["groups"]:
+            raise LayerError(f"channel_shuffle: {inp[0]} channels do not split into {a['groups']} groups")
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost()
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        return Saved()
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"groups {a['groups']}"
+
+    def build(self, a: Mapping[str, Any], inp: Shape) -> Any:
+        import torch.nn as nn
+
+        return nn.ChannelShuffle(a["groups"])
+

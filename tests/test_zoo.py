@@ -1,0 +1,401 @@
+"""The bundled zoo: every spec loads, analyses and builds, and each is pinned to its published source.
+
+Expected values are literals copied from the sources named beside them (a paper's table, torchvision's weights
+metadata as listed in the reference sheet, a formula written out from a paper's text), never from archcalc.
+Exact where the source is exact; where a paper prints rounded or approximate figures the tolerance is stated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from archcalc.analyze import Report, analyze
+from archcalc.build import build_module
+from archcalc.cli import app
+from archcalc.resolve import bundled
+from archcalc.spec import load_spec
+
+SPECS = bundled()
+NAMES = sorted(SPECS)
+
+
+def report(name: str, **kwargs: object) -> Report:
+    return analyze(load_spec(SPECS[name]), **kwargs)  # type: ignore[arg-type]
+
+
+def row(rep: Report, name: str):  # type: ignore[no-untyped-def]
+    """The one row whose name is `name` or ends with `.name`."""
+    matches = [r for r in rep.rows if r.name == name or r.name.endswith("." + name)]
+    assert len(matches) == 1, f"{rep.name}: no single row named {name!r} in {[r.name for r in rep.rows]}"
+    return matches[0]
+
+
+def rows_under(rep: Report, prefix: str) -> list:  # type: ignore[type-arg]
+    return [r for r in rep.rows if r.name == prefix or r.name.startswith(prefix + ".")]
+
+
+# ---- every bundled spec ---------------------------------------------------------------------------------------
+
+# Specs whose published definition makes a window leave input unread (a non-integer (W - F + 2P)/S that PyTorch
+# and Caffe floor). Each is faithful to its source, so strict mode's warning is expected; the reason is the spec's.
+STRICT_ALLOW = {
+    "nin": "the released model feeds 224x224 crops to an 11x11/4 conv (54.25 floored to 54)",
+    "cnn_f": "Table 1: 224x224 crops into conv1 11x11 st. 4 pad 0 (54.25 floored to 54)",
+    "cnn_m": "Table 1: 224x224 crops into conv1 7x7 st. 2 pad 0 (109.5 floored to 109)",
+    "cnn_s": "Table 1: 224x224 crops into conv1 7x7 st. 2 pad 0 (109.5 floored to 109)",
+    "torchvision/squeezenet1_0": "torchvision's conv1 is 7x7/2 without padding on 224x224 (109.5 floored to 109)",
+    "torchvision/squeezenet1_1": "torchvision's conv1 is 3x3/2 without padding on 224x224 (111.5 floored to 111)",
+}
+
+
+def test_the_zoo_has_the_issue_3_specs() -> None:
+    wanted = {"lenet5", "alexnet", "zfnet", "vgg11", "vgg11_lrn", "vgg13", "vgg16c", "vgg16", "vgg19", "googlenet",
+              "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "preact_resnet164", "nin",
+              "overfeat_fast", "cnn_f", "cnn_m", "cnn_s", "alphago_policy", "fcn32s"}
+    wanted |= {f"torchvision/{n}" for n in TORCHVISION}
+    assert wanted <= set(NAMES), sorted(wanted - set(NAMES))
+
+
+def test_strict_allow_list_names_real_specs() -> None:
+    assert set(STRICT_ALLOW) <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loads_and_analyses(name: str) -> None:
+    rep = report(name)
+    assert rep.totals.params > 0 and rep.totals.macs > 0
+    assert rep.description and rep.source
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_strict_mode(name: str) -> None:
+    rep = report(name)
+    if name in STRICT_ALLOW:
+        assert rep.warnings, f"{name} is allow-listed but analyses without warnings: drop it from STRICT_ALLOW"
+    else:
+        assert not rep.warnings, [str(w) for w in rep.warnings]
+        analyze(load_spec(SPECS[name]), strict=True)
+
+
+def test_zoo_command_lists_every_spec() -> None:
+    result = CliRunner().invoke(app, ["zoo", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    entries = json.loads(result.output)
+    listed = {e["name"]: e for e in entries}
+    assert set(listed) == set(NAMES)
+    for name, entry in listed.items():
+        assert entry["description"].strip(), name
+        assert entry["source"].strip(), name
+
+
+def test_zoo_table_shows_every_spec() -> None:
+    result = CliRunner().invoke(app, ["zoo"], terminal_width=400)
+    assert result.exit_code == 0, result.output
+    for name in NAMES:
+        assert name in result.output
+
+
+# Real forward passes for the small nets (batch 1, no_grad); the meta device (shapes and parameter counts, no
+# arithmetic) for the big ones, to keep the whole file well under two minutes on two CPU cores.
+REAL_LIMIT_MACS = 4_000_000_000
+REAL_LIMIT_PARAMS = 50_000_000
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_builds_a_module_that_agrees(name: str) -> None:
+    rep = report(name)
+    real = rep.totals.macs < REAL_LIMIT_MACS and rep.totals.params < REAL_LIMIT_PARAMS
+    with torch.no_grad():
+        if real:
+            model = build_module(rep)
+            y = model(torch.randn(1, *rep.input))
+        else:
+            with torch.device("meta"):
+                model = build_module(rep)
+                y = model(torch.empty(1, *rep.input))
+    assert sum(p.numel() for p in model.parameters()) == rep.totals.params
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == rep.totals.trainable_params
+    assert tuple(y.shape) == (1, *rep.totals.output)
+
+
+# ---- torchvision: exact ---------------------------------------------------------------------------------------
+
+# /work/shared/reference/torchvision.md: torchvision's weights metadata (num_params; "GFLOPS", which are GMACs of
+# conv and linear layers at batch 1), as printed there. inception_v3's num_params there includes the auxiliary
+# classifier; the sheet gives 23,834,568 without it, which is what the spec (no aux) must have.
+TORCHVISION = {
+    "alexnet": (61_100_840, "0.714"),
+    "vgg11": (132_863_336, "7.609"),
+    "vgg13": (133_047_848, "11.308"),
+    "vgg16": (138_357_544, "15.47"),
+    "vgg16_bn": (138_365_992, "15.47"),
+    "vgg19": (143_667_240, "19.632"),
+    "resnet18": (11_689_512, "1.814"),
+    "resnet34": (21_797_672, "3.664"),
+    "resnet50": (25_557_032, "4.089"),
+    "resnet101": (44_549_160, "7.801"),
+    "resnet152": (60_192_808, "11.514"),
+    "resnext50_32x4d": (25_028_904, "4.23"),
+    "wide_resnet50_2": (68_883_240, "11.398"),
+    "googlenet": (6_624_904, "1.498"),
+    "inception_v3": (23_834_568, "5.713"),
+    "densenet121": (7_978_856, "2.834"),
+    "squeezenet1_0": (1_248_424, "0.819"),
+    "squeezenet1_1": (1_235_496, "0.349"),
+    "mobilenet_v2": (3_504_872, "0.301"),
+}
+TORCHVISION_STRETCH = {
+    "densenet161": (28_681_000, "7.728"),
+    "densenet169": (14_149_480, "3.36"),
+    "densenet201": (20_013_928, "4.291"),
+}
+TORCHVISION_ALL = {**TORCHVISION, **{k: v for k, v in TORCHVISION_STRETCH.items() if f"torchvision/{k}" in SPECS}}
+
+
+def gmacs_as_printed(macs: int, printed: str) -> str:
+    """MACs in G rounded to as many decimals as the published figure has (torchvision rounds to 3, drops zeros)."""
+    decimals = len(printed.split(".")[1]) if "." in printed else 0
+    return f"{round(macs / 1e9, decimals):.{decimals}f}"
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_ALL))
+def test_torchvision_exact(name: str) -> None:
+    params, gmacs = TORCHVISION_ALL[name]
+    rep = report(f"torchvision/{name}")
+    assert rep.totals.params == params
+    assert gmacs_as_printed(rep.totals.macs, gmacs) == gmacs
+    assert rep.totals.output == (1000,)
+
+
+def test_torchvision_inputs() -> None:
+    # The sheet's input column: 3x299x299 for inception_v3, 3x224x224 for the rest.
+    for name in TORCHVISION_ALL:
+        assert report(f"torchvision/{name}").input == ((3, 299, 299) if name == "inception_v3" else (3, 224, 224))
+
+
+# ---- VGG: Table 2 -----------------------------------------------------------------------------------------------
+
+# Simonyan & Zisserman 2015, Table 2, "Number of parameters (in millions)": A, A-LRN 133; B 133; C 134; D 138;
+# E 144. The table rounds to the million, so the test does too.
+VGG_TABLE_2 = {"vgg11": 133, "vgg11_lrn": 133, "vgg13": 133, "vgg16c": 134, "vgg16": 138, "vgg19": 144}
+# Table 1's weight-layer counts: 11, 11, 13, 16, 16, 19.
+VGG_WEIGHT_LAYERS = {"vgg11": 11, "vgg11_lrn": 11, "vgg13": 13, "vgg16c": 16, "vgg16": 16, "vgg19": 19}
+
+
+@pytest.mark.parametrize("name", sorted(VGG_TABLE_2))
+def test_vgg_table_2(name: str) -> None:
+    rep = report(name)
+    assert round(rep.totals.params / 1e6) == VGG_TABLE_2[name]
+    assert rep.totals.weight_layers == VGG_WEIGHT_LAYERS[name]
+    assert rep.totals.output == (1000,)
+
+
+def test_vgg16_seed_000_rows() -> None:
+    # Seed 000 (VGG-16 walk-through, weights without biases): first conv (3x3x3)x64 = 1,728, FC6 7x7x512x4096 =
+    # 102,760,448; "TOTAL params: 138M".
+    rep = report("vgg16")
+    convs = [r for r in rep.rows if r.kind == "conv"]
+    assert convs[0].params - 64 == 1_728
+    fcs = [r for r in rep.rows if r.kind == "linear"]
+    assert fcs[0].params - 4096 == 102_760_448
+    assert fcs[0].input == (512, 7, 7)
+
+
+def test_vgg16c_has_1x1_convs_in_stages_3_to_5() -> None:
+    # Table 1, column C: conv1-256, conv1-512, conv1-512 close stages 3, 4, 5.
+    rep = report("vgg16c")
+    one_by_one = [r.output for r in rep.rows if r.kind == "conv" and r.config.startswith("1")]
+    assert one_by_one == [(256, 56, 56), (512, 28, 28), (512, 14, 14)], one_by_one
+
+
+def test_vgg11_lrn_has_one_lrn_after_the_first_conv() -> None:
+    rep = report("vgg11_lrn")
+    kinds = [r.kind for r in rep.rows]
+    assert kinds.count("lrn") == 1
+    assert kinds[:4] == ["conv", "relu", "lrn", "maxpool"]
+
+
+# ---- AlexNet ------------------------------------------------------------------------------------------------------
+
+
+def test_alexnet_conv1_row() -> None:
+    # Seeds 000/001: [227x227x3] INPUT -> [55x55x96] CONV1, 96 11x11 filters at stride 4, pad 0:
+    # (227 - 11)/4 + 1 = 55; parameters (11*11*3)*96 weights + 96 biases.
+    rep = report("alexnet")
+    assert rep.input == (3, 227, 227)
+    conv1 = row(rep, "conv1")
+    assert conv1.output == (96, 55, 55)
+    assert conv1.params == (11 * 11 * 3) * 96 + 96
+
+
+def test_alexnet_layer_sizes_and_neurons() -> None:
+    # Seed 000's layer list (output volumes), and Krizhevsky et al. Sec. 3.5's neuron counts for layers 2-8
+    # (186,624-64,896-64,896-43,264-4096-4096-1000; the first, 253,440, does not add up: see the spec).
+    rep = report("alexnet")
+    expected = {"pool1": (96, 27, 27), "norm1": (96, 55, 55), "conv2": (256, 27, 27), "pool2": (256, 13, 13),
+                "conv3": (384, 13, 13), "conv4": (384, 13, 13), "conv5": (256, 13, 13), "pool5": (256, 6, 6),
+                "fc6": (4096,), "fc7": (4096,), "fc8": (1000,)}
+    for name, shape in expected.items():
+        assert row(rep, name).output == shape, name
+    neurons = [math.prod(row(rep, n).output) for n in ("conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")]
+    assert neurons == [186_624, 64_896, 64_896, 43_264, 4096, 4096, 1000]
+
+
+def test_alexnet_two_gpu_split() -> None:
+    # Sec. 3.2 / 3.5: conv2, conv4, conv5 connect only to the kernel maps on the same GPU (half the input
+    # channels); conv3 connects to all. Weights: conv2 256 x 48 x 5 x 5, conv3 384 x 256 x 3 x 3,
+    # conv4 384 x 192 x 3 x 3, conv5 256 x 192 x 3 x 3 (Fig. 2's kernel shapes), plus biases.
+    rep = report("alexnet")
+    assert row(rep, "conv2").params == 256 * 48 * 5 * 5 + 256
+    assert row(rep, "conv3").params == 384 * 256 * 3 * 3 + 384
+    assert row(rep, "conv4").params == 384 * 192 * 3 * 3 + 384
+    assert row(rep, "conv5").params == 256 * 192 * 3 * 3 + 256
+    assert sum(1 for r in rep.rows if r.kind == "lrn") == 2
+
+
+def test_alexnet_sixty_million() -> None:
+    # Abstract: "The neural network, which has 60 million parameters". A round figure: within 2%.
+    assert report("alexnet").totals.params == pytest.approx(60e6, rel=0.02)
+
+
+# ---- ZFNet --------------------------------------------------------------------------------------------------------
+
+
+def test_zfnet_figure_3_sizes() -> None:
+    # Zeiler & Fergus Fig. 3: 224 -> conv1 110x110x96 -> pool 55x55 -> conv2 26x26x256 -> pool 13x13 -> conv3-5
+    # 13x13 (384, 384, 256) -> pool 6x6x256 -> 4096 -> 4096 -> 1000.
+    rep = report("zfnet")
+    expected = {"conv1": (96, 110, 110), "pool1": (96, 55, 55), "conv2": (256, 26, 26), "pool2": (256, 13, 13),
+                "conv3": (384, 13, 13), "conv4": (384, 13, 13), "conv5": (256, 13, 13), "pool5": (256, 6, 6),
+                "fc6": (4096,), "fc7": (4096,), "fc8": (1000,)}
+    for name, shape in expected.items():
+        assert row(rep, name).output == shape, name
+    assert row(rep, "conv1").params == 7 * 7 * 3 * 96 + 96
+
+
+def test_zfnet_512_variant() -> None:
+    # Seed 002: "CONV3, 4, 5: instead of 384, 384, 256 filters use 512, 1024, 512".
+    rep = report("zfnet_512")
+    assert [row(rep, n).output[0] for n in ("conv3", "conv4", "conv5")] == [512, 1024, 512]
+    assert row(rep, "fc6").input == (512, 6, 6)
+
+
+# ---- LeNet-5 ------------------------------------------------------------------------------------------------------
+
+
+def test_lenet5() -> None:
+    # LeCun et al. 1998 Sec. II-B: C1 28x28x6, S2 14x14x6, C3 10x10x16, S4 5x5x16, C5 120, F6 84; per-layer
+    # trainable parameters C1 156, S2 12, S4 32, C5 48,120, F6 10,164; 60,000 trainable parameters in all
+    # (C3 1,516). The spec connects C3 fully (16 * (6 * 5 * 5) + 16) and ends with a 84 -> 10 linear layer.
+    rep = report("lenet5")
+    assert rep.input == (1, 32, 32)
+    assert row(rep, "C1").output == (6, 28, 28) and row(rep, "C1").params == 156
+    assert rep.rows[[r.name for r in rep.rows].index("C3") - 1].output == (6, 14, 14)
+    assert sum(r.params for r in rows_under(rep, "S2")) == 12
+    assert row(rep, "C3").output == (16, 10, 10)
+    assert sum(r.params for r in rows_under(rep, "S4")) == 32
+    assert row(rep, "C5").output == (120, 1, 1) and row(rep, "C5").params == 48_120
+    assert row(rep, "F6").params == 10_164
+    assert rep.totals.params == 60_000 - 1_516 + (16 * (6 * 5 * 5) + 16) + (84 * 10 + 10)
+    assert rep.totals.output == (10,)
+
+
+# ---- AlphaGo --------------------------------------------------------------------------------------------------------
+
+
+def test_alphago_policy() -> None:
+    # Seed 001 quoting Silver et al. 2016 (Methods): 19x19x48 input; layer 1: k 5x5 filters; layers 2-12: k 3x3
+    # filters; final layer: one 1x1 filter with a different bias for each of the 19x19 positions; softmax; k = 192.
+    k = 192
+    params = (5 * 5 * 48 * k + k) + 11 * (3 * 3 * k * k + k) + (1 * 1 * k * 1) + 19 * 19
+    macs = 19 * 19 * (5 * 5 * 48 * k + 11 * 3 * 3 * k * k + k)
+    rep = report("alphago_policy")
+    assert rep.input == (48, 19, 19)
+    assert rep.totals.params == params
+    assert rep.totals.macs == macs
+    assert rep.totals.output == (361,)
+    assert rep.totals.weight_layers == 13
+    assert all(r.output == (k, 19, 19) for r in rep.rows if r.kind == "conv" and r.output[0] == k)
+
+
+# ---- NIN, OverFeat, CNN-F/M/S -------------------------------------------------------------------------------------
+
+
+def test_nin_imagenet() -> None:
+    # Seed 002's NIN/AlexNet comparison: "NIN 7.5 Million (29 Megabytes)". 29 MB is the float32 size in MiB,
+    # exact to the printed megabyte; "7.5 million" is within 2% of the count.
+    rep = report("nin")
+    assert round(rep.totals.param_bytes / 2**20) == 29
+    assert rep.totals.params == pytest.approx(7.5e6, rel=0.02)
+    assert rep.totals.output == (1000,)
+    assert not any(r.kind == "linear" for r in rep.rows)  # global average pooling replaces the FC layers
+
+
+def test_overfeat_fast_table_1() -> None:
+    # Sermanet et al. Table 1 (fast): channels 96, 256, 512, 1024, 1024, 3072, 4096, 1000; filters 11x11/4,
+    # 5x5/1, 3x3/1 (pad 1) x 3; 2x2/2 pools after layers 1, 2, 5; layers 3-5 on 12x12 maps, layer 6 on 6x6.
+    rep = report("overfeat_fast")
+    assert rep.input == (3, 231, 231)
+    assert row(rep, "conv1").output == (96, 56, 56)
+    assert row(rep, "conv2").output == (256, 24, 24)
+    for name, channels in (("conv3", 512), ("conv4", 1024), ("conv5", 1024)):
+        assert row(rep, name).output == (channels, 12, 12)
+    assert row(rep, "fc6").input == (1024, 6, 6)
+    assert [row(rep, n).output for n in ("fc6", "fc7", "fc8")] == [(3072,), (4096,), (1000,)]
+
+
+@pytest.mark.parametrize(("name", "convs", "fc6_input"), [
+    # Chatfield et al. Table 1: conv1-conv5 filters (count x size x size, stride); full6 sees 6x6 maps.
+    ("cnn_f", [(64, 11, 4), (256, 5, 1), (256, 3, 1), (256, 3, 1), (256, 3, 1)], (256, 6, 6)),
+    ("cnn_m", [(96, 7, 2), (256, 5, 2), (512, 3, 1), (512, 3, 1), (512, 3, 1)], (512, 6, 6)),
+    ("cnn_s", [(96, 7, 2), (256, 5, 1), (512, 3, 1), (512, 3, 1), (512, 3, 1)], (512, 6, 6)),
+])
+def test_chatfield_table_1(name: str, convs: list[tuple[int, int, int]], fc6_input: tuple[int, ...]) -> None:
+    rep = report(name)
+    rows = [r for r in rep.rows if r.kind == "conv"]
+    assert len(rows) == 5
+    for r, (out, k, s) in zip(rows, convs):
+        assert r.output[0] == out
+        assert r.params == out * r.input[0] * k * k + out
+        assert r.config.startswith(f"{k}/{s}")
+    assert row(rep, "full6").input == fc6_input
+    assert [r.output for r in rep.rows if r.kind == "linear"] == [(4096,), (4096,), (1000,)]
+    assert sum(1 for r in rep.rows if r.kind == "lrn") == (1 if name == "cnn_s" else 2)
+
+
+# ---- ResNet (He et al. 2016, Table 1) -----------------------------------------------------------------------------
+
+# Table 1's bottom row: FLOPs 1.8, 3.6, 3.8, 7.6, 11.3 x 10^9 (multiply-adds). The paper prints two significant
+# digits and is not consistent in rounding (34-layer: 3.66 printed as 3.6), so the check is within 2%.
+RESNET_TABLE_1 = {"resnet18": 1.8e9, "resnet34": 3.6e9, "resnet50": 3.8e9, "resnet101": 7.6e9,
+                  "resnet152": 11.3e9}
+# Table 1's "layer name" column: blocks per stage (conv2_x ... conv5_x).
+RESNET_DEPTHS = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3], "resnet50": [3, 4, 6, 3],
+                 "resnet101": [3, 4, 23, 3], "resnet152": [3, 8, 36, 3]}
+
+
+@pytest.mark.parametrize("name", sorted(RESNET_TABLE_1))
+def test_resnet_table_1(name: str) -> None:
+    rep = report(name)
+    assert rep.totals.macs == pytest.approx(RESNET_TABLE_1[name], rel=0.02)
+    depth = int(name.removeprefix("resnet"))
+    shortcut_convs = sum(1 for r in rep.rows if ".shortcut." in r.name and r.kind == "conv")
+    assert rep.totals.weight_layers - shortcut_convs == depth  # the depth counts convs and fc, not projections
+    assert shortcut_convs == (4 if depth >= 50 else 3)  # option B: a projection where the shape changes
+    blocks = [len([r for r in rep.outline if r.name.count(".") == 1 and r.name.startswith(f"layer{i}.")])
+              for i in range(1, 5)]
+    assert blocks == RESNET_DEPTHS[name]
+
+
+def test_paper_bottleneck_puts_the_stride_in_the_first_1x1() -> None:
+    # He et al. Sec. 3.3/Table 1: "downsampling is performed by conv3_1, conv4_1, and conv5_1 with a stride of 2";
+    # in the bottleneck that is its first layer, the 1x1 conv (torchvision moves it to the 3x3: "v1.5").
+    paper, tv = report("resnet50"), report("torchvision/resnet50")
+    assert row(paper, "layer2.0.conv1").output == (128, 28, 28)
+    assert row(tv, "layer2.0.conv1").output == (128, 56, 56)
+    assert paper.totals.params == tv.totals.params
