@@ -1,0 +1,45 @@
+"""The README stays true: its kind reference is generated from the registry, its examples are run."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from archcalc import render
+from archcalc.cli import app
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- kinds:start -->", "<!-- kinds:end -->"
+
+
+def test_readme_kind_reference_is_generated_from_the_registry(regen_golden: bool) -> None:
+    text = README.read_text(encoding="utf-8")
+    before, rest = text.split(START)
+    _, after = rest.split(END)
+    fresh = f"{before}{START}\n{render.kinds_md()}{END}{after}"
+    if regen_golden:
+        README.write_text(fresh, encoding="utf-8")
+        return
+    assert text == fresh, "README's kind reference is stale: run pytest tests/test_docs.py --regen-golden"
+
+
+def test_readme_example_commands_run_and_match() -> None:
+    text = README.read_text(encoding="utf-8")
+    commands = re.findall(r"^\$ archcalc (.+)$", text, flags=re.M)
+    commands += re.findall(r"\.venv/bin/archcalc ([^&\n]+)", text)
+    assert commands, "the README shows no archcalc command"
+    runner = CliRunner()
+    for command in commands:
+        result = runner.invoke(app, shlex.split(command))
+        assert result.exit_code == 0, f"README command failed: archcalc {command}\n{result.output}"
+    # The example table's rows are what archcalc prints today.
+    example = text.split("$ archcalc calc resnet50 --depth 2", 1)[1].split("```", 1)[0]
+    output = runner.invoke(app, ["calc", "resnet50", "--depth", "2"]).stdout
+    table_rows = [line.rstrip() for line in example.splitlines() if line.startswith(("│", "┃"))]
+    assert table_rows
+    printed = {line.rstrip() for line in output.splitlines()}
+    for row in table_rows:
+        assert row in printed, f"README example row no longer printed: {row}"
