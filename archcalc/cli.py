@@ -237,3 +237,5 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=version_ca
 
 def main() -> None:
     app(prog_name="archcalc")
+from archcalc import cli_model  # noqa: E402,F401  (registers validate and export)
+from archcalc import cli_profile  # noqa: E402,F401  (registers profile)

@@ -495,7 +495,6 @@ def measure_ceiling(timer: Timer, device: Any, dtype: Any) -> Ceiling:
     mm = min(timer.run(lambda: torch.mm(a, b), 1, 7))
     timer.run(lambda: dst.copy_(src), 1, 2)
     cp = min(timer.run(lambda: dst.copy_(src), 1, 7))
-    del a, b, src, dst
     return Ceiling(2 * n**3 / mm, 2 * size / cp, n, size)
 
 
@@ -587,8 +586,9 @@ def _profile_batch(index: int, report: Report, model: Any, options: Options, tim
 
     dtype = getattr(torch, options.dtype)
     fmt = torch.channels_last if options.channels_last else torch.contiguous_format
-    x = torch.randn(report.batch, *report.input).to(device=options.device, dtype=dtype, memory_format=fmt) \
-        if len(report.input) == 3 else torch.randn(report.batch, *report.input).to(options.device, dtype)
+    x = torch.randn(report.batch, *report.input, device=options.device, dtype=dtype)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=fmt)
     runner = torch.compile(model) if options.compile else model
     step = _make_step(runner, x, options)
     notes = []
