@@ -43,3 +43,10 @@ def test_readme_example_commands_run_and_match() -> None:
     printed = {line.rstrip() for line in output.splitlines()}
     for row in table_rows:
         assert row in printed, f"README example row no longer printed: {row}"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    text = README.read_text(encoding="utf-8")
+    test_command = next(line for line in text.splitlines() if "pytest" in line and line.startswith("python3 -m venv"))
+    ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
+    assert test_command in ci.splitlines()
