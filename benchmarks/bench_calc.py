@@ -1,0 +1,84 @@
+"""Speed of the analytic path, measured in one run against peers (ratios, not absolute times).
+
+    python benchmarks/bench_calc.py [--repeat 7]
+
+Measures whole processes (start-up included), each the median of --repeat runs:
+  1. `archcalc calc resnet50` (table) and `--format json`;
+  2. the route users take today: import torch and fvcore, build ResNet-50, run FlopCountAnalysis(...).total();
+  3. the floor: `python -c "import typer, rich, yaml"`;
+  4. `archcalc calc` on generated flat specs of 1,000 and 10,000 layers (JSON), to check linear growth.
+Goals (issue 2): calc >= 25x faster than the fvcore route; within 1.5x of the import floor; 10,000 layers < 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PY = sys.executable
+
+FVCORE_ROUTE = """
+import torch, warnings
+from fvcore.nn import FlopCountAnalysis
+from archcalc.analyze import analyze
+from archcalc.build import build_module
+from archcalc.resolve import resolve_spec
+from archcalc.spec import load_spec
+model = build_module(analyze(load_spec(resolve_spec("resnet50"))))
+warnings.simplefilter("ignore")
+print(FlopCountAnalysis(model, torch.randn(1, 3, 224, 224)).unsupported_ops_warnings(False).total())
+"""
+
+
+def timed(cmd: list[str], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def generated(n: int, folder: Path) -> Path:
+    path = folder / f"gen{n}.yaml"
+    lines = [f"name: gen{n}", "input: [16, 32, 32]", "layers:"]
+    for i in range(n):
+        lines.append("  - conv: {out: 16, kernel: 3, padding: 1}" if i % 2 == 0 else "  - relu")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=7)
+    args = parser.parse_args()
+    calc = [PY, "-m", "archcalc", "calc"]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        rows = {
+            "import typer, rich, yaml": timed([PY, "-c", "import typer, rich, yaml"], args.repeat),
+            "archcalc calc resnet50": timed(calc + ["resnet50"], args.repeat),
+            "archcalc calc resnet50 -f json": timed(calc + ["resnet50", "-f", "json"], args.repeat),
+            "torch + fvcore FlopCountAnalysis": timed([PY, "-c", FVCORE_ROUTE], max(3, args.repeat // 2)),
+            "archcalc calc 1,000 layers -f json": timed(calc + [str(generated(1000, folder)), "-f", "json"],
+                                                        args.repeat),
+            "archcalc calc 10,000 layers -f json": timed(calc + [str(generated(10000, folder)), "-f", "json"],
+                                                         max(3, args.repeat // 2)),
+        }
+    floor = rows["import typer, rich, yaml"]
+    fv = rows["torch + fvcore FlopCountAnalysis"]
+    print(f"{'what':40} {'median s':>9} {'x floor':>8} {'fvcore / this':>14}")
+    for name, seconds in rows.items():
+        print(f"{name:40} {seconds:9.3f} {seconds / floor:8.2f} {fv / seconds:14.1f}")
+    growth = rows["archcalc calc 10,000 layers -f json"] / rows["archcalc calc 1,000 layers -f json"]
+    print(f"\n10,000 / 1,000 layers: {growth:.1f}x the time for 10x the layers "
+          "(start-up is in both, so linear growth shows as < 10x)")
+
+
+if __name__ == "__main__":
+    main()
