@@ -60,7 +60,7 @@ class _WindowPool(Kind):
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
         k, s, d, _ = self.geometry(a, inp)
-        return [RFStep(di * (ki - 1) + 1, Fraction(si)) for ki, si, di in zip(k, s, d)]
+        return [RFStep(di * (ki - 1) + 1, si) for ki, si, di in zip(k, s, d)]
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         k, s, d, pads = self.geometry(a, inp)
@@ -216,6 +216,10 @@ class AdaptiveAvgPool(_Adaptive):
         return Cost(fvcore=numel(inp) if len(inp) == 3 else 0, full=self._window_elements(inp, out))
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # To output size 1 PyTorch computes a mean (aten adaptive_avg_pool{2,3}d), whose backward needs only the
+        # shape: nothing is kept. Otherwise the pooling op keeps its input.
+        if all(o == 1 for o in out[1:]):
+            return Saved()
         return Saved(input=True)
 
 

@@ -1,0 +1,231 @@
+"""Export an analyzed spec as a standalone PyTorch source file (it needs only torch).
+
+The file holds the source of archcalc's few custom modules (taken from archcalc.torchmods and archcalc.build with
+inspect.getsource) and a `build_model()` that rebuilds exactly the module archcalc.build.build_module makes: same
+classes, same constructor arguments, same submodule names, so a state_dict moves between the two.
+
+Nothing from the spec is spliced into code as written. Every value is emitted by `_literal` (ints, floats, bools,
+None, tuples, and strings through ascii(), which gives a quoted, escaped, one-line ASCII literal), submodule names
+go through add_module(<literal>, ...), Python variable names are made from the spec's names by keeping [A-Za-z0-9_]
+and prefixing `m_` (never a keyword or a builtin), and free text (the spec's name and description) appears only in
+string literals or in comments from which every non-printable character (newlines included) is removed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from typing import Any
+
+from archcalc import __version__
+from archcalc.analyze import ALayer, ANode, APar, ARes, ASeq, Report
+
+
+def _literal(value: Any) -> str:
+    """Python source for a plain value; anything else is a bug in the exporter (a TypeError, not a guess)."""
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(int(value))
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "float('nan')"
+        if math.isinf(value):
+            return "float('inf')" if value > 0 else "float('-inf')"
+        return repr(float(value))
+    if isinstance(value, str):
+        return ascii(value)
+    if isinstance(value, (tuple, list)):
+        items = [_literal(v) for v in value]
+        if isinstance(value, tuple):
+            return f"({items[0]},)" if len(items) == 1 else f"({', '.join(items)})"
+        return f"[{', '.join(items)}]"
+    raise TypeError(f"cannot export a value of type {type(value).__name__}: {value!r}")
+
+
+def _comment(text: str) -> str:
+    """Text safe inside a `#` comment: printable ASCII only (a newline would end the comment)."""
+    return "".join(ch if ch.isascii() and ch.isprintable() else "?" for ch in text)
+
+
+def _unflatten_pad(flat: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    # The inverse of torchmods._f_pad: F.pad's (last before, last after, ...) back to per-axis (before, after).
+    pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+    return tuple(reversed(pairs))
+
+
+# Constructor arguments that a module does not keep under the same attribute name.
+_FALLBACKS = {
+    "pads": lambda m: _unflatten_pad(tuple(m.pad)),  # PaddedPool, AsymmetricPadConv
+    "conv": lambda m: m._conv.__self__,  # AsymmetricPadConv keeps the conv's bound forward, not the conv
+    "shape": lambda m: tuple(m.bias.shape),  # Bias
+}
+
+
+def _constructor(module: Any, custom: set[str]) -> str:
+    """`nn.Conv2d(in_channels=3, ...)`: the module's class called with the arguments it was built with.
+
+    Read from the instance: each __init__ parameter is the attribute of the same name (a parameter named `bias`
+    holding a Parameter or None means True / False; a submodule is exported recursively). Arguments equal to
+    their default are left out.
+    """
+    import torch
+    from torch import nn
+
+    cls = type(module)
+    if cls.__name__ in custom:
+        prefix = ""
+    elif getattr(nn, cls.__name__, None) is cls:
+        prefix = "nn."
+    else:
+        raise TypeError(f"cannot export module class {cls.__module__}.{cls.__qualname__}")
+    args = []
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in ("device", "dtype"):
+            continue
+        if hasattr(module, p.name):
+            value = getattr(module, p.name)
+        elif p.name in _FALLBACKS:
+            value = _FALLBACKS[p.name](module)
+        else:
+            raise TypeError(f"cannot read argument '{p.name}' back from {cls.__name__}")
+        if p.name == "bias" and (value is None or isinstance(value, torch.Tensor)):
+            value = value is not None
+        if isinstance(value, nn.Module):
+            args.append(f"{p.name}={_constructor(value, custom)}")
+            continue
+        if p.default is not p.empty and type(value) is type(p.default) and value == p.default:
+            continue
+        args.append(f"{p.name}={_literal(value)}")
+    return f"{prefix}{cls.__name__}({', '.join(args)})"
+
+
+class _Writer:
+    def __init__(self, custom: set[str]) -> None:
+        self.lines: list[str] = []
+        self.used: set[str] = set()
+        self.custom = custom
+
+    def var(self, name: str) -> str:
+        base = "m_" + (re.sub(r"[^A-Za-z0-9_]", "_", name) or "root")
+        var, n = base, 1
+        while var in self.used:
+            n += 1
+            var = f"{base}_{n}"
+        self.used.add(var)
+        return var
+
+    def emit(self, line: str) -> None:
+        self.lines.append("    " + line)
+
+    def node(self, node: ANode, parent: str, parent_var: str) -> None:
+        import torch
+
+        local = node.name[len(parent) + 1:] if parent else node.name
+        if isinstance(node, ALayer):
+            with torch.device("meta"):  # only its constructor arguments are read back
+                module = node.kind.build(node.args, node.input)
+            dims = "x".join(map(str, node.output))
+            config = node.kind.describe(node.args, node.input)
+            self.emit(f"# {_comment(node.name)}: {_comment(node.kind.name)} {_comment(config)} -> {dims}")
+            ctor = _constructor(module, self.custom)
+            if node.trainable:
+                self.emit(f"{parent_var}.add_module({_literal(local)}, {ctor})")
+            else:
+                self.emit(f"{parent_var}.add_module({_literal(local)}, _frozen({ctor}))")
+            return
+        var = self.var(node.name)
+        if isinstance(node, ASeq):
+            self.emit(f"{var} = SpecSequence()")
+            self.emit(f"{parent_var}.add_module({_literal(local)}, {var})")
+            for child in node.children:
+                self.node(child, node.name, var)
+        elif isinstance(node, APar):
+            self.emit(f"{var} = SpecParallel({_literal(node.merge)})")
+            self.emit(f"{parent_var}.add_module({_literal(local)}, {var})")
+            for branch in node.branches:
+                self.node(branch, node.name, var)
+        else:
+            self.residual(node, local, var, parent_var)
+
+    def residual(self, node: ARes, local: str, var: str, parent_var: str) -> None:
+        def names(seq: ASeq) -> list[str]:
+            return [c.name[len(node.name) + 1:] for c in seq.children]
+
+        self.emit(f"{var} = SpecResidual({_literal(names(node.body))}, {_literal(names(node.after))}, "
+                  f"{_literal(node.shortcut is not None)})")
+        self.emit(f"{parent_var}.add_module({_literal(local)}, {var})")
+        for child in node.body.children:
+            self.node(child, node.name, var)
+        if node.shortcut is not None:
+            self.node(node.shortcut, node.name, var)
+        for child in node.after.children:
+            self.node(child, node.name, var)
+
+
+_HEADER = '''\
+# Generated by archcalc {version}: a standalone PyTorch definition of the network below (needs only torch).
+# Parameter names match archcalc's built module, so state_dicts move between the two.
+#
+{about}
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SPEC_NAME = {name}
+INPUT_SHAPE = {input}  # one sample: channels, then spatial sizes
+OUTPUT_SHAPE = {output}
+
+Pads = Sequence[tuple[int, int]]
+
+'''
+
+_FOOTER = '''
+
+def _frozen(module: nn.Module) -> nn.Module:
+    """A layer marked `trainable: false` in the spec: its parameters get no gradient."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def build_model() -> nn.Module:
+    """The network of {name_comment}, in eval mode."""
+    model = SpecSequence()
+{body}
+    model.eval()
+    return model
+
+
+if __name__ == "__main__":
+    net = build_model()
+    y = net(torch.randn(1, *INPUT_SHAPE))
+    print(SPEC_NAME, sum(p.numel() for p in net.parameters()), "parameters, output", tuple(y.shape[1:]))
+'''
+
+
+def export_source(report: Report) -> str:
+    from archcalc import build, torchmods
+
+    helpers = [torchmods._f_pad, torchmods.AsymmetricPadConv, torchmods.PaddedPool, torchmods.FlattenLinear,
+               torchmods.Bias, torchmods.Maxout, build.SpecSequence, build.SpecParallel, build.SpecResidual]
+    custom = {h.__name__ for h in helpers if isinstance(h, type)}
+    writer = _Writer(custom)
+    for child in report.tree.children:
+        writer.node(child, "", "model")
+    about = [f"# Spec: {_comment(ascii(report.name))}"]
+    if report.source:
+        about.append(f"# Source: {_comment(ascii(report.source))}")
+    for line in report.description.splitlines():
+        about.append(f"#   {_comment(line)}")
+    about.append(f"# Parameters: {report.totals.params:,}   MACs per sample: {report.totals.macs // report.batch:,}")
+    header = _HEADER.format(version=_comment(__version__), about="\n".join(about), name=_literal(report.name),
+                            input=_literal(tuple(report.input)), output=_literal(tuple(report.totals.output)))
+    sources = "\n\n".join(inspect.getsource(h).rstrip() for h in helpers)
+    footer = _FOOTER.format(name_comment="the spec named in SPEC_NAME", body="\n".join(writer.lines))
+    return header + "\n" + sources + "\n" + footer
