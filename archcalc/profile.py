@@ -408,7 +408,9 @@ def run_profile(spec: Spec, options: Options, progress: Progress | None = None,
         with _friendly_errors(options):
             ceiling = measure_ceiling(timer, device, dtype)
             roofline = _roofline(datasheet, options.dtype, ceiling, cuda)
-            model = build_module(reports[options.batches[0]]).to(device=device, dtype=dtype, memory_format=fmt)
+            model = build_module(reports[options.batches[0]]).to(device=device, dtype=dtype)
+            if options.channels_last:
+                model = model.to(memory_format=fmt)  # type: ignore[call-overload]  # accepted at runtime
             if options.train:
                 model.train()
             results = []
@@ -454,7 +456,7 @@ class _friendly_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         import torch
 
         if isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -463,7 +465,6 @@ class _friendly_errors:
         if isinstance(exc, (RuntimeError, NotImplementedError)) and "not implemented for" in str(exc):
             raise ProfileError(f"--dtype {self.options.dtype} on {self.options.device}: {str(exc).splitlines()[0]}"
                                ) from None
-        return False
 
 
 def _cpu_name() -> str:
