@@ -111,6 +111,15 @@ def block_size(iteration_s: float, min_block_s: float = MIN_BLOCK_S) -> int:
     return max(1, math.ceil(min_block_s / iteration_s))
 
 
+def round_blocks(sample_s: float, remaining_s: float, round_s: float = ROUND_S) -> int:
+    """Samples to take before the next look at the stopping rule: about round_s worth (at most MIN_SAMPLES, at
+    least 1), and no more than what fits in the remaining budget, so a run overshoots its budget by one sample at
+    most. sample_s is the latest estimate of one sample's duration (the running median)."""
+    if sample_s <= 0:
+        return MIN_SAMPLES
+    return max(1, min(MIN_SAMPLES, math.floor(min(round_s, remaining_s) / sample_s)))
+
+
 # ---- models of work and memory (pure) --------------------------------------------------------------------------
 
 
@@ -562,11 +571,12 @@ def _measure(step: Callable[[], Any], timer: Timer, options: Options, report_pro
         after_warmup()
     estimate = sum(warm[len(warm) // 2:]) / len(warm[len(warm) // 2:])  # the later half: past one-off costs
     number = block_size(estimate)
-    per_round = max(1, min(MIN_SAMPLES, math.floor(ROUND_S / (estimate * number))))
     samples: list[float] = []
     start = time.perf_counter()
+    elapsed = 0.0
     while True:
-        samples += timer.run(step, number, per_round)
+        sample_s = number * (percentile(samples, 50) if samples else estimate)
+        samples += timer.run(step, number, round_blocks(sample_s, options.budget_s - elapsed))
         elapsed = time.perf_counter() - start
         reason = stop_reason(samples, elapsed, options.budget_s, options.target)
         rel = summarize(samples).rel_iqr

@@ -115,6 +115,14 @@ def test_block_size() -> None:
     assert prof.block_size(0.0) == 1000
 
 
+def test_round_blocks() -> None:
+    assert prof.round_blocks(1e-3, remaining_s=5) == 10  # 0.1 s round holds 100, capped at MIN_SAMPLES
+    assert prof.round_blocks(0.03, remaining_s=5) == 3  # floor(0.1 / 0.03)
+    assert prof.round_blocks(0.03, remaining_s=0.05) == 1  # only one fits in what is left
+    assert prof.round_blocks(2.0, remaining_s=5) == 1  # always at least one
+    assert prof.round_blocks(0.0, remaining_s=5) == 10
+
+
 # ---- models -------------------------------------------------------------------------------------------------------
 
 
