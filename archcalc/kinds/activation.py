@@ -114,6 +114,13 @@ class SiLU(_Elementwise):
     torch_cls = "SiLU"
     args = (_INPLACE,)
 
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # SiLUBackward needs x itself; in place, autograd saves a copy of x before it is overwritten (measured:
+        # the packed tensor has its own storage), so the copy is an extra tensor, not the shared input.
+        if a["inplace"]:
+            return Saved(extra=((numel(inp), 0),))
+        return Saved(input=True)
+
 
 @register
 class Sigmoid(_Elementwise):
