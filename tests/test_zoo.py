@@ -399,3 +399,105 @@ def test_paper_bottleneck_puts_the_stride_in_the_first_1x1() -> None:
     assert row(paper, "layer2.0.conv1").output == (128, 28, 28)
     assert row(tv, "layer2.0.conv1").output == (128, 56, 56)
     assert paper.totals.params == tv.totals.params
+
+
+# ---- GoogLeNet (Szegedy et al. 2015, Table 1) ---------------------------------------------------------------------
+
+# Table 1, per row: output size, params (weights only, K = 1024) and ops (multiply-adds, millions).
+GOOGLENET_TABLE_1 = {
+    "3a": ((256, 28, 28), 159, 128), "3b": ((480, 28, 28), 380, 304),
+    "4a": ((512, 14, 14), 364, 73), "4b": ((512, 14, 14), 437, 88), "4c": ((512, 14, 14), 463, 100),
+    "4d": ((528, 14, 14), 580, 119), "4e": ((832, 14, 14), 840, 170),
+    "5a": ((832, 7, 7), 1072, 54), "5b": ((1024, 7, 7), 1388, 71),
+}
+# Rows whose printed figure does not add up (documented in specs/googlenet.yaml): params of 4c (497.5K computed)
+# and 5a (1018K), ops of 5a (51M).
+GOOGLENET_PARAMS_OFF = {"4c", "5a"}
+GOOGLENET_OPS_OFF = {"5a"}
+
+
+def _weights_and_macs(rows: list) -> tuple[int, int]:  # type: ignore[type-arg]
+    weights = sum(r.params - (r.output[0] if r.kind in ("conv", "linear") else 0) for r in rows)
+    return weights, sum(r.macs for r in rows)
+
+
+@pytest.mark.parametrize("module", sorted(GOOGLENET_TABLE_1))
+def test_googlenet_table_1_inception_rows(module: str) -> None:
+    shape, params_k, ops_m = GOOGLENET_TABLE_1[module]
+    rep = report("googlenet")
+    block = next(r for r in rep.outline if r.name.endswith("." + module))
+    assert block.output == shape
+    weights, macs = _weights_and_macs(rows_under(rep, block.name))
+    # The table rounds to whole K and M; its params are also off by up to 2% on most rows (4d: 590.5K vs 580K).
+    if module not in GOOGLENET_PARAMS_OFF:
+        assert weights / 1024 == pytest.approx(params_k, rel=0.02)
+    if module not in GOOGLENET_OPS_OFF:
+        assert abs(macs / 1e6 - ops_m) < 1
+    # Table 1's reduce/branch widths: the block's conv rows in branch order.
+    assert sum(1 for r in rows_under(rep, block.name) if r.kind == "conv") == 6
+
+
+def test_googlenet_table_1_other_rows() -> None:
+    rep = report("googlenet")
+    # "convolution 3x3/1, 56x56x192, depth 2, #3x3 reduce 64, #3x3 192: 112K params, 360M ops"
+    weights, macs = _weights_and_macs(rows_under(rep, "conv2_reduce") + rows_under(rep, "conv2"))
+    assert (round(weights / 1024), round(macs / 1e6)) == (112, 360)
+    assert row(rep, "conv2.conv1").output == (192, 56, 56)
+    # "linear, 1x1x1000: 1000K params, 1M ops"
+    weights, macs = _weights_and_macs([row(rep, "fc")])
+    assert (round(weights / 1024), round(macs / 1e6)) == (1000, 1)
+    # Max pools 56x56x64, 28x28x192, 14x14x480, 7x7x832; avg pool 7x7/1 to 1x1x1024; 22 weight layers deep
+    # (Sec. 5: "22 layers deep when counting only layers with parameters").
+    assert [r.output for r in rep.rows if r.kind == "maxpool" and r.name.startswith("pool")] == [
+        (64, 56, 56), (192, 28, 28), (480, 14, 14), (832, 7, 7)]
+    assert row(rep, "pool5").output == (1024, 1, 1)
+    assert rep.totals.output == (1000,)
+    depth = 1 + 2 + 2 * 9 + 1  # conv1, conv2 (reduce + 3x3), two per inception module, the classifier
+    assert depth == 22
+
+
+def test_torchvision_googlenet_uses_3x3_in_the_5x5_branch() -> None:
+    rep = report("torchvision/googlenet")
+    kernels = {r.config.split("/")[0] for r in rows_under(rep, "inception3.3a") if r.kind == "conv"}
+    assert kernels == {"1", "3"}
+
+
+# ---- Pre-activation ResNet-164, FCN-32s -------------------------------------------------------------------------
+
+
+def test_preact_resnet164() -> None:
+    # He et al. 2016b, Table 3: ResNet-164 (pre-activation) on CIFAR-10, "1.7M" params; 164 weight layers.
+    rep = report("preact_resnet164")
+    assert rep.input == (3, 32, 32)
+    assert round(rep.totals.params / 1e5) / 10 == 1.7
+    projections = sum(1 for r in rep.rows if ".shortcut." in r.name and r.kind == "conv")
+    assert rep.totals.weight_layers - projections == 164
+    assert rep.totals.output == (10,)
+    assert row(rep, "avgpool").input == (256, 8, 8)
+
+
+def test_fcn32s_table_1() -> None:
+    # Long et al. Table 1, FCN-VGG16: 134M parameters, receptive field 404, max stride 32. The learned ones: the
+    # 32x upsampling is fixed bilinear (not trained) in FCN-32s.
+    rep = report("fcn32s")
+    assert round(rep.totals.trainable_params / 1e6) == 134
+    assert row(rep, "score_fr").rf == (404, 404)
+    assert row(rep, "score_fr").jump == (32, 32)
+    # Seed 004: fc6 becomes a 7x7 conv with 4096 maps (1x1 output from VGG-16's 7x7x512); fc7, fc8 1x1 convs.
+    assert row(rep, "fc6").output == (4096, 1, 1)
+    assert row(rep, "fc6").params == 7 * 7 * 512 * 4096 + 4096
+    assert row(rep, "score_fr").output == (21, 1, 1)
+    # The same conv stack as vgg16 (reused, not copied).
+    vgg = report("vgg16")
+    assert [r.params for r in rep.rows if r.kind == "conv"][:13] == [r.params for r in vgg.rows if r.kind == "conv"]
+
+
+def test_fcn32s_larger_input_gives_a_grid() -> None:
+    # Seed 004: "When larger inputs are fed into the network, network outputs grid of values".
+    spec = load_spec(SPECS["fcn32s"])
+    rep = analyze(spec, input_shape=(3, 512, 512))
+    assert row(rep, "score_fr").output == (21, 10, 10)  # 512/32 = 16, minus fc6's 7x7 window: 10
+    assert rep.totals.output == (21, (10 - 1) * 32 + 64, (10 - 1) * 32 + 64)
+    with torch.device("meta"), torch.no_grad():
+        y = build_module(rep)(torch.empty(1, 3, 512, 512))
+    assert tuple(y.shape) == (1, 21, 352, 352)

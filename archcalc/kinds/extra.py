@@ -6,11 +6,23 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from archcalc.kinds.activation import _INPLACE, _Elementwise
-from archcalc.kinds.base import Arg, Cost, Example, Kind, LayerError, Saved, Shape, register
+from archcalc.kinds.base import Arg, Cost, Example, Kind, LayerError, Saved, Shape, numel, register
+
+
+class _Hard(_Elementwise):
+    """The piecewise-linear activations: their backward needs the input, also when run in place."""
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # In place, autograd still records the out-of-place backward node with `self` saved (HardtanhBackward0,
+        # HardswishBackward0, HardsigmoidBackward0): the input is copied before it is overwritten, an extra
+        # tensor the size of the input (measured with torch 2.x, checked by validate).
+        if a["inplace"]:
+            return Saved(extra=((numel(inp), 0),))
+        return Saved(input=True)
 
 
 @register
-class ReLU6(_Elementwise):
+class ReLU6(_Hard):
     name = "relu6"
     doc = "min(max(0, x), 6) (nn.ReLU6; MobileNetV2's activation)."
     full_rule = "2 per element (two comparisons)"
@@ -20,7 +32,7 @@ class ReLU6(_Elementwise):
 
 
 @register
-class Hardswish(_Elementwise):
+class Hardswish(_Hard):
     name = "hardswish"
     doc = "x * relu6(x + 3) / 6 (nn.Hardswish; MobileNetV3's activation)."
     full_rule = "5 per element (add, two comparisons, multiply, divide)"
@@ -30,7 +42,7 @@ class Hardswish(_Elementwise):
 
 
 @register
-class Hardsigmoid(_Elementwise):
+class Hardsigmoid(_Hard):
     name = "hardsigmoid"
     doc = "relu6(x + 3) / 6 (nn.Hardsigmoid)."
     full_rule = "4 per element (add, two comparisons, divide)"
