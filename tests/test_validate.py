@@ -1,0 +1,270 @@
+"""`validate`: every bundled spec's analytic figures agree with execution, and a wrong figure is caught.
+
+Every spec is checked on the meta device at its real input (shapes, params, buffers, MACs, activation bytes: no
+arithmetic is done, so it is fast), and on the CPU at a reduced input with batch 2 (everything, fvcore and the
+bytes autograd saves in training included). Expected values are what torch measures, never archcalc's own numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from archcalc.analyze import ALayer, APar, ASeq, analyze
+from archcalc.cli import app
+from archcalc.errors import SpecError
+from archcalc.kinds import REGISTRY, Cost
+from archcalc.resolve import bundled
+from archcalc.spec import load_spec
+from archcalc.validate import validate
+
+SPECS = sorted(bundled())
+runner = CliRunner()
+
+
+def _failures(v) -> str:  # type: ignore[no-untyped-def]
+    return "\n".join(f"{c.quantity} {c.layer}: predicted {c.predicted}, measured {c.measured}" for c in v.failures)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_spec_at_real_input_on_meta(name: str) -> None:
+    v = validate(load_spec(bundled()[name]), device="meta")
+    assert v.ok, _failures(v)
+    quantities = {c.quantity for c in v.checks}
+    assert {"output_shape", "params", "macs", "activation_bytes"} <= quantities
+    assert any("fvcore_flops: not checked on the meta device" in n for n in v.notes)
+
+
+def _reduced_input(spec) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
+    """The smallest of a few square sizes the spec analyzes at (its linear layers follow the input)."""
+    channels, *spatial = spec.input
+    for size in (32, 48, 64, 96, 128, 160):
+        if size >= min(spatial):
+            break
+        shape = (channels, *([size] * len(spatial)))
+        try:
+            analyze(spec, input_shape=shape)
+        except SpecError:
+            continue
+        return shape
+    return spec.input
+
+
+def _features(report) -> set:  # type: ignore[no-untyped-def]
+    """Layer kinds (in place or not) and merge ops, alone and in consecutive pairs, in execution order."""
+    seq: list[str] = []
+
+    def walk(node) -> None:  # type: ignore[no-untyped-def]
+        if isinstance(node, ALayer):
+            seq.append(node.kind.name + ("(inplace)" if node.kind.inplace(node.args) else ""))
+        elif isinstance(node, ASeq):
+            for child in node.children:
+                walk(child)
+        elif isinstance(node, APar):
+            for branch in node.branches:
+                walk(branch)
+            seq.append(node.merge)
+        else:
+            walk(node.body)
+            if node.shortcut is not None:
+                walk(node.shortcut)
+            seq.append("add")
+            walk(node.after)
+
+    walk(report.tree)
+    return set(seq) | set(zip(seq, seq[1:]))
+
+
+def _cpu_selection() -> list[str]:
+    """A cheap set of specs whose layers cover every kind and every pair of neighbouring kinds in the zoo.
+
+    A full CPU run of all of them (fvcore tracing and a training forward included) takes minutes; what a run can
+    catch (a kind's saved() rule, how two neighbours share a tensor) is covered by this greedy set cover, cheapest
+    first. Every spec is still checked at its real input on the meta device above.
+    """
+    info = {}
+    for name in SPECS:
+        spec = load_spec(bundled()[name])
+        report = analyze(spec, input_shape=_reduced_input(spec))
+        info[name] = (_features(report), len(report.rows) + report.totals.macs / 1e7)
+    uncovered = set().union(*(f for f, _ in info.values()))
+    chosen = []
+    while uncovered:
+        best = max(info, key=lambda n: len(info[n][0] & uncovered) / info[n][1])
+        chosen.append(best)
+        uncovered -= info[best][0]
+    return sorted(chosen)
+
+
+@pytest.mark.parametrize("name", _cpu_selection())
+def test_spec_reduced_on_cpu(name: str) -> None:
+    spec = load_spec(bundled()[name])
+    v = validate(spec, device="cpu", batch=2, input_shape=_reduced_input(spec))
+    assert v.ok, _failures(v)
+    assert {c.quantity for c in v.checks} == {"output_shape", "params", "buffers", "macs", "fvcore_flops",
+                                               "activation_bytes", "saved_bytes"}
+
+
+def test_full_size_cpu_run_of_one_spec() -> None:
+    v = validate(load_spec(bundled()["resnet18"] if "resnet18" in bundled() else bundled()["resnet50"]))
+    assert v.ok, _failures(v)
+    totals = {c.quantity: c for c in v.checks if c.layer is None}
+    assert totals["macs"].measured > 1_000_000_000  # a real forward at 224x224 was counted
+
+
+def test_every_kind_example(tmp_path: Path) -> None:
+    """Each kind's examples as a one-layer spec (batch 2, CPU): saved() and the fvcore formula included."""
+    bad = []
+    for kind in REGISTRY.values():
+        for i, ex in enumerate(kind.examples):
+            args = ", ".join(f"{k}: {list(v) if isinstance(v, tuple) else v}" for k, v in ex.args.items())
+            layer = f"{kind.name}: {{{args}}}"
+            shape = list(ex.input) if len(ex.input) > 1 else [ex.input[0], 1]
+            layers = [layer] if len(ex.input) > 1 else ["flatten", layer]
+            path = tmp_path / f"{kind.name}{i}.yaml"
+            path.write_text(f"name: t\ninput: {shape}\nlayers:\n" + "".join(f"  - {x}\n" for x in layers))
+            v = validate(load_spec(path), batch=2)
+            if not v.ok:
+                bad.append(f"{kind.name} example {i}:\n{_failures(v)}")
+    assert not bad, "\n".join(bad)
+
+
+COMPOSITE = """
+name: composite
+input: [3, 20, 20]
+layers:
+  - conv: {out: 8, kernel: 3, stride: 2, padding: same}
+  - relu
+  - parallel:
+      - [conv: {out: 4, kernel: 1}]
+      - [maxpool: {kernel: 3, stride: 1, padding: 1}]
+      - []
+    merge: concat
+  - residual:
+      - conv: {out: 20, kernel: 3, padding: 1}
+      - batchnorm
+    after: [relu]
+  - residual:
+      - conv: {out: 16, kernel: 3, stride: 2, padding: 1}
+    shortcut: projection
+  - parallel: [[relu], [sigmoid], [tanh]]
+    merge: add
+  - dropout: {p: 0.3}
+  - global_avgpool
+  - linear: {out: 5}
+"""
+
+
+def test_composites_and_merges(write_spec) -> None:  # type: ignore[no-untyped-def]
+    v = validate(load_spec(write_spec(COMPOSITE)), batch=3)
+    assert v.ok, _failures(v)
+    layers = {c.layer for c in v.checks if c.quantity == "output_shape"}
+    assert {"parallel1.concat", "residual1.add", "residual2.add", "parallel2.add"} <= layers
+
+
+def test_wrong_prediction_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    conv = REGISTRY["conv"]
+    real = type(conv).cost
+
+    def off_by_one(self, a, inp, out):  # type: ignore[no-untyped-def]
+        c = real(self, a, inp, out)
+        return Cost(c.params + 1, c.buffers, c.int_buffers, c.macs + 1, c.fvcore, c.full)
+
+    monkeypatch.setattr(type(conv), "cost", off_by_one)
+    result = runner.invoke(app, ["validate", "lenet5" if "lenet5" in bundled() else "resnet50", "--format", "json"])
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.stdout)
+    assert data["ok"] is False
+    wrong = {(c["quantity"], c["layer"] is None) for c in data["checks"] if not c["ok"]}
+    assert {("params", False), ("params", True), ("macs", False), ("macs", True)} <= wrong
+    assert all(c["measured"] == c["predicted"] - 1 for c in data["checks"]
+               if not c["ok"] and c["quantity"] in ("params", "macs") and c["layer"] is not None)
+
+
+def test_wrong_saved_rule_is_caught(monkeypatch: pytest.MonkeyPatch, write_spec) -> None:  # type: ignore[no-untyped-def]
+    from archcalc.kinds import Saved
+
+    monkeypatch.setattr(type(REGISTRY["relu"]), "saved", lambda self, a, inp, out: Saved(input=True, output=True))
+    path = write_spec("name: t\ninput: [2, 6, 6]\nlayers:\n  - conv: {out: 4, kernel: 3}\n  - relu\n")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 1, result.output
+    assert "saved_bytes" in result.stdout and "✗" in result.stdout
+
+
+def test_cli_table_ok(write_spec) -> None:  # type: ignore[no-untyped-def]
+    path = write_spec("name: t\ninput: [1, 8, 8]\nlayers:\n  - conv: {out: 2, kernel: 3}\n  - maxpool: {k: 2}\n"
+                      "  - linear: {out: 3}\n")
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output
+    for text in ("output_shape", "fvcore_flops", "saved_bytes", "TOTAL", "✓", "checks agree"):
+        assert text in result.stdout
+    # fvcore's blind spot is said, not hidden
+    assert "aten::max_pool2d" in result.stdout
+
+
+def test_cli_json_contract(write_spec) -> None:  # type: ignore[no-untyped-def]
+    path = write_spec("name: t\ninput: [1, 8, 8]\nlayers:\n  - conv: {out: 2, kernel: 3}\n  - relu\n")
+    result = runner.invoke(app, ["validate", str(path), "-f", "json", "--batch", "2", "--input", "1x10x10"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["ok"] is True and data["batch"] == 2 and data["input"] == [1, 10, 10]
+    assert isinstance(data["notes"], list)
+    for check in data["checks"]:
+        assert set(check) == {"quantity", "layer", "predicted", "measured", "ok"}
+        assert check["ok"] is True
+    shape = next(c for c in data["checks"] if c["quantity"] == "output_shape" and c["layer"] is None)
+    assert shape["predicted"] == shape["measured"] == [2, 2, 8, 8]
+    totals = [c["quantity"] for c in data["checks"] if c["layer"] is None]
+    assert set(totals) == {"output_shape", "params", "buffers", "macs", "fvcore_flops", "activation_bytes",
+                           "saved_bytes"}
+
+
+def test_cli_meta_says_what_it_skips(write_spec) -> None:  # type: ignore[no-untyped-def]
+    path = write_spec("name: t\ninput: [1, 8, 8]\nlayers:\n  - conv: {out: 2, kernel: 3}\n")
+    result = runner.invoke(app, ["validate", str(path), "--device", "meta", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert not any(c["quantity"] in ("fvcore_flops", "saved_bytes") for c in data["checks"])
+    assert any("meta" in n and "saved_bytes" in n for n in data["notes"])
+
+
+def test_cli_float64(write_spec) -> None:  # type: ignore[no-untyped-def]
+    path = write_spec("name: t\ninput: [2, 8, 8]\nlayers:\n  - conv: {out: 2, kernel: 3}\n  - relu\n  - avgpool: {k: 2}\n")
+    result = runner.invoke(app, ["validate", str(path), "--dtype", "float64", "-f", "json"])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("args", [
+    ["validate", "no_such_spec"],
+    ["validate", "{spec}", "--input", "3xbad"],
+    ["validate", "{spec}", "--input", "1x2x2"],  # the 3x3 conv does not fit
+    ["validate", "{spec}", "--device", "tpu"],
+    ["validate", "{spec}", "--dtype", "int8"],
+    ["validate", "{spec}", "--batch", "0"],
+])
+def test_cli_bad_input_exits_2(args: list[str], write_spec) -> None:  # type: ignore[no-untyped-def]
+    path = write_spec("name: t\ninput: [1, 8, 8]\nlayers:\n  - conv: {out: 2, kernel: 3}\n")
+    result = runner.invoke(app, [a.format(spec=path) for a in args])
+    assert result.exit_code == 2, result.output
+
+
+def test_cli_cuda_unavailable_exits_2(write_spec) -> None:  # type: ignore[no-untyped-def]
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    path = write_spec("name: t\ninput: [1, 8, 8]\nlayers:\n  - conv: {out: 2, kernel: 3}\n")
+    result = runner.invoke(app, ["validate", str(path), "--device", "cuda"])
+    assert result.exit_code == 2
+    assert "CUDA is not available" in result.stderr
+
+
+def test_batchnorm_batch1_training_is_reported(write_spec) -> None:  # type: ignore[no-untyped-def]
+    path = write_spec("name: t\ninput: [4, 6, 6]\nlayers:\n  - global_avgpool\n  - batchnorm\n")
+    v = validate(load_spec(path))
+    assert v.ok
+    assert not any(c.quantity == "saved_bytes" for c in v.checks)
+    assert any("saved_bytes: not checked" in n and "--batch" in n for n in v.notes)
