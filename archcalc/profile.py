@@ -668,6 +668,7 @@ def _layer_breakdown(model: Any, step: Callable[[], Any], report: Report, option
     """Per-layer times from torch.profiler: a record_function range per leaf module (entered and left by forward
     hooks); in training, backward ops are attributed to the layer whose forward op has the same sequence number."""
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from archcalc.build import leaf_modules
@@ -713,7 +714,9 @@ def _layer_breakdown(model: Any, step: Callable[[], Any], report: Report, option
     owner: dict[int, tuple[str, int]] = {}  # forward op sequence number -> (layer, occurrence)
     events = prof.events()
     for event in events:
-        if event.name.startswith(prefix) and event.name[len(prefix):] in forward:
+        # The CPU-side range (on CUDA the profiler also reports a device-side copy of each range: skip it).
+        if event.device_type == DeviceType.CPU and event.name.startswith(prefix) \
+                and event.name[len(prefix):] in forward:
             name = event.name[len(prefix):]
             forward[name].append(duration(event))
             stack = list(event.cpu_children)
@@ -725,7 +728,8 @@ def _layer_breakdown(model: Any, step: Callable[[], Any], report: Report, option
     if options.train:
         per: dict[tuple[str, int], float] = {}
         for event in events:
-            if event.name.startswith("autograd::engine::evaluate_function:") and event.sequence_nr in owner:
+            if event.device_type == DeviceType.CPU and event.sequence_nr in owner \
+                    and event.name.startswith("autograd::engine::evaluate_function:"):
                 key = owner[event.sequence_nr]
                 per[key] = per.get(key, 0.0) + duration(event)
         for (name, _), us in per.items():
