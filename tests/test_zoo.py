@@ -153,6 +153,8 @@ TORCHVISION_STRETCH = {
     "densenet161": (28_681_000, "7.728"),
     "densenet169": (14_149_480, "3.36"),
     "densenet201": (20_013_928, "4.291"),
+    "mnasnet1_0": (4_383_312, "0.314"),
+    "shufflenet_v2_x1_0": (2_278_604, "0.145"),
 }
 TORCHVISION_ALL = {**TORCHVISION, **{k: v for k, v in TORCHVISION_STRETCH.items() if f"torchvision/{k}" in SPECS}}
 

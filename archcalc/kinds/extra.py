@@ -81,3 +81,53 @@ class ChannelShuffle(Kind):
 
         return nn.ChannelShuffle(a["groups"])
 
+
+
+@register
+class ChannelSlice(Kind):
+    name = "channel_slice"
+    doc = ("Channels start..stop-1 of the input (x[:, start:stop], a view: no copy, no arithmetic). With a parallel "
+           "node it splits the channels between branches, as ShuffleNetV2's x.chunk(2, dim=1) does.")
+    full_rule = "0 (a view)"
+    alias = True
+    args = (Arg("start", "int", doc="first channel kept", minimum=0),
+            Arg("stop", "int", doc="one past the last channel kept", minimum=1))
+    examples = (Example((16, 8, 8), {"start": 0, "stop": 8}), Example((12, 5, 5), {"start": 6, "stop": 12}))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        if len(inp) < 2:
+            raise LayerError("channel_slice needs a channels-first input with spatial axes")
+        if not a["start"] < a["stop"] <= inp[0]:
+            raise LayerError(f"channel_slice {a['start']}:{a['stop']} is not a non-empty range of the input's "
+                             f"{inp[0]} channels")
+        return (a["stop"] - a["start"], *inp[1:])
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"channels {a['start']}:{a['stop']}"
+
+    def build(self, a: Mapping[str, Any], inp: Shape) -> Any:
+        return _channel_slice_module()(a["start"], a["stop"])
+
+
+def _channel_slice_module() -> Any:
+    """nn.Module for channel_slice, defined on first use so that importing the kinds does not import torch."""
+    global _CHANNEL_SLICE
+    if _CHANNEL_SLICE is None:
+        from torch import nn
+
+        class ChannelSliceModule(nn.Module):
+            def __init__(self, start: int, stop: int) -> None:
+                super().__init__()
+                self.start, self.stop = start, stop
+
+            def forward(self, x: Any) -> Any:
+                return x[:, self.start:self.stop]
+
+            def extra_repr(self) -> str:
+                return f"start={self.start}, stop={self.stop}"
+
+        _CHANNEL_SLICE = ChannelSliceModule
+    return _CHANNEL_SLICE
+
+
+_CHANNEL_SLICE: Any = None
