@@ -448,14 +448,14 @@ def test_googlenet_table_1_other_rows() -> None:
     # "linear, 1x1x1000: 1000K params, 1M ops"
     weights, macs = _weights_and_macs([row(rep, "fc")])
     assert (round(weights / 1024), round(macs / 1e6)) == (1000, 1)
-    # Max pools 56x56x64, 28x28x192, 14x14x480, 7x7x832; avg pool 7x7/1 to 1x1x1024; 22 weight layers deep
-    # (Sec. 5: "22 layers deep when counting only layers with parameters").
+    # Max pools 56x56x64, 28x28x192, 14x14x480, 7x7x832; avg pool 7x7/1 to 1x1x1024.
     assert [r.output for r in rep.rows if r.kind == "maxpool" and r.name.startswith("pool")] == [
         (64, 56, 56), (192, 28, 28), (480, 14, 14), (832, 7, 7)]
     assert row(rep, "pool5").output == (1024, 1, 1)
     assert rep.totals.output == (1000,)
-    depth = 1 + 2 + 2 * 9 + 1  # conv1, conv2 (reduce + 3x3), two per inception module, the classifier
-    assert depth == 22
+    # Table 1's layers with parameters: conv1, conv2's reduce and 3x3, six convs per inception module (its four
+    # width columns plus two reduces), the linear layer.
+    assert rep.totals.weight_layers == 1 + 2 + 9 * 6 + 1
 
 
 def test_torchvision_googlenet_uses_3x3_in_the_5x5_branch() -> None:
