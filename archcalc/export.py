@@ -1,8 +1,9 @@
 """Export an analyzed spec as a standalone PyTorch source file (it needs only torch).
 
-The file holds the source of archcalc's few custom modules (taken from archcalc.torchmods and archcalc.build with
-inspect.getsource) and a `build_model()` that rebuilds exactly the module archcalc.build.build_module makes: same
-classes, same constructor arguments, same submodule names, so a state_dict moves between the two.
+The file holds the source (inspect.getsource) of every module class the network uses that torch.nn lacks
+(archcalc.build's containers, archcalc.torchmods' modules, a kind's own class) and a `build_model()` that rebuilds
+exactly the module archcalc.build.build_module makes: same classes, same constructor arguments, same submodule
+names, so a state_dict moves between the two.
 
 Nothing from the spec is spliced into code as written. Every value is emitted by `_literal` (ints, floats, bools,
 None, tuples, and strings through ascii(), which gives a quoted, escaped, one-line ASCII literal), submodule names
@@ -49,6 +50,18 @@ def _comment(text: str) -> str:
     return "".join(ch if ch.isascii() and ch.isprintable() else "?" for ch in text)
 
 
+def _add_custom(cls: type, custom: dict[str, type]) -> None:
+    """Record a module class whose source must go into the file, after its own non-torch base classes."""
+    from torch import nn
+
+    for base in reversed(cls.__mro__[1:]):
+        if issubclass(base, nn.Module) and getattr(nn, base.__name__, None) is not base and base is not nn.Module:
+            _add_custom(base, custom)
+    if cls.__name__ in custom and custom[cls.__name__] is not cls:
+        raise TypeError(f"two module classes named {cls.__name__} cannot share one exported file")
+    custom.setdefault(cls.__name__, cls)
+
+
 def _unflatten_pad(flat: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     # The inverse of torchmods._f_pad: F.pad's (last before, last after, ...) back to per-axis (before, after).
     pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
@@ -63,23 +76,23 @@ _FALLBACKS = {
 }
 
 
-def _constructor(module: Any, custom: set[str]) -> str:
+def _constructor(module: Any, custom: dict[str, type]) -> str:
     """`nn.Conv2d(in_channels=3, ...)`: the module's class called with the arguments it was built with.
 
     Read from the instance: each __init__ parameter is the attribute of the same name (a parameter named `bias`
     holding a Parameter or None means True / False; a submodule is exported recursively). Arguments equal to
-    their default are left out.
+    their default are left out. A class that is not torch.nn's is recorded in `custom`; its source goes into the
+    file.
     """
     import torch
     from torch import nn
 
     cls = type(module)
-    if cls.__name__ in custom:
-        prefix = ""
-    elif getattr(nn, cls.__name__, None) is cls:
+    if getattr(nn, cls.__name__, None) is cls:
         prefix = "nn."
     else:
-        raise TypeError(f"cannot export module class {cls.__module__}.{cls.__qualname__}")
+        _add_custom(cls, custom)
+        prefix = ""
     args = []
     for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name in ("device", "dtype"):
@@ -102,7 +115,7 @@ def _constructor(module: Any, custom: set[str]) -> str:
 
 
 class _Writer:
-    def __init__(self, custom: set[str]) -> None:
+    def __init__(self, custom: dict[str, type]) -> None:
         self.lines: list[str] = []
         self.used: set[str] = set()
         self.custom = custom
@@ -128,7 +141,8 @@ class _Writer:
                 module = node.kind.build(node.args, node.input)
             dims = "x".join(map(str, node.output))
             config = node.kind.describe(node.args, node.input)
-            self.emit(f"# {_comment(node.name)}: {_comment(node.kind.name)} {_comment(config)} -> {dims}")
+            what = " ".join(_comment(t) for t in (node.kind.name, config) if t)
+            self.emit(f"# {_comment(node.name)}: {what} -> {dims}")
             ctor = _constructor(module, self.custom)
             if node.trainable:
                 self.emit(f"{parent_var}.add_module({_literal(local)}, {ctor})")
@@ -172,6 +186,7 @@ _HEADER = '''\
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -195,7 +210,7 @@ def _frozen(module: nn.Module) -> nn.Module:
 
 
 def build_model() -> nn.Module:
-    """The network of {name_comment}, in eval mode."""
+    """The network of the spec named in SPEC_NAME, in eval mode."""
     model = SpecSequence()
 {body}
     model.eval()
@@ -210,11 +225,13 @@ if __name__ == "__main__":
 
 
 def export_source(report: Report) -> str:
+    import textwrap
+
     from archcalc import build, torchmods
 
-    helpers = [torchmods._f_pad, torchmods.AsymmetricPadConv, torchmods.PaddedPool, torchmods.FlattenLinear,
-               torchmods.Bias, torchmods.Maxout, build.SpecSequence, build.SpecParallel, build.SpecResidual]
-    custom = {h.__name__ for h in helpers if isinstance(h, type)}
+    custom: dict[str, type] = {}
+    for cls in (build.SpecSequence, build.SpecParallel, build.SpecResidual):
+        _add_custom(cls, custom)
     writer = _Writer(custom)
     for child in report.tree.children:
         writer.node(child, "", "model")
@@ -226,6 +243,9 @@ def export_source(report: Report) -> str:
     about.append(f"# Parameters: {report.totals.params:,}   MACs per sample: {report.totals.macs // report.batch:,}")
     header = _HEADER.format(version=_comment(__version__), about="\n".join(about), name=_literal(report.name),
                             input=_literal(tuple(report.input)), output=_literal(tuple(report.totals.output)))
-    sources = "\n\n".join(inspect.getsource(h).rstrip() for h in helpers)
-    footer = _FOOTER.format(name_comment="the spec named in SPEC_NAME", body="\n".join(writer.lines))
-    return header + "\n" + sources + "\n" + footer
+    # torchmods' padding helper is used by its padded modules' constructors; the classes follow in use order
+    # (a class defined inside a function is dedented to the top level).
+    helpers = [torchmods._f_pad, *custom.values()]
+    sources = "\n\n\n".join(textwrap.dedent(inspect.getsource(h)).rstrip() for h in helpers)
+    footer = _FOOTER.format(body="\n".join(writer.lines))
+    return header + "\n" + sources + "\n\n" + footer

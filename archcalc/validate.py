@@ -297,7 +297,6 @@ def _saved_run(model: Any, x: Any) -> tuple[int | None, list[str]]:
         return None, [f"saved_bytes: not checked: the training-mode forward fails: {exc} (try a larger --batch)"]
     finally:
         model.eval()
-    del kept
     return sum(storages.values()), []
 
 

@@ -232,7 +232,8 @@ def test_cli_meta_says_what_it_skips(write_spec) -> None:  # type: ignore[no-unt
 
 
 def test_cli_float64(write_spec) -> None:  # type: ignore[no-untyped-def]
-    path = write_spec("name: t\ninput: [2, 8, 8]\nlayers:\n  - conv: {out: 2, kernel: 3}\n  - relu\n  - avgpool: {k: 2}\n")
+    path = write_spec("name: t\ninput: [2, 8, 8]\nlayers:\n  - conv: {out: 2, kernel: 3}\n  - relu\n"
+                      "  - avgpool: {k: 2}\n")
     result = runner.invoke(app, ["validate", str(path), "--dtype", "float64", "-f", "json"])
     assert result.exit_code == 0, result.output
 
