@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -39,10 +40,11 @@ def archcalc() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "archcalc"]
 
 
-def run(args: list[str]) -> tuple[float, list[dict]]:
+def run(args: list[str], threads: int | None) -> tuple[float, list[dict]]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     start = time.perf_counter()
     out = subprocess.run(archcalc() + ["profile", *args, "--format", "json"], capture_output=True, text=True,
-                         check=True).stdout
+                         check=True, env=env).stdout
     return time.perf_counter() - start, json.loads(out)
 
 
@@ -50,6 +52,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--budget", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the profiled process")
     ns = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tiny = Path(tmp) / "tiny.yaml"
@@ -61,16 +64,18 @@ def main() -> None:
         for label, args in cases:
             overheads = {}
             for layers in ("--layers", "--no-layers"):
-                wall, results = run(args + common + [layers])
+                wall, results = run(args + common + [layers], ns.threads)
                 timed = sum(r["timed_s"] for r in results)
                 overheads[layers] = (wall, timed)
             medians, converged = [], 0
             for _ in range(ns.runs):
-                _, results = run(args + common + ["--no-layers"])
+                _, results = run(args + common + ["--no-layers"], ns.threads)
                 medians.append(results[0]["latency_ms"]["median"])
                 converged += results[0]["converged"]
             rows.append((label, overheads, medians, converged))
-    print(f"CPU, {ns.runs} runs per case, --budget {ns.budget:g} s, --warmup 3\n")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"CPU ({os.cpu_count()} cores, load average {load:.1f} at the end), threads "
+          f"{ns.threads or 'default'}, {ns.runs} runs per case, --budget {ns.budget:g} s, --warmup 3\n")
     print(f"{'case':30} {'wall s':>7} {'timed s':>8} {'overhead s':>10} {'w/o layers':>10} "
           f"{'median min ms':>14} {'max ms':>8} {'spread':>7} {'converged':>9}")
     for label, overheads, medians, converged in rows:
