@@ -230,7 +230,7 @@ class _Engine:
         return ALayer(node.name, kind, a, inp, out, node.loc, node.trainable), state
 
     def merge_row(self, scope: str, op: str, inputs: list[Shape], out: Shape, depth: int, state: _RF) -> None:
-        full = (len(inputs) - 1) * numel(out) if op == "add" else 0
+        full = (len(inputs) - 1) * numel(out) if op in ("add", "mul") else 0
         row = Row(f"{scope}.{op}" if scope else op, op, depth, inputs[0], out, f"{len(inputs)} inputs", 0, 0, 0, 0,
                   self.pick(Cost(full=full)) * self.batch, numel(out) * self.batch * self.itemsize,
                   state.rf, state.jump, module=False)
@@ -326,7 +326,17 @@ def _dims(shape: Shape) -> str:
 
 
 def _merge_shapes(merge: str, shapes: list[Shape], names: list[str], loc: Loc, where: str) -> Shape:
+    """concat joins channels (other axes equal); add needs equal shapes; mul broadcasts (an axis of size 1 stretches,
+    as squeeze-excitation's C x 1 x 1 scale does)."""
     first = shapes[0]
+    if merge == "mul":
+        out = list(first)
+        for shape, name in zip(shapes[1:], names[1:]):
+            if len(shape) != len(out) or any(a != b and 1 not in (a, b) for a, b in zip(shape, out)):
+                raise SpecError(loc, f"{where}: {names[0]} gives {_dims(first)} but {name} gives {_dims(shape)}; "
+                                     "they cannot be multiplied (each axis must match or be 1)")
+            out = [max(a, b) for a, b in zip(shape, out)]
+        return tuple(out)
     for shape, name in zip(shapes[1:], names[1:]):
         if merge == "add" and shape != first or merge == "concat" and (len(shape) != len(first)
                                                                        or shape[1:] != first[1:]):
@@ -451,8 +461,9 @@ def saved_training_bytes(tree: ASeq, itemsize: int, batch: int) -> int:
                 x = run(child, x)
             return x
         if isinstance(node, APar):
-            for b in node.branches:
-                run(b, x)
+            outs = [run(b, x) for b in node.branches]
+            if node.merge == "mul":  # a product keeps its factors for backward
+                saved.update(outs)
             return new(node.output)
         run(node.body, x)
         if node.shortcut is not None:

@@ -1,7 +1,7 @@
 """Build the torch nn.Module for an analyzed spec. torch is imported here and in the modules that execute models.
 
 Submodules carry the spec's hierarchical names (`layer1.0.conv1` is `model.layer1[0].conv1`), and each forward
-does exactly the spec's computation: a sequence runs its children in order, a parallel node concatenates (or adds)
+does exactly the spec's computation: a sequence runs its children in order, a parallel node concatenates (adds, multiplies)
 its branches, a residual node adds the body and the shortcut and then runs its `after` layers.
 """
 
@@ -33,6 +33,11 @@ class SpecParallel(nn.Module):
         outs = [branch(x) for branch in self._modules.values()]  # type: ignore[misc]
         if self.merge == "concat":
             return torch.cat(outs, 1)
+        if self.merge == "mul":
+            y = outs[0] * outs[1]
+            for extra in outs[2:]:
+                y = y * extra
+            return y
         y = outs[0] + outs[1]
         for extra in outs[2:]:
             y += extra  # y is a fresh tensor: accumulate in place

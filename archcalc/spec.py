@@ -8,7 +8,7 @@ Item grammar (each entry of a `layers` list):
     - residual: [...]                        body + shortcut (identity | projection | projection_conv | [items])
       shortcut: projection                   + `after: [...]` applied to the sum
     - parallel: [[...], [...]]               branches (a list, a single item, or [] for identity) merged by
-      merge: concat                          `concat` (channels) or `add`
+      merge: concat                          `concat` (channels), `add`, or `mul` (broadcast: squeeze-excitation)
     - sequence: [...]                        a named group
 """
 
@@ -28,6 +28,7 @@ from archcalc.yamlsrc import Map, Seq
 
 COMPOSITES = ("repeat", "residual", "parallel", "sequence")
 SHORTCUTS = ("identity", "projection", "projection_conv")
+MERGES = ("concat", "add", "mul")
 TOP_KEYS = ("name", "description", "source", "input", "args", "defaults", "blocks", "layers", "extends", "notes")
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
@@ -420,8 +421,9 @@ class _Parser:
                   own_scope: bool = False, label: str = "parallel") -> Node:
         self._keys(item, "parallel", ("merge",))
         merge = self._maybe_expr(item.get("merge", "concat"), names)
-        if merge not in ("concat", "add"):
-            raise SpecError(item.value_loc("merge"), f"merge must be 'concat' or 'add', not {merge!r}")
+        if merge not in MERGES:
+            raise SpecError(item.value_loc("merge"), f"merge must be 'concat', 'add' or 'mul', not {merge!r}"
+                            + (did_you_mean(merge, MERGES) if isinstance(merge, str) else ""))
         raw = item["parallel"]
         if not isinstance(raw, Seq) or len(raw) < 2:
             raise SpecError(item.value_loc("parallel"), "parallel needs a list of at least two branches")

@@ -223,3 +223,25 @@ def test_safe_loading_only(write_spec) -> None:  # type: ignore[no-untyped-def]
     path = write_spec("name: !!python/name:os.system x\ninput: [1, 4]\nlayers: [relu]\n")
     with pytest.raises(SpecError):
         load_spec(path)
+
+
+def test_mul_merge_broadcasts_for_squeeze_excitation(write_spec) -> None:  # type: ignore[no-untyped-def]
+    r = run(write_spec, """
+name: t
+input: [16, 8, 8]
+layers:
+  - parallel:
+      - []
+      - [global_avgpool, {conv: {out: 4, kernel: 1}}, relu, {conv: {out: 16, kernel: 1}}, sigmoid]
+    merge: mul
+    name: se
+""", convention="full")
+    mul = next(row for row in r.rows if row.kind == "mul")
+    assert mul.name == "se.mul" and mul.output == (16, 8, 8) and mul.flops == 16 * 8 * 8
+    assert r.totals.params == (16 * 4 + 4) + (4 * 16 + 16)
+
+
+def test_mul_merge_rejects_incompatible_shapes(write_spec) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SpecError, match=r"cannot be multiplied \(each axis must match or be 1\)"):
+        run(write_spec, "name: t\ninput: [4, 8, 8]\nlayers:\n  - parallel:\n      - []\n"
+                        "      - [{conv: {out: 2, kernel: 1}}]\n    merge: mul\n")
