@@ -51,11 +51,12 @@ class _WindowPool(Kind):
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         k, s, d, pads = self.geometry(a, inp)
         symmetric = all(p0 == p1 for p0, p1 in pads)
-        for ki, di, (p0, p1) in zip(k, d, pads):
-            # PyTorch: "pad should be at most half of effective kernel size".
-            if symmetric and p0 > (di * (ki - 1) + 1) // 2:
+        for ki, (p0, _) in zip(k, pads):
+            # PyTorch (pooling_shape_check): "pad should be smaller than or equal to half of kernel size", checked
+            # as kW / 2 >= padW on the kernel itself, not the dilated one (found by tests/test_property.py).
+            if symmetric and p0 > ki // 2:
                 raise LayerError(f"{self.name}: padding {p0} is more than half the kernel {ki}; "
-                                 f"PyTorch allows at most {(di * (ki - 1) + 1) // 2}")
+                                 f"PyTorch allows at most {ki // 2}")
         return (inp[0], *window_output(self.name, inp[1:], k, s, pads, d, warn, a["ceil_mode"]))
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
