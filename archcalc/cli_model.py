@@ -84,7 +84,8 @@ def validate(
         sys.stdout.write(json.dumps(validation.as_dict(), indent=2) + "\n")
     else:
         console = out_console()
-        console.print(_table(validation, failed))
+        if validation.failures or not failed:
+            console.print(_table(validation, failed))
         for note in validation.notes:
             console.print(f"note: {note}", markup=False)
         bad = len(validation.failures)
