@@ -26,9 +26,10 @@ def test_readme_kind_reference_is_generated_from_the_registry(regen_golden: bool
     assert text == fresh, "README's kind reference is stale: run pytest tests/test_docs.py --regen-golden"
 
 
-def test_readme_example_commands_run_and_match() -> None:
+def test_readme_example_commands_run_and_match(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)  # `export -o` writes into the working directory
     text = README.read_text(encoding="utf-8")
-    commands = re.findall(r"^\$ archcalc (.+)$", text, flags=re.M)
+    commands = [c.split("  #")[0] for c in re.findall(r"^\$ archcalc (.+)$", text, flags=re.M)]
     commands += re.findall(r"\.venv/bin/archcalc ([^&\n]+)", text)
     assert commands, "the README shows no archcalc command"
     runner = CliRunner()
