@@ -155,6 +155,9 @@ TORCHVISION_STRETCH = {
     "densenet201": (20_013_928, "4.291"),
     "mnasnet1_0": (4_383_312, "0.314"),
     "shufflenet_v2_x1_0": (2_278_604, "0.145"),
+    "mobilenet_v3_large": (5_483_032, "0.217"),
+    "efficientnet_b0": (5_288_548, "0.386"),
+    "regnet_y_400mf": (4_344_144, "0.402"),
 }
 TORCHVISION_ALL = {**TORCHVISION, **{k: v for k, v in TORCHVISION_STRETCH.items() if f"torchvision/{k}" in SPECS}}
 
@@ -503,3 +506,75 @@ def test_fcn32s_larger_input_gives_a_grid() -> None:
     with torch.device("meta"), torch.no_grad():
         y = build_module(rep)(torch.empty(1, 3, 512, 512))
     assert tuple(y.shape) == (1, 21, 352, 352)
+
+
+# ---- torchvision: squeeze-excitation models -------------------------------------------------------------------
+
+
+def _se_rows(rep: Report) -> list:  # type: ignore[type-arg]
+    """(squeeze conv, excite conv) rows of every squeeze-excitation, in network order."""
+    muls = [r.name.removesuffix(".mul") for r in rep.rows if r.kind == "mul"]
+    pairs = []
+    for prefix in muls:
+        convs = [r for r in rows_under(rep, prefix) if r.kind == "conv" and r.input[1:] == (1, 1)]
+        assert len(convs) == 2, prefix
+        pairs.append((convs[0], convs[1]))
+    return pairs
+
+
+def test_mobilenet_v3_large_table_1() -> None:
+    # Howard et al. Table 1 (MobileNetV3-Large), bneck rows: (expansion, out, SE, stride). torchvision's SE squeezes
+    # to _make_divisible(expansion // 4, 8): 72 -> 24 (18 rounds to 16, below 90% of 18, so 24), 120 -> 32,
+    # 480 -> 120, 672 -> 168, 960 -> 240.
+    table = [(16, 16, False, 1), (64, 24, False, 2), (72, 24, False, 1), (72, 40, True, 2), (120, 40, True, 1),
+             (120, 40, True, 1), (240, 80, False, 2), (200, 80, False, 1), (184, 80, False, 1), (184, 80, False, 1),
+             (480, 112, True, 1), (672, 112, True, 1), (672, 160, True, 2), (960, 160, True, 1), (960, 160, True, 1)]
+    squeeze = {72: 24, 120: 32, 480: 120, 672: 168, 960: 240}
+    rep = report("torchvision/mobilenet_v3_large")
+    depthwise = [r for r in rep.rows if r.kind == "conv" and r.config.split(" ")[-1] == f"g{r.output[0]}"]
+    assert [(r.output[0], r.config.split("/")[1].split(" ")[0]) for r in depthwise] == [
+        (e, str(s)) for e, _, _, s in table]
+    se = _se_rows(rep)
+    assert [(sq.input[0], sq.output[0], ex.output[0]) for sq, ex in se] == [
+        (e, squeeze[e], e) for e, _, has_se, _ in table if has_se]
+    assert all(sq.params == sq.input[0] * sq.output[0] + sq.output[0] for sq, _ in se)  # the SE convs have a bias
+    # A residual add where the stride is 1 and the width is kept: bnecks 1, 3, 5, 6, 8, 9, 10, 12, 14, 15.
+    assert sum(1 for r in rep.rows if r.kind == "add") == 10
+    assert row(rep, "last.conv1").output == (960, 7, 7)
+    assert [r.output for r in rep.rows if r.kind == "linear"] == [(1280,), (1000,)]
+
+
+def test_efficientnet_b0_table_1() -> None:
+    # Tan and Le Table 1 (stages 2-8): MBConv (expansion, kernel, stride, in, out, layers). The SE squeezes to
+    # max(1, in // 4) of the block's input width (torchvision's MBConv), not of the expanded width.
+    stages = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40, 2), (6, 3, 2, 40, 80, 3),
+              (6, 5, 1, 80, 112, 3), (6, 5, 2, 112, 192, 4), (6, 3, 1, 192, 320, 1)]
+    blocks = [(t, k, s if i == 0 else 1, cin if i == 0 else cout, cout)
+              for t, k, s, cin, cout, n in stages for i in range(n)]
+    rep = report("torchvision/efficientnet_b0")
+    se = _se_rows(rep)
+    assert [(sq.input[0], sq.output[0]) for sq, _ in se] == [(cin * t, max(1, cin // 4)) for t, _, _, cin, _ in blocks]
+    depthwise = [r for r in rep.rows if r.kind == "conv" and r.config.split(" ")[-1] == f"g{r.output[0]}"]
+    assert [r.config.split(" ")[0] for r in depthwise] == [f"{k}/{s}" for _, k, s, _, _ in blocks]
+    assert sum(1 for r in rep.rows if r.kind == "add") == sum(1 for _, _, s, cin, cout in blocks
+                                                               if s == 1 and cin == cout)
+    assert row(rep, "last.conv1").output == (1280, 7, 7)
+    assert sum(1 for r in rep.rows if r.kind == "silu") == 1 + len(blocks) * 2 - 1 + len(blocks) + 1
+
+
+def test_regnet_y_400mf_widths_follow_the_quantized_linear_rule() -> None:
+    # Radosavovic et al. Sec. 3.3, as torchvision's BlockParams.from_init_params computes it: u_j = w_0 + w_a * j,
+    # s_j = round(log(u_j / w_0) / log(w_m)), w_j = round(w_0 * w_m ** s_j / 8) * 8; RegNetY-400MF: d 16, w_0 48,
+    # w_a 27.89, w_m 2.09, group width 8, SE ratio 0.25 of the block's input width.
+    w0, wa, wm = 48, 27.89, 2.09
+    widths = [round(w0 * wm ** round(math.log((w0 + wa * j) / w0) / math.log(wm)) / 8) * 8 for j in range(16)]
+    rep = report("torchvision/regnet_y_400mf")
+    bottlenecks = [r for r in rep.rows if r.kind == "conv" and r.config.startswith("3/")]
+    assert [r.output[0] for r in bottlenecks[1:]] == widths  # [0] is the stem
+    assert [r.config.split(" ")[-1] for r in bottlenecks[1:]] == [f"g{w // 8}" for w in widths]
+    inputs = [32] + widths[:-1]
+    assert [(sq.input[0], sq.output[0]) for sq, _ in _se_rows(rep)] == [(w, round(0.25 * i))
+                                                                        for w, i in zip(widths, inputs)]
+    stride2 = [j for j, r in enumerate(bottlenecks[1:]) if r.config.startswith("3/2")]
+    assert stride2 == [j for j in range(16) if widths[j] != inputs[j]] == [0, 1, 4, 10]
+    assert sum(1 for r in rep.rows if ".shortcut." in r.name and r.kind == "conv") == 4
