@@ -6,10 +6,9 @@ Nothing here imports torch. Counts are per sample inside the kinds; batch and dt
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 from archcalc.conventions import CONVENTIONS, DTYPES
 from archcalc.errors import Loc, SpecError
@@ -20,8 +19,7 @@ from archcalc.spec import Layer, Parallel, Residual, Sequence, Spec
 # ---- the analyzed tree (what the torch builder consumes) ----------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class ALayer:
+class ALayer(NamedTuple):
     name: str
     kind: Kind
     args: Any
@@ -31,8 +29,7 @@ class ALayer:
     trainable: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class ASeq:
+class ASeq(NamedTuple):
     name: str
     label: str
     children: tuple[ANode, ...]
@@ -40,8 +37,7 @@ class ASeq:
     output: Shape
 
 
-@dataclass(frozen=True, slots=True)
-class APar:
+class APar(NamedTuple):
     name: str
     label: str
     branches: tuple[ASeq, ...]
@@ -50,8 +46,7 @@ class APar:
     output: Shape
 
 
-@dataclass(frozen=True, slots=True)
-class ARes:
+class ARes(NamedTuple):
     name: str
     label: str
     body: ASeq
@@ -67,8 +62,7 @@ ANode = Union[ALayer, ASeq, APar, ARes]
 # ---- report values --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
     """One line of the table: a leaf layer, a merge op (add / concat, no module), or a collapsed block."""
 
     name: str
@@ -89,8 +83,7 @@ class Row:
     module: bool = True  # False for merge ops, which have no nn.Module
 
 
-@dataclass(frozen=True, slots=True)
-class Warning_:
+class Warning_(NamedTuple):
     loc: Loc | None
     layer: str
     message: str
@@ -99,8 +92,7 @@ class Warning_:
         return f"{self.loc}: {self.layer}: {self.message}" if self.loc else f"{self.layer}: {self.message}"
 
 
-@dataclass(frozen=True, slots=True)
-class Totals:
+class Totals(NamedTuple):
     params: int
     trainable_params: int
     buffers: int
@@ -117,8 +109,7 @@ class Totals:
     jump: tuple[int | Fraction, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Report:
+class Report(NamedTuple):
     name: str
     source: str
     description: str
@@ -169,8 +160,7 @@ def analyze(spec: Spec, batch: int = 1, dtype: str = "float32", convention: str 
                   outline=tuple(engine.outline), totals=totals, warnings=tuple(engine.warnings), tree=tree)
 
 
-@dataclass(frozen=True, slots=True)
-class _RF:
+class _RF(NamedTuple):
     rf: tuple[int, ...]
     jump: tuple[int | Fraction, ...]
 

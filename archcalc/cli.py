@@ -9,13 +9,15 @@ import functools
 import sys
 from collections.abc import Callable
 from enum import Enum
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 
 from archcalc import __version__
 from archcalc.errors import ArchcalcError, SpecError
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="archcalc: CNN architecture calculator and profiler. Give a spec file or a bundled spec "
@@ -46,6 +48,8 @@ class DType(str, Enum):
 
 
 def out_console() -> Console:
+    from rich.console import Console  # not on the JSON/CSV path: rich's console costs start-up time
+
     console = Console(highlight=False)
     if not console.is_terminal:
         console = Console(width=200, highlight=False, soft_wrap=False)
@@ -53,6 +57,8 @@ def out_console() -> Console:
 
 
 def err_console() -> Console:
+    from rich.console import Console
+
     return Console(stderr=True, highlight=False, width=200)
 
 
@@ -78,8 +84,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 def _load(spec: str) -> Any:
     from archcalc.resolve import resolve_spec
-    from archcalc.spec import load_spec
-    from archcalc.spec import _display_path
+    from archcalc.spec import _display_path, load_spec
 
     path = resolve_spec(spec)
     return load_spec(path, _display_path(path))
@@ -95,6 +100,8 @@ def _input_override(value: str | None) -> tuple[int, ...] | None:
 
 
 def _print_warnings(report: Any) -> None:
+    if not report.warnings:
+        return
     console = err_console()
     for warning in report.warnings:
         console.print(f"warning: {warning}", markup=False)
@@ -127,8 +134,8 @@ def calc(
 
     report = analyze(_load(spec), batch, dtype.value, convention.value, _input_override(input), strict)
     _print_warnings(report)
-    console = out_console()
     if fmt is Fmt.table:
+        console = out_console()
         console.print(render.calc_table(report, depth))
         for line in render.summary_lines(report):
             console.print(line, markup=False)
@@ -237,5 +244,8 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=version_ca
 
 def main() -> None:
     app(prog_name="archcalc")
-from archcalc import cli_model  # noqa: E402,F401  (registers validate and export)
-from archcalc import cli_profile  # noqa: E402,F401  (registers profile)
+
+
+# Commands that run models live in their own modules (torch is imported inside their functions); importing them
+# registers the commands.
+from archcalc import cli_model, cli_profile  # noqa: E402,F401

@@ -6,15 +6,15 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from typing import Any
-
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from archcalc import __version__
 from archcalc.analyze import Report, Row
 from archcalc.conventions import CONVENTIONS
 from archcalc.units import axes, dims, fraction, grouped, nbytes, si
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 FORMATS = ("table", "json", "csv", "md")
 
@@ -37,6 +37,8 @@ def _caption(report: Report) -> str:
 def _fast_table(table: Table, columns: Sequence[tuple[str, str, str]], cells: Sequence[Sequence[str]]) -> Table:
     """Fill a rich Table with fixed column widths and plain Text cells: rich then skips measuring, wrapping and
     markup parsing, which is most of its cost on a network with hundreds of rows."""
+    from rich.text import Text
+
     for i, (header, justify, footer) in enumerate(columns):
         width = max([len(header), len(footer)] + [len(row[i]) for row in cells])
         table.add_column(header, justify=justify, footer=footer, width=width, no_wrap=True)  # type: ignore[arg-type]
@@ -46,6 +48,8 @@ def _fast_table(table: Table, columns: Sequence[tuple[str, str, str]], cells: Se
 
 
 def calc_table(report: Report, depth: int | None = None) -> Table:
+    from rich.table import Table
+
     title = f"{report.name} — input {dims(report.input)}"
     table = Table(title=title, caption=_caption(report), show_footer=True, header_style="bold")
     t = report.totals
@@ -168,6 +172,8 @@ COMPARE_COLUMNS = ("params", "macs", "flops", "activation_bytes", "peak_inferenc
 
 
 def compare_table(reports: Sequence[Report]) -> Table:
+    from rich.table import Table
+
     conv = reports[0].convention
     table = Table(title="archcalc compare", caption=_caption(reports[0]), header_style="bold")
     headers = ("name", "input", "params", "MACs", f"FLOPs ({conv})", "activations", "inference peak",
@@ -242,6 +248,8 @@ def kinds_rows() -> list[dict[str, Any]]:
 
 
 def kinds_table() -> Table:
+    from rich.table import Table
+
     table = Table(title="archcalc layer kinds", header_style="bold", show_lines=True)
     table.add_column("kind")
     table.add_column("arguments (default)")

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 from archcalc import expr, yamlsrc
 from archcalc.errors import Loc, SpecError, did_you_mean
@@ -33,8 +32,7 @@ TOP_KEYS = ("name", "description", "source", "input", "args", "defaults", "block
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 
 
-@dataclass(frozen=True, slots=True)
-class Layer:
+class Layer(NamedTuple):
     name: str
     kind: Kind
     args: Mapping[str, Any]
@@ -42,16 +40,14 @@ class Layer:
     trainable: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class Sequence:
+class Sequence(NamedTuple):
     name: str
     label: str
     children: tuple[Node, ...]
     loc: Loc
 
 
-@dataclass(frozen=True, slots=True)
-class Parallel:
+class Parallel(NamedTuple):
     name: str
     label: str
     branches: tuple[Sequence, ...]
@@ -59,8 +55,7 @@ class Parallel:
     loc: Loc
 
 
-@dataclass(frozen=True, slots=True)
-class Residual:
+class Residual(NamedTuple):
     name: str
     label: str
     body: Sequence
@@ -72,8 +67,7 @@ class Residual:
 Node = Union[Layer, Sequence, Parallel, Residual]
 
 
-@dataclass(frozen=True, slots=True)
-class Spec:
+class Spec(NamedTuple):
     name: str
     path: str
     input: tuple[int, ...]
@@ -81,7 +75,7 @@ class Spec:
     root: Sequence
     description: str = ""
     source: str = ""
-    args: Mapping[str, Any] = field(default_factory=dict)
+    args: Mapping[str, Any] = MappingProxyType({})
 
 
 # ---- loading ----------------------------------------------------------------------------------------------------
@@ -124,29 +118,33 @@ def _load_merged(path: Path, display: str, chain: tuple[str, ...]) -> Map:
     if key in chain or key == str(path.resolve()):
         raise SpecError(data.value_loc("extends"), f"'extends: {parent_ref}' makes a cycle of specs")
     parent = _load_merged(parent_path, _display_path(parent_path), chain + (str(path.resolve()),))
-    merged = Map(parent)
-    merged.loc, merged.key_locs, merged.value_locs = data.loc, dict(parent.key_locs), dict(parent.value_locs)
+    merged = Map.derived(parent, data.loc, _key_locs(parent), _value_locs(parent))
     for key_, value in data.items():
         if key_ == "extends":
             continue
         if key_ in ("args", "defaults", "blocks") and isinstance(value, Map) and isinstance(parent.get(key_), Map):
-            combined = Map(parent[key_])
-            combined.loc = value.loc
-            combined.key_locs = {**parent[key_].key_locs, **value.key_locs}
-            combined.value_locs = {**parent[key_].value_locs, **value.value_locs}
+            base = parent[key_]
+            combined = Map.derived(base, value.loc, {**_key_locs(base), **_key_locs(value)},
+                                   {**_value_locs(base), **_value_locs(value)})
             for k, v in value.items():
                 if key_ == "defaults" and isinstance(v, Map) and isinstance(combined.get(k), Map):
-                    inner = Map({**combined[k], **v})
-                    inner.loc = v.loc
-                    inner.key_locs = {**combined[k].key_locs, **v.key_locs}
-                    inner.value_locs = {**combined[k].value_locs, **v.value_locs}
-                    v = inner
+                    old = combined[k]
+                    v = Map.derived({**old, **v}, v.loc, {**_key_locs(old), **_key_locs(v)},
+                                    {**_value_locs(old), **_value_locs(v)})
                 combined[k] = v
             value = combined
         merged[key_] = value
-        merged.key_locs[key_] = data.key_loc(key_)
-        merged.value_locs[key_] = data.value_loc(key_)
+        merged.key_marks[key_] = data.key_loc(key_)
+        merged.value_marks[key_] = data.value_loc(key_)
     return merged
+
+
+def _key_locs(m: Map) -> dict[Any, Loc]:
+    return {k: m.key_loc(k) for k in m}
+
+
+def _value_locs(m: Map) -> dict[Any, Loc]:
+    return {k: m.value_loc(k) for k in m}
 
 
 def _display_path(path: Path) -> str:
@@ -159,11 +157,13 @@ def _display_path(path: Path) -> str:
 # ---- parsing ----------------------------------------------------------------------------------------------------
 
 
-@dataclass
 class _Scope:
-    prefix: str
-    counters: dict[str, int] = field(default_factory=dict)
-    names: dict[str, Loc] = field(default_factory=dict)
+    """The names given so far inside one block (mutable while parsing, never passed on)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.counters: dict[str, int] = {}
+        self.names: dict[str, Loc] = {}
 
     def child_name(self, given: str | None, default_prefix: str, loc: Loc) -> str:
         if given is None:
@@ -187,10 +187,7 @@ class _Parser:
     def __init__(self, data: Map, path: str) -> None:
         self.data = data
         self.path = path
-        self.blocks: Map = Map()
-        self.blocks.loc = data.loc
-        self.blocks.key_locs = {}
-        self.blocks.value_locs = {}
+        self.blocks: Map = Map_empty(data.loc)
         self.defaults: dict[str, Map] = {}
         self.globals: dict[str, Any] = {}
 
@@ -271,7 +268,8 @@ class _Parser:
             if not heads:
                 key = next(iter(item))
                 valid = list(REGISTRY) + list(COMPOSITES) + list(self.blocks)
-                raise SpecError(item.key_loc(key), f"unknown layer kind or block '{key}'{did_you_mean(str(key), valid)}")
+                raise SpecError(item.key_loc(key),
+                                f"unknown layer kind or block '{key}'{did_you_mean(str(key), valid)}")
             raise SpecError(item.loc, f"one layer per list entry; found {', '.join(map(str, heads))} together")
         head = heads[0]
         given = self._name(item, "name") if "name" in item else None
@@ -344,11 +342,9 @@ class _Parser:
             if key not in ("args", "description", head, "shortcut", "after", "merge", "block", "first"):
                 raise SpecError(body.key_loc(key), f"block '{block_name}': unexpected key '{key}'")
         keep = [k for k in body if k not in ("args", "description")]
-        inner = Map({("sequence" if k == "layers" else k): body[k] for k in keep})
-        inner.loc = body.loc
-        inner.key_locs = {("sequence" if k == "layers" else k): body.key_loc(k) for k in keep}
-        inner.value_locs = {("sequence" if k == "layers" else k): body.value_loc(k) for k in keep}
-        body = inner
+        renamed = {k: "sequence" if k == "layers" else k for k in keep}
+        body = Map.derived({renamed[k]: body[k] for k in keep}, body.loc,
+                           {renamed[k]: body.key_loc(k) for k in keep}, {renamed[k]: body.value_loc(k) for k in keep})
         head = "sequence" if head == "layers" else head
         full_name = scope.child_name(name, block_name, loc)
         child = _Scope(full_name)
@@ -548,9 +544,7 @@ _COMPOSITE_METHODS = {"repeat": _Parser._repeat, "residual": _Parser._residual, 
 
 
 def Map_empty(loc: Loc) -> Map:  # noqa: N802
-    m = Map()
-    m.loc, m.key_locs, m.value_locs = loc, {}, {}
-    return m
+    return Map.derived({}, loc, {}, {})
 
 
 def _describe(value: Any) -> str:

@@ -14,15 +14,35 @@ from archcalc.errors import Loc, SpecError
 
 
 class Map(dict):  # type: ignore[type-arg]
+    """A mapping that remembers where it and each of its keys and values start (marks kept as raw (line, column)
+    pairs, made into Locs only when an error needs one)."""
+
     loc: Loc
-    key_locs: dict[Any, Loc]
-    value_locs: dict[Any, Loc]
+    path: str
+    key_marks: dict[Any, Any]  # (line, column) from the parser, or a Loc
+    value_marks: dict[Any, Any]
 
     def key_loc(self, key: Any) -> Loc:
-        return self.key_locs.get(key, self.loc)
+        return self._loc(self.key_marks.get(key))
 
     def value_loc(self, key: Any) -> Loc:
-        return self.value_locs.get(key, self.loc)
+        return self._loc(self.value_marks.get(key))
+
+    def _loc(self, mark: Any) -> Loc:
+        if mark is None:
+            return self.loc
+        if isinstance(mark, Loc):  # maps merged from several files (extends) keep full locations
+            return mark
+        return Loc(self.path, mark[0] + 1, mark[1] + 1)
+
+    @classmethod
+    def derived(cls, items: dict[Any, Any], loc: Loc, key_locs: dict[Any, Loc], value_locs: dict[Any, Loc]) -> Map:
+        """A Map built by archcalc (merging `extends`, rewriting a block body) with explicit locations."""
+        result = cls(items)
+        result.loc, result.path = loc, loc.path
+        result.key_marks = dict(key_locs)
+        result.value_marks = dict(value_locs)
+        return result
 
 
 class Seq(list):  # type: ignore[type-arg]
@@ -43,24 +63,44 @@ _BASE: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _make_loader(path: str) -> type[yaml.SafeLoader]:
+    resolved: dict[tuple[str, tuple[bool, bool]], str] = {}
+
     class Loader(_BASE):  # type: ignore[valid-type,misc]
-        pass
+        def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+            # The safe resolver is a pure function of a scalar's text (SafeLoader has no path resolvers); specs
+            # repeat the same few scalars thousands of times, so remember each answer.
+            if kind is not yaml.ScalarNode:
+                return super().resolve(kind, value, implicit)  # type: ignore[no-any-return]
+            key = (value, tuple(implicit))
+            tag = resolved.get(key)  # type: ignore[arg-type]
+            if tag is None:
+                tag = resolved[key] = super().resolve(kind, value, implicit)  # type: ignore[index]
+            return tag
+
+    str_tag = "tag:yaml.org,2002:str"
 
     def construct_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Map:
         loader.flatten_mapping(node)
         result = Map()
         result.loc = _loc(path, node)
-        result.key_locs = {}
-        result.value_locs = {}
+        result.path = path
+        key_marks: dict[Any, tuple[int, int]] = {}
+        value_marks: dict[Any, tuple[int, int]] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            # Plain string scalars are by far the most common: take their text without the generic dispatch.
+            key = key_node.value if key_node.tag == str_tag else loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise SpecError(_loc(path, key_node), "mapping keys must be plain scalars")
             if key in result:
                 raise SpecError(_loc(path, key_node), f"duplicate key '{key}' (each key may appear once)")
-            result[key] = loader.construct_object(value_node, deep=True)
-            result.key_locs[key] = _loc(path, key_node)
-            result.value_locs[key] = _loc(path, value_node)
+            result[key] = value_node.value if value_node.tag == str_tag and isinstance(value_node, yaml.ScalarNode) \
+                else loader.construct_object(value_node, deep=True)
+            mark = key_node.start_mark
+            key_marks[key] = (mark.line, mark.column)
+            mark = value_node.start_mark
+            value_marks[key] = (mark.line, mark.column)
+        result.key_marks = key_marks
+        result.value_marks = value_marks
         return result
 
     def construct_seq(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> Seq:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, ClassVar
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any, ClassVar, NamedTuple
 
 Shape = tuple[int, ...]
 """A per-sample tensor shape: (C, *spatial), or (features,) after a flatten or linear layer."""
@@ -24,8 +25,7 @@ class LayerError(Exception):
 REQUIRED = object()
 
 
-@dataclass(frozen=True, slots=True)
-class Arg:
+class Arg(NamedTuple):
     """One argument of a kind.
 
     `type` is one of: int, float, bool, str, ints (an int or one int per spatial axis), padding (ints, pairs,
@@ -45,8 +45,7 @@ class Arg:
         return self.default is REQUIRED
 
 
-@dataclass(frozen=True, slots=True)
-class Cost:
+class Cost(NamedTuple):
     """Per-sample costs of one layer. Every count is an integer.
 
     macs: multiply-accumulates of conv / transposed conv / linear (torchvision's "GFLOPS").
@@ -63,8 +62,7 @@ class Cost:
     full: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class RFStep:
+class RFStep(NamedTuple):
     """How one spatial axis' receptive field grows through a layer: rf += (kernel - 1) * jump; jump *= stride.
 
     `whole` marks layers that see the entire axis (global pooling, flatten + linear).
@@ -75,8 +73,7 @@ class RFStep:
     whole: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Saved:
+class Saved(NamedTuple):
     """Tensors autograd saves for backward: the layer's input and/or output (shared with neighbours, so the
     engine de-duplicates them by tensor), plus extra tensors of its own as (elements per sample, itemsize), where
     itemsize 0 means the activation dtype (e.g. max-pool indices are (out elements, 8): int64)."""
@@ -87,10 +84,9 @@ class Saved:
     per_batch: tuple[tuple[int, int], ...] = ()  # extras not multiplied by batch (e.g. BN's per-channel stats)
 
 
-@dataclass(frozen=True, slots=True)
-class Example:
+class Example(NamedTuple):
     input: Shape
-    args: Mapping[str, object] = field(default_factory=dict)
+    args: Mapping[str, object] = MappingProxyType({})
 
 
 REGISTRY: dict[str, Kind] = {}
@@ -166,6 +162,22 @@ def spatial_rank(kind: str, inp: Shape, allowed: Sequence[int] = (1, 2, 3)) -> i
         raise LayerError(f"{kind} needs a {want} input with channels first; got {dims} "
                          f"({'flattened' if rank == 0 else f'{rank}-D'})")
     return rank
+
+
+@lru_cache(maxsize=4096)
+def window_geometry(kind: str, inp: Shape, kernel: Any, stride: Any, dilation: Any, padding: Any
+                    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """Kernel, stride, dilation and (before, after) padding per spatial axis of a sliding-window layer.
+
+    A pure function of hashable arguments, cached: a layer's shape, costs, receptive field and description all need
+    it, and large specs repeat the same few configurations.
+    """
+    rank = spatial_rank(kind, inp)
+    k = per_axis(kernel, rank, "kernel_size")
+    s = per_axis(stride, rank, "stride")
+    d = per_axis(dilation, rank, "dilation")
+    keff = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
+    return k, s, d, resolve_padding(padding, inp[1:], keff, s)
 
 
 def per_axis(value: Any, rank: int, arg: str) -> tuple[int, ...]:

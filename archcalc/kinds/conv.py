@@ -21,8 +21,8 @@ from archcalc.kinds.base import (
     numel,
     per_axis,
     register,
-    resolve_padding,
     spatial_rank,
+    window_geometry,
     window_output,
 )
 
@@ -64,14 +64,8 @@ class Conv(Kind):
         Example((16, 14, 14), {"out_channels": 16, "kernel_size": 3, "padding": 1, "groups": 16}),
     )
 
-    def geometry(self, a: Mapping[str, Any], inp: Shape) -> tuple[tuple[int, ...], ...]:
-        rank = spatial_rank(self.name, inp)
-        k = per_axis(a["kernel_size"], rank, "kernel_size")
-        s = per_axis(a["stride"], rank, "stride")
-        d = per_axis(a["dilation"], rank, "dilation")
-        keff = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
-        pads = resolve_padding(a["padding"], inp[1:], keff, s)
-        return k, s, d, pads  # type: ignore[return-value]
+    def geometry(self, a: Mapping[str, Any], inp: Shape) -> tuple[Any, ...]:
+        return window_geometry(self.name, inp, a["kernel_size"], a["stride"], a["dilation"], a["padding"])
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         k, s, d, pads = self.geometry(a, inp)

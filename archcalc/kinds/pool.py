@@ -21,8 +21,8 @@ from archcalc.kinds.base import (
     numel,
     per_axis,
     register,
-    resolve_padding,
     spatial_rank,
+    window_geometry,
     window_output,
 )
 
@@ -40,13 +40,8 @@ class _WindowPool(Kind):
     torch_name = ""
 
     def geometry(self, a: Mapping[str, Any], inp: Shape) -> tuple[Any, ...]:
-        rank = spatial_rank(self.name, inp)
-        k = per_axis(a["kernel_size"], rank, "kernel_size")
-        s = per_axis(a["stride"] if a["stride"] is not None else a["kernel_size"], rank, "stride")
-        d = per_axis(a.get("dilation", 1), rank, "dilation")
-        keff = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
-        pads = resolve_padding(a["padding"], inp[1:], keff, s)
-        return k, s, d, pads
+        stride = a["stride"] if a["stride"] is not None else a["kernel_size"]
+        return window_geometry(self.name, inp, a["kernel_size"], stride, a.get("dilation", 1), a["padding"])
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         k, s, d, pads = self.geometry(a, inp)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from collections.abc import Callable, Mapping
 from fractions import Fraction
 from typing import Any
@@ -73,7 +72,8 @@ class Upsample(Kind):
         Arg("align_corners", "bool", False, "for linear modes, as in PyTorch"),
     )
     examples = (Example((21, 7, 7), {"scale_factor": 2}), Example((8, 10), {"size": 25, "mode": "linear"}),
-                Example((4, 6, 6), {"scale_factor": [2, 3], "mode": "linear"}), Example((2, 2, 3, 3), {"scale_factor": 2}))
+                Example((4, 6, 6), {"scale_factor": [2, 3], "mode": "linear"}),
+                Example((2, 2, 3, 3), {"scale_factor": 2}))
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         rank = spatial_rank(self.name, inp)
