@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, Union
 
 from archcalc.conventions import CONVENTIONS, DTYPES
-from archcalc.errors import Loc, SpecError
+from archcalc.errors import Loc, SpecError, paused_gc
 from archcalc.kinds import REGISTRY, Cost, Kind, LayerError, Shape
 from archcalc.kinds.base import numel
 from archcalc.spec import Layer, Parallel, Residual, Sequence, Spec
@@ -128,6 +128,11 @@ class Report(NamedTuple):
 
 def analyze(spec: Spec, batch: int = 1, dtype: str = "float32", convention: str = "torch",
             input_shape: Shape | None = None, strict: bool = False) -> Report:
+    with paused_gc():
+        return _analyze(spec, batch, dtype, convention, input_shape, strict)
+
+
+def _analyze(spec: Spec, batch: int, dtype: str, convention: str, input_shape: Shape | None, strict: bool) -> Report:
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown convention {convention}")
     engine = _Engine(spec, batch, DTYPES[dtype], CONVENTIONS[convention].pick, strict)

@@ -1,8 +1,8 @@
 """Build the torch nn.Module for an analyzed spec. torch is imported here and in the modules that execute models.
 
 Submodules carry the spec's hierarchical names (`layer1.0.conv1` is `model.layer1[0].conv1`), and each forward
-does exactly the spec's computation: a sequence runs its children in order, a parallel node concatenates (adds, multiplies)
-its branches, a residual node adds the body and the shortcut and then runs its `after` layers.
+does exactly the spec's computation: a sequence runs its children in order, a parallel node concatenates (adds,
+multiplies) its branches, a residual node adds the body and the shortcut and then runs its `after` layers.
 """
 
 from __future__ import annotations

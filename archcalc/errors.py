@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import gc
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 
@@ -45,3 +47,19 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     if len(choices) <= 12:
         return "; expected one of: " + ", ".join(choices)
     return ""
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a spec is loaded or analyzed.
+
+    Both build many small objects and no reference cycles; the collector's repeated scans of the growing heap made
+    a 10,000-layer spec take 1.6x as long as it needs (growth worse than linear).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

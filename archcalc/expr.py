@@ -19,7 +19,9 @@ from collections.abc import Callable, Mapping
 
 Number = int | float
 
-_TOKEN = re.compile(r"\s*(?:(\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)|(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(//|\*\*|[-+*/%(),]))")
+_TOKEN = re.compile(
+    r"\s*(?:(\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)|(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(//|\*\*|[-+*/%(),]))"
+)
 
 
 class ExprError(ValueError):
@@ -91,7 +93,8 @@ class _Parser:
         value = self.term()
         while op := self.take_op("+", "-"):
             rhs = self.term()
-            value = _num(value, self.text) + _num(rhs, self.text) if op == "+" else _num(value, self.text) - _num(rhs, self.text)
+            a, b = _num(value, self.text), _num(rhs, self.text)
+            value = a + b if op == "+" else a - b
         return value
 
     def term(self) -> object:

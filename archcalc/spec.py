@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, Union
 
 from archcalc import expr, yamlsrc
-from archcalc.errors import Loc, SpecError, did_you_mean
+from archcalc.errors import Loc, SpecError, did_you_mean, paused_gc
 from archcalc.kinds import REGISTRY, Arg, Kind
 from archcalc.yamlsrc import Map, Seq
 
@@ -84,7 +84,8 @@ class Spec(NamedTuple):
 def load_spec(path: str | Path, display: str | None = None) -> Spec:
     """Read, merge (`extends`) and parse a spec file."""
     data = _load_merged(Path(path), display or str(path), ())
-    return _Parser(data, display or str(path)).parse()
+    with paused_gc():
+        return _Parser(data, display or str(path)).parse()
 
 
 def _read(path: Path, display: str) -> Map:

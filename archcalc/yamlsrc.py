@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from archcalc.errors import Loc, SpecError
+from archcalc.errors import Loc, SpecError, paused_gc
 
 
 class Map(dict):  # type: ignore[type-arg]
@@ -117,7 +117,8 @@ def _make_loader(path: str) -> type[yaml.SafeLoader]:
 def load(text: str, path: str) -> Any:
     """Parse YAML text; syntax errors become SpecError with the parser's position."""
     try:
-        return yaml.load(text, Loader=_make_loader(path))  # noqa: S506 - the loader derives from SafeLoader
+        with paused_gc():
+            return yaml.load(text, Loader=_make_loader(path))  # noqa: S506 - the loader derives from SafeLoader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Loc(path, mark.line + 1, mark.column + 1) if mark else Loc(path, 1, 1)

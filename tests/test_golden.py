@@ -9,10 +9,10 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import report_of
 from rich.console import Console
 
 from archcalc import render
-from conftest import report_of
 
 GOLDEN = Path(__file__).parent / "golden"
 
