@@ -33,6 +33,13 @@ class Fmt(str, Enum):
     md = "md"
 
 
+class TableOrJson(str, Enum):
+    """--format for the commands that run models (validate, profile)."""
+
+    table = "table"
+    json = "json"
+
+
 class Convention(str, Enum):
     macs = "macs"
     torch = "torch"

@@ -10,7 +10,17 @@ from typing import Annotated, Any
 
 import typer
 
-from archcalc.cli import SpecArg, _input_override, _load, _print_warnings, app, err_console, handle_errors, out_console
+from archcalc.cli import (
+    SpecArg,
+    TableOrJson,
+    _input_override,
+    _load,
+    _print_warnings,
+    app,
+    err_console,
+    handle_errors,
+    out_console,
+)
 from archcalc.errors import ArchcalcError
 
 
@@ -26,10 +36,6 @@ class RunDType(str, Enum):
     bfloat16 = "bfloat16"
     float64 = "float64"
 
-
-class CheckFmt(str, Enum):
-    table = "table"
-    json = "json"
 
 
 def _value(v: Any) -> str:
@@ -69,7 +75,7 @@ def validate(
     dtype: Annotated[RunDType, typer.Option("--dtype", help="element type of the weights and the input")]
     = RunDType.float32,
     input: Annotated[str | None, typer.Option("--input", "-i", help="override the input, e.g. 3x64x64")] = None,
-    fmt: Annotated[CheckFmt, typer.Option("--format", "-f", help="output format")] = CheckFmt.table,
+    fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="output format")] = TableOrJson.table,
     failed: Annotated[bool, typer.Option("--failed", help="show only the checks that disagree")] = False,
 ) -> None:
     """Build the model, run it on random input and check every analytic figure against what torch measures.
@@ -80,7 +86,7 @@ def validate(
 
     spec_obj = _load(spec)
     validation = run_validation(spec_obj, device.value, batch, dtype.value, _input_override(input))
-    if fmt is CheckFmt.json:
+    if fmt is TableOrJson.json:
         sys.stdout.write(json.dumps(validation.as_dict(), indent=2) + "\n")
     else:
         console = out_console()

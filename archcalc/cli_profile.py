@@ -14,7 +14,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from archcalc.cli import InputOpt, SpecArg, _input_override, _load, app, err_console, handle_errors, out_console
+from archcalc.cli import (
+    InputOpt,
+    SpecArg,
+    TableOrJson,
+    _input_override,
+    _load,
+    app,
+    err_console,
+    handle_errors,
+    out_console,
+)
 from archcalc.errors import ArchcalcError
 
 if TYPE_CHECKING:
@@ -39,10 +49,6 @@ class Optimizer(str, Enum):
     sgd = "sgd"
     adam = "adam"
 
-
-class ProfileFmt(str, Enum):
-    table = "table"
-    json = "json"
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -81,8 +87,8 @@ def profile(
     = True,
     force: Annotated[bool, typer.Option("--force", help="run even if predicted memory exceeds free memory")]
     = False,
-    fmt: Annotated[ProfileFmt, typer.Option("--format", "-f", help="output format; json is always a list "
-                                            "with one object per batch size")] = ProfileFmt.table,
+    fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="output format; json is always a list "
+                                            "with one object per batch size")] = TableOrJson.table,
 ) -> None:
     """Measure latency, throughput, achieved TFLOPS, memory and per-layer time against the analytic model."""
     from archcalc.profile import Options, run_profile
@@ -95,7 +101,7 @@ def profile(
                       input_shape=_input_override(input))
     with _progress(batches) as update:
         results = run_profile(loaded, options, update)
-    if fmt is ProfileFmt.json:
+    if fmt is TableOrJson.json:
         sys.stdout.write(profile_json(results) + "\n")
         return
     console = out_console()
