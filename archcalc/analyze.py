@@ -239,6 +239,7 @@ class _Engine:
         start = len(self.outline)
         first_row = len(self.rows)
         self.outline.append(None)  # type: ignore[arg-type]  # the block's summary row, filled in below
+        result: ANode
         if isinstance(node, Sequence):
             result, state = self.seq(node, inp, state, depth)
         elif isinstance(node, Parallel):

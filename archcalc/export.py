@@ -246,6 +246,6 @@ def export_source(report: Report) -> str:
     # torchmods' padding helper is used by its padded modules' constructors; the classes follow in use order
     # (a class defined inside a function is dedented to the top level).
     helpers = [torchmods._f_pad, *custom.values()]
-    sources = "\n\n\n".join(textwrap.dedent(inspect.getsource(h)).rstrip() for h in helpers)
+    sources = "\n\n\n".join(textwrap.dedent(inspect.getsource(h)).rstrip() for h in helpers)  # type: ignore[arg-type]
     footer = _FOOTER.format(body="\n".join(writer.lines))
     return header + "\n" + sources + "\n\n" + footer

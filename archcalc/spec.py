@@ -361,7 +361,7 @@ class _Parser:
             raise SpecError(item.value_loc("repeat"), f"repeat count must be a positive integer, not {count!r}")
         full = scope.prefix if own_scope else scope.child_name(name, "repeat", item.loc)
         inner = _Scope(full)
-        children = []
+        children: list[Node] = []
         for i in range(count):
             use_first = i == 0 and "first" in item
             key = "first" if use_first else "block"

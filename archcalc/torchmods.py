@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ class AsymmetricPadConv(nn.Module):
         self.pad = _f_pad(pads)
         self.weight = conv.weight
         self.bias = conv.bias
-        self._conv = conv._conv_forward  # type: ignore[attr-defined]
+        self._conv: Any = conv._conv_forward  # type: ignore[attr-defined]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv(F.pad(x, self.pad), self.weight, self.bias)
@@ -42,7 +43,8 @@ class AsymmetricPadConv(nn.Module):
 
 def conv(rank: int, cin: int, cout: int, k: Sequence[int], s: Sequence[int], pads: Pads, d: Sequence[int],
          groups: int, bias: bool) -> nn.Module:
-    cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[rank - 1]
+    # torch's stubs type kernel/stride per rank (tuple[int, int] for Conv2d); ours are per-rank tuples too.
+    cls: Any = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[rank - 1]
     if _symmetric(pads):
         return cls(cin, cout, tuple(k), tuple(s), tuple(p for p, _ in pads), tuple(d), groups, bias)
     inner = cls(cin, cout, tuple(k), tuple(s), 0, tuple(d), groups, bias)

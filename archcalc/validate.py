@@ -260,7 +260,7 @@ def _saved_bytes(model: Any, x: Any) -> tuple[int | None, list[str]]:
     if native is None:
         return native, notes
     for m in dropouts:
-        m.forward = lambda t, p=m.p: torch.native_dropout(t, p, True)[0]
+        m.forward = lambda t, p=m.p: torch.native_dropout(t, p, True)[0]  # type: ignore[method-assign,misc]
     try:
         fused, _ = _saved_run(model, x)
     finally:

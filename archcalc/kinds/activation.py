@@ -16,7 +16,7 @@ class _Elementwise(Kind):
     per_element: ClassVar[int] = 1
     torch_cls: ClassVar[str] = ""
     saves: ClassVar[str] = "input"  # what the autograd node keeps: "input", "output" or ""
-    examples = _EXAMPLES
+    examples: ClassVar[tuple[Example, ...]] = _EXAMPLES
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         return inp

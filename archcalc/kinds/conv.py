@@ -178,5 +178,5 @@ class ConvTranspose(Kind):
         import torch.nn as nn
 
         k, s, p, op, d = self._axes(a, inp)
-        cls = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[len(inp) - 2]
+        cls: Any = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[len(inp) - 2]
         return cls(inp[0], a["out_channels"], k, s, p, op, a["groups"], a["bias"], d)

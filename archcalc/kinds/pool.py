@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from fractions import Fraction
-from typing import Any
+from typing import Any, ClassVar
 
 from archcalc.kinds.base import (
     Arg,
@@ -185,6 +185,7 @@ class _Adaptive(Kind):
         import torch.nn as nn
 
         size = self.sizes(a, inp)
+        cls: Any
         if self.mode == "avg":
             cls = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)[len(inp) - 2]
         else:
@@ -200,8 +201,9 @@ class AdaptiveAvgPool(_Adaptive):
     doc = ("Adaptive average pooling to a fixed output_size (PyTorch's window rule). fvcore counts one flop per "
            "input element, but only for the 2-D op (aten::adaptive_avg_pool2d).")
     full_rule = "one addition per element of every window, plus one division per output element"
-    args = (Arg("output_size", "ints", doc="output size per spatial axis", aliases=("size", "out")),)
-    examples = (
+    args: ClassVar[tuple[Arg, ...]] = (
+        Arg("output_size", "ints", doc="output size per spatial axis", aliases=("size", "out")),)
+    examples: ClassVar[tuple[Example, ...]] = (
         Example((512, 7, 7), {"output_size": 7}),
         Example((256, 13, 13), {"output_size": 6}),
         Example((8, 10), {"output_size": 3}),
@@ -226,8 +228,10 @@ class AdaptiveMaxPool(_Adaptive):
     mode = "max"
     doc = "Adaptive max pooling to a fixed output_size (PyTorch's window rule)."
     full_rule = "window elements - 1 comparisons per output element"
-    args = (Arg("output_size", "ints", doc="output size per spatial axis", aliases=("size", "out")),)
-    examples = (Example((16, 9, 9), {"output_size": 4}), Example((8, 10), {"output_size": 1}))
+    args: ClassVar[tuple[Arg, ...]] = (
+        Arg("output_size", "ints", doc="output size per spatial axis", aliases=("size", "out")),)
+    examples: ClassVar[tuple[Example, ...]] = (Example((16, 9, 9), {"output_size": 4}),
+                                               Example((8, 10), {"output_size": 1}))
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         return Cost(full=self._window_elements(inp, out) - numel(out))

@@ -51,7 +51,8 @@ class ZeroPad(Kind):
         flat: list[int] = []
         for before, after in reversed(pads):
             flat += [before, after]
-        return (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)[len(pads) - 1](tuple(flat))
+        cls: Any = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)[len(pads) - 1]
+        return cls(tuple(flat))
 
 
 _LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
