@@ -360,10 +360,14 @@ class _Liveness:
 
     The model: a composite holds its input until it returns (its caller's variable does); a sequence drops each
     intermediate when the next layer returns; branches keep their outputs until the merge; views, identities,
-    dropout at inference and in-place activations allocate nothing. Workspace inside an op is not counted.
+    dropout at inference and in-place activations allocate nothing. While a layer runs, the temporaries its kind
+    declares (`Kind.transient`: max pooling's int64 indices, LRN's intermediates) are alive beside its output.
+    Backend workspace that depends on the algorithm chosen (im2col buffers, cuDNN workspace) is not predicted.
     """
 
     def __init__(self, itemsize: int, batch: int) -> None:
+        self.itemsize = itemsize
+        self.batch = batch
         self.scale = itemsize * batch
         self.live = 0
         self.peak = 0
@@ -386,9 +390,13 @@ class _Liveness:
     def run(self, node: ANode, x: _Storage) -> _Storage:
         """Run `node` on x (held by the caller); return a new reference to the output."""
         if isinstance(node, ALayer):
-            if node.kind.alias or node.kind.inplace(node.args):
-                return self.ref(x)
-            return self.alloc(node.output)
+            kind = node.kind
+            out = self.ref(x) if kind.alias or kind.inplace(node.args) else self.alloc(node.output)
+            temporaries = kind.transient(node.args, node.input, node.output)
+            if temporaries:
+                extra = sum(n * (size or self.itemsize) for n, size in temporaries) * self.batch
+                self.peak = max(self.peak, self.live + extra)
+            return out
         if isinstance(node, ASeq):
             cur = self.ref(x)
             for child in node.children:

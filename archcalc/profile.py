@@ -339,8 +339,10 @@ class CudaTimer:
 
 
 class CpuMemory:
-    NOTE = ("not measured on CPU: PyTorch keeps allocator statistics only for CUDA, tracemalloc does not see "
-            "torch's allocations, and the process's RSS includes the interpreter and libraries")
+    NOTE = ("CPU (inference): parameters, buffers and input, plus the peak of one forward's allocations as "
+            "torch.profiler's memory events record them; 'workspace and transients' = measured - prediction. "
+            "Training steps on CPU are not measured (their persistent state, gradients and optimizer moments, is not "
+            "visible to the profiler)")
 
     def free(self) -> int | None:
         import os
@@ -355,6 +357,36 @@ class CpuMemory:
 
     def read(self) -> tuple[int | None, tuple[tuple[str, int], ...]]:
         return None, ()
+
+
+def cpu_peak_bytes(fn: Callable[[], Any]) -> int:
+    """The most bytes `fn` holds allocated at once on the CPU beyond what existed before it ran.
+
+    torch.profiler with profile_memory=True attributes each allocation and free to the op that made it (its
+    self_cpu_memory_usage) or to a bare '[memory]' event for frees outside any op; replaying these deltas in time
+    order gives the running total and its peak. Temporaries an op frees before it returns are netted inside that
+    op, so op-internal workspace is not seen.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _quiet_native_stderr():
+        prof.__enter__()
+    try:
+        fn()
+    finally:
+        with _quiet_native_stderr():
+            prof.__exit__(None, None, None)
+    deltas = []
+    for event in prof.events():
+        delta = event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
+        if delta:
+            deltas.append((event.time_range.start if delta > 0 else event.time_range.end, delta))
+    live = peak = 0
+    for _, delta in sorted(deltas):
+        live += delta
+        peak = max(peak, live)
+    return peak
 
 
 class CudaMemory:
@@ -612,10 +644,18 @@ def _profile_batch(index: int, report: Report, model: Any, options: Options, tim
         say("CUDA graph", 0.0)
         graph_stats, _, _, _ = _measure(_capture_graph(step), timer, options, say)
     if reason == "budget":
-        notes.append(f"did not converge: IQR/median {stats.rel_iqr:.1%} > {options.target:.0%} when the "
-                     f"{options.budget_s:g} s budget ended")
+        why = (f"IQR/median {stats.rel_iqr:.1%} > {options.target:.0%}" if stats.rel_iqr > options.target
+               else f"only {stats.n} samples (at least {MIN_SAMPLES} are needed)")
+        notes.append(f"did not converge: {why} when the {options.budget_s:g} s budget ended")
 
     memory = predicted_memory(report, options.train, options.optimizer)
+    if options.device == "cpu" and not options.train and not options.compile:
+        import torch
+
+        state = sum(t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers(), x))
+        with torch.no_grad():
+            measured = state + cpu_peak_bytes(step)
+        extra = (("requested peak", measured),)
     if measured is not None:
         requested = dict(extra)["requested peak"]
         extra = (("workspace and transients", requested - memory.total),) + tuple(

@@ -124,6 +124,12 @@ class Kind:
     def inplace(self, a: Mapping[str, Any]) -> bool:
         return False
 
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        """Temporaries the op allocates while it runs at inference and frees before it returns, as (elements per
+        sample, itemsize; 0 = the activation dtype) -- part of the inference peak. Implementation workspace that
+        depends on the backend's algorithm choice (im2col buffers, cuDNN workspace) is not predicted."""
+        return ()
+
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         """What this layer's autograd nodes keep for backward in training mode (parameters excluded)."""
         return Saved()

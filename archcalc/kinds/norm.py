@@ -147,6 +147,11 @@ class LRN(Kind):
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         return Cost(full=numel(inp) * (2 * a["size"] + 3))
 
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # F.local_response_norm is a composite: at its peak the squared-and-padded sum and its scaled power are
+        # alive beside the output, two input-sized temporaries (measured with torch.profiler's memory events).
+        return ((2 * numel(inp), 0),)
+
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # F.local_response_norm is composed of ops: x*x, pad, avg_pool, mul/add/pow, x/div. Autograd keeps the input,
         # the padded squares (C + size - 1 channels), the pooled sum and the denominator.

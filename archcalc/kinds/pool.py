@@ -86,6 +86,11 @@ class MaxPool(_WindowPool):
         k = per_axis(a["kernel_size"], len(inp) - 1, "kernel_size")
         return Cost(full=numel(out) * (math.prod(k) - 1))
 
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # 2-D and 3-D max pooling run max_pool*d_with_indices even under no_grad: the int64 indices are allocated
+        # and dropped (measured with torch.profiler's memory events); max_pool1d has a kernel without them.
+        return ((numel(out), 8),) if len(inp) > 2 else ()
+
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # max_pool*_with_indices keeps its input and the int64 argmax indices.
         _, _, _, pads = self.geometry(a, inp)
@@ -235,6 +240,9 @@ class AdaptiveMaxPool(_Adaptive):
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         return Cost(full=self._window_elements(inp, out) - numel(out))
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ((numel(out), 8),)  # adaptive max pooling always computes int64 indices
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         return Saved(input=True, extra=((numel(out), 8),))
