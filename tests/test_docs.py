@@ -51,3 +51,11 @@ def test_ci_runs_the_readme_test_command() -> None:
     test_command = next(line for line in text.splitlines() if "pytest" in line and line.startswith("python3 -m venv"))
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert test_command in ci.splitlines()
+
+
+def test_readme_python_examples_run(capsys) -> None:  # type: ignore[no-untyped-def]
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S)
+    assert blocks, "the README shows no Python example"
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})  # noqa: S102 - our own documentation
+    assert "25557032" in capsys.readouterr().out  # ResNet-50's parameter count, printed by the example
