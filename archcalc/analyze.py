@@ -447,8 +447,7 @@ def saved_training_bytes(tree: ASeq, itemsize: int, batch: int) -> int:
         nonlocal extra
         if isinstance(node, ALayer):
             kind = node.kind
-            keeps_storage = (kind.alias and not (kind.name == "dropout" and node.args["p"] > 0)) \
-                or kind.inplace(node.args)
+            keeps_storage = kind.alias_in_training(node.args)
             out = x if keeps_storage else new(node.output)
             what = kind.saved(node.args, node.input, node.output)
             if what.input:

@@ -207,6 +207,9 @@ class Dropout(_Elementwise):
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         return Saved(extra=((numel(inp), 1),)) if a["p"] > 0 else Saved()  # the boolean keep-mask
 
+    def alias_in_training(self, a: Mapping[str, Any]) -> bool:
+        return a["p"] == 0  # in training it writes a new, masked tensor
+
     def torch_kwargs(self, a: Mapping[str, Any], inp: Shape) -> dict[str, Any]:
         return {"p": a["p"]}
 

@@ -124,6 +124,10 @@ class Kind:
     def inplace(self, a: Mapping[str, Any]) -> bool:
         return False
 
+    def alias_in_training(self, a: Mapping[str, Any]) -> bool:
+        """Whether the output shares the input's storage in a training-mode forward (dropout does not)."""
+        return self.alias or self.inplace(a)
+
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         """Temporaries the op allocates while it runs at inference and frees before it returns, as (elements per
         sample, itemsize; 0 = the activation dtype) -- part of the inference peak. Implementation workspace that
