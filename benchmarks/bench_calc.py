@@ -31,10 +31,10 @@ ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 FVCORE_ROUTE = """
 import torch, warnings
 from fvcore.nn import FlopCountAnalysis
-from archcalc.analyze import analyze
-from archcalc.build import build_module
-from archcalc.resolve import resolve_spec
-from archcalc.spec import load_spec
+from archcalc.core.analyze import analyze
+from archcalc.torch.build import build_module
+from archcalc.core.resolve import resolve_spec
+from archcalc.core.spec import load_spec
 model = build_module(analyze(load_spec(resolve_spec("resnet50"))))
 warnings.simplefilter("ignore")
 print(FlopCountAnalysis(model, torch.randn(1, 3, 224, 224)).unsupported_ops_warnings(False).total())

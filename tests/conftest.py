@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from archcalc.analyze import Report, analyze
-from archcalc.resolve import bundled
-from archcalc.spec import load_spec
+from archcalc.core.analyze import Report, analyze
+from archcalc.core.resolve import bundled
+from archcalc.core.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 

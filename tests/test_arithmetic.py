@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from archcalc.analyze import analyze
-from archcalc.errors import SpecError
-from archcalc.spec import load_spec
+from archcalc.core.analyze import analyze
+from archcalc.core.errors import SpecError
+from archcalc.core.spec import load_spec
 
 
 def one_layer(write_spec, input_: str, layer: str):  # type: ignore[no-untyped-def]

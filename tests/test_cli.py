@@ -10,8 +10,8 @@ import sys
 
 from typer.testing import CliRunner
 
-from archcalc.cli import app
-from archcalc.kinds import REGISTRY
+from archcalc.cli.app import app
+from archcalc.core.kinds import REGISTRY
 
 runner = CliRunner()
 
@@ -141,7 +141,7 @@ def test_version_and_module_entry_point() -> None:
 
 
 def test_calc_does_not_import_torch() -> None:
-    code = ("import sys\nfrom archcalc.cli import app\n"
+    code = ("import sys\nfrom archcalc.cli.app import app\n"
             "try:\n    app(['calc', 'resnet50', '-f', 'json'], prog_name='archcalc')\n"
             "except SystemExit as e:\n    assert not e.code, e.code\n"
             "try:\n    app(['compare', 'vgg16', 'resnet50'], prog_name='archcalc')\n"

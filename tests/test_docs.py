@@ -8,8 +8,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from archcalc import render
-from archcalc.cli import app
+from archcalc.cli.app import app
+from archcalc.render import report as render
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 START, END = "<!-- kinds:start -->", "<!-- kinds:end -->"

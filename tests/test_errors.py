@@ -7,7 +7,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from archcalc.cli import app
+from archcalc.cli.app import app
 
 runner = CliRunner()
 

@@ -8,10 +8,10 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from archcalc.analyze import analyze
-from archcalc.errors import ArchcalcError
-from archcalc.kinds import REGISTRY
-from archcalc.spec import load_spec
+from archcalc.core.analyze import analyze
+from archcalc.core.errors import ArchcalcError
+from archcalc.core.kinds import REGISTRY
+from archcalc.core.spec import load_spec
 
 KINDS = sorted(REGISTRY) + ["repeat", "residual", "parallel", "sequence", "unit", "nosuchkind"]
 ARG_NAMES = sorted({a.name for k in REGISTRY.values() for a in k.args} | {al for k in REGISTRY.values() for a in k.args

@@ -12,7 +12,7 @@ import pytest
 from conftest import report_of
 from rich.console import Console
 
-from archcalc import render
+from archcalc.render import report as render
 
 GOLDEN = Path(__file__).parent / "golden"
 

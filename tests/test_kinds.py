@@ -11,7 +11,8 @@ import torch
 from fvcore.nn import FlopCountAnalysis
 from torch.utils.flop_counter import FlopCounterMode
 
-from archcalc.kinds import REGISTRY
+from archcalc.core.kinds import REGISTRY
+from archcalc.torch.recipes import module_call
 
 CASES = [(name, i, ex) for name, kind in sorted(REGISTRY.items()) for i, ex in enumerate(kind.examples)]
 
@@ -36,7 +37,7 @@ def test_kind_example_matches_torch(name, index, example) -> None:  # type: igno
     inp = example.input
     out = kind.output(args, inp, lambda message: None)
     cost = kind.cost(args, inp, out)
-    module = kind.build(args, inp).eval()
+    module = module_call(kind, args, inp).make().eval()
     batch = 2
     x = torch.randn(batch, *inp)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:

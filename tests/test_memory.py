@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from archcalc.analyze import analyze
-from archcalc.spec import load_spec
+from archcalc.core.analyze import analyze
+from archcalc.core.spec import load_spec
 
 
 def run(write_spec, text: str):  # type: ignore[no-untyped-def]

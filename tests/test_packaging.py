@@ -7,7 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from archcalc.resolve import bundled
+from archcalc.core.resolve import bundled
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,8 @@ def test_wheel_contains_every_bundled_spec(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in bundled():
         assert f"archcalc/specs/{name}.yaml" in names, name
-    assert "archcalc/cli.py" in names and "archcalc/kinds/conv.py" in names
+    sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "archcalc").rglob("*.py")}
+    assert sources - names == set()  # every module of every subpackage ships
 
 
 def test_installed_layout_resolves_names(tmp_path: Path) -> None:
@@ -30,7 +31,7 @@ def test_installed_layout_resolves_names(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     site = tmp_path / "site"
     zipfile.ZipFile(next(tmp_path.glob("archcalc-*.whl"))).extractall(site)
-    code = ("import archcalc.resolve as r; p = r.resolve_spec('vgg16'); "
+    code = ("import archcalc.core.resolve as r; p = r.resolve_spec('vgg16'); "
             "print(p.relative_to(r.specs_dir()).as_posix(), r.specs_dir().parent.name)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                           cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from archcalc import profile as prof
-from archcalc.analyze import analyze
-from archcalc.cli import app
-from archcalc.devices import lookup
-from archcalc.errors import ArchcalcError
-from archcalc.spec import load_spec
+from archcalc.cli.app import app
+from archcalc.core.analyze import analyze
+from archcalc.core.devices import lookup
+from archcalc.core.errors import ArchcalcError
+from archcalc.core.spec import load_spec
+from archcalc.torch.profile import driver as prof
 
 TINY = """\
 name: tiny
@@ -330,7 +330,7 @@ def test_cuda_requested_without_cuda(tiny: Path) -> None:
 
 
 def test_cli_module_stays_torch_free() -> None:
-    code = "import sys, archcalc.cli, archcalc.cli_profile; sys.exit('torch' in sys.modules)"
+    code = "import sys, archcalc.cli.app, archcalc.cli.profile; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

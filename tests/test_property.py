@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
-from archcalc.analyze import analyze
-from archcalc.build import build_module
-from archcalc.errors import SpecError
-from archcalc.spec import load_spec
+from archcalc.core.analyze import analyze
+from archcalc.core.errors import SpecError
+from archcalc.core.spec import load_spec
+from archcalc.torch.build import build_module
 
 CHANNELS = st.integers(1, 6)
 PADDING = st.one_of(st.integers(0, 2), st.sampled_from(["same", "valid"]), st.lists(st.integers(0, 2), min_size=2,

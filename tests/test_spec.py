@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from archcalc.analyze import analyze
-from archcalc.errors import SpecError
-from archcalc.spec import load_spec
+from archcalc.core.analyze import analyze
+from archcalc.core.errors import SpecError
+from archcalc.core.spec import load_spec
 
 
 def run(write_spec, text: str, **kwargs):  # type: ignore[no-untyped-def]

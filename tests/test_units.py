@@ -6,8 +6,8 @@ from fractions import Fraction
 
 import pytest
 
-from archcalc.expr import ExprError, evaluate
-from archcalc.units import axes, grouped, nbytes, si
+from archcalc.core.expr import ExprError, evaluate
+from archcalc.core.units import axes, grouped, nbytes, si
 
 
 @pytest.mark.parametrize(("n", "text"), [

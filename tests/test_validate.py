@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from archcalc.analyze import ALayer, APar, ASeq, analyze
-from archcalc.cli import app
-from archcalc.errors import SpecError
-from archcalc.kinds import REGISTRY, Cost
-from archcalc.resolve import bundled
-from archcalc.spec import load_spec
-from archcalc.validate import validate
+from archcalc.cli.app import app
+from archcalc.core.analyze import ALayer, APar, ASeq, analyze
+from archcalc.core.errors import SpecError
+from archcalc.core.kinds import REGISTRY, Cost
+from archcalc.core.resolve import bundled
+from archcalc.core.spec import load_spec
+from archcalc.torch.validate import validate
 
 SPECS = sorted(bundled())
 runner = CliRunner()
@@ -185,7 +185,7 @@ def test_wrong_prediction_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_wrong_saved_rule_is_caught(monkeypatch: pytest.MonkeyPatch, write_spec) -> None:  # type: ignore[no-untyped-def]
-    from archcalc.kinds import Saved
+    from archcalc.core.kinds import Saved
 
     monkeypatch.setattr(type(REGISTRY["relu"]), "saved", lambda self, a, inp, out: Saved(input=True, output=True))
     path = write_spec("name: t\ninput: [2, 6, 6]\nlayers:\n  - conv: {out: 4, kernel: 3}\n  - relu\n")

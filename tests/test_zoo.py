@@ -14,11 +14,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from archcalc.analyze import Report, analyze
-from archcalc.build import build_module
-from archcalc.cli import app
-from archcalc.resolve import bundled
-from archcalc.spec import load_spec
+from archcalc.cli.app import app
+from archcalc.core.analyze import Report, analyze
+from archcalc.core.resolve import bundled
+from archcalc.core.spec import load_spec
+from archcalc.torch.build import build_module
 
 SPECS = bundled()
 NAMES = sorted(SPECS)

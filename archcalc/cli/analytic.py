@@ -1,0 +1,138 @@
+"""The analytic commands: `calc`, `compare`, `kinds`, `zoo`. None of them imports torch."""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from archcalc.cli.options import (
+    BatchOpt,
+    Convention,
+    ConvOpt,
+    DType,
+    DTypeOpt,
+    Fmt,
+    FmtOpt,
+    InputOpt,
+    SpecArg,
+    handle_errors,
+    input_override,
+    load,
+    out_console,
+    print_warnings,
+    write_text,
+)
+
+
+@handle_errors
+def calc(
+    spec: SpecArg,
+    batch: BatchOpt = 1,
+    dtype: DTypeOpt = DType.float32,
+    input: InputOpt = None,
+    convention: ConvOpt = Convention.torch,
+    depth: Annotated[int | None, typer.Option("--depth", "-d", min=1,
+                                              help="collapse blocks below this depth into one row")] = None,
+    fmt: FmtOpt = Fmt.table,
+    strict: Annotated[bool, typer.Option("--strict", help="treat warnings (non-integer sizes) as errors")] = False,
+) -> None:
+    """Per-layer shapes, parameters, MACs/FLOPs, memory and receptive field, with totals."""
+    from archcalc.core.analyze import analyze
+    from archcalc.render import report as render
+
+    report = analyze(load(spec), batch, dtype.value, convention.value, input_override(input), strict)
+    print_warnings(report)
+    if fmt is Fmt.table:
+        console = out_console()
+        console.print(render.calc_table(report, depth))
+        for line in render.summary_lines(report):
+            console.print(line, markup=False)
+    else:
+        text = {Fmt.json: render.calc_json, Fmt.csv: render.calc_csv, Fmt.md: render.calc_md}[fmt](report, depth)
+        write_text(text)
+
+
+class SortBy(str, Enum):
+    name = "name"
+    params = "params"
+    macs = "macs"
+    flops = "flops"
+    activation_bytes = "activation_bytes"
+    peak_inference_bytes = "peak_inference_bytes"
+    weight_layers = "weight_layers"
+    receptive_field = "receptive_field"
+
+
+@handle_errors
+def compare(
+    specs: Annotated[list[str], typer.Argument(help="spec files or bundled spec names")],
+    batch: BatchOpt = 1,
+    dtype: DTypeOpt = DType.float32,
+    input: InputOpt = None,
+    convention: ConvOpt = Convention.torch,
+    sort: Annotated[SortBy | None, typer.Option("--sort", "-s", help="sort by this column")] = None,
+    descending: Annotated[bool, typer.Option("--desc", help="sort largest first")] = False,
+    fmt: FmtOpt = Fmt.table,
+) -> None:
+    """One row per architecture: params, MACs, FLOPs, memory, depth, receptive field."""
+    from archcalc.core.analyze import analyze
+    from archcalc.render import report as render
+
+    override = input_override(input)
+    reports = [analyze(load(s), batch, dtype.value, convention.value, override) for s in specs]
+    for report in reports:
+        print_warnings(report)
+    if sort is not None:
+        reports.sort(key=render.sort_key(sort.value), reverse=descending)
+    if fmt is Fmt.table:
+        out_console().print(render.compare_table(reports))
+    else:
+        text = {Fmt.json: render.compare_json, Fmt.csv: render.compare_csv, Fmt.md: render.compare_md}[fmt](reports)
+        write_text(text)
+
+
+class KindsFmt(str, Enum):
+    table = "table"
+    json = "json"
+    md = "md"
+
+
+@handle_errors
+def kinds(fmt: Annotated[KindsFmt, typer.Option("--format", "-f")] = KindsFmt.table) -> None:
+    """Every layer kind with its arguments and defaults (from the registry)."""
+    from archcalc.render import report as render
+
+    if fmt is KindsFmt.table:
+        out_console().print(render.kinds_table())
+    else:
+        sys.stdout.write(render.kinds_json() + "\n" if fmt is KindsFmt.json else render.kinds_md())
+
+
+@handle_errors
+def zoo(fmt: Annotated[KindsFmt, typer.Option("--format", "-f")] = KindsFmt.table) -> None:
+    """The bundled specs with their descriptions and sources."""
+    from archcalc.core import zoo as zoo_mod
+
+    entries = zoo_mod.entries()
+    if fmt is KindsFmt.json:
+        import dataclasses
+        import json
+
+        sys.stdout.write(json.dumps([dataclasses.asdict(e) for e in entries], indent=2) + "\n")
+        return
+    if fmt is KindsFmt.md:
+        sys.stdout.write("| spec | description | source |\n|---|---|---|\n")
+        for e in entries:
+            sys.stdout.write(f"| `{e.name}` | {e.description} | {e.source} |\n")
+        return
+    from rich.table import Table
+
+    table = Table(title="bundled specs", header_style="bold")
+    for col in ("spec", "description", "source"):
+        table.add_column(col)
+    for e in entries:
+        table.add_row(e.name, e.description, e.source)
+    out_console().print(table)

@@ -1,0 +1,40 @@
+"""The archcalc command line: the typer app, with thin commands that parse options, call the library, render
+and print.
+
+Exit codes: 0 ok, 1 a check failed (validate), 2 bad input. torch is imported only by the commands that run models,
+inside their functions. The command modules (analytic, model, profile) import only downwards: cli.options, the
+library and the renderers.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from archcalc import __version__
+from archcalc.cli import analytic, model, profile
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="archcalc: CNN architecture calculator and profiler. Give a spec file or a bundled spec "
+                       "name (see `archcalc zoo`).")
+
+for command in (analytic.calc, analytic.compare, analytic.kinds, analytic.zoo, model.validate, model.export,
+                profile.profile):
+    app.command()(command)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        print(f"archcalc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                                help="show the version")] = False) -> None:
+    pass
+
+
+def main() -> None:
+    app(prog_name="archcalc")

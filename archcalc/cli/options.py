@@ -1,0 +1,122 @@
+"""What every command shares: option types, consoles, the error boundary, loading a spec argument.
+
+Command modules import from here and from the library below them; never from each other.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from archcalc.core.errors import ArchcalcError, SpecError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from archcalc.core.spec import Spec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Fmt(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    md = "md"
+
+
+class TableOrJson(str, Enum):
+    """--format for the commands that run models (validate, profile)."""
+
+    table = "table"
+    json = "json"
+
+
+class Convention(str, Enum):
+    macs = "macs"
+    torch = "torch"
+    fvcore = "fvcore"
+    full = "full"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+    int8 = "int8"
+
+
+def out_console() -> Console:
+    from rich.console import Console  # not on the JSON/CSV path: rich's console costs start-up time
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(width=200, highlight=False, soft_wrap=False)
+    return console
+
+
+def err_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, width=200)
+
+
+def handle_errors(fn: F) -> F:
+    """The one place user errors become a message on stderr and exit code 2 (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ArchcalcError as exc:
+            err_console().print(f"error: {exc}", markup=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    from archcalc.core.spec import parse_input
+
+    return parse_input(text, None)  # type: ignore[arg-type]
+
+
+def load(spec: str) -> Spec:
+    """The Spec for a SPEC argument: a path, or the name of a bundled spec."""
+    from archcalc.core.spec import open_spec
+
+    return open_spec(spec)
+
+
+def input_override(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return parse_shape(value)
+    except SpecError as exc:
+        raise ArchcalcError(f"--input: {exc.message}") from None
+
+
+def print_warnings(report: Any) -> None:
+    if not report.warnings:
+        return
+    console = err_console()
+    for warning in report.warnings:
+        console.print(f"warning: {warning}", markup=False)
+
+
+def write_text(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+SpecArg = Annotated[str, typer.Argument(help="spec file, or the name of a bundled spec (archcalc zoo)")]
+BatchOpt = Annotated[int, typer.Option("--batch", "-b", min=1, help="batch size")]
+DTypeOpt = Annotated[DType, typer.Option("--dtype", help="element type for memory figures")]
+ConvOpt = Annotated[Convention, typer.Option("--convention", "-c", help="what a FLOP is (see README)")]
+FmtOpt = Annotated[Fmt, typer.Option("--format", "-f", help="output format")]
+InputOpt = Annotated[str | None, typer.Option("--input", "-i", help="override the input, e.g. 3x448x448")]

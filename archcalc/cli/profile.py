@@ -1,0 +1,138 @@
+"""`archcalc profile`: time a spec's model on a device and set the figures beside the analytic prediction.
+
+Thin: parse options, call archcalc.torch.profile.driver.run_profile, render with archcalc.render.profile. The
+driver is imported only when the command runs, so `archcalc calc` stays torch-free.
+"""
+
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+
+from archcalc.cli.options import (
+    InputOpt,
+    SpecArg,
+    TableOrJson,
+    err_console,
+    handle_errors,
+    input_override,
+    load,
+    out_console,
+)
+from archcalc.core.errors import ArchcalcError
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class ProfileDType(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adam = "adam"
+
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """'1,8,64' -> (1, 8, 64)."""
+    try:
+        batches = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ArchcalcError(f"--batch: expected comma-separated positive integers like 1,8,64, got '{text}'") from None
+    if not batches or min(batches) < 1:
+        raise ArchcalcError(f"--batch: expected comma-separated positive integers like 1,8,64, got '{text}'")
+    return batches
+
+
+@handle_errors
+def profile(
+    spec: SpecArg,
+    device: Annotated[Device, typer.Option("--device", help="where to run; auto: cuda when available")]
+    = Device.auto,
+    batch: Annotated[str, typer.Option("--batch", "-b", help="batch sizes, comma-separated: 1,8,64")] = "1",
+    dtype: Annotated[ProfileDType, typer.Option("--dtype", help="element type of parameters and inputs")]
+    = ProfileDType.float32,
+    input: InputOpt = None,
+    train: Annotated[bool, typer.Option("--train", help="time forward + backward + optimizer step")] = False,
+    optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="optimizer for --train "
+                                                 "(sgd: momentum 0.9)")] = Optimizer.sgd,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (compiles in warm-up; "
+                                          "no per-layer breakdown)")] = False,
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="also time CUDA-graph replay, separating "
+                                              "launch overhead")] = False,
+    warmup: Annotated[int, typer.Option("--warmup", min=1, help="untimed iterations before timing")] = 5,
+    budget: Annotated[float, typer.Option("--budget", min=0.01, help="seconds of timing per batch size; timing "
+                                          "stops earlier once IQR/median <= 2%")] = 5.0,
+    layers: Annotated[bool, typer.Option("--layers/--no-layers", help="per-layer breakdown (torch.profiler)")]
+    = True,
+    force: Annotated[bool, typer.Option("--force", help="run even if predicted memory exceeds free memory")]
+    = False,
+    fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="output format; json is always a list "
+                                            "with one object per batch size")] = TableOrJson.table,
+) -> None:
+    """Measure latency, throughput, achieved TFLOPS, memory and per-layer time against the analytic model."""
+    from archcalc.render.profile import profile_json, profile_notes, profile_tables
+    from archcalc.torch.profile.driver import Options, run_profile
+
+    batches = parse_batches(batch)
+    loaded = load(spec)
+    options = Options(device=_device(device), batches=batches, dtype=dtype.value, train=train,
+                      optimizer=optimizer.value, channels_last=channels_last, compile=compile,
+                      cuda_graphs=cuda_graphs, warmup=warmup, budget_s=budget, force=force, layers=layers,
+                      input_shape=input_override(input))
+    with _progress(batches) as update:
+        results = run_profile(loaded, options, update)
+    if fmt is TableOrJson.json:
+        sys.stdout.write(profile_json(results) + "\n")
+        return
+    console = out_console()
+    for table in profile_tables(results):
+        console.print(table)
+    for line in profile_notes(results):
+        console.print(line, markup=False)
+
+
+def _device(device: Device) -> str:
+    if device is not Device.auto:
+        return device.value
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class _progress:
+    """A rich progress bar on stderr, one task per batch size; a no-op when stderr is not a terminal."""
+
+    def __init__(self, batches: tuple[int, ...]) -> None:
+        self.batches = batches
+
+    def __enter__(self) -> Any:
+        console = err_console()
+        if not console.is_terminal:
+            return None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("batch {task.fields[batch]:>4}"), BarColumn(),
+                            TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True)
+        self.tasks = [self.bar.add_task("waiting", total=1.0, batch=b) for b in self.batches]
+        self.bar.__enter__()
+
+        def update(index: int, stage: str, fraction: float) -> None:
+            self.bar.update(self.tasks[index], description=stage, completed=fraction)
+
+        return update
+
+    def __exit__(self, *exc: Any) -> None:
+        if hasattr(self, "bar"):
+            self.bar.__exit__(*exc)

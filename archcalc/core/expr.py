@@ -1,0 +1,187 @@
+"""A small, safe arithmetic evaluator for spec values such as `4 * width` or `(c + 1) // 2`.
+
+Grammar (no Python eval, no attribute access, no calls other than the listed functions):
+
+    expr   := term (('+' | '-') term)*
+    term   := unary (('*' | '/' | '//' | '%') unary)*
+    unary  := '-' unary | '+' unary | power
+    power  := atom ('**' unary)?
+    atom   := INT | FLOAT | NAME | FUNC '(' expr (',' expr)* ')' | '(' expr ')'
+
+Functions: min, max, ceil_div(a, b), round_to(value, multiple) (the `_make_divisible` rule of MobileNet/EfficientNet).
+`/` gives an int when the division is exact and a float otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+
+Number = int | float
+
+_TOKEN = re.compile(
+    r"\s*(?:(\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)|(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(//|\*\*|[-+*/%(),]))"
+)
+
+
+class ExprError(ValueError):
+    pass
+
+
+def _round_to(value: Number, divisor: Number) -> int:
+    # torchvision's _make_divisible: round to the nearest multiple, never below 90% of the value.
+    new = max(int(divisor), int(value + divisor / 2) // int(divisor) * int(divisor))
+    if new < 0.9 * value:
+        new += int(divisor)
+    return new
+
+
+def _ceil_div(a: Number, b: Number) -> int:
+    return -(-int(a) // int(b))
+
+
+FUNCTIONS: dict[str, Callable[..., Number]] = {"min": min, "max": max, "ceil_div": _ceil_div, "round_to": _round_to}
+
+
+def _tokenize(text: str) -> list[tuple[str, str]]:
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    text = text.rstrip()
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if not match:
+            raise ExprError(f"unexpected character {text[pos:].lstrip()[:1]!r} in expression '{text}'")
+        flt, integer, name, op = match.groups()
+        if flt is not None:
+            tokens.append(("float", flt))
+        elif integer is not None:
+            tokens.append(("int", integer))
+        elif name is not None:
+            tokens.append(("name", name))
+        else:
+            tokens.append(("op", op))
+        pos = match.end()
+    return tokens
+
+
+class _Parser:
+    def __init__(self, text: str, names: Mapping[str, object]) -> None:
+        self.text = text
+        self.tokens = _tokenize(text)
+        self.pos = 0
+        self.names = names
+
+    def peek(self) -> tuple[str, str] | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def take_op(self, *ops: str) -> str | None:
+        tok = self.peek()
+        if tok and tok[0] == "op" and tok[1] in ops:
+            self.pos += 1
+            return tok[1]
+        return None
+
+    def parse(self) -> object:
+        if not self.tokens:
+            raise ExprError("empty expression")
+        value = self.expr()
+        if self.pos != len(self.tokens):
+            raise ExprError(f"unexpected '{self.tokens[self.pos][1]}' in expression '{self.text}'")
+        return value
+
+    def expr(self) -> object:
+        value = self.term()
+        while op := self.take_op("+", "-"):
+            rhs = self.term()
+            a, b = _num(value, self.text), _num(rhs, self.text)
+            value = a + b if op == "+" else a - b
+        return value
+
+    def term(self) -> object:
+        value = self.unary()
+        while op := self.take_op("*", "/", "//", "%"):
+            a, b = _num(value, self.text), _num(self.unary(), self.text)
+            if op == "*":
+                value = a * b
+                continue
+            if b == 0:
+                raise ExprError(f"division by zero in '{self.text}'")
+            if op == "//":
+                value = a // b
+            elif op == "%":
+                value = a % b
+            elif isinstance(a, int) and isinstance(b, int) and a % b == 0:
+                value = a // b
+            else:
+                value = a / b
+        return value
+
+    def unary(self) -> object:
+        if self.take_op("-"):
+            return -_num(self.unary(), self.text)
+        if self.take_op("+"):
+            return _num(self.unary(), self.text)
+        return self.power()
+
+    def power(self) -> object:
+        base = self.atom()
+        if self.take_op("**"):
+            exponent = _num(self.unary(), self.text)
+            if abs(exponent) > 64:
+                raise ExprError(f"exponent too large in '{self.text}'")
+            return _num(base, self.text) ** exponent
+        return base
+
+    def atom(self) -> object:
+        tok = self.peek()
+        if tok is None:
+            raise ExprError(f"expression '{self.text}' ends too early")
+        kind, text = tok
+        self.pos += 1
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "name":
+            if self.take_op("("):
+                if text not in FUNCTIONS:
+                    raise ExprError(f"unknown function '{text}'; available: {', '.join(sorted(FUNCTIONS))}")
+                args = [_num(self.expr(), self.text)]
+                while self.take_op(","):
+                    args.append(_num(self.expr(), self.text))
+                if not self.take_op(")"):
+                    raise ExprError(f"missing ')' in '{self.text}'")
+                try:
+                    return FUNCTIONS[text](*args)
+                except TypeError:
+                    raise ExprError(f"wrong number of arguments to {text}() in '{self.text}'") from None
+            if text in ("true", "false"):
+                return text == "true"
+            if text not in self.names:
+                from archcalc.core.errors import did_you_mean
+
+                hint = did_you_mean(text, self.names) if self.names else " (no variables are defined here)"
+                raise ExprError(f"unknown name '{text}' in '{self.text}'{hint}")
+            return self.names[text]
+        if text == "(":
+            value = self.expr()
+            if not self.take_op(")"):
+                raise ExprError(f"missing ')' in '{self.text}'")
+            return value
+        raise ExprError(f"unexpected '{text}' in expression '{self.text}'")
+
+
+def _num(value: object, text: str) -> Number:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ExprError(f"'{text}': arithmetic needs numbers, got {value!r}")
+    return value
+
+
+def looks_like_expression(text: str) -> bool:
+    """True when a string value should be evaluated (it contains an operator or is a bare name of a variable)."""
+    return bool(re.search(r"[-+*/%()]", text)) or bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text.strip()))
+
+
+def evaluate(text: str, names: Mapping[str, object]) -> object:
+    """Evaluate an expression; a bare name returns the variable's value whatever its type."""
+    return _Parser(text, names).parse()

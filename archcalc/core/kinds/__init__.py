@@ -1,0 +1,14 @@
+"""Every layer kind archcalc knows. Importing this package registers them all."""
+
+from archcalc.core.kinds import (  # noqa: F401  (registration)
+    activation,
+    conv,
+    dense,
+    extra,  # noqa: F401,E402  (registration; after activation, which it builds on)
+    norm,
+    pool,
+    resize,
+)
+from archcalc.core.kinds.base import REGISTRY, Arg, Cost, Example, Kind, LayerError, RFStep, Saved, Shape
+
+__all__ = ["REGISTRY", "Arg", "Cost", "Example", "Kind", "LayerError", "RFStep", "Saved", "Shape"]

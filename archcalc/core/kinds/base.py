@@ -1,0 +1,277 @@
+"""The layer-kind registry and what every kind provides.
+
+A kind is one registered class that owns its arguments (named like PyTorch's), its output shape, its costs under
+every convention, its receptive-field step, what it saves for backward and allocates while it runs, and a few
+example inputs. Nothing here imports torch: the module that computes a kind is its recipe in
+archcalc.torch.recipes, the only place where kinds meet torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
+from functools import lru_cache
+from types import MappingProxyType
+from typing import Any, ClassVar, NamedTuple
+
+Shape = tuple[int, ...]
+"""A per-sample tensor shape: (C, *spatial), or (features,) after a flatten or linear layer."""
+
+
+class LayerError(Exception):
+    """A problem with one layer (bad argument combination, shape that does not fit); the engine adds the location."""
+
+
+REQUIRED = object()
+
+
+class Arg(NamedTuple):
+    """One argument of a kind.
+
+    `type` is one of: int, float, bool, str, ints (an int or one int per spatial axis), padding (ints, pairs,
+    'same' or 'valid'), number_or_numbers, ints_or_none.
+    """
+
+    name: str
+    type: str
+    default: object = REQUIRED
+    doc: str = ""
+    aliases: tuple[str, ...] = ()
+    choices: tuple[object, ...] = ()
+    minimum: int | float | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+class Cost(NamedTuple):
+    """Per-sample costs of one layer. Every count is an integer.
+
+    macs: multiply-accumulates of conv / transposed conv / linear (torchvision's "GFLOPS").
+    fvcore: what fvcore's FlopCountAnalysis attributes to this layer in eval mode.
+    full: every arithmetic operation (see each kind's doc for its rule).
+    params: learnable parameters; buffers / int_buffers: non-trainable float / int64 buffers (BN running stats).
+    """
+
+    params: int = 0
+    buffers: int = 0
+    int_buffers: int = 0
+    macs: int = 0
+    fvcore: int = 0
+    full: int = 0
+
+
+class RFStep(NamedTuple):
+    """How one spatial axis' receptive field grows through a layer: rf += (kernel - 1) * jump; jump *= stride.
+
+    `whole` marks layers that see the entire axis (global pooling, flatten + linear).
+    """
+
+    kernel: int = 1
+    stride: int | Fraction = 1  # a Fraction only where the grid gets finer (transposed conv, upsampling)
+    whole: bool = False
+
+
+class Saved(NamedTuple):
+    """Tensors autograd saves for backward: the layer's input and/or output (shared with neighbours, so the
+    engine de-duplicates them by tensor), plus extra tensors of its own as (elements per sample, itemsize), where
+    itemsize 0 means the activation dtype (e.g. max-pool indices are (out elements, 8): int64)."""
+
+    input: bool = False
+    output: bool = False
+    extra: tuple[tuple[int, int], ...] = ()
+    per_batch: tuple[tuple[int, int], ...] = ()  # extras not multiplied by batch (e.g. BN's per-channel stats)
+
+
+class Example(NamedTuple):
+    input: Shape
+    args: Mapping[str, object] = MappingProxyType({})
+
+
+REGISTRY: dict[str, Kind] = {}
+
+
+def register(cls: type[Kind]) -> type[Kind]:
+    if cls.name in REGISTRY:
+        raise RuntimeError(f"layer kind '{cls.name}' registered twice")
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+class Kind:
+    name: ClassVar[str]
+    prefix: ClassVar[str] = ""  # default name prefix for auto-naming (conv1, bn1, fc1); the kind name if empty
+    doc: ClassVar[str] = ""
+    full_rule: ClassVar[str] = ""  # how `full` counts, shown by `archcalc kinds`
+    args: ClassVar[tuple[Arg, ...]] = ()
+    examples: ClassVar[tuple[Example, ...]] = ()
+    alias: ClassVar[bool] = False  # output shares the input's storage in eval (views, identity, dropout)
+    weighted: ClassVar[bool] = False  # counts as a "weight layer" (conv, linear) in compare
+
+    # --- shape -------------------------------------------------------------------------------------------
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        raise NotImplementedError
+
+    # --- costs -------------------------------------------------------------------------------------------
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost()
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep] | None:
+        """Per spatial axis of the input; None when the layer does not change the receptive field."""
+        return None
+
+    def inplace(self, a: Mapping[str, Any]) -> bool:
+        return False
+
+    def alias_in_training(self, a: Mapping[str, Any]) -> bool:
+        """Whether the output shares the input's storage in a training-mode forward (dropout does not)."""
+        return self.alias or self.inplace(a)
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        """Temporaries the op allocates while it runs at inference and frees before it returns, as (elements per
+        sample, itemsize; 0 = the activation dtype) -- part of the inference peak. Implementation workspace that
+        depends on the backend's algorithm choice (im2col buffers, cuDNN workspace) is not predicted."""
+        return ()
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        """What this layer's autograd nodes keep for backward in training mode (parameters excluded)."""
+        return Saved()
+
+    # --- presentation ------------------------------------------------------------------------------------
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return ""
+
+    @property
+    def name_prefix(self) -> str:
+        return self.prefix or self.name
+
+    def arg(self, name: str) -> Arg:
+        for arg in self.args:
+            if arg.name == name:
+                return arg
+        raise KeyError(name)
+
+
+# ---- shared helpers for kinds ------------------------------------------------------------------------------
+
+
+def numel(shape: Shape) -> int:
+    return math.prod(shape)
+
+
+def spatial_rank(kind: str, inp: Shape, allowed: Sequence[int] = (1, 2, 3)) -> int:
+    rank = len(inp) - 1
+    if rank not in allowed:
+        dims = "x".join(map(str, inp))
+        want = " or ".join(f"{r}-D" for r in allowed)
+        raise LayerError(f"{kind} needs a {want} input with channels first; got {dims} "
+                         f"({'flattened' if rank == 0 else f'{rank}-D'})")
+    return rank
+
+
+@lru_cache(maxsize=4096)
+def window_geometry(kind: str, inp: Shape, kernel: Any, stride: Any, dilation: Any, padding: Any
+                    ) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """Kernel, stride, dilation and (before, after) padding per spatial axis of a sliding-window layer.
+
+    A pure function of hashable arguments, cached: a layer's shape, costs, receptive field and description all need
+    it, and large specs repeat the same few configurations.
+    """
+    rank = spatial_rank(kind, inp)
+    k = per_axis(kernel, rank, "kernel_size")
+    s = per_axis(stride, rank, "stride")
+    d = per_axis(dilation, rank, "dilation")
+    keff = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
+    return k, s, d, resolve_padding(padding, inp[1:], keff, s)
+
+
+def per_axis(value: Any, rank: int, arg: str) -> tuple[int, ...]:
+    """Expand an int to one per spatial axis; check a list has one entry per axis."""
+    if isinstance(value, int):
+        return (value,) * rank
+    values = tuple(value)
+    if len(values) != rank:
+        raise LayerError(f"'{arg}' has {len(values)} values but the input has {rank} spatial axes")
+    return values
+
+
+def resolve_padding(padding: Any, sizes: Sequence[int], kernels: Sequence[int],
+                    strides: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """Padding per spatial axis as (before, after).
+
+    'valid' is no padding. 'same' is TensorFlow's rule (also PyTorch's for stride 1): the output is ceil(W / S),
+    the total padding is max((out - 1) * S + F - W, 0), split evenly with the odd column added after
+    (to the right / bottom), as the seed lecture on TensorFlow padding describes.
+    """
+    rank = len(sizes)
+    if padding == "valid":
+        return ((0, 0),) * rank
+    if padding == "same":
+        pads = []
+        for w, k, s in zip(sizes, kernels, strides):
+            out = -(-w // s)
+            total = max((out - 1) * s + k - w, 0)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    if isinstance(padding, int):
+        return ((padding, padding),) * rank
+    values = list(padding)
+    if len(values) != rank:
+        raise LayerError(f"'padding' has {len(values)} entries but the input has {rank} spatial axes")
+    return tuple((p, p) if isinstance(p, int) else (p[0], p[1]) for p in values)
+
+
+AXIS_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+
+
+def window_output(kind: str, sizes: Sequence[int], kernels: Sequence[int], strides: Sequence[int],
+                  pads: Sequence[tuple[int, int]], dilations: Sequence[int], warn: Callable[[str], None],
+                  ceil_mode: bool = False) -> tuple[int, ...]:
+    """Output size of a sliding window per axis: floor((W - F_eff + P_before + P_after) / S) + 1.
+
+    F_eff = D * (F - 1) + 1 (PyTorch's Conv2d/MaxPool2d docs). With ceil_mode the division rounds up, but a
+    window that would start in the right padding is dropped (PyTorch's MaxPool2d rule).
+
+    Warns when (W - F + 2P)/S is not an integer and the windows leave real input positions at the end uncovered
+    (not when only padding is dropped, nor for kernels smaller than the stride, which skip positions by design).
+    """
+    out = []
+    notes: dict[str, list[str]] = {}
+    for axis, (w, k, s, (p0, p1), d) in enumerate(zip(sizes, kernels, strides, pads, dilations)):
+        keff = d * (k - 1) + 1
+        span = w + p0 + p1 - keff
+        if span < 0:
+            raise LayerError(f"{kind} kernel {keff}{' (dilated)' if d > 1 else ''} is larger than the padded "
+                             f"input {w + p0 + p1} on axis {AXIS_NAMES[len(sizes)][axis]}; use a smaller kernel or "
+                             "more padding")
+        if ceil_mode:
+            o = -(-span // s) + 1
+            if (o - 1) * s >= w + p0:
+                o -= 1
+        else:
+            o = span // s + 1
+            missed = span % s - p1
+            if missed > 0 and keff >= s:
+                padded = f"2*{p0}" if p0 == p1 else f"{p0}+{p1}"
+                text = (f"(W - F + 2P)/S = ({w} - {keff} + {padded})/{s} = {span}/{s} is not an integer: PyTorch "
+                        f"floors it to an output of {o} and the last {missed} input position(s) are never covered")
+                notes.setdefault(text, []).append(AXIS_NAMES[len(sizes)][axis])
+        out.append(o)
+    for text, axes in notes.items():
+        warn(f"on {'/'.join(axes)}: {text}")
+    return tuple(out)
+
+
+def fmt_axes(values: Sequence[object]) -> str:
+    """'3' when all axes agree, '3x5' otherwise."""
+    if len(set(values)) == 1:
+        return str(values[0])
+    return "x".join(map(str, values))
+
+
+def fmt_pads(pads: Sequence[tuple[int, int]]) -> str:
+    if all(p0 == p1 for p0, p1 in pads):
+        return fmt_axes([p0 for p0, _ in pads])
+    return ",".join(f"{p0}/{p1}" for p0, p1 in pads)

@@ -1,0 +1,99 @@
+"""Fully connected layers, flatten, and a free-standing learned bias."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from archcalc.core.kinds.base import Arg, Cost, Example, Kind, LayerError, RFStep, Saved, Shape, numel, register
+
+
+@register
+class Linear(Kind):
+    name = "linear"
+    prefix = "fc"
+    doc = ("Fully connected layer (nn.Linear). A C x H x W input is flattened implicitly to C*H*W features, as the "
+           "lecture tables write 'FC: 7x7x512x4096' (the flatten is a view: no copy, no cost); write `flatten` "
+           "to show it as its own row. Params in*out + bias; MACs in*out.")
+    full_rule = "2 per MAC, plus 1 per output for the bias"
+    weighted = True
+    args = (
+        Arg("out_features", "int", doc="number of outputs", aliases=("out", "units"), minimum=1),
+        Arg("bias", "bool", True, "learn one bias per output"),
+    )
+    examples = (
+        Example((512, 7, 7), {"out_features": 4096}),
+        Example((4096,), {"out_features": 1000}),
+        Example((120,), {"out_features": 84, "bias": False}),
+    )
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        return (a["out_features"],)
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        macs = numel(inp) * a["out_features"]
+        bias = a["out_features"] if a["bias"] else 0
+        return Cost(params=macs + bias, macs=macs, fvcore=macs, full=2 * macs + bias)
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        return [RFStep(whole=True) for _ in inp[1:]]
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        return Saved(input=True)
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"{numel(inp)} -> {a['out_features']}"
+
+
+
+@register
+class Flatten(Kind):
+    name = "flatten"
+    doc = "Flatten each sample to a vector (nn.Flatten; a view of the input, no copy)."
+    full_rule = "0"
+    alias = True
+    examples = (Example((512, 7, 7)), Example((16,)))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        return (numel(inp),)
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        return [RFStep(whole=True) for _ in inp[1:]]
+
+
+
+@register
+class Bias(Kind):
+    name = "bias"
+    doc = ("A learned additive bias. per: 'channel' (one per channel), 'position' (one per spatial position, shared "
+           "across channels: AlphaGo's policy head), 'element' (one per output element).")
+    full_rule = "1 addition per element"
+    args = (Arg("per", "str", "channel", "what each bias value belongs to",
+                choices=("channel", "position", "element")),)
+    examples = (
+        Example((1, 19, 19), {"per": "position"}),
+        Example((8, 5, 5), {"per": "channel"}),
+        Example((4, 3, 3), {"per": "element"}),
+        Example((10,), {"per": "channel"}),
+    )
+
+    def shape(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
+        rank = len(inp) - 1
+        if a["per"] == "channel":
+            return (inp[0], *(1,) * rank)
+        if a["per"] == "position":
+            if rank == 0:
+                raise LayerError("bias per position needs spatial axes; the input is flattened")
+            return (1, *inp[1:])
+        return inp
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        self.shape(a, inp)
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(params=numel(self.shape(a, inp)), full=numel(out))
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"per {a['per']}"
+

@@ -1,0 +1,147 @@
+"""Normalization layers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from archcalc.core.kinds.base import Arg, Cost, Example, Kind, LayerError, Saved, Shape, numel, register
+
+
+@register
+class BatchNorm(Kind):
+    name = "batchnorm"
+    prefix = "bn"
+    doc = ("Batch normalization (nn.BatchNorm1d/2d/3d by input rank). Params 2C (affine); buffers running_mean and "
+           "running_var (2C) and num_batches_tracked (one int64). fvcore (eval mode) counts 2 flops per element "
+           "with affine, 1 without.")
+    full_rule = "4 per element with affine ((x - mean) * inv_std * gamma + beta), 2 without"
+    args = (
+        Arg("eps", "float", 1e-5, "added to the variance", minimum=0),
+        Arg("momentum", "float", 0.1, "running-statistics momentum", minimum=0),
+        Arg("affine", "bool", True, "learn gamma and beta"),
+        Arg("track_running_stats", "bool", True, "keep running mean and variance buffers"),
+    )
+    examples = (Example((64, 56, 56)), Example((32, 10)), Example((4096,), {"affine": False}),
+                Example((8, 4, 6, 6)))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        if len(inp) > 4:
+            raise LayerError("batchnorm supports inputs with at most 3 spatial axes")
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        c = inp[0]
+        track = a["track_running_stats"]
+        return Cost(params=2 * c if a["affine"] else 0, buffers=2 * c if track else 0, int_buffers=1 if track else 0,
+                    fvcore=numel(inp) * (2 if a["affine"] else 1), full=numel(inp) * (4 if a["affine"] else 2))
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # native_batch_norm keeps the input plus the batch mean and inverse std (one float32 per channel each).
+        return Saved(input=True, per_batch=((2 * inp[0], 4),))
+
+
+
+@register
+class LayerNorm(Kind):
+    name = "layernorm"
+    prefix = "ln"
+    doc = ("Layer normalization (nn.LayerNorm) over the trailing `normalized_shape` axes; by default all of a "
+           "sample's axes (C x H x W). fvcore counts 5 flops per element with affine, 4 without.")
+    full_rule = "5 per element with affine (mean, variance, normalize, scale, shift), 4 without"
+    args = (
+        Arg("normalized_shape", "ints_or_none", None, "trailing shape to normalize over (default: the whole sample)",
+            minimum=1),
+        Arg("eps", "float", 1e-5, "added to the variance", minimum=0),
+        Arg("elementwise_affine", "bool", True, "learn a per-element scale and shift", aliases=("affine",)),
+    )
+    examples = (Example((64, 8, 8)), Example((128,)), Example((16, 7, 7), {"normalized_shape": [7, 7]}))
+
+    def norm_shape(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
+        shape = a["normalized_shape"]
+        if shape is None:
+            return inp
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if len(shape) > len(inp) or tuple(inp[len(inp) - len(shape):]) != shape:
+            raise LayerError(f"normalized_shape {list(shape)} is not the trailing shape of the input "
+                             f"{'x'.join(map(str, inp))}")
+        return shape
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        self.norm_shape(a, inp)
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        affine = a["elementwise_affine"]
+        return Cost(params=2 * numel(self.norm_shape(a, inp)) if affine else 0,
+                    fvcore=numel(inp) * (5 if affine else 4), full=numel(inp) * (5 if affine else 4))
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        groups = numel(inp) // numel(self.norm_shape(a, inp))
+        return Saved(input=True, extra=((2 * groups, 4),))
+
+
+
+@register
+class GroupNorm(Kind):
+    name = "groupnorm"
+    prefix = "gn"
+    doc = "Group normalization (nn.GroupNorm). Params 2C (affine). fvcore counts 5 flops per element with affine."
+    full_rule = "5 per element with affine, 4 without"
+    args = (
+        Arg("num_groups", "int", doc="number of channel groups", aliases=("groups",), minimum=1),
+        Arg("eps", "float", 1e-5, "added to the variance", minimum=0),
+        Arg("affine", "bool", True, "learn a per-channel scale and shift"),
+    )
+    examples = (Example((64, 14, 14), {"num_groups": 32}), Example((12, 9), {"num_groups": 3}))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        if inp[0] % a["num_groups"]:
+            raise LayerError(f"groupnorm: {inp[0]} channels are not divisible by num_groups {a['num_groups']}")
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        per = 5 if a["affine"] else 4
+        return Cost(params=2 * inp[0] if a["affine"] else 0, fvcore=numel(inp) * per, full=numel(inp) * per)
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        return Saved(input=True, extra=((2 * a["num_groups"], 4),))
+
+
+
+@register
+class LRN(Kind):
+    name = "lrn"
+    prefix = "norm"
+    doc = ("Local response normalization across channels (AlexNet, Sec. 3.3; nn.LocalResponseNorm): "
+           "b = a / (k + alpha/size * sum of a^2 over `size` neighbouring channels)^beta. No parameters; AlexNet "
+           "uses size 5, alpha 1e-4, beta 0.75, k 2.")
+    full_rule = "2*size + 3 per element (squares and window sum, scale, offset, power, division)"
+    args = (
+        Arg("size", "int", 5, "number of neighbouring channels", minimum=1),
+        Arg("alpha", "float", 1e-4, "scale", minimum=0),
+        Arg("beta", "float", 0.75, "exponent"),
+        Arg("k", "float", 1.0, "additive constant (AlexNet: 2)"),
+    )
+    examples = (Example((96, 55, 55), {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}), Example((16, 12)),
+                Example((8, 3, 5, 5), {"size": 3}))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        if len(inp) < 2:
+            raise LayerError("lrn needs channels and at least one spatial axis")
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(full=numel(inp) * (2 * a["size"] + 3))
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # F.local_response_norm is a composite: at its peak the squared-and-padded sum and its scaled power are
+        # alive beside the output, two input-sized temporaries (measured with torch.profiler's memory events).
+        return ((2 * numel(inp), 0),)
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # F.local_response_norm is composed of ops: x*x, pad, avg_pool, mul/add/pow, x/div. Autograd keeps the input,
+        # the padded squares (C + size - 1 channels), the pooled sum and the denominator.
+        c, rest = inp[0], numel(inp[1:])
+        return Saved(input=True, extra=(((c + a["size"] - 1) * rest, 0), (numel(inp), 0), (numel(inp), 0)))
+

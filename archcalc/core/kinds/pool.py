@@ -1,0 +1,248 @@
+"""Pooling: max / average with a window, adaptive, and global."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from fractions import Fraction
+from typing import Any, ClassVar
+
+from archcalc.core.kinds.base import (
+    Arg,
+    Cost,
+    Example,
+    Kind,
+    LayerError,
+    RFStep,
+    Saved,
+    Shape,
+    fmt_axes,
+    fmt_pads,
+    numel,
+    per_axis,
+    register,
+    spatial_rank,
+    window_geometry,
+    window_output,
+)
+
+_WINDOW = (
+    Arg("kernel_size", "ints", doc="window size", aliases=("kernel", "k"), minimum=1),
+    Arg("stride", "ints_or_none", None, "step between windows; defaults to kernel_size (non-overlapping)",
+        minimum=1),
+    Arg("padding", "padding", 0, "int, per axis, [before, after] pairs, 'valid' or 'same'", aliases=("pad",)),
+    Arg("ceil_mode", "bool", False, "round the output size up instead of down (PyTorch's rule: a window "
+        "starting in the right padding is dropped)"),
+)
+
+
+class _WindowPool(Kind):
+
+    def geometry(self, a: Mapping[str, Any], inp: Shape) -> tuple[Any, ...]:
+        stride = a["stride"] if a["stride"] is not None else a["kernel_size"]
+        return window_geometry(self.name, inp, a["kernel_size"], stride, a.get("dilation", 1), a["padding"])
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        k, s, d, pads = self.geometry(a, inp)
+        symmetric = all(p0 == p1 for p0, p1 in pads)
+        for ki, (p0, _) in zip(k, pads):
+            # PyTorch (pooling_shape_check): "pad should be smaller than or equal to half of kernel size", checked
+            # as kW / 2 >= padW on the kernel itself, not the dilated one (found by tests/test_property.py).
+            if symmetric and p0 > ki // 2:
+                raise LayerError(f"{self.name}: padding {p0} is more than half the kernel {ki}; "
+                                 f"PyTorch allows at most {ki // 2}")
+        return (inp[0], *window_output(self.name, inp[1:], k, s, pads, d, warn, a["ceil_mode"]))
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        k, s, d, _ = self.geometry(a, inp)
+        return [RFStep(di * (ki - 1) + 1, si) for ki, si, di in zip(k, s, d)]
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        k, s, d, pads = self.geometry(a, inp)
+        text = f"{fmt_axes(k)}/{fmt_axes(s)} p{fmt_pads(pads)}"
+        if any(di != 1 for di in d):
+            text += f" d{fmt_axes(d)}"
+        return text + (" ceil" if a["ceil_mode"] else "")
+
+
+@register
+class MaxPool(_WindowPool):
+    name = "maxpool"
+    prefix = "pool"
+    doc = "Max pooling (nn.MaxPool1d/2d/3d by input rank). No parameters; output size as for conv."
+    full_rule = "prod(F) - 1 comparisons per output element"
+    args = _WINDOW + (Arg("dilation", "ints", 1, "spacing between window taps", minimum=1),)
+    examples = (
+        Example((96, 55, 55), {"kernel_size": 3, "stride": 2}),
+        Example((64, 112, 112), {"kernel_size": 3, "stride": 2, "padding": 1}),
+        Example((8, 13, 13), {"kernel_size": 2, "ceil_mode": True}),
+        Example((4, 20), {"kernel_size": 3, "stride": 2, "dilation": 2}),
+        Example((3, 6, 7, 7), {"kernel_size": 2}),
+        Example((5, 13, 12), {"kernel_size": 6, "stride": 5, "padding": "same"}),
+    )
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        k = per_axis(a["kernel_size"], len(inp) - 1, "kernel_size")
+        return Cost(full=numel(out) * (math.prod(k) - 1))
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # 2-D and 3-D max pooling run max_pool*d_with_indices even under no_grad: the int64 indices are allocated
+        # and dropped (measured with torch.profiler's memory events); max_pool1d has a kernel without them.
+        return ((numel(out), 8),) if len(inp) > 2 else ()
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # max_pool*_with_indices keeps its input and the int64 argmax indices.
+        _, _, _, pads = self.geometry(a, inp)
+        if all(p0 == p1 for p0, p1 in pads):
+            return Saved(input=True, extra=((numel(out), 8),))
+        padded = inp[0] * math.prod(w + p0 + p1 for w, (p0, p1) in zip(inp[1:], pads))
+        return Saved(extra=((padded, 0), (numel(out), 8)))
+
+
+
+@register
+class AvgPool(_WindowPool):
+    name = "avgpool"
+    doc = ("Average pooling (nn.AvgPool1d/2d/3d by input rank). No parameters. With asymmetric ('same') padding "
+           "the zeros are counted in the average, as count_include_pad does.")
+    full_rule = "prod(F) per output element (prod(F) - 1 additions and one division)"
+    args = _WINDOW + (Arg("count_include_pad", "bool", True, "count padded zeros in the average"),)
+    examples = (
+        Example((1024, 7, 7), {"kernel_size": 7, "stride": 1}),
+        Example((6, 28, 28), {"kernel_size": 2}),
+        Example((8, 9, 9), {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True,
+                            "count_include_pad": False}),
+        Example((4, 17), {"kernel_size": 4, "stride": 3}),
+        Example((2, 5, 8, 8), {"kernel_size": [1, 2, 2]}),
+    )
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        _, _, _, pads = self.geometry(a, inp)
+        if not all(p0 == p1 for p0, p1 in pads) and not a["count_include_pad"]:
+            raise LayerError("avgpool with asymmetric padding supports only count_include_pad: true")
+        return super().output(a, inp, warn)
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        k = per_axis(a["kernel_size"], len(inp) - 1, "kernel_size")
+        return Cost(full=numel(out) * math.prod(k))
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        _, _, _, pads = self.geometry(a, inp)
+        if all(p0 == p1 for p0, p1 in pads):
+            return Saved(input=True)
+        return Saved(extra=((inp[0] * math.prod(w + p0 + p1 for w, (p0, p1) in zip(inp[1:], pads)), 0),))
+
+
+
+class _Adaptive(Kind):
+    mode = ""
+
+    def sizes(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
+        rank = spatial_rank(self.name, inp)
+        return per_axis(a["output_size"], rank, "output_size")
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        return (inp[0], *self.sizes(a, inp))
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        # PyTorch's windows: start = floor(i*W/O), end = ceil((i+1)*W/O); the largest window is ceil(W/O) (+1
+        # when O does not divide W). With output 1 the window is the whole axis.
+        steps = []
+        for w, o in zip(inp[1:], out[1:]):
+            if o == 1:
+                steps.append(RFStep(whole=True))
+            else:
+                kernel = max(-(-((i + 1) * w) // o) - (i * w) // o for i in range(o))
+                steps.append(RFStep(kernel, Fraction(w, o)))
+        return steps
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"-> {fmt_axes(self.sizes(a, inp))}"
+
+    def _window_elements(self, inp: Shape, out: Shape) -> int:
+        total = 1
+        for w, o in zip(inp[1:], out[1:]):
+            total *= sum(-(-((i + 1) * w) // o) - (i * w) // o for i in range(o))
+        return total * inp[0]
+
+
+
+@register
+class AdaptiveAvgPool(_Adaptive):
+    name = "adaptive_avgpool"
+    prefix = "avgpool"
+    mode = "avg"
+    doc = ("Adaptive average pooling to a fixed output_size (PyTorch's window rule). fvcore counts one flop per "
+           "input element, but only for the 2-D op (aten::adaptive_avg_pool2d).")
+    full_rule = "one addition per element of every window, plus one division per output element"
+    args: ClassVar[tuple[Arg, ...]] = (
+        Arg("output_size", "ints", doc="output size per spatial axis", aliases=("size", "out")),)
+    examples: ClassVar[tuple[Example, ...]] = (
+        Example((512, 7, 7), {"output_size": 7}),
+        Example((256, 13, 13), {"output_size": 6}),
+        Example((8, 10), {"output_size": 3}),
+        Example((4, 4, 6, 6), {"output_size": [1, 2, 2]}),
+    )
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(fvcore=numel(inp) if len(inp) == 3 else 0, full=self._window_elements(inp, out))
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # To output size 1 PyTorch computes a mean (aten adaptive_avg_pool{2,3}d), whose backward needs only the
+        # shape: nothing is kept. Otherwise the pooling op keeps its input.
+        if all(o == 1 for o in out[1:]):
+            return Saved()
+        return Saved(input=True)
+
+
+@register
+class AdaptiveMaxPool(_Adaptive):
+    name = "adaptive_maxpool"
+    prefix = "maxpool"
+    mode = "max"
+    doc = "Adaptive max pooling to a fixed output_size (PyTorch's window rule)."
+    full_rule = "window elements - 1 comparisons per output element"
+    args: ClassVar[tuple[Arg, ...]] = (
+        Arg("output_size", "ints", doc="output size per spatial axis", aliases=("size", "out")),)
+    examples: ClassVar[tuple[Example, ...]] = (Example((16, 9, 9), {"output_size": 4}),
+                                               Example((8, 10), {"output_size": 1}))
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(full=self._window_elements(inp, out) - numel(out))
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ((numel(out), 8),)  # adaptive max pooling always computes int64 indices
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        return Saved(input=True, extra=((numel(out), 8),))
+
+
+@register
+class GlobalAvgPool(AdaptiveAvgPool):
+    name = "global_avgpool"
+    prefix = "avgpool"
+    doc = ("Global average pooling: adaptive average pooling to 1 per axis (output C x 1 x 1, as in PyTorch; "
+           "a following linear layer flattens it).")
+    args = ()
+    examples = (Example((2048, 7, 7)), Example((8, 10)), Example((4, 3, 5, 5)))
+
+    def sizes(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
+        return (1,) * spatial_rank(self.name, inp)
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return "global"
+
+
+@register
+class GlobalMaxPool(AdaptiveMaxPool):
+    name = "global_maxpool"
+    prefix = "maxpool"
+    doc = "Global max pooling: adaptive max pooling to 1 per axis (output C x 1 x 1)."
+    args = ()
+    examples = (Example((64, 7, 7)), Example((8, 10)))
+
+    def sizes(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
+        return (1,) * spatial_rank(self.name, inp)
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return "global"

@@ -1,0 +1,104 @@
+"""Layers that change the spatial size without weights: zero padding and upsampling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from fractions import Fraction
+from typing import Any
+
+from archcalc.core.kinds.base import (
+    Arg,
+    Cost,
+    Example,
+    Kind,
+    LayerError,
+    RFStep,
+    Shape,
+    fmt_pads,
+    numel,
+    register,
+    resolve_padding,
+    spatial_rank,
+)
+
+
+@register
+class ZeroPad(Kind):
+    name = "zeropad"
+    prefix = "pad"
+    doc = "Zero padding (nn.ZeroPad1d/2d/3d): an int, one per axis, or [before, after] pairs per axis."
+    full_rule = "0"
+    args = (Arg("padding", "padding", doc="zeros added per side", aliases=("pad",)),)
+    examples = (Example((3, 28, 28), {"padding": 2}), Example((4, 10), {"padding": [[1, 2]]}),
+                Example((2, 5, 6), {"padding": [[0, 1], [2, 3]]}), Example((2, 3, 4, 4), {"padding": 1}))
+
+    def pads(self, a: Mapping[str, Any], inp: Shape) -> tuple[tuple[int, int], ...]:
+        rank = spatial_rank(self.name, inp)
+        if a["padding"] in ("same", "valid"):
+            raise LayerError("zeropad takes explicit sizes, not 'same' or 'valid'")
+        return resolve_padding(a["padding"], inp[1:], (1,) * rank, (1,) * rank)
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        return (inp[0], *(w + p0 + p1 for w, (p0, p1) in zip(inp[1:], self.pads(a, inp))))
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"p{fmt_pads(self.pads(a, inp))}"
+
+
+
+_LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+@register
+class Upsample(Kind):
+    name = "upsample"
+    prefix = "up"
+    doc = ("Upsampling by an integer scale_factor or to a fixed size (nn.Upsample). mode 'nearest' or 'linear' "
+           "(bilinear/trilinear by input rank). fvcore counts the 2-D ops only: 1 flop per output element for "
+           "nearest, 4 for bilinear.")
+    full_rule = "0 for nearest; 3 per output element per interpolated axis for linear modes"
+    args = (
+        Arg("scale_factor", "ints_or_none", None, "integer multiplier per axis", aliases=("scale",), minimum=1),
+        Arg("size", "ints_or_none", None, "output size per axis (instead of scale_factor)", minimum=1),
+        Arg("mode", "str", "nearest", "interpolation", choices=("nearest", "linear")),
+        Arg("align_corners", "bool", False, "for linear modes, as in PyTorch"),
+    )
+    examples = (Example((21, 7, 7), {"scale_factor": 2}), Example((8, 10), {"size": 25, "mode": "linear"}),
+                Example((4, 6, 6), {"scale_factor": [2, 3], "mode": "linear"}),
+                Example((2, 2, 3, 3), {"scale_factor": 2}))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        rank = spatial_rank(self.name, inp)
+        if (a["scale_factor"] is None) == (a["size"] is None):
+            raise LayerError("upsample needs exactly one of scale_factor and size")
+        if a["size"] is not None:
+            size = a["size"]
+            sizes = (size,) * rank if isinstance(size, int) else tuple(size)
+        else:
+            scale = a["scale_factor"]
+            scales = (scale,) * rank if isinstance(scale, int) else tuple(scale)
+            if len(scales) != rank:
+                raise LayerError(f"scale_factor has {len(scales)} values for {rank} spatial axes")
+            sizes = tuple(w * s for w, s in zip(inp[1:], scales))
+        if len(sizes) != rank:
+            raise LayerError(f"size has {len(sizes)} values for {rank} spatial axes")
+        return (inp[0], *sizes)
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        rank = len(inp) - 1
+        fv = 0
+        if rank == 2:
+            fv = numel(out) * (1 if a["mode"] == "nearest" else 4)
+        return Cost(fvcore=fv, full=0 if a["mode"] == "nearest" else 3 * rank * numel(out))
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        steps = []
+        for w, o in zip(inp[1:], out[1:]):
+            kernel = 1 if a["mode"] == "nearest" else 2
+            steps.append(RFStep(kernel, Fraction(w, o)))
+        return steps
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        how = f"x{a['scale_factor']}" if a["scale_factor"] is not None else f"-> {a['size']}"
+        return f"{how} {a['mode']}"
+

@@ -1,0 +1,642 @@
+"""Parse a YAML spec into a Spec: frozen nodes, blocks expanded, names assigned, source positions kept.
+
+Item grammar (each entry of a `layers` list):
+    - relu                                   a kind or block with no arguments
+    - conv: {out: 64, kernel: 3, padding: 1} a kind (or block) with arguments; `name:` may sit inside or beside
+    - repeat: 3                              N copies of `block` (an item or a list), `first:` replaces copy 0
+      block: {bottleneck: {width: 64}}
+    - residual: [...]                        body + shortcut (identity | projection | projection_conv | [items])
+      shortcut: projection                   + `after: [...]` applied to the sum
+    - parallel: [[...], [...]]               branches (a list, a single item, or [] for identity) merged by
+      merge: concat                          `concat` (channels), `add`, or `mul` (broadcast: squeeze-excitation)
+    - sequence: [...]                        a named group
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NamedTuple, Union
+
+from archcalc.core import expr, yamlsrc
+from archcalc.core.errors import Loc, SpecError, did_you_mean, paused_gc
+from archcalc.core.kinds import REGISTRY, Arg, Kind
+from archcalc.core.yamlsrc import Map, Seq
+
+COMPOSITES = ("repeat", "residual", "parallel", "sequence")
+SHORTCUTS = ("identity", "projection", "projection_conv")
+MERGES = ("concat", "add", "mul")
+TOP_KEYS = ("name", "description", "source", "input", "args", "defaults", "blocks", "layers", "extends", "notes")
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
+class Layer(NamedTuple):
+    name: str
+    kind: Kind
+    args: Mapping[str, Any]
+    loc: Loc
+    trainable: bool = True
+
+
+class Sequence(NamedTuple):
+    name: str
+    label: str
+    children: tuple[Node, ...]
+    loc: Loc
+
+
+class Parallel(NamedTuple):
+    name: str
+    label: str
+    branches: tuple[Sequence, ...]
+    merge: str
+    loc: Loc
+
+
+class Residual(NamedTuple):
+    name: str
+    label: str
+    body: Sequence
+    shortcut: Sequence | str  # a sequence of layers, or one of SHORTCUTS
+    after: Sequence
+    loc: Loc
+
+
+Node = Union[Layer, Sequence, Parallel, Residual]
+
+
+class Spec(NamedTuple):
+    name: str
+    path: str
+    input: tuple[int, ...]
+    input_loc: Loc
+    root: Sequence
+    description: str = ""
+    source: str = ""
+    args: Mapping[str, Any] = MappingProxyType({})
+
+
+# ---- loading ----------------------------------------------------------------------------------------------------
+
+
+def open_spec(ref: str) -> Spec:
+    """Load a spec given as a path or as the name of a bundled spec (`vgg16`, `torchvision/resnet50`)."""
+    from archcalc.core.resolve import resolve_spec
+
+    path = resolve_spec(ref)
+    return load_spec(path, display_path(path))
+
+
+def load_spec(path: str | Path, display: str | None = None) -> Spec:
+    """Read, merge (`extends`) and parse a spec file."""
+    data = load_merged(Path(path), display or str(path), ())
+    with paused_gc():
+        return _Parser(data, display or str(path)).parse()
+
+
+def _read(path: Path, display: str) -> Map:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(None, f"{display}: no such spec file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(None, f"{display}: cannot read spec: {exc}") from None
+    data = yamlsrc.load(text, display)
+    if data is None:
+        raise SpecError(Loc(display, 1, 1), "the spec is empty; expected a mapping with at least 'name', 'input' "
+                                           "and 'layers'")
+    if not isinstance(data, Map):
+        raise SpecError(Loc(display, 1, 1), f"the spec must be a mapping (name:, input:, layers:), "
+                                           f"not a {type(data).__name__}")
+    return data
+
+
+def load_merged(path: Path, display: str, chain: tuple[str, ...]) -> Map:
+    data = _read(path, display)
+    if "extends" not in data:
+        return data
+    parent_ref = data["extends"]
+    if not isinstance(parent_ref, str):
+        raise SpecError(data.value_loc("extends"), "'extends' takes a spec name or a path to a .yaml file")
+    from archcalc.core.resolve import resolve_spec
+
+    parent_path = resolve_spec(parent_ref, relative_to=path.parent, loc=data.value_loc("extends"))
+    key = str(parent_path.resolve())
+    if key in chain or key == str(path.resolve()):
+        raise SpecError(data.value_loc("extends"), f"'extends: {parent_ref}' makes a cycle of specs")
+    parent = load_merged(parent_path, display_path(parent_path), chain + (str(path.resolve()),))
+    merged = Map.derived(parent, data.loc, _key_locs(parent), _value_locs(parent))
+    for key_, value in data.items():
+        if key_ == "extends":
+            continue
+        if key_ in ("args", "defaults", "blocks") and isinstance(value, Map) and isinstance(parent.get(key_), Map):
+            base = parent[key_]
+            combined = Map.derived(base, value.loc, {**_key_locs(base), **_key_locs(value)},
+                                   {**_value_locs(base), **_value_locs(value)})
+            for k, v in value.items():
+                if key_ == "defaults" and isinstance(v, Map) and isinstance(combined.get(k), Map):
+                    old = combined[k]
+                    v = Map.derived({**old, **v}, v.loc, {**_key_locs(old), **_key_locs(v)},
+                                    {**_value_locs(old), **_value_locs(v)})
+                combined[k] = v
+            value = combined
+        merged[key_] = value
+        merged.key_marks[key_] = data.key_loc(key_)
+        merged.value_marks[key_] = data.value_loc(key_)
+    return merged
+
+
+def _key_locs(m: Map) -> dict[Any, Loc]:
+    return {k: m.key_loc(k) for k in m}
+
+
+def _value_locs(m: Map) -> dict[Any, Loc]:
+    return {k: m.value_loc(k) for k in m}
+
+
+def display_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# ---- parsing ----------------------------------------------------------------------------------------------------
+
+
+class _Scope:
+    """The names given so far inside one block (mutable while parsing, never passed on)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.counters: dict[str, int] = {}
+        self.names: dict[str, Loc] = {}
+
+    def child_name(self, given: str | None, default_prefix: str, loc: Loc) -> str:
+        if given is None:
+            n = self.counters.get(default_prefix, 0) + 1
+            self.counters[default_prefix] = n
+            given = f"{default_prefix}{n}"
+            while given in self.names:  # a user name took it; skip ahead
+                n += 1
+                self.counters[default_prefix] = n
+                given = f"{default_prefix}{n}"
+        if given in self.names:
+            raise SpecError(loc, f"duplicate name '{self.full(given)}' (first used at {self.names[given]})")
+        self.names[given] = loc
+        return self.full(given)
+
+    def full(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+
+class _Parser:
+    def __init__(self, data: Map, path: str) -> None:
+        self.data = data
+        self.path = path
+        self.blocks: Map = Map_empty(data.loc)
+        self.defaults: dict[str, Map] = {}
+        self.globals: dict[str, Any] = {}
+
+    # -- top level --
+    def parse(self) -> Spec:
+        data = self.data
+        for key in data:
+            if key not in TOP_KEYS:
+                raise SpecError(data.key_loc(key), f"unknown top-level key '{key}'{did_you_mean(str(key), TOP_KEYS)}")
+        for key in ("name", "input", "layers"):
+            if key not in data:
+                raise SpecError(data.loc, f"the spec has no '{key}'; a spec needs name, input and layers")
+        name = data["name"]
+        if not isinstance(name, str) or not name.strip():
+            raise SpecError(data.value_loc("name"), "'name' must be a non-empty string")
+        for key in ("description", "source", "notes"):
+            if key in data and not isinstance(data[key], str):
+                raise SpecError(data.value_loc(key), f"'{key}' must be a string")
+        shape = parse_input(data["input"], data.value_loc("input"))
+        if "args" in data:
+            args = self._mapping(data, "args")
+            self.globals = {k: self._value(v, args.value_loc(k), {}) for k, v in args.items()}
+        if "defaults" in data:
+            defaults = self._mapping(data, "defaults")
+            for kind_name, values in defaults.items():
+                kind = self._kind(str(kind_name), defaults.key_loc(kind_name))
+                if not isinstance(values, Map):
+                    raise SpecError(defaults.value_loc(kind_name), f"defaults for '{kind_name}' must be a mapping "
+                                                                   "of argument: value")
+                for arg_name in values:
+                    self._arg(kind, str(arg_name), values.key_loc(arg_name))
+                self.defaults[kind.name] = values
+        if "blocks" in data:
+            self.blocks = self._mapping(data, "blocks")
+            for block_name in self.blocks:
+                loc = self.blocks.key_loc(block_name)
+                if block_name in REGISTRY or block_name in COMPOSITES:
+                    raise SpecError(loc, f"block name '{block_name}' is already a layer kind; choose another name")
+                if not isinstance(block_name, str) or not _NAME.match(block_name):
+                    raise SpecError(loc, f"block name '{block_name}' must be letters, digits, '_' or '-'")
+                if not isinstance(self.blocks[block_name], Map):
+                    raise SpecError(self.blocks.value_loc(block_name), f"block '{block_name}' must be a mapping "
+                                    "with 'args' and one of layers / residual / parallel")
+        layers = data["layers"]
+        if not isinstance(layers, Seq) or not layers:
+            raise SpecError(data.value_loc("layers"), "'layers' must be a non-empty list of layers")
+        root = self._sequence(layers, _Scope(""), dict(self.globals), "model", "", data.value_loc("layers"), ())
+        return Spec(name=name.strip(), path=self.path, input=shape, input_loc=data.value_loc("input"), root=root,
+                    description=str(data.get("description", "")).strip(), source=str(data.get("source", "")).strip(),
+                    args=MappingProxyType(dict(self.globals)))
+
+    def _mapping(self, data: Map, key: str) -> Map:
+        value = data[key]
+        if not isinstance(value, Map):
+            raise SpecError(data.value_loc(key), f"'{key}' must be a mapping")
+        return value
+
+    # -- items --
+    def _sequence(self, items: Any, scope: _Scope, names: dict[str, Any], label: str, full_name: str, loc: Loc,
+                  stack: tuple[str, ...]) -> Sequence:
+        if not isinstance(items, Seq):
+            items_seq = Seq([items])
+            items_seq.loc = loc
+            items_seq.item_locs = [loc]
+            items = items_seq
+        children = tuple(self._item(item, items.item_loc(i), scope, names, stack) for i, item in enumerate(items))
+        return Sequence(full_name, label, children, loc)
+
+    def _item(self, item: Any, loc: Loc, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...],
+              forced_name: str | None = None) -> Node:
+        if isinstance(item, str):
+            return self._call(item, None, Map_empty(loc), loc, loc, scope, names, stack, forced_name, None)
+        if not isinstance(item, Map) or not item:
+            raise SpecError(loc, "a layer is a kind name (- relu) or a one-key mapping (- conv: {out: 64, kernel: 3})"
+                                 f", not {_describe(item)}")
+        heads = [k for k in item if k in COMPOSITES or k in REGISTRY or k in self.blocks]
+        if len(heads) != 1:
+            if not heads:
+                key = next(iter(item))
+                valid = list(REGISTRY) + list(COMPOSITES) + list(self.blocks)
+                raise SpecError(item.key_loc(key),
+                                f"unknown layer kind or block '{key}'{did_you_mean(str(key), valid)}")
+            raise SpecError(item.loc, f"one layer per list entry; found {', '.join(map(str, heads))} together")
+        head = heads[0]
+        given = self._name(item, "name") if "name" in item else None
+        name = forced_name if forced_name is not None else given
+        if head in COMPOSITES:
+            return _COMPOSITE_METHODS[head](self, item, scope, names, stack, name)
+        allowed = {head, "name", "trainable"}
+        for key in item:
+            if key not in allowed:
+                raise SpecError(item.key_loc(key), f"unexpected key '{key}' beside '{head}'; put arguments inside "
+                                f"the mapping ({head}: {{{key}: ...}})")
+        trainable = self._bool(item, "trainable") if "trainable" in item else None
+        return self._call(head, item[head], item, item.key_loc(head), item.value_loc(head), scope, names, stack, name,
+                          trainable)
+
+    def _call(self, head: str, raw: Any, item: Map, loc: Loc, args_loc: Loc, scope: _Scope, names: dict[str, Any],
+              stack: tuple[str, ...], name: str | None, trainable: bool | None) -> Node:
+        if raw is None:
+            raw = Map_empty(args_loc)
+        if not isinstance(raw, Map):
+            raise SpecError(args_loc, f"arguments of '{head}' must be a mapping ({head}: {{arg: value}}), "
+                            f"not {_describe(raw)}")
+        if "name" in raw:
+            if name is not None and "name" in item:
+                raise SpecError(raw.key_loc("name"), "the layer is named twice")
+            name = self._name(raw, "name") if name is None else name
+        if "trainable" in raw:
+            trainable = self._bool(raw, "trainable")
+        if head in REGISTRY:
+            kind = REGISTRY[head]
+            full = scope.child_name(name, kind.name_prefix, loc)
+            args = self._kind_args(kind, raw, names, loc)
+            return Layer(full, kind, MappingProxyType(args), loc, trainable if trainable is not None else True)
+        if head not in self.blocks:
+            valid = list(REGISTRY) + list(COMPOSITES) + list(self.blocks)
+            raise SpecError(loc, f"unknown layer kind or block '{head}'{did_you_mean(head, valid)}")
+        if head in stack:
+            raise SpecError(loc, f"block '{head}' is recursive ({' -> '.join(stack + (head,))})")
+        return self._block(head, raw, loc, scope, names, stack + (head,), name, trainable)
+
+    def _block(self, block_name: str, raw: Map, loc: Loc, scope: _Scope, names: dict[str, Any],
+               stack: tuple[str, ...], name: str | None, trainable: bool | None) -> Node:
+        body = self.blocks[block_name]
+        declared: Map = body.get("args") or Map_empty(body.loc)
+        if not isinstance(declared, Map):
+            raise SpecError(body.value_loc("args"), f"block '{block_name}': 'args' must be a mapping of "
+                                                    "name: default (~ for required)")
+        values: dict[str, Any] = dict(self.globals)
+        for arg_name, default in declared.items():
+            if arg_name in raw:
+                values[arg_name] = self._value(raw[arg_name], raw.value_loc(arg_name), names)
+            elif default is None:
+                raise SpecError(loc, f"block '{block_name}' needs argument '{arg_name}'")
+            else:
+                values[arg_name] = default
+        for arg_name in raw:
+            if arg_name not in declared and arg_name not in ("name", "trainable"):
+                raise SpecError(raw.key_loc(arg_name), f"block '{block_name}' has no argument '{arg_name}'"
+                                f"{did_you_mean(str(arg_name), declared)}")
+        # Defaults may refer to other arguments (`mid: width // 4`): evaluate them in the block's scope.
+        for arg_name, default in declared.items():
+            if arg_name not in raw and default is not None:
+                values[arg_name] = self._value(default, declared.value_loc(arg_name), values)
+        heads = [k for k in body if k in ("layers", "residual", "parallel", "sequence", "repeat")]
+        if len(heads) != 1:
+            raise SpecError(body.loc, f"block '{block_name}' needs exactly one of layers, residual, parallel, "
+                                      "sequence or repeat")
+        head = heads[0]
+        for key in body:
+            if key not in ("args", "description", head, "shortcut", "after", "merge", "block", "first"):
+                raise SpecError(body.key_loc(key), f"block '{block_name}': unexpected key '{key}'")
+        keep = [k for k in body if k not in ("args", "description")]
+        renamed = {k: "sequence" if k == "layers" else k for k in keep}
+        body = Map.derived({renamed[k]: body[k] for k in keep}, body.loc,
+                           {renamed[k]: body.key_loc(k) for k in keep}, {renamed[k]: body.value_loc(k) for k in keep})
+        head = "sequence" if head == "layers" else head
+        full_name = scope.child_name(name, block_name, loc)
+        child = _Scope(full_name)
+        if trainable is not None:
+            raise SpecError(loc, f"'trainable' applies to single layers, not to block '{block_name}'")
+        return _COMPOSITE_METHODS[head](self, body, child, values, stack, None, own_scope=True, label=block_name)
+
+    def _repeat(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
+                own_scope: bool = False, label: str = "repeat") -> Node:
+        self._keys(item, "repeat", ("block", "first"), required=("block",))
+        count = self._value(item["repeat"], item.value_loc("repeat"), names)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise SpecError(item.value_loc("repeat"), f"repeat count must be a positive integer, not {count!r}")
+        full = scope.prefix if own_scope else scope.child_name(name, "repeat", item.loc)
+        inner = _Scope(full)
+        children: list[Node] = []
+        for i in range(count):
+            use_first = i == 0 and "first" in item
+            key = "first" if use_first else "block"
+            body = item[key]
+            local = {**names, "i": i}
+            if isinstance(body, Seq):
+                sub = _Scope(inner.child_name(str(i), "", item.value_loc(key)))
+                children.append(self._sequence(body, sub, local, label, sub.prefix, item.value_loc(key), stack))
+            else:
+                children.append(self._item(body, item.value_loc(key), inner, local, stack, forced_name=str(i)))
+        return Sequence(full, label, tuple(children), item.loc)
+
+    def _residual(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
+                  own_scope: bool = False, label: str = "residual") -> Node:
+        self._keys(item, "residual", ("shortcut", "after"))
+        full = scope.prefix if own_scope else scope.child_name(name, "residual", item.loc)
+        inner = _Scope(full)
+        body = self._sequence(item["residual"], inner, names, "body", full, item.value_loc("residual"), stack)
+        shortcut: Sequence | str = "identity"
+        if "shortcut" in item:
+            raw = item["shortcut"]
+            if isinstance(raw, str) and not isinstance(self._maybe_expr(raw, names), str):
+                raw = self._maybe_expr(raw, names)
+            if isinstance(raw, str) and raw in self.blocks or isinstance(raw, Map):
+                raw_seq = Seq([raw])
+                raw_seq.loc, raw_seq.item_locs = item.value_loc("shortcut"), [item.value_loc("shortcut")]
+                raw = raw_seq
+            if isinstance(raw, str):
+                raw = self._maybe_expr(raw, names)
+                if raw not in SHORTCUTS:
+                    raise SpecError(item.value_loc("shortcut"), f"unknown shortcut '{raw}'"
+                                    f"{did_you_mean(str(raw), SHORTCUTS)}, or give a list of layers")
+                shortcut = raw
+            elif isinstance(raw, Seq):
+                inner_sc = _Scope(inner.child_name("shortcut", "", item.value_loc("shortcut")))
+                shortcut = self._sequence(raw, inner_sc, names, "shortcut", inner_sc.prefix,
+                                          item.value_loc("shortcut"), stack)
+            else:
+                raise SpecError(item.value_loc("shortcut"), "shortcut must be identity, projection, "
+                                                            "projection_conv or a list of layers")
+        else:
+            inner.names["shortcut"] = item.loc
+        if isinstance(shortcut, str):
+            inner.names.setdefault("shortcut", item.loc)
+        after_raw = item.get("after", Seq())
+        if not isinstance(after_raw, Seq):
+            after_raw = self._as_seq(after_raw, item.value_loc("after"))
+        if not hasattr(after_raw, "loc"):
+            after_raw.loc, after_raw.item_locs = item.loc, []
+        after = self._sequence(after_raw, inner, names, "after", full, after_raw.loc, stack)
+        return Residual(full, label, body, shortcut, after, item.loc)
+
+    def _parallel(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
+                  own_scope: bool = False, label: str = "parallel") -> Node:
+        self._keys(item, "parallel", ("merge",))
+        merge = self._maybe_expr(item.get("merge", "concat"), names)
+        if merge not in MERGES:
+            raise SpecError(item.value_loc("merge"), f"merge must be 'concat', 'add' or 'mul', not {merge!r}"
+                            + (did_you_mean(merge, MERGES) if isinstance(merge, str) else ""))
+        raw = item["parallel"]
+        if not isinstance(raw, Seq) or len(raw) < 2:
+            raise SpecError(item.value_loc("parallel"), "parallel needs a list of at least two branches")
+        full = scope.prefix if own_scope else scope.child_name(name, "parallel", item.loc)
+        inner = _Scope(full)
+        branches = []
+        for i, branch in enumerate(raw):
+            bloc = raw.item_loc(i)
+            bname = inner.child_name(None, "branch", bloc)
+            if isinstance(branch, Seq) and not branch:
+                branches.append(Sequence(bname, "identity", (), bloc))
+                continue
+            branches.append(self._sequence(branch, _Scope(bname), names, "branch", bname, bloc, stack))
+        return Parallel(full, label, tuple(branches), merge, item.loc)
+
+    def _sequence_item(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...],
+                       name: str | None, own_scope: bool = False, label: str = "sequence") -> Node:
+        self._keys(item, "sequence", ())
+        full = scope.prefix if own_scope else scope.child_name(name, "seq", item.loc)
+        raw = item["sequence"]
+        if not isinstance(raw, Seq) or not raw:
+            raise SpecError(item.value_loc("sequence"), "'sequence' needs a non-empty list of layers")
+        return self._sequence(raw, _Scope(full), names, label, full, item.value_loc("sequence"), stack)
+
+    # -- arguments --
+    def _kind_args(self, kind: Kind, raw: Map, names: dict[str, Any], loc: Loc) -> dict[str, Any]:
+        given: dict[str, tuple[Any, Loc]] = {}
+        for source in (self.defaults.get(kind.name), raw):
+            if source is None:
+                continue
+            seen: dict[str, Loc] = {}
+            for key in source:
+                if key in ("name", "trainable") and source is raw:
+                    continue
+                arg = self._arg(kind, str(key), source.key_loc(key))
+                if arg.name in seen:
+                    raise SpecError(source.key_loc(key), f"argument '{arg.name}' given twice (also at "
+                                                         f"{seen[arg.name]})")
+                seen[arg.name] = source.key_loc(key)
+                given[arg.name] = (source[key], source.value_loc(key))
+        result: dict[str, Any] = {}
+        for arg in kind.args:
+            if arg.name in given:
+                raw_value, vloc = given[arg.name]
+                value = self._value(raw_value, vloc, names)
+                result[arg.name] = _coerce(kind, arg, value, vloc)
+            elif arg.required:
+                raise SpecError(loc, f"{kind.name} needs '{arg.name}'" +
+                                (f" (or {', '.join(repr(a) for a in arg.aliases)})" if arg.aliases else ""))
+            else:
+                result[arg.name] = arg.default
+        return result
+
+    def _arg(self, kind: Kind, key: str, loc: Loc) -> Arg:
+        for arg in kind.args:
+            if key == arg.name or key in arg.aliases:
+                return arg
+        valid = [a.name for a in kind.args] + [al for a in kind.args for al in a.aliases]
+        if not kind.args:
+            raise SpecError(loc, f"{kind.name} takes no arguments, but got '{key}'")
+        raise SpecError(loc, f"{kind.name}: unknown argument '{key}'{did_you_mean(key, valid)}")
+
+    def _kind(self, name: str, loc: Loc) -> Kind:
+        if name not in REGISTRY:
+            raise SpecError(loc, f"unknown layer kind '{name}'{did_you_mean(name, REGISTRY)}")
+        return REGISTRY[name]
+
+    def _maybe_expr(self, value: Any, names: dict[str, Any]) -> Any:
+        if isinstance(value, str) and value in names:
+            return names[value]
+        return value
+
+    def _value(self, value: Any, loc: Loc, names: Mapping[str, Any]) -> Any:
+        """Evaluate expressions inside a value (strings that use a variable or an operator; lists element-wise)."""
+        if isinstance(value, list):
+            seq = [self._value(v, value.item_loc(i) if isinstance(value, Seq) else loc, names)
+                   for i, v in enumerate(value)]
+            return seq
+        if isinstance(value, str) and expr.looks_like_expression(value):
+            stripped = value.strip()
+            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", stripped) and stripped not in names:
+                return value  # a plain word such as 'same' or 'nearest'; the argument's type check decides
+            try:
+                return expr.evaluate(value, names)
+            except expr.ExprError as exc:
+                raise SpecError(loc, str(exc)) from None
+        if isinstance(value, Map):
+            raise SpecError(loc, f"expected a value, not a mapping {_describe(value)}")
+        return value
+
+    def _keys(self, item: Map, head: str, optional: tuple[str, ...], required: tuple[str, ...] = ()) -> None:
+        for key in item:
+            if key not in (head, "name") + optional:
+                raise SpecError(item.key_loc(key), f"{head}: unexpected key '{key}'"
+                                f"{did_you_mean(str(key), (head, 'name') + optional)}")
+        for key in required:
+            if key not in item:
+                raise SpecError(item.loc, f"{head} needs '{key}'")
+
+    def _name(self, item: Map, key: str) -> str:
+        value = item[key]
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)
+        if not isinstance(value, str) or not _NAME.match(value):
+            raise SpecError(item.value_loc(key), f"layer name {value!r} must be letters, digits, '_' or '-' "
+                                                 "(dots separate levels and are added by archcalc)")
+        return value
+
+    def _bool(self, item: Map, key: str) -> bool:
+        if not isinstance(item[key], bool):
+            raise SpecError(item.value_loc(key), f"'{key}' must be true or false")
+        return bool(item[key])
+
+    def _as_seq(self, value: Any, loc: Loc) -> Seq:
+        seq = Seq([value])
+        seq.loc, seq.item_locs = loc, [loc]
+        return seq
+
+
+_COMPOSITE_METHODS = {"repeat": _Parser._repeat, "residual": _Parser._residual, "parallel": _Parser._parallel,
+                      "sequence": _Parser._sequence_item}
+
+
+def Map_empty(loc: Loc) -> Map:  # noqa: N802
+    return Map.derived({}, loc, {}, {})
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (list, Seq)):
+        return "a list"
+    if isinstance(value, (dict, Map)):
+        return "a mapping"
+    return repr(value)
+
+
+def parse_input(value: Any, loc: Loc) -> tuple[int, ...]:
+    if isinstance(value, str):
+        parts = value.lower().replace("×", "x").split("x")
+        try:
+            value = [int(p) for p in parts]
+        except ValueError:
+            raise SpecError(loc, f"input {value!r} must be channels then spatial sizes, e.g. [3, 224, 224] or "
+                                 "3x224x224") from None
+    if (not isinstance(value, list) or not 2 <= len(value) <= 4
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        raise SpecError(loc, f"input must be [C, L], [C, H, W] or [C, D, H, W] (integers), not {value!r}")
+    if any(v <= 0 for v in value):
+        raise SpecError(loc, f"input sizes must be positive, not {list(value)}")
+    return tuple(value)
+
+
+def _coerce(kind: Kind, arg: Arg, value: Any, loc: Loc) -> Any:
+    """Check a value against an argument's type; return it normalized."""
+    where = f"{kind.name} '{arg.name}'"
+
+    def integer(v: Any, minimum: int | float | None) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise SpecError(loc, f"{where} must be an integer, not {_describe(v)}")
+        if minimum is not None and v < minimum:
+            raise SpecError(loc, f"{where} must be at least {minimum}, not {v}")
+        return v
+
+    def ints(v: Any, minimum: int | float | None) -> int | tuple[int, ...]:
+        if isinstance(v, list):
+            if not v:
+                raise SpecError(loc, f"{where} must be an integer or a non-empty list of integers")
+            return tuple(integer(x, minimum) for x in v)
+        return integer(v, minimum)
+
+    t = arg.type
+    if t == "int":
+        return integer(value, arg.minimum)
+    if t == "ints":
+        return ints(value, arg.minimum)
+    if t == "ints_or_none":
+        return None if value is None else ints(value, arg.minimum)
+    if t == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SpecError(loc, f"{where} must be a number, not {_describe(value)}")
+        if arg.minimum is not None and value < arg.minimum:
+            raise SpecError(loc, f"{where} must be at least {arg.minimum}, not {value}")
+        return float(value)
+    if t == "bool":
+        if not isinstance(value, bool):
+            raise SpecError(loc, f"{where} must be true or false, not {_describe(value)}")
+        return value
+    if t == "str":
+        if value not in arg.choices:
+            raise SpecError(loc, f"{where} must be one of {', '.join(map(str, arg.choices))}, not {value!r}"
+                            + (did_you_mean(value, map(str, arg.choices)) if isinstance(value, str) else ""))
+        return value
+    if t == "padding":
+        if isinstance(value, str):
+            if value.lower() not in ("same", "valid"):
+                raise SpecError(loc, f"{where} must be an integer, a list, 'same' or 'valid', not {value!r}"
+                                + did_you_mean(value.lower(), ("same", "valid")))
+            return value.lower()
+        if isinstance(value, list):
+            out: list[Any] = []
+            for v in value:
+                if isinstance(v, list):
+                    if len(v) != 2:
+                        raise SpecError(loc, f"{where}: a per-axis pair is [before, after], not {v!r}")
+                    out.append((integer(v[0], 0), integer(v[1], 0)))
+                else:
+                    out.append(integer(v, 0))
+            if not out:
+                raise SpecError(loc, f"{where} must not be an empty list")
+            return tuple(out)
+        return integer(value, 0)
+    raise AssertionError(f"unknown argument type {t}")  # a bug in a kind's declaration

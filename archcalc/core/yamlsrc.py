@@ -1,0 +1,128 @@
+"""Load YAML with yaml.SafeLoader while keeping the source position of every mapping, sequence and value.
+
+Mappings become `Map` (a dict) and sequences `Seq` (a list); both remember where they start and where each of
+their keys/items start, so later checks can report `file:line:col` for any value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from archcalc.core.errors import Loc, SpecError, paused_gc
+
+
+class Map(dict):  # type: ignore[type-arg]
+    """A mapping that remembers where it and each of its keys and values start (marks kept as raw (line, column)
+    pairs, made into Locs only when an error needs one)."""
+
+    loc: Loc
+    path: str
+    key_marks: dict[Any, Any]  # (line, column) from the parser, or a Loc
+    value_marks: dict[Any, Any]
+
+    def key_loc(self, key: Any) -> Loc:
+        return self._loc(self.key_marks.get(key))
+
+    def value_loc(self, key: Any) -> Loc:
+        return self._loc(self.value_marks.get(key))
+
+    def _loc(self, mark: Any) -> Loc:
+        if mark is None:
+            return self.loc
+        if isinstance(mark, Loc):  # maps merged from several files (extends) keep full locations
+            return mark
+        return Loc(self.path, mark[0] + 1, mark[1] + 1)
+
+    @classmethod
+    def derived(cls, items: dict[Any, Any], loc: Loc, key_locs: dict[Any, Loc], value_locs: dict[Any, Loc]) -> Map:
+        """A Map built by archcalc (merging `extends`, rewriting a block body) with explicit locations."""
+        result = cls(items)
+        result.loc, result.path = loc, loc.path
+        result.key_marks = dict(key_locs)
+        result.value_marks = dict(value_locs)
+        return result
+
+
+class Seq(list):  # type: ignore[type-arg]
+    loc: Loc
+    item_locs: list[Loc]
+
+    def item_loc(self, index: int) -> Loc:
+        return self.item_locs[index] if index < len(self.item_locs) else self.loc
+
+
+def _loc(path: str, node: yaml.Node) -> Loc:
+    mark = node.start_mark
+    return Loc(path, mark.line + 1, mark.column + 1)
+
+
+# libyaml's parser when PyYAML was built with it (10x faster on large specs); the constructors stay the safe ones.
+_BASE: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _make_loader(path: str) -> type[yaml.SafeLoader]:
+    resolved: dict[tuple[str, tuple[bool, bool]], str] = {}
+
+    class Loader(_BASE):  # type: ignore[valid-type,misc]
+        def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+            # The safe resolver is a pure function of a scalar's text (SafeLoader has no path resolvers); specs
+            # repeat the same few scalars thousands of times, so remember each answer.
+            if kind is not yaml.ScalarNode:
+                return super().resolve(kind, value, implicit)  # type: ignore[no-any-return]
+            key = (value, tuple(implicit))
+            tag = resolved.get(key)  # type: ignore[arg-type]
+            if tag is None:
+                tag = resolved[key] = super().resolve(kind, value, implicit)  # type: ignore[index]
+            return tag
+
+    str_tag = "tag:yaml.org,2002:str"
+
+    def construct_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Map:
+        loader.flatten_mapping(node)
+        result = Map()
+        result.loc = _loc(path, node)
+        result.path = path
+        key_marks: dict[Any, tuple[int, int]] = {}
+        value_marks: dict[Any, tuple[int, int]] = {}
+        for key_node, value_node in node.value:
+            # Plain string scalars are by far the most common: take their text without the generic dispatch.
+            key = key_node.value if key_node.tag == str_tag else loader.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise SpecError(_loc(path, key_node), "mapping keys must be plain scalars")
+            if key in result:
+                raise SpecError(_loc(path, key_node), f"duplicate key '{key}' (each key may appear once)")
+            result[key] = value_node.value if value_node.tag == str_tag and isinstance(value_node, yaml.ScalarNode) \
+                else loader.construct_object(value_node, deep=True)
+            mark = key_node.start_mark
+            key_marks[key] = (mark.line, mark.column)
+            mark = value_node.start_mark
+            value_marks[key] = (mark.line, mark.column)
+        result.key_marks = key_marks
+        result.value_marks = value_marks
+        return result
+
+    def construct_seq(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> Seq:
+        result = Seq(loader.construct_object(child, deep=True) for child in node.value)
+        result.loc = _loc(path, node)
+        result.item_locs = [_loc(path, child) for child in node.value]
+        return result
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_map)
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, construct_seq)
+    return Loader
+
+
+def load(text: str, path: str) -> Any:
+    """Parse YAML text; syntax errors become SpecError with the parser's position."""
+    try:
+        with paused_gc():
+            return yaml.load(text, Loader=_make_loader(path))  # noqa: S506 - the loader derives from SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        loc = Loc(path, mark.line + 1, mark.column + 1) if mark else Loc(path, 1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise SpecError(loc, f"YAML syntax error: {problem}") from None
+    except yaml.YAMLError as exc:  # e.g. a reader error on binary content
+        raise SpecError(Loc(path, 1, 1), f"cannot read YAML: {exc}") from None

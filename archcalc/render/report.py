@@ -1,0 +1,279 @@
+"""Report -> rich table | JSON | CSV | Markdown. Rendering never computes; it selects and formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from archcalc import __version__
+from archcalc.core.analyze import Report, Row
+from archcalc.core.conventions import CONVENTIONS
+from archcalc.core.units import axes, dims, fraction, grouped, nbytes, si
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+FORMATS = ("table", "json", "csv", "md")
+
+
+def rows_at_depth(report: Report, depth: int | None) -> list[Row]:
+    """Leaf rows, or with a depth limit, every node at that depth plus shallower leaves (blocks collapsed)."""
+    if depth is None:
+        return list(report.rows)
+    return [r for r in report.outline if r.depth == depth or (r.depth < depth and r.leaf)]
+
+
+def _caption(report: Report) -> str:
+    conv = CONVENTIONS[report.convention]
+    return (f"FLOPs convention '{conv.name}': {conv.summary}. MACs: multiply-accumulates of conv/linear. "
+            f"Batch {report.batch}, {report.dtype}; memory = output activations.")
+
+
+# ---- calc ---------------------------------------------------------------------------------------------------------
+
+def _fast_table(table: Table, columns: Sequence[tuple[str, str, str]], cells: Sequence[Sequence[str]]) -> Table:
+    """Fill a rich Table with fixed column widths and plain Text cells: rich then skips measuring, wrapping and
+    markup parsing, which is most of its cost on a network with hundreds of rows."""
+    from rich.text import Text
+
+    for i, (header, justify, footer) in enumerate(columns):
+        width = max([len(header), len(footer)] + [len(row[i]) for row in cells])
+        table.add_column(header, justify=justify, footer=footer, width=width, no_wrap=True)  # type: ignore[arg-type]
+    for row in cells:
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
+def calc_table(report: Report, depth: int | None = None) -> Table:
+    from rich.table import Table
+
+    title = f"{report.name} — input {dims(report.input)}"
+    table = Table(title=title, caption=_caption(report), show_footer=True, header_style="bold")
+    t = report.totals
+    columns: list[tuple[str, str, str]] = [
+        ("layer", "left", "total"), ("kind", "left", ""), ("output", "right", dims(t.output)),
+        ("kernel/stride/pad", "left", ""), ("params", "right", grouped(t.params)), ("MACs", "right", si(t.macs)),
+        (f"FLOPs ({report.convention})", "right", si(t.flops)), ("memory", "right", nbytes(t.activation_bytes)),
+        ("RF", "right", axes(t.rf)),
+    ]
+    cells = [[("  " * (r.depth - 1) if depth is not None else "") + r.name, r.kind, dims(r.output), r.config,
+              grouped(r.params), si(r.macs), si(r.flops), nbytes(r.activation_bytes), axes(r.rf)]
+             for r in rows_at_depth(report, depth)]
+    return _fast_table(table, columns, cells)
+
+
+def summary_lines(report: Report) -> list[str]:
+    t = report.totals
+    lines = [
+        f"parameters      {grouped(t.params)} ({grouped(t.trainable_params)} trainable), "
+        f"{nbytes(t.param_bytes)} in {report.dtype}",
+        f"buffers         {grouped(t.buffers)} ({nbytes(t.buffer_bytes)}; BN running statistics)",
+        f"MACs            {grouped(t.macs)} ({si(t.macs)})",
+        f"FLOPs           {grouped(t.flops)} ({si(t.flops)}, convention '{report.convention}')",
+        f"activations     {nbytes(t.activation_bytes)} (sum of all layer outputs, batch {report.batch})",
+        f"inference peak  {nbytes(t.peak_bytes)} (most bytes alive at once under no_grad, parameters included)",
+        f"training saved  {nbytes(t.saved_bytes)} (activations autograd keeps for backward)",
+        f"output          {dims(t.output)}; receptive field {axes(t.rf)}, jump {axes(t.jump)}; "
+        f"{t.weight_layers} weight layers",
+    ]
+    return lines
+
+
+def calc_json(report: Report, depth: int | None = None) -> str:
+    # One layer per line: readable, and the C encoder (indent= uses the slow pure-Python one).
+    data = calc_dict(report, depth)
+    layers = data.pop("layers")
+    head = json.dumps(data)[:-1]
+    body = ",\n  ".join(json.dumps(layer) for layer in layers)
+    return f'{head}, "layers": [\n  {body}\n]}}'
+
+
+
+def _row_dict(r: Row) -> dict[str, Any]:
+    return {
+        "name": r.name, "kind": r.kind, "leaf": r.leaf, "module": r.module, "input": list(r.input),
+        "output": list(r.output), "config": r.config, "params": r.params, "trainable_params": r.trainable_params,
+        "buffers": r.buffers, "macs": r.macs, "flops": r.flops, "activation_bytes": r.activation_bytes,
+        "receptive_field": list(r.rf), "jump": [fraction(j) for j in r.jump],
+    }
+
+
+def totals_dict(report: Report) -> dict[str, Any]:
+    t = report.totals
+    return {
+        "params": t.params, "trainable_params": t.trainable_params, "buffers": t.buffers, "macs": t.macs,
+        "flops": t.flops, "activation_bytes": t.activation_bytes, "param_bytes": t.param_bytes,
+        "buffer_bytes": t.buffer_bytes, "peak_inference_bytes": t.peak_bytes,
+        "saved_activation_bytes": t.saved_bytes, "weight_layers": t.weight_layers, "output": list(t.output),
+        "receptive_field": list(t.rf), "jump": [fraction(j) for j in t.jump],
+    }
+
+
+def calc_dict(report: Report, depth: int | None = None) -> dict[str, Any]:
+    return {
+        "archcalc_version": __version__,
+        "name": report.name,
+        "source": report.source,
+        "input": list(report.input),
+        "batch": report.batch,
+        "dtype": report.dtype,
+        "convention": report.convention,
+        "layers": [_row_dict(r) for r in rows_at_depth(report, depth)],
+        "totals": totals_dict(report),
+        "warnings": [str(w) for w in report.warnings],
+    }
+
+
+_CSV_FIELDS = ("name", "kind", "output", "config", "params", "macs", "flops", "activation_bytes", "receptive_field")
+
+
+def _flat(r: Row) -> list[str]:
+    return [r.name, r.kind, "x".join(map(str, r.output)), r.config, str(r.params), str(r.macs), str(r.flops),
+            str(r.activation_bytes), "x".join(map(str, r.rf))]
+
+
+def calc_csv(report: Report, depth: int | None = None) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(_CSV_FIELDS)
+    for r in rows_at_depth(report, depth):
+        writer.writerow(_flat(r))
+    t = report.totals
+    writer.writerow(["total", "", "x".join(map(str, t.output)), "", t.params, t.macs, t.flops, t.activation_bytes,
+                     "x".join(map(str, t.rf))])
+    return buf.getvalue()
+
+
+def _md(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def calc_md(report: Report, depth: int | None = None) -> str:
+    t = report.totals
+    headers = ["layer", "kind", "output", "kernel/stride/pad", "params", "MACs", f"FLOPs ({report.convention})",
+               "memory", "RF"]
+    rows = [[r.name, r.kind, dims(r.output), r.config, grouped(r.params), grouped(r.macs), grouped(r.flops),
+             nbytes(r.activation_bytes), axes(r.rf)] for r in rows_at_depth(report, depth)]
+    rows.append(["**total**", "", dims(t.output), "", grouped(t.params), grouped(t.macs), grouped(t.flops),
+                 nbytes(t.activation_bytes), axes(t.rf)])
+    return f"### {report.name}\n\n" + _md(headers, rows, {2, 4, 5, 6, 7, 8}) + f"\n{_caption(report)}\n"
+
+
+# ---- compare ------------------------------------------------------------------------------------------------------
+
+COMPARE_COLUMNS = ("params", "macs", "flops", "activation_bytes", "peak_inference_bytes", "weight_layers",
+                   "receptive_field")
+
+
+def compare_table(reports: Sequence[Report]) -> Table:
+    from rich.table import Table
+
+    conv = reports[0].convention
+    table = Table(title="archcalc compare", caption=_caption(reports[0]), header_style="bold")
+    headers = ("name", "input", "params", "MACs", f"FLOPs ({conv})", "activations", "inference peak",
+               "weight layers", "output", "RF")
+    columns = [(h, "left" if h in ("name", "input", "output") else "right", "") for h in headers]
+    cells = [[r.name, dims(r.input), grouped(r.totals.params), si(r.totals.macs), si(r.totals.flops),
+              nbytes(r.totals.activation_bytes), nbytes(r.totals.peak_bytes), str(r.totals.weight_layers),
+              dims(r.totals.output), axes(r.totals.rf)] for r in reports]
+    return _fast_table(table, columns, cells)
+
+
+def compare_json(reports: Sequence[Report]) -> str:
+    return json.dumps([{"name": r.name, "input": list(r.input), "batch": r.batch, "dtype": r.dtype,
+                        "convention": r.convention, "totals": totals_dict(r)} for r in reports], indent=2)
+
+
+def compare_csv(reports: Sequence[Report]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("name", "input", "params", "macs", "flops", "activation_bytes", "peak_inference_bytes",
+                     "weight_layers", "output", "receptive_field"))
+    for r in reports:
+        t = r.totals
+        writer.writerow([r.name, "x".join(map(str, r.input)), t.params, t.macs, t.flops, t.activation_bytes,
+                         t.peak_bytes, t.weight_layers, "x".join(map(str, t.output)), "x".join(map(str, t.rf))])
+    return buf.getvalue()
+
+
+def compare_md(reports: Sequence[Report]) -> str:
+    conv = reports[0].convention
+    headers = ["name", "input", "params", "MACs", f"FLOPs ({conv})", "activations", "inference peak",
+               "weight layers", "output", "RF"]
+    rows = [[r.name, dims(r.input), grouped(r.totals.params), grouped(r.totals.macs), grouped(r.totals.flops),
+             nbytes(r.totals.activation_bytes), nbytes(r.totals.peak_bytes), str(r.totals.weight_layers),
+             dims(r.totals.output), axes(r.totals.rf)] for r in reports]
+    return _md(headers, rows, {2, 3, 4, 5, 6, 7, 9})
+
+
+def sort_key(column: str) -> Any:
+    def key(report: Report) -> Any:
+        if column == "name":
+            return report.name
+        value = totals_dict(report)[column]
+        return max(value) if isinstance(value, list) else value
+    return key
+
+
+# ---- kinds --------------------------------------------------------------------------------------------------------
+
+def _default(arg: Any) -> str:
+    if arg.required:
+        return "required"
+    if arg.default is None:
+        return "none"
+    if isinstance(arg.default, bool):
+        return str(arg.default).lower()
+    return str(arg.default)
+
+
+def kinds_rows() -> list[dict[str, Any]]:
+    from archcalc.core.kinds import REGISTRY
+
+    out = []
+    for name in sorted(REGISTRY):
+        kind = REGISTRY[name]
+        out.append({
+            "kind": name, "doc": kind.doc, "full_flops": kind.full_rule,
+            "args": [{"name": a.name, "type": a.type, "default": _default(a), "aliases": list(a.aliases),
+                      "choices": [str(c) for c in a.choices], "doc": a.doc} for a in kind.args],
+        })
+    return out
+
+
+def kinds_table() -> Table:
+    from rich.table import Table
+
+    table = Table(title="archcalc layer kinds", header_style="bold", show_lines=True)
+    table.add_column("kind")
+    table.add_column("arguments (default)")
+    table.add_column("what it is")
+    for k in kinds_rows():
+        args = "\n".join(f"{a['name']}" + (f" [{'/'.join(a['aliases'])}]" if a["aliases"] else "") +
+                         f" ({a['default']})" for a in k["args"]) or "-"
+        table.add_row(k["kind"], args, k["doc"] + f"\nfull FLOPs: {k['full_flops']}")
+    return table
+
+
+def kinds_md() -> str:
+    """The spec reference's kind list, generated from the registry (also used for the README)."""
+    parts = []
+    for k in kinds_rows():
+        parts.append(f"#### `{k['kind']}`\n\n{k['doc']} Full-convention FLOPs: {k['full_flops']}.\n")
+        if k["args"]:
+            parts.append(_md(["argument", "aliases", "default", "meaning"],
+                             [[f"`{a['name']}`", ", ".join(f"`{x}`" for x in a["aliases"]), f"`{a['default']}`",
+                               a["doc"] + (f" ({', '.join(a['choices'])})" if a["choices"] else "")]
+                              for a in k["args"]], set()))
+        parts.append("")
+    return "\n".join(parts)
+
+
+def kinds_json() -> str:
+    return json.dumps(kinds_rows(), indent=2)

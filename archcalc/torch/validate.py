@@ -1,0 +1,341 @@
+"""Cross-validate a Report against execution: build the module, run it, measure, compare.
+
+    Spec ──analyze──▶ Report ──build──▶ nn.Module ──measure──▶ Measurement ──compare──▶ Validation
+
+What is measured, and by what:
+  output_shape      forward hooks on every leaf module (merge ops: the parallel module's output, or the input of
+                    the first `after` layer of a residual)
+  params, buffers   the leaf module's parameters / buffers; the total over the whole model
+  macs              torch.utils.flop_counter.FlopCounterMode (2 FLOPs per MAC of conv / linear), per module fqn / 2
+  fvcore_flops      fvcore.nn.FlopCountAnalysis in eval mode, .by_module() and .total()
+  activation_bytes  numel * element_size of every output tensor the hooks see
+  saved_bytes       torch.autograd.graph.saved_tensors_hooks during one training-mode forward: the bytes of every
+                    tensor autograd packs, de-duplicated by untyped storage, parameters and buffers excluded
+
+torch and fvcore are imported inside the functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from archcalc.core.analyze import APar, ARes, ASeq, Report, analyze
+from archcalc.core.errors import ArchcalcError
+from archcalc.core.kinds import Shape
+from archcalc.core.spec import Spec
+
+QUANTITIES = ("output_shape", "params", "buffers", "macs", "fvcore_flops", "activation_bytes", "saved_bytes")
+DEVICES = ("cpu", "cuda", "meta")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+Value = Any  # an int, or a shape as a list of ints
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One comparison: `layer` is None for a whole-model total."""
+
+    quantity: str
+    layer: str | None
+    predicted: Value
+    measured: Value
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """What one execution of the built module showed. A mapping is None when its counter could not run."""
+
+    device: str
+    batch: int
+    dtype: str
+    shapes: Mapping[str, tuple[int, ...]]  # row name -> output shape, batch included
+    output_bytes: Mapping[str, int]
+    params: Mapping[str, int]
+    buffers: Mapping[str, int]
+    total_params: int
+    total_buffers: int
+    output: tuple[int, ...]
+    macs: Mapping[str, int] | None
+    total_macs: int | None
+    fvcore: Mapping[str, int] | None
+    total_fvcore: int | None
+    saved_bytes: int | None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    name: str
+    device: str
+    batch: int
+    dtype: str
+    input: Shape
+    checks: tuple[Check, ...]
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failures(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if not c.ok)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON contract: {"ok", "checks": [{"quantity", "layer", "predicted", "measured", "ok"}], ...}."""
+        return {
+            "name": self.name,
+            "device": self.device,
+            "batch": self.batch,
+            "dtype": self.dtype,
+            "input": list(self.input),
+            "ok": self.ok,
+            "checks": [{"quantity": c.quantity, "layer": c.layer, "predicted": c.predicted, "measured": c.measured,
+                        "ok": c.ok} for c in self.checks],
+            "notes": list(self.notes),
+        }
+
+
+# ---- entry point --------------------------------------------------------------------------------------------------
+
+
+def validate(spec: Spec, device: str = "cpu", batch: int = 1, dtype: str = "float32",
+             input_shape: Shape | None = None, seed: int = 0) -> Validation:
+    """Analyze `spec`, build and run its module on `device`, and compare every figure."""
+    if device not in DEVICES:
+        raise ArchcalcError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if dtype not in DTYPES:
+        raise ArchcalcError(f"--dtype {dtype} cannot run a model; use one of {', '.join(DTYPES)}")
+    # One analysis gives both: rows carry MACs always and FLOPs under the convention asked for.
+    report = analyze(spec, batch, dtype, "fvcore", input_shape)
+    return compare(report, measure(report, device, seed))
+
+
+# ---- measurement --------------------------------------------------------------------------------------------------
+
+
+def _merge_sites(tree: ASeq) -> dict[str, tuple[str, str]]:
+    """Merge row name -> (module name, 'output' | 'input'): where the merged tensor can be seen by a hook."""
+    sites: dict[str, tuple[str, str]] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, ASeq):
+            for child in node.children:
+                walk(child)
+        elif isinstance(node, APar):
+            for branch in node.branches:
+                walk(branch)
+            sites[f"{node.name}.{node.merge}"] = (node.name, "output")
+        elif isinstance(node, ARes):
+            walk(node.body)
+            if node.shortcut is not None:
+                walk(node.shortcut)
+            walk(node.after)
+            if node.after.children:
+                sites[f"{node.name}.add"] = (node.after.children[0].name, "input")
+            else:
+                sites[f"{node.name}.add"] = (node.name, "output")
+
+    walk(tree)
+    return sites
+
+
+def measure(report: Report, device: str = "cpu", seed: int = 0) -> Measurement:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from archcalc.torch.build import build_module
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ArchcalcError("--device cuda: CUDA is not available here (try --device cpu or meta)")
+    torch_dtype = getattr(torch, report.dtype)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = build_module(report)
+    model.to(dtype=torch_dtype)
+    notes: list[str] = []
+    x = torch.randn(report.batch, *report.input, device=device, dtype=torch_dtype)
+
+    # -- structure: parameters and buffers per leaf --
+    leaves = {r.name: model.get_submodule(r.name) for r in report.rows if r.module}
+    params = {name: sum(p.numel() for p in m.parameters()) for name, m in leaves.items()}
+    buffers = {name: sum(b.numel() for b in m.buffers()) for name, m in leaves.items()}
+
+    # -- one eval forward: hooks on every leaf and merge site, FlopCounterMode around it --
+    shapes: dict[str, tuple[int, ...]] = {}
+    nbytes: dict[str, int] = {}
+
+    def record(name: str, t: Any) -> None:
+        shapes[name] = tuple(t.shape)
+        nbytes[name] = t.numel() * t.element_size()
+
+    handles = []
+    for name, module in leaves.items():
+        handles.append(module.register_forward_hook(lambda _m, _i, out, name=name: record(name, out)))
+    for row_name, (module_name, where) in _merge_sites(report.tree).items():
+        module = model.get_submodule(module_name)
+        if where == "output":
+            handles.append(module.register_forward_hook(lambda _m, _i, out, n=row_name: record(n, out)))
+        else:
+            handles.append(module.register_forward_pre_hook(lambda _m, inp, n=row_name: record(n, inp[0])))
+    counter = FlopCounterMode(display=False)
+    try:
+        with torch.no_grad(), counter:
+            y = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    prefix = type(model).__name__
+    counts = counter.get_flop_counts()
+    macs = {name: sum(counts.get(f"{prefix}.{name}", {}).values()) // 2 for name in leaves}
+    total_macs = counter.get_total_flops() // 2
+
+    # -- fvcore (traces the model with torch.jit; needs real tensors) --
+    fv: dict[str, int] | None = None
+    total_fv: int | None = None
+    if device == "meta":
+        notes.append("fvcore_flops: not checked on the meta device (fvcore traces the model with real tensors)")
+    else:
+        fv, total_fv, fv_notes = _fvcore(model, x, list(leaves))
+        notes.extend(fv_notes)
+
+    # -- saved tensors in a training-mode forward --
+    saved: int | None = None
+    if device == "meta":
+        notes.append("saved_bytes: not checked on the meta device (meta tensors have no storage to de-duplicate)")
+    else:
+        saved, saved_notes = _saved_bytes(model, x)
+        notes.extend(saved_notes)
+    model.eval()
+    return Measurement(device=device, batch=report.batch, dtype=report.dtype, shapes=shapes, output_bytes=nbytes,
+                       params=params, buffers=buffers, total_params=sum(p.numel() for p in model.parameters()),
+                       total_buffers=sum(b.numel() for b in model.buffers()), output=tuple(y.shape), macs=macs,
+                       total_macs=total_macs, fvcore=fv, total_fvcore=total_fv, saved_bytes=saved,
+                       notes=tuple(notes))
+
+
+def _fvcore(model: Any, x: Any, leaves: list[str]) -> tuple[dict[str, int], int, list[str]]:
+    import logging
+
+    from fvcore.nn import FlopCountAnalysis
+
+    model.eval()
+    analysis = FlopCountAnalysis(model, x)
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    # fvcore logs through `logging` while tracing; keep its chatter off the user's terminal (it is reported below).
+    logger = logging.getLogger("fvcore")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        total = int(analysis.total())
+        by_module = analysis.by_module()
+        unsupported = analysis.unsupported_ops()
+    finally:
+        logger.setLevel(level)
+    notes = []
+    if unsupported:
+        ops = ", ".join(f"{op} ({n}x)" for op, n in sorted(unsupported.items()))
+        notes.append(f"fvcore_flops: fvcore has no formula for {ops}; it counts them as 0, as the fvcore "
+                     "convention does")
+    return {name: int(by_module.get(name, 0)) for name in leaves}, total, notes
+
+
+def _saved_bytes(model: Any, x: Any) -> tuple[int | None, list[str]]:
+    """Saved-tensor bytes of one training-mode forward, as on CUDA.
+
+    nn.Dropout is the one module whose autograd state depends on the device: CUDA runs the fused
+    torch.native_dropout (it keeps a bool mask, 1 byte per element, archcalc's rule) while the CPU runs a
+    composite that keeps a float noise tensor (itemsize bytes per element). Off CUDA the check runs dropout
+    through torch.native_dropout, and a note gives what the device's own dropout keeps.
+    """
+    import torch
+
+    dropouts = [m for m in model.modules() if type(m) is torch.nn.Dropout and m.p > 0]
+    if not dropouts or x.is_cuda:
+        return _saved_run(model, x)
+    native, notes = _saved_run(model, x)
+    if native is None:
+        return native, notes
+    for m in dropouts:
+        m.forward = lambda t, p=m.p: torch.native_dropout(t, p, True)[0]  # type: ignore[method-assign,misc]
+    try:
+        fused, _ = _saved_run(model, x)
+    finally:
+        for m in dropouts:
+            del m.forward
+    notes.append(f"saved_bytes: on {x.device.type}, nn.Dropout keeps a {x.dtype} noise tensor (the forward saves "
+                 f"{native:,} bytes); CUDA's fused kernel, which archcalc predicts, keeps a bool mask: checked with "
+                 f"dropout run as torch.native_dropout ({fused:,} bytes)")
+    return fused, notes
+
+
+def _saved_run(model: Any, x: Any) -> tuple[int | None, list[str]]:
+    import torch
+
+    exclude = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    storages: dict[int, int] = {}
+    kept: list[Any] = []  # holds every packed tensor so no storage is freed and its address reused mid-count
+
+    def pack(t: Any) -> Any:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in exclude and storage.nbytes():
+            storages[ptr] = storage.nbytes()
+        kept.append(t)
+        return t
+
+    model.train()
+    inp = x.detach().clone().requires_grad_(True)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            model(inp)
+    except ValueError as exc:
+        # e.g. batch norm in training mode on one value per channel (batch 1 after global pooling).
+        return None, [f"saved_bytes: not checked: the training-mode forward fails: {exc} (try a larger --batch)"]
+    finally:
+        model.eval()
+    return sum(storages.values()), []
+
+
+# ---- comparison ---------------------------------------------------------------------------------------------------
+
+
+def compare(report: Report, m: Measurement) -> Validation:
+    checks: list[Check] = []
+
+    def add(quantity: str, layer: str | None, predicted: Value, measured: Value) -> None:
+        checks.append(Check(quantity, layer, predicted, measured, predicted == measured))
+
+    for row in report.rows:
+        add("output_shape", row.name, [report.batch, *row.output], list(m.shapes[row.name]) if row.name in m.shapes
+            else None)
+    add("output_shape", None, [report.batch, *report.totals.output], list(m.output))
+    for row in report.rows:
+        if row.module:
+            add("params", row.name, row.params, m.params[row.name])
+    add("params", None, report.totals.params, m.total_params)
+    for row in report.rows:
+        if row.module:
+            add("buffers", row.name, row.buffers, m.buffers[row.name])
+    add("buffers", None, report.totals.buffers, m.total_buffers)
+    if m.macs is not None:
+        for row in report.rows:
+            if row.module:
+                add("macs", row.name, row.macs, m.macs[row.name])
+        add("macs", None, report.totals.macs, m.total_macs)
+    if m.fvcore is not None:
+        for row in report.rows:
+            if row.module:
+                add("fvcore_flops", row.name, row.flops, m.fvcore[row.name])
+        add("fvcore_flops", None, report.totals.flops, m.total_fvcore)
+    for row in report.rows:
+        add("activation_bytes", row.name, row.activation_bytes, m.output_bytes.get(row.name))
+    add("activation_bytes", None, report.totals.activation_bytes, sum(m.output_bytes.values()))
+    if m.saved_bytes is not None:
+        add("saved_bytes", None, report.totals.saved_bytes, m.saved_bytes)
+    order = {q: i for i, q in enumerate(QUANTITIES)}
+    checks.sort(key=lambda c: order[c.quantity])  # stable: layers in execution order, the total last
+    return Validation(report.name, m.device, report.batch, report.dtype, report.input, tuple(checks), m.notes)
