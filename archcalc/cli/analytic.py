@@ -17,6 +17,7 @@ from archcalc.cli.options import (
     Fmt,
     FmtOpt,
     InputOpt,
+    SetOpt,
     SpecArg,
     handle_errors,
     input_override,
@@ -38,12 +39,13 @@ def calc(
                                               help="collapse blocks below this depth into one row")] = None,
     fmt: FmtOpt = Fmt.table,
     strict: Annotated[bool, typer.Option("--strict", help="treat warnings (non-integer sizes) as errors")] = False,
+    set_: SetOpt = None,
 ) -> None:
     """Per-layer shapes, parameters, MACs/FLOPs, memory and receptive field, with totals."""
     from archcalc.core.analyze import analyze
     from archcalc.render import report as render
 
-    report = analyze(load(spec), batch, dtype.value, convention.value, input_override(input), strict)
+    report = analyze(load(spec, set_), batch, dtype.value, convention.value, input_override(input), strict)
     print_warnings(report)
     if fmt is Fmt.table:
         console = out_console()
@@ -76,13 +78,14 @@ def compare(
     sort: Annotated[SortBy | None, typer.Option("--sort", "-s", help="sort by this column")] = None,
     descending: Annotated[bool, typer.Option("--desc", help="sort largest first")] = False,
     fmt: FmtOpt = Fmt.table,
+    set_: SetOpt = None,
 ) -> None:
     """One row per architecture: params, MACs, FLOPs, memory, depth, receptive field."""
     from archcalc.core.analyze import analyze
     from archcalc.render import report as render
 
     override = input_override(input)
-    reports = [analyze(load(s), batch, dtype.value, convention.value, override) for s in specs]
+    reports = [analyze(load(s, set_), batch, dtype.value, convention.value, override) for s in specs]
     for report in reports:
         print_warnings(report)
     if sort is not None:

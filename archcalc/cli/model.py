@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from archcalc.cli.options import (
+    SetOpt,
     SpecArg,
     TableOrJson,
     err_console,
@@ -48,6 +49,7 @@ def validate(
     input: Annotated[str | None, typer.Option("--input", "-i", help="override the input, e.g. 3x64x64")] = None,
     fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="output format")] = TableOrJson.table,
     failed: Annotated[bool, typer.Option("--failed", help="show only the checks that disagree")] = False,
+    set_: SetOpt = None,
 ) -> None:
     """Build the model, run it on random input and check every analytic figure against what torch measures.
 
@@ -56,7 +58,7 @@ def validate(
     from archcalc.render.validate import validation_table
     from archcalc.torch.validate import validate as run_validation
 
-    spec_obj = load(spec)
+    spec_obj = load(spec, set_)
     validation = run_validation(spec_obj, device.value, batch, dtype.value, input_override(input))
     if fmt is TableOrJson.json:
         sys.stdout.write(json.dumps(validation.as_dict(), indent=2) + "\n")
@@ -80,12 +82,13 @@ def export(
     = None,
     input: Annotated[str | None, typer.Option("--input", "-i", help="override the input, e.g. 3x64x64")] = None,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
+    set_: SetOpt = None,
 ) -> None:
     """Write a standalone PyTorch source file (needs only torch) that defines the network and build_model()."""
     from archcalc.core.analyze import analyze
     from archcalc.torch.export import export_source
 
-    report = analyze(load(spec), input_shape=input_override(input))
+    report = analyze(load(spec, set_), input_shape=input_override(input))
     print_warnings(report)
     source = export_source(report)
     if output is None:

@@ -86,11 +86,25 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return parse_input(text, None)  # type: ignore[arg-type]
 
 
-def load(spec: str) -> Spec:
-    """The Spec for a SPEC argument: a path, or the name of a bundled spec."""
+def load(spec: str, sets: list[str] | None = None) -> Spec:
+    """The Spec for a SPEC argument: a path, or the name of a bundled spec; `sets` are --set NAME=VALUE."""
     from archcalc.core.spec import open_spec
 
-    return open_spec(spec)
+    return open_spec(spec, parse_sets(sets))
+
+
+def parse_sets(sets: list[str] | None) -> dict[str, str]:
+    """--set NAME=VALUE (repeatable) -> {NAME: VALUE}; the spec parser checks the names and evaluates the values."""
+    out: dict[str, str] = {}
+    for item in sets or ():
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise ArchcalcError(f"--set: expected NAME=VALUE (e.g. --set width_mult=0.75), got '{item}'")
+        if name in out:
+            raise ArchcalcError(f"--set: '{name}' is set twice ({name}={out[name]} and {item})")
+        out[name] = value.strip()
+    return out
 
 
 def input_override(value: str | None) -> tuple[int, ...] | None:
@@ -119,4 +133,6 @@ BatchOpt = Annotated[int, typer.Option("--batch", "-b", min=1, help="batch size"
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="element type for memory figures")]
 ConvOpt = Annotated[Convention, typer.Option("--convention", "-c", help="what a FLOP is (see README)")]
 FmtOpt = Annotated[Fmt, typer.Option("--format", "-f", help="output format")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE",
+                                                   help="override a spec argument (repeatable): --set width_mult=0.75")]
 InputOpt = Annotated[str | None, typer.Option("--input", "-i", help="override the input, e.g. 3x448x448")]

@@ -14,6 +14,7 @@ import typer
 
 from archcalc.cli.options import (
     InputOpt,
+    SetOpt,
     SpecArg,
     TableOrJson,
     err_console,
@@ -80,13 +81,14 @@ def profile(
     = False,
     fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="output format; json is always a list "
                                             "with one object per batch size")] = TableOrJson.table,
+    set_: SetOpt = None,
 ) -> None:
     """Measure latency, throughput, achieved TFLOPS, memory and per-layer time against the analytic model."""
     from archcalc.render.profile import profile_json, profile_notes, profile_tables
     from archcalc.torch.profile.driver import Options, run_profile
 
     batches = parse_batches(batch)
-    loaded = load(spec)
+    loaded = load(spec, set_)
     options = Options(device=_device(device), batches=batches, dtype=dtype.value, train=train,
                       optimizer=optimizer.value, channels_last=channels_last, compile=compile,
                       cuda_graphs=cuda_graphs, warmup=warmup, budget_s=budget, force=force, layers=layers,

@@ -81,19 +81,24 @@ class Spec(NamedTuple):
 # ---- loading ----------------------------------------------------------------------------------------------------
 
 
-def open_spec(ref: str) -> Spec:
+def open_spec(ref: str, overrides: Mapping[str, str] | None = None) -> Spec:
     """Load a spec given as a path or as the name of a bundled spec (`vgg16`, `torchvision/resnet50`)."""
     from archcalc.core.resolve import resolve_spec
 
     path = resolve_spec(ref)
-    return load_spec(path, display_path(path))
+    return load_spec(path, display_path(path), overrides)
 
 
-def load_spec(path: str | Path, display: str | None = None) -> Spec:
-    """Read, merge (`extends`) and parse a spec file."""
+def load_spec(path: str | Path, display: str | None = None, overrides: Mapping[str, str] | None = None) -> Spec:
+    """Read, merge (`extends`) and parse a spec file. `overrides` replace values of the spec's `args` (--set)."""
     data = load_merged(Path(path), display or str(path), ())
+    return parse_spec(data, display or str(path), overrides)
+
+
+def parse_spec(data: Map, display: str, overrides: Mapping[str, str] | None = None) -> Spec:
+    """Parse merged spec data (from load_merged); the data is not changed, so one read serves many overrides."""
     with paused_gc():
-        return _Parser(data, display or str(path)).parse()
+        return _Parser(data, display, overrides).parse()
 
 
 def _read(path: Path, display: str) -> Map:
@@ -193,9 +198,10 @@ class _Scope:
 
 
 class _Parser:
-    def __init__(self, data: Map, path: str) -> None:
+    def __init__(self, data: Map, path: str, overrides: Mapping[str, str] | None = None) -> None:
         self.data = data
         self.path = path
+        self.overrides = overrides or {}
         self.blocks: Map = Map_empty(data.loc)
         self.defaults: dict[str, Map] = {}
         self.globals: dict[str, Any] = {}
@@ -219,6 +225,8 @@ class _Parser:
         if "args" in data:
             args = self._mapping(data, "args")
             self.globals = {k: self._value(v, args.value_loc(k), {}) for k, v in args.items()}
+        if self.overrides:
+            self._override(data.value_loc("args") if "args" in data else data.loc)
         if "defaults" in data:
             defaults = self._mapping(data, "defaults")
             for kind_name, values in defaults.items():
@@ -247,6 +255,31 @@ class _Parser:
         return Spec(name=name.strip(), path=self.path, input=shape, input_loc=data.value_loc("input"), root=root,
                     description=str(data.get("description", "")).strip(), source=str(data.get("source", "")).strip(),
                     args=MappingProxyType(dict(self.globals)))
+
+    def _override(self, loc: Loc) -> None:
+        """Apply `--set NAME=VALUE`: the value is read as YAML (0.75, true, [1, 2], same) and then, like any value
+        in the spec, through the safe evaluator, with the spec's other args as names (`--set d3=2*d2`)."""
+        import yaml
+
+        for key, text in self.overrides.items():
+            if key not in self.globals:
+                declared = sorted(self.globals)
+                hint = did_you_mean(key, declared) if declared else "; the spec declares no args"
+                raise SpecError(loc, f"--set {key}={text}: the spec has no argument '{key}'{hint}")
+            try:
+                raw = yaml.safe_load(text) if text.strip() else None
+            except yaml.YAMLError:
+                raw = text
+            if isinstance(raw, dict):
+                raise SpecError(loc, f"--set {key}={text}: expected a value, not a mapping")
+            if isinstance(raw, str) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", raw.strip()):
+                try:
+                    raw = expr.evaluate(raw, self.globals)
+                except expr.ExprError as exc:
+                    raise SpecError(loc, f"--set {key}={text}: {exc}") from None
+            elif isinstance(raw, str) and raw.strip() in self.globals:
+                raw = self.globals[raw.strip()]
+            self.globals[key] = raw
 
     def _mapping(self, data: Map, key: str) -> Map:
         value = data[key]
