@@ -118,7 +118,10 @@ def _assert_same(tmp_path: Path, cases: list[dict]) -> None:  # type: ignore[typ
     for case in cases:
         got = results[case["id"]]
         assert got["params"] == case["params"], case["name"]
-        assert got["repr"] == case["repr"], case["name"]
+        # The same submodules (classes, constructor arguments, names); the top-level class differs: the export
+        # writes the forward out as statements, the builder runs the op list.
+        assert got["repr"].split("\n", 1)[1] == case["repr"].split("\n", 1)[1], case["name"]
+        assert got["repr"].startswith("Network(") and case["repr"].startswith("SpecGraph(")
         assert got["frozen"] == case["frozen"], case["name"]
         assert got["spec_name"] == case["spec_name"]
         assert got["training"] is False

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from archcalc.cli.app import app
-from archcalc.core.analyze import ALayer, APar, ASeq, analyze
+from archcalc.core.analyze import analyze
 from archcalc.core.errors import SpecError
 from archcalc.core.kinds import REGISTRY, Cost
 from archcalc.core.resolve import bundled
@@ -55,26 +55,8 @@ def _reduced_input(spec) -> tuple[int, ...]:  # type: ignore[no-untyped-def]
 
 def _features(report) -> set:  # type: ignore[no-untyped-def]
     """Layer kinds (in place or not) and merge ops, alone and in consecutive pairs, in execution order."""
-    seq: list[str] = []
-
-    def walk(node) -> None:  # type: ignore[no-untyped-def]
-        if isinstance(node, ALayer):
-            seq.append(node.kind.name + ("(inplace)" if node.kind.inplace(node.args) else ""))
-        elif isinstance(node, ASeq):
-            for child in node.children:
-                walk(child)
-        elif isinstance(node, APar):
-            for branch in node.branches:
-                walk(branch)
-            seq.append(node.merge)
-        else:
-            walk(node.body)
-            if node.shortcut is not None:
-                walk(node.shortcut)
-            seq.append("add")
-            walk(node.after)
-
-    walk(report.tree)
+    seq = [op.kind.name + ("(inplace)" if op.kind.inplace(op.args) else "") if op.kind is not None
+           else op.merge.name for op in report.graph.ops]
     return set(seq) | set(zip(seq, seq[1:]))
 
 

@@ -1,6 +1,8 @@
-"""The analytic engine: walk a Spec with shape propagation and produce a Report of pure integers.
+"""The analytic engine: walk a Spec once with shape propagation, producing the analysed graph (core.graph) and a
+Report of pure integers.
 
-Nothing here imports torch. Counts are per sample inside the kinds; batch and dtype are applied here, once.
+Nothing here imports torch. Counts are per sample inside the kinds; batch and dtype are applied here, once. The
+memory models (core.memory) and every torch-side consumer walk the graph's ops, not the spec.
 """
 
 from __future__ import annotations
@@ -8,56 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 from archcalc.core.conventions import CONVENTIONS, DTYPES
-from archcalc.core.errors import Loc, SpecError, paused_gc
-from archcalc.core.kinds import REGISTRY, Cost, Kind, LayerError, Shape
+from archcalc.core.errors import Loc, SpecError, did_you_mean, paused_gc
+from archcalc.core.graph import Graph, Hold, Op, Tensor
+from archcalc.core.kinds import REGISTRY, Cost, LayerError, Shape
 from archcalc.core.kinds.base import numel
-from archcalc.core.spec import Layer, Parallel, Residual, Sequence, Spec
-
-# ---- the analyzed tree (what the torch builder consumes) ----------------------------------------------------------
-
-
-class ALayer(NamedTuple):
-    name: str
-    kind: Kind
-    args: Any
-    input: Shape
-    output: Shape
-    loc: Loc | None
-    trainable: bool = True
-
-
-class ASeq(NamedTuple):
-    name: str
-    label: str
-    children: tuple[ANode, ...]
-    input: Shape
-    output: Shape
-
-
-class APar(NamedTuple):
-    name: str
-    label: str
-    branches: tuple[ASeq, ...]
-    merge: str
-    input: Shape
-    output: Shape
-
-
-class ARes(NamedTuple):
-    name: str
-    label: str
-    body: ASeq
-    shortcut: ASeq | None  # None: identity
-    after: ASeq
-    input: Shape
-    output: Shape
-
-
-ANode = Union[ALayer, ASeq, APar, ARes]
-
+from archcalc.core.memory import peak_inference_bytes, saved_training_bytes
+from archcalc.core.merges import MERGES, MergeOp
+from archcalc.core.spec import Layer, Merge, Parallel, Ref, Residual, Sequence, Spec
 
 # ---- report values --------------------------------------------------------------------------------------------
 
@@ -81,6 +43,8 @@ class Row(NamedTuple):
     jump: tuple[int | Fraction, ...]
     leaf: bool = True
     module: bool = True  # False for merge ops, which have no nn.Module
+    reads: tuple[str, ...] = ()  # the named tensors a leaf reads (the previous layer's output, or its `from:`)
+    used: bool = True  # False: no output depends on it (only under `unused: allow`); left out of the totals
 
 
 class Warning_(NamedTuple):
@@ -123,7 +87,8 @@ class Report(NamedTuple):
     outline: tuple[Row, ...]  # every node (blocks and leaves) in pre-order, for --depth
     totals: Totals
     warnings: tuple[Warning_, ...]
-    tree: ASeq
+    graph: Graph
+    outputs: tuple[tuple[str, Shape], ...] = ()  # every output of the network, by name
 
 
 def analyze(spec: Spec, batch: int = 1, dtype: str = "float32", convention: str = "torch",
@@ -136,33 +101,59 @@ def _analyze(spec: Spec, batch: int, dtype: str, convention: str, input_shape: S
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown convention {convention}")
     engine = _Engine(spec, batch, DTYPES[dtype], CONVENTIONS[convention].pick, strict)
-    shape = tuple(input_shape) if input_shape else spec.input
-    rank = len(shape) - 1
-    state = _RF(tuple([1] * rank), tuple([1] * rank))
-    tree, state = engine.seq(spec.root, shape, state, depth=0)
-    rows = tuple(engine.rows)
-    params = sum(r.params for r in rows)
-    buffers = sum(engine.buffers)
+    inputs = list(spec.inputs) or []
+    shapes = [inp.shape for inp in inputs] if inputs else [spec.input]
+    if input_shape:
+        shapes[0] = tuple(input_shape)
+    names = [inp.name for inp in inputs] if inputs else ["input"]
+    first = -1
+    for name, shape in zip(names, shapes):
+        t = engine.new_tensor(name, shape, _RF(tuple([1] * (len(shape) - 1)), tuple([1] * (len(shape) - 1))))
+        engine.inputs.append((name, t))
+        engine.named[name] = t
+        first = t if first < 0 else first
+    last = engine.seq(spec.root, engine.inputs[0][1], depth=0)
+    graph = engine.finish(last)
+    used = graph.used()
+    rows = tuple(r if u else r._replace(used=False) for r, u in zip(engine.rows, used))
+    if not all(used):
+        unused = [r.name for r in rows if not r.used]
+        if spec.unused != "allow":
+            op = graph.ops[used.index(False)]
+            raise SpecError(op.loc, f"{op.name}: no output depends on this layer ({len(unused)} such: "
+                            f"{', '.join(unused[:5])}{', ...' if len(unused) > 5 else ''}); name it in 'outputs', "
+                            "remove it, or set 'unused: allow' at the top of the spec")
+        engine.warnings.append(Warning_(None, "unused", f"no output depends on {', '.join(unused)}; left out of "
+                                                        "the totals"))
+    counted = [r for r in rows if r.used]
+    params = sum(r.params for r in counted)
+    buffers = sum(b for b, u in zip(engine.buffers, used) if u)
+    int_buffers = sum(b for b, u in zip(engine.int_buffers, used) if u)
+    itemsize = engine.itemsize
+    out_tensor = graph.outputs[0][1]
+    state = engine.rf[out_tensor]
+    buffer_bytes = (buffers - int_buffers) * itemsize + int_buffers * 8
     totals = Totals(
         params=params,
-        trainable_params=sum(r.trainable_params for r in rows),
+        trainable_params=sum(r.trainable_params for r in counted),
         buffers=buffers,
-        macs=sum(r.macs for r in rows),
-        flops=sum(r.flops for r in rows),
-        activation_bytes=sum(r.activation_bytes for r in rows),
-        param_bytes=params * engine.itemsize,
-        buffer_bytes=(buffers - engine.int_buffers) * engine.itemsize + engine.int_buffers * 8,
-        peak_bytes=peak_inference_bytes(tree, engine.itemsize, batch) + params * engine.itemsize
-        + (buffers - engine.int_buffers) * engine.itemsize + engine.int_buffers * 8,
-        saved_bytes=saved_training_bytes(tree, engine.itemsize, batch),
-        weight_layers=sum(1 for r in rows if r.leaf and r.module and REGISTRY[r.kind].weighted),
-        output=tree.output,
+        macs=sum(r.macs for r in counted),
+        flops=sum(r.flops for r in counted),
+        activation_bytes=sum(r.activation_bytes for r in counted),
+        param_bytes=params * itemsize,
+        buffer_bytes=buffer_bytes,
+        peak_bytes=peak_inference_bytes(graph, itemsize, batch) + params * itemsize + buffer_bytes,
+        saved_bytes=saved_training_bytes(graph, itemsize, batch),
+        weight_layers=sum(1 for r in counted if r.leaf and r.module and REGISTRY[r.kind].weighted),
+        output=graph.tensors[out_tensor].shape,
         rf=state.rf,
         jump=state.jump,
     )
-    return Report(name=spec.name, source=spec.source, description=spec.description, path=spec.path, input=shape,
-                  batch=batch, dtype=dtype, itemsize=engine.itemsize, convention=convention, rows=rows,
-                  outline=tuple(engine.outline), totals=totals, warnings=tuple(engine.warnings), tree=tree)
+    outputs = tuple((name, graph.tensors[t].shape) for name, t in graph.outputs)
+    return Report(name=spec.name, source=spec.source, description=spec.description, path=spec.path,
+                  input=shapes[0], batch=batch, dtype=dtype, itemsize=itemsize, convention=convention, rows=rows,
+                  outline=tuple(engine.outline), totals=totals, warnings=tuple(engine.warnings), graph=graph,
+                  outputs=outputs)
 
 
 class _RF(NamedTuple):
@@ -171,9 +162,25 @@ class _RF(NamedTuple):
 
 
 def _merge_rf(states: list[_RF]) -> _RF:
-    # Through branches and residuals the receptive field is the largest over the paths (per axis), as is the jump.
+    # Through branches and merges the receptive field is the largest over the paths (per axis), as is the jump.
     return _RF(tuple(max(s.rf[i] for s in states) for i in range(len(states[0].rf))),
                tuple(max(s.jump[i] for s in states) for i in range(len(states[0].jump))))
+
+
+def _all_names(node: Any, into: set[str]) -> set[str]:
+    into.add(node.name)
+    if isinstance(node, Sequence):
+        for child in node.children:
+            _all_names(child, into)
+    elif isinstance(node, Parallel):
+        for branch in node.branches:
+            _all_names(branch, into)
+    elif isinstance(node, Residual):
+        _all_names(node.body, into)
+        if isinstance(node.shortcut, Sequence):
+            _all_names(node.shortcut, into)
+        _all_names(node.after, into)
+    return into
 
 
 class _Engine:
@@ -186,18 +193,73 @@ class _Engine:
         self.rows: list[Row] = []
         self.outline: list[Row] = []
         self.warnings: list[Warning_] = []
-        self.buffers: list[int] = []
-        self.int_buffers = 0
+        self.buffers: list[int] = []  # per op (merges: 0)
+        self.int_buffers: list[int] = []
+        self.tensors: list[Tensor] = []
+        self.rf: list[_RF] = []
+        self.ops: list[Op] = []
+        self.holds: list[Hold] = []
+        self.inputs: list[tuple[str, int]] = []
+        self.named: dict[str, int] = {}
+        self._later: set[str] | None = None
+
+    # -- tensors and references --
+    def new_tensor(self, name: str, shape: Shape, rf: _RF, storage: int | None = None,
+                   train_storage: int | None = None) -> int:
+        t = len(self.tensors)
+        self.tensors.append(Tensor(name, shape, t if storage is None else storage,
+                                   t if train_storage is None else train_storage))
+        self.rf.append(rf)
+        return t
+
+    def resolve(self, ref: Ref) -> int:
+        parts = ref.scope.split(".") if ref.scope else []
+        for i in range(len(parts), -1, -1):
+            full = ".".join(parts[:i] + [ref.text])
+            if full in self.named:
+                return self.named[full]
+        matches = sorted(n for n in self.named if n.endswith("." + ref.text))
+        if len(matches) == 1:
+            return self.named[matches[0]]
+        if matches:
+            raise SpecError(ref.loc, f"'{ref.text}' is ambiguous: it could be {', '.join(matches[:6])}; write the "
+                                     "full name")
+        if self._later is None:
+            self._later = _all_names(self.spec.root, set())
+        later = [n for n in self._later if n == ref.text or n.endswith("." + ref.text)
+                 or any(n == ".".join(parts[:i] + [ref.text]) for i in range(len(parts) + 1))]
+        if later:
+            raise SpecError(ref.loc, f"'{ref.text}' refers to {later[0]}, which is not computed yet at this point "
+                                     "(a layer can read only tensors made before it; this would be a cycle)")
+        raise SpecError(ref.loc, f"no tensor named '{ref.text}'{did_you_mean(ref.text, self.named)} (names are "
+                                 "layer, block and input names; use the full dotted name from another block)")
+
+    def _shape_of(self, t: int) -> Shape:
+        return self.tensors[t].shape
+
+    def finish(self, last: int) -> Graph:
+        if self.spec.outputs:
+            outputs = tuple((o.name, self.resolve(o.ref)) for o in self.spec.outputs)
+        else:
+            outputs = (("output", last),)
+        return Graph(tuple(self.tensors), tuple(self.ops), tuple(self.holds), tuple(self.inputs), outputs)
+
+    def _reads(self, inputs: tuple[int, ...]) -> tuple[str, ...]:
+        return tuple(self.tensors[t].name for t in inputs)
 
     # -- leaves --
-    def layer(self, node: Layer, inp: Shape, state: _RF, depth: int) -> tuple[ALayer, _RF]:
+    def layer(self, node: Layer, x: int, depth: int) -> int:
         kind, a = node.kind, node.args
+        inp = self._shape_of(x)
 
         def warn(message: str) -> None:
             if self.strict:
                 raise SpecError(node.loc, f"{node.name}: {message} (--strict makes this an error)")
             self.warnings.append(Warning_(node.loc, node.name, message))
 
+        if any(isinstance(v, Ref) for v in a.values()):
+            a = MappingProxyType({k: self._shape_of(self.resolve(v)) if isinstance(v, Ref) else v
+                                  for k, v in a.items()})
         try:
             out = kind.output(a, inp, warn)
             cost = kind.cost(a, inp, out)
@@ -205,6 +267,7 @@ class _Engine:
             config = kind.describe(a, inp)
         except LayerError as exc:
             raise SpecError(node.loc, f"{node.name} ({kind.name}) on input {_dims(inp)}: {exc}") from None
+        state = self.rf[x]
         if steps is not None and len(inp) > 1:
             rf, jump = list(state.rf), list(state.jump)
             for axis, step in enumerate(steps):
@@ -214,85 +277,107 @@ class _Engine:
                     rf[axis] += int((step.kernel - 1) * jump[axis])
                     jump[axis] *= step.stride
             state = _RF(tuple(rf), tuple(jump))
+        src = self.tensors[x]
+        alias = kind.alias or kind.inplace(a)
+        y = self.new_tensor(node.name, out, state, src.storage if alias else None,
+                            src.train_storage if kind.alias_in_training(a) else None)
+        self.ops.append(Op(node.name, kind, None, a, (x,), y, node.loc, node.trainable))
         self.buffers.append(cost.buffers + cost.int_buffers)
-        self.int_buffers += cost.int_buffers
+        self.int_buffers.append(cost.int_buffers)
         row = Row(node.name, kind.name, depth, inp, out, config, cost.params,
                   cost.params if node.trainable else 0, cost.buffers + cost.int_buffers,
                   cost.macs * self.batch, self.pick(cost) * self.batch, numel(out) * self.batch * self.itemsize,
-                  state.rf, state.jump)
+                  state.rf, state.jump, reads=self._reads((x,)))
         self.rows.append(row)
         self.outline.append(row)
-        return ALayer(node.name, kind, a, inp, out, node.loc, node.trainable), state
+        self.named[node.name] = y
+        return y
 
-    def merge_row(self, scope: str, op: str, inputs: list[Shape], out: Shape, depth: int, state: _RF) -> None:
-        full = (len(inputs) - 1) * numel(out) if op in ("add", "mul") else 0
-        row = Row(f"{scope}.{op}" if scope else op, op, depth, inputs[0], out, f"{len(inputs)} inputs", 0, 0, 0, 0,
-                  self.pick(Cost(full=full)) * self.batch, numel(out) * self.batch * self.itemsize,
-                  state.rf, state.jump, module=False)
+    def merge(self, name: str, op: MergeOp, inputs: tuple[int, ...], sources: list[str], depth: int,
+              loc: Loc | None, where: str) -> int:
+        shapes = [self._shape_of(t) for t in inputs]
+        try:
+            out = op.output(shapes, sources)
+        except LayerError as exc:
+            raise SpecError(loc, f"{where}: {exc}") from None
+        state = _merge_rf([self.rf[t] for t in inputs])
+        y = self.new_tensor(name, out, state)
+        self.ops.append(Op(name, None, op, MappingProxyType({}), inputs, y, loc))
+        self.buffers.append(0)
+        self.int_buffers.append(0)
+        row = Row(name, op.name, depth, shapes[0], out, f"{len(inputs)} inputs", 0, 0, 0, 0,
+                  self.pick(Cost(full=op.full(shapes, out))) * self.batch, numel(out) * self.batch * self.itemsize,
+                  state.rf, state.jump, module=False, reads=self._reads(inputs))
         self.rows.append(row)
         self.outline.append(row)
+        return y
+
+    def merge_item(self, node: Merge, depth: int) -> int:
+        inputs = tuple(self.resolve(r) for r in node.refs)
+        sources = [f"'{r.text}' ({self.tensors[t].name})" if r.text != self.tensors[t].name else f"'{r.text}'"
+                   for r, t in zip(node.refs, inputs)]
+        y = self.merge(node.name, MERGES[node.op], inputs, sources, depth, node.loc, node.name)
+        self.named[node.name] = y
+        return y
 
     # -- composites --
-    def node(self, node: Any, inp: Shape, state: _RF, depth: int) -> tuple[ANode, _RF]:
+    def node(self, node: Any, x: int, depth: int) -> int:
+        if node.src is not None:
+            x = self.resolve(node.src)
         if isinstance(node, Layer):
-            return self.layer(node, inp, state, depth)
+            return self.layer(node, x, depth)
+        if isinstance(node, Merge):
+            return self.merge_item(node, depth)
         start = len(self.outline)
         first_row = len(self.rows)
         self.outline.append(None)  # type: ignore[arg-type]  # the block's summary row, filled in below
-        result: ANode
         if isinstance(node, Sequence):
-            result, state = self.seq(node, inp, state, depth)
+            y = self.seq(node, x, depth)
         elif isinstance(node, Parallel):
-            result, state = self.parallel(node, inp, state, depth)
+            y = self.parallel(node, x, depth)
         else:
-            result, state = self.residual(node, inp, state, depth)
+            y = self.residual(node, x, depth)
         inner = self.rows[first_row:]
-        self.outline[start] = Row(node.name, node.label, depth, inp, result.output, "",
+        state = self.rf[y]
+        self.outline[start] = Row(node.name, node.label, depth, self._shape_of(x), self._shape_of(y), "",
                                   sum(r.params for r in inner), sum(r.trainable_params for r in inner),
                                   sum(r.buffers for r in inner), sum(r.macs for r in inner),
                                   sum(r.flops for r in inner), sum(r.activation_bytes for r in inner),
                                   state.rf, state.jump, leaf=False)
-        return result, state
+        self.named[node.name] = y
+        return y
 
-    def seq(self, node: Sequence, inp: Shape, state: _RF, depth: int) -> tuple[ASeq, _RF]:
-        shape = inp
-        children = []
+    def _hold(self, x: int) -> None:
+        if self.ops:
+            self.holds.append(Hold(x, len(self.ops) - 1))
+
+    def seq(self, node: Sequence, x: int, depth: int) -> int:
+        y = x
         for child in node.children:
-            built, state = self.node(child, shape, state, depth + 1)
-            children.append(built)
-            shape = built.output
-        return ASeq(node.name, node.label, tuple(children), inp, shape), state
+            y = self.node(child, y, depth + 1)
+        self._hold(x)
+        return y
 
-    def parallel(self, node: Parallel, inp: Shape, state: _RF, depth: int) -> tuple[APar, _RF]:
-        branches, states = [], []
-        for branch in node.branches:
-            built, s = self.node(branch, inp, state, depth + 1)
-            branches.append(built)
-            states.append(s)
-        shapes = [b.output for b in branches]
-        out = _merge_shapes(node.merge, shapes, [b.name for b in branches], node.loc, node.name)
-        state = _merge_rf(states)
-        self.merge_row(node.name, node.merge, shapes, out, depth + 1, state)
-        return APar(node.name, node.label, tuple(branches), node.merge, inp, out), state  # type: ignore[arg-type]
+    def parallel(self, node: Parallel, x: int, depth: int) -> int:
+        outs = tuple(self.node(branch, x, depth + 1) for branch in node.branches)
+        y = self.merge(f"{node.name}.{node.merge}" if node.name else node.merge, MERGES[node.merge], outs,
+                       [b.name for b in node.branches], depth + 1, node.loc, node.name)
+        self._hold(x)
+        return y
 
-    def residual(self, node: Residual, inp: Shape, state: _RF, depth: int) -> tuple[ARes, _RF]:
-        body, body_state = self.seq(node.body, inp, state, depth)
-        shortcut: ASeq | None = None
-        sc_state = state
+    def residual(self, node: Residual, x: int, depth: int) -> int:
+        inp = self._shape_of(x)
+        body = self.seq(node.body, x, depth)
         sc = node.shortcut
-        if isinstance(sc, str) and sc != "identity" and body.output != inp:
-            sc = self.projection(node, sc, inp, body.output)
-        if isinstance(sc, Sequence):
-            built, sc_state = self.node(sc, inp, state, depth + 1)
-            shortcut = built  # type: ignore[assignment]
-        sc_shape = shortcut.output if shortcut is not None else inp
-        out = _merge_shapes("add", [body.output, sc_shape], [f"{node.name} body", f"{node.name}.shortcut"],
-                            node.loc, node.name)
-        state = _merge_rf([body_state, sc_state])
-        self.merge_row(node.name, "add", [body.output, sc_shape], out, depth + 1, state)
-        after, state = self.seq(node.after, out, state, depth)
+        if isinstance(sc, str) and sc != "identity" and self._shape_of(body) != inp:
+            sc = self.projection(node, sc, inp, self._shape_of(body))
+        shortcut = self.node(sc, x, depth + 1) if isinstance(sc, Sequence) else x
+        added = self.merge(f"{node.name}.add" if node.name else "add", MERGES["add"], (body, shortcut),
+                           [f"{node.name} body", f"{node.name}.shortcut"], depth + 1, node.loc, node.name)
         # `after` layers sit at the residual's own level in names (layer1.0.relu3); show them one level down.
-        return ARes(node.name, node.label, body, shortcut, after, inp, after.output), state  # type: ignore[arg-type]
+        y = self.seq(node.after, added, depth)
+        self._hold(x)
+        return y
 
     def projection(self, node: Residual, mode: str, inp: Shape, out: Shape) -> Sequence:
         """The projection shortcut (He et al. 2016, option B): a 1x1 conv with the body's stride, then BN."""
@@ -319,160 +404,3 @@ class _Engine:
 
 def _dims(shape: Shape) -> str:
     return "x".join(map(str, shape))
-
-
-def _merge_shapes(merge: str, shapes: list[Shape], names: list[str], loc: Loc, where: str) -> Shape:
-    """concat joins channels (other axes equal); add needs equal shapes; mul broadcasts (an axis of size 1 stretches,
-    as squeeze-excitation's C x 1 x 1 scale does)."""
-    first = shapes[0]
-    if merge == "mul":
-        out = list(first)
-        for shape, name in zip(shapes[1:], names[1:]):
-            if len(shape) != len(out) or any(a != b and 1 not in (a, b) for a, b in zip(shape, out)):
-                raise SpecError(loc, f"{where}: {names[0]} gives {_dims(first)} but {name} gives {_dims(shape)}; "
-                                     "they cannot be multiplied (each axis must match or be 1)")
-            out = [max(a, b) for a, b in zip(shape, out)]
-        return tuple(out)
-    for shape, name in zip(shapes[1:], names[1:]):
-        if merge == "add" and shape != first or merge == "concat" and (len(shape) != len(first)
-                                                                       or shape[1:] != first[1:]):
-            what = "added" if merge == "add" else "concatenated along channels"
-            raise SpecError(loc, f"{where}: {names[0]} gives {_dims(first)} but {name} gives {_dims(shape)}; they "
-                                 f"cannot be {what}")
-    if merge == "add":
-        return first
-    return (sum(s[0] for s in shapes), *first[1:])
-
-
-# ---- memory models ------------------------------------------------------------------------------------------------
-
-
-class _Storage:
-    __slots__ = ("bytes", "refs")
-
-    def __init__(self, size: int) -> None:
-        self.bytes = size
-        self.refs = 1
-
-
-class _Liveness:
-    """Simulates an eager forward under torch.no_grad: a tensor is alive while anything holds it.
-
-    The model: a composite holds its input until it returns (its caller's variable does); a sequence drops each
-    intermediate when the next layer returns; branches keep their outputs until the merge; views, identities,
-    dropout at inference and in-place activations allocate nothing. While a layer runs, the temporaries its kind
-    declares (`Kind.transient`: max pooling's int64 indices, LRN's intermediates) are alive beside its output.
-    Backend workspace that depends on the algorithm chosen (im2col buffers, cuDNN workspace) is not predicted.
-    """
-
-    def __init__(self, itemsize: int, batch: int) -> None:
-        self.itemsize = itemsize
-        self.batch = batch
-        self.scale = itemsize * batch
-        self.live = 0
-        self.peak = 0
-
-    def alloc(self, shape: Shape) -> _Storage:
-        s = _Storage(numel(shape) * self.scale)
-        self.live += s.bytes
-        self.peak = max(self.peak, self.live)
-        return s
-
-    def ref(self, s: _Storage) -> _Storage:
-        s.refs += 1
-        return s
-
-    def drop(self, s: _Storage) -> None:
-        s.refs -= 1
-        if s.refs == 0:
-            self.live -= s.bytes
-
-    def run(self, node: ANode, x: _Storage) -> _Storage:
-        """Run `node` on x (held by the caller); return a new reference to the output."""
-        if isinstance(node, ALayer):
-            kind = node.kind
-            out = self.ref(x) if kind.alias or kind.inplace(node.args) else self.alloc(node.output)
-            temporaries = kind.transient(node.args, node.input, node.output)
-            if temporaries:
-                extra = sum(n * (size or self.itemsize) for n, size in temporaries) * self.batch
-                self.peak = max(self.peak, self.live + extra)
-            return out
-        if isinstance(node, ASeq):
-            cur = self.ref(x)
-            for child in node.children:
-                nxt = self.run(child, cur)
-                self.drop(cur)
-                cur = nxt
-            return cur
-        if isinstance(node, APar):
-            outs = [self.run(b, x) for b in node.branches]
-            merged = self.alloc(node.output)
-            for o in outs:
-                self.drop(o)
-            return merged
-        body = self.run(node.body, x)
-        sc = self.run(node.shortcut, x) if node.shortcut is not None else self.ref(x)
-        added = self.alloc(node.body.output)
-        self.drop(body)
-        self.drop(sc)
-        out = self.run(node.after, added)
-        self.drop(added)
-        return out
-
-
-def peak_inference_bytes(tree: ASeq, itemsize: int, batch: int) -> int:
-    """Most activation bytes alive at once in an eager forward under no_grad (the input included)."""
-    sim = _Liveness(itemsize, batch)
-    x = sim.alloc(tree.input)
-    out = sim.run(tree, x)
-    sim.drop(out)
-    return sim.peak
-
-
-def saved_training_bytes(tree: ASeq, itemsize: int, batch: int) -> int:
-    """Bytes autograd saves for backward during a training-mode forward, parameters and buffers excluded.
-
-    Each layer's kind says what it keeps (its input, its output, extra tensors such as max-pool indices or BN
-    statistics); a tensor kept by two layers (a ReLU's output that the next conv also keeps) is counted once.
-    """
-    saved: dict[int, int] = {}
-    extra = 0
-    counter = [0]
-
-    def new(shape: Shape) -> tuple[int, int]:
-        counter[0] += 1
-        return counter[0], numel(shape) * itemsize * batch
-
-    def run(node: ANode, x: tuple[int, int]) -> tuple[int, int]:
-        nonlocal extra
-        if isinstance(node, ALayer):
-            kind = node.kind
-            keeps_storage = kind.alias_in_training(node.args)
-            out = x if keeps_storage else new(node.output)
-            what = kind.saved(node.args, node.input, node.output)
-            if what.input:
-                saved[x[0]] = x[1]
-            if what.output:
-                saved[out[0]] = out[1]
-            for elements, size in what.extra:
-                extra += elements * (size or itemsize) * batch
-            for elements, size in what.per_batch:
-                extra += elements * (size or itemsize)
-            return out
-        if isinstance(node, ASeq):
-            for child in node.children:
-                x = run(child, x)
-            return x
-        if isinstance(node, APar):
-            outs = [run(b, x) for b in node.branches]
-            if node.merge == "mul":  # a product keeps its factors for backward
-                saved.update(outs)
-            return new(node.output)
-        run(node.body, x)
-        if node.shortcut is not None:
-            run(node.shortcut, x)
-        return run(node.after, new(node.body.output))
-
-    run(tree, new(tree.input))
-    return sum(saved.values()) + extra
-

@@ -10,6 +10,12 @@ Item grammar (each entry of a `layers` list):
     - parallel: [[...], [...]]               branches (a list, a single item, or [] for identity) merged by
       merge: concat                          `concat` (channels), `add`, or `mul` (broadcast: squeeze-excitation)
     - sequence: [...]                        a named group
+    - add: [down4, up4]                      a merge (add, concat, mul) of earlier named tensors
+
+Beside the head of any item: `name:`, `from: <name>` (take the input from an earlier named tensor instead of the
+previous item's output; names resolve innermost scope first, then as a unique suffix of a full name), and
+`when: <expression>` (inside blocks: the item exists only when the expression is true). A spec may name several
+`inputs:` and `outputs:`; see README's "Graphs" section.
 """
 
 from __future__ import annotations
@@ -28,8 +34,18 @@ from archcalc.core.yamlsrc import Map, Seq
 COMPOSITES = ("repeat", "residual", "parallel", "sequence")
 SHORTCUTS = ("identity", "projection", "projection_conv")
 MERGES = ("concat", "add", "mul")
-TOP_KEYS = ("name", "description", "source", "input", "args", "defaults", "blocks", "layers", "extends", "notes")
+TOP_KEYS = ("name", "description", "source", "input", "inputs", "outputs", "unused", "args", "defaults", "blocks",
+            "layers", "extends", "notes")
+ITEM_KEYS = ("name", "from", "when")  # allowed beside the head of any item
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
+class Ref(NamedTuple):
+    """A reference to a named tensor, as written, with the scope it was written in (for resolution)."""
+
+    text: str
+    scope: str
+    loc: Loc
 
 
 class Layer(NamedTuple):
@@ -38,6 +54,7 @@ class Layer(NamedTuple):
     args: Mapping[str, Any]
     loc: Loc
     trainable: bool = True
+    src: Ref | None = None  # `from:`; None: the previous item's output
 
 
 class Sequence(NamedTuple):
@@ -45,6 +62,7 @@ class Sequence(NamedTuple):
     label: str
     children: tuple[Node, ...]
     loc: Loc
+    src: Ref | None = None
 
 
 class Parallel(NamedTuple):
@@ -53,6 +71,7 @@ class Parallel(NamedTuple):
     branches: tuple[Sequence, ...]
     merge: str
     loc: Loc
+    src: Ref | None = None
 
 
 class Residual(NamedTuple):
@@ -62,20 +81,45 @@ class Residual(NamedTuple):
     shortcut: Sequence | str  # a sequence of layers, or one of SHORTCUTS
     after: Sequence
     loc: Loc
+    src: Ref | None = None
 
 
-Node = Union[Layer, Sequence, Parallel, Residual]
+class Merge(NamedTuple):
+    """`- add: [a, b]`: a merge of earlier named tensors."""
+
+    name: str
+    op: str
+    refs: tuple[Ref, ...]
+    loc: Loc
+    src: None = None
+
+
+Node = Union[Layer, Sequence, Parallel, Residual, Merge]
+
+
+class Input(NamedTuple):
+    name: str
+    shape: tuple[int, ...]
+    loc: Loc
+
+
+class Output(NamedTuple):
+    name: str
+    ref: Ref
 
 
 class Spec(NamedTuple):
     name: str
     path: str
-    input: tuple[int, ...]
+    input: tuple[int, ...]  # the first input's shape
     input_loc: Loc
     root: Sequence
     description: str = ""
     source: str = ""
     args: Mapping[str, Any] = MappingProxyType({})
+    inputs: tuple[Input, ...] = ()  # every named input; the first is what the first layer reads
+    outputs: tuple[Output, ...] = ()  # empty: the last item's output, named 'output'
+    unused: str = "error"  # or 'allow': layers no output depends on are a warning and left out of the totals
 
 
 # ---- loading ----------------------------------------------------------------------------------------------------
@@ -212,16 +256,21 @@ class _Parser:
         for key in data:
             if key not in TOP_KEYS:
                 raise SpecError(data.key_loc(key), f"unknown top-level key '{key}'{did_you_mean(str(key), TOP_KEYS)}")
-        for key in ("name", "input", "layers"):
+        for key in ("name", "layers"):
             if key not in data:
                 raise SpecError(data.loc, f"the spec has no '{key}'; a spec needs name, input and layers")
+        if ("input" in data) == ("inputs" in data):
+            if "input" in data:
+                raise SpecError(data.key_loc("inputs"), "give either 'input' (one input) or 'inputs' (named "
+                                                        "inputs), not both")
+            raise SpecError(data.loc, "the spec has no 'input'; a spec needs name, input and layers")
         name = data["name"]
         if not isinstance(name, str) or not name.strip():
             raise SpecError(data.value_loc("name"), "'name' must be a non-empty string")
         for key in ("description", "source", "notes"):
             if key in data and not isinstance(data[key], str):
                 raise SpecError(data.value_loc(key), f"'{key}' must be a string")
-        shape = parse_input(data["input"], data.value_loc("input"))
+        inputs = self._inputs(data)
         if "args" in data:
             args = self._mapping(data, "args")
             self.globals = {k: self._value(v, args.value_loc(k), {}) for k, v in args.items()}
@@ -251,10 +300,86 @@ class _Parser:
         layers = data["layers"]
         if not isinstance(layers, Seq) or not layers:
             raise SpecError(data.value_loc("layers"), "'layers' must be a non-empty list of layers")
-        root = self._sequence(layers, _Scope(""), dict(self.globals), "model", "", data.value_loc("layers"), ())
-        return Spec(name=name.strip(), path=self.path, input=shape, input_loc=data.value_loc("input"), root=root,
+        top = _Scope("")
+        for inp in inputs:
+            top.names[inp.name] = inp.loc
+        root = self._sequence(layers, top, dict(self.globals), "model", "", data.value_loc("layers"), ())
+        unused = "error"
+        if "unused" in data:
+            unused = data["unused"]
+            if unused not in ("error", "allow"):
+                raise SpecError(data.value_loc("unused"), f"'unused' must be 'error' or 'allow', not {unused!r}")
+        return Spec(name=name.strip(), path=self.path, input=inputs[0].shape, input_loc=inputs[0].loc, root=root,
                     description=str(data.get("description", "")).strip(), source=str(data.get("source", "")).strip(),
-                    args=MappingProxyType(dict(self.globals)))
+                    args=MappingProxyType(dict(self.globals)), inputs=tuple(inputs),
+                    outputs=self._outputs(data), unused=unused)
+
+    def _inputs(self, data: Map) -> list[Input]:
+        if "input" in data:
+            return [Input("input", parse_input(data["input"], data.value_loc("input")), data.value_loc("input"))]
+        raw = data["inputs"]
+        if not isinstance(raw, Map) or not raw:
+            raise SpecError(data.value_loc("inputs"), "'inputs' must be a mapping of name: shape, e.g. "
+                                                      "{image: [3, 224, 224], mask: [1, 224, 224]}")
+        result = []
+        for key, value in raw.items():
+            if not isinstance(key, str) or not _NAME.match(key):
+                raise SpecError(raw.key_loc(key), f"input name {key!r} must be letters, digits, '_' or '-'")
+            result.append(Input(key, parse_input(value, raw.value_loc(key)), raw.value_loc(key)))
+        return result
+
+    def _outputs(self, data: Map) -> tuple[Output, ...]:
+        if "outputs" not in data:
+            return ()
+        raw = data["outputs"]
+        loc = data.value_loc("outputs")
+        if isinstance(raw, str):
+            raw = self._as_seq(raw, loc)
+        entries: list[tuple[Any, Any, Loc]] = []
+        if isinstance(raw, Map):
+            entries = [(k, v, raw.value_loc(k)) for k, v in raw.items()]
+        elif isinstance(raw, Seq) and raw:
+            for i, item in enumerate(raw):
+                iloc = raw.item_loc(i)
+                if isinstance(item, Map) and "when" in item:
+                    if not self._when(item, dict(self.globals)):
+                        continue
+                    item = Map.derived({k: v for k, v in item.items() if k != "when"}, item.loc,
+                                       {k: item.key_loc(k) for k in item}, {k: item.value_loc(k) for k in item})
+                if isinstance(item, Map) and len(item) == 1:
+                    key = next(iter(item))
+                    entries.append((key, item[key], item.value_loc(key)))
+                elif isinstance(item, str):
+                    entries.append((item, item, iloc))
+                else:
+                    raise SpecError(iloc, "an output is a tensor name (- out) or name: tensor (- aux: aux.fc)")
+        else:
+            raise SpecError(loc, "'outputs' must be a list of tensor names or a mapping of output name: tensor")
+        outputs, seen = [], set()
+        for key, value, vloc in entries:
+            if not isinstance(value, str) or not isinstance(key, str):
+                raise SpecError(vloc, f"output {key!r}: expected the name of a tensor, not {_describe(value)}")
+            if key in seen:
+                raise SpecError(vloc, f"output '{key}' named twice")
+            seen.add(key)
+            outputs.append(Output(key, Ref(value, "", vloc)))
+        if not outputs:
+            raise SpecError(loc, "'outputs' names no output (every entry is switched off by its 'when')")
+        return tuple(outputs)
+
+    def _when(self, item: Map, names: Mapping[str, Any]) -> bool:
+        value = self._value(item["when"], item.value_loc("when"), names)
+        if isinstance(value, str):
+            raise SpecError(item.value_loc("when"), f"'when' must be a condition on block arguments such as "
+                                                    f"'se > 0', but '{value}' is not a known name")
+        return bool(value)
+
+    def _ref(self, item: Map, key: str, scope: _Scope) -> Ref:
+        value = item[key]
+        if not isinstance(value, str) or not value.strip():
+            raise SpecError(item.value_loc(key), f"'{key}' takes the name of an earlier tensor (a layer, block or "
+                                                 f"input name), not {_describe(value)}")
+        return Ref(value.strip(), scope.prefix, item.value_loc(key))
 
     def _override(self, loc: Loc) -> None:
         """Apply `--set NAME=VALUE`: the value is read as YAML (0.75, true, [1, 2], same) and then, like any value
@@ -295,17 +420,36 @@ class _Parser:
             items_seq.loc = loc
             items_seq.item_locs = [loc]
             items = items_seq
-        children = tuple(self._item(item, items.item_loc(i), scope, names, stack) for i, item in enumerate(items))
+        children = tuple(child for i, item in enumerate(items)
+                         if (child := self._item(item, items.item_loc(i), scope, names, stack)) is not None)
         return Sequence(full_name, label, children, loc)
 
     def _item(self, item: Any, loc: Loc, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...],
-              forced_name: str | None = None) -> Node:
+              forced_name: str | None = None) -> Node | None:
+        """The node for one list entry, or None when its `when:` is false."""
         if isinstance(item, str):
             return self._call(item, None, Map_empty(loc), loc, loc, scope, names, stack, forced_name, None)
         if not isinstance(item, Map) or not item:
             raise SpecError(loc, "a layer is a kind name (- relu) or a one-key mapping (- conv: {out: 64, kernel: 3})"
                                  f", not {_describe(item)}")
-        heads = [k for k in item if k in COMPOSITES or k in REGISTRY or k in self.blocks]
+        if "when" in item and not self._when(item, names):
+            return None
+        src = self._ref(item, "from", scope) if "from" in item else None
+        if src is not None or "when" in item:
+            keep = [k for k in item if k not in ("from", "when")]
+            item = Map.derived({k: item[k] for k in keep}, item.loc, {k: item.key_loc(k) for k in keep},
+                               {k: item.value_loc(k) for k in keep})
+        node = self._item_node(item, loc, scope, names, stack, forced_name)
+        if src is not None:
+            if isinstance(node, Merge):
+                raise SpecError(src.loc, f"a merge takes its inputs from its own list ({node.op}: [a, b]), not "
+                                         "from 'from'")
+            node = node._replace(src=src)
+        return node
+
+    def _item_node(self, item: Map, loc: Loc, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...],
+                   forced_name: str | None) -> Node:
+        heads = [k for k in item if k in COMPOSITES or k in REGISTRY or k in self.blocks or k in MERGES]
         if len(heads) != 1:
             if not heads:
                 key = next(iter(item))
@@ -316,6 +460,8 @@ class _Parser:
         head = heads[0]
         given = self._name(item, "name") if "name" in item else None
         name = forced_name if forced_name is not None else given
+        if head in MERGES:
+            return self._merge(item, head, scope, name)
         if head in COMPOSITES:
             return _COMPOSITE_METHODS[head](self, item, scope, names, stack, name)
         allowed = {head, "name", "trainable"}
@@ -343,7 +489,7 @@ class _Parser:
         if head in REGISTRY:
             kind = REGISTRY[head]
             full = scope.child_name(name, kind.name_prefix, loc)
-            args = self._kind_args(kind, raw, names, loc)
+            args = self._kind_args(kind, raw, names, loc, scope)
             return Layer(full, kind, MappingProxyType(args), loc, trainable if trainable is not None else True)
         if head not in self.blocks:
             valid = list(REGISTRY) + list(COMPOSITES) + list(self.blocks)
@@ -394,6 +540,29 @@ class _Parser:
             raise SpecError(loc, f"'trainable' applies to single layers, not to block '{block_name}'")
         return _COMPOSITE_METHODS[head](self, body, child, values, stack, None, own_scope=True, label=block_name)
 
+    def _merge(self, item: Map, op: str, scope: _Scope, name: str | None) -> Merge:
+        raw = item[op]
+        rloc = item.value_loc(op)
+        if isinstance(raw, Map):
+            for key in raw:
+                if key not in ("from", "name"):
+                    raise SpecError(raw.key_loc(key), f"{op}: unexpected key '{key}'; a merge takes 'from' (a list "
+                                                      "of tensor names) and 'name'")
+            if "name" in raw:
+                name = self._name(raw, "name")
+            if "from" not in raw:
+                raise SpecError(rloc, f"{op} needs the tensors to merge: {op}: [a, b] or {op}: {{from: [a, b]}}")
+            rloc = raw.value_loc("from")
+            raw = raw["from"]
+        for key in item:
+            if key not in (op, "name"):
+                raise SpecError(item.key_loc(key), f"unexpected key '{key}' beside '{op}'")
+        if not isinstance(raw, Seq) or len(raw) < 2 or not all(isinstance(r, str) for r in raw):
+            raise SpecError(rloc, f"{op} needs a list of at least two tensor names, e.g. {op}: [down4, up4]")
+        refs = tuple(Ref(str(r).strip(), scope.prefix, raw.item_loc(i)) for i, r in enumerate(raw))
+        full = scope.child_name(name, op, item.loc)
+        return Merge(full, op, refs, item.loc)
+
     def _repeat(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
                 own_scope: bool = False, label: str = "repeat") -> Node:
         self._keys(item, "repeat", ("block", "first"), required=("block",))
@@ -411,8 +580,8 @@ class _Parser:
             if isinstance(body, Seq):
                 sub = _Scope(inner.child_name(str(i), "", item.value_loc(key)))
                 children.append(self._sequence(body, sub, local, label, sub.prefix, item.value_loc(key), stack))
-            else:
-                children.append(self._item(body, item.value_loc(key), inner, local, stack, forced_name=str(i)))
+            elif (child := self._item(body, item.value_loc(key), inner, local, stack, forced_name=str(i))) is not None:
+                children.append(child)
         return Sequence(full, label, tuple(children), item.loc)
 
     def _residual(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
@@ -487,7 +656,8 @@ class _Parser:
         return self._sequence(raw, _Scope(full), names, label, full, item.value_loc("sequence"), stack)
 
     # -- arguments --
-    def _kind_args(self, kind: Kind, raw: Map, names: dict[str, Any], loc: Loc) -> dict[str, Any]:
+    def _kind_args(self, kind: Kind, raw: Map, names: dict[str, Any], loc: Loc,
+                   scope: _Scope | None = None) -> dict[str, Any]:
         given: dict[str, tuple[Any, Loc]] = {}
         for source in (self.defaults.get(kind.name), raw):
             if source is None:
@@ -504,7 +674,13 @@ class _Parser:
                 given[arg.name] = (source[key], source.value_loc(key))
         result: dict[str, Any] = {}
         for arg in kind.args:
-            if arg.name in given:
+            if arg.name in given and arg.type == "ref":
+                raw_value, vloc = given[arg.name]
+                if not isinstance(raw_value, str) or not raw_value.strip():
+                    raise SpecError(vloc, f"{kind.name} '{arg.name}' takes the name of an earlier tensor (or "
+                                          f"'input'), not {_describe(raw_value)}")
+                result[arg.name] = Ref(raw_value.strip(), scope.prefix if scope else "", vloc)
+            elif arg.name in given:
                 raw_value, vloc = given[arg.name]
                 value = self._value(raw_value, vloc, names)
                 result[arg.name] = _coerce(kind, arg, value, vloc)

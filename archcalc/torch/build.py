@@ -1,106 +1,121 @@
-"""Build the torch nn.Module for an analyzed spec. torch is imported here and in the modules that execute models.
+"""Build the torch nn.Module for an analyzed spec: one executor over the analysed graph's ops.
 
-Submodules carry the spec's hierarchical names (`layer1.0.conv1` is `model.layer1[0].conv1`), and each forward
-does exactly the spec's computation: a sequence runs its children in order, a parallel node concatenates (adds,
-multiplies) its branches, a residual node adds the body and the shortcut and then runs its `after` layers.
+Submodules carry the spec's hierarchical names (`layer1.0.conv1` is `model.get_submodule("layer1.0.conv1")`,
+nested in plain containers), so state_dicts match torchvision's naming. `SpecGraph.forward` runs the ops in
+order, reading and writing a list of tensors, and drops each tensor exactly when the analytic memory model says
+nothing holds it any more (core.graph.Graph.releases): after its last reader, or when the composite that took it as
+input ends (as a torchvision block's `identity = x` does). Merges run as torch.cat / + / * (MERGE_FUNCTIONS).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
-from archcalc.core.analyze import ALayer, ANode, APar, ARes, ASeq, Report
-from archcalc.torch.recipes import module_call
+from archcalc.core.analyze import Report
+from archcalc.core.graph import Graph
+from archcalc.torch.recipes import MERGE_FUNCTIONS, module_call
 
 
-def _local(name: str, parent: str) -> str:
-    return name[len(parent) + 1:] if parent else name
+class SpecGroup(nn.Module):
+    """A named level of the hierarchy (a block, a stage, a branch): it holds submodules; SpecGraph runs them."""
 
 
-class SpecSequence(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for module in self._modules.values():
-            x = module(x)  # type: ignore[misc]
-        return x
+class SpecGraph(nn.Module):
+    """The network: `plan` lists, per op, its module path (or a merge name), input tensor ids, output id and the
+    ids to drop after it runs. One input is a tensor argument; several are positional in `input_names` order.
+    One output returns a tensor; several return a dict by output name."""
 
-
-class SpecParallel(nn.Module):
-    def __init__(self, merge: str) -> None:
+    def __init__(self, n_tensors: int, input_ids: list[int], output_names: list[str], output_ids: list[int],
+                 plan: list[tuple[str, list[int], int, list[int]]]) -> None:
         super().__init__()
-        self.merge = merge
+        self.n_tensors = n_tensors
+        self.input_ids = input_ids
+        self.output_names = output_names
+        self.output_ids = output_ids
+        self.plan = plan
+        self.record: Callable[[int, torch.Tensor], None] | None = None  # validate's per-op probe
+        self._steps: list[tuple[Callable[..., torch.Tensor], list[int], int, list[int]]] | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [branch(x) for branch in self._modules.values()]  # type: ignore[misc]
-        if self.merge == "concat":
-            return torch.cat(outs, 1)
-        if self.merge == "mul":
-            y = outs[0] * outs[1]
-            for extra in outs[2:]:
-                y = y * extra
-            return y
-        y = outs[0] + outs[1]
-        for extra in outs[2:]:
-            y += extra  # y is a fresh tensor: accumulate in place
-        return y
+    def _resolve(self) -> list[tuple[Callable[..., torch.Tensor], list[int], int, list[int]]]:
+        steps = []
+        for target, inputs, output, frees in self.plan:
+            fn = MERGE_FUNCTIONS[target[1:]] if target.startswith("%") else self.get_submodule(target)
+            steps.append((fn, inputs, output, frees))
+        return steps
 
-    def extra_repr(self) -> str:
-        return f"merge={self.merge}"
+    def forward(self, *xs: torch.Tensor) -> Any:
+        if self._steps is None:
+            self._steps = self._resolve()
+        env: list[Any] = [None] * self.n_tensors
+        for t, x in zip(self.input_ids, xs):
+            env[t] = x
+        record = self.record
+        for i, (fn, inputs, output, frees) in enumerate(self._steps):
+            # Written inline: no local keeps an input alive past the op (the model's liveness rule).
+            env[output] = fn(*[env[t] for t in inputs])
+            if record is not None:
+                record(i, env[output])
+            for t in frees:
+                env[t] = None
+        if len(self.output_ids) == 1:
+            return env[self.output_ids[0]]
+        return {name: env[t] for name, t in zip(self.output_names, self.output_ids)}
 
-
-class SpecResidual(nn.Module):
-    """y = after(body(x) + shortcut(x)); the body and after layers are direct children, as in torchvision."""
-
-    def __init__(self, body: list[str], after: list[str], has_shortcut: bool) -> None:
-        super().__init__()
-        self._body = body
-        self._after = after
-        self._has_shortcut = has_shortcut
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x
-        for name in self._body:
-            y = self._modules[name](y)  # type: ignore[misc]
-        # Written inline so the shortcut's output is freed right after the add (no local keeps it alive).
-        y = y + (self._modules["shortcut"](x) if self._has_shortcut else x)  # type: ignore[misc]
-        for name in self._after:
-            y = self._modules[name](y)  # type: ignore[misc]
-        return y
+    def __getstate__(self) -> dict[str, Any]:  # copies (deepcopy, pickling) resolve their own modules
+        state = self.__dict__.copy()
+        state["_steps"] = None
+        return state
 
 
-def build_node(node: ANode, parent: str) -> nn.Module:
-    if isinstance(node, ALayer):
-        module = module_call(node.kind, node.args, node.input).make()
-        if not node.trainable:
-            for p in module.parameters():
-                p.requires_grad_(False)
-        return module
-    if isinstance(node, ASeq):
-        seq = SpecSequence()
-        for child in node.children:
-            seq.add_module(_local(child.name, node.name), build_node(child, node.name))
-        return seq
-    if isinstance(node, APar):
-        par = SpecParallel(node.merge)
-        for branch in node.branches:
-            par.add_module(_local(branch.name, node.name), build_node(branch, node.name))
-        return par
-    assert isinstance(node, ARes)
-    body = [_local(c.name, node.name) for c in node.body.children]
-    after = [_local(c.name, node.name) for c in node.after.children]
-    res = SpecResidual(body, after, node.shortcut is not None)
-    for child in node.body.children:
-        res.add_module(_local(child.name, node.name), build_node(child, node.name))
-    if node.shortcut is not None:
-        res.add_module("shortcut", build_node(node.shortcut, node.name))
-    for child in node.after.children:
-        res.add_module(_local(child.name, node.name), build_node(child, node.name))
-    return res
+def plan(graph: Graph) -> list[tuple[str, list[int], int, list[int]]]:
+    """Per op: module path (or '%' + merge name), inputs, output, tensors to drop after it."""
+    release = graph.releases()
+    frees: list[list[int]] = [[] for _ in graph.ops]
+    for t, at in enumerate(release):
+        if 0 <= at < len(graph.ops):
+            frees[at].append(t)
+    return [(op.name if op.kind is not None else "%" + op.merge.name, list(op.inputs), op.output,  # type: ignore
+             sorted(frees[i])) for i, op in enumerate(graph.ops)]
+
+
+def module_paths(graph: Graph) -> list[tuple[str, int | None]]:
+    """Every submodule path in first-use order: the levels above each layer (`layer1`, `layer1.0` for
+    `layer1.0.conv1`; op None), then the layer itself (its op index). Merges have no module."""
+    seen: set[str] = set()
+    paths: list[tuple[str, int | None]] = []
+    for i, op in enumerate(graph.ops):
+        if op.kind is None:
+            continue
+        parts = op.name.split(".")
+        for j in range(1, len(parts)):
+            path = ".".join(parts[:j])
+            if path not in seen:
+                seen.add(path)
+                paths.append((path, None))
+        paths.append((op.name, i))
+    return paths
 
 
 def build_module(report: Report) -> nn.Module:
-    """The nn.Module for an analyzed spec, in eval mode, float32 on the CPU."""
-    model = build_node(report.tree, "")
+    """The nn.Module for an analyzed spec, in eval mode, float32 on the current default device."""
+    graph = report.graph
+    model = SpecGraph(len(graph.tensors), [t for _, t in graph.inputs], [n for n, _ in graph.outputs],
+                      [t for _, t in graph.outputs], plan(graph))
+    for path, index in module_paths(graph):
+        if index is None:
+            module: nn.Module = SpecGroup()
+        else:
+            op = graph.ops[index]
+            module = module_call(op.kind, op.args, graph.tensors[op.inputs[0]].shape).make()  # type: ignore
+            if not op.trainable:
+                for p in module.parameters():
+                    p.requires_grad_(False)
+        parent, _, local = path.rpartition(".")
+        (model.get_submodule(parent) if parent else model).add_module(local, module)
     model.eval()
     return model
 

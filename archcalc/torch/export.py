@@ -1,9 +1,11 @@
 """Export an analyzed spec as a standalone PyTorch source file (it needs only torch).
 
 The file holds the source (inspect.getsource) of every module class the network uses that torch.nn lacks
-(archcalc.torch.build's containers, archcalc.torch.modules) and a `build_model()` that makes exactly the module
-archcalc.torch.build.build_module makes: both come from the same recipes (archcalc.torch.recipes), so the classes,
-constructor arguments and submodule names are the same and a state_dict moves between the two.
+(archcalc.torch.build's SpecGroup container, archcalc.torch.modules) and a `Network` whose submodules are exactly
+those archcalc.torch.build.build_module makes: both come from the same recipes (archcalc.torch.recipes), so the
+classes, constructor arguments and submodule names are the same and a state_dict moves between the two. Its
+forward is the analysed graph written out as statements (one per op, `del` where the builder drops a tensor), so
+it runs the same ops in the same order with the same memory.
 
 Nothing from the spec is spliced into code as written. Every value is emitted by `_literal` (ints, floats, bools,
 None, tuples, and strings through ascii(), which gives a quoted, escaped, one-line ASCII literal), submodule names
@@ -15,12 +17,14 @@ string literals or in comments from which every non-printable character (newline
 from __future__ import annotations
 
 import inspect
+import keyword
 import math
 import re
 from typing import Any
 
 from archcalc import __version__
-from archcalc.core.analyze import ALayer, ANode, APar, ARes, ASeq, Report
+from archcalc.core.analyze import Report
+from archcalc.torch.build import module_paths, plan
 from archcalc.torch.recipes import Call, module_call
 
 
@@ -92,64 +96,87 @@ def _constructor(c: Call, custom: dict[str, type]) -> str:
     return f"{prefix}{cls.__name__}({', '.join(args)})"
 
 
+_MODULE_ATTRS = set(dir(object())) | {"forward", "training", "eval", "train", "to", "cuda", "cpu", "float", "half",
+                                     "apply", "state_dict", "parameters", "buffers", "modules", "children", "type"}
+
+
+def _identifier(text: str) -> bool:
+    return text.isidentifier() and not keyword.iskeyword(text) and text not in _MODULE_ATTRS and \
+        not text.startswith("_")
+
+
+def _module_expr(path: str) -> str:
+    """`self.layer1.conv1` where every part is a plain identifier, else `self.get_submodule('layer1.0.conv1')`."""
+    parts = path.split(".")
+    if all(_identifier(p) for p in parts):
+        return "self." + ".".join(parts)
+    return f"self.get_submodule({_literal(path)})"
+
+
 class _Writer:
-    def __init__(self, custom: dict[str, type]) -> None:
-        self.lines: list[str] = []
-        self.used: set[str] = set()
+    def __init__(self, report: Report, custom: dict[str, type]) -> None:
+        self.report = report
+        self.graph = report.graph
         self.custom = custom
+        self.used: set[str] = {"self", "torch", "nn", "F"}
+        self.vars: dict[int, str] = {}
 
-    def var(self, name: str) -> str:
-        base = "m_" + (re.sub(r"[^A-Za-z0-9_]", "_", name) or "root")
-        var, n = base, 1
-        while var in self.used:
-            n += 1
-            var = f"{base}_{n}"
-        self.used.add(var)
-        return var
+    def var(self, t: int) -> str:
+        if t not in self.vars:
+            base = re.sub(r"[^A-Za-z0-9_]", "_", self.graph.tensors[t].name) or "t"
+            base = base if _identifier(base) and base not in ("x", "y") else "t_" + base
+            name, n = base, 1
+            while name in self.used:
+                n += 1
+                name = f"{base}_{n}"
+            self.used.add(name)
+            self.vars[t] = name
+        return self.vars[t]
 
-    def emit(self, line: str) -> None:
-        self.lines.append("    " + line)
+    def init_lines(self) -> list[str]:
+        lines = []
+        for path, index in module_paths(self.graph):
+            parent, _, local = path.rpartition(".")
+            owner = "self" if not parent else f"self.get_submodule({_literal(parent)})"
+            if index is None:
+                lines.append(f"{owner}.add_module({_literal(local)}, SpecGroup())")
+                continue
+            op = self.graph.ops[index]
+            kind = op.kind
+            assert kind is not None
+            src = self.graph.tensors[op.inputs[0]].shape
+            out = self.graph.tensors[op.output].shape
+            what = " ".join(_comment(t) for t in (kind.name, kind.describe(op.args, src)) if t)
+            lines.append(f"# {_comment(op.name)}: {what} -> {'x'.join(map(str, out))}")
+            ctor = _constructor(module_call(kind, op.args, src), self.custom)
+            lines.append(f"{owner}.add_module({_literal(local)}, {ctor if op.trainable else f'_frozen({ctor})'})")
+        return lines
 
-    def node(self, node: ANode, parent: str, parent_var: str) -> None:
-        local = node.name[len(parent) + 1:] if parent else node.name
-        if isinstance(node, ALayer):
-            dims = "x".join(map(str, node.output))
-            config = node.kind.describe(node.args, node.input)
-            what = " ".join(_comment(t) for t in (node.kind.name, config) if t)
-            self.emit(f"# {_comment(node.name)}: {what} -> {dims}")
-            ctor = _constructor(module_call(node.kind, node.args, node.input), self.custom)
-            if node.trainable:
-                self.emit(f"{parent_var}.add_module({_literal(local)}, {ctor})")
+    def forward_lines(self) -> list[str]:
+        keep = {t for _, t in self.graph.inputs + self.graph.outputs}
+        lines = []
+        for (target, inputs, output, frees), op in zip(plan(self.graph), self.graph.ops):
+            args = [self.var(t) for t in inputs]
+            y = self.var(output)
+            if op.merge is None:
+                lines.append(f"{y} = {_module_expr(target)}({args[0]})")
+            elif op.merge.name == "concat":
+                lines.append(f"{y} = torch.cat([{', '.join(args)}], 1)")
             else:
-                self.emit(f"{parent_var}.add_module({_literal(local)}, _frozen({ctor}))")
-            return
-        var = self.var(node.name)
-        if isinstance(node, ASeq):
-            self.emit(f"{var} = SpecSequence()")
-            self.emit(f"{parent_var}.add_module({_literal(local)}, {var})")
-            for child in node.children:
-                self.node(child, node.name, var)
-        elif isinstance(node, APar):
-            self.emit(f"{var} = SpecParallel({_literal(node.merge)})")
-            self.emit(f"{parent_var}.add_module({_literal(local)}, {var})")
-            for branch in node.branches:
-                self.node(branch, node.name, var)
+                sign = "+" if op.merge.name == "add" else "*"
+                lines.append(f"{y} = {args[0]} {sign} {args[1]}")
+                for extra in args[2:]:
+                    # a sum accumulates in place on its fresh tensor; a product keeps each factor for backward
+                    lines.append(f"{y} += {extra}" if sign == "+" else f"{y} = {y} * {extra}")
+            dropped = [self.var(t) for t in frees if t not in keep and t != output]
+            if dropped:
+                lines.append(f"del {', '.join(dropped)}")
+        outs = self.graph.outputs
+        if len(outs) == 1:
+            lines.append(f"return {self.var(outs[0][1])}")
         else:
-            self.residual(node, local, var, parent_var)
-
-    def residual(self, node: ARes, local: str, var: str, parent_var: str) -> None:
-        def names(seq: ASeq) -> list[str]:
-            return [c.name[len(node.name) + 1:] for c in seq.children]
-
-        self.emit(f"{var} = SpecResidual({_literal(names(node.body))}, {_literal(names(node.after))}, "
-                  f"{_literal(node.shortcut is not None)})")
-        self.emit(f"{parent_var}.add_module({_literal(local)}, {var})")
-        for child in node.body.children:
-            self.node(child, node.name, var)
-        if node.shortcut is not None:
-            self.node(node.shortcut, node.name, var)
-        for child in node.after.children:
-            self.node(child, node.name, var)
+            lines.append("return {" + ", ".join(f"{_literal(n)}: {self.var(t)}" for n, t in outs) + "}")
+        return lines
 
 
 _HEADER = '''\
@@ -167,7 +194,8 @@ import torch.nn.functional as F
 from torch import nn
 
 SPEC_NAME = {name}
-INPUT_SHAPE = {input}  # one sample: channels, then spatial sizes
+INPUT_SHAPES = {inputs}  # per named input, one sample: channels, then spatial sizes
+INPUT_SHAPE = {input}
 OUTPUT_SHAPE = {output}
 
 Pads = Sequence[tuple[int, int]]
@@ -183,18 +211,29 @@ def _frozen(module: nn.Module) -> nn.Module:
     return module
 
 
+class Network(nn.Module):
+    """The network of the spec named in SPEC_NAME. Each tensor is dropped (del) as soon as nothing needs it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+{init}
+
+    def forward(self, {params}) -> Any:
+{forward}
+
+
 def build_model() -> nn.Module:
-    """The network of the spec named in SPEC_NAME, in eval mode."""
-    model = SpecSequence()
-{body}
+    """The network, in eval mode."""
+    model = Network()
     model.eval()
     return model
 
 
 if __name__ == "__main__":
     net = build_model()
-    y = net(torch.randn(1, *INPUT_SHAPE))
-    print(SPEC_NAME, sum(p.numel() for p in net.parameters()), "parameters, output", tuple(y.shape[1:]))
+    y = net(*(torch.randn(1, *shape) for shape in INPUT_SHAPES.values()))
+    shapes = {{k: tuple(v.shape[1:]) for k, v in y.items()}} if isinstance(y, dict) else tuple(y.shape[1:])
+    print(SPEC_NAME, sum(p.numel() for p in net.parameters()), "parameters, output", shapes)
 '''
 
 
@@ -205,22 +244,28 @@ def export_source(report: Report) -> str:
     from archcalc.torch import modules as torchmods
 
     custom: dict[str, type] = {}
-    for cls in (build.SpecSequence, build.SpecParallel, build.SpecResidual):
-        _add_custom(cls, custom)
-    writer = _Writer(custom)
-    for child in report.tree.children:
-        writer.node(child, "", "model")
+    _add_custom(build.SpecGroup, custom)
+    writer = _Writer(report, custom)
+    init = writer.init_lines()
+    graph = report.graph
+    for _, t in graph.inputs:
+        writer.vars[t] = "x" if len(graph.inputs) == 1 else writer.var(t)
+    forward = writer.forward_lines()
     about = [f"# Spec: {_comment(ascii(report.name))}"]
     if report.source:
         about.append(f"# Source: {_comment(ascii(report.source))}")
     for line in report.description.splitlines():
         about.append(f"#   {_comment(line)}")
     about.append(f"# Parameters: {report.totals.params:,}   MACs per sample: {report.totals.macs // report.batch:,}")
+    shapes = {name: tuple(report.input if i == 0 else graph.tensors[t].shape)
+              for i, (name, t) in enumerate(graph.inputs)}
     header = _HEADER.format(version=_comment(__version__), about="\n".join(about), name=_literal(report.name),
+                            inputs="{" + ", ".join(f"{_literal(k)}: {_literal(v)}" for k, v in shapes.items()) + "}",
                             input=_literal(tuple(report.input)), output=_literal(tuple(report.totals.output)))
-    # torchmods' padding helper is used by its padded modules' constructors; the classes follow in use order
-    # (a class defined inside a function is dedented to the top level).
+    # torchmods' padding helper is used by its padded modules' constructors; the classes follow in use order.
     helpers = [torchmods.f_pad, *custom.values()]
     sources = "\n\n\n".join(textwrap.dedent(inspect.getsource(h)).rstrip() for h in helpers)  # type: ignore[arg-type]
-    footer = _FOOTER.format(body="\n".join(writer.lines))
+    footer = _FOOTER.format(init="\n".join("        " + line for line in init),
+                            params=", ".join(writer.vars[t] for _, t in graph.inputs),
+                            forward="\n".join("        " + line for line in forward))
     return header + "\n" + sources + "\n\n" + footer

@@ -219,3 +219,29 @@ def _upsample(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     scale = a["scale_factor"]
     scale = float(scale) if isinstance(scale, int) else tuple(float(s) for s in scale)
     return call(nn.Upsample, scale_factor=scale, mode=mode, **extra)
+
+
+# ---- merges -----------------------------------------------------------------------------------------------------
+
+
+def _concat(*xs: Any) -> Any:
+    import torch
+
+    return torch.cat(xs, 1)
+
+
+def _add(*xs: Any) -> Any:
+    y = xs[0] + xs[1]
+    for extra in xs[2:]:
+        y += extra  # y is a fresh tensor: accumulate in place
+    return y
+
+
+def _mul(*xs: Any) -> Any:
+    y = xs[0] * xs[1]
+    for extra in xs[2:]:
+        y = y * extra
+    return y
+
+
+MERGE_FUNCTIONS: dict[str, Callable[..., Any]] = {"concat": _concat, "add": _add, "mul": _mul}

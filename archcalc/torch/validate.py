@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from archcalc.core.analyze import APar, ARes, ASeq, Report, analyze
+from archcalc.core.analyze import Report, analyze
 from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import Shape
 from archcalc.core.spec import Spec
@@ -117,32 +117,6 @@ def validate(spec: Spec, device: str = "cpu", batch: int = 1, dtype: str = "floa
 # ---- measurement --------------------------------------------------------------------------------------------------
 
 
-def _merge_sites(tree: ASeq) -> dict[str, tuple[str, str]]:
-    """Merge row name -> (module name, 'output' | 'input'): where the merged tensor can be seen by a hook."""
-    sites: dict[str, tuple[str, str]] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, ASeq):
-            for child in node.children:
-                walk(child)
-        elif isinstance(node, APar):
-            for branch in node.branches:
-                walk(branch)
-            sites[f"{node.name}.{node.merge}"] = (node.name, "output")
-        elif isinstance(node, ARes):
-            walk(node.body)
-            if node.shortcut is not None:
-                walk(node.shortcut)
-            walk(node.after)
-            if node.after.children:
-                sites[f"{node.name}.add"] = (node.after.children[0].name, "input")
-            else:
-                sites[f"{node.name}.add"] = (node.name, "output")
-
-    walk(tree)
-    return sites
-
-
 def measure(report: Report, device: str = "cpu", seed: int = 0) -> Measurement:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -157,7 +131,9 @@ def measure(report: Report, device: str = "cpu", seed: int = 0) -> Measurement:
         model = build_module(report)
     model.to(dtype=torch_dtype)
     notes: list[str] = []
-    x = torch.randn(report.batch, *report.input, device=device, dtype=torch_dtype)
+    # One random tensor per named input (the --input override applies to the first).
+    shapes_in = [report.input] + [report.graph.tensors[t].shape for _, t in report.graph.inputs[1:]]
+    xs = tuple(torch.randn(report.batch, *shape, device=device, dtype=torch_dtype) for shape in shapes_in)
 
     # -- structure: parameters and buffers per leaf --
     leaves = {r.name: model.get_submodule(r.name) for r in report.rows if r.module}
@@ -172,22 +148,16 @@ def measure(report: Report, device: str = "cpu", seed: int = 0) -> Measurement:
         shapes[name] = tuple(t.shape)
         nbytes[name] = t.numel() * t.element_size()
 
-    handles = []
-    for name, module in leaves.items():
-        handles.append(module.register_forward_hook(lambda _m, _i, out, name=name: record(name, out)))
-    for row_name, (module_name, where) in _merge_sites(report.tree).items():
-        module = model.get_submodule(module_name)
-        if where == "output":
-            handles.append(module.register_forward_hook(lambda _m, _i, out, n=row_name: record(n, out)))
-        else:
-            handles.append(module.register_forward_pre_hook(lambda _m, inp, n=row_name: record(n, inp[0])))
+    # Every op's output (layers and merges alike), seen by the executor as it runs: rows are in op order.
+    names = [r.name for r in report.rows]
+    model.record = lambda i, t: record(names[i], t)
     counter = FlopCounterMode(display=False)
     try:
         with torch.no_grad(), counter:
-            y = model(x)
+            y = model(*xs)
     finally:
-        for h in handles:
-            h.remove()
+        model.record = None
+    first = next(iter(y.values())) if isinstance(y, dict) else y
     prefix = type(model).__name__
     counts = counter.get_flop_counts()
     macs = {name: sum(counts.get(f"{prefix}.{name}", {}).values()) // 2 for name in leaves}
@@ -199,7 +169,7 @@ def measure(report: Report, device: str = "cpu", seed: int = 0) -> Measurement:
     if device == "meta":
         notes.append("fvcore_flops: not checked on the meta device (fvcore traces the model with real tensors)")
     else:
-        fv, total_fv, fv_notes = _fvcore(model, x, list(leaves))
+        fv, total_fv, fv_notes = _fvcore(model, xs, list(leaves))
         notes.extend(fv_notes)
 
     # -- saved tensors in a training-mode forward --
@@ -207,12 +177,12 @@ def measure(report: Report, device: str = "cpu", seed: int = 0) -> Measurement:
     if device == "meta":
         notes.append("saved_bytes: not checked on the meta device (meta tensors have no storage to de-duplicate)")
     else:
-        saved, saved_notes = _saved_bytes(model, x)
+        saved, saved_notes = _saved_bytes(model, xs)
         notes.extend(saved_notes)
     model.eval()
     return Measurement(device=device, batch=report.batch, dtype=report.dtype, shapes=shapes, output_bytes=nbytes,
                        params=params, buffers=buffers, total_params=sum(p.numel() for p in model.parameters()),
-                       total_buffers=sum(b.numel() for b in model.buffers()), output=tuple(y.shape), macs=macs,
+                       total_buffers=sum(b.numel() for b in model.buffers()), output=tuple(first.shape), macs=macs,
                        total_macs=total_macs, fvcore=fv, total_fvcore=total_fv, saved_bytes=saved,
                        notes=tuple(notes))
 
@@ -223,7 +193,7 @@ def _fvcore(model: Any, x: Any, leaves: list[str]) -> tuple[dict[str, int], int,
     from fvcore.nn import FlopCountAnalysis
 
     model.eval()
-    analysis = FlopCountAnalysis(model, x)
+    analysis = FlopCountAnalysis(model, x if len(x) > 1 else x[0])
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     # fvcore logs through `logging` while tracing; keep its chatter off the user's terminal (it is reported below).
     logger = logging.getLogger("fvcore")
@@ -254,7 +224,7 @@ def _saved_bytes(model: Any, x: Any) -> tuple[int | None, list[str]]:
     import torch
 
     dropouts = [m for m in model.modules() if type(m) is torch.nn.Dropout and m.p > 0]
-    if not dropouts or x.is_cuda:
+    if not dropouts or x[0].is_cuda:
         return _saved_run(model, x)
     native, notes = _saved_run(model, x)
     if native is None:
@@ -266,7 +236,7 @@ def _saved_bytes(model: Any, x: Any) -> tuple[int | None, list[str]]:
     finally:
         for m in dropouts:
             del m.forward
-    notes.append(f"saved_bytes: on {x.device.type}, nn.Dropout keeps a {x.dtype} noise tensor (the forward saves "
+    notes.append(f"saved_bytes: on {x[0].device.type}, nn.Dropout keeps a {x[0].dtype} noise tensor (the forward saves "
                  f"{native:,} bytes); CUDA's fused kernel, which archcalc predicts, keeps a bool mask: checked with "
                  f"dropout run as torch.native_dropout ({fused:,} bytes)")
     return fused, notes
@@ -288,10 +258,10 @@ def _saved_run(model: Any, x: Any) -> tuple[int | None, list[str]]:
         return t
 
     model.train()
-    inp = x.detach().clone().requires_grad_(True)
+    inp = [t.detach().clone().requires_grad_(True) for t in x]
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(inp)
+            model(*inp)
     except ValueError as exc:
         # e.g. batch norm in training mode on one value per channel (batch 1 after global pooling).
         return None, [f"saved_bytes: not checked: the training-mode forward fails: {exc} (try a larger --batch)"]

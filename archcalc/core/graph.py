@@ -1,0 +1,91 @@
+"""The analysed graph: what the engine computes and every consumer walks (memory models, builder, export, validate).
+
+Ops are in execution order (the spec's order, which is topological: a reference can only name an earlier tensor).
+Each op reads tensors by id and writes one new tensor. `Graph.ops` is the one walk; nothing re-traverses the spec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from archcalc.core.errors import Loc
+from archcalc.core.kinds.base import Kind, Shape
+from archcalc.core.merges import MergeOp
+
+
+class Tensor(NamedTuple):
+    name: str  # the node (layer, block, input) that made it; readable in errors and in the generated source
+    shape: Shape  # per sample
+    storage: int  # storage id in an inference forward: views and in-place ops share their input's
+    train_storage: int  # storage id in a training-mode forward (dropout, for one, then writes a new tensor)
+
+
+class Op(NamedTuple):
+    """One layer (kind) or merge (merge) — exactly one of the two is set."""
+
+    name: str
+    kind: Kind | None
+    merge: MergeOp | None
+    args: Mapping[str, Any]  # references (size_of, to) already resolved to shapes
+    inputs: tuple[int, ...]  # tensor ids
+    output: int
+    loc: Loc | None
+    trainable: bool = True
+
+    @property
+    def label(self) -> str:
+        return self.kind.name if self.kind is not None else self.merge.name  # type: ignore[union-attr]
+
+
+class Hold(NamedTuple):
+    """A composite (block, sequence, branch, residual) keeps its input alive until its last op has run, as the
+    caller's variable does in an eager PyTorch forward (torchvision's blocks hold `identity = x`)."""
+
+    tensor: int
+    until: int  # op index
+
+
+class Graph(NamedTuple):
+    tensors: tuple[Tensor, ...]
+    ops: tuple[Op, ...]
+    holds: tuple[Hold, ...]
+    inputs: tuple[tuple[str, int], ...]  # name -> tensor id
+    outputs: tuple[tuple[str, int], ...]
+
+    def releases(self) -> list[int]:
+        """For each tensor, the index of the op after which nothing holds it any more; graph inputs (the caller
+        holds them) and outputs live to the end (len(ops))."""
+        end = len(self.ops)
+        release = [-1] * len(self.tensors)
+        for i, op in enumerate(self.ops):
+            release[op.output] = max(release[op.output], i)
+            for t in op.inputs:
+                release[t] = max(release[t], i)
+        for hold in self.holds:
+            release[hold.tensor] = max(release[hold.tensor], hold.until)
+        for _, t in self.inputs + self.outputs:
+            release[t] = end
+        return release
+
+    def used(self) -> list[bool]:
+        """Which ops some output depends on."""
+        needed = [False] * len(self.tensors)
+        for _, t in self.outputs:
+            needed[t] = True
+        used = [False] * len(self.ops)
+        for i in range(len(self.ops) - 1, -1, -1):
+            op = self.ops[i]
+            if needed[op.output]:
+                used[i] = True
+                for t in op.inputs:
+                    needed[t] = True
+        return used
+
+    def readers(self) -> list[list[int]]:
+        """For each tensor, the ops that read it."""
+        result: list[list[int]] = [[] for _ in self.tensors]
+        for i, op in enumerate(self.ops):
+            for t in op.inputs:
+                result[t].append(i)
+        return result

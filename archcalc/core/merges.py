@@ -1,0 +1,77 @@
+"""Merge ops: the nodes that combine several tensors (concat, add, mul), registered like layer kinds.
+
+A merge owns its output shape (with an error that names where each input came from), its `full`-convention cost
+and what it keeps for backward. It has no parameters and no nn.Module of its own in torchvision's models (a `+`, a
+`torch.cat`); its torch form is in archcalc.torch.recipes.MERGE_FUNCTIONS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from archcalc.core.kinds.base import LayerError, Shape, numel
+
+
+def dims(shape: Shape) -> str:
+    return "x".join(map(str, shape))
+
+
+class MergeOp:
+    name: ClassVar[str]
+    doc: ClassVar[str]
+    saves_inputs: ClassVar[bool] = False  # a product keeps its factors for backward
+
+    def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
+        raise NotImplementedError
+
+    def full(self, shapes: Sequence[Shape], out: Shape) -> int:
+        """Arithmetic operations under the `full` convention: one per output element per extra input."""
+        return (len(shapes) - 1) * numel(out)
+
+
+class Concat(MergeOp):
+    name = "concat"
+    doc = "torch.cat along channels: the other axes must agree"
+
+    def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
+        first = shapes[0]
+        for shape, source in zip(shapes[1:], sources[1:]):
+            if len(shape) != len(first) or shape[1:] != first[1:]:
+                raise LayerError(f"{sources[0]} gives {dims(first)} but {source} gives {dims(shape)}; they cannot "
+                                 "be concatenated along channels")
+        return (sum(s[0] for s in shapes), *first[1:])
+
+    def full(self, shapes: Sequence[Shape], out: Shape) -> int:
+        return 0
+
+
+class Add(MergeOp):
+    name = "add"
+    doc = "element-wise sum: the shapes must be equal"
+
+    def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
+        first = shapes[0]
+        for shape, source in zip(shapes[1:], sources[1:]):
+            if shape != first:
+                raise LayerError(f"{sources[0]} gives {dims(first)} but {source} gives {dims(shape)}; they cannot "
+                                 "be added")
+        return first
+
+
+class Mul(MergeOp):
+    name = "mul"
+    doc = "element-wise product with broadcasting (an axis of size 1 stretches, as squeeze-excitation's C x 1 x 1)"
+    saves_inputs = True
+
+    def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
+        out = list(shapes[0])
+        for shape, source in zip(shapes[1:], sources[1:]):
+            if len(shape) != len(out) or any(a != b and 1 not in (a, b) for a, b in zip(shape, out)):
+                raise LayerError(f"{sources[0]} gives {dims(shapes[0])} but {source} gives {dims(shape)}; they "
+                                 "cannot be multiplied (each axis must match or be 1)")
+            out = [max(a, b) for a, b in zip(shape, out)]
+        return tuple(out)
+
+
+MERGES: dict[str, MergeOp] = {m.name: m for m in (Concat(), Add(), Mul())}
