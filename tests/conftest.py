@@ -41,3 +41,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def regen_golden(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--regen-golden"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """profile caches the device ceiling per machine: the tests use a cache of their own, never ~/.cache."""
+    import os
+
+    os.environ["ARCHCALC_CACHE_DIR"] = str(tmp_path_factory.mktemp("archcalc-cache"))

@@ -10,7 +10,7 @@ import torch
 from conftest import report_of
 
 from archcalc.torch.build import build_module
-from archcalc.torch.profile.driver import cpu_peak_bytes
+from archcalc.torch.profile.probes import cpu_peak_bytes
 
 # Networks whose CPU kernels allocate nothing beyond what the model declares: the prediction is exact.
 EXACT = ["alphago_policy", "lenet5", "nin", "overfeat_fast", "zfnet", "torchvision/alexnet",

@@ -7,7 +7,7 @@ from fractions import Fraction
 import pytest
 
 from archcalc.core.expr import ExprError, evaluate
-from archcalc.core.units import axes, grouped, nbytes, si
+from archcalc.core.units import axes, flops_rate, grouped, nbytes, si
 
 
 @pytest.mark.parametrize(("n", "text"), [
@@ -25,6 +25,15 @@ def test_si(n: int, text: str) -> None:
 ])
 def test_nbytes(n: int, text: str) -> None:
     assert nbytes(n) == text
+
+
+@pytest.mark.parametrize(("rate", "text"), [
+    (0.0, "0 FLOPS"), (999.4, "999 FLOPS"), (1000.0, "1.00 KFLOPS"), (6.84e9, "6.84 GFLOPS"),
+    (40.5e9, "40.5 GFLOPS"), (999.6e9, "1.00 TFLOPS"), (1.5e12, "1.50 TFLOPS"), (989.4e12, "989 TFLOPS"),
+])
+def test_flops_rate(rate: float, text: str) -> None:
+    # Small networks on a CPU run at GFLOPS: a fixed TFLOPS column would print 0.000.
+    assert flops_rate(rate) == text
 
 
 def test_grouped_and_axes() -> None:

@@ -55,12 +55,29 @@ def parse_batches(text: str) -> tuple[int, ...]:
     return batches
 
 
+def parse_threads(text: str) -> tuple[int | str, ...]:
+    """'1,2,4' -> (1, 2, 4); 'auto' stays 'auto' (the driver resolves it from the machine's load)."""
+    bad = f"--threads: expected comma-separated positive integers like 1,2,4, or auto, got '{text}'"
+    out: list[int | str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part == "auto":
+            out.append(part)
+        elif part.isascii() and part.isdigit() and int(part) >= 1:
+            out.append(int(part))
+        else:
+            raise ArchcalcError(bad)
+    return tuple(out)
+
+
 @handle_errors
 def profile(
     spec: SpecArg,
     device: Annotated[Device, typer.Option("--device", help="where to run; auto: cuda when available")]
     = Device.auto,
     batch: Annotated[str, typer.Option("--batch", "-b", help="batch sizes, comma-separated: 1,8,64")] = "1",
+    threads: Annotated[str, typer.Option("--threads", "-t", help="CPU threads (torch.set_num_threads), "
+                                         "comma-separated for a sweep: 1,2,4; auto: the physical cores not busy. "
+                                         "Default 1: the steadiest figures on a shared machine (README)")] = "1",
     dtype: Annotated[ProfileDType, typer.Option("--dtype", help="element type of parameters and inputs")]
     = ProfileDType.float32,
     input: InputOpt = None,
@@ -72,28 +89,36 @@ def profile(
                                           "no per-layer breakdown)")] = False,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="also time CUDA-graph replay, separating "
                                               "launch overhead")] = False,
-    warmup: Annotated[int, typer.Option("--warmup", min=1, help="untimed iterations before timing")] = 5,
-    budget: Annotated[float, typer.Option("--budget", min=0.01, help="seconds of timing per batch size; timing "
+    warmup: Annotated[float | None, typer.Option("--warmup", min=0, help="seconds of untimed iterations before "
+                                                 "timing (at least one runs); default: a tenth of each point's "
+                                                 "share of the budget, at most 1 s")] = None,
+    budget: Annotated[float, typer.Option("--budget", min=0.01, help="seconds for the whole run once torch is "
+                                          "loaded (model build, ceiling, warm-up, timing and the passes asked "
+                                          "for), shared equally by the batch sizes and thread counts; timing "
                                           "stops earlier once IQR/median <= 2%")] = 5.0,
-    layers: Annotated[bool, typer.Option("--layers/--no-layers", help="per-layer breakdown (torch.profiler)")]
-    = True,
-    force: Annotated[bool, typer.Option("--force", help="run even if predicted memory exceeds free memory")]
+    memory: Annotated[bool | None, typer.Option("--memory/--no-memory", help="measure peak memory (CUDA: "
+                                                "allocator statistics, on by default; CPU: one step under torch's "
+                                                "profiler, off by default)", show_default=False)] = None,
+    layers: Annotated[bool, typer.Option("--layers/--no-layers", help="per-layer breakdown (one pass of "
+                                         "torch's profiler)")] = False,
+    force: Annotated[bool, typer.Option("--force", help="run even if predicted memory exceeds available memory")]
     = False,
     fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="output format; json is always a list "
-                                            "with one object per batch size")] = TableOrJson.table,
+                                            "with one object per (threads, batch) point")] = TableOrJson.table,
     set_: SetOpt = None,
 ) -> None:
-    """Measure latency, throughput, achieved TFLOPS, memory and per-layer time against the analytic model."""
+    """Measure latency, throughput, achieved FLOP rate, memory and per-layer time against the analytic model."""
     from archcalc.render.profile import profile_json, profile_notes, profile_tables
     from archcalc.torch.profile.driver import Options, run_profile
 
     batches = parse_batches(batch)
+    thread_counts = parse_threads(threads)
     loaded = load(spec, set_)
-    options = Options(device=_device(device), batches=batches, dtype=dtype.value, train=train,
-                      optimizer=optimizer.value, channels_last=channels_last, compile=compile,
-                      cuda_graphs=cuda_graphs, warmup=warmup, budget_s=budget, force=force, layers=layers,
-                      input_shape=input_override(input))
-    with _progress(batches) as update:
+    options = Options(device=_device(device), batches=batches, threads=thread_counts, dtype=dtype.value,
+                      train=train, optimizer=optimizer.value, channels_last=channels_last, compile=compile,
+                      cuda_graphs=cuda_graphs, warmup_s=warmup, budget_s=budget, force=force,
+                      layers=layers, memory=memory, input_shape=input_override(input))
+    with _progress(len(batches) * len(thread_counts)) as update:
         results = run_profile(loaded, options, update)
     if fmt is TableOrJson.json:
         sys.stdout.write(profile_json(results) + "\n")
@@ -114,10 +139,10 @@ def _device(device: Device) -> str:
 
 
 class _progress:
-    """A rich progress bar on stderr, one task per batch size; a no-op when stderr is not a terminal."""
+    """A rich progress bar on stderr, one task per (threads, batch) point; a no-op when stderr is not a terminal."""
 
-    def __init__(self, batches: tuple[int, ...]) -> None:
-        self.batches = batches
+    def __init__(self, points: int) -> None:
+        self.points = points
 
     def __enter__(self) -> Any:
         console = err_console()
@@ -125,9 +150,9 @@ class _progress:
             return None
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn("batch {task.fields[batch]:>4}"), BarColumn(),
+        self.bar = Progress(TextColumn("point {task.fields[point]:>3}"), BarColumn(),
                             TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True)
-        self.tasks = [self.bar.add_task("waiting", total=1.0, batch=b) for b in self.batches]
+        self.tasks = [self.bar.add_task("waiting", total=1.0, point=i + 1) for i in range(self.points)]
         self.bar.__enter__()
 
         def update(index: int, stage: str, fraction: float) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-TERA = 10**12
 GIGA = 10**9
 
 

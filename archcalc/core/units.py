@@ -54,3 +54,10 @@ def axes(values: Sequence[object]) -> str:
     if not texts:
         return "-"
     return texts[0] if len(set(texts)) == 1 else "×".join(texts)
+
+
+def flops_rate(per_second: float) -> str:
+    """A FLOP rate with an SI prefix, three significant digits: 4.2e8 -> '420 MFLOPS', 1.5e12 -> '1.50 TFLOPS'
+    (small networks on a CPU run at GFLOPS, where a fixed TFLOPS column reads 0.000)."""
+    text = si(round(per_second))
+    return text + ("FLOPS" if text.endswith((" K", " M", " G", " T", " P")) else " FLOPS")

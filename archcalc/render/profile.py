@@ -8,21 +8,23 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from archcalc.torch.profile.driver import BatchResult, Stats
+    from archcalc.torch.profile.results import BatchResult
+    from archcalc.torch.profile.stats import Stats
 
 
-def _ms(seconds: float) -> float:
-    return seconds * 1e3
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
 
 
-def _latency(stats: Stats) -> dict[str, float | int]:
+def _latency(stats: Stats) -> dict[str, float | int | None]:
+    """Times in ms; the spread (p10, p90, quartiles, IQR) is null below a handful of samples."""
     return {"median": _ms(stats.median), "p10": _ms(stats.p10), "p90": _ms(stats.p90), "iqr": _ms(stats.iqr),
             "q1": _ms(stats.q1), "q3": _ms(stats.q3), "min": _ms(stats.min), "max": _ms(stats.max),
             "samples": stats.n}
 
 
 def result_dict(r: BatchResult) -> dict[str, Any]:
-    """The JSON object for one batch size (times in milliseconds, rates per second, sizes in bytes)."""
+    """The JSON object for one point (times in milliseconds, rates per second, sizes in bytes)."""
     launch = None
     if r.graph_stats is not None:
         launch = _ms(r.stats.median - r.graph_stats.median)
@@ -31,6 +33,8 @@ def result_dict(r: BatchResult) -> dict[str, Any]:
         "device": r.device,
         "device_name": r.device_name,
         "batch": r.batch,
+        "threads": r.threads,
+        "interop_threads": r.interop_threads,
         "dtype": r.dtype,
         "mode": "train" if r.train else "inference",
         "optimizer": r.optimizer,
@@ -38,10 +42,16 @@ def result_dict(r: BatchResult) -> dict[str, Any]:
         "compile": r.compiled,
         "latency_ms": _latency(r.stats),
         "iterations_per_sample": r.iterations_per_sample,
+        "warmup_iterations": r.warmup_iterations,
         "converged": r.stop == "converged",
         "rel_iqr": r.stats.rel_iqr,
         "budget_s": r.budget_s,
+        "share_s": r.share_s,
         "timed_s": r.timed_s,
+        "phases_s": {p.name: p.seconds for p in r.phases},
+        "finished_s": r.finished_s,
+        "machine": {"cpus": r.load_start.cpus, "load_average": list(r.load_start.averages),
+                    "load_average_after": list(r.load_end.averages), "busy": r.loaded},
         "throughput": r.throughput,
         "flops": r.flops,
         "flops_rule": r.flops_rule,
@@ -50,7 +60,8 @@ def result_dict(r: BatchResult) -> dict[str, Any]:
         "peak_bandwidth_gbs": r.roofline.bandwidth / 1e9,
         "peak_source": r.roofline.source,
         "fraction_of_peak": r.fraction_of_peak,
-        "ceiling": {"matmul_tflops": r.ceiling.matmul_flops / 1e12, "copy_gbs": r.ceiling.copy_bandwidth / 1e9},
+        "ceiling": {"matmul_tflops": r.ceiling.matmul_flops / 1e12, "copy_gbs": r.ceiling.copy_bandwidth / 1e9,
+                    "cached": r.ceiling.cached},
         "peak_memory_bytes": r.memory.measured,
         "predicted_peak_memory_bytes": r.memory.predicted,
         "memory_terms": dict(r.memory.terms),
@@ -71,30 +82,39 @@ def profile_json(results: list[BatchResult]) -> str:
     return json.dumps([result_dict(r) for r in results], indent=2)
 
 
+def _spread(stats: Stats) -> tuple[str, str]:
+    """(p10-p90 ms, IQR/median) cells; '-' when there are too few samples for a spread."""
+    if stats.p10 is None or stats.p90 is None or stats.rel_iqr is None:
+        return "-", "-"
+    return f"{stats.p10 * 1e3:.3f}-{stats.p90 * 1e3:.3f}", f"{stats.rel_iqr:.1%}"
+
+
 def profile_tables(results: list[BatchResult]) -> list[Table]:
     from rich.table import Table
 
-    from archcalc.core.units import nbytes
+    from archcalc.core.units import flops_rate, nbytes
 
     first = results[0]
     mode = f"training step ({first.optimizer})" if first.train else "inference"
     summary = Table(title=f"{first.spec} on {first.device_name} ({first.device}), {first.dtype}, {mode}",
                     header_style="bold")
-    for col in ("batch", "median ms", "p10 ms", "p90 ms", "IQR/median", "samples/s", "TFLOPS", "of peak",
-                "peak memory", "predicted"):
+    for col in ("batch", "threads", "median ms", "p10-p90 ms", "IQR/median", "samples", "samples/s", "FLOP rate",
+                "of peak", "measured memory", "predicted memory"):
         summary.add_column(col, justify="right")
     for r in results:
         s = r.stats
-        summary.add_row(str(r.batch), f"{_ms(s.median):.3f}", f"{_ms(s.p10):.3f}", f"{_ms(s.p90):.3f}",
-                        f"{s.rel_iqr:.1%}" + ("" if r.stop == "converged" else " (budget)"),
-                        f"{r.throughput:,.1f}", f"{r.achieved_flops / 1e12:.3f}", f"{r.fraction_of_peak:.1%}",
+        spread, rel = _spread(s)
+        summary.add_row(str(r.batch), str(r.threads), f"{s.median * 1e3:.3f}", spread,
+                        rel + ("" if r.stop == "converged" else " (budget)"), str(s.n), f"{r.throughput:,.1f}",
+                        flops_rate(r.achieved_flops), f"{r.fraction_of_peak:.1%}",
                         nbytes(r.memory.measured) if r.memory.measured is not None else "-",
                         nbytes(r.memory.predicted))
     tables = [summary]
     for r in results:
         if not r.layers:
             continue
-        t = Table(title=f"per layer, batch {r.batch}", header_style="bold")
+        t = Table(title=f"per layer, batch {r.batch}, {r.threads} thread{'s' if r.threads > 1 else ''}",
+                  header_style="bold")
         columns = ["layer", "kind", "measured ms"] + (["fwd ms", "bwd ms"] if r.train else []) + \
             ["predicted ms", "measured/predicted", "bound"]
         for i, col in enumerate(columns):
@@ -109,25 +129,46 @@ def profile_tables(results: list[BatchResult]) -> list[Table]:
     return tables
 
 
+def _costs(r: BatchResult) -> str:
+    return ", ".join(f"{p.name} {p.seconds:.2f} s" + (f" ({p.detail})" if p.detail else "") for p in r.phases)
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def profile_notes(results: list[BatchResult]) -> list[str]:
-    from archcalc.core.units import nbytes
+    from archcalc.core.units import flops_rate, nbytes
 
     r = results[0]
+    load = r.load_start
     lines = [f"FLOPs: {r.flops_rule}.",
-             f"peak: {r.roofline.peak_flops / 1e12:.2f} TFLOPS, {r.roofline.bandwidth / 1e9:.0f} GB/s from "
-             f"{r.roofline.source}; measured ceiling: {r.ceiling.matmul_flops / 1e12:.3f} TFLOPS matmul, "
-             f"{r.ceiling.copy_bandwidth / 1e9:.1f} GB/s copy.",
+             f"peak: {flops_rate(r.roofline.peak_flops)}, {r.roofline.bandwidth / 1e9:.0f} GB/s from "
+             f"{r.roofline.source}; measured ceiling: {flops_rate(r.ceiling.matmul_flops)} matmul, "
+             f"{r.ceiling.copy_bandwidth / 1e9:.1f} GB/s copy{' (cached)' if r.ceiling.cached else ''}.",
+             f"threads: {', '.join(sorted({str(x.threads) for x in results}, key=int))} intra-op "
+             f"(torch.set_num_threads), {r.interop_threads} inter-op; the default is 1 (README: how threads are "
+             "chosen).",
+             f"machine: {load.cpus} CPUs, load average {load.averages[0]:g} / {load.averages[1]:g} / "
+             f"{load.averages[2]:g} (1 / 5 / 15 min) at the start.",
              "latency: median of samples (each the mean of 'iterations per sample' iterations) after warm-up; "
-             "timing stops when IQR/median <= 2% or the budget ends.",
+             "timing stops when IQR/median <= 2% over >= 10 samples or its share of the budget ends; no spread is "
+             "shown from fewer than 5 samples.",
              f"memory: {r.memory.note}."]
     for res in results:
-        terms = ", ".join(f"{k} {nbytes(v)}" for k, v in res.memory.terms + res.memory.extra)
-        lines.append(f"batch {res.batch}: {res.stats.n} samples x {res.iterations_per_sample} iterations; "
-                     f"predicted memory = {terms}")
+        where = f"batch {res.batch}, {res.threads} thread{'s' if res.threads > 1 else ''}"
+        lines.append(f"{where}: {plural(res.stats.n, 'sample')} x {plural(res.iterations_per_sample, 'iteration')}; "
+                     f"cost: {_costs(res)}")
+        predicted = ", ".join(f"{k} {nbytes(v)}" for k, v in res.memory.terms)
+        line = f"{where}: predicted memory {nbytes(res.memory.predicted)} = {predicted}"
+        if res.memory.measured is not None:
+            measured = ", ".join(f"{k} {nbytes(v)}" for k, v in res.memory.extra)
+            line += f"; measured {nbytes(res.memory.measured)} ({measured})"
+        lines.append(line)
         if res.graph_stats is not None:
-            lines.append(f"batch {res.batch}: CUDA-graph replay median {_ms(res.graph_stats.median):.3f} ms; "
-                         f"launch overhead {_ms(res.stats.median - res.graph_stats.median):.3f} ms")
-        lines += [f"batch {res.batch}: {n}" for n in res.notes]
+            lines.append(f"{where}: CUDA-graph replay median {res.graph_stats.median * 1e3:.3f} ms; "
+                         f"launch overhead {(res.stats.median - res.graph_stats.median) * 1e3:.3f} ms")
+        lines += [f"{where}: {n}" for n in res.notes]
     if r.layers_note:
         lines.append(f"layers: {r.layers_note}.")
     return lines

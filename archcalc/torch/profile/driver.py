@@ -1,468 +1,178 @@
 """Measure a spec's model on a device and set the measurements beside the analytic Report.
 
-Layout: pure functions first (statistics, the stopping rule, FLOP and memory models, the pre-flight check, the
-roofline), then the device-specific pieces behind two small interfaces (a Timer and a MemoryProbe, one CPU and one
-CUDA implementation each), then the driver `run_profile`. torch is imported inside functions only, so importing
-this module (and the CLI) stays torch-free.
+The pieces: `stats` (percentiles, the stopping rule, block sizing, the budget plan; pure), `work` (FLOP and memory
+models, the pre-flight check; pure), `machine` (CPUs, load, memory limits), `probes` (CPU and CUDA timers and memory
+probes behind one interface, the cached device ceiling), `layers` (the per-layer profiler pass). This module runs
+them in order for each (threads, batch) point:
 
-Methodology (learned from torch.utils.benchmark's blocked/adaptive autorange and triton's do_bench):
-- warm-up iterations first (cuDNN autotuning with `cudnn.benchmark`, torch.compile and allocator growth happen
-  there and are not timed); their mean gives the block size: enough iterations per sample that a sample lasts
-  at least MIN_BLOCK_S, so the timer's own overhead is negligible;
-- samples are taken in rounds (on CUDA: events around each block, one synchronize per round, as do_bench does);
-  after each round the stopping rule looks at all samples: stop when IQR/median <= the target (2 %) with at least
-  MIN_SAMPLES samples, or when the time budget is spent (the result then says it did not converge).
+1. the ceiling (cached per machine, torch version, dtype and thread count);
+2. warm-up by time (at least one iteration; cuDNN autotuning, compilation and allocator growth happen here);
+3. timing, first and alone: blocks long enough for the timer, rounds, the stopping rule;
+4. only then, and only when asked for or cheap, the memory pass and the per-layer pass, each with its own cost.
+
+`--budget` bounds the whole run from the moment run_profile starts (torch is loaded by then): analysis, model build,
+ceiling, warm-up, timing and passes. Each point gets an equal part of what is left, and the passes asked for are kept
+back from its timing. torch is imported inside functions only.
 """
 
 from __future__ import annotations
 
-import math
+import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from archcalc.core.analyze import Report, analyze
 from archcalc.core.devices import DevicePeak, lookup
-from archcalc.core.errors import ArchcalcError
-from archcalc.core.kinds.base import numel
 from archcalc.core.spec import Spec
+from archcalc.torch.profile import machine
+from archcalc.torch.profile.layers import LAYER_ITERATIONS, layer_breakdown, layers_note
+from archcalc.torch.profile.probes import (
+    CpuMemory,
+    CpuTimer,
+    CudaMemory,
+    CudaTimer,
+    MemoryProbe,
+    Timer,
+    cached_ceiling,
+    ceiling_key,
+    measure_ceiling,
+)
+from archcalc.torch.profile.results import (
+    BatchResult,
+    Ceiling,
+    LayerTiming,
+    MemoryResult,
+    OutOfMemory,
+    Phase,
+    ProfileError,
+    Roofline,
+)
+from archcalc.torch.profile.stats import (
+    TARGET_REL_IQR,
+    Stats,
+    block_size,
+    explain_budget_stop,
+    iteration_estimate,
+    percentile,
+    plural,
+    point_share,
+    reserve_seconds,
+    round_blocks,
+    stop_reason,
+    summarize,
+    warmup_seconds,
+)
+from archcalc.torch.profile.work import FLOPS_RULE, OPTIMIZER_STATE, predicted_memory, preflight, step_flops
 
-MIN_SAMPLES = 10
-TARGET_REL_IQR = 0.02
-MIN_BLOCK_S = 1e-3  # a sample lasts at least this long (timer overhead: ~0.1 us for perf_counter, ~5 us events)
-ROUND_S = 0.1  # samples taken between two looks at the stopping rule (and, on CUDA, between synchronizations)
-LAYER_ITERATIONS = 5  # iterations recorded by torch.profiler for the per-layer breakdown
-OPTIMIZER_STATE = {"sgd": 1, "adam": 2}  # state tensors per parameter: SGD momentum buffer; Adam exp_avg, exp_avg_sq
-TRAIN_FLOPS_FACTOR = 3  # forward + backward; backward of conv/linear = 2x forward (grad input + grad weight)
-FLOPS_RULE = {
-    False: "forward: 2 FLOPs per MAC of conv/linear for the whole batch (convention 'torch')",
-    True: "training step: 3x forward FLOPs (backward of conv/linear is 2x forward; convention 'torch'); the "
-          "optimizer step is not counted",
-}
-
-
-class ProfileError(ArchcalcError):
-    """A profiling request that cannot be carried out (no such device, unsupported option or dtype)."""
-
-
-class OutOfMemory(ArchcalcError):
-    """Predicted or actual memory exceeds what the device has."""
-
-
-# ---- statistics (pure) ----------------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0..100) by linear interpolation between closest ranks (numpy's default method)."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile {q} outside 0..100")
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-@dataclass(frozen=True, slots=True)
-class Stats:
-    """Summary of per-iteration times in seconds."""
-
-    n: int
-    median: float
-    p10: float
-    p90: float
-    q1: float
-    q3: float
-    min: float
-    max: float
-
-    @property
-    def iqr(self) -> float:
-        return self.q3 - self.q1
-
-    @property
-    def rel_iqr(self) -> float:
-        return self.iqr / self.median if self.median > 0 else math.inf
-
-
-def summarize(samples: Sequence[float]) -> Stats:
-    return Stats(len(samples), percentile(samples, 50), percentile(samples, 10), percentile(samples, 90),
-                 percentile(samples, 25), percentile(samples, 75), min(samples), max(samples))
-
-
-def stop_reason(samples: Sequence[float], elapsed_s: float, budget_s: float, target: float = TARGET_REL_IQR,
-                min_samples: int = MIN_SAMPLES) -> str | None:
-    """'converged' when IQR/median <= target over at least min_samples samples, 'budget' when the time is spent
-    (checked second: a run that converges in its last round counts as converged), else None (keep going)."""
-    if len(samples) >= min_samples and summarize(samples).rel_iqr <= target:
-        return "converged"
-    if elapsed_s >= budget_s:
-        return "budget"
-    return None
-
-
-def block_size(iteration_s: float, min_block_s: float = MIN_BLOCK_S) -> int:
-    """Iterations per sample so that a sample lasts at least min_block_s."""
-    if iteration_s <= 0:
-        return 1000
-    return max(1, math.ceil(min_block_s / iteration_s))
-
-
-def round_blocks(sample_s: float, remaining_s: float, round_s: float = ROUND_S) -> int:
-    """Samples to take before the next look at the stopping rule: about round_s worth (at most MIN_SAMPLES, at
-    least 1), and no more than what fits in the remaining budget, so a run overshoots its budget by one sample at
-    most. sample_s is the latest estimate of one sample's duration (the running median)."""
-    if sample_s <= 0:
-        return MIN_SAMPLES
-    return max(1, min(MIN_SAMPLES, math.floor(min(round_s, remaining_s) / sample_s)))
-
-
-# ---- models of work and memory (pure) --------------------------------------------------------------------------
-
-
-def step_flops(report: Report, train: bool) -> int:
-    """FLOPs of one timed iteration for the whole batch (report analyzed under the 'torch' convention)."""
-    if report.convention != "torch":
-        raise ValueError("profile FLOPs use the 'torch' convention")
-    return report.totals.flops * (TRAIN_FLOPS_FACTOR if train else 1)
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryModel:
-    """Predicted peak bytes as named terms (their sum is the prediction)."""
-
-    terms: tuple[tuple[str, int], ...]
-
-    @property
-    def total(self) -> int:
-        return sum(b for _, b in self.terms)
-
-
-def predicted_memory(report: Report, train: bool, optimizer: str = "sgd") -> MemoryModel:
-    """Inference: the liveness peak of an eager forward under no_grad, parameters and buffers included
-    (report.totals.peak_bytes). Training: parameters + buffers + gradients + optimizer state + activations saved
-    for backward; workspace and transient backward tensors are not modelled (the measurement shows them)."""
-    t = report.totals
-    if not train:
-        return MemoryModel((("activations + parameters (inference liveness)", t.peak_bytes),))
-    grads = t.trainable_params * report.itemsize
-    return MemoryModel((
-        ("parameters", t.param_bytes),
-        ("buffers", t.buffer_bytes),
-        ("gradients", grads),
-        (f"optimizer state ({optimizer})", OPTIMIZER_STATE[optimizer] * grads),
-        ("saved activations", t.saved_bytes),
-    ))
-
-
-def preflight(predicted_bytes: int, free_bytes: int | None, force: bool, where: str) -> None:
-    """Refuse a run whose predicted memory exceeds the device's free memory (unless forced)."""
-    if free_bytes is None or force or predicted_bytes <= free_bytes:
-        return
-    from archcalc.core.units import nbytes
-
-    raise OutOfMemory(f"{where}: predicted memory {nbytes(predicted_bytes)} exceeds the {nbytes(free_bytes)} free "
-                      "on the device; use a smaller batch, or --force to try anyway")
-
-
-@dataclass(frozen=True, slots=True)
-class Roofline:
-    peak_flops: float  # FLOP/s
-    bandwidth: float  # bytes/s
-    source: str
-
-    def seconds(self, flops: int, nbytes: int) -> float:
-        """max(FLOPs / peak, bytes / bandwidth): the time if the layer ran at the binding roof."""
-        return max(flops / self.peak_flops, nbytes / self.bandwidth)
-
-    def bound(self, flops: int, nbytes: int) -> str:
-        return "compute" if flops / self.peak_flops >= nbytes / self.bandwidth else "memory"
-
-
-def layer_work(report: Report, train: bool) -> dict[str, tuple[int, int]]:
-    """(FLOPs, bytes moved) per module row: FLOPs under 'torch'; bytes = input + output activations + parameters.
-    Training: 3x both (backward reads the output gradient, input and weights and writes their gradients)."""
-    factor = TRAIN_FLOPS_FACTOR if train else 1
-    work = {}
-    for r in report.rows:
-        if not r.module:
-            continue
-        moved = numel(r.input) * report.batch * report.itemsize + r.activation_bytes + r.params * report.itemsize
-        work[r.name] = (r.flops * factor, moved * factor)
-    return work
-
-
-# ---- results ------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Ceiling:
-    """Measured once per run: a large matmul and a large device-to-device copy in the run's dtype."""
-
-    matmul_flops: float  # FLOP/s
-    copy_bandwidth: float  # bytes/s (read + write)
-    matmul_n: int
-    copy_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class LayerTiming:
-    name: str
-    kind: str
-    median_ms: float
-    forward_ms: float
-    backward_ms: float | None
-    predicted_ms: float
-    flops: int
-    bytes: int
-    bound: str
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryResult:
-    measured: int | None
-    predicted: int
-    terms: tuple[tuple[str, int], ...]
-    extra: tuple[tuple[str, int], ...]  # measured-side terms: workspace, allocator rounding, reserved
-    note: str
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    spec: str
-    device: str
-    device_name: str
-    batch: int
-    dtype: str
-    train: bool
-    optimizer: str | None
-    channels_last: bool
-    compiled: bool
-    stats: Stats
-    iterations_per_sample: int
-    stop: str  # 'converged' or 'budget'
-    budget_s: float
-    timed_s: float
-    flops: int
-    flops_rule: str
-    roofline: Roofline
-    datasheet: str | None
-    ceiling: Ceiling
-    memory: MemoryResult
-    layers: tuple[LayerTiming, ...]
-    layers_note: str
-    graph_stats: Stats | None = None
-    notes: tuple[str, ...] = field(default=())
-
-    @property
-    def throughput(self) -> float:
-        """Samples per second."""
-        return self.batch / self.stats.median
-
-    @property
-    def achieved_flops(self) -> float:
-        return self.flops / self.stats.median
-
-    @property
-    def fraction_of_peak(self) -> float:
-        return self.achieved_flops / self.roofline.peak_flops
+AUTO = "auto"  # --threads auto: the physical cores not kept busy by other work
+DEFAULT_THREADS = 1  # see README, "How threads are chosen"
+GRAPH_CAPTURE_ITERATIONS = 4  # three warm-up steps on a side stream and the captured one
 
 
 @dataclass(frozen=True, slots=True)
 class Options:
     device: str = "cpu"
     batches: tuple[int, ...] = (1,)
+    threads: tuple[int | str, ...] = (DEFAULT_THREADS,)  # ints, or AUTO
     dtype: str = "float32"
     train: bool = False
     optimizer: str = "sgd"
     channels_last: bool = False
     compile: bool = False
     cuda_graphs: bool = False
-    warmup: int = 5
-    budget_s: float = 5.0
+    warmup_s: float | None = None  # None: a share of each point's time (stats.warmup_seconds)
+    budget_s: float = 5.0  # the whole run, from started_at
+    started_at: float | None = None  # time.perf_counter() the budget counts from; None: when run_profile starts
     force: bool = False
     target: float = TARGET_REL_IQR
-    layers: bool = True
+    layers: bool = False
+    memory: bool | None = None  # None: where the probe is cheap (CUDA)
     input_shape: tuple[int, ...] | None = None
 
 
-Progress = Callable[[int, str, float], None]  # (batch index, stage, fraction done of this batch)
+Progress = Callable[[int, str, float], None]  # (point index, stage, fraction done of this point)
 
 
-# ---- device interfaces ------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """What every point of one run shares."""
 
+    options: Options
+    model: Any
+    timer: Timer
+    probe: MemoryProbe
+    device_name: str
+    datasheet: DevicePeak | None
+    started: float
+    deadline: float
+    points: int
+    progress: Progress | None
 
-class Timer(Protocol):
-    def run(self, fn: Callable[[], Any], number: int, blocks: int) -> list[float]:
-        """Run fn number*blocks times; return the mean seconds per iteration of each block."""
-
-
-class MemoryProbe(Protocol):
-    def free(self) -> int | None: ...
-
-    def reset(self) -> None: ...
-
-    def read(self) -> tuple[int | None, tuple[tuple[str, int], ...]]:
-        """The peak allocated bytes since reset (None where it cannot be measured) and measured-side terms."""
-
-
-class CpuTimer:
-    def run(self, fn: Callable[[], Any], number: int, blocks: int) -> list[float]:
-        out = []
-        for _ in range(blocks):
-            start = time.perf_counter_ns()
-            for _ in range(number):
-                fn()
-            out.append((time.perf_counter_ns() - start) / number / 1e9)
-        return out
-
-
-class CudaTimer:
-    """CUDA events around each block; one synchronize per call (a round), so blocks queue back to back."""
-
-    def run(self, fn: Callable[[], Any], number: int, blocks: int) -> list[float]:
-        import torch
-
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(blocks)]
-        torch.cuda.synchronize()
-        for start, end in events:
-            start.record()
-            for _ in range(number):
-                fn()
-            end.record()
-        torch.cuda.synchronize()
-        return [start.elapsed_time(end) / 1e3 / number for start, end in events]
-
-
-class CpuMemory:
-    NOTE = ("CPU (inference): parameters, buffers and input, plus the peak of one forward's allocations as "
-            "torch.profiler's memory events record them; 'workspace and transients' = measured - prediction. "
-            "Training steps on CPU are not measured (their persistent state, gradients and optimizer moments, is not "
-            "visible to the profiler)")
-
-    def free(self) -> int | None:
-        import os
-
-        try:
-            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-
-    def reset(self) -> None:
-        pass
-
-    def read(self) -> tuple[int | None, tuple[tuple[str, int], ...]]:
-        return None, ()
-
-
-def cpu_peak_bytes(fn: Callable[[], Any]) -> int:
-    """The most bytes `fn` holds allocated at once on the CPU beyond what existed before it ran.
-
-    torch.profiler with profile_memory=True attributes each allocation and free to the op that made it (its
-    self_cpu_memory_usage) or to a bare '[memory]' event for frees outside any op; replaying these deltas in time
-    order gives the running total and its peak. Temporaries an op frees before it returns are netted inside that
-    op, so op-internal workspace is not seen.
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _quiet_native_stderr():
-        prof.__enter__()
-    try:
-        fn()
-    finally:
-        with _quiet_native_stderr():
-            prof.__exit__(None, None, None)
-    deltas = []
-    for event in prof.events():
-        delta = event.cpu_memory_usage if event.name == "[memory]" else event.self_cpu_memory_usage
-        if delta:
-            deltas.append((event.time_range.start if delta > 0 else event.time_range.end, delta))
-    live = peak = 0
-    for _, delta in sorted(deltas):
-        live += delta
-        peak = max(peak, live)
-    return peak
-
-
-class CudaMemory:
-    NOTE = ("torch.cuda.max_memory_allocated over the timed iterations (after warm-up); 'workspace and "
-            "transients' = requested peak - prediction, 'allocator rounding' = allocated peak - requested peak")
-
-    def free(self) -> int | None:
-        import torch
-
-        return int(torch.cuda.mem_get_info()[0])
-
-    def reset(self) -> None:
-        import torch
-
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-
-    def read(self) -> tuple[int | None, tuple[tuple[str, int], ...]]:
-        import torch
-
-        torch.cuda.synchronize()
-        stats = torch.cuda.memory_stats()
-        allocated = int(stats.get("allocated_bytes.all.peak", torch.cuda.max_memory_allocated()))
-        requested = int(stats.get("requested_bytes.all.peak", allocated))
-        reserved = int(stats.get("reserved_bytes.all.peak", torch.cuda.max_memory_reserved()))
-        return allocated, (("requested peak", requested), ("allocator rounding", allocated - requested),
-                           ("reserved by the caching allocator (peak)", reserved))
-
-
-# ---- the driver -------------------------------------------------------------------------------------------------
+    @property
+    def cuda(self) -> bool:
+        return self.options.device == "cuda"
 
 
 def run_profile(spec: Spec, options: Options, progress: Progress | None = None,
                 timer: Timer | None = None, probe: MemoryProbe | None = None) -> list[BatchResult]:
-    """Profile the spec's model once per batch size. Raises ProfileError/OutOfMemory for user-facing failures."""
+    """Profile the spec's model at every (threads, batch) point, threads outermost. Raises ProfileError or
+    OutOfMemory for user-facing failures. torch's thread count is restored afterwards."""
     import torch
 
+    started = options.started_at if options.started_at is not None else time.perf_counter()
     _check_options(options)
     cuda = options.device == "cuda"
     timer = timer or (CudaTimer() if cuda else CpuTimer())
     probe = probe or (CudaMemory() if cuda else CpuMemory())
     reports = {b: analyze(spec, b, options.dtype, "torch", options.input_shape) for b in options.batches}
-
-    free = probe.free()
+    predicted = {b: predicted_memory(reports[b], options.train, options.optimizer).total for b in options.batches}
+    available = probe.available()
     for b in options.batches:
-        preflight(predicted_memory(reports[b], options.train, options.optimizer).total, free, options.force,
-                  f"batch {b}")
+        preflight(predicted[b], available, options.force, f"batch {b}")
+    threads = resolve_threads(options.threads)
 
     from archcalc.torch.build import build_module
 
-    dtype = getattr(torch, options.dtype)
-    device = torch.device(options.device)
-    fmt = torch.channels_last if options.channels_last else torch.contiguous_format
-    device_name = torch.cuda.get_device_name(device) if cuda else _cpu_name()
-    datasheet = lookup(device_name) if cuda else None
-    old_benchmark = torch.backends.cudnn.benchmark
+    device_name = torch.cuda.get_device_name(torch.device("cuda")) if cuda else machine.cpu_name()
+    old_threads, old_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     if cuda:
         torch.backends.cudnn.benchmark = True  # autotuning happens during warm-up, which is not timed
     try:
-        with _friendly_errors(options):
-            ceiling = measure_ceiling(timer, device, dtype)
-            roofline = _roofline(datasheet, options.dtype, ceiling, cuda)
-            model = build_module(reports[options.batches[0]]).to(device=device, dtype=dtype)
+        with _allocator_errors(options, predicted, available):
+            model = build_module(reports[options.batches[0]]).to(device=options.device,
+                                                                  dtype=getattr(torch, options.dtype))
             if options.channels_last:
-                model = model.to(memory_format=fmt)  # type: ignore[call-overload]  # accepted at runtime
+                model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             if options.train:
                 model.train()
+            points = [(t, b) for t in threads for b in options.batches]
+            session = _Session(options, model, timer, probe, device_name, lookup(device_name) if cuda else None,
+                               started, started + options.budget_s, len(points), progress)
             results = []
-            for index, b in enumerate(options.batches):
-                results.append(_profile_batch(index, reports[b], model, options, timer, probe, roofline, ceiling,
-                                              datasheet, device_name, progress))
+            for index, (t, b) in enumerate(points):
+                share = point_share(session.deadline - time.perf_counter(), len(points) - index)
+                results.append(_profile_point(session, index, t, reports[b], share))
                 if cuda:
                     torch.cuda.empty_cache()
             return results
     finally:
+        torch.set_num_threads(old_threads)
         torch.backends.cudnn.benchmark = old_benchmark
+
+
+def resolve_threads(threads: tuple[int | str, ...]) -> tuple[int, ...]:
+    """Thread counts as given, `auto` replaced by the physical cores not busy now."""
+    out = []
+    for t in threads:
+        if t == AUTO:
+            out.append(machine.free_cores(machine.load(), machine.physical_cores()))
+        elif isinstance(t, int) and t >= 1:
+            out.append(t)
+        else:
+            raise ProfileError(f"--threads: expected positive integers or 'auto', got '{t}'")
+    return tuple(out)
 
 
 def _check_options(o: Options) -> None:
@@ -482,17 +192,23 @@ def _check_options(o: Options) -> None:
         raise ProfileError(f"unknown optimizer '{o.optimizer}'; expected one of {', '.join(OPTIMIZER_STATE)}")
     if not o.batches or min(o.batches) < 1:
         raise ProfileError("--batch: give one or more positive batch sizes")
-    if o.warmup < 1:
-        raise ProfileError("--warmup must be at least 1")
+    if not o.threads:
+        raise ProfileError("--threads: give one or more thread counts")
+    if o.warmup_s is not None and o.warmup_s < 0:
+        raise ProfileError("--warmup must not be negative")
     if o.budget_s <= 0:
         raise ProfileError("--budget must be positive")
 
 
-class _friendly_errors:
-    """CUDA out-of-memory and dtype kernels missing on this device become user-facing errors, not tracebacks."""
+_CPU_ALLOC = re.compile(r"can't allocate memory: you tried to allocate (\d+) bytes")
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
+
+class _allocator_errors:
+    """An allocator failure on any device becomes OutOfMemory (exit 2) with the figures; a dtype kernel missing
+    on this device becomes ProfileError. Anything else stays a traceback (a bug)."""
+
+    def __init__(self, options: Options, predicted: dict[int, int], available: machine.Available | None) -> None:
+        self.options, self.predicted, self.available = options, predicted, available
 
     def __enter__(self) -> None:
         return None
@@ -500,44 +216,21 @@ class _friendly_errors:
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         import torch
 
+        from archcalc.core.units import nbytes
+
+        figures = ", ".join(f"batch {b} predicted {nbytes(p)}" for b, p in self.predicted.items())
+        if self.available is not None:
+            figures += f"; {nbytes(self.available.bytes)} available before the run ({self.available.source})"
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             first = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
-            raise OutOfMemory(f"the device ran out of memory ({first}); use a smaller --batch") from None
+            raise OutOfMemory(f"the device ran out of memory ({first}); {figures}; use a smaller --batch") from None
+        cpu = _CPU_ALLOC.search(str(exc)) if isinstance(exc, RuntimeError) else None
+        if cpu or isinstance(exc, MemoryError):
+            tried = f"an allocation of {nbytes(int(cpu.group(1)))} failed" if cpu else "an allocation failed"
+            raise OutOfMemory(f"the CPU ran out of memory: {tried}; {figures}; use a smaller --batch") from None
         if isinstance(exc, (RuntimeError, NotImplementedError)) and "not implemented for" in str(exc):
             raise ProfileError(f"--dtype {self.options.dtype} on {self.options.device}: {str(exc).splitlines()[0]}"
                                ) from None
-
-
-def _cpu_name() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def measure_ceiling(timer: Timer, device: Any, dtype: Any) -> Ceiling:
-    """A large square matmul (2 n^3 FLOPs) and a large copy (bytes read + written); the fastest of 7 runs each,
-    since a ceiling is the best the device shows, not its typical speed."""
-    import torch
-
-    cuda = device.type == "cuda"
-    n = 8192 if cuda else 1024
-    size = (1 << 28) if cuda else (1 << 26)  # 256 MiB / 64 MiB: well beyond the last-level cache
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    src = torch.empty(size // dtype.itemsize, device=device, dtype=dtype).fill_(1)
-    dst = torch.empty_like(src)
-    timer.run(lambda: torch.mm(a, b), 1, 2)  # warm-up
-    mm = min(timer.run(lambda: torch.mm(a, b), 1, 7))
-    timer.run(lambda: dst.copy_(src), 1, 2)
-    cp = min(timer.run(lambda: dst.copy_(src), 1, 7))
-    return Ceiling(2 * n**3 / mm, 2 * size / cp, n, size)
 
 
 def _roofline(datasheet: DevicePeak | None, dtype: str, ceiling: Ceiling, cuda: bool) -> Roofline:
@@ -584,7 +277,7 @@ def _capture_graph(step: Callable[[], Any]) -> Callable[[], Any]:
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for _ in range(3):
+        for _ in range(GRAPH_CAPTURE_ITERATIONS - 1):
             step()
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
@@ -593,198 +286,185 @@ def _capture_graph(step: Callable[[], Any]) -> Callable[[], Any]:
     return graph.replay
 
 
-def _measure(step: Callable[[], Any], timer: Timer, options: Options, report_progress: Callable[[str, float], None],
-             after_warmup: Callable[[], None] | None = None) -> tuple[Stats, int, str, float]:
-    """Warm up, pick the block size, then sample in rounds until the stopping rule says stop.
+def _elapsed(start: float, reported: float) -> float:
+    """Seconds spent since start: the wall clock, or what the timer reported when that is more (a fake timer's
+    iterations take no wall time)."""
+    return max(time.perf_counter() - start, reported)
 
-    Returns the statistics, iterations per sample, the stop reason and the total timed seconds."""
-    warm = timer.run(step, 1, options.warmup)
-    if after_warmup:
-        after_warmup()
-    estimate = sum(warm[len(warm) // 2:]) / len(warm[len(warm) // 2:])  # the later half: past one-off costs
-    number = block_size(estimate)
+
+def _warm_up(step: Callable[[], Any], timer: Timer, seconds: float) -> list[float]:
+    """Single iterations until `seconds` have passed (at least one); returns their durations."""
+    start = time.perf_counter()
+    durations: list[float] = []
+    while True:
+        durations += timer.run(step, 1, 1)
+        if _elapsed(start, sum(durations)) >= seconds:
+            return durations
+
+
+@dataclass(frozen=True, slots=True)
+class _Timing:
+    stats: Stats
+    number: int
+    stop: str
+    timed_s: float
+    seconds: float  # wall time of the timing pass
+
+
+def _sample(step: Callable[[], Any], timer: Timer, iteration_s: float, window_s: float, target: float,
+            say: Callable[[str, float], None]) -> _Timing:
+    """Blocks of `number` iterations (a block lasts >= MIN_BLOCK_S) in rounds until the stopping rule says stop;
+    at least one block, even when the window is already spent."""
+    number = block_size(iteration_s)
     samples: list[float] = []
     start = time.perf_counter()
     elapsed = 0.0
     while True:
-        sample_s = number * (percentile(samples, 50) if samples else estimate)
-        samples += timer.run(step, number, round_blocks(sample_s, options.budget_s - elapsed))
-        elapsed = time.perf_counter() - start
-        reason = stop_reason(samples, elapsed, options.budget_s, options.target)
+        sample_s = number * (percentile(samples, 50) if samples else iteration_s)
+        samples += timer.run(step, number, round_blocks(sample_s, window_s - elapsed))
+        elapsed = _elapsed(start, sum(samples) * number)
+        reason = stop_reason(samples, elapsed, window_s, target)
         rel = summarize(samples).rel_iqr
-        report_progress(f"timing, IQR/median {rel:.1%}" if len(samples) > 1 else "timing",
-                        min(0.9, 0.9 * elapsed / options.budget_s))
+        say(f"timing, IQR/median {rel:.1%}" if rel is not None else f"timing, {len(samples)} samples",
+            min(0.9, 0.9 * elapsed / window_s) if window_s > 0 else 0.9)
         if reason:
-            return summarize(samples), number, reason, sum(samples) * number
+            return _Timing(summarize(samples), number, reason, sum(samples) * number, time.perf_counter() - start)
 
 
-def _profile_batch(index: int, report: Report, model: Any, options: Options, timer: Timer, probe: MemoryProbe,
-                   roofline: Roofline, ceiling: Ceiling, datasheet: DevicePeak | None, device_name: str,
-                   progress: Progress | None) -> BatchResult:
+def _profile_point(s: _Session, index: int, threads: int, report: Report, share_s: float) -> BatchResult:
+    """One point: ceiling, warm-up, timing (first and alone), then the passes asked for."""
     import torch
+
+    o = s.options
 
     def say(stage: str, fraction: float) -> None:
-        if progress:
-            progress(index, stage, fraction)
+        if s.progress:
+            s.progress(index, stage, fraction)
 
-    dtype = getattr(torch, options.dtype)
-    fmt = torch.channels_last if options.channels_last else torch.contiguous_format
-    x = torch.randn(report.batch, *report.input, device=options.device, dtype=dtype)
-    if x.dim() == 4:
-        x = x.contiguous(memory_format=fmt)
-    runner = torch.compile(model) if options.compile else model
-    step = _make_step(runner, x, options)
-    notes = []
+    torch.set_num_threads(threads)
+    begin = time.perf_counter()
+    load_start = machine.load()
+    phases: list[Phase] = []
+
+    say("ceiling", 0.0)
+    ceiling = _timed(phases, "ceiling", lambda: cached_ceiling(
+        ceiling_key(o.device, s.device_name, o.dtype, threads),
+        lambda: measure_ceiling(s.timer, torch.device(o.device), getattr(torch, o.dtype))),
+        lambda c: "cached" if c.cached else "measured")
+    roofline = _roofline(s.datasheet, o.dtype, ceiling, s.cuda)
+    x, step = _step_for(s, report)
 
     say("warm-up", 0.0)
-    stats, number, reason, timed = _measure(step, timer, options, say, after_warmup=probe.reset)
-    measured, extra = probe.read()
+    warm = _timed(phases, "warm-up", lambda: _warm_up(step, s.timer, warmup_seconds(share_s, o.warmup_s)),
+                  lambda w: plural(len(w), "iteration"))
+    estimate = iteration_estimate(warm)
+    measure_memory = s.probe.cheap if o.memory is None else o.memory
+    window = _timing_window(s, share_s - (time.perf_counter() - begin), estimate, measure_memory)
+
+    say("timing", 0.0)
+    timing = _sample(step, s.timer, estimate, window, o.target, say)
+    phases.append(Phase("timing", timing.seconds,
+                        f"{plural(timing.stats.n, 'sample')} x {plural(timing.number, 'iteration')}"))
+    load_end = machine.load()
+    notes = _timing_notes(s, timing, window, threads, load_start)
+
     graph_stats = None
-    if options.cuda_graphs:
-        say("CUDA graph", 0.0)
-        graph_stats, _, _, _ = _measure(_capture_graph(step), timer, options, say)
-    if reason == "budget":
-        why = (f"IQR/median {stats.rel_iqr:.1%} > {options.target:.0%}" if stats.rel_iqr > options.target
-               else f"only {stats.n} samples (at least {MIN_SAMPLES} are needed)")
-        notes.append(f"did not converge: {why} when the {options.budget_s:g} s budget ended")
-
-    memory = predicted_memory(report, options.train, options.optimizer)
-    if options.device == "cpu" and not options.train and not options.compile:
-        import torch
-
-        state = sum(t.untyped_storage().nbytes() for t in (*model.parameters(), *model.buffers(), x))
-        with torch.no_grad():
-            measured = state + cpu_peak_bytes(step)
-        extra = (("requested peak", measured),)
-    if measured is not None:
-        requested = dict(extra)["requested peak"]
-        extra = (("workspace and transients", requested - memory.total),) + tuple(
-            t for t in extra if t[0] != "requested peak")
-    mem = MemoryResult(measured, memory.total, memory.terms, extra,
-                       CudaMemory.NOTE if options.device == "cuda" else CpuMemory.NOTE)
-
-    layers: tuple[LayerTiming, ...] = ()
-    if not options.layers:
-        layers_note = "per-layer breakdown not requested"
-    elif options.compile:
-        layers_note = "no per-layer breakdown with --compile: the compiled graph fuses layers"
-    else:
-        say("per-layer profile", 0.95)
-        layers = _layer_breakdown(model, step, report, options, roofline)
-        layers_note = ("torch.profiler, median over {} iterations; {} time of each leaf module's ops{}; "
-                       "predicted = max(FLOPs / peak, bytes / bandwidth) with {}").format(
-            LAYER_ITERATIONS, "GPU kernel" if options.device == "cuda" else "CPU",
-            " (backward: autograd ops linked by sequence number)" if options.train else "", roofline.source)
+    if o.cuda_graphs:
+        say("CUDA graph", 0.9)
+        graph_stats = _timed(phases, "CUDA graphs", lambda: _graph_timing(step, s.timer, window, o.target, say),
+                             lambda g: plural(g.n, "sample"))
+    memory = _memory_pass(s, step, x, report, measure_memory, phases, say)
+    layers, note = _layers_pass(s, step, report, roofline, phases, say)
     say("done", 1.0)
-    return BatchResult(report.name, options.device, device_name, report.batch, options.dtype, options.train,
-                       options.optimizer if options.train else None, options.channels_last, options.compile, stats,
-                       number, reason, options.budget_s, timed, step_flops(report, options.train),
-                       FLOPS_RULE[options.train], roofline, datasheet.name if datasheet else None, ceiling, mem,
-                       layers, layers_note, graph_stats, tuple(notes))
+    return BatchResult(report.name, o.device, s.device_name, report.batch, threads, torch.get_num_interop_threads(),
+                       o.dtype, o.train, o.optimizer if o.train else None, o.channels_last, o.compile, timing.stats,
+                       timing.number, len(warm), timing.stop, o.budget_s, share_s, timing.timed_s,
+                       step_flops(report, o.train), FLOPS_RULE[o.train], roofline,
+                       s.datasheet.name if s.datasheet else None, ceiling, memory, layers, note, load_start,
+                       load_end, tuple(phases), time.perf_counter() - s.started, graph_stats, tuple(notes))
 
 
-class _quiet_native_stderr:
-    """Point file descriptor 2 at /dev/null for a moment (only around the profiler's start and stop)."""
-
-    def __enter__(self) -> None:
-        import os
-        import sys
-
-        sys.stderr.flush()
-        self.saved = os.dup(2)
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 2)
-        os.close(null)
-
-    def __exit__(self, *exc: Any) -> None:
-        import os
-
-        os.dup2(self.saved, 2)
-        os.close(self.saved)
+T = TypeVar("T")
 
 
-def _layer_breakdown(model: Any, step: Callable[[], Any], report: Report, options: Options,
-                     roofline: Roofline) -> tuple[LayerTiming, ...]:
-    """Per-layer times from torch.profiler: a record_function range per leaf module (entered and left by forward
-    hooks); in training, backward ops are attributed to the layer whose forward op has the same sequence number."""
+def _timed(phases: list[Phase], name: str, run: Callable[[], T], detail: Callable[[T], str]) -> T:
+    """Run one pass and record its wall time as a Phase."""
+    mark = time.perf_counter()
+    out = run()
+    phases.append(Phase(name, time.perf_counter() - mark, detail(out)))
+    return out
+
+
+def _step_for(s: _Session, report: Report) -> tuple[Any, Callable[[], Any]]:
+    """The point's input and the step to time (compiled when asked; compilation happens in warm-up)."""
     import torch
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile, record_function
 
-    from archcalc.torch.build import leaf_modules
+    o = s.options
+    x = torch.randn(report.batch, *report.input, device=o.device, dtype=getattr(torch, o.dtype))
+    if x.dim() == 4 and o.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, _make_step(torch.compile(s.model) if o.compile else s.model, x, o)
 
-    prefix = "archcalc::"
-    leaves = leaf_modules(model, report)
-    open_ranges: dict[str, Any] = {}
-    handles = []
-    for name, module in leaves.items():
-        def pre(_m: Any, _i: Any, name: str = name) -> None:
-            rf = record_function(prefix + name)
-            rf.__enter__()
-            open_ranges[name] = rf
 
-        def post(_m: Any, _i: Any, _o: Any, name: str = name) -> None:
-            open_ranges.pop(name).__exit__(None, None, None)
+def _timing_window(s: _Session, left_s: float, iteration_s: float, measure_memory: bool) -> float:
+    """What is left of the point's share once the passes that follow timing are kept back (halved with CUDA
+    graphs, whose replay is timed in the other half)."""
+    o = s.options
+    layers = o.layers and not o.compile
+    profiled = (1 if measure_memory and not s.probe.cheap else 0) + (LAYER_ITERATIONS if layers else 0)
+    plain = (1 if measure_memory and s.probe.cheap else 0) + (1 if layers else 0) + \
+        (GRAPH_CAPTURE_ITERATIONS if o.cuda_graphs else 0)
+    window = max(0.0, left_s - reserve_seconds(iteration_s, profiled, plain))
+    return window / 2 if o.cuda_graphs else window
 
-        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    cuda = options.device == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    try:
-        step()  # one untimed pass with the hooks in place
-        prof = profile(activities=activities)
-        with _quiet_native_stderr():  # kineto prints 'profiler_start' lines straight to file descriptor 2
-            prof.__enter__()
-        try:
-            for _ in range(LAYER_ITERATIONS):
-                step()
-            if cuda:
-                torch.cuda.synchronize()
-        finally:
-            with _quiet_native_stderr():
-                prof.__exit__(None, None, None)
-    finally:
-        for h in handles:
-            h.remove()
 
-    def duration(event: Any) -> float:  # microseconds
-        return float(event.device_time_total if cuda else event.cpu_time_total)
+def _timing_notes(s: _Session, timing: _Timing, window: float, threads: int, load: machine.Load) -> list[str]:
+    notes = []
+    if timing.stop == "budget":
+        notes.append(explain_budget_stop(timing.stats, s.options.target, window, timing.number * timing.stats.median,
+                                         budget_s=s.options.budget_s, points=s.points, loaded=load.busy(threads),
+                                         threads=threads))
+    if load.busy(threads):
+        notes.append(f"the machine was busy: load average {load.averages[0]:g} on {load.cpus} CPUs before timing "
+                     f"{plural(threads, 'thread')}; other work competes for the CPUs, so times are inflated and noisy "
+                     "(close it, or use fewer --threads)")
+    return notes
 
-    forward: dict[str, list[float]] = {n: [] for n in leaves}
-    backward: dict[str, list[float]] = {n: [] for n in leaves}
-    owner: dict[int, tuple[str, int]] = {}  # forward op sequence number -> (layer, occurrence)
-    events = prof.events()
-    for event in events:
-        # The CPU-side range (on CUDA the profiler also reports a device-side copy of each range: skip it).
-        if event.device_type == DeviceType.CPU and event.name.startswith(prefix) \
-                and event.name[len(prefix):] in forward:
-            name = event.name[len(prefix):]
-            forward[name].append(duration(event))
-            stack = list(event.cpu_children)
-            while stack:
-                child = stack.pop()
-                if child.sequence_nr >= 0:
-                    owner[child.sequence_nr] = (name, len(forward[name]) - 1)
-                stack.extend(child.cpu_children)
-    if options.train:
-        per: dict[tuple[str, int], float] = {}
-        for event in events:
-            if event.device_type == DeviceType.CPU and event.sequence_nr in owner \
-                    and event.name.startswith("autograd::engine::evaluate_function:"):
-                key = owner[event.sequence_nr]
-                per[key] = per.get(key, 0.0) + duration(event)
-        for (name, _), us in per.items():
-            backward[name].append(us)
 
-    work = layer_work(report, options.train)
-    kinds = {r.name: r.kind for r in report.rows}
-    out = []
-    for name in leaves:
-        fwd = percentile(forward[name], 50) / 1e3 if forward[name] else 0.0
-        bwd = None
-        if options.train:
-            runs = backward[name] + [0.0] * (len(forward[name]) - len(backward[name]))
-            bwd = percentile(runs, 50) / 1e3 if runs else 0.0
-        flops, moved = work[name]
-        out.append(LayerTiming(name, kinds[name], fwd + (bwd or 0.0), fwd, bwd, roofline.seconds(flops, moved) * 1e3,
-                               flops, moved, roofline.bound(flops, moved)))
-    return tuple(out)
+def _graph_timing(step: Callable[[], Any], timer: Timer, window: float, target: float,
+                  say: Callable[[str, float], None]) -> Stats:
+    replay = _capture_graph(step)
+    return _sample(replay, timer, iteration_estimate(timer.run(replay, 1, 2)), window, target, say).stats
+
+
+def _layers_pass(s: _Session, step: Callable[[], Any], report: Report, roofline: Roofline, phases: list[Phase],
+                 say: Callable[[str, float], None]) -> tuple[tuple[LayerTiming, ...], str]:
+    if not s.options.layers:
+        return (), "per-layer breakdown not requested (--layers: one pass of torch's profiler)"
+    if s.options.compile:
+        return (), "no per-layer breakdown with --compile: the compiled graph fuses layers"
+    say("per-layer profile", 0.95)
+    layers = _timed(phases, "layers", lambda: layer_breakdown(s.model, step, report, s.options.train, s.cuda,
+                                                              roofline),
+                    lambda _: f"{LAYER_ITERATIONS} profiled iterations")
+    return layers, layers_note(s.cuda, s.options.train, roofline)
+
+
+def _memory_pass(s: _Session, step: Callable[[], Any], x: Any, report: Report, wanted: bool, phases: list[Phase],
+                 say: Callable[[str, float], None]) -> MemoryResult:
+    """The prediction always; the measurement through the device's probe when wanted (one step)."""
+    model = predicted_memory(report, s.options.train, s.options.optimizer)
+    if not wanted:
+        why = "not measured (--memory: one step under torch's profiler)" if not s.probe.cheap else \
+            "not measured (--no-memory)"
+        return MemoryResult(None, model.total, model.terms, (), why)
+    say("memory", 0.92)
+    state = (*s.model.parameters(), *s.model.buffers(), x)
+    reading = _timed(phases, "memory", lambda: s.probe.measure(step, state, s.options.train, s.options.compile),
+                     lambda _: "one step")
+    if reading.peak is None:
+        return MemoryResult(None, model.total, model.terms, (), reading.note)
+    requested = dict(reading.terms).get("requested peak", reading.peak)
+    extra = (("workspace and transients", requested - model.total),) + tuple(
+        t for t in reading.terms if t[0] != "requested peak")
+    return MemoryResult(reading.peak, model.total, model.terms, extra, reading.note)

@@ -1,0 +1,76 @@
+"""Models of the work and memory of one timed iteration, from the analytic Report (pure; no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from archcalc.core.analyze import Report
+from archcalc.core.kinds.base import numel
+from archcalc.torch.profile.machine import Available
+from archcalc.torch.profile.results import OutOfMemory
+
+OPTIMIZER_STATE = {"sgd": 1, "adam": 2}  # state tensors per parameter: SGD momentum buffer; Adam exp_avg, exp_avg_sq
+TRAIN_FLOPS_FACTOR = 3  # forward + backward; backward of conv/linear = 2x forward (grad input + grad weight)
+FLOPS_RULE = {
+    False: "forward: 2 FLOPs per MAC of conv/linear for the whole batch (convention 'torch')",
+    True: "training step: 3x forward FLOPs (backward of conv/linear is 2x forward; convention 'torch'); the "
+          "optimizer step is not counted",
+}
+
+
+def step_flops(report: Report, train: bool) -> int:
+    """FLOPs of one timed iteration for the whole batch (report analyzed under the 'torch' convention)."""
+    if report.convention != "torch":
+        raise ValueError("profile FLOPs use the 'torch' convention")
+    return report.totals.flops * (TRAIN_FLOPS_FACTOR if train else 1)
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryModel:
+    """Predicted peak bytes as named terms (their sum is the prediction)."""
+
+    terms: tuple[tuple[str, int], ...]
+
+    @property
+    def total(self) -> int:
+        return sum(b for _, b in self.terms)
+
+
+def predicted_memory(report: Report, train: bool, optimizer: str = "sgd") -> MemoryModel:
+    """Inference: the liveness peak of an eager forward under no_grad, parameters and buffers included
+    (report.totals.peak_bytes). Training: parameters + buffers + gradients + optimizer state + activations saved
+    for backward; workspace and transient backward tensors are not modelled (the measurement shows them)."""
+    t = report.totals
+    if not train:
+        return MemoryModel((("activations + parameters (inference liveness)", t.peak_bytes),))
+    grads = t.trainable_params * report.itemsize
+    return MemoryModel((
+        ("parameters", t.param_bytes),
+        ("buffers", t.buffer_bytes),
+        ("gradients", grads),
+        (f"optimizer state ({optimizer})", OPTIMIZER_STATE[optimizer] * grads),
+        ("saved activations", t.saved_bytes),
+    ))
+
+
+def preflight(predicted_bytes: int, available: Available | None, force: bool, where: str) -> None:
+    """Refuse a run whose predicted memory exceeds what the process may still allocate (unless forced)."""
+    if available is None or force or predicted_bytes <= available.bytes:
+        return
+    from archcalc.core.units import nbytes
+
+    raise OutOfMemory(f"{where}: predicted memory {nbytes(predicted_bytes)} exceeds the {nbytes(available.bytes)} "
+                      f"available ({available.source}); use a smaller batch, or --force to try anyway")
+
+
+def layer_work(report: Report, train: bool) -> dict[str, tuple[int, int]]:
+    """(FLOPs, bytes moved) per module row: FLOPs under 'torch'; bytes = input + output activations + parameters.
+    Training: 3x both (backward reads the output gradient, input and weights and writes their gradients)."""
+    factor = TRAIN_FLOPS_FACTOR if train else 1
+    work = {}
+    for r in report.rows:
+        if not r.module:
+            continue
+        moved = numel(r.input) * report.batch * report.itemsize + r.activation_bytes + r.params * report.itemsize
+        work[r.name] = (r.flops * factor, moved * factor)
+    return work
