@@ -25,7 +25,7 @@ CASES = [
     ("misspelled-arg", HEADER + "layers:\n  - conv: {out: 8, kernel: 3, strides: 2}\n", "4:31",
      r"conv: unknown argument 'strides'; did you mean 'stride'"),
     ("wrong-type", HEADER + "layers:\n  - conv: {out: 8, kernel: three}\n", "4:28",
-     r"conv 'kernel_size' must be an integer, not 'three'"),
+     r"conv 'kernel_size': unknown name 'three' \(no variables are defined here\)"),
     ("wrong-bool", HEADER + "layers:\n  - conv: {out: 8, kernel: 3, bias: 1}\n", "4:37", r"must be true or false"),
     ("zero-stride", HEADER + "layers:\n  - conv: {out: 8, kernel: 3, stride: 0}\n", "4:39",
      r"'stride' must be at least 1, not 0"),

@@ -18,6 +18,7 @@ from archcalc.cli.options import (
     FmtOpt,
     InputOpt,
     SetOpt,
+    MaxLayersOpt,
     SpecArg,
     handle_errors,
     input_override,
@@ -26,6 +27,7 @@ from archcalc.cli.options import (
     print_warnings,
     write_text,
 )
+from archcalc.core.spec import MAX_LAYERS
 
 
 @handle_errors
@@ -40,12 +42,14 @@ def calc(
     fmt: FmtOpt = Fmt.table,
     strict: Annotated[bool, typer.Option("--strict", help="treat warnings (non-integer sizes) as errors")] = False,
     set_: SetOpt = None,
+    max_layers: MaxLayersOpt = MAX_LAYERS,
 ) -> None:
     """Per-layer shapes, parameters, MACs/FLOPs, memory and receptive field, with totals."""
     from archcalc.core.analyze import analyze
     from archcalc.render import report as render
 
-    report = analyze(load(spec, set_), batch, dtype.value, convention.value, input_override(input), strict)
+    report = analyze(load(spec, set_, max_layers), batch, dtype.value, convention.value, input_override(input),
+                     strict)
     print_warnings(report)
     if fmt is Fmt.table:
         console = out_console()
@@ -70,7 +74,7 @@ class SortBy(str, Enum):
 
 @handle_errors
 def compare(
-    specs: Annotated[list[str], typer.Argument(help="spec files or bundled spec names")],
+    specs: Annotated[list[str], typer.Argument(metavar="SPEC...", help="spec files or bundled spec names")],
     batch: BatchOpt = 1,
     dtype: DTypeOpt = DType.float32,
     input: InputOpt = None,
@@ -79,13 +83,14 @@ def compare(
     descending: Annotated[bool, typer.Option("--desc", help="sort largest first")] = False,
     fmt: FmtOpt = Fmt.table,
     set_: SetOpt = None,
+    max_layers: MaxLayersOpt = MAX_LAYERS,
 ) -> None:
     """One row per architecture: params, MACs, FLOPs, memory, depth, receptive field."""
     from archcalc.core.analyze import analyze
     from archcalc.render import report as render
 
     override = input_override(input)
-    reports = [analyze(load(s, set_), batch, dtype.value, convention.value, override) for s in specs]
+    reports = [analyze(load(s, set_, max_layers), batch, dtype.value, convention.value, override) for s in specs]
     for report in reports:
         print_warnings(report)
     if sort is not None:
@@ -136,6 +141,8 @@ def zoo(fmt: Annotated[KindsFmt, typer.Option("--format", "-f")] = KindsFmt.tabl
     table = Table(title="bundled specs", header_style="bold")
     for col in ("spec", "description", "source"):
         table.add_column(col)
+    from rich.text import Text
+
     for e in entries:
-        table.add_row(e.name, e.description, e.source)
+        table.add_row(Text(e.name), Text(e.description), Text(e.source))
     out_console().print(table)

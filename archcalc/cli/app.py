@@ -8,20 +8,32 @@ library and the renderers.
 
 from __future__ import annotations
 
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from archcalc import __version__
 from archcalc.cli import analytic, model, profile
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="archcalc: CNN architecture calculator and profiler. Give a spec file or a bundled spec "
                        "name (see `archcalc zoo`).")
 
+
+
+class _Command(TyperCommand):
+    """Usage lines name a required argument plainly (`archcalc calc [OPTIONS] SPEC`), not as typer's `{spec}`."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [re.sub(r"^\{(.*)\}$", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
+
+
 for command in (analytic.calc, analytic.compare, analytic.kinds, analytic.zoo, model.validate, model.export,
                 profile.profile):
-    app.command()(command)
+    app.command(cls=_Command)(command)
 
 
 def version_callback(value: bool) -> None:

@@ -6,6 +6,7 @@ Command modules import from here and from the library below them; never from eac
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -52,18 +53,20 @@ class DType(str, Enum):
 
 
 def out_console() -> Console:
+    """rich for the wrapped-text tables (kinds, zoo, validate, profile). User text is never read as markup or emoji
+    (`file.yaml:100:5` must not become an emoji, `[out/filters]` not a style tag)."""
     from rich.console import Console  # not on the JSON/CSV path: rich's console costs start-up time
 
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(width=200, highlight=False, soft_wrap=False)
+    console = Console(highlight=False, emoji=False, markup=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=200, highlight=False, soft_wrap=False, emoji=False, markup=False)
     return console
 
 
 def err_console() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, width=200)
+    return Console(stderr=True, highlight=False, width=200, emoji=False, markup=False, soft_wrap=True)
 
 
 def handle_errors(fn: F) -> F:
@@ -86,11 +89,11 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return parse_input(text, None)  # type: ignore[arg-type]
 
 
-def load(spec: str, sets: list[str] | None = None) -> Spec:
+def load(spec: str, sets: list[str] | None = None, max_layers: int | None = None) -> Spec:
     """The Spec for a SPEC argument: a path, or the name of a bundled spec; `sets` are --set NAME=VALUE."""
-    from archcalc.core.spec import open_spec
+    from archcalc.core.spec import MAX_LAYERS, open_spec
 
-    return open_spec(spec, parse_sets(sets))
+    return open_spec(spec, parse_sets(sets), max_layers or MAX_LAYERS)
 
 
 def parse_sets(sets: list[str] | None) -> dict[str, str]:
@@ -128,10 +131,17 @@ def write_text(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
-SpecArg = Annotated[str, typer.Argument(help="spec file, or the name of a bundled spec (archcalc zoo)")]
-BatchOpt = Annotated[int, typer.Option("--batch", "-b", min=1, help="batch size")]
+MAX_BATCH = 1 << 20
+SpecArg = Annotated[str, typer.Argument(metavar="SPEC",
+                                        help="spec file, or the name of a bundled spec (archcalc zoo)")]
+BatchOpt = Annotated[int, typer.Option("--batch", "-b", min=1, max=MAX_BATCH, help="batch size (1 to 1,048,576)")]
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="element type for memory figures")]
-ConvOpt = Annotated[Convention, typer.Option("--convention", "-c", help="what a FLOP is (see README)")]
+ConvOpt = Annotated[Convention, typer.Option(
+    "--convention", "-c", help="what a FLOP is: macs = one per multiply-accumulate; torch = FlopCounterMode's (2 per "
+    "MAC of conv/linear, nothing else); fvcore = FlopCountAnalysis's (1 per MAC, plus norms and pooling); full = "
+    "every arithmetic operation")]
+MaxLayersOpt = Annotated[int, typer.Option("--max-layers", min=1, help="refuse specs that expand to more layers "
+                                                                        "than this (blocks and repeats expanded)")]
 FmtOpt = Annotated[Fmt, typer.Option("--format", "-f", help="output format")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE",
                                                    help="override a spec argument (repeatable): --set width_mult=0.75")]

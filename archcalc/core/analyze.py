@@ -19,7 +19,7 @@ from archcalc.core.kinds import REGISTRY, Cost, LayerError, Shape
 from archcalc.core.kinds.base import numel
 from archcalc.core.memory import peak_inference_bytes, saved_training_bytes
 from archcalc.core.merges import MERGES, MergeOp
-from archcalc.core.spec import Layer, Merge, Parallel, Ref, Residual, Sequence, Spec
+from archcalc.core.spec import Layer, Merge, Parallel, Ref, Residual, Sequence, Spec, checked_input, input_warnings
 
 # ---- report values --------------------------------------------------------------------------------------------
 
@@ -104,7 +104,11 @@ def _analyze(spec: Spec, batch: int, dtype: str, convention: str, input_shape: S
     inputs = list(spec.inputs) or []
     shapes = [inp.shape for inp in inputs] if inputs else [spec.input]
     if input_shape:
-        shapes[0] = tuple(input_shape)
+        shapes[0] = checked_input(spec, input_shape)
+    for message in input_warnings(spec, shapes[0]):
+        if strict:
+            raise SpecError(spec.input_loc, f"{message} (--strict makes this an error)")
+        engine.warnings.append(Warning_(spec.input_loc, "input", message))
     names = [inp.name for inp in inputs] if inputs else ["input"]
     first = -1
     for name, shape in zip(names, shapes):

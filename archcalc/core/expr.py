@@ -10,18 +10,29 @@ Grammar (no Python eval, no attribute access, no calls other than the listed fun
 
 Functions: min, max, ceil_div(a, b), round_to(value, multiple) (the `_make_divisible` rule of MobileNet/EfficientNet).
 `/` gives an int when the division is exact and a float otherwise.
+
+Hostile input is bounded, never a hang or a traceback: every intermediate value must stay within +-MAX_VALUE (a
+power is checked before it is computed, so stacked powers cannot run away), expressions nest at most MAX_NESTING
+levels and are at most MAX_LENGTH characters; division by zero, overflow and non-finite floats are ExprErrors.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 
 Number = int | float
 
+# [0-9], not \d: \d also matches other scripts' digits ('٣'), which int() would silently accept.
 _TOKEN = re.compile(
-    r"\s*(?:(\d+\.\d*(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+)|(\d+)|([A-Za-z_][A-Za-z0-9_]*)|(//|\*\*|[-+*/%(),]))"
+    r"\s*(?:([0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)|([0-9]+)|([A-Za-z_][A-Za-z0-9_]*)"
+    r"|(//|\*\*|[-+*/%(),]))"
 )
+
+MAX_VALUE = 2**63  # far beyond any layer size, small enough that every operation on it is instant
+MAX_NESTING = 64  # parentheses, unary signs and right-nested powers together
+MAX_LENGTH = 2000
 
 
 class ExprError(ValueError):
@@ -30,6 +41,8 @@ class ExprError(ValueError):
 
 def _round_to(value: Number, divisor: Number) -> int:
     # torchvision's _make_divisible: round to the nearest multiple, never below 90% of the value.
+    if divisor == 0:
+        raise ZeroDivisionError
     new = max(int(divisor), int(value + divisor / 2) // int(divisor) * int(divisor))
     if new < 0.9 * value:
         new += int(divisor)
@@ -37,6 +50,8 @@ def _round_to(value: Number, divisor: Number) -> int:
 
 
 def _ceil_div(a: Number, b: Number) -> int:
+    if int(b) == 0:
+        raise ZeroDivisionError
     return -(-int(a) // int(b))
 
 
@@ -67,9 +82,28 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
 class _Parser:
     def __init__(self, text: str, names: Mapping[str, object]) -> None:
         self.text = text
+        if len(text) > MAX_LENGTH:
+            raise ExprError(f"expression of {len(text):,} characters is too long (at most {MAX_LENGTH:,})")
         self.tokens = _tokenize(text)
         self.pos = 0
         self.names = names
+        self.nesting = 0
+
+    def nest(self) -> None:
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise ExprError(f"expression nested more than {MAX_NESTING} levels deep in '{_short(self.text)}'")
+
+    def bounded(self, value: Number) -> Number:
+        """Every intermediate value is checked: finite, and within +-MAX_VALUE."""
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise ExprError(f"'{_short(self.text)}' overflows (a value is not finite)")
+        elif not isinstance(value, int):  # e.g. a complex number from (-8) ** 0.5
+            raise ExprError(f"'{_short(self.text)}' does not give a real number")
+        if abs(value) > MAX_VALUE:
+            raise ExprError(f"a value in '{_short(self.text)}' exceeds 2**63; sizes that large are not meaningful")
+        return value
 
     def peek(self) -> tuple[str, str] | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -94,7 +128,7 @@ class _Parser:
         while op := self.take_op("+", "-"):
             rhs = self.term()
             a, b = _num(value, self.text), _num(rhs, self.text)
-            value = a + b if op == "+" else a - b
+            value = self.bounded(a + b if op == "+" else a - b)
         return value
 
     def term(self) -> object:
@@ -102,35 +136,52 @@ class _Parser:
         while op := self.take_op("*", "/", "//", "%"):
             a, b = _num(value, self.text), _num(self.unary(), self.text)
             if op == "*":
-                value = a * b
+                value = self.bounded(a * b)
                 continue
             if b == 0:
-                raise ExprError(f"division by zero in '{self.text}'")
-            if op == "//":
-                value = a // b
-            elif op == "%":
-                value = a % b
-            elif isinstance(a, int) and isinstance(b, int) and a % b == 0:
-                value = a // b
-            else:
-                value = a / b
+                raise ExprError(f"division by zero in '{_short(self.text)}'")
+            try:
+                if op == "//":
+                    value = a // b
+                elif op == "%":
+                    value = a % b
+                elif isinstance(a, int) and isinstance(b, int) and a % b == 0:
+                    value = a // b
+                else:
+                    value = a / b
+            except OverflowError:
+                raise ExprError(f"'{_short(self.text)}' overflows") from None
+            value = self.bounded(value)
         return value
 
     def unary(self) -> object:
-        if self.take_op("-"):
-            return -_num(self.unary(), self.text)
-        if self.take_op("+"):
-            return _num(self.unary(), self.text)
-        return self.power()
+        self.nest()
+        try:
+            if self.take_op("-"):
+                return -_num(self.unary(), self.text)
+            if self.take_op("+"):
+                return _num(self.unary(), self.text)
+            return self.power()
+        finally:
+            self.nesting -= 1
 
     def power(self) -> object:
         base = self.atom()
         if self.take_op("**"):
             exponent = _num(self.unary(), self.text)
-            if abs(exponent) > 64:
-                raise ExprError(f"exponent too large in '{self.text}'")
-            return _num(base, self.text) ** exponent
+            return self.pow(_num(base, self.text), exponent)
         return base
+
+    def pow(self, base: Number, exponent: Number) -> Number:
+        # Bound the result before computing it: |base| ** exponent <= MAX_VALUE, or exponent * log2|base| <= 63.
+        if base == 0 and exponent < 0:
+            raise ExprError(f"division by zero in '{_short(self.text)}' (0 to a negative power)")
+        if abs(base) > 1 and exponent > 0 and exponent * math.log2(abs(base)) > 63:
+            raise ExprError(f"a value in '{_short(self.text)}' exceeds 2**63; sizes that large are not meaningful")
+        try:
+            return self.bounded(base**exponent)
+        except (OverflowError, ZeroDivisionError):
+            raise ExprError(f"'{_short(self.text)}' overflows") from None
 
     def atom(self) -> object:
         tok = self.peek()
@@ -139,9 +190,11 @@ class _Parser:
         kind, text = tok
         self.pos += 1
         if kind == "int":
-            return int(text)
+            if len(text) > 19:
+                raise ExprError(f"the number {text[:12]}... in '{_short(self.text)}' exceeds 2**63")
+            return self.bounded(int(text))
         if kind == "float":
-            return float(text)
+            return self.bounded(float(text))
         if kind == "name":
             if self.take_op("("):
                 if text not in FUNCTIONS:
@@ -152,9 +205,13 @@ class _Parser:
                 if not self.take_op(")"):
                     raise ExprError(f"missing ')' in '{self.text}'")
                 try:
-                    return FUNCTIONS[text](*args)
+                    return self.bounded(FUNCTIONS[text](*args))
                 except TypeError:
                     raise ExprError(f"wrong number of arguments to {text}() in '{self.text}'") from None
+                except ZeroDivisionError:
+                    raise ExprError(f"division by zero in {text}() in '{_short(self.text)}'") from None
+                except (OverflowError, ValueError):
+                    raise ExprError(f"{text}() overflows in '{_short(self.text)}'") from None
             if text in ("true", "false"):
                 return text == "true"
             if text not in self.names:
@@ -164,11 +221,15 @@ class _Parser:
                 raise ExprError(f"unknown name '{text}' in '{self.text}'{hint}")
             return self.names[text]
         if text == "(":
-            value = self.expr()
+            value = self.expr()  # nesting is counted in unary(), which every parenthesis passes through
             if not self.take_op(")"):
                 raise ExprError(f"missing ')' in '{self.text}'")
             return value
         raise ExprError(f"unexpected '{text}' in expression '{self.text}'")
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _num(value: object, text: str) -> Number:

@@ -16,10 +16,14 @@ Beside the head of any item: `name:`, `from: <name>` (take the input from an ear
 previous item's output; names resolve innermost scope first, then as a unique suffix of a full name), and
 `when: <expression>` (inside blocks: the item exists only when the expression is true). A spec may name several
 `inputs:` and `outputs:`; see README's "Graphs" section.
+
+Expansion is bounded: at most MAX_NESTING composites and blocks inside each other, and at most `max_layers` rows
+(layers and merge ops) after every block and repeat is expanded; a repeat is checked before its copies are made.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +32,7 @@ from typing import Any, NamedTuple, Union
 
 from archcalc.core import expr, yamlsrc
 from archcalc.core.errors import Loc, SpecError, did_you_mean, paused_gc
-from archcalc.core.kinds import REGISTRY, Arg, Kind
+from archcalc.core.kinds import REGISTRY, Arg, Kind, suggest_kind
 from archcalc.core.yamlsrc import Map, Seq
 
 COMPOSITES = ("repeat", "residual", "parallel", "sequence")
@@ -38,6 +42,9 @@ TOP_KEYS = ("name", "description", "source", "input", "inputs", "outputs", "unus
             "layers", "extends", "notes")
 ITEM_KEYS = ("name", "from", "when")  # allowed beside the head of any item
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MAX_LAYERS = 100_000  # rows after expansion; the zoo's largest network has 1,100. Raise with --max-layers.
+MAX_NESTING = 64  # composites and block calls inside each other (the zoo's deepest: 6)
 
 
 class Ref(NamedTuple):
@@ -125,33 +132,44 @@ class Spec(NamedTuple):
 # ---- loading ----------------------------------------------------------------------------------------------------
 
 
-def open_spec(ref: str, overrides: Mapping[str, str] | None = None) -> Spec:
+def open_spec(ref: str, overrides: Mapping[str, str] | None = None, max_layers: int = MAX_LAYERS) -> Spec:
     """Load a spec given as a path or as the name of a bundled spec (`vgg16`, `torchvision/resnet50`)."""
     from archcalc.core.resolve import resolve_spec
 
     path = resolve_spec(ref)
-    return load_spec(path, display_path(path), overrides)
+    return load_spec(path, display_path(path), overrides, max_layers)
 
 
-def load_spec(path: str | Path, display: str | None = None, overrides: Mapping[str, str] | None = None) -> Spec:
-    """Read, merge (`extends`) and parse a spec file. `overrides` replace values of the spec's `args` (--set)."""
+def load_spec(path: str | Path, display: str | None = None, overrides: Mapping[str, str] | None = None,
+              max_layers: int = MAX_LAYERS) -> Spec:
+    """Read, merge (`extends`) and parse a spec file. `overrides` replace values of the spec's `args` (--set); at
+    most `max_layers` rows after expansion."""
     data = load_merged(Path(path), display or str(path), ())
-    return parse_spec(data, display or str(path), overrides)
+    return parse_spec(data, display or str(path), overrides, max_layers)
 
 
-def parse_spec(data: Map, display: str, overrides: Mapping[str, str] | None = None) -> Spec:
+def parse_spec(data: Map, display: str, overrides: Mapping[str, str] | None = None,
+               max_layers: int = MAX_LAYERS) -> Spec:
     """Parse merged spec data (from load_merged); the data is not changed, so one read serves many overrides."""
     with paused_gc():
-        return _Parser(data, display, overrides).parse()
+        return _Parser(data, display, overrides, max_layers).parse()
 
 
 def _read(path: Path, display: str) -> Map:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise SpecError(None, f"{display}: no such spec file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise SpecError(None, f"{display}: cannot read spec: {exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = raw[:exc.start]
+        line = before.count(b"\n") + 1
+        col = len(before) - (before.rfind(b"\n") + 1) + 1
+        raise SpecError(Loc(display, line, col), f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte offset "
+                                                 f"{exc.start:,} cannot be decoded; save the spec as UTF-8") from None
     data = yamlsrc.load(text, display)
     if data is None:
         raise SpecError(Loc(display, 1, 1), "the spec is empty; expected a mapping with at least 'name', 'input' "
@@ -242,10 +260,15 @@ class _Scope:
 
 
 class _Parser:
-    def __init__(self, data: Map, path: str, overrides: Mapping[str, str] | None = None) -> None:
+    def __init__(self, data: Map, path: str, overrides: Mapping[str, str] | None = None,
+                 max_layers: int = MAX_LAYERS) -> None:
         self.data = data
         self.path = path
         self.overrides = overrides or {}
+        self.max_layers = max_layers
+        self.rows = 0  # layers and merge ops made so far, against max_layers
+        self.nesting = 0
+        self.used: dict[str, set[str]] = {}  # block name -> the names its body refers to
         self.blocks: Map = Map_empty(data.loc)
         self.defaults: dict[str, Map] = {}
         self.globals: dict[str, Any] = {}
@@ -303,6 +326,7 @@ class _Parser:
         top = _Scope("")
         for inp in inputs:
             top.names[inp.name] = inp.loc
+        self._check_size(layers, data.value_loc("layers"))
         root = self._sequence(layers, top, dict(self.globals), "model", "", data.value_loc("layers"), ())
         unused = "error"
         if "unused" in data:
@@ -406,6 +430,84 @@ class _Parser:
                 raw = self.globals[raw.strip()]
             self.globals[key] = raw
 
+    # -- the size after expansion, counted before expanding --
+    def _check_size(self, layers: Seq, loc: Loc) -> None:
+        """Count the rows the spec will expand to without expanding it (block calls are counted once per distinct
+        set of arguments), and refuse a spec beyond max_layers with the figure. Anything the count cannot follow
+        (an error, a repeat count that depends on `i`) is left to the parser, which reports it in place and
+        checks the limit again as it goes."""
+        memo: dict[Any, int] = {}
+        try:
+            sizes = [self._size(item, dict(self.globals), (), memo) for item in layers]
+        except (_Uncountable, SpecError):
+            return
+        total = sum(sizes)
+        if total > self.max_layers:
+            loc = layers.item_loc(sizes.index(max(sizes)))  # the item that contributes most
+            raise SpecError(loc, f"the spec expands to {total:,} layers (blocks and repeats expanded), more than the "
+                                 f"limit of {self.max_layers:,}; raise it with --max-layers if that is intended")
+
+    def _size_list(self, items: Any, names: dict[str, Any], stack: tuple[str, ...], memo: dict[Any, int]) -> int:
+        if isinstance(items, list):
+            return sum(self._size(item, names, stack, memo) for item in items)
+        return self._size(items, names, stack, memo)
+
+    def _size(self, item: Any, names: dict[str, Any], stack: tuple[str, ...], memo: dict[Any, int]) -> int:
+        if len(stack) > MAX_NESTING:
+            raise _Uncountable
+        if isinstance(item, str):
+            head, raw = item, None
+        elif isinstance(item, Map) and item:
+            heads = [k for k in item if k in COMPOSITES or k in REGISTRY or k in self.blocks or k in MERGES
+                     or k == "layers"]
+            if len(heads) != 1:
+                raise _Uncountable
+            head, raw = heads[0], item[heads[0]]
+        else:
+            raise _Uncountable
+        if head in REGISTRY or head in MERGES:  # (an item whose `when:` is false is counted too: an upper bound)
+            return 1
+        if head in ("sequence", "layers"):
+            return self._size_list(raw, names, stack, memo)
+        if head == "parallel":
+            if not isinstance(raw, list):
+                raise _Uncountable
+            return 1 + sum(self._size_list(b, names, stack, memo) for b in raw)
+        if head == "residual":
+            shortcut = item.get("shortcut")
+            extra = self._size_list(shortcut, names, stack, memo) if isinstance(shortcut, (list, Map)) else 2
+            return 1 + extra + self._size_list(raw, names, stack, memo) + \
+                self._size_list(item.get("after", []), names, stack, memo)
+        if head == "repeat":
+            count = self._value(item["repeat"], item.loc, names)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise _Uncountable
+            per_copy = self._size_list(item.get("block"), {**names, "i": 1}, stack, memo)
+            if "first" in item:
+                return self._size_list(item["first"], {**names, "i": 0}, stack, memo) + (count - 1) * per_copy
+            return count * per_copy
+        if head not in self.blocks or head in stack or not isinstance(self.blocks[head], Map):
+            raise _Uncountable
+        body: Map = self.blocks[head]
+        declared = body.get("args") or Map_empty(body.loc)
+        if not isinstance(declared, Map) or raw is not None and not isinstance(raw, Map):
+            raise _Uncountable
+        raw = raw or {}
+        values: dict[str, Any] = dict(self.globals)
+        for arg_name, default in declared.items():
+            if arg_name in raw:
+                values[arg_name] = self._value(raw[arg_name], item.loc, names)
+            elif default is None:
+                raise _Uncountable
+        for arg_name, default in declared.items():
+            if arg_name not in raw:
+                values[arg_name] = self._value(default, declared.value_loc(arg_name), values)
+        key = (head, repr(sorted((k, repr(v)) for k, v in values.items() if k in declared)))
+        if key not in memo:
+            inner = Map.derived({k: v for k, v in body.items() if k not in ("args", "description")}, body.loc, {}, {})
+            memo[key] = self._size(inner, values, stack + (head,), memo)
+        return memo[key]
+
     def _mapping(self, data: Map, key: str) -> Map:
         value = data[key]
         if not isinstance(value, Map):
@@ -427,6 +529,24 @@ class _Parser:
     def _item(self, item: Any, loc: Loc, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...],
               forced_name: str | None = None) -> Node | None:
         """The node for one list entry, or None when its `when:` is false."""
+        self.nesting += 1
+        if self.nesting > MAX_NESTING:
+            raise SpecError(loc, f"layers nested more than {MAX_NESTING} levels deep (composites and blocks inside "
+                                 "each other" + (f": {' -> '.join(stack[:4])} -> ... -> {stack[-1]}" if stack else "")
+                            + ")")
+        try:
+            return self._item_body(item, loc, scope, names, stack, forced_name)
+        finally:
+            self.nesting -= 1
+
+    def count(self, loc: Loc, n: int = 1) -> None:
+        self.rows += n
+        if self.rows > self.max_layers:
+            raise SpecError(loc, f"the spec expands to more than {self.max_layers:,} layers (blocks and repeats "
+                                 "expanded); raise the limit with --max-layers if that is intended")
+
+    def _item_body(self, item: Any, loc: Loc, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...],
+                   forced_name: str | None) -> Node | None:
         if isinstance(item, str):
             return self._call(item, None, Map_empty(loc), loc, loc, scope, names, stack, forced_name, None)
         if not isinstance(item, Map) or not item:
@@ -453,9 +573,7 @@ class _Parser:
         if len(heads) != 1:
             if not heads:
                 key = next(iter(item))
-                valid = list(REGISTRY) + list(COMPOSITES) + list(self.blocks)
-                raise SpecError(item.key_loc(key),
-                                f"unknown layer kind or block '{key}'{did_you_mean(str(key), valid)}")
+                raise SpecError(item.key_loc(key), self._unknown_kind(str(key)))
             raise SpecError(item.loc, f"one layer per list entry; found {', '.join(map(str, heads))} together")
         head = heads[0]
         given = self._name(item, "name") if "name" in item else None
@@ -489,11 +607,11 @@ class _Parser:
         if head in REGISTRY:
             kind = REGISTRY[head]
             full = scope.child_name(name, kind.name_prefix, loc)
+            self.count(loc)
             args = self._kind_args(kind, raw, names, loc, scope)
             return Layer(full, kind, MappingProxyType(args), loc, trainable if trainable is not None else True)
         if head not in self.blocks:
-            valid = list(REGISTRY) + list(COMPOSITES) + list(self.blocks)
-            raise SpecError(loc, f"unknown layer kind or block '{head}'{did_you_mean(head, valid)}")
+            raise SpecError(loc, self._unknown_kind(head))
         if head in stack:
             raise SpecError(loc, f"block '{head}' is recursive ({' -> '.join(stack + (head,))})")
         return self._block(head, raw, loc, scope, names, stack + (head,), name, trainable)
@@ -517,6 +635,9 @@ class _Parser:
             if arg_name not in declared and arg_name not in ("name", "trainable"):
                 raise SpecError(raw.key_loc(arg_name), f"block '{block_name}' has no argument '{arg_name}'"
                                 f"{did_you_mean(str(arg_name), declared)}")
+            if arg_name in declared and arg_name not in self._used(block_name, body):
+                raise SpecError(raw.key_loc(arg_name), f"block '{block_name}' never uses its argument '{arg_name}' "
+                                "(nothing in its body refers to it), so this value would change nothing")
         # Defaults may refer to other arguments (`mid: width // 4`): evaluate them in the block's scope.
         for arg_name, default in declared.items():
             if arg_name not in raw and default is not None:
@@ -541,6 +662,7 @@ class _Parser:
         return _COMPOSITE_METHODS[head](self, body, child, values, stack, None, own_scope=True, label=block_name)
 
     def _merge(self, item: Map, op: str, scope: _Scope, name: str | None) -> Merge:
+        self.count(item.loc)
         raw = item[op]
         rloc = item.value_loc(op)
         if isinstance(raw, Map):
@@ -569,19 +691,32 @@ class _Parser:
         count = self._value(item["repeat"], item.value_loc("repeat"), names)
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise SpecError(item.value_loc("repeat"), f"repeat count must be a positive integer, not {count!r}")
+        if self.rows + count > self.max_layers:  # every copy makes at least one row
+            raise SpecError(item.value_loc("repeat"), f"repeat {count:,} expands the spec to at least "
+                            f"{self.rows + count:,} layers, more than the limit of {self.max_layers:,}; raise it "
+                            "with --max-layers if that is intended")
         full = scope.prefix if own_scope else scope.child_name(name, "repeat", item.loc)
         inner = _Scope(full)
         children: list[Node] = []
+        sample = 1 if "first" in item else 0  # the first copy made from `block`, which the others resemble
         for i in range(count):
             use_first = i == 0 and "first" in item
             key = "first" if use_first else "block"
             body = item[key]
             local = {**names, "i": i}
+            before = self.rows
             if isinstance(body, Seq):
                 sub = _Scope(inner.child_name(str(i), "", item.value_loc(key)))
                 children.append(self._sequence(body, sub, local, label, sub.prefix, item.value_loc(key), stack))
             elif (child := self._item(body, item.value_loc(key), inner, local, stack, forced_name=str(i))) is not None:
                 children.append(child)
+            if i == sample and count > i + 1:
+                per_copy = self.rows - before
+                projected = self.rows + per_copy * (count - i - 1)
+                if projected > self.max_layers:
+                    raise SpecError(item.value_loc("repeat"), f"repeat {count:,} of {per_copy:,} layers each "
+                                    f"expands the spec to about {projected:,} layers, more than the limit of "
+                                    f"{self.max_layers:,}; raise it with --max-layers if that is intended")
         return Sequence(full, label, tuple(children), item.loc)
 
     def _residual(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
@@ -621,6 +756,7 @@ class _Parser:
             after_raw = self._as_seq(after_raw, item.value_loc("after"))
         if not hasattr(after_raw, "loc"):
             after_raw.loc, after_raw.item_locs = item.loc, []
+        self.count(item.loc)  # the add
         after = self._sequence(after_raw, inner, names, "after", full, after_raw.loc, stack)
         return Residual(full, label, body, shortcut, after, item.loc)
 
@@ -644,6 +780,7 @@ class _Parser:
                 branches.append(Sequence(bname, "identity", (), bloc))
                 continue
             branches.append(self._sequence(branch, _Scope(bname), names, "branch", bname, bloc, stack))
+        self.count(item.loc)  # the merge
         return Parallel(full, label, tuple(branches), merge, item.loc)
 
     def _sequence_item(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...],
@@ -683,7 +820,7 @@ class _Parser:
             elif arg.name in given:
                 raw_value, vloc = given[arg.name]
                 value = self._value(raw_value, vloc, names)
-                result[arg.name] = _coerce(kind, arg, value, vloc)
+                result[arg.name] = _coerce(kind, arg, value, vloc, names)
             elif arg.required:
                 raise SpecError(loc, f"{kind.name} needs '{arg.name}'" +
                                 (f" (or {', '.join(repr(a) for a in arg.aliases)})" if arg.aliases else ""))
@@ -702,8 +839,35 @@ class _Parser:
 
     def _kind(self, name: str, loc: Loc) -> Kind:
         if name not in REGISTRY:
-            raise SpecError(loc, f"unknown layer kind '{name}'{did_you_mean(name, REGISTRY)}")
+            likely = suggest_kind(name)
+            hint = f"; did you mean '{likely}'?" if likely else did_you_mean(name, REGISTRY)
+            raise SpecError(loc, f"unknown layer kind '{name}'{hint}")
         return REGISTRY[name]
+
+    def _unknown_kind(self, name: str) -> str:
+        likely = suggest_kind(name)
+        if likely:
+            hint = f"; did you mean '{likely}'?"
+        else:
+            hint = did_you_mean(name, list(REGISTRY) + list(COMPOSITES) + list(self.blocks))
+        return f"unknown layer kind or block '{name}'{hint} (see `archcalc kinds`)"
+
+    def _used(self, block_name: str, body: Map) -> set[str]:
+        """Every name a block's body (and its arguments' defaults) refers to: in expressions, as bare values, as
+        the arguments passed on to inner blocks."""
+        if block_name not in self.used:
+            words: set[str] = set()
+            stack: list[Any] = [body]
+            while stack:
+                value = stack.pop()
+                if isinstance(value, str):
+                    words.update(_WORD.findall(value))
+                elif isinstance(value, dict):
+                    stack.extend(value.values())
+                elif isinstance(value, list):
+                    stack.extend(value)
+            self.used[block_name] = words
+        return self.used[block_name]
 
     def _maybe_expr(self, value: Any, names: dict[str, Any]) -> Any:
         if isinstance(value, str) and value in names:
@@ -757,6 +921,10 @@ class _Parser:
         return seq
 
 
+class _Uncountable(Exception):
+    """The size count met something only the parser can judge (it reports it in place)."""
+
+
 _COMPOSITE_METHODS = {"repeat": _Parser._repeat, "residual": _Parser._residual, "parallel": _Parser._parallel,
                       "sequence": _Parser._sequence_item}
 
@@ -777,6 +945,8 @@ def parse_input(value: Any, loc: Loc) -> tuple[int, ...]:
     if isinstance(value, str):
         parts = value.lower().replace("×", "x").split("x")
         try:
+            if not all(re.fullmatch(r"\s*[0-9]+\s*", p) for p in parts):  # int() also takes '٣' and '1_000'
+                raise ValueError
             value = [int(p) for p in parts]
         except ValueError:
             raise SpecError(loc, f"input {value!r} must be channels then spatial sizes, e.g. [3, 224, 224] or "
@@ -789,15 +959,56 @@ def parse_input(value: Any, loc: Loc) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _coerce(kind: Kind, arg: Arg, value: Any, loc: Loc) -> Any:
+_AXES = {1: "[C, L]", 2: "[C, H, W]", 3: "[C, D, H, W]"}
+
+
+def checked_input(spec: Spec, override: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The input to analyze: the spec's own, or an override of the same rank. A spec's layers are written for one
+    rank (a 2-D ResNet on a 224x224 override would silently become a 1-D network with 224 channels)."""
+    if not override:
+        return spec.input
+    shape = tuple(override)
+    if len(shape) != len(spec.input):
+        own = "x".join(map(str, spec.input))
+        example = "x".join([str(spec.input[0])] + [str(v) for v in (shape[-len(spec.input) + 1:] if len(shape) >=
+                                                                     len(spec.input) - 1 else spec.input[1:])])
+        raise SpecError(spec.input_loc, f"--input {'x'.join(map(str, shape))} has {len(shape) - 1} spatial "
+                        f"ax{'i' if len(shape) == 2 else 'e'}s, but {spec.name} is written for "
+                        f"{_AXES.get(len(spec.input) - 1, 'its')} input ({own}, here); give channels and "
+                        f"{len(spec.input) - 1} spatial sizes, e.g. --input {example}")
+    return shape
+
+
+def input_warnings(spec: Spec, shape: tuple[int, ...]) -> list[str]:
+    """A spec (or override) that looks channels-last: [32, 32, 3] reads as 32 channels on a 32x3 image."""
+    channels, spatial = shape[0], shape[1:]
+    if len(spatial) >= 2 and spatial[-1] in (1, 3, 4) and channels > 4 * spatial[-1] \
+            and all(v > 4 for v in spatial[:-1]):
+        order = "x".join(map(str, (spatial[-1], channels, *spatial[:-1])))
+        return [f"{'x'.join(map(str, shape))} looks channels-last (H, W, C): archcalc reads channels first, "
+                f"so this is {channels} channels of {'x'.join(map(str, spatial))}; for {spatial[-1]} channels "
+                f"write {order}"]
+    return []
+
+
+def _coerce(kind: Kind, arg: Arg, value: Any, loc: Loc, names: Mapping[str, Any] | None = None) -> Any:
     """Check a value against an argument's type; return it normalized."""
     where = f"{kind.name} '{arg.name}'"
 
+    def unknown_name(v: Any) -> None:
+        # One rule for undefined names, alone (`out: num_filters`) or in an expression (`out: 2 * num_filters`).
+        if isinstance(v, str) and _WORD.fullmatch(v.strip()):
+            hint = did_you_mean(v.strip(), names) if names else " (no variables are defined here)"
+            raise SpecError(loc, f"{where}: unknown name '{v.strip()}'{hint}")
+
     def integer(v: Any, minimum: int | float | None) -> int:
         if isinstance(v, bool) or not isinstance(v, int):
+            unknown_name(v)
             raise SpecError(loc, f"{where} must be an integer, not {_describe(v)}")
         if minimum is not None and v < minimum:
             raise SpecError(loc, f"{where} must be at least {minimum}, not {v}")
+        if abs(v) > expr.MAX_VALUE:
+            raise SpecError(loc, f"{where}: {str(v)[:12]}... exceeds 2**63; sizes that large are not meaningful")
         return v
 
     def ints(v: Any, minimum: int | float | None) -> int | tuple[int, ...]:
@@ -816,7 +1027,10 @@ def _coerce(kind: Kind, arg: Arg, value: Any, loc: Loc) -> Any:
         return None if value is None else ints(value, arg.minimum)
     if t == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
+            unknown_name(value)
             raise SpecError(loc, f"{where} must be a number, not {_describe(value)}")
+        if not math.isfinite(value) or abs(value) > expr.MAX_VALUE:
+            raise SpecError(loc, f"{where} must be a finite number of sensible size, not {value}")
         if arg.minimum is not None and value < arg.minimum:
             raise SpecError(loc, f"{where} must be at least {arg.minimum}, not {value}")
         return float(value)

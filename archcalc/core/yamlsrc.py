@@ -2,6 +2,9 @@
 
 Mappings become `Map` (a dict) and sequences `Seq` (a list); both remember where they start and where each of
 their keys/items start, so later checks can report `file:line:col` for any value.
+
+Nesting is bounded (MAX_DEPTH mappings and lists inside each other): deeper YAML is a located error, not a
+RecursionError.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from typing import Any
 import yaml
 
 from archcalc.core.errors import Loc, SpecError, paused_gc
+
+MAX_DEPTH = 100  # mappings and lists inside each other; the zoo's deepest spec uses 12
 
 
 class Map(dict):  # type: ignore[type-arg]
@@ -62,7 +67,7 @@ def _loc(path: str, node: yaml.Node) -> Loc:
 _BASE: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _make_loader(path: str) -> type[yaml.SafeLoader]:
+def _make_loader(path: str, text: str = "") -> type[yaml.SafeLoader]:
     resolved: dict[tuple[str, tuple[bool, bool]], str] = {}
 
     class Loader(_BASE):  # type: ignore[valid-type,misc]
@@ -78,8 +83,22 @@ def _make_loader(path: str) -> type[yaml.SafeLoader]:
             return tag
 
     str_tag = "tag:yaml.org,2002:str"
+    depth = [0]
+
+    def enter(node: yaml.Node) -> None:
+        depth[0] += 1
+        if depth[0] > MAX_DEPTH:
+            raise SpecError(_loc(path, node), f"YAML nested more than {MAX_DEPTH} levels deep (mappings and lists "
+                                              "inside each other); a spec never needs that many")
 
     def construct_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Map:
+        enter(node)
+        try:
+            return build_map(loader, node)
+        finally:
+            depth[0] -= 1
+
+    def build_map(loader: yaml.SafeLoader, node: yaml.MappingNode) -> Map:
         loader.flatten_mapping(node)
         result = Map()
         result.loc = _loc(path, node)
@@ -93,8 +112,10 @@ def _make_loader(path: str) -> type[yaml.SafeLoader]:
                 raise SpecError(_loc(path, key_node), "mapping keys must be plain scalars")
             if key in result:
                 raise SpecError(_loc(path, key_node), f"duplicate key '{key}' (each key may appear once)")
-            result[key] = value_node.value if value_node.tag == str_tag and isinstance(value_node, yaml.ScalarNode) \
-                else loader.construct_object(value_node, deep=True)
+            value = result[key] = value_node.value if value_node.tag == str_tag and isinstance(value_node, \
+                yaml.ScalarNode) else loader.construct_object(value_node, deep=True)
+            if node.flow_style and isinstance(value, str) and value.count("(") > value.count(")"):
+                _comma_trap(path, text, key, value, value_node)
             mark = key_node.start_mark
             key_marks[key] = (mark.line, mark.column)
             mark = value_node.start_mark
@@ -104,7 +125,11 @@ def _make_loader(path: str) -> type[yaml.SafeLoader]:
         return result
 
     def construct_seq(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> Seq:
-        result = Seq(loader.construct_object(child, deep=True) for child in node.value)
+        enter(node)
+        try:
+            result = Seq(loader.construct_object(child, deep=True) for child in node.value)
+        finally:
+            depth[0] -= 1
         result.loc = _loc(path, node)
         result.item_locs = [_loc(path, child) for child in node.value]
         return result
@@ -114,15 +139,46 @@ def _make_loader(path: str) -> type[yaml.SafeLoader]:
     return Loader
 
 
+def _comma_trap(path: str, text: str, key: Any, value: str, value_node: yaml.Node) -> None:
+    """`{out: round_to(ch / 4, 8)}`: inside a flow mapping a comma ends the value, so YAML reads `out:
+    'round_to(ch / 4'` and a key `8)`. Say so, rather than "unknown argument '8)'"."""
+    mark = value_node.start_mark
+    lines = text.splitlines()
+    rest = "\n".join(lines[mark.line:])[mark.column:] if mark.line < len(lines) else value
+    depth, whole = 0, []
+    for ch in rest:  # the expression as written: up to the comma or brace that closes it at depth 0
+        if ch in ",}" and depth <= 0:
+            break
+        depth += (ch == "(") - (ch == ")")
+        whole.append(ch)
+    text = "".join(whole).strip() or value
+    raise SpecError(_loc(path, value_node), f"'{key}: {value}' has an unclosed '(': inside {{...}} a comma ends the "
+                                            f"value, so YAML split the expression; quote it: {key}: \"{text}\"")
+
+
+def _tab_column(text: str, line: int) -> int | None:
+    """The column of the first tab on the line where parsing failed (1-based), or None when there is none."""
+    lines = text.splitlines()
+    if 0 < line <= len(lines) and "\t" in lines[line - 1]:
+        return lines[line - 1].index("\t") + 1
+    return None
+
+
 def load(text: str, path: str) -> Any:
     """Parse YAML text; syntax errors become SpecError with the parser's position."""
     try:
         with paused_gc():
-            return yaml.load(text, Loader=_make_loader(path))  # noqa: S506 - the loader derives from SafeLoader
+            return yaml.load(text, Loader=_make_loader(path, text))  # noqa: S506 - the loader derives from SafeLoader
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Loc(path, mark.line + 1, mark.column + 1) if mark else Loc(path, 1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
+        tab = _tab_column(text, loc.line)
+        if tab is not None:
+            raise SpecError(Loc(path, loc.line, tab), f"tab character at {loc.line}:{tab}; YAML does not allow "
+                                                      "tabs for indentation, indent with spaces") from None
         raise SpecError(loc, f"YAML syntax error: {problem}") from None
+    except RecursionError:  # the composer of the pure-Python loader (libyaml's is iterative C) on absurd nesting
+        raise SpecError(Loc(path, 1, 1), f"YAML nested more than {MAX_DEPTH} levels deep") from None
     except yaml.YAMLError as exc:  # e.g. a reader error on binary content
         raise SpecError(Loc(path, 1, 1), f"cannot read YAML: {exc}") from None

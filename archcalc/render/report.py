@@ -254,10 +254,13 @@ def kinds_table() -> Table:
     table.add_column("kind")
     table.add_column("arguments (default)")
     table.add_column("what it is")
+    from rich.text import Text
+
     for k in kinds_rows():
         args = "\n".join(f"{a['name']}" + (f" [{'/'.join(a['aliases'])}]" if a["aliases"] else "") +
                          f" ({a['default']})" for a in k["args"]) or "-"
-        table.add_row(k["kind"], args, k["doc"] + f"\nfull FLOPs: {k['full_flops']}")
+        # Text, not str: rich would read the alias list `[out/filters]` as a style tag and drop it.
+        table.add_row(Text(k["kind"]), Text(args), Text(k["doc"] + f"\nfull FLOPs: {k['full_flops']}"))
     return table
 
 

@@ -9,6 +9,6 @@ from archcalc.core.kinds import (  # noqa: F401  (registration)
     pool,
     resize,
 )
-from archcalc.core.kinds.base import REGISTRY, Arg, Cost, Example, Kind, LayerError, RFStep, Saved, Shape
+from archcalc.core.kinds.base import REGISTRY, Arg, Cost, Example, Kind, LayerError, RFStep, Saved, Shape, suggest_kind
 
-__all__ = ["REGISTRY", "Arg", "Cost", "Example", "Kind", "LayerError", "RFStep", "Saved", "Shape"]
+__all__ = ["REGISTRY", "Arg", "Cost", "Example", "Kind", "LayerError", "RFStep", "Saved", "Shape", "suggest_kind"]

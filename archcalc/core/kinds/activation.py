@@ -47,6 +47,7 @@ class ReLU(_Elementwise):
 @register
 class LeakyReLU(_Elementwise):
     name = "leaky_relu"
+    synonyms = ("leakyrelu", "lrelu")
     doc = "max(0, x) + negative_slope * min(0, x) (nn.LeakyReLU)."
     full_rule = "2 per element (compare, multiply)"
     per_element = 2
@@ -96,6 +97,7 @@ class GELU(_Elementwise):
 @register
 class SiLU(_Elementwise):
     name = "silu"
+    synonyms = ("swish",)
     doc = "x * sigmoid(x) (nn.SiLU, also called swish)."
     full_rule = "4 per element (negate+exp, add, divide, multiply)"
     per_element = 4
@@ -112,6 +114,7 @@ class SiLU(_Elementwise):
 @register
 class Sigmoid(_Elementwise):
     name = "sigmoid"
+    synonyms = ("logistic",)
     doc = "1 / (1 + exp(-x)) (nn.Sigmoid)."
     full_rule = "3 per element (exp, add, divide)"
     per_element = 3
@@ -171,6 +174,7 @@ class Maxout(Kind):
 @register
 class Dropout(_Elementwise):
     name = "dropout"
+    synonyms = ("dropout2d",)
     doc = ("Randomly zeroes elements in training (nn.Dropout); the identity at inference, where it returns its "
            "input unchanged (no copy).")
     full_rule = "0 at inference"
@@ -199,6 +203,7 @@ class Dropout(_Elementwise):
 @register
 class Identity(_Elementwise):
     name = "identity"
+    synonyms = ("noop", "passthrough")
     doc = "Passes its input through unchanged (nn.Identity)."
     full_rule = "0"
     per_element = 0

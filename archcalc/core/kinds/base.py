@@ -106,6 +106,7 @@ class Kind:
     doc: ClassVar[str] = ""
     full_rule: ClassVar[str] = ""  # how `full` counts, shown by `archcalc kinds`
     args: ClassVar[tuple[Arg, ...]] = ()
+    synonyms: ClassVar[tuple[str, ...]] = ()  # other frameworks' names (conv2d, fc, dense, bn), for suggestions only
     examples: ClassVar[tuple[Example, ...]] = ()
     alias: ClassVar[bool] = False  # output shares the input's storage in eval (views, identity, dropout)
     weighted: ClassVar[bool] = False  # counts as a "weight layer" (conv, linear) in compare
@@ -152,6 +153,23 @@ class Kind:
             if arg.name == name:
                 return arg
         raise KeyError(name)
+
+
+def _normal(name: str) -> str:
+    """Case, separators and a trailing 1d/2d/3d do not matter when matching a kind name (MaxPool2d ~ maxpool)."""
+    key = name.lower().replace("_", "").replace("-", "").replace(" ", "")
+    return key[:-2] if len(key) > 3 and key[-1] == "d" and key[-2] in "123" else key
+
+
+def suggest_kind(name: str) -> str | None:
+    """The registered kind that `name` most likely means (other case, a synonym, PyTorch's class name), or None."""
+    table: dict[str, str] = {}
+    for kind_name, kind in REGISTRY.items():
+        table.setdefault(_normal(kind_name), kind_name)
+        for synonym in type(kind).__dict__.get("synonyms", ()):
+            table.setdefault(_normal(synonym), kind_name)
+    found = table.get(_normal(name))
+    return found if found != name else None
 
 
 # ---- shared helpers for kinds ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from archcalc.core.kinds.base import Arg, Cost, Example, Kind, LayerError, RFSte
 @register
 class Linear(Kind):
     name = "linear"
+    synonyms = ("fc", "dense", "fully_connected", "inner_product", "innerproduct")
     prefix = "fc"
     doc = ("Fully connected layer (nn.Linear). A C x H x W input is flattened implicitly to C*H*W features, as the "
            "lecture tables write 'FC: 7x7x512x4096' (the flatten is a view: no copy, no cost); write `flatten` "

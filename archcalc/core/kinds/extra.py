@@ -33,6 +33,7 @@ class ReLU6(_Hard):
 @register
 class Hardswish(_Hard):
     name = "hardswish"
+    synonyms = ("hswish", "hard_swish")
     doc = "x * relu6(x + 3) / 6 (nn.Hardswish; MobileNetV3's activation)."
     full_rule = "5 per element (add, two comparisons, multiply, divide)"
     per_element = 5
@@ -42,6 +43,7 @@ class Hardswish(_Hard):
 @register
 class Hardsigmoid(_Hard):
     name = "hardsigmoid"
+    synonyms = ("hsigmoid", "hard_sigmoid")
     doc = "relu6(x + 3) / 6 (nn.Hardsigmoid)."
     full_rule = "4 per element (add, two comparisons, divide)"
     per_element = 4

@@ -11,6 +11,7 @@ from archcalc.core.kinds.base import Arg, Cost, Example, Kind, LayerError, Saved
 @register
 class BatchNorm(Kind):
     name = "batchnorm"
+    synonyms = ("bn", "batch_norm", "batchnorm2d", "batch_normalization")
     prefix = "bn"
     doc = ("Batch normalization (nn.BatchNorm1d/2d/3d by input rank). Params 2C (affine); buffers running_mean and "
            "running_var (2C) and num_batches_tracked (one int64). fvcore (eval mode) counts 2 flops per element "
@@ -45,6 +46,7 @@ class BatchNorm(Kind):
 @register
 class LayerNorm(Kind):
     name = "layernorm"
+    synonyms = ("ln", "layer_norm", "layer_normalization")
     prefix = "ln"
     doc = ("Layer normalization (nn.LayerNorm) over the trailing `normalized_shape` axes; by default all of a "
            "sample's axes (C x H x W). fvcore counts 5 flops per element with affine, 4 without.")
@@ -85,6 +87,7 @@ class LayerNorm(Kind):
 @register
 class GroupNorm(Kind):
     name = "groupnorm"
+    synonyms = ("gn", "group_norm")
     prefix = "gn"
     doc = "Group normalization (nn.GroupNorm). Params 2C (affine). fvcore counts 5 flops per element with affine."
     full_rule = "5 per element with affine, 4 without"
@@ -112,6 +115,7 @@ class GroupNorm(Kind):
 @register
 class LRN(Kind):
     name = "lrn"
+    synonyms = ("local_response_norm", "localresponsenorm", "local_response_normalization")
     prefix = "norm"
     doc = ("Local response normalization across channels (AlexNet, Sec. 3.3; nn.LocalResponseNorm): "
            "b = a / (k + alpha/size * sum of a^2 over `size` neighbouring channels)^beta. No parameters; AlexNet "

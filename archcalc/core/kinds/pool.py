@@ -68,6 +68,7 @@ class _WindowPool(Kind):
 @register
 class MaxPool(_WindowPool):
     name = "maxpool"
+    synonyms = ("max_pool", "maxpool2d", "max_pooling", "max_pooling2d")
     prefix = "pool"
     doc = "Max pooling (nn.MaxPool1d/2d/3d by input rank). No parameters; output size as for conv."
     full_rule = "prod(F) - 1 comparisons per output element"
@@ -103,6 +104,7 @@ class MaxPool(_WindowPool):
 @register
 class AvgPool(_WindowPool):
     name = "avgpool"
+    synonyms = ("avg_pool", "avgpool2d", "average_pooling", "averagepooling2d", "mean_pool")
     doc = ("Average pooling (nn.AvgPool1d/2d/3d by input rank). No parameters. With asymmetric ('same') padding "
            "the zeros are counted in the average, as count_include_pad does.")
     full_rule = "prod(F) per output element (prod(F) - 1 additions and one division)"
@@ -170,6 +172,7 @@ class _Adaptive(Kind):
 @register
 class AdaptiveAvgPool(_Adaptive):
     name = "adaptive_avgpool"
+    synonyms: ClassVar[tuple[str, ...]] = ("adaptiveavgpool2d",)
     prefix = "avgpool"
     mode = "avg"
     doc = ("Adaptive average pooling to a fixed output_size (PyTorch's window rule). fvcore counts one flop per "
@@ -198,6 +201,7 @@ class AdaptiveAvgPool(_Adaptive):
 @register
 class AdaptiveMaxPool(_Adaptive):
     name = "adaptive_maxpool"
+    synonyms: ClassVar[tuple[str, ...]] = ("adaptivemaxpool2d",)
     prefix = "maxpool"
     mode = "max"
     doc = "Adaptive max pooling to a fixed output_size (PyTorch's window rule)."
@@ -220,6 +224,7 @@ class AdaptiveMaxPool(_Adaptive):
 @register
 class GlobalAvgPool(AdaptiveAvgPool):
     name = "global_avgpool"
+    synonyms = ("gap", "global_average_pooling", "globalaveragepooling2d", "global_avg_pool")
     prefix = "avgpool"
     doc = ("Global average pooling: adaptive average pooling to 1 per axis (output C x 1 x 1, as in PyTorch; "
            "a following linear layer flattens it).")
@@ -236,6 +241,7 @@ class GlobalAvgPool(AdaptiveAvgPool):
 @register
 class GlobalMaxPool(AdaptiveMaxPool):
     name = "global_maxpool"
+    synonyms = ("global_max_pooling", "globalmaxpooling2d", "global_max_pool")
     prefix = "maxpool"
     doc = "Global max pooling: adaptive max pooling to 1 per axis (output C x 1 x 1)."
     args = ()

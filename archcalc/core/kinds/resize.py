@@ -25,6 +25,7 @@ from archcalc.core.kinds.base import (
 @register
 class ZeroPad(Kind):
     name = "zeropad"
+    synonyms = ("zero_padding", "zeropadding2d", "zeropad2d", "pad")
     prefix = "pad"
     doc = "Zero padding (nn.ZeroPad1d/2d/3d): an int, one per axis, or [before, after] pairs per axis."
     full_rule = "0"
@@ -52,6 +53,7 @@ _LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 @register
 class Upsample(Kind):
     name = "upsample"
+    synonyms = ("upsampling", "upsampling2d", "interpolate", "resize")
     prefix = "up"
     doc = ("Upsampling by an integer scale_factor or to a fixed size (nn.Upsample). mode 'nearest' or 'linear' "
            "(bilinear/trilinear by input rank). fvcore counts the 2-D ops only: 1 flop per output element for "
