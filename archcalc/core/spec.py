@@ -456,6 +456,8 @@ class _Parser:
         if len(stack) > MAX_NESTING:
             raise _Uncountable
         if isinstance(item, str):
+            if item in COMPOSITES or item in MERGES:
+                raise _Uncountable
             head, raw = item, None
         elif isinstance(item, Map) and item:
             heads = [k for k in item if k in COMPOSITES or k in REGISTRY or k in self.blocks or k in MERGES
