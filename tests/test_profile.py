@@ -145,8 +145,9 @@ def test_budget_plan() -> None:
     assert stats.warmup_seconds(3.0, 0.5) == 0.5 and stats.warmup_seconds(-1.0, None) == 0.0
     assert stats.iteration_estimate([10.0, 1.0, 3.0, 2.0]) == 2.0  # the first (one-off costs) is left out
     assert stats.iteration_estimate([5.0]) == 5.0
-    assert stats.reserve_seconds(0.1, profiled_iterations=5, plain_iterations=1) == pytest.approx(
-        0.1 * (5 * stats.PROFILED_SLOWDOWN + 1))
+    # Five recorded iterations of 0.1 s over 70 leaf modules, and one plain one.
+    assert stats.reserve_seconds(0.1, profiled_iterations=5, plain_iterations=1, leaves=70) == pytest.approx(
+        5 * (0.1 + 70 * stats.PROFILED_LEAF_S) + 0.1)
     assert stats.point_share(6.0, 3) == 2.0 and stats.point_share(-1.0, 2) == 0.0
     # 2 points, each short of 10 samples of 0.5 s: 3 + 2 * (5 - 0) = 13 s.
     assert stats.budget_for(3.0, 0.0, 0.5, 2) == 13.0

@@ -99,7 +99,7 @@ def profile_tables(results: list[BatchResult]) -> list[Table]:
     summary = Table(title=f"{first.spec} on {first.device_name} ({first.device}), {first.dtype}, {mode}",
                     header_style="bold")
     for col in ("batch", "threads", "median ms", "p10-p90 ms", "IQR/median", "samples", "samples/s", "FLOP rate",
-                "of peak", "measured memory", "predicted memory"):
+                "of peak", "peak memory", "predicted"):
         summary.add_column(col, justify="right")
     for r in results:
         s = r.stats

@@ -359,7 +359,8 @@ def _profile_point(s: _Session, index: int, threads: int, report: Report, share_
                   lambda w: plural(len(w), "iteration"))
     estimate = iteration_estimate(warm)
     measure_memory = s.probe.cheap if o.memory is None else o.memory
-    window = _timing_window(s, share_s - (time.perf_counter() - begin), estimate, measure_memory)
+    leaves = sum(1 for r in report.rows if r.module)
+    window = _timing_window(s, share_s - (time.perf_counter() - begin), estimate, measure_memory, leaves)
 
     say("timing", 0.0)
     timing = _sample(step, s.timer, estimate, window, o.target, say)
@@ -406,7 +407,7 @@ def _step_for(s: _Session, report: Report) -> tuple[Any, Callable[[], Any]]:
     return x, _make_step(torch.compile(s.model) if o.compile else s.model, x, o)
 
 
-def _timing_window(s: _Session, left_s: float, iteration_s: float, measure_memory: bool) -> float:
+def _timing_window(s: _Session, left_s: float, iteration_s: float, measure_memory: bool, leaves: int) -> float:
     """What is left of the point's share once the passes that follow timing are kept back (halved with CUDA
     graphs, whose replay is timed in the other half)."""
     o = s.options
@@ -414,7 +415,7 @@ def _timing_window(s: _Session, left_s: float, iteration_s: float, measure_memor
     profiled = (1 if measure_memory and not s.probe.cheap else 0) + (LAYER_ITERATIONS if layers else 0)
     plain = (1 if measure_memory and s.probe.cheap else 0) + (1 if layers else 0) + \
         (GRAPH_CAPTURE_ITERATIONS if o.cuda_graphs else 0)
-    window = max(0.0, left_s - reserve_seconds(iteration_s, profiled, plain))
+    window = max(0.0, left_s - reserve_seconds(iteration_s, profiled, plain, leaves))
     return window / 2 if o.cuda_graphs else window
 
 
