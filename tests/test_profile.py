@@ -503,7 +503,7 @@ def test_budget_bounds_a_real_run(tiny: Path) -> None:
     results = prof.run_profile(load_spec(tiny), prof.Options(batches=(1, 2), budget_s=1.5, memory=True,
                                                              layers=True))
     wall = time.perf_counter() - start
-    assert wall < 1.5 + 0.75, [r.phases for r in results]
+    assert wall < 1.5 + 1.0, [r.phases for r in results]
     assert all(r.memory.measured is not None and r.layers for r in results)
 
 
