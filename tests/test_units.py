@@ -45,6 +45,8 @@ def test_grouped_and_axes() -> None:
     ("4 * width", 256), ("(width + 1) // 2", 32), ("width / 2", 32), ("7 / 2", 3.5), ("-3 + 2 ** 3", 5),
     ("min(width, 10) + max(1, 2)", 12), ("ceil_div(width, 3)", 22), ("round_to(32 * 0.75, 8)", 24),
     ("width % 5", 4), ("pad", "same"),
+    # ceil/floor/round give ints; round halves to even (Python's round, like torch.round in RegNet's quantization).
+    ("ceil(2 * 1.1)", 3), ("floor(7 / 2)", 3), ("round(2.5)", 2), ("round(3.5)", 4), ("round(48 * 2.09 ** 1 / 8)", 13),
 ])
 def test_expressions(text: str, value: object) -> None:
     assert evaluate(text, {"width": 64, "pad": "same"}) == value

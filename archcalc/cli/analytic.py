@@ -132,17 +132,19 @@ def zoo(fmt: Annotated[KindsFmt, typer.Option("--format", "-f")] = KindsFmt.tabl
         sys.stdout.write(json.dumps([dataclasses.asdict(e) for e in entries], indent=2) + "\n")
         return
     if fmt is KindsFmt.md:
-        sys.stdout.write("| spec | description | source |\n|---|---|---|\n")
+        sys.stdout.write("| spec | family | description | source |\n|---|---|---|---|\n")
         for e in entries:
-            sys.stdout.write(f"| `{e.name}` | {e.description} | {e.source} |\n")
+            sys.stdout.write(f"| `{e.name}` | {e.family} | {e.description} | {e.source} |\n")
         return
     from rich.table import Table
 
     table = Table(title="bundled specs", header_style="bold")
-    for col in ("spec", "description", "source"):
+    for col in ("spec", "family", "description", "source"):
         table.add_column(col)
     from rich.text import Text
 
-    for e in entries:
-        table.add_row(Text(e.name), Text(e.description), Text(e.source))
+    for e, after in zip(entries, [*entries[1:], None]):
+        group_ends = after is None or (after.name.rpartition("/")[0], after.family) != (e.name.rpartition("/")[0],
+                                                                                        e.family)
+        table.add_row(Text(e.name), Text(e.family), Text(e.description), Text(e.source), end_section=group_ends)
     out_console().print(table)

@@ -8,7 +8,9 @@ Grammar (no Python eval, no attribute access, no calls other than the listed fun
     power  := atom ('**' unary)?
     atom   := INT | FLOAT | NAME | FUNC '(' expr (',' expr)* ')' | '(' expr ')'
 
-Functions: min, max, ceil_div(a, b), round_to(value, multiple) (the `_make_divisible` rule of MobileNet/EfficientNet).
+Functions: min, max, ceil_div(a, b), round_to(value, multiple) (the `_make_divisible` rule of MobileNet/EfficientNet),
+ceil(x), floor(x), round(x) (Python's: halves to even, as torch.round; EfficientNet's depth multiplier, RegNet's
+width quantization).
 `/` gives an int when the division is exact and a float otherwise.
 
 Hostile input is bounded, never a hang or a traceback: every intermediate value must stay within +-MAX_VALUE (a
@@ -55,7 +57,20 @@ def _ceil_div(a: Number, b: Number) -> int:
     return -(-int(a) // int(b))
 
 
-FUNCTIONS: dict[str, Callable[..., Number]] = {"min": min, "max": max, "ceil_div": _ceil_div, "round_to": _round_to}
+def _ceil(x: Number) -> int:
+    return math.ceil(x)
+
+
+def _floor(x: Number) -> int:
+    return math.floor(x)
+
+
+def _round(x: Number) -> int:
+    return round(x)
+
+
+FUNCTIONS: dict[str, Callable[..., Number]] = {"min": min, "max": max, "ceil_div": _ceil_div, "round_to": _round_to,
+                                               "ceil": _ceil, "floor": _floor, "round": _round}
 
 
 def _tokenize(text: str) -> list[tuple[str, str]]:

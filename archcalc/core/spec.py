@@ -38,8 +38,8 @@ from archcalc.core.yamlsrc import Map, Seq
 COMPOSITES = ("repeat", "residual", "parallel", "sequence")
 SHORTCUTS = ("identity", "projection", "projection_conv")
 MERGES = ("concat", "add", "mul")
-TOP_KEYS = ("name", "description", "source", "input", "inputs", "outputs", "unused", "args", "defaults", "blocks",
-            "layers", "extends", "notes")
+TOP_KEYS = ("name", "description", "source", "family", "input", "inputs", "outputs", "unused", "args", "defaults",
+            "blocks", "layers", "extends", "notes")
 ITEM_KEYS = ("name", "from", "when")  # allowed beside the head of any item
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -290,7 +290,7 @@ class _Parser:
         name = data["name"]
         if not isinstance(name, str) or not name.strip():
             raise SpecError(data.value_loc("name"), "'name' must be a non-empty string")
-        for key in ("description", "source", "notes"):
+        for key in ("description", "source", "family", "notes"):
             if key in data and not isinstance(data[key], str):
                 raise SpecError(data.value_loc(key), f"'{key}' must be a string")
         inputs = self._inputs(data)

@@ -1,0 +1,139 @@
+"""specs/torchvision/: one spec per torchvision CNN, exact to torchvision's own model.
+
+Expected values come from tests/data (see its README): the figures torchvision publishes with its weights
+(`torchvision_published.json`, num_params and GMACs) and what was measured on torchvision's real models with
+forward hooks and fvcore (`torchvision_measured.json`). torchvision itself is not imported here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from archcalc.cli.app import app
+from archcalc.core.analyze import Report, analyze
+from archcalc.core.resolve import bundled
+from archcalc.core.spec import load_spec
+from archcalc.torch.validate import validate
+
+DATA = Path(__file__).resolve().parent / "data"
+PUBLISHED = json.loads((DATA / "torchvision_published.json").read_text(encoding="utf-8"))["models"]
+MEASURED = json.loads((DATA / "torchvision_measured.json").read_text(encoding="utf-8"))["models"]
+SPECS = bundled()
+MODELS = sorted(PUBLISHED)
+
+# Models whose spec needs graph features that are not there yet (named tensors, several outputs, new kinds).
+PENDING = {
+    "convnext_tiny", "convnext_small", "convnext_base", "convnext_large",
+    "fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
+    "lraspp_mobilenet_v3_large",
+}
+# fvcore counts these models' final global average (torchvision's functional x.mean([2, 3])) as 0; the spec
+# still pools with global_avgpool (adaptive_avg_pool2d, one flop per input element) until a `mean` kind exists.
+FVCORE_PENDING = {"mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3", "shufflenet_v2_x0_5",
+                  "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"}
+# inception_v3's spec has no auxiliary classifier yet: its params are the table's without AuxLogits.
+AUX_PENDING = {"inception_v3"}
+DONE = [m for m in MODELS if m not in PENDING]
+
+
+def report(name: str, convention: str = "torch") -> Report:
+    return analyze(load_spec(SPECS[f"torchvision/{name}"]), convention=convention)
+
+
+def gmacs_as_printed(macs: int, printed: str) -> str:
+    """MACs in G rounded as torchvision rounds `_ops` (3 decimals, trailing zeros dropped in the table)."""
+    decimals = len(printed.split(".")[1]) if "." in printed else 0
+    return f"{round(macs / 1e9, decimals):.{decimals}f}"
+
+
+def test_the_data_files_agree_with_each_other() -> None:
+    # The measurement reproduced every published figure; a test that relies on both would hide a bad copy.
+    assert set(PUBLISHED) == set(MEASURED) and len(PUBLISHED) == 78
+    for name, pub in PUBLISHED.items():
+        m = MEASURED[name]
+        assert m["params"] == pub["num_params"], name
+        assert gmacs_as_printed(m["macs"], pub["gmacs"]) == pub["gmacs"], name
+        assert m["input_shape"] == [1, *pub["input"]], name
+        assert m["flop_counter"] == 2 * m["macs"], name
+
+
+def test_every_model_has_a_spec_or_is_pending() -> None:
+    missing = [m for m in MODELS if f"torchvision/{m}" not in SPECS and m not in PENDING]
+    assert missing == []
+    assert all(f"torchvision/{m}" not in SPECS for m in PENDING), "a pending model has a spec: drop it from PENDING"
+    assert PENDING | FVCORE_PENDING | AUX_PENDING <= set(MODELS)
+
+
+@pytest.mark.parametrize("name", DONE)
+def test_published_figures(name: str) -> None:
+    pub = PUBLISHED[name]
+    rep = report(name)
+    assert list(rep.input) == pub["input"]
+    params = pub["num_params"] if name not in AUX_PENDING else MEASURED[name]["params_without_aux"]
+    assert rep.totals.params == params
+    assert gmacs_as_printed(rep.totals.macs, pub["gmacs"]) == pub["gmacs"]
+
+
+@pytest.mark.parametrize("name", DONE)
+def test_measured_figures(name: str) -> None:
+    m = MEASURED[name]
+    rep = report(name)
+    assert rep.totals.macs == m["macs"]  # the exact integer, not only its rounding
+    if name not in AUX_PENDING:
+        assert rep.totals.buffers == m["float_buffers"] + m["int_buffers"]
+    shape = m["output_shape"]
+    if isinstance(shape, list):
+        assert [1, *rep.totals.output] == shape
+
+
+@pytest.mark.parametrize("name", DONE)
+def test_fvcore_total_is_fvcore_on_torchvision(name: str) -> None:
+    fv = report(name, "fvcore").totals.flops
+    if name in FVCORE_PENDING:
+        assert fv > MEASURED[name]["fvcore"]
+    else:
+        assert fv == MEASURED[name]["fvcore"]
+
+
+# Video networks on the CPU at a reduced clip (s3d's fixed 2x7x7 average pool needs at least 14x209x209).
+REDUCED = {"r3d_18": (3, 8, 56, 56), "mc3_18": (3, 8, 56, 56), "r2plus1d_18": (3, 8, 56, 56),
+           "s3d": (3, 14, 209, 209)}
+
+
+@pytest.mark.parametrize("name", sorted(REDUCED))
+def test_video_reduced_on_cpu(name: str) -> None:
+    v = validate(load_spec(SPECS[f"torchvision/{name}"]), device="cpu", input_shape=REDUCED[name])
+    assert v.ok, "\n".join(f"{c.quantity} {c.layer}: {c.predicted} != {c.measured}" for c in v.failures)
+    assert "fvcore_flops" in {c.quantity for c in v.checks}
+
+
+FAMILIES = {
+    "alexnet": ["alexnet"], "vgg": ["vgg"], "resnet": ["resnet", "resnext", "wide_resnet"],
+    "squeezenet": ["squeezenet"], "densenet": ["densenet"], "googlenet": ["googlenet"],
+    "inception": ["inception"], "mobilenet": ["mobilenet"], "mnasnet": ["mnasnet"], "shufflenet": ["shufflenet"],
+    "efficientnet": ["efficientnet"], "regnet": ["regnet"], "convnext": ["convnext"],
+    "video": ["r3d", "mc3", "r2plus1d", "s3d"], "segmentation": ["fcn", "deeplabv3", "lraspp"],
+}
+
+
+def test_zoo_groups_torchvision_by_family() -> None:
+    result = CliRunner().invoke(app, ["zoo", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    entries = [e for e in json.loads(result.output) if e["name"].startswith("torchvision/")]
+    assert {e["name"].removeprefix("torchvision/") for e in entries} == set(DONE)
+    for e in entries:
+        model = e["name"].removeprefix("torchvision/")
+        prefixes = FAMILIES[e["family"]]
+        assert any(model.startswith(p) for p in prefixes), (model, e["family"])
+
+
+def test_compare_over_a_family() -> None:
+    names = [f"torchvision/efficientnet_b{i}" for i in range(8)]
+    result = CliRunner().invoke(app, ["compare", *names, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    assert [r["totals"]["params"] for r in rows] == [PUBLISHED[f"efficientnet_b{i}"]["num_params"] for i in range(8)]
