@@ -179,7 +179,7 @@ class AdaptiveAvgPool(_Adaptive):
            "input element, but only for the 2-D op (aten::adaptive_avg_pool2d).")
     full_rule = "one addition per element of every window, plus one division per output element"
     args: ClassVar[tuple[Arg, ...]] = (
-        Arg("output_size", "ints", doc="output size per spatial axis", aliases=("size", "out")),)
+        Arg("output_size", "ints", doc="output size per spatial axis", aliases=("size", "out"), minimum=1),)
     examples: ClassVar[tuple[Example, ...]] = (
         Example((512, 7, 7), {"output_size": 7}),
         Example((256, 13, 13), {"output_size": 6}),
@@ -207,7 +207,7 @@ class AdaptiveMaxPool(_Adaptive):
     doc = "Adaptive max pooling to a fixed output_size (PyTorch's window rule)."
     full_rule = "window elements - 1 comparisons per output element"
     args: ClassVar[tuple[Arg, ...]] = (
-        Arg("output_size", "ints", doc="output size per spatial axis", aliases=("size", "out")),)
+        Arg("output_size", "ints", doc="output size per spatial axis", aliases=("size", "out"), minimum=1),)
     examples: ClassVar[tuple[Example, ...]] = (Example((16, 9, 9), {"output_size": 4}),
                                                Example((8, 10), {"output_size": 1}))
 
