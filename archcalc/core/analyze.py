@@ -45,6 +45,7 @@ class Row(NamedTuple):
     module: bool = True  # False for merge ops, which have no nn.Module
     reads: tuple[str, ...] = ()  # the named tensors a leaf reads (the previous layer's output, or its `from:`)
     used: bool = True  # False: no output depends on it (only under `unused: allow`); left out of the totals
+    feeds: tuple[str, ...] = ()  # with several outputs: the outputs that depend on this row
 
 
 class Warning_(NamedTuple):
@@ -120,6 +121,10 @@ def _analyze(spec: Spec, batch: int, dtype: str, convention: str, input_shape: S
     graph = engine.finish(last)
     used = graph.used()
     rows = tuple(r if u else r._replace(used=False) for r, u in zip(engine.rows, used))
+    if len(graph.outputs) > 1:
+        rows = tuple(r._replace(feeds=f) for r, f in zip(rows, graph.feeds()))
+    changed = {id(old): new for old, new in zip(engine.rows, rows) if old is not new}
+    outline = tuple(changed.get(id(r), r) for r in engine.outline)
     if not all(used):
         unused = [r.name for r in rows if not r.used]
         if spec.unused != "allow":
@@ -156,7 +161,7 @@ def _analyze(spec: Spec, batch: int, dtype: str, convention: str, input_shape: S
     outputs = tuple((name, graph.tensors[t].shape) for name, t in graph.outputs)
     return Report(name=spec.name, source=spec.source, description=spec.description, path=spec.path,
                   input=shapes[0], batch=batch, dtype=dtype, itemsize=itemsize, convention=convention, rows=rows,
-                  outline=tuple(engine.outline), totals=totals, warnings=tuple(engine.warnings), graph=graph,
+                  outline=outline, totals=totals, warnings=tuple(engine.warnings), graph=graph,
                   outputs=outputs)
 
 

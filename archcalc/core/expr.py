@@ -2,6 +2,10 @@
 
 Grammar (no Python eval, no attribute access, no calls other than the listed functions):
 
+    cond   := conj ('or' conj)*                     (conditions, for `when:`)
+    conj   := neg ('and' neg)*
+    neg    := 'not' neg | cmp
+    cmp    := expr (('<' | '<=' | '>' | '>=' | '==' | '!=') expr)?
     expr   := term (('+' | '-') term)*
     term   := unary (('*' | '/' | '//' | '%') unary)*
     unary  := '-' unary | '+' unary | power
@@ -29,7 +33,7 @@ Number = int | float
 # [0-9], not \d: \d also matches other scripts' digits ('٣'), which int() would silently accept.
 _TOKEN = re.compile(
     r"\s*(?:([0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)|([0-9]+)|([A-Za-z_][A-Za-z0-9_]*)"
-    r"|(//|\*\*|[-+*/%(),]))"
+    r"|(//|\*\*|<=|>=|==|!=|[-+*/%(),<>]))"
 )
 
 MAX_VALUE = 2**63  # far beyond any layer size, small enough that every operation on it is instant
@@ -133,10 +137,49 @@ class _Parser:
     def parse(self) -> object:
         if not self.tokens:
             raise ExprError("empty expression")
-        value = self.expr()
+        value = self.cond()
         if self.pos != len(self.tokens):
             raise ExprError(f"unexpected '{self.tokens[self.pos][1]}' in expression '{self.text}'")
         return value
+
+    def take_word(self, word: str) -> bool:
+        tok = self.peek()
+        if tok == ("name", word):
+            self.pos += 1
+            return True
+        return False
+
+    def cond(self) -> object:
+        value = self.conj()
+        while self.take_word("or"):
+            rhs = self.conj()
+            value = bool(value) or bool(rhs)
+        return value
+
+    def conj(self) -> object:
+        value = self.neg()
+        while self.take_word("and"):
+            rhs = self.neg()
+            value = bool(value) and bool(rhs)
+        return value
+
+    def neg(self) -> object:
+        flips = 0
+        while self.take_word("not"):  # a loop, not recursion: `not not ... x` cannot exhaust the stack
+            flips += 1
+        value = self.cmp()
+        return value if not flips else bool(value) ^ (flips % 2 == 1)
+
+    def cmp(self) -> object:
+        value = self.expr()
+        op = self.take_op("<", "<=", ">", ">=", "==", "!=")
+        if op is None:
+            return value
+        rhs = self.expr()
+        if op in ("==", "!="):
+            return (value == rhs) == (op == "==")
+        a, b = _num(value, self.text), _num(rhs, self.text)
+        return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[op]
 
     def expr(self) -> object:
         value = self.term()
@@ -236,7 +279,7 @@ class _Parser:
                 raise ExprError(f"unknown name '{text}' in '{self.text}'{hint}")
             return self.names[text]
         if text == "(":
-            value = self.expr()  # nesting is counted in unary(), which every parenthesis passes through
+            value = self.cond()  # nesting is counted in unary(), which every parenthesis passes through
             if not self.take_op(")"):
                 raise ExprError(f"missing ')' in '{self.text}'")
             return value
@@ -255,7 +298,7 @@ def _num(value: object, text: str) -> Number:
 
 def looks_like_expression(text: str) -> bool:
     """True when a string value should be evaluated (it contains an operator or is a bare name of a variable)."""
-    return bool(re.search(r"[-+*/%()]", text)) or bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text.strip()))
+    return bool(re.search(r"[-+*/%()<>=!]", text)) or bool(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", text.strip()))
 
 
 def evaluate(text: str, names: Mapping[str, object]) -> object:

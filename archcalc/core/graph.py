@@ -82,6 +82,20 @@ class Graph(NamedTuple):
                     needed[t] = True
         return used
 
+    def feeds(self) -> list[tuple[str, ...]]:
+        """For each op, the names of the outputs that depend on it."""
+        result: list[list[str]] = [[] for _ in self.ops]
+        for name, out in self.outputs:
+            needed = [False] * len(self.tensors)
+            needed[out] = True
+            for i in range(len(self.ops) - 1, -1, -1):
+                op = self.ops[i]
+                if needed[op.output]:
+                    result[i].append(name)
+                    for t in op.inputs:
+                        needed[t] = True
+        return [tuple(f) for f in result]
+
     def readers(self) -> list[list[int]]:
         """For each tensor, the ops that read it."""
         result: list[list[int]] = [[] for _ in self.tensors]

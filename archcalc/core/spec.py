@@ -398,8 +398,8 @@ class _Parser:
                                                     f"'se > 0', but '{value}' is not a known name")
         return bool(value)
 
-    def _ref(self, item: Map, key: str, scope: _Scope) -> Ref:
-        value = item[key]
+    def _ref(self, item: Map, key: str, scope: _Scope, names: Mapping[str, Any]) -> Ref:
+        value = _tensor_name(item[key], names)
         if not isinstance(value, str) or not value.strip():
             raise SpecError(item.value_loc(key), f"'{key}' takes the name of an earlier tensor (a layer, block or "
                                                  f"input name), not {_describe(value)}")
@@ -556,7 +556,7 @@ class _Parser:
                                  f", not {_describe(item)}")
         if "when" in item and not self._when(item, names):
             return None
-        src = self._ref(item, "from", scope) if "from" in item else None
+        src = self._ref(item, "from", scope, names) if "from" in item else None
         if src is not None or "when" in item:
             keep = [k for k in item if k not in ("from", "when")]
             item = Map.derived({k: item[k] for k in keep}, item.loc, {k: item.key_loc(k) for k in keep},
@@ -581,7 +581,7 @@ class _Parser:
         given = self._name(item, "name") if "name" in item else None
         name = forced_name if forced_name is not None else given
         if head in MERGES:
-            return self._merge(item, head, scope, name)
+            return self._merge(item, head, scope, name, names)
         if head in COMPOSITES:
             return _COMPOSITE_METHODS[head](self, item, scope, names, stack, name)
         allowed = {head, "name", "trainable"}
@@ -663,7 +663,7 @@ class _Parser:
             raise SpecError(loc, f"'trainable' applies to single layers, not to block '{block_name}'")
         return _COMPOSITE_METHODS[head](self, body, child, values, stack, None, own_scope=True, label=block_name)
 
-    def _merge(self, item: Map, op: str, scope: _Scope, name: str | None) -> Merge:
+    def _merge(self, item: Map, op: str, scope: _Scope, name: str | None, names: Mapping[str, Any]) -> Merge:
         self.count(item.loc)
         raw = item[op]
         rloc = item.value_loc(op)
@@ -683,7 +683,7 @@ class _Parser:
                 raise SpecError(item.key_loc(key), f"unexpected key '{key}' beside '{op}'")
         if not isinstance(raw, Seq) or len(raw) < 2 or not all(isinstance(r, str) for r in raw):
             raise SpecError(rloc, f"{op} needs a list of at least two tensor names, e.g. {op}: [down4, up4]")
-        refs = tuple(Ref(str(r).strip(), scope.prefix, raw.item_loc(i)) for i, r in enumerate(raw))
+        refs = tuple(Ref(_tensor_name(r, names).strip(), scope.prefix, raw.item_loc(i)) for i, r in enumerate(raw))
         full = scope.child_name(name, op, item.loc)
         return Merge(full, op, refs, item.loc)
 
@@ -815,6 +815,7 @@ class _Parser:
         for arg in kind.args:
             if arg.name in given and arg.type == "ref":
                 raw_value, vloc = given[arg.name]
+                raw_value = _tensor_name(raw_value, names)
                 if not isinstance(raw_value, str) or not raw_value.strip():
                     raise SpecError(vloc, f"{kind.name} '{arg.name}' takes the name of an earlier tensor (or "
                                           f"'input'), not {_describe(raw_value)}")
@@ -929,6 +930,13 @@ class _Uncountable(Exception):
 
 _COMPOSITE_METHODS = {"repeat": _Parser._repeat, "residual": _Parser._residual, "parallel": _Parser._parallel,
                       "sequence": _Parser._sequence_item}
+
+
+def _tensor_name(value: Any, names: Mapping[str, Any]) -> Any:
+    """A tensor name as written, or, where it is a block argument holding a name (`skip: down4`), its value."""
+    if isinstance(value, str) and isinstance(names.get(value.strip()), str):
+        return names[value.strip()]
+    return value
 
 
 def Map_empty(loc: Loc) -> Map:  # noqa: N802

@@ -62,6 +62,10 @@ def calc_table(report: Report, depth: int | None = None) -> Table:
     cells = [[("  " * (r.depth - 1) if depth is not None else "") + r.name, r.kind, dims(r.output), r.config,
               grouped(r.params), si(r.macs), si(r.flops), nbytes(r.activation_bytes), axes(r.rf)]
              for r in rows_at_depth(report, depth)]
+    if len(report.outputs) > 1:  # which outputs each layer feeds
+        columns.append(("feeds", "left", ""))
+        for cell, r in zip(cells, rows_at_depth(report, depth)):
+            cell.append(",".join(r.feeds) if r.leaf else "")
     return _fast_table(table, columns, cells)
 
 
@@ -79,6 +83,9 @@ def summary_lines(report: Report) -> list[str]:
         f"output          {dims(t.output)}; receptive field {axes(t.rf)}, jump {axes(t.jump)}; "
         f"{t.weight_layers} weight layers",
     ]
+    if len(report.outputs) > 1:
+        lines[-1] = (f"outputs         {', '.join(f'{n} {dims(s)}' for n, s in report.outputs)}; receptive field of "
+                     f"{report.outputs[0][0]} {axes(t.rf)}, jump {axes(t.jump)}; {t.weight_layers} weight layers")
     return lines
 
 
@@ -97,7 +104,8 @@ def _row_dict(r: Row) -> dict[str, Any]:
         "name": r.name, "kind": r.kind, "leaf": r.leaf, "module": r.module, "input": list(r.input),
         "output": list(r.output), "config": r.config, "params": r.params, "trainable_params": r.trainable_params,
         "buffers": r.buffers, "macs": r.macs, "flops": r.flops, "activation_bytes": r.activation_bytes,
-        "receptive_field": list(r.rf), "jump": [fraction(j) for j in r.jump],
+        "receptive_field": list(r.rf), "jump": [fraction(j) for j in r.jump], "reads": list(r.reads),
+        **({"feeds": list(r.feeds)} if r.feeds else {}), **({} if r.used else {"used": False}),
     }
 
 
@@ -121,6 +129,9 @@ def calc_dict(report: Report, depth: int | None = None) -> dict[str, Any]:
         "batch": report.batch,
         "dtype": report.dtype,
         "convention": report.convention,
+        "inputs": {name: list(report.graph.tensors[t].shape) if i else list(report.input)
+                   for i, (name, t) in enumerate(report.graph.inputs)},
+        "outputs": {name: list(shape) for name, shape in report.outputs},
         "layers": [_row_dict(r) for r in rows_at_depth(report, depth)],
         "totals": totals_dict(report),
         "warnings": [str(w) for w in report.warnings],

@@ -99,3 +99,86 @@ class ChannelSliceModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"start={self.start}, stop={self.stop}"
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """Layer norm over the channels of each position, as torchvision's ConvNeXt computes it: permute to
+    channels-last, F.layer_norm over C, permute back."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6, elementwise_affine: bool = True) -> None:
+        super().__init__(num_channels, eps, elementwise_affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = list(range(x.dim()))
+        last = dims[:1] + dims[2:] + dims[1:2]  # N, *spatial, C
+        back = [0, x.dim() - 1] + list(range(1, x.dim() - 1))
+        x = x.permute(*last)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(*back)
+
+
+class LayerScale(nn.Module):
+    """x * gamma with a learned per-channel gamma (ConvNeXt's layer_scale)."""
+
+    def __init__(self, shape: Sequence[int], init: float = 1e-6) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        self.init = init
+        self.gamma = nn.Parameter(torch.full(self.shape, float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class StochasticDepth(nn.Module):
+    """torchvision.ops.StochasticDepth: the identity at inference; in training drops a sample's (mode 'row') or
+    the batch's ('batch') input with probability p and divides the survivors by 1 - p."""
+
+    def __init__(self, p: float, mode: str = "row") -> None:
+        super().__init__()
+        self.p = p
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        survival = 1.0 - self.p
+        size = [x.shape[0]] + [1] * (x.dim() - 1) if self.mode == "row" else [1] * x.dim()
+        noise = torch.empty(size, dtype=x.dtype, device=x.device).bernoulli_(survival)
+        if survival > 0.0:
+            noise.div_(survival)
+        return x * noise
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mode={self.mode}"
+
+
+class Mean(nn.Module):
+    """x.mean(dims): MNASNet's and ShuffleNetV2's global pooling in torchvision."""
+
+    def __init__(self, dims: Sequence[int], keepdim: bool = False) -> None:
+        super().__init__()
+        self.dims = tuple(dims)
+        self.keepdim = keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(list(self.dims), keepdim=self.keepdim)
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, keepdim={self.keepdim}"
+
+
+class CenterCrop(nn.Module):
+    """x[..., o:o+s, ...] per spatial axis: a view (U-Net's crop before concatenation)."""
+
+    def __init__(self, offsets: Sequence[int], sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.offsets = tuple(offsets)
+        self.sizes = tuple(sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = (slice(None), slice(None)) + tuple(slice(o, o + s) for o, s in zip(self.offsets, self.sizes))
+        return x[index]
+
+    def extra_repr(self) -> str:
+        return f"offsets={self.offsets}, sizes={self.sizes}"

@@ -213,12 +213,52 @@ _LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 def _upsample(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     mode = a["mode"] if a["mode"] == "nearest" else _LINEAR_MODES[len(inp) - 1]
     extra = {} if mode == "nearest" else {"align_corners": a["align_corners"]}
+    if a.get("size_of") is not None:
+        return call(nn.Upsample, size=tuple(a["size_of"][1:]), mode=mode, **extra)
     if a["size"] is not None:
         size = a["size"] if isinstance(a["size"], int) else tuple(a["size"])
         return call(nn.Upsample, size=size, mode=mode, **extra)
     scale = a["scale_factor"]
     scale = float(scale) if isinstance(scale, int) else tuple(float(s) for s in scale)
     return call(nn.Upsample, scale_factor=scale, mode=mode, **extra)
+
+
+# ---- modern kinds ---------------------------------------------------------------------------------------------
+
+
+@recipe("channel_layernorm")
+def _channel_layernorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.LayerNorm2d, num_channels=inp[0], eps=a["eps"], elementwise_affine=a["elementwise_affine"])
+
+
+@recipe("layer_scale")
+def _layer_scale(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.LayerScale, shape=(inp[0],) + (1,) * (len(inp) - 1), init=a["init"])
+
+
+@recipe("stochastic_depth")
+def _stochastic_depth(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.StochasticDepth, p=a["p"], mode=a["mode"])
+
+
+@recipe("mean")
+def _mean(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.Mean, dims=tuple(range(2, len(inp) + 1)), keepdim=a["keepdim"])
+
+
+@recipe("pixel_shuffle")
+def _pixel_shuffle(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(nn.PixelShuffle, upscale_factor=a["upscale_factor"])
+
+
+@recipe("pixel_unshuffle")
+def _pixel_unshuffle(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(nn.PixelUnshuffle, downscale_factor=a["downscale_factor"])
+
+
+@recipe("crop")
+def _crop(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.CenterCrop, offsets=kind.offsets(a, inp), sizes=kind.sizes(a, inp))
 
 
 # ---- merges -----------------------------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ class Upsample(Kind):
     args = (
         Arg("scale_factor", "ints_or_none", None, "integer multiplier per axis", aliases=("scale",), minimum=1),
         Arg("size", "ints_or_none", None, "output size per axis (instead of scale_factor)", minimum=1),
+        Arg("size_of", "ref", None, "or the spatial size of another tensor (`input`: the network's input), as "
+            "torchvision's segmentation heads F.interpolate(x, size=input_shape)"),
         Arg("mode", "str", "nearest", "interpolation", choices=("nearest", "linear")),
         Arg("align_corners", "bool", False, "for linear modes, as in PyTorch"),
     )
@@ -71,9 +73,15 @@ class Upsample(Kind):
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         rank = spatial_rank(self.name, inp)
-        if (a["scale_factor"] is None) == (a["size"] is None):
-            raise LayerError("upsample needs exactly one of scale_factor and size")
-        if a["size"] is not None:
+        given = [k for k in ("scale_factor", "size", "size_of") if a.get(k) is not None]
+        if len(given) != 1:
+            raise LayerError("upsample needs exactly one of scale_factor, size and size_of")
+        if a.get("size_of") is not None:
+            target = tuple(a["size_of"])
+            if len(target) != len(inp):
+                raise LayerError(f"size_of names a tensor with {len(target) - 1} spatial axes; the input has {rank}")
+            sizes = target[1:]
+        elif a["size"] is not None:
             size = a["size"]
             sizes = (size,) * rank if isinstance(size, int) else tuple(size)
         else:
@@ -101,6 +109,7 @@ class Upsample(Kind):
         return steps
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
-        how = f"x{a['scale_factor']}" if a["scale_factor"] is not None else f"-> {a['size']}"
+        how = f"x{a['scale_factor']}" if a["scale_factor"] is not None else \
+            f"-> {'x'.join(map(str, a['size_of'][1:]))}" if a.get("size_of") is not None else f"-> {a['size']}"
         return f"{how} {a['mode']}"
 

@@ -1,0 +1,233 @@
+"""Kinds of post-2015 CNNs (ConvNeXt, EfficientNet, MNASNet, super-resolution and segmentation heads):
+channel-wise layer norm, layer scale, stochastic depth, global mean, pixel (un)shuffle and centre crop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from fractions import Fraction
+from typing import Any
+
+from archcalc.core.kinds.base import (
+    Arg,
+    Cost,
+    Example,
+    Kind,
+    LayerError,
+    RFStep,
+    Saved,
+    Shape,
+    numel,
+    register,
+    spatial_rank,
+)
+
+
+@register
+class ChannelLayerNorm(Kind):
+    name = "channel_layernorm"
+    prefix = "norm"
+    doc = ("Layer normalization over the channels of each position of a C x H x W tensor (ConvNeXt's LayerNorm2d, "
+           "Liu et al. 2022): computed as torchvision does, permute to channels-last, F.layer_norm over C, permute "
+           "back. Params 2C (affine). fvcore counts 5 per element with affine, 4 without.")
+    full_rule = "5 per element with affine (mean, variance, normalize, scale, shift), 4 without"
+    args = (
+        Arg("eps", "float", 1e-6, "added to the variance (ConvNeXt: 1e-6)", minimum=0),
+        Arg("elementwise_affine", "bool", True, "learn a per-channel scale and shift", aliases=("affine",)),
+    )
+    examples = (Example((96, 14, 14)), Example((8, 5, 5), {"elementwise_affine": False}), Example((6, 9)))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        spatial_rank(self.name, inp)
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        per = 5 if a["elementwise_affine"] else 4
+        return Cost(params=2 * inp[0] if a["elementwise_affine"] else 0, fvcore=per * numel(inp),
+                    full=per * numel(inp))
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # layer_norm makes the channels-last view contiguous before normalizing (a copy of the input) and computes
+        # float32 mean and 1/std per position while it runs (measured with torch.profiler's memory events).
+        return ((numel(inp), 0), (2 * (numel(inp) // inp[0]), 4))
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # native_layer_norm keeps its (contiguous, channels-last) input and float32 mean and 1/std per position.
+        positions = numel(inp) // inp[0]
+        return Saved(extra=((numel(inp), 0), (2 * positions, 4)))
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"over {inp[0]} channels"
+
+
+@register
+class LayerScale(Kind):
+    name = "layer_scale"
+    prefix = "scale"
+    doc = ("A learned per-channel multiplier gamma (C x 1 x 1), initialised to a small constant: ConvNeXt's and "
+           "CaiT's layer scale (x * gamma). fvcore has no formula for the multiply (0).")
+    full_rule = "1 per element"
+    args = (Arg("init", "float", 1e-6, "initial value of gamma"),)
+    examples = (Example((96, 14, 14)), Example((16, 4, 4), {"init": 0.5}))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        spatial_rank(self.name, inp)
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(params=inp[0], full=numel(inp))
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        return Saved(input=True)  # gamma's gradient needs x (gamma itself is a parameter)
+
+
+@register
+class StochasticDepth(Kind):
+    name = "stochastic_depth"
+    prefix = "drop_path"
+    doc = ("Stochastic depth (Huang et al. 2016; torchvision.ops.StochasticDepth): in training, drops the whole "
+           "residual branch of a sample (mode 'row') or of the batch ('batch') with probability p and rescales; "
+           "the identity at inference (returns its input, no copy).")
+    full_rule = "0 at inference"
+    alias = True
+    args = (Arg("p", "float", 0.0, "drop probability", minimum=0),
+            Arg("mode", "str", "row", "'row' (per sample) or 'batch'", choices=("row", "batch")))
+    examples = (Example((96, 14, 14), {"p": 0.1}), Example((16,), {"p": 0.2, "mode": "batch"}))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        if a["p"] >= 1:
+            raise LayerError(f"stochastic_depth p must be below 1, not {a['p']}")
+        return inp
+
+    def alias_in_training(self, a: Mapping[str, Any]) -> bool:
+        return a["p"] == 0  # torchvision returns the input itself when p is 0
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        if a["p"] == 0:
+            return Saved()
+        # input * noise keeps the noise (one value per sample, or one for the batch) for the input's gradient.
+        return Saved(extra=((1, 0),)) if a["mode"] == "row" else Saved(per_batch=((1, 0),))
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"p={a['p']} {a['mode']}"
+
+
+@register
+class Mean(Kind):
+    name = "mean"
+    doc = ("The mean over the spatial axes, x.mean([2, 3]) (MNASNet's and ShuffleNetV2's global pooling in "
+           "torchvision). Unlike adaptive average pooling, fvcore has no formula for it (0); the output is C "
+           "(or C x 1 x 1 with keepdim).")
+    full_rule = "1 per input element (the sums), plus 1 division per output element"
+    args = (Arg("keepdim", "bool", False, "keep the spatial axes as size 1"),)
+    examples = (Example((64, 7, 7)), Example((32, 5, 5), {"keepdim": True}), Example((8, 12)))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        rank = spatial_rank(self.name, inp)
+        return (inp[0], *([1] * rank)) if a["keepdim"] else (inp[0],)
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(full=numel(inp) + numel(out))
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        return [RFStep(whole=True) for _ in inp[1:]]
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return "over " + ", ".join(str(2 + i) for i in range(len(inp) - 1))
+
+
+class _Shuffle(Kind):
+    up = True
+    examples = ()
+
+    def factor(self, a: Mapping[str, Any]) -> int:
+        raise NotImplementedError
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        spatial_rank(self.name, inp, (2,))
+        c, h, w = inp
+        r = self.factor(a)
+        if self.up:
+            if c % (r * r):
+                raise LayerError(f"{self.name}: {c} channels are not divisible by {r}^2 = {r * r}")
+            return (c // (r * r), h * r, w * r)
+        if h % r or w % r:
+            raise LayerError(f"{self.name}: {h}x{w} is not divisible by {r}")
+        return (c * r * r, h // r, w // r)
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        r = self.factor(a)
+        return [RFStep(1, Fraction(1, r) if self.up else r) for _ in range(2)]
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"x{self.factor(a)}" if self.up else f"/{self.factor(a)}"
+
+
+@register
+class PixelShuffle(_Shuffle):
+    name = "pixel_shuffle"
+    doc = ("Sub-pixel upsampling (Shi et al. 2016; nn.PixelShuffle): C*r^2 x H x W -> C x rH x rW. A copy: no "
+           "parameters, no arithmetic.")
+    full_rule = "0 (a copy)"
+    args = (Arg("upscale_factor", "int", doc="r", aliases=("factor",), minimum=1),)
+    examples = (Example((16, 5, 5), {"upscale_factor": 2}), Example((27, 4, 6), {"upscale_factor": 3}))
+
+    def factor(self, a: Mapping[str, Any]) -> int:
+        return int(a["upscale_factor"])
+
+
+@register
+class PixelUnshuffle(_Shuffle):
+    name = "pixel_unshuffle"
+    doc = "The inverse of pixel_shuffle (nn.PixelUnshuffle): C x rH x rW -> C*r^2 x H x W. A copy."
+    full_rule = "0 (a copy)"
+    up = False
+    args = (Arg("downscale_factor", "int", doc="r", aliases=("factor",), minimum=1),)
+    examples = (Example((4, 8, 8), {"downscale_factor": 2}), Example((3, 9, 6), {"downscale_factor": 3}))
+
+    def factor(self, a: Mapping[str, Any]) -> int:
+        return int(a["downscale_factor"])
+
+
+@register
+class Crop(Kind):
+    name = "crop"
+    doc = ("Centre crop of the spatial axes to the size of another tensor (`to: name`, as U-Net's crop-and-concat, "
+           "Ronneberger et al. 2015) or to a given `size`. Where the margin is odd, the extra row or column is cut "
+           "after (bottom, right). A view: no copy, no arithmetic (a conv applied directly to the view copies it to a "
+           "contiguous tensor first; a concat, as in U-Net, reads it in place).")
+    full_rule = "0 (a view)"
+    alias = True
+    args = (Arg("to", "ref", None, "crop to this tensor's spatial size"),
+            Arg("size", "ints_or_none", None, "or to this size per spatial axis", minimum=1))
+    examples = (Example((8, 12, 12), {"size": 8}), Example((4, 9, 7), {"size": [4, 6]}))
+
+    def sizes(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
+        rank = spatial_rank(self.name, inp)
+        if (a["to"] is None) == (a["size"] is None):
+            raise LayerError("crop needs exactly one of 'to' (a tensor name) and 'size'")
+        if a["to"] is not None:
+            target = tuple(a["to"])
+            if len(target) != len(inp):
+                raise LayerError(f"crop 'to' has {len(target) - 1} spatial axes, the input {rank}")
+            sizes = target[1:]
+        else:
+            sizes = (a["size"],) * rank if isinstance(a["size"], int) else tuple(a["size"])
+        if len(sizes) != rank:
+            raise LayerError(f"crop size has {len(sizes)} values for {rank} spatial axes")
+        for s, w in zip(sizes, inp[1:]):
+            if s > w:
+                raise LayerError(f"cannot crop {'x'.join(map(str, inp[1:]))} to the larger "
+                                 f"{'x'.join(map(str, sizes))}")
+        return tuple(sizes)
+
+    def offsets(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
+        return tuple((w - s) // 2 for w, s in zip(inp[1:], self.sizes(a, inp)))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        return (inp[0], *self.sizes(a, inp))
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        return [RFStep() for _ in inp[1:]]
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return "-> " + "x".join(map(str, self.sizes(a, inp)))
