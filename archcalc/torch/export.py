@@ -81,7 +81,7 @@ def _constructor(c: Call, custom: dict[str, type]) -> str:
         prefix = ""
     given = dict(c.kwargs)
     args = []
-    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:  # type: ignore[misc]
         if p.name not in given:
             continue
         value = given.pop(p.name)

@@ -150,13 +150,13 @@ def measure(report: Report, device: str = "cpu", seed: int = 0) -> Measurement:
 
     # Every op's output (layers and merges alike), seen by the executor as it runs: rows are in op order.
     names = [r.name for r in report.rows]
-    model.record = lambda i, t: record(names[i], t)
+    model.record = lambda i, t: record(names[i], t)  # type: ignore[assignment]
     counter = FlopCounterMode(display=False)
     try:
         with torch.no_grad(), counter:
             y = model(*xs)
     finally:
-        model.record = None
+        model.record = None  # type: ignore[assignment]
     first = next(iter(y.values())) if isinstance(y, dict) else y
     prefix = type(model).__name__
     counts = counter.get_flop_counts()

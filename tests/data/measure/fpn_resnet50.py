@@ -1,10 +1,14 @@
 # Measurement recipe (not run by the tests): see tests/data/fpn_resnet50_torchvision.json for its output.
 """FPN on torchvision's ResNet-50: params, conv MACs (hooks), fvcore total, output shapes at 3x800x800."""
-import json, torch, torchvision
+import json
+
+import torch
+import torchvision
+from fvcore.nn import FlopCountAnalysis
 from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FeaturePyramidNetwork
-from fvcore.nn import FlopCountAnalysis
+
 torch.set_num_threads(2)
 class Net(nn.Module):
     def __init__(self):
@@ -27,6 +31,8 @@ with torch.no_grad():
     out = m(x)
 fa = FlopCountAnalysis(m, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
 res = {"params": sum(p.numel() for p in m.parameters()), "buffers": sum(b.numel() for b in m.buffers()),
-       "macs": macs, "fvcore": int(fa.total()), "fvcore_by_operator": {k: int(v) for k, v in fa.by_operator().items()},
-       "outputs": {k: list(v.shape) for k, v in out.items()}, "torch": torch.__version__, "torchvision": torchvision.__version__}
+       "macs": macs, "fvcore": int(fa.total()),
+       "fvcore_by_operator": {k: int(v) for k, v in fa.by_operator().items()},
+       "outputs": {k: list(v.shape) for k, v in out.items()},
+       "torch": torch.__version__, "torchvision": torchvision.__version__}
 print(json.dumps(res))
