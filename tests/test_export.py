@@ -40,7 +40,7 @@ for case in json.loads(sys.argv[1]):
     model = mod.build_model()
     model.load_state_dict(torch.load(case["state"]), strict=True)
     with torch.no_grad():
-        y = model(torch.load(case["input"]))
+        y = model(*torch.load(case["input"]))
     torch.save(y, case["output"])
     results[case["id"]] = {"params": sum(p.numel() for p in model.parameters()), "repr": repr(model),
                            "frozen": sorted(n for n, p in model.named_parameters() if not p.requires_grad),
@@ -87,9 +87,11 @@ def _cases(tmp_path: Path, reports: dict[str, object]) -> list[dict[str, str]]:
     for i, (case_id, report) in enumerate(reports.items()):
         torch.manual_seed(i)
         model = build_module(report)  # type: ignore[arg-type]
-        x = torch.randn(2, *report.input)  # type: ignore[attr-defined]
+        graph = report.graph  # type: ignore[attr-defined]
+        x = tuple(torch.randn(2, *(report.input if j == 0 else graph.tensors[t].shape))  # type: ignore
+                  for j, (_, t) in enumerate(graph.inputs))
         with torch.no_grad():
-            expected = model(x)
+            expected = model(*x)
         d = tmp_path / f"case{i}"
         d.mkdir()
         (d / "model.py").write_text(export_source(report), encoding="utf-8")  # type: ignore[arg-type]
@@ -125,11 +127,21 @@ def _assert_same(tmp_path: Path, cases: list[dict]) -> None:  # type: ignore[typ
         assert got["frozen"] == case["frozen"], case["name"]
         assert got["spec_name"] == case["spec_name"]
         assert got["training"] is False
-        assert torch.equal(torch.load(case["output"]), case["expected"]), case["name"]
+        got_y, want_y = torch.load(case["output"]), case["expected"]
+        if isinstance(want_y, dict):  # several outputs: a dict by output name, in the same order
+            assert list(got_y) == list(want_y), case["name"]
+            assert all(torch.equal(got_y[k], want_y[k]) for k in want_y), case["name"]
+        else:
+            assert torch.equal(got_y, want_y), case["name"]
 
 
 def test_exported_specs_rebuild_the_same_network(tmp_path: Path, write_spec) -> None:  # type: ignore[no-untyped-def]
-    reports = {"coverage": analyze(load_spec(write_spec(COVERAGE)))}
+    from test_graph import TWO_HEADS
+
+    reports = {"coverage": analyze(load_spec(write_spec(COVERAGE))),
+               "two_heads": analyze(load_spec(write_spec(TWO_HEADS, "two_heads.yaml"))),
+               "unet": analyze(load_spec(bundled()["unet"], overrides={"base": "4"}), input_shape=(1, 188, 188)),
+               "fpn": analyze(load_spec(bundled()["fpn_resnet50"]), input_shape=(3, 64, 64))}
     small = (32, 32)
     for name in ("resnet18", "lenet5", "torchvision/googlenet", "torchvision/mobilenet_v2", "nin",
                  "torchvision/densenet121", "torchvision/squeezenet1_1", "alphago_policy"):

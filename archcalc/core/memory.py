@@ -48,6 +48,10 @@ def peak_inference_bytes(graph: Graph, itemsize: int, batch: int) -> int:
             if temporaries:
                 extra = sum(n * (size or itemsize) for n, size in temporaries) * batch
                 peak = max(peak, live + extra)
+        else:
+            partial = op.merge.intermediates([graph.tensors[t].shape for t in op.inputs])  # type: ignore[union-attr]
+            if partial:  # the last partial product is alive beside the result while the last multiply runs
+                peak = max(peak, live + numel(partial[-1]) * itemsize * batch)
         for storage in frees.get(i, ()):
             live -= sizes[storage]
     return peak
@@ -63,6 +67,8 @@ def saved_training_bytes(graph: Graph, itemsize: int, batch: int) -> int:
         if op.merge is not None:
             if op.merge.saves_inputs:
                 saved.update(graph.tensors[t].train_storage for t in op.inputs)
+                partial = op.merge.intermediates([graph.tensors[t].shape for t in op.inputs])
+                extra += sum(numel(shape) for shape in partial) * itemsize * batch
             continue
         assert op.kind is not None
         src = graph.tensors[op.inputs[0]]

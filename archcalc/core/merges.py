@@ -29,6 +29,10 @@ class MergeOp:
         """Arithmetic operations under the `full` convention: one per output element per extra input."""
         return (len(shapes) - 1) * numel(out)
 
+    def intermediates(self, shapes: Sequence[Shape]) -> list[Shape]:
+        """Tensors made on the way to the result (a chain of binary ops), beyond the inputs and the output."""
+        return []
+
 
 class Concat(MergeOp):
     name = "concat"
@@ -72,6 +76,15 @@ class Mul(MergeOp):
                                  "cannot be multiplied (each axis must match or be 1)")
             out = [max(a, b) for a, b in zip(shape, out)]
         return tuple(out)
+
+    def intermediates(self, shapes: Sequence[Shape]) -> list[Shape]:
+        # (a * b) * c: the partial products a*b, (a*b)*c, ... before the last are new tensors (a sum accumulates in
+        # place instead); each multiply keeps its factors for backward, so a partial product is saved too.
+        partial, result = list(shapes[0]), []
+        for shape in shapes[1:-1]:
+            partial = [max(a, b) for a, b in zip(partial, shape)]
+            result.append(tuple(partial))
+        return result
 
 
 MERGES: dict[str, MergeOp] = {m.name: m for m in (Concat(), Add(), Mul())}

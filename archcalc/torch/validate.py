@@ -64,6 +64,7 @@ class Measurement:
     total_fvcore: int | None
     saved_bytes: int | None
     notes: tuple[str, ...] = ()
+    outputs: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # with several outputs: each by name
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +185,8 @@ def measure(report: Report, device: str = "cpu", seed: int = 0) -> Measurement:
                        params=params, buffers=buffers, total_params=sum(p.numel() for p in model.parameters()),
                        total_buffers=sum(b.numel() for b in model.buffers()), output=tuple(first.shape), macs=macs,
                        total_macs=total_macs, fvcore=fv, total_fvcore=total_fv, saved_bytes=saved,
-                       notes=tuple(notes))
+                       notes=tuple(notes),
+                       outputs={k: tuple(v.shape) for k, v in y.items()} if isinstance(y, dict) else {})
 
 
 def _fvcore(model: Any, x: Any, leaves: list[str]) -> tuple[dict[str, int], int, list[str]]:
@@ -283,6 +285,10 @@ def compare(report: Report, m: Measurement) -> Validation:
         add("output_shape", row.name, [report.batch, *row.output], list(m.shapes[row.name]) if row.name in m.shapes
             else None)
     add("output_shape", None, [report.batch, *report.totals.output], list(m.output))
+    if len(report.outputs) > 1:  # every output of the network, by name
+        for name, shape in report.outputs:
+            add("output_shape", f"output {name}", [report.batch, *shape],
+                list(m.outputs[name]) if name in m.outputs else None)
     for row in report.rows:
         if row.module:
             add("params", row.name, row.params, m.params[row.name])
