@@ -21,7 +21,7 @@ from archcalc.core.errors import SpecError
 from archcalc.core.resolve import bundled
 from archcalc.core.spec import load_spec
 from archcalc.torch.build import build_module
-from archcalc.torch.profile.driver import cpu_peak_bytes
+from archcalc.torch.profile.probes import cpu_peak_bytes
 from archcalc.torch.validate import validate
 
 DATA = Path(__file__).resolve().parent / "data"

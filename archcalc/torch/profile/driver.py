@@ -251,7 +251,7 @@ def _make_step(model: Any, x: Any, options: Options) -> Callable[[], Any]:
     if not options.train:
         def infer() -> Any:
             with torch.no_grad():
-                return model(x)
+                return model(*x)
 
         return infer
     params = [p for p in model.parameters() if p.requires_grad]
@@ -263,8 +263,9 @@ def _make_step(model: Any, x: Any, options: Options) -> Callable[[], Any]:
 
     def train() -> None:
         opt.zero_grad(set_to_none=True)
-        out = model(x)
-        out.float().mean().backward()  # a cheap scalar loss; the step's cost is the model's
+        out = model(*x)
+        outs = out.values() if isinstance(out, dict) else (out,)  # several outputs: a loss over all of them
+        sum(o.float().mean() for o in outs).backward()  # a cheap scalar loss; the step's cost is the model's
         opt.step()
 
     return train
@@ -401,9 +402,11 @@ def _step_for(s: _Session, report: Report) -> tuple[Any, Callable[[], Any]]:
     import torch
 
     o = s.options
-    x = torch.randn(report.batch, *report.input, device=o.device, dtype=getattr(torch, o.dtype))
-    if x.dim() == 4 and o.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    shapes = [report.input] + [report.graph.tensors[t].shape for _, t in report.graph.inputs[1:]]
+    xs = [torch.randn(report.batch, *shape, device=o.device, dtype=getattr(torch, o.dtype)) for shape in shapes]
+    if o.channels_last:
+        xs = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in xs]
+    x = tuple(xs)  # one tensor per named input
     return x, _make_step(torch.compile(s.model) if o.compile else s.model, x, o)
 
 
@@ -460,7 +463,7 @@ def _memory_pass(s: _Session, step: Callable[[], Any], x: Any, report: Report, w
             "not measured (--no-memory)"
         return MemoryResult(None, model.total, model.terms, (), why)
     say("memory", 0.92)
-    state = (*s.model.parameters(), *s.model.buffers(), x)
+    state = (*s.model.parameters(), *s.model.buffers(), *x)
     reading = _timed(phases, "memory", lambda: s.probe.measure(step, state, s.options.train, s.options.compile),
                      lambda _: "one step")
     if reading.peak is None:
