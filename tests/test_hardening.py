@@ -58,6 +58,8 @@ HOSTILE = [
     ("**".join(["1"] * 5000), r"too long"),
     ("**".join(["1"] * 500), r"nested more than 64 levels"),
     ("2**62 * 4", r"exceeds 2\*\*63"),
+    ("9 ** (2 ** 62)", r"exceeds 2\*\*63"),  # bounded before computing: the result would have 2**63 digits
+    ("2 ** 100000000 // 2 ** 99999999", r"exceeds 2\*\*63"),
     ("9" * 400 + " + 1", r"exceeds 2\*\*63"),
     ("(-8) ** 0.5", r"does not give a real number"),
     ("1e400 * 1", r"overflows|not finite"),
@@ -251,3 +253,122 @@ def test_help() -> None:
     for name in CONVENTIONS:
         assert f"{name} =" in help_text, name
     assert "--max-layers" in help_text
+
+
+# ---- the receptive field on the actual input -------------------------------------------------------------------
+
+def calc_json(*args: str) -> dict:  # type: ignore[type-arg]
+    result = runner.invoke(app, ["calc", *args, "-f", "json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_receptive_field_clipped_and_where_it_turns_global(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Hand arithmetic: three 3x3 convs (stride 1) see 3, 5, 7 pixels; on a 5x5 input the second covers it all.
+    path = write(tmp_path, "name: rf\ninput: [1, 5, 5]\nlayers:\n" + "  - conv: {out: 1, kernel: 3, padding: 1}\n" * 3,
+                 "rf.yaml")
+    totals = calc_json(str(path))["totals"]
+    assert totals["receptive_field"] == [7, 7]  # the theoretical figure is kept
+    assert totals["receptive_field_clipped"] == [5, 5] and totals["receptive_field_global_at"] == "conv2"
+    # Measured physically: back-propagate from the centre output and count the inputs that get a gradient.
+    import torch
+
+    net = torch.nn.Sequential(*[torch.nn.Conv2d(1, 1, 3, padding=1) for _ in range(3)])
+    for conv in net:
+        torch.nn.init.constant_(conv.weight, 1.0)
+    x = torch.ones(1, 1, 5, 5, requires_grad=True)
+    net(x)[0, 0, 2, 2].backward()
+    assert x.grad is not None
+    seen = (x.grad[0, 0] != 0).nonzero()
+    assert seen[:, 0].max() - seen[:, 0].min() + 1 == 5 and seen[:, 1].max() - seen[:, 1].min() + 1 == 5
+    table = runner.invoke(app, ["calc", str(path)]).stdout
+    assert "receptive field 7 in theory, 5 on this input (the whole input from conv2 on)" in table
+    wide = calc_json(str(path), "--input", "1x9x9")["totals"]  # 7 < 9: nothing to clip, never global
+    assert wide["receptive_field_clipped"] == [7, 7] and wide["receptive_field_global_at"] is None
+    assert "on this input" not in runner.invoke(app, ["calc", str(path), "--input", "1x9x9"]).stdout
+
+
+def test_global_layers_make_the_receptive_field_global() -> None:
+    data = calc_json("torchvision/efficientnet_b0")
+    totals = data["totals"]
+    assert totals["receptive_field"] == [4345, 4345]  # grows through every global pool, as before
+    assert totals["receptive_field_clipped"] == [224, 224]
+    first_global_pool = next(la["name"] for la in data["layers"] if la["kind"] == "global_avgpool")
+    assert totals["receptive_field_global_at"] == first_global_pool  # the first squeeze-excitation
+
+
+# ---- tables that fit --------------------------------------------------------------------------------------------
+
+def table(*args: str, columns: int | None = None) -> str:
+    env = {"COLUMNS": str(columns)} if columns else {}
+    result = runner.invoke(app, list(args), env=env)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def body_cells(text: str) -> tuple[list[str], list[list[str]]]:
+    lines = [line for line in text.splitlines() if line.startswith(("┃", "│"))]
+    split = [[c.strip() for c in line.strip("┃│").split("┃" if line.startswith("┃") else "│")] for line in lines]
+    return split[0], split[1:]
+
+
+@pytest.mark.parametrize("width", [60, 80, 100])
+@pytest.mark.parametrize(("spec", "depth"), [("resnet50", "1"), ("resnet50", None), ("torchvision/efficientnet_b0",
+                                                                                       None), ("vgg16", None)])
+def test_calc_table_fits_and_never_cuts_numbers(spec, depth, width) -> None:  # type: ignore[no-untyped-def]
+    args = ["calc", spec] + (["--depth", depth] if depth else [])
+    text = table(*args, columns=width)
+    grid = text[:text.index("parameters ")]
+    assert all(len(line) <= width for line in grid.splitlines()), grid
+    headers, rows = body_cells(text)
+    assert "params" in headers and "MACs" in headers and "layer" in headers
+    data = json.loads(runner.invoke(app, args + ["-f", "json"]).stdout)
+    params = [r[headers.index("params")] for r in rows if r[headers.index("params")]]
+    # Every row's params printed in full (wrapped names add lines with empty cells), and they sum to the total.
+    assert params[:-1] == [f"{layer['params']:,}" for layer in data["layers"]]
+    assert params[-1] == f"{data['totals']['params']:,}"
+    long = {"k/s/p": "kernel/stride/pad", "mem": "memory", "FLOPs": "FLOPs (torch)"}
+    left_out = {"kind", "kernel/stride/pad", "memory", "RF", "output", "FLOPs (torch)"} - {long.get(h, h)
+                                                                                          for h in headers}
+    if width < 120:
+        assert "(left out to fit" in text
+    note = " ".join(grid.split("(left out to fit", 1)[-1].split())
+    for name in left_out:
+        assert name in note, (name, note)
+
+
+@pytest.mark.parametrize(("sort", "header"), [("macs", "MACs"), ("receptive_field", "RF"),
+                                              ("peak_inference_bytes", "inference peak")])
+def test_compare_keeps_the_sorted_column(sort, header) -> None:  # type: ignore[no-untyped-def]
+    text = table("compare", "resnet50", "vgg16", "torchvision/efficientnet_b0", "--sort", sort, columns=60)
+    headers, _ = body_cells(text)
+    assert header in headers or {"inference peak": "peak"}[header] in headers
+    assert all(len(line) <= 60 for line in text.splitlines() if line.startswith(("┃", "│", "┏", "└")))
+
+
+def test_piped_tables_take_their_natural_width() -> None:
+    text = table("calc", "vgg16")
+    widths = {len(line) for line in text.splitlines() if line.startswith(("┏", "└"))}
+    assert widths == {len(text.splitlines()[1])} and max(widths) < 150  # not padded out to 200
+    assert "(left out" not in text
+    assert len(table("calc", "vgg16", columns=100).splitlines()[1]) <= 100
+
+
+def test_table_cost_per_row() -> None:
+    import tempfile
+
+    from archcalc.core.analyze import analyze
+    from archcalc.core.spec import load_spec
+    from archcalc.render import report as render
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "rows.yaml"
+        path.write_text("name: rows\ninput: [16, 32, 32]\nlayers:\n" + "  - conv: {out: 16, kernel: 3, padding: 1}\n"
+                        "  - relu\n" * 2500, encoding="utf-8")
+        report = analyze(load_spec(path))
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        "\n".join(render.calc_table(report, None, 80).lines)
+        best = min(best, time.perf_counter() - start)
+    assert best / len(report.rows) < 100e-6, f"{best / len(report.rows) * 1e6:.0f} us per row"

@@ -25,6 +25,9 @@ from archcalc.cli.options import (
     load,
     out_console,
     print_warnings,
+    table_width,
+    use_bold,
+    write_grid,
     write_text,
 )
 from archcalc.core.spec import MAX_LAYERS
@@ -52,10 +55,8 @@ def calc(
                      strict)
     print_warnings(report)
     if fmt is Fmt.table:
-        console = out_console()
-        console.print(render.calc_table(report, depth))
-        for line in render.summary_lines(report):
-            console.print(line, markup=False)
+        width = table_width()
+        write_grid(render.calc_table(report, depth, width, use_bold()), width, render.summary_lines(report))
     else:
         text = {Fmt.json: render.calc_json, Fmt.csv: render.calc_csv, Fmt.md: render.calc_md}[fmt](report, depth)
         write_text(text)
@@ -96,7 +97,8 @@ def compare(
     if sort is not None:
         reports.sort(key=render.sort_key(sort.value), reverse=descending)
     if fmt is Fmt.table:
-        out_console().print(render.compare_table(reports))
+        width = table_width()
+        write_grid(render.compare_table(reports, width, sort.value if sort else None, use_bold()), width)
     else:
         text = {Fmt.json: render.compare_json, Fmt.csv: render.compare_csv, Fmt.md: render.compare_md}[fmt](reports)
         write_text(text)

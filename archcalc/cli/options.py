@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from enum import Enum
@@ -61,6 +62,29 @@ def out_console() -> Console:
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=200, highlight=False, soft_wrap=False, emoji=False, markup=False)
     return console
+
+
+def table_width() -> int | None:
+    """The width tables must fit: COLUMNS when set, else the terminal's; None when output goes to a pipe or file
+    (the table then takes its natural width)."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isascii() and columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    return None
+
+
+def use_bold() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def write_grid(grid: Any, width: int | None, extra: list[str] | None = None) -> None:
+    """A fitted table (render.grid), the note on what it left out, and any lines to follow."""
+    from archcalc.render.report import table_widths_note
+
+    lines = grid.lines + table_widths_note(grid.left_out, width) + (extra or [])
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 def err_console() -> Console:

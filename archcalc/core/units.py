@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from fractions import Fraction
+from functools import lru_cache
 
 _SI = ("", " K", " M", " G", " T", " P")
 _BIN = (" B", " KiB", " MiB", " GiB", " TiB", " PiB")
@@ -28,18 +29,26 @@ def _scaled(n: float, base: int, suffixes: Sequence[str], small: str) -> str:
     return text + suffixes[i]
 
 
+# The formatters are pure, and a network repeats the same few values: large tables format each one once.
+@lru_cache(maxsize=8192)
 def si(n: int) -> str:
     """A count with SI prefixes, three significant digits: 999 -> '999', 1000 -> '1.00 K', 15_470_264_320 ->
     '15.5 G'."""
     return _scaled(n, 1000, _SI, str(n))
 
 
+@lru_cache(maxsize=8192)
 def nbytes(n: int) -> str:
     """Bytes with binary prefixes (1 KiB = 1024 B, as the lecture tables' 'memory (KB)')."""
     return _scaled(n, 1024, _BIN, f"{n} B")
 
 
 def dims(shape: Sequence[int]) -> str:
+    return _dims(shape) if isinstance(shape, tuple) else "×".join(map(str, shape))
+
+
+@lru_cache(maxsize=8192)
+def _dims(shape: tuple[int, ...]) -> str:
     return "×".join(map(str, shape))
 
 
@@ -50,6 +59,15 @@ def fraction(value: int | Fraction) -> str:
 
 
 def axes(values: Sequence[object]) -> str:
+    return _axes(values) if isinstance(values, tuple) else _axes_text(values)
+
+
+@lru_cache(maxsize=8192)
+def _axes(values: tuple[object, ...]) -> str:
+    return _axes_text(values)
+
+
+def _axes_text(values: Sequence[object]) -> str:
     texts = [fraction(v) if isinstance(v, (int, Fraction)) else str(v) for v in values]
     if not texts:
         return "-"

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 from archcalc import __version__
 from archcalc.core.analyze import Report, Row
 from archcalc.core.conventions import CONVENTIONS
+from archcalc.core.receptive import seen
 from archcalc.core.units import axes, dims, fraction, grouped, nbytes, si
+from archcalc.render.grid import Column, Grid, layout
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -34,39 +36,36 @@ def _caption(report: Report) -> str:
 
 # ---- calc ---------------------------------------------------------------------------------------------------------
 
-def _fast_table(table: Table, columns: Sequence[tuple[str, str, str]], cells: Sequence[Sequence[str]]) -> Table:
-    """Fill a rich Table with fixed column widths and plain Text cells: rich then skips measuring, wrapping and
-    markup parsing, which is most of its cost on a network with hundreds of rows."""
-    from rich.text import Text
+def table_widths_note(left_out: Sequence[str], width: int | None) -> list[str]:
+    if not left_out:
+        return []
+    import textwrap
 
-    for i, (header, justify, footer) in enumerate(columns):
-        width = max([len(header), len(footer)] + [len(row[i]) for row in cells])
-        table.add_column(header, justify=justify, footer=footer, width=width, no_wrap=True)  # type: ignore[arg-type]
-    for row in cells:
-        table.add_row(*(Text(cell) for cell in row))
-    return table
+    return textwrap.wrap(f"(left out to fit {width} columns: {', '.join(left_out)}; widen the terminal, set "
+                         "COLUMNS, or use --format csv / json / md)", max(width or 80, 40))
 
 
-def calc_table(report: Report, depth: int | None = None) -> Table:
-    from rich.table import Table
-
-    title = f"{report.name} — input {dims(report.input)}"
-    table = Table(title=title, caption=_caption(report), show_footer=True, header_style="bold")
+def calc_table(report: Report, depth: int | None = None, width: int | None = None, bold: bool = False) -> Grid:
+    """The per-layer table as lines of text, fitted to `width` columns when given (see render.grid)."""
     t = report.totals
-    columns: list[tuple[str, str, str]] = [
-        ("layer", "left", "total"), ("kind", "left", ""), ("output", "right", dims(t.output)),
-        ("kernel/stride/pad", "left", ""), ("params", "right", grouped(t.params)), ("MACs", "right", si(t.macs)),
-        (f"FLOPs ({report.convention})", "right", si(t.flops)), ("memory", "right", nbytes(t.activation_bytes)),
-        ("RF", "right", axes(t.rf)),
+    columns = [
+        Column("layer", footer="total", wraps=True), Column("kind", drop=5), Column("output", True, dims(t.output),
+                                                                                    drop=2),
+        Column("kernel/stride/pad", short="k/s/p", drop=6), Column("params", True, grouped(t.params)),
+        Column("MACs", True, si(t.macs)),
+        Column(f"FLOPs ({report.convention})", True, si(t.flops), short="FLOPs", drop=1),
+        Column("memory", True, nbytes(t.activation_bytes), short="mem", drop=3), Column("RF", True, axes(t.rf), drop=4),
     ]
-    cells = [[("  " * (r.depth - 1) if depth is not None else "") + r.name, r.kind, dims(r.output), r.config,
+    indent = depth is not None
+    cells = [[("  " * (r.depth - 1) if indent else "") + r.name, r.kind, dims(r.output), r.config,
               grouped(r.params), si(r.macs), si(r.flops), nbytes(r.activation_bytes), axes(r.rf)]
              for r in rows_at_depth(report, depth)]
     if len(report.outputs) > 1:  # which outputs each layer feeds
-        columns.append(("feeds", "left", ""))
+        columns.append(Column("feeds", drop=7))
         for cell, r in zip(cells, rows_at_depth(report, depth)):
             cell.append(",".join(r.feeds) if r.leaf else "")
-    return _fast_table(table, columns, cells)
+    return layout(f"{report.name} — input {dims(report.input)}", columns, cells, _caption(report), width,
+                  bold=bold)
 
 
 def summary_lines(report: Report) -> list[str]:
@@ -86,6 +85,10 @@ def summary_lines(report: Report) -> list[str]:
     if len(report.outputs) > 1:
         lines[-1] = (f"outputs         {', '.join(f'{n} {dims(s)}' for n, s in report.outputs)}; receptive field of "
                      f"{report.outputs[0][0]} {axes(t.rf)}, jump {axes(t.jump)}; {t.weight_layers} weight layers")
+    rf = seen(report.rows, report.input, t.rf)
+    if rf.clipped != tuple(t.rf):
+        where = f" (the whole input from {rf.global_at} on)" if rf.global_at else ""
+        lines.append(f"receptive field {axes(t.rf)} in theory, {axes(rf.clipped)} on this input{where}")
     return lines
 
 
@@ -111,12 +114,14 @@ def _row_dict(r: Row) -> dict[str, Any]:
 
 def totals_dict(report: Report) -> dict[str, Any]:
     t = report.totals
+    rf = seen(report.rows, report.input, t.rf)  # the theoretical RF stays in "receptive_field"
     return {
         "params": t.params, "trainable_params": t.trainable_params, "buffers": t.buffers, "macs": t.macs,
         "flops": t.flops, "activation_bytes": t.activation_bytes, "param_bytes": t.param_bytes,
         "buffer_bytes": t.buffer_bytes, "peak_inference_bytes": t.peak_bytes,
         "saved_activation_bytes": t.saved_bytes, "weight_layers": t.weight_layers, "output": list(t.output),
         "receptive_field": list(t.rf), "jump": [fraction(j) for j in t.jump],
+        "receptive_field_clipped": list(rf.clipped), "receptive_field_global_at": rf.global_at,
     }
 
 
@@ -182,18 +187,22 @@ COMPARE_COLUMNS = ("params", "macs", "flops", "activation_bytes", "peak_inferenc
                    "receptive_field")
 
 
-def compare_table(reports: Sequence[Report]) -> Table:
-    from rich.table import Table
-
+def compare_table(reports: Sequence[Report], width: int | None = None, keep: str | None = None,
+                  bold: bool = False) -> Grid:
+    """One row per report, fitted to `width`; `keep` (a COMPARE_COLUMNS name, the sort column) is never left out."""
     conv = reports[0].convention
-    table = Table(title="archcalc compare", caption=_caption(reports[0]), header_style="bold")
-    headers = ("name", "input", "params", "MACs", f"FLOPs ({conv})", "activations", "inference peak",
-               "weight layers", "output", "RF")
-    columns = [(h, "left" if h in ("name", "input", "output") else "right", "") for h in headers]
+    columns = [Column("name", wraps=True), Column("input", drop=6), Column("params", True),
+               Column("MACs", True), Column(f"FLOPs ({conv})", True, short="FLOPs", drop=1),
+               Column("activations", True, short="acts", drop=3), Column("inference peak", True, short="peak", drop=2),
+               Column("weight layers", True, short="wl", drop=5), Column("output", drop=7),
+               Column("RF", True, drop=4)]
+    headers = {"params": "params", "macs": "MACs", "flops": f"FLOPs ({conv})", "activation_bytes": "activations",
+               "peak_inference_bytes": "inference peak", "weight_layers": "weight layers", "receptive_field": "RF"}
     cells = [[r.name, dims(r.input), grouped(r.totals.params), si(r.totals.macs), si(r.totals.flops),
               nbytes(r.totals.activation_bytes), nbytes(r.totals.peak_bytes), str(r.totals.weight_layers),
               dims(r.totals.output), axes(r.totals.rf)] for r in reports]
-    return _fast_table(table, columns, cells)
+    return layout("archcalc compare", columns, cells, _caption(reports[0]), width,
+                  keep=[headers[keep]] if keep in headers else (), bold=bold)
 
 
 def compare_json(reports: Sequence[Report]) -> str:
