@@ -63,3 +63,18 @@ def test_markdown_golden(name, kwargs, depth, regen_golden) -> None:  # type: ig
     body, total = cells[:-1], cells[-1]
     for col in (4, 5, 6):
         assert sum(int(re.sub(r"[^\d]", "", c[col])) for c in body) == int(re.sub(r"[^\d]", "", total[col]))
+
+
+@pytest.mark.parametrize(("name", "depth", "width"), [("resnet50", 1, 80), ("torchvision/efficientnet_b0", 2, 80)])
+def test_fitted_table_golden(name, depth, width, regen_golden) -> None:  # type: ignore[no-untyped-def]
+    """The layout at a terminal's width: columns left out and said so, names wrapped, every number whole."""
+    report = report_of(name)
+    grid = render.calc_table(report, depth, width)
+    text = "\n".join(grid.lines + render.table_widths_note(grid.left_out, width)) + "\n"
+    _check(GOLDEN / f"{name.replace('/', '-')}-depth{depth}-{width}cols.txt", text, regen_golden)
+    assert all(len(line) <= width for line in text.splitlines())
+    rows = [line for line in text.splitlines() if line.startswith(("┃", "│"))]
+    cells = [[c.strip() for c in line.strip("┃│").split("┃" if line.startswith("┃") else "│")] for line in rows]
+    col = cells[0].index("params")
+    body = [c[col] for c in cells[1:-1] if c[col]]
+    assert sum(int(v.replace(",", "")) for v in body) == int(cells[-1][col].replace(",", "")) == report.totals.params
