@@ -644,7 +644,8 @@ def test_gpu_measured_memory_agrees_with_prediction(train: bool) -> None:
     (d,) = json.loads(result.stdout)
     requested = d["measured_memory_terms"]["workspace and transients"] + d["predicted_peak_memory_bytes"]
     predicted = d["predicted_peak_memory_bytes"]
-    assert 0.9 * predicted <= requested <= 1.3 * predicted + (64 << 20), (requested, predicted)
+    # cuDNN's workspace (autotuned algorithms may take a few hundred MiB) is the unmodelled part.
+    assert 0.9 * predicted <= requested <= 1.25 * predicted + (256 << 20), (requested, predicted)
 
 
 @pytest.mark.gpu
@@ -660,9 +661,13 @@ def test_gpu_median_agrees_with_torch_benchmark() -> None:
     (r,) = prof.run_profile(spec, prof.Options(device="cuda", batches=(32,), budget_s=3))
     model = build_module(analyze(spec, 32)).cuda().eval()
     x = torch.randn(32, 3, 224, 224, device="cuda")
-    torch.backends.cudnn.benchmark = True
-    with torch.no_grad():
-        reference = Timer("model(x)", globals={"model": model, "x": x}).blocked_autorange(min_run_time=2).median
+    saved, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True  # as profile times it
+    try:
+        with torch.no_grad():
+            timer = Timer("model(x)", globals={"model": model, "x": x})  # synchronizes around CUDA work
+            reference = timer.blocked_autorange(min_run_time=2).median
+    finally:
+        torch.backends.cudnn.benchmark = saved
     assert abs(r.stats.median - reference) / reference < 0.10, (r.stats.median, reference)
 
 

@@ -118,7 +118,7 @@ def profile(
                       train=train, optimizer=optimizer.value, channels_last=channels_last, compile=compile,
                       cuda_graphs=cuda_graphs, warmup_s=warmup, budget_s=budget, force=force,
                       layers=layers, memory=memory, input_shape=input_override(input))
-    with _progress(len(batches) * len(thread_counts)) as update:
+    with _progress([f"threads {t}, batch {b}" for t in thread_counts for b in batches]) as update:
         results = run_profile(loaded, options, update)
     if fmt is TableOrJson.json:
         sys.stdout.write(profile_json(results) + "\n")
@@ -141,8 +141,8 @@ def _device(device: Device) -> str:
 class _progress:
     """A rich progress bar on stderr, one task per (threads, batch) point; a no-op when stderr is not a terminal."""
 
-    def __init__(self, points: int) -> None:
-        self.points = points
+    def __init__(self, labels: list[str]) -> None:
+        self.labels = labels
 
     def __enter__(self) -> Any:
         console = err_console()
@@ -150,9 +150,9 @@ class _progress:
             return None
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn("point {task.fields[point]:>3}"), BarColumn(),
+        self.bar = Progress(TextColumn("{task.fields[point]}"), BarColumn(),
                             TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True)
-        self.tasks = [self.bar.add_task("waiting", total=1.0, point=i + 1) for i in range(self.points)]
+        self.tasks = [self.bar.add_task("waiting", total=1.0, point=label) for label in self.labels]
         self.bar.__enter__()
 
         def update(index: int, stage: str, fraction: float) -> None:

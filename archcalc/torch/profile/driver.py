@@ -8,7 +8,8 @@ them in order for each (threads, batch) point:
 1. the ceiling (cached per machine, torch version, dtype and thread count);
 2. warm-up by time (at least one iteration; cuDNN autotuning, compilation and allocator growth happen here);
 3. timing, first and alone: blocks long enough for the timer, rounds, the stopping rule;
-4. only then, and only when asked for or cheap, the memory pass and the per-layer pass, each with its own cost.
+4. only then, and only when asked for or cheap, the memory pass and the per-layer pass, each with its own cost;
+5. with --cuda-graphs, last, the replay of a captured step (timed in the other half of the timing window).
 
 `--budget` bounds the whole run from the moment run_profile starts (torch is loaded by then): analysis, model build,
 ceiling, warm-up, timing and passes. Each point gets an equal part of what is left, and the passes asked for are kept
@@ -370,13 +371,13 @@ def _profile_point(s: _Session, index: int, threads: int, report: Report, share_
     load_end = machine.load()
     notes = _timing_notes(s, timing, window, threads, load_start)
 
-    graph_stats = None
-    if o.cuda_graphs:
-        say("CUDA graph", 0.9)
-        graph_stats = _timed(phases, "CUDA graphs", lambda: _graph_timing(step, s.timer, window, o.target, say),
-                             lambda g: plural(g.n, "sample"))
     memory = _memory_pass(s, step, x, report, measure_memory, phases, say)
     layers, note = _layers_pass(s, step, report, roofline, phases, say)
+    graph_stats = None
+    if o.cuda_graphs:  # last: a captured graph keeps a private memory pool, which the memory pass would count
+        say("CUDA graph", 0.97)
+        graph_stats = _timed(phases, "CUDA graphs", lambda: _graph_timing(step, s.timer, window, o.target, say),
+                             lambda g: plural(g.n, "sample"))
     say("done", 1.0)
     return BatchResult(report.name, o.device, s.device_name, report.batch, threads, torch.get_num_interop_threads(),
                        o.dtype, o.train, o.optimizer if o.train else None, o.channels_last, o.compile, timing.stats,

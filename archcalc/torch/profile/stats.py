@@ -19,8 +19,8 @@ MIN_BLOCK_S = 1e-3  # a sample lasts at least this long (timer overhead: ~0.1 us
 ROUND_S = 0.1  # samples taken between two looks at the stopping rule (and, on CUDA, between synchronizations)
 WARMUP_SHARE = 0.1  # automatic warm-up: this share of a point's time ...
 WARMUP_MAX_S = 1.0  # ... at most this long (at least one iteration always runs)
-PROFILED_LEAF_S = 1e-3  # torch's profiler per leaf module and recorded iteration: its ranges, ops and event parsing
-# (measured: ResNet-18 and ResNet-50 on a loaded 2-core machine, 0.7-1.2 ms; on an idle one less)
+PROFILED_LEAF_S = 1.5e-3  # torch's profiler per leaf module and recorded iteration: ranges, ops, event parsing
+# (measured: ResNet-18 and ResNet-50 on a 2-core machine at load average 7-9, 0.7-1.8 ms; on an idle one less)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
