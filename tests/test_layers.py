@@ -44,3 +44,10 @@ def test_contracts_catch_torch_in_core(tmp_path: Path) -> None:
 
 def test_every_kind_has_one_recipe() -> None:
     assert sorted(RECIPES) == sorted(REGISTRY)
+
+
+def test_every_merge_has_one_torch_function_and_one_source_form() -> None:
+    from archcalc.core.merges import MERGES
+    from archcalc.torch.recipes import MERGE_FUNCTIONS, MERGE_SOURCE
+
+    assert sorted(MERGE_FUNCTIONS) == sorted(MERGE_SOURCE) == sorted(MERGES)

@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 
 from archcalc.cli.options import (
+    F32,
     BatchOpt,
     Convention,
     ConvOpt,
-    DType,
     DTypeOpt,
     Fmt,
     FmtOpt,
@@ -37,7 +37,7 @@ from archcalc.core.spec import MAX_LAYERS
 def calc(
     spec: SpecArg,
     batch: BatchOpt = 1,
-    dtype: DTypeOpt = DType.float32,
+    dtype: DTypeOpt = F32,
     input: InputOpt = None,
     convention: ConvOpt = Convention.torch,
     depth: Annotated[int | None, typer.Option("--depth", "-d", min=1,
@@ -77,7 +77,7 @@ class SortBy(str, Enum):
 def compare(
     specs: Annotated[list[str], typer.Argument(metavar="SPEC...", help="spec files or bundled spec names")],
     batch: BatchOpt = 1,
-    dtype: DTypeOpt = DType.float32,
+    dtype: DTypeOpt = F32,
     input: InputOpt = None,
     convention: ConvOpt = Convention.torch,
     sort: Annotated[SortBy | None, typer.Option("--sort", "-s", help="sort by this column")] = None,

@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 
 from archcalc.cli.options import (
+    RUN_F32,
+    RunDType,
     SetOpt,
     SpecArg,
     TableOrJson,
@@ -30,11 +32,6 @@ class Device(str, Enum):
     meta = "meta"
 
 
-class RunDType(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-    float64 = "float64"
 
 
 
@@ -45,7 +42,7 @@ def validate(
                                                             "without computing")] = Device.cpu,
     batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="batch size")] = 1,
     dtype: Annotated[RunDType, typer.Option("--dtype", help="element type of the weights and the input")]
-    = RunDType.float32,
+    = RUN_F32,
     input: Annotated[str | None, typer.Option("--input", "-i", help="override the input, e.g. 3x64x64")] = None,
     fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="output format")] = TableOrJson.table,
     failed: Annotated[bool, typer.Option("--failed", help="show only the checks that disagree")] = False,

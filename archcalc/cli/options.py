@@ -46,11 +46,27 @@ class Convention(str, Enum):
     full = "full"
 
 
-class DType(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
-    int8 = "int8"
+def _dtype_enum(name: str, use: str) -> Any:
+    from archcalc.core.conventions import dtypes
+
+    return Enum(name, {d: d for d in dtypes(use)}, type=str)  # type: ignore[misc]
+
+
+# --dtype choices, from the one dtype table in core.conventions (type checkers see a plain str Enum).
+if TYPE_CHECKING:
+    class DType(str, Enum):
+        pass
+
+    class RunDType(str, Enum):
+        pass
+
+    class ProfileDType(str, Enum):
+        pass
+else:
+    DType = _dtype_enum("DType", "analytic")
+    RunDType = _dtype_enum("RunDType", "runs")
+    ProfileDType = _dtype_enum("ProfileDType", "profiles")
+F32, RUN_F32, PROFILE_F32 = DType("float32"), RunDType("float32"), ProfileDType("float32")  # the defaults
 
 
 def out_console() -> Console:

@@ -13,7 +13,9 @@ from typing import Annotated, Any
 import typer
 
 from archcalc.cli.options import (
+    PROFILE_F32,
     InputOpt,
+    ProfileDType,
     SetOpt,
     SpecArg,
     TableOrJson,
@@ -32,10 +34,6 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-class ProfileDType(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
-    bfloat16 = "bfloat16"
 
 
 class Optimizer(str, Enum):
@@ -79,7 +77,7 @@ def profile(
                                          "comma-separated for a sweep: 1,2,4; auto: the physical cores not busy. "
                                          "Default 1: the steadiest figures on a shared machine (README)")] = "1",
     dtype: Annotated[ProfileDType, typer.Option("--dtype", help="element type of parameters and inputs")]
-    = ProfileDType.float32,
+    = PROFILE_F32,
     input: InputOpt = None,
     train: Annotated[bool, typer.Option("--train", help="time forward + backward + optimizer step")] = False,
     optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="optimizer for --train "

@@ -389,7 +389,10 @@ class _Engine:
         return y
 
     def projection(self, node: Residual, mode: str, inp: Shape, out: Shape) -> Sequence:
-        """The projection shortcut (He et al. 2016, option B): a 1x1 conv with the body's stride, then BN."""
+        """The projection shortcut (He et al. 2016, option B): a 1x1 conv with the body's stride, then BN.
+
+        The one place the engine names kinds: `shortcut: projection` is sugar for those two layers (no bias on the
+        conv, as in torchvision's downsample), written here rather than in every spec."""
         if len(inp) != len(out) or len(inp) < 2:
             raise SpecError(node.loc, f"{node.name}: cannot project {_dims(inp)} onto {_dims(out)}")
         strides = []

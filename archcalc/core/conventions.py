@@ -29,6 +29,27 @@ CONVENTIONS: dict[str, Convention] = {
     )
 }
 
-DEFAULT = "torch"
 
-DTYPES: dict[str, int] = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "float64": 8}
+class DType(NamedTuple):
+    """An element type: its size, and where archcalc offers it."""
+
+    itemsize: int
+    analytic: bool  # `calc`, `compare`: memory figures in this type
+    runs: bool  # `validate`: a torch dtype a model can be built and run in
+    profiles: bool  # `profile`: timed on a device
+
+
+# The one dtype table: the CLI's --dtype choices, validate's and profile's checks are all derived from it.
+DTYPE_TABLE: dict[str, DType] = {
+    "float32": DType(4, analytic=True, runs=True, profiles=True),
+    "float16": DType(2, analytic=True, runs=True, profiles=True),
+    "bfloat16": DType(2, analytic=True, runs=True, profiles=True),
+    "int8": DType(1, analytic=True, runs=False, profiles=False),
+    "float64": DType(8, analytic=False, runs=True, profiles=False),
+}
+DTYPES: dict[str, int] = {name: d.itemsize for name, d in DTYPE_TABLE.items()}
+
+
+def dtypes(use: str) -> tuple[str, ...]:
+    """The dtype names offered for `use`: 'analytic', 'runs' or 'profiles'."""
+    return tuple(name for name, d in DTYPE_TABLE.items() if getattr(d, use))

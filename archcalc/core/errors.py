@@ -32,10 +32,6 @@ class SpecError(ArchcalcError):
         super().__init__(f"{loc}: {message}" if loc else message)
 
 
-class StrictError(ArchcalcError):
-    """A warning promoted to an error by --strict."""
-
-
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' ; did you mean 'x'?' or a list of the valid choices when nothing is close."""
     choices = sorted(set(choices))

@@ -19,8 +19,8 @@ MAX_DEPTH = 100  # mappings and lists inside each other; the zoo's deepest spec 
 
 
 class Map(dict):  # type: ignore[type-arg]
-    """A mapping that remembers where it and each of its keys and values start (marks kept as raw (line, column)
-    pairs, made into Locs only when an error needs one)."""
+    """A mapping that remembers where it and each of its keys and values start. Marks are kept as raw
+    (line, column) pairs and made into a Loc when the parser asks for one (it asks for most values it parses)."""
 
     loc: Loc
     path: str

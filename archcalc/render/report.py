@@ -18,9 +18,6 @@ from archcalc.render.grid import Column, Grid, layout
 if TYPE_CHECKING:
     from rich.table import Table
 
-FORMATS = ("table", "json", "csv", "md")
-
-
 def rows_at_depth(report: Report, depth: int | None) -> list[Row]:
     """Leaf rows, or with a depth limit, every node at that depth plus shallower leaves (blocks collapsed)."""
     if depth is None:
@@ -183,13 +180,9 @@ def calc_md(report: Report, depth: int | None = None) -> str:
 
 # ---- compare ------------------------------------------------------------------------------------------------------
 
-COMPARE_COLUMNS = ("params", "macs", "flops", "activation_bytes", "peak_inference_bytes", "weight_layers",
-                   "receptive_field")
-
-
 def compare_table(reports: Sequence[Report], width: int | None = None, keep: str | None = None,
                   bold: bool = False) -> Grid:
-    """One row per report, fitted to `width`; `keep` (a COMPARE_COLUMNS name, the sort column) is never left out."""
+    """One row per report, fitted to `width`; `keep` (the sort column) is never left out."""
     conv = reports[0].convention
     columns = [Column("name", wraps=True), Column("input", drop=6), Column("params", True),
                Column("MACs", True), Column(f"FLOPs ({conv})", True, short="FLOPs", drop=1),

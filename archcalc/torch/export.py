@@ -25,7 +25,7 @@ from typing import Any
 from archcalc import __version__
 from archcalc.core.analyze import Report
 from archcalc.torch.build import module_paths, plan
-from archcalc.torch.recipes import Call, module_call
+from archcalc.torch.recipes import MERGE_SOURCE, Call, module_call
 
 
 def _literal(value: Any) -> str:
@@ -160,14 +160,8 @@ class _Writer:
             y = self.var(output)
             if op.merge is None:
                 lines.append(f"{y} = {_module_expr(target)}({args[0]})")
-            elif op.merge.name == "concat":
-                lines.append(f"{y} = torch.cat([{', '.join(args)}], 1)")
             else:
-                sign = "+" if op.merge.name == "add" else "*"
-                lines.append(f"{y} = {args[0]} {sign} {args[1]}")
-                for extra in args[2:]:
-                    # a sum accumulates in place on its fresh tensor; a product keeps each factor for backward
-                    lines.append(f"{y} += {extra}" if sign == "+" else f"{y} = {y} * {extra}")
+                lines += MERGE_SOURCE[op.merge.name](y, args)
             dropped = [self.var(t) for t in frees if t not in keep and t != output]
             if dropped:
                 lines.append(f"del {', '.join(dropped)}")

@@ -285,3 +285,21 @@ def _mul(*xs: Any) -> Any:
 
 
 MERGE_FUNCTIONS: dict[str, Callable[..., Any]] = {"concat": _concat, "add": _add, "mul": _mul}
+
+
+def _chain(sign: str, in_place: bool) -> Callable[[str, list[str]], list[str]]:
+    def write(y: str, args: list[str]) -> list[str]:
+        lines = [f"{y} = {args[0]} {sign} {args[1]}"]
+        lines += [f"{y} {sign}= {a}" if in_place else f"{y} = {y} {sign} {a}" for a in args[2:]]
+        return lines
+
+    return write
+
+
+# The same computations as source lines for `export` (y = result variable, args = input variables): a sum
+# accumulates in place on its fresh tensor; a product makes each partial product anew (it keeps them for backward).
+MERGE_SOURCE: dict[str, Callable[[str, list[str]], list[str]]] = {
+    "concat": lambda y, args: [f"{y} = torch.cat([{', '.join(args)}], 1)"],
+    "add": _chain("+", in_place=True),
+    "mul": _chain("*", in_place=False),
+}

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from archcalc.core.analyze import Report, analyze
+from archcalc.core.conventions import dtypes
 from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import Shape
 from archcalc.core.spec import Spec
 
 QUANTITIES = ("output_shape", "params", "buffers", "macs", "fvcore_flops", "activation_bytes", "saved_bytes")
 DEVICES = ("cpu", "cuda", "meta")
-DTYPES = ("float32", "float16", "bfloat16", "float64")
+DTYPES = dtypes("runs")
 
 Value = Any  # an int, or a shape as a list of ints
 
