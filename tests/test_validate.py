@@ -87,7 +87,7 @@ def test_spec_reduced_on_cpu(name: str) -> None:
     v = validate(spec, device="cpu", batch=2, input_shape=_reduced_input(spec))
     assert v.ok, _failures(v)
     assert {c.quantity for c in v.checks} == {"output_shape", "params", "buffers", "macs", "fvcore_flops",
-                                               "activation_bytes", "saved_bytes"}
+                                               "activation_bytes", "saved_bytes", "training_flops"}
 
 
 def test_full_size_cpu_run_of_one_spec() -> None:
@@ -201,7 +201,7 @@ def test_cli_json_contract(write_spec) -> None:  # type: ignore[no-untyped-def]
     assert shape["predicted"] == shape["measured"] == [2, 2, 8, 8]
     totals = [c["quantity"] for c in data["checks"] if c["layer"] is None]
     assert set(totals) == {"output_shape", "params", "buffers", "macs", "fvcore_flops", "activation_bytes",
-                           "saved_bytes"}
+                           "saved_bytes", "training_flops"}
 
 
 def test_cli_meta_says_what_it_skips(write_spec) -> None:  # type: ignore[no-untyped-def]

@@ -10,21 +10,30 @@ import typer
 
 from archcalc.cli.options import (
     F32,
+    AmpOpt,
     BatchOpt,
     Convention,
     ConvOpt,
     DTypeOpt,
+    FitFor,
+    FitForOpt,
+    FitOpt,
     Fmt,
     FmtOpt,
     InputOpt,
     MaxLayersOpt,
+    Optimizer,
+    OptimizerOpt,
     SetOpt,
     SpecArg,
+    check_amp,
+    err_console,
     handle_errors,
     input_override,
     load,
     out_console,
     print_warnings,
+    size_option,
     table_width,
     use_bold,
     write_grid,
@@ -46,19 +55,50 @@ def calc(
     strict: Annotated[bool, typer.Option("--strict", help="treat warnings (non-integer sizes) as errors")] = False,
     set_: SetOpt = None,
     max_layers: MaxLayersOpt = MAX_LAYERS,
+    optimizer: OptimizerOpt = Optimizer.sgd,
+    amp: AmpOpt = None,
+    fit: FitOpt = None,
+    fit_for: FitForOpt = FitFor.training,
 ) -> None:
-    """Per-layer shapes, parameters, MACs/FLOPs, memory and receptive field, with totals."""
+    """Per-layer shapes, parameters, MACs/FLOPs, memory and receptive field, with totals and training cost."""
     from archcalc.core.analyze import analyze
+    from archcalc.core.training import largest_batch, memory_at, training_flops, training_memory, training_report
     from archcalc.render import report as render
+    from archcalc.render import training as render_training
 
-    report = analyze(load(spec, set_, max_layers), batch, dtype.value, convention.value, input_override(input),
-                     strict)
+    check_amp(amp, dtype)
+    spec_obj = load(spec, set_, max_layers)
+    shape = input_override(input)
+    amp_name = amp.value if amp else None
+    fit_text: list[str] = []
+    if fit is not None:
+        limit = size_option("--fit", fit)
+        what = fit_for.value
+        measure = memory_at(spec_obj, what, dtype.value, optimizer.value, amp_name, shape)
+        batch = largest_batch(measure, limit)
+        at = measure(max(batch, 1))
+        fit_text = render_training.fit_lines(limit, what, batch, at, measure(batch + 1) if batch else None)
+        if batch == 0:
+            err_console().print(fit_text[0], markup=False)
+            raise typer.Exit(1)
+    report = analyze(spec_obj, batch, dtype.value, convention.value, shape, strict)
     print_warnings(report)
+    train_report = training_report(spec_obj, batch, dtype.value, amp_name, convention.value, shape) if amp else report
+    flops = training_flops(report)
+    memory = training_memory(train_report, optimizer.value, amp_name)
     if fmt is Fmt.table:
         width = table_width()
-        write_grid(render.calc_table(report, depth, width, use_bold()), width, render.summary_lines(report))
+        write_grid(render.calc_table(report, depth, width, use_bold()), width,
+                   render.summary_lines(report) + render_training.flops_lines(flops)
+                   + render_training.memory_lines(memory) + fit_text)
+    elif fmt is Fmt.json:
+        extra = {"training_flops": render_training.flops_dict(flops), "training_memory":
+                 render_training.memory_dict(memory)}
+        if fit is not None:
+            extra["fit"] = {"limit_bytes": size_option("--fit", fit), "for": fit_for.value, "batch": batch}
+        write_text(render.calc_json(report, depth, extra))
     else:
-        text = {Fmt.json: render.calc_json, Fmt.csv: render.calc_csv, Fmt.md: render.calc_md}[fmt](report, depth)
+        text = {Fmt.csv: render.calc_csv, Fmt.md: render.calc_md}[fmt](report, depth)
         write_text(text)
 
 

@@ -69,6 +69,23 @@ else:
 F32, RUN_F32, PROFILE_F32 = DType("float32"), RunDType("float32"), ProfileDType("float32")  # the defaults
 
 
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    momentum = "momentum"
+    adam = "adam"
+    adamw = "adamw"
+
+
+class Amp(str, Enum):
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class FitFor(str, Enum):
+    training = "training"
+    inference = "inference"
+
+
 def out_console() -> Console:
     """rich for the wrapped-text tables (kinds, zoo, validate, profile). User text is never read as markup or emoji
     (`file.yaml:100:5` must not become an emoji, `[out/filters]` not a style tag)."""
@@ -159,6 +176,32 @@ def input_override(value: str | None) -> tuple[int, ...] | None:
         raise ArchcalcError(f"--input: {exc.message}") from None
 
 
+def size_option(option: str, text: str) -> int:
+    """A byte size given on the command line (512MiB, 8GiB, 24GB)."""
+    from archcalc.core.units import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as exc:
+        raise ArchcalcError(f"{option}: {exc}") from None
+
+
+def count_option(option: str, text: str) -> int:
+    """A count given on the command line (5M, 600M, 1.5G, 5e6)."""
+    from archcalc.core.units import parse_count
+
+    try:
+        return parse_count(text)
+    except ValueError as exc:
+        raise ArchcalcError(f"{option}: {exc}") from None
+
+
+def check_amp(amp: Amp | None, dtype: DType) -> None:
+    if amp is not None and dtype is not F32:
+        raise ArchcalcError(f"--amp {amp.value} keeps float32 weights and optimizer state (autocast computes in "
+                            f"{amp.value}); leave --dtype at float32, not {dtype.value}")
+
+
 def print_warnings(report: Any) -> None:
     if not report.warnings:
         return
@@ -186,3 +229,10 @@ FmtOpt = Annotated[Fmt, typer.Option("--format", "-f", help="output format")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUE",
                                                    help="override a spec argument (repeatable): --set width_mult=0.75")]
 InputOpt = Annotated[str | None, typer.Option("--input", "-i", help="override the input, e.g. 3x448x448")]
+OptimizerOpt = Annotated[Optimizer, typer.Option("--optimizer", help="optimizer state for training memory "
+                                                  "(momentum: SGD with momentum)")]
+AmpOpt = Annotated[Amp | None, typer.Option("--amp", help="mixed precision: float32 master weights and optimizer "
+                                            "state, activations and weight copies in bf16/fp16")]
+FitOpt = Annotated[str | None, typer.Option("--fit", metavar="SIZE", help="use the largest batch whose memory fits "
+                                            "SIZE (24GiB, 16GB); see --fit-for")]
+FitForOpt = Annotated[FitFor, typer.Option("--fit-for", help="which memory --fit sizes")]

@@ -79,3 +79,38 @@ def flops_rate(per_second: float) -> str:
     (small networks on a CPU run at GFLOPS, where a fixed TFLOPS column reads 0.000)."""
     text = si(round(per_second))
     return text + ("FLOPS" if text.endswith((" K", " M", " G", " T", " P")) else " FLOPS")
+
+
+# ---- reading human units (budgets, --fit) -------------------------------------------------------------------------
+
+_COUNT_SUFFIX = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_BYTE_SUFFIX = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_NUMBER = r"(\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
+
+
+def _parse(text: str, suffixes: dict[str, int], what: str, example: str) -> int:
+    import re
+    from fractions import Fraction
+
+    match = re.fullmatch(_NUMBER + r"\s*([A-Za-z]*)", text.strip().replace("_", "").replace(",", ""))
+    if not match or match.group(2).lower() not in suffixes:
+        raise ValueError(f"expected {what} such as {example}, not '{text}'")
+    value = Fraction(match.group(1)) * suffixes[match.group(2).lower()]  # exact: 1.5GiB is 1610612736
+    if value < 0:
+        raise ValueError(f"expected a non-negative {what}, not '{text}'")
+    return int(value)  # whole units; a fraction of a byte or a parameter rounds down
+
+
+def parse_count(text: str) -> int:
+    """'5M' -> 5_000_000, '600M', '1.5G', '5e6', '25557032' (SI suffixes K, M, G, T; case-insensitive)."""
+    return _parse(text, _COUNT_SUFFIX, "a count", "5M, 600M, 1.5G or 5e6")
+
+
+def parse_bytes(text: str) -> int:
+    """'512MiB' -> 536_870_912, '8GiB', '24GB' (binary KiB/MiB/GiB/TiB = 1024^n, decimal KB/MB/GB/TB = 1000^n,
+    B or no suffix for bytes)."""
+    if text.strip()[-1:].lower() in ("k", "m", "g", "t"):
+        raise ValueError(f"'{text}': say GiB (2^30 bytes) or GB (10^9 bytes)")
+    suffixes = {**_BYTE_SUFFIX, "": 1}
+    return _parse(text, suffixes, "a size", "512MiB, 8GiB or 24GB")

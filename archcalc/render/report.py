@@ -89,9 +89,10 @@ def summary_lines(report: Report) -> list[str]:
     return lines
 
 
-def calc_json(report: Report, depth: int | None = None) -> str:
+def calc_json(report: Report, depth: int | None = None, extra: dict[str, Any] | None = None) -> str:
     # One layer per line: readable, and the C encoder (indent= uses the slow pure-Python one).
     data = calc_dict(report, depth)
+    data.update(extra or {})
     layers = data.pop("layers")
     head = json.dumps(data)[:-1]
     body = ",\n  ".join(json.dumps(layer) for layer in layers)

@@ -11,6 +11,8 @@ What is measured, and by what:
   activation_bytes  numel * element_size of every output tensor the hooks see
   saved_bytes       torch.autograd.graph.saved_tensors_hooks during one training-mode forward: the bytes of every
                     tensor autograd packs, de-duplicated by untyped storage, parameters and buffers excluded
+  training_flops    FlopCounterMode around one training step (train-mode forward, backward of the output's sum,
+                    the input needing no gradient), per module fqn: forward + grad input + grad weight
 
 torch and fvcore are imported inside the functions, so importing this module stays cheap.
 """
@@ -27,7 +29,8 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import Shape
 from archcalc.core.spec import Spec
 
-QUANTITIES = ("output_shape", "params", "buffers", "macs", "fvcore_flops", "activation_bytes", "saved_bytes")
+QUANTITIES = ("output_shape", "params", "buffers", "macs", "fvcore_flops", "activation_bytes", "saved_bytes",
+              "training_flops")
 DEVICES = ("cpu", "cuda", "meta")
 DTYPES = dtypes("runs")
 
@@ -66,6 +69,8 @@ class Measurement:
     saved_bytes: int | None
     notes: tuple[str, ...] = ()
     outputs: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # with several outputs: each by name
+    training_flops: Mapping[str, int] | None = None  # module name -> FLOPs of one training step
+    total_training_flops: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,13 +186,77 @@ def measure(report: Report, device: str = "cpu", seed: int = 0) -> Measurement:
     else:
         saved, saved_notes = _saved_bytes(model, xs)
         notes.extend(saved_notes)
+    train_flops, total_train, train_notes = _training_flops(model, xs, list(leaves))
+    notes.extend(train_notes)
     model.eval()
     return Measurement(device=device, batch=report.batch, dtype=report.dtype, shapes=shapes, output_bytes=nbytes,
                        params=params, buffers=buffers, total_params=sum(p.numel() for p in model.parameters()),
                        total_buffers=sum(b.numel() for b in model.buffers()), output=tuple(first.shape), macs=macs,
                        total_macs=total_macs, fvcore=fv, total_fvcore=total_fv, saved_bytes=saved,
-                       notes=tuple(notes),
+                       notes=tuple(notes), training_flops=train_flops, total_training_flops=total_train,
                        outputs={k: tuple(v.shape) for k, v in y.items()} if isinstance(y, dict) else {})
+
+
+def _training_flops(model: Any, xs: Any, leaves: list[str]) -> tuple[dict[str, int] | None, int | None, list[str]]:
+    """FLOPs of one training step as FlopCounterMode counts them: in total, and per leaf module.
+
+    The total: FlopCounterMode around a train-mode forward on an input that needs no gradient (a batch from a
+    data loader) and the backward of the output's sum (a sum costs nothing in its counting). Per module, its
+    attribution is not used: in backward its module tracker also credits a branch's ops to modules of sibling
+    branches. Instead each leaf module runs one training step of its own under FlopCounterMode, on an input of
+    the shape it saw in the whole-model step that needs a gradient exactly when that input did there.
+    FlopCounterMode counts from shapes, so every step runs on the meta device (parameters and buffers swapped
+    for meta tensors with the same requires_grad): nothing is computed.
+    """
+    import torch
+    from torch.func import functional_call
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def on_meta(module: Any, *inputs: Any) -> Any:
+        state = {n: torch.empty_like(p, device="meta").requires_grad_(p.requires_grad)
+                 for n, p in module.named_parameters()}
+        state.update({n: torch.empty_like(b, device="meta") for n, b in module.named_buffers()})
+        return functional_call(module, state, inputs)
+
+    def loss(y: Any) -> Any:  # the sum of every output (a dict when the network has several)
+        outs = list(y.values()) if isinstance(y, dict) else [y]
+        return sum((o.sum() for o in outs[1:]), outs[0].sum())
+
+    seen: dict[str, tuple[tuple[int, ...], bool]] = {}
+    modules = {name: model.get_submodule(name) for name in leaves}
+
+    def note(name: str, inp: Any) -> None:  # a pre-hook that returns None leaves the input alone
+        seen.setdefault(name, (tuple(inp.shape), inp.requires_grad))
+
+    handles = [m.register_forward_pre_hook(lambda _m, inp, n=name: note(n, inp[0])) for name, m in modules.items()]
+    counter = FlopCounterMode(display=False)
+    model.train()
+    try:
+        with counter:
+            total = loss(on_meta(model, *(torch.empty_like(x, device="meta") for x in xs)))
+            if total.requires_grad:
+                total.backward()
+        for h in handles:
+            h.remove()
+        per_layer = {}
+        for name, module in modules.items():
+            shape, needs_grad = seen[name]
+            base = torch.empty(shape, device="meta", dtype=xs[0].dtype, requires_grad=needs_grad)
+            inp = base.clone() if needs_grad else base  # not a leaf: in-place activations may write into it
+            one = FlopCounterMode(display=False)
+            with one:
+                out = on_meta(module, inp)
+                if out.requires_grad:
+                    out.sum().backward()
+            per_layer[name] = one.get_total_flops()
+    except ValueError as exc:
+        return None, None, [f"training_flops: not checked: the training-mode forward fails: {exc} (try a larger "
+                            "--batch)"]
+    finally:
+        for h in handles:
+            h.remove()
+        model.eval()
+    return per_layer, counter.get_total_flops(), []
 
 
 def _fvcore(model: Any, x: Any, leaves: list[str]) -> tuple[dict[str, int], int, list[str]]:
@@ -313,6 +382,15 @@ def compare(report: Report, m: Measurement) -> Validation:
     add("activation_bytes", None, report.totals.activation_bytes, sum(m.output_bytes.values()))
     if m.saved_bytes is not None:
         add("saved_bytes", None, report.totals.saved_bytes, m.saved_bytes)
+    if m.training_flops is not None:
+        from archcalc.core.training import training_flops
+
+        step = training_flops(report)
+        per_layer = {f.name: f.total for f in step.layers}
+        for row in report.rows:
+            if row.module:
+                add("training_flops", row.name, per_layer.get(row.name, 0), m.training_flops[row.name])
+        add("training_flops", None, step.total, m.total_training_flops)
     order = {q: i for i, q in enumerate(QUANTITIES)}
     checks.sort(key=lambda c: order[c.quantity])  # stable: layers in execution order, the total last
     return Validation(report.name, m.device, report.batch, report.dtype, report.input, tuple(checks), m.notes)

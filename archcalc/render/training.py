@@ -1,0 +1,45 @@
+"""Training FLOPs and training memory -> summary lines and JSON. Formats only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from archcalc.core.training import NOT_MODELLED, TrainingFlops, TrainingMemory
+from archcalc.core.units import grouped, nbytes, si
+
+
+def flops_lines(flops: TrainingFlops) -> list[str]:
+    return [f"training FLOPs  {grouped(flops.total)} ({si(flops.total)}) per step, as FlopCounterMode counts: "
+            f"forward {si(flops.forward)} + grad input {si(flops.grad_input)} + grad weight {si(flops.grad_weight)}"]
+
+
+def memory_lines(memory: TrainingMemory, title: str = "training memory") -> list[str]:
+    amp = f", autocast {memory.activation_dtype}" if memory.amp else ""
+    lines = [f"{title:15} {nbytes(memory.total)} ({memory.optimizer}, {memory.param_dtype}{amp}, batch "
+             f"{memory.batch}; an upper bound, not counting {', '.join(n for n, _ in NOT_MODELLED)})"]
+    for name, value, how in memory.terms():
+        lines.append(f"  {name:18} {nbytes(value):>11}  {how}")
+    return lines
+
+
+def fit_lines(limit: int, what: str, batch: int, at: int, above: int | None) -> list[str]:
+    if batch == 0:
+        return [f"fit             no batch fits {nbytes(limit)} ({grouped(limit)} B): {what} memory at batch 1 is "
+                f"{nbytes(at)} ({grouped(at)} B)"]
+    nxt = f"; batch {batch + 1} needs {grouped(above)} B" if above is not None else ""
+    return [f"fit             batch {batch} is the largest whose {what} memory fits {nbytes(limit)}: "
+            f"{grouped(at)} of {grouped(limit)} B{nxt}; the figures above are at batch {batch}"]
+
+
+def flops_dict(flops: TrainingFlops) -> dict[str, Any]:
+    return {"convention": "torch.utils.flop_counter.FlopCounterMode, one training step", "total": flops.total,
+            "forward": flops.forward, "grad_input": flops.grad_input, "grad_weight": flops.grad_weight,
+            "layers": [{"name": f.name, "forward": f.forward, "grad_input": f.grad_input,
+                        "grad_weight": f.grad_weight} for f in flops.layers]}
+
+
+def memory_dict(memory: TrainingMemory) -> dict[str, Any]:
+    return {"batch": memory.batch, "optimizer": memory.optimizer, "param_dtype": memory.param_dtype,
+            "activation_dtype": memory.activation_dtype, "amp": memory.amp, "total_bytes": memory.total,
+            "terms": {name.replace(" ", "_"): value for name, value, _ in memory.terms()},
+            "not_modelled": {name: typical for name, typical in NOT_MODELLED}}

@@ -1,0 +1,167 @@
+"""Training FLOPs (against FlopCounterMode on plain torch.nn models written here) and training memory (against
+hand arithmetic); `--fit` against independent `calc` runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from typer.testing import CliRunner
+
+from archcalc.cli.app import app
+from archcalc.core.analyze import analyze
+from archcalc.core.spec import load_spec
+from archcalc.core.training import largest_batch, training_flops, training_memory, training_report
+
+runner = CliRunner()
+
+SMALL = """
+name: small
+input: [3, 8, 8]
+layers:
+  - conv: {out: 4, kernel: 3, padding: 1}
+  - batchnorm
+  - relu
+  - flatten
+  - linear: {out: 10}
+"""
+
+
+def _step_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FlopCounterMode around one training step: train-mode forward, backward of the sum."""
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    return counter.get_total_flops()
+
+
+def test_training_memory_terms_by_hand(write_spec) -> None:  # type: ignore[no-untyped-def]
+    report = analyze(load_spec(write_spec(SMALL)), batch=2)
+    params = (3 * 4 * 9 + 4) + 2 * 4 + (4 * 8 * 8 * 10 + 10)  # conv, batch norm, linear = 2690
+    m = training_memory(report, "adam")
+    assert (m.weights, m.weight_copies, m.gradients, m.optimizer_state) == (4 * params, 0, 4 * params, 8 * params)
+    assert m.buffers == 2 * 4 * 4 + 8  # running mean and var (float32), num_batches_tracked (int64)
+    # autograd keeps: the conv's input, batch norm's input and its per-channel mean and inverse std, the ReLU's
+    # output (the linear layer's input is a view of it): float32, batch 2
+    assert m.saved_activations == report.totals.saved_bytes == 4 * (2 * 3 * 64 + 2 * 4 * 64 + 4 + 4 + 2 * 4 * 64)
+    assert m.total == sum(value for _, value, _ in m.terms())
+    assert training_memory(report, "sgd").optimizer_state == 0
+    assert training_memory(report, "momentum").optimizer_state == 4 * params
+    assert training_memory(report, "adamw").optimizer_state == 8 * params
+
+
+def test_training_memory_with_bf16_autocast(write_spec) -> None:  # type: ignore[no-untyped-def]
+    spec = load_spec(write_spec(SMALL))
+    m = training_memory(training_report(spec, 2, "float32", "bf16"), "adam", "bf16")
+    params = 2690
+    assert (m.weights, m.gradients, m.optimizer_state) == (4 * params, 4 * params, 8 * params)  # float32 masters
+    assert m.weight_copies == 2 * ((3 * 4 * 9 + 4) + (4 * 8 * 8 * 10 + 10))  # bf16 copies of conv and linear only
+    assert m.buffers == 2 * 4 * 4 + 8  # float32
+    # bfloat16 activations; batch norm's per-channel statistics stay float32
+    assert m.saved_activations == 2 * (2 * 3 * 64 + 2 * 4 * 64 + 2 * 4 * 64) + 4 * (4 + 4)
+    with pytest.raises(ValueError):
+        training_memory(analyze(spec), "adam", "bf16")  # a float32 report cannot give bf16 activations
+
+
+SEQUENTIAL = """
+name: seq
+input: [3, 12, 12]
+layers:
+  - conv: {out: 8, kernel: 3}
+  - relu
+  - conv: {out: 8, kernel: 3, groups: 4, bias: false}
+  - conv_transpose: {out: 6, kernel: 2, stride: 2, groups: 2}
+  - flatten
+  - linear: {out: 5}
+"""
+
+
+def test_training_flops_per_layer_against_flop_counter(write_spec) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=4, bias=False),
+                          nn.ConvTranspose2d(8, 6, 2, stride=2, groups=2), nn.Flatten(), nn.Linear(6 * 16 * 16, 5))
+    x = torch.randn(2, 3, 12, 12)
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    counts = counter.get_flop_counts()
+    measured = [sum(counts.get(f"Sequential.{i}", {}).values()) for i in (0, 2, 3, 5)]
+    step = training_flops(analyze(load_spec(write_spec(SEQUENTIAL)), batch=2))
+    assert [f.total for f in step.layers] == measured
+    assert step.total == counter.get_total_flops()
+    first = step.layers[0]
+    assert first.grad_input == 0 and first.grad_weight == first.forward  # the first layer: no input gradient
+    grouped = step.layers[1]
+    assert grouped.grad_weight == 4 * grouped.forward  # FlopCounterMode's grouped weight gradient: groups x
+
+
+def test_no_input_gradient_before_the_first_trainable_layer(write_spec) -> None:  # type: ignore[no-untyped-def]
+    spec = """
+name: frozen
+input: [3, 10, 10]
+layers:
+  - conv: {out: 4, kernel: 3, trainable: false}
+  - relu
+  - parallel:
+      - [conv: {out: 4, kernel: 1}]
+      - [maxpool: {kernel: 3, stride: 1, padding: 1}, conv: {out: 2, kernel: 1}]
+  - conv: {out: 3, kernel: 3}
+"""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 4, 3).requires_grad_(False)
+            self.a = nn.Conv2d(4, 4, 1)
+            self.b = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(4, 2, 1))
+            self.head = nn.Conv2d(6, 3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.relu(self.stem(x))
+            return self.head(torch.cat([self.a(y), self.b(y)], 1))
+
+    step = training_flops(analyze(load_spec(write_spec(spec)), batch=3))
+    assert step.total == _step_flops(Net(), torch.randn(3, 3, 10, 10))
+    frozen, a, b, head = step.layers
+    assert frozen.grad_input == frozen.grad_weight == 0
+    assert a.grad_input == b.grad_input == 0 and a.grad_weight and b.grad_weight
+    assert head.grad_input == head.forward
+
+
+def test_largest_batch() -> None:
+    assert largest_batch(lambda b: 100 + 7 * b, 100 + 7 * 37) == 37
+    assert largest_batch(lambda b: 100 + 7 * b, 100 + 7 * 37 + 6) == 37
+    assert largest_batch(lambda b: 100 + 7 * b, 106) == 0
+    assert largest_batch(lambda b: 5, 10, most=1000) == 512
+
+
+@pytest.mark.parametrize("fit_for", ["training", "inference"])
+def test_fit_gives_a_batch_that_fits_and_whose_next_does_not(fit_for: str) -> None:
+    result = runner.invoke(app, ["calc", "resnet18", "--fit", "3GiB", "--fit-for", fit_for, "--optimizer", "adam",
+                                 "-f", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    batch = data["fit"]["batch"]
+    assert data["batch"] == batch > 1
+
+    def memory(b: int) -> int:
+        out = runner.invoke(app, ["calc", "resnet18", "-b", str(b), "--optimizer", "adam", "-f", "json"])
+        d = json.loads(out.stdout)
+        return d["training_memory"]["total_bytes"] if fit_for == "training" else d["totals"]["peak_inference_bytes"]
+
+    assert memory(batch) <= 3 * 2**30 < memory(batch + 1)
+
+
+def test_fit_that_nothing_meets_exits_1() -> None:
+    result = runner.invoke(app, ["calc", "resnet18", "--fit", "1MiB"])
+    assert result.exit_code == 1
+    assert "no batch fits" in result.output
+
+
+def test_amp_needs_float32_master_weights() -> None:
+    result = runner.invoke(app, ["calc", "resnet18", "--amp", "bf16", "--dtype", "float16"])
+    assert result.exit_code == 2
+    assert "float32" in result.output
