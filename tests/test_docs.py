@@ -29,13 +29,19 @@ def test_readme_kind_reference_is_generated_from_the_registry(regen_golden: bool
 def test_readme_example_commands_run_and_match(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.chdir(tmp_path)  # `export -o` writes into the working directory
     text = README.read_text(encoding="utf-8")
-    commands = [c.split("  #")[0] for c in re.findall(r"^\$ archcalc (.+)$", text, flags=re.M)]
-    commands += re.findall(r"\.venv/bin/archcalc ([^&\n]+)", text)
+    shown = re.findall(r"^\$ archcalc (.+)$", text, flags=re.M)  # `  # exit 1` marks an expected exit code
+    commands = [(c.split("  #")[0], int(m.group(1)) if (m := re.search(r"  # exit (\d)", c)) else 0) for c in shown]
+    commands += [(c, 0) for c in re.findall(r"\.venv/bin/archcalc ([^&\n]+)", text)]
     assert commands, "the README shows no archcalc command"
     runner = CliRunner()
-    for command in commands:
+    for command, code in commands:
         result = runner.invoke(app, shlex.split(command))
-        assert result.exit_code == 0, f"README command failed: archcalc {command}\n{result.output}"
+        assert result.exit_code == code, f"README command failed: archcalc {command}\n{result.output}"
+        if command.startswith(("sweep", "check")):  # the example's output lines are what archcalc prints today
+            block = text.split(f"$ archcalc {command}", 1)[1].split("```", 1)[0]
+            printed = {line.rstrip() for line in result.stdout.splitlines()}
+            for line in block.splitlines()[1:]:
+                assert line.rstrip() in printed, f"README example line no longer printed: {line}"
     # The example table's rows are what archcalc prints today.
     example = text.split("$ archcalc calc resnet50 --depth 2", 1)[1].split("```", 1)[0]
     output = runner.invoke(app, ["calc", "resnet50", "--depth", "2"]).stdout

@@ -2,7 +2,7 @@
 and print.
 
 Exit codes: 0 ok, 1 a check failed (validate), 2 bad input. torch is imported only by the commands that run models,
-inside their functions. The command modules (analytic, model, profile) import only downwards: cli.options, the
+inside their functions. The command modules (analytic, sweep, model, profile) import only downwards: cli.options, the
 library and the renderers.
 """
 
@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperCommand
 
 from archcalc import __version__
-from archcalc.cli import analytic, model, profile
+from archcalc.cli import analytic, model, profile, sweep
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -31,8 +31,8 @@ class _Command(TyperCommand):
         return [re.sub(r"^\{(.*)\}$", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
 
 
-for command in (analytic.calc, analytic.compare, analytic.kinds, analytic.zoo, model.validate, model.export,
-                profile.profile):
+for command in (analytic.calc, analytic.compare, analytic.kinds, analytic.zoo, sweep.sweep, sweep.check,
+                model.validate, model.export, profile.profile):
     app.command(cls=_Command)(command)
 
 

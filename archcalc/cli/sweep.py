@@ -1,0 +1,192 @@
+"""`archcalc sweep` (a design space, one row per point) and `archcalc check` (budgets for CI). No torch."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from archcalc.cli.options import (
+    AmpOpt,
+    BatchOpt,
+    Convention,
+    ConvOpt,
+    DType,
+    DTypeOpt,
+    Fmt,
+    FmtOpt,
+    InputOpt,
+    Optimizer,
+    OptimizerOpt,
+    SetOpt,
+    SpecArg,
+    check_amp,
+    count_option,
+    err_console,
+    handle_errors,
+    input_override,
+    load,
+    out_console,
+    print_warnings,
+    size_option,
+    write_text,
+)
+
+
+@handle_errors
+def sweep(
+    spec: SpecArg,
+    set_: Annotated[list[str] | None, typer.Option("--set", metavar="NAME=VALUES", help="values of a spec "
+                    "argument to sweep (repeatable): width_mult=0.5,0.75,1 or depth=2..6 (a..b[..step])")] = None,
+    input: Annotated[str | None, typer.Option("--input", "-i", help="inputs to sweep: 3x{128,160,224} (one size "
+                     "for every spatial axis), 3x224x224,3x320x320")] = None,
+    batch: Annotated[str, typer.Option("--batch", "-b", help="batch sizes: 1,8,64 or 1..32")] = "1",
+    dtype: DTypeOpt = DType.float32,
+    convention: ConvOpt = Convention.torch,
+    optimizer: OptimizerOpt = Optimizer.sgd,
+    amp: AmpOpt = None,
+    where: Annotated[str | None, typer.Option("--where", help="keep rows where this holds: 'params < 5e6 and "
+                     "macs < 600e6' (columns, --set names, batch, resolution)")] = None,
+    pareto: Annotated[str | None, typer.Option("--pareto", metavar="COLUMNS", help="mark the rows no other row "
+                      "beats in all of these (minimized; -name maximizes): macs,params or macs,-params")] = None,
+    pareto_only: Annotated[bool, typer.Option("--pareto-only", help="with --pareto: keep only the optimal "
+                           "rows")] = False,
+    sort: Annotated[str | None, typer.Option("--sort", "-s", help="sort by a column: params, macs, flops, "
+                    "activation_bytes, peak_inference_bytes, training_bytes, training_flops, batch")] = None,
+    descending: Annotated[bool, typer.Option("--desc", help="sort largest first")] = False,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="worker processes (default: both cores "
+                    "for large sweeps)")] = None,
+    fmt: FmtOpt = Fmt.table,
+) -> None:
+    """One row per point of a design space: the cartesian product of --set value lists, --input and --batch.
+
+    Each row gives params, MACs, FLOPs, activations, inference peak, training memory and training FLOPs; a point
+    that fails (an input too small for the network) is a row with its error.
+    """
+    from archcalc.core import sweep as sw
+    from archcalc.render import sweep as render
+
+    check_amp(amp, dtype)
+    options = sw.Options(dtype.value, convention.value, optimizer.value, amp.value if amp else None)
+    runner = sw.Sweep(spec, options)
+    axes = sw.parse_set_axes(set_)
+    runner.check_names(name for name, _ in axes)
+    points = sw.points(axes, sw.parse_inputs(input, runner.spatial_axes), sw.parse_batches(batch))
+    objectives = [o.strip() for o in pareto.split(",") if o.strip()] if pareto else []
+    set_names = [name for name, _ in axes]
+    if pareto is not None:
+        sw.pareto([], objectives, set_names)  # reject an unknown column before the work
+    if sort is not None:
+        sw.sort_rows([], sort)
+    if where is not None:
+        sw._clauses(where)
+    with _progress(len(points)) as update:
+        rows = runner.run(points, update, jobs)
+    if where is not None:
+        rows = sw.where(rows, where)
+    if objectives:
+        rows = sw.pareto(rows, objectives, set_names)
+        if pareto_only:
+            rows = [r for r in rows if r.pareto]
+    if sort is not None:
+        rows = sw.sort_rows(rows, sort, descending)
+    failed = sum(1 for r in rows if r.values is None)
+    note = render.caption(convention.value, optimizer.value, dtype.value, options.amp)
+    if fmt is Fmt.table:
+        title = f"sweep of {runner.display}: {len(rows)} of {len(points)} points" + (f", {failed} failed"
+                                                                                    if failed else "")
+        out_console().print(render.sweep_table(rows, convention.value, title, note))
+    elif fmt is Fmt.json:
+        meta = {"spec": runner.display, "dtype": dtype.value, "convention": convention.value,
+                "optimizer": optimizer.value, "amp": options.amp, "points": len(points), "where": where,
+                "pareto": objectives or None}
+        write_text(render.sweep_json(rows, meta))
+    elif fmt is Fmt.csv:
+        sys.stdout.write(render.sweep_csv(rows))
+    else:
+        sys.stdout.write(render.sweep_md(rows, convention.value, note))
+
+
+class _progress:
+    """A transient rich progress bar on stderr for sweeps of more than a moment; a no-op off a terminal."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+
+    def __enter__(self) -> Any:
+        console = err_console()
+        if not console.is_terminal or self.total < 200:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.bar = Progress(BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console,
+                            transient=True)
+        task = self.bar.add_task("sweep", total=self.total)
+        self.bar.__enter__()
+        return lambda done: self.bar.update(task, completed=done)
+
+    def __exit__(self, *exc: Any) -> None:
+        if hasattr(self, "bar"):
+            self.bar.__exit__(*exc)
+
+
+@handle_errors
+def check(
+    spec: SpecArg,
+    max_params: Annotated[str | None, typer.Option("--max-params", help="e.g. 5M")] = None,
+    max_macs: Annotated[str | None, typer.Option("--max-macs", help="e.g. 600M (batch included)")] = None,
+    max_flops: Annotated[str | None, typer.Option("--max-flops", help="e.g. 1.2G, under --convention")] = None,
+    max_peak_memory: Annotated[str | None, typer.Option("--max-peak-memory", help="inference peak, e.g. "
+                               "512MiB")] = None,
+    max_train_memory: Annotated[str | None, typer.Option("--max-train-memory", help="training memory, e.g. "
+                                "8GiB")] = None,
+    max_train_flops: Annotated[str | None, typer.Option("--max-train-flops", help="FLOPs of one training step, "
+                               "e.g. 2T")] = None,
+    batch: BatchOpt = 1,
+    dtype: DTypeOpt = DType.float32,
+    input: InputOpt = None,
+    convention: ConvOpt = Convention.torch,
+    optimizer: OptimizerOpt = Optimizer.sgd,
+    amp: AmpOpt = None,
+    set_: SetOpt = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json")] = "table",
+) -> None:
+    """Check a spec against budgets (human units: 5M, 600M, 512MiB, 8GiB): exit 1 naming every budget exceeded
+    and by how much, 0 when all hold. One line for a project's CI."""
+    from archcalc.core.analyze import analyze
+    from archcalc.core.budget import check as run_check
+    from archcalc.core.errors import ArchcalcError
+    from archcalc.core.training import training_report
+    from archcalc.render import sweep as render
+
+    if fmt not in ("table", "json"):
+        raise ArchcalcError(f"--format must be table or json, not '{fmt}'")
+    check_amp(amp, dtype)
+    limits: dict[str, int] = {}
+    for name, text, parse in (("params", max_params, count_option), ("macs", max_macs, count_option),
+                              ("flops", max_flops, count_option), ("peak_memory", max_peak_memory, size_option),
+                              ("train_memory", max_train_memory, size_option),
+                              ("train_flops", max_train_flops, count_option)):
+        if text is not None:
+            limits[name] = parse(f"--max-{name.replace('_', '-')}", text)
+    if not limits:
+        raise ArchcalcError("check: give at least one budget (--max-params, --max-macs, --max-flops, "
+                            "--max-peak-memory, --max-train-memory, --max-train-flops)")
+    spec_obj = load(spec, set_)
+    shape = input_override(input)
+    report = analyze(spec_obj, batch, dtype.value, convention.value, shape)
+    print_warnings(report)
+    amp_name = amp.value if amp else None
+    train = (training_report(spec_obj, batch, dtype.value, amp_name, convention.value, shape)
+             if amp and "train_memory" in limits else None)
+    verdicts = run_check(report, limits, optimizer.value, amp_name, train)
+    if fmt == "json":
+        write_text(render.verdicts_json(report.name, verdicts))
+    else:
+        console = out_console()
+        for line in render.verdict_lines(verdicts):
+            console.print(line, markup=False)
+    if any(v.exceeded for v in verdicts):
+        raise typer.Exit(1)
+

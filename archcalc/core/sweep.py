@@ -1,0 +1,423 @@
+"""Design-space sweeps: the cartesian product of spec arguments, inputs and batch sizes, one row of totals per point.
+
+Fast because each point re-evaluates only what its changed values touch:
+- the spec file is read once; it is re-parsed once per distinct combination of `--set` values;
+- each (arguments, input) pair is analyzed once, at batch 1;
+- a batch size touches no shape: counts scale with it, and the two memory walks (inference peak, saved bytes) are
+  affine in it, so each is walked at batch 1 and 2 and every other batch is exact integer arithmetic (a test
+  checks every figure against an independent `analyze` at that batch);
+- with many structures, both cores analyze them (forked worker processes).
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from archcalc.core import expr
+from archcalc.core.analyze import Report, analyze
+from archcalc.core.conventions import DTYPES
+from archcalc.core.errors import ArchcalcError, SpecError
+from archcalc.core.memory import peak_inference_bytes, saved_training_bytes
+from archcalc.core.spec import Spec, display_path, load_merged, parse_input, parse_spec
+from archcalc.core.training import AMP, OPTIMIZERS, training_flops
+
+COLUMNS = ("params", "macs", "flops", "activation_bytes", "peak_inference_bytes", "training_bytes",
+           "training_flops")
+"""The figures of a row, in order; `--sort`, `--pareto` and `--where` use these names."""
+
+
+class Point(NamedTuple):
+    sets: tuple[tuple[str, str], ...]  # (name, value as given) for every --set
+    input: tuple[int, ...] | None  # None: the spec's own input
+    batch: int
+
+
+class SweepRow(NamedTuple):
+    point: Point
+    input: tuple[int, ...]  # the input actually analyzed
+    values: Mapping[str, int] | None  # COLUMNS -> value; None when the point failed
+    error: str | None = None
+    pareto: bool | None = None  # with --pareto: whether no other row is at least as good in every objective
+
+    def get(self, column: str) -> int | None:
+        return None if self.values is None else self.values[column]
+
+
+class Options(NamedTuple):
+    dtype: str = "float32"
+    convention: str = "torch"
+    optimizer: str = "sgd"
+    amp: str | None = None
+
+
+# ---- parsing value lists ------------------------------------------------------------------------------------------
+
+_RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*(?:\.\.\s*(\d+)\s*)?$")
+
+
+def split_values(text: str) -> list[str]:
+    """'0.5,0.75,1' -> three values; 'a..b[..step]' -> the integers a, a+step, ..., b; commas inside brackets
+    (round_to(3, 2), [1, 2]) do not split."""
+    match = _RANGE.match(text)
+    if match:
+        start, stop, step = int(match.group(1)), int(match.group(2)), int(match.group(3) or 1)
+        if step < 1 or stop < start:
+            raise ArchcalcError(f"range '{text}' must go up (a..b with a <= b, step >= 1)")
+        return [str(v) for v in range(start, stop + 1, step)]
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current).strip())
+    if any(not p for p in parts):
+        raise ArchcalcError(f"empty value in list '{text}'")
+    return parts
+
+
+def parse_set_axes(sets: Sequence[str] | None) -> list[tuple[str, list[str]]]:
+    """['width_mult=0.5,0.75', 'depth=2..6'] -> [(name, values)]; a name given twice is an error."""
+    axes: list[tuple[str, list[str]]] = []
+    for item in sets or ():
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise ArchcalcError(f"--set: expected NAME=VALUES (e.g. --set width_mult=0.5,0.75,1 or depth=2..6), "
+                                f"got '{item}'")
+        if any(n == name for n, _ in axes):
+            raise ArchcalcError(f"--set: '{name}' is set twice")
+        axes.append((name, split_values(value)))
+    return axes
+
+
+def parse_inputs(text: str | None, spatial_axes: int = 2) -> list[tuple[int, ...] | None]:
+    """'3x{128,160,224}' -> 3x128x128, 3x160x160, 3x224x224 (channels x one size: that size on every one of the
+    spec's `spatial_axes`); several brace groups multiply; '3x224x224,3x320x320' also lists."""
+    if text is None:
+        return [None]
+    groups = re.findall(r"\{([^{}]*)\}", text)
+    template = re.sub(r"\{[^{}]*\}", "{}", text)
+    shapes: list[tuple[int, ...] | None] = []
+    choices = [split_values(g) for g in groups]
+    for combo in itertools.product(*choices):
+        filled = template.format(*combo)
+        for part in filled.split(","):
+            try:
+                shape = parse_input(part.strip(), None)  # type: ignore[arg-type]
+            except SpecError as exc:
+                raise ArchcalcError(f"--input: {exc.message}") from None
+            if len(shape) == 2 and spatial_axes > 1:
+                shape = (shape[0],) + (shape[1],) * spatial_axes
+            shapes.append(shape)
+    return shapes
+
+
+def parse_batches(text: str) -> list[int]:
+    values = []
+    for part in split_values(text):
+        if not part.isdigit() or int(part) < 1:
+            raise ArchcalcError(f"--batch: expected positive integers like 1,8,64 or 1..32, got '{text}'")
+        values.append(int(part))
+    return values
+
+
+def points(axes: Sequence[tuple[str, Sequence[str]]], inputs: Sequence[tuple[int, ...] | None],
+           batches: Sequence[int]) -> list[Point]:
+    """The cartesian product, in the order given (the last axis varies fastest: arguments, input, batch)."""
+    names = [n for n, _ in axes]
+    result = []
+    for combo in itertools.product(*(v for _, v in axes)):
+        sets = tuple(zip(names, combo))
+        for shape in inputs:
+            for batch in batches:
+                result.append(Point(sets, shape, batch))
+    return result
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
+
+
+class _Structure(NamedTuple):
+    """What a batch size does not change: one analysis at batch 1, and the memory walks at batch 1 and 2."""
+
+    input: tuple[int, ...]
+    params: int
+    trainable: int
+    macs: int
+    flops: int
+    training_flops: int
+    elements: int  # activation elements per sample (activation_bytes / itemsize)
+    param_bytes: int
+    buffer_bytes: int
+    weight_copies: int
+    peak: tuple[int, int]  # inference activation peak at batch 1 and 2
+    saved: tuple[int, int]  # saved-for-backward bytes at batch 1 and 2, in the activation dtype
+
+
+def _structure(spec: Spec, shape: tuple[int, ...] | None, options: Options) -> _Structure:
+    from archcalc.core.kinds import REGISTRY
+
+    report = analyze(spec, 1, options.dtype, options.convention, shape)
+    t, graph = report.totals, report.graph
+    itemsize = report.itemsize
+    act = DTYPES[AMP[options.amp]] if options.amp else itemsize
+    copies = sum(r.params for r in report.rows if r.used and r.leaf and r.module and REGISTRY[r.kind].weighted)
+    return _Structure(
+        input=report.input, params=t.params, trainable=t.trainable_params, macs=t.macs, flops=t.flops,
+        training_flops=training_flops(report).total, elements=t.activation_bytes // itemsize,
+        param_bytes=t.param_bytes, buffer_bytes=t.buffer_bytes, weight_copies=copies * act if options.amp else 0,
+        peak=(peak_inference_bytes(graph, itemsize, 1), peak_inference_bytes(graph, itemsize, 2)),
+        saved=(saved_training_bytes(graph, act, 1), saved_training_bytes(graph, act, 2)))
+
+
+def _at_batch(s: _Structure, batch: int, options: Options) -> dict[str, int]:
+    """Every figure at `batch`: counts scale; the memory walks are affine in the batch (f(b) = f(1) + (b - 1)
+    (f(2) - f(1))); the parameter terms do not change. The same sums as analyze() and training_memory()."""
+    itemsize = DTYPES[options.dtype]
+    peak = s.peak[0] + (batch - 1) * (s.peak[1] - s.peak[0])
+    saved = s.saved[0] + (batch - 1) * (s.saved[1] - s.saved[0])
+    # training memory: parameters, gradients and optimizer state in the parameter dtype (float32 under amp)
+    psize = DTYPES["float32"] if options.amp else itemsize
+    weights = s.params * psize
+    per_trainable = (1 + OPTIMIZERS[options.optimizer]) * s.trainable * psize
+    buffers = s.buffer_bytes  # already in the parameter dtype: amp runs with --dtype float32
+    return {
+        "params": s.params, "macs": s.macs * batch, "flops": s.flops * batch,
+        "activation_bytes": s.elements * itemsize * batch,
+        "peak_inference_bytes": peak + s.param_bytes + s.buffer_bytes,
+        "training_bytes": weights + s.weight_copies + per_trainable + buffers + saved,
+        "training_flops": s.training_flops * batch,
+    }
+
+
+class Sweep:
+    """A spec read once, evaluated at many points."""
+
+    def __init__(self, ref: str, options: Options | None = None) -> None:
+        from archcalc.core.resolve import resolve_spec
+
+        options = options or Options()
+        if options.amp and options.dtype != "float32":
+            raise ArchcalcError(f"--amp {options.amp} keeps float32 weights; leave --dtype at float32")
+        if options.optimizer not in OPTIMIZERS:
+            raise ArchcalcError(f"unknown optimizer '{options.optimizer}'")
+        path = resolve_spec(ref)
+        self.display = display_path(path)
+        self.data = load_merged(Path(path), self.display, ())
+        self.options = options
+        self._specs: dict[tuple[tuple[str, str], ...], Spec | str] = {}
+
+    def spec(self, sets: tuple[tuple[str, str], ...]) -> Spec:
+        """The parsed spec for these --set values (parsed once); a SpecError for a bad name or value."""
+        if sets not in self._specs:
+            try:
+                self._specs[sets] = parse_spec(self.data, self.display, dict(sets))
+            except SpecError as exc:
+                self._specs[sets] = str(exc)
+        spec = self._specs[sets]
+        if isinstance(spec, str):
+            raise SpecError(None, spec)
+        return spec
+
+    @property
+    def spatial_axes(self) -> int:
+        """How many spatial axes the spec's own input has (for --input 3x{128,160})."""
+        return len(self.spec(()).input) - 1
+
+    def check_names(self, names: Iterable[str]) -> None:
+        """Fail early (exit 2) on an --set name the spec does not declare, before any point is evaluated."""
+        declared = parse_spec(self.data, self.display).args
+        for name in names:
+            if name not in declared:
+                from archcalc.core.errors import did_you_mean
+
+                hint = did_you_mean(name, declared) if declared else "; the spec declares no args"
+                raise ArchcalcError(f"{self.display}: --set {name}: the spec has no argument '{name}'{hint}")
+
+    def structure(self, sets: tuple[tuple[str, str], ...], shape: tuple[int, ...] | None) -> _Structure | str:
+        try:
+            return _structure(self.spec(sets), shape, self.options)
+        except SpecError as exc:
+            return str(exc)
+
+    def run(self, pts: Sequence[Point], progress: Callable[[int], None] | None = None,
+            jobs: int | None = None) -> list[SweepRow]:
+        """Evaluate every point, in order. A point that fails (a shape that stops fitting) is a row with its
+        error. `progress(n)` is told how many points are done; `jobs`: worker processes (default: both cores
+        when there are enough structures to pay for starting them)."""
+        keys = list(dict.fromkeys((p.sets, p.input) for p in pts))
+        structures = self._evaluate(keys, progress, pts, jobs)
+        rows = []
+        for p in pts:
+            s = structures[(p.sets, p.input)]
+            if isinstance(s, str):
+                rows.append(SweepRow(p, p.input or (), None, s))
+            else:
+                rows.append(SweepRow(p, s.input, _at_batch(s, p.batch, self.options)))
+        return rows
+
+    def _evaluate(self, keys: list[Any], progress: Callable[[int], None] | None, pts: Sequence[Point],
+                  jobs: int | None) -> dict[Any, _Structure | str]:
+        per_key = len(pts) // max(len(keys), 1)
+        if jobs is None:
+            jobs = min(2, os.cpu_count() or 1) if len(keys) >= _PARALLEL_FROM else 1
+        out: dict[Any, _Structure | str] = {}
+        if jobs <= 1 or len(keys) < 2 or not _can_fork():
+            for i, key in enumerate(keys):
+                out[key] = self.structure(*key)
+                if progress:
+                    progress((i + 1) * per_key)
+            return out
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        global _ACTIVE
+        _ACTIVE = self  # inherited by the forked workers: nothing is pickled but keys and results
+        chunks = [keys[i::jobs * 8] for i in range(jobs * 8)]  # small chunks, so progress moves
+        done = 0
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+            for chunk, results in zip(chunks, pool.map(_work, chunks)):
+                out.update(zip(chunk, results))
+                done += len(chunk)
+                if progress:
+                    progress(done * per_key)
+        _ACTIVE = None
+        return out
+
+
+_PARALLEL_FROM = 48  # structures; below this, starting workers costs more than it saves
+_ACTIVE: Sweep | None = None
+
+
+def _can_fork() -> bool:
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
+
+
+def _work(chunk: list[Any]) -> list[_Structure | str]:
+    assert _ACTIVE is not None
+    return [_ACTIVE.structure(*key) for key in chunk]
+
+
+# ---- selecting rows -----------------------------------------------------------------------------------------------
+
+
+def where(rows: Sequence[SweepRow], condition: str) -> list[SweepRow]:
+    """Keep the rows for which `condition` holds ('params < 5e6 and macs < 600e6'), evaluated by the safe
+    evaluator with the row's figures, its --set values, `batch` and the input's sizes (`channels`, `height`,
+    `width`, `resolution` = the last size) as names. Failed rows are dropped."""
+    clauses = _clauses(condition)
+    kept = []
+    for row in rows:
+        if row.values is None:
+            continue
+        names = _names(row)
+        if all(_holds(c, names, condition) for c in clauses):
+            kept.append(row)
+    return kept
+
+
+_COMPARE = re.compile(r"(<=|>=|==|!=|<|>)")
+
+
+def _clauses(condition: str) -> list[tuple[str, str, str]]:
+    clauses = []
+    for part in re.split(r"\band\b|&&", condition):
+        pieces = _COMPARE.split(part)
+        if len(pieces) != 3 or not pieces[0].strip() or not pieces[2].strip():
+            raise ArchcalcError(f"--where: each condition compares two expressions (params < 5e6; join with "
+                                f"'and'), not '{part.strip()}'")
+        clauses.append((pieces[0], pieces[1], pieces[2]))
+    return clauses
+
+
+def _names(row: SweepRow) -> dict[str, object]:
+    names: dict[str, object] = dict(row.values or {})
+    for name, value in row.point.sets:
+        try:
+            names[name] = expr.evaluate(value, {})
+        except expr.ExprError:
+            names[name] = value
+    names["batch"] = row.point.batch
+    shape = row.input
+    names.update(channels=shape[0], resolution=shape[-1])
+    if len(shape) >= 3:
+        names.update(height=shape[-2], width=names.get("width", shape[-1]))
+    return names
+
+
+def _holds(clause: tuple[str, str, str], names: Mapping[str, object], condition: str) -> bool:
+    left, op, right = clause
+    try:
+        a, b = expr.evaluate(left, names), expr.evaluate(right, names)
+    except expr.ExprError as exc:
+        raise ArchcalcError(f"--where '{condition}': {exc}") from None
+    if not all(isinstance(v, (int, float)) for v in (a, b)):
+        raise ArchcalcError(f"--where '{condition}': compares numbers only")
+    return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b, "==": a == b, "!=": a != b}[op]  # type: ignore[operator]
+
+
+POINT_NAMES = ("batch", "channels", "height", "width", "resolution")
+"""Names a row has besides COLUMNS and its --set names (for --where and --pareto)."""
+
+
+def pareto(rows: Sequence[SweepRow], objectives: Sequence[str], set_names: Sequence[str] = ()) -> list[SweepRow]:
+    """Mark each row Pareto-optimal or not. Objectives are minimized; a leading '-' maximizes one
+    (`macs,-params`: the most parameters for the MACs). A row is dominated when another is no worse in every
+    objective and better in one; rows that tie in all are both optimal. Failed rows are never optimal."""
+    known = (*COLUMNS, *POINT_NAMES, *set_names)
+    signs = []
+    for objective in objectives:
+        name = objective.lstrip("-").strip()
+        if name not in known:
+            from archcalc.core.errors import did_you_mean
+
+            raise ArchcalcError(f"--pareto: unknown column '{name}'{did_you_mean(name, known)}")
+        signs.append((name, -1 if objective.strip().startswith("-") else 1))
+    good = [r for r in rows if r.values is not None]
+    keys = []
+    for r in good:
+        names = _names(r)
+        keys.append(tuple(sign * names[name] for name, sign in signs))  # type: ignore[operator]
+    optimal = set()
+    order = sorted(range(len(good)), key=lambda i: keys[i])  # a row can only be dominated by one before it
+    front: list[tuple[Any, ...]] = []
+    for i in order:
+        k = keys[i]
+        if not any(f != k and all(a <= b for a, b in zip(f, k)) for f in front):
+            optimal.add(i)
+            front.append(k)
+    marks = {id(r): (i in optimal) for i, r in enumerate(good)}
+    return [r._replace(pareto=marks.get(id(r), False)) for r in rows]
+
+
+def sort_rows(rows: Sequence[SweepRow], column: str, descending: bool = False) -> list[SweepRow]:
+    if column not in COLUMNS and column not in ("batch",):
+        from archcalc.core.errors import did_you_mean
+
+        raise ArchcalcError(f"--sort: unknown column '{column}'{did_you_mean(column, (*COLUMNS, 'batch'))}")
+    ok = [r for r in rows if r.values is not None]
+    failed = [r for r in rows if r.values is None]
+    key: Callable[[SweepRow], Any] = ((lambda r: r.point.batch) if column == "batch" else
+                                      (lambda r: r.values[column]))  # type: ignore[index]
+    return sorted(ok, key=key, reverse=descending) + failed
+
+
+def report_at(sweep: Sweep, point: Point) -> Report:
+    """The full Report at one point (what `calc` with the same --set, --input and --batch computes)."""
+    return analyze(sweep.spec(point.sets), point.batch, sweep.options.dtype, sweep.options.convention, point.input)
