@@ -165,3 +165,27 @@ def test_amp_needs_float32_master_weights() -> None:
     result = runner.invoke(app, ["calc", "resnet18", "--amp", "bf16", "--dtype", "float16"])
     assert result.exit_code == 2
     assert "float32" in result.output
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])
+def test_training_memory_terms_against_a_real_step(optimizer: str, write_spec) -> None:  # type: ignore[no-untyped-def]
+    """After one optimizer step of the same network in plain torch.nn: bytes of the parameters, their .grad and
+    the optimizer's state tensors (Adam's scalar `step` counters excluded, as documented), and of the buffers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 10))
+    make = {"sgd": lambda p: torch.optim.SGD(p, lr=0.1), "momentum": lambda p: torch.optim.SGD(p, 0.1, momentum=0.9),
+            "adam": lambda p: torch.optim.Adam(p), "adamw": lambda p: torch.optim.AdamW(p)}[optimizer]
+    opt = make(model.parameters())
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+
+    def nbytes(tensors) -> int:  # type: ignore[no-untyped-def]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    state = [t for s in opt.state.values() for k, t in s.items() if k != "step" and torch.is_tensor(t)]
+    m = training_memory(analyze(load_spec(write_spec(SMALL)), batch=2), optimizer)
+    assert m.weights == nbytes(model.parameters())
+    assert m.gradients == nbytes(p.grad for p in model.parameters())
+    assert m.optimizer_state == nbytes(state)
+    assert m.buffers == nbytes(model.buffers())

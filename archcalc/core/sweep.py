@@ -180,8 +180,10 @@ def _structure(spec: Spec, shape: tuple[int, ...] | None, options: Options) -> _
         input=report.input, params=t.params, trainable=t.trainable_params, macs=t.macs, flops=t.flops,
         training_flops=training_flops(report).total, elements=t.activation_bytes // itemsize,
         param_bytes=t.param_bytes, buffer_bytes=t.buffer_bytes, weight_copies=copies * act if options.amp else 0,
-        peak=(peak_inference_bytes(graph, itemsize, 1), peak_inference_bytes(graph, itemsize, 2)),
-        saved=(saved_training_bytes(graph, act, 1), saved_training_bytes(graph, act, 2)))
+        # batch 1 is the analysis itself; only batch 2 needs the walks again
+        peak=(t.peak_bytes - t.param_bytes - t.buffer_bytes, peak_inference_bytes(graph, itemsize, 2)),
+        saved=(t.saved_bytes if act == itemsize else saved_training_bytes(graph, act, 1),
+               saved_training_bytes(graph, act, 2)))
 
 
 def _at_batch(s: _Structure, batch: int, options: Options) -> dict[str, int]:
