@@ -6,7 +6,8 @@ Measures, in one run:
   1. the library, in-process: archcalc.core.sweep.Sweep(...).run(points) on one core and on two;
   2. the command line: `archcalc sweep ... -f csv` as a whole process (start-up included);
   3. the route without reuse: open_spec + analyze per variant (what a loop over `calc` does), on a sample;
-  4. the fvcore route: build the torch model and run FlopCountAnalysis(...).total() per variant, on a sample.
+  4. the fvcore route: build the torch model and run FlopCountAnalysis(...).total() per variant, on a sample, at
+     batch 1 (its cheapest: FLOPs scale with the batch, so the ratio is conservative).
 Goal (issue 13): <= 2 ms per ResNet-50-sized variant in-process, so 10,000 variants in <= 20 s.
 
 The grid: base width w in {32, 40, 48, 56, 64} (stage widths w, 2w, 4w, 8w; ResNet-50 is w = 64), stage-3 depth
@@ -99,7 +100,8 @@ def main() -> None:
             from archcalc.torch.build import build_module
 
             warnings.simplefilter("ignore")
-            fv_points = points[:: max(1, n // args.fvcore)][: args.fvcore]
+            # at batch 1, the cheapest the fvcore route gets (its FLOPs scale with the batch): a conservative ratio
+            fv_points = [p._replace(batch=1) for p in points[:: max(1, n // args.fvcore)][: args.fvcore]]
             times = []
             for p in fv_points:
                 start = time.perf_counter()

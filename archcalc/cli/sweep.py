@@ -55,8 +55,8 @@ def sweep(
     sort: Annotated[str | None, typer.Option("--sort", "-s", help="sort by a column: params, macs, flops, "
                     "activation_bytes, peak_inference_bytes, training_bytes, training_flops, batch")] = None,
     descending: Annotated[bool, typer.Option("--desc", help="sort largest first")] = False,
-    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="worker processes (default: both cores "
-                    "for large sweeps)")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="worker processes (default: two for large "
+                    "sweeps when a core is idle)")] = None,
     fmt: FmtOpt = Fmt.table,
 ) -> None:
     """One row per point of a design space: the cartesian product of --set value lists, --input and --batch.

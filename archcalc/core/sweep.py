@@ -6,7 +6,7 @@ Fast because each point re-evaluates only what its changed values touch:
 - a batch size touches no shape: counts scale with it, and the two memory walks (inference peak, saved bytes) are
   affine in it, so each is walked at batch 1 and 2 and every other batch is exact integer arithmetic (a test
   checks every figure against an independent `analyze` at that batch);
-- with many structures, both cores analyze them (forked worker processes).
+- with many structures and an idle core, both cores analyze them (forked worker processes).
 Nothing here imports torch.
 """
 
@@ -276,7 +276,7 @@ class Sweep:
                   jobs: int | None) -> dict[Any, _Structure | str]:
         per_key = len(pts) // max(len(keys), 1)
         if jobs is None:
-            jobs = min(2, os.cpu_count() or 1) if len(keys) >= _PARALLEL_FROM else 1
+            jobs = 2 if len(keys) >= _PARALLEL_FROM and _idle_cores() >= 1 else 1
         out: dict[Any, _Structure | str] = {}
         if jobs <= 1 or len(keys) < 2 or not _can_fork():
             for i, key in enumerate(keys):
@@ -303,6 +303,15 @@ class Sweep:
 
 _PARALLEL_FROM = 48  # structures; below this, starting workers costs more than it saves
 _ACTIVE: Sweep | None = None
+
+
+def _idle_cores() -> float:
+    """Cores no other process is using (by the 1-minute load average, which counts this process too): a second
+    worker pays only when it gets a core of its own; on a machine busy with other jobs it only adds contention."""
+    try:
+        return (os.cpu_count() or 1) - os.getloadavg()[0]
+    except (AttributeError, OSError):  # no load average on this platform
+        return 0.0
 
 
 def _can_fork() -> bool:
