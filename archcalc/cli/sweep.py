@@ -21,6 +21,7 @@ from archcalc.cli.options import (
     OptimizerOpt,
     SetOpt,
     SpecArg,
+    TableOrJson,
     check_amp,
     count_option,
     err_console,
@@ -80,7 +81,7 @@ def sweep(
     if sort is not None:
         sw.sort_rows([], sort)
     if where is not None:
-        sw._clauses(where)
+        sw.parse_where(where)  # reject a malformed condition before the work
     with _progress(len(points)) as update:
         rows = runner.run(points, update, jobs)
     if where is not None:
@@ -150,7 +151,7 @@ def check(
     optimizer: OptimizerOpt = Optimizer.sgd,
     amp: AmpOpt = None,
     set_: SetOpt = None,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table or json")] = "table",
+    fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="output format")] = TableOrJson.table,
 ) -> None:
     """Check a spec against budgets (human units: 5M, 600M, 512MiB, 8GiB): exit 1 naming every budget exceeded
     and by how much, 0 when all hold. One line for a project's CI."""
@@ -160,8 +161,6 @@ def check(
     from archcalc.core.training import training_report
     from archcalc.render import sweep as render
 
-    if fmt not in ("table", "json"):
-        raise ArchcalcError(f"--format must be table or json, not '{fmt}'")
     check_amp(amp, dtype)
     limits: dict[str, int] = {}
     for name, text, parse in (("params", max_params, count_option), ("macs", max_macs, count_option),
@@ -181,7 +180,7 @@ def check(
     train = (training_report(spec_obj, batch, dtype.value, amp_name, convention.value, shape)
              if amp and "train_memory" in limits else None)
     verdicts = run_check(report, limits, optimizer.value, amp_name, train)
-    if fmt == "json":
+    if fmt is TableOrJson.json:
         write_text(render.verdicts_json(report.name, verdicts))
     else:
         console = out_console()

@@ -332,7 +332,7 @@ def where(rows: Sequence[SweepRow], condition: str) -> list[SweepRow]:
     """Keep the rows for which `condition` holds ('params < 5e6 and macs < 600e6'), evaluated by the safe
     evaluator with the row's figures, its --set values, `batch` and the input's sizes (`channels`, `height`,
     `width`, `resolution` = the last size) as names. Failed rows are dropped."""
-    clauses = _clauses(condition)
+    clauses = parse_where(condition)
     kept = []
     for row in rows:
         if row.values is None:
@@ -346,7 +346,8 @@ def where(rows: Sequence[SweepRow], condition: str) -> list[SweepRow]:
 _COMPARE = re.compile(r"(<=|>=|==|!=|<|>)")
 
 
-def _clauses(condition: str) -> list[tuple[str, str, str]]:
+def parse_where(condition: str) -> list[tuple[str, str, str]]:
+    """'params < 5e6 and macs < 600e6' -> [(left, operator, right)]; an ArchcalcError when it is not that."""
     clauses = []
     for part in re.split(r"\band\b|&&", condition):
         pieces = _COMPARE.split(part)

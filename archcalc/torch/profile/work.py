@@ -9,12 +9,12 @@ from archcalc.core.kinds.base import numel
 from archcalc.torch.profile.machine import Available
 from archcalc.torch.profile.results import OutOfMemory
 
+TRAIN_BYTES_FACTOR = 3  # a training step moves about 3x the forward's bytes (layer_work)
 OPTIMIZER_STATE = {"sgd": 1, "adam": 2}  # state tensors per parameter: SGD momentum buffer; Adam exp_avg, exp_avg_sq
-TRAIN_FLOPS_FACTOR = 3  # forward + backward; backward of conv/linear = 2x forward (grad input + grad weight)
 FLOPS_RULE = {
     False: "forward: 2 FLOPs per MAC of conv/linear for the whole batch (convention 'torch')",
-    True: "training step: 3x forward FLOPs (backward of conv/linear is 2x forward; convention 'torch'); the "
-          "optimizer step is not counted",
+    True: "training step: forward + backward exactly as FlopCounterMode counts them (grad input + grad weight "
+          "of conv/linear; none for the input of the first trainable layer); the optimizer step is not counted",
 }
 
 
@@ -22,7 +22,11 @@ def step_flops(report: Report, train: bool) -> int:
     """FLOPs of one timed iteration for the whole batch (report analyzed under the 'torch' convention)."""
     if report.convention != "torch":
         raise ValueError("profile FLOPs use the 'torch' convention")
-    return report.totals.flops * (TRAIN_FLOPS_FACTOR if train else 1)
+    if train:
+        from archcalc.core.training import training_flops
+
+        return training_flops(report).total
+    return report.totals.flops
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +68,19 @@ def preflight(predicted_bytes: int, available: Available | None, force: bool, wh
 
 
 def layer_work(report: Report, train: bool) -> dict[str, tuple[int, int]]:
-    """(FLOPs, bytes moved) per module row: FLOPs under 'torch'; bytes = input + output activations + parameters.
-    Training: 3x both (backward reads the output gradient, input and weights and writes their gradients)."""
-    factor = TRAIN_FLOPS_FACTOR if train else 1
+    """(FLOPs, bytes moved) per module row: FLOPs under 'torch' (training: forward + backward as FlopCounterMode
+    counts them); bytes = input + output activations + parameters, 3x in training (backward reads the output
+    gradient, input and weights and writes their gradients)."""
+    step: dict[str, int] = {}
+    if train:
+        from archcalc.core.training import training_flops
+
+        step = {f.name: f.total for f in training_flops(report).layers}
+    factor = TRAIN_BYTES_FACTOR if train else 1
     work = {}
     for r in report.rows:
         if not r.module:
             continue
         moved = numel(r.input) * report.batch * report.itemsize + r.activation_bytes + r.params * report.itemsize
-        work[r.name] = (r.flops * factor, moved * factor)
+        work[r.name] = (step.get(r.name, 0) if train else r.flops, moved * factor)
     return work
