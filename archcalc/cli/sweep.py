@@ -8,11 +8,11 @@ from typing import Annotated, Any
 import typer
 
 from archcalc.cli.options import (
+    F32,
     AmpOpt,
     BatchOpt,
     Convention,
     ConvOpt,
-    DType,
     DTypeOpt,
     Fmt,
     FmtOpt,
@@ -43,7 +43,7 @@ def sweep(
     input: Annotated[str | None, typer.Option("--input", "-i", help="inputs to sweep: 3x{128,160,224} (one size "
                      "for every spatial axis), 3x224x224,3x320x320")] = None,
     batch: Annotated[str, typer.Option("--batch", "-b", help="batch sizes: 1,8,64 or 1..32")] = "1",
-    dtype: DTypeOpt = DType.float32,
+    dtype: DTypeOpt = F32,
     convention: ConvOpt = Convention.torch,
     optimizer: OptimizerOpt = Optimizer.sgd,
     amp: AmpOpt = None,
@@ -145,7 +145,7 @@ def check(
     max_train_flops: Annotated[str | None, typer.Option("--max-train-flops", help="FLOPs of one training step, "
                                "e.g. 2T")] = None,
     batch: BatchOpt = 1,
-    dtype: DTypeOpt = DType.float32,
+    dtype: DTypeOpt = F32,
     input: InputOpt = None,
     convention: ConvOpt = Convention.torch,
     optimizer: OptimizerOpt = Optimizer.sgd,
