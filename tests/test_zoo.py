@@ -120,9 +120,10 @@ def test_builds_a_module_that_agrees(name: str) -> None:
                 y = model(torch.empty(1, *rep.input))
     assert sum(p.numel() for p in model.parameters()) == rep.totals.params
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == rep.totals.trainable_params
-    if isinstance(y, dict):  # several outputs: the first is the one totals.output names
-        y = next(iter(y.values()))
-    assert tuple(y.shape) == (1, *rep.totals.output)
+    if isinstance(y, dict):  # several outputs (segmentation heads): a dict by output name
+        assert {k: tuple(v.shape) for k, v in y.items()} == {k: (1, *shape) for k, shape in rep.outputs}
+    else:
+        assert tuple(y.shape) == (1, *rep.totals.output)
 
 
 # ---- torchvision: exact ---------------------------------------------------------------------------------------
