@@ -25,16 +25,10 @@ MEASURED = json.loads((DATA / "torchvision_measured.json").read_text(encoding="u
 SPECS = bundled()
 MODELS = sorted(PUBLISHED)
 
-# Models whose spec needs kinds that are not there yet (ConvNeXt: LayerNorm2d, layer scale).
-PENDING = {"convnext_tiny", "convnext_small", "convnext_base", "convnext_large"}
-# fvcore counts these models' final global average (torchvision's functional x.mean([2, 3])) as 0; the spec
-# still pools with global_avgpool (adaptive_avg_pool2d, one flop per input element) until a `mean` kind exists.
-FVCORE_PENDING = {"mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3", "shufflenet_v2_x0_5",
-                  "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"}
 # inception_v3: torchvision's num_params counts the auxiliary classifier, which its eval forward (the published
 # MACs, fvcore) does not run. The spec's default is the eval forward; `aux_logits=1` adds the head as an output.
 EVAL_WITHOUT_AUX = {"inception_v3"}
-DONE = [m for m in MODELS if m not in PENDING]
+DONE = MODELS
 SEGMENTATION = [m for m in DONE if PUBLISHED[m]["family"] == "segmentation"]
 WITH_AUX = [m for m in SEGMENTATION if "params_without_aux" in MEASURED[m]]
 
@@ -60,11 +54,9 @@ def test_the_data_files_agree_with_each_other() -> None:
         assert m["flop_counter"] == 2 * m["macs"], name
 
 
-def test_every_model_has_a_spec_or_is_pending() -> None:
-    missing = [m for m in MODELS if f"torchvision/{m}" not in SPECS and m not in PENDING]
-    assert missing == []
-    assert all(f"torchvision/{m}" not in SPECS for m in PENDING), "a pending model has a spec: drop it from PENDING"
-    assert PENDING | FVCORE_PENDING | EVAL_WITHOUT_AUX <= set(MODELS)
+def test_every_model_has_a_spec() -> None:
+    assert [m for m in MODELS if f"torchvision/{m}" not in SPECS] == []
+    assert {n for n in SPECS if n.startswith("torchvision/")} == {f"torchvision/{m}" for m in MODELS}
 
 
 @pytest.mark.parametrize("name", DONE)
@@ -93,11 +85,7 @@ def test_measured_figures(name: str) -> None:
 
 @pytest.mark.parametrize("name", DONE)
 def test_fvcore_total_is_fvcore_on_torchvision(name: str) -> None:
-    fv = report(name, "fvcore").totals.flops
-    if name in FVCORE_PENDING:
-        assert fv > MEASURED[name]["fvcore"]
-    else:
-        assert fv == MEASURED[name]["fvcore"]
+    assert report(name, "fvcore").totals.flops == MEASURED[name]["fvcore"]
 
 
 def test_inception_v3_auxiliary_classifier() -> None:
@@ -122,17 +110,25 @@ def test_segmentation_without_aux(name: str) -> None:
     assert [n for n, _ in rep.outputs] == ["out"]
 
 
-# Segmentation networks on the CPU at a reduced image, 64x64 (with `image` set to match: the upsampling targets).
-SEG_REDUCED = {m: 64 for m in SEGMENTATION}
-
-
-@pytest.mark.parametrize("name", sorted(SEG_REDUCED))
+# Segmentation networks on the CPU at a reduced image (F.interpolate's targets follow the input: size_of).
+@pytest.mark.parametrize("name", SEGMENTATION)
 def test_segmentation_reduced_on_cpu(name: str) -> None:
-    side = SEG_REDUCED[name]
-    spec = load_spec(SPECS[f"torchvision/{name}"], overrides={"image": str(side)})
-    v = validate(spec, device="cpu", input_shape=(3, side, side))
+    spec = load_spec(SPECS[f"torchvision/{name}"])
+    v = validate(spec, device="cpu", input_shape=(3, 64, 64))
     assert v.ok, "\n".join(f"{c.quantity} {c.layer}: {c.predicted} != {c.measured}" for c in v.failures)
     assert "fvcore_flops" in {c.quantity for c in v.checks}
+    outputs = analyze(spec, input_shape=(3, 64, 64)).outputs  # validate checked each against torch's
+    assert outputs and all(shape == (21, 64, 64) for _, shape in outputs)
+
+
+def test_mean_heads_count_zero_under_fvcore() -> None:
+    # torchvision's MNASNet and ShuffleNetV2 end with x.mean([2, 3]), s3d with torch.mean over (T, H, W): fvcore
+    # has no formula for aten::mean, so the measured fvcore total has no pooling term (unlike adaptive pooling's
+    # one per input element); the spec's mean row must count 0 too.
+    for name in ("mnasnet1_0", "shufflenet_v2_x1_0", "s3d"):
+        assert "adaptive_avg_pool2d" not in MEASURED[name]["fvcore_by_operator"]
+        rows = [r for r in report(name, "fvcore").rows if r.kind == "mean"]
+        assert len(rows) == 1 and rows[0].flops == 0
 
 
 # Video networks on the CPU at a reduced clip (s3d's fixed 2x7x7 average pool needs at least 14x209x209).
