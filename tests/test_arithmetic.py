@@ -1,4 +1,4 @@
-"""The seed lectures' arithmetic, as tests. Expected values are the lectures' own numbers or formulas written out."""
+"""The lecture notes' arithmetic, as tests. Expected values are the lectures' own numbers or formulas written out."""
 
 from __future__ import annotations
 
@@ -17,14 +17,16 @@ def one_layer(write_spec, input_: str, layer: str):  # type: ignore[no-untyped-d
 
 
 def test_seed000_32x32x3_ten_5x5_filters(write_spec) -> None:  # type: ignore[no-untyped-def]
-    # Seed 000: "(32-5+2*2)/1+1 = 32 spatially => 32x32x10"; "5*5*3 + 1 = 76 params => 76*10 = 760".
+    # Ballan's CNN lecture (Part 2): "(32-5+2*2)/1+1 = 32 spatially => 32x32x10"; "5*5*3 + 1 = 76 params => 76*10 =
+    # 760".
     r = one_layer(write_spec, "[3, 32, 32]", "conv: {out: 10, kernel: 5, stride: 1, padding: 2}")
     assert r.rows[0].output == (10, 32, 32)
     assert r.totals.params == 760
 
 
 def test_alexnet_conv1(write_spec) -> None:  # type: ignore[no-untyped-def]
-    # Seed 000/002: "[55x55x96] CONV1: 96 11x11 filters at stride 4, pad 0"; (227-11)/4+1 = 55; (11*11*3)*96 weights.
+    # Ballan's CNN lecture and the CNN-structures lecture: "[55x55x96] CONV1: 96 11x11 filters at stride 4, pad 0";
+    # (227-11)/4+1 = 55; (11*11*3)*96 weights.
     r = one_layer(write_spec, "[3, 227, 227]", "conv: {out: 96, kernel: 11, stride: 4}")
     assert r.rows[0].output == (96, 55, 55)
     assert r.totals.params == 11 * 11 * 3 * 96 + 96
@@ -57,7 +59,8 @@ def test_seed000_7x7_input_3x3_filter(write_spec) -> None:  # type: ignore[no-un
 
 @pytest.mark.parametrize(("padding", "width", "pads"), [("valid", 2, (0, 0)), ("same", 3, (1, 2))])
 def test_seed001_tensorflow_padding_width13_filter6_stride5(write_spec, padding, width, pads) -> None:  # type: ignore[no-untyped-def]
-    # Seed 001: VALID drops the right-most columns (12, 13) -> 2 windows; SAME pads 1 left and 2 right
+    # Chen's CNN lecture (Buffalo, 2019): VALID drops the right-most columns (12, 13) -> 2 windows; SAME pads 1 left and
+    # 2 right
     # ("if the amount of columns to be added is odd, it will add the extra column to the right") -> 3 windows.
     r = one_layer(write_spec, "[1, 13]", f"conv: {{out: 1, kernel: 6, stride: 5, padding: {padding}}}")
     assert r.rows[0].output == (1, width)
@@ -76,7 +79,7 @@ def test_same_padding_matches_tensorflow_formula(write_spec) -> None:  # type: i
 
 
 def test_vgg16_seed_table(write_spec) -> None:  # type: ignore[no-untyped-def]
-    # Seed 000, VGG-16 per layer: memory (activations) and params "not counting biases".
+    # Ballan's CNN lecture (Part 2), VGG-16 per layer: memory (activations) and params "not counting biases".
     r = analyze(load_spec(Path(__file__).parent.parent / "specs" / "vgg16.yaml"))
     convs = [row for row in r.rows if row.kind == "conv"]
     fcs = [row for row in r.rows if row.kind == "linear"]
@@ -91,7 +94,7 @@ def test_vgg16_seed_table(write_spec) -> None:  # type: ignore[no-untyped-def]
     assert [c.activation_bytes // 4 for c in convs] == memory
     pools = [row.output for row in r.rows if row.kind == "maxpool"]
     assert pools == [(64, 112, 112), (128, 56, 56), (256, 28, 28), (512, 14, 14), (512, 7, 7)]
-    # "TOTAL memory: 24M * 4 bytes ~= 96MB / image (only forward!)" does not add up from the seed's own rows: the
+    # "TOTAL memory: 24M * 4 bytes ~= 96MB / image (only forward!)" does not add up from the lecture's own rows: the
     # input plus the listed conv, pool and FC outputs sum to 15.2M values (cs231n's slide has the same slip).
     listed = 224 * 224 * 3 + sum(memory) + 112 * 112 * 64 + 56 * 56 * 128 + 28 * 28 * 256 + 14 * 14 * 512 + \
         7 * 7 * 512 + 4096 + 4096 + 1000
@@ -101,7 +104,8 @@ def test_vgg16_seed_table(write_spec) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_googlenet_stem_table(write_spec) -> None:  # type: ignore[no-untyped-def]
-    # Seed 000, GoogLeNet stem: memory (KB), params (K) and flop (M) -- the lecture's "flop" column is MACs.
+    # Ballan's CNN lecture (Part 2), GoogLeNet stem: memory (KB), params (K) and flop (M) -- the lecture's "flop" column
+    # is MACs.
     path = write_spec("""
 name: stem
 input: [3, 224, 224]

@@ -65,7 +65,8 @@ def test_conventions() -> None:
 
 
 def test_input_override_rescales() -> None:
-    # The seeds' rescaling demo: ResNet-50 at 1120x1120 is fully convolutional up to the global pool: MACs of the
+    # The lecture notes' rescaling demo: ResNet-50 at 1120x1120 is fully convolutional up to the global pool: MACs of
+    # the
     # convolutions grow by (1120/224)^2 = 25, the classifier stays.
     base = json.loads(invoke("calc", "resnet50", "-f", "json").stdout)
     big = json.loads(invoke("calc", "resnet50", "-f", "json", "--input", "3x1120x1120").stdout)

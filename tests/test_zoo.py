@@ -128,7 +128,7 @@ def test_builds_a_module_that_agrees(name: str) -> None:
 
 # ---- torchvision: exact ---------------------------------------------------------------------------------------
 
-# /work/shared/reference/torchvision.md: torchvision's weights metadata (num_params; "GFLOPS", which are GMACs of
+# tests/data/torchvision_published.json: torchvision's weights metadata (num_params; "GFLOPS", which are GMACs of
 # conv and linear layers at batch 1), as printed there. inception_v3's num_params there includes the auxiliary
 # classifier; the sheet gives 23,834,568 without it, which is what the spec (no aux) must have.
 TORCHVISION = {
@@ -205,7 +205,8 @@ def test_vgg_table_2(name: str) -> None:
 
 
 def test_vgg16_seed_000_rows() -> None:
-    # Seed 000 (VGG-16 walk-through, weights without biases): first conv (3x3x3)x64 = 1,728, FC6 7x7x512x4096 =
+    # Ballan's CNN lecture (Part 2) (VGG-16 walk-through, weights without biases): first conv (3x3x3)x64 = 1,728, FC6
+    # 7x7x512x4096 =
     # 102,760,448; "TOTAL params: 138M".
     rep = report("vgg16")
     convs = [r for r in rep.rows if r.kind == "conv"]
@@ -233,7 +234,7 @@ def test_vgg11_lrn_has_one_lrn_after_the_first_conv() -> None:
 
 
 def test_alexnet_conv1_row() -> None:
-    # Seeds 000/001: [227x227x3] INPUT -> [55x55x96] CONV1, 96 11x11 filters at stride 4, pad 0:
+    # Ballan's and Chen's CNN lectures: [227x227x3] INPUT -> [55x55x96] CONV1, 96 11x11 filters at stride 4, pad 0:
     # (227 - 11)/4 + 1 = 55; parameters (11*11*3)*96 weights + 96 biases.
     rep = report("alexnet")
     assert rep.input == (3, 227, 227)
@@ -243,7 +244,8 @@ def test_alexnet_conv1_row() -> None:
 
 
 def test_alexnet_layer_sizes_and_neurons() -> None:
-    # Seed 000's layer list (output volumes), and Krizhevsky et al. Sec. 3.5's neuron counts for layers 2-8
+    # Ballan's CNN lecture (Part 2)'s layer list (output volumes), and Krizhevsky et al. Sec. 3.5's neuron counts for
+    # layers 2-8
     # (186,624-64,896-64,896-43,264-4096-4096-1000; the first, 253,440, does not add up: see the spec).
     rep = report("alexnet")
     expected = {"pool1": (96, 27, 27), "norm1": (96, 55, 55), "conv2": (256, 27, 27), "pool2": (256, 13, 13),
@@ -288,7 +290,7 @@ def test_zfnet_figure_3_sizes() -> None:
 
 
 def test_zfnet_512_variant() -> None:
-    # Seed 002: "CONV3, 4, 5: instead of 384, 384, 256 filters use 512, 1024, 512".
+    # the CNN-structures lecture: "CONV3, 4, 5: instead of 384, 384, 256 filters use 512, 1024, 512".
     rep = report("zfnet_512")
     assert [row(rep, n).output[0] for n in ("conv3", "conv4", "conv5")] == [512, 1024, 512]
     assert row(rep, "fc6").input == (512, 6, 6)
@@ -318,7 +320,8 @@ def test_lenet5() -> None:
 
 
 def test_alphago_policy() -> None:
-    # Seed 001 quoting Silver et al. 2016 (Methods): 19x19x48 input; layer 1: k 5x5 filters; layers 2-12: k 3x3
+    # Chen's CNN lecture (Buffalo, 2019) quoting Silver et al. 2016 (Methods): 19x19x48 input; layer 1: k 5x5 filters;
+    # layers 2-12: k 3x3
     # filters; final layer: one 1x1 filter with a different bias for each of the 19x19 positions; softmax; k = 192.
     k = 192
     params = (5 * 5 * 48 * k + k) + 11 * (3 * 3 * k * k + k) + (1 * 1 * k * 1) + 19 * 19
@@ -336,7 +339,8 @@ def test_alphago_policy() -> None:
 
 
 def test_nin_imagenet() -> None:
-    # Seed 002's NIN/AlexNet comparison: "NIN 7.5 Million (29 Megabytes)". 29 MB is the float32 size in MiB,
+    # the CNN-structures lecture's NIN/AlexNet comparison: "NIN 7.5 Million (29 Megabytes)". 29 MB is the float32 size
+    # in MiB,
     # exact to the printed megabyte; "7.5 million" is within 2% of the count.
     rep = report("nin")
     assert round(rep.totals.param_bytes / 2**20) == 29
@@ -492,7 +496,7 @@ def test_fcn32s_table_1() -> None:
     assert round(rep.totals.trainable_params / 1e6) == 134
     assert row(rep, "score_fr").rf == (404, 404)
     assert row(rep, "score_fr").jump == (32, 32)
-    # Seed 004: fc6 becomes a 7x7 conv with 4096 maps (1x1 output from VGG-16's 7x7x512); fc7, fc8 1x1 convs.
+    # the FCN lecture: fc6 becomes a 7x7 conv with 4096 maps (1x1 output from VGG-16's 7x7x512); fc7, fc8 1x1 convs.
     assert row(rep, "fc6").output == (4096, 1, 1)
     assert row(rep, "fc6").params == 7 * 7 * 512 * 4096 + 4096
     assert row(rep, "score_fr").output == (21, 1, 1)
@@ -502,7 +506,7 @@ def test_fcn32s_table_1() -> None:
 
 
 def test_fcn32s_larger_input_gives_a_grid() -> None:
-    # Seed 004: "When larger inputs are fed into the network, network outputs grid of values".
+    # the FCN lecture: "When larger inputs are fed into the network, network outputs grid of values".
     spec = load_spec(SPECS["fcn32s"])
     rep = analyze(spec, input_shape=(3, 512, 512))
     assert row(rep, "score_fr").output == (21, 10, 10)  # 512/32 = 16, minus fc6's 7x7 window: 10

@@ -228,7 +228,7 @@ def resolve_padding(padding: Any, sizes: Sequence[int], kernels: Sequence[int],
 
     'valid' is no padding. 'same' is TensorFlow's rule (also PyTorch's for stride 1): the output is ceil(W / S),
     the total padding is max((out - 1) * S + F - W, 0), split evenly with the odd column added after
-    (to the right / bottom), as the seed lecture on TensorFlow padding describes.
+    (to the right / bottom), as the lecture note on TensorFlow padding describes.
     """
     rank = len(sizes)
     if padding == "valid":
