@@ -284,3 +284,18 @@ layers:
         measured = cpu_peak_bytes(lambda: model(x))
     t = report.totals
     assert measured == t.peak_bytes - t.param_bytes - t.buffer_bytes - x.numel() * 4
+
+
+# ---- ConvNeXt-Tiny (Liu et al. 2022) ----------------------------------------------------------------------------
+
+
+def test_convnext_tiny_matches_the_paper() -> None:
+    # Liu et al., A ConvNet for the 2020s, CVPR 2022, Table 1 and Sec. 2: ConvNeXt-T, 224^2, 28M parameters and
+    # 4.5 G "FLOPs" (multiply-adds); torchvision's convnext_tiny publishes 28,589,128 and 4.456 GMACs.
+    report = analyze(load_spec(bundled()["torchvision/convnext_tiny"]))
+    assert round(report.totals.params / 1e6, 1) == 28.6 and round(report.totals.macs / 1e9, 1) == 4.5
+    kinds = {r.kind for r in report.rows}
+    assert {"channel_layernorm", "layer_scale", "stochastic_depth", "gelu", "add"} <= kinds
+    # Stages of depth 3, 3, 9, 3 at widths 96, 192, 384, 768: one layer scale per block.
+    scales = [r for r in report.rows if r.kind == "layer_scale"]
+    assert len(scales) == 18 and [r.params for r in scales[:1] + scales[-1:]] == [96, 768]
