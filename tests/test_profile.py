@@ -424,8 +424,10 @@ def test_budget_bounds_slow_iterations(tiny: Path) -> None:
     assert "1 sample of 10 s" in r.notes[0] and "raise --budget to about" in r.notes[0]
     d = result_dict(r)
     assert d["latency_ms"]["median"] == 10_000.0 and d["latency_ms"]["p10"] is None and d["rel_iqr"] is None
-    table = profile_tables([r])[0]
-    assert list(table.columns[3].cells) == ["-"] and list(table.columns[4].cells) == ["- (budget)"]
+    lines = profile_tables([r])[0].lines
+    header, row = (line.split("│" if line.startswith("│") else "┃")[1:-1] for line in (lines[2], lines[4]))
+    cells = dict(zip((h.strip() for h in header), (c.strip() for c in row)))
+    assert cells["p10-p90 ms"] == "-" and cells["IQR/median"] == "- (budget)" and cells["samples"] == "1"
 
 
 def test_driver_reports_unconverged_budget(tiny: Path) -> None:
@@ -578,6 +580,16 @@ def test_table_output(tiny: Path) -> None:
     for text in ("median ms", "threads", "per layer, batch 1, 1 thread", "conv3", "as FlopCounterMode",
                  "measured ceiling", "FLOPS", "1 intra-op (torch.set_num_threads)", "load average", "cost: "):
         assert text in result.stdout
+
+
+def test_table_fits_80_columns(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    result = invoke("profile", str(tiny), *FAST, "--train", "--layers", "--memory")
+    assert result.exit_code == 0, result.output
+    tables = [line for line in result.stdout.splitlines() if line[:1] in "┏┃┡│└"]
+    assert tables and all(len(line) <= 80 for line in tables)
+    assert "…" not in result.stdout  # numbers are never cut
+    assert "left out to fit 80 columns" in result.stdout
 
 
 @pytest.mark.parametrize("args,message", [

@@ -24,6 +24,9 @@ from archcalc.cli.options import (
     input_override,
     load,
     out_console,
+    table_width,
+    use_bold,
+    write_grid,
 )
 from archcalc.core.errors import ArchcalcError
 
@@ -121,9 +124,10 @@ def profile(
     if fmt is TableOrJson.json:
         sys.stdout.write(profile_json(results) + "\n")
         return
+    width = table_width()
+    for grid in profile_tables(results, width, use_bold()):
+        write_grid(grid, width)
     console = out_console()
-    for table in profile_tables(results):
-        console.print(table)
     for line in profile_notes(results):
         console.print(line, markup=False)
 

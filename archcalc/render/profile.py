@@ -6,8 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
+    from archcalc.render.grid import Grid
     from archcalc.torch.profile.results import BatchResult
     from archcalc.torch.profile.stats import Stats
 
@@ -89,44 +88,54 @@ def _spread(stats: Stats) -> tuple[str, str]:
     return f"{stats.p10 * 1e3:.3f}-{stats.p90 * 1e3:.3f}", f"{stats.rel_iqr:.1%}"
 
 
-def profile_tables(results: list[BatchResult]) -> list[Table]:
-    from rich.table import Table
-
+def profile_tables(results: list[BatchResult], width: int | None = None, bold: bool = False) -> list[Grid]:
+    """The summary (one row per point) and the per-layer tables, fitted to `width` (render.grid: numbers are
+    never cut; the least important columns are left out first, and the table says which)."""
     from archcalc.core.units import flops_rate, nbytes
+    from archcalc.render.grid import Column, layout
 
     first = results[0]
     mode = f"training step ({first.optimizer})" if first.train else "inference"
-    summary = Table(title=f"{first.spec} on {first.device_name} ({first.device}), {first.dtype}, {mode}",
-                    header_style="bold")
-    for col in ("batch", "threads", "median ms", "p10-p90 ms", "IQR/median", "samples", "samples/s", "FLOP rate",
-                "of peak", "peak memory", "predicted"):
-        summary.add_column(col, justify="right")
+    columns = [Column("batch", True), Column("threads", True, short="thr"), Column("median ms", True, short="med ms"),
+               Column("p10-p90 ms", True, short="p10-p90", drop=5), Column("IQR/median", True, short="IQR/med"),
+               Column("samples", True, short="n"), Column("samples/s", True, short="/s", drop=4),
+               Column("FLOP rate", True, short="FLOP/s", drop=3), Column("of peak", True, short="peak%", drop=6),
+               Column("peak memory", True, short="memory", drop=1), Column("predicted", True, short="pred", drop=2)]
+    cells = []
     for r in results:
         s = r.stats
         spread, rel = _spread(s)
-        summary.add_row(str(r.batch), str(r.threads), f"{s.median * 1e3:.3f}", spread,
-                        rel + ("" if r.stop == "converged" else " (budget)"), str(s.n), f"{r.throughput:,.1f}",
-                        flops_rate(r.achieved_flops), f"{r.fraction_of_peak:.1%}",
-                        nbytes(r.memory.measured) if r.memory.measured is not None else "-",
-                        nbytes(r.memory.predicted))
-    tables = [summary]
+        cells.append([str(r.batch), str(r.threads), f"{s.median * 1e3:.3f}", spread,
+                      rel + ("" if r.stop == "converged" else " (budget)"), str(s.n), f"{r.throughput:,.1f}",
+                      flops_rate(r.achieved_flops), f"{r.fraction_of_peak:.1%}",
+                      nbytes(r.memory.measured) if r.memory.measured is not None else "-",
+                      nbytes(r.memory.predicted)])
+    grids = [layout(f"{first.spec} on {first.device_name} ({first.device}), {first.dtype}, {mode}", columns, cells,
+                    width=width, bold=bold)]
     for r in results:
-        if not r.layers:
-            continue
-        t = Table(title=f"per layer, batch {r.batch}, {r.threads} thread{'s' if r.threads > 1 else ''}",
-                  header_style="bold")
-        columns = ["layer", "kind", "measured ms"] + (["fwd ms", "bwd ms"] if r.train else []) + \
-            ["predicted ms", "measured/predicted", "bound"]
-        for i, col in enumerate(columns):
-            t.add_column(col, justify="left" if i < 2 or col == "bound" else "right")
-        for lt in r.layers:
-            ratio = f"{lt.median_ms / lt.predicted_ms:.1f}x" if lt.predicted_ms > 0 else "-"
-            cells = [lt.name, lt.kind, f"{lt.median_ms:.3f}"]
-            if r.train:
-                cells += [f"{lt.forward_ms:.3f}", f"{lt.backward_ms or 0.0:.3f}"]
-            t.add_row(*cells, f"{lt.predicted_ms:.4f}", ratio, lt.bound)
-        tables.append(t)
-    return tables
+        if r.layers:
+            grids.append(_layers_grid(r, width, bold))
+    return grids
+
+
+def _layers_grid(r: BatchResult, width: int | None, bold: bool) -> Grid:
+    from archcalc.render.grid import Column, layout
+
+    columns = [Column("layer", wraps=True), Column("kind", drop=3), Column("measured ms", True, short="ms")]
+    if r.train:
+        columns += [Column("fwd ms", True, short="fwd", drop=2), Column("bwd ms", True, short="bwd", drop=2)]
+    columns += [Column("predicted ms", True, short="pred ms"), Column("measured/predicted", True, short="ratio"),
+                Column("bound", drop=1)]
+    cells = []
+    for lt in r.layers:
+        row = [lt.name, lt.kind, f"{lt.median_ms:.3f}"]
+        if r.train:
+            row += [f"{lt.forward_ms:.3f}", f"{lt.backward_ms or 0.0:.3f}"]
+        row += [f"{lt.predicted_ms:.4f}", f"{lt.median_ms / lt.predicted_ms:.1f}x" if lt.predicted_ms > 0 else "-",
+                lt.bound]
+        cells.append(row)
+    return layout(f"per layer, batch {r.batch}, {plural(r.threads, 'thread')}", columns, cells, width=width,
+                  bold=bold)
 
 
 def _costs(r: BatchResult) -> str:
