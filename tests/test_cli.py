@@ -126,6 +126,8 @@ def test_warnings_go_to_stderr_and_json_stays_clean(tmp_path) -> None:  # type: 
     result = runner.invoke(app, ["calc", str(path), "-f", "json"])
     assert result.exit_code == 0
     assert "213/4" in result.stderr
+    assert result.stderr.startswith(f"{path}:4:5: warning: conv1: ")  # FILE:LINE:COL: first, one line
+    assert len(result.stderr.splitlines()) == 1
     assert json.loads(result.stdout)["warnings"]
     strict = runner.invoke(app, ["calc", str(path), "--strict"])
     assert strict.exit_code == 2 and "213/4" in strict.stderr

@@ -75,11 +75,12 @@ def test_bad_spec_reports_location_and_exits_2(tmp_path, text, where, pattern) -
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     message = result.stderr.strip()
-    assert message.startswith(f"error: {path}:"), message
+    assert message.startswith(f"{path}:"), message  # FILE:LINE:COL: first, as editors and CI parsers expect
+    assert len(message.splitlines()) == 1, message
     if where is not None:
-        assert message.startswith(f"error: {path}:{where}: "), message
+        assert message.startswith(f"{path}:{where}: "), message
     else:
-        assert re.match(rf"error: {re.escape(str(path))}:\d+:\d+: ", message), message
+        assert re.match(rf"{re.escape(str(path))}:\d+:\d+: ", message), message
     assert re.search(pattern, message), message
     assert result.stdout == ""
 
@@ -87,6 +88,7 @@ def test_bad_spec_reports_location_and_exits_2(tmp_path, text, where, pattern) -
 def test_missing_file_and_unknown_bundled_name() -> None:
     result = runner.invoke(app, ["calc", "vgg16x"])
     assert result.exit_code == 2
+    assert result.stderr.startswith("error: ")  # no location to start the line with
     assert "no spec file or bundled spec named 'vgg16x'; did you mean 'vgg16'" in result.stderr
 
 

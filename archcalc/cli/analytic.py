@@ -20,10 +20,13 @@ from archcalc.cli.options import (
     FitOpt,
     Fmt,
     FmtOpt,
+    InputGradOpt,
     InputOpt,
     MaxLayersOpt,
     Optimizer,
     OptimizerOpt,
+    SavedFor,
+    SavedForOpt,
     SetOpt,
     SpecArg,
     check_amp,
@@ -59,6 +62,8 @@ def calc(
     amp: AmpOpt = None,
     fit: FitOpt = None,
     fit_for: FitForOpt = FitFor.training,
+    device: SavedForOpt = SavedFor.cuda,
+    input_requires_grad: InputGradOpt = False,
 ) -> None:
     """Per-layer shapes, parameters, MACs/FLOPs, memory and receptive field, with totals and training cost."""
     from archcalc.core.analyze import analyze
@@ -81,7 +86,8 @@ def calc(
         if batch == 0:
             err_console().print(fit_text[0], markup=False)
             raise typer.Exit(1)
-    report = analyze(spec_obj, batch, dtype.value, convention.value, shape, strict)
+    report = analyze(spec_obj, batch, dtype.value, convention.value, shape, strict, device=device.value,
+                     input_requires_grad=input_requires_grad)
     print_warnings(report)
     train_report = training_report(spec_obj, batch, dtype.value, amp_name, convention.value, shape) if amp else report
     flops = training_flops(report)

@@ -12,6 +12,7 @@ import typer
 
 from archcalc.cli.options import (
     RUN_F32,
+    InputGradOpt,
     RunDType,
     SetOpt,
     SpecArg,
@@ -47,6 +48,7 @@ def validate(
     fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="output format")] = TableOrJson.table,
     failed: Annotated[bool, typer.Option("--failed", help="show only the checks that disagree")] = False,
     set_: SetOpt = None,
+    input_requires_grad: InputGradOpt = False,
 ) -> None:
     """Build the model, run it on random input and check every analytic figure against what torch measures.
 
@@ -56,7 +58,8 @@ def validate(
     from archcalc.torch.validate import validate as run_validation
 
     spec_obj = load(spec, set_)
-    validation = run_validation(spec_obj, device.value, batch, dtype.value, input_override(input))
+    validation = run_validation(spec_obj, device.value, batch, dtype.value, input_override(input),
+                                input_requires_grad=input_requires_grad)
     if fmt is TableOrJson.json:
         sys.stdout.write(json.dumps(validation.as_dict(), indent=2) + "\n")
     else:

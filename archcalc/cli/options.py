@@ -46,6 +46,25 @@ class Convention(str, Enum):
     full = "full"
 
 
+class SavedFor(str, Enum):
+    """--device of the analytic commands: whose kernels the training saved-bytes figure follows."""
+
+    cuda = "cuda"
+    cpu = "cpu"
+
+
+SavedForOpt = Annotated[SavedFor, typer.Option(
+    "--device", help="whose kernels the training saved-bytes figure follows: float16/bfloat16 batch and layer norm "
+    "statistics are float32 on cuda, float16/bfloat16 on cpu; dropout keeps a bool mask on cuda, a noise tensor on "
+    "cpu")]
+
+
+InputGradOpt = Annotated[bool, typer.Option(
+    "--input-requires-grad", help="saved bytes with an input that needs a gradient (adversarial training, saliency "
+    "maps); by default the input batch needs none, as in a training step, and layers before the first trainable "
+    "one keep nothing")]
+
+
 def _dtype_enum(name: str, use: str) -> Any:
     from archcalc.core.conventions import dtypes
 
@@ -127,14 +146,18 @@ def err_console() -> Console:
 
 
 def handle_errors(fn: F) -> F:
-    """The one place user errors become a message on stderr and exit code 2 (no traceback)."""
+    """The one place user errors become a message on stderr and exit code 2 (no traceback).
+
+    A located error is one line that starts with FILE:LINE:COL: (as compilers write them, the form editors and CI
+    log parsers jump from); an error without a location says `error: `."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except ArchcalcError as exc:
-            err_console().print(f"error: {exc}", markup=False)
+            located = isinstance(exc, SpecError) and exc.loc is not None
+            err_console().print(str(exc) if located else f"error: {exc}", markup=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -206,8 +229,9 @@ def print_warnings(report: Any) -> None:
     if not report.warnings:
         return
     console = err_console()
-    for warning in report.warnings:
-        console.print(f"warning: {warning}", markup=False)
+    for w in report.warnings:  # FILE:LINE:COL: warning: ..., as compilers write them
+        text = f"{w.loc}: warning: {w.layer}: {w.message}" if w.loc else f"warning: {w}"
+        console.print(text, markup=False, soft_wrap=True)
 
 
 def write_text(text: str) -> None:

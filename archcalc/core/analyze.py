@@ -17,7 +17,7 @@ from archcalc.core.errors import Loc, SpecError, did_you_mean, paused_gc
 from archcalc.core.graph import Graph, Hold, Op, Tensor
 from archcalc.core.kinds import REGISTRY, Cost, LayerError, Shape
 from archcalc.core.kinds.base import numel
-from archcalc.core.memory import peak_inference_bytes, saved_training_bytes
+from archcalc.core.memory import SAVED_DEVICES, peak_inference_bytes, saved_training_bytes
 from archcalc.core.merges import MERGES, MergeOp
 from archcalc.core.spec import Layer, Merge, Parallel, Ref, Residual, Sequence, Spec, checked_input, input_warnings
 
@@ -93,14 +93,22 @@ class Report(NamedTuple):
 
 
 def analyze(spec: Spec, batch: int = 1, dtype: str = "float32", convention: str = "torch",
-            input_shape: Shape | None = None, strict: bool = False) -> Report:
+            input_shape: Shape | None = None, strict: bool = False, device: str = "cuda",
+            input_requires_grad: bool = False) -> Report:
+    """The training figures (saved bytes) follow one device's kernels, `device` 'cuda' or 'cpu' (batch and layer
+    norm keep float32 statistics for float16 input on CUDA, float16 on the CPU; dropout's mask), in a real training
+    step: the input batch needs no gradient, so autograd records from the first layer with trainable parameters on
+    (`input_requires_grad` for input-gradient work: adversarial training, saliency)."""
     with paused_gc():
-        return _analyze(spec, batch, dtype, convention, input_shape, strict)
+        return _analyze(spec, batch, dtype, convention, input_shape, strict, device, input_requires_grad)
 
 
-def _analyze(spec: Spec, batch: int, dtype: str, convention: str, input_shape: Shape | None, strict: bool) -> Report:
+def _analyze(spec: Spec, batch: int, dtype: str, convention: str, input_shape: Shape | None, strict: bool,
+             device: str, input_requires_grad: bool) -> Report:
     if convention not in CONVENTIONS:
         raise ValueError(f"unknown convention {convention}")
+    if device not in SAVED_DEVICES:
+        raise ValueError(f"unknown device {device}")
     engine = _Engine(spec, batch, DTYPES[dtype], CONVENTIONS[convention].pick, strict)
     inputs = list(spec.inputs) or []
     shapes = [inp.shape for inp in inputs] if inputs else [spec.input]
@@ -152,7 +160,7 @@ def _analyze(spec: Spec, batch: int, dtype: str, convention: str, input_shape: S
         param_bytes=params * itemsize,
         buffer_bytes=buffer_bytes,
         peak_bytes=peak_inference_bytes(graph, itemsize, batch) + params * itemsize + buffer_bytes,
-        saved_bytes=saved_training_bytes(graph, itemsize, batch),
+        saved_bytes=saved_training_bytes(graph, itemsize, batch, device, input_requires_grad),
         weight_layers=sum(1 for r in counted if r.leaf and r.module and REGISTRY[r.kind].weighted),
         output=graph.tensors[out_tensor].shape,
         rf=state.rf,

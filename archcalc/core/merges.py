@@ -20,10 +20,18 @@ def dims(shape: Shape) -> str:
 class MergeOp:
     name: ClassVar[str]
     doc: ClassVar[str]
-    saves_inputs: ClassVar[bool] = False  # a product keeps its factors for backward
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         raise NotImplementedError
+
+    def saved(self, shapes: Sequence[Shape], needs_grad: Sequence[bool]) -> tuple[tuple[int, ...], int]:
+        """What the merge keeps for backward in training, given which inputs need a gradient: the indices of the
+        inputs it keeps, and the elements per sample of intermediate tensors it keeps (in the activation dtype)."""
+        return (), 0
+
+    def transient(self, shapes: Sequence[Shape], out: Shape) -> tuple[tuple[int, int], ...]:
+        """Temporaries beside the output while the merge runs at inference, as Kind.transient."""
+        return ()
 
     def full(self, shapes: Sequence[Shape], out: Shape) -> int:
         """Arithmetic operations under the `full` convention: one per output element per extra input."""
@@ -66,7 +74,31 @@ class Add(MergeOp):
 class Mul(MergeOp):
     name = "mul"
     doc = "element-wise product with broadcasting (an axis of size 1 stretches, as squeeze-excitation's C x 1 x 1)"
-    saves_inputs = True
+
+    def saved(self, shapes: Sequence[Shape], needs_grad: Sequence[bool]) -> tuple[tuple[int, ...], int]:
+        # Built as ((x0 * x1) * x2) * ...: each multiply keeps its right factor for the left one's gradient and its
+        # left factor (x0, or a partial product: an intermediate tensor) for the right one's.
+        partial = self.intermediates(shapes)
+        kept: list[int] = []
+        elements = 0
+        left_grad = needs_grad[0]
+        for k in range(1, len(shapes)):
+            if left_grad:
+                kept.append(k)
+            if needs_grad[k]:
+                if k == 1:
+                    kept.append(0)
+                else:
+                    elements += numel(partial[k - 2])
+            left_grad = left_grad or needs_grad[k]
+        return tuple(kept), elements
+
+    def transient(self, shapes: Sequence[Shape], out: Shape) -> tuple[tuple[int, int], ...]:
+        # While a multiply runs, its left factor (the previous partial product) is alive beside its result; the last
+        # result is the output, which the liveness model already counts.
+        products = [*self.intermediates(shapes), out]
+        alive = max(numel(products[k]) + (numel(products[k - 1]) if k else 0) for k in range(len(products)))
+        return ((alive - numel(out), 0),) if alive > numel(out) else ()
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         out = list(shapes[0])

@@ -42,7 +42,10 @@ class AsymmetricPadConv(nn.Module):
 
 
 class PaddedPool(nn.Module):
-    """A pooling layer with asymmetric padding: pads with -inf (max) or zeros (avg), then pools unpadded."""
+    """A pooling layer with asymmetric padding: pads with -inf (max) or zeros (avg), then pools unpadded.
+
+    `pads` come from the kind's explicit_pads: with ceil_mode the after-padding may be cut so that no window starts
+    in it, as with symmetric padding."""
 
     def __init__(self, pool: nn.Module, pads: Pads, value: float) -> None:
         super().__init__()

@@ -170,7 +170,7 @@ def _maxpool(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
         return call(cls, kernel_size=k, stride=s, padding=tuple(p for p, _ in pads), dilation=d,
                     ceil_mode=a["ceil_mode"])
     inner = call(cls, kernel_size=k, stride=s, padding=0, dilation=d, ceil_mode=a["ceil_mode"])
-    return call(modules.PaddedPool, pool=inner, pads=tuple(tuple(p) for p in pads), value=float("-inf"))
+    return call(modules.PaddedPool, pool=inner, pads=kind.explicit_pads(a, inp), value=float("-inf"))
 
 
 @recipe("avgpool")
@@ -181,7 +181,7 @@ def _avgpool(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
         return call(cls, kernel_size=k, stride=s, padding=tuple(p for p, _ in pads), ceil_mode=a["ceil_mode"],
                     count_include_pad=a["count_include_pad"])
     inner = call(cls, kernel_size=k, stride=s, padding=0, ceil_mode=a["ceil_mode"])
-    return call(modules.PaddedPool, pool=inner, pads=tuple(tuple(p) for p in pads), value=0.0)
+    return call(modules.PaddedPool, pool=inner, pads=kind.explicit_pads(a, inp), value=0.0)
 
 
 _ADAPTIVE = {

@@ -9,7 +9,8 @@ What is measured, and by what:
   macs              torch.utils.flop_counter.FlopCounterMode (2 FLOPs per MAC of conv / linear), per module fqn / 2
   fvcore_flops      fvcore.nn.FlopCountAnalysis in eval mode, .by_module() and .total()
   activation_bytes  numel * element_size of every output tensor the hooks see
-  saved_bytes       torch.autograd.graph.saved_tensors_hooks during one training-mode forward: the bytes of every
+  saved_bytes       torch.autograd.graph.saved_tensors_hooks during one training-mode forward of a real training
+                    step (the input batch needs no gradient, unless input_requires_grad): the bytes of every
                     tensor autograd packs, de-duplicated by untyped storage, parameters and buffers excluded
   training_flops    FlopCounterMode around one training step (train-mode forward, backward of the output's sum,
                     the input needing no gradient), per module fqn: forward + grad input + grad weight
@@ -110,21 +111,23 @@ class Validation:
 
 
 def validate(spec: Spec, device: str = "cpu", batch: int = 1, dtype: str = "float32",
-             input_shape: Shape | None = None, seed: int = 0) -> Validation:
+             input_shape: Shape | None = None, seed: int = 0, input_requires_grad: bool = False) -> Validation:
     """Analyze `spec`, build and run its module on `device`, and compare every figure."""
     if device not in DEVICES:
         raise ArchcalcError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
     if dtype not in DTYPES:
         raise ArchcalcError(f"--dtype {dtype} cannot run a model; use one of {', '.join(DTYPES)}")
     # One analysis gives both: rows carry MACs always and FLOPs under the convention asked for.
-    report = analyze(spec, batch, dtype, "fvcore", input_shape)
-    return compare(report, measure(report, device, seed))
+    # Saved tensors follow the kernels of the device that runs (meta: no saved-bytes check).
+    report = analyze(spec, batch, dtype, "fvcore", input_shape, device="cpu" if device == "cpu" else "cuda",
+                     input_requires_grad=input_requires_grad)
+    return compare(report, measure(report, device, seed, input_requires_grad))
 
 
 # ---- measurement --------------------------------------------------------------------------------------------------
 
 
-def measure(report: Report, device: str = "cpu", seed: int = 0) -> Measurement:
+def measure(report: Report, device: str = "cpu", seed: int = 0, input_requires_grad: bool = False) -> Measurement:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -184,7 +187,7 @@ def measure(report: Report, device: str = "cpu", seed: int = 0) -> Measurement:
     if device == "meta":
         notes.append("saved_bytes: not checked on the meta device (meta tensors have no storage to de-duplicate)")
     else:
-        saved, saved_notes = _saved_bytes(model, xs)
+        saved, saved_notes = _saved_run(model, xs, input_requires_grad)
         notes.extend(saved_notes)
     train_flops, total_train, train_notes = _training_flops(model, xs, list(leaves))
     notes.extend(train_notes)
@@ -285,36 +288,7 @@ def _fvcore(model: Any, x: Any, leaves: list[str]) -> tuple[dict[str, int], int,
     return {name: int(by_module.get(name, 0)) for name in leaves}, total, notes
 
 
-def _saved_bytes(model: Any, x: Any) -> tuple[int | None, list[str]]:
-    """Saved-tensor bytes of one training-mode forward, as on CUDA.
-
-    nn.Dropout is the one module whose autograd state depends on the device: CUDA runs the fused
-    torch.native_dropout (it keeps a bool mask, 1 byte per element, archcalc's rule) while the CPU runs a
-    composite that keeps a float noise tensor (itemsize bytes per element). Off CUDA the check runs dropout
-    through torch.native_dropout, and a note gives what the device's own dropout keeps.
-    """
-    import torch
-
-    dropouts = [m for m in model.modules() if type(m) is torch.nn.Dropout and m.p > 0]
-    if not dropouts or x[0].is_cuda:
-        return _saved_run(model, x)
-    native, notes = _saved_run(model, x)
-    if native is None:
-        return native, notes
-    for m in dropouts:
-        m.forward = lambda t, p=m.p: torch.native_dropout(t, p, True)[0]  # type: ignore[method-assign,misc]
-    try:
-        fused, _ = _saved_run(model, x)
-    finally:
-        for m in dropouts:
-            del m.forward
-    notes.append(f"saved_bytes: on {x[0].device.type}, nn.Dropout keeps a {x[0].dtype} noise tensor (the forward saves "
-                 f"{native:,} bytes); CUDA's fused kernel, which archcalc predicts, keeps a bool mask: checked with "
-                 f"dropout run as torch.native_dropout ({fused:,} bytes)")
-    return fused, notes
-
-
-def _saved_run(model: Any, x: Any) -> tuple[int | None, list[str]]:
+def _saved_run(model: Any, x: Any, input_requires_grad: bool) -> tuple[int | None, list[str]]:
     import torch
 
     exclude = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
@@ -330,7 +304,7 @@ def _saved_run(model: Any, x: Any) -> tuple[int | None, list[str]]:
         return t
 
     model.train()
-    inp = [t.detach().clone().requires_grad_(True) for t in x]
+    inp = [t.detach().clone().requires_grad_(input_requires_grad) for t in x]
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             model(*inp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
-from archcalc.core.kinds.base import Arg, Cost, Example, Kind, LayerError, Saved, Shape, numel, register
+from archcalc.core.kinds.base import MASK, Arg, Cost, Example, Kind, LayerError, Saved, Shape, numel, register
 
 _EXAMPLES = (Example((16, 8, 8)), Example((10,)), Example((4, 12)))
 
@@ -189,7 +189,8 @@ class Dropout(_Elementwise):
         return inp
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
-        return Saved(extra=((numel(inp), 1),)) if a["p"] > 0 else Saved()  # the boolean keep-mask
+        # CUDA's fused native_dropout keeps a bool keep-mask; the CPU's composite keeps its float noise (MASK).
+        return Saved(extra=((numel(inp), MASK),)) if a["p"] > 0 else Saved()
 
     def alias_in_training(self, a: Mapping[str, Any]) -> bool:
         return a["p"] == 0  # in training it writes a new, masked tensor

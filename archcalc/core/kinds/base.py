@@ -74,15 +74,49 @@ class RFStep(NamedTuple):
     whole: bool = False
 
 
+# Item sizes in Saved.extra / Saved.per_batch and Kind.transient: a positive number is bytes per element; these
+# codes stand for a dtype that depends on the activation dtype and the device (see `itemsize_for`).
+ACTIVATION = 0  # the activation dtype
+STATISTICS = -1  # batch / layer norm's saved mean and 1/std: the activation dtype on the CPU; on CUDA float32 or wider
+MASK = -2  # dropout's keep-mask: a bool mask on CUDA (fused native_dropout); the CPU's composite keeps a float noise
+
+
+def itemsize_for(code: int, itemsize: int, device: str) -> int:
+    """Bytes per element of a saved or temporary tensor whose size is given as `code` (bytes, or one of the codes
+    above), for activations of `itemsize` bytes on `device` ('cuda' or 'cpu'), the model cast as a whole.
+
+    STATISTICS, from the kernels' source (PyTorch 2.x): on the CPU, batch_norm_cpu_update_stats_template,
+    layer_norm_cpu and native_group_norm allocate the statistics in the parameters' dtype (`param_scalar_type`:
+    the input's own dtype unless the parameters are float32 and the input reduced); on CUDA, batch_norm_cuda and
+    layer_norm_cuda allocate them in the accumulate type (`toAccumulateType(dtype, is_cuda=true)`: float32 for
+    float16/bfloat16, the dtype itself for float32/float64), and cudnn_batch_norm (float32/float64 inputs) in the
+    weight's dtype, which is the same. Group norm's native_group_norm is shared by both devices (ACTIVATION).
+    """
+    if code > 0:
+        return code
+    if code == ACTIVATION:
+        return itemsize
+    if code == STATISTICS:
+        return max(itemsize, 4) if device == "cuda" else itemsize
+    if code == MASK:
+        return 1 if device == "cuda" else itemsize
+    raise ValueError(f"unknown item-size code {code}")
+
+
 class Saved(NamedTuple):
-    """Tensors autograd saves for backward: the layer's input and/or output (shared with neighbours, so the
-    engine de-duplicates them by tensor), plus extra tensors of its own as (elements per sample, itemsize), where
-    itemsize 0 means the activation dtype (e.g. max-pool indices are (out elements, 8): int64)."""
+    """Tensors autograd saves for backward when the layer's node is recorded (its input or its parameters need a
+    gradient): the layer's input and/or output (shared with neighbours, so the engine de-duplicates them by tensor),
+    plus extra tensors of its own as (elements per sample, itemsize), itemsize in bytes or a code above (e.g.
+    max-pool indices are (out elements, 8): int64).
+
+    `input_for_params`: the input is kept only for the parameters' gradient, so a frozen layer does not keep it
+    (linear: addmm/mm keep mat1 only when mat2, the weight, needs a gradient)."""
 
     input: bool = False
     output: bool = False
     extra: tuple[tuple[int, int], ...] = ()
     per_batch: tuple[tuple[int, int], ...] = ()  # extras not multiplied by batch (e.g. BN's per-channel stats)
+    input_for_params: bool = False
 
 
 class Example(NamedTuple):
@@ -257,7 +291,12 @@ def window_output(kind: str, sizes: Sequence[int], kernels: Sequence[int], strid
     """Output size of a sliding window per axis: floor((W - F_eff + P_before + P_after) / S) + 1.
 
     F_eff = D * (F - 1) + 1 (PyTorch's Conv2d/MaxPool2d docs). With ceil_mode the division rounds up, but a
-    window that would start in the right padding is dropped (PyTorch's MaxPool2d rule).
+    window that would start in the right padding is dropped, and the window may reach past the padded input
+    (PyTorch's pooling_output_shape, aten/src/ATen/native/Pool.h: ceil mode adds S - 1 before a floor division,
+    then drops the last window when (out - 1) * S >= W + P_before; only an output below 1 is an error. ONNX's
+    MaxPool states the same rule for [before, after] pads, where more than one window can start in a large
+    after-padding: all of them are dropped). So a kernel larger than the padded input is an error
+    in floor mode but gives one window in ceil mode (kernel 2 on one position: output 1, as torch returns).
 
     Warns when (W - F + 2P)/S is not an integer and the windows leave real input positions at the end uncovered
     (not when only padding is dropped, nor for kernels smaller than the stride, which skip positions by design).
@@ -267,22 +306,22 @@ def window_output(kind: str, sizes: Sequence[int], kernels: Sequence[int], strid
     for axis, (w, k, s, (p0, p1), d) in enumerate(zip(sizes, kernels, strides, pads, dilations)):
         keff = d * (k - 1) + 1
         span = w + p0 + p1 - keff
-        if span < 0:
+        if ceil_mode:
+            # ceil(span / S) + 1 windows, but none that starts in the after-padding: starts i * S < W + P_before.
+            # With PyTorch's padding limit (half the kernel) at most the last one does, and torch drops just that.
+            o = min(-(-span // s) + 1, -(-(w + p0) // s))
+        else:
+            o = span // s + 1
+        if o < 1:  # floor mode: the kernel is larger than the padded input (span < 0); ceil mode: span <= -S
             raise LayerError(f"{kind} kernel {keff}{' (dilated)' if d > 1 else ''} is larger than the padded "
                              f"input {w + p0 + p1} on axis {AXIS_NAMES[len(sizes)][axis]}; use a smaller kernel or "
                              "more padding")
-        if ceil_mode:
-            o = -(-span // s) + 1
-            if (o - 1) * s >= w + p0:
-                o -= 1
-        else:
-            o = span // s + 1
-            missed = span % s - p1
-            if missed > 0 and keff >= s:
-                padded = f"2*{p0}" if p0 == p1 else f"{p0}+{p1}"
-                text = (f"(W - F + 2P)/S = ({w} - {keff} + {padded})/{s} = {span}/{s} is not an integer: PyTorch "
-                        f"floors it to an output of {o} and the last {missed} input position(s) are never covered")
-                notes.setdefault(text, []).append(AXIS_NAMES[len(sizes)][axis])
+        missed = span % s - p1
+        if not ceil_mode and missed > 0 and keff >= s:
+            padded = f"2*{p0}" if p0 == p1 else f"{p0}+{p1}"
+            text = (f"(W - F + 2P)/S = ({w} - {keff} + {padded})/{s} = {span}/{s} is not an integer: PyTorch "
+                    f"floors it to an output of {o} and the last {missed} input position(s) are never covered")
+            notes.setdefault(text, []).append(AXIS_NAMES[len(sizes)][axis])
         out.append(o)
     for text, axes in notes.items():
         warn(f"on {'/'.join(axes)}: {text}")

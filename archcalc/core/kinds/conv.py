@@ -90,13 +90,24 @@ class Conv(Kind):
         k, s, d, _ = self.geometry(a, inp)
         return [RFStep(di * (ki - 1) + 1, si) for ki, si, di in zip(k, s, d)]
 
-    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
-        # The convolution keeps its input for the weight gradient. With asymmetric padding the input is first
-        # padded (F.pad keeps nothing: its backward is a slice), so what is kept is the padded copy.
+    def padded_copy(self, a: Mapping[str, Any], inp: Shape) -> int:
+        """Elements per sample of the explicitly padded input (asymmetric padding); 0 for symmetric padding."""
         _, _, _, pads = self.geometry(a, inp)
         if all(p0 == p1 for p0, p1 in pads):
-            return Saved(input=True)
-        return Saved(extra=((inp[0] * math.prod(w + p0 + p1 for w, (p0, p1) in zip(inp[1:], pads)), 0),))
+            return 0
+        return inp[0] * math.prod(w + p0 + p1 for w, (p0, p1) in zip(inp[1:], pads))
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # With asymmetric padding F.pad's copy is alive while the convolution runs (measured with torch.profiler).
+        padded = self.padded_copy(a, inp)
+        return ((padded, 0),) if padded else ()
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # The convolution keeps its input (convolution_backward takes input and weight whichever gradient is
+        # wanted, so a frozen conv keeps it too). With asymmetric padding the input is first padded (F.pad keeps
+        # nothing: its backward is a slice), so what is kept is the padded copy.
+        padded = self.padded_copy(a, inp)
+        return Saved(extra=((padded, 0),)) if padded else Saved(input=True)
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         k, s, d, pads = self.geometry(a, inp)

@@ -40,7 +40,9 @@ class Linear(Kind):
         return [RFStep(whole=True) for _ in inp[1:]]
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
-        return Saved(input=True)
+        # addmm / mm keep mat1 (the input) only for mat2's (the weight's) gradient, and mat2 (a view of the weight,
+        # a parameter) for the input's: a frozen linear layer keeps nothing of its own.
+        return Saved(input_for_params=True)
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         return f"{numel(inp)} -> {a['out_features']}"

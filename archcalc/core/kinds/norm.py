@@ -5,7 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from archcalc.core.kinds.base import Arg, Cost, Example, Kind, LayerError, Saved, Shape, numel, register
+from archcalc.core.kinds.base import (
+    ACTIVATION,
+    STATISTICS,
+    Arg,
+    Cost,
+    Example,
+    Kind,
+    LayerError,
+    Saved,
+    Shape,
+    numel,
+    register,
+)
 
 
 @register
@@ -15,8 +27,11 @@ class BatchNorm(Kind):
     prefix = "bn"
     doc = ("Batch normalization (nn.BatchNorm1d/2d/3d by input rank). Params 2C (affine); buffers running_mean and "
            "running_var (2C) and num_batches_tracked (one int64). fvcore (eval mode) counts 2 flops per element "
-           "with affine, 1 without.")
-    full_rule = "4 per element with affine ((x - mean) * inv_std * gamma + beta), 2 without"
+           "with affine, 1 without; without running statistics (track_running_stats: false) the layer normalizes "
+           "with batch statistics even in eval mode, and fvcore counts that op as in training: 5 per element "
+           "with affine, 4 without.")
+    full_rule = ("4 per element with affine ((x - mean) * inv_std * gamma + beta), 2 without; with batch "
+                 "statistics (track_running_stats: false) 5 with affine, 4 without, as for layer norm")
     args = (
         Arg("eps", "float", 1e-5, "added to the variance", minimum=0),
         Arg("momentum", "float", 0.1, "running-statistics momentum", minimum=0),
@@ -34,12 +49,19 @@ class BatchNorm(Kind):
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         c = inp[0]
         track = a["track_running_stats"]
+        # fvcore's batchnorm_flop_jit: aten::batch_norm's `training` argument, which nn.BatchNorm sets when it has
+        # no running statistics, selects the training formula (norm_flop_counter: 5 or 4 per element).
+        if track:
+            per = (2, 4) if a["affine"] else (1, 2)
+        else:
+            per = (5, 5) if a["affine"] else (4, 4)
         return Cost(params=2 * c if a["affine"] else 0, buffers=2 * c if track else 0, int_buffers=1 if track else 0,
-                    fvcore=numel(inp) * (2 if a["affine"] else 1), full=numel(inp) * (4 if a["affine"] else 2))
+                    fvcore=numel(inp) * per[0], full=numel(inp) * per[1])
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
-        # native_batch_norm keeps the input plus the batch mean and inverse std (one float32 per channel each).
-        return Saved(input=True, per_batch=((2 * inp[0], 4),))
+        # native_batch_norm keeps the input plus the batch mean and inverse std, one per channel each, in the
+        # statistics dtype of the device (see base.itemsize_for).
+        return Saved(input=True, per_batch=((2 * inp[0], STATISTICS),))
 
 
 
@@ -80,7 +102,7 @@ class LayerNorm(Kind):
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         groups = numel(inp) // numel(self.norm_shape(a, inp))
-        return Saved(input=True, extra=((2 * groups, 4),))
+        return Saved(input=True, extra=((2 * groups, STATISTICS),))  # mean and 1/std per normalized group
 
 
 
@@ -108,7 +130,8 @@ class GroupNorm(Kind):
         return Cost(params=2 * inp[0] if a["affine"] else 0, fvcore=numel(inp) * per, full=numel(inp) * per)
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
-        return Saved(input=True, extra=((2 * a["num_groups"], 4),))
+        # native_group_norm (shared by CPU and CUDA) keeps mean and 1/std per group in the input's dtype.
+        return Saved(input=True, extra=((2 * a["num_groups"], ACTIVATION),))
 
 
 
@@ -139,9 +162,12 @@ class LRN(Kind):
         return Cost(full=numel(inp) * (2 * a["size"] + 3))
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
-        # F.local_response_norm is a composite: at its peak the squared-and-padded sum and its scaled power are
-        # alive beside the output, two input-sized temporaries (measured with torch.profiler's memory events).
-        return ((2 * numel(inp), 0),)
+        # F.local_response_norm is a composite (x*x, pad, avg_pool, mul/add/pow, x/div). Beside the output the most
+        # alive at once is the larger of: the squares and their channel-padded copy (C + size - 1 channels) while
+        # the pad runs, or the pooled sum and two of its scaled/powered successors (two input-sized temporaries
+        # beside the output; measured with torch.profiler's memory events). The padded copy wins when C < size - 1.
+        c, rest = inp[0], numel(inp[1:])
+        return ((max(2 * numel(inp), (c + a["size"] - 1) * rest), 0),)
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # F.local_response_norm is composed of ops: x*x, pad, avg_pool, mul/add/pow, x/div. Autograd keeps the input,

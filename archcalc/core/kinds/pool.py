@@ -8,6 +8,7 @@ from fractions import Fraction
 from typing import Any, ClassVar
 
 from archcalc.core.kinds.base import (
+    AXIS_NAMES,
     Arg,
     Cost,
     Example,
@@ -36,11 +37,45 @@ _WINDOW = (
 )
 
 
+def _ignore(message: str) -> None:
+    pass
+
+
 class _WindowPool(Kind):
 
     def geometry(self, a: Mapping[str, Any], inp: Shape) -> tuple[Any, ...]:
         stride = a["stride"] if a["stride"] is not None else a["kernel_size"]
         return window_geometry(self.name, inp, a["kernel_size"], stride, a.get("dilation", 1), a["padding"])
+
+    def explicit_pads(self, a: Mapping[str, Any], inp: Shape) -> tuple[tuple[int, int], ...] | None:
+        """The (before, after) padding applied with F.pad before an unpadded pooling op, for asymmetric padding
+        (PyTorch's pooling ops take one padding per axis); None for symmetric padding, which the op applies itself.
+
+        The semantics are those of symmetric padding (and of ONNX's [before, after] pads): with ceil_mode a window
+        that starts in the after-padding is dropped. The unpadded op in ceil mode would keep such a window (to it,
+        the padding is input), so where it would produce more windows the after-padding is cut to end at the last
+        kept window: max((out - 1) * S + F_eff - W - P_before, 0). The windows kept are the same, and so are their
+        values (with no after-padding left, torch's own ceil rule drops the one window that would start past the
+        input).
+        """
+        k, s, d, pads = self.geometry(a, inp)
+        if all(p0 == p1 for p0, p1 in pads):
+            return None
+        out = window_output(self.name, inp[1:], k, s, pads, d, _ignore, a["ceil_mode"])
+        result = []
+        for w, ki, si, di, (p0, p1), o in zip(inp[1:], k, s, d, pads, out):
+            keff = di * (ki - 1) + 1
+            (unpadded,) = window_output(self.name, (w + p0 + p1,), (ki,), (si,), ((0, 0),), (di,), _ignore,
+                                        a["ceil_mode"])
+            result.append((p0, max((o - 1) * si + keff - w - p0, 0) if unpadded > o else p1))
+        return tuple(result)
+
+    def padded_copy(self, a: Mapping[str, Any], inp: Shape) -> int:
+        """Elements per sample of the explicitly padded input (0 with symmetric padding)."""
+        pads = self.explicit_pads(a, inp)
+        if pads is None:
+            return 0
+        return inp[0] * math.prod(w + p0 + p1 for w, (p0, p1) in zip(inp[1:], pads))
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         k, s, d, pads = self.geometry(a, inp)
@@ -88,15 +123,18 @@ class MaxPool(_WindowPool):
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # 2-D and 3-D max pooling run max_pool*d_with_indices even under no_grad: the int64 indices are allocated
-        # and dropped (measured with torch.profiler's memory events); max_pool1d has a kernel without them.
-        return ((numel(out), 8),) if len(inp) > 2 else ()
+        # and dropped (measured with torch.profiler's memory events); max_pool1d has a kernel without them. With
+        # asymmetric padding the padded copy is alive while the op runs.
+        indices = ((numel(out), 8),) if len(inp) > 2 else ()
+        padded = self.padded_copy(a, inp)
+        return (((padded, 0),) if padded else ()) + indices
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
-        # max_pool*_with_indices keeps its input and the int64 argmax indices.
-        _, _, _, pads = self.geometry(a, inp)
-        if all(p0 == p1 for p0, p1 in pads):
+        # max_pool*_with_indices keeps its input and the int64 argmax indices; with asymmetric padding its input
+        # is the padded copy (F.pad keeps nothing: its backward is a slice).
+        padded = self.padded_copy(a, inp)
+        if not padded:
             return Saved(input=True, extra=((numel(out), 8),))
-        padded = inp[0] * math.prod(w + p0 + p1 for w, (p0, p1) in zip(inp[1:], pads))
         return Saved(extra=((padded, 0), (numel(out), 8)))
 
 
@@ -119,20 +157,34 @@ class AvgPool(_WindowPool):
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
-        _, _, _, pads = self.geometry(a, inp)
+        k, _, _, pads = self.geometry(a, inp)
         if not all(p0 == p1 for p0, p1 in pads) and not a["count_include_pad"]:
             raise LayerError("avgpool with asymmetric padding supports only count_include_pad: true")
-        return super().output(a, inp, warn)
+        out = super().output(a, inp, warn)
+        if len(inp) == 4:
+            # avg_pool3d alone checks the input it is given against the kernel (pool3d_shape_check with
+            # check_input_size, aten/src/ATen/native/Pool.h: "input image ... smaller than kernel size"); it is
+            # given the unpadded input, or the explicitly padded copy for asymmetric padding.
+            explicit = self.explicit_pads(a, inp)
+            seen = [w + p0 + p1 for w, (p0, p1) in zip(inp[1:], explicit)] if explicit else list(inp[1:])
+            small = [f"{name} {w} < {ki}" for name, w, ki in zip(AXIS_NAMES[3], seen, k) if w < ki]
+            if small:
+                raise LayerError(f"3-D avgpool needs an input at least as large as the kernel on every axis "
+                                 f"(PyTorch's avg_pool3d refuses a smaller one even with padding or ceil_mode): "
+                                 f"{', '.join(small)}")
+        return out
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         k = per_axis(a["kernel_size"], len(inp) - 1, "kernel_size")
         return Cost(full=numel(out) * math.prod(k))
 
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        padded = self.padded_copy(a, inp)  # asymmetric padding: the padded copy is alive while the op runs
+        return ((padded, 0),) if padded else ()
+
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
-        _, _, _, pads = self.geometry(a, inp)
-        if all(p0 == p1 for p0, p1 in pads):
-            return Saved(input=True)
-        return Saved(extra=((inp[0] * math.prod(w + p0 + p1 for w, (p0, p1) in zip(inp[1:], pads)), 0),))
+        padded = self.padded_copy(a, inp)
+        return Saved(extra=((padded, 0),)) if padded else Saved(input=True)
 
 
 

@@ -1,0 +1,189 @@
+"""The disagreements with PyTorch that an independent audit found (issues 16 and 17), each as its minimal spec
+checked against a reference module written here from plain torch.nn (not archcalc's builder)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from measure import fvcore_total, peak_bytes, saved_bytes
+from torch import nn
+from typer.testing import CliRunner
+
+from archcalc.cli.app import app
+from archcalc.core.analyze import analyze
+from archcalc.core.errors import SpecError
+from archcalc.core.spec import load_spec
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def spec(write_spec, body: str, input_: str):  # type: ignore[no-untyped-def]
+    return load_spec(write_spec(f"name: t\ninput: {input_}\nlayers:\n{body}"))
+
+
+def predicted_peak(report) -> int:  # type: ignore[no-untyped-def]
+    """The inference peak beyond the input, parameters and buffers (what the profiler sees the forward add)."""
+    t = report.totals
+    return t.peak_bytes - t.param_bytes - t.buffer_bytes - report.batch * report.itemsize * _numel(report.input)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+# ---- issue 16 --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_fvcore_batchnorm_without_running_stats(write_spec, affine: bool) -> None:  # type: ignore[no-untyped-def]
+    # Without running statistics the layer normalizes with batch statistics in eval mode too; fvcore counts the
+    # training-mode op: 5 per element with affine, 4 without (2 elements: 10 or 8).
+    s = spec(write_spec, f"  - batchnorm: {{track_running_stats: false, affine: {str(affine).lower()}}}\n",
+             "[1, 1, 2]")
+    reference = nn.BatchNorm1d(1, track_running_stats=False, affine=affine)
+    assert analyze(s, convention="fvcore").totals.flops == fvcore_total(reference, torch.randn(1, 1, 2))
+
+
+def test_saved_bytes_of_a_frozen_linear(write_spec) -> None:  # type: ignore[no-untyped-def]
+    # addmm keeps its input only for the weight's gradient: a frozen linear keeps nothing, even when its input
+    # needs a gradient.
+    s = spec(write_spec, "  - linear: {out_features: 1, trainable: false}\n", "[1, 1]")
+    reference = nn.Linear(1, 1).requires_grad_(False)
+    measured = saved_bytes(reference, torch.randn(1, 1, requires_grad=True))
+    assert analyze(s).totals.saved_bytes == measured == 0
+
+
+def test_saved_bytes_of_a_frozen_linear_mid_network(write_spec) -> None:  # type: ignore[no-untyped-def]
+    s = spec(write_spec, "  - conv: {out: 2, kernel: 1}\n  - relu\n  - linear: {out: 3, trainable: false}\n",
+             "[2, 4, 4]")
+    reference = nn.Sequential(nn.Conv2d(2, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3).requires_grad_(False))
+    x = torch.randn(2, 2, 4, 4)
+    # The conv keeps the input (its weight needs a gradient), the ReLU its output; the frozen linear nothing.
+    assert analyze(s, batch=2).totals.saved_bytes == saved_bytes(reference, x) == (2 * 32 + 2 * 32) * 4
+
+
+NORMS = {
+    "batchnorm": lambda: nn.BatchNorm2d(3),
+    "batchnorm: {track_running_stats: false}": lambda: nn.BatchNorm2d(3, track_running_stats=False),
+    "layernorm": lambda: nn.LayerNorm([3, 2, 2]),
+    "groupnorm: {num_groups: 3}": lambda: nn.GroupNorm(3, 3),
+}
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+@pytest.mark.parametrize("layer", sorted(NORMS))
+def test_normalization_statistics_on_the_cpu(write_spec, layer: str, dtype: str) -> None:  # type: ignore[no-untyped-def]
+    # On the CPU batch, layer and group norm keep mean and 1/std in the input's dtype (float16 included).
+    s = spec(write_spec, f"  - {layer}\n", "[3, 2, 2]")
+    reference = NORMS[layer]().to(DTYPES[dtype])
+    x = torch.randn(2, 3, 2, 2, dtype=DTYPES[dtype])
+    assert analyze(s, batch=2, dtype=dtype, device="cpu").totals.saved_bytes == saved_bytes(reference, x)
+
+
+@pytest.mark.parametrize(("layer", "statistics"), [("batchnorm", 2 * 3), ("layernorm", 2 * 2),
+                                                   ("groupnorm: {num_groups: 3}", 2 * 2 * 3)])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_normalization_statistics_on_cuda_follow_the_kernels(write_spec, layer: str, statistics: int,
+                                                             dtype: str) -> None:  # type: ignore[no-untyped-def]
+    # The rule read from the CUDA kernels: batch_norm_cuda and layer_norm_cuda allocate the statistics in the
+    # accumulate type (float32 for 16-bit inputs; cuDNN's batch norm uses the weight's dtype, the same for the
+    # float32/float64 inputs it takes), native_group_norm in the input's dtype. Input: 2 x 3 x 2 x 2 = 24 values.
+    s = spec(write_spec, f"  - {layer}\n", "[3, 2, 2]")
+    itemsize = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}[dtype]
+    stats_itemsize = itemsize if layer.startswith("groupnorm") else max(itemsize, 4)
+    expected = 24 * itemsize + statistics * stats_itemsize
+    assert analyze(s, batch=2, dtype=dtype, device="cuda").totals.saved_bytes == expected
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("layer", sorted(NORMS))
+def test_normalization_statistics_measured_on_cuda(write_spec, layer: str, dtype: str) -> None:  # type: ignore[no-untyped-def]
+    s = spec(write_spec, f"  - {layer}\n", "[3, 2, 2]")
+    reference = NORMS[layer]().to("cuda", DTYPES[dtype])
+    x = torch.randn(2, 3, 2, 2, dtype=DTYPES[dtype], device="cuda")
+    assert analyze(s, batch=2, dtype=dtype, device="cuda").totals.saved_bytes == saved_bytes(reference, x)
+
+
+def _pad_pool(pool: nn.Module, pads: tuple[int, ...], value: float) -> nn.Module:
+    class PadPool(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return pool(F.pad(x, pads, value=value))
+
+    return PadPool()
+
+
+def test_maxpool_before_after_padding_with_ceil_mode(write_spec, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # input 1x1, kernel 2, padding [0, 3] per axis, ceil_mode. Padded explicitly the input is 4x4 and ceil mode
+    # gives 2 windows per axis; the second starts at 2, in the after-padding, and is dropped (PyTorch's rule for
+    # symmetric padding, ONNX's for [before, after] pads): 1x1.
+    s = spec(write_spec, "  - maxpool: {kernel_size: 2, padding: [[0, 3], [0, 3]], ceil_mode: true}\n",
+             "[1, 1, 1]")
+    explicit = _pad_pool(nn.MaxPool2d(2, ceil_mode=True), (0, 3, 0, 3), float("-inf"))(torch.zeros(1, 1, 1, 1))
+    assert explicit.shape[2:] == (2, 2)  # what torch does with the padding as input
+    assert analyze(s).totals.output == (1, 1, 1) == (1, *explicit[:, :, :1, :1].shape[2:])
+    result = CliRunner().invoke(app, ["validate", str(s.path), "--batch", "2"])  # the built module agrees
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(("layer", "input_", "reference"), [
+    ("avgpool: {kernel: 2, ceil_mode: true}", (1, 1, 1), nn.AvgPool2d(2, ceil_mode=True)),
+    ("maxpool: {kernel: 4, stride: 2, ceil_mode: true}", (1, 3, 3), nn.MaxPool2d(4, 2, ceil_mode=True)),
+    ("avgpool: {kernel: 3, stride: 2, padding: 1, ceil_mode: true}", (2, 1, 4), nn.AvgPool2d(3, 2, 1,
+                                                                                           ceil_mode=True)),
+])
+def test_valid_ceil_mode_pooling_is_accepted(write_spec, layer: str, input_: tuple[int, ...],
+                                            reference: nn.Module) -> None:  # type: ignore[no-untyped-def]
+    s = spec(write_spec, f"  - {layer}\n", str(list(input_)))
+    assert analyze(s).totals.output == tuple(reference(torch.zeros(1, *input_)).shape[1:])
+
+
+def test_3d_avgpool_smaller_than_the_kernel_is_refused(write_spec) -> None:  # type: ignore[no-untyped-def]
+    s = spec(write_spec, "  - avgpool: {kernel: 4, padding: 1}\n", "[1, 4, 4, 2]")
+    with pytest.raises(RuntimeError, match="smaller than kernel size"):
+        nn.AvgPool3d(4, padding=1)(torch.zeros(1, 1, 4, 4, 2))
+    with pytest.raises(SpecError, match=r"W 2 < 4") as error:
+        analyze(s)
+    assert error.value.loc is not None and error.value.loc.line == 4
+    result = CliRunner().invoke(app, ["validate", str(s.path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+# ---- issue 17: the inference peak ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("layer", "input_", "reference"), [
+    # 1x1 kernels, so that the CPU convolution needs no im2col workspace of its own (see the README).
+    ("conv: {out_channels: 1, kernel_size: 1, padding: [[0, 1]]}", (1, 1),
+     lambda: nn.Sequential(nn.ZeroPad1d((0, 1)), nn.Conv1d(1, 1, 1))),
+    ("conv: {out_channels: 3, kernel_size: 1, padding: [[1, 0], [0, 2]]}", (2, 6, 6),
+     lambda: nn.Sequential(nn.ZeroPad2d((0, 2, 1, 0)), nn.Conv2d(2, 3, 1))),
+    ("avgpool: {kernel_size: 2, padding: [[0, 1], [1, 0]]}", (2, 5, 5),
+     lambda: _pad_pool(nn.AvgPool2d(2), (1, 0, 0, 1), 0.0)),
+    ("maxpool: {kernel_size: 3, stride: 2, padding: same}", (3, 6, 6),
+     lambda: _pad_pool(nn.MaxPool2d(3, 2), (0, 1, 0, 1), float("-inf"))),
+])
+def test_peak_counts_the_explicit_padding_copy(write_spec, layer: str, input_: tuple[int, ...],
+                                               reference) -> None:  # type: ignore[no-untyped-def]
+    s = spec(write_spec, f"  - {layer}\n", str(list(input_)))
+    model = reference().eval()
+    x = torch.randn(1, *input_)
+    assert predicted_peak(analyze(s)) == peak_bytes(lambda: model(x))
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, 5), (2, 5), (3, 3), (5, 5), (1, 2), (4, 7)])
+@pytest.mark.parametrize("spatial", [(1,), (3, 2)])
+def test_peak_of_lrn(write_spec, channels: int, size: int, spatial: tuple[int, ...]) -> None:  # type: ignore[no-untyped-def]
+    # With fewer channels than size - 1 the channel-padded squares outgrow two input-sized temporaries.
+    input_ = (channels, *spatial)
+    s = spec(write_spec, f"  - lrn: {{size: {size}}}\n", str(list(input_)))
+    model = nn.LocalResponseNorm(size).eval()
+    x = torch.randn(1, *input_)
+    measured = peak_bytes(lambda: model(x))
+    # F.local_response_norm also wraps one float64 scalar (8 bytes) in a tensor: a constant, not an activation.
+    assert 0 <= measured - predicted_peak(analyze(s)) <= 8
