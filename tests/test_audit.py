@@ -54,7 +54,7 @@ def test_saved_bytes_of_a_frozen_linear(write_spec) -> None:  # type: ignore[no-
     s = spec(write_spec, "  - linear: {out_features: 1, trainable: false}\n", "[1, 1]")
     reference = nn.Linear(1, 1).requires_grad_(False)
     measured = saved_bytes(reference, torch.randn(1, 1, requires_grad=True))
-    assert analyze(s).totals.saved_bytes == measured == 0
+    assert analyze(s, input_requires_grad=True).totals.saved_bytes == measured == 0
 
 
 def test_saved_bytes_of_a_frozen_linear_mid_network(write_spec) -> None:  # type: ignore[no-untyped-def]
@@ -154,7 +154,106 @@ def test_3d_avgpool_smaller_than_the_kernel_is_refused(write_spec) -> None:  # t
     assert result.exit_code == 2 and "Traceback" not in result.output
 
 
+class Product(nn.Module):
+    """((a * b) * c) of three branches, as written in PyTorch."""
+
+    def __init__(self, *branches: nn.Module) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b, c = (branch(x) for branch in self.branches)
+        return a * b * c
+
+
+@pytest.mark.parametrize("input_requires_grad", [True, False])
+def test_saved_bytes_of_a_three_way_product(write_spec, input_requires_grad: bool) -> None:  # type: ignore[no-untyped-def]
+    # (a * b) keeps a and b; (a * b) * c keeps c and the intermediate product a * b: 4 tensors of 75 values at
+    # batch 2 (2400 bytes) besides what relu / tanh / sigmoid keep (their outputs: the factors themselves). With an
+    # input that needs no gradient nothing is recorded at all.
+    s = spec(write_spec, "  - parallel: [[relu], [tanh], [sigmoid]]\n    merge: mul\n", "[3, 5, 5]")
+    x = torch.randn(2, 3, 5, 5, requires_grad=input_requires_grad)
+    measured = saved_bytes(Product(nn.ReLU(), nn.Tanh(), nn.Sigmoid()), x)
+    assert measured == (2400 if input_requires_grad else 0)
+    assert analyze(s, batch=2, input_requires_grad=input_requires_grad).totals.saved_bytes == measured
+
+
+def test_saved_bytes_of_a_product_with_one_trainable_factor(write_spec) -> None:  # type: ignore[no-untyped-def]
+    # Only the conv's output needs a gradient: x * conv(x) keeps x (for conv(x)'s gradient), not conv(x); the conv
+    # keeps its input, the same x.
+    s = spec(write_spec, "  - parallel: [[], [{conv: {out: 2, kernel: 1}}], [relu]]\n    merge: mul\n", "[2, 3, 3]")
+    reference = Product(nn.Identity(), nn.Conv2d(2, 2, 1), nn.ReLU())
+    x = torch.randn(2, 2, 3, 3)
+    assert analyze(s, batch=2).totals.saved_bytes == saved_bytes(reference, x)
+
+
+# ---- issue 17: saved bytes of a real training step -------------------------------------------------------------
+
+
+def test_gradient_flow_starts_at_the_first_trainable_layer(write_spec) -> None:  # type: ignore[no-untyped-def]
+    # maxpool -> relu -> conv on 3x8x8, batch 2: the input needs no gradient, so neither the pool nor the relu is
+    # recorded; the conv keeps its input (for its weight's gradient), 3x4x4 x 2 x 4 bytes = 384.
+    s = spec(write_spec, "  - maxpool: {kernel: 2}\n  - relu\n  - conv: {out: 4, kernel: 3, padding: 1}\n",
+             "[3, 8, 8]")
+    reference = nn.Sequential(nn.MaxPool2d(2), nn.ReLU(), nn.Conv2d(3, 4, 3, padding=1))
+    x = torch.randn(2, 3, 8, 8)
+    assert analyze(s, batch=2).totals.saved_bytes == saved_bytes(reference, x) == 384
+    # With an input that needs a gradient (adversarial training) the pool keeps its input and int64 indices and
+    # the relu its output: 1536 + 768 + 384 = 2688.
+    grad = saved_bytes(reference, x.clone().requires_grad_(True))
+    assert analyze(s, batch=2, input_requires_grad=True).totals.saved_bytes == grad == 2688
+
+
+@pytest.mark.parametrize("frozen", ["conv: {out: 3, kernel: 3, trainable: false}", "batchnorm: {trainable: false}",
+                                    "layernorm: {trainable: false}", "prelu: {trainable: false}",
+                                    "conv_transpose: {out: 3, kernel: 2, trainable: false}",
+                                    "bias: {trainable: false}", "groupnorm: {groups: 1, trainable: false}"])
+def test_a_frozen_prefix_keeps_nothing(write_spec, frozen: str) -> None:  # type: ignore[no-untyped-def]
+    s = spec(write_spec, f"  - {frozen}\n  - relu\n  - conv: {{out: 2, kernel: 1}}\n", "[3, 6, 6]")
+    first = {"conv": lambda: nn.Conv2d(3, 3, 3), "batchnorm": lambda: nn.BatchNorm2d(3),
+             "layernorm": lambda: nn.LayerNorm([3, 6, 6]), "prelu": lambda: nn.PReLU(),
+             "conv_transpose": lambda: nn.ConvTranspose2d(3, 3, 2), "groupnorm": lambda: nn.GroupNorm(1, 3)}
+    kind = frozen.split(":")[0]
+    if kind == "bias":
+        from archcalc.torch.modules import Bias  # x + b: plain torch, a parameter and an add
+        head: nn.Module = Bias((3, 1, 1))
+    else:
+        head = first[kind]()
+    out_size = {"conv": 4, "conv_transpose": 7}.get(kind, 6)
+    reference = nn.Sequential(head.requires_grad_(False), nn.ReLU(), nn.Conv2d(3, 2, 1))
+    x = torch.randn(2, 3, 6, 6)
+    measured = saved_bytes(reference, x)
+    assert measured == 2 * 3 * out_size * out_size * 4  # only the trainable conv's input (the relu's output)
+    assert analyze(s, batch=2).totals.saved_bytes == measured
+    assert (analyze(s, batch=2, input_requires_grad=True).totals.saved_bytes
+            == saved_bytes(reference, x.clone().requires_grad_(True)))
+
+
+def test_cli_input_requires_grad(write_spec) -> None:  # type: ignore[no-untyped-def]
+    path = write_spec("name: t\ninput: [3, 8, 8]\nlayers:\n  - maxpool: {kernel: 2}\n  - relu\n"
+                      "  - conv: {out: 4, kernel: 3, padding: 1}\n")
+    runner = CliRunner()
+    for extra, expected in (([], 384), (["--input-requires-grad"], 2688)):
+        calc = runner.invoke(app, ["calc", str(path), "-b", "2", "-f", "json", *extra])
+        assert calc.exit_code == 0, calc.output
+        import json
+
+        assert json.loads(calc.stdout)["totals"]["saved_activation_bytes"] == expected
+        check = runner.invoke(app, ["validate", str(path), "-b", "2", "-f", "json", *extra])
+        assert check.exit_code == 0, check.output
+        saved = [c for c in json.loads(check.stdout)["checks"] if c["quantity"] == "saved_bytes"]
+        assert saved and saved[0]["measured"] == expected
+
+
 # ---- issue 17: the inference peak ------------------------------------------------------------------------------
+
+
+def test_peak_of_a_three_way_product(write_spec) -> None:  # type: ignore[no-untyped-def]
+    # x * x * x: the running product x * x is alive while the second product is made.
+    s = spec(write_spec, "  - parallel: [[], [], []]\n    merge: mul\n", "[1, 1, 1]")
+    model = Product(nn.Identity(), nn.Identity(), nn.Identity())
+    x = torch.randn(1, 1, 1, 1)
+    assert predicted_peak(analyze(s)) == peak_bytes(lambda: model(x)) == 8
 
 
 @pytest.mark.parametrize(("layer", "input_", "reference"), [

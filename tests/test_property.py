@@ -32,16 +32,15 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
-from measure import fvcore_total, saved_bytes
+from measure import fvcore_total, peak_bytes, saved_bytes
 from torch.utils.flop_counter import FlopCounterMode
 
 from archcalc.core.analyze import analyze
 from archcalc.core.errors import SpecError
 from archcalc.core.spec import load_spec
 from archcalc.torch.build import build_module
-from archcalc.torch.profile.driver import cpu_peak_bytes
 
 CHANNELS = st.integers(1, 6)
 ASSERTED = ("output_shape", "params", "macs", "fvcore", "saved_bytes", "saved_bytes_input_grad")
@@ -225,19 +224,9 @@ def agreement(text: str, dtype: str, peak: bool = False) -> dict[str, tuple[Any,
     result["saved_bytes_input_grad"] = (grad_report.totals.saved_bytes,
                                         saved_bytes(model, x.clone().requires_grad_(True)))
     if peak:
-        with torch.no_grad():
-            model(x)  # one-off allocations (weight packing) out of the way
-            measured = cpu_peak_bytes(lambda: model(x))
+        measured = peak_bytes(lambda: model(x))
         result["peak"] = (t.peak_bytes - t.param_bytes - t.buffer_bytes - x.numel() * x.element_size(), measured)
     return result
-
-
-@pytest.fixture
-def one_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
@@ -245,12 +234,18 @@ def one_thread():  # type: ignore[no-untyped-def]
 @given(networks())
 def test_random_networks_match_torch(example: tuple[str, str]) -> None:
     text, dtype = example
-    for quantity, (predicted, measured) in agreement(text, dtype).items():
+    try:
+        checks = agreement(text, dtype)
+    except (RuntimeError, NotImplementedError) as exc:
+        if "not implemented for" not in str(exc):
+            raise
+        reject()  # the CPU has no kernel for this dtype (bfloat16 avg_pool3d): not archcalc's to predict
+    for quantity, (predicted, measured) in checks.items():
         assert predicted == measured, f"{quantity} ({dtype}): predicted {predicted}, measured {measured}\n{text}"
 
 
 @pytest.mark.long
-def test_long_run_agreement_counts(one_thread) -> None:  # type: ignore[no-untyped-def]
+def test_long_run_agreement_counts() -> None:
     """Thousands of networks; the tally per quantity is printed. Every asserted quantity must agree."""
     tally: Counter[tuple[str, str]] = Counter()
     first: dict[str, str] = {}

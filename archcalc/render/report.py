@@ -75,7 +75,7 @@ def summary_lines(report: Report) -> list[str]:
         f"FLOPs           {grouped(t.flops)} ({si(t.flops)}, convention '{report.convention}')",
         f"activations     {nbytes(t.activation_bytes)} (sum of all layer outputs, batch {report.batch})",
         f"inference peak  {nbytes(t.peak_bytes)} (most bytes alive at once under no_grad, parameters included)",
-        f"training saved  {nbytes(t.saved_bytes)} (activations autograd keeps for backward)",
+        f"training saved  {nbytes(t.saved_bytes)} (activations autograd keeps for backward in a training step)",
         f"output          {dims(t.output)}; receptive field {axes(t.rf)}, jump {axes(t.jump)}; "
         f"{t.weight_layers} weight layers",
     ]
