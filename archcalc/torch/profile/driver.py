@@ -127,7 +127,9 @@ def run_profile(spec: Spec, options: Options, progress: Progress | None = None,
     cuda = options.device == "cuda"
     timer = timer or (CudaTimer() if cuda else CpuTimer())
     probe = probe or (CudaMemory() if cuda else CpuMemory())
-    reports = {b: analyze(spec, b, options.dtype, "torch", options.input_shape) for b in options.batches}
+    # The training terms use saved bytes of a real step (the input batch needs no gradient) on this device's kernels.
+    reports = {b: analyze(spec, b, options.dtype, "torch", options.input_shape, device="cuda" if cuda else "cpu")
+               for b in options.batches}
     predicted = {b: predicted_memory(reports[b], options.train, options.optimizer).total for b in options.batches}
     available = probe.available()
     for b in options.batches:
