@@ -46,7 +46,7 @@ def fvcore_total(model: torch.nn.Module, x: torch.Tensor) -> int:
 def peak_bytes(fn: Callable[[], Any]) -> int:
     """The CPU inference peak beyond what exists before `fn` runs, from torch.profiler's memory events (after one
     warm-up call, so one-off allocations such as weight packing are out of the way), on one thread."""
-    from archcalc.torch.profile.driver import cpu_peak_bytes  # replays the profiler's events; no archcalc model
+    from archcalc.torch.profile.probes import cpu_peak_bytes  # replays the profiler's events; no archcalc model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
