@@ -20,6 +20,27 @@ def report_of(name_or_path: str, **kwargs: object) -> Report:
     return analyze(load_spec(path), **kwargs)  # type: ignore[arg-type]
 
 
+def load_text(text: str, name: str = "random.yaml"):  # type: ignore[no-untyped-def]
+    """The Spec for YAML text (written to a temporary file, as a user's spec would be)."""
+    from tempfile import TemporaryDirectory
+
+    with TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(text, encoding="utf-8")
+        return load_spec(path)
+
+
+def analyzes(text: str) -> bool:
+    """Whether the analyzer accepts the spec text (property tests drop candidates it rejects)."""
+    from archcalc.core.errors import SpecError
+
+    try:
+        analyze(load_text(text))
+    except SpecError:
+        return False
+    return True
+
+
 def spec_text(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")

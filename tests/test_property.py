@@ -27,19 +27,17 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import Any
 
 import pytest
 import torch
+from conftest import analyzes, load_text
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from measure import fvcore_total, peak_bytes, saved_bytes
 from torch.utils.flop_counter import FlopCounterMode
 
 from archcalc.core.analyze import analyze
-from archcalc.core.errors import SpecError
-from archcalc.core.spec import load_spec
 from archcalc.torch.build import build_module
 
 CHANNELS = st.integers(1, 6)
@@ -172,10 +170,10 @@ def networks(draw: st.DrawFn) -> tuple[str, str]:
     body = ""
     for _ in range(draw(st.integers(1, 6))):
         candidate = draw(st.one_of(simple(rank).map(lambda t: _item(t, 2)), composite(rank)))
-        if _valid(head + body + candidate):
+        if analyzes(head + body + candidate):
             body += candidate
     linear = _item(f"linear: {_flow(_frozen(draw, {'out': 3}))}", 2)
-    if draw(st.booleans()) and _valid(head + body + linear):
+    if draw(st.booleans()) and analyzes(head + body + linear):
         body += linear
     if not body:
         body = _item("relu", 2)
@@ -183,27 +181,13 @@ def networks(draw: st.DrawFn) -> tuple[str, str]:
     return head + body, dtype
 
 
-def _load(text: str):  # type: ignore[no-untyped-def]
-    with TemporaryDirectory() as tmp:
-        path = Path(tmp) / "random.yaml"
-        path.write_text(text, encoding="utf-8")
-        return load_spec(path)
-
-
-def _valid(text: str) -> bool:
-    try:
-        analyze(_load(text))
-    except SpecError:
-        return False
-    return True
-
 
 # ---- measurement: torch only, no archcalc arithmetic -----------------------------------------------------------
 
 
 def agreement(text: str, dtype: str, peak: bool = False) -> dict[str, tuple[Any, Any]]:
     """quantity -> (predicted, measured) for one network at batch 2 on the CPU."""
-    spec = _load(text)
+    spec = load_text(text)
     report = analyze(spec, batch=2, dtype=dtype, device="cpu")
     grad_report = analyze(spec, batch=2, dtype=dtype, device="cpu", input_requires_grad=True)
     torch.manual_seed(0)

@@ -8,15 +8,11 @@ example is a real network. The outputs are the tensors nothing else reads, so ev
 
 from __future__ import annotations
 
-from pathlib import Path
-from tempfile import TemporaryDirectory
-
+from conftest import analyzes, load_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from archcalc.core.analyze import analyze
-from archcalc.core.errors import SpecError
-from archcalc.core.spec import load_spec
 from archcalc.torch.validate import validate
 
 LAYERS = [
@@ -30,20 +26,6 @@ LAYERS = [
     "upsample: {{scale_factor: 2}}",
 ]
 
-
-def _load(text: str):  # type: ignore[no-untyped-def]
-    with TemporaryDirectory() as tmp:
-        path = Path(tmp) / "dag.yaml"
-        path.write_text(text, encoding="utf-8")
-        return load_spec(path)
-
-
-def _valid(text: str) -> bool:
-    try:
-        analyze(_load(text))
-    except SpecError:
-        return False
-    return True
 
 
 @st.composite
@@ -67,7 +49,7 @@ def dags(draw: st.DrawFn) -> str:
             layer = draw(st.sampled_from(LAYERS)).format(c=draw(st.integers(1, 5)))
             candidate = f"  - {layer}\n    name: {name}\n    from: {sources[0]}\n" if "{" in layer else \
                 f"  - {layer}:\n    name: {name}\n    from: {sources[0]}\n"
-        if _valid(head + body + candidate):
+        if analyzes(head + body + candidate):
             body += candidate
             names.append(name)
             read.update(sources)
@@ -81,7 +63,7 @@ def dags(draw: st.DrawFn) -> str:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(dags())
 def test_random_dags_agree_with_torch_on_every_checked_figure(text: str) -> None:
-    spec = _load(text)
+    spec = load_text(text)
     report = analyze(spec)
     assert all(r.used for r in report.rows), text  # the outputs are the sinks: nothing is dead
     v = validate(spec, "cpu", batch=2)
