@@ -189,3 +189,30 @@ def test_training_memory_terms_against_a_real_step(optimizer: str, write_spec) -
     assert m.gradients == nbytes(p.grad for p in model.parameters())
     assert m.optimizer_state == nbytes(state)
     assert m.buffers == nbytes(model.buffers())
+
+
+def _calc_json(*args: str) -> dict:
+    result = runner.invoke(app, ["calc", "resnet18", "-f", "json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_fit_follows_the_device() -> None:
+    # float16 batch norm saves float32 mean and inverse std on CUDA, float16 ones on the CPU: CUDA needs 2 bytes
+    # more per statistic, 2 statistics per channel (4,800 channels of batch norm in ResNet-18), whatever the batch.
+    def memory(b: int, device: str) -> int:
+        return _calc_json("-b", str(b), "--dtype", "float16", "--device", device)["training_memory"]["total_bytes"]
+
+    assert memory(9, "cuda") - memory(9, "cpu") == 2 * 2 * 4800
+    limit = memory(9, "cuda") - 1  # batch 9 fits on the CPU only
+    fits = {d: _calc_json("--dtype", "float16", "--device", d, "--fit", str(limit))["fit"]["batch"]
+            for d in ("cuda", "cpu")}
+    assert fits == {"cuda": 8, "cpu": 9}
+
+
+def test_amp_training_memory_uses_the_devices_saved_bytes() -> None:
+    # Under fp16 autocast the saved activations are those of a float16 forward on the chosen device's kernels.
+    for device in ("cpu", "cuda"):
+        amp = _calc_json("--amp", "fp16", "--device", device)["training_memory"]
+        half = _calc_json("--dtype", "float16", "--device", device)["totals"]
+        assert amp["terms"]["saved_activations"] == half["saved_activation_bytes"], device

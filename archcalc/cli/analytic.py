@@ -79,7 +79,8 @@ def calc(
     if fit is not None:
         limit = size_option("--fit", fit)
         what = fit_for.value
-        measure = memory_at(spec_obj, what, dtype.value, optimizer.value, amp_name, shape)
+        measure = memory_at(spec_obj, what, dtype.value, optimizer.value, amp_name, shape, device.value,
+                            input_requires_grad)
         batch = largest_batch(measure, limit)
         at = measure(max(batch, 1))
         fit_text = render_training.fit_lines(limit, what, batch, at, measure(batch + 1) if batch else None)
@@ -89,7 +90,8 @@ def calc(
     report = analyze(spec_obj, batch, dtype.value, convention.value, shape, strict, device=device.value,
                      input_requires_grad=input_requires_grad)
     print_warnings(report)
-    train_report = training_report(spec_obj, batch, dtype.value, amp_name, convention.value, shape) if amp else report
+    train_report = (training_report(spec_obj, batch, dtype.value, amp_name, convention.value, shape, device.value,
+                                    input_requires_grad) if amp else report)
     flops = training_flops(report)
     memory = training_memory(train_report, optimizer.value, amp_name)
     if fmt is Fmt.table:

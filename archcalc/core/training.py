@@ -159,9 +159,12 @@ def training_memory(report: Report, optimizer: str = "sgd", amp: str | None = No
 
 
 def training_report(spec: Spec, batch: int, dtype: str, amp: str | None, convention: str = "torch",
-                    input_shape: tuple[int, ...] | None = None) -> Report:
-    """The report training memory is computed from: in the activation dtype (amp's type under amp)."""
-    return analyze(spec, batch, AMP[amp] if amp else dtype, convention, input_shape)
+                    input_shape: tuple[int, ...] | None = None, device: str = "cuda",
+                    input_requires_grad: bool = False) -> Report:
+    """The report training memory is computed from: in the activation dtype (amp's type under amp), with the
+    saved bytes of `device`'s kernels (see `analyze`)."""
+    return analyze(spec, batch, AMP[amp] if amp else dtype, convention, input_shape, device=device,
+                   input_requires_grad=input_requires_grad)
 
 
 # ---- the inverse question: the largest batch that fits ------------------------------------------------------------
@@ -187,9 +190,11 @@ def largest_batch(memory_at: Callable[[int], int], limit: int, most: int = 1 << 
 
 
 def memory_at(spec: Spec, mode: str = "training", dtype: str = "float32", optimizer: str = "sgd",
-              amp: str | None = None, input_shape: tuple[int, ...] | None = None) -> Callable[[int], int]:
-    """batch -> training memory total, or (mode 'inference') the inference peak (parameters included)."""
+              amp: str | None = None, input_shape: tuple[int, ...] | None = None, device: str = "cuda",
+              input_requires_grad: bool = False) -> Callable[[int], int]:
+    """batch -> training memory total, or (mode 'inference') the inference peak (parameters included); training
+    memory with the saved bytes of `device`'s kernels."""
     if mode == "inference":
         return lambda b: analyze(spec, b, dtype, "macs", input_shape).totals.peak_bytes
-    return lambda b: training_memory(training_report(spec, b, dtype, amp, "macs", input_shape), optimizer,
-                                     amp).total
+    return lambda b: training_memory(training_report(spec, b, dtype, amp, "macs", input_shape, device,
+                                                     input_requires_grad), optimizer, amp).total
