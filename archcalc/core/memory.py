@@ -18,6 +18,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from archcalc.core.graph import Graph
 from archcalc.core.kinds.base import itemsize_for, numel
 
@@ -32,9 +34,52 @@ def _storage_bytes(graph: Graph, itemsize: int, batch: int, train: bool) -> dict
     return sizes
 
 
+class Step(NamedTuple):
+    """One op of the inference walk (`inference_timeline`): activation bytes (the inputs included, parameters and
+    buffers not) alive while it runs — its output allocated, its inputs not yet freed, its temporaries beside them —
+    and once it has returned and the tensors nothing holds any more are freed."""
+
+    op: int  # index into Graph.ops
+    running: int
+    after: int
+    temporaries: int  # of `running`: the op's declared temporaries (freed when it returns)
+
+
+class Timeline(NamedTuple):
+    start: int  # bytes alive before the first op: the network's inputs
+    steps: tuple[Step, ...]
+    allocated: tuple[int, ...]  # per storage (by id): the op that allocated it, -1 for the inputs
+    freed: tuple[int, ...]  # per storage: the op after which it is freed; len(ops) for what lives to the end
+    sizes: tuple[int, ...]  # per storage: bytes
+    names: tuple[str, ...]  # per storage: the tensor that made it
+
+    @property
+    def peak(self) -> int:
+        return max([self.start, *(s.running for s in self.steps)])
+
+    @property
+    def peak_step(self) -> int:
+        """The op index at which the peak is reached (the first, if several), -1 when the inputs alone are it."""
+        peak = self.peak
+        return next((s.op for s in self.steps if s.running == peak), -1) if peak > self.start else -1
+
+    def alive(self, op: int) -> list[tuple[str, int]]:
+        """The storages alive while op `op` runs, (name, bytes), in allocation order (temporaries not included)."""
+        return [(self.names[s], self.sizes[s]) for s in sorted(range(len(self.sizes)), key=self.allocated.__getitem__)
+                if self.allocated[s] <= op <= self.freed[s] and self.sizes[s] > 0]
+
+
 def peak_inference_bytes(graph: Graph, itemsize: int, batch: int, device: str = "cpu") -> int:
     """Most activation bytes alive at once in an eager forward under no_grad (the inputs included)."""
+    return inference_timeline(graph, itemsize, batch, device).peak
+
+
+def inference_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cpu") -> Timeline:
+    """The liveness walk behind `peak_inference_bytes`, one `Step` per op (its maximum is the peak)."""
     sizes = _storage_bytes(graph, itemsize, batch, train=False)
+    names: dict[int, str] = {}
+    for tensor in graph.tensors:
+        names.setdefault(tensor.storage, tensor.name)
     release = graph.releases()
     storage_release: dict[int, int] = {}
     for t, tensor in enumerate(graph.tensors):
@@ -42,59 +87,82 @@ def peak_inference_bytes(graph: Graph, itemsize: int, batch: int, device: str = 
     frees: dict[int, list[int]] = {}
     for storage, at in storage_release.items():
         frees.setdefault(at, []).append(storage)
-    live = sum(sizes[graph.tensors[t].storage] for _, t in graph.inputs)
-    peak = live
     inputs = {graph.tensors[t].storage for _, t in graph.inputs}
+    allocated = dict.fromkeys(inputs, -1)
+    live = sum(sizes[graph.tensors[t].storage] for _, t in graph.inputs)
+    start = live
+    steps: list[Step] = []
     for i, op in enumerate(graph.ops):
         out = graph.tensors[op.output]
         if out.storage not in inputs and all(graph.tensors[t].storage != out.storage for t in op.inputs):
             live += sizes[out.storage]
-            peak = max(peak, live)
+            allocated.setdefault(out.storage, i)
         if op.kind is not None:
             src = graph.tensors[op.inputs[0]]
             temporaries = op.kind.transient(op.args, src.shape, out.shape)
         else:
             temporaries = op.merge.transient([graph.tensors[t].shape for t in op.inputs], out.shape)  # type: ignore[union-attr]
-        if temporaries:
-            extra = sum(n * itemsize_for(size, itemsize, device) for n, size in temporaries) * batch
-            peak = max(peak, live + extra)
+        extra = sum(n * itemsize_for(size, itemsize, device) for n, size in temporaries) * batch if temporaries else 0
+        running = live + extra
         for storage in frees.get(i, ()):
             live -= sizes[storage]
-    return peak
+        steps.append(Step(i, running, live, extra))
+    count = max(sizes, default=-1) + 1
+    never = len(graph.ops) + 1  # a storage no op allocates (it shares an earlier one's) is never alive on its own
+    return Timeline(start, tuple(steps), tuple(allocated.get(s, never) for s in range(count)),
+                    tuple(storage_release.get(s, -1) for s in range(count)),
+                    tuple(sizes.get(s, 0) for s in range(count)), tuple(names.get(s, "") for s in range(count)))
 
 
 def saved_training_bytes(graph: Graph, itemsize: int, batch: int, device: str = "cuda",
                          input_requires_grad: bool = False) -> int:
     """Bytes autograd saves for backward during a training-mode forward, parameters and buffers excluded."""
+    steps = saved_timeline(graph, itemsize, batch, device, input_requires_grad)
+    return steps[-1] if steps else 0
+
+
+def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda",
+                   input_requires_grad: bool = False) -> tuple[int, ...]:
+    """Saved-for-backward bytes accumulated after each op of a training-mode forward (the last is the total)."""
     sizes = _storage_bytes(graph, itemsize, batch, train=True)
     needs_grad = [False] * len(graph.tensors)
     for _, t in graph.inputs:
         needs_grad[t] = input_requires_grad
     saved: set[int] = set()
-    extra = 0
+    total = 0
+    steps: list[int] = []
+
+    def keep(storage: int) -> None:
+        nonlocal total
+        if storage not in saved:  # a storage kept twice counts once
+            saved.add(storage)
+            total += sizes[storage]
+
     for op in graph.ops:
         out = graph.tensors[op.output]
         if op.merge is not None:
             needs = [needs_grad[t] for t in op.inputs]
             needs_grad[op.output] = any(needs)
             kept, elements = op.merge.saved([graph.tensors[t].shape for t in op.inputs], needs)
-            saved.update(graph.tensors[op.inputs[i]].train_storage for i in kept)
-            extra += elements * itemsize * batch
+            for i in kept:
+                keep(graph.tensors[op.inputs[i]].train_storage)
+            total += elements * itemsize * batch
+            steps.append(total)
             continue
         assert op.kind is not None
         src = graph.tensors[op.inputs[0]]
         params_need_grad = op.trainable and op.kind.cost(op.args, src.shape, out.shape).params > 0
         recorded = needs_grad[op.inputs[0]] or params_need_grad
         needs_grad[op.output] = recorded
-        if not recorded:  # no autograd node: nothing is kept
-            continue
-        what = op.kind.saved(op.args, src.shape, out.shape)
-        if what.input or what.input_for_params and params_need_grad:
-            saved.add(src.train_storage)
-        if what.output:
-            saved.add(out.train_storage)
-        for elements, size in what.extra:
-            extra += elements * itemsize_for(size, itemsize, device) * batch
-        for elements, size in what.per_batch:
-            extra += elements * itemsize_for(size, itemsize, device)
-    return sum(sizes[s] for s in saved) + extra
+        if recorded:  # else no autograd node: nothing is kept
+            what = op.kind.saved(op.args, src.shape, out.shape)
+            if what.input or what.input_for_params and params_need_grad:
+                keep(src.train_storage)
+            if what.output:
+                keep(out.train_storage)
+            for elements, size in what.extra:
+                total += elements * itemsize_for(size, itemsize, device) * batch
+            for elements, size in what.per_batch:
+                total += elements * itemsize_for(size, itemsize, device)
+        steps.append(total)
+    return tuple(steps)
