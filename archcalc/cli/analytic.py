@@ -25,6 +25,7 @@ from archcalc.cli.options import (
     MaxLayersOpt,
     Optimizer,
     OptimizerOpt,
+    PlotOpt,
     SavedFor,
     SavedForOpt,
     SetOpt,
@@ -35,6 +36,7 @@ from archcalc.cli.options import (
     input_override,
     load,
     out_console,
+    plot_drawer,
     print_warnings,
     size_option,
     table_width,
@@ -64,6 +66,7 @@ def calc(
     fit_for: FitForOpt = FitFor.training,
     device: SavedForOpt = SavedFor.cuda,
     input_requires_grad: InputGradOpt = False,
+    plot: PlotOpt = None,
 ) -> None:
     """Per-layer shapes, parameters, MACs/FLOPs, memory and receptive field, with totals and training cost."""
     from archcalc.core.analyze import analyze
@@ -72,6 +75,7 @@ def calc(
     from archcalc.render import training as render_training
 
     check_amp(amp, dtype)
+    plotter = plot_drawer(plot)
     spec_obj = load(spec, set_, max_layers)
     shape = input_override(input)
     amp_name = amp.value if amp else None
@@ -108,6 +112,10 @@ def calc(
     else:
         text = {Fmt.csv: render.calc_csv, Fmt.md: render.calc_md}[fmt](report, depth)
         write_text(text)
+    if plotter is not None:
+        from archcalc.plot.data import calc_plot
+
+        plotter.draw("calc", calc_plot(report, depth, device.value, input_requires_grad, train_report))
 
 
 class SortBy(str, Enum):
@@ -133,11 +141,13 @@ def compare(
     fmt: FmtOpt = Fmt.table,
     set_: SetOpt = None,
     max_layers: MaxLayersOpt = MAX_LAYERS,
+    plot: PlotOpt = None,
 ) -> None:
     """One row per architecture: params, MACs, FLOPs, memory, depth, receptive field."""
     from archcalc.core.analyze import analyze
     from archcalc.render import report as render
 
+    plotter = plot_drawer(plot)
     override = input_override(input)
     reports = [analyze(load(s, set_, max_layers), batch, dtype.value, convention.value, override) for s in specs]
     for report in reports:
@@ -150,6 +160,10 @@ def compare(
     else:
         text = {Fmt.json: render.compare_json, Fmt.csv: render.compare_csv, Fmt.md: render.compare_md}[fmt](reports)
         write_text(text)
+    if plotter is not None:
+        from archcalc.plot.data import compare_plot
+
+        plotter.draw("compare", compare_plot(reports))
 
 
 class KindsFmt(str, Enum):

@@ -11,7 +11,8 @@ import shutil
 import sys
 from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, TypeVar
 
 import typer
 
@@ -260,3 +261,40 @@ AmpOpt = Annotated[Amp | None, typer.Option("--amp", help="mixed precision: floa
 FitOpt = Annotated[str | None, typer.Option("--fit", metavar="SIZE", help="use the largest batch whose memory fits "
                                             "SIZE (24GiB, 16GB); see --fit-for")]
 FitForOpt = Annotated[FitFor, typer.Option("--fit-for", help="which memory --fit sizes")]
+PlotOpt = Annotated[str | None, typer.Option(
+    "--plot", metavar="FILE", help="also draw the figures to FILE, .png or .svg (the format from the suffix); needs "
+    "matplotlib: pip install 'archcalc[plot]'")]
+
+
+class Plotter(NamedTuple):
+    """--plot FILE, checked: draws a picture with archcalc.plot.draw."""
+
+    draw_module: Any
+    path: Path
+
+    def draw(self, function: str, data: Any) -> None:
+        try:
+            getattr(self.draw_module, function)(data, self.path)
+        except OSError as exc:
+            raise ArchcalcError(f"--plot: cannot write '{self.path}': {exc.strerror or exc}") from None
+
+
+def plot_drawer(target: str | None) -> Plotter | None:
+    """The Plotter for --plot FILE (checked before any work: the suffix, the folder, matplotlib), or None.
+
+    Only here, and only with --plot, is matplotlib imported."""
+    if target is None:
+        return None
+    path = Path(target)
+    if path.suffix.lower() not in (".png", ".svg"):
+        raise ArchcalcError(f"--plot: '{target}': the file name must end in .png or .svg (the format follows the "
+                            "suffix)")
+    if not path.parent.is_dir():
+        raise ArchcalcError(f"--plot: '{target}': no such folder '{path.parent}'")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ArchcalcError("--plot needs matplotlib: pip install 'archcalc[plot]'") from None
+    from archcalc.plot import draw
+
+    return Plotter(draw, path)

@@ -92,6 +92,13 @@ class Report(NamedTuple):
     outputs: tuple[tuple[str, Shape], ...] = ()  # every output of the network, by name
 
 
+def rows_at_depth(report: Report, depth: int | None) -> list[Row]:
+    """Leaf rows, or with a depth limit, every node at that depth plus shallower leaves (blocks collapsed)."""
+    if depth is None:
+        return list(report.rows)
+    return [r for r in report.outline if r.depth == depth or (r.depth < depth and r.leaf)]
+
+
 def analyze(spec: Spec, batch: int = 1, dtype: str = "float32", convention: str = "torch",
             input_shape: Shape | None = None, strict: bool = False, device: str = "cuda",
             input_requires_grad: bool = False) -> Report:

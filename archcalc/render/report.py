@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from archcalc import __version__
-from archcalc.core.analyze import Report, Row
+from archcalc.core.analyze import Report, Row, rows_at_depth
 from archcalc.core.conventions import CONVENTIONS
 from archcalc.core.receptive import seen
 from archcalc.core.units import axes, dims, fraction, grouped, nbytes, si
@@ -18,11 +18,6 @@ from archcalc.render.grid import Column, Grid, layout
 if TYPE_CHECKING:
     from rich.table import Table
 
-def rows_at_depth(report: Report, depth: int | None) -> list[Row]:
-    """Leaf rows, or with a depth limit, every node at that depth plus shallower leaves (blocks collapsed)."""
-    if depth is None:
-        return list(report.rows)
-    return [r for r in report.outline if r.depth == depth or (r.depth < depth and r.leaf)]
 
 
 def _caption(report: Report) -> str:
