@@ -295,3 +295,96 @@ def test_readme_pictures_are_drawn_from_todays_numbers(request, name: str) -> No
     else:
         assert isinstance(series, data.ComparePlot)
         assert [p.params for p in series.points] == [report_of(s).totals.params for s in args[1:]]
+
+
+# ---- sweep --------------------------------------------------------------------------------------------------------
+
+SWEEP = ["sweep", "resnet18", "--set", "d4=1,2", "--input", "3x{64,96}", "--batch", "1,2", "--pareto", "macs,-params"]
+
+
+def test_sweep_series_are_the_sweep_rows(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.png"
+    result = invoke([*SWEEP, "-f", "json", "--plot", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 5000
+    rows = json.loads(result.stdout)["rows"]
+    from archcalc.core import sweep as sw
+
+    options = sw.Options()
+    runner_ = sw.Sweep("resnet18", options)
+    points = sw.points(sw.parse_set_axes(["d4=1,2"]), sw.parse_inputs("3x{64,96}", 2), sw.parse_batches("1,2"))
+    plot = data.sweep_plot(runner_.run(points, None, 1), runner_.display, options, ["macs", "-params"])
+    assert plot.variable == "d4" and plot.ticks == ((1.0, "1"), (2.0, "2"))
+    assert len(plot.lines) == 4  # input x batch
+    seen = 0
+    for row in rows:
+        label = f"input={'×'.join(map(str, row['input']))}, batch={row['batch']}"
+        line = next(line for line in plot.lines if line.label == label)
+        i = line.x.index(float(row["set"]["d4"]))
+        for column in data.SWEEP_PANELS:
+            assert line.y[column][i] == row[column]
+        seen += 1
+    assert seen == 8
+    # the Pareto panel: the sweep's own objectives, its own verdicts
+    assert plot.objectives == ("macs", "-params")
+    assert sorted((p.x, p.y, p.optimal) for p in plot.front) == sorted(
+        (r["macs"], r["params"], r["pareto"]) for r in rows)
+    assert png_text(out)["archcalc-series"] == data.digest(plot)
+
+
+def test_sweep_pareto_panel_defaults_to_macs_and_params() -> None:
+    from archcalc.core import sweep as sw
+
+    options = sw.Options()
+    runner_ = sw.Sweep("resnet18", options)
+    rows = runner_.run(sw.points([], [None], sw.parse_batches("1,2,4")), None, 1)
+    plot = data.sweep_plot(rows, runner_.display, options)
+    assert plot.variable == "batch" and [t for _, t in plot.ticks] == ["1", "2", "4"]
+    assert plot.objectives == ("macs", "params")
+    # ResNet-18: 1,814,073,344 MACs per sample (torchvision lists 1.81 GFLOPS, its MACs); batch 1 has the fewest at
+    # the same parameters, the only optimum
+    assert [(p.x, p.optimal) for p in plot.front] == [(1814073344 * b, b == 1) for b in (1, 2, 4)]
+
+
+# ---- profile ------------------------------------------------------------------------------------------------------
+
+TINY = """\
+name: tiny
+input: [3, 32, 32]
+layers:
+  - conv: {out: 16, kernel: 3, padding: 1, name: conv1}
+  - relu: {name: relu1}
+  - conv: {out: 32, kernel: 3, stride: 2, padding: 1, name: conv2}
+  - global_avgpool: {name: pool}
+  - linear: {out: 10, name: fc}
+"""
+
+
+def test_profile_roofline_is_the_profile_numbers(write_spec, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = write_spec(TINY)
+    out = tmp_path / "roof.svg"
+    # --plot turns the per-layer breakdown on
+    result = invoke(["profile", str(spec), "--device", "cpu", "--warmup", "0.02", "--budget", "0.3", "-f", "json",
+                     "--plot", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 5000 and b"<svg" in out.read_bytes()[:2000]
+    (point,) = json.loads(result.stdout)
+    assert [layer["name"] for layer in point["layers"]] == ["conv1", "relu1", "conv2", "pool", "fc"]
+
+    from archcalc.core.spec import load_spec
+    from archcalc.torch.profile.driver import Options, run_profile
+
+    (r,) = run_profile(load_spec(spec), Options(device="cpu", batches=(2,), warmup_s=0.01, budget_s=0.3, layers=True))
+    plot = data.roofline(r)
+    assert plot.peak_flops == r.roofline.peak_flops and plot.bandwidth == r.roofline.bandwidth
+    # conv1, conv2, fc have FLOPs under the torch convention; relu and pooling none: not on a log-log roofline
+    assert [p.name for p in plot.points] == ["conv1", "conv2", "fc"] and plot.left_out == 2
+    for p in plot.points:
+        lt = next(lt for lt in r.layers if lt.name == p.name)
+        assert p.flops == lt.flops
+        assert p.intensity == lt.flops / lt.bytes
+        assert p.achieved == pytest.approx(lt.flops / (lt.median_ms / 1e3), rel=1e-12)
+        assert p.predicted == pytest.approx(lt.flops / (lt.predicted_ms / 1e3), rel=1e-12)
+    # conv1 by hand: 2 FLOPs per MAC, 16 x 32 x 32 outputs x 27 MACs, batch 2
+    assert next(p for p in plot.points if p.name == "conv1").flops == 2 * 16 * 32 * 32 * 27 * 2
+    assert "tiny: roofline on" in plot.title and "batch 2, float32, 1 thread" in plot.title

@@ -15,6 +15,7 @@ import typer
 from archcalc.cli.options import (
     PROFILE_F32,
     InputOpt,
+    PlotOpt,
     ProfileDType,
     SetOpt,
     SpecArg,
@@ -24,6 +25,7 @@ from archcalc.cli.options import (
     input_override,
     load,
     out_console,
+    plot_drawer,
     table_width,
     use_bold,
     write_grid,
@@ -101,17 +103,20 @@ def profile(
                                                 "allocator statistics, on by default; CPU: one step under torch's "
                                                 "profiler, off by default)", show_default=False)] = None,
     layers: Annotated[bool, typer.Option("--layers/--no-layers", help="per-layer breakdown (one pass of "
-                                         "torch's profiler)")] = False,
+                                         "torch's profiler); on with --plot, which draws the roofline")] = False,
     force: Annotated[bool, typer.Option("--force", help="run even if predicted memory exceeds available memory")]
     = False,
     fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="output format; json is always a list "
                                             "with one object per (threads, batch) point")] = TableOrJson.table,
     set_: SetOpt = None,
+    plot: PlotOpt = None,
 ) -> None:
     """Measure latency, throughput, achieved FLOP rate, memory and per-layer time against the analytic model."""
     from archcalc.render.profile import profile_json, profile_notes, profile_tables
     from archcalc.torch.profile.driver import Options, run_profile
 
+    plotter = plot_drawer(plot)
+    layers = layers or plotter is not None  # the roofline places each layer
     batches = parse_batches(batch)
     thread_counts = parse_threads(threads)
     loaded = load(spec, set_)
@@ -121,6 +126,10 @@ def profile(
                       layers=layers, memory=memory, input_shape=input_override(input))
     with _progress([f"threads {t}, batch {b}" for t in thread_counts for b in batches]) as update:
         results = run_profile(loaded, options, update)
+    if plotter is not None:
+        from archcalc.plot.data import roofline
+
+        plotter.draw("roofline", [roofline(r) for r in results])
     if fmt is TableOrJson.json:
         sys.stdout.write(profile_json(results) + "\n")
         return

@@ -19,6 +19,7 @@ from archcalc.cli.options import (
     InputOpt,
     Optimizer,
     OptimizerOpt,
+    PlotOpt,
     SetOpt,
     SpecArg,
     TableOrJson,
@@ -29,6 +30,7 @@ from archcalc.cli.options import (
     input_override,
     load,
     out_console,
+    plot_drawer,
     print_warnings,
     size_option,
     write_text,
@@ -59,6 +61,7 @@ def sweep(
     jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="worker processes (default: two for large "
                     "sweeps when a core is idle)")] = None,
     fmt: FmtOpt = Fmt.table,
+    plot: PlotOpt = None,
 ) -> None:
     """One row per point of a design space: the cartesian product of --set value lists, --input and --batch.
 
@@ -69,6 +72,7 @@ def sweep(
     from archcalc.render import sweep as render
 
     check_amp(amp, dtype)
+    plotter = plot_drawer(plot)
     options = sw.Options(dtype.value, convention.value, optimizer.value, amp.value if amp else None)
     runner = sw.Sweep(spec, options)
     axes = sw.parse_set_axes(set_)
@@ -107,6 +111,13 @@ def sweep(
         sys.stdout.write(render.sweep_csv(rows))
     else:
         sys.stdout.write(render.sweep_md(rows, convention.value, note))
+    if plotter is not None:
+        from archcalc.core.errors import ArchcalcError
+        from archcalc.plot.data import sweep_plot
+
+        if not any(r.values is not None for r in rows):
+            raise ArchcalcError("--plot: no point of the sweep was analyzed; nothing to draw")
+        plotter.draw("sweep", sweep_plot(rows, runner.display, options, objectives))
 
 
 class _progress:

@@ -256,10 +256,14 @@ def _point_values(row: Any, varied: Sequence[str]) -> dict[str, str]:
     return {k: out[k] for k in varied}
 
 
-def sweep_plot(rows: Sequence[Any], spec: str, dtype: str, convention: str, optimizer: str, amp: str | None,
-               objectives: Sequence[str], optimal: Sequence[bool] | None = None) -> SweepPlot:
-    """Rows that failed are left out. `objectives`: the Pareto panel's two columns (the first two of --pareto, or
-    macs,params); `optimal`, each kept row's place on the front (sweep.pareto's verdict)."""
+def sweep_plot(rows: Sequence[Any], spec: str, options: Any, pareto: Sequence[str] = ()) -> SweepPlot:
+    """The figures of a sweep against its swept variable (the first --set name, input or batch that takes more than
+    one value; one line per combination of the others), and a Pareto panel over two columns: the first two of
+    `pareto` when both are figures of a row, else macs and params, with the front core.sweep.pareto finds on them.
+    Failed rows are left out."""
+    from archcalc.core.sweep import COLUMNS
+    from archcalc.core.sweep import pareto as front_of
+
     kept = [r for r in rows if r.values is not None]
     names = [n for n, _ in kept[0].point.sets] if kept else []
     candidates = [*names, "input", "batch"]
@@ -270,9 +274,9 @@ def sweep_plot(rows: Sequence[Any], spec: str, dtype: str, convention: str, opti
         v = _point_values(r, [variable])[variable]
         if v not in order:
             order.append(v)
-    numeric = all(_number(v) is not None for v in order)
-    if variable == "input":
-        numeric = False
+    numeric = variable != "input" and all(_number(v) is not None for v in order)
+    if numeric:
+        order.sort(key=lambda v: _number(v) or 0.0)
     position = {v: (_number(v) or 0.0) if numeric else float(i) for i, v in enumerate(order)}
     lines: dict[str, list[Any]] = {}
     for r in kept:
@@ -284,14 +288,16 @@ def sweep_plot(rows: Sequence[Any], spec: str, dtype: str, convention: str, opti
         points.sort(key=lambda p: p[0])
         out.append(Line(label, tuple(x for x, _ in points),
                         {c: tuple(r.values[c] for _, r in points) for c in SWEEP_PANELS}))
-    a, b = objectives[0], objectives[1]
-    verdict = list(optimal) if optimal is not None else [False] * len(kept)
+    given = [o.strip() for o in pareto if o.strip()]
+    a, b = given[:2] if len(given) >= 2 and all(o.lstrip("-") in COLUMNS for o in given[:2]) else ("macs", "params")
+    marked: list[Any] = front_of(kept, [a, b], names)
     front = tuple(FrontPoint(", ".join(f"{k}={v}" for k, v in _point_values(r, varied).items()),
-                             r.values[a.lstrip("-")], r.values[b.lstrip("-")], ok) for r, ok in zip(kept, verdict))
-    head = f"{spec}: sweep of {', '.join(varied)} ({len(kept)} points)"
-    text = f"{head}\n{dtype}, {_convention(convention)}, training: {optimizer}{', amp ' + amp if amp else ''}"
-    ticks = tuple((position[v], v) for v in order)
-    return SweepPlot(text, variable, ticks, tuple(out), (a, b), front)
+                             r.values[a.lstrip("-")], r.values[b.lstrip("-")], bool(r.pareto)) for r in marked)
+    head = f"{spec}: sweep of {', '.join(varied)} ({len(kept)} point{'s' if len(kept) != 1 else ''})"
+    amp = f", amp {options.amp}" if options.amp else ""
+    text = (f"{head}\n{options.dtype}, {_convention(options.convention)}; training memory: {options.optimizer}{amp}; "
+            "MACs and memory at each point's batch")
+    return SweepPlot(text, variable, tuple((position[v], v) for v in order), tuple(out), (a, b), front)
 
 
 def _number(text: str) -> float | None:
@@ -321,6 +327,7 @@ class Roofline:
     bandwidth: float  # bytes/s
     source: str
     points: tuple[RooflinePoint, ...]
+    left_out: int  # timed layers without FLOPs or bytes (no place on a log-log roofline)
 
 
 def roofline(result: Any) -> Roofline:
@@ -333,5 +340,6 @@ def roofline(result: Any) -> Roofline:
     mode = "training step" if result.train else "inference"
     text = (f"{result.spec}: roofline on {result.device_name} ({result.device}), {mode}\n"
             f"batch {result.batch}, {result.dtype}, {result.threads} thread{'s' if result.threads != 1 else ''}"
-            f"{', channels-last' if result.channels_last else ''}; FLOPs: '{result.flops_rule}'")
-    return Roofline(text, result.roofline.peak_flops, result.roofline.bandwidth, result.roofline.source, points)
+            f"{', channels-last' if result.channels_last else ''}\nFLOPs: {result.flops_rule}")
+    return Roofline(text, result.roofline.peak_flops, result.roofline.bandwidth, result.roofline.source, points,
+                    len(result.layers) - len(points))

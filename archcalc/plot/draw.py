@@ -74,17 +74,15 @@ def _use_log(values: Sequence[int]) -> bool:
 def _bars(ax: Any, values: Sequence[int], ylabel: str, as_bytes: bool) -> None:
     xs = range(len(values))
     log = _use_log(values)
-    ax.bar(xs, [v if v > 0 else 0 for v in values], width=0.8, color=_BAR, log=log)
-    ax.set_ylabel(ylabel + (" (log)" if log else ""))
+    size, unit = _unit(max(values, default=0)) if as_bytes and not log else (1, "")
+    ax.bar(xs, [max(v, 0) / size for v in values], width=0.8, color=_BAR, log=log)
+    ax.set_ylabel(ylabel + (" (log)" if log else f" ({unit})" if unit else ""))
     if log:
         positive = [v for v in values if v > 0]
         ax.set_ylim(min(positive) / 2, max(positive) * 2)
     if as_bytes and log:
         _bytes_log_axis(ax)
-    elif as_bytes:
-        size, unit = _unit(max(values, default=0))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / size:g} {unit}"))
-    else:
+    elif not as_bytes:
         _count_axis(ax)
     ax.grid(axis="y", color=_LIGHT, linewidth=0.6)
     ax.set_axisbelow(True)
@@ -179,12 +177,13 @@ def _alignment(dx: int, dy: int) -> tuple[str, str]:
 
 
 def place_labels(ax: Any, points: Sequence[tuple[float, float, str]], fontsize: float = 8,
-                 avoid: Sequence[Any] = (), radii: Sequence[float] | None = None) -> list[Any]:
+                 avoid: Sequence[Any] = (), radii: Sequence[float] | None = None,
+                 others: Sequence[tuple[float, float]] = ()) -> list[Any]:
     """Annotate each (x, y, text) just outside its marker (`radii`, in points): at the first of eight directions,
     then farther out with a leader line, where it overlaps no label placed so far, no marker and nothing in `avoid`
     (extents in display space), inside the axes; failing that, where it covers only the edge of a marker (never a
     centre or a label). The largest markers are labelled first. A label with no free place is left out. Returns
-    the annotations placed."""
+    the annotations placed. `others`: unlabelled markers (data coordinates) a label must not cover either."""
     fig = ax.figure
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
@@ -198,6 +197,10 @@ def place_labels(ax: Any, points: Sequence[tuple[float, float, str]], fontsize: 
                                                                py + r * scale))
         c = min(r, 4.0) * scale
         centres.append(matplotlib.transforms.Bbox.from_extents(px - c, py - c, px + c, py + c))
+    for x, y in others:
+        px, py = ax.transData.transform((x, y))
+        markers.append(matplotlib.transforms.Bbox.from_extents(px - 4, py - 4, px + 4, py + 4))
+        centres.append(markers[-1])
     frame = ax.get_window_extent(renderer)
     placed = []
     for i in sorted(range(len(points)), key=lambda i: -radii[i]):
@@ -290,17 +293,16 @@ def sweep(plot: SweepPlot, path: Path) -> None:
 
     for ax, column in zip(panels, SWEEP_PANELS):
         label, as_bytes = _SWEEP_LABELS[column]
+        values = [v for line in plot.lines for v in line.y[column]]
+        size, unit = _unit(max(values, default=0)) if as_bytes else (1, "")
         for line in plot.lines[:12]:
-            ax.plot(line.x, line.y[column], marker="o", markersize=3, linewidth=1.2, label=line.label or None)
-        ax.set_title(label, fontsize=10)
+            ax.plot(line.x, [v / size for v in line.y[column]], marker="o", markersize=3, linewidth=1.2,
+                    label=line.label or None)
+        ax.set_title(label + (f" ({unit})" if unit else ""), fontsize=10)
         ax.set_xticks([x for x, _ in plot.ticks])
         ax.set_xticklabels([t for _, t in plot.ticks], rotation=45 if len(plot.ticks) > 8 else 0, fontsize=8)
         ax.set_xlabel(plot.variable)
-        values = [v for line in plot.lines for v in line.y[column]]
-        if as_bytes:
-            size, unit = _unit(max(values, default=0))
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _, s=size, u=unit: f"{v / s:g} {u}"))
-        else:
+        if not as_bytes:
             _count_axis(ax)
         ax.grid(color=_LIGHT, linewidth=0.6)
     if len(plot.lines) > 1:
@@ -326,8 +328,8 @@ def _front(ax: Any, plot: SweepPlot) -> None:
     ax.grid(color=_LIGHT, linewidth=0.6)
     ax.legend(fontsize=8, loc="upper left")
     if len(best) <= 20:
-        place_labels(ax, [(p.x, p.y, p.label) for p in best], fontsize=7,
-                     avoid=[_extent(ax.get_legend())])
+        place_labels(ax, [(p.x, p.y, p.label) for p in best], fontsize=7, avoid=[_extent(ax.get_legend())],
+                     others=[(p.x, p.y) for p in pts if not p.optimal])
 
 
 # ---- profile ------------------------------------------------------------------------------------------------------
@@ -347,10 +349,10 @@ def _roofline(ax: Any, plot: Roofline) -> None:
     lo, hi = min(intensities) / 4, max(intensities) * 4
     xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
     ax.plot(xs, [min(plot.peak_flops, plot.bandwidth * x) for x in xs], color="black", linewidth=1.5)
-    ax.text(hi, plot.peak_flops * 1.15, f"compute ceiling {si(round(plot.peak_flops))}FLOP/s", ha="right",
-            va="bottom", fontsize=8)
-    ax.text(lo * 1.2, plot.bandwidth * lo * 1.5, f"bandwidth {plot.bandwidth / 1e9:.0f} GB/s", fontsize=8,
-            rotation=0, va="bottom")
+    ceilings = [ax.text(ridge * 1.15, plot.peak_flops * 1.12, f"compute ceiling {si(round(plot.peak_flops))}FLOP/s",
+                        ha="left", va="bottom", fontsize=8),
+                ax.text(ridge / 2.5, plot.peak_flops / 5, f"bandwidth {plot.bandwidth / 1e9:.3g} GB/s", ha="left",
+                        va="top", fontsize=8)]  # below the slope, which rises to its right
     ax.axvline(ridge, color=_LIGHT, linestyle=":", linewidth=1)
     for p in pts:
         ax.plot([p.intensity, p.intensity], [p.achieved, p.predicted], color="#BBBBBB", linewidth=0.7, zorder=1)
@@ -368,6 +370,11 @@ def _roofline(ax: Any, plot: Roofline) -> None:
     ax.set_title(plot.title, fontsize=10)
     ax.grid(which="major", color=_LIGHT, linewidth=0.6)
     ax.legend(loc="lower right", fontsize=8, title=f"ceilings: {_short(plot.source, 50)}", title_fontsize=7)
-    biggest = sorted(pts, key=lambda p: -p.flops)[:12]
+    ax.figure.canvas.draw()
+    biggest = sorted(pts, key=lambda p: -p.flops)[:10]
     place_labels(ax, [(p.intensity, p.achieved, _short(p.name, 22)) for p in biggest], fontsize=7,
-                 avoid=[_extent(ax.get_legend())])
+                 avoid=[_extent(ax.get_legend()), *(_extent(t) for t in ceilings)],
+                 others=[(p.intensity, p.predicted) for p in pts] + [(p.intensity, p.achieved) for p in pts])
+    if plot.left_out:
+        ax.text(0.01, 0.01, f"{plot.left_out} layer{'s' if plot.left_out != 1 else ''} without FLOPs under the "
+                "convention (or bytes) not shown", transform=ax.transAxes, fontsize=7, color="grey")
