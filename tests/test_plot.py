@@ -145,6 +145,15 @@ def test_long_network_labels_are_its_blocks() -> None:
     assert axis.labels[0] == data.Group("conv1 … maxpool", 0, 4)
 
 
+def test_labels_prefer_blocks_to_ranges_of_layers() -> None:
+    # EfficientNet-B0's 240 rows: its 16 MBConv blocks (1, 2, 2, 3, 3, 4, 1 per stage, Tan & Le 2019, Table 1), not
+    # the deeper level whose labels would mostly name ranges of layers inside blocks.
+    axis = data.calc_plot(report_of("torchvision/efficientnet_b0")).bars.axis
+    blocks = [f"stage{s}.{b}" for s, n in enumerate((1, 2, 2, 3, 3, 4, 1), start=1) for b in range(n)]
+    assert [g.name for g in axis.labels] == ["stem.conv1 … stem.silu1", *blocks, "last.conv1 … dropout1",
+                                            "classifier"]
+
+
 def _centres(axis: data.Axis) -> list[float]:
     return [(g.start + g.stop - 1) / 2 for g in axis.labels]
 

@@ -128,22 +128,28 @@ def timeline(report: Report, device: str = "cuda", input_requires_grad: bool = F
 
 def _axis(report: Report, rows: Sequence[Row], max_labels: int = MAX_LABELS) -> Axis:
     """Name every row when they fit; else group consecutive rows by their ancestor block at the deepest level whose
-    groups fit (ResNet-50's 174 layers: conv1, bn1, relu, maxpool, layer1 … layer4, avgpool, fc)."""
+    groups fit with few of them too narrow to name alone (ResNet-50's 174 layers: its 16 bottlenecks, the stem and
+    the head each under one label)."""
     names = tuple(r.name for r in rows)
     if len(rows) <= max_labels:
         return Axis(names, ())
     ancestors = _ancestors(report)
     chains = [ancestors.get(id(r), ()) for r in rows]
-    best: tuple[Group, ...] = ()
-    for level in range(1, max(map(len, chains), default=0) + 2):
+    slot = len(rows) / max_labels
+    levels = []
+    for level in range(1, max(map(len, chains), default=0) + 1):
         keys = [chain[level - 1] if len(chain) >= level else r.name for chain, r in zip(chains, rows)]
-        groups = _runs(keys)
-        if len(groups) > max_labels:
-            break
-        best = groups
-    if not best:  # even the top-level blocks are too many: narrow neighbours share a label below
-        best = _runs([chain[0] if chain else r.name for chain, r in zip(chains, rows)])
-    return Axis(names, _merge_narrow(best, len(rows) / max_labels))
+        merged = _merge_narrow(_runs(keys), slot)
+        shared = sum(1 for g in merged if " … " in g.name)
+        levels.append((merged, shared))
+    fitting = [(m, n) for m, n in levels if len(m) <= max_labels]
+    readable = [m for m, n in fitting if n <= len(m) // 4]  # at most a quarter of the labels name a range
+    if readable:
+        return Axis(names, readable[-1])
+    if fitting:
+        return Axis(names, min(fitting, key=lambda mn: mn[1] / len(mn[0]))[0])
+    # no blocks, or too many even at the top: neighbours share labels (a plain 300-layer stack)
+    return Axis(names, levels[0][0] if levels else _merge_narrow(_runs(names), slot))
 
 
 def _merge_narrow(groups: Sequence[Group], slot: float) -> tuple[Group, ...]:

@@ -264,16 +264,18 @@ def compare(plot: ComparePlot, path: Path) -> None:
 
 
 def _log_log(ax: Any, xs: Sequence[float], ys: Sequence[float]) -> None:
+    """Log scales on both axes, padded for the markers; an axis spanning less than a decade gets ticks at 1, 2
+    and 5 of each decade, so it shows more than one."""
     ax.set_xscale("log")
     ax.set_yscale("log")
-    for setter, values in ((ax.set_xlim, xs), (ax.set_ylim, ys)):
+    for setter, axis, values in ((ax.set_xlim, ax.xaxis, xs), (ax.set_ylim, ax.yaxis, ys)):
         positive = [v for v in values if v > 0]
         if positive:
             setter(min(positive) / 2.5, max(positive) * 2.5)
-    ax.xaxis.set_major_formatter(FuncFormatter(_tick))
-    ax.yaxis.set_major_formatter(FuncFormatter(_tick))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.set_minor_formatter(NullFormatter())
+            if max(positive) / min(positive) < 10:
+                axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(_tick))
+        axis.set_minor_formatter(NullFormatter())
 
 
 # ---- sweep --------------------------------------------------------------------------------------------------------
