@@ -213,6 +213,13 @@ def test_calc_and_compare_write_pictures(tmp_path: Path, suffix: str) -> None:
             assert len(png_text(out)["archcalc-series"]) == 64
 
 
+def test_the_same_series_draw_the_same_svg(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.svg", tmp_path / "b.svg"
+    for out in (a, b):
+        assert invoke(["compare", "vgg16", "lenet5", "-f", "csv", "--plot", str(out)]).exit_code == 0
+    assert a.read_bytes() == b.read_bytes()
+
+
 def test_png_digest_is_the_series_digest(tmp_path: Path) -> None:
     out = tmp_path / "r.png"
     assert invoke(["calc", "resnet18", "--batch", "4", "--plot", str(out)]).exit_code == 0
