@@ -154,8 +154,10 @@ class _Shuffle(Kind):
         return (c * r * r, h // r, w // r)
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        # pixel_shuffle: an output position is one input position; pixel_unshuffle stacks an r x r block of input
+        # positions into the channels of one output position (space-to-depth: a window r, stride r).
         r = self.factor(a)
-        return [RFStep(1, Fraction(1, r) if self.up else r) for _ in range(2)]
+        return [RFStep(1, Fraction(1, r)) if self.up else RFStep(r, r) for _ in range(2)]
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         return f"x{self.factor(a)}" if self.up else f"/{self.factor(a)}"

@@ -1,0 +1,257 @@
+"""Mutation testing of the analytic core and of validate's comparisons: mutmut 3, one module at a time.
+
+    python benchmarks/mutation.py                        # every module below, then the score table
+    python benchmarks/mutation.py validate kinds/conv    # some of them (names as in --list)
+    python benchmarks/mutation.py --list                 # the modules and the tests each one runs
+    python benchmarks/mutation.py --table [--markdown]   # the table of the last runs, nothing run
+    python benchmarks/mutation.py --survivors validate   # the diff of every mutant that survived
+
+Not part of .ci/run: a run of everything takes hours on two cores. Needs `pip install -e ".[mutation]"`.
+
+Each module runs in its own scratch copy, out/mutation/<module>/ (archcalc/, specs/, tests/ and a pyproject.toml
+with a [tool.mutmut] section naming that one file and its tests), so runs never touch the checkout and a module's
+results stay there for `mutmut show NAME` / `mutmut browse` (run inside that folder). mutmut records which tests
+reach which function and runs only those against a mutant of it (stopping at the first failure), one worker at a
+time (--workers), with OMP_NUM_THREADS=1 so that torch runs one thread in each forked worker.
+
+The score of a module is killed / total: a mutant is killed when a test fails (or times out) with it in place;
+survivors and mutants no selected test reaches count against it. Equivalent mutants, which cannot change behaviour,
+are listed in docs/mutation.md and still count as not killed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "out" / "mutation"
+MUTMUT = Path(sys.executable).parent / "mutmut"
+
+# The fast analytic tests (no full-size torch runs; torch executes only small modules written in the tests).
+KIND_TESTS = ("tests/test_kinds.py", "tests/test_kind_rules.py", "tests/test_window_rule.py",
+              "tests/test_arithmetic.py", "tests/test_golden.py", "tests/test_audit.py", "tests/test_memory.py",
+              "tests/test_errors.py")
+ENGINE_TESTS = ("tests/test_arithmetic.py", "tests/test_spec.py", "tests/test_memory.py", "tests/test_errors.py",
+                "tests/test_golden.py", "tests/test_hardening.py", "tests/test_training.py",
+                "tests/test_engine_rules.py")
+VALIDATE_TESTS = ("tests/test_validate_catches.py", "tests/test_validate.py")
+
+# name -> (the files mutated in one mutmut run, the tests that may kill their mutants). The score table has a row
+# per file. One run shares one stats pass (which test reaches which function) among its files.
+MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "validate": (("archcalc/torch/validate.py",), VALIDATE_TESTS),
+    "validate/measure": (("archcalc/torch/validate.py",), VALIDATE_TESTS),
+    "kinds": (("archcalc/core/kinds/*.py",), KIND_TESTS),
+    "engine": (("archcalc/core/analyze.py", "archcalc/core/memory.py", "archcalc/core/expr.py",
+                "archcalc/core/spec.py"), ENGINE_TESTS),
+}
+# Where only some functions of a file are mutated (fnmatch patterns of mutmut's mutant names): validate's
+# comparisons and verdict apart from its measuring side, whose mutants are many and slow to test.
+FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "validate": ("*.x_compare__mutmut_*", "*.x_validate__mutmut_*", "*.xǁValidationǁ*"),
+    "validate/measure": ("*.x_measure__mutmut_*", "*.x__training_flops__mutmut_*", "*.x__fvcore__mutmut_*",
+                         "*.x__saved_run__mutmut_*"),
+}
+
+# Tests left out of every selection: full-size forward passes, and runs of every bundled spec.
+DESELECT = ("tests/test_validate.py::test_full_size_cpu_run_of_one_spec",
+            "tests/test_validate.py::test_spec_at_real_input_on_meta",
+            "tests/test_validate.py::test_spec_reduced_on_cpu")
+
+KILLED = {"killed", "timeout", "caught by type check"}
+# mutmut's exit codes (mutmut/stats.py)
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 35: "suspicious",
+          36: "timeout", 37: "caught by type check", -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout",
+          -11: "segfault", -9: "segfault", None: "not checked"}
+
+
+# A pytest plugin for the mutant runs: the fastest tests first (durations from mutmut's stats run), so that -x
+# stops a killed mutant early instead of after the slow tests that happen to come first.
+FAST_FIRST = """
+import json
+from pathlib import Path
+
+STATS = Path({stats!r})
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if STATS.exists():
+        durations = json.loads(STATS.read_text())["duration_by_test"]
+        items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
+"""
+
+
+def workdir(name: str, ref: str | None) -> Path:
+    return OUT / (ref or "worktree") / name.replace("/", "-")
+
+
+def _toml_list(items: tuple[str, ...] | list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def prepare(name: str, ref: str | None) -> Path:
+    """A fresh scratch copy of the checkout (or of commit `ref`) for one module, with its [tool.mutmut] section."""
+    paths, tests = MODULES[name]
+    work = workdir(name, ref)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    folders = ("archcalc", "specs", "tests")
+    if ref:  # the scores of a commit (the tests as they were then)
+        archive = subprocess.run(["git", "archive", ref, *folders, "pyproject.toml"], cwd=ROOT, capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+    else:
+        ignore = shutil.ignore_patterns("__pycache__", ".hypothesis", "*.pyc")
+        for folder in folders:
+            shutil.copytree(ROOT / folder, work / folder, ignore=ignore)
+        shutil.copy2(ROOT / "pyproject.toml", work / "pyproject.toml")
+    tests = tuple(t for t in tests if (work / t.partition("::")[0]).exists())
+    args = [*tests, *(f"--deselect={t}" for t in DESELECT)]
+    pyproject = (work / "pyproject.toml").read_text(encoding="utf-8")
+    pyproject += f"""
+[tool.mutmut]
+source_paths = ["archcalc"]
+only_mutate = {_toml_list(paths)}
+also_copy = ["specs"]
+pytest_add_cli_args_test_selection = {_toml_list(args)}
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "no:warnings", "-p", "_fast_first"]
+use_git_change_detection = false
+"""
+    (work / "pyproject.toml").write_text(pyproject, encoding="utf-8")
+    (work / "mutants").mkdir()  # on sys.path during the runs: the plugin is found there
+    stats = str(work / "mutants" / "mutmut-stats.json")
+    (work / "mutants" / "_fast_first.py").write_text(FAST_FIRST.format(stats=stats), encoding="utf-8")
+    return work
+
+
+def run(name: str, workers: int, ref: str | None) -> int:
+    work = prepare(name, ref)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "COVERAGE_PROCESS_START")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+    print(f"== {name}{f' at {ref}' if ref else ''}: mutmut in {work.relative_to(ROOT)}", flush=True)
+    with open(work / "mutmut.log", "w", encoding="utf-8") as log:
+        done = subprocess.run([str(MUTMUT), "run", "--max-children", str(workers), *FUNCTIONS.get(name, ())],
+                              cwd=work, env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        print(f"   mutmut exited {done.returncode}: see {(work / 'mutmut.log').relative_to(ROOT)}", flush=True)
+    return done.returncode
+
+
+def results(name: str, ref: str | None) -> dict[str, dict[str, str]]:
+    """file -> {mutant name -> status}, from mutmut's .meta files of the run's last run (empty: never run)."""
+    paths, _ = MODULES[name]
+    patterns = FUNCTIONS.get(name, ("*",))
+    mutants = workdir(name, ref) / "mutants"
+    found = {}
+    for pattern in paths:
+        for meta in sorted(mutants.glob(pattern + ".meta")):
+            data = json.loads(meta.read_text(encoding="utf-8"))
+            res = {key: STATUS.get(code, "suspicious") for key, code in data["exit_code_by_key"].items()
+                   if any(fnmatch.fnmatchcase(key, p) for p in patterns)}
+            if res:
+                found[meta.relative_to(mutants).as_posix()[:-len(".meta")]] = res
+    return found
+
+
+def function_of(mutant: str) -> str:
+    """'archcalc.torch.validate.x_compare__mutmut_3' -> 'compare'; methods: 'Conv.cost'."""
+    tail = mutant.rsplit(".", 1)[-1]
+    match = re.fullmatch(r"(?:x(?:ǁ(\w+)ǁ)?_)?(\w+?)__mutmut_\d+", tail)
+    if match is None:
+        return tail
+    cls, func = match.groups()
+    return f"{cls}.{func}" if cls else func
+
+
+def score_rows(names: list[str], ref: str | None) -> list[tuple[str, Counter[str]]]:
+    rows = []
+    for name in names:
+        found = results(name, ref)
+        for path, res in found.items():
+            label = path.removeprefix("archcalc/")
+            if name in FUNCTIONS:
+                label += " (" + ("comparisons and verdict" if name == "validate" else "measuring") + ")"
+            rows.append((label, Counter(res.values())))
+            if name == "validate":  # compare() alone: issue 9's target is all of its mutants killed
+                rows.append((f"{label[:-len(' (comparisons and verdict)')]}: compare()",
+                             Counter(s for k, s in res.items() if function_of(k) == "compare")))
+        if len(found) > 1:
+            rows.append((f"{name} (all)", sum((Counter(r.values()) for r in found.values()), Counter())))
+    return rows
+
+
+def table(names: list[str], markdown: bool, ref: str | None) -> str:
+    head = ("module", "killed", "survived", "no tests", "other", "total", "score")
+    lines = []
+    for name, c in score_rows(names, ref):
+        killed = sum(c[s] for s in KILLED)
+        other = sum(n for s, n in c.items() if s not in KILLED | {"survived", "no tests"})
+        total = sum(c.values())
+        score = f"{100 * killed / total:.1f} %" if total else "-"
+        lines.append((name, str(killed), str(c["survived"]), str(c["no tests"]), str(other), str(total), score))
+    if markdown:
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(f"`{r[0]}`" if i == 0 else r[i] for i in range(len(r))) + " |" for r in lines]
+        return "\n".join(out)
+    widths = [max(len(r[i]) for r in [head, *lines]) for i in range(len(head))]
+    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
+    return "\n".join(fmt.format(*r) for r in [head, *lines])
+
+
+def survivors(name: str, ref: str | None) -> None:
+    work = workdir(name, ref)
+    for res in results(name, ref).values():
+        for key, status in sorted(res.items()):
+            if status not in KILLED:
+                shown = subprocess.run([str(MUTMUT), "show", key], cwd=work, capture_output=True, text=True)
+                print(shown.stdout or f"# {key}: {status}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help="module names (default: all; see --list)")
+    parser.add_argument("--list", action="store_true", help="list the modules and their tests")
+    parser.add_argument("--table", action="store_true", help="print the table of the last runs; run nothing")
+    parser.add_argument("--markdown", action="store_true", help="the table as Markdown")
+    parser.add_argument("--survivors", action="store_true", help="show the surviving mutants' diffs; run nothing")
+    parser.add_argument("--ref", help="test a commit's code with its own tests (e.g. the scores before a change)")
+    parser.add_argument("--workers", type=int, default=1, help="mutants tested at once (default 1)")
+    ns = parser.parse_args()
+    unknown = [m for m in ns.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
+    names = ns.modules or list(MODULES)
+    if ns.list:
+        for name, (paths, tests) in MODULES.items():
+            print(f"{name:16} {' '.join(paths)} {' '.join(FUNCTIONS.get(name, ()))}\n{'':16} {' '.join(tests)}")
+        return 0
+    if ns.survivors:
+        for name in names:
+            survivors(name, ns.ref)
+        return 0
+    failed = 0
+    if not ns.table:
+        if not MUTMUT.exists():
+            print(f"error: {MUTMUT} not found; pip install -e '.[mutation]'", file=sys.stderr)
+            return 2
+        for name in names:
+            failed |= run(name, ns.workers, ns.ref) != 0
+    print(f"mutmut {metadata.version('mutmut')}, {ns.ref or 'the working tree'}")
+    print(table(names, ns.markdown, ns.ref))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""What test_kinds leaves out of every kind's examples: the bytes autograd saves, the receptive field, and the
+full-convention FLOPs, each against an oracle of its own.
+
+- Saved bytes: autograd itself (saved_tensors_hooks around a training forward of the kind's torch module, the input
+  needing a gradient) against the engine's figure for the one-layer network.
+- Receptive field: measured physically. Perturbing the input along one axis (one index at a time, every channel
+  and every other position at once) shows which input indices each output index depends on; the widest such span
+  is the layer's receptive field on that axis.
+- Full FLOPs: the rule each kind states in `archcalc kinds` (full_rule), written out here as arithmetic on the
+  example's shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pytest
+import torch
+from conftest import load_text
+
+from archcalc.core.analyze import Report, analyze
+from archcalc.core.kinds import REGISTRY, Kind
+from archcalc.torch.recipes import module_call
+
+BATCH = 2
+CASES = [(name, i) for name, kind in sorted(REGISTRY.items()) for i, _ in enumerate(kind.examples)]
+IDS = [f"{n}-{i}" for n, i in CASES]
+
+
+def _args(kind: Kind, given: Mapping[str, object]) -> dict[str, Any]:
+    args = {a.name: a.default for a in kind.args}
+    args.update({k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    return args
+
+
+def _one_layer(kind: Kind, index: int, **kwargs: Any) -> Report:
+    """The example as a one-layer spec (a flattened input is written C x 1 and flattened first), analysed."""
+    ex = kind.examples[index]
+    args = ", ".join(f"{k}: {list(v) if isinstance(v, tuple) else v}" for k, v in ex.args.items())
+    layer = f"{kind.name}: {{{args}}}"
+    shape = list(ex.input) if len(ex.input) > 1 else [ex.input[0], 1]
+    layers = [layer] if len(ex.input) > 1 else ["flatten", layer]
+    text = f"name: t\ninput: {shape}\nlayers:\n" + "".join(f"  - {x}\n" for x in layers)
+    return analyze(load_text(text), batch=BATCH, **kwargs)
+
+
+def _module(kind: Kind, index: int) -> torch.nn.Module:
+    ex = kind.examples[index]
+    torch.manual_seed(0)
+    return module_call(kind, _args(kind, ex.args), ex.input).make()
+
+
+# ---- saved bytes -------------------------------------------------------------------------------------------------
+
+
+def autograd_saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd packs in a training forward, parameters and buffers left out, each storage
+    once (a tensor saved by two nodes, or an output that is a view of a saved input, is one allocation)."""
+    module.train()
+    skip = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
+    seen: dict[int, int] = {}
+    kept: list[torch.Tensor] = []  # nothing freed mid-count, so no address is reused
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept.append(t)
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip and storage.nbytes():
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize(("name", "index"), CASES, ids=IDS)
+def test_saved_bytes_are_what_autograd_keeps(name: str, index: int) -> None:
+    kind = REGISTRY[name]
+    report = _one_layer(kind, index, device="cpu", input_requires_grad=True)
+    x = torch.randn(BATCH, *kind.examples[index].input).requires_grad_()
+    assert report.totals.saved_bytes == autograd_saved_bytes(_module(kind, index), x)
+
+
+# ---- receptive field ---------------------------------------------------------------------------------------------
+
+# Layers whose every output depends on the whole sample through its statistics: the receptive field, by
+# convention, follows only the sliding windows (a normalization does not widen it).
+NORMALIZING = {"layernorm", "groupnorm"}
+
+
+def measured_rf(module: torch.nn.Module, inp: tuple[int, ...], axis: int) -> int:
+    """The widest span of input indices along spatial `axis` that one output index depends on."""
+    module = module.double().eval()
+    size = inp[1 + axis]
+    torch.manual_seed(1)
+    base = torch.rand(1, *inp, dtype=torch.float64)
+    xs = base.repeat(size + 1, *[1] * len(inp))
+    for p in range(size):  # sample p + 1: the input at index p of the axis changed, every channel and position
+        where = (p + 1, slice(None), *[p if a == axis else slice(None) for a in range(len(inp) - 1)])
+        xs[where] += 10.0 * torch.rand_like(xs[where])  # not a constant shift: a normalization would undo it
+    with torch.no_grad():
+        ys = module(xs)
+    changed = (ys[1:] - ys[:1]).abs() > 1e-9  # (input index, C, *out spatial)
+    if changed.dim() == 2 + len(inp) - 1:  # the output keeps the spatial axes: (input index, output index)
+        depends = changed.movedim(2 + axis, 1).flatten(2).any(dim=2)
+    else:  # flattened: one output (every feature)
+        depends = changed.flatten(1).any(dim=1, keepdim=True)
+    spans = [int(idx.max() - idx.min() + 1) for idx in (torch.nonzero(depends[:, o]).flatten()
+                                                         for o in range(depends.shape[1])) if len(idx)]
+    return max(spans)
+
+
+def _small(name: str, index: int) -> bool:
+    """One forward per input index along an axis: only the examples that are cheap to run that often."""
+    kind, ex = REGISTRY[name], REGISTRY[name].examples[index]
+    args = _args(kind, ex.args)
+    macs = kind.cost(args, ex.input, kind.output(args, ex.input, lambda message: None)).macs
+    return len(ex.input) > 1 and math.prod(ex.input) <= 60_000 and macs <= 1_000_000
+
+
+RF_CASES = [(n, i) for n, i in CASES if _small(n, i) and n not in NORMALIZING]
+
+
+@pytest.mark.parametrize(("name", "index"), RF_CASES, ids=[f"{n}-{i}" for n, i in RF_CASES])
+def test_receptive_field_is_the_measured_dependence(name: str, index: int) -> None:
+    kind = REGISTRY[name]
+    inp = kind.examples[index].input
+    report = _one_layer(kind, index)
+    module = _module(kind, index)
+    for axis in range(len(inp) - 1):
+        assert report.totals.rf[axis] == measured_rf(module, inp, axis), f"axis {axis}"
+
+
+# ---- full FLOPs ----------------------------------------------------------------------------------------------
+
+
+def _windows(w: int, o: int) -> list[int]:
+    """PyTorch's adaptive pooling windows along one axis: [floor(i W / O), ceil((i + 1) W / O))."""
+    return [math.ceil((i + 1) * w / o) - math.floor(i * w / o) for i in range(o)]
+
+
+def _window_elements(inp: tuple[int, ...], out: tuple[int, ...]) -> int:
+    return inp[0] * math.prod(sum(_windows(w, o)) for w, o in zip(inp[1:], out[1:]))
+
+
+def _kernel(a: Mapping[str, Any], inp: tuple[int, ...]) -> int:
+    k = a["kernel_size"]
+    return k ** (len(inp) - 1) if isinstance(k, int) else math.prod(k)
+
+
+def _gelu(a: Mapping[str, Any]) -> int:
+    return 9 if a["approximate"] == "tanh" else 5
+
+
+def _batchnorm(a: Mapping[str, Any]) -> int:
+    if a["track_running_stats"]:
+        return 4 if a["affine"] else 2
+    return 5 if a["affine"] else 4
+
+
+def _upsample(a: Mapping[str, Any], inp: tuple[int, ...]) -> int:
+    return 0 if a["mode"] == "nearest" else 3 * (len(inp) - 1)
+
+
+Rule = Callable[[Mapping[str, Any], tuple[int, ...], tuple[int, ...], int], int]
+n = math.prod
+# kind -> full FLOPs from (arguments, input, output, MACs), per sample, as each kind's full_rule states it
+FULL: dict[str, Rule] = {
+    "relu": lambda a, i, o, m: n(o), "tanh": lambda a, i, o, m: n(o), "layer_scale": lambda a, i, o, m: n(o),
+    "leaky_relu": lambda a, i, o, m: 2 * n(o), "prelu": lambda a, i, o, m: 2 * n(o),
+    "relu6": lambda a, i, o, m: 2 * n(o),
+    "elu": lambda a, i, o, m: 3 * n(o), "sigmoid": lambda a, i, o, m: 3 * n(o),
+    "softmax": lambda a, i, o, m: 3 * n(o),
+    "silu": lambda a, i, o, m: 4 * n(o), "hardsigmoid": lambda a, i, o, m: 4 * n(o),
+    "hardswish": lambda a, i, o, m: 5 * n(o),
+    "gelu": lambda a, i, o, m: _gelu(a) * n(o),
+    "maxout": lambda a, i, o, m: (a["pieces"] - 1) * n(o),
+    **{k: (lambda a, i, o, m: 0) for k in ("dropout", "identity", "flatten", "channel_shuffle", "channel_slice",
+                                            "stochastic_depth", "pixel_shuffle", "pixel_unshuffle", "crop",
+                                            "zeropad")},
+    "conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
+    "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
+    "linear": lambda a, i, o, m: 2 * m + (a["out_features"] if a["bias"] else 0),
+    "bias": lambda a, i, o, m: n(o),
+    "channel_layernorm": lambda a, i, o, m: (5 if a["elementwise_affine"] else 4) * n(o),
+    "layernorm": lambda a, i, o, m: (5 if a["elementwise_affine"] else 4) * n(o),
+    "groupnorm": lambda a, i, o, m: (5 if a["affine"] else 4) * n(o),
+    "batchnorm": lambda a, i, o, m: _batchnorm(a) * n(o),
+    "lrn": lambda a, i, o, m: (2 * a["size"] + 3) * n(o),
+    "mean": lambda a, i, o, m: n(i) + n(o),
+    "maxpool": lambda a, i, o, m: (_kernel(a, i) - 1) * n(o),
+    "avgpool": lambda a, i, o, m: _kernel(a, i) * n(o),
+    # window - 1 additions and one division per output element, as avgpool's rule states (adaptive_avgpool's own
+    # full_rule text reads "one addition per element of every window, plus one division": one more per output)
+    "adaptive_avgpool": lambda a, i, o, m: _window_elements(i, o),
+    "global_avgpool": lambda a, i, o, m: n(i),
+    "adaptive_maxpool": lambda a, i, o, m: _window_elements(i, o) - n(o),
+    "global_maxpool": lambda a, i, o, m: n(i) - n(o),
+    "upsample": lambda a, i, o, m: _upsample(a, i) * n(o),
+}
+
+
+def test_every_kind_has_a_full_rule_here() -> None:
+    assert set(FULL) == set(REGISTRY)
+
+
+@pytest.mark.parametrize(("name", "index"), CASES, ids=IDS)
+def test_full_flops_follow_the_stated_rule(name: str, index: int) -> None:
+    kind = REGISTRY[name]
+    ex = kind.examples[index]
+    args = _args(kind, ex.args)
+    out = kind.output(args, ex.input, lambda message: None)
+    cost = kind.cost(args, ex.input, out)
+    assert cost.full == FULL[name](args, ex.input, out, cost.macs)
