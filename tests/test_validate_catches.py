@@ -329,3 +329,24 @@ def test_validate_names_what_it_accepts(kwargs: dict[str, str], message: str) ->
     with pytest.raises(ArchcalcError) as info:
         validate(load_text(SPEC), **kwargs)  # type: ignore[arg-type]
     assert str(info.value) == message
+
+
+class _Measured(Exception):
+    """Raised in place of measuring: carries the report validate predicted from."""
+
+
+@pytest.mark.parametrize(("device", "stats_itemsize"), [("cpu", 2), ("cuda", 4), ("meta", 4)])
+def test_predictions_follow_the_kernels_of_the_device(monkeypatch: pytest.MonkeyPatch, device: str,
+                                                      stats_itemsize: int) -> None:
+    """float16 batch norm keeps its batch mean and 1/std in float16 on the CPU, in float32 on CUDA
+    (base.itemsize_for); validate predicts with the rules of the device it runs on (meta: CUDA's)."""
+    def stop(report: Report, *args: Any, **kwargs: Any) -> Measurement:
+        raise _Measured(report)
+
+    monkeypatch.setattr(validate_module, "measure", stop)
+    text = "name: t\ninput: [4, 2, 2]\nlayers:\n  - batchnorm\n"
+    with pytest.raises(_Measured) as info:
+        validate(load_text(text), device, batch=BATCH, dtype="float16")
+    report = info.value.args[0]
+    # the input (2 bytes an element) and two statistics per channel
+    assert report.totals.saved_bytes == BATCH * 4 * 2 * 2 * 2 + 2 * 4 * stats_itemsize
