@@ -43,6 +43,7 @@ KIND_TESTS = ("tests/test_kinds.py", "tests/test_kind_rules.py", "tests/test_win
               "tests/test_errors.py")
 ENGINE_TESTS = ("tests/test_arithmetic.py", "tests/test_spec.py", "tests/test_memory.py", "tests/test_errors.py",
                 "tests/test_golden.py", "tests/test_hardening.py", "tests/test_training.py",
+                "tests/test_validate.py::test_composites_and_merges", "tests/test_validate_catches.py",
                 "tests/test_engine_rules.py")
 VALIDATE_TESTS = ("tests/test_validate_catches.py", "tests/test_validate.py")
 

@@ -1,0 +1,190 @@
+"""The engine's memory models on small graphs, against what torch does with the built network.
+
+- The inference peak: torch.profiler's CPU memory events during one no_grad forward (every allocation and free the
+  real module makes), against the predicted peak less the parameters, buffers and input.
+- Saved for backward: autograd's saved_tensors_hooks around one training forward, parameters and buffers left out,
+  each storage once, with the input needing a gradient or not and with frozen layers, against the prediction.
+
+The graphs mix what the walk has to get right: in-place and out-of-place activations, views, residual adds,
+concatenations, broadcasting products, named tensors read later, frozen prefixes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from conftest import load_text
+
+from archcalc.core.analyze import analyze
+from archcalc.torch.build import build_module
+from archcalc.torch.profile.probes import cpu_peak_bytes
+
+GRAPHS = {
+    "sequence": """
+layers:
+  - conv: {out: 4, kernel: 3, padding: 1}
+  - relu
+  - maxpool: {k: 2}
+  - conv: {out: 2, kernel: 1}
+  - relu: {inplace: true}
+  - flatten
+  - dropout
+  - linear: {out: 3}
+""",
+    "residuals": """
+layers:
+  - conv: {out: 4, kernel: 1}
+  - residual:
+      - conv: {out: 4, kernel: 3, padding: 1}
+      - relu
+    after: [relu]
+  - residual:
+      - conv: {out: 6, kernel: 3, stride: 2, padding: 1}
+    shortcut: projection
+  - global_avgpool
+""",
+    "branches": """
+layers:
+  - parallel:
+      - [conv: {out: 2, kernel: 1}]
+      - [maxpool: {kernel: 3, stride: 1, padding: 1}]
+      - []
+    merge: concat
+  - parallel: [[relu], [sigmoid], [tanh]]
+    merge: add
+  - parallel:
+      - []
+      - [global_avgpool, {conv: {out: 2, kernel: 1}}, relu, {conv: {out: 8, kernel: 1}}, sigmoid]
+    merge: mul
+""",
+    "named": """
+layers:
+  - conv: {out: 4, kernel: 3, padding: 1, name: stem}
+  - maxpool: {k: 2, name: down}
+  - conv: {out: 4, kernel: 1, name: mid}
+  - upsample: {scale_factor: 2, name: up}
+  - concat: [stem, up]
+    name: joined
+  - conv: {out: 2, kernel: 1}
+""",
+    "frozen": """
+layers:
+  - conv: {out: 4, kernel: 3, trainable: false}
+  - relu
+  - conv: {out: 4, kernel: 1, trainable: false}
+  - maxpool: {k: 2}
+  - conv: {out: 2, kernel: 1}
+  - sigmoid
+  - linear: {out: 3, trainable: false}
+""",
+}
+
+
+# For the peak: only ops whose CPU kernels allocate nothing beyond their output and declared temporaries (a small
+# 3x3 convolution runs im2col, whose buffer is backend workspace the model leaves out; see the README).
+PEAK_GRAPHS = {
+    "sequence": """
+layers:
+  - conv: {out: 4, kernel: 1}
+  - relu
+  - maxpool: {k: 2}
+  - conv: {out: 2, kernel: 1}
+  - relu: {inplace: true}
+  - flatten
+  - dropout
+  - linear: {out: 3}
+""",
+    "residuals": """
+layers:
+  - conv: {out: 4, kernel: 1}
+  - residual:
+      - conv: {out: 4, kernel: 1}
+      - relu
+    after: [relu]
+  - residual:
+      - sigmoid
+      - conv: {out: 4, kernel: 1}
+""",
+    "branches": """
+layers:
+  - parallel:
+      - [conv: {out: 2, kernel: 1}]
+      - [maxpool: {kernel: 3, stride: 1, padding: 1}]
+      - []
+    merge: concat
+  - parallel: [[relu], [sigmoid], [tanh]]
+    merge: add
+  - parallel: [[], [sigmoid], [tanh]]
+    merge: mul
+""",
+    "named": """
+layers:
+  - conv: {out: 4, kernel: 1, name: stem}
+  - maxpool: {k: 2, name: down}
+  - conv: {out: 4, kernel: 1, name: mid}
+  - maxpool: {k: 2, name: down2}
+  - upsample: {scale_factor: 4, name: up}
+  - concat: [stem, up]
+    name: joined
+  - add: [joined, joined]
+  - sigmoid
+""",
+}
+
+
+def _spec(name: str, graphs: dict[str, str] = GRAPHS) -> str:
+    return f"name: {name}\ninput: [3, 8, 8]\n" + graphs[name]
+
+
+@pytest.mark.parametrize("name", sorted(PEAK_GRAPHS))
+def test_inference_peak_is_what_the_profiler_sees(name: str) -> None:
+    report = analyze(load_text(_spec(name, PEAK_GRAPHS)))
+    model = build_module(report).eval()
+    x = torch.randn(1, 3, 8, 8)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per-thread scratch of parallel kernels would blur the count
+    try:
+        with torch.no_grad():
+            model(x)  # one-off allocations out of the way
+            measured = cpu_peak_bytes(lambda: model(x))
+    finally:
+        torch.set_num_threads(threads)
+    t = report.totals
+    assert t.peak_bytes - t.param_bytes - t.buffer_bytes - x.numel() * 4 == measured
+
+
+def autograd_saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    skip = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    seen: dict[int, int] = {}
+    kept: list[torch.Tensor] = []  # nothing freed mid-count, so no address is reused
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept.append(t)
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip and storage.nbytes():
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("input_grad", [False, True], ids=["batch", "input-grad"])
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_saved_bytes_are_what_autograd_keeps(name: str, input_grad: bool) -> None:
+    kwargs: dict[str, Any] = {"batch": 2, "device": "cpu", "input_requires_grad": input_grad}
+    report = analyze(load_text(_spec(name)), **kwargs)
+    model = build_module(report)
+    x = torch.randn(2, 3, 8, 8).requires_grad_(input_grad)
+    assert report.totals.saved_bytes == autograd_saved_bytes(model, x)
+
+
+def test_a_frozen_prefix_keeps_less_than_a_trained_one() -> None:
+    """The frozen graph keeps nothing before its first trainable layer; trained, every layer keeps its share."""
+    frozen = analyze(load_text(_spec("frozen")), batch=2, device="cpu")
+    trained = analyze(load_text(_spec("frozen").replace(", trainable: false", "")), batch=2, device="cpu")
+    assert 0 < frozen.totals.saved_bytes < trained.totals.saved_bytes
