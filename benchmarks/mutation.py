@@ -32,6 +32,7 @@ import sys
 from collections import Counter
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "mutation"
@@ -81,6 +82,7 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
 FAST_FIRST = """
 import json
 from pathlib import Path
+from typing import Any
 
 STATS = Path({stats!r})
 
@@ -136,33 +138,78 @@ use_git_change_detection = false
     return work
 
 
-def run(name: str, workers: int, ref: str | None) -> int:
-    work = prepare(name, ref)
+def _mutmut(work: Path, workers: int, names: list[str] | tuple[str, ...], log_mode: str = "w") -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "COVERAGE_PROCESS_START")}
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
-    print(f"== {name}{f' at {ref}' if ref else ''}: mutmut in {work.relative_to(ROOT)}", flush=True)
-    with open(work / "mutmut.log", "w", encoding="utf-8") as log:
-        done = subprocess.run([str(MUTMUT), "run", "--max-children", str(workers), *FUNCTIONS.get(name, ())],
-                              cwd=work, env=env,
+    with open(work / "mutmut.log", log_mode, encoding="utf-8") as log:
+        done = subprocess.run([str(MUTMUT), "run", "--max-children", str(workers), *names], cwd=work, env=env,
                               stdout=log, stderr=subprocess.STDOUT)
     if done.returncode != 0:
         print(f"   mutmut exited {done.returncode}: see {(work / 'mutmut.log').relative_to(ROOT)}", flush=True)
     return done.returncode
 
 
-def results(name: str, ref: str | None) -> dict[str, dict[str, str]]:
-    """file -> {mutant name -> status}, from mutmut's .meta files of the run's last run (empty: never run)."""
+def run(name: str, workers: int, ref: str | None, base: str | None) -> int:
+    """One mutmut run. With `base` (a ref already run), only what could have changed since: the mutants that the
+    base run left alive, and every mutant of a function whose source changed; the rest keep the base's verdict
+    (the tests were only added to, so a mutant killed then is killed now)."""
+    work = prepare(name, ref)
+    print(f"== {name}{f' at {ref}' if ref else ''}{f', re-testing what {base} left' if base else ''}: mutmut in "
+          f"{work.relative_to(ROOT)}", flush=True)
+    if base is None:
+        return _mutmut(work, workers, FUNCTIONS.get(name, ()))
+    (work / "base").write_text(base, encoding="utf-8")
+    alive = sorted(k for res in results(name, base, merged=False).values() for k, status in res.items()
+                   if status not in KILLED)
+    code = _mutmut(work, workers, alive) if alive else 0
+    changed = sorted(f"{module}.{fn}__mutmut_*" for module, fn in changed_functions(name, base))
+    if changed:
+        code |= _mutmut(work, workers, changed, "a")
+    return code
+
+
+def _metas(work: Path, paths: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """file -> mutmut's .meta data of the file, for the files mutated in `work`."""
+    mutants = work / "mutants"
+    return {meta.relative_to(mutants).as_posix()[:-len(".meta")]: json.loads(meta.read_text(encoding="utf-8"))
+            for pattern in paths for meta in sorted(mutants.glob(pattern + ".meta"))}
+
+
+def changed_functions(name: str, base: str) -> set[tuple[str, str]]:
+    """(module, mangled function) whose source differs between the base run and the working tree's run."""
+    paths, _ = MODULES[name]
+    before, now = _metas(workdir(name, base), paths), _metas(workdir(name, None), paths)
+    changed = set()
+    for path, data in now.items():
+        module = path[:-len(".py")].replace("/", ".")
+        old = before.get(path, {}).get("hash_by_function_name", {})
+        changed |= {(module, fn) for fn, h in data["hash_by_function_name"].items() if old.get(fn) != h}
+    return changed
+
+
+def results(name: str, ref: str | None, merged: bool = True) -> dict[str, dict[str, str]]:
+    """file -> {mutant name -> status}, from mutmut's .meta files of the run's last run (empty: never run). A run
+    that re-tested what a base run left (`--since`) takes the base's verdict for every mutant it did not run."""
     paths, _ = MODULES[name]
     patterns = FUNCTIONS.get(name, ("*",))
-    mutants = workdir(name, ref) / "mutants"
+    work = workdir(name, ref)
+    base = (work / "base").read_text(encoding="utf-8") if merged and (work / "base").exists() else None
+    before = results(name, base, merged=False) if base else {}
+    changed = changed_functions(name, base) if base else set()
     found = {}
-    for pattern in paths:
-        for meta in sorted(mutants.glob(pattern + ".meta")):
-            data = json.loads(meta.read_text(encoding="utf-8"))
-            res = {key: STATUS.get(code, "suspicious") for key, code in data["exit_code_by_key"].items()
-                   if any(fnmatch.fnmatchcase(key, p) for p in patterns)}
-            if res:
-                found[meta.relative_to(mutants).as_posix()[:-len(".meta")]] = res
+    for path, data in _metas(work, paths).items():
+        module = path[:-len(".py")].replace("/", ".")
+        res = {}
+        for key, code in data["exit_code_by_key"].items():
+            if not any(fnmatch.fnmatchcase(key, p) for p in patterns):
+                continue
+            status = STATUS.get(code, "suspicious")
+            fn = key[len(module) + 1:].rsplit("__mutmut_", 1)[0]
+            if status == "not checked" and base and (module, fn) not in changed:
+                status = before.get(path, {}).get(key, status)
+            res[key] = status
+        if res:
+            found[path] = res
     return found
 
 
@@ -228,6 +275,8 @@ def main() -> int:
     parser.add_argument("--markdown", action="store_true", help="the table as Markdown")
     parser.add_argument("--survivors", action="store_true", help="show the surviving mutants' diffs; run nothing")
     parser.add_argument("--ref", help="test a commit's code with its own tests (e.g. the scores before a change)")
+    parser.add_argument("--since", metavar="REF", help="re-test only what the run of REF (--ref REF) left alive, "
+                        "and the mutants of functions changed since; the rest keep REF's verdict")
     parser.add_argument("--workers", type=int, default=1, help="mutants tested at once (default 1)")
     ns = parser.parse_args()
     unknown = [m for m in ns.modules if m not in MODULES]
@@ -248,7 +297,7 @@ def main() -> int:
             print(f"error: {MUTMUT} not found; pip install -e '.[mutation]'", file=sys.stderr)
             return 2
         for name in names:
-            failed |= run(name, ns.workers, ns.ref) != 0
+            failed |= run(name, ns.workers, ns.ref, ns.since) != 0
     print(f"mutmut {metadata.version('mutmut')}, {ns.ref or 'the working tree'}")
     print(table(names, ns.markdown, ns.ref))
     return 1 if failed else 0

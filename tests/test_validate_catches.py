@@ -264,6 +264,9 @@ def test_every_output_is_compared_by_name() -> None:
                                           for n, s in report.outputs))
     assert [(c.layer, c.predicted, c.measured) for c in compare(wrong, m).failures] == [
         ("output c", [BATCH, 4], [BATCH, 3])]
+    unseen = m.__class__(**{f: getattr(m, f) for f in m.__slots__} | {  # type: ignore[attr-defined]
+        "outputs": {k: v for k, v in m.outputs.items() if k != "c"}})
+    assert [(c.layer, c.measured) for c in compare(report, unseen).failures] == [("output c", None)]
 
 
 def test_one_output_is_not_compared_twice(small: tuple[Report, Measurement]) -> None:
