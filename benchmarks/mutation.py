@@ -39,13 +39,14 @@ OUT = ROOT / "out" / "mutation"
 MUTMUT = Path(sys.executable).parent / "mutmut"
 
 # The fast analytic tests (no full-size torch runs; torch executes only small modules written in the tests).
-KIND_TESTS = ("tests/test_kinds.py", "tests/test_kind_rules.py", "tests/test_window_rule.py",
+KIND_TESTS = ("tests/test_kinds.py", "tests/test_kind_rules.py", "tests/test_kind_refusals.py",
+              "tests/test_window_rule.py",
               "tests/test_arithmetic.py", "tests/test_golden.py", "tests/test_audit.py", "tests/test_memory.py",
               "tests/test_errors.py")
+# The engine's runs share these, each with the tests that exercise it most directly first.
 ENGINE_TESTS = ("tests/test_arithmetic.py", "tests/test_spec.py", "tests/test_memory.py", "tests/test_errors.py",
-                "tests/test_golden.py", "tests/test_hardening.py", "tests/test_training.py",
-                "tests/test_validate.py::test_composites_and_merges", "tests/test_validate_catches.py",
-                "tests/test_engine_rules.py")
+                "tests/test_golden.py", "tests/test_training.py", "tests/test_validate.py::test_composites_and_merges",
+                "tests/test_validate_catches.py", "tests/test_engine_rules.py")
 VALIDATE_TESTS = ("tests/test_validate_catches.py", "tests/test_validate.py")
 
 # name -> (the files mutated in one mutmut run, the tests that may kill their mutants). The score table has a row
@@ -54,8 +55,12 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "validate": (("archcalc/torch/validate.py",), VALIDATE_TESTS),
     "validate/measure": (("archcalc/torch/validate.py",), VALIDATE_TESTS),
     "kinds": (("archcalc/core/kinds/*.py",), KIND_TESTS),
-    "engine": (("archcalc/core/analyze.py", "archcalc/core/memory.py", "archcalc/core/expr.py",
-                "archcalc/core/spec.py"), ENGINE_TESTS),
+    "analyze": (("archcalc/core/analyze.py",), ENGINE_TESTS),
+    "memory": (("archcalc/core/memory.py",), ("tests/test_memory.py", "tests/test_engine_rules.py",
+                                              "tests/test_training.py", "tests/test_validate_catches.py")),
+    "expr": (("archcalc/core/expr.py",), ("tests/test_spec.py", "tests/test_errors.py", "tests/test_hardening.py",
+                                          "tests/test_set.py")),
+    "spec": (("archcalc/core/spec.py",), ("tests/test_spec.py", "tests/test_errors.py", "tests/test_hardening.py")),
 }
 # Where only some functions of a file are mutated (fnmatch patterns of mutmut's mutant names): validate's
 # comparisons and verdict apart from its measuring side, whose mutants are many and slow to test.
