@@ -140,9 +140,9 @@ def _spec(name: str, graphs: dict[str, str] = GRAPHS) -> str:
 
 @pytest.mark.parametrize("name", sorted(PEAK_GRAPHS))
 def test_inference_peak_is_what_the_profiler_sees(name: str) -> None:
-    report = analyze(load_text(_spec(name, PEAK_GRAPHS)))
+    report = analyze(load_text(_spec(name, PEAK_GRAPHS)), batch=2)
     model = build_module(report).eval()
-    x = torch.randn(1, 3, 8, 8)
+    x = torch.randn(2, 3, 8, 8)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # per-thread scratch of parallel kernels would blur the count
     try:
@@ -188,3 +188,13 @@ def test_a_frozen_prefix_keeps_less_than_a_trained_one() -> None:
     frozen = analyze(load_text(_spec("frozen")), batch=2, device="cpu")
     trained = analyze(load_text(_spec("frozen").replace(", trainable: false", "")), batch=2, device="cpu")
     assert 0 < frozen.totals.saved_bytes < trained.totals.saved_bytes
+
+
+def test_saved_statistics_follow_the_device() -> None:
+    """float16 batch norm and dropout: on CUDA the batch statistics are float32 and dropout's mask a bool; on the CPU
+    both are float16 (kinds.base.itemsize_for). Batch 2, 4 channels of 3x3, after a conv (which keeps its input)."""
+    text = "name: t\ninput: [2, 3, 3]\nlayers:\n  - conv: {out: 4, kernel: 1}\n  - batchnorm\n  - dropout\n"
+    conv_input, bn_input, stats, mask = 2 * 2 * 9, 2 * 4 * 9, 2 * 4, 2 * 4 * 9
+    for device, stats_size, mask_size in (("cpu", 2, 2), ("cuda", 4, 1)):
+        report = analyze(load_text(text), batch=2, dtype="float16", device=device)
+        assert report.totals.saved_bytes == (conv_input + bn_input) * 2 + stats * stats_size + mask * mask_size
