@@ -246,14 +246,18 @@ def score_rows(names: list[str], ref: str | None) -> list[tuple[str, Counter[str
 
 
 def table(names: list[str], markdown: bool, ref: str | None) -> str:
-    head = ("module", "killed", "survived", "no tests", "other", "total", "score")
+    head = ("module", "killed", "survived", "no tests", "not run yet", "total", "score")
     lines = []
     for name, c in score_rows(names, ref):
         killed = sum(c[s] for s in KILLED)
-        other = sum(n for s, n in c.items() if s not in KILLED | {"survived", "no tests"})
         total = sum(c.values())
+        left = c["not checked"]
         score = f"{100 * killed / total:.1f} %" if total else "-"
-        lines.append((name, str(killed), str(c["survived"]), str(c["no tests"]), str(other), str(total), score))
+        if left:  # a run still going (or stopped): the score of what was tested so far
+            score = f"({100 * killed / (total - left):.1f} % of {total - left})" if total > left else "-"
+        other = total - killed - c["survived"] - c["no tests"] - left
+        lines.append((name, str(killed), str(c["survived"] + other), str(c["no tests"]), str(left), str(total),
+                      score))
     if markdown:
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         out += ["| " + " | ".join(f"`{r[0]}`" if i == 0 else r[i] for i in range(len(r))) + " |" for r in lines]
