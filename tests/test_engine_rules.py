@@ -131,6 +131,28 @@ layers:
   - add: [joined, joined]
   - sigmoid
 """,
+    # dropout at inference is its input: the storage lives until the last reader of either name (the concat)
+    "alias": """
+layers:
+  - conv: {out: 4, kernel: 1, name: a}
+  - dropout: {name: d}
+  - conv: {out: 8, kernel: 1, name: wide}
+  - conv: {out: 4, kernel: 1, name: narrow}
+  - concat: [a, narrow]
+""",
+    # the peak is while max pooling runs: its input, its output and the int64 indices it drops
+    "pool_first": """
+layers:
+  - maxpool: {k: 2}
+  - conv: {out: 2, kernel: 1}
+""",
+    # the peak is while the three-way product runs: its factors, its output and the partial product
+    "product": """
+layers:
+  - parallel: [[], [sigmoid], [tanh]]
+    merge: mul
+  - conv: {out: 1, kernel: 1}
+""",
 }
 
 
