@@ -69,6 +69,17 @@ layers:
     name: joined
   - conv: {out: 2, kernel: 1}
 """,
+    # a one-parameter first layer (recorded: its parameter needs a gradient), a layer with parameters that keeps
+    # a copy instead of its input (asymmetric padding, channel layer norm), a three-way product, a frozen linear
+    "odd": """
+layers:
+  - prelu
+  - conv: {out: 4, kernel: 2, padding: same}
+  - channel_layernorm
+  - parallel: [[], [sigmoid], [tanh]]
+    merge: mul
+  - linear: {out: 3, trainable: false}
+""",
     "frozen": """
 layers:
   - conv: {out: 4, kernel: 3, trainable: false}
@@ -196,10 +207,11 @@ def autograd_saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
 
 
 @pytest.mark.parametrize("input_grad", [False, True], ids=["batch", "input-grad"])
-@pytest.mark.parametrize("name", sorted(GRAPHS))
+@pytest.mark.parametrize("name", sorted(GRAPHS) + [f"peak-{n}" for n in sorted(PEAK_GRAPHS)])
 def test_saved_bytes_are_what_autograd_keeps(name: str, input_grad: bool) -> None:
     kwargs: dict[str, Any] = {"batch": 2, "device": "cpu", "input_requires_grad": input_grad}
-    report = analyze(load_text(_spec(name)), **kwargs)
+    text = _spec(name[5:], PEAK_GRAPHS) if name.startswith("peak-") else _spec(name)
+    report = analyze(load_text(text), **kwargs)
     model = build_module(report)
     x = torch.randn(2, 3, 8, 8).requires_grad_(input_grad)
     assert report.totals.saved_bytes == autograd_saved_bytes(model, x)

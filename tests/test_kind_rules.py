@@ -214,3 +214,39 @@ def test_full_flops_follow_the_stated_rule(name: str, index: int) -> None:
     out = kind.output(args, ex.input, lambda message: None)
     cost = kind.cost(args, ex.input, out)
     assert cost.full == FULL[name](args, ex.input, out, cost.macs)
+
+
+# ---- inference peak ----------------------------------------------------------------------------------------------
+
+# Kinds whose CPU kernels hold scratch the model leaves out (backend detail, not activations): the profiler sees
+# at least the prediction. Batch norm's per-channel scale and shift, layer and group norm's statistics, LRN's and
+# mean's scalar, transposed convolution's col2im buffer, nearest 2-D upsampling's copy of its input.
+SCRATCH = {"batchnorm", "layernorm", "groupnorm", "lrn", "mean", "global_avgpool", "conv_transpose", "upsample"}
+PEAK_CASES = [(n, i) for n, i in CASES if math.prod(REGISTRY[n].examples[i].input) <= 100_000]
+
+
+@pytest.mark.parametrize(("name", "index"), PEAK_CASES, ids=[f"{n}-{i}" for n, i in PEAK_CASES])
+def test_inference_peak_is_what_the_profiler_sees(name: str, index: int) -> None:
+    """The one-layer network's peak beyond its parameters, buffers and input: the output and what the kind
+    declares it allocates while it runs (Kind.transient: max pooling's indices, LRN's intermediates, a padding
+    copy), against torch.profiler's CPU memory events."""
+    from archcalc.torch.build import build_module
+    from archcalc.torch.profile.probes import cpu_peak_bytes
+
+    report = _one_layer(REGISTRY[name], index)
+    model = build_module(report).eval()
+    x = torch.randn(BATCH, *report.input)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per-thread scratch of parallel kernels would blur the count
+    try:
+        with torch.no_grad():
+            model(x)  # one-off allocations out of the way
+            measured = cpu_peak_bytes(lambda: model(x))
+    finally:
+        torch.set_num_threads(threads)
+    t = report.totals
+    predicted = t.peak_bytes - t.param_bytes - t.buffer_bytes - x.numel() * 4
+    if name in SCRATCH:
+        assert measured >= predicted
+    else:
+        assert measured == predicted
