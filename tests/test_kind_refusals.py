@@ -9,9 +9,12 @@ from typing import Any
 
 import pytest
 import torch
-from test_kind_rules import FULL
+from conftest import load_text
+from test_kind_rules import FULL, autograd_saved_bytes
 
-from archcalc.core.kinds import REGISTRY, LayerError
+from archcalc.core.analyze import analyze
+from archcalc.core.kinds import REGISTRY, Kind, LayerError
+from archcalc.core.kinds.base import register
 from archcalc.torch.recipes import module_call
 
 
@@ -136,3 +139,52 @@ def test_variants_follow_the_rules_and_torch(name: str, inp: tuple[int, ...], gi
         assert tuple(module(torch.randn(2, *inp)).shape) == (2, *out)
     assert sum(p.numel() for p in module.parameters()) == cost.params
     assert sum(b.numel() for b in module.buffers()) == cost.buffers + cost.int_buffers
+
+
+# Saved-for-backward variants the examples do not reach (in place, asymmetric padding, partial normalized shapes,
+# nothing to drop), against autograd with the input needing a gradient (test_kind_rules.autograd_saved_bytes).
+SAVED_VARIANTS = [
+    ("relu6", (4, 5, 5), {"inplace": True}),
+    ("hardswish", (4, 5, 5), {"inplace": True}),
+    ("hardsigmoid", (4, 5, 5), {"inplace": True}),
+    ("silu", (4, 5, 5), {"inplace": True}),
+    ("relu", (4, 5, 5), {"inplace": True}),
+    ("avgpool", (4, 7, 7), {"kernel_size": 2, "stride": 1, "padding": "same"}),
+    ("maxpool", (4, 7, 7), {"kernel_size": 2, "stride": 1, "padding": "same"}),
+    ("conv", (4, 7, 7), {"out_channels": 2, "kernel_size": 2, "padding": "same"}),
+    ("layernorm", (3, 4, 4), {"normalized_shape": (4, 4)}),
+    ("layernorm", (3, 4, 4), {"normalized_shape": 4, "elementwise_affine": False}),
+    ("stochastic_depth", (4, 5, 5), {"p": 0.0}),
+    ("stochastic_depth", (4, 5, 5), {"p": 0.3, "mode": "batch"}),
+    ("dropout", (4, 5, 5), {"p": 0.0}),
+    ("channel_layernorm", (4, 5, 5), {"elementwise_affine": False}),
+    ("adaptive_avgpool", (4, 6, 6), {"output_size": 1}),
+    ("adaptive_maxpool", (4, 6, 6), {"output_size": 1}),
+    ("zeropad", (4, 5, 5), {"padding": [[1, 2], [0, 1]]}),
+]
+
+
+@pytest.mark.parametrize(("name", "inp", "given"), SAVED_VARIANTS,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(SAVED_VARIANTS)])
+def test_saved_variants_are_what_autograd_keeps(name: str, inp: tuple[int, ...], given: dict[str, Any]) -> None:
+    args = ", ".join(f"{k}: {list(v) if isinstance(v, tuple) else v}" for k, v in given.items())
+    text = f"name: t\ninput: {list(inp)}\nlayers:\n  - {name}: {{{args}}}\n"
+    report = analyze(load_text(text), batch=2, device="cpu", input_requires_grad=True)
+    kind = REGISTRY[name]
+    torch.manual_seed(0)
+    module = module_call(kind, _args(name, **given), inp).make()
+    x = torch.randn(2, *inp).requires_grad_().clone()  # not a leaf: an in-place layer may write into it
+    assert report.totals.saved_bytes == autograd_saved_bytes(module, x)
+
+
+def test_a_kind_is_registered_once_and_its_arguments_found_by_name() -> None:
+    class Again(Kind):
+        name = "relu"
+
+    with pytest.raises(RuntimeError, match=r"^layer kind 'relu' registered twice$"):
+        register(Again)
+    assert REGISTRY["relu"].__class__.__name__ == "ReLU"
+    conv = REGISTRY["conv"]
+    assert conv.arg("stride").default == 1 and conv.arg("padding").name == "padding"
+    with pytest.raises(KeyError):
+        conv.arg("strides")

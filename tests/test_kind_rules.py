@@ -1,5 +1,5 @@
-"""What test_kinds leaves out of every kind's examples: the bytes autograd saves, the receptive field, and the
-full-convention FLOPs, each against an oracle of its own.
+"""What test_kinds leaves out of every kind's examples: the bytes autograd saves, the receptive field, the
+full-convention FLOPs, the inference peak and the training FLOPs, each against an oracle of its own.
 
 - Saved bytes: autograd itself (saved_tensors_hooks around a training forward of the kind's torch module, the input
   needing a gradient) against the engine's figure for the one-layer network.
@@ -8,6 +8,7 @@ full-convention FLOPs, each against an oracle of its own.
   is the layer's receptive field on that axis.
 - Full FLOPs: the rule each kind states in `archcalc kinds` (full_rule), written out here as arithmetic on the
   example's shapes.
+- Inference peak: torch.profiler's CPU memory events; training FLOPs: FlopCounterMode around a training step.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ def _args(kind: Kind, given: Mapping[str, object]) -> dict[str, Any]:
     return args
 
 
-def _one_layer(kind: Kind, index: int, **kwargs: Any) -> Report:
+def _one_layer(kind: Kind, index: int, prefix: tuple[str, ...] = (), **kwargs: Any) -> Report:
     """The example as a one-layer spec (a flattened input is written C x 1 and flattened first), analysed."""
     ex = kind.examples[index]
     args = ", ".join(f"{k}: {list(v) if isinstance(v, tuple) else v}" for k, v in ex.args.items())
     layer = f"{kind.name}: {{{args}}}"
     shape = list(ex.input) if len(ex.input) > 1 else [ex.input[0], 1]
-    layers = [layer] if len(ex.input) > 1 else ["flatten", layer]
+    layers = [*prefix, *([layer] if len(ex.input) > 1 else ["flatten", layer])]
     text = f"name: t\ninput: {shape}\nlayers:\n" + "".join(f"  - {x}\n" for x in layers)
     return analyze(load_text(text), batch=BATCH, **kwargs)
 
@@ -250,3 +251,25 @@ def test_inference_peak_is_what_the_profiler_sees(name: str, index: int) -> None
         assert measured >= predicted
     else:
         assert measured == predicted
+
+
+# ---- training FLOPs ----------------------------------------------------------------------------------------------
+
+TRAIN_CASES = [(n, i) for n, i in CASES if _small(n, i) or len(REGISTRY[n].examples[i].input) == 1]
+
+
+@pytest.mark.parametrize(("name", "index"), TRAIN_CASES, ids=[f"{n}-{i}" for n, i in TRAIN_CASES])
+def test_training_flops_are_what_flop_counter_counts(name: str, index: int) -> None:
+    """One training step (train-mode forward, backward of the output's sum, the batch needing no gradient) under
+    FlopCounterMode, the layer after a trainable per-channel bias: its input needs a gradient, so both backward
+    terms count (a first layer's, without the input's gradient, is checked by tests/test_validate.py)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from archcalc.core.training import training_flops
+    from archcalc.torch.build import build_module
+
+    report = _one_layer(REGISTRY[name], index, ("bias",))
+    model = build_module(report).train()
+    with FlopCounterMode(display=False) as counter:
+        model(torch.randn(BATCH, *report.input)).sum().backward()
+    assert training_flops(report).total == counter.get_total_flops()
