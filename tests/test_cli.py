@@ -151,6 +151,10 @@ def test_calc_does_not_import_torch() -> None:
             "except SystemExit as e:\n    assert not e.code, e.code\n"
             "try:\n    app(['kinds'], prog_name='archcalc')\n"
             "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "try:\n    app(['schema'], prog_name='archcalc')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "try:\n    app(['graph', 'resnet50', '-f', 'dot'], prog_name='archcalc')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'fvcore', 'numpy'))\n"
             "print('IMPORTED', bad)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

@@ -25,13 +25,17 @@ from archcalc.cli.options import (
     MaxLayersOpt,
     Optimizer,
     OptimizerOpt,
+    OutputOpt,
     PlotOpt,
     SavedFor,
     SavedForOpt,
     SetOpt,
     SpecArg,
     check_amp,
+    complete_spec,
+    emit,
     err_console,
+    grid_text,
     handle_errors,
     input_override,
     load,
@@ -39,9 +43,7 @@ from archcalc.cli.options import (
     plot_drawer,
     print_warnings,
     size_option,
-    table_width,
-    use_bold,
-    write_grid,
+    table_style,
     write_text,
 )
 from archcalc.core.spec import MAX_LAYERS
@@ -67,6 +69,7 @@ def calc(
     device: SavedForOpt = SavedFor.cuda,
     input_requires_grad: InputGradOpt = False,
     plot: PlotOpt = None,
+    output: OutputOpt = None,
 ) -> None:
     """Per-layer shapes, parameters, MACs/FLOPs, memory and receptive field, with totals and training cost."""
     from archcalc.core.analyze import analyze
@@ -99,19 +102,19 @@ def calc(
     flops = training_flops(report)
     memory = training_memory(train_report, optimizer.value, amp_name)
     if fmt is Fmt.table:
-        width = table_width()
-        write_grid(render.calc_table(report, depth, width, use_bold()), width,
-                   render.summary_lines(report) + render_training.flops_lines(flops)
-                   + render_training.memory_lines(memory) + fit_text)
+        width, bold = table_style(output)
+        text = grid_text(render.calc_table(report, depth, width, bold), width,
+                         render.summary_lines(report) + render_training.flops_lines(flops)
+                         + render_training.memory_lines(memory) + fit_text)
     elif fmt is Fmt.json:
         extra = {"training_flops": render_training.flops_dict(flops), "training_memory":
                  render_training.memory_dict(memory)}
         if fit is not None:
             extra["fit"] = {"limit_bytes": size_option("--fit", fit), "for": fit_for.value, "batch": batch}
-        write_text(render.calc_json(report, depth, extra))
+        text = render.calc_json(report, depth, extra)
     else:
         text = {Fmt.csv: render.calc_csv, Fmt.md: render.calc_md}[fmt](report, depth)
-        write_text(text)
+    emit(text, output)
     if plotter is not None:
         from archcalc.plot.data import calc_plot
 
@@ -131,7 +134,8 @@ class SortBy(str, Enum):
 
 @handle_errors
 def compare(
-    specs: Annotated[list[str], typer.Argument(metavar="SPEC...", help="spec files or bundled spec names")],
+    specs: Annotated[list[str], typer.Argument(metavar="SPEC...", autocompletion=complete_spec,
+                                               help="spec files or bundled spec names")],
     batch: BatchOpt = 1,
     dtype: DTypeOpt = F32,
     input: InputOpt = None,
@@ -142,6 +146,7 @@ def compare(
     set_: SetOpt = None,
     max_layers: MaxLayersOpt = MAX_LAYERS,
     plot: PlotOpt = None,
+    output: OutputOpt = None,
 ) -> None:
     """One row per architecture: params, MACs, FLOPs, memory, depth, receptive field."""
     from archcalc.core.analyze import analyze
@@ -155,11 +160,11 @@ def compare(
     if sort is not None:
         reports.sort(key=render.sort_key(sort.value), reverse=descending)
     if fmt is Fmt.table:
-        width = table_width()
-        write_grid(render.compare_table(reports, width, sort.value if sort else None, use_bold()), width)
+        width, bold = table_style(output)
+        text = grid_text(render.compare_table(reports, width, sort.value if sort else None, bold), width)
     else:
         text = {Fmt.json: render.compare_json, Fmt.csv: render.compare_csv, Fmt.md: render.compare_md}[fmt](reports)
-        write_text(text)
+    emit(text, output)
     if plotter is not None:
         from archcalc.plot.data import compare_plot
 
@@ -181,6 +186,17 @@ def kinds(fmt: Annotated[KindsFmt, typer.Option("--format", "-f")] = KindsFmt.ta
         out_console().print(render.kinds_table())
     else:
         sys.stdout.write(render.kinds_json() + "\n" if fmt is KindsFmt.json else render.kinds_md())
+
+
+@handle_errors
+def schema() -> None:
+    """A JSON Schema for spec files, generated from the kind registry: YAML editors complete and check specs with
+    it (see README, "Editor support")."""
+    import json
+
+    from archcalc.core.schema import spec_schema
+
+    write_text(json.dumps(spec_schema(), indent=2, ensure_ascii=False))
 
 
 @handle_errors

@@ -15,9 +15,9 @@ import typer
 from typer.core import TyperCommand
 
 from archcalc import __version__
-from archcalc.cli import analytic, model, profile, sweep
+from archcalc.cli import analytic, graph, model, profile, sweep
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="archcalc: CNN architecture calculator and profiler. Give a spec file or a bundled spec "
                        "name (see `archcalc zoo`).")
@@ -31,8 +31,8 @@ class _Command(TyperCommand):
         return [re.sub(r"^\{(.*)\}$", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
 
 
-for command in (analytic.calc, analytic.compare, analytic.kinds, analytic.zoo, sweep.sweep, sweep.check,
-                model.validate, model.export, profile.profile):
+for command in (analytic.calc, analytic.compare, analytic.kinds, analytic.schema, analytic.zoo, graph.graph,
+                sweep.sweep, sweep.check, model.validate, model.export, profile.profile):
     app.command(cls=_Command)(command)
 
 

@@ -129,15 +129,37 @@ def table_width() -> int | None:
 
 
 def use_bold() -> bool:
-    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+    # NO_COLOR counts when set and not empty (no-color.org), as rich reads it
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
-def write_grid(grid: Any, width: int | None, extra: list[str] | None = None) -> None:
+def grid_text(grid: Any, width: int | None, extra: list[str] | None = None) -> str:
     """A fitted table (render.grid), the note on what it left out, and any lines to follow."""
     from archcalc.render.report import table_widths_note
 
-    lines = grid.lines + table_widths_note(grid.left_out, width) + (extra or [])
-    sys.stdout.write("\n".join(lines) + "\n")
+    return "\n".join(grid.lines + table_widths_note(grid.left_out, width) + (extra or [])) + "\n"
+
+
+def write_grid(grid: Any, width: int | None, extra: list[str] | None = None) -> None:
+    sys.stdout.write(grid_text(grid, width, extra))
+
+
+def emit(text: str, output: Path | None) -> None:
+    """The command's result on stdout, or into the --output file (written whole, at the end: an error before
+    this point creates nothing)."""
+    text = text if text.endswith("\n") else text + "\n"
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ArchcalcError(f"--output {output}: cannot write: {exc.strerror or exc}") from None
+
+
+def table_style(output: Path | None) -> tuple[int | None, bool]:
+    """(width, bold) for a table: the terminal's on stdout; into a file, its natural width and no bold."""
+    return (table_width(), use_bold()) if output is None else (None, False)
 
 
 def err_console() -> Console:
@@ -239,8 +261,21 @@ def write_text(text: str) -> None:
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
+def complete_spec(incomplete: str) -> list[str]:
+    """Shell completion for SPEC: the bundled spec names, then spec files and folders, that start with what is
+    typed."""
+    import glob
+
+    from archcalc.core.resolve import bundled
+
+    names = [name for name in bundled() if name.startswith(incomplete)]
+    paths = sorted(p + os.sep if os.path.isdir(p) else p for p in glob.glob(glob.escape(incomplete) + "*")
+                   if os.path.isdir(p) or p.endswith((".yaml", ".yml")))
+    return names + paths
+
+
 MAX_BATCH = 1 << 20
-SpecArg = Annotated[str, typer.Argument(metavar="SPEC",
+SpecArg = Annotated[str, typer.Argument(metavar="SPEC", autocompletion=complete_spec,
                                         help="spec file, or the name of a bundled spec (archcalc zoo)")]
 BatchOpt = Annotated[int, typer.Option("--batch", "-b", min=1, max=MAX_BATCH, help="batch size (1 to 1,048,576)")]
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="element type for memory figures")]
@@ -260,6 +295,9 @@ AmpOpt = Annotated[Amp | None, typer.Option("--amp", help="mixed precision: floa
                                             "state, activations and weight copies in bf16/fp16")]
 FitOpt = Annotated[str | None, typer.Option("--fit", metavar="SIZE", help="use the largest batch whose memory fits "
                                             "SIZE (24GiB, 16GB); see --fit-for")]
+OutputOpt = Annotated[Path | None, typer.Option(
+    "--output", "-o", metavar="FILE", dir_okay=False, help="write the output (any --format) to FILE instead of "
+    "stdout, replacing it; a table goes in without colour at its natural width")]
 FitForOpt = Annotated[FitFor, typer.Option("--fit-for", help="which memory --fit sizes")]
 PlotOpt = Annotated[str | None, typer.Option(
     "--plot", metavar="FILE", help="also draw the figures to FILE, .png or .svg (the format from the suffix); needs "

@@ -1,0 +1,281 @@
+"""A JSON Schema (draft-07) for spec files, generated from the kind registry and the spec grammar (core.spec).
+
+YAML editors read it to complete and check specs: every kind with its arguments, aliases, types, defaults,
+choices and doc strings, and the spec's structure (top-level keys, blocks, composites, merges, `from:`, `when:`,
+`inputs` / `outputs`, `extends`). `archcalc schema` prints it.
+
+Where the spec language evaluates a string (an expression of `args` and block arguments, or the bare name of
+one), the schema takes any string, so it never rejects a spec the parser accepts. It is stricter than the parser
+only in what the parser never reads: the body of a block that is never called, an item switched off by `when:`,
+defaults of a kind no layer uses. Which keys are layer kinds is known only where a spec has no `blocks` and no
+`extends` (a key may otherwise call a block); there, an unknown kind is an error too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from archcalc.core.kinds import REGISTRY, Arg, Kind
+from archcalc.core.spec import COMPOSITES, MERGES, SHORTCUTS
+
+SCHEMA_URI = "http://json-schema.org/draft-07/schema#"
+NAME_PATTERN = "^[A-Za-z0-9_][A-Za-z0-9_-]*$"  # core.spec._NAME
+BLOCK_HEADS = ("layers", "residual", "parallel", "sequence", "repeat")
+
+_EXPR = {"$ref": "#/definitions/expression"}
+_REF = {"$ref": "#/definitions/tensor"}
+
+
+def _ref(target: str, doc: str) -> dict[str, Any]:
+    """A reference with a description of its own (draft-07 ignores keys beside "$ref")."""
+    return {"description": doc, "allOf": [{"$ref": target}]}
+
+
+def spec_schema() -> dict[str, Any]:
+    """The schema as a JSON-ready dict (deterministic: kinds in name order)."""
+    kinds = sorted(REGISTRY)
+    definitions: dict[str, Any] = {
+        "expression": {
+            "type": "string",
+            "description": "an expression of the spec's args and block arguments (+ - * / // % **, min, max, "
+                           "ceil_div, round_to, ceil, floor, round), evaluated by archcalc's safe evaluator, "
+                           "or the bare name of one",
+        },
+        "tensor": {"type": "string", "minLength": 1,
+                   "description": "the name of an earlier tensor: a layer, block or input name (innermost scope "
+                                  "first, then a unique suffix of a full name), or a block argument holding one"},
+        "name": {"anyOf": [{"type": "string", "pattern": NAME_PATTERN}, {"type": "integer", "minimum": 0}],
+                 "description": "the layer's name: letters, digits, '_' or '-' (dots separate levels and are "
+                                "added by archcalc)"},
+        "when": {"type": ["string", "boolean", "number", "null"],
+                 "description": "inside a block: the item exists only when this condition on the block's arguments "
+                                "holds (comparisons, and, or, not), e.g. 'se > 0'"},
+        "shape": {
+            "description": "channels first: [C, L], [C, H, W] or [C, D, H, W], or a string such as 3x224x224",
+            "anyOf": [{"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 4},
+                      {"type": "string", "pattern": "^\\s*[0-9]+\\s*([xX×]\\s*[0-9]+\\s*){1,3}$"}],
+        },
+        "value": {"not": {"type": "object"},
+                  "description": "a number, string, boolean, list, expression or ~ (not a mapping)"},
+    }
+    for name in kinds:
+        kind = REGISTRY[name]
+        definitions[f"kind.{name}"] = _kind_args(kind, in_layer=True)
+        definitions[f"defaults.{name}"] = _kind_args(kind, in_layer=False)
+    for strict in (True, False):
+        definitions.update(_items(kinds, strict))
+    definitions["block"] = _block()
+    properties: dict[str, Any] = {
+        "name": {"type": "string", "pattern": "\\S", "description": "the network's name (required)"},
+        "description": {"type": "string", "description": "one line for `archcalc zoo`"},
+        "source": {"type": "string", "description": "where the architecture comes from (paper, table)"},
+        "family": {"type": "string", "description": "groups `archcalc zoo` (inherited through extends)"},
+        "notes": {"type": "string"},
+        "input": {"$ref": "#/definitions/shape"},
+        "inputs": {"type": "object", "minProperties": 1, "propertyNames": {"pattern": NAME_PATTERN},
+                   "additionalProperties": {"$ref": "#/definitions/shape"},
+                   "description": "several named inputs, name: shape; the first is what the first layer reads"},
+        "outputs": _outputs(),
+        "unused": {"enum": ["error", "allow"],
+                   "description": "allow: a layer no output depends on is a warning and left out of the totals"},
+        "args": {"type": "object", "additionalProperties": {"$ref": "#/definitions/value"},
+                 "description": "variables usable in every expression (overridden with --set NAME=VALUE)"},
+        "defaults": {
+            "type": "object", "description": "per-kind argument defaults",
+            "properties": {k: {"$ref": f"#/definitions/defaults.{k}"} for k in kinds},
+            "additionalProperties": False,
+        },
+        "blocks": {"type": "object", "description": "reusable blocks with arguments, called like kinds",
+                   "propertyNames": {"pattern": NAME_PATTERN, "not": {"enum": kinds + list(COMPOSITES)}},
+                   "additionalProperties": {"$ref": "#/definitions/block"}},
+        "layers": {"$ref": "#/definitions/items.loose"},
+        "extends": {"type": "string", "description": "a bundled spec name or a path relative to this spec: "
+                                                     "take it and override name, input, layers; merge args, "
+                                                     "defaults and blocks key by key"},
+    }
+    return {
+        "$schema": SCHEMA_URI,
+        "title": "archcalc spec",
+        "description": "A CNN architecture for archcalc (`archcalc kinds` lists every layer kind).",
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+        "not": {"required": ["input", "inputs"]},
+        "allOf": [
+            {"if": {"not": {"required": ["extends"]}},
+             "then": {"required": ["name", "layers"], "anyOf": [{"required": ["input"]}, {"required": ["inputs"]}]}},
+            # Without blocks (here or inherited), every key of a layer is a kind: unknown kinds are errors.
+            {"if": {"not": {"anyOf": [{"required": ["blocks"]}, {"required": ["extends"]}]}},
+             "then": {"properties": {"layers": {"$ref": "#/definitions/items.strict"}}}},
+        ],
+        "definitions": definitions,
+    }
+
+
+# ---- layer kinds ----------------------------------------------------------------------------------------------
+
+
+def _kind_args(kind: Kind, in_layer: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {}
+    for arg in kind.args:
+        properties[arg.name] = _arg(arg, arg.doc)
+        for alias in arg.aliases:
+            properties[alias] = _arg(arg, f"alias of {arg.name}: {arg.doc}")
+    if in_layer:
+        properties["name"] = {"$ref": "#/definitions/name"}
+        properties["trainable"] = {"type": "boolean", "description": "false: frozen (no gradients)"}
+    doc = f"{kind.doc} Full-convention FLOPs: {kind.full_rule}." if kind.full_rule else kind.doc
+    schema: dict[str, Any] = {"type": ["object", "null"] if in_layer else "object", "description": doc,
+                              "properties": properties, "additionalProperties": False}
+    return schema
+
+
+def _arg(arg: Arg, doc: str) -> dict[str, Any]:
+    t = arg.type
+    minimum = {} if arg.minimum is None else {"minimum": arg.minimum}
+    integer: dict[str, Any] = {"type": "integer", **minimum}
+    ints = [integer, _EXPR, {"type": "array", "minItems": 1, "items": {"anyOf": [integer, _EXPR]}}]
+    if t == "int":
+        options: list[Any] = [integer, _EXPR]
+    elif t == "ints":
+        options = ints
+    elif t == "ints_or_none":
+        options = [{"type": "null"}, *ints]
+    elif t == "float":
+        options = [{"type": "number", **minimum}, _EXPR]
+    elif t == "bool":
+        options = [{"type": "boolean"}, _EXPR]
+    elif t == "str":
+        options = [{"enum": list(arg.choices)}, _EXPR]
+    elif t == "ref":
+        options = [_REF]
+    elif t == "padding":
+        pad = {"type": "integer", "minimum": 0}
+        pair = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"anyOf": [pad, _EXPR]}}
+        options = [pad, {"enum": ["same", "valid"]}, _EXPR,
+                   {"type": "array", "minItems": 1, "items": {"anyOf": [pad, _EXPR, pair]}}]
+    else:
+        raise AssertionError(f"unknown argument type {t}")  # a bug in a kind's declaration
+    schema: dict[str, Any] = {"description": doc + _default_text(arg), "anyOf": options}
+    if not arg.required:
+        schema["default"] = list(arg.default) if isinstance(arg.default, tuple) else arg.default
+    return schema
+
+
+def _default_text(arg: Arg) -> str:
+    if arg.required:
+        return " (required)"
+    return f" (default {'none' if arg.default is None else arg.default})"
+
+
+# ---- items ----------------------------------------------------------------------------------------------------
+
+
+def _items(kinds: list[str], strict: bool) -> dict[str, Any]:
+    """The definitions of one item tree. The strict tree (no blocks in the spec) knows every key; the loose one lets
+    a key it does not know call a block."""
+    s = "strict" if strict else "loose"
+    item, items, body = (f"#/definitions/{d}.{s}" for d in ("item", "items", "body"))
+    merge_list = {"type": "array", "minItems": 2, "items": _REF}
+    properties: dict[str, Any] = {k: {"$ref": f"#/definitions/kind.{k}"} for k in kinds}
+    properties.update(_composite_keys(s))
+    properties.update({
+        "sequence": _ref(items, "a named group of layers"),
+        "name": {"$ref": "#/definitions/name"},
+        "from": _ref("#/definitions/tensor", "take the input from this tensor instead of the "
+                                                               "previous item's output"),
+        "when": {"$ref": "#/definitions/when"},
+        "trainable": {"type": "boolean", "description": "false: frozen (no gradients)"},
+    })
+    for op in MERGES:
+        properties[op] = {"description": f"{op} of earlier named tensors: {op}: [a, b]",
+                          "anyOf": [merge_list, {"type": "object", "required": ["from"], "additionalProperties": False,
+                                                 "properties": {"from": merge_list,
+                                                                "name": {"$ref": "#/definitions/name"}}}]}
+    beside = ["name", "from", "when"]
+    dependencies: dict[str, Any] = {k: {"propertyNames": {"enum": [k, *beside, "trainable"]}} for k in kinds}
+    dependencies.update({
+        "repeat": {"required": ["block"], "propertyNames": {"enum": ["repeat", "block", "first", *beside]}},
+        "residual": {"propertyNames": {"enum": ["residual", "shortcut", "after", *beside]}},
+        "parallel": {"propertyNames": {"enum": ["parallel", "merge", *beside]}},
+        "sequence": {"propertyNames": {"enum": ["sequence", *beside]}},
+        "block": ["repeat"], "first": ["repeat"], "shortcut": ["residual"], "after": ["residual"],
+        "merge": ["parallel"],
+        "trainable": {"anyOf": [{"required": [k]} for k in kinds]},  # single layers only, not blocks
+    })
+    for op in MERGES:  # a merge reads its own list, not `from:`
+        dependencies[op] = {"propertyNames": {"enum": [op, "name", "when"]}}
+    # Each head's list of keys allowed beside it excludes every other head; a mapping of nothing but name / from /
+    # when / trainable has no head.
+    no_head_only = {"not": {"propertyNames": {"enum": [*beside, "trainable"]}}}
+    mapping: dict[str, Any] = {"type": "object", "properties": properties, "dependencies": dependencies,
+                               **no_head_only}
+    if strict:
+        mapping["additionalProperties"] = False
+        string: dict[str, Any] = {"enum": kinds}
+    else:
+        mapping["additionalProperties"] = {"type": ["object", "null"], "description": "a call of a block defined "
+                                           "under `blocks`", "properties": {"name": {"$ref": "#/definitions/name"}},
+                                           "additionalProperties": {"$ref": "#/definitions/value"}}
+        string = {"anyOf": [{"enum": kinds}, {"type": "string", "not": {"enum": list(COMPOSITES) + list(MERGES)}}]}
+    return {
+        f"item.{s}": {"description": "a layer: a kind or block name (- relu) or a one-key mapping "
+                                     "(- conv: {out: 64, kernel: 3}), a composite, or a merge",
+                      "anyOf": [mapping, string]},  # mapping first: most items are mappings (speed)
+        f"items.{s}": {"type": "array", "minItems": 1, "items": {"$ref": item}},
+        f"body.{s}": {"anyOf": [{"type": "array", "items": {"$ref": item}}, {"$ref": item}]},
+    }
+
+
+def _composite_keys(s: str) -> dict[str, Any]:
+    """The keys of repeat, residual and parallel (in an item of tree `s`, or as a block's body)."""
+    item, body = f"#/definitions/item.{s}", f"#/definitions/body.{s}"
+    return {
+        "repeat": {"anyOf": [{"type": "integer", "minimum": 1}, _EXPR],
+                   "description": "N copies of `block` (the variable i is the copy's index); `first:` replaces "
+                                  "copy 0"},
+        "block": _ref(body, "what each copy is: an item or a list"),
+        "first": _ref(body, "copy 0 instead of `block` (the stride-2 block opening a stage)"),
+        "residual": _ref(body, "the body; the sum with the shortcut, then `after:`"),
+        "shortcut": {"anyOf": [{"enum": list(SHORTCUTS)}, {"type": "string"}, {"$ref": item},
+                               {"type": "array", "items": {"$ref": item}}],
+                     "description": "identity | projection (1x1 conv + BN where the shape changes) | "
+                                    "projection_conv | a list of layers"},
+        "after": _ref(body, "applied to the residual sum"),
+        "parallel": {"type": "array", "minItems": 2, "items": {"$ref": body},
+                     "description": "branches (a list, a single item, or [] for the identity), merged by `merge:`"},
+        "merge": {"anyOf": [{"enum": list(MERGES)}, _EXPR],
+                  "description": "concat (channels; default), add, or mul (broadcast)"},
+    }
+
+
+def _block() -> dict[str, Any]:
+    extras = {"layers": (), "sequence": (), "residual": ("shortcut", "after"), "parallel": ("merge",),
+              "repeat": ("block", "first")}
+    properties: dict[str, Any] = {
+        "args": {"type": ["object", "null"], "additionalProperties": {"$ref": "#/definitions/value"},
+                 "description": "the block's arguments, name: default (~ marks a required one); defaults may use "
+                                "other arguments"},
+        "description": {"description": "what the block is"},
+        "layers": _ref("#/definitions/items.loose", "the block's body: a list of layers"),
+        "sequence": {"$ref": "#/definitions/items.loose"},
+        **_composite_keys("loose"),  # or the body is a residual / parallel / repeat, written as in an item
+    }
+    dependencies: dict[str, dict[str, Any]] = {
+        head: {"propertyNames": {"enum": [head, "args", "description", *extras[head]]}} for head in BLOCK_HEADS}
+    dependencies["repeat"]["required"] = ["block"]
+    return {"type": "object", "description": "a block: args, and one of layers / residual / parallel / sequence / "
+                                             "repeat",
+            "properties": properties, "additionalProperties": False, "dependencies": dependencies,
+            "oneOf": [{"required": [h]} for h in BLOCK_HEADS]}
+
+
+def _outputs() -> dict[str, Any]:
+    entry = {"type": "object", "minProperties": 1, "maxProperties": 2,
+             "properties": {"when": {"$ref": "#/definitions/when"}},
+             "additionalProperties": {"$ref": "#/definitions/tensor"},
+             "description": "name: tensor, with an optional when:"}
+    return {"description": "the network's outputs: tensor names, or name: tensor entries",
+            "anyOf": [{"$ref": "#/definitions/tensor"},
+                      {"type": "object", "minProperties": 1, "additionalProperties": {"$ref": "#/definitions/tensor"}},
+                      {"type": "array", "minItems": 1, "items": {"anyOf": [{"$ref": "#/definitions/tensor"}, entry]}}]}

@@ -1,0 +1,98 @@
+"""Diagram -> Mermaid flowchart | Graphviz DOT text. Rendering never computes: labels are the node's own figures,
+formatted (units at this edge only), and escaped for each language.
+
+A node's label: its name; its kind (and kernel/stride/pad where the table shows one); its output shape; its cost
+(parameters and MACs; blocks collapsed by --depth show their rows' sums).
+"""
+
+from __future__ import annotations
+
+import json
+
+from archcalc.core.diagram import Diagram, Node
+from archcalc.core.units import dims, si
+
+
+def label_lines(node: Node) -> list[str]:
+    if node.role in ("input", "output"):
+        return [f"{node.role} {node.name}" if node.name not in ("input", "output") else node.name, dims(node.output)]
+    kind = f"{node.kind} {node.config}".strip()
+    return [node.name, kind, dims(node.output), f"{si(node.params)} params, {si(node.macs)} MACs"]
+
+
+def title(d: Diagram) -> str:
+    batch = f", batch {d.batch}" if d.batch != 1 else ""
+    return f"{d.name} — input {dims(d.input)}{batch}"
+
+
+# ---- Mermaid ------------------------------------------------------------------------------------------------------
+
+# Shapes: inputs and outputs stadiums, layers rectangles, merges hexagons, collapsed blocks subroutines.
+_MERMAID_SHAPES = {"input": ('(["', '"])'), "output": ('(["', '"])'), "layer": ('["', '"]'), "merge": ('{{"', '"}}'),
+                   "block": ('[["', '"]]')}
+# Mermaid's entity codes (#name; or #decimal;) for what would end a quoted label, start markdown or an entity,
+# or be read as HTML.
+_MERMAID_ESCAPES = {"#": "#35;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "&": "#amp;", "`": "#96;", "%": "#37;"}
+
+
+def mermaid_text(text: str) -> str:
+    """User text inside a quoted Mermaid label: special characters as entity codes, line breaks as spaces."""
+    text = " ".join(text.splitlines())
+    return "".join(_MERMAID_ESCAPES.get(c, c) for c in text)
+
+
+def mermaid(d: Diagram) -> str:
+    ids = {node.id: f"n{i}" for i, node in enumerate(d.nodes)}
+    # The title goes in the front matter, a YAML mapping: a JSON string is a valid YAML double-quoted scalar.
+    lines = ["---", f"title: {json.dumps(title(d), ensure_ascii=False)}", "---", "flowchart TB"]
+    for node in d.nodes:
+        opening, closing = _MERMAID_SHAPES[node.role]
+        label = "<br>".join(mermaid_text(line) for line in label_lines(node))
+        lines.append(f"  {ids[node.id]}{opening}{label}{closing}")
+    lines += [f"  {ids[a]} --> {ids[b]}" for a, b in d.edges]
+    unused = [ids[n.id] for n in d.nodes if not n.used]
+    if unused:
+        lines += ["  classDef unused stroke-dasharray: 4 4", f"  class {','.join(unused)} unused"]
+    return "\n".join(lines) + "\n"
+
+
+# ---- DOT ----------------------------------------------------------------------------------------------------------
+
+# Shapes, as for Mermaid; a collapsed block is filled. A node no output depends on is dashed and grey.
+_DOT_SHAPES = {"input": ("oval", ()), "output": ("oval", ()), "layer": ("box", ("rounded",)),
+               "merge": ("hexagon", ()), "block": ("box", ("rounded", "filled"))}
+
+
+def _dot_attributes(node: Node) -> str:
+    shape, styles = _DOT_SHAPES[node.role]
+    styles = styles if node.used else (*styles, "dashed")
+    attributes = [f"shape={shape}"] + ([f'style="{",".join(styles)}"'] if styles else [])
+    if "filled" in styles:
+        attributes.append('fillcolor="#eeeeee"')
+    if not node.used:
+        attributes.append("color=gray")
+    return ", ".join(attributes)
+
+
+def dot_string(text: str) -> str:
+    """A DOT quoted string holding `text` literally: backslashes (which start escString sequences such as \\N and
+    \\l in labels) and quotes escaped, line breaks as spaces."""
+    text = " ".join(text.splitlines())
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def dot_label(lines: list[str]) -> str:
+    """Several lines as one DOT label: each line escaped, joined with DOT's centred line break \\n."""
+    return '"' + "\\n".join(dot_string(line)[1:-1] for line in lines) + '"'
+
+
+def dot(d: Diagram) -> str:
+    lines = [f"digraph {dot_string(d.name)} {{",
+             f"  graph [rankdir=TB, labelloc=t, fontname=Helvetica, label={dot_string(title(d))}];",
+             "  node [fontname=Helvetica, fontsize=10];",
+             "  edge [arrowsize=0.6];"]
+    for node in d.nodes:
+        lines.append(f"  {dot_string(node.id)} [label={dot_label(label_lines(node))}, {_dot_attributes(node)}];")
+    lines += [f"  {dot_string(a)} -> {dot_string(b)};" for a, b in d.edges]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
