@@ -154,8 +154,12 @@ class _Shuffle(Kind):
         return (c * r * r, h // r, w // r)
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        # Shuffle: each output position copies one input position's channels onto an r-times finer grid. Unshuffle:
+        # each output position gathers an r x r block of input positions into its channels, a window of r with
+        # stride r (the next layer mixes the channels, so it sees all r x r; measured by gradient in
+        # tests/test_receptive_measured.py).
         r = self.factor(a)
-        return [RFStep(1, Fraction(1, r) if self.up else r) for _ in range(2)]
+        return [RFStep(1, Fraction(1, r)) if self.up else RFStep(r, r) for _ in range(2)]
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         return f"x{self.factor(a)}" if self.up else f"/{self.factor(a)}"
