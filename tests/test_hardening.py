@@ -1,4 +1,4 @@
-"""The worst inputs (issue 8): each reproducer exits 2 with a located `file:line:col:` message, fast, never a
+"""The worst inputs: each reproducer exits 2 with a located `file:line:col:` message, fast, never a
 traceback, a hang or a silently different network."""
 
 from __future__ import annotations
