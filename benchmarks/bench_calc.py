@@ -8,8 +8,8 @@ Measures whole processes (start-up included), each the median of --repeat runs:
   3. the floor: `python -c "import typer, rich, yaml"`;
   4. `archcalc calc` on generated flat specs of 1,000 and 10,000 layers (JSON), to check linear growth;
   5. the same two specs as tables (the table's own cost: table run minus JSON run, per row).
-Goals (issue 2): calc >= 25x faster than the fvcore route; within 1.5x of the import floor; 10,000 layers < 1 s.
-Goals (issue 8): ResNet-50's table within 1.3x the JSON run; the table's cost linear, <= 100 us per row.
+Goals: calc >= 25x faster than the fvcore route; within 1.5x of the import floor; 10,000 layers < 1 s.
+Goals: ResNet-50's table within 1.3x the JSON run; the table's cost linear, <= 100 us per row.
 """
 
 from __future__ import annotations

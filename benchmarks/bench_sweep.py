@@ -8,7 +8,7 @@ Measures, in one run:
   3. the route without reuse: open_spec + analyze per variant (what a loop over `calc` does), on a sample;
   4. the fvcore route: build the torch model and run FlopCountAnalysis(...).total() per variant, on a sample, at
      batch 1 (its cheapest: FLOPs scale with the batch, so the ratio is conservative).
-Goal (issue 13): <= 2 ms per ResNet-50-sized variant in-process, so 10,000 variants in <= 20 s.
+Goal: <= 2 ms per ResNet-50-sized variant in-process, so 10,000 variants in <= 20 s.
 
 The grid: base width w in {32, 40, 48, 56, 64} (stage widths w, 2w, 4w, 8w; ResNet-50 is w = 64), stage-3 depth
 d3 in {2, 4, 6, 8, 10} (ResNet-50 is 6), resolution 128..280 in steps of 8 (20 sizes), batch 1..20: 500 distinct

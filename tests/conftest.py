@@ -70,3 +70,13 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     import os
 
     os.environ["ARCHCALC_CACHE_DIR"] = str(tmp_path_factory.mktemp("archcalc-cache"))
+
+
+def exits_cleanly(result, code: int = 2) -> None:  # type: ignore[no-untyped-def]
+    """A CliRunner result ended by the CLI's own exit with `code`, not by an exception escaping the command.
+
+    CliRunner catches an escaped exception into `result.exception` (exit code 1); its traceback never reaches
+    `result.output`, so looking for "Traceback" there checks nothing. A deliberate exit is a SystemExit.
+    """
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)

@@ -56,3 +56,50 @@ def peak_bytes(fn: Callable[[], Any]) -> int:
             return cpu_peak_bytes(fn)
     finally:
         torch.set_num_threads(threads)
+
+
+def dispatch_peak_bytes(fn: Callable[[], Any]) -> int:
+    """The most bytes of tensors that ops create while `fn` runs and that are alive at once, beyond what existed
+    before: every op's output storage is recorded as it is made (a TorchDispatchMode) and released when the last
+    tensor using it is freed (a weakref finalizer). Independent of torch.profiler and of archcalc: it sees what the
+    ops return, not the workspace inside a kernel. Views and in-place results share their input's storage."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    state = {"live": 0, "peak": 0}
+    users: dict[int, list[int]] = {}  # storage address -> [bytes, tensors using it]
+
+    def release(address: int) -> None:
+        entry = users[address]
+        entry[1] -= 1
+        if entry[1] == 0:
+            state["live"] -= entry[0]
+            del users[address]
+
+    class Allocations(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            given = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs))
+                     if isinstance(t, torch.Tensor)}
+            for t in tree_leaves(out):
+                if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+                    continue
+                storage = t.untyped_storage()
+                address = storage.data_ptr()
+                if address == 0 or storage.nbytes() == 0 or (address in given and address not in users):
+                    continue  # no storage, or a view / in-place result of a tensor made before `fn`
+                if address in users:
+                    users[address][1] += 1
+                else:
+                    users[address] = [storage.nbytes(), 1]
+                    state["live"] += storage.nbytes()
+                    state["peak"] = max(state["peak"], state["live"])
+                weakref.finalize(t, release, address)
+            return out
+
+    with Allocations():
+        result = fn()
+    del result
+    return state["peak"]

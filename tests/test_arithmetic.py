@@ -16,7 +16,7 @@ def one_layer(write_spec, input_: str, layer: str):  # type: ignore[no-untyped-d
     return analyze(load_spec(path))
 
 
-def test_seed000_32x32x3_ten_5x5_filters(write_spec) -> None:  # type: ignore[no-untyped-def]
+def test_ten_5x5_filters_with_padding_2_keep_32x32(write_spec) -> None:  # type: ignore[no-untyped-def]
     # Ballan's CNN lecture (Part 2): "(32-5+2*2)/1+1 = 32 spatially => 32x32x10"; "5*5*3 + 1 = 76 params => 76*10 =
     # 760".
     r = one_layer(write_spec, "[3, 32, 32]", "conv: {out: 10, kernel: 5, stride: 1, padding: 2}")
@@ -49,7 +49,7 @@ def test_strict_turns_the_warning_into_an_error(write_spec) -> None:  # type: ig
         analyze(load_spec(path), strict=True)
 
 
-def test_seed000_7x7_input_3x3_filter(write_spec) -> None:  # type: ignore[no-untyped-def]
+def test_3x3_filter_on_7x7_by_stride(write_spec) -> None:  # type: ignore[no-untyped-def]
     # 7x7 input, 3x3 filter, stride 1 -> 5x5; stride 2 -> 3x3; stride 3 does not fit: (7-3)/3 = 4/3.
     assert one_layer(write_spec, "[1, 7, 7]", "conv: {out: 1, kernel: 3}").rows[0].output == (1, 5, 5)
     assert one_layer(write_spec, "[1, 7, 7]", "conv: {out: 1, kernel: 3, stride: 2}").rows[0].output == (1, 3, 3)
@@ -58,7 +58,7 @@ def test_seed000_7x7_input_3x3_filter(write_spec) -> None:  # type: ignore[no-un
 
 
 @pytest.mark.parametrize(("padding", "width", "pads"), [("valid", 2, (0, 0)), ("same", 3, (1, 2))])
-def test_seed001_tensorflow_padding_width13_filter6_stride5(write_spec, padding, width, pads) -> None:  # type: ignore[no-untyped-def]
+def test_tensorflow_valid_and_same_on_width_13_filter_6_stride_5(write_spec, padding, width, pads) -> None:  # type: ignore[no-untyped-def]
     # Chen's CNN lecture (Buffalo, 2019): VALID drops the right-most columns (12, 13) -> 2 windows; SAME pads 1 left and
     # 2 right
     # ("if the amount of columns to be added is odd, it will add the extra column to the right") -> 3 windows.
@@ -78,8 +78,9 @@ def test_same_padding_matches_tensorflow_formula(write_spec) -> None:  # type: i
             assert r.rows[0].output == (1, -(-(w - 4 + 1) // s))
 
 
-def test_vgg16_seed_table(write_spec) -> None:  # type: ignore[no-untyped-def]
-    # Ballan's CNN lecture (Part 2), VGG-16 per layer: memory (activations) and params "not counting biases".
+def test_vgg16_per_layer_weights_and_memory(write_spec) -> None:  # type: ignore[no-untyped-def]
+    # VGG-16 per layer (Simonyan & Zisserman 2015, Table 1, configuration D; the per-layer walk-through in Ballan's
+    # CNN lecture, Part 2): memory (activations) and params "not counting biases".
     r = analyze(load_spec(Path(__file__).parent.parent / "specs" / "vgg16.yaml"))
     convs = [row for row in r.rows if row.kind == "conv"]
     fcs = [row for row in r.rows if row.kind == "linear"]

@@ -33,10 +33,13 @@ def _id(name: str, kwargs: dict, depth: int | None) -> str:  # type: ignore[type
 
 
 def _check(path: Path, text: str, regen: bool) -> None:
-    if regen or not path.exists():
+    """Compare with the golden file. Only `--regen-golden` writes one; a missing golden is a failure, never
+    written by the test itself (a test that writes its own expected value passes whatever the code prints)."""
+    if regen:
         path.write_text(text, encoding="utf-8")
-        if not regen:
-            pytest.fail(f"golden file {path.name} was missing and has been written; review and commit it")
+        return
+    if not path.exists():
+        pytest.fail(f"golden file {path} is missing; write it with --regen-golden, review it and commit it")
     assert text == path.read_text(encoding="utf-8"), f"{path.name} changed; rerun with --regen-golden if intended"
 
 
@@ -78,3 +81,12 @@ def test_fitted_table_golden(name, depth, width, regen_golden) -> None:  # type:
     col = cells[0].index("params")
     body = [c[col] for c in cells[1:-1] if c[col]]
     assert sum(int(v.replace(",", "")) for v in body) == int(cells[-1][col].replace(",", "")) == report.totals.params
+
+
+def test_a_missing_golden_fails_and_is_not_written(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    missing = tmp_path / "absent.txt"
+    with pytest.raises(pytest.fail.Exception, match="is missing"):
+        _check(missing, "table\n", regen=False)
+    assert not missing.exists()
+    _check(missing, "table\n", regen=True)  # the explicit flag writes it
+    assert missing.read_text(encoding="utf-8") == "table\n"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import exits_cleanly
 from typer.testing import CliRunner
 
 from archcalc.cli.app import app
@@ -185,9 +186,13 @@ def test_predicted_training_memory(tiny: Path, optimizer: str, state: int) -> No
     assert terms["parameters"] == TINY_PARAMS * 4
     assert terms["gradients"] == TINY_PARAMS * 4
     assert terms[f"optimizer state ({optimizer})"] == state * TINY_PARAMS * 4
-    assert terms["saved activations"] == report.totals.saved_bytes
-    assert work.predicted_memory(report, True, optimizer).total == sum(terms.values())
-    assert work.predicted_memory(report, False).total == report.totals.peak_bytes
+    # By hand: autograd keeps conv1's input (3x32x32), bn1's input (16x32x32) and its per-channel mean and 1/std
+    # (2 x 16, once per batch), relu1's output (16x32x32, also conv2's input), relu2's output (32x16x16, also
+    # conv3's input) and fc's input (32); the global average pool keeps nothing. float32, batch 4.
+    saved = 4 * (4 * (3 * 32 * 32 + 16 * 32 * 32 + 16 * 32 * 32 + 32 * 16 * 16 + 32) + 2 * 16)
+    assert terms["saved activations"] == saved
+    buffers = 2 * 16 * 4 + 8  # bn1's running mean and var (float32) and num_batches_tracked (int64)
+    assert work.predicted_memory(report, True, optimizer).total == (2 + state) * TINY_PARAMS * 4 + buffers + saved
 
 
 def test_preflight_with_fake_available_memory() -> None:
@@ -408,7 +413,7 @@ def test_driver_with_steady_fake_timer(tiny: Path, monkeypatch: pytest.MonkeyPat
     assert r.warmup_iterations == 5  # warm-up by time: 0.01 s of 2 ms iterations
     assert r.throughput == pytest.approx(4 / 2e-3)
     assert r.flops == 2 * 4 * TINY_MACS
-    assert r.achieved_flops == pytest.approx(r.flops / 2e-3)
+    assert r.achieved_flops == pytest.approx(2 * 4 * TINY_MACS / 2e-3)
     assert r.layers == () and r.notes == () and r.memory.measured is None  # timing only, by default on CPU
     assert [p.name for p in r.phases] == ["ceiling", "warm-up", "timing"]
     assert r.threads == 1 and set(timer.threads) == {1}
@@ -451,7 +456,7 @@ def test_cli_preflight_exit_2(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> No
     result = invoke("profile", str(tiny), *FAST)
     assert result.exit_code == 2, result.output
     assert "exceeds the 1000 B available (test limit)" in result.output and "--force" in result.output
-    assert "Traceback" not in result.output
+    exits_cleanly(result, 2)
 
 
 def test_cpu_memory_goes_through_the_probe(tiny: Path) -> None:
@@ -549,14 +554,17 @@ def test_json_contract(two_batches: list[dict[str, Any]]) -> None:
             assert layer["backward_ms"] is None
 
 
-def test_json_consistency(two_batches: list[dict[str, Any]]) -> None:
-    for d in two_batches:
-        median_s = d["latency_ms"]["median"] / 1e3
-        assert d["throughput"] == pytest.approx(d["batch"] / median_s)
-        assert d["achieved_tflops"] == pytest.approx(d["flops"] / median_s / 1e12)
-        assert d["fraction_of_peak"] == pytest.approx(d["achieved_tflops"] / d["peak_tflops"])
-        if d["latency_ms"]["iqr"] is not None:
-            assert d["latency_ms"]["iqr"] == pytest.approx(d["latency_ms"]["q3"] - d["latency_ms"]["q1"])
+def test_json_figures_by_hand(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every iteration takes 2 ms (FakeTimer): the derived figures follow from that and the MACs counted by hand.
+    monkeypatch.setattr(machine, "load", lambda: Load((0.0, 0.0, 0.0), 2))
+    options = prof.Options(batches=(1, 2), warmup_s=0.01, budget_s=5)
+    for r in prof.run_profile(load_spec(tiny), options, timer=FakeTimer(2e-3)):
+        d = result_dict(r)
+        flops = 2 * d["batch"] * TINY_MACS
+        assert d["latency_ms"]["median"] == pytest.approx(2.0) and d["flops"] == flops
+        assert d["throughput"] == pytest.approx(d["batch"] / 2e-3)
+        assert d["achieved_tflops"] == pytest.approx(flops / 2e-3 / 1e12)
+        assert d["fraction_of_peak"] == pytest.approx(flops / 2e-3 / (d["peak_tflops"] * 1e12))
 
 
 @pytest.mark.parametrize("optimizer,state", [("sgd", 1), ("adam", 2)])
@@ -639,12 +647,22 @@ def test_gpu_run(tiny: Path, dtype: str, train: bool) -> None:
             "--layers", "--format", "json"] + (["--train", "--optimizer", "adam"] if train else [])
     result = invoke(*args)
     assert result.exit_code == 0, result.output
+    conv1 = 16 * 32 * 32 * 3 * 9  # the first layer computes no input gradient
     for d in json.loads(result.stdout):
-        assert d["device"] == "cuda" and isinstance(d["peak_memory_bytes"], int)  # memory is cheap on CUDA: on
-        assert d["peak_memory_bytes"] > 0
+        b = d["batch"]
+        assert d["device"] == "cuda" and d["flops"] == (3 * 2 * b * TINY_MACS - 2 * b * conv1 if train
+                                                       else 2 * b * TINY_MACS)
+        # Measured (the allocator's peak, on by default on CUDA) against predicted: the model leaves out cuDNN's
+        # workspace and the allocator's rounding to 512-byte blocks (its own term), so the measurement may exceed
+        # the prediction by those, bounded here by 64 MiB; it may not fall short by more than 10%.
+        measured, predicted = d["peak_memory_bytes"], d["predicted_peak_memory_bytes"]
+        assert 0.9 * predicted <= measured <= predicted + (64 << 20), (measured, predicted)
         assert "allocator rounding" in d["measured_memory_terms"]
         assert [layer["name"] for layer in d["layers"]] == LEAVES
-        assert sum(layer["median_ms"] for layer in d["layers"]) > 0
+        # No layer runs faster than its roofline time (FLOPs at the peak rate, bytes at the peak bandwidth) allows;
+        # half of it leaves room for a peak table that is conservative.
+        for layer in d["layers"]:
+            assert layer["median_ms"] >= 0.5 * layer["predicted_ms"], layer
 
 
 @pytest.mark.gpu
@@ -659,10 +677,9 @@ def test_gpu_measured_memory_agrees_with_prediction(train: bool) -> None:
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     (d,) = json.loads(result.stdout)
-    requested = d["measured_memory_terms"]["workspace and transients"] + d["predicted_peak_memory_bytes"]
-    predicted = d["predicted_peak_memory_bytes"]
+    measured, predicted = d["peak_memory_bytes"], d["predicted_peak_memory_bytes"]
     # cuDNN's workspace (autotuned algorithms may take a few hundred MiB) is the unmodelled part.
-    assert 0.9 * predicted <= requested <= 1.25 * predicted + (256 << 20), (requested, predicted)
+    assert 0.9 * predicted <= measured <= 1.25 * predicted + (256 << 20), (measured, predicted)
 
 
 @pytest.mark.gpu
@@ -697,8 +714,10 @@ def test_gpu_cuda_graphs(tiny: Path, train: bool) -> None:
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     (d,) = json.loads(result.stdout)
-    assert d["cuda_graph_latency_ms"]["median"] > 0
-    assert math.isclose(d["launch_overhead_ms"], d["latency_ms"]["median"] - d["cuda_graph_latency_ms"]["median"])
+    # Replaying a graph removes the launches, never adds work: at most the eager time (10% for timing noise).
+    graph, eager = d["cuda_graph_latency_ms"]["median"], d["latency_ms"]["median"]
+    assert 0 < graph <= 1.1 * eager, (graph, eager)
+    assert math.isclose(d["launch_overhead_ms"], eager - graph)
 
 
 @pytest.mark.gpu
@@ -708,5 +727,5 @@ def test_gpu_preflight_and_oom(tiny: Path) -> None:
     refused = invoke("profile", str(tiny), "--device", "cuda", "--batch", huge)
     assert refused.exit_code == 2 and "exceeds" in refused.output
     forced = invoke("profile", str(tiny), "--device", "cuda", "--batch", huge, "--force")
-    assert forced.exit_code == 2 and "ran out of memory" in forced.output and "predicted" in forced.output
-    assert "Traceback" not in forced.output
+    assert "ran out of memory" in forced.output and "predicted" in forced.output
+    exits_cleanly(forced, 2)

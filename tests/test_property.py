@@ -1,7 +1,7 @@
 """Property: for random valid networks, written as YAML spec text, every analytic figure equals what torch measures
 on the built module.
 
-The generator covers what an independent audit found archcalc getting wrong (issue 16/17): 1-, 2- and 3-D inputs
+The generator covers what an independent audit found archcalc getting wrong (tests/test_audit.py): 1-, 2- and 3-D inputs
 as small as one position (smaller than the kernel), [before, after] padding with ceil_mode, batch norm without
 running statistics, frozen (`trainable: false`) layers of every kind with parameters, merges of two to four branches
 (`mul` included), float16/bfloat16/float64 activations.

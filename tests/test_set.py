@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import exits_cleanly
 from typer.testing import CliRunner
 
 from archcalc.cli.app import app
@@ -59,7 +60,7 @@ def test_set_errors_exit_2_with_a_message(sets: list[str], message: str) -> None
         result = runner.invoke(app, [*command, *args])
         assert result.exit_code == 2, result.output
         assert message in result.output
-        assert "Traceback" not in result.output
+        exits_cleanly(result, 2)
 
 
 def test_a_spec_without_args_says_so(write_spec) -> None:  # type: ignore[no-untyped-def]

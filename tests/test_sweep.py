@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import exits_cleanly
 from typer.testing import CliRunner
 
 from archcalc.cli.app import app
@@ -136,8 +137,7 @@ def test_value_lists() -> None:
 ])
 def test_sweep_bad_input_exits_2(args: list[str], code: int) -> None:
     result = runner.invoke(app, ["sweep", "resnet50", *args])
-    assert result.exit_code == code, result.output
-    assert "Traceback" not in result.output
+    exits_cleanly(result, code)
 
 
 def test_sweep_formats() -> None:

@@ -47,7 +47,9 @@ def test_training_memory_terms_by_hand(write_spec) -> None:  # type: ignore[no-u
     # autograd keeps: the conv's input, batch norm's input and its per-channel mean and inverse std, the ReLU's
     # output (the linear layer's input is a view of it): float32, batch 2
     assert m.saved_activations == report.totals.saved_bytes == 4 * (2 * 3 * 64 + 2 * 4 * 64 + 4 + 4 + 2 * 4 * 64)
-    assert m.total == sum(value for _, value, _ in m.terms())
+    saved = 4 * (2 * 3 * 64 + 2 * 4 * 64 + 4 + 4 + 2 * 4 * 64)
+    assert [value for _, value, _ in m.terms()] == [4 * params, 0, 4 * params, 8 * params, 2 * 4 * 4 + 8, saved]
+    assert m.total == 16 * 2690 + 40 + saved == 48_744
     assert training_memory(report, "sgd").optimizer_state == 0
     assert training_memory(report, "momentum").optimizer_state == 4 * params
     assert training_memory(report, "adamw").optimizer_state == 8 * params

@@ -78,8 +78,8 @@ class PReLU(_Elementwise):
 class ELU(_Elementwise):
     name = "elu"
     doc = "x if x > 0 else alpha * (exp(x) - 1) (nn.ELU)."
-    full_rule = "3 per element (exp, subtract, multiply)"
-    per_element = 3
+    full_rule = "4 per element (compare, exp, subtract, multiply)"
+    per_element = 4
     args = (Arg("alpha", "float", 1.0, "scale for x < 0"), _INPLACE)
 
 

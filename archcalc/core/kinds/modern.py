@@ -20,6 +20,7 @@ from archcalc.core.kinds.base import (
     register,
     spatial_rank,
 )
+from archcalc.core.kinds.norm import NORMALIZE_RULE, normalize_full
 
 
 @register
@@ -29,7 +30,7 @@ class ChannelLayerNorm(Kind):
     doc = ("Layer normalization over the channels of each position of a C x H x W tensor (ConvNeXt's LayerNorm2d, "
            "Liu et al. 2022): computed as torchvision does, permute to channels-last, F.layer_norm over C, permute "
            "back. Params 2C (affine). fvcore counts 5 per element with affine, 4 without.")
-    full_rule = "5 per element with affine (mean, variance, normalize, scale, shift), 4 without"
+    full_rule = NORMALIZE_RULE + " (a group per position)"
     args = (
         Arg("eps", "float", 1e-6, "added to the variance (ConvNeXt: 1e-6)", minimum=0),
         Arg("elementwise_affine", "bool", True, "learn a per-channel scale and shift", aliases=("affine",)),
@@ -43,7 +44,7 @@ class ChannelLayerNorm(Kind):
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         per = 5 if a["elementwise_affine"] else 4
         return Cost(params=2 * inp[0] if a["elementwise_affine"] else 0, fvcore=per * numel(inp),
-                    full=per * numel(inp))
+                    full=normalize_full(numel(inp), numel(inp[1:]), a["elementwise_affine"]))
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # layer_norm makes the channels-last view contiguous before normalizing (a copy of the input) and computes
@@ -154,8 +155,10 @@ class _Shuffle(Kind):
         return (c * r * r, h // r, w // r)
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
-        # pixel_shuffle: an output position is one input position; pixel_unshuffle stacks an r x r block of input
-        # positions into the channels of one output position (space-to-depth: a window r, stride r).
+        # Shuffle: each output position copies one input position's channels onto an r-times finer grid. Unshuffle:
+        # each output position gathers an r x r block of input positions into its channels, a window of r with
+        # stride r (the next layer mixes the channels, so it sees all r x r; measured by gradient in
+        # tests/test_receptive_measured.py).
         r = self.factor(a)
         return [RFStep(1, Fraction(1, r)) if self.up else RFStep(r, r) for _ in range(2)]
 

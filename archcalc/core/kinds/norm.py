@@ -19,6 +19,18 @@ from archcalc.core.kinds.base import (
     register,
 )
 
+NORMALIZE_RULE = ("7 per element with affine (mean, deviation, its square, variance, normalize, scale, shift), 5 "
+                  "without; plus 4 per normalized group (two divisions by the count, eps, the reciprocal square root)")
+
+
+def normalize_full(elements: int, groups: int, affine: bool) -> int:
+    """`full` of normalizing with statistics computed from the input, `groups` sets of them (layer and group norm,
+    batch norm with batch statistics): per element the mean's addition, the deviation, its square, the variance's
+    addition and the multiplication by 1/std (5), plus scale and shift with affine (7); per group the two
+    divisions by the count, the eps addition and the reciprocal square root (4). Counted on the executed formula
+    in tests/test_full_counted.py."""
+    return elements * (7 if affine else 5) + 4 * groups
+
 
 @register
 class BatchNorm(Kind):
@@ -30,8 +42,9 @@ class BatchNorm(Kind):
            "with affine, 1 without; without running statistics (track_running_stats: false) the layer normalizes "
            "with batch statistics even in eval mode, and fvcore counts that op as in training: 5 per element "
            "with affine, 4 without.")
-    full_rule = ("4 per element with affine ((x - mean) * inv_std * gamma + beta), 2 without; with batch "
-                 "statistics (track_running_stats: false) 5 with affine, 4 without, as for layer norm")
+    full_rule = ("4 per element with affine ((x - mean) * inv_std * gamma + beta, inv_std a constant of the "
+                 "model), 2 without; with batch statistics (track_running_stats: false) as layer norm: 7 per "
+                 "element with affine, 5 without, plus 4 per channel")
     args = (
         Arg("eps", "float", 1e-5, "added to the variance", minimum=0),
         Arg("momentum", "float", 0.1, "running-statistics momentum", minimum=0),
@@ -53,10 +66,12 @@ class BatchNorm(Kind):
         # no running statistics, selects the training formula (norm_flop_counter: 5 or 4 per element).
         if track:
             per = (2, 4) if a["affine"] else (1, 2)
+            full = numel(inp) * per[1]
         else:
             per = (5, 5) if a["affine"] else (4, 4)
+            full = normalize_full(numel(inp), c, a["affine"])
         return Cost(params=2 * c if a["affine"] else 0, buffers=2 * c if track else 0, int_buffers=1 if track else 0,
-                    fvcore=numel(inp) * per[0], full=numel(inp) * per[1])
+                    fvcore=numel(inp) * per[0], full=full)
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # native_batch_norm keeps the input plus the batch mean and inverse std, one per channel each, in the
@@ -72,7 +87,7 @@ class LayerNorm(Kind):
     prefix = "ln"
     doc = ("Layer normalization (nn.LayerNorm) over the trailing `normalized_shape` axes; by default all of a "
            "sample's axes (C x H x W). fvcore counts 5 flops per element with affine, 4 without.")
-    full_rule = "5 per element with affine (mean, variance, normalize, scale, shift), 4 without"
+    full_rule = NORMALIZE_RULE
     args = (
         Arg("normalized_shape", "ints_or_none", None, "trailing shape to normalize over (default: the whole sample)",
             minimum=1),
@@ -97,8 +112,9 @@ class LayerNorm(Kind):
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         affine = a["elementwise_affine"]
+        groups = numel(inp) // numel(self.norm_shape(a, inp))
         return Cost(params=2 * numel(self.norm_shape(a, inp)) if affine else 0,
-                    fvcore=numel(inp) * (5 if affine else 4), full=numel(inp) * (5 if affine else 4))
+                    fvcore=numel(inp) * (5 if affine else 4), full=normalize_full(numel(inp), groups, affine))
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         groups = numel(inp) // numel(self.norm_shape(a, inp))
@@ -112,7 +128,7 @@ class GroupNorm(Kind):
     synonyms = ("gn", "group_norm")
     prefix = "gn"
     doc = "Group normalization (nn.GroupNorm). Params 2C (affine). fvcore counts 5 flops per element with affine."
-    full_rule = "5 per element with affine, 4 without"
+    full_rule = NORMALIZE_RULE
     args = (
         Arg("num_groups", "int", doc="number of channel groups", aliases=("groups",), minimum=1),
         Arg("eps", "float", 1e-5, "added to the variance", minimum=0),
@@ -127,7 +143,8 @@ class GroupNorm(Kind):
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         per = 5 if a["affine"] else 4
-        return Cost(params=2 * inp[0] if a["affine"] else 0, fvcore=numel(inp) * per, full=numel(inp) * per)
+        return Cost(params=2 * inp[0] if a["affine"] else 0, fvcore=numel(inp) * per,
+                    full=normalize_full(numel(inp), a["num_groups"], a["affine"]))
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # native_group_norm (shared by CPU and CUDA) keeps mean and 1/std per group in the input's dtype.
@@ -143,7 +160,8 @@ class LRN(Kind):
     doc = ("Local response normalization across channels (AlexNet, Sec. 3.3; nn.LocalResponseNorm): "
            "b = a / (k + alpha/size * sum of a^2 over `size` neighbouring channels)^beta. No parameters; AlexNet "
            "uses size 5, alpha 1e-4, beta 0.75, k 2.")
-    full_rule = "2*size + 3 per element (squares and window sum, scale, offset, power, division)"
+    full_rule = ("size + 5 per element (the square, a window sum of size terms, scale, offset, power, "
+                 "division)")
     args = (
         Arg("size", "int", 5, "number of neighbouring channels", minimum=1),
         Arg("alpha", "float", 1e-4, "scale", minimum=0),
@@ -159,7 +177,7 @@ class LRN(Kind):
         return inp
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
-        return Cost(full=numel(inp) * (2 * a["size"] + 3))
+        return Cost(full=numel(inp) * (a["size"] + 5))
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # F.local_response_norm is a composite (x*x, pad, avg_pool, mul/add/pow, x/div). Beside the output the most

@@ -145,7 +145,7 @@ class AvgPool(_WindowPool):
     synonyms = ("avg_pool", "avgpool2d", "average_pooling", "averagepooling2d", "mean_pool")
     doc = ("Average pooling (nn.AvgPool1d/2d/3d by input rank). No parameters. With asymmetric ('same') padding "
            "the zeros are counted in the average, as count_include_pad does.")
-    full_rule = "prod(F) per output element (prod(F) - 1 additions and one division)"
+    full_rule = "prod(F) + 1 per output element (prod(F) additions, padding included, and one division)"
     args = _WINDOW + (Arg("count_include_pad", "bool", True, "count padded zeros in the average"),)
     examples = (
         Example((1024, 7, 7), {"kernel_size": 7, "stride": 1}),
@@ -176,7 +176,7 @@ class AvgPool(_WindowPool):
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         k = per_axis(a["kernel_size"], len(inp) - 1, "kernel_size")
-        return Cost(full=numel(out) * math.prod(k))
+        return Cost(full=numel(out) * (math.prod(k) + 1))
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         padded = self.padded_copy(a, inp)  # asymmetric padding: the padded copy is alive while the op runs
@@ -240,7 +240,7 @@ class AdaptiveAvgPool(_Adaptive):
     )
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
-        return Cost(fvcore=numel(inp) if len(inp) == 3 else 0, full=self._window_elements(inp, out))
+        return Cost(fvcore=numel(inp) if len(inp) == 3 else 0, full=self._window_elements(inp, out) + numel(out))
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # To output size 1 PyTorch computes a mean (aten adaptive_avg_pool{2,3}d), whose backward needs only the

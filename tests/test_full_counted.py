@@ -1,0 +1,381 @@
+"""The `full` convention counted on executed torch ops, independently of archcalc's per-kind rules.
+
+For every kind's examples the test runs a formula written here in elementary torch ops -- the arithmetic the kind's
+rule names (GELU: x * 0.5 * (1 + erf(x / sqrt 2)); LRN: squares, a window sum, scale, offset, power, division) --
+checks that it computes what the kind's real module computes (`torch.testing.assert_close`), and counts the aten
+ops it executes with a TorchDispatchMode under the rules below. Conv, transposed conv and linear run their real
+module and are counted from the op's own tensor shapes. The expected figure is that count, never archcalc's rule.
+
+Counting rules (per executed aten op):
+- an element-wise op (add, sub, mul, div, reciprocal, exp, erf, tanh, pow, rsqrt, a comparison, a clamp bound,
+  where a maximum or minimum against a constant is a comparison) counts 1 per output element; a clamp with two
+  bounds counts 2. A negation is free (it folds into the op it feeds: exp(-x) is one exp), so is `where` (a select).
+- a sum of n terms counts n additions (accumulated from zero, as `2 per MAC` counts each product's addition);
+  a mean adds one division per result; a maximum of n terms counts n - 1 comparisons.
+- convolution and matrix products count 2 per multiply-accumulate (read from the op's weight and output shapes)
+  plus 1 per output element for a bias.
+- moving data (views, padding, copies, unfold, cat, nearest upsampling, pixel shuffle) is free.
+- an op without a rule fails the test: nothing is silently counted as zero.
+- constants of the model that do not depend on the input (batch norm's 1 / sqrt(running_var + eps), an average
+  pool's per-window divisor) are computed outside the count: inference computes them once, not per sample.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from archcalc.core.kinds import REGISTRY
+from archcalc.torch.recipes import module_call
+
+aten = torch.ops.aten
+
+ELEMENTWISE = {aten.add, aten.sub, aten.mul, aten.div, aten.reciprocal, aten.exp, aten.erf, aten.tanh, aten.pow,
+               aten.rsqrt, aten.sqrt, aten.gt, aten.lt, aten.ge, aten.le, aten.clamp_min, aten.clamp_max,
+               aten.maximum, aten.minimum}
+FREE = {aten.neg, aten.where, aten.view, aten._unsafe_view, aten.reshape, aten.unfold, aten.constant_pad_nd,
+        aten.squeeze, aten.unsqueeze, aten.expand, aten.permute, aten.transpose, aten.t, aten.clone, aten.cat,
+        aten.stack, aten.slice, aten.select, aten.alias, aten.detach, aten._to_copy, aten.copy_, aten.empty_like,
+        aten.lift_fresh, aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_nearest3d,
+        aten.pixel_shuffle, aten.pixel_unshuffle, aten.channel_shuffle, aten.native_channel_shuffle,
+        aten.index_select, aten.contiguous, aten.as_strided, aten.split, aten.split_with_sizes, aten.narrow,
+        aten.flatten, aten.ones_like, aten.zeros_like, aten.full_like, aten.fill_, aten.movedim}
+
+
+class Arithmetic(TorchDispatchMode):
+    """Counts the arithmetic of executed aten ops under the module's rules; `unknown` collects ops without one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+        self.unknown: set[str] = set()
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func.overloadpacket
+        first = out[0] if isinstance(out, (tuple, list)) else out
+        if packet in ELEMENTWISE:
+            self.total += first.numel()
+        elif packet is aten.clamp:
+            bounds = [b for b in (list(args[1:3]) + [kwargs.get("min"), kwargs.get("max")]) if b is not None]
+            self.total += len(bounds) * first.numel()
+        elif packet is aten.sum:
+            self.total += args[0].numel()
+        elif packet is aten.mean:
+            self.total += args[0].numel() + first.numel()
+        elif packet in (aten.amax, aten.max):
+            self.total += args[0].numel() - first.numel()
+        elif packet is aten.convolution:
+            x, weight, bias = args[0], args[1], args[2]
+            transposed = args[6]
+            # Each output element of a conv sums in_channels/groups * prod(kernel) products; a transposed conv
+            # spreads each input element over out_channels/groups * prod(kernel) outputs (the same products).
+            per = weight[0].numel() if not transposed else weight.shape[1] * math.prod(weight.shape[2:])
+            macs = first.numel() * per if not transposed else x.numel() * per
+            self.total += 2 * macs + (first.numel() if bias is not None else 0)
+        elif packet in (aten.mm, aten.addmm):
+            a, b = (args[0], args[1]) if packet is aten.mm else (args[1], args[2])
+            self.total += 2 * a.shape[0] * a.shape[1] * b.shape[1] + (first.numel() if packet is aten.addmm else 0)
+        elif packet not in FREE:
+            self.unknown.add(str(func))
+        return out
+
+
+def counted(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
+    with Arithmetic() as mode:
+        y = fn()
+    assert not mode.unknown, f"ops without a counting rule: {sorted(mode.unknown)}"
+    return y, mode.total
+
+
+# ---- the formulas --------------------------------------------------------------------------------------------
+# Each takes the input x (batch 1), the kind's arguments a, the kind's real module m (for its parameters), and
+# returns a callable that computes the output: constants of the model are prepared outside it.
+
+Formula = Callable[[torch.Tensor, dict[str, Any], torch.nn.Module], Callable[[], torch.Tensor]]
+
+
+def _channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-channel vector shaped to broadcast over x (1, C, *spatial)."""
+    return t.reshape(1, -1, *[1] * (x.dim() - 2))
+
+
+def _windows(x: torch.Tensor, kernel: list[int], stride: list[int], dilation: list[int],
+             before: list[int], out: list[int], value: float) -> torch.Tensor:
+    """Every pooling window as trailing axes: pad with `value` (before, and after as far as the last window
+    reaches), then unfold each spatial axis (a view: free)."""
+    rank = len(kernel)
+    sizes = x.shape[2:]
+    after = [(o - 1) * s + d * (k - 1) + 1 - w - b for o, s, d, k, w, b in zip(out, stride, dilation, kernel, sizes,
+                                                                               before)]
+    pad: list[int] = []
+    for b, e in zip(reversed(before), reversed(after)):
+        pad += [b, max(e, 0)]
+    x = F.pad(x, pad, value=value)
+    for axis in range(rank):
+        span = dilation[axis] * (kernel[axis] - 1) + 1
+        x = x.unfold(2 + axis, span, stride[axis]).narrow(2 + axis, 0, out[axis])
+        x = x[..., ::dilation[axis]]
+    return x
+
+
+def _per_axis(v: Any, rank: int) -> list[int]:
+    return [v] * rank if isinstance(v, int) else list(v)
+
+
+def _before(padding: Any, sizes: list[int], kernel: list[int], stride: list[int]) -> list[int]:
+    """Padding before each axis: an int, one per axis, [before, after] pairs, or TensorFlow's 'same' (the total
+    max((ceil(W / S) - 1) * S + F - W, 0), the odd one after)."""
+    rank = len(sizes)
+    if padding == "same":
+        return [max((-(-w // s) - 1) * s + k - w, 0) // 2 for w, k, s in zip(sizes, kernel, stride)]
+    if padding == "valid":
+        return [0] * rank
+    if isinstance(padding, int):
+        return [padding] * rank
+    return [p if isinstance(p, int) else p[0] for p in padding]
+
+
+def _pool(kind: str) -> Formula:
+    def formula(x: torch.Tensor, a: dict[str, Any], m: torch.nn.Module) -> Callable[[], torch.Tensor]:
+        rank = x.dim() - 2
+        k = _per_axis(a["kernel_size"], rank)
+        s = _per_axis(a["stride"] if a["stride"] is not None else a["kernel_size"], rank)
+        d = _per_axis(a.get("dilation", 1), rank)
+        out = list(m(x).shape[2:])
+        before = _before(a["padding"], list(x.shape[2:]), k, s)
+        dims = tuple(range(-rank, 0))
+        if kind == "max":
+            return lambda: _windows(x, k, s, d, before, out, -math.inf).amax(dims)
+        if a["count_include_pad"]:  # the divisor: the window clipped to the padded input (torch's rule)
+            ones = F.pad(torch.ones_like(x), sum(([b, b] for b in reversed(before)), []), value=1.0)
+            divisor = _windows(ones, k, s, d, [0] * rank, out, 0.0).sum(dims)
+        else:
+            divisor = _windows(torch.ones_like(x), k, s, d, before, out, 0.0).sum(dims)
+        return lambda: _windows(x, k, s, d, before, out, 0.0).sum(dims) / divisor
+
+    return formula
+
+
+def _adaptive(kind: str) -> Formula:
+    def formula(x: torch.Tensor, a: dict[str, Any], m: torch.nn.Module) -> Callable[[], torch.Tensor]:
+        rank = x.dim() - 2
+        out = list(m(x).shape[2:])
+        sizes = list(x.shape[2:])
+
+        def run() -> torch.Tensor:
+            # PyTorch's adaptive windows: start floor(o * W / O), end ceil((o + 1) * W / O).
+            cells = []
+            for index in itertools.product(*[range(o) for o in out]):
+                window = x
+                for axis, (o, w, n) in enumerate(zip(index, sizes, out)):
+                    start, end = (o * w) // n, -(-((o + 1) * w) // n)
+                    window = window.narrow(2 + axis, start, end - start)
+                dims = tuple(range(2, 2 + rank))
+                cells.append(window.mean(dims) if kind == "avg" else window.amax(dims))
+            return torch.stack(cells, dim=-1).reshape(*x.shape[:2], *out)
+
+        return run
+
+    return formula
+
+
+def _norm(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
+    mean = x.mean(dims, keepdim=True)
+    d = x - mean
+    var = (d * d).mean(dims, keepdim=True)
+    return d * (var + eps).rsqrt()
+
+
+def _batchnorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    affine = a["affine"]
+    if a["track_running_stats"]:
+        inv = (m.running_var + a["eps"]).rsqrt()  # a constant of the model
+
+        def run() -> torch.Tensor:
+            y = (x - _channel(m.running_mean, x)) * _channel(inv, x)
+            return y * _channel(m.weight, x) + _channel(m.bias, x) if affine else y
+        return run
+    dims = (0, *range(2, x.dim()))
+    return lambda: (_norm(x, dims, a["eps"]) * _channel(m.weight, x) + _channel(m.bias, x) if affine
+                    else _norm(x, dims, a["eps"]))
+
+
+def _layernorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    shape = a["normalized_shape"]
+    n = x.dim() - 1 if shape is None else (1 if isinstance(shape, int) else len(shape))
+    dims = tuple(range(-n, 0))
+    if a["elementwise_affine"]:
+        return lambda: _norm(x, dims, a["eps"]) * m.weight + m.bias
+    return lambda: _norm(x, dims, a["eps"])
+
+
+def _channel_layernorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    if a["elementwise_affine"]:
+        return lambda: _norm(x, (1,), a["eps"]) * _channel(m.weight, x) + _channel(m.bias, x)
+    return lambda: _norm(x, (1,), a["eps"])
+
+
+def _groupnorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    g = a["num_groups"]
+
+    def run() -> torch.Tensor:
+        grouped = x.reshape(1, g, -1)
+        y = _norm(grouped, (2,), a["eps"]).reshape(x.shape)
+        return y * _channel(m.weight, x) + _channel(m.bias, x) if a["affine"] else y
+    return run
+
+
+def _lrn(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    size = a["size"]
+
+    def run() -> torch.Tensor:
+        squares = x * x
+        padded = F.pad(squares.movedim(1, -1), (size // 2, (size - 1) // 2))
+        window = padded.unfold(-1, size, 1).sum(-1).movedim(-1, 1)  # size terms per element
+        return x / (a["k"] + (a["alpha"] / size) * window) ** a["beta"]
+    return run
+
+
+def _upsample(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    if a["mode"] == "nearest":
+        return lambda: m(x)  # nearest is a gather: free (counted as such)
+    out = list(m(x).shape[2:])
+    rank = x.dim() - 2
+    # The 2^rank neighbours of every output and their weights, as PyTorch's CPU kernel (UpSampleKernel.cpp)
+    # evaluates linear modes: output = sum of weight * neighbour. Source position (align_corners false):
+    # (o + 0.5) * W / O - 0.5, clamped at 0. Indices and weights are constants of the shape.
+    taps = []
+    for axis in range(rank):
+        w, o = x.shape[2 + axis], out[axis]
+        src = ((torch.arange(o, dtype=torch.float64) + 0.5) * w / o - 0.5).clamp(min=0)
+        lo = src.floor().long().clamp(max=w - 1)
+        frac = (src - lo).to(x.dtype).reshape(-1, *[1] * (rank - 1 - axis))
+        taps.append(((lo, 1 - frac), ((lo + 1).clamp(max=w - 1), frac)))
+    corners = []
+    for choice in itertools.product(*taps):
+        weight = torch.ones(out, dtype=x.dtype)
+        gathered = x
+        for axis, (index, wt) in enumerate(choice):
+            gathered = gathered.index_select(2 + axis, index)
+            weight = weight * wt
+        corners.append((gathered, weight))
+
+    def run() -> torch.Tensor:
+        total = corners[0][1] * corners[0][0]
+        for gathered, weight in corners[1:]:
+            total = total + weight * gathered
+        return total
+    return run
+
+
+def _elementwise(fn: Callable[[torch.Tensor, dict[str, Any], Any], torch.Tensor]) -> Formula:
+    return lambda x, a, m: (lambda: fn(x, a, m))
+
+
+SQRT2 = math.sqrt(2.0)
+FORMULAS: dict[str, Formula] = {
+    "relu": _elementwise(lambda x, a, m: torch.clamp_min(x, 0.0)),
+    "relu6": _elementwise(lambda x, a, m: torch.clamp(x, 0.0, 6.0)),
+    "hardsigmoid": _elementwise(lambda x, a, m: torch.clamp(x + 3, 0.0, 6.0) / 6),
+    "hardswish": _elementwise(lambda x, a, m: x * torch.clamp(x + 3, 0.0, 6.0) / 6),
+    "leaky_relu": _elementwise(lambda x, a, m: torch.where(x > 0, x, a["negative_slope"] * x)),
+    "prelu": _elementwise(lambda x, a, m: torch.where(x > 0, x, (_channel(m.weight, x) if m.weight.numel() > 1
+                                                                 else m.weight) * x)),
+    "elu": _elementwise(lambda x, a, m: torch.where(x > 0, x, a["alpha"] * (torch.exp(x) - 1))),
+    "gelu": _elementwise(lambda x, a, m: x * 0.5 * (1 + torch.erf(x / SQRT2)) if a["approximate"] == "none" else
+                         # tanh form (Hendrycks & Gimpel 2016); the cube is two multiplications
+                         0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * (x * x * x))))),
+    "silu": _elementwise(lambda x, a, m: x * (1 + torch.exp(-x)).reciprocal()),
+    "sigmoid": _elementwise(lambda x, a, m: (1 + torch.exp(-x)).reciprocal()),
+    "tanh": _elementwise(lambda x, a, m: torch.tanh(x)),
+    # The textbook formula; torch's kernel also subtracts the maximum first, which `full` does not count.
+    "softmax": _elementwise(lambda x, a, m: _softmax(x, a["dim"])),
+    "maxout": _elementwise(lambda x, a, m: x.reshape(1, x.shape[1] // a["pieces"], a["pieces"],
+                                                     *x.shape[2:]).amax(2)),
+    "dropout": _elementwise(lambda x, a, m: x),  # eval: the identity
+    "identity": _elementwise(lambda x, a, m: x),
+    "stochastic_depth": _elementwise(lambda x, a, m: x),  # eval: the identity
+    "bias": _elementwise(lambda x, a, m: x + m.bias),
+    "layer_scale": _elementwise(lambda x, a, m: x * m.gamma.reshape(1, -1, *[1] * (x.dim() - 2))),
+    "batchnorm": _batchnorm,
+    "layernorm": _layernorm,
+    "channel_layernorm": _channel_layernorm,
+    "groupnorm": _groupnorm,
+    "lrn": _lrn,
+    "maxpool": _pool("max"),
+    "avgpool": _pool("avg"),
+    "adaptive_avgpool": _adaptive("avg"),
+    "adaptive_maxpool": _adaptive("max"),
+    "global_avgpool": _elementwise(lambda x, a, m: x.mean(tuple(range(2, x.dim())), keepdim=True)),
+    "global_maxpool": _elementwise(lambda x, a, m: x.amax(tuple(range(2, x.dim())), keepdim=True)),
+    "mean": _elementwise(lambda x, a, m: x.mean(tuple(range(2, x.dim())), keepdim=a["keepdim"])),
+    "upsample": _upsample,
+}
+
+
+def _softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
+    e = torch.exp(x)
+    return e / e.sum(dim, keepdim=True)
+
+
+# Kinds whose real module is counted directly: its ops are already elementary (a convolution, a matrix product,
+# data movement).
+REAL = {"conv", "conv_transpose", "linear", "flatten", "zeropad", "crop", "channel_shuffle", "channel_slice",
+        "pixel_shuffle", "pixel_unshuffle"}
+
+EXTRA = {"gelu": [((16, 8, 8), {"approximate": "tanh"})], "batchnorm": [((8, 5, 5), {"track_running_stats": False}),
+         ((8, 5, 5), {"track_running_stats": False, "affine": False})],
+         "lrn": [((12, 4, 4), {"size": 7})], "groupnorm": [((12, 4, 4), {"num_groups": 4, "affine": False})],
+         "layernorm": [((8, 3, 3), {"elementwise_affine": False})], "elu": [((4, 6), {"alpha": 0.5})],
+         "upsample": [((3, 4, 5, 6), {"scale_factor": 2, "mode": "linear"})]}
+
+CASES = [(name, i, ex.input, dict(ex.args)) for name, kind in sorted(REGISTRY.items())
+         for i, ex in enumerate(kind.examples)]
+CASES += [(name, f"x{i}", shape, args) for name, extra in sorted(EXTRA.items()) for i, (shape, args) in
+          enumerate(extra)]
+
+
+def _args(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    kind = REGISTRY[name]
+    args = {a.name: a.default for a in kind.args}
+    args.update({k: tuple(v) if isinstance(v, list) and not any(isinstance(e, list) for e in v) else v
+                 for k, v in given.items()})
+    return args
+
+
+def test_every_kind_has_a_formula_or_runs_as_it_is() -> None:
+    assert set(REGISTRY) == set(FORMULAS) | REAL, sorted(set(REGISTRY) ^ (set(FORMULAS) | REAL))
+
+
+@pytest.mark.parametrize(("name", "index", "shape", "given"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_full_is_the_counted_arithmetic(name, index, shape, given) -> None:  # type: ignore[no-untyped-def]
+    kind = REGISTRY[name]
+    a = _args(name, given)
+    out = kind.output(a, shape, lambda message: None)
+    predicted = kind.cost(a, shape, out).full
+    torch.manual_seed(0)
+    module = module_call(kind, a, shape).make().eval().double()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.uniform_(0.5, 1.5)
+        for b_name, b in module.named_buffers():
+            if b.is_floating_point():
+                b.uniform_(0.5, 1.5) if "var" in b_name else b.uniform_(-0.5, 0.5)
+        x = torch.randn(1, *shape, dtype=torch.float64)
+        if name in REAL:
+            y, count = counted(lambda: module(x))
+        else:
+            run = FORMULAS[name](x, a, module)
+            y, count = counted(run)
+            torch.testing.assert_close(y, module(x))
+    assert tuple(y.shape[1:]) == out
+    assert count == predicted, f"{name} {shape} {given}: counted {count}, archcalc's `full` {predicted}"

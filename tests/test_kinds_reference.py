@@ -1,0 +1,263 @@
+"""Every kind's examples against a reference module written here from plain torch.nn, not by archcalc's builder.
+
+tests/test_kinds.py measures the module archcalc's recipe builds; if the analysis and the recipe misread an
+argument the same way, both agree. Here each kind has its own reference, written from the PyTorch documentation
+of the layer it names, and the test checks: archcalc's output shape, params, buffers and MACs against the
+reference (torch's FlopCounterMode counts 2 per MAC), the builder's parameter and buffer shapes against the
+reference's, and the builder's output against the reference's on the same input with the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from archcalc.core.kinds import REGISTRY
+from archcalc.torch.recipes import module_call
+
+
+class Lambda(nn.Module):
+    """A parameter-free reference written as a function of x."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+class AddBias(nn.Module):
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
+
+
+class Scale(nn.Module):
+    """ConvNeXt's layer scale (Liu et al. 2022; torchvision's CNBlock): a learned per-channel factor."""
+
+    def __init__(self, channels: int, rank: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((channels, *[1] * rank), init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gamma * x
+
+
+class ChannelsLastLayerNorm(nn.LayerNorm):
+    """torchvision's LayerNorm2d (convnext.py): permute to channels-last, layer norm over C, permute back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def _nd(prefix: str, rank: int) -> Any:
+    return getattr(nn, f"{prefix}{rank}d")
+
+
+def _tf_same(sizes: tuple[int, ...], kernels: list[int], strides: list[int]) -> list[tuple[int, int]]:
+    """TensorFlow's SAME padding per axis: total max((ceil(W / S) - 1) * S + F - W, 0), the odd one after."""
+    pads = []
+    for w, k, s in zip(sizes, kernels, strides):
+        total = max((-(-w // s) - 1) * s + k - w, 0)
+        pads.append((total // 2, total - total // 2))
+    return pads
+
+
+def _f_pad(pads: list[tuple[int, int]]) -> list[int]:
+    """F.pad's order: the last axis first, (before, after) each."""
+    return [p for before_after in reversed(pads) for p in before_after]
+
+
+def _axes(v: Any, rank: int) -> list[int]:
+    return [v] * rank if isinstance(v, int) else list(v)
+
+
+def _windowed(a: dict[str, Any], shape: tuple[int, ...], make: Callable[[Any], nn.Module], fill: float) -> nn.Module:
+    """A pooling or conv module, with 'same' or [before, after] padding written as an explicit pad first."""
+    rank = len(shape) - 1
+    k = _axes(a["kernel_size"], rank)
+    stride = a.get("stride") or a["kernel_size"]
+    s = _axes(stride, rank)
+    padding = a["padding"]
+    if padding == "same":
+        pads = _tf_same(shape[1:], [a.get("dilation", 1) * (ki - 1) + 1 if isinstance(a.get("dilation", 1), int)
+                                    else ki for ki in k], s)
+    elif padding == "valid":
+        pads = [(0, 0)] * rank
+    elif isinstance(padding, int):
+        return make(padding)
+    else:
+        pads = [(p, p) if isinstance(p, int) else (p[0], p[1]) for p in padding]
+    if all(p0 == p1 for p0, p1 in pads):
+        return make(tuple(p0 for p0, _ in pads))
+    return nn.Sequential(Lambda(lambda x: F.pad(x, _f_pad(pads), value=fill)), make(0))
+
+
+def _conv(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    rank = len(shape) - 1
+    return _windowed(a, shape, lambda p: _nd("Conv", rank)(shape[0], a["out_channels"], a["kernel_size"],
+                                                           stride=a["stride"], padding=p, dilation=a["dilation"],
+                                                           groups=a["groups"], bias=a["bias"]), 0.0)
+
+
+def _maxpool(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    rank = len(shape) - 1
+    return _windowed(a, shape, lambda p: _nd("MaxPool", rank)(a["kernel_size"], a["stride"], p, a["dilation"],
+                                                              ceil_mode=a["ceil_mode"]), -math.inf)
+
+
+def _avgpool(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    rank = len(shape) - 1
+    return _windowed(a, shape, lambda p: _nd("AvgPool", rank)(a["kernel_size"], a["stride"], p,
+                                                              ceil_mode=a["ceil_mode"],
+                                                              count_include_pad=a["count_include_pad"]), 0.0)
+
+
+def _bias(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    rank = len(shape) - 1
+    per = a["per"]
+    return AddBias((shape[0], *[1] * rank) if per == "channel" else (1, *shape[1:]) if per == "position" else shape)
+
+
+def _crop(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    size = _axes(a["size"], len(shape) - 1)
+
+    def crop(x: torch.Tensor) -> torch.Tensor:
+        for axis, want in enumerate(size):
+            start = (x.shape[2 + axis] - want) // 2  # the odd row or column is cut after
+            x = x.narrow(2 + axis, start, want)
+        return x
+    return Lambda(crop)
+
+
+def _upsample(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    rank = len(shape) - 1
+    mode = a["mode"] if a["mode"] == "nearest" else {1: "linear", 2: "bilinear", 3: "trilinear"}[rank]
+    scale = a["scale_factor"]
+    return nn.Upsample(size=a["size"], scale_factor=tuple(float(s) for s in scale) if isinstance(scale, (list, tuple))
+                       else None if scale is None else float(scale), mode=mode,
+                       align_corners=a["align_corners"] if mode != "nearest" else None)
+
+
+def _zeropad(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    rank = len(shape) - 1
+    p = a["padding"]
+    pads = [(p, p)] * rank if isinstance(p, int) else [(q, q) if isinstance(q, int) else tuple(q) for q in p]
+    return _nd("ZeroPad", rank)(tuple(_f_pad(pads)))  # type: ignore[arg-type]
+
+
+def _batchnorm(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    rank = max(len(shape) - 1, 1)  # a flattened (C,) input is BatchNorm1d over (N, C)
+    return _nd("BatchNorm", rank)(shape[0], eps=a["eps"], momentum=a["momentum"], affine=a["affine"],
+                                  track_running_stats=a["track_running_stats"])
+
+
+def _linear(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    linear = nn.Linear(math.prod(shape), a["out_features"], bias=a["bias"])
+    return nn.Sequential(nn.Flatten(), linear) if len(shape) > 1 else linear
+
+
+def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(range(2, len(shape) + 1))
+
+
+REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = {
+    "adaptive_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(a["output_size"]),
+    "adaptive_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(a["output_size"]),
+    "avgpool": _avgpool,
+    "batchnorm": _batchnorm,
+    "bias": _bias,
+    "channel_layernorm": lambda a, s: ChannelsLastLayerNorm(s[0], eps=a["eps"],
+                                                            elementwise_affine=a["elementwise_affine"]),
+    "channel_shuffle": lambda a, s: nn.ChannelShuffle(a["groups"]),
+    "channel_slice": lambda a, s: Lambda(lambda x: x[:, a["start"]:a["stop"]]),
+    "conv": _conv,
+    "conv_transpose": lambda a, s: _nd("ConvTranspose", len(s) - 1)(
+        s[0], a["out_channels"], a["kernel_size"], stride=a["stride"], padding=a["padding"],
+        output_padding=a["output_padding"], groups=a["groups"], bias=a["bias"], dilation=a["dilation"]),
+    "crop": _crop,
+    "dropout": lambda a, s: nn.Dropout(a["p"]),
+    "elu": lambda a, s: nn.ELU(a["alpha"]),
+    "flatten": lambda a, s: nn.Flatten(),
+    "gelu": lambda a, s: nn.GELU(approximate=a["approximate"]),
+    "global_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(1),
+    "global_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(1),
+    "groupnorm": lambda a, s: nn.GroupNorm(a["num_groups"], s[0], eps=a["eps"], affine=a["affine"]),
+    "hardsigmoid": lambda a, s: nn.Hardsigmoid(),
+    "hardswish": lambda a, s: nn.Hardswish(),
+    "identity": lambda a, s: nn.Identity(),
+    "layer_scale": lambda a, s: Scale(s[0], len(s) - 1, a["init"]),
+    "layernorm": lambda a, s: nn.LayerNorm(s if a["normalized_shape"] is None else a["normalized_shape"],
+                                           eps=a["eps"], elementwise_affine=a["elementwise_affine"]),
+    "leaky_relu": lambda a, s: nn.LeakyReLU(a["negative_slope"]),
+    "linear": _linear,
+    "lrn": lambda a, s: nn.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"]),
+    "maxout": lambda a, s: Lambda(lambda x: x.unflatten(1, (s[0] // a["pieces"], a["pieces"])).amax(2)),
+    "maxpool": _maxpool,
+    "mean": lambda a, s: Lambda(lambda x: x.mean(_spatial(s), keepdim=a["keepdim"])),
+    "pixel_shuffle": lambda a, s: nn.PixelShuffle(a["upscale_factor"]),
+    "pixel_unshuffle": lambda a, s: nn.PixelUnshuffle(a["downscale_factor"]),
+    "prelu": lambda a, s: nn.PReLU(a["num_parameters"], a["init"]),
+    "relu": lambda a, s: nn.ReLU(),
+    "relu6": lambda a, s: nn.ReLU6(),
+    "sigmoid": lambda a, s: nn.Sigmoid(),
+    "silu": lambda a, s: nn.SiLU(),
+    "softmax": lambda a, s: nn.Softmax(a["dim"]),
+    "stochastic_depth": lambda a, s: nn.Identity(),  # torchvision's StochasticDepth is the identity in eval
+    "tanh": lambda a, s: nn.Tanh(),
+    "upsample": _upsample,
+    "zeropad": _zeropad,
+}
+
+CASES = [(name, i, ex) for name, kind in sorted(REGISTRY.items()) for i, ex in enumerate(kind.examples)]
+
+
+def _args(name: str, given: Any) -> dict[str, Any]:
+    args = {a.name: a.default for a in REGISTRY[name].args}
+    args.update({k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})  # as the spec loader does
+    return args
+
+
+def test_every_kind_has_a_reference() -> None:
+    assert set(REFERENCES) == set(REGISTRY)
+
+
+@pytest.mark.parametrize(("name", "index", "example"), CASES, ids=[f"{n}-{i}" for n, i, _ in CASES])
+def test_kind_example_against_a_plain_torch_reference(name, index, example) -> None:  # type: ignore[no-untyped-def]
+    kind = REGISTRY[name]
+    a = _args(name, example.args)
+    shape = example.input
+    out = kind.output(a, shape, lambda message: None)
+    cost = kind.cost(a, shape, out)
+    torch.manual_seed(0)
+    reference = REFERENCES[name](a, shape).eval()
+    built = module_call(kind, a, shape).make().eval()
+    # archcalc's analysis against the reference
+    assert sum(p.numel() for p in reference.parameters()) == cost.params
+    assert sum(b.numel() for b in reference.buffers()) == cost.buffers + cost.int_buffers
+    x = torch.randn(2, *shape)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        y = reference(x)
+    assert tuple(y.shape) == (2, *out)
+    assert counter.get_total_flops() == 2 * cost.macs * 2
+    # archcalc's builder against the reference: the same weights in the same shapes, the same function
+    ref_state = [t for t in [*reference.parameters(), *reference.buffers()]]
+    built_state = [t for t in [*built.parameters(), *built.buffers()]]
+    assert [tuple(t.shape) for t in built_state] == [tuple(t.shape) for t in ref_state]
+    with torch.no_grad():
+        for r, b in zip(ref_state, built_state):
+            if r.is_floating_point():
+                r.uniform_(0.5, 1.5)
+            b.copy_(r)
+        torch.testing.assert_close(built(x), reference(x))
