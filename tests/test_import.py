@@ -257,8 +257,8 @@ def test_cli_import_of_an_exported_file_reads_its_input(tmp_path: Path) -> None:
     (["torch.nn:Conv2d", "-i", "3x8x8"], "error: torch.nn:Conv2d: constructing the model failed"),
     (["torch.nn:ReLU", "-i", "3x8x8", "--kwargs", "[1]"], "error: --kwargs: expected a JSON object"),
     (["torch.nn:ReLU"], "error: torch.nn:ReLU: give the input with --input"),
-    (["torch.nn:Dropout2d", "-i", "3x8x8"], "error: cannot import Dropout2d (dropout2d) at dropout2d: archcalc has no kind for "
-                                          "torch.nn.modules.dropout.Dropout2d\n"),
+    (["torch.nn:Dropout2d", "-i", "3x8x8"], "error: cannot import Dropout2d (dropout2d) at dropout2d: archcalc has "
+                                            "no kind for torch.nn.modules.dropout.Dropout2d\n"),
 ])
 def test_cli_import_errors(args: list[str], message: str) -> None:
     result = runner.invoke(app, ["import", *args])

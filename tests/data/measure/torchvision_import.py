@@ -71,7 +71,8 @@ def main() -> None:
             got = json.loads(proc.stdout.strip().splitlines()[-1])
             got["imported"] = True
             got["params_equal_published"] = got["params"] == entry["num_params"]
-            got["gmacs_equal_published"] = f"{round(got['macs'] / 1e9, 3):.3f}" == entry["gmacs"]
+            decimals = len(entry["gmacs"].split(".")[1]) if "." in entry["gmacs"] else 0  # as printed: "3.36"
+            got["gmacs_equal_published"] = f"{round(got['macs'] / 1e9, decimals):.{decimals}f}" == entry["gmacs"]
             results[name] = got
         print(name, json.dumps({k: v for k, v in results[name].items() if k not in ("outputs", "warnings")}),
               f"{time.time() - start:.0f} s", flush=True)
