@@ -265,3 +265,36 @@ def test_cli_import_errors(args: list[str], message: str) -> None:
     assert result.exit_code == 2, result.output
     assert result.output.startswith(message), result.output
     assert "Traceback" not in result.output
+
+
+def test_a_subclass_that_computes_what_its_base_does_maps_like_it() -> None:
+    class Conv3DSimple(nn.Conv3d):  # torchvision's video ResNets: an nn.Conv3d with its own __init__ only
+        def __init__(self, cin: int, cout: int) -> None:
+            super().__init__(cin, cout, (3, 3, 3), padding=1, bias=False)
+
+    class Scaled(nn.Conv2d):  # a forward of its own: traced through, so its F.conv2d has no kind
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(x, self.weight, self.bias)
+
+    report = analyze(from_module(Conv3DSimple(3, 4), (3, 4, 8, 8)).spec)
+    assert report.totals.params == 4 * 3 * 27 and report.totals.macs == 4 * 3 * 27 * 4 * 8 * 8
+    with pytest.raises(ImportFailure, match="cannot import torch.conv2d at the top level"):
+        from_module(Scaled(3, 4, 3), (3, 8, 8))
+
+
+def test_a_size_read_from_a_tensors_shape_becomes_size_of() -> None:
+    class Seg(nn.Module):  # torchvision's segmentation heads: F.interpolate(x, size=input.shape[-2:])
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 3, stride=4, padding=1)
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            size = x.shape[-2:]
+            y = self.conv(x)
+            return {"out": F.interpolate(y, size=size, mode="bilinear", align_corners=False)}
+
+    imported = from_module(Seg(), (3, 30, 30))
+    assert "upsample: {mode: linear, size_of: input, name: upsample}" in imported.text
+    assert "outputs:\n  - out: upsample" in imported.text
+    report = analyze(imported.spec, input_shape=(3, 62, 62))  # size_of follows the input
+    assert report.totals.output == (5, 62, 62)

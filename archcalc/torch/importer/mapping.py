@@ -321,6 +321,12 @@ def module_rule(m: nn.Module) -> ModuleRule | None:
     if rule is None and cls.__name__ in _OWN:
         copy = _own_copy(cls)
         rule = MODULES.get(copy) if copy is not None else None
+    if rule is None:  # a subclass that computes what its base does (torchvision's Conv3DSimple is an nn.Conv3d)
+        for base in cls.__mro__[1:]:
+            if base in MODULES:
+                if all(getattr(cls, f, None) is getattr(base, f, None) for f in ("forward", "_conv_forward")):
+                    rule = MODULES[base]
+                break
     return rule
 
 

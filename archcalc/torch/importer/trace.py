@@ -352,6 +352,8 @@ class _Converter:
         method = str(target) if node.op == "call_method" else None
         if method in mapping.ALIASES_METHODS:
             return args[0]
+        if (target is getattr and args[1:] == ["shape"]) or method in ("size", "dim", "numel"):
+            return value  # x.shape[-2:], x.size(0): concrete values for the arguments of later ops
         if target is operator.getitem:
             return self.getitem(node, args)
         if (target in mapping.ADD or method in ("add", "add_", "__iadd__")):
@@ -635,7 +637,7 @@ def _live(ops: list[Op], outputs: list[tuple[str, int]]) -> tuple[list[Op], int]
 def _untraced(module: nn.Module, called: set[str], graph: fx.Graph) -> list[str]:
     """Parameters of modules the traced forward never calls (an auxiliary head that runs only in training)."""
     used = set(called) | {str(n.target) for n in graph.nodes if n.op == "get_attr"}
-    reached = set()  # every module path at or above a used one
+    reached: set[str] = set()  # every module path at or above a used one
     for u in used:
         parts = u.split(".")
         reached.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
