@@ -1,7 +1,8 @@
 # Measurement recipe (not run by the tests): see tests/data/torchvision_import.json for its output and
 # tests/data/README.md for how it was run.
 """`archcalc import` on each of torchvision's 78 CNNs: one subprocess per model (a timeout each, one thread), the
-model built as torchvision_measured.json's models were (on the meta device: the figures need no weights), imported
+model built with torchvision_measured.json's `build_kwargs`, by archcalc's own loader (on the meta device where the
+constructor allows: the figures need no weights), imported
 with archcalc.from_module at the published input, and the imported spec analyzed. Records per model: whether it
 imported (or the error), the spec's params, buffers, MACs and fvcore FLOPs, its outputs, the importer's warnings,
 and whether params equal the published num_params and round(macs / 1e9, 3) the published GMACs."""
@@ -15,6 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PUBLISHED = HERE.parent / "torchvision_published.json"
+MEASURED = HERE.parent / "torchvision_measured.json"
 OUT = HERE.parent / "torchvision_import.json"
 TIMEOUT = 900
 
@@ -22,21 +24,18 @@ ONE = r'''
 import json, sys
 import torch
 import torchvision
-from torchvision.models import segmentation
 
 import archcalc
 
 torch.set_num_threads(1)
 name, family, shape = sys.argv[1], sys.argv[2], tuple(json.loads(sys.argv[3]))
-with torch.device("meta"):
-    if name.startswith(("fcn_", "deeplabv3_")):
-        model = getattr(segmentation, name)(weights=None, weights_backbone=None, aux_loss=True)
-    elif name == "inception_v3":
-        model = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=True)
-    elif name == "googlenet":
-        model = torchvision.models.googlenet(weights=None, aux_logits=False)
-    else:
-        model = torchvision.models.get_model(name, weights=None)
+from archcalc.torch.importer import load_model  # what `archcalc import` does: on the meta device where it can
+
+kwargs = json.loads(sys.argv[4])  # torchvision_measured.json's build_kwargs: the same models
+ref = (f"torchvision.models.segmentation:{name}" if family == "segmentation" else "torchvision.models:get_model")
+if family != "segmentation":
+    kwargs = {"name": name, **kwargs}
+model, _ = load_model(ref, kwargs)
 imported = archcalc.from_module(model, shape, name=f"torchvision/{name}")
 report = archcalc.analyze(imported.spec)
 fvcore = archcalc.analyze(imported.spec, convention="fvcore").totals.flops
@@ -50,6 +49,7 @@ print(json.dumps({"params": report.totals.params, "buffers": report.totals.buffe
 
 def main() -> None:
     published = json.loads(PUBLISHED.read_text())["models"]
+    built = {k: v["build_kwargs"] for k, v in json.loads(MEASURED.read_text())["models"].items()}
     only = set(sys.argv[1:])
     results = json.loads(OUT.read_text())["models"] if OUT.exists() and only else {}
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -57,7 +57,8 @@ def main() -> None:
         if only and name not in only:
             continue
         start = time.time()
-        cmd = ["nice", "-n", "10", sys.executable, "-c", ONE, name, entry["family"], json.dumps(entry["input"])]
+        cmd = ["nice", "-n", "10", sys.executable, "-c", ONE, name, entry["family"], json.dumps(entry["input"]),
+               json.dumps(built[name])]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=env)
         except subprocess.TimeoutExpired:
