@@ -4,7 +4,9 @@ The library API, re-exported here (loaded on first use, so `import archcalc` sta
 
 - `open_spec(ref)` / `load_spec(path)`: a spec by bundled name or path / from a file (archcalc.core.spec);
 - `analyze(spec, ...)`: the Report of pure integers (archcalc.core.analyze); never imports torch;
-- `build_module(report)`: the torch nn.Module (archcalc.torch.build); imports torch.
+- `build_module(report)`: the torch nn.Module (archcalc.torch.build); imports torch;
+- `from_module(module, input_shape)`: the spec of a torch module, traced with torch.fx (archcalc.torch.importer);
+  imports torch.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ _API = {
     "load_spec": "archcalc.core.spec",
     "analyze": "archcalc.core.analyze",
     "build_module": "archcalc.torch.build",
+    "from_module": "archcalc.torch.importer",
 }
 
 __all__ = ["__version__", *_API]

@@ -2,8 +2,8 @@
 and print.
 
 Exit codes: 0 ok, 1 a check failed (validate), 2 bad input. torch is imported only by the commands that run models,
-inside their functions. The command modules (analytic, sweep, model, profile) import only downwards: cli.options, the
-library and the renderers.
+inside their functions. The command modules (analytic, sweep, model, importer, profile) import only downwards:
+cli.options, the library and the renderers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import typer
 from typer.core import TyperCommand
 
 from archcalc import __version__
-from archcalc.cli import analytic, graph, model, profile, sweep
+from archcalc.cli import analytic, graph, importer, model, profile, sweep
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -34,6 +34,7 @@ class _Command(TyperCommand):
 for command in (analytic.calc, analytic.compare, analytic.kinds, analytic.schema, analytic.zoo, graph.graph,
                 sweep.sweep, sweep.check, model.validate, model.export, profile.profile):
     app.command(cls=_Command)(command)
+app.command(name="import", cls=_Command)(importer.import_model)  # `import` is a Python keyword
 
 
 def version_callback(value: bool) -> None:

@@ -1,0 +1,656 @@
+"""Trace a torch module with torch.fx and turn its graph into archcalc ops: layers (a kind and its arguments on one
+tensor) and merges (add / concat / mul of several), in execution order, with per-sample shapes.
+
+The module is traced symbolically (modules in archcalc's table are kept whole, torch.nn's own too), then run once
+by an fx Interpreter on shape-only tensors (the meta device, or fake tensors for a module with real weights), so
+every node has its concrete value: the shapes of tensors, the ints of `x.shape[-2:]`. Each node is then mapped by
+mapping.py; views that change nothing archcalc counts (`contiguous`, a permute to channels-last and back around
+channel-wise layers, as torchvision's ConvNeXt does) are followed, not mapped. What cannot be mapped raises
+ImportFailure naming the op, the module path and the source line.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from archcalc.core.errors import ArchcalcError
+from archcalc.torch.importer import mapping
+from archcalc.torch.importer.mapping import Mapped, Unmapped
+
+Shape = tuple[int, ...]
+
+
+class ImportFailure(ArchcalcError):
+    """An op the importer cannot map: `cannot import <op> at <module path> (<file>:<line>): <why>`."""
+
+
+class Where(NamedTuple):
+    op: str  # what the op is: nn.Dropout2d, F.conv2d, x.permute, +
+    path: str  # the module path ('' for the top level)
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        at = self.path or "the top level"
+        place = f" ({self.file}:{self.line})" if self.file else ""
+        return f"{self.op} at {at}{place}"
+
+
+class SizeOf(NamedTuple):
+    """An upsample's `size_of`: the spatial size of another tensor."""
+
+    tensor: int
+
+
+class Op(NamedTuple):
+    """One archcalc op: a layer (kind set) or a merge (merge set)."""
+
+    name: str  # local name: the module's attribute name, or the kind / merge name
+    scope: tuple[str, ...]  # module path of the level it belongs to
+    fixed: bool  # scope is the op's own module path (a module call); else the innermost module running it
+    kind: str | None
+    merge: str | None
+    args: dict[str, Any]
+    inputs: tuple[int, ...]
+    output: int
+    where: Where
+    unknown: str | None = None  # --allow-unknown: what the placeholder stands for
+    trainable: bool = True  # False: the module's parameters all have requires_grad=False
+
+
+class Traced(NamedTuple):
+    input_shape: Shape
+    shapes: list[Shape]  # per tensor id; 0 is the input
+    ops: list[Op]
+    outputs: list[tuple[str, int]]
+    warnings: list[str]
+    unknown: list[str]  # --allow-unknown: the ops left out, with what they leave out
+
+
+class _Tensor(NamedTuple):
+    id: int
+    shape: Shape  # per sample, channels first (archcalc's layout, also for a channels-last view)
+    channels_last: bool = False
+
+
+class _Param(NamedTuple):
+    target: str
+    shape: Shape  # the parameter's full shape
+
+
+class _Chunks(NamedTuple):
+    source: _Tensor
+    bounds: tuple[tuple[int, int], ...]
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self, autowrap: Sequence[Any]) -> None:
+        super().__init__(autowrap_functions=tuple(autowrap))
+
+    def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
+        node = super().create_node(*args, **kwargs)
+        node.meta["archcalc_line"] = _caller()
+        return node
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return mapping.is_leaf(m)
+
+
+class _Root(nn.Module):
+    """The traced root: the module's submodules, parameters and buffers under their own paths, and a forward of
+    one tensor that calls the module's forward (so a forward(*xs) traces as forward(x))."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.whole = mapping.is_leaf(module)  # a single layer: trace a call of it, as a child named after its class
+        if self.whole:
+            self.add_module(type(module).__name__.lower(), module)
+        else:
+            self._modules = module._modules
+            self._parameters = module._parameters
+            self._buffers = module._buffers
+        object.__setattr__(self, "_inner", module)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        inner: Any = self._inner
+        return inner(x) if self.whole else type(inner).forward(inner, x)
+
+
+class _Run(fx.Interpreter):
+    """Runs the graph once, keeping every node's value (tensors are meta or fake: shapes only)."""
+
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module, garbage_collect_values=False)
+        self.values: dict[fx.Node, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        value = super().run_node(n)
+        self.values[n] = value
+        return value
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        # A layer that keeps its input's shape need not run (batch norm's meta kernel is a slow decomposition).
+        if type(self.fetch_attr(target)) in mapping.SAME_SHAPE and len(args) == 1 and not kwargs \
+                and isinstance(args[0], torch.Tensor):
+            return torch.empty_like(args[0])
+        return super().call_module(target, args, kwargs)
+
+
+_SKIP = (f"{os.sep}torch{os.sep}fx{os.sep}", f"{os.sep}torch{os.sep}nn{os.sep}modules{os.sep}module.py",
+         f"{os.sep}archcalc{os.sep}torch{os.sep}importer{os.sep}")
+
+
+def _caller() -> tuple[str, int]:
+    """The innermost frame outside fx and the importer: the model's source line that made the node (cheaper than
+    fx's record_stack_traces, which symbolizes a whole traceback per node)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code is not _Root.forward.__code__:  # the model's code runs below it
+        name = frame.f_code.co_filename
+        if not any(part in name for part in _SKIP):
+            return name, frame.f_lineno
+        frame = frame.f_back  # type: ignore[assignment]
+    return "", 0
+
+
+def _where(node: fx.Node, op: str) -> Where:
+    path = ""
+    if node.op == "call_module":
+        path = str(node.target)
+    else:
+        stack = node.meta.get("nn_module_stack") or {}
+        if stack:
+            last = list(stack.values())[-1]
+            path = last[0] if isinstance(last, tuple) else str(last)
+    file, line = node.meta.get("archcalc_line", ("", 0))
+    return Where(op, path, file, line)
+
+
+def _scope_of(node: fx.Node) -> tuple[str, ...]:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ()
+    last = list(stack.values())[-1]
+    path = last[0] if isinstance(last, tuple) else str(last)
+    return tuple(path.split(".")) if path else ()
+
+
+def _op_name(node: fx.Node, root: nn.Module) -> str:
+    if node.op == "call_module":
+        return f"{type(root.get_submodule(str(node.target))).__name__} ({node.target})"
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    target = node.target
+    if target in (operator.add, operator.iadd):
+        return "+"
+    if target in (operator.mul, operator.imul):
+        return "*"
+    if target is operator.getitem:
+        return "[] (indexing)"
+    module = getattr(target, "__module__", "") or ""
+    name = getattr(target, "__name__", str(target))
+    if module.startswith("torch.nn.functional"):
+        return f"F.{name}"
+    return f"{module}.{name}" if module else name
+
+
+class _Converter:
+    def __init__(self, root: nn.Module, graph: fx.Graph, values: dict[fx.Node, Any], allow_unknown: bool) -> None:
+        self.root = root
+        self.graph = graph
+        self.values = values
+        self.allow_unknown = allow_unknown
+        self.shapes: list[Shape] = []
+        self.ops: list[Op] = []
+        self.vals: dict[fx.Node, Any] = {}
+        self.warnings: list[str] = []
+        self.unknown: list[str] = []
+        self.called: set[str] = set()
+        self.named_functions = mapping.named_functions()
+
+    # -- helpers --
+    def tensor_of(self, value: Any, node: fx.Node) -> _Tensor:
+        shape = tuple(int(s) for s in value.shape)
+        if not shape or shape[0] != 1:
+            raise self.fail(node, f"a tensor of shape {list(shape)}; archcalc's tensors have a batch axis first")
+        t = len(self.shapes)
+        self.shapes.append(shape[1:])
+        return _Tensor(t, shape[1:])
+
+    def fail(self, node: fx.Node, why: str) -> ImportFailure:
+        return ImportFailure(f"cannot import {_where(node, _op_name(node, self.root))}: {why}")
+
+    def arg(self, a: Any) -> Any:
+        """An fx argument as a value: tensors as _Tensor/_Param, everything else as the concrete value."""
+        if isinstance(a, fx.Node):
+            if a in self.vals:
+                return self.vals[a]
+            return self.values.get(a)
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.arg(v) for v in a) if not hasattr(a, "_fields") else a
+        if isinstance(a, dict):
+            return {k: self.arg(v) for k, v in a.items()}
+        if isinstance(a, slice):
+            return slice(self.arg(a.start), self.arg(a.stop), self.arg(a.step))
+        return a
+
+    def emit(self, node: fx.Node, name: str, kind: str | None, merge: str | None, args: dict[str, Any],
+             inputs: Sequence[_Tensor], fixed: bool, channels_last: bool = False, unknown: str | None = None,
+             shape: Shape | None = None, trainable: bool = True) -> _Tensor:
+        out = self.tensor_of(self.values[node], node) if shape is None else self._new(shape)
+        if channels_last:
+            out = _Tensor(out.id, out.shape, True)
+        if node.op == "call_module":
+            scope = tuple(str(node.target).split("."))[:-1]
+        else:
+            scope = _scope_of(node)
+        self.ops.append(Op(name, scope, fixed, kind, merge, args, tuple(t.id for t in inputs), out.id,
+                           _where(node, _op_name(node, self.root)), unknown, trainable))
+        return out
+
+    def _new(self, shape: Shape) -> _Tensor:
+        self.shapes.append(shape)
+        return _Tensor(len(self.shapes) - 1, shape)
+
+    # -- the walk --
+    def run(self) -> tuple[list[tuple[str, int]], Shape]:
+        input_shape: Shape | None = None
+        outputs: list[tuple[str, int]] = []
+        for node in self.graph.nodes:
+            if node.op == "placeholder":
+                if input_shape is not None:
+                    raise ImportFailure(f"cannot import {node.name}: the module takes several inputs; "
+                                        "`archcalc import` traces a forward of one tensor")
+                value = self.values[node]
+                self.vals[node] = self.tensor_of(value, node)
+                input_shape = self.shapes[0]
+            elif node.op == "get_attr":
+                value = self.values[node]
+                self.vals[node] = _Param(str(node.target), tuple(value.shape)) if isinstance(value, torch.Tensor) \
+                    else value
+            elif node.op == "output":
+                outputs = self.outputs(node)
+            else:
+                try:
+                    result = self.node(node)
+                except Unmapped as exc:
+                    result = self.unmapped(node, str(exc))
+                if result is not None:
+                    self.vals[node] = result
+        assert input_shape is not None
+        return outputs, input_shape
+
+    def unmapped(self, node: fx.Node, why: str) -> Any:
+        if not self.allow_unknown:
+            raise self.fail(node, why)
+        value = self.values.get(node)
+        tensors = [self.vals[a] for a in node.all_input_nodes if isinstance(self.vals.get(a), _Tensor)]
+        where = _where(node, _op_name(node, self.root))
+        if not isinstance(value, torch.Tensor) or not tensors:
+            raise ImportFailure(f"cannot import {where}: {why}; --allow-unknown cannot stand in for it (it does not "
+                                "make one tensor from tensors)")
+        first = tensors[0]
+        out_shape = tuple(int(s) for s in value.shape[1:])
+        if out_shape != first.shape or first.channels_last:
+            raise ImportFailure(f"cannot import {where}: {why}; --allow-unknown cannot stand in for it: it changes "
+                                f"the shape from {'x'.join(map(str, first.shape))} to "
+                                f"{'x'.join(map(str, out_shape))}")
+        params = 0
+        if node.op == "call_module":
+            self.called.add(str(node.target))
+            params = sum(p.numel() for p in self.root.get_submodule(str(node.target)).parameters())
+        leaves = [f"{params:,} parameters" if params else "", "its MACs, FLOPs, activation memory and saved bytes"]
+        if len(tensors) > 1:
+            leaves.append(f"its other {len(tensors) - 1} input(s)")
+        note = f"{where}: {why}"
+        self.unknown.append(f"{note} (the totals leave out {', '.join(x for x in leaves if x)})")
+        return self.emit(node, "unknown", "identity", None, {}, [first], node.op == "call_module", unknown=note)
+
+    def outputs(self, node: fx.Node) -> list[tuple[str, int]]:
+        result = node.args[0]
+        if isinstance(result, fx.Node):
+            items: list[tuple[str, Any]] = [("output", result)]
+        elif isinstance(result, dict):
+            items = [(str(k), v) for k, v in result.items()]
+        elif isinstance(result, (tuple, list)):
+            fields = getattr(result, "_fields", None)
+            items = [(fields[i] if fields else f"output{i}", v) for i, v in enumerate(result)]
+        else:
+            raise ImportFailure(f"cannot import the module's output: {type(result).__name__} is not a tensor, a tuple "
+                                "or a dict of tensors")
+        out = []
+        for name, v in items:
+            value = self.vals.get(v) if isinstance(v, fx.Node) else None
+            if not isinstance(value, _Tensor):
+                raise ImportFailure(f"cannot import the module's output '{name}': it is not a tensor made by the "
+                                    "network")
+            if value.channels_last:
+                raise ImportFailure(f"cannot import the module's output '{name}': it is a channels-last view")
+            out.append((name, value.id))
+        return out
+
+    def node(self, node: fx.Node) -> Any:
+        if node.op == "call_module":
+            return self.module(node)
+        target = node.target
+        args = [self.arg(a) for a in node.args]
+        kwargs = {k: self.arg(v) for k, v in node.kwargs.items()}
+        tensors = [a for a in args if isinstance(a, _Tensor)] + [v for v in kwargs.values() if isinstance(v, _Tensor)]
+        value = self.values.get(node)
+        if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Param, list, tuple)) and self._has_tensor(a)
+                                   for a in [*args, *kwargs.values()]):
+            if isinstance(value, torch.Tensor):
+                raise Unmapped("a tensor made without the input (a constant); archcalc has no kind for it")
+            return value  # shape arithmetic: x.shape, x.size(0), ...
+        method = str(target) if node.op == "call_method" else None
+        if method in mapping.ALIASES_METHODS:
+            return args[0]
+        if (target is getattr and args[1:] == ["shape"]) or method in ("size", "dim", "numel"):
+            return value  # x.shape[-2:], x.size(0): concrete values for the arguments of later ops
+        if target is operator.getitem:
+            return self.getitem(node, args)
+        if (target in mapping.ADD or method in ("add", "add_", "__iadd__")):
+            return self.binary(node, "add", args, kwargs)
+        if target in mapping.MUL or method in ("mul", "mul_", "__imul__"):
+            return self.binary(node, "mul", args, kwargs)
+        if target in mapping.CAT:
+            return self.cat(node, args, kwargs)
+        if target in mapping.FLATTEN or method in ("flatten", "view", "reshape") or target is torch.reshape:
+            return self.reshape(node, args, kwargs, method or "flatten")
+        if target in mapping.CHUNK or target in mapping.SPLIT or method in ("chunk", "split"):
+            return self.chunks(node, args, kwargs, "chunk" if (target in mapping.CHUNK or method == "chunk")
+                               else "split")
+        if target is torch.permute or method == "permute":
+            dims: Any = args[1:] if len(args) > 2 else (args[1] if len(args) > 1 else kwargs.get("dims"))
+            return self.permute(node, args[0], tuple(dims))
+        fn: Any = target
+        entry = mapping.METHODS.get(method) if method else (mapping.FUNCTIONS.get(fn) or self.named_functions.get(fn))
+        if entry is None:
+            raise Unmapped("it has no archcalc kind")
+        names, rule = entry
+        bound = mapping.bind(names, args, kwargs)
+        x = bound.get("x")
+        if not isinstance(x, _Tensor):
+            raise Unmapped("its first argument is not a tensor of the network")
+        if any(isinstance(v, _Tensor) for k, v in bound.items() if k != "x"):
+            raise Unmapped("it takes a second tensor, which has no archcalc kind")
+        mapped = rule(bound, x.shape)
+        if mapped.kind == "upsample" and "size" in mapped.args:
+            ref = self.size_source(node, mapped.args["size"])
+            if ref is not None:
+                del mapped.args["size"]
+                mapped.args["size_of"] = SizeOf(ref)
+        return self.layer(node, mapped, x, mapped.kind, fixed=False)
+
+    @staticmethod
+    def _has_tensor(a: Any) -> bool:
+        if isinstance(a, (_Tensor, _Chunks)):
+            return True
+        if isinstance(a, (list, tuple)):
+            return any(isinstance(v, (_Tensor, _Chunks)) for v in a)
+        return False
+
+    def layer(self, node: fx.Node, mapped: Mapped, x: _Tensor, name: str, fixed: bool) -> _Tensor:
+        kind, args = mapped
+        trainable = True
+        if node.op == "call_module":
+            params = list(self.root.get_submodule(str(node.target)).parameters())
+            trainable = not params or any(p.requires_grad for p in params)
+        if x.channels_last:
+            kind, args = self.channels_last(node, mapped, x)
+            return self.emit(node, name, kind, None, args, [x], fixed, channels_last=True,
+                             shape=(args["out_channels"], *x.shape[1:]) if kind == "conv" else x.shape,
+                             trainable=trainable)
+        return self.emit(node, name, kind, None, args, [x], fixed, trainable=trainable)
+
+    _ELEMENTWISE = ("relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu",
+                    "elu", "identity", "dropout", "stochastic_depth")
+
+    def channels_last(self, node: fx.Node, mapped: Mapped, x: _Tensor) -> tuple[str, dict[str, Any]]:
+        """A channel-wise layer on a channels-last view: LayerNorm over C is channel_layernorm, Linear over C a 1x1
+        conv; element-wise layers are layout-free."""
+        kind, args = mapped
+        if kind in self._ELEMENTWISE:
+            return kind, args
+        if kind == "layernorm" and args["normalized_shape"] == x.shape[0]:
+            return "channel_layernorm", {"eps": args["eps"], "elementwise_affine": args["elementwise_affine"]}
+        if kind == "linear" and node.op == "call_module":
+            m = self.root.get_submodule(str(node.target))
+            if m.in_features == x.shape[0]:
+                return "conv", {"out_channels": args["out_features"], "kernel_size": 1, "bias": args["bias"]}
+        raise Unmapped(f"{kind} on a channels-last view (after a permute) has no archcalc kind")
+
+    def module(self, node: fx.Node) -> Any:
+        path = str(node.target)
+        m = self.root.get_submodule(path)
+        self.called.add(path)
+        args = [self.arg(a) for a in node.args]
+        if len(args) != 1 or node.kwargs or not isinstance(args[0], _Tensor):
+            raise Unmapped("a module call with other than one tensor argument")
+        x = args[0]
+        if mapping.qualname(type(m)) in mapping.PERMUTES:
+            dims: Any = m.dims
+            return self.permute(node, x, tuple(dims))
+        rule = mapping.module_rule(m)
+        if rule is None:
+            raise Unmapped(f"archcalc has no kind for {mapping.qualname(type(m))}")
+        if x.channels_last and isinstance(m, nn.Linear) and type(m) is nn.Linear:
+            mapped = Mapped("linear", {"out_features": m.out_features, "bias": m.bias is not None})
+        else:
+            mapped = rule(m, (*x.shape[1:], x.shape[0]) if x.channels_last else x.shape)
+        return self.layer(node, mapped, x, path.rsplit(".", 1)[-1], fixed=True)
+
+    def permute(self, node: fx.Node, x: Any, dims: tuple[int, ...]) -> _Tensor:
+        if not isinstance(x, _Tensor):
+            raise Unmapped("a permute of something that is not a tensor of the network")
+        rank = len(x.shape) + 1
+        to_last = (0, *range(2, rank), 1)
+        to_first = (0, rank - 1, *range(1, rank - 1))
+        dims = tuple(d % rank for d in dims)
+        if not x.channels_last and dims == to_last and rank > 2:
+            return _Tensor(x.id, x.shape, True)
+        if x.channels_last and dims == to_first:
+            return _Tensor(x.id, x.shape, False)
+        raise Unmapped(f"permute{list(dims)}: archcalc follows only a move of the channels to the last axis and back")
+
+    def binary(self, node: fx.Node, merge: str, args: list[Any], kwargs: dict[str, Any]) -> _Tensor:
+        if len(args) != 2 or kwargs:
+            raise Unmapped(f"{merge} with {len(args)} arguments{' and ' + ', '.join(kwargs) if kwargs else ''}")
+        a, b = args
+        if merge == "mul" and isinstance(a, _Param) != isinstance(b, _Param):
+            x, p = (b, a) if isinstance(a, _Param) else (a, b)
+            if isinstance(x, _Tensor) and not x.channels_last and p.shape == (x.shape[0], *(1,) * (len(x.shape) - 1)):
+                return self.emit(node, "layer_scale", "layer_scale", None, {}, [x], fixed=False)
+            raise Unmapped("a product with a parameter that is not one value per channel (C x 1 x 1)")
+        if not (isinstance(a, _Tensor) and isinstance(b, _Tensor)):
+            raise Unmapped(f"{merge} with a constant or a parameter has no archcalc kind (merges combine tensors)")
+        if a.channels_last or b.channels_last:
+            raise Unmapped(f"{merge} of channels-last views")
+        if merge == "add" and a.shape != b.shape:
+            raise Unmapped(f"add of shapes {'x'.join(map(str, a.shape))} and {'x'.join(map(str, b.shape))}: "
+                           "archcalc's add needs equal shapes")
+        inputs = [a, b]
+        # A chain (a + b) + c whose partial sum has no other reader is one add of three, as archcalc writes it.
+        first = node.args[0]
+        if isinstance(first, fx.Node) and len(first.users) == 1 and self.ops and self.ops[-1].output == a.id \
+                and self.ops[-1].merge == merge and a.id == len(self.shapes) - 1 and self._fold(first):
+            prev = self.ops.pop()
+            self.shapes.pop()
+            inputs = [_Tensor(t, self.shapes[t]) for t in prev.inputs] + [b]
+        return self.emit(node, merge, None, merge, {}, inputs, fixed=False)
+
+    def _fold(self, first: fx.Node) -> bool:
+        return first.op in ("call_function", "call_method") and (
+            first.target in mapping.ADD | mapping.MUL or first.target in ("add", "mul"))
+
+    def cat(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> _Tensor:
+        tensors = args[0] if args else kwargs.get("tensors")
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, _Tensor) for t in tensors):
+            raise Unmapped("torch.cat of something other than a list of the network's tensors")
+        if any(t.channels_last for t in tensors):
+            raise Unmapped("torch.cat of channels-last views")
+        rank = len(tensors[0].shape) + 1
+        if dim % rank != 1:
+            raise Unmapped(f"torch.cat along dim {dim}: archcalc's concat joins channels (dim 1)")
+        if len(tensors) == 1:
+            return tensors[0]
+        return self.emit(node, "concat", None, "concat", {}, list(tensors), fixed=False)
+
+    def reshape(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any], how: str) -> _Tensor:
+        x = args[0]
+        if not isinstance(x, _Tensor) or x.channels_last:
+            raise Unmapped(f"{how} of something other than a channels-first tensor of the network")
+        out = tuple(int(s) for s in self.values[node].shape[1:])
+        if out == x.shape:
+            return x
+        if len(out) != 1 or out[0] != self._numel(x.shape):
+            raise Unmapped(f"{how} from {'x'.join(map(str, x.shape))} to {'x'.join(map(str, out))}: archcalc's "
+                           "flatten keeps only the batch axis")
+        return self.emit(node, "flatten", "flatten", None, {}, [x], fixed=False)
+
+    @staticmethod
+    def _numel(shape: Shape) -> int:
+        n = 1
+        for s in shape:
+            n *= s
+        return n
+
+    def chunks(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any], how: str) -> _Chunks:
+        x = args[0]
+        if not isinstance(x, _Tensor) or x.channels_last:
+            raise Unmapped(f"{how} of something other than a tensor of the network")
+        size = args[1] if len(args) > 1 else kwargs.get("chunks", kwargs.get("split_size_or_sections",
+                                                                                kwargs.get("split_size")))
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+        rank = len(x.shape) + 1
+        if dim % rank != 1:
+            raise Unmapped(f"{how} along dim {dim}: archcalc slices channels (dim 1)")
+        pieces = self.values[node]
+        bounds, start = [], 0
+        for piece in pieces:
+            stop = start + int(piece.shape[1])
+            bounds.append((start, stop))
+            start = stop
+        del size
+        return _Chunks(x, tuple(bounds))
+
+    def getitem(self, node: fx.Node, args: list[Any]) -> Any:
+        source, index = args
+        if isinstance(source, _Chunks):
+            start, stop = source.bounds[index]
+            x = source.source
+            if (start, stop) == (0, x.shape[0]):
+                return x
+            return self.emit(node, "channel_slice", "channel_slice", None, {"start": start, "stop": stop}, [x],
+                             fixed=False)
+        if not isinstance(source, _Tensor):
+            if isinstance(source, (list, tuple)):
+                return source[index]
+            raise Unmapped("indexing of something that is not a tensor of the network")
+        if source.channels_last:
+            raise Unmapped("indexing of a channels-last view")
+        index = index if isinstance(index, tuple) else (index,)
+        channels = source.shape[0]
+        full = slice(None, None, None)
+        if len(index) >= 1 and index[0] == full and all(i == full for i in index[2:]):
+            if len(index) == 1:
+                return source
+            sl = index[1]
+            if isinstance(sl, slice) and sl.step in (None, 1):
+                start, stop, _ = sl.indices(channels)
+                if (start, stop) == (0, channels):
+                    return source
+                if stop > start:
+                    return self.emit(node, "channel_slice", "channel_slice", None, {"start": start, "stop": stop},
+                                     [source], fixed=False)
+        raise Unmapped(f"indexing [{', '.join(map(str, index))}]: archcalc slices a range of channels only "
+                       "(x[:, a:b])")
+
+    def size_source(self, node: fx.Node, size: Any) -> int | None:
+        """The tensor whose spatial size an F.interpolate's `size` was read from (x.shape[-2:]), if any."""
+        target = node.kwargs.get("size", node.args[1] if len(node.args) > 1 else None)
+        sizes = size if isinstance(size, tuple) else None
+        seen: set[fx.Node] = set()
+        todo = [target] if isinstance(target, fx.Node) else []
+        while todo:
+            n = todo.pop()
+            if n in seen or len(seen) > 8:
+                continue
+            seen.add(n)
+            value = self.vals.get(n)
+            if isinstance(value, _Tensor):
+                spatial = value.shape[1:]
+                want = sizes if sizes is not None else (size,) * len(spatial)
+                return value.id if tuple(spatial) == tuple(want) and not value.channels_last else None
+            todo.extend(n.all_input_nodes)
+        return None
+
+
+def trace_module(module: nn.Module, input_shape: Sequence[int], allow_unknown: bool = False) -> Traced:
+    """Trace `module` (in its current mode; from_module puts it in eval) on one sample of `input_shape`."""
+    tracer = _Tracer(list(mapping.named_functions()))
+    root = _Root(module)
+    try:
+        graph = tracer.trace(root)
+    except Exception as exc:  # fx's TraceError and whatever the module's forward raises on proxies
+        raise ImportFailure(f"cannot trace the module with torch.fx: {type(exc).__name__}: {exc}") from None
+    gm = fx.GraphModule(root, graph)
+    run = _Run(gm)
+    shape = (1, *(int(s) for s in input_shape))
+    params = list(module.parameters()) + list(module.buffers())
+    if params and all(p.is_meta for p in params) or not params:
+        run.run(torch.empty(shape, device="meta"))
+    else:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            run.run(mode.from_tensor(torch.empty(shape)))
+    converter = _Converter(root, graph, run.values, allow_unknown)
+    outputs, in_shape = converter.run()
+    ops, dropped = _live(converter.ops, outputs)
+    warnings = list(converter.warnings)
+    if dropped:
+        warnings.append(f"left out {dropped} op(s) no output depends on")
+    if not root.whole:
+        warnings += _untraced(module, converter.called, graph)
+    return Traced(in_shape, converter.shapes, ops, outputs, warnings, converter.unknown)
+
+
+def _live(ops: list[Op], outputs: list[tuple[str, int]]) -> tuple[list[Op], int]:
+    needed = {t for _, t in outputs}
+    keep = [False] * len(ops)
+    for i in range(len(ops) - 1, -1, -1):
+        if ops[i].output in needed:
+            keep[i] = True
+            needed.update(ops[i].inputs)
+    return [op for op, k in zip(ops, keep) if k], keep.count(False)
+
+
+def _untraced(module: nn.Module, called: set[str], graph: fx.Graph) -> list[str]:
+    """Parameters of modules the traced forward never calls (an auxiliary head that runs only in training)."""
+    used = set(called) | {str(n.target) for n in graph.nodes if n.op == "get_attr"}
+    reached: set[str] = set()  # every module path at or above a used one
+    for u in used:
+        parts = u.split(".")
+        reached.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    missing: dict[str, int] = {}
+    for name, p in module.named_parameters():
+        parts = name.split(".")
+        if any(".".join(parts[:i]) in used for i in range(1, len(parts) + 1)):
+            continue  # the parameter, or a module above it, was used
+        top = next((".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) not in reached),
+                   name.rpartition(".")[0])  # the outermost module none of whose parts was called
+        missing[top] = missing.get(top, 0) + p.numel()
+    if not missing:
+        return []
+    listed = ", ".join(f"{k or 'the module'} ({v:,})" for k, v in missing.items())
+    return [f"parameters of modules the forward never calls are not in the spec: {listed}; "
+            f"{sum(missing.values()):,} in all"]
