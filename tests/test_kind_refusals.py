@@ -59,6 +59,12 @@ REFUSED: list[tuple[str, tuple[int, ...], dict[str, Any], str, bool]] = [
      "conv: out_channels 6 is not divisible by groups 4", True),
     ("prelu", (16, 8, 8), {"num_parameters": 3}, "prelu num_parameters must be 1 or the channel count 16, not 3",
      True),
+    ("zeropad", (3, 8, 8), {"padding": "same"}, "zeropad takes explicit sizes, not 'same' or 'valid'", False),
+    ("zeropad", (3, 8, 8), {"padding": "valid"}, "zeropad takes explicit sizes, not 'same' or 'valid'", False),
+    ("layernorm", (3, 4, 4), {"normalized_shape": (5,)},
+     "normalized_shape [5] is not the trailing shape of the input 3x4x4", False),
+    ("layernorm", (3, 4, 4), {"normalized_shape": (2, 3, 4, 4)},
+     "normalized_shape [2, 3, 4, 4] is not the trailing shape of the input 3x4x4", False),
 ]
 
 
@@ -91,6 +97,10 @@ ACCEPTED = [
     ("pixel_unshuffle", (4, 8, 6), {"downscale_factor": 2}, (16, 4, 3)),
     ("maxout", (96, 8, 8), {"pieces": 4}, (24, 8, 8)),
     ("bias", (4, 3, 5), {"per": "position"}, (4, 3, 5)),
+    ("layernorm", (3, 4, 4), {"normalized_shape": 4}, (3, 4, 4)),
+    ("layernorm", (3, 4, 4), {"normalized_shape": (3, 4, 4)}, (3, 4, 4)),
+    ("zeropad", (3, 8, 8), {"padding": (1, 2)}, (3, 10, 12)),
+    ("zeropad", (3, 8, 8), {"padding": ((1, 2), (0, 3))}, (3, 11, 11)),
 ]
 
 
@@ -188,3 +198,17 @@ def test_a_kind_is_registered_once_and_its_arguments_found_by_name() -> None:
     assert conv.arg("stride").default == 1 and conv.arg("padding").name == "padding"
     with pytest.raises(KeyError):
         conv.arg("strides")
+
+
+@pytest.mark.parametrize(("typed", "meant"), [
+    ("MaxPool2d", "maxpool"), ("Conv2D", "conv"), ("conv_3d", "conv"), ("Batch-Norm", "batchnorm"),
+    ("BatchNorm1d", "batchnorm"), ("bn", "batchnorm"), ("fc", "linear"), ("Dense", "linear"),
+    ("ConvTranspose2d", "conv_transpose"), ("GAP", "global_avgpool"), ("Dropout2d", "dropout"),
+    ("max pool", "maxpool"), ("LeakyReLU", "leaky_relu"), ("relu", None), ("conv", None), ("spline", None),
+])
+def test_a_kind_is_found_by_another_frameworks_name(typed: str, meant: str | None) -> None:
+    """Case, separators and a trailing 1d/2d/3d do not matter; synonyms (fc, bn, gap) are PyTorch's or Keras'
+    names; a registered name needs no suggestion."""
+    from archcalc.core.kinds.base import suggest_kind
+
+    assert suggest_kind(typed) == meant
