@@ -155,14 +155,28 @@ def _gelu(a: Mapping[str, Any]) -> int:
     return 9 if a["approximate"] == "tanh" else 5
 
 
-def _batchnorm(a: Mapping[str, Any]) -> int:
-    if a["track_running_stats"]:
-        return 4 if a["affine"] else 2
-    return 5 if a["affine"] else 4
+def _normalize(elements: int, groups: int, affine: bool) -> int:
+    """Statistics from the input: per element the mean's addition, the deviation, its square, the variance's
+    addition and the multiplication by 1/std, plus scale and shift with affine; per group of statistics the two
+    divisions by the count, eps and the reciprocal square root."""
+    return (7 if affine else 5) * elements + 4 * groups
+
+
+def _batchnorm(a: Mapping[str, Any], i: tuple[int, ...]) -> int:
+    if a["track_running_stats"]:  # running statistics: (x - mean) * inv_std, then scale and shift with affine
+        return (4 if a["affine"] else 2) * n(i)
+    return _normalize(n(i), i[0], a["affine"])
+
+
+def _layernorm_groups(a: Mapping[str, Any], i: tuple[int, ...]) -> int:
+    shape = a["normalized_shape"]
+    trailing = len(i) if shape is None else (1 if isinstance(shape, int) else len(shape))
+    return n(i[: len(i) - trailing])
 
 
 def _upsample(a: Mapping[str, Any], inp: tuple[int, ...]) -> int:
-    return 0 if a["mode"] == "nearest" else 3 * (len(inp) - 1)
+    # linear modes: 2^rank neighbours, each weighted (a multiplication) and summed (2^rank - 1 additions)
+    return 0 if a["mode"] == "nearest" else 2 ** len(inp[1:]) * 2 - 1
 
 
 Rule = Callable[[Mapping[str, Any], tuple[int, ...], tuple[int, ...], int], int]
@@ -172,7 +186,7 @@ FULL: dict[str, Rule] = {
     "relu": lambda a, i, o, m: n(o), "tanh": lambda a, i, o, m: n(o), "layer_scale": lambda a, i, o, m: n(o),
     "leaky_relu": lambda a, i, o, m: 2 * n(o), "prelu": lambda a, i, o, m: 2 * n(o),
     "relu6": lambda a, i, o, m: 2 * n(o),
-    "elu": lambda a, i, o, m: 3 * n(o), "sigmoid": lambda a, i, o, m: 3 * n(o),
+    "elu": lambda a, i, o, m: 4 * n(o), "sigmoid": lambda a, i, o, m: 3 * n(o),
     "softmax": lambda a, i, o, m: 3 * n(o),
     "silu": lambda a, i, o, m: 4 * n(o), "hardsigmoid": lambda a, i, o, m: 4 * n(o),
     "hardswish": lambda a, i, o, m: 5 * n(o),
@@ -185,18 +199,18 @@ FULL: dict[str, Rule] = {
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "linear": lambda a, i, o, m: 2 * m + (a["out_features"] if a["bias"] else 0),
     "bias": lambda a, i, o, m: n(o),
-    "channel_layernorm": lambda a, i, o, m: (5 if a["elementwise_affine"] else 4) * n(o),
-    "layernorm": lambda a, i, o, m: (5 if a["elementwise_affine"] else 4) * n(o),
-    "groupnorm": lambda a, i, o, m: (5 if a["affine"] else 4) * n(o),
-    "batchnorm": lambda a, i, o, m: _batchnorm(a) * n(o),
-    "lrn": lambda a, i, o, m: (2 * a["size"] + 3) * n(o),
+    "channel_layernorm": lambda a, i, o, m: _normalize(n(i), n(i[1:]), a["elementwise_affine"]),
+    "layernorm": lambda a, i, o, m: _normalize(n(i), _layernorm_groups(a, i), a["elementwise_affine"]),
+    "groupnorm": lambda a, i, o, m: _normalize(n(i), a["num_groups"], a["affine"]),
+    "batchnorm": lambda a, i, o, m: _batchnorm(a, i),
+    # the square once per element, a window sum of size terms, scale, offset, power, division
+    "lrn": lambda a, i, o, m: (a["size"] + 5) * n(o),
     "mean": lambda a, i, o, m: n(i) + n(o),
     "maxpool": lambda a, i, o, m: (_kernel(a, i) - 1) * n(o),
-    "avgpool": lambda a, i, o, m: _kernel(a, i) * n(o),
-    # window - 1 additions and one division per output element, as avgpool's rule states (adaptive_avgpool's own
-    # full_rule text reads "one addition per element of every window, plus one division": one more per output)
-    "adaptive_avgpool": lambda a, i, o, m: _window_elements(i, o),
-    "global_avgpool": lambda a, i, o, m: n(i),
+    # a sum of a window's terms (one addition per term, padding included) and one division per output element
+    "avgpool": lambda a, i, o, m: (_kernel(a, i) + 1) * n(o),
+    "adaptive_avgpool": lambda a, i, o, m: _window_elements(i, o) + n(o),
+    "global_avgpool": lambda a, i, o, m: n(i) + n(o),
     "adaptive_maxpool": lambda a, i, o, m: _window_elements(i, o) - n(o),
     "global_maxpool": lambda a, i, o, m: n(i) - n(o),
     "upsample": lambda a, i, o, m: _upsample(a, i) * n(o),

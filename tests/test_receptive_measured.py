@@ -27,6 +27,7 @@ whole input and archcalc's figure to be 1 -- the convention, stated where it is 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -255,7 +256,8 @@ def dags(draw: st.DrawFn) -> str:
     return head + body + f"outputs: [{', '.join(sinks)}]\n"
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("RF_EXAMPLES", "20")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(dags())
 def test_random_dags_receptive_field_is_what_torch_shows(text: str) -> None:
     spec = load_text(text)
@@ -264,9 +266,17 @@ def test_random_dags_receptive_field_is_what_torch_shows(text: str) -> None:
     shape = tuple(report.input)
     for out, name in enumerate(spec_outputs(report)):
         predicted = seen_rf(report, name)
-        assert by_nan(model, shape, out) == predicted, (text, name, next(r.rf for r in report.rows if r.name == name))
+        theory = next(r.rf for r in report.rows if r.name == name)
+        measured = [by_nan(model, shape, out)]
         if not any(r.kind in MAX_TYPE for r in report.rows):
-            assert by_gradient(model, shape, out) == predicted, (text, name)
+            measured.append(by_gradient(model, shape, out))
+        for found in measured:
+            for axis, (m, p, t, size) in enumerate(zip(found, predicted, theory, shape[1:])):
+                if t < size:  # the window fits in the input: exact
+                    assert m == p, (text, name, axis, found, predicted)
+                else:  # clipped: an upper bound, as the grid's alignment with the padding may keep every window
+                    # from reaching both edges (7 x 7 input, conv 3/2 p1 then conv 3 p1: 7 in theory, 6 seen)
+                    assert m <= p, (text, name, axis, found, predicted)
 
 
 def spec_outputs(report: Report) -> list[str]:
