@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import torch
 from conftest import load_text
+from measure import peak_bytes, saved_bytes
 
 from archcalc.core.analyze import analyze
 from archcalc.torch.build import build_module
-from archcalc.torch.profile.probes import cpu_peak_bytes
 
 GRAPHS = {
     "sequence": """
@@ -176,34 +176,9 @@ def test_inference_peak_is_what_the_profiler_sees(name: str) -> None:
     report = analyze(load_text(_spec(name, PEAK_GRAPHS)), batch=2)
     model = build_module(report).eval()
     x = torch.randn(2, 3, 8, 8)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # per-thread scratch of parallel kernels would blur the count
-    try:
-        with torch.no_grad():
-            model(x)  # one-off allocations out of the way
-            measured = cpu_peak_bytes(lambda: model(x))
-    finally:
-        torch.set_num_threads(threads)
+    measured = peak_bytes(lambda: model(x))  # one thread: per-thread scratch of parallel kernels would blur it
     t = report.totals
     assert t.peak_bytes - t.param_bytes - t.buffer_bytes - x.numel() * 4 == measured
-
-
-def autograd_saved_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
-    skip = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    seen: dict[int, int] = {}
-    kept: list[torch.Tensor] = []  # nothing freed mid-count, so no address is reused
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        kept.append(t)
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in skip and storage.nbytes():
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
-    return sum(seen.values())
 
 
 @pytest.mark.parametrize("input_grad", [False, True], ids=["batch", "input-grad"])
@@ -214,7 +189,7 @@ def test_saved_bytes_are_what_autograd_keeps(name: str, input_grad: bool) -> Non
     report = analyze(load_text(text), **kwargs)
     model = build_module(report)
     x = torch.randn(2, 3, 8, 8).requires_grad_(input_grad)
-    assert report.totals.saved_bytes == autograd_saved_bytes(model, x)
+    assert report.totals.saved_bytes == saved_bytes(model, x)
 
 
 def test_a_frozen_prefix_keeps_less_than_a_trained_one() -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import load_text
+from measure import peak_bytes, saved_bytes
 
 from archcalc.core.analyze import Report, analyze
 from archcalc.core.kinds import REGISTRY, Kind
@@ -56,32 +57,12 @@ def _module(kind: Kind, index: int) -> torch.nn.Module:
 # ---- saved bytes -------------------------------------------------------------------------------------------------
 
 
-def autograd_saved_bytes(module: torch.nn.Module, x: torch.Tensor) -> int:
-    """Bytes of the tensors autograd packs in a training forward, parameters and buffers left out, each storage
-    once (a tensor saved by two nodes, or an output that is a view of a saved input, is one allocation)."""
-    module.train()
-    skip = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
-    seen: dict[int, int] = {}
-    kept: list[torch.Tensor] = []  # nothing freed mid-count, so no address is reused
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        kept.append(t)
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in skip and storage.nbytes():
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return sum(seen.values())
-
-
 @pytest.mark.parametrize(("name", "index"), CASES, ids=IDS)
 def test_saved_bytes_are_what_autograd_keeps(name: str, index: int) -> None:
     kind = REGISTRY[name]
     report = _one_layer(kind, index, device="cpu", input_requires_grad=True)
     x = torch.randn(BATCH, *kind.examples[index].input).requires_grad_()
-    assert report.totals.saved_bytes == autograd_saved_bytes(_module(kind, index), x)
+    assert report.totals.saved_bytes == saved_bytes(_module(kind, index), x)
 
 
 # ---- receptive field ---------------------------------------------------------------------------------------------
@@ -246,19 +227,11 @@ def test_inference_peak_is_what_the_profiler_sees(name: str, index: int) -> None
     declares it allocates while it runs (Kind.transient: max pooling's indices, LRN's intermediates, a padding
     copy), against torch.profiler's CPU memory events."""
     from archcalc.torch.build import build_module
-    from archcalc.torch.profile.probes import cpu_peak_bytes
 
     report = _one_layer(REGISTRY[name], index)
     model = build_module(report).eval()
     x = torch.randn(BATCH, *report.input)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # per-thread scratch of parallel kernels would blur the count
-    try:
-        with torch.no_grad():
-            model(x)  # one-off allocations out of the way
-            measured = cpu_peak_bytes(lambda: model(x))
-    finally:
-        torch.set_num_threads(threads)
+    measured = peak_bytes(lambda: model(x))  # one thread: per-thread scratch of parallel kernels would blur it
     t = report.totals
     predicted = t.peak_bytes - t.param_bytes - t.buffer_bytes - x.numel() * 4
     if name in SCRATCH:
