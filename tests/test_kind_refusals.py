@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import torch
 from conftest import load_text
-from test_kind_rules import FULL, autograd_saved_bytes
+from measure import saved_bytes
+from test_kind_rules import FULL
 
 from archcalc.core.analyze import analyze
 from archcalc.core.kinds import REGISTRY, Kind, LayerError
@@ -152,7 +153,7 @@ def test_variants_follow_the_rules_and_torch(name: str, inp: tuple[int, ...], gi
 
 
 # Saved-for-backward variants the examples do not reach (in place, asymmetric padding, partial normalized shapes,
-# nothing to drop), against autograd with the input needing a gradient (test_kind_rules.autograd_saved_bytes).
+# nothing to drop), against autograd with the input needing a gradient (measure.saved_bytes).
 SAVED_VARIANTS = [
     ("relu6", (4, 5, 5), {"inplace": True}),
     ("hardswish", (4, 5, 5), {"inplace": True}),
@@ -184,7 +185,7 @@ def test_saved_variants_are_what_autograd_keeps(name: str, inp: tuple[int, ...],
     torch.manual_seed(0)
     module = module_call(kind, _args(name, **given), inp).make()
     x = torch.randn(2, *inp).requires_grad_().clone()  # not a leaf: an in-place layer may write into it
-    assert report.totals.saved_bytes == autograd_saved_bytes(module, x)
+    assert report.totals.saved_bytes == saved_bytes(module, x)
 
 
 def test_a_kind_is_registered_once_and_its_arguments_found_by_name() -> None:
