@@ -19,7 +19,8 @@ from archcalc.core.kinds import REGISTRY, Cost, LayerError, Shape
 from archcalc.core.kinds.base import numel
 from archcalc.core.memory import SAVED_DEVICES, peak_inference_bytes, saved_training_bytes
 from archcalc.core.merges import MERGES, MergeOp
-from archcalc.core.spec import Layer, Merge, Parallel, Ref, Residual, Sequence, Spec, checked_input, input_warnings
+from archcalc.core.spec import (BLOCK_INPUT, Layer, Merge, Parallel, Ref, Residual, Sequence, Spec, checked_input,
+                                input_warnings)
 
 # ---- report values --------------------------------------------------------------------------------------------
 
@@ -132,6 +133,7 @@ def _analyze(spec: Spec, batch: int, dtype: str, convention: str, input_shape: S
         engine.inputs.append((name, t))
         engine.named[name] = t
         first = t if first < 0 else first
+    engine.named[BLOCK_INPUT] = engine.inputs[0][1]
     last = engine.seq(spec.root, engine.inputs[0][1], depth=0)
     graph = engine.finish(last)
     used = graph.used()
@@ -255,8 +257,11 @@ class _Engine:
         if later:
             raise SpecError(ref.loc, f"'{ref.text}' refers to {later[0]}, which is not computed yet at this point "
                                      "(a layer can read only tensors made before it; this would be a cycle)")
-        raise SpecError(ref.loc, f"no tensor named '{ref.text}'{did_you_mean(ref.text, self.named)} (names are "
+        raise SpecError(ref.loc, f"no tensor named '{ref.text}'{did_you_mean(ref.text, self._names())} (names are "
                                  "layer, block and input names; use the full dotted name from another block)")
+
+    def _names(self) -> list[str]:
+        return [n for n in self.named if not n.endswith("." + BLOCK_INPUT)]  # with `$input` itself, once
 
     def _shape_of(self, t: int) -> Shape:
         return self.tensors[t].shape
@@ -352,6 +357,7 @@ class _Engine:
             return self.layer(node, x, depth)
         if isinstance(node, Merge):
             return self.merge_item(node, depth)
+        self.named[f"{node.name}.{BLOCK_INPUT}" if node.name else BLOCK_INPUT] = x
         start = len(self.outline)
         first_row = len(self.rows)
         self.outline.append(None)  # type: ignore[arg-type]  # the block's summary row, filled in below

@@ -13,7 +13,8 @@ Item grammar (each entry of a `layers` list):
     - add: [down4, up4]                      a merge (add, concat, mul) of earlier named tensors
 
 Beside the head of any item: `name:`, `from: <name>` (take the input from an earlier named tensor instead of the
-previous item's output; names resolve innermost scope first, then as a unique suffix of a full name), and
+previous item's output; names resolve innermost scope first, then as a unique suffix of a full name; `$input` is
+the input of the innermost enclosing block or group, so a block can add its own input), and
 `when: <expression>` (inside blocks: the item exists only when the expression is true). A spec may name several
 `inputs:` and `outputs:`; see README's "Graphs" section.
 
@@ -43,6 +44,7 @@ TOP_KEYS = ("name", "description", "source", "family", "input", "inputs", "outpu
 ITEM_KEYS = ("name", "from", "when")  # allowed beside the head of any item
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+BLOCK_INPUT = "$input"  # a reference to the input of the innermost enclosing block or group
 MAX_LAYERS = 100_000  # rows after expansion; the zoo's largest network has 1,100. Raise with --max-layers.
 MAX_NESTING = 64  # composites and block calls inside each other (the zoo's deepest: 6)
 
