@@ -19,8 +19,18 @@ from archcalc.core.kinds import REGISTRY, Cost, LayerError, Shape
 from archcalc.core.kinds.base import numel
 from archcalc.core.memory import SAVED_DEVICES, peak_inference_bytes, saved_training_bytes
 from archcalc.core.merges import MERGES, MergeOp
-from archcalc.core.spec import (BLOCK_INPUT, Layer, Merge, Parallel, Ref, Residual, Sequence, Spec, checked_input,
-                                input_warnings)
+from archcalc.core.spec import (
+    BLOCK_INPUT,
+    Layer,
+    Merge,
+    Parallel,
+    Ref,
+    Residual,
+    Sequence,
+    Spec,
+    checked_input,
+    input_warnings,
+)
 
 # ---- report values --------------------------------------------------------------------------------------------
 

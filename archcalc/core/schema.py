@@ -43,8 +43,8 @@ def spec_schema() -> dict[str, Any]:
         },
         "tensor": {"type": "string", "minLength": 1,
                    "description": "the name of an earlier tensor: a layer, block or input name (innermost scope "
-                                  "first, then a unique suffix of a full name), `$input` (the input of the innermost enclosing block "
-                                  "or group), or a block argument holding one"},
+                                  "first, then a unique suffix of a full name), `$input` (the input of the innermost "
+                                  "enclosing block or group), or a block argument holding one"},
         "name": {"anyOf": [{"type": "string", "pattern": NAME_PATTERN}, {"type": "integer", "minimum": 0}],
                  "description": "the layer's name: letters, digits, '_' or '-' (dots separate levels and are "
                                 "added by archcalc)"},
