@@ -73,6 +73,7 @@ class Traced(NamedTuple):
     outputs: list[tuple[str, int]]
     warnings: list[str]
     unknown: list[str]  # --allow-unknown: the ops left out, with what they leave out
+    types: dict[tuple[str, ...], str]  # module path -> the module's class name (names the blocks)
 
 
 class _Tensor(NamedTuple):
@@ -621,7 +622,8 @@ def trace_module(module: nn.Module, input_shape: Sequence[int], allow_unknown: b
         warnings.append(f"left out {dropped} op(s) no output depends on")
     if not root.whole:
         warnings += _untraced(module, converter.called, graph)
-    return Traced(in_shape, converter.shapes, ops, outputs, warnings, converter.unknown)
+    types = {tuple(path.split(".")) if path else (): type(m).__name__ for path, m in root.named_modules()}
+    return Traced(in_shape, converter.shapes, ops, outputs, warnings, converter.unknown, types)
 
 
 def _live(ops: list[Op], outputs: list[tuple[str, int]]) -> tuple[list[Op], int]:

@@ -15,9 +15,11 @@ import re
 from typing import Any
 
 from archcalc.core.kinds import REGISTRY
+from archcalc.core.spec import BLOCK_INPUT
+from archcalc.torch.importer.blocks import Call, Plan, plan_blocks, repeat_of
 from archcalc.torch.importer.trace import Op, SizeOf, Traced
 
-_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_PLAIN = re.compile(r"^\$?[A-Za-z_][A-Za-z0-9_.]*$")  # `$input` reads plain too
 _YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
 
 
@@ -34,6 +36,8 @@ def _scalar(value: Any) -> str:
             mantissa, exp = text.split("e")
             text = f"{mantissa}.0e{exp}"  # YAML 1.1 reads 1e-05 as a string
         return text
+    if isinstance(value, _Ref):
+        return str(value) if _PLAIN.match(value) else json.dumps(str(value))
     if isinstance(value, str):
         return value if _PLAIN.match(value) and value.lower() not in _YAML_WORDS else json.dumps(value)
     if isinstance(value, (tuple, list)):
@@ -41,8 +45,18 @@ def _scalar(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} into a spec")
 
 
+class _Expr(str):
+    """An expression of a block's arguments, written as it is."""
+
+
+class _Ref(str):
+    """An argument that names a tensor (an upsample's size_of): part of a block's structure, never an argument."""
+
+
 class _Group:
-    def __init__(self, local: str, full: str, parent: _Group | None, start: int, source: int | None) -> None:
+    def __init__(self, local: str, full: str, parent: _Group | None, start: int, source: int | None,
+                 path: tuple[str, ...] = ()) -> None:
+        self.path = path  # module path
         self.local = local
         self.full = full
         self.parent = parent
@@ -63,6 +77,10 @@ class _Group:
         return name
 
 
+def _is_group(item: Any) -> bool:
+    return isinstance(item, _Group)
+
+
 class _Shadowed(Exception):
     """A reference cannot be written: a name nearer to where it is used hides the tensor's name."""
 
@@ -81,6 +99,8 @@ class _Writer:
         self.defined_set = {"input"}
         self.closed_paths: set[tuple[str, ...]] = set()
         self.open: list[tuple[tuple[str, ...], _Group]] = [((), self.root)]
+        self.plan = Plan([], {})  # the blocks recognised, once every op is placed
+        self.defaults: dict[str, dict[str, Any]] = {}
         self.last_fixed: dict[tuple[str, ...], int] = {}  # per module path: its last module op
         for i, op in enumerate(traced.ops):
             if op.fixed:
@@ -95,6 +115,12 @@ class _Writer:
             if full in self.defined_set:
                 return full
         return None  # archcalc would try a unique suffix next; the writer never relies on it
+
+    def ref_in(self, tensor: int, group: _Group) -> str:
+        """A reference written in `group`'s items: `$input` for the group's own input (so copies read alike)."""
+        if group is not self.root and tensor == group.source:
+            return BLOCK_INPUT
+        return self.ref(tensor, group.full)
 
     def ref(self, tensor: int, scope: str) -> str:
         full = self.tensor_name[tensor]
@@ -135,6 +161,8 @@ class _Writer:
             parent.current = group.current
             if group.items:
                 self.define(group.full)
+                if group.current in group.made:  # the group's name reads as its output
+                    self.tensor_name[group.current] = group.full
             self.closed_paths.add(path)
 
     def place(self, op: Op, index: int) -> _Group:
@@ -148,11 +176,11 @@ class _Writer:
             parent = self.open[-1][1]
             local = parent.unique(path[depth])
             full = f"{parent.full}.{local}" if parent.full else local
-            group = _Group(local, full, parent, 0, None)
+            group = _Group(local, full, parent, 0, None, path[:depth + 1])
             source = op.inputs[0] if op.kind is not None or parent.current is None else parent.current
             group.source = source
             if source != parent.current:
-                group.from_text = self.ref(source, parent.full)
+                group.from_text = self.ref_in(source, parent)
             group.current = source
             parent.items.append(group)
             self.open.append((path[:depth + 1], group))
@@ -167,11 +195,12 @@ class _Writer:
             full = f"{group.full}.{local}" if group.full else local
         if op.kind is not None:
             x = op.inputs[0]
-            src = None if x == group.current else self.ref(x, group.full)
-            args = {k: (self.ref(v.tensor, group.full) if isinstance(v, SizeOf) else v) for k, v in op.args.items()}
+            src = None if x == group.current else self.ref_in(x, group)
+            args = {k: (_Ref(self.ref_in(v.tensor, group)) if isinstance(v, SizeOf) else v)
+                    for k, v in op.args.items()}
             group.items.append(("layer", op, local, src, args))
         else:
-            refs = [self.ref(t, group.full) for t in op.inputs]
+            refs = [self.ref_in(t, group) for t in op.inputs]
             group.items.append(("merge", op, local, None, refs))
         self.tensor_name[op.output] = full
         self.define(full)
@@ -180,16 +209,50 @@ class _Writer:
         group.current = op.output
 
     # -- text --
-    def lines(self, group: _Group, indent: int) -> list[str]:
+    def call_text(self, call: Call, subst: dict[Any, str], path: tuple[int, ...]) -> str:
+        """`{Block: {arg: value, ...}}` for a call at `path` in a body whose positions `subst` maps to expressions."""
+        return f"{{{call.block}: {{{self.call_fields(call, subst, path)}}}}}"
+
+    def call_fields(self, call: Call, subst: dict[Any, str], path: tuple[int, ...]) -> str:
+        defaults = self.defaults[call.block]
+        fields = []
+        for arg, value in call.args.items():
+            expression = subst.get((path, arg))
+            if expression is not None:
+                fields.append(f"{arg}: {expression}")
+            elif value != defaults[arg]:
+                fields.append(f"{arg}: {_scalar(value)}")
+        return ", ".join(fields)
+
+    def lines(self, group: _Group, indent: int, subst: dict[Any, str] | None = None,
+              prefix: tuple[int, ...] = ()) -> list[str]:
         pad = " " * indent
         out: list[str] = []
-        for item in group.items:
+        subst = subst or {}
+        for index, item in enumerate(group.items):
+            path = prefix + (index,)
             if isinstance(item, _Group):
-                out.append(f"{pad}- name: {_scalar(item.local)}")
+                call = self.plan.calls.get(id(item))
+                repeat = None if call is not None else repeat_of(
+                    item, self.plan, _is_group, lambda g, p: self.call_text(self.plan.calls[id(g)], subst, p), path)
+                if call is not None:
+                    fields = self.call_fields(call, subst, path)
+                    name = f"name: {_scalar(item.local)}"
+                    out.append(f"{pad}- {call.block}: {{{fields + ', ' if fields else ''}{name}}}")
+                elif repeat is not None:
+                    first, rest, n = repeat
+                    out.append(f"{pad}- repeat: {n}")
+                    out.append(f"{pad}  name: {_scalar(item.local)}")
+                    if first is not None:
+                        out.append(f"{pad}  first: {first}")
+                    out.append(f"{pad}  block: {rest}")
+                else:
+                    out.append(f"{pad}- name: {_scalar(item.local)}")
                 if item.from_text is not None:
                     out.append(f"{pad}  from: {_scalar(item.from_text)}")
-                out.append(f"{pad}  sequence:")
-                out += self.lines(item, indent + 4)
+                if call is None and repeat is None:
+                    out.append(f"{pad}  sequence:")
+                    out += self.lines(item, indent + 4, subst, path)
                 continue
             what, op, local, src, payload = item
             if op.unknown:
@@ -203,9 +266,12 @@ class _Writer:
             shown = {}
             for key, value in payload.items():
                 arg = kind.arg(key)
-                if arg.required or value != arg.default:
+                expression = subst.get((path, key))
+                if expression is not None:
+                    shown[key] = _Expr(expression)
+                elif arg.required or value != arg.default:
                     shown[key] = value
-            fields = ", ".join(f"{k}: {_scalar(v)}" for k, v in shown.items())
+            fields = ", ".join(f"{k}: {v if isinstance(v, _Expr) else _scalar(v)}" for k, v in shown.items())
             body = f"{{{fields}, name: {name}}}" if fields else f"{{name: {name}}}"
             out.append(f"{pad}- {op.kind}: {body}")
             if not op.trainable:
@@ -215,8 +281,8 @@ class _Writer:
         return out
 
 
-def write_spec(traced: Traced, name: str, description: str = "", source: str = "") -> str:
-    """The spec text for a traced module."""
+def write_spec(traced: Traced, name: str, description: str = "", source: str = "", blocks: bool = True) -> str:
+    """The spec text for a traced module; with `blocks`, repeated structure is written as blocks and repeats."""
     avoid: set[str] = set()
     while True:
         writer = _Writer(traced, avoid)
@@ -238,7 +304,26 @@ def write_spec(traced: Traced, name: str, description: str = "", source: str = "
     head.append(f"input: {_scalar(list(traced.input_shape))}")
     for note in traced.unknown:
         head.append(f"# unknown (left out of the totals): {note}".replace("\n", " "))
-    body = ["layers:", *writer.lines(writer.root, 2)]
+    if blocks:
+        writer.plan = plan_blocks(writer.root, traced.types, _is_group)
+        writer.defaults = {b.name: b.args for b in writer.plan.blocks}
+    definitions = ["blocks:"] if writer.plan.blocks else []
+    for block in writer.plan.blocks:
+        definitions.append(f"  {block.name}:")
+        if block.args:
+            definitions.append("    args: {" + ", ".join(f"{k}: {_scalar(v)}" for k, v in block.args.items()) + "}")
+        repeat = repeat_of(block.body, writer.plan, _is_group,
+                           lambda g, p: writer.call_text(writer.plan.calls[id(g)], block.subst, p), ())
+        if repeat is not None:  # the block is a stage: copies of one block, copy 0 perhaps another
+            first, rest, n = repeat
+            definitions.append(f"    repeat: {n}")
+            if first is not None:
+                definitions.append(f"    first: {first}")
+            definitions.append(f"    block: {rest}")
+            continue
+        definitions.append("    layers:")
+        definitions += writer.lines(block.body, 6, block.subst)
+    body = [*definitions, "layers:", *writer.lines(writer.root, 2)]
     last = writer.root.current
     if len(outputs) != 1 or traced.outputs[0][1] != last or outputs[0][0] != "output":
         body.append("outputs:")
