@@ -12,6 +12,7 @@ written as that multiple (`4 * out`). Each argument's default is its most common
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,7 +34,8 @@ MIN_OPS = 2  # a group of fewer ops stays written out
 
 class Block(NamedTuple):
     name: str
-    args: dict[str, Any]  # argument -> default (in order)
+    args: dict[str, Any]  # argument -> default (None: required), in order
+    roles: dict[str, str]  # argument -> what it sets (out, stride, kernel, ...): arguments of one role may merge
     subst: dict[Position, str]  # position in the body -> expression of the arguments
     body: Any  # the first copy's group (its items are the body)
 
@@ -76,6 +78,19 @@ def _ops(group: Any, is_group: Callable[[Any], bool]) -> int:
     return sum(_ops(item, is_group) if is_group(item) else 1 for item in group.items)
 
 
+def _size(vector: tuple[Any, ...]) -> float:
+    return sum(abs(v) for v in vector)
+
+
+def _multiple(vector: tuple[Any, ...], base: tuple[Any, ...]) -> int | None:
+    """k > 1 where vector = k * base in every copy."""
+    if not all(isinstance(a, int) and isinstance(b, int) and b > 0 for a, b in zip(vector, base)):
+        return None
+    ks = {a // b if a % b == 0 else -1 for a, b in zip(vector, base)}
+    k = ks.pop() if len(ks) == 1 else -1
+    return k if k > 1 else None
+
+
 def _identifier(text: str) -> str:
     word = re.sub(r"[^A-Za-z0-9_]", "_", text)
     return word if re.match(r"[A-Za-z_]", word) else f"n{word}"
@@ -89,6 +104,7 @@ class _Planner:
         self.memo: dict[int, Any] = {}
         self.plan = Plan([], {})
         self.taken: set[str] = set()
+        self.roles: dict[str, dict[str, str]] = {}  # block -> its arguments' roles
 
     def groups(self, group: Any) -> list[Any]:
         out = []
@@ -98,30 +114,38 @@ class _Planner:
                 out.append(item)  # children before parents
         return out
 
-    def positions(self, group: Any, prefix: tuple[int, ...] = ()) -> list[tuple[Position, Any]]:
-        """The group's int and float values by position; a group that is a block call gives its arguments."""
-        out: list[tuple[Position, Any]] = []
+    def positions(self, group: Any, prefix: tuple[int, ...] = ()) -> list[tuple[Position, Any, str]]:
+        """The group's int and float values by position, with their roles; a group that is a block call gives its
+        arguments."""
+        out: list[tuple[Position, Any, str]] = []
         for index, item in enumerate(group.items):
             path = prefix + (index,)
             if self.is_group(item):
                 call = self.plan.calls.get(id(item))
                 if call is not None:
-                    out += [((path, arg), value) for arg, value in call.args.items()]
+                    roles = self.roles[call.block]
+                    out += [((path, arg), value, roles[arg]) for arg, value in call.args.items()]
                 else:
                     out += self.positions(item, path)
                 continue
             what, _, _, _, payload = item
             if what == "layer":
-                out += [((path, key), value) for key, value in payload.items() if _varies(value)]
+                out += [((path, key), value, _SHORT.get(key, key)) for key, value in payload.items()
+                        if _varies(value)]
         return out
 
-    def block_name(self, group: Any) -> str:
-        kind = self.types.get(group.path, "")
+    def block_name(self, members: list[Any]) -> str:
+        kind = self.types.get(members[0].path, "")
         if kind and kind not in _GENERIC:
             base = kind  # the module's class: Bottleneck, InvertedResidual
-        else:  # a container: its own name, or for a numbered one (layer1.0) its parent's
-            parent = group.parent.local if group.parent is not None and group.parent.local else ""
-            base = group.local if not group.local.isdigit() else f"{parent}_block" if parent else "unit"
+        else:  # a container: what its copies' names share (layer1, layer4: layer), or for numbered ones their parents'
+            locals_ = [g.local for g in members]
+            suffix = ""
+            if all(name.isdigit() for name in locals_):
+                locals_ = [g.parent.local if g.parent is not None else "" for g in members]
+                suffix = "_block"
+            base = os.path.commonprefix(locals_).rstrip("0123456789_-")
+            base = f"{base}{suffix}" if base else "unit"
         base = re.sub(r"[^A-Za-z0-9_-]", "_", base) or "unit"
         if base.lower() in REGISTRY or base in _KEYS:
             base = f"{base}_block"
@@ -144,44 +168,50 @@ class _Planner:
 
     def define(self, members: list[Any]) -> None:
         tables = [self.positions(g) for g in members]
-        where = [p for p, _ in tables[0]]
-        if any([p for p, _ in t] != where for t in tables):  # inner calls planned differently: leave it
+        where = [p for p, _, _ in tables[0]]
+        if any([p for p, _, _ in t] != where for t in tables):  # inner calls planned differently: leave it
             return
         vectors = [tuple(t[j][1] for t in tables) for j in range(len(where))]
         # One argument per distinct (role, values) of the positions whose values differ between copies.
-        role = [_SHORT.get(key, key) for _, key in where]
+        role = [r for _, _, r in tables[0]]
         groups: dict[tuple[str, tuple[Any, ...]], list[int]] = {}
         for j, vector in enumerate(vectors):
             if len(set(vector)) > 1:
                 groups.setdefault((role[j], vector), []).append(j)
-        names = Counter(r for r, _ in groups)
+        # An argument of the same role that is an integer multiple of an earlier one is written as that multiple.
+        multiples: dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, tuple[Any, ...]], int]] = {}
+        own: list[tuple[str, tuple[Any, ...]]] = []
+        for key in sorted(groups, key=lambda k: _size(k[1])):  # the smallest first: the others its multiples
+            r, vector = key
+            for base in own:
+                k = _multiple(vector, base[1]) if base[0] == r else None
+                if k is not None:
+                    multiples[key] = (base, k)
+                    break
+            else:
+                own.append(key)
+        own.sort(key=lambda k: (k[0] != "out", list(groups).index(k)))  # widths first, then as they appear
+        names = Counter(r for r, _ in own)
         args: dict[str, Any] = {}
         subst: dict[Position, str] = {}
         arg_of: dict[tuple[str, tuple[Any, ...]], str] = {}
-        for (r, vector), js in groups.items():
-            # a multiple of an earlier argument of the same role: written as that multiple
-            multiple = None
-            for (r2, v2), name2 in arg_of.items():
-                if r2 == r and all(isinstance(a, int) and isinstance(b, int) and b != 0 for a, b in zip(vector, v2)):
-                    ks = {a // b for a, b in zip(vector, v2) if a % b == 0}
-                    if len(ks) == 1 and all(a % b == 0 for a, b in zip(vector, v2)) and next(iter(ks)) > 1:
-                        multiple = f"{next(iter(ks))} * {name2}"
-                        break
-            if multiple is not None:
-                for j in js:
-                    subst[where[j]] = multiple
-                continue
-            path, key = where[js[0]]
-            name = r if names[r] == 1 else f"{self.local_at(members[0], path)}_{r}"
-            name = _identifier(name)
+        for key in own:
+            r, vector = key
+            path, _ = where[groups[key][0]]
+            name = _identifier(r if names[r] == 1 else f"{self.local_at(members[0], path)}_{r}")
             while name in args or name in _RESERVED:
                 name = f"{name}_"
-            args[name] = Counter(vector).most_common(1)[0][0]
-            arg_of[(r, vector)] = name
-            for j in js:
+            # Many values (a width per stage): required; few (a stride of 1 or 2): the most common is the default.
+            args[name] = None if len(set(vector)) > 2 else Counter(vector).most_common(1)[0][0]
+            arg_of[key] = name
+            for j in groups[key]:
                 subst[where[j]] = name
-        block = self.block_name(members[0])
-        self.plan.blocks.append(Block(block, args, subst, members[0]))
+        for key, (base, k) in multiples.items():
+            for j in groups[key]:
+                subst[where[j]] = f"{k} * {arg_of[base]}"
+        block = self.block_name(members)
+        self.roles[block] = {arg_of[key]: key[0] for key in own}
+        self.plan.blocks.append(Block(block, args, self.roles[block], subst, members[0]))
         for index, group in enumerate(members):
             values = {}
             for name in args:
@@ -201,8 +231,11 @@ def plan_blocks(root: Any, types: dict[tuple[str, ...], str], is_group: Callable
     return _Planner(root, types, is_group).run()
 
 
-def repeat_of(group: Any, plan: Plan, is_group: Callable[[Any], bool],
-              text: Callable[[Any, tuple[int, ...]], str], prefix: tuple[int, ...]) -> tuple[str | None, str, int] | None:
+Text = Callable[[Any, tuple[int, ...]], str]  # renders the call of a group at a position
+
+
+def repeat_of(group: Any, plan: Plan, is_group: Callable[[Any], bool], text: Text,
+              prefix: tuple[int, ...]) -> tuple[str | None, str, int] | None:
     """(copy 0's call where it differs, the other copies' call, the number of copies) when the group's children are
     `0`, `1`, … calls of one block written alike (`text` renders a call at its position), each reading the one
     before."""

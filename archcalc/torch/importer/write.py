@@ -311,9 +311,10 @@ def write_spec(traced: Traced, name: str, description: str = "", source: str = "
     for block in writer.plan.blocks:
         definitions.append(f"  {block.name}:")
         if block.args:
-            definitions.append("    args: {" + ", ".join(f"{k}: {_scalar(v)}" for k, v in block.args.items()) + "}")
+            definitions.append("    args: {" + ", ".join(f"{k}: {'~' if v is None else _scalar(v)}"
+                                                 for k, v in block.args.items()) + "}")
         repeat = repeat_of(block.body, writer.plan, _is_group,
-                           lambda g, p: writer.call_text(writer.plan.calls[id(g)], block.subst, p), ())
+                           lambda g, p, subst=block.subst: writer.call_text(writer.plan.calls[id(g)], subst, p), ())
         if repeat is not None:  # the block is a stage: copies of one block, copy 0 perhaps another
             first, rest, n = repeat
             definitions.append(f"    repeat: {n}")
