@@ -10,6 +10,7 @@ level's input), which is where a residual's add or a branch concat sits in the s
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
@@ -209,6 +210,9 @@ class _Writer:
         group.current = op.output
 
     # -- text --
+    def group_call(self, subst: dict[Any, str], group: _Group, path: tuple[int, ...]) -> str:
+        return self.call_text(self.plan.calls[id(group)], subst, path)
+
     def call_text(self, call: Call, subst: dict[Any, str], path: tuple[int, ...]) -> str:
         """`{Block: {arg: value, ...}}` for a call at `path` in a body whose positions `subst` maps to expressions."""
         return f"{{{call.block}: {{{self.call_fields(call, subst, path)}}}}}"
@@ -234,7 +238,7 @@ class _Writer:
             if isinstance(item, _Group):
                 call = self.plan.calls.get(id(item))
                 repeat = None if call is not None else repeat_of(
-                    item, self.plan, _is_group, lambda g, p: self.call_text(self.plan.calls[id(g)], subst, p), path)
+                    item, self.plan, _is_group, functools.partial(self.group_call, subst), path)
                 if call is not None:
                     fields = self.call_fields(call, subst, path)
                     name = f"name: {_scalar(item.local)}"
@@ -313,8 +317,7 @@ def write_spec(traced: Traced, name: str, description: str = "", source: str = "
         if block.args:
             definitions.append("    args: {" + ", ".join(f"{k}: {'~' if v is None else _scalar(v)}"
                                                  for k, v in block.args.items()) + "}")
-        repeat = repeat_of(block.body, writer.plan, _is_group,
-                           lambda g, p, subst=block.subst: writer.call_text(writer.plan.calls[id(g)], subst, p), ())
+        repeat = repeat_of(block.body, writer.plan, _is_group, functools.partial(writer.group_call, block.subst), ())
         if repeat is not None:  # the block is a stage: copies of one block, copy 0 perhaps another
             first, rest, n = repeat
             definitions.append(f"    repeat: {n}")
