@@ -119,9 +119,10 @@ def test_bottlenecks_become_blocks_and_stages_repeats() -> None:
     assert items["layer2"]["first"] == {"Bottleneck": {"out": 16}}
     assert items["layer2"]["block"] == {"Bottleneck_1": {"out": 16}}
     # layer1 and layer3 are alike (two copies each, widths 8 and 32; stride 1 and 2): one block for both.
-    assert blocks["layer"] == {"args": {"out": 8, "stride": 1}, "repeat": 2,
-                               "first": {"Bottleneck": {"out": "out", "stride": "stride"}},
-                               "block": {"Bottleneck_1": {"out": "out"}}}
+    # (two different calls are written as a list; a repeat needs two alike copies after the first)
+    assert blocks["layer"] == {"args": {"out": 8, "stride": 1},
+                               "layers": [{"Bottleneck": {"out": "out", "stride": "stride", "name": "0"}},
+                                          {"Bottleneck_1": {"out": "out", "name": "1"}}]}
     assert items["layer1"] == {"layer": {"name": "layer1"}}
     assert items["layer3"] == {"layer": {"out": 32, "stride": 2, "name": "layer3"}}
 

@@ -147,8 +147,10 @@ class _Planner:
             base = os.path.commonprefix(locals_).rstrip("0123456789_-")
             base = f"{base}{suffix}" if base else "unit"
         base = re.sub(r"[^A-Za-z0-9_-]", "_", base) or "unit"
-        if base.lower() in REGISTRY or base in _KEYS:
-            base = f"{base}_block"
+        if base.lower() in REGISTRY or base in _KEYS:  # a container named `block` in a CNBlock: CNBlock_block
+            parent = members[0].parent
+            owner = self.types.get(parent.path, "") if parent is not None else ""
+            base = f"{owner if owner and owner not in _GENERIC else 'unit'}_{base}"
         name, n = base, 0
         while name in self.taken:
             n += 1
@@ -178,27 +180,37 @@ class _Planner:
         for j, vector in enumerate(vectors):
             if len(set(vector)) > 1:
                 groups.setdefault((role[j], vector), []).append(j)
-        # An argument of the same role that is an integer multiple of an earlier one is written as that multiple.
+        # An argument of the same role that is an integer multiple of an earlier one is written as that multiple;
+        # one of another role with the same three or more values in every copy is that argument (a depthwise
+        # conv's groups are its width).
+        order = sorted(groups, key=lambda k: (k[0] != "out", list(groups).index(k)))  # widths first
         multiples: dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, tuple[Any, ...]], int]] = {}
         own: list[tuple[str, tuple[Any, ...]]] = []
-        for key in sorted(groups, key=lambda k: _size(k[1])):  # the smallest first: the others its multiples
+        for key in sorted(order, key=lambda k: _size(k[1])):  # the smallest first: the others its multiples
             r, vector = key
-            for base in own:
+            for base in sorted(own, key=order.index):
                 k = _multiple(vector, base[1]) if base[0] == r else None
+                if k is None and base[1] == vector and len(set(vector)) > 2:
+                    k = 1
                 if k is not None:
                     multiples[key] = (base, k)
                     break
             else:
                 own.append(key)
-        own.sort(key=lambda k: (k[0] != "out", list(groups).index(k)))  # widths first, then as they appear
-        names = Counter(r for r, _ in own)
+        own.sort(key=order.index)
+        # Names: the role (out, stride) or an inner block's argument name; where two would be the same, both are
+        # qualified by their layer's or call's name (branch2_out, out0 for a layer or call named 0).
+        plain = {key: self.label(members[0], *where[groups[key][0]], key[0], False) for key in own}
+        clashes = Counter(plain.values())
         args: dict[str, Any] = {}
         subst: dict[Position, str] = {}
         arg_of: dict[tuple[str, tuple[Any, ...]], str] = {}
         for key in own:
             r, vector = key
-            path, _ = where[groups[key][0]]
-            name = _identifier(r if names[r] == 1 else f"{self.local_at(members[0], path)}_{r}")
+            name = plain[key]
+            if clashes[name] > 1:
+                name = self.label(members[0], *where[groups[key][0]], r, True)
+            name = _identifier(name)
             while name in args or name in _RESERVED:
                 name = f"{name}_"
             # Many values (a width per stage): required; few (a stride of 1 or 2): the most common is the default.
@@ -208,7 +220,7 @@ class _Planner:
                 subst[where[j]] = name
         for key, (base, k) in multiples.items():
             for j in groups[key]:
-                subst[where[j]] = f"{k} * {arg_of[base]}"
+                subst[where[j]] = arg_of[base] if k == 1 else f"{k} * {arg_of[base]}"
         block = self.block_name(members)
         self.roles[block] = {arg_of[key]: key[0] for key in own}
         self.plan.blocks.append(Block(block, args, self.roles[block], subst, members[0]))
@@ -219,11 +231,17 @@ class _Planner:
                 values[name] = key[1][index]
             self.plan.calls[id(group)] = Call(block, values)
 
-    def local_at(self, group: Any, path: tuple[int, ...]) -> str:
+    def label(self, group: Any, path: tuple[int, ...], arg: str, role: str, qualified: bool) -> str:
+        """A name for an argument set at `path`: an inner block's own argument name or the role; qualified, with
+        the call's or layer's name in front (conv3_out), or behind where that is a number (out0)."""
         item = group
         for index in path:
             item = item.items[index]
-        return str(item.local if self.is_group(item) else item[2])
+        base = arg if self.is_group(item) else role
+        if not qualified:
+            return base
+        local = str(item.local if self.is_group(item) else item[2])
+        return f"{base}{local}" if local.isdigit() else f"{local}_{base}"
 
 
 def plan_blocks(root: Any, types: dict[tuple[str, ...], str], is_group: Callable[[Any], bool]) -> Plan:
@@ -249,5 +267,7 @@ def repeat_of(group: Any, plan: Plan, is_group: Callable[[Any], bool], text: Tex
     calls = [text(item, prefix + (i,)) for i, item in enumerate(items)]
     rest = calls[1:]
     if any(c != rest[0] for c in rest):
+        return None
+    if calls[0] != rest[0] and len(rest) < 2:  # two different calls read better as a list
         return None
     return (None if calls[0] == rest[0] else calls[0]), rest[0], len(items)

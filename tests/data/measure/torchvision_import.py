@@ -39,10 +39,27 @@ model, _ = load_model(ref, kwargs)
 imported = archcalc.from_module(model, shape, name=f"torchvision/{name}")
 report = archcalc.analyze(imported.spec)
 fvcore = archcalc.analyze(imported.spec, convention="fvcore").totals.flops
+# The same trace written without block recognition: the blocks must not change a figure.
+from archcalc.core import yamlsrc
+from archcalc.core.spec import parse_spec
+from archcalc.torch.importer.trace import trace_module
+from archcalc.torch.importer.write import write_spec
+
+model.eval()
+flat_text = write_spec(trace_module(model, shape), f"torchvision/{name}", blocks=False)
+flat = archcalc.analyze(parse_spec(yamlsrc.load(flat_text, "<flat>"), "<flat>"))
+def key(r):
+    t = r.totals
+    return [t.params, t.buffers, t.macs, t.flops, t.activation_bytes, t.peak_bytes, t.saved_bytes, list(t.rf),
+            [(row.name, row.kind, list(row.output), row.params, row.macs) for row in r.rows]]
+spec_data = yamlsrc.load(imported.text, "<spec>")
 print(json.dumps({"params": report.totals.params, "buffers": report.totals.buffers, "macs": report.totals.macs,
                   "fvcore": fvcore, "outputs": {k: list(report.graph.tensors[t].shape)
                                                 for k, t in report.graph.outputs},
                   "rows": len(report.rows), "warnings": list(imported.warnings),
+                  "blocks": sorted(spec_data.get("blocks") or {}), "repeats": imported.text.count("repeat: "),
+                  "lines": len(imported.text.splitlines()), "flat_lines": len(flat_text.splitlines()),
+                  "flat_equal": key(report) == key(flat),
                   "torch": torch.__version__, "torchvision": torchvision.__version__}))
 '''
 
