@@ -1,7 +1,7 @@
 """Mutation testing of the analytic core and of validate's comparisons: mutmut 3, one module at a time.
 
     python benchmarks/mutation.py                        # every module below, then the score table
-    python benchmarks/mutation.py validate kinds/conv    # some of them (names as in --list)
+    python benchmarks/mutation.py validate kinds/conv    # some of them (names as in --list; kinds/FILE: one file)
     python benchmarks/mutation.py --list                 # the modules and the tests each one runs
     python benchmarks/mutation.py --table [--markdown]   # the table of the last runs, nothing run
     python benchmarks/mutation.py --survivors validate   # the diff of every mutant that survived
@@ -40,7 +40,9 @@ MUTMUT = Path(sys.executable).parent / "mutmut"
 
 # The fast analytic tests (no full-size torch runs; torch executes only small modules written in the tests).
 KIND_TESTS = ("tests/test_kinds.py", "tests/test_kind_rules.py", "tests/test_kind_refusals.py",
-              "tests/test_window_rule.py",
+              "tests/test_kind_text.py", "tests/test_window_rule.py",
+              "tests/test_receptive_measured.py::test_chains_through_finer_grids",
+              "tests/test_receptive_measured.py::test_straddling_windows_see_more_than_the_formula",
               "tests/test_arithmetic.py", "tests/test_golden.py", "tests/test_audit.py", "tests/test_memory.py",
               "tests/test_errors.py")
 # The engine's runs share these, each with the tests that exercise it most directly first.
@@ -62,6 +64,12 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                                           "tests/test_set.py")),
     "spec": (("archcalc/core/spec.py",), ("tests/test_spec.py", "tests/test_errors.py", "tests/test_hardening.py")),
 }
+# One file of the kinds alone, with the kinds' tests: kinds/base, kinds/resize, ... (a run of all the kinds takes
+# hours; one file, while its tests are being written, a fraction of that). Not in the default "all": `kinds` has
+# every one of them. Each has its own scratch folder and its own row in the table.
+KIND_FILES = {f"kinds/{path.stem}": ((f"archcalc/core/kinds/{path.name}",), KIND_TESTS)
+              for path in sorted((ROOT / "archcalc" / "core" / "kinds").glob("*.py")) if path.stem != "__init__"}
+MODULES.update(KIND_FILES)
 # Where only some functions of a file are mutated (fnmatch patterns of mutmut's mutant names): validate's
 # comparisons and verdict apart from its measuring side, whose mutants are many and slow to test.
 FUNCTIONS: dict[str, tuple[str, ...]] = {
@@ -83,9 +91,11 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
 
 
 # A pytest plugin for the mutant runs: the fastest tests first (durations from mutmut's stats run), so that -x
-# stops a killed mutant early instead of after the slow tests that happen to come first.
+# stops a killed mutant early instead of after the slow tests that happen to come first; and no cached answer
+# computed before the mutant was switched on.
 FAST_FIRST = """
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +106,18 @@ def pytest_collection_modifyitems(session, config, items):
     if STATS.exists():
         durations = json.loads(STATS.read_text())["duration_by_test"]
         items.sort(key=lambda item: durations.get(item.nodeid, 0.0))
+
+
+def pytest_runtest_setup(item):
+    # A memoized answer outlives the mutant: mutmut forks each mutant's worker after collecting the tests, and the
+    # test modules that compute their cases at import (kind.output on every example) fill window_geometry's
+    # lru_cache with the unmutated code's answers, so a test asking again would never run the mutant of
+    # per_axis / resolve_padding / spatial_rank behind it. Every archcalc cache starts empty for each test.
+    for name, module in list(sys.modules.items()):
+        if name == "archcalc" or name.startswith("archcalc."):
+            for value in list(vars(module).values()):
+                if getattr(value, "__module__", None) == name and callable(getattr(value, "cache_clear", None)):
+                    value.cache_clear()
 """
 
 
@@ -290,11 +312,15 @@ def main() -> int:
     ns = parser.parse_args()
     unknown = [m for m in ns.modules if m not in MODULES]
     if unknown:
-        parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}")
-    names = ns.modules or list(MODULES)
+        parser.error(f"unknown module(s) {', '.join(unknown)}; choose from {', '.join(MODULES)}, or one kinds file: "
+                     f"{', '.join(KIND_FILES)}")
+    names = ns.modules or [name for name in MODULES if name not in KIND_FILES]
     if ns.list:
         for name, (paths, tests) in MODULES.items():
+            if name in KIND_FILES:
+                continue
             print(f"{name:16} {' '.join(paths)} {' '.join(FUNCTIONS.get(name, ()))}\n{'':16} {' '.join(tests)}")
+        print(f"{'kinds/FILE':16} one file of the kinds alone, with the kinds' tests: {', '.join(KIND_FILES)}")
         return 0
     if ns.survivors:
         for name in names:

@@ -206,6 +206,10 @@ def test_a_kind_is_registered_once_and_its_arguments_found_by_name() -> None:
     ("BatchNorm1d", "batchnorm"), ("bn", "batchnorm"), ("fc", "linear"), ("Dense", "linear"),
     ("ConvTranspose2d", "conv_transpose"), ("GAP", "global_avgpool"), ("Dropout2d", "dropout"),
     ("max pool", "maxpool"), ("LeakyReLU", "leaky_relu"), ("relu", None), ("conv", None), ("spline", None),
+    # a kind's own name in another case or dimensionality, with no synonym to match it (nn.Softmax2d, CONV)
+    ("Softmax2d", "softmax"), ("CONV", "conv"), ("Pixel_Shuffle", "pixel_shuffle"),
+    # a two-letter stem keeps its suffix dropped too (BatchNorm2d's usual short name)
+    ("BN2d", "batchnorm"), ("GN2d", "groupnorm"),
 ])
 def test_a_kind_is_found_by_another_frameworks_name(typed: str, meant: str | None) -> None:
     """Case, separators and a trailing 1d/2d/3d do not matter; synonyms (fc, bn, gap) are PyTorch's or Keras'

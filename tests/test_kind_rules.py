@@ -260,3 +260,76 @@ def test_training_flops_are_what_flop_counter_counts(name: str, index: int) -> N
     with FlopCounterMode(display=False) as counter:
         model(torch.randn(BATCH, *report.input)).sum().backward()
     assert training_flops(report).total == counter.get_total_flops()
+
+
+# ---- integers, storage sharing, crop's window, the grid after a layer ---------------------------------------------
+
+VARIANT_CASES = [("relu", (4, 5, 5), {"inplace": True}), ("hardswish", (4, 5, 5), {"inplace": True}),
+                 ("stochastic_depth", (4, 5, 5), {"p": 0.0}), ("stochastic_depth", (4, 5, 5), {"p": 0.3}),
+                 ("dropout", (4, 5, 5), {"p": 0.0}), ("pixel_shuffle", (8, 3, 5), {"upscale_factor": 2}),
+                 ("pixel_unshuffle", (2, 6, 4), {"downscale_factor": 2})]
+ALL_CASES = [(name, ex.input, dict(ex.args)) for name, kind in sorted(REGISTRY.items()) for ex in kind.examples]
+ALL_CASES += VARIANT_CASES
+
+
+@pytest.mark.parametrize(("name", "inp", "given"), ALL_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(ALL_CASES)])
+def test_every_figure_is_an_integer(name: str, inp: tuple[int, ...], given: dict[str, Any]) -> None:
+    """Integers for every count (STYLE): the shape, the costs, the saved and temporary element counts (a true
+    division that happens to divide evenly still gives a float, which then prints as 24.0)."""
+    kind = REGISTRY[name]
+    args = _args(kind, given)
+    out = kind.output(args, inp, lambda message: None)
+    saved = kind.saved(args, inp, out)
+    figures = [*out, *kind.cost(args, inp, out), *(v for pair in (*saved.extra, *saved.per_batch) for v in pair),
+               *(v for pair in kind.transient(args, inp, out) for v in pair)]
+    assert all(type(v) is int for v in figures), figures
+
+
+@pytest.mark.parametrize(("name", "inp", "given"), ALL_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(ALL_CASES)])
+def test_the_output_shares_the_inputs_storage_in_training_exactly_when_the_kind_says(
+        name: str, inp: tuple[int, ...], given: dict[str, Any]) -> None:
+    """Kind.alias_in_training against the storage torch's train-mode forward returns: views, the identity,
+    in-place activations and stochastic depth at p = 0 (torchvision returns its input) share it; dropout, even at
+    p = 0, and every computing layer make a new tensor."""
+    kind = REGISTRY[name]
+    args = _args(kind, given)
+    torch.manual_seed(0)
+    module = module_call(kind, args, inp).make().train()
+    x = torch.randn(BATCH, *inp)
+    with torch.no_grad():
+        y = module(x)
+    assert (y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()) == kind.alias_in_training(args)
+
+
+@pytest.mark.parametrize(("inp", "size", "rows", "cols"), [
+    ((2, 12, 12), (8, 8), slice(2, 10), slice(2, 10)),  # margin 4: 2 before, 2 after
+    ((2, 9, 7), (4, 6), slice(2, 6), slice(0, 6)),  # margins 5 and 1: the odd row and column cut after
+    ((2, 10, 13), (3, 4), slice(3, 6), slice(4, 8)),  # margins 7 and 9: 3 and 4 before
+])
+def test_crop_keeps_the_centre(inp: tuple[int, ...], size: tuple[int, int], rows: slice, cols: slice) -> None:
+    """U-Net's centre crop, the odd margin's extra row or column cut after (the kind's doc), by hand-written slices."""
+    kind = REGISTRY["crop"]
+    x = torch.arange(BATCH * math.prod(inp), dtype=torch.float32).reshape(BATCH, *inp)
+    y = module_call(kind, _args(kind, {"size": size}), inp).make()(x)
+    torch.testing.assert_close(y, x[:, :, rows, cols])
+
+
+# Chains after which a window sees the grid the layer left (test_receptive_measured measures the finer grids of
+# upsampling and transposed convolution; these are the other layers whose step matters only to the next window).
+GRID_CHAINS = [
+    ([2, 12, 10], ["crop: {size: [8, 6]}", "conv: {out: 2, kernel: 3}"]),
+    ([2, 9], ["crop: {size: 5}", "conv: {out: 2, kernel: 3}"]),
+    # x2 on H, x4 on W: a 5-wide window spans 3 and 2 input rows / columns (where a window is narrower than a
+    # whole number of coarse positions, the formula under-counts: test_receptive_measured.STRADDLING)
+    ([2, 8, 6], ["upsample: {size: [16, 24]}", "conv: {out: 2, kernel: 5, padding: 2}"]),
+    ([8, 4, 6], ["pixel_shuffle: {upscale_factor: 2}", "conv: {out: 2, kernel: 5, padding: 2}"]),
+    ([2, 12, 12], ["pixel_unshuffle: {downscale_factor: 3}", "conv: {out: 4, kernel: 3, padding: 1}"]),
+]
+
+
+@pytest.mark.parametrize(("shape", "layers"), GRID_CHAINS, ids=[" | ".join(c[1]) for c in GRID_CHAINS])
+def test_a_window_after_the_layer_sees_what_torch_shows(shape: list[int], layers: list[str]) -> None:
+    from test_receptive_measured import _chain, by_gradient, seen_rf
+
+    report, model = _chain(shape, layers)
+    assert by_gradient(model, tuple(shape)) == seen_rf(report)
