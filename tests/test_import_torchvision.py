@@ -58,3 +58,18 @@ def test_imported_figures_equal_torchvisions(name: str) -> None:
     shapes = measured["output_shape"]  # with the batch axis; a dict for the segmentation models
     expected = {k: v[1:] for k, v in shapes.items()} if isinstance(shapes, dict) else {"output": shapes[1:]}
     assert got["outputs"] == expected
+
+
+# Classes of torchvision's model definitions (torchvision/models/*.py) that repeat in each model: the importer names
+# its blocks after them.
+REPEATED_CLASSES = {"resnet50": {"Bottleneck"}, "resnet18": {"BasicBlock"}, "googlenet": {"Inception", "BasicConv2d"},
+                    "mobilenet_v2": {"InvertedResidual", "Conv2dNormActivation"}, "efficientnet_b0": {"MBConv"},
+                    "convnext_tiny": {"CNBlock"}, "inception_v3": {"InceptionA", "BasicConv2d"}}
+
+
+@pytest.mark.parametrize("name", sorted(n for n in PUBLISHED if n not in FAILED))
+def test_blocks_change_the_text_not_the_figures(name: str) -> None:
+    got = IMPORTED[name]
+    assert got["flat_equal"], name  # the same trace written without blocks: every total and row equal
+    assert got["lines"] <= got["flat_lines"] + 1, name  # (a model with nothing repeated gains no more than a line)
+    assert REPEATED_CLASSES.get(name, set()) <= set(got["blocks"]), got["blocks"]
