@@ -8,15 +8,18 @@ same import written without blocks.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
 from torch import nn
+from typer.testing import CliRunner
 
+from archcalc.cli.app import app
 from archcalc.core.analyze import analyze
-from archcalc.core.spec import Spec
+from archcalc.core.spec import Spec, load_spec
 from archcalc.torch.importer import from_module
 from archcalc.torch.importer.trace import trace_module
 from archcalc.torch.importer.write import write_spec
@@ -255,3 +258,21 @@ def test_copies_that_differ_stay_calls_and_alike_ones_repeat() -> None:
     data = _spec_data(from_module(steady, (4, 5, 5)).text)
     (stage,) = data["layers"]
     assert stage == {"repeat": 3, "name": "0", "block": {"Unit": {}}}  # the input width is not an argument
+
+
+def test_cli_flat_writes_every_layer_in_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "nets.py").write_text("from tests.test_import_blocks import Net\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent))
+    for args, stem in (([], "blocks"), (["--flat"], "flat")):
+        result = CliRunner().invoke(app, ["import", "nets:Net", "-i", "3x32x32", "-o", str(tmp_path / f"{stem}.yaml"),
+                                          *args])
+        assert result.exit_code == 0, result.output
+    blocked, flat = (load_spec(tmp_path / f"{stem}.yaml") for stem in ("blocks", "flat"))
+    flat_data = _spec_data((tmp_path / "flat.yaml").read_text(encoding="utf-8"))
+    assert "blocks" not in flat_data
+    assert not any("repeat" in item for item in flat_data["layers"] if isinstance(item, dict))
+    assert "blocks" in _spec_data((tmp_path / "blocks.yaml").read_text(encoding="utf-8"))
+    model = Net()
+    assert analyze(flat).totals.params == sum(p.numel() for p in model.parameters())
+    assert _figures(flat) == _figures(blocked)

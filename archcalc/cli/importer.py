@@ -30,6 +30,8 @@ def import_model(
                                                                         "marked identity placeholder (a warning "
                                                                         "says what the totals then leave out) "
                                                                         "instead of failing")] = False,
+    flat: Annotated[bool, typer.Option("--flat", help="write every layer in place, without blocks or repeat: "
+                                                      "(the same figures, a longer spec)")] = False,
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
 ) -> None:
     """Trace a PyTorch model with torch.fx and write its archcalc spec (every module and op mapped to a kind)."""
@@ -42,7 +44,7 @@ def import_model(
     if shape is None:
         shape = _exported_input(module, model)
     imported = from_module(module, shape, name=name or default_name, allow_unknown=allow_unknown,
-                           source=f"archcalc import {model}")
+                           source=f"archcalc import {model}", blocks=not flat)
     console = err_console()
     for warning in imported.warnings:
         console.print(f"warning: {warning}", markup=False)

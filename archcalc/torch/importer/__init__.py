@@ -34,8 +34,9 @@ class Imported(NamedTuple):
 
 
 def from_module(module: nn.Module, input_shape: Sequence[int], name: str | None = None, *,
-                allow_unknown: bool = False, description: str = "", source: str = "") -> Imported:
-    """The archcalc spec of `module` (traced in eval mode on one sample of `input_shape`, channels first).
+                allow_unknown: bool = False, description: str = "", source: str = "", blocks: bool = True) -> Imported:
+    """The archcalc spec of `module` (traced in eval mode on one sample of `input_shape`, channels first); with
+    `blocks`, repeated structure is written as parameterized blocks and stages as `repeat:`, otherwise flat.
 
     The module is traced, not run: modules on the meta device need no memory; others run on fake tensors."""
     shape = tuple(int(s) for s in input_shape)
@@ -47,7 +48,7 @@ def from_module(module: nn.Module, input_shape: Sequence[int], name: str | None 
         module.train(was_training)
     spec_name = name or type(module).__name__
     text = write_spec(traced, spec_name, description or f"imported from {spec_name} by archcalc import",
-                      source)
+                      source, blocks=blocks)
     display = f"<import of {spec_name}>"
     spec = parse_spec(yamlsrc.load(text, display), display)
     return Imported(text, spec, tuple(traced.warnings), tuple(traced.unknown))
