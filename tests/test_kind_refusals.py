@@ -210,6 +210,8 @@ def test_a_kind_is_registered_once_and_its_arguments_found_by_name() -> None:
     ("Softmax2d", "softmax"), ("CONV", "conv"), ("Pixel_Shuffle", "pixel_shuffle"),
     # a two-letter stem keeps its suffix dropped too (BatchNorm2d's usual short name)
     ("BN2d", "batchnorm"), ("GN2d", "groupnorm"),
+    # only a digit followed by 'd' is a dimensionality: 'MaxPool2x' is not MaxPool
+    ("MaxPool2x", None), ("conv3x", None),
 ])
 def test_a_kind_is_found_by_another_frameworks_name(typed: str, meant: str | None) -> None:
     """Case, separators and a trailing 1d/2d/3d do not matter; synonyms (fc, bn, gap) are PyTorch's or Keras'
