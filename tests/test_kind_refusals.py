@@ -88,6 +88,9 @@ def test_refused_with_the_reason(name: str, inp: tuple[int, ...], given: dict[st
 ACCEPTED = [
     ("channel_slice", (16, 8, 8), {"start": 4, "stop": 16}, (12, 8, 8)),
     ("channel_slice", (16, 8, 8), {"start": 7, "stop": 8}, (1, 8, 8)),
+    # one spatial axis is enough (torch shuffles and slices (N, C, L) alike)
+    ("channel_shuffle", (6, 5), {"groups": 3}, (6, 5)),
+    ("channel_slice", (16, 5), {"start": 2, "stop": 6}, (4, 5)),
     ("softmax", (16, 8, 8), {"dim": 3}, (16, 8, 8)),
     ("crop", (8, 12, 12), {"size": 12}, (8, 12, 12)),
     ("crop", (8, 12, 12), {"size": (3, 12)}, (8, 3, 12)),
