@@ -170,6 +170,8 @@ CHAINS = [
     ([4, 12, 12], ["pixel_unshuffle: {downscale_factor: 2}", "conv: {out: 4, kernel: 1}"]),
     ([4, 12, 12], ["pixel_unshuffle: {downscale_factor: 2}", "conv: {out: 4, kernel: 3, padding: 1}"]),
     ([8, 6, 6], ["pixel_shuffle: {upscale_factor: 2}", "conv: {out: 2, kernel: 3, padding: 1}"]),
+    # a crop keeps the grid on every axis (a stride-2 grid here): the windows after it still widen by 2 * (k - 1)
+    ([2, 13, 11], ["conv: {out: 2, kernel: 3, stride: 2}", "crop: {size: [3, 3]}", "conv: {out: 2, kernel: 3}"]),
 ]
 
 # Known limit of the theoretical formula, found by this measurement: with a fractional jump (after upsampling or a
