@@ -222,3 +222,15 @@ def test_a_kind_is_found_by_another_frameworks_name(typed: str, meant: str | Non
     from archcalc.core.kinds.base import suggest_kind
 
     assert suggest_kind(typed) == meant
+
+
+@pytest.mark.parametrize(("per", "params"), [("channel", 4), ("position", 3 * 5), ("element", 4 * 3 * 5)])
+def test_a_bias_has_one_value_per_what_it_belongs_to(per: str, params: int) -> None:
+    """Hand arithmetic on a (4, 3, 5) input: 4 channels, 3 x 5 positions, 60 elements; and a torch parameter of the
+    shape that broadcasts so (written here, not the builder's) has as many values."""
+    kind = REGISTRY["bias"]
+    args = _args("bias", per=per)
+    assert kind.cost(args, (4, 3, 5), (4, 3, 5)).params == params
+    reference = {"channel": (4, 1, 1), "position": (1, 3, 5), "element": (4, 3, 5)}[per]
+    assert torch.zeros(reference).numel() == params
+    assert (torch.zeros(2, 4, 3, 5) + torch.zeros(reference)).shape == (2, 4, 3, 5)
