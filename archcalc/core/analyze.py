@@ -21,6 +21,7 @@ from archcalc.core.memory import SAVED_DEVICES, peak_inference_bytes, saved_trai
 from archcalc.core.merges import MERGES, MergeOp
 from archcalc.core.spec import (
     BLOCK_INPUT,
+    Input,
     Layer,
     Merge,
     Parallel,
@@ -128,21 +129,18 @@ def _analyze(spec: Spec, batch: int, dtype: str, convention: str, input_shape: S
     if device not in SAVED_DEVICES:
         raise ValueError(f"unknown device {device}")
     engine = _Engine(spec, batch, DTYPES[dtype], CONVENTIONS[convention].pick, strict)
-    inputs = list(spec.inputs) or []
-    shapes = [inp.shape for inp in inputs] if inputs else [spec.input]
+    inputs = spec.inputs or (Input("input", spec.input, spec.input_loc),)  # a Spec built without `inputs`
+    shapes = [inp.shape for inp in inputs]
     if input_shape:
         shapes[0] = checked_input(spec, input_shape)
-    for message in input_warnings(spec, shapes[0]):
+    for message in input_warnings(shapes[0]):
         if strict:
             raise SpecError(spec.input_loc, f"{message} (--strict makes this an error)")
         engine.warnings.append(Warning_(spec.input_loc, "input", message))
-    names = [inp.name for inp in inputs] if inputs else ["input"]
-    first = -1
-    for name, shape in zip(names, shapes):
-        t = engine.new_tensor(name, shape, _RF(tuple([1] * (len(shape) - 1)), tuple([1] * (len(shape) - 1))))
-        engine.inputs.append((name, t))
-        engine.named[name] = t
-        first = t if first < 0 else first
+    for inp, shape in zip(inputs, shapes):
+        t = engine.new_tensor(inp.name, shape, _RF(tuple([1] * (len(shape) - 1)), tuple([1] * (len(shape) - 1))))
+        engine.inputs.append((inp.name, t))
+        engine.named[inp.name] = t
     engine.named[BLOCK_INPUT] = engine.inputs[0][1]
     last = engine.seq(spec.root, engine.inputs[0][1], depth=0)
     graph = engine.finish(last)
@@ -262,8 +260,7 @@ class _Engine:
                                      "full name")
         if self._later is None:
             self._later = _all_names(self.spec.root, set())
-        later = [n for n in self._later if n == ref.text or n.endswith("." + ref.text)
-                 or any(n == ".".join(parts[:i] + [ref.text]) for i in range(len(parts) + 1))]
+        later = sorted(n for n in self._later if n == ref.text or n.endswith("." + ref.text))
         if later:
             raise SpecError(ref.loc, f"'{ref.text}' refers to {later[0]}, which is not computed yet at this point "
                                      "(a layer can read only tensors made before it; this would be a cycle)")
@@ -367,7 +364,7 @@ class _Engine:
             return self.layer(node, x, depth)
         if isinstance(node, Merge):
             return self.merge_item(node, depth)
-        self.named[f"{node.name}.{BLOCK_INPUT}" if node.name else BLOCK_INPUT] = x
+        self.named[f"{node.name}.{BLOCK_INPUT}"] = x  # blocks are always named (the top level is not a block)
         start = len(self.outline)
         first_row = len(self.rows)
         self.outline.append(None)  # type: ignore[arg-type]  # the block's summary row, filled in below
@@ -400,8 +397,8 @@ class _Engine:
 
     def parallel(self, node: Parallel, x: int, depth: int) -> int:
         outs = tuple(self.node(branch, x, depth + 1) for branch in node.branches)
-        y = self.merge(f"{node.name}.{node.merge}" if node.name else node.merge, MERGES[node.merge], outs,
-                       [b.name for b in node.branches], depth + 1, node.loc, node.name)
+        y = self.merge(f"{node.name}.{node.merge}", MERGES[node.merge], outs, [b.name for b in node.branches],
+                       depth + 1, node.loc, node.name)
         self._hold(x)
         return y
 
@@ -412,8 +409,8 @@ class _Engine:
         if isinstance(sc, str) and sc != "identity" and self._shape_of(body) != inp:
             sc = self.projection(node, sc, inp, self._shape_of(body))
         shortcut = self.node(sc, x, depth + 1) if isinstance(sc, Sequence) else x
-        added = self.merge(f"{node.name}.add" if node.name else "add", MERGES["add"], (body, shortcut),
-                           [f"{node.name} body", f"{node.name}.shortcut"], depth + 1, node.loc, node.name)
+        added = self.merge(f"{node.name}.add", MERGES["add"], (body, shortcut), [f"{node.name} body",
+                           f"{node.name}.shortcut"], depth + 1, node.loc, node.name)
         # `after` layers sit at the residual's own level in names (layer1.0.relu3); show them one level down.
         y = self.seq(node.after, added, depth)
         self._hold(x)

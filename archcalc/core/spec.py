@@ -991,7 +991,7 @@ def checked_input(spec: Spec, override: tuple[int, ...] | None) -> tuple[int, ..
     return shape
 
 
-def input_warnings(spec: Spec, shape: tuple[int, ...]) -> list[str]:
+def input_warnings(shape: tuple[int, ...]) -> list[str]:
     """A spec (or override) that looks channels-last: [32, 32, 3] reads as 32 channels on a 32x3 image."""
     channels, spatial = shape[0], shape[1:]
     if len(spatial) >= 2 and spatial[-1] in (1, 3, 4) and channels > 4 * spatial[-1] \
