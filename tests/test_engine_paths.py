@@ -82,6 +82,9 @@ def test_projection_shortcut_is_torchvisions_downsample(write_spec, shape, strid
     # MACs of a 1x1 conv: one per input channel for each output element (batch 2)
     assert sc.macs == 2 * 4 * 8 * (out[1] * out[2] if dims == 2 else out[1]) and sc.output == out
     assert sc.input == shape and sc.reads == ("input",)
+    # the body's 3x3 conv sees 3 positions per axis, on a grid its stride apart (one axis or two alike)
+    body = rows["block.conv1"]
+    assert (body.rf, body.jump) == ((3,) * dims, stride if isinstance(stride, tuple) else (stride,) * dims)
     names = [r.name for r in report.outline]
     assert names == ["block", "block.conv1", "block.bn1", "block.shortcut", "block.shortcut.conv1",
                      *(["block.shortcut.bn1"] if mode == "projection" else []), "block.add"]
@@ -294,3 +297,60 @@ def test_int_buffers_take_eight_bytes_whatever_the_dtype(write_spec) -> None:  #
     report = _report(write_spec, "name: t\ninput: [5, 4, 4]\nlayers:\n  - batchnorm: {}\n", dtype="float16")
     bn = nn.BatchNorm2d(5).half()
     assert report.totals.buffer_bytes == sum(b.numel() * b.element_size() for b in bn.buffers()) == 10 * 2 + 8
+
+
+LATER = """
+name: t
+input: [4, 8, 8]
+layers:
+  - relu:
+    from: {ref}
+  - residual:
+      - conv: {{out: 4, kernel: 3, padding: 1, name: c}}
+    shortcut:
+      - conv: {{out: 4, kernel: 1, name: s}}
+    after:
+      - relu: {{name: a}}
+    name: blk
+  - parallel:
+      - relu: {{name: later}}
+      - relu: {{name: other}}
+    merge: add
+    name: par
+"""
+
+
+@pytest.mark.parametrize(("ref", "full"), [("c", "blk.c"), ("s", "blk.shortcut.s"), ("a", "blk.a"),
+                                           ("later", "par.branch1.later")])
+def test_a_name_made_later_anywhere_is_a_cycle_not_a_typo(write_spec, ref: str, full: str) -> None:  # type: ignore
+    # in a residual's body, its shortcut list, its `after` layers and a parallel branch alike
+    msg = _error(write_spec, LATER.format(ref=ref))
+    assert msg == (f"SPEC:6:11: '{ref}' refers to {full}, which is not computed yet at this point (a layer can read "
+                   "only tensors made before it; this would be a cycle)"), msg
+    msg = _error(write_spec, LATER.format(ref="cc"))
+    assert msg == ("SPEC:6:11: no tensor named 'cc'; expected one of: $input, input (names are layer, block and "
+                   "input names; use the full dotted name from another block)"), msg
+
+
+def test_a_name_two_levels_up_is_found_before_a_namesake_elsewhere(write_spec) -> None:  # type: ignore
+    # from q.inner.deeper, `w` is q.inner.w (two scopes up) although p.inner.w exists too
+    text = NESTED.replace("          - relu: {name: y}\n          - add: [x, y]",
+                          "          - relu: {name: y}\n          - relu: {name: w}\n          - add: [x, y]")
+    text = text.replace("              - add: [x, y]", "              - add: [x, w]")
+    text = text.replace("      - sequence:\n          - sequence:",
+                        "      - sequence:\n          - relu: {name: w}\n          - sequence:")
+    rows = {r.name: r for r in _report(write_spec, text.replace("outputs: [q, r]", "unused: allow")).outline}
+    assert "p.inner.w" in rows and rows["q.inner.deeper.s"].reads == ("q.x", "q.inner.w")
+
+
+def test_a_residual_that_cannot_add_says_which_block(write_spec) -> None:  # type: ignore[no-untyped-def]
+    msg = _error(write_spec, "name: t\ninput: [4, 8, 8]\nlayers:\n  - residual:\n      - conv: {out: 8, kernel: 3, "
+                             "padding: 1}\n    name: blk\n")
+    assert msg == "SPEC:4:5: blk: blk body gives 8x8x8 but blk.shortcut gives 4x8x8; they cannot be added", msg
+
+
+def test_a_spec_built_without_named_inputs_reads_its_input(write_spec) -> None:  # type: ignore[no-untyped-def]
+    spec = load_spec(write_spec(RESIDUAL.format(shape=[4, 8, 6], stride=2, mode="projection")))
+    bare = analyze(spec._replace(inputs=()))  # a Spec made in Python may leave `inputs` out
+    assert bare.rows == analyze(spec).rows and bare.graph.inputs == ((("input", 0),))
+    assert bare.rows[0].reads == ("input",)
