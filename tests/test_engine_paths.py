@@ -330,6 +330,11 @@ def test_a_name_made_later_anywhere_is_a_cycle_not_a_typo(write_spec, ref: str, 
     msg = _error(write_spec, LATER.format(ref="cc"))
     assert msg == ("SPEC:6:11: no tensor named 'cc'; expected one of: $input, input (names are layer, block and "
                    "input names; use the full dotted name from another block)"), msg
+    # after a block, the list offers the block and its layers, and `$input` once (not the block's own alias of it)
+    after = "name: t\ninput: [4, 8, 8]\nlayers:\n  - sequence: [relu: {name: a}]\n    name: blk\n  - relu:\n" \
+            "    from: cc\n"
+    assert _error(write_spec, after).startswith("SPEC:7:11: no tensor named 'cc'; expected one of: $input, blk, blk.a, "
+                                                "input (names are")
 
 
 def test_a_name_two_levels_up_is_found_before_a_namesake_elsewhere(write_spec) -> None:  # type: ignore
