@@ -50,7 +50,7 @@ ENGINE_TESTS = ("tests/test_arithmetic.py", "tests/test_spec.py", "tests/test_me
                 "tests/test_golden.py", "tests/test_training.py", "tests/test_validate.py::test_composites_and_merges",
                 "tests/test_validate_catches.py", "tests/test_engine_rules.py", "tests/test_graph.py",
                 "tests/test_block_input.py", "tests/test_hardening.py", "tests/test_cli.py",
-                "tests/test_engine_paths.py")
+                "tests/test_engine_paths.py", "tests/test_merge_rules.py")
 VALIDATE_TESTS = ("tests/test_validate_catches.py", "tests/test_validate.py")
 
 # name -> (the files mutated in one mutmut run, the tests that may kill their mutants). The score table has a row
@@ -60,6 +60,8 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "validate/measure": (("archcalc/torch/validate.py",), VALIDATE_TESTS),
     "kinds": (("archcalc/core/kinds/*.py",), KIND_TESTS),
     "analyze": (("archcalc/core/analyze.py",), ENGINE_TESTS),
+    # the rest of the engine: the graph's liveness and dependency walks, the merge ops, the clipped receptive field
+    "graph": (("archcalc/core/graph.py", "archcalc/core/merges.py", "archcalc/core/receptive.py"), ENGINE_TESTS),
     "memory": (("archcalc/core/memory.py",), ("tests/test_memory.py", "tests/test_engine_rules.py",
                                               "tests/test_training.py", "tests/test_validate_catches.py")),
     "expr": (("archcalc/core/expr.py",), ("tests/test_spec.py", "tests/test_errors.py", "tests/test_hardening.py",

@@ -95,11 +95,3 @@ class Graph(NamedTuple):
                     for t in op.inputs:
                         needed[t] = True
         return [tuple(f) for f in result]
-
-    def readers(self) -> list[list[int]]:
-        """For each tensor, the ops that read it."""
-        result: list[list[int]] = [[] for _ in self.tensors]
-        for i, op in enumerate(self.ops):
-            for t in op.inputs:
-                result[t].append(i)
-        return result

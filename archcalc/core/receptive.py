@@ -24,9 +24,7 @@ def _covers(rf: Sequence[int], sizes: Sequence[int]) -> bool:
 
 def seen(rows: Sequence[object], input_shape: Sequence[int], rf: Sequence[int]) -> SeenRF:
     """`rows`: the report's rows in execution order (each with .name and .rf); `rf`: the final receptive field."""
-    sizes = tuple(input_shape[1:])
-    if len(rf) != len(sizes):
-        return SeenRF(tuple(rf), None)
+    sizes = tuple(input_shape[1:])  # the engine's receptive field has one entry per spatial axis of the input
     clipped = tuple(min(r, s) for r, s in zip(rf, sizes))
     if not _covers(rf, sizes):
         return SeenRF(clipped, None)
