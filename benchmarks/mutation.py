@@ -63,7 +63,8 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # the rest of the engine: the graph's liveness and dependency walks, the merge ops, the clipped receptive field
     "graph": (("archcalc/core/graph.py", "archcalc/core/merges.py", "archcalc/core/receptive.py"), ENGINE_TESTS),
     "memory": (("archcalc/core/memory.py",), ("tests/test_memory.py", "tests/test_engine_rules.py",
-                                              "tests/test_training.py", "tests/test_validate_catches.py")),
+                                              "tests/test_training.py", "tests/test_validate_catches.py",
+                                              "tests/test_memory_timeline.py", "tests/test_merge_rules.py")),
     "expr": (("archcalc/core/expr.py",), ("tests/test_spec.py", "tests/test_errors.py", "tests/test_hardening.py",
                                           "tests/test_set.py")),
     "spec": (("archcalc/core/spec.py",), ("tests/test_spec.py", "tests/test_errors.py", "tests/test_hardening.py")),

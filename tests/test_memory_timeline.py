@@ -1,0 +1,60 @@
+"""The inference timeline behind the memory plot, worked out by hand on a graph small enough to follow: what is
+allocated, held and freed at every op, and what is alive at the peak. The peak itself is also measured.
+
+Oracles: the liveness rules of an eager forward written out in the comments (a tensor is freed after its last
+reader; the inputs and outputs live to the end; an in-place op allocates nothing; a three-way product keeps its
+partial product beside its result), and torch.profiler's memory events for the peak (tests/measure.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from archcalc.core.analyze import analyze
+from archcalc.core.memory import Step, inference_timeline
+from archcalc.core.spec import load_spec
+from tests.measure import peak_bytes
+
+SPEC = """
+name: t
+input: [2, 4, 4]
+layers:
+  - relu: {name: a}
+  - relu: {name: b}
+  - mul: [a, b, input]
+    name: m
+  - relu: {name: c, inplace: true}
+"""
+T = 2 * 4 * 4 * 4  # every tensor here: 32 float32 values, 128 bytes
+
+
+def test_the_timeline_of_a_small_graph_by_hand(write_spec) -> None:  # type: ignore[no-untyped-def]
+    report = analyze(load_spec(write_spec(SPEC)))
+    tl = inference_timeline(report.graph, 4, 1)
+    assert tl.start == T  # the input
+    assert tl.steps == (
+        Step(0, 2 * T, 2 * T, 0),  # a allocated
+        Step(1, 3 * T, 3 * T, 0),  # b allocated; a is still to be read by m
+        # m allocated, and while it runs the partial product a*b (one more tensor) beside it; a and b freed after
+        Step(2, 5 * T, 2 * T, T),
+        Step(3, 2 * T, 2 * T, 0),  # c is m's storage, in place
+    )
+    # per storage (input, a, b, m): allocated by op, freed after op (4 = lives to the end), bytes, name
+    assert (tl.allocated, tl.freed, tl.sizes, tl.names) == ((-1, 0, 1, 2), (4, 2, 2, 4), (T,) * 4,
+                                                            ("input", "a", "b", "m"))
+    assert (tl.peak, tl.peak_step) == (5 * T, 2) and report.totals.peak_bytes == 5 * T
+    assert tl.alive(2) == [("input", T), ("a", T), ("b", T), ("m", T)]
+    assert tl.alive(3) == [("input", T), ("m", T)] and tl.alive(0) == [("input", T), ("a", T)]
+    # batch scales every size; the walk is the same
+    assert inference_timeline(report.graph, 4, 3).steps[2] == Step(2, 15 * T, 6 * T, 3 * T)
+
+
+def test_the_hand_timeline_peak_is_what_the_profiler_sees() -> None:
+    x = torch.randn(1, 2, 4, 4)
+
+    def forward() -> torch.Tensor:
+        a = torch.relu(x)
+        b = torch.relu(a)
+        return torch.relu_(a * b * x)
+
+    assert peak_bytes(forward) == 5 * T - T  # the input existed before: the profiler counts what the forward adds
