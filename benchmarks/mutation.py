@@ -50,7 +50,7 @@ ENGINE_TESTS = ("tests/test_arithmetic.py", "tests/test_spec.py", "tests/test_me
                 "tests/test_golden.py", "tests/test_training.py", "tests/test_validate.py::test_composites_and_merges",
                 "tests/test_validate_catches.py", "tests/test_engine_rules.py", "tests/test_graph.py",
                 "tests/test_block_input.py", "tests/test_hardening.py", "tests/test_cli.py",
-                "tests/test_engine_paths.py", "tests/test_merge_rules.py")
+                "tests/test_engine_paths.py", "tests/test_merge_rules.py", "tests/test_memory_timeline.py")
 VALIDATE_TESTS = ("tests/test_validate_catches.py", "tests/test_validate.py")
 
 # name -> (the files mutated in one mutmut run, the tests that may kill their mutants). The score table has a row

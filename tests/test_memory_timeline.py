@@ -58,3 +58,11 @@ def test_the_hand_timeline_peak_is_what_the_profiler_sees() -> None:
         return torch.relu_(a * b * x)
 
     assert peak_bytes(forward) == 5 * T - T  # the input existed before: the profiler counts what the forward adds
+
+
+def test_a_tensor_nothing_reads_is_freed_after_the_op_that_made_it(write_spec) -> None:  # type: ignore
+    # `unused: allow`: d (the first op) feeds no output; it is freed as soon as it is made, before `out` runs
+    text = ("name: t\ninput: [2, 4, 4]\nlayers:\n  - relu: {name: d}\n  - relu: {name: out}\n    from: input\n"
+            "outputs: [out]\nunused: allow\n")
+    tl = inference_timeline(analyze(load_spec(write_spec(text))).graph, 4, 1)
+    assert tl.steps == (Step(0, 2 * T, T, 0), Step(1, 2 * T, 2 * T, 0)) and tl.freed == (2, 0, 2)
