@@ -60,6 +60,17 @@ def test_the_hand_timeline_peak_is_what_the_profiler_sees() -> None:
     assert peak_bytes(forward) == 5 * T - T  # the input existed before: the profiler counts what the forward adds
 
 
+def test_a_storage_id_an_in_place_op_skips_is_never_alive(write_spec) -> None:  # type: ignore[no-untyped-def]
+    # storages are numbered by their first tensor: c (in place on m) is tensor 4 and makes none, so id 4 is a gap
+    report = analyze(load_spec(write_spec(SPEC + "  - relu: {name: d}\n")))
+    tl = inference_timeline(report.graph, 4, 1)
+    never = len(report.graph.ops) + 1
+    assert (tl.allocated, tl.freed) == ((-1, 0, 1, 2, never, 4), (5, 2, 2, 4, -1, 5))
+    assert (tl.sizes, tl.names) == ((T, T, T, T, 0, T), ("input", "a", "b", "m", "", "d"))
+    assert tl.steps[4] == Step(4, 3 * T, 2 * T, 0)  # d beside m (read by d, freed after it) and the input
+    assert tl.alive(4) == [("input", T), ("m", T), ("d", T)]
+
+
 def test_a_tensor_nothing_reads_is_freed_after_the_op_that_made_it(write_spec) -> None:  # type: ignore
     # `unused: allow`: d (the first op) feeds no output; it is freed as soon as it is made, before `out` runs
     text = ("name: t\ninput: [2, 4, 4]\nlayers:\n  - relu: {name: d}\n  - relu: {name: out}\n    from: input\n"
