@@ -105,6 +105,9 @@ from pathlib import Path
 from typing import Any
 
 STATS = Path({stats!r})
+# mutmut's trampolines put extra frames under every mutated function: the hardening test's 30 nested parentheses,
+# which the evaluator refuses with a located error, would hit Python's recursion limit first in a run of expr.py.
+sys.setrecursionlimit(max(sys.getrecursionlimit(), 5000))
 
 
 def pytest_collection_modifyitems(session, config, items):
