@@ -194,8 +194,17 @@ def agreement(text: str, dtype: str, peak: bool = False) -> dict[str, tuple[Any,
     model = build_module(report).to(TORCH_DTYPES[dtype])
     x = torch.randn(2, *report.input, dtype=TORCH_DTYPES[dtype])
     t = report.totals
+    oversized: list[str] = []
+
+    def storage_check(module: torch.nn.Module, _: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.untyped_storage().nbytes() > out.numel() * out.element_size():
+            oversized.append(type(module).__name__)
+
+    hooks = [m.register_forward_hook(storage_check) for m in model.modules() if not list(m.children())]
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         y = model(x)
+    for hook in hooks:
+        hook.remove()
     result: dict[str, tuple[Any, Any]] = {
         "output_shape": ((2, *t.output), tuple(y.shape)),
         "params": (t.params, sum(p.numel() for p in model.parameters())),
@@ -204,9 +213,13 @@ def agreement(text: str, dtype: str, peak: bool = False) -> dict[str, tuple[Any,
     if dtype == "float32":
         analysis = analyze(spec, batch=2, dtype=dtype, convention="fvcore", device="cpu")
         result["fvcore"] = (analysis.totals.flops, fvcore_total(model, x))
-    result["saved_bytes"] = (t.saved_bytes, saved_bytes(model, x))
-    result["saved_bytes_input_grad"] = (grad_report.totals.saved_bytes,
-                                        saved_bytes(model, x.clone().requires_grad_(True)))
+    # Saved bytes are measured by storage. A CPU kernel that returns its output in a larger storage than the tensor
+    # (ConvTranspose3d with a 1x1x1 kernel in float64, or at batch 1: twice the bytes; seen with torch 2.13) keeps
+    # the excess alive wherever the output is saved, which no per-tensor model predicts: reported, not asserted.
+    saved_key = "saved_bytes" if not oversized else "saved_bytes (backend storage larger than the output)"
+    result[saved_key] = (t.saved_bytes, saved_bytes(model, x))
+    result[saved_key.replace("saved_bytes", "saved_bytes_input_grad", 1)] = (
+        grad_report.totals.saved_bytes, saved_bytes(model, x.clone().requires_grad_(True)))
     if peak:
         measured = peak_bytes(lambda: model(x))
         result["peak"] = (t.peak_bytes - t.param_bytes - t.buffer_bytes - x.numel() * x.element_size(), measured)
@@ -225,7 +238,31 @@ def test_random_networks_match_torch(example: tuple[str, str]) -> None:
             raise
         reject()  # the CPU has no kernel for this dtype (bfloat16 avg_pool3d): not archcalc's to predict
     for quantity, (predicted, measured) in checks.items():
+        if quantity not in ASSERTED:
+            continue
         assert predicted == measured, f"{quantity} ({dtype}): predicted {predicted}, measured {measured}\n{text}"
+
+
+OVERSIZED = """name: random
+input: [1, 1, 1, 1]
+layers:
+  - parallel:
+      - []
+      - []
+    merge: concat
+  - conv_transpose: {out: 1, kernel: 1, stride: 1, trainable: false}
+  - maxpool: {kernel: 1, stride: null, padding: same, ceil_mode: false, dilation: 1}
+"""
+
+
+def test_an_output_in_a_larger_storage_is_reported_not_asserted() -> None:
+    # Found by the search in CI: the float64 ConvTranspose3d output (2x1x1x1x1, 16 bytes) sits in a 32-byte storage,
+    # which maxpool's saved input keeps alive: 80 bytes saved where the per-tensor model predicts 64. Everything
+    # else about the network agrees. If torch stops over-allocating, this fails: assert saved bytes again.
+    checks = agreement(OVERSIZED, "float64")
+    key = "saved_bytes_input_grad (backend storage larger than the output)"
+    assert checks[key] == (64, 80)
+    assert all(p == m for q, (p, m) in checks.items() if q in ASSERTED)
 
 
 @pytest.mark.long
