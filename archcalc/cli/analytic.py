@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from archcalc.cli import options
 from archcalc.cli.options import (
     F32,
     AmpOpt,
@@ -31,13 +32,11 @@ from archcalc.cli.options import (
     SavedForOpt,
     SetOpt,
     SpecArg,
-    check_amp,
     complete_spec,
     emit,
     err_console,
     grid_text,
     handle_errors,
-    input_override,
     load,
     out_console,
     plot_drawer,
@@ -72,53 +71,26 @@ def calc(
     output: OutputOpt = None,
 ) -> None:
     """Per-layer shapes, parameters, MACs/FLOPs, memory and receptive field, with totals and training cost."""
-    from archcalc.core.analyze import analyze
-    from archcalc.core.training import largest_batch, memory_at, training_flops, training_memory, training_report
-    from archcalc.render import report as render
-    from archcalc.render import training as render_training
+    from archcalc.core.calc import NothingFits, calculate
+    from archcalc.render import calc as render
 
-    check_amp(amp, dtype)
+    settings = options.settings(batch, dtype, input, convention, device, input_requires_grad, strict, optimizer, amp)
     plotter = plot_drawer(plot)
     spec_obj = load(spec, set_, max_layers)
-    shape = input_override(input)
-    amp_name = amp.value if amp else None
-    fit_text: list[str] = []
-    if fit is not None:
-        limit = size_option("--fit", fit)
-        what = fit_for.value
-        measure = memory_at(spec_obj, what, dtype.value, optimizer.value, amp_name, shape, device.value,
-                            input_requires_grad)
-        batch = largest_batch(measure, limit)
-        at = measure(max(batch, 1))
-        fit_text = render_training.fit_lines(limit, what, batch, at, measure(batch + 1) if batch else None)
-        if batch == 0:
-            err_console().print(fit_text[0], markup=False)
-            raise typer.Exit(1)
-    report = analyze(spec_obj, batch, dtype.value, convention.value, shape, strict, device=device.value,
-                     input_requires_grad=input_requires_grad)
-    print_warnings(report)
-    train_report = (training_report(spec_obj, batch, dtype.value, amp_name, convention.value, shape, device.value,
-                                    input_requires_grad) if amp else report)
-    flops = training_flops(report)
-    memory = training_memory(train_report, optimizer.value, amp_name)
-    if fmt is Fmt.table:
-        width, bold = table_style(output)
-        text = grid_text(render.calc_table(report, depth, width, bold), width,
-                         render.summary_lines(report) + render_training.flops_lines(flops)
-                         + render_training.memory_lines(memory) + fit_text)
-    elif fmt is Fmt.json:
-        extra = {"training_flops": render_training.flops_dict(flops), "training_memory":
-                 render_training.memory_dict(memory)}
-        if fit is not None:
-            extra["fit"] = {"limit_bytes": size_option("--fit", fit), "for": fit_for.value, "batch": batch}
-        text = render.calc_json(report, depth, extra)
-    else:
-        text = {Fmt.csv: render.calc_csv, Fmt.md: render.calc_md}[fmt](report, depth)
-    emit(text, output)
+    limit = None if fit is None else size_option("--fit", fit)
+    try:
+        result = calculate(spec_obj, settings, limit, fit_for.value)
+    except NothingFits as exc:
+        err_console().print(render.fit_lines(exc.fit)[0], markup=False)
+        raise typer.Exit(1) from None
+    print_warnings(result.report)
+    width, bold = table_style(output) if fmt is Fmt.table else (None, False)
+    emit(render.calc_output(result, fmt.value, depth, width, bold), output)
     if plotter is not None:
         from archcalc.plot.data import calc_plot
 
-        plotter.draw("calc", calc_plot(report, depth, device.value, input_requires_grad, train_report))
+        s = result.settings
+        plotter.draw("calc", calc_plot(result.report, depth, s.device, s.input_requires_grad, result.train_report))
 
 
 class SortBy(str, Enum):
@@ -152,9 +124,9 @@ def compare(
     from archcalc.core.analyze import analyze
     from archcalc.render import report as render
 
+    settings = options.settings(batch, dtype, input, convention)
     plotter = plot_drawer(plot)
-    override = input_override(input)
-    reports = [analyze(load(s, set_, max_layers), batch, dtype.value, convention.value, override) for s in specs]
+    reports = [analyze(load(s, set_, max_layers), settings) for s in specs]
     for report in reports:
         print_warnings(report)
     if sort is not None:

@@ -59,7 +59,7 @@ def graph(
     from archcalc.render import diagram as render
 
     chosen = fmt or _format_of(output)
-    report = analyze(load(spec, set_, max_layers), batch, input_shape=input_override(input))
+    report = analyze(load(spec, set_, max_layers), batch=batch, input_shape=input_override(input))
     print_warnings(report)
     d = diagram(report, depth)
     if chosen is GraphFmt.mermaid:

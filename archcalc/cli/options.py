@@ -89,21 +89,42 @@ else:
 F32, RUN_F32, PROFILE_F32 = DType("float32"), RunDType("float32"), ProfileDType("float32")  # the defaults
 
 
-class Optimizer(str, Enum):
-    sgd = "sgd"
-    momentum = "momentum"
-    adam = "adam"
-    adamw = "adamw"
+def _table_enum(name: str, names: Any) -> Any:
+    return Enum(name, {n: n for n in names}, type=str)  # type: ignore[misc]
 
 
-class Amp(str, Enum):
-    bf16 = "bf16"
-    fp16 = "fp16"
+# --optimizer, --amp and --fit-for choices, from the one table of each in core.settings.
+if TYPE_CHECKING:
+    class Optimizer(str, Enum):
+        sgd = "sgd"
+
+    class Amp(str, Enum):
+        pass
+
+    class FitFor(str, Enum):
+        training = "training"
+else:
+    from archcalc.core.settings import AMP, FIT_FOR, OPTIMIZERS
+
+    Optimizer = _table_enum("Optimizer", OPTIMIZERS)
+    Amp = _table_enum("Amp", AMP)
+    FitFor = _table_enum("FitFor", FIT_FOR)
 
 
-class FitFor(str, Enum):
-    training = "training"
-    inference = "inference"
+def settings(batch: int = 1, dtype: Any = None, input: str | None = None, convention: Any = None,
+             device: Any = None, input_requires_grad: bool = False, strict: bool = False, optimizer: Any = None,
+             amp: Any = None) -> Any:
+    """The one Settings value (core.settings) from a command's options: enums to their values, --input parsed.
+    A bad combination (--amp with a --dtype other than float32) is an error here, before any work."""
+    from archcalc.core.settings import Settings
+
+    def value(option: Any, default: Any) -> Any:
+        return default if option is None else option.value
+
+    return Settings(batch=batch, dtype=value(dtype, "float32"), convention=value(convention, "torch"),
+                    input_shape=input_override(input), device=value(device, "cuda"),
+                    input_requires_grad=input_requires_grad, strict=strict, optimizer=value(optimizer, "sgd"),
+                    amp=value(amp, None))
 
 
 def out_console() -> Console:
@@ -135,9 +156,9 @@ def use_bold() -> bool:
 
 def grid_text(grid: Any, width: int | None, extra: list[str] | None = None) -> str:
     """A fitted table (render.grid), the note on what it left out, and any lines to follow."""
-    from archcalc.render.report import table_widths_note
+    from archcalc.render.calc import grid_text as text
 
-    return "\n".join(grid.lines + table_widths_note(grid.left_out, width) + (extra or [])) + "\n"
+    return text(grid, width, extra)
 
 
 def write_grid(grid: Any, width: int | None, extra: list[str] | None = None) -> None:
@@ -240,12 +261,6 @@ def count_option(option: str, text: str) -> int:
         return parse_count(text)
     except ValueError as exc:
         raise ArchcalcError(f"{option}: {exc}") from None
-
-
-def check_amp(amp: Amp | None, dtype: DType) -> None:
-    if amp is not None and dtype is not F32:
-        raise ArchcalcError(f"--amp {amp.value} keeps float32 weights and optimizer state (autocast computes in "
-                            f"{amp.value}); leave --dtype at float32, not {dtype.value}")
 
 
 def print_warnings(report: Any) -> None:

@@ -15,6 +15,7 @@ import typer
 from archcalc.cli.options import (
     PROFILE_F32,
     InputOpt,
+    Optimizer,
     PlotOpt,
     ProfileDType,
     SetOpt,
@@ -37,13 +38,6 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
-
-
-
-
-class Optimizer(str, Enum):
-    sgd = "sgd"
-    adam = "adam"
 
 
 
@@ -85,8 +79,9 @@ def profile(
     = PROFILE_F32,
     input: InputOpt = None,
     train: Annotated[bool, typer.Option("--train", help="time forward + backward + optimizer step")] = False,
-    optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="optimizer for --train "
-                                                 "(sgd: momentum 0.9)")] = Optimizer.sgd,
+    optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="optimizer for --train, as training memory "
+                                                 "counts it (sgd: no momentum; momentum: SGD with momentum "
+                                                 "0.9)")] = Optimizer.sgd,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory format")] = False,
     compile: Annotated[bool, typer.Option("--compile", help="torch.compile the model (compiles in warm-up; "
                                           "no per-layer breakdown)")] = False,

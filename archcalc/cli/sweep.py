@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from archcalc.cli import options
 from archcalc.cli.options import (
     F32,
     AmpOpt,
@@ -16,18 +17,19 @@ from archcalc.cli.options import (
     DTypeOpt,
     Fmt,
     FmtOpt,
+    InputGradOpt,
     InputOpt,
     Optimizer,
     OptimizerOpt,
     PlotOpt,
+    SavedFor,
+    SavedForOpt,
     SetOpt,
     SpecArg,
     TableOrJson,
-    check_amp,
     count_option,
     err_console,
     handle_errors,
-    input_override,
     load,
     out_console,
     plot_drawer,
@@ -49,6 +51,8 @@ def sweep(
     convention: ConvOpt = Convention.torch,
     optimizer: OptimizerOpt = Optimizer.sgd,
     amp: AmpOpt = None,
+    device: SavedForOpt = SavedFor.cuda,
+    input_requires_grad: InputGradOpt = False,
     where: Annotated[str | None, typer.Option("--where", help="keep rows where this holds: 'params < 5e6 and "
                      "macs < 600e6' (columns, --set names, batch, resolution)")] = None,
     pareto: Annotated[str | None, typer.Option("--pareto", metavar="COLUMNS", help="mark the rows no other row "
@@ -71,40 +75,22 @@ def sweep(
     from archcalc.core import sweep as sw
     from archcalc.render import sweep as render
 
-    check_amp(amp, dtype)
+    settings = options.settings(dtype=dtype, convention=convention, device=device,
+                                input_requires_grad=input_requires_grad, optimizer=optimizer, amp=amp)
     plotter = plot_drawer(plot)
-    options = sw.Options(dtype.value, convention.value, optimizer.value, amp.value if amp else None)
-    runner = sw.Sweep(spec, options)
-    axes = sw.parse_set_axes(set_)
-    runner.check_names(name for name, _ in axes)
-    points = sw.points(axes, sw.parse_inputs(input, runner.spatial_axes), sw.parse_batches(batch))
-    objectives = [o.strip() for o in pareto.split(",") if o.strip()] if pareto else []
-    set_names = [name for name, _ in axes]
-    if pareto is not None:
-        sw.pareto([], objectives, set_names)  # reject an unknown column before the work
-    if sort is not None:
-        sw.sort_rows([], sort)
-    if where is not None:
-        sw.parse_where(where)  # reject a malformed condition before the work
+    plan = sw.plan(spec, set_, input, batch, settings, sw.Query.of(where, pareto, pareto_only, sort, descending))
+    runner, points, objectives = plan.sweep, plan.points, list(plan.query.objectives)
     with _progress(len(points)) as update:
-        rows = runner.run(points, update, jobs)
-    if where is not None:
-        rows = sw.where(rows, where)
-    if objectives:
-        rows = sw.pareto(rows, objectives, set_names)
-        if pareto_only:
-            rows = [r for r in rows if r.pareto]
-    if sort is not None:
-        rows = sw.sort_rows(rows, sort, descending)
+        rows = plan.run(update, jobs)
     failed = sum(1 for r in rows if r.values is None)
-    note = render.caption(convention.value, optimizer.value, dtype.value, options.amp)
+    note = render.caption(convention.value, optimizer.value, dtype.value, settings.amp)
     if fmt is Fmt.table:
         title = f"sweep of {runner.display}: {len(rows)} of {len(points)} points" + (f", {failed} failed"
                                                                                     if failed else "")
         out_console().print(render.sweep_table(rows, convention.value, title, note))
     elif fmt is Fmt.json:
         meta = {"spec": runner.display, "dtype": dtype.value, "convention": convention.value,
-                "optimizer": optimizer.value, "amp": options.amp, "points": len(points), "where": where,
+                "optimizer": optimizer.value, "amp": settings.amp, "points": len(points), "where": where,
                 "pareto": objectives or None}
         write_text(render.sweep_json(rows, meta))
     elif fmt is Fmt.csv:
@@ -117,7 +103,7 @@ def sweep(
 
         if not any(r.values is not None for r in rows):
             raise ArchcalcError("--plot: no point of the sweep was analyzed; nothing to draw")
-        plotter.draw("sweep", sweep_plot(rows, runner.display, options, objectives))
+        plotter.draw("sweep", sweep_plot(rows, runner.display, settings, objectives))
 
 
 class _progress:
@@ -161,18 +147,18 @@ def check(
     convention: ConvOpt = Convention.torch,
     optimizer: OptimizerOpt = Optimizer.sgd,
     amp: AmpOpt = None,
+    device: SavedForOpt = SavedFor.cuda,
+    input_requires_grad: InputGradOpt = False,
     set_: SetOpt = None,
     fmt: Annotated[TableOrJson, typer.Option("--format", "-f", help="output format")] = TableOrJson.table,
 ) -> None:
     """Check a spec against budgets (human units: 5M, 600M, 512MiB, 8GiB): exit 1 naming every budget exceeded
     and by how much, 0 when all hold. One line for a project's CI."""
-    from archcalc.core.analyze import analyze
-    from archcalc.core.budget import check as run_check
-    from archcalc.core.errors import ArchcalcError
-    from archcalc.core.training import training_report
+    from archcalc.core.budget import check_spec
     from archcalc.render import sweep as render
 
-    check_amp(amp, dtype)
+    settings = options.settings(batch, dtype, input, convention, device, input_requires_grad, optimizer=optimizer,
+                                amp=amp)
     limits: dict[str, int] = {}
     for name, text, parse in (("params", max_params, count_option), ("macs", max_macs, count_option),
                               ("flops", max_flops, count_option), ("peak_memory", max_peak_memory, size_option),
@@ -180,17 +166,8 @@ def check(
                               ("train_flops", max_train_flops, count_option)):
         if text is not None:
             limits[name] = parse(f"--max-{name.replace('_', '-')}", text)
-    if not limits:
-        raise ArchcalcError("check: give at least one budget (--max-params, --max-macs, --max-flops, "
-                            "--max-peak-memory, --max-train-memory, --max-train-flops)")
-    spec_obj = load(spec, set_)
-    shape = input_override(input)
-    report = analyze(spec_obj, batch, dtype.value, convention.value, shape)
+    report, verdicts = check_spec(load(spec, set_), limits, settings)
     print_warnings(report)
-    amp_name = amp.value if amp else None
-    train = (training_report(spec_obj, batch, dtype.value, amp_name, convention.value, shape)
-             if amp and "train_memory" in limits else None)
-    verdicts = run_check(report, limits, optimizer.value, amp_name, train)
     if fmt is TableOrJson.json:
         write_text(render.verdicts_json(report.name, verdicts))
     else:

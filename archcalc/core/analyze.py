@@ -17,8 +17,9 @@ from archcalc.core.errors import Loc, SpecError, did_you_mean, paused_gc
 from archcalc.core.graph import Graph, Hold, Op, Tensor
 from archcalc.core.kinds import REGISTRY, Cost, LayerError, Shape
 from archcalc.core.kinds.base import numel
-from archcalc.core.memory import SAVED_DEVICES, peak_inference_bytes, saved_training_bytes
+from archcalc.core.memory import peak_inference_bytes, saved_training_bytes
 from archcalc.core.merges import MERGES, MergeOp
+from archcalc.core.settings import Settings
 from archcalc.core.spec import (
     BLOCK_INPUT,
     Input,
@@ -102,6 +103,7 @@ class Report(NamedTuple):
     warnings: tuple[Warning_, ...]
     graph: Graph
     outputs: tuple[tuple[str, Shape], ...] = ()  # every output of the network, by name
+    settings: Settings | None = None  # what it was analyzed under (None only for a Report built by hand)
 
 
 def rows_at_depth(report: Report, depth: int | None) -> list[Row]:
@@ -111,28 +113,31 @@ def rows_at_depth(report: Report, depth: int | None) -> list[Row]:
     return [r for r in report.outline if r.depth == depth or (r.depth < depth and r.leaf)]
 
 
-def analyze(spec: Spec, batch: int = 1, dtype: str = "float32", convention: str = "torch",
-            input_shape: Shape | None = None, strict: bool = False, device: str = "cuda",
-            input_requires_grad: bool = False) -> Report:
-    """The training figures (saved bytes) follow one device's kernels, `device` 'cuda' or 'cpu' (batch and layer
+def analyze(spec: Spec | str, settings: Settings | None = None, **overrides: Any) -> Report:
+    """The Report of `spec` (a Spec, a spec file's path or a bundled spec's name) under `settings`, with keyword
+    overrides of its fields (`analyze(spec, batch=8, dtype="float16")`; see core.settings.Settings).
+
+    The training figures (saved bytes) follow one device's kernels, `device` 'cuda' or 'cpu' (batch and layer
     norm keep float32 statistics for float16 input on CUDA, float16 on the CPU; dropout's mask), in a real training
     step: the input batch needs no gradient, so autograd records from the first layer with trainable parameters on
-    (`input_requires_grad` for input-gradient work: adversarial training, saliency)."""
+    (`input_requires_grad` for input-gradient work: adversarial training, saliency).
+    `optimizer` and `amp` do not change the report; they are carried (Report.settings) for training memory."""
+    s = Settings.of(settings, **overrides)
+    if not isinstance(spec, Spec):
+        from archcalc.core.spec import open_spec
+
+        spec = open_spec(str(spec))
     with paused_gc():
-        return _analyze(spec, batch, dtype, convention, input_shape, strict, device, input_requires_grad)
+        return _analyze(spec, s)
 
 
-def _analyze(spec: Spec, batch: int, dtype: str, convention: str, input_shape: Shape | None, strict: bool,
-             device: str, input_requires_grad: bool) -> Report:
-    if convention not in CONVENTIONS:
-        raise ValueError(f"unknown convention {convention}")
-    if device not in SAVED_DEVICES:
-        raise ValueError(f"unknown device {device}")
-    engine = _Engine(spec, batch, DTYPES[dtype], CONVENTIONS[convention].pick, strict)
+def _analyze(spec: Spec, s: Settings) -> Report:
+    batch, dtype, strict = s.batch, s.dtype, s.strict
+    engine = _Engine(spec, batch, DTYPES[dtype], CONVENTIONS[s.convention].pick, strict)
     inputs = spec.inputs or (Input("input", spec.input, spec.input_loc),)  # a Spec built without `inputs`
     shapes = [inp.shape for inp in inputs]
-    if input_shape:
-        shapes[0] = checked_input(spec, input_shape)
+    if s.input_shape:
+        shapes[0] = checked_input(spec, s.input_shape)
     for message in input_warnings(shapes[0]):
         if strict:
             raise SpecError(spec.input_loc, f"{message} (--strict makes this an error)")
@@ -177,7 +182,7 @@ def _analyze(spec: Spec, batch: int, dtype: str, convention: str, input_shape: S
         param_bytes=params * itemsize,
         buffer_bytes=buffer_bytes,
         peak_bytes=peak_inference_bytes(graph, itemsize, batch) + params * itemsize + buffer_bytes,
-        saved_bytes=saved_training_bytes(graph, itemsize, batch, device, input_requires_grad),
+        saved_bytes=saved_training_bytes(graph, itemsize, batch, s.device, s.input_requires_grad),
         weight_layers=sum(1 for r in counted if r.leaf and r.module and REGISTRY[r.kind].weighted),
         output=graph.tensors[out_tensor].shape,
         rf=state.rf,
@@ -185,9 +190,9 @@ def _analyze(spec: Spec, batch: int, dtype: str, convention: str, input_shape: S
     )
     outputs = tuple((name, graph.tensors[t].shape) for name, t in graph.outputs)
     return Report(name=spec.name, source=spec.source, description=spec.description, path=spec.path,
-                  input=shapes[0], batch=batch, dtype=dtype, itemsize=itemsize, convention=convention, rows=rows,
+                  input=shapes[0], batch=batch, dtype=dtype, itemsize=itemsize, convention=s.convention, rows=rows,
                   outline=outline, totals=totals, warnings=tuple(engine.warnings), graph=graph,
-                  outputs=outputs)
+                  outputs=outputs, settings=s)
 
 
 class _RF(NamedTuple):

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from archcalc.core.analyze import Report
-from archcalc.core.training import training_flops, training_memory
+from archcalc.core.analyze import Report, analyze
+from archcalc.core.errors import ArchcalcError
+from archcalc.core.settings import Settings
+from archcalc.core.spec import Spec
+from archcalc.core.training import TrainingMemory, step_memory, training_flops, training_memory
 
 BUDGETS: dict[str, tuple[str, str]] = {
     # name: (what it limits, unit: count | bytes)
@@ -35,10 +38,9 @@ class Verdict(NamedTuple):
         return max(self.actual - self.limit, 0)
 
 
-def check(report: Report, limits: Mapping[str, int], optimizer: str = "sgd", amp: str | None = None,
-          train_report: Report | None = None) -> list[Verdict]:
-    """One verdict per limit given, in BUDGETS order. `train_report` (the report in amp's activation dtype) is
-    needed for train_memory under amp; otherwise `report` serves."""
+def check(report: Report, limits: Mapping[str, int], memory: TrainingMemory | None = None) -> list[Verdict]:
+    """One verdict per limit given, in BUDGETS order. `memory` (the step's training memory: core.training) is
+    needed for train_memory under amp; otherwise it is computed from `report` and its settings."""
     actual: dict[str, int] = {}
     for name in limits:
         if name not in BUDGETS:
@@ -53,7 +55,18 @@ def check(report: Report, limits: Mapping[str, int], optimizer: str = "sgd", amp
     if "peak_memory" in limits:
         actual["peak_memory"] = t.peak_bytes
     if "train_memory" in limits:
-        actual["train_memory"] = training_memory(train_report or report, optimizer, amp).total
+        actual["train_memory"] = (memory or training_memory(report)).total
     if "train_flops" in limits:
         actual["train_flops"] = training_flops(report).total
     return [Verdict(name, limits[name], actual[name], BUDGETS[name][1]) for name in BUDGETS if name in limits]
+
+
+def check_spec(spec: Spec, limits: Mapping[str, int], settings: Settings | None = None) -> tuple[Report, list[Verdict]]:
+    """The report of `spec` under `settings` and its verdicts (`archcalc check`)."""
+    if not limits:
+        raise ArchcalcError("check: give at least one budget (" + ", ".join(f"--max-{n.replace('_', '-')}"
+                                                                           for n in BUDGETS) + ")")
+    s = settings or Settings()
+    report = analyze(spec, s)
+    memory = step_memory(spec, s) if s.amp and "train_memory" in limits else None
+    return report, check(report, limits, memory)

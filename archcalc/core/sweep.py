@@ -21,11 +21,10 @@ from typing import Any, NamedTuple
 
 from archcalc.core import expr
 from archcalc.core.analyze import Report, analyze
-from archcalc.core.conventions import DTYPES
 from archcalc.core.errors import ArchcalcError, SpecError
-from archcalc.core.memory import peak_inference_bytes, saved_training_bytes
+from archcalc.core.settings import Settings
 from archcalc.core.spec import Spec, display_path, load_merged, parse_input, parse_spec
-from archcalc.core.training import AMP, OPTIMIZERS, training_flops
+from archcalc.core.training import MemoryLine, memory_line_of, training_flops
 
 COLUMNS = ("params", "macs", "flops", "activation_bytes", "peak_inference_bytes", "training_bytes",
            "training_flops")
@@ -47,13 +46,6 @@ class SweepRow(NamedTuple):
 
     def get(self, column: str) -> int | None:
         return None if self.values is None else self.values[column]
-
-
-class Options(NamedTuple):
-    dtype: str = "float32"
-    convention: str = "torch"
-    optimizer: str = "sgd"
-    amp: str | None = None
 
 
 # ---- parsing value lists ------------------------------------------------------------------------------------------
@@ -152,56 +144,34 @@ def points(axes: Sequence[tuple[str, Sequence[str]]], inputs: Sequence[tuple[int
 
 
 class _Structure(NamedTuple):
-    """What a batch size does not change: one analysis at batch 1, and the memory walks at batch 1 and 2."""
+    """What a batch size does not change: one analysis at batch 1, and training memory and the inference peak as
+    lines in the batch (core.training.MemoryLine: the same model calc, check and calc --fit use)."""
 
     input: tuple[int, ...]
     params: int
-    trainable: int
     macs: int
     flops: int
     training_flops: int
-    elements: int  # activation elements per sample (activation_bytes / itemsize)
-    param_bytes: int
-    buffer_bytes: int
-    weight_copies: int
-    peak: tuple[int, int]  # inference activation peak at batch 1 and 2
-    saved: tuple[int, int]  # saved-for-backward bytes at batch 1 and 2, in the activation dtype
+    activation_bytes: int  # per sample
+    memory: MemoryLine
 
 
-def _structure(spec: Spec, shape: tuple[int, ...] | None, options: Options) -> _Structure:
-    from archcalc.core.kinds import REGISTRY
-
-    report = analyze(spec, 1, options.dtype, options.convention, shape)
-    t, graph = report.totals, report.graph
-    itemsize = report.itemsize
-    act = DTYPES[AMP[options.amp]] if options.amp else itemsize
-    copies = sum(r.params for r in report.rows if r.used and r.leaf and r.module and REGISTRY[r.kind].weighted)
-    return _Structure(
-        input=report.input, params=t.params, trainable=t.trainable_params, macs=t.macs, flops=t.flops,
-        training_flops=training_flops(report).total, elements=t.activation_bytes // itemsize,
-        param_bytes=t.param_bytes, buffer_bytes=t.buffer_bytes, weight_copies=copies * act if options.amp else 0,
-        # batch 1 is the analysis itself; only batch 2 needs the walks again
-        peak=(t.peak_bytes - t.param_bytes - t.buffer_bytes, peak_inference_bytes(graph, itemsize, 2)),
-        saved=(t.saved_bytes if act == itemsize else saved_training_bytes(graph, act, 1),
-               saved_training_bytes(graph, act, 2)))
+def _structure(spec: Spec, shape: tuple[int, ...] | None, settings: Settings) -> _Structure:
+    s = settings.replace(batch=1, input_shape=shape)
+    report = analyze(spec, s)
+    t = report.totals
+    return _Structure(input=report.input, params=t.params, macs=t.macs, flops=t.flops,
+                      training_flops=training_flops(report).total, activation_bytes=t.activation_bytes,
+                      memory=memory_line_of(report, s))
 
 
-def _at_batch(s: _Structure, batch: int, options: Options) -> dict[str, int]:
-    """Every figure at `batch`: counts scale; the memory walks are affine in the batch (f(b) = f(1) + (b - 1)
-    (f(2) - f(1))); the parameter terms do not change. The same sums as analyze() and training_memory()."""
-    itemsize = DTYPES[options.dtype]
-    peak = s.peak[0] + (batch - 1) * (s.peak[1] - s.peak[0])
-    saved = s.saved[0] + (batch - 1) * (s.saved[1] - s.saved[0])
-    # training memory: parameters, gradients and optimizer state in the parameter dtype (float32 under amp)
-    psize = DTYPES["float32"] if options.amp else itemsize
-    weights = s.params * psize
-    per_trainable = (1 + OPTIMIZERS[options.optimizer]) * s.trainable * psize
-    buffers = s.buffer_bytes  # already in the parameter dtype: amp runs with --dtype float32
+def _at_batch(s: _Structure, batch: int) -> dict[str, int]:
+    """Every figure at `batch`: counts scale; memory from the lines (exact integer arithmetic)."""
     return {
         "params": s.params, "macs": s.macs * batch, "flops": s.flops * batch,
-        "activation_bytes": s.elements * itemsize * batch,
-        "peak_inference_bytes": peak + s.param_bytes + s.buffer_bytes,
-        "training_bytes": weights + s.weight_copies + per_trainable + buffers + saved,
+        "activation_bytes": s.activation_bytes * batch,
+        "peak_inference_bytes": s.memory.inference_peak(batch),
+        "training_bytes": s.memory.memory(batch).total,
         "training_flops": s.training_flops * batch,
     }
 
@@ -209,14 +179,10 @@ def _at_batch(s: _Structure, batch: int, options: Options) -> dict[str, int]:
 class Sweep:
     """A spec read once, evaluated at many points."""
 
-    def __init__(self, ref: str, options: Options | None = None) -> None:
+    def __init__(self, ref: str, settings: Settings | None = None) -> None:
         from archcalc.core.resolve import resolve_spec
 
-        options = options or Options()
-        if options.amp and options.dtype != "float32":
-            raise ArchcalcError(f"--amp {options.amp} keeps float32 weights; leave --dtype at float32")
-        if options.optimizer not in OPTIMIZERS:
-            raise ArchcalcError(f"unknown optimizer '{options.optimizer}'")
+        options = settings or Settings()
         path = resolve_spec(ref)
         self.display = display_path(path)
         self.data = load_merged(Path(path), self.display, ())
@@ -269,7 +235,7 @@ class Sweep:
             if isinstance(s, str):
                 rows.append(SweepRow(p, p.input or (), None, s))
             else:
-                rows.append(SweepRow(p, s.input, _at_batch(s, p.batch, self.options)))
+                rows.append(SweepRow(p, s.input, _at_batch(s, p.batch)))
         return rows
 
     def _evaluate(self, keys: list[Any], progress: Callable[[int], None] | None, pts: Sequence[Point],
@@ -432,4 +398,70 @@ def sort_rows(rows: Sequence[SweepRow], column: str, descending: bool = False) -
 
 def report_at(sweep: Sweep, point: Point) -> Report:
     """The full Report at one point (what `calc` with the same --set, --input and --batch computes)."""
-    return analyze(sweep.spec(point.sets), point.batch, sweep.options.dtype, sweep.options.convention, point.input)
+    return analyze(sweep.spec(point.sets), sweep.options.replace(batch=point.batch, input_shape=point.input))
+
+
+class Query(NamedTuple):
+    """What `sweep` keeps and how it orders the rows: --where, --pareto (objectives), --pareto-only, --sort, --desc."""
+
+    where: str | None = None
+    objectives: tuple[str, ...] = ()
+    pareto_only: bool = False
+    sort: str | None = None
+    descending: bool = False
+
+    @classmethod
+    def of(cls, where: str | None = None, pareto: str | None = None, pareto_only: bool = False,
+           sort: str | None = None, descending: bool = False) -> Query:
+        """From the command line's text: `pareto` is a comma-separated objective list ('macs,-params')."""
+        objectives = tuple(o.strip() for o in pareto.split(",") if o.strip()) if pareto else ()
+        return cls(where, objectives, pareto_only, sort, descending)
+
+    def check(self, set_names: Sequence[str]) -> None:
+        """Reject an unknown column or a malformed condition before any point is evaluated."""
+        if self.objectives:
+            pareto([], self.objectives, set_names)
+        if self.sort is not None:
+            sort_rows([], self.sort)
+        if self.where is not None:
+            parse_where(self.where)
+
+    def apply(self, rows: Sequence[SweepRow], set_names: Sequence[str]) -> list[SweepRow]:
+        """The rows kept (--where), marked (--pareto, keeping only the optimal with --pareto-only), then sorted."""
+        out = list(rows)
+        if self.where is not None:
+            out = where(out, self.where)
+        if self.objectives:
+            out = pareto(out, self.objectives, set_names)
+            if self.pareto_only:
+                out = [r for r in out if r.pareto]
+        if self.sort is not None:
+            out = sort_rows(out, self.sort, self.descending)
+        return out
+
+
+class Plan(NamedTuple):
+    """A sweep ready to run: the spec read once, its points, and what is kept of them; checked before any work."""
+
+    sweep: Sweep
+    points: list[Point]
+    set_names: list[str]
+    query: Query
+
+    def run(self, progress: Callable[[int], None] | None = None, jobs: int | None = None) -> list[SweepRow]:
+        """Every point evaluated, then selected and ordered by the query."""
+        return self.query.apply(self.sweep.run(self.points, progress, jobs), self.set_names)
+
+
+def plan(ref: str, sets: Sequence[str] | None = None, inputs: str | None = None, batches: str = "1",
+         settings: Settings | None = None, query: Query | None = None) -> Plan:
+    """`archcalc sweep`'s plan: the spec `ref` at every point of --set value lists x --input x --batch (their
+    command-line texts), with `query` checked (an unknown name or column fails here, before the work)."""
+    runner = Sweep(ref, settings)
+    axes = parse_set_axes(sets)
+    runner.check_names(name for name, _ in axes)
+    pts = points(axes, parse_inputs(inputs, runner.spatial_axes), parse_batches(batches))
+    query = query or Query()
+    set_names = [name for name, _ in axes]
+    query.check(set_names)
+    return Plan(runner, pts, set_names, query)

@@ -6,22 +6,14 @@ Nothing here imports torch. Both are computed from a Report: batch and dtype are
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 from archcalc.core.analyze import Report, analyze
 from archcalc.core.conventions import DTYPES
 from archcalc.core.kinds import REGISTRY
+from archcalc.core.memory import peak_inference_bytes, saved_training_bytes
+from archcalc.core.settings import AMP, FIT_FOR, OPTIMIZERS, Settings
 from archcalc.core.spec import Spec
-
-# Optimizer state tensors kept per trainable parameter (torch.optim): SGD without momentum keeps none, with
-# momentum a momentum buffer; Adam and AdamW exp_avg and exp_avg_sq (plus one scalar `step` per parameter tensor,
-# a few bytes, not counted).
-OPTIMIZERS: dict[str, int] = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
-
-# Mixed precision (torch.autocast): parameters, gradients and optimizer state stay float32 ("master weights");
-# activations are computed in the low-precision type.
-AMP: dict[str, str] = {"bf16": "bfloat16", "fp16": "float16"}
 
 NOT_MODELLED: tuple[tuple[str, str], ...] = (
     ("CUDA context", "the driver's and the kernels' own memory, outside torch's allocator: typically 300-600 MiB "
@@ -107,7 +99,7 @@ class TrainingMemory(NamedTuple):
     weights: int  # every parameter, in the parameter dtype (float32 master weights under amp)
     weight_copies: int  # amp: the low-precision copies autocast makes of conv/linear parameters (kept for backward)
     gradients: int  # trainable parameters, in the parameter dtype
-    optimizer_state: int  # OPTIMIZERS[optimizer] tensors per trainable parameter, in the parameter dtype
+    optimizer_state: int  # OPTIMIZERS[optimizer].state tensors per trainable parameter, in the parameter dtype
     buffers: int  # batch norm running statistics (float, in the parameter dtype) and counters (int64)
     saved_activations: int  # what autograd keeps for backward (Report.totals.saved_bytes, activation dtype)
 
@@ -119,7 +111,7 @@ class TrainingMemory(NamedTuple):
     def terms(self) -> tuple[tuple[str, int, str], ...]:
         """(name, bytes, how it is counted) for each term, in the order they are shown."""
         p, a = self.param_dtype, self.activation_dtype
-        n = OPTIMIZERS[self.optimizer]
+        n = OPTIMIZERS[self.optimizer].state
         return (
             ("weights", self.weights, f"all parameters, {p}" + (" (master weights)" if self.amp else "")),
             ("weight copies", self.weight_copies, f"{a} copies of conv/linear parameters made by autocast"
@@ -133,10 +125,13 @@ class TrainingMemory(NamedTuple):
         )
 
 
-def training_memory(report: Report, optimizer: str = "sgd", amp: str | None = None) -> TrainingMemory:
+def training_memory(report: Report, optimizer: str | None = None, amp: str | None = None) -> TrainingMemory:
     """Training memory at the report's batch. Without `amp` everything is in the report's dtype; with amp
-    ('bf16' or 'fp16') the report must have been analyzed in that type (its activations), and parameters,
-    gradients, optimizer state and buffers are float32."""
+    ('bf16' or 'fp16') the report must have been analyzed in that type (its activations: `training_report`), and
+    parameters, gradients, optimizer state and buffers are float32. `optimizer` defaults to the report's
+    settings' (sgd for a report built by hand)."""
+    if optimizer is None:
+        optimizer = report.settings.optimizer if report.settings else "sgd"
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}")
     t = report.totals
@@ -144,57 +139,131 @@ def training_memory(report: Report, optimizer: str = "sgd", amp: str | None = No
         if AMP[amp] != report.dtype:
             raise ValueError(f"amp {amp} needs a report analyzed in {AMP[amp]}, not {report.dtype}")
         param_dtype, size = "float32", DTYPES["float32"]
-        copies = sum(r.params for r in report.rows if r.used and r.leaf and r.module and REGISTRY[r.kind].weighted)
-        copies *= report.itemsize
+        copies = weight_copy_params(report) * report.itemsize
     else:
         param_dtype, size, copies = report.dtype, report.itemsize, 0
-    # buffer_bytes = float buffers * itemsize + int64 buffers * 8: recover the int64 count to re-price the floats.
-    int_buffers = 0 if report.itemsize == 8 else (t.buffer_bytes - t.buffers * report.itemsize) // (8 - report.itemsize)
-    buffers = (t.buffers - int_buffers) * size + int_buffers * 8
     return TrainingMemory(
         batch=report.batch, optimizer=optimizer, param_dtype=param_dtype, activation_dtype=report.dtype, amp=amp,
         weights=t.params * size, weight_copies=copies, gradients=t.trainable_params * size,
-        optimizer_state=OPTIMIZERS[optimizer] * t.trainable_params * size, buffers=buffers,
-        saved_activations=t.saved_bytes)
+        optimizer_state=OPTIMIZERS[optimizer].state * t.trainable_params * size,
+        buffers=_buffers_in(report, size), saved_activations=t.saved_bytes)
 
 
-def training_report(spec: Spec, batch: int, dtype: str, amp: str | None, convention: str = "torch",
-                    input_shape: tuple[int, ...] | None = None, device: str = "cuda",
-                    input_requires_grad: bool = False) -> Report:
+def weight_copy_params(report: Report) -> int:
+    """The parameters autocast copies into the low-precision type: those of conv/linear ("weight") layers."""
+    return sum(r.params for r in report.rows if r.used and r.leaf and r.module and REGISTRY[r.kind].weighted)
+
+
+def _buffers_in(report: Report, size: int) -> int:
+    """The report's buffers priced at `size` bytes per float element (int64 counters stay 8 bytes)."""
+    t = report.totals
+    # buffer_bytes = float buffers * itemsize + int64 buffers * 8: recover the int64 count to re-price the floats.
+    int_buffers = 0 if report.itemsize == 8 else (t.buffer_bytes - t.buffers * report.itemsize) // (8 - report.itemsize)
+    return (t.buffers - int_buffers) * size + int_buffers * 8
+
+
+def training_report(spec: Spec, settings: Settings | None = None, **overrides: object) -> Report:
     """The report training memory is computed from: in the activation dtype (amp's type under amp), with the
-    saved bytes of `device`'s kernels (see `analyze`)."""
-    return analyze(spec, batch, AMP[amp] if amp else dtype, convention, input_shape, device=device,
-                   input_requires_grad=input_requires_grad)
+    saved bytes of the settings' device's kernels (see `analyze`)."""
+    s = Settings.of(settings, **overrides)
+    return analyze(spec, s.replace(dtype=s.activation_dtype, amp=None)) if s.amp else analyze(spec, s)
+
+
+def step_memory(spec: Spec, settings: Settings | None = None, **overrides: object) -> TrainingMemory:
+    """Training memory of one step of `spec` under `settings` (optimizer, amp, batch, dtype, device, ...)."""
+    s = Settings.of(settings, **overrides)
+    return training_memory(training_report(spec, s), s.optimizer, s.amp)
+
+
+# ---- memory as a function of the batch ----------------------------------------------------------------------------
+
+
+class MemoryLine(NamedTuple):
+    """Training memory and the inference peak as functions of the batch, from two walks of the graph.
+
+    Counts scale with the batch and the parameter terms do not; the two memory walks (the inference liveness peak,
+    the bytes saved for backward) are affine in the batch, so f(b) = f(1) + (b - 1) (f(2) - f(1)) exactly (tests
+    check every figure against an independent `analyze` at that batch). Used by calc --fit, sweep and check."""
+
+    fixed: TrainingMemory  # at batch 1: the batch-independent terms, and saved activations at batch 1
+    saved_slope: int  # saved bytes per extra sample (activation dtype)
+    peak: tuple[int, int]  # inference peak (activations alive at once) at batch 1 and 2, without parameters
+    param_buffer_bytes: int  # parameters and buffers in the report's dtype (part of the inference peak)
+
+    def memory(self, batch: int) -> TrainingMemory:
+        return self.fixed._replace(batch=batch, saved_activations=self.fixed.saved_activations
+                                   + (batch - 1) * self.saved_slope)
+
+    def inference_peak(self, batch: int) -> int:
+        """The inference peak at `batch`, parameters and buffers included (Totals.peak_bytes)."""
+        return self.peak[0] + (batch - 1) * (self.peak[1] - self.peak[0]) + self.param_buffer_bytes
+
+    def at(self, batch: int, fit_for: str = "training") -> int:
+        """Bytes at `batch`: training memory ('training') or the inference peak ('inference')."""
+        return self.memory(batch).total if fit_for == "training" else self.inference_peak(batch)
+
+    def largest_batch(self, limit: int, fit_for: str = "training", most: int = 1 << 24) -> int:
+        """The largest batch whose memory fits `limit` bytes (0 when batch 1 does not), at most `most`."""
+        first = self.at(1, fit_for)
+        return largest_batch(first, self.at(2, fit_for) - first, limit, most)
+
+
+def largest_batch(first: int, slope: int, limit: int, most: int = 1 << 24) -> int:
+    """The largest b <= most with first + (b - 1) * slope <= limit, 0 when not even b = 1: the line solved for the
+    batch, no search."""
+    if first > limit:
+        return 0
+    return most if slope <= 0 else min(most, 1 + (limit - first) // slope)
+
+
+def memory_line(spec: Spec, settings: Settings | None = None, **overrides: object) -> MemoryLine:
+    """The MemoryLine of `spec` under `settings` (its batch is ignored)."""
+    s = Settings.of(settings, **overrides).replace(batch=1)
+    return memory_line_of(analyze(spec, s), s)
+
+
+def memory_line_of(report: Report, settings: Settings) -> MemoryLine:
+    """The MemoryLine from a report at batch 1 (analyzed under `settings`, in its dtype): the memory walks again at
+    batch 2, and the saved bytes in amp's activation dtype."""
+    if report.batch != 1:
+        raise ValueError("memory_line_of needs a report at batch 1")
+    s, t, graph = settings, report.totals, report.graph
+    act = DTYPES[s.activation_dtype]
+    saved = (t.saved_bytes if act == report.itemsize else
+             saved_training_bytes(graph, act, 1, s.device, s.input_requires_grad))
+    saved2 = saved_training_bytes(graph, act, 2, s.device, s.input_requires_grad)
+    if s.amp:
+        param_dtype, size, copies = "float32", DTYPES["float32"], weight_copy_params(report) * act
+    else:
+        param_dtype, size, copies = report.dtype, report.itemsize, 0
+    fixed = TrainingMemory(
+        batch=1, optimizer=s.optimizer, param_dtype=param_dtype, activation_dtype=s.activation_dtype, amp=s.amp,
+        weights=t.params * size, weight_copies=copies, gradients=t.trainable_params * size,
+        optimizer_state=OPTIMIZERS[s.optimizer].state * t.trainable_params * size, buffers=_buffers_in(report, size),
+        saved_activations=saved)
+    fixed_bytes = t.param_bytes + t.buffer_bytes
+    return MemoryLine(fixed, saved2 - saved, (t.peak_bytes - fixed_bytes, peak_inference_bytes(graph, report.itemsize,
+                                                                                               2)), fixed_bytes)
 
 
 # ---- the inverse question: the largest batch that fits ------------------------------------------------------------
 
 
-def largest_batch(memory_at: Callable[[int], int], limit: int, most: int = 1 << 24) -> int:
-    """The largest batch b with memory_at(b) <= limit (0 when batch 1 does not fit), for memory that grows with
-    the batch: doubling, then bisection; about 2 log2(b) evaluations."""
-    if memory_at(1) > limit:
-        return 0
-    low, high = 1, 2
-    while high <= most and memory_at(high) <= limit:
-        low, high = high, high * 2
-    if high > most:
-        return low
-    while high - low > 1:  # memory_at(low) fits, memory_at(high) does not
-        mid = (low + high) // 2
-        if memory_at(mid) <= limit:
-            low = mid
-        else:
-            high = mid
-    return low
+class Fit(NamedTuple):
+    """The answer of `--fit SIZE`: the largest batch whose memory fits, the memory at it and one sample more."""
+
+    limit: int
+    fit_for: str  # 'training' or 'inference'
+    batch: int  # 0: not even batch 1 fits
+    at: int  # bytes at max(batch, 1)
+    next_at: int | None  # bytes at batch + 1 (None when batch is 0)
 
 
-def memory_at(spec: Spec, mode: str = "training", dtype: str = "float32", optimizer: str = "sgd",
-              amp: str | None = None, input_shape: tuple[int, ...] | None = None, device: str = "cuda",
-              input_requires_grad: bool = False) -> Callable[[int], int]:
-    """batch -> training memory total, or (mode 'inference') the inference peak (parameters included); training
-    memory with the saved bytes of `device`'s kernels."""
-    if mode == "inference":
-        return lambda b: analyze(spec, b, dtype, "macs", input_shape).totals.peak_bytes
-    return lambda b: training_memory(training_report(spec, b, dtype, amp, "macs", input_shape, device,
-                                                     input_requires_grad), optimizer, amp).total
+def fit_batch(spec: Spec, limit: int, settings: Settings | None = None, fit_for: str = "training",
+              **overrides: object) -> Fit:
+    """The largest batch of `spec` whose training memory (or inference peak) fits `limit` bytes."""
+    if fit_for not in FIT_FOR:
+        raise ValueError(f"unknown fit_for {fit_for!r}")
+    line = memory_line(spec, settings, **overrides)
+    batch = line.largest_batch(limit, fit_for)
+    return Fit(limit, fit_for, batch, line.at(max(batch, 1), fit_for), line.at(batch + 1, fit_for) if batch else None)

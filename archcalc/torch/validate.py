@@ -119,8 +119,8 @@ def validate(spec: Spec, device: str = "cpu", batch: int = 1, dtype: str = "floa
         raise ArchcalcError(f"--dtype {dtype} cannot run a model; use one of {', '.join(DTYPES)}")
     # One analysis gives both: rows carry MACs always and FLOPs under the convention asked for.
     # Saved tensors follow the kernels of the device that runs (meta: no saved-bytes check).
-    report = analyze(spec, batch, dtype, "fvcore", input_shape, device="cpu" if device == "cpu" else "cuda",
-                     input_requires_grad=input_requires_grad)
+    report = analyze(spec, batch=batch, dtype=dtype, convention="fvcore", input_shape=input_shape,
+                     device="cpu" if device == "cpu" else "cuda", input_requires_grad=input_requires_grad)
     return compare(report, measure(report, device, seed, input_requires_grad))
 
 

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from archcalc.core.analyze import Report, analyze
 from archcalc.core.devices import DevicePeak, lookup
+from archcalc.core.settings import OPTIMIZERS
 from archcalc.core.spec import Spec
 from archcalc.torch.profile import machine
 from archcalc.torch.profile.layers import LAYER_ITERATIONS, layer_breakdown, layers_note
@@ -65,7 +66,7 @@ from archcalc.torch.profile.stats import (
     summarize,
     warmup_seconds,
 )
-from archcalc.torch.profile.work import FLOPS_RULE, OPTIMIZER_STATE, predicted_memory, preflight, step_flops
+from archcalc.torch.profile.work import FLOPS_RULE, predicted_memory, preflight, step_flops
 
 AUTO = "auto"  # --threads auto: the physical cores not kept busy by other work
 DEFAULT_THREADS = 1  # see README, "How threads are chosen"
@@ -128,7 +129,8 @@ def run_profile(spec: Spec, options: Options, progress: Progress | None = None,
     timer = timer or (CudaTimer() if cuda else CpuTimer())
     probe = probe or (CudaMemory() if cuda else CpuMemory())
     # The training terms use saved bytes of a real step (the input batch needs no gradient) on this device's kernels.
-    reports = {b: analyze(spec, b, options.dtype, "torch", options.input_shape, device="cuda" if cuda else "cpu")
+    reports = {b: analyze(spec, batch=b, dtype=options.dtype, convention="torch", input_shape=options.input_shape,
+                          device="cuda" if cuda else "cpu", optimizer=options.optimizer)
                for b in options.batches}
     predicted = {b: predicted_memory(reports[b], options.train, options.optimizer).total for b in options.batches}
     available = probe.available()
@@ -191,8 +193,8 @@ def _check_options(o: Options) -> None:
     if o.cuda_graphs and o.compile:
         raise ProfileError("--cuda-graphs and --compile together: use one (torch.compile's "
                            "mode='reduce-overhead' already replays CUDA graphs)")
-    if o.optimizer not in OPTIMIZER_STATE:
-        raise ProfileError(f"unknown optimizer '{o.optimizer}'; expected one of {', '.join(OPTIMIZER_STATE)}")
+    if o.optimizer not in OPTIMIZERS:
+        raise ProfileError(f"unknown optimizer '{o.optimizer}'; expected one of {', '.join(OPTIMIZERS)}")
     if not o.batches or min(o.batches) < 1:
         raise ProfileError("--batch: give one or more positive batch sizes")
     if not o.threads:
@@ -248,6 +250,21 @@ def _roofline(datasheet: DevicePeak | None, dtype: str, ceiling: Ceiling, cuda: 
                     f"measured ceiling ({ceiling.matmul_n}^2 matmul, {ceiling.copy_bytes >> 20} MiB copy)")
 
 
+def make_optimizer(params: Any, name: str, capturable: bool = False) -> Any:
+    """The torch.optim optimizer the table (core.settings.OPTIMIZERS) names: the one training memory counts the
+    state of. `capturable` (CUDA graphs) where the optimizer takes it (Adam, AdamW)."""
+    import inspect
+
+    import torch
+
+    entry = OPTIMIZERS[name]
+    cls = getattr(torch.optim, entry.torch_class)
+    kwargs = dict(entry.torch_kwargs)
+    if capturable and "capturable" in inspect.signature(cls).parameters:
+        kwargs["capturable"] = True
+    return cls(params, **kwargs)
+
+
 def _make_step(model: Any, x: Any, options: Options) -> Callable[[], Any]:
     import torch
 
@@ -258,11 +275,7 @@ def _make_step(model: Any, x: Any, options: Options) -> Callable[[], Any]:
 
         return infer
     params = [p for p in model.parameters() if p.requires_grad]
-    capturable = options.cuda_graphs
-    if options.optimizer == "adam":
-        opt: Any = torch.optim.Adam(params, lr=1e-3, capturable=capturable)
-    else:
-        opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    opt = make_optimizer(params, options.optimizer, capturable=options.cuda_graphs)
 
     def train() -> None:
         opt.zero_grad(set_to_none=True)

@@ -10,7 +10,6 @@ from archcalc.torch.profile.machine import Available
 from archcalc.torch.profile.results import OutOfMemory
 
 TRAIN_BYTES_FACTOR = 3  # a training step moves about 3x the forward's bytes (layer_work)
-OPTIMIZER_STATE = {"sgd": 1, "adam": 2}  # state tensors per parameter: SGD momentum buffer; Adam exp_avg, exp_avg_sq
 FLOPS_RULE = {
     False: "forward: 2 FLOPs per MAC of conv/linear for the whole batch (convention 'torch')",
     True: "training step: forward + backward exactly as FlopCounterMode counts them (grad input + grad weight "
@@ -42,19 +41,17 @@ class MemoryModel:
 
 def predicted_memory(report: Report, train: bool, optimizer: str = "sgd") -> MemoryModel:
     """Inference: the liveness peak of an eager forward under no_grad, parameters and buffers included
-    (report.totals.peak_bytes). Training: parameters + buffers + gradients + optimizer state + activations saved
-    for backward; workspace and transient backward tensors are not modelled (the measurement shows them)."""
+    (report.totals.peak_bytes). Training: core.training's model, the one `calc` prints — weights, gradients,
+    optimizer state, buffers, saved activations; workspace and transient backward tensors are not modelled (the
+    measurement shows them)."""
     t = report.totals
     if not train:
         return MemoryModel((("activations + parameters (inference liveness)", t.peak_bytes),))
-    grads = t.trainable_params * report.itemsize
-    return MemoryModel((
-        ("parameters", t.param_bytes),
-        ("buffers", t.buffer_bytes),
-        ("gradients", grads),
-        (f"optimizer state ({optimizer})", OPTIMIZER_STATE[optimizer] * grads),
-        ("saved activations", t.saved_bytes),
-    ))
+    from archcalc.core.training import training_memory
+
+    memory = training_memory(report, optimizer)
+    return MemoryModel(tuple((f"{name} ({optimizer})" if name == "optimizer state" else name, size)
+                             for name, size, _ in memory.terms() if name != "weight copies"))
 
 
 def preflight(predicted_bytes: int, available: Available | None, force: bool, where: str) -> None:

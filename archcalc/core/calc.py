@@ -1,0 +1,60 @@
+"""`archcalc calc` as one library call: the report of a spec under one Settings value, its training step (FLOPs
+and memory, from core.training's one model) and, with a memory limit, the largest batch that fits.
+
+Nothing here imports torch or formats anything (archcalc.render.calc renders a CalcResult).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from archcalc.core.analyze import Report, analyze
+from archcalc.core.errors import ArchcalcError
+from archcalc.core.settings import Settings
+from archcalc.core.spec import Spec
+from archcalc.core.training import Fit, TrainingFlops, TrainingMemory, fit_batch, training_flops, training_memory
+from archcalc.core.training import training_report as _training_report
+
+
+class CalcResult(NamedTuple):
+    """Everything `calc` shows: the per-layer report, the training step's FLOPs and memory, the fit if asked."""
+
+    report: Report
+    flops: TrainingFlops
+    memory: TrainingMemory
+    train_report: Report  # the report training memory comes from (amp's activation dtype under amp; else report)
+    fit: Fit | None = None
+
+    @property
+    def settings(self) -> Settings:
+        assert self.report.settings is not None  # always set by analyze()
+        return self.report.settings
+
+
+class NothingFits(ArchcalcError):
+    """`--fit SIZE` where not even batch 1 fits (the command exits 1: a check failed, not bad input)."""
+
+    def __init__(self, fit: Fit) -> None:
+        self.fit = fit
+        super().__init__(f"no batch fits {fit.limit} B: {fit.fit_for} memory at batch 1 is {fit.at} B")
+
+
+def calculate(spec: Spec | str, settings: Settings | None = None, fit: int | None = None,
+              fit_for: str = "training", **overrides: Any) -> CalcResult:
+    """The CalcResult of `spec` under `settings` (keyword overrides of its fields allowed). With `fit` (bytes),
+    the batch is the largest whose `fit_for` memory ('training' or 'inference') fits; NothingFits when none does."""
+    s = Settings.of(settings, **overrides)
+    if not isinstance(spec, Spec):
+        from archcalc.core.spec import open_spec
+
+        spec = open_spec(str(spec))
+    found = None
+    if fit is not None:
+        found = fit_batch(spec, fit, s, fit_for)
+        if found.batch == 0:
+            raise NothingFits(found)
+        s = s.replace(batch=found.batch)
+    report = analyze(spec, s)
+    train_report = _training_report(spec, s) if s.amp else report
+    return CalcResult(report, training_flops(report), training_memory(train_report, s.optimizer, s.amp),
+                      train_report, found)
