@@ -2,8 +2,12 @@
 
 The library API, re-exported here (loaded on first use, so `import archcalc` stays cheap):
 
+- `summary(model, input_size=None, **settings)`: what `archcalc calc` shows, as a value whose str() is the table
+  (archcalc.api); `model` is an nn.Module, a spec path, a bundled spec's name or a Spec;
+- `analyze(model, input_size=None, **settings)`: the Report of pure integers (archcalc.api; for a spec it never
+  imports torch);
+- `Settings`: the analysis settings, one frozen value (archcalc.core.settings);
 - `open_spec(ref)` / `load_spec(path)`: a spec by bundled name or path / from a file (archcalc.core.spec);
-- `analyze(spec, ...)`: the Report of pure integers (archcalc.core.analyze); never imports torch;
 - `build_module(report)`: the torch nn.Module (archcalc.torch.build); imports torch;
 - `from_module(module, input_shape)`: the spec of a torch module, traced with torch.fx (archcalc.torch.importer);
   imports torch.
@@ -18,7 +22,9 @@ __version__ = "0.1.0"
 _API = {
     "open_spec": "archcalc.core.spec",
     "load_spec": "archcalc.core.spec",
-    "analyze": "archcalc.core.analyze",
+    "summary": "archcalc.api",
+    "analyze": "archcalc.api",
+    "Settings": "archcalc.core.settings",
     "build_module": "archcalc.torch.build",
     "from_module": "archcalc.torch.importer",
 }

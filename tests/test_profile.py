@@ -179,11 +179,11 @@ def test_step_flops_rule(tiny: Path) -> None:
         work.step_flops(analyze(load_spec(tiny), convention="macs"), train=False)
 
 
-@pytest.mark.parametrize("optimizer,state", [("sgd", 1), ("adam", 2)])
+@pytest.mark.parametrize("optimizer,state", [("sgd", 0), ("momentum", 1), ("adam", 2), ("adamw", 2)])
 def test_predicted_training_memory(tiny: Path, optimizer: str, state: int) -> None:
     report = analyze(load_spec(tiny), batch=4)
     terms = dict(work.predicted_memory(report, True, optimizer).terms)
-    assert terms["parameters"] == TINY_PARAMS * 4
+    assert terms["weights"] == TINY_PARAMS * 4
     assert terms["gradients"] == TINY_PARAMS * 4
     assert terms[f"optimizer state ({optimizer})"] == state * TINY_PARAMS * 4
     # By hand: autograd keeps conv1's input (3x32x32), bn1's input (16x32x32) and its per-channel mean and 1/std
@@ -567,7 +567,7 @@ def test_json_figures_by_hand(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> No
         assert d["fraction_of_peak"] == pytest.approx(flops / 2e-3 / (d["peak_tflops"] * 1e12))
 
 
-@pytest.mark.parametrize("optimizer,state", [("sgd", 1), ("adam", 2)])
+@pytest.mark.parametrize("optimizer,state", [("sgd", 0), ("momentum", 1), ("adam", 2)])
 def test_train_on_cpu(tiny: Path, optimizer: str, state: int) -> None:
     options = prof.Options(batches=(2,), train=True, optimizer=optimizer, budget_s=0.5, layers=True, memory=True)
     (r,) = prof.run_profile(load_spec(tiny), options)

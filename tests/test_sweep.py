@@ -13,6 +13,7 @@ from archcalc.cli.app import app
 from archcalc.core import sweep as sw
 from archcalc.core.analyze import analyze
 from archcalc.core.errors import ArchcalcError
+from archcalc.core.settings import Settings
 from archcalc.core.spec import open_spec
 from archcalc.core.training import training_flops, training_memory, training_report
 
@@ -47,13 +48,16 @@ def test_sweep_rows_equal_independent_calc_runs(extra: list[str]) -> None:
                                   "torchvision/efficientnet_b0", "alexnet"])
 def test_batch_arithmetic_matches_analyze_at_every_batch(name: str) -> None:
     """The sweep analyzes once per structure and derives other batches; analyze() at each batch is the oracle."""
-    for options in (sw.Options(), sw.Options("bfloat16", "full", "momentum"), sw.Options(amp="bf16")):
+    for options in (Settings(), Settings(dtype="bfloat16", convention="full", optimizer="momentum"),
+                    Settings(amp="bf16"), Settings(device="cpu", input_requires_grad=True, optimizer="adam")):
         rows = sw.Sweep(name, options).run(sw.points([], [None], [1, 2, 5, 16]))
         for row in rows:
             b = row.point.batch
-            report = analyze(open_spec(name), b, options.dtype, options.convention)
+            report = analyze(open_spec(name), batch=b, dtype=options.dtype, convention=options.convention,
+                             device=options.device, input_requires_grad=options.input_requires_grad)
             t = report.totals
-            train = training_report(open_spec(name), b, options.dtype, options.amp)
+            train = training_report(open_spec(name), batch=b, dtype=options.dtype, amp=options.amp,
+                                    device=options.device, input_requires_grad=options.input_requires_grad)
             assert row.values == {
                 "params": t.params, "macs": t.macs, "flops": t.flops, "activation_bytes": t.activation_bytes,
                 "peak_inference_bytes": t.peak_bytes,

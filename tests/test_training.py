@@ -57,7 +57,7 @@ def test_training_memory_terms_by_hand(write_spec) -> None:  # type: ignore[no-u
 
 def test_training_memory_with_bf16_autocast(write_spec) -> None:  # type: ignore[no-untyped-def]
     spec = load_spec(write_spec(SMALL))
-    m = training_memory(training_report(spec, 2, "float32", "bf16"), "adam", "bf16")
+    m = training_memory(training_report(spec, batch=2, amp="bf16"), "adam", "bf16")
     params = 2690
     assert (m.weights, m.gradients, m.optimizer_state) == (4 * params, 4 * params, 8 * params)  # float32 masters
     assert m.weight_copies == 2 * ((3 * 4 * 9 + 4) + (4 * 8 * 8 * 10 + 10))  # bf16 copies of conv and linear only
@@ -134,10 +134,13 @@ layers:
 
 
 def test_largest_batch() -> None:
-    assert largest_batch(lambda b: 100 + 7 * b, 100 + 7 * 37) == 37
-    assert largest_batch(lambda b: 100 + 7 * b, 100 + 7 * 37 + 6) == 37
-    assert largest_batch(lambda b: 100 + 7 * b, 106) == 0
-    assert largest_batch(lambda b: 5, 10, most=1000) == 512
+    # memory 107 + 7 (b - 1) = 100 + 7 b: batch 37 needs 359 bytes, batch 38 366
+    assert largest_batch(107, 7, 100 + 7 * 37) == 37
+    assert largest_batch(107, 7, 100 + 7 * 37 + 6) == 37
+    assert largest_batch(107, 7, 100 + 7 * 38) == 38
+    assert largest_batch(107, 7, 107) == 1
+    assert largest_batch(107, 7, 106) == 0
+    assert largest_batch(5, 0, 10, most=1000) == 1000  # memory that does not grow: the cap
 
 
 @pytest.mark.parametrize("fit_for", ["training", "inference"])
