@@ -282,7 +282,7 @@ def test_svg_with_graphviz(tmp_path: Path) -> None:
     assert "<svg" in text and "layer1.0" in text
 
 
-def test_readme_shows_what_graph_prints() -> None:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_manual_shows_what_graph_prints() -> None:
+    text = (ROOT / "docs" / "graph.md").read_text(encoding="utf-8")
     block = text.split("`archcalc graph unet --depth 1`", 1)[1].split("```mermaid\n", 1)[1].split("```", 1)[0]
     assert block == runner.invoke(app, ["graph", "unet", "--depth", "1"]).stdout

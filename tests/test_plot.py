@@ -272,11 +272,11 @@ def test_analytic_commands_without_plot_do_not_import_matplotlib() -> None:
     assert "MATPLOTLIB False" in proc.stdout
 
 
-# ---- the README's pictures ----------------------------------------------------------------------------------------
+# ---- the manual's pictures ----------------------------------------------------------------------------------------
 
-# The committed pictures and the commands that draw them (the README shows both). A test regenerates each one's
+# The committed pictures and the commands that draw them (docs/plots.md shows both). A test regenerates each one's
 # series and checks them against the digest stored in the committed PNG (data, not pixels) and against the report.
-README_PICTURES = {
+PICTURES = {
     "resnet50-memory.png": ["calc", "resnet50"],
     "compare.png": ["compare", "lenet5", "alexnet", "vgg16", "googlenet", "resnet18", "resnet50", "resnet152",
                     "torchvision/mobilenet_v2", "torchvision/efficientnet_b0"],
@@ -289,10 +289,10 @@ def _series(args: list[str]) -> object:
     return data.compare_plot([report_of(s) for s in args[1:]])
 
 
-@pytest.mark.parametrize("name", sorted(README_PICTURES))
-def test_readme_pictures_are_drawn_from_todays_numbers(request, name: str) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("name", sorted(PICTURES))
+def test_manual_pictures_are_drawn_from_todays_numbers(request, name: str) -> None:  # type: ignore[no-untyped-def]
     path = IMAGES / name
-    args = README_PICTURES[name]
+    args = PICTURES[name]
     if request.config.getoption("--regen-golden"):
         assert invoke([*args, "-f", "csv", "--plot", str(path)]).exit_code == 0
     series = _series(args)
@@ -300,9 +300,9 @@ def test_readme_pictures_are_drawn_from_todays_numbers(request, name: str) -> No
         f"docs/img/{name} was drawn from other numbers: run pytest tests/test_plot.py --regen-golden")
     width, height = png_size(path)
     assert width <= 1200 and height <= 1600 and path.stat().st_size < 250_000  # small enough for the repository
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert f"(docs/img/{name})" in readme
-    assert f"archcalc {' '.join(args)} --plot {name}" in readme
+    page = (ROOT / "docs" / "plots.md").read_text(encoding="utf-8")
+    assert f"(img/{name})" in page
+    assert f"archcalc {' '.join(args)} --plot {name}" in page
     # and the series are the report's figures
     if isinstance(series, data.CalcPlot):
         report = report_of(args[1])
