@@ -163,7 +163,7 @@ def kinds(fmt: Annotated[KindsFmt, typer.Option("--format", "-f")] = KindsFmt.ta
 @handle_errors
 def schema() -> None:
     """A JSON Schema for spec files, generated from the kind registry: YAML editors complete and check specs with
-    it (see README, "Editor support")."""
+    it (see docs/editor.md)."""
     import json
 
     from archcalc.core.schema import spec_schema

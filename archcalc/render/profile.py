@@ -156,8 +156,8 @@ def profile_notes(results: list[BatchResult]) -> list[str]:
              f"{r.roofline.source}; measured ceiling: {flops_rate(r.ceiling.matmul_flops)} matmul, "
              f"{r.ceiling.copy_bandwidth / 1e9:.1f} GB/s copy{' (cached)' if r.ceiling.cached else ''}.",
              f"threads: {', '.join(sorted({str(x.threads) for x in results}, key=int))} intra-op "
-             f"(torch.set_num_threads), {r.interop_threads} inter-op; the default is 1 (README: how threads are "
-             "chosen).",
+             f"(torch.set_num_threads), {r.interop_threads} inter-op; the default is 1 (docs/profile.md#threads: how "
+             "threads are chosen).",
              f"machine: {load.cpus} CPUs, load average {load.averages[0]:g} / {load.averages[1]:g} / "
              f"{load.averages[2]:g} (1 / 5 / 15 min) at the start.",
              "latency: median of samples (each the mean of 'iterations per sample' iterations) after warm-up; "
