@@ -74,7 +74,8 @@ def profile(
     batch: Annotated[str, typer.Option("--batch", "-b", help="batch sizes, comma-separated: 1,8,64")] = "1",
     threads: Annotated[str, typer.Option("--threads", "-t", help="CPU threads (torch.set_num_threads), "
                                          "comma-separated for a sweep: 1,2,4; auto: the physical cores not busy. "
-                                         "Default 1: the steadiest figures on a shared machine (docs/profile.md#threads)")] = "1",
+                                         "Default 1: the steadiest figures on a shared machine "
+                                         "(docs/profile.md#threads)")] = "1",
     dtype: Annotated[ProfileDType, typer.Option("--dtype", help="element type of parameters and inputs")]
     = PROFILE_F32,
     input: InputOpt = None,
