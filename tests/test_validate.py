@@ -183,6 +183,7 @@ def test_cli_table_ok(write_spec) -> None:  # type: ignore[no-untyped-def]
     assert result.exit_code == 0, result.output
     for text in ("output_shape", "fvcore_flops", "saved_bytes", "TOTAL", "✓", "checks agree"):
         assert text in result.stdout
+    assert "[green]" not in result.stdout and "[/]" not in result.stdout  # the mark, not its markup
     # fvcore's blind spot is said, not hidden
     assert "aten::max_pool2d" in result.stdout
 

@@ -15,6 +15,7 @@ def _value(v: Any) -> str:
 
 def validation_table(validation: Any, failed_only: bool) -> Any:
     from rich.table import Table
+    from rich.text import Text
 
     what = f"{validation.name}: analytic figures vs execution on {validation.device}, batch {validation.batch}, " \
            f"{validation.dtype}, input {'x'.join(map(str, validation.input))}"
@@ -27,6 +28,8 @@ def validation_table(validation: Any, failed_only: bool) -> Any:
     for c in validation.checks:
         if failed_only and c.ok:
             continue
+        # Text, not markup: consoles print user text with markup off, so a markup tag would show as written
         table.add_row(c.quantity, c.layer if c.layer is not None else "TOTAL", _value(c.predicted),
-                      _value(c.measured), "[green]✓[/]" if c.ok else "[red]✗[/]", style=None if c.ok else "bold")
+                      _value(c.measured), Text("✓", style="green") if c.ok else Text("✗", style="red"),
+                      style=None if c.ok else "bold")
     return table
