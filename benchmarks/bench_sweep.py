@@ -87,7 +87,7 @@ def main() -> None:
         sample = points[:: max(1, n // args.naive)][: args.naive]
         start = time.perf_counter()
         for p in sample:
-            analyze(load_spec(spec, overrides=dict(p.sets)), p.batch, input_shape=p.input)
+            analyze(load_spec(spec, overrides=dict(p.sets)), batch=p.batch, input_shape=p.input)
         naive = (time.perf_counter() - start) / len(sample)
 
         fv = None

@@ -35,7 +35,7 @@ import archcalc
 from archcalc.cli.options import input_override
 spec, batch, threads, seconds, shape = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 torch.set_num_threads(threads)
-report = archcalc.analyze(archcalc.open_spec(spec), batch, "float32", "torch", input_override(shape or None))
+report = archcalc.analyze(archcalc.open_spec(spec), batch=batch, input_shape=input_override(shape or None))
 model = archcalc.build_module(report).eval()
 x = torch.randn(batch, *report.input)
 with torch.no_grad():

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from archcalc.cli.app import app
 from archcalc.core.memory import inference_timeline
+from archcalc.core.settings import Settings
 from archcalc.plot import data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -326,7 +327,7 @@ def test_sweep_series_are_the_sweep_rows(tmp_path: Path) -> None:
     rows = json.loads(result.stdout)["rows"]
     from archcalc.core import sweep as sw
 
-    options = sw.Options()
+    options = Settings()
     runner_ = sw.Sweep("resnet18", options)
     points = sw.points(sw.parse_set_axes(["d4=1,2"]), sw.parse_inputs("3x{64,96}", 2), sw.parse_batches("1,2"))
     plot = data.sweep_plot(runner_.run(points, None, 1), runner_.display, options, ["macs", "-params"])
@@ -351,7 +352,7 @@ def test_sweep_series_are_the_sweep_rows(tmp_path: Path) -> None:
 def test_sweep_pareto_panel_defaults_to_macs_and_params() -> None:
     from archcalc.core import sweep as sw
 
-    options = sw.Options()
+    options = Settings()
     runner_ = sw.Sweep("resnet18", options)
     rows = runner_.run(sw.points([], [None], sw.parse_batches("1,2,4")), None, 1)
     plot = data.sweep_plot(rows, runner_.display, options)
