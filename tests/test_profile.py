@@ -693,7 +693,7 @@ def test_gpu_median_agrees_with_torch_benchmark() -> None:
 
     spec = load_spec(Path(__file__).resolve().parent.parent / "specs" / "torchvision" / "resnet18.yaml")
     (r,) = prof.run_profile(spec, prof.Options(device="cuda", batches=(32,), budget_s=3))
-    model = build_module(analyze(spec, 32)).cuda().eval()
+    model = build_module(analyze(spec, batch=32)).cuda().eval()
     x = torch.randn(32, 3, 224, 224, device="cuda")
     saved, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, True  # as profile times it
     try:
