@@ -142,3 +142,11 @@ def test_front_door_does_not_import_torch_for_a_spec() -> None:
     code = ("import sys, archcalc; s = archcalc.summary('resnet50'); str(s); s._repr_html_(); s.to_json(); "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_reports_repr_is_one_line() -> None:
+    report = archcalc.analyze("resnet50", batch=2)
+    text = repr(report)
+    assert "\n" not in text and len(text) < 300  # the tuple's own repr was 179,835 characters
+    assert "'resnet50'" in text and "batch=2" in text and f"params={25_557_032}" in text
+    assert f"{len(report.rows)} rows" in text

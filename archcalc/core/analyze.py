@@ -105,6 +105,13 @@ class Report(NamedTuple):
     outputs: tuple[tuple[str, Shape], ...] = ()  # every output of the network, by name
     settings: Settings | None = None  # what it was analyzed under (None only for a Report built by hand)
 
+    def __repr__(self) -> str:
+        # One line: the tuple's own repr prints every row and the whole graph (180,000 characters for resnet50).
+        t = self.totals
+        return (f"Report({self.name!r}, input={self.input}, batch={self.batch}, dtype={self.dtype!r}, "
+                f"convention={self.convention!r}, {len(self.rows)} rows, params={t.params}, macs={t.macs}, "
+                f"flops={t.flops})")
+
 
 def rows_at_depth(report: Report, depth: int | None) -> list[Row]:
     """Leaf rows, or with a depth limit, every node at that depth plus shallower leaves (blocks collapsed)."""
