@@ -221,3 +221,16 @@ def test_amp_training_memory_uses_the_devices_saved_bytes() -> None:
         amp = _calc_json("--amp", "fp16", "--device", device)["training_memory"]
         half = _calc_json("--dtype", "float16", "--device", device)["totals"]
         assert amp["terms"]["saved_activations"] == half["saved_activation_bytes"], device
+
+
+def test_fit_benchmark_agrees_with_a_search() -> None:
+    """benchmarks/bench_fit.py solves the memory line and searches over full analyses (its peer) on four specs
+    and settings, and exits non-zero when the batches or bytes differ."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_fit.py"
+    proc = subprocess.run([sys.executable, str(script), "--repeat", "1"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "torchvision/resnet50" in proc.stdout and "x" in proc.stdout
