@@ -75,7 +75,9 @@ def training_flops(report: Report) -> TrainingFlops:
     graph = report.graph
     needs_grad = [False] * len(graph.tensors)  # the network's inputs (a batch from a data loader) need none
     layers: list[LayerFlops] = []
-    for op, row in zip(graph.ops, report.rows):  # one row per op, in execution order
+    for row in report.rows:  # one per op, in execution order, each with its op
+        op = row.op
+        assert op is not None  # only a block's summary row (in report.outline) has none
         if not row.used:
             continue
         needed = any(needs_grad[t] for t in op.inputs)
