@@ -72,7 +72,7 @@ SUMMED = ("params", "trainable_params", "buffers", "int_buffers", "macs", "flops
 """The Row figures that add up: a block's summary row and the report's Totals are their sums."""
 
 
-def _sums(rows: list[Row]) -> dict[str, int]:
+def _sums(rows: list[Row]) -> dict[str, Any]:
     return {field: sum(getattr(r, field) for r in rows) for field in SUMMED}
 
 
@@ -283,7 +283,7 @@ class _Engine:
             outputs = tuple((o.name, self.resolve(o.ref)) for o in self.spec.outputs)
         else:
             outputs = (("output", last),)
-        ops = tuple(r.op for r in self.rows)
+        ops = tuple(r.op for r in self.rows if r.op is not None)  # all of them: block rows are in the outline only
         return Graph(tuple(self.tensors), ops, tuple(self.holds), tuple(self.inputs), outputs)
 
     def _reads(self, inputs: tuple[int, ...]) -> tuple[str, ...]:
@@ -309,7 +309,8 @@ class _Engine:
             config = kind.describe(a, inp)
         except LayerError as exc:
             raise SpecError(node.loc, f"{node.name} ({kind.name}) on input {_dims(inp)}: {exc}") from None
-        state: _RF | Tensor = self.tensors[x]
+        src = self.tensors[x]
+        state = _RF(src.rf, src.jump)
         if steps is not None and len(inp) > 1:
             rf, jump = list(state.rf), list(state.jump)
             for axis, step in enumerate(steps):
@@ -319,7 +320,6 @@ class _Engine:
                     rf[axis] += int((step.kernel - 1) * jump[axis])
                     jump[axis] *= step.stride
             state = _RF(tuple(rf), tuple(jump))
-        src = self.tensors[x]
         alias = kind.alias or kind.inplace(a)
         y = self.new_tensor(node.name, out, state, src.storage if alias else None,
                             src.train_storage if kind.alias_in_training(a) else None)
