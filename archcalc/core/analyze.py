@@ -38,7 +38,12 @@ from archcalc.core.spec import (
 
 
 class Row(NamedTuple):
-    """One line of the table: a leaf layer, a merge op (add / concat, no module), or a collapsed block."""
+    """One line of the table: a leaf layer, a merge op (add / concat, no module), or a collapsed block.
+
+    The one record of a layer: its figures (batch and dtype applied) and, for leaves and merges, the graph op it
+    came from (`op`: its kind or merge, arguments, tensors and per-sample Cost). A new per-layer figure is a field
+    here with its default, its value in `_Engine.layer` (and `merge` when not 0), and, when it adds up, its name in
+    SUMMED and a field of Totals."""
 
     name: str
     kind: str
@@ -46,19 +51,30 @@ class Row(NamedTuple):
     input: Shape
     output: Shape
     config: str
-    params: int
-    trainable_params: int
-    buffers: int
-    macs: int
-    flops: int
-    activation_bytes: int
     rf: tuple[int, ...]
     jump: tuple[int | Fraction, ...]
+    params: int = 0
+    trainable_params: int = 0
+    buffers: int = 0  # every buffer, float and int64
+    int_buffers: int = 0  # of `buffers`: the int64 ones (BN's num_batches_tracked), 8 bytes whatever the dtype
+    macs: int = 0
+    flops: int = 0
+    activation_bytes: int = 0
     leaf: bool = True
     module: bool = True  # False for merge ops, which have no nn.Module
     reads: tuple[str, ...] = ()  # the named tensors a leaf reads (the previous layer's output, or its `from:`)
     used: bool = True  # False: no output depends on it (only under `unused: allow`); left out of the totals
     feeds: tuple[str, ...] = ()  # with several outputs: the outputs that depend on this row
+    op: Op | None = None  # the graph op of a leaf or merge (Report.graph.ops holds the same ops, in order); None for
+    # a block's summary row
+
+
+SUMMED = ("params", "trainable_params", "buffers", "int_buffers", "macs", "flops", "activation_bytes")
+"""The Row figures that add up: a block's summary row and the report's Totals are their sums."""
+
+
+def _sums(rows: list[Row]) -> dict[str, Any]:
+    return {field: sum(getattr(r, field) for r in rows) for field in SUMMED}
 
 
 class Warning_(NamedTuple):
@@ -74,6 +90,7 @@ class Totals(NamedTuple):
     params: int
     trainable_params: int
     buffers: int
+    int_buffers: int
     macs: int
     flops: int
     activation_bytes: int
@@ -172,28 +189,21 @@ def _analyze(spec: Spec, s: Settings) -> Report:
         engine.warnings.append(Warning_(None, "unused", f"no output depends on {', '.join(unused)}; left out of "
                                                         "the totals"))
     counted = [r for r in rows if r.used]
-    params = sum(r.params for r in counted)
-    buffers = sum(b for b, u in zip(engine.buffers, used) if u)
-    int_buffers = sum(b for b, u in zip(engine.int_buffers, used) if u)
+    sums = _sums(counted)
     itemsize = engine.itemsize
-    out_tensor = graph.outputs[0][1]
-    state = engine.rf[out_tensor]
-    buffer_bytes = (buffers - int_buffers) * itemsize + int_buffers * 8
+    out = graph.tensors[graph.outputs[0][1]]
+    param_bytes = sums["params"] * itemsize
+    buffer_bytes = (sums["buffers"] - sums["int_buffers"]) * itemsize + sums["int_buffers"] * 8
     totals = Totals(
-        params=params,
-        trainable_params=sum(r.trainable_params for r in counted),
-        buffers=buffers,
-        macs=sum(r.macs for r in counted),
-        flops=sum(r.flops for r in counted),
-        activation_bytes=sum(r.activation_bytes for r in counted),
-        param_bytes=params * itemsize,
+        **sums,
+        param_bytes=param_bytes,
         buffer_bytes=buffer_bytes,
-        peak_bytes=peak_inference_bytes(graph, itemsize, batch) + params * itemsize + buffer_bytes,
+        peak_bytes=peak_inference_bytes(graph, itemsize, batch) + param_bytes + buffer_bytes,
         saved_bytes=saved_training_bytes(graph, itemsize, batch, s.device, s.input_requires_grad),
-        weight_layers=sum(1 for r in counted if r.leaf and r.module and REGISTRY[r.kind].weighted),
-        output=graph.tensors[out_tensor].shape,
-        rf=state.rf,
-        jump=state.jump,
+        weight_layers=sum(1 for r in counted if r.op is not None and r.op.kind is not None and r.op.kind.weighted),
+        output=out.shape,
+        rf=out.rf,
+        jump=out.jump,
     )
     outputs = tuple((name, graph.tensors[t].shape) for name, t in graph.outputs)
     return Report(name=spec.name, source=spec.source, description=spec.description, path=spec.path,
@@ -207,7 +217,7 @@ class _RF(NamedTuple):
     jump: tuple[int | Fraction, ...]
 
 
-def _merge_rf(states: list[_RF]) -> _RF:
+def _merge_rf(states: list[Tensor]) -> _RF:
     # Through branches and merges the receptive field is the largest over the paths (per axis), as is the jump.
     return _RF(tuple(max(s.rf[i] for s in states) for i in range(len(states[0].rf))),
                tuple(max(s.jump[i] for s in states) for i in range(len(states[0].jump))))
@@ -236,14 +246,10 @@ class _Engine:
         self.itemsize = itemsize
         self.pick = pick
         self.strict = strict
-        self.rows: list[Row] = []
+        self.rows: list[Row] = []  # one per op, in execution order; each carries its op (Graph.ops is made from them)
         self.outline: list[Row] = []
         self.warnings: list[Warning_] = []
-        self.buffers: list[int] = []  # per op (merges: 0)
-        self.int_buffers: list[int] = []
         self.tensors: list[Tensor] = []
-        self.rf: list[_RF] = []
-        self.ops: list[Op] = []
         self.holds: list[Hold] = []
         self.inputs: list[tuple[str, int]] = []
         self.named: dict[str, int] = {}
@@ -254,8 +260,7 @@ class _Engine:
                    train_storage: int | None = None) -> int:
         t = len(self.tensors)
         self.tensors.append(Tensor(name, shape, t if storage is None else storage,
-                                   t if train_storage is None else train_storage))
-        self.rf.append(rf)
+                                   t if train_storage is None else train_storage, rf.rf, rf.jump))
         return t
 
     def resolve(self, ref: Ref) -> int:
@@ -290,7 +295,8 @@ class _Engine:
             outputs = tuple((o.name, self.resolve(o.ref)) for o in self.spec.outputs)
         else:
             outputs = (("output", last),)
-        return Graph(tuple(self.tensors), tuple(self.ops), tuple(self.holds), tuple(self.inputs), outputs)
+        ops = tuple(r.op for r in self.rows if r.op is not None)  # all of them: block rows are in the outline only
+        return Graph(tuple(self.tensors), ops, tuple(self.holds), tuple(self.inputs), outputs)
 
     def _reads(self, inputs: tuple[int, ...]) -> tuple[str, ...]:
         return tuple(self.tensors[t].name for t in inputs)
@@ -315,7 +321,8 @@ class _Engine:
             config = kind.describe(a, inp)
         except LayerError as exc:
             raise SpecError(node.loc, f"{node.name} ({kind.name}) on input {_dims(inp)}: {exc}") from None
-        state = self.rf[x]
+        src = self.tensors[x]
+        state = _RF(src.rf, src.jump)
         if steps is not None and len(inp) > 1:
             rf, jump = list(state.rf), list(state.jump)
             for axis, step in enumerate(steps):
@@ -325,17 +332,14 @@ class _Engine:
                     rf[axis] += int((step.kernel - 1) * jump[axis])
                     jump[axis] *= step.stride
             state = _RF(tuple(rf), tuple(jump))
-        src = self.tensors[x]
         alias = kind.alias or kind.inplace(a)
         y = self.new_tensor(node.name, out, state, src.storage if alias else None,
                             src.train_storage if kind.alias_in_training(a) else None)
-        self.ops.append(Op(node.name, kind, None, a, (x,), y, node.loc, node.trainable))
-        self.buffers.append(cost.buffers + cost.int_buffers)
-        self.int_buffers.append(cost.int_buffers)
-        row = Row(node.name, kind.name, depth, inp, out, config, cost.params,
-                  cost.params if node.trainable else 0, cost.buffers + cost.int_buffers,
-                  cost.macs * self.batch, self.pick(cost) * self.batch, numel(out) * self.batch * self.itemsize,
-                  state.rf, state.jump, reads=self._reads((x,)))
+        op = Op(node.name, kind, None, a, (x,), y, node.loc, node.trainable, cost)
+        row = Row(node.name, kind.name, depth, inp, out, config, state.rf, state.jump, params=cost.params,
+                  trainable_params=cost.params if node.trainable else 0, buffers=cost.buffers + cost.int_buffers,
+                  int_buffers=cost.int_buffers, macs=cost.macs * self.batch, flops=self.pick(cost) * self.batch,
+                  activation_bytes=numel(out) * self.batch * self.itemsize, reads=self._reads((x,)), op=op)
         self.rows.append(row)
         self.outline.append(row)
         self.named[node.name] = y
@@ -348,14 +352,13 @@ class _Engine:
             out = op.output(shapes, sources)
         except LayerError as exc:
             raise SpecError(loc, f"{where}: {exc}") from None
-        state = _merge_rf([self.rf[t] for t in inputs])
+        state = _merge_rf([self.tensors[t] for t in inputs])
         y = self.new_tensor(name, out, state)
-        self.ops.append(Op(name, None, op, MappingProxyType({}), inputs, y, loc))
-        self.buffers.append(0)
-        self.int_buffers.append(0)
-        row = Row(name, op.name, depth, shapes[0], out, f"{len(inputs)} inputs", 0, 0, 0, 0,
-                  self.pick(Cost(full=op.full(shapes, out))) * self.batch, numel(out) * self.batch * self.itemsize,
-                  state.rf, state.jump, module=False, reads=self._reads(inputs))
+        cost = Cost(full=op.full(shapes, out))
+        row = Row(name, op.name, depth, shapes[0], out, f"{len(inputs)} inputs", state.rf, state.jump,
+                  flops=self.pick(cost) * self.batch, activation_bytes=numel(out) * self.batch * self.itemsize,
+                  module=False, reads=self._reads(inputs),
+                  op=Op(name, None, op, MappingProxyType({}), inputs, y, loc, cost=cost))
         self.rows.append(row)
         self.outline.append(row)
         return y
@@ -386,19 +389,15 @@ class _Engine:
             y = self.parallel(node, x, depth)
         else:
             y = self.residual(node, x, depth)
-        inner = self.rows[first_row:]
-        state = self.rf[y]
-        self.outline[start] = Row(node.name, node.label, depth, self._shape_of(x), self._shape_of(y), "",
-                                  sum(r.params for r in inner), sum(r.trainable_params for r in inner),
-                                  sum(r.buffers for r in inner), sum(r.macs for r in inner),
-                                  sum(r.flops for r in inner), sum(r.activation_bytes for r in inner),
-                                  state.rf, state.jump, leaf=False)
+        out = self.tensors[y]
+        self.outline[start] = Row(node.name, node.label, depth, self._shape_of(x), out.shape, "", out.rf, out.jump,
+                                  **_sums(self.rows[first_row:]), leaf=False)
         self.named[node.name] = y
         return y
 
     def _hold(self, x: int) -> None:
-        if self.ops:
-            self.holds.append(Hold(x, len(self.ops) - 1))
+        if self.rows:
+            self.holds.append(Hold(x, len(self.rows) - 1))
 
     def seq(self, node: Sequence, x: int, depth: int) -> int:
         y = x

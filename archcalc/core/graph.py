@@ -7,10 +7,11 @@ Each op reads tensors by id and writes one new tensor. `Graph.ops` is the one wa
 from __future__ import annotations
 
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import Any, NamedTuple
 
 from archcalc.core.errors import Loc
-from archcalc.core.kinds.base import Kind, Shape
+from archcalc.core.kinds.base import Cost, Kind, Shape
 from archcalc.core.merges import MergeOp
 
 
@@ -19,6 +20,8 @@ class Tensor(NamedTuple):
     shape: Shape  # per sample
     storage: int  # storage id in an inference forward: views and in-place ops share their input's
     train_storage: int  # storage id in a training-mode forward (dropout, for one, then writes a new tensor)
+    rf: tuple[int, ...] = ()  # its theoretical receptive field per spatial axis, in input positions
+    jump: tuple[int | Fraction, ...] = ()  # per spatial axis: input positions between neighbouring positions of it
 
 
 class Op(NamedTuple):
@@ -32,6 +35,7 @@ class Op(NamedTuple):
     output: int
     loc: Loc | None
     trainable: bool = True
+    cost: Cost = Cost()  # per sample, as the kind (or merge: `full` only) computed it; the memory models read it
 
     @property
     def label(self) -> str:

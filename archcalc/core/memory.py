@@ -151,7 +151,7 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
             continue
         assert op.kind is not None
         src = graph.tensors[op.inputs[0]]
-        params_need_grad = op.trainable and op.kind.cost(op.args, src.shape, out.shape).params > 0
+        params_need_grad = op.trainable and op.cost.params > 0
         recorded = needs_grad[op.inputs[0]] or params_need_grad
         needs_grad[op.output] = recorded
         if recorded:  # else no autograd node: nothing is kept

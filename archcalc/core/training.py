@@ -10,7 +10,6 @@ from typing import NamedTuple
 
 from archcalc.core.analyze import Report, analyze
 from archcalc.core.conventions import DTYPES
-from archcalc.core.kinds import REGISTRY
 from archcalc.core.memory import peak_inference_bytes, saved_training_bytes
 from archcalc.core.settings import AMP, FIT_FOR, OPTIMIZERS, Settings
 from archcalc.core.spec import Spec
@@ -67,7 +66,9 @@ def training_flops(report: Report) -> TrainingFlops:
     graph = report.graph
     needs_grad = [False] * len(graph.tensors)  # the network's inputs (a batch from a data loader) need none
     layers: list[LayerFlops] = []
-    for op, row in zip(graph.ops, report.rows):  # one row per op, in execution order
+    for row in report.rows:  # one per op, in execution order, each with its op
+        op = row.op
+        assert op is not None  # only a block's summary row (in report.outline) has none
         if not row.used:
             continue
         needed = any(needs_grad[t] for t in op.inputs)
@@ -151,15 +152,14 @@ def training_memory(report: Report, optimizer: str | None = None, amp: str | Non
 
 def weight_copy_params(report: Report) -> int:
     """The parameters autocast copies into the low-precision type: those of conv/linear ("weight") layers."""
-    return sum(r.params for r in report.rows if r.used and r.leaf and r.module and REGISTRY[r.kind].weighted)
+    return sum(r.params for r in report.rows if r.used and r.op is not None and r.op.kind is not None
+               and r.op.kind.weighted)
 
 
 def _buffers_in(report: Report, size: int) -> int:
     """The report's buffers priced at `size` bytes per float element (int64 counters stay 8 bytes)."""
     t = report.totals
-    # buffer_bytes = float buffers * itemsize + int64 buffers * 8: recover the int64 count to re-price the floats.
-    int_buffers = 0 if report.itemsize == 8 else (t.buffer_bytes - t.buffers * report.itemsize) // (8 - report.itemsize)
-    return (t.buffers - int_buffers) * size + int_buffers * 8
+    return (t.buffers - t.int_buffers) * size + t.int_buffers * 8
 
 
 def training_report(spec: Spec, settings: Settings | None = None, **overrides: object) -> Report:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from archcalc import __version__
 from archcalc.core.analyze import Report, Row, rows_at_depth
 from archcalc.core.conventions import CONVENTIONS
 from archcalc.core.receptive import seen
-from archcalc.core.units import axes, dims, fraction, grouped, nbytes, si
+from archcalc.core.units import axes, dims, grouped, nbytes, si
+from archcalc.render.columns import KEEP, LAYER_COLUMNS, MODEL_COLUMNS, Col, shown
 from archcalc.render.grid import Column, Grid, layout
 
 if TYPE_CHECKING:
@@ -39,25 +40,22 @@ def table_widths_note(left_out: Sequence[str], width: int | None) -> list[str]:
 
 def calc_table(report: Report, depth: int | None = None, width: int | None = None, bold: bool = False) -> Grid:
     """The per-layer table as lines of text, fitted to `width` columns when given (see render.grid)."""
-    t = report.totals
-    columns = [
-        Column("layer", footer="total", wraps=True), Column("kind", drop=5), Column("output", True, dims(t.output),
-                                                                                    drop=2),
-        Column("kernel/stride/pad", short="k/s/p", drop=6), Column("params", True, grouped(t.params)),
-        Column("MACs", True, si(t.macs)),
-        Column(f"FLOPs ({report.convention})", True, si(t.flops), short="FLOPs", drop=1),
-        Column("memory", True, nbytes(t.activation_bytes), short="mem", drop=3), Column("RF", True, axes(t.rf), drop=4),
-    ]
-    indent = depth is not None
-    cells = [[("  " * (r.depth - 1) if indent else "") + r.name, r.kind, dims(r.output), r.config,
-              grouped(r.params), si(r.macs), si(r.flops), nbytes(r.activation_bytes), axes(r.rf)]
-             for r in rows_at_depth(report, depth)]
-    if len(report.outputs) > 1:  # which outputs each layer feeds
-        columns.append(Column("feeds", drop=7))
-        for cell, r in zip(cells, rows_at_depth(report, depth)):
-            cell.append(",".join(r.feeds) if r.leaf else "")
+    cols = shown(LAYER_COLUMNS, "table", report)
+    columns = [Column(c.title(report.convention), c.justify_right, _footer(c, report, "table"), c.short, c.drop,
+                      c.wraps) for c in cols]
+    writers = [(_indented if c.wraps and depth is not None else c.getter(), c.form.table) for c in cols]
+    cells = [[write(get(r)) for get, write in writers] for r in rows_at_depth(report, depth)]
     return layout(f"{report.name} — input {dims(report.input)}", columns, cells, _caption(report), width,
                   bold=bold)
+
+
+def _indented(r: Row) -> str:  # with a depth limit, names are indented by their depth
+    return "  " * (r.depth - 1) + r.name
+
+
+def _footer(col: Col, report: Report, fmt: str) -> str:
+    """calc's total row: the report's total of the column's figure, or its label."""
+    return getattr(col.form, fmt)(col.getter()(report.totals)) if col.total else col.footer
 
 
 def summary_lines(report: Report) -> list[str]:
@@ -95,30 +93,28 @@ def calc_json(report: Report, depth: int | None = None, extra: dict[str, Any] | 
 
 
 
-def _row_dict(r: Row) -> dict[str, Any]:
-    return {
-        "name": r.name, "kind": r.kind, "leaf": r.leaf, "module": r.module, "input": list(r.input),
-        "output": list(r.output), "config": r.config, "params": r.params, "trainable_params": r.trainable_params,
-        "buffers": r.buffers, "macs": r.macs, "flops": r.flops, "activation_bytes": r.activation_bytes,
-        "receptive_field": list(r.rf), "jump": [fraction(j) for j in r.jump], "reads": list(r.reads),
-        **({"feeds": list(r.feeds)} if r.feeds else {}), **({} if r.used else {"used": False}),
-    }
+_JsonWriter = tuple[str, Callable[[Any], Any], Callable[[Any], Any], object]  # key, value, JSON form, omitted value
+
+
+def _json(obj: Any, writers: Sequence[_JsonWriter]) -> dict[str, Any]:
+    out = {}
+    for key, get, write, omit in writers:
+        value = get(obj)
+        if omit is KEEP or value != omit:
+            out[key] = write(value)
+    return out
+
+
+def _json_writers(columns: Sequence[Col], within: str = "") -> list[_JsonWriter]:
+    return [(c.key, c.getter(within), c.form.json, c.omit) for c in shown(columns, "json")]
 
 
 def totals_dict(report: Report) -> dict[str, Any]:
-    t = report.totals
-    rf = seen(report.rows, report.input, t.rf)  # the theoretical RF stays in "receptive_field"
-    return {
-        "params": t.params, "trainable_params": t.trainable_params, "buffers": t.buffers, "macs": t.macs,
-        "flops": t.flops, "activation_bytes": t.activation_bytes, "param_bytes": t.param_bytes,
-        "buffer_bytes": t.buffer_bytes, "peak_inference_bytes": t.peak_bytes,
-        "saved_activation_bytes": t.saved_bytes, "weight_layers": t.weight_layers, "output": list(t.output),
-        "receptive_field": list(t.rf), "jump": [fraction(j) for j in t.jump],
-        "receptive_field_clipped": list(rf.clipped), "receptive_field_global_at": rf.global_at,
-    }
+    return _json(report, _json_writers(MODEL_COLUMNS, "totals."))
 
 
 def calc_dict(report: Report, depth: int | None = None) -> dict[str, Any]:
+    writers = _json_writers(LAYER_COLUMNS)
     return {
         "archcalc_version": __version__,
         "name": report.name,
@@ -130,29 +126,21 @@ def calc_dict(report: Report, depth: int | None = None) -> dict[str, Any]:
         "inputs": {name: list(report.graph.tensors[t].shape) if i else list(report.input)
                    for i, (name, t) in enumerate(report.graph.inputs)},
         "outputs": {name: list(shape) for name, shape in report.outputs},
-        "layers": [_row_dict(r) for r in rows_at_depth(report, depth)],
+        "layers": [_json(r, writers) for r in rows_at_depth(report, depth)],
         "totals": totals_dict(report),
         "warnings": [str(w) for w in report.warnings],
     }
 
 
-_CSV_FIELDS = ("name", "kind", "output", "config", "params", "macs", "flops", "activation_bytes", "receptive_field")
-
-
-def _flat(r: Row) -> list[str]:
-    return [r.name, r.kind, "x".join(map(str, r.output)), r.config, str(r.params), str(r.macs), str(r.flops),
-            str(r.activation_bytes), "x".join(map(str, r.rf))]
-
-
 def calc_csv(report: Report, depth: int | None = None) -> str:
+    cols = shown(LAYER_COLUMNS, "csv", report)
+    writers = [(c.getter(), c.form.csv) for c in cols]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(_CSV_FIELDS)
+    writer.writerow([c.key for c in cols])
     for r in rows_at_depth(report, depth):
-        writer.writerow(_flat(r))
-    t = report.totals
-    writer.writerow(["total", "", "x".join(map(str, t.output)), "", t.params, t.macs, t.flops, t.activation_bytes,
-                     "x".join(map(str, t.rf))])
+        writer.writerow([write(get(r)) for get, write in writers])
+    writer.writerow([_footer(c, report, "csv") for c in cols])
     return buf.getvalue()
 
 
@@ -164,34 +152,30 @@ def _md(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) 
 
 
 def calc_md(report: Report, depth: int | None = None) -> str:
-    t = report.totals
-    headers = ["layer", "kind", "output", "kernel/stride/pad", "params", "MACs", f"FLOPs ({report.convention})",
-               "memory", "RF"]
-    rows = [[r.name, r.kind, dims(r.output), r.config, grouped(r.params), grouped(r.macs), grouped(r.flops),
-             nbytes(r.activation_bytes), axes(r.rf)] for r in rows_at_depth(report, depth)]
-    rows.append(["**total**", "", dims(t.output), "", grouped(t.params), grouped(t.macs), grouped(t.flops),
-                 nbytes(t.activation_bytes), axes(t.rf)])
-    return f"### {report.name}\n\n" + _md(headers, rows, {2, 4, 5, 6, 7, 8}) + f"\n{_caption(report)}\n"
+    cols = shown(LAYER_COLUMNS, "md", report)
+    writers = [(c.getter(), c.form.md) for c in cols]
+    rows = [[write(get(r)) for get, write in writers] for r in rows_at_depth(report, depth)]
+    rows.append([_footer(c, report, "md") if c.total else f"**{c.footer}**" if c.footer else "" for c in cols])
+    return (f"### {report.name}\n\n" + _md([c.title(report.convention) for c in cols], rows,
+                                          {i for i, c in enumerate(cols) if c.justify_right})
+            + f"\n{_caption(report)}\n")
 
 
 # ---- compare ------------------------------------------------------------------------------------------------------
+
+def _compare_cells(reports: Sequence[Report], cols: Sequence[Col], fmt: str) -> list[list[Any]]:
+    writers = [(c.getter("totals."), getattr(c.form, fmt)) for c in cols]
+    return [[write(get(r)) for get, write in writers] for r in reports]
+
 
 def compare_table(reports: Sequence[Report], width: int | None = None, keep: str | None = None,
                   bold: bool = False) -> Grid:
     """One row per report, fitted to `width`; `keep` (the sort column) is never left out."""
     conv = reports[0].convention
-    columns = [Column("name", wraps=True), Column("input", drop=6), Column("params", True),
-               Column("MACs", True), Column(f"FLOPs ({conv})", True, short="FLOPs", drop=1),
-               Column("activations", True, short="acts", drop=3), Column("inference peak", True, short="peak", drop=2),
-               Column("weight layers", True, short="wl", drop=5), Column("output", drop=7),
-               Column("RF", True, drop=4)]
-    headers = {"params": "params", "macs": "MACs", "flops": f"FLOPs ({conv})", "activation_bytes": "activations",
-               "peak_inference_bytes": "inference peak", "weight_layers": "weight layers", "receptive_field": "RF"}
-    cells = [[r.name, dims(r.input), grouped(r.totals.params), si(r.totals.macs), si(r.totals.flops),
-              nbytes(r.totals.activation_bytes), nbytes(r.totals.peak_bytes), str(r.totals.weight_layers),
-              dims(r.totals.output), axes(r.totals.rf)] for r in reports]
-    return layout("archcalc compare", columns, cells, _caption(reports[0]), width,
-                  keep=[headers[keep]] if keep in headers else (), bold=bold)
+    cols = shown(MODEL_COLUMNS, "table")
+    columns = [Column(c.title(conv), c.justify_right, short=c.short, drop=c.drop, wraps=c.wraps) for c in cols]
+    return layout("archcalc compare", columns, _compare_cells(reports, cols, "table"), _caption(reports[0]), width,
+                  keep=[c.title(conv) for c in cols if c.key == keep], bold=bold)
 
 
 def compare_json(reports: Sequence[Report]) -> str:
@@ -200,33 +184,27 @@ def compare_json(reports: Sequence[Report]) -> str:
 
 
 def compare_csv(reports: Sequence[Report]) -> str:
+    cols = shown(MODEL_COLUMNS, "csv")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(("name", "input", "params", "macs", "flops", "activation_bytes", "peak_inference_bytes",
-                     "weight_layers", "output", "receptive_field"))
-    for r in reports:
-        t = r.totals
-        writer.writerow([r.name, "x".join(map(str, r.input)), t.params, t.macs, t.flops, t.activation_bytes,
-                         t.peak_bytes, t.weight_layers, "x".join(map(str, t.output)), "x".join(map(str, t.rf))])
+    writer.writerow([c.key for c in cols])
+    writer.writerows(_compare_cells(reports, cols, "csv"))
     return buf.getvalue()
 
 
 def compare_md(reports: Sequence[Report]) -> str:
-    conv = reports[0].convention
-    headers = ["name", "input", "params", "MACs", f"FLOPs ({conv})", "activations", "inference peak",
-               "weight layers", "output", "RF"]
-    rows = [[r.name, dims(r.input), grouped(r.totals.params), grouped(r.totals.macs), grouped(r.totals.flops),
-             nbytes(r.totals.activation_bytes), nbytes(r.totals.peak_bytes), str(r.totals.weight_layers),
-             dims(r.totals.output), axes(r.totals.rf)] for r in reports]
-    return _md(headers, rows, {2, 3, 4, 5, 6, 7, 9})
+    cols = shown(MODEL_COLUMNS, "md")
+    return _md([c.title(reports[0].convention) for c in cols], _compare_cells(reports, cols, "md"),
+               {i for i, c in enumerate(cols) if c.justify_right})
 
 
 def sort_key(column: str) -> Any:
+    """compare --sort: a column's value (a receptive field by its largest axis)."""
+    get = next(c for c in MODEL_COLUMNS if c.key == column).getter("totals.")
+
     def key(report: Report) -> Any:
-        if column == "name":
-            return report.name
-        value = totals_dict(report)[column]
-        return max(value) if isinstance(value, list) else value
+        value = get(report)
+        return max(value) if isinstance(value, tuple) else value
     return key
 
 
