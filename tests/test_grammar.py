@@ -256,3 +256,22 @@ def test_the_size_count_follows_the_tables_formula(monkeypatch: pytest.MonkeyPat
     data = load(SPEC + "layers:\n  - {residual: [relu]}\n", "t.yaml")
     with pytest.raises(SpecError, match="expands to 100 layers"):
         parse_spec(data, "t.yaml", max_layers=99)
+
+
+@pytest.mark.parametrize("item, message", [
+    # The vocabularies in messages come from the tables (shortcuts, merges, a block's heads); the text is fixed.
+    ("{residual: [relu], shortcut: 3}", "shortcut must be identity, projection, projection_conv or a list of layers"),
+    ("{residual: [relu], shortcut: projektion}", "unknown shortcut 'projektion'; did you mean 'projection'?"),
+    ("{parallel: [[relu], [relu]], merge: ad}", "merge must be 'concat', 'add' or 'mul', not 'ad'; did you mean "
+                                                "'add'?"),
+    ("{repeat: 2, block: relu, frist: relu}", "repeat: unexpected key 'frist'; did you mean 'first'?"),
+])
+def test_messages_that_name_a_vocabulary(item: str, message: str) -> None:
+    with pytest.raises(SpecError, match=re.escape(message)):
+        load_text(SPEC + f"layers:\n  - {item}\n")
+
+
+def test_a_block_without_a_body_names_every_head() -> None:
+    with pytest.raises(SpecError, match=re.escape("block 'b' needs exactly one of layers, residual, parallel, "
+                                                  "sequence or repeat")):
+        load_text(SPEC + "blocks:\n  b: {args: {c: 1}}\nlayers: [b]\n")

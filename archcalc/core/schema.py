@@ -1,4 +1,5 @@
-"""A JSON Schema (draft-07) for spec files, generated from the kind registry and the spec grammar (core.spec).
+"""A JSON Schema (draft-07) for spec files, generated from the kind registry and the grammar's
+tables (core.grammar), which the parser (core.spec) reads too.
 
 YAML editors read it to complete and check specs: every kind with its arguments, aliases, types, defaults,
 choices and doc strings, and the spec's structure (top-level keys, blocks, composites, merges, `from:`, `when:`,

@@ -18,6 +18,9 @@ the input of the innermost enclosing block or group, so a block can add its own 
 `when: <expression>` (inside blocks: the item exists only when the expression is true). A spec may name several
 `inputs:` and `outputs:`; see README's "Graphs" section.
 
+The grammar of composites, the keys beside an item, a block's body and the argument types is one table,
+core.grammar, which the JSON Schema (core.schema) reads too.
+
 Expansion is bounded: at most MAX_NESTING composites and blocks inside each other, and at most `max_layers` rows
 (layers and merge ops) after every block and repeat is expanded; a repeat is checked before its copies are made.
 """
@@ -735,8 +738,8 @@ class _Parser:
                 shortcut = self._sequence(raw, inner_sc, names, "shortcut", inner_sc.prefix,
                                           item.value_loc("shortcut"), stack)
             else:
-                raise SpecError(item.value_loc("shortcut"), "shortcut must be identity, projection, "
-                                                            "projection_conv or a list of layers")
+                raise SpecError(item.value_loc("shortcut"), f"shortcut must be {', '.join(SHORTCUTS)} or a list "
+                                                            "of layers")
         else:
             inner.names["shortcut"] = item.loc
         if isinstance(shortcut, str):
@@ -919,15 +922,15 @@ class _Count:
         return key in self.item
 
     def rows(self, key: str, **names: int) -> int:
-        holds = self.composite.key(key)
+        spec = self.composite.key(key)
         if key not in self.item:
-            if holds.required:
+            if spec.required:
                 raise Uncountable
-            return holds.holds.absent
-        if holds.holds.rows is None:
+            return spec.holds.absent
+        if spec.holds.rows is None:
             return 0
         local = {**self.names, **names} if names else self.names
-        return holds.holds.rows(self.item[key], lambda v: self.parser._size_list(v, local, self.stack, self.memo))
+        return spec.holds.rows(self.item[key], lambda v: self.parser._size_list(v, local, self.stack, self.memo))
 
     def number(self, key: str) -> int:
         count = self.parser._value(self.item[key], self.item.loc, self.names)
