@@ -19,9 +19,11 @@ from typer.testing import CliRunner
 
 from archcalc.cli.app import app
 from archcalc.core.errors import SpecError
+from archcalc.core.grammar import COMPOSITES
 from archcalc.core.kinds import REGISTRY
+from archcalc.core.merges import MERGES
 from archcalc.core.schema import spec_schema
-from archcalc.core.spec import COMPOSITES, MERGES, TOP_KEYS
+from archcalc.core.spec import TOP_KEYS
 
 runner = CliRunner()
 SPECS = sorted((ROOT / "specs").rglob("*.yaml"))

@@ -1,4 +1,5 @@
-"""A JSON Schema (draft-07) for spec files, generated from the kind registry and the spec grammar (core.spec).
+"""A JSON Schema (draft-07) for spec files, generated from the kind registry and the grammar's
+tables (core.grammar), which the parser (core.spec) reads too.
 
 YAML editors read it to complete and check specs: every kind with its arguments, aliases, types, defaults,
 choices and doc strings, and the spec's structure (top-level keys, blocks, composites, merges, `from:`, `when:`,
@@ -13,22 +14,27 @@ defaults of a kind no layer uses. Which keys are layer kinds is known only where
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from archcalc.core.grammar import (
+    BESIDE,
+    BLOCK_HEADS,
+    BLOCK_LAYERS,
+    BLOCK_OWN,
+    COMPOSITES,
+    MERGE_BESIDE,
+    NAME_KEY,
+    NAME_PATTERN,
+    TRAINABLE_KEY,
+    Tree,
+    arg_type,
+    block_composite,
+)
 from archcalc.core.kinds import REGISTRY, Arg, Kind
-from archcalc.core.spec import COMPOSITES, MERGES, SHORTCUTS
+from archcalc.core.merges import MERGES
 
 SCHEMA_URI = "http://json-schema.org/draft-07/schema#"
-NAME_PATTERN = "^[A-Za-z0-9_][A-Za-z0-9_-]*$"  # core.spec._NAME
-BLOCK_HEADS = ("layers", "residual", "parallel", "sequence", "repeat")
-
-_EXPR = {"$ref": "#/definitions/expression"}
-_REF = {"$ref": "#/definitions/tensor"}
-
-
-def _ref(target: str, doc: str) -> dict[str, Any]:
-    """A reference with a description of its own (draft-07 ignores keys beside "$ref")."""
-    return {"description": doc, "allOf": [{"$ref": target}]}
 
 
 def spec_schema() -> dict[str, Any]:
@@ -87,7 +93,8 @@ def spec_schema() -> dict[str, Any]:
             "additionalProperties": False,
         },
         "blocks": {"type": "object", "description": "reusable blocks with arguments, called like kinds",
-                   "propertyNames": {"pattern": NAME_PATTERN, "not": {"enum": kinds + list(COMPOSITES)}},
+                   "propertyNames": {"pattern": NAME_PATTERN,
+                                     "not": {"enum": kinds + list(COMPOSITES) + list(MERGES)}},
                    "additionalProperties": {"$ref": "#/definitions/block"}},
         "layers": {"$ref": "#/definitions/items.loose"},
         "extends": {"type": "string", "description": "a bundled spec name or a path relative to this spec: "
@@ -123,8 +130,7 @@ def _kind_args(kind: Kind, in_layer: bool) -> dict[str, Any]:
         for alias in arg.aliases:
             properties[alias] = _arg(arg, f"alias of {arg.name}: {arg.doc}")
     if in_layer:
-        properties["name"] = {"$ref": "#/definitions/name"}
-        properties["trainable"] = {"type": "boolean", "description": "false: frozen (no gradients)"}
+        properties.update({k.name: k.schema(_LOOSE) for k in (NAME_KEY, TRAINABLE_KEY)})
     doc = f"{kind.doc} Full-convention FLOPs: {kind.full_rule}." if kind.full_rule else kind.doc
     schema: dict[str, Any] = {"type": ["object", "null"] if in_layer else "object", "description": doc,
                               "properties": properties, "additionalProperties": False}
@@ -132,32 +138,7 @@ def _kind_args(kind: Kind, in_layer: bool) -> dict[str, Any]:
 
 
 def _arg(arg: Arg, doc: str) -> dict[str, Any]:
-    t = arg.type
-    minimum = {} if arg.minimum is None else {"minimum": arg.minimum}
-    integer: dict[str, Any] = {"type": "integer", **minimum}
-    ints = [integer, _EXPR, {"type": "array", "minItems": 1, "items": {"anyOf": [integer, _EXPR]}}]
-    if t == "int":
-        options: list[Any] = [integer, _EXPR]
-    elif t == "ints":
-        options = ints
-    elif t == "ints_or_none":
-        options = [{"type": "null"}, *ints]
-    elif t == "float":
-        options = [{"type": "number", **minimum}, _EXPR]
-    elif t == "bool":
-        options = [{"type": "boolean"}, _EXPR]
-    elif t == "str":
-        options = [{"enum": list(arg.choices)}, _EXPR]
-    elif t == "ref":
-        options = [_REF]
-    elif t == "padding":
-        pad = {"type": "integer", "minimum": 0}
-        pair = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"anyOf": [pad, _EXPR]}}
-        options = [pad, {"enum": ["same", "valid"]}, _EXPR,
-                   {"type": "array", "minItems": 1, "items": {"anyOf": [pad, _EXPR, pair]}}]
-    else:
-        raise AssertionError(f"unknown argument type {t}")  # a bug in a kind's declaration
-    schema: dict[str, Any] = {"description": doc + _default_text(arg), "anyOf": options}
+    schema: dict[str, Any] = {"description": doc + _default_text(arg), "anyOf": arg_type(arg).schema(arg)}
     if not arg.required:
         schema["default"] = list(arg.default) if isinstance(arg.default, tuple) else arg.default
     return schema
@@ -172,43 +153,36 @@ def _default_text(arg: Arg) -> str:
 # ---- items ----------------------------------------------------------------------------------------------------
 
 
+_LOOSE = Tree.named("loose")
+
+
 def _items(kinds: list[str], strict: bool) -> dict[str, Any]:
     """The definitions of one item tree. The strict tree (no blocks in the spec) knows every key; the loose one lets
     a key it does not know call a block."""
     s = "strict" if strict else "loose"
-    item, items, body = (f"#/definitions/{d}.{s}" for d in ("item", "items", "body"))
-    merge_list = {"type": "array", "minItems": 2, "items": _REF}
+    tree = Tree.named(s)
+    merge_list = {"type": "array", "minItems": 2, "items": {"$ref": "#/definitions/tensor"}}
     properties: dict[str, Any] = {k: {"$ref": f"#/definitions/kind.{k}"} for k in kinds}
-    properties.update(_composite_keys(s))
-    properties.update({
-        "sequence": _ref(items, "a named group of layers"),
-        "name": {"$ref": "#/definitions/name"},
-        "from": _ref("#/definitions/tensor", "take the input from this tensor instead of the "
-                                                               "previous item's output"),
-        "when": {"$ref": "#/definitions/when"},
-        "trainable": {"type": "boolean", "description": "false: frozen (no gradients)"},
-    })
+    properties.update(_composite_keys(tree))
+    properties.update({k.name: k.schema(tree) for k in (*BESIDE, TRAINABLE_KEY)})
     for op in MERGES:
         properties[op] = {"description": f"{op} of earlier named tensors: {op}: [a, b]",
                           "anyOf": [merge_list, {"type": "object", "required": ["from"], "additionalProperties": False,
                                                  "properties": {"from": merge_list,
                                                                 "name": {"$ref": "#/definitions/name"}}}]}
-    beside = ["name", "from", "when"]
-    dependencies: dict[str, Any] = {k: {"propertyNames": {"enum": [k, *beside, "trainable"]}} for k in kinds}
-    dependencies.update({
-        "repeat": {"required": ["block"], "propertyNames": {"enum": ["repeat", "block", "first", *beside]}},
-        "residual": {"propertyNames": {"enum": ["residual", "shortcut", "after", *beside]}},
-        "parallel": {"propertyNames": {"enum": ["parallel", "merge", *beside]}},
-        "sequence": {"propertyNames": {"enum": ["sequence", *beside]}},
-        "block": ["repeat"], "first": ["repeat"], "shortcut": ["residual"], "after": ["residual"],
-        "merge": ["parallel"],
-        "trainable": {"anyOf": [{"required": [k]} for k in kinds]},  # single layers only, not blocks
-    })
+    beside = [k.name for k in BESIDE]
+    layer_keys = [*beside, TRAINABLE_KEY.name]
+    dependencies: dict[str, Any] = {k: {"propertyNames": {"enum": [k, *layer_keys]}} for k in kinds}
+    for c in COMPOSITES.values():
+        required = {"required": list(c.required)} if c.required else {}
+        dependencies[c.name] = {**required, "propertyNames": {"enum": [c.name, *(k.name for k in c.keys), *beside]}}
+    dependencies.update({k.name: [c.name] for c in COMPOSITES.values() for k in c.keys})
+    dependencies[TRAINABLE_KEY.name] = {"anyOf": [{"required": [k]} for k in kinds]}  # single layers, not blocks
     for op in MERGES:  # a merge reads its own list, not `from:`
-        dependencies[op] = {"propertyNames": {"enum": [op, "name", "when"]}}
+        dependencies[op] = {"propertyNames": {"enum": [op, *(k.name for k in MERGE_BESIDE)]}}
     # Each head's list of keys allowed beside it excludes every other head; a mapping of nothing but name / from /
     # when / trainable has no head.
-    no_head_only = {"not": {"propertyNames": {"enum": [*beside, "trainable"]}}}
+    no_head_only = {"not": {"propertyNames": {"enum": layer_keys}}}
     mapping: dict[str, Any] = {"type": "object", "properties": properties, "dependencies": dependencies,
                                **no_head_only}
     if strict:
@@ -223,50 +197,31 @@ def _items(kinds: list[str], strict: bool) -> dict[str, Any]:
         f"item.{s}": {"description": "a layer: a kind or block name (- relu) or a one-key mapping "
                                      "(- conv: {out: 64, kernel: 3}), a composite, or a merge",
                       "anyOf": [mapping, string]},  # mapping first: most items are mappings (speed)
-        f"items.{s}": {"type": "array", "minItems": 1, "items": {"$ref": item}},
-        f"body.{s}": {"anyOf": [{"type": "array", "items": {"$ref": item}}, {"$ref": item}]},
+        f"items.{s}": {"type": "array", "minItems": 1, "items": {"$ref": tree.item}},
+        f"body.{s}": {"anyOf": [{"type": "array", "items": {"$ref": tree.item}}, {"$ref": tree.item}]},
     }
 
 
-def _composite_keys(s: str) -> dict[str, Any]:
-    """The keys of repeat, residual and parallel (in an item of tree `s`, or as a block's body)."""
-    item, body = f"#/definitions/item.{s}", f"#/definitions/body.{s}"
-    return {
-        "repeat": {"anyOf": [{"type": "integer", "minimum": 1}, _EXPR],
-                   "description": "N copies of `block` (the variable i is the copy's index); `first:` replaces "
-                                  "copy 0"},
-        "block": _ref(body, "what each copy is: an item or a list"),
-        "first": _ref(body, "copy 0 instead of `block` (the stride-2 block opening a stage)"),
-        "residual": _ref(body, "the body; the sum with the shortcut, then `after:`"),
-        "shortcut": {"anyOf": [{"enum": list(SHORTCUTS)}, {"type": "string"}, {"$ref": item},
-                               {"type": "array", "items": {"$ref": item}}],
-                     "description": "identity | projection (1x1 conv + BN where the shape changes) | "
-                                    "projection_conv | a list of layers"},
-        "after": _ref(body, "applied to the residual sum"),
-        "parallel": {"type": "array", "minItems": 2, "items": {"$ref": body},
-                     "description": "branches (a list, a single item, or [] for the identity), merged by `merge:`"},
-        "merge": {"anyOf": [{"enum": list(MERGES)}, _EXPR],
-                  "description": "concat (channels; default), add, or mul (broadcast)"},
-    }
+def _composite_keys(tree: Tree) -> dict[str, Any]:
+    """Every composite's head and the keys beside it (in an item of `tree`, or as a block's body)."""
+    return {k.name: k.schema(tree) for c in COMPOSITES.values() for k in (c.head, *c.keys)}
 
 
 def _block() -> dict[str, Any]:
-    extras = {"layers": (), "sequence": (), "residual": ("shortcut", "after"), "parallel": ("merge",),
-              "repeat": ("block", "first")}
-    properties: dict[str, Any] = {
-        "args": {"type": ["object", "null"], "additionalProperties": {"$ref": "#/definitions/value"},
-                 "description": "the block's arguments, name: default (~ marks a required one); defaults may use "
-                                "other arguments"},
-        "description": {"description": "what the block is"},
-        "layers": _ref("#/definitions/items.loose", "the block's body: a list of layers"),
-        "sequence": {"$ref": "#/definitions/items.loose"},
-        **_composite_keys("loose"),  # or the body is a residual / parallel / repeat, written as in an item
-    }
-    dependencies: dict[str, dict[str, Any]] = {
-        head: {"propertyNames": {"enum": [head, "args", "description", *extras[head]]}} for head in BLOCK_HEADS}
-    dependencies["repeat"]["required"] = ["block"]
-    return {"type": "object", "description": "a block: args, and one of layers / residual / parallel / sequence / "
-                                             "repeat",
+    sequence = COMPOSITES["sequence"].head
+    properties: dict[str, Any] = {k.name: k.schema(_LOOSE) for k in BLOCK_OWN}
+    properties[BLOCK_LAYERS.name] = BLOCK_LAYERS.schema(_LOOSE)
+    properties[sequence.name] = replace(sequence, doc="").schema(_LOOSE)  # the same as layers, documented there
+    # or the body is a residual / parallel / repeat, written as in an item
+    properties.update({k: v for k, v in _composite_keys(_LOOSE).items() if k not in properties})
+    own = [k.name for k in BLOCK_OWN]
+    dependencies: dict[str, dict[str, Any]] = {}
+    for head in BLOCK_HEADS:
+        composite = block_composite(head)
+        dependencies[head] = {"propertyNames": {"enum": [head, *own, *(k.name for k in composite.keys)]}}
+        if composite.required:
+            dependencies[head]["required"] = list(composite.required)
+    return {"type": "object", "description": f"a block: args, and one of {' / '.join(BLOCK_HEADS)}",
             "properties": properties, "additionalProperties": False, "dependencies": dependencies,
             "oneOf": [{"required": [h]} for h in BLOCK_HEADS]}
 

@@ -18,13 +18,15 @@ the input of the innermost enclosing block or group, so a block can add its own 
 `when: <expression>` (inside blocks: the item exists only when the expression is true). A spec may name several
 `inputs:` and `outputs:`; see README's "Graphs" section.
 
+The grammar of composites, the keys beside an item, a block's body and the argument types is one table,
+core.grammar, which the JSON Schema (core.schema) reads too.
+
 Expansion is bounded: at most MAX_NESTING composites and blocks inside each other, and at most `max_layers` rows
 (layers and merge ops) after every block and repeat is expanded; a repeat is checked before its copies are made.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,28 +35,35 @@ from typing import Any, NamedTuple, Union
 
 from archcalc.core import expr, yamlsrc
 from archcalc.core.errors import Loc, SpecError, did_you_mean, paused_gc
+from archcalc.core.grammar import (
+    BLOCK_HEADS,
+    BLOCK_LAYERS,
+    BLOCK_OWN,
+    COMPOSITES,
+    NAME_PATTERN,
+    SHORTCUTS,
+    WORD,
+    At,
+    Composite,
+    Ref,
+    Uncountable,
+    arg_type,
+    block_composite,
+    composite_keys,
+    describe,
+    either,
+    tensor_name,
+)
 from archcalc.core.kinds import REGISTRY, Arg, Kind, suggest_kind
+from archcalc.core.merges import MERGES
 from archcalc.core.yamlsrc import Map, Seq
 
-COMPOSITES = ("repeat", "residual", "parallel", "sequence")
-SHORTCUTS = ("identity", "projection", "projection_conv")
-MERGES = ("concat", "add", "mul")
 TOP_KEYS = ("name", "description", "source", "family", "input", "inputs", "outputs", "unused", "args", "defaults",
             "blocks", "layers", "extends", "notes")
-ITEM_KEYS = ("name", "from", "when")  # allowed beside the head of any item
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
-_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NAME = re.compile(NAME_PATTERN)
 BLOCK_INPUT = "$input"  # a reference to the input of the innermost enclosing block or group
 MAX_LAYERS = 100_000  # rows after expansion; the zoo's largest network has 1,100. Raise with --max-layers.
 MAX_NESTING = 64  # composites and block calls inside each other (the zoo's deepest: 6)
-
-
-class Ref(NamedTuple):
-    """A reference to a named tensor, as written, with the scope it was written in (for resolution)."""
-
-    text: str
-    scope: str
-    loc: Loc
 
 
 class Layer(NamedTuple):
@@ -317,6 +326,8 @@ class _Parser:
                 loc = self.blocks.key_loc(block_name)
                 if block_name in REGISTRY or block_name in COMPOSITES:
                     raise SpecError(loc, f"block name '{block_name}' is already a layer kind; choose another name")
+                if block_name in MERGES:  # `- add: {...}` would be read as the merge
+                    raise SpecError(loc, f"block name '{block_name}' is already a merge; choose another name")
                 if not isinstance(block_name, str) or not _NAME.match(block_name):
                     raise SpecError(loc, f"block name '{block_name}' must be letters, digits, '_' or '-'")
                 if not isinstance(self.blocks[block_name], Map):
@@ -384,7 +395,7 @@ class _Parser:
         outputs, seen = [], set()
         for key, value, vloc in entries:
             if not isinstance(value, str) or not isinstance(key, str):
-                raise SpecError(vloc, f"output {key!r}: expected the name of a tensor, not {_describe(value)}")
+                raise SpecError(vloc, f"output {key!r}: expected the name of a tensor, not {describe(value)}")
             if key in seen:
                 raise SpecError(vloc, f"output '{key}' named twice")
             seen.add(key)
@@ -401,10 +412,10 @@ class _Parser:
         return bool(value)
 
     def _ref(self, item: Map, key: str, scope: _Scope, names: Mapping[str, Any]) -> Ref:
-        value = _tensor_name(item[key], names)
+        value = tensor_name(item[key], names)
         if not isinstance(value, str) or not value.strip():
             raise SpecError(item.value_loc(key), f"'{key}' takes the name of an earlier tensor (a layer, block or "
-                                                 f"input name), not {_describe(value)}")
+                                                 f"input name), not {describe(value)}")
         return Ref(value.strip(), scope.prefix, item.value_loc(key))
 
     def _override(self, loc: Loc) -> None:
@@ -441,7 +452,7 @@ class _Parser:
         memo: dict[Any, int] = {}
         try:
             sizes = [self._size(item, dict(self.globals), (), memo) for item in layers]
-        except (_Uncountable, SpecError):
+        except (Uncountable, SpecError):
             return
         total = sum(sizes)
         if total > self.max_layers:
@@ -456,60 +467,41 @@ class _Parser:
 
     def _size(self, item: Any, names: dict[str, Any], stack: tuple[str, ...], memo: dict[Any, int]) -> int:
         if len(stack) > MAX_NESTING:
-            raise _Uncountable
+            raise Uncountable
         if isinstance(item, str):
             if item in COMPOSITES or item in MERGES:
-                raise _Uncountable
+                raise Uncountable
             head, raw = item, None
         elif isinstance(item, Map) and item:
-            heads = [k for k in item if k in COMPOSITES or k in REGISTRY or k in self.blocks or k in MERGES
-                     or k == "layers"]
+            heads = [k for k in item if k in COMPOSITES or k in REGISTRY or k in self.blocks or k in MERGES]
             if len(heads) != 1:
-                raise _Uncountable
+                raise Uncountable
             head, raw = heads[0], item[heads[0]]
         else:
-            raise _Uncountable
+            raise Uncountable
         if head in REGISTRY or head in MERGES:  # (an item whose `when:` is false is counted too: an upper bound)
             return 1
-        if head in ("sequence", "layers"):
-            return self._size_list(raw, names, stack, memo)
-        if head == "parallel":
-            if not isinstance(raw, list):
-                raise _Uncountable
-            return 1 + sum(self._size_list(b, names, stack, memo) for b in raw)
-        if head == "residual":
-            shortcut = item.get("shortcut")
-            extra = self._size_list(shortcut, names, stack, memo) if isinstance(shortcut, (list, Map)) else 2
-            return 1 + extra + self._size_list(raw, names, stack, memo) + \
-                self._size_list(item.get("after", []), names, stack, memo)
-        if head == "repeat":
-            count = self._value(item["repeat"], item.loc, names)
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise _Uncountable
-            per_copy = self._size_list(item.get("block"), {**names, "i": 1}, stack, memo)
-            if "first" in item:
-                return self._size_list(item["first"], {**names, "i": 0}, stack, memo) + (count - 1) * per_copy
-            return count * per_copy
+        if head in COMPOSITES:
+            return COMPOSITES[head].rows(_Count(self, COMPOSITES[head], item, names, stack, memo))
         if head not in self.blocks or head in stack or not isinstance(self.blocks[head], Map):
-            raise _Uncountable
+            raise Uncountable
         body: Map = self.blocks[head]
         declared = body.get("args") or Map_empty(body.loc)
         if not isinstance(declared, Map) or raw is not None and not isinstance(raw, Map):
-            raise _Uncountable
+            raise Uncountable
         raw = raw or {}
         values: dict[str, Any] = dict(self.globals)
         for arg_name, default in declared.items():
             if arg_name in raw:
                 values[arg_name] = self._value(raw[arg_name], item.loc, names)
             elif default is None:
-                raise _Uncountable
+                raise Uncountable
         for arg_name, default in declared.items():
             if arg_name not in raw:
                 values[arg_name] = self._value(default, declared.value_loc(arg_name), values)
         key = (head, repr(sorted((k, repr(v)) for k, v in values.items() if k in declared)))
         if key not in memo:
-            inner = Map.derived({k: v for k, v in body.items() if k not in ("args", "description")}, body.loc, {}, {})
-            memo[key] = self._size(inner, values, stack + (head,), memo)
+            memo[key] = self._size(_block_body(body), values, stack + (head,), memo)
         return memo[key]
 
     def _mapping(self, data: Map, key: str) -> Map:
@@ -555,7 +547,7 @@ class _Parser:
             return self._call(item, None, Map_empty(loc), loc, loc, scope, names, stack, forced_name, None)
         if not isinstance(item, Map) or not item:
             raise SpecError(loc, "a layer is a kind name (- relu) or a one-key mapping (- conv: {out: 64, kernel: 3})"
-                                 f", not {_describe(item)}")
+                                 f", not {describe(item)}")
         if "when" in item and not self._when(item, names):
             return None
         src = self._ref(item, "from", scope, names) if "from" in item else None
@@ -601,7 +593,7 @@ class _Parser:
             raw = Map_empty(args_loc)
         if not isinstance(raw, Map):
             raise SpecError(args_loc, f"arguments of '{head}' must be a mapping ({head}: {{arg: value}}), "
-                            f"not {_describe(raw)}")
+                            f"not {describe(raw)}")
         if "name" in raw:
             if name is not None and "name" in item:
                 raise SpecError(raw.key_loc("name"), "the layer is named twice")
@@ -646,19 +638,16 @@ class _Parser:
         for arg_name, default in declared.items():
             if arg_name not in raw and default is not None:
                 values[arg_name] = self._value(default, declared.value_loc(arg_name), values)
-        heads = [k for k in body if k in ("layers", "residual", "parallel", "sequence", "repeat")]
+        heads = [k for k in body if k in BLOCK_HEADS]
         if len(heads) != 1:
-            raise SpecError(body.loc, f"block '{block_name}' needs exactly one of layers, residual, parallel, "
-                                      "sequence or repeat")
-        head = heads[0]
+            raise SpecError(body.loc, f"block '{block_name}' needs exactly one of {', '.join(BLOCK_HEADS[:-1])} or "
+                                      f"{BLOCK_HEADS[-1]}")
+        allowed = (*_BLOCK_OWN, heads[0], *composite_keys())  # a composite's own check refuses another's keys
         for key in body:
-            if key not in ("args", "description", head, "shortcut", "after", "merge", "block", "first"):
+            if key not in allowed:
                 raise SpecError(body.key_loc(key), f"block '{block_name}': unexpected key '{key}'")
-        keep = [k for k in body if k not in ("args", "description")]
-        renamed = {k: "sequence" if k == "layers" else k for k in keep}
-        body = Map.derived({renamed[k]: body[k] for k in keep}, body.loc,
-                           {renamed[k]: body.key_loc(k) for k in keep}, {renamed[k]: body.value_loc(k) for k in keep})
-        head = "sequence" if head == "layers" else head
+        head = block_composite(heads[0]).name
+        body = _block_body(body)
         full_name = scope.child_name(name, block_name, loc)
         child = _Scope(full_name)
         if trainable is not None:
@@ -685,13 +674,13 @@ class _Parser:
                 raise SpecError(item.key_loc(key), f"unexpected key '{key}' beside '{op}'")
         if not isinstance(raw, Seq) or len(raw) < 2 or not all(isinstance(r, str) for r in raw):
             raise SpecError(rloc, f"{op} needs a list of at least two tensor names, e.g. {op}: [down4, up4]")
-        refs = tuple(Ref(_tensor_name(r, names).strip(), scope.prefix, raw.item_loc(i)) for i, r in enumerate(raw))
+        refs = tuple(Ref(tensor_name(r, names).strip(), scope.prefix, raw.item_loc(i)) for i, r in enumerate(raw))
         full = scope.child_name(name, op, item.loc)
         return Merge(full, op, refs, item.loc)
 
     def _repeat(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
                 own_scope: bool = False, label: str = "repeat") -> Node:
-        self._keys(item, "repeat", ("block", "first"), required=("block",))
+        self._keys(item, COMPOSITES["repeat"])
         count = self._value(item["repeat"], item.value_loc("repeat"), names)
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise SpecError(item.value_loc("repeat"), f"repeat count must be a positive integer, not {count!r}")
@@ -725,7 +714,7 @@ class _Parser:
 
     def _residual(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
                   own_scope: bool = False, label: str = "residual") -> Node:
-        self._keys(item, "residual", ("shortcut", "after"))
+        self._keys(item, COMPOSITES["residual"])
         full = scope.prefix if own_scope else scope.child_name(name, "residual", item.loc)
         inner = _Scope(full)
         body = self._sequence(item["residual"], inner, names, "body", full, item.value_loc("residual"), stack)
@@ -749,8 +738,8 @@ class _Parser:
                 shortcut = self._sequence(raw, inner_sc, names, "shortcut", inner_sc.prefix,
                                           item.value_loc("shortcut"), stack)
             else:
-                raise SpecError(item.value_loc("shortcut"), "shortcut must be identity, projection, "
-                                                            "projection_conv or a list of layers")
+                raise SpecError(item.value_loc("shortcut"), f"shortcut must be {', '.join(SHORTCUTS)} or a list "
+                                                            "of layers")
         else:
             inner.names["shortcut"] = item.loc
         if isinstance(shortcut, str):
@@ -766,10 +755,10 @@ class _Parser:
 
     def _parallel(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
                   own_scope: bool = False, label: str = "parallel") -> Node:
-        self._keys(item, "parallel", ("merge",))
+        self._keys(item, COMPOSITES["parallel"])
         merge = self._maybe_expr(item.get("merge", "concat"), names)
         if merge not in MERGES:
-            raise SpecError(item.value_loc("merge"), f"merge must be 'concat', 'add' or 'mul', not {merge!r}"
+            raise SpecError(item.value_loc("merge"), f"merge must be {either(MERGES)}, not {merge!r}"
                             + (did_you_mean(merge, MERGES) if isinstance(merge, str) else ""))
         raw = item["parallel"]
         if not isinstance(raw, Seq) or len(raw) < 2:
@@ -789,7 +778,7 @@ class _Parser:
 
     def _sequence_item(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...],
                        name: str | None, own_scope: bool = False, label: str = "sequence") -> Node:
-        self._keys(item, "sequence", ())
+        self._keys(item, COMPOSITES["sequence"])
         full = scope.prefix if own_scope else scope.child_name(name, "seq", item.loc)
         raw = item["sequence"]
         if not isinstance(raw, Seq) or not raw:
@@ -815,17 +804,11 @@ class _Parser:
                 given[arg.name] = (source[key], source.value_loc(key))
         result: dict[str, Any] = {}
         for arg in kind.args:
-            if arg.name in given and arg.type == "ref":
+            if arg.name in given:
                 raw_value, vloc = given[arg.name]
-                raw_value = _tensor_name(raw_value, names)
-                if not isinstance(raw_value, str) or not raw_value.strip():
-                    raise SpecError(vloc, f"{kind.name} '{arg.name}' takes the name of an earlier tensor (or "
-                                          f"'input'), not {_describe(raw_value)}")
-                result[arg.name] = Ref(raw_value.strip(), scope.prefix if scope else "", vloc)
-            elif arg.name in given:
-                raw_value, vloc = given[arg.name]
-                value = self._value(raw_value, vloc, names)
-                result[arg.name] = _coerce(kind, arg, value, vloc, names)
+                type_ = arg_type(arg)
+                value = self._value(raw_value, vloc, names) if type_.evaluated else raw_value
+                result[arg.name] = type_.convert(value, arg, At(kind.name, vloc, names, scope.prefix if scope else ""))
             elif arg.required:
                 raise SpecError(loc, f"{kind.name} needs '{arg.name}'" +
                                 (f" (or {', '.join(repr(a) for a in arg.aliases)})" if arg.aliases else ""))
@@ -866,7 +849,7 @@ class _Parser:
             while stack:
                 value = stack.pop()
                 if isinstance(value, str):
-                    words.update(_WORD.findall(value))
+                    words.update(WORD.findall(value))
                 elif isinstance(value, dict):
                     stack.extend(value.values())
                 elif isinstance(value, list):
@@ -894,17 +877,18 @@ class _Parser:
             except expr.ExprError as exc:
                 raise SpecError(loc, str(exc)) from None
         if isinstance(value, Map):
-            raise SpecError(loc, f"expected a value, not a mapping {_describe(value)}")
+            raise SpecError(loc, f"expected a value, not a mapping {describe(value)}")
         return value
 
-    def _keys(self, item: Map, head: str, optional: tuple[str, ...], required: tuple[str, ...] = ()) -> None:
+    def _keys(self, item: Map, composite: Composite) -> None:
+        allowed = composite.allowed
         for key in item:
-            if key not in (head, "name") + optional:
-                raise SpecError(item.key_loc(key), f"{head}: unexpected key '{key}'"
-                                f"{did_you_mean(str(key), (head, 'name') + optional)}")
-        for key in required:
+            if key not in allowed:
+                raise SpecError(item.key_loc(key), f"{composite.name}: unexpected key '{key}'"
+                                f"{did_you_mean(str(key), allowed)}")
+        for key in composite.required:
             if key not in item:
-                raise SpecError(item.loc, f"{head} needs '{key}'")
+                raise SpecError(item.loc, f"{composite.name} needs '{key}'")
 
     def _name(self, item: Map, key: str) -> str:
         value = item[key]
@@ -926,31 +910,52 @@ class _Parser:
         return seq
 
 
-class _Uncountable(Exception):
-    """The size count met something only the parser can judge (it reports it in place)."""
+class _Count:
+    """The size pre-count's view of one composite item (grammar.Count): the rows of its keys, by what each holds."""
+
+    def __init__(self, parser: _Parser, composite: Composite, item: Map, names: dict[str, Any],
+                 stack: tuple[str, ...], memo: dict[Any, int]) -> None:
+        self.parser, self.composite, self.item = parser, composite, item
+        self.names, self.stack, self.memo = names, stack, memo
+
+    def has(self, key: str) -> bool:
+        return key in self.item
+
+    def rows(self, key: str, **names: int) -> int:
+        spec = self.composite.key(key)
+        if key not in self.item:
+            if spec.required:
+                raise Uncountable
+            return spec.holds.absent
+        if spec.holds.rows is None:
+            return 0
+        local = {**self.names, **names} if names else self.names
+        return spec.holds.rows(self.item[key], lambda v: self.parser._size_list(v, local, self.stack, self.memo))
+
+    def number(self, key: str) -> int:
+        count = self.parser._value(self.item[key], self.item.loc, self.names)
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise Uncountable
+        return count
+
+
+_BLOCK_OWN = tuple(k.name for k in BLOCK_OWN)
+
+
+def _block_body(body: Map) -> Map:
+    """A block's body as an item: its head (`layers` read as `sequence`) and the keys beside it."""
+    keep = [k for k in body if k not in _BLOCK_OWN]
+    renamed = {k: block_composite(k).name if k == BLOCK_LAYERS.name else k for k in keep}
+    return Map.derived({renamed[k]: body[k] for k in keep}, body.loc,
+                       {renamed[k]: body.key_loc(k) for k in keep}, {renamed[k]: body.value_loc(k) for k in keep})
 
 
 _COMPOSITE_METHODS = {"repeat": _Parser._repeat, "residual": _Parser._residual, "parallel": _Parser._parallel,
                       "sequence": _Parser._sequence_item}
 
 
-def _tensor_name(value: Any, names: Mapping[str, Any]) -> Any:
-    """A tensor name as written, or, where it is a block argument holding a name (`skip: down4`), its value."""
-    if isinstance(value, str) and isinstance(names.get(value.strip()), str):
-        return names[value.strip()]
-    return value
-
-
 def Map_empty(loc: Loc) -> Map:  # noqa: N802
     return Map.derived({}, loc, {}, {})
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, (list, Seq)):
-        return "a list"
-    if isinstance(value, (dict, Map)):
-        return "a mapping"
-    return repr(value)
 
 
 def parse_input(value: Any, loc: Loc) -> tuple[int, ...]:
@@ -1001,77 +1006,3 @@ def input_warnings(shape: tuple[int, ...]) -> list[str]:
                 f"so this is {channels} channels of {'x'.join(map(str, spatial))}; for {spatial[-1]} channels "
                 f"write {order}"]
     return []
-
-
-def _coerce(kind: Kind, arg: Arg, value: Any, loc: Loc, names: Mapping[str, Any] | None = None) -> Any:
-    """Check a value against an argument's type; return it normalized."""
-    where = f"{kind.name} '{arg.name}'"
-
-    def unknown_name(v: Any) -> None:
-        # One rule for undefined names, alone (`out: num_filters`) or in an expression (`out: 2 * num_filters`).
-        if isinstance(v, str) and _WORD.fullmatch(v.strip()):
-            hint = did_you_mean(v.strip(), names) if names else " (no variables are defined here)"
-            raise SpecError(loc, f"{where}: unknown name '{v.strip()}'{hint}")
-
-    def integer(v: Any, minimum: int | float | None) -> int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            unknown_name(v)
-            raise SpecError(loc, f"{where} must be an integer, not {_describe(v)}")
-        if minimum is not None and v < minimum:
-            raise SpecError(loc, f"{where} must be at least {minimum}, not {v}")
-        if abs(v) > expr.MAX_VALUE:
-            raise SpecError(loc, f"{where}: {str(v)[:12]}... exceeds 2**63; sizes that large are not meaningful")
-        return v
-
-    def ints(v: Any, minimum: int | float | None) -> int | tuple[int, ...]:
-        if isinstance(v, list):
-            if not v:
-                raise SpecError(loc, f"{where} must be an integer or a non-empty list of integers")
-            return tuple(integer(x, minimum) for x in v)
-        return integer(v, minimum)
-
-    t = arg.type
-    if t == "int":
-        return integer(value, arg.minimum)
-    if t == "ints":
-        return ints(value, arg.minimum)
-    if t == "ints_or_none":
-        return None if value is None else ints(value, arg.minimum)
-    if t == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            unknown_name(value)
-            raise SpecError(loc, f"{where} must be a number, not {_describe(value)}")
-        if not math.isfinite(value) or abs(value) > expr.MAX_VALUE:
-            raise SpecError(loc, f"{where} must be a finite number of sensible size, not {value}")
-        if arg.minimum is not None and value < arg.minimum:
-            raise SpecError(loc, f"{where} must be at least {arg.minimum}, not {value}")
-        return float(value)
-    if t == "bool":
-        if not isinstance(value, bool):
-            raise SpecError(loc, f"{where} must be true or false, not {_describe(value)}")
-        return value
-    if t == "str":
-        if value not in arg.choices:
-            raise SpecError(loc, f"{where} must be one of {', '.join(map(str, arg.choices))}, not {value!r}"
-                            + (did_you_mean(value, map(str, arg.choices)) if isinstance(value, str) else ""))
-        return value
-    if t == "padding":
-        if isinstance(value, str):
-            if value.lower() not in ("same", "valid"):
-                raise SpecError(loc, f"{where} must be an integer, a list, 'same' or 'valid', not {value!r}"
-                                + did_you_mean(value.lower(), ("same", "valid")))
-            return value.lower()
-        if isinstance(value, list):
-            out: list[Any] = []
-            for v in value:
-                if isinstance(v, list):
-                    if len(v) != 2:
-                        raise SpecError(loc, f"{where}: a per-axis pair is [before, after], not {v!r}")
-                    out.append((integer(v[0], 0), integer(v[1], 0)))
-                else:
-                    out.append(integer(v, 0))
-            if not out:
-                raise SpecError(loc, f"{where} must not be an empty list")
-            return tuple(out)
-        return integer(value, 0)
-    raise AssertionError(f"unknown argument type {t}")  # a bug in a kind's declaration
