@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from archcalc.core.analyze import Warning_, analyze, rows_at_depth
-from archcalc.core.errors import Loc, SpecError
+from archcalc.core.errors import ArchcalcError, Loc, SpecError
 from archcalc.core.spec import load_spec
 from archcalc.torch.build import build_module
 
@@ -286,9 +286,9 @@ def test_report_carries_the_spec_text_and_rejects_unknown_settings(write_spec) -
     report = analyze(load_spec(path))
     assert (report.name, report.description, report.source, report.path) == ("t", "a net", "Some et al. 2020",
                                                                             str(path))
-    with pytest.raises(ValueError, match="unknown convention fvcor"):
+    with pytest.raises(ArchcalcError, match="unknown convention 'fvcor'; did you mean 'fvcore'"):
         analyze(load_spec(path), convention="fvcor")
-    with pytest.raises(ValueError, match="unknown device tpu"):
+    with pytest.raises(ArchcalcError, match="unknown device 'tpu'"):
         analyze(load_spec(path), device="tpu")
 
 
