@@ -11,12 +11,15 @@ Measures whole processes on one CPU (this process pins itself, its children inhe
 Every round runs each command once, in a rotated order (a busy machine slows all alike), and divides by the floor of
 the same round; the figures are medians over the rounds. Goals: calc --format json <= 1.3x the floor; the JSON run
 no slower than the table (JSON / table <= 1.0).
+Where the time goes: each round also runs `calc resnet50 --format json` twice inside one process: the first run
+imports and builds everything it needs, the second only parses, builds the command and works (the modules are loaded).
 """
 
 from __future__ import annotations
 
 import argparse
 import compileall
+import json
 import os
 import statistics
 import subprocess
@@ -33,6 +36,23 @@ ENV.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
 FLOOR = "import yaml, rich, typer"
 RUNS = {"calc resnet50 -f json": ["calc", "resnet50", "--format", "json"],
         "calc resnet50 (table)": ["calc", "resnet50"], "--help": ["--help"]}
+
+
+# In a fresh interpreter: the floor's imports, then `calc` twice in the same process; prints the spans in seconds.
+SPLIT = """
+import contextlib, io, json, time
+t0 = time.perf_counter()
+import yaml, rich, typer
+t1 = time.perf_counter()
+from archcalc.cli.app import app
+def calc():
+    with contextlib.redirect_stdout(io.StringIO()):
+        app(["calc", "resnet50", "--format", "json"], prog_name="archcalc", standalone_mode=False)
+calc()
+t2 = time.perf_counter()
+calc()
+print(json.dumps({"floor": t1 - t0, "first": t2 - t1, "second": time.perf_counter() - t2}))
+"""
 
 
 def jobs(baseline: Path | None) -> dict[str, tuple[list[str], Path]]:
@@ -64,6 +84,13 @@ def measure(todo: dict[str, tuple[list[str], Path]], repeat: int) -> dict[str, l
     return times
 
 
+def split(repeat: int) -> dict[str, float]:
+    """Medians of SPLIT's spans, in seconds."""
+    runs = [json.loads(subprocess.run([PY, "-c", SPLIT], cwd=ROOT, env=ENV, check=True, capture_output=True,
+                                      text=True).stdout) for _ in range(repeat)]
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
 def ratio(times: dict[str, list[float]], top: str, bottom: str) -> float:
     """The median of the per-round ratios top / bottom."""
     return statistics.median(a / b for a, b in zip(times[top], times[bottom]))
@@ -80,7 +107,9 @@ def main() -> None:
     for root in [ROOT] + ([args.baseline] if args.baseline else []):
         compileall.compile_dir(root / "archcalc", quiet=1)
     times = measure(jobs(args.baseline), args.repeat)
-    print(f"{len(times[FLOOR])} rounds, pinned to CPU {args.cpu}, one thread; medians\n")
+    spans = split(args.repeat)
+    pinned = f"pinned to CPU {args.cpu}" if args.cpu >= 0 and hasattr(os, "sched_setaffinity") else "not pinned"
+    print(f"{len(times[FLOOR])} rounds, {pinned}, one thread; medians\n")
     print(f"{'what':34} {'median s':>9} {'x floor':>8}")
     for name, seconds in times.items():
         print(f"{name:34} {statistics.median(seconds):9.3f} {ratio(times, name, FLOOR):8.2f}")
@@ -88,6 +117,11 @@ def main() -> None:
         json_run, table_run = f"{label}calc resnet50 -f json", f"{label}calc resnet50 (table)"
         print(f"\n{label or 'this checkout: '}calc resnet50 -f json: {ratio(times, json_run, FLOOR):.2f}x the floor "
               f"(goal <= 1.3x); JSON / table {ratio(times, json_run, table_run):.2f} (goal <= 1.0)")
+    first, second = spans["first"] * 1e3, spans["second"] * 1e3
+    print(f"\nin one process (this checkout; medians): the floor's imports {spans['floor'] * 1e3:.1f} ms; then "
+          f"calc resnet50 -f json {first:.1f} ms, of which {first - second:.1f} ms imports and start-up, and "
+          f"{second:.1f} ms the run itself (a second run in the same process: parsing the options, building the "
+          "command, loading, analysing, writing)")
 
 
 if __name__ == "__main__":

@@ -61,3 +61,5 @@ def test_the_startup_benchmark_runs() -> None:
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"^this checkout: calc resnet50 -f json: [\d.]+x the floor", proc.stdout, flags=re.M)
     assert re.search(r"^baseline calc resnet50 -f json: [\d.]+x the floor", proc.stdout, flags=re.M)
+    assert re.search(r"^in one process .* of which [\d.]+ ms imports and start-up, and [\d.]+ ms the run itself",
+                     proc.stdout, flags=re.M)
