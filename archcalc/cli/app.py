@@ -72,6 +72,9 @@ class _LazyCommands(Mapping[str, TyperCommand]):
             self._built[name] = build_command(name)
         return self._built[name]
 
+    def __contains__(self, name: object) -> bool:  # without building the command
+        return name in COMMANDS
+
     def __iter__(self) -> Iterator[str]:
         return iter(COMMANDS)
 
