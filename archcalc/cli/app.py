@@ -4,24 +4,42 @@ and print.
 Exit codes: 0 ok, 1 a check failed (validate), 2 bad input. torch is imported only by the commands that run models,
 inside their functions. The command modules (analytic, sweep, model, importer, profile) import only downwards:
 cli.options, the library and the renderers.
+
+Commands are built lazily: typer turns a function into a click command by evaluating every annotation of every
+parameter, which for all twelve commands costs more than `calc` itself. The group below imports a command's module
+and builds the command only when click asks for it by name, so `archcalc calc ...` builds `calc` alone, while
+`--help`, completion and an unknown command's did-you-mean still see every command.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
-from typing import Annotated, Any
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any, cast
 
 import typer
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
+from typer.main import get_command_from_info
+from typer.models import CommandInfo
 
 from archcalc import __version__
-from archcalc.cli import analytic, graph, importer, model, profile, sweep
 
-app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None,
-                  context_settings={"help_option_names": ["-h", "--help"]},
-                  help="archcalc: CNN architecture calculator and profiler. Give a spec file or a bundled spec "
-                       "name (see `archcalc zoo`).")
-
+# name -> (module in archcalc.cli, function), in the order `archcalc --help` lists them
+COMMANDS: dict[str, tuple[str, str]] = {
+    "calc": ("analytic", "calc"),
+    "compare": ("analytic", "compare"),
+    "kinds": ("analytic", "kinds"),
+    "schema": ("analytic", "schema"),
+    "zoo": ("analytic", "zoo"),
+    "graph": ("graph", "graph"),
+    "sweep": ("sweep", "sweep"),
+    "check": ("sweep", "check"),
+    "validate": ("model", "validate"),
+    "export": ("model", "export"),
+    "profile": ("profile", "profile"),
+    "import": ("importer", "import_model"),  # `import` is a Python keyword
+}
 
 
 class _Command(TyperCommand):
@@ -31,10 +49,49 @@ class _Command(TyperCommand):
         return [re.sub(r"^\{(.*)\}$", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
 
 
-for command in (analytic.calc, analytic.compare, analytic.kinds, analytic.schema, analytic.zoo, graph.graph,
-                sweep.sweep, sweep.check, model.validate, model.export, profile.profile):
-    app.command(cls=_Command)(command)
-app.command(name="import", cls=_Command)(importer.import_model)  # `import` is a Python keyword
+def build_command(name: str) -> TyperCommand:
+    """The click command for one entry of COMMANDS, as `app.command(name=name)` would have registered it."""
+    module, function = COMMANDS[name]
+    callback = getattr(importlib.import_module(f"archcalc.cli.{module}"), function)
+    command = get_command_from_info(CommandInfo(name=name, cls=_Command, callback=callback),
+                                     pretty_exceptions_short=app.pretty_exceptions_short,
+                                     rich_markup_mode=app.rich_markup_mode)
+    return cast(TyperCommand, command)
+
+
+class _LazyCommands(Mapping[str, TyperCommand]):
+    """The group's commands: every name known at once (listing, did-you-mean), each command built on first use."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, TyperCommand] = {}
+
+    def __getitem__(self, name: str) -> TyperCommand:
+        if name not in self._built:
+            if name not in COMMANDS:
+                raise KeyError(name)
+            self._built[name] = build_command(name)
+        return self._built[name]
+
+    def __contains__(self, name: object) -> bool:  # without building the command
+        return name in COMMANDS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(COMMANDS)
+
+    def __len__(self) -> int:
+        return len(COMMANDS)
+
+
+class _LazyGroup(TyperGroup):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.commands = _LazyCommands()  # type: ignore[assignment]  # read only: add_command is not used
+
+
+app = typer.Typer(add_completion=True, no_args_is_help=True, rich_markup_mode=None, cls=_LazyGroup,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="archcalc: CNN architecture calculator and profiler. Give a spec file or a bundled spec "
+                       "name (see `archcalc zoo`).")
 
 
 def version_callback(value: bool) -> None:
