@@ -6,7 +6,6 @@ Expected keys come from the README's spec reference ("Composition", "Graphs"), w
 from __future__ import annotations
 
 import re
-from dataclasses import replace
 from typing import Any
 
 import jsonschema
@@ -101,7 +100,7 @@ def test_a_key_added_to_the_table_is_accepted_by_the_parser_and_in_the_schema(mo
     text = SPEC + "layers:\n  - {residual: [relu], note: a remark}\n"
     assert not _parses(text) and not _schema_accepts(text)  # not part of the grammar yet
     residual = COMPOSITES["residual"]
-    monkeypatch.setitem(COMPOSITES, "residual", replace(residual, keys=(*residual.keys, Key("note", ANY, "a remark"))))
+    monkeypatch.setitem(COMPOSITES, "residual", residual._replace(keys=(*residual.keys, Key("note", ANY, "a remark"))))
     assert _parses(text)
     schema = spec_schema()
     for tree in ("strict", "loose"):
@@ -118,8 +117,8 @@ def test_a_key_added_to_the_table_is_accepted_by_the_parser_and_in_the_schema(mo
 def test_a_required_key_added_to_the_table_is_required_by_both(monkeypatch: pytest.MonkeyPatch) -> None:
     text = SPEC + "layers:\n  - {residual: [relu]}\n"
     residual = COMPOSITES["residual"]
-    keys = tuple(replace(k, required=True) if k.name == "after" else k for k in residual.keys)
-    monkeypatch.setitem(COMPOSITES, "residual", replace(residual, keys=keys))
+    keys = tuple(k._replace(required=True) if k.name == "after" else k for k in residual.keys)
+    monkeypatch.setitem(COMPOSITES, "residual", residual._replace(keys=keys))
     with pytest.raises(SpecError, match="residual needs 'after'"):
         load_text(text)
     assert not _schema_accepts(text)
@@ -241,7 +240,7 @@ def test_parser_and_schema_agree_on_each_argument_type(type_: str, fields: dict[
 
 def test_the_parser_converts_by_the_table(monkeypatch: pytest.MonkeyPatch) -> None:
     # conv's `out` is an int; a type entry that doubles ints changes what the parser makes of it.
-    doubled = replace(ARG_TYPES["int"], convert=lambda v, arg, at: 2 * v)
+    doubled = ARG_TYPES["int"]._replace(convert=lambda v, arg, at: 2 * v)
     monkeypatch.setitem(ARG_TYPES, "int", doubled)
     spec = load_text(SPEC + "layers:\n  - conv: {out: 4, kernel: 1}\n")
     assert spec.root.children[0].args["out_channels"] == 8
@@ -249,7 +248,7 @@ def test_the_parser_converts_by_the_table(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_the_size_count_follows_the_tables_formula(monkeypatch: pytest.MonkeyPatch) -> None:
     residual = COMPOSITES["residual"]
-    monkeypatch.setitem(COMPOSITES, "residual", replace(residual, rows=lambda c: 100 * c.rows("residual")))
+    monkeypatch.setitem(COMPOSITES, "residual", residual._replace(rows=lambda c: 100 * c.rows("residual")))
     from archcalc.core.spec import parse_spec
     from archcalc.core.yamlsrc import load
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from archcalc.core import expr
@@ -66,8 +65,7 @@ class Uncountable(Exception):
 # ---- what a key holds -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Holds:
+class Holds(NamedTuple):
     """What the value of a key is: its JSON Schema in an item tree, and the rows it expands to in the size
     pre-count (`rows(value, count)`, where `count` counts an item or a list of items; None: it makes no rows;
     `absent`: the rows when the key is left out)."""
@@ -101,8 +99,7 @@ ARGS = Holds("args", lambda t: {"type": ["object", "null"], "additionalPropertie
 ANY = Holds("any", lambda t: {})
 
 
-@dataclass(frozen=True, slots=True)
-class Key:
+class Key(NamedTuple):
     """One key of an item or a block: its name, what it holds, its doc, whether it is required."""
 
     name: str
@@ -124,8 +121,7 @@ class Key:
 # ---- composites -----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Composite:
+class Composite(NamedTuple):
     """A composite item: `head` names it and holds its body; `keys` may stand beside it (with `name`, `from` and
     `when`); `rows` gives the rows it expands to, for the size pre-count that refuses a huge spec before it is
     expanded."""
@@ -233,8 +229,7 @@ class At(NamedTuple):
     scope: str
 
 
-@dataclass(frozen=True, slots=True)
-class ArgType:
+class ArgType(NamedTuple):
     """An argument type: `convert` checks a value (expressions evaluated first where `evaluated`) and returns it
     normalized, or raises a located SpecError; `schema` gives the JSON Schema alternatives it accepts."""
 

@@ -14,7 +14,6 @@ defaults of a kind no layer uses. Which keys are layer kinds is known only where
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from archcalc.core.grammar import (
@@ -211,7 +210,7 @@ def _block() -> dict[str, Any]:
     sequence = COMPOSITES["sequence"].head
     properties: dict[str, Any] = {k.name: k.schema(_LOOSE) for k in BLOCK_OWN}
     properties[BLOCK_LAYERS.name] = BLOCK_LAYERS.schema(_LOOSE)
-    properties[sequence.name] = replace(sequence, doc="").schema(_LOOSE)  # the same as layers, documented there
+    properties[sequence.name] = sequence._replace(doc="").schema(_LOOSE)  # the same as layers, documented there
     # or the body is a residual / parallel / repeat, written as in an item
     properties.update({k: v for k, v in _composite_keys(_LOOSE).items() if k not in properties})
     own = [k.name for k in BLOCK_OWN]

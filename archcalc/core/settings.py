@@ -10,17 +10,14 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from archcalc.core.errors import ArchcalcError, did_you_mean
 
 # ---- optimizers ---------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Optimizer:
+class Optimizer(NamedTuple):
     """One optimizer as training memory, `profile --train` and every command's `--optimizer` choices see it.
 
     `state`: the state tensors torch.optim keeps per trainable parameter, each the parameter's size (SGD without
@@ -59,9 +56,21 @@ FIT_FOR = ("training", "inference")
 # ---- the settings value -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """What an analysis is asked for, besides the network. Every field has the CLI's default.
+class _Fields(NamedTuple):
+    batch: int = 1
+    dtype: str = "float32"
+    convention: str = "torch"
+    input_shape: tuple[int, ...] | None = None
+    device: str = "cuda"
+    input_requires_grad: bool = False
+    strict: bool = False
+    optimizer: str = "sgd"
+    amp: str | None = None
+
+
+class Settings(_Fields):
+    """What an analysis is asked for, besides the network. Every field has the CLI's default. Immutable (a
+    NamedTuple: cheap to make, which start-up needs; dataclasses cost a millisecond each to define).
 
     batch: samples per step (counts and activations scale with it, parameters do not);
     dtype: element type of memory figures (parameters and activations; float32 under `amp`);
@@ -74,17 +83,16 @@ class Settings:
     amp: mixed precision, 'bf16' or 'fp16' (AMP), or None.
     """
 
-    batch: int = 1
-    dtype: str = "float32"
-    convention: str = "torch"
-    input_shape: tuple[int, ...] | None = None
-    device: str = "cuda"
-    input_requires_grad: bool = False
-    strict: bool = False
-    optimizer: str = "sgd"
-    amp: str | None = None
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
+    def __new__(cls, *args: Any, **kwargs: Any) -> Settings:
+        self = super().__new__(cls, *args, **kwargs)
+        self._check()
+        if self.input_shape is not None and not isinstance(self.input_shape, tuple):
+            self = super().__new__(cls, *self[:3], tuple(self.input_shape), *self[4:])
+        return self
+
+    def _check(self) -> None:
         from archcalc.core.conventions import CONVENTIONS, DTYPES
         from archcalc.core.memory import SAVED_DEVICES
 
@@ -103,11 +111,12 @@ class Settings:
             shape = tuple(self.input_shape)
             if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
                 raise ArchcalcError(f"input shape must be positive integers (C, *spatial), not {self.input_shape!r}")
-            object.__setattr__(self, "input_shape", shape)
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some fields changed (checked again)."""
-        return dataclasses.replace(self, **changes)
+        return Settings(**{**self._asdict(), **changes})
+
+    _replace = replace  # the tuple's own _replace would skip the checks
 
     @property
     def activation_dtype(self) -> str:
@@ -117,12 +126,11 @@ class Settings:
     @classmethod
     def of(cls, settings: Settings | None = None, **overrides: Any) -> Settings:
         """`settings` (or the defaults) with keyword overrides; an unknown keyword is an error naming the fields."""
-        names = [f.name for f in dataclasses.fields(cls)]
         for key in overrides:
-            if key not in names:
-                raise TypeError(f"unknown setting {key!r}{did_you_mean(key, names)}")
+            if key not in cls._fields:
+                raise TypeError(f"unknown setting {key!r}{did_you_mean(key, cls._fields)}")
         base = settings if settings is not None else cls()
-        return dataclasses.replace(base, **overrides) if overrides else base
+        return base.replace(**overrides) if overrides else base
 
 
 def _choice(what: str, value: object, choices: Any) -> None:

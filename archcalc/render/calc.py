@@ -3,9 +3,6 @@ shows (str, JSON, Markdown, HTML). One place, so the command and the library pri
 
 from __future__ import annotations
 
-import csv
-import html
-import io
 from typing import Any
 
 from archcalc.core.calc import CalcResult
@@ -70,6 +67,10 @@ def one_line(result: CalcResult) -> str:
 def calc_html(result: CalcResult, depth: int | None = None) -> str:
     """An HTML table for notebooks: the CSV's columns and rows (every figure as `calc` shows it), a caption naming
     the network, input and convention, and the summary lines beneath."""
+    import csv
+    import html
+    import io
+
     rows = list(csv.reader(io.StringIO(render.calc_csv(result.report, depth))))
     head, body = rows[0], rows[1:]
     r = result.report

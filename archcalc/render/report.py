@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -132,11 +130,19 @@ def calc_dict(report: Report, depth: int | None = None) -> dict[str, Any]:
     }
 
 
+def _csv() -> tuple[Any, Any]:
+    """A string buffer and a CSV writer on it (csv is imported only for CSV output)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    return buf, csv.writer(buf, lineterminator="\n")
+
+
 def calc_csv(report: Report, depth: int | None = None) -> str:
     cols = shown(LAYER_COLUMNS, "csv", report)
     writers = [(c.getter(), c.form.csv) for c in cols]
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    buf, writer = _csv()
     writer.writerow([c.key for c in cols])
     for r in rows_at_depth(report, depth):
         writer.writerow([write(get(r)) for get, write in writers])
@@ -185,8 +191,7 @@ def compare_json(reports: Sequence[Report]) -> str:
 
 def compare_csv(reports: Sequence[Report]) -> str:
     cols = shown(MODEL_COLUMNS, "csv")
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
+    buf, writer = _csv()
     writer.writerow([c.key for c in cols])
     writer.writerows(_compare_cells(reports, cols, "csv"))
     return buf.getvalue()
