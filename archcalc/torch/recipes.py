@@ -1,13 +1,16 @@
-"""Where a layer kind meets torch: one recipe per kind, the module that computes it.
+"""Where a layer kind meets torch: the module that computes each kind.
 
-A recipe returns a `Call` — a module class and its constructor arguments — rather than a module, so the builder
-(`Call.make`) and the exporter (which writes the same call as source) cannot disagree. The core kinds never import
-torch or name its classes; this table is the only place that maps them. A kind without a recipe is an error at
-build time and fails `tests/test_layers.py`.
+A recipe returns a `Call` -- a module class and its constructor arguments -- rather than a module, so the builder
+(`Call.make`) and the exporter (which writes the same call as source) cannot disagree. A kind that names its
+`torch_class` (plain data on the core kind: "ReLU") is built by the one generic recipe, torch_class(**its
+arguments); a kind that needs more (a class chosen by the input's rank, an argument computed from the input shape)
+registers its recipe here, under its name, once. A kind with neither is an error when this module is imported, and
+fails `tests/test_layers.py`. The core kinds never import torch.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -15,6 +18,7 @@ from torch import nn
 
 from archcalc.core.kinds import REGISTRY, Kind, Shape
 from archcalc.core.kinds.base import numel
+from archcalc.core.merges import MERGES
 from archcalc.torch import modules
 
 
@@ -32,6 +36,18 @@ def call(cls: type, **kwargs: Any) -> Call:
     return Call(cls, tuple(kwargs.items()))
 
 
+def torch_class(kind: Kind) -> type | None:
+    """The module class a kind names in `torch_class`: archcalc.torch.modules' class of that name, else torch.nn's;
+    None when it names none."""
+    if not kind.torch_class:
+        return None
+    cls = getattr(modules, kind.torch_class, None) or getattr(nn, kind.torch_class, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise RuntimeError(f"layer kind '{kind.name}' names torch_class {kind.torch_class!r}, which is neither a "
+                           "torch.nn module class nor one of archcalc.torch.modules")
+    return cls
+
+
 Recipe = Callable[[Kind, Mapping[str, Any], Shape], Call]
 RECIPES: dict[str, Recipe] = {}
 
@@ -43,52 +59,23 @@ def recipe(*names: str) -> Callable[[Recipe], Recipe]:
                 raise RuntimeError(f"two recipes for layer kind '{name}'")
             if name not in REGISTRY:
                 raise RuntimeError(f"recipe for unknown layer kind '{name}'")
+            if REGISTRY[name].torch_class:
+                raise RuntimeError(f"layer kind '{name}' names its torch_class: the generic recipe builds it")
             RECIPES[name] = fn
         return fn
 
     return register
 
 
+def _generic(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    """torch_class(**the kind's arguments): the kinds' arguments are named like the constructor's."""
+    cls = torch_class(kind)
+    assert cls is not None
+    return Call(cls, tuple((arg.name, a[arg.name]) for arg in kind.args))
+
+
 def module_call(kind: Kind, args: Mapping[str, Any], inp: Shape) -> Call:
-    try:
-        fn = RECIPES[kind.name]
-    except KeyError:
-        raise RuntimeError(f"layer kind '{kind.name}' has no torch recipe in archcalc.torch.recipes") from None
-    return fn(kind, args, inp)
-
-
-# ---- element-wise: the torch.nn class of the same meaning, called with the kind's arguments ----------------------
-
-_ELEMENTWISE: dict[str, type] = {
-    "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "prelu": nn.PReLU, "elu": nn.ELU, "gelu": nn.GELU,
-    "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "softmax": nn.Softmax, "identity": nn.Identity,
-    "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
-}
-
-
-@recipe(*_ELEMENTWISE)
-def _elementwise(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(_ELEMENTWISE[kind.name], **a)
-
-
-@recipe("dropout")
-def _dropout(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(nn.Dropout, p=a["p"])
-
-
-@recipe("maxout")
-def _maxout(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.Maxout, pieces=a["pieces"])
-
-
-@recipe("channel_shuffle")
-def _channel_shuffle(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(nn.ChannelShuffle, groups=a["groups"])
-
-
-@recipe("channel_slice")
-def _channel_slice(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.ChannelSliceModule, start=a["start"], stop=a["stop"])
+    return RECIPES[kind.name](kind, args, inp)
 
 
 # ---- convolution ----------------------------------------------------------------------------------------------
@@ -123,11 +110,6 @@ def _linear(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.FlattenLinear, in_features=numel(inp), out_features=a["out_features"], bias=a["bias"])
 
 
-@recipe("flatten")
-def _flatten(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(nn.Flatten)
-
-
 @recipe("bias")
 def _bias(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.Bias, shape=tuple(kind.shape(a, inp)))
@@ -152,11 +134,6 @@ def _layernorm(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
 @recipe("groupnorm")
 def _groupnorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(nn.GroupNorm, num_groups=a["num_groups"], num_channels=inp[0], eps=a["eps"], affine=a["affine"])
-
-
-@recipe("lrn")
-def _lrn(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(nn.LocalResponseNorm, size=a["size"], alpha=a["alpha"], beta=a["beta"], k=a["k"])
 
 
 # ---- pooling ----------------------------------------------------------------------------------------------------
@@ -236,24 +213,9 @@ def _layer_scale(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.LayerScale, shape=(inp[0],) + (1,) * (len(inp) - 1), init=a["init"])
 
 
-@recipe("stochastic_depth")
-def _stochastic_depth(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.StochasticDepth, p=a["p"], mode=a["mode"])
-
-
 @recipe("mean")
 def _mean(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.Mean, dims=tuple(range(2, len(inp) + 1)), keepdim=a["keepdim"])
-
-
-@recipe("pixel_shuffle")
-def _pixel_shuffle(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(nn.PixelShuffle, upscale_factor=a["upscale_factor"])
-
-
-@recipe("pixel_unshuffle")
-def _pixel_unshuffle(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(nn.PixelUnshuffle, downscale_factor=a["downscale_factor"])
 
 
 @recipe("crop")
@@ -264,42 +226,73 @@ def _crop(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
 # ---- merges -----------------------------------------------------------------------------------------------------
 
 
+class MergeRecipe(NamedTuple):
+    """A merge's torch form: `run(*tensors)` for the builder, and `source(y, args)` the same computation as source
+    lines for `export` (y = the result variable, args = the input variables)."""
+
+    run: Callable[..., Any]
+    source: Callable[[str, list[str]], list[str]]
+
+
+MERGE_RECIPES: dict[str, MergeRecipe] = {}
+
+
+def merge_recipe(name: str, run: Callable[..., Any], source: Callable[[str, list[str]], list[str]]) -> None:
+    if name in MERGE_RECIPES:
+        raise RuntimeError(f"two recipes for merge '{name}'")
+    if name not in MERGES:
+        raise RuntimeError(f"recipe for unknown merge '{name}'")
+    if MERGES[name].symbol:
+        raise RuntimeError(f"merge '{name}' names its operator: the generic recipe runs it")
+    MERGE_RECIPES[name] = MergeRecipe(run, source)
+
+
+# Python's binary operators by symbol: (the operator, its in-place form), as the `operator` module names them.
+OPERATORS: dict[str, tuple[Callable[[Any, Any], Any], Callable[[Any, Any], Any]]] = {
+    "+": (operator.add, operator.iadd), "-": (operator.sub, operator.isub), "*": (operator.mul, operator.imul),
+    "/": (operator.truediv, operator.itruediv),
+}
+
+
+def _operator_recipe(symbol: str, accumulates: bool) -> MergeRecipe:
+    """((x0 op x1) op x2) op ...: with `accumulates` the later inputs go in place into the fresh first result."""
+    op, in_place = OPERATORS[symbol]
+    then = in_place if accumulates else op
+
+    def run(*xs: Any) -> Any:
+        y = op(xs[0], xs[1])
+        for extra in xs[2:]:
+            y = then(y, extra)
+        return y
+
+    def source(y: str, args: list[str]) -> list[str]:
+        lines = [f"{y} = {args[0]} {symbol} {args[1]}"]
+        lines += [f"{y} {symbol}= {a}" if accumulates else f"{y} = {y} {symbol} {a}" for a in args[2:]]
+        return lines
+
+    return MergeRecipe(run, source)
+
+
 def _concat(*xs: Any) -> Any:
     import torch
 
     return torch.cat(xs, 1)
 
 
-def _add(*xs: Any) -> Any:
-    y = xs[0] + xs[1]
-    for extra in xs[2:]:
-        y += extra  # y is a fresh tensor: accumulate in place
-    return y
+merge_recipe("concat", _concat, lambda y, args: [f"{y} = torch.cat([{', '.join(args)}], 1)"])
 
 
-def _mul(*xs: Any) -> Any:
-    y = xs[0] * xs[1]
-    for extra in xs[2:]:
-        y = y * extra
-    return y
+# ---- every kind and merge without a recipe of its own: the generic ones -------------------------------------------
 
-
-MERGE_FUNCTIONS: dict[str, Callable[..., Any]] = {"concat": _concat, "add": _add, "mul": _mul}
-
-
-def _chain(sign: str, in_place: bool) -> Callable[[str, list[str]], list[str]]:
-    def write(y: str, args: list[str]) -> list[str]:
-        lines = [f"{y} = {args[0]} {sign} {args[1]}"]
-        lines += [f"{y} {sign}= {a}" if in_place else f"{y} = {y} {sign} {a}" for a in args[2:]]
-        return lines
-
-    return write
-
-
-# The same computations as source lines for `export` (y = result variable, args = input variables): a sum
-# accumulates in place on its fresh tensor; a product makes each partial product anew (it keeps them for backward).
-MERGE_SOURCE: dict[str, Callable[[str, list[str]], list[str]]] = {
-    "concat": lambda y, args: [f"{y} = torch.cat([{', '.join(args)}], 1)"],
-    "add": _chain("+", in_place=True),
-    "mul": _chain("*", in_place=False),
-}
+for _kind in REGISTRY.values():
+    if _kind.name not in RECIPES:
+        if torch_class(_kind) is None:
+            raise RuntimeError(f"layer kind '{_kind.name}' has neither a torch_class nor a recipe in "
+                               "archcalc.torch.recipes")
+        RECIPES[_kind.name] = _generic
+for _merge in MERGES.values():
+    if _merge.name not in MERGE_RECIPES:
+        if _merge.symbol not in OPERATORS:
+            raise RuntimeError(f"merge '{_merge.name}' has neither a Python operator nor a recipe in "
+                               "archcalc.torch.recipes")
+        MERGE_RECIPES[_merge.name] = _operator_recipe(_merge.symbol, _merge.accumulates)

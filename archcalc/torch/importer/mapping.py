@@ -1,8 +1,12 @@
-"""One table from PyTorch to archcalc: module classes, functions and tensor methods -> a layer kind and its
-arguments, or a merge.
+"""From PyTorch to archcalc: module classes, functions and tensor methods -> a layer kind and its arguments, or a
+merge.
 
-Every entry reads the arguments off the module (or the call) the way archcalc's recipe (archcalc.torch.recipes)
-writes them, so a module archcalc builds maps back to the kind and arguments it was built from. Third-party
+A kind that names its torch_class, torch_functions and torch_methods (plain data on the core kind) is read by one
+generic rule: its arguments are the module's attributes, or the call's arguments, of the same names. A kind that
+needs more registers its rules here under its name (`_modules`, FUNCTIONS); a class or function is mapped once.
+The binary merges are recognised from their Python operator (core.merges' `symbol`). Every rule reads the arguments
+off the module (or the call) the way archcalc's recipe (archcalc.torch.recipes) writes them, so a module archcalc
+builds maps back to the kind and arguments it was built from. Third-party
 classes and functions (torchvision's LayerNorm2d, StochasticDepth, channel_shuffle, Permute, SqueezeExcitation's
 pieces are plain torch.nn) are named by their qualified names and matched only when their module is imported.
 Anything not in the table is an `Unmapped` error naming what it is and why it has no kind.
@@ -12,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import operator
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -21,7 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archcalc.core.kinds import REGISTRY, Arg, Kind
+from archcalc.core.merges import MERGES
 from archcalc.torch import modules as own
+from archcalc.torch.recipes import OPERATORS, torch_class
 
 
 class Unmapped(Exception):
@@ -119,10 +125,6 @@ def _groupnorm(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("groupnorm", {"num_groups": m.num_groups, "eps": float(m.eps), "affine": m.affine})
 
 
-def _lrn(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("lrn", {"size": m.size, "alpha": float(m.alpha), "beta": float(m.beta), "k": float(m.k)})
-
-
 def _maxpool(m: Any, inp: tuple[int, ...]) -> Mapped:
     if m.return_indices:
         raise Unmapped("return_indices=True (max unpooling) has no archcalc kind")
@@ -196,24 +198,9 @@ def _upsample(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("upsample", _upsample_args(m.size, m.scale_factor, m.mode, m.align_corners, inp))
 
 
-def _simple(kind: str, *attrs: str) -> ModuleRule:
-    def rule(m: Any, inp: tuple[int, ...]) -> Mapped:
-        return Mapped(kind, {a: getattr(m, a) for a in attrs})
-
-    return rule
-
-
-def _prelu(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("prelu", {"num_parameters": m.num_parameters, "init": float(m.init)})
-
-
 def _softmax(m: Any, inp: tuple[int, ...]) -> Mapped:
     dim = m.dim if m.dim is not None else 1
     return Mapped("softmax", {"dim": dim if dim >= 0 else dim + len(inp) + 1})
-
-
-def _dropout(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("dropout", {"p": float(m.p)})
 
 
 def _flatten(m: Any, inp: tuple[int, ...]) -> Mapped:
@@ -235,10 +222,6 @@ def _layer_scale(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("layer_scale", {"init": float(m.init)})
 
 
-def _stochastic_depth(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("stochastic_depth", {"p": float(m.p), "mode": m.mode})
-
-
 def _mean(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("mean", {"keepdim": m.keepdim})
 
@@ -247,42 +230,66 @@ def _crop(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("crop", {"size": _tup(m.sizes)})
 
 
-MODULES: dict[type, ModuleRule] = {
-    nn.Conv1d: _conv, nn.Conv2d: _conv, nn.Conv3d: _conv, own.AsymmetricPadConv: _asymmetric_conv,
-    nn.ConvTranspose1d: _conv_transpose, nn.ConvTranspose2d: _conv_transpose, nn.ConvTranspose3d: _conv_transpose,
-    nn.Linear: _linear, own.FlattenLinear: _linear, nn.Flatten: _flatten, own.Bias: _bias,
-    nn.BatchNorm1d: _batchnorm, nn.BatchNorm2d: _batchnorm, nn.BatchNorm3d: _batchnorm,
-    nn.LayerNorm: _layernorm, own.LayerNorm2d: _channel_layernorm, nn.GroupNorm: _groupnorm,
-    nn.LocalResponseNorm: _lrn,
-    nn.MaxPool1d: _maxpool, nn.MaxPool2d: _maxpool, nn.MaxPool3d: _maxpool,
-    nn.AvgPool1d: _avgpool, nn.AvgPool2d: _avgpool, nn.AvgPool3d: _avgpool, own.PaddedPool: _padded_pool,
-    nn.AdaptiveAvgPool1d: _adaptive("adaptive_avgpool"), nn.AdaptiveAvgPool2d: _adaptive("adaptive_avgpool"),
-    nn.AdaptiveAvgPool3d: _adaptive("adaptive_avgpool"), nn.AdaptiveMaxPool1d: _adaptive("adaptive_maxpool"),
-    nn.AdaptiveMaxPool2d: _adaptive("adaptive_maxpool"), nn.AdaptiveMaxPool3d: _adaptive("adaptive_maxpool"),
-    nn.ZeroPad1d: _zeropad, nn.ZeroPad2d: _zeropad, nn.ZeroPad3d: _zeropad, nn.Upsample: _upsample,
-    nn.ReLU: _simple("relu", "inplace"), nn.ReLU6: _simple("relu6", "inplace"),
-    nn.LeakyReLU: _simple("leaky_relu", "negative_slope", "inplace"), nn.PReLU: _prelu,
-    nn.ELU: _simple("elu", "alpha", "inplace"), nn.GELU: _simple("gelu", "approximate"),
-    nn.SiLU: _simple("silu", "inplace"), nn.Sigmoid: _simple("sigmoid"), nn.Tanh: _simple("tanh"),
-    nn.Hardswish: _simple("hardswish", "inplace"), nn.Hardsigmoid: _simple("hardsigmoid", "inplace"),
-    nn.Softmax: _softmax, nn.Identity: _simple("identity"), nn.Dropout: _dropout,
-    own.Maxout: _simple("maxout", "pieces"), nn.ChannelShuffle: _simple("channel_shuffle", "groups"),
-    own.ChannelSliceModule: _simple("channel_slice", "start", "stop"), own.LayerScale: _layer_scale,
-    own.StochasticDepth: _stochastic_depth, own.Mean: _mean, own.CenterCrop: _crop,
-    nn.PixelShuffle: _simple("pixel_shuffle", "upscale_factor"),
-    nn.PixelUnshuffle: _simple("pixel_unshuffle", "downscale_factor"),
-}
+MODULES: dict[type, ModuleRule] = {}
+MODULE_KINDS: dict[type, str] = {}  # the kind each class maps to (adaptive pooling to 1 reads as global pooling)
 
-# Modules whose output has their input's shape (the tracer's shape pass does not run them).
-SAME_SHAPE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
-              nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
-              nn.Hardsigmoid, nn.Softmax, nn.Identity, nn.Dropout, own.LayerNorm2d, own.LayerScale,
-              own.StochasticDepth)
+
+def _modules(kind: str, rule: ModuleRule, *classes: type) -> None:
+    """Register the rule that reads `classes` as layer kind `kind`; a class is mapped once."""
+    if kind not in REGISTRY:
+        raise RuntimeError(f"importer rule for unknown layer kind '{kind}'")
+    for cls in classes:
+        if cls in MODULES:
+            raise RuntimeError(f"two importer rules for {cls.__module__}.{cls.__qualname__}")
+        MODULES[cls] = rule
+        MODULE_KINDS[cls] = kind
+
+
+_modules("conv", _conv, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_modules("conv", _asymmetric_conv, own.AsymmetricPadConv)
+_modules("conv_transpose", _conv_transpose, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_modules("linear", _linear, nn.Linear, own.FlattenLinear)
+_modules("flatten", _flatten, nn.Flatten)
+_modules("bias", _bias, own.Bias)
+_modules("batchnorm", _batchnorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_modules("layernorm", _layernorm, nn.LayerNorm)
+_modules("channel_layernorm", _channel_layernorm, own.LayerNorm2d)
+_modules("groupnorm", _groupnorm, nn.GroupNorm)
+_modules("maxpool", _maxpool, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+_modules("avgpool", _avgpool, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+_modules("maxpool", _padded_pool, own.PaddedPool)  # or avgpool: the rule of the pool it wraps
+_modules("adaptive_avgpool", _adaptive("adaptive_avgpool"), nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+         nn.AdaptiveAvgPool3d)
+_modules("adaptive_maxpool", _adaptive("adaptive_maxpool"), nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+         nn.AdaptiveMaxPool3d)
+_modules("zeropad", _zeropad, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
+_modules("upsample", _upsample, nn.Upsample)
+_modules("softmax", _softmax, nn.Softmax)
+_modules("layer_scale", _layer_scale, own.LayerScale)
+_modules("mean", _mean, own.Mean)
+_modules("crop", _crop, own.CenterCrop)
+
+
+def _value(arg: Arg, value: Any) -> Any:
+    """A value read off torch as the spec parser would give it: a number as the argument's type."""
+    if arg.type == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if arg.type == "int" and is_integral(value) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _generic_module(kind: Kind) -> ModuleRule:
+    def rule(m: Any, inp: tuple[int, ...]) -> Mapped:
+        return Mapped(kind.name, {arg.name: _value(arg, getattr(m, arg.name)) for arg in kind.args})
+
+    return rule
+
 
 # Classes of other libraries, by qualified name: matched when the library is imported (archcalc never imports it).
 NAMED_MODULES: dict[str, ModuleRule] = {
     "torchvision.models.convnext.LayerNorm2d": _channel_layernorm,
-    "torchvision.ops.stochastic_depth.StochasticDepth": _stochastic_depth,
+    "torchvision.ops.stochastic_depth.StochasticDepth": _generic_module(REGISTRY["stochastic_depth"]),
 }
 
 # Modules that only move axes: the importer follows the layout instead of mapping them (see Layout in trace.py).
@@ -293,7 +300,6 @@ def qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
 
 
-_OWN = {cls.__name__: cls for cls in MODULES if cls.__module__ == own.__name__}
 _COPIES: dict[type, type | None] = {}
 
 
@@ -347,22 +353,11 @@ def is_leaf(m: nn.Module) -> bool:
 FunctionRule = Callable[[dict[str, Any], tuple[int, ...]], Mapped]
 
 
-def _act(kind: str, *names: str) -> FunctionRule:
-    def rule(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-        return Mapped(kind, {n: a[n] for n in names if n in a})
-
-    return rule
-
-
 def _f_softmax(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
     dim = a.get("dim")
     if dim is None:
         raise Unmapped("softmax without dim")
     return Mapped("softmax", {"dim": dim if dim >= 0 else dim + len(inp) + 1})
-
-
-def _f_gelu(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    return Mapped("gelu", {"approximate": a.get("approximate", "none")})
 
 
 def _f_dropout(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
@@ -419,10 +414,6 @@ def _f_interpolate(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
                                              a.get("align_corners"), inp))
 
 
-def _f_channel_shuffle(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    return Mapped("channel_shuffle", {"groups": int(a["groups"])})
-
-
 def _f_mean(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
     dims = a.get("dim")
     rank = len(inp) + 1
@@ -437,18 +428,8 @@ def _signature(*names: str, **defaults: Any) -> tuple[tuple[str, ...], dict[str,
     return names, defaults
 
 
-# function or method name -> (parameter names in order, rule). `x` is the tensor input.
-_INPLACE = ("x", "inplace")
+# function -> (parameter names in order, rule). `x` is the tensor input. The kinds' own torch_functions join it below.
 FUNCTIONS: dict[Any, tuple[tuple[str, ...], FunctionRule]] = {
-    F.relu: (_INPLACE, _act("relu", "inplace")), torch.relu: (("x",), _act("relu")),
-    F.relu6: (_INPLACE, _act("relu6", "inplace")),
-    F.silu: (_INPLACE, _act("silu", "inplace")), F.hardswish: (_INPLACE, _act("hardswish", "inplace")),
-    F.hardsigmoid: (_INPLACE, _act("hardsigmoid", "inplace")),
-    F.leaky_relu: (("x", "negative_slope", "inplace"), _act("leaky_relu", "negative_slope", "inplace")),
-    F.elu: (("x", "alpha", "inplace"), _act("elu", "alpha", "inplace")),
-    F.gelu: (("x", "approximate"), _f_gelu),
-    torch.sigmoid: (("x",), _act("sigmoid")), F.sigmoid: (("x",), _act("sigmoid")),
-    torch.tanh: (("x",), _act("tanh")), F.tanh: (("x",), _act("tanh")),
     F.softmax: (("x", "dim"), _f_softmax), torch.softmax: (("x", "dim"), _f_softmax),
     F.dropout: (("x", "p", "training", "inplace"), _f_dropout),
     F.adaptive_avg_pool1d: (("x", "output_size"), _f_adaptive("adaptive_avgpool")),
@@ -468,8 +449,6 @@ FUNCTIONS: dict[Any, tuple[tuple[str, ...], FunctionRule]] = {
     F.pad: (("x", "pad", "mode", "value"), _f_pad),
     F.interpolate: (("x", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias"),
                     _f_interpolate),
-    torch.channel_shuffle: (("x", "groups"), _f_channel_shuffle),
-    F.channel_shuffle: (("x", "groups"), _f_channel_shuffle),
     torch.mean: (("x", "dim", "keepdim", "dtype"), _f_mean),
 }
 for _name, _fn in (("upsample", "upsample"),):
@@ -477,18 +456,74 @@ for _name, _fn in (("upsample", "upsample"),):
         FUNCTIONS[getattr(F, _fn)] = FUNCTIONS[F.interpolate]
 
 METHODS: dict[str, tuple[tuple[str, ...], FunctionRule]] = {
-    "relu": (("x",), _act("relu")), "relu_": (("x",), lambda a, inp: Mapped("relu", {"inplace": True})),
-    "sigmoid": (("x",), _act("sigmoid")), "tanh": (("x",), _act("tanh")),
     "softmax": (("x", "dim"), _f_softmax), "mean": (("x", "dim", "keepdim", "dtype"), _f_mean),
 }
 
+
+def _generic_call(kind: Kind, fixed: dict[str, Any]) -> tuple[tuple[str, ...], FunctionRule]:
+    """f(x, *the kind's arguments in order): the arguments given, read as the spec parser would, and `fixed`."""
+    args = {arg.name: arg for arg in kind.args}
+
+    def rule(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+        return Mapped(kind.name, {n: _value(arg, a[n]) for n, arg in args.items() if n in a} | fixed)
+
+    return ("x", *args), rule
+
+
+def _torch_function(kind: Kind, name: str) -> Any:
+    space, _, attr = name.partition(".")
+    fn = getattr({"F": F, "torch": torch}.get(space), attr, None) if attr else None
+    if fn is None:
+        raise RuntimeError(f"layer kind '{kind.name}' names torch function {name!r}, which is neither F.<name> "
+                           "(torch.nn.functional) nor torch.<name>")
+    return fn
+
+
+def _register_kinds() -> None:
+    """The generic rules of every kind that names its torch class, functions and methods."""
+    for kind in REGISTRY.values():
+        cls = torch_class(kind)
+        if cls is not None and cls not in MODULES:  # a kind with its own rule for its class registered it above
+            _modules(kind.name, _generic_module(kind), cls)
+        functions = {_torch_function(kind, name): name for name in kind.torch_functions}  # F.x may be torch.x
+        for fn, name in functions.items():
+            if fn in FUNCTIONS:
+                raise RuntimeError(f"two importer rules for {name}")
+            FUNCTIONS[fn] = _generic_call(kind, {})
+        for name in kind.torch_methods:
+            if name in METHODS:
+                raise RuntimeError(f"two importer rules for Tensor.{name}")
+            METHODS[name] = _generic_call(kind, {"inplace": True} if name.endswith("_") else {})
+    missing = sorted(set(REGISTRY) - set(MODULE_KINDS.values()) - {"global_avgpool", "global_maxpool"})
+    if missing:  # (global pooling is read from adaptive pooling to 1)
+        raise RuntimeError(f"layer kinds without an importer rule: {', '.join(missing)}")
+
+
+_register_kinds()
+_OWN = {cls.__name__: cls for cls in MODULES if cls.__module__ == own.__name__}  # for _own_copy
+
+# Modules whose output has their input's shape (the tracer's shape pass does not run them).
+SAME_SHAPE = tuple(cls for cls, kind in MODULE_KINDS.items() if REGISTRY[kind].same_shape)
+
 # Functions of other libraries by qualified name, kept whole by the tracer (fx's autowrap) and mapped here.
 NAMED_FUNCTIONS: dict[str, tuple[tuple[str, ...], FunctionRule]] = {
-    "torchvision.models.shufflenetv2.channel_shuffle": (("x", "groups"), _f_channel_shuffle),
+    "torchvision.models.shufflenetv2.channel_shuffle": _generic_call(REGISTRY["channel_shuffle"], {}),
 }
 
-ADD = {operator.add, operator.iadd, torch.add}
-MUL = {operator.mul, operator.imul, torch.mul}
+# The binary merges, by their Python operator: the operator and its in-place form, torch's function of the
+# operator's name and Tensor's methods (x.add(y), x.add_(y), x.__iadd__(y)) -> the merge's name.
+BINARY: dict[Any, str] = {}
+BINARY_METHODS: dict[str, str] = {}
+FOLDABLE_METHODS: set[str] = set()  # the out-of-place ones: a chain (a.add(b)) + c is one merge of three
+for _merge in MERGES.values():
+    if _merge.symbol:
+        _op, _in_place = OPERATORS[_merge.symbol]
+        _word = _op.__name__  # add, mul
+        for _target in (_op, _in_place, getattr(torch, _word)):
+            BINARY[_target] = _merge.name
+        for _method in (_word, _word + "_", f"__i{_word}__"):
+            BINARY_METHODS[_method] = _merge.name
+        FOLDABLE_METHODS.add(_word)
 CAT = {torch.cat, torch.concat}
 FLATTEN = {torch.flatten}
 CHUNK = {torch.chunk}
