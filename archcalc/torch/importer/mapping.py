@@ -483,7 +483,7 @@ def _register_kinds() -> None:
     """The generic rules of every kind that names its torch class, functions and methods."""
     for kind in REGISTRY.values():
         cls = torch_class(kind)
-        if cls is not None and cls not in MODULES:  # a kind with its own rule for its class registered it above
+        if cls is not None and MODULE_KINDS.get(cls) != kind.name:  # (or the kind registered its own rule above)
             _modules(kind.name, _generic_module(kind), cls)
         functions = {_torch_function(kind, name): name for name in kind.torch_functions}  # F.x may be torch.x
         for fn, name in functions.items():
