@@ -160,3 +160,26 @@ def test_the_layout_free_kinds_are_the_elementwise_ones() -> None:
         assert REGISTRY[name].same_shape and not REGISTRY[name].elementwise
     for name in ("relu", "gelu", "dropout", "identity", "stochastic_depth"):
         assert REGISTRY[name].elementwise
+
+
+def test_a_new_arithmetic_merge_needs_only_its_core_class() -> None:
+    # A merge that states its Python operator is run by the builder, written by export and recognised by the
+    # importer with no torch-side edit: here a difference, registered in a fresh interpreter before the torch side.
+    code = textwrap.dedent("""
+        import operator, torch
+        from archcalc.core.merges import MERGES, Add
+        class Sub(Add):
+            name = "sub"
+            symbol = "-"
+            accumulates = False
+        MERGES["sub"] = Sub()
+        from archcalc.torch.recipes import MERGE_RECIPES
+        from archcalc.torch.importer import mapping
+        a, b, c = torch.tensor([5.0]), torch.tensor([2.0]), torch.tensor([1.0])
+        print(MERGE_RECIPES["sub"].run(a, b, c).item(), MERGE_RECIPES["sub"].source("y", ["a", "b", "c"]))
+        print(sorted(k for k, v in mapping.BINARY_METHODS.items() if v == "sub"), mapping.BINARY[operator.isub],
+              mapping.BINARY[torch.sub])
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["2.0 ['y = a - b', 'y = y - c']", "['__isub__', 'sub', 'sub_'] sub sub"]
