@@ -95,6 +95,18 @@ class ELU(_Elementwise):
 
 
 @register
+class SELU(_Elementwise):
+    name = "selu"
+    doc = ("scale * (x if x > 0 else alpha * (exp(x) - 1)), alpha = 1.6733, scale = 1.0507 (nn.SELU; Klambauer et "
+           "al. 2017, self-normalizing networks).")
+    full_rule = "5 per element (compare, exp, subtract, multiply by alpha, multiply by scale)"
+    per_element = 5
+    args = (_INPLACE,)
+    torch_class = "SELU"
+    torch_functions = ("F.selu", "torch.selu")
+
+
+@register
 class GELU(_Elementwise):
     name = "gelu"
     doc = "x * Phi(x) (nn.GELU); approximate 'tanh' uses the tanh formula."
