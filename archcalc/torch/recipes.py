@@ -354,7 +354,7 @@ def is_integral(value: Any) -> bool:
 ModuleRule = Callable[[Any, tuple[int, ...]], Mapped]
 
 
-def _conv(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_conv(m: Any, inp: tuple[int, ...]) -> Mapped:
     if m.padding_mode != "zeros":
         raise Unmapped(f"padding_mode={m.padding_mode!r}: archcalc's conv pads with zeros only")
     padding = m.padding if isinstance(m.padding, str) else _tup(m.padding)
@@ -363,14 +363,14 @@ def _conv(m: Any, inp: tuple[int, ...]) -> Mapped:
                            "groups": m.groups, "bias": m.bias is not None})
 
 
-def _asymmetric_conv(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_asymmetric_conv(m: Any, inp: tuple[int, ...]) -> Mapped:
     inner = m._conv.__self__  # the wrapped nn.ConvNd (its bound _conv_forward)
-    mapped = _conv(inner, inp)
+    mapped = _read_conv(inner, inp)
     mapped.args["padding"] = _padding(_pairs(m.pad))
     return mapped
 
 
-def _conv_transpose(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_conv_transpose(m: Any, inp: tuple[int, ...]) -> Mapped:
     if m.padding_mode != "zeros":
         raise Unmapped(f"padding_mode={m.padding_mode!r}: archcalc's conv_transpose pads with zeros only")
     return Mapped("conv_transpose", {"out_channels": m.out_channels, "kernel_size": _tup(m.kernel_size),
@@ -379,21 +379,21 @@ def _conv_transpose(m: Any, inp: tuple[int, ...]) -> Mapped:
                                      "groups": m.groups, "bias": m.bias is not None})
 
 
-def _linear(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_linear(m: Any, inp: tuple[int, ...]) -> Mapped:
     if len(inp) != 1 and type(m).__name__ != "FlattenLinear":
         raise Unmapped(f"nn.Linear on a per-sample shape {'x'.join(map(str, inp))} acts on the last axis only; "
                        "archcalc's linear takes a vector (flatten first)")
     return Mapped("linear", {"out_features": m.out_features, "bias": m.bias is not None})
 
 
-def _batchnorm(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_batchnorm(m: Any, inp: tuple[int, ...]) -> Mapped:
     if m.momentum is None:
         raise Unmapped("momentum=None (a cumulative average) has no archcalc argument")
     return Mapped("batchnorm", {"eps": float(m.eps), "momentum": float(m.momentum), "affine": m.affine,
                                 "track_running_stats": m.track_running_stats})
 
 
-def _layernorm(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_layernorm(m: Any, inp: tuple[int, ...]) -> Mapped:
     if m.elementwise_affine and getattr(m, "bias", True) is None:
         raise Unmapped("LayerNorm(bias=False) has no archcalc argument")
     return Mapped("layernorm", {"normalized_shape": _shape_arg(m.normalized_shape), "eps": float(m.eps),
@@ -405,22 +405,22 @@ def _shape_arg(shape: Sequence[int]) -> Any:
     return values[0] if len(values) == 1 else values
 
 
-def _channel_layernorm(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_channel_layernorm(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("channel_layernorm", {"eps": float(m.eps), "elementwise_affine": m.elementwise_affine})
 
 
-def _groupnorm(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_groupnorm(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("groupnorm", {"num_groups": m.num_groups, "eps": float(m.eps), "affine": m.affine})
 
 
-def _maxpool(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_maxpool(m: Any, inp: tuple[int, ...]) -> Mapped:
     if m.return_indices:
         raise Unmapped("return_indices=True (max unpooling) has no archcalc kind")
     return Mapped("maxpool", {"kernel_size": _tup(m.kernel_size), "stride": _tup(m.stride),
                               "padding": _tup(m.padding), "dilation": _tup(m.dilation), "ceil_mode": m.ceil_mode})
 
 
-def _avgpool(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_avgpool(m: Any, inp: tuple[int, ...]) -> Mapped:
     if getattr(m, "divisor_override", None) is not None:
         raise Unmapped("divisor_override has no archcalc argument")
     return Mapped("avgpool", {"kernel_size": _tup(m.kernel_size), "stride": _tup(m.stride),
@@ -428,7 +428,7 @@ def _avgpool(m: Any, inp: tuple[int, ...]) -> Mapped:
                               "count_include_pad": m.count_include_pad})
 
 
-def _padded_pool(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_padded_pool(m: Any, inp: tuple[int, ...]) -> Mapped:
     padded = tuple(w + b + a for w, (b, a) in zip(inp[1:], _pairs(m.pad)))
     rule = MODULES.get(type(m.pool))
     if rule is None:
@@ -445,7 +445,7 @@ def _pool_kind(kind: str, sizes: Any) -> Mapped:
     return Mapped(kind, {"output_size": _tup(sizes)})
 
 
-def _adaptive(kind: str) -> ModuleRule:
+def _read_adaptive(kind: str) -> ModuleRule:
     def rule(m: Any, inp: tuple[int, ...]) -> Mapped:
         size = m.output_size
         sizes = size if isinstance(size, (tuple, list)) else (size,) * (len(inp) - 1)
@@ -458,7 +458,7 @@ def _adaptive(kind: str) -> ModuleRule:
     return rule
 
 
-def _zeropad(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_zeropad(m: Any, inp: tuple[int, ...]) -> Mapped:
     if getattr(m, "value", 0.0) != 0.0:
         raise Unmapped(f"padding with {m.value}; archcalc's zeropad pads with zeros")
     return Mapped("zeropad", {"padding": _padding(_pairs(m.padding))})
@@ -480,25 +480,25 @@ def _upsample_args(size: Any, scale: Any, mode: str, align_corners: Any, inp: tu
     return args
 
 
-def _upsample(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_upsample(m: Any, inp: tuple[int, ...]) -> Mapped:
     if getattr(m, "recompute_scale_factor", None):
         raise Unmapped("recompute_scale_factor=True has no archcalc argument")
     return Mapped("upsample", _upsample_args(m.size, m.scale_factor, m.mode, m.align_corners, inp))
 
 
-def _softmax(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_softmax(m: Any, inp: tuple[int, ...]) -> Mapped:
     dim = m.dim if m.dim is not None else 1
     return Mapped("softmax", {"dim": dim if dim >= 0 else dim + len(inp) + 1})
 
 
-def _flatten(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_flatten(m: Any, inp: tuple[int, ...]) -> Mapped:
     if m.start_dim != 1 or m.end_dim != -1:
         raise Unmapped(f"Flatten(start_dim={m.start_dim}, end_dim={m.end_dim}): archcalc's flatten keeps the batch "
                        "axis only (start_dim=1, end_dim=-1)")
     return Mapped("flatten", {})
 
 
-def _bias(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_bias(m: Any, inp: tuple[int, ...]) -> Mapped:
     shape = tuple(m.bias.shape)
     per = {(inp[0], *(1,) * (len(inp) - 1)): "channel", (1, *inp[1:]): "position", tuple(inp): "element"}
     if shape not in per:
@@ -506,15 +506,15 @@ def _bias(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("bias", {"per": per[shape]})
 
 
-def _layer_scale(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_layer_scale(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("layer_scale", {"init": float(m.init)})
 
 
-def _mean(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_mean(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("mean", {"keepdim": m.keepdim})
 
 
-def _crop(m: Any, inp: tuple[int, ...]) -> Mapped:
+def _read_crop(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("crop", {"size": _tup(m.sizes)})
 
 
@@ -533,29 +533,29 @@ def reads(kind: str, rule: ModuleRule, *classes: type) -> None:
         MODULE_KINDS[cls] = kind
 
 
-reads("conv", _conv, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-reads("conv", _asymmetric_conv, modules.AsymmetricPadConv)
-reads("conv_transpose", _conv_transpose, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-reads("linear", _linear, nn.Linear, modules.FlattenLinear)
-reads("flatten", _flatten, nn.Flatten)
-reads("bias", _bias, modules.Bias)
-reads("batchnorm", _batchnorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-reads("layernorm", _layernorm, nn.LayerNorm)
-reads("channel_layernorm", _channel_layernorm, modules.LayerNorm2d)
-reads("groupnorm", _groupnorm, nn.GroupNorm)
-reads("maxpool", _maxpool, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
-reads("avgpool", _avgpool, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-reads("maxpool", _padded_pool, modules.PaddedPool)  # or avgpool: the rule of the pool it wraps
-reads("adaptive_avgpool", _adaptive("adaptive_avgpool"), nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+reads("conv", _read_conv, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+reads("conv", _read_asymmetric_conv, modules.AsymmetricPadConv)
+reads("conv_transpose", _read_conv_transpose, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+reads("linear", _read_linear, nn.Linear, modules.FlattenLinear)
+reads("flatten", _read_flatten, nn.Flatten)
+reads("bias", _read_bias, modules.Bias)
+reads("batchnorm", _read_batchnorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+reads("layernorm", _read_layernorm, nn.LayerNorm)
+reads("channel_layernorm", _read_channel_layernorm, modules.LayerNorm2d)
+reads("groupnorm", _read_groupnorm, nn.GroupNorm)
+reads("maxpool", _read_maxpool, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+reads("avgpool", _read_avgpool, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+reads("maxpool", _read_padded_pool, modules.PaddedPool)  # or avgpool: the rule of the pool it wraps
+reads("adaptive_avgpool", _read_adaptive("adaptive_avgpool"), nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
       nn.AdaptiveAvgPool3d)
-reads("adaptive_maxpool", _adaptive("adaptive_maxpool"), nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+reads("adaptive_maxpool", _read_adaptive("adaptive_maxpool"), nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
       nn.AdaptiveMaxPool3d)
-reads("zeropad", _zeropad, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
-reads("upsample", _upsample, nn.Upsample)
-reads("softmax", _softmax, nn.Softmax)
-reads("layer_scale", _layer_scale, modules.LayerScale)
-reads("mean", _mean, modules.Mean)
-reads("crop", _crop, modules.CenterCrop)
+reads("zeropad", _read_zeropad, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
+reads("upsample", _read_upsample, nn.Upsample)
+reads("softmax", _read_softmax, nn.Softmax)
+reads("layer_scale", _read_layer_scale, modules.LayerScale)
+reads("mean", _read_mean, modules.Mean)
+reads("crop", _read_crop, modules.CenterCrop)
 
 
 def _value(arg: Arg, value: Any) -> Any:
@@ -576,7 +576,7 @@ def _generic_module(kind: Kind) -> ModuleRule:
 
 # Classes of other libraries, by qualified name: matched when the library is imported (archcalc never imports it).
 NAMED_MODULES: dict[str, ModuleRule] = {
-    "torchvision.models.convnext.LayerNorm2d": _channel_layernorm,
+    "torchvision.models.convnext.LayerNorm2d": _read_channel_layernorm,
     "torchvision.ops.stochastic_depth.StochasticDepth": _generic_module(REGISTRY["stochastic_depth"]),
 }
 
