@@ -282,6 +282,7 @@ def _elementwise(fn: Callable[[torch.Tensor, dict[str, Any], Any], torch.Tensor]
 
 
 SQRT2 = math.sqrt(2.0)
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 FORMULAS: dict[str, Formula] = {
     "relu": _elementwise(lambda x, a, m: torch.clamp_min(x, 0.0)),
     "relu6": _elementwise(lambda x, a, m: torch.clamp(x, 0.0, 6.0)),
@@ -291,6 +292,8 @@ FORMULAS: dict[str, Formula] = {
     "prelu": _elementwise(lambda x, a, m: torch.where(x > 0, x, (_channel(m.weight, x) if m.weight.numel() > 1
                                                                  else m.weight) * x)),
     "elu": _elementwise(lambda x, a, m: torch.where(x > 0, x, a["alpha"] * (torch.exp(x) - 1))),
+    # Klambauer et al. 2017, eq. 2: lambda * (x if x > 0 else alpha * (exp(x) - 1)), their alpha_01 and lambda_01
+    "selu": _elementwise(lambda x, a, m: SELU_SCALE * torch.where(x > 0, x, SELU_ALPHA * (torch.exp(x) - 1))),
     "gelu": _elementwise(lambda x, a, m: x * 0.5 * (1 + torch.erf(x / SQRT2)) if a["approximate"] == "none" else
                          # tanh form (Hendrycks & Gimpel 2016); the cube is two multiplications
                          0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * (x * x * x))))),

@@ -168,6 +168,7 @@ FULL: dict[str, Rule] = {
     "leaky_relu": lambda a, i, o, m: 2 * n(o), "prelu": lambda a, i, o, m: 2 * n(o),
     "relu6": lambda a, i, o, m: 2 * n(o),
     "elu": lambda a, i, o, m: 4 * n(o), "sigmoid": lambda a, i, o, m: 3 * n(o),
+    "selu": lambda a, i, o, m: 5 * n(o),
     "softmax": lambda a, i, o, m: 3 * n(o),
     "silu": lambda a, i, o, m: 4 * n(o), "hardsigmoid": lambda a, i, o, m: 4 * n(o),
     "hardswish": lambda a, i, o, m: 5 * n(o),

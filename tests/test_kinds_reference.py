@@ -211,6 +211,9 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "prelu": lambda a, s: nn.PReLU(a["num_parameters"], a["init"]),
     "relu": lambda a, s: nn.ReLU(),
     "relu6": lambda a, s: nn.ReLU6(),
+    # Klambauer et al. 2017, eq. 2, with their alpha_01 and lambda_01
+    "selu": lambda a, s: Lambda(lambda x: 1.0507009873554804934193349852946 * torch.where(
+        x > 0, x, 1.6732632423543772848170429916717 * (torch.exp(x) - 1))),
     "sigmoid": lambda a, s: nn.Sigmoid(),
     "silu": lambda a, s: nn.SiLU(),
     "softmax": lambda a, s: nn.Softmax(a["dim"]),

@@ -46,8 +46,8 @@ def test_every_kind_has_one_recipe() -> None:
     assert sorted(RECIPES) == sorted(REGISTRY)
 
 
-def test_every_merge_has_one_torch_function_and_one_source_form() -> None:
+def test_every_merge_has_one_torch_recipe() -> None:
     from archcalc.core.merges import MERGES
-    from archcalc.torch.recipes import MERGE_FUNCTIONS, MERGE_SOURCE
+    from archcalc.torch.recipes import MERGE_RECIPES
 
-    assert sorted(MERGE_FUNCTIONS) == sorted(MERGE_SOURCE) == sorted(MERGES)
+    assert sorted(MERGE_RECIPES) == sorted(MERGES)

@@ -2,7 +2,11 @@
 
 A merge owns its output shape (with an error that names where each input came from), its `full`-convention cost
 and what it keeps for backward. It has no parameters and no nn.Module of its own in torchvision's models (a `+`, a
-`torch.cat`); its torch form is in archcalc.torch.recipes.MERGE_FUNCTIONS.
+`torch.cat`). An arithmetic merge states its Python operator (`symbol`) as plain data: the builder runs it, export
+writes it and the importer recognises it (the operator, its in-place form, torch's function and Tensor's methods
+of the operator's name) from that alone; a merge without one (concat) registers its torch form in
+archcalc.torch.recipes and its importer rule in archcalc.torch.importer.trace. A new merge is one class here, added
+to MERGES.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ def dims(shape: Shape) -> str:
 class MergeOp:
     name: ClassVar[str]
     doc: ClassVar[str]
+    symbol: ClassVar[str] = ""  # Python's binary operator, applied left to right over the inputs ("+"); "" if none
+    # The third and later inputs are accumulated in place on the fresh result of the first operation (a sum); else
+    # each partial result is a new tensor (a product keeps its partial products for backward: `intermediates`).
+    accumulates: ClassVar[bool] = False
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         raise NotImplementedError
@@ -61,6 +69,8 @@ class Concat(MergeOp):
 class Add(MergeOp):
     name = "add"
     doc = "element-wise sum: the shapes must be equal"
+    symbol = "+"
+    accumulates = True
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         first = shapes[0]
@@ -74,6 +84,7 @@ class Add(MergeOp):
 class Mul(MergeOp):
     name = "mul"
     doc = "element-wise product with broadcasting (an axis of size 1 stretches, as squeeze-excitation's C x 1 x 1)"
+    symbol = "*"
 
     def saved(self, shapes: Sequence[Shape], needs_grad: Sequence[bool]) -> tuple[tuple[int, ...], int]:
         # Built as ((x0 * x1) * x2) * ...: each multiply keeps its right factor for the left one's gradient and its

@@ -4,7 +4,7 @@ Submodules carry the spec's hierarchical names (`layer1.0.conv1` is `model.get_s
 nested in plain containers), so state_dicts match torchvision's naming. `SpecGraph.forward` runs the ops in
 order, reading and writing a list of tensors, and drops each tensor exactly when the analytic memory model says
 nothing holds it any more (core.graph.Graph.releases): after its last reader, or when the composite that took it as
-input ends (as a torchvision block's `identity = x` does). Merges run as torch.cat / + / * (MERGE_FUNCTIONS).
+input ends (as a torchvision block's `identity = x` does). Merges run as their recipes (MERGE_RECIPES) say.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 
 from archcalc.core.analyze import Report
 from archcalc.core.graph import Graph
-from archcalc.torch.recipes import MERGE_FUNCTIONS, module_call
+from archcalc.torch.recipes import MERGE_RECIPES, module_call
 
 
 class SpecGroup(nn.Module):
@@ -43,7 +43,7 @@ class SpecGraph(nn.Module):
     def _resolve(self) -> list[tuple[Callable[..., torch.Tensor], list[int], int, list[int]]]:
         steps = []
         for target, inputs, output, frees in self.plan:
-            fn = MERGE_FUNCTIONS[target[1:]] if target.startswith("%") else self.get_submodule(target)
+            fn = MERGE_RECIPES[target[1:]].run if target.startswith("%") else self.get_submodule(target)
             steps.append((fn, inputs, output, frees))
         return steps
 

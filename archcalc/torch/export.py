@@ -25,7 +25,7 @@ from typing import Any
 from archcalc import __version__
 from archcalc.core.analyze import Report
 from archcalc.torch.build import module_paths, plan
-from archcalc.torch.recipes import MERGE_SOURCE, Call, module_call
+from archcalc.torch.recipes import MERGE_RECIPES, Call, module_call
 
 
 def _literal(value: Any) -> str:
@@ -161,7 +161,7 @@ class _Writer:
             if op.merge is None:
                 lines.append(f"{y} = {_module_expr(target)}({args[0]})")
             else:
-                lines += MERGE_SOURCE[op.merge.name](y, args)
+                lines += MERGE_RECIPES[op.merge.name].source(y, args)
             dropped = [self.var(t) for t in frees if t not in keep and t != output]
             if dropped:
                 lines.append(f"del {', '.join(dropped)}")

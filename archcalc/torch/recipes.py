@@ -1,20 +1,32 @@
-"""Where a layer kind meets torch: one recipe per kind, the module that computes it.
+"""Where a layer kind meets torch: the kinds' torch half, in one place -- how each kind is built, and how the
+importer reads it back from a torch model.
 
-A recipe returns a `Call` — a module class and its constructor arguments — rather than a module, so the builder
-(`Call.make`) and the exporter (which writes the same call as source) cannot disagree. The core kinds never import
-torch or name its classes; this table is the only place that maps them. A kind without a recipe is an error at
-build time and fails `tests/test_layers.py`.
+A recipe returns a `Call` -- a module class and its constructor arguments -- rather than a module, so the builder
+(`Call.make`) and the exporter (which writes the same call as source) cannot disagree. A kind that names its
+`torch_class` (plain data on the core kind: "ReLU") is built by the one generic recipe, torch_class(**its
+arguments), and read back by the one generic importer rule (the module's attributes of the same names, and the
+torch_functions and torch_methods it names); it needs nothing here. A kind that needs more (a class chosen by the
+input's rank, an argument computed from the input shape, a PyTorch argument to normalise) registers its recipe
+(`recipe`) and its importer rules (`reads`, FUNCTIONS, METHODS) here, under its name, once. A kind with neither is
+an error when this module is imported, and fails tests/test_layers.py and tests/test_kind_torch.py. Merges are
+registered the same way: an arithmetic merge is run and written from its Python operator; another registers a
+`merge_recipe`. The core kinds never import torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-from archcalc.core.kinds import REGISTRY, Kind, Shape
+from archcalc.core.kinds import REGISTRY, Arg, Kind, Shape
 from archcalc.core.kinds.base import numel
+from archcalc.core.merges import MERGES
 from archcalc.torch import modules
 
 
@@ -32,6 +44,18 @@ def call(cls: type, **kwargs: Any) -> Call:
     return Call(cls, tuple(kwargs.items()))
 
 
+def torch_class(kind: Kind) -> type | None:
+    """The module class a kind names in `torch_class`: archcalc.torch.modules' class of that name, else torch.nn's;
+    None when it names none."""
+    if not kind.torch_class:
+        return None
+    cls = getattr(modules, kind.torch_class, None) or getattr(nn, kind.torch_class, None)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise RuntimeError(f"layer kind '{kind.name}' names torch_class {kind.torch_class!r}, which is neither a "
+                           "torch.nn module class nor one of archcalc.torch.modules")
+    return cls
+
+
 Recipe = Callable[[Kind, Mapping[str, Any], Shape], Call]
 RECIPES: dict[str, Recipe] = {}
 
@@ -43,52 +67,23 @@ def recipe(*names: str) -> Callable[[Recipe], Recipe]:
                 raise RuntimeError(f"two recipes for layer kind '{name}'")
             if name not in REGISTRY:
                 raise RuntimeError(f"recipe for unknown layer kind '{name}'")
+            if REGISTRY[name].torch_class:
+                raise RuntimeError(f"layer kind '{name}' names its torch_class: the generic recipe builds it")
             RECIPES[name] = fn
         return fn
 
     return register
 
 
+def _generic(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    """torch_class(**the kind's arguments): the kinds' arguments are named like the constructor's."""
+    cls = torch_class(kind)
+    assert cls is not None
+    return Call(cls, tuple((arg.name, a[arg.name]) for arg in kind.args))
+
+
 def module_call(kind: Kind, args: Mapping[str, Any], inp: Shape) -> Call:
-    try:
-        fn = RECIPES[kind.name]
-    except KeyError:
-        raise RuntimeError(f"layer kind '{kind.name}' has no torch recipe in archcalc.torch.recipes") from None
-    return fn(kind, args, inp)
-
-
-# ---- element-wise: the torch.nn class of the same meaning, called with the kind's arguments ----------------------
-
-_ELEMENTWISE: dict[str, type] = {
-    "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "prelu": nn.PReLU, "elu": nn.ELU, "gelu": nn.GELU,
-    "silu": nn.SiLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "softmax": nn.Softmax, "identity": nn.Identity,
-    "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
-}
-
-
-@recipe(*_ELEMENTWISE)
-def _elementwise(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(_ELEMENTWISE[kind.name], **a)
-
-
-@recipe("dropout")
-def _dropout(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(nn.Dropout, p=a["p"])
-
-
-@recipe("maxout")
-def _maxout(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.Maxout, pieces=a["pieces"])
-
-
-@recipe("channel_shuffle")
-def _channel_shuffle(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(nn.ChannelShuffle, groups=a["groups"])
-
-
-@recipe("channel_slice")
-def _channel_slice(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.ChannelSliceModule, start=a["start"], stop=a["stop"])
+    return RECIPES[kind.name](kind, args, inp)
 
 
 # ---- convolution ----------------------------------------------------------------------------------------------
@@ -123,11 +118,6 @@ def _linear(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.FlattenLinear, in_features=numel(inp), out_features=a["out_features"], bias=a["bias"])
 
 
-@recipe("flatten")
-def _flatten(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(nn.Flatten)
-
-
 @recipe("bias")
 def _bias(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.Bias, shape=tuple(kind.shape(a, inp)))
@@ -152,11 +142,6 @@ def _layernorm(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
 @recipe("groupnorm")
 def _groupnorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(nn.GroupNorm, num_groups=a["num_groups"], num_channels=inp[0], eps=a["eps"], affine=a["affine"])
-
-
-@recipe("lrn")
-def _lrn(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(nn.LocalResponseNorm, size=a["size"], alpha=a["alpha"], beta=a["beta"], k=a["k"])
 
 
 # ---- pooling ----------------------------------------------------------------------------------------------------
@@ -236,24 +221,9 @@ def _layer_scale(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.LayerScale, shape=(inp[0],) + (1,) * (len(inp) - 1), init=a["init"])
 
 
-@recipe("stochastic_depth")
-def _stochastic_depth(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.StochasticDepth, p=a["p"], mode=a["mode"])
-
-
 @recipe("mean")
 def _mean(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.Mean, dims=tuple(range(2, len(inp) + 1)), keepdim=a["keepdim"])
-
-
-@recipe("pixel_shuffle")
-def _pixel_shuffle(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(nn.PixelShuffle, upscale_factor=a["upscale_factor"])
-
-
-@recipe("pixel_unshuffle")
-def _pixel_unshuffle(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(nn.PixelUnshuffle, downscale_factor=a["downscale_factor"])
 
 
 @recipe("crop")
@@ -264,42 +234,511 @@ def _crop(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
 # ---- merges -----------------------------------------------------------------------------------------------------
 
 
-def _concat(*xs: Any) -> Any:
-    import torch
+class MergeRecipe(NamedTuple):
+    """A merge's torch form: `run(*tensors)` for the builder, and `source(y, args)` the same computation as source
+    lines for `export` (y = the result variable, args = the input variables)."""
 
+    run: Callable[..., Any]
+    source: Callable[[str, list[str]], list[str]]
+
+
+MERGE_RECIPES: dict[str, MergeRecipe] = {}
+
+
+def merge_recipe(name: str, run: Callable[..., Any], source: Callable[[str, list[str]], list[str]]) -> None:
+    if name in MERGE_RECIPES:
+        raise RuntimeError(f"two recipes for merge '{name}'")
+    if name not in MERGES:
+        raise RuntimeError(f"recipe for unknown merge '{name}'")
+    if MERGES[name].symbol:
+        raise RuntimeError(f"merge '{name}' names its operator: the generic recipe runs it")
+    MERGE_RECIPES[name] = MergeRecipe(run, source)
+
+
+# Python's binary operators by symbol: (the operator, its in-place form), as the `operator` module names them.
+OPERATORS: dict[str, tuple[Callable[[Any, Any], Any], Callable[[Any, Any], Any]]] = {
+    "+": (operator.add, operator.iadd), "-": (operator.sub, operator.isub), "*": (operator.mul, operator.imul),
+    "/": (operator.truediv, operator.itruediv),
+}
+
+
+def _operator_recipe(symbol: str, accumulates: bool) -> MergeRecipe:
+    """((x0 op x1) op x2) op ...: with `accumulates` the later inputs go in place into the fresh first result."""
+    op, in_place = OPERATORS[symbol]
+    then = in_place if accumulates else op
+
+    def run(*xs: Any) -> Any:
+        y = op(xs[0], xs[1])
+        for extra in xs[2:]:
+            y = then(y, extra)
+        return y
+
+    def source(y: str, args: list[str]) -> list[str]:
+        lines = [f"{y} = {args[0]} {symbol} {args[1]}"]
+        lines += [f"{y} {symbol}= {a}" if accumulates else f"{y} = {y} {symbol} {a}" for a in args[2:]]
+        return lines
+
+    return MergeRecipe(run, source)
+
+
+def _concat(*xs: Any) -> Any:
     return torch.cat(xs, 1)
 
 
-def _add(*xs: Any) -> Any:
-    y = xs[0] + xs[1]
-    for extra in xs[2:]:
-        y += extra  # y is a fresh tensor: accumulate in place
-    return y
+merge_recipe("concat", _concat, lambda y, args: [f"{y} = torch.cat([{', '.join(args)}], 1)"])
 
 
-def _mul(*xs: Any) -> Any:
-    y = xs[0] * xs[1]
-    for extra in xs[2:]:
-        y = y * extra
-    return y
+# ---- every kind and merge without a recipe of its own: the generic ones -------------------------------------------
+
+for _kind in REGISTRY.values():
+    if _kind.name not in RECIPES:
+        if torch_class(_kind) is None:
+            raise RuntimeError(f"layer kind '{_kind.name}' has neither a torch_class nor a recipe in "
+                               "archcalc.torch.recipes")
+        RECIPES[_kind.name] = _generic
+for _merge in MERGES.values():
+    if _merge.name not in MERGE_RECIPES:
+        if _merge.symbol not in OPERATORS:
+            raise RuntimeError(f"merge '{_merge.name}' has neither a Python operator nor a recipe in "
+                               "archcalc.torch.recipes")
+        MERGE_RECIPES[_merge.name] = _operator_recipe(_merge.symbol, _merge.accumulates)
 
 
-MERGE_FUNCTIONS: dict[str, Callable[..., Any]] = {"concat": _concat, "add": _add, "mul": _mul}
+# ======== reading a kind back: the importer's rules ===================================================================
+#
+# A module rule reads a kind and its arguments off a module of a registered class; a function rule off a call (see
+# FunctionRule). A kind that names its torch_class, torch_functions and torch_methods is read by the generic rules
+# (its arguments are the module's attributes, or the call's arguments, of the same names); a kind that needs more
+# registers its rules here, under its name (`reads`, FUNCTIONS, METHODS); a class or function is mapped once. Every
+# rule reads the arguments the way the recipe above writes them, so a module archcalc builds maps back to the kind
+# and arguments it was built from. archcalc.torch.importer.mapping looks them up; trace.py walks the graph.
 
 
-def _chain(sign: str, in_place: bool) -> Callable[[str, list[str]], list[str]]:
-    def write(y: str, args: list[str]) -> list[str]:
-        lines = [f"{y} = {args[0]} {sign} {args[1]}"]
-        lines += [f"{y} {sign}= {a}" if in_place else f"{y} = {y} {sign} {a}" for a in args[2:]]
-        return lines
-
-    return write
+class Unmapped(Exception):
+    """An op with no archcalc kind (the importer adds where it is)."""
 
 
-# The same computations as source lines for `export` (y = result variable, args = input variables): a sum
-# accumulates in place on its fresh tensor; a product makes each partial product anew (it keeps them for backward).
-MERGE_SOURCE: dict[str, Callable[[str, list[str]], list[str]]] = {
-    "concat": lambda y, args: [f"{y} = torch.cat([{', '.join(args)}], 1)"],
-    "add": _chain("+", in_place=True),
-    "mul": _chain("*", in_place=False),
+class Mapped(NamedTuple):
+    """A layer kind and its arguments (archcalc's canonical names), read off a module or a call."""
+
+    kind: str
+    args: dict[str, Any]
+
+
+def _tup(value: Any) -> Any:
+    """An int, or a tuple of ints written as one int when all agree."""
+    if isinstance(value, (tuple, list)):
+        values = tuple(int(v) for v in value)
+        return values[0] if len(set(values)) == 1 else values
+    return int(value)
+
+
+def _pairs(flat: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """F.pad's (last before, last after, second-to-last before, ...) as (before, after) per axis, first axis first."""
+    pairs = [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
+    return tuple(reversed(pairs))
+
+
+def _padding(pads: tuple[tuple[int, int], ...]) -> Any:
+    if all(b == a for b, a in pads):
+        return _tup([b for b, _ in pads])
+    return tuple(pads)
+
+
+def is_integral(value: Any) -> bool:
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value == int(value))
+
+
+# ---- modules ------------------------------------------------------------------------------------------------------
+
+ModuleRule = Callable[[Any, tuple[int, ...]], Mapped]
+
+
+def _read_conv(m: Any, inp: tuple[int, ...]) -> Mapped:
+    if m.padding_mode != "zeros":
+        raise Unmapped(f"padding_mode={m.padding_mode!r}: archcalc's conv pads with zeros only")
+    padding = m.padding if isinstance(m.padding, str) else _tup(m.padding)
+    return Mapped("conv", {"out_channels": m.out_channels, "kernel_size": _tup(m.kernel_size),
+                           "stride": _tup(m.stride), "padding": padding, "dilation": _tup(m.dilation),
+                           "groups": m.groups, "bias": m.bias is not None})
+
+
+def _read_asymmetric_conv(m: Any, inp: tuple[int, ...]) -> Mapped:
+    inner = m._conv.__self__  # the wrapped nn.ConvNd (its bound _conv_forward)
+    mapped = _read_conv(inner, inp)
+    mapped.args["padding"] = _padding(_pairs(m.pad))
+    return mapped
+
+
+def _read_conv_transpose(m: Any, inp: tuple[int, ...]) -> Mapped:
+    if m.padding_mode != "zeros":
+        raise Unmapped(f"padding_mode={m.padding_mode!r}: archcalc's conv_transpose pads with zeros only")
+    return Mapped("conv_transpose", {"out_channels": m.out_channels, "kernel_size": _tup(m.kernel_size),
+                                     "stride": _tup(m.stride), "padding": _tup(m.padding),
+                                     "output_padding": _tup(m.output_padding), "dilation": _tup(m.dilation),
+                                     "groups": m.groups, "bias": m.bias is not None})
+
+
+def _read_linear(m: Any, inp: tuple[int, ...]) -> Mapped:
+    if len(inp) != 1 and type(m).__name__ != "FlattenLinear":
+        raise Unmapped(f"nn.Linear on a per-sample shape {'x'.join(map(str, inp))} acts on the last axis only; "
+                       "archcalc's linear takes a vector (flatten first)")
+    return Mapped("linear", {"out_features": m.out_features, "bias": m.bias is not None})
+
+
+def _read_batchnorm(m: Any, inp: tuple[int, ...]) -> Mapped:
+    if m.momentum is None:
+        raise Unmapped("momentum=None (a cumulative average) has no archcalc argument")
+    return Mapped("batchnorm", {"eps": float(m.eps), "momentum": float(m.momentum), "affine": m.affine,
+                                "track_running_stats": m.track_running_stats})
+
+
+def _read_layernorm(m: Any, inp: tuple[int, ...]) -> Mapped:
+    if m.elementwise_affine and getattr(m, "bias", True) is None:
+        raise Unmapped("LayerNorm(bias=False) has no archcalc argument")
+    return Mapped("layernorm", {"normalized_shape": _shape_arg(m.normalized_shape), "eps": float(m.eps),
+                                "elementwise_affine": m.elementwise_affine})
+
+
+def _shape_arg(shape: Sequence[int]) -> Any:
+    values = tuple(int(v) for v in shape)
+    return values[0] if len(values) == 1 else values
+
+
+def _read_channel_layernorm(m: Any, inp: tuple[int, ...]) -> Mapped:
+    return Mapped("channel_layernorm", {"eps": float(m.eps), "elementwise_affine": m.elementwise_affine})
+
+
+def _read_groupnorm(m: Any, inp: tuple[int, ...]) -> Mapped:
+    return Mapped("groupnorm", {"num_groups": m.num_groups, "eps": float(m.eps), "affine": m.affine})
+
+
+def _read_maxpool(m: Any, inp: tuple[int, ...]) -> Mapped:
+    if m.return_indices:
+        raise Unmapped("return_indices=True (max unpooling) has no archcalc kind")
+    return Mapped("maxpool", {"kernel_size": _tup(m.kernel_size), "stride": _tup(m.stride),
+                              "padding": _tup(m.padding), "dilation": _tup(m.dilation), "ceil_mode": m.ceil_mode})
+
+
+def _read_avgpool(m: Any, inp: tuple[int, ...]) -> Mapped:
+    if getattr(m, "divisor_override", None) is not None:
+        raise Unmapped("divisor_override has no archcalc argument")
+    return Mapped("avgpool", {"kernel_size": _tup(m.kernel_size), "stride": _tup(m.stride),
+                              "padding": _tup(m.padding), "ceil_mode": m.ceil_mode,
+                              "count_include_pad": m.count_include_pad})
+
+
+def _read_padded_pool(m: Any, inp: tuple[int, ...]) -> Mapped:
+    padded = tuple(w + b + a for w, (b, a) in zip(inp[1:], _pairs(m.pad)))
+    rule = MODULES.get(type(m.pool))
+    if rule is None:
+        raise Unmapped(f"a padded {type(m.pool).__name__}")
+    mapped = rule(m.pool, (inp[0], *padded))
+    mapped.args["padding"] = _padding(_pairs(m.pad))
+    return mapped
+
+
+def _pool_kind(kind: str, sizes: Any) -> Mapped:
+    """Adaptive pooling to 1 everywhere is archcalc's global pooling (the same op, the same figures)."""
+    if all(s == 1 for s in sizes):
+        return Mapped(kind.replace("adaptive_", "global_"), {})
+    return Mapped(kind, {"output_size": _tup(sizes)})
+
+
+def _read_adaptive(kind: str) -> ModuleRule:
+    def rule(m: Any, inp: tuple[int, ...]) -> Mapped:
+        size = m.output_size
+        sizes = size if isinstance(size, (tuple, list)) else (size,) * (len(inp) - 1)
+        if any(s is None for s in sizes):
+            sizes = tuple(w if s is None else s for s, w in zip(sizes, inp[1:]))
+        if getattr(m, "return_indices", False):
+            raise Unmapped("return_indices=True has no archcalc kind")
+        return _pool_kind(kind, sizes)
+
+    return rule
+
+
+def _read_zeropad(m: Any, inp: tuple[int, ...]) -> Mapped:
+    if getattr(m, "value", 0.0) != 0.0:
+        raise Unmapped(f"padding with {m.value}; archcalc's zeropad pads with zeros")
+    return Mapped("zeropad", {"padding": _padding(_pairs(m.padding))})
+
+
+def _upsample_args(size: Any, scale: Any, mode: str, align_corners: Any, inp: tuple[int, ...]) -> dict[str, Any]:
+    if mode not in ("nearest", "linear", "bilinear", "trilinear"):
+        raise Unmapped(f"mode={mode!r}: archcalc's upsample is 'nearest' or 'linear'")
+    args: dict[str, Any] = {"mode": "nearest" if mode == "nearest" else "linear"}
+    if mode != "nearest":
+        args["align_corners"] = bool(align_corners)
+    if size is not None:
+        args["size"] = _tup(size)
+    else:
+        scales = scale if isinstance(scale, (tuple, list)) else (scale,)
+        if any(float(s) != int(s) or s < 1 for s in scales):
+            raise Unmapped(f"scale_factor={scale!r}: archcalc's upsample takes integer factors")
+        args["scale_factor"] = _tup([int(s) for s in scales])
+    return args
+
+
+def _read_upsample(m: Any, inp: tuple[int, ...]) -> Mapped:
+    if getattr(m, "recompute_scale_factor", None):
+        raise Unmapped("recompute_scale_factor=True has no archcalc argument")
+    return Mapped("upsample", _upsample_args(m.size, m.scale_factor, m.mode, m.align_corners, inp))
+
+
+def _read_softmax(m: Any, inp: tuple[int, ...]) -> Mapped:
+    dim = m.dim if m.dim is not None else 1
+    return Mapped("softmax", {"dim": dim if dim >= 0 else dim + len(inp) + 1})
+
+
+def _read_flatten(m: Any, inp: tuple[int, ...]) -> Mapped:
+    if m.start_dim != 1 or m.end_dim != -1:
+        raise Unmapped(f"Flatten(start_dim={m.start_dim}, end_dim={m.end_dim}): archcalc's flatten keeps the batch "
+                       "axis only (start_dim=1, end_dim=-1)")
+    return Mapped("flatten", {})
+
+
+def _read_bias(m: Any, inp: tuple[int, ...]) -> Mapped:
+    shape = tuple(m.bias.shape)
+    per = {(inp[0], *(1,) * (len(inp) - 1)): "channel", (1, *inp[1:]): "position", tuple(inp): "element"}
+    if shape not in per:
+        raise Unmapped(f"a bias of shape {shape} on input {inp}")
+    return Mapped("bias", {"per": per[shape]})
+
+
+def _read_layer_scale(m: Any, inp: tuple[int, ...]) -> Mapped:
+    return Mapped("layer_scale", {"init": float(m.init)})
+
+
+def _read_mean(m: Any, inp: tuple[int, ...]) -> Mapped:
+    return Mapped("mean", {"keepdim": m.keepdim})
+
+
+def _read_crop(m: Any, inp: tuple[int, ...]) -> Mapped:
+    return Mapped("crop", {"size": _tup(m.sizes)})
+
+
+MODULES: dict[type, ModuleRule] = {}
+MODULE_KINDS: dict[type, str] = {}  # the kind each class maps to (adaptive pooling to 1 reads as global pooling)
+
+
+def reads(kind: str, rule: ModuleRule, *classes: type) -> None:
+    """Register the rule that reads `classes` as layer kind `kind`; a class is mapped once."""
+    if kind not in REGISTRY:
+        raise RuntimeError(f"importer rule for unknown layer kind '{kind}'")
+    for cls in classes:
+        if cls in MODULES:
+            raise RuntimeError(f"two importer rules for {cls.__module__}.{cls.__qualname__}")
+        MODULES[cls] = rule
+        MODULE_KINDS[cls] = kind
+
+
+reads("conv", _read_conv, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+reads("conv", _read_asymmetric_conv, modules.AsymmetricPadConv)
+reads("conv_transpose", _read_conv_transpose, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+reads("linear", _read_linear, nn.Linear, modules.FlattenLinear)
+reads("flatten", _read_flatten, nn.Flatten)
+reads("bias", _read_bias, modules.Bias)
+reads("batchnorm", _read_batchnorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+reads("layernorm", _read_layernorm, nn.LayerNorm)
+reads("channel_layernorm", _read_channel_layernorm, modules.LayerNorm2d)
+reads("groupnorm", _read_groupnorm, nn.GroupNorm)
+reads("maxpool", _read_maxpool, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
+reads("avgpool", _read_avgpool, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+reads("maxpool", _read_padded_pool, modules.PaddedPool)  # or avgpool: the rule of the pool it wraps
+reads("adaptive_avgpool", _read_adaptive("adaptive_avgpool"), nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+      nn.AdaptiveAvgPool3d)
+reads("adaptive_maxpool", _read_adaptive("adaptive_maxpool"), nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+      nn.AdaptiveMaxPool3d)
+reads("zeropad", _read_zeropad, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
+reads("upsample", _read_upsample, nn.Upsample)
+reads("softmax", _read_softmax, nn.Softmax)
+reads("layer_scale", _read_layer_scale, modules.LayerScale)
+reads("mean", _read_mean, modules.Mean)
+reads("crop", _read_crop, modules.CenterCrop)
+
+
+def _value(arg: Arg, value: Any) -> Any:
+    """A value read off torch as the spec parser would give it: a number as the argument's type."""
+    if arg.type == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if arg.type == "int" and is_integral(value) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _generic_module(kind: Kind) -> ModuleRule:
+    def rule(m: Any, inp: tuple[int, ...]) -> Mapped:
+        return Mapped(kind.name, {arg.name: _value(arg, getattr(m, arg.name)) for arg in kind.args})
+
+    return rule
+
+
+# Classes of other libraries, by qualified name: matched when the library is imported (archcalc never imports it).
+NAMED_MODULES: dict[str, ModuleRule] = {
+    "torchvision.models.convnext.LayerNorm2d": _read_channel_layernorm,
+    "torchvision.ops.stochastic_depth.StochasticDepth": _generic_module(REGISTRY["stochastic_depth"]),
+}
+
+
+# ---- functions and tensor methods -----------------------------------------------------------------------------------
+#
+# A function rule gets the call's arguments bound to the function's parameter names (the tensor input as `x`,
+# everything else as the concrete Python value the trace computed) and the input's per-sample shape, and returns a
+# Mapped kind, or raises Unmapped. Merges, views and the like are handled in trace.py, which owns the tensors.
+
+FunctionRule = Callable[[dict[str, Any], tuple[int, ...]], Mapped]
+
+
+def _f_softmax(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    dim = a.get("dim")
+    if dim is None:
+        raise Unmapped("softmax without dim")
+    return Mapped("softmax", {"dim": dim if dim >= 0 else dim + len(inp) + 1})
+
+
+def _f_dropout(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    return Mapped("dropout", {"p": float(a.get("p", 0.5))})
+
+
+def _f_adaptive(kind: str) -> FunctionRule:
+    def rule(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+        size = a["output_size"]
+        sizes = size if isinstance(size, (tuple, list)) else (size,) * (len(inp) - 1)
+        sizes = tuple(w if s is None else s for s, w in zip(sizes, inp[1:]))
+        if a.get("return_indices"):
+            raise Unmapped("return_indices=True has no archcalc kind")
+        return _pool_kind(kind, sizes)
+
+    return rule
+
+
+def _f_maxpool(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    if a.get("return_indices"):
+        raise Unmapped("return_indices=True (max unpooling) has no archcalc kind")
+    k = a["kernel_size"]
+    stride = a.get("stride") or k
+    return Mapped("maxpool", {"kernel_size": _tup(k), "stride": _tup(stride), "padding": _tup(a.get("padding", 0)),
+                              "dilation": _tup(a.get("dilation", 1)), "ceil_mode": bool(a.get("ceil_mode", False))})
+
+
+def _f_avgpool(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    if a.get("divisor_override") is not None:
+        raise Unmapped("divisor_override has no archcalc argument")
+    k = a["kernel_size"]
+    stride = a.get("stride") or k
+    return Mapped("avgpool", {"kernel_size": _tup(k), "stride": _tup(stride), "padding": _tup(a.get("padding", 0)),
+                              "ceil_mode": bool(a.get("ceil_mode", False)),
+                              "count_include_pad": bool(a.get("count_include_pad", True))})
+
+
+def _f_pad(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    if a.get("mode", "constant") != "constant" or (a.get("value") or 0.0) != 0.0:
+        raise Unmapped(f"F.pad(mode={a.get('mode', 'constant')!r}, value={a.get('value')}): archcalc's zeropad pads "
+                       "with zeros")
+    pairs = _pairs(a["pad"])
+    rank = len(inp) - 1
+    if len(pairs) > rank:
+        raise Unmapped("F.pad of the channel or batch axis")
+    pairs = ((0, 0),) * (rank - len(pairs)) + pairs
+    return Mapped("zeropad", {"padding": _padding(pairs)})
+
+
+def _f_interpolate(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    if a.get("recompute_scale_factor") or a.get("antialias"):
+        raise Unmapped("recompute_scale_factor / antialias have no archcalc argument")
+    return Mapped("upsample", _upsample_args(a.get("size"), a.get("scale_factor"), a.get("mode", "nearest"),
+                                             a.get("align_corners"), inp))
+
+
+def _f_mean(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    dims = a.get("dim")
+    rank = len(inp) + 1
+    dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
+    dims = tuple(sorted(d % rank for d in dims))
+    if dims != tuple(range(2, rank)) or a.get("dtype") is not None:
+        raise Unmapped(f"mean over dims {list(dims)}: archcalc's mean is over all spatial axes (dims 2..{rank - 1})")
+    return Mapped("mean", {"keepdim": bool(a.get("keepdim", False))})
+
+
+def _signature(*names: str, **defaults: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    return names, defaults
+
+
+# function -> (parameter names in order, rule). `x` is the tensor input. The kinds' own torch_functions join it below.
+FUNCTIONS: dict[Any, tuple[tuple[str, ...], FunctionRule]] = {
+    F.softmax: (("x", "dim"), _f_softmax), torch.softmax: (("x", "dim"), _f_softmax),
+    F.dropout: (("x", "p", "training", "inplace"), _f_dropout),
+    F.adaptive_avg_pool1d: (("x", "output_size"), _f_adaptive("adaptive_avgpool")),
+    F.adaptive_avg_pool2d: (("x", "output_size"), _f_adaptive("adaptive_avgpool")),
+    F.adaptive_avg_pool3d: (("x", "output_size"), _f_adaptive("adaptive_avgpool")),
+    F.adaptive_max_pool1d: (("x", "output_size", "return_indices"), _f_adaptive("adaptive_maxpool")),
+    F.adaptive_max_pool2d: (("x", "output_size", "return_indices"), _f_adaptive("adaptive_maxpool")),
+    F.adaptive_max_pool3d: (("x", "output_size", "return_indices"), _f_adaptive("adaptive_maxpool")),
+    F.max_pool1d: (("x", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"), _f_maxpool),
+    F.max_pool2d: (("x", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"), _f_maxpool),
+    F.max_pool3d: (("x", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"), _f_maxpool),
+    F.avg_pool1d: (("x", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"), _f_avgpool),
+    F.avg_pool2d: (("x", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+                   _f_avgpool),
+    F.avg_pool3d: (("x", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+                   _f_avgpool),
+    F.pad: (("x", "pad", "mode", "value"), _f_pad),
+    F.interpolate: (("x", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias"),
+                    _f_interpolate),
+    torch.mean: (("x", "dim", "keepdim", "dtype"), _f_mean),
+}
+for _name, _fn in (("upsample", "upsample"),):
+    if hasattr(F, _fn):
+        FUNCTIONS[getattr(F, _fn)] = FUNCTIONS[F.interpolate]
+
+METHODS: dict[str, tuple[tuple[str, ...], FunctionRule]] = {
+    "softmax": (("x", "dim"), _f_softmax), "mean": (("x", "dim", "keepdim", "dtype"), _f_mean),
+}
+
+
+def _generic_call(kind: Kind, fixed: dict[str, Any]) -> tuple[tuple[str, ...], FunctionRule]:
+    """f(x, *the kind's arguments in order): the arguments given, read as the spec parser would, and `fixed`."""
+    args = {arg.name: arg for arg in kind.args}
+
+    def rule(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+        return Mapped(kind.name, {n: _value(arg, a[n]) for n, arg in args.items() if n in a} | fixed)
+
+    return ("x", *args), rule
+
+
+def _torch_function(kind: Kind, name: str) -> Any:
+    space, _, attr = name.partition(".")
+    fn = getattr({"F": F, "torch": torch}.get(space), attr, None) if attr else None
+    if fn is None:
+        raise RuntimeError(f"layer kind '{kind.name}' names torch function {name!r}, which is neither F.<name> "
+                           "(torch.nn.functional) nor torch.<name>")
+    return fn
+
+
+def _register_kinds() -> None:
+    """The generic rules of every kind that names its torch class, functions and methods."""
+    for kind in REGISTRY.values():
+        cls = torch_class(kind)
+        if cls is not None and MODULE_KINDS.get(cls) != kind.name:  # (or the kind registered its own rule above)
+            reads(kind.name, _generic_module(kind), cls)
+        functions = {_torch_function(kind, name): name for name in kind.torch_functions}  # F.x may be torch.x
+        for fn, name in functions.items():
+            if fn in FUNCTIONS:
+                raise RuntimeError(f"two importer rules for {name}")
+            FUNCTIONS[fn] = _generic_call(kind, {})
+        for name in kind.torch_methods:
+            if name in METHODS:
+                raise RuntimeError(f"two importer rules for Tensor.{name}")
+            METHODS[name] = _generic_call(kind, {"inplace": True} if name.endswith("_") else {})
+    missing = sorted(set(REGISTRY) - set(MODULE_KINDS.values()) - {"global_avgpool", "global_maxpool"})
+    if missing:  # (global pooling is read from adaptive pooling to 1)
+        raise RuntimeError(f"layer kinds without an importer rule: {', '.join(missing)}")
+
+
+_register_kinds()
+
+# Functions of other libraries by qualified name, kept whole by the tracer (fx's autowrap) and mapped here.
+NAMED_FUNCTIONS: dict[str, tuple[tuple[str, ...], FunctionRule]] = {
+    "torchvision.models.shufflenetv2.channel_shuffle": _generic_call(REGISTRY["channel_shuffle"], {}),
 }

@@ -13,6 +13,8 @@ _EXAMPLES = (Example((16, 8, 8)), Example((10,)), Example((4, 12)))
 class _Elementwise(Kind):
     """Same shape out as in; `per_element` full-convention operations (a transcendental counts as one)."""
 
+    same_shape = True
+    elementwise = True
     per_element: ClassVar[int] = 1
     saves: ClassVar[str] = "input"  # what the autograd node keeps: "input", "output" or ""
     examples: ClassVar[tuple[Example, ...]] = _EXAMPLES
@@ -42,6 +44,9 @@ class ReLU(_Elementwise):
     full_rule = "1 per element"
     saves = "output"
     args = (_INPLACE,)
+    torch_class = "ReLU"
+    torch_functions = ("F.relu", "torch.relu")
+    torch_methods = ("relu", "relu_")
 
 
 @register
@@ -52,6 +57,8 @@ class LeakyReLU(_Elementwise):
     full_rule = "2 per element (compare, multiply)"
     per_element = 2
     args = (Arg("negative_slope", "float", 0.01, "slope for x < 0"), _INPLACE)
+    torch_class = "LeakyReLU"
+    torch_functions = ("F.leaky_relu",)
 
 
 @register
@@ -63,6 +70,8 @@ class PReLU(_Elementwise):
     args = (Arg("num_parameters", "int", 1, "1, or the number of channels", minimum=1),
             Arg("init", "float", 0.25, "initial slope"))
     examples = (Example((16, 8, 8), {"num_parameters": 16}), Example((10,)))
+    elementwise = False  # one slope per channel
+    torch_class = "PReLU"
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         if a["num_parameters"] not in (1, inp[0]):
@@ -81,6 +90,20 @@ class ELU(_Elementwise):
     full_rule = "4 per element (compare, exp, subtract, multiply)"
     per_element = 4
     args = (Arg("alpha", "float", 1.0, "scale for x < 0"), _INPLACE)
+    torch_class = "ELU"
+    torch_functions = ("F.elu",)
+
+
+@register
+class SELU(_Elementwise):
+    name = "selu"
+    doc = ("scale * (x if x > 0 else alpha * (exp(x) - 1)), alpha = 1.6733, scale = 1.0507 (nn.SELU; Klambauer et "
+           "al. 2017, self-normalizing networks).")
+    full_rule = "5 per element (compare, exp, subtract, multiply by alpha, multiply by scale)"
+    per_element = 5
+    args = (_INPLACE,)
+    torch_class = "SELU"
+    torch_functions = ("F.selu", "torch.selu")
 
 
 @register
@@ -89,6 +112,8 @@ class GELU(_Elementwise):
     doc = "x * Phi(x) (nn.GELU); approximate 'tanh' uses the tanh formula."
     full_rule = "5 per element exact (x * 0.5 * (1 + erf(x / sqrt 2))), 9 with the tanh approximation"
     args = (Arg("approximate", "str", "none", "'none' (erf) or 'tanh'", choices=("none", "tanh")),)
+    torch_class = "GELU"
+    torch_functions = ("F.gelu",)
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         return Cost(full=numel(inp) * (5 if a["approximate"] == "none" else 9))
@@ -102,6 +127,8 @@ class SiLU(_Elementwise):
     full_rule = "4 per element (negate+exp, add, divide, multiply)"
     per_element = 4
     args = (_INPLACE,)
+    torch_class = "SiLU"
+    torch_functions = ("F.silu",)
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # SiLUBackward needs x itself; in place, autograd saves a copy of x before it is overwritten (measured:
@@ -119,6 +146,9 @@ class Sigmoid(_Elementwise):
     full_rule = "3 per element (exp, add, divide)"
     per_element = 3
     saves = "output"
+    torch_class = "Sigmoid"
+    torch_functions = ("F.sigmoid", "torch.sigmoid")
+    torch_methods = ("sigmoid",)
 
 
 @register
@@ -127,6 +157,9 @@ class Tanh(_Elementwise):
     doc = "tanh(x) (nn.Tanh)."
     full_rule = "1 per element"
     saves = "output"
+    torch_class = "Tanh"
+    torch_functions = ("F.tanh", "torch.tanh")
+    torch_methods = ("tanh",)
 
 
 @register
@@ -138,6 +171,8 @@ class Softmax(_Elementwise):
     per_element = 3
     saves = "output"
     args = (Arg("dim", "int", 1, "axis to normalize, batch = 0", minimum=1),)
+    elementwise = False  # normalizes along an axis
+    torch_class = "Softmax"  # read back by its own importer rules (a negative or implicit dim)
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         if a["dim"] > len(inp):
@@ -154,6 +189,7 @@ class Maxout(Kind):
     full_rule = "pieces - 1 comparisons per output element"
     args = (Arg("pieces", "int", doc="linear pieces per unit (k)", aliases=("k",), minimum=1),)
     examples = (Example((96, 8, 8), {"pieces": 2}), Example((240,), {"pieces": 5}))
+    torch_class = "Maxout"
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         if inp[0] % a["pieces"]:
@@ -182,6 +218,7 @@ class Dropout(_Elementwise):
     alias = True
     saves = ""
     args = (Arg("p", "float", 0.5, "drop probability", minimum=0),)
+    torch_class = "Dropout"  # read back by its own importer rule for F.dropout (which also takes `training`)
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         if a["p"] >= 1:
@@ -210,3 +247,4 @@ class Identity(_Elementwise):
     per_element = 0
     alias = True
     saves = ""
+    torch_class = "Identity"

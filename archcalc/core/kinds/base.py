@@ -130,6 +130,10 @@ REGISTRY: dict[str, Kind] = {}
 def register(cls: type[Kind]) -> type[Kind]:
     if cls.name in REGISTRY:
         raise RuntimeError(f"layer kind '{cls.name}' registered twice")
+    if cls.elementwise and not cls.same_shape:
+        raise RuntimeError(f"layer kind '{cls.name}' is element-wise but not same_shape")
+    if any(m.endswith("_") for m in cls.torch_methods) and "inplace" not in {a.name for a in cls.args}:
+        raise RuntimeError(f"layer kind '{cls.name}' names an in-place method but has no `inplace` argument")
     REGISTRY[cls.name] = cls()
     return cls
 
@@ -144,6 +148,25 @@ class Kind:
     examples: ClassVar[tuple[Example, ...]] = ()
     alias: ClassVar[bool] = False  # output shares the input's storage in eval (views, identity, dropout)
     weighted: ClassVar[bool] = False  # counts as a "weight layer" (conv, linear) in compare
+    same_shape: ClassVar[bool] = False  # the output always has the input's shape
+    # Each output element is its own input element under one rule for all (no per-channel parameter, no axis
+    # argument): the layer is indifferent to the layout, so it runs as it is on a channels-last view. Implies
+    # same_shape.
+    elementwise: ClassVar[bool] = False
+
+    # --- torch, as plain data (the core never imports torch) ---------------------------------------------
+    # A kind with a `torch_class` is built as torch_class(**its arguments) and recognised in a torch model by that
+    # class, its arguments read back from the module's attributes of the same names (the kinds' arguments are named
+    # like PyTorch's), by one generic recipe (archcalc.torch.recipes) and one generic importer rule
+    # (archcalc.torch.importer.mapping). A kind without one registers its own recipe and importer rules there, under
+    # its name; a kind with neither fails at import of the torch side.
+    torch_class: ClassVar[str] = ""  # a torch.nn class name ("ReLU"), or a class of archcalc.torch.modules
+    # Functions the importer maps to this kind, called as f(x, *the kind's arguments in order): "F.relu" is
+    # torch.nn.functional.relu, "torch.relu" torch.relu.
+    torch_functions: ClassVar[tuple[str, ...]] = ()
+    # Tensor methods the importer maps to this kind, called as x.method(*arguments); a name ending in "_" is the
+    # in-place form (inplace=True: the kind needs an `inplace` argument).
+    torch_methods: ClassVar[tuple[str, ...]] = ()
 
     # --- shape -------------------------------------------------------------------------------------------
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:

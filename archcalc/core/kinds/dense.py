@@ -56,6 +56,7 @@ class Flatten(Kind):
     full_rule = "0"
     alias = True
     examples = (Example((512, 7, 7)), Example((16,)))
+    torch_class = "Flatten"  # read back by its own importer rule (start_dim and end_dim)
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         return (numel(inp),)

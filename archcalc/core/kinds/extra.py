@@ -28,6 +28,8 @@ class ReLU6(_Hard):
     full_rule = "2 per element (two comparisons)"
     per_element = 2
     args = (_INPLACE,)
+    torch_class = "ReLU6"
+    torch_functions = ("F.relu6",)
 
 
 @register
@@ -38,6 +40,8 @@ class Hardswish(_Hard):
     full_rule = "5 per element (add, two comparisons, multiply, divide)"
     per_element = 5
     args = (_INPLACE,)
+    torch_class = "Hardswish"
+    torch_functions = ("F.hardswish",)
 
 
 @register
@@ -48,6 +52,8 @@ class Hardsigmoid(_Hard):
     full_rule = "4 per element (add, two comparisons, divide)"
     per_element = 4
     args = (_INPLACE,)
+    torch_class = "Hardsigmoid"
+    torch_functions = ("F.hardsigmoid",)
 
 
 @register
@@ -58,6 +64,9 @@ class ChannelShuffle(Kind):
     full_rule = "0 (a copy)"
     args = (Arg("groups", "int", doc="number of channel groups", minimum=1),)
     examples = (Example((16, 8, 8), {"groups": 2}), Example((12, 5, 5), {"groups": 3}))
+    same_shape = True
+    torch_class = "ChannelShuffle"
+    torch_functions = ("F.channel_shuffle", "torch.channel_shuffle")
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         if len(inp) < 2:
@@ -88,6 +97,7 @@ class ChannelSlice(Kind):
     args = (Arg("start", "int", doc="first channel kept", minimum=0),
             Arg("stop", "int", doc="one past the last channel kept", minimum=1))
     examples = (Example((16, 8, 8), {"start": 0, "stop": 8}), Example((12, 5, 5), {"start": 6, "stop": 12}))
+    torch_class = "ChannelSliceModule"
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         if len(inp) < 2:

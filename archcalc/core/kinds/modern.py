@@ -36,6 +36,7 @@ class ChannelLayerNorm(Kind):
         Arg("elementwise_affine", "bool", True, "learn a per-channel scale and shift", aliases=("affine",)),
     )
     examples = (Example((96, 14, 14)), Example((8, 5, 5), {"elementwise_affine": False}), Example((6, 9)))
+    same_shape = True
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         spatial_rank(self.name, inp)
@@ -69,6 +70,7 @@ class LayerScale(Kind):
     full_rule = "1 per element"
     args = (Arg("init", "float", 1e-6, "initial value of gamma"),)
     examples = (Example((96, 14, 14)), Example((16, 4, 4), {"init": 0.5}))
+    same_shape = True
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         spatial_rank(self.name, inp)
@@ -93,6 +95,9 @@ class StochasticDepth(Kind):
     args = (Arg("p", "float", 0.0, "drop probability", minimum=0),
             Arg("mode", "str", "row", "'row' (per sample) or 'batch'", choices=("row", "batch")))
     examples = (Example((96, 14, 14), {"p": 0.1}), Example((16,), {"p": 0.2, "mode": "batch"}))
+    same_shape = True
+    elementwise = True  # the identity at inference; in training one factor per sample
+    torch_class = "StochasticDepth"
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         if a["p"] >= 1:
@@ -174,6 +179,7 @@ class PixelShuffle(_Shuffle):
     full_rule = "0 (a copy)"
     args = (Arg("upscale_factor", "int", doc="r", aliases=("factor",), minimum=1),)
     examples = (Example((16, 5, 5), {"upscale_factor": 2}), Example((27, 4, 6), {"upscale_factor": 3}))
+    torch_class = "PixelShuffle"
 
     def factor(self, a: Mapping[str, Any]) -> int:
         return int(a["upscale_factor"])
@@ -187,6 +193,7 @@ class PixelUnshuffle(_Shuffle):
     up = False
     args = (Arg("downscale_factor", "int", doc="r", aliases=("factor",), minimum=1),)
     examples = (Example((4, 8, 8), {"downscale_factor": 2}), Example((3, 9, 6), {"downscale_factor": 3}))
+    torch_class = "PixelUnshuffle"
 
     def factor(self, a: Mapping[str, Any]) -> int:
         return int(a["downscale_factor"])

@@ -53,6 +53,7 @@ class BatchNorm(Kind):
     )
     examples = (Example((64, 56, 56)), Example((32, 10)), Example((4096,), {"affine": False}),
                 Example((8, 4, 6, 6)))
+    same_shape = True
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         if len(inp) > 4:
@@ -95,6 +96,7 @@ class LayerNorm(Kind):
         Arg("elementwise_affine", "bool", True, "learn a per-element scale and shift", aliases=("affine",)),
     )
     examples = (Example((64, 8, 8)), Example((128,)), Example((16, 7, 7), {"normalized_shape": [7, 7]}))
+    same_shape = True
 
     def norm_shape(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
         shape = a["normalized_shape"]
@@ -135,6 +137,7 @@ class GroupNorm(Kind):
         Arg("affine", "bool", True, "learn a per-channel scale and shift"),
     )
     examples = (Example((64, 14, 14), {"num_groups": 32}), Example((12, 9), {"num_groups": 3}))
+    same_shape = True
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         if inp[0] % a["num_groups"]:
@@ -170,6 +173,8 @@ class LRN(Kind):
     )
     examples = (Example((96, 55, 55), {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}), Example((16, 12)),
                 Example((8, 3, 5, 5), {"size": 3}))
+    same_shape = True
+    torch_class = "LocalResponseNorm"
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         if len(inp) < 2:

@@ -1,289 +1,41 @@
-"""One table from PyTorch to archcalc: module classes, functions and tensor methods -> a layer kind and its
+"""From PyTorch to archcalc: the lookup of module classes, functions and tensor methods -> a layer kind and its
 arguments, or a merge.
 
-Every entry reads the arguments off the module (or the call) the way archcalc's recipe (archcalc.torch.recipes)
-writes them, so a module archcalc builds maps back to the kind and arguments it was built from. Third-party
-classes and functions (torchvision's LayerNorm2d, StochasticDepth, channel_shuffle, Permute, SqueezeExcitation's
-pieces are plain torch.nn) are named by their qualified names and matched only when their module is imported.
-Anything not in the table is an `Unmapped` error naming what it is and why it has no kind.
+The rules that read each kind live beside its recipe, in archcalc.torch.recipes (the kind's torch half, in one
+place); this module finds the rule for a module or a call. The binary merges are recognised from their Python
+operator (core.merges' `symbol`). Third-party classes and functions (torchvision's LayerNorm2d, StochasticDepth,
+channel_shuffle, Permute, SqueezeExcitation's pieces are plain torch.nn) are named by their qualified names and
+matched only when their module is imported. Anything without a rule is an `Unmapped` error naming what it is and
+why it has no kind.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
-import operator
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from archcalc.core.kinds import REGISTRY
+from archcalc.core.merges import MERGES
 from archcalc.torch import modules as own
-
-
-class Unmapped(Exception):
-    """An op with no archcalc kind (the importer adds where it is)."""
-
-
-class Mapped(NamedTuple):
-    """A layer kind and its arguments (archcalc's canonical names), read off a module or a call."""
-
-    kind: str
-    args: dict[str, Any]
-
-
-def _tup(value: Any) -> Any:
-    """An int, or a tuple of ints written as one int when all agree."""
-    if isinstance(value, (tuple, list)):
-        values = tuple(int(v) for v in value)
-        return values[0] if len(set(values)) == 1 else values
-    return int(value)
-
-
-def _pairs(flat: Sequence[int]) -> tuple[tuple[int, int], ...]:
-    """F.pad's (last before, last after, second-to-last before, ...) as (before, after) per axis, first axis first."""
-    pairs = [(int(flat[i]), int(flat[i + 1])) for i in range(0, len(flat), 2)]
-    return tuple(reversed(pairs))
-
-
-def _padding(pads: tuple[tuple[int, int], ...]) -> Any:
-    if all(b == a for b, a in pads):
-        return _tup([b for b, _ in pads])
-    return tuple(pads)
-
-
-# ---- modules ------------------------------------------------------------------------------------------------------
-
-ModuleRule = Callable[[Any, tuple[int, ...]], Mapped]
-
-
-def _conv(m: Any, inp: tuple[int, ...]) -> Mapped:
-    if m.padding_mode != "zeros":
-        raise Unmapped(f"padding_mode={m.padding_mode!r}: archcalc's conv pads with zeros only")
-    padding = m.padding if isinstance(m.padding, str) else _tup(m.padding)
-    return Mapped("conv", {"out_channels": m.out_channels, "kernel_size": _tup(m.kernel_size),
-                           "stride": _tup(m.stride), "padding": padding, "dilation": _tup(m.dilation),
-                           "groups": m.groups, "bias": m.bias is not None})
-
-
-def _asymmetric_conv(m: Any, inp: tuple[int, ...]) -> Mapped:
-    inner = m._conv.__self__  # the wrapped nn.ConvNd (its bound _conv_forward)
-    mapped = _conv(inner, inp)
-    mapped.args["padding"] = _padding(_pairs(m.pad))
-    return mapped
-
-
-def _conv_transpose(m: Any, inp: tuple[int, ...]) -> Mapped:
-    if m.padding_mode != "zeros":
-        raise Unmapped(f"padding_mode={m.padding_mode!r}: archcalc's conv_transpose pads with zeros only")
-    return Mapped("conv_transpose", {"out_channels": m.out_channels, "kernel_size": _tup(m.kernel_size),
-                                     "stride": _tup(m.stride), "padding": _tup(m.padding),
-                                     "output_padding": _tup(m.output_padding), "dilation": _tup(m.dilation),
-                                     "groups": m.groups, "bias": m.bias is not None})
-
-
-def _linear(m: Any, inp: tuple[int, ...]) -> Mapped:
-    if len(inp) != 1 and type(m).__name__ != "FlattenLinear":
-        raise Unmapped(f"nn.Linear on a per-sample shape {'x'.join(map(str, inp))} acts on the last axis only; "
-                       "archcalc's linear takes a vector (flatten first)")
-    return Mapped("linear", {"out_features": m.out_features, "bias": m.bias is not None})
-
-
-def _batchnorm(m: Any, inp: tuple[int, ...]) -> Mapped:
-    if m.momentum is None:
-        raise Unmapped("momentum=None (a cumulative average) has no archcalc argument")
-    return Mapped("batchnorm", {"eps": float(m.eps), "momentum": float(m.momentum), "affine": m.affine,
-                                "track_running_stats": m.track_running_stats})
-
-
-def _layernorm(m: Any, inp: tuple[int, ...]) -> Mapped:
-    if m.elementwise_affine and getattr(m, "bias", True) is None:
-        raise Unmapped("LayerNorm(bias=False) has no archcalc argument")
-    return Mapped("layernorm", {"normalized_shape": _shape_arg(m.normalized_shape), "eps": float(m.eps),
-                                "elementwise_affine": m.elementwise_affine})
-
-
-def _shape_arg(shape: Sequence[int]) -> Any:
-    values = tuple(int(v) for v in shape)
-    return values[0] if len(values) == 1 else values
-
-
-def _channel_layernorm(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("channel_layernorm", {"eps": float(m.eps), "elementwise_affine": m.elementwise_affine})
-
-
-def _groupnorm(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("groupnorm", {"num_groups": m.num_groups, "eps": float(m.eps), "affine": m.affine})
-
-
-def _lrn(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("lrn", {"size": m.size, "alpha": float(m.alpha), "beta": float(m.beta), "k": float(m.k)})
-
-
-def _maxpool(m: Any, inp: tuple[int, ...]) -> Mapped:
-    if m.return_indices:
-        raise Unmapped("return_indices=True (max unpooling) has no archcalc kind")
-    return Mapped("maxpool", {"kernel_size": _tup(m.kernel_size), "stride": _tup(m.stride),
-                              "padding": _tup(m.padding), "dilation": _tup(m.dilation), "ceil_mode": m.ceil_mode})
-
-
-def _avgpool(m: Any, inp: tuple[int, ...]) -> Mapped:
-    if getattr(m, "divisor_override", None) is not None:
-        raise Unmapped("divisor_override has no archcalc argument")
-    return Mapped("avgpool", {"kernel_size": _tup(m.kernel_size), "stride": _tup(m.stride),
-                              "padding": _tup(m.padding), "ceil_mode": m.ceil_mode,
-                              "count_include_pad": m.count_include_pad})
-
-
-def _padded_pool(m: Any, inp: tuple[int, ...]) -> Mapped:
-    padded = tuple(w + b + a for w, (b, a) in zip(inp[1:], _pairs(m.pad)))
-    rule = module_rule(m.pool)
-    if rule is None:
-        raise Unmapped(f"a padded {type(m.pool).__name__}")
-    mapped = rule(m.pool, (inp[0], *padded))
-    mapped.args["padding"] = _padding(_pairs(m.pad))
-    return mapped
-
-
-def _pool_kind(kind: str, sizes: Any) -> Mapped:
-    """Adaptive pooling to 1 everywhere is archcalc's global pooling (the same op, the same figures)."""
-    if all(s == 1 for s in sizes):
-        return Mapped(kind.replace("adaptive_", "global_"), {})
-    return Mapped(kind, {"output_size": _tup(sizes)})
-
-
-def _adaptive(kind: str) -> ModuleRule:
-    def rule(m: Any, inp: tuple[int, ...]) -> Mapped:
-        size = m.output_size
-        sizes = size if isinstance(size, (tuple, list)) else (size,) * (len(inp) - 1)
-        if any(s is None for s in sizes):
-            sizes = tuple(w if s is None else s for s, w in zip(sizes, inp[1:]))
-        if getattr(m, "return_indices", False):
-            raise Unmapped("return_indices=True has no archcalc kind")
-        return _pool_kind(kind, sizes)
-
-    return rule
-
-
-def _zeropad(m: Any, inp: tuple[int, ...]) -> Mapped:
-    if getattr(m, "value", 0.0) != 0.0:
-        raise Unmapped(f"padding with {m.value}; archcalc's zeropad pads with zeros")
-    return Mapped("zeropad", {"padding": _padding(_pairs(m.padding))})
-
-
-def _upsample_args(size: Any, scale: Any, mode: str, align_corners: Any, inp: tuple[int, ...]) -> dict[str, Any]:
-    if mode not in ("nearest", "linear", "bilinear", "trilinear"):
-        raise Unmapped(f"mode={mode!r}: archcalc's upsample is 'nearest' or 'linear'")
-    args: dict[str, Any] = {"mode": "nearest" if mode == "nearest" else "linear"}
-    if mode != "nearest":
-        args["align_corners"] = bool(align_corners)
-    if size is not None:
-        args["size"] = _tup(size)
-    else:
-        scales = scale if isinstance(scale, (tuple, list)) else (scale,)
-        if any(float(s) != int(s) or s < 1 for s in scales):
-            raise Unmapped(f"scale_factor={scale!r}: archcalc's upsample takes integer factors")
-        args["scale_factor"] = _tup([int(s) for s in scales])
-    return args
-
-
-def _upsample(m: Any, inp: tuple[int, ...]) -> Mapped:
-    if getattr(m, "recompute_scale_factor", None):
-        raise Unmapped("recompute_scale_factor=True has no archcalc argument")
-    return Mapped("upsample", _upsample_args(m.size, m.scale_factor, m.mode, m.align_corners, inp))
-
-
-def _simple(kind: str, *attrs: str) -> ModuleRule:
-    def rule(m: Any, inp: tuple[int, ...]) -> Mapped:
-        return Mapped(kind, {a: getattr(m, a) for a in attrs})
-
-    return rule
-
-
-def _prelu(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("prelu", {"num_parameters": m.num_parameters, "init": float(m.init)})
-
-
-def _softmax(m: Any, inp: tuple[int, ...]) -> Mapped:
-    dim = m.dim if m.dim is not None else 1
-    return Mapped("softmax", {"dim": dim if dim >= 0 else dim + len(inp) + 1})
-
-
-def _dropout(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("dropout", {"p": float(m.p)})
-
-
-def _flatten(m: Any, inp: tuple[int, ...]) -> Mapped:
-    if m.start_dim != 1 or m.end_dim != -1:
-        raise Unmapped(f"Flatten(start_dim={m.start_dim}, end_dim={m.end_dim}): archcalc's flatten keeps the batch "
-                       "axis only (start_dim=1, end_dim=-1)")
-    return Mapped("flatten", {})
-
-
-def _bias(m: Any, inp: tuple[int, ...]) -> Mapped:
-    shape = tuple(m.bias.shape)
-    per = {(inp[0], *(1,) * (len(inp) - 1)): "channel", (1, *inp[1:]): "position", tuple(inp): "element"}
-    if shape not in per:
-        raise Unmapped(f"a bias of shape {shape} on input {inp}")
-    return Mapped("bias", {"per": per[shape]})
-
-
-def _layer_scale(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("layer_scale", {"init": float(m.init)})
-
-
-def _stochastic_depth(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("stochastic_depth", {"p": float(m.p), "mode": m.mode})
-
-
-def _mean(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("mean", {"keepdim": m.keepdim})
-
-
-def _crop(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("crop", {"size": _tup(m.sizes)})
-
-
-MODULES: dict[type, ModuleRule] = {
-    nn.Conv1d: _conv, nn.Conv2d: _conv, nn.Conv3d: _conv, own.AsymmetricPadConv: _asymmetric_conv,
-    nn.ConvTranspose1d: _conv_transpose, nn.ConvTranspose2d: _conv_transpose, nn.ConvTranspose3d: _conv_transpose,
-    nn.Linear: _linear, own.FlattenLinear: _linear, nn.Flatten: _flatten, own.Bias: _bias,
-    nn.BatchNorm1d: _batchnorm, nn.BatchNorm2d: _batchnorm, nn.BatchNorm3d: _batchnorm,
-    nn.LayerNorm: _layernorm, own.LayerNorm2d: _channel_layernorm, nn.GroupNorm: _groupnorm,
-    nn.LocalResponseNorm: _lrn,
-    nn.MaxPool1d: _maxpool, nn.MaxPool2d: _maxpool, nn.MaxPool3d: _maxpool,
-    nn.AvgPool1d: _avgpool, nn.AvgPool2d: _avgpool, nn.AvgPool3d: _avgpool, own.PaddedPool: _padded_pool,
-    nn.AdaptiveAvgPool1d: _adaptive("adaptive_avgpool"), nn.AdaptiveAvgPool2d: _adaptive("adaptive_avgpool"),
-    nn.AdaptiveAvgPool3d: _adaptive("adaptive_avgpool"), nn.AdaptiveMaxPool1d: _adaptive("adaptive_maxpool"),
-    nn.AdaptiveMaxPool2d: _adaptive("adaptive_maxpool"), nn.AdaptiveMaxPool3d: _adaptive("adaptive_maxpool"),
-    nn.ZeroPad1d: _zeropad, nn.ZeroPad2d: _zeropad, nn.ZeroPad3d: _zeropad, nn.Upsample: _upsample,
-    nn.ReLU: _simple("relu", "inplace"), nn.ReLU6: _simple("relu6", "inplace"),
-    nn.LeakyReLU: _simple("leaky_relu", "negative_slope", "inplace"), nn.PReLU: _prelu,
-    nn.ELU: _simple("elu", "alpha", "inplace"), nn.GELU: _simple("gelu", "approximate"),
-    nn.SiLU: _simple("silu", "inplace"), nn.Sigmoid: _simple("sigmoid"), nn.Tanh: _simple("tanh"),
-    nn.Hardswish: _simple("hardswish", "inplace"), nn.Hardsigmoid: _simple("hardsigmoid", "inplace"),
-    nn.Softmax: _softmax, nn.Identity: _simple("identity"), nn.Dropout: _dropout,
-    own.Maxout: _simple("maxout", "pieces"), nn.ChannelShuffle: _simple("channel_shuffle", "groups"),
-    own.ChannelSliceModule: _simple("channel_slice", "start", "stop"), own.LayerScale: _layer_scale,
-    own.StochasticDepth: _stochastic_depth, own.Mean: _mean, own.CenterCrop: _crop,
-    nn.PixelShuffle: _simple("pixel_shuffle", "upscale_factor"),
-    nn.PixelUnshuffle: _simple("pixel_unshuffle", "downscale_factor"),
-}
-
-# Modules whose output has their input's shape (the tracer's shape pass does not run them).
-SAME_SHAPE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
-              nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
-              nn.Hardsigmoid, nn.Softmax, nn.Identity, nn.Dropout, own.LayerNorm2d, own.LayerScale,
-              own.StochasticDepth)
-
-# Classes of other libraries, by qualified name: matched when the library is imported (archcalc never imports it).
-NAMED_MODULES: dict[str, ModuleRule] = {
-    "torchvision.models.convnext.LayerNorm2d": _channel_layernorm,
-    "torchvision.ops.stochastic_depth.StochasticDepth": _stochastic_depth,
-}
+from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integral: the importer's names)
+    FUNCTIONS,
+    METHODS,
+    MODULE_KINDS,
+    MODULES,
+    NAMED_FUNCTIONS,
+    NAMED_MODULES,
+    OPERATORS,
+    FunctionRule,
+    Mapped,
+    ModuleRule,
+    Unmapped,
+    is_integral,
+)
 
 # Modules that only move axes: the importer follows the layout instead of mapping them (see Layout in trace.py).
 PERMUTES = ("torchvision.ops.misc.Permute",)
@@ -293,7 +45,6 @@ def qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
 
 
-_OWN = {cls.__name__: cls for cls in MODULES if cls.__module__ == own.__name__}
 _COPIES: dict[type, type | None] = {}
 
 
@@ -338,157 +89,25 @@ def is_leaf(m: nn.Module) -> bool:
                                                                             nn.ModuleDict))
 
 
-# ---- functions and tensor methods -----------------------------------------------------------------------------------
-#
-# A function rule gets the call's arguments bound to the function's parameter names (the tensor input as `x`,
-# everything else as the concrete Python value the trace computed) and the input's per-sample shape, and returns a
-# Mapped kind, or raises Unmapped. Merges, views and the like are handled in trace.py, which owns the tensors.
+_OWN = {cls.__name__: cls for cls in MODULES if cls.__module__ == own.__name__}  # for _own_copy
 
-FunctionRule = Callable[[dict[str, Any], tuple[int, ...]], Mapped]
+# Modules whose output has their input's shape (the tracer's shape pass does not run them).
+SAME_SHAPE = tuple(cls for cls, kind in MODULE_KINDS.items() if REGISTRY[kind].same_shape)
 
-
-def _act(kind: str, *names: str) -> FunctionRule:
-    def rule(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-        return Mapped(kind, {n: a[n] for n in names if n in a})
-
-    return rule
-
-
-def _f_softmax(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    dim = a.get("dim")
-    if dim is None:
-        raise Unmapped("softmax without dim")
-    return Mapped("softmax", {"dim": dim if dim >= 0 else dim + len(inp) + 1})
-
-
-def _f_gelu(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    return Mapped("gelu", {"approximate": a.get("approximate", "none")})
-
-
-def _f_dropout(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    return Mapped("dropout", {"p": float(a.get("p", 0.5))})
-
-
-def _f_adaptive(kind: str) -> FunctionRule:
-    def rule(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-        size = a["output_size"]
-        sizes = size if isinstance(size, (tuple, list)) else (size,) * (len(inp) - 1)
-        sizes = tuple(w if s is None else s for s, w in zip(sizes, inp[1:]))
-        if a.get("return_indices"):
-            raise Unmapped("return_indices=True has no archcalc kind")
-        return _pool_kind(kind, sizes)
-
-    return rule
-
-
-def _f_maxpool(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    if a.get("return_indices"):
-        raise Unmapped("return_indices=True (max unpooling) has no archcalc kind")
-    k = a["kernel_size"]
-    stride = a.get("stride") or k
-    return Mapped("maxpool", {"kernel_size": _tup(k), "stride": _tup(stride), "padding": _tup(a.get("padding", 0)),
-                              "dilation": _tup(a.get("dilation", 1)), "ceil_mode": bool(a.get("ceil_mode", False))})
-
-
-def _f_avgpool(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    if a.get("divisor_override") is not None:
-        raise Unmapped("divisor_override has no archcalc argument")
-    k = a["kernel_size"]
-    stride = a.get("stride") or k
-    return Mapped("avgpool", {"kernel_size": _tup(k), "stride": _tup(stride), "padding": _tup(a.get("padding", 0)),
-                              "ceil_mode": bool(a.get("ceil_mode", False)),
-                              "count_include_pad": bool(a.get("count_include_pad", True))})
-
-
-def _f_pad(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    if a.get("mode", "constant") != "constant" or (a.get("value") or 0.0) != 0.0:
-        raise Unmapped(f"F.pad(mode={a.get('mode', 'constant')!r}, value={a.get('value')}): archcalc's zeropad pads "
-                       "with zeros")
-    pairs = _pairs(a["pad"])
-    rank = len(inp) - 1
-    if len(pairs) > rank:
-        raise Unmapped("F.pad of the channel or batch axis")
-    pairs = ((0, 0),) * (rank - len(pairs)) + pairs
-    return Mapped("zeropad", {"padding": _padding(pairs)})
-
-
-def _f_interpolate(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    if a.get("recompute_scale_factor") or a.get("antialias"):
-        raise Unmapped("recompute_scale_factor / antialias have no archcalc argument")
-    return Mapped("upsample", _upsample_args(a.get("size"), a.get("scale_factor"), a.get("mode", "nearest"),
-                                             a.get("align_corners"), inp))
-
-
-def _f_channel_shuffle(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    return Mapped("channel_shuffle", {"groups": int(a["groups"])})
-
-
-def _f_mean(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    dims = a.get("dim")
-    rank = len(inp) + 1
-    dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
-    dims = tuple(sorted(d % rank for d in dims))
-    if dims != tuple(range(2, rank)) or a.get("dtype") is not None:
-        raise Unmapped(f"mean over dims {list(dims)}: archcalc's mean is over all spatial axes (dims 2..{rank - 1})")
-    return Mapped("mean", {"keepdim": bool(a.get("keepdim", False))})
-
-
-def _signature(*names: str, **defaults: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
-    return names, defaults
-
-
-# function or method name -> (parameter names in order, rule). `x` is the tensor input.
-_INPLACE = ("x", "inplace")
-FUNCTIONS: dict[Any, tuple[tuple[str, ...], FunctionRule]] = {
-    F.relu: (_INPLACE, _act("relu", "inplace")), torch.relu: (("x",), _act("relu")),
-    F.relu6: (_INPLACE, _act("relu6", "inplace")),
-    F.silu: (_INPLACE, _act("silu", "inplace")), F.hardswish: (_INPLACE, _act("hardswish", "inplace")),
-    F.hardsigmoid: (_INPLACE, _act("hardsigmoid", "inplace")),
-    F.leaky_relu: (("x", "negative_slope", "inplace"), _act("leaky_relu", "negative_slope", "inplace")),
-    F.elu: (("x", "alpha", "inplace"), _act("elu", "alpha", "inplace")),
-    F.gelu: (("x", "approximate"), _f_gelu),
-    torch.sigmoid: (("x",), _act("sigmoid")), F.sigmoid: (("x",), _act("sigmoid")),
-    torch.tanh: (("x",), _act("tanh")), F.tanh: (("x",), _act("tanh")),
-    F.softmax: (("x", "dim"), _f_softmax), torch.softmax: (("x", "dim"), _f_softmax),
-    F.dropout: (("x", "p", "training", "inplace"), _f_dropout),
-    F.adaptive_avg_pool1d: (("x", "output_size"), _f_adaptive("adaptive_avgpool")),
-    F.adaptive_avg_pool2d: (("x", "output_size"), _f_adaptive("adaptive_avgpool")),
-    F.adaptive_avg_pool3d: (("x", "output_size"), _f_adaptive("adaptive_avgpool")),
-    F.adaptive_max_pool1d: (("x", "output_size", "return_indices"), _f_adaptive("adaptive_maxpool")),
-    F.adaptive_max_pool2d: (("x", "output_size", "return_indices"), _f_adaptive("adaptive_maxpool")),
-    F.adaptive_max_pool3d: (("x", "output_size", "return_indices"), _f_adaptive("adaptive_maxpool")),
-    F.max_pool1d: (("x", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"), _f_maxpool),
-    F.max_pool2d: (("x", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"), _f_maxpool),
-    F.max_pool3d: (("x", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"), _f_maxpool),
-    F.avg_pool1d: (("x", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"), _f_avgpool),
-    F.avg_pool2d: (("x", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
-                   _f_avgpool),
-    F.avg_pool3d: (("x", "kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
-                   _f_avgpool),
-    F.pad: (("x", "pad", "mode", "value"), _f_pad),
-    F.interpolate: (("x", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias"),
-                    _f_interpolate),
-    torch.channel_shuffle: (("x", "groups"), _f_channel_shuffle),
-    F.channel_shuffle: (("x", "groups"), _f_channel_shuffle),
-    torch.mean: (("x", "dim", "keepdim", "dtype"), _f_mean),
-}
-for _name, _fn in (("upsample", "upsample"),):
-    if hasattr(F, _fn):
-        FUNCTIONS[getattr(F, _fn)] = FUNCTIONS[F.interpolate]
-
-METHODS: dict[str, tuple[tuple[str, ...], FunctionRule]] = {
-    "relu": (("x",), _act("relu")), "relu_": (("x",), lambda a, inp: Mapped("relu", {"inplace": True})),
-    "sigmoid": (("x",), _act("sigmoid")), "tanh": (("x",), _act("tanh")),
-    "softmax": (("x", "dim"), _f_softmax), "mean": (("x", "dim", "keepdim", "dtype"), _f_mean),
-}
-
-# Functions of other libraries by qualified name, kept whole by the tracer (fx's autowrap) and mapped here.
-NAMED_FUNCTIONS: dict[str, tuple[tuple[str, ...], FunctionRule]] = {
-    "torchvision.models.shufflenetv2.channel_shuffle": (("x", "groups"), _f_channel_shuffle),
-}
-
-ADD = {operator.add, operator.iadd, torch.add}
-MUL = {operator.mul, operator.imul, torch.mul}
+# The binary merges, by their Python operator: the operator and its in-place form, torch's function of the
+# operator's name and Tensor's methods (x.add(y), x.add_(y), x.__iadd__(y)) -> the merge's name.
+BINARY: dict[Any, str] = {}
+BINARY_METHODS: dict[str, str] = {}
+FOLDABLE_METHODS: set[str] = set()  # the out-of-place ones: a chain (a.add(b)) + c is one merge of three
+for _merge in MERGES.values():
+    if _merge.symbol:
+        _op, _in_place = OPERATORS[_merge.symbol]
+        _word = _op.__name__  # add, mul
+        for _target in (_op, _in_place, getattr(torch, _word)):
+            BINARY[_target] = _merge.name
+        for _method in (_word, _word + "_", f"__i{_word}__"):
+            BINARY_METHODS[_method] = _merge.name
+        FOLDABLE_METHODS.add(_word)
 CAT = {torch.cat, torch.concat}
 FLATTEN = {torch.flatten}
 CHUNK = {torch.chunk}
@@ -515,6 +134,3 @@ def bind(names: tuple[str, ...], args: Sequence[Any], kwargs: dict[str, Any]) ->
         bound["x" if key == "input" else key] = value
     return bound
 
-
-def is_integral(value: Any) -> bool:
-    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value) and value == int(value))

@@ -22,6 +22,9 @@ import torch.fx as fx
 from torch import nn
 
 from archcalc.core.errors import ArchcalcError
+from archcalc.core.kinds import REGISTRY
+from archcalc.core.kinds.base import LayerError
+from archcalc.core.merges import MERGES
 from archcalc.torch.importer import mapping
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
@@ -357,10 +360,9 @@ class _Converter:
             return value  # x.shape[-2:], x.size(0): concrete values for the arguments of later ops
         if target is operator.getitem:
             return self.getitem(node, args)
-        if (target in mapping.ADD or method in ("add", "add_", "__iadd__")):
-            return self.binary(node, "add", args, kwargs)
-        if target in mapping.MUL or method in ("mul", "mul_", "__imul__"):
-            return self.binary(node, "mul", args, kwargs)
+        merge = mapping.BINARY_METHODS.get(method) if method else mapping.BINARY.get(target)
+        if merge is not None:
+            return self.binary(node, merge, args, kwargs)
         if target in mapping.CAT:
             return self.cat(node, args, kwargs)
         if target in mapping.FLATTEN or method in ("flatten", "view", "reshape") or target is torch.reshape:
@@ -411,14 +413,11 @@ class _Converter:
                              trainable=trainable)
         return self.emit(node, name, kind, None, args, [x], fixed, trainable=trainable)
 
-    _ELEMENTWISE = ("relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu",
-                    "elu", "identity", "dropout", "stochastic_depth")
-
     def channels_last(self, node: fx.Node, mapped: Mapped, x: _Tensor) -> tuple[str, dict[str, Any]]:
         """A channel-wise layer on a channels-last view: LayerNorm over C is channel_layernorm, Linear over C a 1x1
         conv; element-wise layers are layout-free."""
         kind, args = mapped
-        if kind in self._ELEMENTWISE:
+        if REGISTRY[kind].elementwise:
             return kind, args
         if kind == "layernorm" and args["normalized_shape"] == x.shape[0]:
             return "channel_layernorm", {"eps": args["eps"], "elementwise_affine": args["elementwise_affine"]}
@@ -474,9 +473,10 @@ class _Converter:
             raise Unmapped(f"{merge} with a constant or a parameter has no archcalc kind (merges combine tensors)")
         if a.channels_last or b.channels_last:
             raise Unmapped(f"{merge} of channels-last views")
-        if merge == "add" and a.shape != b.shape:
-            raise Unmapped(f"add of shapes {'x'.join(map(str, a.shape))} and {'x'.join(map(str, b.shape))}: "
-                           "archcalc's add needs equal shapes")
+        try:  # the merge's own shape rule (add: equal shapes; mul: broadcasting)
+            MERGES[merge].output((a.shape, b.shape), ("the first operand", "the second"))
+        except LayerError as exc:
+            raise Unmapped(str(exc)) from None
         inputs = [a, b]
         # A chain (a + b) + c whose partial sum has no other reader is one add of three, as archcalc writes it.
         first = node.args[0]
@@ -488,8 +488,8 @@ class _Converter:
         return self.emit(node, merge, None, merge, {}, inputs, fixed=False)
 
     def _fold(self, first: fx.Node) -> bool:
-        return first.op in ("call_function", "call_method") and (
-            first.target in mapping.ADD | mapping.MUL or first.target in ("add", "mul"))
+        return (first.op == "call_function" and first.target in mapping.BINARY) or (
+            first.op == "call_method" and first.target in mapping.FOLDABLE_METHODS)
 
     def cat(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> _Tensor:
         tensors = args[0] if args else kwargs.get("tensors")
