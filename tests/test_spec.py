@@ -245,3 +245,16 @@ def test_mul_merge_rejects_incompatible_shapes(write_spec) -> None:  # type: ign
     with pytest.raises(SpecError, match=r"cannot be multiplied \(each axis must match or be 1\)"):
         run(write_spec, "name: t\ninput: [4, 8, 8]\nlayers:\n  - parallel:\n      - []\n"
                         "      - [{conv: {out: 2, kernel: 1}}]\n    merge: mul\n")
+
+
+def test_a_bundled_name_is_found_without_the_listing_as_the_listing_finds_it() -> None:
+    # resolve_spec looks a plain name up as a file first; it must give what bundled() gives, and leave every other
+    # name (relative parts, hidden or upper-case parts) to the listing.
+    from archcalc.core.resolve import bundled, bundled_file, resolve_spec, specs_dir
+
+    specs = bundled()
+    assert {name: bundled_file(name) for name in specs} == specs
+    assert resolve_spec("torchvision/resnet50.yaml") == specs_dir() / "torchvision" / "resnet50.yaml"
+    for name in ("../specs/resnet50", "torchvision/../resnet50", "./resnet50", "ResNet50", "/resnet50", "resnet50/",
+                 "torchvision//resnet50", ".hidden", "nosuchspec"):
+        assert bundled_file(name) is None, name

@@ -13,6 +13,7 @@ and builds the command only when click asks for it by name, so `archcalc calc ..
 
 from __future__ import annotations
 
+import gc
 import importlib
 import re
 from collections.abc import Iterator, Mapping
@@ -100,11 +101,20 @@ def version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+_PAUSED_GC = "start-up with the cyclic garbage collector paused"  # the context's obj in such a run (main)
+
+
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+def _main(ctx: typer.Context,
+          version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
                                                 help="show the version")] = False) -> None:
-    pass
+    # click calls this once the command is built (its modules imported), before it runs: start-up is over.
+    if ctx.obj is _PAUSED_GC:
+        gc.freeze()
+        gc.enable()
 
 
-def main() -> None:
-    app(prog_name="archcalc")
+def main(paused_gc: bool = False) -> None:
+    """The console script's run; `paused_gc`: the caller paused the cyclic garbage collector for start-up, and it
+    resumes, with what start-up made frozen (gc.freeze), when the command runs (archcalc.cli.main)."""
+    app(prog_name="archcalc", obj=_PAUSED_GC if paused_gc else None)

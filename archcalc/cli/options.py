@@ -3,8 +3,6 @@
 Command modules import from here and from the library below them; never from each other.
 """
 
-from __future__ import annotations
-
 import functools
 import os
 import shutil
@@ -127,7 +125,7 @@ def settings(batch: int = 1, dtype: Any = None, input: str | None = None, conven
                     amp=value(amp, None))
 
 
-def out_console() -> Console:
+def out_console() -> "Console":
     """rich for the wrapped-text tables (kinds, zoo, validate, profile). User text is never read as markup or emoji
     (`file.yaml:100:5` must not become an emoji, `[out/filters]` not a style tag)."""
     from rich.console import Console  # not on the JSON/CSV path: rich's console costs start-up time
@@ -183,7 +181,7 @@ def table_style(output: Path | None) -> tuple[int | None, bool]:
     return (table_width(), use_bold()) if output is None else (None, False)
 
 
-def err_console() -> Console:
+def err_console() -> "Console":
     from rich.console import Console
 
     return Console(stderr=True, highlight=False, width=200, emoji=False, markup=False, soft_wrap=True)
@@ -213,7 +211,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return parse_input(text, None)  # type: ignore[arg-type]
 
 
-def load(spec: str, sets: list[str] | None = None, max_layers: int | None = None) -> Spec:
+def load(spec: str, sets: list[str] | None = None, max_layers: int | None = None) -> "Spec":
     """The Spec for a SPEC argument: a path, or the name of a bundled spec; `sets` are --set NAME=VALUE."""
     from archcalc.core.spec import MAX_LAYERS, open_spec
 

@@ -5,8 +5,6 @@ Nothing here imports torch. Counts are per sample inside the kinds; batch and dt
 memory models (core.memory) and every torch-side consumer walk the graph's ops, not the spec.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from fractions import Fraction
 from types import MappingProxyType

@@ -4,8 +4,6 @@ and memory, from core.training's one model) and, with a memory limit, the larges
 Nothing here imports torch or formats anything (archcalc.render.calc renders a CalcResult).
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 from archcalc.core.analyze import Report, analyze

@@ -1,7 +1,5 @@
 """Counting conventions: what a "FLOP" means. The name is written wherever a count is shown."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import NamedTuple
 

@@ -1,7 +1,5 @@
 """User-facing errors. A mistake in a spec is a SpecError carrying where it happened; a bug is a traceback."""
 
-from __future__ import annotations
-
 import gc
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager

@@ -12,8 +12,6 @@ The parser (core.spec: its key checks, the size pre-count and the conversion of 
 The merge ops' names come from core.merges.MERGES.
 """
 
-from __future__ import annotations
-
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -41,7 +39,7 @@ class Tree(NamedTuple):
     body: str
 
     @classmethod
-    def named(cls, s: str) -> Tree:
+    def named(cls, s: str) -> "Tree":
         return cls(*(f"#/definitions/{d}.{s}" for d in ("item", "items", "body")))
 
 

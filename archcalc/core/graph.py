@@ -4,8 +4,6 @@ Ops are in execution order (the spec's order, which is topological: a reference 
 Each op reads tensors by id and writes one new tensor. `Graph.ops` is the one walk; nothing re-traverses the spec.
 """
 
-from __future__ import annotations
-
 from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any, NamedTuple

@@ -16,8 +16,6 @@
   factor for the other's gradient), and a storage kept twice counts once.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 from archcalc.core.graph import Graph

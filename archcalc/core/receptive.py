@@ -7,8 +7,6 @@ squeeze-excitation, flatten + linear) adds (size - 1) * jump, so it can exceed t
 first layer (in execution order) from which every output sees the whole input.
 """
 
-from __future__ import annotations
-
 from collections.abc import Sequence
 from typing import NamedTuple
 

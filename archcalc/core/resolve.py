@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from archcalc.core.errors import Loc, SpecError, did_you_mean
@@ -22,14 +23,31 @@ def bundled() -> dict[str, Path]:
     return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.yaml"))}
 
 
+# The names bundled() gives the zoo's files (lower case, no hidden or relative parts): only such a name is looked up
+# as a file directly; any other falls back to the listing, which decides.
+_PLAIN_NAME = re.compile(r"[a-z0-9_][a-z0-9_.-]*(/[a-z0-9_][a-z0-9_.-]*)*")
+
+
+def bundled_file(name: str) -> Path | None:
+    """bundled()[name] without listing every bundled spec (start-up: a listing costs a millisecond); None when
+    `name` is not a plain bundled name or has no file."""
+    if not _PLAIN_NAME.fullmatch(name):
+        return None
+    path = specs_dir() / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
 def resolve_spec(ref: str, relative_to: Path | None = None, loc: Loc | None = None) -> Path:
     path = Path(ref)
     candidates = [path] if path.is_absolute() else [(relative_to or Path.cwd()) / path, Path.cwd() / path]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    specs = bundled()
     name = ref[:-5] if ref.endswith(".yaml") else ref
+    found = bundled_file(name)
+    if found is not None:
+        return found
+    specs = bundled()
     if name in specs:
         return specs[name]
     raise SpecError(loc, f"no spec file or bundled spec named '{ref}'{did_you_mean(name, specs)} "

@@ -8,8 +8,6 @@ an error at the door, never a silent default further down.
 Nothing here imports torch.
 """
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 from archcalc.core.errors import ArchcalcError, did_you_mean
@@ -85,7 +83,7 @@ class Settings(_Fields):
 
     __slots__ = ()
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Settings:
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Settings":
         self = super().__new__(cls, *args, **kwargs)
         self._check()
         if self.input_shape is not None and not isinstance(self.input_shape, tuple):
@@ -112,7 +110,7 @@ class Settings(_Fields):
             if not shape or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
                 raise ArchcalcError(f"input shape must be positive integers (C, *spatial), not {self.input_shape!r}")
 
-    def replace(self, **changes: Any) -> Settings:
+    def replace(self, **changes: Any) -> "Settings":
         """A copy with some fields changed (checked again)."""
         return Settings(**{**self._asdict(), **changes})
 
@@ -124,7 +122,7 @@ class Settings(_Fields):
         return AMP[self.amp] if self.amp else self.dtype
 
     @classmethod
-    def of(cls, settings: Settings | None = None, **overrides: Any) -> Settings:
+    def of(cls, settings: "Settings | None" = None, **overrides: Any) -> "Settings":
         """`settings` (or the defaults) with keyword overrides; an unknown keyword is an error naming the fields."""
         for key in overrides:
             if key not in cls._fields:

@@ -25,8 +25,6 @@ Expansion is bounded: at most MAX_NESTING composites and blocks inside each othe
 (layers and merge ops) after every block and repeat is expanded; a repeat is checked before its copies are made.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -78,7 +76,7 @@ class Layer(NamedTuple):
 class Sequence(NamedTuple):
     name: str
     label: str
-    children: tuple[Node, ...]
+    children: "tuple[Node, ...]"
     loc: Loc
     src: Ref | None = None
 

@@ -4,8 +4,6 @@ by term (weights, gradients, optimizer state, saved activations, mixed precision
 Nothing here imports torch. Both are computed from a Report: batch and dtype are already applied there.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 from archcalc.core.analyze import Report, analyze

@@ -6,8 +6,6 @@ total, when it is left out to fit the terminal, and which formats show it. A new
 LAYER_COLUMNS (with its Row field); a new per-model figure one line in MODEL_COLUMNS.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any, NamedTuple

@@ -8,8 +8,6 @@ column wraps (at dots where it can), then the least important columns are left o
 which. Without a width (output piped to a file) the table takes its natural width.
 """
 
-from __future__ import annotations
-
 import textwrap
 from collections.abc import Sequence
 from typing import NamedTuple
