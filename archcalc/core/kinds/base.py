@@ -6,7 +6,6 @@ example inputs. Nothing here imports torch: the module that computes a kind is i
 archcalc.torch.recipes, the only place where kinds meet torch.
 """
 
-from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -124,10 +123,10 @@ class Example(NamedTuple):
     args: Mapping[str, object] = MappingProxyType({})
 
 
-REGISTRY: dict[str, Kind] = {}
+REGISTRY: "dict[str, Kind]" = {}
 
 
-def register(cls: type[Kind]) -> type[Kind]:
+def register(cls: "type[Kind]") -> "type[Kind]":
     if cls.name in REGISTRY:
         raise RuntimeError(f"layer kind '{cls.name}' registered twice")
     if cls.elementwise and not cls.same_shape:
