@@ -85,7 +85,7 @@ def calc(
         raise typer.Exit(1) from None
     print_warnings(result.report)
     width, bold = table_style(output) if fmt is Fmt.table else (None, False)
-    emit(render.calc_output(result, fmt.value, depth, width, bold), output)
+    emit(render.calc_output(result, fmt.value, depth, width, bold), output, [spec_obj.path])
     if plotter is not None:
         from archcalc.plot.data import calc_plot
 
@@ -136,7 +136,7 @@ def compare(
         text = grid_text(render.compare_table(reports, width, sort.value if sort else None, bold), width)
     else:
         text = {Fmt.json: render.compare_json, Fmt.csv: render.compare_csv, Fmt.md: render.compare_md}[fmt](reports)
-    emit(text, output)
+    emit(text, output, [r.path for r in reports])
     if plotter is not None:
         from archcalc.plot.data import compare_plot
 

@@ -63,11 +63,11 @@ def graph(
     print_warnings(report)
     d = diagram(report, depth)
     if chosen is GraphFmt.mermaid:
-        emit(render.mermaid(d), output)
+        emit(render.mermaid(d), output, [report.path])
     elif chosen is GraphFmt.dot:
-        emit(render.dot(d), output)
+        emit(render.dot(d), output, [report.path])
     else:
-        emit(svg(render.dot(d)), output)
+        emit(svg(render.dot(d)), output, [report.path])
 
 
 def _format_of(output: Path | None) -> GraphFmt:

@@ -7,7 +7,7 @@ import functools
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, TypeVar
@@ -163,13 +163,18 @@ def write_grid(grid: Any, width: int | None, extra: list[str] | None = None) -> 
     sys.stdout.write(grid_text(grid, width, extra))
 
 
-def emit(text: str, output: Path | None) -> None:
+def emit(text: str, output: Path | None, inputs: Sequence[str] = ()) -> None:
     """The command's result on stdout, or into the --output file (written whole, at the end: an error before
-    this point creates nothing)."""
+    this point creates nothing). An --output that is one of the command's `inputs` (the spec files it read) is
+    refused: `calc net.yaml -o net.yaml` would replace the user's spec with the table."""
     text = text if text.endswith("\n") else text + "\n"
     if output is None:
         sys.stdout.write(text)
         return
+    for given in inputs:
+        if given and output.exists() and Path(given).exists() and os.path.samefile(output, given):
+            raise ArchcalcError(f"--output {output}: that is the spec this command reads ({given}); write the "
+                                "output to another file")
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:

@@ -38,8 +38,12 @@ def bundled_file(name: str) -> Path | None:
 
 
 def resolve_spec(ref: str, relative_to: Path | None = None, loc: Loc | None = None) -> Path:
+    """The file of a spec reference: a path (relative to `relative_to`, the folder of the spec whose `extends:` names
+    it, else to the working directory), or a bundled spec's name. An `extends:` never looks in the working
+    directory: a bundled spec extending `vgg16` must get the bundled vgg16, not a file of that name where the
+    command runs."""
     path = Path(ref)
-    candidates = [path] if path.is_absolute() else [(relative_to or Path.cwd()) / path, Path.cwd() / path]
+    candidates = [path] if path.is_absolute() else [(relative_to or Path.cwd()) / path]
     for candidate in candidates:
         if candidate.is_file():
             return candidate

@@ -268,6 +268,10 @@ class _Scope:
         return f"{self.prefix}.{name}" if self.prefix else name
 
 
+_KEY_LIKE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,39}")
+"""What an unknown top-level key may look like to be echoed in its error (a word, as a misspelt key is)."""
+
+
 class _Parser:
     def __init__(self, data: Map, path: str, overrides: Mapping[str, str] | None = None,
                  max_layers: int = MAX_LAYERS) -> None:
@@ -287,6 +291,12 @@ class _Parser:
         data = self.data
         for key in data:
             if key not in TOP_KEYS:
+                if not (isinstance(key, str) and _KEY_LIKE.fullmatch(key)):
+                    # Not a word: likely not a spec at all (`extends: /etc/shadow`). Its text is not echoed: an
+                    # error in a public CI log must not print the content of any readable file.
+                    raise SpecError(data.key_loc(key), "this is not an archcalc spec: a top-level key here is not a "
+                                                       "word (its text is not shown); a spec's keys are "
+                                                       f"{', '.join(TOP_KEYS)}")
                 raise SpecError(data.key_loc(key), f"unknown top-level key '{key}'{did_you_mean(str(key), TOP_KEYS)}")
         for key in ("name", "layers"):
             if key not in data:
