@@ -72,3 +72,44 @@ def test_a_bundled_spec_extends_the_zoo_not_the_working_directory(tmp_path: Path
     assert result.exit_code == 0, result.output
     # VGG-11 (configuration A): 132,863,336 parameters, Simonyan & Zisserman 2015, Table 2 ("133 M")
     assert json.loads(result.output)["totals"]["params"] == 132_863_336
+
+
+@pytest.mark.parametrize("args,message", [
+    (["check", "lenet5", "--max-params", "1e400"], "out of range"),
+    (["check", "lenet5", "--max-train-memory", "1e9999999"], "out of range"),  # refused at once, not computed
+    (["calc", "lenet5", "--fit", "1e400"], "out of range"),
+    (["calc", "lenet5", "--fit", "9.3e18"], "at most 9,223,372,036,854,775,808"),
+    (["sweep", "lenet5", "--input", "3x8}"], "a brace without its pair"),
+    (["sweep", "lenet5", "--input", "3x{8"], "a brace without its pair"),
+    (["calc", "resnet18", "--set", "d3=!!int x"], "--set d3: cannot read the value"),
+    (["calc", "resnet18", "--set", "d3=" + "[" * 5000], "--set d3: the value is nested too deeply"),
+    (["profile", "lenet5", "--device", "cpu", "--budget", "nan"], "--budget: expected a number of seconds"),
+])
+def test_hostile_options_are_errors_not_tracebacks(args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("option,value", [("--budget", "inf"), ("--budget", "1e9"), ("--warmup", "1e308")])
+def test_profile_time_options_are_bounded(option: str, value: str) -> None:
+    result = runner.invoke(app, ["profile", "lenet5", "--device", "cpu", option, value])
+    assert result.exit_code == 2 and "is not in the range" in result.output, result.output
+
+
+def test_a_yaml_tag_that_does_not_fit_is_located(tmp_path: Path) -> None:
+    path = tmp_path / "tag.yaml"
+    path.write_text("name: t\ninput: [3, 8, 8]\nlayers:\n  - conv: {out: !!int x, kernel: 3}\n", encoding="utf-8")
+    result = runner.invoke(app, ["calc", str(path)])
+    assert result.exit_code == 2 and f"{path.name}:1:1: cannot read a YAML value" in result.output, result.output
+    digits = tmp_path / "digits.yaml"
+    digits.write_text("name: t\ninput: [3, 8, 8]\nlayers:\n  - conv: {out: " + "9" * 5000 + ", kernel: 3}\n",
+                      encoding="utf-8")
+    result = runner.invoke(app, ["calc", str(digits)])
+    assert result.exit_code == 2 and "cannot read a YAML value" in result.output, result.output
+
+
+def test_fit_says_when_the_cap_stopped_it() -> None:
+    result = runner.invoke(app, ["calc", "lenet5", "--fit", "9e18"])
+    assert result.exit_code == 0, result.output
+    assert "batch 16777216, the largest --fit considers, fits" in result.output

@@ -88,10 +88,12 @@ def profile(
                                           "no per-layer breakdown)")] = False,
     cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="also time CUDA-graph replay, separating "
                                               "launch overhead")] = False,
-    warmup: Annotated[float | None, typer.Option("--warmup", min=0, help="seconds of untimed iterations before "
+    warmup: Annotated[float | None, typer.Option("--warmup", min=0, max=3600, help="seconds of untimed iterations "
+                                                 "before "
                                                  "timing (at least one runs); default: a tenth of each point's "
                                                  "share of the budget, at most 1 s")] = None,
-    budget: Annotated[float, typer.Option("--budget", min=0.01, help="seconds for the whole run once torch is "
+    budget: Annotated[float, typer.Option("--budget", min=0.01, max=86400, help="seconds for the whole run once "
+                                          "torch is "
                                           "loaded (model build, ceiling, warm-up, timing and the passes asked "
                                           "for), shared equally by the batch sizes and thread counts; timing "
                                           "stops earlier once IQR/median <= 2%")] = 5.0,
@@ -111,6 +113,9 @@ def profile(
     from archcalc.render.profile import profile_json, profile_notes, profile_tables
     from archcalc.torch.profile.driver import Options, run_profile
 
+    for option, seconds in (("--budget", budget), ("--warmup", warmup)):
+        if seconds is not None and seconds != seconds:  # nan passes typer's range check (every comparison is false)
+            raise ArchcalcError(f"{option}: expected a number of seconds, not nan")
     plotter = plot_drawer(plot)
     layers = layers or plotter is not None  # the roofline places each layer
     batches = parse_batches(batch)

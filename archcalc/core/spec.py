@@ -440,6 +440,10 @@ class _Parser:
                 raw = yaml.safe_load(text) if text.strip() else None
             except yaml.YAMLError:
                 raw = text
+            except ValueError as exc:  # a tag that does not fit its value (`!!int x`), an int past 4,300 digits
+                raise SpecError(loc, f"--set {key}: cannot read the value: {exc}") from None
+            except RecursionError:  # the pure-Python composer on absurd nesting ([[[[...)
+                raise SpecError(loc, f"--set {key}: the value is nested too deeply") from None
             if isinstance(raw, dict):
                 raise SpecError(loc, f"--set {key}={text}: expected a value, not a mapping")
             if isinstance(raw, str) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", raw.strip()):

@@ -102,6 +102,8 @@ def parse_inputs(text: str | None, spatial_axes: int = 2) -> list[tuple[int, ...
     if text is None:
         return [None]
     groups = re.findall(r"\{([^{}]*)\}", text)
+    if re.search(r"[{}]", re.sub(r"\{[^{}]*\}", "", text)):
+        raise ArchcalcError(f"--input '{text}': a brace without its pair; write 3x{{128,160}} or 3x224x224,3x320x320")
     template = re.sub(r"\{[^{}]*\}", "{}", text)
     shapes: list[tuple[int, ...] | None] = []
     choices = [split_values(g) for g in groups]

@@ -96,10 +96,19 @@ def _parse(text: str, suffixes: dict[str, int], what: str, example: str) -> int:
     match = re.fullmatch(_NUMBER + r"\s*([A-Za-z]*)", text.strip().replace("_", "").replace(",", ""))
     if not match or match.group(2).lower() not in suffixes:
         raise ValueError(f"expected {what} such as {example}, not '{text}'")
+    exponent = re.search(r"[eE][-+]?0*(\d*)$", match.group(1))
+    if exponent and len(exponent.group(1)) > 2:  # |exponent| >= 100: exact arithmetic would compute 10**exponent
+        raise ValueError(f"'{text}' is out of range: {what} is at most {MAX_PARSED:,} (2^63)")
     value = Fraction(match.group(1)) * suffixes[match.group(2).lower()]  # exact: 1.5GiB is 1610612736
     if value < 0:
         raise ValueError(f"expected a non-negative {what}, not '{text}'")
+    if value > MAX_PARSED:
+        raise ValueError(f"'{text}' is out of range: {what} is at most {MAX_PARSED:,} (2^63)")
     return int(value)  # whole units; a fraction of a byte or a parameter rounds down
+
+
+MAX_PARSED = 2**63
+"""The largest count or size read from the command line: every figure archcalc computes stays within 2^63."""
 
 
 def parse_count(text: str) -> int:

@@ -182,3 +182,6 @@ def load(text: str, path: str) -> Any:
         raise SpecError(Loc(path, 1, 1), f"YAML nested more than {MAX_DEPTH} levels deep") from None
     except yaml.YAMLError as exc:  # e.g. a reader error on binary content
         raise SpecError(Loc(path, 1, 1), f"cannot read YAML: {exc}") from None
+    except ValueError as exc:  # SafeLoader's constructors on a tagged scalar (`!!int x`) or an int past 4,300 digits
+        raise SpecError(Loc(path, 1, 1), f"cannot read a YAML value: {exc} (an explicit tag such as !!int that does "
+                                         "not fit its value, or a number too long)") from None

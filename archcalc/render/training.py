@@ -27,6 +27,9 @@ def fit_lines(limit: int, what: str, batch: int, at: int, above: int | None) -> 
         return [f"fit             no batch fits {nbytes(limit)} ({grouped(limit)} B): {what} memory at batch 1 is "
                 f"{nbytes(at)} ({grouped(at)} B)"]
     nxt = f"; batch {batch + 1} needs {grouped(above)} B" if above is not None else ""
+    if above is not None and above <= limit:  # the cap, not the memory, stopped it
+        return [f"fit             batch {batch}, the largest --fit considers, fits {nbytes(limit)}: {grouped(at)} of "
+                f"{grouped(limit)} B of {what} memory{nxt}; the figures above are at batch {batch}"]
     return [f"fit             batch {batch} is the largest whose {what} memory fits {nbytes(limit)}: "
             f"{grouped(at)} of {grouped(limit)} B{nxt}; the figures above are at batch {batch}"]
 
