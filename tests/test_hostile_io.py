@@ -113,3 +113,23 @@ def test_fit_says_when_the_cap_stopped_it() -> None:
     result = runner.invoke(app, ["calc", "lenet5", "--fit", "9e18"])
     assert result.exit_code == 0, result.output
     assert "batch 16777216, the largest --fit considers, fits" in result.output
+
+
+def test_export_and_import_never_replace_their_input_even_with_force(tmp_path: Path) -> None:
+    spec = tmp_path / "net.yaml"
+    spec.write_text(LENET, encoding="utf-8")
+    result = runner.invoke(app, ["export", str(spec), "-o", str(spec), "--force"])
+    assert result.exit_code == 2 and "that is the spec this command reads" in result.output, result.output
+    assert spec.read_text(encoding="utf-8") == LENET
+    source = tmp_path / "model.py"
+    assert runner.invoke(app, ["export", str(spec), "-o", str(source)]).exit_code == 0
+    code = source.read_text(encoding="utf-8")
+    link = tmp_path / "link.py"
+    link.symlink_to(source)
+    for target in (source, link):  # the same file by inode, under another name too
+        result = runner.invoke(app, ["import", str(source), "-o", str(target), "--force"])
+        assert result.exit_code == 2 and "that is the model's source" in result.output, result.output
+        assert source.read_text(encoding="utf-8") == code
+    out = tmp_path / "back.yaml"
+    result = runner.invoke(app, ["import", str(source), "-o", str(out)])
+    assert result.exit_code == 0 and out.exists(), result.output

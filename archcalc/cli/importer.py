@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from archcalc.cli.options import err_console, handle_errors, input_override, write_text
+from archcalc.cli.options import err_console, handle_errors, input_override, refuse_overwriting, write_text
 from archcalc.core.errors import ArchcalcError
 
 
@@ -53,6 +53,8 @@ def import_model(
     if output is None:
         write_text(imported.text)
         return
+    refuse_overwriting(output, [model.rpartition(":")[0] or model, model, _source_file(module)],
+                       "the model's source")
     try:
         output.write_text(imported.text, encoding="utf-8")
     except OSError as exc:
@@ -68,3 +70,13 @@ def _exported_input(module: object, model: str) -> tuple[int, ...]:
     if not isinstance(shape, tuple) or not all(isinstance(s, int) for s in shape):
         raise ArchcalcError(f"{model}: give the input with --input (e.g. --input 3x224x224)")
     return shape
+
+
+def _source_file(module: object) -> str | None:
+    """The file that defines the model's class (import -o must not replace it)."""
+    import inspect
+
+    try:
+        return inspect.getsourcefile(type(module))
+    except TypeError:  # a class without a source file (built in)
+        return None

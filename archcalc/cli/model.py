@@ -23,6 +23,7 @@ from archcalc.cli.options import (
     load,
     out_console,
     print_warnings,
+    refuse_overwriting,
 )
 from archcalc.core.errors import ArchcalcError
 
@@ -94,6 +95,7 @@ def export(
     if output is None:
         sys.stdout.write(source)
         return
+    refuse_overwriting(output, [report.path])
     if output.exists() and not force:
         raise ArchcalcError(f"{output} exists; use --force to overwrite it")
     try:

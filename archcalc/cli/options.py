@@ -171,14 +171,22 @@ def emit(text: str, output: Path | None, inputs: Sequence[str] = ()) -> None:
     if output is None:
         sys.stdout.write(text)
         return
-    for given in inputs:
-        if given and output.exists() and Path(given).exists() and os.path.samefile(output, given):
-            raise ArchcalcError(f"--output {output}: that is the spec this command reads ({given}); write the "
-                                "output to another file")
+    refuse_overwriting(output, inputs)
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise ArchcalcError(f"--output {output}: cannot write: {exc.strerror or exc}") from None
+
+
+def refuse_overwriting(output: Path, inputs: Sequence[str | None], what: str = "the spec") -> None:
+    """An --output that is one of the command's inputs (the same file, by inode: links and other spellings of the
+    path included) is refused, --force or not: the command would replace what it reads."""
+    if not output.exists():
+        return
+    for given in inputs:
+        if given and Path(given).exists() and os.path.samefile(output, given):
+            raise ArchcalcError(f"--output {output}: that is {what} this command reads ({given}); write the output "
+                                "to another file")
 
 
 def table_style(output: Path | None) -> tuple[int | None, bool]:
