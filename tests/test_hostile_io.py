@@ -133,3 +133,16 @@ def test_export_and_import_never_replace_their_input_even_with_force(tmp_path: P
     out = tmp_path / "back.yaml"
     result = runner.invoke(app, ["import", str(source), "-o", str(out)])
     assert result.exit_code == 0 and out.exists(), result.output
+
+
+@pytest.mark.parametrize("command", ["calc", "compare"])
+def test_a_name_with_dollars_is_drawn_as_written(tmp_path: Path, command: str) -> None:
+    pytest.importorskip("matplotlib")
+    spec = tmp_path / "dollar.yaml"
+    spec.write_text('name: "$x^$"\ninput: [3, 8, 8]\nlayers:\n  - conv: {out: 4, kernel: 3}\n', encoding="utf-8")
+    picture = tmp_path / "out.svg"
+    result = runner.invoke(app, [command, str(spec), *(["lenet5"] if command == "compare" else []),
+                                 "--plot", str(picture)])
+    assert result.exit_code == 0, (result.output, result.exception)  # matplotlib's math parser raised on "$x^$"
+    svg = picture.read_text(encoding="utf-8")
+    assert "$x^$" in svg or "x^" in svg  # the name is in the picture (as text or as glyph comments)

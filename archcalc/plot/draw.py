@@ -103,8 +103,14 @@ def _label_x(ax: Any, axis: Axis, show: bool) -> None:
                 ax.axvspan(g.start - 0.5, g.stop - 0.5, color="#F2F2F2", zorder=0, linewidth=0)
 
 
+def _plain(text: str) -> str:
+    """User text (a spec's name, a layer's, a --set value) drawn as written: matplotlib reads a pair of `$` as
+    math (a spec named "$x^$" made its parser raise), so each is escaped."""
+    return text.replace("$", r"\$")
+
+
 def _short(name: str, width: int = 28) -> str:
-    return name if len(name) <= width else "…" + name[-(width - 1):]
+    return _plain(name if len(name) <= width else "…" + name[-(width - 1):])
 
 
 def calc(plot: CalcPlot, path: Path) -> None:
@@ -113,7 +119,7 @@ def calc(plot: CalcPlot, path: Path) -> None:
     fig, axes = plt.subplots(5, 1, figsize=(12, 15), sharex=shared,
                              gridspec_kw={"height_ratios": [1, 1, 1, 1.9, 1.1], "hspace": 0.12 if shared else 0.45})
     fig.subplots_adjust(top=0.95)
-    fig.suptitle(plot.title, fontsize=12, y=0.985)
+    fig.suptitle(_plain(plot.title), fontsize=12, y=0.985)
     _bars(axes[0], bars.macs, "MACs per layer", as_bytes=False)
     _bars(axes[1], bars.params, "parameters per layer", as_bytes=False)
     _bars(axes[2], bars.activation_bytes, "output activation bytes", as_bytes=True)
@@ -213,7 +219,7 @@ def place_labels(ax: Any, points: Sequence[tuple[float, float, str]], fontsize: 
                 for dx, dy in _DIRECTIONS:
                     d = (r + gap) * (0.75 if dx and dy else 1)  # the diagonal: about the same distance
                     ha, va = _alignment(dx, dy)
-                    note = ax.annotate(text, (x, y), xytext=(dx * d, dy * d), textcoords="offset points", ha=ha,
+                    note = ax.annotate(_plain(text), (x, y), xytext=(dx * d, dy * d), textcoords="offset points", ha=ha,
                                        va=va, fontsize=fontsize,
                                        arrowprops={"arrowstyle": "-", "color": "#666666", "linewidth": 0.7,
                                                    "shrinkA": 0, "shrinkB": r} if gap > 3 else None)
@@ -246,7 +252,7 @@ def compare(plot: ComparePlot, path: Path) -> None:
     _log_log(ax, [p.macs for p in pts], [p.params for p in pts])
     ax.set_xlabel("MACs per forward (multiply-accumulates, log)")
     ax.set_ylabel("parameters (log)")
-    ax.set_title(plot.title, fontsize=11)
+    ax.set_title(_plain(plot.title), fontsize=11)
     ax.grid(which="major", color=_LIGHT, linewidth=0.6)
     for p_ in sorted({min(pts, key=lambda p: p.peak_bytes), max(pts, key=lambda p: p.peak_bytes)},
                      key=lambda p: p.peak_bytes):
@@ -290,7 +296,7 @@ _SWEEP_LABELS = {"params": ("parameters", False), "macs": ("MACs per forward (ba
 def sweep(plot: SweepPlot, path: Path) -> None:
     fig = plt.figure(figsize=(15, 8))
     grid = fig.add_gridspec(2, 3, hspace=0.35, wspace=0.32)
-    fig.suptitle(plot.title, fontsize=12)
+    fig.suptitle(_plain(plot.title), fontsize=12)
     panels = [fig.add_subplot(grid[i // 2, i % 2]) for i in range(4)]
     from archcalc.plot.data import SWEEP_PANELS
 
@@ -300,11 +306,11 @@ def sweep(plot: SweepPlot, path: Path) -> None:
         size, unit = _unit(max(values, default=0)) if as_bytes else (1, "")
         for line in plot.lines[:12]:
             ax.plot(line.x, [v / size for v in line.y[column]], marker="o", markersize=3, linewidth=1.2,
-                    label=line.label or None)
+                    label=_plain(line.label) if line.label else None)
         ax.set_title(label + (f" ({unit})" if unit else ""), fontsize=10)
         ax.set_xticks([x for x, _ in plot.ticks])
-        ax.set_xticklabels([t for _, t in plot.ticks], rotation=45 if len(plot.ticks) > 8 else 0, fontsize=8)
-        ax.set_xlabel(plot.variable)
+        ax.set_xticklabels([_plain(t) for _, t in plot.ticks], rotation=45 if len(plot.ticks) > 8 else 0, fontsize=8)
+        ax.set_xlabel(_plain(plot.variable))
         if not as_bytes:
             _count_axis(ax)
         ax.grid(color=_LIGHT, linewidth=0.6)
@@ -370,7 +376,7 @@ def _roofline(ax: Any, plot: Roofline) -> None:
     ax.yaxis.set_major_formatter(FuncFormatter(_tick))
     ax.set_xlabel("arithmetic intensity (FLOP per byte moved, log)")
     ax.set_ylabel("FLOP/s (log)")
-    ax.set_title(plot.title, fontsize=10)
+    ax.set_title(_plain(plot.title), fontsize=10)
     ax.grid(which="major", color=_LIGHT, linewidth=0.6)
     ax.legend(loc="lower right", fontsize=8, title=f"ceilings: {_short(plot.source, 50)}", title_fontsize=7)
     ax.figure.canvas.draw()
