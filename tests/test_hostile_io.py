@@ -146,3 +146,25 @@ def test_a_name_with_dollars_is_drawn_as_written(tmp_path: Path, command: str) -
     assert result.exit_code == 0, (result.output, result.exception)  # matplotlib's math parser raised on "$x^$"
     svg = picture.read_text(encoding="utf-8")
     assert "$x^$" in svg or "x^" in svg  # the name is in the picture (as text or as glyph comments)
+
+
+def test_validate_refuses_what_cannot_fit_before_allocating(tmp_path: Path) -> None:
+    # 1 x 10^9 x 10^9 float32 is 4 EB before the first layer: refused by the pre-flight, not by the allocator
+    result = runner.invoke(app, ["validate", "lenet5", "--input", "1x1000000000x1000000000"])
+    assert result.exit_code == 2 and "predicted memory" in result.output and "--force" in result.output, result.output
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("name: t\ninput: [3, 8, 8]\nlayers:\n  - conv: {out: 1000000000000000, kernel: 3}\n",
+                    encoding="utf-8")
+    result = runner.invoke(app, ["validate", str(huge)])
+    assert result.exit_code == 2 and "predicted memory" in result.output, result.output
+    result = runner.invoke(app, ["validate", "lenet5", "--batch", str(2**63)])
+    assert result.exit_code == 2 and "not in the range" in result.output, result.output
+
+
+def test_args_keys_are_names(tmp_path: Path) -> None:
+    spec = tmp_path / "args.yaml"
+    spec.write_text("name: t\ninput: [3, 8, 8]\nargs: {1: 2, null: 3}\nlayers:\n  - conv: {out: 4, kernel: 3}\n",
+                    encoding="utf-8")
+    for extra in ([], ["--set", "x=1"]):  # --set's did-you-mean met an int and a null key: TypeError
+        result = runner.invoke(app, ["calc", str(spec), *extra])
+        assert result.exit_code == 2 and "args: 1 is not a name" in result.output, (result.output, result.exception)

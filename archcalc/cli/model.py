@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from archcalc.cli.options import (
+    MAX_BATCH,
     RUN_F32,
     InputGradOpt,
     RunDType,
@@ -42,7 +43,8 @@ def validate(
     spec: SpecArg,
     device: Annotated[Device, typer.Option("--device", help="where to run; meta checks shapes, params and MACs "
                                                             "without computing")] = Device.cpu,
-    batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="batch size")] = 1,
+    batch: Annotated[int, typer.Option("--batch", "-b", min=1, max=MAX_BATCH, help="batch size (1 to "
+                                       "1,048,576)")] = 1,
     dtype: Annotated[RunDType, typer.Option("--dtype", help="element type of the weights and the input")]
     = RUN_F32,
     input: Annotated[str | None, typer.Option("--input", "-i", help="override the input, e.g. 3x64x64")] = None,
@@ -50,6 +52,8 @@ def validate(
     failed: Annotated[bool, typer.Option("--failed", help="show only the checks that disagree")] = False,
     set_: SetOpt = None,
     input_requires_grad: InputGradOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="run even if predicted memory exceeds available memory")]
+    = False,
 ) -> None:
     """Build the model, run it on random input and check every analytic figure against what torch measures.
 
@@ -60,7 +64,7 @@ def validate(
 
     spec_obj = load(spec, set_)
     validation = run_validation(spec_obj, device.value, batch, dtype.value, input_override(input),
-                                input_requires_grad=input_requires_grad)
+                                input_requires_grad=input_requires_grad, force=force)
     if fmt is TableOrJson.json:
         sys.stdout.write(json.dumps(validation.as_dict(), indent=2) + "\n")
     else:

@@ -315,6 +315,10 @@ class _Parser:
         inputs = self._inputs(data)
         if "args" in data:
             args = self._mapping(data, "args")
+            for k in args:
+                if not (isinstance(k, str) and k.isidentifier()):
+                    raise SpecError(args.key_loc(k), f"args: {k!r} is not a name; an argument is named like a "
+                                                     "variable (letters, digits, '_'; not starting with a digit)")
             self.globals = {k: self._value(v, args.value_loc(k), {}) for k, v in args.items()}
         if self.overrides:
             self._override(data.value_loc("args") if "args" in data else data.loc)

@@ -111,8 +111,10 @@ class Validation:
 
 
 def validate(spec: Spec, device: str = "cpu", batch: int = 1, dtype: str = "float32",
-             input_shape: Shape | None = None, seed: int = 0, input_requires_grad: bool = False) -> Validation:
-    """Analyze `spec`, build and run its module on `device`, and compare every figure."""
+             input_shape: Shape | None = None, seed: int = 0, input_requires_grad: bool = False,
+             force: bool = False) -> Validation:
+    """Analyze `spec`, build and run its module on `device`, and compare every figure. A run predicted not to fit
+    in the memory the process may still allocate is refused (OutOfMemory) unless `force`."""
     if device not in DEVICES:
         raise ArchcalcError(f"--device must be one of {', '.join(DEVICES)}, not {device!r}")
     if dtype not in DTYPES:
@@ -121,7 +123,31 @@ def validate(spec: Spec, device: str = "cpu", batch: int = 1, dtype: str = "floa
     # Saved tensors follow the kernels of the device that runs (meta: no saved-bytes check).
     report = analyze(spec, batch=batch, dtype=dtype, convention="fvcore", input_shape=input_shape,
                      device="cpu" if device == "cpu" else "cuda", input_requires_grad=input_requires_grad)
+    if device != "meta":
+        _preflight(report, device, force)
     return compare(report, measure(report, device, seed, input_requires_grad))
+
+
+def _preflight(report: Report, device: str, force: bool) -> None:
+    """Refuse a run that cannot fit before allocating anything (as `profile` does): the inference peak, then a
+    training forward and backward (weights, gradients, buffers, saved activations) -- an upper bound of what
+    validate holds at once."""
+    from archcalc.core.training import training_memory
+    from archcalc.torch.profile.machine import available_memory
+    from archcalc.torch.profile.work import preflight
+
+    if device == "cuda":
+        import torch
+
+        from archcalc.torch.profile.probes import CudaMemory
+
+        if not torch.cuda.is_available():
+            return  # the run says so, in its own words
+        available = CudaMemory().available()
+    else:
+        available = available_memory()
+    predicted = max(report.totals.peak_bytes, training_memory(report, "sgd").total)
+    preflight(predicted, available, force, f"validate {report.name} at batch {report.batch}")
 
 
 # ---- measurement --------------------------------------------------------------------------------------------------
