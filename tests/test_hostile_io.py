@@ -168,3 +168,46 @@ def test_args_keys_are_names(tmp_path: Path) -> None:
     for extra in ([], ["--set", "x=1"]):  # --set's did-you-mean met an int and a null key: TypeError
         result = runner.invoke(app, ["calc", str(spec), *extra])
         assert result.exit_code == 2 and "args: 1 is not a name" in result.output, (result.output, result.exception)
+
+
+BAD_MODELS = '''
+import torch
+from torch import nn
+
+
+def build_model():  # a Linear that does not fit the conv's output
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.Linear(5, 3))
+
+
+def wrong_channels():
+    return nn.Sequential(nn.Conv2d(4, 8, 3))
+
+
+def lstm():
+    return nn.LSTM(10, 20)
+
+
+class NZ(nn.Module):
+    def forward(self, x):
+        return torch.nonzero(x)
+
+
+def nz():
+    return NZ()
+'''
+
+
+@pytest.mark.parametrize("target,where", [("", "module '1' (Linear)"), (":wrong_channels", "module '0' (Conv2d)"),
+                                          (":lstm", "(LSTM)"), (":nz", "nonzero")])
+def test_import_of_a_model_that_does_not_run_on_its_input(tmp_path: Path, target: str, where: str) -> None:
+    path = tmp_path / "bad.py"
+    path.write_text(BAD_MODELS, encoding="utf-8")
+    result = runner.invoke(app, ["import", f"{path}{target}", "-i", "3x8x8"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    first = result.output.strip().splitlines()
+    assert len(first) == 1 and first[0].startswith("error: the model does not run on this input") and where in first[0]
+
+
+def test_import_of_an_empty_module_name() -> None:
+    result = runner.invoke(app, ["import", ":f", "-i", "3x8x8"])
+    assert result.exit_code == 2 and "MODEL must be package.module:callable" in result.output, result.output

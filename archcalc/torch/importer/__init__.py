@@ -76,7 +76,7 @@ def _callable(ref: str) -> tuple[Callable[..., Any], str]:
         if fn is None:
             raise ArchcalcError(f"{ref}: the file defines no {attr}() (archcalc export writes build_model())")
         return fn, path.stem
-    if not sep or not attr:
+    if not sep or not attr or not target:
         raise ArchcalcError(f"MODEL must be package.module:callable (torchvision.models:resnet50) or a .py file "
                             f"with build_model(), not '{ref}'")
     try:

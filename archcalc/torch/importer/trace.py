@@ -134,9 +134,16 @@ class _Run(fx.Interpreter):
     def __init__(self, module: fx.GraphModule) -> None:
         super().__init__(module, garbage_collect_values=False)
         self.values: dict[fx.Node, Any] = {}
+        self.failure: str | None = None
 
     def run_node(self, n: fx.Node) -> Any:
-        value = super().run_node(n)
+        try:
+            value = super().run_node(n)
+        except ImportFailure:
+            raise
+        except Exception as exc:  # the model's own op on this input (a shape that does not fit, an op fx can't size)
+            self.failure = _run_failure(self.module, n, exc)
+            raise ImportFailure(self.failure) from None
         self.values[n] = value
         return value
 
@@ -146,6 +153,21 @@ class _Run(fx.Interpreter):
                 and isinstance(args[0], torch.Tensor):
             return torch.empty_like(args[0])
         return super().call_module(target, args, kwargs)
+
+
+def _run_failure(root: Any, n: fx.Node, exc: Exception) -> str:
+    """Where and why the model does not run on the input: the node (a module by its path and class, a function by
+    name) and the first line of torch's message (the rest is torch's own traceback)."""
+    if n.op == "call_module":
+        try:
+            what = f"module '{n.target}' ({type(root.get_submodule(str(n.target))).__name__})"
+        except AttributeError:
+            what = f"module '{n.target}'"
+    else:
+        what = f"{n.op} {getattr(n.target, '__name__', n.target)}"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return (f"the model does not run on this input: {what}: {type(exc).__name__}: {first} (check --input: one "
+            "sample's shape, channels first)")
 
 
 _SKIP = (f"{os.sep}torch{os.sep}fx{os.sep}", f"{os.sep}torch{os.sep}nn{os.sep}modules{os.sep}module.py",
@@ -607,13 +629,16 @@ def trace_module(module: nn.Module, input_shape: Sequence[int], allow_unknown: b
     run = _Run(gm)
     shape = (1, *(int(s) for s in input_shape))
     params = list(module.parameters()) + list(module.buffers())
-    if params and all(p.is_meta for p in params) or not params:
-        run.run(torch.empty(shape, device="meta"))
-    else:
-        from torch._subclasses.fake_tensor import FakeTensorMode
+    try:
+        if params and all(p.is_meta for p in params) or not params:
+            run.run(torch.empty(shape, device="meta"))
+        else:
+            from torch._subclasses.fake_tensor import FakeTensorMode
 
-        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-            run.run(mode.from_tensor(torch.empty(shape)))
+            with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+                run.run(mode.from_tensor(torch.empty(shape)))
+    except ImportFailure as exc:  # fx's interpreter appends its own node dump to the message: say ours alone
+        raise ImportFailure(run.failure or str(exc)) from None
     converter = _Converter(root, graph, run.values, allow_unknown)
     outputs, in_shape = converter.run()
     ops, dropped = _live(converter.ops, outputs)
