@@ -25,6 +25,7 @@ Expansion is bounded: at most MAX_NESTING composites and blocks inside each othe
 (layers and merge ops) after every block and repeat is expanded; a repeat is checked before its copies are made.
 """
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,7 +51,7 @@ from archcalc.core.grammar import (
     composite_keys,
     describe,
     either,
-    tensor_name,
+    tensor_ref,
 )
 from archcalc.core.kinds import REGISTRY, Arg, Kind, suggest_kind
 from archcalc.core.merges import MERGES
@@ -336,7 +337,7 @@ class _Parser:
                     raise SpecError(loc, f"block name '{block_name}' is already a layer kind; choose another name")
                 if block_name in MERGES:  # `- add: {...}` would be read as the merge
                     raise SpecError(loc, f"block name '{block_name}' is already a merge; choose another name")
-                if not isinstance(block_name, str) or not _NAME.match(block_name):
+                if not isinstance(block_name, str) or not _NAME.fullmatch(block_name):
                     raise SpecError(loc, f"block name '{block_name}' must be letters, digits, '_' or '-'")
                 if not isinstance(self.blocks[block_name], Map):
                     raise SpecError(self.blocks.value_loc(block_name), f"block '{block_name}' must be a mapping "
@@ -368,7 +369,7 @@ class _Parser:
                                                       "{image: [3, 224, 224], mask: [1, 224, 224]}")
         result = []
         for key, value in raw.items():
-            if not isinstance(key, str) or not _NAME.match(key):
+            if not isinstance(key, str) or not _NAME.fullmatch(key):
                 raise SpecError(raw.key_loc(key), f"input name {key!r} must be letters, digits, '_' or '-'")
             result.append(Input(key, parse_input(value, raw.value_loc(key)), raw.value_loc(key)))
         return result
@@ -407,24 +408,33 @@ class _Parser:
             if key in seen:
                 raise SpecError(vloc, f"output '{key}' named twice")
             seen.add(key)
-            outputs.append(Output(key, Ref(value, "", vloc)))
+            outputs.append(Output(key, tensor_ref(value, {}, "", vloc, f"output '{key}'")))
         if not outputs:
             raise SpecError(loc, "'outputs' names no output (every entry is switched off by its 'when')")
         return tuple(outputs)
 
     def _when(self, item: Map, names: Mapping[str, Any]) -> bool:
-        value = self._value(item["when"], item.value_loc("when"), names)
-        if isinstance(value, str):
-            raise SpecError(item.value_loc("when"), f"'when' must be a condition on block arguments such as "
-                                                    f"'se > 0', but '{value}' is not a known name")
-        return bool(value)
+        """`when:` — true, false, a number (0 is false) or a condition: an expression of the block's arguments with
+        comparisons, `and`, `or`, `not` (`se > 0`, `se and dw`, `not se`). Anything else (null, a list, a mapping,
+        an expression that gives a word) is refused: an item must never be dropped by a value that is no condition."""
+        raw, loc = item["when"], item.value_loc("when")
+        value = raw
+        if isinstance(raw, str) and raw.strip():
+            try:  # always the evaluator: `se and dw` has no operator character, yet is a condition
+                value = expr.evaluate(raw, names)
+            except expr.ExprError as exc:
+                raise SpecError(loc, f"when: {exc}") from None
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return value != 0
+        what = "null (an empty value)" if raw is None else "an empty string" if raw == "" else describe(raw)
+        gives = f"'{raw}' gives {describe(value)}, which is" if raw is not value else f"{what} is"
+        raise SpecError(loc, f"'when' takes a condition on block arguments (se > 0, se and dw, not se), true, "
+                             f"false or a number; {gives} not a condition")
 
     def _ref(self, item: Map, key: str, scope: _Scope, names: Mapping[str, Any]) -> Ref:
-        value = tensor_name(item[key], names)
-        if not isinstance(value, str) or not value.strip():
-            raise SpecError(item.value_loc(key), f"'{key}' takes the name of an earlier tensor (a layer, block or "
-                                                 f"input name), not {describe(value)}")
-        return Ref(value.strip(), scope.prefix, item.value_loc(key))
+        return tensor_ref(item[key], names, scope.prefix, item.value_loc(key), f"'{key}'")
 
     def _override(self, loc: Loc) -> None:
         """Apply `--set NAME=VALUE`: the value is read as YAML (0.75, true, [1, 2], same) and then, like any value
@@ -686,7 +696,7 @@ class _Parser:
                 raise SpecError(item.key_loc(key), f"unexpected key '{key}' beside '{op}'")
         if not isinstance(raw, Seq) or len(raw) < 2 or not all(isinstance(r, str) for r in raw):
             raise SpecError(rloc, f"{op} needs a list of at least two tensor names, e.g. {op}: [down4, up4]")
-        refs = tuple(Ref(tensor_name(r, names).strip(), scope.prefix, raw.item_loc(i)) for i, r in enumerate(raw))
+        refs = tuple(tensor_ref(r, names, scope.prefix, raw.item_loc(i), op) for i, r in enumerate(raw))
         full = scope.child_name(name, op, item.loc)
         return Merge(full, op, refs, item.loc)
 
@@ -906,7 +916,7 @@ class _Parser:
         value = item[key]
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
-        if not isinstance(value, str) or not _NAME.match(value):
+        if not isinstance(value, str) or not _NAME.fullmatch(value):
             raise SpecError(item.value_loc(key), f"layer name {value!r} must be letters, digits, '_' or '-' "
                                                  "(dots separate levels and are added by archcalc)")
         return value
