@@ -98,14 +98,14 @@ blocks:
     args: {se: 0, w: 2}
     layers:
       - conv: {out: w, kernel: 1, name: c1}
-      - relu
+      - relu:
         when: se
       - conv: {out: w, kernel: 3, padding: 1, name: c2}
         when: se > 0 and w > 1
       - add: [c1, c1]
         when: not se
 """
-WHENS = ["0", "1", "off", "on", "false", "true", "on and off", "on or off", "not off"]
+WHENS = ["0", "1", "unlit", "lit", "false", "true", "lit and unlit", "lit or unlit", "not unlit"]
 
 
 def _accepted(text: str) -> bool:
@@ -119,7 +119,7 @@ def _accepted(text: str) -> bool:
 @st.composite
 def graph_specs(draw: st.DrawFn) -> str:
     c, h = draw(st.integers(1, 4)), draw(st.integers(6, 12))
-    head = f"name: g\ninput: [{c}, {h}, {h}]\nunused: allow\nargs: {{on: 1, off: 0}}\n"
+    head = f"name: g\ninput: [{c}, {h}, {h}]\nunused: allow\nargs: {{lit: 1, unlit: 0}}\n"
     if draw(st.booleans()):
         head += BLOCK
     head += "layers:\n"

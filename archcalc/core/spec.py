@@ -316,6 +316,10 @@ class _Parser:
         inputs = self._inputs(data)
         if "args" in data:
             args = self._mapping(data, "args")
+            for key in args:
+                if not isinstance(key, str) or not WORD.fullmatch(key):
+                    raise SpecError(args.key_loc(key), f"argument name {key!r} must be a word (letters, digits, "
+                                                       "'_'); YAML reads on, off, yes, no as true or false: quote it")
             self.globals = {k: self._value(v, args.value_loc(k), {}) for k, v in args.items()}
         if self.overrides:
             self._override(data.value_loc("args") if "args" in data else data.loc)
@@ -571,6 +575,7 @@ class _Parser:
             raise SpecError(loc, "a layer is a kind name (- relu) or a one-key mapping (- conv: {out: 64, kernel: 3})"
                                  f", not {describe(item)}")
         if "when" in item and not self._when(item, names):
+            self._check_off(item, scope, names)
             return None
         src = self._ref(item, "from", scope, names) if "from" in item else None
         if src is not None or "when" in item:
@@ -584,6 +589,59 @@ class _Parser:
                                          "from 'from'")
             node = node._replace(src=src)
         return node
+
+    def _check_off(self, item: Map, scope: _Scope, names: dict[str, Any]) -> None:
+        """An item switched off by `when:` is not built, but what does not depend on the arguments that switch it
+        off is checked, as the JSON Schema checks it: one known head, the keys beside it, a kind's or block's
+        argument names, a composite's required keys, a merge's list, `from:`. Argument values are not evaluated
+        (they may be meaningful only where the item is on), nor the items inside a composite."""
+        heads = [k for k in item if k in COMPOSITES or k in REGISTRY or k in self.blocks or k in MERGES]
+        if len(heads) != 1:
+            if not heads:
+                key = next(k for k in item if k != "when") if len(item) > 1 else "when"
+                if key == "when":
+                    raise SpecError(item.loc, "an item with 'when' needs a layer, block, composite or merge beside it")
+                raise SpecError(item.key_loc(key), self._unknown_kind(str(key)))
+            raise SpecError(item.loc, f"one layer per list entry; found {', '.join(map(str, heads))} together")
+        head = heads[0]
+        if "from" in item:
+            if head in MERGES:
+                raise SpecError(item.value_loc("from"), f"a merge takes its inputs from its own list ({head}: [a, b]), "
+                                                        "not from 'from'")
+            self._ref(item, "from", scope, names)
+        rest = Map.derived({k: item[k] for k in item if k not in ("from", "when")}, item.loc,
+                           {k: item.key_loc(k) for k in item}, {k: item.value_loc(k) for k in item})
+        if "name" in rest:
+            self._name(rest, "name")
+        if head in COMPOSITES:
+            self._keys(rest, COMPOSITES[head])
+            return
+        beside = ("name",) if head in MERGES else ("name", "trainable")
+        for key in rest:
+            if key != head and key not in beside:
+                raise SpecError(rest.key_loc(key), f"unexpected key '{key}' beside '{head}'")
+        raw = rest[head]
+        if head in MERGES:
+            raw = raw.get("from") if isinstance(raw, Map) else raw
+            if not isinstance(raw, Seq) or len(raw) < 2:
+                raise SpecError(rest.value_loc(head), f"{head} needs a list of at least two tensor names, e.g. "
+                                                      f"{head}: [down4, up4]")
+            for i, r in enumerate(raw):
+                tensor_ref(r, names, scope.prefix, raw.item_loc(i), head)
+            return
+        if raw is not None and not isinstance(raw, Map):
+            raise SpecError(rest.value_loc(head), f"arguments of '{head}' must be a mapping ({head}: {{arg: value}}),"
+                                                  f" not {describe(raw)}")
+        for key in raw or ():
+            if key in ("name", "trainable"):
+                continue
+            if head in REGISTRY:
+                self._arg(REGISTRY[head], str(key), raw.key_loc(key))
+            else:
+                declared = self.blocks[head].get("args") if isinstance(self.blocks[head], Map) else None
+                if isinstance(declared, Map) and key not in declared:
+                    raise SpecError(raw.key_loc(key), f"block '{head}' has no argument '{key}'"
+                                    f"{did_you_mean(str(key), declared)}")
 
     def _item_node(self, item: Map, loc: Loc, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...],
                    forced_name: str | None) -> Node:
