@@ -7,8 +7,9 @@ choices and doc strings, and the spec's structure (top-level keys, blocks, compo
 
 Where the spec language evaluates a string (an expression of `args` and block arguments, or the bare name of
 one), the schema takes any string, so it never rejects a spec the parser accepts. It is stricter than the parser
-only in what the parser never reads: the body of a block that is never called, an item switched off by `when:`,
-defaults of a kind no layer uses. Which keys are layer kinds is known only where a spec has no `blocks` and no
+only in what the parser never reads: the body of a block that is never called, the argument values and inner
+items of an item switched off by `when:` (the parser checks its head, keys and argument names), defaults of a kind
+no layer uses. Which keys are layer kinds is known only where a spec has no `blocks` and no
 `extends` (a key may otherwise call a block); there, an unknown kind is an error too.
 """
 
