@@ -25,8 +25,9 @@ from archcalc.core.merges import MERGES
 # A layer, block or input name. `(?![\s\S])` (no character follows) rather than `$`, which in Python also
 # matches before a final newline: "c1\n" is not a name, in the parser or in the JSON Schema.
 NAME_PATTERN = "^[A-Za-z0-9_][A-Za-z0-9_-]*(?![\\s\\S])"
-# A reference to a named tensor: a name, a full dotted name (`fpn.inner4`), `$input` or `block.$input`.
-TENSOR_PATTERN = ("^(?:[A-Za-z0-9_][A-Za-z0-9_-]*\\.)*(?:[A-Za-z0-9_][A-Za-z0-9_-]*|\\$input)"
+# A reference to a named tensor: a name, a full dotted name (`fpn.inner4`), `$input` or `block.$input` (any
+# `$` word is left to resolution, whose did-you-mean names `$input`).
+TENSOR_PATTERN = ("^(?:[A-Za-z0-9_][A-Za-z0-9_-]*\\.)*\\$?[A-Za-z0-9_][A-Za-z0-9_-]*"
                   "(?![\\s\\S])")
 _TENSOR = re.compile(TENSOR_PATTERN)
 WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
