@@ -274,3 +274,44 @@ def test_a_block_without_a_body_names_every_head() -> None:
     with pytest.raises(SpecError, match=re.escape("block 'b' needs exactly one of layers, residual, parallel, "
                                                   "sequence or repeat")):
         load_text(SPEC + "blocks:\n  b: {args: {c: 1}}\nlayers: [b]\n")
+
+
+# ---- `when:` and tensor names: the parser and the schema agree (issue 32) ------------------------------------------
+
+WHEN_SPECS = [
+    # accepted by both
+    ("layers:\n  - {conv: {out: 4, kernel: 1}, when: 1}\n", True),
+    ("layers:\n  - {conv: {out: 4, kernel: 1}, when: true, name: c, trainable: false}\n  - relu\n", True),
+    ("layers:\n  - relu\n  - {conv: {out: 4, kernel: 1}, when: 0}\n", True),
+    ("layers:\n  - relu\n  - {conv: {out: 4, kernel: 1}, when: false, from: input}\n", True),
+    ("args: {se: 1, dw: 0}\nlayers:\n  - {relu: null, when: se and dw}\n  - {relu: null, when: not se or dw}\n"
+     "  - relu\n", True),
+    ("blocks:\n  b:\n    args: {se: 1}\n    layers:\n      - {relu: null, when: se}\n      - sigmoid\n"
+     "layers:\n  - {b: {se: 0}, when: 1}\n", True),
+    ("layers:\n  - relu\n  - {add: [input, relu1], when: 0, name: a}\n  - relu\n", True),
+    ("layers:\n  - {relu: null, name: r}\n  - {relu: null, from: r}\n", True),
+    # refused by both
+    ("layers:\n  - {relu: null, when: [1]}\n", False),
+    ("layers:\n  - {relu: null, when: null}\n", False),
+    ("layers:\n  - {relu: null, when: ' '}\n", False),
+    ("layers:\n  - {relu: null, when: {a: 1}}\n", False),
+    ("layers:\n  - {relu: null, name: r}\n  - {relu: null, from: \"r\\n\"}\n", False),
+    ("layers:\n  - {relu: null, name: r}\n  - {relu: null, from: ' r'}\n", False),
+    ("layers:\n  - {relu: null, name: \"r\\n\"}\n", False),
+    ("layers:\n  - {relu: null, name: r}\n  - add: [r, \"r\\n\"]\n", False),
+    ("layers:\n  - {relu: null, name: r}\noutputs: [\"r\\n\"]\n", False),
+    ("layers:\n  - relu\n  - {nosuch: null, when: 0}\n", False),
+    ("layers:\n  - relu\n  - {conv: {bogus: 1}, when: 0}\n", False),
+    ("layers:\n  - relu\n  - {conv: {out: 4, kernel: 1}, when: 0, extra: 1}\n", False),
+    ("layers:\n  - relu\n  - {relu: null, sigmoid: null, when: 0}\n", False),
+    ("layers:\n  - relu\n  - {repeat: 2, when: 0}\n", False),
+    ("layers:\n  - relu\n  - {add: [relu1], when: 0}\n", False),
+    ("layers:\n  - relu\n  - {when: 0}\n", False),
+]
+
+
+@pytest.mark.parametrize(("body", "valid"), WHEN_SPECS)
+def test_parser_and_schema_agree_on_when_and_tensor_names(body: str, valid: bool) -> None:
+    text = SPEC + body
+    assert _parses(text) == valid, text
+    assert _schema_accepts(text) == valid, text

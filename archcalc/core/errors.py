@@ -31,7 +31,7 @@ class SpecError(ArchcalcError):
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' ; did you mean 'x'?' or a list of the valid choices when nothing is close."""
-    choices = sorted({str(c) for c in choices})  # a YAML key may be an int or null
+    choices = sorted({c for c in choices if isinstance(c, str)})  # a YAML key may be a bool (on:) or a number
     if not choices:
         return ""
     import difflib  # only on an error: not on every run's import path

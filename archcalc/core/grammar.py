@@ -22,7 +22,14 @@ from archcalc.core.errors import Loc, SpecError, did_you_mean
 from archcalc.core.kinds import Arg
 from archcalc.core.merges import MERGES
 
-NAME_PATTERN = "^[A-Za-z0-9_][A-Za-z0-9_-]*$"  # a layer, block or input name
+# A layer, block or input name. `(?![\s\S])` (no character follows) rather than `$`, which in Python also
+# matches before a final newline: "c1\n" is not a name, in the parser or in the JSON Schema.
+NAME_PATTERN = "^[A-Za-z0-9_][A-Za-z0-9_-]*(?![\\s\\S])"
+# A reference to a named tensor: a name, a full dotted name (`fpn.inner4`), `$input` or `block.$input` (any
+# `$` word is left to resolution, whose did-you-mean names `$input`).
+TENSOR_PATTERN = ("^(?:[A-Za-z0-9_][A-Za-z0-9_-]*\\.)*\\$?[A-Za-z0-9_][A-Za-z0-9_-]*"
+                  "(?![\\s\\S])")
+_TENSOR = re.compile(TENSOR_PATTERN)
 WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SHORTCUTS = ("identity", "projection", "projection_conv")
 
@@ -252,6 +259,19 @@ def tensor_name(value: Any, names: Mapping[str, Any]) -> Any:
     return value
 
 
+def tensor_ref(value: Any, names: Mapping[str, Any], scope: str, loc: Loc, what: str) -> Ref:
+    """The reference `value` makes (a tensor name, or a block argument holding one), or a located error: a name
+    is letters, digits, '_', '-' and dots between levels, or `$input` — never a newline, a space or nothing."""
+    value = tensor_name(value, names)
+    if not isinstance(value, str) or not value.strip():
+        raise SpecError(loc, f"{what} takes the name of an earlier tensor (a layer, block or input name), not "
+                             f"{describe(value)}")
+    if not _TENSOR.match(value):
+        raise SpecError(loc, f"{what}: {value!r} is not a tensor name (letters, digits, '_', '-', dots between "
+                             "levels, or $input; no spaces or line breaks)")
+    return Ref(value, scope, loc)
+
+
 def _where(arg: Arg, at: At) -> str:
     return f"{at.kind} '{arg.name}'"
 
@@ -329,11 +349,7 @@ def _padding(v: Any, arg: Arg, at: At) -> Any:
 
 
 def _ref(v: Any, arg: Arg, at: At) -> Ref:
-    v = tensor_name(v, at.names)
-    if not isinstance(v, str) or not v.strip():
-        raise SpecError(at.loc, f"{_where(arg, at)} takes the name of an earlier tensor (or 'input'), not "
-                                f"{describe(v)}")
-    return Ref(v.strip(), at.scope, at.loc)
+    return tensor_ref(v, at.names, at.scope, at.loc, _where(arg, at))
 
 
 def _minimum(arg: Arg) -> Fragment:

@@ -7,8 +7,9 @@ choices and doc strings, and the spec's structure (top-level keys, blocks, compo
 
 Where the spec language evaluates a string (an expression of `args` and block arguments, or the bare name of
 one), the schema takes any string, so it never rejects a spec the parser accepts. It is stricter than the parser
-only in what the parser never reads: the body of a block that is never called, an item switched off by `when:`,
-defaults of a kind no layer uses. Which keys are layer kinds is known only where a spec has no `blocks` and no
+only in what the parser never reads: the body of a block that is never called, the argument values and inner
+items of an item switched off by `when:` (the parser checks its head, keys and argument names), defaults of a kind
+no layer uses. Which keys are layer kinds is known only where a spec has no `blocks` and no
 `extends` (a key may otherwise call a block); there, an unknown kind is an error too.
 """
 
@@ -25,6 +26,7 @@ from archcalc.core.grammar import (
     MERGE_BESIDE,
     NAME_KEY,
     NAME_PATTERN,
+    TENSOR_PATTERN,
     TRAINABLE_KEY,
     Tree,
     arg_type,
@@ -46,16 +48,17 @@ def spec_schema() -> dict[str, Any]:
                            "ceil_div, round_to, ceil, floor, round), evaluated by archcalc's safe evaluator, "
                            "or the bare name of one",
         },
-        "tensor": {"type": "string", "minLength": 1,
+        "tensor": {"type": "string", "pattern": TENSOR_PATTERN,
                    "description": "the name of an earlier tensor: a layer, block or input name (innermost scope "
                                   "first, then a unique suffix of a full name), `$input` (the input of the innermost "
                                   "enclosing block or group), or a block argument holding one"},
         "name": {"anyOf": [{"type": "string", "pattern": NAME_PATTERN}, {"type": "integer", "minimum": 0}],
                  "description": "the layer's name: letters, digits, '_' or '-' (dots separate levels and are "
                                 "added by archcalc)"},
-        "when": {"type": ["string", "boolean", "number", "null"],
+        "when": {"anyOf": [{"type": ["boolean", "number"]}, {"type": "string", "pattern": "\\S"}],
                  "description": "inside a block: the item exists only when this condition on the block's arguments "
-                                "holds (comparisons, and, or, not), e.g. 'se > 0'"},
+                                "holds (comparisons, and, or, not), e.g. 'se > 0', 'se and dw', 'not se'; true, "
+                                "false or a number (0 is false)"},
         "shape": {
             "description": "channels first: [C, L], [C, H, W] or [C, D, H, W], or a string such as 3x224x224",
             "anyOf": [{"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 4},

@@ -25,6 +25,7 @@ Expansion is bounded: at most MAX_NESTING composites and blocks inside each othe
 (layers and merge ops) after every block and repeat is expanded; a repeat is checked before its copies are made.
 """
 
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -50,7 +51,7 @@ from archcalc.core.grammar import (
     composite_keys,
     describe,
     either,
-    tensor_name,
+    tensor_ref,
 )
 from archcalc.core.kinds import REGISTRY, Arg, Kind, suggest_kind
 from archcalc.core.merges import MERGES
@@ -315,10 +316,10 @@ class _Parser:
         inputs = self._inputs(data)
         if "args" in data:
             args = self._mapping(data, "args")
-            for k in args:
-                if not (isinstance(k, str) and k.isidentifier()):
-                    raise SpecError(args.key_loc(k), f"args: {k!r} is not a name; an argument is named like a "
-                                                     "variable (letters, digits, '_'; not starting with a digit)")
+            for key in args:
+                if not isinstance(key, str) or not WORD.fullmatch(key):
+                    raise SpecError(args.key_loc(key), f"argument name {key!r} must be a word (letters, digits, "
+                                                       "'_'); YAML reads on, off, yes, no as true or false: quote it")
             self.globals = {k: self._value(v, args.value_loc(k), {}) for k, v in args.items()}
         if self.overrides:
             self._override(data.value_loc("args") if "args" in data else data.loc)
@@ -340,7 +341,7 @@ class _Parser:
                     raise SpecError(loc, f"block name '{block_name}' is already a layer kind; choose another name")
                 if block_name in MERGES:  # `- add: {...}` would be read as the merge
                     raise SpecError(loc, f"block name '{block_name}' is already a merge; choose another name")
-                if not isinstance(block_name, str) or not _NAME.match(block_name):
+                if not isinstance(block_name, str) or not _NAME.fullmatch(block_name):
                     raise SpecError(loc, f"block name '{block_name}' must be letters, digits, '_' or '-'")
                 if not isinstance(self.blocks[block_name], Map):
                     raise SpecError(self.blocks.value_loc(block_name), f"block '{block_name}' must be a mapping "
@@ -372,7 +373,7 @@ class _Parser:
                                                       "{image: [3, 224, 224], mask: [1, 224, 224]}")
         result = []
         for key, value in raw.items():
-            if not isinstance(key, str) or not _NAME.match(key):
+            if not isinstance(key, str) or not _NAME.fullmatch(key):
                 raise SpecError(raw.key_loc(key), f"input name {key!r} must be letters, digits, '_' or '-'")
             result.append(Input(key, parse_input(value, raw.value_loc(key)), raw.value_loc(key)))
         return result
@@ -411,24 +412,33 @@ class _Parser:
             if key in seen:
                 raise SpecError(vloc, f"output '{key}' named twice")
             seen.add(key)
-            outputs.append(Output(key, Ref(value, "", vloc)))
+            outputs.append(Output(key, tensor_ref(value, {}, "", vloc, f"output '{key}'")))
         if not outputs:
             raise SpecError(loc, "'outputs' names no output (every entry is switched off by its 'when')")
         return tuple(outputs)
 
     def _when(self, item: Map, names: Mapping[str, Any]) -> bool:
-        value = self._value(item["when"], item.value_loc("when"), names)
-        if isinstance(value, str):
-            raise SpecError(item.value_loc("when"), f"'when' must be a condition on block arguments such as "
-                                                    f"'se > 0', but '{value}' is not a known name")
-        return bool(value)
+        """`when:` — true, false, a number (0 is false) or a condition: an expression of the block's arguments with
+        comparisons, `and`, `or`, `not` (`se > 0`, `se and dw`, `not se`). Anything else (null, a list, a mapping,
+        an expression that gives a word) is refused: an item must never be dropped by a value that is no condition."""
+        raw, loc = item["when"], item.value_loc("when")
+        value = raw
+        if isinstance(raw, str) and raw.strip():
+            try:  # always the evaluator: `se and dw` has no operator character, yet is a condition
+                value = expr.evaluate(raw, names)
+            except expr.ExprError as exc:
+                raise SpecError(loc, f"when: {exc}") from None
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return value != 0
+        what = "null (an empty value)" if raw is None else "an empty string" if raw == "" else describe(raw)
+        gives = f"'{raw}' gives {describe(value)}, which is" if raw is not value else f"{what} is"
+        raise SpecError(loc, f"'when' takes a condition on block arguments (se > 0, se and dw, not se), true, "
+                             f"false or a number; {gives} not a condition")
 
     def _ref(self, item: Map, key: str, scope: _Scope, names: Mapping[str, Any]) -> Ref:
-        value = tensor_name(item[key], names)
-        if not isinstance(value, str) or not value.strip():
-            raise SpecError(item.value_loc(key), f"'{key}' takes the name of an earlier tensor (a layer, block or "
-                                                 f"input name), not {describe(value)}")
-        return Ref(value.strip(), scope.prefix, item.value_loc(key))
+        return tensor_ref(item[key], names, scope.prefix, item.value_loc(key), f"'{key}'")
 
     def _override(self, loc: Loc) -> None:
         """Apply `--set NAME=VALUE`: the value is read as YAML (0.75, true, [1, 2], same) and then, like any value
@@ -565,6 +575,7 @@ class _Parser:
             raise SpecError(loc, "a layer is a kind name (- relu) or a one-key mapping (- conv: {out: 64, kernel: 3})"
                                  f", not {describe(item)}")
         if "when" in item and not self._when(item, names):
+            self._check_off(item, scope, names)
             return None
         src = self._ref(item, "from", scope, names) if "from" in item else None
         if src is not None or "when" in item:
@@ -578,6 +589,61 @@ class _Parser:
                                          "from 'from'")
             node = node._replace(src=src)
         return node
+
+    def _check_off(self, item: Map, scope: _Scope, names: dict[str, Any]) -> None:
+        """An item switched off by `when:` is not built, but what does not depend on the arguments that switch it
+        off is checked, as the JSON Schema checks it: one known head, the keys beside it, a kind's or block's
+        argument names, a composite's required keys, a merge's list, `from:`. Argument values are not evaluated
+        (they may be meaningful only where the item is on), nor the items inside a composite."""
+        heads = [k for k in item if k in COMPOSITES or k in REGISTRY or k in self.blocks or k in MERGES]
+        if len(heads) != 1:
+            if not heads:
+                key = next(k for k in item if k != "when") if len(item) > 1 else "when"
+                if key == "when":
+                    raise SpecError(item.loc, "an item with 'when' needs a layer, block, composite or merge beside it")
+                raise SpecError(item.key_loc(key), self._unknown_kind(str(key)))
+            raise SpecError(item.loc, f"one layer per list entry; found {', '.join(map(str, heads))} together")
+        head = heads[0]
+        if "from" in item:
+            if head in MERGES:
+                raise SpecError(item.value_loc("from"), f"a merge takes its inputs from its own list ({head}: [a, b]), "
+                                                        "not from 'from'")
+            self._ref(item, "from", scope, names)
+        rest = Map.derived({k: item[k] for k in item if k not in ("from", "when")}, item.loc,
+                           {k: item.key_loc(k) for k in item}, {k: item.value_loc(k) for k in item})
+        if "name" in rest:
+            self._name(rest, "name")
+        if head in COMPOSITES:
+            self._keys(rest, COMPOSITES[head])
+            return
+        beside = ("name",) if head in MERGES else ("name", "trainable")
+        for key in rest:
+            if key != head and key not in beside:
+                raise SpecError(rest.key_loc(key), f"unexpected key '{key}' beside '{head}'")
+        raw = rest[head]
+        if head in MERGES:
+            raw = raw.get("from") if isinstance(raw, Map) else raw
+            if not isinstance(raw, Seq) or len(raw) < 2:
+                raise SpecError(rest.value_loc(head), f"{head} needs a list of at least two tensor names, e.g. "
+                                                      f"{head}: [down4, up4]")
+            for i, r in enumerate(raw):
+                tensor_ref(r, names, scope.prefix, raw.item_loc(i), head)
+            return
+        if raw is not None and not isinstance(raw, Map):
+            raise SpecError(rest.value_loc(head), f"arguments of '{head}' must be a mapping ({head}: {{arg: value}}),"
+                                                  f" not {describe(raw)}")
+        if raw is None:
+            return
+        for key in raw:
+            if key in ("name", "trainable"):
+                continue
+            if head in REGISTRY:
+                self._arg(REGISTRY[head], str(key), raw.key_loc(key))
+            else:
+                declared = self.blocks[head].get("args") if isinstance(self.blocks[head], Map) else None
+                if isinstance(declared, Map) and key not in declared:
+                    raise SpecError(raw.key_loc(key), f"block '{head}' has no argument '{key}'"
+                                    f"{did_you_mean(str(key), declared)}")
 
     def _item_node(self, item: Map, loc: Loc, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...],
                    forced_name: str | None) -> Node:
@@ -690,7 +756,7 @@ class _Parser:
                 raise SpecError(item.key_loc(key), f"unexpected key '{key}' beside '{op}'")
         if not isinstance(raw, Seq) or len(raw) < 2 or not all(isinstance(r, str) for r in raw):
             raise SpecError(rloc, f"{op} needs a list of at least two tensor names, e.g. {op}: [down4, up4]")
-        refs = tuple(Ref(tensor_name(r, names).strip(), scope.prefix, raw.item_loc(i)) for i, r in enumerate(raw))
+        refs = tuple(tensor_ref(r, names, scope.prefix, raw.item_loc(i), op) for i, r in enumerate(raw))
         full = scope.child_name(name, op, item.loc)
         return Merge(full, op, refs, item.loc)
 
@@ -910,7 +976,7 @@ class _Parser:
         value = item[key]
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)
-        if not isinstance(value, str) or not _NAME.match(value):
+        if not isinstance(value, str) or not _NAME.fullmatch(value):
             raise SpecError(item.value_loc(key), f"layer name {value!r} must be letters, digits, '_' or '-' "
                                                  "(dots separate levels and are added by archcalc)")
         return value

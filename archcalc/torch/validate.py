@@ -346,10 +346,32 @@ def _saved_run(model: Any, x: Any, input_requires_grad: bool) -> tuple[int | Non
 
 
 def compare(report: Report, m: Measurement) -> Validation:
+    """Every analytic figure beside its measurement.
+
+    Layers no output depends on (`unused: allow`) are built and run, so the whole-model measurements include them,
+    while the report's totals leave them out (docs/spec.md): their own measured params, buffers, MACs and forward
+    FLOPs are taken off the whole-model figures, and the activation total adds the used rows alone. Their fvcore
+    and training FLOPs are not checked per layer: fvcore's trace drops ops no output depends on, and no gradient
+    reaches them."""
     checks: list[Check] = []
+    notes = list(m.notes)
+    dead = [r for r in report.rows if not r.used]
+    dead_modules = [r.name for r in dead if r.module]
+    if dead:
+        listed = ", ".join(r.name for r in dead[:5]) + (", ..." if len(dead) > 5 else "")
+        notes.append(f"{len(dead)} op{'s' if len(dead) > 1 else ''} no output depends on ({listed}) run in the "
+                     "built module but are left out of the totals, "
+                     "as in calc: their measured figures are taken off the whole-model ones; their fvcore and "
+                     "training FLOPs are not checked")
 
     def add(quantity: str, layer: str | None, predicted: Value, measured: Value) -> None:
         checks.append(Check(quantity, layer, predicted, measured, predicted == measured))
+
+    def live(total: int | None, per_layer: Mapping[str, int] | None, scale: int = 1) -> int | None:
+        """A whole-model measurement less the measured share of the layers no output depends on."""
+        if total is None or per_layer is None:
+            return total
+        return total - scale * sum(per_layer[name] for name in dead_modules)
 
     for row in report.rows:
         add("output_shape", row.name, [report.batch, *row.output], list(m.shapes[row.name]) if row.name in m.shapes
@@ -362,24 +384,25 @@ def compare(report: Report, m: Measurement) -> Validation:
     for row in report.rows:
         if row.module:
             add("params", row.name, row.params, m.params[row.name])
-    add("params", None, report.totals.params, m.total_params)
+    add("params", None, report.totals.params, live(m.total_params, m.params))
     for row in report.rows:
         if row.module:
             add("buffers", row.name, row.buffers, m.buffers[row.name])
-    add("buffers", None, report.totals.buffers, m.total_buffers)
+    add("buffers", None, report.totals.buffers, live(m.total_buffers, m.buffers))
     if m.macs is not None:
         for row in report.rows:
             if row.module:
                 add("macs", row.name, row.macs, m.macs[row.name])
-        add("macs", None, report.totals.macs, m.total_macs)
+        add("macs", None, report.totals.macs, live(m.total_macs, m.macs))
     if m.fvcore is not None:
         for row in report.rows:
-            if row.module:
+            if row.module and row.used:
                 add("fvcore_flops", row.name, row.flops, m.fvcore[row.name])
         add("fvcore_flops", None, report.totals.flops, m.total_fvcore)
     for row in report.rows:
         add("activation_bytes", row.name, row.activation_bytes, m.output_bytes.get(row.name))
-    add("activation_bytes", None, report.totals.activation_bytes, sum(m.output_bytes.values()))
+    add("activation_bytes", None, report.totals.activation_bytes,
+        sum(m.output_bytes.get(r.name, 0) for r in report.rows if r.used))
     if m.saved_bytes is not None:
         add("saved_bytes", None, report.totals.saved_bytes, m.saved_bytes)
     if m.training_flops is not None:
@@ -388,9 +411,10 @@ def compare(report: Report, m: Measurement) -> Validation:
         step = training_flops(report)
         per_layer = {f.name: f.total for f in step.layers}
         for row in report.rows:
-            if row.module:
+            if row.module and row.used:
                 add("training_flops", row.name, per_layer.get(row.name, 0), m.training_flops[row.name])
-        add("training_flops", None, step.total, m.total_training_flops)
+        # A layer no output depends on runs its forward in the step (2 FLOPs per MAC), and nothing backward.
+        add("training_flops", None, step.total, live(m.total_training_flops, m.macs, scale=2))
     order = {q: i for i, q in enumerate(QUANTITIES)}
     checks.sort(key=lambda c: order[c.quantity])  # stable: layers in execution order, the total last
-    return Validation(report.name, m.device, report.batch, report.dtype, report.input, tuple(checks), m.notes)
+    return Validation(report.name, m.device, report.batch, report.dtype, report.input, tuple(checks), tuple(notes))
