@@ -90,3 +90,51 @@ def test_a_spec_file_over_the_size_limit_is_refused_before_parsing(tmp_path: Pat
     proc = cli("calc", str(spec))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"{spec}:1:1: the spec file is larger than 8 MiB, the limit" in proc.stderr
+
+
+# ---- sweep: a design space is counted before it is expanded ----
+
+
+def test_ranges_are_counted_not_expanded() -> None:
+    from archcalc.core import sweep as sw
+
+    huge = sw.split_values("1..1000000000000")  # 10^12 values, held as three integers
+    assert sw.count_of(huge) == 10**12
+    assert sw.count_of(sw.split_values("2..10..4")) == 3  # 2, 6, 10
+    assert sw.count_of(sw.split_values("-3..3")) == 7
+    assert sw.count_of(sw.split_values("0..10**40".replace("10**40", "1" + "0" * 40))) == 10**40 + 1
+
+
+SWEEPS = {
+    "10^6 points": (["--set", "width_mult=1..1000", "--set", "num_classes=1..1000"],
+                    "the sweep has 1,000,000 points (1,000 width_mult x 1,000 num_classes x 1 input x 1 batch size), "
+                    "more than --max-points 100,000"),
+    "10^9 values": (["--set", "num_classes=1..1000000000"],
+                    "the sweep has 1,000,000,000 points (1,000,000,000 num_classes x 1 input x 1 batch size)"),
+    "10^12 product": (["--set", "width_mult=1..1000000", "--set", "num_classes=1..1000000"],
+                      "the sweep has 1,000,000,000,000 points"),
+    "10^8 batches": (["--batch", "1..100000000"], "--batch 1..100000000: 100,000,000 batch sizes, more than "
+                     "--max-points 100,000"),
+    "10^11 inputs": (["--input", "3x{1..100000000000}"], "--input '3x{1..100000000000}' lists 100,000,000,000 "
+                     "inputs, more than --max-points 100,000"),
+    "a lowered limit": (["--batch", "1,2", "--input", "3x{224,256}", "--max-points", "3"],
+                        "the sweep has 4 points (2 inputs x 2 batch sizes), more than --max-points 3"),
+    "too many jobs": (["-j", "1000"], "--jobs 1,000: at most 64 worker processes"),
+}
+
+
+@pytest.mark.parametrize(("args", "message"), SWEEPS.values(), ids=SWEEPS.keys())
+def test_a_design_space_too_large_is_refused_before_expanding(args: list[str], message: str) -> None:
+    proc = cli("sweep", "torchvision/mobilenet_v2", *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_raised_max_points_allows_the_sweep() -> None:
+    # 3 x 2 x 2 = 12 points, over a limit of 10 and within one of 12
+    args = ["sweep", "lenet5", "--set", "num_classes=1..3", "--input", "1x{32,36}", "--batch", "1,2", "-f", "csv"]
+    assert cli(*args, "--max-points", "10").returncode == 2
+    proc = cli(*args, "--max-points", "12")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.strip().splitlines()) == 1 + 12  # a header and one row per point
