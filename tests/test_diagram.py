@@ -273,6 +273,28 @@ def test_a_failing_dot_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert "-Tsvg failed: Error: syntax error in line 1" in result.output and not out.exists()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="a fake dot script on PATH")
+def test_svg_of_a_huge_diagram_is_refused_before_running_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 6,000-layer chain: graphviz's layout of a graph that size runs for minutes (60,000 layers never finished),
+    so it is refused before dot starts; --depth that collapses it is drawn."""
+    ran = tmp_path / "dot-ran"
+    _fake_dot(tmp_path / "bin", f"open({str(ran)!r}, 'w').close()\nsys.stdout.write('<svg/>')")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
+    spec = tmp_path / "chain.yaml"
+    spec.write_text("name: chain\ninput: 8x8\nlayers:\n  - {repeat: 6000, block: relu, name: chain}\n",
+                    encoding="utf-8")
+    out = tmp_path / "chain.svg"
+    result = runner.invoke(app, ["graph", str(spec), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    # 6,000 relus, the input and the output
+    assert result.output.startswith("error: --format svg: the diagram has 6,002 nodes, more than the 5,000")
+    assert "--depth N" in result.output and "--format dot" in result.output
+    assert not ran.exists() and not out.exists()
+    result = runner.invoke(app, ["graph", str(spec), "-d", "1", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert ran.exists() and out.read_text(encoding="utf-8") == "<svg/>\n"
+
+
 @pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed")
 def test_svg_with_graphviz(tmp_path: Path) -> None:
     out = tmp_path / "net.svg"
