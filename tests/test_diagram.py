@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT, load_text, report_of
 from typer.testing import CliRunner
 
@@ -69,7 +71,8 @@ _DOT_STRING = r'"((?:[^"\\]|\\.)*)"'
 
 
 def dot_unescape(text: str) -> str:
-    return re.sub(r"\\(.)", lambda m: m.group(1), text)
+    """What graphviz draws for a quoted string: backslash escapes undone, then HTML entities (`&amp;` is `&`)."""
+    return html.unescape(re.sub(r"\\(.)", lambda m: m.group(1), text))
 
 
 def parse_dot(text: str) -> tuple[dict[str, list[str]], set[tuple[str, str]]]:
@@ -176,6 +179,29 @@ def test_labels_are_escaped_for_dot_and_mermaid() -> None:
     labels, _, title = parse_mermaid(mermaid(d))
     assert title == f"{weird} — input 3×8×8"
     assert ["output " + weird, "5"] in labels.values()
+
+
+@pytest.mark.parametrize(("name", "shown"), [
+    ("R&amp;D", "R&amp;D"),  # graphviz reads entities in strings: written as is it was drawn as 'R&D'
+    ("a&lt;b &#65;", "a&lt;b &#65;"),
+    ("nul\x00here", "nul\\x00here"),  # a NUL ended graphviz's input; YAML refuses it
+    ("del\x7fc1\x9bbell\x07", "del\\x7fc1\\x9bbell\\x07"),  # DEL and C1 made the Mermaid front matter invalid YAML
+    ("tab\there", "tab here"),
+])
+def test_entities_and_control_characters_in_names(name: str, shown: str) -> None:
+    text = TINY.replace("name: tiny", f"name: {json.dumps(name)}") + f"outputs:\n  - {json.dumps(name)}: fc\n"
+    d = diagram(analyze(load_text(text)))
+    dot_text = dot(d)
+    assert all(c == "\n" or c.isprintable() for c in dot_text)
+    nodes, _ = parse_dot(dot_text)  # as graphviz reads it: entities decoded
+    assert nodes["output:" + shown] == ["output " + shown, "5"]
+    m = re.match(rf"digraph {_DOT_STRING} {{", dot_text)
+    assert m and dot_unescape(m.group(1)) == shown
+    mermaid_text = mermaid(d)
+    front = yaml.safe_load(mermaid_text.split("\n---\n", 1)[0].removeprefix("---\n"))  # YAML refuses DEL and C1
+    assert front == {"title": f"{shown} — input 3×8×8"}
+    labels, _, _ = parse_mermaid(mermaid_text)
+    assert ["output " + shown, "5"] in labels.values()
 
 
 def test_unused_layers_are_marked() -> None:
