@@ -68,7 +68,7 @@ class IntRange(NamedTuple):
     step: int
 
     @property
-    def count(self) -> int:
+    def size(self) -> int:
         return (self.stop - self.start) // self.step + 1
 
     def values(self) -> range:
@@ -80,7 +80,7 @@ Values = Union[list[str], IntRange]
 
 def count_of(values: Values) -> int:
     """How many values a list or a range holds (a Python int: a range may hold more than len() can return)."""
-    return values.count if isinstance(values, IntRange) else len(values)
+    return values.size if isinstance(values, IntRange) else len(values)
 
 
 def expand(values: Values) -> list[str]:
@@ -170,8 +170,8 @@ def parse_batches(text: str, max_points: int = MAX_POINTS) -> list[int]:
     if isinstance(values, IntRange):
         if values.start < 1:
             raise ArchcalcError(f"--batch: expected positive integers like 1,8,64 or 1..32, got '{text}'")
-        if values.count > max_points:
-            raise ArchcalcError(f"--batch {text}: {values.count:,} batch sizes, more than --max-points "
+        if values.size > max_points:
+            raise ArchcalcError(f"--batch {text}: {values.size:,} batch sizes, more than --max-points "
                                 f"{max_points:,}")
         return list(values.values())
     batches = []
