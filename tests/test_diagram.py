@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT, load_text, report_of
 from typer.testing import CliRunner
 
@@ -69,7 +71,8 @@ _DOT_STRING = r'"((?:[^"\\]|\\.)*)"'
 
 
 def dot_unescape(text: str) -> str:
-    return re.sub(r"\\(.)", lambda m: m.group(1), text)
+    """What graphviz draws for a quoted string: backslash escapes undone, then HTML entities (`&amp;` is `&`)."""
+    return html.unescape(re.sub(r"\\(.)", lambda m: m.group(1), text))
 
 
 def parse_dot(text: str) -> tuple[dict[str, list[str]], set[tuple[str, str]]]:
@@ -178,6 +181,29 @@ def test_labels_are_escaped_for_dot_and_mermaid() -> None:
     assert ["output " + weird, "5"] in labels.values()
 
 
+@pytest.mark.parametrize(("name", "shown"), [
+    ("R&amp;D", "R&amp;D"),  # graphviz reads entities in strings: written as is it was drawn as 'R&D'
+    ("a&lt;b &#65;", "a&lt;b &#65;"),
+    ("nul\x00here", "nul\\x00here"),  # a NUL ended graphviz's input; YAML refuses it
+    ("del\x7fc1\x9bbell\x07", "del\\x7fc1\\x9bbell\\x07"),  # DEL and C1 made the Mermaid front matter invalid YAML
+    ("tab\there", "tab here"),
+])
+def test_entities_and_control_characters_in_names(name: str, shown: str) -> None:
+    text = TINY.replace("name: tiny", f"name: {json.dumps(name)}") + f"outputs:\n  - {json.dumps(name)}: fc\n"
+    d = diagram(analyze(load_text(text)))
+    dot_text = dot(d)
+    assert all(c == "\n" or c.isprintable() for c in dot_text)
+    nodes, _ = parse_dot(dot_text)  # as graphviz reads it: entities decoded
+    assert nodes["output:" + shown] == ["output " + shown, "5"]
+    m = re.match(rf"digraph {_DOT_STRING} {{", dot_text)
+    assert m and dot_unescape(m.group(1)) == shown
+    mermaid_text = mermaid(d)
+    front = yaml.safe_load(mermaid_text.split("\n---\n", 1)[0].removeprefix("---\n"))  # YAML refuses DEL and C1
+    assert front == {"title": f"{shown} — input 3×8×8"}
+    labels, _, _ = parse_mermaid(mermaid_text)
+    assert ["output " + shown, "5"] in labels.values()
+
+
 def test_unused_layers_are_marked() -> None:
     text = TINY + "unused: allow\noutputs: [pool]\n"
     d = diagram(analyze(load_text(text)))
@@ -271,6 +297,28 @@ def test_a_failing_dot_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     result = runner.invoke(app, ["graph", "lenet5", "-f", "svg", "-o", str(out)])
     assert result.exit_code == 2
     assert "-Tsvg failed: Error: syntax error in line 1" in result.output and not out.exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a fake dot script on PATH")
+def test_svg_of_a_huge_diagram_is_refused_before_running_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 6,000-layer chain: graphviz's layout of a graph that size runs for minutes (60,000 layers never finished),
+    so it is refused before dot starts; --depth that collapses it is drawn."""
+    ran = tmp_path / "dot-ran"
+    _fake_dot(tmp_path / "bin", f"open({str(ran)!r}, 'w').close()\nsys.stdout.write('<svg/>')")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
+    spec = tmp_path / "chain.yaml"
+    spec.write_text("name: chain\ninput: 8x8\nlayers:\n  - {repeat: 6000, block: relu, name: chain}\n",
+                    encoding="utf-8")
+    out = tmp_path / "chain.svg"
+    result = runner.invoke(app, ["graph", str(spec), "-o", str(out)])
+    assert result.exit_code == 2, result.output
+    # 6,000 relus, the input and the output
+    assert result.output.startswith("error: --format svg: the diagram has 6,002 nodes, more than the 5,000")
+    assert "--depth N" in result.output and "--format dot" in result.output
+    assert not ran.exists() and not out.exists()
+    result = runner.invoke(app, ["graph", str(spec), "-d", "1", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert ran.exists() and out.read_text(encoding="utf-8") == "<svg/>\n"
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz's dot is not installed")

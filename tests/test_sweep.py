@@ -121,8 +121,9 @@ def test_pareto_where_and_sort_through_the_cli() -> None:
 
 
 def test_value_lists() -> None:
-    assert sw.split_values("2..6") == ["2", "3", "4", "5", "6"]
-    assert sw.split_values("2..10..4") == ["2", "6", "10"]
+    assert sw.expand(sw.split_values("2..6")) == ["2", "3", "4", "5", "6"]
+    assert sw.expand(sw.split_values("2..10..4")) == ["2", "6", "10"]
+    assert sw.parse_batches("1..4") == [1, 2, 3, 4]
     assert sw.split_values("0.5, 0.75,1") == ["0.5", "0.75", "1"]
     assert sw.split_values("round_to(3, 2),4") == ["round_to(3, 2)", "4"]
     assert sw.parse_inputs("3x{128,160}") == [(3, 128, 128), (3, 160, 160)]

@@ -34,6 +34,10 @@ class GraphFmt(str, Enum):
     svg = "svg"
 
 
+MAX_SVG_NODES = 5_000
+"""Nodes at most for --format svg: graphviz's layout grows faster than the graph (a 60,000-layer chain did not finish);
+the zoo's largest diagram has 1,020 nodes."""
+
 SUFFIXES = {".mmd": GraphFmt.mermaid, ".mermaid": GraphFmt.mermaid, ".dot": GraphFmt.dot, ".gv": GraphFmt.dot,
             ".svg": GraphFmt.svg}
 
@@ -67,6 +71,10 @@ def graph(
     elif chosen is GraphFmt.dot:
         emit(render.dot(d), output, [report.path])
     else:
+        if len(d.nodes) > MAX_SVG_NODES:
+            raise ArchcalcError(f"--format svg: the diagram has {len(d.nodes):,} nodes, more than the "
+                                f"{MAX_SVG_NODES:,} that graphviz lays out in reasonable time; collapse blocks with "
+                                "--depth N, or write --format dot (or mermaid) and render it yourself")
         emit(svg(render.dot(d)), output, [report.path])
 
 

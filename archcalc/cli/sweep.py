@@ -62,8 +62,10 @@ def sweep(
     sort: Annotated[str | None, typer.Option("--sort", "-s", help="sort by a column: params, macs, flops, "
                     "activation_bytes, peak_inference_bytes, training_bytes, training_flops, batch")] = None,
     descending: Annotated[bool, typer.Option("--desc", help="sort largest first")] = False,
-    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="worker processes (default: two for large "
-                    "sweeps when a core is idle)")] = None,
+    jobs: Annotated[int | None, typer.Option("--jobs", "-j", min=1, help="worker processes, at most 64 (default: "
+                    "two for large sweeps when a core is idle)")] = None,
+    max_points: Annotated[int, typer.Option("--max-points", min=1, help="refuse a design space of more points "
+                          "than this, counted before it is expanded")] = 100_000,
     fmt: FmtOpt = Fmt.table,
     plot: PlotOpt = None,
 ) -> None:
@@ -73,12 +75,16 @@ def sweep(
     that fails (an input too small for the network) is a row with its error.
     """
     from archcalc.core import sweep as sw
+    from archcalc.core.errors import ArchcalcError
     from archcalc.render import sweep as render
 
     settings = options.settings(dtype=dtype, convention=convention, device=device,
                                 input_requires_grad=input_requires_grad, optimizer=optimizer, amp=amp)
     plotter = plot_drawer(plot)
-    plan = sw.plan(spec, set_, input, batch, settings, sw.Query.of(where, pareto, pareto_only, sort, descending))
+    if jobs is not None and jobs > sw.MAX_JOBS:
+        raise ArchcalcError(f"--jobs {jobs:,}: at most {sw.MAX_JOBS} worker processes")
+    plan = sw.plan(spec, set_, input, batch, settings, sw.Query.of(where, pareto, pareto_only, sort, descending),
+                   max_points)
     runner, points, objectives = plan.sweep, plan.points, list(plan.query.objectives)
     with _progress(len(points)) as update:
         rows = plan.run(update, jobs)
@@ -98,7 +104,6 @@ def sweep(
     else:
         sys.stdout.write(render.sweep_md(rows, convention.value, note))
     if plotter is not None:
-        from archcalc.core.errors import ArchcalcError
         from archcalc.plot.data import sweep_plot
 
         if not any(r.values is not None for r in rows):

@@ -62,6 +62,7 @@ TOP_KEYS = ("name", "description", "source", "family", "input", "inputs", "outpu
 _NAME = re.compile(NAME_PATTERN)
 BLOCK_INPUT = "$input"  # a reference to the input of the innermost enclosing block or group
 MAX_LAYERS = 100_000  # rows after expansion; the zoo's largest network has 1,100. Raise with --max-layers.
+MAX_SPEC_BYTES = 8 * 2**20  # a spec file; reading and parsing 8 MiB takes about 5 s and 1.2 GB
 MAX_NESTING = 64  # composites and block calls inside each other (the zoo's deepest: 6)
 
 
@@ -167,11 +168,16 @@ def parse_spec(data: Map, display: str, overrides: Mapping[str, str] | None = No
 
 def _read(path: Path, display: str) -> Map:
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:  # read no more than the limit and one byte, whatever the file claims to be
+            raw = file.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(None, f"{display}: no such spec file") from None
     except OSError as exc:
         raise SpecError(None, f"{display}: cannot read spec: {exc}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(Loc(display, 1, 1), f"the spec file is larger than {MAX_SPEC_BYTES // 2**20} MiB, the limit "
+                                           "(the zoo's largest is under 6 KB; 100,000 layers written out take about "
+                                           "4 MiB); describe repeated layers with blocks or 'repeat:'")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -458,6 +464,10 @@ class _Parser:
                 raise SpecError(loc, f"--set {key}: cannot read the value: {exc}") from None
             except RecursionError:  # the pure-Python composer on absurd nesting ([[[[...)
                 raise SpecError(loc, f"--set {key}: the value is nested too deeply") from None
+            try:
+                yamlsrc.check_aliases(raw, loc)
+            except SpecError as exc:
+                raise SpecError(loc, f"--set {key}: {exc.message}") from None
             if isinstance(raw, dict):
                 raise SpecError(loc, f"--set {key}={text}: expected a value, not a mapping")
             if isinstance(raw, str) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", raw.strip()):

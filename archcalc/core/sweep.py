@@ -13,11 +13,12 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Union
 
 from archcalc.core import expr
 from archcalc.core.analyze import Report, analyze
@@ -52,16 +53,52 @@ class SweepRow(NamedTuple):
 
 _RANGE = re.compile(r"^\s*(-?\d+)\s*\.\.\s*(-?\d+)\s*(?:\.\.\s*(\d+)\s*)?$")
 
+MAX_POINTS = 100_000
+"""A design space larger than this is refused before it is expanded (`sweep --max-points` raises it)."""
+MAX_JOBS = 64
+"""Worker processes at most (`sweep -j`)."""
 
-def split_values(text: str) -> list[str]:
-    """'0.5,0.75,1' -> three values; 'a..b[..step]' -> the integers a, a+step, ..., b; commas inside brackets
-    (round_to(3, 2), [1, 2]) do not split."""
+
+class IntRange(NamedTuple):
+    """`a..b[..step]` as written, not expanded: its size is arithmetic, so 1..10**12 costs nothing until it is
+    refused. Expanded (`values`) only after the whole design space has been counted."""
+
+    start: int
+    stop: int  # included
+    step: int
+
+    @property
+    def size(self) -> int:
+        return (self.stop - self.start) // self.step + 1
+
+    def values(self) -> range:
+        return range(self.start, self.stop + 1, self.step)
+
+
+Values = Union[list[str], IntRange]
+
+
+def count_of(values: Values) -> int:
+    """How many values a list or a range holds (a Python int: a range may hold more than len() can return)."""
+    return values.size if isinstance(values, IntRange) else len(values)
+
+
+def expand(values: Values) -> list[str]:
+    return [str(v) for v in values.values()] if isinstance(values, IntRange) else list(values)
+
+
+def split_values(text: str) -> Values:
+    """'0.5,0.75,1' -> three values; 'a..b[..step]' -> an IntRange of the integers a, a+step, ..., b (counted, not
+    expanded: see `expand`); commas inside brackets (round_to(3, 2), [1, 2]) do not split."""
     match = _RANGE.match(text)
     if match:
-        start, stop, step = int(match.group(1)), int(match.group(2)), int(match.group(3) or 1)
+        try:
+            start, stop, step = int(match.group(1)), int(match.group(2)), int(match.group(3) or 1)
+        except ValueError:  # beyond Python's 4,300-digit limit for int()
+            raise ArchcalcError(f"range '{text[:40]}...': a bound is too long") from None
         if step < 1 or stop < start:
             raise ArchcalcError(f"range '{text}' must go up (a..b with a <= b, step >= 1)")
-        return [str(v) for v in range(start, stop + 1, step)]
+        return IntRange(start, stop, step)
     parts: list[str] = []
     current: list[str] = []
     depth = 0
@@ -81,9 +118,10 @@ def split_values(text: str) -> list[str]:
     return parts
 
 
-def parse_set_axes(sets: Sequence[str] | None) -> list[tuple[str, list[str]]]:
-    """['width_mult=0.5,0.75', 'depth=2..6'] -> [(name, values)]; a name given twice is an error."""
-    axes: list[tuple[str, list[str]]] = []
+def parse_set_axes(sets: Sequence[str] | None) -> list[tuple[str, Values]]:
+    """['width_mult=0.5,0.75', 'depth=2..6'] -> [(name, values)] (ranges not expanded); a name given twice is an
+    error."""
+    axes: list[tuple[str, Values]] = []
     for item in sets or ():
         name, sep, value = item.partition("=")
         name = name.strip()
@@ -96,9 +134,11 @@ def parse_set_axes(sets: Sequence[str] | None) -> list[tuple[str, list[str]]]:
     return axes
 
 
-def parse_inputs(text: str | None, spatial_axes: int = 2) -> list[tuple[int, ...] | None]:
+def parse_inputs(text: str | None, spatial_axes: int = 2,
+                 max_points: int = MAX_POINTS) -> list[tuple[int, ...] | None]:
     """'3x{128,160,224}' -> 3x128x128, 3x160x160, 3x224x224 (channels x one size: that size on every one of the
-    spec's `spatial_axes`); several brace groups multiply; '3x224x224,3x320x320' also lists."""
+    spec's `spatial_axes`); several brace groups multiply; '3x224x224,3x320x320' also lists. More than
+    `max_points` shapes is an error, found before any is made."""
     if text is None:
         return [None]
     groups = re.findall(r"\{([^{}]*)\}", text)
@@ -107,7 +147,10 @@ def parse_inputs(text: str | None, spatial_axes: int = 2) -> list[tuple[int, ...
     template = re.sub(r"\{[^{}]*\}", "{}", text)
     shapes: list[tuple[int, ...] | None] = []
     choices = [split_values(g) for g in groups]
-    for combo in itertools.product(*choices):
+    combos = math.prod(count_of(c) for c in choices)
+    if combos > max_points:  # every combination makes at least one shape
+        raise ArchcalcError(f"--input '{text}' lists {combos:,} inputs, more than --max-points {max_points:,}")
+    for combo in itertools.product(*(expand(c) for c in choices)):
         filled = template.format(*combo)
         for part in filled.split(","):
             try:
@@ -120,21 +163,44 @@ def parse_inputs(text: str | None, spatial_axes: int = 2) -> list[tuple[int, ...
     return shapes
 
 
-def parse_batches(text: str) -> list[int]:
-    values = []
-    for part in split_values(text):
+def parse_batches(text: str, max_points: int = MAX_POINTS) -> list[int]:
+    """'1,8,64' -> [1, 8, 64]; '1..32' -> 1, 2, ..., 32: a range counted before it is expanded (more than
+    `max_points` batch sizes is an error)."""
+    values = split_values(text)
+    if isinstance(values, IntRange):
+        if values.start < 1:
+            raise ArchcalcError(f"--batch: expected positive integers like 1,8,64 or 1..32, got '{text}'")
+        if values.size > max_points:
+            raise ArchcalcError(f"--batch {text}: {values.size:,} batch sizes, more than --max-points "
+                                f"{max_points:,}")
+        return list(values.values())
+    batches = []
+    for part in values:
         if not part.isdigit() or int(part) < 1:
             raise ArchcalcError(f"--batch: expected positive integers like 1,8,64 or 1..32, got '{text}'")
-        values.append(int(part))
-    return values
+        batches.append(int(part))
+    return batches
 
 
-def points(axes: Sequence[tuple[str, Sequence[str]]], inputs: Sequence[tuple[int, ...] | None],
-           batches: Sequence[int]) -> list[Point]:
-    """The cartesian product, in the order given (the last axis varies fastest: arguments, input, batch)."""
+def count_points(axes: Sequence[tuple[str, Values]], inputs: Sequence[tuple[int, ...] | None],
+                 batches: Sequence[int]) -> int:
+    """The size of the design space, counted without expanding it."""
+    return math.prod(count_of(v) for _, v in axes) * len(inputs) * len(batches)
+
+
+def points(axes: Sequence[tuple[str, Values]], inputs: Sequence[tuple[int, ...] | None],
+           batches: Sequence[int], max_points: int = MAX_POINTS) -> list[Point]:
+    """The cartesian product, in the order given (the last axis varies fastest: arguments, input, batch). It is
+    counted first: more than `max_points` points is an error naming each axis, before any point is made."""
+    total = count_points(axes, inputs, batches)
+    if total > max_points:
+        parts = [f"{count_of(v):,} {n}" for n, v in axes] + [f"{len(inputs):,} input" + "s" * (len(inputs) != 1),
+                                                             f"{len(batches):,} batch size" + "s" * (len(batches) != 1)]
+        raise ArchcalcError(f"the sweep has {total:,} points ({' x '.join(parts)}), more than --max-points "
+                            f"{max_points:,}; narrow the ranges or raise --max-points")
     names = [n for n, _ in axes]
     result = []
-    for combo in itertools.product(*(v for _, v in axes)):
+    for combo in itertools.product(*(expand(v) for _, v in axes)):
         sets = tuple(zip(names, combo))
         for shape in inputs:
             for batch in batches:
@@ -243,6 +309,8 @@ class Sweep:
     def _evaluate(self, keys: list[Any], progress: Callable[[int], None] | None, pts: Sequence[Point],
                   jobs: int | None) -> dict[Any, _Structure | str]:
         per_key = len(pts) // max(len(keys), 1)
+        if jobs is not None and not 1 <= jobs <= MAX_JOBS:
+            raise ArchcalcError(f"jobs: {jobs:,} worker processes; give 1 to {MAX_JOBS}")
         if jobs is None:
             jobs = 2 if len(keys) >= _PARALLEL_FROM and _idle_cores() >= 1 else 1
         out: dict[Any, _Structure | str] = {}
@@ -456,13 +524,15 @@ class Plan(NamedTuple):
 
 
 def plan(ref: str, sets: Sequence[str] | None = None, inputs: str | None = None, batches: str = "1",
-         settings: Settings | None = None, query: Query | None = None) -> Plan:
+         settings: Settings | None = None, query: Query | None = None, max_points: int = MAX_POINTS) -> Plan:
     """`archcalc sweep`'s plan: the spec `ref` at every point of --set value lists x --input x --batch (their
-    command-line texts), with `query` checked (an unknown name or column fails here, before the work)."""
+    command-line texts), with `query` checked (an unknown name or column fails here, before the work). A design
+    space of more than `max_points` points is refused before it is expanded."""
     runner = Sweep(ref, settings)
     axes = parse_set_axes(sets)
     runner.check_names(name for name, _ in axes)
-    pts = points(axes, parse_inputs(inputs, runner.spatial_axes), parse_batches(batches))
+    pts = points(axes, parse_inputs(inputs, runner.spatial_axes, max_points), parse_batches(batches, max_points),
+                 max_points)
     query = query or Query()
     set_names = [name for name, _ in axes]
     query.check(set_names)

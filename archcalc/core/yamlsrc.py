@@ -4,11 +4,15 @@ Mappings become `Map` (a dict) and sequences `Seq` (a list); both remember where
 their keys/items start, so later checks can report `file:line:col` for any value.
 
 Nesting is bounded (MAX_DEPTH mappings and lists inside each other): deeper YAML is a located error, not a
-RecursionError.
+RecursionError. So is what aliases repeat: an alias (`*name`) shares the object its anchor (`&name`) built, and every
+later walk (the size pre-count, argument evaluation) visits it once per use, so ten nested lists of ten aliases
+("billion laughs") would be walked 10^9 times; a document whose aliases repeat more than MAX_ALIAS_VALUES values is
+refused as it is loaded (check_aliases, one visit per distinct object).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -16,6 +20,8 @@ import yaml
 from archcalc.core.errors import Loc, SpecError, paused_gc
 
 MAX_DEPTH = 100  # mappings and lists inside each other; the zoo's deepest spec uses 12
+MAX_ALIAS_VALUES = 100_000  # values that aliases repeat, in all; the zoo uses no aliases
+_LONG_TEXT = 64  # a string counts as one value per 64 characters when an alias repeats it
 
 
 class Map(dict):  # type: ignore[type-arg]
@@ -164,11 +170,56 @@ def _tab_column(text: str, line: int) -> int | None:
     return None
 
 
+def check_aliases(data: Any, loc: Loc) -> None:
+    """Refuse `data` (as loaded, aliases sharing objects) when its aliases repeat more than MAX_ALIAS_VALUES values:
+    each distinct list, mapping and long string is measured once (by identity), each further use of it adds its
+    size. Cost: one visit per distinct object, whatever the aliases would expand to. `loc` is the fallback location
+    (data that is not a Map or Seq, such as a --set value)."""
+    sizes: dict[int, int] = {}
+    repeated = 0
+
+    def size(value: Any, where: Callable[[], Loc]) -> int:
+        nonlocal repeated
+        if isinstance(value, str) and len(value) <= _LONG_TEXT or not isinstance(value, (str, dict, list)):
+            return 1
+        known = sizes.get(id(value))
+        if known is not None:  # a second use of the same object: an alias
+            repeated += known
+            if repeated > MAX_ALIAS_VALUES:
+                raise SpecError(where(), f"YAML aliases (*name) repeat more than {MAX_ALIAS_VALUES:,} values in all "
+                                         "(each use copies what its anchor &name holds); a spec never needs that "
+                                         "many: use a block or 'repeat:' instead")
+            return known
+        if isinstance(value, str):
+            total = 1 + len(value) // _LONG_TEXT
+        elif isinstance(value, dict):
+            total = 1 + sum(size(v, _place(value, k, where)) for k, v in value.items())
+        else:
+            total = 1 + sum(size(v, _place(value, i, where)) for i, v in enumerate(value))
+        sizes[id(value)] = total
+        return total
+
+    size(data, lambda: loc)
+
+
+def _place(container: Any, key: Any, outer: Callable[[], Loc]) -> Callable[[], Loc]:
+    """The location of container[key], asked only for an error."""
+    if isinstance(container, Map):
+        return lambda: container.value_loc(key)
+    if isinstance(container, Seq):
+        return lambda: container.item_loc(key)
+    return outer
+
+
 def load(text: str, path: str) -> Any:
-    """Parse YAML text; syntax errors become SpecError with the parser's position."""
+    """Parse YAML text; syntax errors become SpecError with the parser's position, and aliases that repeat too
+    much (check_aliases) an error at the alias."""
     try:
         with paused_gc():
-            return yaml.load(text, Loader=_make_loader(path, text))  # noqa: S506 - the loader derives from SafeLoader
+            data = yaml.load(text, Loader=_make_loader(path, text))  # noqa: S506 - the loader derives from SafeLoader
+            if "&" in text:  # no anchor, no alias: nothing is shared
+                check_aliases(data, Loc(path, 1, 1))
+            return data
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = Loc(path, mark.line + 1, mark.column + 1) if mark else Loc(path, 1, 1)

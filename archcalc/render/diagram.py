@@ -13,6 +13,27 @@ from archcalc.core.diagram import Diagram, Node
 from archcalc.core.units import dims, si
 
 
+def visible(text: str) -> str:
+    """User text with its line breaks as spaces and every other control character (C0, DEL, C1) and the
+    noncharacters U+FFFE/U+FFFF written out as `\\xNN` / `\\uNNNN`: neither language can hold them (a NUL ends
+    graphviz's input; Mermaid's front matter is YAML, which refuses DEL and C1), and a reader should see them."""
+    text = " ".join(text.splitlines())
+    if text.isprintable():  # the common case; (isprintable is False for more than controls, checked below)
+        return text
+    return "".join(_written_out(c) for c in text)
+
+
+def _written_out(c: str) -> str:
+    code = ord(c)
+    if c == "\t":
+        return " "
+    if code < 0x20 or 0x7F <= code <= 0x9F:
+        return f"\\x{code:02x}"
+    if code in (0xFFFE, 0xFFFF):
+        return f"\\u{code:04x}"
+    return c
+
+
 def label_lines(node: Node) -> list[str]:
     if node.role in ("input", "output"):
         return [f"{node.role} {node.name}" if node.name not in ("input", "output") else node.name, dims(node.output)]
@@ -37,14 +58,13 @@ _MERMAID_ESCAPES = {"#": "#35;", '"': "#quot;", "<": "#lt;", ">": "#gt;", "&": "
 
 def mermaid_text(text: str) -> str:
     """User text inside a quoted Mermaid label: special characters as entity codes, line breaks as spaces."""
-    text = " ".join(text.splitlines())
-    return "".join(_MERMAID_ESCAPES.get(c, c) for c in text)
+    return "".join(_MERMAID_ESCAPES.get(c, c) for c in visible(text))
 
 
 def mermaid(d: Diagram) -> str:
     ids = {node.id: f"n{i}" for i, node in enumerate(d.nodes)}
     # The title goes in the front matter, a YAML mapping: a JSON string is a valid YAML double-quoted scalar.
-    lines = ["---", f"title: {json.dumps(title(d), ensure_ascii=False)}", "---", "flowchart TB"]
+    lines = ["---", f"title: {json.dumps(visible(title(d)), ensure_ascii=False)}", "---", "flowchart TB"]
     for node in d.nodes:
         opening, closing = _MERMAID_SHAPES[node.role]
         label = "<br>".join(mermaid_text(line) for line in label_lines(node))
@@ -76,8 +96,9 @@ def _dot_attributes(node: Node) -> str:
 
 def dot_string(text: str) -> str:
     """A DOT quoted string holding `text` literally: backslashes (which start escString sequences such as \\N and
-    \\l in labels) and quotes escaped, line breaks as spaces."""
-    text = " ".join(text.splitlines())
+    \\l in labels) and quotes escaped, `&` as `&amp;` (graphviz reads HTML entities in strings: `&amp;` written
+    as is would be drawn as `&`), control characters written out (`visible`)."""
+    text = visible(text).replace("&", "&amp;")
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
