@@ -212,3 +212,9 @@ def test_import_of_a_model_that_does_not_run_on_its_input(tmp_path: Path, target
 def test_import_of_an_empty_module_name() -> None:
     result = runner.invoke(app, ["import", ":f", "-i", "3x8x8"])
     assert result.exit_code == 2 and "MODEL must be package.module:callable" in result.output, result.output
+
+
+def test_profile_threads_are_bounded() -> None:
+    result = runner.invoke(app, ["profile", "lenet5", "--device", "cpu", "--threads", str(2**63)])
+    assert result.exit_code == 2 and "--threads: 9223372036854775808 is more than 4,096 threads" in result.output, \
+        (result.output, result.exception)

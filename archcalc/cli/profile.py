@@ -52,6 +52,9 @@ def parse_batches(text: str) -> tuple[int, ...]:
     return batches
 
 
+MAX_THREADS = 4096  # torch.set_num_threads takes a C int; far more than any machine's cores
+
+
 def parse_threads(text: str) -> tuple[int | str, ...]:
     """'1,2,4' -> (1, 2, 4); 'auto' stays 'auto' (the driver resolves it from the machine's load)."""
     bad = f"--threads: expected comma-separated positive integers like 1,2,4, or auto, got '{text}'"
@@ -59,8 +62,10 @@ def parse_threads(text: str) -> tuple[int | str, ...]:
     for part in (p.strip() for p in text.split(",")):
         if part == "auto":
             out.append(part)
-        elif part.isascii() and part.isdigit() and int(part) >= 1:
+        elif part.isascii() and part.isdigit() and 1 <= int(part) <= MAX_THREADS:
             out.append(int(part))
+        elif part.isascii() and part.isdigit() and int(part) > MAX_THREADS:
+            raise ArchcalcError(f"--threads: {part} is more than {MAX_THREADS:,} threads")
         else:
             raise ArchcalcError(bad)
     return tuple(out)
