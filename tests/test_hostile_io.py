@@ -218,3 +218,17 @@ def test_profile_threads_are_bounded() -> None:
     result = runner.invoke(app, ["profile", "lenet5", "--device", "cpu", "--threads", str(2**63)])
     assert result.exit_code == 2 and "--threads: 9223372036854775808 is more than 4,096 threads" in result.output, \
         (result.output, result.exception)
+
+
+def test_a_size_that_grows_without_an_expression_is_bounded(tmp_path: Path) -> None:
+    # each repeat doubles the channels (a concat of the block's input with itself): 2^1100 channels overflowed the
+    # table's number formatting (OverflowError) and, at 15,000 doublings, the JSON
+    spec = tmp_path / "grow.yaml"
+    spec.write_text("name: t\ninput: [1, 2, 2]\nblocks:\n  dbl:\n    layers:\n      - concat: [$input, $input]\n"
+                    "layers:\n  - repeat: 1100\n    block: dbl\n", encoding="utf-8")
+    for fmt in ("table", "json"):
+        result = runner.invoke(app, ["calc", str(spec), "-f", fmt])
+        assert result.exit_code == 2, (result.output, result.exception)
+        # 2^61 channels x 2 x 2 fits; the next doubling (2^62 x 4 = 2^64 elements) does not
+        assert f"{spec.name}:6:9: repeat1.61.concat1: the output (4611686018427387904x2x2, batch 1) has more than " \
+               "2^63 elements" in result.output

@@ -314,6 +314,7 @@ class _Engine:
                                   for k, v in a.items()})
         try:
             out = kind.output(a, inp, warn)
+            _check_size(out, self.batch)
             cost = kind.cost(a, inp, out)
             steps = kind.rf(a, inp, out)
             config = kind.describe(a, inp)
@@ -348,6 +349,7 @@ class _Engine:
         shapes = [self._shape_of(t) for t in inputs]
         try:
             out = op.output(shapes, sources)
+            _check_size(out, self.batch)
         except LayerError as exc:
             raise SpecError(loc, f"{where}: {exc}") from None
         state = _merge_rf([self.tensors[t] for t in inputs])
@@ -449,6 +451,17 @@ class _Engine:
             layers.append(Layer(f"{node.name}.shortcut.bn1", bn, MappingProxyType({a.name: a.default for a in bn.args}),
                                 node.loc))
         return Sequence(f"{node.name}.shortcut", "shortcut", tuple(layers), node.loc)
+
+
+MAX_ELEMENTS = 2**63
+"""The most elements an output may have, batch included: every figure stays an integer that formats (a size can
+grow without an expression: `repeat: 1100` of `concat: [$input, $input]` doubles it 1,100 times)."""
+
+
+def _check_size(out: Shape, batch: int) -> None:
+    if numel(out) * batch > MAX_ELEMENTS:
+        text = _dims(out) if len(_dims(out)) <= 60 else f"{len(str(numel(out)))}-digit-element"
+        raise LayerError(f"the output ({text}, batch {batch}) has more than 2^63 elements")
 
 
 def _dims(shape: Shape) -> str:
