@@ -40,8 +40,7 @@ def to_spec(model: Any, input_size: Sequence[int] | None = None) -> Spec:
         return model
     if isinstance(model, (str, os.PathLike)):
         return open_spec(os.fspath(model))
-    torch = sys.modules.get("torch")  # an nn.Module can only exist once torch is imported
-    if torch is not None and isinstance(model, torch.nn.Module):
+    if _is_module(model):
         if input_size is None:
             raise ArchcalcError(f"{type(model).__name__}: an nn.Module needs input_size, the per-sample input "
                                 "shape (C, H, W), e.g. summary(model, (3, 224, 224))")
@@ -60,7 +59,7 @@ def _settings(model: Any, input_size: Sequence[int] | None, settings: Settings |
 
 
 def _is_module(model: Any) -> bool:
-    torch = sys.modules.get("torch")
+    torch = sys.modules.get("torch")  # an nn.Module can only exist once torch is imported
     return torch is not None and isinstance(model, torch.nn.Module)
 
 

@@ -460,7 +460,8 @@ grow without an expression: `repeat: 1100` of `concat: [$input, $input]` doubles
 
 def _check_size(out: Shape, batch: int) -> None:
     if numel(out) * batch > MAX_ELEMENTS:
-        text = _dims(out) if len(_dims(out)) <= 60 else f"{len(str(numel(out)))}-digit-element"
+        dims = _dims(out)
+        text = dims if len(dims) <= 60 else f"a {len(str(numel(out)))}-digit number of elements"
         raise LayerError(f"the output ({text}, batch {batch}) has more than 2^63 elements")
 
 

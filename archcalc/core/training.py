@@ -133,19 +133,26 @@ def training_memory(report: Report, optimizer: str | None = None, amp: str | Non
         optimizer = report.settings.optimizer if report.settings else "sgd"
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}")
+    if amp is not None and AMP[amp] != report.dtype:
+        raise ValueError(f"amp {amp} needs a report analyzed in {AMP[amp]}, not {report.dtype}")
+    return _memory(report, optimizer, amp, report.dtype, report.totals.saved_bytes)
+
+
+def _memory(report: Report, optimizer: str, amp: str | None, activation_dtype: str, saved: int) -> TrainingMemory:
+    """The terms, from a report's counts: parameters, gradients, optimizer state and buffers in the report's dtype,
+    or float32 under amp (with autocast's copies of conv/linear weights in the activation dtype); `saved`, the bytes
+    autograd keeps, in the activation dtype."""
     t = report.totals
     if amp is not None:
-        if AMP[amp] != report.dtype:
-            raise ValueError(f"amp {amp} needs a report analyzed in {AMP[amp]}, not {report.dtype}")
         param_dtype, size = "float32", DTYPES["float32"]
-        copies = weight_copy_params(report) * report.itemsize
+        copies = weight_copy_params(report) * DTYPES[activation_dtype]
     else:
         param_dtype, size, copies = report.dtype, report.itemsize, 0
     return TrainingMemory(
-        batch=report.batch, optimizer=optimizer, param_dtype=param_dtype, activation_dtype=report.dtype, amp=amp,
+        batch=report.batch, optimizer=optimizer, param_dtype=param_dtype, activation_dtype=activation_dtype, amp=amp,
         weights=t.params * size, weight_copies=copies, gradients=t.trainable_params * size,
         optimizer_state=OPTIMIZERS[optimizer].state * t.trainable_params * size,
-        buffers=_buffers_in(report, size), saved_activations=t.saved_bytes)
+        buffers=_buffers_in(report, size), saved_activations=saved)
 
 
 def weight_copy_params(report: Report) -> int:
@@ -230,15 +237,7 @@ def memory_line_of(report: Report, settings: Settings) -> MemoryLine:
     saved = (t.saved_bytes if act == report.itemsize else
              saved_training_bytes(graph, act, 1, s.device, s.input_requires_grad))
     saved2 = saved_training_bytes(graph, act, 2, s.device, s.input_requires_grad)
-    if s.amp:
-        param_dtype, size, copies = "float32", DTYPES["float32"], weight_copy_params(report) * act
-    else:
-        param_dtype, size, copies = report.dtype, report.itemsize, 0
-    fixed = TrainingMemory(
-        batch=1, optimizer=s.optimizer, param_dtype=param_dtype, activation_dtype=s.activation_dtype, amp=s.amp,
-        weights=t.params * size, weight_copies=copies, gradients=t.trainable_params * size,
-        optimizer_state=OPTIMIZERS[s.optimizer].state * t.trainable_params * size, buffers=_buffers_in(report, size),
-        saved_activations=saved)
+    fixed = _memory(report, s.optimizer, s.amp, s.activation_dtype, saved)
     fixed_bytes = t.param_bytes + t.buffer_bytes
     return MemoryLine(fixed, saved2 - saved, (t.peak_bytes - fixed_bytes, peak_inference_bytes(graph, report.itemsize,
                                                                                                2)), fixed_bytes)
