@@ -128,11 +128,15 @@ def _assert_same(tmp_path: Path, cases: list[dict]) -> None:  # type: ignore[typ
         assert got["spec_name"] == case["spec_name"]
         assert got["training"] is False
         got_y, want_y = torch.load(case["output"]), case["expected"]
+        # The same weights and input in another process: equal to float32 rounding (bit-equality failed about one
+        # run in three on the CPU, main included: the kernels' reduction order is not fixed across processes).
+        # A different network (wiring, weights, an argument) is off by far more than these tolerances.
         if isinstance(want_y, dict):  # several outputs: a dict by output name, in the same order
             assert list(got_y) == list(want_y), case["name"]
-            assert all(torch.equal(got_y[k], want_y[k]) for k in want_y), case["name"]
+            for k in want_y:
+                torch.testing.assert_close(got_y[k], want_y[k], rtol=1e-5, atol=1e-6, msg=case["name"])
         else:
-            assert torch.equal(got_y, want_y), case["name"]
+            torch.testing.assert_close(got_y, want_y, rtol=1e-5, atol=1e-6, msg=case["name"])
 
 
 def test_exported_specs_rebuild_the_same_network(tmp_path: Path, write_spec) -> None:  # type: ignore[no-untyped-def]
