@@ -232,3 +232,79 @@ def test_a_size_that_grows_without_an_expression_is_bounded(tmp_path: Path) -> N
         # 2^61 channels x 2 x 2 fits; the next doubling (2^62 x 4 = 2^64 elements) does not
         assert f"{spec.name}:6:9: repeat1.61.concat1: the output (4611686018427387904x2x2, batch 1) has more than " \
                "2^63 elements" in result.output
+
+
+LONG = "a" * 300  # a file name over the 255 bytes a file system allows: OSError from the first stat
+
+
+@pytest.mark.parametrize("args,message", [
+    (["calc", "lenet5", "-o", LONG + ".txt"], "--output"),
+    (["calc", LONG + ".yaml"], "cannot read spec"),
+    (["compare", "lenet5", LONG], "cannot read spec"),
+    (["validate", LONG], "cannot read spec"),
+    (["check", LONG, "--max-params", "1"], "cannot read spec"),
+    (["export", "lenet5", "--force", "-o", LONG + ".py"], "--output"),
+    (["graph", "lenet5", "-o", LONG + ".dot"], "--output"),
+    (["import", "torch.nn:ReLU", "-i", "3x4x4", "-o", LONG + ".yaml"], "--output"),
+])
+def test_a_file_name_too_long_is_an_error(tmp_path: Path, args: list[str], message: str) -> None:
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = runner.invoke(app, args)
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert message in result.output and "name too long" in result.output, result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_extends_with_a_name_too_long_is_located(tmp_path: Path) -> None:
+    spec = tmp_path / "ext.yaml"
+    spec.write_text(f"name: x\nextends: {LONG}\n", encoding="utf-8")
+    result = runner.invoke(app, ["calc", str(spec)])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.output.startswith(f"{spec}:2:10: cannot read spec 'aaaa") and "name too long" in result.output
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ('{"in_channels": ' + "9" * 5000 + "}", "--kwargs: an integer has more than 4,300 digits"),
+    ('{"in_channels": ' + "9" * 50 + "}", "--kwargs: in_channels: 1.000e+50 is out of range"),
+    ("[" * 100_000, "--kwargs: the value is nested too deeply"),
+])
+def test_import_kwargs_that_cannot_be_arguments(kwargs: str, message: str) -> None:
+    result = runner.invoke(app, ["import", "torch.nn:Conv2d", "--kwargs", kwargs, "-i", "3x8x8"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_constructor_error_is_one_line_without_torchs_cpp_stack() -> None:
+    kwargs = '{"in_channels": 3, "out_channels": 9223372036854775807, "kernel_size": 1}'
+    result = runner.invoke(app, ["import", "torch.nn:Conv2d", "--kwargs", kwargs, "-i", "3x8x8"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: torch.nn:Conv2d: constructing the model failed"), lines
+
+
+def test_validate_caption_is_not_wrapped_to_the_tables_width() -> None:
+    # the table is 64 columns wide, the caption 77: on a 120-column terminal the caption wrapped to the table's width
+    result = runner.invoke(app, ["validate", "lenet5"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "lenet5: analytic figures vs execution on cpu, batch 1, float32, input " \
+                                            "1x32x32"
+
+
+def test_validate_on_the_cpu_refuses_hours_of_work_without_force() -> None:
+    # VGG-16: 15,470,264,320 MACs per image (Simonyan & Zisserman 2015; torchvision's 15.47 GMACs) x 128 = 1.98 T
+    result = runner.invoke(app, ["validate", "vgg16", "--batch", "128", "--device", "cpu"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "one forward pass is 1.98 T multiply-accumulates" in result.output and "--force" in result.output
+
+
+def test_a_mapping_where_a_value_goes_is_named_once(tmp_path: Path) -> None:
+    spec = tmp_path / "m.yaml"
+    spec.write_text("name: t\ninput: [4, 8, 8]\nblocks:\n  unit:\n    args: {w: 4}\n    layers: [{conv: {out: w, "
+                    "kernel: 1}}]\nlayers:\n  - unit: {w: {a: 1}}\n", encoding="utf-8")
+    result = runner.invoke(app, ["calc", str(spec)])
+    assert result.exit_code == 2
+    assert f"{spec}:8:15: expected a value (a number, a word or an expression), not a mapping" in result.output

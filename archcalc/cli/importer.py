@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from archcalc.cli.options import err_console, handle_errors, input_override, refuse_overwriting, write_text
+from archcalc.cli.options import (
+    err_console,
+    handle_errors,
+    input_override,
+    output_exists,
+    refuse_overwriting,
+    write_text,
+)
 from archcalc.core.errors import ArchcalcError
 
 
@@ -37,7 +44,7 @@ def import_model(
     """Trace a PyTorch model with torch.fx and write its archcalc spec (every module and op mapped to a kind)."""
     from archcalc.torch.importer import from_module, load_model, parse_kwargs
 
-    if output is not None and output.exists() and not force:
+    if output is not None and output_exists(output) and not force:
         raise ArchcalcError(f"{output} exists; use --force to overwrite it")
     module, default_name = load_model(model, parse_kwargs(kwargs))
     shape = input_override(input)

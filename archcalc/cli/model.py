@@ -23,6 +23,7 @@ from archcalc.cli.options import (
     input_override,
     load,
     out_console,
+    output_exists,
     print_warnings,
     refuse_overwriting,
 )
@@ -100,7 +101,7 @@ def export(
         sys.stdout.write(source)
         return
     refuse_overwriting(output, [report.path])
-    if output.exists() and not force:
+    if output_exists(output) and not force:
         raise ArchcalcError(f"{output} exists; use --force to overwrite it")
     try:
         output.write_text(source, encoding="utf-8")

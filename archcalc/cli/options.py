@@ -178,15 +178,26 @@ def emit(text: str, output: Path | None, inputs: Sequence[str] = ()) -> None:
         raise ArchcalcError(f"--output {output}: cannot write: {exc.strerror or exc}") from None
 
 
+def output_exists(output: Path) -> bool:
+    """output.exists(), with what the system refuses (a name over 255 bytes, a loop of links) as a user error."""
+    try:
+        return output.exists()
+    except OSError as exc:
+        raise ArchcalcError(f"--output {output}: cannot write: {exc.strerror or exc}") from None
+
+
 def refuse_overwriting(output: Path, inputs: Sequence[str | None], what: str = "the spec") -> None:
     """An --output that is one of the command's inputs (the same file, by inode: links and other spellings of the
     path included) is refused, --force or not: the command would replace what it reads."""
-    if not output.exists():
-        return
-    for given in inputs:
-        if given and Path(given).exists() and os.path.samefile(output, given):
-            raise ArchcalcError(f"--output {output}: that is {what} this command reads ({given}); write the output "
-                                "to another file")
+    try:
+        if not output.exists():
+            return
+        same = [given for given in inputs if given and Path(given).exists() and os.path.samefile(output, given)]
+    except OSError as exc:  # a name over 255 bytes, a loop of links, a folder that cannot be read
+        raise ArchcalcError(f"--output {output}: cannot write: {exc.strerror or exc}") from None
+    if same:
+        raise ArchcalcError(f"--output {output}: that is {what} this command reads ({same[0]}); write the output "
+                            "to another file")
 
 
 def table_style(output: Path | None) -> tuple[int | None, bool]:
@@ -213,6 +224,10 @@ def handle_errors(fn: F) -> F:
         except ArchcalcError as exc:
             located = isinstance(exc, SpecError) and exc.loc is not None
             err_console().print(str(exc) if located else f"error: {exc}", markup=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:  # the system refused a file the user named (each command words its own first)
+            where = f"{exc.filename}: " if exc.filename else ""
+            err_console().print(f"error: {where}{exc.strerror or exc}", markup=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

@@ -34,7 +34,16 @@ def bundled_file(name: str) -> Path | None:
     if not _PLAIN_NAME.fullmatch(name):
         return None
     path = specs_dir() / f"{name}.yaml"
-    return path if path.is_file() else None
+    return path if _is_file(path, name, None) else None
+
+
+def _is_file(path: Path, ref: str, loc: Loc | None) -> bool:
+    """path.is_file(), with what the system refuses (a name over 255 bytes, a loop of links) as a SpecError."""
+    try:
+        return path.is_file()
+    except OSError as exc:
+        shown = ref if len(ref) <= 80 else ref[:60] + "…" + ref[-15:]
+        raise SpecError(loc, f"cannot read spec '{shown}': {exc.strerror or exc}") from None
 
 
 def resolve_spec(ref: str, relative_to: Path | None = None, loc: Loc | None = None) -> Path:
@@ -45,7 +54,7 @@ def resolve_spec(ref: str, relative_to: Path | None = None, loc: Loc | None = No
     path = Path(ref)
     candidates = [path] if path.is_absolute() else [(relative_to or Path.cwd()) / path]
     for candidate in candidates:
-        if candidate.is_file():
+        if _is_file(candidate, ref, loc):
             return candidate
     name = ref[:-5] if ref.endswith(".yaml") else ref
     found = bundled_file(name)

@@ -969,7 +969,7 @@ class _Parser:
             except expr.ExprError as exc:
                 raise SpecError(loc, str(exc)) from None
         if isinstance(value, Map):
-            raise SpecError(loc, f"expected a value, not a mapping {describe(value)}")
+            raise SpecError(loc, "expected a value (a number, a word or an expression), not a mapping")
         return value
 
     def _keys(self, item: Map, composite: Composite) -> None:

@@ -14,12 +14,14 @@ def _value(v: Any) -> str:
 
 
 def validation_table(validation: Any, failed_only: bool) -> Any:
+    """The caption line, then the table of checks (only the failed ones with `failed_only`)."""
+    from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
     what = f"{validation.name}: analytic figures vs execution on {validation.device}, batch {validation.batch}, " \
            f"{validation.dtype}, input {'x'.join(map(str, validation.input))}"
-    table = Table(title=what, header_style="bold")
+    table = Table(header_style="bold")
     table.add_column("quantity")
     table.add_column("layer")
     table.add_column("predicted", justify="right")
@@ -32,4 +34,5 @@ def validation_table(validation: Any, failed_only: bool) -> Any:
         table.add_row(c.quantity, c.layer if c.layer is not None else "TOTAL", _value(c.predicted),
                       _value(c.measured), Text("✓", style="green") if c.ok else Text("✗", style="red"),
                       style=None if c.ok else "bold")
-    return table
+    # the caption is a line of its own, not the table's title: a title wraps to the table's width, mid-sentence
+    return Group(Text(what), table)

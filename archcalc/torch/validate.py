@@ -128,6 +128,11 @@ def validate(spec: Spec, device: str = "cpu", batch: int = 1, dtype: str = "floa
     return compare(report, measure(report, device, seed, input_requires_grad))
 
 
+# The most multiply-accumulates of one forward pass a CPU validation runs without --force: VGG-16 at batch 64 (0.99 T)
+# runs, at batch 128 (1.98 T; 5.6 GB and many minutes on two cores) it is refused.
+MAX_CPU_MACS = 10**12
+
+
 def _preflight(report: Report, device: str, force: bool) -> None:
     """Refuse a run that cannot fit before allocating anything (as `profile` does): the inference peak, then a
     training forward and backward (weights, gradients, buffers, saved activations) -- an upper bound of what
@@ -147,7 +152,13 @@ def _preflight(report: Report, device: str, force: bool) -> None:
     else:
         available = available_memory()
     predicted = max(report.totals.peak_bytes, training_memory(report, "sgd").total)
-    preflight(predicted, available, force, f"validate {report.name} at batch {report.batch}")
+    where = f"validate {report.name} at batch {report.batch}"
+    preflight(predicted, available, force, where)
+    if device == "cpu" and not force and report.totals.macs > MAX_CPU_MACS:
+        raise ArchcalcError(f"{where}: one forward pass is {report.totals.macs / 1e12:.2f} T multiply-accumulates, and "
+                            "validate makes four and a backward (many minutes on a CPU), more than the "
+                            f"{MAX_CPU_MACS / 1e12:g} T a CPU run takes without --force; every check is the same at a "
+                            "small batch (--batch 2), or use --force to run it anyway")
 
 
 # ---- measurement --------------------------------------------------------------------------------------------------

@@ -104,7 +104,8 @@ def load_model(ref: str, kwargs: Mapping[str, Any] | None = None) -> tuple[nn.Mo
         try:
             model = fn(**kwargs)
         except Exception as exc:
-            raise ArchcalcError(f"{ref}: constructing the model failed: {type(exc).__name__}: {exc}") from None
+            first = (str(exc).strip().splitlines() or [""])[0]  # not torch's C++ stack, if it added one
+            raise ArchcalcError(f"{ref}: constructing the model failed: {type(exc).__name__}: {first}") from None
     if not isinstance(model, nn.Module):
         raise ArchcalcError(f"{ref}: returned {type(model).__name__}, not a torch.nn.Module")
     if kwargs.get("model_name") and isinstance(kwargs["model_name"], str):
@@ -117,8 +118,15 @@ def parse_kwargs(text: str | None) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except RecursionError:
+        raise ArchcalcError("--kwargs: the value is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and an integer past Python's 4,300-digit limit
+        if not isinstance(exc, json.JSONDecodeError):
+            raise ArchcalcError("--kwargs: an integer has more than 4,300 digits (at most 2^63 - 1)") from None
         raise ArchcalcError(f"--kwargs: not JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ArchcalcError("--kwargs: expected a JSON object such as '{\"num_classes\": 10}'")
+    for key, item in value.items():
+        if isinstance(item, int) and not -(2**63) <= item < 2**63:
+            raise ArchcalcError(f"--kwargs: {key}: {item:.3e} is out of range (at most 2^63 - 1)")
     return value
