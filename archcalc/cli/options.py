@@ -175,15 +175,15 @@ def emit(text: str, output: Path | None, inputs: Sequence[str] = ()) -> None:
     try:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
-        raise ArchcalcError(f"--output {output}: cannot write: {exc.strerror or exc}") from None
+        raise ArchcalcError(f"--output {output}: cannot write: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def output_exists(output: Path) -> bool:
     """output.exists(), with what the system refuses (a name over 255 bytes, a loop of links) as a user error."""
     try:
         return output.exists()
-    except OSError as exc:
-        raise ArchcalcError(f"--output {output}: cannot write: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name (only through the library, never argv)
+        raise ArchcalcError(f"--output {output}: cannot write: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def refuse_overwriting(output: Path, inputs: Sequence[str | None], what: str = "the spec") -> None:
@@ -193,8 +193,8 @@ def refuse_overwriting(output: Path, inputs: Sequence[str | None], what: str = "
         if not output.exists():
             return
         same = [given for given in inputs if given and Path(given).exists() and os.path.samefile(output, given)]
-    except OSError as exc:  # a name over 255 bytes, a loop of links, a folder that cannot be read
-        raise ArchcalcError(f"--output {output}: cannot write: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # a name over 255 bytes or with a NUL, a loop of links, an unreadable folder
+        raise ArchcalcError(f"--output {output}: cannot write: {getattr(exc, 'strerror', None) or exc}") from None
     if same:
         raise ArchcalcError(f"--output {output}: that is {what} this command reads ({same[0]}); write the output "
                             "to another file")

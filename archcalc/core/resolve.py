@@ -41,9 +41,9 @@ def _is_file(path: Path, ref: str, loc: Loc | None) -> bool:
     """path.is_file(), with what the system refuses (a name over 255 bytes, a loop of links) as a SpecError."""
     try:
         return path.is_file()
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the name
         shown = ref if len(ref) <= 80 else ref[:60] + "…" + ref[-15:]
-        raise SpecError(loc, f"cannot read spec '{shown}': {exc.strerror or exc}") from None
+        raise SpecError(loc, f"cannot read spec '{shown}': {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def resolve_spec(ref: str, relative_to: Path | None = None, loc: Loc | None = None) -> Path:
