@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,24 @@ from archcalc.core.resolve import bundled
 from archcalc.core.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# The bundled specs the default run builds and runs through torch, one of each family and structure (a chain, two-way
+# branches, parallel and dense blocks, skips to named tensors, several outputs, 1-D/3-D, squeeze-excitation, a
+# segmentation head). Every other bundled spec takes the same checks in the `exhaustive` tier, which .ci/run runs
+# after the README's command; the analytic checks (shapes, params, MACs against the published figures) run for
+# every spec in both.
+FAST_ZOO = frozenset({
+    "lenet5", "alexnet", "nin", "resnet18", "googlenet", "fpn_resnet50", "unet", "alphago_policy",
+    "torchvision/mobilenet_v3_small", "torchvision/shufflenet_v2_x0_5", "torchvision/squeezenet1_1",
+    "torchvision/efficientnet_b0", "torchvision/convnext_tiny", "torchvision/regnet_y_400mf",
+    "torchvision/lraspp_mobilenet_v3_large", "torchvision/r3d_18",
+})
+
+
+def tiered(values: Iterable[object], fast: Container[object]) -> list[object]:
+    """pytest parameters: the values in `fast` run by default, the others carry the `exhaustive` mark."""
+    return [v if v in fast else pytest.param(v, marks=pytest.mark.exhaustive) for v in values]
 
 
 def report_of(name_or_path: str, **kwargs: object) -> Report:

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import tiered
 from typer.testing import CliRunner
 
 from archcalc.cli.app import app
@@ -111,7 +112,7 @@ def test_segmentation_without_aux(name: str) -> None:
 
 
 # Segmentation networks on the CPU at a reduced image (F.interpolate's targets follow the input: size_of).
-@pytest.mark.parametrize("name", SEGMENTATION)
+@pytest.mark.parametrize("name", tiered(SEGMENTATION, {"lraspp_mobilenet_v3_large", "fcn_resnet50"}))
 def test_segmentation_reduced_on_cpu(name: str) -> None:
     spec = load_spec(SPECS[f"torchvision/{name}"])
     v = validate(spec, device="cpu", input_shape=(3, 64, 64))
@@ -136,7 +137,7 @@ REDUCED = {"r3d_18": (3, 8, 56, 56), "mc3_18": (3, 8, 56, 56), "r2plus1d_18": (3
            "s3d": (3, 14, 209, 209)}
 
 
-@pytest.mark.parametrize("name", sorted(REDUCED))
+@pytest.mark.parametrize("name", tiered(sorted(REDUCED), {"r3d_18"}))
 def test_video_reduced_on_cpu(name: str) -> None:
     v = validate(load_spec(SPECS[f"torchvision/{name}"]), device="cpu", input_shape=REDUCED[name])
     assert v.ok, "\n".join(f"{c.quantity} {c.layer}: {c.predicted} != {c.measured}" for c in v.failures)

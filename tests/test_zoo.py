@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from conftest import FAST_ZOO, tiered
 from typer.testing import CliRunner
 
 from archcalc.cli.app import app
@@ -106,7 +107,7 @@ REAL_LIMIT_MACS = 4_000_000_000
 REAL_LIMIT_PARAMS = 50_000_000
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", tiered(NAMES, FAST_ZOO))
 def test_builds_a_module_that_agrees(name: str) -> None:
     rep = report(name)
     real = rep.totals.macs < REAL_LIMIT_MACS and rep.totals.params < REAL_LIMIT_PARAMS
