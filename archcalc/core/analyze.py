@@ -251,6 +251,7 @@ class _Engine:
         self.holds: list[Hold] = []
         self.inputs: list[tuple[str, int]] = []
         self.named: dict[str, int] = {}
+        self.discarded: dict[int, Any] = {}  # tensor id -> the node whose output it is, under `discard: true`
         self._later: set[str] | None = None
 
     # -- tensors and references --
@@ -262,6 +263,14 @@ class _Engine:
         return t
 
     def resolve(self, ref: Ref) -> int:
+        t = self._find(ref)
+        if t in self.discarded:
+            node = self.discarded[t]
+            raise SpecError(ref.loc, f"'{ref.text}' is the output of {node.name}, which is marked 'discard: true' "
+                                     f"(at {node.loc}): nothing may read it; remove 'discard' to use it")
+        return t
+
+    def _find(self, ref: Ref) -> int:
         parts = ref.scope.split(".") if ref.scope else []
         for i in range(len(parts), -1, -1):
             full = ".".join(parts[:i] + [ref.text])
@@ -294,7 +303,8 @@ class _Engine:
         else:
             outputs = (("output", last),)
         ops = tuple(r.op for r in self.rows if r.op is not None)  # all of them: block rows are in the outline only
-        return Graph(tuple(self.tensors), ops, tuple(self.holds), tuple(self.inputs), outputs)
+        return Graph(tuple(self.tensors), ops, tuple(self.holds), tuple(self.inputs), outputs,
+                     tuple(sorted(self.discarded)))
 
     def _reads(self, inputs: tuple[int, ...]) -> tuple[str, ...]:
         return tuple(self.tensors[t].name for t in inputs)
@@ -373,6 +383,21 @@ class _Engine:
 
     # -- composites --
     def node(self, node: Any, x: int, depth: int) -> int:
+        if not node.discard:
+            return self._node(node, x, depth)
+        # `discard: true`: computed and counted, its output read by nothing (freed as soon as it is made: nothing
+        # holds it), and the next item reads what this one was given, as if it were not there.
+        if isinstance(node, Layer) and node.kind.inplace(node.args):
+            raise SpecError(node.loc, f"{node.name}: an in-place layer writes into its input, so discarding its "
+                                      "output would still change what the next item reads; drop 'inplace' or "
+                                      "'discard'")
+        made = len(self.tensors)
+        y = self._node(node, x, depth)
+        if y >= made:  # a tensor this node made (a block that only passes its input on discards nothing)
+            self.discarded[y] = node
+        return x
+
+    def _node(self, node: Any, x: int, depth: int) -> int:
         if node.src is not None:
             x = self.resolve(node.src)
         if isinstance(node, Layer):

@@ -181,8 +181,10 @@ COMPOSITES: dict[str, Composite] = {c.name: c for c in (
 NAME_KEY = Key("name", NAME)
 FROM_KEY = Key("from", REF, "take the input from this tensor instead of the previous item's output")
 WHEN_KEY = Key("when", CONDITION)
-BESIDE = (NAME_KEY, FROM_KEY, WHEN_KEY)
-MERGE_BESIDE = (NAME_KEY, WHEN_KEY)
+DISCARD_KEY = Key("discard", BOOL, "true: computed and counted in every figure, its output never read and freed as "
+                                   "soon as it is made; the next item reads what this one read")
+BESIDE = (NAME_KEY, FROM_KEY, WHEN_KEY, DISCARD_KEY)
+MERGE_BESIDE = (NAME_KEY, WHEN_KEY, DISCARD_KEY)
 TRAINABLE_KEY = Key("trainable", BOOL, "false: frozen (no gradients)")  # beside or inside a single layer only
 
 # A block: its own keys, and exactly one head holding its body (the parser's message names them in this order):

@@ -73,6 +73,7 @@ class Layer(NamedTuple):
     loc: Loc
     trainable: bool = True
     src: Ref | None = None  # `from:`; None: the previous item's output
+    discard: bool = False  # `discard: true`: computed and counted, its output never read (core.analyze)
 
 
 class Sequence(NamedTuple):
@@ -81,6 +82,7 @@ class Sequence(NamedTuple):
     children: "tuple[Node, ...]"
     loc: Loc
     src: Ref | None = None
+    discard: bool = False
 
 
 class Parallel(NamedTuple):
@@ -90,6 +92,7 @@ class Parallel(NamedTuple):
     merge: str
     loc: Loc
     src: Ref | None = None
+    discard: bool = False
 
 
 class Residual(NamedTuple):
@@ -100,6 +103,7 @@ class Residual(NamedTuple):
     after: Sequence
     loc: Loc
     src: Ref | None = None
+    discard: bool = False
 
 
 class Merge(NamedTuple):
@@ -110,6 +114,7 @@ class Merge(NamedTuple):
     refs: tuple[Ref, ...]
     loc: Loc
     src: None = None
+    discard: bool = False
 
 
 Node = Union[Layer, Sequence, Parallel, Residual, Merge]
@@ -588,8 +593,9 @@ class _Parser:
             self._check_off(item, scope, names)
             return None
         src = self._ref(item, "from", scope, names) if "from" in item else None
-        if src is not None or "when" in item:
-            keep = [k for k in item if k not in ("from", "when")]
+        discard = self._bool(item, "discard") if "discard" in item else False
+        if src is not None or "when" in item or "discard" in item:
+            keep = [k for k in item if k not in _BESIDE_TAKEN]
             item = Map.derived({k: item[k] for k in keep}, item.loc, {k: item.key_loc(k) for k in keep},
                                {k: item.value_loc(k) for k in keep})
         node = self._item_node(item, loc, scope, names, stack, forced_name)
@@ -598,6 +604,8 @@ class _Parser:
                 raise SpecError(src.loc, f"a merge takes its inputs from its own list ({node.op}: [a, b]), not "
                                          "from 'from'")
             node = node._replace(src=src)
+        if discard:
+            node = node._replace(discard=True)
         return node
 
     def _check_off(self, item: Map, scope: _Scope, names: dict[str, Any]) -> None:
@@ -619,7 +627,9 @@ class _Parser:
                 raise SpecError(item.value_loc("from"), f"a merge takes its inputs from its own list ({head}: [a, b]), "
                                                         "not from 'from'")
             self._ref(item, "from", scope, names)
-        rest = Map.derived({k: item[k] for k in item if k not in ("from", "when")}, item.loc,
+        if "discard" in item:
+            self._bool(item, "discard")
+        rest = Map.derived({k: item[k] for k in item if k not in _BESIDE_TAKEN}, item.loc,
                            {k: item.key_loc(k) for k in item}, {k: item.value_loc(k) for k in item})
         if "name" in rest:
             self._name(rest, "name")
@@ -1032,6 +1042,7 @@ class _Count:
 
 
 _BLOCK_OWN = tuple(k.name for k in BLOCK_OWN)
+_BESIDE_TAKEN = ("from", "when", "discard")  # the keys beside an item that _item_body takes off before its head
 
 
 def _block_body(body: Map) -> Map:
