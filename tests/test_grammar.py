@@ -21,13 +21,13 @@ from archcalc.core.schema import spec_schema
 
 # README, "The spec language": `repeat: N` with `block:` (required) and optional `first:`; `parallel: [...]` merged
 # by `merge:`; `residual: [body]` with `shortcut:` and `after:`; `sequence: [...]`. Beside any item: name, from, when;
-# docs/spec.md, "Computed, discarded": discard.
+# docs/spec.md, "Computed, discarded": discard; "Alternatives": `cases: [...]`.
 README_KEYS = {"repeat": {"block", "first"}, "residual": {"shortcut", "after"}, "parallel": {"merge"},
-               "sequence": set()}
+               "sequence": set(), "cases": set()}
 README_REQUIRED = {"repeat": {"block"}}
 BESIDE = {"name", "from", "when", "discard"}
 # A valid value for each head and key, written as YAML flow.
-HEAD = {"repeat": "2", "residual": "[relu]", "parallel": "[[relu], [relu]]", "sequence": "[relu]"}
+HEAD = {"repeat": "2", "residual": "[relu]", "parallel": "[[relu], [relu]]", "sequence": "[relu]", "cases": "[relu]"}
 VALUE = {"block": "relu", "first": "relu", "shortcut": "identity", "after": "[relu]", "merge": "add"}
 ALL_KEYS = sorted(VALUE)
 
