@@ -252,7 +252,8 @@ class _Engine:
         self.holds: list[Hold] = []
         self.inputs: list[tuple[str, int]] = []
         self.named: dict[str, int] = {}
-        self.copies: dict[str, list[int]] = {}  # a repeat's name -> its copies' outputs, in order (for `NAME.*`)
+        self.copies: dict[str, list[tuple[str, int]]] = {}  # a repeat's name -> its copies (name, output), in order
+        self.early: set[int] = set()  # ops (row indices) of running sums: run as soon as their inputs are made
         self.discarded: dict[int, Any] = {}  # tensor id -> the node whose output it is, under `discard: true`
         self._later: set[str] | None = None
 
@@ -288,8 +289,19 @@ class _Engine:
             self._find(ref)  # no such tensor, or a later one: its own error
             raise SpecError(ref.loc, f"'{spread.text}': {ref.text} is not a repeat; NAME.* lists the copies of a "
                                      "`repeat:`" + did_you_mean(ref.text, list(self.copies)))
-        outs = self.copies[full]
-        return outs[spread.start:spread.stop:spread.step]
+        copies = self.copies[full][spread.start:spread.stop:spread.step]
+        if spread.sub is None:
+            return [t for _, t in copies]
+        outs = []
+        for name, _ in copies:
+            inner = f"{name}.{spread.sub}"
+            if inner not in self.named:
+                raise SpecError(ref.loc, f"'{spread.text}': copy {name} has no tensor named '{spread.sub}' ({inner})")
+            t = self.named[inner]
+            if t in self.discarded:
+                raise SpecError(ref.loc, f"'{spread.text}': {inner} is marked 'discard: true'; nothing may read it")
+            outs.append(t)
+        return outs
 
     def _find(self, ref: Ref) -> int:
         parts = ref.scope.split(".") if ref.scope else []
@@ -323,9 +335,42 @@ class _Engine:
             outputs = tuple((o.name, self.resolve(o.ref)) for o in self.spec.outputs)
         else:
             outputs = (("output", last),)
+        if self.early:
+            self._run_early()
         ops = tuple(r.op for r in self.rows if r.op is not None)  # all of them: block rows are in the outline only
         return Graph(tuple(self.tensors), ops, tuple(self.holds), tuple(self.inputs), outputs,
                      tuple(sorted(self.discarded)))
+
+    def _run_early(self) -> None:
+        """Put each op of a running sum right after the op that makes the last of its inputs (execution order; the
+        outline keeps the spec's order). A composite that held its input until some op now holds it until every op
+        it held it for has run, wherever those went."""
+        made = {t for _, t in self.inputs}
+        order: list[int] = []
+        pending = sorted(self.early)
+
+        def flush() -> None:
+            while pending and all(t in made for t in self.rows[pending[0]].op.inputs):  # type: ignore[union-attr]
+                i = pending.pop(0)
+                order.append(i)
+                made.add(self.rows[i].op.output)  # type: ignore[union-attr]
+
+        flush()
+        for i, row in enumerate(self.rows):
+            if i in self.early:
+                continue
+            order.append(i)
+            made.add(row.op.output)  # type: ignore[union-attr]
+            flush()
+        position = [0] * len(order)
+        for new, old in enumerate(order):
+            position[old] = new
+        until, latest = [], -1
+        for old in range(len(order)):  # an op index in the spec's order -> the last new position among ops up to it
+            latest = max(latest, position[old])
+            until.append(latest)
+        self.holds = [h._replace(until=until[h.until]) for h in self.holds]
+        self.rows = [self.rows[i] for i in order]
 
     def _reads(self, inputs: tuple[int, ...]) -> tuple[str, ...]:
         return tuple(self.tensors[t].name for t in inputs)
@@ -411,9 +456,34 @@ class _Engine:
             made = "; ".join(f"{r.text} gives {len(self.copies_of(r))}" for r in spreads)
             raise SpecError(node.loc, f"{node.name}: {node.op} of {len(inputs)} tensor{'s' if len(inputs) != 1 else ''}"
                                       f" ({made}); a merge needs at least two")
-        y = self.merge(node.name, MERGES[node.op], tuple(inputs), sources, depth, node.loc, node.name)
+        if node.running:
+            y = self.running(node, inputs, sources, depth)
+        else:
+            y = self.merge(node.name, MERGES[node.op], tuple(inputs), sources, depth, node.loc, node.name)
         self.named[node.name] = y
         return y
+
+    def running(self, node: Merge, inputs: list[int], sources: list[str], depth: int) -> int:
+        """`add: {from: [...], running: true}`: a group of n - 1 merges of two, `acc = a + b`, then `acc = acc + c`
+        and so on in the order the inputs were made (tensor ids are in that order), each run as soon as its input
+        is (Graph order: finish), so an input can be freed once added, as in a loop that keeps a running sum. The
+        costs are the all-at-once merge's: n - 1 operations per element."""
+        op = MERGES[node.op]
+        order = sorted(range(len(inputs)), key=lambda k: inputs[k])
+        start = len(self.outline)
+        first_row = len(self.rows)
+        self.outline.append(None)  # type: ignore[arg-type]  # the group's summary row, filled in below
+        acc, acc_source = inputs[order[0]], sources[order[0]]
+        for n, k in enumerate(order[1:], 1):
+            self.early.add(len(self.rows))
+            acc = self.merge(f"{node.name}.{node.op}{n}", op, (acc, inputs[k]), [acc_source, sources[k]], depth + 1,
+                             node.loc, node.name)
+            acc_source = f"the running {node.op} of {n + 1}"
+        out = self.tensors[acc]
+        self.outline[start] = Row(node.name, f"{node.op} (running)", depth, self._shape_of(inputs[order[0]]),
+                                  out.shape, f"{len(inputs)} inputs", out.rf, out.jump,
+                                  **_sums(self.rows[first_row:]), leaf=False, module=False)
+        return acc
 
     # -- composites --
     def node(self, node: Any, x: int, depth: int) -> int:
@@ -464,7 +534,7 @@ class _Engine:
         for child in node.children:
             y = self.node(child, y, depth + 1)
             if not child.discard:
-                outs.append(y)
+                outs.append((child.name, y))
         if node.copies:
             self.copies[node.name] = outs
         self._hold(x)

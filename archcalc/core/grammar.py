@@ -30,12 +30,13 @@ NAME_PATTERN = "^[A-Za-z0-9_][A-Za-z0-9_-]*(?![\\s\\S])"
 TENSOR_PATTERN = ("^(?:[A-Za-z0-9_][A-Za-z0-9_-]*\\.)*\\$?[A-Za-z0-9_][A-Za-z0-9_-]*"
                   "(?![\\s\\S])")
 _TENSOR = re.compile(TENSOR_PATTERN)
-# In a merge's list: `NAME.*` (the outputs of every copy of the repeat NAME, in order), or a slice of them as
-# Python slices a list (`NAME.*[1:]`, `NAME.*[:-1]`, `NAME.*[::2]`).
-SPREAD_PATTERN = ("^(?:[A-Za-z0-9_][A-Za-z0-9_-]*\\.)*[A-Za-z0-9_][A-Za-z0-9_-]*\\.\\*"
-                  "(?:\\[ *-?[0-9]* *:( *-?[0-9]* *)(?::( *-?[0-9]* *))?\\])?(?![\\s\\S])")
-_SPREAD = re.compile(SPREAD_PATTERN)
-_SLICE = re.compile(r"\[ *(-?[0-9]*) *:( *-?[0-9]* *)(?::( *-?[0-9]* *))?\]")
+# In a merge's list: `NAME.*` (the outputs of every copy of the repeat NAME, in order), a slice of them as Python
+# slices a list (`NAME.*[1:]`, `NAME.*[:-1]`, `NAME.*[::2]`), and `.SUB` after either: the tensor SUB inside each copy
+# (`layers.*.skip`).
+_WORDS = "[A-Za-z0-9_][A-Za-z0-9_-]*(?:\\.[A-Za-z0-9_][A-Za-z0-9_-]*)*"
+_CUT = "\\[ *(-?[0-9]*) *:( *-?[0-9]* *)(?::( *-?[0-9]* *))?\\]"
+SPREAD_PATTERN = f"^{_WORDS}\\.\\*(?:{_CUT})?(?:\\.{_WORDS})?(?![\\s\\S])"
+_SPREAD = re.compile(f"^({_WORDS})\\.\\*(?:{_CUT})?(?:\\.({_WORDS}))?(?![\\s\\S])")
 WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SHORTCUTS = ("identity", "projection", "projection_conv")
 
@@ -237,33 +238,30 @@ class Ref(NamedTuple):
 
 
 class Spread(NamedTuple):
-    """`NAME.*` or `NAME.*[start:stop:step]` in a merge's list: the outputs of the copies of the repeat NAME
-    (`ref`, resolved like a tensor name), sliced as Python slices a list."""
+    """`NAME.*`, `NAME.*[start:stop:step]`, `NAME.*.SUB` in a merge's list: the outputs of the copies of the repeat
+    NAME (`ref`, resolved like a tensor name) sliced as Python slices a list, or the tensor SUB inside each."""
 
     ref: Ref
     text: str  # as written
     start: int | None = None
     stop: int | None = None
     step: int | None = None
+    sub: str | None = None
 
 
 def merge_ref(value: Any, names: Mapping[str, Any], scope: str, loc: Loc, what: str) -> "Ref | Spread":
-    """An entry of a merge's list: a tensor name (tensor_ref), or `NAME.*` / `NAME.*[a:b]` (a Spread)."""
-    if isinstance(value, str) and _SPREAD.match(value.strip()):
-        text = value.strip()
-        head, _, rest = text.partition(".*")
-        bounds: list[int | None] = [None, None, None]
-        if rest:
-            m = _SLICE.fullmatch(rest)
-            if m is None:  # the pattern admits only what _SLICE reads
-                raise SpecError(loc, f"{what}: {text!r} is not NAME.* or NAME.*[start:stop]")
-            bounds = [int(g) if g is not None and g.strip() else None for g in m.groups()]
+    """An entry of a merge's list: a tensor name (tensor_ref), or `NAME.*` and its forms (a Spread)."""
+    m = _SPREAD.match(value.strip()) if isinstance(value, str) else None
+    if m is not None:
+        head, start, stop, step, sub = m.groups()
+        bounds = [int(g) if g is not None and g.strip() else None for g in (start, stop, step)]
         if bounds[2] == 0:
-            raise SpecError(loc, f"{what}: {text!r}: a slice step cannot be zero")
-        return Spread(Ref(head, scope, loc), text, *bounds)
+            raise SpecError(loc, f"{what}: {value.strip()!r}: a slice step cannot be zero")
+        return Spread(Ref(head, scope, loc), value.strip(), bounds[0], bounds[1], bounds[2], sub)
     if isinstance(value, str) and ".*" in value:
-        raise SpecError(loc, f"{what}: {value!r} is not a tensor name, NAME.* (every copy of the repeat NAME) or "
-                             "NAME.*[start:stop] (a slice of them, as Python slices a list)")
+        raise SpecError(loc, f"{what}: {value!r} is not a tensor name, NAME.* (every copy of the repeat NAME), "
+                             "NAME.*[start:stop] (a slice of them, as Python slices a list) or NAME.*.SUB (the "
+                             "tensor SUB in each copy)")
     return tensor_ref(value, names, scope, loc, what)
 
 

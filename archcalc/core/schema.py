@@ -23,6 +23,7 @@ from archcalc.core.grammar import (
     BLOCK_LAYERS,
     BLOCK_OWN,
     COMPOSITES,
+    EXPRESSION,
     MERGE_BESIDE,
     NAME_KEY,
     NAME_PATTERN,
@@ -174,12 +175,16 @@ def _items(kinds: list[str], strict: bool) -> dict[str, Any]:
     properties: dict[str, Any] = {k: {"$ref": f"#/definitions/kind.{k}"} for k in kinds}
     properties.update(_composite_keys(tree))
     properties.update({k.name: k.schema(tree) for k in (*BESIDE, TRAINABLE_KEY)})
-    for op in MERGES:
+    for op, merge in MERGES.items():
+        keys: dict[str, Any] = {"from": merge_list, "name": {"$ref": "#/definitions/name"}}
+        if merge.running:
+            keys["running"] = {"anyOf": [{"type": "boolean"}, EXPRESSION],
+                               "description": "true: a running sum, each input added as soon as it is made and "
+                                              "freed (`s = s + x` in a loop); false: all at once at this item"}
         properties[op] = {"description": f"{op} of earlier named tensors: {op}: [a, b] (m.*: every copy of the "
                                          "repeat m)",
                           "anyOf": [merge_list, {"type": "object", "required": ["from"], "additionalProperties": False,
-                                                 "properties": {"from": merge_list,
-                                                                "name": {"$ref": "#/definitions/name"}}}]}
+                                                 "properties": keys}]}
     beside = [k.name for k in BESIDE]
     layer_keys = [*beside, TRAINABLE_KEY.name]
     dependencies: dict[str, Any] = {k: {"propertyNames": {"enum": [k, *layer_keys]}} for k in kinds}

@@ -110,7 +110,8 @@ class Residual(NamedTuple):
 
 
 class Merge(NamedTuple):
-    """`- add: [a, b]`: a merge of earlier named tensors (`m.*`: every copy of the repeat m, core.grammar.Spread)."""
+    """`- add: [a, b]`: a merge of earlier named tensors (`m.*`: every copy of the repeat m, core.grammar.Spread);
+    `running`: a running sum (`add: {from: [...], running: true}`), each input added as soon as it is made."""
 
     name: str
     op: str
@@ -118,6 +119,7 @@ class Merge(NamedTuple):
     loc: Loc
     src: None = None
     discard: bool = False
+    running: bool = False
 
 
 Node = Union[Layer, Sequence, Parallel, Residual, Merge]
@@ -759,13 +761,23 @@ class _Parser:
         self.count(item.loc)
         raw = item[op]
         rloc = item.value_loc(op)
+        running = False
         if isinstance(raw, Map):
             for key in raw:
-                if key not in ("from", "name"):
+                if key not in ("from", "name", "running"):
                     raise SpecError(raw.key_loc(key), f"{op}: unexpected key '{key}'; a merge takes 'from' (a list "
-                                                      "of tensor names) and 'name'")
+                                                      "of tensor names), 'name'" + (" and 'running'" if
+                                                      MERGES[op].running else ""))
             if "name" in raw:
                 name = self._name(raw, "name")
+            if "running" in raw:  # true, false, or an argument holding one (`running: sum_running`)
+                running = self._maybe_expr(raw["running"], dict(names))
+                if not isinstance(running, bool):
+                    raise SpecError(raw.value_loc("running"), f"'running' must be true or false (or an argument "
+                                                              f"holding one), not {describe(raw['running'])}")
+                if running and not MERGES[op].running:
+                    raise SpecError(raw.key_loc("running"), f"{op} has no running form; 'running: true' is for "
+                                    f"{either(m for m in MERGES if MERGES[m].running)}")
             if "from" not in raw:
                 raise SpecError(rloc, f"{op} needs the tensors to merge: {op}: [a, b] or {op}: {{from: [a, b]}}")
             rloc = raw.value_loc("from")
@@ -775,7 +787,7 @@ class _Parser:
                 raise SpecError(item.key_loc(key), f"unexpected key '{key}' beside '{op}'")
         refs = self._merge_refs(op, raw, rloc, scope, names)
         full = scope.child_name(name, op, item.loc)
-        return Merge(full, op, refs, item.loc)
+        return Merge(full, op, refs, item.loc, running=running)
 
     def _merge_refs(self, op: str, raw: Any, loc: Loc, scope: _Scope, names: Mapping[str, Any]) \
             -> tuple[Ref | Spread, ...]:
