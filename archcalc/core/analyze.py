@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from archcalc.core.conventions import CONVENTIONS, DTYPES
 from archcalc.core.errors import Loc, SpecError, did_you_mean, paused_gc
+from archcalc.core.grammar import arg_type
 from archcalc.core.graph import Graph, Hold, Op, Tensor
 from archcalc.core.kinds import REGISTRY, Cost, LayerError, Shape
 from archcalc.core.kinds.base import numel
@@ -24,6 +25,7 @@ from archcalc.core.spec import (
     Layer,
     Merge,
     Parallel,
+    Pending,
     Ref,
     Residual,
     Sequence,
@@ -31,6 +33,7 @@ from archcalc.core.spec import (
     Spread,
     checked_input,
     input_warnings,
+    settle,
 )
 
 # ---- report values --------------------------------------------------------------------------------------------
@@ -385,9 +388,9 @@ class _Engine:
                 raise SpecError(node.loc, f"{node.name}: {message} (--strict makes this an error)")
             self.warnings.append(Warning_(node.loc, node.name, message))
 
-        if any(isinstance(v, Ref) for v in a.values()):
-            a = MappingProxyType({k: self._shape_of(self.resolve(v)) if isinstance(v, Ref) else v
-                                  for k, v in a.items()})
+        if any(isinstance(v, (Ref, Pending)) for v in a.values()):
+            a = MappingProxyType({k: self._shape_of(self.resolve(v)) if isinstance(v, Ref) else
+                                  self._settle(v) if isinstance(v, Pending) else v for k, v in a.items()})
         try:
             out = kind.output(a, inp, warn)
             _check_size(out, self.batch)
@@ -419,6 +422,15 @@ class _Engine:
         self.outline.append(row)
         self.named[node.name] = y
         return y
+
+    def _settle(self, pending: Pending) -> Any:
+        """A layer argument that uses the input's shape (in_channels, ...), evaluated now and checked."""
+
+        def shape_of(scope: str) -> Shape:
+            return self._shape_of(self.named[f"{scope}.{BLOCK_INPUT}" if scope else BLOCK_INPUT])
+
+        value = settle(pending.value, shape_of, pending.at.loc)
+        return arg_type(pending.arg).convert(value, pending.arg, pending.at)
 
     def merge(self, name: str, op: MergeOp, inputs: tuple[int, ...], sources: list[str], depth: int,
               loc: Loc | None, where: str) -> int:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple, Protocol
 
 from archcalc.core import expr
-from archcalc.core.errors import Loc, SpecError, did_you_mean
+from archcalc.core.errors import Loc, SpecError, did_you_mean, name_hint
 from archcalc.core.kinds import Arg
 from archcalc.core.merges import MERGES
 
@@ -320,7 +320,7 @@ def _where(arg: Arg, at: At) -> str:
 def _unknown_name(v: Any, arg: Arg, at: At) -> None:
     # One rule for undefined names, alone (`out: num_filters`) or in an expression (`out: 2 * num_filters`).
     if isinstance(v, str) and WORD.fullmatch(v.strip()):
-        hint = did_you_mean(v.strip(), at.names) if at.names else " (no variables are defined here)"
+        hint = name_hint(v.strip(), at.names)
         raise SpecError(at.loc, f"{_where(arg, at)}: unknown name '{v.strip()}'{hint}")
 
 

@@ -48,7 +48,8 @@ def spec_schema() -> dict[str, Any]:
             "type": "string",
             "description": "an expression of the spec's args and block arguments (+ - * / // % **, min, max, "
                            "ceil_div, round_to, ceil, floor, round), evaluated by archcalc's safe evaluator, "
-                           "or the bare name of one",
+                           "or the bare name of one; in layer arguments also in_channels, in_length, in_depth, "
+                           "in_height, in_width (the shape of the enclosing block's input)",
         },
         "tensor": {"type": "string", "pattern": TENSOR_PATTERN,
                    "description": "the name of an earlier tensor: a layer, block or input name (innermost scope "

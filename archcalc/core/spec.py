@@ -27,7 +27,7 @@ Expansion is bounded: at most MAX_NESTING composites and blocks inside each othe
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple, Union
@@ -66,6 +66,77 @@ BLOCK_INPUT = "$input"  # a reference to the input of the innermost enclosing bl
 MAX_LAYERS = 100_000  # rows after expansion; the zoo's largest network has 1,100. Raise with --max-layers.
 MAX_SPEC_BYTES = 8 * 2**20  # a spec file; reading and parsing 8 MiB takes about 5 s and 1.2 GB
 MAX_NESTING = 64  # composites and block calls inside each other (the zoo's deepest: 6)
+
+
+# ---- the input's shape in expressions ------------------------------------------------------------------------------
+
+INPUT_DIMS = ("in_channels", "in_length", "in_depth", "in_height", "in_width")
+"""Expression variables for the shape of the innermost enclosing block's input (the network's first input at the
+top level): its channels, and its spatial sizes by name (1-D: length; 2-D: height, width; 3-D: depth, height,
+width). Known only during analysis, where shapes flow: a layer argument using one is evaluated then."""
+_AXES_BY_RANK = {2: ("in_length",), 3: ("in_height", "in_width"), 4: ("in_depth", "in_height", "in_width")}
+
+
+class InputDim(NamedTuple):
+    """A dimension of a block's input (`in_channels`, ...), bound to the block (its full name; '' the top level)."""
+
+    scope: str
+    name: str
+
+    @property
+    def unlisted(self) -> bool:  # defined in every block: not listed among the variables in a hint
+        return True
+
+
+class Deferred(NamedTuple):
+    """An expression that uses the input's shape: evaluated during analysis, with `names` (the values of the names
+    it uses, some of them InputDim or Deferred) at the place it was written."""
+
+    text: str
+    names: tuple[tuple[str, Any], ...]
+    loc: Loc
+
+
+class Pending(NamedTuple):
+    """A layer argument whose value waits for the input's shape: checked and converted (its ArgType) once known."""
+
+    value: Any  # the evaluated value, with Deferred / InputDim leaves (a list element-wise)
+    arg: Arg
+    at: At
+
+
+def is_deferred(value: Any) -> bool:
+    """Whether a value waits for the input's shape (an InputDim, a Deferred, or a list holding one)."""
+    if isinstance(value, (InputDim, Deferred)):
+        return True
+    return isinstance(value, list) and any(is_deferred(v) for v in value)
+
+
+def input_names(scope: str) -> dict[str, InputDim]:
+    return {n: InputDim(scope, n) for n in INPUT_DIMS}
+
+
+def settle(value: Any, shape_of: "Callable[[str], tuple[int, ...]]", loc: Loc) -> Any:
+    """The value with every InputDim and Deferred evaluated, `shape_of(scope)` giving a block's input shape."""
+    if isinstance(value, list):
+        return [settle(v, shape_of, loc) for v in value]
+    if isinstance(value, InputDim):
+        shape = shape_of(value.scope)
+        if value.name == "in_channels":
+            return shape[0]
+        axes = _AXES_BY_RANK.get(len(shape), ())
+        if value.name not in axes:
+            has = ", ".join(("in_channels", *axes))
+            raise SpecError(loc, f"'{value.name}': the input here is {'x'.join(map(str, shape))}, which has no "
+                                 f"{value.name[3:]} (its shape is {has})")
+        return shape[1 + axes.index(value.name)]
+    if isinstance(value, Deferred):
+        names = {k: settle(v, shape_of, value.loc) for k, v in value.names}
+        try:
+            return expr.evaluate(value.text, names)
+        except expr.ExprError as exc:
+            raise SpecError(value.loc, str(exc)) from None
+    return value
 
 
 class Layer(NamedTuple):
@@ -369,7 +440,8 @@ class _Parser:
         for inp in inputs:
             top.names[inp.name] = inp.loc
         self._check_size(layers, data.value_loc("layers"))
-        root = self._sequence(layers, top, dict(self.globals), "model", "", data.value_loc("layers"), ())
+        root = self._sequence(layers, top, {**input_names(""), **self.globals}, "model", "", data.value_loc("layers"),
+                              ())
         unused = "error"
         if "unused" in data:
             unused = data["unused"]
@@ -440,6 +512,8 @@ class _Parser:
         raw, loc = item["when"], item.value_loc("when")
         value = raw
         if isinstance(raw, str) and raw.strip():
+            if any(is_deferred(names.get(w)) for w in WORD.findall(raw)):
+                self._not_deferred(InputDim("", ""), loc, "'when'")
             try:  # always the evaluator: `se and dw` has no operator character, yet is a condition
                 value = expr.evaluate(raw, names)
             except expr.ExprError as exc:
@@ -452,6 +526,11 @@ class _Parser:
         gives = f"'{raw}' gives {describe(value)}, which is" if raw is not value else f"{what} is"
         raise SpecError(loc, f"'when' takes a condition on block arguments (se > 0, se and dw, not se), true, "
                              f"false or a number; {gives} not a condition")
+
+    def _not_deferred(self, value: Any, loc: Loc, what: str) -> None:
+        if is_deferred(value):
+            raise SpecError(loc, f"{what} cannot use the input's shape ({', '.join(INPUT_DIMS)}): the layers are laid "
+                                 "out before shapes are known; use it in layer arguments")
 
     def _ref(self, item: Map, key: str, scope: _Scope, names: Mapping[str, Any]) -> Ref:
         return tensor_ref(item[key], names, scope.prefix, item.value_loc(key), f"'{key}'")
@@ -497,7 +576,7 @@ class _Parser:
         checks the limit again as it goes."""
         memo: dict[Any, int] = {}
         try:
-            sizes = [self._size(item, dict(self.globals), (), memo) for item in layers]
+            sizes = [self._size(item, {**input_names(""), **self.globals}, (), memo) for item in layers]
         except (Uncountable, SpecError):
             return
         total = sum(sizes)
@@ -536,7 +615,7 @@ class _Parser:
         if not isinstance(declared, Map) or raw is not None and not isinstance(raw, Map):
             raise Uncountable
         raw = raw or {}
-        values: dict[str, Any] = dict(self.globals)
+        values: dict[str, Any] = {**input_names(head), **self.globals}
         for arg_name, default in declared.items():
             if arg_name in raw:
                 values[arg_name] = self._value(raw[arg_name], item.loc, names)
@@ -722,7 +801,8 @@ class _Parser:
         if not isinstance(declared, Map):
             raise SpecError(body.value_loc("args"), f"block '{block_name}': 'args' must be a mapping of "
                                                     "name: default (~ for required)")
-        values: dict[str, Any] = dict(self.globals)
+        full_name = scope.child_name(name, block_name, loc)
+        values: dict[str, Any] = {**input_names(full_name), **self.globals}  # in_channels, ...: this block's input
         for arg_name, default in declared.items():
             if arg_name in raw:
                 values[arg_name] = self._value(raw[arg_name], raw.value_loc(arg_name), names)
@@ -751,7 +831,6 @@ class _Parser:
                 raise SpecError(body.key_loc(key), f"block '{block_name}': unexpected key '{key}'")
         head = block_composite(heads[0]).name
         body = _block_body(body)
-        full_name = scope.child_name(name, block_name, loc)
         child = _Scope(full_name)
         if trainable is not None:
             raise SpecError(loc, f"'trainable' applies to single layers, not to block '{block_name}'")
@@ -804,6 +883,7 @@ class _Parser:
                 own_scope: bool = False, label: str = "repeat") -> Node:
         self._keys(item, COMPOSITES["repeat"])
         count = self._value(item["repeat"], item.value_loc("repeat"), names)
+        self._not_deferred(count, item.value_loc("repeat"), "a repeat count")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise SpecError(item.value_loc("repeat"), f"repeat count must be a positive integer, not {count!r}")
         if self.rows + count > self.max_layers:  # every copy makes at least one row
@@ -965,7 +1045,8 @@ class _Parser:
                 raw_value, vloc = given[arg.name]
                 type_ = arg_type(arg)
                 value = self._value(raw_value, vloc, names) if type_.evaluated else raw_value
-                result[arg.name] = type_.convert(value, arg, At(kind.name, vloc, names, scope.prefix if scope else ""))
+                at = At(kind.name, vloc, names, scope.prefix if scope else "")
+                result[arg.name] = Pending(value, arg, at) if is_deferred(value) else type_.convert(value, arg, at)
             elif arg.required:
                 raise SpecError(loc, f"{kind.name} needs '{arg.name}'" +
                                 (f" (or {', '.join(repr(a) for a in arg.aliases)})" if arg.aliases else ""))
@@ -1029,6 +1110,13 @@ class _Parser:
             stripped = value.strip()
             if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", stripped) and stripped not in names:
                 return value  # a plain word such as 'same' or 'nearest'; the argument's type check decides
+            used = {w: names[w] for w in WORD.findall(value) if w in names}
+            if any(is_deferred(v) for v in used.values()):  # it uses the input's shape: evaluated during analysis
+                if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", stripped):
+                    return names[stripped]
+                if len(value) > expr.MAX_LENGTH:
+                    raise SpecError(loc, f"expression of {len(value):,} characters; the limit is {expr.MAX_LENGTH:,}")
+                return Deferred(value, tuple(sorted(used.items())), loc)
             try:
                 return expr.evaluate(value, names)
             except expr.ExprError as exc:
