@@ -57,7 +57,8 @@ def spec_schema() -> dict[str, Any]:
                                   "enclosing block or group), or a block argument holding one"},
         "spread": {"type": "string", "pattern": SPREAD_PATTERN,
                    "description": "in a merge's list: NAME.* (the outputs of every copy of the repeat NAME, in "
-                                  "order) or NAME.*[start:stop] (a slice of them, as Python slices a list)"},
+                                  "order), NAME.*[start:stop] (a slice of them, as Python slices a list), and "
+                                  "NAME.*.SUB (the tensor SUB inside each copy)"},
         "name": {"anyOf": [{"type": "string", "pattern": NAME_PATTERN}, {"type": "integer", "minimum": 0}],
                  "description": "the layer's name: letters, digits, '_' or '-' (dots separate levels and are "
                                 "added by archcalc)"},
