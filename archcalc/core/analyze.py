@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from archcalc.core.conventions import CONVENTIONS, DTYPES
 from archcalc.core.errors import Loc, SpecError, did_you_mean, paused_gc
+from archcalc.core.grammar import arg_type
 from archcalc.core.graph import Graph, Hold, Op, Tensor
 from archcalc.core.kinds import REGISTRY, Cost, LayerError, Shape
 from archcalc.core.kinds.base import numel
@@ -24,12 +25,15 @@ from archcalc.core.spec import (
     Layer,
     Merge,
     Parallel,
+    Pending,
     Ref,
     Residual,
     Sequence,
     Spec,
+    Spread,
     checked_input,
     input_warnings,
+    settle,
 )
 
 # ---- report values --------------------------------------------------------------------------------------------
@@ -251,6 +255,9 @@ class _Engine:
         self.holds: list[Hold] = []
         self.inputs: list[tuple[str, int]] = []
         self.named: dict[str, int] = {}
+        self.copies: dict[str, list[tuple[str, int]]] = {}  # a repeat's name -> its copies (name, output), in order
+        self.early: set[int] = set()  # ops (row indices) of running sums: run as soon as their inputs are made
+        self.discarded: dict[int, Any] = {}  # tensor id -> the node whose output it is, under `discard: true`
         self._later: set[str] | None = None
 
     # -- tensors and references --
@@ -262,6 +269,44 @@ class _Engine:
         return t
 
     def resolve(self, ref: Ref) -> int:
+        t = self._find(ref)
+        if t in self.discarded:
+            node = self.discarded[t]
+            raise SpecError(ref.loc, f"'{ref.text}' is the output of {node.name}, which is marked 'discard: true' "
+                                     f"(at {node.loc}): nothing may read it; remove 'discard' to use it")
+        return t
+
+    def copies_of(self, spread: Spread) -> list[int]:
+        """The outputs of the copies of the repeat `spread` names, in order, sliced as it says."""
+        ref = spread.ref
+        parts = ref.scope.split(".") if ref.scope else []
+        full = next((f for i in range(len(parts), -1, -1) if (f := ".".join(parts[:i] + [ref.text])) in self.copies),
+                    None)
+        if full is None:
+            matches = sorted(n for n in self.copies if n.endswith("." + ref.text))
+            if len(matches) > 1:
+                raise SpecError(ref.loc, f"'{ref.text}' is ambiguous: it could be {', '.join(matches[:6])}; write the "
+                                         "full name")
+            full = matches[0] if matches else None
+        if full is None:
+            self._find(ref)  # no such tensor, or a later one: its own error
+            raise SpecError(ref.loc, f"'{spread.text}': {ref.text} is not a repeat; NAME.* lists the copies of a "
+                                     "`repeat:`" + did_you_mean(ref.text, list(self.copies)))
+        copies = self.copies[full][spread.start:spread.stop:spread.step]
+        if spread.sub is None:
+            return [t for _, t in copies]
+        outs = []
+        for name, _ in copies:
+            inner = f"{name}.{spread.sub}"
+            if inner not in self.named:
+                raise SpecError(ref.loc, f"'{spread.text}': copy {name} has no tensor named '{spread.sub}' ({inner})")
+            t = self.named[inner]
+            if t in self.discarded:
+                raise SpecError(ref.loc, f"'{spread.text}': {inner} is marked 'discard: true'; nothing may read it")
+            outs.append(t)
+        return outs
+
+    def _find(self, ref: Ref) -> int:
         parts = ref.scope.split(".") if ref.scope else []
         for i in range(len(parts), -1, -1):
             full = ".".join(parts[:i] + [ref.text])
@@ -293,8 +338,42 @@ class _Engine:
             outputs = tuple((o.name, self.resolve(o.ref)) for o in self.spec.outputs)
         else:
             outputs = (("output", last),)
+        if self.early:
+            self._run_early()
         ops = tuple(r.op for r in self.rows if r.op is not None)  # all of them: block rows are in the outline only
-        return Graph(tuple(self.tensors), ops, tuple(self.holds), tuple(self.inputs), outputs)
+        return Graph(tuple(self.tensors), ops, tuple(self.holds), tuple(self.inputs), outputs,
+                     tuple(sorted(self.discarded)))
+
+    def _run_early(self) -> None:
+        """Put each op of a running sum right after the op that makes the last of its inputs (execution order; the
+        outline keeps the spec's order). A composite that held its input until some op now holds it until every op
+        it held it for has run, wherever those went."""
+        made = {t for _, t in self.inputs}
+        order: list[int] = []
+        pending = sorted(self.early)
+
+        def flush() -> None:
+            while pending and all(t in made for t in self.rows[pending[0]].op.inputs):  # type: ignore[union-attr]
+                i = pending.pop(0)
+                order.append(i)
+                made.add(self.rows[i].op.output)  # type: ignore[union-attr]
+
+        flush()
+        for i, row in enumerate(self.rows):
+            if i in self.early:
+                continue
+            order.append(i)
+            made.add(row.op.output)  # type: ignore[union-attr]
+            flush()
+        position = [0] * len(order)
+        for new, old in enumerate(order):
+            position[old] = new
+        until, latest = [], -1
+        for old in range(len(order)):  # an op index in the spec's order -> the last new position among ops up to it
+            latest = max(latest, position[old])
+            until.append(latest)
+        self.holds = [h._replace(until=until[h.until]) for h in self.holds]
+        self.rows = [self.rows[i] for i in order]
 
     def _reads(self, inputs: tuple[int, ...]) -> tuple[str, ...]:
         return tuple(self.tensors[t].name for t in inputs)
@@ -309,9 +388,9 @@ class _Engine:
                 raise SpecError(node.loc, f"{node.name}: {message} (--strict makes this an error)")
             self.warnings.append(Warning_(node.loc, node.name, message))
 
-        if any(isinstance(v, Ref) for v in a.values()):
-            a = MappingProxyType({k: self._shape_of(self.resolve(v)) if isinstance(v, Ref) else v
-                                  for k, v in a.items()})
+        if any(isinstance(v, (Ref, Pending)) for v in a.values()):
+            a = MappingProxyType({k: self._shape_of(self.resolve(v)) if isinstance(v, Ref) else
+                                  self._settle(v) if isinstance(v, Pending) else v for k, v in a.items()})
         try:
             out = kind.output(a, inp, warn)
             _check_size(out, self.batch)
@@ -344,6 +423,15 @@ class _Engine:
         self.named[node.name] = y
         return y
 
+    def _settle(self, pending: Pending) -> Any:
+        """A layer argument that uses the input's shape (in_channels, ...), evaluated now and checked."""
+
+        def shape_of(scope: str) -> Shape:
+            return self._shape_of(self.named[f"{scope}.{BLOCK_INPUT}" if scope else BLOCK_INPUT])
+
+        value = settle(pending.value, shape_of, pending.at.loc)
+        return arg_type(pending.arg).convert(value, pending.arg, pending.at)
+
     def merge(self, name: str, op: MergeOp, inputs: tuple[int, ...], sources: list[str], depth: int,
               loc: Loc | None, where: str) -> int:
         shapes = [self._shape_of(t) for t in inputs]
@@ -364,15 +452,68 @@ class _Engine:
         return y
 
     def merge_item(self, node: Merge, depth: int) -> int:
-        inputs = tuple(self.resolve(r) for r in node.refs)
-        sources = [f"'{r.text}' ({self.tensors[t].name})" if r.text != self.tensors[t].name else f"'{r.text}'"
-                   for r, t in zip(node.refs, inputs)]
-        y = self.merge(node.name, MERGES[node.op], inputs, sources, depth, node.loc, node.name)
+        inputs: list[int] = []
+        sources: list[str] = []
+        for r in node.refs:
+            if isinstance(r, Spread):
+                outs = self.copies_of(r)
+                inputs += outs
+                sources += [f"'{r.text}' ({self.tensors[t].name})" for t in outs]
+                continue
+            t = self.resolve(r)
+            inputs.append(t)
+            sources.append(f"'{r.text}' ({self.tensors[t].name})" if r.text != self.tensors[t].name else f"'{r.text}'")
+        if len(inputs) < 2:
+            spreads = [r for r in node.refs if isinstance(r, Spread)]
+            made = "; ".join(f"{r.text} gives {len(self.copies_of(r))}" for r in spreads)
+            raise SpecError(node.loc, f"{node.name}: {node.op} of {len(inputs)} tensor{'s' if len(inputs) != 1 else ''}"
+                                      f" ({made}); a merge needs at least two")
+        if node.running:
+            y = self.running(node, inputs, sources, depth)
+        else:
+            y = self.merge(node.name, MERGES[node.op], tuple(inputs), sources, depth, node.loc, node.name)
         self.named[node.name] = y
         return y
 
+    def running(self, node: Merge, inputs: list[int], sources: list[str], depth: int) -> int:
+        """`add: {from: [...], running: true}`: a group of n - 1 merges of two, `acc = a + b`, then `acc = acc + c`
+        and so on in the order the inputs were made (tensor ids are in that order), each run as soon as its input
+        is (Graph order: finish), so an input can be freed once added, as in a loop that keeps a running sum. The
+        costs are the all-at-once merge's: n - 1 operations per element."""
+        op = MERGES[node.op]
+        order = sorted(range(len(inputs)), key=lambda k: inputs[k])
+        start = len(self.outline)
+        first_row = len(self.rows)
+        self.outline.append(None)  # type: ignore[arg-type]  # the group's summary row, filled in below
+        acc, acc_source = inputs[order[0]], sources[order[0]]
+        for n, k in enumerate(order[1:], 1):
+            self.early.add(len(self.rows))
+            acc = self.merge(f"{node.name}.{node.op}{n}", op, (acc, inputs[k]), [acc_source, sources[k]], depth + 1,
+                             node.loc, node.name)
+            acc_source = f"the running {node.op} of {n + 1}"
+        out = self.tensors[acc]
+        self.outline[start] = Row(node.name, f"{node.op} (running)", depth, self._shape_of(inputs[order[0]]),
+                                  out.shape, f"{len(inputs)} inputs", out.rf, out.jump,
+                                  **_sums(self.rows[first_row:]), leaf=False, module=False)
+        return acc
+
     # -- composites --
     def node(self, node: Any, x: int, depth: int) -> int:
+        if not node.discard:
+            return self._node(node, x, depth)
+        # `discard: true`: computed and counted, its output read by nothing (freed as soon as it is made: nothing
+        # holds it), and the next item reads what this one was given, as if it were not there.
+        if isinstance(node, Layer) and node.kind.inplace(node.args):
+            raise SpecError(node.loc, f"{node.name}: an in-place layer writes into its input, so discarding its "
+                                      "output would still change what the next item reads; drop 'inplace' or "
+                                      "'discard'")
+        made = len(self.tensors)
+        y = self._node(node, x, depth)
+        if y >= made:  # a tensor this node made (a block that only passes its input on discards nothing)
+            self.discarded[y] = node
+        return x
+
+    def _node(self, node: Any, x: int, depth: int) -> int:
         if node.src is not None:
             x = self.resolve(node.src)
         if isinstance(node, Layer):
@@ -401,8 +542,13 @@ class _Engine:
 
     def seq(self, node: Sequence, x: int, depth: int) -> int:
         y = x
+        outs = []
         for child in node.children:
             y = self.node(child, y, depth + 1)
+            if not child.discard:
+                outs.append((child.name, y))
+        if node.copies:
+            self.copies[node.name] = outs
         self._hold(x)
         return y
 

@@ -1,7 +1,7 @@
 """User-facing errors. A mistake in a spec is a SpecError carrying where it happened; a bug is a traceback."""
 
 import gc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -29,8 +29,8 @@ class SpecError(ArchcalcError):
         super().__init__(f"{loc}: {message}" if loc else message)
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """' ; did you mean 'x'?' or a list of the valid choices when nothing is close."""
+def did_you_mean(word: str, choices: Iterable[str], listed: Iterable[str] | None = None) -> str:
+    """' ; did you mean 'x'?' or a list of the valid choices (of `listed`, where given) when nothing is close."""
     choices = sorted({c for c in choices if isinstance(c, str)})  # a YAML key may be a bool (on:) or a number
     if not choices:
         return ""
@@ -39,9 +39,20 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if close:
         return f"; did you mean '{close[0]}'?"
-    if len(choices) <= 12:
-        return "; expected one of: " + ", ".join(choices)
+    shown = choices if listed is None else sorted({c for c in listed if isinstance(c, str)})
+    if shown and len(shown) <= 12:
+        return "; expected one of: " + ", ".join(shown)
     return ""
+
+
+def name_hint(word: str, names: Mapping[str, object]) -> str:
+    """The hint for an unknown variable: a close name, else the variables defined here. A value with a true
+    `unlisted` attribute (the input's shape, core.spec.InputDim: defined everywhere) is never listed, and suggested
+    only for a word that starts as its name does."""
+    listed = [n for n, v in names.items() if not getattr(v, "unlisted", False)]
+    near = [n for n in names if n not in listed and n[:3] == word[:3]]  # `in_widht`, not `widht`, means in_width
+    hint = did_you_mean(word, listed + near, listed)
+    return hint if hint or listed else " (no variables are defined here)"
 
 
 @contextmanager

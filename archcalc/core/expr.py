@@ -273,9 +273,9 @@ class _Parser:
             if text in ("true", "false"):
                 return text == "true"
             if text not in self.names:
-                from archcalc.core.errors import did_you_mean
+                from archcalc.core.errors import name_hint
 
-                hint = did_you_mean(text, self.names) if self.names else " (no variables are defined here)"
+                hint = name_hint(text, self.names)
                 raise ExprError(f"unknown name '{text}' in '{self.text}'{hint}")
             return self.names[text]
         if text == "(":

@@ -3,7 +3,7 @@
 The parser (core.spec: its key checks, the size pre-count and the conversion of kind arguments) and the JSON Schema
 (core.schema) both read these tables, so a new composite key or argument type is written once:
 
-- a composite (`repeat`, `residual`, `parallel`, `sequence`) is a `Composite`: its head `Key`, the keys allowed
+- a composite (`repeat`, `residual`, `parallel`, `sequence`, `cases`) is a `Composite`: its head `Key`, the keys allowed
   beside it (what each holds, whether it is required, its doc), and how many rows it expands to;
 - what a key holds (`Holds`) gives its JSON Schema and how the size pre-count counts it;
 - an argument type (`Arg.type` of a kind: 'int', 'ints', 'padding', ...) is an `ArgType`: how the parser checks and
@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple, Protocol
 
 from archcalc.core import expr
-from archcalc.core.errors import Loc, SpecError, did_you_mean
+from archcalc.core.errors import Loc, SpecError, did_you_mean, name_hint
 from archcalc.core.kinds import Arg
 from archcalc.core.merges import MERGES
 
@@ -30,6 +30,13 @@ NAME_PATTERN = "^[A-Za-z0-9_][A-Za-z0-9_-]*(?![\\s\\S])"
 TENSOR_PATTERN = ("^(?:[A-Za-z0-9_][A-Za-z0-9_-]*\\.)*\\$?[A-Za-z0-9_][A-Za-z0-9_-]*"
                   "(?![\\s\\S])")
 _TENSOR = re.compile(TENSOR_PATTERN)
+# In a merge's list: `NAME.*` (the outputs of every copy of the repeat NAME, in order), a slice of them as Python
+# slices a list (`NAME.*[1:]`, `NAME.*[:-1]`, `NAME.*[::2]`), and `.SUB` after either: the tensor SUB inside each copy
+# (`layers.*.skip`).
+_WORDS = "[A-Za-z0-9_][A-Za-z0-9_-]*(?:\\.[A-Za-z0-9_][A-Za-z0-9_-]*)*"
+_CUT = "\\[ *(-?[0-9]*) *:( *-?[0-9]* *)(?::( *-?[0-9]* *))?\\]"
+SPREAD_PATTERN = f"^{_WORDS}\\.\\*(?:{_CUT})?(?:\\.{_WORDS})?(?![\\s\\S])"
+_SPREAD = re.compile(f"^({_WORDS})\\.\\*(?:{_CUT})?(?:\\.({_WORDS}))?(?![\\s\\S])")
 WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SHORTCUTS = ("identity", "projection", "projection_conv")
 
@@ -175,14 +182,20 @@ COMPOSITES: dict[str, Composite] = {c.name: c for c in (
               (Key("merge", MERGE, "concat (channels; default), add, or mul (broadcast)"),),
               lambda c: c.rows("parallel") + 1),  # 1: the merge
     Composite(Key("sequence", ITEMS, "a named group of layers"), (), lambda c: c.rows("sequence")),
+    # Every case is counted: an upper bound, as an item switched off by `when:` is.
+    Composite(Key("cases", ITEMS, "alternatives: the first item whose `when:` holds is built (a last item without "
+                                  "`when:` is the default); none holding is an error. `name:` names the one built"),
+              (), lambda c: c.rows("cases")),
 )}
 
 # Beside the head of any item. A merge reads its own list, so it takes no `from`.
 NAME_KEY = Key("name", NAME)
 FROM_KEY = Key("from", REF, "take the input from this tensor instead of the previous item's output")
 WHEN_KEY = Key("when", CONDITION)
-BESIDE = (NAME_KEY, FROM_KEY, WHEN_KEY)
-MERGE_BESIDE = (NAME_KEY, WHEN_KEY)
+DISCARD_KEY = Key("discard", BOOL, "true: computed and counted in every figure, its output never read and freed as "
+                                   "soon as it is made; the next item reads what this one read")
+BESIDE = (NAME_KEY, FROM_KEY, WHEN_KEY, DISCARD_KEY)
+MERGE_BESIDE = (NAME_KEY, WHEN_KEY, DISCARD_KEY)
 TRAINABLE_KEY = Key("trainable", BOOL, "false: frozen (no gradients)")  # beside or inside a single layer only
 
 # A block: its own keys, and exactly one head holding its body (the parser's message names them in this order):
@@ -222,6 +235,34 @@ class Ref(NamedTuple):
     text: str
     scope: str
     loc: Loc
+
+
+class Spread(NamedTuple):
+    """`NAME.*`, `NAME.*[start:stop:step]`, `NAME.*.SUB` in a merge's list: the outputs of the copies of the repeat
+    NAME (`ref`, resolved like a tensor name) sliced as Python slices a list, or the tensor SUB inside each."""
+
+    ref: Ref
+    text: str  # as written
+    start: int | None = None
+    stop: int | None = None
+    step: int | None = None
+    sub: str | None = None
+
+
+def merge_ref(value: Any, names: Mapping[str, Any], scope: str, loc: Loc, what: str) -> "Ref | Spread":
+    """An entry of a merge's list: a tensor name (tensor_ref), or `NAME.*` and its forms (a Spread)."""
+    m = _SPREAD.match(value.strip()) if isinstance(value, str) else None
+    if m is not None:
+        head, start, stop, step, sub = m.groups()
+        bounds = [int(g) if g is not None and g.strip() else None for g in (start, stop, step)]
+        if bounds[2] == 0:
+            raise SpecError(loc, f"{what}: {value.strip()!r}: a slice step cannot be zero")
+        return Spread(Ref(head, scope, loc), value.strip(), bounds[0], bounds[1], bounds[2], sub)
+    if isinstance(value, str) and ".*" in value:
+        raise SpecError(loc, f"{what}: {value!r} is not a tensor name, NAME.* (every copy of the repeat NAME), "
+                             "NAME.*[start:stop] (a slice of them, as Python slices a list) or NAME.*.SUB (the "
+                             "tensor SUB in each copy)")
+    return tensor_ref(value, names, scope, loc, what)
 
 
 class At(NamedTuple):
@@ -279,7 +320,7 @@ def _where(arg: Arg, at: At) -> str:
 def _unknown_name(v: Any, arg: Arg, at: At) -> None:
     # One rule for undefined names, alone (`out: num_filters`) or in an expression (`out: 2 * num_filters`).
     if isinstance(v, str) and WORD.fullmatch(v.strip()):
-        hint = did_you_mean(v.strip(), at.names) if at.names else " (no variables are defined here)"
+        hint = name_hint(v.strip(), at.names)
         raise SpecError(at.loc, f"{_where(arg, at)}: unknown name '{v.strip()}'{hint}")
 
 

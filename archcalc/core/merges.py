@@ -28,6 +28,9 @@ class MergeOp:
     # The third and later inputs are accumulated in place on the fresh result of the first operation (a sum); else
     # each partial result is a new tensor (a product keeps its partial products for backward: `intermediates`).
     accumulates: ClassVar[bool] = False
+    # `running: true` may be written: the merge of n tensors is then n - 1 merges of two, each run as soon as its
+    # input is made (core.analyze: `skip = skip + s` in a loop), with the all-at-once form's costs.
+    running: ClassVar[bool] = False
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         raise NotImplementedError
@@ -71,6 +74,7 @@ class Add(MergeOp):
     doc = "element-wise sum: the shapes must be equal"
     symbol = "+"
     accumulates = True
+    running = True
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         first = shapes[0]

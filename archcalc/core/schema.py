@@ -23,9 +23,11 @@ from archcalc.core.grammar import (
     BLOCK_LAYERS,
     BLOCK_OWN,
     COMPOSITES,
+    EXPRESSION,
     MERGE_BESIDE,
     NAME_KEY,
     NAME_PATTERN,
+    SPREAD_PATTERN,
     TENSOR_PATTERN,
     TRAINABLE_KEY,
     Tree,
@@ -46,12 +48,17 @@ def spec_schema() -> dict[str, Any]:
             "type": "string",
             "description": "an expression of the spec's args and block arguments (+ - * / // % **, min, max, "
                            "ceil_div, round_to, ceil, floor, round), evaluated by archcalc's safe evaluator, "
-                           "or the bare name of one",
+                           "or the bare name of one; in layer arguments also in_channels, in_length, in_depth, "
+                           "in_height, in_width (the shape of the enclosing block's input)",
         },
         "tensor": {"type": "string", "pattern": TENSOR_PATTERN,
                    "description": "the name of an earlier tensor: a layer, block or input name (innermost scope "
                                   "first, then a unique suffix of a full name), `$input` (the input of the innermost "
                                   "enclosing block or group), or a block argument holding one"},
+        "spread": {"type": "string", "pattern": SPREAD_PATTERN,
+                   "description": "in a merge's list: NAME.* (the outputs of every copy of the repeat NAME, in "
+                                  "order), NAME.*[start:stop] (a slice of them, as Python slices a list), and "
+                                  "NAME.*.SUB (the tensor SUB inside each copy)"},
         "name": {"anyOf": [{"type": "string", "pattern": NAME_PATTERN}, {"type": "integer", "minimum": 0}],
                  "description": "the layer's name: letters, digits, '_' or '-' (dots separate levels and are "
                                 "added by archcalc)"},
@@ -163,15 +170,23 @@ def _items(kinds: list[str], strict: bool) -> dict[str, Any]:
     a key it does not know call a block."""
     s = "strict" if strict else "loose"
     tree = Tree.named(s)
-    merge_list = {"type": "array", "minItems": 2, "items": {"$ref": "#/definitions/tensor"}}
+    # At least two entries, or one `NAME.*` (the copies of a repeat; the analyzer counts them).
+    spread = {"$ref": "#/definitions/spread"}
+    merge_list = {"type": "array", "minItems": 1, "items": {"anyOf": [{"$ref": "#/definitions/tensor"}, spread]},
+                  "anyOf": [{"minItems": 2}, {"contains": spread}]}
     properties: dict[str, Any] = {k: {"$ref": f"#/definitions/kind.{k}"} for k in kinds}
     properties.update(_composite_keys(tree))
     properties.update({k.name: k.schema(tree) for k in (*BESIDE, TRAINABLE_KEY)})
-    for op in MERGES:
-        properties[op] = {"description": f"{op} of earlier named tensors: {op}: [a, b]",
+    for op, merge in MERGES.items():
+        keys: dict[str, Any] = {"from": merge_list, "name": {"$ref": "#/definitions/name"}}
+        if merge.running:
+            keys["running"] = {"anyOf": [{"type": "boolean"}, EXPRESSION],
+                               "description": "true: a running sum, each input added as soon as it is made and "
+                                              "freed (`s = s + x` in a loop); false: all at once at this item"}
+        properties[op] = {"description": f"{op} of earlier named tensors: {op}: [a, b] (m.*: every copy of the "
+                                         "repeat m)",
                           "anyOf": [merge_list, {"type": "object", "required": ["from"], "additionalProperties": False,
-                                                 "properties": {"from": merge_list,
-                                                                "name": {"$ref": "#/definitions/name"}}}]}
+                                                 "properties": keys}]}
     beside = [k.name for k in BESIDE]
     layer_keys = [*beside, TRAINABLE_KEY.name]
     dependencies: dict[str, Any] = {k: {"propertyNames": {"enum": [k, *layer_keys]}} for k in kinds}

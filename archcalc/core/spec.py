@@ -27,7 +27,7 @@ Expansion is bounded: at most MAX_NESTING composites and blocks inside each othe
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NamedTuple, Union
@@ -45,12 +45,14 @@ from archcalc.core.grammar import (
     At,
     Composite,
     Ref,
+    Spread,
     Uncountable,
     arg_type,
     block_composite,
     composite_keys,
     describe,
     either,
+    merge_ref,
     tensor_ref,
 )
 from archcalc.core.kinds import REGISTRY, Arg, Kind, suggest_kind
@@ -66,6 +68,77 @@ MAX_SPEC_BYTES = 8 * 2**20  # a spec file; reading and parsing 8 MiB takes about
 MAX_NESTING = 64  # composites and block calls inside each other (the zoo's deepest: 6)
 
 
+# ---- the input's shape in expressions ------------------------------------------------------------------------------
+
+INPUT_DIMS = ("in_channels", "in_length", "in_depth", "in_height", "in_width")
+"""Expression variables for the shape of the innermost enclosing block's input (the network's first input at the
+top level): its channels, and its spatial sizes by name (1-D: length; 2-D: height, width; 3-D: depth, height,
+width). Known only during analysis, where shapes flow: a layer argument using one is evaluated then."""
+_AXES_BY_RANK = {2: ("in_length",), 3: ("in_height", "in_width"), 4: ("in_depth", "in_height", "in_width")}
+
+
+class InputDim(NamedTuple):
+    """A dimension of a block's input (`in_channels`, ...), bound to the block (its full name; '' the top level)."""
+
+    scope: str
+    name: str
+
+    @property
+    def unlisted(self) -> bool:  # defined in every block: not listed among the variables in a hint
+        return True
+
+
+class Deferred(NamedTuple):
+    """An expression that uses the input's shape: evaluated during analysis, with `names` (the values of the names
+    it uses, some of them InputDim or Deferred) at the place it was written."""
+
+    text: str
+    names: tuple[tuple[str, Any], ...]
+    loc: Loc
+
+
+class Pending(NamedTuple):
+    """A layer argument whose value waits for the input's shape: checked and converted (its ArgType) once known."""
+
+    value: Any  # the evaluated value, with Deferred / InputDim leaves (a list element-wise)
+    arg: Arg
+    at: At
+
+
+def is_deferred(value: Any) -> bool:
+    """Whether a value waits for the input's shape (an InputDim, a Deferred, or a list holding one)."""
+    if isinstance(value, (InputDim, Deferred)):
+        return True
+    return isinstance(value, list) and any(is_deferred(v) for v in value)
+
+
+def input_names(scope: str) -> dict[str, InputDim]:
+    return {n: InputDim(scope, n) for n in INPUT_DIMS}
+
+
+def settle(value: Any, shape_of: "Callable[[str], tuple[int, ...]]", loc: Loc) -> Any:
+    """The value with every InputDim and Deferred evaluated, `shape_of(scope)` giving a block's input shape."""
+    if isinstance(value, list):
+        return [settle(v, shape_of, loc) for v in value]
+    if isinstance(value, InputDim):
+        shape = shape_of(value.scope)
+        if value.name == "in_channels":
+            return shape[0]
+        axes = _AXES_BY_RANK.get(len(shape), ())
+        if value.name not in axes:
+            has = ", ".join(("in_channels", *axes))
+            raise SpecError(loc, f"'{value.name}': the input here is {'x'.join(map(str, shape))}, which has no "
+                                 f"{value.name[3:]} (its shape is {has})")
+        return shape[1 + axes.index(value.name)]
+    if isinstance(value, Deferred):
+        names = {k: settle(v, shape_of, value.loc) for k, v in value.names}
+        try:
+            return expr.evaluate(value.text, names)
+        except expr.ExprError as exc:
+            raise SpecError(value.loc, str(exc)) from None
+    return value
+
+
 class Layer(NamedTuple):
     name: str
     kind: Kind
@@ -73,6 +146,7 @@ class Layer(NamedTuple):
     loc: Loc
     trainable: bool = True
     src: Ref | None = None  # `from:`; None: the previous item's output
+    discard: bool = False  # `discard: true`: computed and counted, its output never read (core.analyze)
 
 
 class Sequence(NamedTuple):
@@ -81,6 +155,8 @@ class Sequence(NamedTuple):
     children: "tuple[Node, ...]"
     loc: Loc
     src: Ref | None = None
+    discard: bool = False
+    copies: bool = False  # a repeat: its children are its copies, whose outputs `NAME.*` lists in a merge
 
 
 class Parallel(NamedTuple):
@@ -90,6 +166,7 @@ class Parallel(NamedTuple):
     merge: str
     loc: Loc
     src: Ref | None = None
+    discard: bool = False
 
 
 class Residual(NamedTuple):
@@ -100,16 +177,20 @@ class Residual(NamedTuple):
     after: Sequence
     loc: Loc
     src: Ref | None = None
+    discard: bool = False
 
 
 class Merge(NamedTuple):
-    """`- add: [a, b]`: a merge of earlier named tensors."""
+    """`- add: [a, b]`: a merge of earlier named tensors (`m.*`: every copy of the repeat m, core.grammar.Spread);
+    `running`: a running sum (`add: {from: [...], running: true}`), each input added as soon as it is made."""
 
     name: str
     op: str
-    refs: tuple[Ref, ...]
+    refs: tuple[Ref | Spread, ...]
     loc: Loc
     src: None = None
+    discard: bool = False
+    running: bool = False
 
 
 Node = Union[Layer, Sequence, Parallel, Residual, Merge]
@@ -359,7 +440,8 @@ class _Parser:
         for inp in inputs:
             top.names[inp.name] = inp.loc
         self._check_size(layers, data.value_loc("layers"))
-        root = self._sequence(layers, top, dict(self.globals), "model", "", data.value_loc("layers"), ())
+        root = self._sequence(layers, top, {**input_names(""), **self.globals}, "model", "", data.value_loc("layers"),
+                              ())
         unused = "error"
         if "unused" in data:
             unused = data["unused"]
@@ -430,6 +512,8 @@ class _Parser:
         raw, loc = item["when"], item.value_loc("when")
         value = raw
         if isinstance(raw, str) and raw.strip():
+            if any(is_deferred(names.get(w)) for w in WORD.findall(raw)):
+                self._not_deferred(InputDim("", ""), loc, "'when'")
             try:  # always the evaluator: `se and dw` has no operator character, yet is a condition
                 value = expr.evaluate(raw, names)
             except expr.ExprError as exc:
@@ -442,6 +526,11 @@ class _Parser:
         gives = f"'{raw}' gives {describe(value)}, which is" if raw is not value else f"{what} is"
         raise SpecError(loc, f"'when' takes a condition on block arguments (se > 0, se and dw, not se), true, "
                              f"false or a number; {gives} not a condition")
+
+    def _not_deferred(self, value: Any, loc: Loc, what: str) -> None:
+        if is_deferred(value):
+            raise SpecError(loc, f"{what} cannot use the input's shape ({', '.join(INPUT_DIMS)}): the layers are laid "
+                                 "out before shapes are known; use it in layer arguments")
 
     def _ref(self, item: Map, key: str, scope: _Scope, names: Mapping[str, Any]) -> Ref:
         return tensor_ref(item[key], names, scope.prefix, item.value_loc(key), f"'{key}'")
@@ -487,7 +576,7 @@ class _Parser:
         checks the limit again as it goes."""
         memo: dict[Any, int] = {}
         try:
-            sizes = [self._size(item, dict(self.globals), (), memo) for item in layers]
+            sizes = [self._size(item, {**input_names(""), **self.globals}, (), memo) for item in layers]
         except (Uncountable, SpecError):
             return
         total = sum(sizes)
@@ -526,7 +615,7 @@ class _Parser:
         if not isinstance(declared, Map) or raw is not None and not isinstance(raw, Map):
             raise Uncountable
         raw = raw or {}
-        values: dict[str, Any] = dict(self.globals)
+        values: dict[str, Any] = {**input_names(head), **self.globals}
         for arg_name, default in declared.items():
             if arg_name in raw:
                 values[arg_name] = self._value(raw[arg_name], item.loc, names)
@@ -588,8 +677,9 @@ class _Parser:
             self._check_off(item, scope, names)
             return None
         src = self._ref(item, "from", scope, names) if "from" in item else None
-        if src is not None or "when" in item:
-            keep = [k for k in item if k not in ("from", "when")]
+        discard = self._bool(item, "discard") if "discard" in item else False
+        if src is not None or "when" in item or "discard" in item:
+            keep = [k for k in item if k not in _BESIDE_TAKEN]
             item = Map.derived({k: item[k] for k in keep}, item.loc, {k: item.key_loc(k) for k in keep},
                                {k: item.value_loc(k) for k in keep})
         node = self._item_node(item, loc, scope, names, stack, forced_name)
@@ -598,6 +688,8 @@ class _Parser:
                 raise SpecError(src.loc, f"a merge takes its inputs from its own list ({node.op}: [a, b]), not "
                                          "from 'from'")
             node = node._replace(src=src)
+        if discard:
+            node = node._replace(discard=True)
         return node
 
     def _check_off(self, item: Map, scope: _Scope, names: dict[str, Any]) -> None:
@@ -619,7 +711,9 @@ class _Parser:
                 raise SpecError(item.value_loc("from"), f"a merge takes its inputs from its own list ({head}: [a, b]), "
                                                         "not from 'from'")
             self._ref(item, "from", scope, names)
-        rest = Map.derived({k: item[k] for k in item if k not in ("from", "when")}, item.loc,
+        if "discard" in item:
+            self._bool(item, "discard")
+        rest = Map.derived({k: item[k] for k in item if k not in _BESIDE_TAKEN}, item.loc,
                            {k: item.key_loc(k) for k in item}, {k: item.value_loc(k) for k in item})
         if "name" in rest:
             self._name(rest, "name")
@@ -633,11 +727,7 @@ class _Parser:
         raw = rest[head]
         if head in MERGES:
             raw = raw.get("from") if isinstance(raw, Map) else raw
-            if not isinstance(raw, Seq) or len(raw) < 2:
-                raise SpecError(rest.value_loc(head), f"{head} needs a list of at least two tensor names, e.g. "
-                                                      f"{head}: [down4, up4]")
-            for i, r in enumerate(raw):
-                tensor_ref(r, names, scope.prefix, raw.item_loc(i), head)
+            self._merge_refs(head, raw, rest.value_loc(head), scope, names)
             return
         if raw is not None and not isinstance(raw, Map):
             raise SpecError(rest.value_loc(head), f"arguments of '{head}' must be a mapping ({head}: {{arg: value}}),"
@@ -711,7 +801,8 @@ class _Parser:
         if not isinstance(declared, Map):
             raise SpecError(body.value_loc("args"), f"block '{block_name}': 'args' must be a mapping of "
                                                     "name: default (~ for required)")
-        values: dict[str, Any] = dict(self.globals)
+        full_name = scope.child_name(name, block_name, loc)
+        values: dict[str, Any] = {**input_names(full_name), **self.globals}  # in_channels, ...: this block's input
         for arg_name, default in declared.items():
             if arg_name in raw:
                 values[arg_name] = self._value(raw[arg_name], raw.value_loc(arg_name), names)
@@ -740,7 +831,6 @@ class _Parser:
                 raise SpecError(body.key_loc(key), f"block '{block_name}': unexpected key '{key}'")
         head = block_composite(heads[0]).name
         body = _block_body(body)
-        full_name = scope.child_name(name, block_name, loc)
         child = _Scope(full_name)
         if trainable is not None:
             raise SpecError(loc, f"'trainable' applies to single layers, not to block '{block_name}'")
@@ -750,13 +840,23 @@ class _Parser:
         self.count(item.loc)
         raw = item[op]
         rloc = item.value_loc(op)
+        running = False
         if isinstance(raw, Map):
             for key in raw:
-                if key not in ("from", "name"):
+                if key not in ("from", "name", "running"):
                     raise SpecError(raw.key_loc(key), f"{op}: unexpected key '{key}'; a merge takes 'from' (a list "
-                                                      "of tensor names) and 'name'")
+                                                      "of tensor names), 'name'" + (" and 'running'" if
+                                                      MERGES[op].running else ""))
             if "name" in raw:
                 name = self._name(raw, "name")
+            if "running" in raw:  # true, false, or an argument holding one (`running: sum_running`)
+                running = self._maybe_expr(raw["running"], dict(names))
+                if not isinstance(running, bool):
+                    raise SpecError(raw.value_loc("running"), f"'running' must be true or false (or an argument "
+                                                              f"holding one), not {describe(raw['running'])}")
+                if running and not MERGES[op].running:
+                    raise SpecError(raw.key_loc("running"), f"{op} has no running form; 'running: true' is for "
+                                    f"{either(m for m in MERGES if MERGES[m].running)}")
             if "from" not in raw:
                 raise SpecError(rloc, f"{op} needs the tensors to merge: {op}: [a, b] or {op}: {{from: [a, b]}}")
             rloc = raw.value_loc("from")
@@ -764,16 +864,26 @@ class _Parser:
         for key in item:
             if key not in (op, "name"):
                 raise SpecError(item.key_loc(key), f"unexpected key '{key}' beside '{op}'")
-        if not isinstance(raw, Seq) or len(raw) < 2 or not all(isinstance(r, str) for r in raw):
-            raise SpecError(rloc, f"{op} needs a list of at least two tensor names, e.g. {op}: [down4, up4]")
-        refs = tuple(tensor_ref(r, names, scope.prefix, raw.item_loc(i), op) for i, r in enumerate(raw))
+        refs = self._merge_refs(op, raw, rloc, scope, names)
         full = scope.child_name(name, op, item.loc)
-        return Merge(full, op, refs, item.loc)
+        return Merge(full, op, refs, item.loc, running=running)
+
+    def _merge_refs(self, op: str, raw: Any, loc: Loc, scope: _Scope, names: Mapping[str, Any]) \
+            -> tuple[Ref | Spread, ...]:
+        """A merge's list: at least two tensor names, or fewer where one is `NAME.*` (the analyzer counts the
+        inputs once the repeat's copies are known)."""
+        refs = tuple(merge_ref(r, names, scope.prefix, raw.item_loc(i), op) for i, r in enumerate(raw)) \
+            if isinstance(raw, Seq) and all(isinstance(r, str) for r in raw) else ()
+        if len(refs) < 2 and not any(isinstance(r, Spread) for r in refs):
+            raise SpecError(loc, f"{op} needs a list of at least two tensor names, e.g. {op}: [down4, up4], or "
+                                 f"the copies of a repeat: {op}: [a, m.*]")
+        return refs
 
     def _repeat(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
                 own_scope: bool = False, label: str = "repeat") -> Node:
         self._keys(item, COMPOSITES["repeat"])
         count = self._value(item["repeat"], item.value_loc("repeat"), names)
+        self._not_deferred(count, item.value_loc("repeat"), "a repeat count")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise SpecError(item.value_loc("repeat"), f"repeat count must be a positive integer, not {count!r}")
         if self.rows + count > self.max_layers:  # every copy makes at least one row
@@ -802,7 +912,7 @@ class _Parser:
                     raise SpecError(item.value_loc("repeat"), f"repeat {count:,} of {per_copy:,} layers each "
                                     f"expands the spec to about {projected:,} layers, more than the limit of "
                                     f"{self.max_layers:,}; raise it with --max-layers if that is intended")
-        return Sequence(full, label, tuple(children), item.loc)
+        return Sequence(full, label, tuple(children), item.loc, copies=True)
 
     def _residual(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
                   own_scope: bool = False, label: str = "residual") -> Node:
@@ -877,6 +987,41 @@ class _Parser:
             raise SpecError(item.value_loc("sequence"), "'sequence' needs a non-empty list of layers")
         return self._sequence(raw, _Scope(full), names, label, full, item.value_loc("sequence"), stack)
 
+    def _cases(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
+               own_scope: bool = False, label: str = "cases") -> Node:
+        """`cases: [...]`: the first item whose `when:` holds (an item without `when:`, last, always does) is the
+        node, named by the `cases:` item's `name:` where it has one; the others are checked for their form, as an
+        item switched off by `when:` is. No case holding is an error: a chain of alternatives that covers only the
+        values its writer thought of must not silently build nothing."""
+        self._keys(item, COMPOSITES["cases"])
+        raw, loc = item["cases"], item.value_loc("cases")
+        if not isinstance(raw, Seq) or not raw:
+            raise SpecError(loc, "'cases' needs a non-empty list of items, each with a 'when:' (the last may have "
+                                 "none: the default)")
+        chosen: tuple[Any, Loc] | None = None
+        for i, case in enumerate(raw):
+            cloc = raw.item_loc(i)
+            if not isinstance(case, Map) or "when" not in case:
+                if i != len(raw) - 1:
+                    raise SpecError(cloc, "every case but the last needs a 'when:' (a case without one always "
+                                          "holds, so the cases after it could never be built)")
+                if chosen is None:
+                    chosen = (case, cloc)
+            elif chosen is None and self._when(case, names):
+                chosen = (case, cloc)
+            else:
+                self._check_off(case, scope, names)
+        if chosen is None:
+            conditions = [str(c["when"]) for c in raw]
+            words = sorted({w for c in conditions for w in WORD.findall(c) if w in names})
+            values = ", ".join(f"{w} = {names[w]!r}" for w in words)
+            raise SpecError(item.key_loc("cases"), f"no case holds: {', '.join(conditions)} "
+                            f"{'is' if len(conditions) == 1 else 'are all'} false" + (f" ({values})" if values else "")
+                            + "; add the case, or a last case without 'when:'")
+        node = self._item(chosen[0], chosen[1], scope, names, stack, forced_name=name)
+        assert node is not None  # its `when:` holds
+        return node
+
     # -- arguments --
     def _kind_args(self, kind: Kind, raw: Map, names: dict[str, Any], loc: Loc,
                    scope: _Scope | None = None) -> dict[str, Any]:
@@ -900,7 +1045,8 @@ class _Parser:
                 raw_value, vloc = given[arg.name]
                 type_ = arg_type(arg)
                 value = self._value(raw_value, vloc, names) if type_.evaluated else raw_value
-                result[arg.name] = type_.convert(value, arg, At(kind.name, vloc, names, scope.prefix if scope else ""))
+                at = At(kind.name, vloc, names, scope.prefix if scope else "")
+                result[arg.name] = Pending(value, arg, at) if is_deferred(value) else type_.convert(value, arg, at)
             elif arg.required:
                 raise SpecError(loc, f"{kind.name} needs '{arg.name}'" +
                                 (f" (or {', '.join(repr(a) for a in arg.aliases)})" if arg.aliases else ""))
@@ -964,6 +1110,13 @@ class _Parser:
             stripped = value.strip()
             if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", stripped) and stripped not in names:
                 return value  # a plain word such as 'same' or 'nearest'; the argument's type check decides
+            used = {w: names[w] for w in WORD.findall(value) if w in names}
+            if any(is_deferred(v) for v in used.values()):  # it uses the input's shape: evaluated during analysis
+                if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", stripped):
+                    return names[stripped]
+                if len(value) > expr.MAX_LENGTH:
+                    raise SpecError(loc, f"expression of {len(value):,} characters; the limit is {expr.MAX_LENGTH:,}")
+                return Deferred(value, tuple(sorted(used.items())), loc)
             try:
                 return expr.evaluate(value, names)
             except expr.ExprError as exc:
@@ -1032,6 +1185,7 @@ class _Count:
 
 
 _BLOCK_OWN = tuple(k.name for k in BLOCK_OWN)
+_BESIDE_TAKEN = ("from", "when", "discard")  # the keys beside an item that _item_body takes off before its head
 
 
 def _block_body(body: Map) -> Map:
@@ -1043,7 +1197,7 @@ def _block_body(body: Map) -> Map:
 
 
 _COMPOSITE_METHODS = {"repeat": _Parser._repeat, "residual": _Parser._residual, "parallel": _Parser._parallel,
-                      "sequence": _Parser._sequence_item}
+                      "sequence": _Parser._sequence_item, "cases": _Parser._cases}
 
 
 def Map_empty(loc: Loc) -> Map:  # noqa: N802
