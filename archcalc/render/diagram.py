@@ -61,6 +61,24 @@ def mermaid_text(text: str) -> str:
     return "".join(_MERMAID_ESCAPES.get(c, c) for c in visible(text))
 
 
+# Mermaid's default limits (its `maxEdges` and `maxTextSize` settings): past either, mermaid.live, GitHub and most
+# editors draw an error instead of the diagram.
+MERMAID_MAX_EDGES = 500
+MERMAID_MAX_TEXT = 50_000
+
+
+def mermaid_too_large(d: Diagram, text: str) -> str:
+    """What a Mermaid diagram exceeds of Mermaid's default limits, as a warning's text ('' when it fits)."""
+    over = ([f"{len(d.edges):,} edges (Mermaid's default limit: {MERMAID_MAX_EDGES:,})"]
+            if len(d.edges) > MERMAID_MAX_EDGES else [])
+    over += ([f"{len(text):,} characters (Mermaid's default limit: {MERMAID_MAX_TEXT:,})"]
+             if len(text) > MERMAID_MAX_TEXT else [])
+    if not over:
+        return ""
+    return (f"the Mermaid diagram has {' and '.join(over)}: renderers will refuse to draw it; collapse blocks with "
+            "--depth N, or write --format dot or svg")
+
+
 def mermaid(d: Diagram) -> str:
     ids = {node.id: f"n{i}" for i, node in enumerate(d.nodes)}
     # The title goes in the front matter, a YAML mapping: a JSON string is a valid YAML double-quoted scalar.
