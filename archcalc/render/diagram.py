@@ -38,7 +38,8 @@ def label_lines(node: Node) -> list[str]:
     if node.role in ("input", "output"):
         return [f"{node.role} {node.name}" if node.name not in ("input", "output") else node.name, dims(node.output)]
     kind = f"{node.kind} {node.config}".strip()
-    return [node.name, kind, dims(node.output), f"{si(node.params)} params, {si(node.macs)} MACs"]
+    shapes = [dims(s) for s in node.outputs] or [dims(node.output)]  # a collapsed block's outputs, one a line
+    return [node.name, kind, *shapes, f"{si(node.params)} params, {si(node.macs)} MACs"]
 
 
 def title(d: Diagram) -> str:
@@ -87,7 +88,8 @@ def mermaid(d: Diagram) -> str:
         opening, closing = _MERMAID_SHAPES[node.role]
         label = "<br>".join(mermaid_text(line) for line in label_lines(node))
         lines.append(f"  {ids[node.id]}{opening}{label}{closing}")
-    lines += [f"  {ids[a]} --> {ids[b]}" for a, b in d.edges]
+    lines += [f"  {ids[a]} -->|\"{mermaid_text(label)}\"| {ids[b]}" if label else f"  {ids[a]} --> {ids[b]}"
+              for a, b, label in d.edges]
     unused = [ids[n.id] for n in d.nodes if not n.used]
     if unused:
         lines += ["  classDef unused stroke-dasharray: 4 4", f"  class {','.join(unused)} unused"]
@@ -132,6 +134,7 @@ def dot(d: Diagram) -> str:
              "  edge [arrowsize=0.6];"]
     for node in d.nodes:
         lines.append(f"  {dot_string(node.id)} [label={dot_label(label_lines(node))}, {_dot_attributes(node)}];")
-    lines += [f"  {dot_string(a)} -> {dot_string(b)};" for a, b in d.edges]
+    lines += [f"  {dot_string(a)} -> {dot_string(b)}" + (f" [label={dot_string(label)}];" if label else ";")
+              for a, b, label in d.edges]
     lines.append("}")
     return "\n".join(lines) + "\n"
