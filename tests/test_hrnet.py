@@ -162,11 +162,13 @@ def test_depth_1_and_2_show_every_output_in_json(measured: dict[str, object]) ->
         last = {"stage2": "m1", "stage3": "m4", "stage4": "m3"}[name]  # the stage's last module makes them
         assert list(d1[name]["outputs"]) == [f"{name}.{last}.f{k}" for k in range(1, len(shapes) + 1)]
     # what each stage reads: every tensor the one before it made, in the order first read (the transition to the
-    # new branch reads the lowest branch first; the head upsamples f2..f4, then concatenates f1 with them)
+    # new branch reads the lowest branch first); the head's upsampling and concatenation read stage 4's four
     assert d1["stage2"]["reads"] == ["layer1.3.relu3"]
     assert d1["stage3"]["reads"] == ["stage2.m1.f2", "stage2.m1.f1"]
     assert d1["stage4"]["reads"] == ["stage3.m4.f3", "stage3.m4.f1", "stage3.m4.f2"]
-    assert d1["head"]["reads"] == ["stage4.m3.f2", "stage4.m3.f3", "stage4.m3.f4", "stage4.m3.f1"]
+    assert [d1[n]["reads"] for n in ("up2", "up3", "up4", "concat")] == [
+        ["stage4.m3.f2"], ["stage4.m3.f3"], ["stage4.m3.f4"], ["stage4.m3.f1", "up2", "up3", "up4"]]
+    assert d1["head"]["reads"] == ["concat"]
     assert "outputs" not in d1["layer1"] and "outputs" not in d1["head"]  # one output: "output" says it
     d2 = {r["name"]: r for r in calc_json("--depth", "2", "--input", small)["layers"]}
     assert list(d2["stage3.m4"]["outputs"].values()) == [list(s) for s in measured["stages"]["stage3"]]  # type: ignore[index]
@@ -195,8 +197,9 @@ def test_depth_1_graph_draws_every_tensor_between_stages(fmt: str) -> None:
     result = runner.invoke(app, ["graph", "hrnetv2_w18", "--depth", "1", "-f", fmt])
     assert result.exit_code == 0, result.output
     text = result.stdout
-    ids = (dict(re.findall(r'^  (n\d+)\[\["(\w+)<br>', text, flags=re.M)) if fmt == "mermaid"
+    ids = (dict(re.findall(r'^  (n\d+)[\[{]+"(\w+)<br>', text, flags=re.M)) if fmt == "mermaid"
            else {n: n for n in re.findall(r'^  "(\w+)" \[label=', text, flags=re.M)})
+    assert {"stage2", "stage3", "stage4", "up2", "concat", "head"} <= set(ids.values()), ids
     node = {name: id_ for id_, name in ids.items()}
     arrow = "-->" if fmt == "mermaid" else "->"
     edges = re.findall(rf'^  "?(\w+)"? {arrow}(?:\|"([^"]*)"\|)? "?(\w+)"?(?: \[label="([^"]*)"\])?;?$', text,
@@ -210,7 +213,8 @@ def test_depth_1_graph_draws_every_tensor_between_stages(fmt: str) -> None:
     # per tensor, labelled with its shape
     assert sorted(of("stage2", "stage3")) == sorted(["18×128×256", "36×64×128"])
     assert sorted(of("stage3", "stage4")) == sorted(["18×128×256", "36×64×128", "72×32×64"])
-    assert sorted(of("stage4", "head")) == sorted(["18×128×256", "36×64×128", "72×32×64", "144×16×32"])
+    assert [of("stage4", n) for n in ("up2", "up3", "up4", "concat")] == [
+        ["36×64×128"], ["72×32×64"], ["144×16×32"], ["18×128×256"]]
     assert of("layer1", "stage2") == [""]  # a block with one output: a plain edge, as before
     label = "<br>" if fmt == "mermaid" else "\\n"
     assert f"stage4{label}sequence{label}18×128×256{label}36×64×128{label}72×32×64{label}144×16×32{label}" in text
