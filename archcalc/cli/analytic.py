@@ -151,11 +151,13 @@ class KindsFmt(str, Enum):
 
 @handle_errors
 def kinds(fmt: Annotated[KindsFmt, typer.Option("--format", "-f")] = KindsFmt.table) -> None:
-    """Every layer kind with its arguments and defaults (from the registry)."""
+    """Every layer kind with its arguments and defaults (from the registry), then the merges, composites and keys
+    of the spec language (from its grammar)."""
     from archcalc.render import report as render
 
     if fmt is KindsFmt.table:
         out_console().print(render.kinds_table())
+        out_console().print(render.words_table())
     else:
         sys.stdout.write(render.kinds_json() + "\n" if fmt is KindsFmt.json else render.kinds_md())
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import importlib
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Annotated, Any, cast
 
@@ -43,11 +44,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# The click that typer runs on (typer 0.28 vendors its own copy as typer._click): its usage-error class.
+_UsageError: type[Exception] = importlib.import_module(
+    TyperCommand.__mro__[1].__module__.rpartition(".")[0] + ".exceptions").UsageError
+
+
+def _usage_error(exc: Any) -> None:
+    """A mistake on the command line (an unknown option, a bad value, a missing argument) in the form every other
+    error without a place in a file takes (docs/commands.md): `error: message` on stderr, one line — not click's
+    usage block ending in `Error: ...`."""
+    message = exc.format_message()
+    if len(message) > 1 and message[0].isupper() and message[1].islower():
+        message = message[0].lower() + message[1:]  # click's "No such option" as archcalc's messages read
+    hint = f"; see '{exc.ctx.command_path} -h'" if exc.ctx is not None else ""
+    sys.stderr.write(f"error: {message.rstrip('.')}{hint}\n")
+
+
 class _Command(TyperCommand):
-    """Usage lines name a required argument plainly (`archcalc calc [OPTIONS] SPEC`), not as typer's `{spec}`."""
+    """Usage lines name a required argument plainly (`archcalc calc [OPTIONS] SPEC`), not as typer's `{spec}`;
+    a usage mistake reads `error: ...` (_usage_error)."""
 
     def collect_usage_pieces(self, ctx: Any) -> list[str]:
         return [re.sub(r"^\{(.*)\}$", r"\1", piece) for piece in super().collect_usage_pieces(ctx)]
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except _UsageError as exc:
+            _usage_error(exc)
+            raise typer.Exit(2) from None
 
 
 def build_command(name: str) -> TyperCommand:

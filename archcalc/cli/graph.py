@@ -19,6 +19,7 @@ from archcalc.cli.options import (
     SetOpt,
     SpecArg,
     emit,
+    err_console,
     handle_errors,
     input_override,
     load,
@@ -67,7 +68,11 @@ def graph(
     print_warnings(report)
     d = diagram(report, depth)
     if chosen is GraphFmt.mermaid:
-        emit(render.mermaid(d), output, [report.path])
+        text = render.mermaid(d)
+        emit(text, output, [report.path])
+        too_large = render.mermaid_too_large(d, text)
+        if too_large:
+            err_console().print(f"warning: {too_large}", markup=False, soft_wrap=True)
     elif chosen is GraphFmt.dot:
         emit(render.dot(d), output, [report.path])
     else:

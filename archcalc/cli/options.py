@@ -136,6 +136,18 @@ def out_console() -> "Console":
     return console
 
 
+def rich_text(renderable: Any) -> str:
+    """A rich table as text, as out_console() prints it off a terminal (200 columns, no colour): for --output."""
+    import io
+
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=200, highlight=False, soft_wrap=False, emoji=False, markup=False,
+            color_system=None).print(renderable)
+    return buf.getvalue()
+
+
 def table_width() -> int | None:
     """The width tables must fit: COLUMNS when set, else the terminal's; None when output goes to a pipe or file
     (the table then takes its natural width)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated, Any
 
 import typer
@@ -21,6 +20,7 @@ from archcalc.cli.options import (
     InputOpt,
     Optimizer,
     OptimizerOpt,
+    OutputOpt,
     PlotOpt,
     SavedFor,
     SavedForOpt,
@@ -28,12 +28,14 @@ from archcalc.cli.options import (
     SpecArg,
     TableOrJson,
     count_option,
+    emit,
     err_console,
     handle_errors,
     load,
     out_console,
     plot_drawer,
     print_warnings,
+    rich_text,
     size_option,
     write_text,
 )
@@ -68,6 +70,7 @@ def sweep(
                           "than this, counted before it is expanded")] = 100_000,
     fmt: FmtOpt = Fmt.table,
     plot: PlotOpt = None,
+    output: OutputOpt = None,
 ) -> None:
     """One row per point of a design space: the cartesian product of --set value lists, --input and --batch.
 
@@ -93,22 +96,26 @@ def sweep(
     if fmt is Fmt.table:
         title = f"sweep of {runner.display}: {len(rows)} of {len(points)} points" + (f", {failed} failed"
                                                                                     if failed else "")
-        out_console().print(render.sweep_table(rows, convention.value, title, note))
+        table = render.sweep_table(rows, convention.value, title, note)
+        if output is None:
+            out_console().print(table)
+        else:
+            emit(rich_text(table), output, [spec])
     elif fmt is Fmt.json:
         meta = {"spec": runner.display, "dtype": dtype.value, "convention": convention.value,
                 "optimizer": optimizer.value, "amp": settings.amp, "points": len(points), "where": where,
                 "pareto": objectives or None}
-        write_text(render.sweep_json(rows, meta))
+        emit(render.sweep_json(rows, meta), output, [spec])
     elif fmt is Fmt.csv:
-        sys.stdout.write(render.sweep_csv(rows))
+        emit(render.sweep_csv(rows), output, [spec])
     else:
-        sys.stdout.write(render.sweep_md(rows, convention.value, note))
+        emit(render.sweep_md(rows, convention.value, note), output, [spec])
     if plotter is not None:
         from archcalc.plot.data import sweep_plot
 
         if not any(r.values is not None for r in rows):
             raise ArchcalcError("--plot: no point of the sweep was analyzed; nothing to draw")
-        plotter.draw("sweep", sweep_plot(rows, runner.display, settings, objectives))
+        plotter.draw("sweep", sweep_plot(rows, runner.name, settings, objectives))
 
 
 class _progress:

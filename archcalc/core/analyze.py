@@ -69,6 +69,14 @@ class Row(NamedTuple):
     feeds: tuple[str, ...] = ()  # with several outputs: the outputs that depend on this row
     op: Op | None = None  # the graph op of a leaf or merge (Report.graph.ops holds the same ops, in order); None for
     # a block's summary row
+    outputs: tuple[tuple[str, Shape], ...] = ()  # a block's: the tensors it makes that something outside it reads
+    # (name, shape), in the order made, where that is more than its one result (HRNet's stages: every branch);
+    # `output` is then the first of them
+
+    @property
+    def shapes(self) -> tuple[Shape, ...]:
+        """Every output's shape: a block's several outputs, or the one output."""
+        return tuple(shape for _, shape in self.outputs) if self.outputs else (self.output,)
 
 
 SUMMED = ("params", "trainable_params", "buffers", "int_buffers", "macs", "flops", "activation_bytes")
@@ -104,6 +112,10 @@ class Totals(NamedTuple):
     output: Shape
     rf: tuple[int, ...]
     jump: tuple[int | Fraction, ...]
+
+    @property
+    def shapes(self) -> tuple[Shape, ...]:  # the footer of calc's output column, as Row.shapes
+        return (self.output,)
 
 
 class Report(NamedTuple):
@@ -180,7 +192,8 @@ def _analyze(spec: Spec, s: Settings) -> Report:
     if len(graph.outputs) > 1:
         rows = tuple(r._replace(feeds=f) for r, f in zip(rows, graph.feeds()))
     changed = {id(old): new for old, new in zip(engine.rows, rows) if old is not new}
-    outline = tuple(changed.get(id(r), r) for r in engine.outline)
+    outline = list(changed.get(id(r), r) for r in engine.outline)
+    _block_edges(outline, engine.blocks, graph, rows)
     if not all(used):
         unused = [r.name for r in rows if not r.used]
         if spec.unused != "allow":
@@ -210,8 +223,44 @@ def _analyze(spec: Spec, s: Settings) -> Report:
     outputs = tuple((name, graph.tensors[t].shape) for name, t in graph.outputs)
     return Report(name=spec.name, source=spec.source, description=spec.description, path=spec.path,
                   input=shapes[0], batch=batch, dtype=dtype, itemsize=itemsize, convention=s.convention, rows=rows,
-                  outline=outline, totals=totals, warnings=tuple(engine.warnings), graph=graph,
+                  outline=tuple(outline), totals=totals, warnings=tuple(engine.warnings), graph=graph,
                   outputs=outputs, settings=s)
+
+
+def _block_edges(outline: list[Row], blocks: list[tuple[int, int, int, int]], graph: Graph,
+                 rows: tuple[Row, ...]) -> None:
+    """Fill in each block's summary row (in `outline`) with what crosses its boundary, so a block collapsed by
+    --depth shows what its layers show: `reads`, the tensors made outside it that its ops read; `outputs`, the
+    tensors made inside it that an op outside it or a network output reads, where that is more than its result
+    (`output`, with its receptive field, becomes the first of them); `feeds`, the network outputs any of its rows
+    feeds."""
+    readers: list[list[int]] = [[] for _ in graph.tensors]
+    for i, op in enumerate(graph.ops):
+        for t in op.inputs:
+            readers[t].append(i)
+    end = len(graph.ops)
+    for _, t in graph.outputs:
+        readers[t].append(end)  # read after the last op
+    made_at = [-1] * len(graph.tensors)  # the op that made each tensor (-1: an input)
+    for i, op in enumerate(graph.ops):
+        made_at[op.output] = i
+    names = [t.name for t in graph.tensors]
+    several = len(graph.outputs) > 1
+    for index, first, stop, result in blocks:
+        if first == stop:
+            continue  # no op (an identity branch): nothing crosses
+        ops = graph.ops[first:stop]
+        reads = dict.fromkeys(names[t] for op in ops for t in op.inputs if not first <= made_at[t] < stop)
+        outs = [op.output for op in ops if any(not first <= r < stop for r in readers[op.output])]
+        row = outline[index]._replace(reads=tuple(reads))
+        if outs and outs != [result]:
+            first_out = graph.tensors[outs[0]]
+            row = row._replace(output=first_out.shape, rf=first_out.rf, jump=first_out.jump,
+                               outputs=tuple((names[t], graph.tensors[t].shape) for t in outs))
+        if several:
+            fed = {f for r in rows[first:stop] for f in r.feeds}
+            row = row._replace(feeds=tuple(name for name, _ in graph.outputs if name in fed))
+        outline[index] = row
 
 
 class _RF(NamedTuple):
@@ -258,6 +307,7 @@ class _Engine:
         self.copies: dict[str, list[tuple[str, int]]] = {}  # a repeat's name -> its copies (name, output), in order
         self.early: set[int] = set()  # ops (row indices) of running sums: run as soon as their inputs are made
         self.discarded: dict[int, Any] = {}  # tensor id -> the node whose output it is, under `discard: true`
+        self.blocks: list[tuple[int, int, int, int]] = []  # per block: outline index, first and end op, result
         self._later: set[str] | None = None
 
     # -- tensors and references --
@@ -533,6 +583,7 @@ class _Engine:
         out = self.tensors[y]
         self.outline[start] = Row(node.name, node.label, depth, self._shape_of(x), out.shape, "", out.rf, out.jump,
                                   **_sums(self.rows[first_row:]), leaf=False)
+        self.blocks.append((start, first_row, len(self.rows), y))
         self.named[node.name] = y
         return y
 

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from archcalc.core.analyze import Report, Row
 from archcalc.core.kinds.base import Shape
+from archcalc.core.units import dims
 
 OUTPUT_PREFIX = "output:"  # output node ids; layer and input names cannot hold ':', so these never collide
 
@@ -27,6 +28,7 @@ class Node(NamedTuple):
     macs: int = 0
     flops: int = 0
     used: bool = True  # False: no output depends on it (under `unused: allow`)
+    outputs: tuple[Shape, ...] = ()  # a collapsed block's several outputs (HRNet's stages: every branch)
 
 
 class Diagram(NamedTuple):
@@ -35,7 +37,8 @@ class Diagram(NamedTuple):
     convention: str
     batch: int
     nodes: tuple[Node, ...]
-    edges: tuple[tuple[str, str], ...]  # (from node id, to node id), in execution order, without repeats
+    edges: tuple[tuple[str, str, str], ...]  # (from node id, to node id, label), in execution order, without
+    # repeats: one edge per pair of nodes, and from a node with several outputs one per tensor, labelled with its shape
 
 
 def diagram(report: Report, depth: int | None = None) -> Diagram:
@@ -49,20 +52,26 @@ def diagram(report: Report, depth: int | None = None) -> Diagram:
     for row in shown:  # (a block holding no layer, such as an identity branch, is no node: nothing flows through it)
         role = "block" if not row.leaf else "layer" if row.module else "merge"
         used = used_in[row.name]
+        outputs = row.shapes if len(row.outputs) > 1 else ()
         nodes.append(Node(row.name, role, row.name, row.kind, row.config if row.leaf else "", row.output,
-                          row.params, row.macs, row.flops, used))
-    edges: dict[tuple[str, str], None] = {}
+                          row.params, row.macs, row.flops, used, outputs))
+    several = {node.id for node in nodes if node.outputs}
+    shape = {t.name: t.shape for t in graph.tensors}
+    edges: dict[tuple[str, str, str], str] = {}  # (from, to, the tensor where `from` has several outputs) -> label
     for row in report.rows:
         target = owner[row.name]
         for source in row.reads:
-            edge = (owner.get(source, source), target)
-            if edge[0] != edge[1]:
-                edges[edge] = None
+            node = owner.get(source, source)
+            if node != target and node in several:
+                edges[(node, target, source)] = dims(shape[source])
+            elif node != target:
+                edges[(node, target, "")] = ""
     for name, t in graph.outputs:
         made_by = graph.tensors[t].name  # the layer, merge or input that made the tensor
         nodes.append(Node(OUTPUT_PREFIX + name, "output", name, "", "", graph.tensors[t].shape))
-        edges[(owner.get(made_by, made_by), OUTPUT_PREFIX + name)] = None
-    return Diagram(report.name, report.input, report.convention, report.batch, tuple(nodes), tuple(edges))
+        edges[(owner.get(made_by, made_by), OUTPUT_PREFIX + name, made_by)] = ""
+    return Diagram(report.name, report.input, report.convention, report.batch, tuple(nodes),
+                   tuple((a, b, label) for (a, b, _), label in edges.items()))
 
 
 def _owners(report: Report, depth: int | None) -> dict[str, str]:

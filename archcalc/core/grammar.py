@@ -192,6 +192,11 @@ COMPOSITES: dict[str, Composite] = {c.name: c for c in (
 NAME_KEY = Key("name", NAME)
 FROM_KEY = Key("from", REF, "take the input from this tensor instead of the previous item's output")
 WHEN_KEY = Key("when", CONDITION)
+# What `archcalc kinds` says of the keys that carry no schema description (the schema's "name" and "when" have
+# their own definitions).
+KEY_DOCS = {"name": "the item's name (letters, digits, '_', '-'); its output is the tensor of that name",
+            "when": "the item exists only when this condition holds (se > 0, not dw, ...): on the block's arguments, "
+                    "or at the top level on the spec's args (--set switches it)"}
 DISCARD_KEY = Key("discard", BOOL, "true: computed and counted in every figure, its output never read and freed as "
                                    "soon as it is made; the next item reads what this one read")
 BESIDE = (NAME_KEY, FROM_KEY, WHEN_KEY, DISCARD_KEY)
@@ -218,6 +223,24 @@ def composite_keys() -> tuple[str, ...]:
     """Every key beside a composite's head, of every composite (a block body may carry them; the composite's own
     check then refuses those not its own)."""
     return tuple(k.name for c in COMPOSITES.values() for k in c.keys)
+
+
+class Word(NamedTuple):
+    """One word of the spec language besides the layer kinds, as `archcalc kinds` lists it: a merge, a composite
+    (with the keys that may stand beside its head), a key beside any item, or a key of a block definition."""
+
+    name: str
+    category: str  # 'merge' | 'composite' | 'item key' | 'block key'
+    doc: str
+    keys: tuple[Key, ...] = ()
+
+
+def words() -> tuple[Word, ...]:
+    """The merges, composites and keys, read from the tables above (and core.merges.MERGES), in that order."""
+    return (*(Word(name, "merge", f"{op.doc} (`- {name}: [a, b, ...]`: named tensors)") for name, op in MERGES.items()),
+            *(Word(c.name, "composite", c.head.doc, c.keys) for c in COMPOSITES.values()),
+            *(Word(k.name, "item key", k.doc or KEY_DOCS[k.name]) for k in (*BESIDE, TRAINABLE_KEY)),
+            *(Word(k.name, "block key", k.doc) for k in (*BLOCK_OWN, BLOCK_LAYERS)))
 
 
 def either(names: Iterable[str]) -> str:

@@ -270,6 +270,15 @@ class Sweep:
         return spec
 
     @property
+    def name(self) -> str:
+        """The spec's `name` (what titles show, as calc's do), or its path where the spec does not parse without
+        --set values."""
+        try:
+            return self.spec(()).name
+        except SpecError:
+            return self.display
+
+    @property
     def spatial_axes(self) -> int:
         """How many spatial axes the spec's own input has (for --input 3x{128,160})."""
         return len(self.spec(()).input) - 1

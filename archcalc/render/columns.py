@@ -44,6 +44,11 @@ SHAPE = Form(dims, dims, _x, list)
 AXES = Form(axes, axes, _x, list)  # one value per spatial axis (the receptive field)
 JUMPS = Form(axes, axes, _x, lambda values: [fraction(v) for v in values])  # may hold fractions
 NAMES = Form(",".join, ",".join, ",".join, list, right=False)
+# Every output of a row: one per line in the table, listed in Markdown and CSV; JSON's "output" is the first (the
+# "outputs" mapping names them all).
+SHAPES = Form(lambda v: "\n".join(map(dims, v)), lambda v: ", ".join(map(dims, v)), lambda v: " ".join(map(_x, v)),
+              lambda v: list(v[0]))
+NAMED_SHAPES = Form(str, str, str, lambda v: {name: list(shape) for name, shape in v})
 
 ALL = ("table", "md", "csv", "json")
 JSON = ("json",)
@@ -84,7 +89,8 @@ LAYER_COLUMNS: tuple[Col, ...] = (
     Col("leaf", "leaf", FLAG, formats=JSON),
     Col("module", "module", FLAG, formats=JSON),
     Col("input", "input", SHAPE, formats=JSON),
-    Col("output", "output", SHAPE, total=True, drop=2),
+    Col("output", "output", SHAPES, "shapes", total=True, drop=2),  # a collapsed block's several outputs, one a line
+    Col("outputs", "outputs", NAMED_SHAPES, formats=JSON, omit=()),
     Col("config", "kernel/stride/pad", TEXT, short="k/s/p", drop=6),
     Col("params", "params", COUNT, total=True),
     Col("trainable_params", "trainable", COUNT, formats=JSON),
@@ -120,7 +126,8 @@ MODEL_COLUMNS: tuple[Col, ...] = (
     Col("peak_inference_bytes", "inference peak", BYTES, "peak_bytes", short="peak", drop=2),
     Col("saved_activation_bytes", "training saved", BYTES, "saved_bytes", formats=JSON),
     Col("weight_layers", "weight layers", NUMBER, short="wl", drop=5),
-    Col("output", "output", SHAPE, drop=7, right=False),
+    Col("output", "output", SHAPES, lambda report: tuple(s for _, s in report.outputs) or (report.totals.output,),
+        drop=7, right=False),
     Col("receptive_field", "RF", AXES, "rf", drop=4),
     Col("jump", "jump", JUMPS, formats=JSON),
     Col("receptive_field_clipped", "RF on this input", AXES, lambda report: _seen(report).clipped,

@@ -38,7 +38,8 @@ def label_lines(node: Node) -> list[str]:
     if node.role in ("input", "output"):
         return [f"{node.role} {node.name}" if node.name not in ("input", "output") else node.name, dims(node.output)]
     kind = f"{node.kind} {node.config}".strip()
-    return [node.name, kind, dims(node.output), f"{si(node.params)} params, {si(node.macs)} MACs"]
+    shapes = [dims(s) for s in node.outputs] or [dims(node.output)]  # a collapsed block's outputs, one a line
+    return [node.name, kind, *shapes, f"{si(node.params)} params, {si(node.macs)} MACs"]
 
 
 def title(d: Diagram) -> str:
@@ -61,6 +62,24 @@ def mermaid_text(text: str) -> str:
     return "".join(_MERMAID_ESCAPES.get(c, c) for c in visible(text))
 
 
+# Mermaid's default limits (its `maxEdges` and `maxTextSize` settings): past either, mermaid.live, GitHub and most
+# editors draw an error instead of the diagram.
+MERMAID_MAX_EDGES = 500
+MERMAID_MAX_TEXT = 50_000
+
+
+def mermaid_too_large(d: Diagram, text: str) -> str:
+    """What a Mermaid diagram exceeds of Mermaid's default limits, as a warning's text ('' when it fits)."""
+    over = ([f"{len(d.edges):,} edges (Mermaid's default limit: {MERMAID_MAX_EDGES:,})"]
+            if len(d.edges) > MERMAID_MAX_EDGES else [])
+    over += ([f"{len(text):,} characters (Mermaid's default limit: {MERMAID_MAX_TEXT:,})"]
+             if len(text) > MERMAID_MAX_TEXT else [])
+    if not over:
+        return ""
+    return (f"the Mermaid diagram has {' and '.join(over)}: renderers will refuse to draw it; collapse blocks with "
+            "--depth N, or write --format dot or svg")
+
+
 def mermaid(d: Diagram) -> str:
     ids = {node.id: f"n{i}" for i, node in enumerate(d.nodes)}
     # The title goes in the front matter, a YAML mapping: a JSON string is a valid YAML double-quoted scalar.
@@ -69,7 +88,8 @@ def mermaid(d: Diagram) -> str:
         opening, closing = _MERMAID_SHAPES[node.role]
         label = "<br>".join(mermaid_text(line) for line in label_lines(node))
         lines.append(f"  {ids[node.id]}{opening}{label}{closing}")
-    lines += [f"  {ids[a]} --> {ids[b]}" for a, b in d.edges]
+    lines += [f"  {ids[a]} -->|\"{mermaid_text(label)}\"| {ids[b]}" if label else f"  {ids[a]} --> {ids[b]}"
+              for a, b, label in d.edges]
     unused = [ids[n.id] for n in d.nodes if not n.used]
     if unused:
         lines += ["  classDef unused stroke-dasharray: 4 4", f"  class {','.join(unused)} unused"]
@@ -114,6 +134,7 @@ def dot(d: Diagram) -> str:
              "  edge [arrowsize=0.6];"]
     for node in d.nodes:
         lines.append(f"  {dot_string(node.id)} [label={dot_label(label_lines(node))}, {_dot_attributes(node)}];")
-    lines += [f"  {dot_string(a)} -> {dot_string(b)};" for a, b in d.edges]
+    lines += [f"  {dot_string(a)} -> {dot_string(b)}" + (f" [label={dot_string(label)}];" if label else ";")
+              for a, b, label in d.edges]
     lines.append("}")
     return "\n".join(lines) + "\n"

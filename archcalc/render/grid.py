@@ -43,6 +43,11 @@ def _wrap(text: str, width: int) -> list[str]:
     return pieces
 
 
+def _width(text: str) -> int:
+    """A cell's width: its longest line (a collapsed block's outputs are one a line)."""
+    return len(text) if "\n" not in text else max(map(len, text.split("\n")))
+
+
 def _indent_of(text: str) -> str:
     return text[:len(text) - len(text.lstrip(" "))]
 
@@ -50,7 +55,7 @@ def _indent_of(text: str) -> str:
 def layout(title: str, columns: Sequence[Column], cells: Sequence[Sequence[str]], caption: str = "",
            width: int | None = None, keep: Sequence[str] = (), bold: bool = False) -> Grid:
     """The table as lines of text, fitted to `width` when one is given. Columns whose header is in `keep` stay."""
-    natural = [max([len(c.header), len(c.footer)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    natural = [max([len(c.header), len(c.footer)] + [_width(row[i]) for row in cells]) for i, c in enumerate(columns)]
     shown = list(range(len(columns)))
     headers = [c.header for c in columns]
     widths = list(natural)
@@ -60,7 +65,7 @@ def layout(title: str, columns: Sequence[Column], cells: Sequence[Sequence[str]]
 
     if width is not None and total(shown) > width:
         headers = [c.short or c.header for c in columns]
-        widths = [max([len(headers[i]), len(c.footer)] + [len(row[i]) for row in cells])
+        widths = [max([len(headers[i]), len(c.footer)] + [_width(row[i]) for row in cells])
                   for i, c in enumerate(columns)]
         wrap = [i for i, c in enumerate(columns) if c.wraps]
         unwrapped = {i: widths[i] for i in wrap}
@@ -117,7 +122,7 @@ def _draw(title: str, columns: Sequence[Column], headers: Sequence[str], widths:
     wrapping = [i for i, c in enumerate(columns) if c.wraps]
     rights = [c.right for c in columns]
     for row in cells:
-        if not any(len(row[i]) > widths[i] for i in wrapping):
+        if not any(len(row[i]) > widths[i] for i in wrapping) and not any("\n" in text for text in row):
             out.append("│ " + " │ ".join(row[i].rjust(w) if rights[i] else row[i].ljust(w)
                                          for i, w in enumerate(widths)) + " │")
             continue
@@ -127,7 +132,7 @@ def _draw(title: str, columns: Sequence[Column], headers: Sequence[str], widths:
                 indent = _indent_of(text)
                 parts.append([indent + p for p in _wrap(text[len(indent):], max(1, w - len(indent)))])
             else:
-                parts.append([text])
+                parts.append(text.split("\n"))
         for k in range(max(len(p) for p in parts)):
             out.append("│ " + " │ ".join(cell(p[k] if k < len(p) else "", w, r)
                                          for p, w, r in zip(parts, widths, rights)) + " │")

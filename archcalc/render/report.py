@@ -232,11 +232,21 @@ def kinds_rows() -> list[dict[str, Any]]:
     for name in sorted(REGISTRY):
         kind = REGISTRY[name]
         out.append({
-            "kind": name, "doc": kind.doc, "full_flops": kind.full_rule,
+            "kind": name, "category": "layer", "doc": kind.doc, "full_flops": kind.full_rule,
             "args": [{"name": a.name, "type": a.type, "default": _default(a), "aliases": list(a.aliases),
                       "choices": [str(c) for c in a.choices], "doc": a.doc} for a in kind.args],
         })
     return out
+
+
+def words_rows() -> list[dict[str, Any]]:
+    """The merges, composites and keys of the spec language (core.grammar.words), as `kinds` lists them after the
+    layer kinds: a composite's "args" are the keys that may stand beside its head."""
+    from archcalc.core.grammar import words
+
+    return [{"kind": w.name, "category": w.category, "doc": w.doc,
+             "args": [{"name": k.name, "type": k.holds.name, "default": "required" if k.required else "none",
+                       "aliases": [], "choices": [], "doc": k.doc} for k in w.keys]} for w in words()]
 
 
 def kinds_table() -> Table:
@@ -256,6 +266,19 @@ def kinds_table() -> Table:
     return table
 
 
+def words_table() -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="merges, composites and keys", header_style="bold", show_lines=True)
+    for column in ("word", "category", "what it is", "keys beside it"):
+        table.add_column(column)
+    for w in words_rows():
+        keys = "\n".join(a["name"] + (" (required)" if a["default"] == "required" else "") for a in w["args"])
+        table.add_row(Text(w["kind"]), Text(w["category"]), Text(w["doc"]), Text(keys or "-"))
+    return table
+
+
 def kinds_md() -> str:
     """The spec reference's kind list, generated from the registry (also used for the README)."""
     parts = []
@@ -267,8 +290,13 @@ def kinds_md() -> str:
                                a["doc"] + (f" ({', '.join(a['choices'])})" if a["choices"] else "")]
                               for a in k["args"]], set()))
         parts.append("")
+    parts.append("#### Merges, composites and keys\n")
+    parts.append(_md(["word", "category", "what it is", "keys beside it"],
+                     [[f"`{w['kind']}`", w["category"], w["doc"],
+                       "; ".join(f"`{a['name']}`" + (" (required)" if a["default"] == "required" else "") +
+                                 f": {a['doc']}" for a in w["args"])] for w in words_rows()], set()))
     return "\n".join(parts)
 
 
 def kinds_json() -> str:
-    return json.dumps(kinds_rows(), indent=2)
+    return json.dumps(kinds_rows() + words_rows(), indent=2)

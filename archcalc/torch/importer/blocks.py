@@ -20,8 +20,9 @@ from typing import Any, NamedTuple
 
 from archcalc.core.kinds import REGISTRY
 
-# A group's item position: indices from the block's body down to the item, and the argument key.
-Position = tuple[tuple[int, ...], str]
+# A group's item position: indices from the block's body down to the item, and the argument key — or, for a number
+# inside a list value (a zeropad's [[d, 0]]), the key and the indices into the list.
+Position = tuple[tuple[int, ...], Any]
 
 _GENERIC = {"Sequential", "ModuleList", "ModuleDict", "SpecGroup", "Module"}  # containers: no block-worthy name
 _RESERVED = {"i", "name", "trainable", "min", "max", "ceil_div", "round_to", "ceil", "floor", "round", "and", "or",
@@ -54,6 +55,24 @@ def _varies(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _form(value: Any) -> Any:
+    """A value with its numbers blanked out: lists that differ only in their numbers have the same form."""
+    if _varies(value):
+        return "#"
+    if isinstance(value, (tuple, list)):
+        return tuple(_form(v) for v in value)
+    return (type(value).__name__, value)
+
+
+def numbers(value: Any, at: tuple[int, ...] = ()) -> list[tuple[tuple[int, ...], Any]]:
+    """The numbers inside a list value, with their indices (a zeropad's [[4, 0]]: ((0, 0), 4), ((0, 1), 0))."""
+    if _varies(value):
+        return [(at, value)]
+    if isinstance(value, (tuple, list)):
+        return [found for i, v in enumerate(value) for found in numbers(v, at + (i,))]
+    return []
+
+
 def _signature(group: Any, memo: dict[int, Any], is_group: Callable[[Any], bool]) -> Any:
     """Everything about a group but its int and float argument values."""
     if id(group) in memo:
@@ -67,7 +86,7 @@ def _signature(group: Any, memo: dict[int, Any], is_group: Callable[[Any], bool]
         if what == "merge":
             parts.append(("merge", op.merge, local, tuple(payload)))
             continue
-        args = tuple(sorted((k, "#" if _varies(v) else (type(v).__name__, v)) for k, v in payload.items()))
+        args = tuple(sorted((k, _form(v)) for k, v in payload.items()))
         parts.append(("layer", op.kind, local, src, op.trainable, op.unknown, args))
     sig = tuple(parts)
     memo[id(group)] = sig
@@ -130,14 +149,23 @@ class _Planner:
                 continue
             what, _, _, _, payload = item
             if what == "layer":
-                out += [((path, key), value, _SHORT.get(key, key)) for key, value in payload.items()
-                        if _varies(value)]
+                for key, value in payload.items():
+                    if _varies(value):
+                        out.append(((path, key), value, _SHORT.get(key, key)))
+                    elif isinstance(value, (tuple, list)):  # a number in a list: the list written with it
+                        out += [((path, (key, at)), v, _SHORT.get(key, key)) for at, v in numbers(value)]
         return out
 
     def block_name(self, members: list[Any]) -> str:
-        kind = self.types.get(members[0].path, "")
+        """The name a person would give: the module's class (Bottleneck; a private `_DenseLayer` without its
+        underscore); for a container of plain layers numbered in a list (HRNet's fuse_layers[i][j]) what it holds
+        (conv_batchnorm_upsample); else what its copies' names share (layer1, layer4: layer)."""
+        kind = self.types.get(members[0].path, "").lstrip("_")
+        held = self.held(members[0])
         if kind and kind not in _GENERIC:
             base = kind  # the module's class: Bottleneck, InvertedResidual
+        elif all(g.local.isdigit() for g in members) and held:
+            base = held
         else:  # a container: what its copies' names share (layer1, layer4: layer), or for numbered ones their parents'
             locals_ = [g.local for g in members]
             suffix = ""
@@ -146,11 +174,13 @@ class _Planner:
                 suffix = "_block"
             base = os.path.commonprefix(locals_).rstrip("0123456789_-")
             base = f"{base}{suffix}" if base else "unit"
-        base = re.sub(r"[^A-Za-z0-9_-]", "_", base) or "unit"
+        base = re.sub(r"[^A-Za-z0-9_-]", "_", base).lstrip("_-") or "unit"
         if base.lower() in REGISTRY or base in _KEYS:  # a container named `block` in a CNBlock: CNBlock_block
             parent = members[0].parent
             owner = self.types.get(parent.path, "") if parent is not None else ""
-            base = f"{owner if owner and owner not in _GENERIC else 'unit'}_{base}"
+            # (never the traced root's private class, nor a container's: a class `Conv` at the top is Conv_block)
+            base = f"{owner}_{base}" if owner and owner not in _GENERIC and not owner.startswith("_") else \
+                f"{base}_block"
         name, n = base, 0
         while name in self.taken:
             n += 1
@@ -158,10 +188,19 @@ class _Planner:
         self.taken.add(name)
         return name
 
+    def held(self, group: Any) -> str:
+        """What a group of plain layers holds, as a name (conv_batchnorm_upsample): its kinds and merges in order,
+        each once; '' for a group holding groups, or more than four kinds."""
+        if any(self.is_group(item) for item in group.items):
+            return ""
+        kinds = list(dict.fromkeys(str(op.kind or op.merge) for _, op, _, _, _ in group.items))
+        return "_".join(kinds) if len(kinds) <= 4 else ""
+
     def run(self) -> Plan:
         classes: dict[Any, list[Any]] = {}
         for group in self.groups(self.root):  # children first: a class's inner blocks are planned before it
-            if _ops(group, self.is_group) >= MIN_OPS:
+            wrapper = len(group.items) == 1 and self.is_group(group.items[0])  # its one group is called instead
+            if _ops(group, self.is_group) >= MIN_OPS and not wrapper:
                 classes.setdefault(_signature(group, self.memo, self.is_group), []).append(group)
         for members in classes.values():
             if len(members) >= 2:
@@ -183,7 +222,8 @@ class _Planner:
         # An argument of the same role that is an integer multiple of an earlier one is written as that multiple;
         # one of another role with the same three or more values in every copy is that argument (a depthwise
         # conv's groups are its width).
-        order = sorted(groups, key=lambda k: (k[0] != "out", list(groups).index(k)))  # widths first
+        # widths first; padding last, which follows from a kernel or a dilation more often than it sets one
+        order = sorted(groups, key=lambda k: (k[0] != "out", k[0] == "padding", list(groups).index(k)))
         multiples: dict[tuple[str, tuple[Any, ...]], tuple[tuple[str, tuple[Any, ...]], int]] = {}
         own: list[tuple[str, tuple[Any, ...]]] = []
         for key in sorted(order, key=lambda k: _size(k[1])):  # the smallest first: the others its multiples

@@ -50,6 +50,17 @@ class _Expr(str):
     """An expression of a block's arguments, written as it is."""
 
 
+def _list_with(value: Any, expressions: dict[tuple[int, ...], str], at: tuple[int, ...] = ()) -> str | None:
+    """A list value written with expressions at some of its positions (a zeropad's `[[dilation, 0]]`); None where
+    it has none."""
+    if not expressions:
+        return None
+    if at in expressions:
+        return expressions[at]
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_list_with(v, expressions, at + (i,)) or _scalar(v) for i, v in enumerate(value)) + "]"
+    return _scalar(value)
+
 class _Ref(str):
     """An argument that names a tensor (an upsample's size_of): part of a block's structure, never an argument."""
 
@@ -94,6 +105,7 @@ class _Writer:
         self.traced = traced
         self.avoid = avoid  # full names not to give (they would hide a name referenced from inside)
         self.root = _Group("", "", None, 0, 0)
+        self.root.names.add("input")  # the network's input: a module named `input` becomes input_1
         self.root.current = 0
         self.tensor_name: dict[int, str] = {0: "input"}
         self.defined: list[str] = ["input"]
@@ -271,6 +283,10 @@ class _Writer:
             for key, value in payload.items():
                 arg = kind.arg(key)
                 expression = subst.get((path, key))
+                if expression is None and isinstance(value, (tuple, list)):
+                    expression = _list_with(value, {at: e for (p, k), e in subst.items()
+                                                    if p == path and isinstance(k, tuple) and k[0] == key
+                                                    for at in (k[1],)})
                 if expression is not None:
                     shown[key] = _Expr(expression)
                 elif arg.required or value != arg.default:
