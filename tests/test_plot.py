@@ -330,7 +330,7 @@ def test_sweep_series_are_the_sweep_rows(tmp_path: Path) -> None:
     options = Settings()
     runner_ = sw.Sweep("resnet18", options)
     points = sw.points(sw.parse_set_axes(["d4=1,2"]), sw.parse_inputs("3x{64,96}", 2), sw.parse_batches("1,2"))
-    plot = data.sweep_plot(runner_.run(points, None, 1), runner_.display, options, ["macs", "-params"])
+    plot = data.sweep_plot(runner_.run(points, None, 1), runner_.name, options, ["macs", "-params"])
     assert plot.variable == "d4" and plot.ticks == ((1.0, "1"), (2.0, "2"))
     assert len(plot.lines) == 4  # input x batch
     seen = 0
