@@ -7,7 +7,7 @@ import targets. Each run goes through the CLI (typer's runner, in process) and m
 
 - exit 0 (or 1 where the command says 1 means "a check failed": check's budgets), with no exception;
 - exit 2 with a message that says where: `FILE:LINE:COL: ` for a mistake in a spec, `error: ` for one in an option
-  (click's own `Error: ` for a value of the wrong type, before archcalc sees it);
+  (a value of the wrong type included, which click finds before archcalc sees it);
 
 and every file the command read is unchanged afterwards. The example counts are small so the default run stays
 fast; ARCHCALC_FUZZ_EXAMPLES raises them (the `exhaustive` tier runs them at 10x)."""
@@ -31,7 +31,7 @@ SCALE = int(os.environ.get("ARCHCALC_FUZZ_EXAMPLES", "0")) or None
 FAST = settings(max_examples=SCALE or 40, deadline=None, suppress_health_check=list(HealthCheck))
 MORE = settings(max_examples=(SCALE or 40) * 10, deadline=None, suppress_health_check=list(HealthCheck))
 
-LOCATED = re.compile(r"(?m)^(\S[^\n]*?:\d+:\d+: \S|error: \S|Error: \S)")
+LOCATED = re.compile(r"(?m)^(\S[^\n]*?:\d+:\d+: \S|error: \S)")
 
 
 def run(args: list[str], reads: list[Path], ok: tuple[int, ...] = (0,)) -> str:
