@@ -82,37 +82,41 @@ def run_workers(code: str, names: list[str], timeout: float, handle: Callable[[s
 
         threading.Thread(target=pump, daemon=True).start()
         current, started, before = None, time.time(), len(done)
-        while True:
-            try:
-                line = lines.get(timeout=max(timeout - (time.time() - started), 0.1) if current else 600)
-            except queue.Empty:
-                if current is None:
-                    continue
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                handle(current, {"error": f"timed out after {timeout:.0f} s", "seconds": round(timeout, 1)})
-                done.add(current)
-                break
-            if line is None:  # the worker ended
-                proc.wait()
-                err.seek(0)
-                tail = [x for x in err.read().splitlines() if x.strip()]
-                why = tail[-1] if tail else f"worker exit {proc.returncode}"
-                if current is not None:  # ... inside a model: it crashed there
-                    handle(current, {"error": f"worker died: {why}"[:500],
-                                     "seconds": round(time.time() - started, 1)})
+        try:
+            while True:
+                try:
+                    line = lines.get(timeout=max(timeout - (time.time() - started), 0.1) if current else 600)
+                except queue.Empty:
+                    if current is None:
+                        continue
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    handle(current, {"error": f"timed out after {timeout:.0f} s", "seconds": round(timeout, 1)})
                     done.add(current)
-                elif len(done) == before:
-                    raise SystemExit(f"the worker ended without measuring anything: {why}")
-                break
-            if line.startswith("START "):
-                current, started = line[6:].strip(), time.time()
-            elif line.startswith("RESULT "):
-                result = json.loads(line[7:])
-                name = result.pop("name")
-                handle(name, result)
-                done.add(name)
-                current = None
+                    break
+                if line is None:  # the worker ended
+                    proc.wait()
+                    err.seek(0)
+                    tail = [x for x in err.read().splitlines() if x.strip()]
+                    why = tail[-1] if tail else f"worker exit {proc.returncode}"
+                    if current is not None:  # ... inside a model: it crashed there
+                        handle(current, {"error": f"worker died: {why}"[:500],
+                                         "seconds": round(time.time() - started, 1)})
+                        done.add(current)
+                    elif len(done) == before:
+                        raise SystemExit(f"the worker ended without measuring anything: {why}")
+                    break
+                if line.startswith("START "):
+                    current, started = line[6:].strip(), time.time()
+                elif line.startswith("RESULT "):
+                    result = json.loads(line[7:])
+                    name = result.pop("name")
+                    handle(name, result)
+                    done.add(name)
+                    current = None
+        finally:  # this process interrupted: the worker goes too
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
         os.unlink(listing)
         err.close()
         todo = [n for n in todo if n not in done]

@@ -99,6 +99,7 @@ CAUSES = [
     ("timed out / crashed", r"timed out|worker died|^ \| [A-Za-z]*Error: "),
     ("BatchNormAct2d (norm + activation in one module)", r"^\w*BatchNormAct2d \||norm_act\.py"),
     ("LayerNorm wrappers (F.layer_norm)", r"^LayerNorm\w* \||F\.layer_norm|layer_norm"),
+    ("EvoNorm", r"^EvoNorm\w* \||evo_norm\.py"),
     ("GroupNorm wrappers (F.group_norm)", r"^GroupNorm\w* \||group_norm"),
     ("RMS norm / GRN", r"^(RmsNorm\w*|GlobalResponseNorm\w*) \||rms_norm"),
     ("weight standardisation (ScaledStdConv2d / StdConv2d)", r"^\w*StdConv2d\w* \||std_conv\.py"),
@@ -106,9 +107,9 @@ CAUSES = [
     ("timm Linear (F.linear)", r"^Linear \||F\.linear|_nn\.linear"),
     ("blur pool / anti-aliasing", r"^(BlurPool2d|AntiAliasDownsampleLayer)\w* \||blur_pool"),
     ("fx control flow on a traced value", r"control flow|iteration over a Proxy|Proxy object"),
+    ("arithmetic with a constant or a parameter (layer scale, affine, x / 2)", r"made without the input|constant|"
+     r"a parameter|truediv|floordiv|_operator\.(sub|mul|add)|cannot import ([-+*/]|sub|mul|add|div)\b"),
     ("reshapes beyond the batch axis (tokens, radix split, channel shuffle)", r"\b(reshape|view|flatten|unflatten)\b"),
-    ("arithmetic with a constant or a parameter", r"constant|a parameter|truediv|floordiv|_operator\.(sub|mul|add)"
-     r"|cannot import [-+*/] at|cannot import (sub|mul|add|div)\b"),
     ("split / chunk / slicing", r"\b(split|chunk|getitem|unbind)\b"),
 ]
 
@@ -184,11 +185,15 @@ def main() -> None:
     ap.add_argument("--failures", default=FAILURES, help=f"the failure list to write (default {FAILURES})")
     ap.add_argument("--timeout", type=float, default=TIMEOUT)
     ap.add_argument("--failed-table", action="store_true", help="print the test's FAILED table and stop")
+    ap.add_argument("--failures-only", action="store_true", help="only rewrite the failure list from the JSON")
     args = ap.parse_args()
+    measured = load_json(MEASURED)
     if args.failed_table:
         print(failed_table(load_json(OUT)["models"]))
         return
-    measured = load_json(MEASURED)
+    if args.failures_only:
+        write_failures(args.failures, measured["models"], load_json(OUT)["models"])
+        return
     cnn = {n: r for n, r in measured["models"].items() if "error" not in r and not r["token_ops"]}
     order = list(cnn)
     if args.smallest:
