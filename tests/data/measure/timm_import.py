@@ -101,7 +101,7 @@ CAUSES = [
     ("LayerNorm wrappers (F.layer_norm)", r"^LayerNorm\w* \||F\.layer_norm|layer_norm"),
     ("EvoNorm", r"^EvoNorm\w* \||evo_norm\.py"),
     ("GroupNorm wrappers (F.group_norm)", r"^GroupNorm\w* \||group_norm"),
-    ("RMS norm / GRN", r"^(RmsNorm\w*|GlobalResponseNorm\w*) \||rms_norm"),
+    ("RMS norm / SimpleNorm / GRN", r"^(RmsNorm\w*|SimpleNorm\w*|GlobalResponseNorm\w*) \||rms_norm"),
     ("weight standardisation (ScaledStdConv2d / StdConv2d)", r"^\w*StdConv2d\w* \||std_conv\.py"),
     ("TF 'same' padding (Conv2dSame, pad_same)", r"^\w*(Conv2dSame|PoolSame|Pool2dSame)\w* \||padding\.py|conv2d_same"),
     ("timm Linear (F.linear)", r"^Linear \||F\.linear|_nn\.linear"),

@@ -36,6 +36,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 torch.set_num_threads(1)
 mode = sys.argv[2]
 cpu_check = "--cpu-check" in sys.argv[3:]
+fvcore_max = int(sys.argv[4]) if len(sys.argv) > 4 else 0  # fvcore only up to this many MACs (0: all)
 # Token mixing at the ATen level: attention (a matmul of two activations, batched, or scaled dot product) and
 # recurrent ops. A softmax alone is not: split attention and selective kernels weigh their branches with one.
 TOKEN = ("bmm", "scaled_dot_product", "lstm", "gru", "rnn_")
@@ -107,6 +108,9 @@ def measure(name):
     rec["seconds_meta"] = round(time.perf_counter() - t0, 2)
     if rec["token_ops"]:  # a hybrid: not one of the CNNs, fvcore not needed
         return rec
+    if fvcore_max and rec["macs"] > fvcore_max:  # too slow on the CPU here: left for a later --fvcore run
+        rec["fvcore_skipped"] = True
+        return rec
     t1 = time.perf_counter()
     from fvcore.nn import FlopCountAnalysis
     torch.manual_seed(0)
@@ -166,6 +170,8 @@ def main() -> None:
     ap.add_argument("--smallest", action="store_true", help="only the smallest model of each family")
     ap.add_argument("--redo", action="store_true", help="measure again the models already in the file")
     ap.add_argument("--cpu-check", action="store_true", help="also FlopCounterMode on the CPU run")
+    ap.add_argument("--fvcore-max-gmacs", type=float, default=0,
+                    help="skip fvcore's CPU run for models over this many GMACs (`fvcore_skipped`; 0: none)")
     ap.add_argument("--timeout", type=float, default=TIMEOUT)
     args = ap.parse_args()
     import fvcore
@@ -185,7 +191,8 @@ def main() -> None:
         order = [n for n in order if n in wanted]
     data = load_json(OUT)
     models = data.get("models", {})
-    todo = [n for n in order if args.redo or n not in models or "error" in models[n]]
+    todo = [n for n in order if args.redo or n not in models or "error" in models[n]
+            or (models[n].get("fvcore_skipped") and not args.fvcore_max_gmacs)]
     made_with = {"timm": timm.__version__, "torch": torch.__version__,
                  "fvcore": getattr(fvcore, "__version__", "0.1.5.post20221221"),
                  "python": ".".join(platform.python_version_tuple()[:2]), "device": "cpu / meta"}
@@ -199,7 +206,7 @@ def main() -> None:
         brief = {k: rec[k] for k in ("params", "macs", "fvcore", "token_ops", "error", "seconds") if k in rec}
         print(name, json.dumps(brief), flush=True)
 
-    extra = ["measure"] + (["--cpu-check"] if args.cpu_check else [])
+    extra = ["measure", "--cpu-check" if args.cpu_check else "-", str(int(args.fvcore_max_gmacs * 1e9))]
     run_workers(WORKER, todo, args.timeout, keep, extra)
 
 
