@@ -72,7 +72,8 @@ def run_workers(code: str, names: list[str], timeout: float, handle: Callable[[s
             listing = f.name
         err = tempfile.TemporaryFile("w+")
         proc = subprocess.Popen(["nice", "-n", "10", sys.executable, "-c", code, listing, *extra_args],
-                                stdout=subprocess.PIPE, stderr=err, text=True, env=env, start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=err, text=True, env=env, start_new_session=True,
+                                cwd=tempfile.gettempdir())  # not a checkout: `python -c` puts the cwd first
         lines: queue.Queue[str | None] = queue.Queue()
 
         def pump(stream=proc.stdout, out=lines) -> None:

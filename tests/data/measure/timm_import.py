@@ -26,6 +26,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -217,7 +218,8 @@ def main() -> None:
                                                           env.get("PYTHONPATH")]))
     version = subprocess.run([sys.executable, "-c", "import archcalc, timm, torch; print(archcalc.__file__, "
                               "archcalc.__version__, timm.__version__, torch.__version__)"],
-                             capture_output=True, text=True, env=env, check=True).stdout.split()
+                             capture_output=True, text=True, env=env, check=True,
+                             cwd=tempfile.gettempdir()).stdout.split()
     inputs = Path(f"/tmp/timm_inputs_{os.getpid()}.json")
     inputs.write_text(json.dumps({n: r["input_shape"][1:] for n, r in cnn.items()}))
     print(f"{len(order)} models; archcalc {version[1]} from {version[0]}", flush=True)
