@@ -199,6 +199,9 @@ def main() -> None:
     print(f"{len(todo)} of {len(order)} models to measure", flush=True)
 
     def keep(name: str, rec: dict) -> None:
+        if "error" in rec and "error" not in models.get(name, {"error": ""}):  # a rerun that failed (killed, timed
+            print(name, "kept as it was:", rec["error"], flush=True)  # out, say) keeps what was measured
+            return
         models[name] = {"family": family_of[name], **rec}
         write_json(OUT, {"source": "tests/data/measure/timm_measured.py, see tests/data/README.md",
                          "made_with": made_with, "families": families,
