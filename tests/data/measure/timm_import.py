@@ -7,7 +7,8 @@
 done in-process through the same library calls (archcalc's load_model builds the model on the meta device, then
 archcalc.from_module at the measured input and archcalc.analyze of the imported spec), one long-lived worker for
 many models, a timeout per model. Records per model: imported or not (the first line of the error, the class of the
-module it names), the spec's params, buffers, MACs, fvcore FLOPs and outputs, the importer's warnings, and the time
+module it names; for an fx control-flow error, which carries no module, the model's TF-"same" padding modules),
+the spec's params, buffers, MACs, fvcore FLOPs and outputs, the importer's warnings, and the time
 taken (building the model; importing it in-process; with --wall, a fresh `archcalc import` process).
 
     /work/ref/timm/venv/bin/python tests/data/measure/timm_import.py                 # every measured model
@@ -64,6 +65,9 @@ def run(name):
         rec["seconds_import"] = round(time.perf_counter() - t1, 3)
         lines = str(exc).strip().splitlines() or [""]
         rec["error"] = lines[0]
+        same = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.endswith("Same")})
+        if same and "control flow" in lines[0]:  # fx names no module: TF "same" padding's shape test, likely
+            rec["same_padding_modules"] = same
         at = re.search(r" at (?!the top level)([\w.]+) \(", lines[0])
         if at:
             try:
@@ -100,7 +104,7 @@ CAUSES = [
     ("timed out / crashed", r"timed out|worker died|^ \| [A-Za-z]*Error: "),
     ("BatchNormAct2d (norm + activation in one module)", r"^\w*BatchNormAct2d \||norm_act\.py"),
     ("LayerNorm wrappers (F.layer_norm)", r"^LayerNorm\w* \||F\.layer_norm|layer_norm"),
-    ("EvoNorm", r"^EvoNorm\w* \||evo_norm\.py"),
+    ("EvoNorm / FilterResponseNorm", r"^(EvoNorm|FilterResponseNorm)\w* \||evo_norm\.py|filter_response_norm"),
     ("GroupNorm wrappers (F.group_norm)", r"^GroupNorm\w* \||group_norm"),
     ("RMS norm / SimpleNorm / GRN", r"^(RmsNorm\w*|SimpleNorm\w*|GlobalResponseNorm\w*) \||rms_norm"),
     ("weight standardisation (ScaledStdConv2d / StdConv2d)", r"^\w*StdConv2d\w* \||std_conv\.py"),
@@ -117,6 +121,8 @@ CAUSES = [
 
 def cause_of(rec: dict) -> str:
     text = f"{rec.get('error_class', '')} | {rec.get('error', '')}"
+    if rec.get("same_padding_modules"):
+        return "TF 'same' padding (Conv2dSame, pad_same)"
     for cause, pattern in CAUSES:
         if re.search(pattern, text):
             return cause
