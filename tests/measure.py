@@ -8,26 +8,42 @@ from typing import Any
 import torch
 
 
-def saved_bytes(model: torch.nn.Module, *inputs: torch.Tensor, train: bool = True) -> int:
-    """Bytes of every tensor autograd packs during one forward, de-duplicated by storage, parameters and buffers
-    excluded (training mode unless `train` is False)."""
-    exclude = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    storages: dict[int, int] = {}
-    kept: list[torch.Tensor] = []
+class _Packed:
+    __slots__ = ("tensor", "__weakref__")
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in exclude and storage.nbytes():
-            storages[storage.data_ptr()] = storage.nbytes()
-        kept.append(t)  # no storage is freed and its address reused mid-count
-        return t
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+
+def saved_bytes(model: torch.nn.Module, *inputs: torch.Tensor, train: bool = True) -> int:
+    """Bytes of the tensors autograd holds for backward at the end of one forward, de-duplicated by storage,
+    parameters and buffers excluded (training mode unless `train` is False). Each packed tensor is wrapped in an
+    object its autograd node holds: what a node dropped mid-forward kept (an op whose output nothing reads) dies
+    with it and is not counted."""
+    import weakref
+
+    exclude = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    packed: list[weakref.ref[_Packed]] = []
+
+    def pack(t: torch.Tensor) -> _Packed:
+        holder = _Packed(t.detach())  # detached: a saved output would hold its own node in a cycle, never freed
+        packed.append(weakref.ref(holder))
+        return holder
 
     model.train(train)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(*inputs)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda holder: holder.tensor):
+            out = model(*inputs)
     finally:
         model.eval()
+    storages: dict[int, int] = {}
+    for ref in packed:
+        holder = ref()
+        if holder is not None:
+            storage = holder.tensor.untyped_storage()
+            if storage.data_ptr() not in exclude and storage.nbytes():
+                storages[storage.data_ptr()] = storage.nbytes()
+    del out
     return sum(storages.values())
 
 

@@ -13,7 +13,9 @@
   one when an input does or the op has trainable parameters, and only such ops are recorded and keep anything, so a
   frozen or parameter-free prefix keeps nothing. Each kind says what it keeps (its input, its output, extras, in a
   dtype that may depend on the device: `kinds.base.itemsize_for`), each merge likewise (a product keeps each
-  factor for the other's gradient), and a storage kept twice counts once.
+  factor for the other's gradient), and a storage kept twice counts once. An op no output depends on (`unused:
+  allow`) runs, but its output is dropped at once and its node with it: it keeps nothing. A kind that makes its
+  input contiguous (`Kind.contiguous_input`) keeps its own copy of a strided view (a crop), not the view's base.
 """
 
 from typing import NamedTuple
@@ -98,6 +100,8 @@ def inference_timeline(graph: Graph, itemsize: int, batch: int, device: str = "c
         if op.kind is not None:
             src = graph.tensors[op.inputs[0]]
             temporaries = op.kind.transient(op.args, src.shape, out.shape)
+            if src.strided and op.kind.contiguous_input and not op.kind.alias:  # a copy of a crop, read then freed
+                temporaries = (*temporaries, (numel(src.shape), 0))
         else:
             temporaries = op.merge.transient([graph.tensors[t].shape for t in op.inputs], out.shape)  # type: ignore[union-attr]
         extra = sum(n * itemsize_for(size, itemsize, device) for n, size in temporaries) * batch if temporaries else 0
@@ -136,8 +140,12 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
             saved.add(storage)
             total += sizes[storage]
 
-    for op in graph.ops:
+    used = graph.used()
+    for i, op in enumerate(graph.ops):
         out = graph.tensors[op.output]
+        if not used[i]:  # `unused: allow`: its output is dropped at once, and with it what its node kept
+            steps.append(total)
+            continue
         if op.merge is not None:
             needs = [needs_grad[t] for t in op.inputs]
             needs_grad[op.output] = any(needs)
@@ -155,7 +163,10 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
         if recorded:  # else no autograd node: nothing is kept
             what = op.kind.saved(op.args, src.shape, out.shape)
             if what.input or what.input_for_params and params_need_grad:
-                keep(src.train_storage)
+                if src.train_strided and op.kind.contiguous_input:
+                    total += numel(src.shape) * itemsize * batch  # the contiguous copy of a crop, kept alone
+                else:
+                    keep(src.train_storage)
             if what.output:
                 keep(out.train_storage)
             for elements, size in what.extra:

@@ -7,7 +7,7 @@ Nothing here imports torch. Both are computed from a Report: batch and dtype are
 from typing import NamedTuple
 
 from archcalc.core.analyze import Report, analyze
-from archcalc.core.conventions import DTYPES
+from archcalc.core.conventions import DTYPES, flop_counter_divides_groups
 from archcalc.core.memory import peak_inference_bytes, saved_training_bytes
 from archcalc.core.settings import AMP, FIT_FOR, OPTIMIZERS, Settings
 from archcalc.core.spec import Spec
@@ -55,15 +55,17 @@ class TrainingFlops(NamedTuple):
         return self.forward + self.grad_input + self.grad_weight
 
 
-def training_flops(report: Report) -> TrainingFlops:
+def training_flops(report: Report, divide_groups: bool | None = None) -> TrainingFlops:
     """FLOPs of one training step (forward + backward) exactly as torch.utils.flop_counter.FlopCounterMode counts
     them: 2 per MAC of conv and linear forward; backward = the input's gradient + the weight's gradient, each the
     size of the forward (a grouped conv's weight gradient `groups` times that: Kind.backward_macs). A layer whose
     input needs no gradient (the first layer, or any layer with only frozen layers before it) computes no input
-    gradient; a frozen layer (`trainable: false`) computes no weight gradient. Optimizer steps count nothing."""
+    gradient; a frozen layer (`trainable: false`) computes no weight gradient. Optimizer steps count nothing.
+    `divide_groups`: the grouped-conv rule (None: the installed torch's, conventions.flop_counter_divides_groups)."""
     graph = report.graph
     needs_grad = [False] * len(graph.tensors)  # the network's inputs (a batch from a data loader) need none
     layers: list[LayerFlops] = []
+    divide = divide_groups if divide_groups is not None else flop_counter_divides_groups()
     for row in report.rows:  # one per op, in execution order, each with its op
         op = row.op
         assert op is not None  # only a block's summary row (in report.outline) has none
@@ -71,7 +73,7 @@ def training_flops(report: Report) -> TrainingFlops:
             continue
         needed = any(needs_grad[t] for t in op.inputs)
         if op.kind is not None and row.macs:
-            grad_in, grad_w = op.kind.backward_macs(op.args, row.macs)
+            grad_in, grad_w = op.kind.backward_macs(op.args, row.macs, divide)
             layers.append(LayerFlops(op.name, 2 * row.macs, 2 * grad_in if needed else 0,
                                      2 * grad_w if row.trainable_params else 0))
         needs_grad[op.output] = needed or row.trainable_params > 0

@@ -138,6 +138,7 @@ class GroupNorm(Kind):
     )
     examples = (Example((64, 14, 14), {"num_groups": 32}), Example((12, 9), {"num_groups": 3}))
     same_shape = True
+    contiguous_input = True  # native_group_norm takes X.contiguous(): a crop is copied, and the copy kept
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         if inp[0] % a["num_groups"]:
@@ -148,6 +149,10 @@ class GroupNorm(Kind):
         per = 5 if a["affine"] else 4
         return Cost(params=2 * inp[0] if a["affine"] else 0, fvcore=numel(inp) * per,
                     full=normalize_full(numel(inp), a["num_groups"], a["affine"]))
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # native_group_norm returns mean and 1/std per group beside the output, at inference too (freed at once)
+        return ((2 * a["num_groups"], ACTIVATION),)
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # native_group_norm (shared by CPU and CUDA) keeps mean and 1/std per group in the input's dtype.
