@@ -74,7 +74,7 @@ def peak_bytes(fn: Callable[[], Any]) -> int:
         torch.set_num_threads(threads)
 
 
-def dispatch_peak_bytes(fn: Callable[[], Any]) -> int:
+def dispatch_peak_bytes(fn: Callable[[], Any], seen: set[int] | None = None) -> int:
     """The most bytes of tensors that ops create while `fn` runs and that are alive at once, beyond what existed
     before: every op's output storage is recorded as it is made (a TorchDispatchMode) and released when the last
     tensor using it is freed (a weakref finalizer). Independent of torch.profiler and of archcalc: it sees what the
@@ -110,6 +110,8 @@ def dispatch_peak_bytes(fn: Callable[[], Any]) -> int:
                     users[address][1] += 1
                 else:
                     users[address] = [storage.nbytes(), 1]
+                    if seen is not None:
+                        seen.add(address)
                     state["live"] += storage.nbytes()
                     state["peak"] = max(state["peak"], state["live"])
                 weakref.finalize(t, release, address)
@@ -119,3 +121,50 @@ def dispatch_peak_bytes(fn: Callable[[], Any]) -> int:
         result = fn()
     del result
     return state["peak"]
+
+
+def step_peak_bytes(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], optimizer: Any, steps: int = 1,
+                    autocast: torch.dtype | None = None) -> tuple[int, int]:
+    """(bytes alive before the step, the most alive at once during it) for one training step after `steps - 1`
+    unmeasured ones: zero_grad(set_to_none=True), a training-mode forward, the sum of the outputs' sums as the
+    loss, backward, optimizer.step(). Before the step: parameters, buffers, the inputs and the optimizer's state
+    tensors (its `step` counters included); during it: what ops create, by storage (dispatch_peak_bytes' rule),
+    forward and backward, then the optimizer's step beside the gradients. State the optimizer makes without an
+    op (Adam's torch.tensor(0.0) `step` counters, made first) is added to the optimizer's part."""
+
+    def storages(tensors: Any) -> dict[int, int]:
+        return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+
+    def state() -> dict[int, int]:
+        return storages(t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+
+    def forward_backward() -> None:
+        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+            out = model(*inputs)
+            outs = list(out.values()) if isinstance(out, dict) else [out]
+            loss = outs[0].sum()
+            for o in outs[1:]:
+                loss = loss + o.sum()
+        del out, outs
+        loss.backward()
+
+    model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(steps - 1):
+            optimizer.zero_grad(set_to_none=True)
+            forward_backward()
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        had = state()
+        before = sum({**storages([*model.parameters(), *model.buffers(), *inputs]), **had}.values())
+        backward = dispatch_peak_bytes(forward_backward)
+        grads = sum(storages(p.grad for p in model.parameters() if p.grad is not None).values())
+        seen: set[int] = set()
+        step = dispatch_peak_bytes(optimizer.step, seen)
+        unseen = sum(n for address, n in state().items() if address not in had and address not in seen)
+        return before, before + max(backward, grads + unseen + step)
+    finally:
+        torch.set_num_threads(threads)
+        model.eval()

@@ -8,7 +8,8 @@ from typing import NamedTuple
 
 from archcalc.core.analyze import Report, analyze
 from archcalc.core.conventions import DTYPES, flop_counter_divides_groups
-from archcalc.core.memory import peak_inference_bytes, saved_training_bytes
+from archcalc.core.kinds.base import numel
+from archcalc.core.memory import TrainStep, peak_inference_bytes, saved_training_bytes, training_timeline
 from archcalc.core.settings import AMP, FIT_FOR, OPTIMIZERS, Settings
 from archcalc.core.spec import Spec
 
@@ -180,6 +181,66 @@ def step_memory(spec: Spec, settings: Settings | None = None, **overrides: objec
     """Training memory of one step of `spec` under `settings` (optimizer, amp, batch, dtype, device, ...)."""
     s = Settings.of(settings, **overrides)
     return training_memory(training_report(spec, s), s.optimizer, s.amp)
+
+
+# ---- the training step's timeline and its peak ------------------------------------------------------------------
+
+
+class StepPeak(NamedTuple):
+    """The most bytes alive at once in one training step (zero_grad(set_to_none=True), forward, the sum of the
+    outputs as the loss, backward, optimizer.step()), and where: the phase ('forward', 'loss', 'backward',
+    'optimizer') and the op (its name; '' for the loss and the optimizer)."""
+
+    peak: int
+    phase: str
+    op: str
+    before: int  # alive before the step: parameters, buffers, optimizer state (after the first step), inputs
+    timeline: tuple[TrainStep, ...]  # forward, loss and backward, beyond `before`
+    optimizer: int  # the optimizer step's own peak beyond `before`
+
+
+def step_peak(report: Report, optimizer: str | None = None, first: bool = False) -> StepPeak:
+    """The training-step peak of `report`'s network at its batch and dtype (no amp), on the CPU's kernels: the
+    first step (`first`: the optimizer creates its state inside it) or a later one. torch.optim's default on the
+    CPU is the single-tensor implementation (foreach is the default for CUDA tensors only): SGD updates in place;
+    with momentum the first step clones each gradient into its buffer; Adam's first step makes exp_avg and
+    exp_avg_sq (zeros) and a float32 `step` scalar per parameter tensor, and every step, parameter by parameter,
+    denom = exp_avg_sq.sqrt() / c (two temporaries the parameter's size, the previous denom still alive)."""
+    if optimizer is None:
+        optimizer = report.settings.optimizer if report.settings else "sgd"
+    graph = report.graph
+    size = report.itemsize
+    device = report.settings.device if report.settings else "cpu"
+    grad_bytes = tuple(row.trainable_params * size if row.used else 0 for row in report.rows)
+    timeline = training_timeline(graph, size, report.batch, device, grad_bytes,
+                                 report.settings.input_requires_grad if report.settings else False)
+    t = report.totals
+    sizes = _param_sizes(report, size)
+    trainable = t.trainable_params * size
+    adam = optimizer in ("adam", "adamw")
+    state = OPTIMIZERS[optimizer].state * trainable + (4 * len(sizes) if adam else 0)  # Adam's float32 `step`s
+    inputs = sum(numel(graph.tensors[i].shape) for _, i in graph.inputs) * report.batch * size
+    before = t.param_bytes + t.buffer_bytes + inputs + (0 if first else state)
+    end = timeline[-1].after
+    made = state if first else 0  # the state the first step creates
+    # Adam, one parameter at a time: denom = exp_avg_sq.sqrt() / c (two temporaries), the previous denom alive
+    # until the new one is assigned
+    temporary = max((2 * n + (sizes[k - 1] if k else 0) for k, n in enumerate(sizes)), default=0) if adam else 0
+    optimizer_peak = end + made + temporary
+    candidates = [(s.running, s.phase, graph.ops[s.op].name if s.op >= 0 else "") for s in timeline]
+    candidates.append((optimizer_peak, "optimizer", ""))
+    peak, phase, op = max(candidates, key=lambda c: c[0])  # the first of equals
+    return StepPeak(before + peak, phase, op, before, timeline, optimizer_peak)
+
+
+def _param_sizes(report: Report, itemsize: int) -> list[int]:
+    """Bytes of each trainable parameter tensor, in the order the optimizer walks them (the model's)."""
+    sizes: list[int] = []
+    for row in report.rows:
+        op = row.op
+        if row.used and row.trainable_params and op is not None and op.kind is not None:
+            sizes.extend(n * itemsize for n in op.kind.param_tensors(op.args, row.output, row.params))
+    return sizes
 
 
 # ---- memory as a function of the batch ----------------------------------------------------------------------------

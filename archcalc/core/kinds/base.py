@@ -200,6 +200,20 @@ class Kind:
         depends on the backend's algorithm choice (im2col buffers, cuDNN workspace) is not predicted."""
         return ()
 
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        """Elements of each parameter tensor, in registration order (weight, then bias: one per output channel
+        where the kind has a `bias` argument that is true). Optimizers without foreach (torch.optim on the CPU) walk
+        them one by one."""
+        if not params:
+            return ()
+        if a.get("bias") is True:
+            return (params - out[0], out[0])
+        return (params,)
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        """Temporaries in a training-mode forward (`transient` less what the op keeps for backward instead)."""
+        return self.transient(a, inp, out)
+
     def backward_macs(self, a: Mapping[str, Any], macs: int, divide_groups: bool = False) -> tuple[int, int]:
         """What torch.utils.flop_counter.FlopCounterMode counts for this layer's backward, in MACs (2 FLOPs each),
         given its forward MACs: (grad of the input, grad of the weight). FlopCounterMode counts only conv and

@@ -103,6 +103,9 @@ class Conv(Kind):
         padded = self.padded_copy(a, inp)
         return ((padded, 0),) if padded else ()
 
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ()  # in training what it allocates is kept for backward (Saved)
+
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # The convolution keeps its input (convolution_backward takes input and weight whichever gradient is
         # wanted, so a frozen conv keeps it too). With asymmetric padding the input is first padded (F.pad keeps

@@ -53,6 +53,12 @@ class ChannelLayerNorm(Kind):
         # float32 mean and 1/std per position while it runs (measured with torch.profiler's memory events).
         return ((numel(inp), 0), (2 * (numel(inp) // inp[0]), 4))
 
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ((numel(inp), 0),)  # the contiguous copy; the statistics are kept (Saved)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (params // 2, params // 2) if params else ()  # weight and bias, one each per normalized element
+
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # autograd keeps the argument of layer_norm, the channels-last view of the input (its storage, shared with
         # whatever else keeps the input), not the contiguous copy made inside; and mean and 1/std per position in

@@ -74,6 +74,9 @@ class BatchNorm(Kind):
         return Cost(params=2 * c if a["affine"] else 0, buffers=2 * c if track else 0, int_buffers=1 if track else 0,
                     fvcore=numel(inp) * per[0], full=full)
 
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (params // 2, params // 2) if params else ()  # weight and bias, one each per normalized element
+
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # native_batch_norm keeps the input plus the batch mean and inverse std, one per channel each, in the
         # statistics dtype of the device (see base.itemsize_for).
@@ -118,6 +121,9 @@ class LayerNorm(Kind):
         return Cost(params=2 * numel(self.norm_shape(a, inp)) if affine else 0,
                     fvcore=numel(inp) * (5 if affine else 4), full=normalize_full(numel(inp), groups, affine))
 
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (params // 2, params // 2) if params else ()  # weight and bias, one each per normalized element
+
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         groups = numel(inp) // numel(self.norm_shape(a, inp))
         return Saved(input=True, extra=((2 * groups, STATISTICS),))  # mean and 1/std per normalized group
@@ -153,6 +159,12 @@ class GroupNorm(Kind):
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # native_group_norm returns mean and 1/std per group beside the output, at inference too (freed at once)
         return ((2 * a["num_groups"], ACTIVATION),)
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ()  # in training what it allocates is kept for backward (Saved)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (params // 2, params // 2) if params else ()  # weight and bias, one each per normalized element
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # native_group_norm (shared by CPU and CUDA) keeps mean and 1/std per group in the input's dtype.

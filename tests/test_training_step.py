@@ -1,0 +1,116 @@
+"""The training step's timeline and peak (core.training.step_peak) against a real step on the CPU: zero_grad,
+a training-mode forward, the sum of the outputs as the loss, backward, optimizer.step(), measured by storage as
+the ops create and free them (tests/measure.step_peak_bytes: a TorchDispatchMode and weakref finalizers, no
+archcalc arithmetic). What a kernel allocates and frees inside itself is not seen by either side.
+
+Fast tier: a network written here in plain torch.nn, worked by hand, and a few bundled specs at batch 1 and 8,
+for sgd, momentum and adam, the first step and a later one. The exhaustive tier (`-m exhaustive`) measures every
+bundled spec.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import report_of
+from measure import step_peak_bytes
+from torch import nn
+
+from archcalc.core.analyze import analyze
+from archcalc.core.spec import load_spec
+from archcalc.core.training import step_peak
+from archcalc.torch.build import build_module
+
+OPTIMIZERS = {"sgd": lambda p: torch.optim.SGD(p, lr=1e-3),
+              "momentum": lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9),
+              "adam": lambda p: torch.optim.Adam(p, lr=1e-3)}
+
+SMALL = """
+name: small
+input: [3, 8, 8]
+layers:
+  - conv: {out: 4, kernel: 3, padding: 1}
+  - relu
+  - maxpool: {kernel: 2}
+  - flatten
+  - linear: {out: 10}
+"""
+
+
+def _small() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10))
+
+
+def test_the_step_of_a_small_network_by_hand(write_spec) -> None:  # type: ignore[no-untyped-def]
+    # batch 2, float32. Parameters: conv 3*4*9 + 4 = 112, linear 64*10 + 10 = 650: 762 * 4 = 3,048 bytes; input
+    # 2*3*64 * 4 = 1,536. Forward: conv out 2,048 (freed after relu: conv keeps the input, relu its output), relu
+    # out 2,048, max-pool out 512 + int64 indices 1,024, linear out 80; the loss 4 (the output freed), the seed 4.
+    # Backward of the linear layer: grad input 512, weight 2,560, bias 40 -> 6,704 alive; then max pooling's grad
+    # input 2,048 beside them: 8,752 - 512 (linear kept the pool's output) -> the peak is the ReLU's backward: its
+    # grad input 2,048 while the max-pool's (2,048) and the ReLU's output (2,048) are alive:
+    # 4 + 4 + 2,560 + 40 (linear grads) + 2,048 (relu out) + 2,048 (pool grad in) + 2,048 (relu grad in) = 8,752.
+    report = analyze(load_spec(write_spec(SMALL)), batch=2, device="cpu")
+    fixed = 3_048 + 1_536
+    sgd = step_peak(report, "sgd")
+    assert (sgd.peak, sgd.phase, sgd.op) == (fixed + 8_752, "backward", "relu1")
+    torch.manual_seed(0)
+    model = _small()
+    before, measured = step_peak_bytes(model, (torch.randn(2, 3, 8, 8),), OPTIMIZERS["sgd"](model.parameters()))
+    assert (before, measured) == (fixed, sgd.peak)
+    # Adam's first step: exp_avg, exp_avg_sq (2 * 3,048) and a 4-byte `step` per parameter tensor (4) made; then,
+    # for the linear weight (2,560 bytes), sqrt and its quotient beside the conv bias's denom (16): at that moment
+    # the gradients 3,048 are alive: 3,048 + 6,096 + 16 + 2 * 2,560 + 16 = 14,296 > 8,752
+    adam = step_peak(report, "adam", first=True)
+    assert (adam.peak, adam.phase) == (fixed + 3_048 + 6_096 + 16 + 2 * 2_560 + 16, "optimizer")
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("steps", [1, 2])
+def test_the_small_network_in_plain_torch(write_spec, optimizer: str, steps: int) -> None:  # type: ignore
+    report = analyze(load_spec(write_spec(SMALL)), batch=2, device="cpu")
+    torch.manual_seed(0)
+    model = _small()
+    before, measured = step_peak_bytes(model, (torch.randn(2, 3, 8, 8),), OPTIMIZERS[optimizer](model.parameters()),
+                                       steps)
+    predicted = step_peak(report, optimizer, first=steps == 1)
+    assert (predicted.before, predicted.peak) == (before, measured)
+
+
+def _measured_and_predicted(name: str, batch: int, optimizer: str, steps: int) -> tuple[int, int]:
+    report = report_of(name, batch=batch, device="cpu")
+    torch.manual_seed(0)
+    model = build_module(report)
+    x = tuple(torch.randn(batch, *report.graph.tensors[t].shape) for _, t in report.graph.inputs)
+    _, measured = step_peak_bytes(model, x, OPTIMIZERS[optimizer](model.parameters()), steps)
+    return measured, step_peak(report, optimizer, first=steps == 1).peak
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("steps", [1, 2])
+def test_lenet5_step_peak_is_exact(optimizer: str, batch: int, steps: int) -> None:
+    measured, predicted = _measured_and_predicted("lenet5", batch, optimizer, steps)
+    assert predicted == measured
+
+
+@pytest.mark.parametrize("name", ["alphago_policy", "nin"])
+def test_bundled_step_peaks_are_exact(name: str) -> None:
+    measured, predicted = _measured_and_predicted(name, 1, "sgd", 2)
+    assert predicted == measured
+
+
+def _zoo() -> list[str]:
+    from archcalc.core.resolve import bundled
+
+    return sorted(bundled())
+
+
+@pytest.mark.exhaustive
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("name", _zoo())
+def test_every_bundled_step_peak(name: str, batch: int, optimizer: str, steps: int) -> None:
+    # the issue's bar: within 1 % (the goal, and what the fast tier holds: the byte)
+    measured, predicted = _measured_and_predicted(name, batch, optimizer, steps)
+    assert abs(predicted - measured) <= measured // 100, (predicted, measured, predicted - measured)
