@@ -93,7 +93,60 @@ def test_lenet5_step_peak_is_exact(optimizer: str, batch: int, steps: int) -> No
     assert predicted == measured
 
 
-@pytest.mark.parametrize("name", ["alphago_policy", "nin"])
+RESIDUAL = """
+name: proj
+input: [3, 8, 8]
+layers:
+  - conv: {out: 4, kernel: 3, padding: 1}
+  - relu: {inplace: true}
+  - residual:
+      - conv: {out: 8, kernel: 3, stride: 2, padding: 1, bias: false}
+      - batchnorm
+      - relu
+      - conv: {out: 8, kernel: 3, padding: 1, bias: false}
+      - batchnorm
+    shortcut: projection
+    after: [relu]
+  - residual: [{conv: {out: 8, kernel: 3, padding: 1}}, relu, {conv: {out: 8, kernel: 3, padding: 1}}]
+  - conv: {out: 4, kernel: 3, padding: 1}
+"""
+
+
+class Residual(nn.Module):
+    """RESIDUAL in plain torch.nn: an in-place ReLU, a projection block and an identity block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(4, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.shortcut = nn.Sequential(nn.Conv2d(4, 8, 1, 2, bias=False), nn.BatchNorm2d(8))
+        self.body2 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        self.head = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu_(self.stem(x))
+        x = torch.relu(self.body(x) + self.shortcut(x))
+        x = self.body2(x) + x
+        return self.head(x)
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("steps", [1, 2])
+def test_residual_blocks_in_plain_torch(write_spec, optimizer: str, steps: int) -> None:  # type: ignore
+    # gradients that meet (a shortcut and a body) are summed into a new tensor; an in-place ReLU's backward makes
+    # a new gradient; batch norm keeps its input and statistics
+    report = analyze(load_spec(write_spec(RESIDUAL)), batch=2, device="cpu")
+    torch.manual_seed(0)
+    model = Residual()
+    assert sum(p.numel() for p in model.parameters()) == report.totals.params
+    before, measured = step_peak_bytes(model, (torch.randn(2, 3, 8, 8),), OPTIMIZERS[optimizer](model.parameters()),
+                                       steps)
+    predicted = step_peak(report, optimizer, first=steps == 1)
+    assert (predicted.before, predicted.peak) == (before, measured)
+
+
+@pytest.mark.parametrize("name", ["alphago_policy", "nin", "resnet18", "torchvision/squeezenet1_1"])
 def test_bundled_step_peaks_are_exact(name: str) -> None:
     measured, predicted = _measured_and_predicted(name, 1, "sgd", 2)
     assert predicted == measured

@@ -200,8 +200,8 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
     gradient of its input (a view kind passes a view of its own gradient; `add` passes the same tensor to every
     input, `concat` views of it) and of its parameters (`grad_bytes[op]`, kept: they become `.grad`), then freeing
     its output's gradient, its saved tensors (a storage when the last op keeping it is done) and its extras. A
-    gradient reaching a tensor twice is summed in place (autograd's InputBuffer accumulates into a buffer it owns
-    alone). What a kernel allocates and frees inside itself is not seen (backend workspace)."""
+    gradient reaching a tensor twice is summed into a new tensor, the two parts freed. What a kernel allocates
+    and frees inside itself is not seen (backend workspace)."""
     sizes = _storage_bytes(graph, itemsize, batch, train=True)
     end = len(graph.ops)
     used = graph.used()
@@ -283,29 +283,23 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
     next_id = 0
 
     def give(t: int, storage: int) -> int:
-        """Tensor t's gradient receives `storage`: kept as it is if t has none yet, else summed in place into
-        whichever buffer is held alone (InputBuffer::accumulate), else into a new one (returned: its bytes)."""
-        grad_refs[storage] = grad_refs.get(storage, 0) + 1
-        old = grad_of.get(t)
-        grad_of[t] = storage
-        if old is None:
-            return 0
-        if grad_refs[storage] == 1:
-            drop(old)
-            return 0
-        if grad_refs[old] == 1:
-            grad_of[t] = old
-            drop(storage)
-            return 0
+        """Tensor t's gradient buffer takes `storage` (and the reference to it): kept as it is if t has none yet,
+        else summed with the one it has into a new tensor (InputBuffer::accumulate, out of place: measured), the two
+        parts dropped. Returns the bytes that sum allocated."""
         nonlocal next_id, live
+        old = grad_of.get(t)
+        if old is None:
+            grad_of[t] = storage
+            return 0
         grad_size[next_id] = numel(graph.tensors[t].shape) * itemsize * batch
         grad_refs[next_id] = 1
         grad_of[t] = next_id
         live += grad_size[next_id]
         next_id += 1
+        made = grad_size[next_id - 1]
         drop(old)
         drop(storage)
-        return grad_size[next_id - 1]
+        return made
 
     def drop(storage: int) -> None:
         nonlocal live
@@ -335,20 +329,27 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             assert op.kind is not None
             t = op.inputs[0]
             if needs_grad[t]:
-                if op.kind.alias_in_training(op.args) and not op.kind.strided(op.args, graph.tensors[t].shape,
-                                                                                graph.tensors[op.output].shape):
+                # a view (not an in-place op, whose backward makes a new gradient) passes a view of its gradient;
+                # a crop's backward writes it into zeros of the input's size
+                if (op.kind.alias and op.kind.alias_in_training(op.args)
+                        and not op.kind.strided(op.args, graph.tensors[t].shape, graph.tensors[op.output].shape)):
                     shared.append(t)
                 else:
                     new.append((t, numel(graph.tensors[t].shape) * itemsize * batch))
         running += sum(b for _, b in new)
         live += sum(b for _, b in new)
+        # the function returns its outputs; its input (the gradient of its output) and its saved tensors are freed;
+        # then each output is added into the buffer of the tensor it is the gradient of
+        outputs: list[tuple[int, int]] = []
         for t, b in new:
             grad_size[next_id] = b
+            grad_refs[next_id] = 1
+            outputs.append((t, next_id))
             next_id += 1
-            running = max(running, live + give(t, next_id - 1))
         if g is not None:
             for t in shared:
-                running = max(running, live + give(t, g))
+                grad_refs[g] += 1
+                outputs.append((t, g))
             del grad_of[op.output]
             drop(g)
         live -= extras[i]
@@ -359,6 +360,8 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                 if not ops and storage in alive and storage not in inputs:
                     alive.discard(storage)
                     live -= sizes[storage]
+        for t, storage in outputs:
+            running = max(running, live + give(t, storage))
         steps.append(TrainStep("backward", i, running, live))
     live -= 2 * scalar  # the seed and the loss, once backward returns
     steps.append(TrainStep("backward", -1, live, live))
