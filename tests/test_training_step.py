@@ -167,3 +167,22 @@ def test_every_bundled_step_peak(name: str, batch: int, optimizer: str, steps: i
     # the bar: within 1 % (the goal, and what the fast tier holds: the byte)
     measured, predicted = _measured_and_predicted(name, batch, optimizer, steps)
     assert abs(predicted - measured) <= measured // 100, (predicted, measured, predicted - measured)
+
+
+def test_calc_shows_the_measured_peak_and_where() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from archcalc.cli.app import app
+
+    result = CliRunner().invoke(app, ["calc", "lenet5", "--device", "cpu", "-b", "8", "--optimizer", "adam",
+                                      "-f", "json"])
+    assert result.exit_code == 0, result.output
+    peak = json.loads(result.stdout)["training_peak"]
+    measured = {steps: _measured_and_predicted("lenet5", 8, "adam", steps)[0] for steps in (1, 2)}
+    assert peak["later_step"] == {"bytes": measured[2], "phase": "backward", "op": "tanh1",
+                                  "before_bytes": peak["later_step"]["before_bytes"]}
+    assert (peak["first_step"]["bytes"], peak["first_step"]["phase"]) == (measured[1], "optimizer")
+    amp = CliRunner().invoke(app, ["calc", "lenet5", "--amp", "bf16", "-f", "json"])
+    assert json.loads(amp.stdout)["training_peak"] is None  # autocast's step is not modelled

@@ -248,6 +248,10 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                     keepers.get(storage, set()).discard(i)
     held = {s for s, ops in keepers.items() if ops}
 
+    frees: dict[int, list[int]] = {}
+    for storage, at in forward_free.items():
+        if storage not in held and storage not in inputs and at < end:
+            frees.setdefault(at, []).append(storage)
     steps: list[TrainStep] = []
     live = 0
     alive: set[int] = set(inputs)
@@ -260,7 +264,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
         running = live + _training_transient(op, graph, itemsize, batch, device)
         if not used[i]:
             live -= extras[i]
-        for storage in [s for s in alive if forward_free.get(s, end) <= i and s not in held and s not in inputs]:
+        for storage in frees.get(i, ()):
             alive.discard(storage)
             live -= sizes[storage]
         steps.append(TrainStep("forward", i, running, live))

@@ -200,12 +200,19 @@ class StepPeak(NamedTuple):
 
 
 def step_peak(report: Report, optimizer: str | None = None, first: bool = False) -> StepPeak:
-    """The training-step peak of `report`'s network at its batch and dtype (no amp), on the CPU's kernels: the
-    first step (`first`: the optimizer creates its state inside it) or a later one. torch.optim's default on the
-    CPU is the single-tensor implementation (foreach is the default for CUDA tensors only): SGD updates in place;
-    with momentum the first step clones each gradient into its buffer; Adam's first step makes exp_avg and
-    exp_avg_sq (zeros) and a float32 `step` scalar per parameter tensor, and every step, parameter by parameter,
-    denom = exp_avg_sq.sqrt() / c (two temporaries the parameter's size, the previous denom still alive)."""
+    """The training-step peak of `report`'s network at its batch and dtype (no amp), on its device's kernels and
+    torch.optim's default implementation there: the first step (`first`: the optimizer creates its state inside
+    it) or a later one. On the CPU torch.optim runs one parameter at a time (foreach is the default for CUDA
+    tensors only): SGD updates in place; with momentum the first step clones each gradient into its buffer;
+    Adam's first step makes exp_avg and exp_avg_sq (zeros) and a float32 `step` scalar per parameter tensor, and
+    every step, parameter by parameter, denom = exp_avg_sq.sqrt() / c (two temporaries the parameter's size, the
+    previous denom still alive). On CUDA (foreach) Adam's square roots are made for all parameters at once, and the
+    `step` scalars live on the CPU."""
+    return step_peaks(report, optimizer)[1 if first else 0]
+
+
+def step_peaks(report: Report, optimizer: str | None = None) -> tuple[StepPeak, StepPeak]:
+    """`step_peak` of a later step and of the first, from one timeline."""
     if optimizer is None:
         optimizer = report.settings.optimizer if report.settings else "sgd"
     graph = report.graph
@@ -218,19 +225,25 @@ def step_peak(report: Report, optimizer: str | None = None, first: bool = False)
     sizes = _param_sizes(report, size)
     trainable = t.trainable_params * size
     adam = optimizer in ("adam", "adamw")
-    state = OPTIMIZERS[optimizer].state * trainable + (4 * len(sizes) if adam else 0)  # Adam's float32 `step`s
+    counters = 4 * len(sizes) if adam and device == "cpu" else 0  # Adam's float32 `step`s (CPU tensors)
+    state = OPTIMIZERS[optimizer].state * trainable + counters
     inputs = sum(numel(graph.tensors[i].shape) for _, i in graph.inputs) * report.batch * size
-    before = t.param_bytes + t.buffer_bytes + inputs + (0 if first else state)
     end = timeline[-1].after
-    made = state if first else 0  # the state the first step creates
-    # Adam, one parameter at a time: denom = exp_avg_sq.sqrt() / c (two temporaries), the previous denom alive
-    # until the new one is assigned
-    temporary = max((2 * n + (sizes[k - 1] if k else 0) for k, n in enumerate(sizes)), default=0) if adam else 0
-    optimizer_peak = end + made + temporary
-    candidates = [(s.running, s.phase, graph.ops[s.op].name if s.op >= 0 else "") for s in timeline]
-    candidates.append((optimizer_peak, "optimizer", ""))
-    peak, phase, op = max(candidates, key=lambda c: c[0])  # the first of equals
-    return StepPeak(before + peak, phase, op, before, timeline, optimizer_peak)
+    if not adam:
+        temporary = 0
+    elif device == "cpu":  # one parameter at a time: sqrt and its quotient, beside the previous denom
+        temporary = max((2 * n + (sizes[k - 1] if k else 0) for k, n in enumerate(sizes)), default=0)
+    else:  # foreach: _foreach_sqrt for all parameters, divided and offset in place
+        temporary = trainable
+    result = []
+    for first in (False, True):
+        before = t.param_bytes + t.buffer_bytes + inputs + (0 if first else state)
+        optimizer_peak = end + (state if first else 0) + temporary
+        candidates = [(s.running, s.phase, graph.ops[s.op].name if s.op >= 0 else "") for s in timeline]
+        candidates.append((optimizer_peak, "optimizer", ""))
+        peak, phase, op = max(candidates, key=lambda c: c[0])  # the first of equals
+        result.append(StepPeak(before + peak, phase, op, before, timeline, optimizer_peak))
+    return result[0], result[1]
 
 
 def _param_sizes(report: Report, itemsize: int) -> list[int]:
