@@ -344,16 +344,16 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
         live += sum(b for _, b in new)
         # the function returns its outputs; its input (the gradient of its output) and its saved tensors are freed;
         # then each output is added into the buffer of the tensor it is the gradient of
-        outputs: list[tuple[int, int]] = []
+        returned: list[tuple[int, int]] = []
         for t, b in new:
             grad_size[next_id] = b
             grad_refs[next_id] = 1
-            outputs.append((t, next_id))
+            returned.append((t, next_id))
             next_id += 1
         if g is not None:
             for t in shared:
                 grad_refs[g] += 1
-                outputs.append((t, g))
+                returned.append((t, g))
             del grad_of[op.output]
             drop(g)
         live -= extras[i]
@@ -364,7 +364,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                 if not ops and storage in alive and storage not in inputs:
                     alive.discard(storage)
                     live -= sizes[storage]
-        for t, storage in outputs:
+        for t, storage in returned:
             running = max(running, live + give(t, storage))
         steps.append(TrainStep("backward", i, running, live))
     live -= 2 * scalar  # the seed and the loss, once backward returns
