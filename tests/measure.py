@@ -168,3 +168,36 @@ def step_peak_bytes(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], op
     finally:
         torch.set_num_threads(threads)
         model.eval()
+
+
+def cuda_step_peak_bytes(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], optimizer: Any,
+                         steps: int = 1) -> tuple[int, int]:
+    """step_peak_bytes on CUDA from the caching allocator's statistics: (torch.cuda.memory_allocated before the
+    step, torch.cuda.max_memory_allocated during it), synchronized around the step. The allocator rounds every
+    block up to 512 bytes and cuDNN/cuBLAS workspace is allocated through it, so the figure includes both."""
+
+    def one() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = model(*inputs)
+        outs = list(out.values()) if isinstance(out, dict) else [out]
+        loss = outs[0].sum()
+        for o in outs[1:]:
+            loss = loss + o.sum()
+        del out, outs
+        loss.backward()
+        del loss
+        optimizer.step()
+
+    model.train()
+    try:
+        for _ in range(steps - 1):
+            one()
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        one()
+        torch.cuda.synchronize()
+        return before, torch.cuda.max_memory_allocated()
+    finally:
+        model.eval()
