@@ -76,6 +76,20 @@ def test_the_small_network_in_plain_torch(write_spec, optimizer: str, steps: int
     assert (predicted.before, predicted.peak) == (before, measured)
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_local_response_norm_in_plain_torch(write_spec, batch: int) -> None:  # type: ignore[no-untyped-def]
+    # F.local_response_norm is a composite of eight ops: its backward holds four input-sized tensors at once
+    report = analyze(load_spec(write_spec("name: t\ninput: [3, 4, 4]\nlayers:\n  - conv: {out: 6, kernel: 1}\n"
+                                          "  - lrn: {size: 5}\n  - conv: {out: 2, kernel: 1}\n")),
+                     batch=batch, device="cpu")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.LocalResponseNorm(5), nn.Conv2d(6, 2, 1))
+    before, measured = step_peak_bytes(model, (torch.randn(batch, 3, 4, 4),), OPTIMIZERS["sgd"](model.parameters()),
+                                       2)
+    predicted = step_peak(report, "sgd")
+    assert (predicted.before, predicted.peak, predicted.op) == (before, measured, "norm1")
+
+
 def _measured_and_predicted(name: str, batch: int, optimizer: str, steps: int) -> tuple[int, int]:
     report = report_of(name, batch=batch, device="cpu")
     torch.manual_seed(0)

@@ -341,6 +341,10 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                 else:
                     new.append((t, numel(graph.tensors[t].shape) * itemsize * batch))
         running += sum(b for _, b in new)
+        if op.kind is not None:
+            extra = op.kind.backward_transient(op.args, graph.tensors[op.inputs[0]].shape,
+                                               graph.tensors[op.output].shape)
+            running += sum(n * itemsize_for(code, itemsize, device) for n, code in extra) * batch
         live += sum(b for _, b in new)
         # the function returns its outputs; its input (the gradient of its output) and its saved tensors are freed;
         # then each output is added into the buffer of the tensor it is the gradient of

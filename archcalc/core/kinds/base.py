@@ -214,6 +214,11 @@ class Kind:
         """Temporaries in a training-mode forward (`transient` less what the op keeps for backward instead)."""
         return self.transient(a, inp, out)
 
+    def backward_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        """Temporaries alive at the peak of the layer's backward beside its input's gradient, freed before it is
+        done (a composite's intermediate gradients), as `transient`. None for a single backward kernel."""
+        return ()
+
     def backward_macs(self, a: Mapping[str, Any], macs: int, divide_groups: bool = False) -> tuple[int, int]:
         """What torch.utils.flop_counter.FlopCounterMode counts for this layer's backward, in MACs (2 FLOPs each),
         given its forward MACs: (grad of the input, grad of the weight). FlopCounterMode counts only conv and

@@ -209,6 +209,15 @@ class LRN(Kind):
         c, rest = inp[0], numel(inp[1:])
         return ((max(2 * numel(inp), (c + a["size"] - 1) * rest), 0),)
 
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ()  # in training the composite's intermediates are kept (Saved); the most alive is the end state
+
+    def backward_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # x / d's backward first: grad / d, and -grad * (x / d) / d through x / d, its negation and the product:
+        # four input-sized tensors at once, one of them becoming part of the input's gradient (measured by storage
+        # on the CPU). Exceeded by avg_pool3d's backward (the padded C + size - 1 channels) only when C < (size-1)/4.
+        return ((3 * numel(inp), 0),)
+
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # F.local_response_norm is composed of ops: x*x, pad, avg_pool, mul/add/pow, x/div. Autograd keeps the input,
         # the padded squares (C + size - 1 channels), the pooled sum and the denominator.
