@@ -8,26 +8,42 @@ from typing import Any
 import torch
 
 
-def saved_bytes(model: torch.nn.Module, *inputs: torch.Tensor, train: bool = True) -> int:
-    """Bytes of every tensor autograd packs during one forward, de-duplicated by storage, parameters and buffers
-    excluded (training mode unless `train` is False)."""
-    exclude = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    storages: dict[int, int] = {}
-    kept: list[torch.Tensor] = []
+class _Packed:
+    __slots__ = ("tensor", "__weakref__")
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in exclude and storage.nbytes():
-            storages[storage.data_ptr()] = storage.nbytes()
-        kept.append(t)  # no storage is freed and its address reused mid-count
-        return t
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+
+def saved_bytes(model: torch.nn.Module, *inputs: torch.Tensor, train: bool = True) -> int:
+    """Bytes of the tensors autograd holds for backward at the end of one forward, de-duplicated by storage,
+    parameters and buffers excluded (training mode unless `train` is False). Each packed tensor is wrapped in an
+    object its autograd node holds: what a node dropped mid-forward kept (an op whose output nothing reads) dies
+    with it and is not counted."""
+    import weakref
+
+    exclude = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    packed: list[weakref.ref[_Packed]] = []
+
+    def pack(t: torch.Tensor) -> _Packed:
+        holder = _Packed(t.detach())  # detached: a saved output would hold its own node in a cycle, never freed
+        packed.append(weakref.ref(holder))
+        return holder
 
     model.train(train)
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(*inputs)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda holder: holder.tensor):
+            out = model(*inputs)
     finally:
         model.eval()
+    storages: dict[int, int] = {}
+    for ref in packed:
+        holder = ref()
+        if holder is not None:
+            storage = holder.tensor.untyped_storage()
+            if storage.data_ptr() not in exclude and storage.nbytes():
+                storages[storage.data_ptr()] = storage.nbytes()
+    del out
     return sum(storages.values())
 
 
@@ -58,7 +74,7 @@ def peak_bytes(fn: Callable[[], Any]) -> int:
         torch.set_num_threads(threads)
 
 
-def dispatch_peak_bytes(fn: Callable[[], Any]) -> int:
+def dispatch_peak_bytes(fn: Callable[[], Any], seen: set[int] | None = None) -> int:
     """The most bytes of tensors that ops create while `fn` runs and that are alive at once, beyond what existed
     before: every op's output storage is recorded as it is made (a TorchDispatchMode) and released when the last
     tensor using it is freed (a weakref finalizer). Independent of torch.profiler and of archcalc: it sees what the
@@ -94,6 +110,8 @@ def dispatch_peak_bytes(fn: Callable[[], Any]) -> int:
                     users[address][1] += 1
                 else:
                     users[address] = [storage.nbytes(), 1]
+                    if seen is not None:
+                        seen.add(address)
                     state["live"] += storage.nbytes()
                     state["peak"] = max(state["peak"], state["live"])
                 weakref.finalize(t, release, address)
@@ -103,3 +121,83 @@ def dispatch_peak_bytes(fn: Callable[[], Any]) -> int:
         result = fn()
     del result
     return state["peak"]
+
+
+def step_peak_bytes(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], optimizer: Any, steps: int = 1,
+                    autocast: torch.dtype | None = None) -> tuple[int, int]:
+    """(bytes alive before the step, the most alive at once during it) for one training step after `steps - 1`
+    unmeasured ones: zero_grad(set_to_none=True), a training-mode forward, the sum of the outputs' sums as the
+    loss, backward, optimizer.step(). Before the step: parameters, buffers, the inputs and the optimizer's state
+    tensors (its `step` counters included); during it: what ops create, by storage (dispatch_peak_bytes' rule),
+    forward and backward, then the optimizer's step beside the gradients. State the optimizer makes without an
+    op (Adam's torch.tensor(0.0) `step` counters, made first) is added to the optimizer's part."""
+
+    def storages(tensors: Any) -> dict[int, int]:
+        return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+
+    def state() -> dict[int, int]:
+        return storages(t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))
+
+    def forward_backward() -> None:
+        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+            out = model(*inputs)
+            outs = list(out.values()) if isinstance(out, dict) else [out]
+            loss = outs[0].sum()
+            for o in outs[1:]:
+                loss = loss + o.sum()
+        del out, outs
+        loss.backward()
+
+    model.train()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(steps - 1):
+            optimizer.zero_grad(set_to_none=True)
+            forward_backward()
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        had = state()
+        before = sum({**storages([*model.parameters(), *model.buffers(), *inputs]), **had}.values())
+        backward = dispatch_peak_bytes(forward_backward)
+        grads = sum(storages(p.grad for p in model.parameters() if p.grad is not None).values())
+        seen: set[int] = set()
+        step = dispatch_peak_bytes(optimizer.step, seen)
+        unseen = sum(n for address, n in state().items() if address not in had and address not in seen)
+        return before, before + max(backward, grads + unseen + step)
+    finally:
+        torch.set_num_threads(threads)
+        model.eval()
+
+
+def cuda_step_peak_bytes(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...], optimizer: Any,
+                         steps: int = 1) -> tuple[int, int]:
+    """step_peak_bytes on CUDA from the caching allocator's statistics: (torch.cuda.memory_allocated before the
+    step, torch.cuda.max_memory_allocated during it), synchronized around the step. The allocator rounds every
+    block up to 512 bytes and cuDNN/cuBLAS workspace is allocated through it, so the figure includes both."""
+
+    def one() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = model(*inputs)
+        outs = list(out.values()) if isinstance(out, dict) else [out]
+        loss = outs[0].sum()
+        for o in outs[1:]:
+            loss = loss + o.sum()
+        del out, outs
+        loss.backward()
+        del loss
+        optimizer.step()
+
+    model.train()
+    try:
+        for _ in range(steps - 1):
+            one()
+        optimizer.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        one()
+        torch.cuda.synchronize()
+        return before, torch.cuda.max_memory_allocated()
+    finally:
+        model.eval()

@@ -234,3 +234,69 @@ def test_fit_benchmark_agrees_with_a_search() -> None:
     proc = subprocess.run([sys.executable, str(script), "--repeat", "1"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "torchvision/resnet50" in proc.stdout and "x" in proc.stdout
+
+
+# One layer after a trainable 1x1 conv (so its input needs a gradient), as archcalc and as plain torch.nn.
+PER_LAYER = [
+    ("conv: {out: 32, kernel: 3, padding: 1, groups: 32}", [32, 10, 10],
+     lambda: nn.Conv2d(32, 32, 3, padding=1, groups=32)),
+    ("conv: {out: 16, kernel: 3, stride: 2, dilation: 2, groups: 4}", [8, 11, 11],
+     lambda: nn.Conv2d(8, 16, 3, stride=2, dilation=2, groups=4)),
+    ("conv: {out: 12, kernel: 5, groups: 3, bias: false}", [6, 20], lambda: nn.Conv1d(6, 12, 5, groups=3, bias=False)),
+    ("conv: {out: 4, kernel: 3, groups: 2}", [4, 5, 6, 7], lambda: nn.Conv3d(4, 4, 3, groups=2)),
+    ("conv_transpose: {out: 6, kernel: 2, stride: 2, groups: 2}", [8, 5, 5],
+     lambda: nn.ConvTranspose2d(8, 6, 2, stride=2, groups=2)),
+    ("conv_transpose: {out: 8, kernel: 3, stride: 2, padding: 1, groups: 8}", [8, 6, 6],
+     lambda: nn.ConvTranspose2d(8, 8, 3, stride=2, padding=1, groups=8)),
+    ("conv: {out: 8, kernel: 3}", [8, 6, 6], lambda: nn.Conv2d(8, 8, 3)),
+    ("linear: {out: 7}", [8, 3, 3], lambda: nn.Sequential(nn.Flatten(), nn.Linear(72, 7))),
+]
+
+
+@pytest.mark.parametrize(("layer", "shape", "make"), PER_LAYER, ids=[p[0].split(":")[0] + str(i)
+                                                                      for i, p in enumerate(PER_LAYER)])
+def test_training_flops_per_layer_follow_the_installed_flop_counter(write_spec, layer: str, shape: list[int],
+                                                                     make) -> None:  # type: ignore[no-untyped-def]
+    """Forward, input gradient and weight gradient of one layer, each from the installed FlopCounterMode: the
+    layer trainable after a trainable layer (all three), frozen (no weight gradient), and first (no input
+    gradient). A torch whose rule for grouped convs differs from conventions.GROUPED_WEIGHT_GRADIENT fails here."""
+    c = shape[0]
+    torch.manual_seed(0)
+    x = torch.randn(2, *shape)
+
+    def layer_flops(first: bool, frozen: bool) -> int:
+        target = make().requires_grad_(not frozen)
+        model = target if first else nn.Sequential(nn.Conv2d(c, c, 1) if len(shape) == 3 else
+                                                   (nn.Conv1d if len(shape) == 2 else nn.Conv3d)(c, c, 1), target)
+        with FlopCounterMode(display=False) as counter:
+            model(x).sum().backward()
+        return counter.get_total_flops() if first else sum(counter.get_flop_counts()["Sequential.1"].values())
+
+    with FlopCounterMode(display=False) as counter:
+        make()(x)
+    forward = counter.get_total_flops()
+    both, no_weight, no_input = layer_flops(False, False), layer_flops(False, True), layer_flops(True, False)
+
+    pre = f"  - conv: {{out: {c}, kernel: 1}}\n"
+    spec = f"name: t\ninput: {shape}\nlayers:\n{pre}  - {layer}\n"
+    step = training_flops(analyze(load_spec(write_spec(spec)), batch=2))
+    predicted = step.layers[1]
+    assert (predicted.forward, predicted.grad_input, predicted.grad_weight) == (
+        forward, no_weight - forward, both - no_weight)
+    alone = training_flops(analyze(load_spec(write_spec(f"name: t\ninput: {shape}\nlayers:\n  - {layer}\n")), batch=2))
+    assert alone.layers[0].total == no_input
+
+
+def test_the_grouped_weight_gradient_rule_is_gated_by_the_torch_release(write_spec) -> None:  # type: ignore
+    from archcalc.core.conventions import GROUPED_WEIGHT_GRADIENT, flop_counter_divides_groups
+
+    # every release read (2.13.0, 2.14.1) counts `groups` times the forward; a future entry switches the rule
+    assert not flop_counter_divides_groups("2.13.0") and not flop_counter_divides_groups("2.14.1+cpu")
+    assert GROUPED_WEIGHT_GRADIENT[0] == ((0, 0), False)
+    # depthwise 3x3 on 32 channels, 10x10: forward 2 * 32 * 9 * 100 FLOPs per sample; its weight gradient is 32x
+    # that today, 1x under the proposed rule (pytorch PR #183405)
+    report = analyze(load_spec(write_spec("name: t\ninput: [32, 10, 10]\nlayers:\n"
+                                          "  - conv: {out: 32, kernel: 3, padding: 1, groups: 32}\n")))
+    forward = 2 * 32 * 9 * 100
+    assert training_flops(report, divide_groups=False).layers[0].grad_weight == 32 * forward
+    assert training_flops(report, divide_groups=True).layers[0].grad_weight == forward

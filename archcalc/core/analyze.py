@@ -312,10 +312,10 @@ class _Engine:
 
     # -- tensors and references --
     def new_tensor(self, name: str, shape: Shape, rf: _RF, storage: int | None = None,
-                   train_storage: int | None = None) -> int:
+                   train_storage: int | None = None, strided: tuple[bool, bool] = (False, False)) -> int:
         t = len(self.tensors)
         self.tensors.append(Tensor(name, shape, t if storage is None else storage,
-                                   t if train_storage is None else train_storage, rf.rf, rf.jump))
+                                   t if train_storage is None else train_storage, rf.rf, rf.jump, *strided))
         return t
 
     def resolve(self, ref: Ref) -> int:
@@ -460,9 +460,14 @@ class _Engine:
                     rf[axis] += int((step.kernel - 1) * jump[axis])
                     jump[axis] *= step.stride
             state = _RF(tuple(rf), tuple(jump))
-        alias = kind.alias or kind.inplace(a)
+        # A view kind that makes a strided input contiguous (flatten of a crop) returns a copy; a view of a strided
+        # tensor, or an in-place op on one, is strided too; a crop that cuts something is.
+        alias = (kind.alias or kind.inplace(a)) and not (src.strided and kind.contiguous_input)
+        train_alias = kind.alias_in_training(a) and not (src.train_strided and kind.contiguous_input)
+        cut = kind.strided(a, inp, out)
         y = self.new_tensor(node.name, out, state, src.storage if alias else None,
-                            src.train_storage if kind.alias_in_training(a) else None)
+                            src.train_storage if train_alias else None,
+                            (cut or alias and src.strided, cut or train_alias and src.train_strided))
         op = Op(node.name, kind, None, a, (x,), y, node.loc, node.trainable, cost)
         row = Row(node.name, kind.name, depth, inp, out, config, state.rf, state.jump, params=cost.params,
                   trainable_params=cost.params if node.trainable else 0, buffers=cost.buffers + cost.int_buffers,

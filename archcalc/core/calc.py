@@ -10,7 +10,16 @@ from archcalc.core.analyze import Report, analyze
 from archcalc.core.errors import ArchcalcError
 from archcalc.core.settings import Settings
 from archcalc.core.spec import Spec
-from archcalc.core.training import Fit, TrainingFlops, TrainingMemory, fit_batch, training_flops, training_memory
+from archcalc.core.training import (
+    Fit,
+    StepPeak,
+    TrainingFlops,
+    TrainingMemory,
+    fit_batch,
+    step_peaks,
+    training_flops,
+    training_memory,
+)
 from archcalc.core.training import training_report as _training_report
 
 
@@ -22,6 +31,7 @@ class CalcResult(NamedTuple):
     memory: TrainingMemory
     train_report: Report  # the report training memory comes from (amp's activation dtype under amp; else report)
     fit: Fit | None = None
+    step: tuple[StepPeak, StepPeak] | None = None  # the step's peak, a later step and the first (None under amp)
 
     @property
     def settings(self) -> Settings:
@@ -55,4 +65,4 @@ def calculate(spec: Spec | str, settings: Settings | None = None, fit: int | Non
     report = analyze(spec, s)
     train_report = _training_report(spec, s) if s.amp else report
     return CalcResult(report, training_flops(report), training_memory(train_report, s.optimizer, s.amp),
-                      train_report, found)
+                      train_report, found, None if s.amp else step_peaks(report, s.optimizer))

@@ -28,6 +28,46 @@ CONVENTIONS: dict[str, Convention] = {
 }
 
 
+# FlopCounterMode's rule for a grouped conv's weight gradient, by torch release: (first release, whether it divides
+# by `groups`). torch/utils/flop_counter.py's conv_backward_flop counts the weight gradient as a conv over all
+# input channels (t(x_shape)), `groups` times the forward (a depthwise 3x3 conv on 32 channels: 33x forward in all
+# of backward); read in torch 2.13.0 and 2.14.1. pytorch/pytorch PR #183405 (2026-05) proposes dividing it by
+# `groups` (2x forward): when a release ships that, add its version here, and tests/test_training.py's check against
+# the installed FlopCounterMode says which rule is in force.
+GROUPED_WEIGHT_GRADIENT: tuple[tuple[tuple[int, int], bool], ...] = (((0, 0), False),)
+
+
+def flop_counter_divides_groups(version: str | None = None) -> bool:
+    """Whether the FlopCounterMode of torch `version` (default: the installed torch, read from its package metadata
+    without importing it; the newest rule known when torch is not installed) divides a grouped conv's weight-gradient
+    FLOPs by `groups`."""
+    if version is None:
+        version = _installed_torch()
+    if version is None:
+        return GROUPED_WEIGHT_GRADIENT[-1][1]
+    parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in version.split("+")[0].split(".")[:2]]
+    release = (parts + [0, 0])[:2]
+    divides = False
+    for first, rule in GROUPED_WEIGHT_GRADIENT:
+        if tuple(release) >= first:
+            divides = rule
+    return divides
+
+
+_TORCH_VERSION: list[str | None] = []
+
+
+def _installed_torch() -> str | None:
+    if not _TORCH_VERSION:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            _TORCH_VERSION.append(version("torch"))
+        except PackageNotFoundError:
+            _TORCH_VERSION.append(None)
+    return _TORCH_VERSION[0]
+
+
 class DType(NamedTuple):
     """An element type: its size, and where archcalc offers it."""
 

@@ -20,6 +20,10 @@ class Tensor(NamedTuple):
     train_storage: int  # storage id in a training-mode forward (dropout, for one, then writes a new tensor)
     rf: tuple[int, ...] = ()  # its theoretical receptive field per spatial axis, in input positions
     jump: tuple[int | Fraction, ...] = ()  # per spatial axis: input positions between neighbouring positions of it
+    # A non-contiguous view (a crop of a larger tensor, or an alias of one), in an inference and in a training-mode
+    # forward: a kind with `contiguous_input` copies it first.
+    strided: bool = False
+    train_strided: bool = False
 
 
 class Op(NamedTuple):

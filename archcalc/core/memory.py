@@ -13,7 +13,9 @@
   one when an input does or the op has trainable parameters, and only such ops are recorded and keep anything, so a
   frozen or parameter-free prefix keeps nothing. Each kind says what it keeps (its input, its output, extras, in a
   dtype that may depend on the device: `kinds.base.itemsize_for`), each merge likewise (a product keeps each
-  factor for the other's gradient), and a storage kept twice counts once.
+  factor for the other's gradient), and a storage kept twice counts once. An op no output depends on (`unused:
+  allow`) runs, but its output is dropped at once and its node with it: it keeps nothing. A kind that makes its
+  input contiguous (`Kind.contiguous_input`) keeps its own copy of a strided view (a crop), not the view's base.
 """
 
 from typing import NamedTuple
@@ -98,6 +100,8 @@ def inference_timeline(graph: Graph, itemsize: int, batch: int, device: str = "c
         if op.kind is not None:
             src = graph.tensors[op.inputs[0]]
             temporaries = op.kind.transient(op.args, src.shape, out.shape)
+            if src.strided and op.kind.contiguous_input and not op.kind.alias:  # a copy of a crop, read then freed
+                temporaries = (*temporaries, (numel(src.shape), 0))
         else:
             temporaries = op.merge.transient([graph.tensors[t].shape for t in op.inputs], out.shape)  # type: ignore[union-attr]
         extra = sum(n * itemsize_for(size, itemsize, device) for n, size in temporaries) * batch if temporaries else 0
@@ -136,8 +140,12 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
             saved.add(storage)
             total += sizes[storage]
 
-    for op in graph.ops:
+    used = graph.used()
+    for i, op in enumerate(graph.ops):
         out = graph.tensors[op.output]
+        if not used[i]:  # `unused: allow`: its output is dropped at once, and with it what its node kept
+            steps.append(total)
+            continue
         if op.merge is not None:
             needs = [needs_grad[t] for t in op.inputs]
             needs_grad[op.output] = any(needs)
@@ -155,7 +163,10 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
         if recorded:  # else no autograd node: nothing is kept
             what = op.kind.saved(op.args, src.shape, out.shape)
             if what.input or what.input_for_params and params_need_grad:
-                keep(src.train_storage)
+                if src.train_strided and op.kind.contiguous_input:
+                    total += numel(src.shape) * itemsize * batch  # the contiguous copy of a crop, kept alone
+                else:
+                    keep(src.train_storage)
             if what.output:
                 keep(out.train_storage)
             for elements, size in what.extra:
@@ -164,3 +175,215 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
                 total += elements * itemsize_for(size, itemsize, device)
         steps.append(total)
     return tuple(steps)
+
+
+# ---- the training step ----------------------------------------------------------------------------------------
+
+
+class TrainStep(NamedTuple):
+    """One moment of the training step's timeline (`training_timeline`): the activation-side bytes alive while
+    it runs (saved tensors, activations, gradients of activations, the loss, the weight gradients made so far),
+    and after it has returned and what nothing holds any more is freed."""
+
+    phase: str  # 'forward', 'loss', 'backward'
+    op: int  # index into Graph.ops (-1 for the loss)
+    running: int
+    after: int
+
+
+def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad_bytes: tuple[int, ...],
+                      input_requires_grad: bool = False) -> tuple[TrainStep, ...]:
+    """Bytes made during one training step's forward and backward, beyond the parameters, buffers, optimizer
+    state and inputs that exist before it (gradients set to None): the eager forward's activations, of which
+    autograd keeps what each recorded op saves (`saved_timeline`'s rules) until that op's backward has run; the
+    loss (the sum of the outputs' sums, one scalar each); backward op by op in reverse, each allocating the
+    gradient of its input (a view kind passes a view of its own gradient; `add` passes the same tensor to every
+    input, `concat` views of it) and of its parameters (`grad_bytes[op]`, kept: they become `.grad`), then freeing
+    its output's gradient, its saved tensors (a storage when the last op keeping it is done) and its extras. A
+    gradient reaching a tensor twice is summed into a new tensor, the two parts freed. What a kernel allocates
+    and frees inside itself is not seen (backend workspace)."""
+    sizes = _storage_bytes(graph, itemsize, batch, train=True)
+    end = len(graph.ops)
+    used = graph.used()
+    release = graph.releases()
+    forward_free: dict[int, int] = {}  # train storage -> op after which the forward no longer needs it
+    for t, tensor in enumerate(graph.tensors):
+        forward_free[tensor.train_storage] = max(forward_free.get(tensor.train_storage, -1), release[t])
+    inputs = {graph.tensors[t].train_storage for _, t in graph.inputs}
+    outputs = {graph.tensors[t].train_storage for _, t in graph.outputs}
+    needs_grad = [False] * len(graph.tensors)
+    for _, t in graph.inputs:
+        needs_grad[t] = input_requires_grad
+    recorded = [False] * end
+    keepers: dict[int, set[int]] = {}  # storage -> the used recorded ops keeping it
+    extras = [0] * end
+    for i, op in enumerate(graph.ops):
+        if op.merge is not None:
+            needs = [needs_grad[t] for t in op.inputs]
+            needs_grad[op.output] = recorded[i] = any(needs)
+            if recorded[i] and used[i]:
+                kept, elements = op.merge.saved([graph.tensors[t].shape for t in op.inputs], needs)
+                for k in kept:
+                    keepers.setdefault(graph.tensors[op.inputs[k]].train_storage, set()).add(i)
+                extras[i] = elements * itemsize * batch
+            continue
+        assert op.kind is not None
+        src, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
+        params_need_grad = op.trainable and op.cost.params > 0
+        recorded[i] = needs_grad[op.output] = needs_grad[op.inputs[0]] or params_need_grad
+        if recorded[i]:
+            what = op.kind.saved(op.args, src.shape, out.shape)
+            copy = src.train_strided and op.kind.contiguous_input
+            if what.input or what.input_for_params and params_need_grad:
+                if copy:
+                    extras[i] += numel(src.shape) * itemsize * batch
+                else:
+                    keepers.setdefault(src.train_storage, set()).add(i)
+            if what.output:
+                keepers.setdefault(out.train_storage, set()).add(i)
+            extras[i] += sum(n * itemsize_for(s, itemsize, device) for n, s in what.extra) * batch
+            extras[i] += sum(n * itemsize_for(s, itemsize, device) for n, s in what.per_batch)
+            if not used[i]:  # its node dies with its dropped output: nothing kept past the op
+                for storage in (src.train_storage, out.train_storage):
+                    keepers.get(storage, set()).discard(i)
+    held = {s for s, ops in keepers.items() if ops}
+
+    frees: dict[int, list[int]] = {}
+    for storage, at in forward_free.items():
+        if storage not in held and storage not in inputs and at < end:
+            frees.setdefault(at, []).append(storage)
+    steps: list[TrainStep] = []
+    live = 0
+    alive: set[int] = set(inputs)
+    for i, op in enumerate(graph.ops):
+        out = graph.tensors[op.output]
+        if out.train_storage not in alive:
+            alive.add(out.train_storage)
+            live += sizes[out.train_storage]
+        live += extras[i]
+        running = live + _training_transient(op, graph, itemsize, batch, device)
+        if not used[i]:
+            live -= extras[i]
+        for storage in frees.get(i, ()):
+            alive.discard(storage)
+            live -= sizes[storage]
+        steps.append(TrainStep("forward", i, running, live))
+    # the loss: one scalar per output summed (a running sum of them beside the next), then the outputs dropped
+    scalar = itemsize
+    n_out = len(graph.outputs)
+    running = live + (scalar if n_out == 1 else 3 * scalar)
+    live += scalar
+    for storage in outputs:
+        if storage in alive and storage not in held and storage not in inputs:
+            alive.discard(storage)
+            live -= sizes[storage]
+    steps.append(TrainStep("loss", -1, running, live))
+
+    # backward: the seed (ones_like of the loss) is the gradient of every output, expanded (a view)
+    live += scalar
+    grad_refs: dict[int, int] = {-1: len(graph.outputs) + 1}  # gradient storage -> holders (the engine holds the seed)
+    grad_size: dict[int, int] = {-1: scalar}
+    grad_of: dict[int, int] = {t: -1 for _, t in graph.outputs}
+    next_id = 0
+
+    def give(t: int, storage: int) -> int:
+        """Tensor t's gradient buffer takes `storage` (and the reference to it): kept as it is if t has none yet,
+        else summed with the one it has into a new tensor (InputBuffer::accumulate, out of place: measured), the two
+        parts dropped. Returns the bytes that sum allocated."""
+        nonlocal next_id, live
+        old = grad_of.get(t)
+        if old is None:
+            grad_of[t] = storage
+            return 0
+        grad_size[next_id] = numel(graph.tensors[t].shape) * itemsize * batch
+        grad_refs[next_id] = 1
+        grad_of[t] = next_id
+        live += grad_size[next_id]
+        next_id += 1
+        made = grad_size[next_id - 1]
+        drop(old)
+        drop(storage)
+        return made
+
+    def drop(storage: int) -> None:
+        nonlocal live
+        grad_refs[storage] -= 1
+        if grad_refs[storage] == 0:
+            live -= grad_size[storage]
+            del grad_refs[storage]
+
+    for i in range(end - 1, -1, -1):
+        op = graph.ops[i]
+        if not recorded[i] or not used[i]:
+            continue
+        g = grad_of.get(op.output)
+        made = grad_bytes[i]
+        live += made  # the parameters' gradients, kept as .grad
+        running = live
+        new: list[tuple[int, int]] = []  # (tensor, bytes) of new gradient buffers
+        shared: list[int] = []  # tensors receiving g (or a view of it)
+        if op.merge is not None:
+            for t in op.inputs:
+                if needs_grad[t]:
+                    if op.merge.name in ("add", "concat"):
+                        shared.append(t)
+                    else:
+                        new.append((t, numel(graph.tensors[t].shape) * itemsize * batch))
+        else:
+            assert op.kind is not None
+            t = op.inputs[0]
+            if needs_grad[t]:
+                # a view (not an in-place op, whose backward makes a new gradient) passes a view of its gradient;
+                # a crop's backward writes it into zeros of the input's size
+                if (op.kind.alias and op.kind.alias_in_training(op.args)
+                        and not op.kind.strided(op.args, graph.tensors[t].shape, graph.tensors[op.output].shape)):
+                    shared.append(t)
+                else:
+                    new.append((t, numel(graph.tensors[t].shape) * itemsize * batch))
+        running += sum(b for _, b in new)
+        if op.kind is not None:
+            extra = op.kind.backward_transient(op.args, graph.tensors[op.inputs[0]].shape,
+                                               graph.tensors[op.output].shape)
+            running += sum(n * itemsize_for(code, itemsize, device) for n, code in extra) * batch
+        live += sum(b for _, b in new)
+        # the function returns its outputs; its input (the gradient of its output) and its saved tensors are freed;
+        # then each output is added into the buffer of the tensor it is the gradient of
+        returned: list[tuple[int, int]] = []
+        for t, b in new:
+            grad_size[next_id] = b
+            grad_refs[next_id] = 1
+            returned.append((t, next_id))
+            next_id += 1
+        if g is not None:
+            for t in shared:
+                grad_refs[g] += 1
+                returned.append((t, g))
+            del grad_of[op.output]
+            drop(g)
+        live -= extras[i]
+        for storage in {graph.tensors[t].train_storage for t in (*op.inputs, op.output)}:
+            ops = keepers.get(storage)
+            if ops and i in ops:
+                ops.discard(i)
+                if not ops and storage in alive and storage not in inputs:
+                    alive.discard(storage)
+                    live -= sizes[storage]
+        for t, storage in returned:
+            running = max(running, live + give(t, storage))
+        steps.append(TrainStep("backward", i, running, live))
+    live -= 2 * scalar  # the seed and the loss, once backward returns
+    steps.append(TrainStep("backward", -1, live, live))
+    return tuple(steps)
+
+
+def _training_transient(op: object, graph: Graph, itemsize: int, batch: int, device: str) -> int:
+    """Temporaries an op frees before it returns in a training-mode forward: those it declares for inference
+    that it does not keep for backward (max pooling's indices and group norm's statistics are kept: `Saved`)."""
+    from archcalc.core.graph import Op
+
+    assert isinstance(op, Op)
+    if op.kind is None:
+        return 0
+    src, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
+    temporaries = op.kind.train_transient(op.args, src.shape, out.shape)
+    return sum(n * itemsize_for(s, itemsize, device) for n, s in temporaries) * batch

@@ -7,8 +7,9 @@ Nothing here imports torch. Both are computed from a Report: batch and dtype are
 from typing import NamedTuple
 
 from archcalc.core.analyze import Report, analyze
-from archcalc.core.conventions import DTYPES
-from archcalc.core.memory import peak_inference_bytes, saved_training_bytes
+from archcalc.core.conventions import DTYPES, flop_counter_divides_groups
+from archcalc.core.kinds.base import numel
+from archcalc.core.memory import TrainStep, peak_inference_bytes, saved_training_bytes, training_timeline
 from archcalc.core.settings import AMP, FIT_FOR, OPTIMIZERS, Settings
 from archcalc.core.spec import Spec
 
@@ -55,16 +56,18 @@ class TrainingFlops(NamedTuple):
         return self.forward + self.grad_input + self.grad_weight
 
 
-def training_flops(report: Report) -> TrainingFlops:
+def training_flops(report: Report, divide_groups: bool | None = None) -> TrainingFlops:
     """FLOPs of one training step (forward + backward) exactly as torch.utils.flop_counter.FlopCounterMode counts
     them: 2 per MAC of conv and linear forward; backward = the input's gradient + the weight's gradient, each the
     size of the forward (a grouped conv's weight gradient `groups` times that: Kind.backward_macs). A layer whose
     input needs no gradient (the first layer, or any layer with only frozen layers before it) computes no input
-    gradient; a frozen layer (`trainable: false`) computes no weight gradient. Optimizer steps count nothing."""
+    gradient; a frozen layer (`trainable: false`) computes no weight gradient. Optimizer steps count nothing.
+    `divide_groups`: the grouped-conv rule (None: the installed torch's, conventions.flop_counter_divides_groups)."""
     graph = report.graph
     needs_grad = [False] * len(graph.tensors)  # the network's inputs (a batch from a data loader) need none
     layers: list[LayerFlops] = []
     reaches = graph.used(discarded=False) if graph.discarded else None  # no gradient reaches a discarded item
+    divide = divide_groups if divide_groups is not None else flop_counter_divides_groups()
     for i, row in enumerate(report.rows):  # one per op, in execution order, each with its op
         op = row.op
         assert op is not None  # only a block's summary row (in report.outline) has none
@@ -77,7 +80,7 @@ def training_flops(report: Report) -> TrainingFlops:
             needs_grad[op.output] = needed or row.trainable_params > 0
             continue
         if op.kind is not None and row.macs:
-            grad_in, grad_w = op.kind.backward_macs(op.args, row.macs)
+            grad_in, grad_w = op.kind.backward_macs(op.args, row.macs, divide)
             layers.append(LayerFlops(op.name, 2 * row.macs, 2 * grad_in if needed else 0,
                                      2 * grad_w if row.trainable_params else 0))
         needs_grad[op.output] = needed or row.trainable_params > 0
@@ -184,6 +187,79 @@ def step_memory(spec: Spec, settings: Settings | None = None, **overrides: objec
     """Training memory of one step of `spec` under `settings` (optimizer, amp, batch, dtype, device, ...)."""
     s = Settings.of(settings, **overrides)
     return training_memory(training_report(spec, s), s.optimizer, s.amp)
+
+
+# ---- the training step's timeline and its peak ------------------------------------------------------------------
+
+
+class StepPeak(NamedTuple):
+    """The most bytes alive at once in one training step (zero_grad(set_to_none=True), forward, the sum of the
+    outputs as the loss, backward, optimizer.step()), and where: the phase ('forward', 'loss', 'backward',
+    'optimizer') and the op (its name; '' for the loss and the optimizer)."""
+
+    peak: int
+    phase: str
+    op: str
+    before: int  # alive before the step: parameters, buffers, optimizer state (after the first step), inputs
+    timeline: tuple[TrainStep, ...]  # forward, loss and backward, beyond `before`
+    optimizer: int  # the optimizer step's own peak beyond `before`
+
+
+def step_peak(report: Report, optimizer: str | None = None, first: bool = False) -> StepPeak:
+    """The training-step peak of `report`'s network at its batch and dtype (no amp), on its device's kernels and
+    torch.optim's default implementation there: the first step (`first`: the optimizer creates its state inside
+    it) or a later one. On the CPU torch.optim runs one parameter at a time (foreach is the default for CUDA
+    tensors only): SGD updates in place; with momentum the first step clones each gradient into its buffer;
+    Adam's first step makes exp_avg and exp_avg_sq (zeros) and a float32 `step` scalar per parameter tensor, and
+    every step, parameter by parameter, denom = exp_avg_sq.sqrt() / c (two temporaries the parameter's size, the
+    previous denom still alive). On CUDA (foreach) Adam's square roots are made for all parameters at once, and the
+    `step` scalars live on the CPU."""
+    return step_peaks(report, optimizer)[1 if first else 0]
+
+
+def step_peaks(report: Report, optimizer: str | None = None) -> tuple[StepPeak, StepPeak]:
+    """`step_peak` of a later step and of the first, from one timeline."""
+    if optimizer is None:
+        optimizer = report.settings.optimizer if report.settings else "sgd"
+    graph = report.graph
+    size = report.itemsize
+    device = report.settings.device if report.settings else "cpu"
+    grad_bytes = tuple(row.trainable_params * size if row.used else 0 for row in report.rows)
+    timeline = training_timeline(graph, size, report.batch, device, grad_bytes,
+                                 report.settings.input_requires_grad if report.settings else False)
+    t = report.totals
+    sizes = _param_sizes(report, size)
+    trainable = t.trainable_params * size
+    adam = optimizer in ("adam", "adamw")
+    counters = 4 * len(sizes) if adam and device == "cpu" else 0  # Adam's float32 `step`s (CPU tensors)
+    state = OPTIMIZERS[optimizer].state * trainable + counters
+    inputs = sum(numel(graph.tensors[i].shape) for _, i in graph.inputs) * report.batch * size
+    end = timeline[-1].after
+    if not adam:
+        temporary = 0
+    elif device == "cpu":  # one parameter at a time: sqrt and its quotient, beside the previous denom
+        temporary = max((2 * n + (sizes[k - 1] if k else 0) for k, n in enumerate(sizes)), default=0)
+    else:  # foreach: _foreach_sqrt for all parameters, divided and offset in place
+        temporary = trainable
+    result = []
+    for first in (False, True):
+        before = t.param_bytes + t.buffer_bytes + inputs + (0 if first else state)
+        optimizer_peak = end + (state if first else 0) + temporary
+        candidates = [(s.running, s.phase, graph.ops[s.op].name if s.op >= 0 else "") for s in timeline]
+        candidates.append((optimizer_peak, "optimizer", ""))
+        peak, phase, op = max(candidates, key=lambda c: c[0])  # the first of equals
+        result.append(StepPeak(before + peak, phase, op, before, timeline, optimizer_peak))
+    return result[0], result[1]
+
+
+def _param_sizes(report: Report, itemsize: int) -> list[int]:
+    """Bytes of each trainable parameter tensor, in the order the optimizer walks them (the model's)."""
+    sizes: list[int] = []
+    for row in report.rows:
+        op = row.op
+        if row.used and row.trainable_params and op is not None and op.kind is not None:
+            sizes.extend(n * itemsize for n in op.kind.param_tensors(op.args, row.output, row.params))
+    return sizes
 
 
 # ---- memory as a function of the batch ----------------------------------------------------------------------------

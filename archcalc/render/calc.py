@@ -27,13 +27,15 @@ def calc_text(result: CalcResult, depth: int | None = None, width: int | None = 
     """The table, the summary, the training step and the fit, as `calc` prints them."""
     return grid_text(render.calc_table(result.report, depth, width, bold), width,
                      render.summary_lines(result.report) + render_training.flops_lines(result.flops)
-                     + render_training.memory_lines(result.memory) + fit_lines(result.fit))
+                     + render_training.memory_lines(result.memory)
+                     + render_training.peak_lines(result.step, result.settings.device) + fit_lines(result.fit))
 
 
 def calc_extra(result: CalcResult) -> dict[str, Any]:
     """What `calc --format json` adds to the report: the training step, and the fit when asked."""
     extra: dict[str, Any] = {"training_flops": render_training.flops_dict(result.flops),
-                             "training_memory": render_training.memory_dict(result.memory)}
+                             "training_memory": render_training.memory_dict(result.memory),
+                             "training_peak": render_training.peak_dict(result.step)}
     if result.fit is not None:
         extra["fit"] = {"limit_bytes": result.fit.limit, "for": result.fit.fit_for, "batch": result.fit.batch}
     return extra
@@ -81,6 +83,7 @@ def calc_html(result: CalcResult, depth: int | None = None) -> str:
     out += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in body]
     out.append("</tbody></table>")
     lines = render.summary_lines(r) + render_training.flops_lines(result.flops) + \
-        render_training.memory_lines(result.memory) + fit_lines(result.fit)
+        render_training.memory_lines(result.memory) + render_training.peak_lines(result.step, result.settings.device) \
+        + fit_lines(result.fit)
     out.append("<pre>" + esc("\n".join(lines)) + "</pre>")
     return "\n".join(out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from archcalc.core.training import NOT_MODELLED, TrainingFlops, TrainingMemory
+from archcalc.core.training import NOT_MODELLED, StepPeak, TrainingFlops, TrainingMemory
 from archcalc.core.units import grouped, nbytes, si
 
 
@@ -20,6 +20,28 @@ def memory_lines(memory: TrainingMemory, title: str = "training memory") -> list
     for name, value, how in memory.terms():
         lines.append(f"  {name:18} {nbytes(value):>11}  {how}")
     return lines
+
+
+def _where(step: StepPeak) -> str:
+    return f"the {step.phase} of {step.op}" if step.op else "the optimizer step" if step.phase == "optimizer" \
+        else f"the {step.phase}"
+
+
+def peak_lines(step: tuple[StepPeak, StepPeak] | None, device: str) -> list[str]:
+    """The training step's exact peak (core.training.step_peaks): a later step, and the first."""
+    if step is None:
+        return []
+    later, first = step
+    return [f"training peak   {nbytes(later.peak)} ({grouped(later.peak)} B) at {_where(later)}: the most alive "
+            f"at once in one step ({device} kernels and torch.optim); the first step {grouped(first.peak)} B at "
+            f"{_where(first)}; kernels' own workspace and allocator rounding not included"]
+
+
+def peak_dict(step: tuple[StepPeak, StepPeak] | None) -> dict[str, Any] | None:
+    if step is None:
+        return None
+    return {name: {"bytes": s.peak, "phase": s.phase, "op": s.op or None, "before_bytes": s.before}
+            for name, s in zip(("later_step", "first_step"), step)}
 
 
 def fit_lines(limit: int, what: str, batch: int, at: int, above: int | None) -> list[str]:

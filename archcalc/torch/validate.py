@@ -325,31 +325,49 @@ def _fvcore(model: Any, x: Any, leaves: list[str]) -> tuple[dict[str, int], int,
     return {name: int(by_module.get(name, 0)) for name in leaves}, total, notes
 
 
+class _Packed:
+    """What the saved-tensor hook hands autograd: the node holds it, and it dies with the node."""
+
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: Any) -> None:
+        self.tensor = tensor
+
+
 def _saved_run(model: Any, x: Any, input_requires_grad: bool) -> tuple[int | None, list[str]]:
+    """Bytes of the tensors autograd holds for backward at the end of one training-mode forward, by storage,
+    parameters and buffers excluded. What an op no output depends on kept dies with its node when its output is
+    dropped mid-forward, and is not counted (each packed tensor is wrapped in an object the node holds)."""
+    import weakref
+
     import torch
 
     exclude = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-    storages: dict[int, int] = {}
-    kept: list[Any] = []  # holds every packed tensor so no storage is freed and its address reused mid-count
+    packed: list[Any] = []
 
     def pack(t: Any) -> Any:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in exclude and storage.nbytes():
-            storages[ptr] = storage.nbytes()
-        kept.append(t)
-        return t
+        holder = _Packed(t.detach())  # detached: a saved output would hold its own node in a cycle, never freed
+        packed.append(weakref.ref(holder))
+        return holder
 
     model.train()
     inp = [t.detach().clone().requires_grad_(input_requires_grad) for t in x]
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(*inp)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda holder: holder.tensor):
+            out = model(*inp)
     except ValueError as exc:
         # e.g. batch norm in training mode on one value per channel (batch 1 after global pooling).
         return None, [f"saved_bytes: not checked: the training-mode forward fails: {exc} (try a larger --batch)"]
     finally:
         model.eval()
+    storages: dict[int, int] = {}  # every holder still alive is alive at once: distinct addresses, distinct storages
+    for ref in packed:
+        holder = ref()
+        if holder is not None:
+            storage = holder.tensor.untyped_storage()
+            if storage.data_ptr() not in exclude and storage.nbytes():
+                storages[storage.data_ptr()] = storage.nbytes()
+    del out
     return sum(storages.values()), []
 
 

@@ -152,6 +152,10 @@ class Kind:
     # argument): the layer is indifferent to the layout, so it runs as it is on a channels-last view. Implies
     # same_shape.
     elementwise: ClassVar[bool] = False
+    # The module makes its input contiguous before it computes (x.contiguous(), or flatten's reshape): a strided
+    # view (`Tensor.strided`, a crop) is copied first, and the copy, not the view's base, is what it reads and keeps
+    # for backward (a view kind with it, flatten, returns that copy). Measured per kind in tests/test_memory_views.py.
+    contiguous_input: ClassVar[bool] = False
 
     # --- torch, as plain data (the core never imports torch) ---------------------------------------------
     # A kind with a `torch_class` is built as torch_class(**its arguments) and recognised in a torch model by that
@@ -182,6 +186,10 @@ class Kind:
     def inplace(self, a: Mapping[str, Any]) -> bool:
         return False
 
+    def strided(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> bool:
+        """Whether the output is a non-contiguous view of the input (a crop that cuts something)."""
+        return False
+
     def alias_in_training(self, a: Mapping[str, Any]) -> bool:
         """Whether the output shares the input's storage in a training-mode forward (dropout does not)."""
         return self.alias or self.inplace(a)
@@ -192,11 +200,32 @@ class Kind:
         depends on the backend's algorithm choice (im2col buffers, cuDNN workspace) is not predicted."""
         return ()
 
-    def backward_macs(self, a: Mapping[str, Any], macs: int) -> tuple[int, int]:
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        """Elements of each parameter tensor, in registration order (weight, then bias: one per output channel
+        where the kind has a `bias` argument that is true). Optimizers without foreach (torch.optim on the CPU) walk
+        them one by one."""
+        if not params:
+            return ()
+        if a.get("bias") is True:
+            return (params - out[0], out[0])
+        return (params,)
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        """Temporaries in a training-mode forward (`transient` less what the op keeps for backward instead)."""
+        return self.transient(a, inp, out)
+
+    def backward_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        """Temporaries alive at the peak of the layer's backward beside its input's gradient, freed before it is
+        done (a composite's intermediate gradients), as `transient`. None for a single backward kernel."""
+        return ()
+
+    def backward_macs(self, a: Mapping[str, Any], macs: int, divide_groups: bool = False) -> tuple[int, int]:
         """What torch.utils.flop_counter.FlopCounterMode counts for this layer's backward, in MACs (2 FLOPs each),
         given its forward MACs: (grad of the input, grad of the weight). FlopCounterMode counts only conv and
         matmul ops; a layer with MACs runs one, and its backward runs two more of the same size (mm_flop,
-        conv_backward_flop in torch/utils/flop_counter.py). A layer without MACs costs nothing backward."""
+        conv_backward_flop in torch/utils/flop_counter.py). A layer without MACs costs nothing backward.
+        `divide_groups`: the installed FlopCounterMode's rule for grouped convs
+        (conventions.GROUPED_WEIGHT_GRADIENT)."""
         return macs, macs
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:

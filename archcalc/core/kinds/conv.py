@@ -81,10 +81,11 @@ class Conv(Kind):
         bias = a["out_channels"] if a["bias"] else 0
         return Cost(params=weights + bias, macs=macs, fvcore=macs, full=2 * macs + (numel(out) if a["bias"] else 0))
 
-    def backward_macs(self, a: Mapping[str, Any], macs: int) -> tuple[int, int]:
+    def backward_macs(self, a: Mapping[str, Any], macs: int, divide_groups: bool = False) -> tuple[int, int]:
         # FlopCounterMode's conv_backward_flop counts the weight gradient as a conv whose batch is all input
-        # channels (t(x_shape)), not in_channels / groups: `groups` times the forward for a grouped conv.
-        return macs, macs * a["groups"]
+        # channels (t(x_shape)), not in_channels / groups: `groups` times the forward for a grouped conv (the
+        # forward's size where a torch divides it by groups: conventions.GROUPED_WEIGHT_GRADIENT).
+        return macs, macs if divide_groups else macs * a["groups"]
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
         k, s, d, _ = self.geometry(a, inp)
@@ -101,6 +102,9 @@ class Conv(Kind):
         # With asymmetric padding F.pad's copy is alive while the convolution runs (measured with torch.profiler).
         padded = self.padded_copy(a, inp)
         return ((padded, 0),) if padded else ()
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ()  # in training what it allocates is kept for backward (Saved)
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # The convolution keeps its input (convolution_backward takes input and weight whichever gradient is
@@ -170,10 +174,10 @@ class ConvTranspose(Kind):
         return Cost(params=inp[0] * per_input + bias, macs=macs, fvcore=macs,
                     full=2 * macs + (numel(out) if a["bias"] else 0))
 
-    def backward_macs(self, a: Mapping[str, Any], macs: int) -> tuple[int, int]:
+    def backward_macs(self, a: Mapping[str, Any], macs: int, divide_groups: bool = False) -> tuple[int, int]:
         # FlopCounterMode's conv_backward_flop counts the weight gradient as a conv whose batch is all output
         # channels (t(grad_out_shape)), not out_channels / groups: `groups` times the forward for a grouped conv.
-        return macs, macs * a["groups"]
+        return macs, macs if divide_groups else macs * a["groups"]
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
         # An output position depends on ceil(F_eff / S) input positions; the grid gets S times finer.

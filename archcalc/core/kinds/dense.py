@@ -18,6 +18,7 @@ class Linear(Kind):
            "to show it as its own row. Params in*out + bias; MACs in*out.")
     full_rule = "2 per MAC, plus 1 per output for the bias"
     weighted = True
+    contiguous_input = True  # the implicit flatten copies a strided view (a crop)
     args = (
         Arg("out_features", "int", doc="number of outputs", aliases=("out", "units"), minimum=1),
         Arg("bias", "bool", True, "learn one bias per output"),
@@ -52,9 +53,11 @@ class Linear(Kind):
 @register
 class Flatten(Kind):
     name = "flatten"
-    doc = "Flatten each sample to a vector (nn.Flatten; a view of the input, no copy)."
+    doc = ("Flatten each sample to a vector (nn.Flatten; a view of the input, no copy, unless the input is a "
+           "non-contiguous view such as a crop: then a contiguous copy).")
     full_rule = "0"
     alias = True
+    contiguous_input = True
     examples = (Example((512, 7, 7)), Example((16,)))
     torch_class = "Flatten"  # read back by its own importer rule (start_dim and end_dim)
 

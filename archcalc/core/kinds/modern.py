@@ -8,6 +8,7 @@ from fractions import Fraction
 from typing import Any
 
 from archcalc.core.kinds.base import (
+    STATISTICS,
     Arg,
     Cost,
     Example,
@@ -52,10 +53,18 @@ class ChannelLayerNorm(Kind):
         # float32 mean and 1/std per position while it runs (measured with torch.profiler's memory events).
         return ((numel(inp), 0), (2 * (numel(inp) // inp[0]), 4))
 
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ((numel(inp), 0),)  # the contiguous copy; the statistics are kept (Saved)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (params // 2, params // 2) if params else ()  # weight and bias, one each per normalized element
+
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
-        # native_layer_norm keeps its (contiguous, channels-last) input and float32 mean and 1/std per position.
+        # autograd keeps the argument of layer_norm, the channels-last view of the input (its storage, shared with
+        # whatever else keeps the input), not the contiguous copy made inside; and mean and 1/std per position in
+        # the statistics dtype (the model cast as a whole: bfloat16 ones on the CPU, float32 on CUDA).
         positions = numel(inp) // inp[0]
-        return Saved(extra=((numel(inp), 0), (2 * positions, 4)))
+        return Saved(input=True, extra=((2 * positions, STATISTICS),))
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         return f"over {inp[0]} channels"
@@ -80,7 +89,8 @@ class LayerScale(Kind):
         return Cost(params=inp[0], full=numel(inp))
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
-        return Saved(input=True)  # gamma's gradient needs x (gamma itself is a parameter)
+        # x * gamma keeps x for gamma's gradient only (and gamma, a parameter, for x's): frozen, it keeps nothing.
+        return Saved(input_for_params=True)
 
 
 @register
@@ -236,6 +246,11 @@ class Crop(Kind):
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         return (inp[0], *self.sizes(a, inp))
+
+    def strided(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> bool:
+        # Cutting any spatial axis leaves gaps between the rows of a batch of 2 or more (and of one sample unless
+        # everything before the last cut axis has size 1: a case counted as strided here too).
+        return out != inp
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
         return [RFStep() for _ in inp[1:]]

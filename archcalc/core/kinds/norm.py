@@ -74,6 +74,9 @@ class BatchNorm(Kind):
         return Cost(params=2 * c if a["affine"] else 0, buffers=2 * c if track else 0, int_buffers=1 if track else 0,
                     fvcore=numel(inp) * per[0], full=full)
 
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (params // 2, params // 2) if params else ()  # weight and bias, one each per normalized element
+
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # native_batch_norm keeps the input plus the batch mean and inverse std, one per channel each, in the
         # statistics dtype of the device (see base.itemsize_for).
@@ -118,6 +121,9 @@ class LayerNorm(Kind):
         return Cost(params=2 * numel(self.norm_shape(a, inp)) if affine else 0,
                     fvcore=numel(inp) * (5 if affine else 4), full=normalize_full(numel(inp), groups, affine))
 
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (params // 2, params // 2) if params else ()  # weight and bias, one each per normalized element
+
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         groups = numel(inp) // numel(self.norm_shape(a, inp))
         return Saved(input=True, extra=((2 * groups, STATISTICS),))  # mean and 1/std per normalized group
@@ -138,6 +144,7 @@ class GroupNorm(Kind):
     )
     examples = (Example((64, 14, 14), {"num_groups": 32}), Example((12, 9), {"num_groups": 3}))
     same_shape = True
+    contiguous_input = True  # native_group_norm takes X.contiguous(): a crop is copied, and the copy kept
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         if inp[0] % a["num_groups"]:
@@ -148,6 +155,16 @@ class GroupNorm(Kind):
         per = 5 if a["affine"] else 4
         return Cost(params=2 * inp[0] if a["affine"] else 0, fvcore=numel(inp) * per,
                     full=normalize_full(numel(inp), a["num_groups"], a["affine"]))
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # native_group_norm returns mean and 1/std per group beside the output, at inference too (freed at once)
+        return ((2 * a["num_groups"], ACTIVATION),)
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ()  # in training what it allocates is kept for backward (Saved)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (params // 2, params // 2) if params else ()  # weight and bias, one each per normalized element
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # native_group_norm (shared by CPU and CUDA) keeps mean and 1/std per group in the input's dtype.
@@ -191,6 +208,15 @@ class LRN(Kind):
         # beside the output; measured with torch.profiler's memory events). The padded copy wins when C < size - 1.
         c, rest = inp[0], numel(inp[1:])
         return ((max(2 * numel(inp), (c + a["size"] - 1) * rest), 0),)
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ()  # in training the composite's intermediates are kept (Saved); the most alive is the end state
+
+    def backward_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # x / d's backward first: grad / d, and -grad * (x / d) / d through x / d, its negation and the product:
+        # four input-sized tensors at once, one of them becoming part of the input's gradient (measured by storage
+        # on the CPU). Exceeded by avg_pool3d's backward (the padded C + size - 1 channels) only when C < (size-1)/4.
+        return ((3 * numel(inp), 0),)
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # F.local_response_norm is composed of ops: x*x, pad, avg_pool, mul/add/pow, x/div. Autograd keeps the input,

@@ -129,6 +129,9 @@ class MaxPool(_WindowPool):
         padded = self.padded_copy(a, inp)
         return (((padded, 0),) if padded else ()) + indices
 
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ()  # in training what it allocates is kept for backward (Saved)
+
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # max_pool*_with_indices keeps its input and the int64 argmax indices; with asymmetric padding its input
         # is the padded copy (F.pad keeps nothing: its backward is a slice).
@@ -181,6 +184,9 @@ class AvgPool(_WindowPool):
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         padded = self.padded_copy(a, inp)  # asymmetric padding: the padded copy is alive while the op runs
         return ((padded, 0),) if padded else ()
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ()  # in training what it allocates is kept for backward (Saved)
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         padded = self.padded_copy(a, inp)
@@ -268,6 +274,9 @@ class AdaptiveMaxPool(_Adaptive):
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         return ((numel(out), 8),)  # adaptive max pooling always computes int64 indices
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ()  # in training what it allocates is kept for backward (Saved)
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         return Saved(input=True, extra=((numel(out), 8),))

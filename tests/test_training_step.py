@@ -1,0 +1,223 @@
+"""The training step's timeline and peak (core.training.step_peak) against a real step on the CPU: zero_grad,
+a training-mode forward, the sum of the outputs as the loss, backward, optimizer.step(), measured by storage as
+the ops create and free them (tests/measure.step_peak_bytes: a TorchDispatchMode and weakref finalizers, no
+archcalc arithmetic). What a kernel allocates and frees inside itself is not seen by either side.
+
+Fast tier: a network written here in plain torch.nn, worked by hand, and a few bundled specs at batch 1 and 8,
+for sgd, momentum and adam, the first step and a later one. The exhaustive tier (`-m exhaustive`) measures every
+bundled spec.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import report_of
+from measure import cuda_step_peak_bytes, step_peak_bytes
+from torch import nn
+
+from archcalc.core.analyze import analyze
+from archcalc.core.spec import load_spec
+from archcalc.core.training import step_peak
+from archcalc.torch.build import build_module
+
+OPTIMIZERS = {"sgd": lambda p: torch.optim.SGD(p, lr=1e-3),
+              "momentum": lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9),
+              "adam": lambda p: torch.optim.Adam(p, lr=1e-3)}
+
+SMALL = """
+name: small
+input: [3, 8, 8]
+layers:
+  - conv: {out: 4, kernel: 3, padding: 1}
+  - relu
+  - maxpool: {kernel: 2}
+  - flatten
+  - linear: {out: 10}
+"""
+
+
+def _small() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 10))
+
+
+def test_the_step_of_a_small_network_by_hand(write_spec) -> None:  # type: ignore[no-untyped-def]
+    # batch 2, float32. Parameters: conv 3*4*9 + 4 = 112, linear 64*10 + 10 = 650: 762 * 4 = 3,048 bytes; input
+    # 2*3*64 * 4 = 1,536. Forward: conv out 2,048 (freed after relu: conv keeps the input, relu its output), relu
+    # out 2,048, max-pool out 512 + int64 indices 1,024, linear out 80; the loss 4 (the output freed), the seed 4.
+    # Backward of the linear layer: grad input 512, weight 2,560, bias 40 -> 6,704 alive; then max pooling's grad
+    # input 2,048 beside them: 8,752 - 512 (linear kept the pool's output) -> the peak is the ReLU's backward: its
+    # grad input 2,048 while the max-pool's (2,048) and the ReLU's output (2,048) are alive:
+    # 4 + 4 + 2,560 + 40 (linear grads) + 2,048 (relu out) + 2,048 (pool grad in) + 2,048 (relu grad in) = 8,752.
+    report = analyze(load_spec(write_spec(SMALL)), batch=2, device="cpu")
+    fixed = 3_048 + 1_536
+    sgd = step_peak(report, "sgd")
+    assert (sgd.peak, sgd.phase, sgd.op) == (fixed + 8_752, "backward", "relu1")
+    torch.manual_seed(0)
+    model = _small()
+    before, measured = step_peak_bytes(model, (torch.randn(2, 3, 8, 8),), OPTIMIZERS["sgd"](model.parameters()))
+    assert (before, measured) == (fixed, sgd.peak)
+    # Adam's first step: exp_avg, exp_avg_sq (2 * 3,048) and a 4-byte `step` per parameter tensor (4) made; then,
+    # for the linear weight (2,560 bytes), sqrt and its quotient beside the conv bias's denom (16): at that moment
+    # the gradients 3,048 are alive: 3,048 + 6,096 + 16 + 2 * 2,560 + 16 = 14,296 > 8,752
+    adam = step_peak(report, "adam", first=True)
+    assert (adam.peak, adam.phase) == (fixed + 3_048 + 6_096 + 16 + 2 * 2_560 + 16, "optimizer")
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("steps", [1, 2])
+def test_the_small_network_in_plain_torch(write_spec, optimizer: str, steps: int) -> None:  # type: ignore
+    report = analyze(load_spec(write_spec(SMALL)), batch=2, device="cpu")
+    torch.manual_seed(0)
+    model = _small()
+    before, measured = step_peak_bytes(model, (torch.randn(2, 3, 8, 8),), OPTIMIZERS[optimizer](model.parameters()),
+                                       steps)
+    predicted = step_peak(report, optimizer, first=steps == 1)
+    assert (predicted.before, predicted.peak) == (before, measured)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_local_response_norm_in_plain_torch(write_spec, batch: int) -> None:  # type: ignore[no-untyped-def]
+    # F.local_response_norm is a composite of eight ops: its backward holds four input-sized tensors at once
+    report = analyze(load_spec(write_spec("name: t\ninput: [3, 4, 4]\nlayers:\n  - conv: {out: 6, kernel: 1}\n"
+                                          "  - lrn: {size: 5}\n  - conv: {out: 2, kernel: 1}\n")),
+                     batch=batch, device="cpu")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.LocalResponseNorm(5), nn.Conv2d(6, 2, 1))
+    before, measured = step_peak_bytes(model, (torch.randn(batch, 3, 4, 4),), OPTIMIZERS["sgd"](model.parameters()),
+                                       2)
+    predicted = step_peak(report, "sgd")
+    assert (predicted.before, predicted.peak, predicted.op) == (before, measured, "norm1")
+
+
+def _measured_and_predicted(name: str, batch: int, optimizer: str, steps: int) -> tuple[int, int]:
+    report = report_of(name, batch=batch, device="cpu")
+    torch.manual_seed(0)
+    model = build_module(report)
+    x = tuple(torch.randn(batch, *report.graph.tensors[t].shape) for _, t in report.graph.inputs)
+    _, measured = step_peak_bytes(model, x, OPTIMIZERS[optimizer](model.parameters()), steps)
+    return measured, step_peak(report, optimizer, first=steps == 1).peak
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("steps", [1, 2])
+def test_lenet5_step_peak_is_exact(optimizer: str, batch: int, steps: int) -> None:
+    measured, predicted = _measured_and_predicted("lenet5", batch, optimizer, steps)
+    assert predicted == measured
+
+
+RESIDUAL = """
+name: proj
+input: [3, 8, 8]
+layers:
+  - conv: {out: 4, kernel: 3, padding: 1}
+  - relu: {inplace: true}
+  - residual:
+      - conv: {out: 8, kernel: 3, stride: 2, padding: 1, bias: false}
+      - batchnorm
+      - relu
+      - conv: {out: 8, kernel: 3, padding: 1, bias: false}
+      - batchnorm
+    shortcut: projection
+    after: [relu]
+  - residual: [{conv: {out: 8, kernel: 3, padding: 1}}, relu, {conv: {out: 8, kernel: 3, padding: 1}}]
+  - conv: {out: 4, kernel: 3, padding: 1}
+"""
+
+
+class Residual(nn.Module):
+    """RESIDUAL in plain torch.nn: an in-place ReLU, a projection block and an identity block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(4, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.shortcut = nn.Sequential(nn.Conv2d(4, 8, 1, 2, bias=False), nn.BatchNorm2d(8))
+        self.body2 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+        self.head = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu_(self.stem(x))
+        x = torch.relu(self.body(x) + self.shortcut(x))
+        x = self.body2(x) + x
+        return self.head(x)
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("steps", [1, 2])
+def test_residual_blocks_in_plain_torch(write_spec, optimizer: str, steps: int) -> None:  # type: ignore
+    # gradients that meet (a shortcut and a body) are summed into a new tensor; an in-place ReLU's backward makes
+    # a new gradient; batch norm keeps its input and statistics
+    report = analyze(load_spec(write_spec(RESIDUAL)), batch=2, device="cpu")
+    torch.manual_seed(0)
+    model = Residual()
+    assert sum(p.numel() for p in model.parameters()) == report.totals.params
+    before, measured = step_peak_bytes(model, (torch.randn(2, 3, 8, 8),), OPTIMIZERS[optimizer](model.parameters()),
+                                       steps)
+    predicted = step_peak(report, optimizer, first=steps == 1)
+    assert (predicted.before, predicted.peak) == (before, measured)
+
+
+@pytest.mark.parametrize("name", ["alphago_policy", "nin", "resnet18", "torchvision/squeezenet1_1"])
+def test_bundled_step_peaks_are_exact(name: str) -> None:
+    measured, predicted = _measured_and_predicted(name, 1, "sgd", 2)
+    assert predicted == measured
+
+
+def _zoo() -> list[str]:
+    from archcalc.core.resolve import bundled
+
+    return sorted(bundled())
+
+
+@pytest.mark.exhaustive
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("steps", [1, 2])
+@pytest.mark.parametrize("name", _zoo())
+def test_every_bundled_step_peak(name: str, batch: int, optimizer: str, steps: int) -> None:
+    # the issue's bar: within 1 % (the goal, and what the fast tier holds: the byte)
+    measured, predicted = _measured_and_predicted(name, batch, optimizer, steps)
+    assert abs(predicted - measured) <= measured // 100, (predicted, measured, predicted - measured)
+
+
+def test_calc_shows_the_measured_peak_and_where() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from archcalc.cli.app import app
+
+    result = CliRunner().invoke(app, ["calc", "lenet5", "--device", "cpu", "-b", "8", "--optimizer", "adam",
+                                      "-f", "json"])
+    assert result.exit_code == 0, result.output
+    peak = json.loads(result.stdout)["training_peak"]
+    measured = {steps: _measured_and_predicted("lenet5", 8, "adam", steps)[0] for steps in (1, 2)}
+    assert peak["later_step"] == {"bytes": measured[2], "phase": "backward", "op": "tanh1",
+                                  "before_bytes": peak["later_step"]["before_bytes"]}
+    assert (peak["first_step"]["bytes"], peak["first_step"]["phase"]) == (measured[1], "optimizer")
+    amp = CliRunner().invoke(app, ["calc", "lenet5", "--amp", "bf16", "-f", "json"])
+    assert json.loads(amp.stdout)["training_peak"] is None  # autocast's step is not modelled
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("steps", [1, 2])
+def test_the_step_peak_on_cuda(write_spec, optimizer: str, steps: int) -> None:  # type: ignore[no-untyped-def]
+    """The same step on CUDA (foreach torch.optim, CUDA's saved statistics), measured with the caching allocator's
+    statistics. Every allocation is rounded up to 512 bytes there and convolutions may take cuDNN workspace from
+    the allocator, so the measured peak may exceed the prediction by those, never fall below it. (Written without
+    a GPU at hand: not yet run.)"""
+    torch.backends.cudnn.deterministic = True  # no benchmark search for workspace-hungry algorithms
+    report = analyze(load_spec(write_spec(RESIDUAL)), batch=2, device="cuda")
+    torch.manual_seed(0)
+    model = Residual().cuda()
+    before, measured = cuda_step_peak_bytes(model, (torch.randn(2, 3, 8, 8, device="cuda"),),
+                                            OPTIMIZERS[optimizer](model.parameters()), steps)
+    predicted = step_peak(report, optimizer, first=steps == 1)
+    tensors = 64  # at most this many tensors alive at once here: their rounding to 512-byte blocks
+    assert predicted.before <= before <= predicted.before + 511 * tensors
+    assert predicted.peak <= measured <= predicted.peak + 511 * tensors + 32 * 2**20  # + cuDNN workspace
