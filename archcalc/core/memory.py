@@ -140,7 +140,9 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
             saved.add(storage)
             total += sizes[storage]
 
-    used = graph.used()
+    # no gradient reaches an op only a `discard: true` item depends on: as under `unused: allow`, its output is
+    # dropped at once, and with it what its node kept
+    used = graph.used(discarded=False)
     for i, op in enumerate(graph.ops):
         out = graph.tensors[op.output]
         if not used[i]:  # `unused: allow`: its output is dropped at once, and with it what its node kept
@@ -204,7 +206,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
     and frees inside itself is not seen (backend workspace)."""
     sizes = _storage_bytes(graph, itemsize, batch, train=True)
     end = len(graph.ops)
-    used = graph.used()
+    used = graph.used(discarded=False)  # a discarded op's node dies with its dropped output, as an unused one's
     release = graph.releases()
     forward_free: dict[int, int] = {}  # train storage -> op after which the forward no longer needs it
     for t, tensor in enumerate(graph.tensors):
