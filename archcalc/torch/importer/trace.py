@@ -11,6 +11,8 @@ ImportFailure naming the op, the module path and the source line.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import operator
 import os
 import sys
@@ -19,6 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from archcalc.core.errors import ArchcalcError
@@ -86,8 +89,11 @@ class _Tensor(NamedTuple):
 
 
 class _Param(NamedTuple):
-    target: str
-    shape: Shape  # the parameter's full shape
+    """A parameter or buffer the forward reads, or a tensor computed from them alone (weight standardisation's
+    weight, `self.weight.to(x.dtype)`): the parameters and buffers it is made from."""
+
+    sources: tuple[str, ...]
+    shape: Shape  # the tensor's full shape
 
 
 class _Chunks(NamedTuple):
@@ -95,14 +101,143 @@ class _Chunks(NamedTuple):
     bounds: tuple[tuple[int, int], ...]
 
 
+class _Failed(Exception):
+    """Raised inside fx's tracing with the finished message (fx's own errors pass through it unchanged)."""
+
+
+class _Concrete(fx.Proxy):
+    """A proxy that knows the concrete value of its node (shapes are concrete at import time): where Python needs
+    a plain value (an `if`, `len`, `int`, an index), it gets this input's, and the trace is specialised to it."""
+
+    def value(self) -> Any:
+        return self.node.meta[_VALUE]
+
+    def plain(self, what: str) -> Any:
+        value = self.value()
+        if isinstance(value, torch.Tensor):
+            raise _Failed(_located(f"{what} of a tensor's values (control flow on data) cannot be traced: archcalc "
+                                   "follows shapes, not values"))
+        return value
+
+    def __len__(self) -> int:
+        return len(self.value())
+
+    def __index__(self) -> int:
+        return operator.index(self.plain("an index"))
+
+    def __int__(self) -> int:
+        return int(self.plain("int()"))
+
+    def __float__(self) -> float:
+        return float(self.plain("float()"))
+
+    def __ceil__(self) -> Any:  # math.ceil(size / stride): a node, so the size stays traceable
+        return self.tracer.create_proxy("call_function", math.ceil, (self,), {})
+
+    def __floor__(self) -> Any:
+        return self.tracer.create_proxy("call_function", math.floor, (self,), {})
+
+    def __getattr__(self, k: str) -> Any:
+        return _ConcreteAttribute(self, k)
+
+
+class _ConcreteAttribute(_Concrete, fx.proxy.Attribute):
+    pass
+
+
+_VALUE = "archcalc_value"
+# fx's own context that lifts its patches for a while (torch >= 2.1); without it, a leaf module runs patched.
+_unpatched: Any = getattr(fx._symbolic_trace, "_maybe_revert_all_patches", contextlib.nullcontext)
+
+
+def _value_of(a: Any) -> Any:
+    return fx.node.map_arg(a, lambda n: n.meta[_VALUE])
+
+
 class _Tracer(fx.Tracer):
-    def __init__(self, autowrap: Sequence[Any]) -> None:
+    """torch.fx's symbolic tracer, specialised to one input: every node is run as it is made (on meta or fake
+    tensors: shapes only), so Python control flow over shapes (`if x.shape[-1] % 2`, `len(x.shape)`, `math.ceil`,
+    `list(x.split(...))`) takes this input's branch instead of failing, while the sizes that reach an op are still
+    nodes (so a padding computed from `.size()` can be written as a reference to that tensor). A module's parameters
+    are found from one index, not by searching all of them on each attribute access."""
+
+    def __init__(self, autowrap: Sequence[Any], x: torch.Tensor, mode: Any) -> None:
         super().__init__(autowrap_functions=tuple(autowrap))
+        self.input = x
+        self.mode = mode  # a FakeTensorMode for a module with real weights, else None (meta tensors)
+        self.index: dict[int, str] = {}  # id(parameter or buffer) -> its path
+        self.tensors: dict[str, torch.Tensor] = {}
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
+        self.tensors = dict(root.named_buffers())
+        self.tensors.update(root.named_parameters())
+        self.index = {id(t): name for name, t in self.tensors.items()}
+        return super().trace(root, concrete_args)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Concrete(node, self)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        name = self.index.get(id(attr_val)) if isinstance(attr_val, torch.Tensor) else None
+        if name is None:
+            return attr_val
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
 
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
         node = super().create_node(*args, **kwargs)
         node.meta["archcalc_line"] = _caller()
+        if node.op != "output":
+            node.meta[_VALUE] = self.run(node)
         return node
+
+    def run(self, node: fx.Node) -> Any:
+        if node.op == "placeholder":
+            return self.input
+        if node.op == "get_attr":
+            found = self.tensors.get(str(node.target))
+            if found is not None:
+                return found
+            value: Any = self.root
+            with _unpatched():  # (fx patches Module.__getattr__ while it traces)
+                for part in str(node.target).split("."):
+                    value = getattr(value, part)
+            return value
+        args, kwargs = _value_of(node.args), _value_of(node.kwargs)
+        try:
+            if self.mode is None:
+                return self._run(node, args, kwargs)
+            with self.mode:
+                return self._run(node, args, kwargs)
+        except _Failed:
+            raise
+        except Exception as exc:  # the model's own op on this input (a shape that does not fit, an op fx can't size)
+            raise _Failed(_run_failure(self.root, node, exc)) from None
+
+    def _run(self, node: fx.Node, args: Any, kwargs: Any) -> Any:
+        if node.op == "call_module":
+            m = self.root.get_submodule(str(node.target))
+            # A layer that keeps its input's shape need not run (batch norm's meta kernel is a slow decomposition).
+            if type(m) in mapping.SAME_SHAPE and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+                return torch.empty_like(args[0])
+            with _unpatched():  # fx patches Module.__call__ and __getattr__ while it traces
+                return m(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        return node.target(*args, **kwargs)  # type: ignore[operator]
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        return bool(obj.plain("a branch on the value") if isinstance(obj, _Concrete) else super().to_bool(obj))
+
+    def iter(self, obj: fx.Proxy) -> Any:
+        value = obj.node.meta[_VALUE]
+        if isinstance(value, torch.Tensor):
+            return iter([obj[i] for i in range(int(value.shape[0]))])
+        return iter([obj[i] for i in range(len(value))])
+
+    def keys(self, obj: fx.Proxy) -> Any:
+        return obj.node.meta[_VALUE].keys()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return mapping.is_leaf(m)
@@ -128,33 +263,6 @@ class _Root(nn.Module):
         return inner(x) if self.whole else type(inner).forward(inner, x)
 
 
-class _Run(fx.Interpreter):
-    """Runs the graph once, keeping every node's value (tensors are meta or fake: shapes only)."""
-
-    def __init__(self, module: fx.GraphModule) -> None:
-        super().__init__(module, garbage_collect_values=False)
-        self.values: dict[fx.Node, Any] = {}
-        self.failure: str | None = None
-
-    def run_node(self, n: fx.Node) -> Any:
-        try:
-            value = super().run_node(n)
-        except ImportFailure:
-            raise
-        except Exception as exc:  # the model's own op on this input (a shape that does not fit, an op fx can't size)
-            self.failure = _run_failure(self.module, n, exc)
-            raise ImportFailure(self.failure) from None
-        self.values[n] = value
-        return value
-
-    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
-        # A layer that keeps its input's shape need not run (batch norm's meta kernel is a slow decomposition).
-        if type(self.fetch_attr(target)) in mapping.SAME_SHAPE and len(args) == 1 and not kwargs \
-                and isinstance(args[0], torch.Tensor):
-            return torch.empty_like(args[0])
-        return super().call_module(target, args, kwargs)
-
-
 def _run_failure(root: Any, n: fx.Node, exc: Exception) -> str:
     """Where and why the model does not run on the input: the node (a module by its path and class, a function by
     name) and the first line of torch's message (the rest is torch's own traceback)."""
@@ -166,8 +274,28 @@ def _run_failure(root: Any, n: fx.Node, exc: Exception) -> str:
     else:
         what = f"{n.op} {getattr(n.target, '__name__', n.target)}"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return (f"the model does not run on this input: {what}: {type(exc).__name__}: {first} (check --input: one "
-            "sample's shape, channels first)")
+    file, line = n.meta.get("archcalc_line", ("", 0))
+    place = f" ({file}:{line})" if file else ""
+    return (f"the model does not run on this input: {what}{place}: {type(exc).__name__}: {first} (check --input: "
+            "one sample's shape, channels first)")
+
+
+def _located(why: str) -> str:
+    """`why`, at the model's source line now running (the innermost frame outside torch and the importer)."""
+    file, line = _caller()
+    return f"cannot import the forward at {file}:{line}: {why}" if file else f"cannot import the forward: {why}"
+
+
+def _user_frame(tb: Any) -> tuple[str, int]:
+    """The innermost frame of a traceback in the model's own code (not torch's, not the importer's)."""
+    found = ("", 0)
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if not any(part in name for part in _SKIP) and f"{os.sep}torch{os.sep}" not in name \
+                and f"{os.sep}typing.py" not in name:
+            found = (name, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
 
 
 _SKIP = (f"{os.sep}torch{os.sep}fx{os.sep}", f"{os.sep}torch{os.sep}nn{os.sep}modules{os.sep}module.py",
@@ -240,6 +368,8 @@ class _Converter:
         self.unknown: list[str] = []
         self.called: set[str] = set()
         self.named_functions = mapping.named_functions()
+        self.parameters = dict(root.named_parameters())
+        self.consumed: set[str] = set()  # the parameters and buffers an op has counted
 
     # -- helpers --
     def tensor_of(self, value: Any, node: fx.Node) -> _Tensor:
@@ -299,7 +429,7 @@ class _Converter:
                 input_shape = self.shapes[0]
             elif node.op == "get_attr":
                 value = self.values[node]
-                self.vals[node] = _Param(str(node.target), tuple(value.shape)) if isinstance(value, torch.Tensor) \
+                self.vals[node] = _Param((str(node.target),), tuple(value.shape)) if isinstance(value, torch.Tensor) \
                     else value
             elif node.op == "output":
                 outputs = self.outputs(node)
@@ -372,13 +502,16 @@ class _Converter:
         value = self.values.get(node)
         if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Param, list, tuple)) and self._has_tensor(a)
                                    for a in [*args, *kwargs.values()]):
+            params = self._params([*args, *kwargs.values()])
+            if params and isinstance(value, torch.Tensor):  # arithmetic on parameters alone: still parameters
+                return _Param(tuple(dict.fromkeys(s for p in params for s in p.sources)), tuple(value.shape))
             if isinstance(value, torch.Tensor):
                 raise Unmapped("a tensor made without the input (a constant); archcalc has no kind for it")
             return value  # shape arithmetic: x.shape, x.size(0), ...
         method = str(target) if node.op == "call_method" else None
         if method in mapping.ALIASES_METHODS:
             return args[0]
-        if (target is getattr and args[1:] == ["shape"]) or method in ("size", "dim", "numel"):
+        if (target is getattr and not isinstance(value, torch.Tensor)) or method in ("size", "dim", "numel"):
             return value  # x.shape[-2:], x.size(0): concrete values for the arguments of later ops
         if target is operator.getitem:
             return self.getitem(node, args)
@@ -406,13 +539,52 @@ class _Converter:
             raise Unmapped("its first argument is not a tensor of the network")
         if any(isinstance(v, _Tensor) for k, v in bound.items() if k != "x"):
             raise Unmapped("it takes a second tensor, which has no archcalc kind")
+        if x.channels_last and fn is F.linear:  # a Linear over the channels of a channels-last view: a 1x1 conv
+            w = bound.get("weight")
+            if not isinstance(w, _Param) or len(w.shape) != 2 or w.shape[1] != x.shape[0]:
+                raise Unmapped("F.linear on a channels-last view over other than its channels")
+            args = {"out_channels": w.shape[0], "kernel_size": 1, "bias": bound.get("bias") is not None}
+            self.consume(node, self._params(list(bound.values())), "conv", args, x)
+            return self.emit(node, "conv", "conv", None, args, [x], False, channels_last=True,
+                             shape=(w.shape[0], *x.shape[1:]))
         mapped = rule(bound, x.shape)
+        self.consume(node, self._params(list(bound.values())), mapped.kind, mapped.args, x)
         if mapped.kind == "upsample" and "size" in mapped.args:
             ref = self.size_source(node, mapped.args["size"])
             if ref is not None:
                 del mapped.args["size"]
                 mapped.args["size_of"] = SizeOf(ref)
         return self.layer(node, mapped, x, mapped.kind, fixed=False)
+
+    @classmethod
+    def _params(cls, values: Sequence[Any]) -> list[_Param]:
+        found: list[_Param] = []
+        for v in values:
+            if isinstance(v, _Param):
+                found.append(v)
+            elif isinstance(v, (list, tuple)) and not hasattr(v, "_fields"):
+                found += cls._params(v)
+        return found
+
+    def consume(self, node: fx.Node, params: Sequence[_Param], kind: str, args: dict[str, Any], x: _Tensor) -> None:
+        """The op of `kind` counts the parameters it reads: exactly the ones its kind counts, each once."""
+        sources = list(dict.fromkeys(s for p in params for s in p.sources))
+        for name in sources:
+            if name in self.consumed:
+                raise Unmapped(f"it reads {name}, which an earlier op read too (a shared parameter would be counted "
+                               "twice)")
+        got = sum(self.parameters[name].numel() for name in sources if name in self.parameters)
+        spec = REGISTRY[kind]
+        full = {arg.name: args.get(arg.name, arg.default) for arg in spec.args}
+        value = self.values[node]
+        try:
+            want = spec.cost(full, x.shape, tuple(int(s) for s in value.shape[1:])).params
+        except Exception:  # a shape the kind does not take: the op's own mapping reports it
+            want = got
+        if got != want:
+            raise Unmapped(f"its parameters ({', '.join(sources)}: {got:,} values) are not the {want:,} that "
+                           f"archcalc's {kind} counts")
+        self.consumed.update(sources)
 
     @staticmethod
     def _has_tensor(a: Any) -> bool:
@@ -489,6 +661,7 @@ class _Converter:
         if merge == "mul" and isinstance(a, _Param) != isinstance(b, _Param):
             x, p = (b, a) if isinstance(a, _Param) else (a, b)
             if isinstance(x, _Tensor) and not x.channels_last and p.shape == (x.shape[0], *(1,) * (len(x.shape) - 1)):
+                self.consume(node, [p], "layer_scale", {}, x)
                 return self.emit(node, "layer_scale", "layer_scale", None, {}, [x], fixed=False)
             raise Unmapped("a product with a parameter that is not one value per channel (C x 1 x 1)")
         if not (isinstance(a, _Tensor) and isinstance(b, _Tensor)):
@@ -619,27 +792,29 @@ class _Converter:
 
 def trace_module(module: nn.Module, input_shape: Sequence[int], allow_unknown: bool = False) -> Traced:
     """Trace `module` (in its current mode; from_module puts it in eval) on one sample of `input_shape`."""
-    tracer = _Tracer(list(mapping.named_functions()))
+    shape = (1, *(int(s) for s in input_shape))
+    tensors = [*module.parameters(), *module.buffers()]
+    mode = None
+    if tensors and not all(t.is_meta for t in tensors):
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        x = mode.from_tensor(torch.empty(shape))
+    else:
+        x = torch.empty(shape, device="meta")
+    tracer = _Tracer(list(mapping.named_functions()), x, mode)
     root = _Root(module)
     try:
         graph = tracer.trace(root)
+    except _Failed as exc:
+        raise ImportFailure(str(exc)) from None
     except Exception as exc:  # fx's TraceError and whatever the module's forward raises on proxies
-        raise ImportFailure(f"cannot trace the module with torch.fx: {type(exc).__name__}: {exc}") from None
-    gm = fx.GraphModule(root, graph)
-    run = _Run(gm)
-    shape = (1, *(int(s) for s in input_shape))
-    params = list(module.parameters()) + list(module.buffers())
-    try:
-        if params and all(p.is_meta for p in params) or not params:
-            run.run(torch.empty(shape, device="meta"))
-        else:
-            from torch._subclasses.fake_tensor import FakeTensorMode
-
-            with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-                run.run(mode.from_tensor(torch.empty(shape)))
-    except ImportFailure as exc:  # fx's interpreter appends its own node dump to the message: say ours alone
-        raise ImportFailure(run.failure or str(exc)) from None
-    converter = _Converter(root, graph, run.values, allow_unknown)
+        file, line = _user_frame(exc.__traceback__)
+        place = f" at {file}:{line}" if file else ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ImportFailure(f"cannot trace the module{place}: {type(exc).__name__}: {first}") from None
+    values = {n: n.meta[_VALUE] for n in graph.nodes if _VALUE in n.meta}
+    converter = _Converter(root, graph, values, allow_unknown)
     outputs, in_shape = converter.run()
     ops, dropped = _live(converter.ops, outputs)
     warnings = list(converter.warnings)
