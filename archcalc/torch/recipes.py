@@ -641,6 +641,14 @@ def _f_pad(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
     if len(pairs) > rank:
         raise Unmapped("F.pad of the channel or batch axis")
     pairs = ((0, 0),) * (rank - len(pairs)) + pairs
+    if any(p < 0 for pair in pairs for p in pair):  # negative padding crops
+        if any(p > 0 for pair in pairs for p in pair):
+            raise Unmapped("F.pad that pads one side and crops another has no archcalc kind")
+        sizes = tuple(w + b + e for w, (b, e) in zip(inp[1:], pairs))
+        if any(-b != (w - n) // 2 for w, n, (b, _) in zip(inp[1:], sizes, pairs)):
+            raise Unmapped(f"F.pad({list(a['pad'])}) crops off centre; archcalc's crop cuts half of the margin "
+                           "before (the odd row or column after)")
+        return Mapped("crop", {"size": _tup(sizes)})
     return Mapped("zeropad", {"padding": _padding(pairs)})
 
 

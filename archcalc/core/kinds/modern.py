@@ -242,3 +242,32 @@ class Crop(Kind):
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         return "-> " + "x".join(map(str, self.sizes(a, inp)))
+
+
+@register
+class Scalar(Kind):
+    name = "scalar"
+    synonyms = ("constant", "scale")
+    doc = ("Arithmetic with a constant: x + c, x - c, c - x, x * c or x / c (op add, sub, rsub, mul, div), as a "
+           "forward writes it (`x + 0` in RepVGG, `x / 2`, a fixed scale). A new tensor of the input's shape; no "
+           "parameters, no MACs; fvcore has no formula for it (0).")
+    full_rule = "1 per element"
+    args = (Arg("op", "str", doc="the operation", choices=("add", "sub", "rsub", "mul", "div")),
+            Arg("value", "float", doc="the constant c"))
+    examples = (Example((16, 8, 8), {"op": "add", "value": 0.0}), Example((8, 5, 5), {"op": "div", "value": 2.0}),
+                Example((6, 4), {"op": "rsub", "value": 1.0}), Example((10,), {"op": "mul", "value": 0.5}))
+    same_shape = True
+    elementwise = True
+    torch_class = "Scalar"
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        if a["op"] == "div" and a["value"] == 0:
+            raise LayerError("scalar: division by 0")
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(full=numel(inp))
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return {"add": "x + {}", "sub": "x - {}", "rsub": "{} - x", "mul": "x * {}", "div": "x / {}"}[
+            a["op"]].format(a["value"])

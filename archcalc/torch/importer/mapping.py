@@ -12,6 +12,7 @@ why it has no kind.
 from __future__ import annotations
 
 import inspect
+import operator
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -108,6 +109,9 @@ for _merge in MERGES.values():
         for _method in (_word, _word + "_", f"__i{_word}__"):
             BINARY_METHODS[_method] = _merge.name
         FOLDABLE_METHODS.add(_word)
+# Division has no merge: `x / c` is the scalar kind, `x / y` no kind.
+DIVIDE = {operator.truediv, operator.itruediv, torch.div, torch.true_divide}
+DIVIDE_METHODS = {"div", "div_", "true_divide", "__itruediv__", "__truediv__"}
 CAT = {torch.cat, torch.concat}
 FLATTEN = {torch.flatten}
 CHUNK = {torch.chunk}

@@ -26,7 +26,7 @@ from torch import nn
 
 from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
-from archcalc.core.kinds.base import LayerError
+from archcalc.core.kinds.base import LayerError, resolve_padding
 from archcalc.core.merges import MERGES
 from archcalc.torch.importer import mapping
 from archcalc.torch.importer.mapping import Mapped, Unmapped
@@ -369,6 +369,8 @@ class _Converter:
         self.called: set[str] = set()
         self.named_functions = mapping.named_functions()
         self.parameters = dict(root.named_parameters())
+        self.same: dict[int, tuple[_Tensor, fx.Node]] = {}  # a pad computed from its input's size -> (input, node)
+        self.current: Any = None  # the node being converted
         self.consumed: set[str] = set()  # the parameters and buffers an op has counted
 
     # -- helpers --
@@ -434,6 +436,7 @@ class _Converter:
             elif node.op == "output":
                 outputs = self.outputs(node)
             else:
+                self.current = node
                 try:
                     result = self.node(node)
                 except Unmapped as exc:
@@ -516,6 +519,8 @@ class _Converter:
         if target is operator.getitem:
             return self.getitem(node, args)
         merge = mapping.BINARY_METHODS.get(method) if method else mapping.BINARY.get(target)
+        if method in mapping.DIVIDE_METHODS or target in mapping.DIVIDE:
+            merge = "div"
         if merge is not None:
             return self.binary(node, merge, args, kwargs)
         if target in mapping.CAT:
@@ -554,7 +559,80 @@ class _Converter:
             if ref is not None:
                 del mapped.args["size"]
                 mapped.args["size_of"] = SizeOf(ref)
+        if mapped.kind in ("zeropad", "crop"):
+            return self.resize(node, mapped, x)
+        if mapped.kind == "conv" and self.same.get(x.id) is not None and mapped.args["padding"] in (0, "valid"):
+            fused = self.same_padding(mapped, x)
+            if fused is not None:
+                return fused
         return self.layer(node, mapped, x, mapped.kind, fixed=False)
+
+    def resize(self, node: fx.Node, mapped: Mapped, x: _Tensor) -> _Tensor:
+        """A pad or crop whose sizes were computed from tensors' sizes: `to:` the tensor it takes the size of; from
+        the input's own size, it may be a conv's "same" padding (see same_padding); otherwise the numbers of this
+        input, with a warning."""
+        spatial = tuple(int(v) for v in self.values[node].shape[2:])
+        sources = self.size_sources(node)
+        if sources and not x.channels_last:
+            match = [t for t in sources if t.id != x.id and t.shape[1:] == spatial and not t.channels_last]
+            pads = None if mapped.kind == "crop" else mapped.args["padding"]
+            centred = mapped.kind == "crop" or self._centred(pads, x.shape[1:], spatial)
+            if match and centred:
+                return self.emit(node, mapped.kind, mapped.kind, None, {"to": SizeOf(match[0].id)}, [x], False)
+            out = self.layer(node, mapped, x, mapped.kind, fixed=False)
+            if mapped.kind == "zeropad" and any(t.id == x.id for t in sources):
+                self.same[out.id] = (x, node)
+            else:
+                self.warnings.append(f"{_where(node, _op_name(node, self.root))}: a size computed from the tensors' "
+                                     "sizes is written as this input's numbers")
+            return out
+        return self.layer(node, mapped, x, mapped.kind, fixed=False)
+
+    @staticmethod
+    def _centred(pads: Any, before: Shape, after: Shape) -> bool:
+        rank = len(before)
+        pairs = resolve_padding(pads, before, (1,) * rank, (1,) * rank)
+        return all(b == (t - w) // 2 for (b, _), w, t in zip(pairs, before, after))
+
+    def same_padding(self, mapped: Mapped, x: _Tensor) -> _Tensor | None:
+        """A zero padding computed from the input's size, then a conv without padding: TensorFlow's "same" (timm's
+        Conv2dSame) when the pads are the ones "same" gives at this size, so the spec keeps it at a new input."""
+        source, pad_node = self.same[x.id]
+        prev = self.ops[-1] if self.ops else None
+        if prev is None or prev.output != x.id or len(pad_node.users) != 1:
+            return None
+        args = dict(mapped.args)
+        kind: Any = REGISTRY["conv"]
+        full = {arg.name: args.get(arg.name, arg.default) for arg in kind.args}
+        k, stride, d, pads = kind.geometry(full, source.shape)
+        keff = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
+        if resolve_padding("same", source.shape[1:], keff, stride) != tuple(
+                tuple(p) for p in resolve_padding(prev.args["padding"], source.shape[1:], (1,) * len(k),
+                                                  (1,) * len(k))):
+            return None
+        self.ops.pop()  # the pad becomes the conv's padding
+        self.shapes.pop()
+        pad_node_value = self.current  # (the conv's node)
+        args["padding"] = "same"
+        return self.emit(pad_node_value, "conv", "conv", None, args, [source], fixed=False)
+
+    def size_sources(self, node: fx.Node) -> list[_Tensor]:
+        """The tensors whose sizes the op's arguments (beyond its input) were computed from (x.size(2) - y.size(2))."""
+        first = node.args[0] if node.args else None
+        todo = [n for n in node.all_input_nodes if n is not first]
+        seen: set[fx.Node] = set()
+        found: dict[int, _Tensor] = {}
+        while todo and len(seen) < 64:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            value = self.vals.get(n)
+            if isinstance(value, _Tensor):
+                found.setdefault(value.id, value)
+                continue
+            todo.extend(n.all_input_nodes)
+        return list(found.values())
 
     @classmethod
     def _params(cls, values: Sequence[Any]) -> list[_Param]:
@@ -658,6 +736,26 @@ class _Converter:
         if len(args) != 2 or kwargs:
             raise Unmapped(f"{merge} with {len(args)} arguments{' and ' + ', '.join(kwargs) if kwargs else ''}")
         a, b = args
+        number = (int, float)
+        if isinstance(a, _Tensor) != isinstance(b, _Tensor) and any(
+                isinstance(v, number) and not isinstance(v, bool) for v in (a, b)):  # arithmetic with a constant
+            x, c = (a, b) if isinstance(a, _Tensor) else (b, a)
+            op = "rsub" if merge == "sub" and x is b else ("div" if merge == "div" else merge)
+            if merge == "div" and x is b:
+                raise Unmapped("a constant divided by a tensor has no archcalc kind")
+            return self.emit(node, "scalar", "scalar", None, {"op": op, "value": float(c)}, [x], fixed=False)
+        if merge == "add" and isinstance(a, _Param) != isinstance(b, _Param):  # a learned bias, a position embedding
+            x, p = (b, a) if isinstance(a, _Param) else (a, b)
+            if isinstance(x, _Tensor) and not x.channels_last:
+                shape = p.shape[1:] if len(p.shape) == len(x.shape) + 1 and p.shape[0] == 1 else p.shape
+                per = {(x.shape[0], *(1,) * (len(x.shape) - 1)): "channel", (1, *x.shape[1:]): "position",
+                       tuple(x.shape): "element"}.get(tuple(shape))
+                if per is not None:
+                    self.consume(node, [p], "bias", {"per": per}, x)
+                    return self.emit(node, "bias", "bias", None, {"per": per}, [x], fixed=False)
+            raise Unmapped("a sum with a parameter that is not one value per channel, per position or per element")
+        if merge == "div":
+            raise Unmapped("a division of two tensors has no archcalc kind")
         if merge == "mul" and isinstance(a, _Param) != isinstance(b, _Param):
             x, p = (b, a) if isinstance(a, _Param) else (a, b)
             if isinstance(x, _Tensor) and not x.channels_last and p.shape == (x.shape[0], *(1,) * (len(x.shape) - 1)):
@@ -756,6 +854,21 @@ class _Converter:
         index = index if isinstance(index, tuple) else (index,)
         channels = source.shape[0]
         full = slice(None, None, None)
+        if Ellipsis in index and index.count(Ellipsis) == 1:  # x[..., a:b]: the axes the ellipsis stands for
+            at = index.index(Ellipsis)
+            index = index[:at] + (full,) * (len(source.shape) + 1 - len(index) + 1) + index[at + 1:]
+        if len(index) > 2 and index[0] == full and index[1] == full and all(
+                isinstance(i, slice) and i.step in (None, 1) for i in index[2:]):  # x[:, :, a:b, c:d]: a crop
+            sizes = tuple(int(v) for v in self.values[node].shape[2:])
+            starts = [i.indices(w)[0] for i, w in zip(index[2:], source.shape[1:])]
+            starts += [0] * (len(sizes) - len(starts))
+            if sizes == source.shape[1:]:
+                return source
+            if all(b == (w - n) // 2 for b, w, n in zip(starts, source.shape[1:], sizes)):
+                return self.resize(node, Mapped("crop", {"size": sizes[0] if len(set(sizes)) == 1 else sizes}),
+                                   source)
+            raise Unmapped(f"indexing [{', '.join(map(str, index))}] crops off centre; archcalc's crop cuts half of "
+                           "the margin before (the odd row or column after)")
         if len(index) >= 1 and index[0] == full and all(i == full for i in index[2:]):
             if len(index) == 1:
                 return source
@@ -819,21 +932,44 @@ def trace_module(module: nn.Module, input_shape: Sequence[int], allow_unknown: b
     ops, dropped = _live(converter.ops, outputs)
     warnings = list(converter.warnings)
     if dropped:
-        warnings.append(f"left out {dropped} op(s) no output depends on")
+        warnings.append(_dropped(dropped, converter.shapes))
     if not root.whole:
         warnings += _untraced(module, converter.called, graph)
     types = {tuple(path.split(".")) if path else (): type(m).__name__ for path, m in root.named_modules()}
     return Traced(in_shape, converter.shapes, ops, outputs, warnings, converter.unknown, types)
 
 
-def _live(ops: list[Op], outputs: list[tuple[str, int]]) -> tuple[list[Op], int]:
+def _live(ops: list[Op], outputs: list[tuple[str, int]]) -> tuple[list[Op], list[Op]]:
     needed = {t for _, t in outputs}
     keep = [False] * len(ops)
     for i in range(len(ops) - 1, -1, -1):
         if ops[i].output in needed:
             keep[i] = True
             needed.update(ops[i].inputs)
-    return [op for op, k in zip(ops, keep) if k], keep.count(False)
+    return [op for op, k in zip(ops, keep) if k], [op for op, k in zip(ops, keep) if not k]
+
+
+def _dropped(ops: list[Op], shapes: list[Shape]) -> str:
+    """The warning for ops that run but feed no output: each by its module path, the kind and its parameters (the
+    spec cannot yet say "computed, then discarded", so they are not in it)."""
+    named, total = [], 0
+    for op in ops:
+        what = op.kind or op.merge or "?"
+        params = 0
+        if op.kind is not None:
+            spec = REGISTRY[op.kind]
+            full = {arg.name: op.args.get(arg.name, arg.default) for arg in spec.args}
+            try:
+                params = spec.cost(full, shapes[op.inputs[0]], shapes[op.output]).params
+            except Exception:  # (a kind whose costs need the written spec's references: no parameters)
+                params = 0
+        total += params
+        path = op.where.path if op.fixed else ".".join((*op.scope, op.name))
+        line = f", {os.path.basename(op.where.file)}:{op.where.line}" if op.where.file else ""
+        named.append(f"{path} ({what}{f', {params:,} parameters' if params else ''}{line})")
+    shown = ", ".join(named[:8]) + (f" and {len(named) - 8} more" if len(named) > 8 else "")
+    tail = f"; their {total:,} parameters are not in the spec" if total else ""
+    return f"left out {len(ops)} op(s) that run but feed no output: {shown}{tail}"
 
 
 def _untraced(module: nn.Module, called: set[str], graph: fx.Graph) -> list[str]:
