@@ -222,6 +222,23 @@ def test_constants_and_parameters_are_counted() -> None:
     assert report.totals.params == (8 * 27 + 8) + 8 * 36 + 8
 
 
+def test_layer_scale_as_convnext_writes_it() -> None:
+    class Block(nn.Module):  # timm's ConvNeXt block: gamma of shape C, reshaped, or applied channels-last
+        def __init__(self) -> None:
+            super().__init__()
+            self.dw = nn.Conv2d(8, 8, 7, padding=3, groups=8)
+            self.norm = nn.LayerNorm(8)
+            self.gamma_last = nn.Parameter(torch.ones(8))
+            self.gamma = nn.Parameter(torch.ones(8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.norm(self.dw(x).permute(0, 2, 3, 1)) * self.gamma_last
+            return x + y.permute(0, 3, 1, 2).mul(self.gamma.reshape(1, -1, 1, 1))
+
+    text, report = check(Block(), (8, 9, 9))
+    assert [r.kind for r in report.rows] == ["conv", "channel_layernorm", "layer_scale", "layer_scale", "add"]
+
+
 def test_a_parameter_two_ops_read_is_refused() -> None:
     class Shared(nn.Module):
         def __init__(self) -> None:
@@ -235,6 +252,21 @@ def test_a_parameter_two_ops_read_is_refused() -> None:
         from_module(Shared(), (4, 8, 8))
 
 
+def test_an_op_reading_more_parameters_than_its_kind_counts_is_refused() -> None:
+    class HalfBias(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 3, 3, 3))
+            self.b = nn.Parameter(torch.randn(8))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(x, self.w, self.b[:4])  # a view of half of b: b's other 4 values are counted nowhere
+
+    with pytest.raises(ImportFailure, match=r"its parameters \(w, b: 116 values\) are not the 112 that archcalc's "
+                                            "conv counts"):
+        from_module(HalfBias(), (3, 8, 8))
+
+
 def test_weight_standardisation_with_a_gain_is_refused_not_miscounted() -> None:
     class ScaledStdConv2d(nn.Conv2d):  # timm's: the weight standardised at forward time, times a learned gain
         def __init__(self, cin: int, cout: int) -> None:
@@ -246,7 +278,7 @@ def test_weight_standardisation_with_a_gain_is_refused_not_miscounted() -> None:
                              weight=self.gain.reshape(-1), training=True, momentum=0.0, eps=1e-6)
             return F.conv2d(x, w.reshape_as(self.weight), self.bias)
 
-    with pytest.raises(ImportFailure, match=r"its parameters \(weight, gain, bias: 116 values\) are not the 112"):
+    with pytest.raises(ImportFailure, match="arithmetic on parameters at forward time"):
         from_module(ScaledStdConv2d(3, 4), (3, 8, 8))
 
 

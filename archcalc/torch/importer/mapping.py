@@ -112,6 +112,13 @@ for _merge in MERGES.values():
 # Division has no merge: `x / c` is the scalar kind, `x / y` no kind.
 DIVIDE = {operator.truediv, operator.itruediv, torch.div, torch.true_divide}
 DIVIDE_METHODS = {"div", "div_", "true_divide", "__itruediv__", "__truediv__"}
+# What a forward may do to a parameter and still have the parameter (a view, a cast): what an op then reads counts
+# it. Anything else computed from parameters alone is refused (its cost would be left out).
+PARAM_VIEWS = {"reshape", "view", "view_as", "reshape_as", "to", "type", "float", "half", "bfloat16", "contiguous",
+               "permute", "transpose", "flatten", "squeeze", "unsqueeze", "expand", "expand_as", "__getitem__",
+               "detach", "clone"}
+PARAM_VIEW_FUNCTIONS = {torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
+                        operator.getitem}
 CAT = {torch.cat, torch.concat}
 FLATTEN = {torch.flatten}
 CHUNK = {torch.chunk}

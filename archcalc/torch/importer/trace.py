@@ -291,15 +291,15 @@ def _user_frame(tb: Any) -> tuple[str, int]:
     found = ("", 0)
     while tb is not None:
         name = tb.tb_frame.f_code.co_filename
-        if not any(part in name for part in _SKIP) and f"{os.sep}torch{os.sep}" not in name \
-                and f"{os.sep}typing.py" not in name:
+        if not any(part in name for part in _SKIP) and f"{os.sep}typing.py" not in name:
             found = (name, tb.tb_lineno)
         tb = tb.tb_next
     return found
 
 
-_SKIP = (f"{os.sep}torch{os.sep}fx{os.sep}", f"{os.sep}torch{os.sep}nn{os.sep}modules{os.sep}module.py",
-         f"{os.sep}archcalc{os.sep}torch{os.sep}importer{os.sep}")
+# Frames that are not the model's: torch's own (fx, overrides.py's handling of a function on a proxy, nn's modules)
+# and the importer's.
+_SKIP = (os.path.dirname(torch.__file__) + os.sep, f"{os.sep}archcalc{os.sep}torch{os.sep}importer{os.sep}")
 
 
 def _caller() -> tuple[str, int]:
@@ -503,15 +503,18 @@ class _Converter:
         kwargs = {k: self.arg(v) for k, v in node.kwargs.items()}
         tensors = [a for a in args if isinstance(a, _Tensor)] + [v for v in kwargs.values() if isinstance(v, _Tensor)]
         value = self.values.get(node)
+        method = str(target) if node.op == "call_method" else None
         if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Param, list, tuple)) and self._has_tensor(a)
                                    for a in [*args, *kwargs.values()]):
             params = self._params([*args, *kwargs.values()])
-            if params and isinstance(value, torch.Tensor):  # arithmetic on parameters alone: still parameters
+            if params and isinstance(value, torch.Tensor):  # a view or cast of parameters: still parameters
+                if method not in mapping.PARAM_VIEWS and target not in mapping.PARAM_VIEW_FUNCTIONS:
+                    raise Unmapped("arithmetic on parameters at forward time (weight standardisation, a computed "
+                                   "scale) has no archcalc kind; its cost would be left out")
                 return _Param(tuple(dict.fromkeys(s for p in params for s in p.sources)), tuple(value.shape))
             if isinstance(value, torch.Tensor):
                 raise Unmapped("a tensor made without the input (a constant); archcalc has no kind for it")
             return value  # shape arithmetic: x.shape, x.size(0), ...
-        method = str(target) if node.op == "call_method" else None
         if method in mapping.ALIASES_METHODS:
             return args[0]
         if (target is getattr and not isinstance(value, torch.Tensor)) or method in ("size", "dim", "numel"):
@@ -758,9 +761,16 @@ class _Converter:
             raise Unmapped("a division of two tensors has no archcalc kind")
         if merge == "mul" and isinstance(a, _Param) != isinstance(b, _Param):
             x, p = (b, a) if isinstance(a, _Param) else (a, b)
-            if isinstance(x, _Tensor) and not x.channels_last and p.shape == (x.shape[0], *(1,) * (len(x.shape) - 1)):
+            if isinstance(x, _Tensor):
+                shape = p.shape[1:] if len(p.shape) == len(x.shape) + 1 and p.shape[0] == 1 else p.shape
+                want = (x.shape[0],) if x.channels_last else (x.shape[0], *(1,) * (len(x.shape) - 1))
+                per_channel = tuple(shape) == want  # gamma over C x 1 x 1, or over C on a channels-last view
+            else:
+                per_channel = False
+            if per_channel:
                 self.consume(node, [p], "layer_scale", {}, x)
-                return self.emit(node, "layer_scale", "layer_scale", None, {}, [x], fixed=False)
+                return self.emit(node, "layer_scale", "layer_scale", None, {}, [x], fixed=False,
+                                 channels_last=x.channels_last, shape=x.shape if x.channels_last else None)
             raise Unmapped("a product with a parameter that is not one value per channel (C x 1 x 1)")
         if not (isinstance(a, _Tensor) and isinstance(b, _Tensor)):
             raise Unmapped(f"{merge} with a constant or a parameter has no archcalc kind (merges combine tensors)")
