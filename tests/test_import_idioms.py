@@ -16,7 +16,6 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from archcalc.core.analyze import Report, analyze
-from archcalc.core.kinds.base import numel
 from archcalc.torch.importer import ImportFailure, from_module
 
 
@@ -398,16 +397,17 @@ class WaveNet(nn.Module):
         return self.out(F.relu(skips))
 
 
-def test_wavenet_an_op_that_runs_but_feeds_nothing_is_named() -> None:
+def test_wavenet_an_op_that_runs_but_feeds_nothing_is_counted() -> None:
     model = WaveNet()
     imported = from_module(model, (1, 64))
-    last = model.layers[3].res
-    params = sum(p.numel() for p in last.parameters())
-    assert imported.warnings == (f"left out 2 op(s) that run but feed no output: layers.3.res (conv, {params:,} "
-                                 f"parameters, test_import_idioms.py:{inspect.getsourcelines(Residual.forward)[1] + 3}"
-                                 "), layers.3.add (add, test_import_idioms.py:"
-                                 f"{inspect.getsourcelines(Residual.forward)[1] + 3}); their {params:,} parameters "
-                                 "are not in the spec",)
+    line = inspect.getsourcelines(Residual.forward)[1] + 3
+    params = sum(p.numel() for p in model.layers[3].res.parameters())
+    assert imported.warnings == (f"2 op(s) run but feed no output: layers.3.res (conv, {params:,} parameters, "
+                                 f"test_import_idioms.py:{line}), layers.3.add (add, test_import_idioms.py:{line}); "
+                                 "written with `discard: true`, they are computed and counted in every figure",)
+    assert "discard: true" in imported.text
     report = analyze(imported.spec)
-    assert report.totals.params + params == sum(p.numel() for p in model.parameters())
-    assert numel(report.totals.output) == 8 * 64
+    assert report.totals.params == sum(p.numel() for p in model.parameters())  # the unused conv's included
+    for size in ((1, 64), (1, 100)):
+        got = analyze(imported.spec, input_shape=size, convention="torch").totals
+        assert (got.output, got.flops) == measured(model, size)

@@ -70,6 +70,7 @@ class Op(NamedTuple):
     where: Where
     unknown: str | None = None  # --allow-unknown: what the placeholder stands for
     trainable: bool = True  # False: the module's parameters all have requires_grad=False
+    discard: bool = False  # it runs but no output depends on it: written `discard: true` (computed and counted)
 
 
 class Traced(NamedTuple):
@@ -939,7 +940,7 @@ def trace_module(module: nn.Module, input_shape: Sequence[int], allow_unknown: b
     values = {n: n.meta[_VALUE] for n in graph.nodes if _VALUE in n.meta}
     converter = _Converter(root, graph, values, allow_unknown)
     outputs, in_shape = converter.run()
-    ops, dropped = _live(converter.ops, outputs)
+    ops, dropped = _discarded(converter.ops, outputs)
     warnings = list(converter.warnings)
     if dropped:
         warnings.append(_dropped(dropped, converter.shapes))
@@ -949,19 +950,22 @@ def trace_module(module: nn.Module, input_shape: Sequence[int], allow_unknown: b
     return Traced(in_shape, converter.shapes, ops, outputs, warnings, converter.unknown, types)
 
 
-def _live(ops: list[Op], outputs: list[tuple[str, int]]) -> tuple[list[Op], list[Op]]:
+def _discarded(ops: list[Op], outputs: list[tuple[str, int]]) -> tuple[list[Op], list[Op]]:
+    """Every op, those no output depends on marked: the ones nothing reads are written `discard: true`, so the spec
+    computes and counts them (and what they read) as the model does. Returns the ops and the ones no output needs."""
     needed = {t for _, t in outputs}
     keep = [False] * len(ops)
     for i in range(len(ops) - 1, -1, -1):
         if ops[i].output in needed:
             keep[i] = True
             needed.update(ops[i].inputs)
-    return [op for op, k in zip(ops, keep) if k], [op for op, k in zip(ops, keep) if not k]
+    read = {t for op in ops for t in op.inputs} | {t for _, t in outputs}
+    marked = [op if k or op.output in read else op._replace(discard=True) for op, k in zip(ops, keep)]
+    return marked, [op for op, k in zip(ops, keep) if not k]
 
 
 def _dropped(ops: list[Op], shapes: list[Shape]) -> str:
-    """The warning for ops that run but feed no output: each by its module path, the kind and its parameters (the
-    spec cannot yet say "computed, then discarded", so they are not in it)."""
+    """The note on ops that run but feed no output: each by its module path, its kind and its parameters."""
     named, total = [], 0
     for op in ops:
         what = op.kind or op.merge or "?"
@@ -978,8 +982,8 @@ def _dropped(ops: list[Op], shapes: list[Shape]) -> str:
         line = f", {os.path.basename(op.where.file)}:{op.where.line}" if op.where.file else ""
         named.append(f"{path} ({what}{f', {params:,} parameters' if params else ''}{line})")
     shown = ", ".join(named[:8]) + (f" and {len(named) - 8} more" if len(named) > 8 else "")
-    tail = f"; their {total:,} parameters are not in the spec" if total else ""
-    return f"left out {len(ops)} op(s) that run but feed no output: {shown}{tail}"
+    return (f"{len(ops)} op(s) run but feed no output: {shown}; written with `discard: true`, they are computed and "
+            "counted in every figure")
 
 
 def _untraced(module: nn.Module, called: set[str], graph: fx.Graph) -> list[str]:
