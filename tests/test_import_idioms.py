@@ -238,6 +238,21 @@ def test_layer_scale_as_convnext_writes_it() -> None:
     assert [r.kind for r in report.rows] == ["conv", "channel_layernorm", "layer_scale", "layer_scale", "add"]
 
 
+def test_a_learned_scalar_scale_and_bias() -> None:
+    class LearnableAffine(nn.Module):  # HGNetV2's: one learned scale and one learned bias for the whole tensor
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+            self.scale, self.bias = nn.Parameter(torch.ones(1)), nn.Parameter(torch.zeros(1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.scale * self.conv(x) + self.bias
+
+    text, report = check(LearnableAffine(), (3, 8, 8))
+    assert "layer_scale: {per: tensor" in text and "bias: {per: tensor" in text
+    assert report.totals.params == 8 * 27 + 8 + 2
+
+
 def test_a_parameter_two_ops_read_is_refused() -> None:
     class Shared(nn.Module):
         def __init__(self) -> None:

@@ -26,6 +26,7 @@ from torch import nn
 
 from archcalc.core.kinds import REGISTRY, Arg, Kind, Shape
 from archcalc.core.kinds.base import numel
+from archcalc.core.kinds.dense import per_shape
 from archcalc.core.merges import MERGES
 from archcalc.torch import modules
 
@@ -217,8 +218,8 @@ def _channel_layernorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 
 
 @recipe("layer_scale")
-def _layer_scale(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.LayerScale, shape=(inp[0],) + (1,) * (len(inp) - 1), init=a["init"])
+def _layer_scale(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.LayerScale, shape=tuple(kind.shape(a, inp)), init=a["init"])
 
 
 @recipe("mean")
@@ -498,16 +499,36 @@ def _read_flatten(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("flatten", {})
 
 
+def per_of(shape: Sequence[int], inp: tuple[int, ...]) -> str | None:
+    """What a learned tensor of `shape` broadcast over a per-sample input `inp` has one value per (channel,
+    position, element, tensor: bias's and layer_scale's `per`); None if none. A leading batch axis of 1 is
+    allowed (a (1, C, 1, 1) gamma), and missing leading axes are 1, as broadcasting reads them."""
+    shape = tuple(int(s) for s in shape)
+    while len(shape) > len(inp) and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) > len(inp):
+        return None
+    shape = (1,) * (len(inp) - len(shape)) + shape
+    for per in ("tensor", "channel", "position", "element"):
+        if per == "position" and len(inp) == 1:
+            continue
+        if shape == per_shape("bias", per, inp):
+            return per
+    return None
+
+
 def _read_bias(m: Any, inp: tuple[int, ...]) -> Mapped:
-    shape = tuple(m.bias.shape)
-    per = {(inp[0], *(1,) * (len(inp) - 1)): "channel", (1, *inp[1:]): "position", tuple(inp): "element"}
-    if shape not in per:
-        raise Unmapped(f"a bias of shape {shape} on input {inp}")
-    return Mapped("bias", {"per": per[shape]})
+    per = per_of(m.bias.shape, inp)
+    if per is None:
+        raise Unmapped(f"a bias of shape {tuple(m.bias.shape)} on input {inp}")
+    return Mapped("bias", {"per": per})
 
 
 def _read_layer_scale(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("layer_scale", {"init": float(m.init)})
+    per = per_of(m.gamma.shape, inp)
+    if per is None:
+        raise Unmapped(f"a layer scale of shape {tuple(m.gamma.shape)} on input {inp}")
+    return Mapped("layer_scale", {"init": float(m.init), "per": per})
 
 
 def _read_mean(m: Any, inp: tuple[int, ...]) -> Mapped:

@@ -20,6 +20,7 @@ from archcalc.core.kinds.base import (
     register,
     spatial_rank,
 )
+from archcalc.core.kinds.dense import PER, per_shape
 from archcalc.core.kinds.norm import NORMALIZE_RULE, normalize_full
 
 
@@ -65,19 +66,25 @@ class ChannelLayerNorm(Kind):
 class LayerScale(Kind):
     name = "layer_scale"
     prefix = "scale"
-    doc = ("A learned per-channel multiplier gamma (C x 1 x 1), initialised to a small constant: ConvNeXt's and "
-           "CaiT's layer scale (x * gamma). fvcore has no formula for the multiply (0).")
+    doc = ("A learned multiplier gamma, initialised to a small constant: ConvNeXt's and CaiT's layer scale (x * "
+           "gamma), per channel (C x 1 x 1); or per position, per element, or one value for the tensor (per: "
+           "tensor: HGNetV2's learnable affine). fvcore has no formula for the multiply (0).")
     full_rule = "1 per element"
-    args = (Arg("init", "float", 1e-6, "initial value of gamma"),)
-    examples = (Example((96, 14, 14)), Example((16, 4, 4), {"init": 0.5}))
+    args = (Arg("init", "float", 1e-6, "initial value of gamma"),
+            Arg("per", "str", "channel", "what each value of gamma belongs to", choices=PER))
+    examples = (Example((96, 14, 14)), Example((16, 4, 4), {"init": 0.5}), Example((8, 5, 5), {"per": "tensor"}),
+                Example((6, 3, 4), {"per": "position"}))
     same_shape = True
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         spatial_rank(self.name, inp)
         return inp
 
+    def shape(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
+        return per_shape(self.name, a["per"], inp)
+
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
-        return Cost(params=inp[0], full=numel(inp))
+        return Cost(params=numel(self.shape(a, inp)), full=numel(inp))
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         return Saved(input=True)  # gamma's gradient needs x (gamma itself is a parameter)

@@ -23,7 +23,7 @@ from torch import nn
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.merges import MERGES
 from archcalc.torch import modules as own
-from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integral: the importer's names)
+from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integral, per_of: the importer's names)
     FUNCTIONS,
     METHODS,
     MODULE_KINDS,
@@ -36,6 +36,7 @@ from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integr
     ModuleRule,
     Unmapped,
     is_integral,
+    per_of,
 )
 
 # Modules that only move axes: the importer follows the layout instead of mapping them (see Layout in trace.py).

@@ -748,31 +748,18 @@ class _Converter:
             if merge == "div" and x is b:
                 raise Unmapped("a constant divided by a tensor has no archcalc kind")
             return self.emit(node, "scalar", "scalar", None, {"op": op, "value": float(c)}, [x], fixed=False)
-        if merge == "add" and isinstance(a, _Param) != isinstance(b, _Param):  # a learned bias, a position embedding
+        if merge in ("add", "mul") and isinstance(a, _Param) != isinstance(b, _Param):
+            # x + a parameter: a learned bias (a position embedding); x * a parameter: a learned scale
             x, p = (b, a) if isinstance(a, _Param) else (a, b)
-            if isinstance(x, _Tensor) and not x.channels_last:
-                shape = p.shape[1:] if len(p.shape) == len(x.shape) + 1 and p.shape[0] == 1 else p.shape
-                per = {(x.shape[0], *(1,) * (len(x.shape) - 1)): "channel", (1, *x.shape[1:]): "position",
-                       tuple(x.shape): "element"}.get(tuple(shape))
-                if per is not None:
-                    self.consume(node, [p], "bias", {"per": per}, x)
-                    return self.emit(node, "bias", "bias", None, {"per": per}, [x], fixed=False)
-            raise Unmapped("a sum with a parameter that is not one value per channel, per position or per element")
-        if merge == "div":
-            raise Unmapped("a division of two tensors has no archcalc kind")
-        if merge == "mul" and isinstance(a, _Param) != isinstance(b, _Param):
-            x, p = (b, a) if isinstance(a, _Param) else (a, b)
-            if isinstance(x, _Tensor):
-                shape = p.shape[1:] if len(p.shape) == len(x.shape) + 1 and p.shape[0] == 1 else p.shape
-                want = (x.shape[0],) if x.channels_last else (x.shape[0], *(1,) * (len(x.shape) - 1))
-                per_channel = tuple(shape) == want  # gamma over C x 1 x 1, or over C on a channels-last view
-            else:
-                per_channel = False
-            if per_channel:
-                self.consume(node, [p], "layer_scale", {}, x)
-                return self.emit(node, "layer_scale", "layer_scale", None, {}, [x], fixed=False,
-                                 channels_last=x.channels_last, shape=x.shape if x.channels_last else None)
-            raise Unmapped("a product with a parameter that is not one value per channel (C x 1 x 1)")
+            kind = "bias" if merge == "add" else "layer_scale"
+            per = self.per(p, x) if isinstance(x, _Tensor) else None
+            if per is None:
+                raise Unmapped(f"a {'sum' if merge == 'add' else 'product'} with a parameter of shape {list(p.shape)}: "
+                               "not one value per channel, per position, per element or for the tensor")
+            args: dict[str, Any] = {"per": per}
+            self.consume(node, [p], kind, args, x)
+            return self.emit(node, kind, kind, None, args, [x], fixed=False, channels_last=x.channels_last,
+                             shape=x.shape if x.channels_last else None)
         if not (isinstance(a, _Tensor) and isinstance(b, _Tensor)):
             raise Unmapped(f"{merge} with a constant or a parameter has no archcalc kind (merges combine tensors)")
         if a.channels_last or b.channels_last:
@@ -790,6 +777,16 @@ class _Converter:
             self.shapes.pop()
             inputs = [_Tensor(t, self.shapes[t]) for t in prev.inputs] + [b]
         return self.emit(node, merge, None, merge, {}, inputs, fixed=False)
+
+    @staticmethod
+    def per(p: _Param, x: _Tensor) -> str | None:
+        """What a parameter broadcast over x has one value per (bias's and layer_scale's `per`)."""
+        if x.channels_last:  # a parameter over the last axis of a channels-last view: per channel
+            shape = tuple(s for s in p.shape)
+            while shape and shape[0] == 1 and len(shape) > 1:
+                shape = shape[1:]
+            return "channel" if shape == (x.shape[0],) else ("tensor" if all(s == 1 for s in shape) else None)
+        return mapping.per_of(p.shape, x.shape)
 
     def _fold(self, first: fx.Node) -> bool:
         return (first.op == "call_function" and first.target in mapping.BINARY) or (
