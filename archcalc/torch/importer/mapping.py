@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from archcalc.core.kinds import REGISTRY
@@ -95,6 +96,9 @@ _OWN = {cls.__name__: cls for cls in MODULES if cls.__module__ == own.__name__} 
 
 # Modules whose output has their input's shape (the tracer's shape pass does not run them).
 SAME_SHAPE = tuple(cls for cls, kind in MODULE_KINDS.items() if REGISTRY[kind].same_shape)
+
+# Functions whose output has their first argument's shape (the tracer need not run them on shapes).
+SAME_SHAPE_FUNCTIONS = {F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm}
 
 # The binary merges, by their Python operator: the operator and its in-place form, torch's function of the
 # operator's name and Tensor's methods (x.add(y), x.add_(y), x.__iadd__(y)) -> the merge's name.

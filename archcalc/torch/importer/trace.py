@@ -11,7 +11,6 @@ ImportFailure naming the op, the module path and the source line.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import operator
 import os
@@ -147,8 +146,6 @@ class _ConcreteAttribute(_Concrete, fx.proxy.Attribute):
 
 
 _VALUE = "archcalc_value"
-# fx's own context that lifts its patches for a while (torch >= 2.1); without it, a leaf module runs patched.
-_unpatched: Any = getattr(fx._symbolic_trace, "_maybe_revert_all_patches", contextlib.nullcontext)
 
 
 def _value_of(a: Any) -> Any:
@@ -168,6 +165,7 @@ class _Tracer(fx.Tracer):
         self.mode = mode  # a FakeTensorMode for a module with real weights, else None (meta tensors)
         self.index: dict[int, str] = {}  # id(parameter or buffer) -> its path
         self.tensors: dict[str, torch.Tensor] = {}
+        self.running = False  # a node is running for its value: fx's patched module calls and attributes pass through
 
     def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
         self.tensors = dict(root.named_buffers())
@@ -178,7 +176,14 @@ class _Tracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _Concrete(node, self)
 
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if self.running:  # a leaf module running for its value: its own submodules just run
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
     def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if self.running:  # (a leaf module running for its value reads its own weights)
+            return attr_val
         name = self.index.get(id(attr_val)) if isinstance(attr_val, torch.Tensor) else None
         if name is None:
             return attr_val
@@ -201,11 +206,15 @@ class _Tracer(fx.Tracer):
             if found is not None:
                 return found
             value: Any = self.root
-            with _unpatched():  # (fx patches Module.__getattr__ while it traces)
+            self.running = True
+            try:
                 for part in str(node.target).split("."):
                     value = getattr(value, part)
+            finally:
+                self.running = False
             return value
         args, kwargs = _value_of(node.args), _value_of(node.kwargs)
+        self.running = True
         try:
             if self.mode is None:
                 return self._run(node, args, kwargs)
@@ -215,6 +224,8 @@ class _Tracer(fx.Tracer):
             raise
         except Exception as exc:  # the model's own op on this input (a shape that does not fit, an op fx can't size)
             raise _Failed(_run_failure(self.root, node, exc)) from None
+        finally:
+            self.running = False
 
     def _run(self, node: fx.Node, args: Any, kwargs: Any) -> Any:
         if node.op == "call_module":
@@ -222,10 +233,11 @@ class _Tracer(fx.Tracer):
             # A layer that keeps its input's shape need not run (batch norm's meta kernel is a slow decomposition).
             if type(m) in mapping.SAME_SHAPE and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
                 return torch.empty_like(args[0])
-            with _unpatched():  # fx patches Module.__call__ and __getattr__ while it traces
-                return m(*args, **kwargs)
+            return m(*args, **kwargs)
         if node.op == "call_method":
             return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        if node.target in mapping.SAME_SHAPE_FUNCTIONS and args and isinstance(args[0], torch.Tensor):
+            return torch.empty_like(args[0])  # (their meta kernels are slow decompositions)
         return node.target(*args, **kwargs)  # type: ignore[operator]
 
     def to_bool(self, obj: fx.Proxy) -> bool:
