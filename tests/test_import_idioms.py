@@ -426,3 +426,23 @@ def test_wavenet_an_op_that_runs_but_feeds_nothing_is_counted() -> None:
     for size in ((1, 64), (1, 100)):
         got = analyze(imported.spec, input_shape=size, convention="torch").totals
         assert (got.output, got.flops) == measured(model, size)
+
+
+# ---- speed -----------------------------------------------------------------------------------------------------------
+
+
+def test_parameters_are_found_from_one_index_not_searched_per_access(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fx's own tracer searches all of the root's parameters on each attribute access of a traced-into module (so
+    timm's ghostnetv3, with 241 BatchNormAct2d, took 25 s to refuse); the importer indexes them once."""
+    calls = []
+    original = nn.Module.named_parameters
+
+    def counted(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        calls.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    model = nn.Sequential(*[BatchNormAct2d(4) for _ in range(30)])
+    monkeypatch.setattr(nn.Module, "named_parameters", counted)
+    from_module(model, (4, 6, 6))
+    traced = [c for c in calls if c == "_Root"]
+    assert 1 <= len(traced) <= 2, len(traced)  # the index (and the converter's own table), not 30 x 4 searches
