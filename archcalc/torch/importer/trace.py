@@ -245,9 +245,9 @@ class _Tracer(fx.Tracer):
 
     def iter(self, obj: fx.Proxy) -> Any:
         value = obj.node.meta[_VALUE]
-        if isinstance(value, torch.Tensor):
-            return iter([obj[i] for i in range(int(value.shape[0]))])
-        return iter([obj[i] for i in range(len(value))])
+        items: Any = obj
+        count = int(value.shape[0]) if isinstance(value, torch.Tensor) else len(value)
+        return iter([items[i] for i in range(count)])
 
     def keys(self, obj: fx.Proxy) -> Any:
         return obj.node.meta[_VALUE].keys()
@@ -564,9 +564,9 @@ class _Converter:
             w = bound.get("weight")
             if not isinstance(w, _Param) or len(w.shape) != 2 or w.shape[1] != x.shape[0]:
                 raise Unmapped("F.linear on a channels-last view over other than its channels")
-            args = {"out_channels": w.shape[0], "kernel_size": 1, "bias": bound.get("bias") is not None}
-            self.consume(node, self._params(list(bound.values())), "conv", args, x)
-            return self.emit(node, "conv", "conv", None, args, [x], False, channels_last=True,
+            conv = {"out_channels": w.shape[0], "kernel_size": 1, "bias": bound.get("bias") is not None}
+            self.consume(node, self._params(list(bound.values())), "conv", conv, x)
+            return self.emit(node, "conv", "conv", None, conv, [x], False, channels_last=True,
                              shape=(w.shape[0], *x.shape[1:]))
         mapped = rule(bound, x.shape)
         self.consume(node, self._params(list(bound.values())), mapped.kind, mapped.args, x)
@@ -768,9 +768,8 @@ class _Converter:
             if per is None:
                 raise Unmapped(f"a {'sum' if merge == 'add' else 'product'} with a parameter of shape {list(p.shape)}: "
                                "not one value per channel, per position, per element or for the tensor")
-            args: dict[str, Any] = {"per": per}
-            self.consume(node, [p], kind, args, x)
-            return self.emit(node, kind, kind, None, args, [x], fixed=False, channels_last=x.channels_last,
+            self.consume(node, [p], kind, {"per": per}, x)
+            return self.emit(node, kind, kind, None, {"per": per}, [x], fixed=False, channels_last=x.channels_last,
                              shape=x.shape if x.channels_last else None)
         if not (isinstance(a, _Tensor) and isinstance(b, _Tensor)):
             raise Unmapped(f"{merge} with a constant or a parameter has no archcalc kind (merges combine tensors)")
@@ -928,6 +927,7 @@ def trace_module(module: nn.Module, input_shape: Sequence[int], allow_unknown: b
     shape = (1, *(int(s) for s in input_shape))
     tensors = [*module.parameters(), *module.buffers()]
     mode = None
+    x: torch.Tensor
     if tensors and not all(t.is_meta for t in tensors):
         from torch._subclasses.fake_tensor import FakeTensorMode
 
