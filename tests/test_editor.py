@@ -190,7 +190,7 @@ BLOCK = "blocks:\n  b:\n    args: {c: 4}\n    layers: [{conv: {out: c, kernel: 1
     (HEAD + "layers: [relu, {add: [relu1]}]\n", "at least two tensor names"),
     (HEAD + BLOCK + "layers: [{repeat: 2, block: b, trainable: false}]\n", "unexpected key 'trainable'"),
     (HEAD + "layers: [{repeat: 2}]\n", "repeat needs 'block'"),
-    (HEAD + "layers: [{parallel: [[relu], [relu]], merge: 3}]\n", "merge must be 'concat', 'add' or 'mul'"),
+    (HEAD + "layers: [{parallel: [[relu], [relu]], merge: 3}]\n", "merge must be 'concat', 'add', 'sub' or 'mul'"),
     (HEAD + "defaults: {conv: {strides: 2}}\nlayers: [relu]\n", "unknown argument 'strides'"),
     (HEAD + "layer: [relu]\n", "unknown top-level key 'layer'"),
     ("name: t\ninput: [3, 0, 16]\nlayers: [relu]\n", "input sizes must be positive"),

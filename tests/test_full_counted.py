@@ -37,8 +37,8 @@ from archcalc.torch.recipes import module_call
 
 aten = torch.ops.aten
 
-ELEMENTWISE = {aten.add, aten.sub, aten.mul, aten.div, aten.reciprocal, aten.exp, aten.erf, aten.tanh, aten.pow,
-               aten.rsqrt, aten.sqrt, aten.gt, aten.lt, aten.ge, aten.le, aten.clamp_min, aten.clamp_max,
+ELEMENTWISE = {aten.add, aten.sub, aten.rsub, aten.mul, aten.div, aten.reciprocal, aten.exp, aten.erf, aten.tanh,
+               aten.pow, aten.rsqrt, aten.sqrt, aten.gt, aten.lt, aten.ge, aten.le, aten.clamp_min, aten.clamp_max,
                aten.maximum, aten.minimum}
 FREE = {aten.neg, aten.where, aten.view, aten._unsafe_view, aten.reshape, aten.unfold, aten.constant_pad_nd,
         aten.squeeze, aten.unsqueeze, aten.expand, aten.permute, aten.transpose, aten.t, aten.clone, aten.cat,
@@ -308,7 +308,10 @@ FORMULAS: dict[str, Formula] = {
     "identity": _elementwise(lambda x, a, m: x),
     "stochastic_depth": _elementwise(lambda x, a, m: x),  # eval: the identity
     "bias": _elementwise(lambda x, a, m: x + m.bias),
-    "layer_scale": _elementwise(lambda x, a, m: x * m.gamma.reshape(1, -1, *[1] * (x.dim() - 2))),
+    "layer_scale": _elementwise(lambda x, a, m: x * m.gamma),  # gamma's per-sample shape broadcasts over the batch
+    "scalar": _elementwise(lambda x, a, m: {"add": lambda: x + a["value"], "sub": lambda: x - a["value"],
+                                            "rsub": lambda: a["value"] - x, "mul": lambda: x * a["value"],
+                                            "div": lambda: x / a["value"]}[a["op"]]()),
     "batchnorm": _batchnorm,
     "layernorm": _layernorm,
     "channel_layernorm": _channel_layernorm,

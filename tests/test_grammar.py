@@ -262,7 +262,7 @@ def test_the_size_count_follows_the_tables_formula(monkeypatch: pytest.MonkeyPat
     # The vocabularies in messages come from the tables (shortcuts, merges, a block's heads); the text is fixed.
     ("{residual: [relu], shortcut: 3}", "shortcut must be identity, projection, projection_conv or a list of layers"),
     ("{residual: [relu], shortcut: projektion}", "unknown shortcut 'projektion'; did you mean 'projection'?"),
-    ("{parallel: [[relu], [relu]], merge: ad}", "merge must be 'concat', 'add' or 'mul', not 'ad'; did you mean "
+    ("{parallel: [[relu], [relu]], merge: ad}", "merge must be 'concat', 'add', 'sub' or 'mul', not 'ad'; did you mean "
                                                 "'add'?"),
     ("{repeat: 2, block: relu, frist: relu}", "repeat: unexpected key 'frist'; did you mean 'first'?"),
 ])

@@ -172,7 +172,8 @@ def test_the_error_names_the_op_the_module_path_and_the_source_line() -> None:
 
 def test_allow_unknown_marks_the_op_and_says_what_the_totals_leave_out() -> None:
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Dropout2d(0.1), nn.ReLU())
-    with pytest.raises(ImportFailure, match=r"cannot import Dropout2d \(1\) at 1 .*no kind for torch.nn.modules"):
+    # (the model is torch.nn's own Sequential: no line of the model's to name, and torch's own lines are never named)
+    with pytest.raises(ImportFailure, match=r"cannot import Dropout2d \(1\) at 1: .*no kind for torch.nn.modules"):
         from_module(net, (3, 8, 8))
     imported = from_module(net, (3, 8, 8), allow_unknown=True)
     assert "# unknown: Dropout2d (1) at 1" in imported.text
@@ -272,14 +273,14 @@ def test_a_subclass_that_computes_what_its_base_does_maps_like_it() -> None:
         def __init__(self, cin: int, cout: int) -> None:
             super().__init__(cin, cout, (3, 3, 3), padding=1, bias=False)
 
-    class Scaled(nn.Conv2d):  # a forward of its own: traced through, so its F.conv2d has no kind
+    class Scaled(nn.Conv2d):  # a forward of its own: traced through, its F.conv2d read from the weight's shape
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return F.conv2d(x, self.weight, self.bias)
 
     report = analyze(from_module(Conv3DSimple(3, 4), (3, 4, 8, 8)).spec)
     assert report.totals.params == 4 * 3 * 27 and report.totals.macs == 4 * 3 * 27 * 4 * 8 * 8
-    with pytest.raises(ImportFailure, match="cannot import torch.conv2d at the top level"):
-        from_module(Scaled(3, 4, 3), (3, 8, 8))
+    report = analyze(from_module(Scaled(3, 4, 3), (3, 8, 8)).spec)
+    assert report.totals.params == 4 * 27 + 4 and report.totals.macs == 4 * 27 * 6 * 6
 
 
 def test_a_size_read_from_a_tensors_shape_becomes_size_of() -> None:

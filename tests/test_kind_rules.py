@@ -165,6 +165,7 @@ n = math.prod
 # kind -> full FLOPs from (arguments, input, output, MACs), per sample, as each kind's full_rule states it
 FULL: dict[str, Rule] = {
     "relu": lambda a, i, o, m: n(o), "tanh": lambda a, i, o, m: n(o), "layer_scale": lambda a, i, o, m: n(o),
+    "scalar": lambda a, i, o, m: n(o),
     "leaky_relu": lambda a, i, o, m: 2 * n(o), "prelu": lambda a, i, o, m: 2 * n(o),
     "relu6": lambda a, i, o, m: 2 * n(o),
     "elu": lambda a, i, o, m: 4 * n(o), "sigmoid": lambda a, i, o, m: 3 * n(o),
@@ -217,8 +218,10 @@ def test_full_flops_follow_the_stated_rule(name: str, index: int) -> None:
 
 # Kinds whose CPU kernels hold scratch the model leaves out (backend detail, not activations): the profiler sees
 # at least the prediction. Batch norm's per-channel scale and shift, layer and group norm's statistics, LRN's and
-# mean's scalar, transposed convolution's col2im buffer, nearest 2-D upsampling's copy of its input.
-SCRATCH = {"batchnorm", "layernorm", "groupnorm", "lrn", "mean", "global_avgpool", "conv_transpose", "upsample"}
+# mean's scalar, transposed convolution's col2im buffer, nearest 2-D upsampling's copy of its input, scalar's
+# constant wrapped as a 0-d double tensor.
+SCRATCH = {"batchnorm", "layernorm", "groupnorm", "lrn", "mean", "global_avgpool", "conv_transpose", "upsample",
+           "scalar"}
 PEAK_CASES = [(n, i) for n, i in CASES if math.prod(REGISTRY[n].examples[i].input) <= 100_000]
 
 

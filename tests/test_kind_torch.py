@@ -164,7 +164,8 @@ def test_the_layout_free_kinds_are_the_elementwise_ones() -> None:
 
 def test_a_new_arithmetic_merge_needs_only_its_core_class() -> None:
     # A merge that states its Python operator is run by the builder, written by export and recognised by the
-    # importer with no torch-side edit: here a difference, registered in a fresh interpreter before the torch side.
+    # importer with no torch-side edit: here a difference that does not accumulate in place, registered in a fresh
+    # interpreter before the torch side in place of core's own `sub`.
     code = textwrap.dedent("""
         import operator, torch
         from archcalc.core.merges import MERGES, Add

@@ -44,11 +44,12 @@ class AddBias(nn.Module):
 
 
 class Scale(nn.Module):
-    """ConvNeXt's layer scale (Liu et al. 2022; torchvision's CNBlock): a learned per-channel factor."""
+    """ConvNeXt's layer scale (Liu et al. 2022; torchvision's CNBlock): a learned factor per channel (C x 1 x 1), or
+    of another broadcast shape."""
 
-    def __init__(self, channels: int, rank: int, init: float) -> None:
+    def __init__(self, shape: tuple[int, ...], init: float) -> None:
         super().__init__()
-        self.gamma = nn.Parameter(torch.full((channels, *[1] * rank), init))
+        self.gamma = nn.Parameter(torch.full(shape, init))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gamma * x
@@ -124,10 +125,32 @@ def _avgpool(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
                                                               count_include_pad=a["count_include_pad"]), 0.0)
 
 
-def _bias(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+def _per(per: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     rank = len(shape) - 1
-    per = a["per"]
-    return AddBias((shape[0], *[1] * rank) if per == "channel" else (1, *shape[1:]) if per == "position" else shape)
+    return {"channel": (shape[0], *[1] * rank), "position": (1, *shape[1:]), "tensor": (1,) * len(shape)}.get(
+        per, shape)
+
+
+def _bias(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    return AddBias(_per(a["per"], shape))
+
+
+class Constant(nn.Module):
+    """x + c, x - c, c - x, x * c, x / c."""
+
+    def __init__(self, op: str, value: float) -> None:
+        super().__init__()
+        self.op, self.value = op, value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.value
+        if self.op == "add":
+            return x + c
+        if self.op == "sub":
+            return x - c
+        if self.op == "rsub":
+            return c - x
+        return x * c if self.op == "mul" else x / c
 
 
 def _crop(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
@@ -197,7 +220,8 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "hardsigmoid": lambda a, s: nn.Hardsigmoid(),
     "hardswish": lambda a, s: nn.Hardswish(),
     "identity": lambda a, s: nn.Identity(),
-    "layer_scale": lambda a, s: Scale(s[0], len(s) - 1, a["init"]),
+    "layer_scale": lambda a, s: Scale(_per(a["per"], s), a["init"]),
+    "scalar": lambda a, s: Constant(a["op"], a["value"]),
     "layernorm": lambda a, s: nn.LayerNorm(s if a["normalized_shape"] is None else a["normalized_shape"],
                                            eps=a["eps"], elementwise_affine=a["elementwise_affine"]),
     "leaky_relu": lambda a, s: nn.LeakyReLU(a["negative_slope"]),

@@ -85,6 +85,21 @@ class Add(MergeOp):
         return first
 
 
+class Sub(MergeOp):
+    name = "sub"
+    doc = "element-wise difference, first minus the others: the shapes must be equal (PoolFormer's pool(x) - x)"
+    symbol = "-"
+    accumulates = True
+
+    def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
+        first = shapes[0]
+        for shape, source in zip(shapes[1:], sources[1:]):
+            if shape != first:
+                raise LayerError(f"{sources[0]} gives {dims(first)} but {source} gives {dims(shape)}; one cannot "
+                                 "be subtracted from the other")
+        return first
+
+
 class Mul(MergeOp):
     name = "mul"
     doc = "element-wise product with broadcasting (an axis of size 1 stretches, as squeeze-excitation's C x 1 x 1)"
@@ -134,4 +149,4 @@ class Mul(MergeOp):
         return result
 
 
-MERGES: dict[str, MergeOp] = {m.name: m for m in (Concat(), Add(), Mul())}
+MERGES: dict[str, MergeOp] = {m.name: m for m in (Concat(), Add(), Sub(), Mul())}

@@ -75,6 +75,20 @@ class Bias(nn.Module):
         return x + self.bias
 
 
+class Scalar(nn.Module):
+    """Arithmetic with a constant: x + c, x - c, c - x, x * c, x / c."""
+
+    def __init__(self, op: str, value: float) -> None:
+        super().__init__()
+        self.op = op
+        self.value = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.value
+        return {"add": lambda: x + c, "sub": lambda: x - c, "rsub": lambda: c - x, "mul": lambda: x * c,
+                "div": lambda: x / c}[self.op]()
+
+
 class Maxout(nn.Module):
     """Maxout (Goodfellow et al. 2013): the maximum over groups of `pieces` consecutive channels."""
 

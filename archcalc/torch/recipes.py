@@ -26,6 +26,7 @@ from torch import nn
 
 from archcalc.core.kinds import REGISTRY, Arg, Kind, Shape
 from archcalc.core.kinds.base import numel
+from archcalc.core.kinds.dense import per_shape
 from archcalc.core.merges import MERGES
 from archcalc.torch import modules
 
@@ -217,8 +218,8 @@ def _channel_layernorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 
 
 @recipe("layer_scale")
-def _layer_scale(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.LayerScale, shape=(inp[0],) + (1,) * (len(inp) - 1), init=a["init"])
+def _layer_scale(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.LayerScale, shape=tuple(kind.shape(a, inp)), init=a["init"])
 
 
 @recipe("mean")
@@ -498,16 +499,36 @@ def _read_flatten(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("flatten", {})
 
 
+def per_of(shape: Sequence[int], inp: tuple[int, ...]) -> str | None:
+    """What a learned tensor of `shape` broadcast over a per-sample input `inp` has one value per (channel,
+    position, element, tensor: bias's and layer_scale's `per`); None if none. A leading batch axis of 1 is
+    allowed (a (1, C, 1, 1) gamma), and missing leading axes are 1, as broadcasting reads them."""
+    shape = tuple(int(s) for s in shape)
+    while len(shape) > len(inp) and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) > len(inp):
+        return None
+    shape = (1,) * (len(inp) - len(shape)) + shape
+    for per in ("tensor", "channel", "position", "element"):
+        if per == "position" and len(inp) == 1:
+            continue
+        if shape == per_shape("bias", per, inp):
+            return per
+    return None
+
+
 def _read_bias(m: Any, inp: tuple[int, ...]) -> Mapped:
-    shape = tuple(m.bias.shape)
-    per = {(inp[0], *(1,) * (len(inp) - 1)): "channel", (1, *inp[1:]): "position", tuple(inp): "element"}
-    if shape not in per:
-        raise Unmapped(f"a bias of shape {shape} on input {inp}")
-    return Mapped("bias", {"per": per[shape]})
+    per = per_of(m.bias.shape, inp)
+    if per is None:
+        raise Unmapped(f"a bias of shape {tuple(m.bias.shape)} on input {inp}")
+    return Mapped("bias", {"per": per})
 
 
 def _read_layer_scale(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("layer_scale", {"init": float(m.init)})
+    per = per_of(m.gamma.shape, inp)
+    if per is None:
+        raise Unmapped(f"a layer scale of shape {tuple(m.gamma.shape)} on input {inp}")
+    return Mapped("layer_scale", {"init": float(m.init), "per": per})
 
 
 def _read_mean(m: Any, inp: tuple[int, ...]) -> Mapped:
@@ -641,6 +662,14 @@ def _f_pad(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
     if len(pairs) > rank:
         raise Unmapped("F.pad of the channel or batch axis")
     pairs = ((0, 0),) * (rank - len(pairs)) + pairs
+    if any(p < 0 for pair in pairs for p in pair):  # negative padding crops
+        if any(p > 0 for pair in pairs for p in pair):
+            raise Unmapped("F.pad that pads one side and crops another has no archcalc kind")
+        sizes = tuple(w + b + e for w, (b, e) in zip(inp[1:], pairs))
+        if any(-b != (w - n) // 2 for w, n, (b, _) in zip(inp[1:], sizes, pairs)):
+            raise Unmapped(f"F.pad({list(a['pad'])}) crops off centre; archcalc's crop cuts half of the margin "
+                           "before (the odd row or column after)")
+        return Mapped("crop", {"size": _tup(sizes)})
     return Mapped("zeropad", {"padding": _padding(pairs)})
 
 
@@ -659,6 +688,80 @@ def _f_mean(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
     if dims != tuple(range(2, rank)) or a.get("dtype") is not None:
         raise Unmapped(f"mean over dims {list(dims)}: archcalc's mean is over all spatial axes (dims 2..{rank - 1})")
     return Mapped("mean", {"keepdim": bool(a.get("keepdim", False))})
+
+
+# Functions with weights: the weight and bias come as the traced parameters (anything with a `shape`; a
+# parameter computed from parameters, as weight standardisation's, too), and the kind is read from their shapes.
+
+
+def _weight(a: dict[str, Any], name: str = "weight") -> tuple[int, ...]:
+    w = a.get(name)
+    if w is None or not hasattr(w, "shape"):
+        raise Unmapped(f"its {name} is not a parameter of the module")
+    return tuple(int(s) for s in w.shape)
+
+
+def _present(a: dict[str, Any], name: str) -> bool:
+    value = a.get(name)
+    if value is not None and not hasattr(value, "shape"):
+        raise Unmapped(f"its {name} is not a parameter of the module")
+    return value is not None
+
+
+def _f_conv(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    w = _weight(a)
+    padding = a.get("padding", 0)
+    return Mapped("conv", {"out_channels": w[0], "kernel_size": _tup(w[2:]), "stride": _tup(a.get("stride", 1)),
+                           "padding": padding if isinstance(padding, str) else _tup(padding),
+                           "dilation": _tup(a.get("dilation", 1)), "groups": int(a.get("groups", 1)),
+                           "bias": _present(a, "bias")})
+
+
+def _f_conv_transpose(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    w = _weight(a)
+    groups = int(a.get("groups", 1))
+    return Mapped("conv_transpose", {"out_channels": w[1] * groups, "kernel_size": _tup(w[2:]),
+                                     "stride": _tup(a.get("stride", 1)), "padding": _tup(a.get("padding", 0)),
+                                     "output_padding": _tup(a.get("output_padding", 0)),
+                                     "dilation": _tup(a.get("dilation", 1)), "groups": groups,
+                                     "bias": _present(a, "bias")})
+
+
+def _f_linear(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    w = _weight(a)
+    if len(w) != 2 or len(inp) != 1:
+        raise Unmapped(f"F.linear on a per-sample shape {'x'.join(map(str, inp))} acts on the last axis only; "
+                       "archcalc's linear takes a vector (flatten first)")
+    return Mapped("linear", {"out_features": w[0], "bias": _present(a, "bias")})
+
+
+def _f_batch_norm(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    stats = _present(a, "running_mean")
+    if stats != _present(a, "running_var") or _present(a, "weight") != _present(a, "bias"):
+        raise Unmapped("batch norm with only one of its running statistics or of weight and bias")
+    if stats and a.get("training"):
+        raise Unmapped("batch norm that updates its running statistics at inference")
+    momentum = a.get("momentum", 0.1)
+    return Mapped("batchnorm", {"eps": float(a.get("eps", 1e-5)), "momentum": float(momentum or 0.0),
+                                "affine": _present(a, "weight"), "track_running_stats": stats})
+
+
+def _f_layer_norm(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    if _present(a, "weight") != _present(a, "bias"):
+        raise Unmapped("layer norm with a weight and no bias (bias=False) has no archcalc argument")
+    return Mapped("layernorm", {"normalized_shape": _shape_arg(a["normalized_shape"]),
+                                "eps": float(a.get("eps", 1e-5)), "elementwise_affine": _present(a, "weight")})
+
+
+def _f_group_norm(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    if _present(a, "weight") != _present(a, "bias"):
+        raise Unmapped("group norm with only one of weight and bias")
+    return Mapped("groupnorm", {"num_groups": int(a["num_groups"]), "eps": float(a.get("eps", 1e-5)),
+                                "affine": _present(a, "weight")})
+
+
+_CONV = ("x", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONV_T = ("x", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
 
 
 def _signature(*names: str, **defaults: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
@@ -687,6 +790,14 @@ FUNCTIONS: dict[Any, tuple[tuple[str, ...], FunctionRule]] = {
     F.interpolate: (("x", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias"),
                     _f_interpolate),
     torch.mean: (("x", "dim", "keepdim", "dtype"), _f_mean),
+    F.conv1d: (_CONV, _f_conv), F.conv2d: (_CONV, _f_conv), F.conv3d: (_CONV, _f_conv),
+    F.conv_transpose1d: (_CONV_T, _f_conv_transpose), F.conv_transpose2d: (_CONV_T, _f_conv_transpose),
+    F.conv_transpose3d: (_CONV_T, _f_conv_transpose),
+    F.linear: (("x", "weight", "bias"), _f_linear),
+    F.batch_norm: (("x", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps"),
+                   _f_batch_norm),
+    F.layer_norm: (("x", "normalized_shape", "weight", "bias", "eps"), _f_layer_norm),
+    F.group_norm: (("x", "num_groups", "weight", "bias", "eps"), _f_group_norm),
 }
 for _name, _fn in (("upsample", "upsample"),):
     if hasattr(F, _fn):

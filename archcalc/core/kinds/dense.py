@@ -69,14 +69,33 @@ class Flatten(Kind):
 
 
 
+PER = ("channel", "position", "element", "tensor")
+
+
+def per_shape(kind: str, per: str, inp: Shape) -> tuple[int, ...]:
+    """The per-sample shape of a learned tensor with one value per channel (C x 1 x 1), per spatial position
+    (1 x H x W), per element (C x H x W) or for the whole tensor (1 x 1 x 1), broadcast over the input."""
+    rank = len(inp) - 1
+    if per == "channel":
+        return (inp[0], *(1,) * rank)
+    if per == "position":
+        if rank == 0:
+            raise LayerError(f"{kind} per position needs spatial axes; the input is flattened")
+        return (1, *inp[1:])
+    if per == "tensor":
+        return (1,) * len(inp)
+    return inp
+
+
 @register
 class Bias(Kind):
     name = "bias"
     doc = ("A learned additive bias. per: 'channel' (one per channel), 'position' (one per spatial position, shared "
-           "across channels: AlphaGo's policy head), 'element' (one per output element).")
+           "across channels: AlphaGo's policy head), 'element' (one per output element: a position embedding), "
+           "'tensor' (one value).")
     full_rule = "1 addition per element"
     args = (Arg("per", "str", "channel", "what each bias value belongs to",
-                choices=("channel", "position", "element")),)
+                choices=PER),)
     examples = (
         Example((1, 19, 19), {"per": "position"}),
         Example((8, 5, 5), {"per": "channel"}),
@@ -85,14 +104,7 @@ class Bias(Kind):
     )
 
     def shape(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
-        rank = len(inp) - 1
-        if a["per"] == "channel":
-            return (inp[0], *(1,) * rank)
-        if a["per"] == "position":
-            if rank == 0:
-                raise LayerError("bias per position needs spatial axes; the input is flattened")
-            return (1, *inp[1:])
-        return inp
+        return per_shape(self.name, a["per"], inp)
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         self.shape(a, inp)

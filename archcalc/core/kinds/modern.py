@@ -21,6 +21,7 @@ from archcalc.core.kinds.base import (
     register,
     spatial_rank,
 )
+from archcalc.core.kinds.dense import PER, per_shape
 from archcalc.core.kinds.norm import NORMALIZE_RULE, normalize_full
 
 
@@ -74,19 +75,25 @@ class ChannelLayerNorm(Kind):
 class LayerScale(Kind):
     name = "layer_scale"
     prefix = "scale"
-    doc = ("A learned per-channel multiplier gamma (C x 1 x 1), initialised to a small constant: ConvNeXt's and "
-           "CaiT's layer scale (x * gamma). fvcore has no formula for the multiply (0).")
+    doc = ("A learned multiplier gamma, initialised to a small constant: ConvNeXt's and CaiT's layer scale (x * "
+           "gamma), per channel (C x 1 x 1); or per position, per element, or one value for the tensor (per: "
+           "tensor: HGNetV2's learnable affine). fvcore has no formula for the multiply (0).")
     full_rule = "1 per element"
-    args = (Arg("init", "float", 1e-6, "initial value of gamma"),)
-    examples = (Example((96, 14, 14)), Example((16, 4, 4), {"init": 0.5}))
+    args = (Arg("init", "float", 1e-6, "initial value of gamma"),
+            Arg("per", "str", "channel", "what each value of gamma belongs to", choices=PER))
+    examples = (Example((96, 14, 14)), Example((16, 4, 4), {"init": 0.5}), Example((8, 5, 5), {"per": "tensor"}),
+                Example((6, 3, 4), {"per": "position"}))
     same_shape = True
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         spatial_rank(self.name, inp)
         return inp
 
+    def shape(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
+        return per_shape(self.name, a["per"], inp)
+
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
-        return Cost(params=inp[0], full=numel(inp))
+        return Cost(params=numel(self.shape(a, inp)), full=numel(inp))
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # x * gamma keeps x for gamma's gradient only (and gamma, a parameter, for x's): frozen, it keeps nothing.
@@ -257,3 +264,32 @@ class Crop(Kind):
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         return "-> " + "x".join(map(str, self.sizes(a, inp)))
+
+
+@register
+class Scalar(Kind):
+    name = "scalar"
+    synonyms = ("constant", "scale")
+    doc = ("Arithmetic with a constant: x + c, x - c, c - x, x * c or x / c (op add, sub, rsub, mul, div), as a "
+           "forward writes it (`x + 0` in RepVGG, `x / 2`, a fixed scale). A new tensor of the input's shape; no "
+           "parameters, no MACs; fvcore has no formula for it (0).")
+    full_rule = "1 per element"
+    args = (Arg("op", "str", doc="the operation", choices=("add", "sub", "rsub", "mul", "div")),
+            Arg("value", "float", doc="the constant c"))
+    examples = (Example((16, 8, 8), {"op": "add", "value": 0.0}), Example((8, 5, 5), {"op": "div", "value": 2.0}),
+                Example((6, 4), {"op": "rsub", "value": 1.0}), Example((10,), {"op": "mul", "value": 0.5}))
+    same_shape = True
+    elementwise = True
+    torch_class = "Scalar"
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        if a["op"] == "div" and a["value"] == 0:
+            raise LayerError("scalar: division by 0")
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(full=numel(inp))
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return {"add": "x + {}", "sub": "x - {}", "rsub": "{} - x", "mul": "x * {}", "div": "x / {}"}[
+            a["op"]].format(a["value"])

@@ -27,14 +27,27 @@ class ZeroPad(Kind):
     name = "zeropad"
     synonyms = ("zero_padding", "zeropadding2d", "zeropad2d", "pad")
     prefix = "pad"
-    doc = "Zero padding (nn.ZeroPad1d/2d/3d): an int, one per axis, or [before, after] pairs per axis."
+    doc = ("Zero padding (nn.ZeroPad1d/2d/3d): an int, one per axis, or [before, after] pairs per axis; or `to: "
+           "name`, up to another tensor's spatial size, half of the margin before and the rest after (U-Net's "
+           "F.pad(x1, [dx // 2, dx - dx // 2, ...]) with dx from the sizes).")
     full_rule = "0"
-    args = (Arg("padding", "padding", doc="zeros added per side", aliases=("pad",)),)
+    args = (Arg("padding", "padding", None, doc="zeros added per side", aliases=("pad",)),
+            Arg("to", "ref", None, "or pad to this tensor's spatial size"))
     examples = (Example((3, 28, 28), {"padding": 2}), Example((4, 10), {"padding": [[1, 2]]}),
                 Example((2, 5, 6), {"padding": [[0, 1], [2, 3]]}), Example((2, 3, 4, 4), {"padding": 1}))
 
     def pads(self, a: Mapping[str, Any], inp: Shape) -> tuple[tuple[int, int], ...]:
         rank = spatial_rank(self.name, inp)
+        if (a["padding"] is None) == (a.get("to") is None):
+            raise LayerError("zeropad needs exactly one of 'padding' and 'to' (a tensor name)")
+        if a.get("to") is not None:
+            target = tuple(a["to"])[1:]
+            if len(target) != rank:
+                raise LayerError(f"zeropad 'to' has {len(target)} spatial axes, the input {rank}")
+            if any(t < w for t, w in zip(target, inp[1:])):
+                raise LayerError(f"cannot pad {'x'.join(map(str, inp[1:]))} to the smaller "
+                                 f"{'x'.join(map(str, target))}")
+            return tuple(((t - w) // 2, t - w - (t - w) // 2) for t, w in zip(target, inp[1:]))
         if a["padding"] in ("same", "valid"):
             raise LayerError("zeropad takes explicit sizes, not 'same' or 'valid'")
         return resolve_padding(a["padding"], inp[1:], (1,) * rank, (1,) * rank)

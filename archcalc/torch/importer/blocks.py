@@ -84,10 +84,10 @@ def _signature(group: Any, memo: dict[int, Any], is_group: Callable[[Any], bool]
             continue
         what, op, local, src, payload = item
         if what == "merge":
-            parts.append(("merge", op.merge, local, tuple(payload)))
+            parts.append(("merge", op.merge, local, tuple(payload), op.discard))
             continue
         args = tuple(sorted((k, _form(v)) for k, v in payload.items()))
-        parts.append(("layer", op.kind, local, src, op.trainable, op.unknown, args))
+        parts.append(("layer", op.kind, local, src, op.trainable, op.unknown, op.discard, args))
     sig = tuple(parts)
     memo[id(group)] = sig
     return sig

@@ -12,17 +12,19 @@ why it has no kind.
 from __future__ import annotations
 
 import inspect
+import operator
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.merges import MERGES
 from archcalc.torch import modules as own
-from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integral: the importer's names)
+from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integral, per_of: the importer's names)
     FUNCTIONS,
     METHODS,
     MODULE_KINDS,
@@ -35,6 +37,7 @@ from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integr
     ModuleRule,
     Unmapped,
     is_integral,
+    per_of,
 )
 
 # Modules that only move axes: the importer follows the layout instead of mapping them (see Layout in trace.py).
@@ -94,6 +97,9 @@ _OWN = {cls.__name__: cls for cls in MODULES if cls.__module__ == own.__name__} 
 # Modules whose output has their input's shape (the tracer's shape pass does not run them).
 SAME_SHAPE = tuple(cls for cls, kind in MODULE_KINDS.items() if REGISTRY[kind].same_shape)
 
+# Functions whose output has their first argument's shape (the tracer need not run them on shapes).
+SAME_SHAPE_FUNCTIONS = {F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm}
+
 # The binary merges, by their Python operator: the operator and its in-place form, torch's function of the
 # operator's name and Tensor's methods (x.add(y), x.add_(y), x.__iadd__(y)) -> the merge's name.
 BINARY: dict[Any, str] = {}
@@ -108,6 +114,16 @@ for _merge in MERGES.values():
         for _method in (_word, _word + "_", f"__i{_word}__"):
             BINARY_METHODS[_method] = _merge.name
         FOLDABLE_METHODS.add(_word)
+# Division has no merge: `x / c` is the scalar kind, `x / y` no kind.
+DIVIDE = {operator.truediv, operator.itruediv, torch.div, torch.true_divide}
+DIVIDE_METHODS = {"div", "div_", "true_divide", "__itruediv__", "__truediv__"}
+# What a forward may do to a parameter and still have the parameter (a view, a cast): what an op then reads counts
+# it. Anything else computed from parameters alone is refused (its cost would be left out).
+PARAM_VIEWS = {"reshape", "view", "view_as", "reshape_as", "to", "type", "float", "half", "bfloat16", "contiguous",
+               "permute", "transpose", "flatten", "squeeze", "unsqueeze", "expand", "expand_as", "__getitem__",
+               "detach", "clone"}
+PARAM_VIEW_FUNCTIONS = {torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
+                        operator.getitem}
 CAT = {torch.cat, torch.concat}
 FLATTEN = {torch.flatten}
 CHUNK = {torch.chunk}

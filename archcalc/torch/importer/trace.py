@@ -11,6 +11,7 @@ ImportFailure naming the op, the module path and the source line.
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import sys
@@ -19,11 +20,12 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
-from archcalc.core.kinds.base import LayerError
+from archcalc.core.kinds.base import LayerError, resolve_padding
 from archcalc.core.merges import MERGES
 from archcalc.torch.importer import mapping
 from archcalc.torch.importer.mapping import Mapped, Unmapped
@@ -67,6 +69,7 @@ class Op(NamedTuple):
     where: Where
     unknown: str | None = None  # --allow-unknown: what the placeholder stands for
     trainable: bool = True  # False: the module's parameters all have requires_grad=False
+    discard: bool = False  # it runs but no output depends on it: written `discard: true` (computed and counted)
 
 
 class Traced(NamedTuple):
@@ -86,8 +89,11 @@ class _Tensor(NamedTuple):
 
 
 class _Param(NamedTuple):
-    target: str
-    shape: Shape  # the parameter's full shape
+    """A parameter or buffer the forward reads, or a tensor computed from them alone (weight standardisation's
+    weight, `self.weight.to(x.dtype)`): the parameters and buffers it is made from."""
+
+    sources: tuple[str, ...]
+    shape: Shape  # the tensor's full shape
 
 
 class _Chunks(NamedTuple):
@@ -95,14 +101,156 @@ class _Chunks(NamedTuple):
     bounds: tuple[tuple[int, int], ...]
 
 
+class _Failed(Exception):
+    """Raised inside fx's tracing with the finished message (fx's own errors pass through it unchanged)."""
+
+
+class _Concrete(fx.Proxy):
+    """A proxy that knows the concrete value of its node (shapes are concrete at import time): where Python needs
+    a plain value (an `if`, `len`, `int`, an index), it gets this input's, and the trace is specialised to it."""
+
+    def value(self) -> Any:
+        return self.node.meta[_VALUE]
+
+    def plain(self, what: str) -> Any:
+        value = self.value()
+        if isinstance(value, torch.Tensor):
+            raise _Failed(_located(f"{what} of a tensor's values (control flow on data) cannot be traced: archcalc "
+                                   "follows shapes, not values"))
+        return value
+
+    def __len__(self) -> int:
+        return len(self.value())
+
+    def __index__(self) -> int:
+        return operator.index(self.plain("an index"))
+
+    def __int__(self) -> int:
+        return int(self.plain("int()"))
+
+    def __float__(self) -> float:
+        return float(self.plain("float()"))
+
+    def __ceil__(self) -> Any:  # math.ceil(size / stride): a node, so the size stays traceable
+        return self.tracer.create_proxy("call_function", math.ceil, (self,), {})
+
+    def __floor__(self) -> Any:
+        return self.tracer.create_proxy("call_function", math.floor, (self,), {})
+
+    def __getattr__(self, k: str) -> Any:
+        return _ConcreteAttribute(self, k)
+
+
+class _ConcreteAttribute(_Concrete, fx.proxy.Attribute):
+    pass
+
+
+_VALUE = "archcalc_value"
+
+
+def _value_of(a: Any) -> Any:
+    return fx.node.map_arg(a, lambda n: n.meta[_VALUE])
+
+
 class _Tracer(fx.Tracer):
-    def __init__(self, autowrap: Sequence[Any]) -> None:
+    """torch.fx's symbolic tracer, specialised to one input: every node is run as it is made (on meta or fake
+    tensors: shapes only), so Python control flow over shapes (`if x.shape[-1] % 2`, `len(x.shape)`, `math.ceil`,
+    `list(x.split(...))`) takes this input's branch instead of failing, while the sizes that reach an op are still
+    nodes (so a padding computed from `.size()` can be written as a reference to that tensor). A module's parameters
+    are found from one index, not by searching all of them on each attribute access."""
+
+    def __init__(self, autowrap: Sequence[Any], x: torch.Tensor, mode: Any) -> None:
         super().__init__(autowrap_functions=tuple(autowrap))
+        self.input = x
+        self.mode = mode  # a FakeTensorMode for a module with real weights, else None (meta tensors)
+        self.index: dict[int, str] = {}  # id(parameter or buffer) -> its path
+        self.tensors: dict[str, torch.Tensor] = {}
+        self.running = False  # a node is running for its value: fx's patched module calls and attributes pass through
+
+    def trace(self, root: Any, concrete_args: Any = None) -> fx.Graph:
+        self.tensors = dict(root.named_buffers())
+        self.tensors.update(root.named_parameters())
+        self.index = {id(t): name for name, t in self.tensors.items()}
+        return super().trace(root, concrete_args)
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Concrete(node, self)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if self.running:  # a leaf module running for its value: its own submodules just run
+            return forward(*args, **kwargs)
+        return super().call_module(m, forward, args, kwargs)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if self.running:  # (a leaf module running for its value reads its own weights)
+            return attr_val
+        name = self.index.get(id(attr_val)) if isinstance(attr_val, torch.Tensor) else None
+        if name is None:
+            return attr_val
+        if name not in parameter_proxy_cache:
+            parameter_proxy_cache[name] = self.create_proxy("get_attr", name, (), {})
+        return parameter_proxy_cache[name]
 
     def create_node(self, *args: Any, **kwargs: Any) -> fx.Node:
         node = super().create_node(*args, **kwargs)
         node.meta["archcalc_line"] = _caller()
+        if node.op != "output":
+            node.meta[_VALUE] = self.run(node)
         return node
+
+    def run(self, node: fx.Node) -> Any:
+        if node.op == "placeholder":
+            return self.input
+        if node.op == "get_attr":
+            found = self.tensors.get(str(node.target))
+            if found is not None:
+                return found
+            value: Any = self.root
+            self.running = True
+            try:
+                for part in str(node.target).split("."):
+                    value = getattr(value, part)
+            finally:
+                self.running = False
+            return value
+        args, kwargs = _value_of(node.args), _value_of(node.kwargs)
+        self.running = True
+        try:
+            if self.mode is None:
+                return self._run(node, args, kwargs)
+            with self.mode:
+                return self._run(node, args, kwargs)
+        except _Failed:
+            raise
+        except Exception as exc:  # the model's own op on this input (a shape that does not fit, an op fx can't size)
+            raise _Failed(_run_failure(self.root, node, exc)) from None
+        finally:
+            self.running = False
+
+    def _run(self, node: fx.Node, args: Any, kwargs: Any) -> Any:
+        if node.op == "call_module":
+            m = self.root.get_submodule(str(node.target))
+            # A layer that keeps its input's shape need not run (batch norm's meta kernel is a slow decomposition).
+            if type(m) in mapping.SAME_SHAPE and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+                return torch.empty_like(args[0])
+            return m(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], str(node.target))(*args[1:], **kwargs)
+        if node.target in mapping.SAME_SHAPE_FUNCTIONS and args and isinstance(args[0], torch.Tensor):
+            return torch.empty_like(args[0])  # (their meta kernels are slow decompositions)
+        return node.target(*args, **kwargs)  # type: ignore[operator]
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        return bool(obj.plain("a branch on the value") if isinstance(obj, _Concrete) else super().to_bool(obj))
+
+    def iter(self, obj: fx.Proxy) -> Any:
+        value = obj.node.meta[_VALUE]
+        items: Any = obj
+        count = int(value.shape[0]) if isinstance(value, torch.Tensor) else len(value)
+        return iter([items[i] for i in range(count)])
+
+    def keys(self, obj: fx.Proxy) -> Any:
+        return obj.node.meta[_VALUE].keys()
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return mapping.is_leaf(m)
@@ -128,33 +276,6 @@ class _Root(nn.Module):
         return inner(x) if self.whole else type(inner).forward(inner, x)
 
 
-class _Run(fx.Interpreter):
-    """Runs the graph once, keeping every node's value (tensors are meta or fake: shapes only)."""
-
-    def __init__(self, module: fx.GraphModule) -> None:
-        super().__init__(module, garbage_collect_values=False)
-        self.values: dict[fx.Node, Any] = {}
-        self.failure: str | None = None
-
-    def run_node(self, n: fx.Node) -> Any:
-        try:
-            value = super().run_node(n)
-        except ImportFailure:
-            raise
-        except Exception as exc:  # the model's own op on this input (a shape that does not fit, an op fx can't size)
-            self.failure = _run_failure(self.module, n, exc)
-            raise ImportFailure(self.failure) from None
-        self.values[n] = value
-        return value
-
-    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
-        # A layer that keeps its input's shape need not run (batch norm's meta kernel is a slow decomposition).
-        if type(self.fetch_attr(target)) in mapping.SAME_SHAPE and len(args) == 1 and not kwargs \
-                and isinstance(args[0], torch.Tensor):
-            return torch.empty_like(args[0])
-        return super().call_module(target, args, kwargs)
-
-
 def _run_failure(root: Any, n: fx.Node, exc: Exception) -> str:
     """Where and why the model does not run on the input: the node (a module by its path and class, a function by
     name) and the first line of torch's message (the rest is torch's own traceback)."""
@@ -166,12 +287,32 @@ def _run_failure(root: Any, n: fx.Node, exc: Exception) -> str:
     else:
         what = f"{n.op} {getattr(n.target, '__name__', n.target)}"
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return (f"the model does not run on this input: {what}: {type(exc).__name__}: {first} (check --input: one "
-            "sample's shape, channels first)")
+    file, line = n.meta.get("archcalc_line", ("", 0))
+    place = f" ({file}:{line})" if file else ""
+    return (f"the model does not run on this input: {what}{place}: {type(exc).__name__}: {first} (check --input: "
+            "one sample's shape, channels first)")
 
 
-_SKIP = (f"{os.sep}torch{os.sep}fx{os.sep}", f"{os.sep}torch{os.sep}nn{os.sep}modules{os.sep}module.py",
-         f"{os.sep}archcalc{os.sep}torch{os.sep}importer{os.sep}")
+def _located(why: str) -> str:
+    """`why`, at the model's source line now running (the innermost frame outside torch and the importer)."""
+    file, line = _caller()
+    return f"cannot import the forward at {file}:{line}: {why}" if file else f"cannot import the forward: {why}"
+
+
+def _user_frame(tb: Any) -> tuple[str, int]:
+    """The innermost frame of a traceback in the model's own code (not torch's, not the importer's)."""
+    found = ("", 0)
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if not any(part in name for part in _SKIP) and f"{os.sep}typing.py" not in name:
+            found = (name, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+# Frames that are not the model's: torch's own (fx, overrides.py's handling of a function on a proxy, nn's modules)
+# and the importer's.
+_SKIP = (os.path.dirname(torch.__file__) + os.sep, f"{os.sep}archcalc{os.sep}torch{os.sep}importer{os.sep}")
 
 
 def _caller() -> tuple[str, int]:
@@ -240,6 +381,10 @@ class _Converter:
         self.unknown: list[str] = []
         self.called: set[str] = set()
         self.named_functions = mapping.named_functions()
+        self.parameters = dict(root.named_parameters())
+        self.same: dict[int, tuple[_Tensor, fx.Node]] = {}  # a pad computed from its input's size -> (input, node)
+        self.current: Any = None  # the node being converted
+        self.consumed: set[str] = set()  # the parameters and buffers an op has counted
 
     # -- helpers --
     def tensor_of(self, value: Any, node: fx.Node) -> _Tensor:
@@ -299,11 +444,12 @@ class _Converter:
                 input_shape = self.shapes[0]
             elif node.op == "get_attr":
                 value = self.values[node]
-                self.vals[node] = _Param(str(node.target), tuple(value.shape)) if isinstance(value, torch.Tensor) \
+                self.vals[node] = _Param((str(node.target),), tuple(value.shape)) if isinstance(value, torch.Tensor) \
                     else value
             elif node.op == "output":
                 outputs = self.outputs(node)
             else:
+                self.current = node
                 try:
                     result = self.node(node)
                 except Unmapped as exc:
@@ -370,19 +516,27 @@ class _Converter:
         kwargs = {k: self.arg(v) for k, v in node.kwargs.items()}
         tensors = [a for a in args if isinstance(a, _Tensor)] + [v for v in kwargs.values() if isinstance(v, _Tensor)]
         value = self.values.get(node)
+        method = str(target) if node.op == "call_method" else None
         if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Param, list, tuple)) and self._has_tensor(a)
                                    for a in [*args, *kwargs.values()]):
+            params = self._params([*args, *kwargs.values()])
+            if params and isinstance(value, torch.Tensor):  # a view or cast of parameters: still parameters
+                if method not in mapping.PARAM_VIEWS and target not in mapping.PARAM_VIEW_FUNCTIONS:
+                    raise Unmapped("arithmetic on parameters at forward time (weight standardisation, a computed "
+                                   "scale) has no archcalc kind; its cost would be left out")
+                return _Param(tuple(dict.fromkeys(s for p in params for s in p.sources)), tuple(value.shape))
             if isinstance(value, torch.Tensor):
                 raise Unmapped("a tensor made without the input (a constant); archcalc has no kind for it")
             return value  # shape arithmetic: x.shape, x.size(0), ...
-        method = str(target) if node.op == "call_method" else None
         if method in mapping.ALIASES_METHODS:
             return args[0]
-        if (target is getattr and args[1:] == ["shape"]) or method in ("size", "dim", "numel"):
+        if (target is getattr and not isinstance(value, torch.Tensor)) or method in ("size", "dim", "numel"):
             return value  # x.shape[-2:], x.size(0): concrete values for the arguments of later ops
         if target is operator.getitem:
             return self.getitem(node, args)
         merge = mapping.BINARY_METHODS.get(method) if method else mapping.BINARY.get(target)
+        if method in mapping.DIVIDE_METHODS or target in mapping.DIVIDE:
+            merge = "div"
         if merge is not None:
             return self.binary(node, merge, args, kwargs)
         if target in mapping.CAT:
@@ -406,13 +560,125 @@ class _Converter:
             raise Unmapped("its first argument is not a tensor of the network")
         if any(isinstance(v, _Tensor) for k, v in bound.items() if k != "x"):
             raise Unmapped("it takes a second tensor, which has no archcalc kind")
+        if x.channels_last and fn is F.linear:  # a Linear over the channels of a channels-last view: a 1x1 conv
+            w = bound.get("weight")
+            if not isinstance(w, _Param) or len(w.shape) != 2 or w.shape[1] != x.shape[0]:
+                raise Unmapped("F.linear on a channels-last view over other than its channels")
+            conv = {"out_channels": w.shape[0], "kernel_size": 1, "bias": bound.get("bias") is not None}
+            self.consume(node, self._params(list(bound.values())), "conv", conv, x)
+            return self.emit(node, "conv", "conv", None, conv, [x], False, channels_last=True,
+                             shape=(w.shape[0], *x.shape[1:]))
         mapped = rule(bound, x.shape)
+        self.consume(node, self._params(list(bound.values())), mapped.kind, mapped.args, x)
         if mapped.kind == "upsample" and "size" in mapped.args:
             ref = self.size_source(node, mapped.args["size"])
             if ref is not None:
                 del mapped.args["size"]
                 mapped.args["size_of"] = SizeOf(ref)
+        if mapped.kind in ("zeropad", "crop"):
+            return self.resize(node, mapped, x)
+        if mapped.kind == "conv" and self.same.get(x.id) is not None and mapped.args["padding"] in (0, "valid"):
+            fused = self.same_padding(mapped, x)
+            if fused is not None:
+                return fused
         return self.layer(node, mapped, x, mapped.kind, fixed=False)
+
+    def resize(self, node: fx.Node, mapped: Mapped, x: _Tensor) -> _Tensor:
+        """A pad or crop whose sizes were computed from tensors' sizes: `to:` the tensor it takes the size of; from
+        the input's own size, it may be a conv's "same" padding (see same_padding); otherwise the numbers of this
+        input, with a warning."""
+        spatial = tuple(int(v) for v in self.values[node].shape[2:])
+        sources = self.size_sources(node)
+        if sources and not x.channels_last:
+            match = [t for t in sources if t.id != x.id and t.shape[1:] == spatial and not t.channels_last]
+            pads = None if mapped.kind == "crop" else mapped.args["padding"]
+            centred = mapped.kind == "crop" or self._centred(pads, x.shape[1:], spatial)
+            if match and centred:
+                return self.emit(node, mapped.kind, mapped.kind, None, {"to": SizeOf(match[0].id)}, [x], False)
+            out = self.layer(node, mapped, x, mapped.kind, fixed=False)
+            if mapped.kind == "zeropad" and any(t.id == x.id for t in sources):
+                self.same[out.id] = (x, node)
+            else:
+                self.warnings.append(f"{_where(node, _op_name(node, self.root))}: a size computed from the tensors' "
+                                     "sizes is written as this input's numbers")
+            return out
+        return self.layer(node, mapped, x, mapped.kind, fixed=False)
+
+    @staticmethod
+    def _centred(pads: Any, before: Shape, after: Shape) -> bool:
+        rank = len(before)
+        pairs = resolve_padding(pads, before, (1,) * rank, (1,) * rank)
+        return all(b == (t - w) // 2 for (b, _), w, t in zip(pairs, before, after))
+
+    def same_padding(self, mapped: Mapped, x: _Tensor) -> _Tensor | None:
+        """A zero padding computed from the input's size, then a conv without padding: TensorFlow's "same" (timm's
+        Conv2dSame) when the pads are the ones "same" gives at this size, so the spec keeps it at a new input."""
+        source, pad_node = self.same[x.id]
+        prev = self.ops[-1] if self.ops else None
+        if prev is None or prev.output != x.id or len(pad_node.users) != 1:
+            return None
+        args = dict(mapped.args)
+        kind: Any = REGISTRY["conv"]
+        full = {arg.name: args.get(arg.name, arg.default) for arg in kind.args}
+        k, stride, d, pads = kind.geometry(full, source.shape)
+        keff = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
+        if resolve_padding("same", source.shape[1:], keff, stride) != tuple(
+                tuple(p) for p in resolve_padding(prev.args["padding"], source.shape[1:], (1,) * len(k),
+                                                  (1,) * len(k))):
+            return None
+        self.ops.pop()  # the pad becomes the conv's padding
+        self.shapes.pop()
+        pad_node_value = self.current  # (the conv's node)
+        args["padding"] = "same"
+        return self.emit(pad_node_value, "conv", "conv", None, args, [source], fixed=False)
+
+    def size_sources(self, node: fx.Node) -> list[_Tensor]:
+        """The tensors whose sizes the op's arguments (beyond its input) were computed from (x.size(2) - y.size(2))."""
+        first = node.args[0] if node.args else None
+        todo = [n for n in node.all_input_nodes if n is not first]
+        seen: set[fx.Node] = set()
+        found: dict[int, _Tensor] = {}
+        while todo and len(seen) < 64:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            value = self.vals.get(n)
+            if isinstance(value, _Tensor):
+                found.setdefault(value.id, value)
+                continue
+            todo.extend(n.all_input_nodes)
+        return list(found.values())
+
+    @classmethod
+    def _params(cls, values: Sequence[Any]) -> list[_Param]:
+        found: list[_Param] = []
+        for v in values:
+            if isinstance(v, _Param):
+                found.append(v)
+            elif isinstance(v, (list, tuple)) and not hasattr(v, "_fields"):
+                found += cls._params(v)
+        return found
+
+    def consume(self, node: fx.Node, params: Sequence[_Param], kind: str, args: dict[str, Any], x: _Tensor) -> None:
+        """The op of `kind` counts the parameters it reads: exactly the ones its kind counts, each once."""
+        sources = list(dict.fromkeys(s for p in params for s in p.sources))
+        for name in sources:
+            if name in self.consumed:
+                raise Unmapped(f"it reads {name}, which an earlier op read too (a shared parameter would be counted "
+                               "twice)")
+        got = sum(self.parameters[name].numel() for name in sources if name in self.parameters)
+        spec = REGISTRY[kind]
+        full = {arg.name: args.get(arg.name, arg.default) for arg in spec.args}
+        value = self.values[node]
+        try:
+            want = spec.cost(full, x.shape, tuple(int(s) for s in value.shape[1:])).params
+        except Exception:  # a shape the kind does not take: the op's own mapping reports it
+            want = got
+        if got != want:
+            raise Unmapped(f"its parameters ({', '.join(sources)}: {got:,} values) are not the {want:,} that "
+                           f"archcalc's {kind} counts")
+        self.consumed.update(sources)
 
     @staticmethod
     def _has_tensor(a: Any) -> bool:
@@ -486,11 +752,25 @@ class _Converter:
         if len(args) != 2 or kwargs:
             raise Unmapped(f"{merge} with {len(args)} arguments{' and ' + ', '.join(kwargs) if kwargs else ''}")
         a, b = args
-        if merge == "mul" and isinstance(a, _Param) != isinstance(b, _Param):
+        number = (int, float)
+        if isinstance(a, _Tensor) != isinstance(b, _Tensor) and any(
+                isinstance(v, number) and not isinstance(v, bool) for v in (a, b)):  # arithmetic with a constant
+            x, c = (a, b) if isinstance(a, _Tensor) else (b, a)
+            op = "rsub" if merge == "sub" and x is b else ("div" if merge == "div" else merge)
+            if merge == "div" and x is b:
+                raise Unmapped("a constant divided by a tensor has no archcalc kind")
+            return self.emit(node, "scalar", "scalar", None, {"op": op, "value": float(c)}, [x], fixed=False)
+        if merge in ("add", "mul") and isinstance(a, _Param) != isinstance(b, _Param):
+            # x + a parameter: a learned bias (a position embedding); x * a parameter: a learned scale
             x, p = (b, a) if isinstance(a, _Param) else (a, b)
-            if isinstance(x, _Tensor) and not x.channels_last and p.shape == (x.shape[0], *(1,) * (len(x.shape) - 1)):
-                return self.emit(node, "layer_scale", "layer_scale", None, {}, [x], fixed=False)
-            raise Unmapped("a product with a parameter that is not one value per channel (C x 1 x 1)")
+            kind = "bias" if merge == "add" else "layer_scale"
+            per = self.per(p, x) if isinstance(x, _Tensor) else None
+            if per is None:
+                raise Unmapped(f"a {'sum' if merge == 'add' else 'product'} with a parameter of shape {list(p.shape)}: "
+                               "not one value per channel, per position, per element or for the tensor")
+            self.consume(node, [p], kind, {"per": per}, x)
+            return self.emit(node, kind, kind, None, {"per": per}, [x], fixed=False, channels_last=x.channels_last,
+                             shape=x.shape if x.channels_last else None)
         if not (isinstance(a, _Tensor) and isinstance(b, _Tensor)):
             raise Unmapped(f"{merge} with a constant or a parameter has no archcalc kind (merges combine tensors)")
         if a.channels_last or b.channels_last:
@@ -508,6 +788,16 @@ class _Converter:
             self.shapes.pop()
             inputs = [_Tensor(t, self.shapes[t]) for t in prev.inputs] + [b]
         return self.emit(node, merge, None, merge, {}, inputs, fixed=False)
+
+    @staticmethod
+    def per(p: _Param, x: _Tensor) -> str | None:
+        """What a parameter broadcast over x has one value per (bias's and layer_scale's `per`)."""
+        if x.channels_last:  # a parameter over the last axis of a channels-last view: per channel
+            shape = tuple(s for s in p.shape)
+            while shape and shape[0] == 1 and len(shape) > 1:
+                shape = shape[1:]
+            return "channel" if shape == (x.shape[0],) else ("tensor" if all(s == 1 for s in shape) else None)
+        return mapping.per_of(p.shape, x.shape)
 
     def _fold(self, first: fx.Node) -> bool:
         return (first.op == "call_function" and first.target in mapping.BINARY) or (
@@ -583,6 +873,21 @@ class _Converter:
         index = index if isinstance(index, tuple) else (index,)
         channels = source.shape[0]
         full = slice(None, None, None)
+        if Ellipsis in index and index.count(Ellipsis) == 1:  # x[..., a:b]: the axes the ellipsis stands for
+            at = index.index(Ellipsis)
+            index = index[:at] + (full,) * (len(source.shape) + 1 - len(index) + 1) + index[at + 1:]
+        if len(index) > 2 and index[0] == full and index[1] == full and all(
+                isinstance(i, slice) and i.step in (None, 1) for i in index[2:]):  # x[:, :, a:b, c:d]: a crop
+            sizes = tuple(int(v) for v in self.values[node].shape[2:])
+            starts = [i.indices(w)[0] for i, w in zip(index[2:], source.shape[1:])]
+            starts += [0] * (len(sizes) - len(starts))
+            if sizes == source.shape[1:]:
+                return source
+            if all(b == (w - n) // 2 for b, w, n in zip(starts, source.shape[1:], sizes)):
+                return self.resize(node, Mapped("crop", {"size": sizes[0] if len(set(sizes)) == 1 else sizes}),
+                                   source)
+            raise Unmapped(f"indexing [{', '.join(map(str, index))}] crops off centre; archcalc's crop cuts half of "
+                           "the margin before (the odd row or column after)")
         if len(index) >= 1 and index[0] == full and all(i == full for i in index[2:]):
             if len(index) == 1:
                 return source
@@ -619,46 +924,75 @@ class _Converter:
 
 def trace_module(module: nn.Module, input_shape: Sequence[int], allow_unknown: bool = False) -> Traced:
     """Trace `module` (in its current mode; from_module puts it in eval) on one sample of `input_shape`."""
-    tracer = _Tracer(list(mapping.named_functions()))
+    shape = (1, *(int(s) for s in input_shape))
+    tensors = [*module.parameters(), *module.buffers()]
+    mode = None
+    x: torch.Tensor
+    if tensors and not all(t.is_meta for t in tensors):
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        x = mode.from_tensor(torch.empty(shape))
+    else:
+        x = torch.empty(shape, device="meta")
+    tracer = _Tracer(list(mapping.named_functions()), x, mode)
     root = _Root(module)
     try:
         graph = tracer.trace(root)
+    except _Failed as exc:
+        raise ImportFailure(str(exc)) from None
     except Exception as exc:  # fx's TraceError and whatever the module's forward raises on proxies
-        raise ImportFailure(f"cannot trace the module with torch.fx: {type(exc).__name__}: {exc}") from None
-    gm = fx.GraphModule(root, graph)
-    run = _Run(gm)
-    shape = (1, *(int(s) for s in input_shape))
-    params = list(module.parameters()) + list(module.buffers())
-    try:
-        if params and all(p.is_meta for p in params) or not params:
-            run.run(torch.empty(shape, device="meta"))
-        else:
-            from torch._subclasses.fake_tensor import FakeTensorMode
-
-            with FakeTensorMode(allow_non_fake_inputs=True) as mode:
-                run.run(mode.from_tensor(torch.empty(shape)))
-    except ImportFailure as exc:  # fx's interpreter appends its own node dump to the message: say ours alone
-        raise ImportFailure(run.failure or str(exc)) from None
-    converter = _Converter(root, graph, run.values, allow_unknown)
+        file, line = _user_frame(exc.__traceback__)
+        place = f" at {file}:{line}" if file else ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ImportFailure(f"cannot trace the module{place}: {type(exc).__name__}: {first}") from None
+    values = {n: n.meta[_VALUE] for n in graph.nodes if _VALUE in n.meta}
+    converter = _Converter(root, graph, values, allow_unknown)
     outputs, in_shape = converter.run()
-    ops, dropped = _live(converter.ops, outputs)
+    ops, dropped = _discarded(converter.ops, outputs)
     warnings = list(converter.warnings)
     if dropped:
-        warnings.append(f"left out {dropped} op(s) no output depends on")
+        warnings.append(_dropped(dropped, converter.shapes))
     if not root.whole:
         warnings += _untraced(module, converter.called, graph)
     types = {tuple(path.split(".")) if path else (): type(m).__name__ for path, m in root.named_modules()}
     return Traced(in_shape, converter.shapes, ops, outputs, warnings, converter.unknown, types)
 
 
-def _live(ops: list[Op], outputs: list[tuple[str, int]]) -> tuple[list[Op], int]:
+def _discarded(ops: list[Op], outputs: list[tuple[str, int]]) -> tuple[list[Op], list[Op]]:
+    """Every op, those no output depends on marked: the ones nothing reads are written `discard: true`, so the spec
+    computes and counts them (and what they read) as the model does. Returns the ops and the ones no output needs."""
     needed = {t for _, t in outputs}
     keep = [False] * len(ops)
     for i in range(len(ops) - 1, -1, -1):
         if ops[i].output in needed:
             keep[i] = True
             needed.update(ops[i].inputs)
-    return [op for op, k in zip(ops, keep) if k], keep.count(False)
+    read = {t for op in ops for t in op.inputs} | {t for _, t in outputs}
+    marked = [op if k or op.output in read else op._replace(discard=True) for op, k in zip(ops, keep)]
+    return marked, [op for op, k in zip(ops, keep) if not k]
+
+
+def _dropped(ops: list[Op], shapes: list[Shape]) -> str:
+    """The note on ops that run but feed no output: each by its module path, its kind and its parameters."""
+    named, total = [], 0
+    for op in ops:
+        what = op.kind or op.merge or "?"
+        params = 0
+        if op.kind is not None:
+            spec = REGISTRY[op.kind]
+            full = {arg.name: op.args.get(arg.name, arg.default) for arg in spec.args}
+            try:
+                params = spec.cost(full, shapes[op.inputs[0]], shapes[op.output]).params
+            except Exception:  # (a kind whose costs need the written spec's references: no parameters)
+                params = 0
+        total += params
+        path = op.where.path if op.fixed else ".".join((*op.scope, op.name))
+        line = f", {os.path.basename(op.where.file)}:{op.where.line}" if op.where.file else ""
+        named.append(f"{path} ({what}{f', {params:,} parameters' if params else ''}{line})")
+    shown = ", ".join(named[:8]) + (f" and {len(named) - 8} more" if len(named) > 8 else "")
+    return (f"{len(ops)} op(s) run but feed no output: {shown}; written with `discard: true`, they are computed and "
+            "counted in every figure")
 
 
 def _untraced(module: nn.Module, called: set[str], graph: fx.Graph) -> list[str]:

@@ -219,7 +219,8 @@ class _Writer:
         self.define(full)
         for _, level in self.open:
             level.made.add(op.output)
-        group.current = op.output
+        if not op.discard:  # (the item after a discarded one reads what the discarded one was given)
+            group.current = op.output
 
     # -- text --
     def group_call(self, subst: dict[Any, str], group: _Group, path: tuple[int, ...]) -> str:
@@ -277,6 +278,8 @@ class _Writer:
             if what == "merge":
                 out.append(f"{pad}- {op.merge}: {_scalar(payload)}")
                 out.append(f"{pad}  name: {name}")
+                if op.discard:
+                    out.append(f"{pad}  discard: true")
                 continue
             kind = REGISTRY[op.kind]
             shown = {}
@@ -296,6 +299,8 @@ class _Writer:
             out.append(f"{pad}- {op.kind}: {body}")
             if not op.trainable:
                 out.append(f"{pad}  trainable: false")
+            if op.discard:
+                out.append(f"{pad}  discard: true")
             if src is not None:
                 out.append(f"{pad}  from: {_scalar(src)}")
         return out
