@@ -172,6 +172,28 @@ def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(range(2, len(shape) + 1))
 
 
+class _DFL(nn.Module):
+    """Ultralytics' DFL (ultralytics/nn/modules/block.py) on a (B, 4 x reg_max, *spatial) map: its forward on the
+    flattened anchors, x.view(b, 4, c1, a).transpose(2, 1).softmax(1) into a 1x1 conv c1 -> 1 with the weights
+    0..c1-1; a shared one takes those weights without holding them."""
+
+    def __init__(self, reg_max: int, shared: bool) -> None:
+        super().__init__()
+        self.c1 = reg_max
+        self.conv = None if shared else nn.Conv2d(reg_max, 1, 1, bias=False)
+        if self.conv is not None:
+            self.conv.weight.data[:] = torch.arange(reg_max, dtype=torch.float).view(1, reg_max, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, spatial = x.shape[0], x.shape[2:]
+        flat = x.flatten(2)
+        a = flat.shape[2]
+        bins = flat.view(b, 4, self.c1, a).transpose(2, 1).softmax(1)
+        weight = (torch.arange(self.c1, dtype=x.dtype).view(1, self.c1, 1, 1) if self.conv is None
+                  else self.conv.weight)
+        return F.conv2d(bins, weight).view(b, 4, *spatial)
+
+
 REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = {
     "adaptive_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(a["output_size"]),
     "adaptive_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(a["output_size"]),
@@ -187,6 +209,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
         s[0], a["out_channels"], a["kernel_size"], stride=a["stride"], padding=a["padding"],
         output_padding=a["output_padding"], groups=a["groups"], bias=a["bias"], dilation=a["dilation"]),
     "crop": _crop,
+    "dfl": lambda a, s: _DFL(a["reg_max"], a["shared"]),
     "dropout": lambda a, s: nn.Dropout(a["p"]),
     "elu": lambda a, s: nn.ELU(a["alpha"]),
     "flatten": lambda a, s: nn.Flatten(),

@@ -185,3 +185,25 @@ class CenterCrop(nn.Module):
 
     def extra_repr(self) -> str:
         return f"offsets={self.offsets}, sizes={self.sizes}"
+
+
+class DFL(nn.Module):
+    """Ultralytics' DFL: softmax over each box side's reg_max bins, then their expectation (a 1x1 conv with the
+    weights 0..reg_max-1); 4 x reg_max channels in, 4 out, any spatial shape. `shared`: the weights are an earlier
+    DFL's, so this one holds none (made in forward)."""
+
+    def __init__(self, reg_max: int = 16, shared: bool = False) -> None:
+        super().__init__()
+        self.reg_max, self.shared = reg_max, shared
+        if not shared:
+            self.weight = nn.Parameter(torch.arange(reg_max, dtype=torch.float).view(1, reg_max, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, spatial = x.shape[0], x.shape[2:]
+        w = (torch.arange(self.reg_max, dtype=x.dtype, device=x.device).view(1, self.reg_max, 1, 1) if self.shared
+             else self.weight)
+        bins = x.reshape(b, 4, self.reg_max, -1).transpose(2, 1).softmax(1)
+        return F.conv2d(bins, w).reshape(b, 4, *spatial)
+
+    def extra_repr(self) -> str:
+        return f"reg_max={self.reg_max}, shared={self.shared}"
