@@ -194,6 +194,33 @@ class _DFL(nn.Module):
         return F.conv2d(bins, weight).view(b, 4, *spatial)
 
 
+class _PSAAttention(nn.Module):
+    """Ultralytics' Attention (ultralytics/nn/modules/block.py), its Conv(act=False) written as conv + BN."""
+
+    def __init__(self, dim: int, num_heads: int, attn_ratio: float) -> None:
+        super().__init__()
+
+        def conv_bn(c1: int, c2: int, k: int = 1, g: int = 1) -> nn.Module:
+            return nn.Sequential(nn.Conv2d(c1, c2, k, 1, k // 2, groups=g, bias=False), nn.BatchNorm2d(c2))
+
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.key_dim = int(self.head_dim * attn_ratio)
+        self.scale = self.key_dim**-0.5
+        self.qkv = conv_bn(dim, dim + self.key_dim * num_heads * 2)
+        self.proj = conv_bn(dim, dim)
+        self.pe = conv_bn(dim, dim, 3, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        N = H * W
+        q, k, v = self.qkv(x).view(B, self.num_heads, self.key_dim * 2 + self.head_dim, N).split(
+            [self.key_dim, self.key_dim, self.head_dim], dim=2)
+        attn = ((q * self.scale).transpose(-2, -1) @ k).softmax(dim=-1)
+        x = (v @ attn.transpose(-2, -1)).view(B, C, H, W) + self.pe(v.reshape(B, C, H, W))
+        return self.proj(x)
+
+
 REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = {
     "adaptive_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(a["output_size"]),
     "adaptive_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(a["output_size"]),
@@ -232,6 +259,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "pixel_shuffle": lambda a, s: nn.PixelShuffle(a["upscale_factor"]),
     "pixel_unshuffle": lambda a, s: nn.PixelUnshuffle(a["downscale_factor"]),
     "prelu": lambda a, s: nn.PReLU(a["num_parameters"], a["init"]),
+    "psa_attention": lambda a, s: _PSAAttention(a["dim"], a["num_heads"], a["attn_ratio"]),
     "relu": lambda a, s: nn.ReLU(),
     "relu6": lambda a, s: nn.ReLU6(),
     # Klambauer et al. 2017, eq. 2, with their alpha_01 and lambda_01

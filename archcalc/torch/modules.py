@@ -207,3 +207,39 @@ class DFL(nn.Module):
 
     def extra_repr(self) -> str:
         return f"reg_max={self.reg_max}, shared={self.shared}"
+
+
+class _ConvBN(nn.Sequential):
+    """Ultralytics' Conv with act=False: conv (no bias, padding k // 2) and BatchNorm2d."""
+
+    def __init__(self, c1: int, c2: int, k: int = 1, g: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c1, c2, k, 1, k // 2, groups=g, bias=False)
+        self.bn = nn.BatchNorm2d(c2)
+
+
+class PSAAttention(nn.Module):
+    """The attention of Ultralytics' PSABlock: qkv 1x1 conv + BN, per-head softmax(q^T k * scale), v attn^T, plus a
+    depthwise 3x3 conv + BN of v, then a 1x1 conv + BN."""
+
+    def __init__(self, dim: int, num_heads: int = 8, attn_ratio: float = 0.5) -> None:
+        super().__init__()
+        self.dim, self.num_heads, self.attn_ratio = dim, num_heads, attn_ratio
+        self.head_dim = dim // num_heads
+        self.key_dim = int(self.head_dim * attn_ratio)
+        self.scale = self.key_dim**-0.5
+        self.qkv = _ConvBN(dim, dim + 2 * self.key_dim * num_heads)
+        self.proj = _ConvBN(dim, dim)
+        self.pe = _ConvBN(dim, dim, 3, g=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        n = h * w
+        q, k, v = self.qkv(x).view(b, self.num_heads, self.key_dim * 2 + self.head_dim, n).split(
+            [self.key_dim, self.key_dim, self.head_dim], dim=2)
+        attn = ((q * self.scale).transpose(-2, -1) @ k).softmax(dim=-1)
+        y = (v @ attn.transpose(-2, -1)).view(b, c, h, w) + self.pe(v.reshape(b, c, h, w))
+        return self.proj(y)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, attn_ratio={self.attn_ratio}"

@@ -81,7 +81,7 @@ class Conv(Kind):
         bias = a["out_channels"] if a["bias"] else 0
         return Cost(params=weights + bias, macs=macs, fvcore=macs, full=2 * macs + (numel(out) if a["bias"] else 0))
 
-    def backward_macs(self, a: Mapping[str, Any], macs: int) -> tuple[int, int]:
+    def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = ()) -> tuple[int, int]:
         # FlopCounterMode's conv_backward_flop counts the weight gradient as a conv whose batch is all input
         # channels (t(x_shape)), not in_channels / groups: `groups` times the forward for a grouped conv.
         return macs, macs * a["groups"]
@@ -170,7 +170,7 @@ class ConvTranspose(Kind):
         return Cost(params=inp[0] * per_input + bias, macs=macs, fvcore=macs,
                     full=2 * macs + (numel(out) if a["bias"] else 0))
 
-    def backward_macs(self, a: Mapping[str, Any], macs: int) -> tuple[int, int]:
+    def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = ()) -> tuple[int, int]:
         # FlopCounterMode's conv_backward_flop counts the weight gradient as a conv whose batch is all output
         # channels (t(grad_out_shape)), not out_channels / groups: `groups` times the forward for a grouped conv.
         return macs, macs * a["groups"]

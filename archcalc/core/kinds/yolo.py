@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from archcalc.core.kinds.base import ACTIVATION, Arg, Cost, Example, Kind, LayerError, Saved, Shape, numel, register
+from archcalc.core.kinds.base import ACTIVATION, STATISTICS, Arg, Cost, Example, Kind, LayerError, Saved, Shape, numel, register
 
 
 @register
@@ -43,3 +43,86 @@ class DFL(Kind):
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         return f"reg_max {a['reg_max']}" + (" (shared)" if a["shared"] else "")
+
+
+@register
+class PSAAttention(Kind):
+    name = "psa_attention"
+    prefix = "attn"
+    doc = ("The attention of Ultralytics' PSABlock (YOLO11's C2PSA; ultralytics/nn/modules/block.py Attention): "
+           "on a C x H x W map, qkv = 1x1 conv C -> C + 2 x num_heads x key_dim (no bias) + BN, key_dim = "
+           "int(C / num_heads x attn_ratio); per head softmax(q^T k x key_dim^-0.5) over the H x W positions and "
+           "v attn^T (two matmuls of N = H x W positions); plus pe, a depthwise 3x3 conv + BN of v; then proj, a 1x1 "
+           "conv + BN. No activation. C must be num_heads x head_dim. MACs: the three convs and both matmuls "
+           "(FlopCounterMode counts exactly these); fvcore adds 2 per element of each BN.")
+    full_rule = ("2 per MAC, 4 per element of each BN, key_dim x N per head for the scale, 3 per attention weight "
+                 "(softmax) and C x N for pe's sum")
+    args = (Arg("dim", "int", doc="channels of the input (Ultralytics' dim)", minimum=1),
+            Arg("num_heads", "int", 8, "attention heads", minimum=1),
+            Arg("attn_ratio", "float", 0.5, "key_dim / head_dim", minimum=0))
+    examples = (Example((64, 6, 6), {"dim": 64, "num_heads": 1}), Example((32, 4, 5), {"dim": 32, "num_heads": 2}))
+    torch_class = "PSAAttention"
+    same_shape = True
+
+    @staticmethod
+    def dims(a: Mapping[str, Any], inp: Shape) -> tuple[int, int, int, int]:
+        """(C, head_dim, key_dim, qkv channels h)."""
+        c, heads = inp[0], a["num_heads"]
+        hd = c // heads
+        kd = int(hd * a["attn_ratio"])
+        return c, hd, kd, c + 2 * heads * kd
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        if len(inp) != 3:
+            raise LayerError(f"psa_attention needs a C x H x W input; got {'x'.join(map(str, inp))}")
+        if inp[0] != a["dim"]:
+            raise LayerError(f"psa_attention dim {a['dim']} but the input has {inp[0]} channels")
+        if inp[0] % a["num_heads"]:
+            raise LayerError(f"psa_attention: {inp[0]} channels are not divisible by num_heads {a['num_heads']}")
+        if self.dims(a, inp)[2] < 1:
+            raise LayerError(f"psa_attention: key_dim int({inp[0] // a['num_heads']} x {a['attn_ratio']}) is 0")
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        c, hd, kd, h = self.dims(a, inp)
+        heads, n = a["num_heads"], numel(inp[1:])
+        conv = n * (c * h + 9 * c + c * c)  # qkv 1x1, pe depthwise 3x3, proj 1x1
+        matmul = heads * n * n * (kd + hd)  # q^T k, then v attn^T
+        bn = (h + 2 * c) * n  # the three BNs' elements
+        return Cost(params=c * h + c * c + 9 * c + 2 * (h + 2 * c), buffers=2 * (h + 2 * c), int_buffers=3,
+                    macs=conv + matmul, fvcore=conv + matmul + 2 * bn,
+                    full=2 * (conv + matmul) + 4 * bn + heads * kd * n + 3 * heads * n * n + c * n)
+
+    def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = ()) -> tuple[int, int]:
+        # (grad of the input, the rest). The input's gradient is qkv's conv backward to x; everything else runs
+        # whenever the weights train: the three weight gradients (pe's counted `groups` = C times, as Conv's rule
+        # says FlopCounterMode does), both operands' gradients of both matmuls, and pe's and proj's input gradients.
+        c, hd, kd, h = self.dims(a, inp)
+        heads, n = a["num_heads"], numel(inp[1:])
+        batch = macs // self.cost(a, inp, inp).macs
+        matmul = heads * n * n * (kd + hd)
+        rest = n * (c * h + c * c + 9 * c * c) + 2 * matmul + n * (9 * c + c * c)
+        return batch * c * h * n, batch * rest
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        c, hd, kd, h = self.dims(a, inp)
+        heads, n = a["num_heads"], numel(inp[1:])
+        # qkv's conv keeps x (the input); its BN keeps the conv's output (h x N); the matmuls keep q x scale (a new
+        # tensor), k and v (views of the BN's output, h x N) and the softmax's output (also kept by the softmax);
+        # pe's conv keeps v as a C x N map (a copy where there are several heads: v is then strided; one head's v
+        # reshapes as a view of the BN's output), its BN the conv's output; proj's conv keeps the sum, its BN the
+        # conv's output. Per-channel BN statistics: 2 per channel of each BN.
+        copy = c * n if heads > 1 else 0
+        extra = ((h * n, ACTIVATION), (h * n, ACTIVATION), (heads * kd * n, ACTIVATION),
+                 (heads * n * n, ACTIVATION), (3 * c * n + copy, ACTIVATION))
+        return Saved(input=True, extra=extra, per_batch=((2 * (h + 2 * c), STATISTICS),))
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        c, hd, kd, h = self.dims(a, inp)
+        heads, n = a["num_heads"], numel(inp[1:])
+        # At its largest: qkv (h x N) alive with q x scale, the scores and their softmax (heads x N x N each).
+        return ((h * n + heads * kd * n + 2 * heads * n * n, ACTIVATION),)
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        c, hd, kd, h = self.dims(a, inp)
+        return f"{a['num_heads']} heads, key {kd}, head {hd}"
