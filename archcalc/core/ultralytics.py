@@ -83,7 +83,7 @@ BLOCKS: dict[str, tuple[str, tuple[str, ...]]] = {
       - repeat: n
         name: m
         block:
-          - Bottleneck: {c2: c, shortcut: shortcut, e: 1.0}
+          - Bottleneck: {c2: c, shortcut: shortcut}
             when: not c3k
           - C3: {c2: c, n: 2, shortcut: shortcut, k1: 3}
             when: c3k
@@ -105,7 +105,7 @@ BLOCKS: dict[str, tuple[str, tuple[str, ...]]] = {
   PSABlock:                          # PSABlock: x + attention(x), then x + ffn(x) (two 1x1 Convs)
     args: {c: ~, heads: ~}
     layers:
-      - psa_attention: {num_heads: heads, attn_ratio: 0.5, name: attn}
+      - psa_attention: {dim: c, num_heads: heads, attn_ratio: 0.5, name: attn}
       - add: [attn, $input]
         name: add_attn
       - Conv: {c2: 2 * c, name: ffn_0}
@@ -123,7 +123,7 @@ BLOCKS: dict[str, tuple[str, tuple[str, ...]]] = {
         from: cv1
       - repeat: n
         name: m
-        block: {PSABlock: {c: c, heads: max(c // 64, 1)}}
+        block: {PSABlock: {c: c, heads: "max(c // 64, 1)"}}
       - concat: [a, m]
       - Conv: {c2: c2, name: cv2}
 """, ("Conv", "PSABlock")),
