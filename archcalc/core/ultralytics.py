@@ -230,8 +230,10 @@ def _call(block: str, args: dict[str, Any], name: str) -> str:
 
 
 class _Converter:
-    def __init__(self, data: Map, display: str, name: str, scale: str | None, m_star: bool) -> None:
+    def __init__(self, data: Map, display: str, name: str, scale: str | None, input_shape: tuple[int, ...] | None,
+                 m_star: bool) -> None:
         self.data, self.display, self.name, self.m_star = data, display, name, m_star
+        self.input_shape = input_shape
         self.warnings: list[str] = []
         self.used: list[str] = []
         self.scale = scale
@@ -285,7 +287,10 @@ class _Converter:
                                 f"{', '.join(map(str, scales))}" + did_you_mean(scale, map(str, scales)))
             self.scale = scale
             depth, width, max_channels = scales[scale]
+            c3k2 = any(isinstance(r, Seq) and len(r) == 4 and r[2] == "C3k2"
+                       for part in ("backbone", "head") for r in data[part])
             table = [f"  #   {k}: --set depth={v[0]} --set width={v[1]} --set max_channels={v[2]}"
+                     + (f" --set c3k={'true' if k in ('m', 'l', 'x') else 'false'}" if c3k2 else "")
                      + ("  (the default)" if k == scale else "") for k, v in scales.items()]
         else:
             depth, width = data.get("depth_multiple", 1.0), data.get("width_multiple", 1.0)
@@ -460,7 +465,7 @@ class _Converter:
             ch0 = self._channels(rows, row.source[0])
             for level, s in enumerate(row.source):
                 name = f"{row.name}_{level}"
-                args = {"nc": "nc", "ch": self._channels(rows, s), "ch0": ch0}
+                args: dict[str, Any] = {"nc": "nc", "ch": self._channels(rows, s), "ch0": ch0}
                 if self.reg_max != 16:
                     args["reg_max"] = self.reg_max
                 if not self.legacy(rows):
@@ -487,14 +492,15 @@ class _Converter:
                 text = text.replace("{concat_m}", self._concat_m(block))
             blocks.append(text.rstrip("\n"))
         if getattr(self, "c3k_arg", False):
-            args.append("  c3k: false                         # true for scales m, l, x: parse_model makes every "
-                        "C3k2 use C3k blocks")
+            big = "true" if self.scale in ("m", "l", "x") else "false"
+            args.append(f"  c3k: {big}  # true for scales m, l and x: Ultralytics' parse_model then makes every C3k2 "
+                        "use C3k blocks")
         head = [
             f"name: {self.name}",
             f"description: Ultralytics {self.name} (scale {self.scale}), converted from its model YAML"
             if self.scale else f"description: Ultralytics {self.name}, converted from its model YAML",
             f"source: archcalc convert {self.display}",
-            "input: [3, 640, 640]",
+            f"input: [{', '.join(map(str, self.input_shape or (3, 640, 640)))}]",
             "args:",
             *args,
             "blocks:",
@@ -520,7 +526,7 @@ class _Converter:
 
 
 def convert_text(text: str, display: str, name: str | None = None, scale: str | None = None,
-                 m_star: bool = False) -> Converted:
+                 input_shape: tuple[int, ...] | None = None, m_star: bool = False) -> Converted:
     """Convert the text of an Ultralytics model YAML; `display` names it in messages (`file:line:col`)."""
     data = yamlsrc.load(text, display)
     if not isinstance(data, Map):
@@ -531,15 +537,15 @@ def convert_text(text: str, display: str, name: str | None = None, scale: str | 
         scale = guessed.group(1)  # Ultralytics' guess_model_scale: yolov8s.yaml is scale s of yolov8.yaml
     if name is None:
         name = re.sub(r"(\d+)([nslmx])(?=$|-)", r"\1", stem) if guessed else stem
-    return _Converter(data, display, name, scale, m_star).convert()
+    return _Converter(data, display, name, scale, input_shape, m_star).convert()
 
 
 def convert_file(path: str | Path, display: str | None = None, name: str | None = None,
-                 scale: str | None = None) -> Converted:
+                 scale: str | None = None, input_shape: tuple[int, ...] | None = None) -> Converted:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(Loc(str(display or path), 1, 1), f"cannot read {path}: {exc}") from None
-    return convert_text(text, display or str(path), name, scale)
+    return convert_text(text, display or str(path), name, scale, input_shape)
 

@@ -7,7 +7,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from archcalc.core.kinds.base import ACTIVATION, STATISTICS, Arg, Cost, Example, Kind, LayerError, Saved, Shape, numel, register
+from archcalc.core.kinds.base import (
+    ACTIVATION,
+    STATISTICS,
+    Arg,
+    Cost,
+    Example,
+    Kind,
+    LayerError,
+    Saved,
+    Shape,
+    numel,
+    register,
+)
 
 
 @register
