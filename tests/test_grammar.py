@@ -20,13 +20,14 @@ from archcalc.core.kinds import REGISTRY, Arg
 from archcalc.core.schema import spec_schema
 
 # README, "The spec language": `repeat: N` with `block:` (required) and optional `first:`; `parallel: [...]` merged
-# by `merge:`; `residual: [body]` with `shortcut:` and `after:`; `sequence: [...]`. Beside any item: name, from, when.
+# by `merge:`; `residual: [body]` with `shortcut:` and `after:`; `sequence: [...]`. Beside any item: name, from, when;
+# docs/spec.md, "Computed, discarded": discard; "Alternatives": `cases: [...]`.
 README_KEYS = {"repeat": {"block", "first"}, "residual": {"shortcut", "after"}, "parallel": {"merge"},
-               "sequence": set()}
+               "sequence": set(), "cases": set()}
 README_REQUIRED = {"repeat": {"block"}}
-BESIDE = {"name", "from", "when"}
+BESIDE = {"name", "from", "when", "discard"}
 # A valid value for each head and key, written as YAML flow.
-HEAD = {"repeat": "2", "residual": "[relu]", "parallel": "[[relu], [relu]]", "sequence": "[relu]"}
+HEAD = {"repeat": "2", "residual": "[relu]", "parallel": "[[relu], [relu]]", "sequence": "[relu]", "cases": "[relu]"}
 VALUE = {"block": "relu", "first": "relu", "shortcut": "identity", "after": "[relu]", "merge": "add"}
 ALL_KEYS = sorted(VALUE)
 
@@ -89,7 +90,7 @@ def test_a_required_key_left_out_is_refused_by_both(head: str) -> None:
 @pytest.mark.parametrize("head", sorted(README_KEYS))
 @pytest.mark.parametrize("beside", sorted(BESIDE))
 def test_name_from_and_when_stand_beside_every_composite(head: str, beside: str) -> None:
-    value = {"name": "g", "from": "input", "when": "true"}[beside]
+    value = {"name": "g", "from": "input", "when": "true", "discard": "true"}[beside]
     keys = sorted(README_REQUIRED.get(head, set()))
     item = _item(head, keys)[:-1] + f", {beside}: {value}}}"
     text = SPEC + f"layers:\n  - {item}\n"

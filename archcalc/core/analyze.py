@@ -28,6 +28,7 @@ from archcalc.core.spec import (
     Residual,
     Sequence,
     Spec,
+    Spread,
     checked_input,
     input_warnings,
 )
@@ -251,6 +252,8 @@ class _Engine:
         self.holds: list[Hold] = []
         self.inputs: list[tuple[str, int]] = []
         self.named: dict[str, int] = {}
+        self.copies: dict[str, list[int]] = {}  # a repeat's name -> its copies' outputs, in order (for `NAME.*`)
+        self.discarded: dict[int, Any] = {}  # tensor id -> the node whose output it is, under `discard: true`
         self._later: set[str] | None = None
 
     # -- tensors and references --
@@ -262,6 +265,33 @@ class _Engine:
         return t
 
     def resolve(self, ref: Ref) -> int:
+        t = self._find(ref)
+        if t in self.discarded:
+            node = self.discarded[t]
+            raise SpecError(ref.loc, f"'{ref.text}' is the output of {node.name}, which is marked 'discard: true' "
+                                     f"(at {node.loc}): nothing may read it; remove 'discard' to use it")
+        return t
+
+    def copies_of(self, spread: Spread) -> list[int]:
+        """The outputs of the copies of the repeat `spread` names, in order, sliced as it says."""
+        ref = spread.ref
+        parts = ref.scope.split(".") if ref.scope else []
+        full = next((f for i in range(len(parts), -1, -1) if (f := ".".join(parts[:i] + [ref.text])) in self.copies),
+                    None)
+        if full is None:
+            matches = sorted(n for n in self.copies if n.endswith("." + ref.text))
+            if len(matches) > 1:
+                raise SpecError(ref.loc, f"'{ref.text}' is ambiguous: it could be {', '.join(matches[:6])}; write the "
+                                         "full name")
+            full = matches[0] if matches else None
+        if full is None:
+            self._find(ref)  # no such tensor, or a later one: its own error
+            raise SpecError(ref.loc, f"'{spread.text}': {ref.text} is not a repeat; NAME.* lists the copies of a "
+                                     "`repeat:`" + did_you_mean(ref.text, list(self.copies)))
+        outs = self.copies[full]
+        return outs[spread.start:spread.stop:spread.step]
+
+    def _find(self, ref: Ref) -> int:
         parts = ref.scope.split(".") if ref.scope else []
         for i in range(len(parts), -1, -1):
             full = ".".join(parts[:i] + [ref.text])
@@ -294,7 +324,8 @@ class _Engine:
         else:
             outputs = (("output", last),)
         ops = tuple(r.op for r in self.rows if r.op is not None)  # all of them: block rows are in the outline only
-        return Graph(tuple(self.tensors), ops, tuple(self.holds), tuple(self.inputs), outputs)
+        return Graph(tuple(self.tensors), ops, tuple(self.holds), tuple(self.inputs), outputs,
+                     tuple(sorted(self.discarded)))
 
     def _reads(self, inputs: tuple[int, ...]) -> tuple[str, ...]:
         return tuple(self.tensors[t].name for t in inputs)
@@ -364,15 +395,43 @@ class _Engine:
         return y
 
     def merge_item(self, node: Merge, depth: int) -> int:
-        inputs = tuple(self.resolve(r) for r in node.refs)
-        sources = [f"'{r.text}' ({self.tensors[t].name})" if r.text != self.tensors[t].name else f"'{r.text}'"
-                   for r, t in zip(node.refs, inputs)]
-        y = self.merge(node.name, MERGES[node.op], inputs, sources, depth, node.loc, node.name)
+        inputs: list[int] = []
+        sources: list[str] = []
+        for r in node.refs:
+            if isinstance(r, Spread):
+                outs = self.copies_of(r)
+                inputs += outs
+                sources += [f"'{r.text}' ({self.tensors[t].name})" for t in outs]
+                continue
+            t = self.resolve(r)
+            inputs.append(t)
+            sources.append(f"'{r.text}' ({self.tensors[t].name})" if r.text != self.tensors[t].name else f"'{r.text}'")
+        if len(inputs) < 2:
+            spreads = [r for r in node.refs if isinstance(r, Spread)]
+            made = "; ".join(f"{r.text} gives {len(self.copies_of(r))}" for r in spreads)
+            raise SpecError(node.loc, f"{node.name}: {node.op} of {len(inputs)} tensor{'s' if len(inputs) != 1 else ''}"
+                                      f" ({made}); a merge needs at least two")
+        y = self.merge(node.name, MERGES[node.op], tuple(inputs), sources, depth, node.loc, node.name)
         self.named[node.name] = y
         return y
 
     # -- composites --
     def node(self, node: Any, x: int, depth: int) -> int:
+        if not node.discard:
+            return self._node(node, x, depth)
+        # `discard: true`: computed and counted, its output read by nothing (freed as soon as it is made: nothing
+        # holds it), and the next item reads what this one was given, as if it were not there.
+        if isinstance(node, Layer) and node.kind.inplace(node.args):
+            raise SpecError(node.loc, f"{node.name}: an in-place layer writes into its input, so discarding its "
+                                      "output would still change what the next item reads; drop 'inplace' or "
+                                      "'discard'")
+        made = len(self.tensors)
+        y = self._node(node, x, depth)
+        if y >= made:  # a tensor this node made (a block that only passes its input on discards nothing)
+            self.discarded[y] = node
+        return x
+
+    def _node(self, node: Any, x: int, depth: int) -> int:
         if node.src is not None:
             x = self.resolve(node.src)
         if isinstance(node, Layer):
@@ -401,8 +460,13 @@ class _Engine:
 
     def seq(self, node: Sequence, x: int, depth: int) -> int:
         y = x
+        outs = []
         for child in node.children:
             y = self.node(child, y, depth + 1)
+            if not child.discard:
+                outs.append(y)
+        if node.copies:
+            self.copies[node.name] = outs
         self._hold(x)
         return y
 

@@ -3,7 +3,7 @@
 The parser (core.spec: its key checks, the size pre-count and the conversion of kind arguments) and the JSON Schema
 (core.schema) both read these tables, so a new composite key or argument type is written once:
 
-- a composite (`repeat`, `residual`, `parallel`, `sequence`) is a `Composite`: its head `Key`, the keys allowed
+- a composite (`repeat`, `residual`, `parallel`, `sequence`, `cases`) is a `Composite`: its head `Key`, the keys allowed
   beside it (what each holds, whether it is required, its doc), and how many rows it expands to;
 - what a key holds (`Holds`) gives its JSON Schema and how the size pre-count counts it;
 - an argument type (`Arg.type` of a kind: 'int', 'ints', 'padding', ...) is an `ArgType`: how the parser checks and
@@ -30,6 +30,12 @@ NAME_PATTERN = "^[A-Za-z0-9_][A-Za-z0-9_-]*(?![\\s\\S])"
 TENSOR_PATTERN = ("^(?:[A-Za-z0-9_][A-Za-z0-9_-]*\\.)*\\$?[A-Za-z0-9_][A-Za-z0-9_-]*"
                   "(?![\\s\\S])")
 _TENSOR = re.compile(TENSOR_PATTERN)
+# In a merge's list: `NAME.*` (the outputs of every copy of the repeat NAME, in order), or a slice of them as
+# Python slices a list (`NAME.*[1:]`, `NAME.*[:-1]`, `NAME.*[::2]`).
+SPREAD_PATTERN = ("^(?:[A-Za-z0-9_][A-Za-z0-9_-]*\\.)*[A-Za-z0-9_][A-Za-z0-9_-]*\\.\\*"
+                  "(?:\\[ *-?[0-9]* *:( *-?[0-9]* *)(?::( *-?[0-9]* *))?\\])?(?![\\s\\S])")
+_SPREAD = re.compile(SPREAD_PATTERN)
+_SLICE = re.compile(r"\[ *(-?[0-9]*) *:( *-?[0-9]* *)(?::( *-?[0-9]* *))?\]")
 WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SHORTCUTS = ("identity", "projection", "projection_conv")
 
@@ -175,14 +181,20 @@ COMPOSITES: dict[str, Composite] = {c.name: c for c in (
               (Key("merge", MERGE, "concat (channels; default), add, or mul (broadcast)"),),
               lambda c: c.rows("parallel") + 1),  # 1: the merge
     Composite(Key("sequence", ITEMS, "a named group of layers"), (), lambda c: c.rows("sequence")),
+    # Every case is counted: an upper bound, as an item switched off by `when:` is.
+    Composite(Key("cases", ITEMS, "alternatives: the first item whose `when:` holds is built (a last item without "
+                                  "`when:` is the default); none holding is an error. `name:` names the one built"),
+              (), lambda c: c.rows("cases")),
 )}
 
 # Beside the head of any item. A merge reads its own list, so it takes no `from`.
 NAME_KEY = Key("name", NAME)
 FROM_KEY = Key("from", REF, "take the input from this tensor instead of the previous item's output")
 WHEN_KEY = Key("when", CONDITION)
-BESIDE = (NAME_KEY, FROM_KEY, WHEN_KEY)
-MERGE_BESIDE = (NAME_KEY, WHEN_KEY)
+DISCARD_KEY = Key("discard", BOOL, "true: computed and counted in every figure, its output never read and freed as "
+                                   "soon as it is made; the next item reads what this one read")
+BESIDE = (NAME_KEY, FROM_KEY, WHEN_KEY, DISCARD_KEY)
+MERGE_BESIDE = (NAME_KEY, WHEN_KEY, DISCARD_KEY)
 TRAINABLE_KEY = Key("trainable", BOOL, "false: frozen (no gradients)")  # beside or inside a single layer only
 
 # A block: its own keys, and exactly one head holding its body (the parser's message names them in this order):
@@ -222,6 +234,37 @@ class Ref(NamedTuple):
     text: str
     scope: str
     loc: Loc
+
+
+class Spread(NamedTuple):
+    """`NAME.*` or `NAME.*[start:stop:step]` in a merge's list: the outputs of the copies of the repeat NAME
+    (`ref`, resolved like a tensor name), sliced as Python slices a list."""
+
+    ref: Ref
+    text: str  # as written
+    start: int | None = None
+    stop: int | None = None
+    step: int | None = None
+
+
+def merge_ref(value: Any, names: Mapping[str, Any], scope: str, loc: Loc, what: str) -> "Ref | Spread":
+    """An entry of a merge's list: a tensor name (tensor_ref), or `NAME.*` / `NAME.*[a:b]` (a Spread)."""
+    if isinstance(value, str) and _SPREAD.match(value.strip()):
+        text = value.strip()
+        head, _, rest = text.partition(".*")
+        bounds: list[int | None] = [None, None, None]
+        if rest:
+            m = _SLICE.fullmatch(rest)
+            if m is None:  # the pattern admits only what _SLICE reads
+                raise SpecError(loc, f"{what}: {text!r} is not NAME.* or NAME.*[start:stop]")
+            bounds = [int(g) if g is not None and g.strip() else None for g in m.groups()]
+        if bounds[2] == 0:
+            raise SpecError(loc, f"{what}: {text!r}: a slice step cannot be zero")
+        return Spread(Ref(head, scope, loc), text, *bounds)
+    if isinstance(value, str) and ".*" in value:
+        raise SpecError(loc, f"{what}: {value!r} is not a tensor name, NAME.* (every copy of the repeat NAME) or "
+                             "NAME.*[start:stop] (a slice of them, as Python slices a list)")
+    return tensor_ref(value, names, scope, loc, what)
 
 
 class At(NamedTuple):

@@ -54,6 +54,7 @@ class Graph(NamedTuple):
     holds: tuple[Hold, ...]
     inputs: tuple[tuple[str, int], ...]  # name -> tensor id
     outputs: tuple[tuple[str, int], ...]
+    discarded: tuple[int, ...] = ()  # tensor ids of `discard: true` items: computed and counted, read by nothing
 
     def releases(self) -> list[int]:
         """For each tensor, the index of the op after which nothing holds it any more; graph inputs (the caller
@@ -70,11 +71,15 @@ class Graph(NamedTuple):
             release[t] = end
         return release
 
-    def used(self) -> list[bool]:
-        """Which ops some output depends on."""
+    def used(self, discarded: bool = True) -> list[bool]:
+        """Which ops some output depends on, or (`discarded`) some `discard: true` item: those are computed and
+        counted. With `discarded` false: the ops some output depends on (the ones a gradient reaches in training)."""
         needed = [False] * len(self.tensors)
         for _, t in self.outputs:
             needed[t] = True
+        if discarded:
+            for t in self.discarded:
+                needed[t] = True
         used = [False] * len(self.ops)
         for i in range(len(self.ops) - 1, -1, -1):
             op = self.ops[i]

@@ -26,6 +26,7 @@ from archcalc.core.grammar import (
     MERGE_BESIDE,
     NAME_KEY,
     NAME_PATTERN,
+    SPREAD_PATTERN,
     TENSOR_PATTERN,
     TRAINABLE_KEY,
     Tree,
@@ -52,6 +53,9 @@ def spec_schema() -> dict[str, Any]:
                    "description": "the name of an earlier tensor: a layer, block or input name (innermost scope "
                                   "first, then a unique suffix of a full name), `$input` (the input of the innermost "
                                   "enclosing block or group), or a block argument holding one"},
+        "spread": {"type": "string", "pattern": SPREAD_PATTERN,
+                   "description": "in a merge's list: NAME.* (the outputs of every copy of the repeat NAME, in "
+                                  "order) or NAME.*[start:stop] (a slice of them, as Python slices a list)"},
         "name": {"anyOf": [{"type": "string", "pattern": NAME_PATTERN}, {"type": "integer", "minimum": 0}],
                  "description": "the layer's name: letters, digits, '_' or '-' (dots separate levels and are "
                                 "added by archcalc)"},
@@ -163,12 +167,16 @@ def _items(kinds: list[str], strict: bool) -> dict[str, Any]:
     a key it does not know call a block."""
     s = "strict" if strict else "loose"
     tree = Tree.named(s)
-    merge_list = {"type": "array", "minItems": 2, "items": {"$ref": "#/definitions/tensor"}}
+    # At least two entries, or one `NAME.*` (the copies of a repeat; the analyzer counts them).
+    spread = {"$ref": "#/definitions/spread"}
+    merge_list = {"type": "array", "minItems": 1, "items": {"anyOf": [{"$ref": "#/definitions/tensor"}, spread]},
+                  "anyOf": [{"minItems": 2}, {"contains": spread}]}
     properties: dict[str, Any] = {k: {"$ref": f"#/definitions/kind.{k}"} for k in kinds}
     properties.update(_composite_keys(tree))
     properties.update({k.name: k.schema(tree) for k in (*BESIDE, TRAINABLE_KEY)})
     for op in MERGES:
-        properties[op] = {"description": f"{op} of earlier named tensors: {op}: [a, b]",
+        properties[op] = {"description": f"{op} of earlier named tensors: {op}: [a, b] (m.*: every copy of the "
+                                         "repeat m)",
                           "anyOf": [merge_list, {"type": "object", "required": ["from"], "additionalProperties": False,
                                                  "properties": {"from": merge_list,
                                                                 "name": {"$ref": "#/definitions/name"}}}]}

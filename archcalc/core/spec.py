@@ -45,12 +45,14 @@ from archcalc.core.grammar import (
     At,
     Composite,
     Ref,
+    Spread,
     Uncountable,
     arg_type,
     block_composite,
     composite_keys,
     describe,
     either,
+    merge_ref,
     tensor_ref,
 )
 from archcalc.core.kinds import REGISTRY, Arg, Kind, suggest_kind
@@ -73,6 +75,7 @@ class Layer(NamedTuple):
     loc: Loc
     trainable: bool = True
     src: Ref | None = None  # `from:`; None: the previous item's output
+    discard: bool = False  # `discard: true`: computed and counted, its output never read (core.analyze)
 
 
 class Sequence(NamedTuple):
@@ -81,6 +84,8 @@ class Sequence(NamedTuple):
     children: "tuple[Node, ...]"
     loc: Loc
     src: Ref | None = None
+    discard: bool = False
+    copies: bool = False  # a repeat: its children are its copies, whose outputs `NAME.*` lists in a merge
 
 
 class Parallel(NamedTuple):
@@ -90,6 +95,7 @@ class Parallel(NamedTuple):
     merge: str
     loc: Loc
     src: Ref | None = None
+    discard: bool = False
 
 
 class Residual(NamedTuple):
@@ -100,16 +106,18 @@ class Residual(NamedTuple):
     after: Sequence
     loc: Loc
     src: Ref | None = None
+    discard: bool = False
 
 
 class Merge(NamedTuple):
-    """`- add: [a, b]`: a merge of earlier named tensors."""
+    """`- add: [a, b]`: a merge of earlier named tensors (`m.*`: every copy of the repeat m, core.grammar.Spread)."""
 
     name: str
     op: str
-    refs: tuple[Ref, ...]
+    refs: tuple[Ref | Spread, ...]
     loc: Loc
     src: None = None
+    discard: bool = False
 
 
 Node = Union[Layer, Sequence, Parallel, Residual, Merge]
@@ -588,8 +596,9 @@ class _Parser:
             self._check_off(item, scope, names)
             return None
         src = self._ref(item, "from", scope, names) if "from" in item else None
-        if src is not None or "when" in item:
-            keep = [k for k in item if k not in ("from", "when")]
+        discard = self._bool(item, "discard") if "discard" in item else False
+        if src is not None or "when" in item or "discard" in item:
+            keep = [k for k in item if k not in _BESIDE_TAKEN]
             item = Map.derived({k: item[k] for k in keep}, item.loc, {k: item.key_loc(k) for k in keep},
                                {k: item.value_loc(k) for k in keep})
         node = self._item_node(item, loc, scope, names, stack, forced_name)
@@ -598,6 +607,8 @@ class _Parser:
                 raise SpecError(src.loc, f"a merge takes its inputs from its own list ({node.op}: [a, b]), not "
                                          "from 'from'")
             node = node._replace(src=src)
+        if discard:
+            node = node._replace(discard=True)
         return node
 
     def _check_off(self, item: Map, scope: _Scope, names: dict[str, Any]) -> None:
@@ -619,7 +630,9 @@ class _Parser:
                 raise SpecError(item.value_loc("from"), f"a merge takes its inputs from its own list ({head}: [a, b]), "
                                                         "not from 'from'")
             self._ref(item, "from", scope, names)
-        rest = Map.derived({k: item[k] for k in item if k not in ("from", "when")}, item.loc,
+        if "discard" in item:
+            self._bool(item, "discard")
+        rest = Map.derived({k: item[k] for k in item if k not in _BESIDE_TAKEN}, item.loc,
                            {k: item.key_loc(k) for k in item}, {k: item.value_loc(k) for k in item})
         if "name" in rest:
             self._name(rest, "name")
@@ -633,11 +646,7 @@ class _Parser:
         raw = rest[head]
         if head in MERGES:
             raw = raw.get("from") if isinstance(raw, Map) else raw
-            if not isinstance(raw, Seq) or len(raw) < 2:
-                raise SpecError(rest.value_loc(head), f"{head} needs a list of at least two tensor names, e.g. "
-                                                      f"{head}: [down4, up4]")
-            for i, r in enumerate(raw):
-                tensor_ref(r, names, scope.prefix, raw.item_loc(i), head)
+            self._merge_refs(head, raw, rest.value_loc(head), scope, names)
             return
         if raw is not None and not isinstance(raw, Map):
             raise SpecError(rest.value_loc(head), f"arguments of '{head}' must be a mapping ({head}: {{arg: value}}),"
@@ -764,11 +773,20 @@ class _Parser:
         for key in item:
             if key not in (op, "name"):
                 raise SpecError(item.key_loc(key), f"unexpected key '{key}' beside '{op}'")
-        if not isinstance(raw, Seq) or len(raw) < 2 or not all(isinstance(r, str) for r in raw):
-            raise SpecError(rloc, f"{op} needs a list of at least two tensor names, e.g. {op}: [down4, up4]")
-        refs = tuple(tensor_ref(r, names, scope.prefix, raw.item_loc(i), op) for i, r in enumerate(raw))
+        refs = self._merge_refs(op, raw, rloc, scope, names)
         full = scope.child_name(name, op, item.loc)
         return Merge(full, op, refs, item.loc)
+
+    def _merge_refs(self, op: str, raw: Any, loc: Loc, scope: _Scope, names: Mapping[str, Any]) \
+            -> tuple[Ref | Spread, ...]:
+        """A merge's list: at least two tensor names, or fewer where one is `NAME.*` (the analyzer counts the
+        inputs once the repeat's copies are known)."""
+        refs = tuple(merge_ref(r, names, scope.prefix, raw.item_loc(i), op) for i, r in enumerate(raw)) \
+            if isinstance(raw, Seq) and all(isinstance(r, str) for r in raw) else ()
+        if len(refs) < 2 and not any(isinstance(r, Spread) for r in refs):
+            raise SpecError(loc, f"{op} needs a list of at least two tensor names, e.g. {op}: [down4, up4], or "
+                                 f"the copies of a repeat: {op}: [a, m.*]")
+        return refs
 
     def _repeat(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
                 own_scope: bool = False, label: str = "repeat") -> Node:
@@ -802,7 +820,7 @@ class _Parser:
                     raise SpecError(item.value_loc("repeat"), f"repeat {count:,} of {per_copy:,} layers each "
                                     f"expands the spec to about {projected:,} layers, more than the limit of "
                                     f"{self.max_layers:,}; raise it with --max-layers if that is intended")
-        return Sequence(full, label, tuple(children), item.loc)
+        return Sequence(full, label, tuple(children), item.loc, copies=True)
 
     def _residual(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
                   own_scope: bool = False, label: str = "residual") -> Node:
@@ -876,6 +894,41 @@ class _Parser:
         if not isinstance(raw, Seq) or not raw:
             raise SpecError(item.value_loc("sequence"), "'sequence' needs a non-empty list of layers")
         return self._sequence(raw, _Scope(full), names, label, full, item.value_loc("sequence"), stack)
+
+    def _cases(self, item: Map, scope: _Scope, names: dict[str, Any], stack: tuple[str, ...], name: str | None,
+               own_scope: bool = False, label: str = "cases") -> Node:
+        """`cases: [...]`: the first item whose `when:` holds (an item without `when:`, last, always does) is the
+        node, named by the `cases:` item's `name:` where it has one; the others are checked for their form, as an
+        item switched off by `when:` is. No case holding is an error: a chain of alternatives that covers only the
+        values its writer thought of must not silently build nothing."""
+        self._keys(item, COMPOSITES["cases"])
+        raw, loc = item["cases"], item.value_loc("cases")
+        if not isinstance(raw, Seq) or not raw:
+            raise SpecError(loc, "'cases' needs a non-empty list of items, each with a 'when:' (the last may have "
+                                 "none: the default)")
+        chosen: tuple[Any, Loc] | None = None
+        for i, case in enumerate(raw):
+            cloc = raw.item_loc(i)
+            if not isinstance(case, Map) or "when" not in case:
+                if i != len(raw) - 1:
+                    raise SpecError(cloc, "every case but the last needs a 'when:' (a case without one always "
+                                          "holds, so the cases after it could never be built)")
+                if chosen is None:
+                    chosen = (case, cloc)
+            elif chosen is None and self._when(case, names):
+                chosen = (case, cloc)
+            else:
+                self._check_off(case, scope, names)
+        if chosen is None:
+            conditions = [str(c["when"]) for c in raw]
+            words = sorted({w for c in conditions for w in WORD.findall(c) if w in names})
+            values = ", ".join(f"{w} = {names[w]!r}" for w in words)
+            raise SpecError(item.key_loc("cases"), f"no case holds: {', '.join(conditions)} "
+                            f"{'is' if len(conditions) == 1 else 'are all'} false" + (f" ({values})" if values else "")
+                            + "; add the case, or a last case without 'when:'")
+        node = self._item(chosen[0], chosen[1], scope, names, stack, forced_name=name)
+        assert node is not None  # its `when:` holds
+        return node
 
     # -- arguments --
     def _kind_args(self, kind: Kind, raw: Map, names: dict[str, Any], loc: Loc,
@@ -1032,6 +1085,7 @@ class _Count:
 
 
 _BLOCK_OWN = tuple(k.name for k in BLOCK_OWN)
+_BESIDE_TAKEN = ("from", "when", "discard")  # the keys beside an item that _item_body takes off before its head
 
 
 def _block_body(body: Map) -> Map:
@@ -1043,7 +1097,7 @@ def _block_body(body: Map) -> Map:
 
 
 _COMPOSITE_METHODS = {"repeat": _Parser._repeat, "residual": _Parser._residual, "parallel": _Parser._parallel,
-                      "sequence": _Parser._sequence_item}
+                      "sequence": _Parser._sequence_item, "cases": _Parser._cases}
 
 
 def Map_empty(loc: Loc) -> Map:  # noqa: N802

@@ -64,12 +64,18 @@ def training_flops(report: Report) -> TrainingFlops:
     graph = report.graph
     needs_grad = [False] * len(graph.tensors)  # the network's inputs (a batch from a data loader) need none
     layers: list[LayerFlops] = []
-    for row in report.rows:  # one per op, in execution order, each with its op
+    reaches = graph.used(discarded=False) if graph.discarded else None  # no gradient reaches a discarded item
+    for i, row in enumerate(report.rows):  # one per op, in execution order, each with its op
         op = row.op
         assert op is not None  # only a block's summary row (in report.outline) has none
         if not row.used:
             continue
         needed = any(needs_grad[t] for t in op.inputs)
+        if reaches is not None and not reaches[i]:  # `discard: true` alone depends on it: its forward only
+            if op.kind is not None and row.macs:
+                layers.append(LayerFlops(op.name, 2 * row.macs, 0, 0))
+            needs_grad[op.output] = needed or row.trainable_params > 0
+            continue
         if op.kind is not None and row.macs:
             grad_in, grad_w = op.kind.backward_macs(op.args, row.macs, graph.tensors[op.inputs[0]].shape)
             layers.append(LayerFlops(op.name, 2 * row.macs, 2 * grad_in if needed else 0,

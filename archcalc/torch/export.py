@@ -154,6 +154,7 @@ class _Writer:
 
     def forward_lines(self) -> list[str]:
         keep = {t for _, t in self.graph.inputs + self.graph.outputs}
+        discarded = set(self.graph.discarded)
         lines = []
         for (target, inputs, output, frees), op in zip(plan(self.graph), self.graph.ops):
             args = [self.var(t) for t in inputs]
@@ -162,7 +163,8 @@ class _Writer:
                 lines.append(f"{y} = {_module_expr(target)}({args[0]})")
             else:
                 lines += MERGE_RECIPES[op.merge.name].source(y, args)
-            dropped = [self.var(t) for t in frees if t not in keep and t != output]
+            # (an output nothing reads is kept, except that of a `discard: true` item: deleted at once)
+            dropped = [self.var(t) for t in frees if t not in keep and (t != output or t in discarded)]
             if dropped:
                 lines.append(f"del {', '.join(dropped)}")
         outs = self.graph.outputs
