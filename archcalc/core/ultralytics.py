@@ -56,7 +56,7 @@ BLOCKS: dict[str, tuple[str, tuple[str, ...]]] = {
       - repeat: n
         name: m
         block: {Bottleneck: {c2: c, shortcut: shortcut, e: 1.0}}
-{concat_m}
+      - concat: [y0, y1, m.*]
       - Conv: {c2: c2, name: cv2}
 """, ("Conv", "Bottleneck")),
     "C3": ("""\
@@ -83,11 +83,11 @@ BLOCKS: dict[str, tuple[str, tuple[str, ...]]] = {
       - repeat: n
         name: m
         block:
-          - Bottleneck: {c2: c, shortcut: shortcut}
-            when: not c3k
-          - C3: {c2: c, n: 2, shortcut: shortcut, k1: 3}
-            when: c3k
-{concat_m}
+          cases:
+            - C3: {c2: c, n: 2, shortcut: shortcut, k1: 3}    # C3k: two 3x3 Bottlenecks
+              when: c3k
+            - Bottleneck: {c2: c, shortcut: shortcut}
+      - concat: [y0, y1, m.*]
       - Conv: {c2: c2, name: cv2}
 """, ("Conv", "Bottleneck", "C3")),
     "SPPF": ("""\
@@ -98,7 +98,7 @@ BLOCKS: dict[str, tuple[str, tuple[str, ...]]] = {
       - repeat: 3
         name: m
         block: {maxpool: {kernel: k, stride: 1, padding: k // 2}}
-      - concat: [cv1, m.0, m.1, m.2]
+      - concat: [cv1, m.*]
       - Conv: {c2: c2, name: cv2}
 """, ("Conv",)),
     "PSABlock": ("""\
@@ -230,14 +230,13 @@ def _call(block: str, args: dict[str, Any], name: str) -> str:
 
 
 class _Converter:
-    def __init__(self, data: Map, display: str, name: str, scale: str | None, input_shape: tuple[int, ...] | None,
-                 m_star: bool) -> None:
-        self.data, self.display, self.name, self.m_star = data, display, name, m_star
+    def __init__(self, data: Map, display: str, name: str, scale: str | None,
+                 input_shape: tuple[int, ...] | None) -> None:
+        self.data, self.display, self.name = data, display, name
         self.input_shape = input_shape
         self.warnings: list[str] = []
         self.used: list[str] = []
         self.scale = scale
-        self.max_n: dict[str, int] = {}
 
     def error(self, loc: Loc, message: str) -> SpecError:
         return SpecError(loc, message)
@@ -413,7 +412,6 @@ class _Converter:
                 self.c3k_arg = True
             if e != 0.5:
                 call["e"] = e
-            self.max_n[m] = max(self.max_n.get(m, 1), row.n)
             self._need(m)
             text = _call(m, call, row.name)
         elif m == "SPPF":
@@ -487,10 +485,7 @@ class _Converter:
     def _text(self, args: list[str], lines: list[str], outputs: list[str]) -> str:
         blocks = []
         for block in [b for b in BLOCKS if b in self.used]:
-            text = BLOCKS[block][0]
-            if "{concat_m}" in text:
-                text = text.replace("{concat_m}", self._concat_m(block))
-            blocks.append(text.rstrip("\n"))
+            blocks.append(BLOCKS[block][0].rstrip("\n"))
         if getattr(self, "c3k_arg", False):
             big = "true" if self.scale in ("m", "l", "x") else "false"
             args.append(f"  c3k: {big}  # true for scales m, l and x: Ultralytics' parse_model then makes every C3k2 "
@@ -512,21 +507,9 @@ class _Converter:
             head += ["outputs:", *(f"  - {o}" for o in outputs)]
         return "\n".join(head) + "\n"
 
-    def _concat_m(self, block: str) -> str:
-        if self.m_star:
-            return "      - concat: [y0, y1, m.*]"
-        n_max = self.max_n.get(block, 1)
-        values = sorted({max(round(n * d), 1) if n > 1 else n for n in range(1, n_max + 1)
-                         for d in (0.33, 0.67, 1.0)} | set(range(1, n_max + 1)))
-        out = []
-        for n in values:
-            names = ", ".join(["y0", "y1", *(f"m.{j}" for j in range(n))])
-            out += [f"      - concat: [{names}]", f"        when: n == {n}"]
-        return "\n".join(out)
-
 
 def convert_text(text: str, display: str, name: str | None = None, scale: str | None = None,
-                 input_shape: tuple[int, ...] | None = None, m_star: bool = False) -> Converted:
+                 input_shape: tuple[int, ...] | None = None) -> Converted:
     """Convert the text of an Ultralytics model YAML; `display` names it in messages (`file:line:col`)."""
     data = yamlsrc.load(text, display)
     if not isinstance(data, Map):
@@ -537,7 +520,7 @@ def convert_text(text: str, display: str, name: str | None = None, scale: str | 
         scale = guessed.group(1)  # Ultralytics' guess_model_scale: yolov8s.yaml is scale s of yolov8.yaml
     if name is None:
         name = re.sub(r"(\d+)([nslmx])(?=$|-)", r"\1", stem) if guessed else stem
-    return _Converter(data, display, name, scale, input_shape, m_star).convert()
+    return _Converter(data, display, name, scale, input_shape).convert()
 
 
 def convert_file(path: str | Path, display: str | None = None, name: str | None = None,
