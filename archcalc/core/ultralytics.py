@@ -128,39 +128,70 @@ BLOCKS: dict[str, tuple[str, tuple[str, ...]]] = {
       - Conv: {c2: c2, name: cv2}
 """, ("Conv", "PSABlock")),
     "DetectLevel": ("""\
-  DetectLevel:                       # Detect, one level: box branch cv2, class branch cv3, decoded (DFL, sigmoid)
-    args: {nc: ~, ch: ~, ch0: ~, reg_max: 16, legacy: true, shared: false, c2: "max(16, ch0 // 4, reg_max * 4)",
-           c3: "max(ch0, min(nc, 100))"}       # ch: this level's input channels; ch0: the first level's;
-                                       # shared: a later level, whose DFL is the first level's
+  DetectLevel:                       # Detect, Segment or Pose, one level: box branch cv2, class branch cv3, decoded
+                                     # (DFL, sigmoid); with extra > 0, cv4 (Segment's mask coefficients, Pose's
+                                     # keypoints, undecoded) joins them
+    args: {nc: ~, ch: ~, ch0: ~, reg_max: 16, legacy: true, shared: false, extra: 0,
+           c2: "max(16, ch0 // 4, reg_max * 4)", c3: "max(ch0, min(nc, 100))", c4: "max(ch0 // 4, extra)"}
+                                     # ch: this level's input channels; ch0: the first level's;
+                                     # shared: a later level, whose DFL is the first level's
     layers:
       - sequence:
           - Conv: {c2: c2, k: 3}
           - Conv: {c2: c2, k: 3}
           - conv: {out: 4 * reg_max, kernel: 1}
         name: cv2
+      - cases:
+          - sequence:
+              - Conv: {c2: c3, k: 3}
+              - Conv: {c2: c3, k: 3}
+              - conv: {out: nc, kernel: 1}
+            when: legacy
+          - sequence:                # YOLO11 and later: a depthwise-separable class branch
+              - DWConv: {c2: ch}
+              - Conv: {c2: c3}
+              - DWConv: {c2: c3}
+              - Conv: {c2: c3}
+              - conv: {out: nc, kernel: 1}
+        name: cv3
+        from: $input
       - sequence:
-          - Conv: {c2: c3, k: 3}
-          - Conv: {c2: c3, k: 3}
-          - conv: {out: nc, kernel: 1}
-        name: cv3
+          - Conv: {c2: c4, k: 3}
+          - Conv: {c2: c4, k: 3}
+          - conv: {out: extra, kernel: 1}
+        name: cv4
         from: $input
-        when: legacy
-      - sequence:                    # YOLO11 and later: depthwise-separable class branch
-          - DWConv: {c2: ch}
-          - Conv: {c2: c3}
-          - DWConv: {c2: c3}
-          - Conv: {c2: c3}
-          - conv: {out: nc, kernel: 1}
-        name: cv3
-        from: $input
-        when: not legacy
+        when: extra > 0
       - dfl: {reg_max: reg_max, shared: shared, name: dfl}
         from: cv2
         trainable: false             # Ultralytics' DFL weights are fixed (requires_grad False)
       - sigmoid: {name: scores}
         from: cv3
-      - concat: [dfl, scores]
+      - cases:
+          - concat: [dfl, scores, cv4]
+            when: extra > 0
+          - concat: [dfl, scores]
+        name: out
 """, ("Conv", "DWConv")),
+    "Proto": ("""\
+  Proto:                             # Segment's Proto: Conv 3x3, 2x transposed conv, Conv 3x3, Conv 1x1 to the masks
+    args: {c_: ~, c2: 32}
+    layers:
+      - Conv: {c2: c_, k: 3, name: cv1}
+      - conv_transpose: {out: c_, kernel: 2, stride: 2, name: upsample}
+      - Conv: {c2: c_, k: 3, name: cv2}
+      - Conv: {c2: c2, name: cv3}
+""", ("Conv",)),
+    "Classify": ("""\
+  Classify:                          # Classify: Conv to 1280, global average pool, linear, softmax (eval)
+    args: {c2: ~, k: 1, s: 1, c_: 1280}
+    layers:
+      - Conv: {c2: c_, k: k, s: s, name: conv}
+      - global_avgpool: {name: pool}
+      - dropout: {p: 0.0, name: drop}
+      - linear: {out: c2, name: linear}
+      - softmax: {name: softmax}
+""", ("Conv",)),
     "DWConv": ("""\
   DWConv:                            # DWConv(c2, c2): a depthwise Conv (groups = gcd(c1, c2) = c2)
     args: {c2: ~, k: 3}
@@ -171,7 +202,9 @@ BLOCKS: dict[str, tuple[str, tuple[str, ...]]] = {
 """, ()),
 }
 
-MODULES = ("Conv", "C2f", "C3", "C3k2", "SPPF", "C2PSA", "Bottleneck", "nn.Upsample", "Concat", "Detect")
+MODULES = ("Conv", "C2f", "C3", "C3k2", "SPPF", "C2PSA", "Bottleneck", "nn.Upsample", "Concat", "Detect", "Segment",
+           "Pose", "Classify")
+HEADS = ("Detect", "Segment", "Pose")
 REFUSED = {
     "A2C2f": "A2C2f (YOLO12's area attention) is not supported yet: its attention needs the general attention kinds "
              "(archcalc's attention issue)",
@@ -295,6 +328,7 @@ class _Converter:
             depth, width = data.get("depth_multiple", 1.0), data.get("width_multiple", 1.0)
             max_channels = 2**31
         self.nc = nc
+        self.kpt_shape = data.get("kpt_shape", [17, 3])
         out = [f"  nc: {nc}", f"  depth: {depth}", f"  width: {width}", f"  max_channels: {max_channels}"]
         if table:
             out = ["  # Ultralytics' scales (scale: depth, width, max_channels multiples):", *table, *out]
@@ -326,7 +360,7 @@ class _Converter:
                     raise self.error(loc, f"row {i}: module must be a name, not {module!r}")
                 if not isinstance(args, Seq):
                     raise self.error(loc, f"row {i} ({module}): args must be a list")
-                names = {"nc": "nc", "None": None}
+                names = {"nc": "nc", "None": None, "kpt_shape": self.data.get("kpt_shape", [17, 3])}
                 rows.append(_Row(i, tuple(absolute), n, module, [_value(a, names) for a in args], loc))
         return rows
 
@@ -357,10 +391,10 @@ class _Converter:
         is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0  # noqa: E731
         if m in REFUSED:
             raise self.error(row.loc, f"row {i}: {REFUSED[m]}")
-        if m not in MODULES and m not in ("Segment", "Pose", "Classify"):
+        if m not in MODULES:
             raise self.error(row.loc, f"row {i}: Ultralytics module '{m}' is not known to archcalc convert; it "
                                       f"knows {', '.join(MODULES)}" + did_you_mean(m, MODULES))
-        if m not in ("Concat", "Detect") and len(row.source) != 1:
+        if m not in ("Concat", *HEADS) and len(row.source) != 1:
             raise self.error(row.loc, f"row {i} ({m}): 'from' must be one row")
         if m in ("Conv", "C2f", "C3", "C3k2", "SPPF", "C2PSA", "Bottleneck"):
             c2 = self._arg(row, 0, None, "output channels", is_int)
@@ -455,9 +489,16 @@ class _Converter:
             names = [rows[s].name if s != -1 else "input" for s in row.source]
             row.channels = " + ".join(f"({self._channels(rows, s)})" for s in row.source)
             return [f"  - concat: [{', '.join(names)}]", f"    name: {row.name}"]
-        elif m == "Detect":
-            nc = self._arg(row, 0, self.nc, "classes", lambda v: v == "nc" or v == self.nc)
-            del nc
+        elif m in HEADS:
+            self._arg(row, 0, self.nc, "classes", lambda v: v == "nc" or v == self.nc)
+            extra: Any = 0
+            if m == "Segment":
+                extra = self._arg(row, 1, 32, "masks", is_int)
+                npr = self._arg(row, 2, 256, "prototypes", is_int)
+            elif m == "Pose":
+                kpt = self._arg(row, 1, self.kpt_shape, "keypoint shape",
+                                lambda v: isinstance(v, Seq | list) and len(v) == 2 and all(map(is_int, v)))
+                extra = f"{kpt[0]} * {kpt[1]}"  # kpt_shape: keypoints x (x, y[, visible])
             self._need("DetectLevel")
             out = []
             ch0 = self._channels(rows, row.source[0])
@@ -470,12 +511,33 @@ class _Converter:
                     args["legacy"] = False
                 if level:
                     args["shared"] = True
+                if extra:
+                    args["extra"] = extra
                 out += [f"  - {_call('DetectLevel', args, name)}", f"    from: {rows[s].name}"]
                 outputs.append(name)
+            if m == "Segment":  # the mask prototypes, from the first level (npr scaled as a row's channels)
+                self._need("Proto")
+                out += [f"  - {_call('Proto', {'c_': scaled(npr), 'c2': extra}, f'{row.name}_proto')}",
+                        f"    from: {rows[row.source[0]].name}"]
+                outputs.append(f"{row.name}_proto")
             return out
+        elif m == "Classify":
+            self._arg(row, 0, self.nc, "classes", lambda v: v == "nc" or v == self.nc)
+            k = self._arg(row, 1, 1, "kernel", is_int)
+            s_ = self._arg(row, 2, 1, "stride", is_int)
+            self._arg(row, 3, None, "padding", lambda v: v is None)
+            self._arg(row, 4, 1, "groups", lambda v: v == 1)
+            call = {"c2": "nc", **({"k": k} if k != 1 else {}), **({"s": s_} if s_ != 1 else {})}
+            self._need("Classify")
+            self.classifier = True
+            text = _call("Classify", call, row.name)
         else:
             raise self.error(row.loc, f"row {i}: the {m} head is not supported yet")
         return [f"  - {text}"] + ([f"    from: {src}"] if src else [])
+
+    def default_input(self) -> tuple[int, ...]:
+        # Ultralytics' default image size: 640 for detection, segmentation and pose; 224 for classification
+        return (3, 224, 224) if getattr(self, "classifier", False) else (3, 640, 640)
 
     def legacy(self, rows: list[_Row]) -> bool:
         # parse_model: a C3k2, A2C2f or C2fCIB row anywhere before the head makes the head non-legacy (YOLO11+).
@@ -495,7 +557,7 @@ class _Converter:
             f"description: Ultralytics {self.name} (scale {self.scale}), converted from its model YAML"
             if self.scale else f"description: Ultralytics {self.name}, converted from its model YAML",
             f"source: archcalc convert {self.display}",
-            f"input: [{', '.join(map(str, self.input_shape or (3, 640, 640)))}]",
+            f"input: [{', '.join(map(str, self.input_shape or self.default_input()))}]",
             "args:",
             *args,
             "blocks:",
