@@ -91,7 +91,73 @@ head:
   - [[16, 19, 22], 1, Detect, [nc]]
 """
 
+YOLOV5U = """
+nc: 80
+scales: {n: [0.33, 0.25, 1024], s: [0.33, 0.50, 1024], m: [0.67, 0.75, 1024], l: [1.00, 1.00, 1024],
+         x: [1.33, 1.25, 1024]}
+backbone:
+  - [-1, 1, Conv, [64, 6, 2, 2]]
+  - [-1, 1, Conv, [128, 3, 2]]
+  - [-1, 3, C3, [128]]
+  - [-1, 1, Conv, [256, 3, 2]]
+  - [-1, 6, C3, [256]]
+  - [-1, 1, Conv, [512, 3, 2]]
+  - [-1, 9, C3, [512]]
+  - [-1, 1, Conv, [1024, 3, 2]]
+  - [-1, 3, C3, [1024]]
+  - [-1, 1, SPPF, [1024, 5]]
+head:
+  - [-1, 1, Conv, [512, 1, 1]]
+  - [-1, 1, nn.Upsample, [None, 2, "nearest"]]
+  - [[-1, 6], 1, Concat, [1]]
+  - [-1, 3, C3, [512, False]]
+  - [-1, 1, Conv, [256, 1, 1]]
+  - [-1, 1, nn.Upsample, [None, 2, "nearest"]]
+  - [[-1, 4], 1, Concat, [1]]
+  - [-1, 3, C3, [256, False]]
+  - [-1, 1, Conv, [256, 3, 2]]
+  - [[-1, 14], 1, Concat, [1]]
+  - [-1, 3, C3, [512, False]]
+  - [-1, 1, Conv, [512, 3, 2]]
+  - [[-1, 10], 1, Concat, [1]]
+  - [-1, 3, C3, [1024, False]]
+  - [[17, 20, 23], 1, Detect, [nc]]
+"""
+
+
+def _task(table: str, head: str, nc: int, extra: str = "", scales: str | None = None) -> str:
+    """A detection table with another head row (the tasks' files differ from detect's only there, in nc and in
+    the classifier's scales and rows)."""
+    text = re.sub(r"\[\[(\d+, \d+, \d+)\], 1, Detect, \[nc\]\]", rf"[[\1], 1, {head}]", table)
+    text = text.replace("nc: 80", f"nc: {nc}{extra}")
+    if scales is not None:
+        text = re.sub(r"scales: \{[^}]*\}", scales, text)
+    return text
+
+
+def _classifier(table: str, last: int, scales: str) -> str:
+    """The backbone up to row `last`, then Classify (Ultralytics' -cls files: nc 1000, 224x224)."""
+    rows = table.split("head:")[0].splitlines()
+    keep = [r for r in rows if not r.startswith("  - ")] + [r for r in rows if r.startswith("  - ")][:last + 1]
+    text = "\n".join(keep).replace("nc: 80", "nc: 1000")
+    return re.sub(r"scales: \{[^}]*\}", scales, text) + "\nhead:\n  - [-1, 1, Classify, [nc]]\n"
+
+
+CLS_V8 = ("scales: {n: [0.33, 0.25, 1024], s: [0.33, 0.50, 1024], m: [0.67, 0.75, 1024], l: [1.00, 1.00, 1024], "
+          "x: [1.00, 1.25, 1024]}")
+CLS_11 = ("scales: {n: [0.50, 0.25, 1024], s: [0.50, 0.50, 1024], m: [0.50, 1.00, 512], l: [1.00, 1.00, 512], "
+          "x: [1.00, 1.50, 512]}")
 TABLES = {"yolov8": YOLOV8, "yolo11": YOLO11}
+# Every family measured, by its measured name's stem: the table, written here
+FAMILIES = {
+    "yolov8": YOLOV8, "yolo11": YOLO11, "yolov5": YOLOV5U,
+    "yolov8-seg": _task(YOLOV8, "Segment, [nc, 32, 256]", 80),
+    "yolo11-seg": _task(YOLO11, "Segment, [nc, 32, 256]", 80),
+    "yolov8-pose": _task(YOLOV8, "Pose, [nc, kpt_shape]", 1, "\nkpt_shape: [17, 3]"),
+    "yolo11-pose": _task(YOLO11, "Pose, [nc, kpt_shape]", 1, "\nkpt_shape: [17, 3]"),
+    "yolov8-cls": _classifier(YOLOV8, 8, CLS_V8),
+    "yolo11-cls": _classifier(YOLO11, 10, CLS_11),
+}
 # Ultralytics' scales, written out (the tables above): scale -> --set values
 SCALES = {
     "yolov8": {"n": (0.33, 0.25, 1024), "s": (0.33, 0.5, 1024), "m": (0.67, 0.75, 768), "l": (1.0, 1.0, 512),
@@ -163,6 +229,25 @@ def test_the_scale_letter_picks_the_defaults(family: str, scale: str) -> None:
     assert report.totals.macs == MEASURED[f"{family}{scale}"]["flop_counter_eval"]["macs"]
 
 
+FAMILY_CASES = [(stem, scale) for stem in FAMILIES for scale in "nsmlx"
+                if (stem.replace("-", f"{scale}-", 1) if "-" in stem else f"{stem}{scale}") in MEASURED]
+
+
+@pytest.mark.parametrize(("stem", "scale"), FAMILY_CASES, ids=[f"{s}-{c}" for s, c in FAMILY_CASES])
+def test_every_converted_family_is_exact(stem: str, scale: str) -> None:
+    # named as Ultralytics' files are (yolov8s-seg.yaml: yolov8-seg.yaml at scale s), so the scale is the file's
+    file = stem.replace("-", f"{scale}-", 1) if "-" in stem else f"{stem}{scale}"
+    converted = convert_text(FAMILIES[stem], f"{file}.yaml")
+    report = analyze(parse_spec(yamlsrc.load(converted.text, "<converted>"), "<converted>"))
+    measured = MEASURED[file]
+    t = report.totals
+    assert t.params == measured["params"] == printed_params(measured["printed"][0])
+    assert t.trainable_params == measured["gradients"]
+    assert t.buffers == measured["float_buffers"] + measured["int_buffers"]
+    assert t.macs == measured["flop_counter_eval"]["macs"]
+    assert list(report.input) == measured["input"]
+
+
 def test_cli_convert_writes_a_spec_that_calc_reads(tmp_path: Path) -> None:
     model = tmp_path / "yolov8.yaml"
     model.write_text(YOLOV8)
@@ -198,8 +283,8 @@ def test_an_unknown_module_is_a_located_error_naming_the_row() -> None:
     text = YOLOV8.replace("[-1, 1, SPPF, [1024, 5]]", "[-1, 1, SPPFX, [1024, 5]]")
     line = text.splitlines().index("  - [-1, 1, SPPFX, [1024, 5]]") + 1
     assert _error(text) == (f"m.yaml:{line}:5: row 9: Ultralytics module 'SPPFX' is not known to archcalc convert; "
-                            "it knows Conv, C2f, C3, C3k2, SPPF, C2PSA, Bottleneck, nn.Upsample, Concat, Detect; "
-                            "did you mean 'SPPF'?")
+                            "it knows Conv, C2f, C3, C3k2, SPPF, C2PSA, Bottleneck, nn.Upsample, Concat, Detect, "
+                            "Segment, Pose, Classify; did you mean 'SPPF'?")
 
 
 def test_yolo12s_area_attention_is_refused_with_a_reason() -> None:
