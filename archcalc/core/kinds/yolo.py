@@ -48,7 +48,9 @@ class DFL(Kind):
         return Cost(params=0 if a["shared"] else a["reg_max"], macs=macs, fvcore=macs, full=3 * macs + 2 * macs)
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
-        return Saved(extra=((numel(inp), ACTIVATION),))  # the softmax's output (the conv's input)
+        # The softmax's output (the conv's input); a shared dfl's weights are made in its forward (it holds none),
+        # so the conv keeps them as a tensor of its own, once per batch.
+        return Saved(extra=((numel(inp), ACTIVATION),), per_batch=((a["reg_max"], ACTIVATION),) if a["shared"] else ())
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         return ((numel(inp), ACTIVATION),)  # the softmax's output, alive while the conv runs
