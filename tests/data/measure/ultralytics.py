@@ -3,7 +3,8 @@
 """Ultralytics' YOLO models built from their own model YAML (no weights: `DetectionModel("yolov8n.yaml")` and the
 task's model class), one subprocess per model, one thread, on the CPU. Records per model: parameters, gradients
 (parameters with requires_grad), float and int buffers, the summary line Ultralytics itself prints (`model.info()`:
-its parameter count and its thop GFLOPs at imgsz 640, stride-extrapolated) before and after `fuse()`,
+its parameter count and its thop GFLOPs at imgsz 640, stride-extrapolated) before and after `fuse()`, thop's own
+count at the model's input (unfused and fused; Ultralytics prints 2 x it as GFLOPs),
 FlopCounterMode's total in eval mode and in train mode at the model's input (batch 1; MACs = FLOPs / 2: it counts
 2 per multiply-accumulate of convolution and matmul), and the output shapes of both modes."""
 
@@ -71,13 +72,17 @@ for mode in ("eval", "train"):
     by_op = {str(k): v for k, v in counter.get_flop_counts()["Global"].items()}
     out[mode] = {"flop_counter": flops, "macs": flops // 2, "by_operator": by_op, "output": shapes(y)}
 model.eval()
-info = model.info(verbose=False)
+import copy, thop  # ultralytics-thop, what model.info() uses: its count at the full input, unfused and fused
+thop_macs = thop.profile(copy.deepcopy(model), inputs=[x], verbose=False)[0]
+fused = copy.deepcopy(model).fuse(verbose=False)
+thop_fused = thop.profile(fused, inputs=[x], verbose=False)[0]
 stream.seek(0)
 stream.truncate(0)
 model.fuse(verbose=True)
 fused_printed = [line for line in stream.getvalue().splitlines() if "summary" in line]
 print(json.dumps({"params": params, "gradients": grads, "float_buffers": fbuf, "int_buffers": ibuf,
                   "input": [3, size, size], "printed": printed, "printed_fused": fused_printed,
+                  "thop_macs": int(thop_macs), "thop_macs_fused": int(thop_fused),
                   "flop_counter_eval": out["eval"], "flop_counter_train": out["train"]}))
 '''
 
