@@ -37,13 +37,13 @@ BLOCKS: dict[str, tuple[str, tuple[str, ...]]] = {
         when: act
 """, ()),
     "Bottleneck": ("""\
-  Bottleneck:                        # Bottleneck: two Convs, plus the input where shortcut (c1 == c2)
-    args: {c2: ~, shortcut: true, k1: 3, k2: 3, e: 0.5, g: 1}
+  Bottleneck:                        # Bottleneck: two Convs, plus the input where shortcut and c1 == c2
+    args: {c2: ~, shortcut: true, k1: 3, k2: 3, e: 0.5, g: 1, c1: c2}     # c1: the input's channels
     layers:
       - Conv: {c2: floor(c2 * e), k: k1, name: cv1}
       - Conv: {c2: c2, k: k2, g: g, name: cv2}
       - add: [cv2, $input]
-        when: shortcut
+        when: shortcut and c1 == c2
 """, ("Conv",)),
     "C2f": ("""\
   C2f:                               # C2f: cv1 split in halves, n Bottlenecks on the second, all concatenated
@@ -205,6 +205,7 @@ BLOCKS: dict[str, tuple[str, tuple[str, ...]]] = {
 MODULES = ("Conv", "C2f", "C3", "C3k2", "SPPF", "C2PSA", "Bottleneck", "nn.Upsample", "Concat", "Detect", "Segment",
            "Pose", "Classify")
 HEADS = ("Detect", "Segment", "Pose")
+REPEATED = ("C2f", "C3", "C3k2", "C2PSA")  # parse_model's repeat_modules: n is their argument
 REFUSED = {
     "A2C2f": "A2C2f (YOLO12's area attention) is not supported yet: its attention needs the general attention kinds "
              "(archcalc's attention issue)",
@@ -399,12 +400,12 @@ class _Converter:
         if m in ("Conv", "C2f", "C3", "C3k2", "SPPF", "C2PSA", "Bottleneck"):
             c2 = self._arg(row, 0, None, "output channels", is_int)
             row.channels = scaled(c2)
-        if m not in ("Conv", "C2f", "C3", "C3k2", "C2PSA") and row.n != 1:
+        # parse_model: a module that takes no repeats argument is built n times in a row (nn.Sequential); only
+        # Conv and Bottleneck rows do that in Ultralytics' files (YOLOv3)
+        if m not in ("Conv", "Bottleneck", *REPEATED) and row.n != 1:
             raise self.error(row.loc, f"row {i} ({m}): repeats must be 1 for this module")
         call: dict[str, Any] = {}
         if m == "Conv":
-            if row.n != 1:
-                raise self.error(row.loc, f"row {i} (Conv): repeats must be 1")
             call = {"c2": row.channels}
             k = self._arg(row, 1, 1, "kernel", is_int)
             s = self._arg(row, 2, 1, "stride", is_int)
@@ -471,10 +472,16 @@ class _Converter:
             text = _call("C2PSA", call, row.name)
         elif m == "Bottleneck":
             shortcut = self._arg(row, 1, True, "shortcut", is_bool)
-            if shortcut:
-                raise self.error(row.loc, f"row {i} (Bottleneck): a top-level Bottleneck with a shortcut is not "
-                                          "supported yet (it adds its input only where c1 == c2 at every scale)")
-            call = {"c2": row.channels, "shortcut": False}
+            self._arg(row, 2, 1, "groups", lambda v: v == 1)
+            k = self._arg(row, 3, [3, 3], "kernels", lambda v: isinstance(v, list) and len(v) == 2
+                          and all(map(is_int, v)))
+            e = self._arg(row, 4, 0.5, "expansion", is_num)
+            call = {"c2": row.channels}
+            if shortcut:  # Ultralytics adds the input only where c1 == c2: the block compares them
+                call["c1"] = self._channels(rows, source)
+            else:
+                call["shortcut"] = False
+            call.update({key: v for key, v, d in (("k1", k[0], 3), ("k2", k[1], 3), ("e", e, 0.5)) if v != d})
             self._need("Bottleneck")
             text = _call("Bottleneck", call, row.name)
         elif m == "nn.Upsample":
@@ -533,6 +540,10 @@ class _Converter:
             text = _call("Classify", call, row.name)
         else:
             raise self.error(row.loc, f"row {i}: the {m} head is not supported yet")
+        if row.n > 1 and m not in REPEATED:  # n copies in a row, named 0, 1, ... as nn.Sequential's
+            call_text = text.replace(f", name: {row.name}}}", "}").replace(f"{{name: {row.name}}}", "{}")
+            return ([f"  - repeat: {_yaml_scalar(repeats(row.n))}", f"    name: {row.name}"]
+                    + ([f"    from: {src}"] if src else []) + [f"    block: {{{call_text}}}"])
         return [f"  - {text}"] + ([f"    from: {src}"] if src else [])
 
     def default_input(self) -> tuple[int, ...]:

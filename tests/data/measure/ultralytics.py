@@ -28,6 +28,7 @@ FAMILIES = [
     ("yolo11-cls", "classify", "yolo11-cls", 224),
     ("yolov5u", "detect", "yolov5", 640),
     ("yolo12", "detect", "yolo12", 640),
+    ("yolov3u", "detect", "yolov3", 640),  # one scale (depth and width multiples 1.0, no scales table)
 ]
 
 ONE = r'''
@@ -101,7 +102,7 @@ def main() -> None:
     for family, task, stem, size in FAMILIES:
         if only and family not in only:
             continue
-        for scale in "nsmlx":
+        for scale in ("nsmlx" if family != "yolov3u" else [""]):
             name = f"{stem}{scale}" if "-" not in stem else stem.replace("-", f"{scale}-", 1)
             run = subprocess.run([sys.executable, "-c", ONE, name, task, str(size)], capture_output=True, text=True,
                                  timeout=1800)
@@ -110,7 +111,7 @@ def main() -> None:
                 print(name, "ERROR", run.stderr[-500:], flush=True)
                 continue
             entry = json.loads(run.stdout.strip().splitlines()[-1])
-            result["models"][name] = {"family": family, "task": task, "scale": scale, **entry}
+            result["models"][name] = {"family": family, "task": task, "scale": scale or None, **entry}
             print(name, entry["params"], entry["flop_counter_eval"]["macs"], entry["printed"], flush=True)
             OUT.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     OUT.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
