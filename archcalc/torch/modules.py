@@ -195,13 +195,17 @@ class DFL(nn.Module):
     def __init__(self, reg_max: int = 16, shared: bool = False) -> None:
         super().__init__()
         self.reg_max, self.shared = reg_max, shared
-        if not shared:
-            self.weight = nn.Parameter(torch.arange(reg_max, dtype=torch.float).view(1, reg_max, 1, 1))
+        bins = torch.arange(reg_max, dtype=torch.float).view(1, reg_max, 1, 1)
+        if shared:  # a plain tensor, neither parameter nor buffer: made once, moved at the first use elsewhere
+            self._bins = bins
+        else:
+            self.weight = nn.Parameter(bins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, spatial = x.shape[0], x.shape[2:]
-        w = (torch.arange(self.reg_max, dtype=x.dtype, device=x.device).view(1, self.reg_max, 1, 1) if self.shared
-             else self.weight)
+        if self.shared and (self._bins.device != x.device or self._bins.dtype != x.dtype):
+            self._bins = self._bins.to(x)
+        w = self._bins if self.shared else self.weight
         bins = x.reshape(b, 4, self.reg_max, -1).transpose(2, 1).softmax(1)
         return F.conv2d(bins, w).reshape(b, 4, *spatial)
 

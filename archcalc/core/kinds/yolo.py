@@ -15,6 +15,7 @@ from archcalc.core.kinds.base import (
     Example,
     Kind,
     LayerError,
+    RFStep,
     Saved,
     Shape,
     numel,
@@ -134,8 +135,19 @@ class PSAAttention(Kind):
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         c, hd, kd, h = self.dims(a, inp)
         heads, n = a["num_heads"], numel(inp[1:])
-        # At its largest: qkv (h x N) alive with q x scale, the scores and their softmax (heads x N x N each).
-        return ((h * n + heads * kd * n + 2 * heads * n * n, ACTIVATION),)
+        # Measured with torch.profiler on the module (tests/test_kind_rules.py): qkv's BN output (h x N) lives to
+        # the end (q, k, v are views of it), and so does the softmax's output (`attn`, a local of forward). Beside
+        # them, in turn: the qkv conv's output; q x scale and the scores; the scores (then the softmax); then v
+        # attn^T (C x N) with pe's input copy (where there are several heads: v is strided), pe's conv and BN
+        # outputs (the argument of a call lives until it returns); then the sum with proj's conv and BN outputs,
+        # the last being the output itself.
+        copy = c * n if heads > 1 else 0
+        alive = h * n + max(h * n, heads * kd * n + heads * n * n, 2 * heads * n * n,
+                            heads * n * n + 3 * c * n + copy)
+        return ((alive - c * n, ACTIVATION),)
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        return [RFStep(whole=True)] * (len(inp) - 1)  # every position attends to every other
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         c, hd, kd, h = self.dims(a, inp)
