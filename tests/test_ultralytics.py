@@ -154,9 +154,9 @@ FAMILIES = {
     "yolov8-seg": _task(YOLOV8, "Segment, [nc, 32, 256]", 80),
     "yolo11-seg": _task(YOLO11, "Segment, [nc, 32, 256]", 80),
     "yolov8-pose": _task(YOLOV8, "Pose, [nc, kpt_shape]", 1, "\nkpt_shape: [17, 3]"),
-    "yolo11-pose": _task(YOLO11, "Pose, [nc, kpt_shape]", 1, "\nkpt_shape: [17, 3]"),
+    "yolo11-pose": _task(YOLO11, "Pose, [nc, kpt_shape]", 80, "\nkpt_shape: [17, 3]"),  # 80 in their file, too
     "yolov8-cls": _classifier(YOLOV8, 8, CLS_V8),
-    "yolo11-cls": _classifier(YOLO11, 10, CLS_11),
+    "yolo11-cls": _classifier(YOLO11.replace("  - [-1, 1, SPPF, [1024, 5]]\n", ""), 9, CLS_11),  # no SPPF
 }
 # Ultralytics' scales, written out (the tables above): scale -> --set values
 SCALES = {
