@@ -325,8 +325,12 @@ class _Converter:
             table = [f"  #   {k}: --set depth={v[0]} --set width={v[1]} --set max_channels={v[2]}"
                      + (f" --set c3k={'true' if k in ('m', 'l', 'x') else 'false'}" if c3k2 else "")
                      + ("  (the default)" if k == scale else "") for k, v in scales.items()]
-        else:
+        else:  # older files (YOLOv3u): one scale, as depth_multiple and width_multiple; no channel cap
+            self.scale = None
             depth, width = data.get("depth_multiple", 1.0), data.get("width_multiple", 1.0)
+            for key, value in (("depth_multiple", depth), ("width_multiple", width)):
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                    raise self.error(data.value_loc(key), f"{key} must be a positive number, not {value!r}")
             max_channels = 2**31
         self.nc = nc
         self.kpt_shape = data.get("kpt_shape", [17, 3])

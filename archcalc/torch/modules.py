@@ -213,15 +213,6 @@ class DFL(nn.Module):
         return f"reg_max={self.reg_max}, shared={self.shared}"
 
 
-class _ConvBN(nn.Sequential):
-    """Ultralytics' Conv with act=False: conv (no bias, padding k // 2) and BatchNorm2d."""
-
-    def __init__(self, c1: int, c2: int, k: int = 1, g: int = 1) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(c1, c2, k, 1, k // 2, groups=g, bias=False)
-        self.bn = nn.BatchNorm2d(c2)
-
-
 class PSAAttention(nn.Module):
     """The attention of Ultralytics' PSABlock: qkv 1x1 conv + BN, per-head softmax(q^T k * scale), v attn^T, plus a
     depthwise 3x3 conv + BN of v, then a 1x1 conv + BN."""
@@ -232,9 +223,17 @@ class PSAAttention(nn.Module):
         self.head_dim = dim // num_heads
         self.key_dim = int(self.head_dim * attn_ratio)
         self.scale = self.key_dim**-0.5
-        self.qkv = _ConvBN(dim, dim + 2 * self.key_dim * num_heads)
-        self.proj = _ConvBN(dim, dim)
-        self.pe = _ConvBN(dim, dim, 3, g=dim)
+        self.qkv = self.conv_bn(dim, dim + 2 * self.key_dim * num_heads)
+        self.proj = self.conv_bn(dim, dim)
+        self.pe = self.conv_bn(dim, dim, 3, g=dim)
+
+    @staticmethod
+    def conv_bn(c1: int, c2: int, k: int = 1, g: int = 1) -> nn.Sequential:
+        """Ultralytics' Conv with act=False: conv (no bias, padding k // 2), then BatchNorm2d."""
+        seq = nn.Sequential()
+        seq.add_module("conv", nn.Conv2d(c1, c2, k, 1, k // 2, groups=g, bias=False))
+        seq.add_module("bn", nn.BatchNorm2d(c2))
+        return seq
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
