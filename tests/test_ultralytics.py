@@ -8,6 +8,7 @@ own minimal YAMLs with the same rows, not copies): [from, repeats, module, args]
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -246,6 +247,27 @@ def test_bundled_spec_is_exact(family: str, scale: str) -> None:
     assert {s[0] for s in shapes} == {channels}
     assert sum(s[1] * s[2] for s in shapes) == anchors
     assert [list(s[1:]) for s in shapes] == [f[2:] for f in measured["flop_counter_eval"]["output"][1]["feats"]]
+
+
+THOP = [name for name in sorted(MEASURED) if "thop_macs" in MEASURED[name]]
+
+
+@pytest.mark.parametrize("name", THOP)
+def test_what_ultralytics_prints_as_gflops(name: str) -> None:
+    # Ultralytics prints 2 x thop's count as GFLOPs. Fused (BN folded into the convs) thop counts the convs'
+    # MACs, archcalc's figure; unfused it adds 4 per BatchNorm output element.
+    stem, scale = (name[:-1], name[-1]) if name[-1] in "nsmlx" else (name, "")
+    measured = MEASURED[name]
+    report = analyze(parse_spec(yamlsrc.load(convert_text(FAMILIES[stem], f"{name}.yaml").text, "<c>"), "<c>"))
+    assert measured["thop_macs_fused"] == report.totals.macs
+    bn = sum(math.prod(row.output) for row in report.rows if row.kind == "batchnorm")
+    for row in report.rows:  # the three BatchNorms inside C2PSA's attention: qkv's C + 2 x heads x key_dim, 2 x C
+        if row.kind == "psa_attention":
+            c, heads = row.output[0], row.op.args["num_heads"]
+            key = int(c // heads * row.op.args["attn_ratio"])
+            bn += (c + 2 * heads * key + 2 * c) * math.prod(row.output[1:])
+    assert measured["thop_macs"] - measured["thop_macs_fused"] == 4 * bn
+    assert measured["printed"][0].endswith(f", {2 * measured['thop_macs'] / 1e9:.1f} GFLOPs")
 
 
 @pytest.mark.parametrize("family", SCALES)
