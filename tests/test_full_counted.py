@@ -325,7 +325,50 @@ FORMULAS: dict[str, Formula] = {
     "global_maxpool": _elementwise(lambda x, a, m: x.amax(tuple(range(2, x.dim())), keepdim=True)),
     "mean": _elementwise(lambda x, a, m: x.mean(tuple(range(2, x.dim())), keepdim=a["keepdim"])),
     "upsample": _upsample,
+    "dfl": lambda x, a, m: _dfl(x, a, m),
+    "psa_attention": lambda x, a, m: _psa_attention(x, a, m),
 }
+
+
+def _dfl(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    # Ultralytics' DFL: the softmax over each side's bins, then the 1x1 conv with the bins' weights
+    r = a["reg_max"]
+    weight = torch.arange(r, dtype=x.dtype).view(1, r, 1, 1) if a["shared"] else m.weight
+
+    def run() -> torch.Tensor:
+        bins = _softmax(x.reshape(1, 4, r, -1).transpose(2, 1), 1)
+        return F.conv2d(bins, weight).reshape(1, 4, *x.shape[2:])
+    return run
+
+
+def _psa_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    # Ultralytics' Attention, one head at a time with plain matrix products; each BN from its running statistics
+    # (1 / std a constant of the model, prepared here)
+    def constants(bn: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(_channel(t, x) for t in (bn.running_mean, (bn.running_var + bn.eps).rsqrt(), bn.weight,
+                                             bn.bias))
+
+    def norm(t: torch.Tensor, c: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return (t - c[0]) * c[1] * c[2] + c[3]
+
+    with torch.no_grad():  # small scores, so the textbook softmax (no maximum subtracted) stays finite
+        m.qkv.bn.weight.mul_(0.01)
+    qkv_bn, pe_bn, proj_bn = constants(m.qkv.bn), constants(m.pe.bn), constants(m.proj.bn)
+    heads, key, head = m.num_heads, m.key_dim, m.head_dim
+    _, c, h, w = x.shape
+
+    def run() -> torch.Tensor:
+        qkv = norm(F.conv2d(x, m.qkv.conv.weight), qkv_bn).view(1, heads, 2 * key + head, h * w)
+        outs = []
+        for i in range(heads):
+            q, k, v = qkv[0, i, :key], qkv[0, i, key:2 * key], qkv[0, i, 2 * key:]
+            attn = _softmax(torch.mm((q * m.scale).t(), k), 1)
+            outs.append(torch.mm(v, attn.t()))
+        pe = norm(F.conv2d(qkv[:, :, 2 * key:].contiguous().view(1, c, h, w), m.pe.conv.weight, padding=1,
+                           groups=c), pe_bn)
+        y = torch.cat(outs).view(1, c, h, w) + pe
+        return norm(F.conv2d(y, m.proj.conv.weight), proj_bn)
+    return run
 
 
 def _softmax(x: torch.Tensor, dim: int) -> torch.Tensor:

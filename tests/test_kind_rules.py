@@ -197,7 +197,20 @@ FULL: dict[str, Rule] = {
     "adaptive_maxpool": lambda a, i, o, m: _window_elements(i, o) - n(o),
     "global_maxpool": lambda a, i, o, m: n(i) - n(o),
     "upsample": lambda a, i, o, m: _upsample(a, i) * n(o),
+    # softmax over each side's bins (3 per element) and the 1x1 conv's 2 per MAC (reg_max MACs per output)
+    "dfl": lambda a, i, o, m: 3 * n(i) + 2 * a["reg_max"] * n(o),
+    "psa_attention": lambda a, i, o, m: _psa_attention(a, i, m),
 }
+
+
+def _psa_attention(a: Mapping[str, Any], i: tuple[int, ...], macs: int) -> int:
+    """2 per MAC; per element 4 for each BN (qkv's C + 2 x heads x key_dim channels, pe's and proj's C), one
+    multiplication by the scale per element of q, 3 per attention weight (heads x N x N) and pe's sum (C x N)."""
+    c, heads, positions = i[0], a["num_heads"], n(i[1:])
+    key = int(c // heads * a["attn_ratio"])
+    qkv = c + 2 * heads * key
+    return (2 * macs + 4 * (qkv + 2 * c) * positions + heads * key * positions + 3 * heads * positions ** 2
+            + c * positions)
 
 
 def test_every_kind_has_a_full_rule_here() -> None:
@@ -219,9 +232,9 @@ def test_full_flops_follow_the_stated_rule(name: str, index: int) -> None:
 # Kinds whose CPU kernels hold scratch the model leaves out (backend detail, not activations): the profiler sees
 # at least the prediction. Batch norm's per-channel scale and shift, layer and group norm's statistics, LRN's and
 # mean's scalar, transposed convolution's col2im buffer, nearest 2-D upsampling's copy of its input, scalar's
-# constant wrapped as a 0-d double tensor.
+# constant wrapped as a 0-d double tensor, psa_attention's three batch norms' scale and shift.
 SCRATCH = {"batchnorm", "layernorm", "groupnorm", "lrn", "mean", "global_avgpool", "conv_transpose", "upsample",
-           "scalar"}
+           "scalar", "psa_attention"}
 PEAK_CASES = [(n, i) for n, i in CASES if math.prod(REGISTRY[n].examples[i].input) <= 100_000]
 
 

@@ -195,6 +195,55 @@ def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(range(2, len(shape) + 1))
 
 
+class _DFL(nn.Module):
+    """Ultralytics' DFL (ultralytics/nn/modules/block.py) on a (B, 4 x reg_max, *spatial) map: its forward on the
+    flattened anchors, x.view(b, 4, c1, a).transpose(2, 1).softmax(1) into a 1x1 conv c1 -> 1 with the weights
+    0..c1-1; a shared one takes those weights without holding them."""
+
+    def __init__(self, reg_max: int, shared: bool) -> None:
+        super().__init__()
+        self.c1 = reg_max
+        self.conv = None if shared else nn.Conv2d(reg_max, 1, 1, bias=False)
+        if self.conv is not None:
+            self.conv.weight.data[:] = torch.arange(reg_max, dtype=torch.float).view(1, reg_max, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, spatial = x.shape[0], x.shape[2:]
+        flat = x.flatten(2)
+        a = flat.shape[2]
+        bins = flat.view(b, 4, self.c1, a).transpose(2, 1).softmax(1)
+        weight = (torch.arange(self.c1, dtype=x.dtype).view(1, self.c1, 1, 1) if self.conv is None
+                  else self.conv.weight)
+        return F.conv2d(bins, weight).view(b, 4, *spatial)
+
+
+class _PSAAttention(nn.Module):
+    """Ultralytics' Attention (ultralytics/nn/modules/block.py), its Conv(act=False) written as conv + BN."""
+
+    def __init__(self, dim: int, num_heads: int, attn_ratio: float) -> None:
+        super().__init__()
+
+        def conv_bn(c1: int, c2: int, k: int = 1, g: int = 1) -> nn.Module:
+            return nn.Sequential(nn.Conv2d(c1, c2, k, 1, k // 2, groups=g, bias=False), nn.BatchNorm2d(c2))
+
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.key_dim = int(self.head_dim * attn_ratio)
+        self.scale = self.key_dim**-0.5
+        self.qkv = conv_bn(dim, dim + self.key_dim * num_heads * 2)
+        self.proj = conv_bn(dim, dim)
+        self.pe = conv_bn(dim, dim, 3, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        N = H * W
+        q, k, v = self.qkv(x).view(B, self.num_heads, self.key_dim * 2 + self.head_dim, N).split(
+            [self.key_dim, self.key_dim, self.head_dim], dim=2)
+        attn = ((q * self.scale).transpose(-2, -1) @ k).softmax(dim=-1)
+        x = (v @ attn.transpose(-2, -1)).view(B, C, H, W) + self.pe(v.reshape(B, C, H, W))
+        return self.proj(x)
+
+
 REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = {
     "adaptive_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(a["output_size"]),
     "adaptive_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(a["output_size"]),
@@ -210,6 +259,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
         s[0], a["out_channels"], a["kernel_size"], stride=a["stride"], padding=a["padding"],
         output_padding=a["output_padding"], groups=a["groups"], bias=a["bias"], dilation=a["dilation"]),
     "crop": _crop,
+    "dfl": lambda a, s: _DFL(a["reg_max"], a["shared"]),
     "dropout": lambda a, s: nn.Dropout(a["p"]),
     "elu": lambda a, s: nn.ELU(a["alpha"]),
     "flatten": lambda a, s: nn.Flatten(),
@@ -233,6 +283,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "pixel_shuffle": lambda a, s: nn.PixelShuffle(a["upscale_factor"]),
     "pixel_unshuffle": lambda a, s: nn.PixelUnshuffle(a["downscale_factor"]),
     "prelu": lambda a, s: nn.PReLU(a["num_parameters"], a["init"]),
+    "psa_attention": lambda a, s: _PSAAttention(a["dim"], a["num_heads"], a["attn_ratio"]),
     "relu": lambda a, s: nn.ReLU(),
     "relu6": lambda a, s: nn.ReLU6(),
     # Klambauer et al. 2017, eq. 2, with their alpha_01 and lambda_01

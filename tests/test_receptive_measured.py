@@ -40,7 +40,9 @@ from archcalc.core.kinds import REGISTRY
 from archcalc.core.receptive import seen
 from archcalc.torch.build import build_module
 
-MAX_TYPE = {"maxpool", "adaptive_maxpool", "global_maxpool", "maxout"}  # gradient reaches one input per window
+# gradient reaches one input per window (psa_attention: a saturated softmax, with the test's positive weights, is
+# one-hot, so most positions get no gradient although every one reaches the output)
+MAX_TYPE = {"maxpool", "adaptive_maxpool", "global_maxpool", "maxout", "psa_attention"}
 SPATIAL_STATISTICS = {("layernorm", 0), ("layernorm", 2), ("groupnorm", 0), ("groupnorm", 1)}
 
 

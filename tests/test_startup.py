@@ -15,9 +15,9 @@ from archcalc.cli.app import app
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
-# the twelve commands, in the order `archcalc --help` lists them (written out here, not read from the app)
+# the thirteen commands, in the order `archcalc --help` lists them (written out here, not read from the app)
 EVERY = ["calc", "compare", "kinds", "schema", "zoo", "graph", "sweep", "check", "validate", "export", "profile",
-         "import"]
+         "import", "convert"]
 
 
 def test_help_lists_every_command_in_order() -> None:

@@ -2,7 +2,7 @@
 and print.
 
 Exit codes: 0 ok, 1 a check failed (validate), 2 bad input. torch is imported only by the commands that run models,
-inside their functions. The command modules (analytic, sweep, model, importer, profile) import only downwards:
+inside their functions. The command modules (analytic, sweep, model, importer, convert, profile) import only downwards:
 cli.options, the library and the renderers.
 
 Commands are built lazily: typer turns a function into a click command by evaluating every annotation of every
@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("model", "export"),
     "profile": ("profile", "profile"),
     "import": ("importer", "import_model"),  # `import` is a Python keyword
+    "convert": ("convert", "convert"),
 }
 
 

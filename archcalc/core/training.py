@@ -80,7 +80,7 @@ def training_flops(report: Report, divide_groups: bool | None = None) -> Trainin
             needs_grad[op.output] = needed or row.trainable_params > 0
             continue
         if op.kind is not None and row.macs:
-            grad_in, grad_w = op.kind.backward_macs(op.args, row.macs, divide)
+            grad_in, grad_w = op.kind.backward_macs(op.args, row.macs, graph.tensors[op.inputs[0]].shape, divide)
             layers.append(LayerFlops(op.name, 2 * row.macs, 2 * grad_in if needed else 0,
                                      2 * grad_w if row.trainable_params else 0))
         needs_grad[op.output] = needed or row.trainable_params > 0

@@ -199,3 +199,64 @@ class CenterCrop(nn.Module):
 
     def extra_repr(self) -> str:
         return f"offsets={self.offsets}, sizes={self.sizes}"
+
+
+class DFL(nn.Module):
+    """Ultralytics' DFL: softmax over each box side's reg_max bins, then their expectation (a 1x1 conv with the
+    weights 0..reg_max-1); 4 x reg_max channels in, 4 out, any spatial shape. `shared`: the weights are an earlier
+    DFL's, so this one holds none (made in forward)."""
+
+    def __init__(self, reg_max: int = 16, shared: bool = False) -> None:
+        super().__init__()
+        self.reg_max, self.shared = reg_max, shared
+        bins = torch.arange(reg_max, dtype=torch.float).view(1, reg_max, 1, 1)
+        if shared:  # a plain tensor, neither parameter nor buffer: made once, moved at the first use elsewhere
+            self._bins = bins
+        else:
+            self.weight = nn.Parameter(bins)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, spatial = x.shape[0], x.shape[2:]
+        if self.shared and (self._bins.device != x.device or self._bins.dtype != x.dtype):
+            self._bins = self._bins.to(x)
+        w = self._bins if self.shared else self.weight
+        bins = x.reshape(b, 4, self.reg_max, -1).transpose(2, 1).softmax(1)
+        return F.conv2d(bins, w).reshape(b, 4, *spatial)
+
+    def extra_repr(self) -> str:
+        return f"reg_max={self.reg_max}, shared={self.shared}"
+
+
+class PSAAttention(nn.Module):
+    """The attention of Ultralytics' PSABlock: qkv 1x1 conv + BN, per-head softmax(q^T k * scale), v attn^T, plus a
+    depthwise 3x3 conv + BN of v, then a 1x1 conv + BN."""
+
+    def __init__(self, dim: int, num_heads: int = 8, attn_ratio: float = 0.5) -> None:
+        super().__init__()
+        self.dim, self.num_heads, self.attn_ratio = dim, num_heads, attn_ratio
+        self.head_dim = dim // num_heads
+        self.key_dim = int(self.head_dim * attn_ratio)
+        self.scale = self.key_dim**-0.5
+        self.qkv = self.conv_bn(dim, dim + 2 * self.key_dim * num_heads)
+        self.proj = self.conv_bn(dim, dim)
+        self.pe = self.conv_bn(dim, dim, 3, g=dim)
+
+    @staticmethod
+    def conv_bn(c1: int, c2: int, k: int = 1, g: int = 1) -> nn.Sequential:
+        """Ultralytics' Conv with act=False: conv (no bias, padding k // 2), then BatchNorm2d."""
+        seq = nn.Sequential()
+        seq.add_module("conv", nn.Conv2d(c1, c2, k, 1, k // 2, groups=g, bias=False))
+        seq.add_module("bn", nn.BatchNorm2d(c2))
+        return seq
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        n = h * w
+        q, k, v = self.qkv(x).view(b, self.num_heads, self.key_dim * 2 + self.head_dim, n).split(
+            [self.key_dim, self.key_dim, self.head_dim], dim=2)
+        attn = ((q * self.scale).transpose(-2, -1) @ k).softmax(dim=-1)
+        y = (v @ attn.transpose(-2, -1)).view(b, c, h, w) + self.pe(v.reshape(b, c, h, w))
+        return self.proj(y)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, attn_ratio={self.attn_ratio}"

@@ -219,9 +219,11 @@ class Kind:
         done (a composite's intermediate gradients), as `transient`. None for a single backward kernel."""
         return ()
 
-    def backward_macs(self, a: Mapping[str, Any], macs: int, divide_groups: bool = False) -> tuple[int, int]:
+    def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),
+                      divide_groups: bool = False) -> tuple[int, int]:
         """What torch.utils.flop_counter.FlopCounterMode counts for this layer's backward, in MACs (2 FLOPs each),
-        given its forward MACs: (grad of the input, grad of the weight). FlopCounterMode counts only conv and
+        given its forward MACs (batch included) and its per-sample input shape: (grad of the input, grad of the
+        weight). FlopCounterMode counts only conv and
         matmul ops; a layer with MACs runs one, and its backward runs two more of the same size (mm_flop,
         conv_backward_flop in torch/utils/flop_counter.py). A layer without MACs costs nothing backward.
         `divide_groups`: the installed FlopCounterMode's rule for grouped convs

@@ -81,7 +81,8 @@ class Conv(Kind):
         bias = a["out_channels"] if a["bias"] else 0
         return Cost(params=weights + bias, macs=macs, fvcore=macs, full=2 * macs + (numel(out) if a["bias"] else 0))
 
-    def backward_macs(self, a: Mapping[str, Any], macs: int, divide_groups: bool = False) -> tuple[int, int]:
+    def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),
+                      divide_groups: bool = False) -> tuple[int, int]:
         # FlopCounterMode's conv_backward_flop counts the weight gradient as a conv whose batch is all input
         # channels (t(x_shape)), not in_channels / groups: `groups` times the forward for a grouped conv (the
         # forward's size where a torch divides it by groups: conventions.GROUPED_WEIGHT_GRADIENT).
@@ -174,7 +175,8 @@ class ConvTranspose(Kind):
         return Cost(params=inp[0] * per_input + bias, macs=macs, fvcore=macs,
                     full=2 * macs + (numel(out) if a["bias"] else 0))
 
-    def backward_macs(self, a: Mapping[str, Any], macs: int, divide_groups: bool = False) -> tuple[int, int]:
+    def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),
+                      divide_groups: bool = False) -> tuple[int, int]:
         # FlopCounterMode's conv_backward_flop counts the weight gradient as a conv whose batch is all output
         # channels (t(grad_out_shape)), not out_channels / groups: `groups` times the forward for a grouped conv.
         return macs, macs if divide_groups else macs * a["groups"]
