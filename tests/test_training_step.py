@@ -166,17 +166,24 @@ def test_bundled_step_peaks_are_exact(name: str) -> None:
     assert predicted == measured
 
 
-def _zoo() -> list[str]:
+def _zoo() -> list[tuple[str, int]]:
+    """(bundled spec, batch) for batch 1 and 8 where one measured step stays small: a predicted peak of at most
+    1.5 GiB and at most 20 G MACs forward (99 of the 212 pairs; the rest -- DeepLab at 520x520, the video networks,
+    EfficientNet-B7, ... -- would take CI's memory and hours, and are the same kinds and pairs of kinds)."""
     from archcalc.core.resolve import bundled
 
-    return sorted(bundled())
+    pairs = []
+    for name in sorted(bundled()):
+        for batch in (1, 8):
+            report = report_of(name, batch=batch, device="cpu")
+            if step_peak(report, "adam", first=False).peak <= 3 * 2**29 and report.totals.macs <= 20 * 10**9:
+                pairs.append((name, batch))
+    return pairs
 
 
 @pytest.mark.exhaustive
-@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
-@pytest.mark.parametrize("batch", [1, 8])
-@pytest.mark.parametrize("steps", [1, 2])
-@pytest.mark.parametrize("name", _zoo())
+@pytest.mark.parametrize(("optimizer", "steps"), [("sgd", 1), ("momentum", 2), ("adam", 1), ("adam", 2)])
+@pytest.mark.parametrize(("name", "batch"), _zoo())
 def test_every_bundled_step_peak(name: str, batch: int, optimizer: str, steps: int) -> None:
     # the issue's bar: within 1 % (the goal, and what the fast tier holds: the byte)
     measured, predicted = _measured_and_predicted(name, batch, optimizer, steps)
