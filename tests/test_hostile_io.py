@@ -308,3 +308,18 @@ def test_a_mapping_where_a_value_goes_is_named_once(tmp_path: Path) -> None:
     result = runner.invoke(app, ["calc", str(spec)])
     assert result.exit_code == 2
     assert f"{spec}:8:15: expected a value (a number, a word or an expression), not a mapping" in result.output
+
+
+def test_validate_of_a_network_torch_cannot_train_is_an_error(tmp_path: Path) -> None:
+    # Found by the exhaustive mutant fuzz (a duplicated in-place ReLU in fpn_resnet50's bottleneck): the second
+    # in-place ReLU overwrites the first one's output, which the first keeps for backward; torch's autograd raised
+    # RuntimeError out of validate's training-step measurement.
+    spec = tmp_path / "dbl.yaml"
+    spec.write_text("name: dbl\ninput: [3, 16, 16]\nlayers:\n  - conv: {out: 8, kernel: 3}\n"
+                    "  - relu: {inplace: true}\n  - relu: {inplace: true}\n", encoding="utf-8")
+    result = runner.invoke(app, ["validate", str(spec)])
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "torch cannot take a training step of this network" in result.output and "inplace: false" in result.output
+    spec.write_text(spec.read_text(encoding="utf-8").replace("  - relu: {inplace: true}\n", "  - relu\n", 1),
+                    encoding="utf-8")
+    assert runner.invoke(app, ["validate", str(spec)]).exit_code == 0  # the first one not in place: it trains

@@ -125,7 +125,19 @@ def validate(spec: Spec, device: str = "cpu", batch: int = 1, dtype: str = "floa
                      device="cpu" if device == "cpu" else "cuda", input_requires_grad=input_requires_grad)
     if device != "meta":
         _preflight(report, device, force)
-    return compare(report, measure(report, device, seed, input_requires_grad))
+    try:
+        measured = measure(report, device, seed, input_requires_grad)
+    except RuntimeError as exc:
+        if "modified by an inplace operation" not in str(exc):
+            raise
+        # The network runs forward, but torch cannot train it: an in-place layer overwrites a tensor another layer
+        # keeps for its backward (two in-place ReLUs in a row: the first keeps its output). archcalc's figures
+        # follow the spec; the module torch builds from it cannot take a training step, so validate cannot check.
+        raise ArchcalcError(f"{report.name}: torch cannot take a training step of this network: an in-place layer "
+                            "overwrites a tensor another layer keeps for backward (torch: 'one of the variables "
+                            "needed for gradient computation has been modified by an inplace operation'); write "
+                            "'inplace: false' on the layer that follows the one it overwrites") from None
+    return compare(report, measured)
 
 
 # The most multiply-accumulates of one forward pass a CPU validation runs without --force: VGG-16 at batch 64 (0.99 T)
