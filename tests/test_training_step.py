@@ -186,7 +186,11 @@ def _zoo() -> list[tuple[str, int]]:
 @pytest.mark.parametrize(("name", "batch"), _zoo())
 def test_every_bundled_step_peak(name: str, batch: int, optimizer: str, steps: int) -> None:
     # the issue's bar: within 1 % (the goal, and what the fast tier holds: the byte)
-    measured, predicted = _measured_and_predicted(name, batch, optimizer, steps)
+    try:
+        measured, predicted = _measured_and_predicted(name, batch, optimizer, steps)
+    except ValueError as exc:  # DeepLabV3's ASPP pooling branch: batch norm over 1 x 1 maps cannot train at batch 1
+        assert batch == 1 and "Expected more than 1 value per channel when training" in str(exc), exc
+        pytest.skip("torch cannot train batch norm on one value per channel (batch 1, a 1x1 map)")
     assert abs(predicted - measured) <= measured // 100, (predicted, measured, predicted - measured)
 
 
