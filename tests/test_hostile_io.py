@@ -313,13 +313,14 @@ def test_a_mapping_where_a_value_goes_is_named_once(tmp_path: Path) -> None:
 def test_validate_of_a_network_torch_cannot_train_is_an_error(tmp_path: Path) -> None:
     # Found by the exhaustive mutant fuzz (a duplicated in-place ReLU in fpn_resnet50's bottleneck): the second
     # in-place ReLU overwrites the first one's output, which the first keeps for backward; torch's autograd raised
-    # RuntimeError out of validate's training-step measurement.
+    # RuntimeError out of validate's training-step measurement. The analysis finds it now (tests/test_overwrites.py).
     spec = tmp_path / "dbl.yaml"
     spec.write_text("name: dbl\ninput: [3, 16, 16]\nlayers:\n  - conv: {out: 8, kernel: 3}\n"
                     "  - relu: {inplace: true}\n  - relu: {inplace: true}\n", encoding="utf-8")
     result = runner.invoke(app, ["validate", str(spec)])
     assert result.exit_code == 2, (result.output, result.exception)
-    assert "torch cannot take a training step of this network" in result.output and "inplace: false" in result.output
+    assert f"{spec}:6:5: relu2: in place, it overwrites a tensor relu1 (relu) keeps for its backward" in result.output
+    assert "cannot train it; write 'inplace: false' here" in result.output
     text = spec.read_text(encoding="utf-8")
     cut = text.rindex("  - relu: {inplace: true}\n")
     spec.write_text(text[:cut] + "  - relu\n", encoding="utf-8")

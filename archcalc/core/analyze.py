@@ -18,6 +18,7 @@ from archcalc.core.kinds import REGISTRY, Cost, LayerError, Shape
 from archcalc.core.kinds.base import numel
 from archcalc.core.memory import peak_inference_bytes, saved_training_bytes
 from archcalc.core.merges import MERGES, MergeOp
+from archcalc.core.overwrites import overwrites
 from archcalc.core.settings import Settings
 from archcalc.core.spec import (
     BLOCK_INPUT,
@@ -203,6 +204,9 @@ def _analyze(spec: Spec, s: Settings) -> Report:
                             "remove it, or set 'unused: allow' at the top of the spec")
         engine.warnings.append(Warning_(None, "unused", f"no output depends on {', '.join(unused)}; left out of "
                                                         "the totals"))
+    for overwrite in overwrites(graph, s.input_requires_grad):
+        op = graph.ops[overwrite.op]
+        engine.warnings.append(Warning_(op.loc, op.name, overwrite.message(graph)))
     counted = [r for r in rows if r.used]
     sums = _sums(counted)
     itemsize = engine.itemsize

@@ -26,8 +26,9 @@ from typing import Any
 
 from archcalc.core.analyze import Report, analyze
 from archcalc.core.conventions import dtypes
-from archcalc.core.errors import ArchcalcError
+from archcalc.core.errors import ArchcalcError, SpecError
 from archcalc.core.kinds import Shape
+from archcalc.core.overwrites import overwrites
 from archcalc.core.spec import Spec
 
 QUANTITIES = ("output_shape", "params", "buffers", "macs", "fvcore_flops", "activation_bytes", "saved_bytes",
@@ -123,6 +124,9 @@ def validate(spec: Spec, device: str = "cpu", batch: int = 1, dtype: str = "floa
     # Saved tensors follow the kernels of the device that runs (meta: no saved-bytes check).
     report = analyze(spec, batch=batch, dtype=dtype, convention="fvcore", input_shape=input_shape,
                      device="cpu" if device == "cpu" else "cuda", input_requires_grad=input_requires_grad)
+    for found in overwrites(report.graph, input_requires_grad):  # torch would refuse the step's backward
+        op = report.graph.ops[found.op]
+        raise SpecError(op.loc, f"{op.name}: {found.message(report.graph)} (validate measures a training step)")
     if device != "meta":
         _preflight(report, device, force)
     try:
