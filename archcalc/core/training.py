@@ -9,7 +9,7 @@ from typing import NamedTuple
 from archcalc.core.analyze import Report, analyze
 from archcalc.core.conventions import DTYPES, flop_counter_divides_groups
 from archcalc.core.kinds.base import numel
-from archcalc.core.memory import TrainStep, peak_inference_bytes, saved_training_bytes, training_timeline
+from archcalc.core.memory import Segment, TrainStep, peak_inference_bytes, saved_training_bytes, training_timeline
 from archcalc.core.settings import AMP, FIT_FOR, OPTIMIZERS, Settings
 from archcalc.core.spec import Spec
 
@@ -217,23 +217,30 @@ def step_peak(report: Report, optimizer: str | None = None, first: bool = False)
     return step_peaks(report, optimizer)[1 if first else 0]
 
 
-def step_peaks(report: Report, optimizer: str | None = None) -> tuple[StepPeak, StepPeak]:
-    """`step_peak` of a later step and of the first, from one timeline."""
+def step_peaks(report: Report, optimizer: str | None = None, segments: tuple[Segment, ...] = (),
+               batch: int | None = None, moments: tuple[list[int], list[int]] | None = None,
+               ) -> tuple[StepPeak, StepPeak]:
+    """`step_peak` of a later step and of the first, from one timeline, with `segments` run under
+    torch.utils.checkpoint (core.memory.training_timeline), at `batch` (default: the report's; the graph does not
+    depend on it). `moments`, when given, receive every value the later and the first step's peaks are the
+    maximum of (each affine in the batch: `StepLine`)."""
     if optimizer is None:
         optimizer = report.settings.optimizer if report.settings else "sgd"
     graph = report.graph
     size = report.itemsize
+    batch = report.batch if batch is None else batch
     device = report.settings.device if report.settings else "cpu"
     grad_bytes = tuple(row.trainable_params * size if row.used else 0 for row in report.rows)
-    timeline = training_timeline(graph, size, report.batch, device, grad_bytes,
-                                 report.settings.input_requires_grad if report.settings else False)
+    seen: list[int] | None = [] if moments is not None else None
+    timeline = training_timeline(graph, size, batch, device, grad_bytes,
+                                 report.settings.input_requires_grad if report.settings else False, segments, seen)
     t = report.totals
     sizes = _param_sizes(report, size)
     trainable = t.trainable_params * size
     adam = optimizer in ("adam", "adamw")
     counters = 4 * len(sizes) if adam and device == "cpu" else 0  # Adam's float32 `step`s (CPU tensors)
     state = OPTIMIZERS[optimizer].state * trainable + counters
-    inputs = sum(numel(graph.tensors[i].shape) for _, i in graph.inputs) * report.batch * size
+    inputs = sum(numel(graph.tensors[i].shape) for _, i in graph.inputs) * batch * size
     end = timeline[-1].after
     if not adam:
         temporary = 0
@@ -249,6 +256,8 @@ def step_peaks(report: Report, optimizer: str | None = None) -> tuple[StepPeak, 
         candidates.append((optimizer_peak, "optimizer", ""))
         peak, phase, op = max(candidates, key=lambda c: c[0])  # the first of equals
         result.append(StepPeak(before + peak, phase, op, before, timeline, optimizer_peak))
+        if moments is not None and seen is not None:
+            moments[first].extend([before + m for m in seen] + [before + optimizer_peak])
     return result[0], result[1]
 
 
