@@ -201,36 +201,22 @@ class Segment(NamedTuple):
     last: int
 
 
-def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad_bytes: tuple[int, ...],
-                      input_requires_grad: bool = False, segments: tuple[Segment, ...] = (),
-                      moments: list[int] | None = None) -> tuple[TrainStep, ...]:
-    """Bytes made during one training step's forward and backward, beyond the parameters, buffers, optimizer
-    state and inputs that exist before it (gradients set to None): the eager forward's activations, of which
-    autograd keeps what each recorded op saves (`saved_timeline`'s rules) until that op's backward has run; the
-    loss (the sum of the outputs' sums, one scalar each); backward op by op in reverse, each allocating the
-    gradient of its input (a view kind passes a view of its own gradient; `add` passes the same tensor to every
-    input, `concat` views of it) and of its parameters (`grad_bytes[op]`, kept: they become `.grad`), then freeing
-    its output's gradient, its saved tensors (a storage when the last op keeping it is done) and its extras. A
-    gradient reaching a tensor twice is summed into a new tensor, the two parts freed. What a kernel allocates
-    and frees inside itself is not seen (backend workspace).
+class _Saves(NamedTuple):
+    """Per tensor whether it needs a gradient; per op whether autograd records it, the storages its node keeps,
+    the bytes it saves beside them (statistics, indices, a crop's copy), whether it saves anything (parameters
+    included), and whether it saves something it computes (its output, statistics: saved after it has run)."""
 
-    `segments` run under torch.utils.checkpoint(use_reentrant=False, preserve_rng_state=False): in the forward
-    their ops keep nothing (what they would save is packed as an empty holder; their extras are freed as they
-    return) and the checkpoint keeps the segment's inputs until the backward of the segment's first op that saved
-    anything. In the backward, the first unpack (the segment's last op that saved anything) re-runs the segment's
-    forward from its inputs, re-creating every tensor its ops save, and stops (early stop, torch's default) as soon
-    as the last one is saved: an op that saves only its inputs (a conv) is stopped before it computes. The
-    recomputed tensors are released as each op's backward unpacks them, as saved tensors are. `moments`, when
-    given, receives every value the timeline takes the maximum of (each is affine in the batch)."""
-    sizes = _storage_bytes(graph, itemsize, batch, train=True)
+    needs_grad: list[bool]
+    recorded: list[bool]
+    keeps: list[set[int]]
+    extras: list[int]
+    packs: list[bool]
+    packs_output: list[bool]
+
+
+def _saves(graph: Graph, itemsize: int, batch: int, device: str, input_requires_grad: bool) -> _Saves:
     end = len(graph.ops)
-    used = graph.used(discarded=False)  # a discarded op's node dies with its dropped output, as an unused one's
-    release = graph.releases()
-    forward_free: dict[int, int] = {}  # train storage -> op after which the forward no longer needs it
-    for t, tensor in enumerate(graph.tensors):
-        forward_free[tensor.train_storage] = max(forward_free.get(tensor.train_storage, -1), release[t])
-    inputs = {graph.tensors[t].train_storage for _, t in graph.inputs}
-    outputs = {graph.tensors[t].train_storage for _, t in graph.outputs}
+    used = graph.used(discarded=False)
     needs_grad = [False] * len(graph.tensors)
     for _, t in graph.inputs:
         needs_grad[t] = input_requires_grad
@@ -272,6 +258,53 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             if not used[i]:  # its node dies with its dropped output: nothing kept past the op
                 keeps[i] = set()
 
+    return _Saves(needs_grad, recorded, keeps, extras, packs, packs_output)
+
+
+def recomputed(graph: Graph, segment: Segment, device: str = "cpu", input_requires_grad: bool = False) -> range:
+    """The ops a checkpointed segment's recomputation runs (training_timeline's rule: up to the last op that saves
+    anything, that op itself only if it saves something it computes); empty when the segment saves nothing."""
+    s = _saves(graph, 4, 1, device, input_requires_grad)
+    used = graph.used(discarded=False)
+    packing = [i for i in range(segment.first, segment.last + 1) if s.recorded[i] and used[i] and s.packs[i]]
+    if not packing:
+        return range(segment.first, segment.first)
+    last = packing[-1]
+    return range(segment.first, last + 1 if s.packs_output[last] else last)
+
+
+def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad_bytes: tuple[int, ...],
+                      input_requires_grad: bool = False, segments: tuple[Segment, ...] = (),
+                      moments: list[int] | None = None) -> tuple[TrainStep, ...]:
+    """Bytes made during one training step's forward and backward, beyond the parameters, buffers, optimizer
+    state and inputs that exist before it (gradients set to None): the eager forward's activations, of which
+    autograd keeps what each recorded op saves (`saved_timeline`'s rules) until that op's backward has run; the
+    loss (the sum of the outputs' sums, one scalar each); backward op by op in reverse, each allocating the
+    gradient of its input (a view kind passes a view of its own gradient; `add` passes the same tensor to every
+    input, `concat` views of it) and of its parameters (`grad_bytes[op]`, kept: they become `.grad`), then freeing
+    its output's gradient, its saved tensors (a storage when the last op keeping it is done) and its extras. A
+    gradient reaching a tensor twice is summed into a new tensor, the two parts freed. What a kernel allocates
+    and frees inside itself is not seen (backend workspace).
+
+    `segments` run under torch.utils.checkpoint(use_reentrant=False, preserve_rng_state=False): in the forward
+    their ops keep nothing (what they would save is packed as an empty holder; their extras are freed as they
+    return) and the checkpoint keeps the segment's inputs until the backward of the segment's first op that saved
+    anything. In the backward, the first unpack (the segment's last op that saved anything) re-runs the segment's
+    forward from its inputs, re-creating every tensor its ops save, and stops (early stop, torch's default) as soon
+    as the last one is saved: an op that saves only its inputs (a conv) is stopped before it computes. The
+    recomputed tensors are released as each op's backward unpacks them, as saved tensors are. `moments`, when
+    given, receives every value the timeline takes the maximum of (each is affine in the batch)."""
+    sizes = _storage_bytes(graph, itemsize, batch, train=True)
+    end = len(graph.ops)
+    used = graph.used(discarded=False)  # a discarded op's node dies with its dropped output, as an unused one's
+    release = graph.releases()
+    forward_free: dict[int, int] = {}  # train storage -> op after which the forward no longer needs it
+    for t, tensor in enumerate(graph.tensors):
+        forward_free[tensor.train_storage] = max(forward_free.get(tensor.train_storage, -1), release[t])
+    inputs = {graph.tensors[t].train_storage for _, t in graph.inputs}
+    outputs = {graph.tensors[t].train_storage for _, t in graph.outputs}
+    needs_grad, recorded, keeps, extras, packs, packs_output = _saves(graph, itemsize, batch, device,
+                                                                      input_requires_grad)
     # checkpointed segments: their ops keep nothing in the forward; the checkpoint keeps the segments' inputs
     # until the backward of the first op that saved anything (the last holder of the checkpoint's frame)
     in_segment = [-1] * end
