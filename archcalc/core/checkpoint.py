@@ -23,8 +23,6 @@ knapsack over a non-additive peak).
 Nothing here imports torch.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 from archcalc.core.analyze import Report
