@@ -26,6 +26,7 @@ Nothing here imports torch.
 from typing import NamedTuple
 
 from archcalc.core.analyze import Report
+from archcalc.core.graph import Op
 from archcalc.core.memory import Segment, recomputed, training_timeline
 from archcalc.core.training import StepPeak, step_peaks, training_flops
 
@@ -94,8 +95,8 @@ def candidates(report: Report) -> list[Checkpointed]:
             continue  # a tensor other than its output is read after it
         outside = {graph.tensors[t].train_storage for i in range(first, last + 1) for t in ops[i].inputs
                    if t not in made}
-        if any(ops[i].kind is not None and ops[i].kind.inplace(ops[i].args)
-               and graph.tensors[ops[i].output].train_storage in outside for i in range(first, last + 1)):
+        if any(_in_place(ops[i]) and graph.tensors[ops[i].output].train_storage in outside
+               for i in range(first, last + 1)):
             continue  # writes an input in place (the checkpoint must keep it as it was)
         segment = Segment(first, last)
         again = recomputed(graph, segment, device, grad)
@@ -106,6 +107,10 @@ def candidates(report: Report) -> list[Checkpointed]:
             found.append(Checkpointed(name, ops[first].name, ops[last].name, segment, freed,
                                       sum(forward.get(ops[i].name, 0) for i in again)))
     return found
+
+
+def _in_place(op: Op) -> bool:
+    return op.kind is not None and op.kind.inplace(op.args)
 
 
 def _forward_end(report: Report, segments: tuple[Segment, ...]) -> int:

@@ -311,14 +311,14 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
     frame_inputs: dict[int, set[int]] = {}  # op -> the input storages the checkpoint frame releases after it
     recompute_at: dict[int, Segment] = {}  # op -> the segment whose recomputation its backward starts
     for k, seg in enumerate(segments):
-        ops = range(seg.first, seg.last + 1)
-        packing = [i for i in ops if recorded[i] and used[i] and packs[i]]
-        for i in ops:
+        span = range(seg.first, seg.last + 1)
+        packing = [i for i in span if recorded[i] and used[i] and packs[i]]
+        for i in span:
             in_segment[i] = k
         if not packing:
             continue
-        produced = {graph.ops[i].output for i in ops}
-        outside = {graph.tensors[t].train_storage for i in ops for t in graph.ops[i].inputs if t not in produced}
+        produced = {graph.ops[i].output for i in span}
+        outside = {graph.tensors[t].train_storage for i in span for t in graph.ops[i].inputs if t not in produced}
         frame_inputs.setdefault(packing[0], set()).update(outside)
         recompute_at[packing[-1]] = seg
     keepers: dict[int, set[int]] = {}  # storage -> the used recorded ops keeping it
