@@ -164,3 +164,35 @@ BUNDLED = [
 @pytest.mark.parametrize(("name", "shape", "batch", "limit"), BUNDLED)
 def test_the_plan_for_a_bundled_network(name: str, shape: tuple[int, ...], batch: int, limit: int) -> None:
     _check_plan(report_of(name, batch=batch, device="cpu", input_shape=shape), limit)
+
+
+# ---- the command ----------------------------------------------------------------------------------------------------
+
+
+def test_calc_fit_prints_the_plan_and_its_json(write_spec) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from typer.testing import CliRunner
+
+    from archcalc.cli.app import app
+
+    path = str(write_spec(BLOCKS))
+    report = analyze(load_spec(path), batch=4, device="cpu")
+    limit = step_peaks(report, "sgd")[0].peak - 60 * 1024
+    runner = CliRunner()
+    result = runner.invoke(app, ["calc", path, "-b", "4", "--device", "cpu", "--fit", str(limit), "-f", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["batch"] == 4 and data["fit"]["batch"] < 4  # the figures stay at the batch asked
+    planned = plan(report, limit)
+    checkpoint = data["fit"]["checkpoint"]
+    assert checkpoint["fits"] and checkpoint["peak_bytes"] == planned.bytes <= limit
+    assert [s["name"] for s in checkpoint["segments"]] == [c.name for c in planned.segments]
+    assert checkpoint["extra_flops"] == sum(s["extra_flops"] for s in checkpoint["segments"]) > 0
+    table = runner.invoke(app, ["calc", path, "-b", "4", "--device", "cpu", "--fit", str(limit)])
+    assert table.exit_code == 0 and "checkpoint      recompute" in table.stdout, table.output
+    # the batch fits: no plan; nothing fits, checkpointing included: exit 1, saying so
+    fits = json.loads(runner.invoke(app, ["calc", path, "--device", "cpu", "--fit", str(limit), "-f", "json"]).stdout)
+    assert fits["fit"]["checkpoint"] is None and fits["batch"] == fits["fit"]["batch"]
+    none = runner.invoke(app, ["calc", path, "--device", "cpu", "--fit", "10KiB"])
+    assert none.exit_code == 1 and "no choice of blocks makes batch 1 fit" in none.output, none.output
