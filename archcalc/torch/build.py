@@ -104,8 +104,9 @@ class SpecGraph(nn.Module):
 
 
 def _checkpoint(fn: Callable[..., torch.Tensor], *xs: torch.Tensor) -> torch.Tensor:
-    """torch.utils.checkpoint as core.memory.Segment models it: non-reentrant, no RNG state kept (archcalc's
-    networks draw no random numbers in a step that checkpointing would need to replay)."""
+    """torch.utils.checkpoint as core.memory.training_timeline models it: non-reentrant, without keeping the RNG
+    state (preserve_rng_state=False: a dropout layer in the segment draws a new mask when it is recomputed; real
+    training keeps the default, True, which also holds the CPU RNG state, 5,056 bytes per segment)."""
     from torch.utils.checkpoint import checkpoint
 
     return checkpoint(fn, *xs, use_reentrant=False, preserve_rng_state=False)  # type: ignore[no-any-return]
