@@ -78,8 +78,9 @@ def plan_lines(plan: Plan, largest: int, flops: int) -> list[str]:
                 f"{len(plan.segments)} of {plan.candidates} blocks, training peak {grouped(plan.bytes)} B at {where}; "
                 f"{grouped(plan.extra_flops)} extra forward FLOPs per step{share}")
     lines.append(head)
+    width = max((len(c.name) for c in plan.segments), default=0)
     for c in plan.segments:
-        lines.append(f"  {c.name:28} {c.first_op} .. {c.last_op}: frees {nbytes(c.freed_bytes)} of saved "
+        lines.append(f"  {c.name:{width}}  {c.first_op} .. {c.last_op}: frees {nbytes(c.freed_bytes)} of saved "
                      f"activations, recomputes {si(c.extra_flops)} FLOPs")
     return lines
 
