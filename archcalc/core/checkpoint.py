@@ -119,8 +119,9 @@ def _forward_end(report: Report, segments: tuple[Segment, ...]) -> int:
     size = report.itemsize
     grad_bytes = tuple(row.trainable_params * size if row.used else 0 for row in report.rows)
     timeline = training_timeline(report.graph, size, report.batch, settings.device if settings else "cpu",
-                                 grad_bytes, settings.input_requires_grad if settings else False, segments)
-    return next(s.after for s in timeline if s.phase == "loss")
+                                 grad_bytes, settings.input_requires_grad if settings else False, segments,
+                                 forward_only=True)
+    return timeline[-1].after  # the loss's step
 
 
 def plan(report: Report, limit: int, optimizer: str | None = None) -> Plan:

@@ -214,7 +214,23 @@ class _Saves(NamedTuple):
     packs_output: list[bool]
 
 
+_SAVES: dict[tuple[int, int, int, str, bool], tuple[Graph, _Saves]] = {}  # the last few, by graph identity
+
+
 def _saves(graph: Graph, itemsize: int, batch: int, device: str, input_requires_grad: bool) -> _Saves:
+    """What each op saves (read-only once made; the planner walks one graph many times: the last few are kept)."""
+    key = (id(graph), itemsize, batch, device, input_requires_grad)
+    hit = _SAVES.get(key)
+    if hit is not None and hit[0] is graph:
+        return hit[1]
+    made = _saving(graph, itemsize, batch, device, input_requires_grad)
+    if len(_SAVES) >= 4:
+        _SAVES.clear()
+    _SAVES[key] = (graph, made)
+    return made
+
+
+def _saving(graph: Graph, itemsize: int, batch: int, device: str, input_requires_grad: bool) -> _Saves:
     end = len(graph.ops)
     used = graph.used(discarded=False)
     needs_grad = [False] * len(graph.tensors)
@@ -275,7 +291,7 @@ def recomputed(graph: Graph, segment: Segment, device: str = "cpu", input_requir
 
 def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad_bytes: tuple[int, ...],
                       input_requires_grad: bool = False, segments: tuple[Segment, ...] = (),
-                      moments: list[int] | None = None) -> tuple[TrainStep, ...]:
+                      moments: list[int] | None = None, forward_only: bool = False) -> tuple[TrainStep, ...]:
     """Bytes made during one training step's forward and backward, beyond the parameters, buffers, optimizer
     state and inputs that exist before it (gradients set to None): the eager forward's activations, of which
     autograd keeps what each recorded op saves (`saved_timeline`'s rules) until that op's backward has run; the
@@ -293,7 +309,8 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
     forward from its inputs, re-creating every tensor its ops save, and stops (early stop, torch's default) as soon
     as the last one is saved: an op that saves only its inputs (a conv) is stopped before it computes. The
     recomputed tensors are released as each op's backward unpacks them, as saved tensors are. `moments`, when
-    given, receives every value the timeline takes the maximum of (each is affine in the batch)."""
+    given, receives every value the timeline takes the maximum of (each is affine in the batch). `forward_only`:
+    the timeline up to the loss."""
     sizes = _storage_bytes(graph, itemsize, batch, train=True)
     end = len(graph.ops)
     used = graph.used(discarded=False)  # a discarded op's node dies with its dropped output, as an unused one's
@@ -365,6 +382,8 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             alive.discard(storage)
             live -= sizes[storage]
     steps.append(TrainStep("loss", -1, running, live))
+    if forward_only:
+        return tuple(steps)
 
     # backward: the seed (ones_like of the loss) is the gradient of every output, expanded (a view)
     live += scalar
