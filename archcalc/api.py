@@ -27,6 +27,7 @@ from typing import Any
 from archcalc.core.analyze import Report, Row, Totals
 from archcalc.core.analyze import analyze as _analyze
 from archcalc.core.calc import CalcResult, calculate
+from archcalc.core.checkpoint import Plan
 from archcalc.core.errors import ArchcalcError
 from archcalc.core.settings import Settings
 from archcalc.core.spec import Spec, open_spec
@@ -77,7 +78,9 @@ def summary(model: Any, input_size: Sequence[int] | None = None, *, depth: int |
     """What `archcalc calc` shows for `model`, as a value: print it for the table, `.to_json()` for the CLI's JSON.
 
     `depth` collapses blocks below that depth into one row; `fit` (bytes) picks the largest batch whose `fit_for`
-    memory ('training' or 'inference') fits. Other keywords are Settings fields (batch=8, dtype='float16', ...)."""
+    memory ('training': the step's peak, or 'inference') fits; when the batch asked is larger, the figures stay at
+    it and `Summary.checkpoint` says what to recompute to make it fit. Other keywords are Settings fields (batch=8,
+    dtype='float16', ...)."""
     result = calculate(to_spec(model, input_size), _settings(model, input_size, settings, overrides), fit, fit_for)
     return Summary(result, depth)
 
@@ -113,6 +116,11 @@ class Summary:
     @property
     def training_flops(self) -> TrainingFlops:
         return self.result.flops
+
+    @property
+    def checkpoint(self) -> Plan | None:
+        """With `fit`, when the batch asked does not fit: the activation checkpointing plan (core.checkpoint)."""
+        return self.result.plan
 
     # -- renderings (render.calc: the same bytes the CLI prints) --
     def __str__(self) -> str:

@@ -3,10 +3,11 @@
     python benchmarks/bench_fit.py [--repeat 5]
 
 `calc --fit` used to search: doubling, then bisection, one full analysis per probe (about 2 log2(batch) analyses).
-Training memory and the inference peak are affine in the batch (core.training.MemoryLine), so archcalc now walks
-the graph at batch 1 and 2 and solves. This script times both in one process on the same specs and limits — the
-search written out here as the peer, over full `training_report` analyses — checks that they give the same batch
-and the same bytes, and prints the ratio (median of --repeat runs).
+The training step's exact peak is the maximum of lines in the batch (core.training.StepLine; under amp the upper
+bound, itself a line: core.training.MemoryLine), so archcalc walks the step's timeline at batch 1 and 2 and
+solves each line. This script times both in one process on the same specs and limits — the search written out here
+as the peer, over full analyses and the step's peak at each probed batch (`step_peaks`; `training_memory` under
+amp) — checks that they give the same batch and the same bytes, and prints the ratio (median of --repeat runs).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from archcalc.core.analyze import analyze  # noqa: E402
 from archcalc.core.settings import Settings  # noqa: E402
 from archcalc.core.spec import open_spec  # noqa: E402
-from archcalc.core.training import fit_batch, training_memory, training_report  # noqa: E402
+from archcalc.core.training import fit_batch, step_peaks, training_memory, training_report  # noqa: E402
 
 CASES = (("torchvision/resnet50", 24 << 30, Settings()),
          ("torchvision/mobilenet_v2", 8 << 30, Settings(optimizer="adam", device="cpu", dtype="float16")),
@@ -32,7 +34,9 @@ CASES = (("torchvision/resnet50", 24 << 30, Settings()),
 def searched(spec, limit: int, s: Settings) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     """The peer: doubling then bisection over full analyses (what calc --fit did before)."""
     def at(b: int) -> int:
-        return training_memory(training_report(spec, s.replace(batch=b)), s.optimizer, s.amp).total
+        if s.amp:
+            return training_memory(training_report(spec, s.replace(batch=b)), s.optimizer, s.amp).total
+        return max(p.peak for p in step_peaks(analyze(spec, s.replace(batch=b)), s.optimizer))
 
     if at(1) > limit:
         return 0, at(1)

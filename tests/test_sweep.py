@@ -15,7 +15,7 @@ from archcalc.core.analyze import analyze
 from archcalc.core.errors import ArchcalcError
 from archcalc.core.settings import Settings
 from archcalc.core.spec import open_spec
-from archcalc.core.training import training_flops, training_memory, training_report
+from archcalc.core.training import step_peaks, training_flops, training_memory, training_report
 
 runner = CliRunner()
 
@@ -40,7 +40,9 @@ def test_sweep_rows_equal_independent_calc_runs(extra: list[str]) -> None:
         t = calc["totals"]
         assert (row["params"], row["macs"], row["flops"], row["activation_bytes"], row["peak_inference_bytes"]) == \
                (t["params"], t["macs"], t["flops"], t["activation_bytes"], t["peak_inference_bytes"])
-        assert row["training_bytes"] == calc["training_memory"]["total_bytes"]
+        peak = calc["training_peak"]  # the step's exact peak (every step: the first and a later one); amp: the bound
+        assert row["training_bytes"] == (calc["training_memory"]["total_bytes"] if peak is None else
+                                         max(peak["later_step"]["bytes"], peak["first_step"]["bytes"]))
         assert row["training_flops"] == calc["training_flops"]["total"]
 
 
@@ -61,7 +63,8 @@ def test_batch_arithmetic_matches_analyze_at_every_batch(name: str) -> None:
             assert row.values == {
                 "params": t.params, "macs": t.macs, "flops": t.flops, "activation_bytes": t.activation_bytes,
                 "peak_inference_bytes": t.peak_bytes,
-                "training_bytes": training_memory(train, options.optimizer, options.amp).total,
+                "training_bytes": training_memory(train, options.optimizer, options.amp).total if options.amp
+                else max(p.peak for p in step_peaks(report, options.optimizer)),
                 "training_flops": training_flops(report).total}, (name, options, b)
 
 

@@ -73,6 +73,7 @@ def calc(
     """Per-layer shapes, parameters, MACs/FLOPs, memory and receptive field, with totals and training cost."""
     from archcalc.core.calc import NothingFits, calculate
     from archcalc.render import calc as render
+    from archcalc.render import training as render_training
 
     settings = options.settings(batch, dtype, input, convention, device, input_requires_grad, strict, optimizer, amp)
     plotter = plot_drawer(plot)
@@ -82,6 +83,8 @@ def calc(
         result = calculate(spec_obj, settings, limit, fit_for.value)
     except NothingFits as exc:
         err_console().print(render.fit_lines(exc.fit)[0], markup=False)
+        if exc.plan is not None:
+            err_console().print(render_training.plan_lines(exc.plan, 0, 0)[1], markup=False)
         raise typer.Exit(1) from None
     print_warnings(result.report)
     width, bold = table_style(output) if fmt is Fmt.table else (None, False)

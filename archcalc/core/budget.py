@@ -9,7 +9,7 @@ from archcalc.core.analyze import Report, analyze
 from archcalc.core.errors import ArchcalcError
 from archcalc.core.settings import Settings
 from archcalc.core.spec import Spec
-from archcalc.core.training import TrainingMemory, step_memory, training_flops, training_memory
+from archcalc.core.training import TrainingMemory, step_memory, step_peaks, training_flops
 
 BUDGETS: dict[str, tuple[str, str]] = {
     # name: (what it limits, unit: count | bytes)
@@ -17,7 +17,9 @@ BUDGETS: dict[str, tuple[str, str]] = {
     "macs": ("multiply-accumulates (batch included)", "count"),
     "flops": ("FLOPs under the report's convention (batch included)", "count"),
     "peak_memory": ("inference peak: activations alive at once plus parameters and buffers", "bytes"),
-    "train_memory": ("training memory: weights, gradients, optimizer state, buffers, saved activations", "bytes"),
+    "train_memory": ("training memory: the training step's peak (the larger of the first and a later step; under "
+                     "--amp the upper bound: weights, gradients, optimizer state, buffers, saved activations)",
+                     "bytes"),
     "train_flops": ("FLOPs of one training step, as FlopCounterMode counts them", "count"),
 }
 
@@ -40,7 +42,8 @@ class Verdict(NamedTuple):
 
 def check(report: Report, limits: Mapping[str, int], memory: TrainingMemory | None = None) -> list[Verdict]:
     """One verdict per limit given, in BUDGETS order. `memory` (the step's training memory: core.training) is
-    needed for train_memory under amp; otherwise it is computed from `report` and its settings."""
+    needed for train_memory under amp (its upper bound is the figure there); otherwise train_memory is the
+    training step's exact peak, the larger of the first and a later step (core.training.step_peaks)."""
     actual: dict[str, int] = {}
     for name in limits:
         if name not in BUDGETS:
@@ -55,7 +58,7 @@ def check(report: Report, limits: Mapping[str, int], memory: TrainingMemory | No
     if "peak_memory" in limits:
         actual["peak_memory"] = t.peak_bytes
     if "train_memory" in limits:
-        actual["train_memory"] = (memory or training_memory(report)).total
+        actual["train_memory"] = memory.total if memory is not None else max(p.peak for p in step_peaks(report))
     if "train_flops" in limits:
         actual["train_flops"] = training_flops(report).total
     return [Verdict(name, limits[name], actual[name], BUDGETS[name][1]) for name in BUDGETS if name in limits]

@@ -7,6 +7,7 @@ Nothing here imports torch or formats anything (archcalc.render.calc renders a C
 from typing import Any, NamedTuple
 
 from archcalc.core.analyze import Report, analyze
+from archcalc.core.checkpoint import Plan, plan
 from archcalc.core.errors import ArchcalcError
 from archcalc.core.settings import Settings
 from archcalc.core.spec import Spec
@@ -32,6 +33,7 @@ class CalcResult(NamedTuple):
     train_report: Report  # the report training memory comes from (amp's activation dtype under amp; else report)
     fit: Fit | None = None
     step: tuple[StepPeak, StepPeak] | None = None  # the step's peak, a later step and the first (None under amp)
+    plan: Plan | None = None  # --fit, when the batch asked does not fit: what to checkpoint (core.checkpoint)
 
     @property
     def settings(self) -> Settings:
@@ -40,29 +42,42 @@ class CalcResult(NamedTuple):
 
 
 class NothingFits(ArchcalcError):
-    """`--fit SIZE` where not even batch 1 fits (the command exits 1: a check failed, not bad input)."""
+    """`--fit SIZE` where not even batch 1 fits, checkpointing included (the command exits 1: a check failed, not
+    bad input)."""
 
-    def __init__(self, fit: Fit) -> None:
+    def __init__(self, fit: Fit, plan: Plan | None = None) -> None:
         self.fit = fit
+        self.plan = plan
         super().__init__(f"no batch fits {fit.limit} B: {fit.fit_for} memory at batch 1 is {fit.at} B")
 
 
 def calculate(spec: Spec | str, settings: Settings | None = None, fit: int | None = None,
               fit_for: str = "training", **overrides: Any) -> CalcResult:
     """The CalcResult of `spec` under `settings` (keyword overrides of its fields allowed). With `fit` (bytes),
-    the batch is the largest whose `fit_for` memory ('training' or 'inference') fits; NothingFits when none does."""
+    the batch is the largest whose `fit_for` memory ('training' or 'inference') fits. For training (without amp),
+    when the settings' batch is larger than that, or no batch fits, the figures are at the settings' batch and
+    the result carries the checkpointing plan that makes it fit (core.checkpoint.plan); NothingFits when no batch
+    fits and no plan makes batch 1 fit."""
     s = Settings.of(settings, **overrides)
     if not isinstance(spec, Spec):
         from archcalc.core.spec import open_spec
 
         spec = open_spec(str(spec))
     found = None
+    checkpoint = None
     if fit is not None:
         found = fit_batch(spec, fit, s, fit_for)
-        if found.batch == 0:
-            raise NothingFits(found)
-        s = s.replace(batch=found.batch)
+        if found.batch < s.batch or found.batch == 0:
+            if not found.exact:
+                if found.batch == 0:
+                    raise NothingFits(found)
+            else:
+                checkpoint = plan(analyze(spec, s), fit, s.optimizer)
+                if found.batch == 0 and not checkpoint.fits:
+                    raise NothingFits(found, checkpoint)
+        if checkpoint is None:
+            s = s.replace(batch=found.batch)
     report = analyze(spec, s)
     train_report = _training_report(spec, s) if s.amp else report
     return CalcResult(report, training_flops(report), training_memory(train_report, s.optimizer, s.amp),
-                      train_report, found, None if s.amp else step_peaks(report, s.optimizer))
+                      train_report, found, None if s.amp else step_peaks(report, s.optimizer), checkpoint)

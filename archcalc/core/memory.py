@@ -193,41 +193,64 @@ class TrainStep(NamedTuple):
     after: int
 
 
-def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad_bytes: tuple[int, ...],
-                      input_requires_grad: bool = False) -> tuple[TrainStep, ...]:
-    """Bytes made during one training step's forward and backward, beyond the parameters, buffers, optimizer
-    state and inputs that exist before it (gradients set to None): the eager forward's activations, of which
-    autograd keeps what each recorded op saves (`saved_timeline`'s rules) until that op's backward has run; the
-    loss (the sum of the outputs' sums, one scalar each); backward op by op in reverse, each allocating the
-    gradient of its input (a view kind passes a view of its own gradient; `add` passes the same tensor to every
-    input, `concat` views of it) and of its parameters (`grad_bytes[op]`, kept: they become `.grad`), then freeing
-    its output's gradient, its saved tensors (a storage when the last op keeping it is done) and its extras. A
-    gradient reaching a tensor twice is summed into a new tensor, the two parts freed. What a kernel allocates
-    and frees inside itself is not seen (backend workspace)."""
-    sizes = _storage_bytes(graph, itemsize, batch, train=True)
+class Segment(NamedTuple):
+    """Ops `first`..`last` (indices into Graph.ops, both included) run under torch.utils.checkpoint
+    (use_reentrant=False): one block of the spec, whose only tensor read after it is its last op's output."""
+
+    first: int
+    last: int
+
+
+class _Saves(NamedTuple):
+    """Per tensor whether it needs a gradient; per op whether autograd records it, the storages its node keeps,
+    the bytes it saves beside them (statistics, indices, a crop's copy), whether it saves anything (parameters
+    included), and whether it saves something it computes (its output, statistics: saved after it has run)."""
+
+    needs_grad: list[bool]
+    recorded: list[bool]
+    keeps: list[set[int]]
+    extras: list[int]
+    packs: list[bool]
+    packs_output: list[bool]
+
+
+_SAVES: dict[tuple[int, int, int, str, bool], tuple[Graph, _Saves]] = {}  # the last few, by graph identity
+
+
+def _saves(graph: Graph, itemsize: int, batch: int, device: str, input_requires_grad: bool) -> _Saves:
+    """What each op saves (read-only once made; the planner walks one graph many times: the last few are kept)."""
+    key = (id(graph), itemsize, batch, device, input_requires_grad)
+    hit = _SAVES.get(key)
+    if hit is not None and hit[0] is graph:
+        return hit[1]
+    made = _saving(graph, itemsize, batch, device, input_requires_grad)
+    if len(_SAVES) >= 4:
+        _SAVES.clear()
+    _SAVES[key] = (graph, made)
+    return made
+
+
+def _saving(graph: Graph, itemsize: int, batch: int, device: str, input_requires_grad: bool) -> _Saves:
     end = len(graph.ops)
-    used = graph.used(discarded=False)  # a discarded op's node dies with its dropped output, as an unused one's
-    release = graph.releases()
-    forward_free: dict[int, int] = {}  # train storage -> op after which the forward no longer needs it
-    for t, tensor in enumerate(graph.tensors):
-        forward_free[tensor.train_storage] = max(forward_free.get(tensor.train_storage, -1), release[t])
-    inputs = {graph.tensors[t].train_storage for _, t in graph.inputs}
-    outputs = {graph.tensors[t].train_storage for _, t in graph.outputs}
+    used = graph.used(discarded=False)
     needs_grad = [False] * len(graph.tensors)
     for _, t in graph.inputs:
         needs_grad[t] = input_requires_grad
     recorded = [False] * end
-    keepers: dict[int, set[int]] = {}  # storage -> the used recorded ops keeping it
+    keeps: list[set[int]] = [set() for _ in range(end)]  # per op: the storages its node keeps
     extras = [0] * end
+    packs = [False] * end  # its node saves something (a tensor, a parameter, statistics)
+    packs_output = [False] * end  # ... after it has computed (its output, its statistics): see Segment
     for i, op in enumerate(graph.ops):
         if op.merge is not None:
             needs = [needs_grad[t] for t in op.inputs]
             needs_grad[op.output] = recorded[i] = any(needs)
             if recorded[i] and used[i]:
                 kept, elements = op.merge.saved([graph.tensors[t].shape for t in op.inputs], needs)
-                for k in kept:
-                    keepers.setdefault(graph.tensors[op.inputs[k]].train_storage, set()).add(i)
+                keeps[i].update(graph.tensors[op.inputs[k]].train_storage for k in kept)
                 extras[i] = elements * itemsize * batch
+                packs[i] = bool(kept) or elements > 0
+                packs_output[i] = elements > 0
             continue
         assert op.kind is not None
         src, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
@@ -240,15 +263,94 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                 if copy:
                     extras[i] += numel(src.shape) * itemsize * batch
                 else:
-                    keepers.setdefault(src.train_storage, set()).add(i)
+                    keeps[i].add(src.train_storage)
             if what.output:
-                keepers.setdefault(out.train_storage, set()).add(i)
-            extras[i] += sum(n * itemsize_for(s, itemsize, device) for n, s in what.extra) * batch
-            extras[i] += sum(n * itemsize_for(s, itemsize, device) for n, s in what.per_batch)
+                keeps[i].add(out.train_storage)
+            stats = (sum(n * itemsize_for(s, itemsize, device) for n, s in what.extra) * batch
+                     + sum(n * itemsize_for(s, itemsize, device) for n, s in what.per_batch))
+            extras[i] += stats
+            packs[i] = bool(keeps[i]) or extras[i] > 0 or params_need_grad
+            packs_output[i] = what.output or stats > 0
             if not used[i]:  # its node dies with its dropped output: nothing kept past the op
-                for storage in (src.train_storage, out.train_storage):
-                    keepers.get(storage, set()).discard(i)
+                keeps[i] = set()
+
+    return _Saves(needs_grad, recorded, keeps, extras, packs, packs_output)
+
+
+def recomputed(graph: Graph, segment: Segment, device: str = "cpu", input_requires_grad: bool = False) -> range:
+    """The ops a checkpointed segment's recomputation runs (training_timeline's rule: up to the last op that saves
+    anything, that op itself only if it saves something it computes); empty when the segment saves nothing."""
+    s = _saves(graph, 4, 1, device, input_requires_grad)
+    used = graph.used(discarded=False)
+    packing = [i for i in range(segment.first, segment.last + 1) if s.recorded[i] and used[i] and s.packs[i]]
+    if not packing:
+        return range(segment.first, segment.first)
+    last = packing[-1]
+    return range(segment.first, last + 1 if s.packs_output[last] else last)
+
+
+def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad_bytes: tuple[int, ...],
+                      input_requires_grad: bool = False, segments: tuple[Segment, ...] = (),
+                      moments: list[int] | None = None, forward_only: bool = False) -> tuple[TrainStep, ...]:
+    """Bytes made during one training step's forward and backward, beyond the parameters, buffers, optimizer
+    state and inputs that exist before it (gradients set to None): the eager forward's activations, of which
+    autograd keeps what each recorded op saves (`saved_timeline`'s rules) until that op's backward has run; the
+    loss (the sum of the outputs' sums, one scalar each); backward op by op in reverse, each allocating the
+    gradient of its input (a view kind passes a view of its own gradient; `add` passes the same tensor to every
+    input, `concat` views of it) and of its parameters (`grad_bytes[op]`, kept: they become `.grad`), then freeing
+    its output's gradient, its saved tensors (a storage when the last op keeping it is done) and its extras. A
+    gradient reaching a tensor twice is summed into a new tensor, the two parts freed. What a kernel allocates
+    and frees inside itself is not seen (backend workspace).
+
+    `segments` run under torch.utils.checkpoint(use_reentrant=False, preserve_rng_state=False): in the forward
+    their ops keep nothing (what they would save is packed as an empty holder; their extras are freed as they
+    return) and the checkpoint keeps the segment's inputs until the backward of the segment's first op that saved
+    anything. In the backward, the first unpack (the segment's last op that saved anything) re-runs the segment's
+    forward from its inputs, re-creating every tensor its ops save, and stops (early stop, torch's default) as soon
+    as the last one is saved: an op that saves only its inputs (a conv) is stopped before it computes. The
+    recomputed tensors are released as each op's backward unpacks them, as saved tensors are. `moments`, when
+    given, receives every value the timeline takes the maximum of (each is affine in the batch). `forward_only`:
+    the timeline up to the loss."""
+    sizes = _storage_bytes(graph, itemsize, batch, train=True)
+    end = len(graph.ops)
+    used = graph.used(discarded=False)  # a discarded op's node dies with its dropped output, as an unused one's
+    release = graph.releases()
+    forward_free: dict[int, int] = {}  # train storage -> op after which the forward no longer needs it
+    for t, tensor in enumerate(graph.tensors):
+        forward_free[tensor.train_storage] = max(forward_free.get(tensor.train_storage, -1), release[t])
+    inputs = {graph.tensors[t].train_storage for _, t in graph.inputs}
+    outputs = {graph.tensors[t].train_storage for _, t in graph.outputs}
+    needs_grad, recorded, keeps, extras, packs, packs_output = _saves(graph, itemsize, batch, device,
+                                                                      input_requires_grad)
+    # checkpointed segments: their ops keep nothing in the forward; the checkpoint keeps the segments' inputs
+    # until the backward of the first op that saved anything (the last holder of the checkpoint's frame)
+    in_segment = [-1] * end
+    frame_inputs: dict[int, set[int]] = {}  # op -> the input storages the checkpoint frame releases after it
+    recompute_at: dict[int, Segment] = {}  # op -> the segment whose recomputation its backward starts
+    for k, seg in enumerate(segments):
+        span = range(seg.first, seg.last + 1)
+        packing = [i for i in span if recorded[i] and used[i] and packs[i]]
+        for i in span:
+            in_segment[i] = k
+        if not packing:
+            continue
+        produced = {graph.ops[i].output for i in span}
+        outside = {graph.tensors[t].train_storage for i in span for t in graph.ops[i].inputs if t not in produced}
+        frame_inputs.setdefault(packing[0], set()).update(outside)
+        recompute_at[packing[-1]] = seg
+    keepers: dict[int, set[int]] = {}  # storage -> the used recorded ops keeping it
+    for i in range(end):
+        for storage in keeps[i] if in_segment[i] < 0 else ():
+            keepers.setdefault(storage, set()).add(i)
+    for i, storages in frame_inputs.items():
+        for storage in storages:
+            keepers.setdefault(storage, set()).add(i)
     held = {s for s, ops in keepers.items() if ops}
+
+    def moment(value: int) -> int:
+        if moments is not None:
+            moments.append(value)
+        return value
 
     frees: dict[int, list[int]] = {}
     for storage, at in forward_free.items():
@@ -263,8 +365,8 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             alive.add(out.train_storage)
             live += sizes[out.train_storage]
         live += extras[i]
-        running = live + _training_transient(op, graph, itemsize, batch, device)
-        if not used[i]:
+        running = moment(live + _training_transient(op, graph, itemsize, batch, device))
+        if not used[i] or in_segment[i] >= 0:  # dropped, or packed into a checkpoint's empty holders
             live -= extras[i]
         for storage in frees.get(i, ()):
             alive.discard(storage)
@@ -273,13 +375,15 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
     # the loss: one scalar per output summed (a running sum of them beside the next), then the outputs dropped
     scalar = itemsize
     n_out = len(graph.outputs)
-    running = live + (scalar if n_out == 1 else 3 * scalar)
+    running = moment(live + (scalar if n_out == 1 else 3 * scalar))
     live += scalar
     for storage in outputs:
         if storage in alive and storage not in held and storage not in inputs:
             alive.discard(storage)
             live -= sizes[storage]
     steps.append(TrainStep("loss", -1, running, live))
+    if forward_only:
+        return tuple(steps)
 
     # backward: the seed (ones_like of the loss) is the gradient of every output, expanded (a view)
     live += scalar
@@ -287,6 +391,8 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
     grad_size: dict[int, int] = {-1: scalar}
     grad_of: dict[int, int] = {t: -1 for _, t in graph.outputs}
     next_id = 0
+    renamed: dict[int, int] = {}  # a recomputed segment's storages -> their new ids (the forward's were freed)
+    fresh = max(sizes, default=-1) + 1
 
     def give(t: int, storage: int) -> int:
         """Tensor t's gradient buffer takes `storage` (and the reference to it): kept as it is if t has none yet,
@@ -314,14 +420,52 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             live -= grad_size[storage]
             del grad_refs[storage]
 
+    def recompute(seg: Segment) -> int:
+        """The segment's forward again, from its inputs (the checkpoint's), up to the last tensor it saves: what
+        its ops save stays (new storages, kept by those ops until their backward), the rest is dropped after its
+        last reader in the segment, or when the recomputation stops. Returns its peak."""
+        nonlocal live, fresh
+        renamed.clear()
+        last = max(i for i in range(seg.first, seg.last + 1) if recorded[i] and used[i] and packs[i])
+        stop = last if packs_output[last] else last - 1  # early stop: `last` saves its inputs before it computes
+        saved = set().union(*(keeps[j] for j in range(seg.first, last + 1)))
+        drop_at: dict[int, int] = {}
+        for i in range(seg.first, stop + 1):
+            for t in (*graph.ops[i].inputs, graph.ops[i].output):
+                storage = graph.tensors[t].train_storage
+                drop_at[storage] = max(drop_at.get(storage, -1), min(release[t], stop))
+        peak = live
+        dropping: dict[int, list[int]] = {}
+        for i in range(seg.first, stop + 1):
+            storage = graph.tensors[graph.ops[i].output].train_storage
+            if storage not in renamed and all(graph.tensors[t].train_storage != storage for t in graph.ops[i].inputs):
+                renamed[storage] = fresh
+                sizes[fresh] = sizes[storage]
+                fresh += 1
+                live += sizes[storage]
+                if storage not in saved:
+                    dropping.setdefault(drop_at[storage], []).append(storage)
+            live += extras[i]
+            peak = max(peak, moment(live + _training_transient(graph.ops[i], graph, itemsize, batch, device)))
+            for storage in dropping.get(i, ()):
+                live -= sizes[storage]
+        for storage in saved:
+            new = renamed.get(storage, storage)
+            alive.add(new)
+        for j in range(seg.first, last + 1):
+            for storage in keeps[j]:
+                keepers.setdefault(renamed.get(storage, storage), set()).add(j)
+        return peak
+
     for i in range(end - 1, -1, -1):
         op = graph.ops[i]
         if not recorded[i] or not used[i]:
             continue
+        recomputed = recompute(recompute_at[i]) if i in recompute_at else 0
         g = grad_of.get(op.output)
         made = grad_bytes[i]
         live += made  # the parameters' gradients, kept as .grad
-        running = live
+        running = max(live, recomputed)
         new: list[tuple[int, int]] = []  # (tensor, bytes) of new gradient buffers
         shared: list[int] = []  # tensors receiving g (or a view of it)
         if op.merge is not None:
@@ -342,11 +486,12 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                     shared.append(t)
                 else:
                     new.append((t, numel(graph.tensors[t].shape) * itemsize * batch))
-        running += sum(b for _, b in new)
+        working = live + sum(b for _, b in new)
         if op.kind is not None:
             extra = op.kind.backward_transient(op.args, graph.tensors[op.inputs[0]].shape,
                                                graph.tensors[op.output].shape)
-            running += sum(n * itemsize_for(code, itemsize, device) for n, code in extra) * batch
+            working += sum(n * itemsize_for(code, itemsize, device) for n, code in extra) * batch
+        running = max(running, moment(working))
         live += sum(b for _, b in new)
         # the function returns its outputs; its input (the gradient of its output) and its saved tensors are freed;
         # then each output is added into the buffer of the tensor it is the gradient of
@@ -363,7 +508,9 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             del grad_of[op.output]
             drop(g)
         live -= extras[i]
-        for storage in {graph.tensors[t].train_storage for t in (*op.inputs, op.output)}:
+        mine = renamed if in_segment[i] >= 0 else {}
+        for storage in ({mine.get(s, s) for s in {graph.tensors[t].train_storage for t in (*op.inputs, op.output)}}
+                        | frame_inputs.get(i, set())):
             ops = keepers.get(storage)
             if ops and i in ops:
                 ops.discard(i)
@@ -371,10 +518,10 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                     alive.discard(storage)
                     live -= sizes[storage]
         for t, storage in returned:
-            running = max(running, live + give(t, storage))
+            running = max(running, moment(live + give(t, storage)))
         steps.append(TrainStep("backward", i, running, live))
     live -= 2 * scalar  # the seed and the loss, once backward returns
-    steps.append(TrainStep("backward", -1, live, live))
+    steps.append(TrainStep("backward", -1, moment(live), live))
     return tuple(steps)
 
 

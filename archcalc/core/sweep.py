@@ -239,7 +239,7 @@ def _at_batch(s: _Structure, batch: int) -> dict[str, int]:
         "params": s.params, "macs": s.macs * batch, "flops": s.flops * batch,
         "activation_bytes": s.activation_bytes * batch,
         "peak_inference_bytes": s.memory.inference_peak(batch),
-        "training_bytes": s.memory.memory(batch).total,
+        "training_bytes": s.memory.training(batch),
         "training_flops": s.training_flops * batch,
     }
 

@@ -9,7 +9,7 @@ from typing import NamedTuple
 from archcalc.core.analyze import Report, analyze
 from archcalc.core.conventions import DTYPES, flop_counter_divides_groups
 from archcalc.core.kinds.base import numel
-from archcalc.core.memory import TrainStep, peak_inference_bytes, saved_training_bytes, training_timeline
+from archcalc.core.memory import Segment, TrainStep, peak_inference_bytes, saved_training_bytes, training_timeline
 from archcalc.core.settings import AMP, FIT_FOR, OPTIMIZERS, Settings
 from archcalc.core.spec import Spec
 
@@ -217,23 +217,30 @@ def step_peak(report: Report, optimizer: str | None = None, first: bool = False)
     return step_peaks(report, optimizer)[1 if first else 0]
 
 
-def step_peaks(report: Report, optimizer: str | None = None) -> tuple[StepPeak, StepPeak]:
-    """`step_peak` of a later step and of the first, from one timeline."""
+def step_peaks(report: Report, optimizer: str | None = None, segments: tuple[Segment, ...] = (),
+               batch: int | None = None, moments: tuple[list[int], list[int]] | None = None,
+               ) -> tuple[StepPeak, StepPeak]:
+    """`step_peak` of a later step and of the first, from one timeline, with `segments` run under
+    torch.utils.checkpoint (core.memory.training_timeline), at `batch` (default: the report's; the graph does not
+    depend on it). `moments`, when given, receive every value the later and the first step's peaks are the
+    maximum of (each affine in the batch: `StepLine`)."""
     if optimizer is None:
         optimizer = report.settings.optimizer if report.settings else "sgd"
     graph = report.graph
     size = report.itemsize
+    batch = report.batch if batch is None else batch
     device = report.settings.device if report.settings else "cpu"
     grad_bytes = tuple(row.trainable_params * size if row.used else 0 for row in report.rows)
-    timeline = training_timeline(graph, size, report.batch, device, grad_bytes,
-                                 report.settings.input_requires_grad if report.settings else False)
+    seen: list[int] | None = [] if moments is not None else None
+    timeline = training_timeline(graph, size, batch, device, grad_bytes,
+                                 report.settings.input_requires_grad if report.settings else False, segments, seen)
     t = report.totals
     sizes = _param_sizes(report, size)
     trainable = t.trainable_params * size
     adam = optimizer in ("adam", "adamw")
     counters = 4 * len(sizes) if adam and device == "cpu" else 0  # Adam's float32 `step`s (CPU tensors)
     state = OPTIMIZERS[optimizer].state * trainable + counters
-    inputs = sum(numel(graph.tensors[i].shape) for _, i in graph.inputs) * report.batch * size
+    inputs = sum(numel(graph.tensors[i].shape) for _, i in graph.inputs) * batch * size
     end = timeline[-1].after
     if not adam:
         temporary = 0
@@ -249,6 +256,8 @@ def step_peaks(report: Report, optimizer: str | None = None) -> tuple[StepPeak, 
         candidates.append((optimizer_peak, "optimizer", ""))
         peak, phase, op = max(candidates, key=lambda c: c[0])  # the first of equals
         result.append(StepPeak(before + peak, phase, op, before, timeline, optimizer_peak))
+        if moments is not None and seen is not None:
+            moments[first].extend([before + m for m in seen] + [before + optimizer_peak])
     return result[0], result[1]
 
 
@@ -265,17 +274,51 @@ def _param_sizes(report: Report, itemsize: int) -> list[int]:
 # ---- memory as a function of the batch ----------------------------------------------------------------------------
 
 
+class StepLine(NamedTuple):
+    """The training step's peak as a function of the batch: the larger of the first and a later step's
+    (`step_peaks`), so that every step fits. Each moment of the timeline is affine in the batch (its tensors scale
+    with it; parameters, gradients, optimizer state and the loss do not) and the walk takes the same moments at
+    every batch, so the peak is exactly the maximum of these lines, found from the walks at batch 1 and 2."""
+
+    lines: tuple[tuple[int, int], ...]  # (bytes at batch 0, bytes per sample), one per slope, the largest
+
+    def at(self, batch: int) -> int:
+        return max(c + batch * s for c, s in self.lines)
+
+    def largest_batch(self, limit: int, most: int = 1 << 24) -> int:
+        """The largest batch b <= most with at(b) <= limit (0 when batch 1 does not fit): each line solved."""
+        if self.at(1) > limit:
+            return 0
+        return min([most, *((limit - c) // s for c, s in self.lines if s > 0)])
+
+
+def step_line(report: Report, optimizer: str | None = None, segments: tuple[Segment, ...] = ()) -> StepLine:
+    """The StepLine of `report`'s network (its batch does not matter) under `optimizer`, with `segments`
+    checkpointed."""
+    ones: tuple[list[int], list[int]] = ([], [])
+    twos: tuple[list[int], list[int]] = ([], [])
+    step_peaks(report, optimizer, segments, 1, ones)
+    step_peaks(report, optimizer, segments, 2, twos)
+    best: dict[int, int] = {}
+    for a, b in zip(ones[0] + ones[1], twos[0] + twos[1], strict=True):
+        slope = b - a
+        best[slope] = max(best.get(slope, a - slope), a - slope)
+    return StepLine(tuple((c, s) for s, c in sorted(best.items())))
+
+
 class MemoryLine(NamedTuple):
     """Training memory and the inference peak as functions of the batch, from two walks of the graph.
 
     Counts scale with the batch and the parameter terms do not; the two memory walks (the inference liveness peak,
     the bytes saved for backward) are affine in the batch, so f(b) = f(1) + (b - 1) (f(2) - f(1)) exactly (tests
-    check every figure against an independent `analyze` at that batch). Used by calc --fit, sweep and check."""
+    check every figure against an independent `analyze` at that batch). The training step's exact peak is the
+    maximum of such lines (`StepLine`). Used by calc --fit, sweep and check."""
 
     fixed: TrainingMemory  # at batch 1: the batch-independent terms, and saved activations at batch 1
     saved_slope: int  # saved bytes per extra sample (activation dtype)
     peak: tuple[int, int]  # inference peak (activations alive at once) at batch 1 and 2, without parameters
     param_buffer_bytes: int  # parameters and buffers in the report's dtype (part of the inference peak)
+    step: StepLine | None = None  # the training step's exact peak (None under amp: not modelled there)
 
     def memory(self, batch: int) -> TrainingMemory:
         return self.fixed._replace(batch=batch, saved_activations=self.fixed.saved_activations
@@ -285,12 +328,19 @@ class MemoryLine(NamedTuple):
         """The inference peak at `batch`, parameters and buffers included (Totals.peak_bytes)."""
         return self.peak[0] + (batch - 1) * (self.peak[1] - self.peak[0]) + self.param_buffer_bytes
 
+    def training(self, batch: int) -> int:
+        """The training bytes --fit, sweep and check use at `batch`: the step's exact peak (the larger of the first
+        and a later step), or under amp, where the step is not modelled, the upper bound `memory(batch).total`."""
+        return self.step.at(batch) if self.step is not None else self.memory(batch).total
+
     def at(self, batch: int, fit_for: str = "training") -> int:
-        """Bytes at `batch`: training memory ('training') or the inference peak ('inference')."""
-        return self.memory(batch).total if fit_for == "training" else self.inference_peak(batch)
+        """Bytes at `batch`: the training peak ('training': `training`) or the inference peak ('inference')."""
+        return self.training(batch) if fit_for == "training" else self.inference_peak(batch)
 
     def largest_batch(self, limit: int, fit_for: str = "training", most: int = 1 << 24) -> int:
         """The largest batch whose memory fits `limit` bytes (0 when batch 1 does not), at most `most`."""
+        if fit_for == "training" and self.step is not None:
+            return self.step.largest_batch(limit, most)
         first = self.at(1, fit_for)
         return largest_batch(first, self.at(2, fit_for) - first, limit, most)
 
@@ -322,7 +372,8 @@ def memory_line_of(report: Report, settings: Settings) -> MemoryLine:
     fixed = _memory(report, s.optimizer, s.amp, s.activation_dtype, saved)
     fixed_bytes = t.param_bytes + t.buffer_bytes
     return MemoryLine(fixed, saved2 - saved, (t.peak_bytes - fixed_bytes, peak_inference_bytes(graph, report.itemsize,
-                                                                                               2)), fixed_bytes)
+                                                                                               2)), fixed_bytes,
+                      None if s.amp else step_line(report, s.optimizer))
 
 
 # ---- the inverse question: the largest batch that fits ------------------------------------------------------------
@@ -336,13 +387,16 @@ class Fit(NamedTuple):
     batch: int  # 0: not even batch 1 fits
     at: int  # bytes at max(batch, 1)
     next_at: int | None  # bytes at batch + 1 (None when batch is 0)
+    exact: bool = False  # training: the step's exact peak (MemoryLine.training); else the upper bound (amp)
 
 
 def fit_batch(spec: Spec, limit: int, settings: Settings | None = None, fit_for: str = "training",
               **overrides: object) -> Fit:
-    """The largest batch of `spec` whose training memory (or inference peak) fits `limit` bytes."""
+    """The largest batch of `spec` whose training step's peak (MemoryLine.training: exact; the upper bound under
+    amp) or inference peak fits `limit` bytes."""
     if fit_for not in FIT_FOR:
         raise ValueError(f"unknown fit_for {fit_for!r}")
     line = memory_line(spec, settings, **overrides)
     batch = line.largest_batch(limit, fit_for)
-    return Fit(limit, fit_for, batch, line.at(max(batch, 1), fit_for), line.at(batch + 1, fit_for) if batch else None)
+    return Fit(limit, fit_for, batch, line.at(max(batch, 1), fit_for), line.at(batch + 1, fit_for) if batch else None,
+               fit_for == "training" and line.step is not None)

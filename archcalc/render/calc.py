@@ -12,10 +12,12 @@ from archcalc.render import report as render
 from archcalc.render import training as render_training
 
 
-def fit_lines(fit: Fit | None) -> list[str]:
+def fit_lines(fit: Fit | None, result: CalcResult | None = None) -> list[str]:
     if fit is None:
         return []
-    return render_training.fit_lines(fit.limit, fit.fit_for, fit.batch, fit.at, fit.next_at)
+    if result is not None and result.plan is not None:
+        return render_training.plan_lines(result.plan, fit.batch, result.flops.total)
+    return render_training.fit_lines(fit.limit, fit.fit_for, fit.batch, fit.at, fit.next_at, fit.exact)
 
 
 def grid_text(grid: Any, width: int | None, extra: list[str] | None = None) -> str:
@@ -28,7 +30,8 @@ def calc_text(result: CalcResult, depth: int | None = None, width: int | None = 
     return grid_text(render.calc_table(result.report, depth, width, bold), width,
                      render.summary_lines(result.report) + render_training.flops_lines(result.flops)
                      + render_training.memory_lines(result.memory)
-                     + render_training.peak_lines(result.step, result.settings.device) + fit_lines(result.fit))
+                     + render_training.peak_lines(result.step, result.settings.device)
+                     + fit_lines(result.fit, result))
 
 
 def calc_extra(result: CalcResult) -> dict[str, Any]:
@@ -37,7 +40,9 @@ def calc_extra(result: CalcResult) -> dict[str, Any]:
                              "training_memory": render_training.memory_dict(result.memory),
                              "training_peak": render_training.peak_dict(result.step)}
     if result.fit is not None:
-        extra["fit"] = {"limit_bytes": result.fit.limit, "for": result.fit.fit_for, "batch": result.fit.batch}
+        extra["fit"] = {"limit_bytes": result.fit.limit, "for": result.fit.fit_for, "batch": result.fit.batch,
+                        "bytes": result.fit.at, "exact": result.fit.exact,
+                        "checkpoint": render_training.plan_dict(result.plan)}
     return extra
 
 
@@ -84,6 +89,6 @@ def calc_html(result: CalcResult, depth: int | None = None) -> str:
     out.append("</tbody></table>")
     lines = render.summary_lines(r) + render_training.flops_lines(result.flops) + \
         render_training.memory_lines(result.memory) + render_training.peak_lines(result.step, result.settings.device) \
-        + fit_lines(result.fit)
+        + fit_lines(result.fit, result)
     out.append("<pre>" + esc("\n".join(lines)) + "</pre>")
     return "\n".join(out)

@@ -38,6 +38,7 @@ class SpecGraph(nn.Module):
         self.output_ids = output_ids
         self.plan = plan
         self.record: Callable[[int, torch.Tensor], None] | None = None  # validate's per-op probe
+        self.checkpoint: dict[int, int] = {}  # first op -> last op of a segment run under torch.utils.checkpoint
         self._steps: list[tuple[Callable[..., torch.Tensor], list[int], int, list[int]]] | None = None
 
     def _resolve(self) -> list[tuple[Callable[..., torch.Tensor], list[int], int, list[int]]]:
@@ -54,21 +55,61 @@ class SpecGraph(nn.Module):
         for t, x in zip(self.input_ids, xs):
             env[t] = x
         record = self.record
+        segment = -1  # the last op of the checkpointed segment being skipped over
         for i, (fn, inputs, output, frees) in enumerate(self._steps):
-            # Written inline: no local keeps an input alive past the op (the model's liveness rule).
-            env[output] = fn(*[env[t] for t in inputs])
-            if record is not None:
-                record(i, env[output])
+            if i in self.checkpoint:
+                segment = self.checkpoint[i]
+                outside = self._outside(i, segment)
+                env[self._steps[segment][2]] = _checkpoint(self._segment(i, segment, outside),
+                                                           *[env[t] for t in outside])
+            if i > segment:
+                # Written inline: no local keeps an input alive past the op (the model's liveness rule).
+                env[output] = fn(*[env[t] for t in inputs])
+                if record is not None:
+                    record(i, env[output])
             for t in frees:
                 env[t] = None
         if len(self.output_ids) == 1:
             return env[self.output_ids[0]]
         return {name: env[t] for name, t in zip(self.output_names, self.output_ids)}
 
+    def _outside(self, first: int, last: int) -> list[int]:
+        """The tensors ops first..last read that they do not make, in first-read order."""
+        assert self._steps is not None
+        made = {output for _, _, output, _ in self._steps[first:last + 1]}
+        return list(dict.fromkeys(t for _, inputs, _, _ in self._steps[first:last + 1] for t in inputs
+                                  if t not in made))
+
+    def _segment(self, first: int, last: int, outside: list[int]) -> Callable[..., torch.Tensor]:
+        """Ops first..last as one function of the tensors they read from outside, dropping each tensor after its
+        last reader as forward does; returns the last op's output."""
+        steps = self._steps
+        assert steps is not None
+
+        def run(*xs: torch.Tensor) -> torch.Tensor:
+            env: dict[int, Any] = dict(zip(outside, xs))
+            for fn, inputs, output, frees in steps[first:last + 1]:
+                env[output] = fn(*[env[t] for t in inputs])
+                for t in frees:
+                    if t != steps[last][2]:
+                        env.pop(t, None)
+            return env[steps[last][2]]  # type: ignore[no-any-return]
+
+        return run
+
     def __getstate__(self) -> dict[str, Any]:  # copies (deepcopy, pickling) resolve their own modules
         state = self.__dict__.copy()
         state["_steps"] = None
         return state
+
+
+def _checkpoint(fn: Callable[..., torch.Tensor], *xs: torch.Tensor) -> torch.Tensor:
+    """torch.utils.checkpoint as core.memory.training_timeline models it: non-reentrant, without keeping the RNG
+    state (preserve_rng_state=False: a dropout layer in the segment draws a new mask when it is recomputed; real
+    training keeps the default, True, which also holds the CPU RNG state, 5,056 bytes per segment)."""
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(fn, *xs, use_reentrant=False, preserve_rng_state=False)  # type: ignore[no-any-return]
 
 
 def plan(graph: Graph) -> list[tuple[str, list[int], int, list[int]]]:
