@@ -213,14 +213,18 @@ def _layernorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch
     shape = a["normalized_shape"]
     n = x.dim() - 1 if shape is None else (1 if isinstance(shape, int) else len(shape))
     dims = tuple(range(-n, 0))
-    if a["elementwise_affine"]:
+    if a["elementwise_affine"] and a["bias"]:
         return lambda: _norm(x, dims, a["eps"]) * m.weight + m.bias
+    if a["elementwise_affine"]:  # bias: false, a scale and no shift
+        return lambda: _norm(x, dims, a["eps"]) * m.weight
     return lambda: _norm(x, dims, a["eps"])
 
 
 def _channel_layernorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
-    if a["elementwise_affine"]:
+    if a["elementwise_affine"] and a["bias"]:
         return lambda: _norm(x, (1,), a["eps"]) * _channel(m.weight, x) + _channel(m.bias, x)
+    if a["elementwise_affine"]:  # bias: false, a scale and no shift
+        return lambda: _norm(x, (1,), a["eps"]) * _channel(m.weight, x)
     return lambda: _norm(x, (1,), a["eps"])
 
 
@@ -230,6 +234,8 @@ def _groupnorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch
     def run() -> torch.Tensor:
         grouped = x.reshape(1, g, -1)
         y = _norm(grouped, (2,), a["eps"]).reshape(x.shape)
+        if a["affine"] and not a["bias"]:  # a scale and no shift
+            return y * _channel(m.weight, x)
         return y * _channel(m.weight, x) + _channel(m.bias, x) if a["affine"] else y
     return run
 
@@ -311,7 +317,8 @@ FORMULAS: dict[str, Formula] = {
     "layer_scale": _elementwise(lambda x, a, m: x * m.gamma),  # gamma's per-sample shape broadcasts over the batch
     "scalar": _elementwise(lambda x, a, m: {"add": lambda: x + a["value"], "sub": lambda: x - a["value"],
                                             "rsub": lambda: a["value"] - x, "mul": lambda: x * a["value"],
-                                            "div": lambda: x / a["value"]}[a["op"]]()),
+                                            "div": lambda: x / a["value"],
+                                            "pow": lambda: torch.pow(x, a["value"])}[a["op"]]()),
     "batchnorm": _batchnorm,
     "layernorm": _layernorm,
     "channel_layernorm": _channel_layernorm,

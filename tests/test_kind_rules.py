@@ -136,11 +136,11 @@ def _gelu(a: Mapping[str, Any]) -> int:
     return 9 if a["approximate"] == "tanh" else 5
 
 
-def _normalize(elements: int, groups: int, affine: bool) -> int:
+def _normalize(elements: int, groups: int, affine: bool, shift: bool = True) -> int:
     """Statistics from the input: per element the mean's addition, the deviation, its square, the variance's
-    addition and the multiplication by 1/std, plus scale and shift with affine; per group of statistics the two
-    divisions by the count, eps and the reciprocal square root."""
-    return (7 if affine else 5) * elements + 4 * groups
+    addition and the multiplication by 1/std, plus scale and shift with affine (the scale only without `shift`);
+    per group of statistics the two divisions by the count, eps and the reciprocal square root."""
+    return (5 + (2 if shift else 1) if affine else 5) * elements + 4 * groups
 
 
 def _batchnorm(a: Mapping[str, Any], i: tuple[int, ...]) -> int:
@@ -182,9 +182,10 @@ FULL: dict[str, Rule] = {
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "linear": lambda a, i, o, m: 2 * m + (a["out_features"] if a["bias"] else 0),
     "bias": lambda a, i, o, m: n(o),
-    "channel_layernorm": lambda a, i, o, m: _normalize(n(i), n(i[1:]), a["elementwise_affine"]),
-    "layernorm": lambda a, i, o, m: _normalize(n(i), _layernorm_groups(a, i), a["elementwise_affine"]),
-    "groupnorm": lambda a, i, o, m: _normalize(n(i), a["num_groups"], a["affine"]),
+    "channel_layernorm": lambda a, i, o, m: _normalize(n(i), n(i[1:]), a["elementwise_affine"], a["bias"]),
+    "layernorm": lambda a, i, o, m: _normalize(n(i), _layernorm_groups(a, i), a["elementwise_affine"],
+                                               a["bias"]),
+    "groupnorm": lambda a, i, o, m: _normalize(n(i), a["num_groups"], a["affine"], a["bias"]),
     "batchnorm": lambda a, i, o, m: _batchnorm(a, i),
     # the square once per element, a window sum of size terms, scale, offset, power, division
     "lrn": lambda a, i, o, m: (a["size"] + 5) * n(o),

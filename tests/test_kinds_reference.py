@@ -136,7 +136,7 @@ def _bias(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
 
 
 class Constant(nn.Module):
-    """x + c, x - c, c - x, x * c, x / c."""
+    """x + c, x - c, c - x, x * c, x / c, x ** c."""
 
     def __init__(self, op: str, value: float) -> None:
         super().__init__()
@@ -150,6 +150,8 @@ class Constant(nn.Module):
             return x - c
         if self.op == "rsub":
             return c - x
+        if self.op == "pow":
+            return torch.pow(x, c)
         return x * c if self.op == "mul" else x / c
 
 
@@ -251,7 +253,8 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "batchnorm": _batchnorm,
     "bias": _bias,
     "channel_layernorm": lambda a, s: ChannelsLastLayerNorm(s[0], eps=a["eps"],
-                                                            elementwise_affine=a["elementwise_affine"]),
+                                                            elementwise_affine=a["elementwise_affine"],
+                                                            bias=a["bias"]),
     "channel_shuffle": lambda a, s: nn.ChannelShuffle(a["groups"]),
     "channel_slice": lambda a, s: Lambda(lambda x: x[:, a["start"]:a["stop"]]),
     "conv": _conv,
@@ -266,14 +269,16 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "gelu": lambda a, s: nn.GELU(approximate=a["approximate"]),
     "global_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(1),
     "global_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(1),
-    "groupnorm": lambda a, s: nn.GroupNorm(a["num_groups"], s[0], eps=a["eps"], affine=a["affine"]),
+    "groupnorm": lambda a, s: nn.GroupNorm(a["num_groups"], s[0], eps=a["eps"], affine=a["affine"],
+                                           bias=a["bias"]),
     "hardsigmoid": lambda a, s: nn.Hardsigmoid(),
     "hardswish": lambda a, s: nn.Hardswish(),
     "identity": lambda a, s: nn.Identity(),
     "layer_scale": lambda a, s: Scale(_per(a["per"], s), a["init"]),
     "scalar": lambda a, s: Constant(a["op"], a["value"]),
     "layernorm": lambda a, s: nn.LayerNorm(s if a["normalized_shape"] is None else a["normalized_shape"],
-                                           eps=a["eps"], elementwise_affine=a["elementwise_affine"]),
+                                           eps=a["eps"], elementwise_affine=a["elementwise_affine"],
+                                           bias=a["bias"]),
     "leaky_relu": lambda a, s: nn.LeakyReLU(a["negative_slope"]),
     "linear": _linear,
     "lrn": lambda a, s: nn.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"]),

@@ -76,7 +76,7 @@ class Bias(nn.Module):
 
 
 class Scalar(nn.Module):
-    """Arithmetic with a constant: x + c, x - c, c - x, x * c, x / c."""
+    """Arithmetic with a constant: x + c, x - c, c - x, x * c, x / c, x ** c."""
 
     def __init__(self, op: str, value: float) -> None:
         super().__init__()
@@ -86,7 +86,7 @@ class Scalar(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.value
         return {"add": lambda: x + c, "sub": lambda: x - c, "rsub": lambda: c - x, "mul": lambda: x * c,
-                "div": lambda: x / c}[self.op]()
+                "div": lambda: x / c, "pow": lambda: x ** c}[self.op]()
 
 
 class Maxout(nn.Module):
@@ -122,8 +122,9 @@ class LayerNorm2d(nn.LayerNorm):
     """Layer norm over the channels of each position, as torchvision's ConvNeXt computes it: permute to
     channels-last, F.layer_norm over C, permute back."""
 
-    def __init__(self, num_channels: int, eps: float = 1e-6, elementwise_affine: bool = True) -> None:
-        super().__init__(num_channels, eps, elementwise_affine)
+    def __init__(self, num_channels: int, eps: float = 1e-6, elementwise_affine: bool = True,
+                 bias: bool = True) -> None:
+        super().__init__(num_channels, eps, elementwise_affine, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = list(range(x.dim()))

@@ -137,12 +137,13 @@ def _batchnorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 @recipe("layernorm")
 def _layernorm(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(nn.LayerNorm, normalized_shape=tuple(kind.norm_shape(a, inp)), eps=a["eps"],
-                elementwise_affine=a["elementwise_affine"])
+                elementwise_affine=a["elementwise_affine"], bias=a["bias"])
 
 
 @recipe("groupnorm")
 def _groupnorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(nn.GroupNorm, num_groups=a["num_groups"], num_channels=inp[0], eps=a["eps"], affine=a["affine"])
+    return call(nn.GroupNorm, num_groups=a["num_groups"], num_channels=inp[0], eps=a["eps"], affine=a["affine"],
+                bias=a["bias"])
 
 
 # ---- pooling ----------------------------------------------------------------------------------------------------
@@ -214,7 +215,8 @@ def _upsample(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("channel_layernorm")
 def _channel_layernorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.LayerNorm2d, num_channels=inp[0], eps=a["eps"], elementwise_affine=a["elementwise_affine"])
+    return call(modules.LayerNorm2d, num_channels=inp[0], eps=a["eps"], elementwise_affine=a["elementwise_affine"],
+                bias=a["bias"])
 
 
 @recipe("layer_scale")
@@ -395,10 +397,9 @@ def _read_batchnorm(m: Any, inp: tuple[int, ...]) -> Mapped:
 
 
 def _read_layernorm(m: Any, inp: tuple[int, ...]) -> Mapped:
-    if m.elementwise_affine and getattr(m, "bias", True) is None:
-        raise Unmapped("LayerNorm(bias=False) has no archcalc argument")
     return Mapped("layernorm", {"normalized_shape": _shape_arg(m.normalized_shape), "eps": float(m.eps),
-                                "elementwise_affine": m.elementwise_affine})
+                                "elementwise_affine": m.elementwise_affine,
+                                "bias": not m.elementwise_affine or m.bias is not None})
 
 
 def _shape_arg(shape: Sequence[int]) -> Any:
@@ -407,11 +408,13 @@ def _shape_arg(shape: Sequence[int]) -> Any:
 
 
 def _read_channel_layernorm(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("channel_layernorm", {"eps": float(m.eps), "elementwise_affine": m.elementwise_affine})
+    return Mapped("channel_layernorm", {"eps": float(m.eps), "elementwise_affine": m.elementwise_affine,
+                                        "bias": not m.elementwise_affine or m.bias is not None})
 
 
 def _read_groupnorm(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("groupnorm", {"num_groups": m.num_groups, "eps": float(m.eps), "affine": m.affine})
+    return Mapped("groupnorm", {"num_groups": m.num_groups, "eps": float(m.eps), "affine": m.affine,
+                                "bias": not m.affine or m.bias is not None})
 
 
 def _read_maxpool(m: Any, inp: tuple[int, ...]) -> Mapped:
@@ -747,17 +750,20 @@ def _f_batch_norm(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
 
 
 def _f_layer_norm(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    if _present(a, "weight") != _present(a, "bias"):
-        raise Unmapped("layer norm with a weight and no bias (bias=False) has no archcalc argument")
+    weight, bias = _present(a, "weight"), _present(a, "bias")
+    if bias and not weight:
+        raise Unmapped("layer norm with a bias and no weight has no archcalc argument")
     return Mapped("layernorm", {"normalized_shape": _shape_arg(a["normalized_shape"]),
-                                "eps": float(a.get("eps", 1e-5)), "elementwise_affine": _present(a, "weight")})
+                                "eps": float(a.get("eps", 1e-5)), "elementwise_affine": weight,
+                                "bias": bias or not weight})
 
 
 def _f_group_norm(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    if _present(a, "weight") != _present(a, "bias"):
-        raise Unmapped("group norm with only one of weight and bias")
+    weight, bias = _present(a, "weight"), _present(a, "bias")
+    if bias and not weight:
+        raise Unmapped("group norm with a bias and no weight has no archcalc argument")
     return Mapped("groupnorm", {"num_groups": int(a["num_groups"]), "eps": float(a.get("eps", 1e-5)),
-                                "affine": _present(a, "weight")})
+                                "affine": weight, "bias": bias or not weight})
 
 
 _CONV = ("x", "weight", "bias", "stride", "padding", "dilation", "groups")

@@ -22,7 +22,7 @@ from archcalc.core.kinds.base import (
     spatial_rank,
 )
 from archcalc.core.kinds.dense import PER, per_shape
-from archcalc.core.kinds.norm import NORMALIZE_RULE, normalize_full
+from archcalc.core.kinds.norm import NORMALIZE_RULE, affine_tensors, normalize_full
 
 
 @register
@@ -31,13 +31,16 @@ class ChannelLayerNorm(Kind):
     prefix = "norm"
     doc = ("Layer normalization over the channels of each position of a C x H x W tensor (ConvNeXt's LayerNorm2d, "
            "Liu et al. 2022): computed as torchvision does, permute to channels-last, F.layer_norm over C, permute "
-           "back. Params 2C (affine). fvcore counts 5 per element with affine, 4 without.")
-    full_rule = NORMALIZE_RULE + " (a group per position)"
+           "back. Params 2C (affine), C with `bias: false` (a scale and no shift: timm's LayerNorm2dNoBias of "
+           "MetaFormer). fvcore counts 5 per element with affine (with or without the shift), 4 without.")
+    full_rule = NORMALIZE_RULE + " (a group per position); 6 per element with a scale and no shift (bias: false)"
     args = (
         Arg("eps", "float", 1e-6, "added to the variance (ConvNeXt: 1e-6)", minimum=0),
         Arg("elementwise_affine", "bool", True, "learn a per-channel scale and shift", aliases=("affine",)),
+        Arg("bias", "bool", True, "with elementwise_affine, learn the shift too (false: a scale only)"),
     )
-    examples = (Example((96, 14, 14)), Example((8, 5, 5), {"elementwise_affine": False}), Example((6, 9)))
+    examples = (Example((96, 14, 14)), Example((8, 5, 5), {"elementwise_affine": False}), Example((6, 9)),
+                Example((10, 4, 6), {"bias": False}))
     same_shape = True
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
@@ -46,8 +49,8 @@ class ChannelLayerNorm(Kind):
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         per = 5 if a["elementwise_affine"] else 4
-        return Cost(params=2 * inp[0] if a["elementwise_affine"] else 0, fvcore=per * numel(inp),
-                    full=normalize_full(numel(inp), numel(inp[1:]), a["elementwise_affine"]))
+        return Cost(params=affine_tensors(a["elementwise_affine"], a["bias"]) * inp[0], fvcore=per * numel(inp),
+                    full=normalize_full(numel(inp), numel(inp[1:]), a["elementwise_affine"], a["bias"]))
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # layer_norm makes the channels-last view contiguous before normalizing (a copy of the input) and computes
@@ -58,7 +61,7 @@ class ChannelLayerNorm(Kind):
         return ((numel(inp), 0),)  # the contiguous copy; the statistics are kept (Saved)
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
-        return (params // 2, params // 2) if params else ()  # weight and bias, one each per normalized element
+        return (out[0],) * (params // out[0]) if params else ()  # weight (and bias), one each per channel
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # autograd keeps the argument of layer_norm, the channels-last view of the input (its storage, shared with
@@ -270,14 +273,17 @@ class Crop(Kind):
 class Scalar(Kind):
     name = "scalar"
     synonyms = ("constant", "scale")
-    doc = ("Arithmetic with a constant: x + c, x - c, c - x, x * c or x / c (op add, sub, rsub, mul, div), as a "
-           "forward writes it (`x + 0` in RepVGG, `x / 2`, a fixed scale). A new tensor of the input's shape; no "
-           "parameters, no MACs; fvcore has no formula for it (0).")
+    doc = ("Arithmetic with a constant: x + c, x - c, c - x, x * c, x / c or x ** c (op add, sub, rsub, mul, div, "
+           "pow), as a forward writes it (`x + 0` in RepVGG, `x / 2`, a fixed scale, StarReLU's `relu(x) ** 2`, "
+           "`x.square()`). A new tensor of the input's shape; no parameters, no MACs; fvcore and FlopCounterMode "
+           "have no formula for it (0). Autograd keeps the input of a power (pow's backward needs it), of nothing "
+           "else.")
     full_rule = "1 per element"
-    args = (Arg("op", "str", doc="the operation", choices=("add", "sub", "rsub", "mul", "div")),
+    args = (Arg("op", "str", doc="the operation", choices=("add", "sub", "rsub", "mul", "div", "pow")),
             Arg("value", "float", doc="the constant c"))
     examples = (Example((16, 8, 8), {"op": "add", "value": 0.0}), Example((8, 5, 5), {"op": "div", "value": 2.0}),
-                Example((6, 4), {"op": "rsub", "value": 1.0}), Example((10,), {"op": "mul", "value": 0.5}))
+                Example((6, 4), {"op": "rsub", "value": 1.0}), Example((10,), {"op": "mul", "value": 0.5}),
+                Example((6, 5, 5), {"op": "pow", "value": 2.0}))
     same_shape = True
     elementwise = True
     torch_class = "Scalar"
@@ -290,6 +296,10 @@ class Scalar(Kind):
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         return Cost(full=numel(inp))
 
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # pow_backward(grad, self, exponent) keeps the input; the others keep nothing (a constant is not a tensor)
+        return Saved(input=True) if a["op"] == "pow" else Saved()
+
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
-        return {"add": "x + {}", "sub": "x - {}", "rsub": "{} - x", "mul": "x * {}", "div": "x / {}"}[
-            a["op"]].format(a["value"])
+        return {"add": "x + {}", "sub": "x - {}", "rsub": "{} - x", "mul": "x * {}", "div": "x / {}",
+                "pow": "x ** {}"}[a["op"]].format(a["value"])

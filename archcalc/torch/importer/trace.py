@@ -539,6 +539,8 @@ class _Converter:
             merge = "div"
         if merge is not None:
             return self.binary(node, merge, args, kwargs)
+        if target in mapping.POWER or method in mapping.POWER_METHODS:
+            return self.power(node, args, kwargs, square=target is torch.square or method == "square")
         if target in mapping.CAT:
             return self.cat(node, args, kwargs)
         if target in mapping.FLATTEN or method in ("flatten", "view", "reshape") or target is torch.reshape:
@@ -708,7 +710,8 @@ class _Converter:
         if REGISTRY[kind].elementwise:
             return kind, args
         if kind == "layernorm" and args["normalized_shape"] == x.shape[0]:
-            return "channel_layernorm", {"eps": args["eps"], "elementwise_affine": args["elementwise_affine"]}
+            return "channel_layernorm", {"eps": args["eps"], "elementwise_affine": args["elementwise_affine"],
+                                         "bias": args.get("bias", True)}
         if kind == "linear" and node.op == "call_module":
             m = self.root.get_submodule(str(node.target))
             if m.in_features == x.shape[0]:
@@ -788,6 +791,17 @@ class _Converter:
             self.shapes.pop()
             inputs = [_Tensor(t, self.shapes[t]) for t in prev.inputs] + [b]
         return self.emit(node, merge, None, merge, {}, inputs, fixed=False)
+
+    def power(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any], square: bool) -> _Tensor:
+        """x ** c with a constant c (x.square() is c = 2): the scalar kind's pow."""
+        x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+        c = 2 if square else (args[1] if len(args) > 1 else kwargs.get("exponent"))
+        if not isinstance(x, _Tensor) or isinstance(c, bool) or not isinstance(c, (int, float)):
+            raise Unmapped("a power other than a tensor of the network to a constant exponent has no archcalc kind")
+        if len(args) > 2 or set(kwargs) - {"input", "self", "exponent"}:
+            raise Unmapped("a power with other arguments than the exponent")
+        return self.emit(node, "scalar", "scalar", None, {"op": "pow", "value": float(c)}, [x], fixed=False,
+                         channels_last=x.channels_last, shape=x.shape if x.channels_last else None)
 
     @staticmethod
     def per(p: _Param, x: _Tensor) -> str | None:
