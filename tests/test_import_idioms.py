@@ -281,19 +281,75 @@ def test_an_op_reading_more_parameters_than_its_kind_counts_is_refused() -> None
         from_module(HalfBias(), (3, 8, 8))
 
 
-def test_weight_standardisation_with_a_gain_is_refused_not_miscounted() -> None:
-    class ScaledStdConv2d(nn.Conv2d):  # timm's: the weight standardised at forward time, times a learned gain
-        def __init__(self, cin: int, cout: int) -> None:
-            super().__init__(cin, cout, 3)
-            self.gain = nn.Parameter(torch.ones(cout, 1, 1, 1))
+class StdConv2d(nn.Conv2d):
+    """BiT's weight-standardised conv (Kolesnikov et al. 2020; Qiao et al. 2019), written as timm writes it: the
+    weight standardised per filter by F.batch_norm with batch statistics at each forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0,
+                         eps=1e-8).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class ScaledStdConv2dSame(nn.Conv2d):
+    """NFNet's scaled weight standardisation (Brock et al. 2021) times a learned gain and gamma / sqrt(fan-in),
+    after TensorFlow's "same" padding computed from the input's size."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, gamma: float) -> None:
+        super().__init__(cin, cout, k, stride)
+        self.gain = nn.Parameter(torch.ones(cout, 1, 1, 1))
+        self.scale = gamma * self.weight[0].numel() ** -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        x = F.pad(x, [pads[1][0], pads[1][1], pads[0][0], pads[0][1]])
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                         weight=(self.gain * self.scale).view(-1), training=True, momentum=0.0, eps=1e-5)
+        return F.conv2d(x, w.reshape_as(self.weight), self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _fvcore_standardisation(model: nn.Module) -> int:
+    """What fvcore counts for weight standardisation, written out (fvcore's batchnorm_flop_jit with training=True:
+    norm_flop_counter, 5 per element with a weight, 4 without; measured on timm's StdConv2d and ScaledStdConv2d),
+    once per forward."""
+    return sum(m.weight.numel() * (5 if hasattr(m, "gain") else 4) for m in model.modules()
+               if isinstance(m, (StdConv2d, ScaledStdConv2dSame)))
+
+
+def test_weight_standardisation_is_one_std_conv_with_exact_figures() -> None:
+    model = nn.Sequential(StdConv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(),
+                          ScaledStdConv2dSame(8, 16, 3, 2, gamma=1.7), nn.ReLU())
+    text, report = check(model, (3, 16, 16), (3, 13, 11))  # params (the gain's too) and FlopCounterMode, 2 sizes
+    assert [row.kind for row in report.rows if row.kind != "relu" and row.module] == ["std_conv", "std_conv"], text
+    assert "eps: 1.0e-08" in text and "padding: same" in text and "gain: true" in text and "gamma: 1.7" in text
+    for batch in (1, 3):  # fvcore: the convolutions' MACs per sample, the standardisation once per forward
+        fvcore = analyze(from_module(model, (3, 16, 16)).spec, batch=batch, convention="fvcore").totals.flops
+        assert fvcore == batch * 8 * 27 * 16 * 16 + batch * 16 * 72 * 8 * 8 + _fvcore_standardisation(model)
+
+
+def test_weight_standardisation_read_other_than_by_a_convolution_is_refused() -> None:
+    class StandardisedLinear(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            w = F.batch_norm(self.weight.reshape(1, self.out_features, -1), None, None, training=True)
+            return F.linear(x, w.reshape_as(self.weight), self.bias)
+
+    class ScaledByATensor(nn.Conv2d):  # the gain times a parameter, not a constant: arithmetic with no kind
+        def __init__(self) -> None:
+            super().__init__(3, 4, 3)
+            self.gain, self.scale = nn.Parameter(torch.ones(4, 1, 1, 1)), nn.Parameter(torch.ones(1))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
-                             weight=self.gain.reshape(-1), training=True, momentum=0.0, eps=1e-6)
+            w = F.batch_norm(self.weight.reshape(1, 4, -1), None, None, weight=(self.gain * self.scale).view(-1),
+                             training=True)
             return F.conv2d(x, w.reshape_as(self.weight), self.bias)
 
+    with pytest.raises(ImportFailure, match="a standardised weight read by other than a convolution"):
+        from_module(nn.Sequential(nn.Flatten(), StandardisedLinear(12, 4)), (3, 2, 2))
     with pytest.raises(ImportFailure, match="arithmetic on parameters at forward time"):
-        from_module(ScaledStdConv2d(3, 4), (3, 8, 8))
+        from_module(ScaledByATensor(), (3, 8, 8))
 
 
 # ---- the hand-written networks' idioms -------------------------------------------------------------------------------

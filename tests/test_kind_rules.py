@@ -179,6 +179,7 @@ FULL: dict[str, Rule] = {
                                             "stochastic_depth", "pixel_shuffle", "pixel_unshuffle", "crop",
                                             "zeropad")},
     "conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
+    "std_conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),  # (the standardisation: FULL_ONCE)
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "linear": lambda a, i, o, m: 2 * m + (a["out_features"] if a["bias"] else 0),
     "bias": lambda a, i, o, m: n(o),
@@ -212,6 +213,29 @@ def _psa_attention(a: Mapping[str, Any], i: tuple[int, ...], macs: int) -> int:
     qkv = c + 2 * heads * key
     return (2 * macs + 4 * (qkv + 2 * c) * positions + heads * key * positions + 3 * heads * positions ** 2
             + c * positions)
+
+
+def _standardize(a: Mapping[str, Any], i: tuple[int, ...]) -> int:
+    """Weight standardisation, once per forward: per weight the mean's addition, the deviation, its square, the
+    variance's addition, the multiplication by 1/std, and with a gain its multiplication; per filter the two
+    divisions by the count, eps, the reciprocal square root, and with a gain gain * gamma / sqrt(fan-in)."""
+    filters = a["out_channels"]
+    weights = filters * i[0] // a["groups"] * _kernel(a, i)
+    return (6 if a["gain"] else 5) * weights + (5 if a["gain"] else 4) * filters
+
+
+# kind -> full FLOPs done once per forward whatever the batch (work on the weights); 0 for the others
+FULL_ONCE: dict[str, Callable[[Mapping[str, Any], tuple[int, ...]], int]] = {"std_conv": _standardize}
+
+
+@pytest.mark.parametrize(("name", "index"), CASES, ids=IDS)
+def test_full_once_follows_the_stated_rule(name: str, index: int) -> None:
+    kind = REGISTRY[name]
+    ex = kind.examples[index]
+    args = _args(kind, ex.args)
+    out = kind.output(args, ex.input, lambda message: None)
+    cost = kind.cost(args, ex.input, out)
+    assert cost.full_once == FULL_ONCE.get(name, lambda a, i: 0)(args, ex.input)
 
 
 def test_every_kind_has_a_full_rule_here() -> None:

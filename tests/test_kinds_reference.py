@@ -112,6 +112,35 @@ def _conv(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
                                                            groups=a["groups"], bias=a["bias"]), 0.0)
 
 
+class WeightStandardized(nn.Module):
+    """Weight standardisation (Qiao et al. 2019, eq. 5-6): each filter's weights less their mean, over their
+    standard deviation (the biased one, eps added to the variance); with a gain, times a learned gain per filter
+    and gamma / sqrt(fan-in) (Brock et al. 2021, "Characterizing signal propagation", Sec. 3, eq. 3). The
+    convolution is `conv` (a plain torch module) called with the standardised weight in place of its own."""
+
+    def __init__(self, conv: nn.Module, a: dict[str, Any], shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.conv = conv
+        self.eps, self.gamma = a["eps"], a["gamma"]
+        # one gain per filter, shaped like the weight's first axis (registered after the convolution's weight)
+        ones = torch.ones(a["out_channels"], *[1] * len(shape))
+        self.gain = nn.ParameterList([nn.Parameter(ones)] if a["gain"] else [])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        name, w = next((n, p) for n, p in self.conv.named_parameters() if n.endswith("weight"))
+        flat = w.flatten(1)
+        mean = flat.mean(1, keepdim=True)
+        var = flat.var(1, unbiased=False, keepdim=True)
+        standard = (flat - mean) / torch.sqrt(var + self.eps)
+        if len(self.gain):
+            standard = standard * self.gain[0].flatten(1) * self.gamma / math.sqrt(flat.shape[1])
+        return torch.func.functional_call(self.conv, {name: standard.reshape_as(w)}, (x,))
+
+
+def _std_conv(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    return WeightStandardized(_conv(a, shape), a, shape)
+
+
 def _maxpool(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
     rank = len(shape) - 1
     return _windowed(a, shape, lambda p: _nd("MaxPool", rank)(a["kernel_size"], a["stride"], p, a["dilation"],
@@ -297,6 +326,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "sigmoid": lambda a, s: nn.Sigmoid(),
     "silu": lambda a, s: nn.SiLU(),
     "softmax": lambda a, s: nn.Softmax(a["dim"]),
+    "std_conv": _std_conv,
     "stochastic_depth": lambda a, s: nn.Identity(),  # torchvision's StochasticDepth is the identity in eval
     "tanh": lambda a, s: nn.Tanh(),
     "upsample": _upsample,

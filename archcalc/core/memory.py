@@ -105,6 +105,9 @@ def inference_timeline(graph: Graph, itemsize: int, batch: int, device: str = "c
         else:
             temporaries = op.merge.transient([graph.tensors[t].shape for t in op.inputs], out.shape)  # type: ignore[union-attr]
         extra = sum(n * itemsize_for(size, itemsize, device) for n, size in temporaries) * batch if temporaries else 0
+        if op.kind is not None:  # temporaries made from the weights, whatever the batch
+            extra += sum(n * itemsize_for(size, itemsize, device)
+                         for n, size in op.kind.transient_once(op.args, src.shape, out.shape))
         running = live + extra
         for storage in frees.get(i, ()):
             live -= sizes[storage]
@@ -388,4 +391,6 @@ def _training_transient(op: object, graph: Graph, itemsize: int, batch: int, dev
         return 0
     src, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
     temporaries = op.kind.train_transient(op.args, src.shape, out.shape)
-    return sum(n * itemsize_for(s, itemsize, device) for n, s in temporaries) * batch
+    once = op.kind.train_transient_once(op.args, src.shape, out.shape)  # made from the weights, whatever the batch
+    return (sum(n * itemsize_for(s, itemsize, device) for n, s in temporaries) * batch
+            + sum(n * itemsize_for(s, itemsize, device) for n, s in once))

@@ -41,6 +41,36 @@ class AsymmetricPadConv(nn.Module):
         return self._conv(F.pad(x, self.pad), self.weight, self.bias)
 
 
+class StdConv(nn.Module):
+    """A convolution whose weight is standardised per filter at each forward (weight standardisation, as timm's
+    StdConv2d; with `gain`, times a learned gain per filter and gamma / sqrt(fan-in), as ScaledStdConv2d), by
+    F.batch_norm over the weight. 1-, 2- or 3-D by the kernel's length; `pads` (before, after) per axis, applied
+    with F.pad when they differ. Parameters: weight, bias, gain."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Sequence[int], stride: Sequence[int],
+                 pads: Pads, dilation: Sequence[int], groups: int, bias: bool, eps: float, gain: bool,
+                 gamma: float) -> None:
+        super().__init__()
+        self.stride, self.dilation, self.groups, self.eps = tuple(stride), tuple(dilation), groups, eps
+        self.pad = () if symmetric(pads) else f_pad(pads)
+        self.padding = tuple(p for p, _ in pads) if symmetric(pads) else (0,) * len(pads)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.gain = nn.Parameter(torch.ones(out_channels, *(1,) * (len(kernel_size) + 1))) if gain else None
+        self.scale = gamma * self.weight[0].numel() ** -0.5  # gamma / sqrt(fan-in)
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Conv's initialisation
+        self.conv: Any = (F.conv1d, F.conv2d, F.conv3d)[len(kernel_size) - 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad:
+            x = F.pad(x, self.pad)
+        # (the gain times its factor is an argument, not a local: freed when batch_norm returns, as in timm)
+        weight = F.batch_norm(self.weight.reshape(1, self.weight.shape[0], -1), None, None,
+                              weight=None if self.gain is None else (self.gain * self.scale).view(-1),
+                              training=True, momentum=0.0, eps=self.eps).reshape_as(self.weight)
+        return self.conv(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 class PaddedPool(nn.Module):
     """A pooling layer with asymmetric padding: pads with -inf (max) or zeros (avg), then pools unpadded.
 

@@ -103,6 +103,14 @@ def _conv(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.AsymmetricPadConv, conv=inner, pads=tuple(tuple(p) for p in pads))
 
 
+@recipe("std_conv")
+def _std_conv(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    k, s, d, pads = kind.geometry(a, inp)
+    return call(modules.StdConv, in_channels=inp[0], out_channels=a["out_channels"], kernel_size=tuple(k),
+                stride=tuple(s), pads=tuple(tuple(p) for p in pads), dilation=tuple(d), groups=a["groups"],
+                bias=a["bias"], eps=a["eps"], gain=a["gain"], gamma=a["gamma"])
+
+
 @recipe("conv_transpose")
 def _conv_transpose(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     k, s, p, op, d = kind._axes(a, inp)
@@ -412,6 +420,15 @@ def _read_channel_layernorm(m: Any, inp: tuple[int, ...]) -> Mapped:
                                         "bias": not m.elementwise_affine or m.bias is not None})
 
 
+def _read_std_conv(m: Any, inp: tuple[int, ...]) -> Mapped:
+    pads = _pairs(m.pad) if m.pad else tuple((p, p) for p in m.padding)
+    gamma = 1.0 if m.gain is None else float(f"{m.scale * m.weight[0].numel() ** 0.5:.12g}")
+    return Mapped("std_conv", {"out_channels": int(m.weight.shape[0]), "kernel_size": _tup(m.weight.shape[2:]),
+                               "stride": _tup(m.stride), "padding": _padding(pads), "dilation": _tup(m.dilation),
+                               "groups": m.groups, "bias": m.bias is not None, "eps": float(m.eps),
+                               "gain": m.gain is not None, "gamma": gamma})
+
+
 def _read_groupnorm(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("groupnorm", {"num_groups": m.num_groups, "eps": float(m.eps), "affine": m.affine,
                                 "bias": not m.affine or m.bias is not None})
@@ -567,6 +584,7 @@ reads("batchnorm", _read_batchnorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm
 reads("layernorm", _read_layernorm, nn.LayerNorm)
 reads("channel_layernorm", _read_channel_layernorm, modules.LayerNorm2d)
 reads("groupnorm", _read_groupnorm, nn.GroupNorm)
+reads("std_conv", _read_std_conv, modules.StdConv)
 reads("maxpool", _read_maxpool, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 reads("avgpool", _read_avgpool, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 reads("maxpool", _read_padded_pool, modules.PaddedPool)  # or avgpool: the rule of the pool it wraps

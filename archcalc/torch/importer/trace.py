@@ -94,6 +94,15 @@ class _Param(NamedTuple):
 
     sources: tuple[str, ...]
     shape: Shape  # the tensor's full shape
+    standardized: tuple[tuple[str, Any], ...] = ()  # a standardised weight: std_conv's eps, gain and gamma
+
+
+class _Scaled(NamedTuple):
+    """A parameter times a constant (ScaledStdConv2d's `gain * scale`): only weight standardisation reads it."""
+
+    param: _Param
+    factor: float
+    shape: Shape
 
 
 class _Chunks(NamedTuple):
@@ -520,11 +529,8 @@ class _Converter:
         if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Param, list, tuple)) and self._has_tensor(a)
                                    for a in [*args, *kwargs.values()]):
             params = self._params([*args, *kwargs.values()])
-            if params and isinstance(value, torch.Tensor):  # a view or cast of parameters: still parameters
-                if method not in mapping.PARAM_VIEWS and target not in mapping.PARAM_VIEW_FUNCTIONS:
-                    raise Unmapped("arithmetic on parameters at forward time (weight standardisation, a computed "
-                                   "scale) has no archcalc kind; its cost would be left out")
-                return _Param(tuple(dict.fromkeys(s for p in params for s in p.sources)), tuple(value.shape))
+            if (params or self._scaled([*args, *kwargs.values()])) and isinstance(value, torch.Tensor):
+                return self.on_parameters(node, target, method, args, kwargs, params, tuple(value.shape))
             if isinstance(value, torch.Tensor):
                 raise Unmapped("a tensor made without the input (a constant); archcalc has no kind for it")
             return value  # shape arithmetic: x.shape, x.size(0), ...
@@ -571,6 +577,17 @@ class _Converter:
             return self.emit(node, "conv", "conv", None, conv, [x], False, channels_last=True,
                              shape=(w.shape[0], *x.shape[1:]))
         mapped = rule(bound, x.shape)
+        if any(self._scaled(list(bound.values()))):
+            raise Unmapped("it reads a parameter times a constant (computed at forward time), which has no archcalc "
+                           "kind")
+        standardized = [p for p in self._params(list(bound.values())) if p.standardized]
+        if standardized:  # a convolution of a standardised weight
+            weight = standardized[0]
+            if mapped.kind != "conv" or bound.get("weight") is not weight \
+                    or tuple(self.parameters[weight.sources[0]].shape) != weight.shape:
+                raise Unmapped("a standardised weight read by other than a convolution's weight has no archcalc "
+                               "kind")
+            mapped = Mapped("std_conv", {**mapped.args, **dict(standardized[0].standardized)})
         self.consume(node, self._params(list(bound.values())), mapped.kind, mapped.args, x)
         if mapped.kind == "upsample" and "size" in mapped.args:
             ref = self.size_source(node, mapped.args["size"])
@@ -579,11 +596,66 @@ class _Converter:
                 mapped.args["size_of"] = SizeOf(ref)
         if mapped.kind in ("zeropad", "crop"):
             return self.resize(node, mapped, x)
-        if mapped.kind == "conv" and self.same.get(x.id) is not None and mapped.args["padding"] in (0, "valid"):
+        if mapped.kind in ("conv", "std_conv") and self.same.get(x.id) is not None \
+                and mapped.args["padding"] in (0, "valid"):
             fused = self.same_padding(mapped, x)
             if fused is not None:
                 return fused
         return self.layer(node, mapped, x, mapped.kind, fixed=False)
+
+    @staticmethod
+    def _scaled(values: Sequence[Any]) -> list[_Scaled]:
+        return [v for v in values if isinstance(v, _Scaled)]
+
+    def on_parameters(self, node: fx.Node, target: Any, method: str | None, args: list[Any],
+                      kwargs: dict[str, Any], params: list[_Param], shape: Shape) -> Any:
+        """An op on parameters alone. A view or cast is still the parameters. Weight standardisation, recognised by
+        what it computes (timm's StdConv2d, ScaledStdConv2d and their "same" forms, or any module written so):
+        F.batch_norm with batch statistics over a weight viewed as 1 x filters x fan-in, optionally with a
+        parameter times a constant as its weight (the gain), is a standardised weight, which a convolution then
+        reads as std_conv. Other arithmetic on parameters is refused: its cost would be left out."""
+        values = [*args, *kwargs.values()]
+        scaled = self._scaled(values)
+        view = method in mapping.PARAM_VIEWS or target in mapping.PARAM_VIEW_FUNCTIONS
+        first = values[0] if values else None
+        if view and (isinstance(first, _Scaled) or isinstance(first, _Param) and first.standardized) and (
+                len(params) + len(scaled) == 1 or method in ("reshape_as", "view_as", "expand_as")):
+            return first._replace(shape=shape)  # a standardised weight or a scaled gain, viewed (as another's shape)
+        if view and not scaled and not any(p.standardized for p in params):
+            return _Param(tuple(dict.fromkeys(s for p in params for s in p.sources)), shape)
+        multiply = target in (operator.mul, torch.mul) or method in ("mul", "__mul__", "__rmul__")
+        if multiply and len(params) == 1 and not scaled and not params[0].standardized and len(values) == 2:
+            factor = values[1] if values[0] is params[0] else values[0]
+            if isinstance(factor, (int, float)) and not isinstance(factor, bool):
+                return _Scaled(params[0], float(factor), shape)
+        if target is F.batch_norm:
+            standardized = self.standardized(args, kwargs, shape)
+            if standardized is not None:
+                return standardized
+        raise Unmapped("arithmetic on parameters at forward time (other than weight standardisation) has no "
+                       "archcalc kind; its cost would be left out")
+
+    def standardized(self, args: list[Any], kwargs: dict[str, Any], shape: Shape) -> _Param | None:
+        names, _ = mapping.FUNCTIONS[F.batch_norm]
+        bound = mapping.bind(names, args, kwargs)
+        w, gain = bound.get("x"), bound.get("weight")
+        if not (isinstance(w, _Param) and len(w.sources) == 1 and not w.standardized and len(w.shape) == 3
+                and w.shape[0] == 1 and w.sources[0] in self.parameters):
+            return None
+        filters, fan_in = w.shape[1], w.shape[2]
+        if bound.get("running_mean") is not None or bound.get("running_var") is not None \
+                or bound.get("bias") is not None or not bound.get("training"):
+            return None
+        if isinstance(gain, _Param) and not gain.standardized:  # a gain without a factor: gamma is sqrt(fan-in)
+            gain = _Scaled(gain, 1.0, gain.shape)
+        if gain is not None and not (isinstance(gain, _Scaled) and gain.shape == (filters,)
+                                     and len(gain.param.sources) == 1
+                                     and math.prod(gain.param.shape) == filters):
+            return None
+        gamma = 1.0 if gain is None else float(f"{gain.factor * fan_in ** 0.5:.12g}")  # factor = gamma / sqrt(fan-in)
+        sources = w.sources + (gain.param.sources if gain is not None else ())
+        return _Param(sources, shape, (("eps", float(bound.get("eps", 1e-5))), ("gain", gain is not None),
+                                       ("gamma", gamma)))
 
     def resize(self, node: fx.Node, mapped: Mapped, x: _Tensor) -> _Tensor:
         """A pad or crop whose sizes were computed from tensors' sizes: `to:` the tensor it takes the size of; from
@@ -620,7 +692,7 @@ class _Converter:
         if prev is None or prev.output != x.id or len(pad_node.users) != 1:
             return None
         args = dict(mapped.args)
-        kind: Any = REGISTRY["conv"]
+        kind: Any = REGISTRY[mapped.kind]
         full = {arg.name: args.get(arg.name, arg.default) for arg in kind.args}
         k, stride, d, pads = kind.geometry(full, source.shape)
         keff = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
@@ -632,7 +704,7 @@ class _Converter:
         self.shapes.pop()
         pad_node_value = self.current  # (the conv's node)
         args["padding"] = "same"
-        return self.emit(pad_node_value, "conv", "conv", None, args, [source], fixed=False)
+        return self.emit(pad_node_value, mapped.kind, mapped.kind, None, args, [source], fixed=False)
 
     def size_sources(self, node: fx.Node) -> list[_Tensor]:
         """The tensors whose sizes the op's arguments (beyond its input) were computed from (x.size(2) - y.size(2))."""
