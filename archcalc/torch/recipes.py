@@ -592,7 +592,8 @@ reads("adaptive_avgpool", _read_adaptive("adaptive_avgpool"), nn.AdaptiveAvgPool
       nn.AdaptiveAvgPool3d)
 reads("adaptive_maxpool", _read_adaptive("adaptive_maxpool"), nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
       nn.AdaptiveMaxPool3d)
-reads("zeropad", _read_zeropad, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
+reads("zeropad", _read_zeropad, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+      nn.ConstantPad3d)  # (a constant pad of zeros: BiT's stem; another value is refused)
 reads("upsample", _read_upsample, nn.Upsample)
 reads("softmax", _read_softmax, nn.Softmax)
 reads("layer_scale", _read_layer_scale, modules.LayerScale)
