@@ -247,6 +247,17 @@ def _std_conv(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.
     return run
 
 
+def _grn(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    spatial = tuple(range(2, x.dim()))
+
+    def run() -> torch.Tensor:
+        gx = torch.sqrt((x * x).sum(spatial, keepdim=True))
+        nx = gx / (gx.sum(1, keepdim=True) / gx.shape[1] + a["eps"])
+        return x + (_channel(m.bias, x) + _channel(m.weight, x) * (x * nx))
+
+    return run
+
+
 def _groupnorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
     g = a["num_groups"]
 
@@ -343,6 +354,7 @@ FORMULAS: dict[str, Formula] = {
     "channel_layernorm": _channel_layernorm,
     "groupnorm": _groupnorm,
     "std_conv": _std_conv,
+    "grn": _grn,
     "lrn": _lrn,
     "maxpool": _pool("max"),
     "avgpool": _pool("avg"),

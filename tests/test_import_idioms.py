@@ -352,6 +352,51 @@ def test_weight_standardisation_read_other_than_by_a_convolution_is_refused() ->
         from_module(ScaledByATensor(), (3, 8, 8))
 
 
+class GRN(nn.Module):
+    """ConvNeXt-V2's Global Response Normalization (Woo et al. 2023, Algorithm 1), as its authors write it for
+    channels-last input (the official code's GRN), or channels first."""
+
+    def __init__(self, c: int, channels_last: bool) -> None:
+        super().__init__()
+        self.channels_last = channels_last
+        shape = (1, 1, 1, c) if channels_last else (1, c, 1, 1)
+        self.gamma, self.beta = nn.Parameter(torch.randn(shape)), nn.Parameter(torch.randn(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = torch.norm(x, p=2, dim=(1, 2) if self.channels_last else (2, 3), keepdim=True)
+        nx = gx / (gx.mean(dim=-1 if self.channels_last else 1, keepdim=True) + 1e-6)
+        return torch.addcmul(self.beta, self.gamma, x * nx) + x
+
+
+class ConvNeXtV2Block(nn.Module):
+    """A ConvNeXt-V2 block's MLP: to channels-last, Linear, GELU, GRN, Linear, back; and a GRN channels first."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc1, self.act, self.grn, self.fc2 = nn.Linear(c, 4 * c), nn.GELU(), GRN(4 * c, True), nn.Linear(4 * c, c)
+        self.grn2 = GRN(c, False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc2(self.grn(self.act(self.fc1(x.permute(0, 2, 3, 1))))).permute(0, 3, 1, 2)
+        return self.grn2(x + y)
+
+
+def test_grn_in_either_layout_is_one_grn() -> None:
+    text, report = check(ConvNeXtV2Block(8), (8, 6, 6), (8, 5, 7))
+    assert [row.kind for row in report.rows if row.kind == "grn"] == ["grn", "grn"], text
+
+
+def test_a_module_that_computes_almost_grn_is_not_read_as_it() -> None:
+    class NotGRN(GRN):  # the mean over the spatial axes instead of the channels: another formula
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
+            nx = gx / (gx.mean(dim=(2, 3), keepdim=True) + 1e-6)
+            return torch.addcmul(self.beta, self.gamma, x * nx) + x
+
+    with pytest.raises(ImportFailure, match="Tensor.norm|torch.norm|norm"):
+        from_module(nn.Sequential(NotGRN(8, False)), (8, 6, 6))
+
+
 # ---- the hand-written networks' idioms -------------------------------------------------------------------------------
 
 

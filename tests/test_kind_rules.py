@@ -111,6 +111,9 @@ def test_receptive_field_is_the_measured_dependence(name: str, index: int) -> No
     inp = kind.examples[index].input
     report = _one_layer(kind, index)
     module = _module(kind, index)
+    with torch.no_grad():  # (a parameter initialised to zero, as GRN's, would hide what the output depends on)
+        for p in module.parameters():
+            p.uniform_(0.5, 1.5)
     for axis in range(len(inp) - 1):
         assert report.totals.rf[axis] == measured_rf(module, inp, axis), f"axis {axis}"
 
@@ -179,6 +182,9 @@ FULL: dict[str, Rule] = {
                                             "stochastic_depth", "pixel_shuffle", "pixel_unshuffle", "crop",
                                             "zeropad")},
     "conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
+    # the norm's square and sum, x * nx, the weight's product, the bias's and the residual's sums per element; per
+    # channel the square root, the mean's sum and the division; the mean's division and eps once
+    "grn": lambda a, i, o, m: 6 * n(i) + 3 * i[0] + 2,
     "std_conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),  # (the standardisation: FULL_ONCE)
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "linear": lambda a, i, o, m: 2 * m + (a["out_features"] if a["bias"] else 0),

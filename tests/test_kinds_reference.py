@@ -137,6 +137,22 @@ class WeightStandardized(nn.Module):
         return torch.func.functional_call(self.conv, {name: standard.reshape_as(w)}, (x,))
 
 
+class GlobalResponseNorm(nn.Module):
+    """ConvNeXt-V2's GRN (Woo et al. 2023, eq. 1-3 and Algorithm 1): Gx = ||X_i|| over the spatial axes per channel,
+    Nx = Gx / (mean of Gx over channels + eps), X + gamma * (X * Nx) + beta."""
+
+    def __init__(self, c: int, eps: float) -> None:
+        super().__init__()
+        self.gamma, self.beta, self.eps = nn.Parameter(torch.zeros(c)), nn.Parameter(torch.zeros(c)), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = tuple(range(2, x.dim()))
+        shape = (1, -1, *[1] * len(spatial))
+        gx = torch.sqrt((x * x).sum(spatial, keepdim=True))
+        nx = gx / (gx.mean(1, keepdim=True) + self.eps)
+        return self.gamma.view(shape) * (x * nx) + self.beta.view(shape) + x
+
+
 def _std_conv(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
     return WeightStandardized(_conv(a, shape), a, shape)
 
@@ -298,6 +314,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "gelu": lambda a, s: nn.GELU(approximate=a["approximate"]),
     "global_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(1),
     "global_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(1),
+    "grn": lambda a, s: GlobalResponseNorm(s[0], a["eps"]),
     "groupnorm": lambda a, s: nn.GroupNorm(a["num_groups"], s[0], eps=a["eps"], affine=a["affine"],
                                            bias=a["bias"]),
     "hardsigmoid": lambda a, s: nn.Hardsigmoid(),

@@ -165,6 +165,25 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(*back)
 
 
+class GRN(nn.Module):
+    """Global Response Normalization (ConvNeXt-V2, Woo et al. 2023), channels first, written as timm writes it:
+    gx = the L2 norm over the spatial axes, nx = gx / (mean of gx over channels + eps), x + (bias + weight * x * nx).
+    """
+
+    def __init__(self, channels: int, rank: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.spatial = tuple(range(2, rank + 2))
+        self.shape = (1, -1, *(1,) * rank)
+        self.weight = nn.Parameter(torch.zeros(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = x.norm(p=2, dim=self.spatial, keepdim=True)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + self.eps)
+        return x + torch.addcmul(self.bias.view(self.shape), self.weight.view(self.shape), x * nx)
+
+
 class LayerScale(nn.Module):
     """x * gamma with a learned per-channel gamma (ConvNeXt's layer_scale)."""
 

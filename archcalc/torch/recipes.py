@@ -227,6 +227,11 @@ def _channel_layernorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
                 bias=a["bias"])
 
 
+@recipe("grn")
+def _grn(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.GRN, channels=inp[0], rank=len(inp) - 1, eps=a["eps"])
+
+
 @recipe("layer_scale")
 def _layer_scale(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.LayerScale, shape=tuple(kind.shape(a, inp)), init=a["init"])
@@ -585,6 +590,7 @@ reads("layernorm", _read_layernorm, nn.LayerNorm)
 reads("channel_layernorm", _read_channel_layernorm, modules.LayerNorm2d)
 reads("groupnorm", _read_groupnorm, nn.GroupNorm)
 reads("std_conv", _read_std_conv, modules.StdConv)
+reads("grn", lambda m, inp: Mapped("grn", {"eps": float(m.eps)}), modules.GRN)
 reads("maxpool", _read_maxpool, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 reads("avgpool", _read_avgpool, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 reads("maxpool", _read_padded_pool, modules.PaddedPool)  # or avgpool: the rule of the pool it wraps
@@ -873,6 +879,89 @@ def _register_kinds() -> None:
 
 
 _register_kinds()
+
+# ---- compositions: a module's forward read as one kind, by what it computes --------------------------------------
+#
+# A norm written as several tensor ops (GRN's norm, mean, division and fused multiply-add) is one kind when the ops
+# of one module call are exactly its formula. The importer hands a rule the call's ops as Steps, in order: tensors as
+# Refs (the module's input, or an earlier step's result), parameters as Params (views of a parameter folded in),
+# every other argument as its concrete value; the rule returns the kind and its arguments, or None.
+
+
+class Ref(NamedTuple):
+    """A tensor of the module's forward: its input (step -1) or the result of an earlier step."""
+
+    step: int
+
+
+class Param(NamedTuple):
+    """A parameter the forward reads, viewed as `shape`; `numel` is the parameter's size."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+
+
+class Step(NamedTuple):
+    op: str  # the function's or Tensor method's name: norm, mean, add, truediv, mul, addcmul, ...
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+CompositionRule = Callable[[Sequence[Step], tuple[int, ...], bool], "Mapped | None"]
+COMPOSITIONS: dict[str, CompositionRule] = {}
+
+
+def composition(kind: str) -> Callable[[CompositionRule], CompositionRule]:
+    def register(rule: CompositionRule) -> CompositionRule:
+        if kind not in REGISTRY or kind in COMPOSITIONS:
+            raise RuntimeError(f"composition rule for unknown or already read kind '{kind}'")
+        COMPOSITIONS[kind] = rule
+        return rule
+
+    return register
+
+
+def _dims(value: Any, rank: int) -> tuple[int, ...] | None:
+    """Reduction dims (an int or a sequence) as sorted non-negative axes of a rank-`rank` tensor."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value % rank,)
+    if isinstance(value, (tuple, list)) and all(isinstance(d, int) for d in value):
+        return tuple(sorted(d % rank for d in value))
+    return None
+
+
+def _arg(step: Step, index: int, name: str, default: Any = None) -> Any:
+    return step.args[index] if len(step.args) > index else step.kwargs.get(name, default)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@composition("grn")
+def _compose_grn(steps: Sequence[Step], inp: tuple[int, ...], channels_last: bool) -> Mapped | None:
+    """ConvNeXt-V2's GRN as Woo et al. 2023 (Algorithm 1) and timm write it: gx = ||x||_2 over the spatial axes,
+    nx = gx / (mean of gx over channels + eps), x + (bias + weight * (x * nx)), in either layout."""
+    if [s.op for s in steps] != ["norm", "mean", "add", "truediv", "mul", "addcmul", "add"]:
+        return None
+    norm, mean, add, div, mul, fused, out = steps
+    rank = len(inp) + 1
+    spatial = tuple(range(1, rank - 1)) if channels_last else tuple(range(2, rank))
+    channel = (rank - 1,) if channels_last else (1,)
+    c = inp[0]
+    eps = add.args[1] if len(add.args) == 2 and add.args[0] == Ref(1) else None
+    per_channel = all(isinstance(p, Param) and p.numel == c for p in fused.args[:2])
+    if not (norm.args[:1] == (Ref(-1),) and _arg(norm, 1, "p", "fro") in (2, "fro")
+            and _dims(_arg(norm, 2, "dim"), rank) == spatial and _arg(norm, 3, "keepdim", False)
+            and mean.args[:1] == (Ref(0),) and _dims(_arg(mean, 1, "dim"), rank) == channel
+            and _arg(mean, 2, "keepdim", False) and _number(eps)
+            and div.args == (Ref(0), Ref(2)) and set(mul.args) == {Ref(-1), Ref(3)} and len(mul.args) == 2
+            and len(fused.args) == 3 and per_channel and fused.args[2] == Ref(4)
+            and fused.kwargs.get("value", 1) == 1 and set(out.args) == {Ref(-1), Ref(5)} and len(out.args) == 2):
+        return None
+    return Mapped("grn", {"eps": float(eps)})
+
 
 # Functions of other libraries by qualified name, kept whole by the tracer (fx's autowrap) and mapped here.
 NAMED_FUNCTIONS: dict[str, tuple[tuple[str, ...], FunctionRule]] = {

@@ -8,6 +8,7 @@ from fractions import Fraction
 from typing import Any
 
 from archcalc.core.kinds.base import (
+    ACTIVATION,
     STATISTICS,
     Arg,
     Cost,
@@ -267,6 +268,48 @@ class Crop(Kind):
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         return "-> " + "x".join(map(str, self.sizes(a, inp)))
+
+
+@register
+class GRN(Kind):
+    name = "grn"
+    synonyms = ("global_response_norm", "globalresponsenorm")
+    prefix = "grn"
+    doc = ("Global Response Normalization (ConvNeXt-V2, Woo et al. 2023, Algorithm 1; timm's GlobalResponseNorm): "
+           "gx = the L2 norm of each channel over the spatial axes, nx = gx / (mean of gx over the channels + eps), "
+           "y = x + (bias + weight * (x * nx)). Params 2C (weight and bias, zero-initialised). No MACs; "
+           "FlopCounterMode and fvcore count none of it (no formula for norm, mean, division or addcmul).")
+    full_rule = ("6 per element (the square and the sum of the norm, x * nx, the weight's product, the bias's "
+                 "sum, the residual sum), 3 per channel (the square root, the mean's sum, the division) and 2 (the "
+                 "mean's division, eps)")
+    args = (Arg("eps", "float", 1e-6, "added to the channels' mean norm", minimum=0),)
+    examples = (Example((16, 7, 7)), Example((8, 5, 4), {"eps": 1e-5}), Example((6, 9)))
+    same_shape = True
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        spatial_rank(self.name, inp)
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(params=2 * inp[0], full=6 * numel(inp) + 3 * inp[0] + 2)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (out[0], out[0])  # weight, bias
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        return [RFStep(whole=True) for _ in inp[1:]]  # every output depends on the whole map through the norm
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # x * nx and the fused multiply-add's result (one alive at a time beside the output), gx and nx per channel
+        return ((numel(inp), ACTIVATION), (2 * inp[0], ACTIVATION))
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ((numel(inp), ACTIVATION),)  # the fused multiply-add's result (x * nx is kept)
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the norm keeps its input and result (gx); the division its operands (gx, and the mean + eps: one value);
+        # x * nx keeps x and nx; addcmul keeps x * nx (its weight is a parameter)
+        return Saved(input=True, extra=((numel(inp) + 2 * inp[0] + 1, ACTIVATION),))
 
 
 @register

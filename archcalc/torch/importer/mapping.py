@@ -25,6 +25,7 @@ from archcalc.core.kinds import REGISTRY
 from archcalc.core.merges import MERGES
 from archcalc.torch import modules as own
 from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integral, per_of: the importer's names)
+    COMPOSITIONS,
     FUNCTIONS,
     METHODS,
     MODULE_KINDS,
@@ -34,6 +35,9 @@ from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integr
     OPERATORS,
     FunctionRule,
     Mapped,
+    Param,
+    Ref,
+    Step,
     ModuleRule,
     Unmapped,
     is_integral,

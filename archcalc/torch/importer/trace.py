@@ -110,6 +110,10 @@ class _Chunks(NamedTuple):
     bounds: tuple[tuple[int, int], ...]
 
 
+class _NotComposed(Exception):
+    """A module call's ops are not a composition (an argument the rules cannot read)."""
+
+
 class _Failed(Exception):
     """Raised inside fx's tracing with the finished message (fx's own errors pass through it unchanged)."""
 
@@ -394,6 +398,10 @@ class _Converter:
         self.same: dict[int, tuple[_Tensor, fx.Node]] = {}  # a pad computed from its input's size -> (input, node)
         self.current: Any = None  # the node being converted
         self.consumed: set[str] = set()  # the parameters and buffers an op has counted
+        self.order = {n: i for i, n in enumerate(graph.nodes)}
+        self.nodes = list(graph.nodes)
+        self.composed: set[fx.Node] = set()  # the nodes of a module call read as one kind (a composition)
+        self.tried: set[fx.Node] = set()  # first nodes of module calls a composition was tried on
 
     # -- helpers --
     def tensor_of(self, value: Any, node: fx.Node) -> _Tensor:
@@ -457,8 +465,10 @@ class _Converter:
                     else value
             elif node.op == "output":
                 outputs = self.outputs(node)
-            else:
+            elif node not in self.composed:
                 self.current = node
+                if self.composition(node):  # (its nodes are one op now; their values are set)
+                    continue
                 try:
                     result = self.node(node)
                 except Unmapped as exc:
@@ -467,6 +477,113 @@ class _Converter:
                     self.vals[node] = result
         assert input_shape is not None
         return outputs, input_shape
+
+    # -- compositions: a module call whose ops are one kind's formula (recipes.COMPOSITIONS) --
+    def composition(self, node: fx.Node) -> bool:
+        """When `node` starts a call of a module (not one of the table's), the call's ops read as one kind if a
+        composition rule recognises them: the call's nodes are then that kind's op, from its input to its result."""
+        if node.op not in ("call_function", "call_method") or not mapping.COMPOSITIONS:
+            return False
+        path = ".".join(_scope_of(node))
+        if not path or node in self.tried:
+            return False
+        run = self._module_run(node, path)
+        self.tried.update(run)
+        found = self._steps(run)
+        if found is None:
+            return False
+        steps, x, params, last = found
+        for kind, rule in mapping.COMPOSITIONS.items():
+            mapped = rule(steps, x.shape, x.channels_last)
+            if mapped is None:
+                continue
+            self.current = last
+            self.consume(last, params, kind, mapped.args, x)
+            self.called.add(path)
+            self.composed.update(run)
+            out = self._new(x.shape)
+            out = _Tensor(out.id, out.shape, x.channels_last)
+            m = self.root.get_submodule(path)
+            where = Where(type(m).__name__, path, *last.meta.get("archcalc_line", ("", 0)))
+            parts = tuple(path.split("."))
+            trainable = not list(m.parameters()) or any(p.requires_grad for p in m.parameters())
+            self.ops.append(Op(parts[-1], parts[:-1], True, kind, None, dict(mapped.args), (x.id,), out.id, where,
+                               None, trainable))
+            self.vals[last] = out
+            return True
+        return False
+
+    def _module_run(self, node: fx.Node, path: str) -> list[fx.Node]:
+        """The nodes of this call of the module at `path`: from `node`, while they run inside it."""
+        run = []
+        for n in self.nodes[self.order[node]:]:
+            if n.op == "get_attr":
+                continue
+            stack = n.meta.get("nn_module_stack") or {}
+            paths = [v[0] if isinstance(v, tuple) else str(v) for v in stack.values()]
+            if n.op not in ("call_function", "call_method") or path not in paths:
+                break
+            run.append(n)
+        return run
+
+    def _steps(self, run: list[fx.Node]) -> tuple[list[Any], _Tensor, list[_Param], fx.Node] | None:
+        """The run as composition steps (recipes.Step), with its one input tensor, the parameters it reads and its
+        last node; None unless it takes one tensor of the network and only its last node is read after it."""
+        inside = set(run)
+        refs: dict[fx.Node, Any] = {}
+        inputs: set[fx.Node] = set()
+        params: dict[str, _Param] = {}
+        steps: list[Any] = []
+
+        def convert(a: Any) -> Any:
+            if isinstance(a, fx.Node):
+                if a in refs:
+                    return refs[a]
+                value = self.vals.get(a, self.values.get(a))
+                if a.op == "get_attr" and isinstance(value, torch.Tensor):  # (read later in the graph than the run)
+                    value = _Param((str(a.target),), tuple(value.shape))
+                if isinstance(value, _Tensor) and a not in inside:
+                    inputs.add(a)
+                    return mapping.Ref(-1)
+                if isinstance(value, _Param) and len(value.sources) == 1 and not value.standardized:
+                    name = value.sources[0]
+                    if name not in self.parameters:
+                        raise _NotComposed
+                    params[name] = value
+                    return mapping.Param(name, value.shape, self.parameters[name].numel())
+                if isinstance(value, torch.Tensor) or isinstance(value, (_Tensor, _Chunks, _Param, _Scaled)):
+                    raise _NotComposed
+                return value  # a size or another plain value
+            if isinstance(a, (list, tuple)) and not hasattr(a, "_fields"):
+                return type(a)(convert(v) for v in a)
+            if isinstance(a, dict):
+                return {k: convert(v) for k, v in a.items()}
+            return a
+
+        try:
+            for n in run:
+                args, kwargs = convert(n.args), convert(n.kwargs)
+                op = str(n.target) if n.op == "call_method" else getattr(n.target, "__name__", str(n.target))
+                operands = [v for v in (*args, *kwargs.values()) if isinstance(v, (mapping.Ref, mapping.Param))]
+                if operands and all(isinstance(v, mapping.Param) for v in operands):  # a view of a parameter
+                    if len(operands) == 1 and op in mapping.PARAM_VIEWS and args and args[0] is operands[0]:
+                        refs[n] = operands[0]._replace(shape=tuple(self.values[n].shape))
+                        continue
+                    return None
+                refs[n] = mapping.Ref(len(steps))
+                steps.append(mapping.Step(op, args, kwargs))
+        except _NotComposed:
+            return None
+        last = run[-1] if run else None
+        if last is None or len(inputs) != 1 or not isinstance(self.values.get(last), torch.Tensor):
+            return None
+        if any(u not in inside for n in run[:-1] for u in n.users):
+            return None
+        x = self.vals[next(iter(inputs))]
+        if tuple(int(v) for v in self.values[last].shape[1:]) != (
+                (*x.shape[1:], x.shape[0]) if x.channels_last else x.shape):
+            return None
+        return steps, x, list(params.values()), last
 
     def unmapped(self, node: fx.Node, why: str) -> Any:
         if not self.allow_unknown:
