@@ -950,7 +950,7 @@ def _compose_grn(steps: Sequence[Step], inp: tuple[int, ...], channels_last: boo
     spatial = tuple(range(1, rank - 1)) if channels_last else tuple(range(2, rank))
     channel = (rank - 1,) if channels_last else (1,)
     c = inp[0]
-    eps = add.args[1] if len(add.args) == 2 and add.args[0] == Ref(1) else None
+    eps: Any = add.args[1] if len(add.args) == 2 and add.args[0] == Ref(1) else None
     per_channel = all(isinstance(p, Param) and p.numel == c for p in fused.args[:2])
     if not (norm.args[:1] == (Ref(-1),) and _arg(norm, 1, "p", "fro") in (2, "fro")
             and _dims(_arg(norm, 2, "dim"), rank) == spatial and _arg(norm, 3, "keepdim", False)

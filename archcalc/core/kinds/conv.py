@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from fractions import Fraction
-from typing import Any
+from typing import Any, ClassVar
 
 from archcalc.core.kinds.base import (
     ACTIVATION,
@@ -45,12 +45,12 @@ def _check_groups(kind: str, in_ch: int, out_ch: int, groups: int) -> None:
 @register
 class Conv(Kind):
     name = "conv"
-    synonyms = ("convolution", "conv2d", "conv1d", "conv3d", "convolution2d")
+    synonyms: ClassVar[tuple[str, ...]] = ("convolution", "conv2d", "conv1d", "conv3d", "convolution2d")
     doc = ("Convolution, nn.Conv1d/2d/3d by input rank. Output (W - F_eff + P_before + P_after) / S + 1, floored; "
            "F_eff = D(F - 1) + 1. Params out*(in/groups)*prod(F) + bias. MACs = out elements * (in/groups)*prod(F).")
     full_rule = "2 per MAC, plus 1 per output element for the bias"
     weighted = True
-    args = _COMMON + (
+    args: ClassVar[tuple[Arg, ...]] = _COMMON + (
         Arg("padding", "padding", 0, "zeros added per side: int, one per axis, [before, after] pairs per axis, "
             "'valid' or 'same' (TensorFlow's rule: extra column after)", aliases=("pad",)),
         Arg("dilation", "ints", 1, "spacing between filter taps", minimum=1),
@@ -58,7 +58,7 @@ class Conv(Kind):
             minimum=1),
         Arg("bias", "bool", True, "learn one bias per filter"),
     )
-    examples = (
+    examples: ClassVar[tuple[Example, ...]] = (
         Example((3, 32, 32), {"out_channels": 10, "kernel_size": 5, "padding": 2}),
         Example((3, 227, 227), {"out_channels": 96, "kernel_size": 11, "stride": 4}),
         Example((8, 13, 11), {"out_channels": 4, "kernel_size": [6, 3], "stride": [5, 2], "padding": "same"}),

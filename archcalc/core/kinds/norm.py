@@ -129,9 +129,9 @@ class LayerNorm(Kind):
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         affine = a["elementwise_affine"]
         groups = numel(inp) // numel(self.norm_shape(a, inp))
-        tensors = affine_tensors(a["elementwise_affine"], a["bias"])
-        return Cost(params=tensors * numel(self.norm_shape(a, inp)),
-                    fvcore=numel(inp) * (5 if affine else 4), full=normalize_full(numel(inp), groups, affine, a["bias"]))
+        tensors = affine_tensors(affine, a["bias"])
+        return Cost(params=tensors * numel(self.norm_shape(a, inp)), fvcore=numel(inp) * (5 if affine else 4),
+                    full=normalize_full(numel(inp), groups, affine, a["bias"]))
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
         # weight (and bias), one each per normalized element
