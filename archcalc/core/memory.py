@@ -166,7 +166,8 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
         recorded = needs_grad[op.inputs[0]] or params_need_grad
         needs_grad[op.output] = recorded
         if recorded:  # else no autograd node: nothing is kept
-            what = op.kind.saved(op.args, src.shape, out.shape)
+            what = (op.kind.saved if needs_grad[op.inputs[0]] else op.kind.saved_for_params)(op.args, src.shape,
+                                                                                              out.shape)
             if what.input or what.input_for_params and params_need_grad:
                 if src.train_strided and op.kind.contiguous_input:
                     total += numel(src.shape) * itemsize * batch  # the contiguous copy of a crop, kept alone
@@ -235,9 +236,10 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
         assert op.kind is not None
         src, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
         params_need_grad = op.trainable and op.cost.params > 0
-        recorded[i] = needs_grad[op.output] = needs_grad[op.inputs[0]] or params_need_grad
+        input_grad = needs_grad[op.inputs[0]]
+        recorded[i] = needs_grad[op.output] = input_grad or params_need_grad
         if recorded[i]:
-            what = op.kind.saved(op.args, src.shape, out.shape)
+            what = (op.kind.saved if input_grad else op.kind.saved_for_params)(op.args, src.shape, out.shape)
             copy = src.train_strided and op.kind.contiguous_input
             if what.input or what.input_for_params and params_need_grad:
                 if copy:

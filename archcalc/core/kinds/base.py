@@ -247,6 +247,12 @@ class Kind:
         """What this layer's autograd nodes keep for backward in training mode (parameters excluded)."""
         return Saved()
 
+    def saved_for_params(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        """`saved` when only the parameters need a gradient, not the input (the network's first trainable layer):
+        a layer of several ops whose first ones see no parameter records only those after (GRN). By default the
+        same as `saved` (one op keeps what it keeps whichever gradient is wanted)."""
+        return self.saved(a, inp, out)
+
     # --- presentation ------------------------------------------------------------------------------------
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         return ""

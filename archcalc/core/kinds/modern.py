@@ -311,6 +311,11 @@ class GRN(Kind):
         # x * nx keeps x and nx; addcmul keeps x * nx (its weight is a parameter)
         return Saved(input=True, extra=((numel(inp) + 2 * inp[0] + 1, ACTIVATION),))
 
+    def saved_for_params(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the input needs no gradient: the norm, division and x * nx record nothing; addcmul keeps x * nx for the
+        # weight's gradient
+        return Saved(extra=((numel(inp), ACTIVATION),))
+
 
 @register
 class Scalar(Kind):
