@@ -22,8 +22,8 @@ CONVENTIONS: dict[str, Convention] = {
                    "linear, nothing else", lambda c: 2 * c.macs),
         Convention("fvcore", "fvcore.nn.FlopCountAnalysis in eval mode: 1 per MAC, plus batch norm (2 per "
                    "element), layer/group norm (5), adaptive 2-D average pooling (1 per input element) and 2-D "
-                   "upsampling (1 nearest, 4 bilinear per output element); weight standardisation (4 per weight, "
-                   "5 with a gain) once per forward", lambda c: c.fvcore, lambda c: c.fvcore_once),
+                   "upsampling (1 nearest, 4 bilinear per output element)", lambda c: c.fvcore,
+                   lambda c: c.fvcore_once),  # (once: std_conv's weight standardisation, 4 or 5 per weight)
         Convention("full", "every arithmetic operation: 2 per MAC, bias adds, activations, pooling comparisons, "
                    "normalization, residual adds (for roofline use; each kind states its rule)", lambda c: c.full,
                    lambda c: c.full_once),

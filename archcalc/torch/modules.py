@@ -52,8 +52,9 @@ class StdConv(nn.Module):
                  gamma: float) -> None:
         super().__init__()
         self.stride, self.dilation, self.groups, self.eps = tuple(stride), tuple(dilation), groups, eps
-        self.pad = () if symmetric(pads) else f_pad(pads)
-        self.padding = tuple(p for p, _ in pads) if symmetric(pads) else (0,) * len(pads)
+        same = all(before == after for before, after in pads)  # (symmetric: the convolution pads)
+        self.pad = () if same else f_pad(pads)
+        self.padding = tuple(p for p, _ in pads) if same else (0,) * len(pads)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.gain = nn.Parameter(torch.ones(out_channels, *(1,) * (len(kernel_size) + 1))) if gain else None
