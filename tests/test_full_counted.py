@@ -258,6 +258,20 @@ def _grn(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tenso
     return run
 
 
+def _evonorm_s0(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    g = a["groups"]
+
+    def run() -> torch.Tensor:
+        grouped = x.reshape(1, g, -1)
+        count = grouped.shape[2]
+        d = grouped - grouped.sum(2, keepdim=True) / count
+        s = torch.sqrt((d * d).sum(2, keepdim=True) / count + a["eps"]).expand_as(grouped).reshape(x.shape)
+        top = x * (1 + torch.exp(-(x * _channel(m.v, x)))).reciprocal() if a["act"] else x
+        return top / s * _channel(m.weight, x) + _channel(m.bias, x)
+
+    return run
+
+
 def _groupnorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
     g = a["num_groups"]
 
@@ -355,6 +369,7 @@ FORMULAS: dict[str, Formula] = {
     "groupnorm": _groupnorm,
     "std_conv": _std_conv,
     "grn": _grn,
+    "evonorm_s0": _evonorm_s0,
     "lrn": _lrn,
     "maxpool": _pool("max"),
     "avgpool": _pool("avg"),

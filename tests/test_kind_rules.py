@@ -185,6 +185,9 @@ FULL: dict[str, Rule] = {
     # the norm's square and sum, x * nx, the weight's product, the bias's and the residual's sums per element; per
     # channel the square root, the mean's sum and the division; the mean's division and eps once
     "grn": lambda a, i, o, m: 6 * n(i) + 3 * i[0] + 2,
+    # the group variance (mean's sum, deviation, square, sum: 4), the division, scale and shift per element, and
+    # with act v * x, the sigmoid (3) and the product; per group the two divisions by the count, eps, the root
+    "evonorm_s0": lambda a, i, o, m: (7 + (5 if a["act"] else 0)) * n(i) + 4 * a["groups"],
     "std_conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),  # (the standardisation: FULL_ONCE)
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "linear": lambda a, i, o, m: 2 * m + (a["out_features"] if a["bias"] else 0),

@@ -153,6 +153,26 @@ class GlobalResponseNorm(nn.Module):
         return self.gamma.view(shape) * (x * nx) + self.beta.view(shape) + x
 
 
+class EvoNormS0(nn.Module):
+    """EvoNorm-S0 (Liu et al. 2020, Fig. 4 / Algorithm 2): x * sigmoid(v * x) / s_{b,g}(x) * gamma + beta, with
+    s_{b,g} the group standard deviation sqrt(var + eps) over each group's channels and positions; without v, x
+    over s alone."""
+
+    def __init__(self, c: int, groups: int, eps: float, act: bool) -> None:
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.gamma, self.beta = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+        self.v = nn.Parameter(torch.ones(c)) if act else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, *[1] * (x.dim() - 2))
+        g = x.unflatten(1, (self.groups, -1))
+        s = torch.sqrt(g.var(dim=tuple(range(2, g.dim())), correction=0, keepdim=True) + self.eps)
+        s = s.expand_as(g).flatten(1, 2)
+        top = x * torch.sigmoid(self.v.view(shape) * x) if self.v is not None else x
+        return top / s * self.gamma.view(shape) + self.beta.view(shape)
+
+
 def _std_conv(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
     return WeightStandardized(_conv(a, shape), a, shape)
 
@@ -315,6 +335,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "global_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(1),
     "global_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(1),
     "grn": lambda a, s: GlobalResponseNorm(s[0], a["eps"]),
+    "evonorm_s0": lambda a, s: EvoNormS0(s[0], a["groups"], a["eps"], a["act"]),
     "groupnorm": lambda a, s: nn.GroupNorm(a["num_groups"], s[0], eps=a["eps"], affine=a["affine"],
                                            bias=a["bias"]),
     "hardsigmoid": lambda a, s: nn.Hardsigmoid(),

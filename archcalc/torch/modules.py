@@ -185,6 +185,30 @@ class GRN(nn.Module):
         return x + torch.addcmul(self.bias.view(self.shape), self.weight.view(self.shape), x * nx)
 
 
+class EvoNormS0(nn.Module):
+    """EvoNorm-S0 (Liu et al. 2020), as timm's EvoNorm2dS0 computes it: x * sigmoid(v * x) / group_std(x) * weight +
+    bias, or without v x / group_std(x) * weight + bias; group_std the square root of each group's biased variance
+    plus eps, expanded back to x's shape."""
+
+    def __init__(self, channels: int, rank: int, groups: int, eps: float, act: bool) -> None:
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.shape = (1, -1, *(1,) * rank)
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.v = nn.Parameter(torch.ones(channels)) if act else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        grouped = x.reshape(n, self.groups, c // self.groups, *x.shape[2:])
+        dims = tuple(range(2, grouped.dim()))
+        std = grouped.var(dim=dims, unbiased=False, keepdim=True).add(self.eps).sqrt()
+        std = std.expand(grouped.shape).reshape(x.shape)
+        if self.v is not None:
+            x = x * (x * self.v.view(self.shape)).sigmoid()
+        return x / std * self.weight.view(self.shape) + self.bias.view(self.shape)
+
+
 class LayerScale(nn.Module):
     """x * gamma with a learned per-channel gamma (ConvNeXt's layer_scale)."""
 

@@ -232,6 +232,12 @@ def _grn(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.GRN, channels=inp[0], rank=len(inp) - 1, eps=a["eps"])
 
 
+@recipe("evonorm_s0")
+def _evonorm_s0(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.EvoNormS0, channels=inp[0], rank=len(inp) - 1, groups=a["groups"], eps=a["eps"],
+                act=a["act"])
+
+
 @recipe("layer_scale")
 def _layer_scale(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.LayerScale, shape=tuple(kind.shape(a, inp)), init=a["init"])
@@ -591,6 +597,8 @@ reads("channel_layernorm", _read_channel_layernorm, modules.LayerNorm2d)
 reads("groupnorm", _read_groupnorm, nn.GroupNorm)
 reads("std_conv", _read_std_conv, modules.StdConv)
 reads("grn", lambda m, inp: Mapped("grn", {"eps": float(m.eps)}), modules.GRN)
+reads("evonorm_s0", lambda m, inp: Mapped("evonorm_s0", {"groups": m.groups, "eps": float(m.eps),
+                                                         "act": m.v is not None}), modules.EvoNormS0)
 reads("maxpool", _read_maxpool, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 reads("avgpool", _read_avgpool, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 reads("maxpool", _read_padded_pool, modules.PaddedPool)  # or avgpool: the rule of the pool it wraps
@@ -906,6 +914,7 @@ class Step(NamedTuple):
     op: str  # the function's or Tensor method's name: norm, mean, add, truediv, mul, addcmul, ...
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
+    shape: tuple[int, ...] = ()  # the result's full shape (batch first)
 
 
 CompositionRule = Callable[[Sequence[Step], tuple[int, ...], bool], "Mapped | None"]
@@ -961,6 +970,82 @@ def _compose_grn(steps: Sequence[Step], inp: tuple[int, ...], channels_last: boo
             and fused.kwargs.get("value", 1) == 1 and set(out.args) == {Ref(-1), Ref(5)} and len(out.args) == 2):
         return None
     return Mapped("grn", {"eps": float(eps)})
+
+
+def _step(steps: Sequence[Step], ref: Any, *ops: str) -> Step | None:
+    """The step that made `ref`, if it is one of `ops`."""
+    if isinstance(ref, Ref) and 0 <= ref.step < len(steps) and steps[ref.step].op in ops:
+        return steps[ref.step]
+    return None
+
+
+def _operands(step: Step, first: Any) -> Any:
+    """The other operand of a two-operand step one of whose operands is `first` (a product in either order)."""
+    if len(step.args) != 2 or step.kwargs:
+        return None
+    a, b = step.args
+    return b if a == first else (a if b == first else None)
+
+
+def _channel_param(value: Any, c: int) -> bool:
+    return isinstance(value, Param) and value.numel == c and value.shape.count(c) == 1
+
+
+def _group_std(steps: Sequence[Step], ref: Any, inp: tuple[int, ...]) -> tuple[int, float] | None:
+    """timm's group_std (evo_norm.py): x viewed as groups, their biased variance + eps, its square root, expanded
+    back to x's shape; (groups, eps)."""
+    back = _step(steps, ref, "reshape", "view")
+    spread = _step(steps, back.args[0], "expand", "expand_as") if back else None
+    root = _step(steps, spread.args[0] if spread else None, "sqrt")
+    plus = _step(steps, root.args[0] if root else None, "add")
+    var = _step(steps, plus.args[0] if plus and len(plus.args) == 2 else None, "var")
+    grouped = _step(steps, var.args[0] if var else None, "reshape", "view")
+    if not (back and back.shape[1:] == inp and spread and root and plus and var and grouped
+            and grouped.args[:1] == (Ref(-1),) and len(grouped.shape) >= 3 and _number(plus.args[1])):
+        return None
+    groups = grouped.shape[1]
+    unbiased = var.kwargs.get("unbiased", var.kwargs.get("correction", 1))
+    if not (inp[0] % groups == 0 and math.prod(grouped.shape[2:]) == math.prod(inp) // groups and not unbiased
+            and _dims(_arg(var, 1, "dim"), len(grouped.shape)) == tuple(range(2, len(grouped.shape)))
+            and _arg(var, 3, "keepdim", var.kwargs.get("keepdim", False))):
+        return None
+    return groups, float(plus.args[1])
+
+
+@composition("evonorm_s0")
+def _compose_evonorm_s0(steps: Sequence[Step], inp: tuple[int, ...], channels_last: bool) -> Mapped | None:
+    """EvoNorm-S0 (Liu et al. 2020, Fig. 4 and Appendix; timm's EvoNorm2dS0 and S0a, in either order of its
+    pieces): y = x * sigmoid(v * x) / group_std(x) * weight + bias; without v (S0a's apply_act=False)
+    x / group_std(x) * weight + bias."""
+    if channels_last or len(inp) < 2 or not steps:
+        return None
+    c = inp[0]
+    shift = steps[-1]
+    scaled = next((_step(steps, a, "mul") for a in shift.args if isinstance(a, Ref)), None) \
+        if shift.op == "add" and len(shift.args) == 2 else None
+    if scaled is None or not any(_channel_param(a, c) for a in shift.args):
+        return None
+    divided = next((_step(steps, a, "truediv", "div") for a in scaled.args if isinstance(a, Ref)), None)
+    if divided is None or not any(_channel_param(a, c) for a in scaled.args) or len(divided.args) != 2:
+        return None
+    found = _group_std(steps, divided.args[1], inp)
+    if found is None:
+        return None
+    groups, eps = found
+    top = divided.args[0]
+    if top == Ref(-1):
+        act = False
+    else:  # x * sigmoid(x * v)
+        gated = _step(steps, top, "mul")
+        gate = _step(steps, _operands(gated, Ref(-1)), "sigmoid") if gated else None
+        product = _step(steps, gate.args[0], "mul") if gate and gate.args else None
+        if product is None or not _channel_param(_operands(product, Ref(-1)), c):
+            return None
+        act = True
+    used = {a.step for step in steps for a in (*step.args, *step.kwargs.values()) if isinstance(a, Ref)}
+    if len(steps) - 1 in used or len(steps) != (12 if act else 9):  # nothing else computed on the way
+        return None
+    return Mapped("evonorm_s0", {"groups": groups, "eps": eps, "act": act})
 
 
 # Functions of other libraries by qualified name, kept whole by the tracer (fx's autowrap) and mapped here.

@@ -318,6 +318,73 @@ class GRN(Kind):
 
 
 @register
+class EvoNormS0(Kind):
+    name = "evonorm_s0"
+    synonyms = ("evonorm", "evonorm2ds0", "evonorm2ds0a")
+    prefix = "evonorm"
+    doc = ("EvoNorm-S0 (Liu et al. 2020, \"Evolving Normalization-Activation Layers\"; timm's EvoNorm2dS0 and "
+           "EvoNorm2dS0a), a normalization and activation in one: y = x * sigmoid(v * x) / group_std(x) * weight + "
+           "bias, group_std the square root of each group's biased variance plus eps, per sample (`groups` groups "
+           "of channels); with `act: false`, x / group_std(x) * weight + bias (S0a's apply_act=False). Params 3C "
+           "(v, weight, bias), 2C without act. No MACs; FlopCounterMode and fvcore count none of it.")
+    full_rule = ("per element 7 (the group mean's sum, the deviation, its square, the variance's sum, the division "
+                 "by the deviation, scale, shift) and 5 more with act (v * x, the sigmoid's 3, the product); per "
+                 "group 4 (two divisions by the count, eps, the square root)")
+    args = (
+        Arg("groups", "int", 32, "groups of channels the deviation is taken over", minimum=1),
+        Arg("eps", "float", 1e-5, "added to the variance (timm's S0a: 1e-3)", minimum=0),
+        Arg("act", "bool", True, "gate x by sigmoid(v * x) with a learned v per channel"),
+    )
+    examples = (Example((16, 6, 6), {"groups": 4}), Example((12, 5, 5), {"groups": 3, "act": False, "eps": 1e-3}),
+                Example((8, 4, 7), {"groups": 8}))
+    same_shape = True
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        spatial_rank(self.name, inp)
+        if inp[0] % a["groups"]:
+            raise LayerError(f"evonorm_s0: {inp[0]} channels are not divisible by groups {a['groups']}")
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(params=(3 if a["act"] else 2) * inp[0],
+                    full=(12 if a["act"] else 7) * numel(inp) + 4 * a["groups"])
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (out[0],) * (params // out[0])  # weight, bias (and v)
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        return [RFStep(whole=True) for _ in inp[1:]]  # the group's deviation is over the whole map
+
+    def deviation(self, a: Mapping[str, Any], inp: Shape) -> int:
+        """Elements per sample of the deviation expanded to x's shape: a copy of x's size when a group has several
+        channels (the expanded groups cannot be viewed as channels), else a view of the one per group."""
+        return numel(inp) if inp[0] > a["groups"] else a["groups"]
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # beside the output at the last two steps (measured with torch.profiler's memory events): the deviation,
+        # the product before the shift, and with act x * sigmoid(v * x) (a local of the forward)
+        return ((self.deviation(a, inp) + (2 if a["act"] else 1) * numel(inp), ACTIVATION),)
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ((numel(inp), ACTIVATION),)  # the product before the shift (v * x too, freed earlier)
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the input (the variance's, v * x's and the gate's), the square root per group (the deviation, or its
+        # copy too), the quotient (for the weight); with act the sigmoid and x * sigmoid(v * x) (the division's)
+        n = numel(inp)
+        copy = n if self.deviation(a, inp) == n else 0
+        return Saved(input=True, extra=(((3 if a["act"] else 1) * n + copy + a["groups"], ACTIVATION),))
+
+    def saved_for_params(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the input needs no gradient: without act only the quotient is kept (for the weight); with act v * x's
+        # input, the sigmoid, the deviation (the division's, its other operand needing a gradient) and the quotient
+        n = numel(inp)
+        if not a["act"]:
+            return Saved(extra=((n, ACTIVATION),))
+        return Saved(input=True, extra=((2 * n + self.deviation(a, inp), ACTIVATION),))
+
+
+@register
 class Scalar(Kind):
     name = "scalar"
     synonyms = ("constant", "scale")

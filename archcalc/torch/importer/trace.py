@@ -110,6 +110,10 @@ class _Chunks(NamedTuple):
     bounds: tuple[tuple[int, int], ...]
 
 
+# Tensor methods that change no value archcalc counts (a cast, a copy): a composition's rule does not see them.
+_CASTS = {"float", "to", "type", "contiguous", "clone", "double", "half", "bfloat16", "detach"}
+
+
 class _NotComposed(Exception):
     """A module call's ops are not a composition (an argument the rules cannot read)."""
 
@@ -562,8 +566,16 @@ class _Converter:
 
         try:
             for n in run:
+                value = self.values.get(n)
+                if not isinstance(value, torch.Tensor):  # shape arithmetic (x.shape, C // groups), an assert
+                    refs[n] = value
+                    continue
                 args, kwargs = convert(n.args), convert(n.kwargs)
                 op = str(n.target) if n.op == "call_method" else getattr(n.target, "__name__", str(n.target))
+                if op in _CASTS and args and isinstance(args[0], mapping.Ref) and tuple(value.shape) == (
+                        self._shape_of_ref(args[0], steps, inputs)):
+                    refs[n] = args[0]  # a cast (x.float(), .to(x.dtype)) or a copy: the same values for archcalc
+                    continue
                 operands = [v for v in (*args, *kwargs.values()) if isinstance(v, (mapping.Ref, mapping.Param))]
                 if operands and all(isinstance(v, mapping.Param) for v in operands):  # a view of a parameter
                     if len(operands) == 1 and op in mapping.PARAM_VIEWS and args and args[0] is operands[0]:
@@ -571,7 +583,7 @@ class _Converter:
                         continue
                     return None
                 refs[n] = mapping.Ref(len(steps))
-                steps.append(mapping.Step(op, args, kwargs))
+                steps.append(mapping.Step(op, args, kwargs, tuple(int(v) for v in value.shape)))
         except _NotComposed:
             return None
         last = run[-1] if run else None
@@ -584,6 +596,11 @@ class _Converter:
                 (*x.shape[1:], x.shape[0]) if x.channels_last else x.shape):
             return None
         return steps, x, list(params.values()), last
+
+    def _shape_of_ref(self, ref: Any, steps: list[Any], inputs: set[fx.Node]) -> tuple[int, ...]:
+        if ref.step >= 0:
+            return tuple(steps[ref.step].shape)
+        return tuple(int(v) for v in self.values[next(iter(inputs))].shape)
 
     def unmapped(self, node: fx.Node, why: str) -> Any:
         if not self.allow_unknown:
