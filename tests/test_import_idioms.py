@@ -397,6 +397,44 @@ def test_a_module_that_computes_almost_grn_is_not_read_as_it() -> None:
         from_module(nn.Sequential(NotGRN(8, False)), (8, 6, 6))
 
 
+class EvoNormS0(nn.Module):
+    """EvoNorm-S0 (Liu et al. 2020, Algorithm 2) written from the paper: the group deviation first, then the
+    sigmoid gate; with act=False x / std alone."""
+
+    def __init__(self, c: int, groups: int, act: bool = True) -> None:
+        super().__init__()
+        self.groups = groups
+        self.v = nn.Parameter(torch.randn(1, c, 1, 1)) if act else None
+        self.gamma, self.beta = nn.Parameter(torch.randn(1, c, 1, 1)), nn.Parameter(torch.randn(1, c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        g = x.view(n, self.groups, c // self.groups, h, w)
+        std = (g.var(dim=(2, 3, 4), keepdim=True, unbiased=False) + 1e-5).sqrt().expand(g.shape).reshape(n, c, h, w)
+        if self.v is not None:
+            x = x * torch.sigmoid(x * self.v)
+        return x / std * self.gamma + self.beta
+
+
+def test_evonorm_s0_is_one_evonorm() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), EvoNormS0(16, 4), nn.Conv2d(16, 8, 1), EvoNormS0(8, 8, act=False))
+    text, report = check(model, (3, 9, 9), (3, 7, 12))
+    assert [row.kind for row in report.rows if row.kind.startswith("evo")] == ["evonorm_s0", "evonorm_s0"], text
+    assert "groups: 8, act: false" in text
+
+
+def test_a_module_that_computes_almost_evonorm_is_not_read_as_it() -> None:
+    class Unbiased(EvoNormS0):  # the unbiased variance: another formula
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            n, c, h, w = x.shape
+            g = x.view(n, self.groups, c // self.groups, h, w)
+            std = (g.var(dim=(2, 3, 4), keepdim=True) + 1e-5).sqrt().expand(g.shape).reshape(n, c, h, w)
+            return x * torch.sigmoid(x * self.v) / std * self.gamma + self.beta
+
+    with pytest.raises(ImportFailure):
+        from_module(nn.Sequential(Unbiased(8, 2)), (8, 5, 5))
+
+
 # ---- the hand-written networks' idioms -------------------------------------------------------------------------------
 
 

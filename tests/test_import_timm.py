@@ -54,10 +54,6 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import Tensor.reshape ... timm/layers/split_attn.py:97": (  # 7
         "resnest101e", "resnest14d", "resnest200e", "resnest269e", "resnest26d", "resnest50d", "resnest50d_4s2x40d",
     ),
-    "cannot import Tensor.reshape ... timm/layers/evo_norm.py:70": (  # 6
-        "ese_vovnet39b_evos", "regnetz_b16_evos", "regnetz_c16_evos", "regnetz_d8_evos", "resnetv2_50d_evos",
-        "test_efficientnet_evos",
-    ),
     "cannot import torch.matmul ... timm/layers/cond_conv2d.py:102": (  # 6
         "efficientnet_cc_b0_4e", "efficientnet_cc_b0_8e", "efficientnet_cc_b1_8e", "tf_efficientnet_cc_b0_4e",
         "tf_efficientnet_cc_b0_8e", "tf_efficientnet_cc_b1_8e",
