@@ -272,6 +272,21 @@ def _evonorm_s0(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torc
     return run
 
 
+def _rmsnorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    c = x.shape[1]
+
+    def run() -> torch.Tensor:
+        if a["statistic"] == "variance":  # the unbiased variance: divided by C - 1
+            d = x - x.sum(1, keepdim=True) / c
+            stat = (d * d).sum(1, keepdim=True) / (c - 1)
+        else:
+            stat = (x * x).sum(1, keepdim=True) / c
+        y = x * torch.rsqrt(stat + a["eps"])
+        return y * _channel(m.weight, x) if a["elementwise_affine"] else y
+
+    return run
+
+
 def _groupnorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
     g = a["num_groups"]
 
@@ -369,6 +384,7 @@ FORMULAS: dict[str, Formula] = {
     "groupnorm": _groupnorm,
     "std_conv": _std_conv,
     "grn": _grn,
+    "rmsnorm": _rmsnorm,
     "evonorm_s0": _evonorm_s0,
     "lrn": _lrn,
     "maxpool": _pool("max"),

@@ -435,6 +435,33 @@ def test_a_module_that_computes_almost_evonorm_is_not_read_as_it() -> None:
         from_module(nn.Sequential(Unbiased(8, 2)), (8, 5, 5))
 
 
+class RMSNorm2d(nn.Module):
+    """RMSNorm (Zhang and Sennrich 2019) over the channels of an N x C x H x W map, written out."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + 1e-6) * self.scale.view(1, -1, 1, 1)
+
+
+class SimpleNorm2d(nn.Module):
+    """timm's SimpleNorm idea: to channels-last, x / sqrt(unbiased variance over C + eps) without centring x, back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = x * torch.rsqrt(torch.var(x, dim=-1, keepdim=True) + 1e-5)
+        return x.permute(0, 3, 1, 2)
+
+
+def test_rms_norm_and_simple_norm_are_one_rmsnorm() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), RMSNorm2d(8), nn.Conv2d(8, 8, 1), SimpleNorm2d())
+    text, report = check(model, (3, 9, 9), (3, 7, 12))
+    assert [row.kind for row in report.rows if row.kind == "rmsnorm"] == ["rmsnorm", "rmsnorm"], text
+    assert "statistic: variance" in text and "elementwise_affine: false" in text
+
+
 # ---- the hand-written networks' idioms -------------------------------------------------------------------------------
 
 

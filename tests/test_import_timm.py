@@ -73,12 +73,6 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import torch.conv2d ... timm/layers/blur_pool.py:82": (  # 2
         "efficientnet_blur_b0", "mobilenetv4_conv_blur_medium",
     ),
-    "cannot import torch.var ... timm/layers/fast_norm.py:234": (  # 2
-        "convnext_zepto_rms", "convnext_zepto_rms_ols",
-    ),
-    "cannot import Tensor.pow ... timm/layers/fast_norm.py:180": (  # 1
-        "convnext_atto_rms",
-    ),
     "cannot import Tensor.square ... timm/layers/filter_response_norm.py:17": (  # 1
         "resnetv2_50d_frn",
     ),

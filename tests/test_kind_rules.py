@@ -185,6 +185,11 @@ FULL: dict[str, Rule] = {
     # the norm's square and sum, x * nx, the weight's product, the bias's and the residual's sums per element; per
     # channel the square root, the mean's sum and the division; the mean's division and eps once
     "grn": lambda a, i, o, m: 6 * n(i) + 3 * i[0] + 2,
+    # mean square: the square, the sum, x / rms, the weight's product per element; the count's division, eps and
+    # the reciprocal root per position. variance: the mean's sum, the deviation, its square, the sum, x / rms, the
+    # weight's product per element; two divisions, eps and the reciprocal root per position
+    "rmsnorm": lambda a, i, o, m: ((6 if a["statistic"] == "variance" else 4) - (0 if a["elementwise_affine"] else 1))
+    * n(i) + (4 if a["statistic"] == "variance" else 3) * n(i[1:]),
     # the group variance (mean's sum, deviation, square, sum: 4), the division, scale and shift per element, and
     # with act v * x, the sigmoid (3) and the product; per group the two divisions by the count, eps, the root
     "evonorm_s0": lambda a, i, o, m: (7 + (5 if a["act"] else 0)) * n(i) + 4 * a["groups"],

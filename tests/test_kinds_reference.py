@@ -173,6 +173,24 @@ class EvoNormS0(nn.Module):
         return top / s * self.gamma.view(shape) + self.beta.view(shape)
 
 
+class ChannelRMSNorm(nn.Module):
+    """RMSNorm (Zhang and Sennrich 2019, eq. 4) over the channels of each position: x / RMS(x) * g, RMS(x) =
+    sqrt(mean of x^2 + eps); or x / sqrt(unbiased variance + eps) * g (timm's SimpleNorm)."""
+
+    def __init__(self, c: int, a: dict[str, Any]) -> None:
+        super().__init__()
+        self.a = a
+        self.g = nn.Parameter(torch.ones(c)) if a["elementwise_affine"] else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.a["statistic"] == "variance":
+            stat = x.var(dim=1, keepdim=True)
+        else:
+            stat = (x * x).mean(dim=1, keepdim=True)
+        y = x / torch.sqrt(stat + self.a["eps"])
+        return y if self.g is None else y * self.g.view(1, -1, *[1] * (x.dim() - 2))
+
+
 def _std_conv(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
     return WeightStandardized(_conv(a, shape), a, shape)
 
@@ -335,6 +353,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "global_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(1),
     "global_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(1),
     "grn": lambda a, s: GlobalResponseNorm(s[0], a["eps"]),
+    "rmsnorm": lambda a, s: ChannelRMSNorm(s[0], a),
     "evonorm_s0": lambda a, s: EvoNormS0(s[0], a["groups"], a["eps"], a["act"]),
     "groupnorm": lambda a, s: nn.GroupNorm(a["num_groups"], s[0], eps=a["eps"], affine=a["affine"],
                                            bias=a["bias"]),

@@ -209,6 +209,34 @@ class EvoNormS0(nn.Module):
         return x / std * self.weight.view(self.shape) + self.bias.view(self.shape)
 
 
+class RMSNorm(nn.Module):
+    """RMS normalization over the channels of each position, as timm's rms_norm2d computes it (x * rsqrt(mean of x^2
+    over dim 1 + eps) * weight); with statistic 'variance', as its SimpleNorm2d (channels-last, the variance over
+    the channels in place of the mean square)."""
+
+    def __init__(self, channels: int, rank: int, eps: float, elementwise_affine: bool, statistic: str) -> None:
+        super().__init__()
+        self.eps, self.statistic = eps, statistic
+        self.shape = (1, -1, *(1,) * rank)
+        self.weight = nn.Parameter(torch.ones(channels)) if elementwise_affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.statistic == "variance":
+            rank = x.dim()
+            x = x.permute(0, *range(2, rank), 1)
+            v = torch.var(x, dim=(-1,), keepdim=True)
+            x = x * torch.rsqrt(v + self.eps)
+            if self.weight is not None:
+                x = x * self.weight
+            return x.permute(0, rank - 1, *range(1, rank - 1))
+        v = x.pow(2)
+        v = torch.mean(v, dim=1, keepdim=True)
+        x = x * torch.rsqrt(v + self.eps)
+        if self.weight is not None:
+            x = x * self.weight.reshape(self.shape)
+        return x
+
+
 class LayerScale(nn.Module):
     """x * gamma with a learned per-channel gamma (ConvNeXt's layer_scale)."""
 

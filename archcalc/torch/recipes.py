@@ -238,6 +238,12 @@ def _evonorm_s0(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
                 act=a["act"])
 
 
+@recipe("rmsnorm")
+def _rmsnorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.RMSNorm, channels=inp[0], rank=len(inp) - 1, eps=a["eps"],
+                elementwise_affine=a["elementwise_affine"], statistic=a["statistic"])
+
+
 @recipe("layer_scale")
 def _layer_scale(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.LayerScale, shape=tuple(kind.shape(a, inp)), init=a["init"])
@@ -597,6 +603,8 @@ reads("channel_layernorm", _read_channel_layernorm, modules.LayerNorm2d)
 reads("groupnorm", _read_groupnorm, nn.GroupNorm)
 reads("std_conv", _read_std_conv, modules.StdConv)
 reads("grn", lambda m, inp: Mapped("grn", {"eps": float(m.eps)}), modules.GRN)
+reads("rmsnorm", lambda m, inp: Mapped("rmsnorm", {"eps": float(m.eps), "elementwise_affine": m.weight is not None,
+                                                   "statistic": m.statistic}), modules.RMSNorm)
 reads("evonorm_s0", lambda m, inp: Mapped("evonorm_s0", {"groups": m.groups, "eps": float(m.eps),
                                                          "act": m.v is not None}), modules.EvoNormS0)
 reads("maxpool", _read_maxpool, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
@@ -1046,6 +1054,70 @@ def _compose_evonorm_s0(steps: Sequence[Step], inp: tuple[int, ...], channels_la
     if len(steps) - 1 in used or len(steps) != (12 if act else 9):  # nothing else computed on the way
         return None
     return Mapped("evonorm_s0", {"groups": groups, "eps": eps, "act": act})
+
+
+@composition("rmsnorm")
+def _compose_rmsnorm(steps: Sequence[Step], inp: tuple[int, ...], channels_last: bool) -> Mapped | None:
+    """RMSNorm over the channels (x * rsqrt(mean(x ** 2) + eps) * weight), or timm's SimpleNorm (the channels'
+    unbiased variance, torch.var's default, in place of the mean square), on channels first, a channels-last view,
+    or permuted to channels-last inside the module and back."""
+    steps = list(steps)
+    rank = len(inp) + 1
+    to_last, to_first = (0, *range(2, rank), 1), (0, rank - 1, *range(1, rank - 1))
+    inner = channels_last
+    if steps and steps[0].op == "permute" and not channels_last:  # permuted inside: the steps between see C last
+        if tuple(d % rank for d in _permute_dims(steps[0])) != to_last or steps[-1].op != "permute" \
+                or tuple(d % rank for d in _permute_dims(steps[-1])) != to_first or steps[-1].args[0] != Ref(
+                    len(steps) - 2):
+            return None
+        steps = [Step(s.op, *(_shift(v) for v in (s.args, s.kwargs)), s.shape) for s in steps[1:-1]]
+        inner = True
+    channel = (rank - 1,) if inner else (1,)
+    ops = [s.op for s in steps]
+    if ops[:1] == ["pow"] and ops[1:2] == ["mean"]:
+        statistic, square, mean = "mean_square", steps[0], steps[1]  # (x ** 2, its mean over the channels)
+        if not (square.args == (Ref(-1), 2) and mean.args[:1] == (Ref(0),)):
+            return None
+        reduced = _dims(_arg(mean, 1, "dim"), rank) == channel and _arg(mean, 2, "keepdim", False)
+        rest = steps[2:]
+    elif ops[:1] == ["var"]:
+        statistic, var = "variance", steps[0]
+        unbiased = var.kwargs.get("unbiased", var.kwargs.get("correction", 1))  # torch.var's default: C - 1
+        reduced = (var.args[:1] == (Ref(-1),) and _dims(_arg(var, 1, "dim"), rank) == channel
+                   and unbiased in (True, 1) and var.kwargs.get("keepdim", False) and len(var.args) <= 2)
+        rest = steps[1:]
+    else:
+        return None
+    first = len(steps) - len(rest)  # the step index of rest[0]
+    if not reduced or [s.op for s in rest[:3]] != ["add", "rsqrt", "mul"] or len(rest) not in (3, 4):
+        return None
+    add, root, product = rest[:3]
+    if not (len(add.args) == 2 and add.args[0] == Ref(first - 1) and _number(add.args[1])
+            and root.args == (Ref(first),) and set(product.args) == {Ref(-1), Ref(first + 1)}):
+        return None
+    affine = len(rest) == 4
+    if affine and not (rest[3].op == "mul" and _operands(rest[3], Ref(first + 2)) is not None
+                       and _channel_param(_operands(rest[3], Ref(first + 2)), inp[0])):
+        return None
+    return Mapped("rmsnorm", {"eps": float(add.args[1]), "elementwise_affine": affine, "statistic": statistic})
+
+
+def _permute_dims(step: Step) -> tuple[int, ...]:
+    dims = step.args[1:] if len(step.args) > 2 else (step.args[1] if len(step.args) > 1 else step.kwargs.get("dims"))
+    return tuple(dims) if isinstance(dims, (tuple, list)) else ()
+
+
+def _shift(value: Any) -> Any:
+    """A step's arguments with the first step (a permute of the input) read as the input, the others one earlier."""
+    if isinstance(value, Ref):
+        return Ref(-1 if value.step == 0 else value.step - 1)
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):  # (a Param stays one)
+        return tuple(_shift(v) for v in value)
+    if isinstance(value, list):
+        return [_shift(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _shift(v) for k, v in value.items()}
+    return value
 
 
 # Functions of other libraries by qualified name, kept whole by the tracer (fx's autowrap) and mapped here.

@@ -385,6 +385,63 @@ class EvoNormS0(Kind):
 
 
 @register
+class RMSNorm(Kind):
+    name = "rmsnorm"
+    synonyms = ("rms_norm", "rmsnorm2d", "simplenorm", "simplenorm2d")
+    prefix = "norm"
+    doc = ("RMS normalization over the channels of each position (Zhang and Sennrich 2019; timm's RmsNorm2d and "
+           "RmsNorm): y = x / sqrt(mean of x^2 over the channels + eps) * weight; with `statistic: variance`, the "
+           "channels' unbiased variance (torch.var's default, divided by C - 1) in place of the mean square, x "
+           "itself not centred (timm's SimpleNorm2d and SimpleNorm). Params C (affine). No MACs; FlopCounterMode "
+           "and fvcore count none of it.")
+    full_rule = ("mean_square: per element the square, the sum, the product by 1/rms and the weight's (4; 3 "
+                 "without affine); per position the division by the count, eps and the reciprocal square root (3). "
+                 "variance: per element the mean's sum, the deviation, its square, the sum, the two products (6; 5 "
+                 "without affine); per position two divisions (by C and C - 1), eps, the reciprocal square root (4)")
+    args = (
+        Arg("eps", "float", 1e-6, "added to the mean square (or the variance)", minimum=0),
+        Arg("elementwise_affine", "bool", True, "learn a scale per channel", aliases=("affine",)),
+        Arg("statistic", "str", "mean_square", "what 1/sqrt(. + eps) is taken of: the channels' mean square "
+            "(RMSNorm) or their unbiased variance (timm's SimpleNorm)", choices=("mean_square", "variance")),
+    )
+    examples = (Example((16, 6, 6)), Example((8, 5, 7), {"statistic": "variance", "eps": 1e-5}),
+                Example((12, 9), {"elementwise_affine": False}),
+                Example((6, 4, 4), {"statistic": "variance", "elementwise_affine": False}))
+    same_shape = True
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        spatial_rank(self.name, inp)
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        affine, positions = a["elementwise_affine"], numel(inp[1:])
+        if a["statistic"] == "variance":
+            full = (6 if affine else 5) * numel(inp) + 4 * positions
+        else:
+            full = (4 if affine else 3) * numel(inp) + 3 * positions
+        return Cost(params=inp[0] if affine else 0, full=full)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (params,) if params else ()
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # the statistic per position (a local of the forward) and, with affine, x / rms before the weight's
+        # product; without, 1 / rms while x / rms is made
+        positions = numel(inp[1:])
+        return ((positions + (numel(inp) if a["elementwise_affine"] else positions), ACTIVATION),)
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the input (the square's or the variance's, and the product's), 1 / rms per position, and with affine
+        # x / rms (for the weight's gradient)
+        extra = numel(inp[1:]) + (numel(inp) if a["elementwise_affine"] else 0)
+        return Saved(input=True, extra=((extra, ACTIVATION),))
+
+    def saved_for_params(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the input needs no gradient: only the weight's product records, keeping x / rms
+        return Saved(extra=((numel(inp), ACTIVATION),)) if a["elementwise_affine"] else Saved()
+
+
+@register
 class Scalar(Kind):
     name = "scalar"
     synonyms = ("constant", "scale")
