@@ -287,6 +287,18 @@ def _rmsnorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.T
     return run
 
 
+def _frn(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    spatial = tuple(range(2, x.dim()))
+    count = math.prod(x.shape[2:])
+
+    def run() -> torch.Tensor:
+        nu2 = (x * x).sum(spatial, keepdim=True) / count
+        y = x * torch.rsqrt(nu2 + a["eps"]) * _channel(m.weight, x) + _channel(m.bias, x)
+        return torch.maximum(y, _channel(m.tau, x)) if a["tlu"] else y
+
+    return run
+
+
 def _groupnorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
     g = a["num_groups"]
 
@@ -384,6 +396,7 @@ FORMULAS: dict[str, Formula] = {
     "groupnorm": _groupnorm,
     "std_conv": _std_conv,
     "grn": _grn,
+    "frn": _frn,
     "rmsnorm": _rmsnorm,
     "evonorm_s0": _evonorm_s0,
     "lrn": _lrn,

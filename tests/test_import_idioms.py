@@ -462,6 +462,28 @@ def test_rms_norm_and_simple_norm_are_one_rmsnorm() -> None:
     assert "statistic: variance" in text and "elementwise_affine: false" in text
 
 
+class FRN(nn.Module):
+    """Filter Response Normalization with TLU (Singh and Krishnan 2019, Algorithm 1), written as its paper does."""
+
+    def __init__(self, c: int, tlu: bool = True) -> None:
+        super().__init__()
+        self.gamma, self.beta = nn.Parameter(torch.randn(1, c, 1, 1)), nn.Parameter(torch.randn(1, c, 1, 1))
+        self.tau = nn.Parameter(torch.randn(1, c, 1, 1)) if tlu else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nu2 = x.pow(2).mean(dim=[2, 3], keepdim=True)
+        x = x * torch.rsqrt(nu2 + 1e-6)
+        x = self.gamma * x + self.beta
+        return torch.maximum(x, self.tau) if self.tau is not None else x
+
+
+def test_filter_response_norm_is_one_frn() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), FRN(8), nn.Conv2d(8, 4, 1), FRN(4, tlu=False))
+    text, report = check(model, (3, 9, 9), (3, 7, 12))
+    assert [row.kind for row in report.rows if row.kind == "frn"] == ["frn", "frn"], text
+    assert "eps: 1.0e-06, tlu: false" in text
+
+
 # ---- the hand-written networks' idioms -------------------------------------------------------------------------------
 
 

@@ -73,9 +73,6 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import torch.conv2d ... timm/layers/blur_pool.py:82": (  # 2
         "efficientnet_blur_b0", "mobilenetv4_conv_blur_medium",
     ),
-    "cannot import Tensor.square ... timm/layers/filter_response_norm.py:17": (  # 1
-        "resnetv2_50d_frn",
-    ),
 }
 
 # fvcore has no handler for `aten::_convolution_mode` (a convolution with padding="same" given as a string, as

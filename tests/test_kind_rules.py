@@ -185,6 +185,9 @@ FULL: dict[str, Rule] = {
     # the norm's square and sum, x * nx, the weight's product, the bias's and the residual's sums per element; per
     # channel the square root, the mean's sum and the division; the mean's division and eps once
     "grn": lambda a, i, o, m: 6 * n(i) + 3 * i[0] + 2,
+    # the square, the sum, x / rms, scale, shift (and tlu's maximum) per element; the division by the count, eps
+    # and the reciprocal root per channel
+    "frn": lambda a, i, o, m: (6 if a["tlu"] else 5) * n(i) + 3 * i[0],
     # mean square: the square, the sum, x / rms, the weight's product per element; the count's division, eps and
     # the reciprocal root per position. variance: the mean's sum, the deviation, its square, the sum, x / rms, the
     # weight's product per element; two divisions, eps and the reciprocal root per position

@@ -191,6 +191,23 @@ class ChannelRMSNorm(nn.Module):
         return y if self.g is None else y * self.g.view(1, -1, *[1] * (x.dim() - 2))
 
 
+class FilterResponseNorm(nn.Module):
+    """FRN and TLU (Singh and Krishnan 2019, eq. 1-3): nu2 = mean of x^2 over the spatial extent per channel,
+    x / sqrt(nu2 + eps) * gamma + beta, then max(., tau) with TLU."""
+
+    def __init__(self, c: int, eps: float, tlu: bool) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gamma, self.beta = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+        self.tau = nn.Parameter(torch.zeros(c)) if tlu else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, *[1] * (x.dim() - 2))
+        nu2 = (x * x).mean(dim=tuple(range(2, x.dim())), keepdim=True)
+        y = x / torch.sqrt(nu2 + self.eps) * self.gamma.view(shape) + self.beta.view(shape)
+        return y if self.tau is None else torch.max(y, self.tau.view(shape))
+
+
 def _std_conv(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
     return WeightStandardized(_conv(a, shape), a, shape)
 
@@ -353,6 +370,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "global_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(1),
     "global_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(1),
     "grn": lambda a, s: GlobalResponseNorm(s[0], a["eps"]),
+    "frn": lambda a, s: FilterResponseNorm(s[0], a["eps"], a["tlu"]),
     "rmsnorm": lambda a, s: ChannelRMSNorm(s[0], a),
     "evonorm_s0": lambda a, s: EvoNormS0(s[0], a["groups"], a["eps"], a["act"]),
     "groupnorm": lambda a, s: nn.GroupNorm(a["num_groups"], s[0], eps=a["eps"], affine=a["affine"],

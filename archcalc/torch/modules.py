@@ -237,6 +237,25 @@ class RMSNorm(nn.Module):
         return x
 
 
+class FRN(nn.Module):
+    """Filter Response Normalization (Singh and Krishnan 2019) as timm's FilterResponseNormTlu2d computes it:
+    x * rsqrt(mean of x^2 over the spatial axes + eps) * weight + bias, then max(., tau) with tlu."""
+
+    def __init__(self, channels: int, rank: int, eps: float, tlu: bool) -> None:
+        super().__init__()
+        self.eps = eps
+        self.spatial = tuple(range(2, rank + 2))
+        self.shape = (1, -1, *(1,) * rank)
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.tau = nn.Parameter(torch.zeros(channels)) if tlu else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * x.square().mean(dim=self.spatial, keepdim=True).add(self.eps).rsqrt().expand(x.shape)
+        x = x * self.weight.view(self.shape) + self.bias.view(self.shape)
+        return torch.maximum(x, self.tau.reshape(self.shape)) if self.tau is not None else x
+
+
 class LayerScale(nn.Module):
     """x * gamma with a learned per-channel gamma (ConvNeXt's layer_scale)."""
 

@@ -244,6 +244,11 @@ def _rmsnorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
                 elementwise_affine=a["elementwise_affine"], statistic=a["statistic"])
 
 
+@recipe("frn")
+def _frn(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.FRN, channels=inp[0], rank=len(inp) - 1, eps=a["eps"], tlu=a["tlu"])
+
+
 @recipe("layer_scale")
 def _layer_scale(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.LayerScale, shape=tuple(kind.shape(a, inp)), init=a["init"])
@@ -603,6 +608,7 @@ reads("channel_layernorm", _read_channel_layernorm, modules.LayerNorm2d)
 reads("groupnorm", _read_groupnorm, nn.GroupNorm)
 reads("std_conv", _read_std_conv, modules.StdConv)
 reads("grn", lambda m, inp: Mapped("grn", {"eps": float(m.eps)}), modules.GRN)
+reads("frn", lambda m, inp: Mapped("frn", {"eps": float(m.eps), "tlu": m.tau is not None}), modules.FRN)
 reads("rmsnorm", lambda m, inp: Mapped("rmsnorm", {"eps": float(m.eps), "elementwise_affine": m.weight is not None,
                                                    "statistic": m.statistic}), modules.RMSNorm)
 reads("evonorm_s0", lambda m, inp: Mapped("evonorm_s0", {"groups": m.groups, "eps": float(m.eps),
@@ -1100,6 +1106,38 @@ def _compose_rmsnorm(steps: Sequence[Step], inp: tuple[int, ...], channels_last:
                        and _channel_param(_operands(rest[3], Ref(first + 2)), inp[0])):
         return None
     return Mapped("rmsnorm", {"eps": float(add.args[1]), "elementwise_affine": affine, "statistic": statistic})
+
+
+@composition("frn")
+def _compose_frn(steps: Sequence[Step], inp: tuple[int, ...], channels_last: bool) -> Mapped | None:
+    """Filter Response Normalization as Singh and Krishnan 2019 (eq. 1-3) and timm write it: nu2 = mean of x^2 over
+    the spatial axes, x * rsqrt(nu2 + eps) (expanded or broadcast), * weight + bias, then max(., tau) or not."""
+    if channels_last or len(inp) < 2:
+        return None
+    c, rank = inp[0], len(inp) + 1
+    square = _step(steps, Ref(0), "square", "pow")
+    if square is None or square.args[:1] != (Ref(-1),) or (square.op == "pow" and square.args[1:] != (2,)):
+        return None
+    mean, add, root = (steps[i] if i < len(steps) else None for i in (1, 2, 3))
+    if not (mean and mean.op == "mean" and mean.args[:1] == (Ref(0),)
+            and _dims(_arg(mean, 1, "dim"), rank) == tuple(range(2, rank)) and _arg(mean, 2, "keepdim", False)
+            and add and add.op == "add" and len(add.args) == 2 and add.args[0] == Ref(1) and _number(add.args[1])
+            and root and root.op == "rsqrt" and root.args == (Ref(2),)):
+        return None
+    rest, at = steps[4:], 4
+    rms = Ref(3)
+    if rest and rest[0].op in ("expand", "expand_as") and rest[0].args[0] == Ref(3):
+        rms, rest, at = Ref(4), rest[1:], 5
+    if [s.op for s in rest[:3]] != ["mul", "mul", "add"] or len(rest) not in (3, 4):
+        return None
+    normed, scaled, shifted = rest[:3]
+    if not (set(normed.args) == {Ref(-1), rms} and len(normed.args) == 2
+            and _channel_param(_operands(scaled, Ref(at)), c) and _channel_param(_operands(shifted, Ref(at + 1)), c)):
+        return None
+    tlu = len(rest) == 4
+    if tlu and not (rest[3].op == "maximum" and _channel_param(_operands(rest[3], Ref(at + 2)), c)):
+        return None
+    return Mapped("frn", {"eps": float(add.args[1]), "tlu": tlu})
 
 
 def _permute_dims(step: Step) -> tuple[int, ...]:

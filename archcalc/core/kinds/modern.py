@@ -442,6 +442,55 @@ class RMSNorm(Kind):
 
 
 @register
+class FRN(Kind):
+    name = "frn"
+    synonyms = ("filter_response_norm", "filterresponsenorm", "filterresponsenormtlu2d")
+    prefix = "frn"
+    doc = ("Filter Response Normalization (Singh and Krishnan 2019, eq. 1-3; timm's FilterResponseNormTlu2d): "
+           "y = x / sqrt(mean of x^2 over the spatial axes + eps) * weight + bias, per sample and channel, then "
+           "with `tlu` the thresholded linear unit max(y, tau), a learned tau per channel. Params 2C, 3C with tlu. "
+           "No MACs; FlopCounterMode and fvcore count none of it.")
+    full_rule = ("per element the square, the sum, x / rms, scale and shift (5), and the maximum with tlu (6); per "
+                 "channel the division by the count, eps and the reciprocal square root (3)")
+    args = (
+        Arg("eps", "float", 1e-5, "added to the mean square", minimum=0),
+        Arg("tlu", "bool", True, "apply max(y, tau) with a learned tau per channel"),
+    )
+    examples = (Example((8, 6, 6)), Example((6, 5, 7), {"tlu": False, "eps": 1e-6}), Example((4, 9)))
+    same_shape = True
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        spatial_rank(self.name, inp)
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(params=(3 if a["tlu"] else 2) * inp[0], full=(6 if a["tlu"] else 5) * numel(inp) + 3 * inp[0])
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (out[0],) * (params // out[0])  # weight, bias (and tau)
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        return [RFStep(whole=True) for _ in inp[1:]]  # the mean square is over the whole map
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # x / rms and the scaled product are alive with the shifted sum (measured with torch.profiler)
+        return ((2 * numel(inp), ACTIVATION),)
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ((numel(inp), ACTIVATION),)  # the square (freed by the mean), the scaled product
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the input (the square's and the product's), 1 / rms per channel, x / rms (the weight's); with tlu the
+        # maximum's operand
+        n = numel(inp)
+        return Saved(input=True, extra=((inp[0] + (2 if a["tlu"] else 1) * n, ACTIVATION),))
+
+    def saved_for_params(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the input needs no gradient: x / rms (the weight's), and with tlu the maximum's operand (tau's)
+        return Saved(extra=(((2 if a["tlu"] else 1) * numel(inp), ACTIVATION),))
+
+
+@register
 class Scalar(Kind):
     name = "scalar"
     synonyms = ("constant", "scale")
