@@ -1076,7 +1076,7 @@ def _compose_rmsnorm(steps: Sequence[Step], inp: tuple[int, ...], channels_last:
                 or tuple(d % rank for d in _permute_dims(steps[-1])) != to_first or steps[-1].args[0] != Ref(
                     len(steps) - 2):
             return None
-        steps = [Step(s.op, *(_shift(v) for v in (s.args, s.kwargs)), s.shape) for s in steps[1:-1]]
+        steps = [Step(s.op, _shift(s.args), _shift(s.kwargs), s.shape) for s in steps[1:-1]]
         inner = True
     channel = (rank - 1,) if inner else (1,)
     ops = [s.op for s in steps]
