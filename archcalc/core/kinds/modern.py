@@ -296,9 +296,6 @@ class GRN(Kind):
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
         return (out[0], out[0])  # weight, bias
 
-    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
-        return [RFStep(whole=True) for _ in inp[1:]]  # every output depends on the whole map through the norm
-
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # x * nx and the fused multiply-add's result (one alive at a time beside the output), gx and nx per channel
         return ((numel(inp), ACTIVATION), (2 * inp[0], ACTIVATION))
@@ -351,9 +348,6 @@ class EvoNormS0(Kind):
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
         return (out[0],) * (params // out[0])  # weight, bias (and v)
-
-    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
-        return [RFStep(whole=True) for _ in inp[1:]]  # the group's deviation is over the whole map
 
     def deviation(self, a: Mapping[str, Any], inp: Shape) -> int:
         """Elements per sample of the deviation expanded to x's shape: a copy of x's size when a group has several
@@ -468,9 +462,6 @@ class FRN(Kind):
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
         return (out[0],) * (params // out[0])  # weight, bias (and tau)
-
-    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
-        return [RFStep(whole=True) for _ in inp[1:]]  # the mean square is over the whole map
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # x / rms and the scaled product are alive with the shifted sum (measured with torch.profiler)

@@ -109,7 +109,7 @@ class LayerNorm(Kind):
             "nn.LayerNorm(bias=False))"),
     )
     examples = (Example((64, 8, 8)), Example((128,)), Example((16, 7, 7), {"normalized_shape": [7, 7]}),
-                Example((12, 5, 5), {"normalized_shape": 5, "bias": False}))
+                Example((12, 5, 5), {"normalized_shape": [5, 5], "bias": False}))
     same_shape = True
 
     def norm_shape(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:

@@ -492,7 +492,7 @@ class _Converter:
         if not path or node in self.tried:
             return False
         run = self._module_run(node, path)
-        self.tried.update(run)
+        self.tried.update(n for n in run if ".".join(_scope_of(n)) == path)  # (a module inside gets its own try)
         found = self._steps(run)
         if found is None:
             return False
