@@ -281,19 +281,208 @@ def test_an_op_reading_more_parameters_than_its_kind_counts_is_refused() -> None
         from_module(HalfBias(), (3, 8, 8))
 
 
-def test_weight_standardisation_with_a_gain_is_refused_not_miscounted() -> None:
-    class ScaledStdConv2d(nn.Conv2d):  # timm's: the weight standardised at forward time, times a learned gain
-        def __init__(self, cin: int, cout: int) -> None:
-            super().__init__(cin, cout, 3)
-            self.gain = nn.Parameter(torch.ones(cout, 1, 1, 1))
+class StdConv2d(nn.Conv2d):
+    """BiT's weight-standardised conv (Kolesnikov et al. 2020; Qiao et al. 2019), written as timm writes it: the
+    weight standardised per filter by F.batch_norm with batch statistics at each forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None, training=True, momentum=0.0,
+                         eps=1e-8).reshape_as(self.weight)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class ScaledStdConv2dSame(nn.Conv2d):
+    """NFNet's scaled weight standardisation (Brock et al. 2021) times a learned gain and gamma / sqrt(fan-in),
+    after TensorFlow's "same" padding computed from the input's size."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, gamma: float) -> None:
+        super().__init__(cin, cout, k, stride)
+        self.gain = nn.Parameter(torch.ones(cout, 1, 1, 1))
+        self.scale = gamma * self.weight[0].numel() ** -0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        x = F.pad(x, [pads[1][0], pads[1][1], pads[0][0], pads[0][1]])
+        w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
+                         weight=(self.gain * self.scale).view(-1), training=True, momentum=0.0, eps=1e-5)
+        return F.conv2d(x, w.reshape_as(self.weight), self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _fvcore_standardisation(model: nn.Module) -> int:
+    """What fvcore counts for weight standardisation, written out (fvcore's batchnorm_flop_jit with training=True:
+    norm_flop_counter, 5 per element with a weight, 4 without; measured on timm's StdConv2d and ScaledStdConv2d),
+    once per forward."""
+    return sum(m.weight.numel() * (5 if hasattr(m, "gain") else 4) for m in model.modules()
+               if isinstance(m, (StdConv2d, ScaledStdConv2dSame)))
+
+
+def test_weight_standardisation_is_one_std_conv_with_exact_figures() -> None:
+    model = nn.Sequential(StdConv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(),
+                          ScaledStdConv2dSame(8, 16, 3, 2, gamma=1.7), nn.ReLU())
+    text, report = check(model, (3, 16, 16), (3, 13, 11))  # params (the gain's too) and FlopCounterMode, 2 sizes
+    assert [row.kind for row in report.rows if row.kind != "relu" and row.module] == ["std_conv", "std_conv"], text
+    assert "eps: 1.0e-08" in text and "padding: same" in text and "gain: true" in text and "gamma: 1.7" in text
+    for batch in (1, 3):  # fvcore: the convolutions' MACs per sample, the standardisation once per forward
+        fvcore = analyze(from_module(model, (3, 16, 16)).spec, batch=batch, convention="fvcore").totals.flops
+        assert fvcore == batch * 8 * 27 * 16 * 16 + batch * 16 * 72 * 8 * 8 + _fvcore_standardisation(model)
+
+
+def test_weight_standardisation_read_other_than_by_a_convolution_is_refused() -> None:
+    class StandardisedLinear(nn.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            w = F.batch_norm(self.weight.reshape(1, self.out_features, -1), None, None, training=True)
+            return F.linear(x, w.reshape_as(self.weight), self.bias)
+
+    class ScaledByATensor(nn.Conv2d):  # the gain times a parameter, not a constant: arithmetic with no kind
+        def __init__(self) -> None:
+            super().__init__(3, 4, 3)
+            self.gain, self.scale = nn.Parameter(torch.ones(4, 1, 1, 1)), nn.Parameter(torch.ones(1))
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            w = F.batch_norm(self.weight.reshape(1, self.out_channels, -1), None, None,
-                             weight=self.gain.reshape(-1), training=True, momentum=0.0, eps=1e-6)
+            w = F.batch_norm(self.weight.reshape(1, 4, -1), None, None, weight=(self.gain * self.scale).view(-1),
+                             training=True)
             return F.conv2d(x, w.reshape_as(self.weight), self.bias)
 
+    with pytest.raises(ImportFailure, match="a standardised weight read by other than a convolution"):
+        from_module(nn.Sequential(nn.Flatten(), StandardisedLinear(12, 4)), (3, 2, 2))
     with pytest.raises(ImportFailure, match="arithmetic on parameters at forward time"):
-        from_module(ScaledStdConv2d(3, 4), (3, 8, 8))
+        from_module(ScaledByATensor(), (3, 8, 8))
+
+
+class GRN(nn.Module):
+    """ConvNeXt-V2's Global Response Normalization (Woo et al. 2023, Algorithm 1), as its authors write it for
+    channels-last input (the official code's GRN), or channels first."""
+
+    def __init__(self, c: int, channels_last: bool) -> None:
+        super().__init__()
+        self.channels_last = channels_last
+        shape = (1, 1, 1, c) if channels_last else (1, c, 1, 1)
+        self.gamma, self.beta = nn.Parameter(torch.randn(shape)), nn.Parameter(torch.randn(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = torch.norm(x, p=2, dim=(1, 2) if self.channels_last else (2, 3), keepdim=True)
+        nx = gx / (gx.mean(dim=-1 if self.channels_last else 1, keepdim=True) + 1e-6)
+        return torch.addcmul(self.beta, self.gamma, x * nx) + x
+
+
+class ConvNeXtV2Block(nn.Module):
+    """A ConvNeXt-V2 block's MLP: to channels-last, Linear, GELU, GRN, Linear, back; and a GRN channels first."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.fc1, self.act, self.grn, self.fc2 = nn.Linear(c, 4 * c), nn.GELU(), GRN(4 * c, True), nn.Linear(4 * c, c)
+        self.grn2 = GRN(c, False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.fc2(self.grn(self.act(self.fc1(x.permute(0, 2, 3, 1))))).permute(0, 3, 1, 2)
+        return self.grn2(x + y)
+
+
+def test_grn_in_either_layout_is_one_grn() -> None:
+    # (inside a Sequential: the block's own sum right before grn2's ops is not taken for the start of grn2)
+    text, report = check(nn.Sequential(ConvNeXtV2Block(8)), (8, 6, 6), (8, 5, 7))
+    assert [row.kind for row in report.rows if row.kind == "grn"] == ["grn", "grn"], text
+
+
+def test_a_module_that_computes_almost_grn_is_not_read_as_it() -> None:
+    class NotGRN(GRN):  # the mean over the spatial axes instead of the channels: another formula
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            gx = torch.norm(x, p=2, dim=(2, 3), keepdim=True)
+            nx = gx / (gx.mean(dim=(2, 3), keepdim=True) + 1e-6)
+            return torch.addcmul(self.beta, self.gamma, x * nx) + x
+
+    with pytest.raises(ImportFailure, match="Tensor.norm|torch.norm|norm"):
+        from_module(nn.Sequential(NotGRN(8, False)), (8, 6, 6))
+
+
+class EvoNormS0(nn.Module):
+    """EvoNorm-S0 (Liu et al. 2020, Algorithm 2) written from the paper: the group deviation first, then the
+    sigmoid gate; with act=False x / std alone."""
+
+    def __init__(self, c: int, groups: int, act: bool = True) -> None:
+        super().__init__()
+        self.groups = groups
+        self.v = nn.Parameter(torch.randn(1, c, 1, 1)) if act else None
+        self.gamma, self.beta = nn.Parameter(torch.randn(1, c, 1, 1)), nn.Parameter(torch.randn(1, c, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        g = x.view(n, self.groups, c // self.groups, h, w)
+        std = (g.var(dim=(2, 3, 4), keepdim=True, unbiased=False) + 1e-5).sqrt().expand(g.shape).reshape(n, c, h, w)
+        if self.v is not None:
+            x = x * torch.sigmoid(x * self.v)
+        return x / std * self.gamma + self.beta
+
+
+def test_evonorm_s0_is_one_evonorm() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), EvoNormS0(16, 4), nn.Conv2d(16, 8, 1), EvoNormS0(8, 8, act=False))
+    text, report = check(model, (3, 9, 9), (3, 7, 12))
+    assert [row.kind for row in report.rows if row.kind.startswith("evo")] == ["evonorm_s0", "evonorm_s0"], text
+    assert "groups: 8, act: false" in text
+
+
+def test_a_module_that_computes_almost_evonorm_is_not_read_as_it() -> None:
+    class Unbiased(EvoNormS0):  # the unbiased variance: another formula
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            n, c, h, w = x.shape
+            g = x.view(n, self.groups, c // self.groups, h, w)
+            std = (g.var(dim=(2, 3, 4), keepdim=True) + 1e-5).sqrt().expand(g.shape).reshape(n, c, h, w)
+            return x * torch.sigmoid(x * self.v) / std * self.gamma + self.beta
+
+    with pytest.raises(ImportFailure):
+        from_module(nn.Sequential(Unbiased(8, 2)), (8, 5, 5))
+
+
+class RMSNorm2d(nn.Module):
+    """RMSNorm (Zhang and Sennrich 2019) over the channels of an N x C x H x W map, written out."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.randn(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(1, keepdim=True) + 1e-6) * self.scale.view(1, -1, 1, 1)
+
+
+class SimpleNorm2d(nn.Module):
+    """timm's SimpleNorm idea: to channels-last, x / sqrt(unbiased variance over C + eps) without centring x, back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = x * torch.rsqrt(torch.var(x, dim=-1, keepdim=True) + 1e-5)
+        return x.permute(0, 3, 1, 2)
+
+
+def test_rms_norm_and_simple_norm_are_one_rmsnorm() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), RMSNorm2d(8), nn.Conv2d(8, 8, 1), SimpleNorm2d())
+    text, report = check(model, (3, 9, 9), (3, 7, 12))
+    assert [row.kind for row in report.rows if row.kind == "rmsnorm"] == ["rmsnorm", "rmsnorm"], text
+    assert "statistic: variance" in text and "elementwise_affine: false" in text
+
+
+class FRN(nn.Module):
+    """Filter Response Normalization with TLU (Singh and Krishnan 2019, Algorithm 1), written as its paper does."""
+
+    def __init__(self, c: int, tlu: bool = True) -> None:
+        super().__init__()
+        self.gamma, self.beta = nn.Parameter(torch.randn(1, c, 1, 1)), nn.Parameter(torch.randn(1, c, 1, 1))
+        self.tau = nn.Parameter(torch.randn(1, c, 1, 1)) if tlu else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nu2 = x.pow(2).mean(dim=[2, 3], keepdim=True)
+        x = x * torch.rsqrt(nu2 + 1e-6)
+        x = self.gamma * x + self.beta
+        return torch.maximum(x, self.tau) if self.tau is not None else x
+
+
+def test_filter_response_norm_is_one_frn() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), FRN(8), nn.Conv2d(8, 4, 1), FRN(4, tlu=False))
+    text, report = check(model, (3, 9, 9), (3, 7, 12))
+    assert [row.kind for row in report.rows if row.kind == "frn"] == ["frn", "frn"], text
+    assert "eps: 1.0e-06, tlu: false" in text
 
 
 # ---- the hand-written networks' idioms -------------------------------------------------------------------------------

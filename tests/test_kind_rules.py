@@ -69,7 +69,7 @@ def test_saved_bytes_are_what_autograd_keeps(name: str, index: int) -> None:
 
 # Layers whose every output depends on the whole sample through its statistics: the receptive field, by
 # convention, follows only the sliding windows (a normalization does not widen it).
-NORMALIZING = {"layernorm", "groupnorm"}
+NORMALIZING = {"layernorm", "groupnorm", "grn", "evonorm_s0", "frn"}
 
 
 def measured_rf(module: torch.nn.Module, inp: tuple[int, ...], axis: int) -> int:
@@ -136,11 +136,11 @@ def _gelu(a: Mapping[str, Any]) -> int:
     return 9 if a["approximate"] == "tanh" else 5
 
 
-def _normalize(elements: int, groups: int, affine: bool) -> int:
+def _normalize(elements: int, groups: int, affine: bool, shift: bool = True) -> int:
     """Statistics from the input: per element the mean's addition, the deviation, its square, the variance's
-    addition and the multiplication by 1/std, plus scale and shift with affine; per group of statistics the two
-    divisions by the count, eps and the reciprocal square root."""
-    return (7 if affine else 5) * elements + 4 * groups
+    addition and the multiplication by 1/std, plus scale and shift with affine (the scale only without `shift`);
+    per group of statistics the two divisions by the count, eps and the reciprocal square root."""
+    return (5 + (2 if shift else 1) if affine else 5) * elements + 4 * groups
 
 
 def _batchnorm(a: Mapping[str, Any], i: tuple[int, ...]) -> int:
@@ -179,12 +179,28 @@ FULL: dict[str, Rule] = {
                                             "stochastic_depth", "pixel_shuffle", "pixel_unshuffle", "crop",
                                             "zeropad")},
     "conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
+    # the norm's square and sum, x * nx, the weight's product, the bias's and the residual's sums per element; per
+    # channel the square root, the mean's sum and the division; the mean's division and eps once
+    "grn": lambda a, i, o, m: 6 * n(i) + 3 * i[0] + 2,
+    # the square, the sum, x / rms, scale, shift (and tlu's maximum) per element; the division by the count, eps
+    # and the reciprocal root per channel
+    "frn": lambda a, i, o, m: (6 if a["tlu"] else 5) * n(i) + 3 * i[0],
+    # mean square: the square, the sum, x / rms, the weight's product per element; the count's division, eps and
+    # the reciprocal root per position. variance: the mean's sum, the deviation, its square, the sum, x / rms, the
+    # weight's product per element; two divisions, eps and the reciprocal root per position
+    "rmsnorm": lambda a, i, o, m: ((6 if a["statistic"] == "variance" else 4) - (0 if a["elementwise_affine"] else 1))
+    * n(i) + (4 if a["statistic"] == "variance" else 3) * n(i[1:]),
+    # the group variance (mean's sum, deviation, square, sum: 4), the division, scale and shift per element, and
+    # with act v * x, the sigmoid (3) and the product; per group the two divisions by the count, eps, the root
+    "evonorm_s0": lambda a, i, o, m: (7 + (5 if a["act"] else 0)) * n(i) + 4 * a["groups"],
+    "std_conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),  # (the standardisation: FULL_ONCE)
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "linear": lambda a, i, o, m: 2 * m + (a["out_features"] if a["bias"] else 0),
     "bias": lambda a, i, o, m: n(o),
-    "channel_layernorm": lambda a, i, o, m: _normalize(n(i), n(i[1:]), a["elementwise_affine"]),
-    "layernorm": lambda a, i, o, m: _normalize(n(i), _layernorm_groups(a, i), a["elementwise_affine"]),
-    "groupnorm": lambda a, i, o, m: _normalize(n(i), a["num_groups"], a["affine"]),
+    "channel_layernorm": lambda a, i, o, m: _normalize(n(i), n(i[1:]), a["elementwise_affine"], a["bias"]),
+    "layernorm": lambda a, i, o, m: _normalize(n(i), _layernorm_groups(a, i), a["elementwise_affine"],
+                                               a["bias"]),
+    "groupnorm": lambda a, i, o, m: _normalize(n(i), a["num_groups"], a["affine"], a["bias"]),
     "batchnorm": lambda a, i, o, m: _batchnorm(a, i),
     # the square once per element, a window sum of size terms, scale, offset, power, division
     "lrn": lambda a, i, o, m: (a["size"] + 5) * n(o),
@@ -211,6 +227,29 @@ def _psa_attention(a: Mapping[str, Any], i: tuple[int, ...], macs: int) -> int:
     qkv = c + 2 * heads * key
     return (2 * macs + 4 * (qkv + 2 * c) * positions + heads * key * positions + 3 * heads * positions ** 2
             + c * positions)
+
+
+def _standardize(a: Mapping[str, Any], i: tuple[int, ...]) -> int:
+    """Weight standardisation, once per forward: per weight the mean's addition, the deviation, its square, the
+    variance's addition, the multiplication by 1/std, and with a gain its multiplication; per filter the two
+    divisions by the count, eps, the reciprocal square root, and with a gain gain * gamma / sqrt(fan-in)."""
+    filters = a["out_channels"]
+    weights = filters * i[0] // a["groups"] * _kernel(a, i)
+    return (6 if a["gain"] else 5) * weights + (5 if a["gain"] else 4) * filters
+
+
+# kind -> full FLOPs done once per forward whatever the batch (work on the weights); 0 for the others
+FULL_ONCE: dict[str, Callable[[Mapping[str, Any], tuple[int, ...]], int]] = {"std_conv": _standardize}
+
+
+@pytest.mark.parametrize(("name", "index"), CASES, ids=IDS)
+def test_full_once_follows_the_stated_rule(name: str, index: int) -> None:
+    kind = REGISTRY[name]
+    ex = kind.examples[index]
+    args = _args(kind, ex.args)
+    out = kind.output(args, ex.input, lambda message: None)
+    cost = kind.cost(args, ex.input, out)
+    assert cost.full_once == FULL_ONCE.get(name, lambda a, i: 0)(args, ex.input)
 
 
 def test_every_kind_has_a_full_rule_here() -> None:

@@ -112,6 +112,106 @@ def _conv(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
                                                            groups=a["groups"], bias=a["bias"]), 0.0)
 
 
+class WeightStandardized(nn.Module):
+    """Weight standardisation (Qiao et al. 2019, eq. 5-6): each filter's weights less their mean, over their
+    standard deviation (the biased one, eps added to the variance); with a gain, times a learned gain per filter
+    and gamma / sqrt(fan-in) (Brock et al. 2021, "Characterizing signal propagation", Sec. 3, eq. 3). The
+    convolution is `conv` (a plain torch module) called with the standardised weight in place of its own."""
+
+    def __init__(self, conv: nn.Module, a: dict[str, Any], shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.conv = conv
+        self.eps, self.gamma = a["eps"], a["gamma"]
+        # one gain per filter, shaped like the weight's first axis (registered after the convolution's weight)
+        ones = torch.ones(a["out_channels"], *[1] * len(shape))
+        self.gain = nn.ParameterList([nn.Parameter(ones)] if a["gain"] else [])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        name, w = next((n, p) for n, p in self.conv.named_parameters() if n.endswith("weight"))
+        flat = w.flatten(1)
+        mean = flat.mean(1, keepdim=True)
+        var = flat.var(1, unbiased=False, keepdim=True)
+        standard = (flat - mean) / torch.sqrt(var + self.eps)
+        if len(self.gain):
+            standard = standard * self.gain[0].flatten(1) * self.gamma / math.sqrt(flat.shape[1])
+        return torch.func.functional_call(self.conv, {name: standard.reshape_as(w)}, (x,))
+
+
+class GlobalResponseNorm(nn.Module):
+    """ConvNeXt-V2's GRN (Woo et al. 2023, eq. 1-3 and Algorithm 1): Gx = ||X_i|| over the spatial axes per channel,
+    Nx = Gx / (mean of Gx over channels + eps), X + gamma * (X * Nx) + beta."""
+
+    def __init__(self, c: int, eps: float) -> None:
+        super().__init__()
+        self.gamma, self.beta, self.eps = nn.Parameter(torch.zeros(c)), nn.Parameter(torch.zeros(c)), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = tuple(range(2, x.dim()))
+        shape = (1, -1, *[1] * len(spatial))
+        gx = torch.sqrt((x * x).sum(spatial, keepdim=True))
+        nx = gx / (gx.mean(1, keepdim=True) + self.eps)
+        return self.gamma.view(shape) * (x * nx) + self.beta.view(shape) + x
+
+
+class EvoNormS0(nn.Module):
+    """EvoNorm-S0 (Liu et al. 2020, Fig. 4 / Algorithm 2): x * sigmoid(v * x) / s_{b,g}(x) * gamma + beta, with
+    s_{b,g} the group standard deviation sqrt(var + eps) over each group's channels and positions; without v, x
+    over s alone."""
+
+    def __init__(self, c: int, groups: int, eps: float, act: bool) -> None:
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.gamma, self.beta = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+        self.v = nn.Parameter(torch.ones(c)) if act else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, *[1] * (x.dim() - 2))
+        g = x.unflatten(1, (self.groups, -1))
+        s = torch.sqrt(g.var(dim=tuple(range(2, g.dim())), correction=0, keepdim=True) + self.eps)
+        s = s.expand_as(g).flatten(1, 2)
+        top = x * torch.sigmoid(self.v.view(shape) * x) if self.v is not None else x
+        return top / s * self.gamma.view(shape) + self.beta.view(shape)
+
+
+class ChannelRMSNorm(nn.Module):
+    """RMSNorm (Zhang and Sennrich 2019, eq. 4) over the channels of each position: x / RMS(x) * g, RMS(x) =
+    sqrt(mean of x^2 + eps); or x / sqrt(unbiased variance + eps) * g (timm's SimpleNorm)."""
+
+    def __init__(self, c: int, a: dict[str, Any]) -> None:
+        super().__init__()
+        self.a = a
+        self.g = nn.Parameter(torch.ones(c)) if a["elementwise_affine"] else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.a["statistic"] == "variance":
+            stat = x.var(dim=1, keepdim=True)
+        else:
+            stat = (x * x).mean(dim=1, keepdim=True)
+        y = x / torch.sqrt(stat + self.a["eps"])
+        return y if self.g is None else y * self.g.view(1, -1, *[1] * (x.dim() - 2))
+
+
+class FilterResponseNorm(nn.Module):
+    """FRN and TLU (Singh and Krishnan 2019, eq. 1-3): nu2 = mean of x^2 over the spatial extent per channel,
+    x / sqrt(nu2 + eps) * gamma + beta, then max(., tau) with TLU."""
+
+    def __init__(self, c: int, eps: float, tlu: bool) -> None:
+        super().__init__()
+        self.eps = eps
+        self.gamma, self.beta = nn.Parameter(torch.ones(c)), nn.Parameter(torch.zeros(c))
+        self.tau = nn.Parameter(torch.zeros(c)) if tlu else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1, *[1] * (x.dim() - 2))
+        nu2 = (x * x).mean(dim=tuple(range(2, x.dim())), keepdim=True)
+        y = x / torch.sqrt(nu2 + self.eps) * self.gamma.view(shape) + self.beta.view(shape)
+        return y if self.tau is None else torch.max(y, self.tau.view(shape))
+
+
+def _std_conv(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    return WeightStandardized(_conv(a, shape), a, shape)
+
+
 def _maxpool(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
     rank = len(shape) - 1
     return _windowed(a, shape, lambda p: _nd("MaxPool", rank)(a["kernel_size"], a["stride"], p, a["dilation"],
@@ -136,7 +236,7 @@ def _bias(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
 
 
 class Constant(nn.Module):
-    """x + c, x - c, c - x, x * c, x / c."""
+    """x + c, x - c, c - x, x * c, x / c, x ** c."""
 
     def __init__(self, op: str, value: float) -> None:
         super().__init__()
@@ -150,6 +250,8 @@ class Constant(nn.Module):
             return x - c
         if self.op == "rsub":
             return c - x
+        if self.op == "pow":
+            return torch.pow(x, c)
         return x * c if self.op == "mul" else x / c
 
 
@@ -251,7 +353,8 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "batchnorm": _batchnorm,
     "bias": _bias,
     "channel_layernorm": lambda a, s: ChannelsLastLayerNorm(s[0], eps=a["eps"],
-                                                            elementwise_affine=a["elementwise_affine"]),
+                                                            elementwise_affine=a["elementwise_affine"],
+                                                            bias=a["bias"]),
     "channel_shuffle": lambda a, s: nn.ChannelShuffle(a["groups"]),
     "channel_slice": lambda a, s: Lambda(lambda x: x[:, a["start"]:a["stop"]]),
     "conv": _conv,
@@ -266,14 +369,20 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "gelu": lambda a, s: nn.GELU(approximate=a["approximate"]),
     "global_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(1),
     "global_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(1),
-    "groupnorm": lambda a, s: nn.GroupNorm(a["num_groups"], s[0], eps=a["eps"], affine=a["affine"]),
+    "grn": lambda a, s: GlobalResponseNorm(s[0], a["eps"]),
+    "frn": lambda a, s: FilterResponseNorm(s[0], a["eps"], a["tlu"]),
+    "rmsnorm": lambda a, s: ChannelRMSNorm(s[0], a),
+    "evonorm_s0": lambda a, s: EvoNormS0(s[0], a["groups"], a["eps"], a["act"]),
+    "groupnorm": lambda a, s: nn.GroupNorm(a["num_groups"], s[0], eps=a["eps"], affine=a["affine"],
+                                           bias=a["bias"]),
     "hardsigmoid": lambda a, s: nn.Hardsigmoid(),
     "hardswish": lambda a, s: nn.Hardswish(),
     "identity": lambda a, s: nn.Identity(),
     "layer_scale": lambda a, s: Scale(_per(a["per"], s), a["init"]),
     "scalar": lambda a, s: Constant(a["op"], a["value"]),
     "layernorm": lambda a, s: nn.LayerNorm(s if a["normalized_shape"] is None else a["normalized_shape"],
-                                           eps=a["eps"], elementwise_affine=a["elementwise_affine"]),
+                                           eps=a["eps"], elementwise_affine=a["elementwise_affine"],
+                                           bias=a["bias"]),
     "leaky_relu": lambda a, s: nn.LeakyReLU(a["negative_slope"]),
     "linear": _linear,
     "lrn": lambda a, s: nn.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"]),
@@ -292,6 +401,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "sigmoid": lambda a, s: nn.Sigmoid(),
     "silu": lambda a, s: nn.SiLU(),
     "softmax": lambda a, s: nn.Softmax(a["dim"]),
+    "std_conv": _std_conv,
     "stochastic_depth": lambda a, s: nn.Identity(),  # torchvision's StochasticDepth is the identity in eval
     "tanh": lambda a, s: nn.Tanh(),
     "upsample": _upsample,

@@ -172,7 +172,8 @@ def analyze(spec: Spec | str, settings: Settings | None = None, **overrides: Any
 
 def _analyze(spec: Spec, s: Settings) -> Report:
     batch, dtype, strict = s.batch, s.dtype, s.strict
-    engine = _Engine(spec, batch, DTYPES[dtype], CONVENTIONS[s.convention].pick, strict)
+    convention = CONVENTIONS[s.convention]
+    engine = _Engine(spec, batch, DTYPES[dtype], convention.pick, strict, convention.once)
     inputs = spec.inputs or (Input("input", spec.input, spec.input_loc),)  # a Spec built without `inputs`
     shapes = [inp.shape for inp in inputs]
     if s.input_shape:
@@ -295,11 +296,13 @@ def _all_names(node: Any, into: set[str]) -> set[str]:
 
 
 class _Engine:
-    def __init__(self, spec: Spec, batch: int, itemsize: int, pick: Callable[[Cost], int], strict: bool) -> None:
+    def __init__(self, spec: Spec, batch: int, itemsize: int, pick: Callable[[Cost], int], strict: bool,
+                 once: Callable[[Cost], int] = lambda c: 0) -> None:
         self.spec = spec
         self.batch = batch
         self.itemsize = itemsize
         self.pick = pick
+        self.once = once  # the convention's work per forward, not per sample (Cost.fvcore_once, full_once)
         self.strict = strict
         self.rows: list[Row] = []  # one per op, in execution order; each carries its op (Graph.ops is made from them)
         self.outline: list[Row] = []
@@ -475,7 +478,8 @@ class _Engine:
         op = Op(node.name, kind, None, a, (x,), y, node.loc, node.trainable, cost)
         row = Row(node.name, kind.name, depth, inp, out, config, state.rf, state.jump, params=cost.params,
                   trainable_params=cost.params if node.trainable else 0, buffers=cost.buffers + cost.int_buffers,
-                  int_buffers=cost.int_buffers, macs=cost.macs * self.batch, flops=self.pick(cost) * self.batch,
+                  int_buffers=cost.int_buffers, macs=cost.macs * self.batch,
+                  flops=self.pick(cost) * self.batch + self.once(cost),
                   activation_bytes=numel(out) * self.batch * self.itemsize, reads=self._reads((x,)), op=op)
         self.rows.append(row)
         self.outline.append(row)

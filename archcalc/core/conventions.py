@@ -9,7 +9,8 @@ from archcalc.core.kinds import Cost
 class Convention(NamedTuple):
     name: str
     summary: str
-    pick: Callable[[Cost], int]
+    pick: Callable[[Cost], int]  # per sample: multiplied by the batch
+    once: Callable[[Cost], int] = lambda c: 0  # per forward, whatever the batch (work on the weights)
 
 
 CONVENTIONS: dict[str, Convention] = {
@@ -21,9 +22,11 @@ CONVENTIONS: dict[str, Convention] = {
                    "linear, nothing else", lambda c: 2 * c.macs),
         Convention("fvcore", "fvcore.nn.FlopCountAnalysis in eval mode: 1 per MAC, plus batch norm (2 per "
                    "element), layer/group norm (5), adaptive 2-D average pooling (1 per input element) and 2-D "
-                   "upsampling (1 nearest, 4 bilinear per output element)", lambda c: c.fvcore),
+                   "upsampling (1 nearest, 4 bilinear per output element)", lambda c: c.fvcore,
+                   lambda c: c.fvcore_once),  # (once: std_conv's weight standardisation, 4 or 5 per weight)
         Convention("full", "every arithmetic operation: 2 per MAC, bias adds, activations, pooling comparisons, "
-                   "normalization, residual adds (for roofline use; each kind states its rule)", lambda c: c.full),
+                   "normalization, residual adds (for roofline use; each kind states its rule)", lambda c: c.full,
+                   lambda c: c.full_once),
     )
 }
 

@@ -105,6 +105,9 @@ def inference_timeline(graph: Graph, itemsize: int, batch: int, device: str = "c
         else:
             temporaries = op.merge.transient([graph.tensors[t].shape for t in op.inputs], out.shape)  # type: ignore[union-attr]
         extra = sum(n * itemsize_for(size, itemsize, device) for n, size in temporaries) * batch if temporaries else 0
+        if op.kind is not None:  # temporaries made from the weights, whatever the batch
+            extra += sum(n * itemsize_for(size, itemsize, device)
+                         for n, size in op.kind.transient_once(op.args, src.shape, out.shape))
         running = live + extra
         for storage in frees.get(i, ()):
             live -= sizes[storage]
@@ -163,7 +166,8 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
         recorded = needs_grad[op.inputs[0]] or params_need_grad
         needs_grad[op.output] = recorded
         if recorded:  # else no autograd node: nothing is kept
-            what = op.kind.saved(op.args, src.shape, out.shape)
+            what = (op.kind.saved if needs_grad[op.inputs[0]] else op.kind.saved_for_params)(op.args, src.shape,
+                                                                                              out.shape)
             if what.input or what.input_for_params and params_need_grad:
                 if src.train_strided and op.kind.contiguous_input:
                     total += numel(src.shape) * itemsize * batch  # the contiguous copy of a crop, kept alone
@@ -255,9 +259,10 @@ def _saving(graph: Graph, itemsize: int, batch: int, device: str, input_requires
         assert op.kind is not None
         src, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
         params_need_grad = op.trainable and op.cost.params > 0
-        recorded[i] = needs_grad[op.output] = needs_grad[op.inputs[0]] or params_need_grad
+        input_grad = needs_grad[op.inputs[0]]
+        recorded[i] = needs_grad[op.output] = input_grad or params_need_grad
         if recorded[i]:
-            what = op.kind.saved(op.args, src.shape, out.shape)
+            what = (op.kind.saved if input_grad else op.kind.saved_for_params)(op.args, src.shape, out.shape)
             copy = src.train_strided and op.kind.contiguous_input
             if what.input or what.input_for_params and params_need_grad:
                 if copy:
@@ -535,4 +540,6 @@ def _training_transient(op: object, graph: Graph, itemsize: int, batch: int, dev
         return 0
     src, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
     temporaries = op.kind.train_transient(op.args, src.shape, out.shape)
-    return sum(n * itemsize_for(s, itemsize, device) for n, s in temporaries) * batch
+    once = op.kind.train_transient_once(op.args, src.shape, out.shape)  # made from the weights, whatever the batch
+    return (sum(n * itemsize_for(s, itemsize, device) for n, s in temporaries) * batch
+            + sum(n * itemsize_for(s, itemsize, device) for n, s in once))

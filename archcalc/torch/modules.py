@@ -41,6 +41,37 @@ class AsymmetricPadConv(nn.Module):
         return self._conv(F.pad(x, self.pad), self.weight, self.bias)
 
 
+class StdConv(nn.Module):
+    """A convolution whose weight is standardised per filter at each forward (weight standardisation, as timm's
+    StdConv2d; with `gain`, times a learned gain per filter and gamma / sqrt(fan-in), as ScaledStdConv2d), by
+    F.batch_norm over the weight. 1-, 2- or 3-D by the kernel's length; `pads` (before, after) per axis, applied
+    with F.pad when they differ. Parameters: weight, bias, gain."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Sequence[int], stride: Sequence[int],
+                 pads: Pads, dilation: Sequence[int], groups: int, bias: bool, eps: float, gain: bool,
+                 gamma: float) -> None:
+        super().__init__()
+        self.stride, self.dilation, self.groups, self.eps = tuple(stride), tuple(dilation), groups, eps
+        same = all(before == after for before, after in pads)  # (symmetric: the convolution pads)
+        self.pad = () if same else f_pad(pads)
+        self.padding = tuple(p for p, _ in pads) if same else (0,) * len(pads)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, *kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.gain = nn.Parameter(torch.ones(out_channels, *(1,) * (len(kernel_size) + 1))) if gain else None
+        self.scale = gamma * self.weight[0].numel() ** -0.5  # gamma / sqrt(fan-in)
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Conv's initialisation
+        self.conv: Any = (F.conv1d, F.conv2d, F.conv3d)[len(kernel_size) - 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pad:
+            x = F.pad(x, self.pad)
+        # (the gain times its factor is an argument, not a local: freed when batch_norm returns, as in timm)
+        weight = F.batch_norm(self.weight.reshape(1, self.weight.shape[0], -1), None, None,
+                              weight=None if self.gain is None else (self.gain * self.scale).view(-1),
+                              training=True, momentum=0.0, eps=self.eps).reshape_as(self.weight)
+        return self.conv(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 class PaddedPool(nn.Module):
     """A pooling layer with asymmetric padding: pads with -inf (max) or zeros (avg), then pools unpadded.
 
@@ -76,7 +107,7 @@ class Bias(nn.Module):
 
 
 class Scalar(nn.Module):
-    """Arithmetic with a constant: x + c, x - c, c - x, x * c, x / c."""
+    """Arithmetic with a constant: x + c, x - c, c - x, x * c, x / c, x ** c."""
 
     def __init__(self, op: str, value: float) -> None:
         super().__init__()
@@ -86,7 +117,7 @@ class Scalar(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.value
         return {"add": lambda: x + c, "sub": lambda: x - c, "rsub": lambda: c - x, "mul": lambda: x * c,
-                "div": lambda: x / c}[self.op]()
+                "div": lambda: x / c, "pow": lambda: x ** c}[self.op]()
 
 
 class Maxout(nn.Module):
@@ -122,8 +153,9 @@ class LayerNorm2d(nn.LayerNorm):
     """Layer norm over the channels of each position, as torchvision's ConvNeXt computes it: permute to
     channels-last, F.layer_norm over C, permute back."""
 
-    def __init__(self, num_channels: int, eps: float = 1e-6, elementwise_affine: bool = True) -> None:
-        super().__init__(num_channels, eps, elementwise_affine)
+    def __init__(self, num_channels: int, eps: float = 1e-6, elementwise_affine: bool = True,
+                 bias: bool = True) -> None:
+        super().__init__(num_channels, eps, elementwise_affine, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = list(range(x.dim()))
@@ -132,6 +164,96 @@ class LayerNorm2d(nn.LayerNorm):
         x = x.permute(*last)
         x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return x.permute(*back)
+
+
+class GRN(nn.Module):
+    """Global Response Normalization (ConvNeXt-V2, Woo et al. 2023), channels first, written as timm writes it:
+    gx = the L2 norm over the spatial axes, nx = gx / (mean of gx over channels + eps), x + (bias + weight * x * nx).
+    """
+
+    def __init__(self, channels: int, rank: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.spatial = tuple(range(2, rank + 2))
+        self.shape = (1, -1, *(1,) * rank)
+        self.weight = nn.Parameter(torch.zeros(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gx = x.norm(p=2, dim=self.spatial, keepdim=True)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + self.eps)
+        return x + torch.addcmul(self.bias.view(self.shape), self.weight.view(self.shape), x * nx)
+
+
+class EvoNormS0(nn.Module):
+    """EvoNorm-S0 (Liu et al. 2020), as timm's EvoNorm2dS0 computes it: x * sigmoid(v * x) / group_std(x) * weight +
+    bias, or without v x / group_std(x) * weight + bias; group_std the square root of each group's biased variance
+    plus eps, expanded back to x's shape."""
+
+    def __init__(self, channels: int, rank: int, groups: int, eps: float, act: bool) -> None:
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.shape = (1, -1, *(1,) * rank)
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.v = nn.Parameter(torch.ones(channels)) if act else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        grouped = x.reshape(n, self.groups, c // self.groups, *x.shape[2:])
+        dims = tuple(range(2, grouped.dim()))
+        std = grouped.var(dim=dims, unbiased=False, keepdim=True).add(self.eps).sqrt()
+        std = std.expand(grouped.shape).reshape(x.shape)
+        if self.v is not None:
+            x = x * (x * self.v.view(self.shape)).sigmoid()
+        return x / std * self.weight.view(self.shape) + self.bias.view(self.shape)
+
+
+class RMSNorm(nn.Module):
+    """RMS normalization over the channels of each position, as timm's rms_norm2d computes it (x * rsqrt(mean of x^2
+    over dim 1 + eps) * weight); with statistic 'variance', as its SimpleNorm2d (channels-last, the variance over
+    the channels in place of the mean square)."""
+
+    def __init__(self, channels: int, rank: int, eps: float, elementwise_affine: bool, statistic: str) -> None:
+        super().__init__()
+        self.eps, self.statistic = eps, statistic
+        self.shape = (1, -1, *(1,) * rank)
+        self.weight = nn.Parameter(torch.ones(channels)) if elementwise_affine else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.statistic == "variance":
+            rank = x.dim()
+            x = x.permute(0, *range(2, rank), 1)
+            v = torch.var(x, dim=(-1,), keepdim=True)
+            x = x * torch.rsqrt(v + self.eps)
+            if self.weight is not None:
+                x = x * self.weight
+            return x.permute(0, rank - 1, *range(1, rank - 1))
+        v = x.pow(2)
+        v = torch.mean(v, dim=1, keepdim=True)
+        x = x * torch.rsqrt(v + self.eps)
+        if self.weight is not None:
+            x = x * self.weight.reshape(self.shape)
+        return x
+
+
+class FRN(nn.Module):
+    """Filter Response Normalization (Singh and Krishnan 2019) as timm's FilterResponseNormTlu2d computes it:
+    x * rsqrt(mean of x^2 over the spatial axes + eps) * weight + bias, then max(., tau) with tlu."""
+
+    def __init__(self, channels: int, rank: int, eps: float, tlu: bool) -> None:
+        super().__init__()
+        self.eps = eps
+        self.spatial = tuple(range(2, rank + 2))
+        self.shape = (1, -1, *(1,) * rank)
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.tau = nn.Parameter(torch.zeros(channels)) if tlu else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * x.square().mean(dim=self.spatial, keepdim=True).add(self.eps).rsqrt().expand(x.shape)
+        x = x * self.weight.view(self.shape) + self.bias.view(self.shape)
+        return torch.maximum(x, self.tau.reshape(self.shape)) if self.tau is not None else x
 
 
 class LayerScale(nn.Module):

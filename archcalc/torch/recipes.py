@@ -103,6 +103,14 @@ def _conv(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.AsymmetricPadConv, conv=inner, pads=tuple(tuple(p) for p in pads))
 
 
+@recipe("std_conv")
+def _std_conv(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    k, s, d, pads = kind.geometry(a, inp)
+    return call(modules.StdConv, in_channels=inp[0], out_channels=a["out_channels"], kernel_size=tuple(k),
+                stride=tuple(s), pads=tuple(tuple(p) for p in pads), dilation=tuple(d), groups=a["groups"],
+                bias=a["bias"], eps=a["eps"], gain=a["gain"], gamma=a["gamma"])
+
+
 @recipe("conv_transpose")
 def _conv_transpose(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     k, s, p, op, d = kind._axes(a, inp)
@@ -137,12 +145,13 @@ def _batchnorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 @recipe("layernorm")
 def _layernorm(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(nn.LayerNorm, normalized_shape=tuple(kind.norm_shape(a, inp)), eps=a["eps"],
-                elementwise_affine=a["elementwise_affine"])
+                elementwise_affine=a["elementwise_affine"], bias=a["bias"])
 
 
 @recipe("groupnorm")
 def _groupnorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(nn.GroupNorm, num_groups=a["num_groups"], num_channels=inp[0], eps=a["eps"], affine=a["affine"])
+    return call(nn.GroupNorm, num_groups=a["num_groups"], num_channels=inp[0], eps=a["eps"], affine=a["affine"],
+                bias=a["bias"])
 
 
 # ---- pooling ----------------------------------------------------------------------------------------------------
@@ -214,7 +223,30 @@ def _upsample(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("channel_layernorm")
 def _channel_layernorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.LayerNorm2d, num_channels=inp[0], eps=a["eps"], elementwise_affine=a["elementwise_affine"])
+    return call(modules.LayerNorm2d, num_channels=inp[0], eps=a["eps"], elementwise_affine=a["elementwise_affine"],
+                bias=a["bias"])
+
+
+@recipe("grn")
+def _grn(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.GRN, channels=inp[0], rank=len(inp) - 1, eps=a["eps"])
+
+
+@recipe("evonorm_s0")
+def _evonorm_s0(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.EvoNormS0, channels=inp[0], rank=len(inp) - 1, groups=a["groups"], eps=a["eps"],
+                act=a["act"])
+
+
+@recipe("rmsnorm")
+def _rmsnorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.RMSNorm, channels=inp[0], rank=len(inp) - 1, eps=a["eps"],
+                elementwise_affine=a["elementwise_affine"], statistic=a["statistic"])
+
+
+@recipe("frn")
+def _frn(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.FRN, channels=inp[0], rank=len(inp) - 1, eps=a["eps"], tlu=a["tlu"])
 
 
 @recipe("layer_scale")
@@ -395,10 +427,9 @@ def _read_batchnorm(m: Any, inp: tuple[int, ...]) -> Mapped:
 
 
 def _read_layernorm(m: Any, inp: tuple[int, ...]) -> Mapped:
-    if m.elementwise_affine and getattr(m, "bias", True) is None:
-        raise Unmapped("LayerNorm(bias=False) has no archcalc argument")
     return Mapped("layernorm", {"normalized_shape": _shape_arg(m.normalized_shape), "eps": float(m.eps),
-                                "elementwise_affine": m.elementwise_affine})
+                                "elementwise_affine": m.elementwise_affine,
+                                "bias": not m.elementwise_affine or m.bias is not None})
 
 
 def _shape_arg(shape: Sequence[int]) -> Any:
@@ -407,11 +438,22 @@ def _shape_arg(shape: Sequence[int]) -> Any:
 
 
 def _read_channel_layernorm(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("channel_layernorm", {"eps": float(m.eps), "elementwise_affine": m.elementwise_affine})
+    return Mapped("channel_layernorm", {"eps": float(m.eps), "elementwise_affine": m.elementwise_affine,
+                                        "bias": not m.elementwise_affine or m.bias is not None})
+
+
+def _read_std_conv(m: Any, inp: tuple[int, ...]) -> Mapped:
+    pads = _pairs(m.pad) if m.pad else tuple((p, p) for p in m.padding)
+    gamma = 1.0 if m.gain is None else float(f"{m.scale * m.weight[0].numel() ** 0.5:.12g}")
+    return Mapped("std_conv", {"out_channels": int(m.weight.shape[0]), "kernel_size": _tup(m.weight.shape[2:]),
+                               "stride": _tup(m.stride), "padding": _padding(pads), "dilation": _tup(m.dilation),
+                               "groups": m.groups, "bias": m.bias is not None, "eps": float(m.eps),
+                               "gain": m.gain is not None, "gamma": gamma})
 
 
 def _read_groupnorm(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("groupnorm", {"num_groups": m.num_groups, "eps": float(m.eps), "affine": m.affine})
+    return Mapped("groupnorm", {"num_groups": m.num_groups, "eps": float(m.eps), "affine": m.affine,
+                                "bias": not m.affine or m.bias is not None})
 
 
 def _read_maxpool(m: Any, inp: tuple[int, ...]) -> Mapped:
@@ -564,6 +606,13 @@ reads("batchnorm", _read_batchnorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm
 reads("layernorm", _read_layernorm, nn.LayerNorm)
 reads("channel_layernorm", _read_channel_layernorm, modules.LayerNorm2d)
 reads("groupnorm", _read_groupnorm, nn.GroupNorm)
+reads("std_conv", _read_std_conv, modules.StdConv)
+reads("grn", lambda m, inp: Mapped("grn", {"eps": float(m.eps)}), modules.GRN)
+reads("frn", lambda m, inp: Mapped("frn", {"eps": float(m.eps), "tlu": m.tau is not None}), modules.FRN)
+reads("rmsnorm", lambda m, inp: Mapped("rmsnorm", {"eps": float(m.eps), "elementwise_affine": m.weight is not None,
+                                                   "statistic": m.statistic}), modules.RMSNorm)
+reads("evonorm_s0", lambda m, inp: Mapped("evonorm_s0", {"groups": m.groups, "eps": float(m.eps),
+                                                         "act": m.v is not None}), modules.EvoNormS0)
 reads("maxpool", _read_maxpool, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 reads("avgpool", _read_avgpool, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
 reads("maxpool", _read_padded_pool, modules.PaddedPool)  # or avgpool: the rule of the pool it wraps
@@ -571,7 +620,8 @@ reads("adaptive_avgpool", _read_adaptive("adaptive_avgpool"), nn.AdaptiveAvgPool
       nn.AdaptiveAvgPool3d)
 reads("adaptive_maxpool", _read_adaptive("adaptive_maxpool"), nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
       nn.AdaptiveMaxPool3d)
-reads("zeropad", _read_zeropad, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
+reads("zeropad", _read_zeropad, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d,
+      nn.ConstantPad3d)  # (a constant pad of zeros: BiT's stem; another value is refused)
 reads("upsample", _read_upsample, nn.Upsample)
 reads("softmax", _read_softmax, nn.Softmax)
 reads("layer_scale", _read_layer_scale, modules.LayerScale)
@@ -747,17 +797,20 @@ def _f_batch_norm(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
 
 
 def _f_layer_norm(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    if _present(a, "weight") != _present(a, "bias"):
-        raise Unmapped("layer norm with a weight and no bias (bias=False) has no archcalc argument")
+    weight, bias = _present(a, "weight"), _present(a, "bias")
+    if bias and not weight:
+        raise Unmapped("layer norm with a bias and no weight has no archcalc argument")
     return Mapped("layernorm", {"normalized_shape": _shape_arg(a["normalized_shape"]),
-                                "eps": float(a.get("eps", 1e-5)), "elementwise_affine": _present(a, "weight")})
+                                "eps": float(a.get("eps", 1e-5)), "elementwise_affine": weight,
+                                "bias": bias or not weight})
 
 
 def _f_group_norm(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    if _present(a, "weight") != _present(a, "bias"):
-        raise Unmapped("group norm with only one of weight and bias")
+    weight, bias = _present(a, "weight"), _present(a, "bias")
+    if bias and not weight:
+        raise Unmapped("group norm with a bias and no weight has no archcalc argument")
     return Mapped("groupnorm", {"num_groups": int(a["num_groups"]), "eps": float(a.get("eps", 1e-5)),
-                                "affine": _present(a, "weight")})
+                                "affine": weight, "bias": bias or not weight})
 
 
 _CONV = ("x", "weight", "bias", "stride", "padding", "dilation", "groups")
@@ -848,6 +901,262 @@ def _register_kinds() -> None:
 
 
 _register_kinds()
+
+# ---- compositions: a module's forward read as one kind, by what it computes --------------------------------------
+#
+# A norm written as several tensor ops (GRN's norm, mean, division and fused multiply-add) is one kind when the ops
+# of one module call are exactly its formula. The importer hands a rule the call's ops as Steps, in order: tensors as
+# Refs (the module's input, or an earlier step's result), parameters as Params (views of a parameter folded in),
+# every other argument as its concrete value; the rule returns the kind and its arguments, or None.
+
+
+class Ref(NamedTuple):
+    """A tensor of the module's forward: its input (step -1) or the result of an earlier step."""
+
+    step: int
+
+
+class Param(NamedTuple):
+    """A parameter the forward reads, viewed as `shape`; `numel` is the parameter's size."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+
+
+class Step(NamedTuple):
+    op: str  # the function's or Tensor method's name: norm, mean, add, truediv, mul, addcmul, ...
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    shape: tuple[int, ...] = ()  # the result's full shape (batch first)
+
+
+CompositionRule = Callable[[Sequence[Step], tuple[int, ...], bool], "Mapped | None"]
+COMPOSITIONS: dict[str, CompositionRule] = {}
+
+
+def composition(kind: str) -> Callable[[CompositionRule], CompositionRule]:
+    def register(rule: CompositionRule) -> CompositionRule:
+        if kind not in REGISTRY or kind in COMPOSITIONS:
+            raise RuntimeError(f"composition rule for unknown or already read kind '{kind}'")
+        COMPOSITIONS[kind] = rule
+        return rule
+
+    return register
+
+
+def _dims(value: Any, rank: int) -> tuple[int, ...] | None:
+    """Reduction dims (an int or a sequence) as sorted non-negative axes of a rank-`rank` tensor."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value % rank,)
+    if isinstance(value, (tuple, list)) and all(isinstance(d, int) for d in value):
+        return tuple(sorted(d % rank for d in value))
+    return None
+
+
+def _arg(step: Step, index: int, name: str, default: Any = None) -> Any:
+    return step.args[index] if len(step.args) > index else step.kwargs.get(name, default)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@composition("grn")
+def _compose_grn(steps: Sequence[Step], inp: tuple[int, ...], channels_last: bool) -> Mapped | None:
+    """ConvNeXt-V2's GRN as Woo et al. 2023 (Algorithm 1) and timm write it: gx = ||x||_2 over the spatial axes,
+    nx = gx / (mean of gx over channels + eps), x + (bias + weight * (x * nx)), in either layout."""
+    if [s.op for s in steps] != ["norm", "mean", "add", "truediv", "mul", "addcmul", "add"]:
+        return None
+    norm, mean, add, div, mul, fused, out = steps
+    rank = len(inp) + 1
+    spatial = tuple(range(1, rank - 1)) if channels_last else tuple(range(2, rank))
+    channel = (rank - 1,) if channels_last else (1,)
+    c = inp[0]
+    eps: Any = add.args[1] if len(add.args) == 2 and add.args[0] == Ref(1) else None
+    per_channel = all(isinstance(p, Param) and p.numel == c for p in fused.args[:2])
+    if not (norm.args[:1] == (Ref(-1),) and _arg(norm, 1, "p", "fro") in (2, "fro")
+            and _dims(_arg(norm, 2, "dim"), rank) == spatial and _arg(norm, 3, "keepdim", False)
+            and mean.args[:1] == (Ref(0),) and _dims(_arg(mean, 1, "dim"), rank) == channel
+            and _arg(mean, 2, "keepdim", False) and _number(eps)
+            and div.args == (Ref(0), Ref(2)) and set(mul.args) == {Ref(-1), Ref(3)} and len(mul.args) == 2
+            and len(fused.args) == 3 and per_channel and fused.args[2] == Ref(4)
+            and fused.kwargs.get("value", 1) == 1 and set(out.args) == {Ref(-1), Ref(5)} and len(out.args) == 2):
+        return None
+    return Mapped("grn", {"eps": float(eps)})
+
+
+def _step(steps: Sequence[Step], ref: Any, *ops: str) -> Step | None:
+    """The step that made `ref`, if it is one of `ops`."""
+    if isinstance(ref, Ref) and 0 <= ref.step < len(steps) and steps[ref.step].op in ops:
+        return steps[ref.step]
+    return None
+
+
+def _operands(step: Step, first: Any) -> Any:
+    """The other operand of a two-operand step one of whose operands is `first` (a product in either order)."""
+    if len(step.args) != 2 or step.kwargs:
+        return None
+    a, b = step.args
+    return b if a == first else (a if b == first else None)
+
+
+def _channel_param(value: Any, c: int) -> bool:
+    return isinstance(value, Param) and value.numel == c and value.shape.count(c) == 1
+
+
+def _group_std(steps: Sequence[Step], ref: Any, inp: tuple[int, ...]) -> tuple[int, float] | None:
+    """timm's group_std (evo_norm.py): x viewed as groups, their biased variance + eps, its square root, expanded
+    back to x's shape; (groups, eps)."""
+    back = _step(steps, ref, "reshape", "view")
+    spread = _step(steps, back.args[0], "expand", "expand_as") if back else None
+    root = _step(steps, spread.args[0] if spread else None, "sqrt")
+    plus = _step(steps, root.args[0] if root else None, "add")
+    var = _step(steps, plus.args[0] if plus and len(plus.args) == 2 else None, "var")
+    grouped = _step(steps, var.args[0] if var else None, "reshape", "view")
+    if not (back and back.shape[1:] == inp and spread and root and plus and var and grouped
+            and grouped.args[:1] == (Ref(-1),) and len(grouped.shape) >= 3 and _number(plus.args[1])):
+        return None
+    groups = grouped.shape[1]
+    unbiased = var.kwargs.get("unbiased", var.kwargs.get("correction", 1))
+    if not (inp[0] % groups == 0 and math.prod(grouped.shape[2:]) == math.prod(inp) // groups and not unbiased
+            and _dims(_arg(var, 1, "dim"), len(grouped.shape)) == tuple(range(2, len(grouped.shape)))
+            and _arg(var, 3, "keepdim", var.kwargs.get("keepdim", False))):
+        return None
+    return groups, float(plus.args[1])
+
+
+@composition("evonorm_s0")
+def _compose_evonorm_s0(steps: Sequence[Step], inp: tuple[int, ...], channels_last: bool) -> Mapped | None:
+    """EvoNorm-S0 (Liu et al. 2020, Fig. 4 and Appendix; timm's EvoNorm2dS0 and S0a, in either order of its
+    pieces): y = x * sigmoid(v * x) / group_std(x) * weight + bias; without v (S0a's apply_act=False)
+    x / group_std(x) * weight + bias."""
+    if channels_last or len(inp) < 2 or not steps:
+        return None
+    c = inp[0]
+    shift = steps[-1]
+    scaled = next((_step(steps, a, "mul") for a in shift.args if isinstance(a, Ref)), None) \
+        if shift.op == "add" and len(shift.args) == 2 else None
+    if scaled is None or not any(_channel_param(a, c) for a in shift.args):
+        return None
+    divided = next((_step(steps, a, "truediv", "div") for a in scaled.args if isinstance(a, Ref)), None)
+    if divided is None or not any(_channel_param(a, c) for a in scaled.args) or len(divided.args) != 2:
+        return None
+    found = _group_std(steps, divided.args[1], inp)
+    if found is None:
+        return None
+    groups, eps = found
+    top = divided.args[0]
+    if top == Ref(-1):
+        act = False
+    else:  # x * sigmoid(x * v)
+        gated = _step(steps, top, "mul")
+        gate = _step(steps, _operands(gated, Ref(-1)), "sigmoid") if gated else None
+        product = _step(steps, gate.args[0], "mul") if gate and gate.args else None
+        if product is None or not _channel_param(_operands(product, Ref(-1)), c):
+            return None
+        act = True
+    used = {a.step for step in steps for a in (*step.args, *step.kwargs.values()) if isinstance(a, Ref)}
+    if len(steps) - 1 in used or len(steps) != (12 if act else 9):  # nothing else computed on the way
+        return None
+    return Mapped("evonorm_s0", {"groups": groups, "eps": eps, "act": act})
+
+
+@composition("rmsnorm")
+def _compose_rmsnorm(steps: Sequence[Step], inp: tuple[int, ...], channels_last: bool) -> Mapped | None:
+    """RMSNorm over the channels (x * rsqrt(mean(x ** 2) + eps) * weight), or timm's SimpleNorm (the channels'
+    unbiased variance, torch.var's default, in place of the mean square), on channels first, a channels-last view,
+    or permuted to channels-last inside the module and back."""
+    steps = list(steps)
+    rank = len(inp) + 1
+    to_last, to_first = (0, *range(2, rank), 1), (0, rank - 1, *range(1, rank - 1))
+    inner = channels_last
+    if steps and steps[0].op == "permute" and not channels_last:  # permuted inside: the steps between see C last
+        if tuple(d % rank for d in _permute_dims(steps[0])) != to_last or steps[-1].op != "permute" \
+                or tuple(d % rank for d in _permute_dims(steps[-1])) != to_first or steps[-1].args[0] != Ref(
+                    len(steps) - 2):
+            return None
+        steps = [Step(s.op, _shift(s.args), _shift(s.kwargs), s.shape) for s in steps[1:-1]]
+        inner = True
+    channel = (rank - 1,) if inner else (1,)
+    ops = [s.op for s in steps]
+    if ops[:1] == ["pow"] and ops[1:2] == ["mean"]:
+        statistic, square, mean = "mean_square", steps[0], steps[1]  # (x ** 2, its mean over the channels)
+        if not (square.args == (Ref(-1), 2) and mean.args[:1] == (Ref(0),)):
+            return None
+        reduced = _dims(_arg(mean, 1, "dim"), rank) == channel and _arg(mean, 2, "keepdim", False)
+        rest = steps[2:]
+    elif ops[:1] == ["var"]:
+        statistic, var = "variance", steps[0]
+        unbiased = var.kwargs.get("unbiased", var.kwargs.get("correction", 1))  # torch.var's default: C - 1
+        reduced = (var.args[:1] == (Ref(-1),) and _dims(_arg(var, 1, "dim"), rank) == channel
+                   and unbiased in (True, 1) and var.kwargs.get("keepdim", False) and len(var.args) <= 2)
+        rest = steps[1:]
+    else:
+        return None
+    first = len(steps) - len(rest)  # the step index of rest[0]
+    if not reduced or [s.op for s in rest[:3]] != ["add", "rsqrt", "mul"] or len(rest) not in (3, 4):
+        return None
+    add, root, product = rest[:3]
+    if not (len(add.args) == 2 and add.args[0] == Ref(first - 1) and _number(add.args[1])
+            and root.args == (Ref(first),) and set(product.args) == {Ref(-1), Ref(first + 1)}):
+        return None
+    affine = len(rest) == 4
+    if affine and not (rest[3].op == "mul" and _operands(rest[3], Ref(first + 2)) is not None
+                       and _channel_param(_operands(rest[3], Ref(first + 2)), inp[0])):
+        return None
+    return Mapped("rmsnorm", {"eps": float(add.args[1]), "elementwise_affine": affine, "statistic": statistic})
+
+
+@composition("frn")
+def _compose_frn(steps: Sequence[Step], inp: tuple[int, ...], channels_last: bool) -> Mapped | None:
+    """Filter Response Normalization as Singh and Krishnan 2019 (eq. 1-3) and timm write it: nu2 = mean of x^2 over
+    the spatial axes, x * rsqrt(nu2 + eps) (expanded or broadcast), * weight + bias, then max(., tau) or not."""
+    if channels_last or len(inp) < 2:
+        return None
+    c, rank = inp[0], len(inp) + 1
+    square = _step(steps, Ref(0), "square", "pow")
+    if square is None or square.args[:1] != (Ref(-1),) or (square.op == "pow" and square.args[1:] != (2,)):
+        return None
+    mean, add, root = (steps[i] if i < len(steps) else None for i in (1, 2, 3))
+    if not (mean and mean.op == "mean" and mean.args[:1] == (Ref(0),)
+            and _dims(_arg(mean, 1, "dim"), rank) == tuple(range(2, rank)) and _arg(mean, 2, "keepdim", False)
+            and add and add.op == "add" and len(add.args) == 2 and add.args[0] == Ref(1) and _number(add.args[1])
+            and root and root.op == "rsqrt" and root.args == (Ref(2),)):
+        return None
+    rest, at = steps[4:], 4
+    rms = Ref(3)
+    if rest and rest[0].op in ("expand", "expand_as") and rest[0].args[0] == Ref(3):
+        rms, rest, at = Ref(4), rest[1:], 5
+    if [s.op for s in rest[:3]] != ["mul", "mul", "add"] or len(rest) not in (3, 4):
+        return None
+    normed, scaled, shifted = rest[:3]
+    if not (set(normed.args) == {Ref(-1), rms} and len(normed.args) == 2
+            and _channel_param(_operands(scaled, Ref(at)), c) and _channel_param(_operands(shifted, Ref(at + 1)), c)):
+        return None
+    tlu = len(rest) == 4
+    if tlu and not (rest[3].op == "maximum" and _channel_param(_operands(rest[3], Ref(at + 2)), c)):
+        return None
+    return Mapped("frn", {"eps": float(add.args[1]), "tlu": tlu})
+
+
+def _permute_dims(step: Step) -> tuple[int, ...]:
+    dims = step.args[1:] if len(step.args) > 2 else (step.args[1] if len(step.args) > 1 else step.kwargs.get("dims"))
+    return tuple(dims) if isinstance(dims, (tuple, list)) else ()
+
+
+def _shift(value: Any) -> Any:
+    """A step's arguments with the first step (a permute of the input) read as the input, the others one earlier."""
+    if isinstance(value, Ref):
+        return Ref(-1 if value.step == 0 else value.step - 1)
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):  # (a Param stays one)
+        return tuple(_shift(v) for v in value)
+    if isinstance(value, list):
+        return [_shift(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _shift(v) for k, v in value.items()}
+    return value
+
 
 # Functions of other libraries by qualified name, kept whole by the tracer (fx's autowrap) and mapped here.
 NAMED_FUNCTIONS: dict[str, tuple[tuple[str, ...], FunctionRule]] = {

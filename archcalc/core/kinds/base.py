@@ -52,6 +52,8 @@ class Cost(NamedTuple):
     fvcore: what fvcore's FlopCountAnalysis attributes to this layer in eval mode.
     full: every arithmetic operation (see each kind's doc for its rule).
     params: learnable parameters; buffers / int_buffers: non-trainable float / int64 buffers (BN running stats).
+    fvcore_once / full_once: work a forward does once whatever the batch, on the weights rather than on the samples
+    (weight standardisation: std_conv), under the fvcore and full conventions; not multiplied by the batch.
     """
 
     params: int = 0
@@ -60,6 +62,8 @@ class Cost(NamedTuple):
     macs: int = 0
     fvcore: int = 0
     full: int = 0
+    fvcore_once: int = 0
+    full_once: int = 0
 
 
 class RFStep(NamedTuple):
@@ -214,6 +218,15 @@ class Kind:
         """Temporaries in a training-mode forward (`transient` less what the op keeps for backward instead)."""
         return self.transient(a, inp, out)
 
+    def transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        """Temporaries as `transient`, but whatever the batch (elements, not per sample): made from the weights
+        (std_conv's standardised weight)."""
+        return ()
+
+    def train_transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        """`transient_once` in a training-mode forward, less what the op keeps for backward (Saved.per_batch)."""
+        return self.transient_once(a, inp, out)
+
     def backward_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         """Temporaries alive at the peak of the layer's backward beside its input's gradient, freed before it is
         done (a composite's intermediate gradients), as `transient`. None for a single backward kernel."""
@@ -233,6 +246,12 @@ class Kind:
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         """What this layer's autograd nodes keep for backward in training mode (parameters excluded)."""
         return Saved()
+
+    def saved_for_params(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        """`saved` when only the parameters need a gradient, not the input (the network's first trainable layer):
+        a layer of several ops whose first ones see no parameter records only those after (GRN). By default the
+        same as `saved` (one op keeps what it keeps whichever gradient is wanted)."""
+        return self.saved(a, inp, out)
 
     # --- presentation ------------------------------------------------------------------------------------
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:

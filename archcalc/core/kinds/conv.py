@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from fractions import Fraction
-from typing import Any
+from typing import Any, ClassVar
 
 from archcalc.core.kinds.base import (
+    ACTIVATION,
+    STATISTICS,
     Arg,
     Cost,
     Example,
@@ -43,12 +45,12 @@ def _check_groups(kind: str, in_ch: int, out_ch: int, groups: int) -> None:
 @register
 class Conv(Kind):
     name = "conv"
-    synonyms = ("convolution", "conv2d", "conv1d", "conv3d", "convolution2d")
+    synonyms: ClassVar[tuple[str, ...]] = ("convolution", "conv2d", "conv1d", "conv3d", "convolution2d")
     doc = ("Convolution, nn.Conv1d/2d/3d by input rank. Output (W - F_eff + P_before + P_after) / S + 1, floored; "
            "F_eff = D(F - 1) + 1. Params out*(in/groups)*prod(F) + bias. MACs = out elements * (in/groups)*prod(F).")
     full_rule = "2 per MAC, plus 1 per output element for the bias"
     weighted = True
-    args = _COMMON + (
+    args: ClassVar[tuple[Arg, ...]] = _COMMON + (
         Arg("padding", "padding", 0, "zeros added per side: int, one per axis, [before, after] pairs per axis, "
             "'valid' or 'same' (TensorFlow's rule: extra column after)", aliases=("pad",)),
         Arg("dilation", "ints", 1, "spacing between filter taps", minimum=1),
@@ -56,7 +58,7 @@ class Conv(Kind):
             minimum=1),
         Arg("bias", "bool", True, "learn one bias per filter"),
     )
-    examples = (
+    examples: ClassVar[tuple[Example, ...]] = (
         Example((3, 32, 32), {"out_channels": 10, "kernel_size": 5, "padding": 2}),
         Example((3, 227, 227), {"out_channels": 96, "kernel_size": 11, "stride": 4}),
         Example((8, 13, 11), {"out_channels": 4, "kernel_size": [6, 3], "stride": [5, 2], "padding": "same"}),
@@ -123,6 +125,75 @@ class Conv(Kind):
             text += f" g{a['groups']}"
         return text
 
+
+
+@register
+class StdConv(Conv):
+    name = "std_conv"
+    synonyms = ("stdconv2d", "scaledstdconv2d", "ws_conv", "weight_standardized_conv")
+    prefix = "conv"
+    doc = ("Convolution with weight standardisation (Qiao et al. 2019, BiT's StdConv2d; with a gain, Brock et al. "
+           "2021, NFNet's ScaledStdConv2d): at each forward every filter's weights are standardised to mean 0 and "
+           "variance 1 (F.batch_norm over the weight, eps added to the variance), with `gain` multiplied by a "
+           "learned gain per filter times gamma / sqrt(fan-in), then convolved as conv does. Params: conv's plus "
+           "out_channels with a gain. MACs: conv's. The standardisation is work on the weights, once per "
+           "forward whatever the batch: FlopCounterMode counts none of it (it counts convolutions only); fvcore "
+           "counts it as batch norm with batch statistics, 4 per weight, 5 with a gain (measured with fvcore "
+           "0.1.5 on timm's StdConv2d and ScaledStdConv2d), once per forward.")
+    full_rule = ("conv's (2 per MAC, plus 1 per output element for the bias); once per forward, the "
+                 "standardisation: 5 per weight (mean's addition, deviation, square, variance's addition, "
+                 "multiplication by 1/std), 6 with a gain (its multiplication), plus 4 per filter (two divisions by "
+                 "the count, eps, the reciprocal square root) and 1 more with a gain (gain * gamma / sqrt(fan-in))")
+    args = Conv.args + (
+        Arg("eps", "float", 1e-6, "added to each filter's variance (timm: 1e-6; BiT 1e-8; NFNet 1e-5)", minimum=0),
+        Arg("gain", "bool", False, "multiply the standardised weights by a learned gain per filter times gamma / "
+            "sqrt(fan-in) (ScaledStdConv2d)"),
+        Arg("gamma", "float", 1.0, "with gain, the fixed factor of the gain (NFNet: the activation's gamma)"),
+    )
+    examples = (
+        Example((4, 8, 8), {"out_channels": 6, "kernel_size": 3, "padding": 1, "bias": False, "eps": 1e-8}),
+        Example((6, 8, 8), {"out_channels": 8, "kernel_size": 3, "stride": 2, "padding": "same", "gain": True,
+                            "gamma": 1.7}),
+        Example((8, 5, 5), {"out_channels": 8, "kernel_size": 3, "padding": 1, "groups": 4, "gain": True}),
+        Example((4, 12), {"out_channels": 5, "kernel_size": 3, "bias": False}),
+    )
+
+    def weights(self, a: Mapping[str, Any], inp: Shape) -> int:
+        k = per_axis(a["kernel_size"], len(inp) - 1, "kernel_size")
+        return a["out_channels"] * (inp[0] // a["groups"]) * math.prod(k)
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        conv = super().cost(a, inp, out)
+        w, filters, gain = self.weights(a, inp), a["out_channels"], a["gain"]
+        return conv._replace(params=conv.params + (filters if gain else 0),
+                             fvcore_once=w * (5 if gain else 4),
+                             full_once=w * (6 if gain else 5) + filters * (5 if gain else 4))
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        filters = a["out_channels"]
+        w = params - (filters if a["bias"] else 0) - (filters if a["gain"] else 0)
+        return (w, *((filters,) if a["bias"] else ()), *((filters,) if a["gain"] else ()))  # weight, bias, gain
+
+    def transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # The standardised weight is alive while the convolution runs. (Batch norm's statistics, and the gain
+        # times its factor, are freed before the convolution allocates its output.)
+        return ((self.weights(a, inp), ACTIVATION),)
+
+    def train_transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ()  # the standardised weight is kept for backward (Saved.per_batch)
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # conv's, plus what the standardisation keeps whatever the batch: the standardised weight (the
+        # convolution's weight argument), batch norm's mean and 1/std per filter and, with a gain, batch norm's
+        # weight argument (gain times its factor, one per filter). Batch norm's input is a view of the weight, a
+        # parameter.
+        conv = super().saved(a, inp, out)
+        filters = a["out_channels"]
+        kept = ((self.weights(a, inp), ACTIVATION), (2 * filters, STATISTICS))
+        return conv._replace(per_batch=kept + (((filters, ACTIVATION),) if a["gain"] else ()))
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return super().describe(a, inp) + (" ws·gain" if a["gain"] else " ws")
 
 
 @register

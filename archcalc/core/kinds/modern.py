@@ -8,6 +8,7 @@ from fractions import Fraction
 from typing import Any
 
 from archcalc.core.kinds.base import (
+    ACTIVATION,
     STATISTICS,
     Arg,
     Cost,
@@ -22,7 +23,7 @@ from archcalc.core.kinds.base import (
     spatial_rank,
 )
 from archcalc.core.kinds.dense import PER, per_shape
-from archcalc.core.kinds.norm import NORMALIZE_RULE, normalize_full
+from archcalc.core.kinds.norm import NORMALIZE_RULE, affine_tensors, normalize_full
 
 
 @register
@@ -31,13 +32,16 @@ class ChannelLayerNorm(Kind):
     prefix = "norm"
     doc = ("Layer normalization over the channels of each position of a C x H x W tensor (ConvNeXt's LayerNorm2d, "
            "Liu et al. 2022): computed as torchvision does, permute to channels-last, F.layer_norm over C, permute "
-           "back. Params 2C (affine). fvcore counts 5 per element with affine, 4 without.")
-    full_rule = NORMALIZE_RULE + " (a group per position)"
+           "back. Params 2C (affine), C with `bias: false` (a scale and no shift: timm's LayerNorm2dNoBias of "
+           "MetaFormer). fvcore counts 5 per element with affine (with or without the shift), 4 without.")
+    full_rule = NORMALIZE_RULE + " (a group per position); 6 per element with a scale and no shift (bias: false)"
     args = (
         Arg("eps", "float", 1e-6, "added to the variance (ConvNeXt: 1e-6)", minimum=0),
         Arg("elementwise_affine", "bool", True, "learn a per-channel scale and shift", aliases=("affine",)),
+        Arg("bias", "bool", True, "with elementwise_affine, learn the shift too (false: a scale only)"),
     )
-    examples = (Example((96, 14, 14)), Example((8, 5, 5), {"elementwise_affine": False}), Example((6, 9)))
+    examples = (Example((96, 14, 14)), Example((8, 5, 5), {"elementwise_affine": False}), Example((6, 9)),
+                Example((10, 4, 6), {"bias": False}))
     same_shape = True
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
@@ -46,8 +50,8 @@ class ChannelLayerNorm(Kind):
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         per = 5 if a["elementwise_affine"] else 4
-        return Cost(params=2 * inp[0] if a["elementwise_affine"] else 0, fvcore=per * numel(inp),
-                    full=normalize_full(numel(inp), numel(inp[1:]), a["elementwise_affine"]))
+        return Cost(params=affine_tensors(a["elementwise_affine"], a["bias"]) * inp[0], fvcore=per * numel(inp),
+                    full=normalize_full(numel(inp), numel(inp[1:]), a["elementwise_affine"], a["bias"]))
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # layer_norm makes the channels-last view contiguous before normalizing (a copy of the input) and computes
@@ -58,7 +62,7 @@ class ChannelLayerNorm(Kind):
         return ((numel(inp), 0),)  # the contiguous copy; the statistics are kept (Saved)
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
-        return (params // 2, params // 2) if params else ()  # weight and bias, one each per normalized element
+        return (out[0],) * (params // out[0]) if params else ()  # weight (and bias), one each per channel
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # autograd keeps the argument of layer_norm, the channels-last view of the input (its storage, shared with
@@ -267,17 +271,231 @@ class Crop(Kind):
 
 
 @register
+class GRN(Kind):
+    name = "grn"
+    synonyms = ("global_response_norm", "globalresponsenorm")
+    prefix = "grn"
+    doc = ("Global Response Normalization (ConvNeXt-V2, Woo et al. 2023, Algorithm 1; timm's GlobalResponseNorm): "
+           "gx = the L2 norm of each channel over the spatial axes, nx = gx / (mean of gx over the channels + eps), "
+           "y = x + (bias + weight * (x * nx)). Params 2C (weight and bias, zero-initialised). No MACs; "
+           "FlopCounterMode and fvcore count none of it (no formula for norm, mean, division or addcmul).")
+    full_rule = ("6 per element (the square and the sum of the norm, x * nx, the weight's product, the bias's "
+                 "sum, the residual sum), 3 per channel (the square root, the mean's sum, the division) and 2 (the "
+                 "mean's division, eps)")
+    args = (Arg("eps", "float", 1e-6, "added to the channels' mean norm", minimum=0),)
+    examples = (Example((16, 7, 7)), Example((8, 5, 4), {"eps": 1e-5}), Example((6, 9)))
+    same_shape = True
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        spatial_rank(self.name, inp)
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(params=2 * inp[0], full=6 * numel(inp) + 3 * inp[0] + 2)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (out[0], out[0])  # weight, bias
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # x * nx and the fused multiply-add's result (one alive at a time beside the output), gx and nx per channel
+        return ((numel(inp), ACTIVATION), (2 * inp[0], ACTIVATION))
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ((numel(inp), ACTIVATION),)  # the fused multiply-add's result (x * nx is kept)
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the norm keeps its input and result (gx); the division its operands (gx, and the mean + eps: one value);
+        # x * nx keeps x and nx; addcmul keeps x * nx (its weight is a parameter)
+        return Saved(input=True, extra=((numel(inp) + 2 * inp[0] + 1, ACTIVATION),))
+
+    def saved_for_params(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the input needs no gradient: the norm, division and x * nx record nothing; addcmul keeps x * nx for the
+        # weight's gradient
+        return Saved(extra=((numel(inp), ACTIVATION),))
+
+
+@register
+class EvoNormS0(Kind):
+    name = "evonorm_s0"
+    synonyms = ("evonorm", "evonorm2ds0", "evonorm2ds0a")
+    prefix = "evonorm"
+    doc = ("EvoNorm-S0 (Liu et al. 2020, \"Evolving Normalization-Activation Layers\"; timm's EvoNorm2dS0 and "
+           "EvoNorm2dS0a), a normalization and activation in one: y = x * sigmoid(v * x) / group_std(x) * weight + "
+           "bias, group_std the square root of each group's biased variance plus eps, per sample (`groups` groups "
+           "of channels); with `act: false`, x / group_std(x) * weight + bias (S0a's apply_act=False). Params 3C "
+           "(v, weight, bias), 2C without act. No MACs; FlopCounterMode and fvcore count none of it.")
+    full_rule = ("per element 7 (the group mean's sum, the deviation, its square, the variance's sum, the division "
+                 "by the deviation, scale, shift) and 5 more with act (v * x, the sigmoid's 3, the product); per "
+                 "group 4 (two divisions by the count, eps, the square root)")
+    args = (
+        Arg("groups", "int", 32, "groups of channels the deviation is taken over", minimum=1),
+        Arg("eps", "float", 1e-5, "added to the variance (timm's S0a: 1e-3)", minimum=0),
+        Arg("act", "bool", True, "gate x by sigmoid(v * x) with a learned v per channel"),
+    )
+    examples = (Example((16, 6, 6), {"groups": 4}), Example((12, 5, 5), {"groups": 3, "act": False, "eps": 1e-3}),
+                Example((8, 4, 7), {"groups": 8}))
+    same_shape = True
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        spatial_rank(self.name, inp)
+        if inp[0] % a["groups"]:
+            raise LayerError(f"evonorm_s0: {inp[0]} channels are not divisible by groups {a['groups']}")
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(params=(3 if a["act"] else 2) * inp[0],
+                    full=(12 if a["act"] else 7) * numel(inp) + 4 * a["groups"])
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (out[0],) * (params // out[0])  # weight, bias (and v)
+
+    def deviation(self, a: Mapping[str, Any], inp: Shape) -> int:
+        """Elements per sample of the deviation expanded to x's shape: a copy of x's size when a group has several
+        channels (the expanded groups cannot be viewed as channels), else a view of the one per group."""
+        return numel(inp) if inp[0] > a["groups"] else a["groups"]
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # beside the output at the last two steps (measured with torch.profiler's memory events): the deviation,
+        # the product before the shift, and with act x * sigmoid(v * x) (a local of the forward)
+        return ((self.deviation(a, inp) + (2 if a["act"] else 1) * numel(inp), ACTIVATION),)
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ((numel(inp), ACTIVATION),)  # the product before the shift (v * x too, freed earlier)
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the input (the variance's, v * x's and the gate's), the square root per group (the deviation, or its
+        # copy too), the quotient (for the weight); with act the sigmoid and x * sigmoid(v * x) (the division's)
+        n = numel(inp)
+        copy = n if self.deviation(a, inp) == n else 0
+        return Saved(input=True, extra=(((3 if a["act"] else 1) * n + copy + a["groups"], ACTIVATION),))
+
+    def saved_for_params(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the input needs no gradient: without act only the quotient is kept (for the weight); with act v * x's
+        # input, the sigmoid, the deviation (the division's, its other operand needing a gradient) and the quotient
+        n = numel(inp)
+        if not a["act"]:
+            return Saved(extra=((n, ACTIVATION),))
+        return Saved(input=True, extra=((2 * n + self.deviation(a, inp), ACTIVATION),))
+
+
+@register
+class RMSNorm(Kind):
+    name = "rmsnorm"
+    synonyms = ("rms_norm", "rmsnorm2d", "simplenorm", "simplenorm2d")
+    prefix = "norm"
+    doc = ("RMS normalization over the channels of each position (Zhang and Sennrich 2019; timm's RmsNorm2d and "
+           "RmsNorm): y = x / sqrt(mean of x^2 over the channels + eps) * weight; with `statistic: variance`, the "
+           "channels' unbiased variance (torch.var's default, divided by C - 1) in place of the mean square, x "
+           "itself not centred (timm's SimpleNorm2d and SimpleNorm). Params C (affine). No MACs; FlopCounterMode "
+           "and fvcore count none of it.")
+    full_rule = ("mean_square: per element the square, the sum, the product by 1/rms and the weight's (4; 3 "
+                 "without affine); per position the division by the count, eps and the reciprocal square root (3). "
+                 "variance: per element the mean's sum, the deviation, its square, the sum, the two products (6; 5 "
+                 "without affine); per position two divisions (by C and C - 1), eps, the reciprocal square root (4)")
+    args = (
+        Arg("eps", "float", 1e-6, "added to the mean square (or the variance)", minimum=0),
+        Arg("elementwise_affine", "bool", True, "learn a scale per channel", aliases=("affine",)),
+        Arg("statistic", "str", "mean_square", "what 1/sqrt(. + eps) is taken of: the channels' mean square "
+            "(RMSNorm) or their unbiased variance (timm's SimpleNorm)", choices=("mean_square", "variance")),
+    )
+    examples = (Example((16, 6, 6)), Example((8, 5, 7), {"statistic": "variance", "eps": 1e-5}),
+                Example((12, 9), {"elementwise_affine": False}),
+                Example((6, 4, 4), {"statistic": "variance", "elementwise_affine": False}))
+    same_shape = True
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        spatial_rank(self.name, inp)
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        affine, positions = a["elementwise_affine"], numel(inp[1:])
+        if a["statistic"] == "variance":
+            full = (6 if affine else 5) * numel(inp) + 4 * positions
+        else:
+            full = (4 if affine else 3) * numel(inp) + 3 * positions
+        return Cost(params=inp[0] if affine else 0, full=full)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (params,) if params else ()
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # the statistic per position (a local of the forward) and, with affine, x / rms before the weight's
+        # product; without, 1 / rms while x / rms is made
+        positions = numel(inp[1:])
+        return ((positions + (numel(inp) if a["elementwise_affine"] else positions), ACTIVATION),)
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the input (the square's or the variance's, and the product's), 1 / rms per position, and with affine
+        # x / rms (for the weight's gradient)
+        extra = numel(inp[1:]) + (numel(inp) if a["elementwise_affine"] else 0)
+        return Saved(input=True, extra=((extra, ACTIVATION),))
+
+    def saved_for_params(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the input needs no gradient: only the weight's product records, keeping x / rms
+        return Saved(extra=((numel(inp), ACTIVATION),)) if a["elementwise_affine"] else Saved()
+
+
+@register
+class FRN(Kind):
+    name = "frn"
+    synonyms = ("filter_response_norm", "filterresponsenorm", "filterresponsenormtlu2d")
+    prefix = "frn"
+    doc = ("Filter Response Normalization (Singh and Krishnan 2019, eq. 1-3; timm's FilterResponseNormTlu2d): "
+           "y = x / sqrt(mean of x^2 over the spatial axes + eps) * weight + bias, per sample and channel, then "
+           "with `tlu` the thresholded linear unit max(y, tau), a learned tau per channel. Params 2C, 3C with tlu. "
+           "No MACs; FlopCounterMode and fvcore count none of it.")
+    full_rule = ("per element the square, the sum, x / rms, scale and shift (5), and the maximum with tlu (6); per "
+                 "channel the division by the count, eps and the reciprocal square root (3)")
+    args = (
+        Arg("eps", "float", 1e-5, "added to the mean square", minimum=0),
+        Arg("tlu", "bool", True, "apply max(y, tau) with a learned tau per channel"),
+    )
+    examples = (Example((8, 6, 6)), Example((6, 5, 7), {"tlu": False, "eps": 1e-6}), Example((4, 9)))
+    same_shape = True
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        spatial_rank(self.name, inp)
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(params=(3 if a["tlu"] else 2) * inp[0], full=(6 if a["tlu"] else 5) * numel(inp) + 3 * inp[0])
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (out[0],) * (params // out[0])  # weight, bias (and tau)
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # x / rms and the scaled product are alive with the shifted sum (measured with torch.profiler)
+        return ((2 * numel(inp), ACTIVATION),)
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ((numel(inp), ACTIVATION),)  # the square (freed by the mean), the scaled product
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the input (the square's and the product's), 1 / rms per channel, x / rms (the weight's); with tlu the
+        # maximum's operand
+        n = numel(inp)
+        return Saved(input=True, extra=((inp[0] + (2 if a["tlu"] else 1) * n, ACTIVATION),))
+
+    def saved_for_params(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # the input needs no gradient: x / rms (the weight's), and with tlu the maximum's operand (tau's)
+        return Saved(extra=(((2 if a["tlu"] else 1) * numel(inp), ACTIVATION),))
+
+
+@register
 class Scalar(Kind):
     name = "scalar"
     synonyms = ("constant", "scale")
-    doc = ("Arithmetic with a constant: x + c, x - c, c - x, x * c or x / c (op add, sub, rsub, mul, div), as a "
-           "forward writes it (`x + 0` in RepVGG, `x / 2`, a fixed scale). A new tensor of the input's shape; no "
-           "parameters, no MACs; fvcore has no formula for it (0).")
+    doc = ("Arithmetic with a constant: x + c, x - c, c - x, x * c, x / c or x ** c (op add, sub, rsub, mul, div, "
+           "pow), as a forward writes it (`x + 0` in RepVGG, `x / 2`, a fixed scale, StarReLU's `relu(x) ** 2`, "
+           "`x.square()`). A new tensor of the input's shape; no parameters, no MACs; fvcore and FlopCounterMode "
+           "have no formula for it (0). Autograd keeps the input of a power (pow's backward needs it), of nothing "
+           "else.")
     full_rule = "1 per element"
-    args = (Arg("op", "str", doc="the operation", choices=("add", "sub", "rsub", "mul", "div")),
+    args = (Arg("op", "str", doc="the operation", choices=("add", "sub", "rsub", "mul", "div", "pow")),
             Arg("value", "float", doc="the constant c"))
     examples = (Example((16, 8, 8), {"op": "add", "value": 0.0}), Example((8, 5, 5), {"op": "div", "value": 2.0}),
-                Example((6, 4), {"op": "rsub", "value": 1.0}), Example((10,), {"op": "mul", "value": 0.5}))
+                Example((6, 4), {"op": "rsub", "value": 1.0}), Example((10,), {"op": "mul", "value": 0.5}),
+                Example((6, 5, 5), {"op": "pow", "value": 2.0}))
     same_shape = True
     elementwise = True
     torch_class = "Scalar"
@@ -290,6 +508,10 @@ class Scalar(Kind):
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         return Cost(full=numel(inp))
 
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # pow_backward(grad, self, exponent) keeps the input; the others keep nothing (a constant is not a tensor)
+        return Saved(input=True) if a["op"] == "pow" else Saved()
+
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
-        return {"add": "x + {}", "sub": "x - {}", "rsub": "{} - x", "mul": "x * {}", "div": "x / {}"}[
-            a["op"]].format(a["value"])
+        return {"add": "x + {}", "sub": "x - {}", "rsub": "{} - x", "mul": "x * {}", "div": "x / {}",
+                "pow": "x ** {}"}[a["op"]].format(a["value"])

@@ -23,13 +23,19 @@ NORMALIZE_RULE = ("7 per element with affine (mean, deviation, its square, varia
                   "without; plus 4 per normalized group (two divisions by the count, eps, the reciprocal square root)")
 
 
-def normalize_full(elements: int, groups: int, affine: bool) -> int:
+def affine_tensors(affine: bool, bias: bool) -> int:
+    """How many per-element parameter tensors a norm learns: a scale and a shift, a scale only, or none."""
+    return (2 if bias else 1) if affine else 0
+
+
+def normalize_full(elements: int, groups: int, affine: bool, shift: bool = True) -> int:
     """`full` of normalizing with statistics computed from the input, `groups` sets of them (layer and group norm,
     batch norm with batch statistics): per element the mean's addition, the deviation, its square, the variance's
-    addition and the multiplication by 1/std (5), plus scale and shift with affine (7); per group the two
+    addition and the multiplication by 1/std (5), plus scale and shift with affine (7; 6 without the `shift`); per
+    group the two
     divisions by the count, the eps addition and the reciprocal square root (4). Counted on the executed formula
     in tests/test_full_counted.py."""
-    return elements * (7 if affine else 5) + 4 * groups
+    return elements * ((7 if shift else 6) if affine else 5) + 4 * groups
 
 
 @register
@@ -90,15 +96,20 @@ class LayerNorm(Kind):
     synonyms = ("ln", "layer_norm", "layer_normalization")
     prefix = "ln"
     doc = ("Layer normalization (nn.LayerNorm) over the trailing `normalized_shape` axes; by default all of a "
-           "sample's axes (C x H x W). fvcore counts 5 flops per element with affine, 4 without.")
-    full_rule = NORMALIZE_RULE
+           "sample's axes (C x H x W). Params 2 per normalized element (affine), 1 with `bias: false` (a scale "
+           "and no shift, nn.LayerNorm(bias=False)). fvcore counts 5 flops per element with affine (with or "
+           "without the shift: its rule looks at the weight only), 4 without.")
+    full_rule = NORMALIZE_RULE + "; 6 per element with a scale and no shift (bias: false)"
     args = (
         Arg("normalized_shape", "ints_or_none", None, "trailing shape to normalize over (default: the whole sample)",
             minimum=1),
         Arg("eps", "float", 1e-5, "added to the variance", minimum=0),
         Arg("elementwise_affine", "bool", True, "learn a per-element scale and shift", aliases=("affine",)),
+        Arg("bias", "bool", True, "with elementwise_affine, learn the shift too (false: a scale only, as "
+            "nn.LayerNorm(bias=False))"),
     )
-    examples = (Example((64, 8, 8)), Example((128,)), Example((16, 7, 7), {"normalized_shape": [7, 7]}))
+    examples = (Example((64, 8, 8)), Example((128,)), Example((16, 7, 7), {"normalized_shape": [7, 7]}),
+                Example((12, 5, 5), {"normalized_shape": [5, 5], "bias": False}))
     same_shape = True
 
     def norm_shape(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
@@ -118,11 +129,13 @@ class LayerNorm(Kind):
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         affine = a["elementwise_affine"]
         groups = numel(inp) // numel(self.norm_shape(a, inp))
-        return Cost(params=2 * numel(self.norm_shape(a, inp)) if affine else 0,
-                    fvcore=numel(inp) * (5 if affine else 4), full=normalize_full(numel(inp), groups, affine))
+        tensors = affine_tensors(affine, a["bias"])
+        return Cost(params=tensors * numel(self.norm_shape(a, inp)), fvcore=numel(inp) * (5 if affine else 4),
+                    full=normalize_full(numel(inp), groups, affine, a["bias"]))
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
-        return (params // 2, params // 2) if params else ()  # weight and bias, one each per normalized element
+        # weight (and bias), one each per normalized element
+        return (params // affine_tensors(True, a["bias"]),) * affine_tensors(True, a["bias"]) if params else ()
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         groups = numel(inp) // numel(self.norm_shape(a, inp))
@@ -135,14 +148,18 @@ class GroupNorm(Kind):
     name = "groupnorm"
     synonyms = ("gn", "group_norm")
     prefix = "gn"
-    doc = "Group normalization (nn.GroupNorm). Params 2C (affine). fvcore counts 5 flops per element with affine."
-    full_rule = NORMALIZE_RULE
+    doc = ("Group normalization (nn.GroupNorm). Params 2C (affine), C with `bias: false` (a scale and no shift: "
+           "timm's GroupNorm1NoBias of MetaFormer, F.group_norm without a bias). fvcore counts 5 flops per element "
+           "with affine (with or without the shift: its rule looks at the weight only), 4 without.")
+    full_rule = NORMALIZE_RULE + "; 6 per element with a scale and no shift (bias: false)"
     args = (
         Arg("num_groups", "int", doc="number of channel groups", aliases=("groups",), minimum=1),
         Arg("eps", "float", 1e-5, "added to the variance", minimum=0),
         Arg("affine", "bool", True, "learn a per-channel scale and shift"),
+        Arg("bias", "bool", True, "with affine, learn the shift too (false: a scale only)"),
     )
-    examples = (Example((64, 14, 14), {"num_groups": 32}), Example((12, 9), {"num_groups": 3}))
+    examples = (Example((64, 14, 14), {"num_groups": 32}), Example((12, 9), {"num_groups": 3}),
+                Example((8, 5, 5), {"num_groups": 1, "bias": False}))
     same_shape = True
     contiguous_input = True  # native_group_norm takes X.contiguous(): a crop is copied, and the copy kept
 
@@ -153,8 +170,8 @@ class GroupNorm(Kind):
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         per = 5 if a["affine"] else 4
-        return Cost(params=2 * inp[0] if a["affine"] else 0, fvcore=numel(inp) * per,
-                    full=normalize_full(numel(inp), a["num_groups"], a["affine"]))
+        return Cost(params=affine_tensors(a["affine"], a["bias"]) * inp[0], fvcore=numel(inp) * per,
+                    full=normalize_full(numel(inp), a["num_groups"], a["affine"], a["bias"]))
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # native_group_norm returns mean and 1/std per group beside the output, at inference too (freed at once)
@@ -164,7 +181,7 @@ class GroupNorm(Kind):
         return ()  # in training what it allocates is kept for backward (Saved)
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
-        return (params // 2, params // 2) if params else ()  # weight and bias, one each per normalized element
+        return (out[0],) * (params // out[0]) if params else ()  # weight (and bias), one each per channel
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # native_group_norm (shared by CPU and CUDA) keeps mean and 1/std per group in the input's dtype.

@@ -25,6 +25,7 @@ from archcalc.core.kinds import REGISTRY
 from archcalc.core.merges import MERGES
 from archcalc.torch import modules as own
 from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integral, per_of: the importer's names)
+    COMPOSITIONS,
     FUNCTIONS,
     METHODS,
     MODULE_KINDS,
@@ -35,6 +36,9 @@ from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integr
     FunctionRule,
     Mapped,
     ModuleRule,
+    Param,
+    Ref,
+    Step,
     Unmapped,
     is_integral,
     per_of,
@@ -114,6 +118,9 @@ for _merge in MERGES.values():
         for _method in (_word, _word + "_", f"__i{_word}__"):
             BINARY_METHODS[_method] = _merge.name
         FOLDABLE_METHODS.add(_word)
+# A power with a constant exponent (`x ** 2`, x.pow(c), x.square()) is the scalar kind's pow.
+POWER = {operator.pow, torch.pow, torch.square}  # (the in-place forms have no kind: scalar makes a new tensor)
+POWER_METHODS = {"pow", "__pow__", "square"}
 # Division has no merge: `x / c` is the scalar kind, `x / y` no kind.
 DIVIDE = {operator.truediv, operator.itruediv, torch.div, torch.true_divide}
 DIVIDE_METHODS = {"div", "div_", "true_divide", "__itruediv__", "__truediv__"}

@@ -94,11 +94,28 @@ class _Param(NamedTuple):
 
     sources: tuple[str, ...]
     shape: Shape  # the tensor's full shape
+    standardized: tuple[tuple[str, Any], ...] = ()  # a standardised weight: std_conv's eps, gain and gamma
+
+
+class _Scaled(NamedTuple):
+    """A parameter times a constant (ScaledStdConv2d's `gain * scale`): only weight standardisation reads it."""
+
+    param: _Param
+    factor: float
+    shape: Shape
 
 
 class _Chunks(NamedTuple):
     source: _Tensor
     bounds: tuple[tuple[int, int], ...]
+
+
+# Tensor methods that change no value archcalc counts (a cast, a copy): a composition's rule does not see them.
+_CASTS = {"float", "to", "type", "contiguous", "clone", "double", "half", "bfloat16", "detach"}
+
+
+class _NotComposed(Exception):
+    """A module call's ops are not a composition (an argument the rules cannot read)."""
 
 
 class _Failed(Exception):
@@ -385,6 +402,10 @@ class _Converter:
         self.same: dict[int, tuple[_Tensor, fx.Node]] = {}  # a pad computed from its input's size -> (input, node)
         self.current: Any = None  # the node being converted
         self.consumed: set[str] = set()  # the parameters and buffers an op has counted
+        self.order = {n: i for i, n in enumerate(graph.nodes)}
+        self.nodes = list(graph.nodes)
+        self.composed: set[fx.Node] = set()  # the nodes of a module call read as one kind (a composition)
+        self.tried: set[fx.Node] = set()  # first nodes of module calls a composition was tried on
 
     # -- helpers --
     def tensor_of(self, value: Any, node: fx.Node) -> _Tensor:
@@ -448,8 +469,10 @@ class _Converter:
                     else value
             elif node.op == "output":
                 outputs = self.outputs(node)
-            else:
+            elif node not in self.composed:
                 self.current = node
+                if self.composition(node):  # (its nodes are one op now; their values are set)
+                    continue
                 try:
                     result = self.node(node)
                 except Unmapped as exc:
@@ -458,6 +481,126 @@ class _Converter:
                     self.vals[node] = result
         assert input_shape is not None
         return outputs, input_shape
+
+    # -- compositions: a module call whose ops are one kind's formula (recipes.COMPOSITIONS) --
+    def composition(self, node: fx.Node) -> bool:
+        """When `node` starts a call of a module (not one of the table's), the call's ops read as one kind if a
+        composition rule recognises them: the call's nodes are then that kind's op, from its input to its result."""
+        if node.op not in ("call_function", "call_method") or not mapping.COMPOSITIONS:
+            return False
+        path = ".".join(_scope_of(node))
+        if not path or node in self.tried:
+            return False
+        run = self._module_run(node, path)
+        self.tried.update(n for n in run if ".".join(_scope_of(n)) == path)  # (a module inside gets its own try)
+        found = self._steps(run)
+        if found is None:
+            return False
+        steps, x, params, last = found
+        for kind, rule in mapping.COMPOSITIONS.items():
+            mapped = rule(steps, x.shape, x.channels_last)
+            if mapped is None:
+                continue
+            self.current = last
+            self.consume(last, params, kind, mapped.args, x)
+            self.called.add(path)
+            self.composed.update(run)
+            out = self._new(x.shape)
+            out = _Tensor(out.id, out.shape, x.channels_last)
+            m = self.root.get_submodule(path)
+            where = Where(type(m).__name__, path, *last.meta.get("archcalc_line", ("", 0)))
+            parts = tuple(path.split("."))
+            trainable = not list(m.parameters()) or any(p.requires_grad for p in m.parameters())
+            self.ops.append(Op(parts[-1], parts[:-1], True, kind, None, dict(mapped.args), (x.id,), out.id, where,
+                               None, trainable))
+            self.vals[last] = out
+            return True
+        return False
+
+    def _module_run(self, node: fx.Node, path: str) -> list[fx.Node]:
+        """The nodes of this call of the module at `path`: from `node`, while they run inside it."""
+        run = []
+        for n in self.nodes[self.order[node]:]:
+            if n.op == "get_attr":
+                continue
+            stack = n.meta.get("nn_module_stack") or {}
+            paths = [v[0] if isinstance(v, tuple) else str(v) for v in stack.values()]
+            if n.op not in ("call_function", "call_method") or path not in paths:
+                break
+            run.append(n)
+        return run
+
+    def _steps(self, run: list[fx.Node]) -> tuple[list[Any], _Tensor, list[_Param], fx.Node] | None:
+        """The run as composition steps (recipes.Step), with its one input tensor, the parameters it reads and its
+        last node; None unless it takes one tensor of the network and only its last node is read after it."""
+        inside = set(run)
+        refs: dict[fx.Node, Any] = {}
+        inputs: set[fx.Node] = set()
+        params: dict[str, _Param] = {}
+        steps: list[Any] = []
+
+        def convert(a: Any) -> Any:
+            if isinstance(a, fx.Node):
+                if a in refs:
+                    return refs[a]
+                value = self.vals.get(a, self.values.get(a))
+                if a.op == "get_attr" and isinstance(value, torch.Tensor):  # (read later in the graph than the run)
+                    value = _Param((str(a.target),), tuple(value.shape))
+                if isinstance(value, _Tensor) and a not in inside:
+                    inputs.add(a)
+                    return mapping.Ref(-1)
+                if isinstance(value, _Param) and len(value.sources) == 1 and not value.standardized:
+                    name = value.sources[0]
+                    if name not in self.parameters:
+                        raise _NotComposed
+                    params[name] = value
+                    return mapping.Param(name, value.shape, self.parameters[name].numel())
+                if isinstance(value, torch.Tensor) or isinstance(value, (_Tensor, _Chunks, _Param, _Scaled)):
+                    raise _NotComposed
+                return value  # a size or another plain value
+            if isinstance(a, (list, tuple)) and not hasattr(a, "_fields"):
+                return type(a)(convert(v) for v in a)
+            if isinstance(a, dict):
+                return {k: convert(v) for k, v in a.items()}
+            return a
+
+        try:
+            for n in run:
+                value = self.values.get(n)
+                if not isinstance(value, torch.Tensor):  # shape arithmetic (x.shape, C // groups), an assert
+                    refs[n] = value
+                    continue
+                args, kwargs = convert(n.args), convert(n.kwargs)
+                op = str(n.target) if n.op == "call_method" else getattr(n.target, "__name__", str(n.target))
+                if op in _CASTS and args and isinstance(args[0], mapping.Ref) and tuple(value.shape) == (
+                        self._shape_of_ref(args[0], steps, inputs)):
+                    refs[n] = args[0]  # a cast (x.float(), .to(x.dtype)) or a copy: the same values for archcalc
+                    continue
+                operands = [v for v in (*args, *kwargs.values()) if isinstance(v, (mapping.Ref, mapping.Param))]
+                if operands and all(isinstance(v, mapping.Param) for v in operands):  # a view of a parameter
+                    if len(operands) == 1 and op in mapping.PARAM_VIEWS and args and args[0] is operands[0]:
+                        refs[n] = operands[0]._replace(shape=tuple(self.values[n].shape))
+                        continue
+                    return None
+                refs[n] = mapping.Ref(len(steps))
+                steps.append(mapping.Step(op, args, kwargs, tuple(int(v) for v in value.shape)))
+        except _NotComposed:
+            return None
+        last = run[-1] if run else None
+        if last is None or len(inputs) != 1 or not isinstance(self.values.get(last), torch.Tensor):
+            return None
+        if any(u not in inside for n in run[:-1] for u in n.users):
+            return None
+        x = self.vals[next(iter(inputs))]
+        if tuple(int(v) for v in self.values[last].shape[1:]) != (
+                (*x.shape[1:], x.shape[0]) if x.channels_last else x.shape):
+            return None
+        return steps, x, list(params.values()), last
+
+    def _shape_of_ref(self, ref: Any, steps: list[Any], inputs: set[fx.Node]) -> tuple[int, ...]:
+        if ref.step >= 0:
+            return tuple(steps[ref.step].shape)
+        return tuple(int(v) for v in self.values[next(iter(inputs))].shape)
 
     def unmapped(self, node: fx.Node, why: str) -> Any:
         if not self.allow_unknown:
@@ -520,11 +663,8 @@ class _Converter:
         if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Param, list, tuple)) and self._has_tensor(a)
                                    for a in [*args, *kwargs.values()]):
             params = self._params([*args, *kwargs.values()])
-            if params and isinstance(value, torch.Tensor):  # a view or cast of parameters: still parameters
-                if method not in mapping.PARAM_VIEWS and target not in mapping.PARAM_VIEW_FUNCTIONS:
-                    raise Unmapped("arithmetic on parameters at forward time (weight standardisation, a computed "
-                                   "scale) has no archcalc kind; its cost would be left out")
-                return _Param(tuple(dict.fromkeys(s for p in params for s in p.sources)), tuple(value.shape))
+            if (params or self._scaled([*args, *kwargs.values()])) and isinstance(value, torch.Tensor):
+                return self.on_parameters(node, target, method, args, kwargs, params, tuple(value.shape))
             if isinstance(value, torch.Tensor):
                 raise Unmapped("a tensor made without the input (a constant); archcalc has no kind for it")
             return value  # shape arithmetic: x.shape, x.size(0), ...
@@ -539,6 +679,8 @@ class _Converter:
             merge = "div"
         if merge is not None:
             return self.binary(node, merge, args, kwargs)
+        if target in mapping.POWER or method in mapping.POWER_METHODS:
+            return self.power(node, args, kwargs, square=target is torch.square or method == "square")
         if target in mapping.CAT:
             return self.cat(node, args, kwargs)
         if target in mapping.FLATTEN or method in ("flatten", "view", "reshape") or target is torch.reshape:
@@ -569,6 +711,17 @@ class _Converter:
             return self.emit(node, "conv", "conv", None, conv, [x], False, channels_last=True,
                              shape=(w.shape[0], *x.shape[1:]))
         mapped = rule(bound, x.shape)
+        if any(self._scaled(list(bound.values()))):
+            raise Unmapped("it reads a parameter times a constant (computed at forward time), which has no archcalc "
+                           "kind")
+        standardized = [p for p in self._params(list(bound.values())) if p.standardized]
+        if standardized:  # a convolution of a standardised weight
+            weight = standardized[0]
+            if mapped.kind != "conv" or bound.get("weight") is not weight \
+                    or tuple(self.parameters[weight.sources[0]].shape) != weight.shape:
+                raise Unmapped("a standardised weight read by other than a convolution's weight has no archcalc "
+                               "kind")
+            mapped = Mapped("std_conv", {**mapped.args, **dict(standardized[0].standardized)})
         self.consume(node, self._params(list(bound.values())), mapped.kind, mapped.args, x)
         if mapped.kind == "upsample" and "size" in mapped.args:
             ref = self.size_source(node, mapped.args["size"])
@@ -577,11 +730,66 @@ class _Converter:
                 mapped.args["size_of"] = SizeOf(ref)
         if mapped.kind in ("zeropad", "crop"):
             return self.resize(node, mapped, x)
-        if mapped.kind == "conv" and self.same.get(x.id) is not None and mapped.args["padding"] in (0, "valid"):
+        if mapped.kind in ("conv", "std_conv") and self.same.get(x.id) is not None \
+                and mapped.args["padding"] in (0, "valid"):
             fused = self.same_padding(mapped, x)
             if fused is not None:
                 return fused
         return self.layer(node, mapped, x, mapped.kind, fixed=False)
+
+    @staticmethod
+    def _scaled(values: Sequence[Any]) -> list[_Scaled]:
+        return [v for v in values if isinstance(v, _Scaled)]
+
+    def on_parameters(self, node: fx.Node, target: Any, method: str | None, args: list[Any],
+                      kwargs: dict[str, Any], params: list[_Param], shape: Shape) -> Any:
+        """An op on parameters alone. A view or cast is still the parameters. Weight standardisation, recognised by
+        what it computes (timm's StdConv2d, ScaledStdConv2d and their "same" forms, or any module written so):
+        F.batch_norm with batch statistics over a weight viewed as 1 x filters x fan-in, optionally with a
+        parameter times a constant as its weight (the gain), is a standardised weight, which a convolution then
+        reads as std_conv. Other arithmetic on parameters is refused: its cost would be left out."""
+        values = [*args, *kwargs.values()]
+        scaled = self._scaled(values)
+        view = method in mapping.PARAM_VIEWS or target in mapping.PARAM_VIEW_FUNCTIONS
+        first = values[0] if values else None
+        if view and (isinstance(first, _Scaled) or isinstance(first, _Param) and first.standardized) and (
+                len(params) + len(scaled) == 1 or method in ("reshape_as", "view_as", "expand_as")):
+            return first._replace(shape=shape)  # a standardised weight or a scaled gain, viewed (as another's shape)
+        if view and not scaled and not any(p.standardized for p in params):
+            return _Param(tuple(dict.fromkeys(s for p in params for s in p.sources)), shape)
+        multiply = target in (operator.mul, torch.mul) or method in ("mul", "__mul__", "__rmul__")
+        if multiply and len(params) == 1 and not scaled and not params[0].standardized and len(values) == 2:
+            factor = values[1] if values[0] is params[0] else values[0]
+            if isinstance(factor, (int, float)) and not isinstance(factor, bool):
+                return _Scaled(params[0], float(factor), shape)
+        if target is F.batch_norm:
+            standardized = self.standardized(args, kwargs, shape)
+            if standardized is not None:
+                return standardized
+        raise Unmapped("arithmetic on parameters at forward time (other than weight standardisation) has no "
+                       "archcalc kind; its cost would be left out")
+
+    def standardized(self, args: list[Any], kwargs: dict[str, Any], shape: Shape) -> _Param | None:
+        names, _ = mapping.FUNCTIONS[F.batch_norm]
+        bound = mapping.bind(names, args, kwargs)
+        w, gain = bound.get("x"), bound.get("weight")
+        if not (isinstance(w, _Param) and len(w.sources) == 1 and not w.standardized and len(w.shape) == 3
+                and w.shape[0] == 1 and w.sources[0] in self.parameters):
+            return None
+        filters, fan_in = w.shape[1], w.shape[2]
+        if bound.get("running_mean") is not None or bound.get("running_var") is not None \
+                or bound.get("bias") is not None or not bound.get("training"):
+            return None
+        if isinstance(gain, _Param) and not gain.standardized:  # a gain without a factor: gamma is sqrt(fan-in)
+            gain = _Scaled(gain, 1.0, gain.shape)
+        if gain is not None and not (isinstance(gain, _Scaled) and gain.shape == (filters,)
+                                     and len(gain.param.sources) == 1
+                                     and math.prod(gain.param.shape) == filters):
+            return None
+        gamma = 1.0 if gain is None else float(f"{gain.factor * fan_in ** 0.5:.12g}")  # factor = gamma / sqrt(fan-in)
+        sources = w.sources + (gain.param.sources if gain is not None else ())
+        return _Param(sources, shape, (("eps", float(bound.get("eps", 1e-5))), ("gain", gain is not None),
+                                       ("gamma", gamma)))
 
     def resize(self, node: fx.Node, mapped: Mapped, x: _Tensor) -> _Tensor:
         """A pad or crop whose sizes were computed from tensors' sizes: `to:` the tensor it takes the size of; from
@@ -618,7 +826,7 @@ class _Converter:
         if prev is None or prev.output != x.id or len(pad_node.users) != 1:
             return None
         args = dict(mapped.args)
-        kind: Any = REGISTRY["conv"]
+        kind: Any = REGISTRY[mapped.kind]
         full = {arg.name: args.get(arg.name, arg.default) for arg in kind.args}
         k, stride, d, pads = kind.geometry(full, source.shape)
         keff = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
@@ -630,7 +838,7 @@ class _Converter:
         self.shapes.pop()
         pad_node_value = self.current  # (the conv's node)
         args["padding"] = "same"
-        return self.emit(pad_node_value, "conv", "conv", None, args, [source], fixed=False)
+        return self.emit(pad_node_value, mapped.kind, mapped.kind, None, args, [source], fixed=False)
 
     def size_sources(self, node: fx.Node) -> list[_Tensor]:
         """The tensors whose sizes the op's arguments (beyond its input) were computed from (x.size(2) - y.size(2))."""
@@ -708,7 +916,8 @@ class _Converter:
         if REGISTRY[kind].elementwise:
             return kind, args
         if kind == "layernorm" and args["normalized_shape"] == x.shape[0]:
-            return "channel_layernorm", {"eps": args["eps"], "elementwise_affine": args["elementwise_affine"]}
+            return "channel_layernorm", {"eps": args["eps"], "elementwise_affine": args["elementwise_affine"],
+                                         "bias": args.get("bias", True)}
         if kind == "linear" and node.op == "call_module":
             m = self.root.get_submodule(str(node.target))
             if m.in_features == x.shape[0]:
@@ -788,6 +997,17 @@ class _Converter:
             self.shapes.pop()
             inputs = [_Tensor(t, self.shapes[t]) for t in prev.inputs] + [b]
         return self.emit(node, merge, None, merge, {}, inputs, fixed=False)
+
+    def power(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any], square: bool) -> _Tensor:
+        """x ** c with a constant c (x.square() is c = 2): the scalar kind's pow."""
+        x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+        c = 2 if square else (args[1] if len(args) > 1 else kwargs.get("exponent"))
+        if not isinstance(x, _Tensor) or isinstance(c, bool) or not isinstance(c, (int, float)):
+            raise Unmapped("a power other than a tensor of the network to a constant exponent has no archcalc kind")
+        if len(args) > 2 or set(kwargs) - {"input", "self", "exponent"}:
+            raise Unmapped("a power with other arguments than the exponent")
+        return self.emit(node, "scalar", "scalar", None, {"op": "pow", "value": float(c)}, [x], fixed=False,
+                         channels_last=x.channels_last, shape=x.shape if x.channels_last else None)
 
     @staticmethod
     def per(p: _Param, x: _Tensor) -> str | None:
