@@ -193,8 +193,35 @@ class TrainStep(NamedTuple):
     after: int
 
 
+class Holders:
+    """Who holds the bytes of a training step's timeline (`training_timeline(..., holders=)`): by op index (what
+    the op made in the forward -- its output, its extras -- and in backward -- its input's and its parameters'
+    gradients, the sums it caused), -1 for the loss and the seed. `at_peak`: that breakdown at the first moment
+    the timeline's `running` is largest (it sums to that maximum); `end`: after backward."""
+
+    __slots__ = ("by", "peak", "at_peak", "end")
+
+    def __init__(self) -> None:
+        self.by: dict[int, int] = {}
+        self.peak = -1
+        self.at_peak: dict[int, int] = {}
+        self.end: dict[int, int] = {}
+
+    def add(self, holder: int, n: int) -> None:
+        self.by[holder] = self.by.get(holder, 0) + n
+
+    def moment(self, running: int, *extra: tuple[int, int]) -> None:
+        """A moment of the timeline: `running` bytes, held as `by` says plus `extra` (holder, bytes)."""
+        if running > self.peak:
+            self.peak = running
+            self.at_peak = {h: n for h, n in self.by.items() if n}
+            for h, n in extra:
+                if n:
+                    self.at_peak[h] = self.at_peak.get(h, 0) + n
+
+
 def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad_bytes: tuple[int, ...],
-                      input_requires_grad: bool = False) -> tuple[TrainStep, ...]:
+                      input_requires_grad: bool = False, holders: Holders | None = None) -> tuple[TrainStep, ...]:
     """Bytes made during one training step's forward and backward, beyond the parameters, buffers, optimizer
     state and inputs that exist before it (gradients set to None): the eager forward's activations, of which
     autograd keeps what each recorded op saves (`saved_timeline`'s rules) until that op's backward has run; the
@@ -203,7 +230,10 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
     input, `concat` views of it) and of its parameters (`grad_bytes[op]`, kept: they become `.grad`), then freeing
     its output's gradient, its saved tensors (a storage when the last op keeping it is done) and its extras. A
     gradient reaching a tensor twice is summed into a new tensor, the two parts freed. What a kernel allocates
-    and frees inside itself is not seen (backend workspace)."""
+    and frees inside itself is not seen (backend workspace). `holders`, when given, is filled with who holds the
+    bytes (`Holders`)."""
+    held_by = holders if holders is not None else Holders()
+    made_by: dict[int, int] = {}  # train storage -> the op whose forward allocated it
     sizes = _storage_bytes(graph, itemsize, batch, train=True)
     end = len(graph.ops)
     used = graph.used(discarded=False)  # a discarded op's node dies with its dropped output, as an unused one's
@@ -262,33 +292,45 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
         if out.train_storage not in alive:
             alive.add(out.train_storage)
             live += sizes[out.train_storage]
+            made_by[out.train_storage] = i
+            held_by.add(i, sizes[out.train_storage])
         live += extras[i]
-        running = live + _training_transient(op, graph, itemsize, batch, device)
+        held_by.add(i, extras[i])
+        transient = _training_transient(op, graph, itemsize, batch, device)
+        running = live + transient
+        held_by.moment(running, (i, transient))
         if not used[i]:
             live -= extras[i]
+            held_by.add(i, -extras[i])
         for storage in frees.get(i, ()):
             alive.discard(storage)
             live -= sizes[storage]
+            held_by.add(made_by[storage], -sizes[storage])
         steps.append(TrainStep("forward", i, running, live))
     # the loss: one scalar per output summed (a running sum of them beside the next), then the outputs dropped
     scalar = itemsize
     n_out = len(graph.outputs)
     running = live + (scalar if n_out == 1 else 3 * scalar)
+    held_by.moment(running, (-1, running - live))
     live += scalar
+    held_by.add(-1, scalar)
     for storage in outputs:
         if storage in alive and storage not in held and storage not in inputs:
             alive.discard(storage)
             live -= sizes[storage]
+            held_by.add(made_by[storage], -sizes[storage])
     steps.append(TrainStep("loss", -1, running, live))
 
     # backward: the seed (ones_like of the loss) is the gradient of every output, expanded (a view)
     live += scalar
+    held_by.add(-1, scalar)
     grad_refs: dict[int, int] = {-1: len(graph.outputs) + 1}  # gradient storage -> holders (the engine holds the seed)
     grad_size: dict[int, int] = {-1: scalar}
+    grad_maker: dict[int, int] = {-1: -1}  # gradient storage -> the op whose backward made it
     grad_of: dict[int, int] = {t: -1 for _, t in graph.outputs}
     next_id = 0
 
-    def give(t: int, storage: int) -> int:
+    def give(t: int, storage: int, by: int) -> int:
         """Tensor t's gradient buffer takes `storage` (and the reference to it): kept as it is if t has none yet,
         else summed with the one it has into a new tensor (InputBuffer::accumulate, out of place: measured), the two
         parts dropped. Returns the bytes that sum allocated."""
@@ -299,8 +341,10 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             return 0
         grad_size[next_id] = numel(graph.tensors[t].shape) * itemsize * batch
         grad_refs[next_id] = 1
+        grad_maker[next_id] = by
         grad_of[t] = next_id
         live += grad_size[next_id]
+        held_by.add(by, grad_size[next_id])
         next_id += 1
         made = grad_size[next_id - 1]
         drop(old)
@@ -312,6 +356,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
         grad_refs[storage] -= 1
         if grad_refs[storage] == 0:
             live -= grad_size[storage]
+            held_by.add(grad_maker[storage], -grad_size[storage])
             del grad_refs[storage]
 
     for i in range(end - 1, -1, -1):
@@ -321,6 +366,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
         g = grad_of.get(op.output)
         made = grad_bytes[i]
         live += made  # the parameters' gradients, kept as .grad
+        held_by.add(i, made)
         running = live
         new: list[tuple[int, int]] = []  # (tensor, bytes) of new gradient buffers
         shared: list[int] = []  # tensors receiving g (or a view of it)
@@ -347,13 +393,16 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             extra = op.kind.backward_transient(op.args, graph.tensors[op.inputs[0]].shape,
                                                graph.tensors[op.output].shape)
             running += sum(n * itemsize_for(code, itemsize, device) for n, code in extra) * batch
+        held_by.moment(running, (i, running - live))
         live += sum(b for _, b in new)
+        held_by.add(i, sum(b for _, b in new))
         # the function returns its outputs; its input (the gradient of its output) and its saved tensors are freed;
         # then each output is added into the buffer of the tensor it is the gradient of
         returned: list[tuple[int, int]] = []
         for t, b in new:
             grad_size[next_id] = b
             grad_refs[next_id] = 1
+            grad_maker[next_id] = i
             returned.append((t, next_id))
             next_id += 1
         if g is not None:
@@ -363,6 +412,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             del grad_of[op.output]
             drop(g)
         live -= extras[i]
+        held_by.add(i, -extras[i])
         for storage in {graph.tensors[t].train_storage for t in (*op.inputs, op.output)}:
             ops = keepers.get(storage)
             if ops and i in ops:
@@ -370,10 +420,15 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                 if not ops and storage in alive and storage not in inputs:
                     alive.discard(storage)
                     live -= sizes[storage]
+                    held_by.add(made_by[storage], -sizes[storage])
         for t, storage in returned:
-            running = max(running, live + give(t, storage))
+            summed = numel(graph.tensors[t].shape) * itemsize * batch if t in grad_of else 0
+            held_by.moment(live + summed, (i, summed))  # the sum made while both parts are alive
+            running = max(running, live + give(t, storage, i))
         steps.append(TrainStep("backward", i, running, live))
     live -= 2 * scalar  # the seed and the loss, once backward returns
+    held_by.add(-1, -2 * scalar)
+    held_by.end = {h: n for h, n in held_by.by.items() if n}
     steps.append(TrainStep("backward", -1, live, live))
     return tuple(steps)
 

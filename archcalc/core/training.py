@@ -4,12 +4,12 @@ by term (weights, gradients, optimizer state, saved activations, mixed precision
 Nothing here imports torch. Both are computed from a Report: batch and dtype are already applied there.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from archcalc.core.analyze import Report, analyze
 from archcalc.core.conventions import DTYPES, flop_counter_divides_groups
 from archcalc.core.kinds.base import numel
-from archcalc.core.memory import TrainStep, peak_inference_bytes, saved_training_bytes, training_timeline
+from archcalc.core.memory import Holders, TrainStep, peak_inference_bytes, saved_training_bytes, training_timeline
 from archcalc.core.settings import AMP, FIT_FOR, OPTIMIZERS, Settings
 from archcalc.core.spec import Spec
 
@@ -203,6 +203,11 @@ class StepPeak(NamedTuple):
     before: int  # alive before the step: parameters, buffers, optimizer state (after the first step), inputs
     timeline: tuple[TrainStep, ...]  # forward, loss and backward, beyond `before`
     optimizer: int  # the optimizer step's own peak beyond `before`
+    layers: tuple[int, ...] = ()  # per row of the report (op): what it holds at the peak moment (`peak_holders`)
+    other: int = 0  # the rest of the peak: the network's inputs, the loss and backward's seed
+
+    def check(self) -> None:  # the shares add up to the peak
+        assert sum(self.layers) + self.other == self.peak, (sum(self.layers), self.other, self.peak)
 
 
 def step_peak(report: Report, optimizer: str | None = None, first: bool = False) -> StepPeak:
@@ -225,22 +230,39 @@ def step_peaks(report: Report, optimizer: str | None = None) -> tuple[StepPeak, 
     size = report.itemsize
     device = report.settings.device if report.settings else "cpu"
     grad_bytes = tuple(row.trainable_params * size if row.used else 0 for row in report.rows)
+    holders = Holders()
     timeline = training_timeline(graph, size, report.batch, device, grad_bytes,
-                                 report.settings.input_requires_grad if report.settings else False)
+                                 report.settings.input_requires_grad if report.settings else False, holders)
     t = report.totals
-    sizes = _param_sizes(report, size)
+    owned = _param_sizes(report, size, owners=True)
+    sizes = [n for _, n in owned]
     trainable = t.trainable_params * size
     adam = optimizer in ("adam", "adamw")
     counters = 4 * len(sizes) if adam and device == "cpu" else 0  # Adam's float32 `step`s (CPU tensors)
     state = OPTIMIZERS[optimizer].state * trainable + counters
     inputs = sum(numel(graph.tensors[i].shape) for _, i in graph.inputs) * report.batch * size
     end = timeline[-1].after
+    # who holds what: each row its parameters and buffers throughout, its optimizer state, and the optimizer's
+    # temporaries for its parameters
+    rows = len(report.rows)
+    fixed = [(r.params * size + (r.buffers - r.int_buffers) * size + r.int_buffers * 8) if r.used else 0
+             for r in report.rows]
+    state_of = [r.trainable_params * size * OPTIMIZERS[optimizer].state if r.used else 0 for r in report.rows]
+    for owner, _ in owned:
+        state_of[owner] += 4 if counters else 0
+    temporary_of = [0] * rows
     if not adam:
         temporary = 0
     elif device == "cpu":  # one parameter at a time: sqrt and its quotient, beside the previous denom
-        temporary = max((2 * n + (sizes[k - 1] if k else 0) for k, n in enumerate(sizes)), default=0)
+        temporary, k = max(((2 * n + (sizes[k - 1] if k else 0), k) for k, n in enumerate(sizes)), default=(0, -1),
+                           key=lambda c: c[0])
+        if k >= 0:
+            temporary_of[owned[k][0]] += 2 * sizes[k]
+            if k:
+                temporary_of[owned[k - 1][0]] += sizes[k - 1]
     else:  # foreach: _foreach_sqrt for all parameters, divided and offset in place
         temporary = trainable
+        temporary_of = [r.trainable_params * size if r.used else 0 for r in report.rows]
     result = []
     for first in (False, True):
         before = t.param_bytes + t.buffer_bytes + inputs + (0 if first else state)
@@ -248,17 +270,29 @@ def step_peaks(report: Report, optimizer: str | None = None) -> tuple[StepPeak, 
         candidates = [(s.running, s.phase, graph.ops[s.op].name if s.op >= 0 else "") for s in timeline]
         candidates.append((optimizer_peak, "optimizer", ""))
         peak, phase, op = max(candidates, key=lambda c: c[0])  # the first of equals
-        result.append(StepPeak(before + peak, phase, op, before, timeline, optimizer_peak))
+        if phase == "optimizer":
+            held = {h: n + (state_of[h] if first and h >= 0 else 0) + (temporary_of[h] if h >= 0 else 0)
+                    for h, n in holders.end.items()}
+            for h in range(rows):
+                if h not in held:
+                    held[h] = (state_of[h] if first else 0) + temporary_of[h]
+        else:
+            held = holders.at_peak
+        layers = tuple(fixed[h] + (0 if first else state_of[h]) + held.get(h, 0) for h in range(rows))
+        result.append(StepPeak(before + peak, phase, op, before, timeline, optimizer_peak, layers,
+                               inputs + held.get(-1, 0)))
     return result[0], result[1]
 
 
-def _param_sizes(report: Report, itemsize: int) -> list[int]:
-    """Bytes of each trainable parameter tensor, in the order the optimizer walks them (the model's)."""
-    sizes: list[int] = []
-    for row in report.rows:
+def _param_sizes(report: Report, itemsize: int, owners: bool = False) -> list[Any]:
+    """Bytes of each trainable parameter tensor, in the order the optimizer walks them (the model's); with
+    `owners`, (row index, bytes)."""
+    sizes: list[Any] = []
+    for k, row in enumerate(report.rows):
         op = row.op
         if row.used and row.trainable_params and op is not None and op.kind is not None:
-            sizes.extend(n * itemsize for n in op.kind.param_tensors(op.args, row.output, row.params))
+            sizes.extend((k, n * itemsize) if owners else n * itemsize
+                         for n in op.kind.param_tensors(op.args, row.output, row.params))
     return sizes
 
 
