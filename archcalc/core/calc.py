@@ -14,8 +14,10 @@ from archcalc.core.training import (
     Fit,
     StepPeak,
     TrainingFlops,
+    TrainingLayers,
     TrainingMemory,
     fit_batch,
+    layer_training,
     step_peaks,
     training_flops,
     training_memory,
@@ -32,6 +34,7 @@ class CalcResult(NamedTuple):
     train_report: Report  # the report training memory comes from (amp's activation dtype under amp; else report)
     fit: Fit | None = None
     step: tuple[StepPeak, StepPeak] | None = None  # the step's peak, a later step and the first (None under amp)
+    layers: TrainingLayers | None = None  # per layer: saved bytes, backward FLOPs, share of the peak
 
     @property
     def settings(self) -> Settings:
@@ -64,5 +67,7 @@ def calculate(spec: Spec | str, settings: Settings | None = None, fit: int | Non
         s = s.replace(batch=found.batch)
     report = analyze(spec, s)
     train_report = _training_report(spec, s) if s.amp else report
-    return CalcResult(report, training_flops(report), training_memory(train_report, s.optimizer, s.amp),
-                      train_report, found, None if s.amp else step_peaks(report, s.optimizer))
+    flops = training_flops(report)
+    step = None if s.amp else step_peaks(report, s.optimizer)
+    return CalcResult(report, flops, training_memory(train_report, s.optimizer, s.amp), train_report, found, step,
+                      layer_training(report, flops, step[0] if step else None))

@@ -380,3 +380,89 @@ def fit_batch(spec: Spec, limit: int, settings: Settings | None = None, fit_for:
     line = memory_line(spec, settings, **overrides)
     batch = line.largest_batch(limit, fit_for)
     return Fit(limit, fit_for, batch, line.at(max(batch, 1), fit_for), line.at(batch + 1, fit_for) if batch else None)
+
+
+# ---- per layer: what each layer costs a training step ---------------------------------------------------------
+
+
+class LayerTraining(NamedTuple):
+    """One row of `calc --columns training`: a layer's (or a collapsed block's: the sums) part in one training
+    step, batch and dtype applied."""
+
+    name: str
+    kind: str
+    depth: int
+    shapes: tuple[tuple[int, ...], ...]
+    saved_bytes: int  # kept by its autograd node for backward (a tensor several layers keep: at the first)
+    grad_input_flops: int  # its backward's input gradient, in the report's convention (Convention.backward)
+    grad_weight_flops: int  # its backward's weight gradient, likewise
+    peak_bytes: int | None  # what it holds at a later step's peak moment (StepPeak.layers); None: not modelled
+
+
+class TrainingLayers(NamedTuple):
+    rows: tuple[LayerTraining, ...]  # one per Report.rows
+    outline: tuple[LayerTraining, ...]  # one per Report.outline (a block: the sums of its layers)
+    totals: LayerTraining  # the used rows' sums
+    other_peak: int | None  # the rest of the peak: the network's inputs, the loss, backward's seed
+
+
+def layer_training(report: Report, flops: TrainingFlops, step: StepPeak | None) -> TrainingLayers:
+    """Per layer: the bytes it saves for backward (the forward's saved-bytes walk, `saved_timeline`, op by op:
+    a storage kept twice counts at the first layer keeping it, so the layers add up to Totals.saved_bytes), its
+    backward FLOPs (`training_flops`' MACs, which FlopCounterMode counts, at the report convention's FLOPs per MAC)
+    and its share of `step`'s peak (a later step's: its parameters, buffers and optimizer state, and what it made
+    that is alive at the peak moment)."""
+    from archcalc.core.conventions import CONVENTIONS
+    from archcalc.core.memory import saved_timeline
+
+    graph = report.graph
+    s = report.settings
+    saved = saved_timeline(graph, report.itemsize, report.batch, s.device if s else "cuda",
+                           s.input_requires_grad if s else False)
+    per_mac = CONVENTIONS[report.convention].backward
+    by_name = {f.name: f for f in flops.layers}
+    rows: list[LayerTraining] = []
+    for i, row in enumerate(report.rows):
+        f = by_name.get(row.name) if row.used else None
+        g_in, g_w = (f.grad_input // 2 * per_mac, f.grad_weight // 2 * per_mac) if f else (0, 0)
+        rows.append(LayerTraining(row.name, row.kind, row.depth, row.shapes,
+                                  saved[i] - (saved[i - 1] if i else 0) if row.used else 0, g_in, g_w,
+                                  step.layers[i] if step is not None else None))
+    leaf_of = {id(r): k for k, r in enumerate(report.rows)}
+    outline: list[LayerTraining] = []
+    stack: list[tuple[int, list[int]]] = []  # open blocks: (depth, rows under them)
+    spans: list[tuple[Any, list[int]]] = []
+    for r in report.outline:
+        while stack and stack[-1][0] >= r.depth:
+            stack.pop()
+        if r.leaf:
+            k = leaf_of[id(r)]
+            for _, under in stack:
+                under.append(k)
+            spans.append((r, [k]))
+        else:
+            block: list[int] = []
+            stack.append((r.depth, block))
+            spans.append((r, block))
+    for r, under in spans:
+        if r.leaf:
+            outline.append(rows[under[0]])
+        else:
+            outline.append(_summed(r.name, r.kind, r.depth, r.shapes, [rows[k] for k in under
+                                                                        if report.rows[k].used]))
+    totals = _summed("total", "", 0, (report.totals.output,), [row for row, r in zip(rows, report.rows) if r.used])
+    return TrainingLayers(tuple(rows), tuple(outline), totals, step.other if step is not None else None)
+
+
+def _summed(name: str, kind: str, depth: int, shapes: tuple[tuple[int, ...], ...],
+            rows: list[LayerTraining]) -> LayerTraining:
+    peak = None if any(r.peak_bytes is None for r in rows) else sum(r.peak_bytes or 0 for r in rows)
+    return LayerTraining(name, kind, depth, shapes, sum(r.saved_bytes for r in rows),
+                         sum(r.grad_input_flops for r in rows), sum(r.grad_weight_flops for r in rows), peak)
+
+
+def training_rows_at_depth(report: Report, layers: TrainingLayers, depth: int | None) -> list[LayerTraining]:
+    """The training rows matching core.analyze.rows_at_depth(report, depth)."""
+    if depth is None:
+        return list(layers.rows)
+    return [t for r, t in zip(report.outline, layers.outline) if r.depth == depth or (r.depth < depth and r.leaf)]
