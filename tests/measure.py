@@ -204,19 +204,21 @@ def cuda_step_peak_bytes(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...
 
 
 def saved_bytes_by_module(model: torch.nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
-    """Per leaf module (its name in model.named_modules()): the bytes autograd packs while that module's forward
-    runs (a training-mode forward; saved_tensors_hooks), by storage: a storage packed under several modules counts
-    at the first, parameters and buffers excluded. Modules that pack nothing are absent."""
+    """Per leaf module (its name in model.named_modules(); "" for what is packed outside every leaf module: a
+    merge in the container's forward): the bytes autograd packs while that module's forward runs (a
+    training-mode forward; saved_tensors_hooks), by storage: a storage packed under several modules counts at the
+    first, parameters and buffers excluded. As in saved_bytes, what a node dropped mid-forward kept is not
+    counted. Modules that keep nothing are absent."""
+    import weakref
+
     exclude = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
     current: list[str] = []
-    first: dict[int, tuple[str, int]] = {}
+    packed: list[tuple[str, weakref.ref[_Packed]]] = []
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        address = storage.data_ptr()
-        if current and address not in exclude and storage.nbytes() and address not in first:
-            first[address] = (current[-1], storage.nbytes())
-        return t
+    def pack(t: torch.Tensor) -> _Packed:
+        holder = _Packed(t.detach())
+        packed.append((current[-1] if current else "", weakref.ref(holder)))
+        return holder
 
     leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
     hooks = []
@@ -225,12 +227,21 @@ def saved_bytes_by_module(model: torch.nn.Module, *inputs: torch.Tensor) -> dict
         hooks.append(m.register_forward_hook(lambda _m, _a, _o: current.pop() and None))
     model.train()
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda holder: holder.tensor):
             out = model(*inputs)
     finally:
         for hook in hooks:
             hook.remove()
         model.eval()
+    first: dict[int, tuple[str, int]] = {}
+    for name, ref in packed:
+        holder = ref()
+        if holder is None:
+            continue
+        storage = holder.tensor.untyped_storage()
+        address = storage.data_ptr()
+        if address not in exclude and storage.nbytes() and address not in first:
+            first[address] = (name, storage.nbytes())
     del out
     by: dict[str, int] = {}
     for name, size in first.values():
