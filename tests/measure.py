@@ -203,12 +203,14 @@ def cuda_step_peak_bytes(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...
         model.eval()
 
 
-def saved_bytes_by_module(model: torch.nn.Module, *inputs: torch.Tensor) -> dict[str, int]:
+def saved_bytes_by_module(model: torch.nn.Module, *inputs: torch.Tensor,
+                          modules: dict[str, torch.nn.Module] | None = None) -> dict[str, int]:
     """Per leaf module (its name in model.named_modules(); "" for what is packed outside every leaf module: a
     merge in the container's forward): the bytes autograd packs while that module's forward runs (a
     training-mode forward; saved_tensors_hooks), by storage: a storage packed under several modules counts at the
     first, parameters and buffers excluded. As in saved_bytes, what a node dropped mid-forward kept is not
-    counted. Modules that keep nothing are absent."""
+    counted. Modules that keep nothing are absent. `modules`: the modules to attribute to, by name, instead of
+    the leaf modules (a module and what runs inside it)."""
     import weakref
 
     exclude = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
@@ -220,7 +222,8 @@ def saved_bytes_by_module(model: torch.nn.Module, *inputs: torch.Tensor) -> dict
         packed.append((current[-1] if current else "", weakref.ref(holder)))
         return holder
 
-    leaves = [(name, m) for name, m in model.named_modules() if not list(m.children())]
+    leaves = list(modules.items()) if modules is not None else \
+        [(name, m) for name, m in model.named_modules() if not list(m.children())]
     hooks = []
     for name, m in leaves:
         hooks.append(m.register_forward_pre_hook(lambda _m, _a, name=name: current.append(name)))

@@ -93,7 +93,8 @@ def calc(
         from archcalc.plot.data import calc_plot
 
         s = result.settings
-        plotter.draw("calc", calc_plot(result.report, depth, s.device, s.input_requires_grad, result.train_report))
+        plotter.draw("calc", calc_plot(result.report, depth, s.device, s.input_requires_grad, result.train_report,
+                                       result.step))
 
 
 class SortBy(str, Enum):
