@@ -221,7 +221,8 @@ class Holders:
 
 
 def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad_bytes: tuple[int, ...],
-                      input_requires_grad: bool = False, holders: Holders | None = None) -> tuple[TrainStep, ...]:
+                      input_requires_grad: bool = False, holders: Holders | None = None,
+                      autocast: bool = False) -> tuple[TrainStep, ...]:
     """Bytes made during one training step's forward and backward, beyond the parameters, buffers, optimizer
     state and inputs that exist before it (gradients set to None): the eager forward's activations, of which
     autograd keeps what each recorded op saves (`saved_timeline`'s rules) until that op's backward has run; the
@@ -231,7 +232,13 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
     its output's gradient, its saved tensors (a storage when the last op keeping it is done) and its extras. A
     gradient reaching a tensor twice is summed into a new tensor, the two parts freed. What a kernel allocates
     and frees inside itself is not seen (backend workspace). `holders`, when given, is filled with who holds the
-    bytes (`Holders`)."""
+    bytes (`Holders`).
+
+    Under `autocast` (torch.autocast on the CPU, `itemsize` the low-precision type's; `_autocast_copies`) the
+    activations are in the low-precision type, the inputs and the parameters in float32: an op that autocast
+    lowers makes low-precision copies of its float32 input and of its parameters, keeps those its backward needs,
+    and the copies of parameters that need a gradient stay cached until the forward ends; its backward makes the
+    parameters' gradients in the low-precision type, then each one's float32 copy (`.grad`), freeing the first."""
     held_by = holders if holders is not None else Holders()
     made_by: dict[int, int] = {}  # train storage -> the op whose forward allocated it
     sizes = _storage_bytes(graph, itemsize, batch, train=True)
@@ -279,6 +286,16 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                 for storage in (src.train_storage, out.train_storage):
                     keepers.get(storage, set()).discard(i)
     held = {s for s, ops in keepers.items() if ops}
+    copies = _autocast_copies(graph, itemsize, batch, recorded, needs_grad, inputs) if autocast else None
+    transient_copies = [0] * end
+    cache_of = [0] * end  # parameter copies the autocast cache holds until the forward ends
+    low_grads: list[tuple[int, ...]] = [()] * end
+    if copies is not None:
+        for i, (kept, transient, cache, params) in enumerate(copies):
+            extras[i] += kept
+            transient_copies[i] = transient
+            cache_of[i] = cache
+            low_grads[i] = params
 
     frees: dict[int, list[int]] = {}
     for storage, at in forward_free.items():
@@ -294,9 +311,9 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             live += sizes[out.train_storage]
             made_by[out.train_storage] = i
             held_by.add(i, sizes[out.train_storage])
-        live += extras[i]
-        held_by.add(i, extras[i])
-        transient = _training_transient(op, graph, itemsize, batch, device)
+        live += extras[i] + cache_of[i]
+        held_by.add(i, extras[i] + cache_of[i])
+        transient = _training_transient(op, graph, itemsize, batch, device) + transient_copies[i]
         running = live + transient
         held_by.moment(running, (i, transient))
         if not used[i]:
@@ -314,6 +331,10 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
     held_by.moment(running, (-1, running - live))
     live += scalar
     held_by.add(-1, scalar)
+    if any(cache_of):  # the autocast region ends: its cache of parameter copies is cleared
+        live -= sum(cache_of)
+        for i, cache in enumerate(cache_of):
+            held_by.add(i, -cache)
     for storage in outputs:
         if storage in alive and storage not in held and storage not in inputs:
             alive.discard(storage)
@@ -364,8 +385,8 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
         if not recorded[i] or not used[i]:
             continue
         g = grad_of.get(op.output)
-        made = grad_bytes[i]
-        live += made  # the parameters' gradients, kept as .grad
+        made = sum(low_grads[i]) * itemsize if low_grads[i] else grad_bytes[i]
+        live += made  # the parameters' gradients, kept as .grad (under autocast: low precision, copied below)
         held_by.add(i, made)
         running = live
         new: list[tuple[int, int]] = []  # (tensor, bytes) of new gradient buffers
@@ -425,12 +446,53 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             summed = numel(graph.tensors[t].shape) * itemsize * batch if t in grad_of else 0
             held_by.moment(live + summed, (i, summed))  # the sum made while both parts are alive
             running = max(running, live + give(t, storage, i))
+        for n in low_grads[i]:  # autocast: each parameter's ToCopyBackward makes its float32 gradient
+            held_by.moment(live + n * 4, (i, n * 4))
+            running = max(running, live + n * 4)
+            live += n * (4 - itemsize)
+            held_by.add(i, n * (4 - itemsize))
         steps.append(TrainStep("backward", i, running, live))
     live -= 2 * scalar  # the seed and the loss, once backward returns
     held_by.add(-1, -2 * scalar)
     held_by.end = {h: n for h, n in held_by.by.items() if n}
     steps.append(TrainStep("backward", -1, live, live))
     return tuple(steps)
+
+
+def _autocast_copies(graph: Graph, itemsize: int, batch: int, recorded: list[bool], needs_grad: list[bool],
+                     inputs: set[int]) -> list[tuple[int, int, int, tuple[int, ...]]]:
+    """Per op under torch.autocast on the CPU: the bytes of its low-precision copies that its node keeps until its
+    backward, those freed when it returns, those the autocast cache holds until the forward ends, and the elements
+    of each parameter tensor whose gradient its backward makes in low precision (weight, then bias). Only ops that
+    autocast lowers (`Kind.autocast_on`) copy: the float32 network input they read (each op its own copy, kept
+    when the op keeps its input) and their parameters (the weight kept when `Kind.keeps_weight`; the copies of
+    parameters that need a gradient cached, of frozen ones freed)."""
+    out: list[tuple[int, int, int, tuple[int, ...]]] = []
+    for i, op in enumerate(graph.ops):
+        if op.kind is None or op.kind.autocast_on(op.args, graph.tensors[op.inputs[0]].shape) != "lower":
+            out.append((0, 0, 0, ()))
+            continue
+        src, dst = graph.tensors[op.inputs[0]], graph.tensors[op.output]
+        kept = transient = cache = 0
+        tensors = op.kind.param_tensors(op.args, dst.shape, op.cost.params)
+        trainable = op.trainable and op.cost.params > 0
+        for k, n in enumerate(tensors):
+            size = n * itemsize
+            if k == 0 and recorded[i] and op.kind.keeps_weight(needs_grad[op.inputs[0]]):
+                kept += size
+            elif trainable:
+                cache += size
+            else:
+                transient += size
+        if src.train_storage in inputs:  # a float32 network input: cast for this op
+            size = numel(src.shape) * itemsize * batch
+            what = op.kind.saved(op.args, src.shape, dst.shape)
+            if recorded[i] and (what.input or what.input_for_params and trainable):
+                kept += size
+            else:
+                transient += size
+        out.append((kept, transient, cache, tensors if trainable and recorded[i] else ()))
+    return out
 
 
 def _training_transient(op: object, graph: Graph, itemsize: int, batch: int, device: str) -> int:

@@ -222,18 +222,29 @@ def step_peak(report: Report, optimizer: str | None = None, first: bool = False)
     return step_peaks(report, optimizer)[1 if first else 0]
 
 
-def step_peaks(report: Report, optimizer: str | None = None) -> tuple[StepPeak, StepPeak]:
-    """`step_peak` of a later step and of the first, from one timeline."""
+def step_peaks(report: Report, optimizer: str | None = None, amp: str | None = None) -> tuple[StepPeak, StepPeak]:
+    """`step_peak` of a later step and of the first, from one timeline. With `amp` ('bf16'; the report analyzed in
+    its type: `training_report`), the step under torch.autocast on the CPU: float32 parameters, buffers,
+    gradients, optimizer state and inputs, low-precision activations and autocast's copies
+    (memory.training_timeline); `autocast_unfollowed` says where it is not followed (ValueError here)."""
     if optimizer is None:
         optimizer = report.settings.optimizer if report.settings else "sgd"
+    if amp is not None:
+        reason = autocast_unfollowed(report, amp)
+        if reason:
+            raise ValueError(reason)
     graph = report.graph
-    size = report.itemsize
+    act = report.itemsize
+    size = DTYPES["float32"] if amp else act  # parameters, gradients, optimizer state, inputs
     device = report.settings.device if report.settings else "cpu"
     grad_bytes = tuple(row.trainable_params * size if row.used else 0 for row in report.rows)
     holders = Holders()
-    timeline = training_timeline(graph, size, report.batch, device, grad_bytes,
-                                 report.settings.input_requires_grad if report.settings else False, holders)
+    timeline = training_timeline(graph, act, report.batch, device, grad_bytes,
+                                 report.settings.input_requires_grad if report.settings else False, holders,
+                                 autocast=amp is not None)
     t = report.totals
+    if amp:  # the report's parameter and buffer bytes are in the activation type: float32 here
+        t = t._replace(param_bytes=t.params * size, buffer_bytes=_buffers_in(report, size))
     owned = _param_sizes(report, size, owners=True)
     sizes = [n for _, n in owned]
     trainable = t.trainable_params * size
@@ -282,6 +293,29 @@ def step_peaks(report: Report, optimizer: str | None = None) -> tuple[StepPeak, 
         result.append(StepPeak(before + peak, phase, op, before, timeline, optimizer_peak, layers,
                                inputs + held.get(-1, 0)))
     return result[0], result[1]
+
+
+def autocast_unfollowed(report: Report, amp: str) -> str:
+    """Why the training step of `report` under `amp` is not followed ('' when it is): only bf16 autocast on the
+    CPU, with inputs that need no gradient and that only ops autocast lowers read, and no op autocast runs in
+    float32 or that mixes types inside."""
+    s = report.settings
+    if amp != "bf16":
+        return f"the step under {amp} autocast is not followed (bf16 only)"
+    if s is not None and s.device != "cpu":
+        return "the step under autocast is followed on the CPU only"
+    if s is not None and s.input_requires_grad:
+        return "the step under autocast is not followed with an input that requires grad"
+    graph = report.graph
+    inputs = {t for _, t in graph.inputs}
+    for op in graph.ops:
+        rule = op.kind.autocast_on(op.args, graph.tensors[op.inputs[0]].shape) if op.kind else ""
+        if rule in ("float32", "mixed"):
+            return f"{op.name} runs in float32 or mixed types under autocast: the step is not followed"
+        if inputs.intersection(op.inputs) and rule != "lower":
+            return (f"{op.name} reads the float32 input and autocast does not lower it: the step is not followed "
+                    "(the network must begin with a convolution or linear layer)")
+    return ""
 
 
 def _param_sizes(report: Report, itemsize: int, owners: bool = False) -> list[Any]:

@@ -11,6 +11,10 @@ from archcalc.core.kinds.base import Arg, Cost, Example, Kind, LayerError, RFSte
 @register
 class Linear(Kind):
     name = "linear"
+    autocast = "lower"
+
+    def keeps_weight(self, input_needs_grad: bool) -> bool:
+        return input_needs_grad  # addmm keeps mat2 for mat1's gradient only
     synonyms = ("fc", "dense", "fully_connected", "inner_product", "innerproduct")
     prefix = "fc"
     doc = ("Fully connected layer (nn.Linear). A C x H x W input is flattened implicitly to C*H*W features, as the "
