@@ -16,6 +16,7 @@ from archcalc.core.training import (
     TrainingFlops,
     TrainingLayers,
     TrainingMemory,
+    autocast_unfollowed,
     fit_batch,
     layer_training,
     step_peaks,
@@ -33,7 +34,8 @@ class CalcResult(NamedTuple):
     memory: TrainingMemory
     train_report: Report  # the report training memory comes from (amp's activation dtype under amp; else report)
     fit: Fit | None = None
-    step: tuple[StepPeak, StepPeak] | None = None  # the step's peak, a later step and the first (None under amp)
+    step: tuple[StepPeak, StepPeak] | None = None  # the step's peak, a later step and the first (None under amp
+    # where core.training.autocast_unfollowed says why)
     layers: TrainingLayers | None = None  # per layer: saved bytes, backward FLOPs, share of the peak
 
     @property
@@ -68,6 +70,10 @@ def calculate(spec: Spec | str, settings: Settings | None = None, fit: int | Non
     report = analyze(spec, s)
     train_report = _training_report(spec, s) if s.amp else report
     flops = training_flops(report)
-    step = None if s.amp else step_peaks(report, s.optimizer)
+    step = None
+    if not s.amp:
+        step = step_peaks(report, s.optimizer)
+    elif not autocast_unfollowed(train_report, s.amp):
+        step = step_peaks(train_report, s.optimizer, s.amp)
     return CalcResult(report, flops, training_memory(train_report, s.optimizer, s.amp), train_report, found, step,
-                      layer_training(report, flops, step[0] if step else None))
+                      layer_training(train_report, flops, step[0] if step else None, s.amp))

@@ -18,10 +18,11 @@
   input contiguous (`Kind.contiguous_input`) keeps its own copy of a strided view (a crop), not the view's base.
 """
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from archcalc.core.graph import Graph
-from archcalc.core.kinds.base import itemsize_for, numel
+from archcalc.core.kinds.base import STATISTICS, itemsize_for, numel
 
 SAVED_DEVICES = ("cuda", "cpu")  # whose kernels the saved-tensor figures follow
 
@@ -123,9 +124,25 @@ def saved_training_bytes(graph: Graph, itemsize: int, batch: int, device: str = 
     return steps[-1] if steps else 0
 
 
+def _stat_size(op: object, itemsize: int, device: str, autocast: bool) -> Callable[[int], int]:
+    """Bytes per element of an op's saved or temporary tensors, by item-size code (`itemsize_for`). Under autocast
+    the parameters and buffers stay float32, so the CPU kernels that keep statistics in the parameters' dtype
+    (batch and layer norm with float32 parameters or running statistics beside a bfloat16 input: mixed types)
+    keep them in float32."""
+    from archcalc.core.graph import Op
+
+    assert isinstance(op, Op)
+    mixed = autocast and (op.cost.params + op.cost.buffers) > 0
+
+    def size(code: int) -> int:
+        return 4 if mixed and code == STATISTICS else itemsize_for(code, itemsize, device)
+    return size
+
+
 def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda",
-                   input_requires_grad: bool = False) -> tuple[int, ...]:
-    """Saved-for-backward bytes accumulated after each op of a training-mode forward (the last is the total)."""
+                   input_requires_grad: bool = False, autocast: bool = False) -> tuple[int, ...]:
+    """Saved-for-backward bytes accumulated after each op of a training-mode forward (the last is the total);
+    `autocast`: under torch.autocast, `itemsize` the low-precision type's (statistics: `_stat_size`)."""
     sizes = _storage_bytes(graph, itemsize, batch, train=True)
     needs_grad = [False] * len(graph.tensors)
     for _, t in graph.inputs:
@@ -171,10 +188,11 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
                     keep(src.train_storage)
             if what.output:
                 keep(out.train_storage)
+            stat = _stat_size(op, itemsize, device, autocast)
             for elements, size in what.extra:
-                total += elements * itemsize_for(size, itemsize, device) * batch
+                total += elements * stat(size) * batch
             for elements, size in what.per_batch:
-                total += elements * itemsize_for(size, itemsize, device)
+                total += elements * stat(size)
         steps.append(total)
     return tuple(steps)
 
@@ -280,8 +298,9 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                     keepers.setdefault(src.train_storage, set()).add(i)
             if what.output:
                 keepers.setdefault(out.train_storage, set()).add(i)
-            extras[i] += sum(n * itemsize_for(s, itemsize, device) for n, s in what.extra) * batch
-            extras[i] += sum(n * itemsize_for(s, itemsize, device) for n, s in what.per_batch)
+            stat = _stat_size(op, itemsize, device, autocast)
+            extras[i] += sum(n * stat(s) for n, s in what.extra) * batch
+            extras[i] += sum(n * stat(s) for n, s in what.per_batch)
             if not used[i]:  # its node dies with its dropped output: nothing kept past the op
                 for storage in (src.train_storage, out.train_storage):
                     keepers.get(storage, set()).discard(i)
@@ -291,9 +310,9 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
     cache_of = [0] * end  # parameter copies the autocast cache holds until the forward ends
     low_grads: list[tuple[int, ...]] = [()] * end
     if copies is not None:
-        for i, (kept, transient, cache, params) in enumerate(copies):
-            extras[i] += kept
-            transient_copies[i] = transient
+        for i, (kept_copies, freed_copies, cache, params) in enumerate(copies):
+            extras[i] += kept_copies
+            transient_copies[i] = freed_copies
             cache_of[i] = cache
             low_grads[i] = params
 

@@ -440,7 +440,8 @@ class TrainingLayers(NamedTuple):
     other_peak: int | None  # the rest of the peak: the network's inputs, the loss, backward's seed
 
 
-def layer_training(report: Report, flops: TrainingFlops, step: StepPeak | None) -> TrainingLayers:
+def layer_training(report: Report, flops: TrainingFlops, step: StepPeak | None,
+                   amp: str | None = None) -> TrainingLayers:
     """Per layer: the bytes it saves for backward (the forward's saved-bytes walk, `saved_timeline`, op by op:
     a storage kept twice counts at the first layer keeping it, so the layers add up to Totals.saved_bytes), its
     backward FLOPs (`training_flops`' MACs, which FlopCounterMode counts, at the report convention's FLOPs per MAC)
@@ -452,7 +453,7 @@ def layer_training(report: Report, flops: TrainingFlops, step: StepPeak | None) 
     graph = report.graph
     s = report.settings
     saved = saved_timeline(graph, report.itemsize, report.batch, s.device if s else "cuda",
-                           s.input_requires_grad if s else False)
+                           s.input_requires_grad if s else False, autocast=amp is not None)
     per_mac = CONVENTIONS[report.convention].backward
     by_name = {f.name: f for f in flops.layers}
     rows: list[LayerTraining] = []

@@ -40,7 +40,8 @@ def calc_text(result: CalcResult, depth: int | None = None, width: int | None = 
     return grid_text(render.calc_table(result.report, depth, width, bold, _training(result, columns)), width,
                      render.summary_lines(result.report) + render_training.flops_lines(result.flops)
                      + render_training.memory_lines(result.memory)
-                     + render_training.peak_lines(result.step, result.settings.device) + fit_lines(result.fit))
+                     + render_training.peak_lines(result.step, result.settings.device, result.settings.amp)
+                     + fit_lines(result.fit))
 
 
 def calc_extra(result: CalcResult) -> dict[str, Any]:
@@ -94,8 +95,9 @@ def calc_html(result: CalcResult, depth: int | None = None) -> str:
            "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
     out += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in body]
     out.append("</tbody></table>")
-    lines = render.summary_lines(r) + render_training.flops_lines(result.flops) + \
-        render_training.memory_lines(result.memory) + render_training.peak_lines(result.step, result.settings.device) \
-        + fit_lines(result.fit)
+    s = result.settings
+    lines = (render.summary_lines(r) + render_training.flops_lines(result.flops)
+             + render_training.memory_lines(result.memory) + render_training.peak_lines(result.step, s.device, s.amp)
+             + fit_lines(result.fit))
     out.append("<pre>" + esc("\n".join(lines)) + "</pre>")
     return "\n".join(out)

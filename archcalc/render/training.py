@@ -27,13 +27,14 @@ def _where(step: StepPeak) -> str:
         else f"the {step.phase}"
 
 
-def peak_lines(step: tuple[StepPeak, StepPeak] | None, device: str) -> list[str]:
+def peak_lines(step: tuple[StepPeak, StepPeak] | None, device: str, amp: str | None = None) -> list[str]:
     """The training step's exact peak (core.training.step_peaks): a later step, and the first."""
     if step is None:
         return []
     later, first = step
+    under = f", {amp} autocast" if amp else ""
     return [f"training peak   {nbytes(later.peak)} ({grouped(later.peak)} B) at {_where(later)}: the most alive "
-            f"at once in one step ({device} kernels and torch.optim); the first step {grouped(first.peak)} B at "
+            f"at once in one step ({device} kernels{under} and torch.optim); the first step {grouped(first.peak)} B at "
             f"{_where(first)}; kernels' own workspace and allocator rounding not included"]
 
 
