@@ -286,7 +286,11 @@ def test_where_autocast_is_not_followed_it_says_why(write_spec) -> None:  # type
     first_norm = analyze(load_spec(write_spec("name: t\ninput: [3, 8, 8]\nlayers:\n  - batchnorm\n"
                                               "  - conv: {out: 4, kernel: 3}\n")), device="cpu", dtype="bfloat16")
     assert "reads the float32 input" in autocast_unfollowed(first_norm, "bf16")
-    assert "norm1 runs in float32" in autocast_unfollowed(report_of("alexnet", device="cpu", dtype="bfloat16"), "bf16")
+    assert "norm1: it runs in float32" in autocast_unfollowed(report_of("alexnet", device="cpu", dtype="bfloat16"),
+                                                              "bf16")
+    scaled = analyze(load_spec(write_spec("name: t\ninput: [3, 8, 8]\nlayers:\n  - conv: {out: 4, kernel: 3}\n"
+                                          "  - layer_scale\n")), device="cpu", dtype="bfloat16")
+    assert "float32 parameter makes its output float32" in autocast_unfollowed(scaled, "bf16")
     assert "CPU only" in autocast_unfollowed(report_of("lenet5", dtype="bfloat16"), "bf16")  # cuda's lists differ
     assert "bf16 only" in autocast_unfollowed(report_of("lenet5", device="cpu", dtype="float16"), "fp16")
     with pytest.raises(ValueError, match="norm1"):

@@ -37,6 +37,7 @@ class CalcResult(NamedTuple):
     step: tuple[StepPeak, StepPeak] | None = None  # the step's peak, a later step and the first (None under amp
     # where core.training.autocast_unfollowed says why)
     layers: TrainingLayers | None = None  # per layer: saved bytes, backward FLOPs, share of the peak
+    unfollowed: str = ""  # why there is no step peak under amp (core.training.autocast_unfollowed)
 
     @property
     def settings(self) -> Settings:
@@ -71,9 +72,10 @@ def calculate(spec: Spec | str, settings: Settings | None = None, fit: int | Non
     train_report = _training_report(spec, s) if s.amp else report
     flops = training_flops(report)
     step = None
+    unfollowed = autocast_unfollowed(train_report, s.amp) if s.amp else ""
     if not s.amp:
         step = step_peaks(report, s.optimizer)
-    elif not autocast_unfollowed(train_report, s.amp):
+    elif not unfollowed:
         step = step_peaks(train_report, s.optimizer, s.amp)
     return CalcResult(report, flops, training_memory(train_report, s.optimizer, s.amp), train_report, found, step,
-                      layer_training(train_report, flops, step[0] if step else None, s.amp))
+                      layer_training(train_report, flops, step[0] if step else None, s.amp), unfollowed)

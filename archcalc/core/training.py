@@ -310,8 +310,10 @@ def autocast_unfollowed(report: Report, amp: str) -> str:
     inputs = {t for _, t in graph.inputs}
     for op in graph.ops:
         rule = op.kind.autocast_on(op.args, graph.tensors[op.inputs[0]].shape) if op.kind else ""
-        if rule in ("float32", "mixed"):
-            return f"{op.name} runs in float32 or mixed types under autocast: the step is not followed"
+        if rule in ("float32", "mixed", "promotes"):
+            what = "its float32 parameter makes its output float32" if rule == "promotes" else \
+                "it runs in float32 or mixed types"
+            return f"{op.name}: {what} under autocast: the step is not followed"
         if inputs.intersection(op.inputs) and rule != "lower":
             return (f"{op.name} reads the float32 input and autocast does not lower it: the step is not followed "
                     "(the network must begin with a convolution or linear layer)")

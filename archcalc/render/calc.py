@@ -40,7 +40,8 @@ def calc_text(result: CalcResult, depth: int | None = None, width: int | None = 
     return grid_text(render.calc_table(result.report, depth, width, bold, _training(result, columns)), width,
                      render.summary_lines(result.report) + render_training.flops_lines(result.flops)
                      + render_training.memory_lines(result.memory)
-                     + render_training.peak_lines(result.step, result.settings.device, result.settings.amp)
+                     + render_training.peak_lines(result.step, result.settings.device, result.settings.amp,
+                                                             result.unfollowed)
                      + fit_lines(result.fit))
 
 
@@ -97,7 +98,8 @@ def calc_html(result: CalcResult, depth: int | None = None) -> str:
     out.append("</tbody></table>")
     s = result.settings
     lines = (render.summary_lines(r) + render_training.flops_lines(result.flops)
-             + render_training.memory_lines(result.memory) + render_training.peak_lines(result.step, s.device, s.amp)
+             + render_training.memory_lines(result.memory)
+             + render_training.peak_lines(result.step, s.device, s.amp, result.unfollowed)
              + fit_lines(result.fit))
     out.append("<pre>" + esc("\n".join(lines)) + "</pre>")
     return "\n".join(out)

@@ -159,8 +159,9 @@ class Kind:
     # torch.autocast on the CPU (the torch.amp documentation's op lists, "CPU Ops that can autocast to bfloat16 / to
     # float32"): "lower", the op runs in the low-precision type, its floating-point inputs and parameters cast to it
     # (a copy each; the copies of parameters that need a gradient cached for the autocast region); "float32", it
-    # runs in float32 (a copy of a low-precision input); "" it runs in its input's type. `autocast_on` may depend
-    # on the arguments and the input (3-D pooling runs in float32).
+    # runs in float32 (a copy of a low-precision input); "promotes", it runs in its input's type but a float32
+    # parameter promotes its output to float32; "mixed", several ops of both kinds inside; "" it runs in its
+    # input's type. `autocast_on` may depend on the arguments and the input (3-D pooling runs in float32).
     autocast: ClassVar[str] = ""
 
     # --- torch, as plain data (the core never imports torch) ---------------------------------------------

@@ -94,6 +94,7 @@ def per_shape(kind: str, per: str, inp: Shape) -> tuple[int, ...]:
 @register
 class Bias(Kind):
     name = "bias"
+    autocast = "promotes"  # x + a float32 parameter: the output is float32 (type promotion), and what follows
     doc = ("A learned additive bias. per: 'channel' (one per channel), 'position' (one per spatial position, shared "
            "across channels: AlphaGo's policy head), 'element' (one per output element: a position embedding), "
            "'tensor' (one value).")
