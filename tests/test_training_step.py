@@ -219,11 +219,11 @@ def test_calc_shows_the_measured_peak_and_where() -> None:
 
 # ---- bf16 autocast on the CPU ---------------------------------------------------------------------------------
 
-MLP = "name: mlp\ninput: [4, 4]\nlayers:\n  - linear: {out: 32}\n  - relu\n  - linear: {out: 4}\n"
+MLP = "name: mlp\ninput: [4, 4]\nlayers:\n  - linear: {out: 32}\n  - relu\n  - linear: {out: 256}\n"
 
 
 def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 256))
 
 
 
