@@ -201,3 +201,91 @@ def cuda_step_peak_bytes(model: torch.nn.Module, inputs: tuple[torch.Tensor, ...
         return before, torch.cuda.max_memory_allocated()
     finally:
         model.eval()
+
+
+def saved_bytes_by_module(model: torch.nn.Module, *inputs: torch.Tensor,
+                          modules: dict[str, torch.nn.Module] | None = None) -> dict[str, int]:
+    """Per leaf module (its name in model.named_modules(); "" for what is packed outside every leaf module: a
+    merge in the container's forward): the bytes autograd packs while that module's forward runs (a
+    training-mode forward; saved_tensors_hooks), by storage: a storage packed under several modules counts at the
+    first, parameters and buffers excluded. As in saved_bytes, what a node dropped mid-forward kept is not
+    counted. Modules that keep nothing are absent. `modules`: the modules to attribute to, by name, instead of
+    the leaf modules (a module and what runs inside it)."""
+    import weakref
+
+    exclude = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    current: list[str] = []
+    packed: list[tuple[str, weakref.ref[_Packed]]] = []
+
+    def pack(t: torch.Tensor) -> _Packed:
+        holder = _Packed(t.detach())
+        packed.append((current[-1] if current else "", weakref.ref(holder)))
+        return holder
+
+    leaves = list(modules.items()) if modules is not None else \
+        [(name, m) for name, m in model.named_modules() if not list(m.children())]
+    hooks = []
+    for name, m in leaves:
+        hooks.append(m.register_forward_pre_hook(lambda _m, _a, name=name: current.append(name)))
+        hooks.append(m.register_forward_hook(lambda _m, _a, _o: current.pop() and None))
+    model.train()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda holder: holder.tensor):
+            out = model(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.eval()
+    first: dict[int, tuple[str, int]] = {}
+    for name, ref in packed:
+        holder = ref()
+        if holder is None:
+            continue
+        storage = holder.tensor.untyped_storage()
+        address = storage.data_ptr()
+        if address not in exclude and storage.nbytes() and address not in first:
+            first[address] = (name, storage.nbytes())
+    del out
+    by: dict[str, int] = {}
+    for name, size in first.values():
+        by[name] = by.get(name, 0) + size
+    return by
+
+
+def backward_flops_by_module(model: torch.nn.Module, x: torch.Tensor) -> dict[str, tuple[int, int]]:
+    """Per leaf module with parameters: (input-gradient FLOPs, weight-gradient FLOPs) that FlopCounterMode counts
+    in a real backward of the sum of a training-mode forward (the step's FLOPs less the forward's, per module,
+    as FlopCounterMode attributes them). The module's backward FLOPs with its parameters
+    frozen are its input gradient's; with them trainable, both: the weight gradient's is the difference. The
+    input batch needs no gradient, as in training."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    trainable = {p: p.requires_grad for p in model.parameters()}
+
+    def backward(frozen: str | None) -> dict[str, int]:
+        for name, m in model.named_modules():
+            for p in m.parameters(recurse=False):
+                p.requires_grad_(trainable[p] and name != frozen)
+        model.train()
+        with FlopCounterMode(display=False) as counter:
+            model(x).sum().backward()
+        model.zero_grad(set_to_none=True)
+        return {k: sum(v.values()) - forward.get(k, 0) for k, v in counter.get_flop_counts().items()}
+
+    model.train()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    forward = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+
+    prefix = type(model).__name__
+    both = backward(None)
+    result = {}
+    for name, m in model.named_modules():
+        if list(m.children()) or not list(m.parameters(recurse=False)):
+            continue
+        key = f"{prefix}.{name}"
+        grad_input = backward(name).get(key, 0)
+        result[name] = (grad_input, both.get(key, 0) - grad_input)
+    for p, flag in trainable.items():
+        p.requires_grad_(flag)
+    return result

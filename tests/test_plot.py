@@ -120,6 +120,35 @@ def test_timeline_alive_tensors_are_what_is_held() -> None:
     assert walk.peak_step == tl.peak_index
 
 
+# ---- the training step --------------------------------------------------------------------------------------------
+
+def test_training_timeline_is_the_steps() -> None:
+    # LeNet-5 at batch 8 with Adam on the CPU: tests/test_training_step.py measures this step's peak, 1,471,792 B
+    # at the backward of tanh1 (a later step) and 1,404,888 B at the optimizer step (the first)
+    from archcalc.core.training import step_peaks
+
+    report = report_of("lenet5", batch=8, device="cpu", optimizer="adam")
+    tt = data.calc_plot(report).training
+    assert tt is not None
+    later, first = step_peaks(report, "adam")
+    assert (tt.peak, tt.first_peak, tt.where) == (later.peak, first.peak, "backward of tanh1")
+    assert max(tt.running) == tt.running[tt.peak_index] == tt.peak
+    # one position per forward op (15), the loss, each backward op autograd runs (C1 to output: 15) and the
+    # optimizer step
+    assert len(tt.running) == 15 + 1 + 15 + 1
+    assert [g.name for g in tt.phases] == ["forward", "loss", "backward", "optimizer"]
+    assert tt.axis.names[tt.peak_index] == "tanh1" and tt.peak_index > 16  # in backward
+    assert min(tt.running) >= tt.before == later.before
+    assert sum(n for _, n in tt.holders) == tt.peak  # the layers' shares and the inputs, loss and seed
+    assert tt.running[-1] == later.before + later.optimizer
+
+
+def test_no_training_timeline_under_amp() -> None:
+    report = report_of("lenet5")
+    train = report_of("lenet5", dtype="bfloat16")
+    assert data.calc_plot(report, train=train).training is None
+
+
 # ---- the bars and their labels ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("depth", [None, 1, 2])

@@ -13,6 +13,8 @@ from archcalc.cli.options import (
     F32,
     AmpOpt,
     BatchOpt,
+    Columns,
+    ColumnsOpt,
     Convention,
     ConvOpt,
     DTypeOpt,
@@ -69,6 +71,7 @@ def calc(
     input_requires_grad: InputGradOpt = False,
     plot: PlotOpt = None,
     output: OutputOpt = None,
+    columns: ColumnsOpt = Columns.default,
 ) -> None:
     """Per-layer shapes, parameters, MACs/FLOPs, memory and receptive field, with totals and training cost."""
     from archcalc.core.calc import NothingFits, calculate
@@ -88,12 +91,13 @@ def calc(
         raise typer.Exit(1) from None
     print_warnings(result.report)
     width, bold = table_style(output) if fmt is Fmt.table else (None, False)
-    emit(render.calc_output(result, fmt.value, depth, width, bold), output, [spec_obj.path])
+    emit(render.calc_output(result, fmt.value, depth, width, bold, columns.value), output, [spec_obj.path])
     if plotter is not None:
         from archcalc.plot.data import calc_plot
 
         s = result.settings
-        plotter.draw("calc", calc_plot(result.report, depth, s.device, s.input_requires_grad, result.train_report))
+        plotter.draw("calc", calc_plot(result.report, depth, s.device, s.input_requires_grad, result.train_report,
+                                       result.step))
 
 
 class SortBy(str, Enum):

@@ -352,6 +352,18 @@ OutputOpt = Annotated[Path | None, typer.Option(
     "--output", "-o", metavar="FILE", dir_okay=False, help="write the output (any --format) to FILE instead of "
     "stdout, replacing it; a table goes in without colour at its natural width")]
 FitForOpt = Annotated[FitFor, typer.Option("--fit-for", help="which memory --fit sizes")]
+
+
+class Columns(str, Enum):
+    """calc --columns (render.calc.COLUMN_SETS)."""
+
+    default = "default"
+    training = "training"
+
+
+ColumnsOpt = Annotated[Columns, typer.Option(
+    "--columns", help="the per-layer columns: default, or training (saved for backward, backward FLOPs, what each "
+    "layer holds at the training peak)")]
 PlotOpt = Annotated[str | None, typer.Option(
     "--plot", metavar="FILE", help="also draw the figures to FILE, .png or .svg (the format from the suffix); needs "
     "matplotlib: pip install 'archcalc[plot]'")]

@@ -15,8 +15,11 @@ from archcalc.core.training import (
     Fit,
     StepPeak,
     TrainingFlops,
+    TrainingLayers,
     TrainingMemory,
+    autocast_unfollowed,
     fit_batch,
+    layer_training,
     step_peaks,
     training_flops,
     training_memory,
@@ -34,6 +37,8 @@ class CalcResult(NamedTuple):
     fit: Fit | None = None
     step: tuple[StepPeak, StepPeak] | None = None  # the step's peak, a later step and the first (None under amp)
     plan: Plan | None = None  # --fit, when the batch asked does not fit: what to checkpoint (core.checkpoint)
+    layers: TrainingLayers | None = None  # per layer: saved bytes, backward FLOPs, share of the peak
+    unfollowed: str = ""  # why there is no step peak under amp (core.training.autocast_unfollowed)
 
     @property
     def settings(self) -> Settings:
@@ -79,5 +84,13 @@ def calculate(spec: Spec | str, settings: Settings | None = None, fit: int | Non
             s = s.replace(batch=found.batch)
     report = analyze(spec, s)
     train_report = _training_report(spec, s) if s.amp else report
-    return CalcResult(report, training_flops(report), training_memory(train_report, s.optimizer, s.amp),
-                      train_report, found, None if s.amp else step_peaks(report, s.optimizer), checkpoint)
+    flops = training_flops(report)
+    step = None
+    unfollowed = autocast_unfollowed(train_report, s.amp) if s.amp else ""
+    if not s.amp:
+        step = step_peaks(report, s.optimizer)
+    elif not unfollowed:
+        step = step_peaks(train_report, s.optimizer, amp=s.amp)
+    return CalcResult(report, flops, training_memory(train_report, s.optimizer, s.amp), train_report, found, step,
+                      plan=checkpoint, layers=layer_training(train_report, flops, step[0] if step else None, s.amp),
+                      unfollowed=unfollowed)

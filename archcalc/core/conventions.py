@@ -11,19 +11,21 @@ class Convention(NamedTuple):
     summary: str
     pick: Callable[[Cost], int]  # per sample: multiplied by the batch
     once: Callable[[Cost], int] = lambda c: 0  # per forward, whatever the batch (work on the weights)
+    backward: int = 2  # FLOPs per MAC of backward's convolutions and matrix products (input and weight gradients);
+    # the elementwise work of backward (activation and normalization gradients) is counted under no convention
 
 
 CONVENTIONS: dict[str, Convention] = {
     c.name: c
     for c in (
         Convention("macs", "multiply-accumulates of conv, transposed conv and linear layers (1 per MAC); what "
-                   "torchvision publishes as 'GFLOPS'", lambda c: c.macs),
+                   "torchvision publishes as 'GFLOPS'", lambda c: c.macs, backward=1),
         Convention("torch", "torch.utils.flop_counter.FlopCounterMode, forward pass: 2 per MAC of conv and "
                    "linear, nothing else", lambda c: 2 * c.macs),
         Convention("fvcore", "fvcore.nn.FlopCountAnalysis in eval mode: 1 per MAC, plus batch norm (2 per "
                    "element), layer/group norm (5), adaptive 2-D average pooling (1 per input element) and 2-D "
                    "upsampling (1 nearest, 4 bilinear per output element)", lambda c: c.fvcore,
-                   lambda c: c.fvcore_once),  # (once: std_conv's weight standardisation, 4 or 5 per weight)
+                   lambda c: c.fvcore_once, backward=1),  # (once: std_conv's weight standardisation, 4 or 5 per weight)
         Convention("full", "every arithmetic operation: 2 per MAC, bias adds, activations, pooling comparisons, "
                    "normalization, residual adds (for roofline use; each kind states its rule)", lambda c: c.full,
                    lambda c: c.full_once),

@@ -18,10 +18,11 @@
   input contiguous (`Kind.contiguous_input`) keeps its own copy of a strided view (a crop), not the view's base.
 """
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 from archcalc.core.graph import Graph
-from archcalc.core.kinds.base import itemsize_for, numel
+from archcalc.core.kinds.base import STATISTICS, itemsize_for, numel
 
 SAVED_DEVICES = ("cuda", "cpu")  # whose kernels the saved-tensor figures follow
 
@@ -126,9 +127,25 @@ def saved_training_bytes(graph: Graph, itemsize: int, batch: int, device: str = 
     return steps[-1] if steps else 0
 
 
+def _stat_size(op: object, itemsize: int, device: str, autocast: bool) -> Callable[[int], int]:
+    """Bytes per element of an op's saved or temporary tensors, by item-size code (`itemsize_for`). Under autocast
+    the parameters and buffers stay float32, so the CPU kernels that keep statistics in the parameters' dtype
+    (batch and layer norm with float32 parameters or running statistics beside a bfloat16 input: mixed types)
+    keep them in float32."""
+    from archcalc.core.graph import Op
+
+    assert isinstance(op, Op)
+    mixed = autocast and (op.cost.params + op.cost.buffers) > 0
+
+    def size(code: int) -> int:
+        return 4 if mixed and code == STATISTICS else itemsize_for(code, itemsize, device)
+    return size
+
+
 def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda",
-                   input_requires_grad: bool = False) -> tuple[int, ...]:
-    """Saved-for-backward bytes accumulated after each op of a training-mode forward (the last is the total)."""
+                   input_requires_grad: bool = False, autocast: bool = False) -> tuple[int, ...]:
+    """Saved-for-backward bytes accumulated after each op of a training-mode forward (the last is the total);
+    `autocast`: under torch.autocast, `itemsize` the low-precision type's (statistics: `_stat_size`)."""
     sizes = _storage_bytes(graph, itemsize, batch, train=True)
     needs_grad = [False] * len(graph.tensors)
     for _, t in graph.inputs:
@@ -175,10 +192,11 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
                     keep(src.train_storage)
             if what.output:
                 keep(out.train_storage)
+            stat = _stat_size(op, itemsize, device, autocast)
             for elements, size in what.extra:
-                total += elements * itemsize_for(size, itemsize, device) * batch
+                total += elements * stat(size) * batch
             for elements, size in what.per_batch:
-                total += elements * itemsize_for(size, itemsize, device)
+                total += elements * stat(size)
         steps.append(total)
     return tuple(steps)
 
@@ -218,23 +236,25 @@ class _Saves(NamedTuple):
     packs_output: list[bool]
 
 
-_SAVES: dict[tuple[int, int, int, str, bool], tuple[Graph, _Saves]] = {}  # the last few, by graph identity
+_SAVES: dict[tuple[int, int, int, str, bool, bool], tuple[Graph, _Saves]] = {}  # the last few, by graph identity
 
 
-def _saves(graph: Graph, itemsize: int, batch: int, device: str, input_requires_grad: bool) -> _Saves:
+def _saves(graph: Graph, itemsize: int, batch: int, device: str, input_requires_grad: bool,
+           autocast: bool = False) -> _Saves:
     """What each op saves (read-only once made; the planner walks one graph many times: the last few are kept)."""
-    key = (id(graph), itemsize, batch, device, input_requires_grad)
+    key = (id(graph), itemsize, batch, device, input_requires_grad, autocast)
     hit = _SAVES.get(key)
     if hit is not None and hit[0] is graph:
         return hit[1]
-    made = _saving(graph, itemsize, batch, device, input_requires_grad)
+    made = _saving(graph, itemsize, batch, device, input_requires_grad, autocast)
     if len(_SAVES) >= 4:
         _SAVES.clear()
     _SAVES[key] = (graph, made)
     return made
 
 
-def _saving(graph: Graph, itemsize: int, batch: int, device: str, input_requires_grad: bool) -> _Saves:
+def _saving(graph: Graph, itemsize: int, batch: int, device: str, input_requires_grad: bool,
+            autocast: bool = False) -> _Saves:
     end = len(graph.ops)
     used = graph.used(discarded=False)
     needs_grad = [False] * len(graph.tensors)
@@ -271,8 +291,8 @@ def _saving(graph: Graph, itemsize: int, batch: int, device: str, input_requires
                     keeps[i].add(src.train_storage)
             if what.output:
                 keeps[i].add(out.train_storage)
-            stats = (sum(n * itemsize_for(s, itemsize, device) for n, s in what.extra) * batch
-                     + sum(n * itemsize_for(s, itemsize, device) for n, s in what.per_batch))
+            stat = _stat_size(op, itemsize, device, autocast)
+            stats = sum(n * stat(s) for n, s in what.extra) * batch + sum(n * stat(s) for n, s in what.per_batch)
             extras[i] += stats
             packs[i] = bool(keeps[i]) or extras[i] > 0 or params_need_grad
             packs_output[i] = what.output or stats > 0
@@ -294,9 +314,37 @@ def recomputed(graph: Graph, segment: Segment, device: str = "cpu", input_requir
     return range(segment.first, last + 1 if s.packs_output[last] else last)
 
 
+class Holders:
+    """Who holds the bytes of a training step's timeline (`training_timeline(..., holders=)`): by op index (what
+    the op made in the forward -- its output, its extras -- and in backward -- its input's and its parameters'
+    gradients, the sums it caused), -1 for the loss and the seed. `at_peak`: that breakdown at the first moment
+    the timeline's `running` is largest (it sums to that maximum); `end`: after backward."""
+
+    __slots__ = ("by", "peak", "at_peak", "end")
+
+    def __init__(self) -> None:
+        self.by: dict[int, int] = {}
+        self.peak = -1
+        self.at_peak: dict[int, int] = {}
+        self.end: dict[int, int] = {}
+
+    def add(self, holder: int, n: int) -> None:
+        self.by[holder] = self.by.get(holder, 0) + n
+
+    def moment(self, running: int, *extra: tuple[int, int]) -> None:
+        """A moment of the timeline: `running` bytes, held as `by` says plus `extra` (holder, bytes)."""
+        if running > self.peak:
+            self.peak = running
+            self.at_peak = {h: n for h, n in self.by.items() if n}
+            for h, n in extra:
+                if n:
+                    self.at_peak[h] = self.at_peak.get(h, 0) + n
+
+
 def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad_bytes: tuple[int, ...],
                       input_requires_grad: bool = False, segments: tuple[Segment, ...] = (),
-                      moments: list[int] | None = None, forward_only: bool = False) -> tuple[TrainStep, ...]:
+                      moments: list[int] | None = None, forward_only: bool = False,
+                      holders: Holders | None = None, autocast: bool = False) -> tuple[TrainStep, ...]:
     """Bytes made during one training step's forward and backward, beyond the parameters, buffers, optimizer
     state and inputs that exist before it (gradients set to None): the eager forward's activations, of which
     autograd keeps what each recorded op saves (`saved_timeline`'s rules) until that op's backward has run; the
@@ -315,7 +363,15 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
     as the last one is saved: an op that saves only its inputs (a conv) is stopped before it computes. The
     recomputed tensors are released as each op's backward unpacks them, as saved tensors are. `moments`, when
     given, receives every value the timeline takes the maximum of (each is affine in the batch). `forward_only`:
-    the timeline up to the loss."""
+    the timeline up to the loss. `holders`, when given, is filled with who holds the bytes (`Holders`).
+
+    Under `autocast` (torch.autocast on the CPU, `itemsize` the low-precision type's; `_autocast_copies`) the
+    activations are in the low-precision type, the inputs and the parameters in float32: an op that autocast
+    lowers makes low-precision copies of its float32 input and of its parameters, keeps those its backward needs,
+    and the copies of parameters that need a gradient stay cached until the forward ends; its backward makes the
+    parameters' gradients in the low-precision type, then each one's float32 copy (`.grad`), freeing the first."""
+    held_by = holders if holders is not None else Holders()
+    made_by: dict[int, int] = {}  # train storage -> the op whose forward allocated it
     sizes = _storage_bytes(graph, itemsize, batch, train=True)
     end = len(graph.ops)
     used = graph.used(discarded=False)  # a discarded op's node dies with its dropped output, as an unused one's
@@ -326,7 +382,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
     inputs = {graph.tensors[t].train_storage for _, t in graph.inputs}
     outputs = {graph.tensors[t].train_storage for _, t in graph.outputs}
     needs_grad, recorded, keeps, extras, packs, packs_output = _saves(graph, itemsize, batch, device,
-                                                                      input_requires_grad)
+                                                                      input_requires_grad, autocast)
     # checkpointed segments: their ops keep nothing in the forward; the checkpoint keeps the segments' inputs
     # until the backward of the first op that saved anything (the last holder of the checkpoint's frame)
     in_segment = [-1] * end
@@ -351,6 +407,17 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
         for storage in storages:
             keepers.setdefault(storage, set()).add(i)
     held = {s for s, ops in keepers.items() if ops}
+    copies = _autocast_copies(graph, itemsize, batch, recorded, needs_grad, inputs) if autocast else None
+    transient_copies = [0] * end
+    cache_of = [0] * end  # parameter copies the autocast cache holds until the forward ends
+    low_grads: list[tuple[int, ...]] = [()] * end
+    if copies is not None:
+        extras = list(extras)  # _saves' lists are shared (cached): the copies are added to a copy
+        for i, (kept_copies, freed_copies, cache, params) in enumerate(copies):
+            extras[i] += kept_copies
+            transient_copies[i] = freed_copies
+            cache_of[i] = cache
+            low_grads[i] = params
 
     def moment(value: int) -> int:
         if moments is not None:
@@ -369,37 +436,53 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
         if out.train_storage not in alive:
             alive.add(out.train_storage)
             live += sizes[out.train_storage]
-        live += extras[i]
-        running = moment(live + _training_transient(op, graph, itemsize, batch, device))
+            made_by[out.train_storage] = i
+            held_by.add(i, sizes[out.train_storage])
+        live += extras[i] + cache_of[i]
+        held_by.add(i, extras[i] + cache_of[i])
+        transient = _training_transient(op, graph, itemsize, batch, device) + transient_copies[i]
+        running = moment(live + transient)
+        held_by.moment(running, (i, transient))
         if not used[i] or in_segment[i] >= 0:  # dropped, or packed into a checkpoint's empty holders
             live -= extras[i]
+            held_by.add(i, -extras[i])
         for storage in frees.get(i, ()):
             alive.discard(storage)
             live -= sizes[storage]
+            held_by.add(made_by[storage], -sizes[storage])
         steps.append(TrainStep("forward", i, running, live))
     # the loss: one scalar per output summed (a running sum of them beside the next), then the outputs dropped
     scalar = itemsize
     n_out = len(graph.outputs)
     running = moment(live + (scalar if n_out == 1 else 3 * scalar))
+    held_by.moment(running, (-1, running - live))
     live += scalar
+    held_by.add(-1, scalar)
+    if any(cache_of):  # the autocast region ends: its cache of parameter copies is cleared
+        live -= sum(cache_of)
+        for i, cache in enumerate(cache_of):
+            held_by.add(i, -cache)
     for storage in outputs:
         if storage in alive and storage not in held and storage not in inputs:
             alive.discard(storage)
             live -= sizes[storage]
+            held_by.add(made_by[storage], -sizes[storage])
     steps.append(TrainStep("loss", -1, running, live))
     if forward_only:
         return tuple(steps)
 
     # backward: the seed (ones_like of the loss) is the gradient of every output, expanded (a view)
     live += scalar
+    held_by.add(-1, scalar)
     grad_refs: dict[int, int] = {-1: len(graph.outputs) + 1}  # gradient storage -> holders (the engine holds the seed)
     grad_size: dict[int, int] = {-1: scalar}
+    grad_maker: dict[int, int] = {-1: -1}  # gradient storage -> the op whose backward made it
     grad_of: dict[int, int] = {t: -1 for _, t in graph.outputs}
     next_id = 0
     renamed: dict[int, int] = {}  # a recomputed segment's storages -> their new ids (the forward's were freed)
     fresh = max(sizes, default=-1) + 1
 
-    def give(t: int, storage: int) -> int:
+    def give(t: int, storage: int, by: int) -> int:
         """Tensor t's gradient buffer takes `storage` (and the reference to it): kept as it is if t has none yet,
         else summed with the one it has into a new tensor (InputBuffer::accumulate, out of place: measured), the two
         parts dropped. Returns the bytes that sum allocated."""
@@ -410,8 +493,10 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             return 0
         grad_size[next_id] = numel(graph.tensors[t].shape) * itemsize * batch
         grad_refs[next_id] = 1
+        grad_maker[next_id] = by
         grad_of[t] = next_id
         live += grad_size[next_id]
+        held_by.add(by, grad_size[next_id])
         next_id += 1
         made = grad_size[next_id - 1]
         drop(old)
@@ -423,6 +508,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
         grad_refs[storage] -= 1
         if grad_refs[storage] == 0:
             live -= grad_size[storage]
+            held_by.add(grad_maker[storage], -grad_size[storage])
             del grad_refs[storage]
 
     def recompute(seg: Segment) -> int:
@@ -446,14 +532,20 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             if storage not in renamed and all(graph.tensors[t].train_storage != storage for t in graph.ops[i].inputs):
                 renamed[storage] = fresh
                 sizes[fresh] = sizes[storage]
+                made_by[fresh] = i
+                held_by.add(i, sizes[storage])
                 fresh += 1
                 live += sizes[storage]
                 if storage not in saved:
                     dropping.setdefault(drop_at[storage], []).append(storage)
             live += extras[i]
-            peak = max(peak, moment(live + _training_transient(graph.ops[i], graph, itemsize, batch, device)))
+            held_by.add(i, extras[i])
+            transient = _training_transient(graph.ops[i], graph, itemsize, batch, device)
+            peak = max(peak, moment(live + transient))
+            held_by.moment(live + transient, (i, transient))
             for storage in dropping.get(i, ()):
                 live -= sizes[storage]
+                held_by.add(i if storage not in renamed else made_by[renamed[storage]], -sizes[storage])
         for storage in saved:
             new = renamed.get(storage, storage)
             alive.add(new)
@@ -468,8 +560,9 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             continue
         recomputed = recompute(recompute_at[i]) if i in recompute_at else 0
         g = grad_of.get(op.output)
-        made = grad_bytes[i]
-        live += made  # the parameters' gradients, kept as .grad
+        made = sum(low_grads[i]) * itemsize if low_grads[i] else grad_bytes[i]
+        live += made  # the parameters' gradients, kept as .grad (under autocast: low precision, copied below)
+        held_by.add(i, made)
         running = max(live, recomputed)
         new: list[tuple[int, int]] = []  # (tensor, bytes) of new gradient buffers
         shared: list[int] = []  # tensors receiving g (or a view of it)
@@ -497,13 +590,16 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                                                graph.tensors[op.output].shape)
             working += sum(n * itemsize_for(code, itemsize, device) for n, code in extra) * batch
         running = max(running, moment(working))
+        held_by.moment(working, (i, working - live))
         live += sum(b for _, b in new)
+        held_by.add(i, sum(b for _, b in new))
         # the function returns its outputs; its input (the gradient of its output) and its saved tensors are freed;
         # then each output is added into the buffer of the tensor it is the gradient of
         returned: list[tuple[int, int]] = []
         for t, b in new:
             grad_size[next_id] = b
             grad_refs[next_id] = 1
+            grad_maker[next_id] = i
             returned.append((t, next_id))
             next_id += 1
         if g is not None:
@@ -513,6 +609,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             del grad_of[op.output]
             drop(g)
         live -= extras[i]
+        held_by.add(i, -extras[i])
         mine = renamed if in_segment[i] >= 0 else {}
         for storage in ({mine.get(s, s) for s in {graph.tensors[t].train_storage for t in (*op.inputs, op.output)}}
                         | frame_inputs.get(i, set())):
@@ -522,12 +619,58 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                 if not ops and storage in alive and storage not in inputs:
                     alive.discard(storage)
                     live -= sizes[storage]
+                    held_by.add(made_by[storage], -sizes[storage])
         for t, storage in returned:
-            running = max(running, moment(live + give(t, storage)))
+            summed = numel(graph.tensors[t].shape) * itemsize * batch if t in grad_of else 0
+            held_by.moment(live + summed, (i, summed))  # the sum made while both parts are alive
+            running = max(running, moment(live + give(t, storage, i)))
+        for n in low_grads[i]:  # autocast: each parameter's ToCopyBackward makes its float32 gradient
+            held_by.moment(live + n * 4, (i, n * 4))
+            running = max(running, moment(live + n * 4))
+            live += n * (4 - itemsize)
+            held_by.add(i, n * (4 - itemsize))
         steps.append(TrainStep("backward", i, running, live))
     live -= 2 * scalar  # the seed and the loss, once backward returns
+    held_by.add(-1, -2 * scalar)
+    held_by.end = {h: n for h, n in held_by.by.items() if n}
     steps.append(TrainStep("backward", -1, moment(live), live))
     return tuple(steps)
+
+
+def _autocast_copies(graph: Graph, itemsize: int, batch: int, recorded: list[bool], needs_grad: list[bool],
+                     inputs: set[int]) -> list[tuple[int, int, int, tuple[int, ...]]]:
+    """Per op under torch.autocast on the CPU: the bytes of its low-precision copies that its node keeps until its
+    backward, those freed when it returns, those the autocast cache holds until the forward ends, and the elements
+    of each parameter tensor whose gradient its backward makes in low precision (weight, then bias). Only ops that
+    autocast lowers (`Kind.autocast_on`) copy: the float32 network input they read (each op its own copy, kept
+    when the op keeps its input) and their parameters (the weight kept when `Kind.keeps_weight`; the copies of
+    parameters that need a gradient cached, of frozen ones freed)."""
+    out: list[tuple[int, int, int, tuple[int, ...]]] = []
+    for i, op in enumerate(graph.ops):
+        if op.kind is None or op.kind.autocast_on(op.args, graph.tensors[op.inputs[0]].shape) != "lower":
+            out.append((0, 0, 0, ()))
+            continue
+        src, dst = graph.tensors[op.inputs[0]], graph.tensors[op.output]
+        kept = transient = cache = 0
+        tensors = op.kind.param_tensors(op.args, dst.shape, op.cost.params)
+        trainable = op.trainable and op.cost.params > 0
+        for k, n in enumerate(tensors):
+            size = n * itemsize
+            if k == 0 and recorded[i] and op.kind.keeps_weight(needs_grad[op.inputs[0]]):
+                kept += size
+            elif trainable:
+                cache += size
+            else:
+                transient += size
+        if src.train_storage in inputs:  # a float32 network input: cast for this op
+            size = numel(src.shape) * itemsize * batch
+            what = op.kind.saved(op.args, src.shape, dst.shape)
+            if recorded[i] and (what.input or what.input_for_params and trainable):
+                kept += size
+            else:
+                transient += size
+        out.append((kept, transient, cache, tensors if trainable and recorded[i] else ()))
+    return out
 
 
 def _training_transient(op: object, graph: Graph, itemsize: int, batch: int, device: str) -> int:

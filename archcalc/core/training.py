@@ -4,12 +4,19 @@ by term (weights, gradients, optimizer state, saved activations, mixed precision
 Nothing here imports torch. Both are computed from a Report: batch and dtype are already applied there.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from archcalc.core.analyze import Report, analyze
 from archcalc.core.conventions import DTYPES, flop_counter_divides_groups
 from archcalc.core.kinds.base import numel
-from archcalc.core.memory import Segment, TrainStep, peak_inference_bytes, saved_training_bytes, training_timeline
+from archcalc.core.memory import (
+    Holders,
+    Segment,
+    TrainStep,
+    peak_inference_bytes,
+    saved_training_bytes,
+    training_timeline,
+)
 from archcalc.core.settings import AMP, FIT_FOR, OPTIMIZERS, Settings
 from archcalc.core.spec import Spec
 
@@ -203,6 +210,11 @@ class StepPeak(NamedTuple):
     before: int  # alive before the step: parameters, buffers, optimizer state (after the first step), inputs
     timeline: tuple[TrainStep, ...]  # forward, loss and backward, beyond `before`
     optimizer: int  # the optimizer step's own peak beyond `before`
+    layers: tuple[int, ...] = ()  # per row of the report (op): what it holds at the peak moment (`peak_holders`)
+    other: int = 0  # the rest of the peak: the network's inputs, the loss and backward's seed
+
+    def check(self) -> None:  # the shares add up to the peak
+        assert sum(self.layers) + self.other == self.peak, (sum(self.layers), self.other, self.peak)
 
 
 def step_peak(report: Report, optimizer: str | None = None, first: bool = False) -> StepPeak:
@@ -219,35 +231,63 @@ def step_peak(report: Report, optimizer: str | None = None, first: bool = False)
 
 def step_peaks(report: Report, optimizer: str | None = None, segments: tuple[Segment, ...] = (),
                batch: int | None = None, moments: tuple[list[int], list[int]] | None = None,
-               ) -> tuple[StepPeak, StepPeak]:
+               amp: str | None = None) -> tuple[StepPeak, StepPeak]:
     """`step_peak` of a later step and of the first, from one timeline, with `segments` run under
     torch.utils.checkpoint (core.memory.training_timeline), at `batch` (default: the report's; the graph does not
     depend on it). `moments`, when given, receive every value the later and the first step's peaks are the
-    maximum of (each affine in the batch: `StepLine`)."""
+    maximum of (each affine in the batch: `StepLine`). With `amp` ('bf16'; the report analyzed in its type:
+    `training_report`), the step under torch.autocast on the CPU: float32 parameters, buffers, gradients,
+    optimizer state and inputs, low-precision activations and autocast's copies (memory.training_timeline);
+    `autocast_unfollowed` says where it is not followed (ValueError here)."""
     if optimizer is None:
         optimizer = report.settings.optimizer if report.settings else "sgd"
+    if amp is not None:
+        reason = autocast_unfollowed(report, amp)
+        if reason:
+            raise ValueError(reason)
     graph = report.graph
-    size = report.itemsize
+    act = report.itemsize
+    size = DTYPES["float32"] if amp else act  # parameters, gradients, optimizer state, inputs
     batch = report.batch if batch is None else batch
     device = report.settings.device if report.settings else "cpu"
     grad_bytes = tuple(row.trainable_params * size if row.used else 0 for row in report.rows)
     seen: list[int] | None = [] if moments is not None else None
-    timeline = training_timeline(graph, size, batch, device, grad_bytes,
-                                 report.settings.input_requires_grad if report.settings else False, segments, seen)
+    holders = Holders()
+    timeline = training_timeline(graph, act, batch, device, grad_bytes,
+                                 report.settings.input_requires_grad if report.settings else False, segments, seen,
+                                 holders=holders, autocast=amp is not None)
     t = report.totals
-    sizes = _param_sizes(report, size)
+    if amp:  # the report's parameter and buffer bytes are in the activation type: float32 here
+        t = t._replace(param_bytes=t.params * size, buffer_bytes=_buffers_in(report, size))
+    owned = _param_sizes(report, size, owners=True)
+    sizes = [n for _, n in owned]
     trainable = t.trainable_params * size
     adam = optimizer in ("adam", "adamw")
     counters = 4 * len(sizes) if adam and device == "cpu" else 0  # Adam's float32 `step`s (CPU tensors)
     state = OPTIMIZERS[optimizer].state * trainable + counters
     inputs = sum(numel(graph.tensors[i].shape) for _, i in graph.inputs) * batch * size
     end = timeline[-1].after
+    # who holds what: each row its parameters and buffers throughout, its optimizer state, and the optimizer's
+    # temporaries for its parameters
+    rows = len(report.rows)
+    fixed = [(r.params * size + (r.buffers - r.int_buffers) * size + r.int_buffers * 8) if r.used else 0
+             for r in report.rows]
+    state_of = [r.trainable_params * size * OPTIMIZERS[optimizer].state if r.used else 0 for r in report.rows]
+    for owner, _ in owned:
+        state_of[owner] += 4 if counters else 0
+    temporary_of = [0] * rows
     if not adam:
         temporary = 0
     elif device == "cpu":  # one parameter at a time: sqrt and its quotient, beside the previous denom
-        temporary = max((2 * n + (sizes[k - 1] if k else 0) for k, n in enumerate(sizes)), default=0)
+        temporary, k = max(((2 * n + (sizes[k - 1] if k else 0), k) for k, n in enumerate(sizes)), default=(0, -1),
+                           key=lambda c: c[0])
+        if k >= 0:
+            temporary_of[owned[k][0]] += 2 * sizes[k]
+            if k:
+                temporary_of[owned[k - 1][0]] += sizes[k - 1]
     else:  # foreach: _foreach_sqrt for all parameters, divided and offset in place
         temporary = trainable
+        temporary_of = [r.trainable_params * size if r.used else 0 for r in report.rows]
     result = []
     for first in (False, True):
         before = t.param_bytes + t.buffer_bytes + inputs + (0 if first else state)
@@ -255,19 +295,56 @@ def step_peaks(report: Report, optimizer: str | None = None, segments: tuple[Seg
         candidates = [(s.running, s.phase, graph.ops[s.op].name if s.op >= 0 else "") for s in timeline]
         candidates.append((optimizer_peak, "optimizer", ""))
         peak, phase, op = max(candidates, key=lambda c: c[0])  # the first of equals
-        result.append(StepPeak(before + peak, phase, op, before, timeline, optimizer_peak))
+        if phase == "optimizer":
+            held = {h: n + (state_of[h] if first and h >= 0 else 0) + (temporary_of[h] if h >= 0 else 0)
+                    for h, n in holders.end.items()}
+            for h in range(rows):
+                if h not in held:
+                    held[h] = (state_of[h] if first else 0) + temporary_of[h]
+        else:
+            held = holders.at_peak
+        layers = tuple(fixed[h] + (0 if first else state_of[h]) + held.get(h, 0) for h in range(rows))
+        result.append(StepPeak(before + peak, phase, op, before, timeline, optimizer_peak, layers,
+                               inputs + held.get(-1, 0)))
         if moments is not None and seen is not None:
             moments[first].extend([before + m for m in seen] + [before + optimizer_peak])
     return result[0], result[1]
 
 
-def _param_sizes(report: Report, itemsize: int) -> list[int]:
-    """Bytes of each trainable parameter tensor, in the order the optimizer walks them (the model's)."""
-    sizes: list[int] = []
-    for row in report.rows:
+def autocast_unfollowed(report: Report, amp: str) -> str:
+    """Why the training step of `report` under `amp` is not followed ('' when it is): only bf16 autocast on the
+    CPU, with inputs that need no gradient and that only ops autocast lowers read, and no op autocast runs in
+    float32 or that mixes types inside."""
+    s = report.settings
+    if amp != "bf16":
+        return f"the step under {amp} autocast is not followed (bf16 only)"
+    if s is not None and s.device != "cpu":
+        return "the step under autocast is followed on the CPU only"
+    if s is not None and s.input_requires_grad:
+        return "the step under autocast is not followed with an input that requires grad"
+    graph = report.graph
+    inputs = {t for _, t in graph.inputs}
+    for op in graph.ops:
+        rule = op.kind.autocast_on(op.args, graph.tensors[op.inputs[0]].shape) if op.kind else ""
+        if rule in ("float32", "mixed", "promotes"):
+            what = "its float32 parameter makes its output float32" if rule == "promotes" else \
+                "it runs in float32 or mixed types"
+            return f"{op.name}: {what} under autocast: the step is not followed"
+        if inputs.intersection(op.inputs) and rule != "lower":
+            return (f"{op.name} reads the float32 input and autocast does not lower it: the step is not followed "
+                    "(the network must begin with a convolution or linear layer)")
+    return ""
+
+
+def _param_sizes(report: Report, itemsize: int, owners: bool = False) -> list[Any]:
+    """Bytes of each trainable parameter tensor, in the order the optimizer walks them (the model's); with
+    `owners`, (row index, bytes)."""
+    sizes: list[Any] = []
+    for k, row in enumerate(report.rows):
         op = row.op
         if row.used and row.trainable_params and op is not None and op.kind is not None:
-            sizes.extend(n * itemsize for n in op.kind.param_tensors(op.args, row.output, row.params))
+            sizes.extend((k, n * itemsize) if owners else n * itemsize
+                         for n in op.kind.param_tensors(op.args, row.output, row.params))
     return sizes
 
 
@@ -400,3 +477,90 @@ def fit_batch(spec: Spec, limit: int, settings: Settings | None = None, fit_for:
     batch = line.largest_batch(limit, fit_for)
     return Fit(limit, fit_for, batch, line.at(max(batch, 1), fit_for), line.at(batch + 1, fit_for) if batch else None,
                fit_for == "training" and line.step is not None)
+
+
+# ---- per layer: what each layer costs a training step ---------------------------------------------------------
+
+
+class LayerTraining(NamedTuple):
+    """One row of `calc --columns training`: a layer's (or a collapsed block's: the sums) part in one training
+    step, batch and dtype applied."""
+
+    name: str
+    kind: str
+    depth: int
+    shapes: tuple[tuple[int, ...], ...]
+    saved_bytes: int  # kept by its autograd node for backward (a tensor several layers keep: at the first)
+    grad_input_flops: int  # its backward's input gradient, in the report's convention (Convention.backward)
+    grad_weight_flops: int  # its backward's weight gradient, likewise
+    peak_bytes: int | None  # what it holds at a later step's peak moment (StepPeak.layers); None: not modelled
+
+
+class TrainingLayers(NamedTuple):
+    rows: tuple[LayerTraining, ...]  # one per Report.rows
+    outline: tuple[LayerTraining, ...]  # one per Report.outline (a block: the sums of its layers)
+    totals: LayerTraining  # the used rows' sums
+    other_peak: int | None  # the rest of the peak: the network's inputs, the loss, backward's seed
+
+
+def layer_training(report: Report, flops: TrainingFlops, step: StepPeak | None,
+                   amp: str | None = None) -> TrainingLayers:
+    """Per layer: the bytes it saves for backward (the forward's saved-bytes walk, `saved_timeline`, op by op:
+    a storage kept twice counts at the first layer keeping it, so the layers add up to Totals.saved_bytes), its
+    backward FLOPs (`training_flops`' MACs, which FlopCounterMode counts, at the report convention's FLOPs per MAC)
+    and its share of `step`'s peak (a later step's: its parameters, buffers and optimizer state, and what it made
+    that is alive at the peak moment)."""
+    from archcalc.core.conventions import CONVENTIONS
+    from archcalc.core.memory import saved_timeline
+
+    graph = report.graph
+    s = report.settings
+    saved = saved_timeline(graph, report.itemsize, report.batch, s.device if s else "cuda",
+                           s.input_requires_grad if s else False, autocast=amp is not None)
+    per_mac = CONVENTIONS[report.convention].backward
+    by_name = {f.name: f for f in flops.layers}
+    rows: list[LayerTraining] = []
+    for i, row in enumerate(report.rows):
+        f = by_name.get(row.name) if row.used else None
+        g_in, g_w = (f.grad_input // 2 * per_mac, f.grad_weight // 2 * per_mac) if f else (0, 0)
+        rows.append(LayerTraining(row.name, row.kind, row.depth, row.shapes,
+                                  saved[i] - (saved[i - 1] if i else 0) if row.used else 0, g_in, g_w,
+                                  step.layers[i] if step is not None else None))
+    leaf_of = {id(r): k for k, r in enumerate(report.rows)}
+    outline: list[LayerTraining] = []
+    stack: list[tuple[int, list[int]]] = []  # open blocks: (depth, rows under them)
+    spans: list[tuple[Any, list[int]]] = []
+    for r in report.outline:
+        while stack and stack[-1][0] >= r.depth:
+            stack.pop()
+        if r.leaf:
+            k = leaf_of[id(r)]
+            for _, under in stack:
+                under.append(k)
+            spans.append((r, [k]))
+        else:
+            block: list[int] = []
+            stack.append((r.depth, block))
+            spans.append((r, block))
+    for r, under in spans:
+        if r.leaf:
+            outline.append(rows[under[0]])
+        else:
+            outline.append(_summed(r.name, r.kind, r.depth, r.shapes, [rows[k] for k in under
+                                                                        if report.rows[k].used]))
+    totals = _summed("total", "", 0, (report.totals.output,), [row for row, r in zip(rows, report.rows) if r.used])
+    return TrainingLayers(tuple(rows), tuple(outline), totals, step.other if step is not None else None)
+
+
+def _summed(name: str, kind: str, depth: int, shapes: tuple[tuple[int, ...], ...],
+            rows: list[LayerTraining]) -> LayerTraining:
+    peak = None if any(r.peak_bytes is None for r in rows) else sum(r.peak_bytes or 0 for r in rows)
+    return LayerTraining(name, kind, depth, shapes, sum(r.saved_bytes for r in rows),
+                         sum(r.grad_input_flops for r in rows), sum(r.grad_weight_flops for r in rows), peak)
+
+
+def training_rows_at_depth(report: Report, layers: TrainingLayers, depth: int | None) -> list[LayerTraining]:
+    """The training rows matching core.analyze.rows_at_depth(report, depth)."""
+    if depth is None:
+        return list(layers.rows)
+    return [t for r, t in zip(report.outline, layers.outline) if r.depth == depth or (r.depth < depth and r.leaf)]

@@ -15,6 +15,7 @@ from typing import Any
 from archcalc.core.analyze import Report, Row, rows_at_depth
 from archcalc.core.conventions import CONVENTIONS
 from archcalc.core.memory import inference_timeline, saved_timeline
+from archcalc.core.training import StepPeak, step_peaks
 from archcalc.core.units import dims
 
 MAX_LABELS = 45  # x-axis labels across a 12-inch figure: a slot of about 22 px, twice a 7 pt label's height
@@ -68,10 +69,30 @@ class MemoryTimeline:
 
 
 @dataclass(frozen=True, slots=True)
+class TrainingTimeline:
+    """One training step (core.training.step_peaks, a later step): the bytes alive at each moment -- parameters,
+    buffers, optimizer state and inputs (`before`) included -- over the forward's ops, the loss, backward's ops in
+    reverse and the optimizer step; the peak marked with its phase and op, and the layers holding most at it."""
+
+    axis: Axis  # one position per moment; grouped by phase when they are too many to name
+    phases: tuple[Group, ...]  # forward, loss, backward, optimizer: their positions
+    running: tuple[int, ...]  # bytes alive at each moment
+    before: int  # alive before the step begins
+    peak: int
+    peak_index: int  # position of the peak (the first, if several)
+    where: str  # 'backward of layer4.0.conv1', 'optimizer step'
+    first_peak: int  # the first step's peak (the optimizer makes its state in it)
+    optimizer: str
+    holders: tuple[tuple[str, int], ...]  # (layer, bytes it holds at the peak), largest first; inputs, loss, seed
+    # as "(inputs, loss, seed)"
+
+
+@dataclass(frozen=True, slots=True)
 class CalcPlot:
     title: str
     bars: LayerBars
     timeline: MemoryTimeline
+    training: TrainingTimeline | None = None  # None under --amp (the step's peak is not modelled there)
 
 
 def digest(plot: Any) -> str:
@@ -93,15 +114,44 @@ def _convention(name: str) -> str:
 
 
 def calc_plot(report: Report, depth: int | None = None, device: str = "cuda", input_requires_grad: bool = False,
-              train: Report | None = None) -> CalcPlot:
-    """Per-layer bars (the rows `calc --depth` shows) and the memory timeline (one position per op).
+              train: Report | None = None, step: tuple[StepPeak, StepPeak] | None = None) -> CalcPlot:
+    """Per-layer bars (the rows `calc --depth` shows), the memory timeline (one position per op) and the training
+    step's timeline (`step`, as calc computed it: core.training.step_peaks of `report`; computed here when not
+    given and there is no `train` report of its own, None under amp).
 
     `device` and `input_requires_grad` are the ones `report` was analyzed with; `train`, the report the training
     figures come from (`calc --amp`), defaults to `report`."""
     rows = rows_at_depth(report, depth)
     bars = LayerBars(_axis(report, rows), tuple(r.macs for r in rows), tuple(r.params for r in rows),
                      tuple(r.activation_bytes for r in rows))
-    return CalcPlot(title(report), bars, timeline(report, device, input_requires_grad, train))
+    if step is None and (train is None or train is report):
+        step = step_peaks(report)
+    return CalcPlot(title(report), bars, timeline(report, device, input_requires_grad, train),
+                    training_timeline(report, step) if step is not None else None)
+
+
+def training_timeline(report: Report, step: tuple[StepPeak, StepPeak]) -> TrainingTimeline:
+    """The training step's moments as calc's step peak walks them: one position per forward op, the loss, one per
+    backward op (reverse order, the ops autograd runs) and the optimizer step."""
+    later, first = step
+    graph = report.graph
+    names: list[str] = []
+    phases: list[str] = []
+    for moment in later.timeline[:-1]:  # the last is backward's end: the optimizer step stands for it
+        names.append(graph.ops[moment.op].name if moment.op >= 0 else "loss")
+        phases.append(moment.phase)
+    names.append("optimizer.step")
+    phases.append("optimizer")
+    running = tuple(later.before + m.running for m in later.timeline[:-1]) + (later.before + later.optimizer,)
+    peak_index = running.index(later.peak)
+    where = f"{later.phase} of {later.op}" if later.op else "optimizer step" if later.phase == "optimizer" \
+        else later.phase
+    held = sorted(((r.name, n) for r, n in zip(report.rows, later.layers) if n), key=lambda p: -p[1])
+    held.append(("(inputs, loss, seed)", later.other))
+    groups = tuple(Group(g.name, g.start, g.stop) for g in _runs(phases))
+    axis = Axis(tuple(names), groups if len(names) > MAX_LABELS else ())
+    return TrainingTimeline(axis, groups, running, later.before, later.peak, peak_index, where, first.peak,
+                            report.settings.optimizer if report.settings else "sgd", tuple(held))
 
 
 def timeline(report: Report, device: str = "cuda", input_requires_grad: bool = False,

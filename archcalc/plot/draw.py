@@ -24,6 +24,7 @@ _BAR = "#4C72B0"
 _PEAK = "#C44E52"
 _SAVED = "#DD8452"
 _LIGHT = "#DDDDDD"
+MAX_HELD = 5  # layers named at the training peak (the largest; the rest counted)
 _UNITS = ((1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB"), (1, "B"))
 
 
@@ -116,8 +117,17 @@ def _short(name: str, width: int = 28) -> str:
 def calc(plot: CalcPlot, path: Path) -> None:
     bars, tl = plot.bars, plot.timeline
     shared = bars.axis.names == tl.axis.names  # no --depth: one position per layer in every panel
-    fig, axes = plt.subplots(5, 1, figsize=(12, 15), sharex=shared,
-                             gridspec_kw={"height_ratios": [1, 1, 1, 1.9, 1.1], "hspace": 0.12 if shared else 0.45})
+    if plot.training is None:
+        fig, axes = plt.subplots(5, 1, figsize=(12, 15), sharex=shared,
+                                 gridspec_kw={"height_ratios": [1, 1, 1, 1.9, 1.1],
+                                              "hspace": 0.12 if shared else 0.45})
+    else:  # the training step below, on its own axis (forward, loss, backward, optimizer)
+        fig = plt.figure(figsize=(12, 15.6))
+        grid = fig.add_gridspec(7, 1, height_ratios=[0.8, 0.8, 0.8, 1.5, 0.9, 0.5, 1.7],
+                                hspace=0.12 if shared else 0.45)
+        top = fig.add_subplot(grid[0])
+        axes = [top] + [fig.add_subplot(grid[i], sharex=top if shared else None) for i in range(1, 5)]
+        _training(fig.add_subplot(grid[6]), plot.training)
     fig.subplots_adjust(top=0.95)
     fig.suptitle(_plain(plot.title), fontsize=12, y=0.985)
     _bars(axes[0], bars.macs, "MACs per layer", as_bytes=False)
@@ -157,6 +167,43 @@ def _memory(ax: Any, tl: Any) -> None:
     ax.text(0.99 if right else 0.01, 0.97, "\n".join(lines), transform=ax.transAxes, fontsize=8,
             ha="right" if right else "left", va="top", family="monospace", multialignment="left",
             bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": _PEAK, "alpha": 0.9})
+    ax.grid(axis="y", color=_LIGHT, linewidth=0.6)
+
+
+def _training(ax: Any, tt: Any) -> None:
+    """The training step: bytes alive over the forward, the loss, backward and the optimizer step, phases shaded
+    and named, the peak marked with its phase and op."""
+    size, unit = _unit(max(tt.running))
+    xs = list(range(len(tt.running)))
+    ys = [v / size for v in tt.running]
+    ax.fill_between(xs, ys, step="mid", color=_SAVED, alpha=0.25, linewidth=0)
+    ax.step(xs, ys, where="mid", color=_SAVED, linewidth=1.2)
+    ax.axhline(tt.before / size, color="#777777", linestyle=":", linewidth=1)
+    ax.set_ylabel(f"alive in one training\nstep ({unit})")
+    ax.axvline(tt.peak_index, color=_PEAK, linestyle="--", linewidth=1)
+    ax.plot([tt.peak_index], [tt.peak / size], "o", color=_PEAK)
+    shown = tt.holders[:MAX_HELD]
+    rest = len(tt.holders) - len(shown)
+    lines = [f"training peak ({tt.optimizer}, a later step): {nbytes(tt.peak)} at the {_short(tt.where, 48)}",
+             f"(first step: {nbytes(tt.first_peak)}; dotted: {nbytes(tt.before)} alive before the step)",
+             "held at the peak:"]
+    lines += [f"  {_short(name, 44)}  {nbytes(b)}" for name, b in shown]
+    if rest:
+        lines.append(f"  … and {rest} more ({nbytes(sum(b for _, b in tt.holders[MAX_HELD:]))})")
+    ax.set_ylim(0, max(ys, default=1) / max(0.35, 1 - 0.055 * len(lines) - 0.06))
+    right = tt.peak_index < len(xs) / 2
+    ax.text(0.99 if right else 0.01, 0.97, "\n".join(lines), transform=ax.transAxes, fontsize=8,
+            ha="right" if right else "left", va="top", family="monospace", multialignment="left",
+            bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": _PEAK, "alpha": 0.9})
+    _label_x(ax, tt.axis, show=True)
+    for g in tt.phases:
+        if g.start:
+            ax.axvline(g.start - 0.5, color="#999999", linewidth=0.6)
+        if not tt.axis.groups and g.stop - g.start > 1:
+            ax.text((g.start + g.stop - 1) / 2, 1.01, g.name, transform=ax.get_xaxis_transform(), fontsize=8,
+                    ha="center", va="bottom", color="#555555")
+    ax.set_xlabel("training step: forward ops, the loss, backward ops (reverse order), the optimizer step"
+                  + ("; phases labelled" if tt.axis.groups else ""))
     ax.grid(axis="y", color=_LIGHT, linewidth=0.6)
 
 

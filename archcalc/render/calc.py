@@ -25,12 +25,25 @@ def grid_text(grid: Any, width: int | None, extra: list[str] | None = None) -> s
     return "\n".join(grid.lines + render.table_widths_note(grid.left_out, width) + (extra or [])) + "\n"
 
 
-def calc_text(result: CalcResult, depth: int | None = None, width: int | None = None, bold: bool = False) -> str:
+COLUMN_SETS = ("default", "training")
+"""calc --columns: the default per-layer columns (render.columns.LAYER_COLUMNS) or the training step's
+(TRAINING_COLUMNS: saved bytes, backward FLOPs, share of the training peak)."""
+
+
+def _training(result: CalcResult, columns: str) -> Any:
+    if columns not in COLUMN_SETS:
+        raise ValueError(f"unknown column set {columns!r}")
+    return result.layers if columns == "training" else None
+
+
+def calc_text(result: CalcResult, depth: int | None = None, width: int | None = None, bold: bool = False,
+              columns: str = "default") -> str:
     """The table, the summary, the training step and the fit, as `calc` prints them."""
-    return grid_text(render.calc_table(result.report, depth, width, bold), width,
+    return grid_text(render.calc_table(result.report, depth, width, bold, _training(result, columns)), width,
                      render.summary_lines(result.report) + render_training.flops_lines(result.flops)
                      + render_training.memory_lines(result.memory)
-                     + render_training.peak_lines(result.step, result.settings.device)
+                     + render_training.peak_lines(result.step, result.settings.device, result.settings.amp,
+                                                             result.unfollowed)
                      + fit_lines(result.fit, result))
 
 
@@ -46,21 +59,21 @@ def calc_extra(result: CalcResult) -> dict[str, Any]:
     return extra
 
 
-def calc_json(result: CalcResult, depth: int | None = None) -> str:
-    return render.calc_json(result.report, depth, calc_extra(result))
+def calc_json(result: CalcResult, depth: int | None = None, columns: str = "default") -> str:
+    return render.calc_json(result.report, depth, calc_extra(result), _training(result, columns))
 
 
 def calc_output(result: CalcResult, fmt: str, depth: int | None = None, width: int | None = None,
-                bold: bool = False) -> str:
-    """`calc`'s output in `fmt`: table, json, csv or md."""
+                bold: bool = False, columns: str = "default") -> str:
+    """`calc`'s output in `fmt`: table, json, csv or md; `columns`, one of COLUMN_SETS."""
     if fmt == "table":
-        return calc_text(result, depth, width, bold)
+        return calc_text(result, depth, width, bold, columns)
     if fmt == "json":
-        return calc_json(result, depth)
+        return calc_json(result, depth, columns)
     if fmt == "csv":
-        return render.calc_csv(result.report, depth)
+        return render.calc_csv(result.report, depth, _training(result, columns))
     if fmt == "md":
-        return render.calc_md(result.report, depth)
+        return render.calc_md(result.report, depth, _training(result, columns))
     raise ValueError(f"unknown format {fmt!r}")
 
 
@@ -87,8 +100,10 @@ def calc_html(result: CalcResult, depth: int | None = None) -> str:
            "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>", "<tbody>"]
     out += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in body]
     out.append("</tbody></table>")
-    lines = render.summary_lines(r) + render_training.flops_lines(result.flops) + \
-        render_training.memory_lines(result.memory) + render_training.peak_lines(result.step, result.settings.device) \
-        + fit_lines(result.fit, result)
+    s = result.settings
+    lines = (render.summary_lines(r) + render_training.flops_lines(result.flops)
+             + render_training.memory_lines(result.memory)
+             + render_training.peak_lines(result.step, s.device, s.amp, result.unfollowed)
+             + fit_lines(result.fit, result))
     out.append("<pre>" + esc("\n".join(lines)) + "</pre>")
     return "\n".join(out)

@@ -69,7 +69,7 @@ class Col(NamedTuple):
     right: bool | None = None  # None: as the form says
     formats: tuple[str, ...] = ALL  # which formats show it
     omit: object = KEEP  # JSON: the key is left out where the value equals this
-    when: Callable[[Report], bool] | None = None  # calc: shown only for reports for which this holds
+    when: Callable[[Any], bool] | None = None  # calc: shown only for reports (or training rows) for which this holds
 
     def getter(self, within: str = "") -> Callable[[Any], Any]:
         """Its value from a Row (calc) or a Report (compare, where an attribute is read `within` "totals.")."""
@@ -106,6 +106,20 @@ LAYER_COLUMNS: tuple[Col, ...] = (
     Col("used", "used", FLAG, formats=JSON, omit=True),
 )
 """calc: one row per layer (core.analyze.Row), the footer from the report's Totals."""
+
+
+TRAINING_COLUMNS: tuple[Col, ...] = (
+    Col("name", "layer", TEXT, footer="total", wraps=True),
+    Col("kind", "kind", TEXT, drop=4),
+    Col("output", "output", SHAPES, "shapes", drop=3, formats=("table", "md", "csv")),
+    Col("saved_bytes", "saved for backward", BYTES, short="saved", total=True),
+    Col("grad_input_flops", "grad input FLOPs ({convention})", OPS, short="dX FLOPs", drop=2, total=True),
+    Col("grad_weight_flops", "grad weight FLOPs ({convention})", OPS, short="dW FLOPs", drop=1, total=True),
+    Col("training_peak_bytes", "held at the training peak", BYTES, "peak_bytes", short="at peak", total=True,
+        when=lambda layers: layers.other_peak is not None),
+)
+"""calc --columns training: one row per layer (core.training.LayerTraining), the footer from their sums; `when` is
+a function of the TrainingLayers. JSON adds the four figures to each layer of the default set."""
 
 
 def _seen(report: Report) -> SeenRF:

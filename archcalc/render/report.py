@@ -7,15 +7,17 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from archcalc import __version__
-from archcalc.core.analyze import Report, Row, rows_at_depth
+from archcalc.core.analyze import Report, rows_at_depth
 from archcalc.core.conventions import CONVENTIONS
 from archcalc.core.receptive import seen
 from archcalc.core.units import axes, dims, grouped, nbytes, si
-from archcalc.render.columns import KEEP, LAYER_COLUMNS, MODEL_COLUMNS, Col, shown
+from archcalc.render.columns import KEEP, LAYER_COLUMNS, MODEL_COLUMNS, TRAINING_COLUMNS, Col, shown
 from archcalc.render.grid import Column, Grid, layout
 
 if TYPE_CHECKING:
     from rich.table import Table
+
+    from archcalc.core.training import TrainingLayers
 
 
 
@@ -36,23 +38,46 @@ def table_widths_note(left_out: Sequence[str], width: int | None) -> list[str]:
                          "COLUMNS, or use --format csv / json / md)", max(width or 80, 40))
 
 
-def calc_table(report: Report, depth: int | None = None, width: int | None = None, bold: bool = False) -> Grid:
-    """The per-layer table as lines of text, fitted to `width` columns when given (see render.grid)."""
-    cols = shown(LAYER_COLUMNS, "table", report)
-    columns = [Column(c.title(report.convention), c.justify_right, _footer(c, report, "table"), c.short, c.drop,
+def _training_caption(report: Report) -> str:
+    conv = CONVENTIONS[report.convention]
+    device = report.settings.device if report.settings else "cuda"
+    return (f"Training step, batch {report.batch}, {report.dtype}, {device} kernels: saved for backward = what "
+            f"the layer's autograd node keeps (a tensor kept by several layers "
+            f"counts at the first); backward FLOPs in convention '{conv.name}': {conv.backward} per MAC of the "
+            f"convolutions and matrix products torch.utils.flop_counter counts (elementwise gradients not counted); "
+            f"held at the training peak = the layer's parameters, buffers, optimizer state and what it made that is "
+            f"alive at a later step's peak moment (inputs, loss and seed not in any row).")
+
+
+def _layer_set(report: Report, fmt: str, depth: int | None,
+               training: TrainingLayers | None) -> tuple[list[Col], list[Any], Any]:
+    """The columns, the rows and what holds their totals: the default set (the report's), or the training set."""
+    if training is None:
+        return shown(LAYER_COLUMNS, fmt, report), rows_at_depth(report, depth), report
+    from archcalc.core.training import training_rows_at_depth
+
+    return shown(TRAINING_COLUMNS, fmt, training), training_rows_at_depth(report, training, depth), training
+
+
+def calc_table(report: Report, depth: int | None = None, width: int | None = None, bold: bool = False,
+               training: TrainingLayers | None = None) -> Grid:
+    """The per-layer table as lines of text, fitted to `width` columns when given (see render.grid); with
+    `training`, its columns (render.columns.TRAINING_COLUMNS)."""
+    cols, rows, totals = _layer_set(report, "table", depth, training)
+    columns = [Column(c.title(report.convention), c.justify_right, _footer(c, totals, "table"), c.short, c.drop,
                       c.wraps) for c in cols]
     writers = [(_indented if c.wraps and depth is not None else c.getter(), c.form.table) for c in cols]
-    cells = [[write(get(r)) for get, write in writers] for r in rows_at_depth(report, depth)]
-    return layout(f"{report.name} — input {dims(report.input)}", columns, cells, _caption(report), width,
-                  bold=bold)
+    cells = [[write(get(r)) for get, write in writers] for r in rows]
+    return layout(f"{report.name} — input {dims(report.input)}", columns, cells,
+                  _training_caption(report) if training else _caption(report), width, bold=bold)
 
 
-def _indented(r: Row) -> str:  # with a depth limit, names are indented by their depth
+def _indented(r: Any) -> str:  # with a depth limit, names are indented by their depth
     return "  " * (r.depth - 1) + r.name
 
 
-def _footer(col: Col, report: Report, fmt: str) -> str:
-    """calc's total row: the report's total of the column's figure, or its label."""
+def _footer(col: Col, report: Any, fmt: str) -> str:
+    """calc's total row: the report's (or the training rows') total of the column's figure, or its label."""
     return getattr(col.form, fmt)(col.getter()(report.totals)) if col.total else col.footer
 
 
@@ -80,9 +105,10 @@ def summary_lines(report: Report) -> list[str]:
     return lines
 
 
-def calc_json(report: Report, depth: int | None = None, extra: dict[str, Any] | None = None) -> str:
+def calc_json(report: Report, depth: int | None = None, extra: dict[str, Any] | None = None,
+              training: TrainingLayers | None = None) -> str:
     # One layer per line: readable, and the C encoder (indent= uses the slow pure-Python one).
-    data = calc_dict(report, depth)
+    data = calc_dict(report, depth, training)
     data.update(extra or {})
     layers = data.pop("layers")
     head = json.dumps(data)[:-1]
@@ -111,8 +137,21 @@ def totals_dict(report: Report) -> dict[str, Any]:
     return _json(report, _json_writers(MODEL_COLUMNS, "totals."))
 
 
-def calc_dict(report: Report, depth: int | None = None) -> dict[str, Any]:
+def calc_dict(report: Report, depth: int | None = None, training: TrainingLayers | None = None) -> dict[str, Any]:
+    """calc's JSON; with `training`, each layer and the totals also carry the training columns' figures."""
     writers = _json_writers(LAYER_COLUMNS)
+    layers = [_json(r, writers) for r in rows_at_depth(report, depth)]
+    totals = totals_dict(report)
+    if training is not None:
+        from archcalc.core.training import training_rows_at_depth
+
+        extra = [w for w in _json_writers([c for c in shown(TRAINING_COLUMNS, "json", training)
+                                           if c.key not in ("name", "kind")])]
+        for layer, row in zip(layers, training_rows_at_depth(report, training, depth)):
+            layer.update(_json(row, extra))
+        totals.update(_json(training.totals, extra))
+        if training.other_peak is not None:
+            totals["training_peak_bytes_not_in_layers"] = training.other_peak
     return {
         "archcalc_version": __version__,
         "name": report.name,
@@ -124,8 +163,8 @@ def calc_dict(report: Report, depth: int | None = None) -> dict[str, Any]:
         "inputs": {name: list(report.graph.tensors[t].shape) if i else list(report.input)
                    for i, (name, t) in enumerate(report.graph.inputs)},
         "outputs": {name: list(shape) for name, shape in report.outputs},
-        "layers": [_json(r, writers) for r in rows_at_depth(report, depth)],
-        "totals": totals_dict(report),
+        "layers": layers,
+        "totals": totals,
         "warnings": [str(w) for w in report.warnings],
     }
 
@@ -139,14 +178,14 @@ def _csv() -> tuple[Any, Any]:
     return buf, csv.writer(buf, lineterminator="\n")
 
 
-def calc_csv(report: Report, depth: int | None = None) -> str:
-    cols = shown(LAYER_COLUMNS, "csv", report)
+def calc_csv(report: Report, depth: int | None = None, training: TrainingLayers | None = None) -> str:
+    cols, rows, totals = _layer_set(report, "csv", depth, training)
     writers = [(c.getter(), c.form.csv) for c in cols]
     buf, writer = _csv()
     writer.writerow([c.key for c in cols])
-    for r in rows_at_depth(report, depth):
+    for r in rows:
         writer.writerow([write(get(r)) for get, write in writers])
-    writer.writerow([_footer(c, report, "csv") for c in cols])
+    writer.writerow([_footer(c, totals, "csv") for c in cols])
     return buf.getvalue()
 
 
@@ -157,14 +196,14 @@ def _md(headers: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) 
     return "\n".join(lines) + "\n"
 
 
-def calc_md(report: Report, depth: int | None = None) -> str:
-    cols = shown(LAYER_COLUMNS, "md", report)
+def calc_md(report: Report, depth: int | None = None, training: TrainingLayers | None = None) -> str:
+    cols, layers, totals = _layer_set(report, "md", depth, training)
     writers = [(c.getter(), c.form.md) for c in cols]
-    rows = [[write(get(r)) for get, write in writers] for r in rows_at_depth(report, depth)]
-    rows.append([_footer(c, report, "md") if c.total else f"**{c.footer}**" if c.footer else "" for c in cols])
+    rows = [[write(get(r)) for get, write in writers] for r in layers]
+    rows.append([_footer(c, totals, "md") if c.total else f"**{c.footer}**" if c.footer else "" for c in cols])
     return (f"### {report.name}\n\n" + _md([c.title(report.convention) for c in cols], rows,
                                           {i for i, c in enumerate(cols) if c.justify_right})
-            + f"\n{_caption(report)}\n")
+            + f"\n{_training_caption(report) if training else _caption(report)}\n")
 
 
 # ---- compare ------------------------------------------------------------------------------------------------------

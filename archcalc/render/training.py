@@ -28,13 +28,16 @@ def _where(step: StepPeak) -> str:
         else f"the {step.phase}"
 
 
-def peak_lines(step: tuple[StepPeak, StepPeak] | None, device: str) -> list[str]:
-    """The training step's exact peak (core.training.step_peaks): a later step, and the first."""
+def peak_lines(step: tuple[StepPeak, StepPeak] | None, device: str, amp: str | None = None,
+               unfollowed: str = "") -> list[str]:
+    """The training step's exact peak (core.training.step_peaks): a later step, and the first; or why it is not
+    given (`unfollowed`)."""
     if step is None:
-        return []
+        return [f"training peak   not given: {unfollowed}"] if unfollowed else []
     later, first = step
+    under = f", {amp} autocast" if amp else ""
     return [f"training peak   {nbytes(later.peak)} ({grouped(later.peak)} B) at {_where(later)}: the most alive "
-            f"at once in one step ({device} kernels and torch.optim); the first step {grouped(first.peak)} B at "
+            f"at once in one step ({device} kernels{under} and torch.optim); the first step {grouped(first.peak)} B at "
             f"{_where(first)}; kernels' own workspace and allocator rounding not included"]
 
 

@@ -64,6 +64,7 @@ class LeakyReLU(_Elementwise):
 @register
 class PReLU(_Elementwise):
     name = "prelu"
+    autocast = "lower"
     doc = "Leaky ReLU with a learned slope (nn.PReLU): num_parameters 1 (shared) or C (one per channel)."
     full_rule = "2 per element (compare, multiply)"
     per_element = 2

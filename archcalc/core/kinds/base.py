@@ -160,6 +160,13 @@ class Kind:
     # view (`Tensor.strided`, a crop) is copied first, and the copy, not the view's base, is what it reads and keeps
     # for backward (a view kind with it, flatten, returns that copy). Measured per kind in tests/test_memory_views.py.
     contiguous_input: ClassVar[bool] = False
+    # torch.autocast on the CPU (the torch.amp documentation's op lists, "CPU Ops that can autocast to bfloat16 / to
+    # float32"): "lower", the op runs in the low-precision type, its floating-point inputs and parameters cast to it
+    # (a copy each; the copies of parameters that need a gradient cached for the autocast region); "float32", it
+    # runs in float32 (a copy of a low-precision input); "promotes", it runs in its input's type but a float32
+    # parameter promotes its output to float32; "mixed", several ops of both kinds inside; "" it runs in its
+    # input's type. `autocast_on` may depend on the arguments and the input (3-D pooling runs in float32).
+    autocast: ClassVar[str] = ""
 
     # --- torch, as plain data (the core never imports torch) ---------------------------------------------
     # A kind with a `torch_class` is built as torch_class(**its arguments) and recognised in a torch model by that
@@ -203,6 +210,15 @@ class Kind:
         sample, itemsize; 0 = the activation dtype) -- part of the inference peak. Implementation workspace that
         depends on the backend's algorithm choice (im2col buffers, cuDNN workspace) is not predicted."""
         return ()
+
+    def autocast_on(self, a: Mapping[str, Any], inp: Shape) -> str:
+        """How torch.autocast on the CPU runs this layer on an input of per-sample shape `inp` (see `autocast`)."""
+        return self.autocast
+
+    def keeps_weight(self, input_needs_grad: bool) -> bool:
+        """Whether its autograd node keeps the (autocast copy of the) weight for backward; convolutions and PReLU
+        keep it whenever they are recorded."""
+        return True
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
         """Elements of each parameter tensor, in registration order (weight, then bias: one per output channel

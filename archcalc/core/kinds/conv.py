@@ -45,6 +45,7 @@ def _check_groups(kind: str, in_ch: int, out_ch: int, groups: int) -> None:
 @register
 class Conv(Kind):
     name = "conv"
+    autocast = "lower"
     synonyms: ClassVar[tuple[str, ...]] = ("convolution", "conv2d", "conv1d", "conv3d", "convolution2d")
     doc = ("Convolution, nn.Conv1d/2d/3d by input rank. Output (W - F_eff + P_before + P_after) / S + 1, floored; "
            "F_eff = D(F - 1) + 1. Params out*(in/groups)*prod(F) + bias. MACs = out elements * (in/groups)*prod(F).")
@@ -199,6 +200,7 @@ class StdConv(Conv):
 @register
 class ConvTranspose(Kind):
     name = "conv_transpose"
+    autocast = "lower"
     synonyms = ("deconv", "deconvolution", "transposed_conv", "convtranspose2d", "conv2d_transpose")
     prefix = "deconv"
     doc = ("Transposed convolution (nn.ConvTranspose1d/2d/3d): output (W - 1)S - 2P + D(F - 1) + output_padding + 1. "

@@ -11,6 +11,10 @@ from archcalc.core.kinds.base import Arg, Cost, Example, Kind, LayerError, RFSte
 @register
 class Linear(Kind):
     name = "linear"
+    autocast = "lower"
+
+    def keeps_weight(self, input_needs_grad: bool) -> bool:
+        return input_needs_grad  # addmm keeps mat2 for mat1's gradient only
     synonyms = ("fc", "dense", "fully_connected", "inner_product", "innerproduct")
     prefix = "fc"
     doc = ("Fully connected layer (nn.Linear). A C x H x W input is flattened implicitly to C*H*W features, as the "
@@ -90,6 +94,7 @@ def per_shape(kind: str, per: str, inp: Shape) -> tuple[int, ...]:
 @register
 class Bias(Kind):
     name = "bias"
+    autocast = "promotes"  # x + a float32 parameter: the output is float32 (type promotion), and what follows
     doc = ("A learned additive bias. per: 'channel' (one per channel), 'position' (one per spatial position, shared "
            "across channels: AlphaGo's policy head), 'element' (one per output element: a position embedding), "
            "'tensor' (one value).")

@@ -78,6 +78,7 @@ class ChannelLayerNorm(Kind):
 @register
 class LayerScale(Kind):
     name = "layer_scale"
+    autocast = "promotes"  # x * a float32 parameter: the output is float32 (type promotion), and what follows
     prefix = "scale"
     doc = ("A learned multiplier gamma, initialised to a small constant: ConvNeXt's and CaiT's layer scale (x * "
            "gamma), per channel (C x 1 x 1); or per position, per element, or one value for the tensor (per: "

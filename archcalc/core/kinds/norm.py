@@ -192,6 +192,7 @@ class GroupNorm(Kind):
 @register
 class LRN(Kind):
     name = "lrn"
+    autocast = "float32"  # F.local_response_norm averages with avg_pool3d, which autocast runs in float32
     synonyms = ("local_response_norm", "localresponsenorm", "local_response_normalization")
     prefix = "norm"
     doc = ("Local response normalization across channels (AlexNet, Sec. 3.3; nn.LocalResponseNorm): "

@@ -43,6 +43,9 @@ def _ignore(message: str) -> None:
 
 class _WindowPool(Kind):
 
+    def autocast_on(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return "float32" if len(inp) == 4 else ""  # max_pool3d and avg_pool3d: CPU autocast's float32 list
+
     def geometry(self, a: Mapping[str, Any], inp: Shape) -> tuple[Any, ...]:
         stride = a["stride"] if a["stride"] is not None else a["kernel_size"]
         return window_geometry(self.name, inp, a["kernel_size"], stride, a.get("dilation", 1), a["padding"])
@@ -196,6 +199,9 @@ class AvgPool(_WindowPool):
 
 class _Adaptive(Kind):
     mode = ""
+
+    def autocast_on(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return "float32" if len(inp) == 4 else ""  # adaptive_avg_pool3d: CPU autocast's float32 list
 
     def sizes(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
         rank = spatial_rank(self.name, inp)

@@ -26,6 +26,7 @@ from archcalc.core.kinds.base import (
 @register
 class DFL(Kind):
     name = "dfl"
+    autocast = "mixed"  # softmax and a 1x1 conv inside: not followed under autocast
     doc = ("The integral of Distribution Focal Loss (Li et al. 2020; Ultralytics' DFL): 4 x reg_max channels are four "
            "box sides' distributions over reg_max bins; a softmax over each side's bins, then their expectation, a "
            "1x1 convolution reg_max -> 1 with the fixed weights 0..reg_max-1 (reg_max parameters, frozen in "
@@ -63,6 +64,7 @@ class DFL(Kind):
 @register
 class PSAAttention(Kind):
     name = "psa_attention"
+    autocast = "mixed"  # convolutions and matrix products inside: not followed under autocast
     prefix = "attn"
     doc = ("The attention of Ultralytics' PSABlock (YOLO11's C2PSA; ultralytics/nn/modules/block.py Attention): "
            "on a C x H x W map, qkv = 1x1 conv C -> C + 2 x num_heads x key_dim (no bias) + BN, key_dim = "
