@@ -384,6 +384,56 @@ def test_hand_written_normalisations_are_exact_or_refused_at_the_op(model: type[
     exact_or_refused_here(model(), (3, 6, 6), line_of(model.forward, op))
 
 
+class LayerNormNoBias(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(3, 8, 1), nn.LayerNorm(8, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class StdConv2d(nn.Conv2d):
+    """Weight standardisation at forward time (BiT's StdConv2d): F.batch_norm over the weight itself."""
+
+    def __init__(self) -> None:
+        super().__init__(3, 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.batch_norm(self.weight.reshape(1, 8, -1), None, None, training=True, momentum=0.0, eps=1e-6)
+        return F.conv2d(x, w.reshape_as(self.weight), self.bias)
+
+
+class TokenMix(nn.Module):
+    """Channels as tokens: a reshape beyond the batch axis and a matmul between activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.conv(x).reshape(x.shape[0], 8, -1)
+        return torch.matmul(t, t.transpose(1, 2))
+
+
+class SelectiveKernel(nn.Module):
+    """SKNet's branches stacked on a new axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 5, padding=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.a(x), self.b(x)], 1).sum(1)
+
+
+@pytest.mark.parametrize("model, op", [(LayerNormNoBias, "self.norm("), (StdConv2d, "F.batch_norm("),
+                                       (TokenMix, ".reshape("), (SelectiveKernel, "torch.stack(")],
+                         ids=["layernorm-no-bias", "weight-standardisation", "token-reshape", "stack"])
+def test_other_timm_patterns_are_exact_or_refused_at_the_op(model: type[nn.Module], op: str) -> None:
+    exact_or_refused_here(model(), (3, 6, 6), line_of(model.forward, op))
+
+
 # ---- WaveNet at the issue's size -------------------------------------------------------------------------------------
 
 
