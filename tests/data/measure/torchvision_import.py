@@ -5,7 +5,8 @@ model built with torchvision_measured.json's `build_kwargs`, by archcalc's own l
 constructor allows: the figures need no weights), imported
 with archcalc.from_module at the published input, and the imported spec analyzed. Records per model: whether it
 imported (or the error), the spec's params, buffers, MACs and fvcore FLOPs, its outputs, the importer's warnings,
-and whether params equal the published num_params and round(macs / 1e9, 3) the published GMACs."""
+whether params equal the published num_params and round(macs / 1e9, 3) the published GMACs, and the
+in-process time of archcalc.from_module (`seconds_import`)."""
 
 import json
 import os
@@ -36,7 +37,10 @@ ref = (f"torchvision.models.segmentation:{name}" if family == "segmentation" els
 if family != "segmentation":
     kwargs = {"name": name, **kwargs}
 model, _ = load_model(ref, kwargs)
+import time
+t0 = time.perf_counter()
 imported = archcalc.from_module(model, shape, name=f"torchvision/{name}")
+seconds_import = round(time.perf_counter() - t0, 3)  # in-process: the trace and the spec, not torch's start-up
 report = archcalc.analyze(imported.spec)
 fvcore = archcalc.analyze(imported.spec, convention="fvcore").totals.flops
 # The same trace written without block recognition: the blocks must not change a figure.
@@ -59,7 +63,7 @@ print(json.dumps({"params": report.totals.params, "buffers": report.totals.buffe
                   "rows": len(report.rows), "warnings": list(imported.warnings),
                   "blocks": sorted(spec_data.get("blocks") or {}), "repeats": imported.text.count("repeat: "),
                   "lines": len(imported.text.splitlines()), "flat_lines": len(flat_text.splitlines()),
-                  "flat_equal": key(report) == key(flat),
+                  "flat_equal": key(report) == key(flat), "seconds_import": seconds_import,
                   "torch": torch.__version__, "torchvision": torchvision.__version__}))
 '''
 
