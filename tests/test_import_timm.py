@@ -47,11 +47,6 @@ FAILED: dict[str, tuple[str, ...]] = {
         "nf_seresnet50", "nfnet_f0", "nfnet_f1", "nfnet_f2", "nfnet_f3", "nfnet_f4", "nfnet_f5", "nfnet_f6",
         "nfnet_f7", "nfnet_l0", "test_nfnet",
     ),
-    "cannot import Tensor.view ... timm/layers/eca.py:99": (  # 14
-        "eca_resnet33ts", "eca_resnext26ts", "eca_vovnet39b", "ecaresnet101d", "ecaresnet101d_pruned",
-        "ecaresnet200d", "ecaresnet269d", "ecaresnet26t", "ecaresnet50d", "ecaresnet50d_pruned", "ecaresnet50t",
-        "ecaresnetlight", "ecaresnext26t_32x4d", "ecaresnext50t_32x4d",
-    ),
     "cannot import torch.functional.split ... timm/models/mambaout.py:263": (  # 11
         "mambaout_base", "mambaout_base_plus_rw", "mambaout_base_short_rw", "mambaout_base_tall_rw",
         "mambaout_base_wide_rw", "mambaout_femto", "mambaout_kobe", "mambaout_small", "mambaout_small_rw",

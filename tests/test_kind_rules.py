@@ -177,7 +177,7 @@ FULL: dict[str, Rule] = {
     "maxout": lambda a, i, o, m: (a["pieces"] - 1) * n(o),
     **{k: (lambda a, i, o, m: 0) for k in ("dropout", "identity", "flatten", "channel_shuffle", "channel_slice",
                                             "stochastic_depth", "pixel_shuffle", "pixel_unshuffle", "crop",
-                                            "zeropad")},
+                                            "zeropad", "reshape")},
     "conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "linear": lambda a, i, o, m: 2 * m + (a["out_features"] if a["bias"] else 0),

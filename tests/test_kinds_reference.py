@@ -263,6 +263,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "dropout": lambda a, s: nn.Dropout(a["p"]),
     "elu": lambda a, s: nn.ELU(a["alpha"]),
     "flatten": lambda a, s: nn.Flatten(),
+    "reshape": lambda a, s: Lambda(lambda x: x.view(x.shape[0], *a["shape"])),
     "gelu": lambda a, s: nn.GELU(approximate=a["approximate"]),
     "global_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(1),
     "global_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(1),

@@ -185,6 +185,20 @@ class Mean(nn.Module):
         return f"dims={self.dims}, keepdim={self.keepdim}"
 
 
+class Reshape(nn.Module):
+    """x.view(B, *shape): ECA's view of C pooled channels as one 1-D signal for a Conv1d, and back."""
+
+    def __init__(self, shape: Sequence[int] | int) -> None:
+        super().__init__()
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape)
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}"
+
+
 class CenterCrop(nn.Module):
     """x[..., o:o+s, ...] per spatial axis: a view (U-Net's crop before concatenation)."""
 

@@ -68,6 +68,37 @@ class Flatten(Kind):
         return [RFStep(whole=True) for _ in inp[1:]]
 
 
+@register
+class Reshape(Kind):
+    name = "reshape"
+    synonyms = ("view", "unflatten")
+    doc = ("Reshape each sample to `shape` (x.view(B, *shape); the batch axis stays first): a view of the input, no "
+           "copy, no arithmetic, unless the input is a non-contiguous view (then a contiguous copy). The first axis "
+           "of `shape` is what the next layer reads as channels: ECA's x.mean((2, 3)).view(B, 1, C) makes the C "
+           "channels one 1-D signal of length C for a Conv1d, and .view(B, C, 1, 1) makes them channels again.")
+    full_rule = "0"
+    alias = True
+    contiguous_input = True
+    args = (Arg("shape", "ints", doc="the per-sample shape, as many elements as the input", minimum=1),)
+    examples = (Example((64,), {"shape": [1, 64]}), Example((1, 64), {"shape": [64, 1, 1]}),
+                Example((6, 4, 2), {"shape": [12, 4]}))
+    torch_class = "Reshape"
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        shape = (a["shape"],) if isinstance(a["shape"], int) else tuple(a["shape"])
+        if numel(shape) != numel(inp):
+            raise LayerError(f"reshape to {'x'.join(map(str, shape))} ({numel(shape):,} elements) from "
+                             f"{'x'.join(map(str, inp))} ({numel(inp):,} elements)")
+        return shape
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        return [RFStep(whole=True) for _ in inp[1:]]
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        shape = (a["shape"],) if isinstance(a["shape"], int) else tuple(a["shape"])
+        return "to " + "x".join(map(str, shape))
+
+
 
 PER = ("channel", "position", "element", "tensor")
 

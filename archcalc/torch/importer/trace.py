@@ -534,6 +534,8 @@ class _Converter:
             return value  # x.shape[-2:], x.size(0): concrete values for the arguments of later ops
         if target is operator.getitem:
             return self.getitem(node, args)
+        if method in ("expand_as", "expand") and isinstance(args[0], _Tensor):
+            return self.expand(node, args[0])
         merge = mapping.BINARY_METHODS.get(method) if method else mapping.BINARY.get(target)
         if method in mapping.DIVIDE_METHODS or target in mapping.DIVIDE:
             merge = "div"
@@ -824,10 +826,20 @@ class _Converter:
         out = tuple(int(s) for s in self.values[node].shape[1:])
         if out == x.shape:
             return x
-        if len(out) != 1 or out[0] != self._numel(x.shape):
-            raise Unmapped(f"{how} from {'x'.join(map(str, x.shape))} to {'x'.join(map(str, out))}: archcalc's "
-                           "flatten keeps only the batch axis")
-        return self.emit(node, "flatten", "flatten", None, {}, [x], fixed=False)
+        if len(out) == 1:
+            return self.emit(node, "flatten", "flatten", None, {}, [x], fixed=False)
+        # Any other shape (the batch axis kept): a reshape; the ops after it are mapped on the shape it makes, so
+        # a Conv1d over ECA's view(B, 1, C) is the 1-channel conv torch runs.
+        return self.emit(node, "reshape", "reshape", None, {"shape": list(out)}, [x], fixed=False)
+
+    def expand(self, node: fx.Node, x: _Tensor) -> _Tensor:
+        """x.expand_as(y) / x.expand(...) read only by element-wise merges: the merge broadcasts x as the expand
+        did (the same arithmetic, no copy), so the source is passed on."""
+        if x.channels_last or not node.users or not all(
+                (u.op == "call_function" and u.target in mapping.BINARY)
+                or (u.op == "call_method" and str(u.target) in mapping.BINARY_METHODS) for u in node.users):
+            raise Unmapped("an expand read by other than an element-wise merge (+, *) has no archcalc kind")
+        return x
 
     @staticmethod
     def _numel(shape: Shape) -> int:
