@@ -6,10 +6,7 @@ count (archcalc's `torch` convention), at the traced input and at a second one."
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
