@@ -6,12 +6,13 @@ count (archcalc's `torch` convention), at the traced input and at a second one."
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from archcalc.core.analyze import Report, analyze
-from archcalc.torch.importer import from_module
+from archcalc.torch.importer import ImportFailure, from_module
 
 
 def measured(model: nn.Module, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
@@ -59,3 +60,58 @@ def test_eca_is_a_conv1d_across_the_channels() -> None:
     assert "reshape: {shape: [1, 24]" in text and "reshape: {shape: [24, 1, 1]" in text
     conv1d = [r for r in report.rows if r.kind == "conv"][1]
     assert (conv1d.params, conv1d.macs) == (5, 24 * 5)  # one 5-tap filter slid along the 24 channels
+
+
+# ---- a split, a gate and a concat on a channels-last tensor ------------------------------------------------------
+
+
+class GatedConvBlock(nn.Module):
+    """MambaOut's gated CNN block (Yu & Wang 2024) as timm writes it, on a channels-last (B, H, W, C) tensor:
+    LayerNorm and Linear over C, torch.split along the last axis into a gate, an identity part and a part that a
+    depthwise conv sees channels-first, the gate's activation times the concat of the other two, a Linear back."""
+
+    def __init__(self, dim: int, hidden: int, conv_channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, hidden * 2)
+        self.act = nn.GELU()
+        self.split_indices = (hidden, hidden - conv_channels, conv_channels)
+        self.conv = nn.Conv2d(conv_channels, conv_channels, 7, padding=3, groups=conv_channels)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        x = self.fc1(self.norm(x))
+        g, i, c = torch.split(x, self.split_indices, dim=-1)
+        c = self.conv(c.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = self.fc2(self.act(g) * torch.cat((i, c), dim=-1))
+        return x + shortcut
+
+
+class MambaOutLike(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 4, stride=4)
+        self.blocks = nn.Sequential(GatedConvBlock(16, 40, 12), GatedConvBlock(16, 40, 12))
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x).permute(0, 2, 3, 1))
+        return self.fc(x.mean((1, 2)))  # the mean over the spatial axes of the channels-last tensor
+
+
+def test_a_channels_last_split_gate_and_concat() -> None:
+    text, report = check(MambaOutLike(), (3, 32, 32), (3, 48, 40))
+    slices = [r for r in report.rows if r.kind == "channel_slice"]
+    assert [r.output for r in slices[:3]] == [(40, 8, 8), (28, 8, 8), (12, 8, 8)]
+    assert [r.kind for r in report.rows].count("concat") == 2
+
+
+def test_split_along_a_spatial_axis_of_a_channels_last_tensor_is_refused() -> None:
+    class Wrong(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = torch.split(x.permute(0, 2, 3, 1), 4, dim=1)
+            return torch.cat((a, b), dim=-1).permute(0, 3, 1, 2)
+
+    with pytest.raises(ImportFailure, match=r"split along dim 1: archcalc slices channels"):
+        from_module(Wrong(), (3, 8, 8))

@@ -47,11 +47,6 @@ FAILED: dict[str, tuple[str, ...]] = {
         "nf_seresnet50", "nfnet_f0", "nfnet_f1", "nfnet_f2", "nfnet_f3", "nfnet_f4", "nfnet_f5", "nfnet_f6",
         "nfnet_f7", "nfnet_l0", "test_nfnet",
     ),
-    "cannot import torch.functional.split ... timm/models/mambaout.py:263": (  # 11
-        "mambaout_base", "mambaout_base_plus_rw", "mambaout_base_short_rw", "mambaout_base_tall_rw",
-        "mambaout_base_wide_rw", "mambaout_femto", "mambaout_kobe", "mambaout_small", "mambaout_small_rw",
-        "mambaout_tiny", "test_mambaout",
-    ),
     "cannot import F.layer_norm ... timm/layers/norm.py:132": (  # 9
         "convformer_b36", "convformer_m36", "convformer_s18", "convformer_s36", "poolformerv2_m36",
         "poolformerv2_m48", "poolformerv2_s12", "poolformerv2_s24", "poolformerv2_s36",

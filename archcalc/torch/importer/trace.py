@@ -570,6 +570,8 @@ class _Converter:
             self.consume(node, self._params(list(bound.values())), "conv", conv, x)
             return self.emit(node, "conv", "conv", None, conv, [x], False, channels_last=True,
                              shape=(w.shape[0], *x.shape[1:]))
+        if x.channels_last and (fn is torch.mean or method == "mean"):
+            return self.channels_last_mean(node, rule, bound, x)
         mapped = rule(bound, x.shape)
         self.consume(node, self._params(list(bound.values())), mapped.kind, mapped.args, x)
         if mapped.kind == "upsample" and "size" in mapped.args:
@@ -584,6 +586,19 @@ class _Converter:
             if fused is not None:
                 return fused
         return self.layer(node, mapped, x, mapped.kind, fixed=False)
+
+    def channels_last_mean(self, node: fx.Node, rule: Any, bound: dict[str, Any], x: _Tensor) -> _Tensor:
+        """The mean over the spatial axes of a channels-last view (dims 1..rank-2: MambaOut's head) is the mean; with
+        keepdim it stays a channels-last view."""
+        rank = len(x.shape) + 1
+        dims = bound.get("dim")
+        dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
+        first = {**{i: i + 1 for i in range(1, rank - 1)}, rank - 1: 1}  # a channels-last axis -> channels-first
+        mapped = rule({**bound, "dim": tuple(first.get(d % rank, 0) for d in dims)}, x.shape)
+        keep = mapped.args["keepdim"]
+        out = (x.shape[0], *(1,) * (rank - 2)) if keep else (x.shape[0],)
+        return self.emit(node, mapped.kind, mapped.kind, None, mapped.args, [x], fixed=False, channels_last=keep,
+                         shape=out if keep else None)
 
     def resize(self, node: fx.Node, mapped: Mapped, x: _Tensor) -> _Tensor:
         """A pad or crop whose sizes were computed from tensors' sizes: `to:` the tensor it takes the size of; from
@@ -761,7 +776,8 @@ class _Converter:
             op = "rsub" if merge == "sub" and x is b else ("div" if merge == "div" else merge)
             if merge == "div" and x is b:
                 raise Unmapped("a constant divided by a tensor has no archcalc kind")
-            return self.emit(node, "scalar", "scalar", None, {"op": op, "value": float(c)}, [x], fixed=False)
+            return self.emit(node, "scalar", "scalar", None, {"op": op, "value": float(c)}, [x], fixed=False,
+                             channels_last=x.channels_last, shape=x.shape if x.channels_last else None)
         if merge in ("add", "mul") and isinstance(a, _Param) != isinstance(b, _Param):
             # x + a parameter: a learned bias (a position embedding); x * a parameter: a learned scale
             x, p = (b, a) if isinstance(a, _Param) else (a, b)
@@ -775,8 +791,11 @@ class _Converter:
                              shape=x.shape if x.channels_last else None)
         if not (isinstance(a, _Tensor) and isinstance(b, _Tensor)):
             raise Unmapped(f"{merge} with a constant or a parameter has no archcalc kind (merges combine tensors)")
-        if a.channels_last or b.channels_last:
-            raise Unmapped(f"{merge} of channels-last views")
+        last = a.channels_last
+        if a.channels_last != b.channels_last or (last and a.shape != b.shape):
+            # (two channels-last views of one shape combine element by element, in either layout: MambaOut's gate)
+            raise Unmapped(f"{merge} of channels-last views" if last == b.channels_last else
+                           f"{merge} of a channels-last view and a channels-first tensor")
         try:  # the merge's own shape rule (add: equal shapes; mul: broadcasting)
             MERGES[merge].output((a.shape, b.shape), ("the first operand", "the second"))
         except LayerError as exc:
@@ -789,7 +808,8 @@ class _Converter:
             prev = self.ops.pop()
             self.shapes.pop()
             inputs = [_Tensor(t, self.shapes[t]) for t in prev.inputs] + [b]
-        return self.emit(node, merge, None, merge, {}, inputs, fixed=False)
+        return self.emit(node, merge, None, merge, {}, inputs, fixed=False, channels_last=last,
+                         shape=a.shape if last else None)
 
     @staticmethod
     def per(p: _Param, x: _Tensor) -> str | None:
@@ -810,14 +830,18 @@ class _Converter:
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
         if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, _Tensor) for t in tensors):
             raise Unmapped("torch.cat of something other than a list of the network's tensors")
-        if any(t.channels_last for t in tensors):
-            raise Unmapped("torch.cat of channels-last views")
         rank = len(tensors[0].shape) + 1
-        if dim % rank != 1:
-            raise Unmapped(f"torch.cat along dim {dim}: archcalc's concat joins channels (dim 1)")
+        last = tensors[0].channels_last
+        if any(t.channels_last != last for t in tensors):
+            raise Unmapped("torch.cat of channels-last views and channels-first tensors")
+        if dim % rank != (rank - 1 if last else 1):  # (the channels of a channels-last view are its last axis)
+            raise Unmapped(f"torch.cat along dim {dim}: archcalc's concat joins channels (dim 1, or the last axis "
+                           "of channels-last views)")
         if len(tensors) == 1:
             return tensors[0]
-        return self.emit(node, "concat", None, "concat", {}, list(tensors), fixed=False)
+        shape = (sum(t.shape[0] for t in tensors), *tensors[0].shape[1:])
+        return self.emit(node, "concat", None, "concat", {}, list(tensors), fixed=False, channels_last=last,
+                         shape=shape if last else None)
 
     def reshape(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any], how: str) -> _Tensor:
         x = args[0]
@@ -850,18 +874,20 @@ class _Converter:
 
     def chunks(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any], how: str) -> _Chunks:
         x = args[0]
-        if not isinstance(x, _Tensor) or x.channels_last:
+        if not isinstance(x, _Tensor):
             raise Unmapped(f"{how} of something other than a tensor of the network")
         size = args[1] if len(args) > 1 else kwargs.get("chunks", kwargs.get("split_size_or_sections",
                                                                                 kwargs.get("split_size")))
         dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
         rank = len(x.shape) + 1
-        if dim % rank != 1:
-            raise Unmapped(f"{how} along dim {dim}: archcalc slices channels (dim 1)")
+        axis = rank - 1 if x.channels_last else 1  # the channels: the last axis of a channels-last view (MambaOut)
+        if dim % rank != axis:
+            raise Unmapped(f"{how} along dim {dim}: archcalc slices channels (dim 1, or the last axis of a "
+                           "channels-last view)")
         pieces = self.values[node]
         bounds, start = [], 0
         for piece in pieces:
-            stop = start + int(piece.shape[1])
+            stop = start + int(piece.shape[axis])
             bounds.append((start, stop))
             start = stop
         del size
@@ -875,7 +901,8 @@ class _Converter:
             if (start, stop) == (0, x.shape[0]):
                 return x
             return self.emit(node, "channel_slice", "channel_slice", None, {"start": start, "stop": stop}, [x],
-                             fixed=False)
+                             fixed=False, channels_last=x.channels_last,
+                             shape=(stop - start, *x.shape[1:]) if x.channels_last else None)
         if not isinstance(source, _Tensor):
             if isinstance(source, (list, tuple)):
                 return source[index]
