@@ -6,8 +6,11 @@ count (archcalc's `torch` convention), at the traced input and at a second one."
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -115,3 +118,80 @@ def test_split_along_a_spatial_axis_of_a_channels_last_tensor_is_refused() -> No
 
     with pytest.raises(ImportFailure, match=r"split along dim 1: archcalc slices channels"):
         from_module(Wrong(), (3, 8, 8))
+
+
+# ---- blur pooling: a pad, then a depthwise conv with a filter held in a buffer -------------------------------------
+
+
+class Blur(nn.Module):
+    """Anti-aliased downsampling (Zhang 2019) as timm's BlurPool2d computes it: F.pad (reflect, or zeros), then
+    F.conv2d with a binomial filter per channel registered as a buffer (not a parameter)."""
+
+    def __init__(self, channels: int, k: int = 3, stride: int = 2, mode: str = "reflect",
+                 shared: bool = False) -> None:
+        super().__init__()
+        row = torch.tensor([math.comb(k - 1, i) for i in range(k)], dtype=torch.float32)
+        filt = (row[:, None] * row[None, :] / row.sum() ** 2)[None, None]
+        self.register_buffer("filt", filt if shared else filt.repeat(channels, 1, 1, 1), persistent=False)
+        self.k, self.stride, self.mode = k, stride, mode
+        self.padding = [(k - 1 + stride - 1) // 2] * 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, self.padding, mode=self.mode)
+        weight = self.filt.expand(x.shape[1], 1, self.k, self.k)
+        return F.conv2d(x, weight, stride=self.stride, groups=x.shape[1])
+
+
+def test_blur_pool_counts_its_filter_as_buffers() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), Blur(8), nn.Conv2d(8, 16, 1),
+                          Blur(16, k=5, mode="constant"))
+    text, report = check(model, (3, 32, 32), (3, 45, 29))
+    assert text.count("blur_pool: {") == 2  # (kernel 3, stride 2, padding 1, reflect: the defaults)
+    assert "blur_pool: {kernel_size: 5, padding: 2, padding_mode: zeros" in text
+    blur = [r for r in report.rows if r.kind == "blur_pool"]
+    assert [(r.params, r.buffers) for r in blur] == [(0, 8 * 9), (0, 16 * 25)]
+
+
+def test_a_fixed_filter_shared_by_every_channel_is_refused() -> None:
+    # one 3x3 filter expanded over the channels: 9 buffer values, not the 8 x 9 blur_pool counts
+    with pytest.raises(ImportFailure, match=r"fixed filter is 9 buffer values, not one filter per channel \(72\)"):
+        from_module(nn.Sequential(nn.Conv2d(3, 8, 3), Blur(8, shared=True)), (3, 16, 16))
+
+
+def test_a_reflect_pad_before_a_learned_conv_is_still_refused() -> None:
+    class Reflect(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(F.pad(x, [1, 1, 1, 1], mode="reflect"))
+
+    with pytest.raises(ImportFailure, match=r"F.pad\(mode='reflect'"):
+        from_module(Reflect(), (3, 16, 16))
+
+
+# ---- a -inf pad before a max pool: TensorFlow's "same" max pooling ---------------------------------------------------
+
+
+class MaxPoolSame(nn.Module):
+    """timm's MaxPool2dSame (NASNet, PNASNet): the "same" padding computed from the input's size, filled with
+    -inf, then an unpadded max pool."""
+
+    def __init__(self, k: int, stride: int) -> None:
+        super().__init__()
+        self.k, self.stride = k, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.size()[-2:]
+        pad_h = max((math.ceil(ih / self.stride) - 1) * self.stride + self.k - ih, 0)
+        pad_w = max((math.ceil(iw / self.stride) - 1) * self.stride + self.k - iw, 0)
+        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2], value=-float("inf"))
+        return F.max_pool2d(x, self.k, self.stride, 0)
+
+
+def test_a_minus_infinity_pad_then_a_max_pool_is_a_same_max_pool() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), MaxPoolSame(3, 2), nn.Conv2d(8, 8, 1), MaxPoolSame(3, 1))
+    text, _ = check(model, (3, 20, 20), (3, 27, 14))
+    assert text.count("maxpool: {kernel_size: 3, stride: 2, padding: same") == 1
+    assert text.count("padding: same") == 2

@@ -179,6 +179,7 @@ FULL: dict[str, Rule] = {
                                             "stochastic_depth", "pixel_shuffle", "pixel_unshuffle", "crop",
                                             "zeropad", "reshape")},
     "conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
+    "blur_pool": lambda a, i, o, m: 2 * m,
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "linear": lambda a, i, o, m: 2 * m + (a["out_features"] if a["bias"] else 0),
     "bias": lambda a, i, o, m: n(o),

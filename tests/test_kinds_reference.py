@@ -191,6 +191,25 @@ def _linear(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
     return nn.Sequential(nn.Flatten(), linear) if len(shape) > 1 else linear
 
 
+class _Blur(nn.Module):
+    """Zhang 2019's BlurPool: pad (reflected or zeros), then convolve each channel with the outer product of the
+    binomial rows [C(k-1, i)] normalised to sum 1 (a buffer: a fixed filter)."""
+
+    def __init__(self, a: dict[str, Any], shape: tuple[int, ...]) -> None:
+        super().__init__()
+        k, self.stride = _axes(a["kernel_size"], 2), _axes(a["stride"], 2)
+        rows = [torch.tensor([math.comb(n - 1, i) for i in range(n)], dtype=torch.float32) for n in k]
+        filt = torch.outer(rows[0] / rows[0].sum(), rows[1] / rows[1].sum())
+        self.register_buffer("filt", filt.expand(shape[0], 1, *k).clone())
+        p = a["padding"]
+        pads = [(p, p)] * 2 if isinstance(p, int) else [(q, q) if isinstance(q, int) else tuple(q) for q in p]
+        self.pads = _f_pad(pads)  # type: ignore[arg-type]
+        self.mode = "reflect" if a["padding_mode"] == "reflect" else "constant"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, self.pads, mode=self.mode), self.filt, stride=self.stride, groups=x.shape[1])
+
+
 def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(range(2, len(shape) + 1))
 
@@ -252,6 +271,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "bias": _bias,
     "channel_layernorm": lambda a, s: ChannelsLastLayerNorm(s[0], eps=a["eps"],
                                                             elementwise_affine=a["elementwise_affine"]),
+    "blur_pool": lambda a, s: _Blur(a, s),
     "channel_shuffle": lambda a, s: nn.ChannelShuffle(a["groups"]),
     "channel_slice": lambda a, s: Lambda(lambda x: x[:, a["start"]:a["stop"]]),
     "conv": _conv,

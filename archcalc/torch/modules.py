@@ -199,6 +199,35 @@ class Reshape(nn.Module):
         return f"shape={self.shape}"
 
 
+class BlurPool(nn.Module):
+    """Anti-aliased downsampling (Zhang 2019; timm's BlurPool2d): pad, then a depthwise conv with a fixed binomial
+    filter, held in a buffer (not a parameter)."""
+
+    def __init__(self, channels: int, kernel_size: Sequence[int], stride: Sequence[int], pads: Pads,
+                 padding_mode: str) -> None:
+        super().__init__()
+        rows = []
+        for k in kernel_size:
+            taps = [1.0]
+            for _ in range(k - 1):  # Pascal's triangle: the binomial coefficients C(k - 1, i)
+                taps = [a + b for a, b in zip([0.0, *taps], [*taps, 0.0])]
+            row = torch.tensor(taps, dtype=torch.float32)
+            rows.append(row / row.sum())
+        filt = rows[0][:, None] * rows[1][None, :]
+        self.register_buffer("filt", filt[None, None].repeat(channels, 1, 1, 1), persistent=False)
+        self.stride = tuple(stride)
+        self.pad = f_pad(pads)
+        self.mode = "reflect" if padding_mode == "reflect" else "constant"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.pad):
+            x = F.pad(x, self.pad, mode=self.mode)
+        return F.conv2d(x, self.filt, stride=self.stride, groups=x.shape[1])
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, pad={self.pad}, mode={self.mode}"
+
+
 class CenterCrop(nn.Module):
     """x[..., o:o+s, ...] per spatial axis: a view (U-Net's crop before concatenation)."""
 

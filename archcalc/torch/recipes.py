@@ -170,6 +170,13 @@ def _avgpool(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.PaddedPool, pool=inner, pads=kind.explicit_pads(a, inp), value=0.0)
 
 
+@recipe("blur_pool")
+def _blur_pool(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    k, s, _, pads = kind.geometry(a, inp)
+    return call(modules.BlurPool, channels=inp[0], kernel_size=tuple(k), stride=tuple(s), pads=tuple(pads),
+                padding_mode=a["padding_mode"])
+
+
 _ADAPTIVE = {
     "adaptive_avgpool": (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d),
     "adaptive_maxpool": (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d),
@@ -462,7 +469,7 @@ def _read_adaptive(kind: str) -> ModuleRule:
 def _read_zeropad(m: Any, inp: tuple[int, ...]) -> Mapped:
     if getattr(m, "value", 0.0) != 0.0:
         raise Unmapped(f"padding with {m.value}; archcalc's zeropad pads with zeros")
-    return Mapped("zeropad", {"padding": _padding(_pairs(m.padding))})
+    return _f_pad({"pad": m.padding}, inp)  # (negative sizes crop, as F.pad's)
 
 
 def _upsample_args(size: Any, scale: Any, mode: str, align_corners: Any, inp: tuple[int, ...]) -> dict[str, Any]:
@@ -543,6 +550,12 @@ MODULES: dict[type, ModuleRule] = {}
 MODULE_KINDS: dict[type, str] = {}  # the kind each class maps to (adaptive pooling to 1 reads as global pooling)
 
 
+def _read_blur_pool(m: Any, inp: tuple[int, ...]) -> Mapped:
+    return Mapped("blur_pool", {"kernel_size": _tup(tuple(m.filt.shape[2:])), "stride": _tup(m.stride),
+                                "padding": _padding(_pairs(m.pad)),
+                                "padding_mode": "reflect" if m.mode == "reflect" else "zeros"})
+
+
 def reads(kind: str, rule: ModuleRule, *classes: type) -> None:
     """Register the rule that reads `classes` as layer kind `kind`; a class is mapped once."""
     if kind not in REGISTRY:
@@ -576,6 +589,7 @@ reads("upsample", _read_upsample, nn.Upsample)
 reads("softmax", _read_softmax, nn.Softmax)
 reads("layer_scale", _read_layer_scale, modules.LayerScale)
 reads("mean", _read_mean, modules.Mean)
+reads("blur_pool", _read_blur_pool, modules.BlurPool)
 reads("crop", _read_crop, modules.CenterCrop)
 
 

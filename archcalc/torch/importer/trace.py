@@ -101,6 +101,15 @@ class _Chunks(NamedTuple):
     bounds: tuple[tuple[int, int], ...]
 
 
+class _Padded(NamedTuple):
+    """An F.pad whose one reader takes it into its own op: reflection or zeros before a depthwise conv with a fixed
+    filter (a blur pool), -inf before a max pool (TensorFlow's "same" max pooling, timm's MaxPool2dSame)."""
+
+    source: _Tensor
+    pads: tuple[tuple[int, int], ...]  # (before, after) per spatial axis
+    mode: str  # "reflect", "zeros" or "-inf"
+
+
 class _Failed(Exception):
     """Raised inside fx's tracing with the finished message (fx's own errors pass through it unchanged)."""
 
@@ -382,6 +391,7 @@ class _Converter:
         self.called: set[str] = set()
         self.named_functions = mapping.named_functions()
         self.parameters = dict(root.named_parameters())
+        self.buffers = dict(root.named_buffers())
         self.same: dict[int, tuple[_Tensor, fx.Node]] = {}  # a pad computed from its input's size -> (input, node)
         self.current: Any = None  # the node being converted
         self.consumed: set[str] = set()  # the parameters and buffers an op has counted
@@ -517,8 +527,8 @@ class _Converter:
         tensors = [a for a in args if isinstance(a, _Tensor)] + [v for v in kwargs.values() if isinstance(v, _Tensor)]
         value = self.values.get(node)
         method = str(target) if node.op == "call_method" else None
-        if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Param, list, tuple)) and self._has_tensor(a)
-                                   for a in [*args, *kwargs.values()]):
+        if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Padded, _Param, list, tuple))
+                                   and self._has_tensor(a) for a in [*args, *kwargs.values()]):
             params = self._params([*args, *kwargs.values()])
             if params and isinstance(value, torch.Tensor):  # a view or cast of parameters: still parameters
                 if method not in mapping.PARAM_VIEWS and target not in mapping.PARAM_VIEW_FUNCTIONS:
@@ -558,6 +568,16 @@ class _Converter:
         names, rule = entry
         bound = mapping.bind(names, args, kwargs)
         x = bound.get("x")
+        if fn is F.pad and isinstance(x, _Tensor):
+            padded = self.padded(node, bound, x)
+            if padded is not None:
+                return padded
+        if fn in mapping.CONV_2D and (isinstance(x, _Padded) or self._fixed_filter(bound.get("weight"))):
+            return self.blur_pool(node, bound, x)
+        if isinstance(x, _Padded):
+            if fn in mapping.MAX_POOL and x.mode == "-inf":
+                return self.padded_max_pool(node, rule, bound, x)
+            raise Unmapped("its input is a padding that archcalc folds only into a blur pool or a max pool")
         if not isinstance(x, _Tensor):
             raise Unmapped("its first argument is not a tensor of the network")
         if any(isinstance(v, _Tensor) for k, v in bound.items() if k != "x"):
@@ -586,6 +606,97 @@ class _Converter:
             if fused is not None:
                 return fused
         return self.layer(node, mapped, x, mapped.kind, fixed=False)
+
+    def padded(self, node: fx.Node, bound: dict[str, Any], x: _Tensor) -> _Padded | None:
+        """F.pad that the op reading it takes into its own: reflection or zeros read only by a conv with a fixed
+        filter (a blur pool), -inf read only by a max pool. None for any other pad (mapped as F.pad is)."""
+        mode, value = bound.get("mode", "constant"), bound.get("value")
+        readers = [u for u in node.users if not (  # (reads of its shape, x.shape[1], do not count)
+            (u.op == "call_function" and u.target is getattr)
+            or (u.op == "call_method" and u.target in ("size", "dim")))]
+        if x.channels_last or len(readers) != 1 or not isinstance(bound.get("pad"), (list, tuple)):
+            return None
+        user = readers[0]
+        if mode == "reflect" or (mode == "constant" and not value):
+            kind = "reflect" if mode == "reflect" else "zeros"
+            weight = user.args[1] if len(user.args) > 1 else user.kwargs.get("weight")
+            while isinstance(weight, fx.Node) and weight.op == "call_method" and weight.args \
+                    and str(weight.target) in mapping.PARAM_VIEWS:  # self.filt.expand(...): still the buffer
+                weight = weight.args[0]
+            if isinstance(weight, fx.Node) and weight.op == "get_attr":  # (read after the pad: not converted yet)
+                weight = _Param((str(weight.target),), tuple(self.values[weight].shape))
+            if not (user.op == "call_function" and user.target in mapping.CONV_2D and user.args[0] is node
+                    and self._fixed_filter(self.arg(weight))):
+                return None
+        elif mode == "constant" and value == -math.inf:
+            kind = "-inf"
+            if not (user.op == "call_function" and user.target in mapping.MAX_POOL and user.args[0] is node):
+                return None
+        else:
+            return None
+        flat = [int(p) for p in bound["pad"]]
+        pairs = tuple(reversed([(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]))
+        rank = len(x.shape) - 1
+        if len(pairs) > rank or any(p < 0 for pair in pairs for p in pair):
+            return None
+        return _Padded(x, ((0, 0),) * (rank - len(pairs)) + pairs, kind)
+
+    def _fixed_filter(self, w: Any) -> bool:
+        """A conv weight that is a buffer (or made from buffers alone): a fixed filter, not a learned one."""
+        return isinstance(w, _Param) and not any(s in self.parameters for s in w.sources)
+
+    @staticmethod
+    def _pads_arg(pads: tuple[tuple[int, int], ...]) -> Any:
+        if all(b == a for b, a in pads):
+            return pads[0][0] if len({b for b, _ in pads}) == 1 else [b for b, _ in pads]
+        return [list(p) for p in pads]
+
+    def blur_pool(self, node: fx.Node, bound: dict[str, Any], x: Any) -> _Tensor:
+        """A depthwise conv whose filter is a buffer (timm's BlurPool2d, after its reflect or zero pad): blur_pool.
+        Its counts (no parameters, C*prod(F) buffers, a depthwise conv's MACs) do not depend on the filter's
+        values."""
+        source, pads, mode = (x.source, x.pads, x.mode) if isinstance(x, _Padded) else (x, None, "zeros")
+        w, groups = bound.get("weight"), bound.get("groups", 1)
+        if not isinstance(source, _Tensor) or source.channels_last or len(source.shape) != 3:
+            raise Unmapped("a conv with a fixed filter (a buffer) on other than a C x H x W tensor of the network")
+        if not isinstance(w, _Param) or not self._fixed_filter(w):
+            raise Unmapped("a conv of a padding folded into it whose filter is a parameter: pad and conv are "
+                           "mapped together only for a fixed filter (a blur pool)")
+        channels = source.shape[0]
+        if w.shape[:2] != (channels, 1) or groups != channels or bound.get("bias") is not None:
+            raise Unmapped(f"a conv whose filter ({'x'.join(map(str, w.shape))}) is a buffer, not depthwise over "
+                           f"the {channels} channels without a bias: a fixed filter archcalc has no kind for")
+        if any(int(d) != 1 for d in _as_tuple(bound.get("dilation", 1), 2)):
+            raise Unmapped("a dilated conv with a fixed filter has no archcalc kind")
+        stored = sum(self.buffers[s].numel() for s in w.sources if s in self.buffers)
+        if stored != channels * math.prod(w.shape[2:]):  # (a filter of one channel expanded: fewer buffer values)
+            raise Unmapped(f"a depthwise conv whose fixed filter is {stored:,} buffer values, not one filter per "
+                           f"channel ({channels * math.prod(w.shape[2:]):,}) as archcalc's blur_pool counts")
+        own = bound.get("padding", 0)
+        own_pads = None if isinstance(own, str) else _as_tuple(own, 2)
+        if own_pads is None or (pads is not None and any(own_pads)):
+            raise Unmapped(f"a conv with a fixed filter and padding {own!r}" + (" after an F.pad" if pads else ""))
+        if pads is None:
+            pads = tuple((p, p) for p in own_pads)
+        args = {"kernel_size": _one(tuple(int(k) for k in w.shape[2:])),
+                "stride": _one(_as_tuple(bound.get("stride", 1), 2)), "padding": self._pads_arg(pads),
+                "padding_mode": mode}
+        self.consume(node, [w], "blur_pool", args, source)
+        return self.emit(node, "blur_pool", "blur_pool", None, args, [source], fixed=False)
+
+    def padded_max_pool(self, node: fx.Node, rule: Any, bound: dict[str, Any], x: _Padded) -> _Tensor:
+        """A -inf padding, then a max pool: a max pool with that padding; "same" where the padding is TensorFlow's
+        "same" at this size (timm's MaxPool2dSame, NASNet's), so the spec keeps it at a new input."""
+        mapped = rule({**bound, "x": x.source}, x.source.shape)
+        args = dict(mapped.args)
+        kind: Any = REGISTRY["maxpool"]
+        if kind.geometry(args, x.source.shape)[3] != tuple((0, 0) for _ in x.pads) or args.get("ceil_mode"):
+            raise Unmapped("a max pool with padding (or ceil_mode) of its own after a -inf F.pad")
+        k, s, d, _ = kind.geometry(args, x.source.shape)
+        keff = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
+        same = resolve_padding("same", x.source.shape[1:], keff, s)
+        args["padding"] = "same" if tuple(tuple(p) for p in same) == x.pads else self._pads_arg(x.pads)
+        return self.emit(node, "maxpool", "maxpool", None, args, [x.source], fixed=False)
 
     def channels_last_mean(self, node: fx.Node, rule: Any, bound: dict[str, Any], x: _Tensor) -> _Tensor:
         """The mean over the spatial axes of a channels-last view (dims 1..rank-2: MambaOut's head) is the mean; with
@@ -699,9 +810,9 @@ class _Converter:
 
     @staticmethod
     def _has_tensor(a: Any) -> bool:
-        if isinstance(a, (_Tensor, _Chunks)):
+        if isinstance(a, (_Tensor, _Chunks, _Padded)):
             return True
-        if isinstance(a, (list, tuple)):
+        if isinstance(a, (list, tuple)) and not isinstance(a, _Padded):
             return any(isinstance(v, (_Tensor, _Chunks)) for v in a)
         return False
 
@@ -959,6 +1070,15 @@ class _Converter:
                 return value.id if tuple(spatial) == tuple(want) and not value.channels_last else None
             todo.extend(n.all_input_nodes)
         return None
+
+
+def _as_tuple(value: Any, rank: int) -> tuple[int, ...]:
+    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),) * rank
+
+
+def _one(values: tuple[int, ...]) -> Any:
+    """One int where every axis agrees, as archcalc writes kernel sizes and strides."""
+    return values[0] if len(set(values)) == 1 else list(values)
 
 
 def trace_module(module: nn.Module, input_shape: Sequence[int], allow_unknown: bool = False) -> Traced:
