@@ -15,7 +15,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from archcalc.core.analyze import Report, analyze
+from archcalc.core.kinds import REGISTRY
 from archcalc.torch.importer import ImportFailure, from_module
+from archcalc.torch.recipes import module_call
 
 
 def measured(model: nn.Module, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
@@ -195,3 +197,27 @@ def test_a_minus_infinity_pad_then_a_max_pool_is_a_same_max_pool() -> None:
     text, _ = check(model, (3, 20, 20), (3, 27, 14))
     assert text.count("maxpool: {kernel_size: 3, stride: 2, padding: same") == 1
     assert text.count("padding: same") == 2
+
+
+# ---- space-to-depth written as view, permute, view ---------------------------------------------------------------
+
+
+class SpaceToDepthStem(nn.Module):
+    """TResNet's stem: each 4 x 4 block of positions into the channels (view, permute, contiguous, view)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.size()
+        x = x.view(n, c, h // 4, 4, w // 4, 4)
+        x = x.permute(0, 3, 5, 1, 2, 4).contiguous()
+        return x.view(n, c * 16, h // 4, w // 4)
+
+
+def test_space_to_depth_written_as_view_permute_view() -> None:
+    model = nn.Sequential(SpaceToDepthStem(), nn.Conv2d(48, 8, 3, padding=1))
+    text, report = check(model, (3, 32, 32), (3, 24, 40))
+    assert "space_to_depth: {block_size: 4" in text
+    assert [r.kind for r in report.rows] == ["space_to_depth", "conv"]
+    # the kind's module computes the same tensor as the hand-written one, channel order included
+    built = module_call(REGISTRY["space_to_depth"], {"block_size": 4}, (3, 32, 32)).make()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(built(x), SpaceToDepthStem()(x))

@@ -76,14 +76,8 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import torch.stack ... timm/layers/selective_kernel.py:145": (  # 5
         "skresnet18", "skresnet34", "skresnet50", "skresnet50d", "skresnext50_32x4d",
     ),
-    "cannot import Tensor.view ... timm/layers/space_to_depth.py:23": (  # 3
-        "tresnet_l", "tresnet_v2_l", "tresnet_xl",
-    ),
     "cannot import torch.var ... timm/layers/fast_norm.py:234": (  # 2
         "convnext_zepto_rms", "convnext_zepto_rms_ols",
-    ),
-    "cannot import Tensor.permute ... timm/layers/space_to_depth.py:24": (  # 1
-        "tresnet_m",
     ),
     "cannot import Tensor.pow ... timm/layers/fast_norm.py:180": (  # 1
         "convnext_atto_rms",

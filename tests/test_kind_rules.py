@@ -177,7 +177,7 @@ FULL: dict[str, Rule] = {
     "maxout": lambda a, i, o, m: (a["pieces"] - 1) * n(o),
     **{k: (lambda a, i, o, m: 0) for k in ("dropout", "identity", "flatten", "channel_shuffle", "channel_slice",
                                             "stochastic_depth", "pixel_shuffle", "pixel_unshuffle", "crop",
-                                            "zeropad", "reshape")},
+                                            "zeropad", "reshape", "space_to_depth")},
     "conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "blur_pool": lambda a, i, o, m: 2 * m,
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),

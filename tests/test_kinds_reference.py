@@ -303,6 +303,9 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "mean": lambda a, s: Lambda(lambda x: x.mean(_spatial(s), keepdim=a["keepdim"])),
     "pixel_shuffle": lambda a, s: nn.PixelShuffle(a["upscale_factor"]),
     "pixel_unshuffle": lambda a, s: nn.PixelUnshuffle(a["downscale_factor"]),
+    # tf.nn.space_to_depth's order: block row, block column, then channel (TResNet's SpaceToDepth)
+    "space_to_depth": lambda a, s: Lambda(lambda x: x.unflatten(3, (-1, a["block_size"])).unflatten(
+        2, (-1, a["block_size"])).permute(0, 3, 5, 1, 2, 4).flatten(1, 3)),
     "prelu": lambda a, s: nn.PReLU(a["num_parameters"], a["init"]),
     "psa_attention": lambda a, s: _PSAAttention(a["dim"], a["num_heads"], a["attn_ratio"]),
     "relu": lambda a, s: nn.ReLU(),

@@ -228,6 +228,24 @@ class BlurPool(nn.Module):
         return f"stride={self.stride}, pad={self.pad}, mode={self.mode}"
 
 
+class SpaceToDepth(nn.Module):
+    """TensorFlow's space_to_depth (TResNet's stem): each r x r block of positions into the channels, block position
+    first: view as (C, H/r, r, W/r, r), permute the two r axes before C, view as (r*r*C, H/r, W/r)."""
+
+    def __init__(self, block_size: int) -> None:
+        super().__init__()
+        self.block_size = block_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        r = self.block_size
+        x = x.view(n, c, h // r, r, w // r, r).permute(0, 3, 5, 1, 2, 4).contiguous()
+        return x.view(n, c * r * r, h // r, w // r)
+
+    def extra_repr(self) -> str:
+        return f"block_size={self.block_size}"
+
+
 class CenterCrop(nn.Module):
     """x[..., o:o+s, ...] per spatial axis: a view (U-Net's crop before concatenation)."""
 

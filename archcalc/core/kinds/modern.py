@@ -217,6 +217,23 @@ class PixelUnshuffle(_Shuffle):
 
 
 @register
+class SpaceToDepth(_Shuffle):
+    name = "space_to_depth"
+    synonyms = ("spacetodepth", "s2d")
+    doc = ("TensorFlow's space_to_depth (tf.nn.space_to_depth; TResNet's stem, Ridnik et al. 2021): C x rH x rW -> "
+           "r^2*C x H x W, each r x r block of positions moved into the channels, block position first (channel "
+           "(i*r + j)*C + c; pixel_unshuffle orders them c*r^2 + i*r + j). A copy: no parameters, no arithmetic.")
+    full_rule = "0 (a copy)"
+    up = False
+    args = (Arg("block_size", "int", doc="r", aliases=("factor",), minimum=1),)
+    examples = (Example((3, 8, 8), {"block_size": 4}), Example((2, 6, 9), {"block_size": 3}))
+    torch_class = "SpaceToDepth"
+
+    def factor(self, a: Mapping[str, Any]) -> int:
+        return int(a["block_size"])
+
+
+@register
 class Crop(Kind):
     name = "crop"
     doc = ("Centre crop of the spatial axes to the size of another tensor (`to: name`, as U-Net's crop-and-concat, "

@@ -101,6 +101,13 @@ class _Chunks(NamedTuple):
     bounds: tuple[tuple[int, int], ...]
 
 
+class _Blocks(NamedTuple):
+    """Space-to-depth half done: `source` viewed as (C, H/r, r, W/r, r) and permuted to (r, r, C, H/r, W/r)."""
+
+    source: _Tensor
+    block_size: int
+
+
 class _Padded(NamedTuple):
     """An F.pad whose one reader takes it into its own op: reflection or zeros before a depthwise conv with a fixed
     filter (a blur pool), -inf before a max pool (TensorFlow's "same" max pooling, timm's MaxPool2dSame)."""
@@ -527,7 +534,7 @@ class _Converter:
         tensors = [a for a in args if isinstance(a, _Tensor)] + [v for v in kwargs.values() if isinstance(v, _Tensor)]
         value = self.values.get(node)
         method = str(target) if node.op == "call_method" else None
-        if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Padded, _Param, list, tuple))
+        if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Padded, _Blocks, _Param, list, tuple))
                                    and self._has_tensor(a) for a in [*args, *kwargs.values()]):
             params = self._params([*args, *kwargs.values()])
             if params and isinstance(value, torch.Tensor):  # a view or cast of parameters: still parameters
@@ -810,7 +817,7 @@ class _Converter:
 
     @staticmethod
     def _has_tensor(a: Any) -> bool:
-        if isinstance(a, (_Tensor, _Chunks, _Padded)):
+        if isinstance(a, (_Tensor, _Chunks, _Padded, _Blocks)):
             return True
         if isinstance(a, (list, tuple)) and not isinstance(a, _Padded):
             return any(isinstance(v, (_Tensor, _Chunks)) for v in a)
@@ -874,6 +881,9 @@ class _Converter:
             return _Tensor(x.id, x.shape, True)
         if x.channels_last and dims == to_first:
             return _Tensor(x.id, x.shape, False)
+        blocks = self.blocks(node, x, dims)
+        if blocks is not None:
+            return blocks
         raise Unmapped(f"permute{list(dims)}: archcalc follows only a move of the channels to the last axis and back")
 
     def binary(self, node: fx.Node, merge: str, args: list[Any], kwargs: dict[str, Any]) -> _Tensor:
@@ -956,6 +966,8 @@ class _Converter:
 
     def reshape(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any], how: str) -> _Tensor:
         x = args[0]
+        if isinstance(x, _Blocks):
+            return self.space_to_depth(node, x)
         if not isinstance(x, _Tensor) or x.channels_last:
             raise Unmapped(f"{how} of something other than a channels-first tensor of the network")
         out = tuple(int(s) for s in self.values[node].shape[1:])
@@ -966,6 +978,31 @@ class _Converter:
         # Any other shape (the batch axis kept): a reshape; the ops after it are mapped on the shape it makes, so
         # a Conv1d over ECA's view(B, 1, C) is the 1-channel conv torch runs.
         return self.emit(node, "reshape", "reshape", None, {"shape": list(out)}, [x], fixed=False)
+
+    def blocks(self, node: fx.Node, x: _Tensor, dims: tuple[int, ...]) -> _Blocks | None:
+        """The permute of space-to-depth (TResNet's): a C x H x W tensor viewed as (C, H/r, r, W/r, r) by the op
+        just before, the two r axes moved before C; the view that follows makes it r*r*C x H/r x W/r."""
+        prev = self.ops[-1] if self.ops else None
+        if prev is None or prev.kind != "reshape" or prev.output != x.id or x.id != len(self.shapes) - 1 \
+                or dims != (0, 3, 5, 1, 2, 4) or len(node.users) != 1:
+            return None
+        source = _Tensor(prev.inputs[0], self.shapes[prev.inputs[0]])
+        if len(source.shape) != 3 or len(x.shape) != 5:
+            return None
+        c, h, w = source.shape
+        r = x.shape[2]
+        if x.shape != (c, h // r, r, w // r, r) or h % r or w % r:
+            return None
+        self.ops.pop()  # the view becomes part of the space-to-depth
+        self.shapes.pop()
+        return _Blocks(source, r)
+
+    def space_to_depth(self, node: fx.Node, x: _Blocks) -> _Tensor:
+        c, h, w = x.source.shape
+        r = x.block_size
+        if tuple(int(v) for v in self.values[node].shape[1:]) != (r * r * c, h // r, w // r):
+            raise Unmapped("a view of space-to-depth's blocks other than r*r*C x H/r x W/r")
+        return self.emit(node, "space_to_depth", "space_to_depth", None, {"block_size": r}, [x.source], fixed=False)
 
     def expand(self, node: fx.Node, x: _Tensor) -> _Tensor:
         """x.expand_as(y) / x.expand(...) read only by element-wise merges: the merge broadcasts x as the expand
