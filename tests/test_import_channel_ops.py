@@ -221,3 +221,77 @@ def test_space_to_depth_written_as_view_permute_view() -> None:
     built = module_call(REGISTRY["space_to_depth"], {"block_size": 4}, (3, 32, 32)).make()
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(built(x), SpaceToDepthStem()(x))
+
+
+# ---- attention over branches: SKNet's selective kernel, ResNeSt's split attention ----------------------------------
+
+
+class SelectiveKernel(nn.Module):
+    """Selective kernel convolution (Li et al. 2019) as timm writes it: two conv branches stacked as (B, 2, C, H, W),
+    their sum pooled, squeezed and expanded by 1x1 convs to 2*C logits viewed as (B, 2, C, 1, 1), a softmax over the
+    branches, the branches weighted and summed."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.paths = nn.ModuleList([nn.Sequential(nn.Conv2d(c, c, 3, padding=d, dilation=d, bias=False),
+                                                  nn.BatchNorm2d(c), nn.ReLU()) for d in (1, 2)])
+        self.fc_reduce = nn.Conv2d(c, 8, 1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc_select = nn.Conv2d(8, 2 * c, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.stack([op(x) for op in self.paths], dim=1)
+        a = x.sum(1).mean((2, 3), keepdim=True)
+        a = self.fc_select(torch.relu(self.bn(self.fc_reduce(a))))
+        b, c, h, w = a.shape
+        a = torch.softmax(a.view(b, 2, c // 2, h, w), dim=1)
+        return torch.sum(x * a, dim=1)
+
+
+class SplitAttention(nn.Module):
+    """ResNeSt's split attention (Zhang et al. 2020) as timm writes it: a grouped conv makes radix x C channels,
+    reshaped to (B, radix, C, H, W) and summed over the radix for the pooled gate; the gate's logits, viewed as
+    (B, cardinality, radix, -1), transposed and softmaxed over the radix, weight the radix parts, summed."""
+
+    def __init__(self, c: int, radix: int, cardinality: int) -> None:
+        super().__init__()
+        self.radix, self.cardinality = radix, cardinality
+        self.conv = nn.Conv2d(c, c * radix, 3, padding=1, groups=radix * cardinality, bias=False)
+        self.fc1 = nn.Conv2d(c, 16, 1, groups=cardinality)
+        self.fc2 = nn.Conv2d(16, c * radix, 1, groups=cardinality)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))
+        b, rc, h, w = x.shape
+        x = x.reshape((b, self.radix, rc // self.radix, h, w))
+        gap = torch.relu(self.fc1(x.sum(dim=1).mean((2, 3), keepdim=True)))
+        attn = self.fc2(gap)
+        attn = attn.view(b, self.cardinality, self.radix, -1).transpose(1, 2)
+        attn = F.softmax(attn, dim=1).reshape(b, -1).view(b, -1, 1, 1)
+        out = (x * attn.reshape((b, self.radix, rc // self.radix, 1, 1))).sum(dim=1)
+        return out.contiguous()
+
+
+def test_selective_kernel_attention_over_stacked_branches() -> None:
+    text, report = check(nn.Sequential(nn.Conv2d(3, 16, 3), SelectiveKernel(16)), (3, 18, 18), (3, 25, 13))
+    kinds = [r.kind for r in report.rows]
+    assert kinds.count("sum") == 2 and "softmax" in kinds
+    stacked = report.rows[kinds.index("concat") + 1]  # the stack: a concat of the branches viewed as (2, C, H, W)
+    assert (stacked.kind, stacked.output) == ("reshape", (2, 16, 16, 16))
+
+
+def test_resnest_split_attention() -> None:
+    for radix, cardinality in ((2, 1), (4, 2)):
+        text, report = check(nn.Sequential(nn.Conv2d(3, 32, 3), SplitAttention(32, radix, cardinality)),
+                             (3, 17, 17), (3, 22, 30))
+        assert "transpose: {" in text
+        assert report.rows[-1].output == (32, 15, 15)
+
+
+def test_stack_along_another_axis_is_refused() -> None:
+    class Stack(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([x, x], dim=2).sum(2)
+
+    with pytest.raises(ImportFailure, match=r"torch.stack along dim 2"):
+        from_module(Stack(), (3, 8, 8))

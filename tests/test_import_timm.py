@@ -58,9 +58,6 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import * ... timm/layers/std_conv.py:227": (  # 7
         "dm_nfnet_f0", "dm_nfnet_f1", "dm_nfnet_f2", "dm_nfnet_f3", "dm_nfnet_f4", "dm_nfnet_f5", "dm_nfnet_f6",
     ),
-    "cannot import Tensor.reshape ... timm/layers/split_attn.py:97": (  # 7
-        "resnest101e", "resnest14d", "resnest200e", "resnest269e", "resnest26d", "resnest50d", "resnest50d_4s2x40d",
-    ),
     "cannot import F.batch_norm ... timm/layers/std_conv.py:57": (  # 6
         "resnetv2_101x1_bit", "resnetv2_101x3_bit", "resnetv2_152x2_bit", "resnetv2_152x4_bit", "resnetv2_50x1_bit",
         "resnetv2_50x3_bit",
@@ -72,9 +69,6 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import torch.matmul ... timm/layers/cond_conv2d.py:102": (  # 6
         "efficientnet_cc_b0_4e", "efficientnet_cc_b0_8e", "efficientnet_cc_b1_8e", "tf_efficientnet_cc_b0_4e",
         "tf_efficientnet_cc_b0_8e", "tf_efficientnet_cc_b1_8e",
-    ),
-    "cannot import torch.stack ... timm/layers/selective_kernel.py:145": (  # 5
-        "skresnet18", "skresnet34", "skresnet50", "skresnet50d", "skresnext50_32x4d",
     ),
     "cannot import torch.var ... timm/layers/fast_norm.py:234": (  # 2
         "convnext_zepto_rms", "convnext_zepto_rms_ols",

@@ -283,7 +283,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "dropout": lambda a, s: nn.Dropout(a["p"]),
     "elu": lambda a, s: nn.ELU(a["alpha"]),
     "flatten": lambda a, s: nn.Flatten(),
-    "reshape": lambda a, s: Lambda(lambda x: x.view(x.shape[0], *a["shape"])),
+    "reshape": lambda a, s: Lambda(lambda x: x.view(x.shape[0], *a["shape"], *s[len(s) - a["keep"]:])),
     "gelu": lambda a, s: nn.GELU(approximate=a["approximate"]),
     "global_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(1),
     "global_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(1),
@@ -303,6 +303,8 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "mean": lambda a, s: Lambda(lambda x: x.mean(_spatial(s), keepdim=a["keepdim"])),
     "pixel_shuffle": lambda a, s: nn.PixelShuffle(a["upscale_factor"]),
     "pixel_unshuffle": lambda a, s: nn.PixelUnshuffle(a["downscale_factor"]),
+    "sum": lambda a, s: Lambda(lambda x: torch.sum(x, a["dim"], keepdim=a["keepdim"])),
+    "transpose": lambda a, s: Lambda(lambda x: torch.transpose(x, a["dim0"], a["dim1"])),
     # tf.nn.space_to_depth's order: block row, block column, then channel (TResNet's SpaceToDepth)
     "space_to_depth": lambda a, s: Lambda(lambda x: x.unflatten(3, (-1, a["block_size"])).unflatten(
         2, (-1, a["block_size"])).permute(0, 3, 5, 1, 2, 4).flatten(1, 3)),

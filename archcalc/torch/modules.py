@@ -186,17 +186,19 @@ class Mean(nn.Module):
 
 
 class Reshape(nn.Module):
-    """x.view(B, *shape): ECA's view of C pooled channels as one 1-D signal for a Conv1d, and back."""
+    """x.view(B, *shape, *x.shape[-keep:]): ECA's view of C pooled channels as one 1-D signal for a Conv1d, and
+    back; ResNeSt's view of radix x C channels as (radix, C) with the spatial axes kept."""
 
-    def __init__(self, shape: Sequence[int] | int) -> None:
+    def __init__(self, shape: Sequence[int] | int, keep: int = 0) -> None:
         super().__init__()
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.keep = keep
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], *self.shape)
+        return x.reshape(x.shape[0], *self.shape, *x.shape[x.dim() - self.keep:])
 
     def extra_repr(self) -> str:
-        return f"shape={self.shape}"
+        return f"shape={self.shape}, keep={self.keep}"
 
 
 class BlurPool(nn.Module):
@@ -244,6 +246,36 @@ class SpaceToDepth(nn.Module):
 
     def extra_repr(self) -> str:
         return f"block_size={self.block_size}"
+
+
+class Sum(nn.Module):
+    """x.sum(dim): ResNeSt's and SKNet's sum over a split sample's branches."""
+
+    def __init__(self, dim: int, keepdim: bool = False) -> None:
+        super().__init__()
+        self.dim = dim
+        self.keepdim = keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(self.dim, keepdim=self.keepdim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, keepdim={self.keepdim}"
+
+
+class Transpose(nn.Module):
+    """x.transpose(dim0, dim1): a view."""
+
+    def __init__(self, dim0: int, dim1: int) -> None:
+        super().__init__()
+        self.dim0 = dim0
+        self.dim1 = dim1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(self.dim0, self.dim1)
+
+    def extra_repr(self) -> str:
+        return f"dim0={self.dim0}, dim1={self.dim1}"
 
 
 class CenterCrop(nn.Module):

@@ -817,8 +817,31 @@ for _name, _fn in (("upsample", "upsample"),):
     if hasattr(F, _fn):
         FUNCTIONS[getattr(F, _fn)] = FUNCTIONS[F.interpolate]
 
+def _f_sum(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    dim, rank = a.get("dim"), len(inp) + 1
+    if not isinstance(dim, int) and isinstance(dim, (list, tuple)) and len(dim) == 1:
+        dim = dim[0]
+    if not isinstance(dim, int) or a.get("dtype") is not None:
+        raise Unmapped(f"sum over dims {dim}: archcalc's sum is over one axis of each sample")
+    if dim % rank == 0:
+        raise Unmapped("sum over the batch axis")
+    return Mapped("sum", {"dim": dim % rank, "keepdim": bool(a.get("keepdim", False))})
+
+
+def _f_transpose(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    rank = len(inp) + 1
+    dims = sorted(int(a[k]) % rank for k in ("dim0", "dim1"))
+    if dims[0] == 0:
+        raise Unmapped("a transpose of the batch axis")
+    return Mapped("transpose", {"dim0": dims[0], "dim1": dims[1]})
+
+
+FUNCTIONS[torch.sum] = (("x", "dim", "keepdim", "dtype"), _f_sum)
+FUNCTIONS[torch.transpose] = (("x", "dim0", "dim1"), _f_transpose)
+
 METHODS: dict[str, tuple[tuple[str, ...], FunctionRule]] = {
     "softmax": (("x", "dim"), _f_softmax), "mean": (("x", "dim", "keepdim", "dtype"), _f_mean),
+    "sum": (("x", "dim", "keepdim", "dtype"), _f_sum), "transpose": (("x", "dim0", "dim1"), _f_transpose),
 }
 
 

@@ -233,6 +233,76 @@ class SpaceToDepth(_Shuffle):
         return int(a["block_size"])
 
 
+def _axis(kind: str, dim: int, inp: Shape) -> int:
+    if dim > len(inp):
+        raise LayerError(f"{kind} dim {dim} does not exist: the input has dims 1..{len(inp)} (0 is the batch)")
+    return dim - 1
+
+
+@register
+class Sum(Kind):
+    name = "sum"
+    synonyms = ("reduce_sum", "reducesum")
+    doc = ("The sum along one axis of each sample, x.sum(dim) (dim counts the batch as 0, as PyTorch does): "
+           "ResNeSt's and SKNet's sum over the branches of a (radix, C, H, W) sample. fvcore has no formula for it "
+           "(0).")
+    full_rule = "1 addition per input element less 1 per output element"
+    args = (Arg("dim", "int", 1, "axis to sum, batch = 0", minimum=1),
+            Arg("keepdim", "bool", False, "keep the summed axis as size 1"))
+    examples = (Example((2, 8, 5, 5)), Example((3, 4, 6), {"dim": 2, "keepdim": True}),
+                Example((4, 6), {"dim": 1}))
+    torch_class = "Sum"
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        axis = _axis(self.name, a["dim"], inp)
+        if a["keepdim"]:
+            return (*inp[:axis], 1, *inp[axis + 1:])
+        if len(inp) == 1:
+            raise LayerError("sum over the only axis of a flat sample leaves no axis; write keepdim: true")
+        return (*inp[:axis], *inp[axis + 1:])
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(full=numel(inp) - numel(out))
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        # Every output sees the whole summed axis; without keepdim the later axes move down one: whole for all.
+        whole = not a["keepdim"]
+        return [RFStep(whole=whole or i + 2 == a["dim"]) for i in range(len(inp) - 1)]
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"over dim {a['dim']}"
+
+
+@register
+class Transpose(Kind):
+    name = "transpose"
+    synonyms = ("swapaxes", "swapdims")
+    doc = ("Swap two axes of each sample, x.transpose(dim0, dim1) (dims count the batch as 0, as PyTorch does): a "
+           "view, no copy, no arithmetic; the next op that needs a contiguous tensor copies it. ResNeSt's radix "
+           "softmax swaps its cardinality and radix axes.")
+    full_rule = "0 (a view)"
+    alias = True
+    args = (Arg("dim0", "int", 1, "one axis, batch = 0", minimum=1),
+            Arg("dim1", "int", 2, "the other axis", minimum=1))
+    examples = (Example((2, 3, 5)), Example((4, 6, 5, 3), {"dim0": 2, "dim1": 3}))
+    torch_class = "Transpose"
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        i, j = _axis(self.name, a["dim0"], inp), _axis(self.name, a["dim1"], inp)
+        out = list(inp)
+        out[i], out[j] = inp[j], inp[i]
+        return tuple(out)
+
+    def strided(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> bool:
+        return a["dim0"] != a["dim1"] and inp[a["dim0"] - 1] > 1 and inp[a["dim1"] - 1] > 1
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        return [RFStep(whole=i + 2 in (a["dim0"], a["dim1"])) for i in range(len(inp) - 1)]
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"dims {a['dim0']}, {a['dim1']}"
+
+
 @register
 class Crop(Kind):
     name = "crop"

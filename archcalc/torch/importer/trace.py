@@ -560,6 +560,8 @@ class _Converter:
             return self.binary(node, merge, args, kwargs)
         if target in mapping.CAT:
             return self.cat(node, args, kwargs)
+        if target is torch.stack:
+            return self.stack(node, args, kwargs)
         if target in mapping.FLATTEN or method in ("flatten", "view", "reshape") or target is torch.reshape:
             return self.reshape(node, args, kwargs, method or "flatten")
         if target in mapping.CHUNK or target in mapping.SPLIT or method in ("chunk", "split"):
@@ -964,6 +966,23 @@ class _Converter:
         return self.emit(node, "concat", None, "concat", {}, list(tensors), fixed=False, channels_last=last,
                          shape=shape if last else None)
 
+    def stack(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> _Tensor:
+        """torch.stack(xs, dim=1): the concat of the n tensors' channels, viewed as (n, C, ...) (SKNet's branches;
+        the same copy torch makes)."""
+        tensors = args[0] if args else kwargs.get("tensors")
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        if not isinstance(tensors, (list, tuple)) or not tensors or not all(
+                isinstance(t, _Tensor) and not t.channels_last for t in tensors):
+            raise Unmapped("torch.stack of something other than a list of the network's channels-first tensors")
+        shape = tensors[0].shape
+        if any(t.shape != shape for t in tensors) or dim % (len(shape) + 2) != 1:
+            raise Unmapped(f"torch.stack along dim {dim}: archcalc stacks tensors of one shape along dim 1 (a concat "
+                           "of their channels, viewed as (n, C, ...))")
+        joined = self.emit(node, "concat", None, "concat", {}, list(tensors), fixed=False,
+                           shape=(len(tensors) * shape[0], *shape[1:])) if len(tensors) > 1 else tensors[0]
+        return self.emit(node, "reshape", "reshape", None, {"shape": [len(tensors), shape[0]], "keep": len(shape) - 1},
+                         [joined], fixed=False)
+
     def reshape(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any], how: str) -> _Tensor:
         x = args[0]
         if isinstance(x, _Blocks):
@@ -977,7 +996,13 @@ class _Converter:
             return self.emit(node, "flatten", "flatten", None, {}, [x], fixed=False)
         # Any other shape (the batch axis kept): a reshape; the ops after it are mapped on the shape it makes, so
         # a Conv1d over ECA's view(B, 1, C) is the 1-channel conv torch runs.
-        return self.emit(node, "reshape", "reshape", None, {"shape": list(out)}, [x], fixed=False)
+        keep = 0  # the trailing axes it leaves as they are (a split of the channels: the spatial axes)
+        while keep < min(len(x.shape), len(out)) - 1 and x.shape[-1 - keep] == out[-1 - keep]:
+            keep += 1
+        args: dict[str, Any] = {"shape": list(out[:len(out) - keep])}
+        if keep:
+            args["keep"] = keep
+        return self.emit(node, "reshape", "reshape", None, args, [x], fixed=False)
 
     def blocks(self, node: fx.Node, x: _Tensor, dims: tuple[int, ...]) -> _Blocks | None:
         """The permute of space-to-depth (TResNet's): a C x H x W tensor viewed as (C, H/r, r, W/r, r) by the op
