@@ -295,3 +295,32 @@ def test_stack_along_another_axis_is_refused() -> None:
 
     with pytest.raises(ImportFailure, match=r"torch.stack along dim 2"):
         from_module(Stack(), (3, 8, 8))
+
+
+# ---- a pad that crops one side and pads the other: NASNet's shift by one ------------------------------------------
+
+
+class ShiftedPath(nn.Module):
+    """NASNet's second path (Zoph et al. 2018, as timm writes it): shift the map by one position (ZeroPad2d((-1, 1,
+    -1, 1)): drop the first row and column, add a zero row and column after), subsample, a 1x1 conv; beside it the
+    unshifted path; the two concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path_1 = nn.Sequential(nn.AvgPool2d(1, stride=2, count_include_pad=False), nn.Conv2d(8, 4, 1))
+        self.path_2 = nn.Sequential(nn.ZeroPad2d((-1, 1, -1, 1)), nn.AvgPool2d(1, stride=2, count_include_pad=False),
+                                    nn.Conv2d(8, 4, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.path_1(x), self.path_2(x)], 1)
+
+
+def test_a_pad_that_crops_one_side_is_a_zero_pad_and_a_crop_from_a_start() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), ShiftedPath())
+    text, report = check(model, (3, 14, 14), (3, 21, 12))
+    assert "zeropad: {padding: [[0, 1], [0, 1]]" in text and "start: [1, 1]" in text
+    # the same tensor: the kinds' modules on the hand-written shift
+    x = torch.randn(1, 8, 6, 5)
+    pad = module_call(REGISTRY["zeropad"], {"padding": ((0, 1), (0, 1)), "to": None}, (8, 6, 5)).make()
+    crop = module_call(REGISTRY["crop"], {"to": (8, 6, 5), "size": None, "start": (1, 1)}, (8, 7, 6)).make()
+    assert torch.equal(crop(pad(x)), nn.ZeroPad2d((-1, 1, -1, 1))(x))

@@ -79,12 +79,6 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import Tensor.square ... timm/layers/filter_response_norm.py:17": (  # 1
         "resnetv2_50d_frn",
     ),
-    "cannot import ZeroPad2d (cell_stem_1.conv_prev_1x1.path_2.pad) at cell_stem_1.co": (  # 1
-        "pnasnet5large",
-    ),
-    "cannot import ZeroPad2d (cell_stem_1.path_2.pad) at cell_stem_1.path_2.pad (timm": (  # 1
-        "nasnetalarge",
-    ),
 }
 
 # fvcore has no handler for `aten::_convolution_mode` (a convolution with padding="same" given as a string, as

@@ -156,10 +156,12 @@ class Constant(nn.Module):
 def _crop(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
     size = _axes(a["size"], len(shape) - 1)
 
+    starts = None if a.get("start") is None else _axes(a["start"], len(shape) - 1)
+
     def crop(x: torch.Tensor) -> torch.Tensor:
         for axis, want in enumerate(size):
             start = (x.shape[2 + axis] - want) // 2  # the odd row or column is cut after
-            x = x.narrow(2 + axis, start, want)
+            x = x.narrow(2 + axis, start if starts is None else starts[axis], want)
         return x
     return Lambda(crop)
 

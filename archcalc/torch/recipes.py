@@ -543,7 +543,9 @@ def _read_mean(m: Any, inp: tuple[int, ...]) -> Mapped:
 
 
 def _read_crop(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("crop", {"size": _tup(m.sizes)})
+    centred = tuple((w - s) // 2 for w, s in zip(inp[1:], m.sizes))
+    return Mapped("crop", {"size": _tup(m.sizes)} | ({} if tuple(m.offsets) == centred else
+                                                     {"start": _tup(m.offsets)}))
 
 
 MODULES: dict[type, ModuleRule] = {}
@@ -677,12 +679,12 @@ def _f_pad(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
         raise Unmapped("F.pad of the channel or batch axis")
     pairs = ((0, 0),) * (rank - len(pairs)) + pairs
     if any(p < 0 for pair in pairs for p in pair):  # negative padding crops
-        if any(p > 0 for pair in pairs for p in pair):
-            raise Unmapped("F.pad that pads one side and crops another has no archcalc kind")
         sizes = tuple(w + b + e for w, (b, e) in zip(inp[1:], pairs))
-        if any(-b != (w - n) // 2 for w, n, (b, _) in zip(inp[1:], sizes, pairs)):
-            raise Unmapped(f"F.pad({list(a['pad'])}) crops off centre; archcalc's crop cuts half of the margin "
-                           "before (the odd row or column after)")
+        if any(p > 0 for pair in pairs for p in pair) or any(
+                -b != (w - n) // 2 for w, n, (b, _) in zip(inp[1:], sizes, pairs)):
+            # off centre, or padding one side and cropping another (NASNet's shift): the importer writes a zero pad
+            # and a crop from a start (see trace.py's shift)
+            return Mapped("zeropad", {"padding": tuple(pairs)})
         return Mapped("crop", {"size": _tup(sizes)})
     return Mapped("zeropad", {"padding": _padding(pairs)})
 

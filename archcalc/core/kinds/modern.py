@@ -308,13 +308,18 @@ class Crop(Kind):
     name = "crop"
     doc = ("Centre crop of the spatial axes to the size of another tensor (`to: name`, as U-Net's crop-and-concat, "
            "Ronneberger et al. 2015) or to a given `size`. Where the margin is odd, the extra row or column is cut "
-           "after (bottom, right). A view: no copy, no arithmetic (a conv applied directly to the view copies it to a "
-           "contiguous tensor first; a concat, as in U-Net, reads it in place).")
+           "after (bottom, right); `start` gives the first kept index per axis instead (NASNet's shift by one: "
+           "ZeroPad2d((-1, 1, -1, 1)) is a zero pad after, then a crop from 1). A view: no copy, no arithmetic (a "
+           "conv applied directly to the view copies it to a contiguous tensor first; a concat, as in U-Net, reads "
+           "it in place).")
     full_rule = "0 (a view)"
     alias = True
     args = (Arg("to", "ref", None, "crop to this tensor's spatial size"),
-            Arg("size", "ints_or_none", None, "or to this size per spatial axis", minimum=1))
-    examples = (Example((8, 12, 12), {"size": 8}), Example((4, 9, 7), {"size": [4, 6]}))
+            Arg("size", "ints_or_none", None, "or to this size per spatial axis", minimum=1),
+            Arg("start", "ints_or_none", None, "first kept index per spatial axis (default: the centre crop's)",
+                minimum=0))
+    examples = (Example((8, 12, 12), {"size": 8}), Example((4, 9, 7), {"size": [4, 6]}),
+                Example((3, 10, 9), {"size": [7, 8], "start": [3, 0]}))
 
     def sizes(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
         rank = spatial_rank(self.name, inp)
@@ -336,9 +341,19 @@ class Crop(Kind):
         return tuple(sizes)
 
     def offsets(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
-        return tuple((w - s) // 2 for w, s in zip(inp[1:], self.sizes(a, inp)))
+        sizes = self.sizes(a, inp)
+        if a.get("start") is None:
+            return tuple((w - s) // 2 for w, s in zip(inp[1:], sizes))
+        starts = (a["start"],) * len(sizes) if isinstance(a["start"], int) else tuple(a["start"])
+        if len(starts) != len(sizes):
+            raise LayerError(f"crop start has {len(starts)} values for {len(sizes)} spatial axes")
+        for b, s, w in zip(starts, sizes, inp[1:]):
+            if b + s > w:
+                raise LayerError(f"crop from {b} of {s} runs past the input's {w}")
+        return starts
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        self.offsets(a, inp)
         return (inp[0], *self.sizes(a, inp))
 
     def strided(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> bool:

@@ -825,7 +825,27 @@ class _Converter:
             return any(isinstance(v, (_Tensor, _Chunks)) for v in a)
         return False
 
+    def shift(self, node: fx.Node, pads: tuple[tuple[int, int], ...], x: _Tensor, name: str,
+              fixed: bool) -> _Tensor:
+        """A pad with negative sizes that is not a centre crop (NASNet's ZeroPad2d((-1, 1, -1, 1)), a shift by
+        one): the zero padding of its positive sizes, then a crop from the first kept index, to the input's size
+        where it keeps it (so the spec keeps it at another input)."""
+        if x.channels_last:
+            raise Unmapped("a pad with negative sizes on a channels-last view")
+        padded = tuple((max(b, 0), max(a, 0)) for b, a in pads)
+        y = x
+        if any(p for pair in padded for p in pair):
+            y = self.emit(node, name, "zeropad", None, {"padding": [list(p) for p in padded]}, [x], fixed,
+                          shape=(x.shape[0], *(w + b + a for w, (b, a) in zip(x.shape[1:], padded))))
+        final = tuple(w + b + a for w, (b, a) in zip(x.shape[1:], pads))
+        args: dict[str, Any] = {"to": SizeOf(x.id)} if final == x.shape[1:] else {"size": list(final)}
+        args["start"] = [max(-b, 0) for b, _ in pads]
+        return self.emit(node, f"{name}_crop" if y is not x else name, "crop", None, args, [y], fixed)
+
     def layer(self, node: fx.Node, mapped: Mapped, x: _Tensor, name: str, fixed: bool) -> _Tensor:
+        if mapped.kind == "zeropad" and isinstance(mapped.args.get("padding"), tuple) and any(
+                isinstance(p, tuple) and min(p) < 0 for p in mapped.args["padding"]):
+            return self.shift(node, mapped.args["padding"], x, name, fixed)
         kind, args = mapped
         trainable = True
         if node.op == "call_module":
