@@ -224,7 +224,7 @@ class BlurPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if any(self.pad):
             x = F.pad(x, self.pad, mode=self.mode)
-        return F.conv2d(x, self.filt, stride=self.stride, groups=x.shape[1])
+        return F.conv2d(x, self.get_buffer("filt"), stride=self.stride, groups=x.shape[1])
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, pad={self.pad}, mode={self.mode}"

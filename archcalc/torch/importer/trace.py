@@ -892,7 +892,7 @@ class _Converter:
             mapped = rule(m, (*x.shape[1:], x.shape[0]) if x.channels_last else x.shape)
         return self.layer(node, mapped, x, path.rsplit(".", 1)[-1], fixed=True)
 
-    def permute(self, node: fx.Node, x: Any, dims: tuple[int, ...]) -> _Tensor:
+    def permute(self, node: fx.Node, x: Any, dims: tuple[int, ...]) -> _Tensor | _Blocks:
         if not isinstance(x, _Tensor):
             raise Unmapped("a permute of something that is not a tensor of the network")
         rank = len(x.shape) + 1
@@ -1019,10 +1019,10 @@ class _Converter:
         keep = 0  # the trailing axes it leaves as they are (a split of the channels: the spatial axes)
         while keep < min(len(x.shape), len(out)) - 1 and x.shape[-1 - keep] == out[-1 - keep]:
             keep += 1
-        args: dict[str, Any] = {"shape": list(out[:len(out) - keep])}
+        view: dict[str, Any] = {"shape": list(out[:len(out) - keep])}
         if keep:
-            args["keep"] = keep
-        return self.emit(node, "reshape", "reshape", None, args, [x], fixed=False)
+            view["keep"] = keep
+        return self.emit(node, "reshape", "reshape", None, view, [x], fixed=False)
 
     def blocks(self, node: fx.Node, x: _Tensor, dims: tuple[int, ...]) -> _Blocks | None:
         """The permute of space-to-depth (TResNet's): a C x H x W tensor viewed as (C, H/r, r, W/r, r) by the op
