@@ -180,7 +180,7 @@ FULL: dict[str, Rule] = {
                                             "zeropad", "reshape", "space_to_depth", "transpose")},
     "conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "blur_pool": lambda a, i, o, m: 2 * m,
-    "sum": lambda a, i, o, m: n(i) - n(o),
+    "sum": lambda a, i, o, m: n(i),
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "linear": lambda a, i, o, m: 2 * m + (a["out_features"] if a["bias"] else 0),
     "bias": lambda a, i, o, m: n(o),

@@ -246,7 +246,7 @@ class Sum(Kind):
     doc = ("The sum along one axis of each sample, x.sum(dim) (dim counts the batch as 0, as PyTorch does): "
            "ResNeSt's and SKNet's sum over the branches of a (radix, C, H, W) sample. fvcore has no formula for it "
            "(0).")
-    full_rule = "1 addition per input element less 1 per output element"
+    full_rule = "1 addition per input element (each sum accumulated from zero, as the mean's)"
     args = (Arg("dim", "int", 1, "axis to sum, batch = 0", minimum=1),
             Arg("keepdim", "bool", False, "keep the summed axis as size 1"))
     examples = (Example((2, 8, 5, 5)), Example((3, 4, 6), {"dim": 2, "keepdim": True}),
@@ -262,7 +262,7 @@ class Sum(Kind):
         return (*inp[:axis], *inp[axis + 1:])
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
-        return Cost(full=numel(inp) - numel(out))
+        return Cost(full=numel(inp))
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
         # Every output sees the whole summed axis; without keepdim the later axes move down one: whole for all.
