@@ -41,6 +41,7 @@ ELEMENTWISE = {aten.add, aten.sub, aten.rsub, aten.mul, aten.div, aten.reciproca
                aten.pow, aten.rsqrt, aten.sqrt, aten.gt, aten.lt, aten.ge, aten.le, aten.clamp_min, aten.clamp_max,
                aten.maximum, aten.minimum}
 FREE = {aten.neg, aten.where, aten.view, aten._unsafe_view, aten.reshape, aten.unfold, aten.constant_pad_nd,
+        aten.reflection_pad2d,
         aten.squeeze, aten.unsqueeze, aten.expand, aten.permute, aten.transpose, aten.t, aten.clone, aten.cat,
         aten.stack, aten.slice, aten.select, aten.alias, aten.detach, aten._to_copy, aten.copy_, aten.empty_like,
         aten.lift_fresh, aten.upsample_nearest1d, aten.upsample_nearest2d, aten.upsample_nearest3d,
@@ -462,7 +463,7 @@ def _softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
 # Kinds whose real module is counted directly: its ops are already elementary (a convolution, a matrix product,
 # data movement).
 REAL = {"conv", "conv_transpose", "linear", "flatten", "zeropad", "crop", "channel_shuffle", "channel_slice",
-        "pixel_shuffle", "pixel_unshuffle"}
+        "pixel_shuffle", "pixel_unshuffle", "reshape", "transpose", "space_to_depth", "blur_pool", "sum"}
 
 EXTRA = {"gelu": [((16, 8, 8), {"approximate": "tanh"})], "batchnorm": [((8, 5, 5), {"track_running_stats": False}),
          ((8, 5, 5), {"track_running_stats": False, "affine": False})],

@@ -177,7 +177,7 @@ FULL: dict[str, Rule] = {
     "maxout": lambda a, i, o, m: (a["pieces"] - 1) * n(o),
     **{k: (lambda a, i, o, m: 0) for k in ("dropout", "identity", "flatten", "channel_shuffle", "channel_slice",
                                             "stochastic_depth", "pixel_shuffle", "pixel_unshuffle", "crop",
-                                            "zeropad")},
+                                            "zeropad", "reshape", "space_to_depth", "transpose")},
     "conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     # the norm's square and sum, x * nx, the weight's product, the bias's and the residual's sums per element; per
     # channel the square root, the mean's sum and the division; the mean's division and eps once
@@ -194,6 +194,8 @@ FULL: dict[str, Rule] = {
     # with act v * x, the sigmoid (3) and the product; per group the two divisions by the count, eps, the root
     "evonorm_s0": lambda a, i, o, m: (7 + (5 if a["act"] else 0)) * n(i) + 4 * a["groups"],
     "std_conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),  # (the standardisation: FULL_ONCE)
+    "blur_pool": lambda a, i, o, m: 2 * m,
+    "sum": lambda a, i, o, m: n(i),
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "linear": lambda a, i, o, m: 2 * m + (a["out_features"] if a["bias"] else 0),
     "bias": lambda a, i, o, m: n(o),

@@ -258,10 +258,12 @@ class Constant(nn.Module):
 def _crop(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
     size = _axes(a["size"], len(shape) - 1)
 
+    starts = None if a.get("start") is None else _axes(a["start"], len(shape) - 1)
+
     def crop(x: torch.Tensor) -> torch.Tensor:
         for axis, want in enumerate(size):
             start = (x.shape[2 + axis] - want) // 2  # the odd row or column is cut after
-            x = x.narrow(2 + axis, start, want)
+            x = x.narrow(2 + axis, start if starts is None else starts[axis], want)
         return x
     return Lambda(crop)
 
@@ -291,6 +293,25 @@ def _batchnorm(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
 def _linear(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
     linear = nn.Linear(math.prod(shape), a["out_features"], bias=a["bias"])
     return nn.Sequential(nn.Flatten(), linear) if len(shape) > 1 else linear
+
+
+class _Blur(nn.Module):
+    """Zhang 2019's BlurPool: pad (reflected or zeros), then convolve each channel with the outer product of the
+    binomial rows [C(k-1, i)] normalised to sum 1 (a buffer: a fixed filter)."""
+
+    def __init__(self, a: dict[str, Any], shape: tuple[int, ...]) -> None:
+        super().__init__()
+        k, self.stride = _axes(a["kernel_size"], 2), _axes(a["stride"], 2)
+        rows = [torch.tensor([math.comb(n - 1, i) for i in range(n)], dtype=torch.float32) for n in k]
+        filt = torch.outer(rows[0] / rows[0].sum(), rows[1] / rows[1].sum())
+        self.register_buffer("filt", filt.expand(shape[0], 1, *k).clone())
+        p = a["padding"]
+        pads = [(p, p)] * 2 if isinstance(p, int) else [(q, q) if isinstance(q, int) else tuple(q) for q in p]
+        self.pads = _f_pad(pads)  # type: ignore[arg-type]
+        self.mode = "reflect" if a["padding_mode"] == "reflect" else "constant"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, self.pads, mode=self.mode), self.filt, stride=self.stride, groups=x.shape[1])
 
 
 def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -355,6 +376,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "channel_layernorm": lambda a, s: ChannelsLastLayerNorm(s[0], eps=a["eps"],
                                                             elementwise_affine=a["elementwise_affine"],
                                                             bias=a["bias"]),
+    "blur_pool": lambda a, s: _Blur(a, s),
     "channel_shuffle": lambda a, s: nn.ChannelShuffle(a["groups"]),
     "channel_slice": lambda a, s: Lambda(lambda x: x[:, a["start"]:a["stop"]]),
     "conv": _conv,
@@ -366,6 +388,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "dropout": lambda a, s: nn.Dropout(a["p"]),
     "elu": lambda a, s: nn.ELU(a["alpha"]),
     "flatten": lambda a, s: nn.Flatten(),
+    "reshape": lambda a, s: Lambda(lambda x: x.view(x.shape[0], *a["shape"], *s[len(s) - a["keep"]:])),
     "gelu": lambda a, s: nn.GELU(approximate=a["approximate"]),
     "global_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(1),
     "global_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(1),
@@ -391,6 +414,11 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "mean": lambda a, s: Lambda(lambda x: x.mean(_spatial(s), keepdim=a["keepdim"])),
     "pixel_shuffle": lambda a, s: nn.PixelShuffle(a["upscale_factor"]),
     "pixel_unshuffle": lambda a, s: nn.PixelUnshuffle(a["downscale_factor"]),
+    "sum": lambda a, s: Lambda(lambda x: torch.sum(x, a["dim"], keepdim=a["keepdim"])),
+    "transpose": lambda a, s: Lambda(lambda x: torch.transpose(x, a["dim0"], a["dim1"])),
+    # tf.nn.space_to_depth's order: block row, block column, then channel (TResNet's SpaceToDepth)
+    "space_to_depth": lambda a, s: Lambda(lambda x: x.unflatten(3, (-1, a["block_size"])).unflatten(
+        2, (-1, a["block_size"])).permute(0, 3, 5, 1, 2, 4).flatten(1, 3)),
     "prelu": lambda a, s: nn.PReLU(a["num_parameters"], a["init"]),
     "psa_attention": lambda a, s: _PSAAttention(a["dim"], a["num_heads"], a["attn_ratio"]),
     "relu": lambda a, s: nn.ReLU(),

@@ -460,8 +460,8 @@ class _Engine:
         state = _RF(src.rf, src.jump)
         if steps is not None and len(inp) > 1:
             rf, jump = list(state.rf), list(state.jump)
-            for axis, step in enumerate(steps):
-                if step.whole:
+            for axis, step in enumerate(steps[:len(rf)]):  # (the input's axes; after a reshape that adds axes,
+                if step.whole:                                 # which sees them whole, there may be more)
                     rf[axis] += int((inp[1 + axis] - 1) * jump[axis])
                 else:
                     rf[axis] += int((step.kernel - 1) * jump[axis])

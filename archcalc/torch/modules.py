@@ -307,6 +307,99 @@ class Mean(nn.Module):
         return f"dims={self.dims}, keepdim={self.keepdim}"
 
 
+class Reshape(nn.Module):
+    """x.view(B, *shape, *x.shape[-keep:]): ECA's view of C pooled channels as one 1-D signal for a Conv1d, and
+    back; ResNeSt's view of radix x C channels as (radix, C) with the spatial axes kept."""
+
+    def __init__(self, shape: Sequence[int] | int, keep: int = 0) -> None:
+        super().__init__()
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.keep = keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], *self.shape, *x.shape[x.dim() - self.keep:])
+
+    def extra_repr(self) -> str:
+        return f"shape={self.shape}, keep={self.keep}"
+
+
+class BlurPool(nn.Module):
+    """Anti-aliased downsampling (Zhang 2019; timm's BlurPool2d): pad, then a depthwise conv with a fixed binomial
+    filter, held in a buffer (not a parameter)."""
+
+    def __init__(self, channels: int, kernel_size: Sequence[int], stride: Sequence[int], pads: Pads,
+                 padding_mode: str) -> None:
+        super().__init__()
+        rows = []
+        for k in kernel_size:
+            taps = [1.0]
+            for _ in range(k - 1):  # Pascal's triangle: the binomial coefficients C(k - 1, i)
+                taps = [a + b for a, b in zip([0.0, *taps], [*taps, 0.0])]
+            row = torch.tensor(taps, dtype=torch.float32)
+            rows.append(row / row.sum())
+        filt = rows[0][:, None] * rows[1][None, :]
+        self.register_buffer("filt", filt[None, None].repeat(channels, 1, 1, 1), persistent=False)
+        self.stride = tuple(stride)
+        self.pad = f_pad(pads)
+        self.mode = "reflect" if padding_mode == "reflect" else "constant"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(self.pad):
+            x = F.pad(x, self.pad, mode=self.mode)
+        return F.conv2d(x, self.get_buffer("filt"), stride=self.stride, groups=x.shape[1])
+
+    def extra_repr(self) -> str:
+        return f"stride={self.stride}, pad={self.pad}, mode={self.mode}"
+
+
+class SpaceToDepth(nn.Module):
+    """TensorFlow's space_to_depth (TResNet's stem): each r x r block of positions into the channels, block position
+    first: view as (C, H/r, r, W/r, r), permute the two r axes before C, view as (r*r*C, H/r, W/r)."""
+
+    def __init__(self, block_size: int) -> None:
+        super().__init__()
+        self.block_size = block_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        r = self.block_size
+        x = x.view(n, c, h // r, r, w // r, r).permute(0, 3, 5, 1, 2, 4).contiguous()
+        return x.view(n, c * r * r, h // r, w // r)
+
+    def extra_repr(self) -> str:
+        return f"block_size={self.block_size}"
+
+
+class Sum(nn.Module):
+    """x.sum(dim): ResNeSt's and SKNet's sum over a split sample's branches."""
+
+    def __init__(self, dim: int, keepdim: bool = False) -> None:
+        super().__init__()
+        self.dim = dim
+        self.keepdim = keepdim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(self.dim, keepdim=self.keepdim)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, keepdim={self.keepdim}"
+
+
+class Transpose(nn.Module):
+    """x.transpose(dim0, dim1): a view."""
+
+    def __init__(self, dim0: int, dim1: int) -> None:
+        super().__init__()
+        self.dim0 = dim0
+        self.dim1 = dim1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(self.dim0, self.dim1)
+
+    def extra_repr(self) -> str:
+        return f"dim0={self.dim0}, dim1={self.dim1}"
+
+
 class CenterCrop(nn.Module):
     """x[..., o:o+s, ...] per spatial axis: a view (U-Net's crop before concatenation)."""
 

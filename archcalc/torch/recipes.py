@@ -179,6 +179,13 @@ def _avgpool(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.PaddedPool, pool=inner, pads=kind.explicit_pads(a, inp), value=0.0)
 
 
+@recipe("blur_pool")
+def _blur_pool(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    k, s, _, pads = kind.geometry(a, inp)
+    return call(modules.BlurPool, channels=inp[0], kernel_size=tuple(k), stride=tuple(s), pads=tuple(pads),
+                padding_mode=a["padding_mode"])
+
+
 _ADAPTIVE = {
     "adaptive_avgpool": (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d),
     "adaptive_maxpool": (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d),
@@ -504,7 +511,7 @@ def _read_adaptive(kind: str) -> ModuleRule:
 def _read_zeropad(m: Any, inp: tuple[int, ...]) -> Mapped:
     if getattr(m, "value", 0.0) != 0.0:
         raise Unmapped(f"padding with {m.value}; archcalc's zeropad pads with zeros")
-    return Mapped("zeropad", {"padding": _padding(_pairs(m.padding))})
+    return _f_pad({"pad": m.padding}, inp)  # (negative sizes crop, as F.pad's)
 
 
 def _upsample_args(size: Any, scale: Any, mode: str, align_corners: Any, inp: tuple[int, ...]) -> dict[str, Any]:
@@ -578,11 +585,19 @@ def _read_mean(m: Any, inp: tuple[int, ...]) -> Mapped:
 
 
 def _read_crop(m: Any, inp: tuple[int, ...]) -> Mapped:
-    return Mapped("crop", {"size": _tup(m.sizes)})
+    centred = tuple((w - s) // 2 for w, s in zip(inp[1:], m.sizes))
+    return Mapped("crop", {"size": _tup(m.sizes)} | ({} if tuple(m.offsets) == centred else
+                                                     {"start": _tup(m.offsets)}))
 
 
 MODULES: dict[type, ModuleRule] = {}
 MODULE_KINDS: dict[type, str] = {}  # the kind each class maps to (adaptive pooling to 1 reads as global pooling)
+
+
+def _read_blur_pool(m: Any, inp: tuple[int, ...]) -> Mapped:
+    return Mapped("blur_pool", {"kernel_size": _tup(tuple(m.filt.shape[2:])), "stride": _tup(m.stride),
+                                "padding": _padding(_pairs(m.pad)),
+                                "padding_mode": "reflect" if m.mode == "reflect" else "zeros"})
 
 
 def reads(kind: str, rule: ModuleRule, *classes: type) -> None:
@@ -626,6 +641,7 @@ reads("upsample", _read_upsample, nn.Upsample)
 reads("softmax", _read_softmax, nn.Softmax)
 reads("layer_scale", _read_layer_scale, modules.LayerScale)
 reads("mean", _read_mean, modules.Mean)
+reads("blur_pool", _read_blur_pool, modules.BlurPool)
 reads("crop", _read_crop, modules.CenterCrop)
 
 
@@ -713,12 +729,12 @@ def _f_pad(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
         raise Unmapped("F.pad of the channel or batch axis")
     pairs = ((0, 0),) * (rank - len(pairs)) + pairs
     if any(p < 0 for pair in pairs for p in pair):  # negative padding crops
-        if any(p > 0 for pair in pairs for p in pair):
-            raise Unmapped("F.pad that pads one side and crops another has no archcalc kind")
         sizes = tuple(w + b + e for w, (b, e) in zip(inp[1:], pairs))
-        if any(-b != (w - n) // 2 for w, n, (b, _) in zip(inp[1:], sizes, pairs)):
-            raise Unmapped(f"F.pad({list(a['pad'])}) crops off centre; archcalc's crop cuts half of the margin "
-                           "before (the odd row or column after)")
+        if any(p > 0 for pair in pairs for p in pair) or any(
+                -b != (w - n) // 2 for w, n, (b, _) in zip(inp[1:], sizes, pairs)):
+            # off centre, or padding one side and cropping another (NASNet's shift): the importer writes a zero pad
+            # and a crop from a start (see trace.py's shift)
+            return Mapped("zeropad", {"padding": tuple(pairs)})
         return Mapped("crop", {"size": _tup(sizes)})
     return Mapped("zeropad", {"padding": _padding(pairs)})
 
@@ -856,8 +872,31 @@ for _name, _fn in (("upsample", "upsample"),):
     if hasattr(F, _fn):
         FUNCTIONS[getattr(F, _fn)] = FUNCTIONS[F.interpolate]
 
+def _f_sum(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    dim, rank = a.get("dim"), len(inp) + 1
+    if not isinstance(dim, int) and isinstance(dim, (list, tuple)) and len(dim) == 1:
+        dim = dim[0]
+    if not isinstance(dim, int) or a.get("dtype") is not None:
+        raise Unmapped(f"sum over dims {dim}: archcalc's sum is over one axis of each sample")
+    if dim % rank == 0:
+        raise Unmapped("sum over the batch axis")
+    return Mapped("sum", {"dim": dim % rank, "keepdim": bool(a.get("keepdim", False))})
+
+
+def _f_transpose(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    rank = len(inp) + 1
+    dims = sorted(int(a[k]) % rank for k in ("dim0", "dim1"))
+    if dims[0] == 0:
+        raise Unmapped("a transpose of the batch axis")
+    return Mapped("transpose", {"dim0": dims[0], "dim1": dims[1]})
+
+
+FUNCTIONS[torch.sum] = (("x", "dim", "keepdim", "dtype"), _f_sum)
+FUNCTIONS[torch.transpose] = (("x", "dim0", "dim1"), _f_transpose)
+
 METHODS: dict[str, tuple[tuple[str, ...], FunctionRule]] = {
     "softmax": (("x", "dim"), _f_softmax), "mean": (("x", "dim", "keepdim", "dtype"), _f_mean),
+    "sum": (("x", "dim", "keepdim", "dtype"), _f_sum), "transpose": (("x", "dim0", "dim1"), _f_transpose),
 }
 
 

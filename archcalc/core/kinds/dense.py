@@ -72,6 +72,45 @@ class Flatten(Kind):
         return [RFStep(whole=True) for _ in inp[1:]]
 
 
+@register
+class Reshape(Kind):
+    name = "reshape"
+    synonyms = ("view", "unflatten")
+    doc = ("Reshape each sample to `shape` followed by the input's last `keep` axes as they are (x.view(B, *shape, "
+           "*x.shape[-keep:]); the batch axis stays first): a view of the input, no copy, no arithmetic, unless the "
+           "input is a non-contiguous view (then a contiguous copy). The first axis of the result is what the next "
+           "layer reads as channels: ECA's x.mean((2, 3)).view(B, 1, C) makes the C channels one 1-D signal of "
+           "length C for a Conv1d; ResNeSt's split view of radix x C channels as (B, radix, C, H, W) is `shape: "
+           "[radix, C], keep: 2`, and keeps the spatial size free for another input.")
+    full_rule = "0"
+    alias = True
+    contiguous_input = True
+    args = (Arg("shape", "ints", doc="the new leading axes, as many elements as the input's axes before `keep`",
+                minimum=1),
+            Arg("keep", "int", 0, "how many of the input's last axes are kept as they are", minimum=0))
+    examples = (Example((64,), {"shape": [1, 64]}), Example((1, 64), {"shape": [64, 1, 1]}),
+                Example((6, 4, 2), {"shape": [12, 4]}), Example((8, 5, 3), {"shape": [2, 4], "keep": 2}))
+    torch_class = "Reshape"
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        shape = (a["shape"],) if isinstance(a["shape"], int) else tuple(a["shape"])
+        keep = a["keep"]
+        if keep >= len(inp):
+            raise LayerError(f"reshape keeps {keep} axes of a sample of {len(inp)} ({'x'.join(map(str, inp))}); "
+                             "at most the spatial ones")
+        lead = inp[:len(inp) - keep]
+        if numel(shape) != numel(lead):
+            raise LayerError(f"reshape to {'x'.join(map(str, shape))} ({numel(shape):,} elements) from "
+                             f"{'x'.join(map(str, lead))} ({numel(lead):,} elements)")
+        return (*shape, *inp[len(inp) - keep:])
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        return [RFStep(whole=True) for _ in inp[1:]]
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        shape = (a["shape"],) if isinstance(a["shape"], int) else tuple(a["shape"])
+        return "to " + "x".join(map(str, (*shape, *["*"] * a["keep"])))
+
 
 PER = ("channel", "position", "element", "tensor")
 

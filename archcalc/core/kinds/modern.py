@@ -222,17 +222,109 @@ class PixelUnshuffle(_Shuffle):
 
 
 @register
+class SpaceToDepth(_Shuffle):
+    name = "space_to_depth"
+    synonyms = ("spacetodepth", "s2d")
+    doc = ("TensorFlow's space_to_depth (tf.nn.space_to_depth; TResNet's stem, Ridnik et al. 2021): C x rH x rW -> "
+           "r^2*C x H x W, each r x r block of positions moved into the channels, block position first (channel "
+           "(i*r + j)*C + c; pixel_unshuffle orders them c*r^2 + i*r + j). A copy: no parameters, no arithmetic.")
+    full_rule = "0 (a copy)"
+    up = False
+    args = (Arg("block_size", "int", doc="r", aliases=("factor",), minimum=1),)
+    examples = (Example((3, 8, 8), {"block_size": 4}), Example((2, 6, 9), {"block_size": 3}))
+    torch_class = "SpaceToDepth"
+
+    def factor(self, a: Mapping[str, Any]) -> int:
+        return int(a["block_size"])
+
+
+def _axis(kind: str, dim: int, inp: Shape) -> int:
+    if dim > len(inp):
+        raise LayerError(f"{kind} dim {dim} does not exist: the input has dims 1..{len(inp)} (0 is the batch)")
+    return dim - 1
+
+
+@register
+class Sum(Kind):
+    name = "sum"
+    synonyms = ("reduce_sum", "reducesum")
+    doc = ("The sum along one axis of each sample, x.sum(dim) (dim counts the batch as 0, as PyTorch does): "
+           "ResNeSt's and SKNet's sum over the branches of a (radix, C, H, W) sample. fvcore has no formula for it "
+           "(0).")
+    full_rule = "1 addition per input element (each sum accumulated from zero, as the mean's)"
+    args = (Arg("dim", "int", 1, "axis to sum, batch = 0", minimum=1),
+            Arg("keepdim", "bool", False, "keep the summed axis as size 1"))
+    examples = (Example((2, 8, 5, 5)), Example((3, 4, 6), {"dim": 2, "keepdim": True}),
+                Example((4, 6), {"dim": 1}))
+    torch_class = "Sum"
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        axis = _axis(self.name, a["dim"], inp)
+        if a["keepdim"]:
+            return (*inp[:axis], 1, *inp[axis + 1:])
+        if len(inp) == 1:
+            raise LayerError("sum over the only axis of a flat sample leaves no axis; write keepdim: true")
+        return (*inp[:axis], *inp[axis + 1:])
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        return Cost(full=numel(inp))
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        # Every output sees the whole summed axis; without keepdim the later axes move down one: whole for all.
+        whole = not a["keepdim"]
+        return [RFStep(whole=whole or i + 2 == a["dim"]) for i in range(len(inp) - 1)]
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"over dim {a['dim']}"
+
+
+@register
+class Transpose(Kind):
+    name = "transpose"
+    synonyms = ("swapaxes", "swapdims")
+    doc = ("Swap two axes of each sample, x.transpose(dim0, dim1) (dims count the batch as 0, as PyTorch does): a "
+           "view, no copy, no arithmetic; the next op that needs a contiguous tensor copies it. ResNeSt's radix "
+           "softmax swaps its cardinality and radix axes.")
+    full_rule = "0 (a view)"
+    alias = True
+    args = (Arg("dim0", "int", 1, "one axis, batch = 0", minimum=1),
+            Arg("dim1", "int", 2, "the other axis", minimum=1))
+    examples = (Example((2, 3, 5)), Example((4, 6, 5, 3), {"dim0": 2, "dim1": 3}))
+    torch_class = "Transpose"
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        i, j = _axis(self.name, a["dim0"], inp), _axis(self.name, a["dim1"], inp)
+        out = list(inp)
+        out[i], out[j] = inp[j], inp[i]
+        return tuple(out)
+
+    def strided(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> bool:
+        return a["dim0"] != a["dim1"] and inp[a["dim0"] - 1] > 1 and inp[a["dim1"] - 1] > 1
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        return [RFStep(whole=i + 2 in (a["dim0"], a["dim1"])) for i in range(len(inp) - 1)]
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"dims {a['dim0']}, {a['dim1']}"
+
+
+@register
 class Crop(Kind):
     name = "crop"
     doc = ("Centre crop of the spatial axes to the size of another tensor (`to: name`, as U-Net's crop-and-concat, "
            "Ronneberger et al. 2015) or to a given `size`. Where the margin is odd, the extra row or column is cut "
-           "after (bottom, right). A view: no copy, no arithmetic (a conv applied directly to the view copies it to a "
-           "contiguous tensor first; a concat, as in U-Net, reads it in place).")
+           "after (bottom, right); `start` gives the first kept index per axis instead (NASNet's shift by one: "
+           "ZeroPad2d((-1, 1, -1, 1)) is a zero pad after, then a crop from 1). A view: no copy, no arithmetic (a "
+           "conv applied directly to the view copies it to a contiguous tensor first; a concat, as in U-Net, reads "
+           "it in place).")
     full_rule = "0 (a view)"
     alias = True
     args = (Arg("to", "ref", None, "crop to this tensor's spatial size"),
-            Arg("size", "ints_or_none", None, "or to this size per spatial axis", minimum=1))
-    examples = (Example((8, 12, 12), {"size": 8}), Example((4, 9, 7), {"size": [4, 6]}))
+            Arg("size", "ints_or_none", None, "or to this size per spatial axis", minimum=1),
+            Arg("start", "ints_or_none", None, "first kept index per spatial axis (default: the centre crop's)",
+                minimum=0))
+    examples = (Example((8, 12, 12), {"size": 8}), Example((4, 9, 7), {"size": [4, 6]}),
+                Example((3, 10, 9), {"size": [7, 8], "start": [3, 0]}))
 
     def sizes(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
         rank = spatial_rank(self.name, inp)
@@ -254,9 +346,19 @@ class Crop(Kind):
         return tuple(sizes)
 
     def offsets(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
-        return tuple((w - s) // 2 for w, s in zip(inp[1:], self.sizes(a, inp)))
+        sizes = self.sizes(a, inp)
+        if a.get("start") is None:
+            return tuple((w - s) // 2 for w, s in zip(inp[1:], sizes))
+        starts = (a["start"],) * len(sizes) if isinstance(a["start"], int) else tuple(a["start"])
+        if len(starts) != len(sizes):
+            raise LayerError(f"crop start has {len(starts)} values for {len(sizes)} spatial axes")
+        for b, s, w in zip(starts, sizes, inp[1:]):
+            if b + s > w:
+                raise LayerError(f"crop from {b} of {s} runs past the input's {w}")
+        return starts
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        self.offsets(a, inp)
         return (inp[0], *self.sizes(a, inp))
 
     def strided(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> bool:

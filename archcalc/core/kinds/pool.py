@@ -319,3 +319,85 @@ class GlobalMaxPool(AdaptiveMaxPool):
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         return "global"
+
+
+@register
+class BlurPool(Kind):
+    name = "blur_pool"
+    synonyms = ("blurpool", "blurpool2d", "anti_alias", "antialiased_downsample")
+    prefix = "blur"
+    doc = ("Anti-aliased downsampling (Zhang 2019, 'Making Convolutional Networks Shift-Invariant Again'; timm's "
+           "BlurPool2d): pad (reflect, or zeros), then a depthwise convolution with a fixed binomial filter of "
+           "kernel_size taps per axis at `stride`. The filter is a buffer, not a parameter: C*prod(F) buffer "
+           "values, no parameters. MACs = out elements * prod(F), as a depthwise conv; fvcore counts them as a conv "
+           "(one per MAC), and F.pad 0. The importer maps any depthwise convolution whose filter is a buffer to it "
+           "(its counts do not depend on the filter's values).")
+    full_rule = "2 per MAC"
+    args = (
+        Arg("kernel_size", "ints", 3, "filter taps per axis (the binomial filter of that size)",
+            aliases=("kernel", "k", "filt_size"), minimum=1),
+        Arg("stride", "ints", 2, "step between windows", minimum=1),
+        Arg("padding", "padding", 1, "added per side before the filter: int, one per axis or [before, after] "
+            "pairs per axis", aliases=("pad",)),
+        Arg("padding_mode", "str", "reflect", "what the padding holds: the reflected input, or zeros",
+            choices=("reflect", "zeros")),
+    )
+    examples = (
+        Example((8, 12, 12)),
+        Example((4, 9, 7), {"kernel_size": 5, "padding": 2, "padding_mode": "zeros"}),
+        Example((3, 8, 8), {"stride": 1, "padding": [[0, 1], [1, 0]]}),
+    )
+
+    def geometry(self, a: Mapping[str, Any], inp: Shape) -> tuple[Any, ...]:
+        spatial_rank(self.name, inp, (2,))
+        if a["padding"] in ("same", "valid"):
+            raise LayerError("blur_pool takes explicit padding, not 'same' or 'valid'")
+        padding = a["padding"]
+        if isinstance(padding, (list, tuple)):  # (hashable for the cached geometry)
+            padding = tuple(tuple(p) if isinstance(p, (list, tuple)) else p for p in padding)
+        return window_geometry(self.name, inp, a["kernel_size"], a["stride"], 1, padding)
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        k, s, d, pads = self.geometry(a, inp)
+        if a["padding_mode"] == "reflect" and any(max(p) >= w for p, w in zip(pads, inp[1:])):
+            raise LayerError(f"reflect padding {fmt_pads(pads)} must be smaller than the input "
+                             f"{'x'.join(map(str, inp[1:]))}")
+        return (inp[0], *window_output(self.name, inp[1:], k, s, pads, d, warn))
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        k, _, _, _ = self.geometry(a, inp)
+        macs = numel(out) * math.prod(k)
+        return Cost(buffers=inp[0] * math.prod(k), macs=macs, fvcore=macs, full=2 * macs)
+
+    def padded(self, a: Mapping[str, Any], inp: Shape) -> int:
+        _, _, _, pads = self.geometry(a, inp)
+        if not any(p for pair in pads for p in pair):
+            return 0
+        return inp[0] * math.prod(w + p0 + p1 for w, (p0, p1) in zip(inp[1:], pads))
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        padded = self.padded(a, inp)  # F.pad's copy, alive while the filter runs
+        return ((padded, 0),) if padded else ()
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ()  # the padded copy is kept for backward (saved)
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # The convolution keeps what it reads (the padded copy, or the input itself without padding); a reflect
+        # pad keeps its input too (reflection_pad2d_backward takes it), a zero pad nothing (its backward slices).
+        padded = self.padded(a, inp)
+        if not padded:
+            return Saved(input=True)
+        return Saved(input=a["padding_mode"] == "reflect", extra=((padded, 0),))
+
+    def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),
+                      divide_groups: bool = False) -> tuple[int, int]:
+        return macs, 0  # the filter is a buffer: no weight gradient
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        k, s, _, _ = self.geometry(a, inp)
+        return [RFStep(ki, si) for ki, si in zip(k, s)]
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        k, s, _, pads = self.geometry(a, inp)
+        return f"{fmt_axes(k)}/{fmt_axes(s)} p{fmt_pads(pads)} {a['padding_mode']}"

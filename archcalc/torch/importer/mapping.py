@@ -132,6 +132,8 @@ PARAM_VIEWS = {"reshape", "view", "view_as", "reshape_as", "to", "type", "float"
 PARAM_VIEW_FUNCTIONS = {torch.reshape, torch.flatten, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
                         operator.getitem}
 CAT = {torch.cat, torch.concat}
+CONV_2D = {F.conv2d, torch.conv2d}
+MAX_POOL = {F.max_pool1d, F.max_pool2d, F.max_pool3d, torch.max_pool1d, torch.max_pool2d, torch.max_pool3d}
 FLATTEN = {torch.flatten}
 CHUNK = {torch.chunk}
 SPLIT = {torch.split}

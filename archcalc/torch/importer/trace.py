@@ -118,6 +118,22 @@ class _NotComposed(Exception):
     """A module call's ops are not a composition (an argument the rules cannot read)."""
 
 
+class _Blocks(NamedTuple):
+    """Space-to-depth half done: `source` viewed as (C, H/r, r, W/r, r) and permuted to (r, r, C, H/r, W/r)."""
+
+    source: _Tensor
+    block_size: int
+
+
+class _Padded(NamedTuple):
+    """An F.pad whose one reader takes it into its own op: reflection or zeros before a depthwise conv with a fixed
+    filter (a blur pool), -inf before a max pool (TensorFlow's "same" max pooling, timm's MaxPool2dSame)."""
+
+    source: _Tensor
+    pads: tuple[tuple[int, int], ...]  # (before, after) per spatial axis
+    mode: str  # "reflect", "zeros" or "-inf"
+
+
 class _Failed(Exception):
     """Raised inside fx's tracing with the finished message (fx's own errors pass through it unchanged)."""
 
@@ -399,6 +415,7 @@ class _Converter:
         self.called: set[str] = set()
         self.named_functions = mapping.named_functions()
         self.parameters = dict(root.named_parameters())
+        self.buffers = dict(root.named_buffers())
         self.same: dict[int, tuple[_Tensor, fx.Node]] = {}  # a pad computed from its input's size -> (input, node)
         self.current: Any = None  # the node being converted
         self.consumed: set[str] = set()  # the parameters and buffers an op has counted
@@ -660,8 +677,8 @@ class _Converter:
         tensors = [a for a in args if isinstance(a, _Tensor)] + [v for v in kwargs.values() if isinstance(v, _Tensor)]
         value = self.values.get(node)
         method = str(target) if node.op == "call_method" else None
-        if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Param, list, tuple)) and self._has_tensor(a)
-                                   for a in [*args, *kwargs.values()]):
+        if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Padded, _Blocks, _Param, list, tuple))
+                                   and self._has_tensor(a) for a in [*args, *kwargs.values()]):
             params = self._params([*args, *kwargs.values()])
             if (params or self._scaled([*args, *kwargs.values()])) and isinstance(value, torch.Tensor):
                 return self.on_parameters(node, target, method, args, kwargs, params, tuple(value.shape))
@@ -674,6 +691,8 @@ class _Converter:
             return value  # x.shape[-2:], x.size(0): concrete values for the arguments of later ops
         if target is operator.getitem:
             return self.getitem(node, args)
+        if method in ("expand_as", "expand") and isinstance(args[0], _Tensor):
+            return self.expand(node, args[0])
         merge = mapping.BINARY_METHODS.get(method) if method else mapping.BINARY.get(target)
         if method in mapping.DIVIDE_METHODS or target in mapping.DIVIDE:
             merge = "div"
@@ -683,6 +702,8 @@ class _Converter:
             return self.power(node, args, kwargs, square=target is torch.square or method == "square")
         if target in mapping.CAT:
             return self.cat(node, args, kwargs)
+        if target is torch.stack:
+            return self.stack(node, args, kwargs)
         if target in mapping.FLATTEN or method in ("flatten", "view", "reshape") or target is torch.reshape:
             return self.reshape(node, args, kwargs, method or "flatten")
         if target in mapping.CHUNK or target in mapping.SPLIT or method in ("chunk", "split"):
@@ -698,6 +719,16 @@ class _Converter:
         names, rule = entry
         bound = mapping.bind(names, args, kwargs)
         x = bound.get("x")
+        if fn is F.pad and isinstance(x, _Tensor):
+            padded = self.padded(node, bound, x)
+            if padded is not None:
+                return padded
+        if fn in mapping.CONV_2D and (isinstance(x, _Padded) or self._fixed_filter(bound.get("weight"))):
+            return self.blur_pool(node, bound, x)
+        if isinstance(x, _Padded):
+            if fn in mapping.MAX_POOL and x.mode == "-inf":
+                return self.padded_max_pool(node, rule, bound, x)
+            raise Unmapped("its input is a padding that archcalc folds only into a blur pool or a max pool")
         if not isinstance(x, _Tensor):
             raise Unmapped("its first argument is not a tensor of the network")
         if any(isinstance(v, _Tensor) for k, v in bound.items() if k != "x"):
@@ -710,6 +741,8 @@ class _Converter:
             self.consume(node, self._params(list(bound.values())), "conv", conv, x)
             return self.emit(node, "conv", "conv", None, conv, [x], False, channels_last=True,
                              shape=(w.shape[0], *x.shape[1:]))
+        if x.channels_last and (fn is torch.mean or method == "mean"):
+            return self.channels_last_mean(node, rule, bound, x)
         mapped = rule(bound, x.shape)
         if any(self._scaled(list(bound.values()))):
             raise Unmapped("it reads a parameter times a constant (computed at forward time), which has no archcalc "
@@ -790,6 +823,110 @@ class _Converter:
         sources = w.sources + (gain.param.sources if gain is not None else ())
         return _Param(sources, shape, (("eps", float(bound.get("eps", 1e-5))), ("gain", gain is not None),
                                        ("gamma", gamma)))
+
+    def padded(self, node: fx.Node, bound: dict[str, Any], x: _Tensor) -> _Padded | None:
+        """F.pad that the op reading it takes into its own: reflection or zeros read only by a conv with a fixed
+        filter (a blur pool), -inf read only by a max pool. None for any other pad (mapped as F.pad is)."""
+        mode, value = bound.get("mode", "constant"), bound.get("value")
+        readers = [u for u in node.users if not (  # (reads of its shape, x.shape[1], do not count)
+            (u.op == "call_function" and u.target is getattr)
+            or (u.op == "call_method" and u.target in ("size", "dim")))]
+        if x.channels_last or len(readers) != 1 or not isinstance(bound.get("pad"), (list, tuple)):
+            return None
+        user = readers[0]
+        if mode == "reflect" or (mode == "constant" and not value):
+            kind = "reflect" if mode == "reflect" else "zeros"
+            weight = user.args[1] if len(user.args) > 1 else user.kwargs.get("weight")
+            while isinstance(weight, fx.Node) and weight.op == "call_method" and weight.args \
+                    and str(weight.target) in mapping.PARAM_VIEWS:  # self.filt.expand(...): still the buffer
+                weight = weight.args[0]
+            if isinstance(weight, fx.Node) and weight.op == "get_attr":  # (read after the pad: not converted yet)
+                weight = _Param((str(weight.target),), tuple(self.values[weight].shape))
+            if not (user.op == "call_function" and user.target in mapping.CONV_2D and user.args[0] is node
+                    and self._fixed_filter(self.arg(weight))):
+                return None
+        elif mode == "constant" and value == -math.inf:
+            kind = "-inf"
+            if not (user.op == "call_function" and user.target in mapping.MAX_POOL and user.args[0] is node):
+                return None
+        else:
+            return None
+        flat = [int(p) for p in bound["pad"]]
+        pairs = tuple(reversed([(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]))
+        rank = len(x.shape) - 1
+        if len(pairs) > rank or any(p < 0 for pair in pairs for p in pair):
+            return None
+        return _Padded(x, ((0, 0),) * (rank - len(pairs)) + pairs, kind)
+
+    def _fixed_filter(self, w: Any) -> bool:
+        """A conv weight that is a buffer (or made from buffers alone): a fixed filter, not a learned one."""
+        return isinstance(w, _Param) and not any(s in self.parameters for s in w.sources)
+
+    @staticmethod
+    def _pads_arg(pads: tuple[tuple[int, int], ...]) -> Any:
+        if all(b == a for b, a in pads):
+            return pads[0][0] if len({b for b, _ in pads}) == 1 else [b for b, _ in pads]
+        return [list(p) for p in pads]
+
+    def blur_pool(self, node: fx.Node, bound: dict[str, Any], x: Any) -> _Tensor:
+        """A depthwise conv whose filter is a buffer (timm's BlurPool2d, after its reflect or zero pad): blur_pool.
+        Its counts (no parameters, C*prod(F) buffers, a depthwise conv's MACs) do not depend on the filter's
+        values."""
+        source, pads, mode = (x.source, x.pads, x.mode) if isinstance(x, _Padded) else (x, None, "zeros")
+        w, groups = bound.get("weight"), bound.get("groups", 1)
+        if not isinstance(source, _Tensor) or source.channels_last or len(source.shape) != 3:
+            raise Unmapped("a conv with a fixed filter (a buffer) on other than a C x H x W tensor of the network")
+        if not isinstance(w, _Param) or not self._fixed_filter(w):
+            raise Unmapped("a conv of a padding folded into it whose filter is a parameter: pad and conv are "
+                           "mapped together only for a fixed filter (a blur pool)")
+        channels = source.shape[0]
+        if w.shape[:2] != (channels, 1) or groups != channels or bound.get("bias") is not None:
+            raise Unmapped(f"a conv whose filter ({'x'.join(map(str, w.shape))}) is a buffer, not depthwise over "
+                           f"the {channels} channels without a bias: a fixed filter archcalc has no kind for")
+        if any(int(d) != 1 for d in _as_tuple(bound.get("dilation", 1), 2)):
+            raise Unmapped("a dilated conv with a fixed filter has no archcalc kind")
+        stored = sum(self.buffers[s].numel() for s in w.sources if s in self.buffers)
+        if stored != channels * math.prod(w.shape[2:]):  # (a filter of one channel expanded: fewer buffer values)
+            raise Unmapped(f"a depthwise conv whose fixed filter is {stored:,} buffer values, not one filter per "
+                           f"channel ({channels * math.prod(w.shape[2:]):,}) as archcalc's blur_pool counts")
+        own = bound.get("padding", 0)
+        own_pads = None if isinstance(own, str) else _as_tuple(own, 2)
+        if own_pads is None or (pads is not None and any(own_pads)):
+            raise Unmapped(f"a conv with a fixed filter and padding {own!r}" + (" after an F.pad" if pads else ""))
+        if pads is None:
+            pads = tuple((p, p) for p in own_pads)
+        args = {"kernel_size": _one(tuple(int(k) for k in w.shape[2:])),
+                "stride": _one(_as_tuple(bound.get("stride", 1), 2)), "padding": self._pads_arg(pads),
+                "padding_mode": mode}
+        self.consume(node, [w], "blur_pool", args, source)
+        return self.emit(node, "blur_pool", "blur_pool", None, args, [source], fixed=False)
+
+    def padded_max_pool(self, node: fx.Node, rule: Any, bound: dict[str, Any], x: _Padded) -> _Tensor:
+        """A -inf padding, then a max pool: a max pool with that padding; "same" where the padding is TensorFlow's
+        "same" at this size (timm's MaxPool2dSame, NASNet's), so the spec keeps it at a new input."""
+        mapped = rule({**bound, "x": x.source}, x.source.shape)
+        args = dict(mapped.args)
+        kind: Any = REGISTRY["maxpool"]
+        if kind.geometry(args, x.source.shape)[3] != tuple((0, 0) for _ in x.pads) or args.get("ceil_mode"):
+            raise Unmapped("a max pool with padding (or ceil_mode) of its own after a -inf F.pad")
+        k, s, d, _ = kind.geometry(args, x.source.shape)
+        keff = tuple(di * (ki - 1) + 1 for ki, di in zip(k, d))
+        same = resolve_padding("same", x.source.shape[1:], keff, s)
+        args["padding"] = "same" if tuple(tuple(p) for p in same) == x.pads else self._pads_arg(x.pads)
+        return self.emit(node, "maxpool", "maxpool", None, args, [x.source], fixed=False)
+
+    def channels_last_mean(self, node: fx.Node, rule: Any, bound: dict[str, Any], x: _Tensor) -> _Tensor:
+        """The mean over the spatial axes of a channels-last view (dims 1..rank-2: MambaOut's head) is the mean; with
+        keepdim it stays a channels-last view."""
+        rank = len(x.shape) + 1
+        dims = bound.get("dim")
+        dims = (dims,) if isinstance(dims, int) else tuple(dims or ())
+        first = {**{i: i + 1 for i in range(1, rank - 1)}, rank - 1: 1}  # a channels-last axis -> channels-first
+        mapped = rule({**bound, "dim": tuple(first.get(d % rank, 0) for d in dims)}, x.shape)
+        keep = mapped.args["keepdim"]
+        out = (x.shape[0], *(1,) * (rank - 2)) if keep else (x.shape[0],)
+        return self.emit(node, mapped.kind, mapped.kind, None, mapped.args, [x], fixed=False, channels_last=keep,
+                         shape=out if keep else None)
 
     def resize(self, node: fx.Node, mapped: Mapped, x: _Tensor) -> _Tensor:
         """A pad or crop whose sizes were computed from tensors' sizes: `to:` the tensor it takes the size of; from
@@ -890,13 +1027,33 @@ class _Converter:
 
     @staticmethod
     def _has_tensor(a: Any) -> bool:
-        if isinstance(a, (_Tensor, _Chunks)):
+        if isinstance(a, (_Tensor, _Chunks, _Padded, _Blocks)):
             return True
-        if isinstance(a, (list, tuple)):
+        if isinstance(a, (list, tuple)) and not isinstance(a, _Padded):
             return any(isinstance(v, (_Tensor, _Chunks)) for v in a)
         return False
 
+    def shift(self, node: fx.Node, pads: tuple[tuple[int, int], ...], x: _Tensor, name: str,
+              fixed: bool) -> _Tensor:
+        """A pad with negative sizes that is not a centre crop (NASNet's ZeroPad2d((-1, 1, -1, 1)), a shift by
+        one): the zero padding of its positive sizes, then a crop from the first kept index, to the input's size
+        where it keeps it (so the spec keeps it at another input)."""
+        if x.channels_last:
+            raise Unmapped("a pad with negative sizes on a channels-last view")
+        padded = tuple((max(b, 0), max(a, 0)) for b, a in pads)
+        y = x
+        if any(p for pair in padded for p in pair):
+            y = self.emit(node, name, "zeropad", None, {"padding": [list(p) for p in padded]}, [x], fixed,
+                          shape=(x.shape[0], *(w + b + a for w, (b, a) in zip(x.shape[1:], padded))))
+        final = tuple(w + b + a for w, (b, a) in zip(x.shape[1:], pads))
+        args: dict[str, Any] = {"to": SizeOf(x.id)} if final == x.shape[1:] else {"size": list(final)}
+        args["start"] = [max(-b, 0) for b, _ in pads]
+        return self.emit(node, f"{name}_crop" if y is not x else name, "crop", None, args, [y], fixed)
+
     def layer(self, node: fx.Node, mapped: Mapped, x: _Tensor, name: str, fixed: bool) -> _Tensor:
+        if mapped.kind == "zeropad" and isinstance(mapped.args.get("padding"), tuple) and any(
+                isinstance(p, tuple) and min(p) < 0 for p in mapped.args["padding"]):
+            return self.shift(node, mapped.args["padding"], x, name, fixed)
         kind, args = mapped
         trainable = True
         if node.op == "call_module":
@@ -944,7 +1101,7 @@ class _Converter:
             mapped = rule(m, (*x.shape[1:], x.shape[0]) if x.channels_last else x.shape)
         return self.layer(node, mapped, x, path.rsplit(".", 1)[-1], fixed=True)
 
-    def permute(self, node: fx.Node, x: Any, dims: tuple[int, ...]) -> _Tensor:
+    def permute(self, node: fx.Node, x: Any, dims: tuple[int, ...]) -> _Tensor | _Blocks:
         if not isinstance(x, _Tensor):
             raise Unmapped("a permute of something that is not a tensor of the network")
         rank = len(x.shape) + 1
@@ -955,6 +1112,9 @@ class _Converter:
             return _Tensor(x.id, x.shape, True)
         if x.channels_last and dims == to_first:
             return _Tensor(x.id, x.shape, False)
+        blocks = self.blocks(node, x, dims)
+        if blocks is not None:
+            return blocks
         raise Unmapped(f"permute{list(dims)}: archcalc follows only a move of the channels to the last axis and back")
 
     def binary(self, node: fx.Node, merge: str, args: list[Any], kwargs: dict[str, Any]) -> _Tensor:
@@ -968,7 +1128,8 @@ class _Converter:
             op = "rsub" if merge == "sub" and x is b else ("div" if merge == "div" else merge)
             if merge == "div" and x is b:
                 raise Unmapped("a constant divided by a tensor has no archcalc kind")
-            return self.emit(node, "scalar", "scalar", None, {"op": op, "value": float(c)}, [x], fixed=False)
+            return self.emit(node, "scalar", "scalar", None, {"op": op, "value": float(c)}, [x], fixed=False,
+                             channels_last=x.channels_last, shape=x.shape if x.channels_last else None)
         if merge in ("add", "mul") and isinstance(a, _Param) != isinstance(b, _Param):
             # x + a parameter: a learned bias (a position embedding); x * a parameter: a learned scale
             x, p = (b, a) if isinstance(a, _Param) else (a, b)
@@ -982,8 +1143,11 @@ class _Converter:
                              shape=x.shape if x.channels_last else None)
         if not (isinstance(a, _Tensor) and isinstance(b, _Tensor)):
             raise Unmapped(f"{merge} with a constant or a parameter has no archcalc kind (merges combine tensors)")
-        if a.channels_last or b.channels_last:
-            raise Unmapped(f"{merge} of channels-last views")
+        last = a.channels_last
+        if a.channels_last != b.channels_last or (last and a.shape != b.shape):
+            # (two channels-last views of one shape combine element by element, in either layout: MambaOut's gate)
+            raise Unmapped(f"{merge} of channels-last views" if last == b.channels_last else
+                           f"{merge} of a channels-last view and a channels-first tensor")
         try:  # the merge's own shape rule (add: equal shapes; mul: broadcasting)
             MERGES[merge].output((a.shape, b.shape), ("the first operand", "the second"))
         except LayerError as exc:
@@ -996,7 +1160,8 @@ class _Converter:
             prev = self.ops.pop()
             self.shapes.pop()
             inputs = [_Tensor(t, self.shapes[t]) for t in prev.inputs] + [b]
-        return self.emit(node, merge, None, merge, {}, inputs, fixed=False)
+        return self.emit(node, merge, None, merge, {}, inputs, fixed=False, channels_last=last,
+                         shape=a.shape if last else None)
 
     def power(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any], square: bool) -> _Tensor:
         """x ** c with a constant c (x.square() is c = 2): the scalar kind's pow."""
@@ -1028,26 +1193,90 @@ class _Converter:
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
         if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, _Tensor) for t in tensors):
             raise Unmapped("torch.cat of something other than a list of the network's tensors")
-        if any(t.channels_last for t in tensors):
-            raise Unmapped("torch.cat of channels-last views")
         rank = len(tensors[0].shape) + 1
-        if dim % rank != 1:
-            raise Unmapped(f"torch.cat along dim {dim}: archcalc's concat joins channels (dim 1)")
+        last = tensors[0].channels_last
+        if any(t.channels_last != last for t in tensors):
+            raise Unmapped("torch.cat of channels-last views and channels-first tensors")
+        if dim % rank != (rank - 1 if last else 1):  # (the channels of a channels-last view are its last axis)
+            raise Unmapped(f"torch.cat along dim {dim}: archcalc's concat joins channels (dim 1, or the last axis "
+                           "of channels-last views)")
         if len(tensors) == 1:
             return tensors[0]
-        return self.emit(node, "concat", None, "concat", {}, list(tensors), fixed=False)
+        shape = (sum(t.shape[0] for t in tensors), *tensors[0].shape[1:])
+        return self.emit(node, "concat", None, "concat", {}, list(tensors), fixed=False, channels_last=last,
+                         shape=shape if last else None)
+
+    def stack(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> _Tensor:
+        """torch.stack(xs, dim=1): the concat of the n tensors' channels, viewed as (n, C, ...) (SKNet's branches;
+        the same copy torch makes)."""
+        tensors = args[0] if args else kwargs.get("tensors")
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        if not isinstance(tensors, (list, tuple)) or not tensors or not all(
+                isinstance(t, _Tensor) and not t.channels_last for t in tensors):
+            raise Unmapped("torch.stack of something other than a list of the network's channels-first tensors")
+        shape = tensors[0].shape
+        if any(t.shape != shape for t in tensors) or dim % (len(shape) + 2) != 1:
+            raise Unmapped(f"torch.stack along dim {dim}: archcalc stacks tensors of one shape along dim 1 (a concat "
+                           "of their channels, viewed as (n, C, ...))")
+        joined = self.emit(node, "concat", None, "concat", {}, list(tensors), fixed=False,
+                           shape=(len(tensors) * shape[0], *shape[1:])) if len(tensors) > 1 else tensors[0]
+        return self.emit(node, "reshape", "reshape", None, {"shape": [len(tensors), shape[0]], "keep": len(shape) - 1},
+                         [joined], fixed=False)
 
     def reshape(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any], how: str) -> _Tensor:
         x = args[0]
+        if isinstance(x, _Blocks):
+            return self.space_to_depth(node, x)
         if not isinstance(x, _Tensor) or x.channels_last:
             raise Unmapped(f"{how} of something other than a channels-first tensor of the network")
         out = tuple(int(s) for s in self.values[node].shape[1:])
         if out == x.shape:
             return x
-        if len(out) != 1 or out[0] != self._numel(x.shape):
-            raise Unmapped(f"{how} from {'x'.join(map(str, x.shape))} to {'x'.join(map(str, out))}: archcalc's "
-                           "flatten keeps only the batch axis")
-        return self.emit(node, "flatten", "flatten", None, {}, [x], fixed=False)
+        if len(out) == 1:
+            return self.emit(node, "flatten", "flatten", None, {}, [x], fixed=False)
+        # Any other shape (the batch axis kept): a reshape; the ops after it are mapped on the shape it makes, so
+        # a Conv1d over ECA's view(B, 1, C) is the 1-channel conv torch runs.
+        keep = 0  # the trailing axes it leaves as they are (a split of the channels: the spatial axes)
+        while keep < min(len(x.shape), len(out)) - 1 and x.shape[-1 - keep] == out[-1 - keep]:
+            keep += 1
+        view: dict[str, Any] = {"shape": list(out[:len(out) - keep])}
+        if keep:
+            view["keep"] = keep
+        return self.emit(node, "reshape", "reshape", None, view, [x], fixed=False)
+
+    def blocks(self, node: fx.Node, x: _Tensor, dims: tuple[int, ...]) -> _Blocks | None:
+        """The permute of space-to-depth (TResNet's): a C x H x W tensor viewed as (C, H/r, r, W/r, r) by the op
+        just before, the two r axes moved before C; the view that follows makes it r*r*C x H/r x W/r."""
+        prev = self.ops[-1] if self.ops else None
+        if prev is None or prev.kind != "reshape" or prev.output != x.id or x.id != len(self.shapes) - 1 \
+                or dims != (0, 3, 5, 1, 2, 4) or len(node.users) != 1:
+            return None
+        source = _Tensor(prev.inputs[0], self.shapes[prev.inputs[0]])
+        if len(source.shape) != 3 or len(x.shape) != 5:
+            return None
+        c, h, w = source.shape
+        r = x.shape[2]
+        if x.shape != (c, h // r, r, w // r, r) or h % r or w % r:
+            return None
+        self.ops.pop()  # the view becomes part of the space-to-depth
+        self.shapes.pop()
+        return _Blocks(source, r)
+
+    def space_to_depth(self, node: fx.Node, x: _Blocks) -> _Tensor:
+        c, h, w = x.source.shape
+        r = x.block_size
+        if tuple(int(v) for v in self.values[node].shape[1:]) != (r * r * c, h // r, w // r):
+            raise Unmapped("a view of space-to-depth's blocks other than r*r*C x H/r x W/r")
+        return self.emit(node, "space_to_depth", "space_to_depth", None, {"block_size": r}, [x.source], fixed=False)
+
+    def expand(self, node: fx.Node, x: _Tensor) -> _Tensor:
+        """x.expand_as(y) / x.expand(...) read only by element-wise merges: the merge broadcasts x as the expand
+        did (the same arithmetic, no copy), so the source is passed on."""
+        if x.channels_last or not node.users or not all(
+                (u.op == "call_function" and u.target in mapping.BINARY)
+                or (u.op == "call_method" and str(u.target) in mapping.BINARY_METHODS) for u in node.users):
+            raise Unmapped("an expand read by other than an element-wise merge (+, *) has no archcalc kind")
+        return x
 
     @staticmethod
     def _numel(shape: Shape) -> int:
@@ -1058,18 +1287,20 @@ class _Converter:
 
     def chunks(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any], how: str) -> _Chunks:
         x = args[0]
-        if not isinstance(x, _Tensor) or x.channels_last:
+        if not isinstance(x, _Tensor):
             raise Unmapped(f"{how} of something other than a tensor of the network")
         size = args[1] if len(args) > 1 else kwargs.get("chunks", kwargs.get("split_size_or_sections",
                                                                                 kwargs.get("split_size")))
         dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
         rank = len(x.shape) + 1
-        if dim % rank != 1:
-            raise Unmapped(f"{how} along dim {dim}: archcalc slices channels (dim 1)")
+        axis = rank - 1 if x.channels_last else 1  # the channels: the last axis of a channels-last view (MambaOut)
+        if dim % rank != axis:
+            raise Unmapped(f"{how} along dim {dim}: archcalc slices channels (dim 1, or the last axis of a "
+                           "channels-last view)")
         pieces = self.values[node]
         bounds, start = [], 0
         for piece in pieces:
-            stop = start + int(piece.shape[1])
+            stop = start + int(piece.shape[axis])
             bounds.append((start, stop))
             start = stop
         del size
@@ -1083,7 +1314,8 @@ class _Converter:
             if (start, stop) == (0, x.shape[0]):
                 return x
             return self.emit(node, "channel_slice", "channel_slice", None, {"start": start, "stop": stop}, [x],
-                             fixed=False)
+                             fixed=False, channels_last=x.channels_last,
+                             shape=(stop - start, *x.shape[1:]) if x.channels_last else None)
         if not isinstance(source, _Tensor):
             if isinstance(source, (list, tuple)):
                 return source[index]
@@ -1140,6 +1372,15 @@ class _Converter:
                 return value.id if tuple(spatial) == tuple(want) and not value.channels_last else None
             todo.extend(n.all_input_nodes)
         return None
+
+
+def _as_tuple(value: Any, rank: int) -> tuple[int, ...]:
+    return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),) * rank
+
+
+def _one(values: tuple[int, ...]) -> Any:
+    """One int where every axis agrees, as archcalc writes kernel sizes and strides."""
+    return values[0] if len(set(values)) == 1 else list(values)
 
 
 def trace_module(module: nn.Module, input_shape: Sequence[int], allow_unknown: bool = False) -> Traced:
