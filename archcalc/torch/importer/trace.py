@@ -937,7 +937,8 @@ class _Converter:
         if sources and not x.channels_last:
             match = [t for t in sources if t.id != x.id and t.shape[1:] == spatial and not t.channels_last]
             pads = None if mapped.kind == "crop" else mapped.args["padding"]
-            centred = mapped.kind == "crop" or self._centred(pads, x.shape[1:], spatial)
+            centred = (mapped.args.get("start") is None if mapped.kind == "crop"
+                       else self._centred(pads, x.shape[1:], spatial))
             if match and centred:
                 return self.emit(node, mapped.kind, mapped.kind, None, {"to": SizeOf(match[0].id)}, [x], False)
             out = self.layer(node, mapped, x, mapped.kind, fixed=False)
@@ -1338,8 +1339,9 @@ class _Converter:
             if all(b == (w - n) // 2 for b, w, n in zip(starts, source.shape[1:], sizes)):
                 return self.resize(node, Mapped("crop", {"size": sizes[0] if len(set(sizes)) == 1 else sizes}),
                                    source)
-            raise Unmapped(f"indexing [{', '.join(map(str, index))}] crops off centre; archcalc's crop cuts half of "
-                           "the margin before (the odd row or column after)")
+            return self.resize(node, Mapped("crop", {"size": sizes[0] if len(set(sizes)) == 1 else list(sizes),
+                                                     "start": starts[0] if len(set(starts)) == 1 else starts}),
+                               source)  # off centre: a crop from a start
         if len(index) >= 1 and index[0] == full and all(i == full for i in index[2:]):
             if len(index) == 1:
                 return source
