@@ -40,38 +40,9 @@ HYBRIDS = {
 # Models that did not import, by the refusal (the op and the source line it names) that stopped them; the table is
 # printed by `timm_import.py --failed-table` and read through before it is pasted here.
 FAILED: dict[str, tuple[str, ...]] = {
-    "cannot import Tensor.view ... timm/layers/eca.py:99": (  # 21
-        "eca_nfnet_l0", "eca_nfnet_l1", "eca_nfnet_l2", "eca_nfnet_l3", "eca_resnet33ts", "eca_resnext26ts",
-        "eca_vovnet39b", "ecaresnet101d", "ecaresnet101d_pruned", "ecaresnet200d", "ecaresnet269d", "ecaresnet26t",
-        "ecaresnet50d", "ecaresnet50d_pruned", "ecaresnet50t", "ecaresnetlight", "ecaresnext26t_32x4d",
-        "ecaresnext50t_32x4d", "nf_ecaresnet101", "nf_ecaresnet26", "nf_ecaresnet50",
-    ),
-    "cannot import torch.functional.split ... timm/models/mambaout.py:263": (  # 11
-        "mambaout_base", "mambaout_base_plus_rw", "mambaout_base_short_rw", "mambaout_base_tall_rw",
-        "mambaout_base_wide_rw", "mambaout_femto", "mambaout_kobe", "mambaout_small", "mambaout_small_rw",
-        "mambaout_tiny", "test_mambaout",
-    ),
-    "cannot import Tensor.reshape ... timm/layers/split_attn.py:97": (  # 7
-        "resnest101e", "resnest14d", "resnest200e", "resnest269e", "resnest26d", "resnest50d", "resnest50d_4s2x40d",
-    ),
     "cannot import torch.matmul ... timm/layers/cond_conv2d.py:102": (  # 6
         "efficientnet_cc_b0_4e", "efficientnet_cc_b0_8e", "efficientnet_cc_b1_8e", "tf_efficientnet_cc_b0_4e",
         "tf_efficientnet_cc_b0_8e", "tf_efficientnet_cc_b1_8e",
-    ),
-    "cannot import F.pad ... timm/layers/blur_pool.py:75": (  # 5
-        "densenetblur121d", "resnetblur101d", "resnetblur18", "resnetblur50", "resnetblur50d",
-    ),
-    "cannot import torch.stack ... timm/layers/selective_kernel.py:145": (  # 5
-        "skresnet18", "skresnet34", "skresnet50", "skresnet50d", "skresnext50_32x4d",
-    ),
-    "cannot import Tensor.view ... timm/layers/space_to_depth.py:23": (  # 4
-        "tresnet_l", "tresnet_m", "tresnet_v2_l", "tresnet_xl",
-    ),
-    "cannot import F.pad ... timm/layers/padding.py:63": (  # 2
-        "nasnetalarge", "pnasnet5large",
-    ),
-    "cannot import torch.conv2d ... timm/layers/blur_pool.py:82": (  # 2
-        "efficientnet_blur_b0", "mobilenetv4_conv_blur_medium",
     ),
 }
 
