@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archcalc.core.kinds import REGISTRY, Arg, Kind, Shape
-from archcalc.core.kinds.base import numel
+from archcalc.core.kinds.base import Tokens, numel
 from archcalc.core.kinds.dense import per_shape
 from archcalc.core.merges import MERGES
 from archcalc.torch import modules
@@ -116,6 +116,8 @@ def _conv_transpose(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("linear")
 def _linear(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    if isinstance(inp, Tokens):  # on each token's channels (B x N x C: nn.Linear acts on the last axis)
+        return call(nn.Linear, in_features=inp[1], out_features=a["out_features"], bias=a["bias"])
     return call(modules.FlattenLinear, in_features=numel(inp), out_features=a["out_features"], bias=a["bias"])
 
 
@@ -225,6 +227,34 @@ def _layer_scale(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
 @recipe("mean")
 def _mean(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.Mean, dims=tuple(range(2, len(inp) + 1)), keepdim=a["keepdim"])
+
+
+# ---- tokens and attention ---------------------------------------------------------------------------------------
+
+
+@recipe("to_tokens")
+def _to_tokens(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.ToTokens)
+
+
+@recipe("to_grid")
+def _to_grid(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.ToGrid, size=tuple(kind.sizes(a, inp)))
+
+
+@recipe("class_token")
+def _class_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.ClassToken, channels=inp[1])
+
+
+@recipe("pos_embed")
+def _pos_embed(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.PositionEmbedding, tokens=inp[0], channels=inp[1])
+
+
+@recipe("self_attention")
+def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"])
 
 
 @recipe("crop")
@@ -577,6 +607,13 @@ reads("softmax", _read_softmax, nn.Softmax)
 reads("layer_scale", _read_layer_scale, modules.LayerScale)
 reads("mean", _read_mean, modules.Mean)
 reads("crop", _read_crop, modules.CenterCrop)
+reads("to_tokens", lambda m, inp: Mapped("to_tokens", {}), modules.ToTokens)
+reads("to_grid", lambda m, inp: Mapped("to_grid", {"size": _tup(m.size)}), modules.ToGrid)
+reads("class_token", lambda m, inp: Mapped("class_token", {}), modules.ClassToken)
+reads("pos_embed", lambda m, inp: Mapped("pos_embed", {}), modules.PositionEmbedding)
+reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
+                                                                 "bias": m.in_proj.bias is not None}),
+      modules.SelfAttention)
 
 
 def _value(arg: Arg, value: Any) -> Any:
