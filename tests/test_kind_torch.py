@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from archcalc.core.kinds import REGISTRY, Kind
+from archcalc.core.kinds.base import Tokens
 from archcalc.torch.importer.trace import trace_module
 from archcalc.torch.recipes import module_call
 
@@ -38,6 +39,9 @@ def _args(kind: Kind, given: Any) -> dict[str, Any]:
 def test_the_built_module_imports_as_its_kind(name, index, example) -> None:  # type: ignore[no-untyped-def]
     kind = REGISTRY[name]
     a = _args(kind, example.args)
+    if name == "linear" and isinstance(example.input, Tokens):
+        pytest.skip("the importer does not follow the token layout yet: it refuses nn.Linear on N x C rather than "
+                    "read it as a flatten (issue 30)")
     module = module_call(kind, a, example.input).make().eval()
     ops = trace_module(module, example.input).ops
     got = [op.kind for op in ops]

@@ -67,9 +67,10 @@ class ToTokens(Kind):
 class ToGrid(Kind):
     name = "to_grid"
     prefix = "grid"
-    doc = ("Lay N x C tokens out on a grid of the given `size` again: C x H x W (N = H*W). A copy (the transposed "
-           "tokens are not contiguous), no arithmetic.")
-    full_rule = "0 (a copy)"
+    doc = ("Lay N x C tokens out on a grid of the given `size` again: C x H x W (N = H*W). A view (transpose, "
+           "then split N into the axes: no copy), not contiguous when the tokens were; no arithmetic.")
+    full_rule = "0 (a view)"
+    alias = True
     tokens = True
     args = (Arg("size", "ints", doc="the grid's size per spatial axis (H, W)", minimum=1),)
     examples = (Example(Tokens(16, 8, (4, 4)), {"size": [4, 4]}), Example(Tokens(6, 3, (6,)), {"size": [2, 3]}))
@@ -84,6 +85,11 @@ class ToGrid(Kind):
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         return (inp[1], *self.sizes(a, inp))
+
+    def strided(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> bool:
+        # Channels-last storage seen channels first. (Right after to_tokens the view is the contiguous grid again;
+        # counted as strided too, which can only add a copy to a following layer that needs a contiguous input.)
+        return inp[0] > 1 and inp[1] > 1
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         return f"{inp[0]} tokens -> {'x'.join(map(str, self.sizes(a, inp)))}"
@@ -212,10 +218,15 @@ class SelfAttention(Kind):
         return grad_input, 2 * macs - grad_input
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
-        # At inference, while the softmax runs: qkv (3NC), the scaled q and contiguous k (NC each), the scores and
-        # the softmax weights (heads x N x N each).
+        # The most alive at once while the built module runs at inference (torch.profiler, tests/test_kind_rules.py),
+        # less its output (NC), which the engine counts beside it: qkv (3NC) throughout; at Q K^T the scaled q, its
+        # contiguous copy for the batched product when there are several heads (the scale keeps q's
+        # head-interleaved layout), the contiguous k and the scores (hN^2); at the softmax the scores and the
+        # weights (2hN^2).
         n, c = inp
-        return ((5 * n * c + 2 * a["num_heads"] * n * n, ACTIVATION),)
+        weights = a["num_heads"] * n * n
+        during = max((6 if a["num_heads"] > 1 else 5) * n * c + weights, 3 * n * c + 2 * weights)
+        return ((during - n * c, ACTIVATION),)
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens"
