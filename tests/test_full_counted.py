@@ -312,9 +312,9 @@ FORMULAS: dict[str, Formula] = {
     "identity": _elementwise(lambda x, a, m: x),
     "stochastic_depth": _elementwise(lambda x, a, m: x),  # eval: the identity
     "bias": _elementwise(lambda x, a, m: x + m.bias),
-    "layer_scale": _elementwise(lambda x, a, m: x * m.gamma),
+    "layer_scale": _elementwise(lambda x, a, m: x * m.gamma),  # gamma's per-sample shape broadcasts over the batch
     "pos_embed": _elementwise(lambda x, a, m: x + m.pos_embedding),
-    "self_attention": lambda x, a, m: _self_attention(x, a, m),  # defined below, beside _softmax  # gamma's per-sample shape broadcasts over the batch
+    "self_attention": lambda x, a, m: _self_attention(x, a, m),  # defined below, beside _softmax
     "scalar": _elementwise(lambda x, a, m: {"add": lambda: x + a["value"], "sub": lambda: x - a["value"],
                                             "rsub": lambda: a["value"] - x, "mul": lambda: x * a["value"],
                                             "div": lambda: x / a["value"]}[a["op"]]()),

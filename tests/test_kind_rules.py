@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import load_text
+from conftest import example_spec, load_text
 from measure import peak_bytes, saved_bytes
 
 from archcalc.core.analyze import Report, analyze
@@ -40,14 +40,8 @@ def _args(kind: Kind, given: Mapping[str, object]) -> dict[str, Any]:
 
 def _one_layer(kind: Kind, index: int, prefix: tuple[str, ...] = (), **kwargs: Any) -> Report:
     """The example as a one-layer spec (a flattened input is written C x 1 and flattened first), analysed."""
-    ex = kind.examples[index]
-    args = ", ".join(f"{k}: {list(v) if isinstance(v, tuple) else v}" for k, v in ex.args.items())
-    layer = f"{kind.name}: {{{args}}}"
-    shape = list(ex.input) if len(ex.input) > 1 else [ex.input[0], 1]
-    layers = [*prefix, *([layer] if len(ex.input) > 1 else ["flatten", layer])]
-    if isinstance(ex.input, Tokens):  # a token sequence: the tokens of a C x grid input
-        shape = [ex.input[1], *ex.input.grid]
-        layers = [*prefix, "to_tokens", layer]
+    shape, layers = example_spec(kind, kind.examples[index])
+    layers = [*prefix, *layers]
     text = f"name: t\ninput: {shape}\nlayers:\n" + "".join(f"  - {x}\n" for x in layers)
     return analyze(load_text(text), batch=BATCH, **kwargs)
 

@@ -608,7 +608,7 @@ reads("layer_scale", _read_layer_scale, modules.LayerScale)
 reads("mean", _read_mean, modules.Mean)
 reads("crop", _read_crop, modules.CenterCrop)
 reads("to_tokens", lambda m, inp: Mapped("to_tokens", {}), modules.ToTokens)
-reads("to_grid", lambda m, inp: Mapped("to_grid", {"size": _tup(m.size)}), modules.ToGrid)
+reads("to_grid", lambda m, inp: Mapped("to_grid", {"size": tuple(int(s) for s in m.size)}), modules.ToGrid)
 reads("class_token", lambda m, inp: Mapped("class_token", {}), modules.ClassToken)
 reads("pos_embed", lambda m, inp: Mapped("pos_embed", {}), modules.PositionEmbedding)
 reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
