@@ -400,7 +400,7 @@ def _self_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], 
 # Kinds whose real module is counted directly: its ops are already elementary (a convolution, a matrix product,
 # data movement).
 REAL = {"conv", "conv_transpose", "linear", "flatten", "zeropad", "crop", "channel_shuffle", "channel_slice",
-        "pixel_shuffle", "pixel_unshuffle", "to_tokens", "to_grid", "class_token"}
+        "pixel_shuffle", "pixel_unshuffle", "to_tokens", "to_grid", "class_token", "take_token"}
 
 EXTRA = {"gelu": [((16, 8, 8), {"approximate": "tanh"})], "batchnorm": [((8, 5, 5), {"track_running_stats": False}),
          ((8, 5, 5), {"track_running_stats": False, "affine": False})],

@@ -183,7 +183,7 @@ FULL: dict[str, Rule] = {
     "conv": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "linear": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),  # a bias per output (per token and output)
-    **{k: (lambda a, i, o, m: 0) for k in ("to_tokens", "to_grid", "class_token")},
+    **{k: (lambda a, i, o, m: 0) for k in ("to_tokens", "to_grid", "class_token", "take_token")},
     "pos_embed": lambda a, i, o, m: n(o),
     # 2 per MAC, the biases of qkv (3C) and the projection (C) per token, q's scale, softmax's 3 per weight
     "self_attention": lambda a, i, o, m: 2 * m + (4 * n(i) if a["bias"] else 0) + n(i) + 3 * a["num_heads"] * i[0] ** 2,

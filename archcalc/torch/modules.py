@@ -308,6 +308,17 @@ class PositionEmbedding(nn.Module):
         return x + self.pos_embedding
 
 
+class TakeToken(nn.Module):
+    """x[:, index]: one token of a B x N x C sequence (torchvision's ViT takes the class token, `x[:, 0]`)."""
+
+    def __init__(self, index: int = 0) -> None:
+        super().__init__()
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.index]
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over B x N x C tokens, computed as PyTorch's math path does (the reference
     `scaled_dot_product_attention` in torch.nn.functional's docs): one linear layer makes q, k and v, each head

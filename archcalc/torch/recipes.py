@@ -252,6 +252,11 @@ def _pos_embed(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.PositionEmbedding, tokens=inp[0], channels=inp[1])
 
 
+@recipe("take_token")
+def _take_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.TakeToken, index=a["index"])
+
+
 @recipe("self_attention")
 def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"])
@@ -611,6 +616,7 @@ reads("to_tokens", lambda m, inp: Mapped("to_tokens", {}), modules.ToTokens)
 reads("to_grid", lambda m, inp: Mapped("to_grid", {"size": tuple(int(s) for s in m.size)}), modules.ToGrid)
 reads("class_token", lambda m, inp: Mapped("class_token", {}), modules.ClassToken)
 reads("pos_embed", lambda m, inp: Mapped("pos_embed", {}), modules.PositionEmbedding)
+reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)}), modules.TakeToken)
 reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
                                                                  "bias": m.in_proj.bias is not None}),
       modules.SelfAttention)

@@ -145,6 +145,32 @@ class PositionEmbedding(Kind):
 
 
 @register
+class TakeToken(Kind):
+    name = "take_token"
+    prefix = "take"
+    doc = ("One token's channels as the sample's vector: N x C -> C, x[:, index] (ViT's class token before its "
+           "head: torchvision's `x[:, 0]`). A view (not contiguous across the batch), no arithmetic.")
+    full_rule = "0 (a view)"
+    alias = True
+    tokens = True
+    args = (Arg("index", "int", 0, "which token (0: the class token)", minimum=0),)
+    examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(5, 3, (5,)), {"index": 4}))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        n, c = token_input(self.name, inp)
+        if a["index"] >= n:
+            raise LayerError(f"take_token index {a['index']} is past the last of {n} tokens")
+        return (c,)
+
+    # Not `strided`: the rows of x[:, i] are evenly spaced, which a matrix product reads in place (its leading
+    # dimension): the head's linear keeps this view, whose storage is the whole sequence, for its weight's gradient
+    # (measured by `archcalc validate` on the ViT specs: no copy).
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"token {a['index']} of {inp[0]}"
+
+
+@register
 class SelfAttention(Kind):
     name = "self_attention"
     synonyms = ("mha", "multihead_attention", "attention", "msa")
@@ -232,4 +258,5 @@ class SelfAttention(Kind):
         return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens"
 
 
-__all__ = ["ClassToken", "PositionEmbedding", "SelfAttention", "ToGrid", "ToTokens", "is_tokens", "token_input"]
+__all__ = ["ClassToken", "PositionEmbedding", "SelfAttention", "TakeToken", "ToGrid", "ToTokens", "is_tokens",
+           "token_input"]
