@@ -279,3 +279,15 @@ def test_tokens_keep_their_layout_through_elementwise_layers_and_residuals() -> 
     assert report.totals.output == (9, 5)
     assert report.totals.macs == 9 * 6 * 5
     assert math.prod(report.totals.output) == 45
+
+
+@pytest.mark.parametrize("name", ["vit_b_16", "vit_l_32"])
+def test_validate_agrees_on_the_vit_specs_at_a_reduced_size(name: str) -> None:
+    """`archcalc validate` on the spec's built module at the real widths, two encoder layers, 32 x 32 (a few tokens):
+    shapes, params, MACs, fvcore, activations, saved bytes and training FLOPs, per layer and in total."""
+    from archcalc.torch.validate import validate
+
+    spec = load_spec(bundled()[f"torchvision/{name}"], overrides={"depth": "2"})
+    result = validate(spec, batch=2, input_shape=(3, 32, 32))
+    assert result.ok, [c for c in result.failures]
+    assert len(result.checks) > 150
