@@ -303,7 +303,8 @@ def test_every_figure_is_an_integer(name: str, inp: tuple[int, ...], given: dict
     args = _args(kind, given)
     out = kind.output(args, inp, lambda message: None)
     saved = kind.saved(args, inp, out)
-    figures = [*out, *kind.cost(args, inp, out), *(v for pair in (*saved.extra, *saved.per_batch) for v in pair),
+    figures = [*out, *kind.cost(args, inp, out),
+               *(v for pair in (*saved.extra, *saved.per_batch, *saved.extra_for_params) for v in pair),
                *(v for pair in kind.transient(args, inp, out) for v in pair)]
     assert all(type(v) is int for v in figures), figures
 

@@ -217,6 +217,24 @@ def test_attention_keeps_the_same_bytes_at_every_batch(batch: int) -> None:
     assert report.totals.saved_bytes == 4 * batch * (n * c + 4 * n * c + 3 * n * n)  # input, 4 NC, h N^2
 
 
+def test_a_frozen_attention_keeps_what_its_input_gradient_needs() -> None:
+    """Frozen, after a trainable layer: q, k, v, the softmax weights (for the input's gradient), not its input nor
+    the joined heads (kept for the projections' weights only)."""
+    from archcalc.torch.build import build_module
+
+    text = ("name: a\ninput: [12, 5, 2]\nlayers:\n  - to_tokens\n  - linear: {out: 12}\n"
+            "  - self_attention: {num_heads: 3, trainable: false}\n")
+    report = analyze(load_text(text), batch=2, device="cpu")
+    torch.manual_seed(0)
+    model = build_module(report)
+    for p in model.get_submodule("attn1").parameters():
+        p.requires_grad_(False)
+    n, c = 10, 12
+    # the linear keeps its input (the to_tokens view of the batch: 2 x 120 elements), the attention 3NC + hN^2
+    assert report.totals.saved_bytes == saved_bytes(model, torch.randn(2, 12, 5, 2)) == 4 * 2 * (
+        n * c + 3 * n * c + 3 * n * n)
+
+
 # ---- receptive field ----------------------------------------------------------------------------------------------
 
 

@@ -171,7 +171,7 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
                     keep(src.train_storage)
             if what.output:
                 keep(out.train_storage)
-            for elements, size in what.extra:
+            for elements, size in what.extra + (what.extra_for_params if params_need_grad else ()):
                 total += elements * itemsize_for(size, itemsize, device) * batch
             for elements, size in what.per_batch:
                 total += elements * itemsize_for(size, itemsize, device)
@@ -243,7 +243,8 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                     keepers.setdefault(src.train_storage, set()).add(i)
             if what.output:
                 keepers.setdefault(out.train_storage, set()).add(i)
-            extras[i] += sum(n * itemsize_for(s, itemsize, device) for n, s in what.extra) * batch
+            extra = what.extra + (what.extra_for_params if params_need_grad else ())
+            extras[i] += sum(n * itemsize_for(s, itemsize, device) for n, s in extra) * batch
             extras[i] += sum(n * itemsize_for(s, itemsize, device) for n, s in what.per_batch)
             if not used[i]:  # its node dies with its dropped output: nothing kept past the op
                 for storage in (src.train_storage, out.train_storage):

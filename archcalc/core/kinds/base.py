@@ -150,6 +150,9 @@ class Saved(NamedTuple):
     extra: tuple[tuple[int, int], ...] = ()
     per_batch: tuple[tuple[int, int], ...] = ()  # extras not multiplied by batch (e.g. BN's per-channel stats)
     input_for_params: bool = False
+    # extras kept only for the parameters' gradient, as `input_for_params` (attention's joined heads, the input of
+    # its output projection): a frozen layer does not keep them
+    extra_for_params: tuple[tuple[int, int], ...] = ()
 
 
 class Example(NamedTuple):

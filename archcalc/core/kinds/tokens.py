@@ -229,9 +229,10 @@ class SelfAttention(Kind):
         # The built module (archcalc.torch.modules.SelfAttention, the math path) keeps, measured with
         # saved_tensors_hooks in tests/test_tokens.py: the input (for in_proj's weight only), the scaled q and
         # contiguous k and v (N x C each), the softmax weights (heads x N x N, kept by softmax and by A V), and the
-        # joined heads (N x C, for out_proj's weight: a frozen layer does not keep them, which this over-counts).
+        # joined heads (N x C, for out_proj's weight alone: a frozen layer does not keep them).
         n, c = inp
-        return Saved(input_for_params=True, extra=((4 * n * c + a["num_heads"] * n * n, ACTIVATION),))
+        return Saved(input_for_params=True, extra=((3 * n * c + a["num_heads"] * n * n, ACTIVATION),),
+                     extra_for_params=((n * c, ACTIVATION),))
 
     def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),
                       divide_groups: bool = False) -> tuple[int, int]:
