@@ -24,7 +24,6 @@ import archcalc
 from archcalc.cli.app import app
 from archcalc.core.analyze import Report, analyze
 from archcalc.core.kinds import REGISTRY
-from archcalc.core.kinds.base import Tokens
 from archcalc.core.resolve import bundled
 from archcalc.core.spec import Spec, load_spec
 from archcalc.torch.export import export_source
@@ -83,8 +82,6 @@ def test_every_kind_example_round_trips(tmp_path: Path) -> None:
     for kind in REGISTRY.values():
         for i, ex in enumerate(kind.examples):
             shape, layers = example_spec(kind, ex)
-            if kind.name == "linear" and isinstance(ex.input, Tokens):
-                continue  # the importer does not follow the token layout yet (tests/test_kind_torch.py says so)
             path = tmp_path / f"{kind.name}{i}.yaml"
             path.write_text(f"name: t\ninput: {shape}\nlayers:\n" + "".join(f"  - {x}\n" for x in layers))
             spec = load_spec(path)

@@ -416,7 +416,7 @@ def _read_conv_transpose(m: Any, inp: tuple[int, ...]) -> Mapped:
 
 
 def _read_linear(m: Any, inp: tuple[int, ...]) -> Mapped:
-    if len(inp) != 1 and type(m).__name__ != "FlattenLinear":
+    if len(inp) != 1 and type(m).__name__ != "FlattenLinear" and not isinstance(inp, Tokens):
         raise Unmapped(f"nn.Linear on a per-sample shape {'x'.join(map(str, inp))} acts on the last axis only; "
                        "archcalc's linear takes a vector (flatten first)")
     return Mapped("linear", {"out_features": m.out_features, "bias": m.bias is not None})
@@ -772,7 +772,7 @@ def _f_conv_transpose(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
 
 def _f_linear(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
     w = _weight(a)
-    if len(w) != 2 or len(inp) != 1:
+    if len(w) != 2 or (len(inp) != 1 and not isinstance(inp, Tokens)):
         raise Unmapped(f"F.linear on a per-sample shape {'x'.join(map(str, inp))} acts on the last axis only; "
                        "archcalc's linear takes a vector (flatten first)")
     return Mapped("linear", {"out_features": w[0], "bias": _present(a, "bias")})

@@ -25,7 +25,7 @@ from torch import nn
 
 from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
-from archcalc.core.kinds.base import LayerError, resolve_padding
+from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
 from archcalc.torch.importer import mapping
 from archcalc.torch.importer.mapping import Mapped, Unmapped
@@ -86,6 +86,16 @@ class _Tensor(NamedTuple):
     id: int
     shape: Shape  # per sample, channels first (archcalc's layout, also for a channels-last view)
     channels_last: bool = False
+
+
+def _token_shape(kind: str | None, inputs: Sequence[_Tensor], out: Shape) -> Tokens | None:
+    """The output's shape as a token sequence where the layout makes it one: the output of `to_tokens`, and a
+    per-sample N x C output of an op on tokens (a per-token linear, a layer norm, an add), not `to_grid`'s."""
+    if kind == "to_tokens" and inputs:
+        return Tokens(out[0], out[1], tuple(inputs[0].shape[1:]))
+    if inputs and isinstance(inputs[0].shape, Tokens) and len(out) == 2 and kind != "to_grid":
+        return Tokens(out[0], out[1], inputs[0].shape.grid)
+    return None
 
 
 class _Param(NamedTuple):
@@ -416,6 +426,10 @@ class _Converter:
              inputs: Sequence[_Tensor], fixed: bool, channels_last: bool = False, unknown: str | None = None,
              shape: Shape | None = None, trainable: bool = True) -> _Tensor:
         out = self.tensor_of(self.values[node], node) if shape is None else self._new(shape)
+        tokens = _token_shape(kind, inputs, out.shape) if shape is None else None
+        if tokens is not None:  # the layout torch's shapes do not show: N x C tokens, not a C x L grid
+            self.shapes[out.id] = tokens
+            out = _Tensor(out.id, tokens)
         if channels_last:
             out = _Tensor(out.id, out.shape, True)
         if node.op == "call_module":
