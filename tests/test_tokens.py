@@ -309,3 +309,72 @@ def test_validate_agrees_on_the_vit_specs_at_a_reduced_size(name: str) -> None:
     result = validate(spec, batch=2, input_shape=(3, 32, 32))
     assert result.ok, [c for c in result.failures]
     assert len(result.checks) > 150
+
+
+# ---- import ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("heads", "bias"), [(4, True), (2, False)])
+def test_a_hand_written_vit_imports_exact(heads: int, bias: bool) -> None:
+    """torchvision's idioms in a plain-torch ViT (reshape and permute to tokens, a class token expanded and
+    concatenated, a position embedding added, nn.MultiheadAttention called as m(x, x, x, need_weights=False),
+    x[:, 0]) import as the token kinds, with the module's own parameters and FlopCounterMode's MACs (the math
+    kernel) and the hand-written spec's rows."""
+    from archcalc.torch.importer import from_module
+
+    class Reshaped(TinyViT):  # torchvision's _process_input: reshape to C x N, then permute
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.conv_proj(x)
+            x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
+            x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+            x = x + self.pos_embedding
+            for ln1, attn, ln2, mlp in zip(self.ln1, self.attn, self.ln2, self.mlp):
+                y = ln1(x)
+                y, _ = attn(y, y, y, need_weights=False)
+                x = x + y
+                x = x + mlp(ln2(x))
+            return self.head(self.ln(x)[:, 0])
+
+    torch.manual_seed(0)
+    for model in (TinyViT(heads=heads, bias=bias), Reshaped(heads=heads, bias=bias)):
+        model.eval()
+        imported = analyze(from_module(model, (3, 16, 16)).spec, batch=2)
+        x = torch.randn(2, 3, 16, 16)
+        with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+            y = model(x)
+        assert imported.totals.params == sum(p.numel() for p in model.parameters())
+        assert 2 * imported.totals.macs == counter.get_total_flops()
+        assert [2, *imported.totals.output] == list(y.shape)
+        kinds = [r.kind for r in imported.rows]
+        assert kinds[:4] == ["conv", "to_tokens", "class_token", "pos_embed"]
+        assert kinds.count("self_attention") == 2 and kinds[-2:] == ["take_token", "linear"]
+        spec = analyze(load_text(_tiny_spec(heads=heads, bias=bias)), batch=2)
+        assert (imported.totals.macs, imported.totals.saved_bytes) == (spec.totals.macs, spec.totals.saved_bytes)
+
+
+@pytest.mark.parametrize(("mode", "message"), [
+    ("weights", "need_weights"), ("mask", "a mask"), ("cross", "different query, key and value"),
+])
+def test_attention_the_importer_does_not_read_is_refused(mode: str, message: str) -> None:
+    """nn.MultiheadAttention as the importer does not read it: returning its weights, with a mask, or attending
+    one sequence to another; each refused with the reason, never imported with another count."""
+    from archcalc.torch.importer import ImportFailure, from_module
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.ln = nn.LayerNorm(8)
+            self.register_buffer("mask", torch.zeros(4, 4, dtype=torch.bool))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x.flatten(2).transpose(1, 2)
+            if mode == "weights":
+                return self.attn(x, x, x)[0]
+            if mode == "mask":
+                return self.attn(x, x, x, need_weights=False, attn_mask=self.mask)[0]
+            y = self.ln(x)
+            return self.attn(x, y, y, need_weights=False)[0]
+
+    with pytest.raises(ImportFailure, match=message):
+        from_module(Net().eval(), (8, 2, 2))

@@ -620,6 +620,11 @@ reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)})
 reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
                                                                  "bias": m.in_proj.bias is not None}),
       modules.SelfAttention)
+# nn.MultiheadAttention as self-attention: its call, m(x, x, x, need_weights=False), is read by the importer
+# (archcalc.torch.importer.trace: the module returns a pair); this rule makes it a leaf of the trace.
+reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
+                                                                 "bias": m.in_proj_bias is not None}),
+      nn.MultiheadAttention)
 
 
 def _value(arg: Arg, value: Any) -> Any:
