@@ -82,6 +82,19 @@ def test_what_torchs_counters_miss_on_torchvisions_vit(name: str) -> None:
     assert m["fvcore_unsupported"]["aten::scaled_dot_product_attention"] == depth
 
 
+@pytest.mark.parametrize("name", VITS)
+def test_archcalc_import_of_torchvisions_vit_is_exact(name: str) -> None:
+    """`archcalc import` of torchvision's own model (run by the measurement script on the real model): the
+    measured params, output and FlopCounterMode MACs (math kernel), and the same figures as the bundled spec."""
+    m, imported = DATA[name], DATA[name]["import"]
+    t = _spec(name).totals
+    assert imported["params"] == m["params"] and imported["buffers"] == 0
+    assert 2 * imported["macs"] == m["flop_counter_math"]
+    assert [1, *imported["output"]] == m["output_shape"]
+    assert (imported["macs"], imported["fvcore"]) == (t.macs, _fvcore(name))
+    assert {"to_tokens", "class_token", "pos_embed", "self_attention", "take_token"} <= set(imported["kinds"])
+
+
 # ---- hand-written modules ----------------------------------------------------------------------------------------
 
 

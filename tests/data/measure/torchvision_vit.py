@@ -4,7 +4,8 @@
 at 224 x 224, batch 1, eval mode, one thread: parameters and buffers; what torch's FlopCounterMode counts in a
 plain no_grad forward (the default path: nn.MultiheadAttention's fused fast path) and in a forward with autograd on
 under the math attention kernel (every product a counted op); what fvcore counts (total, by operator, the ops it
-skips); the output shape; and the figures torchvision publishes with the weights evaluated at 224."""
+skips); the output shape; the figures torchvision publishes for every weights entry; and what `archcalc import` of
+the model gives (this repository's archcalc)."""
 
 import json
 import sys
@@ -23,6 +24,21 @@ MODELS = {"vit_b_16": "IMAGENET1K_V1", "vit_b_32": "IMAGENET1K_V1", "vit_l_16": 
 
 def counts(mode: FlopCounterMode) -> dict[str, int]:
     return {str(k): int(v) for k, v in sorted(mode.get_flop_counts()["Global"].items(), key=lambda kv: str(kv[0]))}
+
+
+def imported(model: torch.nn.Module) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    import archcalc
+
+    try:
+        spec = archcalc.from_module(model, (3, 224, 224)).spec
+    except Exception as exc:  # noqa: BLE001  (recorded: a refusal is a result)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    report = archcalc.analyze(spec)
+    return {"params": report.totals.params, "buffers": report.totals.buffers, "macs": report.totals.macs,
+            "fvcore": archcalc.analyze(spec, convention="fvcore").totals.flops,
+            "output": list(report.totals.output), "rows": len(report.rows),
+            "kinds": sorted({r.kind for r in report.rows})}
 
 
 def main() -> None:
@@ -63,6 +79,8 @@ def main() -> None:
         row["published_weights"] = {w.name: {"num_params": w.meta["num_params"], "gmacs": str(w.meta["_ops"]),
                                              "crop_size": int(w.transforms().crop_size[0])}
                                     for w in get_model_weights(name)}
+        # what `archcalc import` gives for the same model (this repository's archcalc, first on sys.path)
+        row["import"] = imported(model)
         result[name] = row
         print(name, {k: v for k, v in row.items() if not k.endswith(("_by_op", "_by_operator"))}, flush=True)
         OUT.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
