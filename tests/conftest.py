@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -120,3 +121,17 @@ def _torch_threads_restored() -> Iterator[None]:
     torch = sys.modules.get("torch")
     if torch is not None and threads is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
+
+
+def example_spec(kind: Any, ex: Any) -> tuple[list[int], list[str]]:
+    """A kind's example as a one-layer spec: its input shape and layers. A flattened input is written C x 1 and
+    flattened first; a token sequence (N x C) is the tokens of a C x grid input (`to_tokens` first)."""
+    from archcalc.core.kinds.base import Tokens
+
+    args = ", ".join(f"{k}: {list(v) if isinstance(v, tuple) else v}" for k, v in ex.args.items())
+    layer = f"{kind.name}: {{{args}}}"
+    if isinstance(ex.input, Tokens):
+        return [ex.input[1], *ex.input.grid], ["to_tokens", layer]
+    if len(ex.input) > 1:
+        return list(ex.input), [layer]
+    return [ex.input[0], 1], ["flatten", layer]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import example_spec
 from typer.testing import CliRunner
 
 from archcalc.cli.app import app
@@ -163,9 +164,7 @@ def test_every_kind_example_exports(tmp_path: Path) -> None:
     reports = {}
     for kind in REGISTRY.values():
         for i, ex in enumerate(kind.examples):
-            args = ", ".join(f"{k}: {list(v) if isinstance(v, tuple) else v}" for k, v in ex.args.items())
-            shape = list(ex.input) if len(ex.input) > 1 else [ex.input[0], 1]
-            layers = [f"{kind.name}: {{{args}}}"] if len(ex.input) > 1 else ["flatten", f"{kind.name}: {{{args}}}"]
+            shape, layers = example_spec(kind, ex)
             path = tmp_path / f"{kind.name}{i}.yaml"
             path.write_text(f"name: t\ninput: {shape}\nlayers:\n" + "".join(f"  - {x}\n" for x in layers))
             reports[f"{kind.name}-{i}"] = analyze(load_spec(path))

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from archcalc.core.kinds import REGISTRY
+from archcalc.core.kinds.base import Tokens
 from archcalc.torch.recipes import module_call
 
 aten = torch.ops.aten
@@ -85,6 +86,9 @@ class Arithmetic(TorchDispatchMode):
         elif packet in (aten.mm, aten.addmm):
             a, b = (args[0], args[1]) if packet is aten.mm else (args[1], args[2])
             self.total += 2 * a.shape[0] * a.shape[1] * b.shape[1] + (first.numel() if packet is aten.addmm else 0)
+        elif packet is aten.bmm:  # batched matrix products: (b, n, k) @ (b, k, m)
+            a, b = args[0], args[1]
+            self.total += 2 * a.shape[0] * a.shape[1] * a.shape[2] * b.shape[2]
         elif packet not in FREE:
             self.unknown.add(str(func))
         return out
@@ -387,6 +391,8 @@ FORMULAS: dict[str, Formula] = {
     "stochastic_depth": _elementwise(lambda x, a, m: x),  # eval: the identity
     "bias": _elementwise(lambda x, a, m: x + m.bias),
     "layer_scale": _elementwise(lambda x, a, m: x * m.gamma),  # gamma's per-sample shape broadcasts over the batch
+    "pos_embed": _elementwise(lambda x, a, m: x + m.pos_embedding),
+    "self_attention": lambda x, a, m: _self_attention(x, a, m),  # defined below, beside _softmax
     "scalar": _elementwise(lambda x, a, m: {"add": lambda: x + a["value"], "sub": lambda: x - a["value"],
                                             "rsub": lambda: a["value"] - x, "mul": lambda: x * a["value"],
                                             "div": lambda: x / a["value"],
@@ -460,10 +466,26 @@ def _softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
     return e / e.sum(dim, keepdim=True)
 
 
+def _self_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """Vaswani et al.'s attention written out: q, k, v from one projection, per head softmax(Q K^T / sqrt(d)) V,
+    the heads joined and projected."""
+    def run() -> torch.Tensor:
+        b, n, c = x.shape
+        h = a["num_heads"]
+        d = c // h
+        qkv = F.linear(x, m.in_proj.weight, m.in_proj.bias).reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        scores = torch.bmm((q * d ** -0.5).reshape(b * h, n, d), k.reshape(b * h, n, d).transpose(1, 2))
+        heads = torch.bmm(_softmax(scores, -1), v.reshape(b * h, n, d)).reshape(b, h, n, d)
+        return F.linear(heads.transpose(1, 2).reshape(b, n, c), m.out_proj.weight, m.out_proj.bias)
+    return run
+
+
 # Kinds whose real module is counted directly: its ops are already elementary (a convolution, a matrix product,
 # data movement).
 REAL = {"conv", "conv_transpose", "linear", "flatten", "zeropad", "crop", "channel_shuffle", "channel_slice",
-        "pixel_shuffle", "pixel_unshuffle", "reshape", "transpose", "space_to_depth", "blur_pool", "sum"}
+        "pixel_shuffle", "pixel_unshuffle", "reshape", "transpose", "space_to_depth", "blur_pool", "sum",
+        "to_tokens", "to_grid", "class_token", "take_token"}
 
 EXTRA = {"gelu": [((16, 8, 8), {"approximate": "tanh"})], "batchnorm": [((8, 5, 5), {"track_running_stats": False}),
          ((8, 5, 5), {"track_running_stats": False, "affine": False})],
@@ -512,7 +534,10 @@ def test_full_is_the_counted_arithmetic(name, index, shape, given) -> None:  # t
         if name in REAL:
             y, count = counted(lambda: module(x))
         else:
-            run = FORMULAS[name](x, a, module)
+            given_a = a
+            if name == "layernorm" and isinstance(shape, Tokens) and a["normalized_shape"] is None:
+                given_a = {**a, "normalized_shape": shape[1]}  # on tokens: each token over its C channels
+            run = FORMULAS[name](x, given_a, module)
             y, count = counted(run)
             torch.testing.assert_close(y, module(x))
     assert tuple(y.shape[1:]) == out

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import example_spec
 from torch import nn
 from typer.testing import CliRunner
 
@@ -80,9 +81,7 @@ def test_round_trip_gives_the_specs_own_figures(name: str, tmp_path: Path) -> No
 def test_every_kind_example_round_trips(tmp_path: Path) -> None:
     for kind in REGISTRY.values():
         for i, ex in enumerate(kind.examples):
-            args = ", ".join(f"{k}: {list(v) if isinstance(v, tuple) else v}" for k, v in ex.args.items())
-            shape = list(ex.input) if len(ex.input) > 1 else [ex.input[0], 1]
-            layers = [f"{kind.name}: {{{args}}}"] if len(ex.input) > 1 else ["flatten", f"{kind.name}: {{{args}}}"]
+            shape, layers = example_spec(kind, ex)
             path = tmp_path / f"{kind.name}{i}.yaml"
             path.write_text(f"name: t\ninput: {shape}\nlayers:\n" + "".join(f"  - {x}\n" for x in layers))
             spec = load_spec(path)

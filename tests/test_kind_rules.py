@@ -19,11 +19,12 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import load_text
+from conftest import example_spec, load_text
 from measure import peak_bytes, saved_bytes
 
 from archcalc.core.analyze import Report, analyze
 from archcalc.core.kinds import REGISTRY, Kind
+from archcalc.core.kinds.base import Tokens
 from archcalc.torch.recipes import module_call
 
 BATCH = 2
@@ -39,11 +40,8 @@ def _args(kind: Kind, given: Mapping[str, object]) -> dict[str, Any]:
 
 def _one_layer(kind: Kind, index: int, prefix: tuple[str, ...] = (), **kwargs: Any) -> Report:
     """The example as a one-layer spec (a flattened input is written C x 1 and flattened first), analysed."""
-    ex = kind.examples[index]
-    args = ", ".join(f"{k}: {list(v) if isinstance(v, tuple) else v}" for k, v in ex.args.items())
-    layer = f"{kind.name}: {{{args}}}"
-    shape = list(ex.input) if len(ex.input) > 1 else [ex.input[0], 1]
-    layers = [*prefix, *([layer] if len(ex.input) > 1 else ["flatten", layer])]
+    shape, layers = example_spec(kind, kind.examples[index])
+    layers = [*prefix, *layers]
     text = f"name: t\ninput: {shape}\nlayers:\n" + "".join(f"  - {x}\n" for x in layers)
     return analyze(load_text(text), batch=BATCH, **kwargs)
 
@@ -102,7 +100,9 @@ def _small(name: str, index: int) -> bool:
     return len(ex.input) > 1 and math.prod(ex.input) <= 60_000 and macs <= 1_000_000
 
 
-RF_CASES = [(n, i) for n, i in CASES if _small(n, i) and n not in NORMALIZING]
+# Token layers: their receptive field is measured through a grid by gradient (tests/test_tokens.py).
+RF_CASES = [(n, i) for n, i in CASES if _small(n, i) and n not in NORMALIZING and not isinstance(
+    REGISTRY[n].examples[i].input, Tokens) and n != "to_tokens"]
 
 
 @pytest.mark.parametrize(("name", "index"), RF_CASES, ids=[f"{n}-{i}" for n, i in RF_CASES])
@@ -151,6 +151,8 @@ def _batchnorm(a: Mapping[str, Any], i: tuple[int, ...]) -> int:
 
 def _layernorm_groups(a: Mapping[str, Any], i: tuple[int, ...]) -> int:
     shape = a["normalized_shape"]
+    if shape is None and isinstance(i, Tokens):  # each token over its channels
+        shape = i[1]
     trailing = len(i) if shape is None else (1 if isinstance(shape, int) else len(shape))
     return n(i[: len(i) - trailing])
 
@@ -197,7 +199,11 @@ FULL: dict[str, Rule] = {
     "blur_pool": lambda a, i, o, m: 2 * m,
     "sum": lambda a, i, o, m: n(i),
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
-    "linear": lambda a, i, o, m: 2 * m + (a["out_features"] if a["bias"] else 0),
+    "linear": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),  # a bias per output (per token and output)
+    **{k: (lambda a, i, o, m: 0) for k in ("to_tokens", "to_grid", "class_token", "take_token")},
+    "pos_embed": lambda a, i, o, m: n(o),
+    # 2 per MAC, the biases of qkv (3C) and the projection (C) per token, q's scale, softmax's 3 per weight
+    "self_attention": lambda a, i, o, m: 2 * m + (4 * n(i) if a["bias"] else 0) + n(i) + 3 * a["num_heads"] * i[0] ** 2,
     "bias": lambda a, i, o, m: n(o),
     "channel_layernorm": lambda a, i, o, m: _normalize(n(i), n(i[1:]), a["elementwise_affine"], a["bias"]),
     "layernorm": lambda a, i, o, m: _normalize(n(i), _layernorm_groups(a, i), a["elementwise_affine"],
@@ -338,7 +344,8 @@ def test_every_figure_is_an_integer(name: str, inp: tuple[int, ...], given: dict
     args = _args(kind, given)
     out = kind.output(args, inp, lambda message: None)
     saved = kind.saved(args, inp, out)
-    figures = [*out, *kind.cost(args, inp, out), *(v for pair in (*saved.extra, *saved.per_batch) for v in pair),
+    figures = [*out, *kind.cost(args, inp, out),
+               *(v for pair in (*saved.extra, *saved.per_batch, *saved.extra_for_params) for v in pair),
                *(v for pair in kind.transient(args, inp, out) for v in pair)]
     assert all(type(v) is int for v in figures), figures
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from archcalc.core.kinds import REGISTRY, Kind
+from archcalc.core.kinds.base import Tokens
 from archcalc.torch.importer.trace import trace_module
 from archcalc.torch.recipes import module_call
 
@@ -38,6 +39,10 @@ def _args(kind: Kind, given: Any) -> dict[str, Any]:
 def test_the_built_module_imports_as_its_kind(name, index, example) -> None:  # type: ignore[no-untyped-def]
     kind = REGISTRY[name]
     a = _args(kind, example.args)
+    if name == "linear" and isinstance(example.input, Tokens):
+        pytest.skip("a module whose own input is a token sequence: the importer follows tokens made inside the "
+                    "traced module (to_tokens; tests/test_import.py round-trips this example after one), and a "
+                    "spec's input is a grid")
     module = module_call(kind, a, example.input).make().eval()
     ops = trace_module(module, example.input).ops
     got = [op.kind for op in ops]

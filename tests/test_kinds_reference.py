@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from archcalc.core.kinds import REGISTRY
+from archcalc.core.kinds.base import Tokens
 from archcalc.torch.recipes import module_call
 
 
@@ -291,6 +292,8 @@ def _batchnorm(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
 
 
 def _linear(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    if isinstance(shape, Tokens):  # N x C tokens: nn.Linear on each token's channels
+        return nn.Linear(shape[1], a["out_features"], bias=a["bias"])
     linear = nn.Linear(math.prod(shape), a["out_features"], bias=a["bias"])
     return nn.Sequential(nn.Flatten(), linear) if len(shape) > 1 else linear
 
@@ -312,6 +315,38 @@ class _Blur(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(F.pad(x, self.pads, mode=self.mode), self.filt, stride=self.stride, groups=x.shape[1])
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention as Vaswani et al. write it (nn.MultiheadAttention's parameters in its order),
+    every product a matmul: softmax(Q K^T / sqrt(d)) V per head."""
+
+    def __init__(self, c: int, heads: int, bias: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.in_proj = nn.Linear(c, 3 * c, bias=bias)
+        self.out_proj = nn.Linear(c, c, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.in_proj(x).split(c, dim=-1)
+        q, k, v = (t.reshape(b, n, self.heads, c // self.heads).transpose(1, 2) for t in (q, k, v))
+        weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(c // self.heads), dim=-1)
+        return self.out_proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, n, c))
+
+
+class Tokenized(nn.Module):
+    """A learned tensor of the given shape, put before the tokens (a class token) or added to them."""
+
+    def __init__(self, shape: tuple[int, ...], first: bool) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.randn(*shape))
+        self.first = first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.first:
+            return torch.cat([self.value.expand(x.shape[0], -1, -1), x], dim=1)
+        return x + self.value
 
 
 def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -403,9 +438,16 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "identity": lambda a, s: nn.Identity(),
     "layer_scale": lambda a, s: Scale(_per(a["per"], s), a["init"]),
     "scalar": lambda a, s: Constant(a["op"], a["value"]),
-    "layernorm": lambda a, s: nn.LayerNorm(s if a["normalized_shape"] is None else a["normalized_shape"],
-                                           eps=a["eps"], elementwise_affine=a["elementwise_affine"],
-                                           bias=a["bias"]),
+    "layernorm": lambda a, s: nn.LayerNorm((s[1] if isinstance(s, Tokens) else s) if a["normalized_shape"] is None
+                                           else a["normalized_shape"], eps=a["eps"],
+                                           elementwise_affine=a["elementwise_affine"], bias=a["bias"]),
+    "to_tokens": lambda a, s: Lambda(lambda x: x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)),
+    "to_grid": lambda a, s: Lambda(lambda x: x.permute(0, 2, 1).reshape(x.shape[0], x.shape[2], *(
+        (a["size"],) if isinstance(a["size"], int) else a["size"]))),
+    "class_token": lambda a, s: Tokenized((1, 1, s[1]), first=True),
+    "pos_embed": lambda a, s: Tokenized((1, *s), first=False),
+    "take_token": lambda a, s: Lambda(lambda x: x[:, a["index"]]),
+    "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"]),
     "leaky_relu": lambda a, s: nn.LeakyReLU(a["negative_slope"]),
     "linear": _linear,
     "lrn": lambda a, s: nn.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"]),

@@ -193,6 +193,73 @@ def networks(draw: st.DrawFn) -> tuple[str, str]:
 
 
 
+@st.composite
+def token_networks(draw: st.DrawFn) -> tuple[str, str]:
+    """(spec text, dtype): a patch embedding (a conv with kernel = stride) or a grid as it is, to_tokens, then token
+    layers (layer norm, per-token linear, activations, self-attention of 1 to C heads, a class token, a position
+    embedding, pre-norm residuals), ending as tokens, on the class token (take_token and a head) or back on the grid
+    (to_grid and a conv)."""
+    c = draw(st.integers(1, 4))
+    sizes = [draw(st.integers(1, 8)) for _ in range(2)]
+    head = f"name: tokens\ninput: [{c}, {', '.join(map(str, sizes))}]\nlayers:\n"
+    body = ""
+    if draw(st.booleans()):
+        patch = draw(st.integers(1, 3))
+        body += _item(f"conv: {_flow({'out': draw(st.integers(1, 8)), 'kernel': patch, 'stride': patch})}", 2)
+        if not analyzes(head + body):
+            body = ""
+    body += _item("to_tokens", 2)
+    cls = False
+    for _ in range(draw(st.integers(1, 5))):
+        what = draw(st.sampled_from(["layernorm", "linear", "act", "attention", "class_token", "pos_embed",
+                                     "residual"]))
+        width = draw(st.integers(1, 8))
+        heads = draw(st.sampled_from([h for h in range(1, 9) if width % h == 0]))
+        attention = _flow({"num_heads": heads, "bias": draw(st.booleans())})
+        if what == "layernorm":
+            item = _item(f"layernorm: {_flow(_frozen(draw, {'affine': draw(st.booleans())}))}", 2)
+        elif what == "linear":
+            item = _item(f"linear: {_flow(_frozen(draw, {'out': width, 'bias': draw(st.booleans())}))}", 2)
+        elif what == "act":
+            item = _item(draw(st.sampled_from(["gelu", "relu", "tanh"])), 2)
+        elif what == "attention":  # its own width, after a linear to it
+            item = _item(f"linear: {_flow({'out': width})}", 2) + _item(f"self_attention: {attention}", 2)
+        elif what == "residual":
+            inner = draw(st.sampled_from([f"self_attention: {attention}", "gelu"]))
+            item = "  - residual:\n" + _item("layernorm", 6) + _item(inner, 6)
+        else:
+            item = _item(what, 2)
+        if analyzes(head + body + item):
+            body += item
+            cls = cls or what == "class_token"
+    end = draw(st.sampled_from(["tokens", "class", "grid"]))
+    if end == "class" and cls:
+        body += _item("take_token", 2) + _item(f"linear: {_flow({'out': 3})}", 2)
+    elif end == "grid" and not cls:
+        grid = [int(x) for x in head.split("[", 1)[1].split("]", 1)[0].split(", ")[1:]]
+        spec = analyze(load_text(head + body))
+        n = spec.totals.output[0]
+        size = [n // grid[1], grid[1]] if n % grid[1] == 0 else [n]
+        ending = _item(f"to_grid: {_flow({'size': size})}", 2) + _item(f"conv: {_flow({'out': 2, 'kernel': 1})}", 2)
+        if analyzes(head + body + ending):
+            body += ending
+    dtype = draw(st.sampled_from(["float32", "float32", "float64", "bfloat16"]))
+    return head + body, dtype
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                 HealthCheck.function_scoped_fixture])
+@given(token_networks())
+def test_random_token_networks_match_torch(example: tuple[str, str]) -> None:
+    """The same quantities on networks of tokens: patch embedding, layer norm over channels, per-token linear
+    layers, self-attention, class token, position embedding, residuals, back to a grid."""
+    text, dtype = example
+    for quantity, (predicted, measured) in agreement(text, dtype).items():
+        if quantity not in ASSERTED:
+            continue
+        assert predicted == measured, f"{quantity} ({dtype}): predicted {predicted}, measured {measured}\n{text}"
+
+
 # ---- measurement: torch only, no archcalc arithmetic -----------------------------------------------------------
 
 

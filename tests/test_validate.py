@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import FAST_ZOO, tiered
+from conftest import FAST_ZOO, example_spec, tiered
 from typer.testing import CliRunner
 
 from archcalc.cli.app import app
@@ -115,10 +115,7 @@ def test_every_kind_example(tmp_path: Path) -> None:
     bad = []
     for kind in REGISTRY.values():
         for i, ex in enumerate(kind.examples):
-            args = ", ".join(f"{k}: {list(v) if isinstance(v, tuple) else v}" for k, v in ex.args.items())
-            layer = f"{kind.name}: {{{args}}}"
-            shape = list(ex.input) if len(ex.input) > 1 else [ex.input[0], 1]
-            layers = [layer] if len(ex.input) > 1 else ["flatten", layer]
+            shape, layers = example_spec(kind, ex)
             path = tmp_path / f"{kind.name}{i}.yaml"
             path.write_text(f"name: t\ninput: {shape}\nlayers:\n" + "".join(f"  - {x}\n" for x in layers))
             v = validate(load_spec(path), batch=2)

@@ -15,7 +15,7 @@ from archcalc.core.errors import Loc, SpecError, did_you_mean, paused_gc
 from archcalc.core.grammar import arg_type
 from archcalc.core.graph import Graph, Hold, Op, Tensor
 from archcalc.core.kinds import REGISTRY, Cost, LayerError, Shape
-from archcalc.core.kinds.base import numel
+from archcalc.core.kinds.base import Tokens, numel
 from archcalc.core.memory import peak_inference_bytes, saved_training_bytes
 from archcalc.core.merges import MERGES, MergeOp
 from archcalc.core.overwrites import overwrites
@@ -449,6 +449,9 @@ class _Engine:
             a = MappingProxyType({k: self._shape_of(self.resolve(v)) if isinstance(v, Ref) else
                                   self._settle(v) if isinstance(v, Pending) else v for k, v in a.items()})
         try:
+            if isinstance(inp, Tokens) and not (kind.tokens or kind.elementwise):
+                raise LayerError(f"{kind.name} needs a grid (C x H x W ...), but its input is a token sequence "
+                                 f"({inp[0]} tokens of {inp[1]} channels); use `to_grid` first")
             out = kind.output(a, inp, warn)
             _check_size(out, self.batch)
             cost = kind.cost(a, inp, out)
@@ -462,7 +465,9 @@ class _Engine:
             rf, jump = list(state.rf), list(state.jump)
             for axis, step in enumerate(steps[:len(rf)]):  # (the input's axes; after a reshape that adds axes,
                 if step.whole:                                 # which sees them whole, there may be more)
-                    rf[axis] += int((inp[1 + axis] - 1) * jump[axis])
+                    # the whole axis: of the grid, or of the grid a token sequence came from
+                    size = inp.grid[axis] if isinstance(inp, Tokens) else inp[1 + axis]
+                    rf[axis] += int((size - 1) * jump[axis])
                 else:
                     rf[axis] += int((step.kernel - 1) * jump[axis])
                     jump[axis] *= step.stride
@@ -499,6 +504,10 @@ class _Engine:
               loc: Loc | None, where: str) -> int:
         shapes = [self._shape_of(t) for t in inputs]
         try:
+            layouts = {isinstance(s, Tokens) for s in shapes}
+            if True in layouts and (len(layouts) > 1 or not op.tokens):
+                raise LayerError(f"{op.name} of token sequences and grids cannot be mixed" if len(layouts) > 1 else
+                                 f"{op.name} of token sequences is not supported (add and sub are)")
             out = op.output(shapes, sources)
             _check_size(out, self.batch)
         except LayerError as exc:

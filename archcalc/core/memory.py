@@ -193,7 +193,7 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
             if what.output:
                 keep(out.train_storage)
             stat = _stat_size(op, itemsize, device, autocast)
-            for elements, size in what.extra:
+            for elements, size in what.extra + (what.extra_for_params if params_need_grad else ()):
                 total += elements * stat(size) * batch
             for elements, size in what.per_batch:
                 total += elements * stat(size)
@@ -292,7 +292,8 @@ def _saving(graph: Graph, itemsize: int, batch: int, device: str, input_requires
             if what.output:
                 keeps[i].add(out.train_storage)
             stat = _stat_size(op, itemsize, device, autocast)
-            stats = sum(n * stat(s) for n, s in what.extra) * batch + sum(n * stat(s) for n, s in what.per_batch)
+            extra = what.extra + (what.extra_for_params if params_need_grad else ())
+            stats = sum(n * stat(s) for n, s in extra) * batch + sum(n * stat(s) for n, s in what.per_batch)
             extras[i] += stats
             packs[i] = bool(keeps[i]) or extras[i] > 0 or params_need_grad
             packs_output[i] = what.output or stats > 0

@@ -31,6 +31,8 @@ class MergeOp:
     # `running: true` may be written: the merge of n tensors is then n - 1 merges of two, each run as soon as its
     # input is made (core.analyze: `skip = skip + s` in a loop), with the all-at-once form's costs.
     running: ClassVar[bool] = False
+    # Token sequences (N x C) may be merged: an element-wise merge of equal shapes is indifferent to the layout.
+    tokens: ClassVar[bool] = False
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         raise NotImplementedError
@@ -75,6 +77,7 @@ class Add(MergeOp):
     symbol = "+"
     accumulates = True
     running = True
+    tokens = True
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         first = shapes[0]
@@ -90,6 +93,7 @@ class Sub(MergeOp):
     doc = "element-wise difference, first minus the others: the shapes must be equal (PoolFormer's pool(x) - x)"
     symbol = "-"
     accumulates = True
+    tokens = True
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         first = shapes[0]

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from fractions import Fraction
 from functools import lru_cache
 
+from archcalc.core.kinds.base import Tokens
+
 _SI = ("", " K", " M", " G", " T", " P")
 _BIN = (" B", " KiB", " MiB", " GiB", " TiB", " PiB")
 
@@ -44,6 +46,9 @@ def nbytes(n: int) -> str:
 
 
 def dims(shape: Sequence[int]) -> str:
+    """'3×224×224' for a grid (channels first); '197 tok×768' for a token sequence (N tokens of C channels)."""
+    if isinstance(shape, Tokens):  # before the cache: a Tokens equals the plain tuple (N, C)
+        return f"{shape[0]} tok×{shape[1]}"
     return _dims(shape) if isinstance(shape, tuple) else "×".join(map(str, shape))
 
 

@@ -475,3 +475,85 @@ class PSAAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, attn_ratio={self.attn_ratio}"
+
+
+# ---- tokens and attention (archcalc.core.kinds.tokens) ---------------------------------------------------------------
+
+
+class ToTokens(nn.Module):
+    """B x C x (spatial) -> B x N x C: flatten the spatial axes and move the channels last (a view, as torchvision's
+    ViT writes it: reshape to B x C x N, then permute)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+
+class ToGrid(nn.Module):
+    """B x N x C -> B x C x (size): the channels first again, the tokens laid out on the grid (a copy: the
+    transposed tokens are not contiguous)."""
+
+    def __init__(self, size: Sequence[int]) -> None:
+        super().__init__()
+        self.size = tuple(size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *self.size)
+
+
+class ClassToken(nn.Module):
+    """A learned token put before the sequence (torchvision's VisionTransformer: `class_token`, expanded over the
+    batch and concatenated)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.class_token = nn.Parameter(torch.zeros(1, 1, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+
+
+class PositionEmbedding(nn.Module):
+    """A learned N x C tensor added to the tokens (torchvision's Encoder: `input + self.pos_embedding`)."""
+
+    def __init__(self, tokens: int, channels: int) -> None:
+        super().__init__()
+        self.pos_embedding = nn.Parameter(torch.empty(1, tokens, channels).normal_(std=0.02))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pos_embedding
+
+
+class TakeToken(nn.Module):
+    """x[:, index]: one token of a B x N x C sequence (torchvision's ViT takes the class token, `x[:, 0]`)."""
+
+    def __init__(self, index: int = 0) -> None:
+        super().__init__()
+        self.index = index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.index]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over B x N x C tokens, computed as PyTorch's math path does (the reference
+    `scaled_dot_product_attention` in torch.nn.functional's docs): one linear layer makes q, k and v, each head
+    takes Q K^T / sqrt(d) and a softmax over the keys, then A V; the heads are joined and projected. Its parameters
+    are nn.MultiheadAttention's (in_proj: 3C x C and 3C, out_proj: C x C and C). Written out so that every
+    product is an op torch's FlopCounterMode and fvcore count (their fused kernels count nothing on the CPU:
+    docs/conventions.md)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True) -> None:
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        h = self.num_heads
+        q, k, v = self.in_proj(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+        # k and v as contiguous B x h x N x d copies: the products then keep these (at every batch size), not the
+        # whole q/k/v tensor as they would at batch 1.
+        weights = ((q * (c // h) ** -0.5) @ k.contiguous().transpose(-2, -1)).softmax(dim=-1)
+        return self.out_proj((weights @ v.contiguous()).transpose(1, 2).reshape(b, n, c))

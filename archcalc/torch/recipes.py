@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archcalc.core.kinds import REGISTRY, Arg, Kind, Shape
-from archcalc.core.kinds.base import numel
+from archcalc.core.kinds.base import Tokens, numel
 from archcalc.core.kinds.dense import per_shape
 from archcalc.core.merges import MERGES
 from archcalc.torch import modules
@@ -124,6 +124,8 @@ def _conv_transpose(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("linear")
 def _linear(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    if isinstance(inp, Tokens):  # on each token's channels (B x N x C: nn.Linear acts on the last axis)
+        return call(nn.Linear, in_features=inp[1], out_features=a["out_features"], bias=a["bias"])
     return call(modules.FlattenLinear, in_features=numel(inp), out_features=a["out_features"], bias=a["bias"])
 
 
@@ -264,6 +266,39 @@ def _layer_scale(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
 @recipe("mean")
 def _mean(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.Mean, dims=tuple(range(2, len(inp) + 1)), keepdim=a["keepdim"])
+
+
+# ---- tokens and attention ---------------------------------------------------------------------------------------
+
+
+@recipe("to_tokens")
+def _to_tokens(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.ToTokens)
+
+
+@recipe("to_grid")
+def _to_grid(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.ToGrid, size=tuple(kind.sizes(a, inp)))
+
+
+@recipe("class_token")
+def _class_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.ClassToken, channels=inp[1])
+
+
+@recipe("pos_embed")
+def _pos_embed(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.PositionEmbedding, tokens=inp[0], channels=inp[1])
+
+
+@recipe("take_token")
+def _take_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.TakeToken, index=a["index"])
+
+
+@recipe("self_attention")
+def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"])
 
 
 @recipe("crop")
@@ -420,7 +455,7 @@ def _read_conv_transpose(m: Any, inp: tuple[int, ...]) -> Mapped:
 
 
 def _read_linear(m: Any, inp: tuple[int, ...]) -> Mapped:
-    if len(inp) != 1 and type(m).__name__ != "FlattenLinear":
+    if len(inp) != 1 and type(m).__name__ != "FlattenLinear" and not isinstance(inp, Tokens):
         raise Unmapped(f"nn.Linear on a per-sample shape {'x'.join(map(str, inp))} acts on the last axis only; "
                        "archcalc's linear takes a vector (flatten first)")
     return Mapped("linear", {"out_features": m.out_features, "bias": m.bias is not None})
@@ -643,6 +678,19 @@ reads("layer_scale", _read_layer_scale, modules.LayerScale)
 reads("mean", _read_mean, modules.Mean)
 reads("blur_pool", _read_blur_pool, modules.BlurPool)
 reads("crop", _read_crop, modules.CenterCrop)
+reads("to_tokens", lambda m, inp: Mapped("to_tokens", {}), modules.ToTokens)
+reads("to_grid", lambda m, inp: Mapped("to_grid", {"size": tuple(int(s) for s in m.size)}), modules.ToGrid)
+reads("class_token", lambda m, inp: Mapped("class_token", {}), modules.ClassToken)
+reads("pos_embed", lambda m, inp: Mapped("pos_embed", {}), modules.PositionEmbedding)
+reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)}), modules.TakeToken)
+reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
+                                                                 "bias": m.in_proj.bias is not None}),
+      modules.SelfAttention)
+# nn.MultiheadAttention as self-attention: its call, m(x, x, x, need_weights=False), is read by the importer
+# (archcalc.torch.importer.trace: the module returns a pair); this rule makes it a leaf of the trace.
+reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
+                                                                 "bias": m.in_proj_bias is not None}),
+      nn.MultiheadAttention)
 
 
 def _value(arg: Arg, value: Any) -> Any:
@@ -795,7 +843,7 @@ def _f_conv_transpose(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
 
 def _f_linear(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
     w = _weight(a)
-    if len(w) != 2 or len(inp) != 1:
+    if len(w) != 2 or (len(inp) != 1 and not isinstance(inp, Tokens)):
         raise Unmapped(f"F.linear on a per-sample shape {'x'.join(map(str, inp))} acts on the last axis only; "
                        "archcalc's linear takes a vector (flatten first)")
     return Mapped("linear", {"out_features": w[0], "bias": _present(a, "bias")})

@@ -9,6 +9,7 @@ from archcalc.core.kinds import (  # noqa: F401  (registration)
     norm,
     pool,
     resize,
+    tokens,
     yolo,
 )
 from archcalc.core.kinds.base import REGISTRY, Arg, Cost, Example, Kind, LayerError, RFStep, Saved, Shape, suggest_kind

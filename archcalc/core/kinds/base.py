@@ -15,7 +15,41 @@ from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple
 
 Shape = tuple[int, ...]
-"""A per-sample tensor shape: (C, *spatial), or (features,) after a flatten or linear layer."""
+"""A per-sample tensor shape: (C, *spatial), or (features,) after a flatten or linear layer, or a token sequence
+(N, C): a `Tokens`."""
+
+
+class Tokens(tuple):  # type: ignore[type-arg]
+    """The per-sample shape of a token sequence: N tokens of C channels, (N, C), as torch holds it batch-first
+    (B x N x C: nn.Linear and nn.LayerNorm act on the last axis, C). A grid is (C, *spatial), channels first; the
+    layout is the type, so the engine can refuse a grid layer on tokens and a token layer on a grid.
+
+    `grid`: the spatial sizes of the grid the tokens were flattened from (14 x 14 for ViT-B/16 at 224), kept through
+    token layers (a class token adds one token, the grid stays): the receptive field of a layer that sees every token
+    (attention) is the whole of that grid. Compares equal to the plain tuple (N, C)."""
+
+    grid: tuple[int, ...]
+
+    def __new__(cls, n: int, c: int, grid: tuple[int, ...]) -> "Tokens":
+        obj = super().__new__(cls, (n, c))
+        obj.grid = tuple(grid)
+        return obj
+
+    def __getnewargs__(self) -> tuple[int, int, tuple[int, ...]]:  # copy and pickle keep the layout
+        return (self[0], self[1], self.grid)
+
+    def __repr__(self) -> str:
+        return f"Tokens({self[0]}, {self[1]}, grid={self.grid})"
+
+
+def is_tokens(shape: Shape) -> bool:
+    return isinstance(shape, Tokens)
+
+
+def tokens_like(inp: Shape, n: int, c: int) -> "Tokens":
+    """A token shape of n tokens of c channels on `inp`'s grid."""
+    assert isinstance(inp, Tokens)
+    return Tokens(n, c, inp.grid)
 
 
 class LayerError(Exception):
@@ -120,6 +154,9 @@ class Saved(NamedTuple):
     extra: tuple[tuple[int, int], ...] = ()
     per_batch: tuple[tuple[int, int], ...] = ()  # extras not multiplied by batch (e.g. BN's per-channel stats)
     input_for_params: bool = False
+    # extras kept only for the parameters' gradient, as `input_for_params` (attention's joined heads, the input of
+    # its output projection): a frozen layer does not keep them
+    extra_for_params: tuple[tuple[int, int], ...] = ()
 
 
 class Example(NamedTuple):
@@ -167,6 +204,9 @@ class Kind:
     # parameter promotes its output to float32; "mixed", several ops of both kinds inside; "" it runs in its
     # input's type. `autocast_on` may depend on the arguments and the input (3-D pooling runs in float32).
     autocast: ClassVar[str] = ""
+    # The kind takes a token sequence (N x C, a `Tokens`) as its input. The engine refuses a token input to a kind
+    # without it (and not element-wise): a conv or a batch norm would read N as the channels.
+    tokens: ClassVar[bool] = False
 
     # --- torch, as plain data (the core never imports torch) ---------------------------------------------
     # A kind with a `torch_class` is built as torch_class(**its arguments) and recognised in a torch model by that

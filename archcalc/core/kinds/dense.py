@@ -5,7 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from archcalc.core.kinds.base import Arg, Cost, Example, Kind, LayerError, RFStep, Saved, Shape, numel, register
+from archcalc.core.kinds.base import (
+    Arg,
+    Cost,
+    Example,
+    Kind,
+    LayerError,
+    RFStep,
+    Saved,
+    Shape,
+    Tokens,
+    numel,
+    register,
+    tokens_like,
+)
 
 
 @register
@@ -19,9 +32,11 @@ class Linear(Kind):
     prefix = "fc"
     doc = ("Fully connected layer (nn.Linear). A C x H x W input is flattened implicitly to C*H*W features, as the "
            "lecture tables write 'FC: 7x7x512x4096' (the flatten is a view: no copy, no cost); write `flatten` "
-           "to show it as its own row. Params in*out + bias; MACs in*out.")
+           "to show it as its own row. On a token sequence N x C it maps each token's C channels to out_features "
+           "(N x out_features; MACs N*C*out). Params in*out + bias; MACs in*out.")
     full_rule = "2 per MAC, plus 1 per output for the bias"
     weighted = True
+    tokens = True
     contiguous_input = True  # the implicit flatten copies a strided view (a crop)
     args = (
         Arg("out_features", "int", doc="number of outputs", aliases=("out", "units"), minimum=1),
@@ -31,17 +46,29 @@ class Linear(Kind):
         Example((512, 7, 7), {"out_features": 4096}),
         Example((4096,), {"out_features": 1000}),
         Example((120,), {"out_features": 84, "bias": False}),
+        Example(Tokens(16, 8, (4, 4)), {"out_features": 12}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        if isinstance(inp, Tokens):
+            return tokens_like(inp, inp[0], a["out_features"])
         return (a["out_features"],)
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
-        macs = numel(inp) * a["out_features"]
+        features = inp[1] if isinstance(inp, Tokens) else numel(inp)
+        weights = features * a["out_features"]
+        macs = numel(inp) * a["out_features"]  # the weights once per token
         bias = a["out_features"] if a["bias"] else 0
-        return Cost(params=macs + bias, macs=macs, fvcore=macs, full=2 * macs + bias)
+        outputs = numel(out) if a["bias"] else 0
+        return Cost(params=weights + bias, macs=macs, fvcore=macs, full=2 * macs + outputs)
 
-    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        bias = a["out_features"] if a["bias"] else 0
+        return (params - bias, bias) if bias else (params,)
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep] | None:
+        if isinstance(inp, Tokens):
+            return None  # each token on its own
         return [RFStep(whole=True) for _ in inp[1:]]
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
@@ -50,6 +77,8 @@ class Linear(Kind):
         return Saved(input_for_params=True)
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        if isinstance(inp, Tokens):
+            return f"{inp[1]} -> {a['out_features']} per token"
         return f"{numel(inp)} -> {a['out_features']}"
 
 

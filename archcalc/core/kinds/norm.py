@@ -15,6 +15,7 @@ from archcalc.core.kinds.base import (
     LayerError,
     Saved,
     Shape,
+    Tokens,
     numel,
     register,
 )
@@ -96,9 +97,10 @@ class LayerNorm(Kind):
     synonyms = ("ln", "layer_norm", "layer_normalization")
     prefix = "ln"
     doc = ("Layer normalization (nn.LayerNorm) over the trailing `normalized_shape` axes; by default all of a "
-           "sample's axes (C x H x W). Params 2 per normalized element (affine), 1 with `bias: false` (a scale "
-           "and no shift, nn.LayerNorm(bias=False)). fvcore counts 5 flops per element with affine (with or "
-           "without the shift: its rule looks at the weight only), 4 without.")
+           "sample's axes (C x H x W); on a token sequence N x C, each token over its C channels (ViT's norm). "
+           "Params 2 per normalized element (affine), 1 with `bias: false` (a scale and no shift, "
+           "nn.LayerNorm(bias=False)). fvcore counts 5 flops per element with affine (with or without the shift: "
+           "its rule looks at the weight only), 4 without.")
     full_rule = NORMALIZE_RULE + "; 6 per element with a scale and no shift (bias: false)"
     args = (
         Arg("normalized_shape", "ints_or_none", None, "trailing shape to normalize over (default: the whole sample)",
@@ -109,13 +111,15 @@ class LayerNorm(Kind):
             "nn.LayerNorm(bias=False))"),
     )
     examples = (Example((64, 8, 8)), Example((128,)), Example((16, 7, 7), {"normalized_shape": [7, 7]}),
-                Example((12, 5, 5), {"normalized_shape": [5, 5], "bias": False}))
+                Example((12, 5, 5), {"normalized_shape": [5, 5], "bias": False}),
+                Example(Tokens(9, 6, (3, 3)), {"eps": 1e-6}))
     same_shape = True
+    tokens = True
 
     def norm_shape(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
         shape = a["normalized_shape"]
         if shape is None:
-            return inp
+            return (inp[1],) if isinstance(inp, Tokens) else inp
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         if len(shape) > len(inp) or tuple(inp[len(inp) - len(shape):]) != shape:
             raise LayerError(f"normalized_shape {list(shape)} is not the trailing shape of the input "

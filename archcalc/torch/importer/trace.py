@@ -25,7 +25,7 @@ from torch import nn
 
 from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
-from archcalc.core.kinds.base import LayerError, resolve_padding
+from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
 from archcalc.torch.importer import mapping
 from archcalc.torch.importer.mapping import Mapped, Unmapped
@@ -88,6 +88,16 @@ class _Tensor(NamedTuple):
     channels_last: bool = False
 
 
+def _token_shape(kind: str | None, inputs: Sequence[_Tensor], out: Shape) -> Tokens | None:
+    """The output's shape as a token sequence where the layout makes it one: the output of `to_tokens`, and a
+    per-sample N x C output of an op on tokens (a per-token linear, a layer norm, an add), not `to_grid`'s."""
+    if kind == "to_tokens" and inputs:
+        return Tokens(out[0], out[1], tuple(inputs[0].shape[1:]))
+    if inputs and isinstance(inputs[0].shape, Tokens) and len(out) == 2 and kind != "to_grid":
+        return Tokens(out[0], out[1], inputs[0].shape.grid)
+    return None
+
+
 class _Param(NamedTuple):
     """A parameter or buffer the forward reads, or a tensor computed from them alone (weight standardisation's
     weight, `self.weight.to(x.dtype)`): the parameters and buffers it is made from."""
@@ -132,6 +142,13 @@ class _Padded(NamedTuple):
     source: _Tensor
     pads: tuple[tuple[int, int], ...]  # (before, after) per spatial axis
     mode: str  # "reflect", "zeros" or "-inf"
+
+
+class _Flat(NamedTuple):
+    """A grid whose spatial axes were flattened into one (C x N: torchvision's ViT reshapes before it permutes):
+    tokens once the channels move last, nothing archcalc has a kind for otherwise."""
+
+    source: _Tensor
 
 
 class _Failed(Exception):
@@ -454,6 +471,10 @@ class _Converter:
              inputs: Sequence[_Tensor], fixed: bool, channels_last: bool = False, unknown: str | None = None,
              shape: Shape | None = None, trainable: bool = True) -> _Tensor:
         out = self.tensor_of(self.values[node], node) if shape is None else self._new(shape)
+        tokens = _token_shape(kind, inputs, out.shape) if shape is None else None
+        if tokens is not None:  # the layout torch's shapes do not show: N x C tokens, not a C x L grid
+            self.shapes[out.id] = tokens
+            out = _Tensor(out.id, tokens)
         if channels_last:
             out = _Tensor(out.id, out.shape, True)
         if node.op == "call_module":
@@ -677,7 +698,7 @@ class _Converter:
         tensors = [a for a in args if isinstance(a, _Tensor)] + [v for v in kwargs.values() if isinstance(v, _Tensor)]
         value = self.values.get(node)
         method = str(target) if node.op == "call_method" else None
-        if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Padded, _Blocks, _Param, list, tuple))
+        if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Padded, _Blocks, _Flat, _Param, list, tuple))
                                    and self._has_tensor(a) for a in [*args, *kwargs.values()]):
             params = self._params([*args, *kwargs.values()])
             if (params or self._scaled([*args, *kwargs.values()])) and isinstance(value, torch.Tensor):
@@ -712,6 +733,9 @@ class _Converter:
         if target is torch.permute or method == "permute":
             dims: Any = args[1:] if len(args) > 2 else (args[1] if len(args) > 1 else kwargs.get("dims"))
             return self.permute(node, args[0], tuple(dims))
+        if (target is torch.transpose or method == "transpose") and isinstance(args[0], _Flat) and len(args) == 3:
+            pair = sorted(int(d) % 3 for d in args[1:])
+            return self.permute(node, args[0], (0, 2, 1) if pair == [1, 2] else (0, 1, 2))
         fn: Any = target
         entry = mapping.METHODS.get(method) if method else (mapping.FUNCTIONS.get(fn) or self.named_functions.get(fn))
         if entry is None:
@@ -1087,6 +1111,8 @@ class _Converter:
         m = self.root.get_submodule(path)
         self.called.add(path)
         args = [self.arg(a) for a in node.args]
+        if isinstance(m, nn.MultiheadAttention):
+            return self.attention(node, m, args, {k: self.arg(v) for k, v in node.kwargs.items()})
         if len(args) != 1 or node.kwargs or not isinstance(args[0], _Tensor):
             raise Unmapped("a module call with other than one tensor argument")
         x = args[0]
@@ -1102,7 +1128,36 @@ class _Converter:
             mapped = rule(m, (*x.shape[1:], x.shape[0]) if x.channels_last else x.shape)
         return self.layer(node, mapped, x, path.rsplit(".", 1)[-1], fixed=True)
 
+    def attention(self, node: fx.Node, m: nn.MultiheadAttention, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        """nn.MultiheadAttention called as self-attention, m(x, x, x, need_weights=False): self_attention, its
+        output the first of the pair the module returns (the second, the weights, is None)."""
+        q = args[0] if args else kwargs.get("query")
+        k = args[1] if len(args) > 1 else kwargs.get("key")
+        v = args[2] if len(args) > 2 else kwargs.get("value")
+        extra = {key: value for key, value in kwargs.items() if key not in ("query", "key", "value")}
+        if not (isinstance(q, _Tensor) and q == k == v):
+            raise Unmapped("nn.MultiheadAttention with different query, key and value: archcalc's self_attention "
+                           "attends a sequence to itself")
+        if len(args) > 3 or extra.pop("need_weights", True) is not False or any(
+                value is not None and value is not False for value in extra.values()):
+            raise Unmapped("nn.MultiheadAttention with need_weights, a mask or another argument: archcalc's "
+                           "self_attention is m(x, x, x, need_weights=False)")
+        if not isinstance(q.shape, Tokens):
+            raise Unmapped("nn.MultiheadAttention on a tensor that is not a token sequence (N x C)")
+        if not m.batch_first or m.bias_k is not None or not m._qkv_same_embed_dim or m.dropout:
+            raise Unmapped("nn.MultiheadAttention without batch_first, with add_bias_kv, other kdim/vdim or "
+                           "attention dropout: not archcalc's self_attention")
+        mapped = Mapped("self_attention", {"num_heads": int(m.num_heads), "bias": m.in_proj_bias is not None})
+        out = self.emit(node, str(node.target).rsplit(".", 1)[-1], "self_attention", None, mapped.args, [q],
+                        fixed=True, shape=q.shape)
+        return (out, None)
+
     def permute(self, node: fx.Node, x: Any, dims: tuple[int, ...]) -> _Tensor | _Blocks:
+        if isinstance(x, _Flat):
+            if tuple(d % 3 for d in dims) == (0, 2, 1):
+                return self.emit(node, "to_tokens", "to_tokens", None, {}, [x.source], fixed=False)
+            raise Unmapped(f"permute{list(dims)} of a grid flattened to C x N: archcalc follows the move of the "
+                           "channels last (to tokens)")
         if not isinstance(x, _Tensor):
             raise Unmapped("a permute of something that is not a tensor of the network")
         rank = len(x.shape) + 1
@@ -1139,6 +1194,12 @@ class _Converter:
             if per is None:
                 raise Unmapped(f"a {'sum' if merge == 'add' else 'product'} with a parameter of shape {list(p.shape)}: "
                                "not one value per channel, per position, per element or for the tensor")
+            if isinstance(x, _Tensor) and isinstance(x.shape, Tokens):
+                if merge != "add" or per != "element":
+                    raise Unmapped(f"a {'sum' if merge == 'add' else 'product'} of tokens with a parameter of shape "
+                                   f"{list(p.shape)}: archcalc's pos_embed adds one value per token and channel")
+                self.consume(node, [p], "pos_embed", {}, x)
+                return self.emit(node, "pos_embed", "pos_embed", None, {}, [x], fixed=False)
             self.consume(node, [p], kind, {"per": per}, x)
             return self.emit(node, kind, kind, None, {"per": per}, [x], fixed=False, channels_last=x.channels_last,
                              shape=x.shape if x.channels_last else None)
@@ -1192,6 +1253,11 @@ class _Converter:
     def cat(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> _Tensor:
         tensors = args[0] if args else kwargs.get("tensors")
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+        if isinstance(tensors, (list, tuple)) and len(tensors) == 2 and isinstance(tensors[0], _Param) \
+                and isinstance(tensors[1], _Tensor) and isinstance(tensors[1].shape, Tokens) and dim % 3 == 1 \
+                and tuple(tensors[0].shape[1:]) == (1, tensors[1].shape[1]):  # a learned token put first
+            self.consume(node, [tensors[0]], "class_token", {}, tensors[1])
+            return self.emit(node, "class_token", "class_token", None, {}, [tensors[1]], fixed=False)
         if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, _Tensor) for t in tensors):
             raise Unmapped("torch.cat of something other than a list of the network's tensors")
         rank = len(tensors[0].shape) + 1
@@ -1224,7 +1290,7 @@ class _Converter:
         return self.emit(node, "reshape", "reshape", None, {"shape": [len(tensors), shape[0]], "keep": len(shape) - 1},
                          [joined], fixed=False)
 
-    def reshape(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any], how: str) -> _Tensor:
+    def reshape(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any], how: str) -> _Tensor | _Flat:
         x = args[0]
         if isinstance(x, _Blocks):
             return self.space_to_depth(node, x)
@@ -1233,6 +1299,11 @@ class _Converter:
         out = tuple(int(s) for s in self.values[node].shape[1:])
         if out == x.shape:
             return x
+        if isinstance(x.shape, Tokens):
+            raise Unmapped(f"{how} of a token sequence (attention written by hand?): archcalc reads attention as "
+                           "nn.MultiheadAttention")
+        if len(x.shape) > 2 and out == (x.shape[0], self._numel(x.shape[1:])) and self._channels_move_last(node):
+            return _Flat(x)  # C x H x W -> C x HW, then the channels moved last: to_tokens
         if len(out) == 1:
             return self.emit(node, "flatten", "flatten", None, {}, [x], fixed=False)
         # Any other shape (the batch axis kept): a reshape; the ops after it are mapped on the shape it makes, so
@@ -1244,6 +1315,22 @@ class _Converter:
         if keep:
             view["keep"] = keep
         return self.emit(node, "reshape", "reshape", None, view, [x], fixed=False)
+
+    @staticmethod
+    def _channels_move_last(node: fx.Node) -> bool:
+        """Every reader of this C x N view moves the channels last (permute(0, 2, 1), transpose(1, 2)): the view
+        is the first half of to_tokens (torchvision's ViT), not a reshape of its own."""
+        def moves(user: fx.Node) -> bool:
+            method = str(user.target) if user.op == "call_method" else None
+            args: list[Any] = list(user.args[1:])
+            if user.target is torch.permute or method == "permute":
+                given: Any = args[0] if args else user.kwargs.get("dims", ())
+                dims: list[Any] = args if len(args) > 1 else list(given)
+                return [int(d) % 3 for d in dims] == [0, 2, 1]
+            if user.target is torch.transpose or method == "transpose":
+                return len(args) == 2 and sorted(int(d) % 3 for d in args) == [1, 2]
+            return False
+        return bool(node.users) and all(moves(u) for u in node.users)
 
     def blocks(self, node: fx.Node, x: _Tensor, dims: tuple[int, ...]) -> _Blocks | None:
         """The permute of space-to-depth (TResNet's): a C x H x W tensor viewed as (C, H/r, r, W/r, r) by the op
@@ -1324,6 +1411,10 @@ class _Converter:
         if source.channels_last:
             raise Unmapped("indexing of a channels-last view")
         index = index if isinstance(index, tuple) else (index,)
+        if isinstance(source.shape, Tokens) and len(index) == 2 and index[0] == slice(None, None, None) \
+                and isinstance(index[1], int) and not isinstance(index[1], bool):  # x[:, i]: one token
+            return self.emit(node, "take_token", "take_token", None, {"index": index[1] % source.shape[0]},
+                             [source], fixed=False)
         channels = source.shape[0]
         full = slice(None, None, None)
         if Ellipsis in index and index.count(Ellipsis) == 1:  # x[..., a:b]: the axes the ellipsis stands for
