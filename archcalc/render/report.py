@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def _caption(report: Report) -> str:
     conv = CONVENTIONS[report.convention]
-    return (f"FLOPs convention '{conv.name}': {conv.summary}. MACs: multiply-accumulates of conv/linear. "
+    return (f"FLOPs convention '{conv.name}': {conv.summary}. MACs: multiply-accumulates of conv/linear/matmul. "
             f"Batch {report.batch}, {report.dtype}; memory = output activations.")
 
 
