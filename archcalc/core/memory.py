@@ -440,7 +440,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             held_by.add(i, sizes[out.train_storage])
         live += extras[i] + cache_of[i]
         held_by.add(i, extras[i] + cache_of[i])
-        transient = _training_transient(op, graph, itemsize, batch, device) + transient_copies[i]
+        transient = _training_transient(op, graph, itemsize, batch, device, recorded[i]) + transient_copies[i]
         running = moment(live + transient)
         held_by.moment(running, (i, transient))
         if not used[i] or in_segment[i] >= 0:  # dropped, or packed into a checkpoint's empty holders
@@ -579,15 +579,25 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             if needs_grad[t]:
                 # a view (not an in-place op, whose backward makes a new gradient) passes a view of its gradient;
                 # a crop's backward writes it into zeros of the input's size
-                if (op.kind.alias and op.kind.alias_in_training(op.args)
-                        and not op.kind.strided(op.args, graph.tensors[t].shape, graph.tensors[op.output].shape)):
+                if op.kind.passes_gradient or (op.kind.alias and op.kind.alias_in_training(op.args) and not
+                                               op.kind.strided(op.args, graph.tensors[t].shape,
+                                                               graph.tensors[op.output].shape)):
                     shared.append(t)
                 else:
                     new.append((t, numel(graph.tensors[t].shape) * itemsize * batch))
         working = live + sum(b for _, b in new)
+        if op.kind is not None and op.kind.contiguous_gradient and g == -1:  # a contiguous copy of the seed's view
+            working += numel(graph.tensors[op.output].shape) * itemsize * batch
         if op.kind is not None:
+            kernel = op.kind.backward_kernel(op.args, graph.tensors[op.inputs[0]].shape,
+                                             graph.tensors[op.output].shape, needs_grad[op.inputs[0]])
+            if kernel:  # the kernel's outputs, before the parameters' gradients are reduced from them
+                before_params = working - made + sum(n * itemsize_for(code, itemsize, device)
+                                                     for n, code in kernel) * batch
+                running = max(running, moment(before_params))
+                held_by.moment(before_params, (i, before_params - live))  # less `made`, not yet made
             extra = op.kind.backward_transient(op.args, graph.tensors[op.inputs[0]].shape,
-                                               graph.tensors[op.output].shape)
+                                               graph.tensors[op.output].shape, needs_grad[op.inputs[0]])
             working += sum(n * itemsize_for(code, itemsize, device) for n, code in extra) * batch
         running = max(running, moment(working))
         held_by.moment(working, (i, working - live))
@@ -673,16 +683,22 @@ def _autocast_copies(graph: Graph, itemsize: int, batch: int, recorded: list[boo
     return out
 
 
-def _training_transient(op: object, graph: Graph, itemsize: int, batch: int, device: str) -> int:
+def _training_transient(op: object, graph: Graph, itemsize: int, batch: int, device: str,
+                        recorded: bool = True) -> int:
     """Temporaries an op frees before it returns in a training-mode forward: those it declares for inference
-    that it does not keep for backward (max pooling's indices and group norm's statistics are kept: `Saved`)."""
+    that it does not keep for backward (max pooling's indices and group norm's statistics are kept: `Saved`);
+    of an op autograd does not record (`recorded` false), which keeps nothing, `Kind.untracked_transient`."""
     from archcalc.core.graph import Op
 
     assert isinstance(op, Op)
     if op.kind is None:
         return 0
     src, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
-    temporaries = op.kind.train_transient(op.args, src.shape, out.shape)
-    once = op.kind.train_transient_once(op.args, src.shape, out.shape)  # made from the weights, whatever the batch
+    if not recorded:
+        temporaries = op.kind.untracked_transient(op.args, src.shape, out.shape)
+        once = op.kind.transient_once(op.args, src.shape, out.shape)
+    else:
+        temporaries = op.kind.train_transient(op.args, src.shape, out.shape)
+        once = op.kind.train_transient_once(op.args, src.shape, out.shape)  # made from the weights, any batch
     return (sum(n * itemsize_for(s, itemsize, device) for n, s in temporaries) * batch
             + sum(n * itemsize_for(s, itemsize, device) for n, s in once))

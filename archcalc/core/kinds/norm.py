@@ -152,6 +152,7 @@ class GroupNorm(Kind):
            "timm's GroupNorm1NoBias of MetaFormer, F.group_norm without a bias). fvcore counts 5 flops per element "
            "with affine (with or without the shift: its rule looks at the weight only), 4 without.")
     full_rule = NORMALIZE_RULE + "; 6 per element with a scale and no shift (bias: false)"
+    contiguous_gradient = True  # native_group_norm_backward: dY.contiguous() (measured by storage on the CPU)
     args = (
         Arg("num_groups", "int", doc="number of channel groups", aliases=("groups",), minimum=1),
         Arg("eps", "float", 1e-5, "added to the variance", minimum=0),
@@ -230,7 +231,8 @@ class LRN(Kind):
     def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         return ()  # in training the composite's intermediates are kept (Saved); the most alive is the end state
 
-    def backward_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+    def backward_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape,
+                           input_grad: bool = True) -> tuple[tuple[int, int], ...]:
         # x / d's backward first: grad / d, and -grad * (x / d) / d through x / d, its negation and the product:
         # four input-sized tensors at once, one of them becoming part of the input's gradient (measured by storage
         # on the CPU). Exceeded by avg_pool3d's backward (the padded C + size - 1 channels) only when C < (size-1)/4.
