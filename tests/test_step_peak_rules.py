@@ -87,6 +87,10 @@ CASES: list[tuple[str, str, list[int], Callable[[], nn.Module], int]] = [
      "      - []\n      - [tanh]\n      - []\n      - []\n    merge: mul\n", [2, 5],
      lambda: nn.Sequential(nn.ConvTranspose1d(2, 6, 1, stride=2),
                            Product(nn.Identity(), nn.Tanh(), nn.Identity(), nn.Identity())), 3_336),
+    # local response norm: avg_pool3d's backward makes the padded squares' gradient (C + size - 1 channels) once
+    # the composite's output gradient is freed; with one channel and size 6 the larger moment of its backward
+    ("lrn_padded_gradient", "  - conv: {out: 1, kernel: 1}\n  - lrn: {size: 6}\n  - conv: {out: 1, kernel: 1}\n",
+     [1, 11, 12], lambda: nn.Sequential(nn.Conv2d(1, 1, 1), nn.LocalResponseNorm(6), nn.Conv2d(1, 1, 1)), 16_976),
     # a broadcast factor's gradient is made at the product's size, then summed to the factor's shape
     ("product_broadcast", "  - conv: {out: 3, kernel: 1}\n  - parallel:\n      - [{adaptive_avgpool: {size: 1}},"
      " sigmoid]\n      - []\n      - [tanh]\n    merge: mul\n", [3, 4, 5],

@@ -698,6 +698,12 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             extra = op.kind.backward_transient(op.args, graph.tensors[op.inputs[0]].shape,
                                                graph.tensors[op.output].shape, needs_grad[op.inputs[0]])
             working += sum(n * itemsize_for(code, itemsize, device) for n, code in extra) * batch
+            late = op.kind.backward_late(op.args, graph.tensors[op.inputs[0]].shape, graph.tensors[op.output].shape)
+            if late:  # after its output's gradient is freed, unless something else holds it (the loss seed)
+                freed = grad_size[g] if g is not None and grad_refs[g] == 1 else 0
+                at = live - freed + sum(n * itemsize_for(code, itemsize, device) for n, code in late) * batch
+                running = max(running, moment(at))
+                held_by.moment(at, (i, at - live))
         running = max(running, moment(working))
         held_by.moment(working, (i, working - live))
         live += sum(b for _, b in new)

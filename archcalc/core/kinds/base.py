@@ -262,6 +262,11 @@ class Kind:
         gradient. None for a single backward kernel."""
         return ()
 
+    def backward_late(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        """Temporaries of a composite's backward made once its output's gradient is freed (by the composite's
+        first node), beside what was alive when its backward began, as `transient`. None by default."""
+        return ()
+
     def backward_kernel(self, a: Mapping[str, Any], inp: Shape, out: Shape,
                         input_grad: bool) -> tuple[tuple[int, int], ...]:
         """What the layer's backward kernel makes beside its input's gradient before its parameters' gradients are
