@@ -557,7 +557,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                 keepers.setdefault(renamed.get(storage, storage), set()).add(j)
         return peak
 
-    def release(i: int, storage: int) -> None:
+    def unkeep(i: int, storage: int) -> None:
         """Op i's node no longer keeps `storage`: freed when no other op keeps it."""
         nonlocal live
         ops = keepers.get(storage)
@@ -635,7 +635,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             for s in kept[j]:
                 pending[s] -= 1
                 if not pending[s]:
-                    release(i, s)
+                    unkeep(i, s)
             incoming = 0
             for t, n in results:  # x_j's gradient to its buffer; the left one to the next multiply (x0's at the first)
                 if t >= 0 or j == 1:
@@ -654,7 +654,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             for storage in ({(renamed if in_segment[i] >= 0 else {}).get(s, s) for s in
                              {graph.tensors[t].train_storage for t in (*op.inputs, op.output)}}
                             | frame_inputs.get(i, set())):
-                release(i, storage)
+                unkeep(i, storage)
             steps.append(TrainStep("backward", i, running, live))
             continue
         recomputed = recompute(recompute_at[i]) if i in recompute_at else 0
