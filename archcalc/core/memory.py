@@ -701,9 +701,10 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             late = op.kind.backward_late(op.args, graph.tensors[op.inputs[0]].shape, graph.tensors[op.output].shape)
             if late:  # after its output's gradient is freed, unless something else holds it (the loss seed)
                 freed = grad_size[g] if g is not None and grad_refs[g] == 1 else 0
-                at = live - freed + sum(n * itemsize_for(code, itemsize, device) for n, code in late) * batch
+                made_late = sum(n * itemsize_for(code, itemsize, device) for n, code in late) * batch
+                at = live - freed + made_late
                 running = max(running, moment(at))
-                held_by.moment(at, (i, at - live))
+                held_by.moment(at, (i, made_late), (grad_maker[g] if freed and g is not None else i, -freed))
         running = max(running, moment(working))
         held_by.moment(working, (i, working - live))
         live += sum(b for _, b in new)
