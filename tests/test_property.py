@@ -21,9 +21,11 @@ Quantities, each measured independently of archcalc's arithmetic:
                           backend workspace such as im2col is not predicted; see the README)
   step_peak               the training step's peak (Adam, a later step; `step_peak_first`: the first step, where
   step_peak_first         Adam makes its state), every dtype, against a real step measured by storage
-                          (tests/measure.step_peak_bytes); reported, not asserted: classes the long run shows are
-                          not followed yet (PReLU's backward, group norm after a frozen layer, pooling with
-                          `padding: same`, a product of several equal branches, ...)
+                          (tests/measure.step_peak_bytes; the rules the long run found: tests/test_step_peak_rules.py).
+                          Reported, not asserted, for a network with 1-D max pooling of an input that needs no
+                          gradient: under the measurement's TorchDispatchMode torch takes max_pool1d_with_indices
+                          (isTensorSubclassLike is true while a mode is active) where a plain step runs max_pool1d,
+                          which makes no indices; archcalc predicts the plain step
 
 CI runs a short search (`test_random_networks_match_torch`). The long run is marked `long` and deselected by
 default; run it with, e.g. `ARCHCALC_PROPERTY_EXAMPLES=3000 pytest -m long tests/test_property.py -s`; it prints
@@ -52,7 +54,7 @@ from archcalc.torch.build import build_module
 
 CHANNELS = st.integers(1, 6)
 ASSERTED = ("output_shape", "params", "macs", "fvcore", "saved_bytes", "saved_bytes_input_grad",
-            "saved_bytes_per_layer")
+            "saved_bytes_per_layer", "step_peak", "step_peak_first")
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
                 "bfloat16": torch.bfloat16}
 
@@ -279,8 +281,21 @@ def agreement(text: str, dtype: str, peak: bool = False) -> dict[str, tuple[Any,
             oversized.append(type(module).__name__)
 
     hooks = [m.register_forward_hook(storage_check) for m in model.modules() if not list(m.children())]
+    # 1-D max pooling of an input that needs no gradient (see the module docstring), seen in a training forward
+    untracked_pool1d: list[bool] = []
+
+    def pool1d_check(module: torch.nn.Module, args: Any) -> None:
+        if not args[0].requires_grad:
+            untracked_pool1d.append(True)
+
+    hooks += [m.register_forward_pre_hook(pool1d_check) for m in model.modules()
+              if isinstance(m, torch.nn.MaxPool1d)]
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         y = model(x)
+    untracked_pool1d.clear()  # under no_grad nothing requires grad: seen again in the training forward below
+    model.train()
+    model(x)
+    model.eval()
     for hook in hooks:
         hook.remove()
     result: dict[str, tuple[Any, Any]] = {
@@ -318,8 +333,12 @@ def agreement(text: str, dtype: str, peak: bool = False) -> dict[str, tuple[Any,
             model = build_module(report).to(TORCH_DTYPES[dtype])
             optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
             _, step = step_peak_bytes(model, (x,), optimizer, steps=steps)
-            key = "step_peak" if not oversized else "step_peak (backend storage larger than the output)"
-            result[key + ("_first" if steps == 1 else "")] = (predicted.peak, step)
+            key = "step_peak_first" if steps == 1 else "step_peak"
+            if oversized:
+                key += " (backend storage larger than the output)"
+            elif untracked_pool1d:
+                key += " (1-D max pooling under a dispatch mode)"
+            result[key] = (predicted.peak, step)
     return result
 
 
@@ -362,6 +381,27 @@ def test_an_output_in_a_larger_storage_is_reported_not_asserted() -> None:
     assert all(p == m for q, (p, m) in checks.items() if q in ASSERTED)
 
 
+POOL1D = """name: random
+input: [4, 10]
+layers:
+  - maxpool: {kernel: 2, stride: 3, padding: [[1, 2]], ceil_mode: true, dilation: 2}
+  - residual:
+      - conv: {out: 5, kernel: 1, stride: 3, padding: [1], dilation: 1, groups: 1, bias: false}
+      - conv: {out: 5, kernel: 1, stride: 1, padding: [[0, 2]], dilation: 2, groups: 1, bias: false}
+    shortcut: projection_conv
+"""
+
+
+def test_untracked_1d_max_pooling_is_reported_not_asserted() -> None:
+    # Found by the long run: the first max pooling needs no gradient, so a plain step runs max_pool1d (no indices;
+    # torch.profiler shows aten::max_pool1d alone), but under the measurement's TorchDispatchMode torch takes
+    # max_pool1d_with_indices, whose int64 indices (2 x 4 x 4 x 8 = 256 bytes) are made and freed: the later
+    # step's measured peak is 128 bytes above the prediction. If torch stops doing so, this fails: assert it again.
+    checks = agreement(POOL1D, "bfloat16")
+    assert checks["step_peak (1-D max pooling under a dispatch mode)"] == (946, 1074)
+    assert all(p == m for q, (p, m) in checks.items() if q in ASSERTED)
+
+
 @pytest.mark.long
 def test_long_run_agreement_counts() -> None:
     """Thousands of networks; the tally per quantity is printed. Every asserted quantity must agree."""
@@ -385,7 +425,7 @@ def test_long_run_agreement_counts() -> None:
             return
         tally["accepted_by_torch", "agree"] += 1
         for quantity, (predicted, measured) in checks.items():
-            if quantity in ("peak", "step_peak", "step_peak_first"):
+            if quantity == "peak" or quantity.startswith("step_peak"):
                 verdict = "agree" if predicted == measured else "below" if predicted < measured else "above"
             else:
                 verdict = "agree" if predicted == measured else "disagree"

@@ -334,8 +334,8 @@ BatchOpt = Annotated[int, typer.Option("--batch", "-b", min=1, max=MAX_BATCH, he
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="element type for memory figures")]
 ConvOpt = Annotated[Convention, typer.Option(
     "--convention", "-c", help="what a FLOP is: macs = one per multiply-accumulate; torch = FlopCounterMode's (2 per "
-    "MAC of conv/linear/matmul, nothing else); fvcore = FlopCountAnalysis's (1 per MAC, plus norms and pooling); full = "
-    "every arithmetic operation")]
+    "MAC of conv/linear/matmul, nothing else); fvcore = FlopCountAnalysis's (1 per MAC, plus norms and pooling); "
+    "full = every arithmetic operation")]
 MaxLayersOpt = Annotated[int, typer.Option("--max-layers", min=1, help="refuse specs that expand to more layers "
                                                                         "than this (blocks and repeats expanded)")]
 FmtOpt = Annotated[Fmt, typer.Option("--format", "-f", help="output format")]

@@ -441,7 +441,10 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             held_by.add(i, sizes[out.train_storage])
         live += extras[i] + cache_of[i]
         held_by.add(i, extras[i] + cache_of[i])
-        transient = _training_transient(op, graph, itemsize, batch, device) + transient_copies[i]
+        transient = _training_transient(op, graph, itemsize, batch, device, recorded[i]) + transient_copies[i]
+        if op.merge is not None:  # a product's partial products not kept
+            transient += op.merge.train_transient([graph.tensors[t].shape for t in op.inputs], out.shape,
+                                                  [needs_grad[t] and recorded[i] for t in op.inputs]) * itemsize * batch
         running = moment(live + transient)
         held_by.moment(running, (i, transient))
         if not used[i] or in_segment[i] >= 0:  # dropped, or packed into a checkpoint's empty holders
@@ -555,9 +558,105 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                 keepers.setdefault(renamed.get(storage, storage), set()).add(j)
         return peak
 
+    def unkeep(i: int, storage: int) -> None:
+        """Op i's node no longer keeps `storage`: freed when no other op keeps it."""
+        nonlocal live
+        ops = keepers.get(storage)
+        if ops and i in ops:
+            ops.discard(i)
+            if not ops and storage in alive and storage not in inputs:
+                alive.discard(storage)
+                live -= sizes[storage]
+                held_by.add(made_by[storage], -sizes[storage])
+
+    def hand(i: int, t: int, n: int) -> int:
+        """A gradient of n bytes that op i's backward made for tensor t goes into t's buffer; returns the most
+        alive meanwhile (a sum with a gradient t already has)."""
+        nonlocal next_id
+        grad_size[next_id], grad_refs[next_id], grad_maker[next_id] = n, 1, i
+        next_id += 1
+        summed = numel(graph.tensors[t].shape) * itemsize * batch if t in grad_of else 0
+        held_by.moment(live + summed, (i, summed))
+        return moment(live + give(t, next_id - 1, i))
+
+    def product_backward(i: int, g: int | None) -> int:
+        """The backward of a product ((x0 * x1) * x2) * ... (MergeOp.products; measured by storage on the CPU):
+        one MulBackward per multiply, the last first. Each makes, at the product's size, the gradient of its left
+        factor (x0 or the previous partial product) and of its right one (x_j) where they need one (the gradient
+        times the other factor), then reduces a broadcast factor's to the factor's shape (sum_to_size, left then
+        right, each full-size one freed after its sum). As it returns its incoming gradient is freed, and so are
+        the partial product it kept (the merge's intermediates, `extras`) and the inputs no multiply still to run
+        keeps; x_j's gradient goes into x_j's buffer, the left one to the next multiply (x0's buffer at the
+        first). Returns the most alive at once."""
+        nonlocal live
+        op = graph.ops[i]
+        assert op.merge is not None
+        shapes = [graph.tensors[t].shape for t in op.inputs]
+        products = [*op.merge.intermediates(shapes), graph.tensors[op.output].shape]  # P_1 .. P_{k-1}
+        needs = [needs_grad[t] for t in op.inputs]
+        left = [any(needs[:j]) for j in range(len(shapes))]  # the left factor of multiply j needs a gradient
+        mine = renamed if in_segment[i] >= 0 else {}
+        storage = [mine.get(graph.tensors[t].train_storage, graph.tensors[t].train_storage) for t in op.inputs]
+        pending: dict[int, int] = {}  # storage -> the multiplies still to run that keep it (Mul.saved's rule)
+        kept: dict[int, list[int]] = {}
+        for j in range(1, len(shapes)):
+            kept[j] = ([storage[j]] if left[j] else []) + ([storage[0]] if needs[j] and j == 1 else [])
+            for s in kept[j]:
+                pending[s] = pending.get(s, 0) + 1
+        peak = live
+        incoming = 0  # the bytes of the gradient of the partial product P_j (the output's: g, counted by drop)
+        for j in range(len(shapes) - 1, 0, -1):
+            full = numel(products[j - 1]) * itemsize * batch
+            factors = [(shape, t) for want, shape, t in ((left[j], shapes[0] if j == 1 else products[j - 2], -1),
+                                                          (needs[j], shapes[j], op.inputs[j])) if want]
+            live += full * len(factors)
+            held_by.add(i, full * len(factors))
+            peak = max(peak, moment(live))
+            held_by.moment(live)
+            results: list[tuple[int, int]] = []  # (tensor, or -1 for the left partial product; bytes)
+            for shape, t in factors:
+                n = numel(shape) * itemsize * batch
+                if n != full:
+                    peak = max(peak, moment(live + n))
+                    held_by.moment(live + n, (i, n))
+                    live += n - full
+                    held_by.add(i, n - full)
+                results.append((t, n))
+            if j == len(shapes) - 1:
+                if g is not None:
+                    del grad_of[op.output]
+                    drop(g)
+            else:
+                live -= incoming
+                held_by.add(i, -incoming)
+            if needs[j] and j >= 2:  # the partial product it kept for x_j's gradient
+                n = numel(products[j - 2]) * itemsize * batch
+                live -= n
+                held_by.add(i, -n)
+            for s in kept[j]:
+                pending[s] -= 1
+                if not pending[s]:
+                    unkeep(i, s)
+            incoming = 0
+            for t, n in results:  # x_j's gradient to its buffer; the left one to the next multiply (x0's at the first)
+                if t >= 0 or j == 1:
+                    peak = max(peak, hand(i, t if t >= 0 else op.inputs[0], n))
+                else:
+                    incoming = n
+        return peak
+
     for i in range(end - 1, -1, -1):
         op = graph.ops[i]
         if not recorded[i] or not used[i]:
+            continue
+        if op.merge is not None and op.merge.products:
+            running = max(live, recompute(recompute_at[i]) if i in recompute_at else 0,
+                          product_backward(i, grad_of.get(op.output)))
+            for storage in ({(renamed if in_segment[i] >= 0 else {}).get(s, s) for s in
+                             {graph.tensors[t].train_storage for t in (*op.inputs, op.output)}}
+                            | frame_inputs.get(i, set())):
+                unkeep(i, storage)
+            steps.append(TrainStep("backward", i, running, live))
             continue
         recomputed = recompute(recompute_at[i]) if i in recompute_at else 0
         g = grad_of.get(op.output)
@@ -580,16 +679,33 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             if needs_grad[t]:
                 # a view (not an in-place op, whose backward makes a new gradient) passes a view of its gradient;
                 # a crop's backward writes it into zeros of the input's size
-                if (op.kind.alias and op.kind.alias_in_training(op.args)
-                        and not op.kind.strided(op.args, graph.tensors[t].shape, graph.tensors[op.output].shape)):
+                if op.kind.passes_gradient or (op.kind.alias and op.kind.alias_in_training(op.args) and not
+                                               op.kind.strided(op.args, graph.tensors[t].shape,
+                                                               graph.tensors[op.output].shape)):
                     shared.append(t)
                 else:
                     new.append((t, numel(graph.tensors[t].shape) * itemsize * batch))
         working = live + sum(b for _, b in new)
+        if op.kind is not None and op.kind.contiguous_gradient and g == -1:  # a contiguous copy of the seed's view
+            working += numel(graph.tensors[op.output].shape) * itemsize * batch
         if op.kind is not None:
+            kernel = op.kind.backward_kernel(op.args, graph.tensors[op.inputs[0]].shape,
+                                             graph.tensors[op.output].shape, needs_grad[op.inputs[0]])
+            if kernel:  # the kernel's outputs, before the parameters' gradients are reduced from them
+                before_params = working - made + sum(n * itemsize_for(code, itemsize, device)
+                                                     for n, code in kernel) * batch
+                running = max(running, moment(before_params))
+                held_by.moment(before_params, (i, before_params - live))  # less `made`, not yet made
             extra = op.kind.backward_transient(op.args, graph.tensors[op.inputs[0]].shape,
-                                               graph.tensors[op.output].shape)
+                                               graph.tensors[op.output].shape, needs_grad[op.inputs[0]])
             working += sum(n * itemsize_for(code, itemsize, device) for n, code in extra) * batch
+            late = op.kind.backward_late(op.args, graph.tensors[op.inputs[0]].shape, graph.tensors[op.output].shape)
+            if late:  # after its output's gradient is freed, unless something else holds it (the loss seed)
+                freed = grad_size[g] if g is not None and grad_refs[g] == 1 else 0
+                made_late = sum(n * itemsize_for(code, itemsize, device) for n, code in late) * batch
+                at = live - freed + made_late
+                running = max(running, moment(at))
+                held_by.moment(at, (i, made_late), (grad_maker[g] if freed and g is not None else i, -freed))
         running = max(running, moment(working))
         held_by.moment(working, (i, working - live))
         live += sum(b for _, b in new)
@@ -674,16 +790,22 @@ def _autocast_copies(graph: Graph, itemsize: int, batch: int, recorded: list[boo
     return out
 
 
-def _training_transient(op: object, graph: Graph, itemsize: int, batch: int, device: str) -> int:
+def _training_transient(op: object, graph: Graph, itemsize: int, batch: int, device: str,
+                        recorded: bool = True) -> int:
     """Temporaries an op frees before it returns in a training-mode forward: those it declares for inference
-    that it does not keep for backward (max pooling's indices and group norm's statistics are kept: `Saved`)."""
+    that it does not keep for backward (max pooling's indices and group norm's statistics are kept: `Saved`);
+    of an op autograd does not record (`recorded` false), which keeps nothing, `Kind.untracked_transient`."""
     from archcalc.core.graph import Op
 
     assert isinstance(op, Op)
     if op.kind is None:
         return 0
     src, out = graph.tensors[op.inputs[0]], graph.tensors[op.output]
-    temporaries = op.kind.train_transient(op.args, src.shape, out.shape)
-    once = op.kind.train_transient_once(op.args, src.shape, out.shape)  # made from the weights, whatever the batch
+    if not recorded:
+        temporaries = op.kind.untracked_transient(op.args, src.shape, out.shape)
+        once = op.kind.transient_once(op.args, src.shape, out.shape)
+    else:
+        temporaries = op.kind.train_transient(op.args, src.shape, out.shape)
+        once = op.kind.train_transient_once(op.args, src.shape, out.shape)  # made from the weights, any batch
     return (sum(n * itemsize_for(s, itemsize, device) for n, s in temporaries) * batch
             + sum(n * itemsize_for(s, itemsize, device) for n, s in once))

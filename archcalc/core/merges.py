@@ -33,6 +33,9 @@ class MergeOp:
     running: ClassVar[bool] = False
     # Token sequences (N x C) may be merged: an element-wise merge of equal shapes is indifferent to the layout.
     tokens: ClassVar[bool] = False
+    # A product: its backward runs one multiply's backward per input after the first, the last first
+    # (core.memory.training_timeline's `product_backward`)
+    products: ClassVar[bool] = False
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         raise NotImplementedError
@@ -45,6 +48,11 @@ class MergeOp:
     def transient(self, shapes: Sequence[Shape], out: Shape) -> tuple[tuple[int, int], ...]:
         """Temporaries beside the output while the merge runs at inference, as Kind.transient."""
         return ()
+
+    def train_transient(self, shapes: Sequence[Shape], out: Shape, needs_grad: Sequence[bool]) -> int:
+        """Elements per sample alive beside the output and what the merge keeps (`saved`) while it runs in a
+        training-mode forward, given which inputs need a gradient (none: autograd does not record it)."""
+        return 0
 
     def full(self, shapes: Sequence[Shape], out: Shape) -> int:
         """Arithmetic operations under the `full` convention: one per output element per extra input."""
@@ -108,6 +116,7 @@ class Mul(MergeOp):
     name = "mul"
     doc = "element-wise product with broadcasting (an axis of size 1 stretches, as squeeze-excitation's C x 1 x 1)"
     symbol = "*"
+    products = True
 
     def saved(self, shapes: Sequence[Shape], needs_grad: Sequence[bool]) -> tuple[tuple[int, ...], int]:
         # Built as ((x0 * x1) * x2) * ...: each multiply keeps its right factor for the left one's gradient and its
@@ -133,6 +142,16 @@ class Mul(MergeOp):
         products = [*self.intermediates(shapes), out]
         alive = max(numel(products[k]) + (numel(products[k - 1]) if k else 0) for k in range(len(products)))
         return ((alive - numel(out), 0),) if alive > numel(out) else ()
+
+    def train_transient(self, shapes: Sequence[Shape], out: Shape, needs_grad: Sequence[bool]) -> int:
+        # At multiply j: the partial products kept so far (`saved`), the left factor if it is a partial product
+        # not kept (freed after), and the result P_j; the most of these beyond the output and all kept ones.
+        products = [*self.intermediates(shapes), out]  # P_1 .. P_{k-1}
+        kept = {j - 1 for j in range(2, len(shapes)) if needs_grad[j]}  # P_m kept for x_{m+1}'s gradient
+        most = max(sum(numel(products[m - 1]) for m in kept if m < j)
+                   + (numel(products[j - 2]) if j >= 2 and j - 1 not in kept else 0) + numel(products[j - 1])
+                   for j in range(1, len(shapes)))
+        return most - numel(out) - sum(numel(products[m - 1]) for m in kept)
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         out = list(shapes[0])

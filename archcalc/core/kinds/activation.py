@@ -83,6 +83,19 @@ class PReLU(_Elementwise):
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         return Cost(params=a["num_parameters"], full=2 * numel(inp))
 
+    def backward_kernel(self, a: Mapping[str, Any], inp: Shape, out: Shape,
+                        input_grad: bool) -> tuple[tuple[int, int], ...]:
+        # _prelu_kernel_backward returns the input's gradient and the weight's gradient unreduced (input-sized),
+        # whichever is needed (derivatives.yaml: `self, weight: _prelu_kernel_backward(grad, self, weight)`);
+        # an unneeded input gradient is dropped as the node returns (measured by storage on the CPU)
+        return ((numel(inp) if input_grad else 2 * numel(inp), 0),)
+
+    def backward_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape,
+                           input_grad: bool = True) -> tuple[tuple[int, int], ...]:
+        # the weight's unreduced gradient, alive while the engine sums it to the weight's shape (sum_to_size in
+        # validate_outputs), beside the input's gradient and the reduced weight gradient
+        return ((numel(inp), 0),)
+
 
 @register
 class ELU(_Elementwise):

@@ -187,6 +187,12 @@ class Kind:
     synonyms: ClassVar[tuple[str, ...]] = ()  # other frameworks' names (conv2d, fc, dense, bn), for suggestions only
     examples: ClassVar[tuple[Example, ...]] = ()
     alias: ClassVar[bool] = False  # output shares the input's storage in eval (views, identity, dropout)
+    # Its backward hands its output's gradient to its input as it is, no new tensor (x + b: AddBackward returns
+    # the gradient itself for x), as a view kind passes a view of it
+    passes_gradient: ClassVar[bool] = False
+    # Its backward kernel makes its output's gradient contiguous first: a copy, freed as it returns, where that
+    # gradient is the loss seed's expanded view (the op's output is a network output): native_group_norm_backward
+    contiguous_gradient: ClassVar[bool] = False
     weighted: ClassVar[bool] = False  # counts as a "weight layer" (conv, linear) in compare
     same_shape: ClassVar[bool] = False  # the output always has the input's shape
     # Each output element is its own input element under one rule for all (no per-channel parameter, no axis
@@ -274,6 +280,12 @@ class Kind:
         """Temporaries in a training-mode forward (`transient` less what the op keeps for backward instead)."""
         return self.transient(a, inp, out)
 
+    def untracked_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        """Temporaries in a training-mode forward that autograd does not record (neither its input nor its
+        parameters need a gradient): nothing is kept, so what it would keep for backward is freed as it returns.
+        By default the inference op's `transient` (a kind whose forward differs in training mode overrides it)."""
+        return self.transient(a, inp, out)
+
     def transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         """Temporaries as `transient`, but whatever the batch (elements, not per sample): made from the weights
         (std_conv's standardised weight)."""
@@ -283,9 +295,24 @@ class Kind:
         """`transient_once` in a training-mode forward, less what the op keeps for backward (Saved.per_batch)."""
         return self.transient_once(a, inp, out)
 
-    def backward_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+    def backward_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape,
+                           input_grad: bool = True) -> tuple[tuple[int, int], ...]:
         """Temporaries alive at the peak of the layer's backward beside its input's gradient, freed before it is
-        done (a composite's intermediate gradients), as `transient`. None for a single backward kernel."""
+        done (a composite's intermediate gradients), as `transient`; `input_grad`: whether its input needs a
+        gradient. None for a single backward kernel."""
+        return ()
+
+    def backward_late(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        """Temporaries of a composite's backward made once its output's gradient is freed (by the composite's
+        first node), beside what was alive when its backward began, as `transient`. None by default."""
+        return ()
+
+    def backward_kernel(self, a: Mapping[str, Any], inp: Shape, out: Shape,
+                        input_grad: bool) -> tuple[tuple[int, int], ...]:
+        """What the layer's backward kernel makes beside its input's gradient before its parameters' gradients are
+        made from it, as `transient` (freed before it is done): a kernel that always returns every gradient, each
+        at full size (PReLU's _prelu_kernel_backward: the input's gradient even when `input_grad` is false, the
+        weight's unreduced), the parameters' gradients reduced from them afterwards. None by default."""
         return ()
 
     def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),

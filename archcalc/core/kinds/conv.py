@@ -110,6 +110,14 @@ class Conv(Kind):
     def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         return ()  # in training what it allocates is kept for backward (Saved)
 
+    def backward_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape,
+                           input_grad: bool = True) -> tuple[tuple[int, int], ...]:
+        # With asymmetric padding the backward kernel makes the gradient of the padded copy, which F.pad's
+        # backward (a slice) copies into the input's gradient: the padded one is the larger, beside the parameters'
+        # gradients (measured by storage on the CPU). Without an input gradient it is not made.
+        padded = self.padded_copy(a, inp)
+        return ((padded - numel(inp), 0),) if padded and input_grad else ()
+
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # The convolution keeps its input (convolution_backward takes input and weight whichever gradient is
         # wanted, so a frozen conv keeps it too). With asymmetric padding the input is first padded (F.pad keeps

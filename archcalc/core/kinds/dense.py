@@ -167,6 +167,7 @@ class Bias(Kind):
            "across channels: AlphaGo's policy head), 'element' (one per output element: a position embedding), "
            "'tensor' (one value).")
     full_rule = "1 addition per element"
+    passes_gradient = True  # x + b: AddBackward0 returns the output's gradient for x (b's: its sum_to_size)
     args = (Arg("per", "str", "channel", "what each bias value belongs to",
                 choices=PER),)
     examples = (

@@ -156,6 +156,7 @@ class GroupNorm(Kind):
            "timm's GroupNorm1NoBias of MetaFormer, F.group_norm without a bias). fvcore counts 5 flops per element "
            "with affine (with or without the shift: its rule looks at the weight only), 4 without.")
     full_rule = NORMALIZE_RULE + "; 6 per element with a scale and no shift (bias: false)"
+    contiguous_gradient = True  # native_group_norm_backward: dY.contiguous() (measured by storage on the CPU)
     args = (
         Arg("num_groups", "int", doc="number of channel groups", aliases=("groups",), minimum=1),
         Arg("eps", "float", 1e-5, "added to the variance", minimum=0),
@@ -234,11 +235,18 @@ class LRN(Kind):
     def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         return ()  # in training the composite's intermediates are kept (Saved); the most alive is the end state
 
-    def backward_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+    def backward_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape,
+                           input_grad: bool = True) -> tuple[tuple[int, int], ...]:
         # x / d's backward first: grad / d, and -grad * (x / d) / d through x / d, its negation and the product:
         # four input-sized tensors at once, one of them becoming part of the input's gradient (measured by storage
-        # on the CPU). Exceeded by avg_pool3d's backward (the padded C + size - 1 channels) only when C < (size-1)/4.
+        # on the CPU). Later avg_pool3d's backward: `backward_late`.
         return ((3 * numel(inp), 0),)
+
+    def backward_late(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # avg_pool3d's backward makes the gradient of the padded squares (C + size - 1 channels) when as much is
+        # alive beside it as when the composite's backward began, less its output's gradient: the larger moment
+        # when size - 1 > 3C or so (found by tests/test_property.py: C 1, size 6; measured by storage on the CPU)
+        return (((inp[0] + a["size"] - 1) * numel(inp[1:]), 0),)
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # F.local_response_norm is composed of ops: x*x, pad, avg_pool, mul/add/pow, x/div. Autograd keeps the input,

@@ -80,6 +80,14 @@ class _WindowPool(Kind):
             return 0
         return inp[0] * math.prod(w + p0 + p1 for w, (p0, p1) in zip(inp[1:], pads))
 
+    def backward_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape,
+                           input_grad: bool = True) -> tuple[tuple[int, int], ...]:
+        # With asymmetric padding the backward kernel makes the gradient of the padded copy, which F.pad's
+        # backward (a slice) copies into the input's gradient: the padded one is the larger, beside the parameters'
+        # gradients (measured by storage on the CPU). Without an input gradient it is not made.
+        padded = self.padded_copy(a, inp)
+        return ((padded - numel(inp), 0),) if padded and input_grad else ()
+
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         k, s, d, pads = self.geometry(a, inp)
         symmetric = all(p0 == p1 for p0, p1 in pads)
