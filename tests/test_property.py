@@ -49,7 +49,7 @@ from measure import fvcore_total, peak_bytes, saved_bytes, saved_bytes_by_module
 from torch.utils.flop_counter import FlopCounterMode
 
 from archcalc.core.analyze import analyze
-from archcalc.core.training import layer_training, step_peaks, training_flops
+from archcalc.core.training import layer_training, step_peaks, step_unfollowed, training_flops
 from archcalc.torch.build import build_module
 
 CHANNELS = st.integers(1, 6)
@@ -327,7 +327,9 @@ def agreement(text: str, dtype: str, peak: bool = False) -> dict[str, tuple[Any,
         measured = peak_bytes(lambda: model(x))
         result["peak"] = (t.peak_bytes - t.param_bytes - t.buffer_bytes - x.numel() * x.element_size(), measured)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    if trainable:  # the training step's peak: Adam's first step (its state made inside it) and a later one
+    # the training step's peak: Adam's first step (its state made inside it) and a later one; not where calc gives
+    # none (self_attention's backward is not modelled: step_unfollowed)
+    if trainable and not step_unfollowed(report):
         later, first = step_peaks(report, "adam")
         for steps, predicted in ((1, first), (2, later)):
             model = build_module(report).to(TORCH_DTYPES[dtype])

@@ -171,14 +171,17 @@ def test_bundled_step_peaks_are_exact(name: str) -> None:
 @functools.cache
 def _zoo() -> list[tuple[str, int]]:
     """(bundled spec, batch) for batch 1 and 8 where one measured step stays small: a predicted peak of at most
-    1.5 GiB and at most 20 G MACs forward (99 of the 212 pairs; the rest -- DeepLab at 520x520, the video networks,
+    1.5 GiB and at most 20 G MACs forward (101 of the 226 pairs; the rest -- DeepLab at 520x520, the video networks,
     EfficientNet-B7, ... -- would take CI's memory and hours, and are the same kinds and pairs of kinds)."""
     from archcalc.core.resolve import bundled
+    from archcalc.core.training import step_unfollowed
 
     pairs = []
     for name in sorted(bundled()):
         for batch in (1, 8):
             report = report_of(name, batch=batch, device="cpu")
+            if step_unfollowed(report):  # (the ViTs: self_attention's backward is not modelled; calc says so)
+                continue
             if step_peak(report, "adam", first=False).peak <= 3 * 2**29 and report.totals.macs <= 20 * 10**9:
                 pairs.append((name, batch))
     return pairs

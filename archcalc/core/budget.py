@@ -9,7 +9,14 @@ from archcalc.core.analyze import Report, analyze
 from archcalc.core.errors import ArchcalcError
 from archcalc.core.settings import Settings
 from archcalc.core.spec import Spec
-from archcalc.core.training import TrainingMemory, step_memory, step_peaks, training_flops
+from archcalc.core.training import (
+    TrainingMemory,
+    step_memory,
+    step_peaks,
+    step_unfollowed,
+    training_flops,
+    training_memory,
+)
 
 BUDGETS: dict[str, tuple[str, str]] = {
     # name: (what it limits, unit: count | bytes)
@@ -58,6 +65,8 @@ def check(report: Report, limits: Mapping[str, int], memory: TrainingMemory | No
     if "peak_memory" in limits:
         actual["peak_memory"] = t.peak_bytes
     if "train_memory" in limits:
+        if memory is None and step_unfollowed(report):  # (attention: the upper bound, as under amp)
+            memory = training_memory(report)
         actual["train_memory"] = memory.total if memory is not None else max(p.peak for p in step_peaks(report))
     if "train_flops" in limits:
         actual["train_flops"] = training_flops(report).total

@@ -21,6 +21,7 @@ from archcalc.core.training import (
     fit_batch,
     layer_training,
     step_peaks,
+    step_unfollowed,
     training_flops,
     training_memory,
 )
@@ -86,11 +87,9 @@ def calculate(spec: Spec | str, settings: Settings | None = None, fit: int | Non
     train_report = _training_report(spec, s) if s.amp else report
     flops = training_flops(report)
     step = None
-    unfollowed = autocast_unfollowed(train_report, s.amp) if s.amp else ""
-    if not s.amp:
-        step = step_peaks(report, s.optimizer)
-    elif not unfollowed:
-        step = step_peaks(train_report, s.optimizer, amp=s.amp)
+    unfollowed = step_unfollowed(report) or (autocast_unfollowed(train_report, s.amp) if s.amp else "")
+    if not unfollowed:
+        step = step_peaks(train_report, s.optimizer, amp=s.amp) if s.amp else step_peaks(report, s.optimizer)
     return CalcResult(report, flops, training_memory(train_report, s.optimizer, s.amp), train_report, found, step,
                       plan=checkpoint, layers=layer_training(train_report, flops, step[0] if step else None, s.amp),
                       unfollowed=unfollowed)

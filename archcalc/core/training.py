@@ -241,6 +241,9 @@ def step_peaks(report: Report, optimizer: str | None = None, segments: tuple[Seg
     `autocast_unfollowed` says where it is not followed (ValueError here)."""
     if optimizer is None:
         optimizer = report.settings.optimizer if report.settings else "sgd"
+    reason = step_unfollowed(report)
+    if reason:
+        raise ValueError(reason)
     if amp is not None:
         reason = autocast_unfollowed(report, amp)
         if reason:
@@ -309,6 +312,16 @@ def step_peaks(report: Report, optimizer: str | None = None, segments: tuple[Seg
         if moments is not None and seen is not None:
             moments[first].extend([before + m for m in seen] + [before + optimizer_peak])
     return result[0], result[1]
+
+
+def step_unfollowed(report: Report) -> str:
+    """Why the training step of `report` is not followed ('' when it is): a layer whose backward the timeline does
+    not model yet (Kind.step_unfollowed)."""
+    used = report.graph.used(discarded=False)
+    for op, u in zip(report.graph.ops, used):
+        if u and op.kind is not None and op.kind.step_unfollowed:
+            return f"{op.name} ({op.kind.name}): {op.kind.step_unfollowed}"
+    return ""
 
 
 def autocast_unfollowed(report: Report, amp: str) -> str:
@@ -450,7 +463,7 @@ def memory_line_of(report: Report, settings: Settings) -> MemoryLine:
     fixed_bytes = t.param_bytes + t.buffer_bytes
     return MemoryLine(fixed, saved2 - saved, (t.peak_bytes - fixed_bytes, peak_inference_bytes(graph, report.itemsize,
                                                                                                2)), fixed_bytes,
-                      None if s.amp else step_line(report, s.optimizer))
+                      None if s.amp or step_unfollowed(report) else step_line(report, s.optimizer))
 
 
 # ---- the inverse question: the largest batch that fits ------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 from archcalc.core.analyze import Report, Row, rows_at_depth
 from archcalc.core.conventions import CONVENTIONS
 from archcalc.core.memory import inference_timeline, saved_timeline
-from archcalc.core.training import StepPeak, step_peaks
+from archcalc.core.training import StepPeak, step_peaks, step_unfollowed
 from archcalc.core.units import dims
 
 MAX_LABELS = 45  # x-axis labels across a 12-inch figure: a slot of about 22 px, twice a 7 pt label's height
@@ -124,7 +124,7 @@ def calc_plot(report: Report, depth: int | None = None, device: str = "cuda", in
     rows = rows_at_depth(report, depth)
     bars = LayerBars(_axis(report, rows), tuple(r.macs for r in rows), tuple(r.params for r in rows),
                      tuple(r.activation_bytes for r in rows))
-    if step is None and (train is None or train is report):
+    if step is None and (train is None or train is report) and not step_unfollowed(report):
         step = step_peaks(report)
     return CalcPlot(title(report), bars, timeline(report, device, input_requires_grad, train),
                     training_timeline(report, step) if step is not None else None)

@@ -213,6 +213,9 @@ class Kind:
     # The kind takes a token sequence (N x C, a `Tokens`) as its input. The engine refuses a token input to a kind
     # without it (and not element-wise): a conv or a batch norm would read N as the channels.
     tokens: ClassVar[bool] = False
+    # Why the training step's timeline does not follow this kind's backward yet ('' when it does: every kind checked
+    # against torch in tests/test_training_step.py and the property test); calc then gives no step peak.
+    step_unfollowed: ClassVar[str] = ""
 
     # --- torch, as plain data (the core never imports torch) ---------------------------------------------
     # A kind with a `torch_class` is built as torch_class(**its arguments) and recognised in a torch model by that

@@ -184,6 +184,8 @@ class SelfAttention(Kind):
     full_rule = ("2 per MAC, 1 per bias element (4C per token), 1 per element of q for the 1/sqrt(d) scale, 3 per "
                  "attention weight (softmax: exp, add to the sum, divide)")
     tokens = True
+    step_unfollowed = ("its backward (the attention weights' and products' gradients, h·N² and 3NC per image) is not "
+                       "modelled yet")
     args = (
         Arg("num_heads", "int", doc="number of heads; divides the channels", aliases=("heads",), minimum=1),
         Arg("bias", "bool", True, "learn biases in the qkv and output projections"),
