@@ -11,34 +11,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from import_check import check
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from archcalc.core.analyze import Report, analyze
 from archcalc.core.kinds import REGISTRY
 from archcalc.torch.importer import ImportFailure, from_module
 from archcalc.torch.recipes import module_call
-
-
-def measured(model: nn.Module, shape: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
-    model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        out = model(torch.randn(1, *shape))
-    return tuple(out.shape[1:]), counter.get_total_flops()
-
-
-def check(model: nn.Module, shape: tuple[int, ...], *others: tuple[int, ...]) -> tuple[str, Report]:
-    imported = from_module(model, shape)
-    assert imported.warnings == (), imported.warnings
-    report = analyze(imported.spec)
-    assert report.totals.params == sum(p.numel() for p in model.parameters())
-    assert report.totals.buffers == sum(b.numel() for b in model.buffers())
-    for size in (shape, *others):
-        got = analyze(imported.spec, input_shape=size, convention="torch").totals
-        output, flops = measured(model, size)
-        assert (got.output, got.flops) == (output, flops), (size, imported.text)
-    return imported.text, report
-
 
 # ---- ECA: a Conv1d across the channels of the pooled tensor ---------------------------------------------------------
 
