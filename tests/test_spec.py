@@ -258,3 +258,23 @@ def test_a_bundled_name_is_found_without_the_listing_as_the_listing_finds_it() -
     for name in ("../specs/resnet50", "torchvision/../resnet50", "./resnet50", "ResNet50", "/resnet50", "resnet50/",
                  "torchvision//resnet50", ".hidden", "nosuchspec"):
         assert bundled_file(name) is None, name
+
+
+def test_a_bare_name_finds_the_one_collection_that_holds_it(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # `archcalc compare convnext_tiny vit_b_16 resnet50`: a bare name no top-level spec has is the collection's
+    # spec of that name; a top-level spec wins (resnet50 is the paper's), and a name two collections hold is refused.
+    from archcalc.core import resolve
+
+    for rel in ("resnet50", "torchvision/resnet50", "torchvision/convnext_tiny", "a/twice", "b/twice"):
+        path = tmp_path / f"{rel}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("name: x\n")
+    monkeypatch.setattr(resolve, "specs_dir", lambda: tmp_path)
+    monkeypatch.chdir(tmp_path / "a")
+    assert resolve.resolve_spec("convnext_tiny") == tmp_path / "torchvision" / "convnext_tiny.yaml"
+    assert resolve.resolve_spec("convnext_tiny.yaml") == tmp_path / "torchvision" / "convnext_tiny.yaml"
+    assert resolve.resolve_spec("resnet50") == tmp_path / "resnet50.yaml"
+    with pytest.raises(SpecError, match=r"'twice' names a spec in several collections: a/twice, b/twice"):
+        resolve.resolve_spec("twice")
+    with pytest.raises(SpecError, match="no spec file or bundled spec named 'nosuch'"):
+        resolve.resolve_spec("nosuch")

@@ -63,5 +63,13 @@ def resolve_spec(ref: str, relative_to: Path | None = None, loc: Loc | None = No
     specs = bundled()
     if name in specs:
         return specs[name]
+    # A bare name that only a collection holds (`convnext_tiny` for torchvision/convnext_tiny): that spec, when only
+    # one collection has it; a top-level spec of the same name (the paper's resnet50) was found above.
+    if "/" not in name:
+        held = sorted(n for n in specs if n.rsplit("/", 1)[-1] == name)
+        if len(held) == 1:
+            return specs[held[0]]
+        if held:
+            raise SpecError(loc, f"'{ref}' names a spec in several collections: {', '.join(held)}; name one of them")
     raise SpecError(loc, f"no spec file or bundled spec named '{ref}'{did_you_mean(name, specs)} "
                          "(see `archcalc zoo` for the bundled specs)")
