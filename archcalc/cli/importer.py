@@ -70,13 +70,22 @@ def import_model(
 
 
 def _exported_input(module: object, model: str) -> tuple[int, ...]:
+    """The INPUT_SHAPE of the file or package MODEL names, or of the module defining the model's class."""
     import sys
 
-    source = sys.modules.get(type(module).__module__)
-    shape = getattr(source, "INPUT_SHAPE", None)
-    if not isinstance(shape, tuple) or not all(isinstance(s, int) for s in shape):
-        raise ArchcalcError(f"{model}: give the input with --input (e.g. --input 3x224x224)")
-    return shape
+    target = model.partition(":")[0]
+    sources = [sys.modules.get(type(module).__module__)]
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        sources += [m for m in list(sys.modules.values())
+                    if isinstance(getattr(m, "__file__", None), str) and Path(m.__file__).resolve() == path]
+    else:
+        sources.append(sys.modules.get(target))
+    for source in sources:
+        shape = getattr(source, "INPUT_SHAPE", None)
+        if isinstance(shape, tuple) and shape and all(isinstance(s, int) for s in shape):
+            return shape
+    raise ArchcalcError(f"{model}: give the input with --input (e.g. --input 3x224x224)")
 
 
 def _source_file(module: object) -> str | None:

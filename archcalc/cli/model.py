@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -29,6 +30,9 @@ from archcalc.cli.options import (
 )
 from archcalc.core.errors import ArchcalcError
 
+if TYPE_CHECKING:
+    from archcalc.torch.validate import Validation
+
 
 class Device(str, Enum):
     cpu = "cpu"
@@ -37,6 +41,33 @@ class Device(str, Enum):
 
 
 
+
+
+def is_model_ref(ref: str) -> bool:
+    """A PyTorch model as `archcalc import` names it (package.module:callable, file.py, file.py:callable) rather than
+    a spec: a file of that name wins."""
+    if Path(ref).is_file() and not ref.endswith(".py"):
+        return False
+    if ref.endswith((".yaml", ".yml")):
+        return False
+    return bool(_MODEL_REF.fullmatch(ref)) or ref.endswith(".py") or ".py:" in ref
+
+
+_MODEL_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _validate_model(ref: str, device: Device, batch: int, dtype: object, input: str | None, kwargs: str | None,
+                    sets: list[str] | None, input_requires_grad: bool) -> Validation:
+    from archcalc.cli.importer import _exported_input
+    from archcalc.torch.importer import load_model, parse_kwargs
+    from archcalc.torch.validate_model import validate_model
+
+    if device is not Device.cpu or dtype != RUN_F32 or sets or input_requires_grad:
+        raise ArchcalcError(f"{ref}: a PyTorch model is validated on the CPU in float32, without --set or "
+                            "--input-requires-grad (those apply to a spec: `archcalc import` writes one)")
+    module, name = load_model(ref, parse_kwargs(kwargs), meta=False)
+    shape = input_override(input) or _exported_input(module, ref)
+    return validate_model(module, shape, name, batch)
 
 
 @handle_errors
@@ -55,17 +86,25 @@ def validate(
     input_requires_grad: InputGradOpt = False,
     force: Annotated[bool, typer.Option("--force", help="run even if predicted memory exceeds available memory")]
     = False,
+    kwargs: Annotated[str | None, typer.Option("--kwargs", help="with a MODEL: keyword arguments for its callable, "
+                                                                "as JSON")] = None,
 ) -> None:
     """Build the model, run it on random input and check every analytic figure against what torch measures.
 
-    Exit 0 when everything agrees, 1 when a check fails, 2 for bad input.
+    SPEC may also be a PyTorch model as `archcalc import` takes it (torchvision.models:vit_b_16, a .py file with
+    build_model()): the model itself runs on the CPU, and its whole-model figures are checked against its imported
+    spec's. Exit 0 when everything agrees, 1 when a check fails, 2 for bad input.
     """
     from archcalc.render.validate import validation_table
-    from archcalc.torch.validate import validate as run_validation
 
-    spec_obj = load(spec, set_)
-    validation = run_validation(spec_obj, device.value, batch, dtype.value, input_override(input),
-                                input_requires_grad=input_requires_grad, force=force)
+    if is_model_ref(spec):
+        validation = _validate_model(spec, device, batch, dtype, input, kwargs, set_, input_requires_grad)
+    else:
+        from archcalc.torch.validate import validate as run_validation
+
+        spec_obj = load(spec, set_)
+        validation = run_validation(spec_obj, device.value, batch, dtype.value, input_override(input),
+                                    input_requires_grad=input_requires_grad, force=force)
     if fmt is TableOrJson.json:
         sys.stdout.write(json.dumps(validation.as_dict(), indent=2) + "\n")
     else:

@@ -92,12 +92,15 @@ def _callable(ref: str) -> tuple[Callable[..., Any], str]:
     return obj, attr.rsplit(".", 1)[-1]
 
 
-def load_model(ref: str, kwargs: Mapping[str, Any] | None = None) -> tuple[nn.Module, str]:
+def load_model(ref: str, kwargs: Mapping[str, Any] | None = None, meta: bool = True) -> tuple[nn.Module, str]:
     """Construct the model MODEL names, on the meta device where its constructor allows (no memory, no init
-    arithmetic), else on the CPU; returns it with a name for the spec."""
+    arithmetic) unless `meta` is False (the model is to run), else on the CPU; returns it with a name for the
+    spec."""
     fn, name = _callable(ref)
     kwargs = dict(kwargs or {})
     try:
+        if not meta:
+            raise RuntimeError  # straight to the CPU build below
         with torch.device("meta"):
             model = fn(**kwargs)
     except Exception:  # a constructor that needs real tensors (it loads weights, say): build it normally
