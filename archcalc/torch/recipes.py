@@ -301,6 +301,22 @@ def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"])
 
 
+@recipe("window_attention")
+def _window_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.WindowAttention, channels=inp[1], grid=tuple(inp.grid),  # type: ignore[attr-defined]
+                num_heads=a["num_heads"], window_size=_two(a["window_size"]), shift_size=_two(a["shift_size"]),
+                bias=a["bias"], v2=a["v2"])
+
+
+@recipe("patch_merging")
+def _patch_merging(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.PatchMerging, grid=tuple(inp.grid))  # type: ignore[attr-defined]
+
+
+def _two(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
 @recipe("crop")
 def _crop(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.CenterCrop, offsets=kind.offsets(a, inp), sizes=kind.sizes(a, inp))
@@ -686,6 +702,10 @@ reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)})
 reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
                                                                  "bias": m.in_proj.bias is not None}),
       modules.SelfAttention)
+reads("window_attention", lambda m, inp: Mapped("window_attention", {
+    "num_heads": int(m.num_heads), "window_size": _tup(m.window_size), "shift_size": _tup(m.shift_size),
+    "bias": m.qkv.bias is not None, "v2": bool(m.v2)}), modules.WindowAttention)
+reads("patch_merging", lambda m, inp: Mapped("patch_merging", {}), modules.PatchMerging)
 # nn.MultiheadAttention as self-attention: its call, m(x, x, x, need_weights=False), is read by the importer
 # (archcalc.torch.importer.trace: the module returns a pair); this rule makes it a leaf of the trace.
 reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
