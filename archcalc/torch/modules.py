@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -563,13 +562,6 @@ class SelfAttention(nn.Module):
 # ---- window attention and patch merging (archcalc.core.kinds.windows) -----------------------------------------------
 
 
-def shifted_window(window: Sequence[int], shift: Sequence[int], grid: Sequence[int]) -> tuple[int, ...]:
-    """The shift in force per axis: none along an axis whose window covers the whole padded grid (as torchvision's
-    shifted_window_attention sets it)."""
-    padded = [-(-g // w) * w for g, w in zip(grid, window)]
-    return tuple(0 if w >= p else s for w, s, p in zip(window, shift, padded))
-
-
 class WindowAttention(nn.Module):
     """Swin's (shifted) window multi-head self-attention over B x N x C tokens laid out on a 2-D `grid` (Liu et al.
     2021; torchvision's ShiftedWindowAttention and ShiftedWindowAttentionV2, with their parameters and buffers):
@@ -604,6 +596,13 @@ class WindowAttention(nn.Module):
         index = (ys[:, None] - ys[None, :] + wh - 1) * (2 * ww - 1) + (xs[:, None] - xs[None, :] + ww - 1)
         self.register_buffer("relative_position_index", index.flatten())
 
+    @staticmethod
+    def shift_in_force(window: Sequence[int], shift: Sequence[int], grid: Sequence[int]) -> tuple[int, ...]:
+        """The shift per axis: none along an axis whose window covers the whole padded grid (as torchvision's
+        shifted_window_attention sets it)."""
+        padded = [-(-g // w) * w for g, w in zip(grid, window)]
+        return tuple(0 if w >= p else s for w, s, p in zip(window, shift, padded))
+
     def position_bias(self) -> torch.Tensor:
         m = self.window_size[0] * self.window_size[1]
         table: torch.Tensor = (self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads) if self.v2
@@ -633,7 +632,7 @@ class WindowAttention(nn.Module):
         b, n, c = x.shape
         (h, w), (wh, ww), heads = self.grid, self.window_size, self.num_heads
         padded = (-(-h // wh) * wh, -(-w // ww) * ww)
-        shift = shifted_window(self.window_size, self.shift_size, self.grid)
+        shift = self.shift_in_force(self.window_size, self.shift_size, self.grid)
         nh, nw, m = padded[0] // wh, padded[1] // ww, wh * ww
         bias = self.position_bias()  # first: made from the weights alone (whatever the batch), held throughout
         x = x.view(b, h, w, c)
@@ -650,7 +649,7 @@ class WindowAttention(nn.Module):
         del x, qkv_bias
         if self.v2:
             x = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * torch.clamp(
-                self.logit_scale, max=math.log(100.0)).exp()
+                self.logit_scale, max=4.605170185988092).exp()  # (the logit scale at most ln 100)
         else:
             x = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)
         del q, k
