@@ -61,6 +61,7 @@ def test_import_gives_the_measured_figures(name: str) -> None:
     assert 2 * got["macs"] == row["flop_counter"] and 2 * got["macs_batch_3"] == row["flop_counter_batch_3"]
     assert got["fvcore"] == row["fvcore"] and got["fvcore_batch_3"] == row["fvcore_batch_3"]
     assert got["output"] == row["output_shape"][1:]
+    assert got["warnings"] == []  # every parameter and buffer read by an op
     assert {"window_attention", "patch_merging", "to_tokens", "to_grid"} <= set(got["kinds"])
 
 
@@ -224,3 +225,93 @@ def test_swin_is_refused_where_it_does_not_fit() -> None:
     ]:
         with pytest.raises(SpecError, match=message):
             analyze(_net("input: [8, 8, 8]\nlayers:\n" + layers))
+
+
+# ---- the importer on torchvision's classes, stood in for (torchvision is never imported here) --------------------
+
+SWIN = "torchvision.models.swin_transformer"
+
+
+class _Attention(torch.nn.Module):
+    """Stands for torchvision's ShiftedWindowAttention (the importer knows it by its qualified name and keeps it
+    whole, reading its attributes and tensors; what its forward computes is not traced)."""
+
+    def __init__(self, c: int, heads: int, window: int, shift: int, dropout: float = 0.0,
+                 table: int | None = None) -> None:
+        super().__init__()
+        self.window_size, self.shift_size, self.num_heads = [window, window], [shift, shift], heads
+        self.attention_dropout, self.dropout = dropout, 0.0
+        self.qkv, self.proj = torch.nn.Linear(c, 3 * c), torch.nn.Linear(c, c)
+        self.relative_position_bias_table = torch.nn.Parameter(torch.zeros(table or (2 * window - 1) ** 2, heads))
+        self.register_buffer("relative_position_index", torch.zeros(window ** 4, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # B x H x W x C
+        return x * 1
+
+
+_Attention.__module__, _Attention.__qualname__ = SWIN, "ShiftedWindowAttention"
+
+
+def _patch_merging_pad(x: torch.Tensor) -> torch.Tensor:  # torchvision's, by its qualified name
+    x = torch.nn.functional.pad(x, (0, 0, 0, x.shape[-2] % 2, 0, x.shape[-3] % 2))
+    return torch.cat([x[..., 0::2, 0::2, :], x[..., 1::2, 0::2, :], x[..., 0::2, 1::2, :], x[..., 1::2, 1::2, :]], -1)
+
+
+torch.fx.wrap("_patch_merging_pad")  # as torchvision does: fx's trace sees one call_function node
+
+
+class _Net(torch.nn.Module):
+    """Swin's layout in small: patch conv, channels moved last (B x H x W x C), a norm, a residual window attention,
+    patch merging and its reduction, channels first again, pooled, a head."""
+
+    def __init__(self, attn: torch.nn.Module) -> None:
+        super().__init__()
+        self.conv, self.norm, self.attn = torch.nn.Conv2d(3, 8, 2, 2), torch.nn.LayerNorm(8), attn
+        self.reduction = torch.nn.Linear(32, 16, bias=False)
+        self.pool, self.head = torch.nn.AdaptiveAvgPool2d(1), torch.nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.conv(x).permute(0, 2, 3, 1))
+        x = x + self.attn(x)
+        x = self.reduction(_patch_merging_pad(x))
+        return self.head(self.pool(x.permute(0, 3, 1, 2)).flatten(1))
+
+
+@pytest.fixture
+def fake_torchvision(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    module = types.ModuleType(SWIN)
+    module._patch_merging_pad = _patch_merging_pad  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, SWIN, module)
+
+
+def test_import_reads_swins_layout(fake_torchvision: None) -> None:
+    from archcalc.torch.importer import from_module
+
+    imported = from_module(_Net(_Attention(8, 2, 4, 2)), (3, 18, 14))
+    report = analyze(imported.spec)
+    assert [r.kind for r in report.rows] == ["conv", "to_tokens", "layernorm", "window_attention", "add",
+                                             "patch_merging", "linear", "to_grid", "global_avgpool", "flatten",
+                                             "linear"]
+    attn = next(r for r in report.rows if r.kind == "window_attention")
+    assert attn.input == (63, 8) and attn.input.grid == (9, 7)  # type: ignore[attr-defined]
+    assert next(r for r in report.rows if r.kind == "patch_merging").output.grid == (5, 4)  # type: ignore[attr-defined]
+    assert report.totals.params == sum(p.numel() for p in _Net(_Attention(8, 2, 4, 2)).parameters())
+    assert report.totals.buffers == 4 ** 4
+    assert imported.warnings == ()
+
+
+@pytest.mark.parametrize(("attn", "why"), [
+    (_Attention(8, 2, 4, 2, dropout=0.1), "dropout inside the attention"),
+    (_Attention(8, 2, 4, 2, table=10), "bias table"),
+    (_Attention(8, 3, 4, 2), "on 8 channels and 3 heads"),
+])
+def test_import_refuses_what_window_attention_is_not(fake_torchvision: None, attn: torch.nn.Module,
+                                                     why: str) -> None:
+    from archcalc.torch.importer import from_module
+    from archcalc.torch.importer.trace import ImportFailure
+
+    with pytest.raises(ImportFailure, match=why):
+        from_module(_Net(attn), (3, 16, 16))

@@ -30,7 +30,8 @@ def imported(model: torch.nn.Module, size: int) -> dict:
     import archcalc
 
     try:
-        spec = archcalc.from_module(model, (3, size, size)).spec
+        result = archcalc.from_module(model, (3, size, size))
+        spec = result.spec
     except Exception as exc:  # noqa: BLE001  (recorded: a refusal is a result)
         return {"error": f"{type(exc).__name__}: {exc}"}
     report = archcalc.analyze(spec)
@@ -39,7 +40,7 @@ def imported(model: torch.nn.Module, size: int) -> dict:
             "fvcore": archcalc.analyze(spec, convention="fvcore").totals.flops,
             "fvcore_batch_3": archcalc.analyze(spec, convention="fvcore", batch=3).totals.flops,
             "output": list(report.totals.output), "rows": len(report.rows),
-            "kinds": sorted({r.kind for r in report.rows})}
+            "kinds": sorted({r.kind for r in report.rows}), "warnings": list(result.warnings)}
 
 
 def main() -> None:
