@@ -224,7 +224,42 @@ FULL: dict[str, Rule] = {
     # softmax over each side's bins (3 per element) and the 1x1 conv's 2 per MAC (reg_max MACs per output)
     "dfl": lambda a, i, o, m: 3 * n(i) + 2 * a["reg_max"] * n(o),
     "psa_attention": lambda a, i, o, m: _psa_attention(a, i, m),
+    "window_attention": lambda a, i, o, m: _window_attention(a, i, m),
+    "patch_merging": lambda a, i, o, m: 0,
 }
+
+
+def _windows_of(a: Mapping[str, Any], i: Any) -> tuple[int, int, int, bool]:
+    """Padded tokens, tokens per window, position-table entries, and whether a shift is in force (torchvision's
+    rule: none along an axis whose window covers the padded grid)."""
+    win = a["window_size"] if not isinstance(a["window_size"], int) else (a["window_size"],) * 2
+    shift = a["shift_size"] if not isinstance(a["shift_size"], int) else (a["shift_size"],) * 2
+    padded = [math.ceil(g / w) * w for g, w in zip(i.grid, win)]
+    shifted = any(s and w < p for s, w, p in zip(shift, win, padded))
+    return padded[0] * padded[1], win[0] * win[1], (2 * win[0] - 1) * (2 * win[1] - 1), shifted
+
+
+def _window_attention(a: Mapping[str, Any], i: Any, macs: int) -> int:
+    """2 per MAC; the qkv and projection biases (4C per padded token); v1 the scale of q (1 per element), v2 the
+    normalisation of q and k (3 per element, 2 per head vector) and the logit scale (1 per weight); per attention
+    weight the position bias, the mask when shifted, and the softmax's 3."""
+    tokens, m, _, shifted = _windows_of(a, i)
+    c, h = i[1], a["num_heads"]
+    weights = tokens * m * h
+    biases = 4 * c * tokens if a["bias"] else 0
+    scaling = 6 * tokens * c + 4 * tokens * h + weights if a["v2"] else tokens * c
+    return 2 * macs + biases + scaling + weights * (1 + (1 if shifted else 0) + 3)
+
+
+def _window_attention_once(a: Mapping[str, Any], i: Any) -> int:
+    """v2's position-bias MLP on the (2w-1)^2 relative positions, once per forward: 2 per MAC of Linear(2, 512) and
+    Linear(512, heads), the first's bias and the ReLU (512 each per position); 16 sigmoid of the M^2 x heads
+    gathered bias (4 each); the logit scale's clamp and exp (2 per head)."""
+    if not a["v2"]:
+        return 0
+    _, m, table, _ = _windows_of(a, i)
+    h = a["num_heads"]
+    return 2 * table * (2 * 512 + 512 * h) + 2 * 512 * table + 4 * h * m * m + 2 * h
 
 
 def _psa_attention(a: Mapping[str, Any], i: tuple[int, ...], macs: int) -> int:
@@ -247,7 +282,8 @@ def _standardize(a: Mapping[str, Any], i: tuple[int, ...]) -> int:
 
 
 # kind -> full FLOPs done once per forward whatever the batch (work on the weights); 0 for the others
-FULL_ONCE: dict[str, Callable[[Mapping[str, Any], tuple[int, ...]], int]] = {"std_conv": _standardize}
+FULL_ONCE: dict[str, Callable[[Mapping[str, Any], tuple[int, ...]], int]] = {
+    "std_conv": _standardize, "window_attention": _window_attention_once}
 
 
 @pytest.mark.parametrize(("name", "index"), CASES, ids=IDS)

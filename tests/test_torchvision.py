@@ -31,6 +31,7 @@ MODELS = sorted(PUBLISHED)
 EVAL_WITHOUT_AUX = {"inception_v3"}
 DONE = MODELS
 VITS = sorted(k for k in json.loads((DATA / "torchvision_vit.json").read_text(encoding="utf-8")) if k != "versions")
+SWINS = sorted(k for k in json.loads((DATA / "torchvision_swin.json").read_text(encoding="utf-8")) if k != "versions")
 SEGMENTATION = [m for m in DONE if PUBLISHED[m]["family"] == "segmentation"]
 WITH_AUX = [m for m in SEGMENTATION if "params_without_aux" in MEASURED[m]]
 
@@ -152,6 +153,7 @@ FAMILIES = {
     "inception": ["inception"], "mobilenet": ["mobilenet"], "mnasnet": ["mnasnet"], "shufflenet": ["shufflenet"],
     "efficientnet": ["efficientnet"], "regnet": ["regnet"], "convnext": ["convnext"],
     "video": ["r3d", "mc3", "r2plus1d", "s3d"], "segmentation": ["fcn", "deeplabv3", "lraspp"], "vit": ["vit_"],
+    "swin": ["swin_"],
 }
 
 
@@ -159,7 +161,7 @@ def test_zoo_groups_torchvision_by_family() -> None:
     result = CliRunner().invoke(app, ["zoo", "--format", "json"])
     assert result.exit_code == 0, result.output
     entries = [e for e in json.loads(result.output) if e["name"].startswith("torchvision/")]
-    assert {e["name"].removeprefix("torchvision/") for e in entries} == set(DONE) | set(VITS)
+    assert {e["name"].removeprefix("torchvision/") for e in entries} == set(DONE) | set(VITS) | set(SWINS)
     for e in entries:
         model = e["name"].removeprefix("torchvision/")
         prefixes = FAMILIES[e["family"]]

@@ -483,7 +483,7 @@ class _Engine:
         op = Op(node.name, kind, None, a, (x,), y, node.loc, node.trainable, cost)
         row = Row(node.name, kind.name, depth, inp, out, config, state.rf, state.jump, params=cost.params,
                   trainable_params=cost.params if node.trainable else 0, buffers=cost.buffers + cost.int_buffers,
-                  int_buffers=cost.int_buffers, macs=cost.macs * self.batch,
+                  int_buffers=cost.int_buffers, macs=cost.macs * self.batch + cost.macs_once,
                   flops=self.pick(cost) * self.batch + self.once(cost),
                   activation_bytes=numel(out) * self.batch * self.itemsize, reads=self._reads((x,)), op=op)
         self.rows.append(row)

@@ -19,9 +19,10 @@ CONVENTIONS: dict[str, Convention] = {
     c.name: c
     for c in (
         Convention("macs", "multiply-accumulates of conv, transposed conv and linear layers and of matrix products "
-                   "(attention's; 1 per MAC); what torchvision publishes as 'GFLOPS'", lambda c: c.macs, backward=1),
+                   "(attention's; 1 per MAC); what torchvision publishes as 'GFLOPS'", lambda c: c.macs,
+                   lambda c: c.macs_once, backward=1),  # (once: Swin V2's position-bias MLP)
         Convention("torch", "torch.utils.flop_counter.FlopCounterMode, forward pass: 2 per MAC of conv, "
-                   "linear and matrix products, nothing else", lambda c: 2 * c.macs),
+                   "linear and matrix products, nothing else", lambda c: 2 * c.macs, lambda c: 2 * c.macs_once),
         Convention("fvcore", "fvcore.nn.FlopCountAnalysis in eval mode: 1 per MAC, plus batch norm (2 per "
                    "element), layer/group norm (5), adaptive 2-D average pooling (1 per input element) and 2-D "
                    "upsampling (1 nearest, 4 bilinear per output element)", lambda c: c.fvcore,

@@ -213,7 +213,9 @@ def points(axes: Sequence[tuple[str, Values]], inputs: Sequence[tuple[int, ...] 
 
 class _Structure(NamedTuple):
     """What a batch size does not change: one analysis at batch 1, and training memory and the inference peak as
-    lines in the batch (core.training.MemoryLine: the same model calc, check and calc --fit use)."""
+    lines in the batch (core.training.MemoryLine: the same model calc, check and calc --fit use). The counts are
+    per sample plus what a forward does once whatever the batch (Cost.macs_once, fvcore_once, full_once: Swin V2's
+    position-bias MLP, std_conv's weight standardisation)."""
 
     input: tuple[int, ...]
     params: int
@@ -222,25 +224,40 @@ class _Structure(NamedTuple):
     training_flops: int
     activation_bytes: int  # per sample
     memory: MemoryLine
+    macs_once: int = 0
+    flops_once: int = 0
+    training_flops_once: int = 0
 
 
 def _structure(spec: Spec, shape: tuple[int, ...] | None, settings: Settings) -> _Structure:
     s = settings.replace(batch=1, input_shape=shape)
     report = analyze(spec, s)
     t = report.totals
-    return _Structure(input=report.input, params=t.params, macs=t.macs, flops=t.flops,
-                      training_flops=training_flops(report).total, activation_bytes=t.activation_bytes,
-                      memory=memory_line_of(report, s))
+    train = training_flops(report).total
+    costs = [row.op.cost for row in report.rows if row.op is not None]
+    if not any(c.macs_once or c.fvcore_once or c.full_once for c in costs):
+        return _Structure(input=report.input, params=t.params, macs=t.macs, flops=t.flops, training_flops=train,
+                          activation_bytes=t.activation_bytes, memory=memory_line_of(report, s))
+    # Work done once per forward: a second analysis at batch 2 separates it from the per-sample counts (each is
+    # per-sample x batch + once).
+    two = analyze(spec, settings.replace(batch=2, input_shape=shape))
+    train_two = training_flops(two).total
+    return _Structure(input=report.input, params=t.params, macs=two.totals.macs - t.macs,
+                      flops=two.totals.flops - t.flops, training_flops=train_two - train,
+                      activation_bytes=t.activation_bytes, memory=memory_line_of(report, s),
+                      macs_once=2 * t.macs - two.totals.macs, flops_once=2 * t.flops - two.totals.flops,
+                      training_flops_once=2 * train - train_two)
 
 
 def _at_batch(s: _Structure, batch: int) -> dict[str, int]:
-    """Every figure at `batch`: counts scale; memory from the lines (exact integer arithmetic)."""
+    """Every figure at `batch`: counts scale (what a forward does once is added once); memory from the lines
+    (exact integer arithmetic)."""
     return {
-        "params": s.params, "macs": s.macs * batch, "flops": s.flops * batch,
+        "params": s.params, "macs": s.macs * batch + s.macs_once, "flops": s.flops * batch + s.flops_once,
         "activation_bytes": s.activation_bytes * batch,
         "peak_inference_bytes": s.memory.inference_peak(batch),
         "training_bytes": s.memory.training(batch),
-        "training_flops": s.training_flops * batch,
+        "training_flops": s.training_flops * batch + s.training_flops_once,
     }
 
 

@@ -557,3 +557,135 @@ class SelfAttention(nn.Module):
         # whole q/k/v tensor as they would at batch 1.
         weights = ((q * (c // h) ** -0.5) @ k.contiguous().transpose(-2, -1)).softmax(dim=-1)
         return self.out_proj((weights @ v.contiguous()).transpose(1, 2).reshape(b, n, c))
+
+
+# ---- window attention and patch merging (archcalc.core.kinds.windows) -----------------------------------------------
+
+
+class WindowAttention(nn.Module):
+    """Swin's (shifted) window multi-head self-attention over B x N x C tokens laid out on a 2-D `grid` (Liu et al.
+    2021; torchvision's ShiftedWindowAttention and ShiftedWindowAttentionV2, with their parameters and buffers):
+    the grid padded to a multiple of the window, cyclically shifted (torch.roll) when `shift_size` is in force,
+    cut into windows of M tokens; per window q, k, v = x W_qkv, per head softmax(Q K^T / sqrt(d) + B + mask) V (v2:
+    cosine attention, cos(q, k) times a learned per-head logit scale, and B = 16 sigmoid of a position-bias MLP run
+    on a table of relative coordinates), the heads joined and projected; then the windows merged, the shift undone
+    and the padding cropped. Every product is an op torch's FlopCounterMode and fvcore count."""
+
+    def __init__(self, channels: int, grid: Sequence[int], num_heads: int, window_size: Sequence[int],
+                 shift_size: Sequence[int], bias: bool = True, v2: bool = False) -> None:
+        super().__init__()
+        self.grid, self.num_heads, self.v2 = tuple(grid), num_heads, v2
+        self.window_size, self.shift_size = tuple(window_size), tuple(shift_size)
+        wh, ww = self.window_size
+        self.qkv = nn.Linear(channels, 3 * channels, bias=bias)
+        self.proj = nn.Linear(channels, channels, bias=bias)
+        table = (2 * wh - 1) * (2 * ww - 1)
+        if v2:
+            self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(num_heads, 1, 1)))
+            self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(inplace=True), nn.Linear(512, num_heads,
+                                                                                             bias=False))
+            # relative coordinates (dy, dx) in -(w-1)..w-1, scaled to [-8, 8] and log-spaced (Swin V2, eq. 4)
+            dy, dx = torch.meshgrid(torch.arange(1 - wh, wh, dtype=torch.float32) / max(wh - 1, 1),
+                                    torch.arange(1 - ww, ww, dtype=torch.float32) / max(ww - 1, 1), indexing="ij")
+            coords = torch.stack([dy, dx], dim=-1).unsqueeze(0) * 8
+            self.register_buffer("relative_coords_table", torch.sign(coords) * torch.log2(coords.abs() + 1) / 3)
+        else:
+            self.relative_position_bias_table = nn.Parameter(torch.empty(table, num_heads).normal_(std=0.02))
+        ys, xs = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+        ys, xs = ys.flatten(), xs.flatten()
+        index = (ys[:, None] - ys[None, :] + wh - 1) * (2 * ww - 1) + (xs[:, None] - xs[None, :] + ww - 1)
+        self.register_buffer("relative_position_index", index.flatten())
+
+    @staticmethod
+    def shift_in_force(window: Sequence[int], shift: Sequence[int], grid: Sequence[int]) -> tuple[int, ...]:
+        """The shift per axis: none along an axis whose window covers the whole padded grid (as torchvision's
+        shifted_window_attention sets it)."""
+        padded = [-(-g // w) * w for g, w in zip(grid, window)]
+        return tuple(0 if w >= p else s for w, s, p in zip(window, shift, padded))
+
+    def position_bias(self) -> torch.Tensor:
+        m = self.window_size[0] * self.window_size[1]
+        table: torch.Tensor = (self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads) if self.v2
+                               else self.relative_position_bias_table)
+        index: torch.Tensor = self.relative_position_index  # type: ignore[assignment]
+        bias = table[index].view(m, m, -1).permute(2, 0, 1).unsqueeze(0)
+        return 16 * torch.sigmoid(bias) if self.v2 else bias
+
+    def mask(self, padded: Sequence[int], shift: Sequence[int], device: torch.device) -> torch.Tensor:
+        """-100 between two tokens of a window that came from different regions of the rolled grid, else 0:
+        (windows, 1, M, M)."""
+        regions = []
+        for size, w, s in zip(padded, self.window_size, shift):
+            r = torch.zeros(size, dtype=torch.long, device=device)
+            if s:
+                r[size - w:] = 1
+                r[size - s:] = 2
+            regions.append(r)
+        label = (regions[0][:, None] * 3 + regions[1][None, :])
+        (hp, wp), (wh, ww) = padded, self.window_size
+        label = label.view(hp // wh, wh, wp // ww, ww).permute(0, 2, 1, 3).reshape(-1, 1, wh * ww)
+        return (label.transpose(1, 2) != label).unsqueeze(1) * -100.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Each step reassigns `x` (or deletes what it no longer needs), so a temporary is freed as soon as the next
+        # step has read it: what is alive at once is what archcalc's window_attention declares (its transient).
+        b, n, c = x.shape
+        (h, w), (wh, ww), heads = self.grid, self.window_size, self.num_heads
+        padded = (-(-h // wh) * wh, -(-w // ww) * ww)
+        shift = self.shift_in_force(self.window_size, self.shift_size, self.grid)
+        nh, nw, m = padded[0] // wh, padded[1] // ww, wh * ww
+        bias = self.position_bias()  # first: made from the weights alone (whatever the batch), held throughout
+        x = x.view(b, h, w, c)
+        if padded != (h, w):
+            x = F.pad(x, (0, 0, 0, padded[1] - w, 0, padded[0] - h))
+        if any(shift):
+            x = torch.roll(x, (-shift[0], -shift[1]), (1, 2))
+        x = x.view(b, nh, wh, nw, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b * nh * nw, m, c)
+        qkv_bias: torch.Tensor | None = self.qkv.bias
+        if self.v2 and qkv_bias is not None:  # v2: the keys' bias held at zero (a parameter all the same)
+            qkv_bias = torch.cat([qkv_bias[:c], torch.zeros_like(qkv_bias[c:2 * c]), qkv_bias[2 * c:]])
+        q, k, v = F.linear(x, self.qkv.weight, qkv_bias).reshape(b * nh * nw, m, 3, heads, c // heads).permute(
+            2, 0, 3, 1, 4).unbind(0)
+        del x, qkv_bias
+        if self.v2:
+            x = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * torch.clamp(
+                self.logit_scale, max=4.605170185988092).exp()  # (the logit scale at most ln 100)
+        else:
+            x = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)
+        del q, k
+        x = x + bias
+        if any(shift):
+            x = (x.view(b, nh * nw, heads, m, m) + self.mask(padded, shift, x.device)).view(-1, heads, m, m)
+        x = x.softmax(dim=-1) @ v
+        del v, bias
+        x = self.proj(x.transpose(1, 2).reshape(b * nh * nw, m, c))
+        x = x.view(b, nh, nw, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b, *padded, c)
+        if any(shift):
+            x = torch.roll(x, shift, (1, 2))
+        return x[:, :h, :w].reshape(b, n, c)
+
+    def extra_repr(self) -> str:
+        return (f"grid={self.grid}, num_heads={self.num_heads}, window_size={self.window_size}, "
+                f"shift_size={self.shift_size}, v2={self.v2}")
+
+
+class PatchMerging(nn.Module):
+    """Each 2 x 2 neighbourhood of a token grid as one token of 4C channels (x[0::2, 0::2], x[1::2, 0::2],
+    x[0::2, 1::2], x[1::2, 1::2] concatenated, torchvision's _patch_merging_pad; the grid zero-padded to even sizes
+    first): B x N x C on an H x W grid -> B x (H/2 W/2) x 4C."""
+
+    def __init__(self, grid: Sequence[int]) -> None:
+        super().__init__()
+        self.grid = tuple(grid)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        h, w = self.grid
+        grid = x.view(b, h, w, c)
+        if h % 2 or w % 2:
+            grid = F.pad(grid, (0, 0, 0, w % 2, 0, h % 2))
+        out = torch.cat([grid[:, 0::2, 0::2], grid[:, 1::2, 0::2], grid[:, 0::2, 1::2], grid[:, 1::2, 1::2]], -1)
+        return out.reshape(b, -1, 4 * c)
+
+    def extra_repr(self) -> str:
+        return f"grid={self.grid}"

@@ -301,6 +301,22 @@ def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"])
 
 
+@recipe("window_attention")
+def _window_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.WindowAttention, channels=inp[1], grid=tuple(inp.grid),  # type: ignore[attr-defined]
+                num_heads=a["num_heads"], window_size=_two(a["window_size"]), shift_size=_two(a["shift_size"]),
+                bias=a["bias"], v2=a["v2"])
+
+
+@recipe("patch_merging")
+def _patch_merging(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.PatchMerging, grid=tuple(inp.grid))  # type: ignore[attr-defined]
+
+
+def _two(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
 @recipe("crop")
 def _crop(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.CenterCrop, offsets=kind.offsets(a, inp), sizes=kind.sizes(a, inp))
@@ -686,6 +702,10 @@ reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)})
 reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
                                                                  "bias": m.in_proj.bias is not None}),
       modules.SelfAttention)
+reads("window_attention", lambda m, inp: Mapped("window_attention", {
+    "num_heads": int(m.num_heads), "window_size": _tup(m.window_size), "shift_size": _tup(m.shift_size),
+    "bias": m.qkv.bias is not None, "v2": bool(m.v2)}), modules.WindowAttention)
+reads("patch_merging", lambda m, inp: Mapped("patch_merging", {}), modules.PatchMerging)
 # nn.MultiheadAttention as self-attention: its call, m(x, x, x, need_weights=False), is read by the importer
 # (archcalc.torch.importer.trace: the module returns a pair); this rule makes it a leaf of the trace.
 reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
@@ -709,10 +729,43 @@ def _generic_module(kind: Kind) -> ModuleRule:
     return rule
 
 
+def _read_swin_attention(m: Any, inp: tuple[int, ...]) -> Mapped:
+    """torchvision's ShiftedWindowAttention(V2) as window_attention: kept whole (its forward calls the fx-wrapped
+    shifted_window_attention and _get_relative_position_bias); every tensor it hands them is checked against what
+    the kind builds (qkv and proj weights, the bias table or the V2 position-bias MLP, the index buffer)."""
+    v2 = type(m).__name__ == "ShiftedWindowAttentionV2"
+    if not isinstance(inp, Tokens) or len(inp.grid) != 2:
+        raise Unmapped(f"{type(m).__name__} on a tensor that is not a token grid (B x H x W x C)")
+    c, heads = inp[1], int(m.num_heads)
+    wh, ww = (int(w) for w in m.window_size)
+    table = (2 * wh - 1) * (2 * ww - 1)
+    bias = m.qkv.bias is not None
+    if (tuple(m.qkv.weight.shape) != (3 * c, c) or tuple(m.proj.weight.shape) != (c, c) or c % heads
+            or (m.proj.bias is not None) != bias or m.relative_position_index.numel() != (wh * ww) ** 2):
+        raise Unmapped(f"{type(m).__name__} whose qkv/proj weights, biases or index are not window_attention's "
+                       f"on {c} channels and {heads} heads")
+    if m.attention_dropout or m.dropout:
+        raise Unmapped(f"{type(m).__name__} with dropout inside the attention: archcalc's window_attention has none")
+    if v2:
+        mlp = m.cpb_mlp
+        shapes = [tuple(p.shape) for p in mlp.parameters()]
+        if (len(mlp) != 3 or not isinstance(mlp[1], nn.ReLU) or shapes != [(512, 2), (512,), (heads, 512)]
+                or tuple(m.logit_scale.shape) != (heads, 1, 1)
+                or tuple(m.relative_coords_table.shape) != (1, 2 * wh - 1, 2 * ww - 1, 2)):
+            raise Unmapped("ShiftedWindowAttentionV2 whose position-bias MLP, logit scale or coordinate table is "
+                           "not Swin V2's (Linear(2, 512), ReLU, Linear(512, heads, no bias))")
+    elif tuple(m.relative_position_bias_table.shape) != (table, heads):
+        raise Unmapped(f"ShiftedWindowAttention whose bias table is not (2w-1)^2 x heads = {table} x {heads}")
+    return Mapped("window_attention", {"num_heads": heads, "window_size": (wh, ww),
+                                       "shift_size": tuple(int(s) for s in m.shift_size), "bias": bias, "v2": v2})
+
+
 # Classes of other libraries, by qualified name: matched when the library is imported (archcalc never imports it).
 NAMED_MODULES: dict[str, ModuleRule] = {
     "torchvision.models.convnext.LayerNorm2d": _read_channel_layernorm,
     "torchvision.ops.stochastic_depth.StochasticDepth": _generic_module(REGISTRY["stochastic_depth"]),
+    "torchvision.models.swin_transformer.ShiftedWindowAttention": _read_swin_attention,
+    "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": _read_swin_attention,
 }
 
 
@@ -1246,6 +1299,13 @@ def _shift(value: Any) -> Any:
 
 
 # Functions of other libraries by qualified name, kept whole by the tracer (fx's autowrap) and mapped here.
+def _f_patch_merging(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
+    if not isinstance(inp, Tokens) or len(inp.grid) != 2 or inp[0] != numel(inp.grid):
+        raise Unmapped("torchvision's _patch_merging_pad on a tensor that is not a token grid (B x H x W x C)")
+    return Mapped("patch_merging", {})
+
+
 NAMED_FUNCTIONS: dict[str, tuple[tuple[str, ...], FunctionRule]] = {
     "torchvision.models.shufflenetv2.channel_shuffle": _generic_call(REGISTRY["channel_shuffle"], {}),
+    "torchvision.models.swin_transformer._patch_merging_pad": (("x",), _f_patch_merging),
 }

@@ -10,6 +10,7 @@ from archcalc.core.kinds import (  # noqa: F401  (registration)
     pool,
     resize,
     tokens,
+    windows,
     yolo,
 )
 from archcalc.core.kinds.base import REGISTRY, Arg, Cost, Example, Kind, LayerError, RFStep, Saved, Shape, suggest_kind

@@ -88,6 +88,8 @@ class Cost(NamedTuple):
     params: learnable parameters; buffers / int_buffers: non-trainable float / int64 buffers (BN running stats).
     fvcore_once / full_once: work a forward does once whatever the batch, on the weights rather than on the samples
     (weight standardisation: std_conv), under the fvcore and full conventions; not multiplied by the batch.
+    macs_once: multiply-accumulates a forward does once whatever the batch (Swin V2's position-bias MLP, run on a
+    table of relative coordinates); not multiplied by the batch.
     """
 
     params: int = 0
@@ -98,6 +100,7 @@ class Cost(NamedTuple):
     full: int = 0
     fvcore_once: int = 0
     full_once: int = 0
+    macs_once: int = 0
 
 
 class RFStep(NamedTuple):

@@ -67,17 +67,22 @@ class ToTokens(Kind):
 class ToGrid(Kind):
     name = "to_grid"
     prefix = "grid"
-    doc = ("Lay N x C tokens out on a grid of the given `size` again: C x H x W (N = H*W). A view (transpose, "
-           "then split N into the axes: no copy), not contiguous when the tokens were; no arithmetic.")
+    doc = ("Lay N x C tokens out on a grid of the given `size` again: C x H x W (N = H*W; without `size`, the grid "
+           "the tokens are on, as after Swin's patch merging). A view (transpose, then split N into the axes: no "
+           "copy), not contiguous when the tokens were; no arithmetic.")
     full_rule = "0 (a view)"
     alias = True
     tokens = True
-    args = (Arg("size", "ints", doc="the grid's size per spatial axis (H, W)", minimum=1),)
-    examples = (Example(Tokens(16, 8, (4, 4)), {"size": [4, 4]}), Example(Tokens(6, 3, (6,)), {"size": [2, 3]}))
+    args = (Arg("size", "ints_or_none", None, "the grid's size per spatial axis (H, W); default: the tokens' grid",
+                minimum=1),)
+    examples = (Example(Tokens(16, 8, (4, 4)), {"size": [4, 4]}), Example(Tokens(6, 3, (6,)), {"size": [2, 3]}),
+                Example(Tokens(12, 5, (3, 4))))
 
     def sizes(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
         n = token_input(self.name, inp)[0]
         size = a["size"]
+        if size is None:  # the grid the tokens are on (not after a class token: N is then one more)
+            size = inp.grid  # type: ignore[attr-defined]
         sizes = (size,) if isinstance(size, int) else tuple(size)
         if numel(sizes) != n:
             raise LayerError(f"to_grid size {'x'.join(map(str, sizes))} holds {numel(sizes)} tokens, not {n}")

@@ -46,6 +46,10 @@ from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integr
 
 # Modules that only move axes: the importer follows the layout instead of mapping them (see Layout in trace.py).
 PERMUTES = ("torchvision.ops.misc.Permute",)
+# Modules whose input is a token grid held channels-last (B x H x W x C, Swin's layout): in a network that has one,
+# the move of a grid's channels last is the move to tokens, and the move back is `to_grid`.
+TOKEN_GRID_MODULES = ("torchvision.models.swin_transformer.ShiftedWindowAttention",
+                      "torchvision.models.swin_transformer.ShiftedWindowAttentionV2")
 
 
 def qualname(obj: Any) -> str:

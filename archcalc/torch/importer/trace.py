@@ -95,6 +95,9 @@ def _token_shape(kind: str | None, inputs: Sequence[_Tensor], out: Shape) -> Tok
         return Tokens(out[0], out[1], tuple(inputs[0].shape[1:]))
     if inputs and isinstance(inputs[0].shape, Tokens) and len(out) == 2 and kind != "to_grid":
         return Tokens(out[0], out[1], inputs[0].shape.grid)
+    if inputs and isinstance(inputs[0].shape, Tokens) and len(out) == len(inputs[0].shape.grid) + 1 > 2 \
+            and kind != "to_grid":  # tokens held as a grid, B x H x W x C (Swin): the grid is the leading axes
+        return Tokens(math.prod(out[:-1]), out[-1], tuple(out[:-1]))
     return None
 
 
@@ -440,6 +443,8 @@ class _Converter:
         self.nodes = list(graph.nodes)
         self.composed: set[fx.Node] = set()  # the nodes of a module call read as one kind (a composition)
         self.tried: set[fx.Node] = set()  # first nodes of module calls a composition was tried on
+        # a network of token grids held channels-last (Swin): moving the channels last makes tokens
+        self.tokens_last = any(mapping.qualname(type(m)) in mapping.TOKEN_GRID_MODULES for m in root.modules())
 
     # -- helpers --
     def tensor_of(self, value: Any, node: fx.Node) -> _Tensor:
@@ -1160,6 +1165,17 @@ class _Converter:
                            "channels last (to tokens)")
         if not isinstance(x, _Tensor):
             raise Unmapped("a permute of something that is not a tensor of the network")
+        if self.tokens_last:  # Swin: B x C x H x W <-> B x H x W x C, the grid's tokens
+            grid = x.shape.grid if isinstance(x.shape, Tokens) else tuple(x.shape[1:])
+            spatial = len(grid) + 2
+            if isinstance(x.shape, Tokens) and dims == (0, spatial - 1, *range(1, spatial - 1)) \
+                    and x.shape[0] == math.prod(grid):
+                return self.emit(node, "to_grid", "to_grid", None, {"size": grid}, [x], fixed=False,
+                                 shape=(x.shape[1], *grid))
+            if not isinstance(x.shape, Tokens) and not x.channels_last and len(x.shape) > 1 \
+                    and dims == (0, *range(2, spatial), 1):
+                return self.emit(node, "to_tokens", "to_tokens", None, {}, [x], fixed=False,
+                                 shape=Tokens(math.prod(grid), x.shape[0], grid))
         rank = len(x.shape) + 1
         to_last = (0, *range(2, rank), 1)
         to_first = (0, rank - 1, *range(1, rank - 1))

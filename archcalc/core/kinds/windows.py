@@ -1,0 +1,254 @@
+"""Window attention and patch merging: the hierarchical vision transformers (Liu et al. 2021, "Swin Transformer:
+Hierarchical Vision Transformer using Shifted Windows"; Liu et al. 2022, "Swin Transformer V2"; torchvision's
+SwinTransformer).
+
+Both work on a token sequence laid out on a 2-D grid (`Tokens.grid` = (H, W), N = H*W): torchvision holds it
+B x H x W x C, channels last, the same memory as B x N x C. `window_attention` attends within windows of the grid
+(shifted or not); `patch_merging` puts each 2 x 2 neighbourhood's channels side by side, halving the grid. The norm
+and the linear reduction of Swin's patch merging are their own layers (`layernorm`, `linear`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from archcalc.core.kinds.base import (
+    ACTIVATION,
+    Arg,
+    Cost,
+    Example,
+    Kind,
+    LayerError,
+    RFStep,
+    Saved,
+    Shape,
+    Tokens,
+    register,
+)
+from archcalc.core.kinds.tokens import token_input
+
+CPB_HIDDEN = 512  # Swin V2's continuous position bias MLP: Linear(2, 512), ReLU, Linear(512, heads, no bias)
+
+
+def grid_input(kind: str, inp: Shape) -> Tokens:
+    """A token sequence that is the whole of a 2-D grid (no class token): N = H * W."""
+    t = token_input(kind, inp)
+    if len(t.grid) != 2 or t[0] != t.grid[0] * t.grid[1]:
+        raise LayerError(f"{kind} needs tokens laid out on a 2-D grid (N = H x W); its input is {t[0]} tokens on "
+                         f"the grid {'x'.join(map(str, t.grid))}")
+    return t
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    if isinstance(value, int):
+        return (value, value)
+    values = tuple(value)
+    if len(values) != 2:
+        raise LayerError(f"a window or shift has one value per axis of the 2-D grid, not {len(values)}")
+    return (values[0], values[1])
+
+
+class Geometry:
+    """The windows of one window_attention: padded grid, windows, tokens per window, shift in force."""
+
+    def __init__(self, a: Mapping[str, Any], inp: Tokens) -> None:
+        self.window = _pair(a["window_size"])
+        shift = _pair(a["shift_size"])
+        self.padded = tuple(-(-g // w) * w for g, w in zip(inp.grid, self.window))
+        # torchvision's shifted_window_attention: no shift along an axis whose window covers the padded grid
+        self.shift = tuple(0 if w >= p else s for w, s, p in zip(self.window, shift, self.padded))
+        self.tokens = self.padded[0] * self.padded[1]  # Np
+        self.m = self.window[0] * self.window[1]  # tokens per window
+        self.windows = self.tokens // self.m
+        self.table = (2 * self.window[0] - 1) * (2 * self.window[1] - 1)  # relative positions
+        self.heads = a["num_heads"]
+        self.c = inp[1]
+        self.u = self.tokens * self.c  # a padded N x C tensor
+        self.scores = self.tokens * self.heads * self.m  # attention weights: windows x heads x M x M
+        self.in_place = self.padded == tuple(inp.grid) and not any(self.shift) and self.windows == 1
+
+
+@register
+class WindowAttention(Kind):
+    name = "window_attention"
+    synonyms = ("shifted_window_attention", "swin_attention", "w_msa", "sw_msa")
+    prefix = "attn"
+    doc = ("Swin's (shifted) window multi-head self-attention over N x C tokens on an H x W grid (Liu et al. 2021; "
+           "torchvision's ShiftedWindowAttention): the grid zero-padded to a multiple of the window, cyclically "
+           "shifted by `shift_size` (torch.roll, with a mask of -100 between tokens from different regions; no "
+           "shift along an axis whose window covers the padded grid), cut into windows of M tokens; per window "
+           "q, k, v = x W_qkv (C -> 3C), per head softmax(Q K^T / sqrt(d) + B) V with B gathered from a learned "
+           "(2w-1)^2 x heads table by an int64 index buffer (M^2), the heads joined and projected (C -> C); the "
+           "windows merged, the shift undone, the padding cropped. Params 4C^2 (+4C with bias) + the table. MACs "
+           "per image: padded tokens x 4C^2 + windows x 2 M^2 C. `v2` (Swin V2, ShiftedWindowAttentionV2): "
+           "cosine attention (q and k normalised, times a learned logit scale per head), B = 16 sigmoid of an "
+           "MLP (Linear(2, 512), ReLU, Linear(512, heads)) run once per forward on a buffer of relative "
+           "coordinates ((2w-1)^2 x 2): (2w-1)^2 x 512 (2 + heads) MACs whatever the batch; the keys' qkv bias is "
+           "held at zero (still parameters). FlopCounterMode and fvcore count every product (the MLP once).")
+    full_rule = ("2 per MAC; per padded token 4C bias additions (with bias); v1: 1 per element of q (the scale); "
+                 "v2: 3 per element of q and k (square, sum, divide) and 2 per head vector of q and k (square "
+                 "root, clamp), 1 per attention weight (logit scale); per attention weight 1 (position bias), 1 "
+                 "more when shifted (mask), 3 (softmax). Once per forward (v2): 2 per MAC of the MLP, 2 x 512 per "
+                 "relative position (bias, ReLU), 4 per gathered bias (sigmoid, x16), 2 per head (clamp, exp)")
+    tokens = True
+    step_unfollowed = ("its backward (the attention weights' and products' gradients per window) is not modelled "
+                       "yet")
+    args = (
+        Arg("num_heads", "int", doc="number of heads; divides the channels", aliases=("heads",), minimum=1),
+        Arg("window_size", "ints", 7, "the window (tokens) per grid axis (H, W)", aliases=("window",), minimum=1),
+        Arg("shift_size", "ints", 0, "the cyclic shift per axis (Swin's odd blocks: half the window)",
+            aliases=("shift",), minimum=0),
+        Arg("bias", "bool", True, "learn biases in the qkv and output projections"),
+        Arg("v2", "bool", False, "Swin V2: cosine attention, logit scale, continuous position bias MLP"),
+    )
+    examples = (
+        Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "window_size": 2}),
+        Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "window_size": 2, "shift_size": 1}),
+        Example(Tokens(30, 6, (5, 6)), {"num_heads": 3, "window_size": 3, "shift_size": 1, "bias": False}),
+        Example(Tokens(16, 8, (4, 4)), {"num_heads": 1, "window_size": 2}),
+        Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "window_size": 4, "shift_size": 2}),
+        Example(Tokens(256, 32, (16, 16)), {"num_heads": 4, "window_size": 4, "shift_size": 2, "v2": True}),
+        Example(Tokens(192, 32, (12, 16)), {"num_heads": 1, "window_size": [4, 8], "v2": True}),
+    )
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        t = grid_input(self.name, inp)
+        if t[1] % a["num_heads"]:
+            raise LayerError(f"window_attention: {t[1]} channels are not divisible by num_heads {a['num_heads']}")
+        g = Geometry(a, t)
+        if any(s >= w for s, w in zip(g.shift, g.window)):
+            raise LayerError(f"window_attention: shift_size {'x'.join(map(str, g.shift))} must be smaller than the "
+                             f"window {'x'.join(map(str, g.window))}")
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        g = Geometry(a, grid_input(self.name, inp))
+        c, h = g.c, g.heads
+        macs = 4 * g.u * c + 2 * g.windows * g.m * g.m * c
+        bias = 4 * c if a["bias"] else 0
+        params = 4 * c * c + bias
+        mask = g.scores if any(g.shift) else 0
+        full = 2 * macs + g.tokens * bias + g.scores + mask + 3 * g.scores
+        if not a["v2"]:
+            return Cost(params=params + g.table * h, int_buffers=g.m * g.m, macs=macs, fvcore=macs,
+                        full=full + g.u)
+        once = g.table * CPB_HIDDEN * (2 + h)
+        return Cost(params=params + h + 3 * CPB_HIDDEN + CPB_HIDDEN * h, buffers=2 * g.table,
+                    int_buffers=g.m * g.m, macs=macs, fvcore=macs, macs_once=once, fvcore_once=once,
+                    full=full + 6 * g.u + 4 * g.tokens * h + g.scores,
+                    full_once=2 * once + 2 * CPB_HIDDEN * g.table + 4 * h * g.m * g.m + 2 * h)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        c = out[1]
+        g = Geometry(a, grid_input(self.name, out))
+        qkv = (3 * c * c, 3 * c) if a["bias"] else (3 * c * c,)
+        proj = (c * c, c) if a["bias"] else (c * c,)
+        if a["v2"]:
+            return (*qkv, *proj, g.heads, 2 * CPB_HIDDEN, CPB_HIDDEN, CPB_HIDDEN * g.heads)
+        return (*qkv, *proj, g.table * g.heads)
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
+        # A token sees the tokens of its window: w consecutive positions per axis (a shifted window is contiguous
+        # in the rolled grid; the mask keeps the wrapped-around regions apart). A window that covers the padded
+        # grid sees the whole axis.
+        g = Geometry(a, grid_input(self.name, inp))
+        return [RFStep(whole=True) if w >= p else RFStep(kernel=w) for w, p in zip(g.window, g.padded)]
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # The built module (archcalc.torch.modules.WindowAttention), measured with saved_tensors_hooks: the windows
+        # (the input of qkv: a copy, or the input itself when one window covers the unpadded, unshifted grid) and
+        # the joined heads (out_proj's input), for the weights' gradients alone; the attention weights after the
+        # softmax (windows x heads x M^2). v1: the scaled q and contiguous k and v (Np x C each; with one head k
+        # and v are views of qkv, which is kept whole). v2: qkv (kept by the norms of q and k), the normalised q,
+        # a contiguous k^T, v (a copy with several heads), the norms and their clamped values (4 per head vector)
+        # and the cosine scores (kept by the logit scale's product); once per forward the logit scale's exp (heads),
+        # the sigmoid of the gathered bias (heads x M^2) and the MLP's hidden layer ((2w-1)^2 x 512).
+        g = Geometry(a, grid_input(self.name, inp))
+        u, s = g.u, g.scores
+        params = ((u, ACTIVATION),) if g.in_place else ((2 * u, ACTIVATION),)
+        if not a["v2"]:
+            extra = 3 * u + s if g.heads > 1 else 4 * u + s
+            return Saved(input_for_params=g.in_place, extra=((extra, ACTIVATION),), extra_for_params=params)
+        extra = (6 * u if g.heads > 1 else 5 * u) + 4 * g.tokens * g.heads + 2 * s
+        once = g.heads + g.heads * g.m * g.m + CPB_HIDDEN * g.table
+        return Saved(input_for_params=g.in_place, extra=((extra, ACTIVATION),), extra_for_params=params,
+                     per_batch=((once, ACTIVATION),))
+
+    def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),
+                      divide_groups: bool = False) -> tuple[int, int]:
+        # Backward runs two products of each forward product's size, except the qkv projection's input gradient
+        # (Np x 3C^2 per image) when the input needs none, and (v2) the MLP's first layer's input gradient: its
+        # input is a buffer (2 x 512 per relative position, once).
+        cost = self.cost(a, inp, inp)
+        batch = (macs - cost.macs_once) // cost.macs
+        g = Geometry(a, grid_input(self.name, inp))
+        grad_input = 3 * g.u * g.c * batch
+        first = 2 * CPB_HIDDEN * g.table if a["v2"] else 0
+        return grad_input, 2 * macs - grad_input - first
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # The most alive at once while the built module runs at inference (torch.profiler, tests/test_kind_rules.py),
+        # less its output (N x C), which the engine counts beside it. With u = Np x C and S the attention weights:
+        # qkv (3u) throughout the attention; at Q K^T the scaled q, its contiguous copy (several heads), k^T and
+        # the scores (v2: the normalised q, k and their copies); at softmax(x) V the scores, the weights, v's
+        # contiguous copy (several heads) and the product. The padding, roll and window copies before, and the
+        # merges after, are smaller.
+        g = Geometry(a, grid_input(self.name, inp))
+        u, s = g.u, g.scores
+        several = g.heads > 1
+        if a["v2"]:
+            during = max((7 if several else 5) * u + s, (5 if several else 4) * u + 2 * s)
+        else:
+            during = max((6 if several else 4) * u + s, (5 if several else 4) * u + 2 * s)
+        return ((during - inp[0] * inp[1], ACTIVATION),)
+
+    def transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # The position bias (heads x M^2), made first from the weights and held until A V. (v2's MLP runs before,
+        # on the weights alone: its hidden layer, (2w-1)^2 x 512, is the peak only of a network so small that
+        # batch x the attention's temporaries are smaller; not modelled. The shift's mask, windows x M^2, is made
+        # where the temporaries are 2 Np C fewer: not at the peak while M < 2C.)
+        g = Geometry(a, grid_input(self.name, inp))
+        return ((g.heads * g.m * g.m, ACTIVATION),)
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        g = Geometry(a, grid_input(self.name, inp))
+        shift = f", shift {'x'.join(map(str, g.shift))}" if any(g.shift) else ""
+        return (f"{'v2, ' if a['v2'] else ''}{g.heads} heads, {g.windows} windows of "
+                f"{'x'.join(map(str, g.window))}{shift}")
+
+
+@register
+class PatchMerging(Kind):
+    name = "patch_merging"
+    prefix = "merge"
+    doc = ("Each 2 x 2 neighbourhood of a token grid as one token: N x C on an H x W grid -> (H/2 x W/2) x 4C "
+           "(x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2] concatenated; torchvision's "
+           "_patch_merging_pad, the grid zero-padded to even sizes first). A copy, no arithmetic. Swin's "
+           "PatchMerging is this, `layernorm` and `linear: {out: 2C, bias: false}` (V2: the linear, then the "
+           "norm).")
+    full_rule = "0 (a copy)"
+    tokens = True
+    examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(35, 6, (5, 7))))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        t = grid_input(self.name, inp)
+        h, w = (-(-s // 2) for s in t.grid)
+        return Tokens(h * w, 4 * t[1], (h, w))
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
+        return [RFStep(kernel=2, stride=2) for _ in grid_input(self.name, inp).grid]
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # the zero-padded copy of an odd grid, read by the concatenation
+        t = grid_input(self.name, inp)
+        if t.grid[0] % 2 or t.grid[1] % 2:
+            return ((out[0] * out[1], ACTIVATION),)
+        return ()
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        t = grid_input(self.name, inp)
+        return f"{'x'.join(map(str, t.grid))} -> {'x'.join(str(-(-s // 2)) for s in t.grid)}"
+
+
+__all__ = ["PatchMerging", "WindowAttention"]

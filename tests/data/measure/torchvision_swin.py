@@ -1,0 +1,95 @@
+# Measurement recipe (not run by the tests): see tests/data/torchvision_swin.json for its output and
+# tests/data/README.md for how it was run.
+"""torchvision's Swin Transformers (swin_t, swin_s, swin_b, swin_v2_t, swin_v2_s, swin_v2_b) measured on the real
+models at the input size their weights are evaluated at (224 for v1, 256 for v2), eval mode, one thread: parameters
+and buffers (float and int64); what torch's FlopCounterMode counts in a no_grad forward at batch 1 and at batch 3
+(the continuous position bias MLP of v2 runs once per forward, whatever the batch); what fvcore counts (total, by
+operator, the ops it skips); the output shape; the figures torchvision publishes for every weights entry; and what
+`archcalc import` of the model gives (this repository's archcalc, first on sys.path)."""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torchvision
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models import get_model, get_model_weights
+
+OUT = Path(__file__).resolve().parent.parent / "torchvision_swin.json"
+MODELS = {"swin_t": "IMAGENET1K_V1", "swin_s": "IMAGENET1K_V1", "swin_b": "IMAGENET1K_V1",
+          "swin_v2_t": "IMAGENET1K_V1", "swin_v2_s": "IMAGENET1K_V1", "swin_v2_b": "IMAGENET1K_V1"}
+
+
+def counts(mode: FlopCounterMode) -> dict[str, int]:
+    return {str(k): int(v) for k, v in sorted(mode.get_flop_counts()["Global"].items(), key=lambda kv: str(kv[0]))}
+
+
+def imported(model: torch.nn.Module, size: int) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+    import archcalc
+
+    try:
+        result = archcalc.from_module(model, (3, size, size))
+        spec = result.spec
+    except Exception as exc:  # noqa: BLE001  (recorded: a refusal is a result)
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    report = archcalc.analyze(spec)
+    return {"params": report.totals.params, "buffers": report.totals.buffers, "macs": report.totals.macs,
+            "macs_batch_3": archcalc.analyze(spec, batch=3).totals.macs,
+            "fvcore": archcalc.analyze(spec, convention="fvcore").totals.flops,
+            "fvcore_batch_3": archcalc.analyze(spec, convention="fvcore", batch=3).totals.flops,
+            "output": list(report.totals.output), "rows": len(report.rows),
+            "kinds": sorted({r.kind for r in report.rows}), "warnings": list(result.warnings)}
+
+
+def main() -> None:
+    import fvcore
+    from fvcore.nn import FlopCountAnalysis
+
+    torch.set_num_threads(1)
+    names = sys.argv[1:] or list(MODELS)
+    result = json.loads(OUT.read_text()) if OUT.exists() else {}
+    result["versions"] = {"torch": torch.__version__, "torchvision": torchvision.__version__,
+                          "fvcore": getattr(fvcore, "__version__", "?")}
+    for name in names:
+        torch.manual_seed(0)
+        model = get_model(name, weights=None).eval()
+        weights = get_model_weights(name)[MODELS[name]]
+        size = int(weights.transforms().crop_size[0])
+        x = torch.randn(1, 3, size, size)
+        meta = weights.meta
+        row: dict = {"weights": MODELS[name], "published_params": meta["num_params"],
+                     "published_gmacs": str(meta["_ops"]), "input_shape": [1, 3, size, size]}
+        row["params"] = sum(p.numel() for p in model.parameters())
+        row["float_buffers"] = sum(b.numel() for b in model.buffers() if b.is_floating_point())
+        row["int_buffers"] = sum(b.numel() for b in model.buffers() if not b.is_floating_point())
+        with torch.no_grad(), FlopCounterMode(display=False) as plain:
+            y = model(x)
+        row["output_shape"] = list(y.shape)
+        row["flop_counter"] = plain.get_total_flops()
+        row["flop_counter_by_op"] = counts(plain)
+        with torch.no_grad(), FlopCounterMode(display=False) as three:
+            model(x.repeat(3, 1, 1, 1))
+        row["flop_counter_batch_3"] = three.get_total_flops()
+        analysis = FlopCountAnalysis(model, x)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        row["fvcore"] = int(analysis.total())
+        row["fvcore_by_operator"] = {k: int(v) for k, v in sorted(analysis.by_operator().items())}
+        row["fvcore_unsupported"] = {k: int(v) for k, v in sorted(analysis.unsupported_ops().items())}
+        analysis3 = FlopCountAnalysis(model, x.repeat(3, 1, 1, 1))
+        analysis3.unsupported_ops_warnings(False)
+        analysis3.uncalled_modules_warnings(False)
+        row["fvcore_batch_3"] = int(analysis3.total())
+        row["published_weights"] = {w.name: {"num_params": w.meta["num_params"], "gmacs": str(w.meta["_ops"]),
+                                             "crop_size": int(w.transforms().crop_size[0])}
+                                    for w in get_model_weights(name)}
+        row["import"] = imported(model, size)
+        result[name] = row
+        print(name, {k: v for k, v in row.items() if not k.endswith(("_by_op", "_by_operator"))}, flush=True)
+        OUT.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()
