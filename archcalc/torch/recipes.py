@@ -301,6 +301,24 @@ def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"])
 
 
+@recipe("pooled_attention")
+def _pooled_attention(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    g = kind.geometry(a, inp)
+    return call(modules.PooledAttention, embed_dim=g["c"], output_dim=g["d"], num_heads=a["num_heads"],
+                grid=g["grid"], class_tokens=g["cls"], kernel_q=g["kq"], stride_q=g["sq"], kernel_kv=g["kk"],
+                stride_kv=g["sk"], pool_q=g["pq"], pool_kv=g["pkv"], residual_pool=a["residual_pool"],
+                rel_rows=kind.rel_rows(g) if a["rel_pos"] else None, grid_q=g["gq"], grid_kv=g["gk"],
+                eps=a["eps"])
+
+
+@recipe("token_maxpool")
+def _token_maxpool(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    k, s, p, _ = kind.geometry(a, inp)
+    grid = tuple(inp.grid)  # type: ignore[attr-defined]
+    return call(modules.GridPool, channels=inp[1], grid=grid, class_tokens=inp[0] - numel(grid), kernel=k, stride=s,
+                padding=p, mode="max")
+
+
 @recipe("crop")
 def _crop(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.CenterCrop, offsets=kind.offsets(a, inp), sizes=kind.sizes(a, inp))
@@ -686,6 +704,13 @@ reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)})
 reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
                                                                  "bias": m.in_proj.bias is not None}),
       modules.SelfAttention)
+reads("pooled_attention", lambda m, inp: Mapped("pooled_attention", {
+    "num_heads": int(m.num_heads), "output_dim": int(m.output_dim), "kernel_q": _tup(m.kernel_q),
+    "stride_q": _tup(m.stride_q), "kernel_kv": _tup(m.kernel_kv), "stride_kv": _tup(m.stride_kv),
+    "residual_pool": bool(m.residual_pool), "rel_pos": m.rel_pos_t is not None, "eps": float(m.eps)}),
+    modules.PooledAttention)
+reads("token_maxpool", lambda m, inp: Mapped("token_maxpool", {
+    "kernel_size": _tup(m.kernel), "stride": _tup(m.stride), "padding": _tup(m.padding)}), modules.GridPool)
 # nn.MultiheadAttention as self-attention: its call, m(x, x, x, need_weights=False), is read by the importer
 # (archcalc.torch.importer.trace: the module returns a pair); this rule makes it a leaf of the trace.
 reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
