@@ -225,6 +225,8 @@ FULL: dict[str, Rule] = {
     "dfl": lambda a, i, o, m: 3 * n(i) + 2 * a["reg_max"] * n(o),
     "psa_attention": lambda a, i, o, m: _psa_attention(a, i, m),
     "pooled_attention": lambda a, i, o, m: _pooled_attention(a, i, o, m),
+    # the tables' sum for each grid token's channels, then the addition to every token
+    "separable_pos_embed": lambda a, i, o, m: n(i.grid) * i[1] + n(i),
     # comparisons per output element of the grid (the class token is copied)
     "token_maxpool": lambda a, i, o, m: (o[0] - (i[0] - n(i.grid))) * o[1] * (_kernel(a, (0, *i.grid)) - 1),
 }

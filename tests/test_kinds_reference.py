@@ -443,6 +443,24 @@ class TokenMaxPool(nn.Module):
         return torch.cat([x[:, :self.cls], grid.flatten(2).transpose(1, 2)], dim=1)
 
 
+class SeparablePositions(nn.Module):
+    """MViT's position embedding (Fan et al. 2021, sec. 4.1): token (t, p) of the T x P grid gets temporal[t] +
+    spatial[p]; the class token its own vector."""
+
+    def __init__(self, s: Any) -> None:
+        super().__init__()
+        t, p = s.grid[0], math.prod(s.grid[1:])
+        self.spatial = nn.Parameter(torch.randn(p, s[1]))
+        self.temporal = nn.Parameter(torch.randn(t, s[1]))
+        self.cls = nn.Parameter(torch.randn(s[1])) if s[0] > t * p else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        table = (self.temporal[:, None, :] + self.spatial[None, :, :]).flatten(0, 1)
+        if self.cls is not None:
+            table = torch.cat([self.cls[None], table])
+        return x + table
+
+
 class Tokenized(nn.Module):
     """A learned tensor of the given shape, put before the tokens (a class token) or added to them."""
 
@@ -558,6 +576,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"]),
     "pooled_attention": PooledAttention,
     "token_maxpool": TokenMaxPool,
+    "separable_pos_embed": lambda a, s: SeparablePositions(s),
     "leaky_relu": lambda a, s: nn.LeakyReLU(a["negative_slope"]),
     "linear": _linear,
     "lrn": lambda a, s: nn.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"]),

@@ -679,3 +679,24 @@ class PooledAttention(nn.Module):
         if self.residual_pool:
             x[:, :, self.cls:, :] += q[:, :, self.cls:, :]
         return self.project(x.transpose(1, 2).reshape(b, -1, self.output_dim))
+
+
+class SeparablePositionEmbedding(nn.Module):
+    """MViT's spatio-temporal position embedding: a T x C table repeated over the H W positions of each step plus
+    an H W x C table repeated over the T steps, after a C-vector for the class token (if any); added to the tokens
+    (torchvision's PositionalEncoding, out of place)."""
+
+    def __init__(self, grid: Sequence[int], channels: int, class_tokens: int) -> None:
+        super().__init__()
+        self.steps, self.positions = grid[0], math.prod(grid[1:])
+        self.spatial_pos = nn.Parameter(torch.randn(self.positions, channels) * 0.02)
+        self.temporal_pos = nn.Parameter(torch.randn(self.steps, channels) * 0.02)
+        self.class_pos = nn.Parameter(torch.randn(channels) * 0.02) if class_tokens else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.spatial_pos.shape[1]
+        pos = torch.repeat_interleave(self.temporal_pos, self.positions, dim=0)
+        pos.add_(self.spatial_pos.unsqueeze(0).expand(self.steps, -1, -1).reshape(-1, c))
+        if self.class_pos is not None:
+            pos = torch.cat((self.class_pos.unsqueeze(0), pos), dim=0)
+        return x + pos.unsqueeze(0)

@@ -319,6 +319,12 @@ def _token_maxpool(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
                 padding=p, mode="max")
 
 
+@recipe("separable_pos_embed")
+def _separable_pos_embed(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    grid = tuple(inp.grid)  # type: ignore[attr-defined]
+    return call(modules.SeparablePositionEmbedding, grid=grid, channels=inp[1], class_tokens=inp[0] - numel(grid))
+
+
 @recipe("crop")
 def _crop(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.CenterCrop, offsets=kind.offsets(a, inp), sizes=kind.sizes(a, inp))
@@ -711,6 +717,7 @@ reads("pooled_attention", lambda m, inp: Mapped("pooled_attention", {
     modules.PooledAttention)
 reads("token_maxpool", lambda m, inp: Mapped("token_maxpool", {
     "kernel_size": _tup(m.kernel), "stride": _tup(m.stride), "padding": _tup(m.padding)}), modules.GridPool)
+reads("separable_pos_embed", lambda m, inp: Mapped("separable_pos_embed", {}), modules.SeparablePositionEmbedding)
 # nn.MultiheadAttention as self-attention: its call, m(x, x, x, need_weights=False), is read by the importer
 # (archcalc.torch.importer.trace: the module returns a pair); this rule makes it a leaf of the trace.
 reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),

@@ -322,4 +322,51 @@ class TokenMaxPool(Kind):
                f"{'x'.join(map(str, grid))}"
 
 
-__all__ = ["PooledAttention", "TokenMaxPool", "class_tokens", "pooled_grid"]
+@register
+class SeparablePositionEmbedding(Kind):
+    name = "separable_pos_embed"
+    synonyms = ("spatiotemporal_pos_embed", "st_pos_embed")
+    prefix = "pos"
+    doc = ("A learned position embedding split over the grid's first axis and the others (MViT's "
+           "PositionalEncoding, Fan et al. 2021, sec. 4.1: a T x C temporal and an H W x C spatial table, summed for "
+           "each of the T H W grid tokens; the class token, if any, has its own C), added to the tokens. Params "
+           "(H W + T + 1) C. The sum of the tables is made once per forward (whatever the batch); fvcore and "
+           "FlopCounterMode count its additions as 0.")
+    full_rule = "1 addition per element of the grid's tokens to make the embedding, 1 per element to add it"
+    tokens = True
+    examples = (Example(Tokens(33, 4, (2, 4, 4))), Example(Tokens(12, 3, (3, 2, 2))))
+
+    def geometry(self, inp: Shape) -> tuple[int, int, int]:
+        """The class tokens, the first axis' length, the other axes' positions."""
+        cls = class_tokens(self.name, inp)
+        grid = inp.grid  # type: ignore[attr-defined]
+        if len(grid) < 2:
+            raise LayerError("separable_pos_embed splits the grid's first axis from the others: it needs 2 or 3 axes")
+        return cls, grid[0], numel(grid[1:])
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        self.geometry(inp)
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        cls, t, hw = self.geometry(inp)
+        c = inp[1]
+        return Cost(params=(hw + t + cls) * c, full=t * hw * c + inp[0] * c)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        cls, t, hw = self.geometry(out)
+        c = out[1]
+        return (hw * c, t * c, c) if cls else (hw * c, t * c)
+
+    # Nothing is kept for backward (additions, a repeat and a concatenation of parameters: measured).
+
+    def transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # The embedding (N x C, made from the tables) is alive with the output.
+        return ((inp[0] * inp[1], ACTIVATION),)
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        cls, t, hw = self.geometry(inp)
+        return f"{t} + {hw}" + (" + class" if cls else "")
+
+
+__all__ = ["PooledAttention", "SeparablePositionEmbedding", "TokenMaxPool", "class_tokens", "pooled_grid"]
