@@ -31,6 +31,7 @@ MODELS = sorted(PUBLISHED)
 EVAL_WITHOUT_AUX = {"inception_v3"}
 DONE = MODELS
 VITS = sorted(k for k in json.loads((DATA / "torchvision_vit.json").read_text(encoding="utf-8")) if k != "versions")
+MVITS = sorted(k for k in json.loads((DATA / "torchvision_mvit.json").read_text(encoding="utf-8")) if k != "versions")
 SEGMENTATION = [m for m in DONE if PUBLISHED[m]["family"] == "segmentation"]
 WITH_AUX = [m for m in SEGMENTATION if "params_without_aux" in MEASURED[m]]
 
@@ -58,8 +59,10 @@ def test_the_data_files_agree_with_each_other() -> None:
 
 def test_every_model_has_a_spec() -> None:
     assert [m for m in MODELS if f"torchvision/{m}" not in SPECS] == []
-    # the CNNs here; the vision transformers in tests/test_tokens.py (tests/data/torchvision_vit.json)
-    assert {n for n in SPECS if n.startswith("torchvision/")} == {f"torchvision/{m}" for m in [*MODELS, *VITS]}
+    # the CNNs here; the vision transformers in tests/test_tokens.py (tests/data/torchvision_vit.json), the video
+    # MViTs in tests/test_mvit.py (tests/data/torchvision_mvit.json)
+    assert {n for n in SPECS if n.startswith("torchvision/")} == {f"torchvision/{m}" for m in [*MODELS, *VITS,
+                                                                                              *MVITS]}
 
 
 @pytest.mark.parametrize("name", DONE)
@@ -151,7 +154,7 @@ FAMILIES = {
     "squeezenet": ["squeezenet"], "densenet": ["densenet"], "googlenet": ["googlenet"],
     "inception": ["inception"], "mobilenet": ["mobilenet"], "mnasnet": ["mnasnet"], "shufflenet": ["shufflenet"],
     "efficientnet": ["efficientnet"], "regnet": ["regnet"], "convnext": ["convnext"],
-    "video": ["r3d", "mc3", "r2plus1d", "s3d"], "segmentation": ["fcn", "deeplabv3", "lraspp"], "vit": ["vit_"],
+    "video": ["r3d", "mc3", "r2plus1d", "s3d", "mvit"], "segmentation": ["fcn", "deeplabv3", "lraspp"], "vit": ["vit_"],
 }
 
 
@@ -159,7 +162,7 @@ def test_zoo_groups_torchvision_by_family() -> None:
     result = CliRunner().invoke(app, ["zoo", "--format", "json"])
     assert result.exit_code == 0, result.output
     entries = [e for e in json.loads(result.output) if e["name"].startswith("torchvision/")]
-    assert {e["name"].removeprefix("torchvision/") for e in entries} == set(DONE) | set(VITS)
+    assert {e["name"].removeprefix("torchvision/") for e in entries} == set(DONE) | set(VITS) | set(MVITS)
     for e in entries:
         model = e["name"].removeprefix("torchvision/")
         prefixes = FAMILIES[e["family"]]

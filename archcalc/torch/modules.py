@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -597,13 +596,6 @@ class GridPool(nn.Module):
         return x.squeeze(1) if tokens else x
 
 
-def _rel_index(q: int, k: int) -> torch.Tensor:
-    """Rows of a relative position table for each (query, key) position pair along one axis: the distance scaled
-    to the finer of the two grids, shifted to start at 0 (MViTv2, Li et al. 2022, eq. 4)."""
-    q_ratio, k_ratio = max(k / q, 1.0), max(q / k, 1.0)
-    return (torch.arange(q)[:, None] * q_ratio - (torch.arange(k)[None, :] + (1.0 - k)) * k_ratio).long()
-
-
 class PooledAttention(nn.Module):
     """MViT's multiscale attention over B x N x C tokens on a grid: qkv, q, k and v each pooled on the grid
     (GridPool: a depthwise conv and a layer norm per head's channels), Q K^T / sqrt(d) (with MViTv2's decomposed
@@ -613,9 +605,9 @@ class PooledAttention(nn.Module):
 
     def __init__(self, embed_dim: int, output_dim: int, num_heads: int, grid: Sequence[int], class_tokens: int,
                  kernel_q: Sequence[int], stride_q: Sequence[int], kernel_kv: Sequence[int],
-                 stride_kv: Sequence[int], pool_q: bool, pool_kv: bool, residual_pool: bool,
-                 rel_rows: Sequence[int] | None, grid_q: Sequence[int], grid_kv: Sequence[int],
-                 eps: float = 1e-5) -> None:
+                 stride_kv: Sequence[int], pool_q: nn.Module | None, pool_k: nn.Module | None,
+                 pool_v: nn.Module | None, residual_pool: bool, rel_rows: Sequence[int] | None,
+                 grid_q: Sequence[int], grid_kv: Sequence[int], eps: float = 1e-5) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.output_dim = output_dim
@@ -629,13 +621,7 @@ class PooledAttention(nn.Module):
         self.qkv = nn.Linear(embed_dim, 3 * output_dim)
         self.project = nn.Linear(output_dim, output_dim)
         d = self.head_dim
-
-        def pool(kernel: Sequence[int], stride: Sequence[int]) -> GridPool:
-            return GridPool(d, grid, class_tokens, kernel, stride, [k // 2 for k in kernel], "conv", eps)
-
-        self.pool_q = pool(kernel_q, stride_q) if pool_q else None
-        self.pool_k = pool(kernel_kv, stride_kv) if pool_kv else None
-        self.pool_v = pool(kernel_kv, stride_kv) if pool_kv else None
+        self.pool_q, self.pool_k, self.pool_v = pool_q, pool_k, pool_v  # GridPool: conv and norm, or None
         self.rel_pos_t: nn.Parameter | None = None
         self.rel_pos_h: nn.Parameter | None = None
         self.rel_pos_w: nn.Parameter | None = None
@@ -645,14 +631,21 @@ class PooledAttention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.randn(h, d) * 0.02)
             self.rel_pos_w = nn.Parameter(torch.randn(w, d) * 0.02)
 
+    @staticmethod
+    def rel_index(q: int, k: int) -> torch.Tensor:
+        """Rows of a relative position table for each (query, key) position pair along one axis: the distance
+        scaled to the finer of the two grids, shifted to start at 0 (MViTv2, Li et al. 2022, eq. 4)."""
+        q_ratio, k_ratio = max(k / q, 1.0), max(q / k, 1.0)
+        return (torch.arange(q)[:, None] * q_ratio - (torch.arange(k)[None, :] + (1.0 - k)) * k_ratio).long()
+
     def rel_pos(self, attn: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """Add q's dot products with the tables' rows for each axis' distance, per (query, key) pair of the grid
         tokens: einsums over H and W, a batched product over T (as torchvision writes them)."""
         assert self.rel_pos_t is not None and self.rel_pos_h is not None and self.rel_pos_w is not None
         (qt, qh, qw), (kt, kh, kw) = self.grid_q, self.grid_kv
-        rt = self.rel_pos_t[_rel_index(qt, kt).to(q.device)]
-        rh = self.rel_pos_h[_rel_index(qh, kh).to(q.device)]
-        rw = self.rel_pos_w[_rel_index(qw, kw).to(q.device)]
+        rt = self.rel_pos_t[self.rel_index(qt, kt).to(q.device)]
+        rh = self.rel_pos_h[self.rel_index(qh, kh).to(q.device)]
+        rw = self.rel_pos_w[self.rel_index(qw, kw).to(q.device)]
         b, heads, _, d = q.shape
         r_q = q[:, :, self.cls:].reshape(b, heads, qt, qh, qw, d)
         on_h = torch.einsum("bythwc,hkc->bythwk", r_q, rh)
@@ -672,7 +665,7 @@ class PooledAttention(nn.Module):
             k, v = self.pool_k(k), self.pool_v(v)
         if self.pool_q is not None:
             q = self.pool_q(q)
-        attn = torch.matmul(1.0 / math.sqrt(self.head_dim) * q, k.transpose(2, 3))
+        attn = torch.matmul(1.0 / self.head_dim ** 0.5 * q, k.transpose(2, 3))
         if self.rel_pos_t is not None:
             attn = self.rel_pos(attn, q)
         x = torch.matmul(attn.softmax(dim=-1), v)
@@ -688,7 +681,9 @@ class SeparablePositionEmbedding(nn.Module):
 
     def __init__(self, grid: Sequence[int], channels: int, class_tokens: int) -> None:
         super().__init__()
-        self.steps, self.positions = grid[0], math.prod(grid[1:])
+        self.steps, self.positions = grid[0], 1
+        for size in grid[1:]:
+            self.positions *= size
         self.spatial_pos = nn.Parameter(torch.randn(self.positions, channels) * 0.02)
         self.temporal_pos = nn.Parameter(torch.randn(self.steps, channels) * 0.02)
         self.class_pos = nn.Parameter(torch.randn(channels) * 0.02) if class_tokens else None

@@ -77,7 +77,8 @@ class PooledAttention(Kind):
            "joined and projected (D -> D, bias). Output: the pooled q's tokens, D channels, on q's grid. MACs "
            "3NCD + D(Mq kq + 2 Mk kkv) (the pooling convs on Mq, Mk grid tokens) + 2 Nq Nk D + [D Mq (kt + kh "
            "+ kw): rel_pos] + Nq D^2. Built as torchvision's math (every product a counted op: FlopCounterMode "
-           "and fvcore count the same MACs, fvcore 5 more per element of each pooled q, k, v for its layer norm).")
+           "and fvcore count the same MACs, fvcore 5 more per element of each pooled q, k, v for its layer norm and "
+           "its einsums as numpy's einsum_path reports them, to 4 significant digits, for one clip).")
     full_rule = ("2 per MAC; the biases (3D per input token, D per output token); the pooling norms' own rule "
                  "(7 per element + 4 per token and head); 1 per element of q for the 1/sqrt(d) scale; 3 per "
                  "attention weight (softmax); with rel_pos 3 per grid weight (two additions making the term, one "
@@ -162,16 +163,22 @@ class PooledAttention(Kind):
         full = (2 * macs + 3 * d * g["n"] + d * nq + normalize_full(normed * d, normed * h, True)
                 + d * nq + 3 * h * nq * nk + (3 * h * mq * mk if a["rel_pos"] else 0)
                 + (d * mq if a["residual_pool"] else 0))
-        return Cost(params=params, macs=macs, fvcore=macs + 5 * normed * d, full=full)
+        fvcore = macs + 5 * normed * d
+        if a["rel_pos"]:
+            # fvcore counts an einsum from numpy's einsum_path report, whose "Optimized FLOP count" (2 per MAC) is
+            # printed to 4 significant digits ('%.3e'), then halved and floored: the H and W terms (T is a matmul).
+            for k in g["gk"][1:]:
+                fvcore += int(float(f"{2 * d * mq * k:.3e}") // 2) - d * mq * k
+        return Cost(params=params, macs=macs, fvcore=fvcore, full=full)
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # What the built module (archcalc.torch.modules.PooledAttention, torchvision's order of ops) keeps, measured
         # with saved_tensors_hooks (tests/test_kind_rules.py): qkv's input (for its weight); per pooled tensor the
         # conv's input (the grid's contiguous copy, M D), the norm's input (the pooled tokens with the class token)
         # and its mean and 1/std (2 per token and head); the scaled q (Nq D), the normed k and v (Nk D each), the
-        # softmax weights (h Nq Nk, kept by softmax and A V); with rel_pos the three copies of q's grid tokens the
-        # einsums and the product make (3 Mq D), and per batch the gathered table rows and their int64 indices;
-        # the joined heads (Nq D, for the projection's weight).
+        # softmax weights (h Nq Nk, kept by softmax and A V); with rel_pos what the einsums and the product over T
+        # keep of q (below), and per batch the gathered table rows and their int64 indices; the joined heads (Nq D,
+        # for the projection's weight).
         g = self.geometry(a, inp)
         d, h, m = g["d"], a["num_heads"], numel(g["grid"])
         mq = numel(g["gq"])
@@ -185,7 +192,12 @@ class PooledAttention(Kind):
             extra.append((2 * (m * d + nk * d), ACTIVATION))
             stats += 4 * h * nk
         if a["rel_pos"]:
-            extra.append((3 * mq * d, ACTIVATION))
+            # The H einsum copies q's grid tokens (Mq D). The W einsum reads q in place without a class token, the
+            # product over T where q's grid is 1 x 1 per step or, without a class token, has one step: then q's
+            # storage (Nq D, once) is kept instead of a copy (Mq D). (At batch 1 with one head both read q in place
+            # with a class token too; a per-sample figure cannot follow that: it is the larger batches'.)
+            in_place = [g["cls"] == 0, g["gq"][1] * g["gq"][2] == 1 or (g["cls"] == 0 and g["gq"][0] == 1)]
+            extra.append(((1 + in_place.count(False)) * mq * d + (nq * d if any(in_place) else 0), ACTIVATION))
         per_batch: tuple[tuple[int, int], ...] = ()
         if a["rel_pos"]:
             pairs = sum(q * k for q, k in zip(g["gq"], g["gk"]))

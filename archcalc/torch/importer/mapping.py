@@ -46,6 +46,11 @@ from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integr
 
 # Modules that only move axes: the importer follows the layout instead of mapping them (see Layout in trace.py).
 PERMUTES = ("torchvision.ops.misc.Permute",)
+# torchvision's video MViT modules, called with the tokens and their grid's size (T, H, W), returning the tokens and
+# the new grid (trace.py's `mvit`); and its fx-wrapped helper that adds a T axis to an image (a clip passes as it is).
+MVIT = ("torchvision.models.video.mvit.MultiscaleAttention", "torchvision.models.video.mvit.Pool",
+        "torchvision.models.video.mvit.PositionalEncoding")
+MVIT_UNSQUEEZE = "torchvision.models.video.mvit._unsqueeze"
 
 
 def qualname(obj: Any) -> str:
