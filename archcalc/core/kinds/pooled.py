@@ -283,6 +283,7 @@ class TokenMaxPool(Kind):
            "rank) and flattened back after the class token (a copy: torch.cat). No parameters; MACs 0.")
     full_rule = "prod(F) - 1 comparisons per output element"
     tokens = True
+    step_unfollowed = "its backward (the max pooling's through the grid's copy, the concatenation's) is not checked yet"
     args = (
         Arg("kernel_size", "ints", doc="window per grid axis", aliases=("kernel",), minimum=1),
         Arg("stride", "ints_or_none", None, "step per grid axis (default: the kernel)", minimum=1),
@@ -346,6 +347,7 @@ class SeparablePositionEmbedding(Kind):
            "FlopCounterMode count its additions as 0.")
     full_rule = "1 addition per element of the grid's tokens to make the embedding, 1 per element to add it"
     tokens = True
+    step_unfollowed = "its backward (the tables' gradients, summed over the batch and the grid) is not checked yet"
     examples = (Example(Tokens(33, 4, (2, 4, 4))), Example(Tokens(12, 3, (3, 2, 2))))
 
     def geometry(self, inp: Shape) -> tuple[int, int, int]:
