@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Container, Iterable, Iterator
@@ -131,7 +132,8 @@ def example_spec(kind: Any, ex: Any) -> tuple[list[int], list[str]]:
     args = ", ".join(f"{k}: {list(v) if isinstance(v, tuple) else v}" for k, v in ex.args.items())
     layer = f"{kind.name}: {{{args}}}"
     if isinstance(ex.input, Tokens):
-        return [ex.input[1], *ex.input.grid], ["to_tokens", layer]
+        cls = ["class_token"] if ex.input[0] == math.prod(ex.input.grid) + 1 else []  # (MViT's: pooled_attention)
+        return [ex.input[1], *ex.input.grid], ["to_tokens", *cls, layer]
     if len(ex.input) > 1:
         return list(ex.input), [layer]
     return [ex.input[0], 1], ["flatten", layer]

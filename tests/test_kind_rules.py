@@ -226,6 +226,11 @@ FULL: dict[str, Rule] = {
     "psa_attention": lambda a, i, o, m: _psa_attention(a, i, m),
     "window_attention": lambda a, i, o, m: _window_attention(a, i, m),
     "patch_merging": lambda a, i, o, m: 0,
+    "pooled_attention": lambda a, i, o, m: _pooled_attention(a, i, o, m),
+    # the tables' sum for each grid token's channels, then the addition to every token
+    "separable_pos_embed": lambda a, i, o, m: n(i.grid) * i[1] + n(i),
+    # comparisons per output element of the grid (the class token is copied)
+    "token_maxpool": lambda a, i, o, m: (o[0] - (i[0] - n(i.grid))) * o[1] * (_kernel(a, (0, *i.grid)) - 1),
 }
 
 
@@ -260,6 +265,25 @@ def _window_attention_once(a: Mapping[str, Any], i: Any) -> int:
     _, m, table, _ = _windows_of(a, i)
     h = a["num_heads"]
     return 2 * table * (2 * 512 + 512 * h) + 2 * 512 * table + 4 * h * m * m + 2 * h
+
+
+def _pooled_attention(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...], macs: int) -> int:
+    """2 per MAC; qkv's biases (3D per input token) and the projection's (D per output token); each pooled q, k, v
+    normalized (7 per element, 4 per token and head); q's scale (1 per element); softmax (3 per weight); with
+    rel_pos, 3 per weight between grid tokens (two sums making the term, one adding it); with residual_pool one
+    addition per element of q's grid tokens."""
+    cls, d, h, nq = i[0] - n(i.grid), o[1], a["num_heads"], o[0]
+    kk, sk = _tuple(a["kernel_kv"], i), _tuple(a["stride_kv"], i)
+    nk = n((w + 2 * (k // 2) - k) // s + 1 for w, k, s in zip(i.grid, kk, sk)) + cls
+    pooled_q = n(_tuple(a["kernel_q"], i)) > 1 or n(_tuple(a["stride_q"], i)) > 1
+    pooled_kv = n(kk) > 1 or n(sk) > 1
+    normed = (nq if pooled_q else 0) + (2 * nk if pooled_kv else 0)
+    return (2 * macs + 3 * d * i[0] + d * nq + 7 * normed * d + 4 * normed * h + d * nq + 3 * h * nq * nk
+            + (3 * h * (nq - cls) * (nk - cls) if a["rel_pos"] else 0) + (d * (nq - cls) if a["residual_pool"] else 0))
+
+
+def _tuple(v: Any, i: Any) -> tuple[int, ...]:
+    return tuple(v) if isinstance(v, tuple) else (v,) * len(i.grid)
 
 
 def _psa_attention(a: Mapping[str, Any], i: tuple[int, ...], macs: int) -> int:
@@ -315,9 +339,10 @@ def test_full_flops_follow_the_stated_rule(name: str, index: int) -> None:
 # Kinds whose CPU kernels hold scratch the model leaves out (backend detail, not activations): the profiler sees
 # at least the prediction. Batch norm's per-channel scale and shift, layer and group norm's statistics, LRN's and
 # mean's scalar, transposed convolution's col2im buffer, nearest 2-D upsampling's copy of its input, scalar's
-# constant wrapped as a 0-d double tensor, psa_attention's three batch norms' scale and shift.
+# constant wrapped as a 0-d double tensor, psa_attention's three batch norms' scale and shift, pooled_attention's
+# strided depthwise 3-D convolutions (what its ops make is exact: tests/test_mvit.py counts it op by op).
 SCRATCH = {"batchnorm", "layernorm", "groupnorm", "lrn", "mean", "global_avgpool", "conv_transpose", "upsample",
-           "scalar", "psa_attention"}
+           "scalar", "psa_attention", "pooled_attention"}
 PEAK_CASES = [(n, i) for n, i in CASES if math.prod(REGISTRY[n].examples[i].input) <= 100_000]
 
 

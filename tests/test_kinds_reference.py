@@ -335,6 +335,132 @@ class Attention(nn.Module):
         return self.out_proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, n, c))
 
 
+class HeadPool(nn.Module):
+    """MViT's pooling of one of q, k, v (Fan et al. 2021, section 3.1; padding kernel // 2): per head, the grid
+    tokens convolved depthwise over a head's channels (no bias), the class token left as it is, then a layer norm
+    over the head's channels of every token."""
+
+    def __init__(self, d: int, kernel: tuple[int, ...], stride: tuple[int, ...], eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(d, 1, *kernel))
+        self.norm = nn.LayerNorm(d, eps=eps)
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, ...], cls: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+        b, h, n, d = x.shape
+        conv = (F.conv1d, F.conv2d, F.conv3d)[len(grid) - 1]
+        cells = x[:, :, cls:].permute(0, 1, 3, 2).reshape(b * h, d, *grid)
+        pooled = conv(cells, self.weight, None, self.stride, [k // 2 for k in self.weight.shape[2:]], 1, d)
+        out_grid = tuple(pooled.shape[2:])
+        pooled = pooled.reshape(b, h, d, -1).permute(0, 1, 3, 2)
+        return self.norm(torch.cat([x[:, :, :cls], pooled], dim=2)), out_grid
+
+
+def _offsets(q: int, k: int) -> torch.Tensor:
+    """MViTv2 (Li et al. 2022, section 3.1): the table row of query position i and key position j along one axis,
+    with the coarser grid's positions scaled to the finer one's: i * max(k / q, 1) - j * max(q / k, 1), shifted by
+    (k - 1) * max(q / k, 1) so that the first row is 0."""
+    rows = [[round(i * max(k / q, 1) - j * max(q / k, 1) + (k - 1) * max(q / k, 1)) for j in range(k)]
+            for i in range(q)]
+    return torch.tensor(rows)
+
+
+class PooledAttention(nn.Module):
+    """Multiscale attention (Fan et al. 2021; MViTv2, Li et al. 2022): q, k, v from one linear layer, each pooled
+    (HeadPool), per head softmax(Q K^T / sqrt(d) + the decomposed relative position term) V, plus the pooled q
+    on the grid tokens (residual pooling), the heads joined and projected."""
+
+    def __init__(self, a: dict[str, Any], s: Any) -> None:
+        super().__init__()
+        c, grid = s[1], tuple(s.grid)
+        self.cls = s[0] - math.prod(grid)
+        self.dim = a["output_dim"] or c
+        self.heads = a["num_heads"]
+        d = self.dim // self.heads
+        rank = len(grid)
+
+        def axes(v: Any) -> tuple[int, ...]:
+            return tuple(v) if isinstance(v, tuple) else (v,) * rank
+
+        def out(kernel: Any, stride: Any) -> tuple[int, ...]:
+            return tuple((w + 2 * (k // 2) - k) // st + 1 for w, k, st in zip(grid, axes(kernel), axes(stride)))
+
+        self.grid, self.a = grid, a
+        gq, gk = out(a["kernel_q"], a["stride_q"]), out(a["kernel_kv"], a["stride_kv"])
+        if a["rel_pos"]:
+            self.rel_t = nn.Parameter(torch.randn(2 * max(gq[0], gk[0]) - 1, d))
+            self.rel_h = nn.Parameter(torch.randn(2 * max(gq[1], gk[1]) - 1, d))
+            self.rel_w = nn.Parameter(torch.randn(2 * max(gq[2], gk[2]) - 1, d))
+        self.qkv = nn.Linear(c, 3 * self.dim)
+        self.proj = nn.Linear(self.dim, self.dim)
+
+        def pool(kernel: Any, stride: Any) -> HeadPool | None:
+            if math.prod(axes(kernel)) == 1 and math.prod(axes(stride)) == 1:
+                return None
+            return HeadPool(d, axes(kernel), axes(stride), a["eps"])
+
+        self.pool_q = pool(a["kernel_q"], a["stride_q"])
+        self.pool_k = pool(a["kernel_kv"], a["stride_kv"])
+        self.pool_v = pool(a["kernel_kv"], a["stride_kv"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        h, d, cls = self.heads, self.dim // self.heads, self.cls
+        q, k, v = (t.reshape(b, n, h, d).transpose(1, 2) for t in self.qkv(x).split(self.dim, dim=-1))
+        gq = gk = self.grid
+        if self.pool_k is not None and self.pool_v is not None:
+            (k, gk), (v, _) = self.pool_k(k, self.grid, cls), self.pool_v(v, self.grid, cls)
+        if self.pool_q is not None:
+            q, gq = self.pool_q(q, self.grid, cls)
+        scores = torch.matmul(q / math.sqrt(d), k.transpose(-1, -2))
+        if self.a["rel_pos"]:
+            (qt, qh, qw), (kt, kh, kw) = gq, gk
+            rq = q[:, :, cls:].reshape(b, h, qt, qh, qw, d)
+            on_t = torch.einsum("bntijd,tsd->bntijs", rq, self.rel_t[_offsets(qt, kt)])
+            on_h = torch.einsum("bntijd,isd->bntijs", rq, self.rel_h[_offsets(qh, kh)])
+            on_w = torch.einsum("bntijd,jsd->bntijs", rq, self.rel_w[_offsets(qw, kw)])
+            term = (on_t[..., :, None, None] + on_h[..., None, :, None] + on_w[..., None, None, :])
+            scores = scores.clone()
+            scores[:, :, cls:, cls:] = scores[:, :, cls:, cls:] + term.reshape(b, h, qt * qh * qw, kt * kh * kw)
+        y = torch.matmul(torch.softmax(scores, dim=-1), v)
+        if self.a["residual_pool"]:
+            y = torch.cat([y[:, :, :cls], y[:, :, cls:] + q[:, :, cls:]], dim=2)
+        return self.proj(y.transpose(1, 2).reshape(b, -1, self.dim))
+
+
+class TokenMaxPool(nn.Module):
+    """Max pooling of the grid tokens (nn.MaxPool by the grid's rank), the class token put back first."""
+
+    def __init__(self, a: dict[str, Any], s: Any) -> None:
+        super().__init__()
+        self.grid, self.cls = tuple(s.grid), s[0] - math.prod(s.grid)
+        pool = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)[len(self.grid) - 1]
+        self.pool = pool(a["kernel_size"], a["stride"], a["padding"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, c = x.shape
+        grid = self.pool(x[:, self.cls:].transpose(1, 2).reshape(b, c, *self.grid))
+        return torch.cat([x[:, :self.cls], grid.flatten(2).transpose(1, 2)], dim=1)
+
+
+class SeparablePositions(nn.Module):
+    """MViT's position embedding (Fan et al. 2021, sec. 4.1): token (t, p) of the T x P grid gets temporal[t] +
+    spatial[p]; the class token its own vector."""
+
+    def __init__(self, s: Any) -> None:
+        super().__init__()
+        t, p = s.grid[0], math.prod(s.grid[1:])
+        self.spatial = nn.Parameter(torch.randn(p, s[1]))
+        self.temporal = nn.Parameter(torch.randn(t, s[1]))
+        self.cls = nn.Parameter(torch.randn(s[1])) if s[0] > t * p else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        table = (self.temporal[:, None, :] + self.spatial[None, :, :]).flatten(0, 1)
+        if self.cls is not None:
+            table = torch.cat([self.cls[None], table])
+        return x + table
+
+
 class Tokenized(nn.Module):
     """A learned tensor of the given shape, put before the tokens (a class token) or added to them."""
 
@@ -539,6 +665,9 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "pos_embed": lambda a, s: Tokenized((1, *s), first=False),
     "take_token": lambda a, s: Lambda(lambda x: x[:, a["index"]]),
     "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"]),
+    "pooled_attention": PooledAttention,
+    "token_maxpool": TokenMaxPool,
+    "separable_pos_embed": lambda a, s: SeparablePositions(s),
     "leaky_relu": lambda a, s: nn.LeakyReLU(a["negative_slope"]),
     "linear": _linear,
     "lrn": lambda a, s: nn.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"]),

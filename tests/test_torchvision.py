@@ -32,6 +32,7 @@ EVAL_WITHOUT_AUX = {"inception_v3"}
 DONE = MODELS
 VITS = sorted(k for k in json.loads((DATA / "torchvision_vit.json").read_text(encoding="utf-8")) if k != "versions")
 SWINS = sorted(k for k in json.loads((DATA / "torchvision_swin.json").read_text(encoding="utf-8")) if k != "versions")
+MVITS = sorted(k for k in json.loads((DATA / "torchvision_mvit.json").read_text(encoding="utf-8")) if k != "versions")
 SEGMENTATION = [m for m in DONE if PUBLISHED[m]["family"] == "segmentation"]
 WITH_AUX = [m for m in SEGMENTATION if "params_without_aux" in MEASURED[m]]
 
@@ -59,8 +60,10 @@ def test_the_data_files_agree_with_each_other() -> None:
 
 def test_every_model_has_a_spec() -> None:
     assert [m for m in MODELS if f"torchvision/{m}" not in SPECS] == []
-    # the CNNs here; the vision transformers in tests/test_tokens.py (tests/data/torchvision_vit.json)
-    assert {n for n in SPECS if n.startswith("torchvision/")} == {f"torchvision/{m}" for m in [*MODELS, *VITS]}
+    # the CNNs here; the vision transformers in tests/test_tokens.py (tests/data/torchvision_vit.json), the Swins in
+    # tests/test_swin.py (torchvision_swin.json), the video MViTs in tests/test_mvit.py (torchvision_mvit.json)
+    assert {n for n in SPECS if n.startswith("torchvision/")} == {f"torchvision/{m}" for m in [*MODELS, *VITS,
+                                                                                              *SWINS, *MVITS]}
 
 
 @pytest.mark.parametrize("name", DONE)
@@ -152,8 +155,8 @@ FAMILIES = {
     "squeezenet": ["squeezenet"], "densenet": ["densenet"], "googlenet": ["googlenet"],
     "inception": ["inception"], "mobilenet": ["mobilenet"], "mnasnet": ["mnasnet"], "shufflenet": ["shufflenet"],
     "efficientnet": ["efficientnet"], "regnet": ["regnet"], "convnext": ["convnext"],
-    "video": ["r3d", "mc3", "r2plus1d", "s3d"], "segmentation": ["fcn", "deeplabv3", "lraspp"], "vit": ["vit_"],
-    "swin": ["swin_"],
+    "video": ["r3d", "mc3", "r2plus1d", "s3d", "mvit"], "segmentation": ["fcn", "deeplabv3", "lraspp"],
+    "vit": ["vit_"], "swin": ["swin_"],
 }
 
 
@@ -161,7 +164,7 @@ def test_zoo_groups_torchvision_by_family() -> None:
     result = CliRunner().invoke(app, ["zoo", "--format", "json"])
     assert result.exit_code == 0, result.output
     entries = [e for e in json.loads(result.output) if e["name"].startswith("torchvision/")]
-    assert {e["name"].removeprefix("torchvision/") for e in entries} == set(DONE) | set(VITS) | set(SWINS)
+    assert {e["name"].removeprefix("torchvision/") for e in entries} == {*DONE, *VITS, *SWINS, *MVITS}
     for e in entries:
         model = e["name"].removeprefix("torchvision/")
         prefixes = FAMILIES[e["family"]]

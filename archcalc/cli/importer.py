@@ -42,14 +42,14 @@ def import_model(
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
 ) -> None:
     """Trace a PyTorch model with torch.fx and write its archcalc spec (every module and op mapped to a kind)."""
-    from archcalc.torch.importer import from_module, load_model, parse_kwargs
+    from archcalc.torch.importer import exported_input, from_module, load_model, parse_kwargs
 
     if output is not None and output_exists(output) and not force:
         raise ArchcalcError(f"{output} exists; use --force to overwrite it")
     module, default_name = load_model(model, parse_kwargs(kwargs))
     shape = input_override(input)
     if shape is None:
-        shape = _exported_input(module, model)
+        shape = exported_input(module, model)
     imported = from_module(module, shape, name=name or default_name, allow_unknown=allow_unknown,
                            source=f"archcalc import {model}", blocks=not flat)
     console = err_console()
@@ -67,25 +67,6 @@ def import_model(
     except OSError as exc:
         raise ArchcalcError(f"cannot write {output}: {exc}") from None
     console.print(f"wrote {output}", markup=False)
-
-
-def _exported_input(module: object, model: str) -> tuple[int, ...]:
-    """The INPUT_SHAPE of the file or package MODEL names, or of the module defining the model's class."""
-    import sys
-
-    target = model.partition(":")[0]
-    sources = [sys.modules.get(type(module).__module__)]
-    if target.endswith(".py"):
-        path = Path(target).resolve()
-        sources += [m for m in list(sys.modules.values())
-                    if isinstance(getattr(m, "__file__", None), str) and Path(m.__file__).resolve() == path]
-    else:
-        sources.append(sys.modules.get(target))
-    for source in sources:
-        shape = getattr(source, "INPUT_SHAPE", None)
-        if isinstance(shape, tuple) and shape and all(isinstance(s, int) for s in shape):
-            return shape
-    raise ArchcalcError(f"{model}: give the input with --input (e.g. --input 3x224x224)")
 
 
 def _source_file(module: object) -> str | None:

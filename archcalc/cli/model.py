@@ -58,15 +58,14 @@ _MODEL_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 def _validate_model(ref: str, device: Device, batch: int, dtype: object, input: str | None, kwargs: str | None,
                     sets: list[str] | None, input_requires_grad: bool) -> Validation:
-    from archcalc.cli.importer import _exported_input
-    from archcalc.torch.importer import load_model, parse_kwargs
+    from archcalc.torch.importer import exported_input, load_model, parse_kwargs
     from archcalc.torch.validate_model import validate_model
 
     if device is not Device.cpu or dtype != RUN_F32 or sets or input_requires_grad:
         raise ArchcalcError(f"{ref}: a PyTorch model is validated on the CPU in float32, without --set or "
                             "--input-requires-grad (those apply to a spec: `archcalc import` writes one)")
     module, name = load_model(ref, parse_kwargs(kwargs), meta=False)
-    shape = input_override(input) or _exported_input(module, ref)
+    shape = input_override(input) or exported_input(module, ref)
     return validate_model(module, shape, name, batch)
 
 

@@ -689,3 +689,141 @@ class PatchMerging(nn.Module):
 
     def extra_repr(self) -> str:
         return f"grid={self.grid}"
+
+
+class GridPool(nn.Module):
+    """Pools B x N x C tokens (or B x heads x N x d) on their grid, the class tokens first kept out and put back
+    (MViT's Pool): a depthwise conv without bias and a layer norm over the channels after it (`conv`), or a max pool
+    (`max`). The tokens are laid out as a (B heads) x C x grid tensor (a contiguous copy), pooled, and flattened
+    back."""
+
+    def __init__(self, channels: int, grid: Sequence[int], class_tokens: int, kernel: Sequence[int],
+                 stride: Sequence[int], padding: Sequence[int], mode: str = "conv", eps: float = 1e-5) -> None:
+        super().__init__()
+        self.grid = tuple(grid)
+        self.cls = class_tokens
+        self.kernel, self.stride, self.padding = tuple(kernel), tuple(stride), tuple(padding)
+        rank = len(self.grid)
+        self.pool: nn.Module
+        if mode == "conv":
+            conv: Any = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[rank - 1]
+            self.pool = conv(channels, channels, tuple(kernel), stride=tuple(stride), padding=tuple(padding),
+                             groups=channels, bias=False)
+            self.norm: nn.Module | None = nn.LayerNorm(channels, eps=eps)
+        else:
+            pool: Any = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)[rank - 1]
+            self.pool = pool(tuple(kernel), stride=tuple(stride), padding=tuple(padding))
+            self.norm = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.dim() == 3
+        if tokens:
+            x = x.unsqueeze(1)
+        first, rest = torch.tensor_split(x, (self.cls,), dim=2)
+        b, h, _, c = rest.shape
+        grid = self.pool(rest.transpose(2, 3).reshape(b * h, c, *self.grid).contiguous())
+        x = torch.cat((first, grid.reshape(b, h, c, -1).transpose(2, 3)), dim=2)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x.squeeze(1) if tokens else x
+
+
+class PooledAttention(nn.Module):
+    """MViT's multiscale attention over B x N x C tokens on a grid: qkv, q, k and v each pooled on the grid
+    (GridPool: a depthwise conv and a layer norm per head's channels), Q K^T / sqrt(d) (with MViTv2's decomposed
+    relative positions), softmax, A V (plus the pooled q: residual pooling), heads joined and projected. Every
+    product an op FlopCounterMode and fvcore count; the order of ops is torchvision's MultiscaleAttention's, so the
+    memory measured on it is the real model's."""
+
+    def __init__(self, embed_dim: int, output_dim: int, num_heads: int, grid: Sequence[int], class_tokens: int,
+                 kernel_q: Sequence[int], stride_q: Sequence[int], kernel_kv: Sequence[int],
+                 stride_kv: Sequence[int], pool_q: nn.Module | None, pool_k: nn.Module | None,
+                 pool_v: nn.Module | None, residual_pool: bool, rel_rows: Sequence[int] | None,
+                 grid_q: Sequence[int], grid_kv: Sequence[int], eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.output_dim = output_dim
+        self.kernel_q, self.stride_q = tuple(kernel_q), tuple(stride_q)
+        self.kernel_kv, self.stride_kv = tuple(kernel_kv), tuple(stride_kv)
+        self.eps = eps
+        self.head_dim = output_dim // num_heads
+        self.cls = class_tokens
+        self.residual_pool = residual_pool
+        self.grid_q, self.grid_kv = tuple(grid_q), tuple(grid_kv)
+        self.qkv = nn.Linear(embed_dim, 3 * output_dim)
+        self.project = nn.Linear(output_dim, output_dim)
+        d = self.head_dim
+        self.pool_q, self.pool_k, self.pool_v = pool_q, pool_k, pool_v  # GridPool: conv and norm, or None
+        self.rel_pos_t: nn.Parameter | None = None
+        self.rel_pos_h: nn.Parameter | None = None
+        self.rel_pos_w: nn.Parameter | None = None
+        if rel_rows is not None:
+            t, h, w = rel_rows
+            self.rel_pos_t = nn.Parameter(torch.randn(t, d) * 0.02)
+            self.rel_pos_h = nn.Parameter(torch.randn(h, d) * 0.02)
+            self.rel_pos_w = nn.Parameter(torch.randn(w, d) * 0.02)
+
+    @staticmethod
+    def rel_index(q: int, k: int) -> torch.Tensor:
+        """Rows of a relative position table for each (query, key) position pair along one axis: the distance
+        scaled to the finer of the two grids, shifted to start at 0 (MViTv2, Li et al. 2022, eq. 4)."""
+        q_ratio, k_ratio = max(k / q, 1.0), max(q / k, 1.0)
+        return (torch.arange(q)[:, None] * q_ratio - (torch.arange(k)[None, :] + (1.0 - k)) * k_ratio).long()
+
+    def rel_pos(self, attn: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Add q's dot products with the tables' rows for each axis' distance, per (query, key) pair of the grid
+        tokens: einsums over H and W, a batched product over T (as torchvision writes them)."""
+        assert self.rel_pos_t is not None and self.rel_pos_h is not None and self.rel_pos_w is not None
+        (qt, qh, qw), (kt, kh, kw) = self.grid_q, self.grid_kv
+        rt = self.rel_pos_t[self.rel_index(qt, kt).to(q.device)]
+        rh = self.rel_pos_h[self.rel_index(qh, kh).to(q.device)]
+        rw = self.rel_pos_w[self.rel_index(qw, kw).to(q.device)]
+        b, heads, _, d = q.shape
+        r_q = q[:, :, self.cls:].reshape(b, heads, qt, qh, qw, d)
+        on_h = torch.einsum("bythwc,hkc->bythwk", r_q, rh)
+        on_w = torch.einsum("bythwc,wkc->bythwk", r_q, rw)
+        r_q = r_q.permute(2, 0, 1, 3, 4, 5).reshape(qt, b * heads * qh * qw, d)
+        on_t = torch.matmul(r_q, rt.transpose(1, 2)).transpose(0, 1)
+        on_t = on_t.view(b, heads, qh, qw, qt, kt).permute(0, 1, 4, 2, 3, 5)
+        terms = (on_h[:, :, :, :, :, None, :, None] + on_w[:, :, :, :, :, None, None, :]
+                 + on_t[:, :, :, :, :, :, None, None]).reshape(b, heads, qt * qh * qw, kt * kh * kw)
+        attn[:, :, self.cls:, self.cls:] += terms
+        return attn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).transpose(1, 3).unbind(dim=2)
+        if self.pool_k is not None and self.pool_v is not None:
+            k, v = self.pool_k(k), self.pool_v(v)
+        if self.pool_q is not None:
+            q = self.pool_q(q)
+        attn = torch.matmul(1.0 / self.head_dim ** 0.5 * q, k.transpose(2, 3))
+        if self.rel_pos_t is not None:
+            attn = self.rel_pos(attn, q)
+        x = torch.matmul(attn.softmax(dim=-1), v)
+        if self.residual_pool:
+            x[:, :, self.cls:, :] += q[:, :, self.cls:, :]
+        return self.project(x.transpose(1, 2).reshape(b, -1, self.output_dim))
+
+
+class SeparablePositionEmbedding(nn.Module):
+    """MViT's spatio-temporal position embedding: a T x C table repeated over the H W positions of each step plus
+    an H W x C table repeated over the T steps, after a C-vector for the class token (if any); added to the tokens
+    (torchvision's PositionalEncoding, out of place)."""
+
+    def __init__(self, grid: Sequence[int], channels: int, class_tokens: int) -> None:
+        super().__init__()
+        self.steps, self.positions = grid[0], 1
+        for size in grid[1:]:
+            self.positions *= size
+        self.spatial_pos = nn.Parameter(torch.randn(self.positions, channels) * 0.02)
+        self.temporal_pos = nn.Parameter(torch.randn(self.steps, channels) * 0.02)
+        self.class_pos = nn.Parameter(torch.randn(channels) * 0.02) if class_tokens else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.spatial_pos.shape[1]
+        pos = torch.repeat_interleave(self.temporal_pos, self.positions, dim=0)
+        pos.add_(self.spatial_pos.unsqueeze(0).expand(self.steps, -1, -1).reshape(-1, c))
+        if self.class_pos is not None:
+            pos = torch.cat((self.class_pos.unsqueeze(0), pos), dim=0)
+        return x + pos.unsqueeze(0)

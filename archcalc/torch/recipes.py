@@ -317,6 +317,37 @@ def _two(value: Any) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
+@recipe("pooled_attention")
+def _pooled_attention(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    g = kind.geometry(a, inp)
+
+    def pool(kernel: tuple[int, ...], stride: tuple[int, ...]) -> Call:
+        return call(modules.GridPool, channels=g["head"], grid=g["grid"], class_tokens=g["cls"], kernel=kernel,
+                    stride=stride, padding=tuple(k // 2 for k in kernel), mode="conv", eps=a["eps"])
+
+    kv = g["pkv"]
+    return call(modules.PooledAttention, embed_dim=g["c"], output_dim=g["d"], num_heads=a["num_heads"],
+                grid=g["grid"], class_tokens=g["cls"], kernel_q=g["kq"], stride_q=g["sq"], kernel_kv=g["kk"],
+                stride_kv=g["sk"], pool_q=pool(g["kq"], g["sq"]) if g["pq"] else None,
+                pool_k=pool(g["kk"], g["sk"]) if kv else None, pool_v=pool(g["kk"], g["sk"]) if kv else None,
+                residual_pool=a["residual_pool"], rel_rows=kind.rel_rows(g) if a["rel_pos"] else None,
+                grid_q=g["gq"], grid_kv=g["gk"], eps=a["eps"])
+
+
+@recipe("token_maxpool")
+def _token_maxpool(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    k, s, p, _ = kind.geometry(a, inp)
+    grid = tuple(inp.grid)  # type: ignore[attr-defined]
+    return call(modules.GridPool, channels=inp[1], grid=grid, class_tokens=inp[0] - numel(grid), kernel=k, stride=s,
+                padding=p, mode="max")
+
+
+@recipe("separable_pos_embed")
+def _separable_pos_embed(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    grid = tuple(inp.grid)  # type: ignore[attr-defined]
+    return call(modules.SeparablePositionEmbedding, grid=grid, channels=inp[1], class_tokens=inp[0] - numel(grid))
+
+
 @recipe("crop")
 def _crop(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.CenterCrop, offsets=kind.offsets(a, inp), sizes=kind.sizes(a, inp))
@@ -706,6 +737,22 @@ reads("window_attention", lambda m, inp: Mapped("window_attention", {
     "num_heads": int(m.num_heads), "window_size": _tup(m.window_size), "shift_size": _tup(m.shift_size),
     "bias": m.qkv.bias is not None, "v2": bool(m.v2)}), modules.WindowAttention)
 reads("patch_merging", lambda m, inp: Mapped("patch_merging", {}), modules.PatchMerging)
+reads("pooled_attention", lambda m, inp: Mapped("pooled_attention", {
+    "num_heads": int(m.num_heads), "output_dim": int(m.output_dim), "kernel_q": _tup(m.kernel_q),
+    "stride_q": _tup(m.stride_q), "kernel_kv": _tup(m.kernel_kv), "stride_kv": _tup(m.stride_kv),
+    "residual_pool": bool(m.residual_pool), "rel_pos": m.rel_pos_t is not None, "eps": float(m.eps)}),
+    modules.PooledAttention)
+
+
+def _read_grid_pool(m: Any, inp: tuple[int, ...]) -> Mapped:
+    if m.norm is not None:  # (a conv pool exists inside PooledAttention only, which is read whole)
+        raise Unmapped("a GridPool with a conv and a norm is part of pooled_attention, not a kind of its own")
+    return Mapped("token_maxpool", {"kernel_size": _tup(m.kernel), "stride": _tup(m.stride),
+                                    "padding": _tup(m.padding)})
+
+
+reads("token_maxpool", _read_grid_pool, modules.GridPool)
+reads("separable_pos_embed", lambda m, inp: Mapped("separable_pos_embed", {}), modules.SeparablePositionEmbedding)
 # nn.MultiheadAttention as self-attention: its call, m(x, x, x, need_weights=False), is read by the importer
 # (archcalc.torch.importer.trace: the module returns a pair); this rule makes it a leaf of the trace.
 reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
@@ -760,8 +807,68 @@ def _read_swin_attention(m: Any, inp: tuple[int, ...]) -> Mapped:
                                        "shift_size": tuple(int(s) for s in m.shift_size), "bias": bias, "v2": v2})
 
 
+def _mvit_pool(pool: Any, what: str) -> tuple[Any, Any, float]:
+    """The kernel, stride and eps of torchvision's MViT Pool of q, k or v: a depthwise Conv3d without bias,
+    padding kernel // 2, then a LayerNorm (affine, with bias) over its channels after the class token is put back;
+    anything else is refused."""
+    conv, norm = pool.pool, pool.norm_act
+    layers = list(norm) if isinstance(norm, nn.Sequential) else []
+    if not (isinstance(conv, nn.Conv3d) and conv.groups == conv.in_channels == conv.out_channels
+            and conv.bias is None and tuple(conv.dilation) == (1, 1, 1)
+            and tuple(conv.padding) == tuple(k // 2 for k in conv.kernel_size)):
+        raise Unmapped(f"its pool_{what} is not a depthwise Conv3d without bias padded by kernel // 2 (archcalc's "
+                       "pooled_attention)")
+    if pool.norm_before_pool or len(layers) != 1 or not isinstance(layers[0], nn.LayerNorm) \
+            or not layers[0].elementwise_affine or layers[0].bias is None:
+        raise Unmapped(f"its pool_{what} is not followed by an affine LayerNorm alone (archcalc's pooled_attention)")
+    return tuple(int(k) for k in conv.kernel_size), tuple(int(v) for v in conv.stride), float(layers[0].eps)
+
+
+def read_multiscale_attention(m: Any, inp: tuple[int, ...]) -> Mapped:
+    """torchvision's MViT MultiscaleAttention (video/mvit.py) as pooled_attention: q, k, v pooled by depthwise
+    convs and layer norms, the heads' products, MViTv2's relative positions and residual pooling."""
+    project = list(m.project)
+    if not (len(project) == 1 and isinstance(project[0], nn.Linear) and project[0].bias is not None
+            and m.qkv.bias is not None):
+        raise Unmapped("a MultiscaleAttention with attention dropout or without biases is not archcalc's "
+                       "pooled_attention")
+    if m.pool_k is None or m.pool_v is None:
+        raise Unmapped("a MultiscaleAttention whose k and v are not pooled: archcalc's pooled_attention pools them")
+    if m.residual_pool and m.residual_with_cls_embed:
+        raise Unmapped("residual pooling that adds q's class token too (residual_with_cls_embed) is not archcalc's "
+                       "pooled_attention, which leaves the class token out")
+    kk, sk, eps = _mvit_pool(m.pool_k, "k")
+    if _mvit_pool(m.pool_v, "v") != (kk, sk, eps):
+        raise Unmapped("its pool_k and pool_v differ: archcalc's pooled_attention pools k and v alike")
+    kq: Any = 1
+    sq: Any = 1
+    if m.pool_q is not None:
+        kq, sq, eps_q = _mvit_pool(m.pool_q, "q")
+        if eps_q != eps:
+            raise Unmapped("its pools' layer norms have different eps")
+    return Mapped("pooled_attention", {
+        "num_heads": int(m.num_heads), "output_dim": int(m.output_dim), "kernel_q": _tup(kq), "stride_q": _tup(sq),
+        "kernel_kv": _tup(kk), "stride_kv": _tup(sk), "residual_pool": bool(m.residual_pool),
+        "rel_pos": m.rel_pos_h is not None, "eps": eps})
+
+
+def read_mvit_pool(m: Any, inp: tuple[int, ...]) -> Mapped:
+    """torchvision's MViT Pool of a block's shortcut (pool_skip: a MaxPool3d alone) as token_maxpool."""
+    pool = m.pool
+    if m.norm_act is not None or not isinstance(pool, nn.MaxPool3d) or pool.ceil_mode or pool.return_indices \
+            or _tup(pool.dilation) != 1:
+        raise Unmapped("an MViT Pool other than a MaxPool3d alone (archcalc's token_maxpool)")
+    return Mapped("token_maxpool", {"kernel_size": _tup(pool.kernel_size), "stride": _tup(pool.stride),
+                                    "padding": _tup(pool.padding)})
+
+
 # Classes of other libraries, by qualified name: matched when the library is imported (archcalc never imports it).
 NAMED_MODULES: dict[str, ModuleRule] = {
+    # torchvision's video MViT: the importer calls them with the grid's size and reads back (x, grid) pairs
+    # (archcalc.torch.importer.trace); PositionalEncoding is class_token and, in MViTv1, separable_pos_embed.
+    "torchvision.models.video.mvit.MultiscaleAttention": read_multiscale_attention,
+    "torchvision.models.video.mvit.Pool": read_mvit_pool,
+    "torchvision.models.video.mvit.PositionalEncoding": lambda m, inp: Mapped("class_token", {}),
     "torchvision.models.convnext.LayerNorm2d": _read_channel_layernorm,
     "torchvision.ops.stochastic_depth.StochasticDepth": _generic_module(REGISTRY["stochastic_depth"]),
     "torchvision.models.swin_transformer.ShiftedWindowAttention": _read_swin_attention,

@@ -8,6 +8,7 @@ from archcalc.core.kinds import (  # noqa: F401  (registration)
     modern,
     norm,
     pool,
+    pooled,
     resize,
     tokens,
     windows,

@@ -20,7 +20,7 @@ from archcalc.core.spec import Spec, parse_spec
 from archcalc.torch.importer.trace import ImportFailure, trace_module
 from archcalc.torch.importer.write import write_spec
 
-__all__ = ["ImportFailure", "Imported", "from_module", "load_model"]
+__all__ = ["ImportFailure", "Imported", "exported_input", "from_module", "load_model"]
 
 
 class Imported(NamedTuple):
@@ -114,6 +114,23 @@ def load_model(ref: str, kwargs: Mapping[str, Any] | None = None, meta: bool = T
     if kwargs.get("model_name") and isinstance(kwargs["model_name"], str):
         name = kwargs["model_name"]
     return model, name
+
+
+def exported_input(module: object, model: str) -> tuple[int, ...]:
+    """The INPUT_SHAPE of the file or package MODEL names, or of the module defining the model's class."""
+    target = model.partition(":")[0]
+    sources = [sys.modules.get(type(module).__module__)]
+    if target.endswith(".py"):
+        path = Path(target).resolve()
+        sources += [m for m in list(sys.modules.values())
+                    if isinstance(getattr(m, "__file__", None), str) and Path(m.__file__).resolve() == path]
+    else:
+        sources.append(sys.modules.get(target))
+    for source in sources:
+        shape = getattr(source, "INPUT_SHAPE", None)
+        if isinstance(shape, tuple) and shape and all(isinstance(s, int) for s in shape):
+            return shape
+    raise ArchcalcError(f"{model}: give the input with --input (e.g. --input 3x224x224)")
 
 
 def parse_kwargs(text: str | None) -> dict[str, Any]:

@@ -742,6 +742,10 @@ class _Converter:
             pair = sorted(int(d) % 3 for d in args[1:])
             return self.permute(node, args[0], (0, 2, 1) if pair == [1, 2] else (0, 1, 2))
         fn: Any = target
+        if mapping.qualname(fn) == mapping.MVIT_UNSQUEEZE:  # MViT's _unsqueeze(x, 5, 2): a clip passes as it is
+            if not (isinstance(args[0], _Tensor) and isinstance(value, tuple) and value[1] == len(value[0].shape)):
+                raise Unmapped("torchvision's MViT on an image: archcalc imports it on a clip (C x T x H x W)")
+            return (args[0], value[1])
         entry = mapping.METHODS.get(method) if method else (mapping.FUNCTIONS.get(fn) or self.named_functions.get(fn))
         if entry is None:
             raise Unmapped("it has no archcalc kind")
@@ -1118,6 +1122,8 @@ class _Converter:
         args = [self.arg(a) for a in node.args]
         if isinstance(m, nn.MultiheadAttention):
             return self.attention(node, m, args, {k: self.arg(v) for k, v in node.kwargs.items()})
+        if mapping.qualname(type(m)) in mapping.MVIT:
+            return self.mvit(node, m, args)
         if len(args) != 1 or node.kwargs or not isinstance(args[0], _Tensor):
             raise Unmapped("a module call with other than one tensor argument")
         x = args[0]
@@ -1156,6 +1162,53 @@ class _Converter:
         out = self.emit(node, str(node.target).rsplit(".", 1)[-1], "self_attention", None, mapped.args, [q],
                         fixed=True, shape=q.shape)
         return (out, None)
+
+    def mvit(self, node: fx.Node, m: nn.Module, args: list[Any]) -> Any:
+        """torchvision's video MViT modules (mapping.MVIT): PositionalEncoding(x) is class_token and, with its
+        tables (MViTv1), separable_pos_embed; MultiscaleAttention(x, thw) and Pool(x, thw) return the tokens and
+        their new grid's size: pooled_attention and token_maxpool, on the tokens' own grid."""
+        x = args[0] if args else None
+        if not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or node.kwargs:
+            raise Unmapped("an MViT module on a tensor that is not a token sequence (N x C)")
+        n, c = x.shape
+        grid = x.shape.grid
+        trainable = not list(m.parameters()) or any(p.requires_grad for p in m.parameters())
+        if type(m).__name__ == "PositionalEncoding":
+            tables: Any = m
+            if len(args) != 1 or tuple(tables.class_token.shape) != (c,):
+                raise Unmapped("an MViT PositionalEncoding called with other than the tokens, or of other channels")
+            out = self.emit(node, "class_token", "class_token", None, {}, [x], True, shape=Tokens(n + 1, c, grid),
+                            trainable=trainable)
+            if tables.spatial_pos is not None:
+                if len(grid) != 3 or n != math.prod(grid) or tuple(tables.spatial_pos.shape) != (
+                        grid[1] * grid[2], c) or tuple(tables.temporal_pos.shape) != (grid[0], c):
+                    raise Unmapped("an MViT PositionalEncoding whose tables do not fit the tokens' T x H x W grid")
+                out = self.emit(node, "pos", "separable_pos_embed", None, {}, [out], True, shape=out.shape,
+                                trainable=trainable)
+            return out
+        if len(args) != 2 or not isinstance(args[1], (tuple, list)) or tuple(args[1]) != tuple(grid):
+            raise Unmapped("an MViT module called with other than the tokens and their grid's size")
+        rule = mapping.module_rule(m)
+        assert rule is not None
+        mapped = rule(m, x.shape)
+        kind = REGISTRY[mapped.kind]
+        full = {a.name: mapped.args.get(a.name, a.default) for a in kind.args}
+        shape: Any
+        try:
+            shape = kind.output(full, x.shape, lambda message: None)
+            params = kind.cost(full, x.shape, shape).params
+        except LayerError as exc:
+            raise Unmapped(f"archcalc's {mapped.kind} refuses it: {exc}") from None
+        value = self.values[node][0]
+        if (1, *shape) != tuple(int(v) for v in value.shape) or tuple(self.values[node][1]) != shape.grid:
+            raise Unmapped(f"its output ({list(value.shape[1:])}) is not the {list(shape)} of archcalc's "
+                           f"{mapped.kind}")
+        if sum(p.numel() for p in m.parameters()) != params:
+            raise Unmapped(f"its parameters are not the {params:,} of archcalc's {mapped.kind} (relative position "
+                           "tables sized for another input are interpolated at run time)")
+        out = self.emit(node, str(node.target).rsplit(".", 1)[-1], mapped.kind, None, mapped.args, [x], True,
+                        shape=shape, trainable=trainable)
+        return (out, tuple(shape.grid))
 
     def permute(self, node: fx.Node, x: Any, dims: tuple[int, ...]) -> _Tensor | _Blocks:
         if isinstance(x, _Flat):
