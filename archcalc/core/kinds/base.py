@@ -159,6 +159,15 @@ class Saved(NamedTuple):
     extra_for_params: tuple[tuple[int, int], ...] = ()
 
 
+class BackwardMoment(NamedTuple):
+    """One moment of a composite layer's backward (`Kind.backward_moments`), what is alive beyond the bytes alive
+    as its backward begins (its output's gradient, its saved tensors and its input among them)."""
+
+    elements: int  # per sample, in the activation dtype: intermediate gradients made less saved tensors freed
+    params: int = 0  # parameter elements whose gradients (kept: they become .grad) exist by then
+    output_grad_freed: bool = False  # its output's gradient has been freed (when nothing else holds it)
+
+
 class Example(NamedTuple):
     input: Shape
     args: Mapping[str, object] = MappingProxyType({})
@@ -316,6 +325,15 @@ class Kind:
         made from it, as `transient` (freed before it is done): a kernel that always returns every gradient, each
         at full size (PReLU's _prelu_kernel_backward: the input's gradient even when `input_grad` is false, the
         weight's unreduced), the parameters' gradients reduced from them afterwards. None by default."""
+        return ()
+
+    def backward_moments(self, a: Mapping[str, Any], inp: Shape, out: Shape, input_grad: bool,
+                         params_grad: bool) -> tuple[BackwardMoment, ...]:
+        """A composite's backward, node by node, as the moments its memory peaks at (measured: each kind says
+        how), in place of the single-kernel rule (all parameters' gradients and the input's at once, beside
+        `backward_transient`); the input's gradient is then counted at the last moment only if `input_grad`.
+        After it, as for any layer, its saved tensors and its output's gradient are freed and its input's
+        gradient and parameters' gradients are alive. () for the single-kernel rule."""
         return ()
 
     def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),

@@ -15,6 +15,7 @@ from typing import Any
 from archcalc.core.kinds.base import (
     ACTIVATION,
     Arg,
+    BackwardMoment,
     Cost,
     Example,
     Kind,
@@ -184,8 +185,7 @@ class SelfAttention(Kind):
     full_rule = ("2 per MAC, 1 per bias element (4C per token), 1 per element of q for the 1/sqrt(d) scale, 3 per "
                  "attention weight (softmax: exp, add to the sum, divide)")
     tokens = True
-    step_unfollowed = ("its backward (the attention weights' and products' gradients, h·N² and 3NC per image) is not "
-                       "modelled yet")
+    contiguous_input = True  # in_proj, a linear layer, reads a strided view (to_tokens') as a contiguous copy
     args = (
         Arg("num_heads", "int", doc="number of heads; divides the channels", aliases=("heads",), minimum=1),
         Arg("bias", "bool", True, "learn biases in the qkv and output projections"),
@@ -246,6 +246,30 @@ class SelfAttention(Kind):
         grad_input = 3 * n * c * c * batch
         return grad_input, 2 * macs - grad_input
 
+    def backward_moments(self, a: Mapping[str, Any], inp: Shape, out: Shape, input_grad: bool,
+                         params_grad: bool) -> tuple[BackwardMoment, ...]:
+        # The built module's backward, node by node (measured by storage in a real step on the CPU:
+        # tests/test_attention_step.py), E = NC and W = hN^2 per image. out_proj: its input's gradient (E) and its
+        # weight's and bias's; then the joined heads it kept (E, when trainable) and the output's gradient are
+        # freed. The joined heads' gradient is laid out per head (a copy from two images on, which replaces it).
+        # A V: the gradients of v (E) and of the weights (W); the copy and v freed. Softmax: the scores' gradient
+        # (W); the weights and theirs freed. Q K^T: the gradients of k and of the scaled q (E each); the scores'
+        # gradient, q and k freed. The scale: q's gradient (E), the scaled one's freed. Unbind: q, k and v's
+        # gradients stacked (3E), then copied to qkv's layout (3E) as each previous one is freed. in_proj: its
+        # input's gradient (E, when wanted) and its weight's and bias's.
+        n, c = inp
+        e, w = n * c, a["num_heads"] * n * n
+        per = c * c + (c if a["bias"] else 0) if params_grad else 0  # one C x C projection's parameters
+        joined = e - (e if params_grad else 0)  # after out_proj: the heads' gradient, less the joined heads kept
+        stacked = joined - e - w  # after Q K^T: q, k and v's gradients
+        return (BackwardMoment(e, per),
+                BackwardMoment(joined + e + w, per, True),
+                BackwardMoment(joined - e + 2 * w, per, True),
+                BackwardMoment(joined + e, per, True),
+                BackwardMoment(stacked + e, per, True),
+                BackwardMoment(stacked + 3 * e, per, True),
+                BackwardMoment(stacked + (e if input_grad else 0), 4 * per, True))
+
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # The most alive at once while the built module runs at inference (torch.profiler, tests/test_kind_rules.py),
         # less its output (NC), which the engine counts beside it: qkv (3NC) throughout; at Q K^T the scaled q, its
@@ -256,6 +280,15 @@ class SelfAttention(Kind):
         weights = a["num_heads"] * n * n
         during = max((6 if a["num_heads"] > 1 else 5) * n * c + weights, 3 * n * c + 2 * weights)
         return ((during - n * c, ACTIVATION),)
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # A training-mode forward (measured by storage in a real step: tests/test_attention_step.py) is at its
+        # most when out_proj has run: qkv (3NC), the kept q, k, v and joined heads (4NC), the weights (hN^2) and
+        # the output (NC); or at the softmax: qkv, q, k, the scores and the weights (5NC + 2hN^2). Beyond the
+        # output and what is kept (4NC + hN^2; a frozen layer's joined heads, not kept, are added by the engine:
+        # Saved.extra_for_params), the larger of 3NC and hN^2.
+        n, c = inp
+        return ((max(3 * n * c, a["num_heads"] * n * n), ACTIVATION),)
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens"
