@@ -185,6 +185,7 @@ class SelfAttention(Kind):
     full_rule = ("2 per MAC, 1 per bias element (4C per token), 1 per element of q for the 1/sqrt(d) scale, 3 per "
                  "attention weight (softmax: exp, add to the sum, divide)")
     tokens = True
+    autocast = "mixed"  # linear layers and products (bfloat16) and a softmax inside: not followed under autocast
     contiguous_input = True  # in_proj, a linear layer, reads a strided view (to_tokens') as a contiguous copy
     args = (
         Arg("num_heads", "int", doc="number of heads; divides the channels", aliases=("heads",), minimum=1),
