@@ -186,7 +186,7 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
             what = (op.kind.saved if needs_grad[op.inputs[0]] else op.kind.saved_for_params)(op.args, src.shape,
                                                                                               out.shape)
             if what.input or what.input_for_params and params_need_grad:
-                if src.train_strided and op.kind.contiguous_input:
+                if src.train_strided and (op.kind.contiguous_input or op.kind.contiguous_recorded_input):
                     total += numel(src.shape) * itemsize * batch  # the contiguous copy of a crop, kept alone
                 else:
                     keep(src.train_storage)
@@ -283,7 +283,7 @@ def _saving(graph: Graph, itemsize: int, batch: int, device: str, input_requires
         recorded[i] = needs_grad[op.output] = input_grad or params_need_grad
         if recorded[i]:
             what = (op.kind.saved if input_grad else op.kind.saved_for_params)(op.args, src.shape, out.shape)
-            copy = src.train_strided and op.kind.contiguous_input
+            copy = src.train_strided and (op.kind.contiguous_input or op.kind.contiguous_recorded_input)
             if what.input or what.input_for_params and params_need_grad:
                 if copy:
                     extras[i] += numel(src.shape) * itemsize * batch

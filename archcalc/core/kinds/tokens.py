@@ -186,7 +186,7 @@ class SelfAttention(Kind):
                  "attention weight (softmax: exp, add to the sum, divide)")
     tokens = True
     autocast = "mixed"  # linear layers and products (bfloat16) and a softmax inside: not followed under autocast
-    contiguous_input = True  # in_proj, a linear layer, reads a strided view (to_tokens') as a contiguous copy
+    contiguous_recorded_input = True  # in_proj keeps a contiguous copy of a strided view (to_tokens') it reads
     args = (
         Arg("num_heads", "int", doc="number of heads; divides the channels", aliases=("heads",), minimum=1),
         Arg("bias", "bool", True, "learn biases in the qkv and output projections"),
