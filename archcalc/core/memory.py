@@ -683,6 +683,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                 # a view (not an in-place op, whose backward makes a new gradient) passes a view of its gradient;
                 # a crop's backward writes it into zeros of the input's size
                 if op.kind.passes_gradient or (op.kind.alias and op.kind.alias_in_training(op.args) and not
+                                               op.kind.scatters_gradient and not
                                                op.kind.strided(op.args, graph.tensors[t].shape,
                                                                graph.tensors[op.output].shape)):
                     shared.append(t)
@@ -693,7 +694,8 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             freed = grad_size[g] if g is not None and grad_refs[g] == 1 else 0
             per_param = grad_bytes[i] // op.cost.params if op.cost.params else 0
             for m in program:
-                delta = m.elements * itemsize * batch + m.params * per_param
+                delta = (m.elements * itemsize + sum(n * itemsize_for(code, itemsize, device) for n, code in m.more)
+                         ) * batch + m.params * per_param
                 at = live - made + delta - (freed if m.output_grad_freed else 0)
                 running = max(running, moment(at))
                 held_by.moment(at, (i, delta - made), (grad_maker[g] if g is not None else i,

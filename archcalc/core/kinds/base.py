@@ -116,6 +116,7 @@ class RFStep(NamedTuple):
 ACTIVATION = 0  # the activation dtype
 STATISTICS = -1  # batch / layer norm's saved mean and 1/std: the activation dtype on the CPU; on CUDA float32 or wider
 MASK = -2  # dropout's keep-mask: a bool mask on CUDA (fused native_dropout); the CPU's composite keeps a float noise
+ACCUMULATE = -3  # a fused kernel's float accumulator (attention's log-sum-exp): float32 for 16-bit activations
 
 
 def itemsize_for(code: int, itemsize: int, device: str) -> int:
@@ -137,6 +138,8 @@ def itemsize_for(code: int, itemsize: int, device: str) -> int:
         return max(itemsize, 4) if device == "cuda" else itemsize
     if code == MASK:
         return 1 if device == "cuda" else itemsize
+    if code == ACCUMULATE:  # at::opmath_type: float32 for float16/bfloat16, the dtype itself otherwise
+        return max(itemsize, 4)
     raise ValueError(f"unknown item-size code {code}")
 
 
@@ -166,6 +169,7 @@ class BackwardMoment(NamedTuple):
     elements: int  # per sample, in the activation dtype: intermediate gradients made less saved tensors freed
     params: int = 0  # parameter elements whose gradients (kept: they become .grad) exist by then
     output_grad_freed: bool = False  # its output's gradient has been freed (when nothing else holds it)
+    more: tuple[tuple[int, int], ...] = ()  # per sample (elements, item size or code) beside `elements`
 
 
 class Example(NamedTuple):
@@ -199,6 +203,9 @@ class Kind:
     # Its backward hands its output's gradient to its input as it is, no new tensor (x + b: AddBackward returns
     # the gradient itself for x), as a view kind passes a view of it
     passes_gradient: ClassVar[bool] = False
+    # A view whose backward makes its input's gradient anew, not a view of its own: zeros of the input's size with
+    # the gradient written in (take_token's x[:, i]: select_backward; measured in tests/test_attention_kernels.py)
+    scatters_gradient: ClassVar[bool] = False
     # Its backward kernel makes its output's gradient contiguous first: a copy, freed as it returns, where that
     # gradient is the loss seed's expanded view (the op's output is a network output): native_group_norm_backward
     contiguous_gradient: ClassVar[bool] = False
