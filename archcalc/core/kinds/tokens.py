@@ -183,8 +183,10 @@ class SelfAttention(Kind):
            "q, k, v = x W_in (C -> 3C), per head (d = C / heads) softmax(Q K^T / sqrt(d)) V, the heads joined and "
            "projected (C -> C). Params 4C^2 (+ 4C with bias). MACs 3NC^2 (qkv) + N^2 C (Q K^T) + N^2 C (A V) + "
            "NC^2 (projection) = 4NC^2 + 2N^2 C per image, independent of the number of heads. Built as torch's "
-           "math path (every product a counted op); what FlopCounterMode and fvcore count for torch's own "
-           "nn.MultiheadAttention and scaled_dot_product_attention is in docs/conventions.md.")
+           "math path (every product a counted op), or with `kernel: fused` as F.scaled_dot_product_attention's "
+           "fused kernel, which keeps no N x N weights (docs/tokens.md, Memory); what FlopCounterMode and fvcore "
+           "count for torch's own nn.MultiheadAttention and scaled_dot_product_attention is in "
+           "docs/conventions.md.")
     full_rule = ("2 per MAC, 1 per bias element (4C per token), 1 per element of q for the 1/sqrt(d) scale, 3 per "
                  "attention weight (softmax: exp, add to the sum, divide)")
     tokens = True
