@@ -237,6 +237,11 @@ class Kind:
     # against torch in tests/test_training_step.py and the property test); calc then gives no step peak.
     step_unfollowed: ClassVar[str] = ""
 
+    def step_unfollowed_for(self, a: Mapping[str, Any], inp: Shape) -> str:
+        """`step_unfollowed` for these arguments and this input (per-sample shape): '' when the timeline follows
+        its backward."""
+        return self.step_unfollowed
+
     # --- torch, as plain data (the core never imports torch) ---------------------------------------------
     # A kind with a `torch_class` is built as torch_class(**its arguments) and recognised in a torch model by that
     # class, its arguments read back from the module's attributes of the same names (the kinds' arguments are named
