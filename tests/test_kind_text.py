@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archcalc.core.kinds import REGISTRY, Kind, LayerError
-from archcalc.core.kinds.base import ACTIVATION, MASK, STATISTICS, itemsize_for, register, resolve_padding
+from archcalc.core.kinds.base import ACCUMULATE, ACTIVATION, MASK, STATISTICS, itemsize_for, register, resolve_padding
 from archcalc.torch.recipes import module_call
 
 
@@ -305,8 +305,12 @@ def test_item_sizes_by_code_dtype_and_device() -> None:
     # CPU
     assert itemsize_for(MASK, f32, "cuda") == torch.bool.itemsize
     assert itemsize_for(MASK, f64, "cpu") == f64
-    with pytest.raises(ValueError, match=r"unknown item-size code -3$"):
-        itemsize_for(-3, f32, "cpu")
+    # a fused kernel's accumulator (attention's log-sum-exp): float32 for half, the dtype itself from float32 up,
+    # on both devices (at::opmath_type)
+    assert [itemsize_for(ACCUMULATE, size, device) for size in (f16, f32, f64) for device in ("cpu", "cuda")] == \
+        [f32, f32, f32, f32, f64, f64]
+    with pytest.raises(ValueError, match=r"unknown item-size code -4$"):
+        itemsize_for(-4, f32, "cpu")
 
 
 def test_the_cpu_dropout_keeps_a_mask_of_the_inputs_dtype() -> None:

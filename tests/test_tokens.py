@@ -393,16 +393,12 @@ def test_attention_the_importer_does_not_read_is_refused(mode: str, message: str
         from_module(Net().eval(), (8, 2, 2))
 
 
-def test_calc_gives_no_training_peak_for_attention_and_fit_uses_the_upper_bound() -> None:
-    # self_attention's backward (its N x N gradients) is not in the training timeline yet: a step peak would be a
-    # wrong number (a small ViT measured 611,800 B at batch 1 where the timeline without it says 607,704 B), so calc
-    # says why there is none, and --fit, sweep and check size the term-by-term upper bound instead.
+def test_calc_gives_the_training_peak_for_attention_and_fit_uses_it() -> None:
+    # self_attention's backward is in the training timeline (tests/test_attention_step.py measures it): calc gives
+    # the step's peak, and --fit sizes the batch by it (exact, not the term-by-term upper bound).
     result = runner.invoke(app, ["calc", "torchvision/vit_b_32", "-f", "json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["training_peak"] is None
-    table = runner.invoke(app, ["calc", "torchvision/vit_b_32"], env={"COLUMNS": "250"}).output
-    assert "training peak   not given: encoder.layers.0.residual1.self_attention (self_attention): its backward" \
-        in table
+    assert data["training_peak"]["later_step"]["bytes"] < data["training_memory"]["total_bytes"]
     fit = runner.invoke(app, ["calc", "torchvision/vit_b_32", "--fit", "8GiB"]).output
-    assert "the largest whose training memory fits" in fit.replace("\n", " ")
+    assert "is the largest whose training peak fits" in fit.replace("\n", " ")

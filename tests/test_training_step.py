@@ -180,7 +180,7 @@ def _zoo() -> list[tuple[str, int]]:
     for name in sorted(bundled()):
         for batch in (1, 8):
             report = report_of(name, batch=batch, device="cpu")
-            if step_unfollowed(report):  # (the ViTs: self_attention's backward is not modelled; calc says so)
+            if step_unfollowed(report):  # (a kind whose backward is not modelled; calc says so)
                 continue
             if step_peak(report, "adam", first=False).peak <= 3 * 2**29 and report.totals.macs <= 20 * 10**9:
                 pairs.append((name, batch))

@@ -186,7 +186,7 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
             what = (op.kind.saved if needs_grad[op.inputs[0]] else op.kind.saved_for_params)(op.args, src.shape,
                                                                                               out.shape)
             if what.input or what.input_for_params and params_need_grad:
-                if src.train_strided and op.kind.contiguous_input:
+                if src.train_strided and (op.kind.contiguous_input or op.kind.contiguous_recorded_input):
                     total += numel(src.shape) * itemsize * batch  # the contiguous copy of a crop, kept alone
                 else:
                     keep(src.train_storage)
@@ -283,7 +283,7 @@ def _saving(graph: Graph, itemsize: int, batch: int, device: str, input_requires
         recorded[i] = needs_grad[op.output] = input_grad or params_need_grad
         if recorded[i]:
             what = (op.kind.saved if input_grad else op.kind.saved_for_params)(op.args, src.shape, out.shape)
-            copy = src.train_strided and op.kind.contiguous_input
+            copy = src.train_strided and (op.kind.contiguous_input or op.kind.contiguous_recorded_input)
             if what.input or what.input_for_params and params_need_grad:
                 if copy:
                     extras[i] += numel(src.shape) * itemsize * batch
@@ -661,9 +661,12 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
         recomputed = recompute(recompute_at[i]) if i in recompute_at else 0
         g = grad_of.get(op.output)
         made = sum(low_grads[i]) * itemsize if low_grads[i] else grad_bytes[i]
+        program = () if op.kind is None else op.kind.backward_moments(
+            op.args, graph.tensors[op.inputs[0]].shape, graph.tensors[op.output].shape, needs_grad[op.inputs[0]],
+            grad_bytes[i] > 0)
         live += made  # the parameters' gradients, kept as .grad (under autocast: low precision, copied below)
         held_by.add(i, made)
-        running = max(live, recomputed)
+        running = max(live - made if program else live, recomputed)
         new: list[tuple[int, int]] = []  # (tensor, bytes) of new gradient buffers
         shared: list[int] = []  # tensors receiving g (or a view of it)
         if op.merge is not None:
@@ -680,15 +683,26 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                 # a view (not an in-place op, whose backward makes a new gradient) passes a view of its gradient;
                 # a crop's backward writes it into zeros of the input's size
                 if op.kind.passes_gradient or (op.kind.alias and op.kind.alias_in_training(op.args) and not
+                                               op.kind.scatters_gradient and not
                                                op.kind.strided(op.args, graph.tensors[t].shape,
                                                                graph.tensors[op.output].shape)):
                     shared.append(t)
                 else:
                     new.append((t, numel(graph.tensors[t].shape) * itemsize * batch))
         working = live + sum(b for _, b in new)
-        if op.kind is not None and op.kind.contiguous_gradient and g == -1:  # a contiguous copy of the seed's view
+        if program:  # a composite's backward, moment by moment (Kind.backward_moments), from before `made`
+            freed = grad_size[g] if g is not None and grad_refs[g] == 1 else 0
+            per_param = grad_bytes[i] // op.cost.params if op.cost.params else 0
+            for m in program:
+                delta = (m.elements * itemsize + sum(n * itemsize_for(code, itemsize, device) for n, code in m.more)
+                         ) * batch + m.params * per_param
+                at = live - made + delta - (freed if m.output_grad_freed else 0)
+                running = max(running, moment(at))
+                held_by.moment(at, (i, delta - made), (grad_maker[g] if g is not None else i,
+                                                       -freed if m.output_grad_freed else 0))
+        elif op.kind is not None and op.kind.contiguous_gradient and g == -1:  # a contiguous copy of the seed's view
             working += numel(graph.tensors[op.output].shape) * itemsize * batch
-        if op.kind is not None:
+        if op.kind is not None and not program:
             kernel = op.kind.backward_kernel(op.args, graph.tensors[op.inputs[0]].shape,
                                              graph.tensors[op.output].shape, needs_grad[op.inputs[0]])
             if kernel:  # the kernel's outputs, before the parameters' gradients are reduced from them
@@ -706,8 +720,9 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
                 at = live - freed + made_late
                 running = max(running, moment(at))
                 held_by.moment(at, (i, made_late), (grad_maker[g] if freed and g is not None else i, -freed))
-        running = max(running, moment(working))
-        held_by.moment(working, (i, working - live))
+        if not program:
+            running = max(running, moment(working))
+            held_by.moment(working, (i, working - live))
         live += sum(b for _, b in new)
         held_by.add(i, sum(b for _, b in new))
         # the function returns its outputs; its input (the gradient of its output) and its saved tensors are freed;
@@ -793,8 +808,9 @@ def _autocast_copies(graph: Graph, itemsize: int, batch: int, recorded: list[boo
 def _training_transient(op: object, graph: Graph, itemsize: int, batch: int, device: str,
                         recorded: bool = True) -> int:
     """Temporaries an op frees before it returns in a training-mode forward: those it declares for inference
-    that it does not keep for backward (max pooling's indices and group norm's statistics are kept: `Saved`);
-    of an op autograd does not record (`recorded` false), which keeps nothing, `Kind.untracked_transient`."""
+    that it does not keep for backward (max pooling's indices and group norm's statistics are kept: `Saved`), and
+    what a frozen layer makes but keeps only for its parameters' gradient (`Saved.extra_for_params`); of an op
+    autograd does not record (`recorded` false), which keeps nothing, `Kind.untracked_transient`."""
     from archcalc.core.graph import Op
 
     assert isinstance(op, Op)
@@ -807,5 +823,7 @@ def _training_transient(op: object, graph: Graph, itemsize: int, batch: int, dev
     else:
         temporaries = op.kind.train_transient(op.args, src.shape, out.shape)
         once = op.kind.train_transient_once(op.args, src.shape, out.shape)  # made from the weights, any batch
+        if not (op.trainable and op.cost.params > 0):  # made all the same, kept only for the parameters' gradient
+            temporaries = (*temporaries, *op.kind.saved(op.args, src.shape, out.shape).extra_for_params)
     return (sum(n * itemsize_for(s, itemsize, device) for n, s in temporaries) * batch
             + sum(n * itemsize_for(s, itemsize, device) for n, s in once))

@@ -54,7 +54,7 @@ def overwrites(graph: Graph, input_requires_grad: bool = False) -> list[Overwrit
             continue
         what = op.kind.saved(op.args, src.shape, out.shape)
         if (what.input or what.input_for_params and params_need_grad) and not (
-                src.train_strided and op.kind.contiguous_input):  # a crop's contiguous copy is a tensor of its own
+                src.train_strided and (op.kind.contiguous_input or op.kind.contiguous_recorded_input)):  # a copy
             kept_by.setdefault(src.train_storage, i)
         if what.output:
             kept_by.setdefault(out.train_storage, i)

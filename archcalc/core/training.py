@@ -316,11 +316,13 @@ def step_peaks(report: Report, optimizer: str | None = None, segments: tuple[Seg
 
 def step_unfollowed(report: Report) -> str:
     """Why the training step of `report` is not followed ('' when it is): a layer whose backward the timeline does
-    not model yet (Kind.step_unfollowed)."""
-    used = report.graph.used(discarded=False)
-    for op, u in zip(report.graph.ops, used):
-        if u and op.kind is not None and op.kind.step_unfollowed:
-            return f"{op.name} ({op.kind.name}): {op.kind.step_unfollowed}"
+    not model yet (Kind.step_unfollowed_for)."""
+    graph = report.graph
+    used = graph.used(discarded=False)
+    for op, u in zip(graph.ops, used):
+        reason = op.kind.step_unfollowed_for(op.args, graph.tensors[op.inputs[0]].shape) if u and op.kind else ""
+        if reason:
+            return f"{op.name} ({op.kind.name}): {reason}"  # type: ignore[union-attr]
     return ""
 
 

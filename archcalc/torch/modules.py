@@ -542,10 +542,11 @@ class SelfAttention(nn.Module):
     product is an op torch's FlopCounterMode and fvcore count (their fused kernels count nothing on the CPU:
     docs/conventions.md)."""
 
-    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True) -> None:
+    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, kernel: str = "math") -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
+        self.kernel = kernel
         self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
@@ -553,6 +554,12 @@ class SelfAttention(nn.Module):
         b, n, c = x.shape
         h = self.num_heads
         q, k, v = self.in_proj(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.kernel == "fused":  # torch's fused kernel: on the CPU _scaled_dot_product_flash_attention_for_cpu
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+                joined = F.scaled_dot_product_attention(q, k, v)
+            return self.out_proj(joined.transpose(1, 2).reshape(b, n, c))
         # k and v as contiguous B x h x N x d copies: the products then keep these (at every batch size), not the
         # whole q/k/v tensor as they would at batch 1.
         weights = ((q * (c // h) ** -0.5) @ k.contiguous().transpose(-2, -1)).softmax(dim=-1)

@@ -119,6 +119,7 @@ class RFStep(NamedTuple):
 ACTIVATION = 0  # the activation dtype
 STATISTICS = -1  # batch / layer norm's saved mean and 1/std: the activation dtype on the CPU; on CUDA float32 or wider
 MASK = -2  # dropout's keep-mask: a bool mask on CUDA (fused native_dropout); the CPU's composite keeps a float noise
+ACCUMULATE = -3  # a fused kernel's float accumulator (attention's log-sum-exp): float32 for 16-bit activations
 
 
 def itemsize_for(code: int, itemsize: int, device: str) -> int:
@@ -140,6 +141,8 @@ def itemsize_for(code: int, itemsize: int, device: str) -> int:
         return max(itemsize, 4) if device == "cuda" else itemsize
     if code == MASK:
         return 1 if device == "cuda" else itemsize
+    if code == ACCUMULATE:  # at::opmath_type: float32 for float16/bfloat16, the dtype itself otherwise
+        return max(itemsize, 4)
     raise ValueError(f"unknown item-size code {code}")
 
 
@@ -160,6 +163,16 @@ class Saved(NamedTuple):
     # extras kept only for the parameters' gradient, as `input_for_params` (attention's joined heads, the input of
     # its output projection): a frozen layer does not keep them
     extra_for_params: tuple[tuple[int, int], ...] = ()
+
+
+class BackwardMoment(NamedTuple):
+    """One moment of a composite layer's backward (`Kind.backward_moments`), what is alive beyond the bytes alive
+    as its backward begins (its output's gradient, its saved tensors and its input among them)."""
+
+    elements: int  # per sample, in the activation dtype: intermediate gradients made less saved tensors freed
+    params: int = 0  # parameter elements whose gradients (kept: they become .grad) exist by then
+    output_grad_freed: bool = False  # its output's gradient has been freed (when nothing else holds it)
+    more: tuple[tuple[int, int], ...] = ()  # per sample (elements, item size or code) beside `elements`
 
 
 class Example(NamedTuple):
@@ -193,6 +206,9 @@ class Kind:
     # Its backward hands its output's gradient to its input as it is, no new tensor (x + b: AddBackward returns
     # the gradient itself for x), as a view kind passes a view of it
     passes_gradient: ClassVar[bool] = False
+    # A view whose backward makes its input's gradient anew, not a view of its own: zeros of the input's size with
+    # the gradient written in (take_token's x[:, i]: select_backward; measured in tests/test_attention_kernels.py)
+    scatters_gradient: ClassVar[bool] = False
     # Its backward kernel makes its output's gradient contiguous first: a copy, freed as it returns, where that
     # gradient is the loss seed's expanded view (the op's output is a network output): native_group_norm_backward
     contiguous_gradient: ClassVar[bool] = False
@@ -206,6 +222,10 @@ class Kind:
     # view (`Tensor.strided`, a crop) is copied first, and the copy, not the view's base, is what it reads and keeps
     # for backward (a view kind with it, flatten, returns that copy). Measured per kind in tests/test_memory_views.py.
     contiguous_input: ClassVar[bool] = False
+    # Only when autograd records it, the module keeps a contiguous copy of a strided view it reads (not the view's
+    # base), as `contiguous_input` does: self_attention's in_proj (matmul folds a strided 3-D input into a matrix
+    # with a copy when it records; under no_grad it reads the view in place). Measured: tests/test_attention_step.py.
+    contiguous_recorded_input: ClassVar[bool] = False
     # torch.autocast on the CPU (the torch.amp documentation's op lists, "CPU Ops that can autocast to bfloat16 / to
     # float32"): "lower", the op runs in the low-precision type, its floating-point inputs and parameters cast to it
     # (a copy each; the copies of parameters that need a gradient cached for the autocast region); "float32", it
@@ -219,6 +239,11 @@ class Kind:
     # Why the training step's timeline does not follow this kind's backward yet ('' when it does: every kind checked
     # against torch in tests/test_training_step.py and the property test); calc then gives no step peak.
     step_unfollowed: ClassVar[str] = ""
+
+    def step_unfollowed_for(self, a: Mapping[str, Any], inp: Shape) -> str:
+        """`step_unfollowed` for these arguments and this input (per-sample shape): '' when the timeline follows
+        its backward."""
+        return self.step_unfollowed
 
     # --- torch, as plain data (the core never imports torch) ---------------------------------------------
     # A kind with a `torch_class` is built as torch_class(**its arguments) and recognised in a torch model by that
@@ -319,6 +344,15 @@ class Kind:
         made from it, as `transient` (freed before it is done): a kernel that always returns every gradient, each
         at full size (PReLU's _prelu_kernel_backward: the input's gradient even when `input_grad` is false, the
         weight's unreduced), the parameters' gradients reduced from them afterwards. None by default."""
+        return ()
+
+    def backward_moments(self, a: Mapping[str, Any], inp: Shape, out: Shape, input_grad: bool,
+                         params_grad: bool) -> tuple[BackwardMoment, ...]:
+        """A composite's backward, node by node, as the moments its memory peaks at (measured: each kind says
+        how), in place of the single-kernel rule (all parameters' gradients and the input's at once, beside
+        `backward_transient`); the input's gradient is then counted at the last moment only if `input_grad`.
+        After it, as for any layer, its saved tensors and its output's gradient are freed and its input's
+        gradient and parameters' gradients are alive. () for the single-kernel rule."""
         return ()
 
     def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),

@@ -13,8 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from archcalc.core.kinds.base import (
+    ACCUMULATE,
     ACTIVATION,
     Arg,
+    BackwardMoment,
     Cost,
     Example,
     Kind,
@@ -167,6 +169,8 @@ class TakeToken(Kind):
             raise LayerError(f"take_token index {a['index']} is past the last of {n} tokens")
         return (c,)
 
+    scatters_gradient = True  # select_backward: zeros of the sequence's size, the token's gradient written in
+
     # Not `strided`: the rows of x[:, i] are evenly spaced, which a matrix product reads in place (its leading
     # dimension): the head's linear keeps this view, whose storage is the whole sequence, for its weight's gradient
     # (measured by `archcalc validate` on the ViT specs: no copy).
@@ -184,16 +188,23 @@ class SelfAttention(Kind):
            "q, k, v = x W_in (C -> 3C), per head (d = C / heads) softmax(Q K^T / sqrt(d)) V, the heads joined and "
            "projected (C -> C). Params 4C^2 (+ 4C with bias). MACs 3NC^2 (qkv) + N^2 C (Q K^T) + N^2 C (A V) + "
            "NC^2 (projection) = 4NC^2 + 2N^2 C per image, independent of the number of heads. Built as torch's "
-           "math path (every product a counted op); what FlopCounterMode and fvcore count for torch's own "
-           "nn.MultiheadAttention and scaled_dot_product_attention is in docs/conventions.md.")
+           "math path (every product a counted op), or with `kernel: fused` as F.scaled_dot_product_attention's "
+           "fused kernel, which keeps no N x N weights (docs/tokens.md, Memory); what FlopCounterMode and fvcore "
+           "count for torch's own nn.MultiheadAttention and scaled_dot_product_attention is in "
+           "docs/conventions.md.")
     full_rule = ("2 per MAC, 1 per bias element (4C per token), 1 per element of q for the 1/sqrt(d) scale, 3 per "
                  "attention weight (softmax: exp, add to the sum, divide)")
     tokens = True
-    step_unfollowed = ("its backward (the attention weights' and products' gradients, h·N² and 3NC per image) is not "
-                       "modelled yet")
+    autocast = "mixed"  # linear layers and products (bfloat16) and a softmax inside: not followed under autocast
+    contiguous_recorded_input = True  # in_proj keeps a contiguous copy of a strided view (to_tokens') it reads
     args = (
         Arg("num_heads", "int", doc="number of heads; divides the channels", aliases=("heads",), minimum=1),
         Arg("bias", "bool", True, "learn biases in the qkv and output projections"),
+        Arg("kernel", "str", "math", "what runs softmax(Q K^T / sqrt(d)) V, and so what it keeps and allocates: "
+            "'math', the products and the softmax as separate ops (torch's math path; what the module archcalc "
+            "builds runs by default, on any device); 'fused', F.scaled_dot_product_attention's fused kernel "
+            "(CPU: _scaled_dot_product_flash_attention_for_cpu; CUDA: flash for 16-bit types, memory-efficient "
+            "for float32), which makes no N x N tensor", choices=("math", "fused")),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2}),
@@ -219,7 +230,9 @@ class SelfAttention(Kind):
         macs = linear + products
         bias = 4 * c if a["bias"] else 0
         softmax = a["num_heads"] * n * n
-        return Cost(params=4 * c * c + bias, macs=macs, fvcore=macs,
+        # fvcore has no handler for aten::scaled_dot_product_attention: on the fused kernel it counts the four
+        # projections alone (measured: tests/test_attention_kernels.py)
+        return Cost(params=4 * c * c + bias, macs=macs, fvcore=linear if a["kernel"] == "fused" else macs,
                     full=2 * macs + n * bias + n * c + 3 * softmax)
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
@@ -237,7 +250,13 @@ class SelfAttention(Kind):
         # saved_tensors_hooks in tests/test_tokens.py: the input (for in_proj's weight only), the scaled q and
         # contiguous k and v (N x C each), the softmax weights (heads x N x N, kept by softmax and by A V), and the
         # joined heads (N x C, for out_proj's weight alone: a frozen layer does not keep them).
+        # The fused kernel's node keeps q, k and v (views of in_proj's output: one 3NC tensor), its output (NC, the
+        # joined heads out_proj reads as a view) and the log-sum-exp of each head's scores per token (hN, in the
+        # accumulate type), whether or not the parameters need a gradient (measured, tests/test_attention_kernels.py;
+        # CUDA's flash kernel, from its source, keeps the same; no dropout, so no random generator state).
         n, c = inp
+        if a["kernel"] == "fused":
+            return Saved(input_for_params=True, extra=((4 * n * c, ACTIVATION), (a["num_heads"] * n, ACCUMULATE)))
         return Saved(input_for_params=True, extra=((3 * n * c + a["num_heads"] * n * n, ACTIVATION),),
                      extra_for_params=((n * c, ACTIVATION),))
 
@@ -251,19 +270,84 @@ class SelfAttention(Kind):
         grad_input = 3 * n * c * c * batch
         return grad_input, 2 * macs - grad_input
 
+    def step_unfollowed_for(self, a: Mapping[str, Any], inp: Shape) -> str:
+        # One channel per head on the math path: the joined heads reach out_proj in a layout F.linear does not
+        # fold into one addmm (a matmul and a separate bias add, each with its own temporaries and backward).
+        # Measured to differ (by up to 2 x NC per image), not modelled.
+        if a["kernel"] == "math" and a["num_heads"] > 1 and inp[1] == a["num_heads"]:
+            return ("one channel per head on the math path (out_proj as a matmul and a bias add) is not followed "
+                    "in the step's timeline")
+        return ""
+
+    def backward_moments(self, a: Mapping[str, Any], inp: Shape, out: Shape, input_grad: bool,
+                         params_grad: bool) -> tuple[BackwardMoment, ...]:
+        # The built module's backward, node by node (measured by storage in a real step on the CPU:
+        # tests/test_attention_step.py), E = NC and W = hN^2 per image. out_proj: its input's gradient (E) and its
+        # weight's and bias's; then the joined heads it kept (E, when trainable) and the output's gradient are
+        # freed. The joined heads' gradient is laid out per head (a copy from two images on, which replaces it).
+        # A V: the gradients of v (E) and of the weights (W); the copy and v freed. Softmax: the scores' gradient
+        # (W); the weights and theirs freed. Q K^T: the gradients of k and of the scaled q (E each); the scores'
+        # gradient, q and k freed. The scale: q's gradient (E), the scaled one's freed. Unbind: q, k and v's
+        # gradients stacked (3E), then copied to qkv's layout (3E) as each previous one is freed. in_proj: its
+        # input's gradient (E, when wanted) and its weight's and bias's.
+        n, c = inp
+        e, w = n * c, a["num_heads"] * n * n
+        per = c * c + (c if a["bias"] else 0) if params_grad else 0  # one C x C projection's parameters
+        if a["kernel"] == "fused":
+            # out_proj as above (the joined heads stay: the kernel keeps them); the fused backward returns q, k and
+            # v's gradients (3E) and frees the output's gradient, q/k/v, its output and the log-sum-exp; then unbind
+            # (stacked and copied: 3E each, never more than the kernel's moment) and in_proj as above. The kernel's
+            # own scratch (CPU: a contiguous copy of the output's gradient, per-thread blocks) is not counted, as no
+            # kernel's workspace is.
+            lse = ((-a["num_heads"] * n, ACCUMULATE),)
+            return (BackwardMoment(e, per),
+                    BackwardMoment(4 * e, per, True),
+                    BackwardMoment(-e + (e if input_grad else 0), 4 * per, True, lse))
+        joined = e - (e if params_grad else 0)  # after out_proj: the heads' gradient, less the joined heads kept
+        stacked = joined - e - w  # after Q K^T: q, k and v's gradients
+        return (BackwardMoment(e, per),
+                BackwardMoment(joined + e + w, per, True),
+                BackwardMoment(joined - e + 2 * w, per, True),
+                BackwardMoment(joined + e, per, True),
+                BackwardMoment(stacked + e, per, True),
+                BackwardMoment(stacked + 3 * e, per, True),
+                BackwardMoment(stacked + (e if input_grad else 0), 4 * per, True))
+
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # The most alive at once while the built module runs at inference (torch.profiler, tests/test_kind_rules.py),
         # less its output (NC), which the engine counts beside it: qkv (3NC) throughout; at Q K^T the scaled q, its
-        # contiguous copy for the batched product when there are several heads (the scale keeps q's
+        # contiguous copy for the batched product when there are several heads and tokens (the scale keeps q's
         # head-interleaved layout), the contiguous k and the scores (hN^2); at the softmax the scores and the
         # weights (2hN^2).
         n, c = inp
+        if a["kernel"] == "fused":
+            # qkv (3NC) throughout (q, k, v are alive until the module returns); the kernel's output (NC) and its
+            # log-sum-exp (hN, dropped as it returns) beside them, then out_proj's output beside the kernel's: 4NC
+            # beyond the layer's output, or 3NC + hN where that is more (one channel per head in 16-bit types). The
+            # CPU kernel's per-thread scratch (accumulate type: qs x ks + 2 qs + qs x d per thread, qs = min(N, 32;
+            # 64 from 192 tokens; 256 from 768), ks = min(N, 512)) is workspace, not counted.
+            if c == a["num_heads"]:
+                return ((3 * n * c, ACTIVATION), (a["num_heads"] * n, ACCUMULATE))
+            return ((4 * n * c, ACTIVATION),)
         weights = a["num_heads"] * n * n
-        during = max((6 if a["num_heads"] > 1 else 5) * n * c + weights, 3 * n * c + 2 * weights)
+        copy = a["num_heads"] > 1 and n > 1  # (one token: q's layout is already the heads'; measured)
+        during = max((6 if copy else 5) * n * c + weights, 3 * n * c + 2 * weights)
         return ((during - n * c, ACTIVATION),)
 
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # A training-mode forward (measured by storage in a real step: tests/test_attention_step.py) is at its
+        # most when out_proj has run: qkv (3NC), the kept q, k, v and joined heads (4NC), the weights (hN^2) and
+        # the output (NC); or at the softmax: qkv, q, k, the scores and the weights (5NC + 2hN^2). Beyond the
+        # output and what is kept (4NC + hN^2; a frozen layer's joined heads, not kept, are added by the engine:
+        # Saved.extra_for_params), the larger of 3NC and hN^2.
+        n, c = inp
+        if a["kernel"] == "fused":  # everything it makes is kept (Saved) until out_proj's output: nothing beside
+            return ()
+        return ((max(3 * n * c, a["num_heads"] * n * n), ACTIVATION),)
+
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
-        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens"
+        fused = ", fused" if a["kernel"] == "fused" else ""
+        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens{fused}"
 
 
 __all__ = ["ClassToken", "PositionEmbedding", "SelfAttention", "TakeToken", "ToGrid", "ToTokens", "is_tokens",
