@@ -59,8 +59,10 @@ def test_the_data_files_agree_with_each_other() -> None:
 
 def test_every_model_has_a_spec() -> None:
     assert [m for m in MODELS if f"torchvision/{m}" not in SPECS] == []
-    # the CNNs here; the vision transformers in tests/test_tokens.py (tests/data/torchvision_vit.json)
-    assert {n for n in SPECS if n.startswith("torchvision/")} == {f"torchvision/{m}" for m in [*MODELS, *VITS]}
+    # the CNNs here; the vision transformers in tests/test_tokens.py (tests/data/torchvision_vit.json), the Swin
+    # Transformers in tests/test_swin.py (tests/data/torchvision_swin.json)
+    assert {n for n in SPECS if n.startswith("torchvision/")} == {f"torchvision/{m}" for m in [*MODELS, *VITS,
+                                                                                                *SWINS]}
 
 
 @pytest.mark.parametrize("name", DONE)

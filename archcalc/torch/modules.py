@@ -664,7 +664,9 @@ class WindowAttention(nn.Module):
         x = x.view(b, nh, nw, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b, *padded, c)
         if any(shift):
             x = torch.roll(x, shift, (1, 2))
-        return x[:, :h, :w].reshape(b, n, c)
+        if padded != (h, w):  # the crop as a tensor of its own (a view would keep the padded grid's storage)
+            x = x[:, :h, :w].clone(memory_format=torch.contiguous_format)
+        return x.reshape(b, n, c)
 
     def extra_repr(self) -> str:
         return (f"grid={self.grid}, num_heads={self.num_heads}, window_size={self.window_size}, "
