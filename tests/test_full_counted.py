@@ -393,6 +393,7 @@ FORMULAS: dict[str, Formula] = {
     "layer_scale": _elementwise(lambda x, a, m: x * m.gamma),  # gamma's per-sample shape broadcasts over the batch
     "pos_embed": _elementwise(lambda x, a, m: x + m.pos_embedding),
     "self_attention": lambda x, a, m: _self_attention(x, a, m),  # defined below, beside _softmax
+    "window_attention": lambda x, a, m: _window_attention(x, a, m),  # (below)
     "scalar": _elementwise(lambda x, a, m: {"add": lambda: x + a["value"], "sub": lambda: x - a["value"],
                                             "rsub": lambda: a["value"] - x, "mul": lambda: x * a["value"],
                                             "div": lambda: x / a["value"],
@@ -481,11 +482,75 @@ def _self_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], 
     return run
 
 
+def _roll(t: torch.Tensor, shift: int, dim: int) -> torch.Tensor:
+    """torch.roll(t, shift, dim) as a concatenation of two slices (data movement)."""
+    size = t.shape[dim]
+    shift %= size
+    if not shift:
+        return t
+    return torch.cat([t.narrow(dim, size - shift, shift), t.narrow(dim, 0, size - shift)], dim)
+
+
+def _window_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """Swin's window attention written out (Liu et al. 2021; V2 2022): the grid zero-padded to a multiple of the
+    window and rolled by the shift (none along an axis whose window covers the padded grid), cut into windows; the
+    qkv projection; per head the scores (v1: q times 1/sqrt(d); v2: q and k divided by their norms, sqrt of the
+    sum of squares clamped at 1e-12, then times exp(min(logit scale, ln 100))), plus the gathered position bias
+    (v2: 16 sigmoid, 1 / (1 + exp(-t)), of Linear(2, 512), ReLU, Linear(512, heads) on the coordinate table), plus
+    the mask, the textbook softmax, A V, the projection; the windows merged, unrolled and cropped. The mask, a
+    constant of the grid (-100 between tokens from different regions of the rolled grid), is made outside."""
+    _, n, c = x.shape
+    (h, w), (wh, ww), heads = m.grid, m.window_size, a["num_heads"]
+    d, size = c // heads, wh * ww
+    hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
+    shift = [0 if win >= p else s for win, s, p in zip((wh, ww), m.shift_size, (hp, wp))]
+    windows = hp // wh * (wp // ww)
+    regions = [[0 if not s or r < p - win else 1 if r < p - s else 2 for r in range(p)]
+               for p, win, s in zip((hp, wp), (wh, ww), shift)]
+    label = torch.tensor([[regions[0][i * wh + p // ww] * 3 + regions[1][j * ww + p % ww] for p in range(size)]
+                          for i in range(hp // wh) for j in range(wp // ww)], dtype=torch.float64)
+    mask = torch.where(label[:, :, None] != label[:, None, :], -100.0, 0.0).view(windows, 1, size, size)
+    qkv_bias = m.qkv.bias
+    if a["v2"] and qkv_bias is not None:
+        qkv_bias = torch.cat([qkv_bias[:c], torch.zeros(c, dtype=x.dtype), qkv_bias[2 * c:]])
+
+    def run() -> torch.Tensor:
+        g = F.pad(x.view(1, h, w, c), (0, 0, 0, wp - w, 0, hp - h))
+        g = _roll(_roll(g, -shift[0], 1), -shift[1], 2)
+        t = g.view(1, hp // wh, wh, wp // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(windows * size, c)
+        qkv = F.linear(t, m.qkv.weight, qkv_bias).view(windows, size, 3, heads, d).permute(2, 0, 3, 1, 4)
+        q, k, v = (qkv[i].reshape(windows * heads, size, d) for i in range(3))
+        if a["v2"]:
+            qn = q / torch.clamp_min(torch.sqrt((q * q).sum(-1, keepdim=True)), 1e-12)
+            kn = k / torch.clamp_min(torch.sqrt((k * k).sum(-1, keepdim=True)), 1e-12)
+            scores = torch.bmm(qn, kn.transpose(1, 2)).view(windows, heads, size, size) * torch.exp(
+                torch.clamp(m.logit_scale, max=math.log(100.0)))
+            hidden = torch.clamp_min(F.linear(m.relative_coords_table.view(-1, 2), m.cpb_mlp[0].weight,
+                                              m.cpb_mlp[0].bias), 0.0)
+            table = torch.mm(hidden, m.cpb_mlp[2].weight.t())
+            gathered = torch.index_select(table, 0, m.relative_position_index)
+            bias = (16 * torch.reciprocal(1 + torch.exp(-gathered))).view(size, size, heads).permute(2, 0, 1)
+        else:
+            scores = torch.bmm(q * d ** -0.5, k.transpose(1, 2)).view(windows, heads, size, size)
+            bias = torch.index_select(m.relative_position_bias_table, 0, m.relative_position_index).view(
+                size, size, heads).permute(2, 0, 1)
+        scores = scores + bias
+        if any(shift):
+            scores = scores + mask
+        weights = _softmax(scores, -1).reshape(windows * heads, size, size)
+        joined = torch.bmm(weights, v).view(windows, heads, size, d).transpose(1, 2).reshape(windows * size, c)
+        out = F.linear(joined, m.proj.weight, m.proj.bias).view(1, hp // wh, wp // ww, wh, ww, c)
+        out = out.permute(0, 1, 3, 2, 4, 5).reshape(1, hp, wp, c)
+        out = _roll(_roll(out, shift[0], 1), shift[1], 2)
+        return out[:, :h, :w].reshape(1, n, c)
+    return run
+
+
 # Kinds whose real module is counted directly: its ops are already elementary (a convolution, a matrix product,
 # data movement).
 REAL = {"conv", "conv_transpose", "linear", "flatten", "zeropad", "crop", "channel_shuffle", "channel_slice",
         "pixel_shuffle", "pixel_unshuffle", "reshape", "transpose", "space_to_depth", "blur_pool", "sum",
-        "to_tokens", "to_grid", "class_token", "take_token"}
+        "to_tokens", "to_grid", "class_token", "take_token", "patch_merging"}
 
 EXTRA = {"gelu": [((16, 8, 8), {"approximate": "tanh"})], "batchnorm": [((8, 5, 5), {"track_running_stats": False}),
          ((8, 5, 5), {"track_running_stats": False, "affine": False})],

@@ -654,22 +654,26 @@ class WindowAttention(nn.Module):
         q, k, v = F.linear(x, self.qkv.weight, qkv_bias).reshape(b * nh * nw, m, 3, heads, c // heads).permute(
             2, 0, 3, 1, 4).unbind(0)
         del x, qkv_bias
+        # Every operand of the two products made contiguous: they keep these copies at every batch size and head
+        # count, not a view of the whole qkv tensor as they would with one window at batch 1.
         if self.v2:
-            x = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * torch.clamp(
-                self.logit_scale, max=4.605170185988092).exp()  # (the logit scale at most ln 100)
+            x = (F.normalize(q, dim=-1).contiguous() @ F.normalize(k, dim=-1).contiguous().transpose(-2, -1)) * (
+                torch.clamp(self.logit_scale, max=4.605170185988092).exp())  # (the logit scale at most ln 100)
         else:
-            x = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)
+            x = (q * (c // heads) ** -0.5).contiguous() @ k.contiguous().transpose(-2, -1)
         del q, k
         x = x + bias
         if any(shift):
             x = (x.view(b, nh * nw, heads, m, m) + self.mask(padded, shift, x.device)).view(-1, heads, m, m)
-        x = x.softmax(dim=-1) @ v
+        x = x.softmax(dim=-1) @ v.contiguous()
         del v, bias
         x = self.proj(x.transpose(1, 2).reshape(b * nh * nw, m, c))
         x = x.view(b, nh, nw, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b, *padded, c)
         if any(shift):
             x = torch.roll(x, shift, (1, 2))
-        return x[:, :h, :w].reshape(b, n, c)
+        if padded != (h, w):  # the crop as a tensor of its own (a view would keep the padded grid's storage)
+            x = x[:, :h, :w].clone(memory_format=torch.contiguous_format)
+        return x.reshape(b, n, c)
 
     def extra_repr(self) -> str:
         return (f"grid={self.grid}, num_heads={self.num_heads}, window_size={self.window_size}, "

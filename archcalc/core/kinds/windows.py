@@ -159,18 +159,18 @@ class WindowAttention(Kind):
         # The built module (archcalc.torch.modules.WindowAttention), measured with saved_tensors_hooks: the windows
         # (the input of qkv: a copy, or the input itself when one window covers the unpadded, unshifted grid) and
         # the joined heads (out_proj's input), for the weights' gradients alone; the attention weights after the
-        # softmax (windows x heads x M^2). v1: the scaled q and contiguous k and v (Np x C each; with one head k
-        # and v are views of qkv, which is kept whole). v2: qkv (kept by the norms of q and k), the normalised q,
-        # a contiguous k^T, v (a copy with several heads), the norms and their clamped values (4 per head vector)
+        # softmax (windows x heads x M^2). v1: the scaled q and contiguous k and v (Np x C each: the module makes
+        # every operand of the products contiguous, so this holds at batch 1 with one window too). v2: qkv (kept by
+        # the norms of q and k), the normalised q and k and a copy of v, the norms and their clamped values (4 per
+        # head vector)
         # and the cosine scores (kept by the logit scale's product); once per forward the logit scale's exp (heads),
         # the sigmoid of the gathered bias (heads x M^2) and the MLP's hidden layer ((2w-1)^2 x 512).
         g = Geometry(a, grid_input(self.name, inp))
         u, s = g.u, g.scores
         params = ((u, ACTIVATION),) if g.in_place else ((2 * u, ACTIVATION),)
         if not a["v2"]:
-            extra = 3 * u + s if g.heads > 1 else 4 * u + s
-            return Saved(input_for_params=g.in_place, extra=((extra, ACTIVATION),), extra_for_params=params)
-        extra = (6 * u if g.heads > 1 else 5 * u) + 4 * g.tokens * g.heads + 2 * s
+            return Saved(input_for_params=g.in_place, extra=((3 * u + s, ACTIVATION),), extra_for_params=params)
+        extra = 6 * u + 4 * g.tokens * g.heads + 2 * s
         once = g.heads + g.heads * g.m * g.m + CPB_HIDDEN * g.table
         return Saved(input_for_params=g.in_place, extra=((extra, ACTIVATION),), extra_for_params=params,
                      per_batch=((once, ACTIVATION),))
@@ -190,17 +190,17 @@ class WindowAttention(Kind):
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # The most alive at once while the built module runs at inference (torch.profiler, tests/test_kind_rules.py),
         # less its output (N x C), which the engine counts beside it. With u = Np x C and S the attention weights:
-        # qkv (3u) throughout the attention; at Q K^T the scaled q, its contiguous copy (several heads), k^T and
-        # the scores (v2: the normalised q, k and their copies); at softmax(x) V the scores, the weights, v's
-        # contiguous copy (several heads) and the product. The padding, roll and window copies before, and the
-        # merges after, are smaller.
+        # qkv (3u) throughout the attention; at Q K^T the scaled q, its contiguous copy (several heads), k's and
+        # the scores (v2: the normalised q and k and, with several heads, their contiguous copies); at softmax(x) V
+        # the scores, the weights, v's contiguous copy and the product. The padding, roll and window copies before,
+        # and the merges after, are smaller.
         g = Geometry(a, grid_input(self.name, inp))
         u, s = g.u, g.scores
         several = g.heads > 1
         if a["v2"]:
-            during = max((7 if several else 5) * u + s, (5 if several else 4) * u + 2 * s)
+            during = max((7 if several else 5) * u + s, 5 * u + 2 * s)
         else:
-            during = max((6 if several else 4) * u + s, (5 if several else 4) * u + 2 * s)
+            during = max((6 if several else 5) * u + s, 5 * u + 2 * s)
         return ((during - inp[0] * inp[1], ACTIVATION),)
 
     def transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
