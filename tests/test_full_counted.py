@@ -546,6 +546,77 @@ def _window_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
     return run
 
 
+def _pooled_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """MViT's attention written out (Fan et al. 2021; Li et al. 2022): q, k, v from one projection, each pooled
+    per head (a depthwise conv of the grid tokens, the class token put back, a layer norm over the head's
+    channels), Q K^T / sqrt(d) plus the relative position terms q . R per axis (the tables' rows for each pair
+    gathered beforehand: a constant of the weights), softmax, A V plus q's grid tokens, the heads projected."""
+    b, n, c = x.shape
+    h, cls, grid = a["num_heads"], m.cls, m.grid_q
+    dim = m.output_dim
+    d = dim // h
+    tables = None
+    if m.rel_pos_t is not None:
+        (qt, qh, qw), (kt, kh, kw) = m.grid_q, m.grid_kv
+        tables = [m.rel_pos_t[m.rel_index(qt, kt)], m.rel_pos_h[m.rel_index(qh, kh)],
+                  m.rel_pos_w[m.rel_index(qw, kw)]]
+
+    def pool(t: torch.Tensor, p: Any) -> torch.Tensor:
+        if p is None:
+            return t
+        cells = t[:, :, cls:].transpose(2, 3).reshape(b * h, d, *p.grid)
+        pooled = F.conv3d(cells, p.pool.weight, None, p.stride, p.padding, 1, d) if len(p.grid) == 3 else \
+            F.conv2d(cells, p.pool.weight, None, p.stride, p.padding, 1, d)
+        joined = torch.cat([t[:, :, :cls], pooled.reshape(b, h, d, -1).transpose(2, 3)], dim=2)
+        return _norm(joined, (-1,), p.norm.eps) * p.norm.weight + p.norm.bias
+
+    def run() -> torch.Tensor:
+        qkv = F.linear(x, m.qkv.weight, m.qkv.bias).reshape(b, n, 3, h, d).permute(2, 0, 3, 1, 4)
+        k, v, q = pool(qkv[1], m.pool_k), pool(qkv[2], m.pool_v), pool(qkv[0], m.pool_q)
+        nq, nk = q.shape[2], k.shape[2]
+        scores = torch.bmm((q * d ** -0.5).reshape(b * h, nq, d), k.reshape(b * h, nk, d).transpose(1, 2))
+        scores = scores.reshape(b, h, nq, nk)
+        if tables is not None:
+            (qt, qh, qw), (kt, kh, kw) = m.grid_q, m.grid_kv
+            rq = q[:, :, cls:].reshape(b, h, qt, qh, qw, d)
+            on_t = torch.einsum("bntijd,tsd->bntijs", rq, tables[0])
+            on_h = torch.einsum("bntijd,isd->bntijs", rq, tables[1])
+            on_w = torch.einsum("bntijd,jsd->bntijs", rq, tables[2])
+            term = (on_h[..., None, :, None] + on_w[..., None, None, :]) + on_t[..., :, None, None]
+            grid_scores = scores[:, :, cls:, cls:] + term.reshape(b, h, qt * qh * qw, kt * kh * kw)
+            scores = torch.cat([scores[:, :, :cls], torch.cat([scores[:, :, cls:, :cls], grid_scores], dim=3)],
+                               dim=2)
+        heads = torch.bmm(_softmax(scores.reshape(b * h, nq, nk), -1), v.reshape(b * h, nk, d)).reshape(b, h, nq, d)
+        if m.residual_pool:
+            heads = torch.cat([heads[:, :, :cls], heads[:, :, cls:] + q[:, :, cls:]], dim=2)
+        return F.linear(heads.transpose(1, 2).reshape(b, nq, dim), m.project.weight, m.project.bias)
+
+    _ = grid
+    return run
+
+
+def _token_maxpool(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """The grid tokens laid out on the grid, max-pooled (the windows' maxima), the class token put back."""
+    b, _, c = x.shape
+    grid = x[:, m.cls:].transpose(1, 2).reshape(b, c, *m.grid)
+    pooled = _pool("max")(grid, {**a, "dilation": 1, "count_include_pad": True}, m.pool)
+    return lambda: torch.cat([x[:, :m.cls], pooled().flatten(2).transpose(1, 2)], dim=1)
+
+
+def _separable_pos_embed(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """The tables summed for every (step, position) of the grid, the class token's vector first, then added."""
+    def run() -> torch.Tensor:
+        table = (m.temporal_pos[:, None, :] + m.spatial_pos[None, :, :]).flatten(0, 1)
+        if m.class_pos is not None:
+            table = torch.cat([m.class_pos[None], table])
+        return x + table
+    return run
+
+
+FORMULAS.update({"pooled_attention": _pooled_attention, "token_maxpool": _token_maxpool,
+                 "separable_pos_embed": _separable_pos_embed})
+
+
 # Kinds whose real module is counted directly: its ops are already elementary (a convolution, a matrix product,
 # data movement).
 REAL = {"conv", "conv_transpose", "linear", "flatten", "zeropad", "crop", "channel_shuffle", "channel_slice",

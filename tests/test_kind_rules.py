@@ -270,7 +270,8 @@ def _window_attention_once(a: Mapping[str, Any], i: Any) -> int:
 def _pooled_attention(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...], macs: int) -> int:
     """2 per MAC; qkv's biases (3D per input token) and the projection's (D per output token); each pooled q, k, v
     normalized (7 per element, 4 per token and head); q's scale (1 per element); softmax (3 per weight); with
-    rel_pos, 3 per weight between grid tokens (two sums making the term, one adding it); with residual_pool one
+    rel_pos the sum of the H and W terms (h Mq kh kw), the T term added (h Mq Mk), the sum added to the scores
+    (h Mq Mk); with residual_pool one
     addition per element of q's grid tokens."""
     cls, d, h, nq = i[0] - n(i.grid), o[1], a["num_heads"], o[0]
     kk, sk = _tuple(a["kernel_kv"], i), _tuple(a["stride_kv"], i)
@@ -279,7 +280,12 @@ def _pooled_attention(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ..
     pooled_kv = n(kk) > 1 or n(sk) > 1
     normed = (nq if pooled_q else 0) + (2 * nk if pooled_kv else 0)
     return (2 * macs + 3 * d * i[0] + d * nq + 7 * normed * d + 4 * normed * h + d * nq + 3 * h * nq * nk
-            + (3 * h * (nq - cls) * (nk - cls) if a["rel_pos"] else 0) + (d * (nq - cls) if a["residual_pool"] else 0))
+            + (h * (nq - cls) * (_kv(i, kk, sk)[1] * _kv(i, kk, sk)[2] + 2 * (nk - cls)) if a["rel_pos"] else 0)
+            + (d * (nq - cls) if a["residual_pool"] else 0))
+
+
+def _kv(i: Any, kk: tuple[int, ...], sk: tuple[int, ...]) -> list[int]:
+    return [(w + 2 * (k // 2) - k) // s + 1 for w, k, s in zip(i.grid, kk, sk)]
 
 
 def _tuple(v: Any, i: Any) -> tuple[int, ...]:

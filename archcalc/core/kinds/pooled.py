@@ -81,8 +81,8 @@ class PooledAttention(Kind):
            "its einsums as numpy's einsum_path reports them, to 4 significant digits, for one clip).")
     full_rule = ("2 per MAC; the biases (3D per input token, D per output token); the pooling norms' own rule "
                  "(7 per element + 4 per token and head); 1 per element of q for the 1/sqrt(d) scale; 3 per "
-                 "attention weight (softmax); with rel_pos 3 per grid weight (two additions making the term, one "
-                 "adding it); with residual_pool 1 per element of q's grid tokens")
+                 "attention weight (softmax); with rel_pos the H and W terms' sum (h Mq kh kw), the T term's (h Mq Mk) "
+                 "and its addition to the scores (h Mq Mk); with residual_pool 1 per element of q's grid tokens")
     tokens = True
     step_unfollowed = ("its backward (the attention weights' and products' gradients, the pooling's) is not "
                        "modelled yet")
@@ -161,7 +161,8 @@ class PooledAttention(Kind):
         macs = sum(self.parts(a, inp).values())
         normed = (nq if g["pq"] else 0) + (2 * nk if g["pkv"] else 0)  # tokens of the pooled, normed q, k, v
         full = (2 * macs + 3 * d * g["n"] + d * nq + normalize_full(normed * d, normed * h, True)
-                + d * nq + 3 * h * nq * nk + (3 * h * mq * mk if a["rel_pos"] else 0)
+                + d * nq + 3 * h * nq * nk
+                + (h * mq * g["gk"][1] * g["gk"][2] + 2 * h * mq * mk if a["rel_pos"] else 0)
                 + (d * mq if a["residual_pool"] else 0))
         fvcore = macs + 5 * normed * d
         if a["rel_pos"]:
