@@ -426,10 +426,11 @@ def known(inp: tuple[int, ...], layers: tuple[Layer, ...], batch: int) -> dict[s
     if batch == 1 and any(x.kind == "class_token" and x.trainable for x in _all(layers)):
         # test_class_token_gradient_at_batch_1
         why["step_peak"] = why["step_peak_first"] = "a class token's gradient at batch 1"
-    take = [i for i, x in enumerate(layers) if x.kind == "take_token"]
-    if take and (batch == 1 or not (take[0] + 1 < len(layers) and layers[take[0] + 1].trainable)):
-        # test_step_peak_of_a_token_taken_without_a_trainable_head
-        why["step_peak"] = why["step_peak_first"] = "a token taken at batch 1 or without a trainable head"
+    if batch > 1 and any(x.kind == "linear" and y.kind == "class_token" for x, y in zip(layers, layers[1:])):
+        # test_linear_before_a_class_token_copies_its_gradient
+        why["step_peak"] = why["step_peak_first"] = "a linear layer's gradient through a class token"
+    if any(x.kind == "take_token" for x in layers):  # test_step_peak_of_a_taken_token
+        why["step_peak"] = why["step_peak_first"] = "a taken token's backward"
     if permuted(inp, layers, batch):
         why.update(dict.fromkeys(MEMORY, "permuted tokens"))
     return why
@@ -691,8 +692,24 @@ def test_class_token_gradient_at_batch_1() -> None:
 
 
 @pytest.mark.xfail(reason="take_token's backward (SelectBackward0: zeros of the sequence's size, the token's "
-                   "gradient copied in) where no trainable head follows, or at batch 1: the timeline's peak is "
-                   "below the measured one")
-def test_step_peak_of_a_token_taken_without_a_trainable_head() -> None:
-    _disagree((1, 1), _seq(TOKENS, CLS, _ln(), Layer("take_token", (("index", 0),))), 2, "step_peak_first")
+                   "gradient copied in): the timeline's peak is below the measured one (here 96 bytes predicted, "
+                   "104 measured), with or without a trainable head after it")
+@pytest.mark.parametrize(("inp", "layers"), [
+    ((1, 1), _seq(TOKENS, CLS, _ln(), TAKE := Layer("take_token", (("index", 0),)))),
+    ((1, 2), _seq(TOKENS, _linear(1, bias=False), _ln(False), TAKE, _linear(1, bias=False))),  # 108 and 116 bytes
+])
+def test_step_peak_of_a_taken_token(inp: tuple[int, ...], layers: tuple[Layer, ...]) -> None:
+    _disagree(inp, layers, 2, "step_peak_first")
 
+
+
+@pytest.mark.xfail(reason="the class token's backward hands the sequence a narrow view of its gradient "
+                   "(passes_gradient); what that costs depends on the layer before it, whose backward reads the view "
+                   "(a linear layer folds it into rows at batch > 1), which the timeline does not follow: here the "
+                   "later step's peak is above the measured one (1,864 bytes predicted, 1,840 measured in "
+                   "float64), where without passes_gradient it agreed and the cases of "
+                   "test_views_and_additions_of_tokens_pass_their_gradient_on did not")
+def test_linear_before_a_class_token_copies_its_gradient() -> None:
+    _disagree((4, 2, 1), _seq(Layer("conv", (("out", 7), ("kernel", 1), ("bias", False))), TOKENS,
+                              _linear(1, bias=False), Layer("class_token", trainable=False), Layer("gelu")),
+              3, "step_peak", "float64")
