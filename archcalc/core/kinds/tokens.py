@@ -49,6 +49,9 @@ class ToTokens(Kind):
            "is a patch embedding. A view: no copy, no arithmetic.")
     full_rule = "0 (a view)"
     alias = True
+    # Its backward is a view of its output's gradient (transposed back, the token axis split into the grid's), not
+    # a crop's copy into zeros: measured by tests/test_property_tokens.py
+    passes_gradient = True
     examples = (Example((8, 4, 4)), Example((6, 5)), Example((4, 2, 3, 3)))
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
@@ -74,6 +77,7 @@ class ToGrid(Kind):
            "copy), not contiguous when the tokens were; no arithmetic.")
     full_rule = "0 (a view)"
     alias = True
+    passes_gradient = True  # its backward is a view of its output's gradient, as to_tokens'
     tokens = True
     args = (Arg("size", "ints_or_none", None, "the grid's size per spatial axis (H, W); default: the tokens' grid",
                 minimum=1),)
@@ -111,6 +115,7 @@ class ClassToken(Kind):
            "no arithmetic.")
     full_rule = "0 (a copy)"
     tokens = True
+    passes_gradient = True  # CatBackward0 hands the sequence a view of the output's gradient (narrow), no copy
     examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(5, 3, (5,))))
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
@@ -135,6 +140,7 @@ class PositionEmbedding(Kind):
            "(torchvision's ViT: `input + self.pos_embedding`). fvcore and FlopCounterMode count the add as 0.")
     full_rule = "1 addition per element"
     tokens = True
+    passes_gradient = True  # x + pos: AddBackward0 returns the output's gradient for x (as `bias`)
     examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(5, 3, (5,))))
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
