@@ -470,11 +470,13 @@ def agreement(inp: tuple[int, ...], layers: tuple[Layer, ...], dtype: str,
         result["peak"] = (peak, dispatch_peak_bytes(lambda: model(x)))
     result["peak_profiler"] = (peak, peak_bytes(lambda: model(x)))
     if any(p.requires_grad for p in model.parameters()):
-        attention = any(layer.kind == "self_attention" or any(b.kind == "self_attention" for b in layer.body)
-                        for layer in layers)
+        # calc declines the step where its backward is not modelled, and only there: attention's math path with
+        # one channel per head and several heads (its out_proj runs as a matmul and a bias add; the twin's
+        # attention is that math path too)
+        one_per_head = any(r.kind == "self_attention" and r.op is not None and r.op.args["num_heads"] > 1
+                           and r.input[1] == r.op.args["num_heads"] for r in report.rows)
         declined = step_unfollowed(report)
-        # calc declines the step where its backward is not modelled (self_attention), and only there
-        result["step_declined"] = (bool(declined) and "self_attention" in declined, attention)
+        result["step_declined"] = (bool(declined) and "self_attention" in declined, one_per_head)
         if not declined:
             later, first = step_peaks(report, "adam")
             for steps, predicted in ((1, first), (2, later)):
@@ -691,9 +693,9 @@ def test_class_token_gradient_at_batch_1() -> None:
     _disagree((3, 2, 2), _seq(TOKENS, CLS, _linear(1, trainable=False)), 1, "step_peak_first")
 
 
-@pytest.mark.xfail(reason="take_token's backward (SelectBackward0: zeros of the sequence's size, the token's "
-                   "gradient copied in): the timeline's peak is below the measured one (here 96 bytes predicted, "
-                   "104 measured), with or without a trainable head after it")
+# take_token's backward (SelectBackward0: zeros of the sequence's size, the token's gradient copied in), with or
+# without a trainable head after it: found by this file's search below the measured peak (96 bytes predicted, 104
+# measured), followed since (`scatters_gradient`)
 @pytest.mark.parametrize(("inp", "layers"), [
     ((1, 1), _seq(TOKENS, CLS, _ln(), TAKE := Layer("take_token", (("index", 0),)))),
     ((1, 2), _seq(TOKENS, _linear(1, bias=False), _ln(False), TAKE, _linear(1, bias=False))),  # 108 and 116 bytes
