@@ -27,7 +27,7 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import mapping
+from archcalc.torch.importer import attention, mapping
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -509,6 +509,8 @@ class _Converter:
                 outputs = self.outputs(node)
             elif node not in self.composed:
                 self.current = node
+                if node.op == "call_module" and self.attention_pattern(node):  # (the same: self-attention)
+                    continue
                 if self.composition(node):  # (its nodes are one op now; their values are set)
                     continue
                 try:
@@ -554,6 +556,34 @@ class _Converter:
             self.vals[last] = out
             return True
         return False
+
+    def attention_pattern(self, node: fx.Node) -> bool:
+        """Self-attention written out op by op from its fused qkv projection (timm's Attention: attention.py), one
+        `self_attention` op from the projections' input to the output projection's result."""
+        found = attention.match(self.root, self.values, node)
+        x = self.vals.get(found.x) if found is not None else None
+        if found is None or not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or x.channels_last:
+            return False
+        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj)
+                  for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
+        args = {"num_heads": found.num_heads, "bias": found.bias}
+        try:
+            self.consume(found.last, params, "self_attention", args, x)
+        except Unmapped:
+            return False
+        calls = [str(n.target) for n in found.nodes if n.op == "call_module"]
+        self.called.update(calls)
+        parts = tuple(found.qkv.split("."))[:-1]
+        path = ".".join(parts)
+        m = self.root.get_submodule(path) if path else self.root
+        where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
+        trainable = any(p.requires_grad for c in calls for p in self.root.get_submodule(c).parameters())
+        out = self._new(x.shape)
+        self.ops.append(Op(parts[-1] if parts else "attention", parts[:-1], bool(parts), "self_attention", None,
+                           args, (x.id,), out.id, where, None, trainable))
+        self.composed.update(found.nodes)
+        self.vals[found.last] = out
+        return True
 
     def _module_run(self, node: fx.Node, path: str) -> list[fx.Node]:
         """The nodes of this call of the module at `path`: from `node`, while they run inside it."""
