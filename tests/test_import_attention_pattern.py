@@ -121,3 +121,13 @@ def test_other_attention_is_not_read_as_self_attention(variant: str) -> None:
     outside it: not self_attention; the op-by-op import refuses the block at the op it has no kind for."""
     with pytest.raises(ArchcalcError, match=r"cannot import .* at attn1"):
         from_module(TinyViT(variant=variant, tokens=16, bias=variant != "proj_bias"), (3, 16, 16))
+
+
+class Ratio(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / torch.relu(x)  # two tensors of the network divided (timm's BAT normalises so)
+
+
+def test_a_division_of_two_tensors_is_refused_not_a_crash() -> None:
+    with pytest.raises(ArchcalcError, match=r"cannot import _operator.truediv .*: div of two tensors has no archcalc merge"):
+        from_module(Ratio(), (3, 4, 4))

@@ -1240,6 +1240,8 @@ class _Converter:
             # (two channels-last views of one shape combine element by element, in either layout: MambaOut's gate)
             raise Unmapped(f"{merge} of channels-last views" if last == b.channels_last else
                            f"{merge} of a channels-last view and a channels-first tensor")
+        if merge not in MERGES:  # (a division of two tensors: BAT's normalisation, a mean's sum / count)
+            raise Unmapped(f"{merge} of two tensors has no archcalc merge (merges are {', '.join(MERGES)})")
         try:  # the merge's own shape rule (add: equal shapes; mul: broadcasting)
             MERGES[merge].output((a.shape, b.shape), ("the first operand", "the second"))
         except LayerError as exc:
