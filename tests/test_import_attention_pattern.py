@@ -26,11 +26,11 @@ class Attention(nn.Module):
         super().__init__()
         self.heads, self.fused, self.variant = heads, fused, variant
         self.scale = (dim // heads) ** -0.5 * (2.0 if variant == "scale" else 1.0)
-        self.qkv = nn.Linear(dim, dim * 3, bias=bias)
         self.q_norm = nn.Identity()
         self.k_norm = nn.Identity()
         self.attn_drop = nn.Dropout(0.0)
-        self.proj = nn.Linear(dim, dim, bias=bias or variant == "proj_bias")
+        self.qkv = nn.Linear(dim, dim * 3, bias=bias and variant != "proj_bias")
+        self.proj = nn.Linear(dim, dim, bias=bias and variant != "qkv_bias_only")
         if variant == "attn_bias":  # LeViT's learned bias on the attention scores
             self.bias = nn.Parameter(torch.zeros(heads, tokens, tokens))
 
@@ -85,11 +85,14 @@ def meta_flops(model: nn.Module, shape: tuple[int, ...]) -> int:
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("variant", ["", "index"])
+@pytest.mark.parametrize("variant", ["", "index", "proj_bias"])
 def test_explicit_attention_imports_as_self_attention_exact(bias: bool, variant: str) -> None:
+    """Biases in both projections, in neither, or in the output projection only (timm's qkv_bias=False, FastViT's
+    attention): self_attention's bias and qkv_bias."""
     text, report = check(TinyViT(bias=bias, variant=variant), (3, 16, 16), (3, 24, 20))
+    args = ("qkv_bias: false, " if variant == "proj_bias" else "") if bias else "bias: false, "
     for name in ("attn1", "attn2"):
-        assert f"self_attention: {{num_heads: 3, {'' if bias else 'bias: false, '}name: {name}}}" in text, text
+        assert f"self_attention: {{num_heads: 3, {args}name: {name}}}" in text, text
     assert "matmul" not in text and "softmax" not in text
 
 
@@ -115,12 +118,12 @@ def test_fused_attention_imports_as_the_same_spec(bias: bool) -> None:
     assert got == meta_flops(fused, shape)
 
 
-@pytest.mark.parametrize("variant", ["attn_bias", "scale", "proj_bias", "leak"])
+@pytest.mark.parametrize("variant", ["attn_bias", "scale", "qkv_bias_only", "leak"])
 def test_other_attention_is_not_read_as_self_attention(variant: str) -> None:
-    """A bias on the scores (LeViT's), another scale, a bias in one projection only, a value of the attention read
-    outside it: not self_attention; the op-by-op import refuses the block at the op it has no kind for."""
+    """A bias on the scores (LeViT's), another scale, a bias in the qkv projection only, a value of the attention
+    read outside it: not self_attention; the op-by-op import refuses the block at the op it has no kind for."""
     with pytest.raises(ArchcalcError, match=r"cannot import .* at attn1"):
-        from_module(TinyViT(variant=variant, tokens=16, bias=variant != "proj_bias"), (3, 16, 16))
+        from_module(TinyViT(variant=variant, tokens=16), (3, 16, 16))
 
 
 class Ratio(nn.Module):
@@ -129,5 +132,6 @@ class Ratio(nn.Module):
 
 
 def test_a_division_of_two_tensors_is_refused_not_a_crash() -> None:
-    with pytest.raises(ArchcalcError, match=r"cannot import _operator.truediv .*: div of two tensors has no archcalc merge"):
+    message = r"cannot import _operator.truediv .*: div of two tensors has no archcalc merge"
+    with pytest.raises(ArchcalcError, match=message):
         from_module(Ratio(), (3, 4, 4))

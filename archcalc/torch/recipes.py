@@ -298,7 +298,8 @@ def _take_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("self_attention")
 def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"])
+    return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"],
+                qkv_bias=a["qkv_bias"])
 
 
 @recipe("crop")
@@ -683,9 +684,9 @@ reads("to_grid", lambda m, inp: Mapped("to_grid", {"size": tuple(int(s) for s in
 reads("class_token", lambda m, inp: Mapped("class_token", {}), modules.ClassToken)
 reads("pos_embed", lambda m, inp: Mapped("pos_embed", {}), modules.PositionEmbedding)
 reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)}), modules.TakeToken)
-reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
-                                                                 "bias": m.in_proj.bias is not None}),
-      modules.SelfAttention)
+reads("self_attention", lambda m, inp: Mapped("self_attention", {
+    "num_heads": int(m.num_heads), "bias": m.out_proj.bias is not None,
+    **({"qkv_bias": False} if m.out_proj.bias is not None and m.in_proj.bias is None else {})}), modules.SelfAttention)
 # nn.MultiheadAttention as self-attention: its call, m(x, x, x, need_weights=False), is read by the importer
 # (archcalc.torch.importer.trace: the module returns a pair); this rule makes it a leaf of the trace.
 reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),

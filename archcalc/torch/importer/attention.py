@@ -10,7 +10,8 @@ The pattern, from the fused projection to the output projection, on N x C tokens
         or  (q * d ** -0.5) @ k.transpose(-2, -1), softmax over the keys, (dropout), @ v
     out = Linear(C, C)(o.transpose(1, 2).reshape(B, N, C))              (an nn.Identity norm between: optional)
 
-Its parameters are nn.MultiheadAttention's (in_proj 3C x C and 3C, out_proj C x C and C), its MACs 4NC^2 + 2N^2 C.
+Its parameters are nn.MultiheadAttention's (in_proj 3C x C and 3C, out_proj C x C and C; biases in both, in neither,
+or in the output projection only: self_attention's `qkv_bias: false`), its MACs 4NC^2 + 2N^2 C.
 Every intermediate value must be read inside the pattern only; anything else (a bias on the attention weights, a
 mask, separate q and kv projections, another scale) is not this pattern and is imported op by op (and refused there
 with its reason)."""
@@ -37,7 +38,8 @@ class Attention(NamedTuple):
     last: fx.Node  # the output projection's call
     nodes: frozenset[fx.Node]  # every node of the pattern
     num_heads: int
-    bias: bool
+    bias: bool  # the output projection's
+    qkv_bias: bool
 
 
 def _shape(values: dict[fx.Node, Any], n: Any) -> tuple[int, ...] | None:
@@ -131,8 +133,8 @@ class _Matcher:
         proj = self.module(last, nn.Linear)
         if proj is None or last is None or proj.in_features != c or proj.out_features != c or len(last.args) != 1:
             return None
-        if (qkv.bias is None) != (proj.bias is None):
-            return None  # (self_attention's biases are both or neither)
+        if qkv.bias is not None and proj.bias is None:
+            return None  # (self_attention's biases: both, neither, or the output projection's only)
         self.nodes.add(last)
         inside = self.nodes
         if any(u not in inside for n in inside - {last} for u in n.users):
@@ -140,7 +142,7 @@ class _Matcher:
         x = first.args[0]
         assert isinstance(x, fx.Node)  # (its shape was read above)
         return Attention(x, str(first.target), str(last.target), last, frozenset(inside), heads,
-                         qkv.bias is not None)
+                         proj.bias is not None, qkv.bias is not None)
 
     def unbound(self, perm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node] | None:
         users = list(perm.users)

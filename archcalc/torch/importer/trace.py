@@ -566,7 +566,9 @@ class _Converter:
             return False
         params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj)
                   for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
-        args = {"num_heads": found.num_heads, "bias": found.bias}
+        args: dict[str, Any] = {"num_heads": found.num_heads, "bias": found.bias}
+        if found.bias and not found.qkv_bias:
+            args["qkv_bias"] = False
         try:
             self.consume(found.last, params, "self_attention", args, x)
         except Unmapped:
