@@ -135,3 +135,42 @@ def test_a_division_of_two_tensors_is_refused_not_a_crash() -> None:
     message = r"cannot import _operator.truediv .*: div of two tensors has no archcalc merge"
     with pytest.raises(ArchcalcError, match=message):
         from_module(Ratio(), (3, 4, 4))
+
+
+class TokenOps(nn.Module):
+    """What timm's hybrids do around their attention: a gated MLP on tokens (ViTamin's GeGLU: act(g) * x), the
+    tokens laid out on their grid again by a transpose and a reshape (FastViT), and a mean over the tokens (a ViT
+    with global_pool='avg')."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.gate, self.value, self.out = nn.Linear(c, 2 * c), nn.Linear(c, 2 * c), nn.Linear(2 * c, c)
+        self.conv = nn.Conv2d(c, c, 3, padding=1, groups=c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        t = t + self.out(F.gelu(self.gate(t)) * self.value(t))
+        g = self.conv(t.transpose(-2, -1).reshape(b, c, h, w))
+        return g.flatten(2).transpose(1, 2).mean(dim=1)
+
+
+def test_gated_mlp_to_grid_and_token_mean_import_exact() -> None:
+    text, _ = check(TokenOps(), (8, 5, 6))
+    assert "  - mul: [gelu, value]" in text, text
+    assert "to_grid: {size: [5, 6]" in text and "  - mean: {name: mean}" in text, text
+
+
+class NotAGrid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls = nn.Parameter(torch.zeros(1, 1, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.flatten(2).transpose(1, 2)
+        return torch.cat([self.cls.expand(x.shape[0], -1, -1), t], dim=1).mean(dim=1)
+
+
+def test_a_mean_over_tokens_with_a_class_token_is_refused() -> None:
+    with pytest.raises(ArchcalcError, match=r"mean over 21 tokens that are not their grid \(4x5: a class token"):
+        from_module(NotAGrid(), (8, 4, 5))

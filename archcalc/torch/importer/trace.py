@@ -151,6 +151,13 @@ class _Flat(NamedTuple):
     source: _Tensor
 
 
+class _TokensT(NamedTuple):
+    """A token sequence with its two axes swapped (C x N: FastViT's `x.transpose(-2, -1)` before it reshapes to
+    the grid): to_grid once it is viewed as C x H x W, nothing archcalc has a kind for otherwise."""
+
+    source: _Tensor
+
+
 class _Failed(Exception):
     """Raised inside fx's tracing with the finished message (fx's own errors pass through it unchanged)."""
 
@@ -765,10 +772,15 @@ class _Converter:
         if target is torch.permute or method == "permute":
             dims: Any = args[1:] if len(args) > 2 else (args[1] if len(args) > 1 else kwargs.get("dims"))
             return self.permute(node, args[0], tuple(dims))
+        if (target is torch.transpose or method == "transpose") and len(args) == 3 and self._to_grid_next(node, args):
+            return _TokensT(args[0])
         if (target is torch.transpose or method == "transpose") and isinstance(args[0], _Flat) and len(args) == 3:
             pair = sorted(int(d) % 3 for d in args[1:])
             return self.permute(node, args[0], (0, 2, 1) if pair == [1, 2] else (0, 1, 2))
         fn: Any = target
+        if (fn is torch.mean or method == "mean") and isinstance(args[0], _Tensor) \
+                and isinstance(args[0].shape, Tokens):
+            return self.token_mean(node, args, kwargs)
         entry = mapping.METHODS.get(method) if method else (mapping.FUNCTIONS.get(fn) or self.named_functions.get(fn))
         if entry is None:
             raise Unmapped("it has no archcalc kind")
@@ -1328,6 +1340,9 @@ class _Converter:
         x = args[0]
         if isinstance(x, _Blocks):
             return self.space_to_depth(node, x)
+        if isinstance(x, _TokensT):  # (its one reader, checked by _to_grid_next: C x N viewed as C x H x W)
+            return self.emit(node, "to_grid", "to_grid", None, {"size": list(self.values[node].shape[2:])},
+                             [x.source], fixed=False)
         if not isinstance(x, _Tensor) or x.channels_last:
             raise Unmapped(f"{how} of something other than a channels-first tensor of the network")
         out = tuple(int(s) for s in self.values[node].shape[1:])
@@ -1349,6 +1364,39 @@ class _Converter:
         if keep:
             view["keep"] = keep
         return self.emit(node, "reshape", "reshape", None, view, [x], fixed=False)
+
+    def token_mean(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> _Tensor:
+        """The mean over the tokens, x.mean(dim=1) (timm's ViT with global_pool='avg'), of tokens that are their
+        grid (no class token): to_grid and the mean over the spatial axes, the same sums and division."""
+        x = args[0]
+        bound = mapping.bind(("x", "dim", "keepdim", "dtype"), args, kwargs)
+        dim = bound.get("dim")
+        dims = (dim,) if isinstance(dim, int) else tuple(dim or ())
+        n, c = x.shape
+        if [d % 3 for d in dims] != [1] or bound.get("keepdim") or bound.get("dtype") is not None:
+            raise Unmapped(f"mean of tokens over dims {list(dims)}: archcalc's is the mean over the tokens (dim 1)")
+        if math.prod(x.shape.grid) != n:
+            raise Unmapped(f"mean over {n} tokens that are not their grid ({'x'.join(map(str, x.shape.grid))}: a class "
+                           "token among them?)")
+        grid = self.emit(node, "to_grid", "to_grid", None, {"size": list(x.shape.grid)}, [x], fixed=False,
+                         shape=(c, *x.shape.grid))
+        return self.emit(node, "mean", "mean", None, {}, [grid], fixed=False)
+
+    def _to_grid_next(self, node: fx.Node, args: list[Any]) -> bool:
+        """A transpose of tokens (N x C -> C x N) whose every reader views it as C x H x W (H*W = N): to_grid."""
+        x = args[0]
+        if not (isinstance(x, _Tensor) and isinstance(x.shape, Tokens) and not x.channels_last
+                and all(isinstance(d, int) for d in args[1:]) and sorted(int(d) % 3 for d in args[1:]) == [1, 2]):
+            return False
+        n, c = x.shape
+
+        def grid(user: fx.Node) -> bool:
+            method = str(user.target) if user.op == "call_method" else None
+            shape = tuple(int(v) for v in self.values[user].shape[1:]) if isinstance(
+                self.values.get(user), torch.Tensor) else ()
+            return (method in ("reshape", "view") or user.target is torch.reshape) and user.args[0] is node \
+                and len(shape) >= 2 and shape[0] == c and math.prod(shape[1:]) == n
+        return bool(node.users) and all(grid(u) for u in node.users)
 
     @staticmethod
     def _channels_move_last(node: fx.Node) -> bool:
