@@ -174,3 +174,26 @@ class NotAGrid(nn.Module):
 def test_a_mean_over_tokens_with_a_class_token_is_refused() -> None:
     with pytest.raises(ArchcalcError, match=r"mean over 21 tokens that are not their grid \(4x5: a class token"):
         from_module(NotAGrid(), (8, 4, 5))
+
+
+class ScaledTokens(nn.Module):
+    """Parameters on tokens: a layer scale per channel (CaiT's, CAFormer's res_scale: x * gamma, gamma of C), and
+    StarReLU's scale and bias of one value each (s * relu(x) ** 2 + b, CAFormer's MLP)."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.fc = nn.Linear(c, c)
+        self.gamma = nn.Parameter(torch.full((c,), 0.5))
+        self.s, self.b = nn.Parameter(torch.ones(1)), nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.flatten(2).transpose(1, 2)
+        t = t + self.gamma * self.fc(t)
+        return self.s * F.relu(t) ** 2 + self.b
+
+
+def test_layer_scale_and_bias_on_tokens_import_exact() -> None:
+    text, report = check(ScaledTokens(), (8, 3, 4), (8, 5, 2))
+    assert "layer_scale: {name: layer_scale}" in text and "layer_scale: {per: tensor" in text, text
+    assert "bias: {per: tensor" in text, text
+    assert report.totals.params == 8 * 8 + 8 + 8 + 2

@@ -1238,6 +1238,9 @@ class _Converter:
             if per is None:
                 raise Unmapped(f"a {'sum' if merge == 'add' else 'product'} with a parameter of shape {list(p.shape)}: "
                                "not one value per channel, per position, per element or for the tensor")
+            if isinstance(x, _Tensor) and isinstance(x.shape, Tokens) and (merge == "mul" or per != "element"):
+                self.consume(node, [p], kind, {"per": per}, x)
+                return self.emit(node, kind, kind, None, {"per": per}, [x], fixed=False)
             if isinstance(x, _Tensor) and isinstance(x.shape, Tokens):
                 if merge != "add" or per != "element":
                     raise Unmapped(f"a {'sum' if merge == 'add' else 'product'} of tokens with a parameter of shape "
