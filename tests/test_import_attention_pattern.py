@@ -197,3 +197,24 @@ def test_layer_scale_and_bias_on_tokens_import_exact() -> None:
     assert "layer_scale: {name: layer_scale}" in text and "layer_scale: {per: tensor" in text, text
     assert "bias: {per: tensor" in text, text
     assert report.totals.params == 8 * 8 + 8 + 8 + 2
+
+
+class TokenSlices(nn.Module):
+    """PiT keeps its class tokens apart by slicing the sequence (x[:, :n]); a split of tokens along dim 1 is a split
+    of the tokens, not of the channels."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.flatten(2).transpose(1, 2)
+        if self.how == "slice":
+            return t[:, :2]
+        return t.chunk(2, dim=1)[0]
+
+
+@pytest.mark.parametrize("how", ["slice", "chunk"])
+def test_a_slice_of_tokens_is_refused_not_read_as_channels(how: str) -> None:
+    with pytest.raises(ArchcalcError, match=r"of a token sequence"):
+        from_module(TokenSlices(how), (8, 4, 4))

@@ -1465,6 +1465,8 @@ class _Converter:
         size = args[1] if len(args) > 1 else kwargs.get("chunks", kwargs.get("split_size_or_sections",
                                                                                 kwargs.get("split_size")))
         dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+        if isinstance(x.shape, Tokens):
+            raise Unmapped(f"{how} of a token sequence: archcalc slices the channels of a grid")
         rank = len(x.shape) + 1
         axis = rank - 1 if x.channels_last else 1  # the channels: the last axis of a channels-last view (MambaOut)
         if dim % rank != axis:
@@ -1500,6 +1502,11 @@ class _Converter:
                 and isinstance(index[1], int) and not isinstance(index[1], bool):  # x[:, i]: one token
             return self.emit(node, "take_token", "take_token", None, {"index": index[1] % source.shape[0]},
                              [source], fixed=False)
+        if isinstance(source.shape, Tokens):  # (its dim 1 is the tokens, not the channels: PiT's x[:, :2])
+            if all(i == slice(None, None, None) for i in index):
+                return source
+            raise Unmapped(f"indexing [{', '.join(map(str, index))}] of a token sequence: archcalc takes one token "
+                           "(x[:, i]: take_token)")
         channels = source.shape[0]
         full = slice(None, None, None)
         if Ellipsis in index and index.count(Ellipsis) == 1:  # x[..., a:b]: the axes the ellipsis stands for
