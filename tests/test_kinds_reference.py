@@ -227,6 +227,9 @@ def _avgpool(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
 
 
 def _per(per: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    if isinstance(shape, Tokens):  # N x C tokens (B x N x C in torch): the channels are the last axis
+        n, c = shape
+        return {"channel": (1, c), "position": (n, 1), "tensor": (1, 1)}.get(per, (n, c))
     rank = len(shape) - 1
     return {"channel": (shape[0], *[1] * rank), "position": (1, *shape[1:]), "tensor": (1,) * len(shape)}.get(
         per, shape)
@@ -321,10 +324,10 @@ class Attention(nn.Module):
     """Multi-head self-attention as Vaswani et al. write it (nn.MultiheadAttention's parameters in its order),
     every product a matmul: softmax(Q K^T / sqrt(d)) V per head."""
 
-    def __init__(self, c: int, heads: int, bias: bool) -> None:
+    def __init__(self, c: int, heads: int, bias: bool, qkv_bias: bool = True) -> None:
         super().__init__()
         self.heads = heads
-        self.in_proj = nn.Linear(c, 3 * c, bias=bias)
+        self.in_proj = nn.Linear(c, 3 * c, bias=bias and qkv_bias)  # (qkv_bias false: the output's bias only)
         self.out_proj = nn.Linear(c, c, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -664,7 +667,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "class_token": lambda a, s: Tokenized((1, 1, s[1]), first=True),
     "pos_embed": lambda a, s: Tokenized((1, *s), first=False),
     "take_token": lambda a, s: Lambda(lambda x: x[:, a["index"]]),
-    "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"]),
+    "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"], a["qkv_bias"]),
     "pooled_attention": PooledAttention,
     "token_maxpool": TokenMaxPool,
     "separable_pos_embed": lambda a, s: SeparablePositions(s),

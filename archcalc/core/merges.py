@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from archcalc.core.kinds.base import LayerError, Shape, numel
+from archcalc.core.kinds.base import LayerError, Shape, Tokens, numel
 
 
 def dims(shape: Shape) -> str:
@@ -117,6 +117,7 @@ class Mul(MergeOp):
     doc = "element-wise product with broadcasting (an axis of size 1 stretches, as squeeze-excitation's C x 1 x 1)"
     symbol = "*"
     products = True
+    tokens = True
 
     def saved(self, shapes: Sequence[Shape], needs_grad: Sequence[bool]) -> tuple[tuple[int, ...], int]:
         # Built as ((x0 * x1) * x2) * ...: each multiply keeps its right factor for the left one's gradient and its
@@ -154,6 +155,12 @@ class Mul(MergeOp):
         return most - numel(out) - sum(numel(products[m - 1]) for m in kept)
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
+        if isinstance(shapes[0], Tokens):  # token sequences: equal shapes only (a gated MLP's act(g) * x)
+            for shape, source in zip(shapes[1:], sources[1:]):
+                if shape != shapes[0]:
+                    raise LayerError(f"{sources[0]} gives {dims(shapes[0])} but {source} gives {dims(shape)}; token "
+                                     "sequences are multiplied element by element (equal shapes)")
+            return shapes[0]
         out = list(shapes[0])
         for shape, source in zip(shapes[1:], sources[1:]):
             if len(shape) != len(out) or any(a != b and 1 not in (a, b) for a, b in zip(shape, out)):

@@ -542,12 +542,13 @@ class SelfAttention(nn.Module):
     product is an op torch's FlopCounterMode and fvcore count (their fused kernels count nothing on the CPU:
     docs/conventions.md)."""
 
-    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, kernel: str = "math") -> None:
+    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, kernel: str = "math",
+                 qkv_bias: bool = True) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.kernel = kernel
-        self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
+        self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias and qkv_bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -299,7 +299,7 @@ def _take_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 @recipe("self_attention")
 def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"],
-                **({"kernel": "fused"} if a["kernel"] == "fused" else {}))
+                qkv_bias=a["qkv_bias"], **({"kernel": "fused"} if a["kernel"] == "fused" else {}))
 
 
 @recipe("window_attention")
@@ -731,11 +731,10 @@ reads("to_grid", lambda m, inp: Mapped("to_grid", {"size": tuple(int(s) for s in
 reads("class_token", lambda m, inp: Mapped("class_token", {}), modules.ClassToken)
 reads("pos_embed", lambda m, inp: Mapped("pos_embed", {}), modules.PositionEmbedding)
 reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)}), modules.TakeToken)
-reads("self_attention", lambda m, inp: Mapped("self_attention", {"num_heads": int(m.num_heads),
-                                                                 "bias": m.in_proj.bias is not None,
-                                                                 **({"kernel": "fused"} if m.kernel == "fused"
-                                                                    else {})}),
-      modules.SelfAttention)
+reads("self_attention", lambda m, inp: Mapped("self_attention", {
+    "num_heads": int(m.num_heads), "bias": m.out_proj.bias is not None,
+    **({"qkv_bias": False} if m.out_proj.bias is not None and m.in_proj.bias is None else {}),
+    **({"kernel": "fused"} if m.kernel == "fused" else {})}), modules.SelfAttention)
 reads("window_attention", lambda m, inp: Mapped("window_attention", {
     "num_heads": int(m.num_heads), "window_size": _tup(m.window_size), "shift_size": _tup(m.shift_size),
     "bias": m.qkv.bias is not None, "v2": bool(m.v2)}), modules.WindowAttention)

@@ -148,6 +148,8 @@ def per_shape(kind: str, per: str, inp: Shape) -> tuple[int, ...]:
     """The per-sample shape of a learned tensor with one value per channel (C x 1 x 1), per spatial position
     (1 x H x W), per element (C x H x W) or for the whole tensor (1 x 1 x 1), broadcast over the input."""
     rank = len(inp) - 1
+    if isinstance(inp, Tokens):  # N x C tokens: the channels are the last axis; a position is a token
+        return {"channel": (1, inp[1]), "position": (inp[0], 1), "tensor": (1, 1)}.get(per, tuple(inp))
     if per == "channel":
         return (inp[0], *(1,) * rank)
     if per == "position":
@@ -175,7 +177,9 @@ class Bias(Kind):
         Example((8, 5, 5), {"per": "channel"}),
         Example((4, 3, 3), {"per": "element"}),
         Example((10,), {"per": "channel"}),
+        Example(Tokens(6, 4, (2, 3)), {"per": "tensor"}),
     )
+    tokens = True  # on N x C tokens: per channel 1 x C, per position (token) N x 1 (StarReLU's bias: per tensor)
 
     def shape(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, ...]:
         return per_shape(self.name, a["per"], inp)

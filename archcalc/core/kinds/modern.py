@@ -18,6 +18,7 @@ from archcalc.core.kinds.base import (
     RFStep,
     Saved,
     Shape,
+    Tokens,
     numel,
     register,
     spatial_rank,
@@ -87,8 +88,9 @@ class LayerScale(Kind):
     args = (Arg("init", "float", 1e-6, "initial value of gamma"),
             Arg("per", "str", "channel", "what each value of gamma belongs to", choices=PER))
     examples = (Example((96, 14, 14)), Example((16, 4, 4), {"init": 0.5}), Example((8, 5, 5), {"per": "tensor"}),
-                Example((6, 3, 4), {"per": "position"}))
+                Example((6, 3, 4), {"per": "position"}), Example(Tokens(6, 8, (2, 3)), {"init": 0.5}))
     same_shape = True
+    tokens = True  # on N x C tokens, per channel is one value per channel (1 x C: CaiT's, CAFormer's res_scale)
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         spatial_rank(self.name, inp)

@@ -192,14 +192,14 @@ class SelfAttention(Kind):
     prefix = "attn"
     doc = ("Multi-head self-attention over N x C tokens (Vaswani et al. 2017; nn.MultiheadAttention's parameters): "
            "q, k, v = x W_in (C -> 3C), per head (d = C / heads) softmax(Q K^T / sqrt(d)) V, the heads joined and "
-           "projected (C -> C). Params 4C^2 (+ 4C with bias). MACs 3NC^2 (qkv) + N^2 C (Q K^T) + N^2 C (A V) + "
-           "NC^2 (projection) = 4NC^2 + 2N^2 C per image, independent of the number of heads. Built as torch's "
-           "math path (every product a counted op), or with `kernel: fused` as F.scaled_dot_product_attention's "
-           "fused kernel, which keeps no N x N weights (docs/tokens.md, Memory); what FlopCounterMode and fvcore "
-           "count for torch's own nn.MultiheadAttention and scaled_dot_product_attention is in "
-           "docs/conventions.md.")
-    full_rule = ("2 per MAC, 1 per bias element (4C per token), 1 per element of q for the 1/sqrt(d) scale, 3 per "
-                 "attention weight (softmax: exp, add to the sum, divide)")
+           "projected (C -> C). Params 4C^2 (+ 4C with bias; + C with the output projection's only). MACs 3NC^2 "
+           "(qkv) + N^2 C (Q K^T) + N^2 C (A V) + NC^2 (projection) = 4NC^2 + 2N^2 C per image, independent of "
+           "the number of heads. Built as torch's math path (every product a counted op), or with `kernel: fused` "
+           "as F.scaled_dot_product_attention's fused kernel, which keeps no N x N weights (docs/tokens.md, "
+           "Memory); what FlopCounterMode and fvcore count for torch's own nn.MultiheadAttention and "
+           "scaled_dot_product_attention is in docs/conventions.md.")
+    full_rule = ("2 per MAC, 1 per bias element (4C per token, or C), 1 per element of q for the 1/sqrt(d) scale, "
+                 "3 per attention weight (softmax: exp, add to the sum, divide)")
     tokens = True
     autocast = "mixed"  # linear layers and products (bfloat16) and a softmax inside: not followed under autocast
     contiguous_recorded_input = True  # in_proj keeps a contiguous copy of a strided view (to_tokens') it reads
@@ -211,11 +211,14 @@ class SelfAttention(Kind):
             "builds runs by default, on any device); 'fused', F.scaled_dot_product_attention's fused kernel "
             "(CPU: _scaled_dot_product_flash_attention_for_cpu; CUDA: flash for 16-bit types, memory-efficient "
             "for float32), which makes no N x N tensor", choices=("math", "fused")),
+        Arg("qkv_bias", "bool", True, "with bias: the qkv projection's bias too (false: the output projection's "
+            "only, timm's qkv_bias=False)"),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2}),
         Example(Tokens(5, 12, (5,)), {"num_heads": 3, "bias": False}),
         Example(Tokens(9, 6, (3, 3)), {"num_heads": 1}),
+        Example(Tokens(6, 8, (2, 3)), {"num_heads": 2, "qkv_bias": False}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
@@ -234,7 +237,7 @@ class SelfAttention(Kind):
         n, c = inp
         linear, products = self.parts(inp)
         macs = linear + products
-        bias = 4 * c if a["bias"] else 0
+        bias = (4 * c if a["qkv_bias"] else c) if a["bias"] else 0
         softmax = a["num_heads"] * n * n
         # fvcore has no handler for aten::scaled_dot_product_attention: on the fused kernel it counts the four
         # projections alone (measured: tests/test_attention_kernels.py)
@@ -244,7 +247,7 @@ class SelfAttention(Kind):
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
         c = out[1]
         if a["bias"]:
-            return (3 * c * c, 3 * c, c * c, c)
+            return (3 * c * c, 3 * c, c * c, c) if a["qkv_bias"] else (3 * c * c, c * c, c)
         return (3 * c * c, c * c)
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:

@@ -27,7 +27,7 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import mapping
+from archcalc.torch.importer import attention, mapping
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -150,6 +150,13 @@ class _Padded(NamedTuple):
 class _Flat(NamedTuple):
     """A grid whose spatial axes were flattened into one (C x N: torchvision's ViT reshapes before it permutes):
     tokens once the channels move last, nothing archcalc has a kind for otherwise."""
+
+    source: _Tensor
+
+
+class _TokensT(NamedTuple):
+    """A token sequence with its two axes swapped (C x N: FastViT's `x.transpose(-2, -1)` before it reshapes to
+    the grid): to_grid once it is viewed as C x H x W, nothing archcalc has a kind for otherwise."""
 
     source: _Tensor
 
@@ -514,6 +521,8 @@ class _Converter:
                 outputs = self.outputs(node)
             elif node not in self.composed:
                 self.current = node
+                if node.op == "call_module" and self.attention_pattern(node):  # (the same: self-attention)
+                    continue
                 if self.composition(node):  # (its nodes are one op now; their values are set)
                     continue
                 try:
@@ -559,6 +568,36 @@ class _Converter:
             self.vals[last] = out
             return True
         return False
+
+    def attention_pattern(self, node: fx.Node) -> bool:
+        """Self-attention written out op by op from its fused qkv projection (timm's Attention: attention.py), one
+        `self_attention` op from the projections' input to the output projection's result."""
+        found = attention.match(self.root, self.values, node)
+        x = self.vals.get(found.x) if found is not None else None
+        if found is None or not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or x.channels_last:
+            return False
+        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj)
+                  for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
+        args: dict[str, Any] = {"num_heads": found.num_heads, "bias": found.bias}
+        if found.bias and not found.qkv_bias:
+            args["qkv_bias"] = False
+        try:
+            self.consume(found.last, params, "self_attention", args, x)
+        except Unmapped:
+            return False
+        calls = [str(n.target) for n in found.nodes if n.op == "call_module"]
+        self.called.update(calls)
+        parts = tuple(found.qkv.split("."))[:-1]
+        path = ".".join(parts)
+        m = self.root.get_submodule(path) if path else self.root
+        where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
+        trainable = any(p.requires_grad for c in calls for p in self.root.get_submodule(c).parameters())
+        out = self._new(x.shape)
+        self.ops.append(Op(parts[-1] if parts else "attention", parts[:-1], bool(parts), "self_attention", None,
+                           args, (x.id,), out.id, where, None, trainable))
+        self.composed.update(found.nodes)
+        self.vals[found.last] = out
+        return True
 
     def _module_run(self, node: fx.Node, path: str) -> list[fx.Node]:
         """The nodes of this call of the module at `path`: from `node`, while they run inside it."""
@@ -738,6 +777,8 @@ class _Converter:
         if target is torch.permute or method == "permute":
             dims: Any = args[1:] if len(args) > 2 else (args[1] if len(args) > 1 else kwargs.get("dims"))
             return self.permute(node, args[0], tuple(dims))
+        if (target is torch.transpose or method == "transpose") and len(args) == 3 and self._to_grid_next(node, args):
+            return _TokensT(args[0])
         if (target is torch.transpose or method == "transpose") and isinstance(args[0], _Flat) and len(args) == 3:
             pair = sorted(int(d) % 3 for d in args[1:])
             return self.permute(node, args[0], (0, 2, 1) if pair == [1, 2] else (0, 1, 2))
@@ -746,6 +787,9 @@ class _Converter:
             if not (isinstance(args[0], _Tensor) and isinstance(value, tuple) and value[1] == len(value[0].shape)):
                 raise Unmapped("torchvision's MViT on an image: archcalc imports it on a clip (C x T x H x W)")
             return (args[0], value[1])
+        if (fn is torch.mean or method == "mean") and isinstance(args[0], _Tensor) \
+                and isinstance(args[0].shape, Tokens):
+            return self.token_mean(node, args, kwargs)
         entry = mapping.METHODS.get(method) if method else (mapping.FUNCTIONS.get(fn) or self.named_functions.get(fn))
         if entry is None:
             raise Unmapped("it has no archcalc kind")
@@ -1263,6 +1307,9 @@ class _Converter:
             if per is None:
                 raise Unmapped(f"a {'sum' if merge == 'add' else 'product'} with a parameter of shape {list(p.shape)}: "
                                "not one value per channel, per position, per element or for the tensor")
+            if isinstance(x, _Tensor) and isinstance(x.shape, Tokens) and (merge == "mul" or per != "element"):
+                self.consume(node, [p], kind, {"per": per}, x)
+                return self.emit(node, kind, kind, None, {"per": per}, [x], fixed=False)
             if isinstance(x, _Tensor) and isinstance(x.shape, Tokens):
                 if merge != "add" or per != "element":
                     raise Unmapped(f"a {'sum' if merge == 'add' else 'product'} of tokens with a parameter of shape "
@@ -1279,6 +1326,8 @@ class _Converter:
             # (two channels-last views of one shape combine element by element, in either layout: MambaOut's gate)
             raise Unmapped(f"{merge} of channels-last views" if last == b.channels_last else
                            f"{merge} of a channels-last view and a channels-first tensor")
+        if merge not in MERGES:  # (a division of two tensors: BAT's normalisation, a mean's sum / count)
+            raise Unmapped(f"{merge} of two tensors has no archcalc merge (merges are {', '.join(MERGES)})")
         try:  # the merge's own shape rule (add: equal shapes; mul: broadcasting)
             MERGES[merge].output((a.shape, b.shape), ("the first operand", "the second"))
         except LayerError as exc:
@@ -1363,6 +1412,9 @@ class _Converter:
         x = args[0]
         if isinstance(x, _Blocks):
             return self.space_to_depth(node, x)
+        if isinstance(x, _TokensT):  # (its one reader, checked by _to_grid_next: C x N viewed as C x H x W)
+            return self.emit(node, "to_grid", "to_grid", None, {"size": list(self.values[node].shape[2:])},
+                             [x.source], fixed=False)
         if not isinstance(x, _Tensor) or x.channels_last:
             raise Unmapped(f"{how} of something other than a channels-first tensor of the network")
         out = tuple(int(s) for s in self.values[node].shape[1:])
@@ -1384,6 +1436,39 @@ class _Converter:
         if keep:
             view["keep"] = keep
         return self.emit(node, "reshape", "reshape", None, view, [x], fixed=False)
+
+    def token_mean(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> _Tensor:
+        """The mean over the tokens, x.mean(dim=1) (timm's ViT with global_pool='avg'), of tokens that are their
+        grid (no class token): to_grid and the mean over the spatial axes, the same sums and division."""
+        x = args[0]
+        bound = mapping.bind(("x", "dim", "keepdim", "dtype"), args, kwargs)
+        dim = bound.get("dim")
+        dims = (dim,) if isinstance(dim, int) else tuple(dim or ())
+        n, c = x.shape
+        if [d % 3 for d in dims] != [1] or bound.get("keepdim") or bound.get("dtype") is not None:
+            raise Unmapped(f"mean of tokens over dims {list(dims)}: archcalc's is the mean over the tokens (dim 1)")
+        if math.prod(x.shape.grid) != n:
+            raise Unmapped(f"mean over {n} tokens that are not their grid ({'x'.join(map(str, x.shape.grid))}: a class "
+                           "token among them?)")
+        grid = self.emit(node, "to_grid", "to_grid", None, {"size": list(x.shape.grid)}, [x], fixed=False,
+                         shape=(c, *x.shape.grid))
+        return self.emit(node, "mean", "mean", None, {}, [grid], fixed=False)
+
+    def _to_grid_next(self, node: fx.Node, args: list[Any]) -> bool:
+        """A transpose of tokens (N x C -> C x N) whose every reader views it as C x H x W (H*W = N): to_grid."""
+        x = args[0]
+        if not (isinstance(x, _Tensor) and isinstance(x.shape, Tokens) and not x.channels_last
+                and all(isinstance(d, int) for d in args[1:]) and sorted(int(d) % 3 for d in args[1:]) == [1, 2]):
+            return False
+        n, c = x.shape
+
+        def grid(user: fx.Node) -> bool:
+            method = str(user.target) if user.op == "call_method" else None
+            shape = tuple(int(v) for v in self.values[user].shape[1:]) if isinstance(
+                self.values.get(user), torch.Tensor) else ()
+            return (method in ("reshape", "view") or user.target is torch.reshape) and user.args[0] is node \
+                and len(shape) >= 2 and shape[0] == c and math.prod(shape[1:]) == n
+        return bool(node.users) and all(grid(u) for u in node.users)
 
     @staticmethod
     def _channels_move_last(node: fx.Node) -> bool:
@@ -1449,6 +1534,8 @@ class _Converter:
         size = args[1] if len(args) > 1 else kwargs.get("chunks", kwargs.get("split_size_or_sections",
                                                                                 kwargs.get("split_size")))
         dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+        if isinstance(x.shape, Tokens):
+            raise Unmapped(f"{how} of a token sequence: archcalc slices the channels of a grid")
         rank = len(x.shape) + 1
         axis = rank - 1 if x.channels_last else 1  # the channels: the last axis of a channels-last view (MambaOut)
         if dim % rank != axis:
@@ -1484,6 +1571,11 @@ class _Converter:
                 and isinstance(index[1], int) and not isinstance(index[1], bool):  # x[:, i]: one token
             return self.emit(node, "take_token", "take_token", None, {"index": index[1] % source.shape[0]},
                              [source], fixed=False)
+        if isinstance(source.shape, Tokens):  # (its dim 1 is the tokens, not the channels: PiT's x[:, :2])
+            if all(i == slice(None, None, None) for i in index):
+                return source
+            raise Unmapped(f"indexing [{', '.join(map(str, index))}] of a token sequence: archcalc takes one token "
+                           "(x[:, i]: take_token)")
         channels = source.shape[0]
         full = slice(None, None, None)
         if Ellipsis in index and index.count(Ellipsis) == 1:  # x[..., a:b]: the axes the ellipsis stands for

@@ -36,6 +36,40 @@ CNN_FAMILIES = (
     "sknet", "starnet", "tresnet", "vgg", "vovnet", "xception", "xception_aligned",
 )
 
+# timm's hybrid families (issue 30): modules whose networks mix convolutions and attention as designed parts. The
+# rule, read from each module's source: a module is a hybrid family when its models run attention (a softmax-weighted,
+# or linear-kernel, product over tokens: at the ATen level a batched matmul or scaled_dot_product_attention, the
+# `token_ops` of timm_measured.py) AND convolutions that mix space in the body, beyond a patch-embedding stem (conv
+# stages or blocks, a conv in the FFN, a convolutional position encoding or downsampling). Left out: transformers
+# whose only conv is the patch embedding or a conv stem (vision_transformer, deit, beit, eva, cait, convit, crossvit,
+# swin_*, hiera*, volo, mvitv2: pooling inside attention, issue 30's `mvit`), and token mixers that are not
+# attention (mlp_mixer, sequencer: LSTMs, focalnet: modulation, efficientvim: a state-space mixer). A model of one of
+# these modules that runs no token op is no hybrid (it is counted as such by the measurement, not tried).
+HYBRID_FAMILIES = (
+    "byoanet", "coat", "cpubone", "csatv2", "davit", "edgenext", "efficientformer", "efficientformer_v2",
+    "efficientvit_mit", "efficientvit_msra", "gcvit", "iformer", "levit", "lowformer", "maxxvit", "mobilenetv5",
+    "mobilevit", "nextvit", "pit", "pvt_v2", "shvit", "swiftformer", "tiny_vit", "twins", "visformer", "vitamin",
+    "vision_transformer_hybrid", "xcit",
+)
+# ... and the models of the CNN families that hold token ops (timm_measured.json's `token_ops`; tests/
+# test_import_timm.py's HYBRIDS): MobileNetV4's hybrids, CAFormer, FastViT's attention models, the global-context and
+# bilinear-attention ResNets and the CLIP ResNets' attention pooling. Both together are the hybrid set.
+
+
+def hybrid_models() -> dict[str, list[str]]:
+    """The hybrid set by family: every model of HYBRID_FAMILIES, and the CNN families' models with token ops (from
+    timm_measured.json), in timm's order."""
+    import timm
+    from timm.models import _registry
+
+    cnn = load_json(DATA / "timm_measured.json").get("models", {})
+    out: dict[str, list[str]] = {f: [] for f in HYBRID_FAMILIES}
+    for name in timm.list_models():
+        module = _registry._model_to_module[name]
+        if module in HYBRID_FAMILIES or cnn.get(name, {}).get("token_ops"):
+            out.setdefault(module, []).append(name)
+    return out
+
 
 def family_models() -> dict[str, list[str]]:
     """Every model timm registers in each CNN family (all sizes; names without pretrained tags), in timm's order."""

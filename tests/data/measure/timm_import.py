@@ -14,6 +14,7 @@ taken (building the model; importing it in-process; with --wall, a fresh `archca
     /work/ref/timm/venv/bin/python tests/data/measure/timm_import.py                 # every measured model
     ... timm_import.py --only-failed          # again only the models that failed last time
     ... timm_import.py --models resnet18,dla34 --archcalc /path/to/checkout      # another archcalc, a few models
+    ... timm_import.py --hybrid [--only-failed]   # the hybrid set of timm_hybrid_measured.json instead
 
 Writes tests/data/timm_import.json (merged: a partial run replaces only the models it ran) and a failure list,
 grouped by first blocking cause, at /work/ref/timm/failures.txt (--failures)."""
@@ -37,6 +38,11 @@ from timm_common import DATA, load_json, run_workers, write_json
 MEASURED = DATA / "timm_measured.json"
 OUT = DATA / "timm_import.json"
 FAILURES = "/work/ref/timm/failures.txt"
+# --hybrid: the hybrid set (timm_common.HYBRID_FAMILIES and the CNN families' models with token ops), measured by
+# `timm_measured.py --hybrid`
+HYBRID_MEASURED = DATA / "timm_hybrid_measured.json"
+HYBRID_OUT = DATA / "timm_hybrid_import.json"
+HYBRID_FAILURES = "/work/ref/timm/hybrid_failures.txt"
 TIMEOUT = 300
 
 WORKER = r'''
@@ -189,19 +195,25 @@ def main() -> None:
     ap.add_argument("--smallest", action="store_true", help="only the smallest model of each family")
     ap.add_argument("--archcalc", help="a checkout of archcalc to import from (put first on PYTHONPATH)")
     ap.add_argument("--wall", action="store_true", help="also time a fresh `archcalc import` process per model")
-    ap.add_argument("--failures", default=FAILURES, help=f"the failure list to write (default {FAILURES})")
+    ap.add_argument("--hybrid", action="store_true", help=f"the hybrid set: {HYBRID_MEASURED.name} into "
+                    f"{HYBRID_OUT.name} (failures at {HYBRID_FAILURES})")
+    ap.add_argument("--failures", default=None, help=f"the failure list to write (default {FAILURES})")
     ap.add_argument("--timeout", type=float, default=TIMEOUT)
     ap.add_argument("--failed-table", action="store_true", help="print the test's FAILED table and stop")
     ap.add_argument("--failures-only", action="store_true", help="only rewrite the failure list from the JSON")
     args = ap.parse_args()
-    measured = load_json(MEASURED)
+    global OUT
+    measured_file, OUT = (HYBRID_MEASURED, HYBRID_OUT) if args.hybrid else (MEASURED, OUT)
+    args.failures = args.failures or (HYBRID_FAILURES if args.hybrid else FAILURES)
+    measured = load_json(measured_file)
     if args.failed_table:
         print(failed_table(load_json(OUT)["models"]))
         return
     if args.failures_only:
         write_failures(args.failures, measured["models"], load_json(OUT)["models"])
         return
-    cnn = {n: r for n, r in measured["models"].items() if "error" not in r and not r["token_ops"]}
+    cnn = {n: r for n, r in measured["models"].items()  # (in --hybrid mode: every model of the hybrid set)
+           if "error" not in r and (args.hybrid or not r["token_ops"])}
     order = list(cnn)
     if args.smallest:
         order = [min((n for n in cnn if cnn[n]["family"] == f), key=lambda n: (cnn[n]["params"], n))
@@ -241,7 +253,8 @@ def main() -> None:
         summary = {"tried": len(done), "imported": sum(1 for r in done if r["imported"]),
                    "seconds_import_median": statistics.median(times) if times else None,
                    "seconds_import_max": max(times) if times else None}
-        write_json(OUT, {"source": "tests/data/measure/timm_import.py, see tests/data/README.md",
+        write_json(OUT, {"source": "tests/data/measure/timm_import.py" + (" --hybrid" if args.hybrid else "")
+                         + ", see tests/data/README.md",
                          "made_with": {"archcalc": version[1], "timm": version[2], "torch": version[3]},
                          "summary": summary, "models": dict(sorted(results.items()))})
         write_failures(args.failures, cnn, {n: r for n, r in results.items() if n in cnn})

@@ -5,6 +5,8 @@ default input (pretrained_cfg["input_size"]): parameters, buffers, PyTorch's Flo
 operator), the output shape, fvcore's count (total and by operator), and which token-mixing ops it runs.
 
     /work/ref/timm/venv/bin/python tests/data/measure/timm_measured.py [--models a,b] [--smallest] [--redo]
+    ... timm_measured.py --hybrid [--smallest]       # the hybrid set (timm_common.HYBRID_FAMILIES), no fvcore
+    ... timm_measured.py --hybrid --fvcore --models a,b [--fvcore-max-gmacs 150]    # fvcore of those too
 
 Results are written after each model; a rerun skips the models already in the file (resume after a crash) unless
 --redo. FlopCounterMode, the shapes and the token-op scan run on the meta device (no memory, no arithmetic: counts
@@ -19,9 +21,10 @@ import json
 import platform
 import sys
 
-from timm_common import DATA, family_models, load_json, run_workers, smallest_first, write_json
+from timm_common import DATA, family_models, hybrid_models, load_json, run_workers, smallest_first, write_json
 
 OUT = DATA / "timm_measured.json"
+HYBRID_OUT = DATA / "timm_hybrid_measured.json"  # --hybrid: the hybrid set (timm_common.HYBRID_FAMILIES)
 SIZES = "/work/ref/timm/sizes.json"  # parameter counts for the smallest-first order (a cache, outside the repo)
 TIMEOUT = 1800
 
@@ -37,10 +40,29 @@ torch.set_num_threads(1)
 mode = sys.argv[2]
 cpu_check = "--cpu-check" in sys.argv[3:]
 fvcore_max = int(sys.argv[4]) if len(sys.argv) > 4 else 0  # fvcore only up to this many MACs (0: all)
+hybrid = "--hybrid" in sys.argv[5:]  # the hybrid set: fvcore only with --fvcore (its CPU run is slow)
+hybrid_fvcore = "--fvcore" in sys.argv[5:]
 # Token mixing at the ATen level: attention (a matmul of two activations, batched, or scaled dot product) and
 # recurrent ops. A softmax alone is not: split attention and selective kernels weigh their branches with one.
 TOKEN = ("bmm", "scaled_dot_product", "lstm", "gru", "rnn_")
 MAC_OPS = ("aten.convolution", "aten.mm", "aten.addmm", "aten.bmm", "aten.baddbmm")
+
+
+class Sdpa(torch.overrides.TorchFunctionMode):
+    """The multiply-accumulates of every F.scaled_dot_product_attention call, from its operands' shapes: Q K^T and
+    A V, batch x L x S x (E + Ev) (fvcore counts 0 for the op, FlopCounterMode on the CPU too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.macs = 0
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            q, k, v = args[:3]
+            self.macs += q.shape[:-2].numel() * q.shape[-2] * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+            self.calls += 1
+        return func(*args, **(kwargs or {}))
 
 
 class Ops(TorchDispatchMode):
@@ -93,9 +115,13 @@ def measure(name):
     hooks = [m.register_forward_pre_hook(hook) for m in model.modules()
              if isinstance(m, (torch.nn.Linear, torch.nn.LayerNorm))]
     x = torch.empty(rec["input_shape"], device="meta")
-    ops = Ops()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter, ops:
+    if hybrid:  # PiT passes its class token, a parameter that requires grad, to a module: FlopCounterMode's module
+        model.requires_grad_(False)  # tracker then asserts (torch 2.14) unless no parameter requires grad
+    ops, sdpa = Ops(), Sdpa()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter, ops, sdpa:
         y = model(x)
+    if hybrid:
+        rec["sdpa_macs"], rec["sdpa_calls"] = sdpa.macs, sdpa.calls
     for h in hooks:
         h.remove()
     by_op = {str(k): int(v) for k, v in counter.get_flop_counts()["Global"].items()}
@@ -106,7 +132,7 @@ def measure(name):
     rec["output_shape"] = shape_of(y)
     rec["token_ops"] = sorted({n for n in ops.names if any(t in n for t in TOKEN)} | set(token))
     rec["seconds_meta"] = round(time.perf_counter() - t0, 2)
-    if rec["token_ops"]:  # a hybrid: not one of the CNNs, fvcore not needed
+    if rec["token_ops"] and not hybrid_fvcore:  # a hybrid: not one of the CNNs, fvcore not needed
         return rec
     if fvcore_max and rec["macs"] > fvcore_max:  # too slow on the CPU here: left for a later --fvcore run
         rec["fvcore_skipped"] = True
@@ -173,12 +199,16 @@ def main() -> None:
     ap.add_argument("--fvcore-max-gmacs", type=float, default=0,
                     help="skip fvcore's CPU run for models over this many GMACs (`fvcore_skipped`; 0: none)")
     ap.add_argument("--timeout", type=float, default=TIMEOUT)
+    ap.add_argument("--hybrid", action="store_true", help=f"the hybrid set instead, into {HYBRID_OUT.name}; fvcore "
+                    "only with --fvcore (which measures again the models named)")
+    ap.add_argument("--fvcore", action="store_true", help="with --hybrid: fvcore's CPU run too")
     args = ap.parse_args()
     import fvcore
     import timm
     import torch
 
-    families = family_models()
+    families = hybrid_models() if args.hybrid else family_models()
+    out = HYBRID_OUT if args.hybrid else OUT
     family_of = {n: f for f, names in families.items() for n in names}
     order = smallest_first(families, sizes(list(family_of)))
     if args.smallest:
@@ -189,10 +219,11 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"not in the CNN families: {', '.join(unknown)}")
         order = [n for n in order if n in wanted]
-    data = load_json(OUT)
+    data = load_json(out)
     models = data.get("models", {})
     todo = [n for n in order if args.redo or n not in models or "error" in models[n]
-            or (models[n].get("fvcore_skipped") and not args.fvcore_max_gmacs)]
+            or (models[n].get("fvcore_skipped") and not args.fvcore_max_gmacs)
+            or (args.fvcore and "fvcore" not in models[n])]
     made_with = {"timm": timm.__version__, "torch": torch.__version__,
                  "fvcore": getattr(fvcore, "__version__", "0.1.5.post20221221"),
                  "python": ".".join(platform.python_version_tuple()[:2]), "device": "cpu / meta"}
@@ -203,13 +234,14 @@ def main() -> None:
             print(name, "kept as it was:", rec["error"], flush=True)  # out, say) keeps what was measured
             return
         models[name] = {"family": family_of[name], **rec}
-        write_json(OUT, {"source": "tests/data/measure/timm_measured.py, see tests/data/README.md",
+        write_json(out, {"source": "tests/data/measure/timm_measured.py, see tests/data/README.md",
                          "made_with": made_with, "families": families,
                          "models": dict(sorted(models.items()))})
         brief = {k: rec[k] for k in ("params", "macs", "fvcore", "token_ops", "error", "seconds") if k in rec}
         print(name, json.dumps(brief), flush=True)
 
-    extra = ["measure", "--cpu-check" if args.cpu_check else "-", str(int(args.fvcore_max_gmacs * 1e9))]
+    extra = ["measure", "--cpu-check" if args.cpu_check else "-", str(int(args.fvcore_max_gmacs * 1e9)),
+             *(["--hybrid"] if args.hybrid else []), *(["--fvcore"] if args.fvcore else [])]
     run_workers(WORKER, todo, args.timeout, keep, extra)
 
 

@@ -1,0 +1,213 @@
+"""Self-attention written out op by op, read as archcalc's `self_attention` by what it computes (not by the
+module's class): timm's `Attention` (timm/layers/attention.py) and the blocks written like it.
+
+The pattern, from the fused projection to the output projection, on N x C tokens:
+
+    qkv = Linear(C, 3C)(x).reshape(B, N, 3, heads, d).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)            (or qkv[0], qkv[1], qkv[2])
+    q, k = q_norm(q), k_norm(k)        (nn.Identity: optional)
+    o = F.scaled_dot_product_attention(q, k, v)                        (scale 1/sqrt(d), no mask, no dropout)
+        or  (q * d ** -0.5) @ k.transpose(-2, -1), softmax over the keys, (dropout), @ v
+    out = Linear(C, C)(o.transpose(1, 2).reshape(B, N, C))              (an nn.Identity norm between: optional)
+
+Its parameters are nn.MultiheadAttention's (in_proj 3C x C and 3C, out_proj C x C and C; biases in both, in neither,
+or in the output projection only: self_attention's `qkv_bias: false`), its MACs 4NC^2 + 2N^2 C.
+Every intermediate value must be read inside the pattern only; anything else (a bias on the attention weights, a
+mask, separate q and kv projections, another scale) is not this pattern and is imported op by op (and refused there
+with its reason)."""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+_VIEWS = ("reshape", "view")
+
+
+class Attention(NamedTuple):
+    x: fx.Node  # the token sequence the projections read
+    qkv: str  # the module paths of the two projections
+    proj: str
+    last: fx.Node  # the output projection's call
+    nodes: frozenset[fx.Node]  # every node of the pattern
+    num_heads: int
+    bias: bool  # the output projection's
+    qkv_bias: bool
+
+
+def _shape(values: dict[fx.Node, Any], n: Any) -> tuple[int, ...] | None:
+    v = values.get(n) if isinstance(n, fx.Node) else None
+    return tuple(int(s) for s in v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def _is(n: Any, *names: str) -> bool:
+    """A call of a Tensor method or a torch function / operator named one of `names`."""
+    if not isinstance(n, fx.Node):
+        return False
+    if n.op == "call_method":
+        return str(n.target) in names
+    if n.op == "call_function":
+        return getattr(n.target, "__name__", None) in names
+    return False
+
+
+class _Matcher:
+    def __init__(self, root: nn.Module, values: dict[fx.Node, Any]) -> None:
+        self.root = root
+        self.values = values
+        self.nodes: set[fx.Node] = set()
+
+    def module(self, n: Any, cls: type | tuple[type, ...]) -> nn.Module | None:
+        if isinstance(n, fx.Node) and n.op == "call_module":
+            m = self.root.get_submodule(str(n.target))
+            if isinstance(m, cls):
+                return m
+        return None
+
+    def only_user(self, n: fx.Node) -> fx.Node | None:
+        users = list(n.users)
+        return users[0] if len(users) == 1 else None
+
+    def through(self, n: fx.Node, skip: Callable[[fx.Node], bool]) -> fx.Node:
+        """Follow n's single user while it is a pass-through (an nn.Identity, a dropout that does nothing)."""
+        while True:
+            user = self.only_user(n)
+            if user is None or not skip(user):
+                return n
+            self.nodes.add(user)
+            n = user
+
+    def identity(self, n: fx.Node) -> bool:
+        return self.module(n, nn.Identity) is not None and len(n.args) == 1
+
+    def dropout(self, n: fx.Node) -> bool:
+        m: Any = self.module(n, (nn.Identity, nn.Dropout))
+        return m is not None and len(n.args) == 1 and (isinstance(m, nn.Identity) or m.p == 0 or not m.training)
+
+    def match(self, first: fx.Node) -> Attention | None:
+        qkv = self.module(first, nn.Linear)
+        shape_in = _shape(self.values, first.args[0]) if first.args else None
+        if qkv is None or len(first.args) != 1 or first.kwargs or shape_in is None or len(shape_in) != 3:
+            return None
+        _, n_tokens, c = shape_in
+        if qkv.in_features != c or qkv.out_features != 3 * c:
+            return None
+        self.nodes = {first}
+        split = self.only_user(first)
+        shape = _shape(self.values, split)
+        if not _is(split, *_VIEWS) or shape is None or len(shape) != 5 or shape[:3] != (1, n_tokens, 3):
+            return None
+        assert split is not None
+        heads, d = shape[3], shape[4]
+        if heads * d != c:
+            return None
+        self.nodes.add(split)
+        perm = self.only_user(split)
+        if not _is(perm, "permute") or perm is None or _shape(self.values, perm) != (3, 1, heads, n_tokens, d):
+            return None
+        self.nodes.add(perm)
+        qkv_nodes = self.unbound(perm)
+        if qkv_nodes is None:
+            return None
+        q, k, v = (self.through(t, self.identity) for t in qkv_nodes)
+        out = self.sdpa(q, k, v, d) or self.explicit(q, k, v, d)
+        if out is None:
+            return None
+        back = self.only_user(out)
+        if not (_is(back, "transpose") and back is not None and _shape(self.values, back) == (1, n_tokens, heads, d)):
+            return None
+        self.nodes.add(back)
+        joined = self.only_user(back)
+        if not (_is(joined, *_VIEWS) and joined is not None and _shape(self.values, joined) == (1, n_tokens, c)):
+            return None
+        self.nodes.add(joined)
+        joined = self.through(joined, self.identity)
+        last = self.only_user(joined)
+        proj = self.module(last, nn.Linear)
+        if proj is None or last is None or proj.in_features != c or proj.out_features != c or len(last.args) != 1:
+            return None
+        if qkv.bias is not None and proj.bias is None:
+            return None  # (self_attention's biases: both, neither, or the output projection's only)
+        self.nodes.add(last)
+        inside = self.nodes
+        if any(u not in inside for n in inside - {last} for u in n.users):
+            return None  # an intermediate value read outside the pattern
+        x = first.args[0]
+        assert isinstance(x, fx.Node)  # (its shape was read above)
+        return Attention(x, str(first.target), str(last.target), last, frozenset(inside), heads,
+                         proj.bias is not None, qkv.bias is not None)
+
+    def unbound(self, perm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node] | None:
+        users = list(perm.users)
+        if len(users) == 1 and _is(users[0], "unbind") and tuple(users[0].args[1:]) in ((), (0,)) \
+                and users[0].kwargs.get("dim", 0) == 0:
+            self.nodes.add(users[0])
+            users = list(users[0].users)
+        picked: dict[int, fx.Node] = {}
+        for u in users:
+            if not (u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)):
+                return None
+            picked[u.args[1]] = u
+        if sorted(picked) != [0, 1, 2]:
+            return None
+        self.nodes.update(picked.values())
+        return picked[0], picked[1], picked[2]
+
+    def sdpa(self, q: fx.Node, k: fx.Node, v: fx.Node, d: int) -> fx.Node | None:
+        call = self.only_user(q)
+        if not (call is not None and call.op == "call_function" and call.target is F.scaled_dot_product_attention
+                and tuple(call.args[:3]) == (q, k, v) and self.only_user(k) is call and self.only_user(v) is call):
+            return None
+        extra = dict(zip(("attn_mask", "dropout_p", "is_causal", "scale"), call.args[3:]))
+        extra.update(call.kwargs)
+        scale = extra.pop("scale", None)
+        if extra.pop("attn_mask", None) is not None or extra.pop("dropout_p", 0.0) != 0 \
+                or extra.pop("is_causal", False) or extra \
+                or not (scale is None or (isinstance(scale, float) and math.isclose(scale, d ** -0.5))):
+            return None
+        self.nodes.add(call)
+        return call
+
+    def explicit(self, q: fx.Node, k: fx.Node, v: fx.Node, d: int) -> fx.Node | None:
+        scaled = self.only_user(q)
+        if not (_is(scaled, "mul", "mul_") and scaled is not None and len(scaled.args) == 2 and q in scaled.args):
+            return None
+        factor = scaled.args[1] if scaled.args[0] is q else scaled.args[0]
+        if isinstance(factor, fx.Node) or not isinstance(factor, (int, float)) or not math.isclose(factor, d ** -0.5):
+            return None
+        kt = self.only_user(k)
+        dims = sorted(a % 4 for a in kt.args[1:] if isinstance(a, int)) if kt is not None else []
+        if not (_is(kt, "transpose") and kt is not None and dims == [2, 3] and len(kt.args) == 3):
+            return None
+        scores = self.only_user(scaled)
+        if not (_is(scores, "matmul") and scores is not None and tuple(scores.args) == (scaled, kt)
+                and self.only_user(kt) is scores):
+            return None
+        weights = self.only_user(scores)
+        dim = None
+        if weights is not None and weights.op == "call_method" and weights.target == "softmax":
+            dim = weights.args[1] if len(weights.args) > 1 else weights.kwargs.get("dim")
+        elif weights is not None and weights.op == "call_function" and weights.target in (F.softmax, torch.softmax):
+            dim = weights.args[1] if len(weights.args) > 1 else weights.kwargs.get("dim")
+        if dim not in (-1, 3) or weights is None or len(weights.args) > 2 or set(weights.kwargs) - {"dim"}:
+            return None
+        self.nodes.update((scaled, kt, scores, weights))
+        weights = self.through(weights, self.dropout)
+        out = self.only_user(weights)
+        if not (_is(out, "matmul") and out is not None and tuple(out.args) == (weights, v)
+                and self.only_user(v) is out):
+            return None
+        self.nodes.add(out)
+        return out
+
+
+def match(root: nn.Module, values: dict[fx.Node, Any], first: fx.Node) -> Attention | None:
+    """The self-attention that starts at `first` (its fused qkv projection), or None."""
+    return _Matcher(root, values).match(first)

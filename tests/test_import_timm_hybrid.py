@@ -1,0 +1,262 @@
+"""`archcalc import` on timm's hybrid families (convolutions and attention: issue 30), recorded in
+tests/data/timm_hybrid_import.json, against the real models measured in tests/data/timm_hybrid_measured.json (both
+made in a separate environment with timm by `tests/data/measure/timm_measured.py --hybrid` and `timm_import.py
+--hybrid`; see tests/data/README.md, "timm's hybrids"): every model of the hybrid set was measured and tried; the
+ones that did not import are exactly the ones listed here, by the refusal that stopped them; every one that did
+import is exact on params, buffers, MACs, fvcore's count (where it was measured) and output shape. timm is not
+imported here."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parent / "data"
+MEASURED_FILE = json.loads((DATA / "timm_hybrid_measured.json").read_text(encoding="utf-8"))
+MEASURED = MEASURED_FILE["models"]
+IMPORTED_FILE = json.loads((DATA / "timm_hybrid_import.json").read_text(encoding="utf-8"))
+IMPORTED = IMPORTED_FILE["models"]
+CNN = json.loads((DATA / "timm_measured.json").read_text(encoding="utf-8"))["models"]
+
+# The hybrid set (timm_common.HYBRID_FAMILIES, and the CNN families' models with token ops) by family, as measured.
+FAMILY_SIZES = {
+    "byoanet": 15, "byobnet": 10, "coat": 8, "cpubone": 9, "csatv2": 2, "davit": 8, "edgenext": 5,
+    "efficientformer": 3, "efficientformer_v2": 4, "efficientnet": 1, "efficientvit_mit": 7, "efficientvit_msra": 6,
+    "fastvit": 9, "gcvit": 5, "iformer": 9, "levit": 20, "lowformer": 8, "maxxvit": 58, "metaformer": 4,
+    "mobilenetv3": 4, "mobilenetv5": 3, "mobilevit": 10, "nextvit": 3, "pit": 8, "pvt_v2": 7, "shvit": 4,
+    "swiftformer": 4, "tiny_vit": 5, "twins": 6, "visformer": 2, "vision_transformer_hybrid": 14, "vitamin": 13,
+    "xcit": 28,
+}
+# Models of the hybrid families that run no token op at the ATen level (no batched matmul, no scaled dot product,
+# no linear or layer norm on B x N x C): MobileViT-v2's separable attention (a softmax over the tokens of a conv's
+# output and a sum: element-wise ops and reductions on a 4-D tensor) and LowFormer's E1/E2 (convolutional stages
+# only). They stay in the set: the families are hybrid, and these import as any CNN does.
+NO_TOKEN_OPS = {"lowformer_e1", "lowformer_e2", *(f"mobilevitv2_{w}" for w in ("050", "075", "100", "125", "150",
+                                                                                "175", "200"))}
+
+# The models that did not import, by the refusal that stopped them (the op and the source place it names), from
+# `timm_import.py --hybrid --failed-table`, read through: grouped by cause in docs/export.md.
+FAILED: dict[str, tuple[str, ...]] = {
+    "cannot import Tensor.view ... timm/models/maxxvit.py:765": (  # 31
+        "maxvit_base_tf_224", "maxvit_base_tf_384", "maxvit_base_tf_512", "maxvit_large_tf_224",
+        "maxvit_large_tf_384", "maxvit_large_tf_512", "maxvit_nano_rw_256", "maxvit_pico_rw_256",
+        "maxvit_rmlp_base_rw_224", "maxvit_rmlp_base_rw_384", "maxvit_rmlp_nano_rw_256", "maxvit_rmlp_pico_rw_256",
+        "maxvit_rmlp_small_rw_224", "maxvit_rmlp_small_rw_256", "maxvit_rmlp_tiny_rw_256", "maxvit_small_tf_224",
+        "maxvit_small_tf_384", "maxvit_small_tf_512", "maxvit_tiny_pm_256", "maxvit_tiny_rw_224",
+        "maxvit_tiny_rw_256", "maxvit_tiny_tf_224", "maxvit_tiny_tf_384", "maxvit_tiny_tf_512",
+        "maxvit_xlarge_tf_224", "maxvit_xlarge_tf_384", "maxvit_xlarge_tf_512", "maxxvit_rmlp_nano_rw_256",
+        "maxxvit_rmlp_small_rw_256", "maxxvit_rmlp_tiny_rw_256", "test_maxvit",
+    ),
+    "cannot import torch.arange ... timm/models/xcit.py:61": (  # 28
+        "xcit_large_24_p16_224", "xcit_large_24_p16_384", "xcit_large_24_p8_224", "xcit_large_24_p8_384",
+        "xcit_medium_24_p16_224", "xcit_medium_24_p16_384", "xcit_medium_24_p8_224", "xcit_medium_24_p8_384",
+        "xcit_nano_12_p16_224", "xcit_nano_12_p16_384", "xcit_nano_12_p8_224", "xcit_nano_12_p8_384",
+        "xcit_small_12_p16_224", "xcit_small_12_p16_384", "xcit_small_12_p8_224", "xcit_small_12_p8_384",
+        "xcit_small_24_p16_224", "xcit_small_24_p16_384", "xcit_small_24_p8_224", "xcit_small_24_p8_384",
+        "xcit_tiny_12_p16_224", "xcit_tiny_12_p16_384", "xcit_tiny_12_p8_224", "xcit_tiny_12_p8_384",
+        "xcit_tiny_24_p16_224", "xcit_tiny_24_p16_384", "xcit_tiny_24_p8_224", "xcit_tiny_24_p8_384",
+    ),
+    "cannot import Tensor.chunk ... timm/models/maxxvit.py:221": (  # 23
+        "coatnet_0_224", "coatnet_0_rw_224", "coatnet_1_224", "coatnet_1_rw_224", "coatnet_2_224",
+        "coatnet_2_rw_224", "coatnet_3_224", "coatnet_3_rw_224", "coatnet_4_224", "coatnet_5_224",
+        "coatnet_bn_0_rw_224", "coatnet_nano_cc_224", "coatnet_nano_rw_224", "coatnet_pico_rw_224",
+        "coatnet_rmlp_0_rw_224", "coatnet_rmlp_1_rw2_224", "coatnet_rmlp_1_rw_224", "coatnet_rmlp_2_rw_224",
+        "coatnet_rmlp_2_rw_384", "coatnet_rmlp_3_rw_224", "coatnet_rmlp_nano_rw_224", "coatnext_nano_rw_224",
+        "test_coatnet",
+    ),
+    "cannot import Tensor.flatten ... timm/models/levit.py:110": (  # 10
+        "levit_128", "levit_128s", "levit_192", "levit_256", "levit_256d", "levit_384", "levit_384_s8", "levit_512",
+        "levit_512_s8", "levit_512d",
+    ),
+    "cannot import Tensor.split ... timm/models/levit.py:312": (  # 10
+        "levit_conv_128", "levit_conv_128s", "levit_conv_192", "levit_conv_256", "levit_conv_256d",
+        "levit_conv_384", "levit_conv_384_s8", "levit_conv_512", "levit_conv_512_s8", "levit_conv_512d",
+    ),
+    "cannot import Tensor.permute ... timm/models/cpubone.py:417": (  # 9
+        "cpubone_b0_bfrobust", "cpubone_b1_bfrobust", "cpubone_b1_dwnorm", "cpubone_b2_bfrobust",
+        "cpubone_b2pt5_dwnorm", "cpubone_b3", "cpubone_nano", "cpubone_s0", "cpubone_t0",
+    ),
+    "cannot import Tensor.unsqueeze ... timm/models/iformer.py:224": (  # 9
+        "iformer_h", "iformer_l", "iformer_l2", "iformer_l2_distilled", "iformer_l_distilled", "iformer_m",
+        "iformer_m_distilled", "iformer_s", "iformer_t",
+    ),
+    "cannot import Tensor.reshape ... timm/models/coat.py:132": (  # 8
+        "coat_lite_medium", "coat_lite_medium_384", "coat_lite_mini", "coat_lite_small", "coat_lite_tiny",
+        "coat_mini", "coat_small", "coat_tiny",
+    ),
+    "cannot import Tensor.view ... timm/models/davit.py:437": (  # 8
+        "davit_base", "davit_base_fl", "davit_giant", "davit_huge", "davit_huge_fl", "davit_large", "davit_small",
+        "davit_tiny",
+    ),
+    "cannot import Tensor.chunk ... timm/models/efficientvit_mit.py:377": (  # 7
+        "efficientvit_b0", "efficientvit_b1", "efficientvit_b2", "efficientvit_b3", "efficientvit_l1",
+        "efficientvit_l2", "efficientvit_l3",
+    ),
+    "cannot import Tensor.permute ... timm/models/mobilevit.py:551": (  # 7
+        "mobilevitv2_050", "mobilevitv2_075", "mobilevitv2_100", "mobilevitv2_125", "mobilevitv2_150",
+        "mobilevitv2_175", "mobilevitv2_200",
+    ),
+    "cannot import Tensor.reshape ... timm/layers/halo_attn.py:216": (  # 7
+        "eca_halonext26ts", "halo2botnet50ts_256", "halonet26t", "halonet50ts", "halonet_h1", "haloregnetz_b",
+        "sehalonet33ts",
+    ),
+    "cannot import Tensor.reshape ... timm/models/pvt_v2.py:295": (  # 7
+        "pvt_v2_b0", "pvt_v2_b1", "pvt_v2_b2", "pvt_v2_b2_li", "pvt_v2_b3", "pvt_v2_b4", "pvt_v2_b5",
+    ),
+    "cannot import Tensor.unsqueeze ... timm/layers/attention2d.py:251": (  # 7
+        "mobilenetv4_hybrid_large", "mobilenetv4_hybrid_large_075", "mobilenetv4_hybrid_medium",
+        "mobilenetv4_hybrid_medium_075", "mobilenetv5_300m", "mobilenetv5_300m_enc", "mobilenetv5_base",
+    ),
+    "cannot import F.pad ... timm/models/efficientvit_msra.py:367": (  # 6
+        "efficientvit_m0", "efficientvit_m1", "efficientvit_m2", "efficientvit_m3", "efficientvit_m4",
+        "efficientvit_m5",
+    ),
+    "cannot import Tensor.permute ... timm/models/lowformer.py:301": (  # 6
+        "lowformer_b0", "lowformer_b1", "lowformer_b15", "lowformer_b2", "lowformer_b3", "lowformer_e3",
+    ),
+    "cannot import Tensor.mean ... timm/layers/attention_pool2d.py:309": (  # 5
+        "resnet101_clip", "resnet50_clip", "resnet50x16_clip", "resnet50x4_clip", "resnet50x64_clip",
+    ),
+    "cannot import Tensor.unsqueeze ... timm/layers/global_context.py:71": (  # 5
+        "gc_efficientnetv2_rw_t", "gcresnet33ts", "gcresnet50t", "gcresnext26ts", "gcresnext50ts",
+    ),
+    "cannot import Tensor.view ... timm/models/gcvit.py:243": (  # 5
+        "gcvit_base", "gcvit_small", "gcvit_tiny", "gcvit_xtiny", "gcvit_xxtiny",
+    ),
+    "cannot import Tensor.view ... timm/models/tiny_vit.py:409": (  # 5
+        "tiny_vit_11m_224", "tiny_vit_21m_224", "tiny_vit_21m_384", "tiny_vit_21m_512", "tiny_vit_5m_224",
+    ),
+    "cannot import torch.zeros ... timm/models/edgenext.py:62": (  # 5
+        "edgenext_base", "edgenext_small", "edgenext_small_rw", "edgenext_x_small", "edgenext_xx_small",
+    ),
+    "cannot import F.normalize ... timm/models/swiftformer.py:180": (  # 4
+        "swiftformer_l1", "swiftformer_l3", "swiftformer_s", "swiftformer_xs",
+    ),
+    "cannot import Tensor.permute ... timm/models/efficientformer_v2.py:219": (  # 4
+        "efficientformerv2_l", "efficientformerv2_s0", "efficientformerv2_s1", "efficientformerv2_s2",
+    ),
+    "cannot import Tensor.reshape ... timm/layers/bottleneck_attn.py:173": (  # 4
+        "botnet26t_256", "botnet50ts_256", "eca_botnext26ts_256", "sebotnet33ts_256",
+    ),
+    "cannot import Tensor.view ... timm/models/maxxvit.py:785": (  # 4
+        "maxxvitv2_nano_rw_256", "maxxvitv2_rmlp_base_rw_224", "maxxvitv2_rmlp_base_rw_384",
+        "maxxvitv2_rmlp_large_rw_224",
+    ),
+    "cannot import [] (indexing) at transformers.0 (timm/models/pit.py:89): indexing ": (  # 4
+        "pit_b_224", "pit_s_224", "pit_ti_224", "pit_xs_224",
+    ),
+    "cannot import _operator.matmul ... timm/layers/lambda_layer.py:157": (  # 4
+        "lambda_resnet26rpt_256", "lambda_resnet26t", "lambda_resnet50ts", "lamhalobotnet50ts_256",
+    ),
+    "cannot import _operator.matmul ... timm/models/shvit.py:213": (  # 4
+        "shvit_s1", "shvit_s2", "shvit_s3", "shvit_s4",
+    ),
+    "cannot import torch.cat ... timm/models/pit.py:84": (  # 4
+        "pit_b_distilled_224", "pit_s_distilled_224", "pit_ti_distilled_224", "pit_xs_distilled_224",
+    ),
+    "cannot import Tensor.reshape ... timm/models/efficientformer.py:115": (  # 3
+        "efficientformer_l1", "efficientformer_l3", "efficientformer_l7",
+    ),
+    "cannot import Tensor.reshape ... timm/models/mobilevit.py:258": (  # 3
+        "mobilevit_s", "mobilevit_xs", "mobilevit_xxs",
+    ),
+    "cannot import Tensor.reshape ... timm/models/nextvit.py:294": (  # 3
+        "nextvit_base", "nextvit_large", "nextvit_small",
+    ),
+    "cannot import Tensor.reshape ... timm/models/twins.py:184": (  # 3
+        "twins_pcpvt_base", "twins_pcpvt_large", "twins_pcpvt_small",
+    ),
+    "cannot import Tensor.view ... timm/models/twins.py:74": (  # 3
+        "twins_svt_base", "twins_svt_large", "twins_svt_small",
+    ),
+    "cannot import Tensor.mul ... timm/models/csatv2.py:267": (  # 2
+        "csatv2", "csatv2_21m",
+    ),
+    "cannot import Tensor.permute ... timm/models/visformer.py:109": (  # 2
+        "visformer_small", "visformer_tiny",
+    ),
+    "cannot import _operator.truediv ... timm/layers/non_local_attn.py:131": (  # 1
+        "bat_resnext26ts",
+    ),
+}
+
+# The share of the hybrid set that imports exact (issue 30 asks for 90 %; see docs/export.md for what stops the rest).
+IMPORTED_COUNT = 42  # of 302: 13.9 %
+
+# Imported models fvcore's CPU run was not taken for (over 150 GMACs: too slow on the 2 shared cores the data was
+# made on); their other figures are checked, and fvcore's count of the same blocks on the smaller ViTamins.
+FVCORE_SKIPPED = {"vitamin_large_336", "vitamin_large2_336", "vitamin_large_384", "vitamin_large2_384",
+                  "vitamin_xlarge_384"}
+
+
+def sdpa_fvcore(rec: dict) -> int:
+    """fvcore's count as archcalc's fvcore convention states it: fvcore has no handler for
+    aten::scaled_dot_product_attention and counts it 0 (it lists the op as unsupported); archcalc's self_attention
+    counts its two products (Q K^T and A V: `sdpa_macs`, measured from the call's operand shapes) as fvcore counts
+    the same products written with matmul. The difference is stated, never hidden."""
+    extra = rec["sdpa_macs"] if rec["fvcore_unsupported"].get("aten::scaled_dot_product_attention") else 0
+    return rec["fvcore"] + extra
+
+
+def test_the_hybrid_set() -> None:
+    families = MEASURED_FILE["families"]
+    assert {f: len(names) for f, names in families.items()} == FAMILY_SIZES
+    assert sum(FAMILY_SIZES.values()) == len(MEASURED) == 302
+    assert set(MEASURED) == {name for names in families.values() for name in names}
+    assert not [name for name, rec in MEASURED.items() if "error" in rec]  # every model was measured
+    assert {name for name, rec in MEASURED.items() if not rec["token_ops"]} == NO_TOKEN_OPS
+    # the CNN families' models in the set are exactly the ones the CNN measurement found token ops in
+    from_cnn = {name for name, rec in CNN.items() if rec["token_ops"]}
+    assert from_cnn <= set(MEASURED) and {n for n in MEASURED if n in CNN} == from_cnn
+
+
+def test_every_model_was_tried_and_the_failures_are_the_listed_ones() -> None:
+    assert set(IMPORTED) == set(MEASURED)
+    failed = {name: rec["error"] for name, rec in IMPORTED.items() if not rec["imported"]}
+    listed = {name: key for key, names in FAILED.items() for name in names}
+    assert sum(len(names) for names in FAILED.values()) == len(listed)  # no model listed twice
+    assert set(failed) == set(listed)
+    for name, key in listed.items():
+        assert all(part in failed[name] for part in key.split(" ... ")), (name, failed[name])
+    assert not [name for name, rec in IMPORTED.items() if rec.get("crashed")]  # refused, never a traceback
+
+
+def test_the_rate() -> None:
+    imported = sum(1 for rec in IMPORTED.values() if rec["imported"])
+    assert imported == IMPORTED_COUNT
+    assert IMPORTED_FILE["summary"]["imported"] == imported and IMPORTED_FILE["summary"]["tried"] == len(MEASURED)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, rec in IMPORTED.items() if rec["imported"]))
+def test_imported_figures_equal_the_real_models(name: str) -> None:
+    got, measured = IMPORTED[name], MEASURED[name]
+    assert got["params"] == measured["params"]
+    assert got["buffers"] == measured["float_buffers"] + measured["int_buffers"]
+    # FlopCounterMode on the meta device, where scaled_dot_product_attention runs its math decomposition (its two
+    # products counted as bmm): conv and matrix-product FLOPs halved
+    assert got["macs"] == measured["macs"]
+    if name not in FVCORE_SKIPPED:
+        assert got["fvcore"] == sdpa_fvcore(measured)
+    assert got["outputs"] == {"output": measured["output_shape"][1:]}
+
+
+def test_fvcore_was_measured_for_every_imported_model_but_the_largest() -> None:
+    imported = {name for name, rec in IMPORTED.items() if rec["imported"]}
+    assert {name for name in imported if "fvcore" not in MEASURED[name]} == FVCORE_SKIPPED
+    assert all(MEASURED[name]["fvcore_skipped"] for name in FVCORE_SKIPPED)
+    # the measured ones that run scaled_dot_product_attention: fvcore counted it as 0 (listed unsupported)
+    sdpa = [name for name in imported - FVCORE_SKIPPED if MEASURED[name]["sdpa_calls"]]
+    assert len(sdpa) == 35
+    assert all(MEASURED[name]["fvcore_unsupported"]["aten::scaled_dot_product_attention"]
+               == MEASURED[name]["sdpa_calls"] for name in sdpa)
+
+
+def test_the_rate_in_the_docs() -> None:
+    """docs/export.md states the rate and the families that import."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "export.md").read_text(encoding="utf-8")
+    assert f"{IMPORTED_COUNT} of {len(MEASURED)} models" in text
+    families = Counter(MEASURED[name]["family"] for name, rec in IMPORTED.items() if rec["imported"])
+    assert families == {"vision_transformer_hybrid": 14, "vitamin": 13, "fastvit": 9, "metaformer": 4, "lowformer": 2}
