@@ -46,11 +46,12 @@ class Device(str, Enum):
 def is_model_ref(ref: str) -> bool:
     """A PyTorch model as `archcalc import` names it (package.module:callable, file.py, file.py:callable) rather than
     a spec: a file of that name wins."""
-    if Path(ref).is_file() and not ref.endswith(".py"):
+    if ref.endswith((".yaml", ".yml")) or not (_MODEL_REF.fullmatch(ref) or ref.endswith(".py") or ".py:" in ref):
         return False
-    if ref.endswith((".yaml", ".yml")):
+    try:
+        return ref.endswith(".py") or ".py:" in ref or not Path(ref).is_file()
+    except (OSError, ValueError):  # a name the system refuses: the spec loader words the error
         return False
-    return bool(_MODEL_REF.fullmatch(ref)) or ref.endswith(".py") or ".py:" in ref
 
 
 _MODEL_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
