@@ -20,15 +20,23 @@ Quantities (batch 1 to 3, float32/float64/bfloat16/float16 activations, on the C
   saved_bytes             bytes autograd packs in a training-mode forward (saved_tensors_hooks, by storage,
   saved_bytes_input_grad  parameters and buffers excluded; tests/measure.saved_bytes), the input needing no
                           gradient / needing one
-  peak                    the inference peak beyond parameters, buffers and the input: torch.profiler's CPU memory
-                          events (tests/measure.peak_bytes) against calc's peak
+  peak                    the inference peak beyond parameters, buffers and the input, against the most bytes of
+                          op outputs alive at once (tests/measure.dispatch_peak_bytes: a dispatch mode, which sees no
+                          workspace inside a kernel, as archcalc predicts none)
+  peak_profiler           the same peak from torch.profiler's CPU memory events (tests/measure.peak_bytes), which
+                          sees workspace too (a conv's im2col columns, layer norm's copy of a permuted input): at
+                          least archcalc's, not equal
   step_peak               the training step's peak with Adam, a later step and the first (tests/measure.
   step_peak_first         step_peak_bytes); where calc declines (self_attention: its backward is not modelled),
-                          that it declines, and only there
+  step_declined           that it declines, and only there
 
-The default tier draws a few networks (`test_random_token_networks_match_plain_torch`); the long run is marked
-`long`: `ARCHCALC_PROPERTY_EXAMPLES=300 pytest -m long tests/test_property_tokens.py -s` prints the agreement
-count per quantity.
+What the search found and archcalc does not follow yet is reported, not asserted, for the networks it concerns
+(`known`: a permuted layout read by a layer, attention's query at batch 1, a class token's gradient, a taken
+token's backward), each pinned by a strict xfail at the end of this file that fails the day archcalc follows it.
+
+The default tier draws a few networks beside three fixed ones (`test_random_token_networks_match_plain_torch`, a
+few seconds); the long run is marked `long`: `ARCHCALC_PROPERTY_EXAMPLES=600 pytest -m long
+tests/test_property_tokens.py -s` prints the agreement count per quantity.
 """
 
 from __future__ import annotations
@@ -555,11 +563,12 @@ def test_math_attention_is_multihead_attention(channels: int, heads: int, tokens
 
 @pytest.mark.long
 def test_long_run_token_agreement_counts() -> None:
-    """Hundreds of token networks; the tally per quantity is printed. Every asserted quantity must agree."""
+    """Hundreds of token networks (600 by default: about a minute); the tally per quantity is printed. Every asserted
+    quantity must agree, and torch.profiler's peak be at least archcalc's."""
     tally: Counter[tuple[str, str]] = Counter()
     first: dict[str, str] = {}
 
-    @settings(max_examples=int(os.environ.get("ARCHCALC_PROPERTY_EXAMPLES", "300")), deadline=None,
+    @settings(max_examples=int(os.environ.get("ARCHCALC_PROPERTY_EXAMPLES", "600")), deadline=None,
               database=None, suppress_health_check=list(HealthCheck))
     @given(token_networks())
     def one(example: tuple[tuple[int, ...], tuple[Layer, ...], str, int]) -> None:
@@ -574,6 +583,8 @@ def test_long_run_token_agreement_counts() -> None:
         tally["networks", "run"] += 1
         for quantity, (predicted, measured) in checks.items():
             verdict = "agree" if predicted == measured else "disagree"
+            if quantity == "peak_profiler" and predicted != measured:
+                verdict = "above" if predicted < measured else "below"  # workspace: the profiler sees more
             tally[quantity, verdict] += 1
             if verdict != "agree":
                 first.setdefault(quantity, f"{dtype}, batch {batch}: archcalc {predicted}, torch {measured}\n"
@@ -585,6 +596,7 @@ def test_long_run_token_agreement_counts() -> None:
     for key, text in sorted(first.items()):
         print(f"--- first {key}: {text}")
     assert not any(tally[q, "disagree"] for q in ASSERTED), counts
+    assert not tally["peak_profiler", "below"], first.get("peak_profiler")
 
 
 # ---- what the search found: fixed (regressions) and reported (xfail, strict: they fail the day archcalc follows) ----
