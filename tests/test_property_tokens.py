@@ -400,7 +400,7 @@ def build_twin(inp: tuple[int, ...], layers: tuple[Layer, ...]) -> tuple[nn.Modu
 MEMORY = ("saved_bytes", "saved_bytes_input_grad", "peak", "peak_profiler", "step_peak", "step_peak_first")
 
 
-def permuted(inp: tuple[int, ...], layers: tuple[Layer, ...], batch: int) -> bool:
+def permuted(inp: tuple[int, ...], layers: tuple[Layer, ...], batch: int, forward: bool = True) -> bool:
     """Whether a layer reads a tensor in a permuted layout: to_tokens' sequence (the grid's storage seen channels
     last) read by anything but a class token (whose concatenation copies it), or to_grid's grid (the tokens'
     storage seen channels first) read by anything. torch lays an element-wise op's output out as its input (a
@@ -412,10 +412,14 @@ def permuted(inp: tuple[int, ...], layers: tuple[Layer, ...], batch: int) -> boo
     for i, layer in enumerate(layers):
         after = layers[i + 1] if i + 1 < len(layers) else None
         if layer.kind == "to_tokens" and math.prod(shape[1:]) > 1 and shape[0] > 1 and after is not None and \
-                after.kind != "class_token" and not (after.kind == "linear" and after.trainable and batch > 1):
-            return True  # (a trainable linear at batch > 1 copies it, as archcalc's `strided` says)
-        if layer.kind == "to_grid" and min(shape) > 1 and after is not None and after.kind != "linear":
-            return True  # (a flattening linear copies it, as archcalc's `strided` says)
+                after.kind != "class_token" and not (forward and after.kind == "linear" and after.trainable and
+                                                     batch > 1):
+            # (a trainable linear at batch > 1 copies it in its forward, as archcalc's `strided` says; its backward:
+            # test_gradient_of_a_linear_reading_permuted_tokens)
+            return True
+        if layer.kind == "to_grid" and min(shape) > 1 and after is not None and \
+                not (forward and after.kind == "linear"):
+            return True  # (a flattening linear copies it in its forward, as archcalc's `strided` says)
         shape, is_tokens = twin(layer, shape, is_tokens)[1:]
     return False
 
@@ -441,6 +445,8 @@ def known(inp: tuple[int, ...], layers: tuple[Layer, ...], batch: int) -> dict[s
         why["step_peak"] = why["step_peak_first"] = "a taken token's backward"
     if permuted(inp, layers, batch):
         why.update(dict.fromkeys(MEMORY, "permuted tokens"))
+    elif permuted(inp, layers, batch, forward=False):
+        why["step_peak"] = why["step_peak_first"] = "permuted tokens"
     return why
 
 
@@ -725,3 +731,21 @@ def test_linear_before_a_class_token_copies_its_gradient() -> None:
     _disagree((4, 2, 1), _seq(Layer("conv", (("out", 7), ("kernel", 1), ("bias", False))), TOKENS,
                               _linear(1, bias=False), Layer("class_token", trainable=False), Layer("gelu")),
               3, "step_peak", "float64")
+
+
+@pytest.mark.xfail(reason="the input gradient of a linear layer that read permuted tokens is handed back through "
+                   "to_tokens' view to the layer before, whose backward copies it (a grid seen channels last): "
+                   "the step's peak is below the measured one by that copy (1,296 bytes predicted, 1,584 measured)")
+def test_gradient_of_a_linear_reading_permuted_tokens() -> None:
+    _disagree((4, 1, 3, 2), _seq(Layer("conv", (("out", 4), ("kernel", 1), ("bias", False))), TOKENS, _linear(4)),
+              3, "step_peak_first")
+
+
+def test_dropout_not_recorded_makes_its_noise() -> None:
+    # Found by the long run: dropout in training whose input needs no gradient (a frozen patch embedding and class
+    # token before it) is not recorded, yet the CPU's dropout still makes its float noise (input-sized) and frees
+    # it as it returns; the step's peak left it out (332 bytes predicted, 428 measured). Fixed:
+    # Dropout.untracked_transient.
+    _disagree((1, 5), _seq(Layer("conv", (("out", 4), ("kernel", 3), ("stride", 3), ("bias", False)), trainable=False),
+                           TOKENS, Layer("class_token", trainable=False), Layer("dropout", (("p", 0.1),)),
+                           _linear(1, bias=False), Layer("to_grid", (("size", [2]),))), 3, "step_peak_first")
