@@ -412,10 +412,9 @@ def permuted(inp: tuple[int, ...], layers: tuple[Layer, ...], batch: int, forwar
     for i, layer in enumerate(layers):
         after = layers[i + 1] if i + 1 < len(layers) else None
         if layer.kind == "to_tokens" and math.prod(shape[1:]) > 1 and shape[0] > 1 and after is not None and \
-                after.kind != "class_token" and not (forward and after.kind == "linear" and after.trainable and
-                                                     batch > 1):
-            # (a trainable linear at batch > 1 copies it in its forward, as archcalc's `strided` says; its backward:
-            # test_gradient_of_a_linear_reading_permuted_tokens)
+                after.kind != "class_token":
+            # (a trainable linear at batch > 1 copies it, as archcalc's `strided` says, but not always only that:
+            # test_a_trainable_linear_copies_permuted_tokens_at_batch_2 and the xfails after it)
             return True
         if layer.kind == "to_grid" and min(shape) > 1 and after is not None and \
                 not (forward and after.kind == "linear"):
@@ -689,9 +688,8 @@ def test_permuted_layout_is_kept_by_element_wise_layers() -> None:
 def test_a_trainable_linear_copies_permuted_tokens_at_batch_2() -> None:
     # What archcalc has right of the case below (to_tokens' `strided`): at batch > 1 a linear layer whose weight
     # needs a gradient folds the permuted B x N x C sequence into rows, a copy
-    checks = agreement((4, 6), _seq(TOKENS, _linear(2)), "float32", 2)
-    assert checks["peak"][0] == checks["peak"][1]
-    assert checks["saved_bytes"][0] == checks["saved_bytes"][1]
+    _disagree((4, 6), _seq(TOKENS, _linear(2)), 2, "peak")
+    _disagree((4, 6), _seq(TOKENS, _linear(2)), 2, "saved_bytes")
 
 
 @pytest.mark.xfail(reason="linear on permuted tokens: torch's matmul folds B x N into rows (a copy of the "
@@ -749,3 +747,10 @@ def test_dropout_not_recorded_makes_its_noise() -> None:
     _disagree((1, 5), _seq(Layer("conv", (("out", 4), ("kernel", 3), ("stride", 3), ("bias", False)), trainable=False),
                            TOKENS, Layer("class_token", trainable=False), Layer("dropout", (("p", 0.1),)),
                            _linear(1, bias=False), Layer("to_grid", (("size", [2]),))), 3, "step_peak_first")
+
+
+@pytest.mark.xfail(reason="found by the long run: three linear layers on permuted tokens at batch 3 (the first "
+                   "folding a copy of them) peak above archcalc's figure (720 bytes predicted, 1,008 measured in "
+                   "float32); not isolated yet")
+def test_linear_layers_on_permuted_tokens_at_batch_3() -> None:
+    _disagree((2, 6), _seq(TOKENS, _linear(7), _linear(3, bias=False), _linear(4), Layer("silu")), 3, "peak")
