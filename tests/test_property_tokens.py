@@ -20,15 +20,23 @@ Quantities (batch 1 to 3, float32/float64/bfloat16/float16 activations, on the C
   saved_bytes             bytes autograd packs in a training-mode forward (saved_tensors_hooks, by storage,
   saved_bytes_input_grad  parameters and buffers excluded; tests/measure.saved_bytes), the input needing no
                           gradient / needing one
-  peak                    the inference peak beyond parameters, buffers and the input: torch.profiler's CPU memory
-                          events (tests/measure.peak_bytes) against calc's peak
+  peak                    the inference peak beyond parameters, buffers and the input, against the most bytes of
+                          op outputs alive at once (tests/measure.dispatch_peak_bytes: a dispatch mode, which sees no
+                          workspace inside a kernel, as archcalc predicts none)
+  peak_profiler           the same peak from torch.profiler's CPU memory events (tests/measure.peak_bytes), which
+                          sees workspace too (a conv's im2col columns, layer norm's copy of a permuted input): at
+                          least archcalc's, not equal
   step_peak               the training step's peak with Adam, a later step and the first (tests/measure.
   step_peak_first         step_peak_bytes); where calc declines (self_attention: its backward is not modelled),
-                          that it declines, and only there
+  step_declined           that it declines, and only there
 
-The default tier draws a few networks (`test_random_token_networks_match_plain_torch`); the long run is marked
-`long`: `ARCHCALC_PROPERTY_EXAMPLES=300 pytest -m long tests/test_property_tokens.py -s` prints the agreement
-count per quantity.
+What the search found and archcalc does not follow yet is reported, not asserted, for the networks it concerns
+(`known`: a permuted layout read by a layer, attention's query at batch 1, a class token's gradient, a taken
+token's backward), each pinned by a strict xfail at the end of this file that fails the day archcalc follows it.
+
+The default tier draws a few networks beside three fixed ones (`test_random_token_networks_match_plain_torch`, a
+few seconds); the long run is marked `long`: `ARCHCALC_PROPERTY_EXAMPLES=600 pytest -m long
+tests/test_property_tokens.py -s` prints the agreement count per quantity.
 """
 
 from __future__ import annotations
@@ -392,7 +400,7 @@ def build_twin(inp: tuple[int, ...], layers: tuple[Layer, ...]) -> tuple[nn.Modu
 MEMORY = ("saved_bytes", "saved_bytes_input_grad", "peak", "peak_profiler", "step_peak", "step_peak_first")
 
 
-def permuted(inp: tuple[int, ...], layers: tuple[Layer, ...], batch: int) -> bool:
+def permuted(inp: tuple[int, ...], layers: tuple[Layer, ...], batch: int, forward: bool = True) -> bool:
     """Whether a layer reads a tensor in a permuted layout: to_tokens' sequence (the grid's storage seen channels
     last) read by anything but a class token (whose concatenation copies it), or to_grid's grid (the tokens'
     storage seen channels first) read by anything. torch lays an element-wise op's output out as its input (a
@@ -404,10 +412,13 @@ def permuted(inp: tuple[int, ...], layers: tuple[Layer, ...], batch: int) -> boo
     for i, layer in enumerate(layers):
         after = layers[i + 1] if i + 1 < len(layers) else None
         if layer.kind == "to_tokens" and math.prod(shape[1:]) > 1 and shape[0] > 1 and after is not None and \
-                after.kind != "class_token" and not (after.kind == "linear" and after.trainable and batch > 1):
-            return True  # (a trainable linear at batch > 1 copies it, as archcalc's `strided` says)
-        if layer.kind == "to_grid" and min(shape) > 1 and after is not None and after.kind != "linear":
-            return True  # (a flattening linear copies it, as archcalc's `strided` says)
+                after.kind != "class_token":
+            # (a trainable linear at batch > 1 copies it, as archcalc's `strided` says, but not always only that:
+            # test_a_trainable_linear_copies_permuted_tokens_at_batch_2 and the xfails after it)
+            return True
+        if layer.kind == "to_grid" and min(shape) > 1 and after is not None and \
+                not (forward and after.kind == "linear"):
+            return True  # (a flattening linear copies it in its forward, as archcalc's `strided` says)
         shape, is_tokens = twin(layer, shape, is_tokens)[1:]
     return False
 
@@ -433,6 +444,8 @@ def known(inp: tuple[int, ...], layers: tuple[Layer, ...], batch: int) -> dict[s
         why["step_peak"] = why["step_peak_first"] = "a taken token's backward"
     if permuted(inp, layers, batch):
         why.update(dict.fromkeys(MEMORY, "permuted tokens"))
+    elif permuted(inp, layers, batch, forward=False):
+        why["step_peak"] = why["step_peak_first"] = "permuted tokens"
     return why
 
 
@@ -557,11 +570,12 @@ def test_math_attention_is_multihead_attention(channels: int, heads: int, tokens
 
 @pytest.mark.long
 def test_long_run_token_agreement_counts() -> None:
-    """Hundreds of token networks; the tally per quantity is printed. Every asserted quantity must agree."""
+    """Hundreds of token networks (600 by default: about a minute); the tally per quantity is printed. Every asserted
+    quantity must agree, and torch.profiler's peak be at least archcalc's."""
     tally: Counter[tuple[str, str]] = Counter()
     first: dict[str, str] = {}
 
-    @settings(max_examples=int(os.environ.get("ARCHCALC_PROPERTY_EXAMPLES", "300")), deadline=None,
+    @settings(max_examples=int(os.environ.get("ARCHCALC_PROPERTY_EXAMPLES", "600")), deadline=None,
               database=None, suppress_health_check=list(HealthCheck))
     @given(token_networks())
     def one(example: tuple[tuple[int, ...], tuple[Layer, ...], str, int]) -> None:
@@ -576,6 +590,8 @@ def test_long_run_token_agreement_counts() -> None:
         tally["networks", "run"] += 1
         for quantity, (predicted, measured) in checks.items():
             verdict = "agree" if predicted == measured else "disagree"
+            if quantity == "peak_profiler" and predicted != measured:
+                verdict = "above" if predicted < measured else "below"  # workspace: the profiler sees more
             tally[quantity, verdict] += 1
             if verdict != "agree":
                 first.setdefault(quantity, f"{dtype}, batch {batch}: archcalc {predicted}, torch {measured}\n"
@@ -587,6 +603,7 @@ def test_long_run_token_agreement_counts() -> None:
     for key, text in sorted(first.items()):
         print(f"--- first {key}: {text}")
     assert not any(tally[q, "disagree"] for q in ASSERTED), counts
+    assert not tally["peak_profiler", "below"], first.get("peak_profiler")
 
 
 # ---- what the search found: fixed (regressions) and reported (xfail, strict: they fail the day archcalc follows) ----
@@ -673,9 +690,8 @@ def test_permuted_layout_is_kept_by_element_wise_layers() -> None:
 def test_a_trainable_linear_copies_permuted_tokens_at_batch_2() -> None:
     # What archcalc has right of the case below (to_tokens' `strided`): at batch > 1 a linear layer whose weight
     # needs a gradient folds the permuted B x N x C sequence into rows, a copy
-    checks = agreement((4, 6), _seq(TOKENS, _linear(2)), "float32", 2)
-    assert checks["peak"][0] == checks["peak"][1]
-    assert checks["saved_bytes"][0] == checks["saved_bytes"][1]
+    _disagree((4, 6), _seq(TOKENS, _linear(2)), 2, "peak")
+    _disagree((4, 6), _seq(TOKENS, _linear(2)), 2, "saved_bytes")
 
 
 @pytest.mark.xfail(reason="linear on permuted tokens: torch's matmul folds B x N into rows (a copy of the "
@@ -715,3 +731,28 @@ def test_linear_before_a_class_token_copies_its_gradient() -> None:
     _disagree((4, 2, 1), _seq(Layer("conv", (("out", 7), ("kernel", 1), ("bias", False))), TOKENS,
                               _linear(1, bias=False), Layer("class_token", trainable=False), Layer("gelu")),
               3, "step_peak", "float64")
+
+
+@pytest.mark.xfail(reason="the input gradient of a linear layer that read permuted tokens is handed back through "
+                   "to_tokens' view to the layer before, whose backward copies it (a grid seen channels last): "
+                   "the step's peak is below the measured one by that copy (1,296 bytes predicted, 1,584 measured)")
+def test_gradient_of_a_linear_reading_permuted_tokens() -> None:
+    _disagree((4, 1, 3, 2), _seq(Layer("conv", (("out", 4), ("kernel", 1), ("bias", False))), TOKENS, _linear(4)),
+              3, "step_peak_first")
+
+
+def test_dropout_not_recorded_makes_its_noise() -> None:
+    # Found by the long run: dropout in training whose input needs no gradient (a frozen patch embedding and class
+    # token before it) is not recorded, yet the CPU's dropout still makes its float noise (input-sized) and frees
+    # it as it returns; the step's peak left it out (332 bytes predicted, 428 measured). Fixed:
+    # Dropout.untracked_transient.
+    _disagree((1, 5), _seq(Layer("conv", (("out", 4), ("kernel", 3), ("stride", 3), ("bias", False)), trainable=False),
+                           TOKENS, Layer("class_token", trainable=False), Layer("dropout", (("p", 0.1),)),
+                           _linear(1, bias=False), Layer("to_grid", (("size", [2]),))), 3, "step_peak_first")
+
+
+@pytest.mark.xfail(reason="found by the long run: three linear layers on permuted tokens at batch 3 (the first "
+                   "folding a copy of them) peak above archcalc's figure (720 bytes predicted, 1,008 measured in "
+                   "float32); not isolated yet")
+def test_linear_layers_on_permuted_tokens_at_batch_3() -> None:
+    _disagree((2, 6), _seq(TOKENS, _linear(7), _linear(3, bias=False), _linear(4), Layer("silu")), 3, "peak")

@@ -246,6 +246,10 @@ class Dropout(_Elementwise):
     def alias_in_training(self, a: Mapping[str, Any]) -> bool:
         return a["p"] == 0  # in training it writes a new, masked tensor
 
+    def untracked_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # Not recorded (nothing before it needs a gradient), it still makes its noise (or mask) and frees it as it
+        # returns: measured by tests/test_property_tokens.py
+        return ((numel(inp), MASK),) if a["p"] > 0 else ()
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         return f"p={a['p']}"
