@@ -14,29 +14,11 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import get_model, get_model_weights
+from torchvision_common import counts, imported
 
 OUT = Path(__file__).resolve().parent.parent / "torchvision_mvit.json"
 MODELS = {"mvit_v1_b": "KINETICS400_V1", "mvit_v2_s": "KINETICS400_V1"}
 INPUT = (3, 16, 224, 224)
-
-
-def counts(mode: FlopCounterMode) -> dict[str, int]:
-    return {str(k): int(v) for k, v in sorted(mode.get_flop_counts()["Global"].items(), key=lambda kv: str(kv[0]))}
-
-
-def imported(model: torch.nn.Module) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    import archcalc
-
-    try:
-        spec = archcalc.from_module(model, INPUT).spec
-    except Exception as exc:  # noqa: BLE001  (recorded: a refusal is a result)
-        return {"error": f"{type(exc).__name__}: {exc}"}
-    report = archcalc.analyze(spec)
-    return {"params": report.totals.params, "buffers": report.totals.buffers, "macs": report.totals.macs,
-            "fvcore": archcalc.analyze(spec, convention="fvcore").totals.flops,
-            "output": list(report.totals.output), "rows": len(report.rows),
-            "kinds": sorted({r.kind for r in report.rows})}
 
 
 def main() -> None:
@@ -54,7 +36,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = get_model(name, weights=None).eval()
         if import_only:
-            result[name]["import"] = imported(model)
+            result[name]["import"] = imported(model, INPUT)
             print(name, result[name]["import"], flush=True)
             OUT.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
             continue
@@ -82,7 +64,7 @@ def main() -> None:
                                              "min_temporal_size": int(w.meta["min_temporal_size"])}
                                     for w in get_model_weights(name)}
         # what `archcalc import` gives for the same model (this repository's archcalc, first on sys.path)
-        row["import"] = imported(model)
+        row["import"] = imported(model, INPUT)
         result[name] = row
         print(name, {k: v for k, v in row.items() if not k.endswith(("_by_op", "_by_operator"))}, flush=True)
         OUT.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")

@@ -15,32 +15,11 @@ import torch
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import get_model, get_model_weights
+from torchvision_common import counts, imported
 
 OUT = Path(__file__).resolve().parent.parent / "torchvision_swin.json"
 MODELS = {"swin_t": "IMAGENET1K_V1", "swin_s": "IMAGENET1K_V1", "swin_b": "IMAGENET1K_V1",
           "swin_v2_t": "IMAGENET1K_V1", "swin_v2_s": "IMAGENET1K_V1", "swin_v2_b": "IMAGENET1K_V1"}
-
-
-def counts(mode: FlopCounterMode) -> dict[str, int]:
-    return {str(k): int(v) for k, v in sorted(mode.get_flop_counts()["Global"].items(), key=lambda kv: str(kv[0]))}
-
-
-def imported(model: torch.nn.Module, size: int) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    import archcalc
-
-    try:
-        result = archcalc.from_module(model, (3, size, size))
-        spec = result.spec
-    except Exception as exc:  # noqa: BLE001  (recorded: a refusal is a result)
-        return {"error": f"{type(exc).__name__}: {exc}"}
-    report = archcalc.analyze(spec)
-    return {"params": report.totals.params, "buffers": report.totals.buffers, "macs": report.totals.macs,
-            "macs_batch_3": archcalc.analyze(spec, batch=3).totals.macs,
-            "fvcore": archcalc.analyze(spec, convention="fvcore").totals.flops,
-            "fvcore_batch_3": archcalc.analyze(spec, convention="fvcore", batch=3).totals.flops,
-            "output": list(report.totals.output), "rows": len(report.rows),
-            "kinds": sorted({r.kind for r in report.rows}), "warnings": list(result.warnings)}
 
 
 def main() -> None:
@@ -85,7 +64,7 @@ def main() -> None:
         row["published_weights"] = {w.name: {"num_params": w.meta["num_params"], "gmacs": str(w.meta["_ops"]),
                                              "crop_size": int(w.transforms().crop_size[0])}
                                     for w in get_model_weights(name)}
-        row["import"] = imported(model, size)
+        row["import"] = imported(model, (3, size, size), batch_3=True)
         result[name] = row
         print(name, {k: v for k, v in row.items() if not k.endswith(("_by_op", "_by_operator"))}, flush=True)
         OUT.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")

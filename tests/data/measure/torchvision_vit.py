@@ -16,29 +16,11 @@ import torchvision
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import get_model, get_model_weights
+from torchvision_common import counts, imported
 
 OUT = Path(__file__).resolve().parent.parent / "torchvision_vit.json"
 MODELS = {"vit_b_16": "IMAGENET1K_V1", "vit_b_32": "IMAGENET1K_V1", "vit_l_16": "IMAGENET1K_V1",
           "vit_l_32": "IMAGENET1K_V1", "vit_h_14": "IMAGENET1K_SWAG_LINEAR_V1"}  # the weights evaluated at 224
-
-
-def counts(mode: FlopCounterMode) -> dict[str, int]:
-    return {str(k): int(v) for k, v in sorted(mode.get_flop_counts()["Global"].items(), key=lambda kv: str(kv[0]))}
-
-
-def imported(model: torch.nn.Module) -> dict:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-    import archcalc
-
-    try:
-        spec = archcalc.from_module(model, (3, 224, 224)).spec
-    except Exception as exc:  # noqa: BLE001  (recorded: a refusal is a result)
-        return {"error": f"{type(exc).__name__}: {exc}"}
-    report = archcalc.analyze(spec)
-    return {"params": report.totals.params, "buffers": report.totals.buffers, "macs": report.totals.macs,
-            "fvcore": archcalc.analyze(spec, convention="fvcore").totals.flops,
-            "output": list(report.totals.output), "rows": len(report.rows),
-            "kinds": sorted({r.kind for r in report.rows})}
 
 
 def main() -> None:
@@ -80,7 +62,7 @@ def main() -> None:
                                              "crop_size": int(w.transforms().crop_size[0])}
                                     for w in get_model_weights(name)}
         # what `archcalc import` gives for the same model (this repository's archcalc, first on sys.path)
-        row["import"] = imported(model)
+        row["import"] = imported(model, (3, 224, 224))
         result[name] = row
         print(name, {k: v for k, v in row.items() if not k.endswith(("_by_op", "_by_operator"))}, flush=True)
         OUT.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
