@@ -577,12 +577,16 @@ class WindowAttention(nn.Module):
     cut into windows of M tokens; per window q, k, v = x W_qkv, per head softmax(Q K^T / sqrt(d) + B + mask) V (v2:
     cosine attention, cos(q, k) times a learned per-head logit scale, and B = 16 sigmoid of a position-bias MLP run
     on a table of relative coordinates), the heads joined and projected; then the windows merged, the shift undone
-    and the padding cropped. Every product is an op torch's FlopCounterMode and fvcore count."""
+    and the padding cropped. Every product is an op torch's FlopCounterMode and fvcore count. `partition="grid"`
+    (MaxViT's grid attention) groups the tokens of a window_size grid spaced evenly over the whole grid instead of a
+    contiguous window; `einsum` computes the two products with torch.einsum (torchvision's MaxViT), not matmul."""
 
     def __init__(self, channels: int, grid: Sequence[int], num_heads: int, window_size: Sequence[int],
-                 shift_size: Sequence[int], bias: bool = True, v2: bool = False) -> None:
+                 shift_size: Sequence[int], bias: bool = True, v2: bool = False, partition: str = "window",
+                 einsum: bool = False) -> None:
         super().__init__()
         self.grid, self.num_heads, self.v2 = tuple(grid), num_heads, v2
+        self.partition, self.einsum = partition, einsum
         self.window_size, self.shift_size = tuple(window_size), tuple(shift_size)
         wh, ww = self.window_size
         self.qkv = nn.Linear(channels, 3 * channels, bias=bias)
@@ -648,7 +652,10 @@ class WindowAttention(nn.Module):
             x = F.pad(x, (0, 0, 0, padded[1] - w, 0, padded[0] - h))
         if any(shift):
             x = torch.roll(x, (-shift[0], -shift[1]), (1, 2))
-        x = x.view(b, nh, wh, nw, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b * nh * nw, m, c)
+        if self.partition == "grid":  # a group: the tokens (i * nh + a, j * nw + b) of one offset (a, b)
+            x = x.view(b, wh, nh, ww, nw, c).permute(0, 2, 4, 1, 3, 5).reshape(b * nh * nw, m, c)
+        else:
+            x = x.view(b, nh, wh, nw, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b * nh * nw, m, c)
         qkv_bias: torch.Tensor | None = self.qkv.bias
         if self.v2 and qkv_bias is not None:  # v2: the keys' bias held at zero (a parameter all the same)
             qkv_bias = torch.cat([qkv_bias[:c], torch.zeros_like(qkv_bias[c:2 * c]), qkv_bias[2 * c:]])
@@ -660,16 +667,24 @@ class WindowAttention(nn.Module):
         if self.v2:
             x = (F.normalize(q, dim=-1).contiguous() @ F.normalize(k, dim=-1).contiguous().transpose(-2, -1)) * (
                 torch.clamp(self.logit_scale, max=4.605170185988092).exp())  # (the logit scale at most ln 100)
+        elif self.einsum:
+            x = torch.einsum("bhid,bhjd->bhij", (q * (c // heads) ** -0.5).contiguous(), k.contiguous())
         else:
             x = (q * (c // heads) ** -0.5).contiguous() @ k.contiguous().transpose(-2, -1)
         del q, k
         x = x + bias
         if any(shift):
             x = (x.view(b, nh * nw, heads, m, m) + self.mask(padded, shift, x.device)).view(-1, heads, m, m)
-        x = x.softmax(dim=-1) @ v.contiguous()
+        if self.einsum:
+            x = torch.einsum("bhij,bhjd->bhid", x.softmax(dim=-1), v.contiguous())
+        else:
+            x = x.softmax(dim=-1) @ v.contiguous()
         del v, bias
         x = self.proj(x.transpose(1, 2).reshape(b * nh * nw, m, c))
-        x = x.view(b, nh, nw, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b, *padded, c)
+        if self.partition == "grid":
+            x = x.view(b, nh, nw, wh, ww, c).permute(0, 3, 1, 4, 2, 5).reshape(b, *padded, c)
+        else:
+            x = x.view(b, nh, nw, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b, *padded, c)
         if any(shift):
             x = torch.roll(x, shift, (1, 2))
         if padded != (h, w):  # the crop as a tensor of its own (a view would keep the padded grid's storage)
@@ -678,7 +693,7 @@ class WindowAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"grid={self.grid}, num_heads={self.num_heads}, window_size={self.window_size}, "
-                f"shift_size={self.shift_size}, v2={self.v2}")
+                f"shift_size={self.shift_size}, v2={self.v2}, partition={self.partition!r}, einsum={self.einsum}")
 
 
 class PatchMerging(nn.Module):

@@ -55,7 +55,10 @@ class Geometry:
     def __init__(self, a: Mapping[str, Any], inp: Tokens) -> None:
         self.window = _pair(a["window_size"])
         shift = _pair(a["shift_size"])
+        self.grid = a.get("partition", "window") == "grid"
         self.padded = tuple(-(-g // w) * w for g, w in zip(inp.grid, self.window))
+        # grid partition (MaxViT): the window_size is the G x G grid of a group; its tokens lie `stride` apart
+        self.stride = tuple(p // w for p, w in zip(self.padded, self.window))
         # torchvision's shifted_window_attention: no shift along an axis whose window covers the padded grid
         self.shift = tuple(0 if w >= p else s for w, s, p in zip(self.window, shift, self.padded))
         self.tokens = self.padded[0] * self.padded[1]  # Np
@@ -67,6 +70,14 @@ class Geometry:
         self.u = self.tokens * self.c  # a padded N x C tensor
         self.scores = self.tokens * self.heads * self.m  # attention weights: windows x heads x M x M
         self.in_place = self.padded == tuple(inp.grid) and not any(self.shift) and self.windows == 1
+        self.products = self.windows * self.m * self.m * self.c  # MACs of Q K^T, and of A V, per image
+
+
+def einsum_fvcore(macs: int) -> int:
+    """What fvcore counts for a torch.einsum of `macs` multiply-accumulates that is not one of the two forms it
+    reads as a matmul: numpy's einsum_path "Optimized FLOP count" (2 per MAC), printed to 4 significant digits
+    ('%.3e'), halved and floored (fvcore/nn/jit_handles.py, einsum_flop_jit)."""
+    return int(float(f"{2 * macs:.3e}") // 2)
 
 
 @register
@@ -85,7 +96,11 @@ class WindowAttention(Kind):
            "cosine attention (q and k normalised, times a learned logit scale per head), B = 16 sigmoid of an "
            "MLP (Linear(2, 512), ReLU, Linear(512, heads)) run once per forward on a buffer of relative "
            "coordinates ((2w-1)^2 x 2): (2w-1)^2 x 512 (2 + heads) MACs whatever the batch; the keys' qkv bias is "
-           "held at zero (still parameters). FlopCounterMode and fvcore count every product (the MLP once).")
+           "held at zero (still parameters). FlopCounterMode and fvcore count every product (the MLP once). "
+           "`partition: grid` (MaxViT's grid attention, Tu et al. 2022): each group is a window_size grid of "
+           "tokens spread over the whole grid, stride H/w apart (no padding, no shift; the grid a multiple of the "
+           "window): the same costs, another receptive field. `einsum` (torchvision's MaxViT): the two products "
+           "written as torch.einsum, which fvcore counts from numpy's einsum_path, rounded to 4 digits.")
     full_rule = ("2 per MAC; per padded token 4C bias additions (with bias); v1: 1 per element of q (the scale); "
                  "v2: 3 per element of q and k (square, sum, divide) and 2 per head vector of q and k (square "
                  "root, clamp), 1 per attention weight (logit scale); per attention weight 1 (position bias), 1 "
@@ -101,6 +116,12 @@ class WindowAttention(Kind):
             aliases=("shift",), minimum=0),
         Arg("bias", "bool", True, "learn biases in the qkv and output projections"),
         Arg("v2", "bool", False, "Swin V2: cosine attention, logit scale, continuous position bias MLP"),
+        Arg("partition", "str", "window", "which tokens attend together: 'window', contiguous blocks of "
+            "window_size (Swin's, MaxViT's block attention); 'grid', a window_size grid of tokens spaced evenly "
+            "over the whole grid (MaxViT's grid attention: the grid a multiple of the window, no shift)",
+            choices=("window", "grid")),
+        Arg("einsum", "bool", False, "the two products are torch.einsum calls (torchvision's MaxViT): the same "
+            "MACs; fvcore counts each from numpy's einsum_path report, rounded to 4 significant digits"),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "window_size": 2}),
@@ -110,6 +131,9 @@ class WindowAttention(Kind):
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "window_size": 4, "shift_size": 2}),
         Example(Tokens(256, 32, (16, 16)), {"num_heads": 4, "window_size": 4, "shift_size": 2, "v2": True}),
         Example(Tokens(192, 32, (12, 16)), {"num_heads": 1, "window_size": [4, 8], "v2": True}),
+        Example(Tokens(48, 8, (6, 8)), {"num_heads": 2, "window_size": [3, 2], "partition": "grid"}),
+        Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "window_size": 2, "partition": "grid", "einsum": True}),
+        Example(Tokens(16, 6, (4, 4)), {"num_heads": 3, "window_size": 4, "partition": "grid", "bias": False}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
@@ -117,6 +141,10 @@ class WindowAttention(Kind):
         if t[1] % a["num_heads"]:
             raise LayerError(f"window_attention: {t[1]} channels are not divisible by num_heads {a['num_heads']}")
         g = Geometry(a, t)
+        if g.grid and (g.padded != tuple(t.grid) or any(g.shift)):
+            raise LayerError(f"window_attention: a grid partition of window {'x'.join(map(str, g.window))} needs a "
+                             f"grid that is a multiple of it, and no shift; the grid is "
+                             f"{'x'.join(map(str, t.grid))}, the shift {'x'.join(map(str, _pair(a['shift_size'])))}")
         if any(s >= w for s, w in zip(g.shift, g.window)):
             raise LayerError(f"window_attention: shift_size {'x'.join(map(str, g.shift))} must be smaller than the "
                              f"window {'x'.join(map(str, g.window))}")
@@ -130,12 +158,15 @@ class WindowAttention(Kind):
         params = 4 * c * c + bias
         mask = g.scores if any(g.shift) else 0
         full = 2 * macs + g.tokens * bias + g.scores + mask + 3 * g.scores
+        fvcore = macs
+        if a["einsum"]:  # each product as fvcore counts an einsum (torchvision's MaxViT)
+            fvcore += 2 * (einsum_fvcore(g.products) - g.products)
         if not a["v2"]:
-            return Cost(params=params + g.table * h, int_buffers=g.m * g.m, macs=macs, fvcore=macs,
+            return Cost(params=params + g.table * h, int_buffers=g.m * g.m, macs=macs, fvcore=fvcore,
                         full=full + g.u)
         once = g.table * CPB_HIDDEN * (2 + h)
         return Cost(params=params + h + 3 * CPB_HIDDEN + CPB_HIDDEN * h, buffers=2 * g.table,
-                    int_buffers=g.m * g.m, macs=macs, fvcore=macs, macs_once=once, fvcore_once=once,
+                    int_buffers=g.m * g.m, macs=macs, fvcore=fvcore, macs_once=once, fvcore_once=once,
                     full=full + 6 * g.u + 4 * g.tokens * h + g.scores,
                     full_once=2 * once + 2 * CPB_HIDDEN * g.table + 4 * h * g.m * g.m + 2 * h)
 
@@ -153,6 +184,11 @@ class WindowAttention(Kind):
         # in the rolled grid; the mask keeps the wrapped-around regions apart). A window that covers the padded
         # grid sees the whole axis.
         g = Geometry(a, grid_input(self.name, inp))
+        if g.grid:
+            # A grid partition's token sees w positions `stride` apart along each axis: a span of (w - 1) x
+            # stride + 1 (sparse: the positions between are not seen), the whole axis when stride is 1.
+            return [RFStep(whole=True) if s == 1 else RFStep(kernel=(w - 1) * s + 1)
+                    for w, s in zip(g.window, g.stride)]
         return [RFStep(whole=True) if w >= p else RFStep(kernel=w) for w, p in zip(g.window, g.padded)]
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
@@ -214,6 +250,9 @@ class WindowAttention(Kind):
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         g = Geometry(a, grid_input(self.name, inp))
         shift = f", shift {'x'.join(map(str, g.shift))}" if any(g.shift) else ""
+        if g.grid:
+            return (f"{'v2, ' if a['v2'] else ''}{g.heads} heads, {g.windows} grids of "
+                    f"{'x'.join(map(str, g.window))}, stride {'x'.join(map(str, g.stride))}")
         return (f"{'v2, ' if a['v2'] else ''}{g.heads} heads, {g.windows} windows of "
                 f"{'x'.join(map(str, g.window))}{shift}")
 
@@ -251,4 +290,4 @@ class PatchMerging(Kind):
         return f"{'x'.join(map(str, t.grid))} -> {'x'.join(str(-(-s // 2)) for s in t.grid)}"
 
 
-__all__ = ["PatchMerging", "WindowAttention"]
+__all__ = ["PatchMerging", "WindowAttention", "einsum_fvcore"]

@@ -55,6 +55,10 @@ TOKEN_GRID_MODULES = ("torchvision.models.swin_transformer.ShiftedWindowAttentio
 MVIT = ("torchvision.models.video.mvit.MultiscaleAttention", "torchvision.models.video.mvit.Pool",
         "torchvision.models.video.mvit.PositionalEncoding")
 MVIT_UNSQUEEZE = "torchvision.models.video.mvit._unsqueeze"
+# torchvision's MaxViT modules, kept whole and read by trace.py's `maxvit`: the partition of a grid into groups of
+# tokens (WindowPartition, then for the grid attention SwapAxes(-2, -3)), the attention over the groups, the way back.
+MAXVIT = ("torchvision.models.maxvit.WindowPartition", "torchvision.models.maxvit.WindowDepartition",
+          "torchvision.models.maxvit.SwapAxes", "torchvision.models.maxvit.RelativePositionalMultiHeadAttention")
 
 
 def qualname(obj: Any) -> str:
@@ -99,7 +103,7 @@ def module_rule(m: nn.Module) -> ModuleRule | None:
 
 def is_leaf(m: nn.Module) -> bool:
     """Modules the tracer keeps whole: those in the table, and torch.nn's own (fx's rule), containers excepted."""
-    if module_rule(m) is not None or qualname(type(m)) in PERMUTES:
+    if module_rule(m) is not None or qualname(type(m)) in PERMUTES or qualname(type(m)) in MAXVIT:
         return True
     return type(m).__module__.startswith("torch.nn") and not isinstance(m, (nn.Sequential, nn.ModuleList,
                                                                             nn.ModuleDict))

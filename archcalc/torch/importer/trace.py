@@ -97,6 +97,8 @@ def _token_shape(kind: str | None, inputs: Sequence[_Tensor], out: Shape) -> Tok
         return Tokens(out[0], out[1], inputs[0].shape.grid)
     if inputs and isinstance(inputs[0].shape, Tokens) and len(out) == len(inputs[0].shape.grid) + 1 > 2 \
             and kind != "to_grid":  # tokens held as a grid, B x H x W x C (Swin): the grid is the leading axes
+        if math.prod(out[:-1]) == inputs[0].shape[0]:  # (or as groups x tokens, MaxViT's: the grid they came from)
+            return Tokens(inputs[0].shape[0], out[-1], inputs[0].shape.grid)
         return Tokens(math.prod(out[:-1]), out[-1], tuple(out[:-1]))
     return None
 
@@ -452,6 +454,9 @@ class _Converter:
         self.tried: set[fx.Node] = set()  # first nodes of module calls a composition was tried on
         # a network of token grids held channels-last (Swin): moving the channels last makes tokens
         self.tokens_last = any(mapping.qualname(type(m)) in mapping.TOKEN_GRID_MODULES for m in root.modules())
+        # MaxViT: the grid partition open (its WindowPartition's p, and whether its axes are swapped: the grid
+        # attention's groups), from the partition to the departition (`maxvit`)
+        self.partition: tuple[int, bool, tuple[int, ...]] | None = None
 
     # -- helpers --
     def tensor_of(self, value: Any, node: fx.Node) -> _Tensor:
@@ -1168,6 +1173,8 @@ class _Converter:
             return self.attention(node, m, args, {k: self.arg(v) for k, v in node.kwargs.items()})
         if mapping.qualname(type(m)) in mapping.MVIT:
             return self.mvit(node, m, args)
+        if mapping.qualname(type(m)) in mapping.MAXVIT:
+            return self.maxvit(node, m, args)
         if len(args) != 1 or node.kwargs or not isinstance(args[0], _Tensor):
             raise Unmapped("a module call with other than one tensor argument")
         x = args[0]
@@ -1253,6 +1260,62 @@ class _Converter:
         out = self.emit(node, str(node.target).rsplit(".", 1)[-1], mapped.kind, None, mapped.args, [x], True,
                         shape=shape, trainable=trainable)
         return (out, tuple(shape.grid))
+
+    def maxvit(self, node: fx.Node, m: nn.Module, args: list[Any]) -> Any:
+        """torchvision's MaxViT (maxvit.py), whose PartitionAttentionLayer runs partition_op(x, p), partition_swap
+        (SwapAxes(-2, -3) for the grid attention, else nn.Identity), x + attn(norm(x)), x + mlp(norm(x)),
+        departition_swap and departition_op(x, p, H / p, W / p). The partition is `to_tokens` (the tokens on the
+        grid, in the grid's order: the norms and the MLP act per token) and the departition `to_grid`; the
+        attention (RelativePositionalMultiHeadAttention) is window_attention with the partition in force: groups
+        of p x p contiguous tokens (window), or, with the axes swapped, of the size x size tokens H / size apart
+        (grid, p = H / size). Its products are einsums (`einsum: true`)."""
+        name = type(m).__name__
+        x = args[0] if args else None
+        if not isinstance(x, _Tensor) or x.channels_last or node.kwargs:
+            raise Unmapped(f"a MaxViT {name} on something that is not a tensor of the network")
+        if name == "WindowPartition":
+            if isinstance(x.shape, Tokens) or len(x.shape) != 3 or len(args) != 2 or not isinstance(args[1], int) \
+                    or self.partition is not None or any(s % args[1] for s in x.shape[1:]):
+                raise Unmapped("a MaxViT WindowPartition of other than a C x H x W grid whose sides p divides, or "
+                               "inside another partition")
+            grid = tuple(x.shape[1:])
+            self.partition = (args[1], False, grid)
+            return self.emit(node, "partition_op", "to_tokens", None, {}, [x], fixed=False,
+                             shape=Tokens(math.prod(grid), x.shape[0], grid))
+        if self.partition is None or not isinstance(x.shape, Tokens) or x.shape.grid != self.partition[2]:
+            raise Unmapped(f"a MaxViT {name} outside a WindowPartition's tokens")
+        p, swapped, grid = self.partition
+        if name == "SwapAxes":
+            if len(args) != 1 or {int(m.a) % 4, int(m.b) % 4} != {1, 2}:  # type: ignore[arg-type]
+                raise Unmapped("a MaxViT SwapAxes of other than the groups and tokens axes (-2, -3)")
+            self.partition = (p, not swapped, grid)
+            return x
+        if name == "WindowDepartition":
+            if swapped or len(args) != 4 or tuple(args[1:]) != (p, grid[0] // p, grid[1] // p):
+                raise Unmapped("a MaxViT WindowDepartition that does not undo its WindowPartition")
+            self.partition = None
+            return self.emit(node, "departition_op", "to_grid", None, {"size": grid}, [x], fixed=False,
+                             shape=(x.shape[1], *grid))
+        # RelativePositionalMultiHeadAttention
+        c, heads, size = x.shape[1], int(m.n_heads), int(m.size)  # type: ignore[arg-type]
+        groups = (p, p) if swapped else (grid[0] // p, grid[1] // p)  # the groups, and the tokens in one
+        per = (grid[0] // p, grid[1] // p) if swapped else (p, p)
+        table = (2 * size - 1) ** 2
+        qkv, merge = m.to_qkv, m.merge
+        if (len(args) != 1 or per != (size, size) or int(m.max_seq_len) != size * size or heads * int(m.head_dim) != c
+                or not isinstance(qkv, nn.Linear) or not isinstance(merge, nn.Linear)
+                or tuple(qkv.weight.shape) != (3 * c, c) or qkv.bias is None
+                or tuple(merge.weight.shape) != (c, c) or merge.bias is None
+                or tuple(m.relative_position_bias_table.shape) != (table, heads)  # type: ignore[union-attr]
+                or m.relative_position_index.numel() != size ** 4):  # type: ignore[union-attr, operator]
+            raise Unmapped(f"a MaxViT {name} whose qkv/merge weights, table, index or groups ({groups[0]} x "
+                           f"{groups[1]} of {per[0]} x {per[1]} tokens) are not window_attention's on {c} channels, "
+                           f"{heads} heads and a {size} x {size} window")
+        args_ = {"num_heads": heads, "window_size": size, **({"partition": "grid"} if swapped else {}),
+                 "einsum": True}
+        trainable = any(t.requires_grad for t in m.parameters())
+        return self.emit(node, str(node.target).rsplit(".", 1)[-1], "window_attention", None, args_, [x], True,
+                         shape=x.shape, trainable=trainable)
 
     def permute(self, node: fx.Node, x: Any, dims: tuple[int, ...]) -> _Tensor | _Blocks:
         if isinstance(x, _Flat):
