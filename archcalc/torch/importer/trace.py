@@ -1269,7 +1269,7 @@ class _Converter:
         attention (RelativePositionalMultiHeadAttention) is window_attention with the partition in force: groups
         of p x p contiguous tokens (window), or, with the axes swapped, of the size x size tokens H / size apart
         (grid, p = H / size). Its products are einsums (`einsum: true`)."""
-        name = type(m).__name__
+        name = mapping.qualname(type(m)).rsplit(".", 1)[-1]
         x = args[0] if args else None
         if not isinstance(x, _Tensor) or x.channels_last or node.kwargs:
             raise Unmapped(f"a MaxViT {name} on something that is not a tensor of the network")
