@@ -1,5 +1,5 @@
-# Shared by torchvision_vit.py, torchvision_swin.py and torchvision_mvit.py (measurement recipes, not run by the
-# tests; see tests/data/README.md). Runs in the reference virtualenv that has torchvision.
+# Shared by torchvision_vit.py, torchvision_swin.py, torchvision_mvit.py and torchvision_maxvit.py (measurement
+# recipes, not run by the tests; see tests/data/README.md). Runs in the reference virtualenv that has torchvision.
 """FlopCounterMode's count by operator, and what `archcalc import` of a model gives (this repository's archcalc)."""
 
 import sys
