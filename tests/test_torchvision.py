@@ -33,6 +33,8 @@ DONE = MODELS
 VITS = sorted(k for k in json.loads((DATA / "torchvision_vit.json").read_text(encoding="utf-8")) if k != "versions")
 SWINS = sorted(k for k in json.loads((DATA / "torchvision_swin.json").read_text(encoding="utf-8")) if k != "versions")
 MVITS = sorted(k for k in json.loads((DATA / "torchvision_mvit.json").read_text(encoding="utf-8")) if k != "versions")
+MAXVITS = sorted(k for k in json.loads((DATA / "torchvision_maxvit.json").read_text(encoding="utf-8"))
+                 if k != "versions")
 SEGMENTATION = [m for m in DONE if PUBLISHED[m]["family"] == "segmentation"]
 WITH_AUX = [m for m in SEGMENTATION if "params_without_aux" in MEASURED[m]]
 
@@ -61,9 +63,11 @@ def test_the_data_files_agree_with_each_other() -> None:
 def test_every_model_has_a_spec() -> None:
     assert [m for m in MODELS if f"torchvision/{m}" not in SPECS] == []
     # the CNNs here; the vision transformers in tests/test_tokens.py (tests/data/torchvision_vit.json), the Swins in
-    # tests/test_swin.py (torchvision_swin.json), the video MViTs in tests/test_mvit.py (torchvision_mvit.json)
+    # tests/test_swin.py (torchvision_swin.json), the video MViTs in tests/test_mvit.py (torchvision_mvit.json),
+    # MaxViT in tests/test_maxvit.py (torchvision_maxvit.json)
     assert {n for n in SPECS if n.startswith("torchvision/")} == {f"torchvision/{m}" for m in [*MODELS, *VITS,
-                                                                                              *SWINS, *MVITS]}
+                                                                                              *SWINS, *MVITS,
+                                                                                              *MAXVITS]}
 
 
 @pytest.mark.parametrize("name", DONE)
@@ -156,7 +160,7 @@ FAMILIES = {
     "inception": ["inception"], "mobilenet": ["mobilenet"], "mnasnet": ["mnasnet"], "shufflenet": ["shufflenet"],
     "efficientnet": ["efficientnet"], "regnet": ["regnet"], "convnext": ["convnext"],
     "video": ["r3d", "mc3", "r2plus1d", "s3d", "mvit"], "segmentation": ["fcn", "deeplabv3", "lraspp"],
-    "vit": ["vit_"], "swin": ["swin_"],
+    "vit": ["vit_"], "swin": ["swin_"], "maxvit": ["maxvit_"],
 }
 
 
@@ -164,7 +168,7 @@ def test_zoo_groups_torchvision_by_family() -> None:
     result = CliRunner().invoke(app, ["zoo", "--format", "json"])
     assert result.exit_code == 0, result.output
     entries = [e for e in json.loads(result.output) if e["name"].startswith("torchvision/")]
-    assert {e["name"].removeprefix("torchvision/") for e in entries} == {*DONE, *VITS, *SWINS, *MVITS}
+    assert {e["name"].removeprefix("torchvision/") for e in entries} == {*DONE, *VITS, *SWINS, *MVITS, *MAXVITS}
     for e in entries:
         model = e["name"].removeprefix("torchvision/")
         prefixes = FAMILIES[e["family"]]
