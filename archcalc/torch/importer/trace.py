@@ -1261,7 +1261,7 @@ class _Converter:
                         shape=shape, trainable=trainable)
         return (out, tuple(shape.grid))
 
-    def maxvit(self, node: fx.Node, m: nn.Module, args: list[Any]) -> Any:
+    def maxvit(self, node: fx.Node, m: Any, args: list[Any]) -> Any:
         """torchvision's MaxViT (maxvit.py), whose PartitionAttentionLayer runs partition_op(x, p), partition_swap
         (SwapAxes(-2, -3) for the grid attention, else nn.Identity), x + attn(norm(x)), x + mlp(norm(x)),
         departition_swap and departition_op(x, p, H / p, W / p). The partition is `to_tokens` (the tokens on the
@@ -1286,7 +1286,7 @@ class _Converter:
             raise Unmapped(f"a MaxViT {name} outside a WindowPartition's tokens")
         p, swapped, grid = self.partition
         if name == "SwapAxes":
-            if len(args) != 1 or {int(m.a) % 4, int(m.b) % 4} != {1, 2}:  # type: ignore[arg-type]
+            if len(args) != 1 or {int(m.a) % 4, int(m.b) % 4} != {1, 2}:
                 raise Unmapped("a MaxViT SwapAxes of other than the groups and tokens axes (-2, -3)")
             self.partition = (p, not swapped, grid)
             return x
@@ -1297,7 +1297,7 @@ class _Converter:
             return self.emit(node, "departition_op", "to_grid", None, {"size": grid}, [x], fixed=False,
                              shape=(x.shape[1], *grid))
         # RelativePositionalMultiHeadAttention
-        c, heads, size = x.shape[1], int(m.n_heads), int(m.size)  # type: ignore[arg-type]
+        c, heads, size = x.shape[1], int(m.n_heads), int(m.size)
         groups = (p, p) if swapped else (grid[0] // p, grid[1] // p)  # the groups, and the tokens in one
         per = (grid[0] // p, grid[1] // p) if swapped else (p, p)
         table = (2 * size - 1) ** 2
@@ -1306,8 +1306,8 @@ class _Converter:
                 or not isinstance(qkv, nn.Linear) or not isinstance(merge, nn.Linear)
                 or tuple(qkv.weight.shape) != (3 * c, c) or qkv.bias is None
                 or tuple(merge.weight.shape) != (c, c) or merge.bias is None
-                or tuple(m.relative_position_bias_table.shape) != (table, heads)  # type: ignore[union-attr]
-                or m.relative_position_index.numel() != size ** 4):  # type: ignore[union-attr, operator]
+                or tuple(m.relative_position_bias_table.shape) != (table, heads)
+                or m.relative_position_index.numel() != size ** 4):
             raise Unmapped(f"a MaxViT {name} whose qkv/merge weights, table, index or groups ({groups[0]} x "
                            f"{groups[1]} of {per[0]} x {per[1]} tokens) are not window_attention's on {c} channels, "
                            f"{heads} heads and a {size} x {size} window")
