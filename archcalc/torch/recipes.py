@@ -298,8 +298,13 @@ def _take_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("self_attention")
 def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    extra: dict[str, Any] = {"kernel": "fused"} if a["kernel"] == "fused" else {}
+    if a["key_dim"] or a["value_dim"]:
+        extra.update(key_dim=a["key_dim"], value_dim=a["value_dim"])
+    if a["score_bias"]:
+        extra["grid"] = tuple(inp.grid)  # type: ignore[attr-defined]
     return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"],
-                qkv_bias=a["qkv_bias"], **({"kernel": "fused"} if a["kernel"] == "fused" else {}))
+                qkv_bias=a["qkv_bias"], **extra)
 
 
 @recipe("window_attention")
@@ -734,7 +739,10 @@ reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)})
 reads("self_attention", lambda m, inp: Mapped("self_attention", {
     "num_heads": int(m.num_heads), "bias": m.out_proj.bias is not None,
     **({"qkv_bias": False} if m.out_proj.bias is not None and m.in_proj.bias is None else {}),
-    **({"kernel": "fused"} if m.kernel == "fused" else {})}), modules.SelfAttention)
+    **({"kernel": "fused"} if m.kernel == "fused" else {}),
+    **({"key_dim": int(m.key_dim)} if m.key_dim != inp[-1] // m.num_heads else {}),
+    **({"value_dim": int(m.value_dim)} if m.value_dim != inp[-1] // m.num_heads else {}),
+    **({"score_bias": True} if m.grid is not None else {})}), modules.SelfAttention)
 reads("window_attention", lambda m, inp: Mapped("window_attention", {
     "num_heads": int(m.num_heads), "window_size": _tup(m.window_size), "shift_size": _tup(m.shift_size),
     "bias": m.qkv.bias is not None, "v2": bool(m.v2)}), modules.WindowAttention)
