@@ -581,6 +581,14 @@ class _Converter:
         args: dict[str, Any] = {"num_heads": found.num_heads, "bias": found.bias}
         if found.bias and not found.qkv_bias:
             args["qkv_bias"] = False
+        c = x.shape[1]
+        if found.key_dim and (found.key_dim, found.value_dim) != (c // found.num_heads,) * 2:
+            args.update(key_dim=found.key_dim, value_dim=found.value_dim)
+        if found.table:
+            if not self._offsets_index(found.index, x.shape):
+                return False
+            params.append(_Param((found.table,), tuple(self.root.get_parameter(found.table).shape)))
+            args["score_bias"] = True
         try:
             self.consume(found.last, params, "self_attention", args, x)
         except Unmapped:
@@ -598,6 +606,20 @@ class _Converter:
         self.composed.update(found.nodes)
         self.vals[found.last] = out
         return True
+
+    def _offsets_index(self, path: str, tokens: Tokens) -> bool:
+        """The score bias's index buffer is self_attention's: N x N on a 2-D grid of N tokens, and where its values
+        are known (not the meta device), |dy| x W + |dx| of each pair of tokens."""
+        grid = tokens.grid
+        if len(grid) != 2 or grid[0] * grid[1] != tokens[0]:
+            return False
+        index = self.root.get_buffer(path)
+        if index.is_meta:
+            return True  # (a model built on the meta device: only the shape is known, checked by the matcher)
+        ys = torch.arange(grid[0]).repeat_interleave(grid[1])
+        xs = torch.arange(grid[1]).repeat(grid[0])
+        want = (ys[:, None] - ys[None, :]).abs() * grid[1] + (xs[:, None] - xs[None, :]).abs()
+        return bool(torch.equal(index.cpu(), want))
 
     def _module_run(self, node: fx.Node, path: str) -> list[fx.Node]:
         """The nodes of this call of the module at `path`: from `node`, while they run inside it."""
