@@ -201,6 +201,10 @@ def _norm(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
 
 
 def _batchnorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    if x.dim() == 3 and x.shape[1] != m.num_features == x.shape[2]:  # B x N x C tokens: the channels last
+        t = x.transpose(1, 2)
+        run_grid = _batchnorm(t, a, m)
+        return lambda: run_grid().transpose(1, 2)
     affine = a["affine"]
     if a["track_running_stats"]:
         inv = (m.running_var + a["eps"]).rsqrt()  # a constant of the model

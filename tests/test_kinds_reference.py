@@ -288,7 +288,21 @@ def _zeropad(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
     return _nd("ZeroPad", rank)(tuple(_f_pad(pads)))  # type: ignore[arg-type]
 
 
+class _TokenBatchNorm(nn.Module):
+    """Batch norm of B x N x C tokens per channel: BatchNorm1d over (B, C, N), the tokens as its length axis."""
+
+    def __init__(self, bn: nn.Module) -> None:
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x.transpose(1, 2)).transpose(1, 2)
+
+
 def _batchnorm(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    if isinstance(shape, Tokens):
+        return _TokenBatchNorm(nn.BatchNorm1d(shape[1], eps=a["eps"], momentum=a["momentum"], affine=a["affine"],
+                                              track_running_stats=a["track_running_stats"]))
     rank = max(len(shape) - 1, 1)  # a flattened (C,) input is BatchNorm1d over (N, C)
     return _nd("BatchNorm", rank)(shape[0], eps=a["eps"], momentum=a["momentum"], affine=a["affine"],
                                   track_running_stats=a["track_running_stats"])

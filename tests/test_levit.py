@@ -162,3 +162,63 @@ def test_the_index_is_not_checked_on_the_meta_device() -> None:
     real = from_module(Former(kd=4, heads=2, vd=12, grid=(3, 4)), (3, 12, 16)).text
     meta = from_module(Former(kd=4, heads=2, vd=12, grid=(3, 4)).to("meta"), (3, 12, 16)).text
     assert real == meta
+
+
+# ---- batch norm over tokens (LeViT's LinearNorm) -------------------------------------------------------------------
+
+
+class LinearNorm(nn.Module):
+    """LeViT's LinearNorm (timm 1.0.31, levit.py), written out: a Linear without bias, then BatchNorm1d over the
+    batch and the tokens flattened into one axis, shaped back. `how` picks the flatten and the shaping back."""
+
+    def __init__(self, c: int, out: int, how: str = "flatten") -> None:
+        super().__init__()
+        self.linear, self.bn, self.how = nn.Linear(c, out, bias=False), nn.BatchNorm1d(out), how
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x)
+        if self.how == "flatten":
+            return self.bn(x.flatten(0, 1)).reshape_as(x)
+        if self.how == "reshape":
+            return self.bn(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+        # "other": the batch and token axes shaped back swapped (not the tokens' order from batch 2 on)
+        return self.bn(x.flatten(0, 1)).reshape(x.shape[1], x.shape[0], -1).transpose(0, 1)
+
+
+class LevitMlp(nn.Module):
+    def __init__(self, how: str = "flatten") -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.ln1, self.ln2 = LinearNorm(8, 16, how), LinearNorm(16, 8, how)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        return (x + self.ln2(nn.functional.hardswish(self.ln1(x)))).mean(dim=1)
+
+
+@pytest.mark.parametrize("how", ["flatten", "reshape"])
+def test_linear_norm_imports_as_linear_and_batchnorm_on_tokens(how: str) -> None:
+    """BatchNorm1d over x.flatten(0, 1) shaped back: `batchnorm` on the tokens (2C params, 2C + 1 buffers each),
+    exact on params, buffers, output and FlopCounterMode's count (batch norm: 0)."""
+    text, report = check(LevitMlp(how), (3, 12, 16))
+    assert text.count("batchnorm: {name: bn}") == 2, text
+    assert report.totals.buffers == (2 * 16 + 1) + (2 * 8 + 1)
+
+
+def test_batchnorm_on_tokens_normalizes_each_channel_over_batch_and_tokens() -> None:
+    """The built module against BatchNorm1d over (B, C, N) in training mode: the same statistics (per channel)."""
+    from archcalc.torch.modules import TokenBatchNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 4)
+    built, plain = TokenBatchNorm(4).train(), nn.BatchNorm1d(4).train()
+    torch.testing.assert_close(built(x), plain(x.transpose(1, 2)).transpose(1, 2))
+    torch.testing.assert_close(built.running_var, plain.running_var)
+    text = "name: a\ninput: [8, 3, 4]\nlayers:\n  - to_tokens\n  - batchnorm\n"
+    t = analyze(load_text(text)).totals
+    assert (t.params, t.buffers) == (2 * 8, 2 * 8 + 1)
+
+
+def test_a_flatten_of_tokens_not_shaped_back_is_refused() -> None:
+    with pytest.raises(ArchcalcError, match=r"cannot import .* at ln1"):
+        from_module(LevitMlp("other"), (3, 12, 16))

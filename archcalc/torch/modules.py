@@ -534,6 +534,14 @@ class TakeToken(nn.Module):
         return x[:, self.index]
 
 
+class TokenBatchNorm(nn.BatchNorm1d):
+    """Batch normalization of B x N x C tokens per channel, over the batch and the tokens: nn.BatchNorm1d(C) on
+    x.flatten(0, 1), reshaped back (LeViT's LinearNorm, timm/models/levit.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(0, 1)).reshape_as(x)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over B x N x C tokens, computed as PyTorch's math path does (the reference
     `scaled_dot_product_attention` in torch.nn.functional's docs): one linear layer makes q, k and v, each head

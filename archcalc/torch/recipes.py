@@ -139,6 +139,9 @@ def _bias(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("batchnorm")
 def _batchnorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    if isinstance(inp, Tokens):  # per channel over the batch and the tokens (LeViT's LinearNorm)
+        return call(modules.TokenBatchNorm, num_features=inp[1], eps=a["eps"], momentum=a["momentum"],
+                    affine=a["affine"], track_running_stats=a["track_running_stats"])
     cls = nn.BatchNorm1d if len(inp) <= 2 else (nn.BatchNorm2d, nn.BatchNorm3d)[len(inp) - 3]
     return call(cls, num_features=inp[0], eps=a["eps"], momentum=a["momentum"], affine=a["affine"],
                 track_running_stats=a["track_running_stats"])
@@ -705,7 +708,7 @@ reads("conv_transpose", _read_conv_transpose, nn.ConvTranspose1d, nn.ConvTranspo
 reads("linear", _read_linear, nn.Linear, modules.FlattenLinear)
 reads("flatten", _read_flatten, nn.Flatten)
 reads("bias", _read_bias, modules.Bias)
-reads("batchnorm", _read_batchnorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+reads("batchnorm", _read_batchnorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, modules.TokenBatchNorm)
 reads("layernorm", _read_layernorm, nn.LayerNorm)
 reads("channel_layernorm", _read_channel_layernorm, modules.LayerNorm2d)
 reads("groupnorm", _read_groupnorm, nn.GroupNorm)
