@@ -201,6 +201,10 @@ def _norm(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
 
 
 def _batchnorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    if x.dim() == 3 and x.shape[1] != m.num_features == x.shape[2]:  # B x N x C tokens: the channels last
+        t = x.transpose(1, 2)
+        run_grid = _batchnorm(t, a, m)
+        return lambda: run_grid().transpose(1, 2)
     affine = a["affine"]
     if a["track_running_stats"]:
         inv = (m.running_var + a["eps"]).rsqrt()  # a constant of the model
@@ -470,6 +474,9 @@ def _softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
 def _self_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
     """Vaswani et al.'s attention written out: q, k, v from one projection, per head softmax(Q K^T / sqrt(d)) V,
     the heads joined and projected."""
+    if a["key_dim"] or a["value_dim"] or a["score_bias"]:
+        return _biased_attention(x, a, m)
+
     def run() -> torch.Tensor:
         b, n, c = x.shape
         h = a["num_heads"]
@@ -479,6 +486,29 @@ def _self_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], 
         scores = torch.bmm((q * d ** -0.5).reshape(b * h, n, d), k.reshape(b * h, n, d).transpose(1, 2))
         heads = torch.bmm(_softmax(scores, -1), v.reshape(b * h, n, d)).reshape(b, h, n, d)
         return F.linear(heads.transpose(1, 2).reshape(b, n, c), m.out_proj.weight, m.out_proj.bias)
+    return run
+
+
+def _biased_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """LeViT's and EfficientFormer's attention written out: q and k of kd channels per head, v of vd; per head
+    softmax(Q K^T / sqrt(kd) + B) V with B[h, i, j] = table[h, |yi - yj| W + |xi - xj|] on the tokens' H x W grid,
+    the heads joined (h vd) and projected back to C."""
+    def run() -> torch.Tensor:
+        b, n, c = x.shape
+        h = a["num_heads"]
+        kd, vd = a["key_dim"] or c // h, a["value_dim"] or c // h
+        qkv = F.linear(x, m.in_proj.weight, m.in_proj.bias)
+        q = qkv[..., :h * kd].reshape(b, n, h, kd).transpose(1, 2).reshape(b * h, n, kd)
+        k = qkv[..., h * kd:2 * h * kd].reshape(b, n, h, kd).transpose(1, 2).reshape(b * h, n, kd)
+        v = qkv[..., 2 * h * kd:].reshape(b, n, h, vd).transpose(1, 2).reshape(b * h, n, vd)
+        scores = torch.bmm(q * kd ** -0.5, k.transpose(1, 2)).reshape(b, h, n, n)
+        if a["score_bias"]:
+            gh, gw = m.grid
+            pos = [(i // gw, i % gw) for i in range(n)]
+            index = torch.tensor([[abs(p[0] - r[0]) * gw + abs(p[1] - r[1]) for r in pos] for p in pos])
+            scores = scores + m.attention_biases.index_select(1, index.flatten()).reshape(1, h, n, n)
+        heads = torch.bmm(_softmax(scores, -1).reshape(b * h, n, n), v).reshape(b, h, n, vd)
+        return F.linear(heads.transpose(1, 2).reshape(b, n, h * vd), m.out_proj.weight, m.out_proj.bias)
     return run
 
 

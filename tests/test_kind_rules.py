@@ -204,7 +204,13 @@ FULL: dict[str, Rule] = {
     "pos_embed": lambda a, i, o, m: n(o),
     # 2 per MAC, the biases of qkv (3C) and the projection (C) per token, q's scale, softmax's 3 per weight
     "self_attention": lambda a, i, o, m: 2 * m + ((4 if a["qkv_bias"] else 1) * n(i) if a["bias"] else 0) + n(i)
-    + 3 * a["num_heads"] * i[0] ** 2,  # (bias elements: 3C + C per token, or the output projection's C alone)
+    + 3 * a["num_heads"] * i[0] ** 2 if not (a["key_dim"] or a["value_dim"] or a["score_bias"])
+    # (bias elements: 3C + C per token, or the output projection's C alone). With key_dim kd and value_dim vd:
+    # the qkv bias is h (2 kd + vd) per token, q's scale h kd per token, the score bias 1 per weight.
+    else 2 * m + ((a["num_heads"] * (2 * (a["key_dim"] or i[1] // a["num_heads"]) + (a["value_dim"] or i[1] // a[
+        "num_heads"])) if a["qkv_bias"] else 0) + i[1] if a["bias"] else 0) * i[0]
+    + i[0] * a["num_heads"] * (a["key_dim"] or i[1] // a["num_heads"])
+    + (4 if a["score_bias"] else 3) * a["num_heads"] * i[0] ** 2,
     "bias": lambda a, i, o, m: n(o),
     "channel_layernorm": lambda a, i, o, m: _normalize(n(i), n(i[1:]), a["elementwise_affine"], a["bias"]),
     "layernorm": lambda a, i, o, m: _normalize(n(i), _layernorm_groups(a, i), a["elementwise_affine"],

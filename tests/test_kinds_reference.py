@@ -288,7 +288,21 @@ def _zeropad(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
     return _nd("ZeroPad", rank)(tuple(_f_pad(pads)))  # type: ignore[arg-type]
 
 
+class _TokenBatchNorm(nn.Module):
+    """Batch norm of B x N x C tokens per channel: BatchNorm1d over (B, C, N), the tokens as its length axis."""
+
+    def __init__(self, bn: nn.Module) -> None:
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x.transpose(1, 2)).transpose(1, 2)
+
+
 def _batchnorm(a: dict[str, Any], shape: tuple[int, ...]) -> nn.Module:
+    if isinstance(shape, Tokens):
+        return _TokenBatchNorm(nn.BatchNorm1d(shape[1], eps=a["eps"], momentum=a["momentum"], affine=a["affine"],
+                                              track_running_stats=a["track_running_stats"]))
     rank = max(len(shape) - 1, 1)  # a flattened (C,) input is BatchNorm1d over (N, C)
     return _nd("BatchNorm", rank)(shape[0], eps=a["eps"], momentum=a["momentum"], affine=a["affine"],
                                   track_running_stats=a["track_running_stats"])
@@ -324,18 +338,29 @@ class Attention(nn.Module):
     """Multi-head self-attention as Vaswani et al. write it (nn.MultiheadAttention's parameters in its order),
     every product a matmul: softmax(Q K^T / sqrt(d)) V per head."""
 
-    def __init__(self, c: int, heads: int, bias: bool, qkv_bias: bool = True) -> None:
+    def __init__(self, c: int, heads: int, bias: bool, qkv_bias: bool = True, key_dim: int = 0, value_dim: int = 0,
+                 grid: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.heads = heads
-        self.in_proj = nn.Linear(c, 3 * c, bias=bias and qkv_bias)  # (qkv_bias false: the output's bias only)
-        self.out_proj = nn.Linear(c, c, bias=bias)
+        self.kd, self.vd = key_dim or c // heads, value_dim or c // heads  # (LeViT: q, k of key_dim; v attn_ratio x)
+        self.in_proj = nn.Linear(c, heads * (2 * self.kd + self.vd), bias=bias and qkv_bias)  # (qkv_bias false: the
+        self.out_proj = nn.Linear(heads * self.vd, c, bias=bias)  # output's bias only)
+        self.grid = grid
+        if grid is not None:  # LeViT (Graham et al. 2021, section 4.2): a bias per head and |offset| on the grid
+            self.table = nn.Parameter(torch.randn(heads, grid[0] * grid[1]))
+            ys = torch.arange(grid[0]).repeat_interleave(grid[1])
+            xs = torch.arange(grid[1]).repeat(grid[0])
+            self.register_buffer("index", (ys[:, None] - ys).abs() * grid[1] + (xs[:, None] - xs).abs())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        q, k, v = self.in_proj(x).split(c, dim=-1)
-        q, k, v = (t.reshape(b, n, self.heads, c // self.heads).transpose(1, 2) for t in (q, k, v))
-        weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(c // self.heads), dim=-1)
-        return self.out_proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, n, c))
+        h, kd, vd = self.heads, self.kd, self.vd
+        q, k, v = self.in_proj(x).split([h * kd, h * kd, h * vd], dim=-1)
+        q, k, v = (t.reshape(b, n, h, -1).transpose(1, 2) for t in (q, k, v))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(kd)
+        if self.grid is not None:
+            scores = scores + torch.gather(self.table, 1, self.index.flatten()[None].expand(h, -1)).view(h, n, n)
+        return self.out_proj(torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, n, h * vd))
 
 
 class HeadPool(nn.Module):
@@ -667,7 +692,8 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "class_token": lambda a, s: Tokenized((1, 1, s[1]), first=True),
     "pos_embed": lambda a, s: Tokenized((1, *s), first=False),
     "take_token": lambda a, s: Lambda(lambda x: x[:, a["index"]]),
-    "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"], a["qkv_bias"]),
+    "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"], a["qkv_bias"], a["key_dim"],
+                                             a["value_dim"], s.grid if a["score_bias"] else None),
     "pooled_attention": PooledAttention,
     "token_maxpool": TokenMaxPool,
     "separable_pos_embed": lambda a, s: SeparablePositions(s),

@@ -534,6 +534,14 @@ class TakeToken(nn.Module):
         return x[:, self.index]
 
 
+class TokenBatchNorm(nn.BatchNorm1d):
+    """Batch normalization of B x N x C tokens per channel, over the batch and the tokens: nn.BatchNorm1d(C) on
+    x.flatten(0, 1), reshaped back (LeViT's LinearNorm, timm/models/levit.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.flatten(0, 1)).reshape_as(x)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention over B x N x C tokens, computed as PyTorch's math path does (the reference
     `scaled_dot_product_attention` in torch.nn.functional's docs): one linear layer makes q, k and v, each head
@@ -543,17 +551,32 @@ class SelfAttention(nn.Module):
     docs/conventions.md)."""
 
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, kernel: str = "math",
-                 qkv_bias: bool = True) -> None:
+                 qkv_bias: bool = True, key_dim: int = 0, value_dim: int = 0,
+                 grid: Sequence[int] | None = None) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.kernel = kernel
-        self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias and qkv_bias)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        # q and k of key_dim channels per head, v of value_dim (LeViT, EfficientFormer); C / heads by default
+        self.key_dim = key_dim or embed_dim // num_heads
+        self.value_dim = value_dim or embed_dim // num_heads
+        keys, values = num_heads * self.key_dim, num_heads * self.value_dim
+        self.in_proj = nn.Linear(embed_dim, 2 * keys + values, bias=bias and qkv_bias)
+        self.out_proj = nn.Linear(values, embed_dim, bias=bias)
+        self.grid = tuple(grid) if grid is not None else None
+        if self.grid is not None:  # the score bias: a table per head and |offset| on the 2-D grid (LeViT)
+            gh, gw = self.grid
+            ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+            ys, xs = ys.flatten(), xs.flatten()
+            index = (ys[:, None] - ys[None, :]).abs() * gw + (xs[:, None] - xs[None, :]).abs()
+            self.attention_biases = nn.Parameter(torch.empty(num_heads, gh * gw).normal_(std=0.02))
+            self.register_buffer("attention_bias_idxs", index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         h = self.num_heads
+        if self.grid is not None or (self.key_dim, self.value_dim) != (c // h, c // h):
+            return self.biased(x)
         q, k, v = self.in_proj(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
         if self.kernel == "fused":  # torch's fused kernel: on the CPU _scaled_dot_product_flash_attention_for_cpu
             from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -565,6 +588,21 @@ class SelfAttention(nn.Module):
         # whole q/k/v tensor as they would at batch 1.
         weights = ((q * (c // h) ** -0.5) @ k.contiguous().transpose(-2, -1)).softmax(dim=-1)
         return self.out_proj((weights @ v.contiguous()).transpose(1, 2).reshape(b, n, c))
+
+    def biased(self, x: torch.Tensor) -> torch.Tensor:
+        """The math path with key_dim / value_dim and the score bias: the bias gathered first (from the table
+        alone, whatever the batch) and added to the scores in place."""
+        b, n, _ = x.shape
+        h, kd, vd = self.num_heads, self.key_dim, self.value_dim
+        bias = self.attention_biases[:, self.attention_bias_idxs] if self.grid is not None else None
+        q, k, v = self.in_proj(x).split([h * kd, h * kd, h * vd], dim=-1)
+        q, k, v = (t.reshape(b, n, h, -1).transpose(1, 2) for t in (q, k, v))
+        scores = (q * kd ** -0.5) @ k.contiguous().transpose(-2, -1)
+        if bias is not None:
+            scores += bias
+        weights = scores.softmax(dim=-1)
+        del scores  # (freed as in the plain path's one expression)
+        return self.out_proj((weights @ v.contiguous()).transpose(1, 2).reshape(b, n, h * vd))
 
 
 # ---- window attention and patch merging (archcalc.core.kinds.windows) -----------------------------------------------

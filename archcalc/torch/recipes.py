@@ -139,6 +139,9 @@ def _bias(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("batchnorm")
 def _batchnorm(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    if isinstance(inp, Tokens):  # per channel over the batch and the tokens (LeViT's LinearNorm)
+        return call(modules.TokenBatchNorm, num_features=inp[1], eps=a["eps"], momentum=a["momentum"],
+                    affine=a["affine"], track_running_stats=a["track_running_stats"])
     cls = nn.BatchNorm1d if len(inp) <= 2 else (nn.BatchNorm2d, nn.BatchNorm3d)[len(inp) - 3]
     return call(cls, num_features=inp[0], eps=a["eps"], momentum=a["momentum"], affine=a["affine"],
                 track_running_stats=a["track_running_stats"])
@@ -298,8 +301,13 @@ def _take_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("self_attention")
 def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    extra: dict[str, Any] = {"kernel": "fused"} if a["kernel"] == "fused" else {}
+    if a["key_dim"] or a["value_dim"]:
+        extra.update(key_dim=a["key_dim"], value_dim=a["value_dim"])
+    if a["score_bias"]:
+        extra["grid"] = tuple(inp.grid)  # type: ignore[attr-defined]
     return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"],
-                qkv_bias=a["qkv_bias"], **({"kernel": "fused"} if a["kernel"] == "fused" else {}))
+                qkv_bias=a["qkv_bias"], **extra)
 
 
 @recipe("window_attention")
@@ -701,7 +709,7 @@ reads("conv_transpose", _read_conv_transpose, nn.ConvTranspose1d, nn.ConvTranspo
 reads("linear", _read_linear, nn.Linear, modules.FlattenLinear)
 reads("flatten", _read_flatten, nn.Flatten)
 reads("bias", _read_bias, modules.Bias)
-reads("batchnorm", _read_batchnorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+reads("batchnorm", _read_batchnorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, modules.TokenBatchNorm)
 reads("layernorm", _read_layernorm, nn.LayerNorm)
 reads("channel_layernorm", _read_channel_layernorm, modules.LayerNorm2d)
 reads("groupnorm", _read_groupnorm, nn.GroupNorm)
@@ -735,7 +743,10 @@ reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)})
 reads("self_attention", lambda m, inp: Mapped("self_attention", {
     "num_heads": int(m.num_heads), "bias": m.out_proj.bias is not None,
     **({"qkv_bias": False} if m.out_proj.bias is not None and m.in_proj.bias is None else {}),
-    **({"kernel": "fused"} if m.kernel == "fused" else {})}), modules.SelfAttention)
+    **({"kernel": "fused"} if m.kernel == "fused" else {}),
+    **({"key_dim": int(m.key_dim)} if m.key_dim != inp[-1] // m.num_heads else {}),
+    **({"value_dim": int(m.value_dim)} if m.value_dim != inp[-1] // m.num_heads else {}),
+    **({"score_bias": True} if m.grid is not None else {})}), modules.SelfAttention)
 reads("window_attention", lambda m, inp: Mapped("window_attention", {
     "num_heads": int(m.num_heads), "window_size": _tup(m.window_size), "shift_size": _tup(m.shift_size),
     "bias": m.qkv.bias is not None, "v2": bool(m.v2), **({"partition": "grid"} if m.partition == "grid" else {}),

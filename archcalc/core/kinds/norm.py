@@ -48,7 +48,8 @@ class BatchNorm(Kind):
            "running_var (2C) and num_batches_tracked (one int64). fvcore (eval mode) counts 2 flops per element "
            "with affine, 1 without; without running statistics (track_running_stats: false) the layer normalizes "
            "with batch statistics even in eval mode, and fvcore counts that op as in training: 5 per element "
-           "with affine, 4 without.")
+           "with affine, 4 without. On a token sequence N x C: each channel over the batch and the tokens "
+           "(LeViT's LinearNorm: nn.BatchNorm1d(C) on x.flatten(0, 1), reshaped back).")
     full_rule = ("4 per element with affine ((x - mean) * inv_std * gamma + beta, inv_std a constant of the "
                  "model), 2 without; with batch statistics (track_running_stats: false) as layer norm: 7 per "
                  "element with affine, 5 without, plus 4 per channel")
@@ -59,8 +60,13 @@ class BatchNorm(Kind):
         Arg("track_running_stats", "bool", True, "keep running mean and variance buffers"),
     )
     examples = (Example((64, 56, 56)), Example((32, 10)), Example((4096,), {"affine": False}),
-                Example((8, 4, 6, 6)))
+                Example((8, 4, 6, 6)), Example(Tokens(12, 8, (3, 4))))
     same_shape = True
+    tokens = True  # N x C: per channel, the channels last
+
+    @staticmethod
+    def channels(inp: Shape) -> int:
+        return inp[1] if isinstance(inp, Tokens) else inp[0]
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         if len(inp) > 4:
@@ -68,7 +74,7 @@ class BatchNorm(Kind):
         return inp
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
-        c = inp[0]
+        c = self.channels(inp)
         track = a["track_running_stats"]
         # fvcore's batchnorm_flop_jit: aten::batch_norm's `training` argument, which nn.BatchNorm sets when it has
         # no running statistics, selects the training formula (norm_flop_counter: 5 or 4 per element).
@@ -87,7 +93,7 @@ class BatchNorm(Kind):
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # native_batch_norm keeps the input plus the batch mean and inverse std, one per channel each, in the
         # statistics dtype of the device (see base.itemsize_for).
-        return Saved(input=True, per_batch=((2 * inp[0], STATISTICS),))
+        return Saved(input=True, per_batch=((2 * self.channels(inp), STATISTICS),))
 
 
 

@@ -213,42 +213,78 @@ class SelfAttention(Kind):
             "for float32), which makes no N x N tensor", choices=("math", "fused")),
         Arg("qkv_bias", "bool", True, "with bias: the qkv projection's bias too (false: the output projection's "
             "only, timm's qkv_bias=False)"),
+        Arg("key_dim", "int", 0, "channels per head of q and k (0: C / num_heads); LeViT's and EfficientFormer's "
+            "key_dim", minimum=0),
+        Arg("value_dim", "int", 0, "channels per head of v, and so of the joined heads the output projection reads "
+            "(0: C / num_heads); timm's attn_ratio x key_dim", minimum=0),
+        Arg("score_bias", "bool", False, "a learned bias added to the scores, per head and relative offset of two "
+            "tokens on their 2-D grid (LeViT, EfficientFormer): a heads x (H x W) table gathered by an int64 "
+            "index buffer (N x N) of |dy| x W + |dx|"),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2}),
         Example(Tokens(5, 12, (5,)), {"num_heads": 3, "bias": False}),
         Example(Tokens(9, 6, (3, 3)), {"num_heads": 1}),
         Example(Tokens(6, 8, (2, 3)), {"num_heads": 2, "qkv_bias": False}),
+        Example(Tokens(12, 8, (3, 4)), {"num_heads": 2, "key_dim": 3, "value_dim": 5, "score_bias": True}),
+        Example(Tokens(9, 6, (3, 3)), {"num_heads": 1, "key_dim": 4, "value_dim": 8}),
+        Example(Tokens(6, 4, (2, 3)), {"num_heads": 3, "key_dim": 2, "value_dim": 3, "score_bias": True,
+                                       "bias": False}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
-        c = token_input(self.name, inp)[1]
-        if c % a["num_heads"]:
+        t = token_input(self.name, inp)
+        c = t[1]
+        if c % a["num_heads"] and not (a.get("key_dim") and a.get("value_dim")):
             raise LayerError(f"self_attention: {c} channels are not divisible by num_heads {a['num_heads']}")
+        plain = not (a.get("key_dim") or a.get("value_dim") or a.get("score_bias"))
+        if a["kernel"] == "fused" and not plain:
+            raise LayerError("self_attention with key_dim, value_dim or score_bias is built as the math path only: "
+                             "use kernel: math")
+        if a.get("score_bias") and (len(t.grid) != 2 or t[0] != t.grid[0] * t.grid[1]):
+            raise LayerError(f"self_attention with score_bias needs tokens laid out on a 2-D grid (N = H x W); its "
+                             f"input is {t[0]} tokens on the grid {'x'.join(map(str, t.grid))}")
         return inp
 
     @staticmethod
-    def parts(inp: Shape) -> tuple[int, int]:
-        """Per-image MACs of the four linear maps (4NC^2) and of the two attention products (2N^2 C)."""
+    def dims(a: Mapping[str, Any], c: int) -> tuple[int, int]:
+        """The channels of q (and of k) and of v over all heads: heads x key_dim and heads x value_dim (C each by
+        default)."""
+        h = a["num_heads"]
+        return h * (a.get("key_dim") or c // h), h * (a.get("value_dim") or c // h)
+
+    @staticmethod
+    def parts(inp: Shape, a: Mapping[str, Any] | None = None) -> tuple[int, int]:
+        """Per-image MACs of the linear maps (4NC^2; with q/k channels K and v channels V: NC(2K + V) + NVC) and of
+        the two attention products (2N^2 C; N^2 K + N^2 V)."""
         n, c = inp
-        return 4 * n * c * c, 2 * n * n * c
+        k, v = SelfAttention.dims(a, c) if a is not None else (c, c)
+        return n * c * (2 * k + v) + n * v * c, n * n * (k + v)
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         n, c = inp
-        linear, products = self.parts(inp)
+        k, v = self.dims(a, c)
+        linear, products = self.parts(inp, a)
         macs = linear + products
-        bias = (4 * c if a["qkv_bias"] else c) if a["bias"] else 0
+        bias = ((2 * k + v + c) if a["qkv_bias"] else c) if a["bias"] else 0
         softmax = a["num_heads"] * n * n
+        table, index = (a["num_heads"] * n, n * n) if a.get("score_bias") else (0, 0)
         # fvcore has no handler for aten::scaled_dot_product_attention: on the fused kernel it counts the four
-        # projections alone (measured: tests/test_attention_kernels.py)
-        return Cost(params=4 * c * c + bias, macs=macs, fvcore=linear if a["kernel"] == "fused" else macs,
-                    full=2 * macs + n * bias + n * c + 3 * softmax)
+        # projections alone (measured: tests/test_attention_kernels.py). The score bias: a gather (aten::index)
+        # and an add, which FlopCounterMode and fvcore both count as 0 (tests/test_levit.py); `full` counts the
+        # add (1 per attention weight).
+        return Cost(params=(2 * k + v) * c + v * c + bias + table, int_buffers=index, macs=macs,
+                    fvcore=linear if a["kernel"] == "fused" else macs,
+                    full=2 * macs + n * bias + n * k + 3 * softmax + (softmax if table else 0))
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
         c = out[1]
+        k, v = self.dims(a, c)
+        table = (a["num_heads"] * out[0],) if a.get("score_bias") else ()
         if a["bias"]:
-            return (3 * c * c, 3 * c, c * c, c) if a["qkv_bias"] else (3 * c * c, c * c, c)
-        return (3 * c * c, c * c)
+            qkv = ((2 * k + v) * c, 2 * k + v) if a["qkv_bias"] else ((2 * k + v) * c,)
+            return (*qkv, v * c, c, *table)
+        return ((2 * k + v) * c, v * c, *table)
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
         # Every token sees every token: the whole grid the tokens came from (the engine reads Tokens.grid).
@@ -263,11 +299,14 @@ class SelfAttention(Kind):
         # joined heads out_proj reads as a view) and the log-sum-exp of each head's scores per token (hN, in the
         # accumulate type), whether or not the parameters need a gradient (measured, tests/test_attention_kernels.py;
         # CUDA's flash kernel, from its source, keeps the same; no dropout, so no random generator state).
+        # With key_dim / value_dim (K, V channels over the heads): q and k N x K each, v and the joined heads N x V.
+        # The score bias's gather keeps its index (a buffer) and the add nothing.
         n, c = inp
         if a["kernel"] == "fused":
             return Saved(input_for_params=True, extra=((4 * n * c, ACTIVATION), (a["num_heads"] * n, ACCUMULATE)))
-        return Saved(input_for_params=True, extra=((3 * n * c + a["num_heads"] * n * n, ACTIVATION),),
-                     extra_for_params=((n * c, ACTIVATION),))
+        k, v = self.dims(a, c)
+        return Saved(input_for_params=True, extra=((n * (2 * k + v) + a["num_heads"] * n * n, ACTIVATION),),
+                     extra_for_params=((n * v, ACTIVATION),))
 
     def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),
                       divide_groups: bool = False) -> tuple[int, int]:
@@ -275,14 +314,17 @@ class SelfAttention(Kind):
         # gradient (3NC^2) is skipped when the input needs none; the rest (the weights' gradients, and the
         # gradients through the two attention products and out_proj they need) is counted as the weights'.
         n, c = inp
-        batch = macs // sum(self.parts(inp))
-        grad_input = 3 * n * c * c * batch
+        batch = macs // sum(self.parts(inp, a))
+        grad_input = n * c * (2 * sum(self.dims(a, c)) - self.dims(a, c)[1]) * batch  # 3NC^2 by default
         return grad_input, 2 * macs - grad_input
 
     def step_unfollowed_for(self, a: Mapping[str, Any], inp: Shape) -> str:
         # One channel per head on the math path: the joined heads reach out_proj in a layout F.linear does not
         # fold into one addmm (a matmul and a separate bias add, each with its own temporaries and backward).
         # Measured to differ (by up to 2 x NC per image), not modelled.
+        if a.get("key_dim") or a.get("value_dim") or a.get("score_bias"):
+            return ("key_dim, value_dim and score_bias are not followed in the step's timeline yet (its backward "
+                    "is modelled for q, k and v of C channels without a score bias)")
         if a["kernel"] == "math" and a["num_heads"] > 1 and inp[1] == a["num_heads"]:
             return ("one channel per head on the math path (out_proj as a matmul and a bias add) is not followed "
                     "in the step's timeline")
@@ -340,8 +382,20 @@ class SelfAttention(Kind):
             return ((4 * n * c, ACTIVATION),)
         weights = a["num_heads"] * n * n
         copy = a["num_heads"] > 1 and n > 1  # (one token: q's layout is already the heads'; measured)
-        during = max((6 if copy else 5) * n * c + weights, 3 * n * c + 2 * weights)
+        k, v = self.dims(a, c)
+        qkv = n * (2 * k + v)
+        # (at A V: v's contiguous copy and the product, 2NV; out_proj's input and output: NV + NC. Neither is the
+        # most with C channels in q, k and v; with value_dim above key_dim A V can be.)
+        during = max(qkv + (3 if copy else 2) * n * k + weights, qkv + 2 * weights, qkv + weights + 2 * n * v,
+                     qkv + weights + n * v + n * c)
         return ((during - n * c, ACTIVATION),)
+
+    def transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # The gathered score bias (heads x N^2), made first from the table alone (whatever the batch) and added to
+        # the scores in place: held until the module returns.
+        if a.get("score_bias"):
+            return ((a["num_heads"] * inp[0] * inp[0], ACTIVATION),)
+        return ()
 
     def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # A training-mode forward (measured by storage in a real step: tests/test_attention_step.py) is at its
@@ -356,6 +410,11 @@ class SelfAttention(Kind):
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         fused = ", fused" if a["kernel"] == "fused" else ""
+        if a.get("key_dim") or a.get("value_dim") or a.get("score_bias"):
+            k, v = self.dims(a, inp[1])
+            h = a["num_heads"]
+            bias = ", score bias" if a.get("score_bias") else ""
+            return f"{h} heads of q/k {k // h}, v {v // h}, {inp[0]} tokens{bias}"
         return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens{fused}"
 
 

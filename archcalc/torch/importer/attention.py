@@ -12,9 +12,21 @@ The pattern, from the fused projection to the output projection, on N x C tokens
 
 Its parameters are nn.MultiheadAttention's (in_proj 3C x C and 3C, out_proj C x C and C; biases in both, in neither,
 or in the output projection only: self_attention's `qkv_bias: false`), its MACs 4NC^2 + 2N^2 C.
-Every intermediate value must be read inside the pattern only; anything else (a bias on the attention weights, a
-mask, separate q and kv projections, another scale) is not this pattern and is imported op by op (and refused there
-with its reason)."""
+
+The same attention with q and k of key_dim channels per head, v of value_dim and a learned bias on the scores
+(EfficientFormer's Attention, timm/models/efficientformer.py; self_attention's `key_dim`, `value_dim`,
+`score_bias`), its projection's output laid out per head:
+
+    qkv = Linear(C, h (2 kd + vd))(x).reshape(B, N, h, 2 kd + vd).permute(0, 2, 1, 3)
+    q, k, v = qkv.split([kd, kd, vd], dim=3)
+    a = (q @ k.transpose(-2, -1)) * kd ** -0.5        (or (q * kd ** -0.5) @ k.transpose(-2, -1))
+    a = a + table[:, index]                            (optional: table h x N, index N x N, N = H x W)
+    out = Linear(h vd, C)((a.softmax(-1) @ v).transpose(1, 2).reshape(B, N, h vd))
+
+The index's values (|dy| W + |dx| on the grid) are checked when the module holds real buffers; on the meta device
+only its shape is known.
+Every intermediate value must be read inside the pattern only; anything else (a mask, separate q and kv
+projections, another scale) is not this pattern and is imported op by op (and refused there with its reason)."""
 
 from __future__ import annotations
 
@@ -40,6 +52,10 @@ class Attention(NamedTuple):
     num_heads: int
     bias: bool  # the output projection's
     qkv_bias: bool
+    key_dim: int = 0  # per head, where not C / heads (the per-head layout)
+    value_dim: int = 0
+    table: str = ""  # the score bias's table (a parameter), with `index` (a buffer): empty for none
+    index: str = ""
 
 
 def _shape(values: dict[fx.Node, Any], n: Any) -> tuple[int, ...] | None:
@@ -97,8 +113,11 @@ class _Matcher:
         if qkv is None or len(first.args) != 1 or first.kwargs or shape_in is None or len(shape_in) != 3:
             return None
         _, n_tokens, c = shape_in
-        if qkv.in_features != c or qkv.out_features != 3 * c:
+        if qkv.in_features != c:
             return None
+        if qkv.out_features != 3 * c or not _is(self.only_user(first), *_VIEWS) or len(
+                _shape(self.values, self.only_user(first)) or ()) != 5:
+            return self.per_head(first, qkv, n_tokens, c)
         self.nodes = {first}
         split = self.only_user(first)
         shape = _shape(self.values, split)
@@ -143,6 +162,133 @@ class _Matcher:
         assert isinstance(x, fx.Node)  # (its shape was read above)
         return Attention(x, str(first.target), str(last.target), last, frozenset(inside), heads,
                          proj.bias is not None, qkv.bias is not None)
+
+    def per_head(self, first: fx.Node, qkv: nn.Linear, n_tokens: int, c: int) -> Attention | None:
+        """The per-head layout (EfficientFormer): reshape to (B, N, h, 2 kd + vd), permute to the heads first,
+        split into q, k, v; the scale before or after Q K^T; an optional gathered bias on the scores."""
+        self.nodes = {first}
+        split = self.only_user(first)
+        shape = _shape(self.values, split)
+        if not _is(split, *_VIEWS) or split is None or shape is None or len(shape) != 4 or shape[:2] != (1, n_tokens):
+            return None
+        heads, per = shape[2], shape[3]
+        perm = self.only_user(split)
+        if not _is(perm, "permute") or perm is None or _shape(self.values, perm) != (1, heads, n_tokens, per):
+            return None
+        parts = self.only_user(perm)
+        sizes = parts.args[1] if parts is not None and len(parts.args) > 1 else None
+        dim = parts.kwargs.get("dim", parts.args[2] if len(parts.args) > 2 else 0) if parts is not None else None
+        if not _is(parts, "split") or parts is None or not isinstance(sizes, (list, tuple)) or len(sizes) != 3 \
+                or dim not in (3, -1) or sizes[0] != sizes[1] or sum(sizes) != per:
+            return None
+        kd, vd = int(sizes[0]), int(sizes[2])
+        self.nodes.update((split, perm, parts))
+        picked: dict[int, fx.Node] = {}
+        for u in parts.users:
+            if not (u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)):
+                return None
+            picked[u.args[1]] = u
+        if sorted(picked) != [0, 1, 2]:
+            return None
+        self.nodes.update(picked.values())
+        q, k, v = picked[0], picked[1], picked[2]
+        out = self.biased(q, k, v, kd)
+        if out is None:
+            return None
+        back = self.only_user(out)
+        if not (_is(back, "transpose") and back is not None and _shape(self.values, back) == (1, n_tokens, heads, vd)):
+            return None
+        joined = self.only_user(back)
+        if not (_is(joined, *_VIEWS) and joined is not None
+                and _shape(self.values, joined) == (1, n_tokens, heads * vd)):
+            return None
+        self.nodes.update((back, joined))
+        last = self.only_user(joined)
+        proj = self.module(last, nn.Linear)
+        if proj is None or last is None or proj.out_features != c or len(last.args) != 1:
+            return None
+        if qkv.bias is not None and proj.bias is None:
+            return None
+        self.nodes.add(last)
+        inside = self.nodes
+        if any(u not in inside for n in inside - {last} for u in n.users):
+            return None
+        x = first.args[0]
+        assert isinstance(x, fx.Node)
+        return Attention(x, str(first.target), str(last.target), last, frozenset(inside), heads,
+                         proj.bias is not None, qkv.bias is not None, kd, vd, *self.table)
+
+    def biased(self, q: fx.Node, k: fx.Node, v: fx.Node, kd: int) -> fx.Node | None:
+        """softmax(Q K^T scaled (+ table[:, index])) V, the scale on q or on the scores; sets self.table."""
+        self.table = ("", "")
+        kt = self.only_user(k)
+        dims = sorted(a % 4 for a in kt.args[1:] if isinstance(a, int)) if kt is not None else []
+        if not (_is(kt, "transpose") and kt is not None and dims == [2, 3] and len(kt.args) == 3):
+            return None
+        first = self.only_user(q)
+        if _is(first, "mul", "mul_") and first is not None and self.factor(first, q, kd):  # (q * s) @ k^T
+            scores = self.only_user(first)
+            if not (_is(scores, "matmul") and scores is not None and tuple(scores.args) == (first, kt)):
+                return None
+            self.nodes.update((first, kt, scores))
+            scaled = scores
+        elif _is(first, "matmul") and first is not None and tuple(first.args) == (q, kt):  # (q @ k^T) * s
+            scaled = self.only_user(first)
+            if not (_is(scaled, "mul", "mul_") and scaled is not None and self.factor(scaled, first, kd)):
+                return None
+            self.nodes.update((first, kt, scaled))
+        else:
+            return None
+        after = self.only_user(scaled)
+        if _is(after, "add", "add_") and after is not None and len(after.args) == 2 and scaled in after.args:
+            gathered = after.args[1] if after.args[0] is scaled else after.args[0]
+            table = self.gathered(gathered, _shape(self.values, scaled))
+            if table is None:
+                return None
+            self.nodes.update((after, gathered))  # type: ignore[arg-type]
+            self.table = table
+            scaled = after
+        weights = self.only_user(scaled)
+        dim = None
+        if weights is not None and weights.op == "call_method" and weights.target == "softmax":
+            dim = weights.args[1] if len(weights.args) > 1 else weights.kwargs.get("dim")
+        elif weights is not None and weights.op == "call_function" and weights.target in (F.softmax, torch.softmax):
+            dim = weights.args[1] if len(weights.args) > 1 else weights.kwargs.get("dim")
+        if dim not in (-1, 3) or weights is None or len(weights.args) > 2 or set(weights.kwargs) - {"dim"}:
+            return None
+        self.nodes.add(weights)
+        weights = self.through(weights, self.dropout)
+        out = self.only_user(weights)
+        if not (_is(out, "matmul") and out is not None and tuple(out.args) == (weights, v)
+                and self.only_user(v) is out):
+            return None
+        self.nodes.add(out)
+        return out
+
+    @staticmethod
+    def factor(n: fx.Node, x: fx.Node, kd: int) -> bool:
+        """n is x times kd ** -0.5 (a constant)."""
+        if len(n.args) != 2 or x not in n.args or n.kwargs:
+            return False
+        f = n.args[1] if n.args[0] is x else n.args[0]
+        return not isinstance(f, fx.Node) and isinstance(f, (int, float)) and math.isclose(f, kd ** -0.5)
+
+    def gathered(self, n: Any, scores: tuple[int, ...] | None) -> tuple[str, str] | None:
+        """table[:, index], a parameter h x T gathered by an int64 buffer N x N (read from get_attr nodes), shaped
+        as the scores' last three axes: the paths of the table and the index."""
+        if not (isinstance(n, fx.Node) and n.op == "call_function" and n.target is operator.getitem
+                and len(n.args) == 2 and isinstance(n.args[1], tuple) and len(n.args[1]) == 2):
+            return None
+        table, (whole, index) = n.args[0], n.args[1]
+        if not (isinstance(table, fx.Node) and table.op == "get_attr" and isinstance(index, fx.Node)
+                and index.op == "get_attr" and whole == slice(None) and scores is not None):
+            return None
+        t, i = self.values.get(table), self.values.get(index)
+        if not (isinstance(t, nn.Parameter) and isinstance(i, torch.Tensor) and i.dtype == torch.long
+                and t.dim() == 2 and i.dim() == 2 and (t.shape[0], *i.shape) == scores[1:]
+                and i.shape[0] == i.shape[1] and len(table.users) == 1 and len(index.users) == 1):
+            return None
+        return str(table.target), str(index.target)
 
     def unbound(self, perm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node] | None:
         users = list(perm.users)

@@ -586,6 +586,14 @@ class _Converter:
         args: dict[str, Any] = {"num_heads": found.num_heads, "bias": found.bias}
         if found.bias and not found.qkv_bias:
             args["qkv_bias"] = False
+        c = x.shape[1]
+        if found.key_dim and (found.key_dim, found.value_dim) != (c // found.num_heads,) * 2:
+            args.update(key_dim=found.key_dim, value_dim=found.value_dim)
+        if found.table:
+            if not self._offsets_index(found.index, x.shape):
+                return False
+            params.append(_Param((found.table,), tuple(self.root.get_parameter(found.table).shape)))
+            args["score_bias"] = True
         try:
             self.consume(found.last, params, "self_attention", args, x)
         except Unmapped:
@@ -603,6 +611,20 @@ class _Converter:
         self.composed.update(found.nodes)
         self.vals[found.last] = out
         return True
+
+    def _offsets_index(self, path: str, tokens: Tokens) -> bool:
+        """The score bias's index buffer is self_attention's: N x N on a 2-D grid of N tokens, and where its values
+        are known (not the meta device), |dy| x W + |dx| of each pair of tokens."""
+        grid = tokens.grid
+        if len(grid) != 2 or grid[0] * grid[1] != tokens[0]:
+            return False
+        index = self.root.get_buffer(path)
+        if index.is_meta:
+            return True  # (a model built on the meta device: only the shape is known, checked by the matcher)
+        ys = torch.arange(grid[0]).repeat_interleave(grid[1])
+        xs = torch.arange(grid[1]).repeat(grid[0])
+        want = (ys[:, None] - ys[None, :]).abs() * grid[1] + (xs[:, None] - xs[None, :]).abs()
+        return bool(torch.equal(index.cpu(), want))
 
     def _module_run(self, node: fx.Node, path: str) -> list[fx.Node]:
         """The nodes of this call of the module at `path`: from `node`, while they run inside it."""
@@ -1480,6 +1502,10 @@ class _Converter:
                              [x.source], fixed=False)
         if not isinstance(x, _Tensor) or x.channels_last:
             raise Unmapped(f"{how} of something other than a channels-first tensor of the network")
+        if isinstance(x.shape, Tokens):
+            normed = self.token_batchnorm(node, x)
+            if normed is not None:
+                return normed
         out = tuple(int(s) for s in self.values[node].shape[1:])
         if out == x.shape:
             return x
@@ -1499,6 +1525,36 @@ class _Converter:
         if keep:
             view["keep"] = keep
         return self.emit(node, "reshape", "reshape", None, view, [x], fixed=False)
+
+    def token_batchnorm(self, node: fx.Node, x: _Tensor) -> _Tensor | None:
+        """LeViT's LinearNorm: the batch and the tokens flattened into one axis (x.flatten(0, 1), or a reshape or
+        view to (-1, C)), nn.BatchNorm1d(C) on it, and the result shaped back (reshape_as(x), or a reshape or view
+        to B x N x C): `batchnorm` on the tokens, per channel. None when the flatten is not that."""
+        n, c = x.shape
+        if tuple(int(s) for s in self.values[node].shape) != (n, c):  # (batch 1: B x N merged into N)
+            return None
+        bn = list(node.users)[0] if len(node.users) == 1 else None
+        m = self.root.get_submodule(str(bn.target)) if bn is not None and bn.op == "call_module" else None
+        if bn is None or type(m) is not nn.BatchNorm1d or len(bn.args) != 1 or bn.kwargs \
+                or m.num_features != c:  # type: ignore[union-attr]
+            return None
+        back = list(bn.users)[0] if len(bn.users) == 1 else None
+        source = node.args[0]
+        if back is None or not (back.op == "call_method" and str(back.target) in ("reshape_as", "view_as", "reshape",
+                                                                                     "view")):
+            return None
+        if tuple(int(s) for s in self.values[back].shape) != (1, n, c) or (
+                str(back.target).endswith("_as") and back.args[1:] != (source,)):
+            return None
+        mapped = mapping.module_rule(m)(m, x.shape)  # type: ignore[misc, arg-type]
+        self.called.add(str(bn.target))
+        self.composed.update((bn, back))
+        params = list(m.parameters())  # type: ignore[union-attr]
+        out = self.emit(bn, str(bn.target).rsplit(".", 1)[-1], "batchnorm", None, mapped.args, [x], True,
+                        shape=x.shape, trainable=not params or any(p.requires_grad for p in params))
+        self.vals[bn] = out
+        self.vals[back] = out
+        return out
 
     def token_mean(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> _Tensor:
         """The mean over the tokens, x.mean(dim=1) (timm's ViT with global_pool='avg'), of tokens that are their
