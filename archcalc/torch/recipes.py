@@ -314,6 +314,17 @@ def _patch_merging(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.PatchMerging, grid=tuple(inp.grid))  # type: ignore[attr-defined]
 
 
+@recipe("xca")
+def _xca(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.CrossCovarianceAttention, channels=inp[1], num_heads=a["num_heads"], qkv_bias=a["qkv_bias"])
+
+
+@recipe("fourier_pos_embed")
+def _fourier_pos_embed(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.FourierPositionEncoding, channels=inp[1], grid=tuple(inp.grid),  # type: ignore[attr-defined]
+                hidden_dim=a["hidden_dim"], temperature=a["temperature"], once=a["once"])
+
+
 def _two(value: Any) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
@@ -744,6 +755,13 @@ reads("pooled_attention", lambda m, inp: Mapped("pooled_attention", {
     "stride_q": _tup(m.stride_q), "kernel_kv": _tup(m.kernel_kv), "stride_kv": _tup(m.stride_kv),
     "residual_pool": bool(m.residual_pool), "rel_pos": m.rel_pos_t is not None, "eps": float(m.eps)}),
     modules.PooledAttention)
+
+
+reads("xca", lambda m, inp: Mapped("xca", {"num_heads": int(m.num_heads), "qkv_bias": m.qkv.bias is not None}),
+      modules.CrossCovarianceAttention)
+reads("fourier_pos_embed", lambda m, inp: Mapped("fourier_pos_embed", {
+    "hidden_dim": int(m.hidden_dim), "temperature": float(m.temperature), "once": bool(m.once)}),
+    modules.FourierPositionEncoding)
 
 
 def _read_grid_pool(m: Any, inp: tuple[int, ...]) -> Mapped:
