@@ -211,3 +211,125 @@ class _Matcher:
 def match(root: nn.Module, values: dict[fx.Node, Any], first: fx.Node) -> Attention | None:
     """The self-attention that starts at `first` (its fused qkv projection), or None."""
     return _Matcher(root, values).match(first)
+
+
+class Covariance(NamedTuple):
+    """Cross-covariance attention (XCiT) found from its qkv projection: archcalc's `xca`."""
+
+    x: fx.Node
+    qkv: str
+    proj: str
+    temperature: str  # the learned temperature's parameter path (heads x 1 x 1)
+    last: fx.Node
+    nodes: frozenset[fx.Node]
+    num_heads: int
+    qkv_bias: bool
+
+
+class _CovarianceMatcher(_Matcher):
+    """XCiT's cross-covariance attention written out op by op (timm's XCA without fused attention, EdgeNeXt's
+    CrossCovarianceAttn), by what it computes:
+
+        qkv = Linear(C, 3C)(x).reshape(B, N, 3, heads, d).permute(2, 0, 3, 4, 1)   (heads x d x N each)
+        q, k, v = qkv.unbind(0)
+        w = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * temperature   (heads x 1 x 1)
+        o = w.softmax(dim=-1), (dropout), @ v
+        out = Linear(C, C)(o.permute(0, 3, 1, 2).reshape(B, N, C))
+    """
+
+    def match_covariance(self, first: fx.Node) -> Covariance | None:
+        qkv = self.module(first, nn.Linear)
+        shape_in = _shape(self.values, first.args[0]) if first.args else None
+        if qkv is None or len(first.args) != 1 or first.kwargs or shape_in is None or len(shape_in) != 3:
+            return None
+        _, n_tokens, c = shape_in
+        if qkv.in_features != c or qkv.out_features != 3 * c:
+            return None
+        self.nodes = {first}
+        split = self.only_user(first)
+        shape = _shape(self.values, split)
+        if not _is(split, *_VIEWS) or split is None or shape is None or len(shape) != 5 \
+                or shape[:3] != (1, n_tokens, 3) or shape[3] * shape[4] != c:
+            return None
+        heads, d = shape[3], shape[4]
+        self.nodes.add(split)
+        perm = self.only_user(split)
+        if not _is(perm, "permute") or perm is None or _shape(self.values, perm) != (3, 1, heads, d, n_tokens):
+            return None
+        self.nodes.add(perm)
+        qkv_nodes = self.unbound(perm)
+        if qkv_nodes is None:
+            return None
+        q, k, v = qkv_nodes
+        qn, kn = self.normalized(q), self.normalized(k)
+        if qn is None or kn is None:
+            return None
+        kt = self.only_user(kn)
+        dims = sorted(a % 4 for a in kt.args[1:] if isinstance(a, int)) if kt is not None else []
+        if not (_is(kt, "transpose") and kt is not None and dims == [2, 3] and len(kt.args) == 3):
+            return None
+        scores = self.only_user(qn)
+        if not (_is(scores, "matmul") and scores is not None and tuple(scores.args) == (qn, kt)
+                and self.only_user(kt) is scores and _shape(self.values, scores) == (1, heads, d, d)):
+            return None
+        scaled = self.only_user(scores)
+        if not (_is(scaled, "mul") and scaled is not None and len(scaled.args) == 2 and not scaled.kwargs
+                and scores in scaled.args):
+            return None
+        temperature = scaled.args[1] if scaled.args[0] is scores else scaled.args[0]
+        if not (isinstance(temperature, fx.Node) and temperature.op == "get_attr"
+                and _shape(self.values, temperature) == (heads, 1, 1) and len(temperature.users) == 1):
+            return None
+        weights = self.only_user(scaled)
+        dim = None
+        if weights is not None and weights.op == "call_method" and weights.target == "softmax":
+            dim = weights.args[1] if len(weights.args) > 1 else weights.kwargs.get("dim")
+        if dim not in (-1, 3) or weights is None or len(weights.args) > 2 or set(weights.kwargs) - {"dim"}:
+            return None
+        self.nodes.update((kt, scores, scaled, weights))
+        weights = self.through(weights, self.dropout)
+        out = self.only_user(weights)
+        if not (_is(out, "matmul") and out is not None and tuple(out.args) == (weights, v)
+                and self.only_user(v) is out):
+            return None
+        self.nodes.add(out)
+        back = self.only_user(out)
+        if not (_is(back, "permute") and back is not None and _shape(self.values, back) == (1, n_tokens, heads, d)):
+            return None
+        self.nodes.add(back)
+        joined = self.only_user(back)
+        if not (_is(joined, *_VIEWS) and joined is not None and _shape(self.values, joined) == (1, n_tokens, c)):
+            return None
+        self.nodes.add(joined)
+        last = self.only_user(joined)
+        proj = self.module(last, nn.Linear)
+        if proj is None or last is None or proj.in_features != c or proj.out_features != c or len(last.args) != 1 \
+                or proj.bias is None:
+            return None
+        self.nodes.add(last)
+        inside = self.nodes
+        if any(u not in inside for n in inside - {last} for u in n.users):
+            return None  # an intermediate value read outside the pattern
+        x = first.args[0]
+        assert isinstance(x, fx.Node)
+        return Covariance(x, str(first.target), str(last.target), str(temperature.target), last, frozenset(inside),
+                          heads, qkv.bias is not None)
+
+    def normalized(self, t: fx.Node) -> fx.Node | None:
+        """F.normalize(t, dim=-1) (p = 2, its eps), t's only reader: the L2 normalisation over the tokens."""
+        call = self.only_user(t)
+        if not (call is not None and call.op == "call_function" and call.target is F.normalize
+                and call.args[:1] == (t,)):
+            return None
+        given = dict(zip(("p", "dim", "eps", "out"), call.args[1:]))
+        given.update(call.kwargs)
+        if given.get("p", 2.0) != 2 or given.get("dim", 1) not in (-1, 3) or given.get("out") is not None \
+                or set(given) - {"p", "dim", "eps", "out"}:
+            return None
+        self.nodes.add(call)
+        return call
+
+
+def match_covariance(root: nn.Module, values: dict[fx.Node, Any], first: fx.Node) -> Covariance | None:
+    """The cross-covariance attention that starts at `first` (its fused qkv projection), or None."""
+    return _CovarianceMatcher(root, values).match_covariance(first)
