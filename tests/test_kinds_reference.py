@@ -715,7 +715,8 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
         s.grid if a["size"] is None else (a["size"],) if isinstance(a["size"], int) else a["size"]))),
     "class_token": lambda a, s: Tokenized((1, 1, s[1]), first=True),
     "pos_embed": lambda a, s: Tokenized((1, *s), first=False),
-    "take_token": lambda a, s: Lambda(lambda x: x[:, a["index"]]),
+    "take_token": lambda a, s: Lambda(lambda x: x[:, a["index"]] if a["stop"] is None else x.narrow(
+        1, a["index"], a["stop"] - a["index"])),
     "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"], a["qkv_bias"]),
     "pooled_attention": PooledAttention,
     "token_maxpool": TokenMaxPool,

@@ -525,14 +525,16 @@ class PositionEmbedding(nn.Module):
 
 
 class TakeToken(nn.Module):
-    """x[:, index]: one token of a B x N x C sequence (torchvision's ViT takes the class token, `x[:, 0]`)."""
+    """x[:, index]: one token of a B x N x C sequence (torchvision's ViT takes the class token, `x[:, 0]`); with
+    `stop`, x[:, index:stop]: a sequence of them."""
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self, index: int = 0, stop: int | None = None) -> None:
         super().__init__()
         self.index = index
+        self.stop = stop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, self.index]
+        return x[:, self.index] if self.stop is None else x[:, self.index:self.stop]
 
 
 class SelfAttention(nn.Module):

@@ -293,7 +293,7 @@ def _pos_embed(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("take_token")
 def _take_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.TakeToken, index=a["index"])
+    return call(modules.TakeToken, index=a["index"], **({"stop": a["stop"]} if a["stop"] is not None else {}))
 
 
 @recipe("self_attention")
@@ -741,7 +741,8 @@ reads("to_tokens", lambda m, inp: Mapped("to_tokens", {}), modules.ToTokens)
 reads("to_grid", lambda m, inp: Mapped("to_grid", {"size": tuple(int(s) for s in m.size)}), modules.ToGrid)
 reads("class_token", lambda m, inp: Mapped("class_token", {}), modules.ClassToken)
 reads("pos_embed", lambda m, inp: Mapped("pos_embed", {}), modules.PositionEmbedding)
-reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)}), modules.TakeToken)
+reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index), **(
+    {"stop": int(m.stop)} if m.stop is not None else {})}), modules.TakeToken)
 reads("self_attention", lambda m, inp: Mapped("self_attention", {
     "num_heads": int(m.num_heads), "bias": m.out_proj.bias is not None,
     **({"qkv_bias": False} if m.out_proj.bias is not None and m.in_proj.bias is None else {}),
