@@ -633,6 +633,21 @@ def _xca(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tenso
     return run
 
 
+def _class_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """CaiT's class attention written out: q from the first token only, k and v from all, per head
+    softmax(q K^T / sqrt(d)) V, the heads joined and projected."""
+    def run() -> torch.Tensor:
+        b, n, c = x.shape
+        h = a["num_heads"]
+        d = c // h
+        q = F.linear(x[:, 0], m.q.weight, m.q.bias).reshape(b * h, 1, d)
+        k = F.linear(x, m.k.weight, m.k.bias).reshape(b, n, h, d).transpose(1, 2).reshape(b * h, n, d)
+        v = F.linear(x, m.v.weight, m.v.bias).reshape(b, n, h, d).transpose(1, 2).reshape(b * h, n, d)
+        heads = torch.bmm(_softmax(torch.bmm(q * d ** -0.5, k.transpose(1, 2)), -1), v)
+        return F.linear(heads.reshape(b, 1, c), m.proj.weight, m.proj.bias)
+    return run
+
+
 def _fourier_pos_embed(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
     """The grid's sines and cosines (a constant of the grid, made outside the count), projected by the 1 x 1 conv
     as a matrix product over each position's features, added to the tokens."""
@@ -641,7 +656,8 @@ def _fourier_pos_embed(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[
 
 
 FORMULAS.update({"pooled_attention": _pooled_attention, "token_maxpool": _token_maxpool,
-                 "separable_pos_embed": _separable_pos_embed, "xca": _xca, "fourier_pos_embed": _fourier_pos_embed})
+                 "separable_pos_embed": _separable_pos_embed, "xca": _xca, "fourier_pos_embed": _fourier_pos_embed,
+                 "class_attention": _class_attention})
 
 
 # Kinds whose real module is counted directly: its ops are already elementary (a convolution, a matrix product,

@@ -235,6 +235,10 @@ FULL: dict[str, Rule] = {
     # the softmax's 3
     "xca": lambda a, i, o, m: 2 * m + (4 if a["qkv_bias"] else 1) * n(i) + 6 * n(i) + 4 * i[1]
     + 4 * i[1] * (i[1] // a["num_heads"]),
+    # 2 per MAC; biases: q's and the projection's (C each), k's and v's per token (2NC), or the projection's
+    # alone; the scale of q (C); the softmax's 3 per weight (heads x N)
+    "class_attention": lambda a, i, o, m: 2 * m + (2 * i[1] + 2 * n(i) if a["qkv_bias"] else i[1]) + i[1]
+    + 3 * a["num_heads"] * i[0],
     # the addition per element; per image (not `once`) the projection's 2 per MAC and its bias per element
     "fourier_pos_embed": lambda a, i, o, m: n(i) + (0 if a["once"] else 2 * i[0] * 2 * a["hidden_dim"] * i[1] + n(i)),
     # comparisons per output element of the grid (the class token is copied)

@@ -360,6 +360,25 @@ class CrossCovariance(nn.Module):
         return self.proj(torch.matmul(weights, v).permute(0, 3, 1, 2).reshape(b, n, c))
 
 
+class ClassAttn(nn.Module):
+    """CaiT's class attention as Touvron et al. write it (2021, sec. 3, eq. 5-6): the class token's query against
+    every token's key, softmax(q K^T / sqrt(d)) V per head, projected; q, k, v and the projection in timm's order."""
+
+    def __init__(self, c: int, heads: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v = (nn.Linear(c, c, bias=qkv_bias) for _ in range(3))
+        self.proj = nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        d = c // self.heads
+        q = self.q(x[:, :1]).reshape(b, 1, self.heads, d).transpose(1, 2)
+        k, v = (f(x).reshape(b, n, self.heads, d).transpose(1, 2) for f in (self.k, self.v))
+        weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d), dim=-1)
+        return self.proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, 1, c))
+
+
 class FourierPositions(nn.Module):
     """The sine-cosine position encoding of Vaswani et al. (2017, sec. 3.5) on a 2-D grid as XCiT uses it: per
     position y, x in 1..H, 1..W, scaled to (0, 2 pi], the features sin / cos(pos / T^(2 floor(i / 2) / D)) for
@@ -723,6 +742,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "separable_pos_embed": lambda a, s: SeparablePositions(s),
     "xca": lambda a, s: CrossCovariance(s[1], a["num_heads"], a["qkv_bias"]),
     "fourier_pos_embed": FourierPositions,
+    "class_attention": lambda a, s: ClassAttn(s[1], a["num_heads"], a["qkv_bias"]),
     "leaky_relu": lambda a, s: nn.LeakyReLU(a["negative_slope"]),
     "linear": _linear,
     "lrn": lambda a, s: nn.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"]),

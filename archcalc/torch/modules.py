@@ -910,3 +910,28 @@ class FourierPositionEncoding(nn.Module):
         if not self.once:
             pos = pos.expand(x.shape[0], -1, -1)
         return x + F.linear(pos, self.token_projection.weight.flatten(1), self.token_projection.bias)
+
+
+class ClassAttention(nn.Module):
+    """CaiT's class attention (Touvron et al. 2021, "Going deeper with image transformers", sec. 3; timm's
+    ClassAttn, in CaiT and XCiT): only the first token (the class token) queries: q = W_q x_0, k = W_k x, v = W_v x
+    (three C x C projections), per head softmax(q K^T / sqrt(d)) V, the heads joined and projected (C -> C, bias):
+    B x N x C -> B x 1 x C. Written out as torch's math path (every product a counted op)."""
+
+    def __init__(self, channels: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(channels, channels, bias=qkv_bias)
+        self.k = nn.Linear(channels, channels, bias=qkv_bias)
+        self.v = nn.Linear(channels, channels, bias=qkv_bias)
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        h = self.num_heads
+        d = c // h
+        q = self.q(x[:, 0]).reshape(b, h, 1, d)
+        k = self.k(x).reshape(b, n, h, d).transpose(1, 2)
+        v = self.v(x).reshape(b, n, h, d).transpose(1, 2)
+        weights = ((q * d ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((weights @ v).transpose(1, 2).reshape(b, 1, c))

@@ -319,6 +319,11 @@ def _xca(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.CrossCovarianceAttention, channels=inp[1], num_heads=a["num_heads"], qkv_bias=a["qkv_bias"])
 
 
+@recipe("class_attention")
+def _class_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.ClassAttention, channels=inp[1], num_heads=a["num_heads"], qkv_bias=a["qkv_bias"])
+
+
 @recipe("fourier_pos_embed")
 def _fourier_pos_embed(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.FourierPositionEncoding, channels=inp[1], grid=tuple(inp.grid),  # type: ignore[attr-defined]
@@ -760,6 +765,9 @@ reads("pooled_attention", lambda m, inp: Mapped("pooled_attention", {
 
 reads("xca", lambda m, inp: Mapped("xca", {"num_heads": int(m.num_heads), "qkv_bias": m.qkv.bias is not None}),
       modules.CrossCovarianceAttention)
+reads("class_attention", lambda m, inp: Mapped("class_attention", {"num_heads": int(m.num_heads),
+                                                                   "qkv_bias": m.q.bias is not None}),
+      modules.ClassAttention)
 reads("fourier_pos_embed", lambda m, inp: Mapped("fourier_pos_embed", {
     "hidden_dim": int(m.hidden_dim), "temperature": float(m.temperature), "once": bool(m.once)}),
     modules.FourierPositionEncoding)

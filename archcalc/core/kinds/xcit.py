@@ -1,11 +1,14 @@
-"""Cross-covariance attention and the Fourier position encoding of XCiT (El-Nouby et al. 2021, "XCiT:
-Cross-Covariance Image Transformers"), also EdgeNeXt's (Maaz et al. 2022, "EdgeNeXt", its SDTA block).
+"""The attention kinds of XCiT (El-Nouby et al. 2021, "XCiT: Cross-Covariance Image Transformers"): cross-covariance
+attention and the Fourier position encoding, also EdgeNeXt's (Maaz et al. 2022, "EdgeNeXt", its SDTA block), and
+the class attention of its last blocks (CaiT's: Touvron et al. 2021, "Going deeper with image transformers").
 
 Cross-covariance attention attends over channels, not tokens: per head a d x d matrix (d = C / heads) of the
 L2-normalised q and k channels' products over the N tokens, so its products grow with N, not N^2. Its own kind: no
 argument of self_attention describes it (the products, their shapes, the normalisation and the learned temperature
 all differ). The Fourier position encoding is a constant of the grid (sines and cosines) projected by a learned
 1 x 1 conv: its own kind too, since pos_embed's N x C learned table and its zero MACs are another computation.
+Class attention lets only the class token query: its q projection reads one token, its output is that token (1 x
+C), so neither self_attention's costs nor its output hold for it.
 """
 
 from __future__ import annotations
@@ -220,4 +223,97 @@ class FourierPositionEncoding(Kind):
             ", once" if a["once"] else "")
 
 
-__all__ = ["CrossCovarianceAttention", "FourierPositionEncoding"]
+@register
+class ClassAttention(Kind):
+    name = "class_attention"
+    synonyms = ("cait_attention", "class_attn", "ca")
+    prefix = "attn"
+    doc = ("Class attention over N x C tokens (CaiT, Touvron et al. 2021, sec. 3; timm's ClassAttn in CaiT and "
+           "XCiT): only the first token (the class token) queries: q = x_0 W_q, k = x W_k, v = x W_v (three C x C "
+           "projections), per head (d = C / heads) softmax(q K^T / sqrt(d)) V, the heads joined and projected (C "
+           "-> C, bias). Output: the class token's result, 1 x C on the same grid (concatenate the other tokens "
+           "back with `concat`). Params 4C^2 + C (+ 3C with qkv_bias). MACs C^2 (q) + 2NC^2 (k, v) + NC (q K^T) + "
+           "NC (A V) + C^2 (projection) = 2NC^2 + 2C^2 + 2NC per image. Built as torch's math path: FlopCounterMode "
+           "counts every product; timm calls F.scaled_dot_product_attention, which FlopCounterMode counts on the "
+           "meta device (its math decomposition) and fvcore not at all (docs/tokens.md).")
+    full_rule = ("2 per MAC, 1 per bias element (q's and the projection's C, k's and v's 2NC; the projection's C "
+                 "alone without qkv_bias), 1 per element of q for the 1/sqrt(d) scale, 3 per attention weight "
+                 "(heads x N: the softmax)")
+    tokens = True
+    autocast = "mixed"
+    step_unfollowed = "its backward (the products' and projections' gradients) is not modelled yet"
+    args = (
+        Arg("num_heads", "int", doc="number of heads; divides the channels", aliases=("heads",), minimum=1),
+        Arg("qkv_bias", "bool", True, "learn biases in the q, k and v projections (the output projection always "
+            "has one)"),
+    )
+    examples = (
+        Example(Tokens(17, 8, (4, 4)), {"num_heads": 2}),
+        Example(Tokens(5, 12, (2, 2)), {"num_heads": 3, "qkv_bias": False}),
+        Example(Tokens(10, 6, (3, 3)), {"num_heads": 1}),
+        Example(Tokens(30, 4, (29,)), {"num_heads": 1, "qkv_bias": False}),
+        Example(Tokens(200, 4, (199,)), {"num_heads": 4}),
+    )
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        n, c = token_input(self.name, inp)
+        if c % a["num_heads"]:
+            raise LayerError(f"class_attention: {c} channels are not divisible by num_heads {a['num_heads']}")
+        return Tokens(1, c, inp.grid)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def parts(inp: Shape) -> tuple[int, int, int]:
+        """Per-image MACs of q and the projection (2C^2), of k and v (2NC^2), of the two products (2NC)."""
+        n, c = inp
+        return 2 * c * c, 2 * n * c * c, 2 * n * c
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        n, c = inp
+        macs = sum(self.parts(inp))
+        bias = 2 * c + 2 * n * c if a["qkv_bias"] else c
+        return Cost(params=4 * c * c + (4 * c if a["qkv_bias"] else c), macs=macs, fvcore=macs,
+                    full=2 * macs + bias + c + 3 * a["num_heads"] * n)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        c = out[1]
+        if a["qkv_bias"]:
+            return (c * c, c, c * c, c, c * c, c, c * c, c)
+        return (c * c, c * c, c * c, c * c, c)
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
+        return [RFStep(whole=True) for _ in token_input(self.name, inp).grid]
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # The built module (archcalc.torch.modules.ClassAttention) keeps, measured with saved_tensors_hooks
+        # (tests/test_kind_rules.py): the input (for the three projections' weights: q's reads x[:, 0], a view of
+        # it), k's and v's outputs (E each, for the products), the softmax weights (hN), the scaled q (C) and the
+        # joined heads (C, for the projection's weight). E = NC.
+        n, c = inp
+        return Saved(input_for_params=True, extra=((2 * n * c + a["num_heads"] * n + c, ACTIVATION),),
+                     extra_for_params=((c, ACTIVATION),))
+
+    def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),
+                      divide_groups: bool = False) -> tuple[int, int]:
+        # Two products of each forward product's size; the input's gradient through q, k and v (2NC^2 + C^2) is
+        # what an input that needs none skips.
+        n, c = inp
+        batch = macs // sum(self.parts(inp))
+        grad_input = (2 * n * c * c + c * c) * batch
+        return grad_input, 2 * macs - grad_input
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # The most alive at once at inference (torch.profiler, tests/test_kind_rules.py, batch 2 and 3), output
+        # included: k and v (2E), with several heads a contiguous copy for the products (E), the scores (hN), q
+        # and its scaled copy and the output (3C with one head; 2C with several); or at the softmax k, v, the
+        # scores and the weights (2hN) and the scaled q. Less the output (C).
+        n, c = inp
+        h = a["num_heads"]
+        e = n * c
+        products = 3 * e + h * n + 2 * c if h > 1 else 2 * e + h * n + 3 * c
+        return ((max(products, 2 * e + 2 * h * n + c) - c, ACTIVATION),)
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, the class token over {inp[0]} tokens"
+
+
+__all__ = ["ClassAttention", "CrossCovarianceAttention", "FourierPositionEncoding"]
