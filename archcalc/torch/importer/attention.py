@@ -333,3 +333,138 @@ class _CovarianceMatcher(_Matcher):
 def match_covariance(root: nn.Module, values: dict[fx.Node, Any], first: fx.Node) -> Covariance | None:
     """The cross-covariance attention that starts at `first` (its fused qkv projection), or None."""
     return _CovarianceMatcher(root, values).match_covariance(first)
+
+
+class ClassAttn(NamedTuple):
+    """Class attention (CaiT's ClassAttn, in CaiT and XCiT) found from its `x[:, 0]`: archcalc's class_attention."""
+
+    x: fx.Node
+    projections: tuple[str, str, str, str]  # q, k, v and the output projection's module paths
+    last: fx.Node
+    nodes: frozenset[fx.Node]
+    num_heads: int
+    qkv_bias: bool
+
+
+class _ClassAttnMatcher(_Matcher):
+    """CaiT's class attention written out op by op (timm's ClassAttn), by what it computes:
+
+        q = Linear(C, C)(x[:, 0]).unsqueeze(1).reshape(B, 1, heads, d).permute(0, 2, 1, 3)
+        k = Linear(C, C)(x).reshape(B, N, heads, d).permute(0, 2, 1, 3)            (v likewise)
+        o = F.scaled_dot_product_attention(q, k, v)  (scale 1/sqrt(d), no mask, no dropout)
+            or (q * d ** -0.5) @ k.transpose(-2, -1), softmax over the keys, (dropout), @ v
+        out = Linear(C, C)(o.transpose(1, 2).reshape(B, 1, C))
+    """
+
+    def match_class(self, take: fx.Node) -> ClassAttn | None:
+        if not (take.op == "call_function" and take.target is operator.getitem and len(take.args) == 2
+                and isinstance(take.args[0], fx.Node) and take.args[1] == (slice(None, None, None), 0)):
+            return None
+        x = take.args[0]
+        shape_in = _shape(self.values, x)
+        if shape_in is None or len(shape_in) != 3:
+            return None
+        _, n_tokens, c = shape_in
+        self.nodes = {take}
+        q_call = self.only_user(take)
+        q_lin = self.module(q_call, nn.Linear)
+        if q_lin is None or q_call is None or not self.square(q_lin, q_call, c):
+            return None
+        self.nodes.add(q_call)
+        q = self.only_user(q_call)
+        if _is(q, "unsqueeze") and q is not None:
+            self.nodes.add(q)
+            q = self.only_user(q)
+        shape = _shape(self.values, q)
+        if not _is(q, *_VIEWS) or q is None or shape is None or len(shape) != 4 or shape[:2] != (1, 1) \
+                or shape[2] * shape[3] != c:
+            return None
+        heads, d = shape[2], shape[3]
+        self.nodes.add(q)
+        q = self.only_user(q)
+        if not _is(q, "permute") or q is None or _shape(self.values, q) != (1, heads, 1, d):
+            return None
+        self.nodes.add(q)
+        out, k, v = self.sdpa_call(q, d) or self.products(q, d) or (None, None, None)
+        if out is None or k is None or v is None:
+            return None
+        calls = [q_call]
+        for t in (k, v):
+            found = self.projected(t, x, c, n_tokens, heads, d)
+            if found is None:
+                return None
+            calls.append(found)
+        back = self.only_user(out)
+        if not (_is(back, "transpose") and back is not None and _shape(self.values, back) == (1, 1, heads, d)):
+            return None
+        self.nodes.add(back)
+        joined = self.only_user(back)
+        if not (_is(joined, *_VIEWS) and joined is not None and _shape(self.values, joined) == (1, 1, c)):
+            return None
+        self.nodes.add(joined)
+        last = self.only_user(joined)
+        proj = self.module(last, nn.Linear)
+        if proj is None or last is None or not self.square(proj, last, c) or proj.bias is None:
+            return None
+        self.nodes.add(last)
+        biases = {self.module(call, nn.Linear).bias is not None for call in calls}  # type: ignore[union-attr]
+        if len(biases) != 1:
+            return None
+        inside = self.nodes
+        if any(u not in inside for n in inside - {last} for u in n.users):
+            return None
+        paths = tuple(str(call.target) for call in calls) + (str(last.target),)
+        return ClassAttn(x, paths, last, frozenset(inside), heads, biases.pop())  # type: ignore[arg-type]
+
+    @staticmethod
+    def square(m: nn.Linear, call: fx.Node, c: int) -> bool:
+        return m.in_features == c and m.out_features == c and len(call.args) == 1 and not call.kwargs
+
+    def projected(self, t: fx.Node, x: fx.Node, c: int, n: int, heads: int, d: int) -> fx.Node | None:
+        """Back from k (or v) laid out per head: a permute of a view of a Linear(C, C) of x; its module call."""
+        if not (_is(t, "permute") and _shape(self.values, t) == (1, heads, n, d) and self.only_user(t) is not None):
+            return None
+        view = t.args[0]
+        if not (isinstance(view, fx.Node) and _is(view, *_VIEWS) and _shape(self.values, view) == (1, n, heads, d)
+                and self.only_user(view) is t):
+            return None
+        call = view.args[0]
+        lin = self.module(call, nn.Linear)
+        if lin is None or not isinstance(call, fx.Node) or not self.square(lin, call, c) or call.args[0] is not x \
+                or self.only_user(call) is not view:
+            return None
+        self.nodes.update((t, view, call))
+        return call
+
+    def sdpa_call(self, q: fx.Node, d: int) -> tuple[fx.Node, fx.Node, fx.Node] | None:
+        call = self.only_user(q)
+        if not (call is not None and call.op == "call_function" and call.target is F.scaled_dot_product_attention
+                and len(call.args) >= 3 and call.args[0] is q):
+            return None
+        k, v = call.args[1], call.args[2]
+        if not (isinstance(k, fx.Node) and isinstance(v, fx.Node)):
+            return None
+        if self.sdpa(q, k, v, d) is None:
+            return None
+        return call, k, v
+
+    def products(self, q: fx.Node, d: int) -> tuple[fx.Node, fx.Node, fx.Node] | None:
+        scaled = self.only_user(q)
+        scores = self.only_user(scaled) if scaled is not None else None
+        if scores is None or not _is(scores, "matmul") or len(scores.args) != 2:
+            return None
+        kt = scores.args[1]
+        k = kt.args[0] if isinstance(kt, fx.Node) and kt.args else None
+        weights = self.only_user(scores)
+        weights = self.through(weights, self.dropout) if weights is not None else None
+        out = self.only_user(weights) if weights is not None else None
+        v = out.args[1] if out is not None and _is(out, "matmul") and len(out.args) == 2 else None
+        if not (isinstance(k, fx.Node) and isinstance(v, fx.Node)):
+            return None
+        found = self.explicit(q, k, v, d)
+        return (found, k, v) if found is not None else None
+
+
+def match_class(root: nn.Module, values: dict[fx.Node, Any], take: fx.Node) -> ClassAttn | None:
+    """The class attention that starts at `take` (x[:, 0], its query's token), or None."""
+    return _ClassAttnMatcher(root, values).match_class(take)

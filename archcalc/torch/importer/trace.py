@@ -549,6 +549,8 @@ class _Converter:
                 self.current = node
                 if node.op == "call_module" and self.attention_pattern(node):  # (the same: self-attention)
                     continue
+                if node.op == "call_function" and node.target is operator.getitem and self.class_pattern(node):
+                    continue
                 if self.composition(node):  # (its nodes are one op now; their values are set)
                     continue
                 try:
@@ -623,6 +625,36 @@ class _Converter:
         out = self._new(x.shape)
         self.ops.append(Op(parts[-1] if parts else "attention", parts[:-1], bool(parts), "self_attention", None,
                            args, (x.id,), out.id, where, None, trainable))
+        self.composed.update(found.nodes)
+        self.vals[found.last] = out
+        return True
+
+    def class_pattern(self, node: fx.Node) -> bool:
+        """CaiT's class attention written out op by op from its x[:, 0] (attention.py), one `class_attention` op
+        from the tokens to the output projection's result (the class token's, 1 x C)."""
+        found = attention.match_class(self.root, self.values, node)
+        x = self.vals.get(found.x) if found is not None else None
+        if found is None or not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or x.channels_last:
+            return False
+        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in found.projections
+                  for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
+        args: dict[str, Any] = {"num_heads": found.num_heads}
+        if not found.qkv_bias:
+            args["qkv_bias"] = False
+        try:
+            self.consume(found.last, params, "class_attention", args, x)
+        except Unmapped:
+            return False
+        calls = [str(n.target) for n in found.nodes if n.op == "call_module"]
+        self.called.update(calls)
+        parts = tuple(found.projections[0].split("."))[:-1]
+        path = ".".join(parts)
+        m = self.root.get_submodule(path) if path else self.root
+        where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
+        trainable = any(p.requires_grad for c in calls for p in self.root.get_submodule(c).parameters())
+        out = self._new(Tokens(1, x.shape[1], x.shape.grid))
+        self.ops.append(Op(parts[-1] if parts else "class_attention", parts[:-1], bool(parts), "class_attention",
+                           None, args, (x.id,), out.id, where, None, trainable))
         self.composed.update(found.nodes)
         self.vals[found.last] = out
         return True
@@ -1757,6 +1789,15 @@ class _Converter:
         if isinstance(source.shape, Tokens):  # (its dim 1 is the tokens, not the channels: PiT's x[:, :2])
             if all(i == slice(None, None, None) for i in index):
                 return source
+            if len(index) == 2 and index[0] == slice(None, None, None) and isinstance(index[1], slice) \
+                    and index[1].step in (None, 1):  # x[:, a:b]: a run of tokens, as a sequence
+                start, stop, _ = index[1].indices(source.shape[0])
+                if (start, stop) == (0, source.shape[0]):
+                    return source
+                if stop > start:
+                    return self.emit(node, "take_token", "take_token", None, {"index": start, "stop": stop},
+                                     [source], fixed=False, shape=Tokens(stop - start, source.shape[1],
+                                                                         source.shape.grid))
             raise Unmapped(f"indexing [{', '.join(map(str, index))}] of a token sequence: archcalc takes one token "
                            "(x[:, i]: take_token)")
         channels = source.shape[0]
