@@ -643,8 +643,51 @@ def _separable_pos_embed(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable
     return run
 
 
+def _xca(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """XCiT's cross-covariance attention written out (El-Nouby et al. 2021, sec. 3.2): q, k, v from one
+    projection laid out per head as d x N; q and k divided by their L2 norms over the tokens (squares, sum, root,
+    clamp at 1e-12); per head softmax(temperature Q K^T) over the d x d channel pairs, times V; joined, projected."""
+    def unit(t: torch.Tensor) -> torch.Tensor:
+        return t / torch.clamp_min(torch.sqrt((t * t).sum(-1, keepdim=True)), 1e-12)
+
+    def run() -> torch.Tensor:
+        b, n, c = x.shape
+        h = a["num_heads"]
+        d = c // h
+        qkv = F.linear(x, m.qkv.weight, m.qkv.bias).reshape(b, n, 3, h, d).permute(2, 0, 3, 4, 1)
+        q, k, v = unit(qkv[0]), unit(qkv[1]), qkv[2]
+        scores = torch.bmm(q.reshape(b * h, d, n), k.reshape(b * h, d, n).transpose(1, 2)).reshape(b, h, d, d)
+        weights = _softmax(scores * m.temperature, -1).reshape(b * h, d, d)
+        heads = torch.bmm(weights, v.reshape(b * h, d, n)).reshape(b, h, d, n)
+        return F.linear(heads.permute(0, 3, 1, 2).reshape(b, n, c), m.proj.weight, m.proj.bias)
+    return run
+
+
+def _class_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """CaiT's class attention written out: q from the first token only, k and v from all, per head
+    softmax(q K^T / sqrt(d)) V, the heads joined and projected."""
+    def run() -> torch.Tensor:
+        b, n, c = x.shape
+        h = a["num_heads"]
+        d = c // h
+        q = F.linear(x[:, 0], m.q.weight, m.q.bias).reshape(b * h, 1, d)
+        k = F.linear(x, m.k.weight, m.k.bias).reshape(b, n, h, d).transpose(1, 2).reshape(b * h, n, d)
+        v = F.linear(x, m.v.weight, m.v.bias).reshape(b, n, h, d).transpose(1, 2).reshape(b * h, n, d)
+        heads = torch.bmm(_softmax(torch.bmm(q * d ** -0.5, k.transpose(1, 2)), -1), v)
+        return F.linear(heads.reshape(b, 1, c), m.proj.weight, m.proj.bias)
+    return run
+
+
+def _fourier_pos_embed(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """The grid's sines and cosines (a constant of the grid, made outside the count), projected by the 1 x 1 conv
+    as a matrix product over each position's features, added to the tokens."""
+    features = m.features()  # 1 x N x 2 hidden_dim
+    return lambda: x + F.linear(features, m.token_projection.weight.flatten(1), m.token_projection.bias)
+
+
 FORMULAS.update({"pooled_attention": _pooled_attention, "token_maxpool": _token_maxpool,
-                 "separable_pos_embed": _separable_pos_embed})
+                 "separable_pos_embed": _separable_pos_embed, "xca": _xca, "fourier_pos_embed": _fourier_pos_embed,
+                 "class_attention": _class_attention})
 
 
 # Kinds whose real module is counted directly: its ops are already elementary (a convolution, a matrix product,

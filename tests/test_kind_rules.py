@@ -236,6 +236,17 @@ FULL: dict[str, Rule] = {
     "pooled_attention": lambda a, i, o, m: _pooled_attention(a, i, o, m),
     # the tables' sum for each grid token's channels, then the addition to every token
     "separable_pos_embed": lambda a, i, o, m: n(i.grid) * i[1] + n(i),
+    # 2 per MAC; qkv's and the projection's biases per token (3C + C, or C); q and k normalised over the tokens
+    # (square, sum, divide per element; root and clamp per channel of each); per weight (C x d) the temperature and
+    # the softmax's 3
+    "xca": lambda a, i, o, m: 2 * m + (4 if a["qkv_bias"] else 1) * n(i) + 6 * n(i) + 4 * i[1]
+    + 4 * i[1] * (i[1] // a["num_heads"]),
+    # 2 per MAC; biases: q's and the projection's (C each), k's and v's per token (2NC), or the projection's
+    # alone; the scale of q (C); the softmax's 3 per weight (heads x N)
+    "class_attention": lambda a, i, o, m: 2 * m + (2 * i[1] + 2 * n(i) if a["qkv_bias"] else i[1]) + i[1]
+    + 3 * a["num_heads"] * i[0],
+    # the addition per element; per image (not `once`) the projection's 2 per MAC and its bias per element
+    "fourier_pos_embed": lambda a, i, o, m: n(i) + (0 if a["once"] else 2 * i[0] * 2 * a["hidden_dim"] * i[1] + n(i)),
     # comparisons per output element of the grid (the class token is copied)
     "token_maxpool": lambda a, i, o, m: (o[0] - (i[0] - n(i.grid))) * o[1] * (_kernel(a, (0, *i.grid)) - 1),
 }
@@ -318,9 +329,14 @@ def _standardize(a: Mapping[str, Any], i: tuple[int, ...]) -> int:
     return (6 if a["gain"] else 5) * weights + (5 if a["gain"] else 4) * filters
 
 
+def _fourier_once(a: Mapping[str, Any], i: tuple[int, ...]) -> int:
+    """With `once`, the projection of the N x 2 hidden_dim features: 2 per MAC and its bias per element."""
+    return 2 * i[0] * 2 * a["hidden_dim"] * i[1] + i[0] * i[1] if a["once"] else 0
+
+
 # kind -> full FLOPs done once per forward whatever the batch (work on the weights); 0 for the others
 FULL_ONCE: dict[str, Callable[[Mapping[str, Any], tuple[int, ...]], int]] = {
-    "std_conv": _standardize, "window_attention": _window_attention_once}
+    "std_conv": _standardize, "window_attention": _window_attention_once, "fourier_pos_embed": _fourier_once}
 
 
 @pytest.mark.parametrize(("name", "index"), CASES, ids=IDS)

@@ -363,6 +363,74 @@ class Attention(nn.Module):
         return self.out_proj(torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, n, h * vd))
 
 
+class CrossCovariance(nn.Module):
+    """XCiT's cross-covariance attention as El-Nouby et al. write it (2021, sec. 3.2, eq. 4): per head
+    softmax(tau * K_hat^T Q_hat) over the channels, Q_hat and K_hat L2-normalised along the tokens, applied to V;
+    parameters in timm's order (temperature, qkv, proj)."""
+
+    def __init__(self, c: int, heads: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.qkv = nn.Linear(c, 3 * c, bias=qkv_bias)
+        self.proj = nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        d = c // self.heads
+        q, k, v = (t.reshape(b, n, self.heads, d).permute(0, 2, 3, 1) for t in self.qkv(x).split(c, dim=-1))
+        q = q / q.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        k = k / k.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * self.temperature, dim=-1)
+        return self.proj(torch.matmul(weights, v).permute(0, 3, 1, 2).reshape(b, n, c))
+
+
+class ClassAttn(nn.Module):
+    """CaiT's class attention as Touvron et al. write it (2021, sec. 3, eq. 5-6): the class token's query against
+    every token's key, softmax(q K^T / sqrt(d)) V per head, projected; q, k, v and the projection in timm's order."""
+
+    def __init__(self, c: int, heads: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v = (nn.Linear(c, c, bias=qkv_bias) for _ in range(3))
+        self.proj = nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        d = c // self.heads
+        q = self.q(x[:, :1]).reshape(b, 1, self.heads, d).transpose(1, 2)
+        k, v = (f(x).reshape(b, n, self.heads, d).transpose(1, 2) for f in (self.k, self.v))
+        weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d), dim=-1)
+        return self.proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, 1, c))
+
+
+class FourierPositions(nn.Module):
+    """The sine-cosine position encoding of Vaswani et al. (2017, sec. 3.5) on a 2-D grid as XCiT uses it: per
+    position y, x in 1..H, 1..W, scaled to (0, 2 pi], the features sin / cos(pos / T^(2 floor(i / 2) / D)) for
+    i < D alternating sin (even i) and cos (odd i), rows' then columns', projected by a 1 x 1 conv and added."""
+
+    def __init__(self, a: dict[str, Any], s: Any) -> None:
+        super().__init__()
+        self.grid, self.dim, self.temperature, self.once = s.grid, a["hidden_dim"], a["temperature"], a["once"]
+        self.token_projection = nn.Conv2d(2 * self.dim, s[1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.grid
+        ys = torch.arange(1, h + 1, dtype=torch.float32)[:, None].expand(h, w) / (h + 1e-6) * 2 * math.pi
+        xs = torch.arange(1, w + 1, dtype=torch.float32)[None, :].expand(h, w) / (w + 1e-6) * 2 * math.pi
+        i = torch.arange(self.dim)
+        freq = self.temperature ** (2 * (i // 2) / self.dim)
+
+        def encode(p: torch.Tensor) -> torch.Tensor:  # H x W -> D x H x W
+            angle = p[None] / freq[:, None, None]
+            return torch.where((i % 2 == 0)[:, None, None], torch.sin(angle), torch.cos(angle))
+
+        pos = torch.cat([encode(ys), encode(xs)])[None]
+        if not self.once:
+            pos = pos.expand(x.shape[0], -1, -1, -1)
+        return x + self.token_projection(pos).flatten(2).transpose(1, 2)
+
+
 class HeadPool(nn.Module):
     """MViT's pooling of one of q, k, v (Fan et al. 2021, section 3.1; padding kernel // 2): per head, the grid
     tokens convolved depthwise over a head's channels (no bias), the class token left as it is, then a layer norm
@@ -691,12 +759,16 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
         s.grid if a["size"] is None else (a["size"],) if isinstance(a["size"], int) else a["size"]))),
     "class_token": lambda a, s: Tokenized((1, 1, s[1]), first=True),
     "pos_embed": lambda a, s: Tokenized((1, *s), first=False),
-    "take_token": lambda a, s: Lambda(lambda x: x[:, a["index"]]),
+    "take_token": lambda a, s: Lambda(lambda x: x[:, a["index"]] if a["stop"] is None else x.narrow(
+        1, a["index"], a["stop"] - a["index"])),
     "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"], a["qkv_bias"], a["key_dim"],
                                              a["value_dim"], s.grid if a["score_bias"] else None),
     "pooled_attention": PooledAttention,
     "token_maxpool": TokenMaxPool,
     "separable_pos_embed": lambda a, s: SeparablePositions(s),
+    "xca": lambda a, s: CrossCovariance(s[1], a["num_heads"], a["qkv_bias"]),
+    "fourier_pos_embed": FourierPositions,
+    "class_attention": lambda a, s: ClassAttn(s[1], a["num_heads"], a["qkv_bias"]),
     "leaky_relu": lambda a, s: nn.LeakyReLU(a["negative_slope"]),
     "linear": _linear,
     "lrn": lambda a, s: nn.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"]),

@@ -65,10 +65,19 @@ class MergeOp:
 
 class Concat(MergeOp):
     name = "concat"
-    doc = "torch.cat along channels: the other axes must agree"
+    doc = ("torch.cat along channels: the other axes must agree; token sequences (N x C) are joined along the "
+           "tokens (torch.cat(dim=1): XCiT's class-attention blocks), their channels and grid must agree")
+    tokens = True
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         first = shapes[0]
+        if isinstance(first, Tokens):
+            for shape, source in zip(shapes[1:], sources[1:]):
+                if shape[1] != first[1] or shape.grid != first.grid:  # type: ignore[attr-defined]
+                    raise LayerError(f"{sources[0]} gives {dims(first)} tokens but {source} gives {dims(shape)}; "
+                                     "token sequences are concatenated along the tokens: their channels (and "
+                                     "grid) must agree")
+            return Tokens(sum(s[0] for s in shapes), first[1], first.grid)
         for shape, source in zip(shapes[1:], sources[1:]):
             if len(shape) != len(first) or shape[1:] != first[1:]:
                 raise LayerError(f"{sources[0]} gives {dims(first)} but {source} gives {dims(shape)}; they cannot "

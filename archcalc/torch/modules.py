@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -524,14 +525,16 @@ class PositionEmbedding(nn.Module):
 
 
 class TakeToken(nn.Module):
-    """x[:, index]: one token of a B x N x C sequence (torchvision's ViT takes the class token, `x[:, 0]`)."""
+    """x[:, index]: one token of a B x N x C sequence (torchvision's ViT takes the class token, `x[:, 0]`); with
+    `stop`, x[:, index:stop]: a sequence of them."""
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self, index: int = 0, stop: int | None = None) -> None:
         super().__init__()
         self.index = index
+        self.stop = stop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x[:, self.index]
+        return x[:, self.index] if self.stop is None else x[:, self.index:self.stop]
 
 
 class TokenBatchNorm(nn.BatchNorm1d):
@@ -892,3 +895,96 @@ class SeparablePositionEmbedding(nn.Module):
         if self.class_pos is not None:
             pos = torch.cat((self.class_pos.unsqueeze(0), pos), dim=0)
         return x + pos.unsqueeze(0)
+
+
+# ---- cross-covariance attention and Fourier position encoding (archcalc.core.kinds.covariance) -----------------------
+
+
+class CrossCovarianceAttention(nn.Module):
+    """XCiT's cross-covariance attention over B x N x C tokens (El-Nouby et al. 2021; timm's XCA and EdgeNeXt's
+    CrossCovarianceAttn): one linear layer makes q, k and v, each laid out per head as d x N (d = C / heads
+    channels over the N tokens); q and k L2-normalised over the tokens; per head softmax(temperature * Q K^T) over
+    the d x d channel pairs, times V; the heads joined and projected. A learned temperature per head."""
+
+    def __init__(self, channels: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        h = self.num_heads
+        q, k, v = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 4, 1).unbind(0)
+        weights = ((F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1))
+                   * self.temperature).softmax(dim=-1)
+        return self.proj((weights @ v).permute(0, 3, 1, 2).reshape(b, n, c))
+
+
+class FourierPositionEncoding(nn.Module):
+    """XCiT's position encoding (El-Nouby et al. 2021, after Vaswani et al. 2017; timm's PositionalEncodingFourier,
+    in XCiT and EdgeNeXt): per position of the H x W grid, `hidden_dim` sines and cosines of its row and as many of
+    its column (each normalised to (0, 2 pi]: frequencies temperature ** (2 floor(i / 2) / hidden_dim)), projected
+    by a 1 x 1 conv (2 hidden_dim -> C, bias) and added to the tokens. The features are made at forward time, not
+    kept (no buffer); the projection runs once per forward and broadcasts over the batch (`once`: XCiT) or runs on
+    every image (EdgeNeXt)."""
+
+    def __init__(self, channels: int, grid: Sequence[int], hidden_dim: int = 32, temperature: float = 10000.0,
+                 once: bool = False) -> None:
+        super().__init__()
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.hidden_dim = hidden_dim
+        self.temperature = temperature
+        self.once = once
+        self.token_projection = nn.Conv2d(2 * hidden_dim, channels, kernel_size=1)
+
+    def features(self) -> torch.Tensor:
+        """1 x H W x 2 hidden_dim: per position the row's sines and cosines, then the column's (timm's order)."""
+        h, w = self.grid
+        device = self.token_projection.weight.device
+        steps = torch.arange(self.hidden_dim, device=device, dtype=torch.float32)
+        dim_t = self.temperature ** (2 * torch.div(steps, 2, rounding_mode="floor") / self.hidden_dim)
+
+        def axis(size: int) -> torch.Tensor:  # size x hidden_dim
+            pos = torch.arange(1, size + 1, device=device, dtype=torch.float32) / (size + 1e-6) * (2 * math.pi)
+            angles = pos[:, None] / dim_t
+            return torch.stack((angles[:, 0::2].sin(), angles[:, 1::2].cos()), dim=2).flatten(1)
+
+        rows = axis(h)[:, None, :].expand(h, w, self.hidden_dim)
+        cols = axis(w)[None, :, :].expand(h, w, self.hidden_dim)
+        return torch.cat((rows, cols), dim=2).reshape(1, h * w, 2 * self.hidden_dim).to(
+            self.token_projection.weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # 1 x N x 2 hidden_dim in the tokens' layout, projected as the 1 x 1 conv computes it (a matrix product:
+        # the same MACs, no copy of its input)
+        pos = self.features()
+        if not self.once:
+            pos = pos.expand(x.shape[0], -1, -1)
+        return x + F.linear(pos, self.token_projection.weight.flatten(1), self.token_projection.bias)
+
+
+class ClassAttention(nn.Module):
+    """CaiT's class attention (Touvron et al. 2021, "Going deeper with image transformers", sec. 3; timm's
+    ClassAttn, in CaiT and XCiT): only the first token (the class token) queries: q = W_q x_0, k = W_k x, v = W_v x
+    (three C x C projections), per head softmax(q K^T / sqrt(d)) V, the heads joined and projected (C -> C, bias):
+    B x N x C -> B x 1 x C. Written out as torch's math path (every product a counted op)."""
+
+    def __init__(self, channels: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(channels, channels, bias=qkv_bias)
+        self.k = nn.Linear(channels, channels, bias=qkv_bias)
+        self.v = nn.Linear(channels, channels, bias=qkv_bias)
+        self.proj = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        h = self.num_heads
+        d = c // h
+        q = self.q(x[:, 0]).reshape(b, h, 1, d)
+        k = self.k(x).reshape(b, n, h, d).transpose(1, 2)
+        v = self.v(x).reshape(b, n, h, d).transpose(1, 2)
+        weights = ((q * d ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
+        return self.proj((weights @ v).transpose(1, 2).reshape(b, 1, c))

@@ -296,7 +296,7 @@ def _pos_embed(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("take_token")
 def _take_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.TakeToken, index=a["index"])
+    return call(modules.TakeToken, index=a["index"], **({"stop": a["stop"]} if a["stop"] is not None else {}))
 
 
 @recipe("self_attention")
@@ -321,6 +321,22 @@ def _window_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 @recipe("patch_merging")
 def _patch_merging(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.PatchMerging, grid=tuple(inp.grid))  # type: ignore[attr-defined]
+
+
+@recipe("xca")
+def _xca(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.CrossCovarianceAttention, channels=inp[1], num_heads=a["num_heads"], qkv_bias=a["qkv_bias"])
+
+
+@recipe("class_attention")
+def _class_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.ClassAttention, channels=inp[1], num_heads=a["num_heads"], qkv_bias=a["qkv_bias"])
+
+
+@recipe("fourier_pos_embed")
+def _fourier_pos_embed(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.FourierPositionEncoding, channels=inp[1], grid=tuple(inp.grid),  # type: ignore[attr-defined]
+                hidden_dim=a["hidden_dim"], temperature=a["temperature"], once=a["once"])
 
 
 def _two(value: Any) -> tuple[int, int]:
@@ -739,7 +755,8 @@ reads("to_tokens", lambda m, inp: Mapped("to_tokens", {}), modules.ToTokens)
 reads("to_grid", lambda m, inp: Mapped("to_grid", {"size": tuple(int(s) for s in m.size)}), modules.ToGrid)
 reads("class_token", lambda m, inp: Mapped("class_token", {}), modules.ClassToken)
 reads("pos_embed", lambda m, inp: Mapped("pos_embed", {}), modules.PositionEmbedding)
-reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)}), modules.TakeToken)
+reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index), **(
+    {"stop": int(m.stop)} if m.stop is not None else {})}), modules.TakeToken)
 reads("self_attention", lambda m, inp: Mapped("self_attention", {
     "num_heads": int(m.num_heads), "bias": m.out_proj.bias is not None,
     **({"qkv_bias": False} if m.out_proj.bias is not None and m.in_proj.bias is None else {}),
@@ -757,6 +774,16 @@ reads("pooled_attention", lambda m, inp: Mapped("pooled_attention", {
     "stride_q": _tup(m.stride_q), "kernel_kv": _tup(m.kernel_kv), "stride_kv": _tup(m.stride_kv),
     "residual_pool": bool(m.residual_pool), "rel_pos": m.rel_pos_t is not None, "eps": float(m.eps)}),
     modules.PooledAttention)
+
+
+reads("xca", lambda m, inp: Mapped("xca", {"num_heads": int(m.num_heads), "qkv_bias": m.qkv.bias is not None}),
+      modules.CrossCovarianceAttention)
+reads("class_attention", lambda m, inp: Mapped("class_attention", {"num_heads": int(m.num_heads),
+                                                                   "qkv_bias": m.q.bias is not None}),
+      modules.ClassAttention)
+reads("fourier_pos_embed", lambda m, inp: Mapped("fourier_pos_embed", {
+    "hidden_dim": int(m.hidden_dim), "temperature": float(m.temperature), "once": bool(m.once)}),
+    modules.FourierPositionEncoding)
 
 
 def _read_grid_pool(m: Any, inp: tuple[int, ...]) -> Mapped:

@@ -12,6 +12,7 @@ from archcalc.core.kinds import (  # noqa: F401  (registration)
     resize,
     tokens,
     windows,
+    xcit,
     yolo,
 )
 from archcalc.core.kinds.base import REGISTRY, Arg, Cost, Example, Kind, LayerError, RFStep, Saved, Shape, suggest_kind

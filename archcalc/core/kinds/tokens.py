@@ -162,18 +162,34 @@ class TakeToken(Kind):
     name = "take_token"
     prefix = "take"
     doc = ("One token's channels as the sample's vector: N x C -> C, x[:, index] (ViT's class token before its "
-           "head: torchvision's `x[:, 0]`). A view (not contiguous across the batch), no arithmetic.")
+           "head: torchvision's `x[:, 0]`); with `stop`, the tokens index to stop - 1 as a sequence: N x C -> "
+           "(stop - index) x C on the same grid, x[:, index:stop] (XCiT's class-attention blocks: `x[:, 0:1]`, "
+           "`x[:, 1:]`). A view (not contiguous across the batch), no arithmetic.")
     full_rule = "0 (a view)"
     alias = True
     tokens = True
-    args = (Arg("index", "int", 0, "which token (0: the class token)", minimum=0),)
-    examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(5, 3, (5,)), {"index": 4}))
+    args = (Arg("index", "int", 0, "which token (0: the class token); with stop, the first one", minimum=0),
+            Arg("stop", "ints_or_none", None, "one past the last token taken: a sequence of tokens (x[:, index:stop]), "
+                "not one token's vector", minimum=1))
+    examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(5, 3, (5,)), {"index": 4}),
+                Example(Tokens(17, 8, (4, 4)), {"index": 1, "stop": 17}),
+                Example(Tokens(17, 8, (4, 4)), {"stop": 1}))
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         n, c = token_input(self.name, inp)
         if a["index"] >= n:
             raise LayerError(f"take_token index {a['index']} is past the last of {n} tokens")
-        return (c,)
+        stop = a["stop"]
+        if stop is None:
+            return (c,)
+        if not isinstance(stop, int) or not a["index"] < stop <= n:
+            raise LayerError(f"take_token stop {stop} must be one number after index {a['index']} and at most the "
+                             f"{n} tokens")
+        return tokens_like(inp, stop - a["index"], c)
+
+    def strided(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> bool:
+        # Several tokens but not all: rows of the batch's samples cannot be read as one matrix in place.
+        return a["stop"] is not None and 1 < out[0] < inp[0]
 
     scatters_gradient = True  # select_backward: zeros of the sequence's size, the token's gradient written in
 
@@ -182,6 +198,8 @@ class TakeToken(Kind):
     # (measured by `archcalc validate` on the ViT specs: no copy).
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        if a["stop"] is not None:
+            return f"tokens {a['index']}:{a['stop']} of {inp[0]}"
         return f"token {a['index']} of {inp[0]}"
 
 

@@ -163,6 +163,32 @@ class _TokensT(NamedTuple):
     source: _Tensor
 
 
+class _Const(NamedTuple):
+    """A tensor made without the input's values or a parameter (torch.arange, torch.zeros of its size, and
+    arithmetic on them): a constant of the input's shape, such as a Fourier position encoding's sines and cosines.
+    Only a learned projection of it (a 1 x 1 conv) added to the tokens has an archcalc kind: fourier_pos_embed."""
+
+    shape: Shape  # its full shape (the batch axis first)
+    batched: bool  # its size follows the batch (made from x.shape[0])
+    temperature: float | None  # the base of `number ** constant` in it (the encoding's frequencies), if one
+
+
+_CONSTANT = "a tensor made without the input (a constant); archcalc has no kind for it"
+
+
+class _Projected(NamedTuple):
+    """A 1 x 1 conv of a constant (`_Const`) and views of it: a position encoding made at forward time, which an
+    addition to the tokens makes fourier_pos_embed."""
+
+    conv: str  # the conv's module path
+    hidden: int  # its input channels / 2
+    channels: int
+    grid: tuple[int, ...]
+    layout: str  # "grid" (1 x C x H x W), "flat" (1 x C x N) or "tokens" (1 x N x C)
+    once: bool  # made once whatever the batch (not from x.shape[0]): broadcast or repeated over it
+    temperature: float | None
+
+
 class _Failed(Exception):
     """Raised inside fx's tracing with the finished message (fx's own errors pass through it unchanged)."""
 
@@ -528,6 +554,8 @@ class _Converter:
                 self.current = node
                 if node.op == "call_module" and self.attention_pattern(node):  # (the same: self-attention)
                     continue
+                if node.op == "call_function" and node.target is operator.getitem and self.class_pattern(node):
+                    continue
                 if self.composition(node):  # (its nodes are one op now; their values are set)
                     continue
                 try:
@@ -578,8 +606,10 @@ class _Converter:
         """Self-attention written out op by op from its fused qkv projection (timm's Attention: attention.py), one
         `self_attention` op from the projections' input to the output projection's result."""
         found = attention.match(self.root, self.values, node)
-        x = self.vals.get(found.x) if found is not None else None
-        if found is None or not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or x.channels_last:
+        if found is None:
+            return self.covariance_pattern(node)
+        x = self.vals.get(found.x)
+        if not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or x.channels_last:
             return False
         params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj)
                   for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
@@ -625,6 +655,67 @@ class _Converter:
         xs = torch.arange(grid[1]).repeat(grid[0])
         want = (ys[:, None] - ys[None, :]).abs() * grid[1] + (xs[:, None] - xs[None, :]).abs()
         return bool(torch.equal(index.cpu(), want))
+    def class_pattern(self, node: fx.Node) -> bool:
+        """CaiT's class attention written out op by op from its x[:, 0] (attention.py), one `class_attention` op
+        from the tokens to the output projection's result (the class token's, 1 x C)."""
+        found = attention.match_class(self.root, self.values, node)
+        x = self.vals.get(found.x) if found is not None else None
+        if found is None or not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or x.channels_last:
+            return False
+        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in found.projections
+                  for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
+        args: dict[str, Any] = {"num_heads": found.num_heads}
+        if not found.qkv_bias:
+            args["qkv_bias"] = False
+        try:
+            self.consume(found.last, params, "class_attention", args, x)
+        except Unmapped:
+            return False
+        calls = [str(n.target) for n in found.nodes if n.op == "call_module"]
+        self.called.update(calls)
+        parts = tuple(found.projections[0].split("."))[:-1]
+        path = ".".join(parts)
+        m = self.root.get_submodule(path) if path else self.root
+        where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
+        trainable = any(p.requires_grad for c in calls for p in self.root.get_submodule(c).parameters())
+        out = self._new(Tokens(1, x.shape[1], x.shape.grid))
+        self.ops.append(Op(parts[-1] if parts else "class_attention", parts[:-1], bool(parts), "class_attention",
+                           None, args, (x.id,), out.id, where, None, trainable))
+        self.composed.update(found.nodes)
+        self.vals[found.last] = out
+        return True
+
+    def covariance_pattern(self, node: fx.Node) -> bool:
+        """XCiT's cross-covariance attention written out op by op from its fused qkv projection (attention.py),
+        one `xca` op from the projections' input to the output projection's result."""
+        found = attention.match_covariance(self.root, self.values, node)
+        x = self.vals.get(found.x) if found is not None else None
+        if found is None or not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or x.channels_last:
+            return False
+        params = [_Param((found.temperature,), tuple(self.parameters[found.temperature].shape))] \
+            if found.temperature in self.parameters else []
+        params += [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj)
+                   for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
+        args: dict[str, Any] = {"num_heads": found.num_heads}
+        if not found.qkv_bias:
+            args["qkv_bias"] = False
+        try:
+            self.consume(found.last, params, "xca", args, x)
+        except Unmapped:
+            return False
+        calls = [str(n.target) for n in found.nodes if n.op == "call_module"]
+        self.called.update(calls)
+        parts = tuple(found.qkv.split("."))[:-1]
+        path = ".".join(parts)
+        m = self.root.get_submodule(path) if path else self.root
+        where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
+        trainable = any(p.requires_grad for c in calls for p in self.root.get_submodule(c).parameters())
+        out = self._new(x.shape)
+        self.ops.append(Op(parts[-1] if parts else "xca", parts[:-1], bool(parts), "xca", None, args, (x.id,),
+                           out.id, where, None, trainable))
+        self.composed.update(found.nodes)
+        self.vals[found.last] = out
+        return True
 
     def _module_run(self, node: fx.Node, path: str) -> list[fx.Node]:
         """The nodes of this call of the module at `path`: from `node`, while they run inside it."""
@@ -775,8 +866,11 @@ class _Converter:
             if (params or self._scaled([*args, *kwargs.values()])) and isinstance(value, torch.Tensor):
                 return self.on_parameters(node, target, method, args, kwargs, params, tuple(value.shape))
             if isinstance(value, torch.Tensor):
-                raise Unmapped("a tensor made without the input (a constant); archcalc has no kind for it")
+                return self.constant(node, target, method, args, kwargs, value)
             return value  # shape arithmetic: x.shape, x.size(0), ...
+        adds = (mapping.BINARY_METHODS.get(method) if method else mapping.BINARY.get(target)) == "add"
+        if self._constants([*args, *kwargs.values()]) and not adds:  # a constant with the network's tensors
+            raise Unmapped(_CONSTANT)  # (an addition: binary() reads a position encoding's, refuses the rest)
         if method in mapping.ALIASES_METHODS:
             return args[0]
         if (target is getattr and not isinstance(value, torch.Tensor)) or method in ("size", "dim", "numel"):
@@ -873,6 +967,108 @@ class _Converter:
             if fused is not None:
                 return fused
         return self.layer(node, mapped, x, mapped.kind, fixed=False)
+
+    @classmethod
+    def _constants(cls, values: Sequence[Any]) -> list[_Const | _Projected]:
+        found: list[_Const | _Projected] = []
+        for v in values:
+            if isinstance(v, (_Const, _Projected)):
+                found.append(v)
+            elif isinstance(v, (list, tuple)) and not hasattr(v, "_fields"):
+                found += cls._constants(v)
+        return found
+
+    def constant(self, node: fx.Node, target: Any, method: str | None, args: list[Any], kwargs: dict[str, Any],
+                 value: torch.Tensor) -> _Const | _Projected:
+        """An op making a tensor from no tensor of the network and no parameter: a constant (`_Const`), or a view
+        of a constant's projection (`_Projected`)."""
+        found = self._constants([*args, *kwargs.values()])
+        projected = [v for v in found if isinstance(v, _Projected)]
+        if projected:
+            if len(found) != 1:
+                raise Unmapped(_CONSTANT)
+            return self.projected_view(method or getattr(target, "__name__", ""), args, kwargs, projected[0],
+                                       tuple(int(v) for v in value.shape))
+        consts = [v for v in found if isinstance(v, _Const)]
+        number = (int, float)
+        if target is operator.pow and len(args) == 2 and isinstance(args[0], number) \
+                and not isinstance(args[0], bool) and isinstance(args[1], _Const):
+            temperature: float | None = float(args[0])
+        else:
+            known = {c.temperature for c in consts if c.temperature is not None}
+            temperature = known.pop() if len(known) == 1 else None
+        batched = any(c.batched for c in consts) or self._batch_derived(node)
+        return _Const(tuple(int(v) for v in value.shape), batched, temperature)
+
+    def _batch_derived(self, node: fx.Node) -> bool:
+        """Whether a size this node is made from is the batch's (x.shape[0], x.size(0)), through shape arithmetic
+        (not through constants, which carry their own flag)."""
+        todo, seen = list(node.all_input_nodes), set()
+        while todo and len(seen) < 256:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if isinstance(self.vals.get(n), (_Const, _Projected, _Tensor, _Param)):
+                continue
+            if n.op == "call_function" and n.target is operator.getitem and len(n.args) == 2 and n.args[1] == 0 \
+                    and isinstance(n.args[0], fx.Node):
+                src = n.args[0]
+                if (src.op == "call_function" and src.target is getattr and src.args[1:] == ("shape",)) or (
+                        src.op == "call_method" and src.target == "size" and len(src.args) == 1):
+                    return True
+            if n.op == "call_method" and n.target == "size" and n.args[1:2] == (0,):
+                return True
+            todo.extend(n.all_input_nodes)
+        return False
+
+    def projection(self, node: fx.Node, m: nn.Module, args: list[Any]) -> _Projected:
+        """A 1 x 1 conv (bias, no groups) of a constant laid out as 1 x 2h x H x W: a position encoding's learned
+        projection."""
+        const = args[0]
+        if not (len(args) == 1 and not node.kwargs and type(m) is nn.Conv2d and m.kernel_size == (1, 1)
+                and m.stride == (1, 1) and m.padding == (0, 0) and m.dilation == (1, 1) and m.groups == 1
+                and m.bias is not None and m.in_channels % 2 == 0 and len(const.shape) == 4
+                and const.shape[:2] == (1, m.in_channels)):
+            raise Unmapped(_CONSTANT)
+        return _Projected(str(node.target), m.in_channels // 2, m.out_channels, const.shape[2:], "grid",
+                          not const.batched, const.temperature)
+
+    def projected_view(self, op: str, args: list[Any], kwargs: dict[str, Any], p: _Projected,
+                       shape: Shape) -> _Projected:
+        """A view of a projected constant on its way to the tokens: repeated over the batch (one sample here),
+        flattened to 1 x C x N, the channels moved last."""
+        n = math.prod(p.grid)
+        before = {"grid": (1, p.channels, *p.grid), "flat": (1, p.channels, n), "tokens": (1, n, p.channels)}
+        if op in _CASTS and shape == before[p.layout]:
+            return p
+        if op == "repeat" and shape == before[p.layout]:
+            return p  # (the batch's copies, of one sample here: the same values)
+        if op in ("reshape", "view", "flatten") and p.layout == "grid" and shape == before["flat"]:
+            return p._replace(layout="flat")
+        if op in ("permute", "transpose") and p.layout == "flat" and shape == before["tokens"]:
+            rest: list[Any] = list(args[1:]) or list(kwargs.get("dims", ()))
+            if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+                rest = list(rest[0])
+            dims = [int(d) % 3 for d in rest if isinstance(d, int)]
+            if (op == "permute" and dims == [0, 2, 1]) or (op == "transpose" and sorted(dims) == [1, 2]):
+                return p._replace(layout="tokens")
+        raise Unmapped(_CONSTANT)
+
+    def fourier(self, node: fx.Node, x: _Tensor, p: _Projected) -> _Tensor:
+        """Tokens + a projected constant laid out as the tokens: fourier_pos_embed on their grid."""
+        if p.layout != "tokens" or not isinstance(x.shape, Tokens) or x.channels_last \
+                or tuple(x.shape.grid) != tuple(p.grid) or tuple(x.shape) != (math.prod(p.grid), p.channels):
+            raise Unmapped(_CONSTANT)
+        args: dict[str, Any] = {"hidden_dim": p.hidden}
+        if p.temperature is not None and p.temperature != 10000.0:
+            args["temperature"] = p.temperature
+        if p.once:
+            args["once"] = True
+        params = [_Param((f"{p.conv}.{name}",), tuple(t.shape))
+                  for name, t in self.root.get_submodule(p.conv).named_parameters(recurse=False)]
+        self.consume(node, params, "fourier_pos_embed", args, x)
+        return self.emit(node, "pos", "fourier_pos_embed", None, args, [x], fixed=False)
 
     @staticmethod
     def _scaled(values: Sequence[Any]) -> list[_Scaled]:
@@ -1197,6 +1393,10 @@ class _Converter:
             return self.mvit(node, m, args)
         if mapping.qualname(type(m)) in mapping.MAXVIT:
             return self.maxvit(node, m, args)
+        if args and isinstance(args[0], _Const):
+            return self.projection(node, m, args)
+        if self._constants([*args, *node.kwargs.values()]):
+            raise Unmapped(_CONSTANT)
         if len(args) != 1 or node.kwargs or not isinstance(args[0], _Tensor):
             raise Unmapped("a module call with other than one tensor argument")
         x = args[0]
@@ -1358,6 +1558,9 @@ class _Converter:
                     and dims == (0, *range(2, spatial), 1):
                 return self.emit(node, "to_tokens", "to_tokens", None, {}, [x], fixed=False,
                                  shape=Tokens(math.prod(grid), x.shape[0], grid))
+        if isinstance(x.shape, Tokens) and not x.channels_last and tuple(d % 3 for d in dims) == (0, 2, 1) \
+                and self._to_grid_next(node, [x, 1, 2]):
+            return _TokensT(x)  # (XCiT's LPI: x.permute(0, 2, 1).reshape(B, C, H, W))
         rank = len(x.shape) + 1
         to_last = (0, *range(2, rank), 1)
         to_first = (0, rank - 1, *range(1, rank - 1))
@@ -1375,6 +1578,12 @@ class _Converter:
         if len(args) != 2 or kwargs:
             raise Unmapped(f"{merge} with {len(args)} arguments{' and ' + ', '.join(kwargs) if kwargs else ''}")
         a, b = args
+        if merge == "add" and isinstance(a, _Tensor) and isinstance(b, _Projected):
+            return self.fourier(node, a, b)
+        if merge == "add" and isinstance(b, _Tensor) and isinstance(a, _Projected):
+            return self.fourier(node, b, a)
+        if isinstance(a, (_Const, _Projected)) or isinstance(b, (_Const, _Projected)):
+            raise Unmapped(_CONSTANT)
         number = (int, float)
         if isinstance(a, _Tensor) != isinstance(b, _Tensor) and any(
                 isinstance(v, number) and not isinstance(v, bool) for v in (a, b)):  # arithmetic with a constant
@@ -1509,6 +1718,11 @@ class _Converter:
         out = tuple(int(s) for s in self.values[node].shape[1:])
         if out == x.shape:
             return x
+        if isinstance(x.shape, Tokens) and out == (*x.shape.grid, x.shape[1]) and x.shape[0] == math.prod(
+                x.shape.grid) and len(out) > 2:  # the tokens viewed as their grid, channels last (EdgeNeXt)
+            grid = self.emit(node, "to_grid", "to_grid", None, {"size": list(x.shape.grid)}, [x], fixed=False,
+                             shape=(x.shape[1], *x.shape.grid))
+            return _Tensor(grid.id, grid.shape, True)
         if isinstance(x.shape, Tokens):
             raise Unmapped(f"{how} of a token sequence (attention written by hand?): archcalc reads attention as "
                            "nn.MultiheadAttention")
@@ -1693,6 +1907,15 @@ class _Converter:
         if isinstance(source.shape, Tokens):  # (its dim 1 is the tokens, not the channels: PiT's x[:, :2])
             if all(i == slice(None, None, None) for i in index):
                 return source
+            if len(index) == 2 and index[0] == slice(None, None, None) and isinstance(index[1], slice) \
+                    and index[1].step in (None, 1):  # x[:, a:b]: a run of tokens, as a sequence
+                start, stop, _ = index[1].indices(source.shape[0])
+                if (start, stop) == (0, source.shape[0]):
+                    return source
+                if stop > start:
+                    return self.emit(node, "take_token", "take_token", None, {"index": start, "stop": stop},
+                                     [source], fixed=False, shape=Tokens(stop - start, source.shape[1],
+                                                                         source.shape.grid))
             raise Unmapped(f"indexing [{', '.join(map(str, index))}] of a token sequence: archcalc takes one token "
                            "(x[:, i]: take_token)")
         channels = source.shape[0]
