@@ -543,17 +543,40 @@ class SelfAttention(nn.Module):
     docs/conventions.md)."""
 
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, kernel: str = "math",
-                 qkv_bias: bool = True) -> None:
+                 qkv_bias: bool = True, sr_ratio: int = 1, kv_pool: int = 0,
+                 grid: Sequence[int] = ()) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.kernel = kernel
-        self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias and qkv_bias)
+        self.sr_ratio, self.kv_pool, self.grid = sr_ratio, kv_pool, tuple(grid)
+        if sr_ratio > 1 or kv_pool:
+            # Keys and values from a reduced sequence (PVT's spatial-reduction attention, Wang et al. 2021/2022):
+            # q from every token, k and v from the tokens' grid reduced by a conv (kernel = stride = sr_ratio) or
+            # adaptive-average-pooled to kv_pool x kv_pool and a 1x1 conv, then a layer norm (and, pooled, a GELU).
+            self.q = nn.Linear(embed_dim, embed_dim, bias=bias and qkv_bias)
+            self.kv = nn.Linear(embed_dim, 2 * embed_dim, bias=bias and qkv_bias)
+            self.sr = nn.Conv2d(embed_dim, embed_dim, 1 if kv_pool else sr_ratio, 1 if kv_pool else sr_ratio)
+            self.norm = nn.LayerNorm(embed_dim)
+        else:
+            self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias and qkv_bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         h = self.num_heads
+        if self.sr_ratio > 1 or self.kv_pool:
+            q = self.q(x).reshape(b, n, h, c // h).permute(0, 2, 1, 3)
+            grid = x.transpose(1, 2).reshape(b, c, *self.grid)
+            if self.kv_pool:
+                grid = F.adaptive_avg_pool2d(grid, self.kv_pool)
+            kv = self.norm(self.sr(grid).flatten(2).transpose(1, 2))
+            if self.kv_pool:
+                kv = F.gelu(kv)
+            m = kv.shape[1]
+            k, v = self.kv(kv).reshape(b, m, 2, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+            weights = ((q * (c // h) ** -0.5) @ k.contiguous().transpose(-2, -1)).softmax(dim=-1)
+            return self.out_proj((weights @ v.contiguous()).transpose(1, 2).reshape(b, n, c))
         q, k, v = self.in_proj(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
         if self.kernel == "fused":  # torch's fused kernel: on the CPU _scaled_dot_product_flash_attention_for_cpu
             from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -298,8 +298,10 @@ def _take_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("self_attention")
 def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    reduced = {"sr_ratio": a["sr_ratio"], "kv_pool": a["kv_pool"], "grid": tuple(inp.grid)}  # type: ignore[attr-defined]
     return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"],
-                qkv_bias=a["qkv_bias"], **({"kernel": "fused"} if a["kernel"] == "fused" else {}))
+                qkv_bias=a["qkv_bias"], **({"kernel": "fused"} if a["kernel"] == "fused" else {}),
+                **(reduced if a["sr_ratio"] > 1 or a["kv_pool"] else {}))
 
 
 @recipe("window_attention")
@@ -731,10 +733,17 @@ reads("to_grid", lambda m, inp: Mapped("to_grid", {"size": tuple(int(s) for s in
 reads("class_token", lambda m, inp: Mapped("class_token", {}), modules.ClassToken)
 reads("pos_embed", lambda m, inp: Mapped("pos_embed", {}), modules.PositionEmbedding)
 reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)}), modules.TakeToken)
-reads("self_attention", lambda m, inp: Mapped("self_attention", {
-    "num_heads": int(m.num_heads), "bias": m.out_proj.bias is not None,
-    **({"qkv_bias": False} if m.out_proj.bias is not None and m.in_proj.bias is None else {}),
-    **({"kernel": "fused"} if m.kernel == "fused" else {})}), modules.SelfAttention)
+def _read_self_attention(m: Any, inp: tuple[int, ...]) -> Mapped:
+    first = m.q if m.sr_ratio > 1 or m.kv_pool else m.in_proj
+    return Mapped("self_attention", {
+        "num_heads": int(m.num_heads), "bias": m.out_proj.bias is not None,
+        **({"qkv_bias": False} if m.out_proj.bias is not None and first.bias is None else {}),
+        **({"kernel": "fused"} if m.kernel == "fused" else {}),
+        **({"sr_ratio": int(m.sr_ratio)} if m.sr_ratio > 1 else {}),
+        **({"kv_pool": int(m.kv_pool)} if m.kv_pool else {})})
+
+
+reads("self_attention", _read_self_attention, modules.SelfAttention)
 reads("window_attention", lambda m, inp: Mapped("window_attention", {
     "num_heads": int(m.num_heads), "window_size": _tup(m.window_size), "shift_size": _tup(m.shift_size),
     "bias": m.qkv.bias is not None, "v2": bool(m.v2)}), modules.WindowAttention)

@@ -9,12 +9,14 @@ own kinds, in dense.py and norm.py); element-wise kinds (activations, dropout) t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from archcalc.core.kinds.base import (
     ACCUMULATE,
     ACTIVATION,
+    STATISTICS,
     Arg,
     BackwardMoment,
     Cost,
@@ -31,6 +33,7 @@ from archcalc.core.kinds.base import (
     spatial_rank,
     tokens_like,
 )
+from archcalc.core.kinds.norm import normalize_full
 
 
 def token_input(kind: str, inp: Shape) -> Tokens:
@@ -213,19 +216,52 @@ class SelfAttention(Kind):
             "for float32), which makes no N x N tensor", choices=("math", "fused")),
         Arg("qkv_bias", "bool", True, "with bias: the qkv projection's bias too (false: the output projection's "
             "only, timm's qkv_bias=False)"),
+        Arg("sr_ratio", "int", 1, "keys and values from a reduced sequence (PVT's spatial-reduction attention): "
+            "the tokens' H x W grid through a conv of kernel = stride = sr_ratio (C -> C, bias) and a layer norm, "
+            "M = (H // r)(W // r) tokens; 1: from the tokens themselves", minimum=1),
+        Arg("kv_pool", "int", 0, "keys and values from the grid adaptive-average-pooled to kv_pool x kv_pool, a "
+            "1 x 1 conv (C -> C, bias), a layer norm and a GELU (PVT-v2's linear attention): M = kv_pool^2 "
+            "tokens; 0: none", minimum=0),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2}),
         Example(Tokens(5, 12, (5,)), {"num_heads": 3, "bias": False}),
         Example(Tokens(9, 6, (3, 3)), {"num_heads": 1}),
         Example(Tokens(6, 8, (2, 3)), {"num_heads": 2, "qkv_bias": False}),
+        Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "sr_ratio": 2}),
+        Example(Tokens(24, 6, (4, 6)), {"num_heads": 1, "sr_ratio": 3, "qkv_bias": False}),
+        Example(Tokens(36, 8, (6, 6)), {"num_heads": 2, "kv_pool": 2}),
+        Example(Tokens(49, 8, (7, 7)), {"num_heads": 4, "kv_pool": 3, "bias": False}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         c = token_input(self.name, inp)[1]
         if c % a["num_heads"]:
             raise LayerError(f"self_attention: {c} channels are not divisible by num_heads {a['num_heads']}")
+        self.reduced(a, inp)
         return inp
+
+    def reduced(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, int] | None:
+        """With keys and values from a reduced sequence (sr_ratio > 1 or kv_pool): (M, the reducing conv's MACs
+        per image); None without."""
+        if a["sr_ratio"] == 1 and not a["kv_pool"]:
+            return None
+        t = token_input(self.name, inp)
+        r, pool = a["sr_ratio"], a["kv_pool"]
+        if r > 1 and pool:
+            raise LayerError("self_attention takes sr_ratio or kv_pool, not both")
+        if len(t.grid) != 2 or t[0] != t.grid[0] * t.grid[1]:
+            raise LayerError(f"self_attention with sr_ratio or kv_pool reduces the tokens' 2-D grid (N = H x W); its "
+                             f"input is {t[0]} tokens on the grid {'x'.join(map(str, t.grid))}")
+        if a["kernel"] == "fused":
+            raise LayerError("self_attention with sr_ratio or kv_pool is built on the math path: kernel 'fused' "
+                             "is not followed for it")
+        if pool:
+            return pool * pool, pool * pool * t[1] * t[1]
+        if min(t.grid) < r:
+            raise LayerError(f"self_attention sr_ratio {r} is larger than the grid {'x'.join(map(str, t.grid))}")
+        m = (t.grid[0] // r) * (t.grid[1] // r)
+        return m, m * t[1] * t[1] * r * r
 
     @staticmethod
     def parts(inp: Shape) -> tuple[int, int]:
@@ -235,6 +271,9 @@ class SelfAttention(Kind):
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         n, c = inp
+        reduced = self.reduced(a, inp)
+        if reduced is not None:
+            return self.reduced_cost(a, inp, *reduced)
         linear, products = self.parts(inp)
         macs = linear + products
         bias = (4 * c if a["qkv_bias"] else c) if a["bias"] else 0
@@ -244,8 +283,33 @@ class SelfAttention(Kind):
         return Cost(params=4 * c * c + bias, macs=macs, fvcore=linear if a["kernel"] == "fused" else macs,
                     full=2 * macs + n * bias + n * c + 3 * softmax)
 
+    def reduced_cost(self, a: Mapping[str, Any], inp: Shape, m: int, conv: int) -> Cost:
+        """Keys and values from M reduced tokens: q (NC^2) and kv (2MC^2) projections, the reducing conv, Q K^T
+        and A V (NMC each), the output projection (NC^2). FlopCounterMode counts the linears, the conv and the
+        products; fvcore those and its layer norm (5 per element) and adaptive average pool (1 per input
+        element)."""
+        n, c = inp
+        macs = 2 * n * c * c + 2 * m * c * c + 2 * n * m * c + conv
+        pool = a["kv_pool"]
+        bias = (4 * c if a["qkv_bias"] else c) if a["bias"] else 0
+        params = 4 * c * c + bias + conv // m + c + 2 * c
+        bias_full = ((n * c + 2 * m * c if a["qkv_bias"] else 0) + n * c) if a["bias"] else 0
+        full = (2 * macs + bias_full + m * c + normalize_full(m * c, m, True) + n * c + 3 * a["num_heads"] * n * m)
+        fvcore = macs + 5 * m * c
+        if pool:
+            grid = inp.grid  # type: ignore[attr-defined]
+            terms = c * math.prod(sum(-(-(i + 1) * g // pool) - i * g // pool for i in range(pool)) for g in grid)
+            full += terms + m * c + 5 * m * c  # the pool's sums and divisions, the GELU
+            fvcore += n * c
+        return Cost(params=params, macs=macs, fvcore=fvcore, full=full)
+
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
         c = out[1]
+        reduced = self.reduced(a, out)
+        if reduced is not None:  # q, kv, the reducing conv, the norm, the output projection (the module's order)
+            qkv_bias = a["bias"] and a["qkv_bias"]
+            return ((c * c, *((c,) if qkv_bias else ()), 2 * c * c, *((2 * c,) if qkv_bias else ()),
+                     reduced[1] // reduced[0], c, c, c, c * c, *((c,) if a["bias"] else ())))
         if a["bias"]:
             return (3 * c * c, 3 * c, c * c, c) if a["qkv_bias"] else (3 * c * c, c * c, c)
         return (3 * c * c, c * c)
@@ -264,6 +328,19 @@ class SelfAttention(Kind):
         # accumulate type), whether or not the parameters need a gradient (measured, tests/test_attention_kernels.py;
         # CUDA's flash kernel, from its source, keeps the same; no dropout, so no random generator state).
         n, c = inp
+        reduced = self.reduced(a, inp)
+        if reduced is not None:
+            # With keys and values from M reduced tokens (measured the same way, tests/test_sra.py): the input,
+            # kept by the reducing conv (or the pool) whether or not the parameters need a gradient; the scaled q
+            # (NC), the contiguous k and v (MC each), the softmax weights (hNM); the norm's input (the conv's
+            # output, MC) and its mean and 1/std (M each); pooled, the pool's output (MC, the 1x1 conv's input) and
+            # the GELU's input (MC). For the parameters' gradients alone: the kv projection's input (MC) and the
+            # joined heads (NC).
+            m = reduced[0]
+            pooled = 2 * m * c if a["kv_pool"] else 0
+            return Saved(input=True, extra=((n * c + 3 * m * c + pooled + a["num_heads"] * n * m, ACTIVATION),
+                                            (2 * m, STATISTICS)),
+                         extra_for_params=((m * c + n * c, ACTIVATION),))
         if a["kernel"] == "fused":
             return Saved(input_for_params=True, extra=((4 * n * c, ACTIVATION), (a["num_heads"] * n, ACCUMULATE)))
         return Saved(input_for_params=True, extra=((3 * n * c + a["num_heads"] * n * n, ACTIVATION),),
@@ -275,6 +352,13 @@ class SelfAttention(Kind):
         # gradient (3NC^2) is skipped when the input needs none; the rest (the weights' gradients, and the
         # gradients through the two attention products and out_proj they need) is counted as the weights'.
         n, c = inp
+        reduced = self.reduced(a, inp)
+        if reduced is not None:
+            # Only q's input gradient (NC^2) and the reducing conv's are skipped when the input needs none (the
+            # conv's weight still needs the gradient through the norm and kv).
+            per = self.cost(a, inp, inp).macs
+            grad_input = (n * c * c + reduced[1]) * (macs // per)
+            return grad_input, 2 * macs - grad_input
         batch = macs // sum(self.parts(inp))
         grad_input = 3 * n * c * c * batch
         return grad_input, 2 * macs - grad_input
@@ -283,6 +367,8 @@ class SelfAttention(Kind):
         # One channel per head on the math path: the joined heads reach out_proj in a layout F.linear does not
         # fold into one addmm (a matmul and a separate bias add, each with its own temporaries and backward).
         # Measured to differ (by up to 2 x NC per image), not modelled.
+        if self.reduced(a, inp) is not None:
+            return "keys and values from a reduced sequence (sr_ratio, kv_pool): its backward is not modelled yet"
         if a["kernel"] == "math" and a["num_heads"] > 1 and inp[1] == a["num_heads"]:
             return ("one channel per head on the math path (out_proj as a matmul and a bias add) is not followed "
                     "in the step's timeline")
@@ -299,6 +385,8 @@ class SelfAttention(Kind):
         # gradient, q and k freed. The scale: q's gradient (E), the scaled one's freed. Unbind: q, k and v's
         # gradients stacked (3E), then copied to qkv's layout (3E) as each previous one is freed. in_proj: its
         # input's gradient (E, when wanted) and its weight's and bias's.
+        if self.reduced(a, inp) is not None:
+            return ()  # (not followed: step_unfollowed_for)
         n, c = inp
         e, w = n * c, a["num_heads"] * n * n
         per = c * c + (c if a["bias"] else 0) if params_grad else 0  # one C x C projection's parameters
@@ -329,6 +417,19 @@ class SelfAttention(Kind):
         # head-interleaved layout), the contiguous k and the scores (hN^2); at the softmax the scores and the
         # weights (2hN^2).
         n, c = inp
+        reduced = self.reduced(a, inp)
+        if reduced is not None:
+            # Measured with torch.profiler (tests/test_sra.py): the q projection's output (NC), the reduced
+            # sequence the kv projection reads (MC; pooled, the pooled grid too, MC) and the kv projection's output
+            # (2MC) throughout the products; then at Q K^T the scaled q, its copy laid out per head (several heads),
+            # k's copy and the scores (hNM); at the softmax the scores and the weights; at A V the weights, v's copy
+            # and the product (NC); at the output projection the weights, the joined heads and the output.
+            m = reduced[0]
+            w = a["num_heads"] * n * m
+            held = n * c + m * c + (m * c if a["kv_pool"] else 0) + 2 * m * c
+            copy = a["num_heads"] > 1 and n > 1
+            during = held + max((2 if copy else 1) * n * c + m * c + w, 2 * w, w + 2 * n * c)
+            return ((during - n * c, ACTIVATION),)
         if a["kernel"] == "fused":
             # qkv (3NC) throughout (q, k, v are alive until the module returns); the kernel's output (NC) and its
             # log-sum-exp (hN, dropped as it returns) beside them, then out_proj's output beside the kernel's: 4NC
@@ -350,13 +451,22 @@ class SelfAttention(Kind):
         # output and what is kept (4NC + hN^2; a frozen layer's joined heads, not kept, are added by the engine:
         # Saved.extra_for_params), the larger of 3NC and hN^2.
         n, c = inp
+        reduced = self.reduced(a, inp)
+        if reduced is not None:
+            # Beside what is kept (Saved) and the output: the q projection's output (NC) and the kv projection's
+            # (2MC) throughout, and at Q K^T q's copy per head (several heads) and the scores (hNM).
+            m = reduced[0]
+            copy = a["num_heads"] > 1 and n > 1
+            return ((n * c + 2 * m * c + (n * c if copy else 0) + a["num_heads"] * n * m, ACTIVATION),)
         if a["kernel"] == "fused":  # everything it makes is kept (Saved) until out_proj's output: nothing beside
             return ()
         return ((max(3 * n * c, a["num_heads"] * n * n), ACTIVATION),)
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         fused = ", fused" if a["kernel"] == "fused" else ""
-        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens{fused}"
+        reduced = self.reduced(a, inp)
+        kv = f", kv {reduced[0]} tokens" if reduced is not None else ""
+        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens{kv}{fused}"
 
 
 __all__ = ["ClassToken", "PositionEmbedding", "SelfAttention", "TakeToken", "ToGrid", "ToTokens", "is_tokens",
