@@ -132,9 +132,12 @@ def _reduced_attention(a: Mapping[str, Any], i: Any, macs: int) -> int:
     qkv_bias, the projection's C per token), the reducing conv's bias (C per reduced token); the layer norm (7 per
     element, 4 per token); q's scale (1 per element); the softmax (3 per weight, h N M); pooled, the adaptive
     pool's window sums and divisions and the GELU (5 per element)."""
-    (tokens, c), (h, w), r, p = i, i.grid, a["sr_ratio"], a["kv_pool"]
-    m = p * p if p else (h // r) * (w // r)
+    (tokens, c), (h, w), r, p, k = i, i.grid, a["sr_ratio"], a["kv_pool"], a["kv_avgpool"]
+    m = p * p if p else (tokens // k if k else (h // r) * (w // r))
     bias = ((tokens * c + 2 * m * c if a["qkv_bias"] else 0) + tokens * c) if a["bias"] else 0
+    if k:  # runs of k tokens averaged (k additions, a division), the eval-mode batch norm (4 per element)
+        return (2 * macs + bias + tokens * c + 3 * a["num_heads"] * tokens * m + (k + 1) * m * c
+                + (4 * m * c if a["kv_norm"] else 0))
     pool = _window_elements((c, h, w), (c, p, p)) + m * c + 5 * m * c if p else 0
     return 2 * macs + bias + m * c + 7 * m * c + 4 * m + tokens * c + 3 * a["num_heads"] * tokens * m + pool
 
@@ -215,7 +218,8 @@ FULL: dict[str, Rule] = {
     **{k: (lambda a, i, o, m: 0) for k in ("to_tokens", "to_grid", "class_token", "take_token")},
     "pos_embed": lambda a, i, o, m: n(o),
     # 2 per MAC, the biases of qkv (3C) and the projection (C) per token, q's scale, softmax's 3 per weight
-    "self_attention": lambda a, i, o, m: _reduced_attention(a, i, m) if a["sr_ratio"] > 1 or a["kv_pool"] else
+    "self_attention": lambda a, i, o, m: _reduced_attention(a, i, m)
+    if a["sr_ratio"] > 1 or a["kv_pool"] or a["kv_avgpool"] else
     2 * m + ((4 if a["qkv_bias"] else 1) * n(i) if a["bias"] else 0) + n(i)
     + 3 * a["num_heads"] * i[0] ** 2,  # (bias elements: 3C + C per token, or the output projection's C alone)
     "bias": lambda a, i, o, m: n(o),

@@ -165,7 +165,7 @@ def test_reduced_attention_keeps_what_autograd_keeps(batch: int, reduce: str) ->
 
 
 @pytest.mark.parametrize(("layer", "message"), [
-    ("self_attention: {num_heads: 2, sr_ratio: 2, kv_pool: 2}", "sr_ratio or kv_pool, not both"),
+    ("self_attention: {num_heads: 2, sr_ratio: 2, kv_pool: 2}", "one of sr_ratio, kv_pool and kv_avgpool"),
     ("self_attention: {num_heads: 2, sr_ratio: 8}", "sr_ratio 8 is larger than the grid 6x6"),
     ("self_attention: {num_heads: 2, sr_ratio: 2, kernel: fused}", "kernel 'fused' is not followed"),
 ])
@@ -193,3 +193,97 @@ def test_other_reductions_are_not_read_as_self_attention(variant: str) -> None:
     outside it: not self_attention; the op-by-op import refuses the block at the op it has no kind for."""
     with pytest.raises(ArchcalcError, match=r"cannot import .* at attn"):
         from_module(TinyPVT(sr=2, variant=variant), (3, 32, 32))
+
+
+class EfficientAttention(nn.Module):
+    """Next-ViT's E-MHSA (timm's nextvit.EfficientAttention) written out: q, k and v projections of their own; k
+    and v from the tokens averaged over runs of `avg` consecutive tokens (nn.AvgPool1d) and an nn.BatchNorm1d
+    (`norm`; none once folded into the projections)."""
+
+    def __init__(self, dim: int, heads: int, avg: int = 1, norm: bool = True, variant: str = "") -> None:
+        super().__init__()
+        self.heads, self.variant = heads, variant
+        self.q, self.k, self.v = (nn.Linear(dim, dim) for _ in range(3))
+        self.proj = nn.Linear(dim, dim)
+        self.sr = nn.AvgPool1d(avg, avg, ceil_mode=variant == "ceil") if avg > 1 else None
+        self.norm = nn.BatchNorm1d(dim) if avg > 1 and norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        h = self.heads
+        q = self.q(x).reshape(b, n, h, c // h).permute(0, 2, 1, 3)
+        if self.sr is not None:
+            x = self.norm(self.sr(x.transpose(1, 2))).transpose(1, 2)
+        k = self.k(x).reshape(b, -1, h, c // h).transpose(1, 2)
+        v = self.v(x).reshape(b, -1, h, c // h).transpose(1, 2)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class TinyNextViT(nn.Module):
+    """Next-ViT's transformer block around E-MHSA: a batch norm on the grid, the grid to tokens (reshape,
+    transpose(-1, -2)), the attention, back to the grid (transpose, reshape) and a residual."""
+
+    def __init__(self, dim: int = 16, **kw: object) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, dim, 4, stride=4)
+        self.norm1 = nn.BatchNorm2d(dim)
+        self.e_mhsa = EfficientAttention(dim, 2, **kw)  # type: ignore[arg-type]
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        b, c, h, w = x.shape
+        out = self.norm1(x).reshape(b, c, -1).transpose(-1, -2)
+        x = x + self.e_mhsa(out).transpose(-1, -2).reshape(b, c, h, w)
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize(("kw", "args"), [({"avg": 4}, "kv_avgpool: 4"), ({"avg": 4, "norm": False},
+                                                                         "kv_avgpool: 4, kv_norm: false"),
+                                          ({}, "")])
+def test_efficient_attention_imports_as_self_attention_exact(kw: dict, args: str) -> None:
+    """Separate k and v projections reading the tokens averaged in runs (with or without the batch norm) or the
+    tokens themselves: one self_attention; params, buffers (the norm's running statistics) and FLOPs (meta device)
+    the module's."""
+    model = TinyNextViT(**kw)
+    imported = from_module(model, (3, 32, 32))
+    report = analyze(imported.spec, convention="torch")
+    assert report.totals.params == sum(p.numel() for p in model.parameters())
+    assert report.totals.buffers == sum(b.numel() for b in model.buffers())
+    assert report.totals.flops == meta_flops(model, (3, 32, 32))
+    assert f"self_attention: {{num_heads: 2, {args + ', ' if args else ''}name: e_mhsa}}" in imported.text, \
+        imported.text
+
+
+def test_averaged_runs_count_what_they_compute() -> None:
+    """kv_avgpool 4 on 64 tokens of 16 channels (M = 16): MACs 2 N C^2 + 2 M C^2 + 2 N M C, written out; params
+    4 C^2 + 4 C + 2 C (the batch norm), buffers 2 C + 1 (its running statistics and count); FlopCounterMode on the
+    module written above agrees."""
+    text = "name: a\ninput: [16, 8, 8]\nlayers:\n  - to_tokens\n  - self_attention: {num_heads: 2, kv_avgpool: 4}\n"
+    report = analyze(load_text(text))
+    n, m, c = 64, 16, 16
+    assert report.totals.macs == 2 * n * c * c + 2 * m * c * c + 2 * n * m * c
+    assert report.totals.params == 4 * c * c + 4 * c + 2 * c
+    assert report.totals.buffers == 2 * c + 1
+    model = EfficientAttention(c, 2, avg=4).eval()
+    assert report.totals.params == sum(p.numel() for p in model.parameters())
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.to("meta")(torch.empty(1, n, c, device="meta"))
+    assert counter.get_total_flops() == 2 * report.totals.macs
+
+
+def test_a_ceil_mode_average_is_not_read_as_self_attention() -> None:
+    """AvgPool1d with ceil_mode (a last, shorter run) is not kv_avgpool: imported op by op, refused there."""
+    with pytest.raises(ArchcalcError, match=r"cannot import .* at e_mhsa"):
+        from_module(TinyNextViT(avg=3, variant="ceil"), (3, 20, 20))
+
+
+def test_kv_avgpool_refusals() -> None:
+    from archcalc.core.errors import SpecError
+
+    for layer, message in [("self_attention: {num_heads: 2, kv_avgpool: 40}", "kv_avgpool 40 is more than the 36"),
+                           ("self_attention: {num_heads: 2, kv_avgpool: 4, sr_ratio: 2}", "one of sr_ratio")]:
+        text = f"name: a\ninput: [8, 6, 6]\nlayers:\n  - to_tokens\n  - {layer}\n"
+        with pytest.raises(SpecError, match=message):
+            analyze(load_text(text))

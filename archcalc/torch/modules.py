@@ -544,20 +544,26 @@ class SelfAttention(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, kernel: str = "math",
                  qkv_bias: bool = True, sr_ratio: int = 1, kv_pool: int = 0,
-                 grid: Sequence[int] = ()) -> None:
+                 grid: Sequence[int] = (), kv_avgpool: int = 0, kv_norm: bool = True) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.kernel = kernel
         self.sr_ratio, self.kv_pool, self.grid = sr_ratio, kv_pool, tuple(grid)
-        if sr_ratio > 1 or kv_pool:
+        self.kv_avgpool, self.kv_norm = kv_avgpool, kv_norm
+        self.norm: nn.Module | None = None
+        if sr_ratio > 1 or kv_pool or kv_avgpool:
             # Keys and values from a reduced sequence (PVT's spatial-reduction attention, Wang et al. 2021/2022):
             # q from every token, k and v from the tokens' grid reduced by a conv (kernel = stride = sr_ratio) or
-            # adaptive-average-pooled to kv_pool x kv_pool and a 1x1 conv, then a layer norm (and, pooled, a GELU).
+            # adaptive-average-pooled to kv_pool x kv_pool and a 1x1 conv, then a layer norm (and, pooled, a GELU);
+            # or (Next-ViT's E-MHSA) from runs of kv_avgpool consecutive tokens averaged and a batch norm.
             self.q = nn.Linear(embed_dim, embed_dim, bias=bias and qkv_bias)
             self.kv = nn.Linear(embed_dim, 2 * embed_dim, bias=bias and qkv_bias)
-            self.sr = nn.Conv2d(embed_dim, embed_dim, 1 if kv_pool else sr_ratio, 1 if kv_pool else sr_ratio)
-            self.norm = nn.LayerNorm(embed_dim)
+            if kv_avgpool:
+                self.norm = nn.BatchNorm1d(embed_dim) if kv_norm else None
+            else:
+                self.sr = nn.Conv2d(embed_dim, embed_dim, 1 if kv_pool else sr_ratio, 1 if kv_pool else sr_ratio)
+                self.norm = nn.LayerNorm(embed_dim)
         else:
             self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias and qkv_bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
@@ -565,14 +571,23 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         h = self.num_heads
-        if self.sr_ratio > 1 or self.kv_pool:
+        if self.sr_ratio > 1 or self.kv_pool or self.kv_avgpool:
             q = self.q(x).reshape(b, n, h, c // h).permute(0, 2, 1, 3)
-            grid = x.transpose(1, 2).reshape(b, c, *self.grid)
-            if self.kv_pool:
-                grid = F.adaptive_avg_pool2d(grid, self.kv_pool)
-            kv = self.norm(self.sr(grid).flatten(2).transpose(1, 2))
-            if self.kv_pool:
-                kv = F.gelu(kv)
+            if self.kv_avgpool:
+                pooled = F.avg_pool1d(x.transpose(1, 2), self.kv_avgpool)
+                if self.norm is not None:
+                    pooled = self.norm(pooled)
+                # (a copy laid out as tokens, also where the pool's output, laid out channels last as its input
+                # was, would not need one: what is alive is then the same with or without the norm)
+                kv = pooled.transpose(1, 2).clone(memory_format=torch.contiguous_format)
+            else:
+                grid = x.transpose(1, 2).reshape(b, c, *self.grid)
+                if self.kv_pool:
+                    grid = F.adaptive_avg_pool2d(grid, self.kv_pool)
+                assert self.norm is not None
+                kv = self.norm(self.sr(grid).flatten(2).transpose(1, 2))
+                if self.kv_pool:
+                    kv = F.gelu(kv)
             m = kv.shape[1]
             k, v = self.kv(kv).reshape(b, m, 2, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
             weights = ((q * (c // h) ** -0.5) @ k.contiguous().transpose(-2, -1)).softmax(dim=-1)

@@ -299,9 +299,11 @@ def _take_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 @recipe("self_attention")
 def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     reduced = {"sr_ratio": a["sr_ratio"], "kv_pool": a["kv_pool"], "grid": tuple(inp.grid)}  # type: ignore[attr-defined]
+    if a["kv_avgpool"]:
+        reduced = {"kv_avgpool": a["kv_avgpool"], "kv_norm": a["kv_norm"]}
     return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"],
                 qkv_bias=a["qkv_bias"], **({"kernel": "fused"} if a["kernel"] == "fused" else {}),
-                **(reduced if a["sr_ratio"] > 1 or a["kv_pool"] else {}))
+                **(reduced if a["sr_ratio"] > 1 or a["kv_pool"] or a["kv_avgpool"] else {}))
 
 
 @recipe("window_attention")
@@ -734,13 +736,15 @@ reads("class_token", lambda m, inp: Mapped("class_token", {}), modules.ClassToke
 reads("pos_embed", lambda m, inp: Mapped("pos_embed", {}), modules.PositionEmbedding)
 reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)}), modules.TakeToken)
 def _read_self_attention(m: Any, inp: tuple[int, ...]) -> Mapped:
-    first = m.q if m.sr_ratio > 1 or m.kv_pool else m.in_proj
+    first = m.q if m.sr_ratio > 1 or m.kv_pool or m.kv_avgpool else m.in_proj
     return Mapped("self_attention", {
         "num_heads": int(m.num_heads), "bias": m.out_proj.bias is not None,
         **({"qkv_bias": False} if m.out_proj.bias is not None and first.bias is None else {}),
         **({"kernel": "fused"} if m.kernel == "fused" else {}),
         **({"sr_ratio": int(m.sr_ratio)} if m.sr_ratio > 1 else {}),
-        **({"kv_pool": int(m.kv_pool)} if m.kv_pool else {})})
+        **({"kv_pool": int(m.kv_pool)} if m.kv_pool else {}),
+        **({"kv_avgpool": int(m.kv_avgpool)} if m.kv_avgpool else {}),
+        **({"kv_norm": False} if m.kv_avgpool and not m.kv_norm else {})})
 
 
 reads("self_attention", _read_self_attention, modules.SelfAttention)

@@ -222,6 +222,11 @@ class SelfAttention(Kind):
         Arg("kv_pool", "int", 0, "keys and values from the grid adaptive-average-pooled to kv_pool x kv_pool, a "
             "1 x 1 conv (C -> C, bias), a layer norm and a GELU (PVT-v2's linear attention): M = kv_pool^2 "
             "tokens; 0: none", minimum=0),
+        Arg("kv_avgpool", "int", 0, "keys and values from the tokens averaged over runs of kv_avgpool consecutive "
+            "tokens (AvgPool1d, kernel = stride, the sequence in its order) and a batch norm over C (Next-ViT's "
+            "E-MHSA: sr_ratio^2): M = N // kv_avgpool tokens; 0: none", minimum=0),
+        Arg("kv_norm", "bool", True, "with kv_avgpool, the batch norm (false: folded into the projections, as "
+            "Next-ViT's reparameterize() does)"),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2}),
@@ -232,6 +237,8 @@ class SelfAttention(Kind):
         Example(Tokens(24, 6, (4, 6)), {"num_heads": 1, "sr_ratio": 3, "qkv_bias": False}),
         Example(Tokens(36, 8, (6, 6)), {"num_heads": 2, "kv_pool": 2}),
         Example(Tokens(49, 8, (7, 7)), {"num_heads": 4, "kv_pool": 3, "bias": False}),
+        Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "kv_avgpool": 4}),
+        Example(Tokens(25, 6, (5, 5)), {"num_heads": 1, "kv_avgpool": 4, "kv_norm": False}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
@@ -244,12 +251,19 @@ class SelfAttention(Kind):
     def reduced(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, int] | None:
         """With keys and values from a reduced sequence (sr_ratio > 1 or kv_pool): (M, the reducing conv's MACs
         per image); None without."""
-        if a["sr_ratio"] == 1 and not a["kv_pool"]:
+        if a["sr_ratio"] == 1 and not a["kv_pool"] and not a["kv_avgpool"]:
             return None
         t = token_input(self.name, inp)
-        r, pool = a["sr_ratio"], a["kv_pool"]
-        if r > 1 and pool:
-            raise LayerError("self_attention takes sr_ratio or kv_pool, not both")
+        r, pool, avg = a["sr_ratio"], a["kv_pool"], a["kv_avgpool"]
+        if (r > 1) + bool(pool) + bool(avg) > 1:
+            raise LayerError("self_attention takes one of sr_ratio, kv_pool and kv_avgpool")
+        if avg:
+            if a["kernel"] == "fused":
+                raise LayerError("self_attention with kv_avgpool is built on the math path: kernel 'fused' is not "
+                                 "followed for it")
+            if t[0] < avg:
+                raise LayerError(f"self_attention kv_avgpool {avg} is more than the {t[0]} tokens")
+            return t[0] // avg, 0
         if len(t.grid) != 2 or t[0] != t.grid[0] * t.grid[1]:
             raise LayerError(f"self_attention with sr_ratio or kv_pool reduces the tokens' 2-D grid (N = H x W); its "
                              f"input is {t[0]} tokens on the grid {'x'.join(map(str, t.grid))}")
@@ -292,8 +306,16 @@ class SelfAttention(Kind):
         macs = 2 * n * c * c + 2 * m * c * c + 2 * n * m * c + conv
         pool = a["kv_pool"]
         bias = (4 * c if a["qkv_bias"] else c) if a["bias"] else 0
-        params = 4 * c * c + bias + conv // m + c + 2 * c
         bias_full = ((n * c + 2 * m * c if a["qkv_bias"] else 0) + n * c) if a["bias"] else 0
+        if a["kv_avgpool"]:
+            # the average of each run (k additions and a division per element) and, eval-mode, the batch norm
+            # (4 per element; fvcore 2); avg_pool1d fvcore does not count
+            norm = a["kv_norm"]
+            return Cost(params=4 * c * c + bias + (2 * c if norm else 0), buffers=2 * c if norm else 0,
+                        int_buffers=1 if norm else 0, macs=macs, fvcore=macs + (2 * m * c if norm else 0),
+                        full=(2 * macs + bias_full + n * c + 3 * a["num_heads"] * n * m
+                              + (a["kv_avgpool"] + 1) * m * c + (4 * m * c if norm else 0)))
+        params = 4 * c * c + bias + conv // m + c + 2 * c
         full = (2 * macs + bias_full + m * c + normalize_full(m * c, m, True) + n * c + 3 * a["num_heads"] * n * m)
         fvcore = macs + 5 * m * c
         if pool:
@@ -308,8 +330,10 @@ class SelfAttention(Kind):
         reduced = self.reduced(a, out)
         if reduced is not None:  # q, kv, the reducing conv, the norm, the output projection (the module's order)
             qkv_bias = a["bias"] and a["qkv_bias"]
+            conv = () if a["kv_avgpool"] else (reduced[1] // reduced[0], c)
+            norm = (c, c) if not a["kv_avgpool"] or a["kv_norm"] else ()
             return ((c * c, *((c,) if qkv_bias else ()), 2 * c * c, *((2 * c,) if qkv_bias else ()),
-                     reduced[1] // reduced[0], c, c, c, c * c, *((c,) if a["bias"] else ())))
+                     *conv, *norm, c * c, *((c,) if a["bias"] else ())))
         if a["bias"]:
             return (3 * c * c, 3 * c, c * c, c) if a["qkv_bias"] else (3 * c * c, c * c, c)
         return (3 * c * c, c * c)
@@ -337,6 +361,14 @@ class SelfAttention(Kind):
             # the GELU's input (MC). For the parameters' gradients alone: the kv projection's input (MC) and the
             # joined heads (NC).
             m = reduced[0]
+            if a["kv_avgpool"]:
+                # averaged runs: the input (kept by the pool), q, k, v, the weights; with the batch norm its input
+                # (MC) and the batch's mean and 1/std per channel (2C, whatever the batch)
+                norm = a["kv_norm"]
+                return Saved(input=True, extra=((n * c + 2 * m * c + (m * c if norm else 0)
+                                                 + a["num_heads"] * n * m, ACTIVATION),),
+                             per_batch=((2 * c, STATISTICS),) if norm else (),
+                             extra_for_params=((m * c + n * c, ACTIVATION),))
             pooled = 2 * m * c if a["kv_pool"] else 0
             return Saved(input=True, extra=((n * c + 3 * m * c + pooled + a["num_heads"] * n * m, ACTIVATION),
                                             (2 * m, STATISTICS)),
@@ -368,7 +400,8 @@ class SelfAttention(Kind):
         # fold into one addmm (a matmul and a separate bias add, each with its own temporaries and backward).
         # Measured to differ (by up to 2 x NC per image), not modelled.
         if self.reduced(a, inp) is not None:
-            return "keys and values from a reduced sequence (sr_ratio, kv_pool): its backward is not modelled yet"
+            return ("keys and values from a reduced sequence (sr_ratio, kv_pool, kv_avgpool): its backward is not "
+                    "modelled yet")
         if a["kernel"] == "math" and a["num_heads"] > 1 and inp[1] == a["num_heads"]:
             return ("one channel per head on the math path (out_proj as a matmul and a bias add) is not followed "
                     "in the step's timeline")
@@ -426,7 +459,9 @@ class SelfAttention(Kind):
             # and the product (NC); at the output projection the weights, the joined heads and the output.
             m = reduced[0]
             w = a["num_heads"] * n * m
-            held = n * c + m * c + (m * c if a["kv_pool"] else 0) + 2 * m * c
+            # (averaged runs: the pool's output, or the norm's, and its copy laid out as tokens)
+            source = 2 * m * c if a["kv_pool"] or a["kv_avgpool"] else m * c
+            held = n * c + source + 2 * m * c
             copy = a["num_heads"] > 1 and n > 1
             during = held + max((2 if copy else 1) * n * c + m * c + w, 2 * w, w + 2 * n * c)
             return ((during - n * c, ACTIVATION),)

@@ -46,6 +46,8 @@ class Attention(NamedTuple):
     sr_ratio: int = 1
     kv_pool: int = 0
     grid: tuple[int, ...] = ()
+    kv_avgpool: int = 0
+    kv_norm: bool = True
 
 
 def _shape(values: dict[fx.Node, Any], n: Any) -> tuple[int, ...] | None:
@@ -269,9 +271,17 @@ class _SplitMatcher(_Matcher):
                 _swaps(q, 4, 1, 2) or (_is(q, "permute") and [a % 4 for a in _dims(q)] == [0, 2, 1, 3])):
             return None
         self.nodes.update((split, q))
+        self.avg, self.avg_norm = 0, True
         kv_first, more, sr_ratio, pool, grid = self.reduction(x, first, c, n_tokens)
         if kv_first is None:
             return None
+        if isinstance(kv_first, tuple):  # separate k and v projections (Next-ViT's E-MHSA)
+            kv = self.separate(kv_first, qlin, c, heads, d)
+            if kv is None:
+                return None
+            k, v = kv
+            more = (str(kv_first[0].target), str(kv_first[1].target), *more)
+            return self.finish(x, first, qlin, q, k, v, n_tokens, c, heads, d, more, sr_ratio, pool, grid)
         kvlin = self.module(kv_first, nn.Linear)
         if kvlin is None or len(kv_first.args) != 1 or kv_first.kwargs or kvlin.in_features != c \
                 or kvlin.out_features != 2 * c or (kvlin.bias is None) != (qlin.bias is None):
@@ -290,6 +300,34 @@ class _SplitMatcher(_Matcher):
         if kv is None:
             return None
         k, v = kv
+        return self.finish(x, first, qlin, q, k, v, n_tokens, c, heads, d, (str(kv_first.target), *more), sr_ratio,
+                           pool, grid)
+
+    def separate(self, pair: tuple[fx.Node, fx.Node], qlin: nn.Linear, c: int, heads: int, d: int
+                 ) -> tuple[fx.Node, fx.Node] | None:
+        """k = Linear(C, C)(s).reshape(B, M, h, d).transpose(1, 2), and v alike from the same s."""
+        out = []
+        for call in pair:
+            lin = self.module(call, nn.Linear)
+            if lin is None or len(call.args) != 1 or call.kwargs or lin.in_features != c or lin.out_features != c \
+                    or (lin.bias is None) != (qlin.bias is None):
+                return None
+            m_tokens = (_shape(self.values, call.args[0]) or (0, 0))[1]
+            split = self.only_user(call)
+            if not _is(split, *_VIEWS) or split is None or _shape(self.values, split) != (1, m_tokens, heads, d):
+                return None
+            heads_first = self.only_user(split)
+            if heads_first is None or _shape(self.values, heads_first) != (1, heads, m_tokens, d) or not (
+                    _swaps(heads_first, 4, 1, 2)
+                    or (_is(heads_first, "permute") and [a % 4 for a in _dims(heads_first)] == [0, 2, 1, 3])):
+                return None
+            self.nodes.update((call, split, heads_first))
+            out.append(heads_first)
+        return out[0], out[1]
+
+    def finish(self, x: fx.Node, first: fx.Node, qlin: nn.Linear, q: fx.Node, k: fx.Node, v: fx.Node,
+               n_tokens: int, c: int, heads: int, d: int, more: tuple[str, ...], sr_ratio: int, pool: int,
+               grid: tuple[int, ...]) -> Attention | None:
         out = self.sdpa(q, k, v, d) or self.explicit(q, k, v, d)
         if out is None:
             return None
@@ -313,8 +351,41 @@ class _SplitMatcher(_Matcher):
         if any(u not in inside for n in inside - {last} for u in n.users):
             return None  # an intermediate value read outside the pattern
         return Attention(x, str(first.target), str(last.target), last, frozenset(inside), heads,
-                         proj.bias is not None, qlin.bias is not None, (str(kv_first.target), *more), sr_ratio,
-                         pool, grid)
+                         proj.bias is not None, qlin.bias is not None, more, sr_ratio, pool, grid, self.avg,
+                         self.avg_norm)
+
+    def averaged(self, n: fx.Node, c: int, n_tokens: int) -> Any:
+        """The tokens as C x N (transpose), nn.AvgPool1d(k, k) over them, an optional nn.BatchNorm1d(C), back to
+        tokens (transpose), read by the k and v projections (Next-ViT's E-MHSA): the pair of their calls, or None."""
+        pool_call = self.only_user(n)
+        pool = self.module(pool_call, nn.AvgPool1d)
+        if pool is None or pool_call is None or len(pool_call.args) != 1:
+            return None
+        (k,), (s,), (p,) = (tuple(v) if isinstance(v, (tuple, list)) else (v,)
+                            for v in (pool.kernel_size, pool.stride, pool.padding))
+        if k != s or p != 0 or pool.ceil_mode or k < 2:
+            return None
+        m_tokens = n_tokens // k
+        self.nodes.update((n, pool_call))
+        at = self.only_user(self.through(pool_call, self.identity))  # (a norm folded away: nn.Identity)
+        norm = self.module(at, nn.BatchNorm1d)
+        paths: list[str] = []
+        if norm is not None and at is not None:
+            if norm.num_features != c or not norm.affine or not norm.track_running_stats or len(at.args) != 1:
+                return None
+            self.nodes.add(at)
+            paths.append(str(at.target))
+            at = self.only_user(at)
+        back = at
+        if back is None or not _swaps(back, 3, 1, 2) or _shape(self.values, back) != (1, m_tokens, c):
+            return None
+        self.nodes.add(back)
+        readers = [u for u in back.users if not _reads_shape(u)]
+        linears = [u for u in readers if self.module(u, nn.Linear) is not None]
+        if len(readers) != 2 or len(linears) != 2:
+            return None
+        self.avg, self.avg_norm = k, norm is not None
+        return (linears[0], linears[1]), tuple(paths)
 
     def unbound(self, perm: fx.Node, count: int = 3) -> Any:  # type: ignore[override]
         users = list(perm.users)
@@ -338,6 +409,8 @@ class _SplitMatcher(_Matcher):
         kv_pool, the grid); (None, ...) when x's other reader is neither."""
         none: tuple[fx.Node | None, tuple[str, ...], int, int, tuple[int, ...]] = (None, (), 1, 0, ())
         others = [u for u in x.users if u is not first and not _reads_shape(u)]
+        if len(others) == 2 and all(self.module(u, nn.Linear) is not None for u in others):
+            return (others[0], others[1]), (), 1, 0, ()  # type: ignore[return-value]  # (k and v: separate)
         if len(others) != 1:
             return none
         n = others[0]
@@ -345,6 +418,9 @@ class _SplitMatcher(_Matcher):
             return n, (), 1, 0, ()
         if not _swaps(n, 3, 1, 2) or _shape(self.values, n) != (1, c, n_tokens):
             return none
+        if self.module(self.only_user(n), nn.AvgPool1d) is not None:
+            found = self.averaged(n, c, n_tokens)
+            return (found[0], found[1], 1, 0, ()) if found is not None else none
         self.nodes.add(n)
         view = self.only_user(n)
         shape = _shape(self.values, view)

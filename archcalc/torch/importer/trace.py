@@ -587,6 +587,10 @@ class _Converter:
             args["sr_ratio"] = found.sr_ratio
         if found.kv_pool:
             args["kv_pool"] = found.kv_pool
+        if found.kv_avgpool:
+            args["kv_avgpool"] = found.kv_avgpool
+            if not found.kv_norm:
+                args["kv_norm"] = False
         try:
             self.consume(found.last, params, "self_attention", args, x)
         except Unmapped:
