@@ -200,9 +200,13 @@ class SelfAttention(Kind):
            "the number of heads. Built as torch's math path (every product a counted op), or with `kernel: fused` "
            "as F.scaled_dot_product_attention's fused kernel, which keeps no N x N weights (docs/tokens.md, "
            "Memory); what FlopCounterMode and fvcore count for torch's own nn.MultiheadAttention and "
-           "scaled_dot_product_attention is in docs/conventions.md.")
+           "scaled_dot_product_attention is in docs/conventions.md. With `sr_ratio`, `kv_pool` or `kv_avgpool` "
+           "k and v come from M reduced tokens (PVT, Twins, Next-ViT; separate q (C -> C) and kv (C -> 2C) "
+           "projections, the same parameters): MACs 2NC^2 + 2MC^2 + 2NMC + the reducing conv's (docs/tokens.md).")
     full_rule = ("2 per MAC, 1 per bias element (4C per token, or C), 1 per element of q for the 1/sqrt(d) scale, "
-                 "3 per attention weight (softmax: exp, add to the sum, divide)")
+                 "3 per attention weight (softmax: exp, add to the sum, divide); reduced keys and values: the "
+                 "biases per token they are added to, the conv's bias, the layer norm's rule, the pool's sums and "
+                 "divisions, 5 per GELU element, 4 per eval-mode batch norm element")
     tokens = True
     autocast = "mixed"  # linear layers and products (bfloat16) and a softmax inside: not followed under autocast
     contiguous_recorded_input = True  # in_proj keeps a contiguous copy of a strided view (to_tokens') it reads

@@ -218,10 +218,10 @@ class _Matcher:
 
 def _dims(n: fx.Node) -> tuple[int, ...]:
     """The axes of a permute, or the two of a transpose, as given (constants only)."""
-    args = list(n.args[1:]) or list(n.kwargs.get("dims", ()))
+    args: list[Any] = list(n.args[1:]) or list(n.kwargs.get("dims", ()))  # type: ignore[arg-type]
     if len(args) == 1 and isinstance(args[0], (list, tuple)):
         args = list(args[0])
-    return tuple(int(a) for a in args) if all(isinstance(a, int) for a in args) else ()
+    return tuple(a for a in args) if all(isinstance(a, int) for a in args) else ()
 
 
 def _swaps(n: Any, rank: int, first: int, second: int) -> bool:
@@ -249,7 +249,7 @@ class _SplitMatcher(_Matcher):
     nn.LayerNorm(C) and, after the pool, a GELU."""
 
     def match(self, first: fx.Node) -> Attention | None:
-        qlin = self.module(first, nn.Linear)
+        qlin: Any = self.module(first, nn.Linear)
         shape_in = _shape(self.values, first.args[0]) if first.args else None
         if qlin is None or len(first.args) != 1 or first.kwargs or shape_in is None or len(shape_in) != 3:
             return None
@@ -303,7 +303,7 @@ class _SplitMatcher(_Matcher):
         return self.finish(x, first, qlin, q, k, v, n_tokens, c, heads, d, (str(kv_first.target), *more), sr_ratio,
                            pool, grid)
 
-    def separate(self, pair: tuple[fx.Node, fx.Node], qlin: nn.Linear, c: int, heads: int, d: int
+    def separate(self, pair: tuple[fx.Node, fx.Node], qlin: Any, c: int, heads: int, d: int
                  ) -> tuple[fx.Node, fx.Node] | None:
         """k = Linear(C, C)(s).reshape(B, M, h, d).transpose(1, 2), and v alike from the same s."""
         out = []
@@ -325,7 +325,7 @@ class _SplitMatcher(_Matcher):
             out.append(heads_first)
         return out[0], out[1]
 
-    def finish(self, x: fx.Node, first: fx.Node, qlin: nn.Linear, q: fx.Node, k: fx.Node, v: fx.Node,
+    def finish(self, x: fx.Node, first: fx.Node, qlin: Any, q: fx.Node, k: fx.Node, v: fx.Node,
                n_tokens: int, c: int, heads: int, d: int, more: tuple[str, ...], sr_ratio: int, pool: int,
                grid: tuple[int, ...]) -> Attention | None:
         out = self.sdpa(q, k, v, d) or self.explicit(q, k, v, d)
@@ -358,7 +358,7 @@ class _SplitMatcher(_Matcher):
         """The tokens as C x N (transpose), nn.AvgPool1d(k, k) over them, an optional nn.BatchNorm1d(C), back to
         tokens (transpose), read by the k and v projections (Next-ViT's E-MHSA): the pair of their calls, or None."""
         pool_call = self.only_user(n)
-        pool = self.module(pool_call, nn.AvgPool1d)
+        pool: Any = self.module(pool_call, nn.AvgPool1d)
         if pool is None or pool_call is None or len(pool_call.args) != 1:
             return None
         (k,), (s,), (p,) = (tuple(v) if isinstance(v, (tuple, list)) else (v,)
@@ -368,7 +368,7 @@ class _SplitMatcher(_Matcher):
         m_tokens = n_tokens // k
         self.nodes.update((n, pool_call))
         at = self.only_user(self.through(pool_call, self.identity))  # (a norm folded away: nn.Identity)
-        norm = self.module(at, nn.BatchNorm1d)
+        norm: Any = self.module(at, nn.BatchNorm1d)
         paths: list[str] = []
         if norm is not None and at is not None:
             if norm.num_features != c or not norm.affine or not norm.track_running_stats or len(at.args) != 1:
@@ -440,7 +440,7 @@ class _SplitMatcher(_Matcher):
             pool = size[2]
             self.nodes.add(at)
             at = self.only_user(at)
-        conv = self.module(at, nn.Conv2d)
+        conv: Any = self.module(at, nn.Conv2d)
         k = 1 if pool else None
         if conv is None or at is None or len(at.args) != 1 or conv.in_channels != c or conv.out_channels != c \
                 or conv.groups != 1 or conv.bias is None or tuple(conv.dilation) != (1, 1) \
@@ -460,7 +460,7 @@ class _SplitMatcher(_Matcher):
             return none
         self.nodes.update((flat, tokens))
         at = self.only_user(tokens)
-        norm = self.module(at, nn.LayerNorm)
+        norm: Any = self.module(at, nn.LayerNorm)
         if norm is None or at is None or len(at.args) != 1 or tuple(norm.normalized_shape) != (c,) \
                 or not norm.elementwise_affine or norm.bias is None or not math.isclose(norm.eps, 1e-5):
             return none
@@ -468,7 +468,7 @@ class _SplitMatcher(_Matcher):
         paths.append(str(at.target))
         at = self.only_user(at)
         if pool:
-            gelu = self.module(at, nn.GELU)
+            gelu: Any = self.module(at, nn.GELU)
             if gelu is None or at is None or gelu.approximate != "none" or len(at.args) != 1:
                 return none
             self.nodes.add(at)
