@@ -274,7 +274,8 @@ def test_averaged_runs_count_what_they_compute() -> None:
 
 
 def test_a_ceil_mode_average_is_not_read_as_self_attention() -> None:
-    """AvgPool1d with ceil_mode (a last, shorter run) is not kv_avgpool: imported op by op, refused there."""
+    """AvgPool1d with ceil_mode on 25 tokens in runs of 3 (a last, shorter run: 9 averages, not 8) is not
+    kv_avgpool: imported op by op, refused there."""
     with pytest.raises(ArchcalcError, match=r"cannot import .* at e_mhsa"):
         from_module(TinyNextViT(avg=3, variant="ceil"), (3, 20, 20))
 

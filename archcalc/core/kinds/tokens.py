@@ -493,7 +493,9 @@ class SelfAttention(Kind):
         reduced = self.reduced(a, inp)
         if reduced is not None:
             # Beside what is kept (Saved) and the output: the q projection's output (NC) and the kv projection's
-            # (2MC) throughout, and at Q K^T q's copy per head (several heads) and the scores (hNM).
+            # (2MC) throughout, and at Q K^T q's copy per head (several heads) and the scores (hNM). (Read off the
+            # measured inventory, Saved and the inference phases above; the training step that would check it is
+            # not followed for a reduced attention: step_unfollowed_for.)
             m = reduced[0]
             copy = a["num_heads"] > 1 and n > 1
             return ((n * c + 2 * m * c + (n * c if copy else 0) + a["num_heads"] * n * m, ACTIVATION),)

@@ -363,9 +363,9 @@ class _SplitMatcher(_Matcher):
             return None
         (k,), (s,), (p,) = (tuple(v) if isinstance(v, (tuple, list)) else (v,)
                             for v in (pool.kernel_size, pool.stride, pool.padding))
-        if k != s or p != 0 or pool.ceil_mode or k < 2:
+        if k != s or p != 0 or k < 2:
             return None
-        m_tokens = n_tokens // k
+        m_tokens = n_tokens // k  # (ceil_mode's last, shorter run would make one more: the shape below refuses it)
         self.nodes.update((n, pool_call))
         at = self.only_user(self.through(pool_call, self.identity))  # (a norm folded away: nn.Identity)
         norm: Any = self.module(at, nn.BatchNorm1d)
