@@ -127,6 +127,21 @@ def _window_elements(inp: tuple[int, ...], out: tuple[int, ...]) -> int:
     return inp[0] * math.prod(sum(_windows(w, o)) for w, o in zip(inp[1:], out[1:]))
 
 
+def _reduced_attention(a: Mapping[str, Any], i: Any, macs: int) -> int:
+    """Keys and values from M reduced tokens: 2 per MAC; the biases (q's C and kv's 2C per token they make with
+    qkv_bias, the projection's C per token), the reducing conv's bias (C per reduced token); the layer norm (7 per
+    element, 4 per token); q's scale (1 per element); the softmax (3 per weight, h N M); pooled, the adaptive
+    pool's window sums and divisions and the GELU (5 per element)."""
+    (tokens, c), (h, w), r, p, k = i, i.grid, a["sr_ratio"], a["kv_pool"], a["kv_avgpool"]
+    m = p * p if p else (tokens // k if k else (h // r) * (w // r))
+    bias = ((tokens * c + 2 * m * c if a["qkv_bias"] else 0) + tokens * c) if a["bias"] else 0
+    if k:  # runs of k tokens averaged (k additions, a division), the eval-mode batch norm (4 per element)
+        return (2 * macs + bias + tokens * c + 3 * a["num_heads"] * tokens * m + (k + 1) * m * c
+                + (4 * m * c if a["kv_norm"] else 0))
+    pool = _window_elements((c, h, w), (c, p, p)) + m * c + 5 * m * c if p else 0
+    return 2 * macs + bias + m * c + 7 * m * c + 4 * m + tokens * c + 3 * a["num_heads"] * tokens * m + pool
+
+
 def _kernel(a: Mapping[str, Any], inp: tuple[int, ...]) -> int:
     k = a["kernel_size"]
     return k ** (len(inp) - 1) if isinstance(k, int) else math.prod(k)
@@ -203,7 +218,9 @@ FULL: dict[str, Rule] = {
     **{k: (lambda a, i, o, m: 0) for k in ("to_tokens", "to_grid", "class_token", "take_token")},
     "pos_embed": lambda a, i, o, m: n(o),
     # 2 per MAC, the biases of qkv (3C) and the projection (C) per token, q's scale, softmax's 3 per weight
-    "self_attention": lambda a, i, o, m: 2 * m + ((4 if a["qkv_bias"] else 1) * n(i) if a["bias"] else 0) + n(i)
+    "self_attention": lambda a, i, o, m: _reduced_attention(a, i, m)
+    if a["sr_ratio"] > 1 or a["kv_pool"] or a["kv_avgpool"] else
+    2 * m + ((4 if a["qkv_bias"] else 1) * n(i) if a["bias"] else 0) + n(i)
     + 3 * a["num_heads"] * i[0] ** 2 if not (a["key_dim"] or a["value_dim"] or a["score_bias"])
     # (bias elements: 3C + C per token, or the output projection's C alone). With key_dim kd and value_dim vd:
     # the qkv bias is h (2 kd + vd) per token, q's scale h kd per token, the score bias 1 per weight.

@@ -555,7 +555,8 @@ class SelfAttention(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, kernel: str = "math",
                  qkv_bias: bool = True, key_dim: int = 0, value_dim: int = 0,
-                 grid: Sequence[int] | None = None) -> None:
+                 bias_grid: Sequence[int] | None = None, sr_ratio: int = 1, kv_pool: int = 0,
+                 grid: Sequence[int] = (), kv_avgpool: int = 0, kv_norm: bool = True) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -564,11 +565,27 @@ class SelfAttention(nn.Module):
         self.key_dim = key_dim or embed_dim // num_heads
         self.value_dim = value_dim or embed_dim // num_heads
         keys, values = num_heads * self.key_dim, num_heads * self.value_dim
-        self.in_proj = nn.Linear(embed_dim, 2 * keys + values, bias=bias and qkv_bias)
+        self.sr_ratio, self.kv_pool, self.grid = sr_ratio, kv_pool, tuple(grid)
+        self.kv_avgpool, self.kv_norm = kv_avgpool, kv_norm
+        self.norm: nn.Module | None = None
+        if sr_ratio > 1 or kv_pool or kv_avgpool:
+            # Keys and values from a reduced sequence (PVT's spatial-reduction attention, Wang et al. 2021/2022):
+            # q from every token, k and v from the tokens' grid reduced by a conv (kernel = stride = sr_ratio) or
+            # adaptive-average-pooled to kv_pool x kv_pool and a 1x1 conv, then a layer norm (and, pooled, a GELU);
+            # or (Next-ViT's E-MHSA) from runs of kv_avgpool consecutive tokens averaged and a batch norm.
+            self.q = nn.Linear(embed_dim, embed_dim, bias=bias and qkv_bias)
+            self.kv = nn.Linear(embed_dim, 2 * embed_dim, bias=bias and qkv_bias)
+            if kv_avgpool:
+                self.norm = nn.BatchNorm1d(embed_dim) if kv_norm else None
+            else:
+                self.sr = nn.Conv2d(embed_dim, embed_dim, 1 if kv_pool else sr_ratio, 1 if kv_pool else sr_ratio)
+                self.norm = nn.LayerNorm(embed_dim)
+        else:
+            self.in_proj = nn.Linear(embed_dim, 2 * keys + values, bias=bias and qkv_bias)
         self.out_proj = nn.Linear(values, embed_dim, bias=bias)
-        self.grid = tuple(grid) if grid is not None else None
-        if self.grid is not None:  # the score bias: a table per head and |offset| on the 2-D grid (LeViT)
-            gh, gw = self.grid
+        self.bias_grid = tuple(bias_grid) if bias_grid is not None else None
+        if self.bias_grid is not None:  # the score bias: a table per head and |offset| on the 2-D grid (LeViT)
+            gh, gw = self.bias_grid
             ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
             ys, xs = ys.flatten(), xs.flatten()
             index = (ys[:, None] - ys[None, :]).abs() * gw + (xs[:, None] - xs[None, :]).abs()
@@ -578,8 +595,29 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         h = self.num_heads
-        if self.grid is not None or (self.key_dim, self.value_dim) != (c // h, c // h):
+        if self.bias_grid is not None or (self.key_dim, self.value_dim) != (c // h, c // h):
             return self.biased(x)
+        if self.sr_ratio > 1 or self.kv_pool or self.kv_avgpool:
+            q = self.q(x).reshape(b, n, h, c // h).permute(0, 2, 1, 3)
+            if self.kv_avgpool:
+                pooled = F.avg_pool1d(x.transpose(1, 2), self.kv_avgpool)
+                if self.norm is not None:
+                    pooled = self.norm(pooled)
+                # (a copy laid out as tokens, also where the pool's output, laid out channels last as its input
+                # was, would not need one: what is alive is then the same with or without the norm)
+                kv = pooled.transpose(1, 2).clone(memory_format=torch.contiguous_format)
+            else:
+                grid = x.transpose(1, 2).reshape(b, c, *self.grid)
+                if self.kv_pool:
+                    grid = F.adaptive_avg_pool2d(grid, self.kv_pool)
+                assert self.norm is not None
+                kv = self.norm(self.sr(grid).flatten(2).transpose(1, 2))
+                if self.kv_pool:
+                    kv = F.gelu(kv)
+            m = kv.shape[1]
+            k, v = self.kv(kv).reshape(b, m, 2, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+            weights = ((q * (c // h) ** -0.5) @ k.contiguous().transpose(-2, -1)).softmax(dim=-1)
+            return self.out_proj((weights @ v.contiguous()).transpose(1, 2).reshape(b, n, c))
         q, k, v = self.in_proj(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
         if self.kernel == "fused":  # torch's fused kernel: on the CPU _scaled_dot_product_flash_attention_for_cpu
             from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -597,7 +635,7 @@ class SelfAttention(nn.Module):
         alone, whatever the batch) and added to the scores in place."""
         b, n, _ = x.shape
         h, kd, vd = self.num_heads, self.key_dim, self.value_dim
-        bias = self.attention_biases[:, self.attention_bias_idxs] if self.grid is not None else None
+        bias = self.attention_biases[:, self.attention_bias_idxs] if self.bias_grid is not None else None
         q, k, v = self.in_proj(x).split([h * kd, h * kd, h * vd], dim=-1)
         q, k, v = (t.reshape(b, n, h, -1).transpose(1, 2) for t in (q, k, v))
         scores = (q * kd ** -0.5) @ k.contiguous().transpose(-2, -1)

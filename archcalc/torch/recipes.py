@@ -305,7 +305,11 @@ def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     if a["key_dim"] or a["value_dim"]:
         extra.update(key_dim=a["key_dim"], value_dim=a["value_dim"])
     if a["score_bias"]:
-        extra["grid"] = tuple(inp.grid)  # type: ignore[attr-defined]
+        extra["bias_grid"] = tuple(inp.grid)  # type: ignore[attr-defined]
+    if a["kv_avgpool"]:
+        extra.update(kv_avgpool=a["kv_avgpool"], kv_norm=a["kv_norm"])
+    elif a["sr_ratio"] > 1 or a["kv_pool"]:
+        extra.update(sr_ratio=a["sr_ratio"], kv_pool=a["kv_pool"], grid=tuple(inp.grid))  # type: ignore[attr-defined]
     return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"],
                 qkv_bias=a["qkv_bias"], **extra)
 
@@ -757,13 +761,24 @@ reads("class_token", lambda m, inp: Mapped("class_token", {}), modules.ClassToke
 reads("pos_embed", lambda m, inp: Mapped("pos_embed", {}), modules.PositionEmbedding)
 reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index), **(
     {"stop": int(m.stop)} if m.stop is not None else {})}), modules.TakeToken)
-reads("self_attention", lambda m, inp: Mapped("self_attention", {
-    "num_heads": int(m.num_heads), "bias": m.out_proj.bias is not None,
-    **({"qkv_bias": False} if m.out_proj.bias is not None and m.in_proj.bias is None else {}),
-    **({"kernel": "fused"} if m.kernel == "fused" else {}),
-    **({"key_dim": int(m.key_dim)} if m.key_dim != inp[-1] // m.num_heads else {}),
-    **({"value_dim": int(m.value_dim)} if m.value_dim != inp[-1] // m.num_heads else {}),
-    **({"score_bias": True} if m.grid is not None else {})}), modules.SelfAttention)
+
+
+def _read_self_attention(m: Any, inp: tuple[int, ...]) -> Mapped:
+    first = m.q if m.sr_ratio > 1 or m.kv_pool or m.kv_avgpool else m.in_proj
+    return Mapped("self_attention", {
+        "num_heads": int(m.num_heads), "bias": m.out_proj.bias is not None,
+        **({"qkv_bias": False} if m.out_proj.bias is not None and first.bias is None else {}),
+        **({"kernel": "fused"} if m.kernel == "fused" else {}),
+        **({"key_dim": int(m.key_dim)} if m.key_dim != inp[-1] // m.num_heads else {}),
+        **({"value_dim": int(m.value_dim)} if m.value_dim != inp[-1] // m.num_heads else {}),
+        **({"score_bias": True} if m.bias_grid is not None else {}),
+        **({"sr_ratio": int(m.sr_ratio)} if m.sr_ratio > 1 else {}),
+        **({"kv_pool": int(m.kv_pool)} if m.kv_pool else {}),
+        **({"kv_avgpool": int(m.kv_avgpool)} if m.kv_avgpool else {}),
+        **({"kv_norm": False} if m.kv_avgpool and not m.kv_norm else {})})
+
+
+reads("self_attention", _read_self_attention, modules.SelfAttention)
 reads("window_attention", lambda m, inp: Mapped("window_attention", {
     "num_heads": int(m.num_heads), "window_size": _tup(m.window_size), "shift_size": _tup(m.shift_size),
     "bias": m.qkv.bias is not None, "v2": bool(m.v2), **({"partition": "grid"} if m.partition == "grid" else {}),

@@ -9,12 +9,14 @@ own kinds, in dense.py and norm.py); element-wise kinds (activations, dropout) t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from archcalc.core.kinds.base import (
     ACCUMULATE,
     ACTIVATION,
+    STATISTICS,
     Arg,
     BackwardMoment,
     Cost,
@@ -31,6 +33,7 @@ from archcalc.core.kinds.base import (
     spatial_rank,
     tokens_like,
 )
+from archcalc.core.kinds.norm import normalize_full
 
 
 def token_input(kind: str, inp: Shape) -> Tokens:
@@ -215,9 +218,13 @@ class SelfAttention(Kind):
            "the number of heads. Built as torch's math path (every product a counted op), or with `kernel: fused` "
            "as F.scaled_dot_product_attention's fused kernel, which keeps no N x N weights (docs/tokens.md, "
            "Memory); what FlopCounterMode and fvcore count for torch's own nn.MultiheadAttention and "
-           "scaled_dot_product_attention is in docs/conventions.md.")
+           "scaled_dot_product_attention is in docs/conventions.md. With `sr_ratio`, `kv_pool` or `kv_avgpool` "
+           "k and v come from M reduced tokens (PVT, Twins, Next-ViT; separate q (C -> C) and kv (C -> 2C) "
+           "projections, the same parameters): MACs 2NC^2 + 2MC^2 + 2NMC + the reducing conv's (docs/tokens.md).")
     full_rule = ("2 per MAC, 1 per bias element (4C per token, or C), 1 per element of q for the 1/sqrt(d) scale, "
-                 "3 per attention weight (softmax: exp, add to the sum, divide)")
+                 "3 per attention weight (softmax: exp, add to the sum, divide); reduced keys and values: the "
+                 "biases per token they are added to, the conv's bias, the layer norm's rule, the pool's sums and "
+                 "divisions, 5 per GELU element, 4 per eval-mode batch norm element")
     tokens = True
     autocast = "mixed"  # linear layers and products (bfloat16) and a softmax inside: not followed under autocast
     contiguous_recorded_input = True  # in_proj keeps a contiguous copy of a strided view (to_tokens') it reads
@@ -238,6 +245,17 @@ class SelfAttention(Kind):
         Arg("score_bias", "bool", False, "a learned bias added to the scores, per head and relative offset of two "
             "tokens on their 2-D grid (LeViT, EfficientFormer): a heads x (H x W) table gathered by an int64 "
             "index buffer (N x N) of |dy| x W + |dx|"),
+        Arg("sr_ratio", "int", 1, "keys and values from a reduced sequence (PVT's spatial-reduction attention): "
+            "the tokens' H x W grid through a conv of kernel = stride = sr_ratio (C -> C, bias) and a layer norm, "
+            "M = (H // r)(W // r) tokens; 1: from the tokens themselves", minimum=1),
+        Arg("kv_pool", "int", 0, "keys and values from the grid adaptive-average-pooled to kv_pool x kv_pool, a "
+            "1 x 1 conv (C -> C, bias), a layer norm and a GELU (PVT-v2's linear attention): M = kv_pool^2 "
+            "tokens; 0: none", minimum=0),
+        Arg("kv_avgpool", "int", 0, "keys and values from the tokens averaged over runs of kv_avgpool consecutive "
+            "tokens (AvgPool1d, kernel = stride, the sequence in its order) and a batch norm over C (Next-ViT's "
+            "E-MHSA: sr_ratio^2): M = N // kv_avgpool tokens; 0: none", minimum=0),
+        Arg("kv_norm", "bool", True, "with kv_avgpool, the batch norm (false: folded into the projections, as "
+            "Next-ViT's reparameterize() does)"),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2}),
@@ -248,6 +266,12 @@ class SelfAttention(Kind):
         Example(Tokens(9, 6, (3, 3)), {"num_heads": 1, "key_dim": 4, "value_dim": 8}),
         Example(Tokens(6, 4, (2, 3)), {"num_heads": 3, "key_dim": 2, "value_dim": 3, "score_bias": True,
                                        "bias": False}),
+        Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "sr_ratio": 2}),
+        Example(Tokens(24, 6, (4, 6)), {"num_heads": 1, "sr_ratio": 3, "qkv_bias": False}),
+        Example(Tokens(36, 8, (6, 6)), {"num_heads": 2, "kv_pool": 2}),
+        Example(Tokens(49, 8, (7, 7)), {"num_heads": 4, "kv_pool": 3, "bias": False}),
+        Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "kv_avgpool": 4}),
+        Example(Tokens(25, 6, (5, 5)), {"num_heads": 1, "kv_avgpool": 4, "kv_norm": False}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
@@ -262,7 +286,39 @@ class SelfAttention(Kind):
         if a.get("score_bias") and (len(t.grid) != 2 or t[0] != t.grid[0] * t.grid[1]):
             raise LayerError(f"self_attention with score_bias needs tokens laid out on a 2-D grid (N = H x W); its "
                              f"input is {t[0]} tokens on the grid {'x'.join(map(str, t.grid))}")
+        if self.reduced(a, inp) is not None and not plain:
+            raise LayerError("self_attention takes key_dim, value_dim and score_bias or keys and values from a "
+                             "reduced sequence (sr_ratio, kv_pool, kv_avgpool), not both")
         return inp
+
+    def reduced(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, int] | None:
+        """With keys and values from a reduced sequence (sr_ratio > 1 or kv_pool): (M, the reducing conv's MACs
+        per image); None without."""
+        if a["sr_ratio"] == 1 and not a["kv_pool"] and not a["kv_avgpool"]:
+            return None
+        t = token_input(self.name, inp)
+        r, pool, avg = a["sr_ratio"], a["kv_pool"], a["kv_avgpool"]
+        if (r > 1) + bool(pool) + bool(avg) > 1:
+            raise LayerError("self_attention takes one of sr_ratio, kv_pool and kv_avgpool")
+        if avg:
+            if a["kernel"] == "fused":
+                raise LayerError("self_attention with kv_avgpool is built on the math path: kernel 'fused' is not "
+                                 "followed for it")
+            if t[0] < avg:
+                raise LayerError(f"self_attention kv_avgpool {avg} is more than the {t[0]} tokens")
+            return t[0] // avg, 0
+        if len(t.grid) != 2 or t[0] != t.grid[0] * t.grid[1]:
+            raise LayerError(f"self_attention with sr_ratio or kv_pool reduces the tokens' 2-D grid (N = H x W); its "
+                             f"input is {t[0]} tokens on the grid {'x'.join(map(str, t.grid))}")
+        if a["kernel"] == "fused":
+            raise LayerError("self_attention with sr_ratio or kv_pool is built on the math path: kernel 'fused' "
+                             "is not followed for it")
+        if pool:
+            return pool * pool, pool * pool * t[1] * t[1]
+        if min(t.grid) < r:
+            raise LayerError(f"self_attention sr_ratio {r} is larger than the grid {'x'.join(map(str, t.grid))}")
+        m = (t.grid[0] // r) * (t.grid[1] // r)
+        return m, m * t[1] * t[1] * r * r
 
     @staticmethod
     def dims(a: Mapping[str, Any], c: int) -> tuple[int, int]:
@@ -281,6 +337,9 @@ class SelfAttention(Kind):
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         n, c = inp
+        reduced = self.reduced(a, inp)
+        if reduced is not None:
+            return self.reduced_cost(a, inp, *reduced)
         k, v = self.dims(a, c)
         linear, products = self.parts(inp, a)
         macs = linear + products
@@ -295,8 +354,43 @@ class SelfAttention(Kind):
                     fvcore=linear if a["kernel"] == "fused" else macs,
                     full=2 * macs + n * bias + n * k + 3 * softmax + (softmax if table else 0))
 
+    def reduced_cost(self, a: Mapping[str, Any], inp: Shape, m: int, conv: int) -> Cost:
+        """Keys and values from M reduced tokens: q (NC^2) and kv (2MC^2) projections, the reducing conv, Q K^T
+        and A V (NMC each), the output projection (NC^2). FlopCounterMode counts the linears, the conv and the
+        products; fvcore those and its layer norm (5 per element) and adaptive average pool (1 per input
+        element)."""
+        n, c = inp
+        macs = 2 * n * c * c + 2 * m * c * c + 2 * n * m * c + conv
+        pool = a["kv_pool"]
+        bias = (4 * c if a["qkv_bias"] else c) if a["bias"] else 0
+        bias_full = ((n * c + 2 * m * c if a["qkv_bias"] else 0) + n * c) if a["bias"] else 0
+        if a["kv_avgpool"]:
+            # the average of each run (k additions and a division per element) and, eval-mode, the batch norm
+            # (4 per element; fvcore 2); avg_pool1d fvcore does not count
+            norm = a["kv_norm"]
+            return Cost(params=4 * c * c + bias + (2 * c if norm else 0), buffers=2 * c if norm else 0,
+                        int_buffers=1 if norm else 0, macs=macs, fvcore=macs + (2 * m * c if norm else 0),
+                        full=(2 * macs + bias_full + n * c + 3 * a["num_heads"] * n * m
+                              + (a["kv_avgpool"] + 1) * m * c + (4 * m * c if norm else 0)))
+        params = 4 * c * c + bias + conv // m + c + 2 * c
+        full = (2 * macs + bias_full + m * c + normalize_full(m * c, m, True) + n * c + 3 * a["num_heads"] * n * m)
+        fvcore = macs + 5 * m * c
+        if pool:
+            grid = inp.grid  # type: ignore[attr-defined]
+            terms = c * math.prod(sum(-(-(i + 1) * g // pool) - i * g // pool for i in range(pool)) for g in grid)
+            full += terms + m * c + 5 * m * c  # the pool's sums and divisions, the GELU
+            fvcore += n * c
+        return Cost(params=params, macs=macs, fvcore=fvcore, full=full)
+
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
         c = out[1]
+        reduced = self.reduced(a, out)
+        if reduced is not None:  # q, kv, the reducing conv, the norm, the output projection (the module's order)
+            qkv_bias = a["bias"] and a["qkv_bias"]
+            conv = () if a["kv_avgpool"] else (reduced[1] // reduced[0], c)
+            norm = (c, c) if not a["kv_avgpool"] or a["kv_norm"] else ()
+            return ((c * c, *((c,) if qkv_bias else ()), 2 * c * c, *((2 * c,) if qkv_bias else ()),
+                     *conv, *norm, c * c, *((c,) if a["bias"] else ())))
         k, v = self.dims(a, c)
         table = (a["num_heads"] * out[0],) if a.get("score_bias") else ()
         if a["bias"]:
@@ -320,6 +414,27 @@ class SelfAttention(Kind):
         # With key_dim / value_dim (K, V channels over the heads): q and k N x K each, v and the joined heads N x V.
         # The score bias's gather keeps its index (a buffer) and the add nothing.
         n, c = inp
+        reduced = self.reduced(a, inp)
+        if reduced is not None:
+            # With keys and values from M reduced tokens (measured the same way, tests/test_sra.py): the input,
+            # kept by the reducing conv (or the pool) whether or not the parameters need a gradient; the scaled q
+            # (NC), the contiguous k and v (MC each), the softmax weights (hNM); the norm's input (the conv's
+            # output, MC) and its mean and 1/std (M each); pooled, the pool's output (MC, the 1x1 conv's input) and
+            # the GELU's input (MC). For the parameters' gradients alone: the kv projection's input (MC) and the
+            # joined heads (NC).
+            m = reduced[0]
+            if a["kv_avgpool"]:
+                # averaged runs: the input (kept by the pool), q, k, v, the weights; with the batch norm its input
+                # (MC) and the batch's mean and 1/std per channel (2C, whatever the batch)
+                norm = a["kv_norm"]
+                return Saved(input=True, extra=((n * c + 2 * m * c + (m * c if norm else 0)
+                                                 + a["num_heads"] * n * m, ACTIVATION),),
+                             per_batch=((2 * c, STATISTICS),) if norm else (),
+                             extra_for_params=((m * c + n * c, ACTIVATION),))
+            pooled = 2 * m * c if a["kv_pool"] else 0
+            return Saved(input=True, extra=((n * c + 3 * m * c + pooled + a["num_heads"] * n * m, ACTIVATION),
+                                            (2 * m, STATISTICS)),
+                         extra_for_params=((m * c + n * c, ACTIVATION),))
         if a["kernel"] == "fused":
             return Saved(input_for_params=True, extra=((4 * n * c, ACTIVATION), (a["num_heads"] * n, ACCUMULATE)))
         k, v = self.dims(a, c)
@@ -332,6 +447,13 @@ class SelfAttention(Kind):
         # gradient (3NC^2) is skipped when the input needs none; the rest (the weights' gradients, and the
         # gradients through the two attention products and out_proj they need) is counted as the weights'.
         n, c = inp
+        reduced = self.reduced(a, inp)
+        if reduced is not None:
+            # Only q's input gradient (NC^2) and the reducing conv's are skipped when the input needs none (the
+            # conv's weight still needs the gradient through the norm and kv).
+            per = self.cost(a, inp, inp).macs
+            grad_input = (n * c * c + reduced[1]) * (macs // per)
+            return grad_input, 2 * macs - grad_input
         batch = macs // sum(self.parts(inp, a))
         grad_input = n * c * (2 * sum(self.dims(a, c)) - self.dims(a, c)[1]) * batch  # 3NC^2 by default
         return grad_input, 2 * macs - grad_input
@@ -343,6 +465,9 @@ class SelfAttention(Kind):
         if a.get("key_dim") or a.get("value_dim") or a.get("score_bias"):
             return ("key_dim, value_dim and score_bias are not followed in the step's timeline yet (its backward "
                     "is modelled for q, k and v of C channels without a score bias)")
+        if self.reduced(a, inp) is not None:
+            return ("keys and values from a reduced sequence (sr_ratio, kv_pool, kv_avgpool): its backward is not "
+                    "modelled yet")
         if a["kernel"] == "math" and a["num_heads"] > 1 and inp[1] == a["num_heads"]:
             return ("one channel per head on the math path (out_proj as a matmul and a bias add) is not followed "
                     "in the step's timeline")
@@ -359,6 +484,8 @@ class SelfAttention(Kind):
         # gradient, q and k freed. The scale: q's gradient (E), the scaled one's freed. Unbind: q, k and v's
         # gradients stacked (3E), then copied to qkv's layout (3E) as each previous one is freed. in_proj: its
         # input's gradient (E, when wanted) and its weight's and bias's.
+        if self.reduced(a, inp) is not None:
+            return ()  # (not followed: step_unfollowed_for)
         n, c = inp
         e, w = n * c, a["num_heads"] * n * n
         per = c * c + (c if a["bias"] else 0) if params_grad else 0  # one C x C projection's parameters
@@ -389,6 +516,21 @@ class SelfAttention(Kind):
         # head-interleaved layout), the contiguous k and the scores (hN^2); at the softmax the scores and the
         # weights (2hN^2).
         n, c = inp
+        reduced = self.reduced(a, inp)
+        if reduced is not None:
+            # Measured with torch.profiler (tests/test_sra.py): the q projection's output (NC), the reduced
+            # sequence the kv projection reads (MC; pooled, the pooled grid too, MC) and the kv projection's output
+            # (2MC) throughout the products; then at Q K^T the scaled q, its copy laid out per head (several heads),
+            # k's copy and the scores (hNM); at the softmax the scores and the weights; at A V the weights, v's copy
+            # and the product (NC); at the output projection the weights, the joined heads and the output.
+            m = reduced[0]
+            w = a["num_heads"] * n * m
+            # (averaged runs: the pool's output, or the norm's, and its copy laid out as tokens)
+            source = 2 * m * c if a["kv_pool"] or a["kv_avgpool"] else m * c
+            held = n * c + source + 2 * m * c
+            copy = a["num_heads"] > 1 and n > 1
+            during = held + max((2 if copy else 1) * n * c + m * c + w, 2 * w, w + 2 * n * c)
+            return ((during - n * c, ACTIVATION),)
         if a["kernel"] == "fused":
             # qkv (3NC) throughout (q, k, v are alive until the module returns); the kernel's output (NC) and its
             # log-sum-exp (hN, dropped as it returns) beside them, then out_proj's output beside the kernel's: 4NC
@@ -422,6 +564,15 @@ class SelfAttention(Kind):
         # output and what is kept (4NC + hN^2; a frozen layer's joined heads, not kept, are added by the engine:
         # Saved.extra_for_params), the larger of 3NC and hN^2.
         n, c = inp
+        reduced = self.reduced(a, inp)
+        if reduced is not None:
+            # Beside what is kept (Saved) and the output: the q projection's output (NC) and the kv projection's
+            # (2MC) throughout, and at Q K^T q's copy per head (several heads) and the scores (hNM). (Read off the
+            # measured inventory, Saved and the inference phases above; the training step that would check it is
+            # not followed for a reduced attention: step_unfollowed_for.)
+            m = reduced[0]
+            copy = a["num_heads"] > 1 and n > 1
+            return ((n * c + 2 * m * c + (n * c if copy else 0) + a["num_heads"] * n * m, ACTIVATION),)
         if a["kernel"] == "fused":  # everything it makes is kept (Saved) until out_proj's output: nothing beside
             return ()
         return ((max(3 * n * c, a["num_heads"] * n * n), ACTIVATION),)
@@ -433,7 +584,9 @@ class SelfAttention(Kind):
             h = a["num_heads"]
             bias = ", score bias" if a.get("score_bias") else ""
             return f"{h} heads of q/k {k // h}, v {v // h}, {inp[0]} tokens{bias}"
-        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens{fused}"
+        reduced = self.reduced(a, inp)
+        kv = f", kv {reduced[0]} tokens" if reduced is not None else ""
+        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens{kv}{fused}"
 
 
 __all__ = ["ClassToken", "PositionEmbedding", "SelfAttention", "TakeToken", "ToGrid", "ToTokens", "is_tokens",

@@ -611,7 +611,9 @@ class _Converter:
         x = self.vals.get(found.x)
         if not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or x.channels_last:
             return False
-        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj)
+        if found.grid and tuple(x.shape.grid) != found.grid:
+            return False  # (a reduction of a grid other than the tokens' own)
+        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj, *found.more)
                   for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
         args: dict[str, Any] = {"num_heads": found.num_heads, "bias": found.bias}
         if found.bias and not found.qkv_bias:
@@ -624,6 +626,14 @@ class _Converter:
                 return False
             params.append(_Param((found.table,), tuple(self.root.get_parameter(found.table).shape)))
             args["score_bias"] = True
+        if found.sr_ratio > 1:
+            args["sr_ratio"] = found.sr_ratio
+        if found.kv_pool:
+            args["kv_pool"] = found.kv_pool
+        if found.kv_avgpool:
+            args["kv_avgpool"] = found.kv_avgpool
+            if not found.kv_norm:
+                args["kv_norm"] = False
         try:
             self.consume(found.last, params, "self_attention", args, x)
         except Unmapped:
@@ -1709,13 +1719,22 @@ class _Converter:
         if isinstance(x, _TokensT):  # (its one reader, checked by _to_grid_next: C x N viewed as C x H x W)
             return self.emit(node, "to_grid", "to_grid", None, {"size": list(self.values[node].shape[2:])},
                              [x.source], fixed=False)
+        out = tuple(int(s) for s in self.values[node].shape[1:])
+        if isinstance(x, _Tensor) and x.channels_last and len(x.shape) > 2 and not isinstance(x.shape, Tokens) \
+                and out == (self._numel(x.shape[1:]), x.shape[0]):  # B x H x W x C -> B x N x C (PVT-v2)
+            return self.emit(node, "to_tokens", "to_tokens", None, {}, [x], fixed=False,
+                             shape=Tokens(self._numel(x.shape[1:]), x.shape[0], tuple(x.shape[1:])))
+        if isinstance(x, _Tensor) and not x.channels_last and isinstance(x.shape, Tokens) and len(out) > 2 \
+                and out[-1] == x.shape[1] and out[:-1] == tuple(x.shape.grid) and x.shape[0] == self._numel(out[:-1]):
+            # B x N x C -> B x H x W x C: the tokens on their grid, channels last (a permute then moves them first)
+            return self.emit(node, "to_grid", "to_grid", None, {}, [x], fixed=False, channels_last=True,
+                             shape=(x.shape[1], *out[:-1]))
         if not isinstance(x, _Tensor) or x.channels_last:
             raise Unmapped(f"{how} of something other than a channels-first tensor of the network")
         if isinstance(x.shape, Tokens):
             normed = self.token_batchnorm(node, x)
             if normed is not None:
                 return normed
-        out = tuple(int(s) for s in self.values[node].shape[1:])
         if out == x.shape:
             return x
         if isinstance(x.shape, Tokens) and out == (*x.shape.grid, x.shape[1]) and x.shape[0] == math.prod(
