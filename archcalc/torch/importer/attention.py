@@ -497,8 +497,8 @@ class _SplitMatcher(_Matcher):
         if any(u not in inside for n in inside - {last} for u in n.users):
             return None  # an intermediate value read outside the pattern
         return Attention(x, str(first.target), str(last.target), last, frozenset(inside), heads,
-                         proj.bias is not None, qlin.bias is not None, more, sr_ratio, pool, grid, self.avg,
-                         self.avg_norm)
+                         proj.bias is not None, qlin.bias is not None, more=more, sr_ratio=sr_ratio, kv_pool=pool,
+                         grid=grid, kv_avgpool=self.avg, kv_norm=self.avg_norm)
 
     def averaged(self, n: fx.Node, c: int, n_tokens: int) -> Any:
         """The tokens as C x N (transpose), nn.AvgPool1d(k, k) over them, an optional nn.BatchNorm1d(C), back to
