@@ -324,11 +324,11 @@ class Attention(nn.Module):
     """Multi-head self-attention as Vaswani et al. write it (nn.MultiheadAttention's parameters in its order),
     every product a matmul: softmax(Q K^T / sqrt(d)) V per head."""
 
-    def __init__(self, c: int, heads: int, bias: bool, qkv_bias: bool = True) -> None:
+    def __init__(self, c: int, heads: int, bias: bool, qkv_bias: bool = True, out: int = 0) -> None:
         super().__init__()
         self.heads = heads
         self.in_proj = nn.Linear(c, 3 * c, bias=bias and qkv_bias)  # (qkv_bias false: the output's bias only)
-        self.out_proj = nn.Linear(c, c, bias=bias)
+        self.out_proj = nn.Linear(c, out or c, bias=bias)  # (out: a projection to another width, CLIP's pool)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -336,6 +336,13 @@ class Attention(nn.Module):
         q, k, v = (t.reshape(b, n, self.heads, c // self.heads).transpose(1, 2) for t in (q, k, v))
         weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(c // self.heads), dim=-1)
         return self.out_proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, n, c))
+
+
+class MeanToken(nn.Module):
+    """The mean of the tokens put before them (CLIP's attention pool, Radford et al. 2021)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.sum(1, keepdim=True) / x.shape[1], x], dim=1)
 
 
 class HeadPool(nn.Module):
@@ -664,10 +671,10 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "to_tokens": lambda a, s: Lambda(lambda x: x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)),
     "to_grid": lambda a, s: Lambda(lambda x: x.permute(0, 2, 1).reshape(x.shape[0], x.shape[2], *(
         s.grid if a["size"] is None else (a["size"],) if isinstance(a["size"], int) else a["size"]))),
-    "class_token": lambda a, s: Tokenized((1, 1, s[1]), first=True),
+    "class_token": lambda a, s: MeanToken() if a["mean"] else Tokenized((1, 1, s[1]), first=True),
     "pos_embed": lambda a, s: Tokenized((1, *s), first=False),
     "take_token": lambda a, s: Lambda(lambda x: x[:, a["index"]]),
-    "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"], a["qkv_bias"]),
+    "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"], a["qkv_bias"], a["out_features"]),
     "pooled_attention": PooledAttention,
     "token_maxpool": TokenMaxPool,
     "separable_pos_embed": lambda a, s: SeparablePositions(s),

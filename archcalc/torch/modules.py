@@ -502,13 +502,18 @@ class ToGrid(nn.Module):
 
 class ClassToken(nn.Module):
     """A learned token put before the sequence (torchvision's VisionTransformer: `class_token`, expanded over the
-    batch and concatenated)."""
+    batch and concatenated); with `mean`, the mean of the tokens instead (CLIP's attention pool, timm's
+    AttentionPool2d: no parameter)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, mean: bool = False) -> None:
         super().__init__()
-        self.class_token = nn.Parameter(torch.zeros(1, 1, channels))
+        self.mean = mean
+        if not mean:
+            self.class_token = nn.Parameter(torch.zeros(1, 1, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean:
+            return torch.cat([x.mean(1, keepdim=True), x], dim=1)
         return torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
 
 
@@ -543,13 +548,13 @@ class SelfAttention(nn.Module):
     docs/conventions.md)."""
 
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, kernel: str = "math",
-                 qkv_bias: bool = True) -> None:
+                 qkv_bias: bool = True, out_features: int = 0) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.kernel = kernel
         self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias and qkv_bias)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.out_proj = nn.Linear(embed_dim, out_features or embed_dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape

@@ -283,7 +283,7 @@ def _to_grid(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("class_token")
 def _class_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.ClassToken, channels=inp[1])
+    return call(modules.ClassToken, channels=inp[1], **({"mean": True} if a["mean"] else {}))
 
 
 @recipe("pos_embed")
@@ -299,7 +299,8 @@ def _take_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 @recipe("self_attention")
 def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"],
-                qkv_bias=a["qkv_bias"], **({"kernel": "fused"} if a["kernel"] == "fused" else {}))
+                qkv_bias=a["qkv_bias"], **({"kernel": "fused"} if a["kernel"] == "fused" else {}),
+                **({"out_features": a["out_features"]} if a["out_features"] else {}))
 
 
 @recipe("window_attention")

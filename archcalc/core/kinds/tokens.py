@@ -9,6 +9,7 @@ own kinds, in dense.py and norm.py); element-wise kinds (activations, dropout) t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -116,20 +117,33 @@ class ClassToken(Kind):
     full_rule = "0 (a copy)"
     tokens = True
     passes_gradient = True  # CatBackward0 hands the sequence a view of the output's gradient (narrow), no copy
-    examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(5, 3, (5,))))
+    args = (Arg("mean", "bool", False, "the token is the mean of the tokens, not learned (no parameters; CLIP's "
+                "attention pool: torch.cat([x.mean(1, keepdim=True), x], dim=1))"),)
+    examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(5, 3, (5,))),
+                Example(Tokens(16, 8, (4, 4)), {"mean": True}))
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         n, c = token_input(self.name, inp)
         return tokens_like(inp, n + 1, c)
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        if a["mean"]:  # N - 1 additions and a division per channel; FlopCounterMode and fvcore count a mean 0
+            return Cost(full=numel(inp))
         return Cost(params=inp[1])
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
-        return (params,)
+        return (params,) if params else ()
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ((inp[1], ACTIVATION),) if a["mean"] else ()  # the mean token, read by the concatenation
+
+    def step_unfollowed_for(self, a: Mapping[str, Any], inp: Shape) -> str:
+        # The mean's gradient is spread over the tokens and added to the sequence's (a new tensor, not the view
+        # a learned token's concatenation hands back): not modelled.
+        return "the mean token's backward is not followed in the step's timeline" if a["mean"] else ""
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
-        return f"+1 token of {inp[1]}"
+        return f"+1 {'mean ' if a['mean'] else ''}token of {inp[1]}"
 
 
 @register
@@ -192,9 +206,9 @@ class SelfAttention(Kind):
     prefix = "attn"
     doc = ("Multi-head self-attention over N x C tokens (Vaswani et al. 2017; nn.MultiheadAttention's parameters): "
            "q, k, v = x W_in (C -> 3C), per head (d = C / heads) softmax(Q K^T / sqrt(d)) V, the heads joined and "
-           "projected (C -> C). Params 4C^2 (+ 4C with bias; + C with the output projection's only). MACs 3NC^2 "
-           "(qkv) + N^2 C (Q K^T) + N^2 C (A V) + NC^2 (projection) = 4NC^2 + 2N^2 C per image, independent of "
-           "the number of heads. Built as torch's math path (every product a counted op), or with `kernel: fused` "
+           "projected (C -> C, or C -> F with `out_features`). Params 4C^2 (+ 4C with bias; + C with the output "
+           "projection's only; with F: 3C^2 + CF, + 3C + F). MACs 3NC^2 (qkv) + N^2 C (Q K^T) + N^2 C (A V) + "
+           "NC^2 (projection; NCF) = 4NC^2 + 2N^2 C per image, independent of the number of heads. Built as torch's math path (every product a counted op), or with `kernel: fused` "
            "as F.scaled_dot_product_attention's fused kernel, which keeps no N x N weights (docs/tokens.md, "
            "Memory); what FlopCounterMode and fvcore count for torch's own nn.MultiheadAttention and "
            "scaled_dot_product_attention is in docs/conventions.md.")
@@ -213,42 +227,53 @@ class SelfAttention(Kind):
             "for float32), which makes no N x N tensor", choices=("math", "fused")),
         Arg("qkv_bias", "bool", True, "with bias: the qkv projection's bias too (false: the output projection's "
             "only, timm's qkv_bias=False)"),
+        Arg("out_features", "int", 0, "the output projection's width F (0: C, the input's; CLIP's attention pool "
+            "projects its C channels to another width)", aliases=("out",), minimum=0),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2}),
         Example(Tokens(5, 12, (5,)), {"num_heads": 3, "bias": False}),
         Example(Tokens(9, 6, (3, 3)), {"num_heads": 1}),
         Example(Tokens(6, 8, (2, 3)), {"num_heads": 2, "qkv_bias": False}),
+        Example(Tokens(10, 8, (3, 3)), {"num_heads": 2, "out_features": 5}),
+        Example(Tokens(10, 8, (3, 3)), {"num_heads": 4, "out_features": 12, "bias": False}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
-        c = token_input(self.name, inp)[1]
+        n, c = token_input(self.name, inp)
         if c % a["num_heads"]:
             raise LayerError(f"self_attention: {c} channels are not divisible by num_heads {a['num_heads']}")
-        return inp
+        return tokens_like(inp, n, a["out_features"] or c)
 
     @staticmethod
-    def parts(inp: Shape) -> tuple[int, int]:
-        """Per-image MACs of the four linear maps (4NC^2) and of the two attention products (2N^2 C)."""
+    def parts(inp: Shape, f: int = 0) -> tuple[int, int]:
+        """Per-image MACs of the four linear maps (3NC^2 + NCF, F = C unless out_features says) and of the two
+        attention products (2N^2 C)."""
         n, c = inp
-        return 4 * n * c * c, 2 * n * n * c
+        return 3 * n * c * c + n * c * (f or c), 2 * n * n * c
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         n, c = inp
-        linear, products = self.parts(inp)
+        f = a["out_features"] or c
+        linear, products = self.parts(inp, f)
         macs = linear + products
-        bias = (4 * c if a["qkv_bias"] else c) if a["bias"] else 0
+        bias = (3 * c + f if a["qkv_bias"] else f) if a["bias"] else 0
         softmax = a["num_heads"] * n * n
         # fvcore has no handler for aten::scaled_dot_product_attention: on the fused kernel it counts the four
         # projections alone (measured: tests/test_attention_kernels.py)
-        return Cost(params=4 * c * c + bias, macs=macs, fvcore=linear if a["kernel"] == "fused" else macs,
+        return Cost(params=3 * c * c + c * f + bias, macs=macs, fvcore=linear if a["kernel"] == "fused" else macs,
                     full=2 * macs + n * bias + n * c + 3 * softmax)
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
-        c = out[1]
+        c, f = out[1], a["out_features"]
+        if f:  # C from params = 3C^2 + CF + biases (3C + F, F or none): the root of a quadratic in C
+            lin = f + (3 if a["bias"] and a["qkv_bias"] else 0)
+            rest = params - (f if a["bias"] else 0)
+            c = (math.isqrt(lin * lin + 12 * rest) - lin) // 6
+        f = f or c
         if a["bias"]:
-            return (3 * c * c, 3 * c, c * c, c) if a["qkv_bias"] else (3 * c * c, c * c, c)
-        return (3 * c * c, c * c)
+            return (3 * c * c, 3 * c, c * f, f) if a["qkv_bias"] else (3 * c * c, c * f, f)
+        return (3 * c * c, c * f)
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
         # Every token sees every token: the whole grid the tokens came from (the engine reads Tokens.grid).
@@ -275,7 +300,7 @@ class SelfAttention(Kind):
         # gradient (3NC^2) is skipped when the input needs none; the rest (the weights' gradients, and the
         # gradients through the two attention products and out_proj they need) is counted as the weights'.
         n, c = inp
-        batch = macs // sum(self.parts(inp))
+        batch = macs // sum(self.parts(inp, a["out_features"]))
         grad_input = 3 * n * c * c * batch
         return grad_input, 2 * macs - grad_input
 
@@ -283,6 +308,8 @@ class SelfAttention(Kind):
         # One channel per head on the math path: the joined heads reach out_proj in a layout F.linear does not
         # fold into one addmm (a matmul and a separate bias add, each with its own temporaries and backward).
         # Measured to differ (by up to 2 x NC per image), not modelled.
+        if a["out_features"] not in (0, inp[1]):
+            return "an output projection to another width (out_features) is not followed in the step's timeline"
         if a["kernel"] == "math" and a["num_heads"] > 1 and inp[1] == a["num_heads"]:
             return ("one channel per head on the math path (out_proj as a matmul and a bias add) is not followed "
                     "in the step's timeline")
@@ -341,7 +368,7 @@ class SelfAttention(Kind):
         weights = a["num_heads"] * n * n
         copy = a["num_heads"] > 1 and n > 1  # (one token: q's layout is already the heads'; measured)
         during = max((6 if copy else 5) * n * c + weights, 3 * n * c + 2 * weights)
-        return ((during - n * c, ACTIVATION),)
+        return ((during - n * (a["out_features"] or c), ACTIVATION),)
 
     def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # A training-mode forward (measured by storage in a real step: tests/test_attention_step.py) is at its
@@ -356,7 +383,8 @@ class SelfAttention(Kind):
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         fused = ", fused" if a["kernel"] == "fused" else ""
-        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens{fused}"
+        out = f", out {a['out_features']}" if a["out_features"] not in (0, inp[1]) else ""
+        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens{out}{fused}"
 
 
 __all__ = ["ClassToken", "PositionEmbedding", "SelfAttention", "TakeToken", "ToGrid", "ToTokens", "is_tokens",

@@ -8,7 +8,9 @@ The pattern, from the fused projection to the output projection, on N x C tokens
     q, k = q_norm(q), k_norm(k)        (nn.Identity: optional)
     o = F.scaled_dot_product_attention(q, k, v)                        (scale 1/sqrt(d), no mask, no dropout)
         or  (q * d ** -0.5) @ k.transpose(-2, -1), softmax over the keys, (dropout), @ v
-    out = Linear(C, C)(o.transpose(1, 2).reshape(B, N, C))              (an nn.Identity norm between: optional)
+    out = Linear(C, F)(o.transpose(1, 2).reshape(B, N, C))              (an nn.Identity norm or a dropout that
+                                                                        does nothing between: optional; F = C, or
+                                                                        another width: CLIP's attention pool)
 
 Its parameters are nn.MultiheadAttention's (in_proj 3C x C and 3C, out_proj C x C and C; biases in both, in neither,
 or in the output projection only: self_attention's `qkv_bias: false`), its MACs 4NC^2 + 2N^2 C.
@@ -33,13 +35,14 @@ _VIEWS = ("reshape", "view")
 
 class Attention(NamedTuple):
     x: fx.Node  # the token sequence the projections read
-    qkv: str  # the module paths of the two projections
-    proj: str
+    qkv: tuple[str, ...]  # the module paths of the qkv projection (or of the q, k and v projections)
+    proj: str  # and of the output projection
     last: fx.Node  # the output projection's call
     nodes: frozenset[fx.Node]  # every node of the pattern
     num_heads: int
     bias: bool  # the output projection's
     qkv_bias: bool
+    out_features: int  # the output projection's width (C, or another: CLIP's attention pool)
 
 
 def _shape(values: dict[fx.Node, Any], n: Any) -> tuple[int, ...] | None:
@@ -97,6 +100,8 @@ class _Matcher:
         if qkv is None or len(first.args) != 1 or first.kwargs or shape_in is None or len(shape_in) != 3:
             return None
         _, n_tokens, c = shape_in
+        if qkv.in_features == c and qkv.out_features == c:  # separate q, k and v projections (qkv_separate)
+            return self.separate(first, n_tokens, c)
         if qkv.in_features != c or qkv.out_features != 3 * c:
             return None
         self.nodes = {first}
@@ -120,6 +125,51 @@ class _Matcher:
         out = self.sdpa(q, k, v, d) or self.explicit(q, k, v, d)
         if out is None:
             return None
+        return self.output(first, (str(first.target),), out, n_tokens, c, heads, d, qkv.bias is not None)
+
+    def head_split(self, lin: fx.Node, x: fx.Node, n_tokens: int, c: int) -> tuple[fx.Node, int, int] | None:
+        """A C -> C projection of x viewed per head: Linear(x).reshape(B, N, heads, d).transpose(1, 2)."""
+        m = self.module(lin, nn.Linear)
+        if m is None or len(lin.args) != 1 or lin.kwargs or lin.args[0] is not x or m.in_features != c \
+                or m.out_features != c:
+            return None
+        split = self.only_user(lin)
+        shape = _shape(self.values, split)
+        if not _is(split, *_VIEWS) or split is None or shape is None or len(shape) != 4 or shape[:2] != (1, n_tokens):
+            return None
+        heads, d = shape[2], shape[3]
+        t = self.only_user(split)
+        dims = sorted(a % 4 for a in t.args[1:] if isinstance(a, int)) if t is not None else []
+        if not _is(t, "transpose") or t is None or dims != [1, 2] or _shape(self.values, t) != (1, heads, n_tokens, d):
+            return None
+        self.nodes.update((lin, split, t))
+        return t, heads, d
+
+    def separate(self, first: fx.Node, n_tokens: int, c: int) -> Attention | None:
+        """q, k and v from three C -> C projections of the same tokens (timm's AttentionPool2d with qkv_separate:
+        CLIP's ResNets): the same computation and parameter count as one C -> 3C projection."""
+        x = first.args[0]
+        assert isinstance(x, fx.Node)
+        lins = [u for u in x.users if self.module(u, nn.Linear) is not None and u is not first]
+        biases = {self.module(u, nn.Linear).bias is not None for u in [first, *lins]}  # type: ignore[union-attr]
+        if len(lins) != 2 or len(biases) != 1:
+            return None
+        for k_lin, v_lin in (lins, lins[::-1]):
+            self.nodes = set()
+            heads = [self.head_split(lin, x, n_tokens, c) for lin in (first, k_lin, v_lin)]
+            if any(h is None for h in heads) or len({(h[1], h[2]) for h in heads if h is not None}) != 1:
+                continue
+            q, k, v = (self.through(h[0], self.identity) for h in heads if h is not None)
+            _, h, d = heads[0]  # type: ignore[misc]
+            out = self.sdpa(q, k, v, d) or self.explicit(q, k, v, d)
+            if out is not None:
+                return self.output(first, tuple(str(n.target) for n in (first, k_lin, v_lin)), out, n_tokens, c, h, d,
+                                   biases == {True})
+        return None
+
+    def output(self, first: fx.Node, qkv: tuple[str, ...], out: fx.Node, n_tokens: int, c: int, heads: int, d: int,
+               qkv_bias: bool) -> Attention | None:
+        """The heads joined and projected, from the attention's output `out`."""
         back = self.only_user(out)
         if not (_is(back, "transpose") and back is not None and _shape(self.values, back) == (1, n_tokens, heads, d)):
             return None
@@ -128,12 +178,12 @@ class _Matcher:
         if not (_is(joined, *_VIEWS) and joined is not None and _shape(self.values, joined) == (1, n_tokens, c)):
             return None
         self.nodes.add(joined)
-        joined = self.through(joined, self.identity)
+        joined = self.through(joined, lambda n: self.identity(n) or self.dropout(n))
         last = self.only_user(joined)
         proj = self.module(last, nn.Linear)
-        if proj is None or last is None or proj.in_features != c or proj.out_features != c or len(last.args) != 1:
+        if proj is None or last is None or proj.in_features != c or len(last.args) != 1:
             return None
-        if qkv.bias is not None and proj.bias is None:
+        if qkv_bias and proj.bias is None:
             return None  # (self_attention's biases: both, neither, or the output projection's only)
         self.nodes.add(last)
         inside = self.nodes
@@ -141,8 +191,8 @@ class _Matcher:
             return None  # an intermediate value read outside the pattern
         x = first.args[0]
         assert isinstance(x, fx.Node)  # (its shape was read above)
-        return Attention(x, str(first.target), str(last.target), last, frozenset(inside), heads,
-                         proj.bias is not None, qkv.bias is not None)
+        return Attention(x, qkv, str(last.target), last, frozenset(inside), heads, proj.bias is not None, qkv_bias,
+                         proj.out_features)
 
     def unbound(self, perm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node] | None:
         users = list(perm.users)

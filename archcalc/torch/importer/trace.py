@@ -154,6 +154,14 @@ class _Flat(NamedTuple):
     source: _Tensor
 
 
+class _MeanToken(NamedTuple):
+    """The mean of a token sequence kept as one token, x.mean(1, keepdim=True): class_token with `mean` once it is
+    put before the same sequence (CLIP's attention pool: torch.cat([x.mean(1, keepdim=True), x], dim=1)), nothing
+    archcalc has a kind for otherwise."""
+
+    source: _Tensor
+
+
 class _TokensT(NamedTuple):
     """A token sequence with its two axes swapped (C x N: FastViT's `x.transpose(-2, -1)` before it reshapes to
     the grid): to_grid once it is viewed as C x H x W, nothing archcalc has a kind for otherwise."""
@@ -576,23 +584,25 @@ class _Converter:
         x = self.vals.get(found.x) if found is not None else None
         if found is None or not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or x.channels_last:
             return False
-        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj)
+        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (*found.qkv, found.proj)
                   for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
         args: dict[str, Any] = {"num_heads": found.num_heads, "bias": found.bias}
         if found.bias and not found.qkv_bias:
             args["qkv_bias"] = False
+        if found.out_features != x.shape[1]:
+            args["out_features"] = found.out_features
         try:
             self.consume(found.last, params, "self_attention", args, x)
         except Unmapped:
             return False
         calls = [str(n.target) for n in found.nodes if n.op == "call_module"]
         self.called.update(calls)
-        parts = tuple(found.qkv.split("."))[:-1]
+        parts = tuple(found.qkv[0].split("."))[:-1]
         path = ".".join(parts)
         m = self.root.get_submodule(path) if path else self.root
         where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
         trainable = any(p.requires_grad for c in calls for p in self.root.get_submodule(c).parameters())
-        out = self._new(x.shape)
+        out = self._new(Tokens(x.shape[0], found.out_features, x.shape.grid))
         self.ops.append(Op(parts[-1] if parts else "attention", parts[:-1], bool(parts), "self_attention", None,
                            args, (x.id,), out.id, where, None, trainable))
         self.composed.update(found.nodes)
@@ -740,6 +750,9 @@ class _Converter:
         args = [self.arg(a) for a in node.args]
         kwargs = {k: self.arg(v) for k, v in node.kwargs.items()}
         tensors = [a for a in args if isinstance(a, _Tensor)] + [v for v in kwargs.values() if isinstance(v, _Tensor)]
+        if target not in mapping.CAT and any(isinstance(a, _MeanToken) for a in [*args, *kwargs.values()]):
+            raise Unmapped("it reads the mean of tokens kept as one token (x.mean(1, keepdim=True)), which archcalc "
+                           "reads only put before the same tokens (torch.cat: class_token with mean)")
         value = self.values.get(node)
         method = str(target) if node.op == "call_method" else None
         if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Padded, _Blocks, _Flat, _Param, list, tuple))
@@ -1376,6 +1389,9 @@ class _Converter:
                 and tuple(tensors[0].shape[1:]) == (1, tensors[1].shape[1]):  # a learned token put first
             self.consume(node, [tensors[0]], "class_token", {}, tensors[1])
             return self.emit(node, "class_token", "class_token", None, {}, [tensors[1]], fixed=False)
+        if isinstance(tensors, (list, tuple)) and len(tensors) == 2 and isinstance(tensors[0], _MeanToken) \
+                and tensors[0].source is tensors[1] and dim % 3 == 1:  # the mean of the tokens put first
+            return self.emit(node, "class_token", "class_token", None, {"mean": True}, [tensors[1]], fixed=False)
         if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, _Tensor) for t in tensors):
             raise Unmapped("torch.cat of something other than a list of the network's tensors")
         rank = len(tensors[0].shape) + 1
@@ -1437,7 +1453,7 @@ class _Converter:
             view["keep"] = keep
         return self.emit(node, "reshape", "reshape", None, view, [x], fixed=False)
 
-    def token_mean(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> _Tensor:
+    def token_mean(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> _Tensor | _MeanToken:
         """The mean over the tokens, x.mean(dim=1) (timm's ViT with global_pool='avg'), of tokens that are their
         grid (no class token): to_grid and the mean over the spatial axes, the same sums and division."""
         x = args[0]
@@ -1445,6 +1461,9 @@ class _Converter:
         dim = bound.get("dim")
         dims = (dim,) if isinstance(dim, int) else tuple(dim or ())
         n, c = x.shape
+        if [d % 3 for d in dims] == [1] and bound.get("keepdim") and bound.get("dtype") is None \
+                and len(node.users) == 1:
+            return _MeanToken(x)  # (a class token if the one reader puts it before x: cat)
         if [d % 3 for d in dims] != [1] or bound.get("keepdim") or bound.get("dtype") is not None:
             raise Unmapped(f"mean of tokens over dims {list(dims)}: archcalc's is the mean over the tokens (dim 1)")
         if math.prod(x.shape.grid) != n:
