@@ -203,6 +203,8 @@ FULL: dict[str, Rule] = {
     **{k: (lambda a, i, o, m: 0) for k in ("to_tokens", "to_grid", "take_token")},
     "class_token": lambda a, i, o, m: n(i) if a["mean"] else 0,  # the mean: N - 1 additions, 1 division per channel
     "pos_embed": lambda a, i, o, m: n(o),
+    # 2 per MAC (the logits' conv, the weighted sum), the bias per position, softmax's 3 per position
+    "context_pool": lambda a, i, o, m: 2 * m + (1 + 3 if a["bias"] else 3) * n(i[1:]),
     # 2 per MAC, the biases of qkv (3C) and the projection (C, or F: the output's channels) per token, q's scale,
     # softmax's 3 per weight
     "self_attention": lambda a, i, o, m: 2 * m + ((3 * n(i) if a["qkv_bias"] else 0) + n(o) if a["bias"] else 0)

@@ -338,6 +338,24 @@ class Attention(nn.Module):
         return self.out_proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, n, c))
 
 
+class ContextPool(nn.Module):
+    """GCNet's attention pooling (Cao et al. 2019, Fig. 4(a), "context modeling"): a logit per position from a
+    weighted sum of its channels, softmax over all positions, then each channel's softmax-weighted sum."""
+
+    def __init__(self, c: int, rank: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(1, c, *(1,) * rank))  # (a 1x1 conv's weight: 1 x C x 1 ...)
+        self.bias = nn.Parameter(torch.randn(1)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(2)  # B x C x P
+        logits = torch.bmm(self.weight.flatten().expand(x.shape[0], 1, -1), flat)  # B x 1 x P
+        if self.bias is not None:
+            logits = logits + self.bias
+        weights = torch.softmax(logits, dim=2)
+        return torch.bmm(flat, weights.transpose(1, 2)).reshape(*x.shape[:2], *(1,) * (x.dim() - 2))
+
+
 class MeanToken(nn.Module):
     """The mean of the tokens put before them (CLIP's attention pool, Radford et al. 2021)."""
 
@@ -678,6 +696,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "pooled_attention": PooledAttention,
     "token_maxpool": TokenMaxPool,
     "separable_pos_embed": lambda a, s: SeparablePositions(s),
+    "context_pool": lambda a, s: ContextPool(s[0], len(s) - 1, a["bias"]),
     "leaky_relu": lambda a, s: nn.LeakyReLU(a["negative_slope"]),
     "linear": _linear,
     "lrn": lambda a, s: nn.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"]),

@@ -81,7 +81,8 @@ class Concat(MergeOp):
 
 class Add(MergeOp):
     name = "add"
-    doc = "element-wise sum: the shapes must be equal"
+    doc = ("element-wise sum: the shapes must be equal, or on a grid an axis of size 1 stretches (GCNet's "
+           "x + C x 1 x 1 context) where the first two inputs make the full shape")
     symbol = "+"
     accumulates = True
     running = True
@@ -89,11 +90,20 @@ class Add(MergeOp):
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         first = shapes[0]
-        for shape, source in zip(shapes[1:], sources[1:]):
-            if shape != first:
+        if isinstance(first, Tokens) or any(isinstance(s, Tokens) for s in shapes):
+            for shape, source in zip(shapes[1:], sources[1:]):
+                if shape != first:
+                    raise LayerError(f"{sources[0]} gives {dims(first)} but {source} gives {dims(shape)}; they "
+                                     "cannot be added")
+            return first
+        out: list[int] = list(first)
+        for k, (shape, source) in enumerate(zip(shapes[1:], sources[1:]), 1):
+            fits = len(shape) == len(out) and all(a == b or a == 1 or (b == 1 and k == 1) for a, b in zip(shape, out))
+            if not fits:  # (a third input and on is added in place: it cannot widen the sum)
                 raise LayerError(f"{sources[0]} gives {dims(first)} but {source} gives {dims(shape)}; they cannot "
                                  "be added")
-        return first
+            out = [max(a, b) for a, b in zip(shape, out)]
+        return tuple(out)
 
 
 class Sub(MergeOp):

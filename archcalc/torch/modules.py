@@ -307,6 +307,23 @@ class Mean(nn.Module):
         return f"dims={self.dims}, keepdim={self.keepdim}"
 
 
+class ContextPool(nn.Module):
+    """GCNet's global attention pooling (Cao et al. 2019; timm's GlobalContext with use_attn): a 1x1 conv to one
+    logit per position, a softmax over the positions, and the input's weighted sum over them (a matrix product):
+    B x C x H x W -> B x C x 1 x 1."""
+
+    def __init__(self, channels: int, rank: int, bias: bool = True) -> None:
+        super().__init__()
+        conv: Any = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[rank - 1]
+        self.conv_attn = conv(channels, 1, kernel_size=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        weights = self.conv_attn(x).reshape(b, 1, -1).softmax(dim=-1).unsqueeze(3)  # B x 1 x HW x 1
+        context = x.reshape(b, c, -1).unsqueeze(1) @ weights  # B x 1 x C x 1
+        return context.reshape(b, c, *(1,) * (x.dim() - 2))
+
+
 class Reshape(nn.Module):
     """x.view(B, *shape, *x.shape[-keep:]): ECA's view of C pooled channels as one 1-D signal for a Conv1d, and
     back; ResNeSt's view of radix x C channels as (radix, C) with the spatial axes kept."""

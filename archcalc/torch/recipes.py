@@ -268,6 +268,11 @@ def _mean(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.Mean, dims=tuple(range(2, len(inp) + 1)), keepdim=a["keepdim"])
 
 
+@recipe("context_pool")
+def _context_pool(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.ContextPool, channels=inp[0], rank=len(inp) - 1, bias=a["bias"])
+
+
 # ---- tokens and attention ---------------------------------------------------------------------------------------
 
 
@@ -727,15 +732,19 @@ reads("layer_scale", _read_layer_scale, modules.LayerScale)
 reads("mean", _read_mean, modules.Mean)
 reads("blur_pool", _read_blur_pool, modules.BlurPool)
 reads("crop", _read_crop, modules.CenterCrop)
+reads("context_pool", lambda m, inp: Mapped("context_pool", {"bias": m.conv_attn.bias is not None}),
+      modules.ContextPool)
 reads("to_tokens", lambda m, inp: Mapped("to_tokens", {}), modules.ToTokens)
 reads("to_grid", lambda m, inp: Mapped("to_grid", {"size": tuple(int(s) for s in m.size)}), modules.ToGrid)
-reads("class_token", lambda m, inp: Mapped("class_token", {}), modules.ClassToken)
+reads("class_token", lambda m, inp: Mapped("class_token", {"mean": True} if m.mean else {}), modules.ClassToken)
 reads("pos_embed", lambda m, inp: Mapped("pos_embed", {}), modules.PositionEmbedding)
 reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)}), modules.TakeToken)
 reads("self_attention", lambda m, inp: Mapped("self_attention", {
     "num_heads": int(m.num_heads), "bias": m.out_proj.bias is not None,
     **({"qkv_bias": False} if m.out_proj.bias is not None and m.in_proj.bias is None else {}),
-    **({"kernel": "fused"} if m.kernel == "fused" else {})}), modules.SelfAttention)
+    **({"kernel": "fused"} if m.kernel == "fused" else {}),
+    **({"out_features": m.out_proj.out_features} if m.out_proj.out_features != m.embed_dim else {})}),
+    modules.SelfAttention)
 reads("window_attention", lambda m, inp: Mapped("window_attention", {
     "num_heads": int(m.num_heads), "window_size": _tup(m.window_size), "shift_size": _tup(m.shift_size),
     "bias": m.qkv.bias is not None, "v2": bool(m.v2)}), modules.WindowAttention)

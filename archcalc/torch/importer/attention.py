@@ -261,3 +261,68 @@ class _Matcher:
 def match(root: nn.Module, values: dict[fx.Node, Any], first: fx.Node) -> Attention | None:
     """The self-attention that starts at `first` (its fused qkv projection), or None."""
     return _Matcher(root, values).match(first)
+
+
+class Context(NamedTuple):
+    x: fx.Node  # the grid pooled
+    conv: str  # the logits' 1x1 conv
+    last: fx.Node  # the pooled context, C x 1 x 1
+    nodes: frozenset[fx.Node]
+    bias: bool
+
+
+def match_context(root: nn.Module, values: dict[fx.Node, Any], first: fx.Node) -> Context | None:
+    """GCNet's attention pooling from its logits' conv (timm's GlobalContext, global_context.py), read as
+    `context_pool`:
+
+        attn = Conv2d(C, 1, 1)(x).reshape(B, 1, H * W).softmax(dim=-1).unsqueeze(3)     (B x 1 x HW x 1)
+        context = (x.reshape(B, C, H * W).unsqueeze(1) @ attn).view(B, C, 1, 1)
+
+    every intermediate value read inside the pattern only."""
+    m = _Matcher(root, values)
+    conv = m.module(first, nn.Conv2d)
+    shape_in = _shape(values, first.args[0]) if first.args else None
+    if conv is None or len(first.args) != 1 or first.kwargs or shape_in is None or len(shape_in) != 4 \
+            or conv.out_channels != 1 or conv.kernel_size != (1, 1) or conv.stride != (1, 1) or conv.groups != 1 \
+            or conv.padding not in ((0, 0), "valid") or conv.dilation != (1, 1):
+        return None
+    x = first.args[0]
+    assert isinstance(x, fx.Node)
+    _, c, h, w = shape_in
+    p = h * w
+    nodes = [first]
+    flat = m.only_user(first)
+    if not _is(flat, *_VIEWS) or flat is None or _shape(values, flat) != (1, 1, p):
+        return None
+    soft = m.only_user(flat)
+    dim = None
+    if soft is not None and soft.op == "call_method" and soft.target == "softmax":
+        dim = soft.args[1] if len(soft.args) > 1 else soft.kwargs.get("dim")
+    elif soft is not None and soft.op == "call_function" and soft.target in (F.softmax, torch.softmax):
+        dim = soft.args[1] if len(soft.args) > 1 else soft.kwargs.get("dim")
+    extra = {k: v for k, v in soft.kwargs.items() if k != "dim"} if soft is not None else {}
+    if soft is None or dim not in (-1, 2) or len(soft.args) > 2 or extra.pop("dtype", None) is not None \
+            or set(extra) - {"_stacklevel"}:
+        return None
+    col = m.only_user(soft)
+    if not _is(col, "unsqueeze") or col is None or _shape(values, col) != (1, 1, p, 1):
+        return None
+    prod = m.only_user(col)
+    if not (_is(prod, "matmul") and prod is not None and len(prod.args) == 2 and prod.args[1] is col):
+        return None
+    lhs = prod.args[0]
+    if not (_is(lhs, "unsqueeze") and isinstance(lhs, fx.Node) and _shape(values, lhs) == (1, 1, c, p)
+            and m.only_user(lhs) is prod):
+        return None
+    grid = lhs.args[0]
+    if not (_is(grid, *_VIEWS) and isinstance(grid, fx.Node) and grid.args[0] is x and _shape(values, grid) == (1, c, p)
+            and m.only_user(grid) is lhs):
+        return None
+    last = m.only_user(prod)
+    if not (_is(last, *_VIEWS) and last is not None and _shape(values, last) == (1, c, 1, 1)):
+        return None
+    nodes += [flat, soft, col, grid, lhs, prod, last]
+    inside = set(nodes)
+    if any(u not in inside for n in nodes[:-1] for u in n.users):
+        return None
+    return Context(x, str(first.target), last, frozenset(inside), conv.bias is not None)

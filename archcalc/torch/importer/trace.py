@@ -529,8 +529,8 @@ class _Converter:
                 outputs = self.outputs(node)
             elif node not in self.composed:
                 self.current = node
-                if node.op == "call_module" and self.attention_pattern(node):  # (the same: self-attention)
-                    continue
+                if node.op == "call_module" and (self.attention_pattern(node) or self.context_pattern(node)):
+                    continue  # (a module's ops read as one kind by what they compute: attention)
                 if self.composition(node):  # (its nodes are one op now; their values are set)
                     continue
                 try:
@@ -605,6 +605,32 @@ class _Converter:
         out = self._new(Tokens(x.shape[0], found.out_features, x.shape.grid))
         self.ops.append(Op(parts[-1] if parts else "attention", parts[:-1], bool(parts), "self_attention", None,
                            args, (x.id,), out.id, where, None, trainable))
+        self.composed.update(found.nodes)
+        self.vals[found.last] = out
+        return True
+
+    def context_pattern(self, node: fx.Node) -> bool:
+        """GCNet's attention pooling from its logits' conv (timm's GlobalContext: attention.match_context), one
+        `context_pool` op from the grid to the pooled context."""
+        found = attention.match_context(self.root, self.values, node)
+        x = self.vals.get(found.x) if found is not None else None
+        if found is None or not isinstance(x, _Tensor) or isinstance(x.shape, Tokens) or x.channels_last:
+            return False
+        conv = self.root.get_submodule(found.conv)
+        params = [_Param((f"{found.conv}.{name}",), tuple(t.shape)) for name, t in conv.named_parameters()]
+        args = {} if found.bias else {"bias": False}
+        try:
+            self.consume(found.last, params, "context_pool", args, x)
+        except Unmapped:
+            return False
+        self.called.add(found.conv)
+        parts = tuple(found.conv.split("."))  # (named after the conv: its module holds the rest of the block)
+        path = ".".join(parts[:-1])
+        m = self.root.get_submodule(path) if path else self.root
+        where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
+        out = self._new((x.shape[0], 1, 1))
+        self.ops.append(Op(parts[-1], parts[:-1], True, "context_pool", None, args,
+                           (x.id,), out.id, where, None, any(p.requires_grad for p in conv.parameters())))
         self.composed.update(found.nodes)
         self.vals[found.last] = out
         return True
