@@ -424,6 +424,7 @@ class ContextPool(Kind):
            "C*H*W (the conv) + C*H*W (the weighted sum, a matrix product) per image; FlopCounterMode and fvcore "
            "count both (convolution and matmul), neither the softmax.")
     full_rule = "2 per MAC, 1 per position for the bias, 3 per position for the softmax (exp, add to the sum, divide)"
+    step_unfollowed = "its backward (the weighted sum's, the softmax's and the logits' gradients) is not modelled yet"
     args = (Arg("bias", "bool", True, "the logit conv's bias"),)
     examples = (Example((8, 4, 4)), Example((6, 5)), Example((4, 2, 3, 3), {"bias": False}), Example((1, 3, 5)))
 

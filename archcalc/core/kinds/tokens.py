@@ -208,11 +208,13 @@ class SelfAttention(Kind):
            "q, k, v = x W_in (C -> 3C), per head (d = C / heads) softmax(Q K^T / sqrt(d)) V, the heads joined and "
            "projected (C -> C, or C -> F with `out_features`). Params 4C^2 (+ 4C with bias; + C with the output "
            "projection's only; with F: 3C^2 + CF, + 3C + F). MACs 3NC^2 (qkv) + N^2 C (Q K^T) + N^2 C (A V) + "
-           "NC^2 (projection; NCF) = 4NC^2 + 2N^2 C per image, independent of the number of heads. Built as torch's math path (every product a counted op), or with `kernel: fused` "
-           "as F.scaled_dot_product_attention's fused kernel, which keeps no N x N weights (docs/tokens.md, "
+           "NC^2 (projection; NCF) = 4NC^2 + 2N^2 C per image, independent of the number of heads. Built as "
+           "torch's math path (every product a counted op), or with `kernel: fused` as "
+           "F.scaled_dot_product_attention's fused kernel, which keeps no N x N weights (docs/tokens.md, "
            "Memory); what FlopCounterMode and fvcore count for torch's own nn.MultiheadAttention and "
            "scaled_dot_product_attention is in docs/conventions.md.")
-    full_rule = ("2 per MAC, 1 per bias element (4C per token, or C), 1 per element of q for the 1/sqrt(d) scale, "
+    full_rule = ("2 per MAC, 1 per bias element (4C per token, or C; 3C + F or F with out_features), 1 per "
+                 "element of q for the 1/sqrt(d) scale, "
                  "3 per attention weight (softmax: exp, add to the sum, divide)")
     tokens = True
     autocast = "mixed"  # linear layers and products (bfloat16) and a softmax inside: not followed under autocast

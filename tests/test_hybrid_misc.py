@@ -1,0 +1,267 @@
+"""The smaller attention forms of timm's hybrid CNNs, each written here from plain torch (timm is not imported):
+CLIP's attention pool (timm's AttentionPool2d: the tokens' mean put first, a learned position embedding, attention
+with separate q, k and v projections and an output projection to another width, the first token taken) and
+GCNet's global context block (timm's GlobalContext: softmax-weighted pooling of the grid, a bottleneck MLP with a
+layer norm, added to or gating the input). Each imports as archcalc's kinds (`class_token: {mean: true}`,
+`self_attention: {out_features: F}`, `context_pool`, an `add` that broadcasts C x 1 x 1) exact to torch's own
+counts; the same kinds written in a spec equal a plain torch module; a module that computes something else is
+not read so."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from measure import step_peak_bytes
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from archcalc.core.analyze import analyze
+from archcalc.core.errors import ArchcalcError
+from archcalc.core.spec import load_spec
+from archcalc.core.training import step_peaks, step_unfollowed
+from archcalc.torch.importer import from_module
+from tests.import_check import check
+
+# ---- CLIP's attention pool ----------------------------------------------------------------------------------------
+
+
+class AttentionPool(nn.Module):
+    """timm.layers.AttentionPool2d's forward (timm 1.0, the form CLIP's ResNets use: qkv_separate, token pooling),
+    written out. `fused` picks scaled_dot_product_attention or the explicit products; `variant` breaks it."""
+
+    def __init__(self, c: int, tokens: int, heads: int, out: int, fused: bool = False, variant: str = "") -> None:
+        super().__init__()
+        self.heads, self.fused, self.variant = heads, fused, variant
+        self.d = c // heads
+        self.scale = self.d**-0.5
+        self.q, self.k, self.v = nn.Linear(c, c), nn.Linear(c, c), nn.Linear(c, c)
+        self.drop = nn.Dropout(0.0)
+        self.proj = nn.Linear(c, out)
+        self.pos_embed = nn.Parameter(torch.randn(tokens + 1, c) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        n = h * w
+        x = x.flatten(2).transpose(1, 2)
+        first = x.mean(1, keepdim=True)
+        if self.variant == "max_token":
+            first = x.amax(1, keepdim=True)
+        x = torch.cat([first, x], dim=1)
+        x = x + self.pos_embed.unsqueeze(0)
+        d = self.d
+        q = self.q(x).reshape(b, n + 1, self.heads, d).transpose(1, 2)
+        k = self.k(x).reshape(b, n + 1, self.heads, d).transpose(1, 2)
+        v = self.v(x).reshape(b, n + 1, self.heads, d).transpose(1, 2)
+        if self.fused:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            x = attn.softmax(dim=-1) @ (k if self.variant == "kk" else v)
+        x = x.transpose(1, 2).reshape(b, n + 1, -1)
+        x = self.proj(self.drop(x))
+        return x[:, 0]
+
+
+class ClipHead(nn.Module):
+    def __init__(self, **kw: object) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 4, stride=4)
+        self.pool = AttentionPool(16, 12, 4, 10, **kw)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(torch.relu(self.stem(x)))
+
+
+def test_clip_attention_pool_imports_exact() -> None:
+    text, report = check(ClipHead(), (3, 12, 16))
+    assert "class_token: {mean: true" in text, text
+    assert "self_attention: {num_heads: 4, out_features: 10" in text, text
+    assert "take_token" in text and "matmul" not in text
+    # by hand: stem 3*16*16 + 16, position embedding 13 x 16, q/k/v 3 x (16*16 + 16), projection 16*10 + 10
+    assert report.totals.params == (3 * 16 * 16 + 16) + 13 * 16 + 3 * (16 * 16 + 16) + 16 * 10 + 10
+    n, c, f = 13, 16, 10  # 12 grid tokens and the mean token
+    assert report.totals.macs == 12 * 3 * 16 * 16 + 3 * n * c * c + 2 * n * n * c + n * c * f
+
+
+def test_clip_attention_pool_fused_imports_as_the_same_spec() -> None:
+    torch.manual_seed(0)
+    fused, explicit = ClipHead(fused=True), ClipHead()
+    explicit.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 3, 12, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.eval()(x), explicit.eval()(x))
+    assert from_module(fused, (3, 12, 16)).text == from_module(explicit, (3, 12, 16)).text
+
+
+@pytest.mark.parametrize("variant", ["max_token", "kk"])
+def test_other_pools_are_not_read_as_the_attention_pool(variant: str) -> None:
+    """The max of the tokens put first (no kind), or attention whose values are the keys: refused at the op."""
+    with pytest.raises(ArchcalcError, match=r"cannot import .* at pool"):
+        from_module(ClipHead(variant=variant), (3, 12, 16))
+
+
+class MeanTokenElsewhere(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.flatten(2).transpose(1, 2)
+        return t.mean(1, keepdim=True) * 2.0
+
+
+def test_a_kept_mean_token_read_otherwise_is_refused_with_the_reason() -> None:
+    with pytest.raises(ArchcalcError, match=r"mean of tokens kept as one token .* only put before the same tokens"):
+        from_module(MeanTokenElsewhere(), (4, 3, 3))
+
+
+class SpecPool(nn.Module):
+    """The spec below as plain torch: the mean of the tokens first, a position embedding, one attention (its q, k
+    and v in one projection, the heads' products written out) projecting to F channels, the first token."""
+
+    def __init__(self, c: int, n: int, heads: int, f: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.pos = nn.Parameter(torch.randn(1, n + 1, c))
+        self.qkv, self.out = nn.Linear(c, 3 * c), nn.Linear(c, f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.flatten(2).transpose(1, 2)
+        t = torch.cat([t.sum(1, keepdim=True) / t.shape[1], t], dim=1) + self.pos
+        b, n, c = t.shape
+        q, k, v = (u.reshape(b, n, self.heads, -1).transpose(1, 2) for u in self.qkv(t).split(c, dim=-1))
+        a = torch.softmax(q @ k.transpose(-1, -2) / (c // self.heads) ** 0.5, dim=-1) @ v
+        return self.out(a.transpose(1, 2).reshape(b, n, c))[:, 0]
+
+
+def test_the_attention_pool_spec_equals_plain_torch(write_spec) -> None:  # type: ignore[no-untyped-def]
+    spec = load_spec(write_spec("name: pool\ninput: [8, 3, 4]\nlayers:\n  - to_tokens\n  - class_token: {mean: true}\n"
+                                "  - pos_embed\n  - self_attention: {num_heads: 2, out_features: 6}\n"
+                                "  - take_token\n"))
+    report = analyze(spec, convention="torch")
+    model = SpecPool(8, 12, 2, 6).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = model(torch.randn(1, 8, 3, 4))
+    assert report.totals.output == tuple(out.shape[1:]) == (6,)
+    assert report.totals.params == sum(p.numel() for p in model.parameters())
+    assert report.totals.flops == counter.get_total_flops()
+
+
+# ---- GCNet's global context ---------------------------------------------------------------------------------------
+
+
+class GlobalContext(nn.Module):
+    """timm.layers.GlobalContext's forward (timm 1.0) with its ConvMlp and LayerNorm2d written out: attention
+    pooling, then `fuse` 'add' (x + mlp(context)) or 'scale' (x * sigmoid(mlp(context))). `variant` breaks the
+    pooling in one place."""
+
+    def __init__(self, c: int, rd: int, fuse: str, variant: str = "") -> None:
+        super().__init__()
+        self.fuse, self.variant = fuse, variant
+        self.conv_attn = nn.Conv2d(c, 1, 1)
+        self.fc1, self.norm, self.fc2 = nn.Conv2d(c, rd, 1), nn.LayerNorm(rd, eps=1e-6), nn.Conv2d(rd, c, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        attn = self.conv_attn(x).reshape(b, 1, h * w)
+        attn = F.softmax(attn, dim=1 if self.variant == "channel_softmax" else -1).unsqueeze(3)
+        if self.variant == "square":
+            attn = attn * attn
+        context = (x.reshape(b, c, h * w).unsqueeze(1) @ attn).view(b, c, 1, 1)
+        m = self.fc1(context)
+        m = self.norm(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        m = self.fc2(torch.relu(m))
+        return x + m if self.fuse == "add" else x * torch.sigmoid(m)
+
+
+class GCNet(nn.Module):
+    def __init__(self, **kw: object) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.attn = GlobalContext(16, 4, **kw)  # type: ignore[arg-type]
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.attn(torch.relu(self.conv(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("fuse", ["add", "scale"])
+def test_global_context_imports_exact(fuse: str) -> None:
+    text, report = check(GCNet(fuse=fuse), (3, 7, 9), (3, 4, 4), (3, 10, 3))
+    assert "context_pool: {name: conv_attn}" in text, text
+    assert "matmul" not in text and "softmax" not in text, text
+    # context_pool: the logits' conv (16 x 7 x 9 MACs) and the weighted sum (as many)
+    row = next(r for r in report.rows if r.kind == "context_pool")
+    assert (row.params, row.macs, row.output) == (16 + 1, 2 * 16 * 7 * 9, (16, 1, 1))
+
+
+@pytest.mark.parametrize("variant", ["channel_softmax", "square"])
+def test_other_pooling_is_not_read_as_context_pool(variant: str) -> None:
+    with pytest.raises(ArchcalcError, match=r"cannot import .* at attn"):
+        from_module(GCNet(fuse="add", variant=variant), (3, 5, 5))
+
+
+class ContextAdd(nn.Module):
+    """The spec below as plain torch: a conv, GCNet's pooling written with bmm, a 1x1 conv, added to the grid."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.logit, self.fc = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 1, 1), nn.Conv2d(6, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        weights = torch.softmax(self.logit(y).flatten(1), dim=1).unsqueeze(2)  # B x HW x 1
+        context = torch.bmm(y.flatten(2), weights).unsqueeze(3)  # B x C x 1 x 1
+        return y + self.fc(context)
+
+
+class MeanAdd(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y + self.fc(y.mean((2, 3), keepdim=True))
+
+
+SPEC_ADD = ("name: gc\ninput: [3, 4, 5]\nlayers:\n  - conv: {out: 6, kernel: 1}\n  - parallel:\n"
+            "      - []\n      - [context_pool, {conv: {out: 6, kernel: 1}}]\n    merge: add\n")
+
+
+def test_context_pool_and_a_broadcast_add_equal_plain_torch(write_spec) -> None:  # type: ignore[no-untyped-def]
+    report = analyze(load_spec(write_spec(SPEC_ADD)), convention="torch")
+    model = ContextAdd().eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = model(torch.randn(1, 3, 4, 5))
+    assert report.totals.output == tuple(out.shape[1:]) == (6, 4, 5)
+    assert report.totals.params == sum(p.numel() for p in model.parameters())
+    assert report.totals.flops == counter.get_total_flops()
+
+
+def test_a_broadcast_add_in_a_training_step_is_measured(write_spec) -> None:  # type: ignore[no-untyped-def]
+    """A C x 1 x 1 summand (squeeze-excitation's pooling and a 1x1 conv) added to the grid: the step's peak (Adam,
+    batch 2, the first and a later step) is what torch allocates. (With context_pool in place of the mean, calc
+    says the step is not followed: its backward is not modelled yet.)"""
+    spec = SPEC_ADD.replace("[context_pool,", "[{mean: {keepdim: true}},").replace("[3, 4, 5]", "[3, 16, 16]")
+    report = analyze(load_spec(write_spec(spec)), batch=2, device="cpu")
+    later, first = step_peaks(report, "adam")
+    measured = []
+    for steps in (1, 2):
+        torch.manual_seed(0)
+        model = MeanAdd()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        measured.append(step_peak_bytes(model, (torch.randn(2, 3, 16, 16),), optimizer, steps)[1])
+    assert (first.peak, later.peak) == tuple(measured)
+    assert "context_pool" in step_unfollowed(analyze(load_spec(write_spec(SPEC_ADD)), batch=2, device="cpu"))
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("  - parallel:\n      - [{conv: {out: 4, kernel: 1}}]\n      - [global_avgpool]\n    merge: add\n",
+     r"gives 4x4x5 but .* gives 3x1x1; they cannot be added"),
+    # a third summand wider than the first two's sum (added in place: it cannot widen it)
+    ("  - parallel:\n      - [global_avgpool]\n      - [global_avgpool]\n      - []\n    merge: add\n",
+     r"gives 3x1x1 but .* gives 3x4x5; they cannot be added"),
+    ("  - to_tokens\n  - parallel:\n      - []\n      - [{take_token: {index: 0}}]\n    merge: add\n",
+     r"cannot be added|token|grid"),
+])
+def test_adds_that_do_not_broadcast_are_refused(write_spec, body: str, message: str) -> None:  # type: ignore
+    with pytest.raises(ArchcalcError, match=message):
+        analyze(load_spec(write_spec(f"name: bad\ninput: [3, 4, 5]\nlayers:\n{body}")))
