@@ -265,3 +265,71 @@ def test_a_broadcast_add_in_a_training_step_is_measured(write_spec) -> None:  # 
 def test_adds_that_do_not_broadcast_are_refused(write_spec, body: str, message: str) -> None:  # type: ignore
     with pytest.raises(ArchcalcError, match=message):
         analyze(load_spec(write_spec(f"name: bad\ninput: [3, 4, 5]\nlayers:\n{body}")))
+
+
+# ---- Visformer's attention on a channels-first grid ---------------------------------------------------------------
+
+
+class GridAttention(nn.Module):
+    """timm.models.visformer.Attention's forward (timm 1.0): 1x1 convs for q, k, v and the output, the products on
+    the grid's positions, scaled after Q K^T. `variant` breaks it in one place."""
+
+    def __init__(self, c: int, heads: int, fused: bool = False, variant: str = "") -> None:
+        super().__init__()
+        self.heads, self.d, self.fused, self.variant = heads, c // heads, fused, variant
+        self.scale = self.d**-0.5 * (2.0 if variant == "scale" else 1.0)
+        self.qkv = nn.Conv2d(c, 3 * c, 1, bias=False)
+        self.attn_drop = nn.Dropout(0.0)
+        self.proj = nn.Conv2d(c, c, 3 if variant == "proj3x3" else 1, padding="same", bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        x = self.qkv(x).reshape(b, 3, self.heads, self.d, -1).permute(1, 0, 2, 4, 3)
+        q, k, v = x.unbind(0)
+        if self.fused:
+            x = F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), dropout_p=0.0)
+        else:
+            attn = (q @ k.transpose(-2, -1)) * self.scale
+            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+        x = x.permute(0, 1, 3, 2).reshape(b, -1, h, w)
+        return self.proj(x)
+
+
+class Visformer(nn.Module):
+    def __init__(self, **kw: object) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 2, stride=2)
+        self.norm = nn.BatchNorm2d(12)
+        self.attn = GridAttention(12, 3, **kw)  # type: ignore[arg-type]
+        self.head = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.attn(self.norm(x))
+        return self.head(x.mean((2, 3)))
+
+
+def test_visformer_attention_imports_exact() -> None:
+    text, report = check(Visformer(), (3, 8, 10), (3, 6, 6), (3, 4, 12))
+    assert "to_tokens: {name: attn_tokens}" in text, text
+    assert "self_attention: {num_heads: 3, bias: false, name: attn}" in text, text
+    assert "to_grid: {name: attn_grid}" in text, text  # (the tokens' own grid: any input size)
+    n, c = 20, 12  # 4 x 5 positions of 12 channels
+    row = next(r for r in report.rows if r.kind == "self_attention")
+    assert (row.params, row.macs) == (4 * c * c, 4 * n * c * c + 2 * n * n * c)
+
+
+def test_visformer_fused_attention_imports_as_the_same_spec() -> None:
+    torch.manual_seed(0)
+    fused, explicit = Visformer(fused=True), Visformer()
+    explicit.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 3, 8, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.eval()(x), explicit.eval()(x))
+    assert from_module(fused, (3, 8, 10)).text == from_module(explicit, (3, 8, 10)).text
+
+
+@pytest.mark.parametrize("variant", ["scale", "proj3x3"])
+def test_other_grid_attention_is_not_read_as_self_attention(variant: str) -> None:
+    with pytest.raises(ArchcalcError, match=r"cannot import .* at attn"):
+        from_module(Visformer(variant=variant), (3, 8, 10))

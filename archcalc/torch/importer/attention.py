@@ -225,20 +225,36 @@ class _Matcher:
         self.nodes.add(call)
         return call
 
-    def explicit(self, q: fx.Node, k: fx.Node, v: fx.Node, d: int) -> fx.Node | None:
-        scaled = self.only_user(q)
-        if not (_is(scaled, "mul", "mul_") and scaled is not None and len(scaled.args) == 2 and q in scaled.args):
+    def scaled(self, n: fx.Node, d: int) -> fx.Node | None:
+        """n times 1/sqrt(d), the user of n."""
+        scaled = self.only_user(n)
+        if not (_is(scaled, "mul", "mul_") and scaled is not None and len(scaled.args) == 2 and n in scaled.args):
             return None
-        factor = scaled.args[1] if scaled.args[0] is q else scaled.args[0]
+        factor = scaled.args[1] if scaled.args[0] is n else scaled.args[0]
         if isinstance(factor, fx.Node) or not isinstance(factor, (int, float)) or not math.isclose(factor, d ** -0.5):
             return None
+        return scaled
+
+    def explicit(self, q: fx.Node, k: fx.Node, v: fx.Node, d: int) -> fx.Node | None:
+        """(q / sqrt(d)) @ k^T, or (q @ k^T) / sqrt(d) (Visformer's), softmax over the keys, (dropout), @ v."""
         kt = self.only_user(k)
         dims = sorted(a % 4 for a in kt.args[1:] if isinstance(a, int)) if kt is not None else []
         if not (_is(kt, "transpose") and kt is not None and dims == [2, 3] and len(kt.args) == 3):
             return None
-        scores = self.only_user(scaled)
-        if not (_is(scores, "matmul") and scores is not None and tuple(scores.args) == (scaled, kt)
-                and self.only_user(kt) is scores):
+        first = self.only_user(q)
+        if _is(first, "matmul") and first is not None and tuple(first.args) == (q, kt):  # scaled after
+            product, scaled, scores = first, first, self.scaled(first, d)
+            if scores is None:
+                return None
+        else:
+            scaled = self.scaled(q, d)
+            if scaled is None:
+                return None
+            scores = self.only_user(scaled)
+            if not (_is(scores, "matmul") and scores is not None and tuple(scores.args) == (scaled, kt)):
+                return None
+            product = scores
+        if self.only_user(kt) is not product:
             return None
         weights = self.only_user(scores)
         dim = None
@@ -326,3 +342,77 @@ def match_context(root: nn.Module, values: dict[fx.Node, Any], first: fx.Node) -
     if any(u not in inside for n in nodes[:-1] for u in n.users):
         return None
     return Context(x, str(first.target), last, frozenset(inside), conv.bias is not None)
+
+
+class GridAttention(NamedTuple):
+    x: fx.Node  # the C x H x W grid
+    qkv: str
+    proj: str
+    last: fx.Node  # the output projection's call (a 1x1 conv)
+    nodes: frozenset[fx.Node]
+    num_heads: int
+    bias: bool
+    qkv_bias: bool
+
+
+def match_grid(root: nn.Module, values: dict[fx.Node, Any], first: fx.Node) -> GridAttention | None:
+    """Self-attention on a channels-first grid with 1x1 convs for its projections (Visformer's Attention,
+    timm/models/visformer.py), the same computation as `self_attention` on the grid's tokens:
+
+        qkv = Conv2d(C, 3C, 1)(x).reshape(B, 3, heads, d, H * W).permute(1, 0, 2, 4, 3);  q, k, v = qkv.unbind(0)
+        o = F.scaled_dot_product_attention(q(.contiguous()), k, v)   or   (q @ k^T) * d ** -0.5, softmax, @ v
+        out = Conv2d(C, C, 1)(o.permute(0, 1, 3, 2).reshape(B, C, H, W))"""
+    m = _Matcher(root, values)
+    conv = m.module(first, nn.Conv2d)
+    shape_in = _shape(values, first.args[0]) if first.args else None
+    if conv is None or len(first.args) != 1 or first.kwargs or shape_in is None or len(shape_in) != 4:
+        return None
+    _, c, h, w = shape_in
+    n = h * w
+
+    def pointwise(cv: nn.Conv2d, out: int) -> bool:
+        return (cv.in_channels, cv.out_channels, cv.kernel_size, cv.stride, cv.groups, cv.dilation) \
+            == (c, out, (1, 1), (1, 1), 1, (1, 1)) and cv.padding in ((0, 0), "valid", "same")
+
+    if not pointwise(conv, 3 * c):
+        return None
+    m.nodes = {first}
+    split = m.only_user(first)
+    shape = _shape(values, split)
+    if not _is(split, *_VIEWS) or split is None or shape is None or len(shape) != 5 or shape[:2] != (1, 3) \
+            or shape[4] != n:
+        return None
+    heads, d = shape[2], shape[3]
+    if heads * d != c:
+        return None
+    perm = m.only_user(split)
+    if not _is(perm, "permute") or perm is None or _shape(values, perm) != (3, 1, heads, n, d):
+        return None
+    m.nodes.update((split, perm))
+    unbound = m.unbound(perm)
+    if unbound is None:
+        return None
+    q, k, v = (m.through(t, lambda u: _is(u, "contiguous") and len(u.args) == 1) for t in unbound)
+    out = m.sdpa(q, k, v, d) or m.explicit(q, k, v, d)
+    if out is None:
+        return None
+    back = m.only_user(out)
+    dims = tuple(a % 4 for a in back.args[1:] if isinstance(a, int)) if back is not None else ()
+    if not (_is(back, "permute") and back is not None and dims == (0, 1, 3, 2)):
+        return None
+    grid = m.only_user(back)
+    if not (_is(grid, *_VIEWS) and grid is not None and _shape(values, grid) == (1, c, h, w)):
+        return None
+    last = m.only_user(grid)
+    proj = m.module(last, nn.Conv2d)
+    if proj is None or last is None or len(last.args) != 1 or last.kwargs or not pointwise(proj, c):
+        return None
+    if conv.bias is not None and proj.bias is None:
+        return None  # (self_attention's biases: both, neither, or the output projection's only)
+    m.nodes.update((back, grid, last))
+    if any(u not in m.nodes for node in m.nodes - {last} for u in node.users):
+        return None
+    x = first.args[0]
+    assert isinstance(x, fx.Node)
+    return GridAttention(x, str(first.target), str(last.target), last, frozenset(m.nodes), heads,
+                         proj.bias is not None, conv.bias is not None)

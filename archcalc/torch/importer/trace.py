@@ -529,7 +529,8 @@ class _Converter:
                 outputs = self.outputs(node)
             elif node not in self.composed:
                 self.current = node
-                if node.op == "call_module" and (self.attention_pattern(node) or self.context_pattern(node)):
+                if node.op == "call_module" and (self.attention_pattern(node) or self.context_pattern(node)
+                                                 or self.grid_attention_pattern(node)):
                     continue  # (a module's ops read as one kind by what they compute: attention)
                 if self.composition(node):  # (its nodes are one op now; their values are set)
                     continue
@@ -631,6 +632,45 @@ class _Converter:
         out = self._new((x.shape[0], 1, 1))
         self.ops.append(Op(parts[-1], parts[:-1], True, "context_pool", None, args,
                            (x.id,), out.id, where, None, any(p.requires_grad for p in conv.parameters())))
+        self.composed.update(found.nodes)
+        self.vals[found.last] = out
+        return True
+
+    def grid_attention_pattern(self, node: fx.Node) -> bool:
+        """Self-attention on a channels-first grid with 1x1 conv projections (Visformer's: attention.match_grid):
+        `to_tokens`, one `self_attention` and `to_grid`, the same products."""
+        found = attention.match_grid(self.root, self.values, node)
+        x = self.vals.get(found.x) if found is not None else None
+        if found is None or not isinstance(x, _Tensor) or isinstance(x.shape, Tokens) or x.channels_last \
+                or len(x.shape) != 3:
+            return False
+        c, h, w = x.shape
+        tokens = _Tensor(-1, Tokens(h * w, c, (h, w)))
+        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj)
+                  for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
+        args: dict[str, Any] = {"num_heads": found.num_heads, "bias": found.bias}
+        if found.bias and not found.qkv_bias:
+            args["qkv_bias"] = False
+        try:
+            self.consume(found.last, params, "self_attention", args, tokens)
+        except Unmapped:
+            return False
+        self.called.update((found.qkv, found.proj))
+        parts = tuple(found.qkv.split("."))[:-1]
+        path = ".".join(parts)
+        m = self.root.get_submodule(path) if path else self.root
+        where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
+        trainable = any(p.requires_grad for q in (found.qkv, found.proj)
+                        for p in self.root.get_submodule(q).parameters())
+        name, scope = (parts[-1], parts[:-1]) if parts else ("attention", ())
+        seq = self._new(tokens.shape)
+        att = self._new(tokens.shape)
+        out = self._new(x.shape)
+        fixed = bool(parts)
+        self.ops += [Op(f"{name}_tokens", scope, fixed, "to_tokens", None, {}, (x.id,), seq.id, where, None, True),
+                     Op(name, scope, fixed, "self_attention", None, args, (seq.id,), att.id, where, None, trainable),
+                     Op(f"{name}_grid", scope, fixed, "to_grid", None, {}, (att.id,), out.id, where,
+                        None, True)]
         self.composed.update(found.nodes)
         self.vals[found.last] = out
         return True
