@@ -689,9 +689,10 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "to_tokens": lambda a, s: Lambda(lambda x: x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)),
     "to_grid": lambda a, s: Lambda(lambda x: x.permute(0, 2, 1).reshape(x.shape[0], x.shape[2], *(
         s.grid if a["size"] is None else (a["size"],) if isinstance(a["size"], int) else a["size"]))),
-    "class_token": lambda a, s: MeanToken() if a["mean"] else Tokenized((1, 1, s[1]), first=True),
+    "class_token": lambda a, s: MeanToken() if a["mean"] else Tokenized((1, a["count"], s[1]), first=True),
     "pos_embed": lambda a, s: Tokenized((1, *s), first=False),
-    "take_token": lambda a, s: Lambda(lambda x: x[:, a["index"]]),
+    "take_token": lambda a, s: Lambda(lambda x: x[:, a["index"]:a["index"] + a["count"]] if a["count"]
+                                      else x[:, a["index"]]),
     "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"], a["qkv_bias"], a["out_features"]),
     "pooled_attention": PooledAttention,
     "token_maxpool": TokenMaxPool,

@@ -65,10 +65,20 @@ class MergeOp:
 
 class Concat(MergeOp):
     name = "concat"
-    doc = "torch.cat along channels: the other axes must agree"
+    doc = ("torch.cat along channels: the other axes must agree; token sequences are joined along the tokens "
+           "(dim 1 of B x N x C: PiT's class tokens put before the grid's), on the last one's grid")
+    tokens = True
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         first = shapes[0]
+        if isinstance(first, Tokens):
+            for shape, source in zip(shapes[1:], sources[1:]):
+                if shape[1] != first[1]:
+                    raise LayerError(f"{sources[0]} gives {dims(first)} but {source} gives {dims(shape)}; token "
+                                     "sequences are joined along the tokens: their channels must agree")
+            last = shapes[-1]
+            assert isinstance(last, Tokens)
+            return Tokens(sum(s[0] for s in shapes), first[1], last.grid)
         for shape, source in zip(shapes[1:], sources[1:]):
             if len(shape) != len(first) or shape[1:] != first[1:]:
                 raise LayerError(f"{sources[0]} gives {dims(first)} but {source} gives {dims(shape)}; they cannot "

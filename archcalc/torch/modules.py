@@ -522,11 +522,11 @@ class ClassToken(nn.Module):
     batch and concatenated); with `mean`, the mean of the tokens instead (CLIP's attention pool, timm's
     AttentionPool2d: no parameter)."""
 
-    def __init__(self, channels: int, mean: bool = False) -> None:
+    def __init__(self, channels: int, mean: bool = False, count: int = 1) -> None:
         super().__init__()
         self.mean = mean
         if not mean:
-            self.class_token = nn.Parameter(torch.zeros(1, 1, channels))
+            self.class_token = nn.Parameter(torch.zeros(1, count, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mean:
@@ -546,13 +546,17 @@ class PositionEmbedding(nn.Module):
 
 
 class TakeToken(nn.Module):
-    """x[:, index]: one token of a B x N x C sequence (torchvision's ViT takes the class token, `x[:, 0]`)."""
+    """x[:, index]: one token of a B x N x C sequence (torchvision's ViT takes the class token, `x[:, 0]`); with
+    `count`, x[:, index:index + count], a range of tokens (PiT's class tokens, x[:, :2])."""
 
-    def __init__(self, index: int = 0) -> None:
+    def __init__(self, index: int = 0, count: int = 0) -> None:
         super().__init__()
         self.index = index
+        self.count = count
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.count:
+            return x[:, self.index:self.index + self.count]
         return x[:, self.index]
 
 

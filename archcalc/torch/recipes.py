@@ -288,7 +288,8 @@ def _to_grid(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("class_token")
 def _class_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.ClassToken, channels=inp[1], **({"mean": True} if a["mean"] else {}))
+    return call(modules.ClassToken, channels=inp[1], **({"mean": True} if a["mean"] else {}),
+                **({"count": a["count"]} if a["count"] != 1 else {}))
 
 
 @recipe("pos_embed")
@@ -298,7 +299,7 @@ def _pos_embed(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("take_token")
 def _take_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.TakeToken, index=a["index"])
+    return call(modules.TakeToken, index=a["index"], **({"count": a["count"]} if a["count"] else {}))
 
 
 @recipe("self_attention")
@@ -736,9 +737,11 @@ reads("context_pool", lambda m, inp: Mapped("context_pool", {"bias": m.conv_attn
       modules.ContextPool)
 reads("to_tokens", lambda m, inp: Mapped("to_tokens", {}), modules.ToTokens)
 reads("to_grid", lambda m, inp: Mapped("to_grid", {"size": tuple(int(s) for s in m.size)}), modules.ToGrid)
-reads("class_token", lambda m, inp: Mapped("class_token", {"mean": True} if m.mean else {}), modules.ClassToken)
+reads("class_token", lambda m, inp: Mapped("class_token", {"mean": True} if m.mean else (
+    {"count": int(m.class_token.shape[1])} if m.class_token.shape[1] != 1 else {})), modules.ClassToken)
 reads("pos_embed", lambda m, inp: Mapped("pos_embed", {}), modules.PositionEmbedding)
-reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index)}), modules.TakeToken)
+reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index), **(
+    {"count": int(m.count)} if m.count else {})}), modules.TakeToken)
 reads("self_attention", lambda m, inp: Mapped("self_attention", {
     "num_heads": int(m.num_heads), "bias": m.out_proj.bias is not None,
     **({"qkv_bias": False} if m.out_proj.bias is not None and m.in_proj.bias is None else {}),

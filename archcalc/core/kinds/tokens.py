@@ -118,18 +118,22 @@ class ClassToken(Kind):
     tokens = True
     passes_gradient = True  # CatBackward0 hands the sequence a view of the output's gradient (narrow), no copy
     args = (Arg("mean", "bool", False, "the token is the mean of the tokens, not learned (no parameters; CLIP's "
-                "attention pool: torch.cat([x.mean(1, keepdim=True), x], dim=1))"),)
+                "attention pool: torch.cat([x.mean(1, keepdim=True), x], dim=1))"),
+            Arg("count", "int", 1, "learned tokens put first (PiT's distilled models: 2, the class and the "
+                "distillation token); with mean, 1", minimum=1))
     examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(5, 3, (5,))),
-                Example(Tokens(16, 8, (4, 4)), {"mean": True}))
+                Example(Tokens(16, 8, (4, 4)), {"mean": True}), Example(Tokens(6, 4, (2, 3)), {"count": 2}))
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         n, c = token_input(self.name, inp)
-        return tokens_like(inp, n + 1, c)
+        if a["mean"] and a["count"] != 1:
+            raise LayerError("class_token: the mean of the tokens is one token (count 1)")
+        return tokens_like(inp, n + a["count"], c)
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         if a["mean"]:  # N - 1 additions and a division per channel; FlopCounterMode and fvcore count a mean 0
             return Cost(full=numel(inp))
-        return Cost(params=inp[1])
+        return Cost(params=a["count"] * inp[1])
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
         return (params,) if params else ()
@@ -143,7 +147,7 @@ class ClassToken(Kind):
         return "the mean token's backward is not followed in the step's timeline" if a["mean"] else ""
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
-        return f"+1 {'mean ' if a['mean'] else ''}token of {inp[1]}"
+        return f"+{a['count']} {'mean ' if a['mean'] else ''}token{'s' if a['count'] > 1 else ''} of {inp[1]}"
 
 
 @register
@@ -180,14 +184,24 @@ class TakeToken(Kind):
     full_rule = "0 (a view)"
     alias = True
     tokens = True
-    args = (Arg("index", "int", 0, "which token (0: the class token)", minimum=0),)
-    examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(5, 3, (5,)), {"index": 4}))
+    args = (Arg("index", "int", 0, "which token (0: the class token)", minimum=0),
+            Arg("count", "int", 0, "0: the one token as the sample's vector (C); n: n tokens from index on, as a "
+                "sequence (n x C: PiT's x[:, :2] and x[:, 2:]), on the grid the tokens came from", minimum=0))
+    examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(5, 3, (5,)), {"index": 4}),
+                Example(Tokens(16, 4, (4, 4)), {"count": 2}), Example(Tokens(16, 4, (4, 4)), {"index": 2, "count": 14}))
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         n, c = token_input(self.name, inp)
         if a["index"] >= n:
             raise LayerError(f"take_token index {a['index']} is past the last of {n} tokens")
+        if a["count"]:
+            if a["index"] + a["count"] > n:
+                raise LayerError(f"take_token: {a['count']} tokens from {a['index']} on run past the last of {n}")
+            return tokens_like(inp, a["count"], c)
         return (c,)
+
+    def strided(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> bool:
+        return bool(a["count"]) and a["count"] < inp[0]  # a range of tokens: contiguous per sample, not across
 
     scatters_gradient = True  # select_backward: zeros of the sequence's size, the token's gradient written in
 
@@ -196,6 +210,8 @@ class TakeToken(Kind):
     # (measured by `archcalc validate` on the ViT specs: no copy).
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        if a["count"]:
+            return f"tokens {a['index']}..{a['index'] + a['count'] - 1} of {inp[0]}"
         return f"token {a['index']} of {inp[0]}"
 
 

@@ -1452,14 +1452,19 @@ class _Converter:
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
         if isinstance(tensors, (list, tuple)) and len(tensors) == 2 and isinstance(tensors[0], _Param) \
                 and isinstance(tensors[1], _Tensor) and isinstance(tensors[1].shape, Tokens) and dim % 3 == 1 \
-                and tuple(tensors[0].shape[1:]) == (1, tensors[1].shape[1]):  # a learned token put first
-            self.consume(node, [tensors[0]], "class_token", {}, tensors[1])
-            return self.emit(node, "class_token", "class_token", None, {}, [tensors[1]], fixed=False)
+                and len(tensors[0].shape) == 3 and tensors[0].shape[2] == tensors[1].shape[1]:  # learned tokens first
+            args = {"count": tensors[0].shape[1]} if tensors[0].shape[1] != 1 else {}
+            self.consume(node, [tensors[0]], "class_token", args, tensors[1])
+            return self.emit(node, "class_token", "class_token", None, args, [tensors[1]], fixed=False)
         if isinstance(tensors, (list, tuple)) and len(tensors) == 2 and isinstance(tensors[0], _MeanToken) \
                 and tensors[0].source is tensors[1] and dim % 3 == 1:  # the mean of the tokens put first
             return self.emit(node, "class_token", "class_token", None, {"mean": True}, [tensors[1]], fixed=False)
         if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, _Tensor) for t in tensors):
             raise Unmapped("torch.cat of something other than a list of the network's tensors")
+        if all(isinstance(t.shape, Tokens) and not t.channels_last for t in tensors) and dim % 3 == 1:
+            last = tensors[-1].shape  # token sequences joined along the tokens (PiT: its class tokens, then the grid's)
+            shape = Tokens(sum(t.shape[0] for t in tensors), last[1], last.grid)  # type: ignore[attr-defined]
+            return self.emit(node, "concat", None, "concat", {}, list(tensors), fixed=False, shape=shape)
         rank = len(tensors[0].shape) + 1
         last = tensors[0].channels_last
         if any(t.channels_last != last for t in tensors):
@@ -1659,6 +1664,13 @@ class _Converter:
         if isinstance(source.shape, Tokens):  # (its dim 1 is the tokens, not the channels: PiT's x[:, :2])
             if all(i == slice(None, None, None) for i in index):
                 return source
+            if len(index) == 2 and index[0] == slice(None, None, None) and isinstance(index[1], slice) \
+                    and index[1].step in (None, 1):  # x[:, a:b]: a range of tokens
+                start, stop, _ = index[1].indices(source.shape[0])
+                if stop > start:
+                    args = {"index": start, "count": stop - start}
+                    return self.emit(node, "take_token", "take_token", None, args, [source], fixed=False,
+                                     shape=Tokens(stop - start, source.shape[1], source.shape.grid))
             raise Unmapped(f"indexing [{', '.join(map(str, index))}] of a token sequence: archcalc takes one token "
                            "(x[:, i]: take_token)")
         channels = source.shape[0]
