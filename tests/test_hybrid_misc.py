@@ -22,6 +22,7 @@ from archcalc.core.spec import load_spec
 from archcalc.core.training import step_peaks, step_unfollowed
 from archcalc.torch.importer import from_module
 from tests.import_check import check
+from tests.test_import_attention_pattern import Attention  # timm's Attention, written out
 
 # ---- CLIP's attention pool ----------------------------------------------------------------------------------------
 
@@ -333,3 +334,98 @@ def test_visformer_fused_attention_imports_as_the_same_spec() -> None:
 def test_other_grid_attention_is_not_read_as_self_attention(variant: str) -> None:
     with pytest.raises(ArchcalcError, match=r"cannot import .* at attn"):
         from_module(Visformer(variant=variant), (3, 8, 10))
+
+
+# ---- PiT: class tokens kept apart by slicing, a pooling stage between transformers ----------------------------
+
+
+class MiniPiT(nn.Module):
+    """timm.models.pit's flow (PoolingVisionTransformer, Transformer, Pooling; timm 1.0) at a small size: the class
+    token(s) (two when distilled) put before the grid's tokens, a transformer block, the sequence sliced back into
+    the class tokens and the grid, the grid pooled by a depthwise strided conv and the class tokens by a linear, a
+    second stage, the class tokens' norm and head(s). (timm's Attention, written out: nn.MultiheadAttention's fast
+    path on the CPU is a fused kernel FlopCounterMode does not count.)"""
+
+    def __init__(self, tokens: int = 1) -> None:
+        super().__init__()
+        self.tokens = tokens
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)
+        self.pos = nn.Parameter(torch.randn(1, 8, 4, 4))
+        self.cls = nn.Parameter(torch.randn(1, tokens, 8))
+        self.norm0, self.attn0 = nn.LayerNorm(8), Attention(8, 2)
+        self.conv = nn.Conv2d(8, 16, 3, stride=2, padding=1, groups=8)
+        self.fc = nn.Linear(8, 16)
+        self.norm1, self.attn1 = nn.LayerNorm(16), Attention(16, 2)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 5)
+        self.head_dist = nn.Linear(16, 5) if tokens == 2 else None
+
+    def stage(self, x: torch.Tensor, cls: torch.Tensor, norm: nn.Module, attn: nn.Module, last: bool = False
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c, h, w = x.shape
+        t = torch.cat((cls, x.flatten(2).transpose(1, 2)), dim=1)
+        t = t + attn(norm(t))
+        if last:  # (timm lays the last grid out too, unread: archcalc imports it with a warning)
+            return x, t[:, :self.tokens]
+        cls, x = t[:, :self.tokens], t[:, self.tokens:]
+        return x.transpose(1, 2).reshape(b, c, h, w), cls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x) + self.pos
+        x, cls = self.stage(x, self.cls.expand(x.shape[0], -1, -1), self.norm0, self.attn0)
+        x, cls = self.stage(self.conv(x), self.fc(cls), self.norm1, self.attn1, last=True)
+        cls = self.norm(cls)
+        if self.head_dist is not None:
+            return (self.head(cls[:, 0]) + self.head_dist(cls[:, 1])) / 2
+        return self.head(cls[:, 0])
+
+
+@pytest.mark.parametrize("tokens", [1, 2])
+def test_pit_imports_exact(tokens: int) -> None:
+    text, report = check(MiniPiT(tokens), (3, 16, 16))
+    assert ("class_token: {count: 2" in text) == (tokens == 2), text
+    assert f"take_token: {{count: {tokens}" in text, text  # the class tokens
+    assert f"take_token: {{index: {tokens}, count: 16" in text, text  # the grid's 4 x 4 tokens
+    assert "concat:" in text, text
+    # the last norm runs on the class tokens alone: 2 x 16 parameters, its output tokens x 16
+    row = next(r for r in report.rows if r.name == "norm")
+    assert (row.params, row.output) == (2 * 16, (tokens, 16))
+
+
+def test_class_tokens_and_ranges_of_tokens_in_a_spec(write_spec) -> None:  # type: ignore[no-untyped-def]
+    """Two learned tokens put first (params 2C), the sequence sliced into them and the grid's, the grid's laid out
+    on their grid again, the tokens joined again: shapes and parameters by hand."""
+    spec = ("name: pit\ninput: [4, 3, 2]\nlayers:\n  - to_tokens\n  - class_token: {count: 2, name: cls}\n"
+            "  - take_token: {count: 2, name: first}\n  - take_token: {index: 2, count: 6, name: grid_tokens}\n"
+            "    from: cls\n"
+            "  - to_grid: {name: grid}\n  - to_tokens: {name: again}\n  - concat: [first, again]\n")
+    report = analyze(load_spec(write_spec(spec)))
+    assert report.totals.params == 2 * 4
+    shapes = {r.name: r.output for r in report.rows}
+    assert (shapes["first"], shapes["grid_tokens"], shapes["grid"]) == ((2, 4), (6, 4), (4, 3, 2))
+    assert report.totals.output == (8, 4)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("  - to_tokens\n  - take_token: {index: 10, count: 4}\n", r"4 tokens from 10 on run past the last of 12"),
+    ("  - to_tokens\n  - class_token: {count: 2, mean: true}\n", r"the mean of the tokens is one token"),
+])
+def test_bad_token_ranges_are_located_errors(write_spec, body: str, message: str) -> None:  # type: ignore
+    with pytest.raises(ArchcalcError, match=message):
+        analyze(load_spec(write_spec(f"name: bad\ninput: [4, 3, 4]\nlayers:\n{body}")))
+
+
+@pytest.mark.parametrize(("make", "shape"), [(lambda: MiniPiT(1), (3, 16, 16)), (lambda: MiniPiT(2), (3, 16, 16)),
+                                             (lambda: Visformer(), (3, 8, 10))], ids=["pit", "pit_distilled", "visformer"])
+def test_the_imported_step_peak_is_measured(make, shape) -> None:  # type: ignore[no-untyped-def]
+    """The training step's peak of the imported spec (Adam, batch 2, the first and a later step) is what the module
+    allocates: ranges of tokens, token sequences joined, several class tokens, attention on a grid's tokens."""
+    report = analyze(from_module(make(), shape).spec, batch=2, device="cpu")
+    later, first = step_peaks(report, "adam")
+    measured = []
+    for steps in (1, 2):
+        torch.manual_seed(0)
+        model = make()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        measured.append(step_peak_bytes(model, (torch.randn(2, *shape),), optimizer, steps)[1])
+    assert (first.peak, later.peak) == tuple(measured)
