@@ -416,7 +416,8 @@ def test_bad_token_ranges_are_located_errors(write_spec, body: str, message: str
 
 
 @pytest.mark.parametrize(("make", "shape"), [(lambda: MiniPiT(1), (3, 16, 16)), (lambda: MiniPiT(2), (3, 16, 16)),
-                                             (lambda: Visformer(), (3, 8, 10))], ids=["pit", "pit_distilled", "visformer"])
+                                             (lambda: Visformer(), (3, 8, 10))],
+                         ids=["pit", "pit_distilled", "visformer"])
 def test_the_imported_step_peak_is_measured(make, shape) -> None:  # type: ignore[no-untyped-def]
     """The training step's peak of the imported spec (Adam, batch 2, the first and a later step) is what the module
     allocates: ranges of tokens, token sequences joined, several class tokens, attention on a grid's tokens."""
