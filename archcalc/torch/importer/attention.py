@@ -180,7 +180,7 @@ class _Matcher:
         self.nodes.add(joined)
         joined = self.through(joined, lambda n: self.identity(n) or self.dropout(n))
         last = self.only_user(joined)
-        proj = self.module(last, nn.Linear)
+        proj: Any = self.module(last, nn.Linear)
         if proj is None or last is None or proj.in_features != c or len(last.args) != 1:
             return None
         if qkv_bias and proj.bias is None:
@@ -192,7 +192,7 @@ class _Matcher:
         x = first.args[0]
         assert isinstance(x, fx.Node)  # (its shape was read above)
         return Attention(x, qkv, str(last.target), last, frozenset(inside), heads, proj.bias is not None, qkv_bias,
-                         proj.out_features)
+                         int(proj.out_features))
 
     def unbound(self, perm: fx.Node) -> tuple[fx.Node, fx.Node, fx.Node] | None:
         users = list(perm.users)
@@ -242,18 +242,20 @@ class _Matcher:
         if not (_is(kt, "transpose") and kt is not None and dims == [2, 3] and len(kt.args) == 3):
             return None
         first = self.only_user(q)
+        product: fx.Node | None
         if _is(first, "matmul") and first is not None and tuple(first.args) == (q, kt):  # scaled after
-            product, scaled, scores = first, first, self.scaled(first, d)
-            if scores is None:
+            after = self.scaled(first, d)
+            if after is None:
                 return None
+            product, scaled, scores = first, first, after
         else:
-            scaled = self.scaled(q, d)
-            if scaled is None:
+            before = self.scaled(q, d)
+            if before is None:
                 return None
-            scores = self.only_user(scaled)
-            if not (_is(scores, "matmul") and scores is not None and tuple(scores.args) == (scaled, kt)):
+            product = self.only_user(before)
+            if not (_is(product, "matmul") and product is not None and tuple(product.args) == (before, kt)):
                 return None
-            product = scores
+            scaled, scores = before, product
         if self.only_user(kt) is not product:
             return None
         weights = self.only_user(scores)
@@ -370,7 +372,7 @@ def match_grid(root: nn.Module, values: dict[fx.Node, Any], first: fx.Node) -> G
     _, c, h, w = shape_in
     n = h * w
 
-    def pointwise(cv: nn.Conv2d, out: int) -> bool:
+    def pointwise(cv: Any, out: int) -> bool:
         return (cv.in_channels, cv.out_channels, cv.kernel_size, cv.stride, cv.groups, cv.dilation) \
             == (c, out, (1, 1), (1, 1), 1, (1, 1)) and cv.padding in ((0, 0), "valid", "same")
 

@@ -1453,18 +1453,18 @@ class _Converter:
         if isinstance(tensors, (list, tuple)) and len(tensors) == 2 and isinstance(tensors[0], _Param) \
                 and isinstance(tensors[1], _Tensor) and isinstance(tensors[1].shape, Tokens) and dim % 3 == 1 \
                 and len(tensors[0].shape) == 3 and tensors[0].shape[2] == tensors[1].shape[1]:  # learned tokens first
-            args = {"count": tensors[0].shape[1]} if tensors[0].shape[1] != 1 else {}
-            self.consume(node, [tensors[0]], "class_token", args, tensors[1])
-            return self.emit(node, "class_token", "class_token", None, args, [tensors[1]], fixed=False)
+            count = {"count": tensors[0].shape[1]} if tensors[0].shape[1] != 1 else {}
+            self.consume(node, [tensors[0]], "class_token", count, tensors[1])
+            return self.emit(node, "class_token", "class_token", None, count, [tensors[1]], fixed=False)
         if isinstance(tensors, (list, tuple)) and len(tensors) == 2 and isinstance(tensors[0], _MeanToken) \
                 and tensors[0].source is tensors[1] and dim % 3 == 1:  # the mean of the tokens put first
             return self.emit(node, "class_token", "class_token", None, {"mean": True}, [tensors[1]], fixed=False)
         if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, _Tensor) for t in tensors):
             raise Unmapped("torch.cat of something other than a list of the network's tensors")
         if all(isinstance(t.shape, Tokens) and not t.channels_last for t in tensors) and dim % 3 == 1:
-            last = tensors[-1].shape  # token sequences joined along the tokens (PiT: its class tokens, then the grid's)
-            shape = Tokens(sum(t.shape[0] for t in tensors), last[1], last.grid)  # type: ignore[attr-defined]
-            return self.emit(node, "concat", None, "concat", {}, list(tensors), fixed=False, shape=shape)
+            final = tensors[-1].shape  # sequences joined along the tokens (PiT: its class tokens, then the grid's)
+            joined = Tokens(sum(t.shape[0] for t in tensors), final[1], final.grid)  # type: ignore[attr-defined]
+            return self.emit(node, "concat", None, "concat", {}, list(tensors), fixed=False, shape=joined)
         rank = len(tensors[0].shape) + 1
         last = tensors[0].channels_last
         if any(t.channels_last != last for t in tensors):
@@ -1668,8 +1668,8 @@ class _Converter:
                     and index[1].step in (None, 1):  # x[:, a:b]: a range of tokens
                 start, stop, _ = index[1].indices(source.shape[0])
                 if stop > start:
-                    args = {"index": start, "count": stop - start}
-                    return self.emit(node, "take_token", "take_token", None, args, [source], fixed=False,
+                    taken = {"index": start, "count": stop - start}
+                    return self.emit(node, "take_token", "take_token", None, taken, [source], fixed=False,
                                      shape=Tokens(stop - start, source.shape[1], source.shape.grid))
             raise Unmapped(f"indexing [{', '.join(map(str, index))}] of a token sequence: archcalc takes one token "
                            "(x[:, i]: take_token)")
