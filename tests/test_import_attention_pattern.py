@@ -214,7 +214,12 @@ class TokenSlices(nn.Module):
         return t.chunk(2, dim=1)[0]
 
 
-@pytest.mark.parametrize("how", ["slice", "chunk"])
-def test_a_slice_of_tokens_is_refused_not_read_as_channels(how: str) -> None:
+def test_a_split_of_tokens_is_refused_not_read_as_channels() -> None:
     with pytest.raises(ArchcalcError, match=r"of a token sequence"):
-        from_module(TokenSlices(how), (8, 4, 4))
+        from_module(TokenSlices("chunk"), (8, 4, 4))
+
+
+def test_a_range_of_tokens_is_take_token_not_channels() -> None:
+    text, report = check(TokenSlices("slice"), (8, 4, 4))
+    assert "take_token: {count: 2" in text, text
+    assert report.totals.output == (2, 8)

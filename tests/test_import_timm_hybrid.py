@@ -114,12 +114,6 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import Tensor.permute ... timm/models/lowformer.py:301": (  # 6
         "lowformer_b0", "lowformer_b1", "lowformer_b15", "lowformer_b2", "lowformer_b3", "lowformer_e3",
     ),
-    "cannot import Tensor.mean ... timm/layers/attention_pool2d.py:309": (  # 5
-        "resnet101_clip", "resnet50_clip", "resnet50x16_clip", "resnet50x4_clip", "resnet50x64_clip",
-    ),
-    "cannot import Tensor.unsqueeze ... timm/layers/global_context.py:71": (  # 5
-        "gc_efficientnetv2_rw_t", "gcresnet33ts", "gcresnet50t", "gcresnext26ts", "gcresnext50ts",
-    ),
     "cannot import Tensor.view ... timm/models/gcvit.py:243": (  # 5
         "gcvit_base", "gcvit_small", "gcvit_tiny", "gcvit_xtiny", "gcvit_xxtiny",
     ),
@@ -139,17 +133,11 @@ FAILED: dict[str, tuple[str, ...]] = {
         "maxxvitv2_nano_rw_256", "maxxvitv2_rmlp_base_rw_224", "maxxvitv2_rmlp_base_rw_384",
         "maxxvitv2_rmlp_large_rw_224",
     ),
-    "cannot import [] (indexing) at transformers.0 (timm/models/pit.py:89): indexing ": (  # 4
-        "pit_b_224", "pit_s_224", "pit_ti_224", "pit_xs_224",
-    ),
     "cannot import _operator.matmul ... timm/layers/lambda_layer.py:157": (  # 4
         "lambda_resnet26rpt_256", "lambda_resnet26t", "lambda_resnet50ts", "lamhalobotnet50ts_256",
     ),
     "cannot import _operator.matmul ... timm/models/shvit.py:213": (  # 4
         "shvit_s1", "shvit_s2", "shvit_s3", "shvit_s4",
-    ),
-    "cannot import torch.cat ... timm/models/pit.py:84": (  # 4
-        "pit_b_distilled_224", "pit_s_distilled_224", "pit_ti_distilled_224", "pit_xs_distilled_224",
     ),
     "cannot import Tensor.reshape ... timm/models/mobilevit.py:258": (  # 3
         "mobilevit_s", "mobilevit_xs", "mobilevit_xxs",
@@ -160,21 +148,18 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import Tensor.mul ... timm/models/csatv2.py:267": (  # 2
         "csatv2", "csatv2_21m",
     ),
-    "cannot import Tensor.permute ... timm/models/visformer.py:109": (  # 2
-        "visformer_small", "visformer_tiny",
-    ),
     "cannot import _operator.truediv ... timm/layers/non_local_attn.py:131": (  # 1
         "bat_resnext26ts",
     ),
 }
 
 # The share of the hybrid set that imports exact (issue 30 asks for 90 %; see docs/export.md for what stops the rest).
-IMPORTED_COUNT = 63  # of 302: 20.9 %
+IMPORTED_COUNT = 83  # of 302: 27.5 %
 
 # Imported models fvcore's CPU run was not taken for (over 150 GMACs: too slow on the 2 shared cores the data was
 # made on); their other figures are checked, and fvcore's count of the same blocks on the smaller ViTamins.
 FVCORE_SKIPPED = {"vitamin_large_336", "vitamin_large2_336", "vitamin_large_384", "vitamin_large2_384",
-                  "vitamin_xlarge_384"}
+                  "vitamin_xlarge_384", "resnet50x64_clip"}
 
 
 def sdpa_fvcore(rec: dict) -> int:
@@ -246,4 +231,5 @@ def test_the_rate_in_the_docs() -> None:
     families = Counter(MEASURED[name]["family"] for name, rec in IMPORTED.items() if rec["imported"])
     assert families == {"vision_transformer_hybrid": 14, "vitamin": 13, "fastvit": 9, "metaformer": 4, "lowformer": 2,
                         "efficientformer": 3, "edgenext": 5,
-                        "pvt_v2": 7, "twins": 3, "nextvit": 3}
+                        "pvt_v2": 7, "twins": 3, "nextvit": 3,
+                        "byobnet": 9, "efficientnet": 1, "pit": 8, "visformer": 2}

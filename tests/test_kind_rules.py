@@ -215,12 +215,15 @@ FULL: dict[str, Rule] = {
     "sum": lambda a, i, o, m: n(i),
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "linear": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),  # a bias per output (per token and output)
-    **{k: (lambda a, i, o, m: 0) for k in ("to_tokens", "to_grid", "class_token", "take_token")},
+    **{k: (lambda a, i, o, m: 0) for k in ("to_tokens", "to_grid", "take_token")},
+    "class_token": lambda a, i, o, m: n(i) if a["mean"] else 0,  # the mean: N - 1 additions, 1 division per channel
     "pos_embed": lambda a, i, o, m: n(o),
+    # 2 per MAC (the logits' conv, the weighted sum), the bias per position, softmax's 3 per position
+    "context_pool": lambda a, i, o, m: 2 * m + (1 + 3 if a["bias"] else 3) * n(i[1:]),
     # 2 per MAC, the biases of qkv (3C) and the projection (C) per token, q's scale, softmax's 3 per weight
     "self_attention": lambda a, i, o, m: _reduced_attention(a, i, m)
     if a["sr_ratio"] > 1 or a["kv_pool"] or a["kv_avgpool"] else
-    2 * m + ((4 if a["qkv_bias"] else 1) * n(i) if a["bias"] else 0) + n(i)
+    2 * m + ((3 * n(i) if a["qkv_bias"] else 0) + n(o) if a["bias"] else 0) + n(i)
     + 3 * a["num_heads"] * i[0] ** 2 if not (a["key_dim"] or a["value_dim"] or a["score_bias"])
     # (bias elements: 3C + C per token, or the output projection's C alone). With key_dim kd and value_dim vd:
     # the qkv bias is h (2 kd + vd) per token, q's scale h kd per token, the score bias 1 per weight.

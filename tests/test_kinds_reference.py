@@ -339,12 +339,12 @@ class Attention(nn.Module):
     every product a matmul: softmax(Q K^T / sqrt(d)) V per head."""
 
     def __init__(self, c: int, heads: int, bias: bool, qkv_bias: bool = True, key_dim: int = 0, value_dim: int = 0,
-                 grid: tuple[int, ...] | None = None) -> None:
+                 grid: tuple[int, ...] | None = None, out: int = 0) -> None:
         super().__init__()
         self.heads = heads
         self.kd, self.vd = key_dim or c // heads, value_dim or c // heads  # (LeViT: q, k of key_dim; v attn_ratio x)
         self.in_proj = nn.Linear(c, heads * (2 * self.kd + self.vd), bias=bias and qkv_bias)  # (qkv_bias false: the
-        self.out_proj = nn.Linear(heads * self.vd, c, bias=bias)  # output's bias only)
+        self.out_proj = nn.Linear(heads * self.vd, out or c, bias=bias)  # output's bias only; out: CLIP's pool)
         self.grid = grid
         if grid is not None:  # LeViT (Graham et al. 2021, section 4.2): a bias per head and |offset| on the grid
             self.table = nn.Parameter(torch.randn(heads, grid[0] * grid[1]))
@@ -429,6 +429,31 @@ class FourierPositions(nn.Module):
         if not self.once:
             pos = pos.expand(x.shape[0], -1, -1, -1)
         return x + self.token_projection(pos).flatten(2).transpose(1, 2)
+
+
+class ContextPool(nn.Module):
+    """GCNet's attention pooling (Cao et al. 2019, Fig. 4(a), "context modeling"): a logit per position from a
+    weighted sum of its channels, softmax over all positions, then each channel's softmax-weighted sum."""
+
+    def __init__(self, c: int, rank: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(1, c, *(1,) * rank))  # (a 1x1 conv's weight: 1 x C x 1 ...)
+        self.bias = nn.Parameter(torch.randn(1)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(2)  # B x C x P
+        logits = torch.bmm(self.weight.flatten().expand(x.shape[0], 1, -1), flat)  # B x 1 x P
+        if self.bias is not None:
+            logits = logits + self.bias
+        weights = torch.softmax(logits, dim=2)
+        return torch.bmm(flat, weights.transpose(1, 2)).reshape(*x.shape[:2], *(1,) * (x.dim() - 2))
+
+
+class MeanToken(nn.Module):
+    """The mean of the tokens put before them (CLIP's attention pool, Radford et al. 2021)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x.sum(1, keepdim=True) / x.shape[1], x], dim=1)
 
 
 class HeadPool(nn.Module):
@@ -757,18 +782,20 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "to_tokens": lambda a, s: Lambda(lambda x: x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)),
     "to_grid": lambda a, s: Lambda(lambda x: x.permute(0, 2, 1).reshape(x.shape[0], x.shape[2], *(
         s.grid if a["size"] is None else (a["size"],) if isinstance(a["size"], int) else a["size"]))),
-    "class_token": lambda a, s: Tokenized((1, 1, s[1]), first=True),
+    "class_token": lambda a, s: MeanToken() if a["mean"] else Tokenized((1, a["count"], s[1]), first=True),
     "pos_embed": lambda a, s: Tokenized((1, *s), first=False),
     "take_token": lambda a, s: Lambda(lambda x: x[:, a["index"]] if a["stop"] is None else x.narrow(
         1, a["index"], a["stop"] - a["index"])),
     "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"], a["qkv_bias"], a["key_dim"],
-                                             a["value_dim"], s.grid if a["score_bias"] else None),
+                                             a["value_dim"], s.grid if a["score_bias"] else None,
+                                             a["out_features"]),
     "pooled_attention": PooledAttention,
     "token_maxpool": TokenMaxPool,
     "separable_pos_embed": lambda a, s: SeparablePositions(s),
     "xca": lambda a, s: CrossCovariance(s[1], a["num_heads"], a["qkv_bias"]),
     "fourier_pos_embed": FourierPositions,
     "class_attention": lambda a, s: ClassAttn(s[1], a["num_heads"], a["qkv_bias"]),
+    "context_pool": lambda a, s: ContextPool(s[0], len(s) - 1, a["bias"]),
     "leaky_relu": lambda a, s: nn.LeakyReLU(a["negative_slope"]),
     "linear": _linear,
     "lrn": lambda a, s: nn.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"]),

@@ -288,8 +288,7 @@ BAD = [
     ("  - to_tokens\n  - self_attention: {num_heads: 3}\n", "not divisible by num_heads 3"),
     ("  - to_tokens\n  - to_grid: {size: [3, 3]}\n", "holds 9 tokens, not 16"),
     ("  - to_tokens\n  - take_token: {index: 16}\n", "past the last of 16 tokens"),
-    ("  - to_tokens: {name: t}\n  - linear: {out: 3, name: u}\n  - concat: [t, u]\n",
-     "their channels (and grid) must agree"),
+    ("  - to_tokens: {name: t}\n  - linear: {out: 3, name: u}\n  - concat: [t, u]\n", "their channels must agree"),
     ("  - relu: {name: g}\n  - to_tokens: {name: t}\n  - add: [t, g]\n", "cannot be mixed"),
 ]
 

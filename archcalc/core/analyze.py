@@ -507,7 +507,7 @@ class _Engine:
             layouts = {isinstance(s, Tokens) for s in shapes}
             if True in layouts and (len(layouts) > 1 or not op.tokens):
                 raise LayerError(f"{op.name} of token sequences and grids cannot be mixed" if len(layouts) > 1 else
-                                 f"{op.name} of token sequences is not supported (add, sub and mul are)")
+                                 f"{op.name} of token sequences is not supported (add, sub, mul and concat are)")
             out = op.output(shapes, sources)
             _check_size(out, self.batch)
         except LayerError as exc:

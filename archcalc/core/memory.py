@@ -672,8 +672,9 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
         if op.merge is not None:
             for t in op.inputs:
                 if needs_grad[t]:
-                    if op.merge.name in ("add", "concat"):
-                        shared.append(t)
+                    if op.merge.name == "concat" or (op.merge.name == "add" and graph.tensors[t].shape
+                                                     == graph.tensors[op.output].shape):
+                        shared.append(t)  # (a broadcast summand's gradient is the output's, summed to its shape)
                     else:
                         new.append((t, numel(graph.tensors[t].shape) * itemsize * batch))
         else:

@@ -65,19 +65,20 @@ class MergeOp:
 
 class Concat(MergeOp):
     name = "concat"
-    doc = ("torch.cat along channels: the other axes must agree; token sequences (N x C) are joined along the "
-           "tokens (torch.cat(dim=1): XCiT's class-attention blocks), their channels and grid must agree")
+    doc = ("torch.cat along channels: the other axes must agree; token sequences are joined along the tokens "
+           "(dim 1 of B x N x C: PiT's class tokens put before the grid's), on the last one's grid")
     tokens = True
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         first = shapes[0]
         if isinstance(first, Tokens):
             for shape, source in zip(shapes[1:], sources[1:]):
-                if shape[1] != first[1] or shape.grid != first.grid:  # type: ignore[attr-defined]
-                    raise LayerError(f"{sources[0]} gives {dims(first)} tokens but {source} gives {dims(shape)}; "
-                                     "token sequences are concatenated along the tokens: their channels (and "
-                                     "grid) must agree")
-            return Tokens(sum(s[0] for s in shapes), first[1], first.grid)
+                if shape[1] != first[1]:
+                    raise LayerError(f"{sources[0]} gives {dims(first)} but {source} gives {dims(shape)}; token "
+                                     "sequences are joined along the tokens: their channels must agree")
+            last = shapes[-1]
+            assert isinstance(last, Tokens)
+            return Tokens(sum(s[0] for s in shapes), first[1], last.grid)
         for shape, source in zip(shapes[1:], sources[1:]):
             if len(shape) != len(first) or shape[1:] != first[1:]:
                 raise LayerError(f"{sources[0]} gives {dims(first)} but {source} gives {dims(shape)}; they cannot "
@@ -90,7 +91,8 @@ class Concat(MergeOp):
 
 class Add(MergeOp):
     name = "add"
-    doc = "element-wise sum: the shapes must be equal"
+    doc = ("element-wise sum: the shapes must be equal, or on a grid an axis of size 1 stretches (GCNet's "
+           "x + C x 1 x 1 context) where the first two inputs make the full shape")
     symbol = "+"
     accumulates = True
     running = True
@@ -98,11 +100,20 @@ class Add(MergeOp):
 
     def output(self, shapes: Sequence[Shape], sources: Sequence[str]) -> Shape:
         first = shapes[0]
-        for shape, source in zip(shapes[1:], sources[1:]):
-            if shape != first:
+        if isinstance(first, Tokens) or any(isinstance(s, Tokens) for s in shapes):
+            for shape, source in zip(shapes[1:], sources[1:]):
+                if shape != first:
+                    raise LayerError(f"{sources[0]} gives {dims(first)} but {source} gives {dims(shape)}; they "
+                                     "cannot be added")
+            return first
+        out: list[int] = list(first)
+        for k, (shape, source) in enumerate(zip(shapes[1:], sources[1:]), 1):
+            fits = len(shape) == len(out) and all(a == b or a == 1 or (b == 1 and k == 1) for a, b in zip(shape, out))
+            if not fits:  # (a third input and on is added in place: it cannot widen the sum)
                 raise LayerError(f"{sources[0]} gives {dims(first)} but {source} gives {dims(shape)}; they cannot "
                                  "be added")
-        return first
+            out = [max(a, b) for a, b in zip(shape, out)]
+        return tuple(out)
 
 
 class Sub(MergeOp):

@@ -308,6 +308,23 @@ class Mean(nn.Module):
         return f"dims={self.dims}, keepdim={self.keepdim}"
 
 
+class ContextPool(nn.Module):
+    """GCNet's global attention pooling (Cao et al. 2019; timm's GlobalContext with use_attn): a 1x1 conv to one
+    logit per position, a softmax over the positions, and the input's weighted sum over them (a matrix product):
+    B x C x H x W -> B x C x 1 x 1."""
+
+    def __init__(self, channels: int, rank: int, bias: bool = True) -> None:
+        super().__init__()
+        conv: Any = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[rank - 1]
+        self.conv_attn = conv(channels, 1, kernel_size=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        weights = self.conv_attn(x).reshape(b, 1, -1).softmax(dim=-1).unsqueeze(3)  # B x 1 x HW x 1
+        context = x.reshape(b, c, -1).unsqueeze(1) @ weights  # B x 1 x C x 1
+        return context.reshape(b, c, *(1,) * (x.dim() - 2))
+
+
 class Reshape(nn.Module):
     """x.view(B, *shape, *x.shape[-keep:]): ECA's view of C pooled channels as one 1-D signal for a Conv1d, and
     back; ResNeSt's view of radix x C channels as (radix, C) with the spatial axes kept."""
@@ -503,13 +520,18 @@ class ToGrid(nn.Module):
 
 class ClassToken(nn.Module):
     """A learned token put before the sequence (torchvision's VisionTransformer: `class_token`, expanded over the
-    batch and concatenated)."""
+    batch and concatenated); with `mean`, the mean of the tokens instead (CLIP's attention pool, timm's
+    AttentionPool2d: no parameter)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, mean: bool = False, count: int = 1) -> None:
         super().__init__()
-        self.class_token = nn.Parameter(torch.zeros(1, 1, channels))
+        self.mean = mean
+        if not mean:
+            self.class_token = nn.Parameter(torch.zeros(1, count, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mean:
+            return torch.cat([x.mean(1, keepdim=True), x], dim=1)
         return torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
 
 
@@ -556,7 +578,8 @@ class SelfAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, kernel: str = "math",
                  qkv_bias: bool = True, key_dim: int = 0, value_dim: int = 0,
                  bias_grid: Sequence[int] | None = None, sr_ratio: int = 1, kv_pool: int = 0,
-                 grid: Sequence[int] = (), kv_avgpool: int = 0, kv_norm: bool = True) -> None:
+                 grid: Sequence[int] = (), kv_avgpool: int = 0, kv_norm: bool = True,
+                 out_features: int = 0) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -582,7 +605,7 @@ class SelfAttention(nn.Module):
                 self.norm = nn.LayerNorm(embed_dim)
         else:
             self.in_proj = nn.Linear(embed_dim, 2 * keys + values, bias=bias and qkv_bias)
-        self.out_proj = nn.Linear(values, embed_dim, bias=bias)
+        self.out_proj = nn.Linear(values, out_features or embed_dim, bias=bias)
         self.bias_grid = tuple(bias_grid) if bias_grid is not None else None
         if self.bias_grid is not None:  # the score bias: a table per head and |offset| on the 2-D grid (LeViT)
             gh, gw = self.bias_grid

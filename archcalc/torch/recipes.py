@@ -271,6 +271,11 @@ def _mean(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.Mean, dims=tuple(range(2, len(inp) + 1)), keepdim=a["keepdim"])
 
 
+@recipe("context_pool")
+def _context_pool(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.ContextPool, channels=inp[0], rank=len(inp) - 1, bias=a["bias"])
+
+
 # ---- tokens and attention ---------------------------------------------------------------------------------------
 
 
@@ -286,7 +291,8 @@ def _to_grid(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("class_token")
 def _class_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.ClassToken, channels=inp[1])
+    return call(modules.ClassToken, channels=inp[1], **({"mean": True} if a["mean"] else {}),
+                **({"count": a["count"]} if a["count"] != 1 else {}))
 
 
 @recipe("pos_embed")
@@ -310,6 +316,8 @@ def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
         extra.update(kv_avgpool=a["kv_avgpool"], kv_norm=a["kv_norm"])
     elif a["sr_ratio"] > 1 or a["kv_pool"]:
         extra.update(sr_ratio=a["sr_ratio"], kv_pool=a["kv_pool"], grid=tuple(inp.grid))  # type: ignore[attr-defined]
+    if a["out_features"]:
+        extra["out_features"] = a["out_features"]
     return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"],
                 qkv_bias=a["qkv_bias"], **extra)
 
@@ -755,9 +763,12 @@ reads("layer_scale", _read_layer_scale, modules.LayerScale)
 reads("mean", _read_mean, modules.Mean)
 reads("blur_pool", _read_blur_pool, modules.BlurPool)
 reads("crop", _read_crop, modules.CenterCrop)
+reads("context_pool", lambda m, inp: Mapped("context_pool", {"bias": m.conv_attn.bias is not None}),
+      modules.ContextPool)
 reads("to_tokens", lambda m, inp: Mapped("to_tokens", {}), modules.ToTokens)
 reads("to_grid", lambda m, inp: Mapped("to_grid", {"size": tuple(int(s) for s in m.size)}), modules.ToGrid)
-reads("class_token", lambda m, inp: Mapped("class_token", {}), modules.ClassToken)
+reads("class_token", lambda m, inp: Mapped("class_token", {"mean": True} if m.mean else (
+    {"count": int(m.class_token.shape[1])} if m.class_token.shape[1] != 1 else {})), modules.ClassToken)
 reads("pos_embed", lambda m, inp: Mapped("pos_embed", {}), modules.PositionEmbedding)
 reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index), **(
     {"stop": int(m.stop)} if m.stop is not None else {})}), modules.TakeToken)
@@ -775,7 +786,8 @@ def _read_self_attention(m: Any, inp: tuple[int, ...]) -> Mapped:
         **({"sr_ratio": int(m.sr_ratio)} if m.sr_ratio > 1 else {}),
         **({"kv_pool": int(m.kv_pool)} if m.kv_pool else {}),
         **({"kv_avgpool": int(m.kv_avgpool)} if m.kv_avgpool else {}),
-        **({"kv_norm": False} if m.kv_avgpool and not m.kv_norm else {})})
+        **({"kv_norm": False} if m.kv_avgpool and not m.kv_norm else {}),
+        **({"out_features": m.out_proj.out_features} if m.out_proj.out_features != m.embed_dim else {})})
 
 
 reads("self_attention", _read_self_attention, modules.SelfAttention)

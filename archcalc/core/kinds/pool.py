@@ -8,6 +8,7 @@ from fractions import Fraction
 from typing import Any, ClassVar
 
 from archcalc.core.kinds.base import (
+    ACTIVATION,
     AXIS_NAMES,
     Arg,
     Cost,
@@ -409,3 +410,49 @@ class BlurPool(Kind):
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         k, s, _, pads = self.geometry(a, inp)
         return f"{fmt_axes(k)}/{fmt_axes(s)} p{fmt_pads(pads)} {a['padding_mode']}"
+
+
+@register
+class ContextPool(Kind):
+    name = "context_pool"
+    synonyms = ("attention_pool", "global_context_pool", "gc_pool")
+    prefix = "context"
+    doc = ("Global attention pooling, GCNet's context modelling (Cao et al. 2019, \"GCNet: Non-local Networks Meet "
+           "Squeeze-Excitation Networks and Beyond\", Fig. 4; timm's GlobalContext): a 1x1 conv makes one logit "
+           "per position (C -> 1), a softmax over the H*W positions turns them into weights, and the output is the "
+           "weighted sum of the input over the positions: C x H x W -> C x 1 x 1. Params C (+1 with bias). MACs "
+           "C*H*W (the conv) + C*H*W (the weighted sum, a matrix product) per image; FlopCounterMode and fvcore "
+           "count both (convolution and matmul), neither the softmax.")
+    full_rule = "2 per MAC, 1 per position for the bias, 3 per position for the softmax (exp, add to the sum, divide)"
+    step_unfollowed = "its backward (the weighted sum's, the softmax's and the logits' gradients) is not modelled yet"
+    args = (Arg("bias", "bool", True, "the logit conv's bias"),)
+    examples = (Example((8, 4, 4)), Example((6, 5)), Example((4, 2, 3, 3), {"bias": False}), Example((1, 3, 5)))
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        return (inp[0], *(1,) * spatial_rank(self.name, inp))
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        positions = numel(inp[1:])
+        macs = 2 * numel(inp)
+        return Cost(params=inp[0] + (1 if a["bias"] else 0), macs=macs, fvcore=macs,
+                    full=2 * macs + (positions if a["bias"] else 0) + 3 * positions)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        return (out[0], 1) if a["bias"] else (out[0],)
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
+        return [RFStep(whole=True) for _ in inp[1:]]  # every position is weighed into the one output
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # The built module (archcalc.torch.modules.ContextPool): the conv keeps its input (for its weight), the
+        # softmax its output, the weights (H*W), which the weighted sum keeps too, beside a view of the input.
+        return Saved(input=True, extra=((numel(inp[1:]), ACTIVATION),))
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # At the softmax the logits and the weights (2P, P positions), before the output (C) exists; then the
+        # weights and the output: the most, less the output, which the engine counts beside it.
+        p = numel(inp[1:])
+        return ((max(2 * p, p + inp[0]) - inp[0], ACTIVATION),)
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"{fmt_axes(inp[1:])} -> 1 by softmax weights"

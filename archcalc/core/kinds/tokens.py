@@ -119,20 +119,37 @@ class ClassToken(Kind):
     full_rule = "0 (a copy)"
     tokens = True
     passes_gradient = True  # CatBackward0 hands the sequence a view of the output's gradient (narrow), no copy
-    examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(5, 3, (5,))))
+    args = (Arg("mean", "bool", False, "the token is the mean of the tokens, not learned (no parameters; CLIP's "
+                "attention pool: torch.cat([x.mean(1, keepdim=True), x], dim=1))"),
+            Arg("count", "int", 1, "learned tokens put first (PiT's distilled models: 2, the class and the "
+                "distillation token); with mean, 1", minimum=1))
+    examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(5, 3, (5,))),
+                Example(Tokens(16, 8, (4, 4)), {"mean": True}), Example(Tokens(6, 4, (2, 3)), {"count": 2}))
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         n, c = token_input(self.name, inp)
-        return tokens_like(inp, n + 1, c)
+        if a["mean"] and a["count"] != 1:
+            raise LayerError("class_token: the mean of the tokens is one token (count 1)")
+        return tokens_like(inp, n + a["count"], c)
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
-        return Cost(params=inp[1])
+        if a["mean"]:  # N - 1 additions and a division per channel; FlopCounterMode and fvcore count a mean 0
+            return Cost(full=numel(inp))
+        return Cost(params=a["count"] * inp[1])
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
-        return (params,)
+        return (params,) if params else ()
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ((inp[1], ACTIVATION),) if a["mean"] else ()  # the mean token, read by the concatenation
+
+    def step_unfollowed_for(self, a: Mapping[str, Any], inp: Shape) -> str:
+        # The mean's gradient is spread over the tokens and added to the sequence's (a new tensor, not the view
+        # a learned token's concatenation hands back): not modelled.
+        return "the mean token's backward is not followed in the step's timeline" if a["mean"] else ""
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
-        return f"+1 token of {inp[1]}"
+        return f"+{a['count']} {'mean ' if a['mean'] else ''}token{'s' if a['count'] > 1 else ''} of {inp[1]}"
 
 
 @register
@@ -213,15 +230,17 @@ class SelfAttention(Kind):
     prefix = "attn"
     doc = ("Multi-head self-attention over N x C tokens (Vaswani et al. 2017; nn.MultiheadAttention's parameters): "
            "q, k, v = x W_in (C -> 3C), per head (d = C / heads) softmax(Q K^T / sqrt(d)) V, the heads joined and "
-           "projected (C -> C). Params 4C^2 (+ 4C with bias; + C with the output projection's only). MACs 3NC^2 "
-           "(qkv) + N^2 C (Q K^T) + N^2 C (A V) + NC^2 (projection) = 4NC^2 + 2N^2 C per image, independent of "
-           "the number of heads. Built as torch's math path (every product a counted op), or with `kernel: fused` "
-           "as F.scaled_dot_product_attention's fused kernel, which keeps no N x N weights (docs/tokens.md, "
+           "projected (C -> C, or C -> F with `out_features`). Params 4C^2 (+ 4C with bias; + C with the output "
+           "projection's only; with F: 3C^2 + CF, + 3C + F). MACs 3NC^2 (qkv) + N^2 C (Q K^T) + N^2 C (A V) + "
+           "NC^2 (projection; NCF) = 4NC^2 + 2N^2 C per image, independent of the number of heads. Built as "
+           "torch's math path (every product a counted op), or with `kernel: fused` as "
+           "F.scaled_dot_product_attention's fused kernel, which keeps no N x N weights (docs/tokens.md, "
            "Memory); what FlopCounterMode and fvcore count for torch's own nn.MultiheadAttention and "
            "scaled_dot_product_attention is in docs/conventions.md. With `sr_ratio`, `kv_pool` or `kv_avgpool` "
            "k and v come from M reduced tokens (PVT, Twins, Next-ViT; separate q (C -> C) and kv (C -> 2C) "
            "projections, the same parameters): MACs 2NC^2 + 2MC^2 + 2NMC + the reducing conv's (docs/tokens.md).")
-    full_rule = ("2 per MAC, 1 per bias element (4C per token, or C), 1 per element of q for the 1/sqrt(d) scale, "
+    full_rule = ("2 per MAC, 1 per bias element (4C per token, or C; 3C + F or F with out_features), 1 per "
+                 "element of q for the 1/sqrt(d) scale, "
                  "3 per attention weight (softmax: exp, add to the sum, divide); reduced keys and values: the "
                  "biases per token they are added to, the conv's bias, the layer norm's rule, the pool's sums and "
                  "divisions, 5 per GELU element, 4 per eval-mode batch norm element")
@@ -256,6 +275,8 @@ class SelfAttention(Kind):
             "E-MHSA: sr_ratio^2): M = N // kv_avgpool tokens; 0: none", minimum=0),
         Arg("kv_norm", "bool", True, "with kv_avgpool, the batch norm (false: folded into the projections, as "
             "Next-ViT's reparameterize() does)"),
+        Arg("out_features", "int", 0, "the output projection's width F (0: C, the input's; CLIP's attention pool "
+            "projects its C channels to another width)", aliases=("out",), minimum=0),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2}),
@@ -272,6 +293,8 @@ class SelfAttention(Kind):
         Example(Tokens(49, 8, (7, 7)), {"num_heads": 4, "kv_pool": 3, "bias": False}),
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "kv_avgpool": 4}),
         Example(Tokens(25, 6, (5, 5)), {"num_heads": 1, "kv_avgpool": 4, "kv_norm": False}),
+        Example(Tokens(10, 8, (3, 3)), {"num_heads": 2, "out_features": 5}),
+        Example(Tokens(10, 8, (3, 3)), {"num_heads": 4, "out_features": 12, "bias": False}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
@@ -289,7 +312,10 @@ class SelfAttention(Kind):
         if self.reduced(a, inp) is not None and not plain:
             raise LayerError("self_attention takes key_dim, value_dim and score_bias or keys and values from a "
                              "reduced sequence (sr_ratio, kv_pool, kv_avgpool), not both")
-        return inp
+        if a["out_features"] and (not plain or self.reduced(a, inp) is not None):
+            raise LayerError("self_attention takes out_features without key_dim, value_dim, score_bias, sr_ratio, "
+                             "kv_pool and kv_avgpool")
+        return tokens_like(inp, t[0], a["out_features"] or c)
 
     def reduced(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, int] | None:
         """With keys and values from a reduced sequence (sr_ratio > 1 or kv_pool): (M, the reducing conv's MACs
@@ -329,11 +355,12 @@ class SelfAttention(Kind):
 
     @staticmethod
     def parts(inp: Shape, a: Mapping[str, Any] | None = None) -> tuple[int, int]:
-        """Per-image MACs of the linear maps (4NC^2; with q/k channels K and v channels V: NC(2K + V) + NVC) and of
-        the two attention products (2N^2 C; N^2 K + N^2 V)."""
+        """Per-image MACs of the linear maps (4NC^2; with q/k channels K, v channels V and an output width F:
+        NC(2K + V) + NVF) and of the two attention products (2N^2 C; N^2 K + N^2 V)."""
         n, c = inp
         k, v = SelfAttention.dims(a, c) if a is not None else (c, c)
-        return n * c * (2 * k + v) + n * v * c, n * n * (k + v)
+        f = (a.get("out_features") or c) if a is not None else c
+        return n * c * (2 * k + v) + n * v * f, n * n * (k + v)
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         n, c = inp
@@ -341,16 +368,17 @@ class SelfAttention(Kind):
         if reduced is not None:
             return self.reduced_cost(a, inp, *reduced)
         k, v = self.dims(a, c)
+        f = a["out_features"] or c
         linear, products = self.parts(inp, a)
         macs = linear + products
-        bias = ((2 * k + v + c) if a["qkv_bias"] else c) if a["bias"] else 0
+        bias = ((2 * k + v + f) if a["qkv_bias"] else f) if a["bias"] else 0
         softmax = a["num_heads"] * n * n
         table, index = (a["num_heads"] * n, n * n) if a.get("score_bias") else (0, 0)
         # fvcore has no handler for aten::scaled_dot_product_attention: on the fused kernel it counts the four
         # projections alone (measured: tests/test_attention_kernels.py). The score bias: a gather (aten::index)
         # and an add, which FlopCounterMode and fvcore both count as 0 (tests/test_levit.py); `full` counts the
         # add (1 per attention weight).
-        return Cost(params=(2 * k + v) * c + v * c + bias + table, int_buffers=index, macs=macs,
+        return Cost(params=(2 * k + v) * c + v * f + bias + table, int_buffers=index, macs=macs,
                     fvcore=linear if a["kernel"] == "fused" else macs,
                     full=2 * macs + n * bias + n * k + 3 * softmax + (softmax if table else 0))
 
@@ -391,12 +419,18 @@ class SelfAttention(Kind):
             norm = (c, c) if not a["kv_avgpool"] or a["kv_norm"] else ()
             return ((c * c, *((c,) if qkv_bias else ()), 2 * c * c, *((2 * c,) if qkv_bias else ()),
                      *conv, *norm, c * c, *((c,) if a["bias"] else ())))
+        f = a["out_features"]
+        if f:  # C from params = 3C^2 + CF + biases (3C + F, F or none): the root of a quadratic in C
+            lin = f + (3 if a["bias"] and a["qkv_bias"] else 0)
+            rest = params - (f if a["bias"] else 0)
+            c = (math.isqrt(lin * lin + 12 * rest) - lin) // 6
+        f = f or c
         k, v = self.dims(a, c)
         table = (a["num_heads"] * out[0],) if a.get("score_bias") else ()
         if a["bias"]:
             qkv = ((2 * k + v) * c, 2 * k + v) if a["qkv_bias"] else ((2 * k + v) * c,)
-            return (*qkv, v * c, c, *table)
-        return ((2 * k + v) * c, v * c, *table)
+            return (*qkv, v * f, f, *table)
+        return ((2 * k + v) * c, v * f, *table)
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
         # Every token sees every token: the whole grid the tokens came from (the engine reads Tokens.grid).
@@ -468,6 +502,8 @@ class SelfAttention(Kind):
         if self.reduced(a, inp) is not None:
             return ("keys and values from a reduced sequence (sr_ratio, kv_pool, kv_avgpool): its backward is not "
                     "modelled yet")
+        if a["out_features"] not in (0, inp[1]):
+            return "an output projection to another width (out_features) is not followed in the step's timeline"
         if a["kernel"] == "math" and a["num_heads"] > 1 and inp[1] == a["num_heads"]:
             return ("one channel per head on the math path (out_proj as a matmul and a bias add) is not followed "
                     "in the step's timeline")
@@ -543,12 +579,13 @@ class SelfAttention(Kind):
         weights = a["num_heads"] * n * n
         copy = a["num_heads"] > 1 and n > 1  # (one token: q's layout is already the heads'; measured)
         k, v = self.dims(a, c)
+        f = a["out_features"] or c
         qkv = n * (2 * k + v)
         # (at A V: v's contiguous copy and the product, 2NV; out_proj's input and output: NV + NC. Neither is the
         # most with C channels in q, k and v; with value_dim above key_dim A V can be.)
         during = max(qkv + (3 if copy else 2) * n * k + weights, qkv + 2 * weights, qkv + weights + 2 * n * v,
-                     qkv + weights + n * v + n * c)
-        return ((during - n * c, ACTIVATION),)
+                     qkv + weights + n * v + n * f)
+        return ((during - n * f, ACTIVATION),)
 
     def transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # The gathered score bias (heads x N^2), made first from the table alone (whatever the batch) and added to
@@ -586,7 +623,8 @@ class SelfAttention(Kind):
             return f"{h} heads of q/k {k // h}, v {v // h}, {inp[0]} tokens{bias}"
         reduced = self.reduced(a, inp)
         kv = f", kv {reduced[0]} tokens" if reduced is not None else ""
-        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens{kv}{fused}"
+        out = f", out {a['out_features']}" if a["out_features"] not in (0, inp[1]) else ""
+        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens{kv}{out}{fused}"
 
 
 __all__ = ["ClassToken", "PositionEmbedding", "SelfAttention", "TakeToken", "ToGrid", "ToTokens", "is_tokens",

@@ -156,6 +156,14 @@ class _Flat(NamedTuple):
     source: _Tensor
 
 
+class _MeanToken(NamedTuple):
+    """The mean of a token sequence kept as one token, x.mean(1, keepdim=True): class_token with `mean` once it is
+    put before the same sequence (CLIP's attention pool: torch.cat([x.mean(1, keepdim=True), x], dim=1)), nothing
+    archcalc has a kind for otherwise."""
+
+    source: _Tensor
+
+
 class _TokensT(NamedTuple):
     """A token sequence with its two axes swapped (C x N: FastViT's `x.transpose(-2, -1)` before it reshapes to
     the grid): to_grid once it is viewed as C x H x W, nothing archcalc has a kind for otherwise."""
@@ -552,8 +560,9 @@ class _Converter:
                 outputs = self.outputs(node)
             elif node not in self.composed:
                 self.current = node
-                if node.op == "call_module" and self.attention_pattern(node):  # (the same: self-attention)
-                    continue
+                if node.op == "call_module" and (self.attention_pattern(node) or self.context_pattern(node)
+                                                 or self.grid_attention_pattern(node)):
+                    continue  # (a module's ops read as one kind by what they compute: attention)
                 if node.op == "call_function" and node.target is operator.getitem and self.class_pattern(node):
                     continue
                 if self.composition(node):  # (its nodes are one op now; their values are set)
@@ -634,6 +643,8 @@ class _Converter:
             args["kv_avgpool"] = found.kv_avgpool
             if not found.kv_norm:
                 args["kv_norm"] = False
+        if found.out_features and found.out_features != x.shape[1]:
+            args["out_features"] = found.out_features
         try:
             self.consume(found.last, params, "self_attention", args, x)
         except Unmapped:
@@ -645,7 +656,7 @@ class _Converter:
         m = self.root.get_submodule(path) if path else self.root
         where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
         trainable = any(p.requires_grad for c in calls for p in self.root.get_submodule(c).parameters())
-        out = self._new(x.shape)
+        out = self._new(Tokens(x.shape[0], found.out_features or x.shape[1], x.shape.grid))
         self.ops.append(Op(parts[-1] if parts else "attention", parts[:-1], bool(parts), "self_attention", None,
                            args, (x.id,), out.id, where, None, trainable))
         self.composed.update(found.nodes)
@@ -665,6 +676,7 @@ class _Converter:
         xs = torch.arange(grid[1]).repeat(grid[0])
         want = (ys[:, None] - ys[None, :]).abs() * grid[1] + (xs[:, None] - xs[None, :]).abs()
         return bool(torch.equal(index.cpu(), want))
+
     def class_pattern(self, node: fx.Node) -> bool:
         """CaiT's class attention written out op by op from its x[:, 0] (attention.py), one `class_attention` op
         from the tokens to the output projection's result (the class token's, 1 x C)."""
@@ -691,6 +703,32 @@ class _Converter:
         out = self._new(Tokens(1, x.shape[1], x.shape.grid))
         self.ops.append(Op(parts[-1] if parts else "class_attention", parts[:-1], bool(parts), "class_attention",
                            None, args, (x.id,), out.id, where, None, trainable))
+        self.composed.update(found.nodes)
+        self.vals[found.last] = out
+        return True
+
+    def context_pattern(self, node: fx.Node) -> bool:
+        """GCNet's attention pooling from its logits' conv (timm's GlobalContext: attention.match_context), one
+        `context_pool` op from the grid to the pooled context."""
+        found = attention.match_context(self.root, self.values, node)
+        x = self.vals.get(found.x) if found is not None else None
+        if found is None or not isinstance(x, _Tensor) or isinstance(x.shape, Tokens) or x.channels_last:
+            return False
+        conv = self.root.get_submodule(found.conv)
+        params = [_Param((f"{found.conv}.{name}",), tuple(t.shape)) for name, t in conv.named_parameters()]
+        args = {} if found.bias else {"bias": False}
+        try:
+            self.consume(found.last, params, "context_pool", args, x)
+        except Unmapped:
+            return False
+        self.called.add(found.conv)
+        parts = tuple(found.conv.split("."))  # (named after the conv: its module holds the rest of the block)
+        path = ".".join(parts[:-1])
+        m = self.root.get_submodule(path) if path else self.root
+        where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
+        out = self._new((x.shape[0], 1, 1))
+        self.ops.append(Op(parts[-1], parts[:-1], True, "context_pool", None, args,
+                           (x.id,), out.id, where, None, any(p.requires_grad for p in conv.parameters())))
         self.composed.update(found.nodes)
         self.vals[found.last] = out
         return True
@@ -723,6 +761,45 @@ class _Converter:
         out = self._new(x.shape)
         self.ops.append(Op(parts[-1] if parts else "xca", parts[:-1], bool(parts), "xca", None, args, (x.id,),
                            out.id, where, None, trainable))
+        self.composed.update(found.nodes)
+        self.vals[found.last] = out
+        return True
+
+    def grid_attention_pattern(self, node: fx.Node) -> bool:
+        """Self-attention on a channels-first grid with 1x1 conv projections (Visformer's: attention.match_grid):
+        `to_tokens`, one `self_attention` and `to_grid`, the same products."""
+        found = attention.match_grid(self.root, self.values, node)
+        x = self.vals.get(found.x) if found is not None else None
+        if found is None or not isinstance(x, _Tensor) or isinstance(x.shape, Tokens) or x.channels_last \
+                or len(x.shape) != 3:
+            return False
+        c, h, w = x.shape
+        tokens = _Tensor(-1, Tokens(h * w, c, (h, w)))
+        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj)
+                  for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
+        args: dict[str, Any] = {"num_heads": found.num_heads, "bias": found.bias}
+        if found.bias and not found.qkv_bias:
+            args["qkv_bias"] = False
+        try:
+            self.consume(found.last, params, "self_attention", args, tokens)
+        except Unmapped:
+            return False
+        self.called.update((found.qkv, found.proj))
+        parts = tuple(found.qkv.split("."))[:-1]
+        path = ".".join(parts)
+        m = self.root.get_submodule(path) if path else self.root
+        where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
+        trainable = any(p.requires_grad for q in (found.qkv, found.proj)
+                        for p in self.root.get_submodule(q).parameters())
+        name, scope = (parts[-1], parts[:-1]) if parts else ("attention", ())
+        seq = self._new(tokens.shape)
+        att = self._new(tokens.shape)
+        out = self._new(x.shape)
+        fixed = bool(parts)
+        self.ops += [Op(f"{name}_tokens", scope, fixed, "to_tokens", None, {}, (x.id,), seq.id, where, None, True),
+                     Op(name, scope, fixed, "self_attention", None, args, (seq.id,), att.id, where, None, trainable),
+                     Op(f"{name}_grid", scope, fixed, "to_grid", None, {}, (att.id,), out.id, where,
+                        None, True)]
         self.composed.update(found.nodes)
         self.vals[found.last] = out
         return True
@@ -868,6 +945,9 @@ class _Converter:
         args = [self.arg(a) for a in node.args]
         kwargs = {k: self.arg(v) for k, v in node.kwargs.items()}
         tensors = [a for a in args if isinstance(a, _Tensor)] + [v for v in kwargs.values() if isinstance(v, _Tensor)]
+        if target not in mapping.CAT and any(isinstance(a, _MeanToken) for a in [*args, *kwargs.values()]):
+            raise Unmapped("it reads the mean of tokens kept as one token (x.mean(1, keepdim=True)), which archcalc "
+                           "reads only put before the same tokens (torch.cat: class_token with mean)")
         value = self.values.get(node)
         method = str(target) if node.op == "call_method" else None
         if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Padded, _Blocks, _Flat, _Param, list, tuple))
@@ -1677,11 +1757,19 @@ class _Converter:
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
         if isinstance(tensors, (list, tuple)) and len(tensors) == 2 and isinstance(tensors[0], _Param) \
                 and isinstance(tensors[1], _Tensor) and isinstance(tensors[1].shape, Tokens) and dim % 3 == 1 \
-                and tuple(tensors[0].shape[1:]) == (1, tensors[1].shape[1]):  # a learned token put first
-            self.consume(node, [tensors[0]], "class_token", {}, tensors[1])
-            return self.emit(node, "class_token", "class_token", None, {}, [tensors[1]], fixed=False)
+                and len(tensors[0].shape) == 3 and tensors[0].shape[2] == tensors[1].shape[1]:  # learned tokens first
+            count = {"count": tensors[0].shape[1]} if tensors[0].shape[1] != 1 else {}
+            self.consume(node, [tensors[0]], "class_token", count, tensors[1])
+            return self.emit(node, "class_token", "class_token", None, count, [tensors[1]], fixed=False)
+        if isinstance(tensors, (list, tuple)) and len(tensors) == 2 and isinstance(tensors[0], _MeanToken) \
+                and tensors[0].source is tensors[1] and dim % 3 == 1:  # the mean of the tokens put first
+            return self.emit(node, "class_token", "class_token", None, {"mean": True}, [tensors[1]], fixed=False)
         if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, _Tensor) for t in tensors):
             raise Unmapped("torch.cat of something other than a list of the network's tensors")
+        if all(isinstance(t.shape, Tokens) and not t.channels_last for t in tensors) and dim % 3 == 1:
+            final = tensors[-1].shape  # sequences joined along the tokens (PiT: its class tokens, then the grid's)
+            joined = Tokens(sum(t.shape[0] for t in tensors), final[1], final.grid)  # type: ignore[attr-defined]
+            return self.emit(node, "concat", None, "concat", {}, list(tensors), fixed=False, shape=joined)
         rank = len(tensors[0].shape) + 1
         last = tensors[0].channels_last
         if any(t.channels_last != last for t in tensors):
@@ -1789,7 +1877,7 @@ class _Converter:
         self.vals[back] = out
         return out
 
-    def token_mean(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> _Tensor:
+    def token_mean(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any]) -> _Tensor | _MeanToken:
         """The mean over the tokens, x.mean(dim=1) (timm's ViT with global_pool='avg'), of tokens that are their
         grid (no class token): to_grid and the mean over the spatial axes, the same sums and division."""
         x = args[0]
@@ -1797,6 +1885,9 @@ class _Converter:
         dim = bound.get("dim")
         dims = (dim,) if isinstance(dim, int) else tuple(dim or ())
         n, c = x.shape
+        if [d % 3 for d in dims] == [1] and bound.get("keepdim") and bound.get("dtype") is None \
+                and len(node.users) == 1:
+            return _MeanToken(x)  # (a class token if the one reader puts it before x: cat)
         if [d % 3 for d in dims] != [1] or bound.get("keepdim") or bound.get("dtype") is not None:
             raise Unmapped(f"mean of tokens over dims {list(dims)}: archcalc's is the mean over the tokens (dim 1)")
         if math.prod(x.shape.grid) != n:
