@@ -1364,20 +1364,52 @@ class _Converter:
                            f"channels and {heads} heads (C -> 3C, C -> C)")
         if m.attn_drop.p or m.proj_drop.p:
             raise Unmapped("timm's AttentionCl with dropout: archcalc's window_attention has none")
-        m_tokens = size[0] * size[1]
-        table = (2 * size[0] - 1) * (2 * size[1] - 1)
-        if type(rel).__name__ != "RelPosBias" or int(rel.prefix_tokens) or tuple(rel.window_size) != size \
-                or tuple(rel.relative_position_bias_table.shape) != (table, heads) \
-                or rel.relative_position_index.numel() != m_tokens ** 2:
-            raise Unmapped(f"timm's AttentionCl whose rel_pos ({type(rel).__name__}) is not a RelPosBias table of "
-                           f"the {size[0]} x {size[1]} {kind} (window_attention's relative position bias)")
+        position = self.timm_position_bias(rel, heads, size)
         args_: dict[str, Any] = {"num_heads": heads, "window_size": size if size[0] != size[1] else size[0],
-                                 "bias": bias, **({"partition": "grid"} if kind == "grid" else {})}
+                                 "bias": bias, **({"partition": "grid"} if kind == "grid" else {}),
+                                 **({"position_bias": position} if position != "table" else {})}
         trainable = any(t.requires_grad for t in m.parameters())
         out = self.emit(node, str(node.target).rsplit(".", 1)[-1], "window_attention", None, args_, [x], True,
                         shape=x.shape, trainable=trainable)
         self.timm_open = (kind, size, out.id, True)
         return out
+
+    @staticmethod
+    def timm_position_bias(rel: Any, heads: int, size: tuple[int, int]) -> str:
+        """window_attention's position_bias for timm's rel_pos module of an AttentionCl: RelPosBias (a table and an
+        index), RelPosMlp in its 'cr' mode (Linear(2, 512), ReLU, Linear(512, heads) on log coordinates; its
+        Dropout(0.125) between is the identity at inference, as archcalc describes it), RelPosBiasTf (a heads x
+        rows x columns table and one-hot lookups); each sized for the partition (none resized at run time)."""
+        name = type(rel).__name__
+        wh, ww = size
+        table, rows, cols = (2 * wh - 1) * (2 * ww - 1), 2 * wh - 1, 2 * ww - 1
+        why = f"timm's AttentionCl whose rel_pos ({name}) is not "
+        if name in ("RelPosBias", "RelPosMlp") and (int(rel.prefix_tokens) or tuple(rel.window_size) != size
+                                                    or rel.relative_position_index.numel() != (wh * ww) ** 2):
+            raise Unmapped(why + f"sized for the {wh} x {ww} partition, without prefix tokens")
+        if name == "RelPosBias":
+            if tuple(rel.relative_position_bias_table.shape) != (table, heads):
+                raise Unmapped(why + f"a {table} x {heads} table")
+            return "table"
+        if name == "RelPosMlp":
+            mlp = rel.mlp
+            fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+            if (rel.mode != "cr" or rel.bias_gain is not None or not isinstance(rel.bias_act, nn.Identity)
+                    or not isinstance(fc1, nn.Linear) or not isinstance(fc2, nn.Linear)
+                    or not isinstance(mlp.act, nn.ReLU) or not isinstance(getattr(mlp, "norm", None), nn.Identity)
+                    or tuple(fc1.weight.shape) != (512, 2) or fc1.bias is None
+                    or tuple(fc2.weight.shape) != (heads, 512) or fc2.bias is None
+                    or tuple(rel.rel_coords_log.shape) != (rows, cols, 2)):
+                raise Unmapped(why + "the 'cr' MLP Linear(2, 512), ReLU, Linear(512, heads) on log coordinates "
+                               "(window_attention's position_bias mlp)")
+            return "mlp"
+        if name == "RelPosBiasTf":
+            if (tuple(rel.relative_position_bias_table.shape) != (heads, rows, cols)
+                    or tuple(rel.height_lookup.shape) != (wh, wh, rows)
+                    or tuple(rel.width_lookup.shape) != (ww, ww, cols) or tuple(rel.window_size) != size):
+                raise Unmapped(why + "a heads x rows x columns table with its one-hot lookups (position_bias lookup)")
+            return "lookup"
+        raise Unmapped(why + "RelPosBias, RelPosMlp or RelPosBiasTf")
 
     def permute(self, node: fx.Node, x: Any, dims: tuple[int, ...]) -> _Tensor | _Blocks:
         if isinstance(x, _Flat):
