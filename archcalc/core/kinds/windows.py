@@ -106,12 +106,16 @@ class WindowAttention(Kind):
            "`partition: grid` (MaxViT's grid attention, Tu et al. 2022): each group is a window_size grid of "
            "tokens spread over the whole grid, stride H/w apart (no padding, no shift; the grid a multiple of the "
            "window): the same costs, another receptive field. `einsum` (torchvision's MaxViT): the two products "
-           "written as torch.einsum, which fvcore counts from numpy's einsum_path, rounded to 4 digits.")
+           "written as torch.einsum, which fvcore counts from numpy's einsum_path, rounded to 4 digits. "
+           "`position_bias` (v1): B from the table (default), or made once per forward by timm's RelPosMlp "
+           "('mlp') or RelPosBiasTf ('lookup'); see the argument.")
     full_rule = ("2 per MAC; per padded token 4C bias additions (with bias); v1: 1 per element of q (the scale); "
                  "v2: 3 per element of q and k (square, sum, divide) and 2 per head vector of q and k (square "
                  "root, clamp), 1 per attention weight (logit scale); per attention weight 1 (position bias), 1 "
                  "more when shifted (mask), 3 (softmax). Once per forward (v2): 2 per MAC of the MLP, 2 x 512 per "
-                 "relative position (bias, ReLU), 4 per gathered bias (sigmoid, x16), 2 per head (clamp, exp)")
+                 "relative position (bias, ReLU), 4 per gathered bias (sigmoid, x16), 2 per head (clamp, exp); "
+                 "position_bias mlp: 2 per MAC of the MLP, 2 x 512 + heads per relative position (biases, ReLU); "
+                 "lookup: 2 per MAC of the two einsums")
     tokens = True
     step_unfollowed = ("its backward (the attention weights' and products' gradients per window) is not modelled "
                        "yet")
