@@ -297,11 +297,17 @@ def _window_attention(a: Mapping[str, Any], i: Any, macs: int) -> int:
 def _window_attention_once(a: Mapping[str, Any], i: Any) -> int:
     """v2's position-bias MLP on the (2w-1)^2 relative positions, once per forward: 2 per MAC of Linear(2, 512) and
     Linear(512, heads), the first's bias and the ReLU (512 each per position); 16 sigmoid of the M^2 x heads
-    gathered bias (4 each); the logit scale's clamp and exp (2 per head)."""
-    if not a["v2"]:
-        return 0
+    gathered bias (4 each); the logit scale's clamp and exp (2 per head). position_bias mlp: the MLP with both
+    biases, no sigmoid; lookup: 2 per MAC of its two einsums."""
     _, m, table, _ = _windows_of(a, i)
     h = a["num_heads"]
+    if not a["v2"] and a["position_bias"] == "mlp":  # timm's RelPosMlp: the same MLP, its second bias, no sigmoid
+        return 2 * table * (2 * 512 + 512 * h) + 2 * 512 * table + h * table
+    if not a["v2"] and a["position_bias"] == "lookup":  # two einsums: heads x rows x cols by (w, w, rows), then cols
+        wh, ww = (a["window_size"],) * 2 if isinstance(a["window_size"], int) else a["window_size"]
+        return 2 * h * (wh * wh * (2 * wh - 1) * (2 * ww - 1) + wh * wh * ww * ww * (2 * ww - 1))
+    if not a["v2"]:
+        return 0
     return 2 * table * (2 * 512 + 512 * h) + 2 * 512 * table + 4 * h * m * m + 2 * h
 
 

@@ -351,3 +351,216 @@ def test_import_refuses_what_the_grid_partition_is_not(make: object, why: str) -
 
     with pytest.raises(ImportFailure, match=why):
         from_module(_model(layer), (3, 24, 24))
+
+
+# ---- timm's position biases: RelPosMlp ('mlp') and RelPosBiasTf ('lookup') ---------------------------------------
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_position_bias_mlp_and_lookup_by_hand(batch: int) -> None:
+    """mlp: Linear(2, 512) + ReLU + Linear(512, heads) with biases on the (2w-1)^2 log coordinates, once per forward
+    ((2w-1)^2 x 512 x (2 + heads) MACs), 1024 + 512 + 512 heads + heads params, the coordinates (2 per position) and
+    the index (M^2) as buffers; lookup: a heads x (2w-1)^2 table, two einsums once per forward (heads w^2 (2w-1)^2
+    and heads w^4 (2w-1) MACs for a square window), the two one-hot lookups (w^2 (2w-1) each) as buffers and no
+    index. FlopCounterMode on the built module at batch 1 and 3."""
+    c, heads, w, side = 16, 2, 4, 8
+    n, m, table = side * side, w * w, (2 * w - 1) ** 2
+    per_image = n * 4 * c * c + 2 * n * m * c
+    params = 4 * c * c + 4 * c
+    for bias, extra, once, buffers in [
+        ("mlp", 1024 + 512 + 512 * heads + heads, table * 512 * (2 + heads), 2 * table + m * m),
+        ("lookup", table * heads, heads * w * w * (2 * w - 1) ** 2 + heads * w ** 4 * (2 * w - 1),
+         2 * w * w * (2 * w - 1)),
+    ]:
+        report = analyze(_net(f"input: [{c}, {side}, {side}]\nlayers:\n  - to_tokens\n  - window_attention: "
+                              f"{{num_heads: {heads}, window_size: {w}, position_bias: {bias}}}\n  - to_grid\n"),
+                         batch=batch)
+        assert report.totals.params == params + extra, bias
+        assert report.totals.buffers == buffers, bias
+        assert report.totals.macs == batch * per_image + once, bias
+        model = build_module(report).eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.randn(batch, c, side, side))
+        assert counter.get_total_flops() == 2 * report.totals.macs, bias
+
+
+def test_lookup_bias_is_the_table_reindexed() -> None:
+    """timm's RelPosBiasTf semantics: B[h, (i, j), (x, y)] = table[h, x - i + wh - 1, y - j + ww - 1], the same
+    relative positions as the index buffer's gather (written out here)."""
+    report = analyze(_net("input: [6, 6, 6]\nlayers:\n  - to_tokens\n  - window_attention: {num_heads: 3, "
+                          "window_size: [2, 3], position_bias: lookup}\n  - to_grid\n"))
+    attn = next(m for m in build_module(report).modules() if type(m).__name__ == "WindowAttention")
+    bias = attn.position_bias()[0]
+    t = attn.relative_position_bias_table
+    for i in range(2):
+        for j in range(3):
+            for x in range(2):
+                for y in range(3):
+                    assert torch.equal(bias[:, i * 3 + j, x * 3 + y], t[:, x - i + 1, y - j + 2])
+
+
+def test_v2_refuses_another_position_bias() -> None:
+    from archcalc.core.errors import SpecError
+
+    with pytest.raises(SpecError, match="v2 makes its own"):
+        analyze(_net("input: [8, 8, 8]\nlayers:\n  - to_tokens\n  - window_attention: {num_heads: 2, "
+                     "window_size: 4, v2: true, position_bias: mlp}\n"))
+
+
+# ---- timm's MaxViT (maxxvit.py), stood in for: its partition functions, AttentionCl and rel_pos modules -----------
+
+TIMM = "timm.models.maxxvit"
+
+
+def timm_window_partition(x: torch.Tensor, size: list[int]) -> torch.Tensor:
+    b, h, w, c = x.shape
+    x = x.view(b, h // size[0], size[0], w // size[1], size[1], c)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, size[0], size[1], c)
+
+
+def timm_window_reverse(x: torch.Tensor, size: list[int], img: list[int]) -> torch.Tensor:
+    c = x.shape[-1]
+    x = x.view(-1, img[0] // size[0], img[1] // size[1], size[0], size[1], c)
+    return x.permute(0, 1, 3, 2, 4, 5).contiguous().view(-1, img[0], img[1], c)
+
+
+def timm_grid_partition(x: torch.Tensor, size: list[int]) -> torch.Tensor:
+    b, h, w, c = x.shape
+    x = x.view(b, size[0], h // size[0], size[1], w // size[1], c)
+    return x.permute(0, 2, 4, 1, 3, 5).contiguous().view(-1, size[0], size[1], c)
+
+
+def timm_grid_reverse(x: torch.Tensor, size: list[int], img: list[int]) -> torch.Tensor:
+    c = x.shape[-1]
+    x = x.view(-1, img[0] // size[0], img[1] // size[1], size[0], size[1], c)
+    return x.permute(0, 3, 1, 4, 2, 5).contiguous().view(-1, img[0], img[1], c)
+
+
+class RelPosBias(torch.nn.Module):  # timm's, by its class name: a table and an index
+    def __init__(self, size: int, heads: int) -> None:
+        super().__init__()
+        self.window_size, self.prefix_tokens = (size, size), 0
+        self.relative_position_bias_table = torch.nn.Parameter(torch.randn((2 * size - 1) ** 2, heads))
+        self.register_buffer("relative_position_index", torch.zeros(size ** 4, dtype=torch.long))
+
+    def forward(self, attn: torch.Tensor) -> torch.Tensor:
+        bias = self.relative_position_bias_table[self.relative_position_index]
+        return attn + bias.view(attn.shape[-1], attn.shape[-1], -1).permute(2, 0, 1)
+
+
+class _Mlp(torch.nn.Module):  # timm's Mlp: fc1, act, drop1, norm, fc2, drop2
+    def __init__(self, heads: int) -> None:
+        super().__init__()
+        self.fc1, self.act, self.drop1 = torch.nn.Linear(2, 512), torch.nn.ReLU(), torch.nn.Dropout(0.125)
+        self.norm, self.fc2, self.drop2 = torch.nn.Identity(), torch.nn.Linear(512, heads), torch.nn.Dropout(0.0)
+
+
+class RelPosMlp(torch.nn.Module):
+    def __init__(self, size: int, heads: int) -> None:
+        super().__init__()
+        self.window_size, self.prefix_tokens, self.mode = (size, size), 0, "cr"
+        self.bias_act, self.bias_gain, self.mlp = torch.nn.Identity(), None, _Mlp(heads)
+        self.register_buffer("relative_position_index", torch.zeros(size ** 4, dtype=torch.long))
+        self.register_buffer("rel_coords_log", torch.zeros(2 * size - 1, 2 * size - 1, 2))
+
+    def forward(self, attn: torch.Tensor) -> torch.Tensor:
+        table = self.mlp.fc2(self.mlp.act(self.mlp.fc1(self.rel_coords_log))).view(-1, attn.shape[1])
+        n = attn.shape[-1]
+        return attn + table[self.relative_position_index].view(n, n, -1).permute(2, 0, 1)
+
+
+class RelPosBiasTf(torch.nn.Module):
+    def __init__(self, size: int, heads: int) -> None:
+        super().__init__()
+        self.window_size = (size, size)
+        self.relative_position_bias_table = torch.nn.Parameter(torch.randn(heads, 2 * size - 1, 2 * size - 1))
+        self.register_buffer("height_lookup", torch.zeros(size, size, 2 * size - 1))
+        self.register_buffer("width_lookup", torch.zeros(size, size, 2 * size - 1))
+
+    def forward(self, attn: torch.Tensor) -> torch.Tensor:
+        t = torch.einsum("nhw,ixh->nixw", self.relative_position_bias_table, self.height_lookup)
+        t = torch.einsum("nixw,jyw->nijxy", t, self.width_lookup)
+        return attn + t.reshape(attn.shape[1], attn.shape[-1], attn.shape[-1])
+
+
+class AttentionCl(torch.nn.Module):  # timm's channels-last attention, with its rel_pos module
+    def __init__(self, c: int, heads: int, rel_pos: torch.nn.Module, bias: bool = True) -> None:
+        super().__init__()
+        self.num_heads, self.dim_head = heads, c // heads
+        self.qkv, self.proj = torch.nn.Linear(c, 3 * c, bias=bias), torch.nn.Linear(c, c, bias=bias)
+        self.rel_pos, self.attn_drop, self.proj_drop = rel_pos, torch.nn.Dropout(0.0), torch.nn.Dropout(0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1]
+        b = x.shape[0]
+        q, k, v = self.qkv(x).view(b, -1, 3, self.num_heads, self.dim_head).permute(2, 0, 3, 1, 4).unbind(0)
+        a = self.rel_pos(q * self.dim_head ** -0.5 @ k.transpose(-2, -1)).softmax(-1)
+        return self.proj((a @ v).transpose(1, 2).reshape(*shape, -1))
+
+
+class PartitionAttentionCl(torch.nn.Module):
+    def __init__(self, c: int, size: int, kind: str, rel: str) -> None:
+        super().__init__()
+        self.kind, self.size = kind, [size, size]
+        rel_pos = {"bias": RelPosBias, "mlp": RelPosMlp, "tf": RelPosBiasTf}[rel](size, c // 4)
+        self.norm1, self.attn = torch.nn.LayerNorm(c), AttentionCl(c, c // 4, rel_pos)
+        self.norm2, self.fc = torch.nn.LayerNorm(c), torch.nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        img = list(x.shape[1:3])
+        part, back = (timm_window_partition, timm_window_reverse) if self.kind == "window" else (
+            timm_grid_partition, timm_grid_reverse)
+        x = x + back(self.attn(part(self.norm1(x), self.size)), self.size, img)
+        return x + self.fc(self.norm2(x))
+
+
+for _cls in (RelPosBias, RelPosMlp, RelPosBiasTf, AttentionCl, PartitionAttentionCl):
+    _cls.__module__, _cls.__qualname__ = TIMM, _cls.__name__
+
+
+class _TimmNet(torch.nn.Module):
+    def __init__(self, rel: str) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 2, 2)
+        self.block, self.grid = PartitionAttentionCl(8, 3, "window", rel), PartitionAttentionCl(8, 3, "grid", rel)
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.grid(self.block(self.conv(x).permute(0, 2, 3, 1)))
+        return self.head(x.permute(0, 3, 1, 2).mean((2, 3)))
+
+
+@pytest.fixture
+def fake_timm(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    module = types.ModuleType(TIMM)
+    for name in ("window_partition", "window_reverse", "grid_partition", "grid_reverse"):
+        fn = globals()[f"timm_{name}"]
+        fn.__module__, fn.__qualname__ = TIMM, name
+        setattr(module, name, fn)
+    monkeypatch.setitem(sys.modules, TIMM, module)
+    monkeypatch.setitem(globals(), "timm_window_partition", module.window_partition)  # (the same objects)
+
+
+@pytest.mark.parametrize(("rel", "bias"), [("bias", "table"), ("mlp", "mlp"), ("tf", "lookup")])
+def test_import_reads_timms_partitions(fake_timm: None, rel: str, bias: str) -> None:
+    """A window then a grid PartitionAttentionCl on a 12 x 12 grid, each rel_pos kind: window_attention with the
+    partition and position_bias in force; params, buffers and FlopCounterMode's count of the stand-in equal the
+    imported spec's (the once-per-forward bias work included)."""
+    from archcalc.torch.importer import from_module
+
+    model = _TimmNet(rel).eval()
+    imported = from_module(model, (3, 24, 24))
+    report = analyze(imported.spec)
+    attn = [r for r in report.rows if r.kind == "window_attention"]
+    assert [r.config for r in attn] == ["2 heads, 16 windows of 3x3", "2 heads, 16 grids of 3x3, stride 4x4"]
+    assert imported.text.count(f"position_bias: {bias}") == (2 if bias != "table" else 0)
+    assert imported.text.count("partition: grid") == 1
+    assert report.totals.params == sum(p.numel() for p in model.parameters())
+    assert report.totals.buffers == sum(b.numel() for b in model.buffers())
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, 24, 24))
+    assert counter.get_total_flops() == report.totals.flops
+    assert imported.warnings == ()

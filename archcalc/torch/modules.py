@@ -685,10 +685,10 @@ class WindowAttention(nn.Module):
 
     def __init__(self, channels: int, grid: Sequence[int], num_heads: int, window_size: Sequence[int],
                  shift_size: Sequence[int], bias: bool = True, v2: bool = False, partition: str = "window",
-                 einsum: bool = False) -> None:
+                 einsum: bool = False, position_bias: str = "table") -> None:
         super().__init__()
         self.grid, self.num_heads, self.v2 = tuple(grid), num_heads, v2
-        self.partition, self.einsum = partition, einsum
+        self.partition, self.einsum, self.bias_kind = partition, einsum, position_bias
         self.window_size, self.shift_size = tuple(window_size), tuple(shift_size)
         wh, ww = self.window_size
         self.qkv = nn.Linear(channels, 3 * channels, bias=bias)
@@ -703,12 +703,25 @@ class WindowAttention(nn.Module):
                                     torch.arange(1 - ww, ww, dtype=torch.float32) / max(ww - 1, 1), indexing="ij")
             coords = torch.stack([dy, dx], dim=-1).unsqueeze(0) * 8
             self.register_buffer("relative_coords_table", torch.sign(coords) * torch.log2(coords.abs() + 1) / 3)
+        elif position_bias == "mlp":  # timm's RelPosMlp ('cr'): an MLP on log-spaced relative coordinates
+            self.rel_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(inplace=True), nn.Linear(512, num_heads))
+            dy, dx = torch.meshgrid(torch.arange(1 - wh, wh, dtype=torch.float32),
+                                    torch.arange(1 - ww, ww, dtype=torch.float32), indexing="ij")
+            coords = torch.stack([dy, dx], dim=-1)
+            self.register_buffer("rel_coords_log", torch.sign(coords) * torch.log1p(coords.abs()))
+        elif position_bias == "lookup":  # timm's RelPosBiasTf: a heads x rows x columns table, one-hot lookups
+            self.relative_position_bias_table = nn.Parameter(torch.empty(num_heads, 2 * wh - 1, 2 * ww - 1)
+                                                             .normal_(std=0.02))
+            for name, w in (("height_lookup", wh), ("width_lookup", ww)):
+                i, x = torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")
+                self.register_buffer(name, F.one_hot(x - i + w - 1, 2 * w - 1).float())  # [i, x, x - i + w - 1]
         else:
             self.relative_position_bias_table = nn.Parameter(torch.empty(table, num_heads).normal_(std=0.02))
         ys, xs = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
         ys, xs = ys.flatten(), xs.flatten()
         index = (ys[:, None] - ys[None, :] + wh - 1) * (2 * ww - 1) + (xs[:, None] - xs[None, :] + ww - 1)
-        self.register_buffer("relative_position_index", index.flatten())
+        if position_bias != "lookup" or v2:
+            self.register_buffer("relative_position_index", index.flatten())
 
     @staticmethod
     def shift_in_force(window: Sequence[int], shift: Sequence[int], grid: Sequence[int]) -> tuple[int, ...]:
@@ -719,6 +732,13 @@ class WindowAttention(nn.Module):
 
     def position_bias(self) -> torch.Tensor:
         m = self.window_size[0] * self.window_size[1]
+        if not self.v2 and self.bias_kind == "lookup":
+            looked = torch.einsum("nhw,ixh->nixw", self.relative_position_bias_table, self.height_lookup)
+            return torch.einsum("nixw,jyw->nijxy", looked, self.width_lookup).reshape(1, self.num_heads, m, m)
+        if not self.v2 and self.bias_kind == "mlp":
+            table_: torch.Tensor = self.rel_mlp(self.rel_coords_log).view(-1, self.num_heads)
+            index_: torch.Tensor = self.relative_position_index  # type: ignore[assignment]
+            return table_[index_].view(m, m, -1).permute(2, 0, 1).unsqueeze(0)
         table: torch.Tensor = (self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads) if self.v2
                                else self.relative_position_bias_table)
         index: torch.Tensor = self.relative_position_index  # type: ignore[assignment]
@@ -795,7 +815,8 @@ class WindowAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"grid={self.grid}, num_heads={self.num_heads}, window_size={self.window_size}, "
-                f"shift_size={self.shift_size}, v2={self.v2}, partition={self.partition!r}, einsum={self.einsum}")
+                f"shift_size={self.shift_size}, v2={self.v2}, partition={self.partition!r}, einsum={self.einsum}, "
+                f"position_bias={self.bias_kind!r}")
 
 
 class PatchMerging(nn.Module):

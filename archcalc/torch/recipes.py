@@ -327,7 +327,8 @@ def _window_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.WindowAttention, channels=inp[1], grid=tuple(inp.grid),  # type: ignore[attr-defined]
                 num_heads=a["num_heads"], window_size=_two(a["window_size"]), shift_size=_two(a["shift_size"]),
                 bias=a["bias"], v2=a["v2"], **({"partition": "grid"} if a["partition"] == "grid" else {}),
-                **({"einsum": True} if a["einsum"] else {}))
+                **({"einsum": True} if a["einsum"] else {}),
+                **({"position_bias": a["position_bias"]} if a["position_bias"] != "table" else {}))
 
 
 @recipe("patch_merging")
@@ -794,7 +795,8 @@ reads("self_attention", _read_self_attention, modules.SelfAttention)
 reads("window_attention", lambda m, inp: Mapped("window_attention", {
     "num_heads": int(m.num_heads), "window_size": _tup(m.window_size), "shift_size": _tup(m.shift_size),
     "bias": m.qkv.bias is not None, "v2": bool(m.v2), **({"partition": "grid"} if m.partition == "grid" else {}),
-    **({"einsum": True} if m.einsum else {})}), modules.WindowAttention)
+    **({"einsum": True} if m.einsum else {}),
+    **({"position_bias": m.bias_kind} if m.bias_kind != "table" else {})}), modules.WindowAttention)
 reads("patch_merging", lambda m, inp: Mapped("patch_merging", {}), modules.PatchMerging)
 reads("pooled_attention", lambda m, inp: Mapped("pooled_attention", {
     "num_heads": int(m.num_heads), "output_dim": int(m.output_dim), "kernel_q": _tup(m.kernel_q),

@@ -71,6 +71,12 @@ class Geometry:
         self.scores = self.tokens * self.heads * self.m  # attention weights: windows x heads x M x M
         self.in_place = self.padded == tuple(inp.grid) and not any(self.shift) and self.windows == 1
         self.products = self.windows * self.m * self.m * self.c  # MACs of Q K^T, and of A V, per image
+        self.bias = a.get("position_bias", "table")
+        wh, ww = self.window
+        # timm's RelPosBiasTf ("lookup"): two einsums with one-hot lookups, once per forward: 'nhw,ixh->nixw' and
+        # 'nixw,jyw->nijxy' (n heads, h and w the table's rows and columns, i x and j y the window's positions)
+        self.lookups = (self.heads * wh * wh * (2 * wh - 1) * (2 * ww - 1),
+                        self.heads * wh * wh * ww * ww * (2 * ww - 1))
 
 
 def einsum_fvcore(macs: int) -> int:
@@ -100,12 +106,16 @@ class WindowAttention(Kind):
            "`partition: grid` (MaxViT's grid attention, Tu et al. 2022): each group is a window_size grid of "
            "tokens spread over the whole grid, stride H/w apart (no padding, no shift; the grid a multiple of the "
            "window): the same costs, another receptive field. `einsum` (torchvision's MaxViT): the two products "
-           "written as torch.einsum, which fvcore counts from numpy's einsum_path, rounded to 4 digits.")
+           "written as torch.einsum, which fvcore counts from numpy's einsum_path, rounded to 4 digits. "
+           "`position_bias` (v1): B from the table (default), or made once per forward by timm's RelPosMlp "
+           "('mlp') or RelPosBiasTf ('lookup'); see the argument.")
     full_rule = ("2 per MAC; per padded token 4C bias additions (with bias); v1: 1 per element of q (the scale); "
                  "v2: 3 per element of q and k (square, sum, divide) and 2 per head vector of q and k (square "
                  "root, clamp), 1 per attention weight (logit scale); per attention weight 1 (position bias), 1 "
                  "more when shifted (mask), 3 (softmax). Once per forward (v2): 2 per MAC of the MLP, 2 x 512 per "
-                 "relative position (bias, ReLU), 4 per gathered bias (sigmoid, x16), 2 per head (clamp, exp)")
+                 "relative position (bias, ReLU), 4 per gathered bias (sigmoid, x16), 2 per head (clamp, exp); "
+                 "position_bias mlp: 2 per MAC of the MLP, 2 x 512 + heads per relative position (biases, ReLU); "
+                 "lookup: 2 per MAC of the two einsums")
     tokens = True
     step_unfollowed = ("its backward (the attention weights' and products' gradients per window) is not modelled "
                        "yet")
@@ -122,6 +132,12 @@ class WindowAttention(Kind):
             choices=("window", "grid")),
         Arg("einsum", "bool", False, "the two products are torch.einsum calls (torchvision's MaxViT): the same "
             "MACs; fvcore counts each from numpy's einsum_path report, rounded to 4 significant digits"),
+        Arg("position_bias", "str", "table", "how v1's relative position bias B is made: 'table', gathered from a "
+            "learned (2w-1)^2 x heads table by an index buffer (Swin's, timm's RelPosBias); 'mlp', an MLP "
+            "(Linear(2, 512), ReLU, Linear(512, heads), biases) run once per forward on a buffer of log-spaced "
+            "relative coordinates sign(d) ln(1 + |d|), gathered by the index (timm's RelPosMlp, the rmlp models); "
+            "'lookup', a heads x (2w-1) x (2w-1) table reindexed by two einsums with one-hot lookup buffers, once "
+            "per forward (timm's RelPosBiasTf, the tf models)", choices=("table", "mlp", "lookup")),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "window_size": 2}),
@@ -134,6 +150,10 @@ class WindowAttention(Kind):
         Example(Tokens(48, 8, (6, 8)), {"num_heads": 2, "window_size": [3, 2], "partition": "grid"}),
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "window_size": 2, "partition": "grid", "einsum": True}),
         Example(Tokens(16, 6, (4, 4)), {"num_heads": 3, "window_size": 4, "partition": "grid", "bias": False}),
+        Example(Tokens(256, 32, (16, 16)), {"num_heads": 4, "window_size": 4, "shift_size": 2,
+                                            "position_bias": "mlp"}),
+        Example(Tokens(36, 6, (6, 6)), {"num_heads": 3, "window_size": [2, 3], "partition": "grid",
+                                        "position_bias": "lookup"}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
@@ -141,6 +161,9 @@ class WindowAttention(Kind):
         if t[1] % a["num_heads"]:
             raise LayerError(f"window_attention: {t[1]} channels are not divisible by num_heads {a['num_heads']}")
         g = Geometry(a, t)
+        if a["v2"] and g.bias != "table":
+            raise LayerError("window_attention: v2 makes its own position bias (Swin V2's MLP); position_bias "
+                             f"{g.bias} is for v1")
         if g.grid and (g.padded != tuple(t.grid) or any(g.shift)):
             raise LayerError(f"window_attention: a grid partition of window {'x'.join(map(str, g.window))} needs a "
                              f"grid that is a multiple of it, and no shift; the grid is "
@@ -161,6 +184,17 @@ class WindowAttention(Kind):
         fvcore = macs
         if a["einsum"]:  # each product as fvcore counts an einsum (torchvision's MaxViT)
             fvcore += 2 * (einsum_fvcore(g.products) - g.products)
+        if not a["v2"] and g.bias == "mlp":  # timm's RelPosMlp: Linear(2, 512), ReLU, Linear(512, heads), once
+            once = g.table * CPB_HIDDEN * (2 + h)
+            return Cost(params=params + 3 * CPB_HIDDEN + CPB_HIDDEN * h + h, buffers=2 * g.table,
+                        int_buffers=g.m * g.m, macs=macs, fvcore=fvcore, macs_once=once, fvcore_once=once,
+                        full=full + g.u, full_once=2 * once + g.table * (2 * CPB_HIDDEN + h))
+        if not a["v2"] and g.bias == "lookup":  # timm's RelPosBiasTf: the table reindexed by two einsums, once
+            wh, ww = g.window
+            return Cost(params=params + g.table * h, buffers=wh * wh * (2 * wh - 1) + ww * ww * (2 * ww - 1),
+                        macs=macs, fvcore=fvcore, macs_once=sum(g.lookups),
+                        fvcore_once=sum(einsum_fvcore(e) for e in g.lookups), full=full + g.u,
+                        full_once=2 * sum(g.lookups))
         if not a["v2"]:
             return Cost(params=params + g.table * h, int_buffers=g.m * g.m, macs=macs, fvcore=fvcore,
                         full=full + g.u)
@@ -177,6 +211,8 @@ class WindowAttention(Kind):
         proj = (c * c, c) if a["bias"] else (c * c,)
         if a["v2"]:
             return (*qkv, *proj, g.heads, 2 * CPB_HIDDEN, CPB_HIDDEN, CPB_HIDDEN * g.heads)
+        if g.bias == "mlp":
+            return (*qkv, *proj, 2 * CPB_HIDDEN, CPB_HIDDEN, CPB_HIDDEN * g.heads, g.heads)
         return (*qkv, *proj, g.table * g.heads)
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
@@ -204,6 +240,9 @@ class WindowAttention(Kind):
         g = Geometry(a, grid_input(self.name, inp))
         u, s = g.u, g.scores
         params = ((u, ACTIVATION),) if g.in_place else ((2 * u, ACTIVATION),)
+        if not a["v2"] and g.bias == "mlp":  # and once per forward the MLP's hidden layer ((2w-1)^2 x 512)
+            return Saved(input_for_params=g.in_place, extra=((3 * u + s, ACTIVATION),), extra_for_params=params,
+                         per_batch=((CPB_HIDDEN * g.table, ACTIVATION),))
         if not a["v2"]:
             return Saved(input_for_params=g.in_place, extra=((3 * u + s, ACTIVATION),), extra_for_params=params)
         extra = 6 * u + 4 * g.tokens * g.heads + 2 * s
@@ -215,12 +254,15 @@ class WindowAttention(Kind):
                       divide_groups: bool = False) -> tuple[int, int]:
         # Backward runs two products of each forward product's size, except the qkv projection's input gradient
         # (Np x 3C^2 per image) when the input needs none, and (v2) the MLP's first layer's input gradient: its
-        # input is a buffer (2 x 512 per relative position, once).
+        # input is a buffer (2 x 512 per relative position, once); position_bias mlp the same; lookup: one product
+        # per einsum (the gradient of the table's side; the one-hot lookups are buffers).
         cost = self.cost(a, inp, inp)
         batch = (macs - cost.macs_once) // cost.macs
         g = Geometry(a, grid_input(self.name, inp))
         grad_input = 3 * g.u * g.c * batch
-        first = 2 * CPB_HIDDEN * g.table if a["v2"] else 0
+        first = 2 * CPB_HIDDEN * g.table if a["v2"] or g.bias == "mlp" else 0
+        if not a["v2"] and g.bias == "lookup":
+            first = sum(g.lookups)
         return grad_input, 2 * macs - grad_input - first
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:

@@ -49,7 +49,8 @@ PERMUTES = ("torchvision.ops.misc.Permute",)
 # Modules whose input is a token grid held channels-last (B x H x W x C, Swin's layout): in a network that has one,
 # the move of a grid's channels last is the move to tokens, and the move back is `to_grid`.
 TOKEN_GRID_MODULES = ("torchvision.models.swin_transformer.ShiftedWindowAttention",
-                      "torchvision.models.swin_transformer.ShiftedWindowAttentionV2")
+                      "torchvision.models.swin_transformer.ShiftedWindowAttentionV2",
+                      "timm.models.maxxvit.PartitionAttentionCl")
 # torchvision's video MViT modules, called with the tokens and their grid's size (T, H, W), returning the tokens and
 # the new grid (trace.py's `mvit`); and its fx-wrapped helper that adds a T axis to an image (a clip passes as it is).
 MVIT = ("torchvision.models.video.mvit.MultiscaleAttention", "torchvision.models.video.mvit.Pool",
@@ -58,7 +59,12 @@ MVIT_UNSQUEEZE = "torchvision.models.video.mvit._unsqueeze"
 # torchvision's MaxViT modules, kept whole and read by trace.py's `maxvit`: the partition of a grid into groups of
 # tokens (WindowPartition, then for the grid attention SwapAxes(-2, -3)), the attention over the groups, the way back.
 MAXVIT = ("torchvision.models.maxvit.WindowPartition", "torchvision.models.maxvit.WindowDepartition",
-          "torchvision.models.maxvit.SwapAxes", "torchvision.models.maxvit.RelativePositionalMultiHeadAttention")
+          "torchvision.models.maxvit.SwapAxes", "torchvision.models.maxvit.RelativePositionalMultiHeadAttention",
+          "timm.models.maxxvit.AttentionCl")
+# timm's MaxViT partitions (maxxvit.py), wrapped by the tracer (each one call) and read by trace.py's `maxvit`: a
+# B x H x W x C token grid cut into windows or grids (the groups of AttentionCl), and put back.
+TIMM_PARTITIONS = ("timm.models.maxxvit.window_partition", "timm.models.maxxvit.grid_partition",
+                   "timm.models.maxxvit.window_reverse", "timm.models.maxxvit.grid_reverse")
 
 
 def qualname(obj: Any) -> str:
@@ -161,6 +167,17 @@ def named_functions() -> dict[Callable[..., Any], tuple[tuple[str, ...], Functio
         fn = getattr(sys.modules.get(module), attr, None)
         if fn is not None:
             found[fn] = entry
+    return found
+
+
+def timm_partitions() -> dict[Callable[..., Any], str]:
+    """The TIMM_PARTITIONS functions, when timm is imported: function -> its name."""
+    found = {}
+    for name in TIMM_PARTITIONS:
+        module, _, attr = name.rpartition(".")
+        fn = getattr(sys.modules.get(module), attr, None)
+        if fn is not None:
+            found[fn] = attr
     return found
 
 

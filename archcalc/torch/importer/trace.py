@@ -491,6 +491,9 @@ class _Converter:
         # MaxViT: the grid partition open (its WindowPartition's p, and whether its axes are swapped: the grid
         # attention's groups), from the partition to the departition (`maxvit`)
         self.partition: tuple[int, bool, tuple[int, ...]] | None = None
+        # timm's MaxViT: the partition open (window or grid, its size, the tensor it cut; then the attention's output)
+        self.timm_partitions = mapping.timm_partitions()
+        self.timm_open: tuple[str, tuple[int, int], int, bool] | None = None
 
     # -- helpers --
     def tensor_of(self, value: Any, node: fx.Node) -> _Tensor:
@@ -994,6 +997,8 @@ class _Converter:
             pair = sorted(int(d) % 3 for d in args[1:])
             return self.permute(node, args[0], (0, 2, 1) if pair == [1, 2] else (0, 1, 2))
         fn: Any = target
+        if fn in self.timm_partitions:
+            return self.timm_partition(node, self.timm_partitions[fn], args)
         if mapping.qualname(fn) == mapping.MVIT_UNSQUEEZE:  # MViT's _unsqueeze(x, 5, 2): a clip passes as it is
             if not (isinstance(args[0], _Tensor) and isinstance(value, tuple) and value[1] == len(value[0].shape)):
                 raise Unmapped("torchvision's MViT on an image: archcalc imports it on a clip (C x T x H x W)")
@@ -1583,6 +1588,8 @@ class _Converter:
         (grid, p = H / size). Its products are einsums (`einsum: true`)."""
         name = mapping.qualname(type(m)).rsplit(".", 1)[-1]
         x = args[0] if args else None
+        if name == "AttentionCl":
+            return self.timm_attention(node, m, args)
         if not isinstance(x, _Tensor) or x.channels_last or node.kwargs:
             raise Unmapped(f"a MaxViT {name} on something that is not a tensor of the network")
         if name == "WindowPartition":
@@ -1628,6 +1635,93 @@ class _Converter:
         trainable = any(t.requires_grad for t in m.parameters())
         return self.emit(node, str(node.target).rsplit(".", 1)[-1], "window_attention", None, args_, [x], True,
                          shape=x.shape, trainable=trainable)
+
+    def timm_partition(self, node: fx.Node, name: str, args: list[Any]) -> Any:
+        """timm's window_partition / grid_partition (x, size) of a B x H x W x C token grid and their reverses
+        (windows, size, (H, W)): the tokens pass as they are; the AttentionCl between them is window_attention with
+        that partition (`timm_attention`)."""
+        x = args[0] if args else None
+        kind = "window" if name.startswith("window") else "grid"
+        if not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or len(x.shape.grid) != 2 or node.kwargs \
+                or len(args) != (2 if name.endswith("partition") else 3):
+            raise Unmapped(f"timm's {name} of other than a token grid (B x H x W x C) and its sizes")
+        size = tuple(int(s) for s in args[1])
+        grid = tuple(x.shape.grid)
+        if name.endswith("partition"):
+            if self.timm_open is not None or len(size) != 2 or any(g % s for g, s in zip(grid, size)):
+                raise Unmapped(f"timm's {name} by {list(size)} of the grid {list(grid)}: not a multiple, or inside "
+                               "another partition")
+            self.timm_open = (kind, (size[0], size[1]), x.id, False)
+            return x
+        if self.timm_open != (kind, size, x.id, True) or tuple(int(s) for s in args[2]) != grid:
+            raise Unmapped(f"timm's {name} of other than the output of an AttentionCl on its partition")
+        self.timm_open = None
+        return x
+
+    def timm_attention(self, node: fx.Node, m: Any, args: list[Any]) -> _Tensor:
+        """timm's AttentionCl on the groups of a window_partition or grid_partition (maxxvit.py): window_attention
+        with that partition, its qkv and proj linear layers (C -> 3C, C -> C, biases alike), and the relative
+        position bias of its rel_pos module (RelPosBias: a (2w-1)^2 x heads table and an index buffer)."""
+        x = args[0] if args else None
+        if self.timm_open is None or not isinstance(x, _Tensor) or self.timm_open[2:] != (x.id, False) \
+                or len(args) != 1 or node.kwargs:
+            raise Unmapped("timm's AttentionCl on other than the groups of a window_partition or grid_partition")
+        kind, size, _, _ = self.timm_open
+        c, heads = x.shape[1], int(m.num_heads)
+        qkv, proj, rel = m.qkv, m.proj, m.rel_pos
+        bias = qkv.bias is not None
+        if (heads * int(m.dim_head) != c or tuple(qkv.weight.shape) != (3 * c, c) or tuple(proj.weight.shape) != (c, c)
+                or (proj.bias is not None) != bias):
+            raise Unmapped(f"timm's AttentionCl whose qkv/proj weights or biases are not window_attention's on {c} "
+                           f"channels and {heads} heads (C -> 3C, C -> C)")
+        if m.attn_drop.p or m.proj_drop.p:
+            raise Unmapped("timm's AttentionCl with dropout: archcalc's window_attention has none")
+        position = self.timm_position_bias(rel, heads, size)
+        args_: dict[str, Any] = {"num_heads": heads, "window_size": size if size[0] != size[1] else size[0],
+                                 "bias": bias, **({"partition": "grid"} if kind == "grid" else {}),
+                                 **({"position_bias": position} if position != "table" else {})}
+        trainable = any(t.requires_grad for t in m.parameters())
+        out = self.emit(node, str(node.target).rsplit(".", 1)[-1], "window_attention", None, args_, [x], True,
+                        shape=x.shape, trainable=trainable)
+        self.timm_open = (kind, size, out.id, True)
+        return out
+
+    @staticmethod
+    def timm_position_bias(rel: Any, heads: int, size: tuple[int, int]) -> str:
+        """window_attention's position_bias for timm's rel_pos module of an AttentionCl: RelPosBias (a table and an
+        index), RelPosMlp in its 'cr' mode (Linear(2, 512), ReLU, Linear(512, heads) on log coordinates; its
+        Dropout(0.125) between is the identity at inference, as archcalc describes it), RelPosBiasTf (a heads x
+        rows x columns table and one-hot lookups); each sized for the partition (none resized at run time)."""
+        name = type(rel).__name__
+        wh, ww = size
+        table, rows, cols = (2 * wh - 1) * (2 * ww - 1), 2 * wh - 1, 2 * ww - 1
+        why = f"timm's AttentionCl whose rel_pos ({name}) is not "
+        if name in ("RelPosBias", "RelPosMlp") and (int(rel.prefix_tokens) or tuple(rel.window_size) != size
+                                                    or rel.relative_position_index.numel() != (wh * ww) ** 2):
+            raise Unmapped(why + f"sized for the {wh} x {ww} partition, without prefix tokens")
+        if name == "RelPosBias":
+            if tuple(rel.relative_position_bias_table.shape) != (table, heads):
+                raise Unmapped(why + f"a {table} x {heads} table")
+            return "table"
+        if name == "RelPosMlp":
+            mlp = rel.mlp
+            fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+            if (rel.mode != "cr" or rel.bias_gain is not None or not isinstance(rel.bias_act, nn.Identity)
+                    or not isinstance(fc1, nn.Linear) or not isinstance(fc2, nn.Linear)
+                    or not isinstance(mlp.act, nn.ReLU) or not isinstance(getattr(mlp, "norm", None), nn.Identity)
+                    or tuple(fc1.weight.shape) != (512, 2) or fc1.bias is None
+                    or tuple(fc2.weight.shape) != (heads, 512) or fc2.bias is None
+                    or tuple(rel.rel_coords_log.shape) != (rows, cols, 2)):
+                raise Unmapped(why + "the 'cr' MLP Linear(2, 512), ReLU, Linear(512, heads) on log coordinates "
+                               "(window_attention's position_bias mlp)")
+            return "mlp"
+        if name == "RelPosBiasTf":
+            if (tuple(rel.relative_position_bias_table.shape) != (heads, rows, cols)
+                    or tuple(rel.height_lookup.shape) != (wh, wh, rows)
+                    or tuple(rel.width_lookup.shape) != (ww, ww, cols) or tuple(rel.window_size) != size):
+                raise Unmapped(why + "a heads x rows x columns table with its one-hot lookups (position_bias lookup)")
+            return "lookup"
+        raise Unmapped(why + "RelPosBias, RelPosMlp or RelPosBiasTf")
 
     def permute(self, node: fx.Node, x: Any, dims: tuple[int, ...]) -> _Tensor | _Blocks:
         if isinstance(x, _Flat):
@@ -2102,7 +2196,7 @@ def trace_module(module: nn.Module, input_shape: Sequence[int], allow_unknown: b
         x = mode.from_tensor(torch.empty(shape))
     else:
         x = torch.empty(shape, device="meta")
-    tracer = _Tracer(list(mapping.named_functions()), x, mode)
+    tracer = _Tracer([*mapping.named_functions(), *mapping.timm_partitions()], x, mode)
     root = _Root(module)
     try:
         graph = tracer.trace(root)
