@@ -219,7 +219,8 @@ def test_a_split_of_tokens_is_refused_not_read_as_channels() -> None:
         from_module(TokenSlices("chunk"), (8, 4, 4))
 
 
-def test_a_range_of_tokens_is_take_token_not_channels() -> None:
-    text, report = check(TokenSlices("slice"), (8, 4, 4))
-    assert "take_token: {count: 2" in text, text
-    assert report.totals.output == (2, 8)
+def test_a_slice_of_tokens_is_a_run_of_tokens_not_channels() -> None:
+    """x[:, :2] of 16 tokens of 8 channels: 2 tokens of 8 (take_token with stop), not a slice of the channels."""
+    imported = from_module(TokenSlices("slice"), (8, 4, 4))
+    assert "take_token: {stop: 2" in imported.text, imported.text
+    assert analyze(imported.spec).totals.output == (2, 8)

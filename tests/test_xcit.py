@@ -180,10 +180,88 @@ class TinySDTA(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class ClassAttn(nn.Module):
+    """timm's ClassAttn (CaiT's): the class token's query against every token; fused (sdpa) or written out."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, fused: bool = True) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.fused = fused
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(0.0)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        h = self.num_heads
+        q = self.q(x[:, 0]).unsqueeze(1).reshape(b, 1, h, c // h).permute(0, 2, 1, 3)
+        k = self.k(x).reshape(b, n, h, c // h).permute(0, 2, 1, 3)
+        v = self.v(x).reshape(b, n, h, c // h).permute(0, 2, 1, 3)
+        if self.fused:
+            x_cls = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0)
+        else:
+            attn = self.attn_drop(((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
+            x_cls = attn @ v
+        return self.proj(x_cls.transpose(1, 2).reshape(b, 1, c))
+
+
+class ClassAttentionBlock(nn.Module):
+    """timm's XCiT ClassAttentionBlock: the class token's attention put before the normed patch tokens, a layer
+    scale and a residual; then (tokens_norm) every token or only the class token normed, the class token's MLP."""
+
+    def __init__(self, dim: int, heads: int, tokens_norm: bool, fused: bool = True) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = ClassAttn(dim, heads, fused=fused)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.gamma1, self.gamma2 = nn.Parameter(torch.ones(dim)), nn.Parameter(torch.ones(dim))
+        self.tokens_norm = tokens_norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_norm1 = self.norm1(x)
+        x = x + self.gamma1 * torch.cat([self.attn(x_norm1), x_norm1[:, 1:]], dim=1)
+        if self.tokens_norm:
+            x = self.norm2(x)
+        else:
+            x = torch.cat([self.norm2(x[:, 0:1]), x[:, 1:]], dim=1)
+        x_res = x
+        cls_token = self.gamma2 * self.mlp(x[:, 0:1])
+        return x_res + torch.cat([cls_token, x[:, 1:]], dim=1)
+
+
+class TinyXCiTHead(TinyXCiT):
+    """TinyXCiT with XCiT's head: the class token put first, two class-attention blocks, a norm, x[:, 0]."""
+
+    def __init__(self, tokens_norm: bool, fused: bool = True) -> None:
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 16))
+        self.cls_attn_blocks = nn.ModuleList([ClassAttentionBlock(16, 4, tokens_norm, fused) for _ in range(2)])
+        self.norm = nn.LayerNorm(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        x = self.patch(x)
+        hp, wp = x.shape[2], x.shape[3]
+        x = x.flatten(2).transpose(1, 2)
+        x = x + self.pos(b, hp, wp).reshape(b, -1, x.shape[1]).permute(0, 2, 1)
+        x = x + self.gamma1 * self.attn(self.norm1(x))
+        x = x + self.gamma3 * self.local_mp(self.norm3(x), hp, wp)
+        x = x + self.gamma2 * self.mlp(self.norm2(x))
+        x = torch.cat((self.cls_token.expand(b, -1, -1), x), dim=1)
+        for blk in self.cls_attn_blocks:
+            x = blk(x)
+        return self.head(self.norm(x)[:, 0])
+
+
 def _macs(model: nn.Module, batch: int, size: int = 32) -> int:
-    model.eval()
+    """FlopCounterMode's count, halved, on the meta device (where scaled_dot_product_attention runs its math
+    decomposition: its products counted; on the CPU torch 2.14's fused kernel counts 0)."""
+    model = model.eval().to("meta")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.randn(batch, 3, size, size))
+        model(torch.randn(batch, 3, size, size, device="meta"))
     return counter.get_total_flops() // 2
 
 
@@ -281,3 +359,33 @@ class _Offset(nn.Module):
 def test_a_constant_added_to_the_network_is_refused() -> None:
     with pytest.raises(ArchcalcError, match=r"a tensor made without the input \(a constant\)"):
         archcalc.from_module(nn.Sequential(nn.Conv2d(3, 4, 1), _Offset()), (3, 4, 4))
+
+
+@pytest.mark.parametrize(("tokens_norm", "fused", "batch"), [(False, True, 1), (True, True, 3), (False, False, 3)])
+def test_xcit_class_attention_blocks_import_exact(tokens_norm: bool, fused: bool, batch: int) -> None:
+    """CaiT's class attention (q from the class token alone: C^2 + 2NC^2 + C^2 + 2NC MACs, not self-attention's
+    4NC^2 + 2N^2 C) and the block's slices and concatenations of tokens."""
+    torch.manual_seed(0)
+    model = TinyXCiTHead(tokens_norm, fused).eval()
+    imported = archcalc.from_module(model, (3, 32, 32))
+    report = analyze(imported.spec, batch=batch)
+    kinds = [r.kind for r in report.rows]
+    assert kinds.count("class_attention") == 2 and "self_attention" not in kinds and kinds.count("concat") >= 4
+    assert "stop: 1" in imported.text
+    assert report.totals.params == sum(p.numel() for p in model.parameters())
+    assert report.totals.macs == _macs(model, batch)
+    n, c = 65, 16  # 8 x 8 patches and the class token
+    rows = [r for r in report.rows if r.kind == "class_attention"]
+    assert rows[0].macs == batch * (2 * c * c + 2 * n * c * c + 2 * n * c)
+
+
+def test_class_attention_output_is_timms() -> None:
+    """archcalc's built module, with the imported weights, computes what the written-out ClassAttn does."""
+    from archcalc.torch.modules import ClassAttention
+
+    torch.manual_seed(0)
+    timm_like = ClassAttn(12, 3, fused=False)
+    built = ClassAttention(12, 3)
+    built.load_state_dict({k: v for k, v in timm_like.state_dict().items()})
+    x = torch.randn(2, 7, 12)
+    torch.testing.assert_close(built(x), timm_like(x))

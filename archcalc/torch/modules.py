@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -1029,7 +1028,7 @@ class FourierPositionEncoding(nn.Module):
         dim_t = self.temperature ** (2 * torch.div(steps, 2, rounding_mode="floor") / self.hidden_dim)
 
         def axis(size: int) -> torch.Tensor:  # size x hidden_dim
-            pos = torch.arange(1, size + 1, device=device, dtype=torch.float32) / (size + 1e-6) * (2 * math.pi)
+            pos = torch.arange(1, size + 1, device=device, dtype=torch.float32) / (size + 1e-6) * (2 * torch.pi)
             angles = pos[:, None] / dim_t
             return torch.stack((angles[:, 0::2].sin(), angles[:, 1::2].cos()), dim=2).flatten(1)
 

@@ -902,7 +902,7 @@ class _ClassAttnMatcher(_Matcher):
         return ClassAttn(x, paths, last, frozenset(inside), heads, biases.pop())  # type: ignore[arg-type]
 
     @staticmethod
-    def square(m: nn.Linear, call: fx.Node, c: int) -> bool:
+    def square(m: Any, call: fx.Node, c: int) -> bool:
         return m.in_features == c and m.out_features == c and len(call.args) == 1 and not call.kwargs
 
     def projected(self, t: fx.Node, x: fx.Node, c: int, n: int, heads: int, d: int) -> fx.Node | None:

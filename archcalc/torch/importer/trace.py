@@ -1082,7 +1082,7 @@ class _Converter:
         if projected:
             if len(found) != 1:
                 raise Unmapped(_CONSTANT)
-            return self.projected_view(method or getattr(target, "__name__", ""), args, kwargs, projected[0],
+            return self.projected_view(str(method or getattr(target, "__name__", "")), args, kwargs, projected[0],
                                        tuple(int(v) for v in value.shape))
         consts = [v for v in found if isinstance(v, _Const)]
         number = (int, float)
@@ -1098,7 +1098,7 @@ class _Converter:
     def _batch_derived(self, node: fx.Node) -> bool:
         """Whether a size this node is made from is the batch's (x.shape[0], x.size(0)), through shape arithmetic
         (not through constants, which carry their own flag)."""
-        todo, seen = list(node.all_input_nodes), set()
+        todo, seen = list(node.all_input_nodes), set[fx.Node]()
         while todo and len(seen) < 256:
             n = todo.pop()
             if n in seen:
@@ -1723,7 +1723,7 @@ class _Converter:
             return "lookup"
         raise Unmapped(why + "RelPosBias, RelPosMlp or RelPosBiasTf")
 
-    def permute(self, node: fx.Node, x: Any, dims: tuple[int, ...]) -> _Tensor | _Blocks:
+    def permute(self, node: fx.Node, x: Any, dims: tuple[int, ...]) -> _Tensor | _Blocks | _TokensT:
         if isinstance(x, _Flat):
             if tuple(d % 3 for d in dims) == (0, 2, 1):
                 return self.emit(node, "to_tokens", "to_tokens", None, {}, [x.source], fixed=False)
