@@ -471,11 +471,51 @@ def _softmax(x: torch.Tensor, dim: int) -> torch.Tensor:
     return e / e.sum(dim, keepdim=True)
 
 
+def _reduced(x: torch.Tensor, a: dict[str, Any], m: Any, inv: Any) -> torch.Tensor:
+    """The reduced sequence keys and values come from (PVT, Twins, Next-ViT), written out: the grid through the
+    conv (its own shapes) and a layer norm; or adaptive windows averaged, the 1x1 conv, the norm and GELU's erf
+    form; or runs of k tokens summed and divided by k, and batch norm with its constants (1 / sqrt(var + eps))."""
+    b, n, c = x.shape
+    if a["kv_avgpool"]:
+        k = a["kv_avgpool"]
+        runs = x[:, :n // k * k].reshape(b, n // k, k, c).sum(2) / k
+        if not a["kv_norm"]:
+            return runs
+        return (runs - m.norm.running_mean) * inv * m.norm.weight + m.norm.bias
+    grid = x.transpose(1, 2).reshape(b, c, *a["_grid"])
+    if a["kv_pool"]:
+        p, (h, w) = a["kv_pool"], a["_grid"]
+        cells = [grid.narrow(2, i * h // p, -(-(i + 1) * h // p) - i * h // p)
+                 .narrow(3, j * w // p, -(-(j + 1) * w // p) - j * w // p).mean((2, 3))
+                 for i in range(p) for j in range(p)]
+        grid = torch.stack(cells, dim=-1).reshape(b, c, p, p)
+    r = 1 if a["kv_pool"] else a["sr_ratio"]
+    t = F.conv2d(grid, m.sr.weight, m.sr.bias, stride=r).flatten(2).transpose(1, 2)
+    t = _norm(t, (-1,), 1e-5) * m.norm.weight + m.norm.bias
+    return t * 0.5 * (1 + torch.erf(t / math.sqrt(2))) if a["kv_pool"] else t
+
+
 def _self_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
     """Vaswani et al.'s attention written out: q, k, v from one projection, per head softmax(Q K^T / sqrt(d)) V,
-    the heads joined and projected."""
+    the heads joined and projected; with a reduced key/value source, q and kv from projections of their own."""
     if a["key_dim"] or a["value_dim"] or a["score_bias"]:
         return _biased_attention(x, a, m)
+    if a["sr_ratio"] > 1 or a["kv_pool"] or a["kv_avgpool"]:
+        # the batch norm's 1 / sqrt(var + eps): a constant of the model, outside the count
+        inv = (m.norm.running_var + m.norm.eps).rsqrt() if a["kv_avgpool"] and a["kv_norm"] else None
+
+        def reduced() -> torch.Tensor:
+            b, n, c = x.shape
+            h = a["num_heads"]
+            d = c // h
+            src = _reduced(x, a, m, inv)
+            mm = src.shape[1]
+            q = F.linear(x, m.q.weight, m.q.bias).reshape(b, n, h, d).transpose(1, 2).reshape(b * h, n, d)
+            kv = F.linear(src, m.kv.weight, m.kv.bias).reshape(b, mm, 2, h, d).permute(2, 0, 3, 1, 4)
+            k, v = kv[0].reshape(b * h, mm, d), kv[1].reshape(b * h, mm, d)
+            heads = torch.bmm(_softmax(torch.bmm(q * d ** -0.5, k.transpose(1, 2)), -1), v).reshape(b, h, n, d)
+            return F.linear(heads.transpose(1, 2).reshape(b, n, c), m.out_proj.weight, m.out_proj.bias)
+        return reduced
 
     def run() -> torch.Tensor:
         b, n, c = x.shape
@@ -746,6 +786,8 @@ def test_full_is_the_counted_arithmetic(name, index, shape, given) -> None:  # t
             given_a = a
             if name == "layernorm" and isinstance(shape, Tokens) and a["normalized_shape"] is None:
                 given_a = {**a, "normalized_shape": shape[1]}  # on tokens: each token over its C channels
+            if name == "self_attention":
+                given_a = {**a, "_grid": shape.grid}  # (a reduced key/value source reads the tokens' grid)
             run = FORMULAS[name](x, given_a, module)
             y, count = counted(run)
             torch.testing.assert_close(y, module(x))

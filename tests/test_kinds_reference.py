@@ -339,12 +339,22 @@ class Attention(nn.Module):
     every product a matmul: softmax(Q K^T / sqrt(d)) V per head."""
 
     def __init__(self, c: int, heads: int, bias: bool, qkv_bias: bool = True, key_dim: int = 0, value_dim: int = 0,
-                 grid: tuple[int, ...] | None = None, out: int = 0) -> None:
+                 grid: tuple[int, ...] | None = None, out: int = 0, reduce: tuple[str, int] = ("", 0),
+                 tokens_grid: tuple[int, ...] = (), kv_norm: bool = True) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.reduce, self.tokens_grid = heads, reduce, tokens_grid
         self.kd, self.vd = key_dim or c // heads, value_dim or c // heads  # (LeViT: q, k of key_dim; v attn_ratio x)
-        self.in_proj = nn.Linear(c, heads * (2 * self.kd + self.vd), bias=bias and qkv_bias)  # (qkv_bias false: the
-        self.out_proj = nn.Linear(heads * self.vd, out or c, bias=bias)  # output's bias only; out: CLIP's pool)
+        if reduce[0]:  # keys and values from a reduced sequence (PVT, Twins, Next-ViT): q and kv projections
+            self.q = nn.Linear(c, c, bias=bias and qkv_bias)
+            self.kv = nn.Linear(c, 2 * c, bias=bias and qkv_bias)
+            if reduce[0] != "avg":  # PVT's spatial reduction: a conv of kernel = stride r (1x1 after a pool)
+                r = reduce[1] if reduce[0] == "sr" else 1
+                self.sr = nn.Conv2d(c, c, r, stride=r)
+            self.norm: nn.Module | None = nn.LayerNorm(c) if reduce[0] != "avg" else (
+                nn.BatchNorm1d(c) if kv_norm else None)
+        else:  # (qkv_bias false: the output's bias only)
+            self.in_proj = nn.Linear(c, heads * (2 * self.kd + self.vd), bias=bias and qkv_bias)
+        self.out_proj = nn.Linear(heads * self.vd, out or c, bias=bias)  # (out: CLIP's pool)
         self.grid = grid
         if grid is not None:  # LeViT (Graham et al. 2021, section 4.2): a bias per head and |offset| on the grid
             self.table = nn.Parameter(torch.randn(heads, grid[0] * grid[1]))
@@ -354,6 +364,20 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
+        if self.reduce[0]:
+            how, size = self.reduce
+            if how == "avg":  # runs of `size` tokens averaged, then the batch norm over the channels
+                s = F.avg_pool1d(x.transpose(1, 2), size)
+                s = (self.norm(s) if self.norm is not None else s).transpose(1, 2)
+            else:
+                g = x.transpose(1, 2).reshape(b, c, *self.tokens_grid)
+                g = self.sr(F.adaptive_avg_pool2d(g, size) if how == "pool" else g)
+                s = self.norm(g.flatten(2).transpose(1, 2))  # type: ignore[misc]
+                s = F.gelu(s) if how == "pool" else s
+            q = self.q(x).reshape(b, n, self.heads, c // self.heads).transpose(1, 2)
+            k, v = (t.reshape(b, -1, self.heads, c // self.heads).transpose(1, 2) for t in self.kv(s).split(c, -1))
+            weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(c // self.heads), dim=-1)
+            return self.out_proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, n, c))
         h, kd, vd = self.heads, self.kd, self.vd
         q, k, v = self.in_proj(x).split([h * kd, h * kd, h * vd], dim=-1)
         q, k, v = (t.reshape(b, n, h, -1).transpose(1, 2) for t in (q, k, v))
@@ -788,7 +812,9 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
         1, a["index"], a["stop"] - a["index"])),
     "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"], a["qkv_bias"], a["key_dim"],
                                              a["value_dim"], s.grid if a["score_bias"] else None,
-                                             a["out_features"]),
+                                             a["out_features"], (
+        ("sr", a["sr_ratio"]) if a["sr_ratio"] > 1 else ("pool", a["kv_pool"]) if a["kv_pool"] else
+        ("avg", a["kv_avgpool"]) if a["kv_avgpool"] else ("", 0)), s.grid, a["kv_norm"]),
     "pooled_attention": PooledAttention,
     "token_maxpool": TokenMaxPool,
     "separable_pos_embed": lambda a, s: SeparablePositions(s),
