@@ -406,7 +406,8 @@ def test_class_tokens_and_ranges_of_tokens_in_a_spec(write_spec) -> None:  # typ
     spec = ("name: pit\ninput: [4, 4, 4]\nlayers:\n  - to_tokens\n  - class_token: {count: 2, name: cls}\n"
             "  - take_token: {count: 2, name: first}\n  - take_token: {index: 2, count: 16, name: grid_tokens}\n"
             "    from: cls\n  - to_grid: {name: grid}\n  - maxpool: {kernel: 2}\n  - to_tokens: {name: again}\n"
-            "  - concat: [first, again]\n    name: joined\n  - take_token: {index: 2, count: 4}\n  - to_grid: {name: pooled}\n")
+            "  - concat: [first, again]\n    name: joined\n  - take_token: {index: 2, count: 4}\n"
+            "  - to_grid: {name: pooled}\n")
     report = analyze(load_spec(write_spec(spec)))
     assert report.totals.params == 2 * 4
     shapes = {r.name: r.output for r in report.rows}
