@@ -254,6 +254,13 @@ def test_a_broadcast_add_in_a_training_step_is_measured(write_spec) -> None:  # 
     assert "context_pool" in step_unfollowed(analyze(load_spec(write_spec(SPEC_ADD)), batch=2, device="cpu"))
 
 
+def test_a_broadcast_summand_may_come_first(write_spec) -> None:  # type: ignore[no-untyped-def]
+    """(x + y with x of C x 1 x 1: the first sum broadcasts either way; torch's result is the full grid.)"""
+    spec = "name: gc\ninput: [3, 4, 5]\nlayers:\n  - parallel:\n      - [global_avgpool]\n      - []\n    merge: add\n"
+    assert analyze(load_spec(write_spec(spec))).totals.output == (3, 4, 5)
+    assert (torch.randn(1, 3, 1, 1) + torch.randn(1, 3, 4, 5)).shape[1:] == (3, 4, 5)
+
+
 @pytest.mark.parametrize(("body", "message"), [
     ("  - parallel:\n      - [{conv: {out: 4, kernel: 1}}]\n      - [global_avgpool]\n    merge: add\n",
      r"gives 4x4x5 but .* gives 3x1x1; they cannot be added"),
@@ -394,16 +401,18 @@ def test_pit_imports_exact(tokens: int) -> None:
 
 def test_class_tokens_and_ranges_of_tokens_in_a_spec(write_spec) -> None:  # type: ignore[no-untyped-def]
     """Two learned tokens put first (params 2C), the sequence sliced into them and the grid's, the grid's laid out
-    on their grid again, the tokens joined again: shapes and parameters by hand."""
-    spec = ("name: pit\ninput: [4, 3, 2]\nlayers:\n  - to_tokens\n  - class_token: {count: 2, name: cls}\n"
-            "  - take_token: {stop: 2, name: first}\n  - take_token: {index: 2, stop: 8, name: grid_tokens}\n"
-            "    from: cls\n"
-            "  - to_grid: {name: grid}\n  - to_tokens: {name: again}\n  - concat: [first, again]\n")
+    on their grid again and pooled, the tokens joined again on the pooled grid (the last input's), whose tokens
+    lay out on it: shapes and parameters by hand."""
+    spec = ("name: pit\ninput: [4, 4, 4]\nlayers:\n  - to_tokens\n  - class_token: {count: 2, name: cls}\n"
+            "  - take_token: {stop: 2, name: first}\n  - take_token: {index: 2, stop: 18, name: grid_tokens}\n"
+            "    from: cls\n  - to_grid: {name: grid}\n  - maxpool: {kernel: 2}\n  - to_tokens: {name: again}\n"
+            "  - concat: [first, again]\n    name: joined\n  - take_token: {index: 2, stop: 6}\n"
+            "  - to_grid: {name: pooled}\n")
     report = analyze(load_spec(write_spec(spec)))
     assert report.totals.params == 2 * 4
     shapes = {r.name: r.output for r in report.rows}
-    assert (shapes["first"], shapes["grid_tokens"], shapes["grid"]) == ((2, 4), (6, 4), (4, 3, 2))
-    assert report.totals.output == (8, 4)
+    assert (shapes["first"], shapes["grid_tokens"], shapes["grid"]) == ((2, 4), (16, 4), (4, 4, 4))
+    assert (shapes["joined"], shapes["pooled"]) == ((6, 4), (4, 2, 2))
 
 
 @pytest.mark.parametrize(("body", "message"), [
