@@ -5,7 +5,9 @@ SwinTransformer).
 Both work on a token sequence laid out on a 2-D grid (`Tokens.grid` = (H, W), N = H*W): torchvision holds it
 B x H x W x C, channels last, the same memory as B x N x C. `window_attention` attends within windows of the grid
 (shifted or not); `patch_merging` puts each 2 x 2 neighbourhood's channels side by side, halving the grid. The norm
-and the linear reduction of Swin's patch merging are their own layers (`layernorm`, `linear`).
+and the linear reduction of Swin's patch merging are their own layers (`layernorm`, `linear`). The video Swin (Liu et
+al. 2022, "Video Swin Transformer"; torchvision's SwinTransformer3d) is the same computation on a 3-D grid (T, H,
+W): 3-D windows with a 3-D relative position table, and the patch merging of the last two axes (T kept).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from archcalc.core.kinds.base import (
     Saved,
     Shape,
     Tokens,
+    numel,
     register,
 )
 from archcalc.core.kinds.tokens import token_input
@@ -32,36 +35,41 @@ CPB_HIDDEN = 512  # Swin V2's continuous position bias MLP: Linear(2, 512), ReLU
 
 
 def grid_input(kind: str, inp: Shape) -> Tokens:
-    """A token sequence that is the whole of a 2-D grid (no class token): N = H * W."""
+    """A token sequence that is the whole of a 2-D grid (no class token): N = H * W; or of a 3-D one (the video
+    Swin's T x H x W)."""
     t = token_input(kind, inp)
-    if len(t.grid) != 2 or t[0] != t.grid[0] * t.grid[1]:
-        raise LayerError(f"{kind} needs tokens laid out on a 2-D grid (N = H x W); its input is {t[0]} tokens on "
-                         f"the grid {'x'.join(map(str, t.grid))}")
+    if len(t.grid) not in (2, 3) or t[0] != numel(t.grid):
+        raise LayerError(f"{kind} needs tokens laid out on a 2-D grid (N = H x W) or a 3-D one (N = T x H x W); "
+                         f"its input is {t[0]} tokens on the grid {'x'.join(map(str, t.grid))}")
     return t
 
 
-def _pair(value: Any) -> tuple[int, int]:
+def _axes(value: Any, rank: int) -> tuple[int, ...]:
     if isinstance(value, int):
-        return (value, value)
+        return (value,) * rank
     values = tuple(value)
-    if len(values) != 2:
-        raise LayerError(f"a window or shift has one value per axis of the 2-D grid, not {len(values)}")
-    return (values[0], values[1])
+    if len(values) != rank:
+        raise LayerError(f"a window or shift has one value per axis of the {rank}-D grid, not {len(values)}")
+    return values
 
 
 class Geometry:
     """The windows of one window_attention: padded grid, windows, tokens per window, shift in force."""
 
     def __init__(self, a: Mapping[str, Any], inp: Tokens) -> None:
-        self.window = _pair(a["window_size"])
-        shift = _pair(a["shift_size"])
+        configured = _axes(a["window_size"], len(inp.grid))
+        shift = _axes(a["shift_size"], len(inp.grid))
+        # `shrink` (torchvision's video Swin, _get_window_and_shift_size): a window longer than the grid along an
+        # axis is cut to the grid there; its table and index are still the configured window's
+        self.window = tuple(min(w, g) for w, g in zip(configured, inp.grid)) if a["shrink"] else configured
         self.padded = tuple(-(-g // w) * w for g, w in zip(inp.grid, self.window))
         # torchvision's shifted_window_attention: no shift along an axis whose window covers the padded grid
         self.shift = tuple(0 if w >= p else s for w, s, p in zip(self.window, shift, self.padded))
-        self.tokens = self.padded[0] * self.padded[1]  # Np
-        self.m = self.window[0] * self.window[1]  # tokens per window
+        self.tokens = numel(self.padded)  # Np
+        self.m = numel(self.window)  # tokens per window
         self.windows = self.tokens // self.m
-        self.table = (2 * self.window[0] - 1) * (2 * self.window[1] - 1)  # relative positions
+        self.table = numel(tuple(2 * w - 1 for w in configured))  # relative positions
+        self.index = numel(configured) ** 2  # the int64 index buffer: the configured window's M^2
         self.heads = a["num_heads"]
         self.c = inp[1]
         self.u = self.tokens * self.c  # a padded N x C tensor
@@ -80,6 +88,8 @@ class WindowAttention(Kind):
            "shift along an axis whose window covers the padded grid), cut into windows of M tokens; per window "
            "q, k, v = x W_qkv (C -> 3C), per head softmax(Q K^T / sqrt(d) + B) V with B gathered from a learned "
            "(2w-1)^2 x heads table by an int64 index buffer (M^2), the heads joined and projected (C -> C); the "
+           "same on a T x H x W grid with 3-D windows and a (2w_t-1)(2w_h-1)(2w_w-1) x heads table (the video "
+           "Swin: `shrink`, windows cut to a grid shorter than them, torchvision's SwinTransformer3d); the "
            "windows merged, the shift undone, the padding cropped. Params 4C^2 (+4C with bias) + the table. MACs "
            "per image: padded tokens x 4C^2 + windows x 2 M^2 C. `v2` (Swin V2, ShiftedWindowAttentionV2): "
            "cosine attention (q and k normalised, times a learned logit scale per head), B = 16 sigmoid of an "
@@ -96,11 +106,15 @@ class WindowAttention(Kind):
                        "yet")
     args = (
         Arg("num_heads", "int", doc="number of heads; divides the channels", aliases=("heads",), minimum=1),
-        Arg("window_size", "ints", 7, "the window (tokens) per grid axis (H, W)", aliases=("window",), minimum=1),
+        Arg("window_size", "ints", 7, "the window (tokens) per grid axis (H, W; T, H, W)", aliases=("window",),
+            minimum=1),
         Arg("shift_size", "ints", 0, "the cyclic shift per axis (Swin's odd blocks: half the window)",
             aliases=("shift",), minimum=0),
         Arg("bias", "bool", True, "learn biases in the qkv and output projections"),
         Arg("v2", "bool", False, "Swin V2: cosine attention, logit scale, continuous position bias MLP"),
+        Arg("shrink", "bool", False, "a window longer than the grid along an axis is cut to the grid there (the "
+            "video Swin, torchvision's _get_window_and_shift_size) instead of the grid being zero-padded to it; "
+            "the table and index stay the configured window's"),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "window_size": 2}),
@@ -110,12 +124,19 @@ class WindowAttention(Kind):
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "window_size": 4, "shift_size": 2}),
         Example(Tokens(256, 32, (16, 16)), {"num_heads": 4, "window_size": 4, "shift_size": 2, "v2": True}),
         Example(Tokens(192, 32, (12, 16)), {"num_heads": 1, "window_size": [4, 8], "v2": True}),
+        Example(Tokens(96, 8, (4, 4, 6)), {"num_heads": 2, "window_size": [2, 4, 3], "shift_size": [1, 2, 1]}),
+        Example(Tokens(60, 6, (3, 4, 5)), {"num_heads": 3, "window_size": [4, 2, 3], "shift_size": [2, 1, 1],
+                                           "shrink": True}),
+        Example(Tokens(20, 4, (4, 5)), {"num_heads": 2, "window_size": 7, "shift_size": 3, "shrink": True}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         t = grid_input(self.name, inp)
         if t[1] % a["num_heads"]:
             raise LayerError(f"window_attention: {t[1]} channels are not divisible by num_heads {a['num_heads']}")
+        if a["v2"] and (len(t.grid) == 3 or a["shrink"]):
+            raise LayerError("window_attention: v2 (Swin V2's position bias MLP) on a 3-D grid or with shrink is "
+                             "not modelled")
         g = Geometry(a, t)
         if any(s >= w for s, w in zip(g.shift, g.window)):
             raise LayerError(f"window_attention: shift_size {'x'.join(map(str, g.shift))} must be smaller than the "
@@ -131,11 +152,11 @@ class WindowAttention(Kind):
         mask = g.scores if any(g.shift) else 0
         full = 2 * macs + g.tokens * bias + g.scores + mask + 3 * g.scores
         if not a["v2"]:
-            return Cost(params=params + g.table * h, int_buffers=g.m * g.m, macs=macs, fvcore=macs,
+            return Cost(params=params + g.table * h, int_buffers=g.index, macs=macs, fvcore=macs,
                         full=full + g.u)
         once = g.table * CPB_HIDDEN * (2 + h)
         return Cost(params=params + h + 3 * CPB_HIDDEN + CPB_HIDDEN * h, buffers=2 * g.table,
-                    int_buffers=g.m * g.m, macs=macs, fvcore=macs, macs_once=once, fvcore_once=once,
+                    int_buffers=g.index, macs=macs, fvcore=macs, macs_once=once, fvcore_once=once,
                     full=full + 6 * g.u + 4 * g.tokens * h + g.scores,
                     full_once=2 * once + 2 * CPB_HIDDEN * g.table + 4 * h * g.m * g.m + 2 * h)
 
@@ -165,11 +186,15 @@ class WindowAttention(Kind):
         # head vector)
         # and the cosine scores (kept by the logit scale's product); once per forward the logit scale's exp (heads),
         # the sigmoid of the gathered bias (heads x M^2) and the MLP's hidden layer ((2w-1)^2 x 512).
+        # A shrunk window (`shrink`) gathers the table by the index's first M rows and columns: a copy (M^2 int64),
+        # which the gather keeps, once per forward.
         g = Geometry(a, grid_input(self.name, inp))
         u, s = g.u, g.scores
         params = ((u, ACTIVATION),) if g.in_place else ((2 * u, ACTIVATION),)
         if not a["v2"]:
-            return Saved(input_for_params=g.in_place, extra=((3 * u + s, ACTIVATION),), extra_for_params=params)
+            shrunk = ((g.m * g.m, 8),) if g.m * g.m != g.index else ()
+            return Saved(input_for_params=g.in_place, extra=((3 * u + s, ACTIVATION),), extra_for_params=params,
+                         per_batch=shrunk)
         extra = 6 * u + 4 * g.tokens * g.heads + 2 * s
         once = g.heads + g.heads * g.m * g.m + CPB_HIDDEN * g.table
         return Saved(input_for_params=g.in_place, extra=((extra, ACTIVATION),), extra_for_params=params,
@@ -226,29 +251,34 @@ class PatchMerging(Kind):
            "(x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2] concatenated; torchvision's "
            "_patch_merging_pad, the grid zero-padded to even sizes first). A copy, no arithmetic. Swin's "
            "PatchMerging is this, `layernorm` and `linear: {out: 2C, bias: false}` (V2: the linear, then the "
-           "norm).")
+           "norm). On a T x H x W grid the last two axes are merged and T is kept (the video Swin, torchvision's "
+           "PatchMerging on B x T x H x W x C).")
     full_rule = "0 (a copy)"
     tokens = True
-    examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(35, 6, (5, 7))))
+    examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(35, 6, (5, 7))), Example(Tokens(60, 4, (3, 4, 5))))
+
+    def merged(self, inp: Shape) -> tuple[int, ...]:
+        """The grid after the merge: the last two axes halved (rounded up), a leading T kept."""
+        grid = grid_input(self.name, inp).grid
+        return (*grid[:-2], *(-(-s // 2) for s in grid[-2:]))
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
-        t = grid_input(self.name, inp)
-        h, w = (-(-s // 2) for s in t.grid)
-        return Tokens(h * w, 4 * t[1], (h, w))
+        grid = self.merged(inp)
+        return Tokens(numel(grid), 4 * inp[1], grid)
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
-        return [RFStep(kernel=2, stride=2) for _ in grid_input(self.name, inp).grid]
+        grid = grid_input(self.name, inp).grid
+        return [RFStep() for _ in grid[:-2]] + [RFStep(kernel=2, stride=2) for _ in grid[-2:]]
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # the zero-padded copy of an odd grid, read by the concatenation
         t = grid_input(self.name, inp)
-        if t.grid[0] % 2 or t.grid[1] % 2:
+        if t.grid[-2] % 2 or t.grid[-1] % 2:
             return ((out[0] * out[1], ACTIVATION),)
         return ()
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
-        t = grid_input(self.name, inp)
-        return f"{'x'.join(map(str, t.grid))} -> {'x'.join(str(-(-s // 2)) for s in t.grid)}"
+        return f"{'x'.join(map(str, grid_input(self.name, inp).grid))} -> {'x'.join(map(str, self.merged(inp)))}"
 
 
 __all__ = ["PatchMerging", "WindowAttention"]
