@@ -18,6 +18,7 @@ from typing import Any
 from archcalc.core.kinds.base import (
     ACTIVATION,
     Arg,
+    BackwardMoment,
     Cost,
     Example,
     Kind,
@@ -74,7 +75,28 @@ class Geometry:
         self.c = inp[1]
         self.u = self.tokens * self.c  # a padded N x C tensor
         self.scores = self.tokens * self.heads * self.m  # attention weights: windows x heads x M x M
-        self.in_place = self.padded == tuple(inp.grid) and not any(self.shift) and self.windows == 1
+        # the windows a view of the input: no padding, no shift, and windows that need no copy (partition_copies)
+        self.in_place = self.padded == tuple(inp.grid) and not any(self.shift) and not partition_copies(self)
+
+
+def partition_copies(g: Geometry) -> bool:
+    """Whether cutting the padded grid into windows (B x n_1 x w_1 x ... x C permuted to B x n_1 x ... x w_1 x ...
+    x C) moves data: the permuted axes, those of size 1 aside, are not in memory order (one window per image, or
+    windows in a single row along the last axis, are views)."""
+    counts = [p // w for p, w in zip(g.padded, g.window)]
+    order = [(n, 2 * i) for i, n in enumerate(counts)] + [(w, 2 * i + 1) for i, w in enumerate(g.window)]
+    positions = [at for size, at in order if size > 1]
+    return positions != sorted(positions)
+
+
+def crop_steps(g: Geometry, grid: Sequence[int], c: int) -> list[int]:
+    """The gradient of the crop back to the padded grid, per sample: one slice_backward per cut axis, the last axis
+    first, each a tensor with the axes from it on padded."""
+    steps = []
+    for axis in range(len(grid) - 1, -1, -1):
+        if grid[axis] != g.padded[axis]:
+            steps.append(numel((*grid[:axis], *g.padded[axis:])) * c)
+    return steps
 
 
 @register
@@ -102,8 +124,6 @@ class WindowAttention(Kind):
                  "more when shifted (mask), 3 (softmax). Once per forward (v2): 2 per MAC of the MLP, 2 x 512 per "
                  "relative position (bias, ReLU), 4 per gathered bias (sigmoid, x16), 2 per head (clamp, exp)")
     tokens = True
-    step_unfollowed = ("its backward (the attention weights' and products' gradients per window) is not modelled "
-                       "yet")
     args = (
         Arg("num_heads", "int", doc="number of heads; divides the channels", aliases=("heads",), minimum=1),
         Arg("window_size", "ints", 7, "the window (tokens) per grid axis (H, W; T, H, W)", aliases=("window",),
@@ -178,7 +198,7 @@ class WindowAttention(Kind):
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # The built module (archcalc.torch.modules.WindowAttention), measured with saved_tensors_hooks: the windows
-        # (the input of qkv: a copy, or the input itself when one window covers the unpadded, unshifted grid) and
+        # (the input of qkv: a copy, or the input itself when the windows are views of the unpadded, unshifted grid) and
         # the joined heads (out_proj's input), for the weights' gradients alone; the attention weights after the
         # softmax (windows x heads x M^2). v1: the scaled q and contiguous k and v (Np x C each: the module makes
         # every operand of the products contiguous, so this holds at batch 1 with one window too). v2: qkv (kept by
@@ -212,6 +232,91 @@ class WindowAttention(Kind):
         first = 2 * CPB_HIDDEN * g.table if a["v2"] else 0
         return grad_input, 2 * macs - grad_input - first
 
+    def step_unfollowed_for(self, a: Mapping[str, Any], inp: Shape) -> str:
+        # Followed for v1 (backward_moments, train_transient: measured by storage in real steps,
+        # tests/test_window_attention_step.py).
+        if a["v2"]:
+            return "window_attention v2's backward (the cosine scores, the position bias MLP) is not modelled yet"
+        return ""
+
+    def backward_moments(self, a: Mapping[str, Any], inp: Shape, out: Shape, input_grad: bool,
+                         params_grad: bool) -> tuple[BackwardMoment, ...]:
+        # The built module's backward, node by node (measured by storage in real steps on the CPU:
+        # tests/test_window_attention_step.py), per sample, u = Np C (padded), E = N C, S the attention weights,
+        # B = heads x M^2 the position bias's gradient (once). The crop's gradient back to the padded grid (one
+        # slice_backward per cut axis), the roll's, the merge's copy; proj: its input's gradient (u) and its
+        # parameters'; the joined heads' gradient laid out per head (u); A V: v's (u) and the weights' (S)
+        # gradients; softmax: the scores' (S); the bias add: B; Q K^T: q's and k's (u each); the scale: q's (u);
+        # unbind: stacked (3u), copied to qkv's layout (3u); qkv: its input's gradient (u) and its parameters';
+        # then the partition's, the roll's and the padding's gradients (when the input needs one), and the table's
+        # gradient (zeros, then index_put: the table's size each, once) while B is alive. Each node frees the
+        # gradient it read and what it kept.
+        g = Geometry(a, grid_input(self.name, inp))
+        c, u, s = g.c, g.u, g.scores
+        bias = c if a["bias"] else 0
+        proj = c * c + bias if params_grad else 0
+        qkv = 3 * c * c + 3 * bias if params_grad else 0
+        table = g.table * g.heads if params_grad else 0
+        moments: list[BackwardMoment] = []
+        state = {"extra": 0, "flowing": 0, "freed": False, "params": 0, "once": 0}
+
+        def moment(elements: int) -> None:
+            moments.append(BackwardMoment(state["extra"] + elements, state["params"], bool(state["freed"]),
+                                          once=state["once"]))
+
+        def step(size: int) -> None:  # a node makes `size` from the gradient flowing in, which it then frees
+            moment(size)
+            if state["flowing"]:
+                state["extra"] -= state["flowing"]
+            else:
+                state["freed"] = True
+            state["extra"] += size
+            state["flowing"] = size
+
+        for size in crop_steps(g, inp.grid, c):  # type: ignore[attr-defined]
+            step(size)
+        if any(g.shift):
+            step(u)
+        if partition_copies(g):
+            step(u)
+        state["params"] += proj
+        step(u)  # proj: its input's gradient, its parameters'
+        if params_grad:
+            state["extra"] -= u  # the joined heads it kept
+        if g.heads > 1:
+            step(u)  # the gradient laid out per head
+        moment(u + s)  # A V: v's and the weights' gradients
+        state["extra"] += u + s - u - u  # the per-head copy and v freed
+        moment(s)  # softmax: the scores' gradient
+        state["extra"] += s - s - s  # the weights' gradient and the weights freed
+        if params_grad:
+            state["once"] = g.heads * g.m * g.m  # the position bias's gradient, summed over the windows
+        moment(2 * u)  # Q K^T: the gradients of the scaled q and of k
+        state["extra"] += 2 * u - s - 2 * u  # the scores' gradient, q and k freed
+        moment(u)  # the scale: q's gradient
+        moment(3 * u)  # unbind: q's, k's and v's gradients stacked (the three freed)
+        moment(3 * u)  # copied to qkv's layout (the stacked freed)
+        state["extra"] += 3 * u - 3 * u  # (the scaled q's gradient, then the three, then the stacked)
+        state["params"] += qkv
+        moment(u if input_grad else 0)  # qkv: its input's gradient, its parameters'
+        state["extra"] -= 3 * u  # the gradient to qkv freed
+        if params_grad and not g.in_place:
+            state["extra"] -= u  # the windows it kept
+        if input_grad:
+            state["flowing"] = u
+            state["extra"] += u
+            if partition_copies(g):
+                step(u)
+            if any(g.shift):
+                step(u)
+            if tuple(g.padded) != tuple(inp.grid):  # type: ignore[attr-defined]
+                step(inp[0] * c)
+        if params_grad:
+            state["params"] += table
+            state["once"] += table
+            moment(0)  # the table's gradient: zeros of its size, then index_put (the gradient), B alive
+        return tuple(moments)
+
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # The most alive at once while the built module runs at inference (torch.profiler, tests/test_kind_rules.py),
         # less its output (N x C), which the engine counts beside it. With u = Np x C and S the attention weights:
@@ -227,6 +332,22 @@ class WindowAttention(Kind):
         else:
             during = max((6 if several else 5) * u + s, 5 * u + 2 * s)
         return ((during - inp[0] * inp[1], ACTIVATION),)
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # A training-mode forward (v1; measured by storage in real steps: tests/test_window_attention_step.py) is at
+        # its most at A V: the kept windows, q, k, v and weights (4u + S), qkv (3u), the masked scores (S) and the
+        # product (u); beyond what is kept (6u + S with the joined heads) and the output (E): 2u + S - E.
+        if a["v2"]:
+            return self.transient(a, inp, out)
+        g = Geometry(a, grid_input(self.name, inp))
+        return ((3 * g.u + g.scores - inp[0] * inp[1], ACTIVATION),)
+
+    def frozen_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...] | None:
+        # Frozen (v1), the windows are freed once qkv is made and the joined heads made after A V: at A V, beyond
+        # train_transient, one u (what is kept is then q, k, v and the weights alone).
+        if a["v2"]:
+            return None
+        return ((Geometry(a, grid_input(self.name, inp)).u, ACTIVATION),)
 
     def transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # The position bias (heads x M^2), made first from the weights and held until A V. (v2's MLP runs before,
