@@ -293,10 +293,11 @@ class WindowAttention(Kind):
             state["once"] = g.heads * g.m * g.m  # the position bias's gradient, summed over the windows
         moment(2 * u)  # Q K^T: the gradients of the scaled q and of k
         state["extra"] += 2 * u - s - 2 * u  # the scores' gradient, q and k freed
+        # each of the next three replaces what it read by as much: the scaled q's gradient, then the three, then
+        # the stacked (the copy stays, in `extra`)
         moment(u)  # the scale: q's gradient
-        moment(3 * u)  # unbind: q's, k's and v's gradients stacked (the three freed)
-        moment(3 * u)  # copied to qkv's layout (the stacked freed)
-        state["extra"] += 3 * u - 3 * u  # (the scaled q's gradient, then the three, then the stacked)
+        moment(3 * u)  # unbind: q's, k's and v's gradients stacked
+        moment(3 * u)  # copied to qkv's layout
         state["params"] += qkv
         moment(u if input_grad else 0)  # qkv: its input's gradient, its parameters'
         state["extra"] -= 3 * u  # the gradient to qkv freed
