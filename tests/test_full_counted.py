@@ -568,26 +568,38 @@ def _window_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
     sum of squares clamped at 1e-12, then times exp(min(logit scale, ln 100))), plus the gathered position bias
     (v2: 16 sigmoid, 1 / (1 + exp(-t)), of Linear(2, 512), ReLU, Linear(512, heads) on the coordinate table), plus
     the mask, the textbook softmax, A V, the projection; the windows merged, unrolled and cropped. The mask, a
-    constant of the grid (-100 between tokens from different regions of the rolled grid), is made outside."""
+    constant of the grid (-100 between tokens from different regions of the rolled grid), is made outside. On a
+    T x H x W grid the same with 3-D windows; `shrink` cuts a window longer than the grid to it, the bias read by
+    the configured window's index's first M rows and columns (torchvision's video Swin)."""
     _, n, c = x.shape
-    (h, w), (wh, ww), heads = m.grid, m.window_size, a["num_heads"]
-    d, size = c // heads, wh * ww
-    hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
-    shift = [0 if win >= p else s for win, s, p in zip((wh, ww), m.shift_size, (hp, wp))]
-    windows = hp // wh * (wp // ww)
-    regions = [[0 if not s or r < p - win else 1 if r < p - s else 2 for r in range(p)]
-               for p, win, s in zip((hp, wp), (wh, ww), shift)]
-    label = torch.tensor([[regions[0][i * wh + p // ww] * 3 + regions[1][j * ww + p % ww] for p in range(size)]
-                          for i in range(hp // wh) for j in range(wp // ww)], dtype=torch.float64)
+    grid, heads, rank = tuple(m.grid), a["num_heads"], len(m.grid)
+    full = math.prod(m.window_size)
+    win = tuple(min(w, g) for w, g in zip(m.window_size, grid)) if a["shrink"] else tuple(m.window_size)
+    d, size = c // heads, math.prod(win)
+    padded = tuple(math.ceil(g / w) * w for g, w in zip(grid, win))
+    shift = [0 if w >= p else s for w, s, p in zip(win, m.shift_size, padded)]
+    counts = [p // w for p, w in zip(padded, win)]
+    windows = math.prod(counts)
+    regions = [[0 if not s or r < p - w else 1 if r < p - s else 2 for r in range(p)]
+               for p, w, s in zip(padded, win, shift)]
+    label = torch.tensor([[sum(regions[i][o[i] * win[i] + t[i]] * 3 ** (rank - 1 - i) for i in range(rank))
+                           for t in itertools.product(*(range(w) for w in win))]
+                          for o in itertools.product(*(range(k) for k in counts))], dtype=torch.float64)
     mask = torch.where(label[:, :, None] != label[:, None, :], -100.0, 0.0).view(windows, 1, size, size)
+    index = m.relative_position_index.view(full, full)[:size, :size].flatten()
+    split = [e for k, w in zip(counts, win) for e in (k, w)]
+    order = (0, *range(1, 2 * rank, 2), *range(2, 2 * rank + 1, 2), 2 * rank + 1)
+    back = (0, *(e for i in range(rank) for e in (1 + i, 1 + rank + i)), 2 * rank + 1)
     qkv_bias = m.qkv.bias
     if a["v2"] and qkv_bias is not None:
         qkv_bias = torch.cat([qkv_bias[:c], torch.zeros(c, dtype=x.dtype), qkv_bias[2 * c:]])
 
     def run() -> torch.Tensor:
-        g = F.pad(x.view(1, h, w, c), (0, 0, 0, wp - w, 0, hp - h))
-        g = _roll(_roll(g, -shift[0], 1), -shift[1], 2)
-        t = g.view(1, hp // wh, wh, wp // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(windows * size, c)
+        g = F.pad(x.view(1, *grid, c), [0, 0, *(e for gs, p in zip(reversed(grid), reversed(padded))
+                                                for e in (0, p - gs))])
+        for axis, s in enumerate(shift):
+            g = _roll(g, -s, axis + 1)
+        t = g.view(1, *split, c).permute(order).reshape(windows * size, c)
         qkv = F.linear(t, m.qkv.weight, qkv_bias).view(windows, size, 3, heads, d).permute(2, 0, 3, 1, 4)
         q, k, v = (qkv[i].reshape(windows * heads, size, d) for i in range(3))
         if a["v2"]:
@@ -598,21 +610,22 @@ def _window_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
             hidden = torch.clamp_min(F.linear(m.relative_coords_table.view(-1, 2), m.cpb_mlp[0].weight,
                                               m.cpb_mlp[0].bias), 0.0)
             table = torch.mm(hidden, m.cpb_mlp[2].weight.t())
-            gathered = torch.index_select(table, 0, m.relative_position_index)
+            gathered = torch.index_select(table, 0, index)
             bias = (16 * torch.reciprocal(1 + torch.exp(-gathered))).view(size, size, heads).permute(2, 0, 1)
         else:
             scores = torch.bmm(q * d ** -0.5, k.transpose(1, 2)).view(windows, heads, size, size)
-            bias = torch.index_select(m.relative_position_bias_table, 0, m.relative_position_index).view(
+            bias = torch.index_select(m.relative_position_bias_table, 0, index).view(
                 size, size, heads).permute(2, 0, 1)
         scores = scores + bias
         if any(shift):
             scores = scores + mask
         weights = _softmax(scores, -1).reshape(windows * heads, size, size)
         joined = torch.bmm(weights, v).view(windows, heads, size, d).transpose(1, 2).reshape(windows * size, c)
-        out = F.linear(joined, m.proj.weight, m.proj.bias).view(1, hp // wh, wp // ww, wh, ww, c)
-        out = out.permute(0, 1, 3, 2, 4, 5).reshape(1, hp, wp, c)
-        out = _roll(_roll(out, shift[0], 1), shift[1], 2)
-        return out[:, :h, :w].reshape(1, n, c)
+        out = F.linear(joined, m.proj.weight, m.proj.bias).view(1, *counts, *win, c)
+        out = out.permute(back).reshape(1, *padded, c)
+        for axis, s in enumerate(shift):
+            out = _roll(out, s, axis + 1)
+        return out[(slice(None), *(slice(0, gs) for gs in grid))].reshape(1, n, c)
     return run
 
 

@@ -275,11 +275,14 @@ FULL: dict[str, Rule] = {
 def _windows_of(a: Mapping[str, Any], i: Any) -> tuple[int, int, int, bool]:
     """Padded tokens, tokens per window, position-table entries, and whether a shift is in force (torchvision's
     rule: none along an axis whose window covers the padded grid)."""
-    win = a["window_size"] if not isinstance(a["window_size"], int) else (a["window_size"],) * 2
-    shift = a["shift_size"] if not isinstance(a["shift_size"], int) else (a["shift_size"],) * 2
+    rank = len(i.grid)  # 2 or 3 (the video Swin's T x H x W)
+    win = a["window_size"] if not isinstance(a["window_size"], int) else (a["window_size"],) * rank
+    shift = a["shift_size"] if not isinstance(a["shift_size"], int) else (a["shift_size"],) * rank
+    if a.get("shrink"):  # a window longer than the grid is cut to it
+        win = [min(w, g) for w, g in zip(win, i.grid)]
     padded = [math.ceil(g / w) * w for g, w in zip(i.grid, win)]
     shifted = any(s and w < p for s, w, p in zip(shift, win, padded))
-    return padded[0] * padded[1], win[0] * win[1], (2 * win[0] - 1) * (2 * win[1] - 1), shifted
+    return math.prod(padded), math.prod(win), math.prod(2 * w - 1 for w in win), shifted
 
 
 def _window_attention(a: Mapping[str, Any], i: Any, macs: int) -> int:

@@ -9,6 +9,7 @@ reference's, and the builder's output against the reference's on the same input 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -624,22 +625,28 @@ class _WindowAttention(nn.Module):
     """Swin's window attention (Liu et al. 2021, Sec. 3.2: W-MSA and SW-MSA with a relative position bias; V2, Liu
     et al. 2022, Sec. 3.1-3.2: scaled cosine attention and the log-spaced continuous position bias), written the
     slow way: the grid padded with zeros and rolled, then each window attends on its own in a loop, the bias looked
-    up pair by pair, the shifted windows' mask from each token's region of the rolled grid."""
+    up pair by pair, the shifted windows' mask from each token's region of the rolled grid. On a T x H x W grid the
+    same with 3-D windows (the video Swin, Liu et al. 2022, Sec. 3.2: a (2P-1)(2M-1)(2M-1) table); `shrink`: a
+    window longer than the grid cut to it, the bias read from the configured window's index's first M rows and
+    columns (torchvision's SwinTransformer3d)."""
 
-    def __init__(self, c: int, grid: tuple[int, ...], heads: int, window: tuple[int, int], shift: tuple[int, int],
-                 bias: bool, v2: bool) -> None:
+    def __init__(self, c: int, grid: tuple[int, ...], heads: int, window: tuple[int, ...], shift: tuple[int, ...],
+                 bias: bool, v2: bool, shrink: bool = False) -> None:
         super().__init__()
+        full = window
+        if shrink:
+            window = tuple(min(w, g) for w, g in zip(window, grid))
         self.c, self.grid, self.heads, self.window, self.v2 = c, grid, heads, window, v2
-        wh, ww = window
         self.padded = tuple(math.ceil(g / w) * w for g, w in zip(grid, window))
         self.shift = tuple(0 if w >= p else s for w, s, p in zip(window, shift, self.padded))  # torchvision's rule
         if v2:
             self.logit_scale = nn.Parameter(torch.ones(heads, 1, 1))
         else:
-            self.table = nn.Parameter(torch.randn((2 * wh - 1) * (2 * ww - 1), heads))
+            self.table = nn.Parameter(torch.randn(math.prod(2 * w - 1 for w in full), heads))
         self.qkv = nn.Linear(c, 3 * c, bias=bias)
         self.proj = nn.Linear(c, c, bias=bias)
         if v2:
+            wh, ww = window
             self.cpb = nn.Sequential(nn.Linear(2, 512), nn.ReLU(), nn.Linear(512, heads, bias=False))
             coords = torch.zeros(1, 2 * wh - 1, 2 * ww - 1, 2)
             for dy in range(1 - wh, wh):
@@ -648,9 +655,16 @@ class _WindowAttention(nn.Module):
                         r = 8 * d / (w - 1)
                         coords[0, dy + wh - 1, dx + ww - 1, axis] = math.copysign(math.log2(abs(r) + 1) / 3, r)
             self.register_buffer("coords", coords)
-        pos = [(y, x) for y in range(wh) for x in range(ww)]
-        self.register_buffer("index", torch.tensor([(p[0] - q[0] + wh - 1) * (2 * ww - 1) + p[1] - q[1] + ww - 1
-                                                    for p in pos for q in pos]))
+        pos = list(itertools.product(*(range(w) for w in full)))
+
+        def relative(p: tuple[int, ...], q: tuple[int, ...]) -> int:
+            index = 0
+            for a, b, w in zip(p, q, full):
+                index = index * (2 * w - 1) + a - b + w - 1
+            return index
+
+        self.register_buffer("index", torch.tensor([relative(p, q) for p in pos for q in pos]))
+        self.m, self.full = math.prod(window), len(pos)
 
     def region(self, axis: int) -> list[int]:
         size, w, s = self.padded[axis], self.window[axis], self.shift[axis]
@@ -658,57 +672,55 @@ class _WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        (h, w), (hp, wp), (wh, ww), heads = self.grid, self.padded, self.window, self.heads
-        d, m = c // heads, wh * ww
-        g = torch.zeros(b, hp, wp, c)
-        g[:, :h, :w] = x.view(b, h, w, c)
-        g = torch.roll(g, (-self.shift[0], -self.shift[1]), (1, 2))
-        rows, cols = self.region(0), self.region(1)
+        heads, d, m, rank = self.heads, c // self.heads, self.m, len(self.grid)
+        g = torch.zeros(b, *self.padded, c)
+        g[(slice(None), *(slice(0, s) for s in self.grid))] = x.view(b, *self.grid, c)
+        g = torch.roll(g, tuple(-s for s in self.shift), tuple(range(1, rank + 1)))
+        regions = [self.region(axis) for axis in range(rank)]
         table = self.cpb(self.coords).view(-1, heads) if self.v2 else self.table
-        bias = table[self.index].view(m, m, heads).permute(2, 0, 1)
+        index = self.index.view(self.full, self.full)[:m, :m].flatten()  # type: ignore[operator]
+        bias = table[index].view(m, m, heads).permute(2, 0, 1)
         if self.v2:
             bias = 16 * torch.sigmoid(bias)
         qkv_bias = self.qkv.bias
         if self.v2 and qkv_bias is not None:
             qkv_bias = qkv_bias * torch.cat([torch.ones(c), torch.zeros(c), torch.ones(c)])
-        out = torch.zeros(b, hp, wp, c)
-        for i in range(0, hp, wh):
-            for j in range(0, wp, ww):
-                t = g[:, i:i + wh, j:j + ww].reshape(b, m, c)
-                q, k, v = (z.view(b, m, heads, d).transpose(1, 2) for z in F.linear(t, self.qkv.weight,
-                                                                                     qkv_bias).split(c, -1))
-                if self.v2:
-                    logits = torch.matmul(q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12),
-                                          (k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)).transpose(-1, -2))
-                    logits = logits * self.logit_scale.clamp(max=math.log(100)).exp()
-                else:
-                    logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d)
-                label = torch.tensor([rows[i + p // ww] * 3 + cols[j + p % ww] for p in range(m)])
-                mask = (label[:, None] != label[None, :]).float() * -100.0
-                weights = torch.softmax(logits + bias + mask, dim=-1)
-                out[:, i:i + wh, j:j + ww] = self.proj(torch.matmul(weights, v).transpose(1, 2).reshape(
-                    b, m, c)).view(b, wh, ww, c)
-        out = torch.roll(out, self.shift, (1, 2))
-        return out[:, :h, :w].reshape(b, n, c)
+        out = torch.zeros(b, *self.padded, c)
+        inside = list(itertools.product(*(range(w) for w in self.window)))  # a window's tokens, in order
+        for origin in itertools.product(*(range(0, p, w) for p, w in zip(self.padded, self.window))):
+            at = (slice(None), *(slice(o, o + w) for o, w in zip(origin, self.window)))
+            t = g[at].reshape(b, m, c)
+            q, k, v = (z.view(b, m, heads, d).transpose(1, 2) for z in F.linear(t, self.qkv.weight,
+                                                                                 qkv_bias).split(c, -1))
+            if self.v2:
+                logits = torch.matmul(q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12),
+                                      (k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)).transpose(-1, -2))
+                logits = logits * self.logit_scale.clamp(max=math.log(100)).exp()
+            else:
+                logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(d)
+            label = torch.tensor([sum(regions[a][o + p[a]] * 3 ** (rank - 1 - a) for a, o in enumerate(origin))
+                                  for p in inside])
+            mask = (label[:, None] != label[None, :]).float() * -100.0
+            weights = torch.softmax(logits + bias + mask, dim=-1)
+            out[at] = self.proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, m, c)).view(
+                b, *self.window, c)
+        out = torch.roll(out, self.shift, tuple(range(1, rank + 1)))
+        return out[(slice(None), *(slice(0, s) for s in self.grid))].reshape(b, n, c)
 
 
 def _patch_merging(a: dict[str, Any], s: Any) -> nn.Module:
     """Each 2 x 2 block of the zero-padded grid, its four tokens' channels in the order (0, 0), (1, 0), (0, 1),
-    (1, 1) (row, column: torchvision's _patch_merging_pad)."""
-    h, w = s.grid
+    (1, 1) (row, column: torchvision's _patch_merging_pad); on a T x H x W grid, each frame's (the video Swin)."""
+    *t, h, w = s.grid
 
     def merge(x: torch.Tensor) -> torch.Tensor:
         b, _, c = x.shape
-        g = torch.zeros(b, h + h % 2, w + w % 2, c)
-        g[:, :h, :w] = x.view(b, h, w, c)
-        blocks = [g[:, dy::2, dx::2] for dx in (0, 1) for dy in (0, 1)]
+        g = torch.zeros(b, *t, h + h % 2, w + w % 2, c)
+        g[..., :h, :w, :] = x.view(b, *t, h, w, c)
+        blocks = [g[..., dy::2, dx::2, :] for dx in (0, 1) for dy in (0, 1)]
         return torch.cat(blocks, dim=-1).reshape(b, -1, 4 * c)
 
     return Lambda(merge)
-
-
-def _two(v: Any) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (v[0], v[1])
 
 
 def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -837,8 +849,10 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
         2, (-1, a["block_size"])).permute(0, 3, 5, 1, 2, 4).flatten(1, 3)),
     "prelu": lambda a, s: nn.PReLU(a["num_parameters"], a["init"]),
     "psa_attention": lambda a, s: _PSAAttention(a["dim"], a["num_heads"], a["attn_ratio"]),
-    "window_attention": lambda a, s: _WindowAttention(s[1], s.grid, a["num_heads"], _two(a["window_size"]),
-                                                      _two(a["shift_size"]), a["bias"], a["v2"]),
+    "window_attention": lambda a, s: _WindowAttention(s[1], s.grid, a["num_heads"],
+                                                      tuple(_axes(a["window_size"], len(s.grid))),
+                                                      tuple(_axes(a["shift_size"], len(s.grid))), a["bias"], a["v2"],
+                                                      a["shrink"]),
     "patch_merging": _patch_merging,
     "relu": lambda a, s: nn.ReLU(),
     "relu6": lambda a, s: nn.ReLU6(),

@@ -35,6 +35,8 @@ SWINS = sorted(k for k in json.loads((DATA / "torchvision_swin.json").read_text(
 MVITS = sorted(k for k in json.loads((DATA / "torchvision_mvit.json").read_text(encoding="utf-8")) if k != "versions")
 MAXVITS = sorted(k for k in json.loads((DATA / "torchvision_maxvit.json").read_text(encoding="utf-8"))
                  if k != "versions")
+SWIN3DS = sorted(k for k in json.loads((DATA / "torchvision_swin3d.json").read_text(encoding="utf-8"))
+                 if k != "versions")
 SEGMENTATION = [m for m in DONE if PUBLISHED[m]["family"] == "segmentation"]
 WITH_AUX = [m for m in SEGMENTATION if "params_without_aux" in MEASURED[m]]
 
@@ -64,10 +66,11 @@ def test_every_model_has_a_spec() -> None:
     assert [m for m in MODELS if f"torchvision/{m}" not in SPECS] == []
     # the CNNs here; the vision transformers in tests/test_tokens.py (tests/data/torchvision_vit.json), the Swins in
     # tests/test_swin.py (torchvision_swin.json), the video MViTs in tests/test_mvit.py (torchvision_mvit.json),
-    # MaxViT in tests/test_maxvit.py (torchvision_maxvit.json)
+    # MaxViT in tests/test_maxvit.py (torchvision_maxvit.json), the video Swins in tests/test_swin3d.py
+    # (torchvision_swin3d.json)
     assert {n for n in SPECS if n.startswith("torchvision/")} == {f"torchvision/{m}" for m in [*MODELS, *VITS,
                                                                                               *SWINS, *MVITS,
-                                                                                              *MAXVITS]}
+                                                                                              *MAXVITS, *SWIN3DS]}
 
 
 @pytest.mark.parametrize("name", DONE)

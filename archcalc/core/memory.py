@@ -696,7 +696,7 @@ def training_timeline(graph: Graph, itemsize: int, batch: int, device: str, grad
             per_param = grad_bytes[i] // op.cost.params if op.cost.params else 0
             for m in program:
                 delta = (m.elements * itemsize + sum(n * itemsize_for(code, itemsize, device) for n, code in m.more)
-                         ) * batch + m.params * per_param
+                         ) * batch + m.params * per_param + m.once * itemsize
                 at = live - made + delta - (freed if m.output_grad_freed else 0)
                 running = max(running, moment(at))
                 held_by.moment(at, (i, delta - made), (grad_maker[g] if g is not None else i,
@@ -825,6 +825,9 @@ def _training_transient(op: object, graph: Graph, itemsize: int, batch: int, dev
         temporaries = op.kind.train_transient(op.args, src.shape, out.shape)
         once = op.kind.train_transient_once(op.args, src.shape, out.shape)  # made from the weights, any batch
         if not (op.trainable and op.cost.params > 0):  # made all the same, kept only for the parameters' gradient
-            temporaries = (*temporaries, *op.kind.saved(op.args, src.shape, out.shape).extra_for_params)
+            frozen = op.kind.frozen_transient(op.args, src.shape, out.shape)
+            if frozen is None:
+                frozen = op.kind.saved(op.args, src.shape, out.shape).extra_for_params
+            temporaries = (*temporaries, *frozen)
     return (sum(n * itemsize_for(s, itemsize, device) for n, s in temporaries) * batch
             + sum(n * itemsize_for(s, itemsize, device) for n, s in once))

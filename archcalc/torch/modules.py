@@ -678,22 +678,26 @@ class WindowAttention(nn.Module):
     cut into windows of M tokens; per window q, k, v = x W_qkv, per head softmax(Q K^T / sqrt(d) + B + mask) V (v2:
     cosine attention, cos(q, k) times a learned per-head logit scale, and B = 16 sigmoid of a position-bias MLP run
     on a table of relative coordinates), the heads joined and projected; then the windows merged, the shift undone
-    and the padding cropped. Every product is an op torch's FlopCounterMode and fvcore count. `partition="grid"`
-    (MaxViT's grid attention) groups the tokens of a window_size grid spaced evenly over the whole grid instead of a
-    contiguous window; `einsum` computes the two products with torch.einsum (torchvision's MaxViT), not matmul."""
+    and the padding cropped. Every product is an op torch's FlopCounterMode and fvcore count. On a 3-D grid
+    (T x H x W, the video Swin: torchvision's ShiftedWindowAttention3d) the same with 3-D windows and a 3-D table;
+    `shrink` cuts a window longer than the grid to the grid (torchvision's _get_window_and_shift_size), the table
+    and index staying the configured window's. `partition="grid"` (MaxViT's grid attention, 2-D) groups the tokens
+    of a window_size grid spaced evenly over the whole grid instead of a contiguous window; `einsum` computes the two
+    products with torch.einsum (torchvision's MaxViT), not matmul; `position_bias` "mlp" and "lookup" are timm's
+    RelPosMlp and RelPosBiasTf (2-D)."""
 
     def __init__(self, channels: int, grid: Sequence[int], num_heads: int, window_size: Sequence[int],
                  shift_size: Sequence[int], bias: bool = True, v2: bool = False, partition: str = "window",
-                 einsum: bool = False, position_bias: str = "table") -> None:
+                 einsum: bool = False, position_bias: str = "table", shrink: bool = False) -> None:
         super().__init__()
-        self.grid, self.num_heads, self.v2 = tuple(grid), num_heads, v2
+        self.grid, self.num_heads, self.v2, self.shrink = tuple(grid), num_heads, v2, shrink
         self.partition, self.einsum, self.bias_kind = partition, einsum, position_bias
         self.window_size, self.shift_size = tuple(window_size), tuple(shift_size)
-        wh, ww = self.window_size
         self.qkv = nn.Linear(channels, 3 * channels, bias=bias)
         self.proj = nn.Linear(channels, channels, bias=bias)
-        table = (2 * wh - 1) * (2 * ww - 1)
+        table = WindowAttention.prod(2 * w - 1 for w in self.window_size)
         if v2:
+            wh, ww = self.window_size
             self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(num_heads, 1, 1)))
             self.cpb_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(inplace=True), nn.Linear(512, num_heads,
                                                                                              bias=False))
@@ -703,12 +707,14 @@ class WindowAttention(nn.Module):
             coords = torch.stack([dy, dx], dim=-1).unsqueeze(0) * 8
             self.register_buffer("relative_coords_table", torch.sign(coords) * torch.log2(coords.abs() + 1) / 3)
         elif position_bias == "mlp":  # timm's RelPosMlp ('cr'): an MLP on log-spaced relative coordinates
+            wh, ww = self.window_size
             self.rel_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(inplace=True), nn.Linear(512, num_heads))
             dy, dx = torch.meshgrid(torch.arange(1 - wh, wh, dtype=torch.float32),
                                     torch.arange(1 - ww, ww, dtype=torch.float32), indexing="ij")
             coords = torch.stack([dy, dx], dim=-1)
             self.register_buffer("rel_coords_log", torch.sign(coords) * torch.log1p(coords.abs()))
         elif position_bias == "lookup":  # timm's RelPosBiasTf: a heads x rows x columns table, one-hot lookups
+            wh, ww = self.window_size
             self.relative_position_bias_table = nn.Parameter(torch.empty(num_heads, 2 * wh - 1, 2 * ww - 1)
                                                              .normal_(std=0.02))
             for name, w in (("height_lookup", wh), ("width_lookup", ww)):
@@ -716,11 +722,25 @@ class WindowAttention(nn.Module):
                 self.register_buffer(name, F.one_hot(x - i + w - 1, 2 * w - 1).float())  # [i, x, x - i + w - 1]
         else:
             self.relative_position_bias_table = nn.Parameter(torch.empty(table, num_heads).normal_(std=0.02))
-        ys, xs = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
-        ys, xs = ys.flatten(), xs.flatten()
-        index = (ys[:, None] - ys[None, :] + wh - 1) * (2 * ww - 1) + (xs[:, None] - xs[None, :] + ww - 1)
         if position_bias != "lookup" or v2:
+            # the relative position of two tokens of a window, (d_1 + w_1 - 1) (2 w_2 - 1) ... + (d_r + w_r - 1)
+            axes = [c.flatten() for c in torch.meshgrid(*(torch.arange(w) for w in self.window_size), indexing="ij")]
+            index = torch.zeros(len(axes[0]), len(axes[0]), dtype=torch.long)
+            for c, w in zip(axes, self.window_size):
+                index = index * (2 * w - 1) + (c[:, None] - c[None, :] + w - 1)
             self.register_buffer("relative_position_index", index.flatten())
+
+    @staticmethod
+    def prod(values: Any) -> int:
+        """The product of some sizes (math.prod; the exported file imports no math)."""
+        result = 1
+        for v in values:
+            result *= v
+        return int(result)
+
+    def windows(self) -> tuple[int, ...]:
+        """The window in force: with `shrink`, cut to the grid along an axis the grid is shorter than."""
+        return tuple(min(w, g) for w, g in zip(self.window_size, self.grid)) if self.shrink else self.window_size
 
     @staticmethod
     def shift_in_force(window: Sequence[int], shift: Sequence[int], grid: Sequence[int]) -> tuple[int, ...]:
@@ -730,7 +750,7 @@ class WindowAttention(nn.Module):
         return tuple(0 if w >= p else s for w, s, p in zip(window, shift, padded))
 
     def position_bias(self) -> torch.Tensor:
-        m = self.window_size[0] * self.window_size[1]
+        full, m = WindowAttention.prod(self.window_size), WindowAttention.prod(self.windows())
         if not self.v2 and self.bias_kind == "lookup":
             looked = torch.einsum("nhw,ixh->nixw", self.relative_position_bias_table, self.height_lookup)
             return torch.einsum("nixw,jyw->nijxy", looked, self.width_lookup).reshape(1, self.num_heads, m, m)
@@ -741,46 +761,66 @@ class WindowAttention(nn.Module):
         table: torch.Tensor = (self.cpb_mlp(self.relative_coords_table).view(-1, self.num_heads) if self.v2
                                else self.relative_position_bias_table)
         index: torch.Tensor = self.relative_position_index  # type: ignore[assignment]
+        if m != full:  # a shrunk window reads the index's first M rows and columns (as torchvision's video Swin)
+            index = index.view(full, full)[:m, :m].flatten()
         bias = table[index].view(m, m, -1).permute(2, 0, 1).unsqueeze(0)
         return 16 * torch.sigmoid(bias) if self.v2 else bias
+
+    @staticmethod
+    def cut(x: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+        """B x G_1 x ... x G_r x C (each G a multiple of its window) -> (B windows) x M x C."""
+        b, *grid, c = x.shape
+        split = [d for g, w in zip(grid, window) for d in (g // w, w)]
+        r = len(window)
+        order = (0, *range(1, 2 * r, 2), *range(2, 2 * r + 1, 2), 2 * r + 1)
+        return x.view(b, *split, c).permute(order).reshape(-1, WindowAttention.prod(window), c)
+
+    @staticmethod
+    def merge(x: torch.Tensor, b: int, grid: Sequence[int], window: Sequence[int]) -> torch.Tensor:
+        """cut's inverse: (B windows) x M x C -> B x G_1 x ... x G_r x C."""
+        r, c = len(window), x.shape[-1]
+        order = (0, *(d for i in range(r) for d in (1 + i, 1 + r + i)), 2 * r + 1)
+        return x.view(b, *(g // w for g, w in zip(grid, window)), *window, c).permute(order).reshape(b, *grid, c)
 
     def mask(self, padded: Sequence[int], shift: Sequence[int], device: torch.device) -> torch.Tensor:
         """-100 between two tokens of a window that came from different regions of the rolled grid, else 0:
         (windows, 1, M, M)."""
-        regions = []
-        for size, w, s in zip(padded, self.window_size, shift):
+        window = self.windows()
+        label = torch.zeros((), dtype=torch.long, device=device)
+        for size, w, s in zip(padded, window, shift):
             r = torch.zeros(size, dtype=torch.long, device=device)
             if s:
                 r[size - w:] = 1
                 r[size - s:] = 2
-            regions.append(r)
-        label = (regions[0][:, None] * 3 + regions[1][None, :])
-        (hp, wp), (wh, ww) = padded, self.window_size
-        label = label.view(hp // wh, wh, wp // ww, ww).permute(0, 2, 1, 3).reshape(-1, 1, wh * ww)
+            label = label.unsqueeze(-1) * 3 + r
+        label = self.cut(label.unsqueeze(0).unsqueeze(-1), window).transpose(1, 2)  # windows x 1 x M
         return (label.transpose(1, 2) != label).unsqueeze(1) * -100.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Each step reassigns `x` (or deletes what it no longer needs), so a temporary is freed as soon as the next
         # step has read it: what is alive at once is what archcalc's window_attention declares (its transient).
         b, n, c = x.shape
-        (h, w), (wh, ww), heads = self.grid, self.window_size, self.num_heads
-        padded = (-(-h // wh) * wh, -(-w // ww) * ww)
-        shift = self.shift_in_force(self.window_size, self.shift_size, self.grid)
-        nh, nw, m = padded[0] // wh, padded[1] // ww, wh * ww
+        grid, window, heads = self.grid, self.windows(), self.num_heads
+        padded = tuple(-(-g // w) * w for g, w in zip(grid, window))
+        shift = self.shift_in_force(window, self.shift_size, grid)
+        m = WindowAttention.prod(window)
+        windows = WindowAttention.prod(padded) // m
+        axes = tuple(range(1, len(grid) + 1))
         bias = self.position_bias()  # first: made from the weights alone (whatever the batch), held throughout
-        x = x.view(b, h, w, c)
-        if padded != (h, w):
-            x = F.pad(x, (0, 0, 0, padded[1] - w, 0, padded[0] - h))
+        x = x.view(b, *grid, c)
+        if padded != grid:
+            x = F.pad(x, [0, 0, *(d for g, p in zip(reversed(grid), reversed(padded)) for d in (0, p - g))])
         if any(shift):
-            x = torch.roll(x, (-shift[0], -shift[1]), (1, 2))
+            x = torch.roll(x, tuple(-s for s in shift), axes)
         if self.partition == "grid":  # a group: the tokens (i * nh + a, j * nw + b) of one offset (a, b)
-            x = x.view(b, wh, nh, ww, nw, c).permute(0, 2, 4, 1, 3, 5).reshape(b * nh * nw, m, c)
+            (wh, ww), (nh, nw) = window, (padded[0] // window[0], padded[1] // window[1])
+            x = x.view(b, wh, nh, ww, nw, c).permute(0, 2, 4, 1, 3, 5).reshape(b * windows, m, c)
         else:
-            x = x.view(b, nh, wh, nw, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b * nh * nw, m, c)
+            x = self.cut(x, window)
         qkv_bias: torch.Tensor | None = self.qkv.bias
         if self.v2 and qkv_bias is not None:  # v2: the keys' bias held at zero (a parameter all the same)
             qkv_bias = torch.cat([qkv_bias[:c], torch.zeros_like(qkv_bias[c:2 * c]), qkv_bias[2 * c:]])
-        q, k, v = F.linear(x, self.qkv.weight, qkv_bias).reshape(b * nh * nw, m, 3, heads, c // heads).permute(
+        q, k, v = F.linear(x, self.qkv.weight, qkv_bias).reshape(b * windows, m, 3, heads, c // heads).permute(
             2, 0, 3, 1, 4).unbind(0)
         del x, qkv_bias
         # Every operand of the two products made contiguous: they keep these copies at every batch size and head
@@ -795,33 +835,35 @@ class WindowAttention(nn.Module):
         del q, k
         x = x + bias
         if any(shift):
-            x = (x.view(b, nh * nw, heads, m, m) + self.mask(padded, shift, x.device)).view(-1, heads, m, m)
+            x = (x.view(b, windows, heads, m, m) + self.mask(padded, shift, x.device)).view(-1, heads, m, m)
         if self.einsum:
             x = torch.einsum("bhij,bhjd->bhid", x.softmax(dim=-1), v.contiguous())
         else:
             x = x.softmax(dim=-1) @ v.contiguous()
         del v, bias
-        x = self.proj(x.transpose(1, 2).reshape(b * nh * nw, m, c))
+        x = self.proj(x.transpose(1, 2).reshape(b * windows, m, c))
         if self.partition == "grid":
+            (wh, ww), (nh, nw) = window, (padded[0] // window[0], padded[1] // window[1])
             x = x.view(b, nh, nw, wh, ww, c).permute(0, 3, 1, 4, 2, 5).reshape(b, *padded, c)
         else:
-            x = x.view(b, nh, nw, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b, *padded, c)
+            x = self.merge(x, b, padded, window)
         if any(shift):
-            x = torch.roll(x, shift, (1, 2))
-        if padded != (h, w):  # the crop as a tensor of its own (a view would keep the padded grid's storage)
-            x = x[:, :h, :w].clone(memory_format=torch.contiguous_format)
+            x = torch.roll(x, shift, axes)
+        if padded != grid:  # the crop as a tensor of its own (a view would keep the padded grid's storage)
+            crop = (slice(None), *(slice(0, g) for g in grid))
+            x = x[crop].clone(memory_format=torch.contiguous_format)
         return x.reshape(b, n, c)
 
     def extra_repr(self) -> str:
         return (f"grid={self.grid}, num_heads={self.num_heads}, window_size={self.window_size}, "
                 f"shift_size={self.shift_size}, v2={self.v2}, partition={self.partition!r}, einsum={self.einsum}, "
-                f"position_bias={self.bias_kind!r}")
+                f"position_bias={self.bias_kind!r}" + (", shrink=True" if self.shrink else ""))
 
 
 class PatchMerging(nn.Module):
     """Each 2 x 2 neighbourhood of a token grid as one token of 4C channels (x[0::2, 0::2], x[1::2, 0::2],
     x[0::2, 1::2], x[1::2, 1::2] concatenated, torchvision's _patch_merging_pad; the grid zero-padded to even sizes
-    first): B x N x C on an H x W grid -> B x (H/2 W/2) x 4C."""
+    first): B x N x C on an H x W grid -> B x (H/2 W/2) x 4C; on a T x H x W grid, H and W merged and T kept."""
 
     def __init__(self, grid: Sequence[int]) -> None:
         super().__init__()
@@ -829,11 +871,12 @@ class PatchMerging(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
-        h, w = self.grid
-        grid = x.view(b, h, w, c)
+        h, w = self.grid[-2:]
+        grid = x.view(b, *self.grid, c)
         if h % 2 or w % 2:
             grid = F.pad(grid, (0, 0, 0, w % 2, 0, h % 2))
-        out = torch.cat([grid[:, 0::2, 0::2], grid[:, 1::2, 0::2], grid[:, 0::2, 1::2], grid[:, 1::2, 1::2]], -1)
+        out = torch.cat([grid[..., 0::2, 0::2, :], grid[..., 1::2, 0::2, :], grid[..., 0::2, 1::2, :],
+                         grid[..., 1::2, 1::2, :]], -1)
         return out.reshape(b, -1, 4 * c)
 
     def extra_repr(self) -> str:

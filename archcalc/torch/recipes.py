@@ -324,9 +324,12 @@ def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("window_attention")
 def _window_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    rank = len(inp.grid)  # type: ignore[attr-defined]
     return call(modules.WindowAttention, channels=inp[1], grid=tuple(inp.grid),  # type: ignore[attr-defined]
-                num_heads=a["num_heads"], window_size=_two(a["window_size"]), shift_size=_two(a["shift_size"]),
-                bias=a["bias"], v2=a["v2"], **({"partition": "grid"} if a["partition"] == "grid" else {}),
+                num_heads=a["num_heads"], window_size=_per_axis(a["window_size"], rank),
+                shift_size=_per_axis(a["shift_size"], rank), bias=a["bias"], v2=a["v2"],
+                **({"shrink": True} if a["shrink"] else {}),
+                **({"partition": "grid"} if a["partition"] == "grid" else {}),
                 **({"einsum": True} if a["einsum"] else {}),
                 **({"position_bias": a["position_bias"]} if a["position_bias"] != "table" else {}))
 
@@ -352,8 +355,8 @@ def _fourier_pos_embed(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
                 hidden_dim=a["hidden_dim"], temperature=a["temperature"], once=a["once"])
 
 
-def _two(value: Any) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+def _per_axis(value: Any, rank: int) -> tuple[int, ...]:
+    return (value,) * rank if isinstance(value, int) else tuple(int(v) for v in value)
 
 
 @recipe("pooled_attention")
@@ -796,7 +799,8 @@ reads("window_attention", lambda m, inp: Mapped("window_attention", {
     "num_heads": int(m.num_heads), "window_size": _tup(m.window_size), "shift_size": _tup(m.shift_size),
     "bias": m.qkv.bias is not None, "v2": bool(m.v2), **({"partition": "grid"} if m.partition == "grid" else {}),
     **({"einsum": True} if m.einsum else {}),
-    **({"position_bias": m.bias_kind} if m.bias_kind != "table" else {})}), modules.WindowAttention)
+    **({"position_bias": m.bias_kind} if m.bias_kind != "table" else {}),
+    **({"shrink": True} if m.shrink else {})}), modules.WindowAttention)
 reads("patch_merging", lambda m, inp: Mapped("patch_merging", {}), modules.PatchMerging)
 reads("pooled_attention", lambda m, inp: Mapped("pooled_attention", {
     "num_heads": int(m.num_heads), "output_dim": int(m.output_dim), "kernel_q": _tup(m.kernel_q),
@@ -850,21 +854,27 @@ def _generic_module(kind: Kind) -> ModuleRule:
 def _read_swin_attention(m: Any, inp: tuple[int, ...]) -> Mapped:
     """torchvision's ShiftedWindowAttention(V2) as window_attention: kept whole (its forward calls the fx-wrapped
     shifted_window_attention and _get_relative_position_bias); every tensor it hands them is checked against what
-    the kind builds (qkv and proj weights, the bias table or the V2 position-bias MLP, the index buffer)."""
+    the kind builds (qkv and proj weights, the bias table or the V2 position-bias MLP, the index buffer). The video
+    Swin's ShiftedWindowAttention3d is the same on a T x H x W grid, its windows cut to a shorter grid (`shrink`:
+    _get_window_and_shift_size)."""
     v2 = type(m).__name__ == "ShiftedWindowAttentionV2"
-    if not isinstance(inp, Tokens) or len(inp.grid) != 2:
-        raise Unmapped(f"{type(m).__name__} on a tensor that is not a token grid (B x H x W x C)")
+    video = type(m).__qualname__ == "ShiftedWindowAttention3d"
+    rank = 3 if video else 2
+    if not isinstance(inp, Tokens) or len(inp.grid) != rank:
+        raise Unmapped(f"{type(m).__name__} on a tensor that is not a token grid "
+                       f"({'B x T x H x W x C' if video else 'B x H x W x C'})")
     c, heads = inp[1], int(m.num_heads)
-    wh, ww = (int(w) for w in m.window_size)
-    table = (2 * wh - 1) * (2 * ww - 1)
+    window = tuple(int(w) for w in m.window_size)
+    table = math.prod(2 * w - 1 for w in window)
     bias = m.qkv.bias is not None
     if (tuple(m.qkv.weight.shape) != (3 * c, c) or tuple(m.proj.weight.shape) != (c, c) or c % heads
-            or (m.proj.bias is not None) != bias or m.relative_position_index.numel() != (wh * ww) ** 2):
+            or (m.proj.bias is not None) != bias or m.relative_position_index.numel() != math.prod(window) ** 2):
         raise Unmapped(f"{type(m).__name__} whose qkv/proj weights, biases or index are not window_attention's "
                        f"on {c} channels and {heads} heads")
     if m.attention_dropout or m.dropout:
         raise Unmapped(f"{type(m).__name__} with dropout inside the attention: archcalc's window_attention has none")
     if v2:
+        wh, ww = window
         mlp = m.cpb_mlp
         shapes = [tuple(p.shape) for p in mlp.parameters()]
         if (len(mlp) != 3 or not isinstance(mlp[1], nn.ReLU) or shapes != [(512, 2), (512,), (heads, 512)]
@@ -873,9 +883,11 @@ def _read_swin_attention(m: Any, inp: tuple[int, ...]) -> Mapped:
             raise Unmapped("ShiftedWindowAttentionV2 whose position-bias MLP, logit scale or coordinate table is "
                            "not Swin V2's (Linear(2, 512), ReLU, Linear(512, heads, no bias))")
     elif tuple(m.relative_position_bias_table.shape) != (table, heads):
-        raise Unmapped(f"ShiftedWindowAttention whose bias table is not (2w-1)^2 x heads = {table} x {heads}")
-    return Mapped("window_attention", {"num_heads": heads, "window_size": (wh, ww),
-                                       "shift_size": tuple(int(s) for s in m.shift_size), "bias": bias, "v2": v2})
+        raise Unmapped(f"{type(m).__name__} whose bias table is not the window's relative positions x heads = "
+                       f"{table} x {heads}")
+    return Mapped("window_attention", {"num_heads": heads, "window_size": window,
+                                       "shift_size": tuple(int(s) for s in m.shift_size), "bias": bias, "v2": v2,
+                                       **({"shrink": True} if video else {})})
 
 
 def _mvit_pool(pool: Any, what: str) -> tuple[Any, Any, float]:
@@ -944,6 +956,7 @@ NAMED_MODULES: dict[str, ModuleRule] = {
     "torchvision.ops.stochastic_depth.StochasticDepth": _generic_module(REGISTRY["stochastic_depth"]),
     "torchvision.models.swin_transformer.ShiftedWindowAttention": _read_swin_attention,
     "torchvision.models.swin_transformer.ShiftedWindowAttentionV2": _read_swin_attention,
+    "torchvision.models.video.swin_transformer.ShiftedWindowAttention3d": _read_swin_attention,
 }
 
 
@@ -1478,8 +1491,9 @@ def _shift(value: Any) -> Any:
 
 # Functions of other libraries by qualified name, kept whole by the tracer (fx's autowrap) and mapped here.
 def _f_patch_merging(a: dict[str, Any], inp: tuple[int, ...]) -> Mapped:
-    if not isinstance(inp, Tokens) or len(inp.grid) != 2 or inp[0] != numel(inp.grid):
-        raise Unmapped("torchvision's _patch_merging_pad on a tensor that is not a token grid (B x H x W x C)")
+    if not isinstance(inp, Tokens) or len(inp.grid) not in (2, 3) or inp[0] != numel(inp.grid):
+        raise Unmapped("torchvision's _patch_merging_pad on a tensor that is not a token grid (B x H x W x C, or "
+                       "the video Swin's B x T x H x W x C)")
     return Mapped("patch_merging", {})
 
 

@@ -173,6 +173,7 @@ class BackwardMoment(NamedTuple):
     params: int = 0  # parameter elements whose gradients (kept: they become .grad) exist by then
     output_grad_freed: bool = False  # its output's gradient has been freed (when nothing else holds it)
     more: tuple[tuple[int, int], ...] = ()  # per sample (elements, item size or code) beside `elements`
+    once: int = 0  # elements in the activation dtype whatever the batch (window attention's position bias gradient)
 
 
 class Example(NamedTuple):
@@ -310,6 +311,12 @@ class Kind:
     def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         """Temporaries in a training-mode forward (`transient` less what the op keeps for backward instead)."""
         return self.transient(a, inp, out)
+
+    def frozen_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...] | None:
+        """What a frozen layer (recorded: its input needs a gradient) makes beside `train_transient` at its peak, in
+        place of what it would keep for its parameters' gradient (`Saved.extra_for_params`, the default: None), for
+        a composite that frees some of those before its peak (window attention's windows)."""
+        return None
 
     def untracked_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         """Temporaries in a training-mode forward that autograd does not record (neither its input nor its

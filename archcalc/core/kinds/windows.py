@@ -5,7 +5,9 @@ SwinTransformer).
 Both work on a token sequence laid out on a 2-D grid (`Tokens.grid` = (H, W), N = H*W): torchvision holds it
 B x H x W x C, channels last, the same memory as B x N x C. `window_attention` attends within windows of the grid
 (shifted or not); `patch_merging` puts each 2 x 2 neighbourhood's channels side by side, halving the grid. The norm
-and the linear reduction of Swin's patch merging are their own layers (`layernorm`, `linear`).
+and the linear reduction of Swin's patch merging are their own layers (`layernorm`, `linear`). The video Swin (Liu et
+al. 2022, "Video Swin Transformer"; torchvision's SwinTransformer3d) is the same computation on a 3-D grid (T, H,
+W): 3-D windows with a 3-D relative position table, and the patch merging of the last two axes (T kept).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from archcalc.core.kinds.base import (
     ACTIVATION,
     Arg,
+    BackwardMoment,
     Cost,
     Example,
     Kind,
@@ -24,6 +27,7 @@ from archcalc.core.kinds.base import (
     Saved,
     Shape,
     Tokens,
+    numel,
     register,
 )
 from archcalc.core.kinds.tokens import token_input
@@ -32,51 +36,79 @@ CPB_HIDDEN = 512  # Swin V2's continuous position bias MLP: Linear(2, 512), ReLU
 
 
 def grid_input(kind: str, inp: Shape) -> Tokens:
-    """A token sequence that is the whole of a 2-D grid (no class token): N = H * W."""
+    """A token sequence that is the whole of a 2-D grid (no class token): N = H * W; or of a 3-D one (the video
+    Swin's T x H x W)."""
     t = token_input(kind, inp)
-    if len(t.grid) != 2 or t[0] != t.grid[0] * t.grid[1]:
-        raise LayerError(f"{kind} needs tokens laid out on a 2-D grid (N = H x W); its input is {t[0]} tokens on "
-                         f"the grid {'x'.join(map(str, t.grid))}")
+    if len(t.grid) not in (2, 3) or t[0] != numel(t.grid):
+        raise LayerError(f"{kind} needs tokens laid out on a 2-D grid (N = H x W) or a 3-D one (N = T x H x W); "
+                         f"its input is {t[0]} tokens on the grid {'x'.join(map(str, t.grid))}")
     return t
 
 
-def _pair(value: Any) -> tuple[int, int]:
+def _axes(value: Any, rank: int) -> tuple[int, ...]:
     if isinstance(value, int):
-        return (value, value)
+        return (value,) * rank
     values = tuple(value)
-    if len(values) != 2:
-        raise LayerError(f"a window or shift has one value per axis of the 2-D grid, not {len(values)}")
-    return (values[0], values[1])
+    if len(values) != rank:
+        raise LayerError(f"a window or shift has one value per axis of the {rank}-D grid, not {len(values)}")
+    return values
 
 
 class Geometry:
     """The windows of one window_attention: padded grid, windows, tokens per window, shift in force."""
 
     def __init__(self, a: Mapping[str, Any], inp: Tokens) -> None:
-        self.window = _pair(a["window_size"])
-        shift = _pair(a["shift_size"])
+        configured = _axes(a["window_size"], len(inp.grid))
+        shift = _axes(a["shift_size"], len(inp.grid))
+        # `shrink` (torchvision's video Swin, _get_window_and_shift_size): a window longer than the grid along an
+        # axis is cut to the grid there; its table and index are still the configured window's
+        self.window = tuple(min(w, g) for w, g in zip(configured, inp.grid)) if a.get("shrink") else configured
         self.grid = a.get("partition", "window") == "grid"
         self.padded = tuple(-(-g // w) * w for g, w in zip(inp.grid, self.window))
         # grid partition (MaxViT): the window_size is the G x G grid of a group; its tokens lie `stride` apart
         self.stride = tuple(p // w for p, w in zip(self.padded, self.window))
         # torchvision's shifted_window_attention: no shift along an axis whose window covers the padded grid
         self.shift = tuple(0 if w >= p else s for w, s, p in zip(self.window, shift, self.padded))
-        self.tokens = self.padded[0] * self.padded[1]  # Np
-        self.m = self.window[0] * self.window[1]  # tokens per window
+        self.tokens = numel(self.padded)  # Np
+        self.m = numel(self.window)  # tokens per window
         self.windows = self.tokens // self.m
-        self.table = (2 * self.window[0] - 1) * (2 * self.window[1] - 1)  # relative positions
+        self.table = numel(tuple(2 * w - 1 for w in configured))  # relative positions
+        self.index = numel(configured) ** 2  # the int64 index buffer: the configured window's M^2
         self.heads = a["num_heads"]
         self.c = inp[1]
         self.u = self.tokens * self.c  # a padded N x C tensor
         self.scores = self.tokens * self.heads * self.m  # attention weights: windows x heads x M x M
-        self.in_place = self.padded == tuple(inp.grid) and not any(self.shift) and self.windows == 1
+        # the windows a view of the input: no padding, no shift, and windows that need no copy (partition_copies;
+        # a grid partition's groups are strided: a view only when there is one group)
+        self.in_place = self.padded == tuple(inp.grid) and not any(self.shift) and (
+            self.windows == 1 if self.grid else not partition_copies(self))
         self.products = self.windows * self.m * self.m * self.c  # MACs of Q K^T, and of A V, per image
         self.bias = a.get("position_bias", "table")
-        wh, ww = self.window
+        wh, ww = self.window if len(self.window) == 2 else (0, 0)
         # timm's RelPosBiasTf ("lookup"): two einsums with one-hot lookups, once per forward: 'nhw,ixh->nixw' and
         # 'nixw,jyw->nijxy' (n heads, h and w the table's rows and columns, i x and j y the window's positions)
         self.lookups = (self.heads * wh * wh * (2 * wh - 1) * (2 * ww - 1),
                         self.heads * wh * wh * ww * ww * (2 * ww - 1))
+
+
+def partition_copies(g: Geometry) -> bool:
+    """Whether cutting the padded grid into windows (B x n_1 x w_1 x ... x C permuted to B x n_1 x ... x w_1 x ...
+    x C) moves data: the permuted axes, those of size 1 aside, are not in memory order (one window per image, or
+    windows in a single row along the last axis, are views)."""
+    counts = [p // w for p, w in zip(g.padded, g.window)]
+    order = [(n, 2 * i) for i, n in enumerate(counts)] + [(w, 2 * i + 1) for i, w in enumerate(g.window)]
+    positions = [at for size, at in order if size > 1]
+    return positions != sorted(positions)
+
+
+def crop_steps(g: Geometry, grid: Sequence[int], c: int) -> list[int]:
+    """The gradient of the crop back to the padded grid, per sample: one slice_backward per cut axis, the last axis
+    first, each a tensor with the axes from it on padded."""
+    steps = []
+    for axis in range(len(grid) - 1, -1, -1):
+        if grid[axis] != g.padded[axis]:
+            steps.append(numel((*grid[:axis], *g.padded[axis:])) * c)
+    return steps
 
 
 def einsum_fvcore(macs: int) -> int:
@@ -97,6 +129,8 @@ class WindowAttention(Kind):
            "shift along an axis whose window covers the padded grid), cut into windows of M tokens; per window "
            "q, k, v = x W_qkv (C -> 3C), per head softmax(Q K^T / sqrt(d) + B) V with B gathered from a learned "
            "(2w-1)^2 x heads table by an int64 index buffer (M^2), the heads joined and projected (C -> C); the "
+           "same on a T x H x W grid with 3-D windows and a (2w_t-1)(2w_h-1)(2w_w-1) x heads table (the video "
+           "Swin: `shrink`, windows cut to a grid shorter than them, torchvision's SwinTransformer3d); the "
            "windows merged, the shift undone, the padding cropped. Params 4C^2 (+4C with bias) + the table. MACs "
            "per image: padded tokens x 4C^2 + windows x 2 M^2 C. `v2` (Swin V2, ShiftedWindowAttentionV2): "
            "cosine attention (q and k normalised, times a learned logit scale per head), B = 16 sigmoid of an "
@@ -117,11 +151,10 @@ class WindowAttention(Kind):
                  "position_bias mlp: 2 per MAC of the MLP, 2 x 512 + heads per relative position (biases, ReLU); "
                  "lookup: 2 per MAC of the two einsums")
     tokens = True
-    step_unfollowed = ("its backward (the attention weights' and products' gradients per window) is not modelled "
-                       "yet")
     args = (
         Arg("num_heads", "int", doc="number of heads; divides the channels", aliases=("heads",), minimum=1),
-        Arg("window_size", "ints", 7, "the window (tokens) per grid axis (H, W)", aliases=("window",), minimum=1),
+        Arg("window_size", "ints", 7, "the window (tokens) per grid axis (H, W; T, H, W)", aliases=("window",),
+            minimum=1),
         Arg("shift_size", "ints", 0, "the cyclic shift per axis (Swin's odd blocks: half the window)",
             aliases=("shift",), minimum=0),
         Arg("bias", "bool", True, "learn biases in the qkv and output projections"),
@@ -138,6 +171,9 @@ class WindowAttention(Kind):
             "relative coordinates sign(d) ln(1 + |d|), gathered by the index (timm's RelPosMlp, the rmlp models); "
             "'lookup', a heads x (2w-1) x (2w-1) table reindexed by two einsums with one-hot lookup buffers, once "
             "per forward (timm's RelPosBiasTf, the tf models)", choices=("table", "mlp", "lookup")),
+        Arg("shrink", "bool", False, "a window longer than the grid along an axis is cut to the grid there (the "
+            "video Swin, torchvision's _get_window_and_shift_size) instead of the grid being zero-padded to it; "
+            "the table and index stay the configured window's"),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "window_size": 2}),
@@ -154,12 +190,22 @@ class WindowAttention(Kind):
                                             "position_bias": "mlp"}),
         Example(Tokens(36, 6, (6, 6)), {"num_heads": 3, "window_size": [2, 3], "partition": "grid",
                                         "position_bias": "lookup"}),
+        Example(Tokens(96, 8, (4, 4, 6)), {"num_heads": 2, "window_size": [2, 4, 3], "shift_size": [1, 2, 1]}),
+        Example(Tokens(60, 6, (3, 4, 5)), {"num_heads": 3, "window_size": [4, 2, 3], "shift_size": [2, 1, 1],
+                                           "shrink": True}),
+        Example(Tokens(20, 4, (4, 5)), {"num_heads": 2, "window_size": 7, "shift_size": 3, "shrink": True}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         t = grid_input(self.name, inp)
         if t[1] % a["num_heads"]:
             raise LayerError(f"window_attention: {t[1]} channels are not divisible by num_heads {a['num_heads']}")
+        if a["v2"] and (len(t.grid) == 3 or a["shrink"]):
+            raise LayerError("window_attention: v2 (Swin V2's position bias MLP) on a 3-D grid or with shrink is "
+                             "not modelled")
+        if len(t.grid) == 3 and (a["partition"] != "window" or a["position_bias"] != "table" or a["einsum"]):
+            raise LayerError("window_attention: a grid partition, position_bias mlp or lookup and einsum are for a "
+                             "2-D grid (MaxViT, timm's MaxxViT); on a 3-D grid only windows with a table")
         g = Geometry(a, t)
         if a["v2"] and g.bias != "table":
             raise LayerError("window_attention: v2 makes its own position bias (Swin V2's MLP); position_bias "
@@ -167,7 +213,8 @@ class WindowAttention(Kind):
         if g.grid and (g.padded != tuple(t.grid) or any(g.shift)):
             raise LayerError(f"window_attention: a grid partition of window {'x'.join(map(str, g.window))} needs a "
                              f"grid that is a multiple of it, and no shift; the grid is "
-                             f"{'x'.join(map(str, t.grid))}, the shift {'x'.join(map(str, _pair(a['shift_size'])))}")
+                             f"{'x'.join(map(str, t.grid))}, the shift "
+                             f"{'x'.join(map(str, _axes(a['shift_size'], len(t.grid))))}")
         if any(s >= w for s, w in zip(g.shift, g.window)):
             raise LayerError(f"window_attention: shift_size {'x'.join(map(str, g.shift))} must be smaller than the "
                              f"window {'x'.join(map(str, g.window))}")
@@ -196,11 +243,11 @@ class WindowAttention(Kind):
                         fvcore_once=sum(einsum_fvcore(e) for e in g.lookups), full=full + g.u,
                         full_once=2 * sum(g.lookups))
         if not a["v2"]:
-            return Cost(params=params + g.table * h, int_buffers=g.m * g.m, macs=macs, fvcore=fvcore,
+            return Cost(params=params + g.table * h, int_buffers=g.index, macs=macs, fvcore=fvcore,
                         full=full + g.u)
         once = g.table * CPB_HIDDEN * (2 + h)
         return Cost(params=params + h + 3 * CPB_HIDDEN + CPB_HIDDEN * h, buffers=2 * g.table,
-                    int_buffers=g.m * g.m, macs=macs, fvcore=fvcore, macs_once=once, fvcore_once=once,
+                    int_buffers=g.index, macs=macs, fvcore=fvcore, macs_once=once, fvcore_once=once,
                     full=full + 6 * g.u + 4 * g.tokens * h + g.scores,
                     full_once=2 * once + 2 * CPB_HIDDEN * g.table + 4 * h * g.m * g.m + 2 * h)
 
@@ -229,7 +276,7 @@ class WindowAttention(Kind):
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
         # The built module (archcalc.torch.modules.WindowAttention), measured with saved_tensors_hooks: the windows
-        # (the input of qkv: a copy, or the input itself when one window covers the unpadded, unshifted grid) and
+        # (the input of qkv: a copy, or the input itself when the windows are views of the unpadded, unshifted grid) and
         # the joined heads (out_proj's input), for the weights' gradients alone; the attention weights after the
         # softmax (windows x heads x M^2). v1: the scaled q and contiguous k and v (Np x C each: the module makes
         # every operand of the products contiguous, so this holds at batch 1 with one window too). v2: qkv (kept by
@@ -237,6 +284,8 @@ class WindowAttention(Kind):
         # head vector)
         # and the cosine scores (kept by the logit scale's product); once per forward the logit scale's exp (heads),
         # the sigmoid of the gathered bias (heads x M^2) and the MLP's hidden layer ((2w-1)^2 x 512).
+        # A shrunk window (`shrink`) gathers the table by the index's first M rows and columns: a copy (M^2 int64),
+        # which the gather keeps, once per forward.
         g = Geometry(a, grid_input(self.name, inp))
         u, s = g.u, g.scores
         params = ((u, ACTIVATION),) if g.in_place else ((2 * u, ACTIVATION),)
@@ -244,7 +293,9 @@ class WindowAttention(Kind):
             return Saved(input_for_params=g.in_place, extra=((3 * u + s, ACTIVATION),), extra_for_params=params,
                          per_batch=((CPB_HIDDEN * g.table, ACTIVATION),))
         if not a["v2"]:
-            return Saved(input_for_params=g.in_place, extra=((3 * u + s, ACTIVATION),), extra_for_params=params)
+            shrunk = ((g.m * g.m, 8),) if g.m * g.m != g.index else ()
+            return Saved(input_for_params=g.in_place, extra=((3 * u + s, ACTIVATION),), extra_for_params=params,
+                         per_batch=shrunk)
         extra = 6 * u + 4 * g.tokens * g.heads + 2 * s
         once = g.heads + g.heads * g.m * g.m + CPB_HIDDEN * g.table
         return Saved(input_for_params=g.in_place, extra=((extra, ACTIVATION),), extra_for_params=params,
@@ -265,6 +316,92 @@ class WindowAttention(Kind):
             first = sum(g.lookups)
         return grad_input, 2 * macs - grad_input - first
 
+    def step_unfollowed_for(self, a: Mapping[str, Any], inp: Shape) -> str:
+        # Followed for v1 (backward_moments, train_transient: measured by storage in real steps,
+        # tests/test_window_attention_step.py).
+        if a["v2"]:
+            return "window_attention v2's backward (the cosine scores, the position bias MLP) is not modelled yet"
+        return ""
+
+    def backward_moments(self, a: Mapping[str, Any], inp: Shape, out: Shape, input_grad: bool,
+                         params_grad: bool) -> tuple[BackwardMoment, ...]:
+        # The built module's backward, node by node (measured by storage in real steps on the CPU:
+        # tests/test_window_attention_step.py), per sample, u = Np C (padded), E = N C, S the attention weights,
+        # B = heads x M^2 the position bias's gradient (once). The crop's gradient back to the padded grid (one
+        # slice_backward per cut axis), the roll's, the merge's copy; proj: its input's gradient (u) and its
+        # parameters'; the joined heads' gradient laid out per head (u); A V: v's (u) and the weights' (S)
+        # gradients; softmax: the scores' (S); the bias add: B; Q K^T: q's and k's (u each); the scale: q's (u);
+        # unbind: stacked (3u), copied to qkv's layout (3u); qkv: its input's gradient (u) and its parameters';
+        # then the partition's, the roll's and the padding's gradients (when the input needs one), and the table's
+        # gradient (zeros, then index_put: the table's size each, once) while B is alive. Each node frees the
+        # gradient it read and what it kept.
+        g = Geometry(a, grid_input(self.name, inp))
+        c, u, s = g.c, g.u, g.scores
+        bias = c if a["bias"] else 0
+        proj = c * c + bias if params_grad else 0
+        qkv = 3 * c * c + 3 * bias if params_grad else 0
+        table = g.table * g.heads if params_grad else 0
+        moments: list[BackwardMoment] = []
+        state = {"extra": 0, "flowing": 0, "freed": False, "params": 0, "once": 0}
+
+        def moment(elements: int) -> None:
+            moments.append(BackwardMoment(state["extra"] + elements, state["params"], bool(state["freed"]),
+                                          once=state["once"]))
+
+        def step(size: int) -> None:  # a node makes `size` from the gradient flowing in, which it then frees
+            moment(size)
+            if state["flowing"]:
+                state["extra"] -= state["flowing"]
+            else:
+                state["freed"] = True
+            state["extra"] += size
+            state["flowing"] = size
+
+        for size in crop_steps(g, inp.grid, c):  # type: ignore[attr-defined]
+            step(size)
+        if any(g.shift):
+            step(u)
+        if partition_copies(g):
+            step(u)
+        state["params"] += proj
+        step(u)  # proj: its input's gradient, its parameters'
+        if params_grad:
+            state["extra"] -= u  # the joined heads it kept
+        if g.heads > 1:
+            step(u)  # the gradient laid out per head
+        moment(u + s)  # A V: v's and the weights' gradients
+        state["extra"] += u + s - u - u  # the per-head copy and v freed
+        moment(s)  # softmax: the scores' gradient
+        state["extra"] += s - s - s  # the weights' gradient and the weights freed
+        if params_grad:
+            state["once"] = g.heads * g.m * g.m  # the position bias's gradient, summed over the windows
+        moment(2 * u)  # Q K^T: the gradients of the scaled q and of k
+        state["extra"] += 2 * u - s - 2 * u  # the scores' gradient, q and k freed
+        # each of the next three replaces what it read by as much: the scaled q's gradient, then the three, then
+        # the stacked (the copy stays, in `extra`)
+        moment(u)  # the scale: q's gradient
+        moment(3 * u)  # unbind: q's, k's and v's gradients stacked
+        moment(3 * u)  # copied to qkv's layout
+        state["params"] += qkv
+        moment(u if input_grad else 0)  # qkv: its input's gradient, its parameters'
+        state["extra"] -= 3 * u  # the gradient to qkv freed
+        if params_grad and not g.in_place:
+            state["extra"] -= u  # the windows it kept
+        if input_grad:
+            state["flowing"] = u
+            state["extra"] += u
+            if partition_copies(g):
+                step(u)
+            if any(g.shift):
+                step(u)
+            if tuple(g.padded) != tuple(inp.grid):  # type: ignore[attr-defined]
+                step(inp[0] * c)
+        if params_grad:
+            state["params"] += table
+            state["once"] += table
+            moment(0)  # the table's gradient: zeros of its size, then index_put (the gradient), B alive
+        return tuple(moments)
+
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # The most alive at once while the built module runs at inference (torch.profiler, tests/test_kind_rules.py),
         # less its output (N x C), which the engine counts beside it. With u = Np x C and S the attention weights:
@@ -280,6 +417,22 @@ class WindowAttention(Kind):
         else:
             during = max((6 if several else 5) * u + s, 5 * u + 2 * s)
         return ((during - inp[0] * inp[1], ACTIVATION),)
+
+    def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # A training-mode forward (v1; measured by storage in real steps: tests/test_window_attention_step.py) is at
+        # its most at A V: the kept windows, q, k, v and weights (4u + S), qkv (3u), the masked scores (S) and the
+        # product (u); beyond what is kept (6u + S with the joined heads) and the output (E): 2u + S - E.
+        if a["v2"]:
+            return self.transient(a, inp, out)
+        g = Geometry(a, grid_input(self.name, inp))
+        return ((3 * g.u + g.scores - inp[0] * inp[1], ACTIVATION),)
+
+    def frozen_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...] | None:
+        # Frozen (v1), the windows are freed once qkv is made and the joined heads made after A V: at A V, beyond
+        # train_transient, one u (what is kept is then q, k, v and the weights alone).
+        if a["v2"]:
+            return None
+        return ((Geometry(a, grid_input(self.name, inp)).u, ACTIVATION),)
 
     def transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # The position bias (heads x M^2), made first from the weights and held until A V. (v2's MLP runs before,
@@ -307,29 +460,34 @@ class PatchMerging(Kind):
            "(x[0::2, 0::2], x[1::2, 0::2], x[0::2, 1::2], x[1::2, 1::2] concatenated; torchvision's "
            "_patch_merging_pad, the grid zero-padded to even sizes first). A copy, no arithmetic. Swin's "
            "PatchMerging is this, `layernorm` and `linear: {out: 2C, bias: false}` (V2: the linear, then the "
-           "norm).")
+           "norm). On a T x H x W grid the last two axes are merged and T is kept (the video Swin, torchvision's "
+           "PatchMerging on B x T x H x W x C).")
     full_rule = "0 (a copy)"
     tokens = True
-    examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(35, 6, (5, 7))))
+    examples = (Example(Tokens(16, 8, (4, 4))), Example(Tokens(35, 6, (5, 7))), Example(Tokens(60, 4, (3, 4, 5))))
+
+    def merged(self, inp: Shape) -> tuple[int, ...]:
+        """The grid after the merge: the last two axes halved (rounded up), a leading T kept."""
+        grid = grid_input(self.name, inp).grid
+        return (*grid[:-2], *(-(-s // 2) for s in grid[-2:]))
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
-        t = grid_input(self.name, inp)
-        h, w = (-(-s // 2) for s in t.grid)
-        return Tokens(h * w, 4 * t[1], (h, w))
+        grid = self.merged(inp)
+        return Tokens(numel(grid), 4 * inp[1], grid)
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
-        return [RFStep(kernel=2, stride=2) for _ in grid_input(self.name, inp).grid]
+        grid = grid_input(self.name, inp).grid
+        return [RFStep() for _ in grid[:-2]] + [RFStep(kernel=2, stride=2) for _ in grid[-2:]]
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # the zero-padded copy of an odd grid, read by the concatenation
         t = grid_input(self.name, inp)
-        if t.grid[0] % 2 or t.grid[1] % 2:
+        if t.grid[-2] % 2 or t.grid[-1] % 2:
             return ((out[0] * out[1], ACTIVATION),)
         return ()
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
-        t = grid_input(self.name, inp)
-        return f"{'x'.join(map(str, t.grid))} -> {'x'.join(str(-(-s // 2)) for s in t.grid)}"
+        return f"{'x'.join(map(str, grid_input(self.name, inp).grid))} -> {'x'.join(map(str, self.merged(inp)))}"
 
 
 __all__ = ["PatchMerging", "WindowAttention", "einsum_fvcore"]
