@@ -543,7 +543,7 @@ def _biased_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
         v = qkv[..., 2 * h * kd:].reshape(b, n, h, vd).transpose(1, 2).reshape(b * h, n, vd)
         scores = torch.bmm(q * kd ** -0.5, k.transpose(1, 2)).reshape(b, h, n, n)
         if a["score_bias"]:
-            gh, gw = m.grid
+            gh, gw = m.bias_grid
             pos = [(i // gw, i % gw) for i in range(n)]
             index = torch.tensor([[abs(p[0] - r[0]) * gw + abs(p[1] - r[1]) for r in pos] for p in pos])
             scores = scores + m.attention_biases.index_select(1, index.flatten()).reshape(1, h, n, n)
