@@ -632,8 +632,14 @@ class SelfAttention(nn.Module):
                 grid = x.transpose(1, 2).reshape(b, c, *self.grid)
                 if self.kv_pool:
                     grid = F.adaptive_avg_pool2d(grid, self.kv_pool)
+                else:  # a copy of its own, which the conv keeps for its weight (not the input's storage)
+                    grid = grid.clone(memory_format=torch.contiguous_format)
                 assert self.norm is not None
-                kv = self.norm(self.sr(grid).flatten(2).transpose(1, 2))
+                reduced = self.sr(grid)
+                if not self.kv_pool:
+                    del grid
+                kv = self.norm(reduced.flatten(2).transpose(1, 2))
+                del reduced
                 if self.kv_pool:
                     kv = F.gelu(kv)
             m = kv.shape[1]

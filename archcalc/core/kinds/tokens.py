@@ -450,8 +450,10 @@ class SelfAttention(Kind):
         n, c = inp
         reduced = self.reduced(a, inp)
         if reduced is not None:
-            # With keys and values from M reduced tokens (measured the same way, tests/test_sra.py): the input,
-            # kept by the reducing conv (or the pool) whether or not the parameters need a gradient; the scaled q
+            # With keys and values from M reduced tokens (measured the same way, tests/test_sra.py and
+            # tests/test_validate.py, whatever the input's layout): sr_ratio, the grid's own copy the conv keeps
+            # (NC) and the input for q's weight; pooled, the input, kept by the pool whether or not the parameters
+            # need a gradient; the scaled q
             # (NC), the contiguous k and v (MC each), the softmax weights (hNM); the norm's input (the conv's
             # output, MC) and its mean and 1/std (M each); pooled, the pool's output (MC, the 1x1 conv's input) and
             # the GELU's input (MC). For the parameters' gradients alone: the kv projection's input (MC) and the
@@ -465,9 +467,13 @@ class SelfAttention(Kind):
                                                  + a["num_heads"] * n * m, ACTIVATION),),
                              per_batch=((2 * c, STATISTICS),) if norm else (),
                              extra_for_params=((m * c + n * c, ACTIVATION),))
-            pooled = 2 * m * c if a["kv_pool"] else 0
-            return Saved(input=True, extra=((n * c + 3 * m * c + pooled + a["num_heads"] * n * m, ACTIVATION),
-                                            (2 * m, STATISTICS)),
+            if a["kv_pool"]:
+                return Saved(input=True, extra=((n * c + 5 * m * c + a["num_heads"] * n * m, ACTIVATION),
+                                                (2 * m, STATISTICS)),
+                             extra_for_params=((m * c + n * c, ACTIVATION),))
+            # the conv's input: the grid's own copy (NC), kept whatever the parameters need; the input kept by q
+            return Saved(input_for_params=True, extra=((2 * n * c + 3 * m * c + a["num_heads"] * n * m, ACTIVATION),
+                                                       (2 * m, STATISTICS)),
                          extra_for_params=((m * c + n * c, ACTIVATION),))
         if a["kernel"] == "fused":
             return Saved(input_for_params=True, extra=((4 * n * c, ACTIVATION), (a["num_heads"] * n, ACCUMULATE)))
@@ -484,9 +490,11 @@ class SelfAttention(Kind):
         reduced = self.reduced(a, inp)
         if reduced is not None:
             # Only q's input gradient (NC^2) and the reducing conv's are skipped when the input needs none (the
-            # conv's weight still needs the gradient through the norm and kv).
+            # conv's weight still needs the gradient through the norm and kv); averaged runs without a norm have
+            # no parameter between the input and kv: kv's input gradient (2MC^2) is skipped too.
             per = self.cost(a, inp, inp).macs
-            grad_input = (n * c * c + reduced[1]) * (macs // per)
+            kv = 2 * reduced[0] * c * c if a["kv_avgpool"] and not a["kv_norm"] else 0
+            grad_input = (n * c * c + reduced[1] + kv) * (macs // per)
             return grad_input, 2 * macs - grad_input
         batch = macs // sum(self.parts(inp, a))
         grad_input = n * c * (2 * sum(self.dims(a, c)) - self.dims(a, c)[1]) * batch  # 3NC^2 by default
