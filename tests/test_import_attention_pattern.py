@@ -211,6 +211,8 @@ class TokenSlices(nn.Module):
         t = x.flatten(2).transpose(1, 2)
         if self.how == "slice":
             return t[:, :2]
+        if self.how == "cat":  # timm's ViTamin-XL: torch.cat of a list that holds the sequence alone
+            return torch.cat([t], dim=1)
         return t.chunk(2, dim=1)[0]
 
 
@@ -224,3 +226,10 @@ def test_a_slice_of_tokens_is_a_run_of_tokens_not_channels() -> None:
     imported = from_module(TokenSlices("slice"), (8, 4, 4))
     assert "take_token: {stop: 2" in imported.text, imported.text
     assert analyze(imported.spec).totals.output == (2, 8)
+
+
+def test_a_cat_of_one_sequence_is_the_sequence() -> None:
+    """torch.cat([t], dim=1) of 16 tokens: the same 16 tokens, no concat layer (one input is no concat)."""
+    imported = from_module(TokenSlices("cat"), (8, 4, 4))
+    assert "concat" not in imported.text, imported.text
+    assert analyze(imported.spec).totals.output == (16, 8)

@@ -1861,6 +1861,8 @@ class _Converter:
         if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, _Tensor) for t in tensors):
             raise Unmapped("torch.cat of something other than a list of the network's tensors")
         if all(isinstance(t.shape, Tokens) and not t.channels_last for t in tensors) and dim % 3 == 1:
+            if len(tensors) == 1:  # (torch.cat of one sequence: the same values; ViTamin-XL's prefix-free cat)
+                return tensors[0]
             final = tensors[-1].shape  # sequences joined along the tokens (PiT: its class tokens, then the grid's)
             joined = Tokens(sum(t.shape[0] for t in tensors), final[1], final.grid)  # type: ignore[attr-defined]
             return self.emit(node, "concat", None, "concat", {}, list(tensors), fixed=False, shape=joined)
