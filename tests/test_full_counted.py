@@ -514,10 +514,20 @@ def _window_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
     if a["v2"] and qkv_bias is not None:
         qkv_bias = torch.cat([qkv_bias[:c], torch.zeros(c, dtype=x.dtype), qkv_bias[2 * c:]])
 
+    grid = a["partition"] == "grid"  # MaxViT's grid attention: a group is the tokens hp / wh apart
+    if a["position_bias"] == "mlp" and not a["v2"]:  # its bias sums 512 hidden units, its example has 32 channels:
+        with torch.no_grad():  # with every weight near 1 the scores would overflow the textbook softmax, so the
+            m.rel_mlp[2].weight.mul_(1e-3)  # MLP's output layer and qkv are scaled down (the module compared is
+            m.rel_mlp[2].bias.mul_(1e-3)  # the same one)
+            m.qkv.weight.mul_(0.1)
+
     def run() -> torch.Tensor:
         g = F.pad(x.view(1, h, w, c), (0, 0, 0, wp - w, 0, hp - h))
         g = _roll(_roll(g, -shift[0], 1), -shift[1], 2)
-        t = g.view(1, hp // wh, wh, wp // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(windows * size, c)
+        if grid:
+            t = g.view(1, wh, hp // wh, ww, wp // ww, c).permute(0, 2, 4, 1, 3, 5).reshape(windows * size, c)
+        else:
+            t = g.view(1, hp // wh, wh, wp // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(windows * size, c)
         qkv = F.linear(t, m.qkv.weight, qkv_bias).view(windows, size, 3, heads, d).permute(2, 0, 3, 1, 4)
         q, k, v = (qkv[i].reshape(windows * heads, size, d) for i in range(3))
         if a["v2"]:
@@ -532,15 +542,29 @@ def _window_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
             bias = (16 * torch.reciprocal(1 + torch.exp(-gathered))).view(size, size, heads).permute(2, 0, 1)
         else:
             scores = torch.bmm(q * d ** -0.5, k.transpose(1, 2)).view(windows, heads, size, size)
-            bias = torch.index_select(m.relative_position_bias_table, 0, m.relative_position_index).view(
-                size, size, heads).permute(2, 0, 1)
+            if a["position_bias"] == "mlp":  # timm's RelPosMlp: Linear(2, 512), ReLU, Linear(512, heads), gathered
+                hidden = torch.clamp_min(F.linear(m.rel_coords_log.view(-1, 2), m.rel_mlp[0].weight,
+                                                  m.rel_mlp[0].bias), 0.0)
+                table = torch.mm(hidden, m.rel_mlp[2].weight.t()) + m.rel_mlp[2].bias
+                bias = torch.index_select(table, 0, m.relative_position_index).view(size, size, heads).permute(
+                    2, 0, 1)
+            elif a["position_bias"] == "lookup":  # timm's RelPosBiasTf: the table times one-hot rows, then columns
+                t_ = m.relative_position_bias_table  # heads x rows x cols
+                rows = torch.bmm(m.height_lookup.reshape(1, wh * wh, -1).expand(heads, -1, -1), t_)
+                full = torch.bmm(rows.view(heads, wh * wh, -1),
+                                 m.width_lookup.reshape(ww * ww, -1).t().expand(heads, -1, -1))
+                bias = full.view(heads, wh, wh, ww, ww).permute(0, 1, 3, 2, 4).reshape(heads, size, size)
+            else:
+                bias = torch.index_select(m.relative_position_bias_table, 0, m.relative_position_index).view(
+                    size, size, heads).permute(2, 0, 1)
         scores = scores + bias
         if any(shift):
             scores = scores + mask
         weights = _softmax(scores, -1).reshape(windows * heads, size, size)
         joined = torch.bmm(weights, v).view(windows, heads, size, d).transpose(1, 2).reshape(windows * size, c)
         out = F.linear(joined, m.proj.weight, m.proj.bias).view(1, hp // wh, wp // ww, wh, ww, c)
-        out = out.permute(0, 1, 3, 2, 4, 5).reshape(1, hp, wp, c)
+        out = out.permute(0, 3, 1, 4, 2, 5) if grid else out.permute(0, 1, 3, 2, 4, 5)
+        out = out.reshape(1, hp, wp, c)
         out = _roll(_roll(out, shift[0], 1), shift[1], 2)
         return out[:, :h, :w].reshape(1, n, c)
     return run
