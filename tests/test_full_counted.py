@@ -586,7 +586,8 @@ def _window_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
                            for t in itertools.product(*(range(w) for w in win))]
                           for o in itertools.product(*(range(k) for k in counts))], dtype=torch.float64)
     mask = torch.where(label[:, :, None] != label[:, None, :], -100.0, 0.0).view(windows, 1, size, size)
-    index = m.relative_position_index.view(full, full)[:size, :size].flatten()
+    index = (m.relative_position_index.view(full, full)[:size, :size].flatten()
+             if hasattr(m, "relative_position_index") else None)  # (none with position_bias lookup)
     split = [e for k, w in zip(counts, win) for e in (k, w)]
     order = (0, *range(1, 2 * rank, 2), *range(2, 2 * rank + 1, 2), 2 * rank + 1)
     back = (0, *(e for i in range(rank) for e in (1 + i, 1 + rank + i)), 2 * rank + 1)
@@ -594,12 +595,23 @@ def _window_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
     if a["v2"] and qkv_bias is not None:
         qkv_bias = torch.cat([qkv_bias[:c], torch.zeros(c, dtype=x.dtype), qkv_bias[2 * c:]])
 
+    grid_partition = a["partition"] == "grid"  # MaxViT's grid attention: a group is the tokens hp / wh apart
+    if a["position_bias"] == "mlp" and not a["v2"]:  # its bias sums 512 hidden units, its example has 32 channels:
+        with torch.no_grad():  # with every weight near 1 the scores would overflow the textbook softmax, so the
+            m.rel_mlp[2].weight.mul_(1e-3)  # MLP's output layer and qkv are scaled down (the module compared is
+            m.rel_mlp[2].bias.mul_(1e-3)  # the same one)
+            m.qkv.weight.mul_(0.1)
+
     def run() -> torch.Tensor:
         g = F.pad(x.view(1, *grid, c), [0, 0, *(e for gs, p in zip(reversed(grid), reversed(padded))
                                                 for e in (0, p - gs))])
         for axis, s in enumerate(shift):
             g = _roll(g, -s, axis + 1)
-        t = g.view(1, *split, c).permute(order).reshape(windows * size, c)
+        if grid_partition:
+            (wh, ww), (hp, wp) = win, padded
+            t = g.view(1, wh, hp // wh, ww, wp // ww, c).permute(0, 2, 4, 1, 3, 5).reshape(windows * size, c)
+        else:
+            t = g.view(1, *split, c).permute(order).reshape(windows * size, c)
         qkv = F.linear(t, m.qkv.weight, qkv_bias).view(windows, size, 3, heads, d).permute(2, 0, 3, 1, 4)
         q, k, v = (qkv[i].reshape(windows * heads, size, d) for i in range(3))
         if a["v2"]:
@@ -614,15 +626,34 @@ def _window_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
             bias = (16 * torch.reciprocal(1 + torch.exp(-gathered))).view(size, size, heads).permute(2, 0, 1)
         else:
             scores = torch.bmm(q * d ** -0.5, k.transpose(1, 2)).view(windows, heads, size, size)
-            bias = torch.index_select(m.relative_position_bias_table, 0, index).view(
-                size, size, heads).permute(2, 0, 1)
+            if a["position_bias"] == "mlp":  # timm's RelPosMlp: Linear(2, 512), ReLU, Linear(512, heads), gathered
+                hidden = torch.clamp_min(F.linear(m.rel_coords_log.view(-1, 2), m.rel_mlp[0].weight,
+                                                  m.rel_mlp[0].bias), 0.0)
+                table = torch.mm(hidden, m.rel_mlp[2].weight.t()) + m.rel_mlp[2].bias
+                bias = torch.index_select(table, 0, m.relative_position_index).view(size, size, heads).permute(
+                    2, 0, 1)
+            elif a["position_bias"] == "lookup":  # timm's RelPosBiasTf: the table times one-hot rows, then columns
+                wh, ww = win
+                t_ = m.relative_position_bias_table  # heads x rows x cols
+                rows = torch.bmm(m.height_lookup.reshape(1, wh * wh, -1).expand(heads, -1, -1), t_)
+                full_ = torch.bmm(rows.view(heads, wh * wh, -1),
+                                  m.width_lookup.reshape(ww * ww, -1).t().expand(heads, -1, -1))
+                bias = full_.view(heads, wh, wh, ww, ww).permute(0, 1, 3, 2, 4).reshape(heads, size, size)
+            else:
+                bias = torch.index_select(m.relative_position_bias_table, 0, index).view(
+                    size, size, heads).permute(2, 0, 1)
         scores = scores + bias
         if any(shift):
             scores = scores + mask
         weights = _softmax(scores, -1).reshape(windows * heads, size, size)
         joined = torch.bmm(weights, v).view(windows, heads, size, d).transpose(1, 2).reshape(windows * size, c)
-        out = F.linear(joined, m.proj.weight, m.proj.bias).view(1, *counts, *win, c)
-        out = out.permute(back).reshape(1, *padded, c)
+        if grid_partition:
+            (wh, ww), (hp, wp) = win, padded
+            out = F.linear(joined, m.proj.weight, m.proj.bias).view(1, hp // wh, wp // ww, wh, ww, c)
+            out = out.permute(0, 3, 1, 4, 2, 5).reshape(1, hp, wp, c)
+        else:
+            out = F.linear(joined, m.proj.weight, m.proj.bias).view(1, *counts, *win, c)
+            out = out.permute(back).reshape(1, *padded, c)
         for axis, s in enumerate(shift):
             out = _roll(out, s, axis + 1)
         return out[(slice(None), *(slice(0, gs) for gs in grid))].reshape(1, n, c)
