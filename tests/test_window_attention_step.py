@@ -107,3 +107,12 @@ def test_v2_is_not_followed() -> None:
     assert "v2" in step_unfollowed(report)
     with pytest.raises(ValueError, match="v2"):
         step_peaks(report, "sgd")
+
+
+def test_autocast_is_not_followed() -> None:
+    """Under bf16 autocast its linear layers and products run in bfloat16 and its softmax in float32: not followed
+    (as self_attention)."""
+    from archcalc.core.training import autocast_unfollowed
+
+    report = analyze(load_text(dict((c[0], c[1]) for c in CASES)["plain"]), batch=2, device="cpu")
+    assert "mixed types under autocast" in autocast_unfollowed(report, "bf16")
