@@ -114,5 +114,7 @@ def test_autocast_is_not_followed() -> None:
     (as self_attention)."""
     from archcalc.core.training import autocast_unfollowed
 
-    report = analyze(load_text(dict((c[0], c[1]) for c in CASES)["plain"]), batch=2, device="cpu")
+    text = "name: a\ninput: [3, 16, 16]\nlayers:\n  - conv: {out: 8, kernel: 2, stride: 2}\n  - to_tokens\n" \
+           "  - window_attention: {num_heads: 2, window_size: 4}\n"
+    report = analyze(load_text(text), batch=2, device="cpu")
     assert "mixed types under autocast" in autocast_unfollowed(report, "bf16")
