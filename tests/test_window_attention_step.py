@@ -107,3 +107,14 @@ def test_v2_is_not_followed() -> None:
     assert "v2" in step_unfollowed(report)
     with pytest.raises(ValueError, match="v2"):
         step_peaks(report, "sgd")
+
+
+def test_autocast_is_not_followed() -> None:
+    """Under bf16 autocast its linear layers and products run in bfloat16 and its softmax in float32: not followed
+    (as self_attention)."""
+    from archcalc.core.training import autocast_unfollowed
+
+    text = "name: a\ninput: [3, 16, 16]\nlayers:\n  - conv: {out: 8, kernel: 2, stride: 2}\n  - to_tokens\n" \
+           "  - window_attention: {num_heads: 2, window_size: 4}\n"
+    report = analyze(load_text(text), batch=2, device="cpu")
+    assert "mixed types under autocast" in autocast_unfollowed(report, "bf16")

@@ -123,6 +123,7 @@ class WindowAttention(Kind):
     name = "window_attention"
     synonyms = ("shifted_window_attention", "swin_attention", "w_msa", "sw_msa")
     prefix = "attn"
+    autocast = "mixed"  # linear layers and products (bfloat16) and a softmax inside: not followed under autocast
     doc = ("Swin's (shifted) window multi-head self-attention over N x C tokens on an H x W grid (Liu et al. 2021; "
            "torchvision's ShiftedWindowAttention): the grid zero-padded to a multiple of the window, cyclically "
            "shifted by `shift_size` (torch.roll, with a mask of -100 between tokens from different regions; no "
