@@ -397,6 +397,7 @@ FORMULAS: dict[str, Formula] = {
     "layer_scale": _elementwise(lambda x, a, m: x * m.gamma),  # gamma's per-sample shape broadcasts over the batch
     "pos_embed": _elementwise(lambda x, a, m: x + m.pos_embedding),
     "self_attention": lambda x, a, m: _self_attention(x, a, m),  # defined below, beside _softmax
+    "context_pool": lambda x, a, m: _context_pool(x, a, m),  # (below)
     "window_attention": lambda x, a, m: _window_attention(x, a, m),  # (below)
     "scalar": _elementwise(lambda x, a, m: {"add": lambda: x + a["value"], "sub": lambda: x - a["value"],
                                             "rsub": lambda: a["value"] - x, "mul": lambda: x * a["value"],
@@ -549,6 +550,16 @@ def _biased_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
             scores = scores + m.attention_biases.index_select(1, index.flatten()).reshape(1, h, n, n)
         heads = torch.bmm(_softmax(scores, -1).reshape(b * h, n, n), v).reshape(b, h, n, vd)
         return F.linear(heads.transpose(1, 2).reshape(b, n, h * vd), m.out_proj.weight, m.out_proj.bias)
+    return run
+
+
+def _context_pool(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """GCNet's attention pooling (Cao et al. 2019): a logit per position from the real 1x1 conv, softmax over the
+    positions, each channel's weighted sum (a batched product)."""
+    def run() -> torch.Tensor:
+        b, c = x.shape[:2]
+        weights = _softmax(m.conv_attn(x).reshape(b, 1, -1), -1)
+        return torch.bmm(x.reshape(b, c, -1), weights.transpose(1, 2)).reshape(b, c, *(1,) * (x.dim() - 2))
     return run
 
 

@@ -216,7 +216,7 @@ FULL: dict[str, Rule] = {
     "conv_transpose": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),
     "linear": lambda a, i, o, m: 2 * m + (n(o) if a["bias"] else 0),  # a bias per output (per token and output)
     **{k: (lambda a, i, o, m: 0) for k in ("to_tokens", "to_grid", "take_token")},
-    "class_token": lambda a, i, o, m: n(i) if a["mean"] else 0,  # the mean: N - 1 additions, 1 division per channel
+    "class_token": lambda a, i, o, m: n(i) + i[1] if a["mean"] else 0,  # the mean: N additions, 1 division per channel
     "pos_embed": lambda a, i, o, m: n(o),
     # 2 per MAC (the logits' conv, the weighted sum), the bias per position, softmax's 3 per position
     "context_pool": lambda a, i, o, m: 2 * m + (1 + 3 if a["bias"] else 3) * n(i[1:]),

@@ -171,7 +171,8 @@ def test_zoo_groups_torchvision_by_family() -> None:
     result = CliRunner().invoke(app, ["zoo", "--format", "json"])
     assert result.exit_code == 0, result.output
     entries = [e for e in json.loads(result.output) if e["name"].startswith("torchvision/")]
-    assert {e["name"].removeprefix("torchvision/") for e in entries} == {*DONE, *VITS, *SWINS, *MVITS, *MAXVITS, *SWIN3DS}
+    assert {e["name"].removeprefix("torchvision/") for e in entries} == {*DONE, *VITS, *SWINS, *MVITS, *MAXVITS,
+                                                                         *SWIN3DS}
     for e in entries:
         model = e["name"].removeprefix("torchvision/")
         prefixes = FAMILIES[e["family"]]

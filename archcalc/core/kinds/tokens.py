@@ -115,8 +115,9 @@ class ClassToken(Kind):
     prefix = "cls"
     doc = ("A learned token of C channels put before the sequence: N x C -> (N+1) x C (ViT's class token; "
            "torchvision: expand over the batch, torch.cat). Params C. A copy of the sequence (the concatenation), "
-           "no arithmetic.")
-    full_rule = "0 (a copy)"
+           "no arithmetic. `count: T` puts T learned tokens (PiT's distilled models: 2), T x C params; `mean` puts "
+           "the tokens' mean instead (CLIP's attention pool), no params.")
+    full_rule = "0 (a copy); with mean: 1 addition per element and 1 division per channel (the mean)"
     tokens = True
     passes_gradient = True  # CatBackward0 hands the sequence a view of the output's gradient (narrow), no copy
     args = (Arg("mean", "bool", False, "the token is the mean of the tokens, not learned (no parameters; CLIP's "
@@ -133,8 +134,8 @@ class ClassToken(Kind):
         return tokens_like(inp, n + a["count"], c)
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
-        if a["mean"]:  # N - 1 additions and a division per channel; FlopCounterMode and fvcore count a mean 0
-            return Cost(full=numel(inp))
+        if a["mean"]:  # N additions (from zero, as `mean`) and a division per channel; FlopCounterMode and fvcore
+            return Cost(full=numel(inp) + inp[1])  # count a mean 0
         return Cost(params=a["count"] * inp[1])
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
