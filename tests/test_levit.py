@@ -114,7 +114,7 @@ def test_without_score_bias_only_the_dims_change() -> None:
 
 @pytest.mark.parametrize(("layer", "message"), [
     ("self_attention: {num_heads: 2, score_bias: true}",
-     "score_bias needs tokens laid out on a 2-D grid"),
+     "score_bias or stride needs tokens laid out on a 2-D grid"),
     ("self_attention: {num_heads: 2, key_dim: 4, kernel: fused}", "use kernel: math"),
 ])
 def test_what_it_refuses_is_a_located_error(layer: str, message: str) -> None:

@@ -551,31 +551,47 @@ class SelfAttention(nn.Module):
     docs/conventions.md)."""
 
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, kernel: str = "math",
-                 qkv_bias: bool = True, key_dim: int = 0, value_dim: int = 0,
-                 grid: Sequence[int] | None = None) -> None:
+                 qkv_bias: bool = True, key_dim: int = 0, value_dim: int = 0, grid: Sequence[int] | None = None,
+                 score_bias: bool = False, norm: str = "none", act: str = "none", stride: int = 1,
+                 out: int = 0) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.kernel = kernel
-        # q and k of key_dim channels per head, v of value_dim (LeViT, EfficientFormer); C / heads by default
+        # LeViT's and EfficientFormer's arguments (archcalc.core.kinds.tokens.SelfAttention): q and k of key_dim
+        # channels per head, v of value_dim (C / heads by default); each projection a linear layer and a batch norm
+        # over the tokens (norm); an activation before the output projection (act); queries from the `grid`
+        # subsampled by `stride`, with their own projection; `out` output channels.
         self.key_dim = key_dim or embed_dim // num_heads
         self.value_dim = value_dim or embed_dim // num_heads
+        self.norm, self.act, self.stride, self.out = norm, act, stride, out or embed_dim
         keys, values = num_heads * self.key_dim, num_heads * self.value_dim
-        self.in_proj = nn.Linear(embed_dim, 2 * keys + values, bias=bias and qkv_bias)
-        self.out_proj = nn.Linear(values, embed_dim, bias=bias)
+        batchnorm = norm == "batchnorm"
+        if stride > 1:
+            self.q_proj = nn.Linear(embed_dim, keys, bias=bias and qkv_bias)
+            self.q_norm = TokenBatchNorm(keys) if batchnorm else nn.Identity()
+        self.in_proj = nn.Linear(embed_dim, (keys if stride == 1 else 0) + keys + values, bias=bias and qkv_bias)
+        self.in_norm = TokenBatchNorm(self.in_proj.out_features) if batchnorm else nn.Identity()
+        self.out_proj = nn.Linear(values, self.out, bias=bias)
+        self.out_norm = TokenBatchNorm(self.out) if batchnorm else nn.Identity()
         self.grid = tuple(grid) if grid is not None else None
-        if self.grid is not None:  # the score bias: a table per head and |offset| on the 2-D grid (LeViT)
+        self.score_bias = score_bias
+        if score_bias:  # a table per head and |offset| on the 2-D grid (LeViT), gathered for q's (strided) tokens
+            assert self.grid is not None
             gh, gw = self.grid
             ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
             ys, xs = ys.flatten(), xs.flatten()
-            index = (ys[:, None] - ys[None, :]).abs() * gw + (xs[:, None] - xs[None, :]).abs()
+            qy, qx = torch.meshgrid(torch.arange(0, gh, stride), torch.arange(0, gw, stride), indexing="ij")
+            qy, qx = qy.flatten(), qx.flatten()
+            index = (qy[:, None] - ys[None, :]).abs() * gw + (qx[:, None] - xs[None, :]).abs()
             self.attention_biases = nn.Parameter(torch.empty(num_heads, gh * gw).normal_(std=0.02))
             self.register_buffer("attention_bias_idxs", index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         h = self.num_heads
-        if self.grid is not None or (self.key_dim, self.value_dim) != (c // h, c // h):
+        if self.score_bias or self.norm != "none" or self.act != "none" or self.stride > 1 or self.out != c or (
+                self.key_dim, self.value_dim) != (c // h, c // h):
             return self.biased(x)
         q, k, v = self.in_proj(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
         if self.kernel == "fused":  # torch's fused kernel: on the CPU _scaled_dot_product_flash_attention_for_cpu
@@ -590,19 +606,32 @@ class SelfAttention(nn.Module):
         return self.out_proj((weights @ v.contiguous()).transpose(1, 2).reshape(b, n, c))
 
     def biased(self, x: torch.Tensor) -> torch.Tensor:
-        """The math path with key_dim / value_dim and the score bias: the bias gathered first (from the table
-        alone, whatever the batch) and added to the scores in place."""
-        b, n, _ = x.shape
+        """The math path with LeViT's and EfficientFormer's arguments: the bias gathered first (from the table
+        alone, whatever the batch) and added to the scores in place; each temporary freed as soon as it is read."""
+        b, n, c = x.shape
         h, kd, vd = self.num_heads, self.key_dim, self.value_dim
-        bias = self.attention_biases[:, self.attention_bias_idxs] if self.grid is not None else None
-        q, k, v = self.in_proj(x).split([h * kd, h * kd, h * vd], dim=-1)
-        q, k, v = (t.reshape(b, n, h, -1).transpose(1, 2) for t in (q, k, v))
+        bias = self.attention_biases[:, self.attention_bias_idxs] if self.score_bias else None
+        if self.stride > 1:
+            assert self.grid is not None
+            s = self.stride
+            sub = x.view(b, *self.grid, c)[:, ::s, ::s].reshape(b, -1, c)  # a copy: the strided grid
+            q = self.q_norm(self.q_proj(sub))
+            del sub
+            k, v = self.in_norm(self.in_proj(x)).split([h * kd, h * vd], dim=-1)
+        else:
+            q, k, v = self.in_norm(self.in_proj(x)).split([h * kd, h * kd, h * vd], dim=-1)
+        nq = q.shape[1]
+        q = q.reshape(b, nq, h, kd).transpose(1, 2)
+        k, v = (t.reshape(b, n, h, -1).transpose(1, 2) for t in (k, v))
         scores = (q * kd ** -0.5) @ k.contiguous().transpose(-2, -1)
         if bias is not None:
             scores += bias
         weights = scores.softmax(dim=-1)
         del scores  # (freed as in the plain path's one expression)
-        return self.out_proj((weights @ v.contiguous()).transpose(1, 2).reshape(b, n, h * vd))
+        joined = (weights @ v.contiguous()).transpose(1, 2).reshape(b, nq, h * vd)
+        if self.act != "none":
+            joined = F.hardswish(joined) if self.act == "hardswish" else F.silu(joined)
+        return self.out_norm(self.out_proj(joined))
 
 
 # ---- window attention and patch merging (archcalc.core.kinds.windows) -----------------------------------------------

@@ -302,9 +302,10 @@ def _take_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 @recipe("self_attention")
 def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     extra: dict[str, Any] = {"kernel": "fused"} if a["kernel"] == "fused" else {}
-    if a["key_dim"] or a["value_dim"]:
-        extra.update(key_dim=a["key_dim"], value_dim=a["value_dim"])
-    if a["score_bias"]:
+    if not kind.plain(a):  # type: ignore[attr-defined]
+        extra.update(key_dim=a["key_dim"], value_dim=a["value_dim"], score_bias=a["score_bias"], norm=a["norm"],
+                     act=a["act"], stride=a["stride"], out=a["out"])
+    if a["score_bias"] or a["stride"] > 1:
         extra["grid"] = tuple(inp.grid)  # type: ignore[attr-defined]
     return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"],
                 qkv_bias=a["qkv_bias"], **extra)
@@ -745,7 +746,10 @@ reads("self_attention", lambda m, inp: Mapped("self_attention", {
     **({"kernel": "fused"} if m.kernel == "fused" else {}),
     **({"key_dim": int(m.key_dim)} if m.key_dim != inp[-1] // m.num_heads else {}),
     **({"value_dim": int(m.value_dim)} if m.value_dim != inp[-1] // m.num_heads else {}),
-    **({"score_bias": True} if m.grid is not None else {})}), modules.SelfAttention)
+    **({"score_bias": True} if m.score_bias else {}),
+    **({"norm": m.norm} if m.norm != "none" else {}), **({"act": m.act} if m.act != "none" else {}),
+    **({"stride": int(m.stride)} if m.stride > 1 else {}),
+    **({"out": int(m.out)} if m.out != inp[-1] else {})}), modules.SelfAttention)
 reads("window_attention", lambda m, inp: Mapped("window_attention", {
     "num_heads": int(m.num_heads), "window_size": _tup(m.window_size), "shift_size": _tup(m.shift_size),
     "bias": m.qkv.bias is not None, "v2": bool(m.v2)}), modules.WindowAttention)

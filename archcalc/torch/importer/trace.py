@@ -576,7 +576,7 @@ class _Converter:
         x = self.vals.get(found.x) if found is not None else None
         if found is None or not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or x.channels_last:
             return False
-        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj)
+        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj, *found.others)
                   for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
         args: dict[str, Any] = {"num_heads": found.num_heads, "bias": found.bias}
         if found.bias and not found.qkv_bias:
@@ -585,10 +585,20 @@ class _Converter:
         if found.key_dim and (found.key_dim, found.value_dim) != (c // found.num_heads,) * 2:
             args.update(key_dim=found.key_dim, value_dim=found.value_dim)
         if found.table:
-            if not self._offsets_index(found.index, x.shape):
+            if not self._offsets_index(found.index_buffer, x.shape, found.stride):
                 return False
             params.append(_Param((found.table,), tuple(self.root.get_parameter(found.table).shape)))
             args["score_bias"] = True
+        if found.norm:
+            args["norm"] = "batchnorm"
+        if found.act != "none":
+            args["act"] = found.act
+        if found.stride > 1:
+            if tuple(found.grid) != tuple(x.shape.grid):
+                return False  # (the strided queries from another grid than the tokens')
+            args["stride"] = found.stride
+        if found.out and found.out != c:
+            args["out"] = found.out
         try:
             self.consume(found.last, params, "self_attention", args, x)
         except Unmapped:
@@ -600,16 +610,25 @@ class _Converter:
         m = self.root.get_submodule(path) if path else self.root
         where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
         trainable = any(p.requires_grad for c in calls for p in self.root.get_submodule(c).parameters())
-        out = self._new(x.shape)
+        kind = REGISTRY["self_attention"]
+        try:
+            shape = kind.output({a.name: args.get(a.name, a.default) for a in kind.args}, x.shape,
+                                lambda message: None)
+        except LayerError:
+            return False
+        if (1, *shape) != tuple(int(s) for s in self.values[found.last].shape):
+            return False
+        out = self._new(shape)
         self.ops.append(Op(parts[-1] if parts else "attention", parts[:-1], bool(parts), "self_attention", None,
                            args, (x.id,), out.id, where, None, trainable))
         self.composed.update(found.nodes)
         self.vals[found.last] = out
         return True
 
-    def _offsets_index(self, path: str, tokens: Tokens) -> bool:
-        """The score bias's index buffer is self_attention's: N x N on a 2-D grid of N tokens, and where its values
-        are known (not the meta device), |dy| x W + |dx| of each pair of tokens."""
+    def _offsets_index(self, path: str, tokens: Tokens, stride: int = 1) -> bool:
+        """The score bias's index buffer is self_attention's: Nq x N on a 2-D grid of N tokens, and where its values
+        are known (not the meta device), |dy| x W + |dx| of each query (on the grid subsampled by the stride) and
+        each token."""
         grid = tokens.grid
         if len(grid) != 2 or grid[0] * grid[1] != tokens[0]:
             return False
@@ -618,8 +637,9 @@ class _Converter:
             return True  # (a model built on the meta device: only the shape is known, checked by the matcher)
         ys = torch.arange(grid[0]).repeat_interleave(grid[1])
         xs = torch.arange(grid[1]).repeat(grid[0])
-        want = (ys[:, None] - ys[None, :]).abs() * grid[1] + (xs[:, None] - xs[None, :]).abs()
-        return bool(torch.equal(index.cpu(), want))
+        on = ((ys % stride == 0) & (xs % stride == 0)).nonzero().flatten()
+        want = (ys[on, None] - ys[None, :]).abs() * grid[1] + (xs[on, None] - xs[None, :]).abs()
+        return tuple(index.shape) == tuple(want.shape) and bool(torch.equal(index.cpu(), want))
 
     def _module_run(self, node: fx.Node, path: str) -> list[fx.Node]:
         """The nodes of this call of the module at `path`: from `node`, while they run inside it."""
