@@ -610,7 +610,8 @@ class SelfAttention(nn.Module):
         alone, whatever the batch) and added to the scores in place; each temporary freed as soon as it is read."""
         b, n, c = x.shape
         h, kd, vd = self.num_heads, self.key_dim, self.value_dim
-        bias = self.attention_biases[:, self.attention_bias_idxs] if self.score_bias else None
+        index: torch.Tensor = self.attention_bias_idxs if self.score_bias else None  # type: ignore[assignment]
+        bias = self.attention_biases[:, index] if self.score_bias else None
         if self.stride > 1:
             assert self.grid is not None
             s = self.stride

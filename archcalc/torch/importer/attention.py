@@ -245,7 +245,8 @@ class _Matcher:
             self.nodes.update(m for m in moves if m is not None)
             tensors = [m for m in moves if m is not None]
             kt, heads_v = tensors[-2], tensors[-1]
-        stride, grid, q_path = 1, (), ""
+        stride, q_path = 1, ""
+        grid: tuple[int, ...] = ()
         if len(sizes) == 3:
             q = tensors[0]
         else:  # k and v only: q from the strided grid (LeViT's AttentionSubsample)
@@ -277,7 +278,7 @@ class _Matcher:
             joined = nxt
         last = self.only_user(joined)
         proj = self.module(last, nn.Linear)
-        if proj is None or last is None or len(last.args) != 1:
+        if not isinstance(proj, nn.Linear) or last is None or len(last.args) != 1:
             return None
         if (isinstance(qkv, nn.Linear) and qkv.bias is not None) and proj.bias is None:
             return None
@@ -296,7 +297,7 @@ class _Matcher:
         qkv_bias = isinstance(qkv, nn.Linear) and qkv.bias is not None
         return Attention(x, str(first.target), str(last.target), end_proj, frozenset(inside), heads,
                          proj.bias is not None, qkv_bias, kd, vd, *self.table, bool(norm), act, stride,
-                         proj.out_features, grid, (q_path, *others) if q_path else tuple(others))
+                         int(proj.out_features), grid, (q_path, *others) if q_path else tuple(others))
 
     def strided_queries(self, kt: fx.Node, x: Any, heads: int, kd: int, c: int
                         ) -> tuple[fx.Node, int, tuple[int, ...], str, str] | None:
