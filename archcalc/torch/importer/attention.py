@@ -62,6 +62,7 @@ class Attention(NamedTuple):
     out: int = 0  # the output projection's channels
     grid: tuple[int, ...] = ()  # the grid the strided queries were taken from
     others: tuple[str, ...] = ()  # the other modules holding its parameters (norms, q's projection)
+    conv: bool = False  # on a channels-first grid with 1 x 1 convs (levit_conv): to_tokens, it, to_grid
 
 
 def _shape(values: dict[fx.Node, Any], n: Any) -> tuple[int, ...] | None:
@@ -114,6 +115,8 @@ class _Matcher:
         return m is not None and len(n.args) == 1 and (isinstance(m, nn.Identity) or m.p == 0 or not m.training)
 
     def match(self, first: fx.Node) -> Attention | None:
+        if self.module(first, nn.Conv2d) is not None:
+            return self.conv_form(first)
         qkv = self.module(first, nn.Linear)
         shape_in = _shape(self.values, first.args[0]) if first.args else None
         if qkv is None or len(first.args) != 1 or first.kwargs or shape_in is None or len(shape_in) != 3:
@@ -298,6 +301,156 @@ class _Matcher:
         return Attention(x, str(first.target), str(last.target), end_proj, frozenset(inside), heads,
                          proj.bias is not None, qkv_bias, kd, vd, *self.table, bool(norm), act, stride,
                          int(proj.out_features), grid, (q_path, *others) if q_path else tuple(others))
+
+    @staticmethod
+    def pointwise(m: nn.Module | None) -> bool:
+        """A 1 x 1 conv without stride, padding, dilation or groups: a linear map of each position's channels."""
+        return isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and tuple(m.stride) == (1, 1) \
+            and tuple(m.padding) == (0, 0) and tuple(m.dilation) == (1, 1) and m.groups == 1 \
+            and m.padding_mode == "zeros"
+
+    def conv_norm(self, conv: fx.Node) -> tuple[fx.Node, str]:
+        """After a 1 x 1 conv's call: its BatchNorm2d (LeViT's ConvNorm) when that is its one reader."""
+        bn = self.only_user(conv)
+        if self.module(bn, nn.BatchNorm2d) is not None and bn is not None and len(bn.args) == 1 and not bn.kwargs:
+            self.nodes.add(bn)
+            return bn, str(bn.target)
+        return conv, ""
+
+    def conv_form(self, first: fx.Node) -> Attention | None:
+        """LeViT's attention on a channels-first grid (levit_conv: timm's Attention and AttentionDownsample with
+        use_conv): 1 x 1 convs and batch norms as the projections, q/k/v viewed (B, h, e, H W) and split on e,
+        softmax(Q^T K * s + B) and V A^T, the result viewed as the grid again; the queries of the downsampling
+        attention from an AvgPool2d(1, stride) of the grid."""
+        conv = self.module(first, nn.Conv2d)
+        shape_in = _shape(self.values, first.args[0]) if first.args else None
+        if not self.pointwise(conv) or len(first.args) != 1 or first.kwargs or shape_in is None \
+                or len(shape_in) != 4:
+            return None
+        assert isinstance(conv, nn.Conv2d)
+        _, c, gh, gw = shape_in
+        n = gh * gw
+        self.nodes = {first}
+        others: list[str] = []
+        end, norm = self.conv_norm(first)
+        if norm:
+            others.append(norm)
+        view = self.only_user(end)
+        shape = _shape(self.values, view)
+        if not (_is(view, *_VIEWS) and view is not None and shape is not None and len(shape) == 4
+                and shape[0] == 1 and shape[3] == n):
+            return None
+        heads, per = shape[1], shape[2]
+        parts = self.only_user(view)
+        sizes = parts.args[1] if parts is not None and len(parts.args) > 1 else None
+        dim = parts.kwargs.get("dim", parts.args[2] if len(parts.args) > 2 else 0) if parts is not None else None
+        if not _is(parts, "split") or parts is None or not isinstance(sizes, (list, tuple)) or len(sizes) not in (
+                2, 3) or not all(isinstance(z, int) for z in sizes) or dim not in (2, -2) or sum(sizes) != per \
+                or (len(sizes) == 3 and sizes[0] != sizes[1]):
+            return None
+        kd, vd = int(sizes[0]), int(sizes[-1])
+        self.nodes.update((view, parts))
+        picked: dict[int, fx.Node] = {}
+        for u in parts.users:
+            if not (u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)):
+                return None
+            picked[u.args[1]] = u
+        if sorted(picked) != list(range(len(sizes))):
+            return None
+        self.nodes.update(picked.values())
+        k, v = picked[len(sizes) - 2], picked[len(sizes) - 1]
+        stride, q_path, qgrid = 1, "", (gh, gw)
+        if len(sizes) == 3:
+            qt = self.only_user(picked[0])
+        else:  # q from AvgPool2d(1, stride) of the grid, its own 1 x 1 conv (and norm), viewed (B, h, kd, Nq)
+            product = self.only_user(k)
+            qt = product.args[0] if _is(product, "matmul") and product is not None else None  # type: ignore[assignment]
+            qv = qt.args[0] if _is(qt, "transpose") and isinstance(qt, fx.Node) else None
+            bn_or_conv = qv.args[0] if _is(qv, *_VIEWS) and isinstance(qv, fx.Node) else None
+            q_norm = ""
+            if self.module(bn_or_conv, nn.BatchNorm2d) is not None:
+                assert isinstance(bn_or_conv, fx.Node)
+                q_norm, q_conv = str(bn_or_conv.target), bn_or_conv.args[0]
+            else:
+                q_conv = bn_or_conv
+            cm = self.module(q_conv, nn.Conv2d)
+            pool = q_conv.args[0] if isinstance(q_conv, fx.Node) and q_conv.args else None
+            pm = self.module(pool, nn.AvgPool2d)
+            if not (self.pointwise(cm) and isinstance(pm, nn.AvgPool2d) and isinstance(pool, fx.Node)
+                    and pool.args[0] is first.args[0] and pm.kernel_size in (1, (1, 1))
+                    and pm.padding in (0, (0, 0)) and not pm.ceil_mode and isinstance(pm.stride, int)
+                    and pm.stride > 1 and bool(q_norm) == bool(norm)):
+                return None
+            assert isinstance(q_conv, fx.Node) and isinstance(qv, fx.Node) and isinstance(bn_or_conv, fx.Node)
+            stride, q_path = pm.stride, str(q_conv.target)
+            qgrid = (-(-gh // stride), -(-gw // stride))
+            others += [str(pool.target), q_path, *([q_norm] if q_norm else [])]
+            if any(len(nd.users) != 1 for nd in (pool, q_conv, bn_or_conv, qv)):
+                return None
+            self.nodes.update((pool, q_conv, bn_or_conv, qv))
+        if not (_is(qt, "transpose") and qt is not None and _shape(self.values, qt) == (
+                1, heads, qgrid[0] * qgrid[1], kd)):
+            return None
+        scores = self.only_user(qt)
+        if not (_is(scores, "matmul") and scores is not None and tuple(scores.args) == (qt, k)
+                and self.only_user(k) is scores):
+            return None
+        scaled = self.only_user(scores)
+        if not (_is(scaled, "mul", "mul_") and scaled is not None and self.factor(scaled, scores, kd)):
+            return None
+        self.nodes.update((qt, scores, scaled))
+        self.table = ("", "")
+        after = self.only_user(scaled)
+        if _is(after, "add", "add_") and after is not None and len(after.args) == 2 and scaled in after.args:
+            gathered = after.args[1] if after.args[0] is scaled else after.args[0]
+            table = self.gathered(gathered, _shape(self.values, scaled))
+            if table is None:
+                return None
+            self.nodes.update((after, gathered))  # type: ignore[arg-type]
+            self.table = table
+            scaled = after
+        weights = self.only_user(scaled)
+        if not (weights is not None and weights.op == "call_method" and weights.target == "softmax"
+                and (weights.args[1:] in ((-1,), (3,)) or weights.kwargs in ({"dim": -1}, {"dim": 3}))):
+            return None
+        wt = self.only_user(weights)
+        wdims = sorted(a % 4 for a in wt.args[1:] if isinstance(a, int)) if wt is not None else []
+        out = self.only_user(wt) if wt is not None else None
+        if not (_is(wt, "transpose") and wdims == [2, 3] and _is(out, "matmul") and out is not None
+                and tuple(out.args) == (v, wt) and self.only_user(v) is out):
+            return None
+        back = self.only_user(out)
+        if not (_is(back, *_VIEWS) and back is not None
+                and _shape(self.values, back) == (1, heads * vd, *qgrid)):
+            return None
+        self.nodes.update((weights, wt, out, back))  # type: ignore[arg-type]
+        act, joined = "none", back
+        nxt = self.only_user(back)
+        if self.module(nxt, (nn.Hardswish, nn.SiLU)) is not None and nxt is not None and len(nxt.args) == 1:
+            act = "hardswish" if self.module(nxt, nn.Hardswish) is not None else "silu"
+            self.nodes.add(nxt)
+            joined = nxt
+        last = self.only_user(joined)
+        proj = self.module(last, nn.Conv2d)
+        if not self.pointwise(proj) or last is None or len(last.args) != 1:
+            return None
+        assert isinstance(proj, nn.Conv2d)
+        if conv.bias is not None and proj.bias is None:
+            return None
+        self.nodes.add(last)
+        end_proj, proj_norm = self.conv_norm(last)
+        if bool(proj_norm) != bool(norm):
+            return None
+        if proj_norm:
+            others.append(proj_norm)
+        inside = self.nodes
+        if any(u not in inside for nd in inside - {end_proj} for u in nd.users):
+            return None
+        x = first.args[0]
+        assert isinstance(x, fx.Node)
+        return Attention(x, str(first.target), str(last.target), end_proj, frozenset(inside), heads,
+                         proj.bias is not None, conv.bias is not None, kd, vd, *self.table, bool(norm), act, stride,
+                         int(proj.out_channels), (gh, gw), tuple(others), True)
 
     def strided_queries(self, kt: fx.Node, x: Any, heads: int, kd: int, c: int
                         ) -> tuple[fx.Node, int, tuple[int, ...], str, str] | None:

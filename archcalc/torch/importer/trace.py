@@ -574,6 +574,13 @@ class _Converter:
         `self_attention` op from the projections' input to the output projection's result."""
         found = attention.match(self.root, self.values, node)
         x = self.vals.get(found.x) if found is not None else None
+        grid_in: _Tensor | None = None
+        if found is not None and found.conv and isinstance(x, _Tensor) and not x.channels_last \
+                and not isinstance(x.shape, Tokens) and len(x.shape) == 3:
+            # LeViT's conv form on a channels-first grid: to_tokens, the attention, to_grid (views: the same
+            # arithmetic, 1 x 1 convs as linear maps of each position's channels)
+            grid_in = x
+            x = _Tensor(x.id, Tokens(x.shape[1] * x.shape[2], x.shape[0], tuple(x.shape[1:])))
         if found is None or not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or x.channels_last:
             return False
         params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj, *found.others)
@@ -616,11 +623,24 @@ class _Converter:
                                 lambda message: None)
         except LayerError:
             return False
-        if (1, *shape) != tuple(int(s) for s in self.values[found.last].shape):
+        assert isinstance(shape, Tokens)
+        want = (1, shape[1], *shape.grid) if grid_in is not None else (1, *shape)
+        if want != tuple(int(s) for s in self.values[found.last].shape):
             return False
+        name = parts[-1] if parts else "attention"
+        if grid_in is not None:
+            tokens = self._new(x.shape)
+            self.ops.append(Op(f"{name}_tokens", parts[:-1], False, "to_tokens", None, {}, (grid_in.id,), tokens.id,
+                               where))
+            x = tokens
         out = self._new(shape)
-        self.ops.append(Op(parts[-1] if parts else "attention", parts[:-1], bool(parts), "self_attention", None,
-                           args, (x.id,), out.id, where, None, trainable))
+        self.ops.append(Op(name, parts[:-1], bool(parts), "self_attention", None, args, (x.id,), out.id, where,
+                           None, trainable))
+        if grid_in is not None:
+            grid = self._new((shape[1], *shape.grid))
+            self.ops.append(Op(f"{name}_grid", parts[:-1], False, "to_grid", None, {"size": list(shape.grid)},
+                               (out.id,), grid.id, where))
+            out = grid
         self.composed.update(found.nodes)
         self.vals[found.last] = out
         return True
