@@ -612,7 +612,10 @@ class _Converter:
             return False
         calls = [str(n.target) for n in found.nodes if n.op == "call_module"]
         self.called.update(calls)
-        parts = tuple(found.qkv.split("."))[:-1]
+        parts = tuple(found.qkv.split("."))[:-1]  # the attention module: the projections' common parent
+        proj_parts = tuple(found.proj.split("."))
+        while parts and parts != proj_parts[:len(parts)]:
+            parts = parts[:-1]
         path = ".".join(parts)
         m = self.root.get_submodule(path) if path else self.root
         where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
