@@ -103,6 +103,21 @@ def test_counts_are_the_written_out_formula_and_flop_counter_s() -> None:
     assert sum(p.numel() for p in module.parameters()) == t.params
 
 
+def test_levit_downsampling_attention_counts() -> None:
+    """stride 2 on a 5 x 7 grid (Nq = 3 x 4 = 12 queries of N = 35 tokens), C = 8, h = 2, kd = 3, vd = 6 (K = 6,
+    V = 12), out 16, LinearNorm projections: the counts written out."""
+    text = ("name: a\ninput: [8, 5, 7]\nlayers:\n  - to_tokens\n"
+            "  - self_attention: {num_heads: 2, key_dim: 3, value_dim: 6, score_bias: true, bias: false, "
+            "norm: batchnorm, act: hardswish, stride: 2, out: 16}\n")
+    report = analyze(load_text(text))
+    n, nq, c, k, v, d, h = 35, 12, 8, 6, 12, 16, 2
+    assert report.rows[-1].output == (nq, d) and report.graph.tensors[report.graph.outputs[0][1]].shape.grid == (3, 4)
+    t = report.totals
+    assert t.macs == n * c * (k + v) + nq * c * k + nq * n * (k + v) + nq * v * d
+    assert t.params == c * (2 * k + v) + v * d + 2 * (2 * k + v + d) + h * n
+    assert t.buffers == 2 * (2 * k + v + d) + 3 + nq * n  # the norms' statistics and counters, the index
+
+
 def test_without_score_bias_only_the_dims_change() -> None:
     text = ("name: a\ninput: [6, 3, 3]\nlayers:\n  - to_tokens\n"
             "  - self_attention: {num_heads: 3, key_dim: 2, value_dim: 4, bias: false}\n")
@@ -116,6 +131,8 @@ def test_without_score_bias_only_the_dims_change() -> None:
     ("self_attention: {num_heads: 2, score_bias: true}",
      "score_bias or stride needs tokens laid out on a 2-D grid"),
     ("self_attention: {num_heads: 2, key_dim: 4, kernel: fused}", "use kernel: math"),
+    ("self_attention: {num_heads: 2, stride: 2}", "score_bias or stride needs tokens laid out on a 2-D grid"),
+    ("self_attention: {num_heads: 2, norm: batchnorm}", "without bias: add bias: false"),
 ])
 def test_what_it_refuses_is_a_located_error(layer: str, message: str) -> None:
     text = f"name: a\ninput: [8, 3, 4]\nlayers:\n  - to_tokens\n  - class_token\n  - {layer}\n"
