@@ -201,6 +201,7 @@ def _norm(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
 
 
 def _batchnorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    m = getattr(m, "bn", m)  # (on tokens: the BatchNorm1d inside archcalc's TokenBatchNorm)
     if x.dim() == 3 and x.shape[1] != m.num_features == x.shape[2]:  # B x N x C tokens: the channels last
         t = x.transpose(1, 2)
         run_grid = _batchnorm(t, a, m)
@@ -495,8 +496,8 @@ def _biased_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
     grid subsampled by the stride, with its own projection); each projection followed by the batch norm's formula
     (norm); per head softmax(Q K^T / sqrt(kd) + B) V with B[h, i, j] = table[h, |yi - yj| W + |xi - xj|] on the
     tokens' H x W grid; the heads joined (h vd), hardswish's formula (act), projected to the output's channels."""
-    invs = {id(bn): (bn.running_var + bn.eps).rsqrt() for bn in (getattr(m, "q_norm", None), m.in_norm, m.out_norm)
-            if a["norm"] == "batchnorm" and bn is not None}  # constants of the model
+    norms = [n for n in (getattr(m, "q_norm", None), m.in_norm, m.out_norm) if isinstance(n, torch.nn.BatchNorm1d)]
+    invs = {id(bn): (bn.running_var + bn.eps).rsqrt() for bn in norms}  # constants of the model
 
     def norm(t: torch.Tensor, bn: Any) -> torch.Tensor:
         if a["norm"] != "batchnorm":

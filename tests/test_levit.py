@@ -230,7 +230,7 @@ def test_batchnorm_on_tokens_normalizes_each_channel_over_batch_and_tokens() -> 
     x = torch.randn(3, 5, 4)
     built, plain = TokenBatchNorm(4).train(), nn.BatchNorm1d(4).train()
     torch.testing.assert_close(built(x), plain(x.transpose(1, 2)).transpose(1, 2))
-    torch.testing.assert_close(built.running_var, plain.running_var)
+    torch.testing.assert_close(built.bn.running_var, plain.running_var)
     text = "name: a\ninput: [8, 3, 4]\nlayers:\n  - to_tokens\n  - batchnorm\n"
     t = analyze(load_text(text)).totals
     assert (t.params, t.buffers) == (2 * 8, 2 * 8 + 1)

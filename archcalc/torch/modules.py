@@ -534,12 +534,18 @@ class TakeToken(nn.Module):
         return x[:, self.index]
 
 
-class TokenBatchNorm(nn.BatchNorm1d):
+class TokenBatchNorm(nn.Module):
     """Batch normalization of B x N x C tokens per channel, over the batch and the tokens: nn.BatchNorm1d(C) on
-    x.flatten(0, 1), reshaped back (LeViT's LinearNorm, timm/models/levit.py)."""
+    x.flatten(0, 1), reshaped back (LeViT's LinearNorm, timm/models/levit.py). (A wrapper, not a subclass: an
+    exported file then needs no private base class of torch's.)"""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 track_running_stats: bool = True) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(num_features, eps, momentum, affine, track_running_stats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.flatten(0, 1)).reshape_as(x)
+        return self.bn(x.flatten(0, 1)).reshape_as(x)
 
 
 class SelfAttention(nn.Module):
@@ -567,13 +573,15 @@ class SelfAttention(nn.Module):
         self.norm, self.act, self.stride, self.out = norm, act, stride, out or embed_dim
         keys, values = num_heads * self.key_dim, num_heads * self.value_dim
         batchnorm = norm == "batchnorm"
+        # (the norms: BatchNorm1d over the tokens flattened with the batch, `normed`: no class of archcalc's, so an
+        # exported file needs no other source)
         if stride > 1:
             self.q_proj = nn.Linear(embed_dim, keys, bias=bias and qkv_bias)
-            self.q_norm = TokenBatchNorm(keys) if batchnorm else nn.Identity()
+            self.q_norm = nn.BatchNorm1d(keys) if batchnorm else nn.Identity()
         self.in_proj = nn.Linear(embed_dim, (keys if stride == 1 else 0) + keys + values, bias=bias and qkv_bias)
-        self.in_norm = TokenBatchNorm(self.in_proj.out_features) if batchnorm else nn.Identity()
+        self.in_norm = nn.BatchNorm1d(self.in_proj.out_features) if batchnorm else nn.Identity()
         self.out_proj = nn.Linear(values, self.out, bias=bias)
-        self.out_norm = TokenBatchNorm(self.out) if batchnorm else nn.Identity()
+        self.out_norm = nn.BatchNorm1d(self.out) if batchnorm else nn.Identity()
         self.grid = tuple(grid) if grid is not None else None
         self.score_bias = score_bias
         if score_bias:  # a table per head and |offset| on the 2-D grid (LeViT), gathered for q's (strided) tokens
@@ -616,11 +624,11 @@ class SelfAttention(nn.Module):
             assert self.grid is not None
             s = self.stride
             sub = x.view(b, *self.grid, c)[:, ::s, ::s].reshape(b, -1, c)  # a copy: the strided grid
-            q = self.q_norm(self.q_proj(sub))
+            q = self.normed(self.q_norm, self.q_proj(sub))
             del sub
-            k, v = self.in_norm(self.in_proj(x)).split([h * kd, h * vd], dim=-1)
+            k, v = self.normed(self.in_norm, self.in_proj(x)).split([h * kd, h * vd], dim=-1)
         else:
-            q, k, v = self.in_norm(self.in_proj(x)).split([h * kd, h * kd, h * vd], dim=-1)
+            q, k, v = self.normed(self.in_norm, self.in_proj(x)).split([h * kd, h * kd, h * vd], dim=-1)
         nq = q.shape[1]
         q = q.reshape(b, nq, h, kd).transpose(1, 2)
         k, v = (t.reshape(b, n, h, -1).transpose(1, 2) for t in (k, v))
@@ -632,7 +640,12 @@ class SelfAttention(nn.Module):
         joined = (weights @ v.contiguous()).transpose(1, 2).reshape(b, nq, h * vd)
         if self.act != "none":
             joined = F.hardswish(joined) if self.act == "hardswish" else F.silu(joined)
-        return self.out_norm(self.out_proj(joined))
+        return self.normed(self.out_norm, self.out_proj(joined))
+
+    @staticmethod
+    def normed(norm: nn.Module, t: torch.Tensor) -> torch.Tensor:
+        """LeViT's LinearNorm's batch norm over B x N x C tokens (BatchNorm1d on t.flatten(0, 1), shaped back)."""
+        return t if isinstance(norm, nn.Identity) else norm(t.flatten(0, 1)).reshape_as(t)
 
 
 # ---- window attention and patch merging (archcalc.core.kinds.windows) -----------------------------------------------
