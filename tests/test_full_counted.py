@@ -201,6 +201,7 @@ def _norm(x: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
 
 
 def _batchnorm(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    m = getattr(m, "bn", m)  # (on tokens: the BatchNorm1d inside archcalc's TokenBatchNorm)
     if x.dim() == 3 and x.shape[1] != m.num_features == x.shape[2]:  # B x N x C tokens: the channels last
         t = x.transpose(1, 2)
         run_grid = _batchnorm(t, a, m)
@@ -499,7 +500,8 @@ def _reduced(x: torch.Tensor, a: dict[str, Any], m: Any, inv: Any) -> torch.Tens
 def _self_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
     """Vaswani et al.'s attention written out: q, k, v from one projection, per head softmax(Q K^T / sqrt(d)) V,
     the heads joined and projected; with a reduced key/value source, q and kv from projections of their own."""
-    if a["key_dim"] or a["value_dim"] or a["score_bias"]:
+    if a["key_dim"] or a["value_dim"] or a["score_bias"] or a["norm"] != "none" or a["act"] != "none" \
+            or a["stride"] > 1 or a["out_features"]:
         return _biased_attention(x, a, m)
     if a["sr_ratio"] > 1 or a["kv_pool"] or a["kv_avgpool"]:
         # the batch norm's 1 / sqrt(var + eps): a constant of the model, outside the count
@@ -531,25 +533,48 @@ def _self_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], 
 
 
 def _biased_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
-    """LeViT's and EfficientFormer's attention written out: q and k of kd channels per head, v of vd; per head
-    softmax(Q K^T / sqrt(kd) + B) V with B[h, i, j] = table[h, |yi - yj| W + |xi - xj|] on the tokens' H x W grid,
-    the heads joined (h vd) and projected back to C."""
+    """LeViT's and EfficientFormer's attention written out: q and k of kd channels per head, v of vd (q from the
+    grid subsampled by the stride, with its own projection); each projection followed by the batch norm's formula
+    (norm); per head softmax(Q K^T / sqrt(kd) + B) V with B[h, i, j] = table[h, |yi - yj| W + |xi - xj|] on the
+    tokens' H x W grid; the heads joined (h vd), hardswish's formula (act), projected to the output's channels."""
+    norms = [n for n in (getattr(m, "q_norm", None), m.in_norm, m.out_norm) if isinstance(n, torch.nn.BatchNorm1d)]
+    invs = {id(bn): (bn.running_var + bn.eps).rsqrt() for bn in norms}  # constants of the model
+
+    def norm(t: torch.Tensor, bn: Any) -> torch.Tensor:
+        if a["norm"] != "batchnorm":
+            return t
+        return (t - bn.running_mean) * invs[id(bn)] * bn.weight + bn.bias
+
     def run() -> torch.Tensor:
         b, n, c = x.shape
-        h = a["num_heads"]
+        h, s = a["num_heads"], a["stride"]
         kd, vd = a["key_dim"] or c // h, a["value_dim"] or c // h
-        qkv = F.linear(x, m.in_proj.weight, m.in_proj.bias)
-        q = qkv[..., :h * kd].reshape(b, n, h, kd).transpose(1, 2).reshape(b * h, n, kd)
-        k = qkv[..., h * kd:2 * h * kd].reshape(b, n, h, kd).transpose(1, 2).reshape(b * h, n, kd)
-        v = qkv[..., 2 * h * kd:].reshape(b, n, h, vd).transpose(1, 2).reshape(b * h, n, vd)
-        scores = torch.bmm(q * kd ** -0.5, k.transpose(1, 2)).reshape(b, h, n, n)
+        gh, gw = m.grid if m.grid is not None else (n, 1)
+        if s > 1:
+            sub = torch.stack([x[:, y * gw + z] for y in range(0, gh, s) for z in range(0, gw, s)], dim=1)
+            q = norm(F.linear(sub, m.q_proj.weight, m.q_proj.bias), m.q_norm)
+            kv = norm(F.linear(x, m.in_proj.weight, m.in_proj.bias), m.in_norm)
+            k, v = kv[..., :h * kd], kv[..., h * kd:]
+        else:
+            qkv = norm(F.linear(x, m.in_proj.weight, m.in_proj.bias), m.in_norm)
+            q, k, v = qkv[..., :h * kd], qkv[..., h * kd:2 * h * kd], qkv[..., 2 * h * kd:]
+        nq = q.shape[1]
+        q = q.reshape(b, nq, h, kd).transpose(1, 2).reshape(b * h, nq, kd)
+        k = k.reshape(b, n, h, kd).transpose(1, 2).reshape(b * h, n, kd)
+        v = v.reshape(b, n, h, vd).transpose(1, 2).reshape(b * h, n, vd)
+        scores = torch.bmm(q * kd ** -0.5, k.transpose(1, 2)).reshape(b, h, nq, n)
         if a["score_bias"]:
-            gh, gw = m.bias_grid
-            pos = [(i // gw, i % gw) for i in range(n)]
-            index = torch.tensor([[abs(p[0] - r[0]) * gw + abs(p[1] - r[1]) for r in pos] for p in pos])
-            scores = scores + m.attention_biases.index_select(1, index.flatten()).reshape(1, h, n, n)
-        heads = torch.bmm(_softmax(scores, -1).reshape(b * h, n, n), v).reshape(b, h, n, vd)
-        return F.linear(heads.transpose(1, 2).reshape(b, n, h * vd), m.out_proj.weight, m.out_proj.bias)
+            qpos = [(y, z) for y in range(0, gh, s) for z in range(0, gw, s)]
+            kpos = [(i // gw, i % gw) for i in range(n)]
+            index = torch.tensor([[abs(p[0] - r[0]) * gw + abs(p[1] - r[1]) for r in kpos] for p in qpos])
+            scores = scores + m.attention_biases.index_select(1, index.flatten()).reshape(1, h, nq, n)
+        heads = torch.bmm(_softmax(scores, -1).reshape(b * h, nq, n), v).reshape(b, h, nq, vd)
+        joined = heads.transpose(1, 2).reshape(b, nq, h * vd)
+        if a["act"] == "hardswish":  # x * min(max(x + 3, 0), 6) / 6
+            joined = joined * torch.clamp(joined + 3, 0.0, 6.0) / 6
+        elif a["act"] == "silu":  # x * sigmoid(x) = x / (1 + e^-x)
+            joined = joined * (1 + torch.exp(-joined)).reciprocal()
+        return norm(F.linear(joined, m.out_proj.weight, m.out_proj.bias), m.out_norm)
     return run
 
 

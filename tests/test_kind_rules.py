@@ -118,6 +118,26 @@ def test_receptive_field_is_the_measured_dependence(name: str, index: int) -> No
 # ---- full FLOPs ----------------------------------------------------------------------------------------------
 
 
+def _levit(a: Mapping[str, Any]) -> bool:
+    return bool(a["key_dim"] or a["value_dim"] or a["score_bias"] or a["norm"] != "none" or a["act"] != "none"
+                or a["stride"] > 1 or a["out_features"])
+
+
+def _levit_full(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...], m: int) -> int:
+    """LeViT's / EfficientFormer's attention: 2 per MAC; the projections' biases (q per query token, k and v per
+    token, the output per query token); q's scale; 3 per weight for the softmax and 1 for the score bias; with
+    norm 4 per element of each projection's output (batch norm with affine); with act 5 per joined element."""
+    n, c = i
+    nq, d = o
+    h = a["num_heads"]
+    k, v = h * (a["key_dim"] or c // h), h * (a["value_dim"] or c // h)
+    biases = ((nq * k + n * (k + v) + nq * d) if a["qkv_bias"] else nq * d) if a["bias"] else 0
+    weights = h * nq * n
+    norm = 4 * (nq * k + n * (k + v) + nq * d) if a["norm"] == "batchnorm" else 0
+    act = {"none": 0, "hardswish": 5, "silu": 4}[a["act"]] * nq * v  # (x * min(max(x + 3, 0), 6) / 6; x / (1 + e^-x))
+    return 2 * m + biases + nq * k + (4 if a["score_bias"] else 3) * weights + norm + act
+
+
 def _windows(w: int, o: int) -> list[int]:
     """PyTorch's adaptive pooling windows along one axis: [floor(i W / O), ceil((i + 1) W / O))."""
     return [math.ceil((i + 1) * w / o) - math.floor(i * w / o) for i in range(o)]
@@ -223,14 +243,9 @@ FULL: dict[str, Rule] = {
     # 2 per MAC, the biases of qkv (3C) and the projection (C) per token, q's scale, softmax's 3 per weight
     "self_attention": lambda a, i, o, m: _reduced_attention(a, i, m)
     if a["sr_ratio"] > 1 or a["kv_pool"] or a["kv_avgpool"] else
-    2 * m + ((3 * n(i) if a["qkv_bias"] else 0) + n(o) if a["bias"] else 0) + n(i)
-    + 3 * a["num_heads"] * i[0] ** 2 if not (a["key_dim"] or a["value_dim"] or a["score_bias"])
-    # (bias elements: 3C + C per token, or the output projection's C alone). With key_dim kd and value_dim vd:
-    # the qkv bias is h (2 kd + vd) per token, q's scale h kd per token, the score bias 1 per weight.
-    else 2 * m + ((a["num_heads"] * (2 * (a["key_dim"] or i[1] // a["num_heads"]) + (a["value_dim"] or i[1] // a[
-        "num_heads"])) if a["qkv_bias"] else 0) + i[1] if a["bias"] else 0) * i[0]
-    + i[0] * a["num_heads"] * (a["key_dim"] or i[1] // a["num_heads"])
-    + (4 if a["score_bias"] else 3) * a["num_heads"] * i[0] ** 2,
+    2 * m + ((4 if a["qkv_bias"] else 1) * n(i) if a["bias"] else 0) + n(i)
+    + 3 * a["num_heads"] * i[0] ** 2 if not _levit(a) else _levit_full(a, i, o, m),
+    # (bias elements: 3C + C per token, or the output projection's C alone)
     "bias": lambda a, i, o, m: n(o),
     "channel_layernorm": lambda a, i, o, m: _normalize(n(i), n(i[1:]), a["elementwise_affine"], a["bias"]),
     "layernorm": lambda a, i, o, m: _normalize(n(i), _layernorm_groups(a, i), a["elementwise_affine"],

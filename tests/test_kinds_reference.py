@@ -340,11 +340,15 @@ class Attention(nn.Module):
     every product a matmul: softmax(Q K^T / sqrt(d)) V per head."""
 
     def __init__(self, c: int, heads: int, bias: bool, qkv_bias: bool = True, key_dim: int = 0, value_dim: int = 0,
-                 grid: tuple[int, ...] | None = None, out: int = 0, reduce: tuple[str, int] = ("", 0),
-                 tokens_grid: tuple[int, ...] = (), kv_norm: bool = True) -> None:
+                 grid: tuple[int, ...] | None = None, score_bias: bool = False, norm: str = "none", act: str = "none",
+                 stride: int = 1, out: int = 0, reduce: tuple[str, int] = ("", 0), tokens_grid: tuple[int, ...] = (),
+                 kv_norm: bool = True) -> None:
         super().__init__()
-        self.heads, self.reduce, self.tokens_grid = heads, reduce, tokens_grid
+        self.heads, self.grid, self.stride = heads, grid, stride
+        self.reduce, self.tokens_grid = reduce, tokens_grid
         self.kd, self.vd = key_dim or c // heads, value_dim or c // heads  # (LeViT: q, k of key_dim; v attn_ratio x)
+        keys, values, out = heads * self.kd, heads * self.vd, out or c
+        projections = []  # (LeViT, Graham et al. 2021, section 4: q from the grid subsampled by the stride)
         if reduce[0]:  # keys and values from a reduced sequence (PVT, Twins, Next-ViT): q and kv projections
             self.q = nn.Linear(c, c, bias=bias and qkv_bias)
             self.kv = nn.Linear(c, 2 * c, bias=bias and qkv_bias)
@@ -353,15 +357,28 @@ class Attention(nn.Module):
                 self.sr = nn.Conv2d(c, c, r, stride=r)
             self.norm: nn.Module | None = nn.LayerNorm(c) if reduce[0] != "avg" else (
                 nn.BatchNorm1d(c) if kv_norm else None)
-        else:  # (qkv_bias false: the output's bias only)
-            self.in_proj = nn.Linear(c, heads * (2 * self.kd + self.vd), bias=bias and qkv_bias)
-        self.out_proj = nn.Linear(heads * self.vd, out or c, bias=bias)  # (out: CLIP's pool)
-        self.grid = grid
-        if grid is not None:  # LeViT (Graham et al. 2021, section 4.2): a bias per head and |offset| on the grid
+        else:
+            if stride > 1:
+                self.q = nn.Linear(c, keys, bias=bias and qkv_bias)
+                self.q_bn = nn.BatchNorm1d(keys) if norm == "batchnorm" else None
+                projections.append(keys)
+            self.in_proj = nn.Linear(c, keys * (1 if stride > 1 else 2) + values, bias=bias and qkv_bias)
+            self.in_bn = nn.BatchNorm1d(self.in_proj.out_features) if norm == "batchnorm" else None
+        self.act = {"hardswish": nn.Hardswish(), "silu": nn.SiLU()}.get(act, nn.Identity())
+        self.out_proj = nn.Linear(values, out, bias=bias)  # (qkv_bias false: the output's bias only)
+        self.out_bn = nn.BatchNorm1d(out) if norm == "batchnorm" else None
+        if score_bias:  # LeViT (section 4.2): a bias per head and |offset| on the grid, queries at (s y, s x)
+            assert grid is not None
             self.table = nn.Parameter(torch.randn(heads, grid[0] * grid[1]))
-            ys = torch.arange(grid[0]).repeat_interleave(grid[1])
-            xs = torch.arange(grid[1]).repeat(grid[0])
-            self.register_buffer("index", (ys[:, None] - ys).abs() * grid[1] + (xs[:, None] - xs).abs())
+            ys, xs = torch.arange(grid[0]).repeat_interleave(grid[1]), torch.arange(grid[1]).repeat(grid[0])
+            on = ((ys % stride == 0) & (xs % stride == 0)).nonzero().flatten()
+            self.register_buffer("index", (ys[on, None] - ys).abs() * grid[1] + (xs[on, None] - xs).abs())
+        else:
+            self.table = None
+
+    @staticmethod
+    def _bn(bn: nn.Module | None, t: torch.Tensor) -> torch.Tensor:
+        return t if bn is None else bn(t.transpose(1, 2)).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
@@ -380,12 +397,22 @@ class Attention(nn.Module):
             weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(c // self.heads), dim=-1)
             return self.out_proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, n, c))
         h, kd, vd = self.heads, self.kd, self.vd
-        q, k, v = self.in_proj(x).split([h * kd, h * kd, h * vd], dim=-1)
-        q, k, v = (t.reshape(b, n, h, -1).transpose(1, 2) for t in (q, k, v))
+        if self.stride > 1:
+            assert self.grid is not None
+            grid = x.reshape(b, self.grid[0], self.grid[1], c)
+            q = self._bn(self.q_bn, self.q(grid[:, ::self.stride, ::self.stride].reshape(b, -1, c)))
+            k, v = self._bn(self.in_bn, self.in_proj(x)).split([h * kd, h * vd], dim=-1)
+        else:
+            q, k, v = self._bn(self.in_bn, self.in_proj(x)).split([h * kd, h * kd, h * vd], dim=-1)
+        nq = q.shape[1]
+        q = q.reshape(b, nq, h, kd).transpose(1, 2)
+        k, v = (t.reshape(b, n, h, -1).transpose(1, 2) for t in (k, v))
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(kd)
-        if self.grid is not None:
-            scores = scores + torch.gather(self.table, 1, self.index.flatten()[None].expand(h, -1)).view(h, n, n)
-        return self.out_proj(torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, n, h * vd))
+        if self.table is not None:
+            rows = self.index.flatten()[None].expand(h, -1)
+            scores = scores + torch.gather(self.table, 1, rows).view(h, nq, n)
+        joined = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2).reshape(b, nq, h * vd)
+        return self._bn(self.out_bn, self.out_proj(self.act(joined)))
 
 
 class CrossCovariance(nn.Module):
@@ -823,8 +850,8 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "take_token": lambda a, s: Lambda(lambda x: x[:, a["index"]] if a["stop"] is None else x.narrow(
         1, a["index"], a["stop"] - a["index"])),
     "self_attention": lambda a, s: Attention(s[1], a["num_heads"], a["bias"], a["qkv_bias"], a["key_dim"],
-                                             a["value_dim"], s.grid if a["score_bias"] else None,
-                                             a["out_features"], (
+                                             a["value_dim"], s.grid, a["score_bias"], a["norm"], a["act"],
+                                             a["stride"], a["out_features"], (
         ("sr", a["sr_ratio"]) if a["sr_ratio"] > 1 else ("pool", a["kv_pool"]) if a["kv_pool"] else
         ("avg", a["kv_avgpool"]) if a["kv_avgpool"] else ("", 0)), s.grid, a["kv_norm"]),
     "pooled_attention": PooledAttention,

@@ -103,6 +103,21 @@ def test_counts_are_the_written_out_formula_and_flop_counter_s() -> None:
     assert sum(p.numel() for p in module.parameters()) == t.params
 
 
+def test_levit_downsampling_attention_counts() -> None:
+    """stride 2 on a 5 x 7 grid (Nq = 3 x 4 = 12 queries of N = 35 tokens), C = 8, h = 2, kd = 3, vd = 6 (K = 6,
+    V = 12), out 16, LinearNorm projections: the counts written out."""
+    text = ("name: a\ninput: [8, 5, 7]\nlayers:\n  - to_tokens\n"
+            "  - self_attention: {num_heads: 2, key_dim: 3, value_dim: 6, score_bias: true, bias: false, "
+            "norm: batchnorm, act: hardswish, stride: 2, out: 16}\n")
+    report = analyze(load_text(text))
+    n, nq, c, k, v, d, h = 35, 12, 8, 6, 12, 16, 2
+    assert report.rows[-1].output == (nq, d) and report.graph.tensors[report.graph.outputs[0][1]].shape.grid == (3, 4)
+    t = report.totals
+    assert t.macs == n * c * (k + v) + nq * c * k + nq * n * (k + v) + nq * v * d
+    assert t.params == c * (2 * k + v) + v * d + 2 * (2 * k + v + d) + h * n
+    assert t.buffers == 2 * (2 * k + v + d) + 3 + nq * n  # the norms' statistics and counters, the index
+
+
 def test_without_score_bias_only_the_dims_change() -> None:
     text = ("name: a\ninput: [6, 3, 3]\nlayers:\n  - to_tokens\n"
             "  - self_attention: {num_heads: 3, key_dim: 2, value_dim: 4, bias: false}\n")
@@ -114,8 +129,10 @@ def test_without_score_bias_only_the_dims_change() -> None:
 
 @pytest.mark.parametrize(("layer", "message"), [
     ("self_attention: {num_heads: 2, score_bias: true}",
-     "score_bias needs tokens laid out on a 2-D grid"),
+     "score_bias or stride needs tokens laid out on a 2-D grid"),
     ("self_attention: {num_heads: 2, key_dim: 4, kernel: fused}", "use kernel: math"),
+    ("self_attention: {num_heads: 2, stride: 2}", "score_bias or stride needs tokens laid out on a 2-D grid"),
+    ("self_attention: {num_heads: 2, norm: batchnorm}", "without bias: add bias: false"),
 ])
 def test_what_it_refuses_is_a_located_error(layer: str, message: str) -> None:
     text = f"name: a\ninput: [8, 3, 4]\nlayers:\n  - to_tokens\n  - class_token\n  - {layer}\n"
@@ -213,7 +230,7 @@ def test_batchnorm_on_tokens_normalizes_each_channel_over_batch_and_tokens() -> 
     x = torch.randn(3, 5, 4)
     built, plain = TokenBatchNorm(4).train(), nn.BatchNorm1d(4).train()
     torch.testing.assert_close(built(x), plain(x.transpose(1, 2)).transpose(1, 2))
-    torch.testing.assert_close(built.running_var, plain.running_var)
+    torch.testing.assert_close(built.bn.running_var, plain.running_var)
     text = "name: a\ninput: [8, 3, 4]\nlayers:\n  - to_tokens\n  - batchnorm\n"
     t = analyze(load_text(text)).totals
     assert (t.params, t.buffers) == (2 * 8, 2 * 8 + 1)
@@ -222,3 +239,115 @@ def test_batchnorm_on_tokens_normalizes_each_channel_over_batch_and_tokens() -> 
 def test_a_flatten_of_tokens_not_shaped_back_is_refused() -> None:
     with pytest.raises(ArchcalcError, match=r"cannot import .* at ln1"):
         from_module(LevitMlp("other"), (3, 12, 16))
+
+
+# ---- LeViT's attention (token and conv forms) ---------------------------------------------------------------------
+
+
+def _index(grid: tuple[int, int], stride: int) -> torch.Tensor:
+    """|dy| W + |dx| from each query at (s y, s x) to each token of the H x W grid (LeViT's attention_bias_idxs)."""
+    h, w = grid
+    keys = [(i // w, i % w) for i in range(h * w)]
+    queries = [(y, x) for y in range(0, h, stride) for x in range(0, w, stride)]
+    return torch.tensor([[abs(q[0] - k[0]) * w + abs(q[1] - k[1]) for k in keys] for q in queries])
+
+
+class ConvNorm(nn.Sequential):
+    def __init__(self, c: int, out: int) -> None:
+        super().__init__(nn.Conv2d(c, out, 1, bias=False), nn.BatchNorm2d(out))
+
+
+class LevitAttention(nn.Module):
+    """LeViT's Attention and AttentionSubsample (timm 1.0.31, levit.py), written out: LinearNorm (token form) or
+    ConvNorm (conv form) projections, q/k/v laid out per head, (q @ k^T) * kd^-0.5 + table[:, index], softmax,
+    @ v, the activation and the output projection; with a stride the queries from the grid subsampled (the token
+    form slices the grid view, the conv form an AvgPool2d(1, stride))."""
+
+    def __init__(self, c: int, out: int, kd: int, heads: int, vd: int, grid: tuple[int, int], stride: int = 1,
+                 conv: bool = False, act: type[nn.Module] = nn.Hardswish) -> None:
+        super().__init__()
+        self.kd, self.heads, self.vd, self.grid, self.stride, self.conv = kd, heads, vd, grid, stride, conv
+        proj = (lambda i, o: ConvNorm(i, o)) if conv else (lambda i, o: LinearNorm(i, o))
+        if stride > 1:
+            self.kv = proj(c, heads * (kd + vd))
+            self.q = proj(c, heads * kd)
+            self.pool = nn.AvgPool2d(1, stride) if conv else None
+        else:
+            self.qkv = proj(c, heads * (2 * kd + vd))
+        self.act = act()
+        self.proj = proj(heads * vd, out)
+        self.attention_biases = nn.Parameter(torch.randn(heads, grid[0] * grid[1]))
+        self.register_buffer("attention_bias_idxs", _index(grid, stride))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, kd, vd, s = self.heads, self.kd, self.vd, self.stride
+        bias = self.attention_biases[:, self.attention_bias_idxs]
+        if self.conv:
+            b, c, gh, gw = x.shape
+            if s > 1:
+                k, v = self.kv(x).view(b, h, -1, gh * gw).split([kd, vd], dim=2)
+                q = self.q(self.pool(x)).view(b, h, kd, -1)  # type: ignore[misc]
+            else:
+                q, k, v = self.qkv(x).view(b, h, -1, gh * gw).split([kd, kd, vd], dim=2)
+            attn = ((q.transpose(-2, -1) @ k) * kd ** -0.5 + bias).softmax(dim=-1)
+            return self.proj(self.act((v @ attn.transpose(-2, -1)).view(b, -1, -(-gh // s), -(-gw // s))))
+        b, n, c = x.shape
+        if s > 1:
+            k, v = self.kv(x).view(b, n, h, -1).split([kd, vd], dim=3)
+            sub = x.view(b, *self.grid, c)[:, ::s, ::s].reshape(b, -1, c)
+            q = self.q(sub).view(b, -1, h, kd).permute(0, 2, 1, 3)
+        else:
+            q, k, v = self.qkv(x).view(b, n, h, -1).split([kd, kd, vd], dim=3)
+            q = q.permute(0, 2, 1, 3)
+        attn = (q @ k.permute(0, 2, 3, 1) * kd ** -0.5 + bias).softmax(dim=-1)
+        return self.proj(self.act((attn @ v.permute(0, 2, 1, 3)).transpose(1, 2).reshape(b, -1, h * vd)))
+
+
+class Levit(nn.Module):
+    """A patch embedding, LeViT's attention block, its downsampling attention (16 -> 24 channels, a 3 x 4 grid
+    from 6 x 7), an MLP of LinearNorms (token form) or ConvNorms, the mean's head."""
+
+    def __init__(self, conv: bool = False, act: type[nn.Module] = nn.Hardswish, stride: int = 2) -> None:
+        super().__init__()
+        self.conv = conv
+        self.patch = nn.Conv2d(3, 16, 4, stride=4)
+        self.attn = LevitAttention(16, 16, 4, 2, 8, (6, 7), conv=conv, act=act)
+        self.down = LevitAttention(16, 24, 4, 4, 16, (6, 7), stride=stride, conv=conv, act=act)
+        proj = ConvNorm if conv else LinearNorm
+        self.fc1, self.fc2 = proj(24, 48), proj(48, 24)
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x)
+        if not self.conv:
+            x = x.flatten(2).transpose(1, 2)
+        x = x + self.attn(x)
+        x = self.down(x)
+        x = x + self.fc2(nn.functional.hardswish(self.fc1(x)))
+        return self.head(x.mean(dim=(2, 3)) if self.conv else x.mean(dim=1))
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_levit_attention_imports_exact(conv: bool) -> None:
+    """The token form (levit_*) and the conv form (levit_conv_*: to_tokens, self_attention, to_grid around each
+    attention) of both attentions: norm, act, stride and out read, the counts the module's (FlopCounterMode's FLOPs,
+    params, buffers: the table, the index and the batch norms' statistics)."""
+    text, report = check(Levit(conv), (3, 24, 28))
+    block = "self_attention: {num_heads: 2, bias: false, key_dim: 4, value_dim: 8, score_bias: true, norm: batchnorm"
+    assert f"{block}, act: hardswish, name: attn}}" in text, text
+    down = ("self_attention: {num_heads: 4, bias: false, key_dim: 4, value_dim: 16, score_bias: true, "
+            "norm: batchnorm, act: hardswish, stride: 2, out: 24, name: down}")
+    assert down in text, text
+    assert ("to_grid: {size: [3, 4], name: down_grid}" in text) == conv, text
+    assert "matmul" not in text and "softmax" not in text
+    # the batch norms (2C + 1 each) of attn's qkv (2 x (4 + 4 + 8)) and proj (16), down's q (4 x 4), kv
+    # (4 x (4 + 16)) and proj (24), fc1 (48), fc2 (24); the indexes 42 x 42 and 12 x 42
+    bn = [2 * ch + 1 for ch in (32, 16, 16, 80, 24, 48, 24)]
+    assert report.totals.buffers == sum(bn) + 42 * 42 + 12 * 42
+
+
+def test_levit_with_silu_imports_and_another_activation_does_not() -> None:
+    text, _ = check(Levit(act=nn.SiLU), (3, 24, 28))
+    assert text.count("act: silu") == 2, text
+    with pytest.raises(ArchcalcError, match=r"cannot import .* at attn"):
+        from_module(Levit(act=nn.GELU), (3, 24, 28))

@@ -558,12 +558,18 @@ class TakeToken(nn.Module):
         return x[:, self.index] if self.stop is None else x[:, self.index:self.stop]
 
 
-class TokenBatchNorm(nn.BatchNorm1d):
+class TokenBatchNorm(nn.Module):
     """Batch normalization of B x N x C tokens per channel, over the batch and the tokens: nn.BatchNorm1d(C) on
-    x.flatten(0, 1), reshaped back (LeViT's LinearNorm, timm/models/levit.py)."""
+    x.flatten(0, 1), reshaped back (LeViT's LinearNorm, timm/models/levit.py). (A wrapper, not a subclass: an
+    exported file then needs no private base class of torch's.)"""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 track_running_stats: bool = True) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(num_features, eps, momentum, affine, track_running_stats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.flatten(0, 1)).reshape_as(x)
+        return self.bn(x.flatten(0, 1)).reshape_as(x)
 
 
 class SelfAttention(nn.Module):
@@ -575,19 +581,25 @@ class SelfAttention(nn.Module):
     docs/conventions.md)."""
 
     def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, kernel: str = "math",
-                 qkv_bias: bool = True, key_dim: int = 0, value_dim: int = 0,
-                 bias_grid: Sequence[int] | None = None, sr_ratio: int = 1, kv_pool: int = 0,
-                 grid: Sequence[int] = (), kv_avgpool: int = 0, kv_norm: bool = True,
-                 out_features: int = 0) -> None:
+                 qkv_bias: bool = True, key_dim: int = 0, value_dim: int = 0, grid: Sequence[int] | None = None,
+                 score_bias: bool = False, norm: str = "none", act: str = "none", stride: int = 1,
+                 out_features: int = 0, sr_ratio: int = 1, kv_pool: int = 0, kv_avgpool: int = 0,
+                 kv_norm: bool = True) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
         self.kernel = kernel
-        # q and k of key_dim channels per head, v of value_dim (LeViT, EfficientFormer); C / heads by default
+        # LeViT's and EfficientFormer's arguments (archcalc.core.kinds.tokens.SelfAttention): q and k of key_dim
+        # channels per head, v of value_dim (C / heads by default); each projection a linear layer and a batch norm
+        # over the tokens (norm); an activation before the output projection (act); queries from the `grid`
+        # subsampled by `stride`, with their own projection; `out_features` output channels (CLIP's pool too).
         self.key_dim = key_dim or embed_dim // num_heads
         self.value_dim = value_dim or embed_dim // num_heads
+        self.norm_kind, self.act, self.stride, self.out = norm, act, stride, out_features or embed_dim
         keys, values = num_heads * self.key_dim, num_heads * self.value_dim
-        self.sr_ratio, self.kv_pool, self.grid = sr_ratio, kv_pool, tuple(grid)
+        batchnorm = norm == "batchnorm"
+        self.grid = tuple(grid) if grid is not None else None
+        self.sr_ratio, self.kv_pool = sr_ratio, kv_pool
         self.kv_avgpool, self.kv_norm = kv_avgpool, kv_norm
         self.norm: nn.Module | None = None
         if sr_ratio > 1 or kv_pool or kv_avgpool:
@@ -603,49 +615,35 @@ class SelfAttention(nn.Module):
                 self.sr = nn.Conv2d(embed_dim, embed_dim, 1 if kv_pool else sr_ratio, 1 if kv_pool else sr_ratio)
                 self.norm = nn.LayerNorm(embed_dim)
         else:
-            self.in_proj = nn.Linear(embed_dim, 2 * keys + values, bias=bias and qkv_bias)
-        self.out_proj = nn.Linear(values, out_features or embed_dim, bias=bias)
-        self.bias_grid = tuple(bias_grid) if bias_grid is not None else None
-        if self.bias_grid is not None:  # the score bias: a table per head and |offset| on the 2-D grid (LeViT)
-            gh, gw = self.bias_grid
+            # (the norms: BatchNorm1d over the tokens flattened with the batch, `normed`: no class of archcalc's, so
+            # an exported file needs no other source)
+            if stride > 1:
+                self.q_proj = nn.Linear(embed_dim, keys, bias=bias and qkv_bias)
+                self.q_norm = nn.BatchNorm1d(keys) if batchnorm else nn.Identity()
+            self.in_proj = nn.Linear(embed_dim, (keys if stride == 1 else 0) + keys + values, bias=bias and qkv_bias)
+            self.in_norm = nn.BatchNorm1d(self.in_proj.out_features) if batchnorm else nn.Identity()
+        self.out_proj = nn.Linear(values, self.out, bias=bias)
+        self.out_norm = nn.BatchNorm1d(self.out) if batchnorm else nn.Identity()
+        self.score_bias = score_bias
+        if score_bias:  # a table per head and |offset| on the 2-D grid (LeViT), gathered for q's (strided) tokens
+            assert self.grid is not None
+            gh, gw = self.grid
             ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
             ys, xs = ys.flatten(), xs.flatten()
-            index = (ys[:, None] - ys[None, :]).abs() * gw + (xs[:, None] - xs[None, :]).abs()
+            qy, qx = torch.meshgrid(torch.arange(0, gh, stride), torch.arange(0, gw, stride), indexing="ij")
+            qy, qx = qy.flatten(), qx.flatten()
+            index = (qy[:, None] - ys[None, :]).abs() * gw + (qx[:, None] - xs[None, :]).abs()
             self.attention_biases = nn.Parameter(torch.empty(num_heads, gh * gw).normal_(std=0.02))
             self.register_buffer("attention_bias_idxs", index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         h = self.num_heads
-        if self.bias_grid is not None or (self.key_dim, self.value_dim) != (c // h, c // h):
-            return self.biased(x)
         if self.sr_ratio > 1 or self.kv_pool or self.kv_avgpool:
-            q = self.q(x).reshape(b, n, h, c // h).permute(0, 2, 1, 3)
-            if self.kv_avgpool:
-                pooled = F.avg_pool1d(x.transpose(1, 2), self.kv_avgpool)
-                if self.norm is not None:
-                    pooled = self.norm(pooled)
-                # (a copy laid out as tokens, also where the pool's output, laid out channels last as its input
-                # was, would not need one: what is alive is then the same with or without the norm)
-                kv = pooled.transpose(1, 2).clone(memory_format=torch.contiguous_format)
-            else:
-                grid = x.transpose(1, 2).reshape(b, c, *self.grid)
-                if self.kv_pool:
-                    grid = F.adaptive_avg_pool2d(grid, self.kv_pool)
-                else:  # a copy of its own, which the conv keeps for its weight (not the input's storage)
-                    grid = grid.clone(memory_format=torch.contiguous_format)
-                assert self.norm is not None
-                reduced = self.sr(grid)
-                if not self.kv_pool:
-                    del grid
-                kv = self.norm(reduced.flatten(2).transpose(1, 2))
-                del reduced
-                if self.kv_pool:
-                    kv = F.gelu(kv)
-            m = kv.shape[1]
-            k, v = self.kv(kv).reshape(b, m, 2, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
-            weights = ((q * (c // h) ** -0.5) @ k.contiguous().transpose(-2, -1)).softmax(dim=-1)
-            return self.out_proj((weights @ v.contiguous()).transpose(1, 2).reshape(b, n, c))
+            return self.reduced(x)
+        if self.score_bias or self.norm_kind != "none" or self.act != "none" or self.stride > 1 or self.out != c or (
+                self.key_dim, self.value_dim) != (c // h, c // h):
+            return self.biased(x)
         q, k, v = self.in_proj(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
         if self.kernel == "fused":  # torch's fused kernel: on the CPU _scaled_dot_product_flash_attention_for_cpu
             from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -658,20 +656,71 @@ class SelfAttention(nn.Module):
         weights = ((q * (c // h) ** -0.5) @ k.contiguous().transpose(-2, -1)).softmax(dim=-1)
         return self.out_proj((weights @ v.contiguous()).transpose(1, 2).reshape(b, n, c))
 
+    def reduced(self, x: torch.Tensor) -> torch.Tensor:
+        """Keys and values from a reduced sequence (sr_ratio, kv_pool, kv_avgpool)."""
+        b, n, c = x.shape
+        h = self.num_heads
+        q = self.q(x).reshape(b, n, h, c // h).permute(0, 2, 1, 3)
+        if self.kv_avgpool:
+            pooled = F.avg_pool1d(x.transpose(1, 2), self.kv_avgpool)
+            if self.norm is not None:
+                pooled = self.norm(pooled)
+            # (a copy laid out as tokens, also where the pool's output, laid out channels last as its input
+            # was, would not need one: what is alive is then the same with or without the norm)
+            kv = pooled.transpose(1, 2).clone(memory_format=torch.contiguous_format)
+        else:
+            assert self.grid is not None
+            grid = x.transpose(1, 2).reshape(b, c, *self.grid)
+            if self.kv_pool:
+                grid = F.adaptive_avg_pool2d(grid, self.kv_pool)
+            else:  # a copy of its own, which the conv keeps for its weight (not the input's storage)
+                grid = grid.clone(memory_format=torch.contiguous_format)
+            assert self.norm is not None
+            reduced = self.sr(grid)
+            if not self.kv_pool:
+                del grid
+            kv = self.norm(reduced.flatten(2).transpose(1, 2))
+            del reduced
+            if self.kv_pool:
+                kv = F.gelu(kv)
+        m = kv.shape[1]
+        k, v = self.kv(kv).reshape(b, m, 2, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
+        weights = ((q * (c // h) ** -0.5) @ k.contiguous().transpose(-2, -1)).softmax(dim=-1)
+        return self.out_proj((weights @ v.contiguous()).transpose(1, 2).reshape(b, n, c))
+
     def biased(self, x: torch.Tensor) -> torch.Tensor:
-        """The math path with key_dim / value_dim and the score bias: the bias gathered first (from the table
-        alone, whatever the batch) and added to the scores in place."""
-        b, n, _ = x.shape
+        """The math path with LeViT's and EfficientFormer's arguments: the bias gathered first (from the table
+        alone, whatever the batch) and added to the scores in place; each temporary freed as soon as it is read."""
+        b, n, c = x.shape
         h, kd, vd = self.num_heads, self.key_dim, self.value_dim
-        bias = self.attention_biases[:, self.attention_bias_idxs] if self.bias_grid is not None else None
-        q, k, v = self.in_proj(x).split([h * kd, h * kd, h * vd], dim=-1)
-        q, k, v = (t.reshape(b, n, h, -1).transpose(1, 2) for t in (q, k, v))
+        index: torch.Tensor = self.attention_bias_idxs if self.score_bias else None  # type: ignore[assignment]
+        bias = self.attention_biases[:, index] if self.score_bias else None
+        if self.stride > 1:
+            assert self.grid is not None
+            s = self.stride
+            sub = x.view(b, *self.grid, c)[:, ::s, ::s].reshape(b, -1, c)  # a copy: the strided grid
+            q = self.normed(self.q_norm, self.q_proj(sub))
+            del sub
+            k, v = self.normed(self.in_norm, self.in_proj(x)).split([h * kd, h * vd], dim=-1)
+        else:
+            q, k, v = self.normed(self.in_norm, self.in_proj(x)).split([h * kd, h * kd, h * vd], dim=-1)
+        nq = q.shape[1]
+        q = q.reshape(b, nq, h, kd).transpose(1, 2)
+        k, v = (t.reshape(b, n, h, -1).transpose(1, 2) for t in (k, v))
         scores = (q * kd ** -0.5) @ k.contiguous().transpose(-2, -1)
         if bias is not None:
             scores += bias
         weights = scores.softmax(dim=-1)
         del scores  # (freed as in the plain path's one expression)
-        return self.out_proj((weights @ v.contiguous()).transpose(1, 2).reshape(b, n, h * vd))
+        joined = (weights @ v.contiguous()).transpose(1, 2).reshape(b, nq, h * vd)
+        if self.act != "none":
+            joined = F.hardswish(joined) if self.act == "hardswish" else F.silu(joined)
+        return self.normed(self.out_norm, self.out_proj(joined))
+
+    @staticmethod
+    def normed(norm: nn.Module, t: torch.Tensor) -> torch.Tensor:
+        """LeViT's LinearNorm's batch norm over B x N x C tokens (BatchNorm1d on t.flatten(0, 1), shaped back)."""
+        return t if isinstance(norm, nn.Identity) else norm(t.flatten(0, 1)).reshape_as(t)
 
 
 # ---- window attention and patch merging (archcalc.core.kinds.windows) -----------------------------------------------

@@ -308,16 +308,15 @@ def _take_token(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 @recipe("self_attention")
 def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     extra: dict[str, Any] = {"kernel": "fused"} if a["kernel"] == "fused" else {}
-    if a["key_dim"] or a["value_dim"]:
-        extra.update(key_dim=a["key_dim"], value_dim=a["value_dim"])
-    if a["score_bias"]:
-        extra["bias_grid"] = tuple(inp.grid)  # type: ignore[attr-defined]
+    if not kind.plain(a):  # type: ignore[attr-defined]
+        extra.update(key_dim=a["key_dim"], value_dim=a["value_dim"], score_bias=a["score_bias"], norm=a["norm"],
+                     act=a["act"], stride=a["stride"], out_features=a["out_features"])
+    if a["score_bias"] or a["stride"] > 1:
+        extra["grid"] = tuple(inp.grid)  # type: ignore[attr-defined]
     if a["kv_avgpool"]:
         extra.update(kv_avgpool=a["kv_avgpool"], kv_norm=a["kv_norm"])
     elif a["sr_ratio"] > 1 or a["kv_pool"]:
         extra.update(sr_ratio=a["sr_ratio"], kv_pool=a["kv_pool"], grid=tuple(inp.grid))  # type: ignore[attr-defined]
-    if a["out_features"]:
-        extra["out_features"] = a["out_features"]
     return call(modules.SelfAttention, embed_dim=inp[1], num_heads=a["num_heads"], bias=a["bias"],
                 qkv_bias=a["qkv_bias"], **extra)
 
@@ -741,7 +740,8 @@ reads("conv_transpose", _read_conv_transpose, nn.ConvTranspose1d, nn.ConvTranspo
 reads("linear", _read_linear, nn.Linear, modules.FlattenLinear)
 reads("flatten", _read_flatten, nn.Flatten)
 reads("bias", _read_bias, modules.Bias)
-reads("batchnorm", _read_batchnorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, modules.TokenBatchNorm)
+reads("batchnorm", _read_batchnorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+reads("batchnorm", lambda m, inp: _read_batchnorm(m.bn, inp), modules.TokenBatchNorm)
 reads("layernorm", _read_layernorm, nn.LayerNorm)
 reads("channel_layernorm", _read_channel_layernorm, modules.LayerNorm2d)
 reads("groupnorm", _read_groupnorm, nn.GroupNorm)
@@ -786,12 +786,14 @@ def _read_self_attention(m: Any, inp: tuple[int, ...]) -> Mapped:
         **({"kernel": "fused"} if m.kernel == "fused" else {}),
         **({"key_dim": int(m.key_dim)} if m.key_dim != inp[-1] // m.num_heads else {}),
         **({"value_dim": int(m.value_dim)} if m.value_dim != inp[-1] // m.num_heads else {}),
-        **({"score_bias": True} if m.bias_grid is not None else {}),
+        **({"score_bias": True} if m.score_bias else {}),
+        **({"norm": m.norm_kind} if m.norm_kind != "none" else {}), **({"act": m.act} if m.act != "none" else {}),
+        **({"stride": int(m.stride)} if m.stride > 1 else {}),
+        **({"out_features": int(m.out)} if m.out != inp[-1] else {}),
         **({"sr_ratio": int(m.sr_ratio)} if m.sr_ratio > 1 else {}),
         **({"kv_pool": int(m.kv_pool)} if m.kv_pool else {}),
         **({"kv_avgpool": int(m.kv_avgpool)} if m.kv_avgpool else {}),
-        **({"kv_norm": False} if m.kv_avgpool and not m.kv_norm else {}),
-        **({"out_features": m.out_proj.out_features} if m.out_proj.out_features != m.embed_dim else {})})
+        **({"kv_norm": False} if m.kv_avgpool and not m.kv_norm else {})})
 
 
 reads("self_attention", _read_self_attention, modules.SelfAttention)

@@ -277,7 +277,15 @@ class SelfAttention(Kind):
         Arg("kv_norm", "bool", True, "with kv_avgpool, the batch norm (false: folded into the projections, as "
             "Next-ViT's reparameterize() does)"),
         Arg("out_features", "int", 0, "the output projection's width F (0: C, the input's; CLIP's attention pool "
-            "projects its C channels to another width)", aliases=("out",), minimum=0),
+            "projects its C channels to another width; LeViT's downsampling attention widens)", aliases=("out",),
+            minimum=0),
+        Arg("norm", "str", "none", "'batchnorm': each projection is a linear layer without bias followed by a batch "
+            "norm over the tokens (LeViT's LinearNorm; needs bias: false)", choices=("none", "batchnorm")),
+        Arg("act", "str", "none", "an activation on the joined heads before the output projection (LeViT's "
+            "hardswish, or silu)", choices=("none", "hardswish", "silu")),
+        Arg("stride", "int", 1, "queries from the tokens' 2-D grid subsampled by this stride (x[::s, ::s], with a "
+            "projection of their own: LeViT's AttentionSubsample); keys and values from every token. The output "
+            "has the queries' tokens, on their grid", minimum=1),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2}),
@@ -296,6 +304,12 @@ class SelfAttention(Kind):
         Example(Tokens(25, 6, (5, 5)), {"num_heads": 1, "kv_avgpool": 4, "kv_norm": False}),
         Example(Tokens(10, 8, (3, 3)), {"num_heads": 2, "out_features": 5}),
         Example(Tokens(10, 8, (3, 3)), {"num_heads": 4, "out_features": 12, "bias": False}),
+        Example(Tokens(12, 8, (3, 4)), {"num_heads": 2, "key_dim": 3, "value_dim": 6, "score_bias": True,
+                                        "bias": False, "norm": "batchnorm", "act": "hardswish"}),
+        Example(Tokens(20, 8, (4, 5)), {"num_heads": 2, "key_dim": 3, "value_dim": 6, "score_bias": True,
+                                        "bias": False, "norm": "batchnorm", "act": "hardswish", "stride": 2,
+                                        "out_features": 12}),
+        Example(Tokens(9, 6, (3, 3)), {"num_heads": 1, "key_dim": 4, "value_dim": 5, "stride": 2, "act": "silu"}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
@@ -303,20 +317,23 @@ class SelfAttention(Kind):
         c = t[1]
         if c % a["num_heads"] and not (a.get("key_dim") and a.get("value_dim")):
             raise LayerError(f"self_attention: {c} channels are not divisible by num_heads {a['num_heads']}")
-        plain = not (a.get("key_dim") or a.get("value_dim") or a.get("score_bias"))
-        if a["kernel"] == "fused" and not plain:
-            raise LayerError("self_attention with key_dim, value_dim or score_bias is built as the math path only: "
-                             "use kernel: math")
-        if a.get("score_bias") and (len(t.grid) != 2 or t[0] != t.grid[0] * t.grid[1]):
-            raise LayerError(f"self_attention with score_bias needs tokens laid out on a 2-D grid (N = H x W); its "
-                             f"input is {t[0]} tokens on the grid {'x'.join(map(str, t.grid))}")
-        if self.reduced(a, inp) is not None and not plain:
-            raise LayerError("self_attention takes key_dim, value_dim and score_bias or keys and values from a "
-                             "reduced sequence (sr_ratio, kv_pool, kv_avgpool), not both")
-        if a["out_features"] and (not plain or self.reduced(a, inp) is not None):
-            raise LayerError("self_attention takes out_features without key_dim, value_dim, score_bias, sr_ratio, "
-                             "kv_pool and kv_avgpool")
-        return tokens_like(inp, t[0], a["out_features"] or c)
+        if a["kernel"] == "fused" and not self.plain(a):
+            raise LayerError("self_attention with key_dim, value_dim, score_bias, norm, act, stride or out is built "
+                             "as the math path only: use kernel: math")
+        if (a.get("score_bias") or a.get("stride", 1) > 1) and (len(t.grid) != 2 or t[0] != t.grid[0] * t.grid[1]):
+            raise LayerError(f"self_attention with score_bias or stride needs tokens laid out on a 2-D grid (N = H "
+                             f"x W); its input is {t[0]} tokens on the grid {'x'.join(map(str, t.grid))}")
+        if a.get("norm", "none") != "none" and a["bias"]:
+            raise LayerError("self_attention with norm: batchnorm has linear projections without bias: add "
+                             "bias: false")
+        if self.reduced(a, inp) is not None and not self.plain(a):
+            raise LayerError("self_attention takes key_dim, value_dim, score_bias, norm, act, stride or out_features, "
+                             "or keys and values from a reduced sequence (sr_ratio, kv_pool, kv_avgpool), not both")
+        s = a.get("stride", 1)
+        if s == 1:
+            return tokens_like(inp, t[0], a.get("out_features") or c)
+        grid = tuple(-(-g // s) for g in t.grid)
+        return Tokens(grid[0] * grid[1], a.get("out_features") or c, grid)
 
     def reduced(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, int] | None:
         """With keys and values from a reduced sequence (sr_ratio > 1 or kv_pool): (M, the reducing conv's MACs
@@ -355,33 +372,58 @@ class SelfAttention(Kind):
         return h * (a.get("key_dim") or c // h), h * (a.get("value_dim") or c // h)
 
     @staticmethod
-    def parts(inp: Shape, a: Mapping[str, Any] | None = None) -> tuple[int, int]:
-        """Per-image MACs of the linear maps (4NC^2; with q/k channels K, v channels V and an output width F:
-        NC(2K + V) + NVF) and of the two attention products (2N^2 C; N^2 K + N^2 V)."""
+    def sizes(a: Mapping[str, Any], inp: Shape) -> tuple[int, int, int, int, int, int]:
+        """n (tokens: keys and values), nq (queries), c (input channels), d (output channels), k and v (q/k and v
+        channels over the heads)."""
         n, c = inp
-        k, v = SelfAttention.dims(a, c) if a is not None else (c, c)
-        f = (a.get("out_features") or c) if a is not None else c
-        return n * c * (2 * k + v) + n * v * f, n * n * (k + v)
+        k, v = SelfAttention.dims(a, c)
+        s = a.get("stride", 1)
+        nq = n if s == 1 else numel(tuple(-(-g // s) for g in inp.grid))  # type: ignore[attr-defined]
+        return n, nq, c, a.get("out_features") or c, k, v
+
+    @staticmethod
+    def parts(inp: Shape, a: Mapping[str, Any] | None = None) -> tuple[int, int]:
+        """Per-image MACs of the linear maps (4NC^2; with q/k channels K and v channels V: NC(2K + V) + NVC; with a
+        query stride N C (K + V) + Nq C K + Nq V D) and of the two attention products (2N^2 C; Nq N (K + V))."""
+        if a is None:
+            n, c = inp
+            return 4 * n * c * c, 2 * n * n * c
+        n, nq, c, d, k, v = SelfAttention.sizes(a, inp)
+        return n * c * (k + v) + nq * c * k + nq * v * d, nq * n * (k + v)
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
-        n, c = inp
         reduced = self.reduced(a, inp)
         if reduced is not None:
             return self.reduced_cost(a, inp, *reduced)
-        k, v = self.dims(a, c)
-        f = a["out_features"] or c
+        n, nq, c, d, k, v = self.sizes(a, inp)
         linear, products = self.parts(inp, a)
         macs = linear + products
-        bias = ((2 * k + v + f) if a["qkv_bias"] else f) if a["bias"] else 0
-        softmax = a["num_heads"] * n * n
-        table, index = (a["num_heads"] * n, n * n) if a.get("score_bias") else (0, 0)
+        bias = ((nq * k + n * (k + v) + nq * d) if a["qkv_bias"] else nq * d) if a["bias"] else 0
+        softmax = a["num_heads"] * nq * n
+        table, index = (a["num_heads"] * n, nq * n) if a.get("score_bias") else (0, 0)
+        projected = nq * k + n * (k + v)  # the q, k and v projections' outputs
+        params, buffers, ints, fvcore, full = 0, 0, 0, 0, 0
+        if a.get("norm", "none") == "batchnorm":  # a batch norm after each projection (eval: 2 per element in
+            # fvcore, 4 in full, as `batchnorm`); q's own with a stride
+            channels = 2 * k + v + d
+            params, buffers, ints = 2 * channels, 2 * channels, 3 if a.get("stride", 1) > 1 else 2
+            fvcore = 2 * (projected + nq * d)
+            full = 4 * (projected + nq * d)
+        full += {"none": 0, "hardswish": 5, "silu": 4}[a.get("act", "none")] * nq * v  # (FlopCounterMode, fvcore: 0)
         # fvcore has no handler for aten::scaled_dot_product_attention: on the fused kernel it counts the four
         # projections alone (measured: tests/test_attention_kernels.py). The score bias: a gather (aten::index)
         # and an add, which FlopCounterMode and fvcore both count as 0 (tests/test_levit.py); `full` counts the
         # add (1 per attention weight).
-        return Cost(params=(2 * k + v) * c + v * f + bias + table, int_buffers=index, macs=macs,
-                    fvcore=linear if a["kernel"] == "fused" else macs,
-                    full=2 * macs + n * bias + n * k + 3 * softmax + (softmax if table else 0))
+        return Cost(params=(2 * k + v) * c + v * d + self._bias_params(a, k, v, d) + table + params,
+                    buffers=buffers, int_buffers=index + ints, macs=macs,
+                    fvcore=(linear if a["kernel"] == "fused" else macs) + fvcore,
+                    full=2 * macs + bias + nq * k + 3 * softmax + (softmax if table else 0) + full)
+
+    @staticmethod
+    def _bias_params(a: Mapping[str, Any], k: int, v: int, d: int) -> int:
+        if not a["bias"]:
+            return 0
+        return (2 * k + v + d) if a["qkv_bias"] else d
 
     def reduced_cost(self, a: Mapping[str, Any], inp: Shape, m: int, conv: int) -> Cost:
         """Keys and values from M reduced tokens: q (NC^2) and kv (2MC^2) projections, the reducing conv, Q K^T
@@ -412,6 +454,13 @@ class SelfAttention(Kind):
         return Cost(params=params, macs=macs, fvcore=fvcore, full=full)
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        # In the built module's order: the qkv projection (weight, bias), its norm (weight, bias), the output
+        # projection and its norm, the table. With a query stride or another output width the input's channels
+        # are not the output's: one figure (the step and autocast, which walk the tensors, do not follow these
+        # arguments).
+        if a.get("stride", 1) > 1 or (a.get("out_features") and (a.get("key_dim") or a.get("value_dim") or a.get(
+                "score_bias") or a.get("norm", "none") != "none")):
+            return (params,)
         c = out[1]
         reduced = self.reduced(a, out)
         if reduced is not None:  # q, kv, the reducing conv, the norm, the output projection (the module's order)
@@ -428,9 +477,12 @@ class SelfAttention(Kind):
         f = f or c
         k, v = self.dims(a, c)
         table = (a["num_heads"] * out[0],) if a.get("score_bias") else ()
+        norm = a.get("norm", "none") == "batchnorm"
         if a["bias"]:
-            qkv = ((2 * k + v) * c, 2 * k + v) if a["qkv_bias"] else ((2 * k + v) * c,)
+            qkv: tuple[int, ...] = ((2 * k + v) * c, 2 * k + v) if a["qkv_bias"] else ((2 * k + v) * c,)
             return (*qkv, v * f, f, *table)
+        if norm:
+            return ((2 * k + v) * c, 2 * k + v, 2 * k + v, v * c, c, c, *table)
         return ((2 * k + v) * c, v * f, *table)
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
@@ -448,6 +500,9 @@ class SelfAttention(Kind):
         # CUDA's flash kernel, from its source, keeps the same; no dropout, so no random generator state).
         # With key_dim / value_dim (K, V channels over the heads): q and k N x K each, v and the joined heads N x V.
         # The score bias's gather keeps its index (a buffer) and the add nothing.
+        # With a query stride: the subsampled tokens' copy (Nq x C, for q's projection's weight) and q of Nq
+        # tokens. With norm: batchnorm each norm keeps its input (the projection's output) and two statistics per
+        # channel; with act the activation keeps the joined heads and the output projection their activation.
         n, c = inp
         reduced = self.reduced(a, inp)
         if reduced is not None:
@@ -478,9 +533,17 @@ class SelfAttention(Kind):
                          extra_for_params=((m * c + n * c, ACTIVATION),))
         if a["kernel"] == "fused":
             return Saved(input_for_params=True, extra=((4 * n * c, ACTIVATION), (a["num_heads"] * n, ACCUMULATE)))
-        k, v = self.dims(a, c)
-        return Saved(input_for_params=True, extra=((n * (2 * k + v) + a["num_heads"] * n * n, ACTIVATION),),
-                     extra_for_params=((n * v, ACTIVATION),))
+        n, nq, c, d, k, v = self.sizes(a, inp)
+        kept = nq * k + n * (k + v) + a["num_heads"] * nq * n
+        for_params = nq * v + (nq * c if nq != n or a.get("stride", 1) > 1 else 0)
+        stats: tuple[tuple[int, int], ...] = ()
+        if a.get("norm", "none") == "batchnorm":
+            kept += nq * k + n * (k + v) + nq * d
+            stats = ((2 * (2 * k + v + d), STATISTICS),)
+        if a.get("act", "none") != "none":
+            kept += nq * v
+        return Saved(input_for_params=True, extra=((kept, ACTIVATION),), extra_for_params=((for_params, ACTIVATION),),
+                     per_batch=stats)
 
     def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),
                       divide_groups: bool = False) -> tuple[int, int]:
@@ -497,22 +560,22 @@ class SelfAttention(Kind):
             kv = 2 * reduced[0] * c * c if a["kv_avgpool"] and not a["kv_norm"] else 0
             grad_input = (n * c * c + reduced[1] + kv) * (macs // per)
             return grad_input, 2 * macs - grad_input
+        n, nq, c, d, k, v = self.sizes(a, inp)
         batch = macs // sum(self.parts(inp, a))
-        grad_input = n * c * (2 * sum(self.dims(a, c)) - self.dims(a, c)[1]) * batch  # 3NC^2 by default
+        grad_input = (n * c * (k + v) + nq * c * k) * batch  # the projections' input gradients: 3NC^2 by default
         return grad_input, 2 * macs - grad_input
 
     def step_unfollowed_for(self, a: Mapping[str, Any], inp: Shape) -> str:
         # One channel per head on the math path: the joined heads reach out_proj in a layout F.linear does not
         # fold into one addmm (a matmul and a separate bias add, each with its own temporaries and backward).
         # Measured to differ (by up to 2 x NC per image), not modelled.
-        if a.get("key_dim") or a.get("value_dim") or a.get("score_bias"):
-            return ("key_dim, value_dim and score_bias are not followed in the step's timeline yet (its backward "
-                    "is modelled for q, k and v of C channels without a score bias)")
         if self.reduced(a, inp) is not None:
             return ("keys and values from a reduced sequence (sr_ratio, kv_pool, kv_avgpool): its backward is not "
                     "modelled yet")
-        if a["out_features"] not in (0, inp[1]):
-            return "an output projection to another width (out_features) is not followed in the step's timeline"
+        if not self.plain(a):
+            return ("key_dim, value_dim, score_bias, norm, act, stride and out_features are not followed in the "
+                    "step's timeline yet (its backward is modelled for q, k and v of C channels without a score bias, "
+                    "projected back to C)")
         if a["kernel"] == "math" and a["num_heads"] > 1 and inp[1] == a["num_heads"]:
             return ("one channel per head on the math path (out_proj as a matmul and a bias add) is not followed "
                     "in the step's timeline")
@@ -585,23 +648,47 @@ class SelfAttention(Kind):
             if c == a["num_heads"]:
                 return ((3 * n * c, ACTIVATION), (a["num_heads"] * n, ACCUMULATE))
             return ((4 * n * c, ACTIVATION),)
-        weights = a["num_heads"] * n * n
-        copy = a["num_heads"] > 1 and n > 1  # (one token: q's layout is already the heads'; measured)
-        k, v = self.dims(a, c)
-        f = a["out_features"] or c
-        qkv = n * (2 * k + v)
-        # (at A V: v's contiguous copy and the product, 2NV; out_proj's input and output: NV + NC. Neither is the
-        # most with C channels in q, k and v; with value_dim above key_dim A V can be.)
-        during = max(qkv + (3 if copy else 2) * n * k + weights, qkv + 2 * weights, qkv + weights + 2 * n * v,
-                     qkv + weights + n * v + n * f)
-        return ((during - n * f, ACTIVATION),)
+        n, nq, c, d, k, v = self.sizes(a, inp)
+        return ((self._peak(a, inp)[0] - nq * d, ACTIVATION),)
+
+    def _peak(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, int]:
+        """The built module's most alive at once at inference (measured by torch.profiler: tests/test_kind_rules.py):
+        per image, and beside it once per forward (a batch norm's two statistics per channel, which
+        native_batch_norm returns at inference too; the gathered score bias is added by transient_once), at the
+        moment that is the most per image. (Where two moments are within the once-terms of each other at batch
+        1, the other may be the most: not followed.)"""
+        n, nq, c, d, k, v = self.sizes(a, inp)
+        weights = a["num_heads"] * nq * n
+        copy = a["num_heads"] > 1 and nq > 1  # (one token: q's layout is already the heads'; measured)
+        qkv = nq * k + n * (k + v)
+        bn = a.get("norm", "none") == "batchnorm"
+        norm = 2 if bn else 1  # a projection's output and its norm's, at once
+        # (at A V: v's contiguous copy and the product; the joined heads' copy beside the product; out_proj's input
+        # and output (and its norm's). None is the most with C channels in q, k and v; with value_dim above
+        # key_dim A V can be.) With a stride: the subsampled tokens' copy and q's projection first, then k and v's.
+        moments = [(qkv + (2 if copy else 1) * nq * k + n * k + weights, 0), (qkv + 2 * weights, 0),
+                   (qkv + weights + n * v + nq * v, 0), (qkv + weights + 2 * nq * v, 0),
+                   (qkv + weights + nq * v + norm * nq * d, 2 * d if bn else 0)]
+        if a.get("stride", 1) > 1:
+            moments += [(nq * c + norm * nq * k, 2 * k if bn else 0), (nq * k + norm * n * (k + v),
+                                                                      2 * (k + v) if bn else 0)]
+        elif bn:
+            moments.append((2 * qkv, 2 * qkv // n))
+        return max(moments)
 
     def transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
-        # The gathered score bias (heads x N^2), made first from the table alone (whatever the batch) and added to
-        # the scores in place: held until the module returns.
+        # The gathered score bias (heads x Nq x N), made first from the table alone (whatever the batch) and added
+        # to the scores in place: held until the module returns.
+        once = self._peak(a, inp)[1] if a["kernel"] == "math" else 0
         if a.get("score_bias"):
-            return ((a["num_heads"] * inp[0] * inp[0], ACTIVATION),)
-        return ()
+            once += a["num_heads"] * out[0] * inp[0]
+        return ((once, ACTIVATION),) if once else ()
+
+    @staticmethod
+    def plain(a: Mapping[str, Any]) -> bool:
+        """Vaswani et al.'s attention: none of the LeViT / EfficientFormer arguments."""
+        return not (a.get("key_dim") or a.get("value_dim") or a.get("score_bias") or a.get("out_features")
+                    or a.get("norm", "none") != "none" or a.get("act", "none") != "none" or a.get("stride", 1) > 1)
 
     def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # A training-mode forward (measured by storage in a real step: tests/test_attention_step.py) is at its
@@ -625,15 +712,16 @@ class SelfAttention(Kind):
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         fused = ", fused" if a["kernel"] == "fused" else ""
-        if a.get("key_dim") or a.get("value_dim") or a.get("score_bias"):
-            k, v = self.dims(a, inp[1])
+        if not self.plain(a):
+            n, nq, c, d, k, v = self.sizes(a, inp)
             h = a["num_heads"]
             bias = ", score bias" if a.get("score_bias") else ""
-            return f"{h} heads of q/k {k // h}, v {v // h}, {inp[0]} tokens{bias}"
+            queries = f", {nq} queries (stride {a['stride']})" if a.get("stride", 1) > 1 else ""
+            out = f", out {d}" if d != c else ""
+            return f"{h} heads of q/k {k // h}, v {v // h}, {n} tokens{queries}{bias}{out}"
         reduced = self.reduced(a, inp)
         kv = f", kv {reduced[0]} tokens" if reduced is not None else ""
-        out = f", out {a['out_features']}" if a["out_features"] not in (0, inp[1]) else ""
-        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens{kv}{out}{fused}"
+        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']}, {inp[0]} tokens{kv}{fused}"
 
 
 __all__ = ["ClassToken", "PositionEmbedding", "SelfAttention", "TakeToken", "ToGrid", "ToTokens", "is_tokens",

@@ -56,17 +56,22 @@ class Attention(NamedTuple):
     qkv_bias: bool
     key_dim: int = 0  # per head, where not C / heads (the per-head layout)
     value_dim: int = 0
-    table: str = ""  # the score bias's table (a parameter), with `index` (a buffer): empty for none
-    index: str = ""
-    # keys and values from a reduced sequence (match_split): the module paths whose parameters the op reads
-    # besides qkv and proj (the kv projection, the reducing conv, the norm), sr_ratio, kv_pool, the grid
+    table: str = ""  # the score bias's table (a parameter), with `index_buffer`: empty for none
+    index_buffer: str = ""
+    norm: bool = False  # LeViT's LinearNorm: a batch norm over the tokens after each projection
+    act: str = "none"  # an activation before the output projection
+    stride: int = 1  # queries from the grid subsampled by this stride (their own projection)
+    out_features: int = 0  # the output projection's channels (where not C: LeViT's downsampling, CLIP's pool)
+    grid: tuple[int, ...] = ()  # the tokens' grid the pattern assumed (strided queries, a reduced kv source)
+    # the other modules whose parameters the op reads besides qkv and proj (norms, q's own projection; the kv
+    # projection, the reducing conv and its norm; CLIP's k and v projections)
     more: tuple[str, ...] = ()
+    conv: bool = False  # on a channels-first grid with 1 x 1 convs (levit_conv): to_tokens, it, to_grid
+    # keys and values from a reduced sequence (_SplitMatcher): sr_ratio, kv_pool, kv_avgpool and its norm
     sr_ratio: int = 1
     kv_pool: int = 0
-    grid: tuple[int, ...] = ()
     kv_avgpool: int = 0
     kv_norm: bool = True
-    out_features: int = 0  # the output projection's width where not C (CLIP's attention pool)
 
 
 def _shape(values: dict[fx.Node, Any], n: Any) -> tuple[int, ...] | None:
@@ -119,6 +124,8 @@ class _Matcher:
         return m is not None and len(n.args) == 1 and (isinstance(m, nn.Identity) or m.p == 0 or not m.training)
 
     def match(self, first: fx.Node) -> Attention | None:
+        if self.module(first, nn.Conv2d) is not None:
+            return self.conv_form(first)
         qkv = self.module(first, nn.Linear)
         shape_in = _shape(self.values, first.args[0]) if first.args else None
         if qkv is None or len(first.args) != 1 or first.kwargs or shape_in is None or len(shape_in) != 3:
@@ -221,70 +228,357 @@ class _Matcher:
         return Attention(x, qkv[0], str(last.target), last, frozenset(inside), heads, proj.bias is not None, qkv_bias,
                          more=qkv[1:], out_features=int(proj.out_features))
 
-    def per_head(self, first: fx.Node, qkv: nn.Linear, n_tokens: int, c: int) -> Attention | None:
-        """The per-head layout (EfficientFormer): reshape to (B, N, h, 2 kd + vd), permute to the heads first,
-        split into q, k, v; the scale before or after Q K^T; an optional gathered bias on the scores."""
+    def linear_norm(self, linear: fx.Node) -> tuple[fx.Node, str] | None:
+        """After a projection's call: LeViT's batch norm over its tokens (flatten(0, 1), BatchNorm1d, reshape_as
+        or a view back) when there is one: (the last node, the norm's path, '' without)."""
+        out = _shape(self.values, linear)
+        users = list(linear.users)
+        flat = next((u for u in users if _is(u, "flatten", "reshape", "view")), None)
+        if out is None or flat is None or _shape(self.values, flat) != out[1:]:
+            return (linear, "") if len(users) == 1 else None
+        bn = self.only_user(flat)
+        m = self.module(bn, nn.BatchNorm1d)
+        back = self.only_user(bn) if bn is not None else None
+        if m is None or bn is None or back is None or len(bn.args) != 1 or _shape(self.values, back) != out \
+                or not _is(back, "reshape_as", "view_as", "reshape", "view"):
+            return None
+        if set(users) - {flat, back}:
+            return None
+        self.nodes.update((flat, bn, back))
+        return back, str(bn.target)
+
+    def per_head(self, first: fx.Node, qkv: nn.Module, n_tokens: int, c: int) -> Attention | None:
+        """The per-head layout (EfficientFormer, LeViT): reshape to (B, N, h, 2 kd + vd), then the heads moved
+        first and split into q, k, v, or split and each moved; LeViT's batch norms after the projections, its
+        activation before the output projection, and its queries from a strided grid (their own projection; the
+        first projection then makes k and v); the scale before or after Q K^T; an optional gathered bias."""
         self.nodes = {first}
-        split = self.only_user(first)
+        others: list[str] = []
+        found = self.linear_norm(first)
+        if found is None:
+            return None
+        end, norm = found
+        if norm:
+            others.append(norm)
+        split = self.only_user(end)
         shape = _shape(self.values, split)
         if not _is(split, *_VIEWS) or split is None or shape is None or len(shape) != 4 or shape[:2] != (1, n_tokens):
             return None
         heads, per = shape[2], shape[3]
-        perm = self.only_user(split)
-        if not _is(perm, "permute") or perm is None or _shape(self.values, perm) != (1, heads, n_tokens, per):
-            return None
-        parts = self.only_user(perm)
+        self.nodes.add(split)
+        after = self.only_user(split)
+        if _is(after, "permute") and after is not None and _shape(self.values, after) == (1, heads, n_tokens, per):
+            self.nodes.add(after)  # heads first, then split
+            parts, moved = self.only_user(after), True
+        else:
+            parts, moved = after, False
         sizes = parts.args[1] if parts is not None and len(parts.args) > 1 else None
         dim = parts.kwargs.get("dim", parts.args[2] if len(parts.args) > 2 else 0) if parts is not None else None
-        if not _is(parts, "split") or parts is None or not isinstance(sizes, (list, tuple)) or len(sizes) != 3 \
-                or dim not in (3, -1) or sizes[0] != sizes[1] or sum(sizes) != per:
+        if not _is(parts, "split") or parts is None or not isinstance(sizes, (list, tuple)) or len(sizes) not in (
+                2, 3) or not all(isinstance(z, int) for z in sizes) or dim not in (3, -1) or sum(sizes) != per \
+                or (len(sizes) == 3 and sizes[0] != sizes[1]):
             return None
-        kd, vd = int(sizes[0]), int(sizes[2])
-        self.nodes.update((split, perm, parts))
+        kd, vd = int(sizes[0]), int(sizes[-1])
+        self.nodes.add(parts)
         picked: dict[int, fx.Node] = {}
         for u in parts.users:
             if not (u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)):
                 return None
             picked[u.args[1]] = u
-        if sorted(picked) != [0, 1, 2]:
+        if sorted(picked) != list(range(len(sizes))):
             return None
         self.nodes.update(picked.values())
-        q, k, v = picked[0], picked[1], picked[2]
-        out = self.biased(q, k, v, kd)
+        tensors = [picked[i] for i in range(len(sizes))]
+        if moved:  # k transposed by the scores' product
+            kt = self.only_user(tensors[-2])
+            kdims = sorted(a % 4 for a in kt.args[1:] if isinstance(a, int)) if kt is not None else []
+            if not (_is(kt, "transpose") and kt is not None and kdims == [2, 3] and len(kt.args) == 3):
+                return None
+            self.nodes.add(kt)
+            heads_v = tensors[-1]
+        else:  # each moved: q and v (0, 2, 1, 3), k straight to K^T (0, 2, 3, 1)
+            moves = [self.only_user(t) for t in tensors]
+            want = [(0, 2, 1, 3)] * (len(tensors) - 2) + [(0, 2, 3, 1), (0, 2, 1, 3)]
+            if not all(_is(mv, "permute") and mv is not None and tuple(mv.args[1:]) == w for mv, w in zip(moves, want)):
+                return None
+            self.nodes.update(m for m in moves if m is not None)
+            tensors = [m for m in moves if m is not None]
+            kt, heads_v = tensors[-2], tensors[-1]
+        stride, q_path = 1, ""
+        grid: tuple[int, ...] = ()
+        if len(sizes) == 3:
+            q = tensors[0]
+        else:  # k and v only: q from the strided grid (LeViT's AttentionSubsample)
+            queries = self.strided_queries(kt, first.args[0], heads, kd, c)
+            if queries is None:
+                return None
+            q, stride, grid, q_path, q_norm = queries
+            if bool(q_norm) != bool(norm):
+                return None
+            others += [q_path, *([q_norm] if q_norm else [])]
+        out = self.biased(q, kt, heads_v, kd)
         if out is None:
             return None
+        n_q = _shape(self.values, out)
         back = self.only_user(out)
-        if not (_is(back, "transpose") and back is not None and _shape(self.values, back) == (1, n_tokens, heads, vd)):
+        if n_q is None or not (_is(back, "transpose") and back is not None
+                               and _shape(self.values, back) == (1, n_q[2], heads, vd)):
             return None
         joined = self.only_user(back)
         if not (_is(joined, *_VIEWS) and joined is not None
-                and _shape(self.values, joined) == (1, n_tokens, heads * vd)):
+                and _shape(self.values, joined) == (1, n_q[2], heads * vd)):
             return None
         self.nodes.update((back, joined))
+        act = "none"
+        nxt = self.only_user(joined)
+        if self.module(nxt, (nn.Hardswish, nn.SiLU)) is not None and nxt is not None and len(nxt.args) == 1:
+            act = "hardswish" if self.module(nxt, nn.Hardswish) is not None else "silu"
+            self.nodes.add(nxt)
+            joined = nxt
         last = self.only_user(joined)
         proj = self.module(last, nn.Linear)
-        if proj is None or last is None or proj.out_features != c or len(last.args) != 1:
+        if not isinstance(proj, nn.Linear) or last is None or len(last.args) != 1:
             return None
-        if qkv.bias is not None and proj.bias is None:
+        if (isinstance(qkv, nn.Linear) and qkv.bias is not None) and proj.bias is None:
             return None
         self.nodes.add(last)
+        found = self.linear_norm(last)
+        if found is None or bool(found[1]) != bool(norm):
+            return None
+        end_proj, proj_norm = found
+        if proj_norm:
+            others.append(proj_norm)
         inside = self.nodes
-        if any(u not in inside for n in inside - {last} for u in n.users):
+        if any(u not in inside for n in inside - {end_proj} for u in n.users):
             return None
         x = first.args[0]
         assert isinstance(x, fx.Node)
-        return Attention(x, str(first.target), str(last.target), last, frozenset(inside), heads,
-                         proj.bias is not None, qkv.bias is not None, kd, vd, *self.table)
+        qkv_bias = isinstance(qkv, nn.Linear) and qkv.bias is not None
+        return Attention(x, str(first.target), str(last.target), end_proj, frozenset(inside), heads,
+                         proj.bias is not None, qkv_bias, kd, vd, *self.table, bool(norm), act, stride,
+                         int(proj.out_features), grid, (q_path, *others) if q_path else tuple(others))
 
-    def biased(self, q: fx.Node, k: fx.Node, v: fx.Node, kd: int) -> fx.Node | None:
-        """softmax(Q K^T scaled (+ table[:, index])) V, the scale on q or on the scores; sets self.table."""
-        self.table = ("", "")
-        kt = self.only_user(k)
-        dims = sorted(a % 4 for a in kt.args[1:] if isinstance(a, int)) if kt is not None else []
-        if not (_is(kt, "transpose") and kt is not None and dims == [2, 3] and len(kt.args) == 3):
+    @staticmethod
+    def pointwise(m: nn.Module | None) -> bool:
+        """A 1 x 1 conv without stride, padding, dilation or groups: a linear map of each position's channels."""
+        return isinstance(m, nn.Conv2d) and tuple(m.kernel_size) == (1, 1) and tuple(m.stride) == (1, 1) \
+            and tuple(m.padding) == (0, 0) and tuple(m.dilation) == (1, 1) and m.groups == 1 \
+            and m.padding_mode == "zeros"
+
+    def conv_norm(self, conv: fx.Node) -> tuple[fx.Node, str]:
+        """After a 1 x 1 conv's call: its BatchNorm2d (LeViT's ConvNorm) when that is its one reader."""
+        bn = self.only_user(conv)
+        if self.module(bn, nn.BatchNorm2d) is not None and bn is not None and len(bn.args) == 1 and not bn.kwargs:
+            self.nodes.add(bn)
+            return bn, str(bn.target)
+        return conv, ""
+
+    def conv_form(self, first: fx.Node) -> Attention | None:
+        """LeViT's attention on a channels-first grid (levit_conv: timm's Attention and AttentionDownsample with
+        use_conv): 1 x 1 convs and batch norms as the projections, q/k/v viewed (B, h, e, H W) and split on e,
+        softmax(Q^T K * s + B) and V A^T, the result viewed as the grid again; the queries of the downsampling
+        attention from an AvgPool2d(1, stride) of the grid."""
+        conv = self.module(first, nn.Conv2d)
+        shape_in = _shape(self.values, first.args[0]) if first.args else None
+        if not self.pointwise(conv) or len(first.args) != 1 or first.kwargs or shape_in is None \
+                or len(shape_in) != 4:
             return None
-        first = self.only_user(q)
-        if _is(first, "mul", "mul_") and first is not None and self.factor(first, q, kd):  # (q * s) @ k^T
+        assert isinstance(conv, nn.Conv2d)
+        _, c, gh, gw = shape_in
+        n = gh * gw
+        self.nodes = {first}
+        others: list[str] = []
+        end, norm = self.conv_norm(first)
+        if norm:
+            others.append(norm)
+        view = self.only_user(end)
+        shape = _shape(self.values, view)
+        if not (_is(view, *_VIEWS) and view is not None and shape is not None and len(shape) == 4
+                and shape[0] == 1 and shape[3] == n):
+            return None
+        heads, per = shape[1], shape[2]
+        parts = self.only_user(view)
+        sizes = parts.args[1] if parts is not None and len(parts.args) > 1 else None
+        dim = parts.kwargs.get("dim", parts.args[2] if len(parts.args) > 2 else 0) if parts is not None else None
+        if not _is(parts, "split") or parts is None or not isinstance(sizes, (list, tuple)) or len(sizes) not in (
+                2, 3) or not all(isinstance(z, int) for z in sizes) or dim not in (2, -2) or sum(sizes) != per \
+                or (len(sizes) == 3 and sizes[0] != sizes[1]):
+            return None
+        kd, vd = int(sizes[0]), int(sizes[-1])
+        self.nodes.update((view, parts))
+        picked: dict[int, fx.Node] = {}
+        for u in parts.users:
+            if not (u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)):
+                return None
+            picked[u.args[1]] = u
+        if sorted(picked) != list(range(len(sizes))):
+            return None
+        self.nodes.update(picked.values())
+        k, v = picked[len(sizes) - 2], picked[len(sizes) - 1]
+        stride, q_path, qgrid = 1, "", (gh, gw)
+        if len(sizes) == 3:
+            qt = self.only_user(picked[0])
+        else:  # q from AvgPool2d(1, stride) of the grid, its own 1 x 1 conv (and norm), viewed (B, h, kd, Nq)
+            product = self.only_user(k)
+            qt = product.args[0] if _is(product, "matmul") and product is not None else None  # type: ignore[assignment]
+            qv = qt.args[0] if _is(qt, "transpose") and isinstance(qt, fx.Node) else None
+            bn_or_conv = qv.args[0] if _is(qv, *_VIEWS) and isinstance(qv, fx.Node) else None
+            q_norm = ""
+            if self.module(bn_or_conv, nn.BatchNorm2d) is not None:
+                assert isinstance(bn_or_conv, fx.Node)
+                q_norm, q_conv = str(bn_or_conv.target), bn_or_conv.args[0]
+            else:
+                q_conv = bn_or_conv
+            cm = self.module(q_conv, nn.Conv2d)
+            pool = q_conv.args[0] if isinstance(q_conv, fx.Node) and q_conv.args else None
+            pm = self.module(pool, nn.AvgPool2d)
+            if not (self.pointwise(cm) and isinstance(pm, nn.AvgPool2d) and isinstance(pool, fx.Node)
+                    and pool.args[0] is first.args[0] and pm.kernel_size in (1, (1, 1))
+                    and pm.padding in (0, (0, 0)) and not pm.ceil_mode and isinstance(pm.stride, int)
+                    and pm.stride > 1 and bool(q_norm) == bool(norm)):
+                return None
+            assert isinstance(q_conv, fx.Node) and isinstance(qv, fx.Node) and isinstance(bn_or_conv, fx.Node)
+            stride, q_path = pm.stride, str(q_conv.target)
+            qgrid = (-(-gh // stride), -(-gw // stride))
+            others += [str(pool.target), q_path, *([q_norm] if q_norm else [])]
+            if any(len(nd.users) != 1 for nd in (pool, q_conv, bn_or_conv, qv)):
+                return None
+            self.nodes.update((pool, q_conv, bn_or_conv, qv))
+        if not (_is(qt, "transpose") and qt is not None and _shape(self.values, qt) == (
+                1, heads, qgrid[0] * qgrid[1], kd)):
+            return None
+        scores = self.only_user(qt)
+        if not (_is(scores, "matmul") and scores is not None and tuple(scores.args) == (qt, k)
+                and self.only_user(k) is scores):
+            return None
+        scaled = self.only_user(scores)
+        if not (_is(scaled, "mul", "mul_") and scaled is not None and self.factor(scaled, scores, kd)):
+            return None
+        self.nodes.update((qt, scores, scaled))
+        self.table = ("", "")
+        after = self.only_user(scaled)
+        if _is(after, "add", "add_") and after is not None and len(after.args) == 2 and scaled in after.args:
+            gathered = after.args[1] if after.args[0] is scaled else after.args[0]
+            table = self.gathered(gathered, _shape(self.values, scaled))
+            if table is None:
+                return None
+            self.nodes.update((after, gathered))  # type: ignore[arg-type]
+            self.table = table
+            scaled = after
+        weights = self.only_user(scaled)
+        if not (weights is not None and weights.op == "call_method" and weights.target == "softmax"
+                and (weights.args[1:] in ((-1,), (3,)) or weights.kwargs in ({"dim": -1}, {"dim": 3}))):
+            return None
+        wt = self.only_user(weights)
+        wdims = sorted(a % 4 for a in wt.args[1:] if isinstance(a, int)) if wt is not None else []
+        out = self.only_user(wt) if wt is not None else None
+        if not (_is(wt, "transpose") and wdims == [2, 3] and _is(out, "matmul") and out is not None
+                and tuple(out.args) == (v, wt) and self.only_user(v) is out):
+            return None
+        back = self.only_user(out)
+        if not (_is(back, *_VIEWS) and back is not None
+                and _shape(self.values, back) == (1, heads * vd, *qgrid)):
+            return None
+        self.nodes.update((weights, wt, out, back))  # type: ignore[arg-type]
+        act, joined = "none", back
+        nxt = self.only_user(back)
+        if self.module(nxt, (nn.Hardswish, nn.SiLU)) is not None and nxt is not None and len(nxt.args) == 1:
+            act = "hardswish" if self.module(nxt, nn.Hardswish) is not None else "silu"
+            self.nodes.add(nxt)
+            joined = nxt
+        last = self.only_user(joined)
+        proj = self.module(last, nn.Conv2d)
+        if not self.pointwise(proj) or last is None or len(last.args) != 1:
+            return None
+        assert isinstance(proj, nn.Conv2d)
+        if conv.bias is not None and proj.bias is None:
+            return None
+        self.nodes.add(last)
+        end_proj, proj_norm = self.conv_norm(last)
+        if bool(proj_norm) != bool(norm):
+            return None
+        if proj_norm:
+            others.append(proj_norm)
+        inside = self.nodes
+        if any(u not in inside for nd in inside - {end_proj} for u in nd.users):
+            return None
+        x = first.args[0]
+        assert isinstance(x, fx.Node)
+        return Attention(x, str(first.target), str(last.target), end_proj, frozenset(inside), heads,
+                         proj.bias is not None, conv.bias is not None, kd, vd, *self.table, bool(norm), act, stride,
+                         int(proj.out_channels), (gh, gw), tuple(others), True)
+
+    def strided_queries(self, kt: fx.Node, x: Any, heads: int, kd: int, c: int
+                        ) -> tuple[fx.Node, int, tuple[int, ...], str, str] | None:
+        """q of LeViT's AttentionSubsample, from the scores' product back to the tokens x: its heads moved first,
+        a view to (B, Nq, h, kd), (a batch norm,) a Linear(C, h kd), a reshape to (B, Nq, C) of x viewed on its
+        grid and sliced [:, ::s, ::s]. (q, the stride, the grid, q's projection, its norm's path.)"""
+        product = self.only_user(kt)
+        if not (_is(product, "matmul") and product is not None and len(product.args) == 2
+                and product.args[1] is kt):
+            return None
+        q = product.args[0]
+        scaled = q if _is(q, "mul", "mul_") else None
+        if scaled is not None:
+            assert isinstance(scaled, fx.Node)
+            q = next((a for a in scaled.args if isinstance(a, fx.Node)), None)
+        if not (_is(q, "permute") and isinstance(q, fx.Node) and tuple(q.args[1:]) == (0, 2, 1, 3)):
+            return None
+        view = q.args[0]
+        if not (_is(view, *_VIEWS) and isinstance(view, fx.Node)):
+            return None
+        shape = _shape(self.values, view)
+        if shape is None or len(shape) != 4 or shape[2:] != (heads, kd):
+            return None
+        end = view.args[0]
+        norm = ""
+        if _is(end, "reshape_as", "view_as", "reshape", "view") and isinstance(end, fx.Node):
+            bn = end.args[0]
+            flat = bn.args[0] if isinstance(bn, fx.Node) and bn.args else None
+            linear = flat.args[0] if isinstance(flat, fx.Node) and flat.args else None
+            if self.module(bn, nn.BatchNorm1d) is None or not isinstance(linear, fx.Node):
+                return None
+            if self.linear_norm(linear) != (end, str(bn.target)):  # type: ignore[union-attr]
+                return None
+            norm = str(bn.target)  # type: ignore[union-attr]
+        else:
+            linear = end
+        proj = self.module(linear, nn.Linear)
+        if proj is None or not isinstance(linear, fx.Node) or len(linear.users) != (2 if norm else 1) \
+                or proj.out_features != heads * kd or proj.in_features != c:
+            return None
+        flat = linear.args[0]
+        sliced = flat.args[0] if _is(flat, *_VIEWS) and isinstance(flat, fx.Node) else None
+        grid_view = sliced.args[0] if isinstance(sliced, fx.Node) and sliced.op == "call_function" \
+            and sliced.target is operator.getitem else None
+        index = sliced.args[1] if grid_view is not None else None  # type: ignore[union-attr]
+        grid = _shape(self.values, grid_view)
+        if not (_is(grid_view, *_VIEWS) and isinstance(grid_view, fx.Node) and grid_view.args[0] is x
+                and grid is not None and len(grid) == 4 and grid[3] == c and isinstance(index, tuple)
+                and len(index) == 3 and index[0] == slice(None)):
+            return None
+        steps = {(i.start, i.stop, i.step) for i in index[1:] if isinstance(i, slice)}
+        if len(steps) != 1 or len(index) != 3:
+            return None
+        start, stop, stride = steps.pop()
+        if start not in (None, 0) or stop is not None or not isinstance(stride, int) or stride < 2:
+            return None
+        for node in (product, q, view, linear, flat, sliced, grid_view, *([scaled] if scaled is not None else [])):
+            self.nodes.add(node)  # type: ignore[arg-type]
+        if len(sliced.users) != 1 or len(flat.users) != 1 or len(grid_view.users) != 1:  # type: ignore[union-attr]
+            return None
+        return (scaled if scaled is not None else q), stride, grid[1:3], str(linear.target), norm
+
+    def biased(self, q: fx.Node, kt: fx.Node, v: fx.Node, kd: int) -> fx.Node | None:
+        """softmax(Q K^T scaled (+ table[:, index])) V, the scale on q or on the scores; sets self.table. `q` may
+        be q times the scale already (found from the strided queries)."""
+        self.table = ("", "")
+        first: fx.Node | None = q if _is(q, "mul", "mul_") and kt in q.users else self.only_user(q)
+        scaled: fx.Node | None
+        if first is q or (_is(first, "mul", "mul_") and first is not None and self.factor(first, q, kd)):
+            assert first is not None
+            if first is q and not any(self.factor(first, a, kd) for a in first.args if isinstance(a, fx.Node)):
+                return None
             scores = self.only_user(first)
             if not (_is(scores, "matmul") and scores is not None and tuple(scores.args) == (first, kt)):
                 return None
@@ -297,6 +591,7 @@ class _Matcher:
             self.nodes.update((first, kt, scaled))
         else:
             return None
+        assert scaled is not None
         after = self.only_user(scaled)
         if _is(after, "add", "add_") and after is not None and len(after.args) == 2 and scaled in after.args:
             gathered = after.args[1] if after.args[0] is scaled else after.args[0]
@@ -344,7 +639,7 @@ class _Matcher:
         t, i = self.values.get(table), self.values.get(index)
         if not (isinstance(t, nn.Parameter) and isinstance(i, torch.Tensor) and i.dtype == torch.long
                 and t.dim() == 2 and i.dim() == 2 and (t.shape[0], *i.shape) == scores[1:]
-                and i.shape[0] == i.shape[1] and len(table.users) == 1 and len(index.users) == 1):
+                and len(table.users) == 1 and len(index.users) == 1):
             return None
         return str(table.target), str(index.target)
 

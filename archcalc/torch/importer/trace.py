@@ -621,10 +621,17 @@ class _Converter:
         if found is None:
             return self.covariance_pattern(node)
         x = self.vals.get(found.x)
+        grid_in: _Tensor | None = None
+        if found.conv and isinstance(x, _Tensor) and not x.channels_last and not isinstance(x.shape, Tokens) \
+                and len(x.shape) == 3:
+            # LeViT's conv form on a channels-first grid: to_tokens, the attention, to_grid (views: the same
+            # arithmetic, 1 x 1 convs as linear maps of each position's channels)
+            grid_in = x
+            x = _Tensor(x.id, Tokens(x.shape[1] * x.shape[2], x.shape[0], tuple(x.shape[1:])))
         if not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or x.channels_last:
             return False
-        if found.grid and tuple(x.shape.grid) != found.grid:
-            return False  # (a reduction of a grid other than the tokens' own)
+        if found.grid and tuple(x.shape.grid) != tuple(found.grid):
+            return False  # (strided queries or a reduction of another grid than the tokens' own)
         params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj, *found.more)
                   for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
         args: dict[str, Any] = {"num_heads": found.num_heads, "bias": found.bias}
@@ -634,7 +641,7 @@ class _Converter:
         if found.key_dim and (found.key_dim, found.value_dim) != (c // found.num_heads,) * 2:
             args.update(key_dim=found.key_dim, value_dim=found.value_dim)
         if found.table:
-            if not self._offsets_index(found.index, x.shape):
+            if not self._offsets_index(found.index_buffer, x.shape, found.stride):
                 return False
             params.append(_Param((found.table,), tuple(self.root.get_parameter(found.table).shape)))
             args["score_bias"] = True
@@ -646,7 +653,13 @@ class _Converter:
             args["kv_avgpool"] = found.kv_avgpool
             if not found.kv_norm:
                 args["kv_norm"] = False
-        if found.out_features and found.out_features != x.shape[1]:
+        if found.norm:
+            args["norm"] = "batchnorm"
+        if found.act != "none":
+            args["act"] = found.act
+        if found.stride > 1:
+            args["stride"] = found.stride
+        if found.out_features and found.out_features != c:
             args["out_features"] = found.out_features
         try:
             self.consume(found.last, params, "self_attention", args, x)
@@ -654,21 +667,46 @@ class _Converter:
             return False
         calls = [str(n.target) for n in found.nodes if n.op == "call_module"]
         self.called.update(calls)
-        parts = tuple(found.qkv.split("."))[:-1]
+        parts = tuple(found.qkv.split("."))[:-1]  # the attention module: the projections' common parent
+        proj_parts = tuple(found.proj.split("."))
+        while parts and parts != proj_parts[:len(parts)]:
+            parts = parts[:-1]
         path = ".".join(parts)
         m = self.root.get_submodule(path) if path else self.root
         where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
         trainable = any(p.requires_grad for c in calls for p in self.root.get_submodule(c).parameters())
-        out = self._new(Tokens(x.shape[0], found.out_features or x.shape[1], x.shape.grid))
-        self.ops.append(Op(parts[-1] if parts else "attention", parts[:-1], bool(parts), "self_attention", None,
-                           args, (x.id,), out.id, where, None, trainable))
+        kind = REGISTRY["self_attention"]
+        try:
+            shape = kind.output({a.name: args.get(a.name, a.default) for a in kind.args}, x.shape,
+                                lambda message: None)
+        except LayerError:
+            return False
+        assert isinstance(shape, Tokens)
+        want = (1, shape[1], *shape.grid) if grid_in is not None else (1, *shape)
+        if want != tuple(int(s) for s in self.values[found.last].shape):
+            return False
+        name = parts[-1] if parts else "attention"
+        if grid_in is not None:
+            tokens = self._new(x.shape)
+            self.ops.append(Op(f"{name}_tokens", parts[:-1], False, "to_tokens", None, {}, (grid_in.id,), tokens.id,
+                               where))
+            x = tokens
+        out = self._new(shape)
+        self.ops.append(Op(name, parts[:-1], bool(parts), "self_attention", None, args, (x.id,), out.id, where,
+                           None, trainable))
+        if grid_in is not None:
+            grid = self._new((shape[1], *shape.grid))
+            self.ops.append(Op(f"{name}_grid", parts[:-1], False, "to_grid", None, {"size": list(shape.grid)},
+                               (out.id,), grid.id, where))
+            out = grid
         self.composed.update(found.nodes)
         self.vals[found.last] = out
         return True
 
-    def _offsets_index(self, path: str, tokens: Tokens) -> bool:
-        """The score bias's index buffer is self_attention's: N x N on a 2-D grid of N tokens, and where its values
-        are known (not the meta device), |dy| x W + |dx| of each pair of tokens."""
+    def _offsets_index(self, path: str, tokens: Tokens, stride: int = 1) -> bool:
+        """The score bias's index buffer is self_attention's: Nq x N on a 2-D grid of N tokens, and where its values
+        are known (not the meta device), |dy| x W + |dx| of each query (on the grid subsampled by the stride) and
+        each token."""
         grid = tokens.grid
         if len(grid) != 2 or grid[0] * grid[1] != tokens[0]:
             return False
@@ -677,8 +715,9 @@ class _Converter:
             return True  # (a model built on the meta device: only the shape is known, checked by the matcher)
         ys = torch.arange(grid[0]).repeat_interleave(grid[1])
         xs = torch.arange(grid[1]).repeat(grid[0])
-        want = (ys[:, None] - ys[None, :]).abs() * grid[1] + (xs[:, None] - xs[None, :]).abs()
-        return bool(torch.equal(index.cpu(), want))
+        on = ((ys % stride == 0) & (xs % stride == 0)).nonzero().flatten()
+        want = (ys[on, None] - ys[None, :]).abs() * grid[1] + (xs[on, None] - xs[None, :]).abs()
+        return tuple(index.shape) == tuple(want.shape) and bool(torch.equal(index.cpu(), want))
 
     def class_pattern(self, node: fx.Node) -> bool:
         """CaiT's class attention written out op by op from its x[:, 0] (attention.py), one `class_attention` op
