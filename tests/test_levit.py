@@ -336,7 +336,7 @@ def test_levit_attention_imports_exact(conv: bool) -> None:
     block = "self_attention: {num_heads: 2, bias: false, key_dim: 4, value_dim: 8, score_bias: true, norm: batchnorm"
     assert f"{block}, act: hardswish, name: attn}}" in text, text
     down = ("self_attention: {num_heads: 4, bias: false, key_dim: 4, value_dim: 16, score_bias: true, "
-            "norm: batchnorm, act: hardswish, stride: 2, out: 24, name: down}")
+            "norm: batchnorm, act: hardswish, stride: 2, out_features: 24, name: down}")
     assert down in text, text
     assert ("to_grid: {size: [3, 4], name: down_grid}" in text) == conv, text
     assert "matmul" not in text and "softmax" not in text
