@@ -283,7 +283,7 @@ def test_receptive_field_of_tokens_by_gradient() -> None:
 
 BAD = [
     ("  - to_tokens\n  - conv: {out: 4, kernel: 1}\n", "conv needs a grid"),
-    ("  - to_tokens\n  - batchnorm\n", "batchnorm needs a grid"),
+    ("  - to_tokens\n  - groupnorm: {num_groups: 2}\n", "groupnorm needs a grid"),  # (batchnorm takes tokens)
     ("  - self_attention: {num_heads: 2}\n", "self_attention needs a token sequence"),
     ("  - to_tokens\n  - self_attention: {num_heads: 3}\n", "not divisible by num_heads 3"),
     ("  - to_tokens\n  - to_grid: {size: [3, 3]}\n", "holds 9 tokens, not 16"),
