@@ -855,27 +855,9 @@ class _PartitionAttention(nn.Module):
         return out[:, :h, :w].reshape(b, n, c)
 
 
-def _patch_merging(a: dict[str, Any], s: Any) -> nn.Module:
-    """Each 2 x 2 block of the zero-padded grid, its four tokens' channels in the order (0, 0), (1, 0), (0, 1),
-    (1, 1) (row, column: torchvision's _patch_merging_pad)."""
-    h, w = s.grid
-
-    def merge(x: torch.Tensor) -> torch.Tensor:
-        b, _, c = x.shape
-        g = torch.zeros(b, h + h % 2, w + w % 2, c)
-        g[:, :h, :w] = x.view(b, h, w, c)
-        blocks = [g[:, dy::2, dx::2] for dx in (0, 1) for dy in (0, 1)]
-        return torch.cat(blocks, dim=-1).reshape(b, -1, 4 * c)
-
-    return Lambda(merge)
-
-
 def _two(v: Any) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (v[0], v[1])
 
-
-def _spatial(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return tuple(range(2, len(shape) + 1))
 
 class _DFL(nn.Module):
     """Ultralytics' DFL (ultralytics/nn/modules/block.py) on a (B, 4 x reg_max, *spatial) map: its forward on the
