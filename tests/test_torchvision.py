@@ -159,7 +159,7 @@ FAMILIES = {
     "squeezenet": ["squeezenet"], "densenet": ["densenet"], "googlenet": ["googlenet"],
     "inception": ["inception"], "mobilenet": ["mobilenet"], "mnasnet": ["mnasnet"], "shufflenet": ["shufflenet"],
     "efficientnet": ["efficientnet"], "regnet": ["regnet"], "convnext": ["convnext"],
-    "video": ["r3d", "mc3", "r2plus1d", "s3d", "mvit"], "segmentation": ["fcn", "deeplabv3", "lraspp"],
+    "video": ["r3d", "mc3", "r2plus1d", "s3d", "mvit", "swin3d"], "segmentation": ["fcn", "deeplabv3", "lraspp"],
     "vit": ["vit_"], "swin": ["swin_"],
 }
 
@@ -168,7 +168,7 @@ def test_zoo_groups_torchvision_by_family() -> None:
     result = CliRunner().invoke(app, ["zoo", "--format", "json"])
     assert result.exit_code == 0, result.output
     entries = [e for e in json.loads(result.output) if e["name"].startswith("torchvision/")]
-    assert {e["name"].removeprefix("torchvision/") for e in entries} == {*DONE, *VITS, *SWINS, *MVITS}
+    assert {e["name"].removeprefix("torchvision/") for e in entries} == {*DONE, *VITS, *SWINS, *MVITS, *SWIN3DS}
     for e in entries:
         model = e["name"].removeprefix("torchvision/")
         prefixes = FAMILIES[e["family"]]
