@@ -94,10 +94,39 @@ def _cpu_selection() -> list[object]:
     return tiered(sorted(set(fast) | set(cover(list(info)))), set(fast))
 
 
+def _einsum_fvcore(macs: int) -> int:
+    """fvcore's count of an einsum it does not read as a matmul (fvcore/nn/jit_handles.py, einsum_flop_jit):
+    numpy's einsum_path FLOPs (2 per MAC) printed to 4 significant digits ('%.3e'), halved."""
+    return int(float(f"{2 * macs:.3e}") // 2)
+
+
+# Specs whose attention products are torch.einsum calls (torchvision's MaxViT: `window_attention: {einsum: true}`):
+# fvcore rounds each einsum's count of the batch it ran, archcalc's fvcore figure is per image (batch 1's rounding
+# times the batch), so at batch 2 the two differ by that rounding alone (docs/tokens.md, "Grid attention").
+EINSUM_ROUNDED = {"torchvision/maxvit_t"}
+
+
 @pytest.mark.parametrize("name", _cpu_selection())
 def test_spec_reduced_on_cpu(name: str) -> None:
     spec = load_spec(bundled()[name])
-    v = validate(spec, device="cpu", batch=2, input_shape=_reduced_input(spec))
+    shape = _reduced_input(spec)
+    v = validate(spec, device="cpu", batch=2, input_shape=shape)
+    if name in EINSUM_ROUNDED:
+        # every other check agrees; each einsum layer's fvcore figure differs from fvcore's by exactly the rounding
+        # of its two products (N x M x C MACs each per image, M the window's 7 x 7 tokens) at batch 2
+        rows = {r.name: r for r in analyze(spec, input_shape=shape).rows}
+        gaps = {}
+        for c in v.failures:
+            assert c.quantity == "fvcore_flops", _failures(v)
+            if c.layer is not None:
+                row = rows[c.layer]
+                assert row.kind == "window_attention", _failures(v)
+                products = row.input[0] * 49 * row.input[1]
+                gaps[c.layer] = c.predicted - c.measured
+                assert gaps[c.layer] == 2 * (2 * _einsum_fvcore(products) - _einsum_fvcore(2 * products)), c
+        total = next(c for c in v.failures if c.layer is None)
+        assert total.predicted - total.measured == sum(gaps.values()) != 0
+        return
     assert v.ok, _failures(v)
     assert {c.quantity for c in v.checks} == {"output_shape", "params", "buffers", "macs", "fvcore_flops",
                                                "activation_bytes", "saved_bytes", "training_flops"}
