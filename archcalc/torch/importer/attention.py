@@ -456,15 +456,10 @@ class _Matcher:
             return None
         self.nodes.update((qt, scores, scaled))
         self.table = ("", "")
-        after = self.only_user(scaled)
-        if _is(after, "add", "add_") and after is not None and len(after.args) == 2 and scaled in after.args:
-            gathered = after.args[1] if after.args[0] is scaled else after.args[0]
-            table = self.gathered(gathered, _shape(self.values, scaled))
-            if table is None:
-                return None
-            self.nodes.update((after, gathered))  # type: ignore[arg-type]
-            self.table = table
-            scaled = after
+        biased = self.score_bias_added(scaled)
+        if biased is None:
+            return None
+        scaled = biased
         weights = self.only_user(scaled)
         if not (weights is not None and weights.op == "call_method" and weights.target == "softmax"
                 and (weights.args[1:] in ((-1,), (3,)) or weights.kwargs in ({"dim": -1}, {"dim": 3}))):
@@ -592,15 +587,10 @@ class _Matcher:
         else:
             return None
         assert scaled is not None
-        after = self.only_user(scaled)
-        if _is(after, "add", "add_") and after is not None and len(after.args) == 2 and scaled in after.args:
-            gathered = after.args[1] if after.args[0] is scaled else after.args[0]
-            table = self.gathered(gathered, _shape(self.values, scaled))
-            if table is None:
-                return None
-            self.nodes.update((after, gathered))  # type: ignore[arg-type]
-            self.table = table
-            scaled = after
+        biased = self.score_bias_added(scaled)
+        if biased is None:
+            return None
+        scaled = biased
         weights = self.only_user(scaled)
         dim = None
         if weights is not None and weights.op == "call_method" and weights.target == "softmax":
@@ -625,6 +615,20 @@ class _Matcher:
             return False
         f = n.args[1] if n.args[0] is x else n.args[0]
         return not isinstance(f, fx.Node) and isinstance(f, (int, float)) and math.isclose(f, kd ** -0.5)
+
+    def score_bias_added(self, scaled: fx.Node) -> fx.Node | None:
+        """The scores, or the scores plus a gathered score bias (`table[:, index]`, sets self.table) where that add
+        is their only reader; None where the add reads something else."""
+        after = self.only_user(scaled)
+        if not (_is(after, "add", "add_") and after is not None and len(after.args) == 2 and scaled in after.args):
+            return scaled
+        gathered = after.args[1] if after.args[0] is scaled else after.args[0]
+        table = self.gathered(gathered, _shape(self.values, scaled))
+        if table is None:
+            return None
+        self.nodes.update((after, gathered))  # type: ignore[arg-type]
+        self.table = table
+        return after
 
     def gathered(self, n: Any, scores: tuple[int, ...] | None) -> tuple[str, str] | None:
         """table[:, index], a parameter h x T gathered by an int64 buffer N x N (read from get_attr nodes), shaped
