@@ -805,7 +805,24 @@ def _fourier_pos_embed(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[
     return lambda: x + F.linear(features, m.token_projection.weight.flatten(1), m.token_projection.bias)
 
 
-FORMULAS.update({"pooled_attention": _pooled_attention, "token_maxpool": _token_maxpool,
+def _additive_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """SwiftFormer's additive attention written out: q and k projected and divided by their L2 norms over the
+    channels (squares, sum, root, clamp at 1e-12); the scores q w_g scaled and divided by their norm over the
+    tokens; the scores weight the queries, summed over the tokens; times every key, projected, plus q, projected."""
+    def unit(t: torch.Tensor, dim: int) -> torch.Tensor:
+        return t / torch.clamp_min(torch.sqrt((t * t).sum(dim, keepdim=True)), 1e-12)
+
+    def run() -> torch.Tensor:
+        q = unit(F.linear(x, m.to_query.weight, m.to_query.bias), -1)
+        k = unit(F.linear(x, m.to_key.weight, m.to_key.bias), -1)
+        scores = unit(torch.matmul(q, m.w_g) * m.scale, 1)
+        g = (scores * q).sum(1, keepdim=True)
+        return F.linear(F.linear(g * k, m.proj.weight, m.proj.bias) + q, m.final.weight, m.final.bias)
+    return run
+
+
+FORMULAS.update({"pooled_attention": _pooled_attention, "additive_attention": _additive_attention,
+                 "token_maxpool": _token_maxpool,
                  "separable_pos_embed": _separable_pos_embed, "xca": _xca, "fourier_pos_embed": _fourier_pos_embed,
                  "class_attention": _class_attention})
 

@@ -60,6 +60,9 @@ def test_saved_bytes_are_what_autograd_keeps(name: str, index: int) -> None:
     kind = REGISTRY[name]
     report = _one_layer(kind, index, device="cpu", input_requires_grad=True)
     x = torch.randn(BATCH, *kind.examples[index].input).requires_grad_()
+    if int(kind.contiguous_recorded_input) > 1:  # each of its projections copies a strided view: give it the
+        grid = kind.examples[index].input       # spec's, the tokens of a grid (to_tokens)
+        x = torch.randn(BATCH, grid[1], *grid.grid).requires_grad_().flatten(2).transpose(1, 2)
     assert report.totals.saved_bytes == saved_bytes(_module(kind, index), x)
 
 
@@ -276,6 +279,10 @@ FULL: dict[str, Rule] = {
     # the softmax's 3
     "xca": lambda a, i, o, m: 2 * m + (4 if a["qkv_bias"] else 1) * n(i) + 6 * n(i) + 4 * i[1]
     + 4 * i[1] * (i[1] // a["num_heads"]),
+    # 2 per MAC; the four linears' biases (4C per token); q and k normalised (square, sum, divide per element;
+    # root and clamp per token); the scores scaled (1 per token) and normalised over the tokens (3 per token, root
+    # and clamp once); the weighting of q, its sum, g * k and the residual (1 per element each)
+    "additive_attention": lambda a, i, o, m: 2 * m + 4 * n(i) + 6 * n(i) + 4 * i[0] + i[0] + 3 * i[0] + 2 + 4 * n(i),
     # 2 per MAC; biases: q's and the projection's (C each), k's and v's per token (2NC), or the projection's
     # alone; the scale of q (C); the softmax's 3 per weight (heads x N)
     "class_attention": lambda a, i, o, m: 2 * m + (2 * i[1] + 2 * n(i) if a["qkv_bias"] else i[1]) + i[1]

@@ -437,6 +437,28 @@ class CrossCovariance(nn.Module):
         return self.proj(torch.matmul(weights, v).permute(0, 3, 1, 2).reshape(b, n, c))
 
 
+class AdditiveAttn(nn.Module):
+    """SwiftFormer's efficient additive attention as Shaker et al. write it (2023, sec. 3.2, eq. 4-6): the
+    normalised queries' scores against a learned vector w_a, scaled by 1/sqrt(d) and normalised over the tokens,
+    pool the queries into one global query; its elementwise product with each normalised key is transformed and
+    added to the queries, then a final linear; parameters in timm's order (to_query, to_key, w_g, proj, final)."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.to_query, self.to_key = nn.Linear(c, c), nn.Linear(c, c)
+        self.w_g = nn.Parameter(torch.randn(c, 1))
+        self.proj, self.final = nn.Linear(c, c), nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def unit(t: torch.Tensor, dim: int) -> torch.Tensor:
+            return t / t.norm(dim=dim, keepdim=True).clamp(min=1e-12)
+
+        q, k = unit(self.to_query(x), -1), unit(self.to_key(x), -1)
+        alpha = unit(torch.einsum("bnc,co->bno", q, self.w_g) / math.sqrt(x.shape[-1]), 1)
+        pooled = (alpha * q).sum(dim=1, keepdim=True)
+        return self.final(self.proj(pooled * k) + q)
+
+
 class ClassAttn(nn.Module):
     """CaiT's class attention as Touvron et al. write it (2021, sec. 3, eq. 5-6): the class token's query against
     every token's key, softmax(q K^T / sqrt(d)) V per head, projected; q, k, v and the projection in timm's order."""
@@ -964,6 +986,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "separable_pos_embed": lambda a, s: SeparablePositions(s),
     "xca": lambda a, s: CrossCovariance(s[1], a["num_heads"], a["qkv_bias"]),
     "fourier_pos_embed": FourierPositions,
+    "additive_attention": lambda a, s: AdditiveAttn(s[1]),
     "class_attention": lambda a, s: ClassAttn(s[1], a["num_heads"], a["qkv_bias"]),
     "context_pool": lambda a, s: ContextPool(s[0], len(s) - 1, a["bias"]),
     "leaky_relu": lambda a, s: nn.LeakyReLU(a["negative_slope"]),

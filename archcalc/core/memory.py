@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from archcalc.core.graph import Graph
-from archcalc.core.kinds.base import STATISTICS, itemsize_for, numel
+from archcalc.core.kinds.base import STATISTICS, Kind, itemsize_for, numel
 
 SAVED_DEVICES = ("cuda", "cpu")  # whose kernels the saved-tensor figures follow
 
@@ -120,6 +120,12 @@ def inference_timeline(graph: Graph, itemsize: int, batch: int, device: str = "c
                     tuple(sizes.get(s, 0) for s in range(count)), tuple(names.get(s, "") for s in range(count)))
 
 
+def copies(kind: Kind) -> int:
+    """How many contiguous copies of a strided input the kind keeps when autograd records it: one, or its
+    `contiguous_recorded_input` count (a module whose several projections each read the view)."""
+    return max(1, int(kind.contiguous_recorded_input))
+
+
 def saved_training_bytes(graph: Graph, itemsize: int, batch: int, device: str = "cuda",
                          input_requires_grad: bool = False) -> int:
     """Bytes autograd saves for backward during a training-mode forward, parameters and buffers excluded."""
@@ -187,7 +193,8 @@ def saved_timeline(graph: Graph, itemsize: int, batch: int, device: str = "cuda"
                                                                                               out.shape)
             if what.input or what.input_for_params and params_need_grad:
                 if src.train_strided and (op.kind.contiguous_input or op.kind.contiguous_recorded_input):
-                    total += numel(src.shape) * itemsize * batch  # the contiguous copy of a crop, kept alone
+                    # the contiguous copy of a crop, kept alone (one per projection reading it: `copies`)
+                    total += numel(src.shape) * itemsize * batch * copies(op.kind)
                 else:
                     keep(src.train_storage)
             if what.output:
@@ -286,7 +293,7 @@ def _saving(graph: Graph, itemsize: int, batch: int, device: str, input_requires
             copy = src.train_strided and (op.kind.contiguous_input or op.kind.contiguous_recorded_input)
             if what.input or what.input_for_params and params_need_grad:
                 if copy:
-                    extras[i] += numel(src.shape) * itemsize * batch
+                    extras[i] += numel(src.shape) * itemsize * batch * copies(op.kind)
                 else:
                     keeps[i].add(src.train_storage)
             if what.output:

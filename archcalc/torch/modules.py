@@ -1167,3 +1167,29 @@ class ClassAttention(nn.Module):
         v = self.v(x).reshape(b, n, h, d).transpose(1, 2)
         weights = ((q * d ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
         return self.proj((weights @ v).transpose(1, 2).reshape(b, 1, c))
+
+
+# ---- SwiftFormer's efficient additive attention (archcalc.core.kinds.additive) -----------------------------------
+
+
+class AdditiveAttention(nn.Module):
+    """SwiftFormer's efficient additive attention over B x N x C tokens (Shaker et al. 2023, sec. 3.2; timm's
+    EfficientAdditiveAttention, one head): q and k from two C -> C linears, each L2-normalised over its channels;
+    per token the score q w_g / sqrt(C), the scores L2-normalised over the tokens; the global query g = sum over
+    the tokens of score x q; out = final(proj(g * k) + q). Parameters in timm's order and names."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.scale = channels ** -0.5
+        self.to_query = nn.Linear(channels, channels)
+        self.to_key = nn.Linear(channels, channels)
+        self.w_g = nn.Parameter(torch.randn(channels, 1))
+        self.proj = nn.Linear(channels, channels)
+        self.final = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = F.normalize(self.to_query(x), dim=-1)
+        k = F.normalize(self.to_key(x), dim=-1)
+        scores = F.normalize(q @ self.w_g * self.scale, dim=1)
+        g = torch.sum(scores * q, dim=1, keepdim=True)
+        return self.final(self.proj(g * k) + q)

@@ -343,6 +343,11 @@ def _xca(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.CrossCovarianceAttention, channels=inp[1], num_heads=a["num_heads"], qkv_bias=a["qkv_bias"])
 
 
+@recipe("additive_attention")
+def _additive_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.AdditiveAttention, channels=inp[1])
+
+
 @recipe("class_attention")
 def _class_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.ClassAttention, channels=inp[1], num_heads=a["num_heads"], qkv_bias=a["qkv_bias"])
@@ -816,6 +821,7 @@ reads("xca", lambda m, inp: Mapped("xca", {"num_heads": int(m.num_heads), "qkv_b
 reads("class_attention", lambda m, inp: Mapped("class_attention", {"num_heads": int(m.num_heads),
                                                                    "qkv_bias": m.q.bias is not None}),
       modules.ClassAttention)
+reads("additive_attention", lambda m, inp: Mapped("additive_attention", {}), modules.AdditiveAttention)
 reads("fourier_pos_embed", lambda m, inp: Mapped("fourier_pos_embed", {
     "hidden_dim": int(m.hidden_dim), "temperature": float(m.temperature), "once": bool(m.once)}),
     modules.FourierPositionEncoding)

@@ -226,7 +226,8 @@ class Kind:
     # Only when autograd records it, the module keeps a contiguous copy of a strided view it reads (not the view's
     # base), as `contiguous_input` does: self_attention's in_proj (matmul folds a strided 3-D input into a matrix
     # with a copy when it records; under no_grad it reads the view in place). Measured: tests/test_attention_step.py.
-    contiguous_recorded_input: ClassVar[bool] = False
+    # An int above 1: that many copies, one per projection reading the view (SwiftFormer's q and k: 2).
+    contiguous_recorded_input: ClassVar[bool | int] = False
     # torch.autocast on the CPU (the torch.amp documentation's op lists, "CPU Ops that can autocast to bfloat16 / to
     # float32"): "lower", the op runs in the low-precision type, its floating-point inputs and parameters cast to it
     # (a copy each; the copies of parameters that need a gradient cached for the autocast region); "float32", it

@@ -27,7 +27,7 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import attention, mapping
+from archcalc.torch.importer import additive, attention, mapping
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -564,7 +564,8 @@ class _Converter:
             elif node not in self.composed:
                 self.current = node
                 if node.op == "call_module" and (self.attention_pattern(node) or self.context_pattern(node)
-                                                 or self.grid_attention_pattern(node)):
+                                                 or self.grid_attention_pattern(node)
+                                                 or self.additive_pattern(node)):
                     continue  # (a module's ops read as one kind by what they compute: attention)
                 if node.op == "call_function" and node.target is operator.getitem and self.class_pattern(node):
                     continue
@@ -803,6 +804,35 @@ class _Converter:
         out = self._new(x.shape)
         self.ops.append(Op(parts[-1] if parts else "xca", parts[:-1], bool(parts), "xca", None, args, (x.id,),
                            out.id, where, None, trainable))
+        self.composed.update(found.nodes)
+        self.vals[found.last] = out
+        return True
+
+    def additive_pattern(self, node: fx.Node) -> bool:
+        """SwiftFormer's efficient additive attention written out op by op from its query projection
+        (importer/additive.py), one `additive_attention` op from the tokens to the final projection's result."""
+        found = additive.match(self.root, self.values, node)
+        x = self.vals.get(found.x) if found is not None else None
+        if found is None or not isinstance(x, _Tensor) or not isinstance(x.shape, Tokens) or x.channels_last:
+            return False
+        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in found.projections[:2]
+                  for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
+        params.append(_Param((found.vector,), tuple(self.parameters[found.vector].shape)))
+        params += [_Param((f"{path}.{name}",), tuple(t.shape)) for path in found.projections[2:]
+                   for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
+        try:
+            self.consume(found.last, params, "additive_attention", {}, x)
+        except Unmapped:
+            return False
+        self.called.update(found.projections)
+        parts = tuple(found.projections[0].split("."))[:-1]
+        path = ".".join(parts)
+        m = self.root.get_submodule(path) if path else self.root
+        where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
+        trainable = any(p.requires_grad for c in found.projections for p in self.root.get_submodule(c).parameters())
+        out = self._new(x.shape)
+        self.ops.append(Op(parts[-1] if parts else "additive_attention", parts[:-1], bool(parts),
+                           "additive_attention", None, {}, (x.id,), out.id, where, None, trainable))
         self.composed.update(found.nodes)
         self.vals[found.last] = out
         return True
