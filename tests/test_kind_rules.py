@@ -303,13 +303,14 @@ def _windows_of(a: Mapping[str, Any], i: Any) -> tuple[int, int, int, bool]:
 def _window_attention(a: Mapping[str, Any], i: Any, macs: int) -> int:
     """2 per MAC; the qkv and projection biases (4C per padded token); v1 the scale of q (1 per element), v2 the
     normalisation of q and k (3 per element, 2 per head vector) and the logit scale (1 per weight); per attention
-    weight the position bias, the mask when shifted, and the softmax's 3."""
+    weight the position bias (none with position_bias none), the mask when shifted, and the softmax's 3."""
     tokens, m, _, shifted = _windows_of(a, i)
     c, h = i[1], a["num_heads"]
     weights = tokens * m * h
     biases = 4 * c * tokens if a["bias"] else 0
     scaling = 6 * tokens * c + 4 * tokens * h + weights if a["v2"] else tokens * c
-    return 2 * macs + biases + scaling + weights * (1 + (1 if shifted else 0) + 3)
+    position = 0 if a["position_bias"] == "none" else 1
+    return 2 * macs + biases + scaling + weights * (position + (1 if shifted else 0) + 3)
 
 
 def _window_attention_once(a: Mapping[str, Any], i: Any) -> int:
