@@ -273,9 +273,10 @@ FULL: dict[str, Rule] = {
     "separable_pos_embed": lambda a, i, o, m: n(i.grid) * i[1] + n(i),
     # 2 per MAC; qkv's and the projection's biases per token (3C + C, or C); q and k normalised over the tokens
     # (square, sum, divide per element; root and clamp per channel of each); per weight (C x d) the temperature and
-    # the softmax's 3
-    "xca": lambda a, i, o, m: 2 * m + (4 if a["qkv_bias"] else 1) * n(i) + 6 * n(i) + 4 * i[1]
-    + 4 * i[1] * (i[1] // a["num_heads"]),
+    # the softmax's 3; normalize false (DaViT): the scale of q (1 per element) and the softmax's 3 per weight alone
+    "xca": lambda a, i, o, m: 2 * m + (4 if a["qkv_bias"] else 1) * n(i) + (
+        6 * n(i) + 4 * i[1] + 4 * i[1] * (i[1] // a["num_heads"]) if a["normalize"]
+        else n(i) + 3 * i[1] * (i[1] // a["num_heads"])),
     # 2 per MAC; biases: q's and the projection's (C each), k's and v's per token (2NC), or the projection's
     # alone; the scale of q (C); the softmax's 3 per weight (heads x N)
     "class_attention": lambda a, i, o, m: 2 * m + (2 * i[1] + 2 * n(i) if a["qkv_bias"] else i[1]) + i[1]

@@ -1086,12 +1086,16 @@ class CrossCovarianceAttention(nn.Module):
     """XCiT's cross-covariance attention over B x N x C tokens (El-Nouby et al. 2021; timm's XCA and EdgeNeXt's
     CrossCovarianceAttn): one linear layer makes q, k and v, each laid out per head as d x N (d = C / heads
     channels over the N tokens); q and k L2-normalised over the tokens; per head softmax(temperature * Q K^T) over
-    the d x d channel pairs, times V; the heads joined and projected. A learned temperature per head."""
+    the d x d channel pairs, times V; the heads joined and projected. A learned temperature per head.
+    `normalize=False` (DaViT's channel attention): no normalisation, no temperature, q scaled by d^-1/2 (`scale`
+    "head") or N^-1/2 ("tokens")."""
 
-    def __init__(self, channels: int, num_heads: int, qkv_bias: bool = True) -> None:
+    def __init__(self, channels: int, num_heads: int, qkv_bias: bool = True, normalize: bool = True,
+                 scale: str = "head") -> None:
         super().__init__()
-        self.num_heads = num_heads
-        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.num_heads, self.normalize, self.scale = num_heads, normalize, scale
+        if normalize:
+            self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
         self.qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
         self.proj = nn.Linear(channels, channels)
 
@@ -1099,6 +1103,10 @@ class CrossCovarianceAttention(nn.Module):
         b, n, c = x.shape
         h = self.num_heads
         q, k, v = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 4, 1).unbind(0)
+        if not self.normalize:
+            q = q * ((c // h) ** -0.5 if self.scale == "head" else n ** -0.5)
+            weights = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+            return self.proj((weights @ v).permute(0, 3, 1, 2).reshape(b, n, c))
         weights = ((F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1))
                    * self.temperature).softmax(dim=-1)
         return self.proj((weights @ v).permute(0, 3, 1, 2).reshape(b, n, c))
