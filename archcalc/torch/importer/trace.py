@@ -27,7 +27,7 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import attention, mapping
+from archcalc.torch.importer import attention, davit, mapping
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -571,6 +571,8 @@ class _Converter:
                 if self.composition(node):  # (its nodes are one op now; their values are set)
                     continue
                 try:
+                    if davit.read(self, node):  # DaViT's and Twins-SVT's windows, DaViT's channel attention
+                        continue
                     result = self.node(node)
                 except Unmapped as exc:
                     result = self.unmapped(node, str(exc))
