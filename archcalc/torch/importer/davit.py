@@ -20,10 +20,11 @@ ran with, and written as one archcalc op:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.fx as fx
+from torch import nn
 
 from archcalc.core.kinds.base import Tokens
 from archcalc.torch.importer.mapping import Unmapped, qualname
@@ -39,21 +40,46 @@ _FUNCTIONS = {"pad", "getitem", "scaled_dot_product_attention", "matmul", "mul",
               "window_partition", "window_reverse"}
 
 
-def read(conv: Any, node: fx.Node) -> bool:
-    """Whether `node` starts one of the spans this file reads; if so the span is one op now (its nodes composed)."""
-    if node.op not in ("call_method", "call_function"):
-        return False
-    from archcalc.torch.importer.trace import _scope_of
+class Found(NamedTuple):
+    """A span of the graph that is one archcalc op: from the tensor `x` to `last`, the parameters of the module at
+    `path` (the modules in `calls` called)."""
 
-    path = ".".join(_scope_of(node))
+    x: fx.Node
+    last: fx.Node
+    span: list[fx.Node]
+    path: str
+    kind: str
+    args: dict[str, Any]
+    calls: list[str]
+
+
+class _Graph(NamedTuple):
+    root: nn.Module
+    values: dict[fx.Node, Any]  # what each node computed on the traced input (meta or fake tensors)
+    vals: dict[fx.Node, Any]  # the converter's tensors so far (their archcalc shapes)
+    nodes: list[fx.Node]
+    order: dict[fx.Node, int]
+
+
+def match(root: nn.Module, values: dict[fx.Node, Any], vals: dict[fx.Node, Any], nodes: list[fx.Node],
+          order: dict[fx.Node, int], node: fx.Node) -> Found | None:
+    """The span `node` starts, if it is one this file reads; Unmapped for one of these classes it cannot read."""
+    if node.op not in ("call_method", "call_function"):
+        return None
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    last = list(stack.values())[-1]
+    path = last[0] if isinstance(last, tuple) else str(last)
     if not path:
-        return False
-    name = qualname(type(conv.root.get_submodule(path)))
+        return None
+    g = _Graph(root, values, vals, nodes, order)
+    name = qualname(type(root.get_submodule(path)))
     if name == SPATIAL and node.op == "call_method" and node.target == "view":
-        return _spatial(conv, node, path)
+        return _spatial(g, node, path)
     if name == TWINS or name in CHANNEL:
-        return _whole(conv, node, path, name)
-    return False
+        return _whole(g, node, path, name)
+    return None
 
 
 def _tensor(value: Any) -> bool:
@@ -68,10 +94,10 @@ def _allowed(n: fx.Node, modules: set[str]) -> bool:
     return getattr(n.target, "__name__", "") in _FUNCTIONS
 
 
-def _closed(conv: Any, span: list[fx.Node], last: fx.Node) -> bool:
+def _closed(g: _Graph, span: list[fx.Node], last: fx.Node) -> bool:
     """No tensor the span makes is read outside it, but its last."""
     inside = set(span)
-    return all(u in inside for n in span if n is not last and _tensor(conv.values.get(n)) for u in n.users)
+    return all(u in inside for n in span if n is not last and _tensor(g.values.get(n)) for u in n.users)
 
 
 def _linears(m: Any, c: int) -> bool | None:
@@ -84,37 +110,19 @@ def _linears(m: Any, c: int) -> bool | None:
     return qkv.bias is not None
 
 
-def _emit(conv: Any, span: list[fx.Node], last: fx.Node, x: Any, path: str, kind: str, args: dict[str, Any],
-          params: list[str]) -> bool:
-    from archcalc.torch.importer.trace import Op, Where, _Param
-
-    m = conv.root.get_submodule(path)
-    tensors = [_Param((f"{path}.{name}",), tuple(t.shape)) for name, t in m.named_parameters()]
-    conv.current = last
-    conv.consume(last, tensors, kind, args, x)
-    conv.called.update(params)
-    parts = tuple(path.split("."))
-    where = Where(type(m).__name__, path, *last.meta.get("archcalc_line", ("", 0)))
-    trainable = any(p.requires_grad for p in m.parameters())
-    out = conv._new(x.shape)
-    conv.ops.append(Op(parts[-1], parts[:-1], True, kind, None, args, (x.id,), out.id, where, None, trainable))
-    conv.composed.update(span)
-    conv.vals[last] = out
-    return True
-
-
-def _spatial(conv: Any, first: fx.Node, block: str) -> bool:
+def _spatial(g: _Graph, first: fx.Node, block: str) -> Found | None:
     """DaViT's SpatialBlock: from `x.view(B, H, W, C)` of its normed tokens to `x.view(B, H * W, C)` after the crop."""
-    x = conv.vals.get(first.args[0]) if first.args else None
-    value = conv.values.get(first)
+    source = first.args[0] if first.args else None
+    x: Any = g.vals.get(source) if isinstance(source, fx.Node) else None
+    value: Any = g.values.get(first)
     if x is None or not isinstance(getattr(x, "shape", None), Tokens) or not _tensor(value) or value.dim() != 4:
-        return False
+        return None
     n, c = x.shape
     h, w = (int(s) for s in value.shape[1:3])
     if tuple(x.shape.grid) != (h, w) or h * w != n or int(value.shape[3]) != c:
         raise Unmapped(f"DaViT's SpatialBlock views {n} tokens as a {h} x {w} grid that is not theirs")
     attn_path = f"{block}.attn"
-    m = conv.root.get_submodule(attn_path)
+    m: Any = g.root.get_submodule(attn_path)
     if qualname(type(m)) != WINDOW:
         raise Unmapped(f"DaViT's SpatialBlock whose attn is not timm's davit WindowAttention ({qualname(type(m))})")
     ws = tuple(int(s) for s in m.window_size)
@@ -128,11 +136,11 @@ def _spatial(conv: Any, first: fx.Node, block: str) -> bool:
     padded = tuple(-(-g // s) * s for g, s in zip((h, w), ws))
     windows = math.prod(padded) // math.prod(ws)
     saw_windows = saw_proj = False
-    for nd in conv.nodes[conv.order[first]:]:
+    for nd in g.nodes[g.order[first]:]:
         if nd.op == "get_attr":
             continue
         span.append(nd)
-        v = conv.values.get(nd)
+        v: Any = g.values.get(nd)
         if not _tensor(v):
             continue
         if not _allowed(nd, modules):
@@ -145,21 +153,23 @@ def _spatial(conv: Any, first: fx.Node, block: str) -> bool:
         if saw_proj and nd.op == "call_method" and shape == (1, n, c):  # (the projection's own is the windows')
             last = nd
             break
-    if last is None or not saw_windows or not _closed(conv, span, last):
+    if last is None or not saw_windows or not _closed(g, span, last):
         raise Unmapped(f"DaViT's SpatialBlock whose window attention is not {windows} windows of "
                        f"{'x'.join(map(str, ws))} tokens on the {h} x {w} grid padded to "
                        f"{'x'.join(map(str, padded))}, its result read only as B x N x C")
     args: dict[str, Any] = {"num_heads": heads, "window_size": ws[0] if ws[0] == ws[1] else list(ws),
                             "bias": bias, "position_bias": "none"}
-    return _emit(conv, span, last, x, attn_path, "window_attention", args, sorted(modules - {f"{attn_path}.softmax"}))
+    calls = sorted(str(nd.target) for nd in span if nd.op == "call_module")
+    assert isinstance(source, fx.Node)
+    return Found(source, last, span, attn_path, "window_attention", args, calls)
 
 
-def _whole(conv: Any, first: fx.Node, path: str, name: str) -> bool:
+def _whole(g: _Graph, first: fx.Node, path: str, name: str) -> Found | None:
     """The whole call of Twins' LocallyGroupedAttn or DaViT's ChannelAttention(V2) at `path`, from `first`."""
-    m = conv.root.get_submodule(path)
+    m: Any = g.root.get_submodule(path)
     modules = {f"{path}.{child}" for child, _ in m.named_children()}
     span: list[fx.Node] = []
-    for nd in conv.nodes[conv.order[first]:]:
+    for nd in g.nodes[g.order[first]:]:
         if nd.op == "get_attr":
             continue
         stack = nd.meta.get("nn_module_stack") or {}
@@ -167,19 +177,20 @@ def _whole(conv: Any, first: fx.Node, path: str, name: str) -> bool:
         if path not in paths and not (nd.op == "call_module" and str(nd.target) in modules):
             break
         span.append(nd)
-    tensors = [nd for nd in span if _tensor(conv.values.get(nd))]
+    tensors = [nd for nd in span if _tensor(g.values.get(nd))]
     if not tensors:
-        return False
+        return None
     last = tensors[-1]
-    inputs = {a for nd in span for a in nd.all_input_nodes if a not in span and _tensor(conv.values.get(a))
+    inputs = {a for nd in span for a in nd.all_input_nodes if a not in span and _tensor(g.values.get(a))
               and a.op != "get_attr"}
-    x = conv.vals.get(next(iter(inputs))) if len(inputs) == 1 else None
+    source = next(iter(inputs)) if len(inputs) == 1 else None
+    x: Any = g.vals.get(source) if source is not None else None
     what = "Twins' LocallyGroupedAttn" if name == TWINS else f"DaViT's {name.rsplit('.', 1)[-1]}"
     if x is None or not isinstance(getattr(x, "shape", None), Tokens) or getattr(x, "channels_last", False):
         raise Unmapped(f"{what} on other than one token sequence of the network")
-    out = conv.values.get(last)
+    out: Any = g.values.get(last)
     n, c = x.shape
-    if tuple(out.shape) != (1, n, c) or not _closed(conv, span, last) \
+    if tuple(out.shape) != (1, n, c) or not _closed(g, span, last) \
             or not all(_allowed(nd, modules) for nd in tensors):
         raise Unmapped(f"{what} whose call is not the attention archcalc reads (its ops, or a result of another "
                        "shape)")
@@ -205,7 +216,8 @@ def _whole(conv: Any, first: fx.Node, path: str, name: str) -> bool:
         if m.attn_drop.p or m.proj_drop.p:
             raise Unmapped(f"{what} with dropout: archcalc's window_attention has none")
         args: dict[str, Any] = {"num_heads": heads, "window_size": ws, "bias": bias, "position_bias": "none"}
-        return _emit(conv, span, last, x, path, "window_attention", args, calls)
+        assert source is not None
+        return Found(source, last, span, path, "window_attention", args, calls)
     scale = "head"
     if name.endswith("V2"):
         if not m.dynamic_scale:
@@ -214,4 +226,5 @@ def _whole(conv: Any, first: fx.Node, path: str, name: str) -> bool:
         scale = "tokens"
     args = {"num_heads": heads, "normalize": False, **({"scale": scale} if scale != "head" else {}),
             **({} if bias else {"qkv_bias": False})}
-    return _emit(conv, span, last, x, path, "xca", args, calls)
+    assert source is not None
+    return Found(source, last, span, path, "xca", args, calls)
