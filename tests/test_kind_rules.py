@@ -276,9 +276,10 @@ FULL: dict[str, Rule] = {
     "separable_pos_embed": lambda a, i, o, m: n(i.grid) * i[1] + n(i),
     # 2 per MAC; qkv's and the projection's biases per token (3C + C, or C); q and k normalised over the tokens
     # (square, sum, divide per element; root and clamp per channel of each); per weight (C x d) the temperature and
-    # the softmax's 3
-    "xca": lambda a, i, o, m: 2 * m + (4 if a["qkv_bias"] else 1) * n(i) + 6 * n(i) + 4 * i[1]
-    + 4 * i[1] * (i[1] // a["num_heads"]),
+    # the softmax's 3; normalize false (DaViT): the scale of q (1 per element) and the softmax's 3 per weight alone
+    "xca": lambda a, i, o, m: 2 * m + (4 if a["qkv_bias"] else 1) * n(i) + (
+        6 * n(i) + 4 * i[1] + 4 * i[1] * (i[1] // a["num_heads"]) if a["normalize"]
+        else n(i) + 3 * i[1] * (i[1] // a["num_heads"])),
     # 2 per MAC; the four linears' biases (4C per token); q and k normalised (square, sum, divide per element;
     # root and clamp per token); the scores scaled (1 per token) and normalised over the tokens (3 per token, root
     # and clamp once); the weighting of q, its sum, g * k and the residual (1 per element each)
@@ -310,13 +311,14 @@ def _windows_of(a: Mapping[str, Any], i: Any) -> tuple[int, int, int, bool]:
 def _window_attention(a: Mapping[str, Any], i: Any, macs: int) -> int:
     """2 per MAC; the qkv and projection biases (4C per padded token); v1 the scale of q (1 per element), v2 the
     normalisation of q and k (3 per element, 2 per head vector) and the logit scale (1 per weight); per attention
-    weight the position bias, the mask when shifted, and the softmax's 3."""
+    weight the position bias (none with position_bias none), the mask when shifted, and the softmax's 3."""
     tokens, m, _, shifted = _windows_of(a, i)
     c, h = i[1], a["num_heads"]
     weights = tokens * m * h
     biases = 4 * c * tokens if a["bias"] else 0
     scaling = 6 * tokens * c + 4 * tokens * h + weights if a["v2"] else tokens * c
-    return 2 * macs + biases + scaling + weights * (1 + (1 if shifted else 0) + 3)
+    position = 0 if a["position_bias"] == "none" else 1
+    return 2 * macs + biases + scaling + weights * (position + (1 if shifted else 0) + 3)
 
 
 def _window_attention_once(a: Mapping[str, Any], i: Any) -> int:

@@ -53,6 +53,15 @@ CASES = [
     # the softmax's moment of the backward is the step's peak (found by lowering each moment by one element)
     ("at_the_softmax_gradient", T.format(ch=5, grid="6, 6", pre=LINEAR.format(8), h=4, w=4, s=1, more="",
                                          post=HEAD + HEAD), (2, 3)),
+    # no position bias (DaViT's and Twins-SVT's windows): no bias gradient, no table gradient
+    ("no_position_bias", T.format(ch=5, grid="6, 7", pre=LINEAR.format(8), h=2, w=4, s=2,
+                                  more=", position_bias: none", post=HEAD), (2, 3)),
+    ("no_position_bias_wide", T.format(ch=5, grid="4, 8", pre=LINEAR.format(32), h=4, w=2, s=1,
+                                       more=", position_bias: none", post=HEAD), (2, 3)),
+    # (one window, a view of to_tokens' view of the input: from batch 2 on qkv copies it, which the
+    # rule does not follow for a first layer, with a table alike: u per image; measured at batch 1)
+    ("no_position_bias_first", T.format(ch=6, grid="7, 7", pre="", h=3, w=7, s=0, more=", position_bias: none",
+                                        post=HEAD), (1,)),
     ("swin_t", "name: s\ninput: [3, 64, 64]\nextends: torchvision/swin_t\n", (1,)),
     ("swin3d_small", "name: s\ninput: [3, 6, 48, 40]\nextends: torchvision/swin3d_t\n"
                      "args: {embed: 24, h1: 1, h2: 2, h3: 2, h4: 4}\n", (1, 2)),

@@ -739,7 +739,7 @@ class WindowAttention(nn.Module):
     and index staying the configured window's. `partition="grid"` (MaxViT's grid attention, 2-D) groups the tokens
     of a window_size grid spaced evenly over the whole grid instead of a contiguous window; `einsum` computes the two
     products with torch.einsum (torchvision's MaxViT), not matmul; `position_bias` "mlp" and "lookup" are timm's
-    RelPosMlp and RelPosBiasTf (2-D)."""
+    RelPosMlp and RelPosBiasTf (2-D), "none" no position bias at all (timm's DaViT and Twins-SVT windows)."""
 
     def __init__(self, channels: int, grid: Sequence[int], num_heads: int, window_size: Sequence[int],
                  shift_size: Sequence[int], bias: bool = True, v2: bool = False, partition: str = "window",
@@ -775,9 +775,9 @@ class WindowAttention(nn.Module):
             for name, w in (("height_lookup", wh), ("width_lookup", ww)):
                 i, x = torch.meshgrid(torch.arange(w), torch.arange(w), indexing="ij")
                 self.register_buffer(name, F.one_hot(x - i + w - 1, 2 * w - 1).float())  # [i, x, x - i + w - 1]
-        else:
+        elif position_bias != "none":
             self.relative_position_bias_table = nn.Parameter(torch.empty(table, num_heads).normal_(std=0.02))
-        if position_bias != "lookup" or v2:
+        if position_bias not in ("lookup", "none") or v2:
             # the relative position of two tokens of a window, (d_1 + w_1 - 1) (2 w_2 - 1) ... + (d_r + w_r - 1)
             axes = [c.flatten() for c in torch.meshgrid(*(torch.arange(w) for w in self.window_size), indexing="ij")]
             index = torch.zeros(len(axes[0]), len(axes[0]), dtype=torch.long)
@@ -804,7 +804,9 @@ class WindowAttention(nn.Module):
         padded = [-(-g // w) * w for g, w in zip(grid, window)]
         return tuple(0 if w >= p else s for w, s, p in zip(window, shift, padded))
 
-    def position_bias(self) -> torch.Tensor:
+    def position_bias(self) -> torch.Tensor | None:
+        if not self.v2 and self.bias_kind == "none":
+            return None
         full, m = WindowAttention.prod(self.window_size), WindowAttention.prod(self.windows())
         if not self.v2 and self.bias_kind == "lookup":
             looked = torch.einsum("nhw,ixh->nixw", self.relative_position_bias_table, self.height_lookup)
@@ -888,7 +890,8 @@ class WindowAttention(nn.Module):
         else:
             x = (q * (c // heads) ** -0.5).contiguous() @ k.contiguous().transpose(-2, -1)
         del q, k
-        x = x + bias
+        if bias is not None:
+            x = x + bias
         if any(shift):
             x = (x.view(b, windows, heads, m, m) + self.mask(padded, shift, x.device)).view(-1, heads, m, m)
         if self.einsum:
@@ -1083,12 +1086,16 @@ class CrossCovarianceAttention(nn.Module):
     """XCiT's cross-covariance attention over B x N x C tokens (El-Nouby et al. 2021; timm's XCA and EdgeNeXt's
     CrossCovarianceAttn): one linear layer makes q, k and v, each laid out per head as d x N (d = C / heads
     channels over the N tokens); q and k L2-normalised over the tokens; per head softmax(temperature * Q K^T) over
-    the d x d channel pairs, times V; the heads joined and projected. A learned temperature per head."""
+    the d x d channel pairs, times V; the heads joined and projected. A learned temperature per head.
+    `normalize=False` (DaViT's channel attention): no normalisation, no temperature, q scaled by d^-1/2 (`scale`
+    "head") or N^-1/2 ("tokens")."""
 
-    def __init__(self, channels: int, num_heads: int, qkv_bias: bool = True) -> None:
+    def __init__(self, channels: int, num_heads: int, qkv_bias: bool = True, normalize: bool = True,
+                 scale: str = "head") -> None:
         super().__init__()
-        self.num_heads = num_heads
-        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.num_heads, self.normalize, self.scale = num_heads, normalize, scale
+        if normalize:
+            self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
         self.qkv = nn.Linear(channels, 3 * channels, bias=qkv_bias)
         self.proj = nn.Linear(channels, channels)
 
@@ -1096,6 +1103,10 @@ class CrossCovarianceAttention(nn.Module):
         b, n, c = x.shape
         h = self.num_heads
         q, k, v = self.qkv(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 4, 1).unbind(0)
+        if not self.normalize:
+            q = q * ((c // h) ** -0.5 if self.scale == "head" else n ** -0.5)
+            weights = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+            return self.proj((weights @ v).permute(0, 3, 1, 2).reshape(b, n, c))
         weights = ((F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1))
                    * self.temperature).softmax(dim=-1)
         return self.proj((weights @ v).permute(0, 3, 1, 2).reshape(b, n, c))

@@ -340,7 +340,8 @@ def _patch_merging(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 
 @recipe("xca")
 def _xca(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
-    return call(modules.CrossCovarianceAttention, channels=inp[1], num_heads=a["num_heads"], qkv_bias=a["qkv_bias"])
+    return call(modules.CrossCovarianceAttention, channels=inp[1], num_heads=a["num_heads"], qkv_bias=a["qkv_bias"],
+                **({"normalize": False, "scale": a["scale"]} if not a["normalize"] else {}))
 
 
 @recipe("additive_attention")
@@ -816,7 +817,8 @@ reads("pooled_attention", lambda m, inp: Mapped("pooled_attention", {
     modules.PooledAttention)
 
 
-reads("xca", lambda m, inp: Mapped("xca", {"num_heads": int(m.num_heads), "qkv_bias": m.qkv.bias is not None}),
+reads("xca", lambda m, inp: Mapped("xca", {"num_heads": int(m.num_heads), "qkv_bias": m.qkv.bias is not None,
+                                            **({"normalize": False, "scale": m.scale} if not m.normalize else {})}),
       modules.CrossCovarianceAttention)
 reads("class_attention", lambda m, inp: Mapped("class_attention", {"num_heads": int(m.num_heads),
                                                                    "qkv_bias": m.q.bias is not None}),

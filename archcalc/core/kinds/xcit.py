@@ -45,22 +45,34 @@ class CrossCovarianceAttention(Kind):
            "(+ 3C with qkv_bias) + heads. MACs 3NC^2 (qkv) + NCd (Q K^T) + NCd (A V) + NC^2 (projection) = 4NC^2 + "
            "2NCd per image: per head 2Nd^2, linear in N. FlopCounterMode counts the linears (addmm) and the two "
            "products (bmm), fvcore the same (matmul); neither counts the normalisation (linalg_vector_norm, "
-           "clamp_min, div), the temperature or the softmax.")
+           "clamp_min, div), the temperature or the softmax. `normalize: false` (DaViT's channel attention, Ding "
+           "et al. 2022; timm's ChannelAttention and ChannelAttentionV2): no normalisation and no temperature, q "
+           "scaled by a constant (`scale`): params 4C^2 + C (+ 3C), the same MACs.")
     full_rule = ("2 per MAC, 1 per bias element (4C per token, or C), the normalisation of q and k (3 per element: "
                  "square, sum, divide; 2 per d-vector of a head's channel: root, clamp), 1 per attention weight for "
-                 "the temperature and 3 for the softmax (heads x d x d weights)")
+                 "the temperature and 3 for the softmax (heads x d x d weights); normalize false: 1 per element of q "
+                 "(the scale) instead of the normalisation and the temperature")
     tokens = True
     autocast = "mixed"
     step_unfollowed = "its backward (the normalisation's and the channel products' gradients) is not modelled yet"
     args = (
         Arg("num_heads", "int", doc="number of heads; divides the channels", aliases=("heads",), minimum=1),
         Arg("qkv_bias", "bool", True, "learn a bias in the qkv projection (the output projection always has one)"),
+        Arg("normalize", "bool", True, "L2-normalise q and k over the tokens and learn a temperature per head "
+            "(XCiT); false: neither, q scaled by a constant (DaViT's channel attention)"),
+        Arg("scale", "str", "head", "with normalize false, q's constant scale: 'head', d^-1/2 (DaViT's "
+            "ChannelAttention, which scales k and applies softmax(K^T V) to q: the same products with q, k and v's "
+            "roles exchanged); 'tokens', N^-1/2 (DaViT-FL's ChannelAttentionV2)", choices=("head", "tokens")),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2}),
         Example(Tokens(5, 12, (5,)), {"num_heads": 3, "qkv_bias": False}),
         Example(Tokens(9, 6, (3, 3)), {"num_heads": 1}),
         Example(Tokens(2, 32, (2,)), {"num_heads": 2}),
+        Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "normalize": False, "qkv_bias": False}),
+        Example(Tokens(9, 6, (3, 3)), {"num_heads": 1, "normalize": False, "scale": "tokens"}),
+        Example(Tokens(12, 12, (3, 4)), {"num_heads": 3, "normalize": False}),
+        Example(Tokens(4, 32, (2, 2)), {"num_heads": 2, "normalize": False}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
@@ -81,13 +93,17 @@ class CrossCovarianceAttention(Kind):
         macs = sum(self.parts(a, inp))
         bias = 4 * c if a["qkv_bias"] else c
         weights = c * (c // h)  # heads x d x d
+        if not a["normalize"]:  # (DaViT) no normalisation, no temperature: q times a constant
+            return Cost(params=4 * c * c + bias, macs=macs, fvcore=macs,
+                        full=2 * macs + n * bias + n * c + 3 * weights)
         normalise = 3 * 2 * n * c + 2 * 2 * c
         return Cost(params=4 * c * c + bias + h, macs=macs, fvcore=macs,
                     full=2 * macs + n * bias + normalise + 4 * weights)
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
         c, h = out[1], a["num_heads"]
-        return (h, 3 * c * c, 3 * c, c * c, c) if a["qkv_bias"] else (h, 3 * c * c, c * c, c)
+        tensors = (3 * c * c, 3 * c, c * c, c) if a["qkv_bias"] else (3 * c * c, c * c, c)
+        return (h, *tensors) if a["normalize"] else tensors
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
         # The channel weights are sums over every token: each output token depends on every input token.
@@ -103,6 +119,13 @@ class CrossCovarianceAttention(Kind):
         # batches'.)
         n, c = inp
         e, w = n * c, c * (c // a["num_heads"])
+        if not a["normalize"]:
+            # normalize false: the scaled q (E), kept by Q K^T; with one head k and v are views of qkv's output,
+            # which they keep (3E), with several heads the batched products' contiguous copies of k and v (2E); the
+            # softmax weights (W) and the joined heads (E). Measured alike (tests/test_kind_rules.py).
+            kv = 3 * e if a["num_heads"] == 1 else 2 * e
+            return Saved(input_for_params=True, extra=((e + kv + w, ACTIVATION),),
+                         extra_for_params=((e, ACTIVATION),))
         copy = e if a["num_heads"] > 1 else 0
         return Saved(input_for_params=True, extra=((5 * e + 2 * w + 4 * c + copy, ACTIVATION),),
                      extra_for_params=((e, ACTIVATION),))
@@ -123,11 +146,17 @@ class CrossCovarianceAttention(Kind):
         # and the weights (3E + 2W). Less the output (E), which the engine counts beside it.
         n, c = inp
         e, w = n * c, c * (c // a["num_heads"])
+        if not a["normalize"]:
+            # normalize false: at the projection qkv (3E), the scaled q, A V's product and its joined copy, the
+            # output (E each) and the weights (W); or at the softmax qkv, the scaled q, the scores and the weights
+            # (4E + 2W). (With several heads Q K^T's copies, 6E + W, are fewer.)
+            return ((max(7 * e + w, 4 * e + 2 * w) - e, ACTIVATION),)
         products = (7 if a["num_heads"] > 1 else 6) * e + w
         return ((max(products, 3 * e + 2 * w) - e, ACTIVATION),)
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
-        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']} channels, {inp[0]} tokens"
+        return f"{a['num_heads']} heads of {inp[1] // a['num_heads']} channels, {inp[0]} tokens" + (
+            "" if a["normalize"] else ", not normalised")
 
 
 @register

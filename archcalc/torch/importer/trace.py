@@ -27,7 +27,7 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import additive, attention, mapping
+from archcalc.torch.importer import additive, attention, davit, mapping
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -572,6 +572,8 @@ class _Converter:
                 if self.composition(node):  # (its nodes are one op now; their values are set)
                     continue
                 try:
+                    if self.davit_pattern(node):  # DaViT's and Twins-SVT's windows, DaViT's channel attention
+                        continue
                     result = self.node(node)
                 except Unmapped as exc:
                     result = self.unmapped(node, str(exc))
@@ -834,6 +836,26 @@ class _Converter:
         self.ops.append(Op(parts[-1] if parts else "additive_attention", parts[:-1], bool(parts),
                            "additive_attention", None, {}, (x.id,), out.id, where, None, trainable))
         self.composed.update(found.nodes)
+        self.vals[found.last] = out
+        return True
+
+    def davit_pattern(self, node: fx.Node) -> bool:
+        """DaViT's windows and channel attention, Twins-SVT's locally-grouped attention (importer/davit.py): the
+        span `node` starts as one op of the module the span's parameters are in."""
+        found = davit.match(self.root, self.values, self.vals, self.nodes, self.order, node)
+        if found is None:
+            return False
+        x, m = self.vals[found.x], self.root.get_submodule(found.path)
+        self.current = found.last
+        params = [_Param((f"{found.path}.{name}",), tuple(t.shape)) for name, t in m.named_parameters()]
+        self.consume(found.last, params, found.kind, found.args, x)
+        self.called.update(found.calls)
+        parts = tuple(found.path.split("."))
+        where = Where(type(m).__name__, found.path, *found.last.meta.get("archcalc_line", ("", 0)))
+        out = self._new(x.shape)
+        self.ops.append(Op(parts[-1], parts[:-1], True, found.kind, None, found.args, (x.id,), out.id, where, None,
+                           any(p.requires_grad for p in m.parameters())))
+        self.composed.update(found.span)
         self.vals[found.last] = out
         return True
 
