@@ -27,7 +27,7 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import attention, mapping
+from archcalc.torch.importer import attention, coatnet, mapping
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -1629,6 +1629,8 @@ class _Converter:
         x = args[0] if args else None
         if name == "AttentionCl":
             return self.timm_attention(node, m, args)
+        if name == "Attention2d":  # timm's CoAtNet: attention over the whole channels-first grid
+            return coatnet.attention2d(self, node, m, args)
         if not isinstance(x, _Tensor) or x.channels_last or node.kwargs:
             raise Unmapped(f"a MaxViT {name} on something that is not a tensor of the network")
         if name == "WindowPartition":
@@ -1718,7 +1720,8 @@ class _Converter:
         position = self.timm_position_bias(rel, heads, size)
         args_: dict[str, Any] = {"num_heads": heads, "window_size": size if size[0] != size[1] else size[0],
                                  "bias": bias, **({"partition": "grid"} if kind == "grid" else {}),
-                                 **({"position_bias": position} if position != "table" else {})}
+                                 **({"position_bias": position} if position != "table" else {}),
+                                 **self.timm_mlp_hidden(rel)}
         trainable = any(t.requires_grad for t in m.parameters())
         out = self.emit(node, str(node.target).rsplit(".", 1)[-1], "window_attention", None, args_, [x], True,
                         shape=x.shape, trainable=trainable)
@@ -1726,9 +1729,15 @@ class _Converter:
         return out
 
     @staticmethod
+    def timm_mlp_hidden(rel: Any) -> dict[str, int]:
+        """window_attention's mlp_hidden for a RelPosMlp of another hidden width than 512 (timm's rel_pos_dim)."""
+        hidden = int(rel.mlp.fc1.out_features) if type(rel).__name__ == "RelPosMlp" else 512
+        return {"mlp_hidden": hidden} if hidden != 512 else {}
+
+    @staticmethod
     def timm_position_bias(rel: Any, heads: int, size: tuple[int, int]) -> str:
         """window_attention's position_bias for timm's rel_pos module of an AttentionCl: RelPosBias (a table and an
-        index), RelPosMlp in its 'cr' mode (Linear(2, 512), ReLU, Linear(512, heads) on log coordinates; its
+        index), RelPosMlp in its 'cr' mode (Linear(2, hidden), ReLU, Linear(hidden, heads) on log coordinates; its
         Dropout(0.125) between is the identity at inference, as archcalc describes it), RelPosBiasTf (a heads x
         rows x columns table and one-hot lookups); each sized for the partition (none resized at run time)."""
         name = type(rel).__name__
@@ -1748,10 +1757,10 @@ class _Converter:
             if (rel.mode != "cr" or rel.bias_gain is not None or not isinstance(rel.bias_act, nn.Identity)
                     or not isinstance(fc1, nn.Linear) or not isinstance(fc2, nn.Linear)
                     or not isinstance(mlp.act, nn.ReLU) or not isinstance(getattr(mlp, "norm", None), nn.Identity)
-                    or tuple(fc1.weight.shape) != (512, 2) or fc1.bias is None
-                    or tuple(fc2.weight.shape) != (heads, 512) or fc2.bias is None
+                    or fc1.in_features != 2 or fc1.bias is None
+                    or tuple(fc2.weight.shape) != (heads, fc1.out_features) or fc2.bias is None
                     or tuple(rel.rel_coords_log.shape) != (rows, cols, 2)):
-                raise Unmapped(why + "the 'cr' MLP Linear(2, 512), ReLU, Linear(512, heads) on log coordinates "
+                raise Unmapped(why + "the 'cr' MLP Linear(2, hidden), ReLU, Linear(hidden, heads) on log coordinates "
                                "(window_attention's position_bias mlp)")
             return "mlp"
         if name == "RelPosBiasTf":
