@@ -8,6 +8,8 @@ the same products and parameters. Kept whole by the tracer (mapping.MAXVIT) and 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch.fx as fx
@@ -18,7 +20,7 @@ from archcalc.core.kinds.base import LayerError, Tokens
 from archcalc.torch.importer.mapping import Unmapped
 
 if TYPE_CHECKING:
-    from archcalc.torch.importer.trace import _Converter
+    from archcalc.torch.importer.trace import _Converter, _Tensor
 
 WHY = "timm's Attention2d "
 
@@ -30,12 +32,10 @@ def _conv1x1(conv: Any, cin: int) -> bool:
             and conv.groups == 1 and conv.padding_mode == "zeros")
 
 
-def attention2d(conv: _Converter, node: fx.Node, m: Any, args: list[Any]) -> Any:
-    """timm's Attention2d(x) on a C x H x W grid as to_tokens, window_attention over the whole grid, to_grid."""
-    from archcalc.torch.importer.trace import _Tensor  # (trace.py imports this module)
-
-    x = args[0] if args else None
-    if (len(args) != 1 or not isinstance(x, _Tensor) or x.channels_last
+def attention2d(conv: _Converter, node: fx.Node, m: Any, x: _Tensor | None) -> Any:
+    """timm's Attention2d(x) on a C x H x W grid as to_tokens, window_attention over the whole grid, to_grid (x:
+    its one argument, a tensor of the network; None where it was called otherwise)."""
+    if (x is None or x.channels_last
             or isinstance(x.shape, Tokens) or len(x.shape) != 3
             or any(k != "shared_rel_pos" or v is not None for k, v in node.kwargs.items())):
         raise Unmapped(WHY + "on other than a C x H x W grid (or with a shared position bias)")
@@ -79,3 +79,25 @@ def attention2d(conv: _Converter, node: fx.Node, m: Any, args: list[Any]) -> Any
     seq = conv.emit(node, f"{name}_tokens", "to_tokens", None, {}, [x], fixed=False, shape=tokens)
     att = conv.emit(node, name, "window_attention", None, args_, [seq], True, shape=out, trainable=trainable)
     return conv.emit(node, f"{name}_grid", "to_grid", None, {"size": [h, w]}, [att], fixed=False, shape=(f, h, w))
+
+
+def cat_channels(conv: _Converter, node: fx.Node, tensors: Sequence[_Tensor], dim: int) -> Any:
+    """torch.cat of token sequences on one grid along their channels (timm's maxvit_tiny_pm_256: the block and the
+    grid attention's halves, torch.cat([x_window, x_grid], dim=-1) of B x H x W x C): `to_grid` each, `concat` of
+    the grids' channels, `to_tokens` (views around the same copy). None where it is not that (tensors: the
+    network's)."""
+    value = conv.values[node]
+    rank = value.dim()
+    first = tensors[0].shape if tensors else None
+    if (len(tensors) < 2 or dim % rank != rank - 1 or not isinstance(first, Tokens) or len(first.grid) < 2
+            or first[0] != math.prod(first.grid) or not all(
+                not t.channels_last and isinstance(t.shape, Tokens)
+                and t.shape.grid == first.grid and t.shape[0] == first[0] for t in tensors)):
+        return None
+    grid = tuple(first.grid)
+    grids = [conv.emit(node, "concat_grid", "to_grid", None, {"size": list(grid)}, [t], fixed=False,
+                       shape=(t.shape[1], *grid)) for t in tensors]
+    channels = sum(t.shape[1] for t in tensors)
+    joined = conv.emit(node, "concat", None, "concat", {}, grids, fixed=False, shape=(channels, *grid))
+    return conv.emit(node, "concat_tokens", "to_tokens", None, {}, [joined], fixed=False,
+                     shape=Tokens(first[0], channels, grid))

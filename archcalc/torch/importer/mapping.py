@@ -50,7 +50,7 @@ PERMUTES = ("torchvision.ops.misc.Permute",)
 # the move of a grid's channels last is the move to tokens, and the move back is `to_grid`.
 TOKEN_GRID_MODULES = ("torchvision.models.swin_transformer.ShiftedWindowAttention",
                       "torchvision.models.swin_transformer.ShiftedWindowAttentionV2",
-                      "timm.models.maxxvit.PartitionAttentionCl",
+                      "timm.models.maxxvit.PartitionAttentionCl", "timm.models.maxxvit.ParallelPartitionAttention",
                       "torchvision.models.video.swin_transformer.ShiftedWindowAttention3d")
 # torchvision's video MViT modules, called with the tokens and their grid's size (T, H, W), returning the tokens and
 # the new grid (trace.py's `mvit`); and its fx-wrapped helper that adds a T axis to an image (a clip passes as it is).
