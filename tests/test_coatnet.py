@@ -90,11 +90,12 @@ def _relative_attention(x, qkv, proj, table, heads):  # type: ignore[no-untyped-
                          [(8, 8, False, 2, (3, 4)), (6, 12, False, 3, (4, 4)), (4, 8, True, 2, (3, 3))])
 def test_window_attention_over_the_whole_grid_is_relative_attention(c, f, wide, heads, size) -> None:  # type: ignore[no-untyped-def]
     h, w = size
+    args = f"num_heads: {heads}, window_size: [{h}, {w}], out_features: {f}, expand_first: {str(wide).lower()}"
     spec = load_text(f"""name: one
 input: [{c}, {h}, {w}]
 layers:
   - to_tokens
-  - window_attention: {{num_heads: {heads}, window_size: [{h}, {w}], out_features: {f}, expand_first: {str(wide).lower()}}}
+  - window_attention: {{{args}}}
   - to_grid
 """)
     torch.manual_seed(0)
