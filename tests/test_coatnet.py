@@ -15,9 +15,11 @@ import torch
 from conftest import load_text
 
 from archcalc.core.analyze import analyze
+from archcalc.core.kinds import REGISTRY
 from archcalc.core.resolve import bundled
 from archcalc.core.spec import load_spec
 from archcalc.torch.build import build_module
+from archcalc.torch.recipes import module_call
 
 MEASURED = json.loads((Path(__file__).parent / "data" / "timm_hybrid_measured.json").read_text(encoding="utf-8"))
 ROW = MEASURED["models"]["coatnet_0_224"]
@@ -111,3 +113,19 @@ layers:
         got = model(x)
     assert got.shape == (2, f, h, w)
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("index", [i for i, ex in enumerate(REGISTRY["window_attention"].examples)
+                                   if ex.args.get("out_features")])
+def test_parameter_tensors_of_a_wider_output(index: int) -> None:
+    """The sizes of the parameter tensors (what an optimizer walks one by one), which window_attention reads back
+    from its output and its parameter count, against the built module's (as sizes: the module registers its table
+    before its linear layers)."""
+    kind = REGISTRY["window_attention"]
+    ex = kind.examples[index]
+    args = {a.name: a.default for a in kind.args}
+    args.update({k: tuple(v) if isinstance(v, list) else v for k, v in ex.args.items()})
+    out = kind.output(args, ex.input, lambda message: None)
+    module = module_call(kind, args, ex.input).make()
+    assert sorted(kind.param_tensors(args, out, kind.cost(args, ex.input, out).params)) == sorted(
+        p.numel() for p in module.parameters())
