@@ -309,14 +309,17 @@ def _windows_of(a: Mapping[str, Any], i: Any) -> tuple[int, int, int, bool]:
 
 
 def _window_attention(a: Mapping[str, Any], i: Any, macs: int) -> int:
-    """2 per MAC; the qkv and projection biases (4C per padded token); v1 the scale of q (1 per element), v2 the
+    """2 per MAC; the qkv and projection biases (4C per padded token; with out_features F and the attention's
+    width D, F with expand_first, 3D + F); v1 the scale of q (1 per element: D per token), v2 the
     normalisation of q and k (3 per element, 2 per head vector) and the logit scale (1 per weight); per attention
     weight the position bias (none with position_bias none), the mask when shifted, and the softmax's 3."""
     tokens, m, _, shifted = _windows_of(a, i)
     c, h = i[1], a["num_heads"]
+    f = a["out_features"] or c
+    d = f if a["expand_first"] else c
     weights = tokens * m * h
-    biases = 4 * c * tokens if a["bias"] else 0
-    scaling = 6 * tokens * c + 4 * tokens * h + weights if a["v2"] else tokens * c
+    biases = (3 * d + f) * tokens if a["bias"] else 0
+    scaling = 6 * tokens * c + 4 * tokens * h + weights if a["v2"] else tokens * d
     position = 0 if a["position_bias"] == "none" else 1
     return 2 * macs + biases + scaling + weights * (position + (1 if shifted else 0) + 3)
 
@@ -329,7 +332,8 @@ def _window_attention_once(a: Mapping[str, Any], i: Any) -> int:
     _, m, table, _ = _windows_of(a, i)
     h = a["num_heads"]
     if not a["v2"] and a["position_bias"] == "mlp":  # timm's RelPosMlp: the same MLP, its second bias, no sigmoid
-        return 2 * table * (2 * 512 + 512 * h) + 2 * 512 * table + h * table
+        hidden = a["mlp_hidden"]
+        return 2 * table * (2 * hidden + hidden * h) + 2 * hidden * table + h * table
     if not a["v2"] and a["position_bias"] == "lookup":  # two einsums: heads x rows x cols by (w, w, rows), then cols
         wh, ww = (a["window_size"],) * 2 if isinstance(a["window_size"], int) else a["window_size"]
         return 2 * h * (wh * wh * (2 * wh - 1) * (2 * ww - 1) + wh * wh * ww * ww * (2 * ww - 1))

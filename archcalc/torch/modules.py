@@ -743,13 +743,17 @@ class WindowAttention(nn.Module):
 
     def __init__(self, channels: int, grid: Sequence[int], num_heads: int, window_size: Sequence[int],
                  shift_size: Sequence[int], bias: bool = True, v2: bool = False, partition: str = "window",
-                 einsum: bool = False, position_bias: str = "table", shrink: bool = False) -> None:
+                 einsum: bool = False, position_bias: str = "table", shrink: bool = False, out_features: int = 0,
+                 expand_first: bool = False, mlp_hidden: int = 512) -> None:
         super().__init__()
+        # the output's channels and the attention's (q, k, v, the joined heads): timm's dim_out and expand_first
+        out_features = out_features or channels
+        width = out_features if expand_first else channels
         self.grid, self.num_heads, self.v2, self.shrink = tuple(grid), num_heads, v2, shrink
         self.partition, self.einsum, self.bias_kind = partition, einsum, position_bias
         self.window_size, self.shift_size = tuple(window_size), tuple(shift_size)
-        self.qkv = nn.Linear(channels, 3 * channels, bias=bias)
-        self.proj = nn.Linear(channels, channels, bias=bias)
+        self.qkv = nn.Linear(channels, 3 * width, bias=bias)
+        self.proj = nn.Linear(width, out_features, bias=bias)
         table = WindowAttention.prod(2 * w - 1 for w in self.window_size)
         if v2:
             wh, ww = self.window_size
@@ -763,7 +767,8 @@ class WindowAttention(nn.Module):
             self.register_buffer("relative_coords_table", torch.sign(coords) * torch.log2(coords.abs() + 1) / 3)
         elif position_bias == "mlp":  # timm's RelPosMlp ('cr'): an MLP on log-spaced relative coordinates
             wh, ww = self.window_size
-            self.rel_mlp = nn.Sequential(nn.Linear(2, 512), nn.ReLU(inplace=True), nn.Linear(512, num_heads))
+            self.rel_mlp = nn.Sequential(nn.Linear(2, mlp_hidden), nn.ReLU(inplace=True), nn.Linear(mlp_hidden,
+                                                                                                    num_heads))
             dy, dx = torch.meshgrid(torch.arange(1 - wh, wh, dtype=torch.float32),
                                     torch.arange(1 - ww, ww, dtype=torch.float32), indexing="ij")
             coords = torch.stack([dy, dx], dim=-1)
@@ -857,6 +862,7 @@ class WindowAttention(nn.Module):
         # Each step reassigns `x` (or deletes what it no longer needs), so a temporary is freed as soon as the next
         # step has read it: what is alive at once is what archcalc's window_attention declares (its transient).
         b, n, c = x.shape
+        d, f = self.proj.in_features, self.proj.out_features  # the attention's channels, the output's
         grid, window, heads = self.grid, self.windows(), self.num_heads
         padded = tuple(-(-g // w) * w for g, w in zip(grid, window))
         shift = self.shift_in_force(window, self.shift_size, grid)
@@ -877,7 +883,7 @@ class WindowAttention(nn.Module):
         qkv_bias: torch.Tensor | None = self.qkv.bias
         if self.v2 and qkv_bias is not None:  # v2: the keys' bias held at zero (a parameter all the same)
             qkv_bias = torch.cat([qkv_bias[:c], torch.zeros_like(qkv_bias[c:2 * c]), qkv_bias[2 * c:]])
-        q, k, v = F.linear(x, self.qkv.weight, qkv_bias).reshape(b * windows, m, 3, heads, c // heads).permute(
+        q, k, v = F.linear(x, self.qkv.weight, qkv_bias).reshape(b * windows, m, 3, heads, d // heads).permute(
             2, 0, 3, 1, 4).unbind(0)
         del x, qkv_bias
         # Every operand of the two products made contiguous: they keep these copies at every batch size and head
@@ -886,9 +892,9 @@ class WindowAttention(nn.Module):
             x = (F.normalize(q, dim=-1).contiguous() @ F.normalize(k, dim=-1).contiguous().transpose(-2, -1)) * (
                 torch.clamp(self.logit_scale, max=4.605170185988092).exp())  # (the logit scale at most ln 100)
         elif self.einsum:
-            x = torch.einsum("bhid,bhjd->bhij", (q * (c // heads) ** -0.5).contiguous(), k.contiguous())
+            x = torch.einsum("bhid,bhjd->bhij", (q * (d // heads) ** -0.5).contiguous(), k.contiguous())
         else:
-            x = (q * (c // heads) ** -0.5).contiguous() @ k.contiguous().transpose(-2, -1)
+            x = (q * (d // heads) ** -0.5).contiguous() @ k.contiguous().transpose(-2, -1)
         del q, k
         if bias is not None:
             x = x + bias
@@ -899,10 +905,10 @@ class WindowAttention(nn.Module):
         else:
             x = x.softmax(dim=-1) @ v.contiguous()
         del v, bias
-        x = self.proj(x.transpose(1, 2).reshape(b * windows, m, c))
+        x = self.proj(x.transpose(1, 2).reshape(b * windows, m, d))
         if self.partition == "grid":
             (wh, ww), (nh, nw) = window, (padded[0] // window[0], padded[1] // window[1])
-            x = x.view(b, nh, nw, wh, ww, c).permute(0, 3, 1, 4, 2, 5).reshape(b, *padded, c)
+            x = x.view(b, nh, nw, wh, ww, f).permute(0, 3, 1, 4, 2, 5).reshape(b, *padded, f)
         else:
             x = self.merge(x, b, padded, window)
         if any(shift):
@@ -910,12 +916,14 @@ class WindowAttention(nn.Module):
         if padded != grid:  # the crop as a tensor of its own (a view would keep the padded grid's storage)
             crop = (slice(None), *(slice(0, g) for g in grid))
             x = x[crop].clone(memory_format=torch.contiguous_format)
-        return x.reshape(b, n, c)
+        return x.reshape(b, n, f)
 
     def extra_repr(self) -> str:
         return (f"grid={self.grid}, num_heads={self.num_heads}, window_size={self.window_size}, "
                 f"shift_size={self.shift_size}, v2={self.v2}, partition={self.partition!r}, einsum={self.einsum}, "
-                f"position_bias={self.bias_kind!r}" + (", shrink=True" if self.shrink else ""))
+                f"position_bias={self.bias_kind!r}" + (", shrink=True" if self.shrink else "")
+                + (f", out_features={self.proj.out_features}" if self.proj.out_features != self.qkv.in_features else "")
+                + (", expand_first=True" if self.proj.in_features != self.qkv.in_features else ""))
 
 
 class PatchMerging(nn.Module):

@@ -330,7 +330,10 @@ def _window_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
                 **({"shrink": True} if a["shrink"] else {}),
                 **({"partition": "grid"} if a["partition"] == "grid" else {}),
                 **({"einsum": True} if a["einsum"] else {}),
-                **({"position_bias": a["position_bias"]} if a["position_bias"] != "table" else {}))
+                **({"position_bias": a["position_bias"]} if a["position_bias"] != "table" else {}),
+                **({"out_features": a["out_features"]} if a["out_features"] else {}),
+                **({"expand_first": True} if a["expand_first"] else {}),
+                **({"mlp_hidden": a["mlp_hidden"]} if a["mlp_hidden"] != 512 else {}))
 
 
 @recipe("patch_merging")
@@ -808,7 +811,11 @@ reads("window_attention", lambda m, inp: Mapped("window_attention", {
     "bias": m.qkv.bias is not None, "v2": bool(m.v2), **({"partition": "grid"} if m.partition == "grid" else {}),
     **({"einsum": True} if m.einsum else {}),
     **({"position_bias": m.bias_kind} if m.bias_kind != "table" else {}),
-    **({"shrink": True} if m.shrink else {})}), modules.WindowAttention)
+    **({"shrink": True} if m.shrink else {}),
+    **({"out_features": int(m.proj.out_features)} if m.proj.out_features != m.qkv.in_features else {}),
+    **({"expand_first": True} if m.proj.in_features != m.qkv.in_features else {}),
+    **({"mlp_hidden": int(m.rel_mlp[0].out_features)} if hasattr(m, "rel_mlp") and m.rel_mlp[0].out_features != 512
+       else {})}), modules.WindowAttention)
 reads("patch_merging", lambda m, inp: Mapped("patch_merging", {}), modules.PatchMerging)
 reads("pooled_attention", lambda m, inp: Mapped("pooled_attention", {
     "num_heads": int(m.num_heads), "output_dim": int(m.output_dim), "kernel_q": _tup(m.kernel_q),

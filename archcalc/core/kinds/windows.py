@@ -12,6 +12,7 @@ W): 3-D windows with a 3-D relative position table, and the patch merging of the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -77,13 +78,19 @@ class Geometry:
         self.heads = a["num_heads"]
         self.c = inp[1]
         self.u = self.tokens * self.c  # a padded N x C tensor
+        # the output's channels F (`out_features`) and the attention's D: q, k, v and the joined heads (C; with
+        # `expand_first`, F: timm's Attention2d / AttentionCl expand_first)
+        self.f = a.get("out_features") or self.c
+        self.d = self.f if a.get("expand_first") else self.c
+        self.ud, self.uf = self.tokens * self.d, self.tokens * self.f  # padded N x D and N x F tensors
         self.scores = self.tokens * self.heads * self.m  # attention weights: windows x heads x M x M
         # the windows a view of the input: no padding, no shift, and windows that need no copy (partition_copies;
         # a grid partition's groups are strided: a view only when there is one group)
         self.in_place = self.padded == tuple(inp.grid) and not any(self.shift) and (
             self.windows == 1 if self.grid else not partition_copies(self))
-        self.products = self.windows * self.m * self.m * self.c  # MACs of Q K^T, and of A V, per image
+        self.products = self.windows * self.m * self.m * self.d  # MACs of Q K^T, and of A V, per image
         self.bias = a.get("position_bias", "table")
+        self.hidden = a.get("mlp_hidden") or CPB_HIDDEN  # position_bias mlp's hidden width (timm's rel_pos_dim)
         wh, ww = self.window if len(self.window) == 2 else (0, 0)
         # timm's RelPosBiasTf ("lookup"): two einsums with one-hot lookups, once per forward: 'nhw,ixh->nixw' and
         # 'nixw,jyw->nijxy' (n heads, h and w the table's rows and columns, i x and j y the window's positions)
@@ -144,8 +151,15 @@ class WindowAttention(Kind):
            "written as torch.einsum, which fvcore counts from numpy's einsum_path, rounded to 4 digits. "
            "`position_bias` (v1): B from the table (default), or made once per forward by timm's RelPosMlp "
            "('mlp') or RelPosBiasTf ('lookup'), or none at all ('none': DaViT's windows, Twins-SVT's locally "
-           "grouped attention); see the argument.")
-    full_rule = ("2 per MAC; per padded token 4C bias additions (with bias); v1: 1 per element of q (the scale); "
+           "grouped attention); see the argument. `out_features` F (timm's Attention2d and "
+           "AttentionCl with dim_out: CoAtNet's widening first blocks, MaxViT's parallel halves): proj C -> F, "
+           "or with `expand_first` qkv C -> 3F and proj "
+           "F -> F; params 3CD + DF (+3D + F) + the bias's, MACs padded tokens x (3CD + DF) + windows x 2 M^2 D "
+           "(D the attention's width: C, or F with expand_first). The whole grid as one window "
+           "(window_size = the grid) is attention over all H x W tokens with a relative position bias "
+           "(CoAtNet's).")
+    full_rule = ("2 per MAC; per padded token 3D + F bias additions (with bias; 4C by default); v1: 1 per element "
+                 "of q (the scale); "
                  "v2: 3 per element of q and k (square, sum, divide) and 2 per head vector of q and k (square "
                  "root, clamp), 1 per attention weight (logit scale); per attention weight 1 (position bias), 1 "
                  "more when shifted (mask), 3 (softmax). Once per forward (v2): 2 per MAC of the MLP, 2 x 512 per "
@@ -175,6 +189,13 @@ class WindowAttention(Kind):
             "per forward (timm's RelPosBiasTf, the tf models); 'none', no position bias: softmax(Q K^T / sqrt(d)) V "
             "within each window, no table, no index (timm's DaViT windows, Twins-SVT's locally grouped attention)",
             choices=("table", "mlp", "lookup", "none")),
+        Arg("mlp_hidden", "int", 512, "position_bias mlp: the MLP's hidden width (timm's rel_pos_dim: 384 in two "
+            "of the rmlp CoAtNets)", minimum=1),
+        Arg("out_features", "int", 0, "the output projection's width F (0: C, the input's): timm's Attention2d and "
+            "AttentionCl with dim_out (CoAtNet's first block of a stage widens, maxvit_tiny_pm's parallel "
+            "attentions halve); v1", aliases=("out",), minimum=0),
+        Arg("expand_first", "bool", False, "q, k, v and the joined heads of out_features channels (qkv C -> 3F, proj "
+            "F -> F: timm's expand_first, the non-rw CoAtNets); default C (qkv C -> 3C, proj C -> F)"),
         Arg("shrink", "bool", False, "a window longer than the grid along an axis is cut to the grid there (the "
             "video Swin, torchvision's _get_window_and_shift_size) instead of the grid being zero-padded to it; "
             "the table and index stay the configured window's"),
@@ -200,12 +221,25 @@ class WindowAttention(Kind):
         Example(Tokens(20, 4, (4, 5)), {"num_heads": 2, "window_size": 7, "shift_size": 3, "shrink": True}),
         Example(Tokens(30, 6, (5, 6)), {"num_heads": 3, "window_size": 3, "position_bias": "none"}),
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 1, "window_size": 2, "position_bias": "none", "bias": False}),
+        Example(Tokens(12, 8, (3, 4)), {"num_heads": 2, "window_size": [3, 4], "out_features": 12}),
+        Example(Tokens(256, 16, (16, 16)), {"num_heads": 2, "window_size": 4, "out_features": 24,
+                                            "expand_first": True, "position_bias": "mlp", "mlp_hidden": 384}),
+        Example(Tokens(12, 4, (3, 4)), {"num_heads": 2, "window_size": [3, 4], "out_features": 6,
+                                        "expand_first": True}),
+        Example(Tokens(16, 8, (4, 4)), {"num_heads": 1, "window_size": 2, "out_features": 4, "bias": False}),
+        Example(Tokens(4, 2, (2, 2)), {"num_heads": 2, "window_size": 2, "out_features": 64}),
+        Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "window_size": 2, "partition": "grid", "out_features": 4}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
         t = grid_input(self.name, inp)
-        if t[1] % a["num_heads"]:
-            raise LayerError(f"window_attention: {t[1]} channels are not divisible by num_heads {a['num_heads']}")
+        width = (a.get("out_features") or t[1]) if a.get("expand_first") else t[1]  # the attention's channels
+        if width % a["num_heads"]:
+            raise LayerError(f"window_attention: {width} channels are not divisible by num_heads {a['num_heads']}")
+        if a.get("mlp_hidden", CPB_HIDDEN) != CPB_HIDDEN and (a["v2"] or a["position_bias"] != "mlp"):
+            raise LayerError("window_attention: mlp_hidden is position_bias mlp's (v1)")
+        if (a.get("out_features") or a.get("expand_first")) and a["v2"]:
+            raise LayerError("window_attention: out_features and expand_first are for v1 (timm's MaxxViT), not v2")
         if a["v2"] and (len(t.grid) == 3 or a["shrink"]):
             raise LayerError("window_attention: v2 (Swin V2's position bias MLP) on a 3-D grid or with shrink is "
                              "not modelled")
@@ -225,35 +259,35 @@ class WindowAttention(Kind):
         if any(s >= w for s, w in zip(g.shift, g.window)):
             raise LayerError(f"window_attention: shift_size {'x'.join(map(str, g.shift))} must be smaller than the "
                              f"window {'x'.join(map(str, g.window))}")
-        return inp
+        return Tokens(t[0], g.f, t.grid) if g.f != t[1] else inp
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         g = Geometry(a, grid_input(self.name, inp))
-        c, h = g.c, g.heads
-        macs = 4 * g.u * c + 2 * g.windows * g.m * g.m * c
-        bias = 4 * c if a["bias"] else 0
-        params = 4 * c * c + bias
+        c, h, d, f = g.c, g.heads, g.d, g.f
+        macs = 3 * g.u * d + g.ud * f + 2 * g.windows * g.m * g.m * d  # 4 Np C^2 + 2 windows M^2 C by default
+        bias = 3 * d + f if a["bias"] else 0
+        params = 3 * c * d + d * f + bias
         mask = g.scores if any(g.shift) else 0
         full = 2 * macs + g.tokens * bias + g.scores + mask + 3 * g.scores
         fvcore = macs
         if a["einsum"]:  # each product as fvcore counts an einsum (torchvision's MaxViT)
             fvcore += 2 * (einsum_fvcore(g.products) - g.products)
         if not a["v2"] and g.bias == "mlp":  # timm's RelPosMlp: Linear(2, 512), ReLU, Linear(512, heads), once
-            once = g.table * CPB_HIDDEN * (2 + h)
-            return Cost(params=params + 3 * CPB_HIDDEN + CPB_HIDDEN * h + h, buffers=2 * g.table,
+            once = g.table * g.hidden * (2 + h)
+            return Cost(params=params + 3 * g.hidden + g.hidden * h + h, buffers=2 * g.table,
                         int_buffers=g.m * g.m, macs=macs, fvcore=fvcore, macs_once=once, fvcore_once=once,
-                        full=full + g.u, full_once=2 * once + g.table * (2 * CPB_HIDDEN + h))
+                        full=full + g.ud, full_once=2 * once + g.table * (2 * g.hidden + h))
         if not a["v2"] and g.bias == "lookup":  # timm's RelPosBiasTf: the table reindexed by two einsums, once
             wh, ww = g.window
             return Cost(params=params + g.table * h, buffers=wh * wh * (2 * wh - 1) + ww * ww * (2 * ww - 1),
                         macs=macs, fvcore=fvcore, macs_once=sum(g.lookups),
-                        fvcore_once=sum(einsum_fvcore(e) for e in g.lookups), full=full + g.u,
+                        fvcore_once=sum(einsum_fvcore(e) for e in g.lookups), full=full + g.ud,
                         full_once=2 * sum(g.lookups))
         if not a["v2"] and g.bias == "none":  # no position bias: nothing added to the scores, no table, no index
-            return Cost(params=params, macs=macs, fvcore=fvcore, full=full + g.u - g.scores)
+            return Cost(params=params, macs=macs, fvcore=fvcore, full=full + g.ud - g.scores)
         if not a["v2"]:
             return Cost(params=params + g.table * h, int_buffers=g.index, macs=macs, fvcore=fvcore,
-                        full=full + g.u)
+                        full=full + g.ud)
         once = g.table * CPB_HIDDEN * (2 + h)
         return Cost(params=params + h + 3 * CPB_HIDDEN + CPB_HIDDEN * h, buffers=2 * g.table,
                     int_buffers=g.index, macs=macs, fvcore=fvcore, macs_once=once, fvcore_once=once,
@@ -261,14 +295,23 @@ class WindowAttention(Kind):
                     full_once=2 * once + 2 * CPB_HIDDEN * g.table + 4 * h * g.m * g.m + 2 * h)
 
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
-        c = out[1]
         g = Geometry(a, grid_input(self.name, out))
-        qkv = (3 * c * c, 3 * c) if a["bias"] else (3 * c * c,)
-        proj = (c * c, c) if a["bias"] else (c * c,)
+        f, b = out[1], 1 if a["bias"] else 0
+        c = d = f
+        if a["out_features"]:  # the input's channels C from the parameters, less the position bias's (the same
+            # on the output's C = F channels: 4F^2 + 4F b beside it)
+            core = params - (self.cost(a, out, out).params - 4 * f * f - 4 * f * b)
+            if a["expand_first"]:  # 3CF + F^2 + 4F b
+                c = (core - f * f - 4 * f * b) // (3 * f)
+            else:  # 3C^2 + C (F + 3b) + F b, D = C
+                p = f + 3 * b
+                c = d = (math.isqrt(p * p + 12 * (core - f * b)) - p) // 6
+        qkv = (3 * d * c, 3 * d) if a["bias"] else (3 * d * c,)
+        proj = (f * d, f) if a["bias"] else (f * d,)
         if a["v2"]:
             return (*qkv, *proj, g.heads, 2 * CPB_HIDDEN, CPB_HIDDEN, CPB_HIDDEN * g.heads)
         if g.bias == "mlp":
-            return (*qkv, *proj, 2 * CPB_HIDDEN, CPB_HIDDEN, CPB_HIDDEN * g.heads, g.heads)
+            return (*qkv, *proj, 2 * g.hidden, g.hidden, g.hidden * g.heads, g.heads)
         if g.bias == "none":
             return (*qkv, *proj)
         return (*qkv, *proj, g.table * g.heads)
@@ -298,11 +341,11 @@ class WindowAttention(Kind):
         # A shrunk window (`shrink`) gathers the table by the index's first M rows and columns: a copy (M^2 int64),
         # which the gather keeps, once per forward.
         g = Geometry(a, grid_input(self.name, inp))
-        u, s = g.u, g.scores
-        params = ((u, ACTIVATION),) if g.in_place else ((2 * u, ACTIVATION),)
+        u, s = g.ud, g.scores  # (q, k, v and the joined heads: D channels; the windows: C)
+        params = ((u, ACTIVATION),) if g.in_place else ((g.u + u, ACTIVATION),)
         if not a["v2"] and g.bias == "mlp":  # and once per forward the MLP's hidden layer ((2w-1)^2 x 512)
             return Saved(input_for_params=g.in_place, extra=((3 * u + s, ACTIVATION),), extra_for_params=params,
-                         per_batch=((CPB_HIDDEN * g.table, ACTIVATION),))
+                         per_batch=((g.hidden * g.table, ACTIVATION),))
         if not a["v2"]:
             shrunk = ((g.m * g.m, 8),) if g.m * g.m != g.index and g.bias != "none" else ()
             return Saved(input_for_params=g.in_place, extra=((3 * u + s, ACTIVATION),), extra_for_params=params,
@@ -321,8 +364,8 @@ class WindowAttention(Kind):
         cost = self.cost(a, inp, inp)
         batch = (macs - cost.macs_once) // cost.macs
         g = Geometry(a, grid_input(self.name, inp))
-        grad_input = 3 * g.u * g.c * batch
-        first = 2 * CPB_HIDDEN * g.table if a["v2"] or g.bias == "mlp" else 0
+        grad_input = 3 * g.u * g.d * batch
+        first = 2 * (CPB_HIDDEN if a["v2"] else g.hidden) * g.table if a["v2"] or g.bias == "mlp" else 0
         if not a["v2"] and g.bias == "lookup":
             first = sum(g.lookups)
         return grad_input, 2 * macs - grad_input - first
@@ -332,6 +375,8 @@ class WindowAttention(Kind):
         # tests/test_window_attention_step.py).
         if a["v2"]:
             return "window_attention v2's backward (the cosine scores, the position bias MLP) is not modelled yet"
+        if a["out_features"] or a["expand_first"]:
+            return "window_attention with out_features or expand_first: its backward is not modelled yet"
         return ""
 
     def backward_moments(self, a: Mapping[str, Any], inp: Shape, out: Shape, input_grad: bool,
@@ -346,6 +391,8 @@ class WindowAttention(Kind):
         # then the partition's, the roll's and the padding's gradients (when the input needs one), and the table's
         # gradient (zeros, then index_put: the table's size each, once) while B is alive. Each node frees the
         # gradient it read and what it kept.
+        if a["out_features"] or a["expand_first"]:
+            return ()  # (not followed: step_unfollowed_for)
         g = Geometry(a, grid_input(self.name, inp))
         c, u, s = g.c, g.u, g.scores
         bias = c if a["bias"] else 0
@@ -420,14 +467,19 @@ class WindowAttention(Kind):
         # the scores (v2: the normalised q and k and, with several heads, their contiguous copies); at softmax(x) V
         # the scores, the weights, v's contiguous copy and the product. The padding, roll and window copies before,
         # and the merges after, are smaller.
+        # With out_features or expand_first (u = Np x D, the attention's width), at the output projection the
+        # product, the joined heads' copy (several heads) and the projection's output (Np x F).
+        return ((max(self._moments(a, inp)) - out[0] * out[1], ACTIVATION),)
+
+    def _moments(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, int]:
+        """The most alive per image while the products run (the position bias beside them, once), and at the
+        output projection (the bias freed)."""
         g = Geometry(a, grid_input(self.name, inp))
-        u, s = g.u, g.scores
+        u, s = g.ud, g.scores
         several = g.heads > 1
         if a["v2"]:
-            during = max((7 if several else 5) * u + s, 5 * u + 2 * s)
-        else:
-            during = max((6 if several else 5) * u + s, 5 * u + 2 * s)
-        return ((during - inp[0] * inp[1], ACTIVATION),)
+            return max((7 if several else 5) * u + s, 5 * u + 2 * s), 0
+        return max((6 if several else 5) * u + s, 5 * u + 2 * s), (2 if several else 1) * u + g.uf
 
     def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # A training-mode forward (v1; measured by storage in real steps: tests/test_window_attention_step.py) is at
@@ -436,7 +488,7 @@ class WindowAttention(Kind):
         if a["v2"]:
             return self.transient(a, inp, out)
         g = Geometry(a, grid_input(self.name, inp))
-        return ((3 * g.u + g.scores - inp[0] * inp[1], ACTIVATION),)
+        return ((3 * g.ud + g.scores - out[0] * out[1], ACTIVATION),)
 
     def frozen_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...] | None:
         # Frozen (v1), the windows are freed once qkv is made and the joined heads made after A V: at A V, beyond
@@ -450,17 +502,23 @@ class WindowAttention(Kind):
         # on the weights alone: its hidden layer, (2w-1)^2 x 512, is the peak only of a network so small that
         # batch x the attention's temporaries are smaller; not modelled. The shift's mask, windows x M^2, is made
         # where the temporaries are 2 Np C fewer: not at the peak while M < 2C.)
+        # (Not when the output projection is the most per image: the bias is freed before it; a batch at which the
+        # products' moment with the bias is more is then not followed.)
         g = Geometry(a, grid_input(self.name, inp))
-        return () if g.bias == "none" else ((g.heads * g.m * g.m, ACTIVATION),)
+        if g.bias == "none":
+            return ()
+        products, projection = self._moments(a, inp)
+        return ((g.heads * g.m * g.m, ACTIVATION),) if products >= projection else ()
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         g = Geometry(a, grid_input(self.name, inp))
         shift = f", shift {'x'.join(map(str, g.shift))}" if any(g.shift) else ""
+        out = (f", {g.d} wide" if g.d != g.c else "") + (f", out {g.f}" if g.f != g.c else "")
         if g.grid:
             return (f"{'v2, ' if a['v2'] else ''}{g.heads} heads, {g.windows} grids of "
-                    f"{'x'.join(map(str, g.window))}, stride {'x'.join(map(str, g.stride))}")
+                    f"{'x'.join(map(str, g.window))}, stride {'x'.join(map(str, g.stride))}{out}")
         return (f"{'v2, ' if a['v2'] else ''}{g.heads} heads, {g.windows} windows of "
-                f"{'x'.join(map(str, g.window))}{shift}")
+                f"{'x'.join(map(str, g.window))}{shift}{out}")
 
 
 @register

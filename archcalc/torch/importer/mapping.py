@@ -50,7 +50,7 @@ PERMUTES = ("torchvision.ops.misc.Permute",)
 # the move of a grid's channels last is the move to tokens, and the move back is `to_grid`.
 TOKEN_GRID_MODULES = ("torchvision.models.swin_transformer.ShiftedWindowAttention",
                       "torchvision.models.swin_transformer.ShiftedWindowAttentionV2",
-                      "timm.models.maxxvit.PartitionAttentionCl",
+                      "timm.models.maxxvit.PartitionAttentionCl", "timm.models.maxxvit.ParallelPartitionAttention",
                       "torchvision.models.video.swin_transformer.ShiftedWindowAttention3d")
 # torchvision's video MViT modules, called with the tokens and their grid's size (T, H, W), returning the tokens and
 # the new grid (trace.py's `mvit`); and its fx-wrapped helper that adds a T axis to an image (a clip passes as it is).
@@ -61,7 +61,7 @@ MVIT_UNSQUEEZE = "torchvision.models.video.mvit._unsqueeze"
 # tokens (WindowPartition, then for the grid attention SwapAxes(-2, -3)), the attention over the groups, the way back.
 MAXVIT = ("torchvision.models.maxvit.WindowPartition", "torchvision.models.maxvit.WindowDepartition",
           "torchvision.models.maxvit.SwapAxes", "torchvision.models.maxvit.RelativePositionalMultiHeadAttention",
-          "timm.models.maxxvit.AttentionCl")
+          "timm.models.maxxvit.AttentionCl", "timm.models.maxxvit.Attention2d")
 # timm's MaxViT partitions (maxxvit.py), wrapped by the tracer (each one call) and read by trace.py's `maxvit`: a
 # B x H x W x C token grid cut into windows or grids (the groups of AttentionCl), and put back.
 TIMM_PARTITIONS = ("timm.models.maxxvit.window_partition", "timm.models.maxxvit.grid_partition",

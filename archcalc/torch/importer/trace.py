@@ -27,7 +27,7 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import additive, attention, davit, mapping
+from archcalc.torch.importer import additive, attention, coatnet, davit, mapping
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -1681,6 +1681,8 @@ class _Converter:
         x = args[0] if args else None
         if name == "AttentionCl":
             return self.timm_attention(node, m, args)
+        if name == "Attention2d":  # timm's CoAtNet: attention over the whole channels-first grid
+            return coatnet.attention2d(self, node, m, x if len(args) == 1 and isinstance(x, _Tensor) else None)
         if not isinstance(x, _Tensor) or x.channels_last or node.kwargs:
             raise Unmapped(f"a MaxViT {name} on something that is not a tensor of the network")
         if name == "WindowPartition":
@@ -1761,26 +1763,36 @@ class _Converter:
         c, heads = x.shape[1], int(m.num_heads)
         qkv, proj, rel = m.qkv, m.proj, m.rel_pos
         bias = qkv.bias is not None
-        if (heads * int(m.dim_head) != c or tuple(qkv.weight.shape) != (3 * c, c) or tuple(proj.weight.shape) != (c, c)
-                or (proj.bias is not None) != bias):
+        d, f = qkv.out_features // 3, proj.out_features  # the attention's width, the output's (dim_out)
+        if (heads * int(m.dim_head) != d or tuple(qkv.weight.shape) != (3 * d, c) or tuple(proj.weight.shape) != (f, d)
+                or (proj.bias is not None) != bias or d not in (c, f)):
             raise Unmapped(f"timm's AttentionCl whose qkv/proj weights or biases are not window_attention's on {c} "
-                           f"channels and {heads} heads (C -> 3C, C -> C)")
+                           f"channels and {heads} heads (C -> 3D, D -> F, D = C or F)")
         if m.attn_drop.p or m.proj_drop.p:
             raise Unmapped("timm's AttentionCl with dropout: archcalc's window_attention has none")
         position = self.timm_position_bias(rel, heads, size)
         args_: dict[str, Any] = {"num_heads": heads, "window_size": size if size[0] != size[1] else size[0],
                                  "bias": bias, **({"partition": "grid"} if kind == "grid" else {}),
-                                 **({"position_bias": position} if position != "table" else {})}
+                                 **({"position_bias": position} if position != "table" else {}),
+                                 **self.timm_mlp_hidden(rel), **({"out_features": f} if f != c else {}),
+                                 **({"expand_first": True} if d != c else {})}
         trainable = any(t.requires_grad for t in m.parameters())
         out = self.emit(node, str(node.target).rsplit(".", 1)[-1], "window_attention", None, args_, [x], True,
-                        shape=x.shape, trainable=trainable)
+                        shape=Tokens(x.shape[0], f, x.shape.grid),  # type: ignore[attr-defined]
+                        trainable=trainable)
         self.timm_open = (kind, size, out.id, True)
         return out
 
     @staticmethod
+    def timm_mlp_hidden(rel: Any) -> dict[str, int]:
+        """window_attention's mlp_hidden for a RelPosMlp of another hidden width than 512 (timm's rel_pos_dim)."""
+        hidden = int(rel.mlp.fc1.out_features) if type(rel).__name__ == "RelPosMlp" else 512
+        return {"mlp_hidden": hidden} if hidden != 512 else {}
+
+    @staticmethod
     def timm_position_bias(rel: Any, heads: int, size: tuple[int, int]) -> str:
         """window_attention's position_bias for timm's rel_pos module of an AttentionCl: RelPosBias (a table and an
-        index), RelPosMlp in its 'cr' mode (Linear(2, 512), ReLU, Linear(512, heads) on log coordinates; its
+        index), RelPosMlp in its 'cr' mode (Linear(2, hidden), ReLU, Linear(hidden, heads) on log coordinates; its
         Dropout(0.125) between is the identity at inference, as archcalc describes it), RelPosBiasTf (a heads x
         rows x columns table and one-hot lookups); each sized for the partition (none resized at run time)."""
         name = type(rel).__name__
@@ -1800,10 +1812,10 @@ class _Converter:
             if (rel.mode != "cr" or rel.bias_gain is not None or not isinstance(rel.bias_act, nn.Identity)
                     or not isinstance(fc1, nn.Linear) or not isinstance(fc2, nn.Linear)
                     or not isinstance(mlp.act, nn.ReLU) or not isinstance(getattr(mlp, "norm", None), nn.Identity)
-                    or tuple(fc1.weight.shape) != (512, 2) or fc1.bias is None
-                    or tuple(fc2.weight.shape) != (heads, 512) or fc2.bias is None
+                    or fc1.in_features != 2 or fc1.bias is None
+                    or tuple(fc2.weight.shape) != (heads, fc1.out_features) or fc2.bias is None
                     or tuple(rel.rel_coords_log.shape) != (rows, cols, 2)):
-                raise Unmapped(why + "the 'cr' MLP Linear(2, 512), ReLU, Linear(512, heads) on log coordinates "
+                raise Unmapped(why + "the 'cr' MLP Linear(2, hidden), ReLU, Linear(hidden, heads) on log coordinates "
                                "(window_attention's position_bias mlp)")
             return "mlp"
         if name == "RelPosBiasTf":
@@ -1951,6 +1963,8 @@ class _Converter:
             return self.emit(node, "class_token", "class_token", None, {"mean": True}, [tensors[1]], fixed=False)
         if not isinstance(tensors, (list, tuple)) or not all(isinstance(t, _Tensor) for t in tensors):
             raise Unmapped("torch.cat of something other than a list of the network's tensors")
+        if (channels := coatnet.cat_channels(self, node, tensors, dim)) is not None:  # token grids' channels
+            return channels
         if all(isinstance(t.shape, Tokens) and not t.channels_last for t in tensors) and dim % 3 == 1:
             if len(tensors) == 1:  # (torch.cat of one sequence: the same values; ViTamin-XL's prefix-free cat)
                 return tensors[0]
