@@ -123,7 +123,7 @@ def test_receptive_field_is_the_measured_dependence(name: str, index: int) -> No
 
 def _levit(a: Mapping[str, Any]) -> bool:
     return bool(a["key_dim"] or a["value_dim"] or a["score_bias"] or a["norm"] != "none" or a["act"] != "none"
-                or a["stride"] > 1 or a["out_features"])
+                or a["stride"] > 1 or a["out_features"] or not a["proj"])
 
 
 def _levit_full(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...], m: int) -> int:
@@ -131,7 +131,7 @@ def _levit_full(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...], m:
     token, the output per query token); q's scale; 3 per weight for the softmax and 1 for the score bias; with
     norm 4 per element of each projection's output (batch norm with affine); with act 5 per joined element."""
     n, c = i
-    nq, d = o
+    nq, d = o[0], o[1] if a["proj"] else 0  # (proj false: no output projection, its bias or its norm)
     h = a["num_heads"]
     k, v = h * (a["key_dim"] or c // h), h * (a["value_dim"] or c // h)
     biases = ((nq * k + n * (k + v) + nq * d) if a["qkv_bias"] else nq * d) if a["bias"] else 0

@@ -584,7 +584,7 @@ class SelfAttention(nn.Module):
                  qkv_bias: bool = True, key_dim: int = 0, value_dim: int = 0, grid: Sequence[int] | None = None,
                  score_bias: bool = False, norm: str = "none", act: str = "none", stride: int = 1,
                  out_features: int = 0, sr_ratio: int = 1, kv_pool: int = 0, kv_avgpool: int = 0,
-                 kv_norm: bool = True) -> None:
+                 kv_norm: bool = True, proj: bool = True) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -622,8 +622,9 @@ class SelfAttention(nn.Module):
                 self.q_norm = nn.BatchNorm1d(keys) if batchnorm else nn.Identity()
             self.in_proj = nn.Linear(embed_dim, (keys if stride == 1 else 0) + keys + values, bias=bias and qkv_bias)
             self.in_norm = nn.BatchNorm1d(self.in_proj.out_features) if batchnorm else nn.Identity()
-        self.out_proj = nn.Linear(values, self.out, bias=bias)
-        self.out_norm = nn.BatchNorm1d(self.out) if batchnorm else nn.Identity()
+        # (proj false: no output projection, SHViT's; the joined heads are the output)
+        self.out_proj: nn.Module = nn.Linear(values, self.out, bias=bias) if proj else nn.Identity()
+        self.out_norm = nn.BatchNorm1d(self.out) if batchnorm and proj else nn.Identity()
         self.score_bias = score_bias
         if score_bias:  # a table per head and |offset| on the 2-D grid (LeViT), gathered for q's (strided) tokens
             assert self.grid is not None
@@ -641,7 +642,8 @@ class SelfAttention(nn.Module):
         h = self.num_heads
         if self.sr_ratio > 1 or self.kv_pool or self.kv_avgpool:
             return self.reduced(x)
-        if self.score_bias or self.norm_kind != "none" or self.act != "none" or self.stride > 1 or self.out != c or (
+        if self.score_bias or self.norm_kind != "none" or self.act != "none" or self.stride > 1 or self.out != c \
+                or isinstance(self.out_proj, nn.Identity) or (
                 self.key_dim, self.value_dim) != (c // h, c // h):
             return self.biased(x)
         q, k, v = self.in_proj(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)

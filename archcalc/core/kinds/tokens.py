@@ -286,6 +286,9 @@ class SelfAttention(Kind):
         Arg("stride", "int", 1, "queries from the tokens' 2-D grid subsampled by this stride (x[::s, ::s], with a "
             "projection of their own: LeViT's AttentionSubsample); keys and values from every token. The output "
             "has the queries' tokens, on their grid", minimum=1),
+        Arg("proj", "bool", True, "the output projection (false: none, the output is the joined heads, h x "
+            "value_dim channels; SHViT's single-head attention, whose projection follows a concatenation with the "
+            "channels it passed by)"),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2}),
@@ -310,6 +313,9 @@ class SelfAttention(Kind):
                                         "bias": False, "norm": "batchnorm", "act": "hardswish", "stride": 2,
                                         "out_features": 12}),
         Example(Tokens(9, 6, (3, 3)), {"num_heads": 1, "key_dim": 4, "value_dim": 5, "stride": 2, "act": "silu"}),
+        Example(Tokens(12, 6, (3, 4)), {"num_heads": 1, "key_dim": 4, "value_dim": 6, "bias": False,
+                                        "norm": "batchnorm", "proj": False}),
+        Example(Tokens(9, 8, (3, 3)), {"num_heads": 2, "key_dim": 3, "value_dim": 5, "proj": False}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
@@ -326,14 +332,18 @@ class SelfAttention(Kind):
         if a.get("norm", "none") != "none" and a["bias"]:
             raise LayerError("self_attention with norm: batchnorm has linear projections without bias: add "
                              "bias: false")
+        if not a.get("proj", True) and (a.get("act", "none") != "none" or a.get("out_features")):
+            raise LayerError("self_attention without its output projection (proj: false) takes no act or "
+                             "out_features")
         if self.reduced(a, inp) is not None and not self.plain(a):
             raise LayerError("self_attention takes key_dim, value_dim, score_bias, norm, act, stride or out_features, "
                              "or keys and values from a reduced sequence (sr_ratio, kv_pool, kv_avgpool), not both")
         s = a.get("stride", 1)
+        width = (a.get("out_features") or c) if a.get("proj", True) else self.dims(a, c)[1]
         if s == 1:
-            return tokens_like(inp, t[0], a.get("out_features") or c)
+            return tokens_like(inp, t[0], width)
         grid = tuple(-(-g // s) for g in t.grid)
-        return Tokens(grid[0] * grid[1], a.get("out_features") or c, grid)
+        return Tokens(grid[0] * grid[1], width, grid)
 
     def reduced(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, int] | None:
         """With keys and values from a reduced sequence (sr_ratio > 1 or kv_pool): (M, the reducing conv's MACs
@@ -379,7 +389,7 @@ class SelfAttention(Kind):
         k, v = SelfAttention.dims(a, c)
         s = a.get("stride", 1)
         nq = n if s == 1 else numel(tuple(-(-g // s) for g in inp.grid))  # type: ignore[attr-defined]
-        return n, nq, c, a.get("out_features") or c, k, v
+        return n, nq, c, (a.get("out_features") or c) if a.get("proj", True) else 0, k, v
 
     @staticmethod
     def parts(inp: Shape, a: Mapping[str, Any] | None = None) -> tuple[int, int]:
@@ -395,7 +405,7 @@ class SelfAttention(Kind):
         reduced = self.reduced(a, inp)
         if reduced is not None:
             return self.reduced_cost(a, inp, *reduced)
-        n, nq, c, d, k, v = self.sizes(a, inp)
+        n, nq, c, d, k, v = self.sizes(a, inp)  # (d = 0 without the output projection: proj false)
         linear, products = self.parts(inp, a)
         macs = linear + products
         bias = ((nq * k + n * (k + v) + nq * d) if a["qkv_bias"] else nq * d) if a["bias"] else 0
@@ -406,7 +416,8 @@ class SelfAttention(Kind):
         if a.get("norm", "none") == "batchnorm":  # a batch norm after each projection (eval: 2 per element in
             # fvcore, 4 in full, as `batchnorm`); q's own with a stride
             channels = 2 * k + v + d
-            params, buffers, ints = 2 * channels, 2 * channels, 3 if a.get("stride", 1) > 1 else 2
+            params, buffers = 2 * channels, 2 * channels
+            ints = (2 if a.get("stride", 1) > 1 else 1) + (1 if d else 0)  # each norm's count (none after no proj)
             fvcore = 2 * (projected + nq * d)
             full = 4 * (projected + nq * d)
         full += {"none": 0, "hardswish": 5, "silu": 4}[a.get("act", "none")] * nq * v  # (FlopCounterMode, fvcore: 0)
@@ -460,6 +471,8 @@ class SelfAttention(Kind):
         # arguments).
         if a.get("stride", 1) > 1 or (a.get("out_features") and (a.get("key_dim") or a.get("value_dim") or a.get(
                 "score_bias") or a.get("norm", "none") != "none")):
+            return (params,)
+        if not a.get("proj", True):  # (no output projection: the output's channels are v's, not the input's)
             return (params,)
         c = out[1]
         reduced = self.reduced(a, out)
@@ -535,7 +548,8 @@ class SelfAttention(Kind):
             return Saved(input_for_params=True, extra=((4 * n * c, ACTIVATION), (a["num_heads"] * n, ACCUMULATE)))
         n, nq, c, d, k, v = self.sizes(a, inp)
         kept = nq * k + n * (k + v) + a["num_heads"] * nq * n
-        for_params = nq * v + (nq * c if nq != n or a.get("stride", 1) > 1 else 0)
+        # (without the output projection no joined heads are kept for its weight)
+        for_params = (nq * v if d else 0) + (nq * c if nq != n or a.get("stride", 1) > 1 else 0)
         stats: tuple[tuple[int, int], ...] = ()
         if a.get("norm", "none") == "batchnorm":
             kept += nq * k + n * (k + v) + nq * d
@@ -572,6 +586,9 @@ class SelfAttention(Kind):
         if self.reduced(a, inp) is not None:
             return ("keys and values from a reduced sequence (sr_ratio, kv_pool, kv_avgpool): its backward is not "
                     "modelled yet")
+        if not a.get("proj", True):
+            return ("self_attention without its output projection (proj: false) is not followed in the step's "
+                    "timeline yet")
         if not self.plain(a):
             return ("key_dim, value_dim, score_bias, norm, act, stride and out_features are not followed in the "
                     "step's timeline yet (its backward is modelled for q, k and v of C channels without a score bias, "
@@ -649,7 +666,8 @@ class SelfAttention(Kind):
                 return ((3 * n * c, ACTIVATION), (a["num_heads"] * n, ACCUMULATE))
             return ((4 * n * c, ACTIVATION),)
         n, nq, c, d, k, v = self.sizes(a, inp)
-        return ((self._peak(a, inp)[0] - nq * d, ACTIVATION),)
+        return ((self._peak(a, inp)[0] - nq * (d or v), ACTIVATION),)  # (less the output: the joined heads without
+        # the output projection)
 
     def _peak(self, a: Mapping[str, Any], inp: Shape) -> tuple[int, int]:
         """The built module's most alive at once at inference (measured by torch.profiler: tests/test_kind_rules.py):
@@ -688,7 +706,8 @@ class SelfAttention(Kind):
     def plain(a: Mapping[str, Any]) -> bool:
         """Vaswani et al.'s attention: none of the LeViT / EfficientFormer arguments."""
         return not (a.get("key_dim") or a.get("value_dim") or a.get("score_bias") or a.get("out_features")
-                    or a.get("norm", "none") != "none" or a.get("act", "none") != "none" or a.get("stride", 1) > 1)
+                    or a.get("norm", "none") != "none" or a.get("act", "none") != "none" or a.get("stride", 1) > 1
+                    or not a.get("proj", True))
 
     def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # A training-mode forward (measured by storage in a real step: tests/test_attention_step.py) is at its
@@ -717,7 +736,7 @@ class SelfAttention(Kind):
             h = a["num_heads"]
             bias = ", score bias" if a.get("score_bias") else ""
             queries = f", {nq} queries (stride {a['stride']})" if a.get("stride", 1) > 1 else ""
-            out = f", out {d}" if d != c else ""
+            out = (f", out {d}" if d != c else "") if d else ", no output projection"
             return f"{h} heads of q/k {k // h}, v {v // h}, {n} tokens{queries}{bias}{out}"
         reduced = self.reduced(a, inp)
         kv = f", kv {reduced[0]} tokens" if reduced is not None else ""

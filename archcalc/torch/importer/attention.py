@@ -392,25 +392,40 @@ class _Matcher:
         if norm:
             others.append(norm)
         view = self.only_user(end)
-        shape = _shape(self.values, view)
-        if not (_is(view, *_VIEWS) and view is not None and shape is not None and len(shape) == 4
-                and shape[0] == 1 and shape[3] == n):
-            return None
-        heads, per = shape[1], shape[2]
-        parts = self.only_user(view)
+        # SHViT's single head (timm's shvit.py SHSA): the projection split on its channels, each part flattened
+        # to (B, e, H W); no view to heads, no output projection (it follows a concatenation outside)
+        flat = _is(view, "split")
+        rank = 3 if flat else 4
+        shape = _shape(self.values, end)
+        if flat and shape is not None:
+            heads, per, parts = 1, shape[1], view
+        else:
+            shape = _shape(self.values, view)
+            if not (_is(view, *_VIEWS) and view is not None and shape is not None and len(shape) == 4
+                    and shape[0] == 1 and shape[3] == n):
+                return None
+            heads, per = shape[1], shape[2]
+            parts = self.only_user(view)
         sizes = parts.args[1] if parts is not None and len(parts.args) > 1 else None
         dim = parts.kwargs.get("dim", parts.args[2] if len(parts.args) > 2 else 0) if parts is not None else None
         if not _is(parts, "split") or parts is None or not isinstance(sizes, (list, tuple)) or len(sizes) not in (
-                2, 3) or not all(isinstance(z, int) for z in sizes) or dim not in (2, -2) or sum(sizes) != per \
-                or (len(sizes) == 3 and sizes[0] != sizes[1]):
+                2, 3) or not all(isinstance(z, int) for z in sizes) or dim not in ((1, -3) if flat else (2, -2)) \
+                or sum(sizes) != per or (len(sizes) == 3 and sizes[0] != sizes[1]) or (flat and len(sizes) != 3):
             return None
         kd, vd = int(sizes[0]), int(sizes[-1])
-        self.nodes.update((view, parts))
+        self.nodes.update((view, parts))  # type: ignore[arg-type]
         picked: dict[int, fx.Node] = {}
         for u in parts.users:
             if not (u.op == "call_function" and u.target is operator.getitem and isinstance(u.args[1], int)):
                 return None
-            picked[u.args[1]] = u
+            i = u.args[1]
+            if flat:  # (each part flattened: q, k and v as (B, e, H W))
+                f = self.only_user(u)
+                if not (_is(f, "flatten") and f is not None and _shape(self.values, f) == (1, sizes[i], n)):
+                    return None
+                self.nodes.add(u)
+                u = f
+            picked[i] = u
         if sorted(picked) != list(range(len(sizes))):
             return None
         self.nodes.update(picked.values())
@@ -445,7 +460,7 @@ class _Matcher:
                 return None
             self.nodes.update((pool, q_conv, bn_or_conv, qv))
         if not (_is(qt, "transpose") and qt is not None and _shape(self.values, qt) == (
-                1, heads, qgrid[0] * qgrid[1], kd)):
+                1, *(() if flat else (heads,)), qgrid[0] * qgrid[1], kd)):
             return None
         scores = self.only_user(qt)
         if not (_is(scores, "matmul") and scores is not None and tuple(scores.args) == (qt, k)
@@ -462,12 +477,12 @@ class _Matcher:
         scaled = biased
         weights = self.only_user(scaled)
         if not (weights is not None and weights.op == "call_method" and weights.target == "softmax"
-                and (weights.args[1:] in ((-1,), (3,)) or weights.kwargs in ({"dim": -1}, {"dim": 3}))):
+                and (weights.args[1:] in ((-1,), (rank - 1,)) or weights.kwargs in ({"dim": -1}, {"dim": rank - 1}))):
             return None
         wt = self.only_user(weights)
-        wdims = sorted(a % 4 for a in wt.args[1:] if isinstance(a, int)) if wt is not None else []
+        wdims = sorted(a % rank for a in wt.args[1:] if isinstance(a, int)) if wt is not None else []
         out = self.only_user(wt) if wt is not None else None
-        if not (_is(wt, "transpose") and wdims == [2, 3] and _is(out, "matmul") and out is not None
+        if not (_is(wt, "transpose") and wdims == [rank - 2, rank - 1] and _is(out, "matmul") and out is not None
                 and tuple(out.args) == (v, wt) and self.only_user(v) is out):
             return None
         back = self.only_user(out)
@@ -475,6 +490,14 @@ class _Matcher:
                 and _shape(self.values, back) == (1, heads * vd, *qgrid)):
             return None
         self.nodes.update((weights, wt, out, back))  # type: ignore[arg-type]
+        x = first.args[0]
+        assert isinstance(x, fx.Node)
+        if flat:  # no output projection: the joined heads are the result
+            if any(u not in self.nodes for nd in self.nodes - {back} for u in nd.users):
+                return None
+            return Attention(x, str(first.target), "", back, frozenset(self.nodes),  # type: ignore[arg-type]
+                             heads, False, conv.bias is not None, kd, vd, *self.table, bool(norm), "none", stride, 0,
+                             (gh, gw), tuple(others), True)
         act, joined = "none", back
         nxt = self.only_user(back)
         if self.module(nxt, (nn.Hardswish, nn.SiLU)) is not None and nxt is not None and len(nxt.args) == 1:

@@ -636,8 +636,10 @@ class _Converter:
         if found.grid and tuple(x.shape.grid) != tuple(found.grid):
             return False  # (strided queries or a reduction of another grid than the tokens' own)
         params = [_Param((f"{path}.{name}",), tuple(t.shape)) for path in (found.qkv, found.proj, *found.more)
-                  for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
+                  if path for name, t in self.root.get_submodule(path).named_parameters(recurse=False)]
         args: dict[str, Any] = {"num_heads": found.num_heads, "bias": found.bias}
+        if not found.proj:  # (SHViT's: no output projection)
+            args["proj"] = False
         if found.bias and not found.qkv_bias:
             args["qkv_bias"] = False
         c = x.shape[1]
@@ -671,7 +673,9 @@ class _Converter:
         calls = [str(n.target) for n in found.nodes if n.op == "call_module"]
         self.called.update(calls)
         parts = tuple(found.qkv.split("."))[:-1]  # the attention module: the projections' common parent
-        proj_parts = tuple(found.proj.split("."))
+        if not found.proj:  # (no output projection: the module whose forward joins the heads)
+            parts = _scope_of(found.last)
+        proj_parts = tuple(found.proj.split(".")) if found.proj else parts
         while parts and parts != proj_parts[:len(parts)]:
             parts = parts[:-1]
         path = ".".join(parts)
@@ -699,8 +703,8 @@ class _Converter:
                            None, trainable))
         if grid_in is not None:
             grid = self._new((shape[1], *shape.grid))
-            self.ops.append(Op(f"{name}_grid", parts[:-1], False, "to_grid", None, {"size": list(shape.grid)},
-                               (out.id,), grid.id, where))
+            size = {"size": list(shape.grid)} if found.proj else {}  # (SHViT's: on the tokens' own grid, any size)
+            self.ops.append(Op(f"{name}_grid", parts[:-1], False, "to_grid", None, size, (out.id,), grid.id, where))
             out = grid
         self.composed.update(found.nodes)
         self.vals[found.last] = out
