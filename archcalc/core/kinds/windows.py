@@ -73,6 +73,8 @@ class Geometry:
         self.m = numel(self.window)  # tokens per window
         self.windows = self.tokens // self.m
         self.table = numel(tuple(2 * w - 1 for w in configured))  # relative positions
+        if a.get("position_bias") == "offsets":  # |dy|, |dx|: one per position of a window (LeViT's, TinyViT's)
+            self.table = numel(configured)
         self.index = numel(configured) ** 2  # the int64 index buffer: the configured window's M^2
         self.heads = a["num_heads"]
         self.c = inp[1]
@@ -143,7 +145,8 @@ class WindowAttention(Kind):
            "window): the same costs, another receptive field. `einsum` (torchvision's MaxViT): the two products "
            "written as torch.einsum, which fvcore counts from numpy's einsum_path, rounded to 4 digits. "
            "`position_bias` (v1): B from the table (default), or made once per forward by timm's RelPosMlp "
-           "('mlp') or RelPosBiasTf ('lookup'); see the argument.")
+           "('mlp') or RelPosBiasTf ('lookup'), or gathered from a w^2 x heads table of absolute offsets "
+           "('offsets', TinyViT's); see the argument.")
     full_rule = ("2 per MAC; per padded token 4C bias additions (with bias); v1: 1 per element of q (the scale); "
                  "v2: 3 per element of q and k (square, sum, divide) and 2 per head vector of q and k (square "
                  "root, clamp), 1 per attention weight (logit scale); per attention weight 1 (position bias), 1 "
@@ -171,7 +174,9 @@ class WindowAttention(Kind):
             "(Linear(2, 512), ReLU, Linear(512, heads), biases) run once per forward on a buffer of log-spaced "
             "relative coordinates sign(d) ln(1 + |d|), gathered by the index (timm's RelPosMlp, the rmlp models); "
             "'lookup', a heads x (2w-1) x (2w-1) table reindexed by two einsums with one-hot lookup buffers, once "
-            "per forward (timm's RelPosBiasTf, the tf models)", choices=("table", "mlp", "lookup")),
+            "per forward (timm's RelPosBiasTf, the tf models); 'offsets', gathered from a learned w_h w_w x heads "
+            "table by an index buffer (M^2) of the absolute offsets |dy| w_w + |dx| (LeViT-style attention "
+            "biases: timm's TinyViT)", choices=("table", "mlp", "lookup", "offsets")),
         Arg("shrink", "bool", False, "a window longer than the grid along an axis is cut to the grid there (the "
             "video Swin, torchvision's _get_window_and_shift_size) instead of the grid being zero-padded to it; "
             "the table and index stay the configured window's"),
@@ -191,6 +196,9 @@ class WindowAttention(Kind):
                                             "position_bias": "mlp"}),
         Example(Tokens(36, 6, (6, 6)), {"num_heads": 3, "window_size": [2, 3], "partition": "grid",
                                         "position_bias": "lookup"}),
+        Example(Tokens(36, 8, (6, 6)), {"num_heads": 2, "window_size": 3, "position_bias": "offsets"}),
+        Example(Tokens(20, 6, (4, 5)), {"num_heads": 3, "window_size": [2, 3], "position_bias": "offsets",
+                                        "bias": False}),
         Example(Tokens(96, 8, (4, 4, 6)), {"num_heads": 2, "window_size": [2, 4, 3], "shift_size": [1, 2, 1]}),
         Example(Tokens(60, 6, (3, 4, 5)), {"num_heads": 3, "window_size": [4, 2, 3], "shift_size": [2, 1, 1],
                                            "shrink": True}),
@@ -205,8 +213,9 @@ class WindowAttention(Kind):
             raise LayerError("window_attention: v2 (Swin V2's position bias MLP) on a 3-D grid or with shrink is "
                              "not modelled")
         if len(t.grid) == 3 and (a["partition"] != "window" or a["position_bias"] != "table" or a["einsum"]):
-            raise LayerError("window_attention: a grid partition, position_bias mlp or lookup and einsum are for a "
-                             "2-D grid (MaxViT, timm's MaxxViT); on a 3-D grid only windows with a table")
+            raise LayerError("window_attention: a grid partition, position_bias mlp, lookup or offsets and einsum "
+                             "are for a 2-D grid (MaxViT, timm's MaxxViT, TinyViT); on a 3-D grid only windows with a "
+                             "table")
         g = Geometry(a, t)
         if a["v2"] and g.bias != "table":
             raise LayerError("window_attention: v2 makes its own position bias (Swin V2's MLP); position_bias "
