@@ -153,6 +153,27 @@ def test_tinyvit_blocks_import_exact() -> None:
     assert imported.warnings == ()
 
 
+class PermutedCut(Block):
+    """The windows cut with a permute of six axes (GCViT's window_partition), not TinyViT's transpose."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        s = self.window
+        x = x.view(b, h // s, s, w // s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s, c)
+        x = self.attn(x).view(b, h // s, w // s, s, s, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        return x
+
+
+def test_another_cut_is_refused_at_its_view() -> None:
+    """Only TinyViT's cut (the view, transpose(2, 3), the reshape to windows) is read; another network's view of
+    its channels-last grid is refused at the view, as a view of a channels-last tensor is."""
+    model = Net((3, 6)).eval()
+    model.blocks[0] = PermutedCut(12, 3, 3)
+    with pytest.raises(ImportFailure, match=r"cannot import Tensor.view .*view of something other than a "
+                                            "channels-first tensor"):
+        from_module(model, (3, 12, 12))
+
+
 @pytest.mark.parametrize(("windows", "attn_ratio", "message"), [
     ((4, 6), 1, "F.pad"),  # a 6 x 6 grid padded to 8 x 8
     ((3, 6), 2, "key/value dims"),  # val_dim 2 key_dim: not window_attention's

@@ -42,10 +42,26 @@ def open_windows(conv: Any, node: fx.Node, x: Any, out: tuple[int, ...]) -> Wind
             and len(out) == 5):
         return None
     c, h, w = x.shape
-    if out[4] != c or out[0] * out[1] != h or out[2] * out[3] != w:
+    if out[4] != c or out[0] * out[1] != h or out[2] * out[3] != w or not _cut_follows(conv, node, out):
         return None
     tokens = conv.emit(node, "to_tokens", "to_tokens", None, {}, [x], fixed=False, shape=Tokens(h * w, c, (h, w)))
     return Windows(tokens, (out[1], out[3]), "view")
+
+
+def _cut_follows(conv: Any, node: fx.Node, out: tuple[int, ...]) -> bool:
+    """The view's one reader is transpose(2, 3), whose one reader is a reshape to (windows, M, C): TinyViT's cut
+    (another network's view of its grid is refused where it is, as before)."""
+    users = list(node.users)
+    t = users[0] if len(users) == 1 else None
+    dims: list[Any] = list(t.args[1:]) if t is not None else []
+    if t is None or t.op != "call_method" or str(t.target) != "transpose" or len(dims) != 2 or t.kwargs \
+            or not all(isinstance(d, int) for d in dims) or sorted(d % 6 for d in dims) != [2, 3]:
+        return False
+    after = list(t.users)
+    r = after[0] if len(after) == 1 else None
+    value = conv.values.get(r) if r is not None else None
+    return (r is not None and r.op == "call_method" and str(r.target) in ("reshape", "view")
+            and value is not None and tuple(int(s) for s in value.shape) == (out[0] * out[2], out[1] * out[3], out[4]))
 
 
 def follow(conv: Any, node: fx.Node, method: str | None, args: list[Any]) -> Windows | Any:
