@@ -9,6 +9,7 @@ tests/test_import_timm_hybrid.py's."""
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 import torch
@@ -181,3 +182,33 @@ def test_another_cut_is_refused_at_its_view() -> None:
 def test_what_it_refuses_is_an_import_failure(windows: tuple[int, int], attn_ratio: int, message: str) -> None:
     with pytest.raises(ImportFailure, match=message):
         from_module(Net(windows, attn_ratio).eval(), (3, 12, 12))
+
+
+STEP = ("name: t\ninput: [5, {grid}]\nlayers:\n  - to_tokens\n  - linear: {{out: 8}}\n"
+        "  - layernorm: {{normalized_shape: 8}}\n"
+        "  - window_attention: {{num_heads: 2, window_size: {w}, position_bias: offsets}}\n  - linear: {{out: 3}}\n")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize(("grid", "window"), [("6, 6", 3), ("5, 6", "[2, 3]"), ("4, 4", 4)])
+def test_the_step_peak_with_offsets_is_exact(grid: str, window: Any, optimizer: str) -> None:
+    """The training step's peak (the table's timeline with the smaller table) against a real step of the built
+    module on the CPU, measured by storage (tests/measure.step_peak_bytes), the first step and a later one."""
+    from conftest import load_text
+    from measure import step_peak_bytes
+
+    from archcalc.core.training import step_peaks
+    from archcalc.torch.build import build_module
+
+    spec = load_text(STEP.format(grid=grid, w=window))
+    for batch in (2, 3):
+        report = analyze(spec, batch=batch, device="cpu")
+        later, first = step_peaks(report, optimizer)
+        measured = []
+        for steps in (1, 2):
+            torch.manual_seed(0)
+            model = build_module(report)
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt = torch.optim.SGD(params, lr=1e-3) if optimizer == "sgd" else torch.optim.Adam(params, lr=1e-3)
+            measured.append(step_peak_bytes(model, (torch.randn(batch, *spec.inputs[0].shape),), opt, steps)[1])
+        assert (first.peak, later.peak) == tuple(measured), (batch, first.peak - measured[0], later.peak - measured[1])
