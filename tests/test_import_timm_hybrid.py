@@ -78,9 +78,6 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import Tensor.view ... timm/models/gcvit.py:243": (  # 5
         "gcvit_base", "gcvit_small", "gcvit_tiny", "gcvit_xtiny", "gcvit_xxtiny",
     ),
-    "cannot import Tensor.view ... timm/models/tiny_vit.py:409": (  # 5
-        "tiny_vit_11m_224", "tiny_vit_21m_224", "tiny_vit_21m_384", "tiny_vit_21m_512", "tiny_vit_5m_224",
-    ),
     "cannot import Tensor.permute ... timm/models/efficientformer_v2.py:219": (  # 4
         "efficientformerv2_l", "efficientformerv2_s0", "efficientformerv2_s1", "efficientformerv2_s2",
     ),
@@ -102,7 +99,7 @@ FAILED: dict[str, tuple[str, ...]] = {
 }
 
 # The share of the hybrid set that imports exact (issue 30 asks for 90 %; see docs/export.md for what stops the rest).
-IMPORTED_COUNT = 208  # of 302: 68.9 %
+IMPORTED_COUNT = 213  # of 302: 70.5 %
 
 # Imported models fvcore's CPU run was not taken for (over 150 GMACs, and the MaxViTs and CoAtNets over 25 GMACs: too
 # slow on the 2 shared cores the data was made on); their other figures are checked, and fvcore's count of the same
@@ -175,9 +172,7 @@ def test_fvcore_was_measured_for_every_imported_model_but_the_largest() -> None:
     assert all(MEASURED[name]["fvcore_skipped"] for name in FVCORE_SKIPPED)
     # the measured ones that run scaled_dot_product_attention: fvcore counted it as 0 (listed unsupported)
     sdpa = [name for name in imported - FVCORE_SKIPPED if MEASURED[name]["sdpa_calls"]]
-    # 35, 16 PVT-v2/Twins/Next-ViT, 12 CLIP/PiT/Visformer, 20 MaxViTs and MaxxViTs, 28 XCiTs, 5 DaViTs, 18 CoAtNets
-    # and maxvit_tiny_pm_256
-    assert len(sdpa) == 134
+    assert len(sdpa) == 139  # the imported models that call it, fvcore measured (docs/export.md by family)
     assert all(MEASURED[name]["fvcore_unsupported"]["aten::scaled_dot_product_attention"]
                == MEASURED[name]["sdpa_calls"] for name in sdpa)
 
@@ -189,5 +184,5 @@ def test_the_rate_in_the_docs() -> None:
     families = Counter(MEASURED[name]["family"] for name, rec in IMPORTED.items() if rec["imported"])
     assert families == {"maxxvit": 58, "xcit": 28, "levit": 20, "vision_transformer_hybrid": 14, "vitamin": 13,
                         "byobnet": 9, "fastvit": 9, "davit": 8, "pit": 8, "pvt_v2": 7, "twins": 6, "edgenext": 5,
-                        "metaformer": 4, "shvit": 4, "swiftformer": 4, "efficientformer": 3, "nextvit": 3,
-                        "lowformer": 2, "visformer": 2, "efficientnet": 1}
+                        "tiny_vit": 5, "metaformer": 4, "shvit": 4, "swiftformer": 4, "efficientformer": 3,
+                        "nextvit": 3, "lowformer": 2, "visformer": 2, "efficientnet": 1}

@@ -741,7 +741,8 @@ class WindowAttention(nn.Module):
     and index staying the configured window's. `partition="grid"` (MaxViT's grid attention, 2-D) groups the tokens
     of a window_size grid spaced evenly over the whole grid instead of a contiguous window; `einsum` computes the two
     products with torch.einsum (torchvision's MaxViT), not matmul; `position_bias` "mlp" and "lookup" are timm's
-    RelPosMlp and RelPosBiasTf (2-D), "none" no position bias at all (timm's DaViT and Twins-SVT windows)."""
+    RelPosMlp and RelPosBiasTf (2-D), "offsets" a table of one bias per absolute offset (timm's TinyViT), "none" no
+    position bias at all (timm's DaViT and Twins-SVT windows)."""
 
     def __init__(self, channels: int, grid: Sequence[int], num_heads: int, window_size: Sequence[int],
                  shift_size: Sequence[int], bias: bool = True, v2: bool = False, partition: str = "window",
@@ -757,6 +758,8 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(channels, 3 * width, bias=bias)
         self.proj = nn.Linear(width, out_features, bias=bias)
         table = WindowAttention.prod(2 * w - 1 for w in self.window_size)
+        if position_bias == "offsets":  # LeViT-style biases (timm's TinyViT): one per absolute offset |dy|, |dx|
+            table = WindowAttention.prod(self.window_size)
         if v2:
             wh, ww = self.window_size
             self.logit_scale = nn.Parameter(torch.log(10 * torch.ones(num_heads, 1, 1)))
@@ -789,7 +792,10 @@ class WindowAttention(nn.Module):
             axes = [c.flatten() for c in torch.meshgrid(*(torch.arange(w) for w in self.window_size), indexing="ij")]
             index = torch.zeros(len(axes[0]), len(axes[0]), dtype=torch.long)
             for c, w in zip(axes, self.window_size):
-                index = index * (2 * w - 1) + (c[:, None] - c[None, :] + w - 1)
+                if position_bias == "offsets":
+                    index = index * w + (c[:, None] - c[None, :]).abs()
+                else:
+                    index = index * (2 * w - 1) + (c[:, None] - c[None, :] + w - 1)
             self.register_buffer("relative_position_index", index.flatten())
 
     @staticmethod

@@ -74,6 +74,8 @@ class Geometry:
         self.m = numel(self.window)  # tokens per window
         self.windows = self.tokens // self.m
         self.table = numel(tuple(2 * w - 1 for w in configured))  # relative positions
+        if a.get("position_bias") == "offsets":  # |dy|, |dx|: one per position of a window (LeViT's, TinyViT's)
+            self.table = numel(configured)
         self.index = numel(configured) ** 2  # the int64 index buffer: the configured window's M^2
         self.heads = a["num_heads"]
         self.c = inp[1]
@@ -150,8 +152,9 @@ class WindowAttention(Kind):
            "window): the same costs, another receptive field. `einsum` (torchvision's MaxViT): the two products "
            "written as torch.einsum, which fvcore counts from numpy's einsum_path, rounded to 4 digits. "
            "`position_bias` (v1): B from the table (default), or made once per forward by timm's RelPosMlp "
-           "('mlp') or RelPosBiasTf ('lookup'), or none at all ('none': DaViT's windows, Twins-SVT's locally "
-           "grouped attention); see the argument. `out_features` F (timm's Attention2d and "
+           "('mlp') or RelPosBiasTf ('lookup'), gathered from a w^2 x heads table of absolute offsets "
+           "('offsets', TinyViT's), or none at all ('none': DaViT's windows, Twins-SVT's locally grouped "
+           "attention); see the argument. `out_features` F (timm's Attention2d and "
            "AttentionCl with dim_out: CoAtNet's widening first blocks, MaxViT's parallel halves): proj C -> F, "
            "or with `expand_first` qkv C -> 3F and proj "
            "F -> F; params 3CD + DF (+3D + F) + the bias's, MACs padded tokens x (3CD + DF) + windows x 2 M^2 D "
@@ -187,8 +190,10 @@ class WindowAttention(Kind):
             "relative coordinates sign(d) ln(1 + |d|), gathered by the index (timm's RelPosMlp, the rmlp models); "
             "'lookup', a heads x (2w-1) x (2w-1) table reindexed by two einsums with one-hot lookup buffers, once "
             "per forward (timm's RelPosBiasTf, the tf models); 'none', no position bias: softmax(Q K^T / sqrt(d)) V "
-            "within each window, no table, no index (timm's DaViT windows, Twins-SVT's locally grouped attention)",
-            choices=("table", "mlp", "lookup", "none")),
+            "within each window, no table, no index (timm's DaViT windows, Twins-SVT's locally grouped attention); "
+            "'offsets', gathered from a learned w_h w_w x heads table by an index buffer (M^2) of the absolute "
+            "offsets |dy| w_w + |dx| (LeViT-style attention biases: timm's TinyViT)",
+            choices=("table", "mlp", "lookup", "none", "offsets")),
         Arg("mlp_hidden", "int", 512, "position_bias mlp: the MLP's hidden width (timm's rel_pos_dim: 384 in two "
             "of the rmlp CoAtNets)", minimum=1),
         Arg("out_features", "int", 0, "the output projection's width F (0: C, the input's): timm's Attention2d and "
@@ -215,6 +220,9 @@ class WindowAttention(Kind):
                                             "position_bias": "mlp"}),
         Example(Tokens(36, 6, (6, 6)), {"num_heads": 3, "window_size": [2, 3], "partition": "grid",
                                         "position_bias": "lookup"}),
+        Example(Tokens(36, 8, (6, 6)), {"num_heads": 2, "window_size": 3, "position_bias": "offsets"}),
+        Example(Tokens(20, 6, (4, 5)), {"num_heads": 3, "window_size": [2, 3], "position_bias": "offsets",
+                                        "bias": False}),
         Example(Tokens(96, 8, (4, 4, 6)), {"num_heads": 2, "window_size": [2, 4, 3], "shift_size": [1, 2, 1]}),
         Example(Tokens(60, 6, (3, 4, 5)), {"num_heads": 3, "window_size": [4, 2, 3], "shift_size": [2, 1, 1],
                                            "shrink": True}),
@@ -245,8 +253,9 @@ class WindowAttention(Kind):
                              "not modelled")
         if len(t.grid) == 3 and (a["partition"] != "window" or a["position_bias"] not in ("table", "none")
                                  or a["einsum"]):
-            raise LayerError("window_attention: a grid partition, position_bias mlp or lookup and einsum are for a "
-                             "2-D grid (MaxViT, timm's MaxxViT); on a 3-D grid only windows with a table")
+            raise LayerError("window_attention: a grid partition, position_bias mlp, lookup or offsets and einsum "
+                             "are for a 2-D grid (MaxViT, timm's MaxxViT, TinyViT); on a 3-D grid only windows with "
+                             "a table or none")
         g = Geometry(a, t)
         if a["v2"] and g.bias != "table":
             raise LayerError("window_attention: v2 makes its own position bias (Swin V2's MLP); position_bias "

@@ -68,6 +68,10 @@ TIMM_PARTITIONS = ("timm.models.maxxvit.window_partition", "timm.models.maxxvit.
                    "timm.models.maxxvit.window_reverse", "timm.models.maxxvit.grid_reverse")
 
 
+# Attention modules kept whole and read by their family's reader (timm's TinyViT: importer/tinyvit.py).
+WINDOWED = ("timm.models.tiny_vit.Attention",)
+
+
 def qualname(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__name__)}"
 
@@ -110,7 +114,7 @@ def module_rule(m: nn.Module) -> ModuleRule | None:
 
 def is_leaf(m: nn.Module) -> bool:
     """Modules the tracer keeps whole: those in the table, and torch.nn's own (fx's rule), containers excepted."""
-    if module_rule(m) is not None or qualname(type(m)) in PERMUTES or qualname(type(m)) in MAXVIT:
+    if module_rule(m) is not None or qualname(type(m)) in (*PERMUTES, *MAXVIT, *WINDOWED):
         return True
     return type(m).__module__.startswith("torch.nn") and not isinstance(m, (nn.Sequential, nn.ModuleList,
                                                                             nn.ModuleDict))

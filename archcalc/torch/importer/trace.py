@@ -27,7 +27,7 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import additive, attention, coatnet, davit, mapping
+from archcalc.torch.importer import additive, attention, coatnet, davit, mapping, tinyvit
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -1048,6 +1048,8 @@ class _Converter:
                            "reads only put before the same tokens (torch.cat: class_token with mean)")
         value = self.values.get(node)
         method = str(target) if node.op == "call_method" else None
+        if args and isinstance(args[0], tinyvit.Windows):  # (TinyViT's windows: the views into them and back)
+            return tinyvit.follow(self, node, method, args)
         if not tensors and not any(isinstance(a, (_Tensor, _Chunks, _Padded, _Blocks, _Flat, _Param, list, tuple))
                                    and self._has_tensor(a) for a in [*args, *kwargs.values()]):
             params = self._params([*args, *kwargs.values()])
@@ -1583,6 +1585,8 @@ class _Converter:
             return self.mvit(node, m, args)
         if mapping.qualname(type(m)) in mapping.MAXVIT:
             return self.maxvit(node, m, args)
+        if mapping.qualname(type(m)) == tinyvit.ATTENTION:
+            return tinyvit.attention(self, node, m, args)
         if args and isinstance(args[0], _Const):
             return self.projection(node, m, args)
         if self._constants([*args, *node.kwargs.values()]):
@@ -2005,7 +2009,8 @@ class _Converter:
         return self.emit(node, "reshape", "reshape", None, {"shape": [len(tensors), shape[0]], "keep": len(shape) - 1},
                          [joined], fixed=False)
 
-    def reshape(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any], how: str) -> _Tensor | _Flat:
+    def reshape(self, node: fx.Node, args: list[Any], kwargs: dict[str, Any],
+                how: str) -> _Tensor | _Flat | tinyvit.Windows:
         x = args[0]
         if isinstance(x, _Blocks):
             return self.space_to_depth(node, x)
@@ -2022,6 +2027,9 @@ class _Converter:
             # B x N x C -> B x H x W x C: the tokens on their grid, channels last (a permute then moves them first)
             return self.emit(node, "to_grid", "to_grid", None, {}, [x], fixed=False, channels_last=True,
                              shape=(x.shape[1], *out[:-1]))
+        opened = tinyvit.open_windows(self, node, x, out) if isinstance(x, _Tensor) else None
+        if opened is not None:  # (TinyViT's channels-last grid cut into windows)
+            return opened
         if not isinstance(x, _Tensor) or x.channels_last:
             raise Unmapped(f"{how} of something other than a channels-first tensor of the network")
         if isinstance(x.shape, Tokens):
