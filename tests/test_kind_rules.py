@@ -309,7 +309,8 @@ def _window_attention(a: Mapping[str, Any], i: Any, macs: int) -> int:
     weights = tokens * m * h
     biases = 4 * c * tokens if a["bias"] else 0
     scaling = 6 * tokens * c + 4 * tokens * h + weights if a["v2"] else tokens * c
-    return 2 * macs + biases + scaling + weights * (1 + (1 if shifted else 0) + 3)
+    position = 0 if a["position_bias"] == "none" else 1  # (MobileViT's attention adds no position bias)
+    return 2 * macs + biases + scaling + weights * (position + (1 if shifted else 0) + 3)
 
 
 def _window_attention_once(a: Mapping[str, Any], i: Any) -> int:

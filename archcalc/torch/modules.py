@@ -739,7 +739,7 @@ class WindowAttention(nn.Module):
     and index staying the configured window's. `partition="grid"` (MaxViT's grid attention, 2-D) groups the tokens
     of a window_size grid spaced evenly over the whole grid instead of a contiguous window; `einsum` computes the two
     products with torch.einsum (torchvision's MaxViT), not matmul; `position_bias` "mlp" and "lookup" are timm's
-    RelPosMlp and RelPosBiasTf (2-D)."""
+    RelPosMlp and RelPosBiasTf (2-D), "none" adds no bias (MobileViT's attention over each patch position)."""
 
     def __init__(self, channels: int, grid: Sequence[int], num_heads: int, window_size: Sequence[int],
                  shift_size: Sequence[int], bias: bool = True, v2: bool = False, partition: str = "window",
@@ -768,6 +768,8 @@ class WindowAttention(nn.Module):
                                     torch.arange(1 - ww, ww, dtype=torch.float32), indexing="ij")
             coords = torch.stack([dy, dx], dim=-1)
             self.register_buffer("rel_coords_log", torch.sign(coords) * torch.log1p(coords.abs()))
+        elif position_bias == "none":  # MobileViT: no bias added to the scores
+            pass
         elif position_bias == "lookup":  # timm's RelPosBiasTf: a heads x rows x columns table, one-hot lookups
             wh, ww = self.window_size
             self.relative_position_bias_table = nn.Parameter(torch.empty(num_heads, 2 * wh - 1, 2 * ww - 1)
@@ -777,7 +779,7 @@ class WindowAttention(nn.Module):
                 self.register_buffer(name, F.one_hot(x - i + w - 1, 2 * w - 1).float())  # [i, x, x - i + w - 1]
         else:
             self.relative_position_bias_table = nn.Parameter(torch.empty(table, num_heads).normal_(std=0.02))
-        if position_bias != "lookup" or v2:
+        if position_bias not in ("lookup", "none") or v2:
             # the relative position of two tokens of a window, (d_1 + w_1 - 1) (2 w_2 - 1) ... + (d_r + w_r - 1)
             axes = [c.flatten() for c in torch.meshgrid(*(torch.arange(w) for w in self.window_size), indexing="ij")]
             index = torch.zeros(len(axes[0]), len(axes[0]), dtype=torch.long)
@@ -804,7 +806,9 @@ class WindowAttention(nn.Module):
         padded = [-(-g // w) * w for g, w in zip(grid, window)]
         return tuple(0 if w >= p else s for w, s, p in zip(window, shift, padded))
 
-    def position_bias(self) -> torch.Tensor:
+    def position_bias(self) -> torch.Tensor | None:
+        if not self.v2 and self.bias_kind == "none":
+            return None
         full, m = WindowAttention.prod(self.window_size), WindowAttention.prod(self.windows())
         if not self.v2 and self.bias_kind == "lookup":
             looked = torch.einsum("nhw,ixh->nixw", self.relative_position_bias_table, self.height_lookup)
@@ -888,7 +892,8 @@ class WindowAttention(nn.Module):
         else:
             x = (q * (c // heads) ** -0.5).contiguous() @ k.contiguous().transpose(-2, -1)
         del q, k
-        x = x + bias
+        if bias is not None:
+            x = x + bias
         if any(shift):
             x = (x.view(b, windows, heads, m, m) + self.mask(padded, shift, x.device)).view(-1, heads, m, m)
         if self.einsum:

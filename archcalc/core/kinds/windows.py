@@ -143,7 +143,8 @@ class WindowAttention(Kind):
            "window): the same costs, another receptive field. `einsum` (torchvision's MaxViT): the two products "
            "written as torch.einsum, which fvcore counts from numpy's einsum_path, rounded to 4 digits. "
            "`position_bias` (v1): B from the table (default), or made once per forward by timm's RelPosMlp "
-           "('mlp') or RelPosBiasTf ('lookup'); see the argument.")
+           "('mlp') or RelPosBiasTf ('lookup'), or none ('none': MobileViT's attention over each of the P patch "
+           "positions' tokens, a grid partition of window_size = the grid / the patch); see the argument.")
     full_rule = ("2 per MAC; per padded token 4C bias additions (with bias); v1: 1 per element of q (the scale); "
                  "v2: 3 per element of q and k (square, sum, divide) and 2 per head vector of q and k (square "
                  "root, clamp), 1 per attention weight (logit scale); per attention weight 1 (position bias), 1 "
@@ -171,7 +172,9 @@ class WindowAttention(Kind):
             "(Linear(2, 512), ReLU, Linear(512, heads), biases) run once per forward on a buffer of log-spaced "
             "relative coordinates sign(d) ln(1 + |d|), gathered by the index (timm's RelPosMlp, the rmlp models); "
             "'lookup', a heads x (2w-1) x (2w-1) table reindexed by two einsums with one-hot lookup buffers, once "
-            "per forward (timm's RelPosBiasTf, the tf models)", choices=("table", "mlp", "lookup")),
+            "per forward (timm's RelPosBiasTf, the tf models); 'none', no position bias (MobileViT's attention over "
+            "each patch position: a grid partition of window_size = the grid / the patch)",
+            choices=("table", "mlp", "lookup", "none")),
         Arg("shrink", "bool", False, "a window longer than the grid along an axis is cut to the grid there (the "
             "video Swin, torchvision's _get_window_and_shift_size) instead of the grid being zero-padded to it; "
             "the table and index stay the configured window's"),
@@ -191,6 +194,10 @@ class WindowAttention(Kind):
                                             "position_bias": "mlp"}),
         Example(Tokens(36, 6, (6, 6)), {"num_heads": 3, "window_size": [2, 3], "partition": "grid",
                                         "position_bias": "lookup"}),
+        Example(Tokens(64, 8, (8, 8)), {"num_heads": 1, "window_size": 4, "partition": "grid",
+                                        "position_bias": "none"}),
+        Example(Tokens(24, 6, (4, 6)), {"num_heads": 2, "window_size": [2, 3], "partition": "grid",
+                                        "position_bias": "none", "bias": False}),
         Example(Tokens(96, 8, (4, 4, 6)), {"num_heads": 2, "window_size": [2, 4, 3], "shift_size": [1, 2, 1]}),
         Example(Tokens(60, 6, (3, 4, 5)), {"num_heads": 3, "window_size": [4, 2, 3], "shift_size": [2, 1, 1],
                                            "shrink": True}),
@@ -243,6 +250,8 @@ class WindowAttention(Kind):
                         macs=macs, fvcore=fvcore, macs_once=sum(g.lookups),
                         fvcore_once=sum(einsum_fvcore(e) for e in g.lookups), full=full + g.u,
                         full_once=2 * sum(g.lookups))
+        if not a["v2"] and g.bias == "none":  # no bias added to the scores (MobileViT)
+            return Cost(params=params, macs=macs, fvcore=fvcore, full=full - g.scores + g.u)
         if not a["v2"]:
             return Cost(params=params + g.table * h, int_buffers=g.index, macs=macs, fvcore=fvcore,
                         full=full + g.u)
@@ -261,6 +270,8 @@ class WindowAttention(Kind):
             return (*qkv, *proj, g.heads, 2 * CPB_HIDDEN, CPB_HIDDEN, CPB_HIDDEN * g.heads)
         if g.bias == "mlp":
             return (*qkv, *proj, 2 * CPB_HIDDEN, CPB_HIDDEN, CPB_HIDDEN * g.heads, g.heads)
+        if g.bias == "none":
+            return (*qkv, *proj)
         return (*qkv, *proj, g.table * g.heads)
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
@@ -294,7 +305,7 @@ class WindowAttention(Kind):
             return Saved(input_for_params=g.in_place, extra=((3 * u + s, ACTIVATION),), extra_for_params=params,
                          per_batch=((CPB_HIDDEN * g.table, ACTIVATION),))
         if not a["v2"]:
-            shrunk = ((g.m * g.m, 8),) if g.m * g.m != g.index else ()
+            shrunk = ((g.m * g.m, 8),) if g.m * g.m != g.index and g.bias != "none" else ()
             return Saved(input_for_params=g.in_place, extra=((3 * u + s, ACTIVATION),), extra_for_params=params,
                          per_batch=shrunk)
         extra = 6 * u + 4 * g.tokens * g.heads + 2 * s
@@ -341,7 +352,7 @@ class WindowAttention(Kind):
         bias = c if a["bias"] else 0
         proj = c * c + bias if params_grad else 0
         qkv = 3 * c * c + 3 * bias if params_grad else 0
-        table = g.table * g.heads if params_grad else 0
+        table = g.table * g.heads if params_grad and g.bias != "none" else 0
         moments: list[BackwardMoment] = []
         state = {"extra": 0, "flowing": 0, "freed": False, "params": 0, "once": 0}
 
@@ -374,7 +385,7 @@ class WindowAttention(Kind):
         state["extra"] += u + s - u - u  # the per-head copy and v freed
         moment(s)  # softmax: the scores' gradient
         state["extra"] += s - s - s  # the weights' gradient and the weights freed
-        if params_grad:
+        if params_grad and g.bias != "none":
             state["once"] = g.heads * g.m * g.m  # the position bias's gradient, summed over the windows
         moment(2 * u)  # Q K^T: the gradients of the scaled q and of k
         state["extra"] += 2 * u - s - 2 * u  # the scores' gradient, q and k freed
@@ -397,7 +408,7 @@ class WindowAttention(Kind):
                 step(u)
             if tuple(g.padded) != tuple(inp.grid):  # type: ignore[attr-defined]
                 step(inp[0] * c)
-        if params_grad:
+        if params_grad and g.bias != "none":
             state["params"] += table
             state["once"] += table
             moment(0)  # the table's gradient: zeros of its size, then index_put (the gradient), B alive
@@ -441,7 +452,7 @@ class WindowAttention(Kind):
         # batch x the attention's temporaries are smaller; not modelled. The shift's mask, windows x M^2, is made
         # where the temporaries are 2 Np C fewer: not at the peak while M < 2C.)
         g = Geometry(a, grid_input(self.name, inp))
-        return ((g.heads * g.m * g.m, ACTIVATION),)
+        return () if g.bias == "none" else ((g.heads * g.m * g.m, ACTIVATION),)
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         g = Geometry(a, grid_input(self.name, inp))

@@ -1,0 +1,117 @@
+"""MobileViT (Mehta & Rastegari 2022): its unfolding of a grid into sequences of the tokens at one patch position,
+attention within each sequence and the folding back, imported from a plain-torch copy of timm's MobileVitBlock
+(timm is not imported here) against torch's own figures (FlopCounterMode, the module's parameters), and read as
+`to_tokens`, `window_attention` (a grid partition of the grid / the patch, no position bias) and `to_grid`."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from archcalc.core.errors import ArchcalcError
+from archcalc.torch.importer import from_module
+from tests.import_check import check
+from tests.test_import_attention_pattern import Attention  # timm's Attention, written out
+
+
+class Block(nn.Module):
+    """timm's TransformerBlock: pre-norm attention and MLP (SiLU), each with a residual."""
+
+    def __init__(self, dim: int, heads: int, fused: bool) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, fused=fused)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, 2 * dim)
+        self.act = nn.SiLU()
+        self.fc2 = nn.Linear(2 * dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class MobileVitBlock(nn.Module):
+    """timm's MobileVitBlock's forward (timm 1.0, mobilevit.py), written out; `variant` breaks the folding."""
+
+    def __init__(self, chs: int = 8, dim: int = 12, heads: int = 3, patch: tuple[int, int] = (2, 2),
+                 fused: bool = False, variant: str = "") -> None:
+        super().__init__()
+        self.patch_size, self.patch_area, self.variant = patch, patch[0] * patch[1], variant
+        self.conv_kxk = nn.Conv2d(chs, chs, 3, padding=1)
+        self.conv_1x1 = nn.Conv2d(chs, dim, 1, bias=False)
+        self.transformer = nn.Sequential(Block(dim, heads, fused), Block(dim, heads, fused))
+        self.norm = nn.LayerNorm(dim)
+        self.conv_proj = nn.Conv2d(dim, chs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv_1x1(self.conv_kxk(x))
+        patch_h, patch_w = self.patch_size
+        B, C, H, W = x.shape
+        num_patch_h, num_patch_w = math.ceil(H / patch_h), math.ceil(W / patch_w)
+        num_patches = num_patch_h * num_patch_w
+        x = x.reshape(B * C * num_patch_h, patch_h, num_patch_w, patch_w).transpose(1, 2)
+        x = x.reshape(B, C, num_patches, self.patch_area).transpose(1, 3).reshape(B * self.patch_area, num_patches, -1)
+        x = self.norm(self.transformer(x))
+        x = x.contiguous().view(B, self.patch_area, num_patches, -1)
+        x = x.transpose(1, 3).reshape(B * C * num_patch_h, num_patch_w, patch_h, patch_w)
+        if self.variant != "unfolded_otherwise":
+            x = x.transpose(1, 2)
+        x = x.reshape(B, C, num_patch_h * patch_h, num_patch_w * patch_w)
+        return self.conv_proj(x)
+
+
+class Net(nn.Module):
+    def __init__(self, **kw: object) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.block = MobileVitBlock(**kw)  # type: ignore[arg-type]
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("patch", "shape"), [((2, 2), (3, 16, 12)), ((2, 2), (3, 8, 8)), ((2, 3), (3, 8, 12))])
+def test_mobilevit_block_imports_exact(patch: tuple[int, int], shape: tuple[int, int, int]) -> None:
+    text, report = check(Net(patch=patch), shape)
+    h, w = shape[1] // 2, shape[2] // 2  # after the stem
+    window = [h // patch[0], w // patch[1]]
+    assert "to_tokens: {name: unfold}" in text, text
+    assert f"to_grid: {{size: {[h, w]}, name: fold}}" in text, text
+    rows = [r for r in report.rows if r.kind == "window_attention"]
+    assert len(rows) == 2, text
+    # each of the P = ph pw sequences of N / P tokens attends within itself: 4 N C^2 + P 2 (N / P)^2 C
+    n, c, p = h * w, 12, patch[0] * patch[1]
+    assert all((r.params, r.macs) == (4 * c * c + 4 * c, 4 * n * c * c + p * 2 * (n // p) ** 2 * c) for r in rows)
+    assert f"window_attention: {{num_heads: 3, window_size: {window}, partition: grid, position_bias: none, " \
+        in text, text
+
+
+def test_fused_attention_imports_as_the_same_spec() -> None:
+    """timm's fused path (scaled_dot_product_attention, which FlopCounterMode counts 0 on the CPU) reads as the
+    same spec as the products written out."""
+    torch.manual_seed(0)
+    fused, explicit = Net(fused=True), Net()
+    explicit.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 3, 16, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.eval()(x), explicit.eval()(x))
+    assert from_module(fused, (3, 16, 12)).text == from_module(explicit, (3, 16, 12)).text
+
+
+def test_attention_over_all_tokens_is_not_what_mobilevit_counts() -> None:
+    """The MACs of the products are a P-th of attention over all the tokens (the test above would pass for
+    self_attention's count too if P were 1: here P = 4 and the two differ)."""
+    _, report = check(Net(), (3, 16, 12))
+    n, c = 48, 12
+    row = next(r for r in report.rows if r.kind == "window_attention")
+    assert row.macs != 4 * n * c * c + 2 * n * n * c
+
+
+def test_another_folding_is_refused() -> None:
+    with pytest.raises(ArchcalcError, match="mobilevit|reshape|transpose|token"):
+        from_module(Net(variant="unfolded_otherwise"), (3, 16, 12))
