@@ -1,7 +1,9 @@
 """MobileViT (Mehta & Rastegari 2022): its unfolding of a grid into sequences of the tokens at one patch position,
-attention within each sequence and the folding back, imported from a plain-torch copy of timm's MobileVitBlock
-(timm is not imported here) against torch's own figures (FlopCounterMode, the module's parameters), and read as
-`to_tokens`, `window_attention` (a grid partition of the grid / the patch, no position bias) and `to_grid`."""
+attention within each sequence and the folding back, imported from plain-torch copies of timm's MobileVitBlock and
+MobileVitV2Block (timm is not imported here) against torch's own figures (FlopCounterMode, the module's parameters):
+v1 read as `to_tokens`, `window_attention` (a grid partition of the grid / the patch, no position bias) and
+`to_grid`; v2's LinearSelfAttention as `separable_attention` on the grid, whose every product and sum is checked
+here against the formula written out."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from archcalc.core.errors import ArchcalcError
@@ -115,3 +118,133 @@ def test_attention_over_all_tokens_is_not_what_mobilevit_counts() -> None:
 def test_another_folding_is_refused() -> None:
     with pytest.raises(ArchcalcError, match="mobilevit|reshape|transpose|token"):
         from_module(Net(variant="unfolded_otherwise"), (3, 16, 12))
+
+
+class LinearSelfAttention(nn.Module):
+    """timm's LinearSelfAttention._forward_self_attn (timm 1.0), written out; `variant` breaks it in one place."""
+
+    def __init__(self, dim: int, variant: str = "") -> None:
+        super().__init__()
+        self.embed_dim, self.variant = dim, variant
+        self.qkv_proj = nn.Conv2d(dim, 1 + 2 * dim, 1)
+        self.attn_drop = nn.Dropout(0.0)
+        self.out_proj = nn.Conv2d(dim, dim, 1)
+        self.out_drop = nn.Dropout(0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        qkv = self.qkv_proj(x)
+        query, key, value = qkv.split([1, self.embed_dim, self.embed_dim], dim=1)
+        scores = F.softmax(query, dim=-1 if self.variant != "softmax_over_patch" else -2)
+        scores = self.attn_drop(scores)
+        context = (key * scores).sum(dim=-1, keepdim=True)
+        out = F.relu(value) * context.expand_as(value)
+        return self.out_drop(self.out_proj(out))
+
+
+class GroupNorm1(nn.GroupNorm):
+    def __init__(self, channels: int) -> None:
+        super().__init__(1, channels)
+
+
+class LinearBlock(nn.Module):
+    def __init__(self, dim: int, variant: str) -> None:
+        super().__init__()
+        self.norm1 = GroupNorm1(dim)
+        self.attn = LinearSelfAttention(dim, variant)
+        self.norm2 = GroupNorm1(dim)
+        self.fc1 = nn.Conv2d(dim, 2 * dim, 1)
+        self.act = nn.SiLU()
+        self.fc2 = nn.Conv2d(2 * dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class MobileVitV2Block(nn.Module):
+    """timm's MobileVitV2Block's forward (timm 1.0, not CoreML-exportable), written out."""
+
+    def __init__(self, chs: int = 8, dim: int = 12, patch: tuple[int, int] = (2, 2), variant: str = "") -> None:
+        super().__init__()
+        self.patch_size = patch
+        self.conv_kxk = nn.Conv2d(chs, chs, 3, padding=1, groups=chs)
+        self.conv_1x1 = nn.Conv2d(chs, dim, 1, bias=False)
+        self.transformer = nn.Sequential(LinearBlock(dim, variant), LinearBlock(dim, variant))
+        self.norm = GroupNorm1(dim)
+        self.conv_proj = nn.Conv2d(dim, chs, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        patch_h, patch_w = self.patch_size
+        num_patch_h, num_patch_w = math.ceil(H / patch_h), math.ceil(W / patch_w)
+        num_patches = num_patch_h * num_patch_w
+        x = self.conv_1x1(self.conv_kxk(x))
+        C = x.shape[1]
+        x = x.reshape(B, C, num_patch_h, patch_h, num_patch_w, patch_w).permute(0, 1, 3, 5, 2, 4)
+        x = x.reshape(B, C, -1, num_patches)
+        x = self.norm(self.transformer(x))
+        x = x.reshape(B, C, patch_h, patch_w, num_patch_h, num_patch_w).permute(0, 1, 4, 2, 5, 3)
+        x = x.reshape(B, C, num_patch_h * patch_h, num_patch_w * patch_w)
+        return self.conv_proj(x)
+
+
+class NetV2(nn.Module):
+    def __init__(self, **kw: object) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.block = MobileVitV2Block(**kw)  # type: ignore[arg-type]
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize(("patch", "shape"), [((2, 2), (3, 16, 12)), ((2, 3), (3, 8, 12))])
+def test_mobilevit_v2_block_imports_exact(patch: tuple[int, int], shape: tuple[int, int, int]) -> None:
+    text, report = check(NetV2(patch=patch), shape)
+    assert f"separable_attention: {{patch: {list(patch)}, name: attn}}" in text, text
+    assert "to_tokens" not in text and "to_grid" not in text, text  # (the unfolding is a permutation of the grid)
+    rows = [r for r in report.rows if r.kind == "separable_attention"]
+    h, w, c = shape[1] // 2, shape[2] // 2, 12
+    # the two 1 x 1 convs: C -> 1 + 2C and C -> C, with biases; nothing else has a weight or is counted
+    assert len(rows) == 2 and all((r.params, r.macs) == (c * (1 + 2 * c) + 1 + 2 * c + c * c + c,
+                                                         h * w * (c * (1 + 2 * c) + c * c)) for r in rows)
+
+
+def _separable(x: torch.Tensor, m: LinearSelfAttention, patch: tuple[int, int]) -> torch.Tensor:
+    """The separable attention on a grid, written out from the paper: per patch position (i mod ph, j mod pw) the
+    softmax of its tokens' scores, the context sum(k x scores) over them, ReLU(v) x context, the output conv."""
+    c = m.embed_dim
+    qkv = m.qkv_proj(x)
+    q, k, v = qkv[:, :1], qkv[:, 1:1 + c], qkv[:, 1 + c:]
+    out = torch.empty_like(v)
+    ph, pw = patch
+    for a in range(ph):
+        for b in range(pw):
+            scores = q[:, :, a::ph, b::pw].flatten(2).softmax(-1)
+            context = (k[:, :, a::ph, b::pw].flatten(2) * scores).sum(-1)
+            out[:, :, a::ph, b::pw] = F.relu(v[:, :, a::ph, b::pw]) * context[:, :, None, None]
+    return m.out_proj(out)
+
+
+@pytest.mark.parametrize("patch", [(2, 2), (3, 2), (1, 1)])
+def test_separable_attention_module_computes_the_papers_attention(patch: tuple[int, int]) -> None:
+    """archcalc's module (what `validate` runs) on the grid equals the attention written out per patch position,
+    and the unfolded timm form."""
+    from archcalc.torch.modules import SeparableAttention
+
+    torch.manual_seed(0)
+    ours, theirs = SeparableAttention(6, patch), LinearSelfAttention(6)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 6, 6, 4)
+    ph, pw = patch
+    unfolded = x.reshape(2, 6, 6 // ph, ph, 4 // pw, pw).permute(0, 1, 3, 5, 2, 4).reshape(2, 6, ph * pw, -1)
+    with torch.no_grad():
+        folded = theirs(unfolded).reshape(2, 6, ph, pw, 6 // ph, 4 // pw).permute(0, 1, 4, 2, 5, 3).reshape(x.shape)
+        torch.testing.assert_close(ours(x), _separable(x, theirs, patch))
+        torch.testing.assert_close(ours(x), folded)
+
+
+def test_a_softmax_over_another_axis_is_not_read_as_separable_attention() -> None:
+    with pytest.raises(ArchcalcError):
+        from_module(NetV2(variant="softmax_over_patch"), (3, 16, 12))

@@ -28,6 +28,7 @@ import torch.fx as fx
 from torch import nn
 
 from archcalc.core.kinds.base import Tokens
+from archcalc.torch.importer.mapping import Unmapped
 
 if TYPE_CHECKING:
     from archcalc.torch.importer.trace import _Converter
@@ -208,3 +209,72 @@ def matcher_values(unfolded: Unfolded | None, values: Any) -> Any:
     if unfolded is None or unfolded.version != 1:
         return values
     return _OnePatchPosition(values, unfolded.patch[0] * unfolded.patch[1])
+
+
+def _op(conv: _Converter, n: fx.Node) -> str:
+    """What a node runs: a module's class name, a Tensor method's or a function's name."""
+    if n.op == "call_module":
+        return type(conv.root.get_submodule(str(n.target))).__name__
+    return str(n.target) if n.op == "call_method" else getattr(n.target, "__name__", str(n.target))
+
+
+# timm's LinearSelfAttention._forward_self_attn, op by op (the three getitems of the split in their order)
+_SEPARABLE = ("Conv2d", "split", "getitem", "getitem", "getitem", "softmax", "Dropout", "mul", "sum", "relu",
+              "expand_as", "mul", "Conv2d", "Dropout")
+
+
+def separable(conv: _Converter, node: fx.Node) -> bool:
+    """At the qkv conv of timm's LinearSelfAttention inside a v2 unfolding: the module's ops read as one
+    `separable_attention` with the unfolding's patch (its softmax and sum over the last axis, the N tokens of a patch
+    position); True when read, else False and nothing done."""
+    from archcalc.torch.importer.trace import Op, Where, _Param, _scope_of
+
+    if node.op != "call_module" or conv.unfolded is None or conv.unfolded.version != 2:
+        return False
+    path, _, attr = str(node.target).rpartition(".")
+    m: Any = conv.root.get_submodule(path) if path else conv.root
+    if type(m).__name__ != "LinearSelfAttention" or attr != "qkv_proj" or not node.args:
+        return False
+    run = []
+    for n in conv.nodes[conv.order[node]:]:
+        if n.op == "get_attr":
+            continue
+        if n.op not in ("call_function", "call_method", "call_module") or ".".join(_scope_of(n)[:len(
+                path.split("."))]) != path and not (n.op == "call_module" and str(n.target).startswith(path + ".")):
+            break
+        run.append(n)
+    x = conv.vals.get(node.args[0])
+    c = int(m.embed_dim)
+    qkv, out = m.qkv_proj, m.out_proj
+    if tuple(_op(conv, n) for n in run) != _SEPARABLE or x is None or getattr(x, "shape", None) is None \
+            or tuple(x.shape[:1]) != (c,) or len(x.shape) != 3:
+        return False
+    softmax, total = run[5], run[8]
+    dims = [softmax.kwargs.get("dim", softmax.args[1] if len(softmax.args) > 1 else None),
+            total.kwargs.get("dim", total.args[1] if len(total.args) > 1 else None)]
+    if (any(d not in (-1, 3) for d in dims) or not total.kwargs.get("keepdim", False)
+            or any(not isinstance(t, nn.Conv2d) or t.kernel_size != (1, 1) or t.stride != (1, 1) or t.groups != 1
+                   or t.padding != (0, 0) for t in (qkv, out))
+            or (qkv.in_channels, qkv.out_channels, out.in_channels, out.out_channels) != (c, 1 + 2 * c, c, c)
+            or (qkv.bias is None) != (out.bias is None) or (conv.root.training and (m.attn_drop.p or m.out_drop.p))
+            or any(u not in run for n in run[:-1] for u in n.users)):
+        return False
+    args: dict[str, Any] = {"patch": list(conv.unfolded.patch), **({"bias": False} if qkv.bias is None else {})}
+    params = [_Param((f"{path}.{sub}.{name}",), tuple(t.shape)) for sub in ("qkv_proj", "out_proj")
+              for name, t in getattr(m, sub).named_parameters(recurse=False)]
+    last = run[-1]
+    try:
+        conv.consume(last, params, "separable_attention", args, x)
+    except Unmapped:
+        return False
+    result = conv._new(x.shape)
+    parts = tuple(path.split("."))
+    where = Where(type(m).__name__, path, *last.meta.get("archcalc_line", ("", 0)))
+    trainable = any(p.requires_grad for p in m.parameters())
+    conv.ops.append(Op(parts[-1], parts[:-1], True, "separable_attention", None, args, (x.id,), result.id, where,
+                       None, trainable))
+    conv.called.update(str(n.target) for n in run if n.op == "call_module")
+    conv.called.add(path)
+    conv.composed.update(run)
+    conv.vals[last] = result
+    return True

@@ -569,7 +569,7 @@ class _Converter:
                     continue  # (a module's ops read as one kind by what they compute: attention)
                 if node.op == "call_function" and node.target is operator.getitem and self.class_pattern(node):
                     continue
-                if mobilevit.layout(self, node):  # (MobileViT's unfolding into patches, or its folding back)
+                if mobilevit.layout(self, node) or mobilevit.separable(self, node):  # (MobileViT's unfolding)
                     continue
                 if self.composition(node):  # (its nodes are one op now; their values are set)
                     continue
