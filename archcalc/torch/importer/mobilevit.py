@@ -28,7 +28,6 @@ import torch.fx as fx
 from torch import nn
 
 from archcalc.core.kinds.base import Tokens
-from archcalc.torch.importer.mapping import Unmapped
 
 if TYPE_CHECKING:
     from archcalc.torch.importer.trace import _Converter
@@ -227,8 +226,6 @@ def separable(conv: _Converter, node: fx.Node) -> bool:
     """At the qkv conv of timm's LinearSelfAttention inside a v2 unfolding: the module's ops read as one
     `separable_attention` with the unfolding's patch (its softmax and sum over the last axis, the N tokens of a patch
     position); True when read, else False and nothing done."""
-    from archcalc.torch.importer.trace import Op, Where, _Param, _scope_of
-
     if node.op != "call_module" or conv.unfolded is None or conv.unfolded.version != 2:
         return False
     path, _, attr = str(node.target).rpartition(".")
@@ -239,11 +236,13 @@ def separable(conv: _Converter, node: fx.Node) -> bool:
     for n in conv.nodes[conv.order[node]:]:
         if n.op == "get_attr":
             continue
-        if n.op not in ("call_function", "call_method", "call_module") or ".".join(_scope_of(n)[:len(
-                path.split("."))]) != path and not (n.op == "call_module" and str(n.target).startswith(path + ".")):
+        stack = n.meta.get("nn_module_stack") or {}
+        inside = path in [v[0] if isinstance(v, tuple) else str(v) for v in stack.values()]
+        if n.op not in ("call_function", "call_method", "call_module") or not (
+                inside or (n.op == "call_module" and str(n.target).startswith(path + "."))):
             break
         run.append(n)
-    x = conv.vals.get(node.args[0])
+    x = conv.vals.get(node.args[0]) if isinstance(node.args[0], fx.Node) else None
     c = int(m.embed_dim)
     qkv, out = m.qkv_proj, m.out_proj
     if tuple(_op(conv, n) for n in run) != _SEPARABLE or x is None or getattr(x, "shape", None) is None \
@@ -260,21 +259,4 @@ def separable(conv: _Converter, node: fx.Node) -> bool:
             or any(u not in run for n in run[:-1] for u in n.users)):
         return False
     args: dict[str, Any] = {"patch": list(conv.unfolded.patch), **({"bias": False} if qkv.bias is None else {})}
-    params = [_Param((f"{path}.{sub}.{name}",), tuple(t.shape)) for sub in ("qkv_proj", "out_proj")
-              for name, t in getattr(m, sub).named_parameters(recurse=False)]
-    last = run[-1]
-    try:
-        conv.consume(last, params, "separable_attention", args, x)
-    except Unmapped:
-        return False
-    result = conv._new(x.shape)
-    parts = tuple(path.split("."))
-    where = Where(type(m).__name__, path, *last.meta.get("archcalc_line", ("", 0)))
-    trainable = any(p.requires_grad for p in m.parameters())
-    conv.ops.append(Op(parts[-1], parts[:-1], True, "separable_attention", None, args, (x.id,), result.id, where,
-                       None, trainable))
-    conv.called.update(str(n.target) for n in run if n.op == "call_module")
-    conv.called.add(path)
-    conv.composed.update(run)
-    conv.vals[last] = result
-    return True
+    return conv.module_op(path, run, "separable_attention", args, x)

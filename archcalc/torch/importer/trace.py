@@ -617,6 +617,26 @@ class _Converter:
             return True
         return False
 
+    def module_op(self, path: str, run: list[fx.Node], kind: str, args: dict[str, Any], x: _Tensor) -> bool:
+        """The nodes `run` of one call of the module at `path` as one op of `kind` on `x`, counting the module's
+        parameters (False, nothing done, when they are not the kind's)."""
+        m = self.root.get_submodule(path) if path else self.root
+        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for name, t in m.named_parameters()]
+        last = run[-1]
+        try:
+            self.consume(last, params, kind, args, x)
+        except Unmapped:
+            return False
+        out = self._new(x.shape)
+        parts = tuple(path.split("."))
+        where = Where(type(m).__name__, path, *last.meta.get("archcalc_line", ("", 0)))
+        trainable = not list(m.parameters()) or any(p.requires_grad for p in m.parameters())
+        self.ops.append(Op(parts[-1], parts[:-1], True, kind, None, args, (x.id,), out.id, where, None, trainable))
+        self.called.update([path, *(str(n.target) for n in run if n.op == "call_module")])
+        self.composed.update(run)
+        self.vals[last] = out
+        return True
+
     def attention_pattern(self, node: fx.Node) -> bool:
         """Self-attention written out op by op from its fused qkv projection (timm's Attention: attention.py), one
         `self_attention` op from the projections' input to the output projection's result."""
