@@ -248,3 +248,38 @@ def test_separable_attention_module_computes_the_papers_attention(patch: tuple[i
 def test_a_softmax_over_another_axis_is_not_read_as_separable_attention() -> None:
     with pytest.raises(ArchcalcError):
         from_module(NetV2(variant="softmax_over_patch"), (3, 16, 12))
+
+
+# ---- the bundled MobileViT-S ----------------------------------------------------------------------------------
+
+
+def test_bundled_mobilevit_s_is_timms_measured_model() -> None:
+    """specs/mobilevit_s.yaml against timm's mobilevit_s as measured (tests/data/timm_hybrid_measured.json: params,
+    buffers, FlopCounterMode's MACs on the meta device, fvcore's count on the CPU plus the attention products it
+    counts as 0, the output), and the paper's Table 4 (5.6 M parameters)."""
+    import json
+    from pathlib import Path
+
+    from archcalc.core.analyze import analyze
+    from archcalc.core.resolve import bundled
+    from archcalc.core.spec import load_spec
+
+    data = Path(__file__).resolve().parent / "data" / "timm_hybrid_measured.json"
+    measured = json.loads(data.read_text(encoding="utf-8"))["models"]["mobilevit_s"]
+    spec = load_spec(bundled()["mobilevit_s"])
+    report = analyze(spec)
+    assert list(report.input) == measured["input_shape"][1:]
+    assert report.totals.params == measured["params"] == 5_578_632
+    assert report.totals.buffers == measured["float_buffers"] + measured["int_buffers"]
+    assert report.totals.macs == measured["macs"]
+    assert list(report.totals.output) == measured["output_shape"][1:]
+    fvcore = analyze(spec, convention="fvcore").totals.flops
+    assert fvcore == measured["fvcore"] + measured["sdpa_macs"]  # (fvcore counts scaled_dot_product_attention 0)
+    assert measured["fvcore_unsupported"]["aten::scaled_dot_product_attention"] == measured["sdpa_calls"]
+    assert round(report.totals.params / 1e6, 1) == 5.6  # Table 4
+    # the nine transformer layers: 2 at 32 x 32 (d 144), 4 at 16 x 16 (d 192), 3 at 8 x 8 (d 240), each attending
+    # within the 4 patch positions' N = HW / 4 tokens: 4 N d^2 + 4 x 2 (N / 4)^2 d MACs
+    attention = sorted(r.macs for r in report.rows if r.kind == "window_attention")
+    expected = sorted(4 * n * d * d + 4 * 2 * (n // 4) ** 2 * d for n, d, depth in
+                      ((1024, 144, 2), (256, 192, 4), (64, 240, 3)) for _ in range(depth))
+    assert attention == expected
