@@ -288,6 +288,10 @@ FULL: dict[str, Rule] = {
     # alone; the scale of q (C); the softmax's 3 per weight (heads x N)
     "class_attention": lambda a, i, o, m: 2 * m + (2 * i[1] + 2 * n(i) if a["qkv_bias"] else i[1]) + i[1]
     + 3 * a["num_heads"] * i[0],
+    # 2 per MAC; the convs' biases (1 + 2C and C per position); per position the softmax's 3 on its score; per
+    # element of k its product with the score and its addition to the sum; per element of v its ReLU and product
+    "separable_attention": lambda a, i, o, m: 2 * m + ((1 + 3 * i[0]) * n(i[1:]) if a["bias"] else 0)
+    + 3 * n(i[1:]) + 2 * n(i) + 2 * n(i),
     # the addition per element; per image (not `once`) the projection's 2 per MAC and its bias per element
     "fourier_pos_embed": lambda a, i, o, m: n(i) + (0 if a["once"] else 2 * i[0] * 2 * a["hidden_dim"] * i[1] + n(i)),
     # comparisons per output element of the grid (the class token is copied)

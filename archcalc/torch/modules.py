@@ -742,7 +742,7 @@ class WindowAttention(nn.Module):
     of a window_size grid spaced evenly over the whole grid instead of a contiguous window; `einsum` computes the two
     products with torch.einsum (torchvision's MaxViT), not matmul; `position_bias` "mlp" and "lookup" are timm's
     RelPosMlp and RelPosBiasTf (2-D), "offsets" a table of one bias per absolute offset (timm's TinyViT), "none" no
-    position bias at all (timm's DaViT and Twins-SVT windows)."""
+    position bias at all (timm's DaViT and Twins-SVT windows, MobileViT's attention over each patch position)."""
 
     def __init__(self, channels: int, grid: Sequence[int], num_heads: int, window_size: Sequence[int],
                  shift_size: Sequence[int], bias: bool = True, v2: bool = False, partition: str = "window",
@@ -1220,3 +1220,38 @@ class AdditiveAttention(nn.Module):
         scores = F.normalize(q @ self.w_g * self.scale, dim=1)
         g = torch.sum(scores * q, dim=1, keepdim=True)
         return self.final(self.proj(g * k) + q)
+
+
+class SeparableAttention(nn.Module):
+    """MobileViT-v2's separable self-attention (Mehta & Rastegari 2022; timm's LinearSelfAttention) on a B x C x H x W
+    grid, without the unfolding: the P = ph x pw sequences are the positions of one offset in every patch, viewed in
+    place (B x C x H/ph x ph x W/pw x pw). qkv = a 1 x 1 conv (C -> 1 + 2C); per sequence softmax of the scores q over
+    its tokens, the context sum(k x scores) over them, ReLU(v) x context, a 1 x 1 output conv."""
+
+    def __init__(self, channels: int, patch: Sequence[int], bias: bool = True) -> None:
+        super().__init__()
+        self.channels, self.patch = channels, tuple(patch)
+        self.qkv_proj = nn.Conv2d(channels, 1 + 2 * channels, 1, bias=bias)
+        self.out_proj = nn.Conv2d(channels, channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Each step deletes what it no longer needs, so what is alive at once is what separable_attention declares.
+        b, c, h, w = x.shape
+        ph, pw = self.patch
+        nh, nw = h // ph, w // pw
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([1, c, c], dim=1)
+        scores = q.reshape(b, nh, ph, nw, pw).permute(0, 2, 4, 1, 3).reshape(b, ph, pw, nh * nw).softmax(dim=-1)
+        scores = scores.view(b, 1, ph, pw, nh, nw).permute(0, 1, 4, 2, 5, 3)  # B x 1 x nh x ph x nw x pw (a view)
+        weighted = k.reshape(b, c, nh, ph, nw, pw) * scores
+        del q, k, scores
+        context = weighted.sum(dim=(2, 4), keepdim=True)  # B x C x 1 x ph x 1 x pw
+        del weighted
+        values = F.relu(v)
+        del qkv, v
+        out = values.view(b, c, nh, ph, nw, pw) * context
+        del values, context
+        return self.out_proj(out.view(b, c, h, w))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, patch={self.patch}"

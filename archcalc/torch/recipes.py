@@ -364,6 +364,11 @@ def _fourier_pos_embed(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
                 hidden_dim=a["hidden_dim"], temperature=a["temperature"], once=a["once"])
 
 
+@recipe("separable_attention")
+def _separable_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.SeparableAttention, channels=inp[0], patch=_per_axis(a["patch"], 2), bias=a["bias"])
+
+
 def _per_axis(value: Any, rank: int) -> tuple[int, ...]:
     return (value,) * rank if isinstance(value, int) else tuple(int(v) for v in value)
 
@@ -835,6 +840,8 @@ reads("class_attention", lambda m, inp: Mapped("class_attention", {"num_heads": 
                                                                    "qkv_bias": m.q.bias is not None}),
       modules.ClassAttention)
 reads("additive_attention", lambda m, inp: Mapped("additive_attention", {}), modules.AdditiveAttention)
+reads("separable_attention", lambda m, inp: Mapped("separable_attention", {
+    "patch": list(m.patch), "bias": m.qkv_proj.bias is not None}), modules.SeparableAttention)
 reads("fourier_pos_embed", lambda m, inp: Mapped("fourier_pos_embed", {
     "hidden_dim": int(m.hidden_dim), "temperature": float(m.temperature), "once": bool(m.once)}),
     modules.FourierPositionEncoding)

@@ -154,7 +154,8 @@ class WindowAttention(Kind):
            "`position_bias` (v1): B from the table (default), or made once per forward by timm's RelPosMlp "
            "('mlp') or RelPosBiasTf ('lookup'), gathered from a w^2 x heads table of absolute offsets "
            "('offsets', TinyViT's), or none at all ('none': DaViT's windows, Twins-SVT's locally grouped "
-           "attention); see the argument. `out_features` F (timm's Attention2d and "
+           "attention, MobileViT's attention over each patch position: a grid partition of window_size = the "
+           "grid / the patch); see the argument. `out_features` F (timm's Attention2d and "
            "AttentionCl with dim_out: CoAtNet's widening first blocks, MaxViT's parallel halves): proj C -> F, "
            "or with `expand_first` qkv C -> 3F and proj "
            "F -> F; params 3CD + DF (+3D + F) + the bias's, MACs padded tokens x (3CD + DF) + windows x 2 M^2 D "
@@ -190,7 +191,9 @@ class WindowAttention(Kind):
             "relative coordinates sign(d) ln(1 + |d|), gathered by the index (timm's RelPosMlp, the rmlp models); "
             "'lookup', a heads x (2w-1) x (2w-1) table reindexed by two einsums with one-hot lookup buffers, once "
             "per forward (timm's RelPosBiasTf, the tf models); 'none', no position bias: softmax(Q K^T / sqrt(d)) V "
-            "within each window, no table, no index (timm's DaViT windows, Twins-SVT's locally grouped attention); "
+            "within each window, no table, no index (timm's DaViT windows, Twins-SVT's locally grouped attention, "
+            "MobileViT's attention over each patch position: a grid partition of window_size = the grid / the "
+            "patch); "
             "'offsets', gathered from a learned w_h w_w x heads table by an index buffer (M^2) of the absolute "
             "offsets |dy| w_w + |dx| (LeViT-style attention biases: timm's TinyViT)",
             choices=("table", "mlp", "lookup", "none", "offsets")),
@@ -223,6 +226,10 @@ class WindowAttention(Kind):
         Example(Tokens(36, 8, (6, 6)), {"num_heads": 2, "window_size": 3, "position_bias": "offsets"}),
         Example(Tokens(20, 6, (4, 5)), {"num_heads": 3, "window_size": [2, 3], "position_bias": "offsets",
                                         "bias": False}),
+        Example(Tokens(64, 8, (8, 8)), {"num_heads": 1, "window_size": 4, "partition": "grid",
+                                        "position_bias": "none"}),
+        Example(Tokens(24, 6, (4, 6)), {"num_heads": 2, "window_size": [2, 3], "partition": "grid",
+                                        "position_bias": "none", "bias": False}),
         Example(Tokens(96, 8, (4, 4, 6)), {"num_heads": 2, "window_size": [2, 4, 3], "shift_size": [1, 2, 1]}),
         Example(Tokens(60, 6, (3, 4, 5)), {"num_heads": 3, "window_size": [4, 2, 3], "shift_size": [2, 1, 1],
                                            "shrink": True}),
@@ -407,7 +414,7 @@ class WindowAttention(Kind):
         bias = c if a["bias"] else 0
         proj = c * c + bias if params_grad else 0
         qkv = 3 * c * c + 3 * bias if params_grad else 0
-        table = g.table * g.heads if params_grad else 0
+        table = g.table * g.heads if params_grad and g.bias != "none" else 0
         moments: list[BackwardMoment] = []
         state = {"extra": 0, "flowing": 0, "freed": False, "params": 0, "once": 0}
 

@@ -27,7 +27,7 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import additive, attention, coatnet, davit, mapping, tinyvit
+from archcalc.torch.importer import additive, attention, coatnet, davit, mapping, mobilevit, tinyvit
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -494,10 +494,11 @@ class _Converter:
         # timm's MaxViT: the partition open (window or grid, its size, the tensor it cut; then the attention's output)
         self.timm_partitions = mapping.timm_partitions()
         self.timm_open: tuple[str, tuple[int, int], int, bool] | None = None
+        self.unfolded: mobilevit.Unfolded | None = None  # MobileViT: a block's unfolding into patches in force
 
     # -- helpers --
     def tensor_of(self, value: Any, node: fx.Node) -> _Tensor:
-        shape = tuple(int(s) for s in value.shape)
+        shape = mobilevit.per_sample(self.unfolded, tuple(int(s) for s in value.shape))
         if not shape or shape[0] != 1:
             raise self.fail(node, f"a tensor of shape {list(shape)}; archcalc's tensors have a batch axis first")
         t = len(self.shapes)
@@ -569,6 +570,8 @@ class _Converter:
                     continue  # (a module's ops read as one kind by what they compute: attention)
                 if node.op == "call_function" and node.target is operator.getitem and self.class_pattern(node):
                     continue
+                if mobilevit.layout(self, node) or mobilevit.separable(self, node):  # (MobileViT's unfolding)
+                    continue
                 if self.composition(node):  # (its nodes are one op now; their values are set)
                     continue
                 try:
@@ -617,10 +620,30 @@ class _Converter:
             return True
         return False
 
+    def module_op(self, path: str, run: list[fx.Node], kind: str, args: dict[str, Any], x: _Tensor) -> bool:
+        """The nodes `run` of one call of the module at `path` as one op of `kind` on `x`, counting the module's
+        parameters (False, nothing done, when they are not the kind's)."""
+        m = self.root.get_submodule(path) if path else self.root
+        params = [_Param((f"{path}.{name}",), tuple(t.shape)) for name, t in m.named_parameters()]
+        last = run[-1]
+        try:
+            self.consume(last, params, kind, args, x)
+        except Unmapped:
+            return False
+        out = self._new(x.shape)
+        parts = tuple(path.split("."))
+        where = Where(type(m).__name__, path, *last.meta.get("archcalc_line", ("", 0)))
+        trainable = not list(m.parameters()) or any(p.requires_grad for p in m.parameters())
+        self.ops.append(Op(parts[-1], parts[:-1], True, kind, None, args, (x.id,), out.id, where, None, trainable))
+        self.called.update([path, *(str(n.target) for n in run if n.op == "call_module")])
+        self.composed.update(run)
+        self.vals[last] = out
+        return True
+
     def attention_pattern(self, node: fx.Node) -> bool:
         """Self-attention written out op by op from its fused qkv projection (timm's Attention: attention.py), one
         `self_attention` op from the projections' input to the output projection's result."""
-        found = attention.match(self.root, self.values, node)
+        found = attention.match(self.root, mobilevit.matcher_values(self.unfolded, self.values), node)
         if found is None:
             return self.covariance_pattern(node)
         x = self.vals.get(found.x)
@@ -666,8 +689,12 @@ class _Converter:
             args["stride"] = found.stride
         if found.out_features and found.out_features != c:
             args["out_features"] = found.out_features
+        read = mobilevit.attention(self.unfolded, "self_attention", args)  # (within MobileViT's patch positions)
+        if read is None:
+            return False
+        kind_name, args = read
         try:
-            self.consume(found.last, params, "self_attention", args, x)
+            self.consume(found.last, params, kind_name, args, x)
         except Unmapped:
             return False
         calls = [str(n.target) for n in found.nodes if n.op == "call_module"]
@@ -682,7 +709,7 @@ class _Converter:
         m = self.root.get_submodule(path) if path else self.root
         where = Where(type(m).__name__, path, *found.last.meta.get("archcalc_line", ("", 0)))
         trainable = any(p.requires_grad for c in calls for p in self.root.get_submodule(c).parameters())
-        kind = REGISTRY["self_attention"]
+        kind = REGISTRY[kind_name]
         try:
             shape = kind.output({a.name: args.get(a.name, a.default) for a in kind.args}, x.shape,
                                 lambda message: None)
@@ -690,7 +717,7 @@ class _Converter:
             return False
         assert isinstance(shape, Tokens)
         want = (1, shape[1], *shape.grid) if grid_in is not None else (1, *shape)
-        if want != tuple(int(s) for s in self.values[found.last].shape):
+        if want != mobilevit.per_sample(self.unfolded, tuple(int(s) for s in self.values[found.last].shape)):
             return False
         name = parts[-1] if parts else "attention"
         if grid_in is not None:
@@ -699,7 +726,7 @@ class _Converter:
                                where))
             x = tokens
         out = self._new(shape)
-        self.ops.append(Op(name, parts[:-1], bool(parts), "self_attention", None, args, (x.id,), out.id, where,
+        self.ops.append(Op(name, parts[:-1], bool(parts), kind_name, None, args, (x.id,), out.id, where,
                            None, trainable))
         if grid_in is not None:
             grid = self._new((shape[1], *shape.grid))
