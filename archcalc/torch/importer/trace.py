@@ -27,7 +27,7 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import attention, mapping
+from archcalc.torch.importer import attention, linattn, mapping
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -617,7 +617,7 @@ class _Converter:
     def attention_pattern(self, node: fx.Node) -> bool:
         """Self-attention written out op by op from its fused qkv projection (timm's Attention: attention.py), one
         `self_attention` op from the projections' input to the output projection's result."""
-        found = attention.match(self.root, self.values, node)
+        found = attention.match(self.root, self.values, node) or linattn.match(self.root, self.values, node)
         if found is None:
             return self.covariance_pattern(node)
         x = self.vals.get(found.x)
@@ -696,8 +696,8 @@ class _Converter:
                            None, trainable))
         if grid_in is not None:
             grid = self._new((shape[1], *shape.grid))
-            self.ops.append(Op(f"{name}_grid", parts[:-1], False, "to_grid", None, {"size": list(shape.grid)},
-                               (out.id,), grid.id, where))
+            size = {"size": list(shape.grid)} if found.table or found.stride > 1 else {}  # (else the tokens' own)
+            self.ops.append(Op(f"{name}_grid", parts[:-1], False, "to_grid", None, size, (out.id,), grid.id, where))
             out = grid
         self.composed.update(found.nodes)
         self.vals[found.last] = out

@@ -1,0 +1,107 @@
+"""The conv attention of CPUBone and LowFormer (timm/models/cpubone.py and lowformer.py, `ConvAttention`), written here
+from plain torch (timm is not imported): a strided depthwise conv and a batch norm reduce the grid, a 1 x 1 conv
+makes q, k and v laid out per head (h heads of d channels each, h d about half the channels), the tokens of the
+reduced grid attend, and the joined heads go back to the grid, through a 1 x 1 output projection and an upsampling
+to the input's size. It imports as archcalc's kinds (`conv`, `batchnorm`, `to_tokens`, `self_attention` with
+`key_dim` and `value_dim`, `to_grid`, `upsample`) exact to torch's own counts; a module that computes something
+else is not read so."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archcalc.core.errors import ArchcalcError
+from archcalc.torch.importer import from_module
+from tests.import_check import check
+
+
+class ConvAttention(nn.Module):
+    """timm 1.0.31's cpubone.ConvAttention forward (small_kernels, nearest upsampling; `fused_out`: the output
+    projection folded into the upsampling's first layer, o_proj an nn.Identity), written out. `fused` picks
+    scaled_dot_product_attention or the explicit products; `variant` breaks it in one place."""
+
+    def __init__(self, c: int, stride: int = 2, fused: bool = False, fused_out: bool = True,
+                 variant: str = "") -> None:
+        super().__init__()
+        self.heads = max(1, (c // 2) // 30) if variant != "heads" else 2
+        self.d = (c // self.heads) // 2
+        self.fused, self.variant, self.stride = fused, variant, stride
+        self.scale = self.d**-0.5 * (2.0 if variant == "scale" else 1.0)
+        self.conv_proj = nn.Sequential(nn.Conv2d(c, c, 2, stride, groups=c, bias=False), nn.BatchNorm2d(c))
+        inner = self.heads * self.d
+        self.pwise = nn.Conv2d(c, 3 * inner, 1, bias=False)
+        self.o_proj: nn.Module = nn.Identity() if fused_out else nn.Conv2d(inner, c, 1)
+        first = [nn.Conv2d(inner, c, 3 if variant == "proj3x3" else 1, padding=1 if variant == "proj3x3" else 0)] \
+            if fused_out else []
+        self.upsampling = nn.Sequential(*first, nn.Upsample(scale_factor=stride, mode="nearest"))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        xout = self.pwise(self.conv_proj(x))
+        b, _, h, w = xout.size()
+        qkv = xout.reshape(b, self.heads, 3 * self.d, h * w).permute(0, 1, 3, 2)
+        q, k, v = qkv.chunk(3, dim=3 if self.variant != "order" else 3)
+        if self.variant == "order":
+            q, k = k, q
+            k = k * 1.0
+        if self.fused:
+            values = F.scaled_dot_product_attention(q, k, v)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            values = attn.softmax(dim=-1) @ v
+        o = self.o_proj(values.permute(0, 1, 3, 2).reshape(b, self.heads * self.d, h, w))
+        return self.upsampling(o)[..., :height, :width]
+
+
+class Net(nn.Module):
+    def __init__(self, c: int = 64, **kw: object) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 2, stride=2)
+        self.attn = ConvAttention(c, **kw)  # type: ignore[arg-type]
+        self.head = nn.Linear(c, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.attn(x)
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("fused_out", [True, False])
+def test_cpubone_conv_attention_imports_exact(fused_out: bool) -> None:
+    net = Net(fused_out=fused_out)
+    heads, d, c = net.attn.heads, net.attn.d, 64
+    assert (heads, d) == (1, 32)  # (timm's head_dim_mul 0.5: h d = C / 2)
+    text, report = check(net, (3, 16, 16), (3, 12, 20), (3, 8, 8))
+    assert "self_attention: {num_heads: 1, qkv_bias: false, key_dim: 32, value_dim: 32" in text, text
+    assert "to_tokens" in text and "to_grid" in text and "upsample" in text, text
+    n, inner = 4 * 4, heads * d  # the 8 x 8 grid reduced by the stride-2 conv
+    row = next(r for r in report.rows if r.kind == "self_attention")
+    # q, k, v: C -> 3 h d (no bias); the output projection h d -> C with bias; Q K^T and A V over the 16 tokens
+    assert row.params == c * 3 * inner + inner * c + c
+    assert row.macs == n * c * 3 * inner + 2 * n * n * inner + n * inner * c
+
+
+def test_more_heads_import_exact() -> None:
+    net = Net(c=16, variant="heads")
+    assert (net.attn.heads, net.attn.d) == (2, 4)
+    text, _ = check(net, (3, 16, 16), (3, 12, 20))
+    assert "num_heads: 2" in text and "key_dim: 4, value_dim: 4" in text, text
+
+
+def test_fused_attention_imports_as_the_same_spec() -> None:
+    torch.manual_seed(0)
+    fused, explicit = Net(fused=True), Net()
+    explicit.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.eval()(x), explicit.eval()(x))
+    assert from_module(fused, (3, 16, 16)).text == from_module(explicit, (3, 16, 16)).text
+
+
+@pytest.mark.parametrize("variant", ["scale", "proj3x3", "order"])
+def test_other_conv_attention_is_not_read_as_self_attention(variant: str) -> None:
+    with pytest.raises(ArchcalcError, match=r"cannot import .* at attn"):
+        from_module(Net(variant=variant), (3, 16, 16))
