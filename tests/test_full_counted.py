@@ -501,7 +501,7 @@ def _self_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], 
     """Vaswani et al.'s attention written out: q, k, v from one projection, per head softmax(Q K^T / sqrt(d)) V,
     the heads joined and projected; with a reduced key/value source, q and kv from projections of their own."""
     if a["key_dim"] or a["value_dim"] or a["score_bias"] or a["norm"] != "none" or a["act"] != "none" \
-            or a["stride"] > 1 or a["out_features"]:
+            or a["stride"] > 1 or a["out_features"] or not a["proj"]:
         return _biased_attention(x, a, m)
     if a["sr_ratio"] > 1 or a["kv_pool"] or a["kv_avgpool"]:
         # the batch norm's 1 / sqrt(var + eps): a constant of the model, outside the count
@@ -574,6 +574,8 @@ def _biased_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
             joined = joined * torch.clamp(joined + 3, 0.0, 6.0) / 6
         elif a["act"] == "silu":  # x * sigmoid(x) = x / (1 + e^-x)
             joined = joined * (1 + torch.exp(-joined)).reciprocal()
+        if not a["proj"]:  # (no output projection: the joined heads are the output)
+            return joined
         return norm(F.linear(joined, m.out_proj.weight, m.out_proj.bias), m.out_norm)
     return run
 

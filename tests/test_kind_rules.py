@@ -120,18 +120,20 @@ def test_receptive_field_is_the_measured_dependence(name: str, index: int) -> No
 
 def _levit(a: Mapping[str, Any]) -> bool:
     return bool(a["key_dim"] or a["value_dim"] or a["score_bias"] or a["norm"] != "none" or a["act"] != "none"
-                or a["stride"] > 1 or a["out_features"])
+                or a["stride"] > 1 or a["out_features"] or not a["proj"])
 
 
 def _levit_full(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...], m: int) -> int:
     """LeViT's / EfficientFormer's attention: 2 per MAC; the projections' biases (q per query token, k and v per
-    token, the output per query token); q's scale; 3 per weight for the softmax and 1 for the score bias; with
-    norm 4 per element of each projection's output (batch norm with affine); with act 5 per joined element."""
+    token, the output per query token, with proj); q's scale; 3 per weight for the softmax and 1 for the score
+    bias; with norm 4 per element of each projection's output (batch norm with affine); with act 5 per joined
+    element."""
     n, c = i
     nq, d = o
     h = a["num_heads"]
     k, v = h * (a["key_dim"] or c // h), h * (a["value_dim"] or c // h)
-    biases = ((nq * k + n * (k + v) + nq * d) if a["qkv_bias"] else nq * d) if a["bias"] else 0
+    out = nq * d if a["proj"] else 0  # (proj: false: no output projection, so no bias of its own)
+    biases = ((nq * k + n * (k + v) + out) if a["qkv_bias"] else out) if a["bias"] else 0
     weights = h * nq * n
     norm = 4 * (nq * k + n * (k + v) + nq * d) if a["norm"] == "batchnorm" else 0
     act = {"none": 0, "hardswish": 5, "silu": 4}[a["act"]] * nq * v  # (x * min(max(x + 3, 0), 6) / 6; x / (1 + e^-x))

@@ -13,18 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archcalc.core.analyze import analyze
 from archcalc.core.errors import ArchcalcError
+from archcalc.core.spec import load_spec
 from archcalc.torch.importer import from_module
 from tests.import_check import check
 
 
 class ConvAttention(nn.Module):
     """timm 1.0.31's cpubone.ConvAttention forward (small_kernels, nearest upsampling; `fused_out`: the output
-    projection folded into the upsampling's first layer, o_proj an nn.Identity), written out. `fused` picks
-    scaled_dot_product_attention or the explicit products; `variant` breaks it in one place."""
+    projection folded into the upsampling's first layer, o_proj an nn.Identity), written out; with `transpose`,
+    lowformer.ConvAttention's upsampling (fuse_out_proj: a transposed conv from the joined heads, no 1 x 1 conv).
+    `fused` picks scaled_dot_product_attention or the explicit products; `variant` breaks it in one place."""
 
     def __init__(self, c: int, stride: int = 2, fused: bool = False, fused_out: bool = True,
-                 variant: str = "") -> None:
+                 variant: str = "", transpose: bool = False) -> None:
         super().__init__()
         self.heads = max(1, (c // 2) // 30) if variant != "heads" else 2
         self.d = (c // self.heads) // 2
@@ -37,6 +40,8 @@ class ConvAttention(nn.Module):
         first = [nn.Conv2d(inner, c, 3 if variant == "proj3x3" else 1, padding=1 if variant == "proj3x3" else 0)] \
             if fused_out else []
         self.upsampling = nn.Sequential(*first, nn.Upsample(scale_factor=stride, mode="nearest"))
+        if transpose:  # lowformer.ConvAttention (fuse_out_proj): a transposed conv maps the joined heads to C
+            self.upsampling = nn.Sequential(nn.ConvTranspose2d(inner, c, 2 * stride, stride, stride // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -105,3 +110,38 @@ def test_fused_attention_imports_as_the_same_spec() -> None:
 def test_other_conv_attention_is_not_read_as_self_attention(variant: str) -> None:
     with pytest.raises(ArchcalcError, match=r"cannot import .* at attn"):
         from_module(Net(variant=variant), (3, 16, 16))
+
+
+def test_lowformer_conv_attention_without_projection_imports_exact() -> None:
+    net = Net(transpose=True)
+    heads, d, c = net.attn.heads, net.attn.d, 64
+    text, report = check(net, (3, 16, 16), (3, 12, 20), (3, 8, 8))
+    assert "self_attention: {num_heads: 1, bias: false, key_dim: 32, value_dim: 32, proj: false" in text, text
+    assert "conv_transpose" in text, text
+    n, inner = 4 * 4, heads * d
+    row = next(r for r in report.rows if r.kind == "self_attention")
+    # q, k, v: C -> 3 h d without bias; Q K^T and A V over the 16 tokens; the joined heads (h d channels) are its
+    # output, which the transposed conv reads
+    assert (row.params, row.macs) == (c * 3 * inner, n * c * 3 * inner + 2 * n * n * inner)
+    assert row.output == (n, inner)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ("{num_heads: 2, proj: false}", r"spec.yaml:5:5: .*proj: false needs key_dim and value_dim"),
+    ("{num_heads: 2, key_dim: 4, value_dim: 4, proj: false, out_features: 6}",
+     r"spec.yaml:5:5: .*proj: false takes no out_features"),
+])
+def test_an_attention_without_projection_needs_its_dims(write_spec, args: str, message: str) -> None:  # type: ignore
+    text = f"name: bad\ninput: [8, 4, 4]\nlayers:\n  - to_tokens\n  - self_attention: {args}\n"
+    with pytest.raises(ArchcalcError, match=message):
+        analyze(load_spec(write_spec(text)))
+
+
+def test_an_attention_without_projection_in_a_spec_outputs_its_joined_heads(write_spec) -> None:  # type: ignore
+    text = ("name: ok\ninput: [8, 4, 4]\nlayers:\n  - to_tokens\n"
+            "  - self_attention: {num_heads: 2, key_dim: 3, value_dim: 5, bias: false, proj: false}\n  - to_grid\n")
+    report = analyze(load_spec(write_spec(text)))
+    row = next(r for r in report.rows if r.kind == "self_attention")
+    n, c, k, v = 16, 8, 6, 10  # 2 heads of q/k 3 and v 5
+    assert report.totals.output == (v, 4, 4)
+    assert (row.params, row.macs) == ((2 * k + v) * c, n * c * (2 * k + v) + n * n * (k + v))

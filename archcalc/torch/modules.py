@@ -584,7 +584,7 @@ class SelfAttention(nn.Module):
                  qkv_bias: bool = True, key_dim: int = 0, value_dim: int = 0, grid: Sequence[int] | None = None,
                  score_bias: bool = False, norm: str = "none", act: str = "none", stride: int = 1,
                  out_features: int = 0, sr_ratio: int = 1, kv_pool: int = 0, kv_avgpool: int = 0,
-                 kv_norm: bool = True) -> None:
+                 kv_norm: bool = True, proj: bool = True) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -622,7 +622,10 @@ class SelfAttention(nn.Module):
                 self.q_norm = nn.BatchNorm1d(keys) if batchnorm else nn.Identity()
             self.in_proj = nn.Linear(embed_dim, (keys if stride == 1 else 0) + keys + values, bias=bias and qkv_bias)
             self.in_norm = nn.BatchNorm1d(self.in_proj.out_features) if batchnorm else nn.Identity()
-        self.out_proj = nn.Linear(values, self.out, bias=bias)
+        self.proj = proj  # (false: no output projection; the joined heads are the output: LowFormer's)
+        if not proj:
+            self.out = values
+        self.out_proj: nn.Module = nn.Linear(values, self.out, bias=bias) if proj else nn.Identity()
         self.out_norm = nn.BatchNorm1d(self.out) if batchnorm else nn.Identity()
         self.score_bias = score_bias
         if score_bias:  # a table per head and |offset| on the 2-D grid (LeViT), gathered for q's (strided) tokens
@@ -642,7 +645,7 @@ class SelfAttention(nn.Module):
         if self.sr_ratio > 1 or self.kv_pool or self.kv_avgpool:
             return self.reduced(x)
         if self.score_bias or self.norm_kind != "none" or self.act != "none" or self.stride > 1 or self.out != c or (
-                self.key_dim, self.value_dim) != (c // h, c // h):
+                self.key_dim, self.value_dim) != (c // h, c // h) or not self.proj:
             return self.biased(x)
         q, k, v = self.in_proj(x).reshape(b, n, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
         if self.kernel == "fused":  # torch's fused kernel: on the CPU _scaled_dot_product_flash_attention_for_cpu
@@ -1167,3 +1170,4 @@ class ClassAttention(nn.Module):
         v = self.v(x).reshape(b, n, h, d).transpose(1, 2)
         weights = ((q * d ** -0.5) @ k.transpose(-2, -1)).softmax(dim=-1)
         return self.proj((weights @ v).transpose(1, 2).reshape(b, 1, c))
+

@@ -311,6 +311,8 @@ def _self_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     if not kind.plain(a):  # type: ignore[attr-defined]
         extra.update(key_dim=a["key_dim"], value_dim=a["value_dim"], score_bias=a["score_bias"], norm=a["norm"],
                      act=a["act"], stride=a["stride"], out_features=a["out_features"])
+        if not a["proj"]:
+            extra["proj"] = False
     if a["score_bias"] or a["stride"] > 1:
         extra["grid"] = tuple(inp.grid)  # type: ignore[attr-defined]
     if a["kv_avgpool"]:
@@ -452,6 +454,7 @@ merge_recipe("concat", _concat, lambda y, args: [f"{y} = torch.cat([{', '.join(a
 
 
 # ---- every kind and merge without a recipe of its own: the generic ones -------------------------------------------
+
 
 for _kind in REGISTRY.values():
     if _kind.name not in RECIPES:
@@ -780,16 +783,19 @@ reads("take_token", lambda m, inp: Mapped("take_token", {"index": int(m.index), 
 
 def _read_self_attention(m: Any, inp: tuple[int, ...]) -> Mapped:
     first = m.q if m.sr_ratio > 1 or m.kv_pool or m.kv_avgpool else m.in_proj
+    proj = m.proj  # (false: no output projection; key_dim and value_dim always said)
+    bias = m.out_proj.bias is not None if proj else first.bias is not None
     return Mapped("self_attention", {
-        "num_heads": int(m.num_heads), "bias": m.out_proj.bias is not None,
-        **({"qkv_bias": False} if m.out_proj.bias is not None and first.bias is None else {}),
+        "num_heads": int(m.num_heads), "bias": bias,
+        **({"qkv_bias": False} if bias and first.bias is None else {}),
         **({"kernel": "fused"} if m.kernel == "fused" else {}),
-        **({"key_dim": int(m.key_dim)} if m.key_dim != inp[-1] // m.num_heads else {}),
-        **({"value_dim": int(m.value_dim)} if m.value_dim != inp[-1] // m.num_heads else {}),
+        **({"key_dim": int(m.key_dim)} if m.key_dim != inp[-1] // m.num_heads or not proj else {}),
+        **({"value_dim": int(m.value_dim)} if m.value_dim != inp[-1] // m.num_heads or not proj else {}),
         **({"score_bias": True} if m.score_bias else {}),
         **({"norm": m.norm_kind} if m.norm_kind != "none" else {}), **({"act": m.act} if m.act != "none" else {}),
         **({"stride": int(m.stride)} if m.stride > 1 else {}),
-        **({"out_features": int(m.out)} if m.out != inp[-1] else {}),
+        **({"out_features": int(m.out)} if proj and m.out != inp[-1] else {}),
+        **({"proj": False} if not proj else {}),
         **({"sr_ratio": int(m.sr_ratio)} if m.sr_ratio > 1 else {}),
         **({"kv_pool": int(m.kv_pool)} if m.kv_pool else {}),
         **({"kv_avgpool": int(m.kv_avgpool)} if m.kv_avgpool else {}),

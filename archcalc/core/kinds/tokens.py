@@ -286,6 +286,9 @@ class SelfAttention(Kind):
         Arg("stride", "int", 1, "queries from the tokens' 2-D grid subsampled by this stride (x[::s, ::s], with a "
             "projection of their own: LeViT's AttentionSubsample); keys and values from every token. The output "
             "has the queries' tokens, on their grid", minimum=1),
+        Arg("proj", "bool", True, "the output projection (false: none; the joined heads, num_heads x value_dim "
+            "channels, are the output: LowFormer's conv attention, whose transposed conv follows it); false needs "
+            "key_dim and value_dim"),
     )
     examples = (
         Example(Tokens(16, 8, (4, 4)), {"num_heads": 2}),
@@ -310,6 +313,8 @@ class SelfAttention(Kind):
                                         "bias": False, "norm": "batchnorm", "act": "hardswish", "stride": 2,
                                         "out_features": 12}),
         Example(Tokens(9, 6, (3, 3)), {"num_heads": 1, "key_dim": 4, "value_dim": 5, "stride": 2, "act": "silu"}),
+        Example(Tokens(16, 8, (4, 4)), {"num_heads": 2, "key_dim": 3, "value_dim": 5, "proj": False, "bias": False}),
+        Example(Tokens(12, 6, (3, 4)), {"num_heads": 1, "key_dim": 4, "value_dim": 4, "proj": False}),
     )
 
     def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
@@ -329,6 +334,15 @@ class SelfAttention(Kind):
         if self.reduced(a, inp) is not None and not self.plain(a):
             raise LayerError("self_attention takes key_dim, value_dim, score_bias, norm, act, stride or out_features, "
                              "or keys and values from a reduced sequence (sr_ratio, kv_pool, kv_avgpool), not both")
+        if not a.get("proj", True):
+            if not (a.get("key_dim") and a.get("value_dim")):
+                raise LayerError("self_attention with proj: false needs key_dim and value_dim (its output is "
+                                 "num_heads x value_dim channels)")
+            if a.get("out_features") or a.get("norm", "none") != "none" or a.get("act", "none") != "none" \
+                    or a.get("stride", 1) > 1:
+                raise LayerError("self_attention with proj: false takes no out_features, norm, act or stride (they "
+                                 "act on the output projection)")
+            return tokens_like(inp, t[0], a["num_heads"] * a["value_dim"])
         s = a.get("stride", 1)
         if s == 1:
             return tokens_like(inp, t[0], a.get("out_features") or c)
@@ -379,7 +393,7 @@ class SelfAttention(Kind):
         k, v = SelfAttention.dims(a, c)
         s = a.get("stride", 1)
         nq = n if s == 1 else numel(tuple(-(-g // s) for g in inp.grid))  # type: ignore[attr-defined]
-        return n, nq, c, a.get("out_features") or c, k, v
+        return n, nq, c, (a.get("out_features") or c) if a.get("proj", True) else v, k, v
 
     @staticmethod
     def parts(inp: Shape, a: Mapping[str, Any] | None = None) -> tuple[int, int]:
@@ -389,7 +403,7 @@ class SelfAttention(Kind):
             n, c = inp
             return 4 * n * c * c, 2 * n * n * c
         n, nq, c, d, k, v = SelfAttention.sizes(a, inp)
-        return n * c * (k + v) + nq * c * k + nq * v * d, nq * n * (k + v)
+        return n * c * (k + v) + nq * c * k + (nq * v * d if a.get("proj", True) else 0), nq * n * (k + v)
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
         reduced = self.reduced(a, inp)
@@ -398,7 +412,8 @@ class SelfAttention(Kind):
         n, nq, c, d, k, v = self.sizes(a, inp)
         linear, products = self.parts(inp, a)
         macs = linear + products
-        bias = ((nq * k + n * (k + v) + nq * d) if a["qkv_bias"] else nq * d) if a["bias"] else 0
+        out_bias = nq * d if a.get("proj", True) else 0
+        bias = ((nq * k + n * (k + v) + out_bias) if a["qkv_bias"] else out_bias) if a["bias"] else 0
         softmax = a["num_heads"] * nq * n
         table, index = (a["num_heads"] * n, nq * n) if a.get("score_bias") else (0, 0)
         projected = nq * k + n * (k + v)  # the q, k and v projections' outputs
@@ -414,7 +429,8 @@ class SelfAttention(Kind):
         # projections alone (measured: tests/test_attention_kernels.py). The score bias: a gather (aten::index)
         # and an add, which FlopCounterMode and fvcore both count as 0 (tests/test_levit.py); `full` counts the
         # add (1 per attention weight).
-        return Cost(params=(2 * k + v) * c + v * d + self._bias_params(a, k, v, d) + table + params,
+        return Cost(params=(2 * k + v) * c + (v * d if a.get("proj", True) else 0) + self._bias_params(a, k, v, d)
+                    + table + params,
                     buffers=buffers, int_buffers=index + ints, macs=macs,
                     fvcore=(linear if a["kernel"] == "fused" else macs) + fvcore,
                     full=2 * macs + bias + nq * k + 3 * softmax + (softmax if table else 0) + full)
@@ -423,6 +439,7 @@ class SelfAttention(Kind):
     def _bias_params(a: Mapping[str, Any], k: int, v: int, d: int) -> int:
         if not a["bias"]:
             return 0
+        d = d if a.get("proj", True) else 0  # (no output projection: no bias of its own)
         return (2 * k + v + d) if a["qkv_bias"] else d
 
     def reduced_cost(self, a: Mapping[str, Any], inp: Shape, m: int, conv: int) -> Cost:
@@ -469,6 +486,11 @@ class SelfAttention(Kind):
             norm = (c, c) if not a["kv_avgpool"] or a["kv_norm"] else ()
             return ((c * c, *((c,) if qkv_bias else ()), 2 * c * c, *((2 * c,) if qkv_bias else ()),
                      *conv, *norm, c * c, *((c,) if a["bias"] else ())))
+        if not a.get("proj", True):  # the qkv projection alone: C from params = (2K + V) C (+ 2K + V), the table
+            k, v = a["num_heads"] * a["key_dim"], a["num_heads"] * a["value_dim"]
+            table = (a["num_heads"] * out[0],) if a.get("score_bias") else ()
+            bias = (2 * k + v,) if a["bias"] and a["qkv_bias"] else ()
+            return ((params - sum(bias) - sum(table), *bias, *table))
         f = a["out_features"]
         if f:  # C from params = 3C^2 + CF + biases (3C + F, F or none): the root of a quadratic in C
             lin = f + (3 if a["bias"] and a["qkv_bias"] else 0)
@@ -535,7 +557,8 @@ class SelfAttention(Kind):
             return Saved(input_for_params=True, extra=((4 * n * c, ACTIVATION), (a["num_heads"] * n, ACCUMULATE)))
         n, nq, c, d, k, v = self.sizes(a, inp)
         kept = nq * k + n * (k + v) + a["num_heads"] * nq * n
-        for_params = nq * v + (nq * c if nq != n or a.get("stride", 1) > 1 else 0)
+        # (the joined heads for the output projection's weight: none without it; then they are the output)
+        for_params = (nq * v if a.get("proj", True) else 0) + (nq * c if nq != n or a.get("stride", 1) > 1 else 0)
         stats: tuple[tuple[int, int], ...] = ()
         if a.get("norm", "none") == "batchnorm":
             kept += nq * k + n * (k + v) + nq * d
@@ -667,8 +690,9 @@ class SelfAttention(Kind):
         # and output (and its norm's). None is the most with C channels in q, k and v; with value_dim above
         # key_dim A V can be.) With a stride: the subsampled tokens' copy and q's projection first, then k and v's.
         moments = [(qkv + (2 if copy else 1) * nq * k + n * k + weights, 0), (qkv + 2 * weights, 0),
-                   (qkv + weights + n * v + nq * v, 0), (qkv + weights + 2 * nq * v, 0),
-                   (qkv + weights + nq * v + norm * nq * d, 2 * d if bn else 0)]
+                   (qkv + weights + n * v + nq * v, 0), (qkv + weights + 2 * nq * v, 0)]
+        if a.get("proj", True):  # (without it the joined heads' copy is the output: the moment before)
+            moments.append((qkv + weights + nq * v + norm * nq * d, 2 * d if bn else 0))
         if a.get("stride", 1) > 1:
             moments += [(nq * c + norm * nq * k, 2 * k if bn else 0), (nq * k + norm * n * (k + v),
                                                                       2 * (k + v) if bn else 0)]
@@ -688,7 +712,8 @@ class SelfAttention(Kind):
     def plain(a: Mapping[str, Any]) -> bool:
         """Vaswani et al.'s attention: none of the LeViT / EfficientFormer arguments."""
         return not (a.get("key_dim") or a.get("value_dim") or a.get("score_bias") or a.get("out_features")
-                    or a.get("norm", "none") != "none" or a.get("act", "none") != "none" or a.get("stride", 1) > 1)
+                    or a.get("norm", "none") != "none" or a.get("act", "none") != "none" or a.get("stride", 1) > 1
+                    or not a.get("proj", True))
 
     def train_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # A training-mode forward (measured by storage in a real step: tests/test_attention_step.py) is at its
@@ -718,6 +743,8 @@ class SelfAttention(Kind):
             bias = ", score bias" if a.get("score_bias") else ""
             queries = f", {nq} queries (stride {a['stride']})" if a.get("stride", 1) > 1 else ""
             out = f", out {d}" if d != c else ""
+            if not a.get("proj", True):
+                out = ", no output projection"
             return f"{h} heads of q/k {k // h}, v {v // h}, {n} tokens{queries}{bias}{out}"
         reduced = self.reduced(a, inp)
         kv = f", kv {reduced[0]} tokens" if reduced is not None else ""

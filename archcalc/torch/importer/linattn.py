@@ -10,7 +10,9 @@ depthwise strided conv has already reduced):
 
 where o_proj is an nn.Identity (the models' `fuse_out_proj`) and the 1 x 1 conv the first layer of the upsampling
 that follows (CPUBone), or o_proj is that conv itself. Its parameters and products are self_attention's with h heads
-of d channels for q, k and v: the qkv projection C x 3hd (no bias), the output projection hd x F (+ F).
+of d channels for q, k and v: the qkv projection C x 3hd (no bias), the output projection hd x F (+ F). Where no
+1 x 1 conv follows the nn.Identity (LowFormer's fuse_out_proj: a transposed conv maps the joined heads to C) it is
+`self_attention` with `proj: false`, ending at the identity.
 """
 
 from __future__ import annotations
@@ -75,6 +77,17 @@ class _ConvAttentionMatcher(_Matcher):
         joined = self.through(grid, self.identity)
         last = self.only_user(joined)
         proj = self.module(last, nn.Conv2d)
+        if joined is not grid and proj is None:  # no output projection: o_proj an nn.Identity, then the upsampling
+            # (LowFormer's fuse_out_proj: its transposed conv maps the joined heads to C); `self_attention` with
+            # proj: false, ending at the identity (the module path it names has no parameters)
+            if any(u not in self.nodes and not (nd is first and _reads_shape(u))
+                   for nd in self.nodes - {joined} for u in nd.users):
+                return None
+            x = first.args[0]
+            assert isinstance(x, fx.Node)
+            qkv: Any = str(first.target)  # (one module's path, as conv_form gives it)
+            return Attention(x, qkv, str(joined.target), joined, frozenset(self.nodes), heads,
+                             conv.bias is not None, conv.bias is not None, d, d, grid=(gh, gw), conv=True)
         if not self.pointwise(proj) or last is None or len(last.args) != 1 or last.kwargs:
             return None
         assert isinstance(proj, nn.Conv2d)
@@ -86,7 +99,7 @@ class _ConvAttentionMatcher(_Matcher):
             return None
         x = first.args[0]
         assert isinstance(x, fx.Node)
-        qkv: Any = str(first.target)  # (one module's path, as conv_form gives it)
+        qkv = str(first.target)
         return Attention(x, qkv, str(last.target), last, frozenset(self.nodes), heads, proj.bias is not None,
                          conv.bias is not None, d, d, out_features=int(proj.out_channels), grid=(gh, gw), conv=True)
 

@@ -638,8 +638,9 @@ class _Converter:
         if found.bias and not found.qkv_bias:
             args["qkv_bias"] = False
         c = x.shape[1]
-        if found.key_dim and (found.key_dim, found.value_dim) != (c // found.num_heads,) * 2:
-            args.update(key_dim=found.key_dim, value_dim=found.value_dim)
+        unprojected = isinstance(self.root.get_submodule(found.proj), nn.Identity)  # (linattn: LowFormer's)
+        if found.key_dim and ((found.key_dim, found.value_dim) != (c // found.num_heads,) * 2 or unprojected):
+            args.update(key_dim=found.key_dim, value_dim=found.value_dim, **({"proj": False} if unprojected else {}))
         if found.table:
             if not self._offsets_index(found.index_buffer, x.shape, found.stride):
                 return False
