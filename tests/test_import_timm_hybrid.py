@@ -60,10 +60,6 @@ FAILED: dict[str, tuple[str, ...]] = {
         "coat_lite_medium", "coat_lite_medium_384", "coat_lite_mini", "coat_lite_small", "coat_lite_tiny",
         "coat_mini", "coat_small", "coat_tiny",
     ),
-    "cannot import Tensor.chunk ... timm/models/efficientvit_mit.py:377": (  # 7
-        "efficientvit_b0", "efficientvit_b1", "efficientvit_b2", "efficientvit_b3", "efficientvit_l1",
-        "efficientvit_l2", "efficientvit_l3",
-    ),
     "cannot import Tensor.permute ... timm/models/mobilevit.py:551": (  # 7
         "mobilevitv2_050", "mobilevitv2_075", "mobilevitv2_100", "mobilevitv2_125", "mobilevitv2_150",
         "mobilevitv2_175", "mobilevitv2_200",
@@ -119,7 +115,7 @@ FAILED: dict[str, tuple[str, ...]] = {
 }
 
 # The share of the hybrid set that imports exact (issue 30 asks for 90 %; see docs/export.md for what stops the rest).
-IMPORTED_COUNT = 180  # of 302: 59.6 %
+IMPORTED_COUNT = 187  # of 302: 61.9 %
 
 # Imported models fvcore's CPU run was not taken for (over 150 GMACs, and the MaxViTs over 25 GMACs: too slow on the 2
 # shared cores the data was made on); their other figures are checked, and fvcore's count of the same blocks on the
@@ -201,6 +197,6 @@ def test_the_rate_in_the_docs() -> None:
     assert f"{IMPORTED_COUNT} of {len(MEASURED)} models" in text
     families = Counter(MEASURED[name]["family"] for name, rec in IMPORTED.items() if rec["imported"])
     assert families == {"maxxvit": 34, "xcit": 28, "levit": 20, "vision_transformer_hybrid": 14, "vitamin": 13,
-                        "byobnet": 9, "cpubone": 9, "fastvit": 9, "pit": 8, "pvt_v2": 7, "edgenext": 5, "metaformer": 4,
-                        "efficientformer": 3, "nextvit": 3, "twins": 3, "lowformer": 8, "visformer": 2,
-                        "efficientnet": 1}
+                        "byobnet": 9, "cpubone": 9, "fastvit": 9, "lowformer": 8, "pit": 8, "efficientvit_mit": 7,
+                        "pvt_v2": 7, "edgenext": 5, "metaformer": 4, "efficientformer": 3, "nextvit": 3, "twins": 3,
+                        "visformer": 2, "efficientnet": 1}

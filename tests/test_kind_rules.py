@@ -242,6 +242,9 @@ FULL: dict[str, Rule] = {
     "pos_embed": lambda a, i, o, m: n(o),
     # 2 per MAC (the logits' conv, the weighted sum), the bias per position, softmax's 3 per position
     "context_pool": lambda a, i, o, m: 2 * m + (1 + 3 if a["bias"] else 3) * n(i[1:]),
+    # 2 per MAC; the ReLUs of q and k (2 of every 3 input elements), eps per position and head (N h: the output's
+    # elements over d), the division per output element
+    "linear_attention": lambda a, i, o, m: 2 * m + 2 * n(i) // 3 + n(o) // a["head_dim"] + n(o),
     # 2 per MAC, the biases of qkv (3C) and the projection (C) per token, q's scale, softmax's 3 per weight
     "self_attention": lambda a, i, o, m: _reduced_attention(a, i, m)
     if a["sr_ratio"] > 1 or a["kv_pool"] or a["kv_avgpool"] else

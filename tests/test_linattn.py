@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from archcalc.core.analyze import analyze
 from archcalc.core.errors import ArchcalcError
@@ -145,3 +146,88 @@ def test_an_attention_without_projection_in_a_spec_outputs_its_joined_heads(writ
     n, c, k, v = 16, 8, 6, 10  # 2 heads of q/k 3 and v 5
     assert report.totals.output == (v, 4, 4)
     assert (row.params, row.macs) == ((2 * k + v) * c, n * c * (2 * k + v) + n * n * (k + v))
+
+
+# ---- EfficientViT-MIT's ReLU linear attention (timm's LiteMLA) ----------------------------------------------------
+
+
+class LiteMLA(nn.Module):
+    """timm 1.0.31's efficientvit_mit.LiteMLA forward (one extra scale, the 1 x 1 qkv conv without norm or bias, the
+    projection a 1 x 1 conv and a batch norm), written out. `variant` breaks it in one place."""
+
+    def __init__(self, c: int, dim: int = 4, variant: str = "") -> None:
+        super().__init__()
+        self.dim, self.variant = dim, variant
+        heads = c // dim
+        total = heads * dim
+        self.qkv = nn.Conv2d(c, 3 * total, 1, bias=False)
+        self.aggreg = nn.ModuleList([nn.Sequential(
+            nn.Conv2d(3 * total, 3 * total, 5, padding=2, groups=3 * total, bias=False),
+            nn.Conv2d(3 * total, 3 * total, 1, groups=3 * heads, bias=False))])
+        self.kernel_func = nn.ReLU(inplace=False) if variant != "gelu" else nn.GELU()
+        self.proj = nn.Sequential(nn.Conv2d(2 * total, c, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        qkv = self.qkv(x)
+        qkv = torch.cat([qkv, *(op(qkv) for op in self.aggreg)], dim=1)
+        qkv = qkv.reshape(b, -1, 3 * self.dim, h * w).transpose(-1, -2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        q, k = self.kernel_func(q), self.kernel_func(k)
+        v = F.pad(v, (0, 1), mode="constant", value=1.0 if self.variant != "zeros" else 0.0)
+        dtype = v.dtype
+        q, k, v = q.float(), k.float(), v.float()
+        kv = k.transpose(-1, -2) @ v
+        out = q @ kv
+        if self.variant == "first":
+            out = out[..., 1:] / (out[..., :1] + 1e-5)
+        else:
+            out = out[..., :-1] / (out[..., -1:] + 1e-5)
+        out = out.to(dtype).transpose(-1, -2).reshape(b, -1, h, w)
+        return self.proj(out)
+
+
+class EfficientVitBlock(nn.Module):
+    def __init__(self, **kw: object) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 2, stride=2)
+        self.attn = LiteMLA(16, **kw)  # type: ignore[arg-type]
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.attn(x)
+        return self.head(x.mean((2, 3)))
+
+
+def test_efficientvit_linear_attention_imports_exact() -> None:
+    text, report = check(EfficientVitBlock(), (3, 12, 16), (3, 8, 8), (3, 10, 6))
+    assert "linear_attention: {head_dim: 4" in text, text
+    row = next(r for r in report.rows if r.kind == "linear_attention")
+    h, n, d = 2 * 16 // 4, 6 * 8, 4  # 4 heads of each scale; 6 x 8 positions
+    # k^T [v, 1] and q (k^T [v, 1]): h d (d + 1) N MACs each, linear in N; no params
+    assert (row.params, row.macs) == (0, 2 * h * n * d * (d + 1))
+    assert row.output == (h * d, 6, 8)
+
+
+def test_linear_attention_in_a_spec_equals_the_written_out_block(write_spec) -> None:  # type: ignore
+    torch.manual_seed(0)
+    block = LiteMLA(16).eval()
+    spec = ("name: litemla\ninput: [16, 6, 8]\nlayers:\n  - conv: {out: 48, kernel: 1, bias: false, name: qkv}\n"
+            "  - conv: {out: 48, kernel: 5, padding: 2, groups: 48, bias: false}\n"
+            "  - conv: {out: 48, kernel: 1, groups: 12, bias: false, name: agg}\n"
+            "  - concat: [qkv, agg]\n  - linear_attention: {head_dim: 4}\n"
+            "  - conv: {out: 16, kernel: 1, bias: false}\n  - batchnorm\n")
+    report = analyze(load_spec(write_spec(spec)))
+    x = torch.randn(1, 16, 6, 8)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = block(x)
+    assert report.totals.output == tuple(out.shape[1:])
+    assert report.totals.params == sum(p.numel() for p in block.parameters())
+    assert 2 * report.totals.macs == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("variant", ["gelu", "zeros", "first"])
+def test_other_linear_attention_is_not_read_as_linear_attention(variant: str) -> None:
+    with pytest.raises(ArchcalcError, match=r"cannot import .* at attn"):
+        from_module(EfficientVitBlock(variant=variant), (3, 12, 16))

@@ -453,6 +453,11 @@ def _concat(*xs: Any) -> Any:
 merge_recipe("concat", _concat, lambda y, args: [f"{y} = torch.cat([{', '.join(args)}], 1)"])
 
 
+@recipe("linear_attention")
+def _linear_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.LinearAttention, head_dim=a["head_dim"], **({"eps": a["eps"]} if a["eps"] != 1e-5 else {}))
+
+
 # ---- every kind and merge without a recipe of its own: the generic ones -------------------------------------------
 
 
@@ -1217,6 +1222,10 @@ def _torch_function(kind: Kind, name: str) -> Any:
         raise RuntimeError(f"layer kind '{kind.name}' names torch function {name!r}, which is neither F.<name> "
                            "(torch.nn.functional) nor torch.<name>")
     return fn
+
+
+reads("linear_attention", lambda m, inp: Mapped("linear_attention", {
+    "head_dim": int(m.head_dim), **({"eps": float(m.eps)} if m.eps != 1e-5 else {})}), modules.LinearAttention)
 
 
 def _register_kinds() -> None:

@@ -568,6 +568,8 @@ class _Converter:
                     continue  # (a module's ops read as one kind by what they compute: attention)
                 if node.op == "call_function" and node.target is operator.getitem and self.class_pattern(node):
                     continue
+                if node.op == "call_method" and linattn.linear_attention_pattern(self, node):
+                    continue
                 if self.composition(node):  # (its nodes are one op now; their values are set)
                     continue
                 try:
