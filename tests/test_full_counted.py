@@ -399,6 +399,7 @@ FORMULAS: dict[str, Formula] = {
     "pos_embed": _elementwise(lambda x, a, m: x + m.pos_embedding),
     "self_attention": lambda x, a, m: _self_attention(x, a, m),  # defined below, beside _softmax
     "context_pool": lambda x, a, m: _context_pool(x, a, m),  # (below)
+    "linear_attention": lambda x, a, m: _linear_attention(x, a),  # (below)
     "window_attention": lambda x, a, m: _window_attention(x, a, m),  # (below)
     "scalar": _elementwise(lambda x, a, m: {"add": lambda: x + a["value"], "sub": lambda: x - a["value"],
                                             "rsub": lambda: a["value"] - x, "mul": lambda: x * a["value"],
@@ -501,7 +502,7 @@ def _self_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], 
     """Vaswani et al.'s attention written out: q, k, v from one projection, per head softmax(Q K^T / sqrt(d)) V,
     the heads joined and projected; with a reduced key/value source, q and kv from projections of their own."""
     if a["key_dim"] or a["value_dim"] or a["score_bias"] or a["norm"] != "none" or a["act"] != "none" \
-            or a["stride"] > 1 or a["out_features"]:
+            or a["stride"] > 1 or a["out_features"] or not a["proj"]:
         return _biased_attention(x, a, m)
     if a["sr_ratio"] > 1 or a["kv_pool"] or a["kv_avgpool"]:
         # the batch norm's 1 / sqrt(var + eps): a constant of the model, outside the count
@@ -574,6 +575,8 @@ def _biased_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
             joined = joined * torch.clamp(joined + 3, 0.0, 6.0) / 6
         elif a["act"] == "silu":  # x * sigmoid(x) = x / (1 + e^-x)
             joined = joined * (1 + torch.exp(-joined)).reciprocal()
+        if not a["proj"]:  # (no output projection: the joined heads are the output)
+            return joined
         return norm(F.linear(joined, m.out_proj.weight, m.out_proj.bias), m.out_norm)
     return run
 
@@ -585,6 +588,19 @@ def _context_pool(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], to
         b, c = x.shape[:2]
         weights = _softmax(m.conv_attn(x).reshape(b, 1, -1), -1)
         return torch.bmm(x.reshape(b, c, -1), weights.transpose(1, 2)).reshape(b, c, *(1,) * (x.dim() - 2))
+    return run
+
+
+def _linear_attention(x: torch.Tensor, a: dict[str, Any]) -> Callable[[], torch.Tensor]:
+    """EfficientViT's ReLU linear attention (Cai et al. 2023, eq. 3): per head, ReLU(q) (ReLU(k)^T [v, 1]) as two
+    batched products, each position's values divided by its normaliser plus eps."""
+    def run() -> torch.Tensor:
+        b, c, d = x.shape[0], x.shape[1], a["head_dim"]
+        t = x.reshape(b * c // (3 * d), 3 * d, -1).transpose(1, 2)
+        q, k = torch.clamp_min(t[..., :d], 0.0), torch.clamp_min(t[..., d:2 * d], 0.0)
+        v = torch.cat([t[..., 2 * d:], torch.ones_like(t[..., :1])], dim=-1)
+        out = torch.bmm(q, torch.bmm(k.transpose(1, 2), v))
+        return (out[..., :-1] / (out[..., -1:] + a["eps"])).transpose(1, 2).reshape(b, c // 3, *x.shape[2:])
     return run
 
 

@@ -128,13 +128,15 @@ def _levit(a: Mapping[str, Any]) -> bool:
 
 def _levit_full(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...], m: int) -> int:
     """LeViT's / EfficientFormer's attention: 2 per MAC; the projections' biases (q per query token, k and v per
-    token, the output per query token); q's scale; 3 per weight for the softmax and 1 for the score bias; with
-    norm 4 per element of each projection's output (batch norm with affine); with act 5 per joined element."""
+    token, the output per query token, with proj); q's scale; 3 per weight for the softmax and 1 for the score
+    bias; with norm 4 per element of each projection's output (batch norm with affine); with act 5 per joined
+    element."""
     n, c = i
     nq, d = o[0], o[1] if a["proj"] else 0  # (proj false: no output projection, its bias or its norm)
     h = a["num_heads"]
     k, v = h * (a["key_dim"] or c // h), h * (a["value_dim"] or c // h)
-    biases = ((nq * k + n * (k + v) + nq * d) if a["qkv_bias"] else nq * d) if a["bias"] else 0
+    out = nq * d if a["proj"] else 0  # (proj: false: no output projection, so no bias of its own)
+    biases = ((nq * k + n * (k + v) + out) if a["qkv_bias"] else out) if a["bias"] else 0
     weights = h * nq * n
     norm = 4 * (nq * k + n * (k + v) + nq * d) if a["norm"] == "batchnorm" else 0
     act = {"none": 0, "hardswish": 5, "silu": 4}[a["act"]] * nq * v  # (x * min(max(x + 3, 0), 6) / 6; x / (1 + e^-x))
@@ -243,6 +245,9 @@ FULL: dict[str, Rule] = {
     "pos_embed": lambda a, i, o, m: n(o),
     # 2 per MAC (the logits' conv, the weighted sum), the bias per position, softmax's 3 per position
     "context_pool": lambda a, i, o, m: 2 * m + (1 + 3 if a["bias"] else 3) * n(i[1:]),
+    # 2 per MAC; the ReLUs of q and k (2 of every 3 input elements), eps per position and head (N h: the output's
+    # elements over d), the division per output element
+    "linear_attention": lambda a, i, o, m: 2 * m + 2 * n(i) // 3 + n(o) // a["head_dim"] + n(o),
     # 2 per MAC, the biases of qkv (3C) and the projection (C) per token, q's scale, softmax's 3 per weight
     "self_attention": lambda a, i, o, m: _reduced_attention(a, i, m)
     if a["sr_ratio"] > 1 or a["kv_pool"] or a["kv_avgpool"] else

@@ -342,7 +342,7 @@ class Attention(nn.Module):
     def __init__(self, c: int, heads: int, bias: bool, qkv_bias: bool = True, key_dim: int = 0, value_dim: int = 0,
                  grid: tuple[int, ...] | None = None, score_bias: bool = False, norm: str = "none", act: str = "none",
                  stride: int = 1, out: int = 0, reduce: tuple[str, int] = ("", 0), tokens_grid: tuple[int, ...] = (),
-                 kv_norm: bool = True) -> None:
+                 kv_norm: bool = True, proj: bool = True) -> None:
         super().__init__()
         self.heads, self.grid, self.stride = heads, grid, stride
         self.reduce, self.tokens_grid = reduce, tokens_grid
@@ -365,8 +365,9 @@ class Attention(nn.Module):
             self.in_proj = nn.Linear(c, keys * (1 if stride > 1 else 2) + values, bias=bias and qkv_bias)
             self.in_bn = nn.BatchNorm1d(self.in_proj.out_features) if norm == "batchnorm" else None
         self.act = {"hardswish": nn.Hardswish(), "silu": nn.SiLU()}.get(act, nn.Identity())
-        self.out_proj = nn.Linear(values, out, bias=bias)  # (qkv_bias false: the output's bias only)
-        self.out_bn = nn.BatchNorm1d(out) if norm == "batchnorm" else None
+        # (qkv_bias false: the output's bias only; proj false: no output projection, the joined heads are the output)
+        self.out_proj: nn.Module = nn.Linear(values, out, bias=bias) if proj else nn.Identity()
+        self.out_bn = nn.BatchNorm1d(out) if norm == "batchnorm" and proj else None  # (its norm with it)
         if score_bias:  # LeViT (section 4.2): a bias per head and |offset| on the grid, queries at (s y, s x)
             assert grid is not None
             self.table = nn.Parameter(torch.randn(heads, grid[0] * grid[1]))
@@ -521,6 +522,24 @@ class ContextPool(nn.Module):
             logits = logits + self.bias
         weights = torch.softmax(logits, dim=2)
         return torch.bmm(flat, weights.transpose(1, 2)).reshape(*x.shape[:2], *(1,) * (x.dim() - 2))
+
+
+class LinearAttention(nn.Module):
+    """EfficientViT's ReLU linear attention (Cai et al. 2023, eq. 3 and 4: O_i = ReLU(Q_i) (sum_j ReLU(K_j)^T V_j) /
+    ReLU(Q_i) (sum_j ReLU(K_j)^T), the sums over positions computed once), per head of [q, k, v] channels."""
+
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+        self.d, self.eps = d, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, d = x.shape[0], x.shape[1], self.d
+        heads = x.flatten(2).reshape(b, c // (3 * d), 3, d, -1)  # B x h x [q, k, v] x d x N
+        q, k, v = torch.relu(heads[:, :, 0]), torch.relu(heads[:, :, 1]), heads[:, :, 2]
+        v1 = torch.cat([v, torch.ones_like(v[:, :, :1])], dim=2)  # the row of ones gives the normaliser
+        kv = k @ v1.transpose(2, 3)  # B x h x d x (d + 1): sum_j K_j^T [V_j, 1]
+        out = (q.transpose(2, 3) @ kv).transpose(2, 3)  # B x h x (d + 1) x N
+        return (out[:, :, :d] / (out[:, :, d:] + self.eps)).reshape(b, c // 3, *x.shape[2:])
 
 
 class MeanToken(nn.Module):
@@ -980,7 +999,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
                                              a["value_dim"], s.grid, a["score_bias"], a["norm"], a["act"],
                                              a["stride"], a["out_features"], (
         ("sr", a["sr_ratio"]) if a["sr_ratio"] > 1 else ("pool", a["kv_pool"]) if a["kv_pool"] else
-        ("avg", a["kv_avgpool"]) if a["kv_avgpool"] else ("", 0)), s.grid, a["kv_norm"]),
+        ("avg", a["kv_avgpool"]) if a["kv_avgpool"] else ("", 0)), s.grid, a["kv_norm"], a["proj"]),
     "pooled_attention": PooledAttention,
     "token_maxpool": TokenMaxPool,
     "separable_pos_embed": lambda a, s: SeparablePositions(s),
@@ -989,6 +1008,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "additive_attention": lambda a, s: AdditiveAttn(s[1]),
     "class_attention": lambda a, s: ClassAttn(s[1], a["num_heads"], a["qkv_bias"]),
     "context_pool": lambda a, s: ContextPool(s[0], len(s) - 1, a["bias"]),
+    "linear_attention": lambda a, s: LinearAttention(a["head_dim"], a["eps"]),
     "leaky_relu": lambda a, s: nn.LeakyReLU(a["negative_slope"]),
     "linear": _linear,
     "lrn": lambda a, s: nn.LocalResponseNorm(a["size"], a["alpha"], a["beta"], a["k"]),

@@ -1255,3 +1255,33 @@ class SeparableAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, patch={self.patch}"
+
+
+# ---- ReLU linear attention (archcalc.core.kinds.linattn) ----------------------------------------------------------
+
+
+class LinearAttention(nn.Module):
+    """EfficientViT-MIT's ReLU linear attention (timm's LiteMLA between its qkv convs and its projection, in its
+    order of ops): the input's channels are heads of [q, k, v] (head_dim each); per head ReLU(q) (ReLU(k)^T [v, 1]),
+    each position's values divided by the last plus eps; the heads laid out channels first again."""
+
+    def __init__(self, head_dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.head_dim, self.eps = head_dim, eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, *spatial = x.shape
+        n = 1
+        for size in spatial:
+            n *= size
+        qkv = x.reshape(b, -1, 3 * self.head_dim, n).transpose(-1, -2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        q, k = F.relu(q), F.relu(k)
+        v = F.pad(v, (0, 1), mode="constant", value=1.0)
+        out = self._attn(q, k, v)
+        return out.transpose(-1, -2).reshape(b, -1, *spatial)
+
+    def _attn(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        kv = k.transpose(-1, -2) @ v
+        out = q @ kv
+        return out[..., :-1] / (out[..., -1:] + self.eps)

@@ -466,7 +466,13 @@ def _concat(*xs: Any) -> Any:
 merge_recipe("concat", _concat, lambda y, args: [f"{y} = torch.cat([{', '.join(args)}], 1)"])
 
 
+@recipe("linear_attention")
+def _linear_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.LinearAttention, head_dim=a["head_dim"], **({"eps": a["eps"]} if a["eps"] != 1e-5 else {}))
+
+
 # ---- every kind and merge without a recipe of its own: the generic ones -------------------------------------------
+
 
 for _kind in REGISTRY.values():
     if _kind.name not in RECIPES:
@@ -802,8 +808,8 @@ def _read_self_attention(m: Any, inp: tuple[int, ...]) -> Mapped:
         **({"qkv_bias": False} if bias and first.bias is None else {}),
         **({} if proj else {"proj": False}),
         **({"kernel": "fused"} if m.kernel == "fused" else {}),
-        **({"key_dim": int(m.key_dim)} if m.key_dim != inp[-1] // m.num_heads else {}),
-        **({"value_dim": int(m.value_dim)} if m.value_dim != inp[-1] // m.num_heads else {}),
+        **({"key_dim": int(m.key_dim)} if m.key_dim != inp[-1] // m.num_heads or not proj else {}),
+        **({"value_dim": int(m.value_dim)} if m.value_dim != inp[-1] // m.num_heads or not proj else {}),
         **({"score_bias": True} if m.score_bias else {}),
         **({"norm": m.norm_kind} if m.norm_kind != "none" else {}), **({"act": m.act} if m.act != "none" else {}),
         **({"stride": int(m.stride)} if m.stride > 1 else {}),
@@ -1237,6 +1243,10 @@ def _torch_function(kind: Kind, name: str) -> Any:
         raise RuntimeError(f"layer kind '{kind.name}' names torch function {name!r}, which is neither F.<name> "
                            "(torch.nn.functional) nor torch.<name>")
     return fn
+
+
+reads("linear_attention", lambda m, inp: Mapped("linear_attention", {
+    "head_dim": int(m.head_dim), **({"eps": float(m.eps)} if m.eps != 1e-5 else {})}), modules.LinearAttention)
 
 
 def _register_kinds() -> None:

@@ -27,7 +27,7 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import additive, attention, coatnet, davit, mapping, mobilevit, tinyvit
+from archcalc.torch.importer import additive, attention, coatnet, davit, linattn, mapping, mobilevit, tinyvit
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -572,6 +572,8 @@ class _Converter:
                     continue
                 if mobilevit.layout(self, node) or mobilevit.separable(self, node):  # (MobileViT's unfolding)
                     continue
+                if node.op == "call_method" and linattn.linear_attention_pattern(self, node):
+                    continue
                 if self.composition(node):  # (its nodes are one op now; their values are set)
                     continue
                 try:
@@ -643,7 +645,8 @@ class _Converter:
     def attention_pattern(self, node: fx.Node) -> bool:
         """Self-attention written out op by op from its fused qkv projection (timm's Attention: attention.py), one
         `self_attention` op from the projections' input to the output projection's result."""
-        found = attention.match(self.root, mobilevit.matcher_values(self.unfolded, self.values), node)
+        found = attention.match(self.root, mobilevit.matcher_values(self.unfolded, self.values), node) \
+            or linattn.match(self.root, self.values, node)
         if found is None:
             return self.covariance_pattern(node)
         x = self.vals.get(found.x)
@@ -666,8 +669,9 @@ class _Converter:
         if found.bias and not found.qkv_bias:
             args["qkv_bias"] = False
         c = x.shape[1]
-        if found.key_dim and (found.key_dim, found.value_dim) != (c // found.num_heads,) * 2:
-            args.update(key_dim=found.key_dim, value_dim=found.value_dim)
+        unprojected = isinstance(self.root.get_submodule(found.proj), nn.Identity)  # (linattn: LowFormer's)
+        if found.key_dim and ((found.key_dim, found.value_dim) != (c // found.num_heads,) * 2 or unprojected):
+            args.update(key_dim=found.key_dim, value_dim=found.value_dim, **({"proj": False} if unprojected else {}))
         if found.table:
             if not self._offsets_index(found.index_buffer, x.shape, found.stride):
                 return False
@@ -730,7 +734,7 @@ class _Converter:
                            None, trainable))
         if grid_in is not None:
             grid = self._new((shape[1], *shape.grid))
-            size = {"size": list(shape.grid)} if found.proj else {}  # (SHViT's: on the tokens' own grid, any size)
+            size = {"size": list(shape.grid)} if found.table or found.stride > 1 else {}  # (else the tokens' own)
             self.ops.append(Op(f"{name}_grid", parts[:-1], False, "to_grid", None, size, (out.id,), grid.id, where))
             out = grid
         self.composed.update(found.nodes)
