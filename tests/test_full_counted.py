@@ -424,6 +424,7 @@ FORMULAS: dict[str, Formula] = {
     "upsample": _upsample,
     "dfl": lambda x, a, m: _dfl(x, a, m),
     "psa_attention": lambda x, a, m: _psa_attention(x, a, m),
+    "multi_query_attention": lambda x, a, m: _multi_query_attention(x, a, m),
 }
 
 
@@ -465,6 +466,40 @@ def _psa_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], t
                            groups=c), pe_bn)
         y = torch.cat(outs).view(1, c, h, w) + pe
         return norm(F.conv2d(y, m.proj.conv.weight), proj_bn)
+    return run
+
+
+def _multi_query_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    # timm's MultiQueryAttention2d one head at a time with plain matrix products against the one key and value
+    # head; each batch norm from its running statistics (1 / std a constant of the model, prepared here)
+    def constants(bn: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(_channel(t, x) for t in (bn.running_mean, (bn.running_var + bn.eps).rsqrt(), bn.weight,
+                                             bn.bias))
+
+    def source(down: Any, c: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if down is None:
+            return x
+        y = F.conv2d(x, down.weight, stride=down.stride, padding=down.padding, groups=down.groups)
+        if len(c) == 1:  # an RMS norm: the square, the channels' sum and mean, eps, 1/rms, the two products
+            return y * torch.rsqrt(torch.mean(y * y, dim=1, keepdim=True) + 1e-6) * c[0]
+        return (y - c[0]) * c[1] * c[2] + c[3]
+
+    with torch.no_grad():  # small scores, so the textbook softmax (no maximum subtracted) stays finite
+        m.query.weight.mul_(0.1)
+    heads, key, value = m.num_heads, m.key_dim, m.value_dim
+    _, _, h, w = x.shape
+    def norm_constants(norm: Any) -> tuple[torch.Tensor, ...]:
+        return constants(norm) if isinstance(norm, torch.nn.BatchNorm2d) else (_channel(norm.weight, x),)
+
+    key_bn, value_bn = ((norm_constants(m.key_norm), norm_constants(m.value_norm)) if m.key_down is not None
+                        else ((), ()))
+
+    def run() -> torch.Tensor:
+        q = F.conv2d(x, m.query.weight).view(heads, key, h * w)
+        k = F.conv2d(source(m.key_down, key_bn), m.key.weight).view(key, -1)
+        v = F.conv2d(source(m.value_down, value_bn), m.value.weight).view(value, -1)
+        outs = [torch.mm(v, _softmax(torch.mm((q[i] * key ** -0.5).t(), k), 1).t()) for i in range(heads)]
+        return F.conv2d(torch.cat(outs).view(1, heads * value, h, w), m.out.weight)
     return run
 
 

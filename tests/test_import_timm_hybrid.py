@@ -76,10 +76,6 @@ FAILED: dict[str, tuple[str, ...]] = {
         "eca_halonext26ts", "halo2botnet50ts_256", "halonet26t", "halonet50ts", "halonet_h1", "haloregnetz_b",
         "sehalonet33ts",
     ),
-    "cannot import Tensor.unsqueeze ... timm/layers/attention2d.py:251": (  # 7
-        "mobilenetv4_hybrid_large", "mobilenetv4_hybrid_large_075", "mobilenetv4_hybrid_medium",
-        "mobilenetv4_hybrid_medium_075", "mobilenetv5_300m", "mobilenetv5_300m_enc", "mobilenetv5_base",
-    ),
     "cannot import F.pad ... timm/models/efficientvit_msra.py:367": (  # 6
         "efficientvit_m0", "efficientvit_m1", "efficientvit_m2", "efficientvit_m3", "efficientvit_m4",
         "efficientvit_m5",
@@ -117,6 +113,9 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import Tensor.mul ... timm/models/csatv2.py:267": (  # 2
         "csatv2", "csatv2_21m",
     ),
+    "cannot import MultiQueryAttention2d ... TF-'same' ... timm/models/_efficientnet_blocks.py:604": (  # 1
+        "mobilenetv5_300m_enc",
+    ),
     "cannot import _operator.truediv ... timm/layers/non_local_attn.py:131": (  # 1
         "bat_resnext26ts",
     ),
@@ -126,7 +125,7 @@ FAILED: dict[str, tuple[str, ...]] = {
 }
 
 # The share of the hybrid set that imports exact (issue 30 asks for 90 %; see docs/export.md for what stops the rest).
-IMPORTED_COUNT = 165  # of 302: 54.6 %
+IMPORTED_COUNT = 171  # of 302: 56.6 %
 
 # Imported models fvcore's CPU run was not taken for (over 150 GMACs, and the MaxViTs over 25 GMACs: too slow on the 2
 # shared cores the data was made on); their other figures are checked, and fvcore's count of the same blocks on the
@@ -136,7 +135,7 @@ FVCORE_SKIPPED = {"vitamin_large_336", "vitamin_large2_336", "vitamin_large_384"
                   "maxvit_tiny_tf_512", "maxvit_small_tf_384", "maxvit_small_tf_512", "maxvit_base_tf_384",
                   "maxvit_base_tf_512", "maxvit_large_tf_224", "maxvit_large_tf_384", "maxvit_large_tf_512",
                   "maxvit_xlarge_tf_224", "maxvit_xlarge_tf_384", "maxvit_xlarge_tf_512", "maxvit_rmlp_base_rw_384",
-                  "maxxvitv2_rmlp_base_rw_384", "maxxvitv2_rmlp_large_rw_224"}
+                  "maxxvitv2_rmlp_base_rw_384", "maxxvitv2_rmlp_large_rw_224", "mobilenetv5_300m"}
 
 
 def sdpa_fvcore(rec: dict) -> int:
@@ -196,7 +195,8 @@ def test_fvcore_was_measured_for_every_imported_model_but_the_largest() -> None:
     assert all(MEASURED[name]["fvcore_skipped"] for name in FVCORE_SKIPPED)
     # the measured ones that run scaled_dot_product_attention: fvcore counted it as 0 (listed unsupported)
     sdpa = [name for name in imported - FVCORE_SKIPPED if MEASURED[name]["sdpa_calls"]]
-    assert len(sdpa) == 108  # 35, 13 PVT-v2/Twins/Next-ViT, 12 CLIP/PiT/Visformer, 20 MaxViTs and MaxxViTs, 28 XCiTs
+    assert len(sdpa) == 113  # 35, 13 PVT-v2/Twins/Next-ViT, 12 CLIP/PiT/Visformer, 20 MaxViTs and MaxxViTs, 28 XCiTs,
+    # 5 MobileNetV4 hybrids and MobileNetV5s
     assert all(MEASURED[name]["fvcore_unsupported"]["aten::scaled_dot_product_attention"]
                == MEASURED[name]["sdpa_calls"] for name in sdpa)
 
@@ -209,4 +209,4 @@ def test_the_rate_in_the_docs() -> None:
     assert families == {"maxxvit": 34, "xcit": 28, "levit": 20, "vision_transformer_hybrid": 14, "vitamin": 13,
                         "byobnet": 9, "fastvit": 9, "pit": 8, "pvt_v2": 7, "edgenext": 5, "metaformer": 4,
                         "efficientformer": 3, "nextvit": 3, "twins": 3, "lowformer": 2, "visformer": 2,
-                        "efficientnet": 1}
+                        "efficientnet": 1, "mobilenetv3": 4, "mobilenetv5": 2}

@@ -348,6 +348,14 @@ def _class_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.ClassAttention, channels=inp[1], num_heads=a["num_heads"], qkv_bias=a["qkv_bias"])
 
 
+@recipe("multi_query_attention")
+def _multi_query_attention(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    c, h, kd, vd, d, _, _ = kind.dims(a, inp)
+    return call(modules.MultiQueryAttention, channels=c, num_heads=h, key_dim=kd, value_dim=vd,
+                kv_stride=a["kv_stride"], kv_kernel=a["kv_kernel"], out_features=d if d != c else 0,
+                kv_norm=a["kv_norm"])
+
+
 @recipe("fourier_pos_embed")
 def _fourier_pos_embed(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.FourierPositionEncoding, channels=inp[1], grid=tuple(inp.grid),  # type: ignore[attr-defined]
@@ -816,6 +824,12 @@ reads("xca", lambda m, inp: Mapped("xca", {"num_heads": int(m.num_heads), "qkv_b
 reads("class_attention", lambda m, inp: Mapped("class_attention", {"num_heads": int(m.num_heads),
                                                                    "qkv_bias": m.q.bias is not None}),
       modules.ClassAttention)
+reads("multi_query_attention", lambda m, inp: Mapped("multi_query_attention", {
+    "num_heads": int(m.num_heads), "key_dim": int(m.key_dim), "value_dim": int(m.value_dim),
+    **({"kv_stride": int(m.kv_stride), "kv_kernel": int(m.key_down.kernel_size[0]),
+        "kv_norm": "batchnorm" if isinstance(m.key_norm, nn.BatchNorm2d) else "rmsnorm"} if m.kv_stride > 1 else {}),
+    **({"out_features": int(m.out.out_channels)} if m.out.out_channels != inp[0] else {})}),
+    modules.MultiQueryAttention)
 reads("fourier_pos_embed", lambda m, inp: Mapped("fourier_pos_embed", {
     "hidden_dim": int(m.hidden_dim), "temperature": float(m.temperature), "once": bool(m.once)}),
     modules.FourierPositionEncoding)

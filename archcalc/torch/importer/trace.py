@@ -27,7 +27,7 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import attention, mapping
+from archcalc.torch.importer import attention, mapping, mqa
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -1527,6 +1527,8 @@ class _Converter:
             return self.mvit(node, m, args)
         if mapping.qualname(type(m)) in mapping.MAXVIT:
             return self.maxvit(node, m, args)
+        if mapping.qualname(type(m)) in mqa.CLASSES:
+            return mqa.convert(self, node, m, args)
         if args and isinstance(args[0], _Const):
             return self.projection(node, m, args)
         if self._constants([*args, *node.kwargs.values()]):

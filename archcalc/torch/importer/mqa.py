@@ -1,0 +1,125 @@
+"""timm's MultiQueryAttention2d (timm/layers/attention2d.py: MobileNetV4's hybrids, MobileNetV5), kept whole by the
+tracer and read as archcalc's `multi_query_attention` after checking every submodule against what the kind
+computes:
+
+    query = Sequential(proj: Conv2d(C, heads x key_dim, 1, bias=False))                    (no query stride)
+    key   = Sequential([down_conv: depthwise Conv2d(C, C, k, kv_stride), norm: BatchNorm2d(C) or RmsNorm2d(C)],
+                       proj: Conv2d(C, key_dim, 1, bias=False))                               (the [...] with kv_stride)
+    value = the same, to value_dim
+    output = Sequential(proj: Conv2d(heads x value_dim, D, 1, bias=False), drop)             (no upsampling)
+
+called as m(x) on a C x H x W grid. Anything else (a query stride with its pool and upsampling, a norm other than
+batch norm or timm's RmsNorm2d, 'same' padding, dropout) is refused with the reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from archcalc.core.kinds.base import Tokens
+from archcalc.core.kinds.mqa import kv_padding
+from archcalc.torch.recipes import Unmapped
+
+CLASSES = ("timm.layers.attention2d.MultiQueryAttention2d",)
+RMS_NORM = "timm.layers.norm.RmsNorm2d"  # (MobileNetV5's norm: x / sqrt(mean of x^2 over the channels + eps) x weight)
+
+
+def _qualname(m: Any) -> str:
+    return f"{type(m).__module__}.{type(m).__qualname__}"
+
+
+def _plain_1x1(m: Any, cin: int, cout: int) -> bool:
+    return (type(m) is nn.Conv2d and m.in_channels == cin and m.out_channels == cout and tuple(m.kernel_size) == (1, 1)
+            and tuple(m.stride) == (1, 1) and tuple(m.padding) == (0, 0) and tuple(m.dilation) == (1, 1)
+            and m.groups == 1 and m.bias is None)
+
+
+def _source(seq: Any, c: int, dim: int, stride: int, what: str) -> tuple[int, str]:
+    """The kernel of the depthwise conv of k's or v's path and its norm (0 and '' without kv_stride), after checking
+    the path."""
+    names = [name for name, _ in seq.named_children()]
+    if not _plain_1x1(getattr(seq, "proj", None), c, dim):
+        raise Unmapped(f"timm's MultiQueryAttention2d whose {what} projection is not a 1x1 conv {c} -> {dim} "
+                       "without bias")
+    if stride == 1:
+        if names != ["proj"]:
+            raise Unmapped(f"timm's MultiQueryAttention2d with more than a 1x1 conv on {what}'s path and no kv_stride")
+        return 0, ""
+    down: Any = getattr(seq, "down_conv", None)
+    norm: Any = getattr(seq, "norm", None)
+    if _qualname(down) == "timm.layers.conv2d_same.Conv2dSame":
+        raise Unmapped(f"timm's MultiQueryAttention2d whose {what} depthwise conv pads TF-'same' (timm's Conv2dSame, "
+                       "padding computed from the input: more after than before); archcalc's multi_query_attention "
+                       "pads ((s - 1) + (k - 1)) // 2 on each side")
+    k = int(down.kernel_size[0]) if isinstance(down, nn.Conv2d) else 0
+    if (names != ["down_conv", "norm", "proj"] or type(down) is not nn.Conv2d or down.in_channels != c
+            or down.out_channels != c or down.groups != c or tuple(down.kernel_size) != (k, k)
+            or tuple(down.stride) != (stride, stride) or tuple(down.dilation) != (1, 1) or down.bias is not None
+            or down.padding_mode != "zeros" or tuple(down.padding) != (kv_padding(k, stride),) * 2):
+        raise Unmapped(f"timm's MultiQueryAttention2d whose {what} path is not a depthwise conv of stride {stride} "
+                       "(symmetric padding ((s - 1) + (k - 1)) // 2, no bias), a norm and a 1x1 conv")
+    if type(norm) is nn.BatchNorm2d and norm.num_features == c and norm.affine and norm.track_running_stats:
+        return k, "batchnorm"
+    weight = getattr(norm, "weight", None)
+    if _qualname(norm) == RMS_NORM and tuple(norm.normalized_shape) == (c,) and weight is not None:
+        return k, "rmsnorm"
+    raise Unmapped(f"timm's MultiQueryAttention2d whose {what} norm is {type(norm).__name__}, not an affine "
+                   "BatchNorm2d with running statistics or an RmsNorm2d with its weight (archcalc's "
+                   "multi_query_attention)")
+
+
+def read(m: Any, inp: tuple[int, ...]) -> dict[str, Any]:
+    """multi_query_attention's arguments for timm's MultiQueryAttention2d `m` on a C x H x W input."""
+    if len(inp) != 3:
+        raise Unmapped("timm's MultiQueryAttention2d on a tensor that is not a C x H x W grid")
+    c = inp[0]
+    heads, key, value, stride = int(m.num_heads), int(m.key_dim), int(m.value_dim), int(m.kv_stride)
+    if any(s != 1 for s in m.query_strides) or [name for name, _ in m.query.named_children()] != ["proj"]:
+        raise Unmapped("timm's MultiQueryAttention2d with query_strides (its queries pooled and its output "
+                       "upsampled): archcalc's multi_query_attention has no query stride")
+    if not _plain_1x1(m.query.proj, c, heads * key):
+        raise Unmapped(f"timm's MultiQueryAttention2d whose query projection is not a 1x1 conv {c} -> {heads} x {key} "
+                       "without bias")
+    kernels = {_source(m.key, c, key, stride, "key"), _source(m.value, c, value, stride, "value")}
+    if len(kernels) != 1:
+        raise Unmapped("timm's MultiQueryAttention2d whose key and value depthwise convs or norms differ")
+    out = getattr(m.output, "proj", None)
+    drop = getattr(m.output, "drop", None)
+    if [name for name, _ in m.output.named_children()] != ["proj", "drop"] or not isinstance(out, nn.Conv2d) \
+            or not _plain_1x1(out, heads * value, out.out_channels):
+        raise Unmapped("timm's MultiQueryAttention2d whose output is not a 1x1 conv without bias (no upsampling)")
+    if m.attn_drop.p or not isinstance(drop, nn.Dropout) or drop.p:
+        raise Unmapped("timm's MultiQueryAttention2d with dropout: archcalc's multi_query_attention has none")
+    args: dict[str, Any] = {"num_heads": heads, "key_dim": key, "value_dim": value}
+    if stride > 1:
+        args["kv_stride"] = stride
+        kernel, norm = kernels.pop()
+        if kernel != 3:
+            args["kv_kernel"] = kernel
+        if norm != "batchnorm":
+            args["kv_norm"] = norm
+    if out.out_channels != c:
+        args["out_features"] = int(out.out_channels)
+    return args
+
+
+
+
+def convert(converter: Any, node: Any, m: Any, args: list[Any]) -> Any:
+    """The traced call m(x) as one multi_query_attention op (trace.py's converter emits it)."""
+    x: Any = args[0] if args else None
+    if len(args) != 1 or node.kwargs or not hasattr(x, "shape") or getattr(x, "channels_last", False) \
+            or isinstance(x.shape, Tokens):
+        raise Unmapped("timm's MultiQueryAttention2d called with other than one channels-first grid (no mask)")
+    a = read(m, tuple(x.shape))
+    shape = (a.get("out_features", x.shape[0]), *x.shape[1:])
+    if tuple(int(s) for s in converter.values[node].shape[1:]) != shape:
+        raise Unmapped(f"timm's MultiQueryAttention2d whose output is not the {list(shape)} of archcalc's "
+                       "multi_query_attention")
+    trainable = any(p.requires_grad for p in m.parameters())
+    return converter.emit(node, str(node.target).rsplit(".", 1)[-1], "multi_query_attention", None, a, [x], True,
+                          shape=shape, trainable=trainable)
+
+
+__all__ = ["CLASSES", "convert", "read"]

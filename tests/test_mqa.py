@@ -1,0 +1,166 @@
+"""Multi-query attention on a grid (MobileNetV4's Mobile MQA, MobileNetV5; timm's MultiQueryAttention2d):
+`multi_query_attention` against hand-written arithmetic, and `archcalc import` of timm's module against a copy of its
+structure written here from plain torch (timm is not imported: the stand-in classes carry timm's qualified names,
+which is what the importer reads). The real models' figures: tests/test_import_timm_hybrid.py."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import load_text
+from fvcore.nn import FlopCountAnalysis
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from archcalc.core.analyze import analyze
+from archcalc.torch.importer import ImportFailure, from_module
+
+
+class RmsNorm2d(nn.Module):
+    """timm's RmsNorm2d (timm/layers/norm.py): each position's channels over their root mean square, a weight."""
+
+    def __init__(self, c: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.normalized_shape = (c,)
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        v = torch.mean(x.pow(2), dim=1, keepdim=True)
+        return x * torch.rsqrt(v + self.eps) * self.weight.reshape(1, -1, 1, 1)
+
+
+class MultiQueryAttention2d(nn.Module):
+    """The structure of timm's MultiQueryAttention2d (timm/layers/attention2d.py), its math path: q a 1x1 conv
+    (C -> heads x key_dim), k and v each (a depthwise conv of stride kv_stride and a norm, then) a 1x1 conv to one
+    head, the heads joined (B, N, heads, value_dim -> channels) and a 1x1 conv."""
+
+    def __init__(self, dim: int, dim_out: int, num_heads: int, key_dim: int, value_dim: int, kv_stride: int = 1,
+                 norm: type = nn.BatchNorm2d, query_strides: int = 1, proj_drop: float = 0.0,
+                 dw_padding: int = 1) -> None:
+        super().__init__()
+        self.num_heads, self.key_dim, self.value_dim = num_heads, key_dim, value_dim
+        self.query_strides = (query_strides, query_strides)
+        self.kv_stride = kv_stride
+        self.query = nn.Sequential()
+        if query_strides > 1:
+            self.query.add_module("down_pool", nn.AvgPool2d(query_strides))
+            self.query.add_module("norm", nn.BatchNorm2d(dim))
+        self.query.add_module("proj", nn.Conv2d(dim, num_heads * key_dim, 1, bias=False))
+        for name, out in (("key", key_dim), ("value", value_dim)):
+            seq = nn.Sequential()
+            if kv_stride > 1:
+                seq.add_module("down_conv", nn.Conv2d(dim, dim, 3, kv_stride, dw_padding, groups=dim, bias=False))
+                seq.add_module("norm", norm(dim))
+            seq.add_module("proj", nn.Conv2d(dim, out, 1, bias=False))
+            setattr(self, name, seq)
+        self.attn_drop = nn.Dropout(0.0)
+        self.output = nn.Sequential()
+        if query_strides > 1:
+            self.output.add_module("upsample", nn.Upsample(scale_factor=query_strides, mode="bilinear"))
+        self.output.add_module("proj", nn.Conv2d(num_heads * value_dim, dim_out, 1, bias=False))
+        self.output.add_module("drop", nn.Dropout(proj_drop))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        q = self.query(x)
+        q = q.reshape(b, self.num_heads, self.key_dim, -1).transpose(-1, -2).contiguous()
+        k = self.key(x).reshape(b, self.key_dim, -1).transpose(1, 2).unsqueeze(1).contiguous()
+        v = self.value(x).reshape(b, self.value_dim, -1).transpose(1, 2).unsqueeze(1).contiguous()
+        attn = ((q * self.key_dim ** -0.5) @ k.transpose(-1, -2)).softmax(dim=-1)
+        o = (attn @ v).transpose(1, 2)
+        o = o.reshape(b, h // self.query_strides[0], w // self.query_strides[1], -1).permute(0, 3, 1, 2).contiguous()
+        return self.output(o)
+
+
+# timm's qualified names: what archcalc's importer recognises
+MultiQueryAttention2d.__module__ = "timm.layers.attention2d"
+RmsNorm2d.__module__ = "timm.layers.norm"
+
+
+def _block(**kwargs: object) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), MultiQueryAttention2d(24, **kwargs)).eval()  # type: ignore
+
+
+CASES = [
+    ({"dim_out": 24, "num_heads": 4, "key_dim": 8, "value_dim": 8}, (3, 6, 6)),
+    ({"dim_out": 24, "num_heads": 4, "key_dim": 8, "value_dim": 6, "kv_stride": 2}, (3, 8, 6)),
+    ({"dim_out": 32, "num_heads": 3, "key_dim": 5, "value_dim": 7, "kv_stride": 2, "norm": RmsNorm2d}, (3, 7, 9)),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "shape"), CASES)
+def test_import_of_timms_module_is_exact(kwargs: dict, shape: tuple[int, ...]) -> None:
+    """Params, buffers, output shape, FlopCounterMode (every product a conv or a bmm: 2 per MAC) and fvcore of the
+    module as it runs, against the imported spec's analysis."""
+    model = _block(**kwargs)
+    imported = from_module(model, shape, "mqa")
+    assert "multi_query_attention" in imported.text
+    t = analyze(imported.spec).totals
+    x = torch.randn(1, *shape)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        y = model(x)
+    assert t.params == sum(p.numel() for p in model.parameters())
+    assert t.buffers == sum(b.numel() for b in model.buffers())
+    assert list(t.output) == list(y.shape[1:])
+    assert 2 * t.macs == counter.get_total_flops()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fv = FlopCountAnalysis(model, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False).total()
+    assert analyze(imported.spec, convention="fvcore").totals.flops == fv
+
+
+def test_the_imported_arguments() -> None:
+    text = from_module(_block(**CASES[2][0]), (3, 7, 9), "mqa").text  # type: ignore[arg-type]
+    assert ("multi_query_attention: {num_heads: 3, key_dim: 5, value_dim: 7, kv_stride: 2, kv_norm: rmsnorm, "
+            "out_features: 32") in text
+
+
+@pytest.mark.parametrize(("kwargs", "why"), [
+    ({"query_strides": 2}, "query_strides"),
+    ({"proj_drop": 0.1}, "dropout"),
+    ({"kv_stride": 2, "norm": lambda c: nn.GroupNorm(1, c)}, "norm is GroupNorm"),
+    ({"kv_stride": 2, "dw_padding": 0}, "depthwise conv of stride 2"),
+])
+def test_what_is_not_multi_query_attention_is_refused(kwargs: dict, why: str) -> None:
+    with pytest.raises(ImportFailure, match=why):
+        from_module(_block(dim_out=24, num_heads=4, key_dim=8, value_dim=8, **kwargs), (3, 8, 8), "mqa")
+
+
+def test_mobilenetv4_hybrid_medium_block_by_hand() -> None:
+    """MobileNetV4-Hybrid-M's stage-4 MQA block at 256 x 256 (timm's mqa_r1_k3_h4_s1_v2_d64_c160: 160 channels on
+    16 x 16, 4 query heads of 64, one key and value head of 64, keys and values from a 3x3 depthwise conv of stride 2
+    and a batch norm: 8 x 8 = 64 keys), written out."""
+    spec = load_text("name: m\ninput: 160x16x16\nlayers:\n  - multi_query_attention: {num_heads: 4, key_dim: 64, "
+                     "value_dim: 64, kv_stride: 2}\n")
+    t = analyze(spec).totals
+    c, n, m = 160, 256, 64
+    q, kv, dw, out = c * 256, 2 * c * 64, 2 * (9 * c + 2 * c), 256 * c  # weights: q, k and v 1x1, dw + BN, output
+    assert t.params == q + kv + dw + out
+    assert t.buffers == 2 * (2 * c + 1)
+    assert t.macs == (n * c * 256 + m * c * 128 + 2 * m * c * 9  # projections, depthwise convs
+                      + 4 * n * m * 64 * 2 + n * 256 * c)  # Q K^T and A V per head, output
+    assert list(t.output) == [160, 16, 16]
+
+
+def test_the_built_module_is_timms_function() -> None:
+    """archcalc's module (the heads' queries as the rows of one matrix) computes what timm's does, weights copied
+    in order."""
+    from archcalc.core.kinds import REGISTRY
+    from archcalc.torch.recipes import module_call
+
+    kind = REGISTRY["multi_query_attention"]
+    a = {arg.name: arg.default for arg in kind.args} | {"num_heads": 3, "key_dim": 5, "value_dim": 7,
+                                                        "kv_stride": 2, "out_features": 32, "kv_norm": "rmsnorm"}
+    built = module_call(kind, a, (24, 7, 9)).make().eval()
+    timm_like = MultiQueryAttention2d(24, 32, 3, 5, 7, kv_stride=2, norm=RmsNorm2d).eval()
+    with torch.no_grad():
+        for mine, theirs in zip(built.parameters(), timm_like.parameters(), strict=True):
+            theirs.uniform_(-0.5, 0.5)
+            mine.copy_(theirs)
+        x = torch.randn(2, 24, 7, 9)
+        torch.testing.assert_close(built(x), timm_like(x))
+        assert F.mse_loss(built(x), timm_like(x)).item() < 1e-10
