@@ -491,15 +491,30 @@ def _multi_query_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callab
     def norm_constants(norm: Any) -> tuple[torch.Tensor, ...]:
         return constants(norm) if isinstance(norm, torch.nn.BatchNorm2d) else (_channel(norm.weight, x),)
 
+    projected = {id(bn): constants(bn) for bn in (m.query_norm, m.key_proj_norm, m.value_proj_norm, m.out_norm)
+                 if isinstance(bn, torch.nn.BatchNorm2d)}
+
+    def proj(t: torch.Tensor, conv: Any, norm: Any) -> torch.Tensor:  # a 1x1 conv (and iFormer's batch norm)
+        y = F.conv2d(t, conv.weight)
+        if id(norm) in projected:
+            c = projected[id(norm)]
+            y = (y - c[0]) * c[1] * c[2] + c[3]
+        return y
+
     key_bn, value_bn = ((norm_constants(m.key_norm), norm_constants(m.value_norm)) if m.key_down is not None
                         else ((), ()))
 
     def run() -> torch.Tensor:
-        q = F.conv2d(x, m.query.weight).view(heads, key, h * w)
-        k = F.conv2d(source(m.key_down, key_bn), m.key.weight).view(key, -1)
-        v = F.conv2d(source(m.value_down, value_bn), m.value.weight).view(value, -1)
+        q = proj(x, m.query, m.query_norm).view(heads, key, h * w)
+        k = proj(source(m.key_down, key_bn), m.key, m.key_proj_norm).view(key, -1)
+        v = proj(source(m.value_down, value_bn), m.value, m.value_proj_norm).view(-1, h * w if m.gate else k.shape[1])
+        if m.gate:  # the sigmoid as 1 / (1 + exp(-x)): exp, add, reciprocal (as `sigmoid`'s formula here)
+            v = (1 + torch.exp(-v)).reciprocal()
+        gate = v[value:].reshape(1, value, h, w) if m.gate else None
+        v = v[:value]
         outs = [torch.mm(v, _softmax(torch.mm((q[i] * key ** -0.5).t(), k), 1).t()) for i in range(heads)]
-        return F.conv2d(torch.cat(outs).view(1, heads * value, h, w), m.out.weight)
+        joined = torch.cat(outs).view(1, heads * value, h, w)
+        return proj(joined * gate if gate is not None else joined, m.out, m.out_norm)
     return run
 
 

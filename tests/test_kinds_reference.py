@@ -926,27 +926,34 @@ class _MultiQueryAttention(nn.Module):
     broadcast to every query head; the heads joined (B, N, heads, vd -> channels) and a 1x1 conv."""
 
     def __init__(self, c: int, heads: int, key: int, value: int, stride: int, kernel: int, out: int,
-                 norm: str) -> None:
+                 norm: str, proj_norm: bool = False, gate: bool = False) -> None:
         super().__init__()
-        self.heads, self.key_dim, self.value_dim = heads, key, value
+        self.heads, self.key_dim, self.value_dim, self.gate = heads, key, value, gate
+
+        def conv(cin: int, cout: int) -> nn.Module:  # (iFormer's ConvNorm with proj_norm)
+            return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), *([nn.BatchNorm2d(cout)] if proj_norm else []))
+
         pad = (stride - 1 + kernel - 1) // 2
-        self.query = nn.Conv2d(c, heads * key, 1, bias=False)
+        self.query = conv(c, heads * key)
         kv: list[nn.Module] = []
-        for dim in (key, value):
+        for dim in (key, 2 * value if gate else value):
             normed = nn.BatchNorm2d(c) if norm == "batchnorm" else _RmsNorm2d(c)
             down = [nn.Conv2d(c, c, kernel, stride, pad, groups=c, bias=False), normed] if stride > 1 else []
-            kv.append(nn.Sequential(*down, nn.Conv2d(c, dim, 1, bias=False)))
+            kv.append(nn.Sequential(*down, conv(c, dim)))
         self.key, self.value = kv
-        self.out = nn.Conv2d(heads * value, out, 1, bias=False)
+        self.out = conv(heads * value, out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         q = self.query(x).reshape(b, self.heads, self.key_dim, h * w).transpose(-1, -2)  # B x heads x N x kd
         k = self.key(x).flatten(2).transpose(1, 2).unsqueeze(1)  # B x 1 x M x kd
-        v = self.value(x).flatten(2).transpose(1, 2).unsqueeze(1)
+        v = self.value(x)
+        if self.gate:  # iFormer's SHMA: v and the gate from one projection through a sigmoid
+            v, gate = v.sigmoid().chunk(2, dim=1)
+        v = v.flatten(2).transpose(1, 2).unsqueeze(1)
         attn = ((q * self.key_dim ** -0.5) @ k.transpose(-1, -2)).softmax(dim=-1)
         o = (attn @ v).transpose(1, 2).reshape(b, h, w, self.heads * self.value_dim).permute(0, 3, 1, 2)
-        return self.out(o)
+        return self.out(o * gate if self.gate else o)
 
 
 REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = {
@@ -1024,7 +1031,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "psa_attention": lambda a, s: _PSAAttention(a["dim"], a["num_heads"], a["attn_ratio"]),
     "multi_query_attention": lambda a, s: _MultiQueryAttention(
         s[0], a["num_heads"], a["key_dim"] or s[0] // a["num_heads"], a["value_dim"] or s[0] // a["num_heads"],
-        a["kv_stride"], a["kv_kernel"], a["out_features"] or s[0], a["kv_norm"]),
+        a["kv_stride"], a["kv_kernel"], a["out_features"] or s[0], a["kv_norm"], a["norm"] == "batchnorm", a["gate"]),
     "window_attention": lambda a, s: _WindowAttention(s[1], s.grid, a["num_heads"],
                                                       tuple(_axes(a["window_size"], len(s.grid))),
                                                       tuple(_axes(a["shift_size"], len(s.grid))), a["bias"], a["v2"],

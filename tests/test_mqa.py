@@ -76,9 +76,43 @@ class MultiQueryAttention2d(nn.Module):
         return self.output(o)
 
 
+class ConvNorm(nn.Sequential):
+    """iFormer's ConvNorm (timm/models/iformer.py): a 1x1 conv without bias, a batch norm."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.add_module("c", nn.Conv2d(cin, cout, 1, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(cout))
+
+
+class SHMA(nn.Module):
+    """The structure of iFormer's single-head modulation attention (timm/models/iformer.py: SHMA), its math path:
+    q and k ConvNorm(C, C / 2), v_gate ConvNorm(C, 2 mid) through a sigmoid, split into v and the gate; one head's
+    softmax(q^T k / sqrt(C / 2)) over the positions, its output times the gate, proj ConvNorm(mid, C)."""
+
+    def __init__(self, dim: int, ratio: int = 1, window_size: int = 0) -> None:
+        super().__init__()
+        mid, attn = dim * ratio, dim // 2
+        self.scale = attn ** -0.5
+        self.window_size = window_size
+        self.q, self.k = ConvNorm(dim, attn), ConvNorm(dim, attn)
+        self.v_gate = ConvNorm(dim, 2 * mid)
+        self.gate_act = nn.Sigmoid()
+        self.attn_drop = nn.Dropout(0.0)
+        self.proj = ConvNorm(mid, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        v, gate = self.gate_act(self.v_gate(x)).chunk(2, dim=1)
+        q, k, v = self.q(x).flatten(2), self.k(x).flatten(2), v.flatten(2)
+        attn = ((q * self.scale).transpose(-2, -1) @ k).softmax(dim=-1)
+        return self.proj((v @ attn.transpose(-2, -1)).view(b, -1, h, w) * gate)
+
+
 # timm's qualified names: what archcalc's importer recognises
 MultiQueryAttention2d.__module__ = "timm.layers.attention2d"
 RmsNorm2d.__module__ = "timm.layers.norm"
+SHMA.__module__ = "timm.models.iformer"
 
 
 def _block(**kwargs: object) -> nn.Module:
@@ -164,3 +198,49 @@ def test_the_built_module_is_timms_function() -> None:
         x = torch.randn(2, 24, 7, 9)
         torch.testing.assert_close(built(x), timm_like(x))
         assert F.mse_loss(built(x), timm_like(x)).item() < 1e-10
+
+
+@pytest.mark.parametrize(("ratio", "shape"), [(1, (3, 5, 4)), (2, (3, 6, 6))])
+def test_import_of_iformers_attention_is_exact(ratio: int, shape: tuple[int, ...]) -> None:
+    """iFormer's SHMA reads as `multi_query_attention` with one head, `norm: batchnorm` and `gate: true`: params,
+    buffers, output, FlopCounterMode and fvcore of the module as it runs."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), SHMA(16, ratio)).eval()
+    imported = from_module(model, shape, "shma")
+    assert (f"multi_query_attention: {{num_heads: 1, key_dim: 8, value_dim: {16 * ratio}, norm: batchnorm, "
+            "gate: true") in imported.text
+    t = analyze(imported.spec).totals
+    x = torch.randn(1, *shape)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        y = model(x)
+    assert t.params == sum(p.numel() for p in model.parameters())
+    assert t.buffers == sum(b.numel() for b in model.buffers())
+    assert list(t.output) == list(y.shape[1:])
+    assert 2 * t.macs == counter.get_total_flops()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fv = FlopCountAnalysis(model, x).unsupported_ops_warnings(False).uncalled_modules_warnings(False).total()
+    assert analyze(imported.spec, convention="fvcore").totals.flops == fv
+
+
+def test_iformers_windowed_attention_is_refused() -> None:
+    with pytest.raises(ImportFailure, match="window_size"):
+        from_module(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), SHMA(16, window_size=4)).eval(), (3, 8, 8))
+
+
+def test_the_built_module_is_iformers_function() -> None:
+    from archcalc.core.kinds import REGISTRY
+    from archcalc.torch.recipes import module_call
+
+    kind = REGISTRY["multi_query_attention"]
+    a = {arg.name: arg.default for arg in kind.args} | {"num_heads": 1, "key_dim": 8, "value_dim": 32,
+                                                        "norm": "batchnorm", "gate": True}
+    built = module_call(kind, a, (16, 5, 6)).make().eval()
+    reference = SHMA(16, 2).eval()
+    with torch.no_grad():
+        for mine, theirs in zip([*built.parameters(), *built.buffers()], [*reference.parameters(),
+                                                                          *reference.buffers()], strict=True):
+            if theirs.is_floating_point():
+                theirs.uniform_(0.5, 1.0)
+            mine.copy_(theirs)
+        x = torch.randn(2, 16, 5, 6)
+        torch.testing.assert_close(built(x), reference(x))

@@ -1179,11 +1179,15 @@ class MultiQueryAttention(nn.Module):
     are one bmm each (counted by FlopCounterMode and fvcore), each temporary freed as soon as it is read."""
 
     def __init__(self, channels: int, num_heads: int, key_dim: int, value_dim: int, kv_stride: int = 1,
-                 kv_kernel: int = 3, out_features: int = 0, kv_norm: str = "batchnorm") -> None:
+                 kv_kernel: int = 3, out_features: int = 0, kv_norm: str = "batchnorm", norm: str = "none",
+                 gate: bool = False) -> None:
         super().__init__()
         self.num_heads, self.key_dim, self.value_dim = num_heads, key_dim, value_dim
-        self.kv_stride = kv_stride
+        self.kv_stride, self.gate = kv_stride, gate
+        # (iFormer's ConvNorm: a batch norm after each projection; its gate: v's projection twice as wide)
+        normed = norm == "batchnorm"
         self.query = nn.Conv2d(channels, num_heads * key_dim, 1, bias=False)
+        self.query_norm = nn.BatchNorm2d(num_heads * key_dim) if normed else nn.Identity()
         pad = ((kv_stride - 1) + (kv_kernel - 1)) // 2  # timm's symmetric default (create_conv2d, padding '')
         self.key_down: nn.Module | None = None
         self.value_down: nn.Module | None = None
@@ -1192,27 +1196,35 @@ class MultiQueryAttention(nn.Module):
             self.key_norm = nn.BatchNorm2d(channels) if kv_norm == "batchnorm" else RMSNorm(channels, 2, 1e-6, True,
                                                                                            "mean_square")
         self.key = nn.Conv2d(channels, key_dim, 1, bias=False)
+        self.key_proj_norm = nn.BatchNorm2d(key_dim) if normed else nn.Identity()
         if kv_stride > 1:
             self.value_down = nn.Conv2d(channels, channels, kv_kernel, kv_stride, pad, groups=channels, bias=False)
             self.value_norm = nn.BatchNorm2d(channels) if kv_norm == "batchnorm" else RMSNorm(channels, 2, 1e-6,
                                                                                                True, "mean_square")
-        self.value = nn.Conv2d(channels, value_dim, 1, bias=False)
+        self.value = nn.Conv2d(channels, (2 if gate else 1) * value_dim, 1, bias=False)
+        self.value_proj_norm = nn.BatchNorm2d(self.value.out_channels) if normed else nn.Identity()
         self.out = nn.Conv2d(num_heads * value_dim, out_features or channels, 1, bias=False)
+        self.out_norm = nn.BatchNorm2d(self.out.out_channels) if normed else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, hh, ww = x.shape
         h, kd, vd = self.num_heads, self.key_dim, self.value_dim
         n = hh * ww
-        q = self.query(x)
+        q = self.query_norm(self.query(x))
         # per head, its positions' queries as rows: B x (h N) x kd (a copy), scaled in place
         qs = q.view(b, h, kd, n).transpose(-1, -2).contiguous().mul_(kd ** -0.5).view(b, h * n, kd)
         del q
         kx = self.key_norm(self.key_down(x)) if self.key_down is not None else x
-        k = self.key(kx).flatten(2)  # B x kd x M
+        k = self.key_proj_norm(self.key(kx)).flatten(2)  # B x kd x M
         del kx
         vx = self.value_norm(self.value_down(x)) if self.value_down is not None else x
-        v = self.value(vx).flatten(2)  # B x vd x M
+        v = self.value_proj_norm(self.value(vx))
         del vx
+        gate = None
+        if self.gate:  # v and the gate: views of the sigmoid's output
+            v = v.sigmoid()
+            v, gate = v[:, :vd], v[:, vd:]
+        v = v.flatten(2)  # B x vd x M
         scores = qs @ k
         del qs, k
         weights = scores.softmax(dim=-1)
@@ -1221,4 +1233,7 @@ class MultiQueryAttention(nn.Module):
         del weights, v
         joined = o.view(b, h, n, vd).transpose(-1, -2).reshape(b, h * vd, hh, ww)  # a copy
         del o
-        return self.out(joined)
+        if gate is not None:
+            joined = joined * gate
+            del gate
+        return self.out_norm(self.out(joined))

@@ -353,7 +353,7 @@ def _multi_query_attention(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
     c, h, kd, vd, d, _, _ = kind.dims(a, inp)
     return call(modules.MultiQueryAttention, channels=c, num_heads=h, key_dim=kd, value_dim=vd,
                 kv_stride=a["kv_stride"], kv_kernel=a["kv_kernel"], out_features=d if d != c else 0,
-                kv_norm=a["kv_norm"])
+                kv_norm=a["kv_norm"], norm=a["norm"], gate=a["gate"])
 
 
 @recipe("fourier_pos_embed")
@@ -828,7 +828,8 @@ reads("multi_query_attention", lambda m, inp: Mapped("multi_query_attention", {
     "num_heads": int(m.num_heads), "key_dim": int(m.key_dim), "value_dim": int(m.value_dim),
     **({"kv_stride": int(m.kv_stride), "kv_kernel": int(m.key_down.kernel_size[0]),
         "kv_norm": "batchnorm" if isinstance(m.key_norm, nn.BatchNorm2d) else "rmsnorm"} if m.kv_stride > 1 else {}),
-    **({"out_features": int(m.out.out_channels)} if m.out.out_channels != inp[0] else {})}),
+    **({"out_features": int(m.out.out_channels)} if m.out.out_channels != inp[0] else {}),
+    **({"norm": "batchnorm"} if isinstance(m.out_norm, nn.BatchNorm2d) else {}), **({"gate": True} if m.gate else {})}),
     modules.MultiQueryAttention)
 reads("fourier_pos_embed", lambda m, inp: Mapped("fourier_pos_embed", {
     "hidden_dim": int(m.hidden_dim), "temperature": float(m.temperature), "once": bool(m.once)}),

@@ -51,7 +51,9 @@ class MultiQueryAttention(Kind):
            "No biases. MACs per image: N C h kd (q) + M C (kd + vd) (k, v) + 2 M C k^2 (the depthwise convs) + "
            "h N M (kd + vd) (Q K^T, A V) + N h vd D (output); FlopCounterMode counts exactly these (convolutions "
            "and bmm), fvcore adds 2 per element of each batch norm (none of an RMS norm). fvcore counts 0 for "
-           "timm's F.scaled_dot_product_attention (docs/tokens.md).")
+           "timm's F.scaled_dot_product_attention (docs/tokens.md). norm: batchnorm and gate: iFormer's SHMA "
+           "(a batch norm after each projection; v's projection 2 x value_dim wide through a sigmoid, its second "
+           "half a gate on the head's output).")
     full_rule = ("2 per MAC, 1 per element of q for the 1/sqrt(key_dim) scale, 3 per attention weight (softmax: "
                  "heads x N x M), 4 per element of each batch norm (eval); an RMS norm: 4 per element and 3 per "
                  "position (as rmsnorm)")
@@ -68,6 +70,11 @@ class MultiQueryAttention(Kind):
             "(MobileNetV4's) or 'rmsnorm' (MobileNetV5's RmsNorm2d: x / sqrt(mean of x^2 over the channels + "
             "1e-6) x weight)", choices=("batchnorm", "rmsnorm")),
         Arg("out_features", "int", 0, "the output projection's channels (0: C)", aliases=("out",), minimum=0),
+        Arg("norm", "str", "none", "'batchnorm': a batch norm after each 1x1 conv projection, q's, k's, v's and the "
+            "output's (iFormer's ConvNorm); with kv_stride 1", choices=("none", "batchnorm")),
+        Arg("gate", "bool", False, "v's projection makes 2 value_dim channels through a sigmoid: v the first half, "
+            "a gate the second, which multiplies the head's output before the output projection (iFormer's "
+            "single-head modulation attention); one head, kv_stride 1"),
     )
     examples = (
         Example((8, 4, 4), {"num_heads": 2}),
@@ -75,6 +82,9 @@ class MultiQueryAttention(Kind):
         Example((8, 6, 6), {"num_heads": 2, "key_dim": 4, "value_dim": 4, "kv_stride": 2, "out_features": 12}),
         Example((4, 7, 5), {"num_heads": 1, "key_dim": 3, "value_dim": 5, "kv_stride": 3, "kv_kernel": 5}),
         Example((6, 6, 5), {"num_heads": 2, "key_dim": 3, "value_dim": 4, "kv_stride": 2, "kv_norm": "rmsnorm"}),
+        Example((8, 5, 4), {"num_heads": 1, "key_dim": 4, "value_dim": 8, "norm": "batchnorm", "gate": True}),
+        Example((6, 4, 4), {"num_heads": 2, "key_dim": 3, "value_dim": 2, "norm": "batchnorm", "out_features": 5}),
+        Example((6, 3, 5), {"num_heads": 1, "key_dim": 2, "value_dim": 5, "gate": True}),
     )
 
     @staticmethod
@@ -103,6 +113,10 @@ class MultiQueryAttention(Kind):
             if any(w + 2 * p < a["kv_kernel"] for w in inp[1:]):
                 raise LayerError(f"multi_query_attention: kv_kernel {a['kv_kernel']} is larger than the padded grid "
                                  f"{'x'.join(map(str, inp[1:]))}")
+            if a["norm"] != "none" or a["gate"]:
+                raise LayerError("multi_query_attention: norm and gate are with kv_stride 1 (iFormer's attention)")
+        if a["gate"] and h != 1:
+            raise LayerError("multi_query_attention: gate is for one head (iFormer's single-head attention)")
         return (a["out_features"] or c, *inp[1:])
 
     def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
@@ -110,8 +124,19 @@ class MultiQueryAttention(Kind):
         strided = a["kv_stride"] > 1
         k2 = a["kv_kernel"] ** 2
         down = 2 * m * c * k2 if strided else 0  # the two depthwise convs
-        macs = n * c * h * kd + m * c * (kd + vd) + down + h * n * m * (kd + vd) + n * h * vd * d
+        g = 2 if a["gate"] else 1  # v's projection: v (and the gate)
+        macs = n * c * h * kd + m * c * (kd + g * vd) + down + h * n * m * (kd + vd) + n * h * vd * d
         norms = 2 * m * c if strided else 0  # the two norms' elements
+        if a["norm"] == "batchnorm" or a["gate"]:
+            # (kv_stride 1) a batch norm after each projection: 2 params and 2 buffers per channel (+ a count), 2 per
+            # element in fvcore, 4 in full; the gate: the sigmoid (3 per element) and the product (1 per element),
+            # which FlopCounterMode and fvcore do not count
+            channels = h * kd + kd + g * vd + d if a["norm"] == "batchnorm" else 0
+            elements = h * kd * n + kd * m + g * vd * m + d * n if channels else 0
+            gating = 3 * g * vd * m + vd * n if a["gate"] else 0
+            return Cost(params=c * h * kd + c * (kd + g * vd) + h * vd * d + 2 * channels, buffers=2 * channels,
+                        int_buffers=4 if channels else 0, macs=macs, fvcore=macs + 2 * elements,
+                        full=2 * macs + h * n * kd + 3 * h * n * m + 4 * elements + gating)
         if a["kv_norm"] == "rmsnorm":  # timm's RmsNorm2d: a weight per channel; FlopCounterMode and fvcore count
             # none of it; full: the square, the sum, the product by 1/rms and the weight's per element, the division
             # by C, eps and the reciprocal square root per position (as `rmsnorm`)
@@ -133,14 +158,15 @@ class MultiQueryAttention(Kind):
         batch = macs // self.cost(a, inp, inp).macs
         k2 = a["kv_kernel"] ** 2
         products = h * n * m * (kd + vd)
+        vd_in = 2 * vd if a["gate"] else vd  # v's projection's channels
         if a["kv_stride"] > 1:
             down = 2 * m * c * k2
             grad_input = n * c * h * kd + down
             rest = (n * c * h * kd + 2 * m * c * (kd + vd) + (down if divide_groups else down * c) + 2 * products
                     + 2 * n * h * vd * d)
         else:
-            grad_input = n * c * (h * kd + kd + vd)
-            rest = n * c * (h * kd + kd + vd) + 2 * products + 2 * n * h * vd * d
+            grad_input = n * c * (h * kd + kd + vd_in)
+            rest = n * c * (h * kd + kd + vd_in) + 2 * products + 2 * n * h * vd * d
         return batch * grad_input, batch * rest
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
@@ -151,12 +177,21 @@ class MultiQueryAttention(Kind):
         # norm's input (the depthwise conv's output, M C) and output (the 1x1 conv's input, M C), and its batch
         # mean and 1/std (2C, whatever the batch); an RMS norm's input, 1/rms per position (M), x / rms (M C, for
         # its weight) and output.
+        # With norm each projection's batch norm its input (the conv's output) and statistics (q's, k's, v's and
+        # the output's: h kd N + kd M + vd M + D N and two per channel); with the gate the sigmoid its output (2 vd
+        # M: v and the gate are views of it) and the product the joined heads, the output conv the gated ones.
         c, h, kd, vd, d, n, m = self.dims(a, inp)
         strided, rms = a["kv_stride"] > 1, a["kv_norm"] == "rmsnorm"
         path = (3 * m * c + m if rms else 2 * m * c) if strided else 0
-        extra = h * n * kd + kd * m + h * n * m + vd * m + h * vd * n + 2 * path
-        return Saved(input=True, extra=((extra, ACTIVATION),),
-                     per_batch=((4 * c, STATISTICS),) if strided and not rms else ())
+        g = 2 if a["gate"] else 1
+        extra = h * n * kd + kd * m + h * n * m + g * vd * m + h * vd * n + 2 * path
+        if a["gate"]:
+            extra += vd * n
+        stats = 4 * c if strided and not rms else 0
+        if a["norm"] == "batchnorm":
+            extra += h * kd * n + kd * m + g * vd * m + d * n
+            stats += 2 * (h * kd + kd + g * vd + d)
+        return Saved(input=True, extra=((extra, ACTIVATION),), per_batch=((stats, STATISTICS),) if stats else ())
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # The most alive at once while the built module runs at inference, less its output (D N), in the module's
@@ -165,15 +200,20 @@ class MultiQueryAttention(Kind):
         # k: kd M) and v's beside k; the scores beside q's copy, k and v (h N M); the weights beside the scores;
         # A V (h N vd) beside the weights and v; the joined heads' copy beside A V; the output beside the joined
         # heads. (The batch norm's CPU scratch is outside, as for `batchnorm`.)
+        # With norm each projection's conv output and its norm's at once; with the gate the sigmoid's output (v
+        # and the gate, 2 vd M) beside the norm's, and alive to the gate's product.
         c, h, kd, vd, d, n, m = self.dims(a, inp)
         q, w = h * kd * n, h * n * m
-        moments = [2 * q, q + kd * m, q + kd * m + vd * m + w, vd * m + 2 * w, w + vd * m + h * n * vd,
-                   2 * h * n * vd, h * n * vd + d * n]
+        norm = 2 if a["norm"] == "batchnorm" else 1
+        gate = a["gate"]
+        big_v = (2 if gate else 1) * vd * m  # v's projection (and gate)
+        moments = [norm * q, 2 * q, q + norm * kd * m, q + kd * m + big_v + w, big_v + 2 * w,
+                   w + big_v + h * n * vd, 2 * h * n * vd + (big_v if gate else 0), h * n * vd + norm * d * n]
         if a["kv_stride"] > 1:
             norm = 3 * m * c + m if a["kv_norm"] == "rmsnorm" else 2 * m * c
             moments += [q + norm, q + m * c + kd * m, q + kd * m + norm, q + kd * m + m * c + vd * m]
         else:
-            moments.append(q + kd * m + vd * m)
+            moments.append(q + kd * m + (2 if gate or norm == 2 else 1) * big_v)
         return ((max(moments) - d * n, ACTIVATION),)
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
@@ -182,7 +222,8 @@ class MultiQueryAttention(Kind):
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         c, h, kd, vd, d, n, m = self.dims(a, inp)
         kv = f", kv stride {a['kv_stride']} ({m} keys, {a['kv_norm']})" if a["kv_stride"] > 1 else ""
-        return f"{h} heads of q {kd}, one k {kd} / v {vd}{kv}"
+        extra = (", batch norms" if a["norm"] == "batchnorm" else "") + (", gated" if a["gate"] else "")
+        return f"{h} heads of q {kd}, one k {kd} / v {vd}{kv}{extra}"
 
 
 __all__ = ["MultiQueryAttention", "kv_padding"]

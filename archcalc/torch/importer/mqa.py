@@ -8,8 +8,11 @@ computes:
     value = the same, to value_dim
     output = Sequential(proj: Conv2d(heads x value_dim, D, 1, bias=False), drop)             (no upsampling)
 
-called as m(x) on a C x H x W grid. Anything else (a query stride with its pool and upsampling, a norm other than
-batch norm or timm's RmsNorm2d, 'same' padding, dropout) is refused with the reason."""
+called as m(x) on a C x H x W grid; and iFormer's SHMA (timm/models/iformer.py), single-head attention whose q, k and
+v projections are 1x1 ConvNorms (a conv and a batch norm), v's twice as wide through a sigmoid and split into v and
+a gate that multiplies the head's output before the output ConvNorm: `norm: batchnorm, gate: true`. Anything
+else (a query stride with its pool and upsampling, a norm other than batch norm or timm's RmsNorm2d, 'same'
+padding, dropout, iFormer's windows) is refused with the reason."""
 
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ from archcalc.core.kinds.base import Tokens
 from archcalc.core.kinds.mqa import kv_padding
 from archcalc.torch.recipes import Unmapped
 
-CLASSES = ("timm.layers.attention2d.MultiQueryAttention2d",)
+MQA = "timm.layers.attention2d.MultiQueryAttention2d"
+SHMA = "timm.models.iformer.SHMA"  # iFormer's single-head modulation attention
+CLASSES = (MQA, SHMA)
 RMS_NORM = "timm.layers.norm.RmsNorm2d"  # (MobileNetV5's norm: x / sqrt(mean of x^2 over the channels + eps) x weight)
 
 
@@ -106,20 +111,48 @@ def read(m: Any, inp: tuple[int, ...]) -> dict[str, Any]:
 
 
 
+def _conv_norm(m: Any, cin: int, cout: int) -> bool:
+    """iFormer's ConvNorm: a 1x1 conv without bias and an affine batch norm with running statistics."""
+    conv, bn = getattr(m, "c", None), getattr(m, "bn", None)
+    return ([name for name, _ in m.named_children()] == ["c", "bn"] and _plain_1x1(conv, cin, cout)
+            and type(bn) is nn.BatchNorm2d and bn.num_features == cout and bn.affine and bn.track_running_stats)
+
+
+def read_shma(m: Any, inp: tuple[int, ...]) -> dict[str, Any]:
+    """multi_query_attention's arguments for iFormer's SHMA (timm/models/iformer.py) on a C x H x W input: one head,
+    q and k ConvNorm(C, C / r), v_gate ConvNorm(C, 2 mid) through a sigmoid and split in v and the gate, the
+    head's output times the gate, proj ConvNorm(mid, C)."""
+    if len(inp) != 3:
+        raise Unmapped("iFormer's SHMA on a tensor that is not a C x H x W grid")
+    c = inp[0]
+    if m.window_size:
+        raise Unmapped("iFormer's SHMA with window_size (its grid padded and cut into windows): archcalc's "
+                       "multi_query_attention attends over the whole grid")
+    key = int(m.q.c.out_channels) if isinstance(getattr(m.q, "c", None), nn.Conv2d) else 0
+    mid = int(m.proj.c.in_channels) if isinstance(getattr(m.proj, "c", None), nn.Conv2d) else 0
+    if not (key and mid and _conv_norm(m.q, c, key) and _conv_norm(m.k, c, key) and _conv_norm(m.v_gate, c, 2 * mid)
+            and _conv_norm(m.proj, mid, c)) or abs(float(m.scale) - key ** -0.5) > 1e-12:
+        raise Unmapped(f"iFormer's SHMA whose q, k, v_gate or proj are not 1x1 ConvNorms {c} -> {key}, {key}, "
+                       f"{2 * mid} and {mid} -> {c}, or whose scale is not key_dim^-1/2")
+    if type(m.gate_act) is not nn.Sigmoid or m.attn_drop.p:
+        raise Unmapped("iFormer's SHMA with another gate than a sigmoid, or with dropout")
+    return {"num_heads": 1, "key_dim": key, "value_dim": mid, "norm": "batchnorm", "gate": True}
+
+
 def convert(converter: Any, node: Any, m: Any, args: list[Any]) -> Any:
     """The traced call m(x) as one multi_query_attention op (trace.py's converter emits it)."""
     x: Any = args[0] if args else None
     if len(args) != 1 or node.kwargs or not hasattr(x, "shape") or getattr(x, "channels_last", False) \
             or isinstance(x.shape, Tokens):
-        raise Unmapped("timm's MultiQueryAttention2d called with other than one channels-first grid (no mask)")
-    a = read(m, tuple(x.shape))
+        raise Unmapped(f"timm's {type(m).__name__} called with other than one channels-first grid (no mask)")
+    a = (read_shma if _qualname(m) == SHMA else read)(m, tuple(x.shape))
     shape = (a.get("out_features", x.shape[0]), *x.shape[1:])
     if tuple(int(s) for s in converter.values[node].shape[1:]) != shape:
-        raise Unmapped(f"timm's MultiQueryAttention2d whose output is not the {list(shape)} of archcalc's "
+        raise Unmapped(f"timm's {type(m).__name__} whose output is not the {list(shape)} of archcalc's "
                        "multi_query_attention")
     trainable = any(p.requires_grad for p in m.parameters())
     return converter.emit(node, str(node.target).rsplit(".", 1)[-1], "multi_query_attention", None, a, [x], True,
                           shape=shape, trainable=trainable)
 
 
-__all__ = ["CLASSES", "convert", "read"]
+__all__ = ["CLASSES", "convert", "read", "read_shma"]
