@@ -479,7 +479,8 @@ def _multi_query_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callab
     def source(down: Any, c: tuple[torch.Tensor, ...]) -> torch.Tensor:
         if down is None:
             return x
-        y = F.conv2d(x, down.weight, stride=down.stride, padding=down.padding, groups=down.groups)
+        y = F.conv2d(F.pad(x, m.kv_pads) if m.kv_pads else x, down.weight, stride=down.stride,
+                     padding=down.padding, groups=down.groups)
         if len(c) == 1:  # an RMS norm: the square, the channels' sum and mean, eps, 1/rms, the two products
             return y * torch.rsqrt(torch.mean(y * y, dim=1, keepdim=True) + 1e-6) * c[0]
         return (y - c[0]) * c[1] * c[2] + c[3]

@@ -109,9 +109,6 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import Tensor.mul ... timm/models/csatv2.py:267": (  # 2
         "csatv2", "csatv2_21m",
     ),
-    "cannot import MultiQueryAttention2d ... TF-'same' ... timm/models/_efficientnet_blocks.py:604": (  # 1
-        "mobilenetv5_300m_enc",
-    ),
     "cannot import _operator.truediv ... timm/layers/non_local_attn.py:131": (  # 1
         "bat_resnext26ts",
     ),
@@ -121,7 +118,7 @@ FAILED: dict[str, tuple[str, ...]] = {
 }
 
 # The share of the hybrid set that imports exact (issue 30 asks for 90 %; see docs/export.md for what stops the rest).
-IMPORTED_COUNT = 180  # of 302: 59.6 %
+IMPORTED_COUNT = 181  # of 302: 59.9 %
 
 # Imported models fvcore's CPU run was not taken for (over 150 GMACs, and the MaxViTs over 25 GMACs: too slow on the 2
 # shared cores the data was made on); their other figures are checked, and fvcore's count of the same blocks on the
@@ -131,7 +128,8 @@ FVCORE_SKIPPED = {"vitamin_large_336", "vitamin_large2_336", "vitamin_large_384"
                   "maxvit_tiny_tf_512", "maxvit_small_tf_384", "maxvit_small_tf_512", "maxvit_base_tf_384",
                   "maxvit_base_tf_512", "maxvit_large_tf_224", "maxvit_large_tf_384", "maxvit_large_tf_512",
                   "maxvit_xlarge_tf_224", "maxvit_xlarge_tf_384", "maxvit_xlarge_tf_512", "maxvit_rmlp_base_rw_384",
-                  "maxxvitv2_rmlp_base_rw_384", "maxxvitv2_rmlp_large_rw_224", "mobilenetv5_300m"}
+                  "maxxvitv2_rmlp_base_rw_384", "maxxvitv2_rmlp_large_rw_224", "mobilenetv5_300m",
+                  "mobilenetv5_300m_enc"}
 
 
 def sdpa_fvcore(rec: dict) -> int:
@@ -205,4 +203,4 @@ def test_the_rate_in_the_docs() -> None:
     assert families == {"maxxvit": 34, "xcit": 28, "levit": 20, "vision_transformer_hybrid": 14, "vitamin": 13,
                         "byobnet": 9, "fastvit": 9, "pit": 8, "pvt_v2": 7, "edgenext": 5, "metaformer": 4,
                         "efficientformer": 3, "nextvit": 3, "twins": 3, "lowformer": 2, "visformer": 2,
-                        "efficientnet": 1, "mobilenetv3": 4, "mobilenetv5": 2, "iformer": 9}
+                        "efficientnet": 1, "mobilenetv3": 4, "mobilenetv5": 3, "iformer": 9}

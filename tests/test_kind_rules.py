@@ -368,6 +368,8 @@ def _multi_query_attention(a: Mapping[str, Any], i: tuple[int, ...], macs: int) 
         k, s = a["kv_kernel"], a["kv_stride"]
         pad = (s - 1 + k - 1) // 2
         keys = math.prod((w + 2 * pad - k) // s + 1 for w in i[1:])
+        if a["kv_padding"] == "same":  # TF's: ceil(W / s) outputs
+            keys = math.prod(-(-w // s) for w in i[1:])
     norms = 2 * c * keys if a["kv_stride"] > 1 else 0
     rms = 6 * keys if a["kv_stride"] > 1 and a["kv_norm"] == "rmsnorm" else 0
     value = a["value_dim"] or c // heads

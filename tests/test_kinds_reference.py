@@ -926,14 +926,15 @@ class _MultiQueryAttention(nn.Module):
     broadcast to every query head; the heads joined (B, N, heads, vd -> channels) and a 1x1 conv."""
 
     def __init__(self, c: int, heads: int, key: int, value: int, stride: int, kernel: int, out: int,
-                 norm: str, proj_norm: bool = False, gate: bool = False) -> None:
+                 norm: str, proj_norm: bool = False, gate: bool = False, same: bool = False) -> None:
         super().__init__()
         self.heads, self.key_dim, self.value_dim, self.gate = heads, key, value, gate
 
         def conv(cin: int, cout: int) -> nn.Module:  # (iFormer's ConvNorm with proj_norm)
             return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), *([nn.BatchNorm2d(cout)] if proj_norm else []))
 
-        pad = (stride - 1 + kernel - 1) // 2
+        pad = 0 if same else (stride - 1 + kernel - 1) // 2
+        self.same = (kernel, stride) if same and stride > 1 else None
         self.query = conv(c, heads * key)
         kv: list[nn.Module] = []
         for dim in (key, 2 * value if gate else value):
@@ -946,8 +947,13 @@ class _MultiQueryAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         q = self.query(x).reshape(b, self.heads, self.key_dim, h * w).transpose(-1, -2)  # B x heads x N x kd
-        k = self.key(x).flatten(2).transpose(1, 2).unsqueeze(1)  # B x 1 x M x kd
-        v = self.value(x)
+        kv_x = x
+        if self.same is not None:  # timm's Conv2dSame: (ceil(W / s) - 1) s + k - W, the smaller half before
+            kernel, stride = self.same
+            ph, pw = (max((math.ceil(t / stride) - 1) * stride + kernel - t, 0) for t in (h, w))
+            kv_x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        k = self.key(kv_x).flatten(2).transpose(1, 2).unsqueeze(1)  # B x 1 x M x kd
+        v = self.value(kv_x)
         if self.gate:  # iFormer's SHMA: v and the gate from one projection through a sigmoid
             v, gate = v.sigmoid().chunk(2, dim=1)
         v = v.flatten(2).transpose(1, 2).unsqueeze(1)
@@ -1031,7 +1037,8 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "psa_attention": lambda a, s: _PSAAttention(a["dim"], a["num_heads"], a["attn_ratio"]),
     "multi_query_attention": lambda a, s: _MultiQueryAttention(
         s[0], a["num_heads"], a["key_dim"] or s[0] // a["num_heads"], a["value_dim"] or s[0] // a["num_heads"],
-        a["kv_stride"], a["kv_kernel"], a["out_features"] or s[0], a["kv_norm"], a["norm"] == "batchnorm", a["gate"]),
+        a["kv_stride"], a["kv_kernel"], a["out_features"] or s[0], a["kv_norm"], a["norm"] == "batchnorm", a["gate"],
+        a["kv_padding"] == "same"),
     "window_attention": lambda a, s: _WindowAttention(s[1], s.grid, a["num_heads"],
                                                       tuple(_axes(a["window_size"], len(s.grid))),
                                                       tuple(_axes(a["shift_size"], len(s.grid))), a["bias"], a["v2"],

@@ -33,6 +33,18 @@ class RmsNorm2d(nn.Module):
         return x * torch.rsqrt(v + self.eps) * self.weight.reshape(1, -1, 1, 1)
 
 
+class Conv2dSame(nn.Conv2d):
+    """timm's Conv2dSame (timm/layers/conv2d_same.py): TF-'same' padding from the input's size, (ceil(W / s) - 1) s +
+    k - W in all, the smaller half before, then the conv without padding."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size, k, s in zip(reversed(x.shape[2:]), reversed(self.kernel_size), reversed(self.stride)):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
 class MultiQueryAttention2d(nn.Module):
     """The structure of timm's MultiQueryAttention2d (timm/layers/attention2d.py), its math path: q a 1x1 conv
     (C -> heads x key_dim), k and v each (a depthwise conv of stride kv_stride and a norm, then) a 1x1 conv to one
@@ -40,7 +52,7 @@ class MultiQueryAttention2d(nn.Module):
 
     def __init__(self, dim: int, dim_out: int, num_heads: int, key_dim: int, value_dim: int, kv_stride: int = 1,
                  norm: type = nn.BatchNorm2d, query_strides: int = 1, proj_drop: float = 0.0,
-                 dw_padding: int = 1) -> None:
+                 dw_padding: int = 1, same: bool = False) -> None:
         super().__init__()
         self.num_heads, self.key_dim, self.value_dim = num_heads, key_dim, value_dim
         self.query_strides = (query_strides, query_strides)
@@ -53,7 +65,8 @@ class MultiQueryAttention2d(nn.Module):
         for name, out in (("key", key_dim), ("value", value_dim)):
             seq = nn.Sequential()
             if kv_stride > 1:
-                seq.add_module("down_conv", nn.Conv2d(dim, dim, 3, kv_stride, dw_padding, groups=dim, bias=False))
+                seq.add_module("down_conv", Conv2dSame(dim, dim, 3, kv_stride, 0, groups=dim, bias=False) if same
+                               else nn.Conv2d(dim, dim, 3, kv_stride, dw_padding, groups=dim, bias=False))
                 seq.add_module("norm", norm(dim))
             seq.add_module("proj", nn.Conv2d(dim, out, 1, bias=False))
             setattr(self, name, seq)
@@ -112,6 +125,7 @@ class SHMA(nn.Module):
 # timm's qualified names: what archcalc's importer recognises
 MultiQueryAttention2d.__module__ = "timm.layers.attention2d"
 RmsNorm2d.__module__ = "timm.layers.norm"
+Conv2dSame.__module__ = "timm.layers.conv2d_same"
 SHMA.__module__ = "timm.models.iformer"
 
 
@@ -123,6 +137,8 @@ CASES = [
     ({"dim_out": 24, "num_heads": 4, "key_dim": 8, "value_dim": 8}, (3, 6, 6)),
     ({"dim_out": 24, "num_heads": 4, "key_dim": 8, "value_dim": 6, "kv_stride": 2}, (3, 8, 6)),
     ({"dim_out": 32, "num_heads": 3, "key_dim": 5, "value_dim": 7, "kv_stride": 2, "norm": RmsNorm2d}, (3, 7, 9)),
+    ({"dim_out": 24, "num_heads": 2, "key_dim": 6, "value_dim": 5, "kv_stride": 2, "norm": RmsNorm2d, "same": True},
+     (3, 8, 7)),  # (MobileNetV5-300M's encoder: TF-'same' padding, 0 before and 1 after on 8)
 ]
 
 
@@ -151,6 +167,9 @@ def test_the_imported_arguments() -> None:
     text = from_module(_block(**CASES[2][0]), (3, 7, 9), "mqa").text  # type: ignore[arg-type]
     assert ("multi_query_attention: {num_heads: 3, key_dim: 5, value_dim: 7, kv_stride: 2, kv_norm: rmsnorm, "
             "out_features: 32") in text
+    text = from_module(_block(**CASES[3][0]), (3, 8, 7), "mqa").text  # type: ignore[arg-type]
+    assert ("multi_query_attention: {num_heads: 2, key_dim: 6, value_dim: 5, kv_stride: 2, kv_norm: rmsnorm, "
+            "kv_padding: same") in text
 
 
 @pytest.mark.parametrize(("kwargs", "why"), [
@@ -180,22 +199,24 @@ def test_mobilenetv4_hybrid_medium_block_by_hand() -> None:
     assert list(t.output) == [160, 16, 16]
 
 
-def test_the_built_module_is_timms_function() -> None:
+@pytest.mark.parametrize(("same", "grid"), [(False, (7, 9)), (True, (8, 7))])
+def test_the_built_module_is_timms_function(same: bool, grid: tuple[int, int]) -> None:
     """archcalc's module (the heads' queries as the rows of one matrix) computes what timm's does, weights copied
-    in order."""
+    in order; with TF-'same' padding too (more after than before on an even side)."""
     from archcalc.core.kinds import REGISTRY
     from archcalc.torch.recipes import module_call
 
     kind = REGISTRY["multi_query_attention"]
     a = {arg.name: arg.default for arg in kind.args} | {"num_heads": 3, "key_dim": 5, "value_dim": 7,
-                                                        "kv_stride": 2, "out_features": 32, "kv_norm": "rmsnorm"}
-    built = module_call(kind, a, (24, 7, 9)).make().eval()
-    timm_like = MultiQueryAttention2d(24, 32, 3, 5, 7, kv_stride=2, norm=RmsNorm2d).eval()
+                                                        "kv_stride": 2, "out_features": 32, "kv_norm": "rmsnorm",
+                                                        "kv_padding": "same" if same else "symmetric"}
+    built = module_call(kind, a, (24, *grid)).make().eval()
+    timm_like = MultiQueryAttention2d(24, 32, 3, 5, 7, kv_stride=2, norm=RmsNorm2d, same=same).eval()
     with torch.no_grad():
         for mine, theirs in zip(built.parameters(), timm_like.parameters(), strict=True):
             theirs.uniform_(-0.5, 0.5)
             mine.copy_(theirs)
-        x = torch.randn(2, 24, 7, 9)
+        x = torch.randn(2, 24, *grid)
         torch.testing.assert_close(built(x), timm_like(x))
         assert F.mse_loss(built(x), timm_like(x)).item() < 1e-10
 

@@ -1180,7 +1180,7 @@ class MultiQueryAttention(nn.Module):
 
     def __init__(self, channels: int, num_heads: int, key_dim: int, value_dim: int, kv_stride: int = 1,
                  kv_kernel: int = 3, out_features: int = 0, kv_norm: str = "batchnorm", norm: str = "none",
-                 gate: bool = False) -> None:
+                 gate: bool = False, kv_pads: Sequence[Sequence[int]] = ()) -> None:
         super().__init__()
         self.num_heads, self.key_dim, self.value_dim = num_heads, key_dim, value_dim
         self.kv_stride, self.gate = kv_stride, gate
@@ -1189,6 +1189,10 @@ class MultiQueryAttention(nn.Module):
         self.query = nn.Conv2d(channels, num_heads * key_dim, 1, bias=False)
         self.query_norm = nn.BatchNorm2d(num_heads * key_dim) if normed else nn.Identity()
         pad = ((kv_stride - 1) + (kv_kernel - 1)) // 2  # timm's symmetric default (create_conv2d, padding '')
+        # TF-'same' (timm's Conv2dSame): F.pad's (left, right, top, bottom) before the conv, which pads nothing
+        self.kv_pads = tuple(p for before_after in reversed(tuple(kv_pads)) for p in before_after)
+        if kv_pads:
+            pad = 0
         self.key_down: nn.Module | None = None
         self.value_down: nn.Module | None = None
         if kv_stride > 1:
@@ -1214,10 +1218,16 @@ class MultiQueryAttention(nn.Module):
         # per head, its positions' queries as rows: B x (h N) x kd (a copy), scaled in place
         qs = q.view(b, h, kd, n).transpose(-1, -2).contiguous().mul_(kd ** -0.5).view(b, h * n, kd)
         del q
-        kx = self.key_norm(self.key_down(x)) if self.key_down is not None else x
+        if self.key_down is not None and any(self.kv_pads):
+            kx = self.key_norm(self.key_down(F.pad(x, self.kv_pads)))
+        else:
+            kx = self.key_norm(self.key_down(x)) if self.key_down is not None else x
         k = self.key_proj_norm(self.key(kx)).flatten(2)  # B x kd x M
         del kx
-        vx = self.value_norm(self.value_down(x)) if self.value_down is not None else x
+        if self.value_down is not None and any(self.kv_pads):
+            vx = self.value_norm(self.value_down(F.pad(x, self.kv_pads)))
+        else:
+            vx = self.value_norm(self.value_down(x)) if self.value_down is not None else x
         v = self.value_proj_norm(self.value(vx))
         del vx
         gate = None

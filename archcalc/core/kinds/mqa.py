@@ -35,6 +35,21 @@ def kv_padding(kernel: int, stride: int) -> int:
     return ((stride - 1) + (kernel - 1)) // 2
 
 
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TF-'same' padding of one axis (timm's Conv2dSame, pad_same): (ceil(W / s) - 1) s + k - W in all, at least 0,
+    the smaller half before."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def kv_pads(a: Mapping[str, Any], grid: Shape) -> tuple[tuple[int, int], ...]:
+    """The depthwise conv's padding per spatial axis (before, after)."""
+    k, s = a["kv_kernel"], a["kv_stride"]
+    if a["kv_padding"] == "same":
+        return tuple(same_pads(w, k, s) for w in grid)
+    return tuple((kv_padding(k, s),) * 2 for _ in grid)
+
+
 @register
 class MultiQueryAttention(Kind):
     name = "multi_query_attention"
@@ -69,6 +84,9 @@ class MultiQueryAttention(Kind):
         Arg("kv_norm", "str", "batchnorm", "the norm after each depthwise conv, with kv_stride > 1: 'batchnorm' "
             "(MobileNetV4's) or 'rmsnorm' (MobileNetV5's RmsNorm2d: x / sqrt(mean of x^2 over the channels + "
             "1e-6) x weight)", choices=("batchnorm", "rmsnorm")),
+        Arg("kv_padding", "str", "symmetric", "the depthwise conv's padding: 'symmetric', ((s - 1) + (k - 1)) // 2 on "
+            "each side (timm's default); 'same', TF's (timm's Conv2dSame: (ceil(W / s) - 1) s + k - W in all, the "
+            "smaller half before; the grid padded as a copy first)", choices=("symmetric", "same")),
         Arg("out_features", "int", 0, "the output projection's channels (0: C)", aliases=("out",), minimum=0),
         Arg("norm", "str", "none", "'batchnorm': a batch norm after each 1x1 conv projection, q's, k's, v's and the "
             "output's (iFormer's ConvNorm); with kv_stride 1", choices=("none", "batchnorm")),
@@ -85,6 +103,9 @@ class MultiQueryAttention(Kind):
         Example((8, 5, 4), {"num_heads": 1, "key_dim": 4, "value_dim": 8, "norm": "batchnorm", "gate": True}),
         Example((6, 4, 4), {"num_heads": 2, "key_dim": 3, "value_dim": 2, "norm": "batchnorm", "out_features": 5}),
         Example((6, 3, 5), {"num_heads": 1, "key_dim": 2, "value_dim": 5, "gate": True}),
+        Example((6, 6, 5), {"num_heads": 2, "key_dim": 3, "value_dim": 4, "kv_stride": 2, "kv_padding": "same",
+                            "kv_norm": "rmsnorm"}),
+        Example((4, 4, 4), {"num_heads": 2, "key_dim": 2, "value_dim": 3, "kv_stride": 2, "kv_padding": "same"}),
     )
 
     @staticmethod
@@ -95,8 +116,7 @@ class MultiQueryAttention(Kind):
         n = numel(inp[1:])
         s, k = a["kv_stride"], a["kv_kernel"]
         if s > 1:
-            p = kv_padding(k, s)
-            m = numel(tuple((w + 2 * p - k) // s + 1 for w in inp[1:]))
+            m = numel(tuple((w + sum(p) - k) // s + 1 for w, p in zip(inp[1:], kv_pads(a, inp[1:]))))
         else:
             m = n
         return c, h, kd, vd, a["out_features"] or c, n, m
@@ -109,8 +129,7 @@ class MultiQueryAttention(Kind):
             raise LayerError(f"multi_query_attention: {c} channels are not divisible by num_heads {h}; give "
                              "key_dim and value_dim")
         if a["kv_stride"] > 1:
-            p = kv_padding(a["kv_kernel"], a["kv_stride"])
-            if any(w + 2 * p < a["kv_kernel"] for w in inp[1:]):
+            if any(w + sum(p) < a["kv_kernel"] for w, p in zip(inp[1:], kv_pads(a, inp[1:]))):
                 raise LayerError(f"multi_query_attention: kv_kernel {a['kv_kernel']} is larger than the padded grid "
                                  f"{'x'.join(map(str, inp[1:]))}")
             if a["norm"] != "none" or a["gate"]:
@@ -184,7 +203,7 @@ class MultiQueryAttention(Kind):
         strided, rms = a["kv_stride"] > 1, a["kv_norm"] == "rmsnorm"
         path = (3 * m * c + m if rms else 2 * m * c) if strided else 0
         g = 2 if a["gate"] else 1
-        extra = h * n * kd + kd * m + h * n * m + g * vd * m + h * vd * n + 2 * path
+        extra = h * n * kd + kd * m + h * n * m + g * vd * m + h * vd * n + 2 * path + 2 * self.padded(a, inp)
         if a["gate"]:
             extra += vd * n
         stats = 4 * c if strided and not rms else 0
@@ -212,9 +231,23 @@ class MultiQueryAttention(Kind):
         if a["kv_stride"] > 1:
             norm = 3 * m * c + m if a["kv_norm"] == "rmsnorm" else 2 * m * c
             moments += [q + norm, q + m * c + kd * m, q + kd * m + norm, q + kd * m + m * c + vd * m]
+            padded = self.padded(a, inp)
+            if padded:  # TF-'same': each path's padded copy beside the depthwise conv's output
+                moments += [q + padded + m * c, q + kd * m + padded + m * c]
         else:
             moments.append(q + kd * m + (2 if gate or norm == 2 else 1) * big_v)
         return ((max(moments) - d * n, ACTIVATION),)
+
+    @staticmethod
+    def padded(a: Mapping[str, Any], inp: Shape) -> int:
+        """With kv_padding 'same' and some padding: the padded copy of the grid each path's depthwise conv reads
+        (and keeps), C x H_p x W_p; else 0 (the conv pads itself, or nothing)."""
+        if a["kv_stride"] == 1 or a["kv_padding"] != "same":
+            return 0
+        pads = kv_pads(a, inp[1:])
+        if not any(b or e for b, e in pads):
+            return 0
+        return inp[0] * numel(tuple(w + b + e for w, (b, e) in zip(inp[1:], pads)))
 
     def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> list[RFStep]:
         return [RFStep(whole=True)] * (len(inp) - 1)  # every position attends to every (reduced) key
@@ -226,4 +259,4 @@ class MultiQueryAttention(Kind):
         return f"{h} heads of q {kd}, one k {kd} / v {vd}{kv}{extra}"
 
 
-__all__ = ["MultiQueryAttention", "kv_padding"]
+__all__ = ["MultiQueryAttention", "kv_padding", "kv_pads", "same_pads"]

@@ -3,7 +3,8 @@ tracer and read as archcalc's `multi_query_attention` after checking every submo
 computes:
 
     query = Sequential(proj: Conv2d(C, heads x key_dim, 1, bias=False))                    (no query stride)
-    key   = Sequential([down_conv: depthwise Conv2d(C, C, k, kv_stride), norm: BatchNorm2d(C) or RmsNorm2d(C)],
+    key   = Sequential([down_conv: depthwise Conv2d(C, C, k, kv_stride) (or Conv2dSame: kv_padding same),
+                        norm: BatchNorm2d(C) or RmsNorm2d(C)],
                        proj: Conv2d(C, key_dim, 1, bias=False))                               (the [...] with kv_stride)
     value = the same, to value_dim
     output = Sequential(proj: Conv2d(heads x value_dim, D, 1, bias=False), drop)             (no upsampling)
@@ -11,8 +12,8 @@ computes:
 called as m(x) on a C x H x W grid; and iFormer's SHMA (timm/models/iformer.py), single-head attention whose q, k and
 v projections are 1x1 ConvNorms (a conv and a batch norm), v's twice as wide through a sigmoid and split into v and
 a gate that multiplies the head's output before the output ConvNorm: `norm: batchnorm, gate: true`. Anything
-else (a query stride with its pool and upsampling, a norm other than batch norm or timm's RmsNorm2d, 'same'
-padding, dropout, iFormer's windows) is refused with the reason."""
+else (a query stride with its pool and upsampling, a norm other than batch norm or timm's RmsNorm2d, dropout,
+iFormer's windows) is refused with the reason."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from archcalc.torch.recipes import Unmapped
 MQA = "timm.layers.attention2d.MultiQueryAttention2d"
 SHMA = "timm.models.iformer.SHMA"  # iFormer's single-head modulation attention
 CLASSES = (MQA, SHMA)
+CONV2D_SAME = "timm.layers.conv2d_same.Conv2dSame"  # (TF-'same' padding: F.pad by the input's size, then the conv)
 RMS_NORM = "timm.layers.norm.RmsNorm2d"  # (MobileNetV5's norm: x / sqrt(mean of x^2 over the channels + eps) x weight)
 
 
@@ -40,9 +42,9 @@ def _plain_1x1(m: Any, cin: int, cout: int) -> bool:
             and m.groups == 1 and m.bias is None)
 
 
-def _source(seq: Any, c: int, dim: int, stride: int, what: str) -> tuple[int, str]:
-    """The kernel of the depthwise conv of k's or v's path and its norm (0 and '' without kv_stride), after checking
-    the path."""
+def _source(seq: Any, c: int, dim: int, stride: int, what: str) -> tuple[int, str, bool]:
+    """The kernel of the depthwise conv of k's or v's path, its norm and whether it pads TF-'same' (0, '' and False
+    without kv_stride), after checking the path."""
     names = [name for name, _ in seq.named_children()]
     if not _plain_1x1(getattr(seq, "proj", None), c, dim):
         raise Unmapped(f"timm's MultiQueryAttention2d whose {what} projection is not a 1x1 conv {c} -> {dim} "
@@ -50,25 +52,24 @@ def _source(seq: Any, c: int, dim: int, stride: int, what: str) -> tuple[int, st
     if stride == 1:
         if names != ["proj"]:
             raise Unmapped(f"timm's MultiQueryAttention2d with more than a 1x1 conv on {what}'s path and no kv_stride")
-        return 0, ""
+        return 0, "", False
     down: Any = getattr(seq, "down_conv", None)
     norm: Any = getattr(seq, "norm", None)
-    if _qualname(down) == "timm.layers.conv2d_same.Conv2dSame":
-        raise Unmapped(f"timm's MultiQueryAttention2d whose {what} depthwise conv pads TF-'same' (timm's Conv2dSame, "
-                       "padding computed from the input: more after than before); archcalc's multi_query_attention "
-                       "pads ((s - 1) + (k - 1)) // 2 on each side")
+    same = _qualname(down) == CONV2D_SAME  # TF-'same' padding, computed from the input (the conv pads nothing)
     k = int(down.kernel_size[0]) if isinstance(down, nn.Conv2d) else 0
-    if (names != ["down_conv", "norm", "proj"] or type(down) is not nn.Conv2d or down.in_channels != c
+    if (names != ["down_conv", "norm", "proj"] or (type(down) is not nn.Conv2d and not same) or down.in_channels != c
             or down.out_channels != c or down.groups != c or tuple(down.kernel_size) != (k, k)
             or tuple(down.stride) != (stride, stride) or tuple(down.dilation) != (1, 1) or down.bias is not None
-            or down.padding_mode != "zeros" or tuple(down.padding) != (kv_padding(k, stride),) * 2):
+            or down.padding_mode != "zeros"
+            or tuple(down.padding) != ((0, 0) if same else (kv_padding(k, stride),) * 2)):
         raise Unmapped(f"timm's MultiQueryAttention2d whose {what} path is not a depthwise conv of stride {stride} "
-                       "(symmetric padding ((s - 1) + (k - 1)) // 2, no bias), a norm and a 1x1 conv")
+                       "(symmetric padding ((s - 1) + (k - 1)) // 2 or timm's Conv2dSame, no bias), a norm and a 1x1 "
+                       "conv")
     if type(norm) is nn.BatchNorm2d and norm.num_features == c and norm.affine and norm.track_running_stats:
-        return k, "batchnorm"
+        return k, "batchnorm", same
     weight = getattr(norm, "weight", None)
     if _qualname(norm) == RMS_NORM and tuple(norm.normalized_shape) == (c,) and weight is not None:
-        return k, "rmsnorm"
+        return k, "rmsnorm", same
     raise Unmapped(f"timm's MultiQueryAttention2d whose {what} norm is {type(norm).__name__}, not an affine "
                    "BatchNorm2d with running statistics or an RmsNorm2d with its weight (archcalc's "
                    "multi_query_attention)")
@@ -99,11 +100,13 @@ def read(m: Any, inp: tuple[int, ...]) -> dict[str, Any]:
     args: dict[str, Any] = {"num_heads": heads, "key_dim": key, "value_dim": value}
     if stride > 1:
         args["kv_stride"] = stride
-        kernel, norm = kernels.pop()
+        kernel, norm, same = kernels.pop()
         if kernel != 3:
             args["kv_kernel"] = kernel
         if norm != "batchnorm":
             args["kv_norm"] = norm
+        if same:
+            args["kv_padding"] = "same"
     if out.out_channels != c:
         args["out_features"] = int(out.out_channels)
     return args
