@@ -425,6 +425,7 @@ FORMULAS: dict[str, Formula] = {
     "upsample": _upsample,
     "dfl": lambda x, a, m: _dfl(x, a, m),
     "psa_attention": lambda x, a, m: _psa_attention(x, a, m),
+    "multi_query_attention": lambda x, a, m: _multi_query_attention(x, a, m),
 }
 
 
@@ -466,6 +467,56 @@ def _psa_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], t
                            groups=c), pe_bn)
         y = torch.cat(outs).view(1, c, h, w) + pe
         return norm(F.conv2d(y, m.proj.conv.weight), proj_bn)
+    return run
+
+
+def _multi_query_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    # timm's MultiQueryAttention2d one head at a time with plain matrix products against the one key and value
+    # head; each batch norm from its running statistics (1 / std a constant of the model, prepared here)
+    def constants(bn: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(_channel(t, x) for t in (bn.running_mean, (bn.running_var + bn.eps).rsqrt(), bn.weight,
+                                             bn.bias))
+
+    def source(down: Any, c: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if down is None:
+            return x
+        y = F.conv2d(F.pad(x, m.kv_pads) if m.kv_pads else x, down.weight, stride=down.stride,
+                     padding=down.padding, groups=down.groups)
+        if len(c) == 1:  # an RMS norm: the square, the channels' sum and mean, eps, 1/rms, the two products
+            return y * torch.rsqrt(torch.mean(y * y, dim=1, keepdim=True) + 1e-6) * c[0]
+        return (y - c[0]) * c[1] * c[2] + c[3]
+
+    with torch.no_grad():  # small scores, so the textbook softmax (no maximum subtracted) stays finite
+        m.query.weight.mul_(0.1)
+    heads, key, value = m.num_heads, m.key_dim, m.value_dim
+    _, _, h, w = x.shape
+    def norm_constants(norm: Any) -> tuple[torch.Tensor, ...]:
+        return constants(norm) if isinstance(norm, torch.nn.BatchNorm2d) else (_channel(norm.weight, x),)
+
+    projected = {id(bn): constants(bn) for bn in (m.query_norm, m.key_proj_norm, m.value_proj_norm, m.out_norm)
+                 if isinstance(bn, torch.nn.BatchNorm2d)}
+
+    def proj(t: torch.Tensor, conv: Any, norm: Any) -> torch.Tensor:  # a 1x1 conv (and iFormer's batch norm)
+        y = F.conv2d(t, conv.weight)
+        if id(norm) in projected:
+            c = projected[id(norm)]
+            y = (y - c[0]) * c[1] * c[2] + c[3]
+        return y
+
+    key_bn, value_bn = ((norm_constants(m.key_norm), norm_constants(m.value_norm)) if m.key_down is not None
+                        else ((), ()))
+
+    def run() -> torch.Tensor:
+        q = proj(x, m.query, m.query_norm).view(heads, key, h * w)
+        k = proj(source(m.key_down, key_bn), m.key, m.key_proj_norm).view(key, -1)
+        v = proj(source(m.value_down, value_bn), m.value, m.value_proj_norm).view(-1, h * w if m.gate else k.shape[1])
+        if m.gate:  # the sigmoid as 1 / (1 + exp(-x)): exp, add, reciprocal (as `sigmoid`'s formula here)
+            v = (1 + torch.exp(-v)).reciprocal()
+        gate = v[value:].reshape(1, value, h, w) if m.gate else None
+        v = v[:value]
+        outs = [torch.mm(v, _softmax(torch.mm((q[i] * key ** -0.5).t(), k), 1).t()) for i in range(heads)]
+        joined = torch.cat(outs).view(1, heads * value, h, w)
+        return proj(joined * gate if gate is not None else joined, m.out, m.out_norm)
     return run
 
 

@@ -274,6 +274,7 @@ FULL: dict[str, Rule] = {
     # softmax over each side's bins (3 per element) and the 1x1 conv's 2 per MAC (reg_max MACs per output)
     "dfl": lambda a, i, o, m: 3 * n(i) + 2 * a["reg_max"] * n(o),
     "psa_attention": lambda a, i, o, m: _psa_attention(a, i, m),
+    "multi_query_attention": lambda a, i, o, m: _multi_query_attention(a, i, m),
     "window_attention": lambda a, i, o, m: _window_attention(a, i, m),
     "patch_merging": lambda a, i, o, m: 0,
     "pooled_attention": lambda a, i, o, m: _pooled_attention(a, i, o, m),
@@ -374,6 +375,31 @@ def _kv(i: Any, kk: tuple[int, ...], sk: tuple[int, ...]) -> list[int]:
 
 def _tuple(v: Any, i: Any) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, tuple) else (v,) * len(i.grid)
+
+
+def _multi_query_attention(a: Mapping[str, Any], i: tuple[int, ...], macs: int) -> int:
+    """2 per MAC; one multiplication by the scale per element of q (heads x key_dim x N), 3 per attention weight
+    (heads x N x M) and, with kv_stride, 4 per element of each of the two batch norms (C x M); RMS norms 4 per
+    element and 3 per position (rmsnorm's rule); with norm, 4 per element of each projection's batch norm (q's,
+    k's, v's and the output's); with the gate, the sigmoid's 3 per element of v's projection (twice value_dim
+    channels) and the gate's product (value_dim x N)."""
+    c, heads, positions = i[0], a["num_heads"], n(i[1:])
+    key = a["key_dim"] or c // heads
+    keys = positions
+    if a["kv_stride"] > 1:
+        k, s = a["kv_kernel"], a["kv_stride"]
+        pad = (s - 1 + k - 1) // 2
+        keys = math.prod((w + 2 * pad - k) // s + 1 for w in i[1:])
+        if a["kv_padding"] == "same":  # TF's: ceil(W / s) outputs
+            keys = math.prod(-(-w // s) for w in i[1:])
+    norms = 2 * c * keys if a["kv_stride"] > 1 else 0
+    rms = 6 * keys if a["kv_stride"] > 1 and a["kv_norm"] == "rmsnorm" else 0
+    value = a["value_dim"] or c // heads
+    widths = (2 if a["gate"] else 1) * value
+    if a["norm"] == "batchnorm":
+        norms += heads * key * positions + key * keys + widths * keys + (a["out_features"] or c) * positions
+    gate = 3 * widths * keys + value * positions if a["gate"] else 0
+    return 2 * macs + heads * key * positions + 3 * heads * positions * keys + 4 * norms + rms + gate
 
 
 def _psa_attention(a: Mapping[str, Any], i: tuple[int, ...], macs: int) -> int:

@@ -949,6 +949,60 @@ class _PSAAttention(nn.Module):
         return self.proj(x)
 
 
+class _RmsNorm2d(nn.Module):
+    """timm's RmsNorm2d (eps 1e-6): each position's channels divided by their root mean square, times a weight."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + 1e-6) * self.weight.view(1, -1, 1, 1)
+
+
+class _MultiQueryAttention(nn.Module):
+    """timm's MultiQueryAttention2d (timm/layers/attention2d.py) on its math path, written from its description:
+    q a 1x1 conv to heads x key_dim; k and v each a 1x1 conv of the grid, or (kv_stride > 1) of the grid through a
+    depthwise conv (padding ((s - 1) + (k - 1)) // 2) and a batch norm of their own; one key and value head
+    broadcast to every query head; the heads joined (B, N, heads, vd -> channels) and a 1x1 conv."""
+
+    def __init__(self, c: int, heads: int, key: int, value: int, stride: int, kernel: int, out: int,
+                 norm: str, proj_norm: bool = False, gate: bool = False, same: bool = False) -> None:
+        super().__init__()
+        self.heads, self.key_dim, self.value_dim, self.gate = heads, key, value, gate
+
+        def conv(cin: int, cout: int) -> nn.Module:  # (iFormer's ConvNorm with proj_norm)
+            return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), *([nn.BatchNorm2d(cout)] if proj_norm else []))
+
+        pad = 0 if same else (stride - 1 + kernel - 1) // 2
+        self.same = (kernel, stride) if same and stride > 1 else None
+        self.query = conv(c, heads * key)
+        kv: list[nn.Module] = []
+        for dim in (key, 2 * value if gate else value):
+            normed = nn.BatchNorm2d(c) if norm == "batchnorm" else _RmsNorm2d(c)
+            down = [nn.Conv2d(c, c, kernel, stride, pad, groups=c, bias=False), normed] if stride > 1 else []
+            kv.append(nn.Sequential(*down, conv(c, dim)))
+        self.key, self.value = kv
+        self.out = conv(heads * value, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        q = self.query(x).reshape(b, self.heads, self.key_dim, h * w).transpose(-1, -2)  # B x heads x N x kd
+        kv_x = x
+        if self.same is not None:  # timm's Conv2dSame: (ceil(W / s) - 1) s + k - W, the smaller half before
+            kernel, stride = self.same
+            ph, pw = (max((math.ceil(t / stride) - 1) * stride + kernel - t, 0) for t in (h, w))
+            kv_x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        k = self.key(kv_x).flatten(2).transpose(1, 2).unsqueeze(1)  # B x 1 x M x kd
+        v = self.value(kv_x)
+        if self.gate:  # iFormer's SHMA: v and the gate from one projection through a sigmoid
+            v, gate = v.sigmoid().chunk(2, dim=1)
+        v = v.flatten(2).transpose(1, 2).unsqueeze(1)
+        attn = ((q * self.key_dim ** -0.5) @ k.transpose(-1, -2)).softmax(dim=-1)
+        o = (attn @ v).transpose(1, 2).reshape(b, h, w, self.heads * self.value_dim).permute(0, 3, 1, 2)
+        return self.out(o * gate if self.gate else o)
+
+
 REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = {
     "adaptive_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(a["output_size"]),
     "adaptive_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(a["output_size"]),
@@ -1024,6 +1078,10 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
         2, (-1, a["block_size"])).permute(0, 3, 5, 1, 2, 4).flatten(1, 3)),
     "prelu": lambda a, s: nn.PReLU(a["num_parameters"], a["init"]),
     "psa_attention": lambda a, s: _PSAAttention(a["dim"], a["num_heads"], a["attn_ratio"]),
+    "multi_query_attention": lambda a, s: _MultiQueryAttention(
+        s[0], a["num_heads"], a["key_dim"] or s[0] // a["num_heads"], a["value_dim"] or s[0] // a["num_heads"],
+        a["kv_stride"], a["kv_kernel"], a["out_features"] or s[0], a["kv_norm"], a["norm"] == "batchnorm", a["gate"],
+        a["kv_padding"] == "same"),
     "window_attention": lambda a, s: _WindowAttention(s[1], s.grid, a["num_heads"],
                                                       tuple(_axes(a["window_size"], len(s.grid))),
                                                       tuple(_axes(a["shift_size"], len(s.grid))), a["bias"], a["v2"],

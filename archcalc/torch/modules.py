@@ -1285,3 +1285,83 @@ class LinearAttention(nn.Module):
         kv = k.transpose(-1, -2) @ v
         out = q @ kv
         return out[..., :-1] / (out[..., -1:] + self.eps)
+
+
+class MultiQueryAttention(nn.Module):
+    """Multi-query attention on a B x C x H x W grid (MobileNetV4's Mobile MQA; timm's MultiQueryAttention2d, its
+    submodules in the same order and the heads laid out alike): q = 1x1 conv (C -> h kd); k and v each a 1x1 conv
+    (C -> kd, C -> vd) of the grid, or with kv_stride of the grid through a depthwise conv and a batch norm of their
+    own (MobileNetV5: an RMS norm); every query head attends over the one key and value head; the heads joined
+    and projected by a 1x1 conv.
+    Written out as torch's math path: the h heads' queries as the rows of one matrix (h N x kd), so Q K^T and A V
+    are one bmm each (counted by FlopCounterMode and fvcore), each temporary freed as soon as it is read."""
+
+    def __init__(self, channels: int, num_heads: int, key_dim: int, value_dim: int, kv_stride: int = 1,
+                 kv_kernel: int = 3, out_features: int = 0, kv_norm: str = "batchnorm", norm: str = "none",
+                 gate: bool = False, kv_pads: Sequence[Sequence[int]] = ()) -> None:
+        super().__init__()
+        self.num_heads, self.key_dim, self.value_dim = num_heads, key_dim, value_dim
+        self.kv_stride, self.gate = kv_stride, gate
+        # (iFormer's ConvNorm: a batch norm after each projection; its gate: v's projection twice as wide)
+        normed = norm == "batchnorm"
+        self.query = nn.Conv2d(channels, num_heads * key_dim, 1, bias=False)
+        self.query_norm = nn.BatchNorm2d(num_heads * key_dim) if normed else nn.Identity()
+        pad = ((kv_stride - 1) + (kv_kernel - 1)) // 2  # timm's symmetric default (create_conv2d, padding '')
+        # TF-'same' (timm's Conv2dSame): F.pad's (left, right, top, bottom) before the conv, which pads nothing
+        self.kv_pads = tuple(p for before_after in reversed(tuple(kv_pads)) for p in before_after)
+        if kv_pads:
+            pad = 0
+        self.key_down: nn.Module | None = None
+        self.value_down: nn.Module | None = None
+        if kv_stride > 1:
+            self.key_down = nn.Conv2d(channels, channels, kv_kernel, kv_stride, pad, groups=channels, bias=False)
+            self.key_norm = nn.BatchNorm2d(channels) if kv_norm == "batchnorm" else RMSNorm(channels, 2, 1e-6, True,
+                                                                                           "mean_square")
+        self.key = nn.Conv2d(channels, key_dim, 1, bias=False)
+        self.key_proj_norm = nn.BatchNorm2d(key_dim) if normed else nn.Identity()
+        if kv_stride > 1:
+            self.value_down = nn.Conv2d(channels, channels, kv_kernel, kv_stride, pad, groups=channels, bias=False)
+            self.value_norm = nn.BatchNorm2d(channels) if kv_norm == "batchnorm" else RMSNorm(channels, 2, 1e-6,
+                                                                                               True, "mean_square")
+        self.value = nn.Conv2d(channels, (2 if gate else 1) * value_dim, 1, bias=False)
+        self.value_proj_norm = nn.BatchNorm2d(self.value.out_channels) if normed else nn.Identity()
+        self.out = nn.Conv2d(num_heads * value_dim, out_features or channels, 1, bias=False)
+        self.out_norm = nn.BatchNorm2d(self.out.out_channels) if normed else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, hh, ww = x.shape
+        h, kd, vd = self.num_heads, self.key_dim, self.value_dim
+        n = hh * ww
+        q = self.query_norm(self.query(x))
+        # per head, its positions' queries as rows: B x (h N) x kd (a copy), scaled in place
+        qs = q.view(b, h, kd, n).transpose(-1, -2).contiguous().mul_(kd ** -0.5).view(b, h * n, kd)
+        del q
+        if self.key_down is not None and any(self.kv_pads):
+            kx = self.key_norm(self.key_down(F.pad(x, self.kv_pads)))
+        else:
+            kx = self.key_norm(self.key_down(x)) if self.key_down is not None else x
+        k = self.key_proj_norm(self.key(kx)).flatten(2)  # B x kd x M
+        del kx
+        if self.value_down is not None and any(self.kv_pads):
+            vx = self.value_norm(self.value_down(F.pad(x, self.kv_pads)))
+        else:
+            vx = self.value_norm(self.value_down(x)) if self.value_down is not None else x
+        v = self.value_proj_norm(self.value(vx))
+        del vx
+        gate = None
+        if self.gate:  # v and the gate: views of the sigmoid's output
+            v = v.sigmoid()
+            v, gate = v[:, :vd], v[:, vd:]
+        v = v.flatten(2)  # B x vd x M
+        scores = qs @ k
+        del qs, k
+        weights = scores.softmax(dim=-1)
+        del scores
+        o = weights @ v.transpose(1, 2)  # B x (h N) x vd
+        del weights, v
+        joined = o.view(b, h, n, vd).transpose(-1, -2).reshape(b, h * vd, hh, ww)  # a copy
+        del o
+        if gate is not None:
+            joined = joined * gate
+            del gate
+        return self.out_norm(self.out(joined))

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archcalc.core.kinds import REGISTRY, Arg, Kind, Shape
+from archcalc.core.kinds import mqa as kind_mqa
 from archcalc.core.kinds.base import Tokens, numel
 from archcalc.core.kinds.dense import per_shape
 from archcalc.core.merges import MERGES
@@ -356,6 +357,15 @@ def _additive_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
 @recipe("class_attention")
 def _class_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.ClassAttention, channels=inp[1], num_heads=a["num_heads"], qkv_bias=a["qkv_bias"])
+
+
+@recipe("multi_query_attention")
+def _multi_query_attention(kind: Any, a: Mapping[str, Any], inp: Shape) -> Call:
+    c, h, kd, vd, d, _, _ = kind.dims(a, inp)
+    return call(modules.MultiQueryAttention, channels=c, num_heads=h, key_dim=kd, value_dim=vd,
+                kv_stride=a["kv_stride"], kv_kernel=a["kv_kernel"], out_features=d if d != c else 0,
+                kv_norm=a["kv_norm"], norm=a["norm"], gate=a["gate"],
+                kv_pads=kind_mqa.kv_pads(a, inp[1:]) if a["kv_stride"] > 1 and a["kv_padding"] == "same" else ())
 
 
 @recipe("fourier_pos_embed")
@@ -848,6 +858,14 @@ reads("class_attention", lambda m, inp: Mapped("class_attention", {"num_heads": 
 reads("additive_attention", lambda m, inp: Mapped("additive_attention", {}), modules.AdditiveAttention)
 reads("separable_attention", lambda m, inp: Mapped("separable_attention", {
     "patch": list(m.patch), "bias": m.qkv_proj.bias is not None}), modules.SeparableAttention)
+reads("multi_query_attention", lambda m, inp: Mapped("multi_query_attention", {
+    "num_heads": int(m.num_heads), "key_dim": int(m.key_dim), "value_dim": int(m.value_dim),
+    **({"kv_stride": int(m.kv_stride), "kv_kernel": int(m.key_down.kernel_size[0]),
+        "kv_norm": "batchnorm" if isinstance(m.key_norm, nn.BatchNorm2d) else "rmsnorm"} if m.kv_stride > 1 else {}),
+    **({"kv_padding": "same"} if m.kv_pads else {}),
+    **({"out_features": int(m.out.out_channels)} if m.out.out_channels != inp[0] else {}),
+    **({"norm": "batchnorm"} if isinstance(m.out_norm, nn.BatchNorm2d) else {}), **({"gate": True} if m.gate else {})}),
+    modules.MultiQueryAttention)
 reads("fourier_pos_embed", lambda m, inp: Mapped("fourier_pos_embed", {
     "hidden_dim": int(m.hidden_dim), "temperature": float(m.temperature), "once": bool(m.once)}),
     modules.FourierPositionEncoding)

@@ -9,6 +9,7 @@ from archcalc.core.kinds import (  # noqa: F401  (registration)
     linattn,
     mobilevit,
     modern,
+    mqa,
     norm,
     pool,
     pooled,

@@ -24,6 +24,7 @@ from torch import nn
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.merges import MERGES
 from archcalc.torch import modules as own
+from archcalc.torch.importer import mqa
 from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integral, per_of: the importer's names)
     COMPOSITIONS,
     FUNCTIONS,
@@ -114,7 +115,7 @@ def module_rule(m: nn.Module) -> ModuleRule | None:
 
 def is_leaf(m: nn.Module) -> bool:
     """Modules the tracer keeps whole: those in the table, and torch.nn's own (fx's rule), containers excepted."""
-    if module_rule(m) is not None or qualname(type(m)) in (*PERMUTES, *MAXVIT, *WINDOWED):
+    if module_rule(m) is not None or qualname(type(m)) in (*PERMUTES, *MAXVIT, *WINDOWED, *mqa.CLASSES):
         return True
     return type(m).__module__.startswith("torch.nn") and not isinstance(m, (nn.Sequential, nn.ModuleList,
                                                                             nn.ModuleDict))
