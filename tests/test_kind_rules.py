@@ -282,9 +282,25 @@ FULL: dict[str, Rule] = {
     + 3 * a["num_heads"] * i[0],
     # the addition per element; per image (not `once`) the projection's 2 per MAC and its bias per element
     "fourier_pos_embed": lambda a, i, o, m: n(i) + (0 if a["once"] else 2 * i[0] * 2 * a["hidden_dim"] * i[1] + n(i)),
+    "halo_attention": lambda a, i, o, m: _halo_attention(a, i, o, m),
     # comparisons per output element of the grid (the class token is copied)
     "token_maxpool": lambda a, i, o, m: (o[0] - (i[0] - n(i.grid))) * o[1] * (_kernel(a, (0, *i.grid)) - 1),
 }
+
+
+def _halo_attention(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...], m: int) -> int:
+    """2 per MAC; q's biases per query position (K each) and kv's per position (K + V); per attention weight
+    (heads x query positions x window positions) 1 for the scale, 2 for the relative logits' additions, 3 for the
+    softmax; a 2 x 2 average pool's 4 additions and 1 division per output element."""
+    _, height, width = i
+    heads, v = a["num_heads"], o[0]
+    k = heads * (a["key_dim"] or v // heads)
+    bh, bw = (a["block_size"], a["block_size"]) if a["block_size"] else (height, width)
+    pooled = a["stride"] == 2 and (a["avg_down"] or not a["block_size"] or a["block_size"] % 2 == 1)
+    queries = height * width // (4 if a["stride"] == 2 and not pooled else 1)
+    window = (bh + 2 * a["halo_size"]) * (bw + 2 * a["halo_size"])
+    biases = queries * k + height * width * (k + v) if a["bias"] else 0
+    return 2 * m + biases + 6 * heads * queries * window + (5 * n(o) if pooled else 0)
 
 
 def _windows_of(a: Mapping[str, Any], i: Any) -> tuple[int, int, int, bool]:

@@ -1,0 +1,227 @@
+"""The attention layers of timm's byoanet models (bring-your-own-attention ResNets): halo attention (Vaswani et al.
+2021, "Scaling Local Self-Attention for Parameter Efficient Visual Backbones"), which with one block over the whole
+grid and no halo is BoTNet's bottleneck attention (Srinivas et al. 2021, "Bottleneck Transformers for Visual
+Recognition").
+
+Both act on a channels-first C x H x W grid, as the convolutions around them do: q, k and v come from 1 x 1 convs,
+each query attends to the keys of its block's window with 2-D relative position logits (q times a height and a
+width table: Bello et al. 2019, "Attention Augmented Convolutional Networks"), there is no output projection, and
+the heads' values are laid back on the grid. Its own kind rather than an argument of self_attention: the input and
+output are grids, the keys come from windows (block + halo) rather than from every token, the position term is a
+product of q with learned tables (self_attention's score bias is a gathered constant), there is no output
+projection, and the stride subsamples the queries or pools the output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from archcalc.core.kinds.base import (
+    ACTIVATION,
+    Arg,
+    Cost,
+    Example,
+    Kind,
+    LayerError,
+    RFStep,
+    Saved,
+    Shape,
+    is_tokens,
+    register,
+)
+
+
+class HaloGeometry:
+    """The blocks, windows and widths of one halo_attention on a C x H x W grid (per image)."""
+
+    def __init__(self, a: Mapping[str, Any], inp: Shape) -> None:
+        if is_tokens(inp) or len(inp) != 3:
+            raise LayerError(f"halo_attention needs a 2-D grid (C x H x W); its input is {'x'.join(map(str, inp))}"
+                             + (" tokens: use `to_grid` first" if is_tokens(inp) else ""))
+        c, height, width = inp
+        heads = a["num_heads"]
+        self.c, self.height, self.width, self.heads = c, height, width, heads
+        self.out = a["out_channels"] or c
+        if self.out % heads:
+            raise LayerError(f"halo_attention: {self.out} output channels are not divisible by num_heads {heads}")
+        self.dk = a["key_dim"] or self.out // heads
+        self.dv = self.out // heads
+        self.k, self.v = heads * self.dk, self.out
+        block, halo, stride = a["block_size"], a["halo_size"], a["stride"]
+        self.block = (block, block) if block else (height, width)
+        if height % self.block[0] or width % self.block[1]:
+            raise LayerError(f"halo_attention: the {height}x{width} grid is not a whole number of "
+                             f"{block}x{block} blocks")
+        if stride not in (1, 2):
+            raise LayerError(f"halo_attention stride {stride}: 1 or 2")
+        # timm's HaloAttn: a stride that divides the block subsamples the queries (a strided 1 x 1 conv); otherwise,
+        # with avg_down, or with one block over the grid (BottleneckAttn), a 2 x 2 average pool of the output.
+        self.pool = stride == 2 and (a["avg_down"] or not block or block % stride != 0)
+        self.query_stride = 1 if self.pool else stride
+        self.halo = halo
+        self.blocks = (height // self.block[0]) * (width // self.block[1])
+        self.qh, self.qw = self.block[0] // self.query_stride, self.block[1] // self.query_stride
+        self.win = (self.block[0] + 2 * halo, self.block[1] + 2 * halo)
+        self.n = height * width
+        self.nq = self.blocks * self.qh * self.qw  # query positions
+        self.m = self.win[0] * self.win[1]  # keys per block
+        self.weights = heads * self.nq * self.m  # attention weights
+        self.grid_out = (height // self.query_stride // (2 if self.pool else 1),
+                         width // self.query_stride // (2 if self.pool else 1))
+        self.rel = (2 * self.win[0] - 1) + (2 * self.win[1] - 1)  # rows of the two tables
+
+    def macs(self) -> tuple[int, int]:
+        """Per-image MACs of the two 1 x 1 convs (q; k and v) and of the products (Q K^T, the relative logits, A V)."""
+        convs = self.nq * self.c * self.k + self.n * self.c * (self.k + self.v)
+        products = self.nq * self.m * self.k + self.nq * self.k * self.rel + self.nq * self.m * self.v
+        return convs, products
+
+
+@register
+class HaloAttention(Kind):
+    name = "halo_attention"
+    synonyms = ("halo_attn", "bottleneck_attention", "bottleneck_attn", "botnet_attention", "mhsa_2d")
+    prefix = "attn"
+    doc = ("Multi-head attention within blocks of a C x H x W grid, keys and values from the block and a halo "
+           "around it (HaloNet, Vaswani et al. 2021; timm's HaloAttn); `block_size: 0` (the default) is one block "
+           "over the whole grid, BoTNet's bottleneck attention (Srinivas et al. 2021; timm's BottleneckAttn). q = "
+           "1 x 1 conv (C -> K = heads x key_dim), k and v = 1 x 1 conv (C -> K + V), zero-padded by the halo and "
+           "cut into windows of M = (block + 2 halo)^2 positions; per head softmax(Q K^T / sqrt(key_dim) + R) V, "
+           "R the relative logits q . T_h[dy] + q . T_w[dx] from two (2 w - 1) x key_dim tables; the heads' values "
+           "(V = out channels) laid back on the grid, no output projection. `stride: 2` subsamples the queries "
+           "(a strided q conv) when it divides the block, else (or with avg_down, or one block) average-pools the "
+           "output 2 x 2. Params C K + C (K + V) (+ 2K + V with bias) + key_dim ((2 w_h - 1) + (2 w_w - 1)). MACs "
+           "per image, Nq query positions: Nq C K + N C (K + V) + Nq M K + Nq K ((2 w_h - 1) + (2 w_w - 1)) + "
+           "Nq M V. FlopCounterMode counts the convs (convolution) and the products (bmm, mm), fvcore the same "
+           "(conv, matmul); neither counts the scale, the additions, the softmax or the pool.")
+    full_rule = ("2 per MAC, the q and kv biases per position (Nq K + N (K + V)), per attention weight 1 for the "
+                 "scale, 2 for the relative logits' additions and 3 for the softmax, and the pool's 5 per output "
+                 "element")
+    autocast = "mixed"
+    step_unfollowed = "its backward (the windows', relative logits' and products' gradients) is not modelled yet"
+    args = (
+        Arg("num_heads", "int", doc="number of heads; divides the output channels", aliases=("heads",), minimum=1),
+        Arg("out_channels", "int", 0, "output channels: the heads' values (0: the input's)", aliases=("out",),
+            minimum=0),
+        Arg("key_dim", "int", 0, "q and k channels per head (0: out_channels / num_heads; timm's dim_head)",
+            aliases=("dim_head",), minimum=0),
+        Arg("block_size", "int", 0, "query blocks of block_size x block_size positions (0: one block over the "
+            "whole grid, BoTNet's bottleneck attention)", minimum=0),
+        Arg("halo_size", "int", 0, "positions around each block that its queries also see", aliases=("halo",),
+            minimum=0),
+        Arg("stride", "int", 1, "2: subsample the queries (a strided q conv) when 2 divides the block, else "
+            "average-pool the output 2 x 2", minimum=1),
+        Arg("avg_down", "bool", False, "with stride 2, average-pool the output even when 2 divides the block"),
+        Arg("bias", "bool", False, "learn biases in the q and kv convs (timm's qkv_bias)", aliases=("qkv_bias",)),
+    )
+    examples = (
+        Example((8, 12, 12), {"num_heads": 2, "block_size": 4, "halo_size": 1}),
+        Example((8, 6, 10), {"num_heads": 2, "out_channels": 16}),
+        Example((4, 12, 12), {"num_heads": 2, "out_channels": 8, "key_dim": 2, "block_size": 4, "halo_size": 1,
+                              "stride": 2}),
+        Example((4, 6, 10), {"num_heads": 1, "out_channels": 8, "stride": 2, "bias": True}),
+        Example((4, 12, 12), {"num_heads": 2, "block_size": 4, "halo_size": 2, "stride": 2, "avg_down": True,
+                              "key_dim": 4}),
+    )
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        g = HaloGeometry(a, inp)
+        return (g.out, *g.grid_out)
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        g = HaloGeometry(a, inp)
+        macs = sum(g.macs())
+        bias = 2 * g.k + g.v if a["bias"] else 0
+        params = g.c * g.k + g.c * (g.k + g.v) + bias + g.dk * g.rel
+        biases = g.nq * g.k + g.n * (g.k + g.v) if a["bias"] else 0
+        pool = 5 * g.out * g.grid_out[0] * g.grid_out[1] if g.pool else 0
+        return Cost(params=params, macs=macs, fvcore=macs, full=2 * macs + biases + 6 * g.weights + pool)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        # archcalc.torch.modules_byoa.HaloAttention registers the two tables first, then q's and kv's convs. The
+        # input's channels follow from the count; one block over the grid has tables of the input grid's size (the
+        # output's, or twice it, or one more, after the pool).
+        heads, v, halo = a["num_heads"], out[0], a["halo_size"]
+        dk = a["key_dim"] or v // heads
+        k = heads * dk
+        bias = 2 * k + v if a["bias"] else 0
+        if a["block_size"]:
+            windows = [(a["block_size"] + 2 * halo,) * 2]
+        else:
+            f = 2 if a["stride"] == 2 else 1
+            windows = [(hh + 2 * halo, ww + 2 * halo) for hh in (out[1] * f, out[1] * f + f - 1)
+                       for ww in (out[2] * f, out[2] * f + f - 1)]
+        tables: tuple[int, ...] = ()
+        c = 0
+        for wh, ww in windows:
+            tables = ((2 * wh - 1) * dk, (2 * ww - 1) * dk)
+            rest = params - bias - sum(tables)
+            if rest >= 0 and rest % (2 * k + v) == 0:
+                c = rest // (2 * k + v)
+                break
+        convs = (c * k, k, c * (k + v), k + v) if a["bias"] else (c * k, c * (k + v))
+        return tables + convs
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
+        g = HaloGeometry(a, inp)
+        if not a["block_size"]:
+            return [RFStep(whole=True), RFStep(whole=True)]
+        # A query sees its block's window, whatever its place in the block: the widest span is the window; a 2 x 2
+        # pool whose pair straddles two blocks (an odd block) sees both windows (window + block).
+        steps = []
+        for win, block in zip(g.win, g.block):
+            span = win + (block if g.pool and block % 2 else 0)
+            steps.append(RFStep(kernel=span, stride=2 if a["stride"] == 2 else 1))
+        return steps
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # The built module (archcalc.torch.modules_byoa.HaloAttention), measured with saved_tensors_hooks
+        # (tests/test_kind_rules.py): the input (for the convs' weights), q laid out per block (read by Q K^T and
+        # the width logits' product) and its transposed copy (the height logits' product; a view when a block has
+        # one row or column of queries), the windows of k and v (one tensor: blocks x M x (K + V)), the softmax
+        # weights, and with the pool its input.
+        g = HaloGeometry(a, inp)
+        q = g.nq * g.k
+        transposed = q if g.qh > 1 and g.qw > 1 else 0
+        windows = g.blocks * g.m * (g.k + g.v)
+        pooled = g.nq * g.v if g.pool else 0
+        return Saved(input_for_params=True,
+                     extra=((q + transposed + windows + g.weights + pooled, ACTIVATION),))
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # The most alive at once while the built module runs at inference (torch.profiler, tests/test_kind_rules.py),
+        # op by op: q's conv and its copy per block (2Q); kv's conv, its padded copy and the windows' copy; then, q
+        # and the windows kept, the scores (S) and either relative logits' product and its two pads (the padded
+        # rows (2 w - 1) + 1 wide, then the rows shifted: (cols + 1) x (2 w - 1) per row of queries), or the
+        # softmax (2S), or the output's copy beside A V (2 x Nq V). Less the output, which the engine counts.
+        g = HaloGeometry(a, inp)
+        q = g.nq * g.k
+        kv_grid = g.n * (g.k + g.v)
+        padded = (g.height + 2 * g.halo) * (g.width + 2 * g.halo) * (g.k + g.v) if g.halo else 0
+        windows = g.blocks * g.m * (g.k + g.v)
+        base = q + windows + g.weights
+        moments = [2 * q, q + kv_grid + padded, q + (padded or kv_grid) + windows, base + g.weights,
+                   base + 2 * g.nq * g.v]
+        per_row = g.heads * g.blocks
+        for rows, cols, w, copy in ((g.qh, g.qw, g.win[1], 0), (g.qw, g.qh, g.win[0], q)):
+            product = per_row * rows * cols * (2 * w - 1)
+            pad1 = per_row * rows * cols * 2 * w
+            pad2 = per_row * rows * (cols + 1) * (2 * w - 1)
+            moments += [base + copy + product, base + product + pad1, base + pad1 + pad2]
+        return ((max(moments) - g.out * g.grid_out[0] * g.grid_out[1], ACTIVATION),)
+
+    def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),
+                      divide_groups: bool = False) -> tuple[int, int]:
+        # Two products of each forward product's size (FlopCounterMode's conv and mm rules); only the convs' input
+        # gradients are skipped when the input needs none.
+        g = HaloGeometry(a, inp)
+        convs, products = g.macs()
+        batch = macs // (convs + products)
+        return convs * batch, (convs + 2 * products) * batch
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        g = HaloGeometry(a, inp)
+        where = (f"{g.blocks} blocks of {g.block[0]}x{g.block[1]}, halo {g.halo}" if a["block_size"]
+                 else "the whole grid")
+        return f"{g.heads} heads, {where}"

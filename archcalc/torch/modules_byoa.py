@@ -1,0 +1,76 @@
+"""torch modules of the byoanet attention kinds (archcalc.core.kinds.byoa): halo attention, which with one block
+over the whole grid is BoTNet's bottleneck attention. Written in timm's order of ops (timm/layers/halo_attn.py and
+bottleneck_attn.py), so FlopCounterMode and fvcore count what timm's modules run."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rel_logits_1d(q: torch.Tensor, rel: torch.Tensor, win: int) -> torch.Tensor:
+    """Relative logits along the last axis of q (n x rows x cols x d) from a (2 win - 1) x d table: n x rows x cols x
+    win, the logit of each query and each key column of its window (Bello et al. 2019, "Attention Augmented
+    Convolutional Networks": the products with every relative offset, shifted to absolute positions by a pad and a
+    reshape)."""
+    n, rows, cols, _ = q.shape
+    size = rel.shape[0]
+    x = (q @ rel.transpose(-1, -2)).reshape(-1, cols, size)
+    x = F.pad(x, [0, 1]).flatten(1)
+    x = F.pad(x, [0, size - cols])
+    x = x.reshape(-1, cols + 1, size)[:, :cols, win - 1:]
+    return x.reshape(n, rows, cols, win)
+
+
+class HaloAttention(nn.Module):
+    """Multi-head attention within blocks of a C x H x W grid, keys and values from each block and a halo around it
+    (Vaswani et al. 2021, "Scaling Local Self-Attention for Parameter Efficient Visual Backbones"; timm's HaloAttn);
+    one block over the whole grid without a halo is BoTNet's (Srinivas et al. 2021; timm's BottleneckAttn). q from
+    a 1 x 1 conv (strided by `query_stride`), k and v from another, zero-padded by the halo and unfolded into
+    (block + 2 halo)^2 windows; per head softmax(Q K^T / sqrt(dk) + R) V, R the 2-D relative logits of q with a
+    height and a width table; the heads joined on the grid; a 2 x 2 average pool with `pool`."""
+
+    def __init__(self, channels: int, out: int, num_heads: int, key_dim: int, block: tuple[int, int], halo: int,
+                 query_stride: int, pool: bool, bias: bool) -> None:
+        super().__init__()
+        self.heads, self.dk, self.dv = num_heads, key_dim, out // num_heads
+        self.block, self.halo, self.query_stride = block, halo, query_stride
+        self.win = (block[0] + 2 * halo, block[1] + 2 * halo)
+        self.scale = key_dim ** -0.5
+        self.q = nn.Conv2d(channels, num_heads * key_dim, 1, stride=query_stride, bias=bias)
+        self.kv = nn.Conv2d(channels, num_heads * (key_dim + self.dv), 1, bias=bias)
+        self.height_rel = nn.Parameter(torch.randn(2 * self.win[0] - 1, key_dim) * self.scale)
+        self.width_rel = nn.Parameter(torch.randn(2 * self.win[1] - 1, key_dim) * self.scale)
+        self.pool = nn.AvgPool2d(2, 2) if pool else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, height, width = x.shape
+        bh, bw = self.block
+        nh, nw = height // bh, width // bw
+        qh, qw = bh // self.query_stride, bw // self.query_stride
+        h, dk, dv = self.heads, self.dk, self.dv
+        # q laid out per head and block: B h x blocks x queries x dk (one copy, whatever the layout allowed)
+        q = self.q(x).reshape(b * h, dk, nh, qh, nw, qw).permute(0, 2, 4, 3, 5, 1).reshape(
+            b * h, nh * nw, qh * qw, dk).contiguous()
+        kv = self.kv(x)
+        if self.halo:
+            kv = F.pad(kv, [self.halo] * 4)
+        # each block's window of keys and values: B h x blocks x window x (dk + dv), one copy
+        kv = kv.unfold(2, self.win[0], bh).unfold(3, self.win[1], bw).reshape(
+            b, h, dk + dv, nh, nw, self.win[0], self.win[1]).permute(0, 1, 3, 4, 5, 6, 2).reshape(
+            b * h, nh * nw, self.win[0] * self.win[1], dk + dv).contiguous()
+        k, v = torch.split(kv, [dk, dv], dim=-1)
+        attn = (q @ k.transpose(-1, -2)).mul_(self.scale)
+        # the relative logits added in place (timm adds the two tables' logits, then the sum to the scores)
+        rows = q.reshape(-1, qh, qw, dk)
+        w = rel_logits_1d(rows, self.width_rel, self.win[1])  # n x qh x qw x win_w
+        scores = attn.view(-1, qh, qw, self.win[0], self.win[1]).add_(w.unsqueeze(-2))
+        del w
+        hh = rel_logits_1d(rows.transpose(1, 2), self.height_rel, self.win[0])  # n x qw x qh x win_h
+        scores.add_(hh.transpose(1, 2).unsqueeze(-1))
+        del hh, scores
+        attn = attn.softmax(dim=-1)
+        out = (attn @ v).reshape(b, h, nh, nw, qh, qw, dv).permute(0, 1, 6, 2, 4, 3, 5).reshape(
+            b, h * dv, nh * qh, nw * qw).contiguous()
+        return self.pool(out)

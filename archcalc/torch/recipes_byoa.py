@@ -1,0 +1,102 @@
+"""The rules that read timm's byoanet attention modules as archcalc's kinds (archcalc.core.kinds.byoa), joined to
+archcalc.torch.recipes' NAMED_MODULES by the importer's mapping (the recipe that builds each kind's module, and the
+rule that reads archcalc's own module back, are in recipes, beside the others)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from archcalc.torch.recipes import Mapped, ModuleRule, Unmapped
+
+
+def _one_by_one(conv: Any, stride: int = 1) -> bool:
+    return (isinstance(conv, nn.Conv2d) and tuple(conv.kernel_size) == (1, 1) and tuple(conv.stride) == (stride,) * 2
+            and tuple(conv.padding) == (0, 0) and tuple(conv.dilation) == (1, 1) and conv.groups == 1)
+
+
+def _pool(m: Any) -> bool:
+    """timm's `pool`: nn.Identity, or the 2 x 2 average pool of a strided attention."""
+    pool = m.pool
+    if isinstance(pool, nn.Identity):
+        return False
+    if (isinstance(pool, nn.AvgPool2d) and pool.kernel_size in (2, (2, 2)) and pool.stride in (2, (2, 2))
+            and pool.padding in (0, (0, 0)) and not pool.ceil_mode and pool.count_include_pad
+            and pool.divisor_override is None):
+        return True
+    raise Unmapped(f"{type(m).__name__} whose pool is not a 2 x 2 average pool (halo_attention's stride 2)")
+
+
+def _heads(m: Any, c: int) -> dict[str, Any]:
+    heads, dk, dv = int(m.num_heads), int(m.dim_head_qk), int(m.dim_head_v)
+    if getattr(m, "scale_pos_embed", False):
+        raise Unmapped(f"{type(m).__name__} with scale_pos_embed (the scale applied to the relative logits too): "
+                       "halo_attention scales Q K^T alone")
+    args: dict[str, Any] = {"num_heads": heads}
+    if heads * dv != c:
+        args["out_channels"] = heads * dv
+    if dk != dv:
+        args["key_dim"] = dk
+    return args
+
+
+def _tables(m: Any, dk: int, wh: int, ww: int) -> None:
+    pos = m.pos_embed
+    if tuple(pos.height_rel.shape) != (2 * wh - 1, dk) or tuple(pos.width_rel.shape) != (2 * ww - 1, dk):
+        raise Unmapped(f"{type(m).__name__} whose relative position tables are not (2 x {wh} - 1) and "
+                       f"(2 x {ww} - 1) rows of {dk} (the grid or window in force)")
+
+
+def read_bottleneck_attn(m: Any, inp: tuple[int, ...]) -> Mapped:
+    """timm's BottleneckAttn (BoTNet, timm/layers/bottleneck_attn.py) as halo_attention with one block over the
+    grid: a 1 x 1 qkv conv (C -> 2K + V, laid out q, k, v), the relative logits of PosEmbedRel from tables of the
+    grid's size, softmax, A V laid back on the grid, and the 2 x 2 average pool of a strided one."""
+    if len(inp) != 3:
+        raise Unmapped("BottleneckAttn on a tensor that is not a C x H x W grid")
+    c, height, width = inp
+    args = _heads(m, c)
+    k, v = int(m.dim_out_qk), int(m.dim_out_v)
+    if not _one_by_one(m.qkv) or m.qkv.in_channels != c or m.qkv.out_channels != 2 * k + v:
+        raise Unmapped(f"BottleneckAttn whose qkv is not a 1 x 1 conv of {c} -> {2 * k + v} channels")
+    _tables(m, int(m.dim_head_qk), height, width)
+    if _pool(m):
+        args["stride"] = 2
+    if m.qkv.bias is not None:
+        args["bias"] = True
+    return Mapped("halo_attention", args)
+
+
+def read_halo_attn(m: Any, inp: tuple[int, ...]) -> Mapped:
+    """timm's HaloAttn (HaloNet, timm/layers/halo_attn.py) as halo_attention: q from a 1 x 1 conv (strided by the
+    block stride), k and v from another (laid out per head), the windows of block + 2 halo, PosEmbedRel's relative
+    logits, softmax, A V folded back on the grid, and the 2 x 2 average pool of a strided one that does not
+    subsample its queries."""
+    if len(inp) != 3:
+        raise Unmapped("HaloAttn on a tensor that is not a C x H x W grid")
+    c = inp[0]
+    args = _heads(m, c)
+    k, v = int(m.dim_out_qk), int(m.dim_out_v)
+    block, halo, block_stride = int(m.block_size), int(m.halo_size), int(m.block_stride)
+    if (not _one_by_one(m.q, block_stride) or not _one_by_one(m.kv) or m.q.in_channels != c
+            or m.kv.in_channels != c or m.q.out_channels != k or m.kv.out_channels != k + v
+            or (m.q.bias is None) != (m.kv.bias is None)):
+        raise Unmapped(f"HaloAttn whose q and kv are not 1 x 1 convs of {c} -> {k} and {c} -> {k + v} channels")
+    _tables(m, int(m.dim_head_qk), block + 2 * halo, block + 2 * halo)
+    args.update(block_size=block, **({"halo_size": halo} if halo else {}))
+    if _pool(m):
+        args["stride"] = 2
+        if block % 2 == 0:
+            args["avg_down"] = True
+    elif block_stride == 2:
+        args["stride"] = 2
+    if m.q.bias is not None:
+        args["bias"] = True
+    return Mapped("halo_attention", args)
+
+
+NAMED_MODULES: dict[str, ModuleRule] = {
+    "timm.layers.bottleneck_attn.BottleneckAttn": read_bottleneck_attn,
+    "timm.layers.halo_attn.HaloAttn": read_halo_attn,
+}
+

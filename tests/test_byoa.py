@@ -1,0 +1,151 @@
+"""halo_attention (timm's byoanet: HaloNet's blocked attention with a halo, and BoTNet's bottleneck attention, one
+block over the whole grid): the module archcalc builds computes what the papers define — checked against a
+reference written here from plain torch (loops over blocks, heads and queries, the relative logits indexed
+directly) — and its costs are the rule written out. The 11 timm models import exact: tests/test_import_timm_hybrid.py
+against tests/data/timm_hybrid_measured.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import load_text
+from torch import nn
+
+import archcalc
+from archcalc.core.analyze import analyze
+from archcalc.core.errors import ArchcalcError
+from archcalc.core.kinds import REGISTRY
+from archcalc.torch.recipes import module_call
+
+KIND = REGISTRY["halo_attention"]
+
+
+def _args(**given: Any) -> dict[str, Any]:
+    args = {a.name: a.default for a in KIND.args}
+    args.update(given)
+    return args
+
+
+def reference(x: torch.Tensor, m: nn.Module, heads: int, dk: int, dv: int, block: tuple[int, int], halo: int,
+              qs: int, pool: bool) -> torch.Tensor:
+    """Halo attention as Vaswani et al. 2021 define it, with Bello et al.'s relative logits as timm indexes them:
+    query (y, x) of a block (in the block's, possibly subsampled, coordinates) and key (i, j) of its window get
+    q . T_h[i - y + w_h - 1] + q . T_w[j - x + w_w - 1] added to q . k / sqrt(dk)."""
+    b, _, height, width = x.shape
+    q = F.conv2d(x, m.q.weight, m.q.bias, stride=qs)
+    kv = F.pad(F.conv2d(x, m.kv.weight, m.kv.bias), [halo] * 4)  # per head: dk channels of k, then dv of v
+    bh, bw = block
+    qh, qw = bh // qs, bw // qs
+    wh, ww = bh + 2 * halo, bw + 2 * halo
+    out = torch.zeros(b, heads * dv, height // qs, width // qs, dtype=x.dtype)
+    for by in range(height // bh):
+        for bx in range(width // bw):
+            for head in range(heads):
+                window = kv[:, head * (dk + dv):(head + 1) * (dk + dv), by * bh:by * bh + wh, bx * bw:bx * bw + ww]
+                k, v = window[:, :dk].flatten(2), window[:, dk:].flatten(2)  # b x dk x M, b x dv x M
+                for y in range(qh):
+                    for xx in range(qw):
+                        qv = q[:, head * dk:(head + 1) * dk, by * qh + y, bx * qw + xx]  # b x dk
+                        logits = torch.einsum("bd,bdm->bm", qv, k) * dk ** -0.5
+                        rel_h = qv @ m.height_rel[torch.arange(wh) - y + wh - 1].T  # b x wh
+                        rel_w = qv @ m.width_rel[torch.arange(ww) - xx + ww - 1].T  # b x ww
+                        logits = logits + (rel_h[:, :, None] + rel_w[:, None, :]).flatten(1)
+                        weights = logits.softmax(-1)
+                        out[:, head * dv:(head + 1) * dv, by * qh + y, bx * qw + xx] = torch.einsum(
+                            "bm,bdm->bd", weights, v)
+    return F.avg_pool2d(out, 2) if pool else out
+
+
+CASES = [
+    ((8, 12, 12), {"num_heads": 2, "block_size": 4, "halo_size": 1}, (4, 4), 1, 1, False),
+    ((8, 12, 12), {"num_heads": 2, "block_size": 4, "halo_size": 2, "out_channels": 4, "key_dim": 3}, (4, 4), 2, 1,
+     False),
+    ((6, 6, 10), {"num_heads": 2, "out_channels": 8}, (6, 10), 0, 1, False),  # BoTNet: one block, not square
+    ((6, 6, 10), {"num_heads": 1, "stride": 2, "bias": True}, (6, 10), 0, 1, True),  # BoTNet strided: pooled
+    ((4, 12, 12), {"num_heads": 2, "out_channels": 8, "block_size": 4, "halo_size": 1, "stride": 2}, (4, 4), 1, 2,
+     False),  # queries subsampled
+    ((4, 14, 14), {"num_heads": 2, "block_size": 7, "halo_size": 2, "stride": 2}, (7, 7), 2, 1, True),  # odd: pooled
+    ((4, 8, 8), {"num_heads": 2, "block_size": 4, "halo_size": 1, "stride": 2, "avg_down": True}, (4, 4), 1, 1,
+     True),
+]
+
+
+@pytest.mark.parametrize(("inp", "given", "block", "halo", "qs", "pool"), CASES)
+def test_the_built_module_computes_halo_attention(inp: tuple[int, ...], given: dict[str, Any],
+                                                  block: tuple[int, int], halo: int, qs: int, pool: bool) -> None:
+    args = _args(**given)
+    torch.manual_seed(0)
+    m = module_call(KIND, args, inp).make().double().eval()
+    out = args["out_channels"] or inp[0]
+    heads = args["num_heads"]
+    dk = args["key_dim"] or out // heads
+    x = torch.randn(2, *inp, dtype=torch.float64)
+    with torch.no_grad():
+        got, want = m(x), reference(x, m, heads, dk, out // heads, block, halo, qs, pool)
+    assert got.shape[1:] == KIND.output(args, inp, lambda message: None)
+    torch.testing.assert_close(got, want)
+
+
+def test_botnet50s_attention_costs_are_the_rule() -> None:
+    """BoTNet-50's MHSA on its 16 x 16 grid (512 channels, 4 heads of 128): q, k and v 1 x 1 convs, Q K^T and A V
+    over the 256 positions, the relative logits q . T for 31 height and 31 width offsets; tables 2 x 31 x 128."""
+    args = _args(num_heads=4)
+    inp = (512, 16, 16)
+    cost = KIND.cost(args, inp, KIND.output(args, inp, lambda message: None))
+    n, c = 256, 512
+    assert cost.params == 3 * c * c + 2 * 31 * 128
+    assert cost.macs == 3 * n * c * c + 2 * n * n * c + n * c * (31 + 31) == 276_561_920
+    assert cost.fvcore == cost.macs  # fvcore counts the same convs and matmuls
+
+
+def test_halonet_attention_costs_are_the_rule() -> None:
+    """HaloNet's attention at 16 x 16 in blocks of 8 with a halo of 3 (windows of 14 x 14 = 196 keys), 8 heads of
+    dk 16 on 128 channels, queries subsampled by the stride: 4 blocks of 4 x 4 = 64 queries."""
+    args = _args(num_heads=8, block_size=8, halo_size=3, stride=2)
+    inp = (128, 16, 16)
+    cost = KIND.cost(args, inp, KIND.output(args, inp, lambda message: None))
+    assert KIND.output(args, inp, lambda message: None) == (128, 8, 8)
+    nq, n, c, m = 64, 256, 128, 196
+    assert cost.macs == nq * c * c + n * c * 2 * c + nq * m * c + nq * c * (27 + 27) + nq * m * c
+    assert cost.params == 3 * c * c + 2 * 27 * 16
+
+
+def test_receptive_field_is_the_window_or_the_whole_grid() -> None:
+    text = ("name: t\ninput: [4, 24, 24]\nlayers:\n  - halo_attention: {num_heads: 2, block_size: 6, halo_size: 2}\n")
+    assert analyze(load_text(text)).totals.rf[0] == 10  # the block and two halos
+    text = "name: t\ninput: [4, 24, 24]\nlayers:\n  - halo_attention: {num_heads: 2}\n"
+    assert analyze(load_text(text)).totals.rf[0] == 24  # the whole grid
+
+
+def test_its_own_module_imports_as_itself() -> None:
+    """archcalc's module (as `archcalc export` writes it) read back by the importer: the same kind and counts."""
+    torch.manual_seed(0)
+    for given in ({"num_heads": 2, "block_size": 4, "halo_size": 1, "stride": 2}, {"num_heads": 2, "stride": 2}):
+        args = _args(**given)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), module_call(KIND, args, (8, 12, 12)).make()).eval()
+        imported = archcalc.from_module(model, (3, 12, 12))
+        report = analyze(imported.spec)
+        assert "halo_attention" in imported.text
+        assert report.totals.params == sum(p.numel() for p in model.parameters())
+        assert report.totals.output == tuple(model(torch.randn(1, 3, 12, 12)).shape[1:])
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ("{num_heads: 2, block_size: 5}", "not a whole number of 5x5 blocks"),
+    ("{num_heads: 3}", "not divisible by num_heads 3"),
+    ("{num_heads: 2, stride: 3}", "stride 3: 1 or 2"),
+])
+def test_bad_arguments_are_refused_at_the_line(layer: str, message: str) -> None:
+    text = f"name: t\ninput: [4, 12, 12]\nlayers:\n  - conv: {{out: 8, kernel: 1}}\n  - halo_attention: {layer}\n"
+    with pytest.raises(ArchcalcError, match=message) as info:
+        analyze(load_text(text))
+    assert ":5:" in str(info.value)
+
+
+def test_tokens_are_refused() -> None:
+    text = "name: t\ninput: [4, 12, 12]\nlayers:\n  - to_tokens\n  - halo_attention: {num_heads: 2}\n"
+    with pytest.raises(ArchcalcError, match="needs a grid"):
+        analyze(load_text(text))
