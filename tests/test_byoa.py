@@ -149,3 +149,113 @@ def test_tokens_are_refused() -> None:
     text = "name: t\ninput: [4, 12, 12]\nlayers:\n  - to_tokens\n  - halo_attention: {num_heads: 2}\n"
     with pytest.raises(ArchcalcError, match="needs a grid"):
         analyze(load_text(text))
+
+
+# ---- lambda_layer --------------------------------------------------------------------------------------------------
+
+LAMBDA = REGISTRY["lambda_layer"]
+
+
+def lambda_reference(x: torch.Tensor, m: nn.Module, heads: int, dk: int, r: int, pool: bool) -> torch.Tensor:
+    """A lambda layer as Bello 2021 defines it, position by position: y_n = q_n (lambda_c + lambda_n) per head, the
+    content lambda lambda_c = softmax(K) V^T, the position lambda lambda_n = sum over the r x r neighbours m of n of
+    w[m - n] v_m (+ the conv's bias), or with r = 0 sum over every position m of E[pos_m - pos_n] v_m^T."""
+    b, c, height, width = x.shape
+    dv, positions = c // heads, height * width
+    qkv = F.conv2d(x, m.qkv.weight, m.qkv.bias)
+    q, k, v = qkv[:, :heads * dk], qkv[:, heads * dk:heads * dk + dk], qkv[:, heads * dk + dk:]
+
+    def norm(t: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+        return F.batch_norm(t, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+    q, v = norm(q, m.norm_q), norm(v, m.norm_v)
+    k = k.flatten(2).softmax(-1)  # b x dk x M, over the positions
+    out = torch.zeros(b, c, height, width, dtype=x.dtype)
+    for n in range(positions):
+        y, xx = divmod(n, width)
+        content = torch.einsum("bdm,bem->bde", k, v.flatten(2))  # b x dk x dv
+        position = torch.zeros(b, dk, dv, dtype=x.dtype)
+        if r:
+            position += m.conv_lambda.bias[None, :, None]
+            for i in range(r):
+                for j in range(r):
+                    yy, xj = y + i - r // 2, xx + j - r // 2
+                    if 0 <= yy < height and 0 <= xj < width:
+                        position += m.conv_lambda.weight[:, 0, i, j, 0][None, :, None] * v[:, None, :, yy, xj]
+        else:
+            for mm in range(positions):
+                ym, xm = divmod(mm, width)
+                e = m.pos_emb[ym - y + height - 1, xm - xx + width - 1]  # dk
+                position += e[None, :, None] * v[:, None, :, ym, xm]
+        lam = content + position
+        for head in range(heads):
+            out[:, head * dv:(head + 1) * dv, y, xx] = torch.einsum(
+                "bd,bde->be", q[:, head * dk:(head + 1) * dk, y, xx], lam)
+    return F.avg_pool2d(out, 2) if pool else out
+
+
+@pytest.mark.parametrize(("inp", "given"), [
+    ((8, 6, 6), {"num_heads": 2, "key_dim": 4, "r": 3}),
+    ((8, 5, 7), {"num_heads": 4, "key_dim": 2, "r": 5, "stride": 2, "bias": True}),
+    ((8, 4, 6), {"num_heads": 2, "key_dim": 3, "r": 0}),
+    ((6, 4, 4), {"num_heads": 1, "key_dim": 4, "r": 0, "stride": 2}),
+])
+def test_the_built_lambda_layer_computes_lambdas(inp: tuple[int, ...], given: dict[str, Any]) -> None:
+    args = {a.name: a.default for a in LAMBDA.args} | given
+    torch.manual_seed(0)
+    m = module_call(LAMBDA, args, inp).make().double().eval()
+    for bn in (m.norm_q, m.norm_v):  # statistics other than the initial ones
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 2)
+    x = torch.randn(2, *inp, dtype=torch.float64)
+    with torch.no_grad():
+        got = m(x)
+        want = lambda_reference(x, m, args["num_heads"], args["key_dim"], args["r"], args["stride"] == 2)
+    assert got.shape[1:] == LAMBDA.output(args, inp, lambda message: None)
+    torch.testing.assert_close(got, want)
+
+
+def test_lambda_resnets_layer_costs_are_the_rule() -> None:
+    """LambdaResNet's layer on 512 channels at 16 x 16, 4 heads of dk 16 (dv 128), r = 9: qkv 1 x 1 conv to
+    64 + 16 + 128 channels; the content lambda (16 x 128) and its product with q; the position lambdas from a
+    9 x 9 x 1 conv3d over (16, 16, 128) with 16 filters; their product with q. With r = 0 the embedding is
+    31 x 31 x 16 and the position lambdas M^2 dk dv."""
+    inp, m, c, dk, dv, h = (512, 16, 16), 256, 512, 16, 128, 4
+    args = {a.name: a.default for a in LAMBDA.args} | {"num_heads": 4}
+    cost = LAMBDA.cost(args, inp, inp)
+    products = m * dk * dv + 2 * h * m * dk * dv
+    assert cost.macs == m * c * 208 + products + m * dv * dk * 81
+    assert cost.params == c * 208 + 2 * (64 + 128) + 16 * 81 + 16
+    assert cost.buffers == 2 * (64 + 128) and cost.int_buffers == 2
+    assert cost.fvcore == cost.macs + 2 * m * (64 + 128)  # fvcore's 2 per element of each eval batch norm
+    args["r"] = 0
+    cost = LAMBDA.cost(args, inp, inp)
+    assert cost.macs == m * c * 208 + products + m * m * dk * dv
+    assert cost.params == c * 208 + 2 * (64 + 128) + 31 * 31 * 16
+    assert cost.int_buffers == 2 + 2 * m * m  # the relative index, 2 x M x M
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ("{num_heads: 3}", "not divisible by num_heads 3"),
+    ("{num_heads: 2, r: 4}", "needs an odd size"),
+    ("{num_heads: 2, stride: 3}", "stride 3: 1 or 2"),
+])
+def test_bad_lambda_arguments_are_refused_at_the_line(layer: str, message: str) -> None:
+    text = f"name: t\ninput: [4, 12, 12]\nlayers:\n  - conv: {{out: 8, kernel: 1}}\n  - lambda_layer: {layer}\n"
+    with pytest.raises(ArchcalcError, match=message) as info:
+        analyze(load_text(text))
+    assert ":5:" in str(info.value)
+
+
+def test_its_own_lambda_layer_imports_as_itself() -> None:
+    torch.manual_seed(0)
+    for given in ({"num_heads": 2, "key_dim": 4, "r": 3}, {"num_heads": 2, "key_dim": 4, "r": 0, "stride": 2}):
+        args = {a.name: a.default for a in LAMBDA.args} | given
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), module_call(LAMBDA, args, (8, 6, 6)).make()).eval()
+        imported = archcalc.from_module(model, (3, 6, 6))
+        report = analyze(imported.spec)
+        assert "lambda_layer" in imported.text
+        assert report.totals.params == sum(p.numel() for p in model.parameters())
+        assert report.totals.buffers == sum(b.numel() for b in model.buffers())
+        assert report.totals.output == tuple(model(torch.randn(1, 3, 6, 6)).shape[1:])

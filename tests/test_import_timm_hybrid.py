@@ -95,9 +95,6 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import Tensor.permute ... timm/models/efficientformer_v2.py:219": (  # 4
         "efficientformerv2_l", "efficientformerv2_s0", "efficientformerv2_s1", "efficientformerv2_s2",
     ),
-    "cannot import _operator.matmul ... timm/layers/lambda_layer.py:157": (  # 4
-        "lambda_resnet26rpt_256", "lambda_resnet26t", "lambda_resnet50ts", "lamhalobotnet50ts_256",
-    ),
     "cannot import _operator.matmul ... timm/models/shvit.py:213": (  # 4
         "shvit_s1", "shvit_s2", "shvit_s3", "shvit_s4",
     ),
@@ -119,7 +116,7 @@ FAILED: dict[str, tuple[str, ...]] = {
 }
 
 # The share of the hybrid set that imports exact (issue 30 asks for 90 %; see docs/export.md for what stops the rest).
-IMPORTED_COUNT = 176  # of 302: 58.3 %
+IMPORTED_COUNT = 180  # of 302: 59.6 %
 
 # Imported models fvcore's CPU run was not taken for (over 150 GMACs, and the MaxViTs over 25 GMACs: too slow on the 2
 # shared cores the data was made on); their other figures are checked, and fvcore's count of the same blocks on the
@@ -200,6 +197,6 @@ def test_the_rate_in_the_docs() -> None:
     assert f"{IMPORTED_COUNT} of {len(MEASURED)} models" in text
     families = Counter(MEASURED[name]["family"] for name, rec in IMPORTED.items() if rec["imported"])
     assert families == {"maxxvit": 34, "xcit": 28, "levit": 20, "vision_transformer_hybrid": 14, "vitamin": 13,
-                        "byoanet": 11, "byobnet": 9, "fastvit": 9, "pit": 8, "pvt_v2": 7, "edgenext": 5,
+                        "byoanet": 15, "byobnet": 9, "fastvit": 9, "pit": 8, "pvt_v2": 7, "edgenext": 5,
                         "metaformer": 4, "efficientformer": 3, "nextvit": 3, "twins": 3, "lowformer": 2, "visformer": 2,
                         "efficientnet": 1}

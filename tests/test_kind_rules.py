@@ -283,6 +283,7 @@ FULL: dict[str, Rule] = {
     # the addition per element; per image (not `once`) the projection's 2 per MAC and its bias per element
     "fourier_pos_embed": lambda a, i, o, m: n(i) + (0 if a["once"] else 2 * i[0] * 2 * a["hidden_dim"] * i[1] + n(i)),
     "halo_attention": lambda a, i, o, m: _halo_attention(a, i, o, m),
+    "lambda_layer": lambda a, i, o, m: _lambda_layer(a, i, o, m),
     # comparisons per output element of the grid (the class token is copied)
     "token_maxpool": lambda a, i, o, m: (o[0] - (i[0] - n(i.grid))) * o[1] * (_kernel(a, (0, *i.grid)) - 1),
 }
@@ -301,6 +302,17 @@ def _halo_attention(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...]
     window = (bh + 2 * a["halo_size"]) * (bw + 2 * a["halo_size"])
     biases = queries * k + height * width * (k + v) if a["bias"] else 0
     return 2 * m + biases + 6 * heads * queries * window + (5 * n(o) if pooled else 0)
+
+
+def _lambda_layer(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...], m: int) -> int:
+    """2 per MAC; the qkv conv's bias per position (heads x dk + dk + dv channels); the batch norms of q and v (4
+    per element, eval); k's softmax (3 per element); the position conv's bias (one per element of its dk x H x W x
+    dv output); the sum of the content and position outputs (C per position); a 2 x 2 pool's 5 per output."""
+    c, height, width = i
+    positions, dk, dv = height * width, a["key_dim"], c // a["num_heads"]
+    k = a["num_heads"] * dk
+    return (2 * m + (positions * (k + dk + dv) if a["bias"] else 0) + 4 * positions * (k + dv) + 3 * dk * positions
+            + (positions * dk * dv if a["r"] else 0) + c * positions + (5 * n(o) if a["stride"] == 2 else 0))
 
 
 def _windows_of(a: Mapping[str, Any], i: Any) -> tuple[int, int, int, bool]:

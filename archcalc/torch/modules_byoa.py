@@ -74,3 +74,54 @@ class HaloAttention(nn.Module):
         out = (attn @ v).reshape(b, h, nh, nw, qh, qw, dv).permute(0, 1, 6, 2, 4, 3, 5).reshape(
             b, h * dv, nh * qh, nw * qw).contiguous()
         return self.pool(out)
+
+
+class LambdaLayer(nn.Module):
+    """A lambda layer (Bello 2021, "LambdaNetworks: Modeling Long-Range Interactions Without Attention"; timm's
+    LambdaLayer) on a C x H x W grid: q (heads x dk), k (dk) and v (dv = C / heads) from one 1 x 1 conv, q and v
+    batch-normed, k softmax-normalised over the positions; the content lambda K V (dk x dv) shared by every
+    position, a position lambda per position from a r x r x 1 conv3d over (H, W, dv) (`r`) or, with r = 0, a
+    relative position embedding over the whole grid gathered by an index buffer; each head's q times both
+    lambdas, the two outputs added; a 2 x 2 average pool with `pool`. timm's order of ops."""
+
+    def __init__(self, channels: int, num_heads: int, key_dim: int, r: int, grid: tuple[int, int], pool: bool,
+                 bias: bool) -> None:
+        super().__init__()
+        self.heads, self.dk, self.dv = num_heads, key_dim, channels // num_heads
+        self.qkv = nn.Conv2d(channels, num_heads * key_dim + key_dim + self.dv, 1, bias=bias)
+        self.norm_q = nn.BatchNorm2d(num_heads * key_dim)
+        self.norm_v = nn.BatchNorm2d(self.dv)
+        self.conv_lambda: nn.Module | None = None
+        self.pos_emb: nn.Parameter | None = None
+        if r:
+            self.conv_lambda = nn.Conv3d(1, key_dim, (r, r, 1), padding=(r // 2, r // 2, 0))
+        else:
+            height, width = grid
+            self.pos_emb = nn.Parameter(torch.randn(2 * height - 1, 2 * width - 1, key_dim) * 0.02)
+            ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+            pos = torch.stack([ys.flatten(), xs.flatten()])  # 2 x M
+            rel = pos[:, None, :] - pos[:, :, None]  # the offset of each key from each query
+            rel[0] += height - 1
+            rel[1] += width - 1
+            self.register_buffer("rel_pos_indices", rel, persistent=False)
+        self.pool = nn.AvgPool2d(2, 2) if pool else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = x.shape
+        m = height * width
+        q, k, v = torch.split(self.qkv(x), [self.heads * self.dk, self.dk, self.dv], dim=1)
+        q = self.norm_q(q).reshape(b, self.heads, self.dk, m).transpose(-1, -2)  # B x h x M x dk
+        v = self.norm_v(v).reshape(b, self.dv, m).transpose(-1, -2)  # B x M x dv
+        k = F.softmax(k.reshape(b, self.dk, m), dim=-1)  # B x dk x M
+        content_out = q @ (k @ v).unsqueeze(1)  # B x h x M x dv
+        if self.conv_lambda is not None:
+            position = self.conv_lambda(v.reshape(b, 1, height, width, self.dv))  # B x dk x H x W x dv
+            position = position.reshape(b, 1, self.dk, m, self.dv).transpose(2, 3)  # B x 1 x M x dk x dv
+        else:
+            assert self.pos_emb is not None
+            index = self.get_buffer("rel_pos_indices")
+            emb = self.pos_emb[index[0], index[1]].expand(b, -1, -1, -1)
+            position = (emb.transpose(-1, -2) @ v.unsqueeze(1)).unsqueeze(1)  # B x 1 x M x dk x dv
+        position_out = (q.unsqueeze(-2) @ position).squeeze(-2)  # B x h x M x dv
+        out = (content_out + position_out).transpose(-1, -2).reshape(b, c, height, width)
+        return self.pool(out)

@@ -461,6 +461,14 @@ def _halo_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
                 block=g.block, halo=g.halo, query_stride=g.query_stride, pool=g.pool, bias=bool(a["bias"]))
 
 
+@recipe("lambda_layer")
+def _lambda_layer(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    from archcalc.torch import modules_byoa
+
+    return call(modules_byoa.LambdaLayer, channels=inp[0], num_heads=a["num_heads"], key_dim=a["key_dim"], r=a["r"],
+                grid=tuple(inp[1:]), pool=a["stride"] == 2, bias=bool(a["bias"]))
+
+
 # ---- every kind and merge without a recipe of its own: the generic ones -------------------------------------------
 
 for _kind in REGISTRY.values():
@@ -1233,6 +1241,9 @@ def _read_own_halo(m: Any, inp: tuple[int, ...]) -> Mapped:
 
 
 reads("halo_attention", _read_own_halo, modules_byoa.HaloAttention)
+reads("lambda_layer", lambda m, inp: Mapped("lambda_layer", {
+    "num_heads": int(m.heads), "key_dim": int(m.dk), "r": int(m.conv_lambda.kernel_size[0]) if m.conv_lambda else 0,
+    "stride": 2 if isinstance(m.pool, nn.AvgPool2d) else 1, "bias": m.qkv.bias is not None}), modules_byoa.LambdaLayer)
 
 
 def _torch_function(kind: Kind, name: str) -> Any:

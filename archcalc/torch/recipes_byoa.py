@@ -95,8 +95,49 @@ def read_halo_attn(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("halo_attention", args)
 
 
+def _affine_norm(norm: Any, channels: int) -> bool:
+    return (isinstance(norm, nn.BatchNorm2d) and norm.num_features == channels and norm.affine
+            and norm.track_running_stats)
+
+
+def read_lambda_layer(m: Any, inp: tuple[int, ...]) -> Mapped:
+    """timm's LambdaLayer (timm/layers/lambda_layer.py) as lambda_layer: a 1 x 1 qkv conv (C -> heads dk + dk + dv),
+    batch norms of q and v (affine, running statistics), k's softmax over the positions, the content lambda, the
+    position lambdas from a Conv3d(1, dk, (r, r, 1)) with bias or from the relative embedding of the grid, their
+    products with q, the sum laid back on the grid, the 2 x 2 average pool of a strided one."""
+    if len(inp) != 3:
+        raise Unmapped("LambdaLayer on a tensor that is not a C x H x W grid")
+    c, height, width = inp
+    heads, dk, dv = int(m.num_heads), int(m.dim_qk), int(m.dim_v)
+    if heads * dv != c:
+        raise Unmapped(f"LambdaLayer whose output ({heads} x {dv} channels) is not its input's {c}")
+    if (not _one_by_one(m.qkv) or m.qkv.in_channels != c or m.qkv.out_channels != heads * dk + dk + dv
+            or not _affine_norm(m.norm_q, heads * dk) or not _affine_norm(m.norm_v, dv)):
+        raise Unmapped(f"LambdaLayer whose qkv conv or norms are not lambda_layer's on {c} channels")
+    conv = m.conv_lambda
+    r = 0
+    if conv is not None:
+        r = int(conv.kernel_size[0])
+        if (not isinstance(conv, nn.Conv3d) or conv.in_channels != 1 or conv.out_channels != dk
+                or tuple(conv.kernel_size) != (r, r, 1) or tuple(conv.padding) != (r // 2, r // 2, 0)
+                or tuple(conv.stride) != (1, 1, 1) or tuple(conv.dilation) != (1, 1, 1) or conv.bias is None
+                or r % 2 == 0):
+            raise Unmapped("LambdaLayer whose position conv is not a Conv3d(1, dk, (r, r, 1)) with bias, padded "
+                           "to keep the grid")
+    elif (tuple(m.pos_emb.shape) != (2 * height - 1, 2 * width - 1, dk)
+          or tuple(m.rel_pos_indices.shape) != (2, height * width, height * width)):
+        raise Unmapped(f"LambdaLayer whose relative embedding or index is not the {height}x{width} grid's")
+    args: dict[str, Any] = {"num_heads": heads, "key_dim": dk, "r": r}
+    if _pool(m):
+        args["stride"] = 2
+    if m.qkv.bias is not None:
+        args["bias"] = True
+    return Mapped("lambda_layer", args)
+
+
 NAMED_MODULES: dict[str, ModuleRule] = {
     "timm.layers.bottleneck_attn.BottleneckAttn": read_bottleneck_attn,
     "timm.layers.halo_attn.HaloAttn": read_halo_attn,
+    "timm.layers.lambda_layer.LambdaLayer": read_lambda_layer,
 }
 

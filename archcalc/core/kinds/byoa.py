@@ -1,7 +1,8 @@
 """The attention layers of timm's byoanet models (bring-your-own-attention ResNets): halo attention (Vaswani et al.
 2021, "Scaling Local Self-Attention for Parameter Efficient Visual Backbones"), which with one block over the whole
 grid and no halo is BoTNet's bottleneck attention (Srinivas et al. 2021, "Bottleneck Transformers for Visual
-Recognition").
+Recognition"), and the lambda layer (Bello 2021, "LambdaNetworks"): no attention map at all, a linear function (the
+lambda) of the keys and values applied to each query, its own kind.
 
 Both act on a channels-first C x H x W grid, as the convolutions around them do: q, k and v come from 1 x 1 convs,
 each query attends to the keys of its block's window with 2-D relative position logits (q times a height and a
@@ -19,6 +20,7 @@ from typing import Any
 
 from archcalc.core.kinds.base import (
     ACTIVATION,
+    STATISTICS,
     Arg,
     Cost,
     Example,
@@ -225,3 +227,160 @@ class HaloAttention(Kind):
         where = (f"{g.blocks} blocks of {g.block[0]}x{g.block[1]}, halo {g.halo}" if a["block_size"]
                  else "the whole grid")
         return f"{g.heads} heads, {where}"
+
+
+class LambdaGeometry:
+    """The widths of one lambda_layer on a C x H x W grid (per image)."""
+
+    def __init__(self, a: Mapping[str, Any], inp: Shape) -> None:
+        if is_tokens(inp) or len(inp) != 3:
+            raise LayerError(f"lambda_layer needs a 2-D grid (C x H x W); its input is {'x'.join(map(str, inp))}")
+        c, height, width = inp
+        heads, r = a["num_heads"], a["r"]
+        if c % heads:
+            raise LayerError(f"lambda_layer: {c} channels are not divisible by num_heads {heads}")
+        if r and r % 2 == 0:
+            raise LayerError(f"lambda_layer r {r}: the position lambdas' conv needs an odd size (0: a relative "
+                             "position embedding)")
+        if a["stride"] not in (1, 2):
+            raise LayerError(f"lambda_layer stride {a['stride']}: 1 or 2")
+        self.c, self.height, self.width, self.heads, self.r = c, height, width, heads, r
+        self.dk, self.dv = a["key_dim"], c // heads
+        self.k = heads * self.dk
+        self.m = height * width
+        self.pool = a["stride"] == 2
+        self.grid_out = (height // 2, width // 2) if self.pool else (height, width)
+        self.qkv = self.k + self.dk + self.dv  # the qkv conv's output channels
+
+    def macs(self) -> tuple[int, int]:
+        """Per-image MACs of the qkv conv and of the rest (the content lambda and its product with q, the position
+        lambdas (a conv3d or a product with the gathered embedding) and their product with q)."""
+        m, dk, dv = self.m, self.dk, self.dv
+        position = m * dv * dk * self.r * self.r if self.r else m * m * dk * dv
+        return m * self.c * self.qkv, m * dk * dv + 2 * self.heads * m * dk * dv + position
+
+
+@register
+class LambdaLayer(Kind):
+    name = "lambda_layer"
+    synonyms = ("lambda", "lambda_conv", "lambdanet")
+    prefix = "lambda"
+    doc = ("A lambda layer on a C x H x W grid (LambdaNetworks, Bello 2021; timm's LambdaLayer): one 1 x 1 conv "
+           "makes q (heads x key_dim), k (key_dim) and v (dv = C / heads); q and v are batch-normed, k "
+           "softmax-normalised over the M = H W positions. The content lambda K V (key_dim x dv) is shared by every "
+           "position; the position lambdas (key_dim x dv per position) come from a r x r x 1 conv3d over (H, W, dv) "
+           "with bias, or with `r: 0` from a learned (2H - 1) x (2W - 1) x key_dim relative embedding gathered by "
+           "an int64 index (2 x M x M buffer) and multiplied by v; each head's q times both lambdas, the two "
+           "added: C channels. `stride: 2` average-pools the output 2 x 2. Params C (K + key_dim + dv) (+ as many "
+           "with bias) + 2 (K + dv) (the norms) + key_dim r^2 + key_dim (or (2H - 1)(2W - 1) key_dim), K = heads x "
+           "key_dim. MACs per image: M C (K + key_dim + dv) + M key_dim dv + 2 heads M key_dim dv + M dv key_dim "
+           "r^2 (or M^2 key_dim dv). FlopCounterMode counts the convs and the products (convolution, bmm), fvcore "
+           "the same plus 2 per element of the two batch norms; neither counts the softmax, the gather or the sum.")
+    full_rule = ("2 per MAC, the qkv bias per position, 4 per element of each batch norm, 3 per element of k for the "
+                 "softmax, the conv3d's bias per element of the position lambdas, the sum of the two outputs (C per "
+                 "position), and the pool's 5 per output element")
+    autocast = "mixed"
+    step_unfollowed = "its backward (the lambdas' and the norms' gradients) is not modelled yet"
+    args = (
+        Arg("num_heads", "int", doc="number of query heads; divides the channels (v has C / heads)",
+            aliases=("heads",), minimum=1),
+        Arg("key_dim", "int", 16, "q and k channels per head (timm's dim_head)", aliases=("dim_head",), minimum=1),
+        Arg("r", "int", 9, "the position lambdas' conv size, odd (0: a relative position embedding over the grid)",
+            minimum=0),
+        Arg("stride", "int", 1, "2: average-pool the output 2 x 2", minimum=1),
+        Arg("bias", "bool", False, "learn a bias in the qkv conv (timm's qkv_bias)", aliases=("qkv_bias",)),
+    )
+    examples = (
+        Example((8, 6, 6), {"num_heads": 2, "key_dim": 4, "r": 3}),
+        Example((8, 6, 6), {"num_heads": 4, "key_dim": 4, "r": 3, "stride": 2}),
+        Example((8, 6, 6), {"num_heads": 2, "key_dim": 4, "r": 0}),
+        Example((8, 4, 6), {"num_heads": 1, "key_dim": 3, "r": 0, "stride": 2, "bias": True}),
+        Example((12, 4, 6), {"num_heads": 2, "key_dim": 3, "r": 5}),
+    )
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        g = LambdaGeometry(a, inp)
+        return (g.c, *g.grid_out)
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        g = LambdaGeometry(a, inp)
+        macs = sum(g.macs())
+        position = g.dk * g.r * g.r + g.dk if g.r else (2 * g.height - 1) * (2 * g.width - 1) * g.dk
+        params = g.c * g.qkv + (g.qkv if a["bias"] else 0) + 2 * (g.k + g.dv) + position
+        norms = g.m * (g.k + g.dv)
+        full = (2 * macs + (g.m * g.qkv if a["bias"] else 0) + 4 * norms + 3 * g.dk * g.m
+                + (g.m * g.dk * g.dv if g.r else 0) + g.c * g.m
+                + (5 * g.c * g.grid_out[0] * g.grid_out[1] if g.pool else 0))
+        return Cost(params=params, buffers=2 * (g.k + g.dv), int_buffers=2 + (0 if g.r else 2 * g.m * g.m),
+                    macs=macs, fvcore=macs + 2 * norms, full=full)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        # archcalc.torch.modules_byoa.LambdaLayer: the embedding (r: 0) first, then qkv's weight (and bias), the two
+        # norms' weights and biases, the conv3d's weight and bias. The input's channels are the output's.
+        heads, dk, r = a["num_heads"], a["key_dim"], a["r"]
+        c = out[0]
+        k, dv = heads * dk, c // heads
+        qkv = k + dk + dv
+        convs = (c * qkv, qkv) if a["bias"] else (c * qkv,)
+        norms = (k, k, dv, dv)
+        if r:
+            return (*convs, *norms, dk * r * r, dk)
+        return (params - sum(convs) - sum(norms), *convs, *norms)
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
+        # The content lambda sums over every position (k is normalised over all of them): every output depends on
+        # the whole input.
+        return [RFStep(whole=True), RFStep(whole=True)]
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # The built module (archcalc.torch.modules_byoa.LambdaLayer, timm's order of ops), measured with
+        # saved_tensors_hooks (tests/test_kind_rules.py): the input (for qkv's weight), qkv's output (the norms'
+        # input: q, k and v are views of it), the normed q (for the content product) and its copy laid out per
+        # position (for the position product), the normed v, the softmax of k, the content lambda as q's product
+        # reads it (heads x key_dim x dv), the position lambdas as q's product reads them (heads x M x key_dim x dv),
+        # with r: 0 the gathered embedding and v laid out per query (M^2 (key_dim + dv)), with the pool its input;
+        # and per batch the norms' batch mean and inverse std (2 per channel).
+        g = LambdaGeometry(a, inp)
+        m, dk, dv, h = g.m, g.dk, g.dv, g.heads
+        kept = (m * g.qkv + 2 * m * g.k + m * dv + dk * m + h * dk * dv + h * m * dk * dv
+                + (0 if g.r else m * m * (dk + dv)) + (g.c * m if g.pool else 0))
+        return Saved(input_for_params=True, extra=((kept, ACTIVATION),),
+                     per_batch=((2 * (g.k + dv), STATISTICS),))
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # The most alive at once while the built module runs at inference (torch.profiler, tests/test_kind_rules.py),
+        # op by op: qkv's output beside the normed q and v and k's softmax; the content lambda, its copy over the
+        # heads (several heads) and the content output; then, those four kept, the position lambdas (with r: 0 the
+        # embedding and v laid out per query beside them), q's copy per position, the lambdas' copy over the heads
+        # (with r: 0 several heads only) and the position output; or the sum and its copy (several heads) and the
+        # pool. Less the output, which the engine counts; the gathered embedding is `transient_once`.
+        g = LambdaGeometry(a, inp)
+        m, dk, dv, h, cm = g.m, g.dk, g.dv, g.heads, g.c * g.m
+        q, v, k, lam = m * g.k, m * dv, dk * m, m * dk * dv
+        base = q + v + k + cm  # the normed q and v, k's softmax, the content output
+        spread = h * lam if g.r or h > 1 else 0
+        moments = [m * g.qkv + q + v + k, q + v + k + dk * dv + (h * dk * dv if h > 1 else 0) + cm,
+                   base + lam + q + spread + cm, base + lam + cm + cm + (cm if h > 1 else 0),
+                   base + lam + cm + cm + (g.c * g.grid_out[0] * g.grid_out[1] if g.pool else 0)]
+        if not g.r:
+            moments.append(base + m * m * (dk + dv) + lam)
+        return ((max(moments) - g.c * g.grid_out[0] * g.grid_out[1], ACTIVATION),)
+
+    def transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # With r: 0, the embedding gathered by the index (M x M x key_dim, whatever the batch), alive to the end.
+        g = LambdaGeometry(a, inp)
+        return () if g.r else ((g.m * g.m * g.dk, ACTIVATION),)
+
+    def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),
+                      divide_groups: bool = False) -> tuple[int, int]:
+        # Two products of each forward product's size; only qkv's input gradient is skipped when the input needs
+        # none.
+        g = LambdaGeometry(a, inp)
+        qkv, rest = g.macs()
+        batch = macs // (qkv + rest)
+        return qkv * batch, (qkv + 2 * rest) * batch
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        g = LambdaGeometry(a, inp)
+        where = f"position lambdas from a {g.r}x{g.r} conv" if g.r else "a relative position embedding"
+        return f"{g.heads} heads of {g.dk}, {where}"
