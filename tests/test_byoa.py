@@ -259,3 +259,72 @@ def test_its_own_lambda_layer_imports_as_itself() -> None:
         assert report.totals.params == sum(p.numel() for p in model.parameters())
         assert report.totals.buffers == sum(b.numel() for b in model.buffers())
         assert report.totals.output == tuple(model(torch.randn(1, 3, 6, 6)).shape[1:])
+
+
+# ---- bilinear_attention, channel_dropout ---------------------------------------------------------------------------
+
+BAT = REGISTRY["bilinear_attention"]
+
+
+def bat_reference(x: torch.Tensor, m: nn.Module, groups: int, b: int) -> torch.Tensor:
+    """BAT's transform as Zheng et al. define it: per group two b x b matrices from row and column max pools,
+    normalised, and per channel y = kron(P, I_t) x kron(Q, I_t)."""
+    bsz, c, height, width = x.shape
+
+    def conv_bn_relu(t: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
+        t = F.conv2d(t, conv.weight, conv.bias)
+        return F.batch_norm(t, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps).relu()
+
+    out = conv_bn_relu(x, m.conv1, m.bn1)
+    rows = torch.stack([out[:, :, i * height // b:(i + 1) * height // b].amax(dim=(2, 3)) for i in range(b)], -1)
+    cols = torch.stack([out[:, :, :, j * width // b:(j + 1) * width // b].amax(dim=(2, 3)) for j in range(b)], -1)
+    p = F.conv2d(rows[..., None], m.conv_p.weight, m.conv_p.bias).view(bsz, groups, b, b).sigmoid()
+    q = F.conv2d(cols[:, :, None], m.conv_q.weight, m.conv_q.bias).view(bsz, groups, b, b).sigmoid()
+    p, q = p / p.sum(3, keepdim=True), q / q.sum(2, keepdim=True)
+    y = torch.empty_like(x)
+    for n in range(bsz):
+        for ch in range(c):
+            group = ch // (c // groups)
+            big_p = torch.kron(p[n, group], torch.eye(height // b, dtype=x.dtype))
+            big_q = torch.kron(q[n, group], torch.eye(width // b, dtype=x.dtype))
+            y[n, ch] = big_p @ x[n, ch] @ big_q
+    return conv_bn_relu(y, m.conv2, m.bn2)
+
+
+@pytest.mark.parametrize(("inp", "groups", "b"), [((8, 8, 12), 2, 4), ((6, 6, 6), 3, 3), ((8, 4, 4), 4, 4)])
+def test_the_built_bilinear_attention_is_bats_transform(inp: tuple[int, ...], groups: int, b: int) -> None:
+    args = {"groups": groups, "block_size": b}
+    torch.manual_seed(0)
+    m = module_call(BAT, args, inp).make().double().eval()
+    for bn in (m.bn1, m.bn2):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 2)
+    x = torch.randn(2, *inp, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), bat_reference(x, m, groups, b))
+
+
+def test_bats_costs_are_the_rule() -> None:
+    """bat_resnext26ts's first transform: 16 channels at 64 x 64, 2 groups, b = 8."""
+    c, h, g, b = 16, 64, 2, 8
+    args = {"groups": g, "block_size": b}
+    cost = BAT.cost(args, (c, h, h), (c, h, h))
+    assert cost.macs == h * h * c * g + 2 * (b * b * g) * g * b + 2 * c * h ** 3 + h * h * c * c
+    assert cost.params == c * g + 2 * g + 2 * (b * b * g * g * b + b * b * g) + c * c + 2 * c
+    assert cost.fvcore == cost.macs + 2 * h * h * (g + c)
+
+
+def test_channel_dropout_zeroes_whole_channels_in_training_only() -> None:
+    text = "name: t\ninput: [6, 4, 4]\nlayers:\n  - channel_dropout: {p: 0.5}\n"
+    report = analyze(load_text(text))
+    assert report.totals.params == 0 and report.totals.macs == 0
+    from archcalc.torch.build import build_module
+
+    model = build_module(report)
+    x = torch.rand(3, 6, 4, 4) + 1
+    assert torch.equal(model.eval()(x), x)
+    torch.manual_seed(0)
+    y = model.train()(x)
+    zeroed = (y == 0).flatten(2)
+    assert torch.equal(zeroed.all(2), zeroed.any(2)) and zeroed.any()  # whole channels, some of them

@@ -107,16 +107,13 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import Tensor.mul ... timm/models/csatv2.py:267": (  # 2
         "csatv2", "csatv2_21m",
     ),
-    "cannot import _operator.truediv ... timm/layers/non_local_attn.py:131": (  # 1
-        "bat_resnext26ts",
-    ),
     "cannot import timm.models.maxxvit.window_partition ... timm/models/maxxvit.py:975": (  # 1
         "maxvit_tiny_pm_256",
     ),
 }
 
 # The share of the hybrid set that imports exact (issue 30 asks for 90 %; see docs/export.md for what stops the rest).
-IMPORTED_COUNT = 180  # of 302: 59.6 %
+IMPORTED_COUNT = 181  # of 302: 59.9 %
 
 # Imported models fvcore's CPU run was not taken for (over 150 GMACs, and the MaxViTs over 25 GMACs: too slow on the 2
 # shared cores the data was made on); their other figures are checked, and fvcore's count of the same blocks on the
@@ -197,6 +194,6 @@ def test_the_rate_in_the_docs() -> None:
     assert f"{IMPORTED_COUNT} of {len(MEASURED)} models" in text
     families = Counter(MEASURED[name]["family"] for name, rec in IMPORTED.items() if rec["imported"])
     assert families == {"maxxvit": 34, "xcit": 28, "levit": 20, "vision_transformer_hybrid": 14, "vitamin": 13,
-                        "byoanet": 15, "byobnet": 9, "fastvit": 9, "pit": 8, "pvt_v2": 7, "edgenext": 5,
+                        "byoanet": 15, "byobnet": 10, "fastvit": 9, "pit": 8, "pvt_v2": 7, "edgenext": 5,
                         "metaformer": 4, "efficientformer": 3, "nextvit": 3, "twins": 3, "lowformer": 2, "visformer": 2,
                         "efficientnet": 1}

@@ -284,6 +284,8 @@ FULL: dict[str, Rule] = {
     "fourier_pos_embed": lambda a, i, o, m: n(i) + (0 if a["once"] else 2 * i[0] * 2 * a["hidden_dim"] * i[1] + n(i)),
     "halo_attention": lambda a, i, o, m: _halo_attention(a, i, o, m),
     "lambda_layer": lambda a, i, o, m: _lambda_layer(a, i, o, m),
+    "bilinear_attention": lambda a, i, o, m: _bilinear_attention(a, i, m),
+    "channel_dropout": lambda a, i, o, m: 0,  # the identity at inference
     # comparisons per output element of the grid (the class token is copied)
     "token_maxpool": lambda a, i, o, m: (o[0] - (i[0] - n(i.grid))) * o[1] * (_kernel(a, (0, *i.grid)) - 1),
 }
@@ -313,6 +315,19 @@ def _lambda_layer(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...], 
     k = a["num_heads"] * dk
     return (2 * m + (positions * (k + dk + dv) if a["bias"] else 0) + 4 * positions * (k + dv) + 3 * dk * positions
             + (positions * dk * dv if a["r"] else 0) + c * positions + (5 * n(o) if a["stride"] == 2 else 0))
+
+
+def _bilinear_attention(a: Mapping[str, Any], i: tuple[int, ...], m: int) -> int:
+    """2 per MAC; the two batch norms (4 per element, g and C channels over H x W) and ReLUs (1); the row and
+    column max pools (H W / b - 1 comparisons per output, g b outputs each); per b x b matrix element (b^2 g, two
+    sets) the conv's bias, the sigmoid's 3 and the division; the sums' b - 1 additions per row (g b rows, two
+    sets); the identity's multiplications, C H^2 and C W^2, where the matrices are blown up (t > 1)."""
+    c, height, width = i
+    g, b = a["groups"], a["block_size"]
+    hw = height * width
+    blown = (c * height ** 2 if height > b else 0) + (c * width ** 2 if width > b else 0)
+    return (2 * m + (4 + 1) * hw * (g + c) + 2 * g * b * (hw // b - 1) + 2 * b * b * g * 5
+            + 2 * g * b * (b - 1) + blown)
 
 
 def _windows_of(a: Mapping[str, Any], i: Any) -> tuple[int, int, int, bool]:
@@ -443,7 +458,7 @@ def test_full_flops_follow_the_stated_rule(name: str, index: int) -> None:
 # constant wrapped as a 0-d double tensor, psa_attention's three batch norms' scale and shift, pooled_attention's
 # strided depthwise 3-D convolutions (what its ops make is exact: tests/test_mvit.py counts it op by op).
 SCRATCH = {"batchnorm", "layernorm", "groupnorm", "lrn", "mean", "global_avgpool", "conv_transpose", "upsample",
-           "scalar", "psa_attention", "pooled_attention"}
+           "scalar", "psa_attention", "pooled_attention", "bilinear_attention"}
 PEAK_CASES = [(n, i) for n, i in CASES if math.prod(REGISTRY[n].examples[i].input) <= 100_000]
 
 

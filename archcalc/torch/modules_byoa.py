@@ -125,3 +125,45 @@ class LambdaLayer(nn.Module):
         position_out = (q.unsqueeze(-2) @ position).squeeze(-2)  # B x h x M x dv
         out = (content_out + position_out).transpose(-1, -2).reshape(b, c, height, width)
         return self.pool(out)
+
+
+class BilinearAttention(nn.Module):
+    """BAT's bilinear attention transform (Zheng et al. 2020, "Learning Non-Local Spatial Correlations ...";
+    timm's BilinearAttnTransform) on a C x H x W grid, in timm's order of ops: a 1 x 1 conv to `groups` channels
+    (batch norm, ReLU); row and column max pools to b x 1 and 1 x b; a (b, 1) and a (1, b) conv to b^2 per group,
+    sigmoid, each normalised to sum to 1 along a row or a column: two b x b mixing matrices per group, repeated
+    over the group's C / groups channels and blown up to H x H and W x W (each entry times an identity); y = P x Q
+    per channel; a 1 x 1 conv (batch norm, ReLU)."""
+
+    def __init__(self, channels: int, block: int, groups: int) -> None:
+        super().__init__()
+        self.block, self.groups = block, groups
+        self.conv1 = nn.Conv2d(channels, groups, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(groups)
+        self.conv_p = nn.Conv2d(groups, block * block * groups, kernel_size=(block, 1))
+        self.conv_q = nn.Conv2d(groups, block * block * groups, kernel_size=(1, block))
+        self.conv2 = nn.Conv2d(channels, channels, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def resize(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        b, c, block, _ = x.shape
+        if t <= 1:
+            return x
+        x = x.view(b * c, -1, 1, 1) * torch.eye(t, t, dtype=x.dtype, device=x.device)
+        x = x.view(b * c, block, block, t, t)
+        x = torch.cat(torch.split(x, 1, dim=1), dim=3)
+        x = torch.cat(torch.split(x, 1, dim=2), dim=4)
+        return x.view(b, c, block * t, block * t)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = x.shape
+        g, s = self.groups, self.block
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        p = self.conv_p(F.adaptive_max_pool2d(out, (s, 1))).view(b, g, s, s).sigmoid()
+        q = self.conv_q(F.adaptive_max_pool2d(out, (1, s))).view(b, g, s, s).sigmoid()
+        p = p / p.sum(dim=3, keepdim=True)
+        q = q / q.sum(dim=2, keepdim=True)
+        p = p.view(b, g, 1, s, s).expand(b, g, c // g, s, s).contiguous().view(b, c, s, s)
+        q = q.view(b, g, 1, s, s).expand(b, g, c // g, s, s).contiguous().view(b, c, s, s)
+        y = self.resize(p, height // s).matmul(x).matmul(self.resize(q, width // s))
+        return F.relu(self.bn2(self.conv2(y)), inplace=True)

@@ -469,6 +469,13 @@ def _lambda_layer(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
                 grid=tuple(inp[1:]), pool=a["stride"] == 2, bias=bool(a["bias"]))
 
 
+@recipe("bilinear_attention")
+def _bilinear_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    from archcalc.torch import modules_byoa
+
+    return call(modules_byoa.BilinearAttention, channels=inp[0], block=a["block_size"], groups=a["groups"])
+
+
 # ---- every kind and merge without a recipe of its own: the generic ones -------------------------------------------
 
 for _kind in REGISTRY.values():
@@ -1244,6 +1251,8 @@ reads("halo_attention", _read_own_halo, modules_byoa.HaloAttention)
 reads("lambda_layer", lambda m, inp: Mapped("lambda_layer", {
     "num_heads": int(m.heads), "key_dim": int(m.dk), "r": int(m.conv_lambda.kernel_size[0]) if m.conv_lambda else 0,
     "stride": 2 if isinstance(m.pool, nn.AvgPool2d) else 1, "bias": m.qkv.bias is not None}), modules_byoa.LambdaLayer)
+reads("bilinear_attention", lambda m, inp: Mapped("bilinear_attention", {
+    "groups": int(m.groups), "block_size": int(m.block)}), modules_byoa.BilinearAttention)
 
 
 def _torch_function(kind: Kind, name: str) -> Any:

@@ -135,9 +135,38 @@ def read_lambda_layer(m: Any, inp: tuple[int, ...]) -> Mapped:
     return Mapped("lambda_layer", args)
 
 
+def _conv_norm_relu(m: Any, cin: int, cout: int) -> bool:
+    """timm's ConvNormAct: a 1 x 1 conv without bias, then BatchNormAct2d (affine, running statistics, no drop)
+    with a ReLU."""
+    conv: Any = getattr(m, "conv", None)
+    bn: Any = getattr(m, "bn", None)
+    return (_one_by_one(conv) and conv.in_channels == cin and conv.out_channels == cout and conv.bias is None
+            and _affine_norm(bn, cout) and isinstance(getattr(bn, "act", None), nn.ReLU)
+            and isinstance(getattr(bn, "drop", nn.Identity()), nn.Identity)
+            and isinstance(getattr(m, "aa", None) or nn.Identity(), nn.Identity))
+
+
+def read_bilinear_attn(m: Any, inp: tuple[int, ...]) -> Mapped:
+    """timm's BilinearAttnTransform (BAT, timm/layers/non_local_attn.py) as bilinear_attention: ConvNormAct to the
+    groups, the (b, 1) and (1, b) convs with bias to b^2 per group, ConvNormAct back to C."""
+    if len(inp) != 3:
+        raise Unmapped("BilinearAttnTransform on a tensor that is not a C x H x W grid")
+    c = inp[0]
+    g, b = int(m.groups), int(m.block_size)
+    for conv, kernel in ((m.conv_p, (b, 1)), (m.conv_q, (1, b))):
+        if (not isinstance(conv, nn.Conv2d) or conv.in_channels != g or conv.out_channels != b * b * g
+                or tuple(conv.kernel_size) != kernel or tuple(conv.stride) != (1, 1) or tuple(conv.padding) != (0, 0)
+                or tuple(conv.dilation) != (1, 1) or conv.groups != 1 or conv.bias is None):
+            raise Unmapped(f"BilinearAttnTransform whose conv_p or conv_q is not a {kernel} conv of {g} -> {b * b * g}")
+    if not _conv_norm_relu(m.conv1, c, g) or not _conv_norm_relu(m.conv2, c, c):
+        raise Unmapped("BilinearAttnTransform whose conv1 or conv2 is not a 1 x 1 conv, batch norm and ReLU")
+    return Mapped("bilinear_attention", {"groups": g, "block_size": b})
+
+
 NAMED_MODULES: dict[str, ModuleRule] = {
     "timm.layers.bottleneck_attn.BottleneckAttn": read_bottleneck_attn,
     "timm.layers.halo_attn.HaloAttn": read_halo_attn,
     "timm.layers.lambda_layer.LambdaLayer": read_lambda_layer,
+    "timm.layers.non_local_attn.BilinearAttnTransform": read_bilinear_attn,
 }
 

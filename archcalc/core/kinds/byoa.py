@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from archcalc.core.kinds.activation import Dropout
 from archcalc.core.kinds.base import (
     ACTIVATION,
     STATISTICS,
@@ -384,3 +385,141 @@ class LambdaLayer(Kind):
         g = LambdaGeometry(a, inp)
         where = f"position lambdas from a {g.r}x{g.r} conv" if g.r else "a relative position embedding"
         return f"{g.heads} heads of {g.dk}, {where}"
+
+
+@register
+class BilinearAttention(Kind):
+    name = "bilinear_attention"
+    synonyms = ("bilinear_attn_transform", "bat", "bilinear_attn")
+    prefix = "bat"
+    doc = ("BAT's bilinear attention transform on a C x H x W grid (Zheng et al. 2020, \"Learning Non-Local "
+           "Spatial Correlations to Cope with Long-Range Dependencies\"; timm's BilinearAttnTransform, in "
+           "bat_resnext26ts): a 1 x 1 conv to `groups` channels (no bias; batch norm, ReLU); max pools of it to "
+           "b x 1 and 1 x b (b = block_size); a (b, 1) and a (1, b) conv (bias) to b^2 per group, a sigmoid, each "
+           "normalised to sum to 1 along a row or a column: two b x b matrices per group, repeated over the "
+           "group's C / groups channels and blown up to H x H and W x W (each entry times a t x t identity, t = "
+           "H / b or W / b); per channel y = P x Q (two matmuls); a 1 x 1 conv (no bias; batch norm, ReLU). H and W "
+           "multiples of b. Params C g + 2g + 2 (b^3 g^2 + b^2 g) + C^2 + 2C (buffers 2g + 2C and two counters). "
+           "MACs per image: H W C g + 2 b^3 g^2 + C H^2 W + C H W^2 + H W C^2. FlopCounterMode counts the convs "
+           "and the two products (convolution, bmm), fvcore the same plus 2 per element of the two batch norms; "
+           "neither counts the pools, the sigmoids, the normalisation or the identity's products.")
+    full_rule = ("2 per MAC; each batch norm 4 and each ReLU 1 per element; the max pools' comparisons (H W / b - 1 "
+                 "per output); the two convs' biases, sigmoids (3) and divisions per element of the b x b "
+                 "matrices, their sums' additions; the identity's multiplications (C H^2 and C W^2 where t > 1)")
+    autocast = "mixed"
+    step_unfollowed = "its backward (the two products', the pools' and the norms' gradients) is not modelled yet"
+    args = (
+        Arg("groups", "int", 2, "channels of the first 1 x 1 conv: one pair of b x b matrices each; divides C",
+            minimum=1),
+        Arg("block_size", "int", 7, "b: the size of the mixing matrices; divides H and W", minimum=1),
+    )
+    examples = (
+        Example((8, 8, 12), {"groups": 2, "block_size": 4}),
+        Example((6, 6, 6), {"groups": 3, "block_size": 3}),
+        Example((8, 4, 4), {"groups": 4, "block_size": 4}),
+        Example((4, 6, 9), {"groups": 1, "block_size": 3}),
+    )
+
+    @staticmethod
+    def geometry(a: Mapping[str, Any], inp: Shape) -> tuple[int, int, int, int, int]:
+        if is_tokens(inp) or len(inp) != 3:
+            raise LayerError(f"bilinear_attention needs a 2-D grid (C x H x W); its input is "
+                             f"{'x'.join(map(str, inp))}")
+        c, height, width = inp
+        g, b = a["groups"], a["block_size"]
+        if c % g:
+            raise LayerError(f"bilinear_attention: {c} channels are not divisible by groups {g}")
+        if height % b or width % b:
+            raise LayerError(f"bilinear_attention: the {height}x{width} grid is not a multiple of block_size {b}")
+        return c, height, width, g, b
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        self.geometry(a, inp)
+        return inp
+
+    def cost(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Cost:
+        c, height, width, g, b = self.geometry(a, inp)
+        hw = height * width
+        convs = hw * c * g + 2 * b ** 3 * g * g + hw * c * c
+        macs = convs + c * height * height * width + c * height * width * width
+        matrices = b * b * g  # elements of one set of b x b matrices
+        identity = (c * height * height if height > b else 0) + (c * width * width if width > b else 0)
+        full = (2 * macs + 5 * hw * (g + c) + 2 * g * b * (hw // b - 1) + 2 * matrices * (1 + 3 + 1)
+                + 2 * g * b * (b - 1) + identity)
+        return Cost(params=c * g + 2 * g + 2 * (b ** 3 * g * g + matrices) + c * c + 2 * c,
+                    buffers=2 * (g + c), int_buffers=2, macs=macs, fvcore=macs + 2 * hw * (g + c), full=full)
+
+    def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
+        # archcalc.torch.modules_byoa.BilinearAttention: conv1, its norm, conv_p and conv_q (weight, bias), conv2,
+        # its norm.
+        c, g, b = out[0], a["groups"], a["block_size"]
+        return (c * g, g, g, b ** 3 * g * g, b * b * g, b ** 3 * g * g, b * b * g, c * c, c, c)
+
+    def rf(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Sequence[RFStep]:
+        # The matrices come from max pools over the whole grid: every output depends on every input.
+        return [RFStep(whole=True), RFStep(whole=True)]
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # The built module (archcalc.torch.modules_byoa.BilinearAttention, timm's order of ops), measured with
+        # saved_tensors_hooks (tests/test_kind_rules.py): the input (conv1's and the first product's), conv1's
+        # output and its norm's (ReLU'd in place: G = g H W each), the pools' outputs and int64 indices, the
+        # sigmoids and the sums (per group b^2 and b), the blown-up matrices (C H^2, C W^2), the first product,
+        # conv2's input and output and its norm's (C H W each); per batch the norms' statistics and the identities.
+        c, height, width, g, b = self.geometry(a, inp)
+        hw = height * width
+        kept = 4 * c * hw + c * height * height + c * width * width + 2 * g * hw + 2 * g * b * b + 4 * g * b
+        eyes = ((height // b) ** 2 if height > b else 0) + ((width // b) ** 2 if width > b else 0)
+        return Saved(input_for_params=True, extra=((kept, ACTIVATION), (2 * g * b, 8)),
+                     per_batch=((2 * (g + c), STATISTICS), (eyes, ACTIVATION)))
+
+    def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        # The most alive at once while the built module runs at inference (torch.profiler, tests/test_kind_rules.py;
+        # its batch norms' per-channel scratch aside), op by op, with the two matrices repeated over the channels
+        # (2 C b^2) and conv1's output (g H W) alive from their making: conv1's norm; blowing P up (the identity's
+        # product and its copies: two C H^2 at once); the first product; blowing Q up beside it; the second
+        # product; conv2 and its norm. Less the output.
+        c, height, width, g, b = self.geometry(a, inp)
+        hw, chw = height * width, c * height * width
+        base = 2 * c * b * b + g * hw
+        p = c * height * height
+        q = c * width * width
+        moments = [2 * g * hw, base + (2 * p if height > b else 0), base + (p if height > b else 0) + chw,
+                   base + chw + (2 * q if width > b else 0), base + chw + (q if width > b else 0) + chw,
+                   base + 3 * chw]
+        return ((max(moments) - chw, ACTIVATION),)
+
+    def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),
+                      divide_groups: bool = False) -> tuple[int, int]:
+        # Two products of each forward product's size; when the input needs no gradient, conv1's input gradient
+        # and the first product's gradient of x are skipped.
+        c, height, width, g, _ = self.geometry(a, inp)
+        per = self.cost(a, inp, inp).macs
+        batch = macs // per
+        skipped = height * width * c * g + c * height * height * width
+        return skipped * batch, (2 * per - skipped) * batch
+
+    def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
+        return f"{a['groups']} groups of {a['block_size']}x{a['block_size']} matrices"
+
+
+@register
+class ChannelDropout(Dropout):
+    name = "channel_dropout"
+    synonyms = ("spatial_dropout",)
+    examples = (Example((6, 4, 4), {"p": 0.3}), Example((4, 3, 5), {"p": 0.0}), Example((8, 2, 2)))
+    doc = ("Randomly zeroes whole channels in training (nn.Dropout2d on a C x H x W grid, as after BAT's attention "
+           "in timm's bat_resnext26ts); the identity at inference, where it returns its input unchanged (no copy).")
+    torch_class = "Dropout2d"
+
+    def output(self, a: Mapping[str, Any], inp: Shape, warn: Callable[[str], None]) -> Shape:
+        if is_tokens(inp) or len(inp) != 3:
+            raise LayerError(f"channel_dropout needs a 2-D grid (C x H x W); its input is {'x'.join(map(str, inp))}")
+        return super().output(a, inp, warn)
+
+    def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # torch's feature dropout is a composite on every device: a float noise of one value per channel (B x C x 1
+        # x 1), kept by the multiplication.
+        return Saved(extra=((inp[0], ACTIVATION),)) if a["p"] > 0 else Saved()
+
+    def untracked_transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ((inp[0], ACTIVATION),) if a["p"] > 0 else ()
