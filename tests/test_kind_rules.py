@@ -320,14 +320,14 @@ def _lambda_layer(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...], 
 def _bilinear_attention(a: Mapping[str, Any], i: tuple[int, ...], m: int) -> int:
     """2 per MAC; the two batch norms (4 per element, g and C channels over H x W) and ReLUs (1); the row and
     column max pools (H W / b - 1 comparisons per output, g b outputs each); per b x b matrix element (b^2 g, two
-    sets) the conv's bias, the sigmoid's 3 and the division; the sums' b - 1 additions per row (g b rows, two
+    sets) the conv's bias, the sigmoid's 3 and the division; the sums' b additions per row (g b rows, two
     sets); the identity's multiplications, C H^2 and C W^2, where the matrices are blown up (t > 1)."""
     c, height, width = i
     g, b = a["groups"], a["block_size"]
     hw = height * width
     blown = (c * height ** 2 if height > b else 0) + (c * width ** 2 if width > b else 0)
     return (2 * m + (4 + 1) * hw * (g + c) + 2 * g * b * (hw // b - 1) + 2 * b * b * g * 5
-            + 2 * g * b * (b - 1) + blown)
+            + 2 * g * b * b + blown)
 
 
 def _windows_of(a: Mapping[str, Any], i: Any) -> tuple[int, int, int, bool]:

@@ -405,7 +405,8 @@ class BilinearAttention(Kind):
            "neither counts the pools, the sigmoids, the normalisation or the identity's products.")
     full_rule = ("2 per MAC; each batch norm 4 and each ReLU 1 per element; the max pools' comparisons (H W / b - 1 "
                  "per output); the two convs' biases, sigmoids (3) and divisions per element of the b x b "
-                 "matrices, their sums' additions; the identity's multiplications (C H^2 and C W^2 where t > 1)")
+                 "matrices, their sums' b additions per row; the identity's multiplications (C H^2 and C W^2 where "
+                 "t > 1)")
     autocast = "mixed"
     step_unfollowed = "its backward (the two products', the pools' and the norms' gradients) is not modelled yet"
     args = (
@@ -445,7 +446,7 @@ class BilinearAttention(Kind):
         matrices = b * b * g  # elements of one set of b x b matrices
         identity = (c * height * height if height > b else 0) + (c * width * width if width > b else 0)
         full = (2 * macs + 5 * hw * (g + c) + 2 * g * b * (hw // b - 1) + 2 * matrices * (1 + 3 + 1)
-                + 2 * g * b * (b - 1) + identity)
+                + 2 * g * b * b + identity)
         return Cost(params=c * g + 2 * g + 2 * (b ** 3 * g * g + matrices) + c * c + 2 * c,
                     buffers=2 * (g + c), int_buffers=2, macs=macs, fvcore=macs + 2 * hw * (g + c), full=full)
 
