@@ -473,6 +473,14 @@ class BilinearAttention(Kind):
         return Saved(input_for_params=True, extra=((kept, ACTIVATION), (2 * g * b, 8)),
                      per_batch=((2 * (g + c), STATISTICS), (eyes, ACTIVATION)))
 
+    def saved_for_params(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # When the input needs no gradient the first product keeps x alone (for P's gradient), not P (C H^2):
+        # measured by tests/test_validate.py.
+        c, height = inp[0], inp[1]
+        full = self.saved(a, inp, out)
+        (kept, code), *rest = full.extra
+        return full._replace(extra=((kept - c * height * height, code), *rest))
+
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # The most alive at once while the built module runs at inference (torch.profiler, tests/test_kind_rules.py;
         # its batch norms' per-channel scratch aside), op by op, with the two matrices repeated over the channels
