@@ -392,6 +392,7 @@ FORMULAS: dict[str, Formula] = {
     "maxout": _elementwise(lambda x, a, m: x.reshape(1, x.shape[1] // a["pieces"], a["pieces"],
                                                      *x.shape[2:]).amax(2)),
     "dropout": _elementwise(lambda x, a, m: x),  # eval: the identity
+    "channel_dropout": _elementwise(lambda x, a, m: x),  # eval: the identity
     "identity": _elementwise(lambda x, a, m: x),
     "stochastic_depth": _elementwise(lambda x, a, m: x),  # eval: the identity
     "bias": _elementwise(lambda x, a, m: x + m.bias),
@@ -888,10 +889,120 @@ def _additive_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[
     return run
 
 
+def _halo_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """HaloNet's attention written out per block and head: q and kv 1 x 1 convs, q . k, the scale, q times every
+    row of each table, the rows of each key's offset sliced out (free), their sum and its addition to the scores,
+    softmax, times v; a 2 x 2 average pool as a sum of four and a division."""
+    b, c, height, width = x.shape
+    out = torch.zeros(b, m.heads * m.dv, height // m.query_stride, width // m.query_stride, dtype=x.dtype)  # filled
+
+    def run() -> torch.Tensor:
+        heads, dk, dv = m.heads, m.dk, m.dv
+        (bh, bw), (wh, ww), halo, qs = m.block, m.win, m.halo, m.query_stride
+        q = F.conv2d(x, m.q.weight, m.q.bias, stride=qs)
+        kv = F.pad(F.conv2d(x, m.kv.weight, m.kv.bias), [halo] * 4)
+        qh, qw = bh // qs, bw // qs
+        y_all = out
+        for by in range(height // bh):
+            for bx in range(width // bw):
+                for h in range(heads):
+                    qt = q[:, h * dk:(h + 1) * dk, by * qh:(by + 1) * qh, bx * qw:(bx + 1) * qw].flatten(2)
+                    qt = qt.transpose(1, 2)  # b x queries x dk
+                    win = kv[:, h * (dk + dv):(h + 1) * (dk + dv), by * bh:by * bh + wh, bx * bw:bx * bw + ww]
+                    k, v = win[:, :dk].flatten(2), win[:, dk:].flatten(2)
+                    all_h, all_w = qt @ m.height_rel.T, qt @ m.width_rel.T  # b x queries x (2w - 1)
+                    rel_h = torch.stack([all_h[:, i, wh - 1 - i // qw:2 * wh - 1 - i // qw]
+                                         for i in range(qh * qw)], 1)
+                    rel_w = torch.stack([all_w[:, i, ww - 1 - i % qw:2 * ww - 1 - i % qw]
+                                         for i in range(qh * qw)], 1)
+                    rel = (rel_h[:, :, :, None] + rel_w[:, :, None, :]).flatten(2)
+                    scores = (qt @ k) * dk ** -0.5 + rel
+                    y = _softmax(scores, -1) @ v.transpose(1, 2)
+                    y_all[:, h * dv:(h + 1) * dv, by * qh:(by + 1) * qh, bx * qw:(bx + 1) * qw] = y.transpose(
+                        1, 2).reshape(b, dv, qh, qw)
+        if isinstance(m.pool, torch.nn.AvgPool2d):
+            ho, wo = y_all.shape[2] // 2 * 2, y_all.shape[3] // 2 * 2
+            return torch.stack([y_all[:, :, i:ho:2, j:wo:2] for i in (0, 1) for j in (0, 1)]).sum(0) / 4
+        return y_all
+    return run
+
+
+def _lambda_layer(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """A lambda layer written out: the qkv conv, the batch norms (their constants outside the count), k's softmax,
+    the content lambda and its product with q, the position lambdas (the conv3d, or the gathered embedding, a
+    constant of the model, times v) and their product with q, the sum; a 2 x 2 average pool as a sum and a
+    division."""
+    inv = {id(bn): (bn.running_var + bn.eps).rsqrt() for bn in (m.norm_q, m.norm_v)}
+    emb = None if m.pos_emb is None else m.pos_emb[m.rel_pos_indices[0], m.rel_pos_indices[1]]  # M x M x dk
+
+    def norm(t: torch.Tensor, bn: Any) -> torch.Tensor:
+        return (t - _channel(bn.running_mean, t)) * _channel(inv[id(bn)], t) * _channel(bn.weight, t) \
+            + _channel(bn.bias, t)
+
+    def run() -> torch.Tensor:
+        b, c, height, width = x.shape
+        heads, dk = m.heads, m.dk
+        qkv = F.conv2d(x, m.qkv.weight, m.qkv.bias)
+        q = norm(qkv[:, :heads * dk], m.norm_q).reshape(b, heads, dk, -1)
+        k = _softmax(qkv[:, heads * dk:heads * dk + dk].flatten(2), -1)
+        v = norm(qkv[:, heads * dk + dk:], m.norm_v)
+        content = torch.einsum("bkm,bvm->bkv", k, v.flatten(2))
+        if emb is None:
+            position = F.conv3d(v.permute(0, 2, 3, 1)[:, None], m.conv_lambda.weight, m.conv_lambda.bias,
+                                padding=m.conv_lambda.padding).flatten(2, 3)
+        else:
+            position = torch.einsum("nmk,bvm->bknv", emb, v.flatten(2))
+        y = torch.einsum("bhkn,bkv->bhvn", q, content) + torch.einsum("bhkn,bknv->bhvn", q, position)
+        y = y.reshape(b, c, height, width)
+        if isinstance(m.pool, torch.nn.AvgPool2d):
+            ho, wo = height // 2 * 2, width // 2 * 2
+            y = torch.stack([y[:, :, i:ho:2, j:wo:2] for i in (0, 1) for j in (0, 1)]).sum(0) / 4
+        return y
+    return run
+
+
+def _bilinear_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """BAT's transform written out: 1 x 1 conv, batch norm (constants outside), ReLU; the row and column maxima;
+    the two convs with bias, sigmoids, sums and divisions; the matrices times the identity where blown up; the two
+    products; 1 x 1 conv, batch norm, ReLU."""
+    inv = {id(bn): (bn.running_var + bn.eps).rsqrt() for bn in (m.bn1, m.bn2)}
+
+    def conv_bn_relu(t: torch.Tensor, conv: Any, bn: Any) -> torch.Tensor:
+        t = F.conv2d(t, conv.weight)
+        t = (t - _channel(bn.running_mean, t)) * _channel(inv[id(bn)], t) * _channel(bn.weight, t) \
+            + _channel(bn.bias, t)
+        return torch.clamp_min(t, 0.0)
+
+    eyes = {t: torch.eye(t, dtype=x.dtype) for t in (x.shape[2] // m.block, x.shape[3] // m.block)}  # constants
+
+    def blow(mat: torch.Tensor, t: int) -> torch.Tensor:  # n x c x s x s -> n x c x s t x s t
+        if t == 1:
+            return mat
+        n, c, s, _ = mat.shape
+        eye = eyes[t]
+        return (mat[..., None, None] * eye).permute(0, 1, 2, 4, 3, 5).reshape(n, c, s * t, s * t)
+
+    def run() -> torch.Tensor:
+        n, c, height, width = x.shape
+        g, s = m.groups, m.block
+        out = conv_bn_relu(x, m.conv1, m.bn1)
+        rows = torch.stack([out[:, :, i * height // s:(i + 1) * height // s].amax((2, 3)) for i in range(s)], 2)
+        cols = torch.stack([out[:, :, :, j * width // s:(j + 1) * width // s].amax((2, 3)) for j in range(s)], 2)
+        p = F.conv2d(rows[..., None], m.conv_p.weight, m.conv_p.bias).view(n, g, s, s)
+        q = F.conv2d(cols[:, :, None], m.conv_q.weight, m.conv_q.bias).view(n, g, s, s)
+        p, q = (1 + torch.exp(-p)).reciprocal(), (1 + torch.exp(-q)).reciprocal()
+        p, q = p / p.sum(3, keepdim=True), q / q.sum(2, keepdim=True)
+        p, q = p.repeat_interleave(c // g, 1), q.repeat_interleave(c // g, 1)
+        y = blow(p, height // s) @ x @ blow(q, width // s)
+        return conv_bn_relu(y, m.conv2, m.bn2)
+    return run
+
+
 FORMULAS.update({"pooled_attention": _pooled_attention, "additive_attention": _additive_attention,
                  "token_maxpool": _token_maxpool,
                  "separable_pos_embed": _separable_pos_embed, "xca": _xca, "fourier_pos_embed": _fourier_pos_embed,
-                 "class_attention": _class_attention})
+                 "class_attention": _class_attention, "halo_attention": _halo_attention,
+                 "lambda_layer": _lambda_layer, "bilinear_attention": _bilinear_attention})
 
 
 # Kinds whose real module is counted directly: its ops are already elementary (a convolution, a matrix product,

@@ -300,9 +300,52 @@ FULL: dict[str, Rule] = {
     + 3 * n(i[1:]) + 2 * n(i) + 2 * n(i),
     # the addition per element; per image (not `once`) the projection's 2 per MAC and its bias per element
     "fourier_pos_embed": lambda a, i, o, m: n(i) + (0 if a["once"] else 2 * i[0] * 2 * a["hidden_dim"] * i[1] + n(i)),
+    "halo_attention": lambda a, i, o, m: _halo_attention(a, i, o, m),
+    "lambda_layer": lambda a, i, o, m: _lambda_layer(a, i, o, m),
+    "bilinear_attention": lambda a, i, o, m: _bilinear_attention(a, i, m),
+    "channel_dropout": lambda a, i, o, m: 0,  # the identity at inference
     # comparisons per output element of the grid (the class token is copied)
     "token_maxpool": lambda a, i, o, m: (o[0] - (i[0] - n(i.grid))) * o[1] * (_kernel(a, (0, *i.grid)) - 1),
 }
+
+
+def _halo_attention(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...], m: int) -> int:
+    """2 per MAC; q's biases per query position (K each) and kv's per position (K + V); per attention weight
+    (heads x query positions x window positions) 1 for the scale, 2 for the relative logits' additions, 3 for the
+    softmax; a 2 x 2 average pool's 4 additions and 1 division per output element."""
+    _, height, width = i
+    heads, v = a["num_heads"], o[0]
+    k = heads * (a["key_dim"] or v // heads)
+    bh, bw = (a["block_size"], a["block_size"]) if a["block_size"] else (height, width)
+    pooled = a["stride"] == 2 and (a["avg_down"] or not a["block_size"] or a["block_size"] % 2 == 1)
+    queries = height * width // (4 if a["stride"] == 2 and not pooled else 1)
+    window = (bh + 2 * a["halo_size"]) * (bw + 2 * a["halo_size"])
+    biases = queries * k + height * width * (k + v) if a["bias"] else 0
+    return 2 * m + biases + 6 * heads * queries * window + (5 * n(o) if pooled else 0)
+
+
+def _lambda_layer(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...], m: int) -> int:
+    """2 per MAC; the qkv conv's bias per position (heads x dk + dk + dv channels); the batch norms of q and v (4
+    per element, eval); k's softmax (3 per element); the position conv's bias (one per element of its dk x H x W x
+    dv output); the sum of the content and position outputs (C per position); a 2 x 2 pool's 5 per output."""
+    c, height, width = i
+    positions, dk, dv = height * width, a["key_dim"], c // a["num_heads"]
+    k = a["num_heads"] * dk
+    return (2 * m + (positions * (k + dk + dv) if a["bias"] else 0) + 4 * positions * (k + dv) + 3 * dk * positions
+            + (positions * dk * dv if a["r"] else 0) + c * positions + (5 * n(o) if a["stride"] == 2 else 0))
+
+
+def _bilinear_attention(a: Mapping[str, Any], i: tuple[int, ...], m: int) -> int:
+    """2 per MAC; the two batch norms (4 per element, g and C channels over H x W) and ReLUs (1); the row and
+    column max pools (H W / b - 1 comparisons per output, g b outputs each); per b x b matrix element (b^2 g, two
+    sets) the conv's bias, the sigmoid's 3 and the division; the sums' b additions per row (g b rows, two
+    sets); the identity's multiplications, C H^2 and C W^2, where the matrices are blown up (t > 1)."""
+    c, height, width = i
+    g, b = a["groups"], a["block_size"]
+    hw = height * width
+    blown = (c * height ** 2 if height > b else 0) + (c * width ** 2 if width > b else 0)
+    return (2 * m + (4 + 1) * hw * (g + c) + 2 * g * b * (hw // b - 1) + 2 * b * b * g * 5
+            + 2 * g * b * b + blown)
 
 
 def _windows_of(a: Mapping[str, Any], i: Any) -> tuple[int, int, int, bool]:
@@ -463,7 +506,7 @@ def test_full_flops_follow_the_stated_rule(name: str, index: int) -> None:
 # constant wrapped as a 0-d double tensor, psa_attention's three batch norms' scale and shift, pooled_attention's
 # strided depthwise 3-D convolutions (what its ops make is exact: tests/test_mvit.py counts it op by op).
 SCRATCH = {"batchnorm", "layernorm", "groupnorm", "lrn", "mean", "global_avgpool", "conv_transpose", "upsample",
-           "scalar", "psa_attention", "pooled_attention"}
+           "scalar", "psa_attention", "pooled_attention", "bilinear_attention"}
 PEAK_CASES = [(n, i) for n, i in CASES if math.prod(REGISTRY[n].examples[i].input) <= 100_000]
 
 

@@ -1003,6 +1003,122 @@ class _MultiQueryAttention(nn.Module):
         return self.out(o * gate if self.gate else o)
 
 
+class HaloAttn(nn.Module):
+    """HaloNet's blocked attention (Vaswani et al. 2021) with Bello et al.'s relative logits, block by block and head
+    by head: q . k / sqrt(dk) plus q times every row of the height and width tables, the rows of each key's
+    offset taken; softmax; times v; one block over the grid without a halo is BoTNet's. Parameters in the
+    builder's order (tables, q, kv)."""
+
+    def __init__(self, a: dict[str, Any], s: tuple[int, ...]) -> None:
+        super().__init__()
+        c, self.height, self.width = s
+        out, self.heads = a["out_channels"] or c, a["num_heads"]
+        self.dk, self.dv = a["key_dim"] or out // self.heads, out // self.heads
+        self.block = (a["block_size"],) * 2 if a["block_size"] else (self.height, self.width)
+        self.halo = a["halo_size"]
+        self.pool = a["stride"] == 2 and (a["avg_down"] or not a["block_size"] or a["block_size"] % 2 == 1)
+        self.qs = 2 if a["stride"] == 2 and not self.pool else 1
+        self.win = (self.block[0] + 2 * self.halo, self.block[1] + 2 * self.halo)
+        self.height_rel = nn.Parameter(torch.randn(2 * self.win[0] - 1, self.dk))
+        self.width_rel = nn.Parameter(torch.randn(2 * self.win[1] - 1, self.dk))
+        self.q = nn.Conv2d(c, self.heads * self.dk, 1, stride=self.qs, bias=a["bias"])
+        self.kv = nn.Conv2d(c, self.heads * (self.dk + self.dv), 1, bias=a["bias"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        dk, dv, (bh, bw), (wh, ww) = self.dk, self.dv, self.block, self.win
+        q, kv = self.q(x), F.pad(self.kv(x), [self.halo] * 4)
+        qh, qw = bh // self.qs, bw // self.qs
+        rows, cols = torch.arange(qh).repeat_interleave(qw), torch.arange(qw).repeat(qh)  # each query's place
+        idx_h = torch.arange(wh)[None, :] - rows[:, None] + wh - 1  # queries x window rows
+        idx_w = torch.arange(ww)[None, :] - cols[:, None] + ww - 1
+        out = torch.zeros(b, self.heads * dv, self.height // self.qs, self.width // self.qs)
+        for by in range(self.height // bh):
+            for bx in range(self.width // bw):
+                for h in range(self.heads):
+                    qb = q[:, h * dk:(h + 1) * dk, by * qh:(by + 1) * qh, bx * qw:(bx + 1) * qw].flatten(2)
+                    win = kv[:, h * (dk + dv):(h + 1) * (dk + dv), by * bh:by * bh + wh, bx * bw:bx * bw + ww]
+                    k, v = win[:, :dk].flatten(2), win[:, dk:].flatten(2)
+                    qt = qb.transpose(1, 2)  # b x queries x dk
+                    rel_h = (qt @ self.height_rel.T).gather(2, idx_h.expand(b, -1, -1))  # b x queries x wh
+                    rel_w = (qt @ self.width_rel.T).gather(2, idx_w.expand(b, -1, -1))
+                    scores = (qt @ k) * dk ** -0.5 + (rel_h[:, :, :, None] + rel_w[:, :, None, :]).flatten(2)
+                    y = torch.softmax(scores, -1) @ v.transpose(1, 2)  # b x queries x dv
+                    out[:, h * dv:(h + 1) * dv, by * qh:(by + 1) * qh, bx * qw:(bx + 1) * qw] = y.transpose(
+                        1, 2).reshape(b, dv, qh, qw)
+        return F.avg_pool2d(out, 2) if self.pool else out
+
+
+class LambdaRef(nn.Module):
+    """A lambda layer as Bello 2021 writes it (sec. 3, 4.2): q, k, v from one 1 x 1 conv, q and v batch-normed, k
+    softmax-normalised over the positions; content lambda K V^T; position lambdas from a (r, r, 1) conv over the
+    grid and v's channels (the lambda convolution), or from an embedding of the relative offset of every pair of
+    positions times v; y = q (content + position) per head. Parameters and buffers in the builder's order."""
+
+    def __init__(self, a: dict[str, Any], s: tuple[int, ...]) -> None:
+        super().__init__()
+        c, self.height, self.width = s
+        self.heads, self.dk, self.r = a["num_heads"], a["key_dim"], a["r"]
+        self.dv = c // self.heads
+        if not self.r:
+            self.pos_emb = nn.Parameter(torch.randn(2 * self.height - 1, 2 * self.width - 1, self.dk))
+            ys, xs = torch.meshgrid(torch.arange(self.height), torch.arange(self.width), indexing="ij")
+            pos = torch.stack([ys.flatten(), xs.flatten()])
+            offset = pos[:, None, :] - pos[:, :, None]  # [:, n, m]: key m's place less query n's
+            self.register_buffer("index", offset + torch.tensor([self.height - 1, self.width - 1])[:, None, None])
+        self.qkv = nn.Conv2d(c, self.heads * self.dk + self.dk + self.dv, 1, bias=a["bias"])
+        self.norm_q = nn.BatchNorm2d(self.heads * self.dk)
+        self.norm_v = nn.BatchNorm2d(self.dv)
+        if self.r:
+            self.conv = nn.Conv3d(1, self.dk, (self.r, self.r, 1), padding=(self.r // 2, self.r // 2, 0))
+        self.pool = a["stride"] == 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = x.shape
+        hk, dk = self.heads * self.dk, self.dk
+        qkv = self.qkv(x)
+        q = self.norm_q(qkv[:, :hk]).reshape(b, self.heads, dk, -1)  # b x h x dk x M
+        k = torch.softmax(qkv[:, hk:hk + dk].flatten(2), -1)  # b x dk x M
+        v = self.norm_v(qkv[:, hk + dk:])  # b x dv x H x W
+        content = torch.einsum("bkm,bvm->bkv", k, v.flatten(2))
+        if self.r:
+            position = self.conv(v.permute(0, 2, 3, 1)[:, None]).flatten(2, 3)  # b x dk x M x dv
+        else:
+            emb = self.pos_emb[self.index[0], self.index[1]]  # M x M x dk
+            position = torch.einsum("nmk,bvm->bknv", emb, v.flatten(2))
+        y = torch.einsum("bhkn,bkv->bhvn", q, content) + torch.einsum("bhkn,bknv->bhvn", q, position)
+        y = y.reshape(b, c, height, width)
+        return F.avg_pool2d(y, 2) if self.pool else y
+
+
+class BatRef(nn.Module):
+    """BAT's bilinear attention transform (Zheng et al. 2020): per group b x b matrices from the row and column max
+    pools of a 1 x 1 conv's output, normalised; per channel y = kron(P, I) x kron(Q, I); a 1 x 1 conv. Parameters
+    and buffers in the builder's order (conv1, its norm, conv_p, conv_q, conv2, its norm)."""
+
+    def __init__(self, a: dict[str, Any], s: tuple[int, ...]) -> None:
+        super().__init__()
+        c = s[0]
+        self.g, self.b = a["groups"], a["block_size"]
+        self.conv1, self.bn1 = nn.Conv2d(c, self.g, 1, bias=False), nn.BatchNorm2d(self.g)
+        self.conv_p = nn.Conv2d(self.g, self.b * self.b * self.g, (self.b, 1))
+        self.conv_q = nn.Conv2d(self.g, self.b * self.b * self.g, (1, self.b))
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, height, width = x.shape
+        g, b = self.g, self.b
+        out = torch.relu(self.bn1(self.conv1(x)))
+        p = self.conv_p(F.adaptive_max_pool2d(out, (b, 1))).view(n, g, b, b).sigmoid()
+        q = self.conv_q(F.adaptive_max_pool2d(out, (1, b))).view(n, g, b, b).sigmoid()
+        p, q = p / p.sum(3, keepdim=True), q / q.sum(2, keepdim=True)
+        per = c // g
+        big_p = torch.stack([torch.kron(p[i, ch // per], torch.eye(height // b)) for i in range(n) for ch in range(c)])
+        big_q = torch.stack([torch.kron(q[i, ch // per], torch.eye(width // b)) for i in range(n) for ch in range(c)])
+        y = (big_p @ x.reshape(n * c, height, width) @ big_q).reshape(n, c, height, width)
+        return torch.relu(self.bn2(self.conv2(y)))
+
+
 REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = {
     "adaptive_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(a["output_size"]),
     "adaptive_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(a["output_size"]),
@@ -1058,6 +1174,10 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "token_maxpool": TokenMaxPool,
     "separable_pos_embed": lambda a, s: SeparablePositions(s),
     "xca": lambda a, s: CrossCovariance(s[1], a["num_heads"], a["qkv_bias"]),
+    "halo_attention": HaloAttn,
+    "lambda_layer": LambdaRef,
+    "bilinear_attention": BatRef,
+    "channel_dropout": lambda a, s: nn.Dropout2d(a["p"]),
     "fourier_pos_embed": FourierPositions,
     "additive_attention": lambda a, s: AdditiveAttn(s[1]),
     "class_attention": lambda a, s: ClassAttn(s[1], a["num_heads"], a["qkv_bias"]),

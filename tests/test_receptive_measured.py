@@ -43,7 +43,7 @@ from archcalc.torch.build import build_module
 
 # gradient reaches one input per window (psa_attention: a saturated softmax, with the test's positive weights, is
 # one-hot, so most positions get no gradient although every one reaches the output)
-MAX_TYPE = {"maxpool", "adaptive_maxpool", "global_maxpool", "maxout", "psa_attention"}
+MAX_TYPE = {"maxpool", "adaptive_maxpool", "global_maxpool", "maxout", "psa_attention", "bilinear_attention"}
 SPATIAL_STATISTICS = {("layernorm", 0), ("layernorm", 2), ("layernorm", 3), ("groupnorm", 0), ("groupnorm", 1),
                       ("groupnorm", 2), ("grn", 0), ("grn", 1), ("grn", 2), ("evonorm_s0", 0), ("evonorm_s0", 1),
                       ("evonorm_s0", 2), ("frn", 0), ("frn", 1), ("frn", 2)}

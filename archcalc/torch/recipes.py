@@ -481,6 +481,31 @@ def _linear_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.LinearAttention, head_dim=a["head_dim"], **({"eps": a["eps"]} if a["eps"] != 1e-5 else {}))
 
 
+@recipe("halo_attention")
+def _halo_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    from archcalc.core.kinds.byoa import HaloGeometry
+    from archcalc.torch import modules_byoa
+
+    g = HaloGeometry(a, inp)
+    return call(modules_byoa.HaloAttention, channels=g.c, out=g.out, num_heads=g.heads, key_dim=g.dk,
+                block=g.block, halo=g.halo, query_stride=g.query_stride, pool=g.pool, bias=bool(a["bias"]))
+
+
+@recipe("lambda_layer")
+def _lambda_layer(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    from archcalc.torch import modules_byoa
+
+    return call(modules_byoa.LambdaLayer, channels=inp[0], num_heads=a["num_heads"], key_dim=a["key_dim"], r=a["r"],
+                grid=tuple(inp[1:]), pool=a["stride"] == 2, bias=bool(a["bias"]))
+
+
+@recipe("bilinear_attention")
+def _bilinear_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    from archcalc.torch import modules_byoa
+
+    return call(modules_byoa.BilinearAttention, channels=inp[0], block=a["block_size"], groups=a["groups"])
+
+
 # ---- every kind and merge without a recipe of its own: the generic ones -------------------------------------------
 
 
@@ -1254,6 +1279,32 @@ def _generic_call(kind: Kind, fixed: dict[str, Any]) -> tuple[tuple[str, ...], F
     return ("x", *args), rule
 
 
+# The byoanet attention kinds: archcalc's own module read back (timm's modules: recipes_byoa, which the importer's
+# mapping joins to NAMED_MODULES).
+from archcalc.torch import modules_byoa  # noqa: E402
+
+
+def _read_own_halo(m: Any, inp: tuple[int, ...]) -> Mapped:
+    """archcalc's own HaloAttention (archcalc.torch.modules_byoa), as `archcalc export` writes it."""
+    whole = len(inp) == 3 and tuple(m.block) == tuple(inp[1:])
+    args: dict[str, Any] = {"num_heads": int(m.heads), "out_channels": int(m.heads * m.dv), "key_dim": int(m.dk),
+                            "block_size": 0 if whole else int(m.block[0]), "halo_size": int(m.halo),
+                            "bias": m.q.bias is not None}
+    if m.query_stride == 2:
+        args["stride"] = 2
+    elif isinstance(m.pool, nn.AvgPool2d):
+        args.update(stride=2, avg_down=not whole and m.block[0] % 2 == 0)
+    return Mapped("halo_attention", args)
+
+
+reads("halo_attention", _read_own_halo, modules_byoa.HaloAttention)
+reads("lambda_layer", lambda m, inp: Mapped("lambda_layer", {
+    "num_heads": int(m.heads), "key_dim": int(m.dk), "r": int(m.conv_lambda.kernel_size[0]) if m.conv_lambda else 0,
+    "stride": 2 if isinstance(m.pool, nn.AvgPool2d) else 1, "bias": m.qkv.bias is not None}), modules_byoa.LambdaLayer)
+reads("bilinear_attention", lambda m, inp: Mapped("bilinear_attention", {
+    "groups": int(m.groups), "block_size": int(m.block)}), modules_byoa.BilinearAttention)
+
+
 def _torch_function(kind: Kind, name: str) -> Any:
     space, _, attr = name.partition(".")
     fn = getattr({"F": F, "torch": torch}.get(space), attr, None) if attr else None
@@ -1557,3 +1608,4 @@ NAMED_FUNCTIONS: dict[str, tuple[tuple[str, ...], FunctionRule]] = {
     "torchvision.models.shufflenetv2.channel_shuffle": _generic_call(REGISTRY["channel_shuffle"], {}),
     "torchvision.models.swin_transformer._patch_merging_pad": (("x",), _f_patch_merging),
 }
+

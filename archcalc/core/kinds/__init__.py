@@ -3,6 +3,7 @@
 from archcalc.core.kinds import (  # noqa: F401  (registration)
     activation,
     additive,
+    byoa,
     conv,
     dense,
     extra,  # noqa: F401,E402  (registration; after activation, which it builds on)

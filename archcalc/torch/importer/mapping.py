@@ -24,6 +24,7 @@ from torch import nn
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.merges import MERGES
 from archcalc.torch import modules as own
+from archcalc.torch import recipes_byoa
 from archcalc.torch.importer import mqa
 from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integral, per_of: the importer's names)
     COMPOSITIONS,
@@ -44,6 +45,8 @@ from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integr
     is_integral,
     per_of,
 )
+
+NAMED_MODULES.update(recipes_byoa.NAMED_MODULES)  # timm's byoanet attention (halo_attention)
 
 # Modules that only move axes: the importer follows the layout instead of mapping them (see Layout in trace.py).
 PERMUTES = ("torchvision.ops.misc.Permute",)
