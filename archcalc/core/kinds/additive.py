@@ -76,6 +76,16 @@ class AdditiveAttention(Kind):
         return Saved(input_for_params=True, extra=((4 * e + 6 * n + c + 2, ACTIVATION),),
                      extra_for_params=((2 * e, ACTIVATION),))
 
+    def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),
+                      divide_groups: bool = False) -> tuple[int, int]:
+        # Two products of each forward product's size (FlopCounterMode's mm rules: the weights' gradients, and the
+        # gradients of proj's and final's inputs and of q through the scores); only q's and k's projections' input
+        # gradients (2NC^2) are skipped when the input needs none (measured: tests/test_validate.py).
+        n, c = inp
+        batch = macs // (4 * n * c * c + n * c)
+        grad_input = 2 * n * c * c * batch
+        return grad_input, 2 * macs - grad_input
+
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
         # The most alive at once while the built module runs at inference (torch.profiler, tests/test_kind_rules.py,
         # batch 2 and 3), output included: at final's product, k, the normalised q, g * k's projection and its sum
