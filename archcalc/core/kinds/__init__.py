@@ -7,6 +7,7 @@ from archcalc.core.kinds import (  # noqa: F401  (registration)
     dense,
     extra,  # noqa: F401,E402  (registration; after activation, which it builds on)
     modern,
+    msra,
     norm,
     pool,
     pooled,
