@@ -155,11 +155,58 @@ class CascadedAttention(Kind):
         return [RFStep(whole=True) if d.w >= p else RFStep(kernel=d.w) for p in d.padded]
 
     def saved(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> Saved:
+        # The built module (archcalc.torch.modules.CascadedAttention, timm's order of ops) keeps, measured with
+        # saved_tensors_hooks (tests/test_kind_rules.py): the windows (the first head's qkv conv reads a view of
+        # them: the input itself when the grid is one window, else their copy, T C), each later head's cascade sum
+        # (T C_i), each qkv conv's output and its batch norm's output (T (2kd + vd) each: q, k and v are views of
+        # it), each depthwise conv's output (T kd) and the scaled q (T kd), each head's softmax weights (T M), the
+        # ReLU's output and the projection conv's (T C each); every batch norm's mean and 1/std per channel.
         d = dims(a, inp)
-        return Saved(input=True, per_batch=((4 * d.h * 0, STATISTICS),))
+        u = 2 * d.kd + d.vd
+        windows = 0 if self.one_window(d) else d.t * d.c
+        per_head = d.t * (2 * u + 2 * d.kd + d.m)
+        extra = windows + (d.h - 1) * d.t * d.ci + d.h * per_head + 2 * d.t * d.c
+        return Saved(input=self.one_window(d), extra=((extra, ACTIVATION),),
+                     per_batch=((2 * (d.h * (u + d.kd) + d.c), STATISTICS),))
+
+    @staticmethod
+    def one_window(d: Dims) -> bool:
+        """The grid is one window: attended as it is (no padding, no cut)."""
+        return d.grid == (d.w, d.w)
+
+    def moments(self, a: Mapping[str, Any], inp: Shape) -> list[tuple[int, int]]:
+        """What is alive at each moment of an inference forward beside the input, output included: (per image,
+        once per forward). Measured with torch.profiler (tests/test_kind_rules.py, batch 2 and 3): the padded
+        grid and the windows' copy (2TC); in the windows, the bias gathered once (h M^2) and per head i the
+        windows (TC, unless the input is one window), the heads done (i T vd), the previous head's q, k, v and
+        weights (T (2kd + vd + kd + M)) until replaced, the cascade sum (T C_i), then in turn qkv's conv and batch
+        norm outputs, the depthwise conv's and its norm's beside the new q, k, v (the CPU batch norm's scale and
+        shift, 2 per channel, once), the scaled q and the scores, the biased scores and the weights beside the
+        previous weights, the head's output; then the joined heads, the ReLU's, the projection conv's and its
+        norm's outputs (4TC) beside the heads and the last head's tensors; then the windows put back (2TC) and
+        the crop (TC + NC)."""
+        d = dims(a, inp)
+        t, u, kd, m, c = d.t, 2 * d.kd + d.vd, d.kd, d.m, d.c
+        one = self.one_window(d)
+        windows = 0 if one else t * c
+        bias = d.h * m * m
+        moments = [] if one else [(2 * t * c, 0), (t * c + inp[1] * inp[2] * c, 0)]
+        for i in range(d.h):
+            base = windows + i * t * d.vd + (t * d.ci if i else 0)
+            last, weights = (t * (u + kd + m), t * m) if i else (0, 0)
+            moments += [(base + last + 2 * t * u, bias + 2 * u), (base + t * u + weights + 2 * t * kd, bias + 2 * kd),
+                        (base + t * (u + 2 * kd + m) + weights, bias), (base + t * (u + kd + 2 * m) + weights, bias),
+                        (base + t * (u + kd + m + d.vd), bias)]
+        moments.append((windows + t * (c + u + kd + m + 4 * c), bias + 2 * c))
+        return moments
 
     def transient(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
-        return ()
+        # The largest moment (per image first), less the output (CHW), which the engine counts beside it.
+        per, _ = max(self.moments(a, inp))
+        return ((per - inp[0] * inp[1] * inp[2], ACTIVATION),)
+
+    def transient_once(self, a: Mapping[str, Any], inp: Shape, out: Shape) -> tuple[tuple[int, int], ...]:
+        return ((max(self.moments(a, inp))[1], ACTIVATION),)
 
     def describe(self, a: Mapping[str, Any], inp: Shape) -> str:
         d = dims(a, inp)
