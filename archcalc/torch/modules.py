@@ -1258,7 +1258,8 @@ class CascadedAttention(nn.Module):
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         chunks = x.chunk(self.num_heads, dim=1)
-        bias = self.attention_biases[:, self.attention_bias_idxs]
+        index: torch.Tensor = self.attention_bias_idxs  # type: ignore[assignment]
+        bias = self.attention_biases[:, index]
         outs = []
         feat = chunks[0]
         for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):

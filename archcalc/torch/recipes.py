@@ -841,7 +841,8 @@ reads("xca", lambda m, inp: Mapped("xca", {"num_heads": int(m.num_heads), "qkv_b
                                             **({"normalize": False, "scale": m.scale} if not m.normalize else {})}),
       modules.CrossCovarianceAttention)
 reads("cascaded_attention", lambda m, inp: Mapped("cascaded_attention", {
-    "num_heads": int(m.num_heads), "key_dim": int(m.key_dim), "window_size": int(m.window), "kernels": [int(dw.conv.kernel_size[0]) for dw in m.dws]}),
+    "num_heads": int(m.num_heads), "key_dim": int(m.key_dim), "window_size": int(m.window),
+    "kernels": [int(dw.conv.kernel_size[0]) for dw in m.dws]}),
     modules.CascadedAttention)
 reads("class_attention", lambda m, inp: Mapped("class_attention", {"num_heads": int(m.num_heads),
                                                                    "qkv_bias": m.q.bias is not None}),
@@ -1554,7 +1555,8 @@ def _read_local_window_attention(m: Any, inp: tuple[int, ...]) -> Mapped:
         and tuple(dw.conv.padding) == (dw.conv.kernel_size[0] // 2,) * 2 and tuple(dw.conv.stride) == (1, 1)
         for dw in attn.dws)
     proj = attn.proj
-    if (not plain or len(inp) != 3 or c % heads or vd != c // heads or inp[0] != c or len(proj) != 2 or type(proj[0]) is not nn.ReLU
+    if (not plain or len(inp) != 3 or c % heads or vd != c // heads or inp[0] != c or len(proj) != 2
+            or type(proj[0]) is not nn.ReLU
             or tuple(proj[1].conv.weight.shape) != (c, heads * vd, 1, 1) or proj[1].conv.bias is not None
             or w != min(int(m.window_resolution), int(m.resolution)) or min(inp[1], inp[2]) < w):
         raise Unmapped("timm's LocalWindowAttention whose convs, projection or window are not cascaded_attention's "

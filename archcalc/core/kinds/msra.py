@@ -75,13 +75,13 @@ class CascadedAttention(Kind):
            "is one window, zero-padded to a multiple of the window w = min(window_size, H, W) and cut into w x w "
            "windows of M = w^2 positions (T padded positions in all); in each window, per head i, x_i (the i-th of "
            "h channel splits, C_i = C / h) plus the previous head's output through a 1 x 1 conv and a batch norm "
-           "to q, k (key_dim kd each) and v (vd = C_i: the next head adds it to its split); q through a depthwise k_i x k_i conv and a "
-           "batch norm; softmax(Q^T K kd^-1/2 + B_i) with B_i a learned bias per absolute offset (|dy| w + |dx|: "
-           "h x M, gathered by an M x M index buffer, LeViT's attention biases); V A^T; the heads joined (h vd), "
-           "ReLU, a 1 x 1 conv and a batch norm to C; the windows put back, the padding cropped. Params h C_i (2kd "
-           "+ vd) + sum_i kd k_i^2 + h M + h vd C + the batch norms' 2 (h (3kd + vd) + C). MACs per image h T C_i "
-           "(2kd + vd) + sum_i T kd k_i^2 + h T M (kd + vd) + T h vd C: what FlopCounterMode counts; fvcore adds 2 "
-           "per batch-norm element.")
+           "to q, k (key_dim kd each) and v (vd = C_i: the next head adds it to its split); q through a depthwise "
+           "k_i x k_i conv and a batch norm; softmax(Q^T K kd^-1/2 + B_i) with B_i a learned bias per absolute "
+           "offset (|dy| w + |dx|: h x M, gathered by an M x M index buffer, LeViT's attention biases); V A^T; the "
+           "heads joined (h vd), ReLU, a 1 x 1 conv and a batch norm to C; the windows put back, the padding "
+           "cropped. Params h C_i (2kd + vd) + sum_i kd k_i^2 + h M + h vd C + the batch norms' 2 (h (3kd + vd) + "
+           "C). MACs per image h T C_i (2kd + vd) + sum_i T kd k_i^2 + h T M (kd + vd) + T h vd C: what "
+           "FlopCounterMode counts; fvcore adds 2 per batch-norm element.")
     full_rule = ("2 per MAC, 4 per element of each batch norm (h T (3kd + vd) + T C), 1 per element for each "
                  "cascade sum ((h - 1) T C_i), for q's scale (h T kd) and the ReLU (h T vd), 1 per attention "
                  "weight for the bias and 3 for the softmax (h T M weights)")
