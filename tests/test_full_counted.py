@@ -427,7 +427,54 @@ FORMULAS: dict[str, Formula] = {
     "dfl": lambda x, a, m: _dfl(x, a, m),
     "psa_attention": lambda x, a, m: _psa_attention(x, a, m),
     "multi_query_attention": lambda x, a, m: _multi_query_attention(x, a, m),
+    "cascaded_attention": lambda x, a, m: _cascaded_attention(x, a, m),
 }
+
+
+def _cascaded_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    # EfficientViT-MSRA's local window attention written out: the grid zero-padded and cut into w x w windows (a
+    # batch of windows: free), per head the cascade's sum, the 1 x 1 conv, each BN from its running statistics
+    # (1 / std a constant of the model, and the gathered attention bias, prepared here), the depthwise conv, q's
+    # scale, the products, the textbook softmax; ReLU as clamp_min(0); the windows put back and cropped.
+    def constants(bn: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(t.reshape(1, -1, 1, 1) for t in (bn.running_mean, (bn.running_var + bn.eps).rsqrt(),
+                                                        bn.weight, bn.bias))
+
+    def norm(t: torch.Tensor, c: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return (t - c[0]) * c[1] * c[2] + c[3]
+
+    with torch.no_grad():  # small scores, so the textbook softmax stays finite
+        for qkv in m.qkvs:
+            qkv.bn.weight.mul_(0.01)
+    heads, kd, c, h, w = a["num_heads"], a["key_dim"], x.shape[1], x.shape[2], x.shape[3]
+    ws = min(a["window_size"], h, w)
+    ph, pw = -(-h // ws) * ws, -(-w // ws) * ws
+    qkv_bn = [constants(q.bn) for q in m.qkvs]
+    dw_bn = [constants(d.bn) for d in m.dws]
+    proj_bn = constants(m.proj[1].bn)
+    bias = m.attention_biases[:, m.attention_bias_idxs].detach()
+    ci = c // heads
+
+    def run() -> torch.Tensor:
+        g = F.pad(x, (0, pw - w, 0, ph - h)).reshape(1, c, ph // ws, ws, pw // ws, ws)
+        win = g.permute(0, 2, 4, 1, 3, 5).reshape(-1, c, ws, ws)
+        outs = []
+        feat = win[:, :ci]
+        for i in range(heads):
+            if i:
+                feat = feat + win[:, i * ci:(i + 1) * ci]
+            qkv = norm(F.conv2d(feat, m.qkvs[i].conv.weight), qkv_bn[i])
+            q, k, v = qkv[:, :kd], qkv[:, kd:2 * kd], qkv[:, 2 * kd:]
+            kernel = m.dws[i].conv.kernel_size[0]
+            q = norm(F.conv2d(q, m.dws[i].conv.weight, padding=kernel // 2, groups=kd), dw_bn[i])
+            q, k, v = q.flatten(2), k.flatten(2), v.flatten(2)
+            attn = _softmax(torch.bmm((q * kd ** -0.5).transpose(1, 2), k) + bias[i], 2)
+            feat = torch.bmm(v, attn.transpose(1, 2)).reshape(-1, ci, ws, ws)
+            outs.append(feat)
+        y = norm(F.conv2d(torch.cat(outs, 1).clamp_min(0), m.proj[1].conv.weight), proj_bn)
+        y = y.reshape(1, ph // ws, pw // ws, c, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(1, c, ph, pw)
+        return y[:, :, :h, :w]
+    return run
 
 
 def _dfl(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:

@@ -275,6 +275,7 @@ FULL: dict[str, Rule] = {
     "dfl": lambda a, i, o, m: 3 * n(i) + 2 * a["reg_max"] * n(o),
     "psa_attention": lambda a, i, o, m: _psa_attention(a, i, m),
     "multi_query_attention": lambda a, i, o, m: _multi_query_attention(a, i, m),
+    "cascaded_attention": lambda a, i, o, m: _cascaded_attention(a, i, m),
     "window_attention": lambda a, i, o, m: _window_attention(a, i, m),
     "patch_merging": lambda a, i, o, m: 0,
     "pooled_attention": lambda a, i, o, m: _pooled_attention(a, i, o, m),
@@ -453,6 +454,19 @@ def _psa_attention(a: Mapping[str, Any], i: tuple[int, ...], macs: int) -> int:
     qkv = c + 2 * heads * key
     return (2 * macs + 4 * (qkv + 2 * c) * positions + heads * key * positions + 3 * heads * positions ** 2
             + c * positions)
+
+
+def _cascaded_attention(a: Mapping[str, Any], i: tuple[int, ...], macs: int) -> int:
+    """2 per MAC; on the padded grid (T positions, windows of M = w^2, w = min(window_size, H, W)) 4 per element
+    of each BN (per head qkv's 2kd + C_i channels and the depthwise conv's kd, the projection's C), the cascade's
+    sums ((h - 1) x C_i x T), q's scale (h kd T), the ReLU (C T), 1 per attention weight for the bias and 3 for
+    the softmax (h x T x M weights)."""
+    c, h, kd = i[0], a["num_heads"], a["key_dim"]
+    w = min(a["window_size"], i[1], i[2])
+    t = math.ceil(i[1] / w) * w * math.ceil(i[2] / w) * w
+    ci = c // h
+    return (2 * macs + 4 * t * (h * (3 * kd + ci) + c) + (h - 1) * ci * t + h * kd * t + c * t
+            + 4 * h * t * w * w)
 
 
 def _standardize(a: Mapping[str, Any], i: tuple[int, ...]) -> int:

@@ -1119,6 +1119,51 @@ class BatRef(nn.Module):
         return torch.relu(self.bn2(self.conv2(y)))
 
 
+class _CascadedAttention(nn.Module):
+    """EfficientViT's cascaded group attention in local windows (Liu et al. 2023, sec. 3.2, eq. 3-4 and fig. 4):
+    the windows are the grid split into w x w tiles after zero-padding; head j attends over x_j + the previous
+    head's output (X~_j = Attn(X_j W^Q, X_j W^K, X_j W^V), X_j' = X_j + X~_{j-1}); q, k and v are 1 x 1 conv + BN
+    ("Conv-BN" throughout), a depthwise conv + BN refines q ("token interaction"), a learned bias per head and
+    relative offset (|dy|, |dx|) joins the scores (LeViT's attention bias); the heads are concatenated and
+    projected after ReLU."""
+
+    def __init__(self, c: int, heads: int, kd: int, window: int, kernels: tuple[int, ...]) -> None:
+        super().__init__()
+        self.heads, self.kd, self.window, self.ci = heads, kd, window, c // heads
+        self.biases = nn.Parameter(torch.zeros(heads, window * window))
+        ys, xs = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+        dy = (ys.flatten()[:, None] - ys.flatten()[None, :]).abs()
+        dx = (xs.flatten()[:, None] - xs.flatten()[None, :]).abs()
+        self.register_buffer("offset", dy * window + dx, persistent=False)
+
+        def conv_bn(cin: int, cout: int, k: int = 1, g: int = 1) -> nn.Module:
+            return nn.Sequential(nn.Conv2d(cin, cout, k, 1, k // 2, groups=g, bias=False), nn.BatchNorm2d(cout))
+        self.qkv = nn.ModuleList(conv_bn(self.ci, 2 * kd + self.ci) for _ in range(heads))
+        self.token = nn.ModuleList(conv_bn(kd, kd, k, kd) for k in kernels)
+        self.out = nn.Sequential(nn.ReLU(), conv_bn(c, c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        s = self.window
+        ph, pw = math.ceil(h / s) * s, math.ceil(w / s) * s
+        tiles = F.pad(x, (0, pw - w, 0, ph - h)).unfold(2, s, s).unfold(3, s, s)  # b, c, nh, nw, s, s
+        nh, nw = tiles.shape[2], tiles.shape[3]
+        tiles = tiles.permute(0, 2, 3, 1, 4, 5).reshape(b * nh * nw, c, s, s)
+        heads, prev = [], None
+        for j in range(self.heads):
+            xj = tiles[:, j * self.ci:(j + 1) * self.ci]
+            if prev is not None:
+                xj = xj + prev
+            q, k, v = self.qkv[j](xj).split([self.kd, self.kd, self.ci], dim=1)
+            q = self.token[j](q)
+            scores = torch.einsum("nci,ncj->nij", q.flatten(2), k.flatten(2)) / math.sqrt(self.kd)
+            attn = (scores + self.biases[j][self.offset]).softmax(-1)
+            prev = torch.einsum("ncj,nij->nci", v.flatten(2), attn).reshape(-1, self.ci, s, s)
+            heads.append(prev)
+        y = self.out(torch.cat(heads, 1)).reshape(b, nh, nw, c, s, s).permute(0, 3, 1, 4, 2, 5)
+        return y.reshape(b, c, ph, pw)[:, :, :h, :w]
+
+
 REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = {
     "adaptive_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(a["output_size"]),
     "adaptive_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(a["output_size"]),
@@ -1202,6 +1247,9 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
         s[0], a["num_heads"], a["key_dim"] or s[0] // a["num_heads"], a["value_dim"] or s[0] // a["num_heads"],
         a["kv_stride"], a["kv_kernel"], a["out_features"] or s[0], a["kv_norm"], a["norm"] == "batchnorm", a["gate"],
         a["kv_padding"] == "same"),
+    "cascaded_attention": lambda a, s: _CascadedAttention(
+        s[0], a["num_heads"], a["key_dim"], min(a["window_size"], s[1], s[2]),
+        a["kernels"] if isinstance(a["kernels"], tuple) else (a["kernels"],) * a["num_heads"]),
     "window_attention": lambda a, s: _WindowAttention(s[1], s.grid, a["num_heads"],
                                                       tuple(_axes(a["window_size"], len(s.grid))),
                                                       tuple(_axes(a["shift_size"], len(s.grid))), a["bias"], a["v2"],

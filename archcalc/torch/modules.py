@@ -1365,3 +1365,68 @@ class MultiQueryAttention(nn.Module):
             joined = joined * gate
             del gate
         return self.out_norm(self.out(joined))
+
+
+# ---- EfficientViT-MSRA's cascaded group attention (archcalc.core.kinds.msra) ------------------------------------
+
+
+class CascadedAttention(nn.Module):
+    """EfficientViT-MSRA's local window attention (Liu et al. 2023, sec. 3.2; timm's LocalWindowAttention around
+    CascadedGroupAttention, whose parameter and buffer names it keeps): a B x C x H x W grid, unless it is one
+    window, zero-padded (channels last) to a multiple of the window w and cut into w x w windows; in each window,
+    per head i, the input's i-th channel split plus the previous head's output through a 1 x 1 conv and a batch norm
+    to q, k (key_dim each) and v (C / heads), a depthwise conv and a batch norm on q, softmax(Q^T K key_dim^-1/2 +
+    B_i) with B_i a learned bias per absolute offset |dy| w + |dx| gathered by an index buffer, V A^T; the heads
+    joined, ReLU, a 1 x 1 conv and a batch norm back to C; the windows put back and the padding cropped."""
+
+    def __init__(self, dim: int, num_heads: int, key_dim: int, window: int, kernels: Sequence[int]) -> None:
+        super().__init__()
+        value_dim = dim // num_heads  # (v is the next head's input)
+        self.num_heads, self.key_dim, self.val_dim, self.window = num_heads, key_dim, value_dim, window
+        self.scale = key_dim ** -0.5
+
+        def conv_norm(cin: int, cout: int, k: int = 1, groups: int = 1) -> nn.Sequential:
+            seq = nn.Sequential()
+            seq.add_module("conv", nn.Conv2d(cin, cout, k, 1, k // 2, groups=groups, bias=False))
+            seq.add_module("bn", nn.BatchNorm2d(cout))
+            return seq
+        self.qkvs = nn.ModuleList(conv_norm(dim // num_heads, 2 * key_dim + value_dim) for _ in range(num_heads))
+        self.dws = nn.ModuleList(conv_norm(key_dim, key_dim, k, key_dim) for k in kernels)
+        self.proj = nn.Sequential(nn.ReLU(), conv_norm(value_dim * num_heads, dim))
+        m = window * window
+        self.attention_biases = nn.Parameter(torch.randn(num_heads, m) * 0.1)
+        points = [(y, x) for y in range(window) for x in range(window)]
+        index = [abs(p[0] - q[0]) * window + abs(p[1] - q[1]) for p in points for q in points]
+        self.register_buffer("attention_bias_idxs", torch.tensor(index, dtype=torch.long).view(m, m),
+                             persistent=False)
+
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        chunks = x.chunk(self.num_heads, dim=1)
+        index: torch.Tensor = self.attention_bias_idxs  # type: ignore[assignment]
+        bias = self.attention_biases[:, index]
+        outs = []
+        feat = chunks[0]
+        for i, (qkv, dw) in enumerate(zip(self.qkvs, self.dws)):
+            if i > 0:
+                feat = feat + chunks[i]
+            q, k, v = qkv(feat).view(b, -1, h, w).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
+            q, k, v = dw(q).flatten(2), k.flatten(2), v.flatten(2)
+            attn = ((q * self.scale).transpose(-2, -1) @ k + bias[i]).softmax(dim=-1)
+            feat = (v @ attn.transpose(-2, -1)).view(b, self.val_dim, h, w)
+            outs.append(feat)
+        return self.proj(torch.cat(outs, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        ws = self.window
+        if h == ws and w == ws:
+            return self.attend(x)
+        pad_b, pad_r = (ws - h % ws) % ws, (ws - w % ws) % ws
+        x = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, pad_r, 0, pad_b))
+        ph, pw = h + pad_b, w + pad_r
+        nh, nw = ph // ws, pw // ws
+        x = x.view(b, nh, ws, nw, ws, c).transpose(2, 3).reshape(b * nh * nw, ws, ws, c).permute(0, 3, 1, 2)
+        x = self.attend(x)
+        x = x.permute(0, 2, 3, 1).view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
+        return x[:, :h, :w].contiguous().permute(0, 3, 1, 2)

@@ -343,6 +343,15 @@ def _patch_merging(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.PatchMerging, grid=tuple(inp.grid))  # type: ignore[attr-defined]
 
 
+@recipe("cascaded_attention")
+def _cascaded_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    from archcalc.core.kinds.msra import dims
+
+    d = dims(a, inp)
+    return call(modules.CascadedAttention, dim=d.c, num_heads=d.h, key_dim=d.kd, window=d.w,
+                kernels=d.kernels)
+
+
 @recipe("xca")
 def _xca(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.CrossCovarianceAttention, channels=inp[1], num_heads=a["num_heads"], qkv_bias=a["qkv_bias"],
@@ -877,6 +886,10 @@ reads("pooled_attention", lambda m, inp: Mapped("pooled_attention", {
 reads("xca", lambda m, inp: Mapped("xca", {"num_heads": int(m.num_heads), "qkv_bias": m.qkv.bias is not None,
                                             **({"normalize": False, "scale": m.scale} if not m.normalize else {})}),
       modules.CrossCovarianceAttention)
+reads("cascaded_attention", lambda m, inp: Mapped("cascaded_attention", {
+    "num_heads": int(m.num_heads), "key_dim": int(m.key_dim), "window_size": int(m.window),
+    "kernels": [int(dw.conv.kernel_size[0]) for dw in m.dws]}),
+    modules.CascadedAttention)
 reads("class_attention", lambda m, inp: Mapped("class_attention", {"num_heads": int(m.num_heads),
                                                                    "qkv_bias": m.q.bias is not None}),
       modules.ClassAttention)
@@ -1609,3 +1622,34 @@ NAMED_FUNCTIONS: dict[str, tuple[tuple[str, ...], FunctionRule]] = {
     "torchvision.models.swin_transformer._patch_merging_pad": (("x",), _f_patch_merging),
 }
 
+
+# ---- EfficientViT-MSRA's cascaded group attention (archcalc.core.kinds.msra) ------------------------------------
+
+
+def _read_local_window_attention(m: Any, inp: tuple[int, ...]) -> Mapped:
+    """timm's efficientvit_msra LocalWindowAttention (kept whole) as cascaded_attention: its CascadedGroupAttention's
+    heads, key and value dims, effective window and depthwise kernels; checked to be the structure archcalc
+    builds (1 x 1 qkv convs without bias on C / heads channels, depthwise convs on q, ReLU, a 1 x 1 projection)."""
+    attn = m.attn
+    heads, kd, vd, w = int(attn.num_heads), int(attn.key_dim), int(attn.val_dim), int(attn.resolution)
+    c = int(m.dim)
+    kernels = tuple(int(dw.conv.kernel_size[0]) for dw in attn.dws)
+    plain = all(q.conv.in_channels == c // heads and q.conv.out_channels == 2 * kd + vd
+                and tuple(q.conv.kernel_size) == (1, 1) and q.conv.groups == 1 and q.conv.bias is None
+                for q in attn.qkvs) and all(
+        dw.conv.groups == kd == dw.conv.in_channels == dw.conv.out_channels and dw.conv.bias is None
+        and tuple(dw.conv.padding) == (dw.conv.kernel_size[0] // 2,) * 2 and tuple(dw.conv.stride) == (1, 1)
+        for dw in attn.dws)
+    proj = attn.proj
+    if (not plain or len(inp) != 3 or c % heads or vd != c // heads or inp[0] != c or len(proj) != 2
+            or type(proj[0]) is not nn.ReLU
+            or tuple(proj[1].conv.weight.shape) != (c, heads * vd, 1, 1) or proj[1].conv.bias is not None
+            or w != min(int(m.window_resolution), int(m.resolution)) or min(inp[1], inp[2]) < w):
+        raise Unmapped("timm's LocalWindowAttention whose convs, projection or window are not cascaded_attention's "
+                       "(1 x 1 qkv convs on C / heads channels, depthwise convs on q, ReLU and a 1 x 1 projection, "
+                       "a window no larger than the grid)")
+    return Mapped("cascaded_attention", {"num_heads": heads, "key_dim": kd, "window_size": w,
+                                         "kernels": list(kernels) if len(set(kernels)) > 1 else kernels[0]})
+
+
+NAMED_MODULES["timm.models.efficientvit_msra.LocalWindowAttention"] = _read_local_window_attention

@@ -11,6 +11,7 @@ from archcalc.core.kinds import (  # noqa: F401  (registration)
     mobilevit,
     modern,
     mqa,
+    msra,
     norm,
     pool,
     pooled,
