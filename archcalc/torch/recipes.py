@@ -461,6 +461,13 @@ def _concat(*xs: Any) -> Any:
 merge_recipe("concat", _concat, lambda y, args: [f"{y} = torch.cat([{', '.join(args)}], 1)"])
 
 
+@recipe("effv2_attention")
+def _effv2_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.EfficientFormerV2Attention, channels=inp[0], num_heads=a["num_heads"], key_dim=a["key_dim"],
+                value_dim=a["value_dim"], size=tuple(inp[1:]), talking_heads=a["talking_heads"],
+                downsample=a["downsample"])
+
+
 # ---- every kind and merge without a recipe of its own: the generic ones -------------------------------------------
 
 for _kind in REGISTRY.values():
@@ -1230,6 +1237,11 @@ def _torch_function(kind: Kind, name: str) -> Any:
         raise RuntimeError(f"layer kind '{kind.name}' names torch function {name!r}, which is neither F.<name> "
                            "(torch.nn.functional) nor torch.<name>")
     return fn
+
+
+reads("effv2_attention", lambda m, inp: Mapped("effv2_attention", {
+    "num_heads": int(m.num_heads), "key_dim": int(m.key_dim), "value_dim": int(m.v[0].out_channels) // int(m.num_heads),
+    "talking_heads": bool(m.talking_heads), "downsample": bool(m.downsample)}), modules.EfficientFormerV2Attention)
 
 
 def _register_kinds() -> None:

@@ -5,6 +5,7 @@ from archcalc.core.kinds import (  # noqa: F401  (registration)
     additive,
     conv,
     dense,
+    effv2,
     extra,  # noqa: F401,E402  (registration; after activation, which it builds on)
     modern,
     norm,
