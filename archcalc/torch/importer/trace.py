@@ -27,7 +27,7 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import additive, attention, coatnet, davit, mapping, tinyvit
+from archcalc.torch.importer import additive, attention, coatnet, davit, effv2, mapping, tinyvit
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -1587,6 +1587,8 @@ class _Converter:
             return self.maxvit(node, m, args)
         if mapping.qualname(type(m)) == tinyvit.ATTENTION:
             return tinyvit.attention(self, node, m, args)
+        if mapping.qualname(type(m)) in mapping.EFFV2:  # EfficientFormer-V2's attention (importer/effv2.py)
+            return effv2.attention(self, node, m, args)
         if args and isinstance(args[0], _Const):
             return self.projection(node, m, args)
         if self._constants([*args, *node.kwargs.values()]):
