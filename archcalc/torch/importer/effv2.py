@@ -19,7 +19,7 @@ from archcalc.torch.importer import mapping
 from archcalc.torch.importer.mapping import Unmapped
 
 if TYPE_CHECKING:
-    from archcalc.torch.importer.trace import _Converter, _Tensor
+    from archcalc.torch.importer.trace import _Converter
 
 WHY = "timm's EfficientFormer-V2 "
 # timm's GELU modules (F.gelu(x) and F.gelu(x, approximate='tanh')), the attention's activation
