@@ -78,7 +78,7 @@ class Attention2d(nn.Module):
         v_grid = self.v(x)
         v = v_grid.flatten(2).reshape(b, h, self.d, -1)
         scores = torch.matmul(q.transpose(2, 3), k) / self.key_dim ** 0.5
-        scores = scores + self.attention_biases[:, self.attention_bias_idxs]
+        scores = scores + self.attention_biases[:, self.attention_bias_idxs]  # type: ignore[index]
         weights = self.talking_head2(self.talking_head1(scores).softmax(-1))
         out = torch.matmul(v, weights.transpose(2, 3)).reshape(b, self.dh, *x.shape[2:]) + self.v_local(v_grid)
         if self.upsample is not None:
@@ -124,7 +124,7 @@ class Attention2dDownsample(nn.Module):
         v_grid = self.v(x)
         v = v_grid.flatten(2).reshape(b, h, self.d, -1)
         scores = torch.matmul(q.transpose(2, 3), k) / self.key_dim ** 0.5
-        weights = (scores + self.attention_biases[:, self.attention_bias_idxs]).softmax(-1)
+        weights = (scores + self.attention_biases[:, self.attention_bias_idxs]).softmax(-1)  # type: ignore[index]
         out = torch.matmul(v, weights.transpose(2, 3)).reshape(b, self.dh, *grid) + self.v_local(v_grid)
         return self.proj(self.act(out))
 
@@ -220,7 +220,7 @@ def test_the_inference_peak_per_sample_is_measured(index: int) -> None:
     per_sample = 4 * (kind.transient(a, ex.input, out)[0][0] + out[0] * out[1] * out[2])
     sixteen, seventeen, predicted = _peaks(index)
     assert seventeen - sixteen == per_sample
-    moments = kind.moments(a, ex.input)
+    moments = kind.moments(a, ex.input)  # type: ignore[attr-defined]
     if max(moments, key=moments.get) in ("scores", "softmax", "av", "end", "query"):  # type: ignore[arg-type]
         assert sixteen == predicted
     else:

@@ -970,7 +970,7 @@ class TalkingHeadsAttention(nn.Module):
         v_grid = self.v_bn(self.v_conv(x))
         v = v_grid.reshape(b, self.heads, -1, k.shape[-1])
         local = self.l_bn(self.l_conv(v_grid))
-        scores = q.transpose(-2, -1) @ k / math.sqrt(self.key) + self.table[:, self.offsets]
+        scores = q.transpose(-2, -1) @ k / math.sqrt(self.key) + self.table[:, self.offsets]  # type: ignore[index]
         if self.talking:
             scores = self.pre(scores)
         weights = scores.softmax(-1)

@@ -1259,7 +1259,8 @@ class EfficientFormerV2Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
         heads = self.num_heads
-        bias = self.attention_biases[:, self.attention_bias_idxs]  # (from the table alone, whatever the batch)
+        index: torch.Tensor = self.attention_bias_idxs  # type: ignore[assignment]
+        bias = self.attention_biases[:, index]  # (from the table alone, whatever the batch)
         if self.downsample:
             query = self.q_local(x) + x[:, :, ::2, ::2]
             q = self.q(query)
