@@ -19,7 +19,7 @@ from archcalc.torch.importer import mapping
 from archcalc.torch.importer.mapping import Unmapped
 
 if TYPE_CHECKING:
-    from archcalc.torch.importer.trace import _Converter
+    from archcalc.torch.importer.trace import _Converter, _Tensor
 
 WHY = "timm's EfficientFormer-V2 "
 # timm's GELU modules (F.gelu(x) and F.gelu(x, approximate='tanh')), the attention's activation
@@ -50,13 +50,11 @@ def _index(h: int, w: int, stride: int) -> torch.Tensor:
     return (qy[:, None] - ys[None, :]).abs() * w + (qx[:, None] - xs[None, :]).abs()
 
 
-def attention(conv: _Converter, node: fx.Node, m: Any, args: list[Any]) -> Any:
+def attention(conv: _Converter, node: fx.Node, m: Any, x: _Tensor | None) -> Any:
     """timm's Attention2d or Attention2dDownsample called on one C x H x W grid of the network, as its layers (the
-    score table's index checked against |offset| on the grid where it holds values: not on the meta device)."""
-    from archcalc.torch.importer.trace import _Tensor
-
-    x = args[0] if len(args) == 1 else None
-    if not isinstance(x, _Tensor) or x.channels_last or isinstance(x.shape, Tokens) or len(x.shape) != 3 \
+    score table's index checked against |offset| on the grid where it holds values: not on the meta device; x:
+    its one argument, a tensor of the network; None where it was called otherwise)."""
+    if x is None or x.channels_last or isinstance(x.shape, Tokens) or len(x.shape) != 3 \
             or node.kwargs:
         raise Unmapped(WHY + "attention on other than a C x H x W grid")
     downsample = mapping.qualname(type(m)).endswith("Attention2dDownsample")

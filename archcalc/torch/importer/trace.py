@@ -1588,7 +1588,7 @@ class _Converter:
         if mapping.qualname(type(m)) == tinyvit.ATTENTION:
             return tinyvit.attention(self, node, m, args)
         if mapping.qualname(type(m)) in mapping.EFFV2:  # EfficientFormer-V2's attention (importer/effv2.py)
-            return effv2.attention(self, node, m, args)
+            return effv2.attention(self, node, m, args[0] if len(args) == 1 and isinstance(args[0], _Tensor) else None)
         if args and isinstance(args[0], _Const):
             return self.projection(node, m, args)
         if self._constants([*args, *node.kwargs.values()]):
