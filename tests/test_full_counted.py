@@ -1042,6 +1042,50 @@ def _bilinear_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[
         p, q = p.repeat_interleave(c // g, 1), q.repeat_interleave(c // g, 1)
         y = blow(p, height // s) @ x @ blow(q, width // s)
         return conv_bn_relu(y, m.conv2, m.bn2)
+
+
+def _effv2_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    # EfficientFormer-V2's attention written out: each conv with its bias, each batch norm from its running
+    # statistics (1 / std a constant of the model, prepared here), one head at a time with plain matrix products,
+    # the talking heads a 1 x 1 conv over the heads' maps, the table gathered by index_select (data movement)
+    def constants(bn: Any) -> tuple[torch.Tensor, ...]:
+        return tuple(_channel(t, x) for t in (bn.running_mean, (bn.running_var + bn.eps).rsqrt(), bn.weight,
+                                             bn.bias))
+
+    def norm(t: torch.Tensor, c: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return (t - c[0]) * c[1] * c[2] + c[3]
+
+    with torch.no_grad():  # small scores, so the textbook softmax (no maximum subtracted) stays finite
+        m.q[1].weight.mul_(0.01)
+    norms = [constants(s[1]) for s in (m.q, m.k, m.v, m.v_local)]
+    heads, key = a["num_heads"], a["key_dim"]
+    _, c, h, w = x.shape
+    down = a["downsample"]
+    table = m.attention_biases
+    index = m.attention_bias_idxs
+
+    def talk(maps: list[torch.Tensor], conv: Any) -> list[torch.Tensor]:  # (a 1 x 1 conv over the heads' maps)
+        mixed = F.conv2d(torch.stack(maps)[None], conv.weight, conv.bias)
+        return [mixed[0, i] for i in range(heads)]
+
+    def run() -> torch.Tensor:
+        query = F.conv2d(x, m.q_local.weight, m.q_local.bias, 2, 1, groups=c) + x[:, :, ::2, ::2] if down else x
+        q = norm(F.conv2d(query, m.q[0].weight, m.q[0].bias), norms[0])
+        k = norm(F.conv2d(x, m.k[0].weight, m.k[0].bias), norms[1])
+        v = norm(F.conv2d(x, m.v[0].weight, m.v[0].bias), norms[2])
+        local = norm(F.conv2d(v, m.v_local[0].weight, m.v_local[0].bias, 2 if down else 1, 1,
+                              groups=v.shape[1]), norms[3])
+        oh, ow = q.shape[2:]
+        q, k, v = q.view(heads, key, -1), k.view(heads, key, -1), v.view(heads, v.shape[1] // heads, -1)
+        maps = [torch.mm(q[i].t(), k[i]) * key ** -0.5
+                + table[i].index_select(0, index.flatten()).view(index.shape) for i in range(heads)]
+        if a["talking_heads"]:
+            maps = talk(maps, m.talking_head1)
+        maps = [_softmax(s, 1) for s in maps]
+        if a["talking_heads"]:
+            maps = talk(maps, m.talking_head2)
+        joined = torch.cat([torch.mm(v[i], maps[i].t()) for i in range(heads)])
+        return joined.view(1, -1, oh, ow) + local
     return run
 
 
@@ -1049,7 +1093,8 @@ FORMULAS.update({"pooled_attention": _pooled_attention, "additive_attention": _a
                  "token_maxpool": _token_maxpool,
                  "separable_pos_embed": _separable_pos_embed, "xca": _xca, "fourier_pos_embed": _fourier_pos_embed,
                  "class_attention": _class_attention, "halo_attention": _halo_attention,
-                 "lambda_layer": _lambda_layer, "bilinear_attention": _bilinear_attention})
+                 "lambda_layer": _lambda_layer, "bilinear_attention": _bilinear_attention,
+                 "effv2_attention": _effv2_attention})
 
 
 # Kinds whose real module is counted directly: its ops are already elementary (a convolution, a matrix product,

@@ -307,6 +307,7 @@ FULL: dict[str, Rule] = {
     "channel_dropout": lambda a, i, o, m: 0,  # the identity at inference
     # comparisons per output element of the grid (the class token is copied)
     "token_maxpool": lambda a, i, o, m: (o[0] - (i[0] - n(i.grid))) * o[1] * (_kernel(a, (0, *i.grid)) - 1),
+    "effv2_attention": lambda a, i, o, m: _effv2_attention(a, i, o, m),
 }
 
 
@@ -347,6 +348,21 @@ def _bilinear_attention(a: Mapping[str, Any], i: tuple[int, ...], m: int) -> int
     blown = (c * height ** 2 if height > b else 0) + (c * width ** 2 if width > b else 0)
     return (2 * m + (4 + 1) * hw * (g + c) + 2 * g * b * (hw // b - 1) + 2 * b * b * g * 5
             + 2 * g * b * b + blown)
+
+
+def _effv2_attention(a: Mapping[str, Any], i: tuple[int, ...], o: tuple[int, ...], macs: int) -> int:
+    """2 per MAC; each conv's bias (1 per output element) and batch norm (4 per element) over q (heads x key_dim
+    channels at the output's positions), k (the same at the input's), v (the output's D channels at the input's)
+    and v_local (D at the output's); the talking heads' biases (1 per score each); per score the scale, the bias
+    and the softmax's 3; v_local's addition (1 per output element); with downsample the strided conv's bias and
+    the query's addition (C per output position each)."""
+    keys, queries, heads = n(i[1:]), n(o[1:]), a["num_heads"]
+    kh, d = heads * a["key_dim"], o[0]
+    normed = queries * kh + keys * kh + keys * d + queries * d
+    scores = heads * queries * keys
+    talking = 2 * scores if a["talking_heads"] else 0
+    query = 2 * i[0] * queries if a["downsample"] else 0
+    return 2 * macs + 5 * normed + talking + 5 * scores + n(o) + query
 
 
 def _windows_of(a: Mapping[str, Any], i: Any) -> tuple[int, int, int, bool]:
@@ -518,9 +534,11 @@ def test_full_flops_follow_the_stated_rule(name: str, index: int) -> None:
 # at least the prediction. Batch norm's per-channel scale and shift, layer and group norm's statistics, LRN's and
 # mean's scalar, transposed convolution's col2im buffer, nearest 2-D upsampling's copy of its input, scalar's
 # constant wrapped as a 0-d double tensor, psa_attention's three batch norms' scale and shift, pooled_attention's
-# strided depthwise 3-D convolutions (what its ops make is exact: tests/test_mvit.py counts it op by op).
+# strided depthwise 3-D convolutions (what its ops make is exact: tests/test_mvit.py counts it op by op),
+# effv2_attention's four batch norms' scale and shift (the rest exact: tests/test_effv2.py).
 SCRATCH = {"batchnorm", "layernorm", "groupnorm", "lrn", "mean", "global_avgpool", "conv_transpose", "upsample",
-           "scalar", "psa_attention", "pooled_attention", "bilinear_attention"}
+           "scalar", "psa_attention", "pooled_attention", "bilinear_attention",
+           "effv2_attention"}
 PEAK_CASES = [(n, i) for n, i in CASES if math.prod(REGISTRY[n].examples[i].input) <= 100_000]
 
 

@@ -1164,6 +1164,56 @@ class _CascadedAttention(nn.Module):
         return y.reshape(b, c, ph, pw)[:, :, :h, :w]
 
 
+class TalkingHeadsAttention(nn.Module):
+    """EfficientFormer-V2's attention, from the paper (Li et al. 2023, Sec. 3 and Fig. 2: "MHSA with ... talking
+    heads", a local value branch, and for downsampling the local-global query: Q = pooled x + depthwise-conv x),
+    on a B x C x H x W grid. Its parameters and buffers are registered in archcalc's order (q's local conv first
+    with downsample; then q, k, v, v_local, each a conv with bias and a batch norm; the two talking-head convs; the
+    table and its index); the scores and A V as matrix products of q^T k and V A^T, the bias a dense matrix
+    indexed from the table."""
+
+    def __init__(self, c: int, heads: int, key: int, value: int, size: tuple[int, int], talking: bool,
+                 down: bool) -> None:
+        super().__init__()
+        self.heads, self.key, self.talking, self.down = heads, key, talking, down
+        if down:
+            self.local_q = nn.Conv2d(c, c, 3, stride=2, padding=1, groups=c)
+        self.q_conv, self.q_bn = nn.Conv2d(c, heads * key, 1), nn.BatchNorm2d(heads * key)
+        self.k_conv, self.k_bn = nn.Conv2d(c, heads * key, 1), nn.BatchNorm2d(heads * key)
+        self.v_conv, self.v_bn = nn.Conv2d(c, heads * value, 1), nn.BatchNorm2d(heads * value)
+        self.l_conv = nn.Conv2d(heads * value, heads * value, 3, stride=2 if down else 1, padding=1,
+                                groups=heads * value)
+        self.l_bn = nn.BatchNorm2d(heads * value)
+        if talking:
+            self.pre = nn.Conv2d(heads, heads, 1)
+            self.post = nn.Conv2d(heads, heads, 1)
+        h, w = size
+        self.table = nn.Parameter(torch.randn(heads, h * w))
+        step = 2 if down else 1
+        keys = [(i, j) for i in range(h) for j in range(w)]
+        queries = [(i, j) for i in range(0, h, step) for j in range(0, w, step)]
+        self.register_buffer("offsets", torch.tensor([[abs(a - y) * w + abs(b - x) for (y, x) in keys]
+                                                      for (a, b) in queries]))
+        self.grid = ((h + 1) // 2, (w + 1) // 2) if down else (h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        query = self.local_q(x) + F.avg_pool2d(x, 1, 2) if self.down else x
+        q = self.q_bn(self.q_conv(query)).reshape(b, self.heads, self.key, -1)
+        k = self.k_bn(self.k_conv(x)).reshape(b, self.heads, self.key, -1)
+        v_grid = self.v_bn(self.v_conv(x))
+        v = v_grid.reshape(b, self.heads, -1, k.shape[-1])
+        local = self.l_bn(self.l_conv(v_grid))
+        scores = q.transpose(-2, -1) @ k / math.sqrt(self.key) + self.table[:, self.offsets]  # type: ignore[index]
+        if self.talking:
+            scores = self.pre(scores)
+        weights = scores.softmax(-1)
+        if self.talking:
+            weights = self.post(weights)
+        out = (v @ weights.transpose(-2, -1)).reshape(b, -1, *self.grid)
+        return out + local
+
+
 REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = {
     "adaptive_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(a["output_size"]),
     "adaptive_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(a["output_size"]),
@@ -1223,6 +1273,8 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "lambda_layer": LambdaRef,
     "bilinear_attention": BatRef,
     "channel_dropout": lambda a, s: nn.Dropout2d(a["p"]),
+    "effv2_attention": lambda a, s: TalkingHeadsAttention(s[0], a["num_heads"], a["key_dim"], a["value_dim"],
+                                                          (s[1], s[2]), a["talking_heads"], a["downsample"]),
     "fourier_pos_embed": FourierPositions,
     "additive_attention": lambda a, s: AdditiveAttn(s[1]),
     "class_attention": lambda a, s: ClassAttn(s[1], a["num_heads"], a["qkv_bias"]),

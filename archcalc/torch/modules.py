@@ -1430,3 +1430,68 @@ class CascadedAttention(nn.Module):
         x = self.attend(x)
         x = x.permute(0, 2, 3, 1).view(b, nh, nw, ws, ws, c).transpose(2, 3).reshape(b, ph, pw, c)
         return x[:, :h, :w].contiguous().permute(0, 3, 1, 2)
+
+
+class EfficientFormerV2Attention(nn.Module):
+    """EfficientFormer-V2's attention on a B x C x H x W grid (Li et al. 2023; timm's Attention2d and
+    Attention2dDownsample, without their activation and output projection, which are layers of their own): q, k, v
+    from 1 x 1 convs + batch norms (C -> heads x key_dim, heads x key_dim, heads x value_dim = D), v_local a
+    depthwise 3 x 3 conv + batch norm of v; per head the scaled scores q^T k plus a learned table per head and
+    |offset| of two positions (LeViT's); with talking heads a 1 x 1 conv over the heads' score maps before the
+    softmax and another after; A V, laid out as D x H x W, plus v_local. `downsample`: q from the grid subsampled by
+    2 plus a strided depthwise 3 x 3 conv of it (its local and global query), projected by a 1 x 1 conv + batch
+    norm; v_local strided by 2: the output is D x ceil(H / 2) x ceil(W / 2)."""
+
+    def __init__(self, channels: int, num_heads: int, key_dim: int, value_dim: int, size: Sequence[int],
+                 talking_heads: bool = True, downsample: bool = False) -> None:
+        super().__init__()
+        h, w = size
+        kh, dh = num_heads * key_dim, num_heads * value_dim
+        self.num_heads, self.key_dim, self.downsample = num_heads, key_dim, downsample
+        if downsample:
+            self.q_local = nn.Conv2d(channels, channels, 3, 2, 1, groups=channels)
+        self.q = nn.Sequential(nn.Conv2d(channels, kh, 1), nn.BatchNorm2d(kh))
+        self.k = nn.Sequential(nn.Conv2d(channels, kh, 1), nn.BatchNorm2d(kh))
+        self.v = nn.Sequential(nn.Conv2d(channels, dh, 1), nn.BatchNorm2d(dh))
+        self.v_local = nn.Sequential(nn.Conv2d(dh, dh, 3, 2 if downsample else 1, 1, groups=dh), nn.BatchNorm2d(dh))
+        self.talking_heads = talking_heads
+        if talking_heads:
+            self.talking_head1 = nn.Conv2d(num_heads, num_heads, 1)
+            self.talking_head2 = nn.Conv2d(num_heads, num_heads, 1)
+        s = 2 if downsample else 1
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        qy, qx = torch.meshgrid(torch.arange(0, h, s), torch.arange(0, w, s), indexing="ij")
+        ys, xs, qy, qx = ys.flatten(), xs.flatten(), qy.flatten(), qx.flatten()
+        index = (qy[:, None] - ys[None, :]).abs() * w + (qx[:, None] - xs[None, :]).abs()
+        self.attention_biases = nn.Parameter(torch.empty(num_heads, h * w).normal_(std=0.02))
+        self.register_buffer("attention_bias_idxs", index)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        heads = self.num_heads
+        index: torch.Tensor = self.attention_bias_idxs  # type: ignore[assignment]
+        bias = self.attention_biases[:, index]  # (from the table alone, whatever the batch)
+        if self.downsample:
+            query = self.q_local(x) + x[:, :, ::2, ::2]
+            q = self.q(query)
+            del query
+        else:
+            q = self.q(x)
+        k = self.k(x)
+        v = self.v(x)
+        local = self.v_local(v)
+        oh, ow = q.shape[2:]
+        q = q.flatten(2).view(b, heads, -1, oh * ow).transpose(-2, -1)
+        k = k.flatten(2).view(b, heads, self.key_dim, -1)
+        v = v.flatten(2).view(b, heads, -1, k.shape[-1]).transpose(-2, -1)
+        scores = torch.add(bias, q @ k, alpha=self.key_dim ** -0.5)  # (alpha: no scalar tensor made)
+        del q, k
+        if self.talking_heads:
+            scores = self.talking_head1(scores)
+        weights = scores.softmax(dim=-1)
+        del scores
+        if self.talking_heads:
+            weights = self.talking_head2(weights)
+        joined = (weights @ v).transpose(-2, -1)
+        del weights, v
+        return joined.reshape(b, -1, oh, ow) + local

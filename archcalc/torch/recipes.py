@@ -515,6 +515,13 @@ def _bilinear_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules_byoa.BilinearAttention, channels=inp[0], block=a["block_size"], groups=a["groups"])
 
 
+@recipe("effv2_attention")
+def _effv2_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    return call(modules.EfficientFormerV2Attention, channels=inp[0], num_heads=a["num_heads"], key_dim=a["key_dim"],
+                value_dim=a["value_dim"], size=tuple(inp[1:]), talking_heads=a["talking_heads"],
+                downsample=a["downsample"])
+
+
 # ---- every kind and merge without a recipe of its own: the generic ones -------------------------------------------
 
 
@@ -1329,6 +1336,9 @@ def _torch_function(kind: Kind, name: str) -> Any:
 
 reads("linear_attention", lambda m, inp: Mapped("linear_attention", {
     "head_dim": int(m.head_dim), **({"eps": float(m.eps)} if m.eps != 1e-5 else {})}), modules.LinearAttention)
+reads("effv2_attention", lambda m, inp: Mapped("effv2_attention", {
+    "num_heads": int(m.num_heads), "key_dim": int(m.key_dim), "value_dim": int(m.v[0].out_channels) // int(m.num_heads),
+    "talking_heads": bool(m.talking_heads), "downsample": bool(m.downsample)}), modules.EfficientFormerV2Attention)
 
 
 def _register_kinds() -> None:

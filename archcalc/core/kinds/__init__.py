@@ -6,6 +6,7 @@ from archcalc.core.kinds import (  # noqa: F401  (registration)
     byoa,
     conv,
     dense,
+    effv2,
     extra,  # noqa: F401,E402  (registration; after activation, which it builds on)
     linattn,
     mobilevit,

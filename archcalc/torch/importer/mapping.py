@@ -74,6 +74,8 @@ TIMM_PARTITIONS = ("timm.models.maxxvit.window_partition", "timm.models.maxxvit.
 
 # Attention modules kept whole and read by their family's reader (timm's TinyViT: importer/tinyvit.py).
 WINDOWED = ("timm.models.tiny_vit.Attention",)
+# timm's EfficientFormer-V2 attention, kept whole and read by importer/effv2.py.
+EFFV2 = ("timm.models.efficientformer_v2.Attention2d", "timm.models.efficientformer_v2.Attention2dDownsample")
 
 
 def qualname(obj: Any) -> str:
@@ -118,7 +120,7 @@ def module_rule(m: nn.Module) -> ModuleRule | None:
 
 def is_leaf(m: nn.Module) -> bool:
     """Modules the tracer keeps whole: those in the table, and torch.nn's own (fx's rule), containers excepted."""
-    if module_rule(m) is not None or qualname(type(m)) in (*PERMUTES, *MAXVIT, *WINDOWED, *mqa.CLASSES):
+    if module_rule(m) is not None or qualname(type(m)) in (*PERMUTES, *MAXVIT, *WINDOWED, *mqa.CLASSES, *EFFV2):
         return True
     return type(m).__module__.startswith("torch.nn") and not isinstance(m, (nn.Sequential, nn.ModuleList,
                                                                             nn.ModuleDict))

@@ -27,7 +27,18 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import additive, attention, coatnet, davit, linattn, mapping, mobilevit, mqa, tinyvit
+from archcalc.torch.importer import (
+    additive,
+    attention,
+    coatnet,
+    davit,
+    effv2,
+    linattn,
+    mapping,
+    mobilevit,
+    mqa,
+    tinyvit,
+)
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -1620,6 +1631,8 @@ class _Converter:
             return tinyvit.attention(self, node, m, args)
         if mapping.qualname(type(m)) in mqa.CLASSES:
             return mqa.convert(self, node, m, args)
+        if mapping.qualname(type(m)) in mapping.EFFV2:  # EfficientFormer-V2's attention (importer/effv2.py)
+            return effv2.attention(self, node, m, args[0] if len(args) == 1 and isinstance(args[0], _Tensor) else None)
         if args and isinstance(args[0], _Const):
             return self.projection(node, m, args)
         if self._constants([*args, *node.kwargs.values()]):
