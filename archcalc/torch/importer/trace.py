@@ -27,7 +27,7 @@ from archcalc.core.errors import ArchcalcError
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.kinds.base import LayerError, Tokens, resolve_padding
 from archcalc.core.merges import MERGES
-from archcalc.torch.importer import additive, attention, coatnet, davit, mapping, tinyvit
+from archcalc.torch.importer import additive, attention, coatnet, davit, gcvit, mapping, tinyvit
 from archcalc.torch.importer.mapping import Mapped, Unmapped
 
 Shape = tuple[int, ...]
@@ -572,6 +572,7 @@ class _Converter:
                 if self.composition(node):  # (its nodes are one op now; their values are set)
                     continue
                 try:
+                    gcvit.refuse(self.root, node)  # GCViT's windows: refused with the reason (importer/gcvit.py)
                     if self.davit_pattern(node):  # DaViT's and Twins-SVT's windows, DaViT's channel attention
                         continue
                     result = self.node(node)
