@@ -6,6 +6,7 @@ from archcalc.core.kinds import (  # noqa: F401  (registration)
     conv,
     dense,
     extra,  # noqa: F401,E402  (registration; after activation, which it builds on)
+    gcvit,
     modern,
     norm,
     pool,
