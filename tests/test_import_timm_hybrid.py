@@ -75,9 +75,6 @@ FAILED: dict[str, tuple[str, ...]] = {
     "cannot import Tensor.permute ... timm/models/lowformer.py:301": (  # 6
         "lowformer_b0", "lowformer_b1", "lowformer_b15", "lowformer_b2", "lowformer_b3", "lowformer_e3",
     ),
-    "cannot import Tensor.view ... timm/models/gcvit.py:243": (  # 5
-        "gcvit_base", "gcvit_small", "gcvit_tiny", "gcvit_xtiny", "gcvit_xxtiny",
-    ),
     "cannot import Tensor.permute ... timm/models/efficientformer_v2.py:219": (  # 4
         "efficientformerv2_l", "efficientformerv2_s0", "efficientformerv2_s1", "efficientformerv2_s2",
     ),
@@ -99,7 +96,7 @@ FAILED: dict[str, tuple[str, ...]] = {
 }
 
 # The share of the hybrid set that imports exact (issue 30 asks for 90 %; see docs/export.md for what stops the rest).
-IMPORTED_COUNT = 213  # of 302: 70.5 %
+IMPORTED_COUNT = 218  # of 302: 72.2 %
 
 # Imported models fvcore's CPU run was not taken for (over 150 GMACs, and the MaxViTs and CoAtNets over 25 GMACs: too
 # slow on the 2 shared cores the data was made on); their other figures are checked, and fvcore's count of the same
@@ -184,5 +181,5 @@ def test_the_rate_in_the_docs() -> None:
     families = Counter(MEASURED[name]["family"] for name, rec in IMPORTED.items() if rec["imported"])
     assert families == {"maxxvit": 58, "xcit": 28, "levit": 20, "vision_transformer_hybrid": 14, "vitamin": 13,
                         "byobnet": 9, "fastvit": 9, "davit": 8, "pit": 8, "pvt_v2": 7, "twins": 6, "edgenext": 5,
-                        "tiny_vit": 5, "metaformer": 4, "shvit": 4, "swiftformer": 4, "efficientformer": 3,
+                        "tiny_vit": 5, "gcvit": 5, "metaformer": 4, "shvit": 4, "swiftformer": 4, "efficientformer": 3,
                         "nextvit": 3, "lowformer": 2, "visformer": 2, "efficientnet": 1}
