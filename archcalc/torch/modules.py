@@ -1250,7 +1250,7 @@ class GlobalQueryAttention(nn.Module):
         index: torch.Tensor = self.relative_position_index  # type: ignore[assignment]
         bias = self.relative_position_bias_table[index].view(m, m, -1).permute(2, 0, 1).unsqueeze(0)
         q = x[:, :m].reshape(b, 1, m, c).expand(b, windows, m, c).reshape(b * windows, m, heads, d)
-        t = WindowAttention.cut(x[:, m:].reshape(b, h, w, c), self.window_size)
+        t = x[:, m:].reshape(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, m, c)
         del x
         k, v = self.kv(t).reshape(b * windows, m, 2, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
         del t
@@ -1259,7 +1259,7 @@ class GlobalQueryAttention(nn.Module):
         x = (x + bias).softmax(dim=-1) @ v
         del v, bias
         x = self.proj(x.transpose(1, 2).reshape(b * windows, m, c))
-        return WindowAttention.merge(x, b, self.grid, self.window_size).reshape(b, h * w, c)
+        return x.view(b, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h * w, c)
 
     def extra_repr(self) -> str:
         return f"grid={self.grid}, num_heads={self.num_heads}, window_size={self.window_size}"
