@@ -132,7 +132,9 @@ def example_spec(kind: Any, ex: Any) -> tuple[list[int], list[str]]:
     args = ", ".join(f"{k}: {list(v) if isinstance(v, tuple) else v}" for k, v in ex.args.items())
     layer = f"{kind.name}: {{{args}}}"
     if isinstance(ex.input, Tokens):
-        cls = ["class_token"] if ex.input[0] == math.prod(ex.input.grid) + 1 else []  # (MViT's: pooled_attention)
+        extra = ex.input[0] - math.prod(ex.input.grid)  # tokens put first (MViT's: pooled_attention; GCViT's
+        # global queries, a window of them: global_query_attention)
+        cls = ["class_token"] if extra == 1 else [f"class_token: {{count: {extra}}}"] if extra > 1 else []
         return [ex.input[1], *ex.input.grid], ["to_tokens", *cls, layer]
     if len(ex.input) > 1:
         return list(ex.input), [layer]

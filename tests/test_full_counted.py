@@ -1086,6 +1086,31 @@ def _effv2_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[],
             maps = talk(maps, m.talking_head2)
         joined = torch.cat([torch.mm(v[i], maps[i].t()) for i in range(heads)])
         return joined.view(1, -1, oh, ow) + local
+
+
+def _global_query_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """GCViT's global query attention written out (Hatamizadeh et al. 2023): [M query tokens ; the grid's N], the
+    grid cut into windows, k and v from one linear, the queries repeated for every window and scaled by
+    1/sqrt(d), per head the scores plus the gathered position bias, the textbook softmax, A V, the projection; the
+    windows merged."""
+    c = x.shape[2]
+    (wh, ww), (h, w), heads = m.window_size, m.grid, a["num_heads"]
+    size, d = wh * ww, c // heads
+    windows = (h // wh) * (w // ww)
+
+    def run() -> torch.Tensor:
+        t = x[0, size:].reshape(h // wh, wh, w // ww, ww, c).permute(0, 2, 1, 3, 4).reshape(windows * size, c)
+        kv = F.linear(t, m.kv.weight, m.kv.bias).view(windows, size, 2, heads, d).permute(2, 0, 3, 1, 4)
+        k, v = (kv[i].reshape(windows * heads, size, d) for i in range(2))
+        q = x[0, :size].reshape(1, size, heads, d).expand(windows, size, heads, d).transpose(1, 2)
+        q = q.reshape(windows * heads, size, d) * d ** -0.5
+        scores = torch.bmm(q, k.transpose(1, 2)).view(windows, heads, size, size)
+        bias = torch.index_select(m.relative_position_bias_table, 0, m.relative_position_index).view(
+            size, size, heads).permute(2, 0, 1)
+        weights = _softmax(scores + bias, -1).reshape(windows * heads, size, size)
+        joined = torch.bmm(weights, v).view(windows, heads, size, d).transpose(1, 2).reshape(windows * size, c)
+        out = F.linear(joined, m.proj.weight, m.proj.bias).view(h // wh, w // ww, wh, ww, c)
+        return out.permute(0, 2, 1, 3, 4).reshape(1, h * w, c)
     return run
 
 
@@ -1094,7 +1119,8 @@ FORMULAS.update({"pooled_attention": _pooled_attention, "additive_attention": _a
                  "separable_pos_embed": _separable_pos_embed, "xca": _xca, "fourier_pos_embed": _fourier_pos_embed,
                  "class_attention": _class_attention, "halo_attention": _halo_attention,
                  "lambda_layer": _lambda_layer, "bilinear_attention": _bilinear_attention,
-                 "effv2_attention": _effv2_attention})
+                 "effv2_attention": _effv2_attention,
+                 "global_query_attention": _global_query_attention})
 
 
 # Kinds whose real module is counted directly: its ops are already elementary (a convolution, a matrix product,

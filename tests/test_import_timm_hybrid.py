@@ -44,16 +44,13 @@ FAILED: dict[str, tuple[str, ...]] = {
         "coat_lite_medium", "coat_lite_medium_384", "coat_lite_mini", "coat_lite_small", "coat_lite_tiny",
         "coat_mini", "coat_small", "coat_tiny",
     ),
-    "cannot import Tensor.view ... timm/models/gcvit.py:243": (  # 5
-        "gcvit_base", "gcvit_small", "gcvit_tiny", "gcvit_xtiny", "gcvit_xxtiny",
-    ),
     "cannot import Tensor.mul ... timm/models/csatv2.py:267": (  # 2
         "csatv2", "csatv2_21m",
     ),
 }
 
 # The share of the hybrid set that imports exact (issue 30 asks for 90 %; see docs/export.md for what stops the rest).
-IMPORTED_COUNT = 287  # of 302: 95.0 %
+IMPORTED_COUNT = 292  # of 302: 96.7 %
 
 # Imported models fvcore's CPU run was not taken for (over 150 GMACs, and the MaxViTs and CoAtNets over 25 GMACs: too
 # slow on the 2 shared cores the data was made on); their other figures are checked, and fvcore's count of the same
@@ -138,6 +135,6 @@ def test_the_rate_in_the_docs() -> None:
     assert families == {"maxxvit": 58, "xcit": 28, "levit": 20, "byoanet": 15, "vision_transformer_hybrid": 14,
                         "vitamin": 13, "byobnet": 10, "mobilevit": 10, "cpubone": 9, "fastvit": 9, "iformer": 9,
                         "davit": 8, "lowformer": 8, "pit": 8, "efficientvit_mit": 7, "pvt_v2": 7,
-                        "efficientvit_msra": 6, "twins": 6, "edgenext": 5, "tiny_vit": 5, "efficientformer_v2": 4,
-                        "metaformer": 4, "mobilenetv3": 4, "shvit": 4, "swiftformer": 4, "efficientformer": 3,
-                        "mobilenetv5": 3, "nextvit": 3, "visformer": 2, "efficientnet": 1}
+                        "efficientvit_msra": 6, "twins": 6, "edgenext": 5, "gcvit": 5, "tiny_vit": 5,
+                        "efficientformer_v2": 4, "metaformer": 4, "mobilenetv3": 4, "shvit": 4, "swiftformer": 4,
+                        "efficientformer": 3, "mobilenetv5": 3, "nextvit": 3, "visformer": 2, "efficientnet": 1}

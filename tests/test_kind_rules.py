@@ -278,6 +278,10 @@ FULL: dict[str, Rule] = {
     "cascaded_attention": lambda a, i, o, m: _cascaded_attention(a, i, m),
     "window_attention": lambda a, i, o, m: _window_attention(a, i, m),
     "patch_merging": lambda a, i, o, m: 0,
+    # 2 per MAC; kv's and the projection's biases per token (2C + C, or C); the scale of the repeated queries (1
+    # per element: N x C); per attention weight (N x heads x M) the position bias and the softmax's 3
+    "global_query_attention": lambda a, i, o, m: 2 * m + (3 if a["qkv_bias"] else 1) * n(o) + n(o)
+    + 4 * o[0] * a["num_heads"] * (i[0] - o[0]),
     "pooled_attention": lambda a, i, o, m: _pooled_attention(a, i, o, m),
     # the tables' sum for each grid token's channels, then the addition to every token
     "separable_pos_embed": lambda a, i, o, m: n(i.grid) * i[1] + n(i),

@@ -1214,6 +1214,44 @@ class TalkingHeadsAttention(nn.Module):
         return out + local
 
 
+class _GlobalQueryAttention(nn.Module):
+    """GCViT's global query attention (Hatamizadeh et al. 2023, Sec. 3.2, Fig. 4: "global query tokens ... shared
+    across all local windows"; keys and values from each local window; Swin's relative position bias), written the
+    slow way: the input is [the M global query tokens ; the grid's N tokens]; each w_h x w_w window of the grid in a
+    loop, its keys and values from one linear (C -> 2C), the queries the global tokens unchanged, per head
+    softmax(q k^T / sqrt(d) + B) v with B looked up pair by pair from a (2w_h-1)(2w_w-1) x heads table, the heads
+    joined and projected (C -> C), each token written back to its place in the grid."""
+
+    def __init__(self, c: int, grid: tuple[int, ...], heads: int, window: tuple[int, int], qkv_bias: bool) -> None:
+        super().__init__()
+        self.c, self.grid, self.heads, self.window = c, grid, heads, window
+        self.kv = nn.Linear(c, 2 * c, bias=qkv_bias)
+        self.proj = nn.Linear(c, c)
+        wh, ww = window
+        self.table = nn.Parameter(torch.randn((2 * wh - 1) * (2 * ww - 1), heads))
+        pos = [(y, x) for y in range(wh) for x in range(ww)]
+        self.register_buffer("index", torch.tensor([(p[0] - r[0] + wh - 1) * (2 * ww - 1) + p[1] - r[1] + ww - 1
+                                                    for p in pos for r in pos]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, c = x.shape
+        (wh, ww), (h, w), heads = self.window, self.grid, self.heads
+        m, d = wh * ww, c // heads
+        queries, grid = x[:, :m], x[:, m:].reshape(b, h, w, c)
+        bias = self.table[self.index].view(m, m, heads).permute(2, 0, 1)
+        out = torch.empty(b, h, w, c)
+        for i in range(0, h, wh):
+            for j in range(0, w, ww):
+                k, v = self.kv(grid[:, i:i + wh, j:j + ww].reshape(b, m, c)).chunk(2, dim=-1)
+                heads_out = []
+                for n in range(heads):
+                    part = slice(n * d, (n + 1) * d)
+                    scores = queries[..., part] @ k[..., part].transpose(1, 2) / math.sqrt(d) + bias[n]
+                    heads_out.append(scores.softmax(-1) @ v[..., part])
+                out[:, i:i + wh, j:j + ww] = self.proj(torch.cat(heads_out, -1)).view(b, wh, ww, c)
+        return out.reshape(b, h * w, c)
+
+
 REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = {
     "adaptive_avgpool": lambda a, s: _nd("AdaptiveAvgPool", len(s) - 1)(a["output_size"]),
     "adaptive_maxpool": lambda a, s: _nd("AdaptiveMaxPool", len(s) - 1)(a["output_size"]),
@@ -1310,6 +1348,8 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     _PartitionAttention(s[1], s.grid, a["num_heads"], _two(a["window_size"]), _two(a["shift_size"]), a["bias"],
                         a["v2"], a["partition"], a["position_bias"]),
     "patch_merging": _patch_merging,
+    "global_query_attention": lambda a, s: _GlobalQueryAttention(s[1], s.grid, a["num_heads"], _two(a["window_size"]),
+                                                                 a["qkv_bias"]),
     "relu": lambda a, s: nn.ReLU(),
     "relu6": lambda a, s: nn.ReLU6(),
     # Klambauer et al. 2017, eq. 2, with their alpha_01 and lambda_01

@@ -62,6 +62,8 @@ def _add_custom(cls: type, custom: dict[str, type]) -> None:
     for base in reversed(cls.__mro__[1:]):
         if issubclass(base, nn.Module) and getattr(nn, base.__name__, None) is not base and base is not nn.Module:
             _add_custom(base, custom)
+    for used in getattr(cls, "exports_with", ()):  # module classes its constructor makes (not a recipe's own),
+        _add_custom(used, custom)                      # before it: its class body names them
     if cls.__name__ in custom and custom[cls.__name__] is not cls:
         raise TypeError(f"two module classes named {cls.__name__} cannot share one exported file")
     custom.setdefault(cls.__name__, cls)

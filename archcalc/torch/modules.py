@@ -1296,6 +1296,8 @@ class MultiQueryAttention(nn.Module):
     Written out as torch's math path: the h heads' queries as the rows of one matrix (h N x kd), so Q K^T and A V
     are one bmm each (counted by FlopCounterMode and fvcore), each temporary freed as soon as it is read."""
 
+    exports_with = (RMSNorm,)  # (archcalc export copies it with this class: kv_norm rmsnorm makes one)
+
     def __init__(self, channels: int, num_heads: int, key_dim: int, value_dim: int, kv_stride: int = 1,
                  kv_kernel: int = 3, out_features: int = 0, kv_norm: str = "batchnorm", norm: str = "none",
                  gate: bool = False, kv_pads: Sequence[Sequence[int]] = ()) -> None:
@@ -1495,3 +1497,46 @@ class EfficientFormerV2Attention(nn.Module):
         joined = (weights @ v).transpose(-2, -1)
         del weights, v
         return joined.reshape(b, -1, oh, ow) + local
+
+
+class GlobalQueryAttention(nn.Module):
+    """GCViT's global query attention (Hatamizadeh et al. 2023; timm's WindowAttentionGlobal with use_global) on
+    B x (M + N) x C tokens: the first M = w_h w_w the query grid, the other N those of the H x W `grid`. The grid cut
+    into windows of M tokens; per window k, v = x W_kv (C -> 2C); the queries repeated for every window of the image
+    (not projected), scaled by d^-1/2; softmax(Q K^T + B) V per head with B gathered from Swin's relative position
+    table; the heads joined, projected (C -> C) and the windows merged: B x N x C."""
+
+    def __init__(self, channels: int, grid: Sequence[int], num_heads: int, window_size: Sequence[int],
+                 qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.grid, self.num_heads, self.window_size = tuple(grid), num_heads, tuple(window_size)
+        self.kv = nn.Linear(channels, 2 * channels, bias=qkv_bias)
+        self.proj = nn.Linear(channels, channels)
+        wh, ww = self.window_size
+        self.relative_position_bias_table = nn.Parameter(torch.empty((2 * wh - 1) * (2 * ww - 1), num_heads)
+                                                         .normal_(std=0.02))
+        y, x = (c.flatten() for c in torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij"))
+        index = (y[:, None] - y[None, :] + wh - 1) * (2 * ww - 1) + (x[:, None] - x[None, :] + ww - 1)
+        self.register_buffer("relative_position_index", index.flatten())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, c = x.shape
+        heads, (wh, ww), (h, w) = self.num_heads, self.window_size, self.grid
+        m, d = wh * ww, c // heads
+        windows = (h // wh) * (w // ww)
+        index: torch.Tensor = self.relative_position_index  # type: ignore[assignment]
+        bias = self.relative_position_bias_table[index].view(m, m, -1).permute(2, 0, 1).unsqueeze(0)
+        q = x[:, :m].reshape(b, 1, m, c).expand(b, windows, m, c).reshape(b * windows, m, heads, d)
+        t = x[:, m:].reshape(b, h // wh, wh, w // ww, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, m, c)
+        del x
+        k, v = self.kv(t).reshape(b * windows, m, 2, heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        del t
+        x = (q.permute(0, 2, 1, 3) * d ** -0.5) @ k.transpose(-2, -1)
+        del q, k
+        x = (x + bias).softmax(dim=-1) @ v
+        del v, bias
+        x = self.proj(x.transpose(1, 2).reshape(b * windows, m, c))
+        return x.view(b, h // wh, w // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h * w, c)
+
+    def extra_repr(self) -> str:
+        return f"grid={self.grid}, num_heads={self.num_heads}, window_size={self.window_size}"

@@ -9,20 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def rel_logits_1d(q: torch.Tensor, rel: torch.Tensor, win: int) -> torch.Tensor:
-    """Relative logits along the last axis of q (n x rows x cols x d) from a (2 win - 1) x d table: n x rows x cols x
-    win, the logit of each query and each key column of its window (Bello et al. 2019, "Attention Augmented
-    Convolutional Networks": the products with every relative offset, shifted to absolute positions by a pad and a
-    reshape)."""
-    n, rows, cols, _ = q.shape
-    size = rel.shape[0]
-    x = (q @ rel.transpose(-1, -2)).reshape(-1, cols, size)
-    x = F.pad(x, [0, 1]).flatten(1)
-    x = F.pad(x, [0, size - cols])
-    x = x.reshape(-1, cols + 1, size)[:, :cols, win - 1:]
-    return x.reshape(n, rows, cols, win)
-
-
 class HaloAttention(nn.Module):
     """Multi-head attention within blocks of a C x H x W grid, keys and values from each block and a halo around it
     (Vaswani et al. 2021, "Scaling Local Self-Attention for Parameter Efficient Visual Backbones"; timm's HaloAttn);
@@ -30,6 +16,20 @@ class HaloAttention(nn.Module):
     a 1 x 1 conv (strided by `query_stride`), k and v from another, zero-padded by the halo and unfolded into
     (block + 2 halo)^2 windows; per head softmax(Q K^T / sqrt(dk) + R) V, R the 2-D relative logits of q with a
     height and a width table; the heads joined on the grid; a 2 x 2 average pool with `pool`."""
+
+    @staticmethod
+    def rel_logits_1d(q: torch.Tensor, rel: torch.Tensor, win: int) -> torch.Tensor:
+        """Relative logits along the last axis of q (n x rows x cols x d) from a (2 win - 1) x d table: n x rows x
+        cols x win, the logit of each query and each key column of its window (Bello et al. 2019, "Attention
+        Augmented Convolutional Networks": the products with every relative offset, shifted to absolute positions by
+        a pad and a reshape). A static method, so `archcalc export` copies it with the class."""
+        n, rows, cols, _ = q.shape
+        size = rel.shape[0]
+        x = (q @ rel.transpose(-1, -2)).reshape(-1, cols, size)
+        x = F.pad(x, [0, 1]).flatten(1)
+        x = F.pad(x, [0, size - cols])
+        x = x.reshape(-1, cols + 1, size)[:, :cols, win - 1:]
+        return x.reshape(n, rows, cols, win)
 
     def __init__(self, channels: int, out: int, num_heads: int, key_dim: int, block: tuple[int, int], halo: int,
                  query_stride: int, pool: bool, bias: bool) -> None:
@@ -64,10 +64,10 @@ class HaloAttention(nn.Module):
         attn = (q @ k.transpose(-1, -2)).mul_(self.scale)
         # the relative logits added in place (timm adds the two tables' logits, then the sum to the scores)
         rows = q.reshape(-1, qh, qw, dk)
-        w = rel_logits_1d(rows, self.width_rel, self.win[1])  # n x qh x qw x win_w
+        w = self.rel_logits_1d(rows, self.width_rel, self.win[1])  # n x qh x qw x win_w
         scores = attn.view(-1, qh, qw, self.win[0], self.win[1]).add_(w.unsqueeze(-2))
         del w
-        hh = rel_logits_1d(rows.transpose(1, 2), self.height_rel, self.win[0])  # n x qw x qh x win_h
+        hh = self.rel_logits_1d(rows.transpose(1, 2), self.height_rel, self.win[0])  # n x qw x qh x win_h
         scores.add_(hh.transpose(1, 2).unsqueeze(-1))
         del hh, scores
         attn = attn.softmax(dim=-1)

@@ -358,6 +358,14 @@ def _xca(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
                 **({"normalize": False, "scale": a["scale"]} if not a["normalize"] else {}))
 
 
+@recipe("global_query_attention")
+def _global_query_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
+    ws = a["window_size"]
+    return call(modules.GlobalQueryAttention, channels=inp[1], grid=tuple(inp.grid),  # type: ignore[attr-defined]
+                num_heads=a["num_heads"], window_size=(ws, ws) if isinstance(ws, int) else tuple(ws),
+                **({} if a["qkv_bias"] else {"qkv_bias": False}))
+
+
 @recipe("additive_attention")
 def _additive_attention(kind: Kind, a: Mapping[str, Any], inp: Shape) -> Call:
     return call(modules.AdditiveAttention, channels=inp[1])
@@ -883,6 +891,9 @@ reads("window_attention", lambda m, inp: Mapped("window_attention", {
     **({"mlp_hidden": int(m.rel_mlp[0].out_features)} if hasattr(m, "rel_mlp") and m.rel_mlp[0].out_features != 512
        else {})}), modules.WindowAttention)
 reads("patch_merging", lambda m, inp: Mapped("patch_merging", {}), modules.PatchMerging)
+reads("global_query_attention", lambda m, inp: Mapped("global_query_attention", {
+    "num_heads": int(m.num_heads), "window_size": list(m.window_size),
+    **({} if m.kv.bias is not None else {"qkv_bias": False})}), modules.GlobalQueryAttention)
 reads("pooled_attention", lambda m, inp: Mapped("pooled_attention", {
     "num_heads": int(m.num_heads), "output_dim": int(m.output_dim), "kernel_q": _tup(m.kernel_q),
     "stride_q": _tup(m.stride_q), "kernel_kv": _tup(m.kernel_kv), "stride_kv": _tup(m.stride_kv),

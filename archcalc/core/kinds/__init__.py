@@ -8,6 +8,7 @@ from archcalc.core.kinds import (  # noqa: F401  (registration)
     dense,
     effv2,
     extra,  # noqa: F401,E402  (registration; after activation, which it builds on)
+    gcvit,
     linattn,
     mobilevit,
     modern,

@@ -33,6 +33,7 @@ from archcalc.torch.importer import (
     coatnet,
     davit,
     effv2,
+    gcvit,
     linattn,
     mapping,
     mobilevit,
@@ -588,6 +589,8 @@ class _Converter:
                 if self.composition(node):  # (its nodes are one op now; their values are set)
                     continue
                 try:
+                    if gcvit.pattern(self, node):  # GCViT's window attention (importer/gcvit.py)
+                        continue
                     if self.davit_pattern(node):  # DaViT's and Twins-SVT's windows, DaViT's channel attention
                         continue
                     result = self.node(node)
@@ -884,6 +887,11 @@ class _Converter:
         self.composed.update(found.nodes)
         self.vals[found.last] = out
         return True
+
+    def module_params(self, path: str) -> list[_Param]:
+        """The parameters of the module at `path`, as an op that reads them all lists them (consume)."""
+        module = self.root.get_submodule(path)
+        return [_Param((f"{path}.{name}",), tuple(t.shape)) for name, t in module.named_parameters()]
 
     def davit_pattern(self, node: fx.Node) -> bool:
         """DaViT's windows and channel attention, Twins-SVT's locally-grouped attention (importer/davit.py): the
