@@ -421,10 +421,11 @@ class CrossCovariance(nn.Module):
     softmax(tau * K_hat^T Q_hat) over the channels, Q_hat and K_hat L2-normalised along the tokens, applied to V;
     parameters in timm's order (temperature, qkv, proj)."""
 
-    def __init__(self, c: int, heads: int, qkv_bias: bool) -> None:
+    def __init__(self, c: int, heads: int, qkv_bias: bool, normalize: bool = True, scale: str = "head") -> None:
         super().__init__()
-        self.heads = heads
-        self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
+        self.heads, self.normalize, self.scale = heads, normalize, scale
+        if normalize:
+            self.temperature = nn.Parameter(torch.ones(heads, 1, 1))
         self.qkv = nn.Linear(c, 3 * c, bias=qkv_bias)
         self.proj = nn.Linear(c, c)
 
@@ -432,10 +433,43 @@ class CrossCovariance(nn.Module):
         b, n, c = x.shape
         d = c // self.heads
         q, k, v = (t.reshape(b, n, self.heads, d).permute(0, 2, 3, 1) for t in self.qkv(x).split(c, dim=-1))
+        if not self.normalize:  # DaViT's channel attention (Ding et al. 2022): no norms, no temperature
+            q = q * (1 / math.sqrt(d if self.scale == "head" else n))
+            weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)), dim=-1)
+            return self.proj(torch.matmul(weights, v).permute(0, 3, 1, 2).reshape(b, n, c))
         q = q / q.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         k = k / k.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * self.temperature, dim=-1)
         return self.proj(torch.matmul(weights, v).permute(0, 3, 1, 2).reshape(b, n, c))
+
+
+class SeparableSelfAttention(nn.Module):
+    """MobileViT-v2's separable self-attention as Mehta & Rastegari write it (2022, sec. 3.2, fig. 1c): the grid
+    unfolded into P = ph x pw sequences of N = (H / ph)(W / pw) tokens (the same position in every patch); a 1 x 1
+    conv to 1 + 2C channels (the scores, k, v); per sequence the context scores softmax(scores) over its N tokens,
+    the context vector sum_n k_n x score_n, ReLU(v) x the context vector, a 1 x 1 output conv; folded back.
+    Parameters in the paper's order (the input branches, then the output projection)."""
+
+    def __init__(self, c: int, patch: tuple[int, int], bias: bool) -> None:
+        super().__init__()
+        self.patch = patch
+        self.qkv_proj = nn.Conv2d(c, 1 + 2 * c, 1, bias=bias)
+        self.out_proj = nn.Conv2d(c, c, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        ph, pw = self.patch
+        nh, nw = h // ph, w // pw
+
+        def unfold(t: torch.Tensor) -> torch.Tensor:  # B x C' x H x W -> B x C' x P x N
+            return t.reshape(b, -1, nh, ph, nw, pw).permute(0, 1, 3, 5, 2, 4).reshape(b, -1, ph * pw, nh * nw)
+
+        y = unfold(self.qkv_proj(x))
+        scores, k, v = y[:, :1], y[:, 1:1 + c], y[:, 1 + c:]
+        context = (k * torch.softmax(scores, dim=-1)).sum(dim=-1, keepdim=True)  # B x C x P x 1
+        out = F.relu(v) * context  # B x C x P x N
+        out = out.reshape(b, c, ph, pw, nh, nw).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h, w)
+        return self.out_proj(out)
 
 
 class AdditiveAttn(nn.Module):
@@ -1306,7 +1340,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
     "pooled_attention": PooledAttention,
     "token_maxpool": TokenMaxPool,
     "separable_pos_embed": lambda a, s: SeparablePositions(s),
-    "xca": lambda a, s: CrossCovariance(s[1], a["num_heads"], a["qkv_bias"]),
+    "xca": lambda a, s: CrossCovariance(s[1], a["num_heads"], a["qkv_bias"], a["normalize"], a["scale"]),
     "halo_attention": HaloAttn,
     "lambda_layer": LambdaRef,
     "bilinear_attention": BatRef,
@@ -1315,6 +1349,7 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
                                                           (s[1], s[2]), a["talking_heads"], a["downsample"]),
     "fourier_pos_embed": FourierPositions,
     "additive_attention": lambda a, s: AdditiveAttn(s[1]),
+    "separable_attention": lambda a, s: SeparableSelfAttention(s[0], _two(a["patch"]), a["bias"]),
     "class_attention": lambda a, s: ClassAttn(s[1], a["num_heads"], a["qkv_bias"]),
     "context_pool": lambda a, s: ContextPool(s[0], len(s) - 1, a["bias"]),
     "linear_attention": lambda a, s: LinearAttention(a["head_dim"], a["eps"]),
