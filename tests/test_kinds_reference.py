@@ -835,12 +835,20 @@ class _PartitionAttention(nn.Module):
     """Swin's window attention (Liu et al. 2021, Sec. 3.2: W-MSA and SW-MSA with a relative position bias; V2, Liu
     et al. 2022, Sec. 3.1-3.2: scaled cosine attention and the log-spaced continuous position bias), written the
     slow way: the grid padded with zeros and rolled, then each window attends on its own in a loop, the bias looked
-    up pair by pair, the shifted windows' mask from each token's region of the rolled grid."""
+    up pair by pair, the shifted windows' mask from each token's region of the rolled grid. `offsets`: TinyViT's
+    LeViT-style biases (Wu et al. 2022; Graham et al. 2021, sec. 4.2), one learned bias per head and absolute offset
+    (|dy|, |dx|), a w_h w_w x heads table read at |dy| w_w + |dx|; `none`: no position bias (DaViT, Twins-SVT);
+    `out_features` F: the output projection C -> F, or with `expand_first` q, k, v of F channels (qkv C -> 3F,
+    proj F -> F: CoAtNet's dim_out in timm)."""
 
     def __init__(self, c: int, grid: tuple[int, ...], heads: int, window: tuple[int, int], shift: tuple[int, int],
-                 bias: bool, v2: bool, partition: str = "window", position_bias: str = "table") -> None:
+                 bias: bool, v2: bool, partition: str = "window", position_bias: str = "table", out: int = 0,
+                 expand_first: bool = False, hidden: int = 512) -> None:
         super().__init__()
+        out = out or c
+        width = out if expand_first else c  # q's, k's, v's and the joined heads' channels
         self.c, self.grid, self.heads, self.window, self.v2 = c, grid, heads, window, v2
+        self.width, self.out = width, out
         self.partition, self.kind = partition, "v2" if v2 else position_bias
         wh, ww = window
         self.padded = tuple(math.ceil(g / w) * w for g, w in zip(grid, window))
@@ -854,8 +862,10 @@ class _PartitionAttention(nn.Module):
                                                           for x in range(w)] for i in range(w)]))
         elif position_bias == "table":
             self.table = nn.Parameter(torch.randn((2 * wh - 1) * (2 * ww - 1), heads))
-        self.qkv = nn.Linear(c, 3 * c, bias=bias)
-        self.proj = nn.Linear(c, c, bias=bias)
+        elif position_bias == "offsets":
+            self.table = nn.Parameter(torch.randn(wh * ww, heads))
+        self.qkv = nn.Linear(c, 3 * width, bias=bias)
+        self.proj = nn.Linear(width, out, bias=bias)
         if v2:
             self.cpb = nn.Sequential(nn.Linear(2, 512), nn.ReLU(), nn.Linear(512, heads, bias=False))
             coords = torch.zeros(1, 2 * wh - 1, 2 * ww - 1, 2)
@@ -869,9 +879,12 @@ class _PartitionAttention(nn.Module):
             coords = torch.tensor([[[math.copysign(math.log1p(abs(dy)), dy), math.copysign(math.log1p(abs(dx)), dx)]
                                     for dx in range(1 - ww, ww)] for dy in range(1 - wh, wh)])
             self.register_buffer("coords", coords)
-            self.cpb = nn.Sequential(nn.Linear(2, 512), nn.ReLU(), nn.Linear(512, heads))
+            self.cpb = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, heads))
         pos = [(y, x) for y in range(wh) for x in range(ww)]
-        if self.kind != "lookup":
+        if self.kind == "offsets":
+            self.register_buffer("index", torch.tensor([abs(p[0] - q[0]) * ww + abs(p[1] - q[1])
+                                                        for p in pos for q in pos]))
+        elif self.kind not in ("lookup", "none"):
             self.register_buffer("index", torch.tensor([(p[0] - q[0] + wh - 1) * (2 * ww - 1) + p[1] - q[1] + ww - 1
                                                         for p in pos for q in pos]))
 
@@ -882,7 +895,8 @@ class _PartitionAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, c = x.shape
         (h, w), (hp, wp), (wh, ww), heads = self.grid, self.padded, self.window, self.heads
-        d, m = c // heads, wh * ww
+        width, f = self.width, self.out
+        d, m = width // heads, wh * ww
         g = torch.zeros(b, hp, wp, c)
         g[:, :h, :w] = x.view(b, h, w, c)
         g = torch.roll(g, (-self.shift[0], -self.shift[1]), (1, 2))
@@ -891,6 +905,8 @@ class _PartitionAttention(nn.Module):
             # code computes it: the table times the one-hot row lookup, then the column lookup (two einsums)
             rows_ = torch.einsum("nhw,ixh->nixw", self.table, self.height_lookup)
             bias = torch.einsum("nixw,jyw->nijxy", rows_, self.width_lookup).reshape(heads, m, m)
+        elif self.kind == "none":
+            bias = torch.zeros(heads, m, m)
         else:
             table = self.cpb(self.coords).view(-1, heads) if self.kind in ("v2", "mlp") else self.table
             bias = table[self.index].view(m, m, heads).permute(2, 0, 1)
@@ -898,8 +914,8 @@ class _PartitionAttention(nn.Module):
             bias = 16 * torch.sigmoid(bias)
         qkv_bias = self.qkv.bias
         if self.v2 and qkv_bias is not None:
-            qkv_bias = qkv_bias * torch.cat([torch.ones(c), torch.zeros(c), torch.ones(c)])
-        out = torch.zeros(b, hp, wp, c)
+            qkv_bias = qkv_bias * torch.cat([torch.ones(width), torch.zeros(width), torch.ones(width)])
+        out = torch.zeros(b, hp, wp, f)
         sh, sw = hp // wh, wp // ww  # a grid partition's stride (MaxViT): its groups are the tokens that far apart
         for i in range(0, hp, wh):
             for j in range(0, wp, ww):
@@ -909,7 +925,7 @@ class _PartitionAttention(nn.Module):
                 else:
                     t = g[:, i:i + wh, j:j + ww].reshape(b, m, c)
                 q, k, v = (z.view(b, m, heads, d).transpose(1, 2) for z in F.linear(t, self.qkv.weight,
-                                                                                     qkv_bias).split(c, -1))
+                                                                                     qkv_bias).split(width, -1))
                 if self.v2:
                     logits = torch.matmul(q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12),
                                           (k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)).transpose(-1, -2))
@@ -919,7 +935,7 @@ class _PartitionAttention(nn.Module):
                 label = torch.tensor([rows[i + p // ww] * 3 + cols[j + p % ww] for p in range(m)])
                 mask = (label[:, None] != label[None, :]).float() * -100.0
                 weights = torch.softmax(logits + bias + mask, dim=-1)
-                y = self.proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, m, c)).view(b, wh, ww, c)
+                y = self.proj(torch.matmul(weights, v).transpose(1, 2).reshape(b, m, width)).view(b, wh, ww, f)
                 if self.partition == "grid":
                     for k, row in enumerate(ys):
                         for l_, col in enumerate(xs):
@@ -927,7 +943,7 @@ class _PartitionAttention(nn.Module):
                 else:
                     out[:, i:i + wh, j:j + ww] = y
         out = torch.roll(out, self.shift, (1, 2))
-        return out[:, :h, :w].reshape(b, n, c)
+        return out[:, :h, :w].reshape(b, n, f)
 
 
 def _two(v: Any) -> tuple[int, int]:
@@ -1379,9 +1395,10 @@ REFERENCES: dict[str, Callable[[dict[str, Any], tuple[int, ...]], nn.Module]] = 
                                                       tuple(_axes(a["window_size"], len(s.grid))),
                                                       tuple(_axes(a["shift_size"], len(s.grid))), a["bias"], a["v2"],
                                                       a["shrink"])
-    if a["partition"] == "window" and a["position_bias"] == "table" else
+    if a["partition"] == "window" and a["position_bias"] == "table" and not a["out_features"] else
     _PartitionAttention(s[1], s.grid, a["num_heads"], _two(a["window_size"]), _two(a["shift_size"]), a["bias"],
-                        a["v2"], a["partition"], a["position_bias"]),
+                        a["v2"], a["partition"], a["position_bias"], a["out_features"], a["expand_first"],
+                        a["mlp_hidden"]),
     "patch_merging": _patch_merging,
     "global_query_attention": lambda a, s: _GlobalQueryAttention(s[1], s.grid, a["num_heads"], _two(a["window_size"]),
                                                                  a["qkv_bias"]),
