@@ -170,12 +170,12 @@ def test_the_error_names_the_op_the_module_path_and_the_source_line() -> None:
 
 
 def test_allow_unknown_marks_the_op_and_says_what_the_totals_leave_out() -> None:
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Dropout2d(0.1), nn.ReLU())
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AlphaDropout(0.1), nn.ReLU())
     # (the model is torch.nn's own Sequential: no line of the model's to name, and torch's own lines are never named)
-    with pytest.raises(ImportFailure, match=r"cannot import Dropout2d \(1\) at 1: .*no kind for torch.nn.modules"):
+    with pytest.raises(ImportFailure, match=r"cannot import AlphaDropout \(1\) at 1: .*no kind for torch.nn.modules"):
         from_module(net, (3, 8, 8))
     imported = from_module(net, (3, 8, 8), allow_unknown=True)
-    assert "# unknown: Dropout2d (1) at 1" in imported.text
+    assert "# unknown: AlphaDropout (1) at 1" in imported.text
     assert "- identity: {name: unknown}" in imported.text
     assert len(imported.unknown) == 1 and "the totals leave out its MACs" in imported.unknown[0]
     report = analyze(imported.spec)
@@ -257,8 +257,8 @@ def test_cli_import_of_an_exported_file_reads_its_input(tmp_path: Path) -> None:
     (["torch.nn:Conv2d", "-i", "3x8x8"], "error: torch.nn:Conv2d: constructing the model failed"),
     (["torch.nn:ReLU", "-i", "3x8x8", "--kwargs", "[1]"], "error: --kwargs: expected a JSON object"),
     (["torch.nn:ReLU"], "error: torch.nn:ReLU: give the input with --input"),
-    (["torch.nn:Dropout2d", "-i", "3x8x8"], "error: cannot import Dropout2d (dropout2d) at dropout2d: archcalc has "
-                                            "no kind for torch.nn.modules.dropout.Dropout2d\n"),
+    (["torch.nn:AlphaDropout", "-i", "3x8x8"], "error: cannot import AlphaDropout (alphadropout) at alphadropout: "
+                                               "archcalc has no kind for torch.nn.modules.dropout.AlphaDropout\n"),
 ])
 def test_cli_import_errors(args: list[str], message: str) -> None:
     result = runner.invoke(app, ["import", *args])

@@ -8,8 +8,6 @@ of the input) describes it; its q, k and v come from a 1 x 1 conv and a batch no
 conv and a batch norm, and the joined heads a ReLU before the projection.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 

@@ -24,7 +24,7 @@ from torch import nn
 from archcalc.core.kinds import REGISTRY
 from archcalc.core.merges import MERGES
 from archcalc.torch import modules as own
-from archcalc.torch import recipes_byoa
+from archcalc.torch import modules_byoa, recipes_byoa
 from archcalc.torch.importer import mqa
 from archcalc.torch.recipes import (  # noqa: F401  (Mapped, Unmapped, is_integral, per_of: the importer's names)
     COMPOSITIONS,
@@ -126,7 +126,8 @@ def is_leaf(m: nn.Module) -> bool:
                                                                             nn.ModuleDict))
 
 
-_OWN = {cls.__name__: cls for cls in MODULES if cls.__module__ == own.__name__}  # for _own_copy
+_OWN = {cls.__name__: cls for cls in MODULES  # for _own_copy (archcalc's own modules, the byoanet ones included)
+        if cls.__module__ in (own.__name__, modules_byoa.__name__)}
 
 # Modules whose output has their input's shape (the tracer's shape pass does not run them).
 SAME_SHAPE = tuple(cls for cls, kind in MODULE_KINDS.items() if REGISTRY[kind].same_shape)
