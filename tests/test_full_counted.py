@@ -726,7 +726,8 @@ def _window_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
     grid, heads, rank = tuple(m.grid), a["num_heads"], len(m.grid)
     full = math.prod(m.window_size)
     win = tuple(min(w, g) for w, g in zip(m.window_size, grid)) if a["shrink"] else tuple(m.window_size)
-    d, size = c // heads, math.prod(win)
+    width, f = m.proj.in_features, m.proj.out_features  # the attention's channels (expand_first), the output's
+    d, size = width // heads, math.prod(win)
     padded = tuple(math.ceil(g / w) * w for g, w in zip(grid, win))
     shift = [0 if w >= p else s for w, s, p in zip(win, m.shift_size, padded)]
     counts = [p // w for p, w in zip(padded, win)]
@@ -783,6 +784,8 @@ def _window_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
                 table = torch.mm(hidden, m.rel_mlp[2].weight.t()) + m.rel_mlp[2].bias
                 bias = torch.index_select(table, 0, m.relative_position_index).view(size, size, heads).permute(
                     2, 0, 1)
+            elif a["position_bias"] == "none":  # no position bias (DaViT, Twins-SVT, MobileViT)
+                bias = None
             elif a["position_bias"] == "lookup":  # timm's RelPosBiasTf: the table times one-hot rows, then columns
                 wh, ww = win
                 t_ = m.relative_position_bias_table  # heads x rows x cols
@@ -793,21 +796,22 @@ def _window_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[]
             else:
                 bias = torch.index_select(m.relative_position_bias_table, 0, index).view(
                     size, size, heads).permute(2, 0, 1)
-        scores = scores + bias
+        if bias is not None:
+            scores = scores + bias
         if any(shift):
             scores = scores + mask
         weights = _softmax(scores, -1).reshape(windows * heads, size, size)
-        joined = torch.bmm(weights, v).view(windows, heads, size, d).transpose(1, 2).reshape(windows * size, c)
+        joined = torch.bmm(weights, v).view(windows, heads, size, d).transpose(1, 2).reshape(windows * size, width)
         if grid_partition:
             (wh, ww), (hp, wp) = win, padded
-            out = F.linear(joined, m.proj.weight, m.proj.bias).view(1, hp // wh, wp // ww, wh, ww, c)
-            out = out.permute(0, 3, 1, 4, 2, 5).reshape(1, hp, wp, c)
+            out = F.linear(joined, m.proj.weight, m.proj.bias).view(1, hp // wh, wp // ww, wh, ww, f)
+            out = out.permute(0, 3, 1, 4, 2, 5).reshape(1, hp, wp, f)
         else:
-            out = F.linear(joined, m.proj.weight, m.proj.bias).view(1, *counts, *win, c)
-            out = out.permute(back).reshape(1, *padded, c)
+            out = F.linear(joined, m.proj.weight, m.proj.bias).view(1, *counts, *win, f)
+            out = out.permute(back).reshape(1, *padded, f)
         for axis, s in enumerate(shift):
             out = _roll(out, s, axis + 1)
-        return out[(slice(None), *(slice(0, gs) for gs in grid))].reshape(1, n, c)
+        return out[(slice(None), *(slice(0, gs) for gs in grid))].reshape(1, n, f)
     return run
 
 
@@ -890,9 +894,13 @@ def _xca(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tenso
         h = a["num_heads"]
         d = c // h
         qkv = F.linear(x, m.qkv.weight, m.qkv.bias).reshape(b, n, 3, h, d).permute(2, 0, 3, 4, 1)
-        q, k, v = unit(qkv[0]), unit(qkv[1]), qkv[2]
+        if a["normalize"]:
+            q, k, v = unit(qkv[0]), unit(qkv[1]), qkv[2]
+        else:  # (DaViT) no normalisation, no temperature: q times a constant
+            q = qkv[0] * (d ** -0.5 if a["scale"] == "head" else n ** -0.5)
+            k, v = qkv[1], qkv[2]
         scores = torch.bmm(q.reshape(b * h, d, n), k.reshape(b * h, d, n).transpose(1, 2)).reshape(b, h, d, d)
-        weights = _softmax(scores * m.temperature, -1).reshape(b * h, d, d)
+        weights = _softmax(scores * m.temperature if a["normalize"] else scores, -1).reshape(b * h, d, d)
         heads = torch.bmm(weights, v.reshape(b * h, d, n)).reshape(b, h, d, n)
         return F.linear(heads.permute(0, 3, 1, 2).reshape(b, n, c), m.proj.weight, m.proj.bias)
     return run
@@ -1042,6 +1050,7 @@ def _bilinear_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[
         p, q = p.repeat_interleave(c // g, 1), q.repeat_interleave(c // g, 1)
         y = blow(p, height // s) @ x @ blow(q, width // s)
         return conv_bn_relu(y, m.conv2, m.bn2)
+    return run
 
 
 def _effv2_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
@@ -1086,6 +1095,7 @@ def _effv2_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[],
             maps = talk(maps, m.talking_head2)
         joined = torch.cat([torch.mm(v[i], maps[i].t()) for i in range(heads)])
         return joined.view(1, -1, oh, ow) + local
+    return run
 
 
 def _global_query_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
@@ -1114,12 +1124,31 @@ def _global_query_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Calla
     return run
 
 
+
+def _separable_attention(x: torch.Tensor, a: dict[str, Any], m: Any) -> Callable[[], torch.Tensor]:
+    """MobileViT-v2's separable self-attention written out: the qkv 1 x 1 conv (C -> 1 + 2C, with its bias), per
+    patch position the textbook softmax of q over the N tokens at that position of every patch, k times the scores
+    summed over them (the context, C per patch position), ReLU(v) times the context, the output 1 x 1 conv."""
+    ph, pw = m.patch
+
+    def run() -> torch.Tensor:
+        b, c, h, w = x.shape
+        nh, nw = h // ph, w // pw
+        qkv = F.conv2d(x, m.qkv_proj.weight, m.qkv_proj.bias)
+        q, k, v = qkv[:, :1], qkv[:, 1:1 + c], qkv[:, 1 + c:]
+        scores = _softmax(q.reshape(b, nh, ph, nw, pw).permute(0, 2, 4, 1, 3).reshape(b, ph, pw, nh * nw), -1)
+        scores = scores.reshape(b, 1, ph, pw, nh, nw).permute(0, 1, 4, 2, 5, 3)  # B x 1 x nh x ph x nw x pw
+        context = (k.reshape(b, c, nh, ph, nw, pw) * scores).sum((2, 4), keepdim=True)
+        out = torch.clamp_min(v, 0.0).reshape(b, c, nh, ph, nw, pw) * context
+        return F.conv2d(out.reshape(b, c, h, w), m.out_proj.weight, m.out_proj.bias)
+    return run
+
 FORMULAS.update({"pooled_attention": _pooled_attention, "additive_attention": _additive_attention,
                  "token_maxpool": _token_maxpool,
                  "separable_pos_embed": _separable_pos_embed, "xca": _xca, "fourier_pos_embed": _fourier_pos_embed,
                  "class_attention": _class_attention, "halo_attention": _halo_attention,
                  "lambda_layer": _lambda_layer, "bilinear_attention": _bilinear_attention,
-                 "effv2_attention": _effv2_attention,
+                 "effv2_attention": _effv2_attention, "separable_attention": _separable_attention,
                  "global_query_attention": _global_query_attention})
 
 

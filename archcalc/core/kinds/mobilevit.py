@@ -84,6 +84,16 @@ class SeparableAttention(Kind):
         params = 3 * c * c + c + bias
         return Cost(params=params, macs=macs, fvcore=macs, full=2 * macs + hw * bias + 3 * hw + 4 * hw * c)
 
+    def backward_macs(self, a: Mapping[str, Any], macs: int, inp: Shape = (),
+                      divide_groups: bool = False) -> tuple[int, int]:
+        # FlopCounterMode's conv rules: each conv's weight gradient (the forward MACs) and the output conv's input
+        # gradient (H W C^2, an inner tensor: always); only the qkv conv's input gradient (H W C (1 + 2C)) is skipped
+        # when the input needs none (measured: tests/test_validate.py).
+        c, hw = self.geometry(inp)
+        batch = macs // (hw * (3 * c * c + c))
+        grad_input = hw * c * (1 + 2 * c) * batch
+        return grad_input, 2 * macs - grad_input
+
     def param_tensors(self, a: Mapping[str, Any], out: Shape, params: int) -> tuple[int, ...]:
         c = out[0]
         if a["bias"]:
