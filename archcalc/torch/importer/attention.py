@@ -373,20 +373,29 @@ class _Matcher:
             return bn, str(bn.target)
         return conv, ""
 
-    def conv_form(self, first: fx.Node) -> Attention | None:
-        """LeViT's attention on a channels-first grid (levit_conv: timm's Attention and AttentionDownsample with
-        use_conv): 1 x 1 convs and batch norms as the projections, q/k/v viewed (B, h, e, H W) and split on e,
-        softmax(Q^T K * s + B) and V A^T, the result viewed as the grid again; the queries of the downsampling
-        attention from an AvgPool2d(1, stride) of the grid."""
+    def pointwise_grid(self, first: fx.Node) -> tuple[nn.Conv2d, int, int, int] | None:
+        """`first` a 1 x 1 conv called on one B x C x H x W grid: the conv, C, H and W (and the pattern's nodes
+        start at it); else None."""
         conv = self.module(first, nn.Conv2d)
         shape_in = _shape(self.values, first.args[0]) if first.args else None
         if not self.pointwise(conv) or len(first.args) != 1 or first.kwargs or shape_in is None \
                 or len(shape_in) != 4:
             return None
         assert isinstance(conv, nn.Conv2d)
-        _, c, gh, gw = shape_in
-        n = gh * gw
         self.nodes = {first}
+        _, c, gh, gw = shape_in
+        return conv, c, gh, gw
+
+    def conv_form(self, first: fx.Node) -> Attention | None:
+        """LeViT's attention on a channels-first grid (levit_conv: timm's Attention and AttentionDownsample with
+        use_conv): 1 x 1 convs and batch norms as the projections, q/k/v viewed (B, h, e, H W) and split on e,
+        softmax(Q^T K * s + B) and V A^T, the result viewed as the grid again; the queries of the downsampling
+        attention from an AvgPool2d(1, stride) of the grid."""
+        read = self.pointwise_grid(first)
+        if read is None:
+            return None
+        conv, c, gh, gw = read
+        n = gh * gw
         others: list[str] = []
         end, norm = self.conv_norm(first)
         if norm:

@@ -32,15 +32,11 @@ from archcalc.torch.importer.attention import _VIEWS, Attention, _is, _Matcher, 
 
 class _ConvAttentionMatcher(_Matcher):
     def match(self, first: fx.Node) -> Attention | None:
-        conv = self.module(first, nn.Conv2d)
-        shape_in = _shape(self.values, first.args[0]) if first.args else None
-        if not self.pointwise(conv) or len(first.args) != 1 or first.kwargs or shape_in is None \
-                or len(shape_in) != 4:
+        read = self.pointwise_grid(first)
+        if read is None:
             return None
-        assert isinstance(conv, nn.Conv2d)
-        _, c, gh, gw = shape_in
+        conv, c, gh, gw = read
         n = gh * gw
-        self.nodes = {first}
         readers = [u for u in first.users if not _reads_shape(u)]  # (xout.size(): the grid's size, no values)
         view = readers[0] if len(readers) == 1 else None
         shape = _shape(self.values, view)
